@@ -1,0 +1,50 @@
+# The two commands a new user needs: `make serve` (the demo) and `make test`.
+# Each creates .venv on first use and installs the exact versions in requirements/constraints.txt.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONSTRAINTS := requirements/constraints.txt
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: serve test lint typecheck pytest lock clean
+
+$(BIN)/python:
+	@$(PYTHON) -m venv $(VENV) || { echo "error: '$(PYTHON) -m venv' failed; on Debian/Ubuntu install python3-venv" >&2; exit 1; }
+	$(BIN)/python -m pip install --quiet --upgrade "pip==26.3"
+
+# Stamp files: reinstall only when the project's metadata or the pins change.
+$(VENV)/.serve-installed: $(BIN)/python pyproject.toml $(CONSTRAINTS)
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[sklearn]'
+	@touch $@
+
+$(VENV)/.test-installed: $(BIN)/python pyproject.toml $(CONSTRAINTS)
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
+	@touch $@ $(VENV)/.serve-installed
+
+serve: $(VENV)/.serve-installed
+	$(BIN)/loadonce serve --demo --host $(HOST) --port $(PORT)
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check src tests docs/examples bench
+	$(BIN)/ruff format --check src tests docs/examples bench
+
+typecheck: $(VENV)/.test-installed
+	$(BIN)/mypy
+
+pytest: $(VENV)/.test-installed
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+# Re-pin after changing dependencies: installs the newest allowed versions into a scratch venv.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade "pip==26.3"
+	.venv-lock/bin/pip install --quiet -e '.[test]'
+	.venv-lock/bin/pip freeze --exclude-editable --exclude loadonce > $(CONSTRAINTS)
+	rm -rf .venv-lock
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

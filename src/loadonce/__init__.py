@@ -1,0 +1,47 @@
+"""loadonce: serve machine-learning models from FastAPI, each loaded once per worker at startup."""
+
+from __future__ import annotations
+
+from loadonce._app import create_app
+from loadonce._dependencies import ModelDependency, get_registry
+from loadonce._errors import (
+    ConfigError,
+    InvalidInputError,
+    LoadonceError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+)
+from loadonce._health import health_router
+from loadonce._lifespan import lifespan
+from loadonce._model import Model, ModelState
+from loadonce._registry import Registry
+from loadonce._spec import Concurrency, ModelSpec
+from loadonce._version import __version__
+from loadonce.protocols.rest import models_router
+from loadonce.runtimes import InputSignature, Predictor, Runtime, register_runtime
+
+__all__ = [
+    "Concurrency",
+    "ConfigError",
+    "InputSignature",
+    "InvalidInputError",
+    "LoadonceError",
+    "Model",
+    "ModelDependency",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "ModelNotReadyError",
+    "ModelSpec",
+    "ModelState",
+    "Predictor",
+    "Registry",
+    "Runtime",
+    "__version__",
+    "create_app",
+    "get_registry",
+    "health_router",
+    "lifespan",
+    "models_router",
+    "register_runtime",
+]

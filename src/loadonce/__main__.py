@@ -1,0 +1,3 @@
+from loadonce.server._cli import main
+
+main()

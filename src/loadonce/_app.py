@@ -1,0 +1,32 @@
+"""create_app: a ready-made FastAPI app with the lifespan and every loadonce route."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from fastapi import FastAPI
+
+from loadonce._health import health_router
+from loadonce._lifespan import LoadedHook, UserLifespan, lifespan
+from loadonce._registry import Registry
+from loadonce._spec import ModelSpec
+from loadonce._version import __version__
+from loadonce.protocols.rest import models_router
+
+
+def create_app(
+    models: Registry | Iterable[ModelSpec],
+    *,
+    title: str = "loadonce",
+    wrap: UserLifespan | None = None,
+    on_loaded: LoadedHook | None = None,
+) -> FastAPI:
+    """The app ``loadonce serve`` runs: health probes, /models and predict routes, /docs."""
+    app = FastAPI(
+        title=title,
+        version=__version__,
+        lifespan=lifespan(models, wrap=wrap, on_loaded=on_loaded),
+    )
+    app.include_router(health_router())
+    app.include_router(models_router())
+    return app

@@ -1,0 +1,62 @@
+"""The exceptions loadonce raises, each mapped to one HTTP status by the routers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LoadonceError(Exception):
+    """Base class of every error loadonce raises on purpose."""
+
+
+class ConfigError(LoadonceError):
+    """The declared models or server options are invalid; raised before anything loads."""
+
+
+class ModelLoadError(LoadonceError):
+    """A model could not be loaded (or warmed up); startup stops with this message.
+
+    The message is one line that names the model, where it was loaded from and the cause,
+    because it is what an operator reads in the log of a server that refused to start.
+    """
+
+    def __init__(self, model: str, source: str | Path | None, cause: BaseException | str) -> None:
+        self.model = model
+        self.source = None if source is None else str(source)
+        self.cause = cause
+        reason = cause if isinstance(cause, str) else describe_exception(cause)
+        where = f" from {self.source}" if self.source else ""
+        super().__init__(f"model '{model}' failed to load{where}: {reason}")
+
+
+class ModelNotFoundError(LoadonceError):
+    """No model of that name is declared in this registry (HTTP 404)."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        listing = ", ".join(repr(k) for k in known) or "none"
+        super().__init__(f"model '{name}' is not served here; models served: {listing}")
+
+
+class ModelNotReadyError(LoadonceError):
+    """The model exists but is not ready to predict: loading, failed or unloaded (HTTP 503)."""
+
+    def __init__(self, name: str, state: str) -> None:
+        self.name = name
+        self.state = state
+        super().__init__(f"model '{name}' is not ready (state: {state})")
+
+
+class InvalidInputError(LoadonceError, ValueError):
+    """The request's inputs do not fit the model (HTTP 400).
+
+    Raise it from your own predictor to answer 400 with your message instead of a 500:
+    the message should say what was expected.
+    """
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line for an exception: its type and its message, never a traceback."""
+    text = " ".join(str(exc).split())
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name

@@ -1,0 +1,22 @@
+"""Resolving ``"package.module:attribute"`` strings from config files."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+
+def import_object(reference: str) -> Any:
+    """Import ``package.module:attribute`` (dots allowed after the colon) and return it."""
+    module_name, sep, attribute_path = reference.partition(":")
+    if not sep or not module_name or not attribute_path:
+        raise ImportError(f"expected 'package.module:attribute', got {reference!r}")
+    obj: Any = importlib.import_module(module_name)
+    for part in attribute_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ImportError(
+                f"module {module_name!r} has no attribute {attribute_path!r}"
+            ) from None
+    return obj

@@ -1,0 +1,50 @@
+"""The lifespan that loads every model before the app serves, composed with the user's own."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+
+from loadonce._registry import STATE_KEY, Registry
+from loadonce._spec import ModelSpec
+
+UserLifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]]
+LoadedHook = Callable[[Registry], Awaitable[None]]
+# Any, not Mapping | None: FastAPI accepts a lifespan yielding either, and only Any fits both.
+Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
+
+
+def lifespan(
+    models: Registry | Iterable[ModelSpec],
+    *,
+    wrap: UserLifespan | None = None,
+    on_loaded: LoadedHook | None = None,
+) -> Lifespan:
+    """Build a lifespan for ``FastAPI(lifespan=...)`` that loads ``models`` at startup.
+
+    Order: every model loads (in declaration order) and warms up; then ``on_loaded`` runs; then
+    the user's own lifespan ``wrap`` is entered, so it can already use the models; the app
+    serves. At shutdown ``wrap`` exits first, then the models unload in reverse order.
+    A model that fails to load raises ``ModelLoadError`` and the app never serves.
+    """
+    registry = models if isinstance(models, Registry) else Registry(models)
+
+    @asynccontextmanager
+    async def _lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any] | None]:
+        setattr(app.state, STATE_KEY, registry)
+        await registry.load_all()
+        try:
+            if on_loaded is not None:
+                await on_loaded(registry)
+            if wrap is None:
+                yield None
+            else:
+                async with wrap(app) as state:
+                    yield state
+        finally:
+            await registry.unload_all()
+
+    return _lifespan

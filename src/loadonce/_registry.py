@@ -1,0 +1,79 @@
+"""Registry: every declared model of one app, loaded together, kept on ``app.state``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+
+from loadonce._errors import ConfigError, LoadonceError, ModelLoadError, ModelNotFoundError
+from loadonce._model import Model, ModelState
+from loadonce._spec import ModelSpec
+
+logger = logging.getLogger("loadonce")
+
+# The attribute of ``app.state`` that holds the registry.
+STATE_KEY = "loadonce"
+
+
+class Registry:
+    """The models of one app in one worker process, in the order they were declared."""
+
+    def __init__(self, specs: Iterable[ModelSpec]) -> None:
+        specs = list(specs)
+        if not specs:
+            raise ConfigError("no model is declared: declare at least one model to serve")
+        seen: set[str] = set()
+        for spec in specs:
+            if spec.name in seen:
+                raise ConfigError(f"model '{spec.name}' is declared twice; names must be unique")
+            seen.add(spec.name)
+        self._models = {spec.name: Model(spec) for spec in specs}
+        # Why this app's startup failed, as one line for the log (None while all is well).
+        self.failure: LoadonceError | None = None
+
+    @property
+    def models(self) -> list[Model]:
+        return list(self._models.values())
+
+    def get(self, name: str) -> Model:
+        try:
+            return self._models[name]
+        except KeyError:
+            raise ModelNotFoundError(name, list(self._models)) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._models
+
+    @property
+    def is_ready(self) -> bool:
+        """True only when every declared model is ready in this worker (never with zero models)."""
+        return bool(self._models) and all(m.is_ready for m in self._models.values())
+
+    def states(self) -> dict[str, ModelState]:
+        return {name: model.state for name, model in self._models.items()}
+
+    async def load_all(self) -> None:
+        """Load every model in declaration order; on the first failure unload the loaded ones."""
+        self.failure = None
+        logger.info(
+            "loading %d model(s) in worker pid %d: %s",
+            len(self._models),
+            os.getpid(),
+            ", ".join(self._models),
+        )
+        loaded: list[Model] = []
+        for model in self._models.values():
+            try:
+                await model.load()
+            except ModelLoadError as failure:
+                self.failure = failure
+                for done in reversed(loaded):
+                    await done.unload()
+                raise
+            loaded.append(model)
+
+    async def unload_all(self) -> None:
+        """Unload in reverse order of loading, so a model may rely on one loaded before it."""
+        for model in reversed(self._models.values()):
+            await model.unload()

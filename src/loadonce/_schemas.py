@@ -1,0 +1,75 @@
+"""Request and response bodies of the HTTP routes, as FastAPI documents them in /docs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loadonce._model import ModelState
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="What went wrong, and what to do about it.")
+    request_id: str | None = Field(
+        default=None, description="Echoes X-Request-ID; the server log has the details under it."
+    )
+    fields: list[dict[str, str]] | None = Field(
+        default=None, description="For 422: each invalid field and why."
+    )
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"inputs": [5.1, 3.5, 1.4, 0.2]}]},
+    )
+
+    inputs: Any = Field(
+        description="One example, or a list of examples. When the model declares its input "
+        "shape, the nesting depth tells which; otherwise a list is a list of examples."
+    )
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: str
+    outputs: list[Any] = Field(description="One output per example, in the order sent.")
+
+
+class MemoryTaken(BaseModel):
+    rss_bytes: int = Field(description="Growth of the worker's resident set during the load.")
+    uss_bytes: int = Field(description="Growth of the worker's private (unique) memory.")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    runtime: str | None
+    state: ModelState
+    concurrency: str | None
+    worker_pid: int = Field(
+        description="The worker process that answered; each loads its own copy."
+    )
+    load_count: int = Field(description="How many times this worker has loaded the model.")
+    load_seconds: float | None
+    loaded_at: float | None = Field(description="Unix time the load finished.")
+    memory: MemoryTaken | None
+    input_shape: list[int | None] | None = Field(description="Shape of one example, if known.")
+    error: str | None = None
+
+
+class ModelsResponse(BaseModel):
+    worker_pid: int
+    models: list[ModelInfo]
+
+
+class Readiness(BaseModel):
+    ready: bool
+    worker_pid: int
+    models: dict[str, ModelState]
+
+
+class Liveness(BaseModel):
+    status: str = "alive"
+    worker_pid: int

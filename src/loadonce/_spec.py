@@ -1,0 +1,120 @@
+"""ModelSpec: what a user declares about one model, validated before anything loads."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
+
+ConcurrencyKind = Literal["shared", "serialized", "pool"]
+
+# Threads a `shared` model may use at once when the user does not say: enough to overlap
+# I/O-bound or GIL-releasing predictors, few enough not to starve the app's own threadpool.
+DEFAULT_SHARED_THREADS = 16
+
+_CONCURRENCY_PATTERN = re.compile(r"^(shared|serialized|pool)(?::(\d+))?$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Concurrency:
+    """How calls may enter one model: its policy, and the number of threads or instances.
+
+    - ``shared``: the predictor is thread-safe; up to ``size`` calls run on one instance.
+    - ``serialized``: one call at a time on one instance, under a lock.
+    - ``pool``: ``size`` instances loaded at startup, each used by one call at a time.
+    """
+
+    kind: ConcurrencyKind
+    size: int
+
+    @classmethod
+    def parse(cls, text: str) -> Concurrency:
+        """Read ``shared``, ``shared:N``, ``serialized`` or ``pool:N``."""
+        match = _CONCURRENCY_PATTERN.match(text.strip())
+        if match is None:
+            raise ValueError(
+                f"concurrency must be 'shared', 'shared:N', 'serialized' or 'pool:N', got {text!r}"
+            )
+        kind, size_text = match.group(1), match.group(2)
+        if kind == "serialized":
+            if size_text is not None:
+                raise ValueError("'serialized' takes no size: it always allows one call at a time")
+            return cls(kind="serialized", size=1)
+        if kind == "pool":
+            if size_text is None:
+                raise ValueError("'pool' needs a size, for example 'pool:4'")
+            size = int(size_text)
+        else:
+            size = DEFAULT_SHARED_THREADS if size_text is None else int(size_text)
+        if size < 1:
+            raise ValueError(f"concurrency size must be at least 1, got {size}")
+        return cls(kind="shared" if kind == "shared" else "pool", size=size)
+
+    def __str__(self) -> str:
+        if self.kind == "serialized":
+            return "serialized"
+        if self.kind == "shared" and self.size == DEFAULT_SHARED_THREADS:
+            return "shared"
+        return f"{self.kind}:{self.size}"
+
+
+def _parse_concurrency(value: object) -> object:
+    return Concurrency.parse(value) if isinstance(value, str) else value
+
+
+ConcurrencyField = Annotated[
+    Concurrency, BeforeValidator(_parse_concurrency), PlainSerializer(str, return_type=str)
+]
+
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+_SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
+
+
+class ModelSpec(BaseModel):
+    """One model to serve: a name, and either a loader or an artifact (or both).
+
+    ``loader`` is a callable (or ``"package.module:function"``) that returns the predictor; it is
+    called with the artifact's path when ``artifact`` is set, and with no argument otherwise.
+    ``artifact`` alone is loaded by the runtime named in ``runtime`` or chosen from its suffix.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    name: Annotated[str, Field(pattern=_NAME_PATTERN)]
+    loader: Callable[..., Any] | str | None = None
+    artifact: Path | None = None
+    runtime: str | None = None
+    version: Annotated[str, Field(min_length=1, max_length=64)] = "1"
+    concurrency: ConcurrencyField | None = None
+    warmup: Any = None
+    input_shape: tuple[int | None, ...] | None = None
+    trust: bool = False
+    sha256: Annotated[str, Field(pattern=_SHA256_PATTERN)] | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _needs_a_source(self) -> ModelSpec:
+        if self.loader is None and self.artifact is None:
+            raise ValueError(f"model '{self.name}' needs a loader or an artifact")
+        if isinstance(self.loader, str) and ":" not in self.loader:
+            raise ValueError(
+                f"model '{self.name}': loader must be 'package.module:function', "
+                f"got {self.loader!r}"
+            )
+        return self
+
+    @property
+    def source(self) -> str:
+        """Where the model comes from, for messages: the artifact path or the loader's name."""
+        if self.artifact is not None:
+            return str(self.artifact)
+        if isinstance(self.loader, str):
+            return self.loader
+        loader = self.loader
+        module = getattr(loader, "__module__", None)
+        qualname = getattr(loader, "__qualname__", repr(loader))
+        return f"{module}:{qualname}" if module else str(qualname)

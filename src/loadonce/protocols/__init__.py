@@ -1,0 +1,1 @@
+"""HTTP protocols served over the same models: the plain JSON routes (and, later, /v2)."""

@@ -1,0 +1,89 @@
+"""The plain JSON routes: list models, describe one, and predict."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path
+from starlette.responses import JSONResponse
+
+from loadonce._dependencies import get_registry
+from loadonce._http import LoadonceRoute
+from loadonce._jsonable import to_jsonable
+from loadonce._model import Model
+from loadonce._registry import Registry
+from loadonce._schemas import (
+    ErrorBody,
+    MemoryTaken,
+    ModelInfo,
+    ModelsResponse,
+    PredictRequest,
+    PredictResponse,
+)
+
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+ModelName = Annotated[str, Path(description="The model's name, as declared.")]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "The inputs do not fit the model"},
+    404: {"model": ErrorBody, "description": "No model of that name"},
+    422: {"model": ErrorBody, "description": "The body is not valid JSON of the expected form"},
+    500: {"model": ErrorBody, "description": "The model raised; details in the server log"},
+    503: {"model": ErrorBody, "description": "The model is not ready"},
+}
+
+
+def describe_model(model: Model) -> ModelInfo:
+    memory = model.load_memory
+    signature = model.signature
+    return ModelInfo(
+        name=model.name,
+        version=model.version,
+        runtime=model.runtime_name,
+        state=model.state,
+        concurrency=None if model.concurrency is None else str(model.concurrency),
+        worker_pid=model.worker_pid,
+        load_count=model.load_count,
+        load_seconds=model.load_seconds,
+        loaded_at=model.loaded_at,
+        memory=None if memory is None else MemoryTaken(rss_bytes=memory.rss, uss_bytes=memory.uss),
+        input_shape=None if signature is None else list(signature.shape),
+        error=model.error,
+    )
+
+
+def models_router() -> APIRouter:
+    """``GET /models``, ``GET /models/{name}`` and ``POST /models/{name}/predict``."""
+    router = APIRouter(route_class=LoadonceRoute, tags=["models"])
+
+    @router.get("/models", response_model=ModelsResponse, summary="Every model in this worker")
+    async def list_models(registry: RegistryDep) -> ModelsResponse:
+        return ModelsResponse(
+            worker_pid=os.getpid(), models=[describe_model(m) for m in registry.models]
+        )
+
+    @router.get(
+        "/models/{name}",
+        response_model=ModelInfo,
+        responses={404: _ERRORS[404]},
+        summary="One model in this worker",
+    )
+    async def get_model(name: ModelName, registry: RegistryDep) -> ModelInfo:
+        return describe_model(registry.get(name))
+
+    @router.post(
+        "/models/{name}/predict",
+        response_model=PredictResponse,
+        responses=_ERRORS,
+        summary="Predict for one example or a list of examples",
+    )
+    async def predict(name: ModelName, body: PredictRequest, registry: RegistryDep) -> JSONResponse:
+        model = registry.get(name)
+        outputs = await model.predict(body.inputs)
+        # Built by hand rather than through response_model: outputs may hold NumPy values,
+        # and a second validation pass of large outputs would cost time on every request.
+        return JSONResponse(
+            {"model": model.name, "version": model.version, "outputs": to_jsonable(outputs)}
+        )
+
+    return router

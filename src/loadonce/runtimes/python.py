@@ -1,0 +1,74 @@
+"""The plain Python runtime: a loader callable that returns a model object or a function."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from loadonce._imports import import_object
+from loadonce._inputs import as_numeric_batch
+from loadonce._spec import ModelSpec
+from loadonce.runtimes._base import InputSignature, Predictor, Runtime
+
+
+class CallablePredictor(Predictor):
+    """Wraps what a loader returned: an object with ``predict(batch)``, or a callable.
+
+    The batch it receives is the list of examples (or a float array when the model's input
+    shape is declared as numeric). It must return one output per example.
+    """
+
+    def __init__(self, model: Any, *, signature: InputSignature | None) -> None:
+        predict = getattr(model, "predict", None)
+        if predict is None and not callable(model):
+            raise TypeError(
+                f"the loader returned {type(model).__name__}, which has no predict method "
+                "and is not callable"
+            )
+        self.model = model
+        self._predict: Callable[[Any], Sequence[Any]] = predict if predict is not None else model
+        self.signature = signature
+
+    def prepare(self, examples: list[Any]) -> Any:
+        if self.signature is not None and self.signature.dtype == "number":
+            return as_numeric_batch(examples, self.signature)
+        return examples
+
+    def predict(self, batch: Any) -> Sequence[Any]:
+        return self._predict(batch)
+
+    def close(self) -> None:
+        close = getattr(self.model, "close", None)
+        if callable(close):
+            close()
+
+
+def _signature_of(model: Any, spec: ModelSpec) -> InputSignature | None:
+    if spec.input_shape is not None:
+        dtype = spec.options.get("input_dtype", "number")
+        return InputSignature(shape=spec.input_shape, dtype=None if dtype == "any" else "number")
+    # A fitted scikit-learn estimator knows how many features it takes.
+    n_features = getattr(model, "n_features_in_", None)
+    if isinstance(n_features, int):
+        return InputSignature(shape=(n_features,), dtype="number")
+    return None
+
+
+class PythonRuntime(Runtime):
+    """Calls the spec's loader (with the artifact path, when one is declared)."""
+
+    name = "python"
+    # A user's object makes no thread-safety promise, so calls are serialized unless the spec
+    # says `shared` or `pool:N`.
+    default_concurrency = "serialized"
+
+    def load(self, spec: ModelSpec) -> Predictor:
+        if spec.loader is None:
+            raise ValueError("the python runtime needs a loader ('package.module:function')")
+        loader = import_object(spec.loader) if isinstance(spec.loader, str) else spec.loader
+        if not callable(loader):
+            raise TypeError(f"loader {spec.loader!r} is not callable")
+        model = loader(spec.artifact) if spec.artifact is not None else loader()
+        if isinstance(model, Predictor):
+            return model
+        return CallablePredictor(model, signature=_signature_of(model, spec))

@@ -1,0 +1,94 @@
+"""scikit-learn estimators from skops files (safe) or joblib/pickle files (trusted or pinned)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from loadonce._inputs import as_numeric_batch
+from loadonce._integrity import file_sha256
+from loadonce._spec import ModelSpec
+from loadonce.runtimes._base import InputSignature, Predictor, Runtime
+
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+SKOPS_SUFFIXES = (".skops",)
+
+
+class UntrustedArtifactError(Exception):
+    """The artifact would run code or build types nobody declared as trusted."""
+
+
+class EstimatorPredictor(Predictor):
+    """Calls one method (``predict`` unless configured) of a fitted estimator on a batch."""
+
+    def __init__(self, estimator: Any, *, method: str, signature: InputSignature | None) -> None:
+        bound = getattr(estimator, method, None)
+        if not callable(bound):
+            raise TypeError(f"{type(estimator).__name__} has no method {method!r}")
+        self.estimator = estimator
+        self._method = bound
+        self.signature = signature
+
+    def prepare(self, examples: list[Any]) -> Any:
+        if self.signature is not None:
+            return as_numeric_batch(examples, self.signature)
+        return examples
+
+    def predict(self, batch: Any) -> Sequence[Any]:
+        result: Sequence[Any] = self._method(batch)
+        return result
+
+
+def _load_skops(path: Path, spec: ModelSpec) -> Any:
+    import skops.io
+
+    allowed = set(spec.options.get("trusted_types", []))
+    untrusted = skops.io.get_untrusted_types(file=path)
+    refused = sorted(set(untrusted) - allowed)
+    if refused:
+        raise UntrustedArtifactError(
+            f"the skops file holds types that are not trusted: {', '.join(refused)}; "
+            "if you trust them, list them in the model's options.trusted_types"
+        )
+    return skops.io.load(path, trusted=list(untrusted))
+
+
+def _load_pickle(path: Path, spec: ModelSpec) -> Any:
+    if not (spec.trust or spec.sha256):
+        raise UntrustedArtifactError(
+            "refusing to unpickle: loading a pickle or joblib file runs code from the file. "
+            f'If this file is the one you expect, pin it with sha256 = "{file_sha256(path)}" '
+            "in the model's config, or pass --trust (trust = true) if you trust its origin; "
+            "or save the model with skops instead"
+        )
+    import joblib
+
+    return joblib.load(path)
+
+
+class SklearnRuntime(Runtime):
+    name = "sklearn"
+    suffixes = SKOPS_SUFFIXES + PICKLE_SUFFIXES
+    # A fitted estimator only reads its attributes in predict, and NumPy releases the GIL, so
+    # one instance serves concurrent calls.
+    default_concurrency = "shared"
+
+    def load(self, spec: ModelSpec) -> Predictor:
+        if spec.artifact is None:
+            raise ValueError("the sklearn runtime needs an artifact path")
+        path = spec.artifact
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+        if path.suffix.lower() in SKOPS_SUFFIXES:
+            estimator = _load_skops(path, spec)
+        else:
+            estimator = _load_pickle(path, spec)
+        n_features = getattr(estimator, "n_features_in_", None)
+        signature = (
+            InputSignature(shape=(n_features,), dtype="number")
+            if isinstance(n_features, int)
+            else None
+        )
+        method = str(spec.options.get("method", "predict"))
+        return EstimatorPredictor(estimator, method=method, signature=signature)

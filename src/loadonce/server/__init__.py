@@ -1,0 +1,1 @@
+"""Server mode: the `loadonce serve` command, its configuration, workers and supervisor."""

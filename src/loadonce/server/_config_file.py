@@ -1,0 +1,79 @@
+"""Reading a TOML config file, or a single artifact, into models and server options."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from loadonce._errors import ConfigError
+from loadonce._spec import ModelSpec
+from loadonce.server._settings import describe_validation
+
+_TOP_LEVEL = {"server", "models"}
+
+
+def is_config_file(target: str) -> bool:
+    return target.lower().endswith(".toml")
+
+
+def read_config_file(path: Path) -> tuple[dict[str, Any], list[ModelSpec]]:
+    """The ``[server]`` table (unvalidated) and the ``[[models]]``, paths made absolute.
+
+    Relative artifact paths are read relative to the config file, so the server can be started
+    from any directory.
+    """
+    try:
+        with path.open("rb") as stream:
+            document = tomllib.load(stream)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    unknown = sorted(set(document) - _TOP_LEVEL)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown top-level key(s) {', '.join(unknown)}; "
+            "expected [server] and [[models]]"
+        )
+    server = document.get("server", {})
+    if not isinstance(server, dict):
+        raise ConfigError(f"{path}: [server] must be a table")
+    tables = document.get("models", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{path}: models must be an array of tables ([[models]])")
+    if not tables:
+        raise ConfigError(f"{path}: no model is declared; add at least one [[models]] table")
+    base = path.resolve().parent
+    return server, [_model_spec(table, index, base, path) for index, table in enumerate(tables)]
+
+
+def _model_spec(table: dict[str, Any], index: int, base: Path, path: Path) -> ModelSpec:
+    values = dict(table)
+    if isinstance(values.get("artifact"), str):
+        values["artifact"] = (base / values["artifact"]).resolve()
+    try:
+        return ModelSpec.model_validate(values)
+    except ValidationError as exc:
+        label = f"models[{index}]" + (f" ('{table['name']}')" if "name" in table else "")
+        raise ConfigError(f"{path}: {label}: {describe_validation(exc)}") from None
+
+
+def spec_for_target(target: str) -> ModelSpec:
+    """A single model from the command line: an artifact path, or a 'package.module:function'."""
+    path = Path(target)
+    if path.exists():
+        if not path.is_file():
+            raise ConfigError(f"{target} is not a file: serve an artifact file or a .toml config")
+        return ModelSpec(name=_name_from_stem(path.stem), artifact=path.resolve())
+    if ":" in target and "/" not in target:
+        return ModelSpec(name=_name_from_stem(target.rpartition(":")[2]), loader=target)
+    raise ConfigError(f"no such file: {target}")
+
+
+def _name_from_stem(stem: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.\-]", "-", stem).strip("-.") or "model"
+    return name if name[0].isalnum() else f"m{name}"

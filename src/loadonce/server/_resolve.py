@@ -1,0 +1,40 @@
+"""From the command line's words to one ServeConfig: target, demo, options, trust."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from loadonce._errors import ConfigError
+from loadonce.server._config_file import is_config_file, read_config_file, spec_for_target
+from loadonce.server._demo import demo_spec
+from loadonce.server._settings import ServeConfig, resolve_server_options
+
+
+def resolve_serve_config(
+    target: str | None,
+    *,
+    demo: bool,
+    trust: bool,
+    overrides: Mapping[str, Any | None],
+) -> ServeConfig:
+    """``overrides`` are the CLI options (each already falling back to its LOADONCE_* variable)."""
+    if demo and target:
+        raise ConfigError("give either a TARGET or --demo, not both")
+    file_options: dict[str, Any] = {}
+    if demo:
+        specs = [demo_spec()]
+    elif target is None:
+        raise ConfigError(
+            "nothing to serve: give a config file (.toml), an artifact, "
+            "a 'package.module:function' loader, or --demo"
+        )
+    elif is_config_file(target):
+        file_options, specs = read_config_file(Path(target))
+    else:
+        specs = [spec_for_target(target)]
+    if trust:
+        # --trust is the operator vouching for every artifact this command serves.
+        specs = [spec.model_copy(update={"trust": True}) for spec in specs]
+    return ServeConfig(server=resolve_server_options(file_options, overrides), models=specs)

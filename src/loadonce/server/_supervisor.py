@@ -1,0 +1,186 @@
+"""The supervisor of ``--workers N``: start workers, open the port only when all loaded.
+
+uvicorn's own multi-worker mode restarts a worker that fails at startup, forever, and lets the
+first worker accept connections while the others still load. Here the supervisor binds the
+socket without listening, spawns the workers, and waits: each worker loads its models and
+reports. Only when every worker has loaded does any of them listen. If one fails, every worker
+is stopped and the server exits with that worker's one-line reason: no half-up server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import logging.config
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+from loadonce.server._logging import log_config
+from loadonce.server._settings import ServeConfig
+from loadonce.server._worker import GO, STARTUP_FAILED, STOP, worker_process_main
+
+logger = logging.getLogger("loadonce")
+
+# How long a worker may take to finish its requests after SIGTERM before it is killed.
+GRACEFUL_STOP_SECONDS = 30.0
+_POLL_SECONDS = 0.5
+
+
+@dataclass(kw_only=True)
+class _Worker:
+    process: BaseProcess
+    gate: Connection
+    loaded: bool = False
+    serving: bool = False
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class _StartupFailedError(Exception):
+    pass
+
+
+class Supervisor:
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self._context = multiprocessing.get_context("spawn")
+        self._stopping = False
+        self._socket: socket.socket | None = None
+
+    def run(self) -> int:
+        options = self.config.server
+        logging.config.dictConfig(log_config(options.log_level))
+        workers: list[_Worker] = []
+        try:
+            self._socket = _bind_without_listening(options.host, options.port)
+            host, port = self._socket.getsockname()[:2]
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, self._ask_to_stop)
+            logger.info(
+                "supervisor pid %d starting %d workers for http://%s:%d; each worker process "
+                "loads its own copy of every model",
+                os.getpid(),
+                options.workers,
+                host,
+                port,
+            )
+            workers.extend(self._spawn() for _ in range(options.workers))
+            self._wait_until_loaded(workers)
+            if self._stopping:
+                return 0
+            for worker in workers:
+                self._release(worker)
+            logger.info(
+                "all %d workers loaded; accepting connections on http://%s:%d",
+                len(workers),
+                host,
+                port,
+            )
+            self._supervise(workers)
+            return 0
+        except _StartupFailedError as failure:
+            logger.error("startup failed: %s", failure)
+            return STARTUP_FAILED
+        finally:
+            self._stop_all(workers)
+            if self._socket is not None:
+                self._socket.close()
+
+    def _ask_to_stop(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping = True
+
+    def _spawn(self) -> _Worker:
+        assert self._socket is not None
+        ours, theirs = self._context.Pipe()
+        process = self._context.Process(
+            target=worker_process_main,
+            args=(self.config, self._socket, theirs),
+            name="loadonce-worker",
+        )
+        process.start()
+        theirs.close()
+        return _Worker(process=process, gate=ours)
+
+    def _wait_until_loaded(self, workers: list[_Worker]) -> None:
+        """Return when every worker reported loaded (or a stop was asked); raise on a failure."""
+        while not self._stopping and not all(w.loaded for w in workers):
+            waiting = [w for w in workers if not w.loaded]
+            wait([w.gate for w in waiting] + [w.process.sentinel for w in waiting], _POLL_SECONDS)
+            for worker in waiting:
+                self._read_report(worker)
+
+    def _read_report(self, worker: _Worker) -> None:
+        try:
+            if worker.gate.poll():
+                kind, detail = worker.gate.recv()
+                if kind == "loaded":
+                    worker.loaded = True
+                    return
+                raise _StartupFailedError(detail)
+        except (EOFError, OSError):
+            pass  # the worker died without a word; its exit code says the rest
+        if not worker.process.is_alive():
+            raise _StartupFailedError(
+                f"worker pid {worker.process.pid} exited with code {worker.process.exitcode} "
+                "before it finished loading"
+            )
+
+    def _release(self, worker: _Worker) -> None:
+        worker.gate.send(GO)
+        worker.serving = True
+
+    def _supervise(self, workers: list[_Worker]) -> None:
+        """Replace a worker that dies while serving; a replacement that cannot load stops all."""
+        while not self._stopping:
+            wait([w.process.sentinel for w in workers], _POLL_SECONDS)
+            for index, worker in enumerate(workers):
+                if worker.process.is_alive() or self._stopping:
+                    continue
+                logger.warning(
+                    "worker pid %d exited with code %s; starting a replacement",
+                    worker.process.pid,
+                    worker.process.exitcode,
+                )
+                worker.gate.close()
+                replacement = self._spawn()
+                workers[index] = replacement
+                self._wait_until_loaded([replacement])
+                if not self._stopping:
+                    self._release(replacement)
+
+    def _stop_all(self, workers: list[_Worker]) -> None:
+        for worker in workers:
+            if worker.process.is_alive():
+                if not worker.serving:
+                    with contextlib.suppress(OSError):
+                        worker.gate.send(STOP)  # a worker waiting for GO leaves at once
+                worker.process.terminate()  # SIGTERM: uvicorn finishes in-flight requests
+        deadline = time.monotonic() + GRACEFUL_STOP_SECONDS
+        for worker in workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                logger.warning("worker pid %d did not stop in time; killing it", worker.process.pid)
+                worker.process.kill()
+                worker.process.join()
+            worker.gate.close()
+
+
+def _bind_without_listening(host: str, port: int) -> socket.socket:
+    """Bind now (so a taken port fails before any model loads) but do not listen: until a
+    worker listens, a client's connection is refused rather than queued."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise _StartupFailedError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock

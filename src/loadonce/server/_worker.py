@@ -1,0 +1,114 @@
+"""One worker process: build the app, run uvicorn, and report a failed startup in one line."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from multiprocessing.connection import Connection
+
+import anyio.to_thread
+import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from loadonce._app import create_app
+from loadonce._errors import LoadonceError
+from loadonce._registry import Registry
+from loadonce.server._logging import log_config
+from loadonce.server._settings import ServeConfig
+
+logger = logging.getLogger("loadonce")
+
+# uvicorn's own exit status for a failed startup; loadonce uses it too, for one meaning.
+STARTUP_FAILED = 3
+
+GO = "go"
+STOP = "stop"
+
+
+class _OneLineStartupFailure:
+    """Starlette reports a failed lifespan to uvicorn with a full traceback. When the cause is
+    a model that failed to load, the traceback says nothing the one-line message does not, so
+    it is replaced by nothing and the worker logs (or reports) that line instead."""
+
+    def __init__(self, app: ASGIApp, registry: Registry) -> None:
+        self.app = app
+        self.registry = registry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_quietly(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and self.registry.failure is not None:
+                message = {**message, "message": ""}
+            await send(message)
+
+        await self.app(scope, receive, send_quietly)
+
+
+def run_worker(
+    config: ServeConfig,
+    *,
+    sockets: list[socket.socket] | None = None,
+    on_loaded: Callable[[Registry], Awaitable[None]] | None = None,
+) -> tuple[bool, str | None]:
+    """Serve until shutdown. Returns (started, failure line); the line is None after a clean run
+    and names the model, source and cause when a model failed to load."""
+    options = config.server
+    registry = Registry(config.models)
+    app = create_app(registry, on_loaded=on_loaded)
+    uvicorn_config = uvicorn.Config(
+        _OneLineStartupFailure(app, registry),
+        host=options.host,
+        port=options.port,
+        log_config=log_config(options.log_level),
+        log_level=options.log_level,
+        lifespan="on",
+        workers=options.workers,
+    )
+    server = uvicorn.Server(uvicorn_config)
+    # uvicorn raises SystemExit when the lifespan fails; the failure line below says why.
+    with contextlib.suppress(SystemExit):
+        server.run(sockets=sockets)
+    if server.started:
+        return True, None
+    if registry.failure is not None:
+        return False, str(registry.failure)
+    return False, f"worker pid {os.getpid()} failed to start (see the log above)"
+
+
+def serve_single_worker(config: ServeConfig) -> int:
+    """``--workers 1``: serve in this process; uvicorn binds only after every model loaded."""
+    started, failure = run_worker(config)
+    if started:
+        return 0
+    logger.error("startup failed: %s", failure)
+    return STARTUP_FAILED
+
+
+def worker_process_main(config: ServeConfig, sock: socket.socket, gate: Connection) -> None:
+    """Entry point of a worker spawned by the supervisor.
+
+    After loading, the worker reports to the supervisor and waits for GO before it listens, so
+    no worker accepts a connection until every worker has loaded every model.
+    """
+
+    async def wait_for_go(registry: Registry) -> None:
+        gate.send(("loaded", os.getpid()))
+        try:
+            reply = await anyio.to_thread.run_sync(gate.recv)
+        except EOFError:
+            reply = STOP  # the supervisor is gone: never serve unsupervised
+        if reply != GO:
+            registry.failure = LoadonceError("stopped before serving: another worker failed")
+            raise registry.failure
+
+    started, failure = run_worker(config, sockets=[sock], on_loaded=wait_for_go)
+    if not started:
+        with contextlib.suppress(OSError):  # a supervisor that is gone needs no report
+            gate.send(("failed", failure))
+        raise SystemExit(STARTUP_FAILED)
