@@ -16,18 +16,24 @@ logger = logging.getLogger("loadonce")
 STATE_KEY = "loadonce"
 
 
+def check_model_specs(specs: Iterable[ModelSpec]) -> list[ModelSpec]:
+    """At least one model, and unique names; raise ConfigError before anything loads."""
+    specs = list(specs)
+    if not specs:
+        raise ConfigError("no model is declared: declare at least one model to serve")
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.name in seen:
+            raise ConfigError(f"model '{spec.name}' is declared twice; names must be unique")
+        seen.add(spec.name)
+    return specs
+
+
 class Registry:
     """The models of one app in one worker process, in the order they were declared."""
 
     def __init__(self, specs: Iterable[ModelSpec]) -> None:
-        specs = list(specs)
-        if not specs:
-            raise ConfigError("no model is declared: declare at least one model to serve")
-        seen: set[str] = set()
-        for spec in specs:
-            if spec.name in seen:
-                raise ConfigError(f"model '{spec.name}' is declared twice; names must be unique")
-            seen.add(spec.name)
+        specs = check_model_specs(specs)
         self._models = {spec.name: Model(spec) for spec in specs}
         # Why this app's startup failed, as one line for the log (None while all is well).
         self.failure: LoadonceError | None = None

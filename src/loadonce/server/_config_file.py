@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from loadonce._errors import ConfigError
 from loadonce._spec import ModelSpec
-from loadonce.server._settings import describe_validation
+from loadonce.server._settings import ServerOptions, describe_validation
 
 _TOP_LEVEL = {"server", "models"}
 
@@ -42,6 +42,11 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], list[ModelSpec]]:
     server = document.get("server", {})
     if not isinstance(server, dict):
         raise ConfigError(f"{path}: [server] must be a table")
+    try:
+        # Checked here too, so a mistake in the file is reported with the file's name.
+        ServerOptions.model_validate(server)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: [server]: {describe_validation(exc)}") from None
     tables = document.get("models", [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise ConfigError(f"{path}: models must be an array of tables ([[models]])")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from loadonce._errors import ConfigError
+from loadonce._registry import check_model_specs
 from loadonce.server._config_file import is_config_file, read_config_file, spec_for_target
 from loadonce.server._demo import demo_spec
 from loadonce.server._settings import ServeConfig, resolve_server_options
@@ -37,4 +38,6 @@ def resolve_serve_config(
     if trust:
         # --trust is the operator vouching for every artifact this command serves.
         specs = [spec.model_copy(update={"trust": True}) for spec in specs]
-    return ServeConfig(server=resolve_server_options(file_options, overrides), models=specs)
+    return ServeConfig(
+        server=resolve_server_options(file_options, overrides), models=check_model_specs(specs)
+    )

@@ -1,0 +1,38 @@
+"""Loaders that subprocess servers import by name (``tests.loaders:...``) in their config."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+class Echo:
+    """Returns each example as its output, tagged with the worker that computed it."""
+
+    def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
+        return [{"echo": example, "pid": os.getpid()} for example in batch]
+
+
+def echo() -> Echo:
+    return Echo()
+
+
+def counting_echo() -> Echo:
+    """Appends this process's pid to $LOADONCE_TEST_LOAD_LOG, one line per call."""
+    with Path(os.environ["LOADONCE_TEST_LOAD_LOG"]).open("a") as log:
+        log.write(f"{os.getpid()}\n")
+    return Echo()
+
+
+def fails_in_second_worker() -> Echo:
+    """The first process to call it gets a model; any other raises. The first one also
+    records its pid in $LOADONCE_TEST_LOAD_LOG, so the test can check it was stopped."""
+    marker = os.environ["LOADONCE_TEST_MARKER"]
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        time.sleep(0.5)  # let the healthy worker reach the point where it waits to serve
+        raise RuntimeError("this worker is the second one, and it was built to fail") from None
+    return counting_echo()

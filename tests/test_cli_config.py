@@ -1,0 +1,106 @@
+"""Server options from the command line, LOADONCE_* variables and the config file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from tests.servers import cli_env, free_port, serving
+
+USAGE_ERROR = 2
+
+
+def _config(tmp_path: Path, server_table: str) -> Path:
+    path = tmp_path / "loadonce.toml"
+    path.write_text(f'{server_table}\n[[models]]\nname = "echo"\nloader = "tests.loaders:echo"\n')
+    return path
+
+
+def test_precedence_is_cli_then_environment_then_file(tmp_path: Path) -> None:
+    file_port, env_port, cli_port = free_port(), free_port(), free_port()
+    config = _config(tmp_path, f'[server]\nport = {file_port}\nlog_level = "warning"')
+
+    with serving([str(config)], tmp_path, port=file_port) as server:
+        assert httpx.get(f"http://127.0.0.1:{file_port}/livez").status_code == 200
+    assert "[loadonce]" not in server.log(), "log_level came from the file"
+
+    env = cli_env(tmp_path, {"LOADONCE_PORT": str(env_port), "LOADONCE_LOG_LEVEL": "info"})
+    with serving([str(config)], tmp_path, env=env, port=env_port) as server:
+        assert httpx.get(f"http://127.0.0.1:{env_port}/livez").status_code == 200
+    assert "[loadonce] model 'echo'" in server.log(), "log_level came from the environment"
+
+    with serving(
+        [str(config), "--port", str(cli_port)], tmp_path, env=env, port=cli_port
+    ) as server:
+        assert httpx.get(f"http://127.0.0.1:{cli_port}/livez").status_code == 200
+
+
+def test_binds_loopback_by_default(tmp_path: Path) -> None:
+    with serving([str(_config(tmp_path, ""))], tmp_path) as server:
+        assert "http://127.0.0.1:" in server.log()
+
+
+def test_a_loader_reference_can_be_served_directly(tmp_path: Path) -> None:
+    with serving(["tests.loaders:echo"], tmp_path) as server:
+        response = httpx.post(f"{server.url}/models/echo/predict", json={"inputs": ["hi"]})
+        assert response.json()["outputs"][0]["echo"] == "hi"
+
+
+def _serve_expecting_usage_error(args: list[str], tmp_path: Path) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "loadonce", "serve", *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(tmp_path),
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == USAGE_ERROR, result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+@pytest.mark.parametrize(
+    ("server_table", "models", "expected"),
+    [
+        ("[server]\nprot = 1", '[[models]]\nname = "a"\nloader = "x:y"', "[server]: prot"),
+        ("[server]\nworkers = 0", '[[models]]\nname = "a"\nloader = "x:y"', "workers"),
+        ("", "", "no model is declared"),
+        ("", '[[models]]\nname = "a"', "needs a loader or an artifact"),
+        ("", '[[models]]\nname = "a"\nloader = "x:y"\nconcurrency = "pool"', "pool:4"),
+        ("", '[[models]]\nname = "a b"\nloader = "x:y"', "name"),
+        ("", '[[models]]\nname = "a"\nloader = "x:y"\nbatch = 3', "batch"),
+        (
+            "",
+            '[[models]]\nname = "a"\nloader = "x:y"\n[[models]]\nname = "a"\nloader = "x:y"',
+            "declared twice",
+        ),
+        ("[server\n", "", "cannot read config file"),
+    ],
+)
+def test_an_invalid_config_file_is_one_line_naming_the_problem(
+    tmp_path: Path, server_table: str, models: str, expected: str
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(f"{server_table}\n{models}\n")
+    stderr = _serve_expecting_usage_error([str(config)], tmp_path)
+    assert expected in stderr
+    assert str(config) in stderr or "declared" in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], "nothing to serve"),
+        (["missing.onnx"], "no such file: missing.onnx"),
+        (["--demo", "x.toml"], "either a TARGET or --demo"),
+        (["--demo", "--workers", "-1"], "workers"),
+    ],
+)
+def test_bad_command_lines_are_usage_errors(tmp_path: Path, args: list[str], expected: str) -> None:
+    assert expected in _serve_expecting_usage_error(args, tmp_path)

@@ -1,0 +1,72 @@
+"""A model that cannot load stops the server: non-zero exit, one clear line, no connection."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.servers import ConnectionProbe, cli_env, free_port, start_cli
+
+STARTUP_FAILED = 3
+
+
+def _run_to_exit(args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> str:
+    port = free_port()
+    with ConnectionProbe(port) as probe:
+        server = start_cli([*args, "--port", str(port)], tmp_path, env=env, port=port)
+        code = server.process.wait(timeout=60)
+    log = server.log()
+    assert code == STARTUP_FAILED, log
+    assert probe.attempts > 5, "the port was probed while the server started"
+    assert probe.accepted == 0, "the port never accepted a connection"
+    assert "Traceback" not in log
+    return log
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_corrupt_artifact_exits_non_zero_naming_model_and_path(
+    tmp_path: Path, workers: str
+) -> None:
+    artifact = tmp_path / "broken.skops"
+    artifact.write_bytes(b"this is not a model")
+    config = tmp_path / "loadonce.toml"
+    config.write_text(f'[[models]]\nname = "broken"\nartifact = "{artifact.name}"\n')
+    started = time.monotonic()
+    log = _run_to_exit([str(config), "--workers", workers], tmp_path)
+    assert time.monotonic() - started < 60
+    [line] = [line for line in log.splitlines() if "[loadonce] startup failed:" in line]
+    assert "model 'broken'" in line
+    assert str(artifact) in line
+    assert "BadZipFile" in line
+    assert log.count("[loadonce] startup failed:") == 1, "one line, not one per worker"
+
+
+def test_missing_artifact_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "loadonce.toml"
+    config.write_text('[[models]]\nname = "gone"\nartifact = "gone.skops"\n')
+    log = _run_to_exit([str(config)], tmp_path)
+    assert f"model 'gone' failed to load from {tmp_path / 'gone.skops'}" in log
+    assert "no such file" in log
+
+
+def test_one_failing_worker_brings_the_whole_server_down(tmp_path: Path) -> None:
+    config = tmp_path / "loadonce.toml"
+    config.write_text(
+        '[[models]]\nname = "flaky"\nloader = "tests.loaders:fails_in_second_worker"\n'
+    )
+    load_log = tmp_path / "loads.txt"
+    env = cli_env(
+        tmp_path,
+        {"LOADONCE_TEST_MARKER": str(tmp_path / "marker"), "LOADONCE_TEST_LOAD_LOG": str(load_log)},
+    )
+    log = _run_to_exit([str(config), "--workers", "2"], tmp_path, env=env)
+    assert "model 'flaky' failed to load from tests.loaders:fails_in_second_worker" in log
+    assert "built to fail" in log
+    # The healthy worker loaded, then was stopped with the rest: no half-up server.
+    [healthy_pid] = [int(pid) for pid in load_log.read_text().split()]
+    with pytest.raises(ProcessLookupError):
+        os.kill(healthy_pid, 0)
+    assert "replacement" not in log, "no restart loop"

@@ -1,0 +1,209 @@
+"""Library mode: the lifespan loads each model once, before any request, and unloads it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from starlette.requests import Request
+
+import loadonce
+
+
+class CountingLoader:
+    """A loader that counts its calls and notes whether a request was in progress."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.calls_during_requests = 0
+        self.requests_in_progress = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Any:
+        with self._lock:
+            self.calls += 1
+            if self.requests_in_progress:
+                self.calls_during_requests += 1
+        return lambda batch: [sum(example) for example in batch]
+
+
+def test_loader_runs_once_per_process_across_100_requests() -> None:
+    loader = CountingLoader()
+    app = loadonce.create_app([loadonce.ModelSpec(name="adder", loader=loader)])
+
+    @app.middleware("http")
+    async def track_requests(request: Any, call_next: Any) -> Any:
+        loader.requests_in_progress += 1
+        try:
+            return await call_next(request)
+        finally:
+            loader.requests_in_progress -= 1
+
+    assert loader.calls == 0, "nothing may load at import or app creation"
+    with TestClient(app) as client:
+        assert loader.calls == 1, "the lifespan loads before the first request"
+        for i in range(100):
+            response = client.post("/models/adder/predict", json={"inputs": [[i, 1], [i, 2]]})
+            assert response.status_code == 200
+            assert response.json()["outputs"] == [i + 1, i + 2]
+    assert loader.calls == 1
+    assert loader.calls_during_requests == 0
+
+
+def test_registry_lives_on_app_state_not_in_a_global() -> None:
+    first = loadonce.create_app([loadonce.ModelSpec(name="a", loader=lambda: lambda b: b)])
+    second = loadonce.create_app([loadonce.ModelSpec(name="b", loader=lambda: lambda b: b)])
+    with TestClient(first) as one, TestClient(second) as two:
+        assert [m["name"] for m in one.get("/models").json()["models"]] == ["a"]
+        assert [m["name"] for m in two.get("/models").json()["models"]] == ["b"]
+        assert isinstance(first.state.loadonce, loadonce.Registry)
+        assert first.state.loadonce is not second.state.loadonce
+
+
+def test_models_unload_in_reverse_order_and_compose_with_the_users_lifespan() -> None:
+    events: list[str] = []
+
+    class Closable:
+        def __init__(self, name: str) -> None:
+            self.name = name
+            events.append(f"load {name}")
+
+        def predict(self, batch: list[Any]) -> list[Any]:
+            return batch
+
+        def close(self) -> None:
+            events.append(f"close {self.name}")
+
+    @asynccontextmanager
+    async def user_lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The user's lifespan starts after the models loaded, so it may already use them.
+        registry: loadonce.Registry = app.state.loadonce
+        events.append(f"user start, ready={registry.is_ready}")
+        yield
+        events.append("user stop")
+
+    specs = [
+        loadonce.ModelSpec(name="first", loader=lambda: Closable("first")),
+        loadonce.ModelSpec(name="second", loader=lambda: Closable("second")),
+    ]
+    app = FastAPI(lifespan=loadonce.lifespan(specs, wrap=user_lifespan))
+    app.include_router(loadonce.health_router())
+    with TestClient(app) as client:
+        assert client.get("/readyz").status_code == 200
+    assert events == [
+        "load first",
+        "load second",
+        "user start, ready=True",
+        "user stop",
+        "close second",
+        "close first",
+    ]
+
+
+def test_user_lifespan_state_still_reaches_requests() -> None:
+    @asynccontextmanager
+    async def user_lifespan(app: FastAPI) -> AsyncIterator[dict[str, str]]:
+        yield {"greeting": "hello"}
+
+    app = FastAPI(
+        lifespan=loadonce.lifespan(
+            [loadonce.ModelSpec(name="m", loader=lambda: lambda b: b)], wrap=user_lifespan
+        )
+    )
+
+    @app.get("/greet")
+    async def greet(request: Request) -> str:
+        return str(request.state.greeting)
+
+    with TestClient(app) as client:
+        assert client.get("/greet").json() == "hello"
+
+
+def test_warmup_runs_once_before_the_model_counts_as_ready() -> None:
+    seen: list[Any] = []
+
+    def load() -> Any:
+        def predict(batch: list[Any]) -> list[Any]:
+            seen.append(list(batch))
+            return batch
+
+        return predict
+
+    spec = loadonce.ModelSpec(name="w", loader=load, warmup=[[1.0, 2.0]], input_shape=(2,))
+    with TestClient(loadonce.create_app([spec])) as client:
+        assert len(seen) == 1, "warm-up ran exactly once during startup"
+        assert [list(row) for row in seen[0]] == [[1.0, 2.0]]
+        assert client.get("/readyz").status_code == 200
+
+
+def test_a_warmup_that_fails_stops_startup() -> None:
+    def load() -> Any:
+        def predict(batch: list[Any]) -> list[Any]:
+            raise ZeroDivisionError("broken model")
+
+        return predict
+
+    app = loadonce.create_app([loadonce.ModelSpec(name="w", loader=load, warmup=[1])])
+    with pytest.raises(loadonce.ModelLoadError, match=r"model 'w'.*warm-up failed.*broken model"):
+        TestClient(app).__enter__()
+
+
+def test_a_failing_load_unloads_the_models_loaded_before_it() -> None:
+    closed: list[str] = []
+
+    class Model:
+        def predict(self, batch: list[Any]) -> list[Any]:
+            return batch
+
+        def close(self) -> None:
+            closed.append("ok")
+
+    def broken() -> Any:
+        raise OSError("disk on fire")
+
+    specs = [
+        loadonce.ModelSpec(name="ok", loader=Model),
+        loadonce.ModelSpec(name="broken", loader=broken),
+    ]
+    app = loadonce.create_app(specs)
+    with pytest.raises(loadonce.ModelLoadError) as caught:
+        TestClient(app).__enter__()
+    assert "model 'broken' failed to load" in str(caught.value)
+    assert "OSError: disk on fire" in str(caught.value)
+    assert closed == ["ok"]
+    states = app.state.loadonce.states()
+    assert states == {"ok": "unloaded", "broken": "failed"}
+
+
+@pytest.mark.parametrize(
+    ("specs", "message"),
+    [
+        ([], "no model is declared"),
+        (
+            [
+                loadonce.ModelSpec(name="x", loader=lambda: None),
+                loadonce.ModelSpec(name="x", loader=lambda: None),
+            ],
+            "declared twice",
+        ),
+    ],
+)
+def test_zero_or_duplicate_models_are_rejected_before_anything_loads(
+    specs: list[loadonce.ModelSpec], message: str
+) -> None:
+    with pytest.raises(loadonce.ConfigError, match=message):
+        loadonce.lifespan(specs)
+
+
+def test_pool_loads_one_instance_per_slot() -> None:
+    loader = CountingLoader()
+    spec = loadonce.ModelSpec(name="p", loader=loader, concurrency="pool:3")
+    with TestClient(loadonce.create_app([spec])) as client:
+        info = client.get("/models/p").json()
+    assert loader.calls == 3
+    assert info["concurrency"] == "pool:3"
