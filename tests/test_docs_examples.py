@@ -1,0 +1,54 @@
+"""The examples in the docs are run here, so what a user copies works."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+from fastapi.testclient import TestClient
+
+import loadonce
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "docs" / "examples"
+
+
+def _import_example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"docs_example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_library_app_example_serves_its_own_route_and_loadonces() -> None:
+    example = _import_example("library_app")
+    with TestClient(example.app) as client:
+        assert client.get("/readyz").json()["models"] == {"iris": "ready"}
+        flower = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
+        assert client.post("/classify", json=flower).json() == {"species": "virginica"}
+        predicted = client.post("/ml/models/iris/predict", json={"inputs": [5.1, 3.5, 1.4, 0.2]})
+        assert predicted.json()["outputs"] == ["setosa"]
+        assert example.app.state.requests_served == 1
+
+
+def test_library_app_example_can_swap_the_model_in_tests() -> None:
+    example = _import_example("library_app")
+
+    class AlwaysSetosa:
+        async def predict(self, inputs: object) -> list[str]:
+            return ["setosa"]
+
+    example.app.dependency_overrides[loadonce.ModelDependency("iris")] = AlwaysSetosa
+    flower = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
+    with TestClient(example.app) as client:
+        assert client.post("/classify", json=flower).json() == {"species": "setosa"}
+
+
+def test_readme_shows_the_library_example_verbatim() -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = (EXAMPLES / "library_app.py").read_text()
+    body = example.split('"""', 2)[2].strip()  # everything after the module docstring
+    assert body in readme

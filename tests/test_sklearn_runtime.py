@@ -1,0 +1,161 @@
+"""scikit-learn artifacts: served predictions equal the estimator's; pickles need trust or a pin."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import joblib
+import numpy as np
+import pytest
+import skops.io
+from fastapi.testclient import TestClient
+from sklearn.base import BaseEstimator
+from sklearn.datasets import make_classification
+from sklearn.ensemble import RandomForestClassifier
+
+import loadonce
+from tests.servers import serving, start_cli
+
+
+@pytest.fixture(scope="module")
+def forest() -> tuple[RandomForestClassifier, np.ndarray[Any, Any]]:
+    features, labels = make_classification(n_samples=200, n_features=6, random_state=0)
+    estimator = RandomForestClassifier(n_estimators=5, max_depth=3, random_state=0, n_jobs=1)
+    return estimator.fit(features, labels), features[:20]
+
+
+# skops does not trust scikit-learn's tree internals by default; a user lists them, as here.
+TREE_TYPES = {"trusted_types": ["sklearn.tree._tree.Tree"]}
+
+
+def _served(spec: loadonce.ModelSpec, inputs: Any) -> Any:
+    with TestClient(loadonce.create_app([spec])) as client:
+        response = client.post(f"/models/{spec.name}/predict", json={"inputs": inputs})
+        assert response.status_code == 200, response.text
+        return response.json()["outputs"]
+
+
+def test_skops_file_serves_exactly_the_estimators_predictions(
+    tmp_path: Path, forest: tuple[RandomForestClassifier, np.ndarray[Any, Any]]
+) -> None:
+    estimator, rows = forest
+    path = tmp_path / "forest.skops"
+    skops.io.dump(estimator, path)
+    refused = loadonce.create_app([loadonce.ModelSpec(name="forest", artifact=path)])
+    with pytest.raises(loadonce.ModelLoadError, match=r"not trusted: sklearn\.tree\._tree\.Tree"):
+        TestClient(refused).__enter__()
+    spec = loadonce.ModelSpec(name="forest", artifact=path, options=TREE_TYPES)
+    assert _served(spec, rows.tolist()) == estimator.predict(rows).tolist()
+
+
+def test_a_configured_method_such_as_predict_proba(
+    tmp_path: Path, forest: tuple[RandomForestClassifier, np.ndarray[Any, Any]]
+) -> None:
+    estimator, rows = forest
+    path = tmp_path / "forest.skops"
+    skops.io.dump(estimator, path)
+    spec = loadonce.ModelSpec(
+        name="f", artifact=path, options={"method": "predict_proba", **TREE_TYPES}
+    )
+    assert _served(spec, rows.tolist()) == estimator.predict_proba(rows).tolist()
+
+
+def test_wrong_feature_count_is_400_with_the_expected_shape(
+    tmp_path: Path, forest: tuple[RandomForestClassifier, np.ndarray[Any, Any]]
+) -> None:
+    estimator, _ = forest
+    path = tmp_path / "forest.skops"
+    skops.io.dump(estimator, path)
+    spec = loadonce.ModelSpec(name="forest", artifact=path, options=TREE_TYPES)
+    with TestClient(loadonce.create_app([spec])) as client:
+        response = client.post("/models/forest/predict", json={"inputs": [[1.0, 2.0]]})
+    assert response.status_code == 400
+    assert "shape [6]" in response.json()["error"]
+    assert "got shape [2]" in response.json()["error"]
+
+
+class Doubler(BaseEstimator):  # type: ignore[misc]
+    """A custom type that a skops file cannot vouch for."""
+
+    n_features_in_ = 1
+
+    def predict(self, rows: Any) -> Any:
+        return np.asarray(rows)[:, 0] * 2
+
+
+def test_skops_with_untrusted_types_is_refused_listing_them(tmp_path: Path) -> None:
+    path = tmp_path / "doubler.skops"
+    skops.io.dump(Doubler(), path)
+    refused = loadonce.create_app([loadonce.ModelSpec(name="d", artifact=path)])
+    with pytest.raises(
+        loadonce.ModelLoadError, match=r"not trusted: tests\.test_sklearn_runtime\.Doubler"
+    ):
+        TestClient(refused).__enter__()
+    trusted = loadonce.ModelSpec(
+        name="d",
+        artifact=path,
+        options={"trusted_types": ["tests.test_sklearn_runtime.Doubler"]},
+    )
+    assert _served(trusted, [[1.5], [2.0]]) == [3.0, 4.0]
+
+
+def test_joblib_is_refused_without_trust_or_pin_and_the_message_says_how(
+    tmp_path: Path, forest: tuple[RandomForestClassifier, np.ndarray[Any, Any]]
+) -> None:
+    estimator, rows = forest
+    path = tmp_path / "forest.joblib"
+    joblib.dump(estimator, path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    app = loadonce.create_app([loadonce.ModelSpec(name="forest", artifact=path)])
+    with pytest.raises(loadonce.ModelLoadError) as refused:
+        TestClient(app).__enter__()
+    message = str(refused.value)
+    assert "refusing to unpickle" in message
+    assert f'sha256 = "{digest}"' in message
+    assert "--trust" in message
+
+    expected = estimator.predict(rows).tolist()
+    trusted = loadonce.ModelSpec(name="forest", artifact=path, trust=True)
+    assert _served(trusted, rows.tolist()) == expected
+    pinned = loadonce.ModelSpec(name="forest", artifact=path, sha256=digest)
+    assert _served(pinned, rows.tolist()) == expected
+
+
+def test_a_pin_that_does_not_match_refuses_the_load(
+    tmp_path: Path, forest: tuple[RandomForestClassifier, np.ndarray[Any, Any]]
+) -> None:
+    estimator, _ = forest
+    path = tmp_path / "forest.joblib"
+    joblib.dump(estimator, path)
+    wrong = "0" * 64
+    app = loadonce.create_app([loadonce.ModelSpec(name="forest", artifact=path, sha256=wrong)])
+    with pytest.raises(loadonce.ModelLoadError, match="sha256 mismatch"):
+        TestClient(app).__enter__()
+
+
+def test_cli_serves_an_artifact_and_trust_is_explicit(
+    tmp_path: Path, forest: tuple[RandomForestClassifier, np.ndarray[Any, Any]]
+) -> None:
+    estimator, rows = forest
+    path = tmp_path / "forest.joblib"
+    joblib.dump(estimator, path)
+    with serving([str(path), "--trust"], tmp_path) as server:
+        response = httpx.post(
+            f"{server.url}/models/forest/predict", json={"inputs": rows[:3].tolist()}
+        )
+        assert response.json()["outputs"] == estimator.predict(rows[:3]).tolist()
+
+
+def test_cli_refuses_an_untrusted_pickle_at_startup(
+    tmp_path: Path, forest: tuple[RandomForestClassifier, np.ndarray[Any, Any]]
+) -> None:
+    estimator, _ = forest
+    path = tmp_path / "forest.joblib"
+    joblib.dump(estimator, path)
+    server = start_cli([str(path)], tmp_path)
+    assert server.process.wait(timeout=60) == 3
+    assert f"model 'forest' failed to load from {path}" in server.log()
+    assert "refusing to unpickle" in server.log()
