@@ -27,8 +27,8 @@ serve: $(VENV)/.serve-installed
 	$(BIN)/loadonce serve --demo --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.test-installed
-	$(BIN)/ruff check src tests docs/examples bench
-	$(BIN)/ruff format --check src tests docs/examples bench
+	$(BIN)/ruff check src tests docs/examples
+	$(BIN)/ruff format --check src tests docs/examples
 
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy

@@ -141,6 +141,24 @@ def test_warmup_runs_once_before_the_model_counts_as_ready() -> None:
         assert client.get("/readyz").status_code == 200
 
 
+def test_warmup_runs_on_every_instance_of_a_pool() -> None:
+    warmed: list[int] = []
+
+    def load() -> Any:
+        instance = len(warmed)
+        warmed.append(0)
+
+        def predict(batch: list[Any]) -> list[Any]:
+            warmed[instance] += 1
+            return batch
+
+        return predict
+
+    spec = loadonce.ModelSpec(name="p", loader=load, concurrency="pool:3", warmup=["x"])
+    with TestClient(loadonce.create_app([spec])):
+        assert warmed == [1, 1, 1]
+
+
 def test_a_warmup_that_fails_stops_startup() -> None:
     def load() -> Any:
         def predict(batch: list[Any]) -> list[Any]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import httpx2 as httpx
+import psutil
 
-from tests.servers import cli_env, serving
+from tests.servers import cli_env, serving, start_cli, stop, wait_ready, wait_until
 
 
 def test_two_workers_each_load_once_across_200_requests(tmp_path: Path) -> None:
@@ -52,3 +55,39 @@ concurrency = "shared"
     assert "each worker process loads its own copy" in server.log()
     for pid in loader_pids:
         assert f"model 'echo' version 1 loaded in worker pid {pid}" in server.log()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        # A killed child stays a zombie until its parent reaps it; that is not alive.
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_a_worker_that_dies_is_replaced_and_sigterm_stops_all(tmp_path: Path) -> None:
+    load_log = tmp_path / "loads.txt"
+    config = tmp_path / "loadonce.toml"
+    config.write_text('[[models]]\nname = "echo"\nloader = "tests.loaders:counting_echo"\n')
+    env = cli_env(tmp_path, {"LOADONCE_TEST_LOAD_LOG": str(load_log)})
+    server = start_cli([str(config), "--workers", "2"], tmp_path, env=env)
+    try:
+        wait_ready(server)
+        first, second = (int(pid) for pid in load_log.read_text().split())
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: len(load_log.read_text().split()) == 3, 60, "a replacement worker")
+        replacement = int(load_log.read_text().split()[2])
+        assert replacement not in (first, second)
+        wait_until(lambda: not _pid_alive(first), 10, "the killed worker to be reaped")
+        pids_answering = set()
+        for _ in range(40):
+            response = httpx.get(f"{server.url}/models")
+            assert response.status_code == 200
+            pids_answering.add(response.json()["worker_pid"])
+        assert pids_answering <= {second, replacement}
+        assert "starting a replacement" in server.log()
+    finally:
+        code = stop(server)
+    assert code == 0, server.log()
+    assert not _pid_alive(second)
+    assert not _pid_alive(replacement)

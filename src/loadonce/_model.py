@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -87,10 +87,7 @@ class Model:
         try:
             executor = await self._build_executor(instances)
             if self.spec.warmup is not None:
-                try:
-                    await self._predict_on(executor, self.spec.warmup)
-                except Exception as exc:
-                    raise RuntimeError(f"warm-up failed: {describe_exception(exc)}") from exc
+                await self._warm_up(executor.instances)
         except Exception as exc:
             self.state = ModelState.FAILED
             await _close_all(instances, self.name)
@@ -145,17 +142,32 @@ class Model:
 
     async def _predict_on(self, executor: Executor, inputs: Any) -> list[Any]:
         examples = split_examples(inputs, executor.instances[0].signature)
+        return await executor.run(_batch_call(examples))
 
-        def call(predictor: Predictor) -> list[Any]:
-            try:
-                batch = predictor.prepare(examples)
-            except InvalidInputError:
-                raise
-            except (ValueError, TypeError) as exc:
-                raise InvalidInputError(describe_exception(exc)) from exc
-            return _one_output_per_example(predictor.predict(batch), len(examples))
+    async def _warm_up(self, instances: Sequence[Predictor]) -> None:
+        """Run the warm-up input through every instance (each pool slot has its own caches),
+        by the same prepare-and-predict path as requests."""
+        try:
+            call = _batch_call(split_examples(self.spec.warmup, instances[0].signature))
+            for instance in instances:
+                await anyio.to_thread.run_sync(call, instance)
+        except Exception as exc:
+            raise RuntimeError(f"warm-up failed: {describe_exception(exc)}") from exc
 
-        return await executor.run(call)
+
+def _batch_call(examples: list[Any]) -> Callable[[Predictor], list[Any]]:
+    """What runs in the worker thread: validate and convert the examples, then predict."""
+
+    def call(predictor: Predictor) -> list[Any]:
+        try:
+            batch = predictor.prepare(examples)
+        except InvalidInputError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise InvalidInputError(describe_exception(exc)) from exc
+        return _one_output_per_example(predictor.predict(batch), len(examples))
+
+    return call
 
 
 def _one_output_per_example(outputs: Sequence[Any], count: int) -> list[Any]:
