@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -70,3 +71,21 @@ def test_one_failing_worker_brings_the_whole_server_down(tmp_path: Path) -> None
     with pytest.raises(ProcessLookupError):
         os.kill(healthy_pid, 0)
     assert "replacement" not in log, "no restart loop"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_taken_port_fails_before_any_model_loads(tmp_path: Path, workers: str) -> None:
+    config = tmp_path / "loadonce.toml"
+    config.write_text('[[models]]\nname = "echo"\nloader = "tests.loaders:counting_echo"\n')
+    load_log = tmp_path / "loads.txt"
+    env = cli_env(tmp_path, {"LOADONCE_TEST_LOAD_LOG": str(load_log)})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = start_cli(
+            [str(config), "--workers", workers, "--port", str(port)], tmp_path, env=env, port=port
+        )
+        assert server.process.wait(timeout=60) == STARTUP_FAILED
+    assert f"startup failed: cannot bind 127.0.0.1:{port}" in server.log()
+    assert not load_log.exists(), "no model was loaded for a server that cannot bind"

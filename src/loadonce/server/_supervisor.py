@@ -24,6 +24,7 @@ from types import FrameType
 
 from loadonce.server._logging import log_config
 from loadonce.server._settings import ServeConfig
+from loadonce.server._sockets import BindError, bind_without_listening, describe_address
 from loadonce.server._worker import GO, STARTUP_FAILED, STOP, worker_process_main
 
 logger = logging.getLogger("loadonce")
@@ -58,17 +59,16 @@ class Supervisor:
         logging.config.dictConfig(log_config(options.log_level))
         workers: list[_Worker] = []
         try:
-            self._socket = _bind_without_listening(options.host, options.port)
-            host, port = self._socket.getsockname()[:2]
+            self._socket = bind_without_listening(options.host, options.port)
+            address = describe_address(self._socket)
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, self._ask_to_stop)
             logger.info(
-                "supervisor pid %d starting %d workers for http://%s:%d; each worker process "
+                "supervisor pid %d starting %d workers for %s; each worker process "
                 "loads its own copy of every model",
                 os.getpid(),
                 options.workers,
-                host,
-                port,
+                address,
             )
             workers.extend(self._spawn() for _ in range(options.workers))
             self._wait_until_loaded(workers)
@@ -76,15 +76,10 @@ class Supervisor:
                 return 0
             for worker in workers:
                 self._release(worker)
-            logger.info(
-                "all %d workers loaded; accepting connections on http://%s:%d",
-                len(workers),
-                host,
-                port,
-            )
+            logger.info("all %d workers loaded; accepting connections on %s", len(workers), address)
             self._supervise(workers)
             return 0
-        except _StartupFailedError as failure:
+        except (_StartupFailedError, BindError) as failure:
             logger.error("startup failed: %s", failure)
             return STARTUP_FAILED
         finally:
@@ -169,18 +164,3 @@ class Supervisor:
                 worker.process.kill()
                 worker.process.join()
             worker.gate.close()
-
-
-def _bind_without_listening(host: str, port: int) -> socket.socket:
-    """Bind now (so a taken port fails before any model loads) but do not listen: until a
-    worker listens, a client's connection is refused rather than queued."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise _StartupFailedError(f"cannot bind {host}:{port}: {exc.strerror}") from None
-    sock.set_inheritable(True)
-    return sock

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import logging.config
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,7 @@ from loadonce._errors import LoadonceError
 from loadonce._registry import Registry
 from loadonce.server._logging import log_config
 from loadonce.server._settings import ServeConfig
+from loadonce.server._sockets import BindError, bind_without_listening, describe_address
 
 logger = logging.getLogger("loadonce")
 
@@ -82,8 +84,20 @@ def run_worker(
 
 
 def serve_single_worker(config: ServeConfig) -> int:
-    """``--workers 1``: serve in this process; uvicorn binds only after every model loaded."""
-    started, failure = run_worker(config)
+    """``--workers 1``: serve in this process, on a socket bound first and listened on only
+    after every model loaded."""
+    try:
+        sock = bind_without_listening(config.server.host, config.server.port)
+    except BindError as exc:
+        logging.config.dictConfig(log_config(config.server.log_level))
+        logger.error("startup failed: %s", exc)
+        return STARTUP_FAILED
+
+    async def announce(registry: Registry) -> None:
+        logger.info("all models loaded; accepting connections on %s", describe_address(sock))
+
+    with sock:
+        started, failure = run_worker(config, sockets=[sock], on_loaded=announce)
     if started:
         return 0
     logger.error("startup failed: %s", failure)
