@@ -31,6 +31,13 @@ def forest() -> tuple[RandomForestClassifier, np.ndarray[Any, Any]]:
 TREE_TYPES = {"trusted_types": ["sklearn.tree._tree.Tree"]}
 
 
+@pytest.fixture
+def forest_skops(tmp_path: Path, forest: tuple[RandomForestClassifier, Any]) -> Path:
+    path = tmp_path / "forest.skops"
+    skops.io.dump(forest[0], path)
+    return path
+
+
 def _served(spec: loadonce.ModelSpec, inputs: Any) -> Any:
     with TestClient(loadonce.create_app([spec])) as client:
         response = client.post(f"/models/{spec.name}/predict", json={"inputs": inputs})
@@ -39,11 +46,10 @@ def _served(spec: loadonce.ModelSpec, inputs: Any) -> Any:
 
 
 def test_skops_file_serves_exactly_the_estimators_predictions(
-    tmp_path: Path, forest: tuple[RandomForestClassifier, np.ndarray[Any, Any]]
+    forest_skops: Path, forest: tuple[RandomForestClassifier, np.ndarray[Any, Any]]
 ) -> None:
     estimator, rows = forest
-    path = tmp_path / "forest.skops"
-    skops.io.dump(estimator, path)
+    path = forest_skops
     refused = loadonce.create_app([loadonce.ModelSpec(name="forest", artifact=path)])
     with pytest.raises(loadonce.ModelLoadError, match=r"not trusted: sklearn\.tree\._tree\.Tree"):
         TestClient(refused).__enter__()
@@ -52,24 +58,17 @@ def test_skops_file_serves_exactly_the_estimators_predictions(
 
 
 def test_a_configured_method_such_as_predict_proba(
-    tmp_path: Path, forest: tuple[RandomForestClassifier, np.ndarray[Any, Any]]
+    forest_skops: Path, forest: tuple[RandomForestClassifier, np.ndarray[Any, Any]]
 ) -> None:
     estimator, rows = forest
-    path = tmp_path / "forest.skops"
-    skops.io.dump(estimator, path)
     spec = loadonce.ModelSpec(
-        name="f", artifact=path, options={"method": "predict_proba", **TREE_TYPES}
+        name="f", artifact=forest_skops, options={"method": "predict_proba", **TREE_TYPES}
     )
     assert _served(spec, rows.tolist()) == estimator.predict_proba(rows).tolist()
 
 
-def test_wrong_feature_count_is_400_with_the_expected_shape(
-    tmp_path: Path, forest: tuple[RandomForestClassifier, np.ndarray[Any, Any]]
-) -> None:
-    estimator, _ = forest
-    path = tmp_path / "forest.skops"
-    skops.io.dump(estimator, path)
-    spec = loadonce.ModelSpec(name="forest", artifact=path, options=TREE_TYPES)
+def test_wrong_feature_count_is_400_with_the_expected_shape(forest_skops: Path) -> None:
+    spec = loadonce.ModelSpec(name="forest", artifact=forest_skops, options=TREE_TYPES)
     with TestClient(loadonce.create_app([spec])) as client:
         response = client.post("/models/forest/predict", json={"inputs": [[1.0, 2.0]]})
     assert response.status_code == 400

@@ -20,3 +20,14 @@ def import_object(reference: str) -> Any:
                 f"module {module_name!r} has no attribute {attribute_path!r}"
             ) from None
     return obj
+
+
+def import_optional(module: str, *, extra: str) -> Any:
+    """Import a model library that comes with an optional extra, or say which extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"{module.split('.')[0]} is not installed ({exc}); install it with: "
+            f"pip install 'loadonce[{extra}]'"
+        ) from None

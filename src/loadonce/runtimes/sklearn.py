@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from loadonce._imports import import_optional
 from loadonce._inputs import as_numeric_batch
 from loadonce._integrity import file_sha256
 from loadonce._spec import ModelSpec
@@ -41,17 +42,16 @@ class EstimatorPredictor(Predictor):
 
 
 def _load_skops(path: Path, spec: ModelSpec) -> Any:
-    import skops.io
-
+    skops_io = import_optional("skops.io", extra="sklearn")
     allowed = set(spec.options.get("trusted_types", []))
-    untrusted = skops.io.get_untrusted_types(file=path)
+    untrusted = skops_io.get_untrusted_types(file=path)
     refused = sorted(set(untrusted) - allowed)
     if refused:
         raise UntrustedArtifactError(
             f"the skops file holds types that are not trusted: {', '.join(refused)}; "
             "if you trust them, list them in the model's options.trusted_types"
         )
-    return skops.io.load(path, trusted=list(untrusted))
+    return skops_io.load(path, trusted=list(untrusted))
 
 
 def _load_pickle(path: Path, spec: ModelSpec) -> Any:
@@ -62,8 +62,7 @@ def _load_pickle(path: Path, spec: ModelSpec) -> Any:
             "in the model's config, or pass --trust (trust = true) if you trust its origin; "
             "or save the model with skops instead"
         )
-    import joblib
-
+    joblib = import_optional("joblib", extra="sklearn")
     return joblib.load(path)
 
 
