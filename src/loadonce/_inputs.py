@@ -46,11 +46,23 @@ def _nesting_depth(value: Any) -> int:
 
 def as_numeric_batch(examples: list[Any], signature: InputSignature) -> npt.NDArray[np.float64]:
     """Stack numeric examples into one float64 array, or say exactly what does not fit."""
+    return as_typed_batch(examples, InputSignature(shape=signature.shape, dtype="float64"))
+
+
+def as_typed_batch(
+    examples: list[Any], signature: InputSignature, *, tensor: str | None = None
+) -> npt.NDArray[Any]:
+    """Stack examples into one array of the signature's dtype and check each example's shape.
+
+    Values are converted only where nothing is lost: integers to floats, never floats to
+    integers, never strings to numbers. ``tensor`` names the input in messages.
+    """
+    where = f"input '{tensor}': " if tensor else ""
     try:
-        batch = np.asarray(examples, dtype=np.float64)
-    except (ValueError, TypeError) as exc:
+        batch = _convert(examples, signature.dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInputError(
-            f"each example must be {signature.describe()}, all of the same shape: {exc}"
+            f"{where}each example must be {signature.describe()}, all of the same shape: {exc}"
         ) from None
     got = batch.shape[1:]
     expected = signature.shape
@@ -58,7 +70,35 @@ def as_numeric_batch(examples: list[Any], signature: InputSignature) -> npt.NDAr
         e is not None and e != g for e, g in zip(expected, got, strict=True)
     ):
         shape = ", ".join(map(str, got))
-        raise InvalidInputError(f"each example must be {signature.describe()}; got shape [{shape}]")
-    if not np.all(np.isfinite(batch)):
-        raise InvalidInputError("inputs contain NaN or infinity; send finite numbers")
+        raise InvalidInputError(
+            f"{where}each example must be {signature.describe()}; got shape [{shape}]"
+        )
     return batch
+
+
+def _convert(examples: list[Any], dtype: str | None) -> npt.NDArray[Any]:
+    if dtype == "string":
+        raw = np.asarray(examples, dtype=object)
+        if not all(isinstance(v, str) for v in raw.reshape(-1)):
+            raise TypeError("expected strings")
+        return raw
+    raw = np.asarray(examples)
+    if raw.dtype == object:
+        raise ValueError("the examples are not a rectangular array")
+    if dtype is None:
+        return raw
+    target = np.dtype(dtype)
+    source = raw.dtype.kind
+    if target.kind == "b":
+        if source != "b":
+            raise TypeError("expected true or false")
+        return raw
+    if source not in "biuf" or source == "b":
+        raise TypeError(f"expected {('numbers' if target.kind == 'f' else 'integers')}")
+    if target.kind in "iu":
+        if source == "f":
+            raise TypeError("expected integers, got numbers with a fraction or exponent")
+        info = np.iinfo(target)
+        if raw.size and (raw.min() < info.min or raw.max() > info.max):
+            raise OverflowError(f"a value is outside the range of {target.name}")
+    return raw.astype(target, copy=False)

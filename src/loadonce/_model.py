@@ -23,7 +23,7 @@ from loadonce._integrity import verify_sha256
 from loadonce._memory import MemorySample, format_bytes, sample_process_memory
 from loadonce._spec import Concurrency, ModelSpec
 from loadonce.runtimes import resolve_runtime
-from loadonce.runtimes._base import InputSignature, Predictor
+from loadonce.runtimes._base import InputSignature, Predictor, TensorInfo
 
 logger = logging.getLogger("loadonce")
 
@@ -71,6 +71,15 @@ class Model:
     @property
     def signature(self) -> InputSignature | None:
         return None if self._executor is None else self._executor.instances[0].signature
+
+    @property
+    def inputs(self) -> Sequence[TensorInfo]:
+        """The model's named inputs, where its format records them."""
+        return () if self._executor is None else self._executor.instances[0].inputs
+
+    @property
+    def outputs(self) -> Sequence[TensorInfo]:
+        return () if self._executor is None else self._executor.instances[0].outputs
 
     @property
     def is_ready(self) -> bool:

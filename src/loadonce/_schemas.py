@@ -42,6 +42,14 @@ class MemoryTaken(BaseModel):
     uss_bytes: int = Field(description="Growth of the worker's private (unique) memory.")
 
 
+class Tensor(BaseModel):
+    name: str
+    dtype: str | None = Field(description="NumPy dtype name, or 'string'; null if unknown.")
+    shape: list[int | None] | None = Field(
+        description="Batch dimension first; null marks a variable dimension."
+    )
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -56,6 +64,9 @@ class ModelInfo(BaseModel):
     loaded_at: float | None = Field(description="Unix time the load finished.")
     memory: MemoryTaken | None
     input_shape: list[int | None] | None = Field(description="Shape of one example, if known.")
+    input_dtype: str | None = Field(description="What each example's values must be, if known.")
+    inputs: list[Tensor] = Field(description="Named inputs, where the model format records them.")
+    outputs: list[Tensor] = Field(description="Named outputs, where the model format records them.")
     error: str | None = None
 
 

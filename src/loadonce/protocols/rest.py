@@ -20,7 +20,9 @@ from loadonce._schemas import (
     ModelsResponse,
     PredictRequest,
     PredictResponse,
+    Tensor,
 )
+from loadonce.runtimes import TensorInfo
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 ModelName = Annotated[str, Path(description="The model's name, as declared.")]
@@ -48,8 +50,16 @@ def describe_model(model: Model) -> ModelInfo:
         loaded_at=model.loaded_at,
         memory=None if memory is None else MemoryTaken(rss_bytes=memory.rss, uss_bytes=memory.uss),
         input_shape=None if signature is None else list(signature.shape),
+        input_dtype=None if signature is None else signature.dtype,
+        inputs=[_tensor(t) for t in model.inputs],
+        outputs=[_tensor(t) for t in model.outputs],
         error=model.error,
     )
+
+
+def _tensor(info: TensorInfo) -> Tensor:
+    shape = None if info.shape is None else list(info.shape)
+    return Tensor(name=info.name, dtype=info.dtype, shape=shape)
 
 
 def models_router() -> APIRouter:

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from loadonce._spec import ModelSpec
-from loadonce.runtimes._base import InputSignature, Predictor, Runtime
+from loadonce.runtimes._base import InputSignature, Predictor, Runtime, TensorInfo
+from loadonce.runtimes.onnx import OnnxRuntime
 from loadonce.runtimes.python import PythonRuntime
 from loadonce.runtimes.sklearn import SklearnRuntime
+from loadonce.runtimes.torch import TorchRuntime
+from loadonce.runtimes.transformers import TransformersRuntime
 
-__all__ = ["InputSignature", "Predictor", "Runtime", "register_runtime", "resolve_runtime"]
+__all__ = [
+    "InputSignature",
+    "Predictor",
+    "Runtime",
+    "TensorInfo",
+    "register_runtime",
+    "resolve_runtime",
+]
 
 _RUNTIMES: dict[str, Runtime] = {}
 
@@ -17,12 +27,19 @@ def register_runtime(runtime: Runtime) -> None:
     _RUNTIMES[runtime.name] = runtime
 
 
-for _builtin in (PythonRuntime(), SklearnRuntime()):
+for _builtin in (
+    PythonRuntime(),
+    SklearnRuntime(),
+    OnnxRuntime(),
+    TorchRuntime(),
+    TransformersRuntime(),
+):
     register_runtime(_builtin)
 
 
 def resolve_runtime(spec: ModelSpec) -> Runtime:
-    """The runtime a spec names, else the python runtime for a loader, else by suffix."""
+    """The runtime a spec names, else the python runtime for a loader, else the one that
+    claims the artifact (by suffix, or a directory's content); later registrations first."""
     if spec.runtime is not None:
         try:
             return _RUNTIMES[spec.runtime]
@@ -32,10 +49,15 @@ def resolve_runtime(spec: ModelSpec) -> Runtime:
     if spec.loader is not None:
         return _RUNTIMES["python"]
     assert spec.artifact is not None  # ModelSpec guarantees a loader or an artifact
-    suffix = spec.artifact.suffix.lower()
     for runtime in reversed(_RUNTIMES.values()):
-        if suffix in runtime.suffixes:
+        if runtime.claims(spec):
             return runtime
+    if spec.artifact.is_dir():
+        raise ValueError(
+            f"no runtime reads the directory {spec.artifact} (a transformers model directory "
+            'holds config.json); name one with runtime = "..."'
+        )
+    suffix = spec.artifact.suffix.lower()
     raise ValueError(
         f"no runtime reads '{suffix or spec.artifact.name}' files; name one with runtime = \"...\""
     )

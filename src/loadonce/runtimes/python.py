@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from loadonce._imports import import_object
-from loadonce._inputs import as_numeric_batch
+from loadonce._inputs import as_typed_batch
 from loadonce._spec import ModelSpec
 from loadonce.runtimes._base import InputSignature, Predictor, Runtime
 
@@ -30,8 +30,8 @@ class CallablePredictor(Predictor):
         self.signature = signature
 
     def prepare(self, examples: list[Any]) -> Any:
-        if self.signature is not None and self.signature.dtype == "number":
-            return as_numeric_batch(examples, self.signature)
+        if self.signature is not None and self.signature.dtype is not None:
+            return as_typed_batch(examples, self.signature)
         return examples
 
     def predict(self, batch: Any) -> Sequence[Any]:
@@ -45,12 +45,12 @@ class CallablePredictor(Predictor):
 
 def _signature_of(model: Any, spec: ModelSpec) -> InputSignature | None:
     if spec.input_shape is not None:
-        dtype = spec.options.get("input_dtype", "number")
-        return InputSignature(shape=spec.input_shape, dtype=None if dtype == "any" else "number")
+        dtype = str(spec.options.get("input_dtype", "float64"))
+        return InputSignature(shape=spec.input_shape, dtype=None if dtype == "any" else dtype)
     # A fitted scikit-learn estimator knows how many features it takes.
     n_features = getattr(model, "n_features_in_", None)
     if isinstance(n_features, int):
-        return InputSignature(shape=(n_features,), dtype="number")
+        return InputSignature(shape=(n_features,), dtype="float64")
     return None
 
 

@@ -6,6 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from loadonce._errors import InvalidInputError
 from loadonce._imports import import_optional
 from loadonce._inputs import as_numeric_batch
 from loadonce._integrity import file_sha256
@@ -30,15 +33,30 @@ class EstimatorPredictor(Predictor):
         self.estimator = estimator
         self._method = bound
         self.signature = signature
+        self._allows_nan = _allows_nan(estimator)
 
     def prepare(self, examples: list[Any]) -> Any:
-        if self.signature is not None:
-            return as_numeric_batch(examples, self.signature)
-        return examples
+        if self.signature is None:
+            return examples
+        batch = as_numeric_batch(examples, self.signature)
+        if not self._allows_nan and not np.isfinite(batch).all():
+            raise InvalidInputError(
+                f"{type(self.estimator).__name__} does not accept NaN or infinity; "
+                "send finite numbers"
+            )
+        return batch
 
     def predict(self, batch: Any) -> Sequence[Any]:
         result: Sequence[Any] = self._method(batch)
         return result
+
+
+def _allows_nan(estimator: Any) -> bool:
+    """scikit-learn's own tag for estimators that treat NaN as a missing value."""
+    try:
+        return bool(estimator.__sklearn_tags__().input_tags.allow_nan)
+    except AttributeError:
+        return False
 
 
 def _load_skops(path: Path, spec: ModelSpec) -> Any:
@@ -85,7 +103,7 @@ class SklearnRuntime(Runtime):
             estimator = _load_pickle(path, spec)
         n_features = getattr(estimator, "n_features_in_", None)
         signature = (
-            InputSignature(shape=(n_features,), dtype="number")
+            InputSignature(shape=(n_features,), dtype="float64")
             if isinstance(n_features, int)
             else None
         )

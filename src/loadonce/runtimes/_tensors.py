@@ -1,0 +1,67 @@
+"""Helpers for runtimes whose models take and return batch-first arrays (ONNX, PyTorch)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from loadonce._errors import InvalidInputError
+from loadonce._inputs import as_typed_batch
+from loadonce.runtimes._base import InputSignature, TensorInfo
+
+
+def example_signature(tensor: TensorInfo) -> InputSignature:
+    """The shape of one example of a batch-first tensor: its shape without the batch dim."""
+    shape = tensor.shape or (None,)
+    return InputSignature(shape=tuple(shape[1:]), dtype=tensor.dtype)
+
+
+def stack_named_inputs(
+    examples: list[Any], tensors: Sequence[TensorInfo]
+) -> dict[str, npt.NDArray[Any]]:
+    """Examples of a multi-input model are objects keyed by input name; stack each input."""
+    names = [t.name for t in tensors]
+    for index, example in enumerate(examples):
+        if not isinstance(example, Mapping):
+            raise InvalidInputError(
+                f"this model has several inputs ({', '.join(names)}): each example must be an "
+                f"object with one value per input; example {index} is not"
+            )
+        missing = [n for n in names if n not in example]
+        extra = [k for k in example if k not in names]
+        if missing or extra:
+            raise InvalidInputError(
+                f"example {index}: "
+                + (f"missing input(s) {', '.join(missing)}" if missing else "")
+                + ("; " if missing and extra else "")
+                + (f"unknown input(s) {', '.join(map(str, extra))}" if extra else "")
+                + f"; the model's inputs are {', '.join(names)}"
+            )
+    return {
+        t.name: as_typed_batch([e[t.name] for e in examples], example_signature(t), tensor=t.name)
+        for t in tensors
+    }
+
+
+def batch_rows(named: Sequence[tuple[str, Any]], count: int) -> list[tuple[Any, ...]]:
+    """Row i of every batch-first array, for each example i; an array without a batch
+    dimension of ``count`` is the model's error, said with the array's name."""
+    for name, array in named:
+        if np.ndim(array) == 0 or len(array) != count:
+            raise RuntimeError(
+                f"output '{name}' has shape {list(np.shape(array))}, not a batch of {count}"
+            )
+    return list(zip(*(array for _, array in named), strict=True))
+
+
+def split_batch_outputs(named: Sequence[tuple[str, Any]], count: int) -> list[Any]:
+    """One output per example: the row alone when the model has one output, an object keyed
+    by output name when it has several."""
+    rows = batch_rows(named, count)
+    if len(named) == 1:
+        return [row[0] for row in rows]
+    names = [name for name, _ in named]
+    return [dict(zip(names, row, strict=True)) for row in rows]

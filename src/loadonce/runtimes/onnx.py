@@ -1,0 +1,94 @@
+"""ONNX Runtime: one InferenceSession per instance; names, dtypes and shapes read from it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from loadonce._imports import import_optional
+from loadonce._inputs import as_typed_batch
+from loadonce._spec import ModelSpec
+from loadonce.runtimes._base import Predictor, Runtime, TensorInfo
+from loadonce.runtimes._tensors import example_signature, split_batch_outputs, stack_named_inputs
+
+# ONNX Runtime's type strings, as NumPy dtypes (or "string").
+_ONNX_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+    "tensor(string)": "string",
+}
+
+
+def _tensor_info(node: Any) -> TensorInfo:
+    # A symbolic dimension ("batch") or an unknown one (None) is variable.
+    shape = (
+        None if node.shape is None else tuple(d if isinstance(d, int) else None for d in node.shape)
+    )
+    return TensorInfo(name=node.name, dtype=_ONNX_TYPES.get(node.type), shape=shape)
+
+
+class OnnxPredictor(Predictor):
+    def __init__(self, session: Any, *, output_names: Sequence[str] | None) -> None:
+        self.session = session
+        self.inputs = [_tensor_info(node) for node in session.get_inputs()]
+        all_outputs = [_tensor_info(node) for node in session.get_outputs()]
+        if output_names:
+            known = {t.name for t in all_outputs}
+            unknown = [n for n in output_names if n not in known]
+            if unknown:
+                raise ValueError(
+                    f"options.outputs names {', '.join(unknown)}, but the model's outputs are "
+                    f"{', '.join(sorted(known))}"
+                )
+            self.outputs = [t for t in all_outputs if t.name in output_names]
+        else:
+            self.outputs = all_outputs
+        unsupported = [t.name for t in self.inputs if t.dtype is None]
+        if unsupported:
+            raise ValueError(f"inputs of a type loadonce cannot feed: {', '.join(unsupported)}")
+        # One input: an example is that input's value. Several: an object keyed by name.
+        self.signature = example_signature(self.inputs[0]) if len(self.inputs) == 1 else None
+
+    def prepare(self, examples: list[Any]) -> Any:
+        if self.signature is not None:
+            return {self.inputs[0].name: as_typed_batch(examples, self.signature)}
+        return stack_named_inputs(examples, self.inputs)
+
+    def predict(self, batch: Any) -> Sequence[Any]:
+        names = [t.name for t in self.outputs]
+        results = self.session.run(names, batch)
+        count = len(next(iter(batch.values())))
+        return split_batch_outputs(list(zip(names, results, strict=True)), count)
+
+
+class OnnxRuntime(Runtime):
+    name = "onnx"
+    suffixes = (".onnx",)
+    # InferenceSession.run is thread-safe, and ONNX Runtime parallelises inside a call too.
+    default_concurrency = "shared"
+
+    def load(self, spec: ModelSpec) -> Predictor:
+        if spec.artifact is None:
+            raise ValueError("the onnx runtime needs an artifact (.onnx file)")
+        if not spec.artifact.is_file():
+            raise FileNotFoundError(f"no such file: {spec.artifact}")
+        ort = import_optional("onnxruntime", extra="onnx")
+        options = ort.SessionOptions()
+        if "intra_op_threads" in spec.options:
+            options.intra_op_num_threads = int(spec.options["intra_op_threads"])
+        if "inter_op_threads" in spec.options:
+            options.inter_op_num_threads = int(spec.options["inter_op_threads"])
+        providers = list(spec.options.get("providers", ["CPUExecutionProvider"]))
+        session = ort.InferenceSession(str(spec.artifact), options, providers=providers)
+        outputs = spec.options.get("outputs")
+        return OnnxPredictor(session, output_names=None if outputs is None else list(outputs))

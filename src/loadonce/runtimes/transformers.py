@@ -1,0 +1,118 @@
+"""Hugging Face Transformers: a local model directory, offline, served as a pipeline."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from loadonce._errors import InvalidInputError
+from loadonce._imports import import_optional
+from loadonce._spec import ModelSpec
+from loadonce.runtimes._base import InputSignature, Predictor, Runtime
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+_PICKLED_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+class PipelinePredictor(Predictor):
+    """Calls the pipeline on the whole list of texts (or other inputs) of a batch."""
+
+    def __init__(self, pipeline: Any, *, call_options: dict[str, Any], text: bool) -> None:
+        self.pipeline = pipeline
+        self.call_options = call_options
+        self._text = text
+        self.signature = InputSignature(shape=(), dtype="string") if text else None
+
+    def prepare(self, examples: list[Any]) -> Any:
+        if self._text:
+            bad = [i for i, e in enumerate(examples) if not isinstance(e, str)]
+            if bad:
+                raise InvalidInputError(
+                    f"this model takes text: each example must be a string (example {bad[0]} "
+                    "is not)"
+                )
+        return examples
+
+    def predict(self, batch: Any) -> Sequence[Any]:
+        result: Sequence[Any] = self.pipeline(list(batch), **self.call_options)
+        return result
+
+
+# Pipelines whose examples are plain strings; others take what the pipeline takes (objects).
+_TEXT_TASKS = {
+    "text-classification",
+    "sentiment-analysis",
+    "token-classification",
+    "ner",
+    "fill-mask",
+    "feature-extraction",
+    "text-generation",
+    "text2text-generation",
+    "summarization",
+    "translation",
+    "zero-shot-classification",
+}
+
+
+def check_model_directory(path: Path, *, trust: bool) -> None:
+    """Name the missing file before transformers would go looking for it elsewhere."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"no such model directory: {path}")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"missing file: {path / 'config.json'}")
+    if any((path / name).is_file() for name in _WEIGHT_FILES):
+        return
+    pickled = [name for name in _PICKLED_WEIGHT_FILES if (path / name).is_file()]
+    if pickled and not trust:
+        raise PermissionError(
+            f"{path / pickled[0]} is a pickle, which runs code when loaded; convert the "
+            "weights to model.safetensors, or set trust = true if you trust its origin"
+        )
+    if not pickled:
+        raise FileNotFoundError(f"missing file: {path / 'model.safetensors'} (the weights)")
+
+
+class TransformersRuntime(Runtime):
+    name = "transformers"
+    # Fast tokenizers hold mutable state ("Already borrowed" under concurrent calls) and a
+    # pipeline is not documented as thread-safe: one call at a time, or pool:N for parallelism.
+    default_concurrency = "serialized"
+
+    def claims(self, spec: ModelSpec) -> bool:
+        return spec.artifact is not None and (spec.artifact / "config.json").is_file()
+
+    def load(self, spec: ModelSpec) -> Predictor:
+        if spec.artifact is None:
+            raise ValueError("the transformers runtime needs an artifact: a local model directory")
+        task = spec.options.get("task")
+        if not isinstance(task, str):
+            raise ValueError(
+                "options.task is required for a transformers model, e.g. 'text-classification'"
+            )
+        check_model_directory(spec.artifact, trust=spec.trust)
+        # Never reach for the network: set before transformers (and huggingface_hub) read it,
+        # and also pass local_files_only for an app that imported them earlier.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        transformers = import_optional("transformers", extra="transformers")
+        directory = str(spec.artifact)
+        try:
+            pipeline = transformers.pipeline(
+                task=task,
+                model=directory,
+                tokenizer=directory,
+                device=str(spec.options.get("device", "cpu")),
+                local_files_only=True,
+                trust_remote_code=False,
+            )
+        except OSError as exc:
+            raise FileNotFoundError(
+                f"cannot load {task!r} from {directory}: " + " ".join(str(exc).split())[:300]
+            ) from None
+        return PipelinePredictor(
+            pipeline,
+            call_options=dict(spec.options.get("call", {})),
+            text=task in _TEXT_TASKS,
+        )
