@@ -36,3 +36,10 @@ def fails_in_second_worker() -> Echo:
         time.sleep(0.5)  # let the healthy worker reach the point where it waits to serve
         raise RuntimeError("this worker is the second one, and it was built to fail") from None
     return counting_echo()
+
+
+def build_mlp() -> Any:
+    """The factory a safetensors state dict is loaded into (options.factory)."""
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))

@@ -1,7 +1,9 @@
-"""PyTorch: TorchScript files, or a safetensors state dict plus a factory that builds the module."""
+"""PyTorch: torch.export programs (.pt2), TorchScript files, or a safetensors state dict plus a
+factory that builds the module."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,6 +16,7 @@ from loadonce._spec import ModelSpec
 from loadonce.runtimes._base import InputSignature, Predictor, Runtime
 from loadonce.runtimes._tensors import batch_rows, split_batch_outputs
 
+EXPORTED_SUFFIXES = (".pt2",)
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".torchscript", ".ts")
 SAFETENSORS_SUFFIXES = (".safetensors",)
 
@@ -22,19 +25,26 @@ class TorchPredictor(Predictor):
     """Runs ``module(batch)`` under ``torch.inference_mode`` on the configured device."""
 
     def __init__(
-        self, module: Any, *, device: Any, input_dtype: str, signature: InputSignature | None
+        self,
+        module: Any,
+        *,
+        device: Any,
+        input_dtype: str,
+        input_shape: tuple[int | None, ...] | None,
     ) -> None:
         self.module = module
         self.device = device
         self.input_dtype = input_dtype
-        self.signature = signature
+        # Only a recorded (.pt2) or declared (input_shape) shape is checked up front, with a
+        # 400 that names it; TorchScript and nn.Module do not record theirs.
+        self.signature = (
+            None if input_shape is None else InputSignature(shape=input_shape, dtype=input_dtype)
+        )
 
     def prepare(self, examples: list[Any]) -> Any:
         torch = import_optional("torch", extra="torch")
-        signature = self.signature or InputSignature(shape=_shape_of(examples), dtype=None)
-        array = as_typed_batch(
-            examples, InputSignature(shape=signature.shape, dtype=self.input_dtype)
-        )
+        shape = self.signature.shape if self.signature else _shape_of(examples)
+        array = as_typed_batch(examples, InputSignature(shape=shape, dtype=self.input_dtype))
         return torch.from_numpy(np.ascontiguousarray(array))
 
     def predict(self, batch: Any) -> Sequence[Any]:
@@ -78,14 +88,16 @@ def _device(torch: Any, name: str) -> Any:
 
 class TorchRuntime(Runtime):
     name = "torch"
-    suffixes = TORCHSCRIPT_SUFFIXES + SAFETENSORS_SUFFIXES
+    suffixes = EXPORTED_SUFFIXES + TORCHSCRIPT_SUFFIXES + SAFETENSORS_SUFFIXES
     # An eval-mode module under inference_mode only reads its weights, so concurrent forward
     # calls on one instance are safe; PyTorch parallelises inside each call as well.
     default_concurrency = "shared"
 
     def load(self, spec: ModelSpec) -> Predictor:
         if spec.artifact is None:
-            raise ValueError("the torch runtime needs an artifact (TorchScript or .safetensors)")
+            raise ValueError(
+                "the torch runtime needs an artifact (.pt2, TorchScript, .safetensors)"
+            )
         if not spec.artifact.is_file():
             raise FileNotFoundError(f"no such file: {spec.artifact}")
         torch = import_optional("torch", extra="torch")
@@ -93,31 +105,56 @@ class TorchRuntime(Runtime):
             # Process-wide in PyTorch: the last model loaded with this option sets it.
             torch.set_num_threads(int(spec.options["threads"]))
         device = _device(torch, str(spec.options.get("device", "cpu")))
-        if spec.artifact.suffix.lower() in SAFETENSORS_SUFFIXES:
-            module = _load_state_dict_module(torch, spec, device)
+        suffix = spec.artifact.suffix.lower()
+        input_shape, input_dtype = spec.input_shape, spec.options.get("input_dtype")
+        if suffix in EXPORTED_SUFFIXES:
+            program = torch.export.load(str(spec.artifact))
+            # An exported program records its input's shape and dtype: use them to check inputs.
+            recorded_shape, recorded_dtype = _exported_input(program)
+            input_shape = input_shape or recorded_shape
+            input_dtype = input_dtype or recorded_dtype
+            # Exported programs fix train/eval mode at export time; .eval() is not supported.
+            module = program.module().to(device)
+        elif suffix in SAFETENSORS_SUFFIXES:
+            module = _load_state_dict_module(torch, spec, device).eval()
         else:
-            try:
-                module = torch.jit.load(str(spec.artifact), map_location=device)
-            except RuntimeError as exc:
-                raise ValueError(
-                    "not a TorchScript file (save one with torch.jit.save); for a state dict, "
-                    "save it as .safetensors and name options.factory: "
-                    + " ".join(str(exc).split())[:200]
-                ) from None
-        module.eval()
-        signature = (
-            None
-            if spec.input_shape is None
-            else InputSignature(
-                shape=spec.input_shape, dtype=str(spec.options.get("input_dtype", "float32"))
-            )
-        )
+            module = _load_torchscript(torch, spec, device).eval()
         return TorchPredictor(
             module,
             device=device,
-            input_dtype=str(spec.options.get("input_dtype", "float32")),
-            signature=signature,
+            input_dtype=str(input_dtype or "float32"),
+            input_shape=input_shape,
         )
+
+
+def _exported_input(program: Any) -> tuple[tuple[int | None, ...] | None, str | None]:
+    """Shape of one example and dtype of a single-tensor exported program, from its graph."""
+    names = list(program.graph_signature.user_inputs)
+    if len(names) != 1:
+        return None, None
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name == names[0]:
+            value = node.meta.get("val")
+            if value is None or not hasattr(value, "shape"):
+                return None, None
+            shape = tuple(d if isinstance(d, int) else None for d in value.shape)
+            return shape[1:], str(value.dtype).removeprefix("torch.")
+    return None, None
+
+
+def _load_torchscript(torch: Any, spec: ModelSpec, device: Any) -> Any:
+    # PyTorch deprecates TorchScript in favour of torch.export, but users still have these
+    # files: load them, without turning PyTorch's deprecation notice into a warning per load.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r".*torch\.jit\.load.*", DeprecationWarning)
+        try:
+            return torch.jit.load(str(spec.artifact), map_location=device)
+        except RuntimeError as exc:
+            raise ValueError(
+                "not a TorchScript file (save one with torch.jit.save, or better a torch.export "
+                "program with torch.export.save as .pt2); for a state dict, save it as "
+                ".safetensors and name options.factory: " + " ".join(str(exc).split())[:200]
+            ) from None
 
 
 def _load_state_dict_module(torch: Any, spec: ModelSpec, device: Any) -> Any:

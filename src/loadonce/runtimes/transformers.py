@@ -14,6 +14,16 @@ from loadonce.runtimes._base import InputSignature, Predictor, Runtime
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 _PICKLED_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+# Any one of these holds a tokenizer's vocabulary. Without one, transformers builds an empty
+# tokenizer without a word of warning, and every text becomes [UNK].
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
 
 
 class PipelinePredictor(Predictor):
@@ -56,12 +66,17 @@ _TEXT_TASKS = {
 }
 
 
-def check_model_directory(path: Path, *, trust: bool) -> None:
-    """Name the missing file before transformers would go looking for it elsewhere."""
+def check_model_directory(path: Path, *, trust: bool, needs_tokenizer: bool) -> None:
+    """Name the missing file before transformers would look elsewhere or improvise."""
     if not path.is_dir():
         raise FileNotFoundError(f"no such model directory: {path}")
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"missing file: {path / 'config.json'}")
+    if needs_tokenizer and not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"missing file: {path / 'tokenizer.json'} (or another vocabulary file: "
+            f"{', '.join(_TOKENIZER_FILES[1:])}); without it every text would become [UNK]"
+        )
     if any((path / name).is_file() for name in _WEIGHT_FILES):
         return
     pickled = [name for name in _PICKLED_WEIGHT_FILES if (path / name).is_file()]
@@ -91,7 +106,8 @@ class TransformersRuntime(Runtime):
             raise ValueError(
                 "options.task is required for a transformers model, e.g. 'text-classification'"
             )
-        check_model_directory(spec.artifact, trust=spec.trust)
+        text = task in _TEXT_TASKS
+        check_model_directory(spec.artifact, trust=spec.trust, needs_tokenizer=text)
         # Never reach for the network: set before transformers (and huggingface_hub) read it,
         # and also pass local_files_only for an app that imported them earlier.
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -114,5 +130,5 @@ class TransformersRuntime(Runtime):
         return PipelinePredictor(
             pipeline,
             call_options=dict(spec.options.get("call", {})),
-            text=task in _TEXT_TASKS,
+            text=text,
         )

@@ -1,0 +1,156 @@
+"""ONNX Runtime: served outputs equal the session's own; names, dtypes and shapes enforced."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from fastapi.testclient import TestClient
+from onnx import TensorProto, helper, numpy_helper
+
+import loadonce
+from tests.servers import serving
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """probabilities = softmax(x @ W + b), label = argmax: float32 [batch, 4] in."""
+    rng = np.random.default_rng(0)
+    weights = numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "W")
+    bias = numpy_helper.from_array(rng.normal(size=(3,)).astype(np.float32), "B")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["xw"]),
+            helper.make_node("Add", ["xw", "B"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+            helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
+        ],
+        "classifier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"]),
+        ],
+        initializer=[weights, bias],
+    )
+    return _save(graph, tmp_path_factory.mktemp("onnx") / "classifier.onnx")
+
+
+@pytest.fixture(scope="module")
+def two_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """total = float(counts) + offsets: int64 [batch, 2] and float32 [batch, 2] in."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["counts"], ["counts_f"], to=TensorProto.FLOAT),
+            helper.make_node("Add", ["counts_f", "offsets"], ["total"]),
+        ],
+        "two_inputs",
+        [
+            helper.make_tensor_value_info("counts", TensorProto.INT64, [None, 2]),
+            helper.make_tensor_value_info("offsets", TensorProto.FLOAT, [None, 2]),
+        ],
+        [helper.make_tensor_value_info("total", TensorProto.FLOAT, [None, 2])],
+    )
+    return _save(graph, tmp_path_factory.mktemp("onnx") / "two_inputs.onnx")
+
+
+@pytest.fixture
+def client(classifier: Path, two_inputs: Path) -> Iterator[TestClient]:
+    specs = [
+        loadonce.ModelSpec(name="classifier", artifact=classifier),
+        loadonce.ModelSpec(name="labels", artifact=classifier, options={"outputs": ["label"]}),
+        loadonce.ModelSpec(name="adder", artifact=two_inputs, options={"intra_op_threads": 1}),
+    ]
+    with TestClient(loadonce.create_app(specs)) as test_client:
+        yield test_client
+
+
+ROWS = [[0.1, -1.2, 3.3, 0.5], [2.0, 0.0, -0.7, 1.1], [5.5, 4.4, -3.3, 2.2]]
+
+
+def test_outputs_equal_the_sessions_own_run(client: TestClient, classifier: Path) -> None:
+    session = ort.InferenceSession(str(classifier), providers=["CPUExecutionProvider"])
+    probabilities, labels = session.run(None, {"x": np.asarray(ROWS, dtype=np.float32)})
+    response = client.post("/models/classifier/predict", json={"inputs": ROWS})
+    assert response.status_code == 200
+    assert response.json()["outputs"] == [
+        {"probabilities": p.tolist(), "label": int(label)}
+        for p, label in zip(probabilities, labels, strict=True)
+    ]
+    only_labels = client.post("/models/labels/predict", json={"inputs": ROWS}).json()
+    assert only_labels["outputs"] == labels.tolist()
+    one = client.post("/models/labels/predict", json={"inputs": ROWS[0]}).json()
+    assert one["outputs"] == labels[:1].tolist()
+
+
+def test_several_inputs_take_an_object_per_example(client: TestClient) -> None:
+    examples = [
+        {"counts": [1, 2], "offsets": [0.5, 0.25]},
+        {"counts": [10, -3], "offsets": [0.0, 1.5]},
+    ]
+    response = client.post("/models/adder/predict", json={"inputs": examples})
+    assert response.status_code == 200
+    assert response.json()["outputs"] == [[1.5, 2.25], [10.0, -1.5]]
+
+
+def test_metadata_comes_from_the_session(client: TestClient) -> None:
+    info = client.get("/models/classifier").json()
+    assert info["runtime"] == "onnx"
+    assert info["concurrency"] == "shared"
+    assert info["input_shape"] == [4]
+    assert info["input_dtype"] == "float32"
+    assert info["inputs"] == [{"name": "x", "dtype": "float32", "shape": [None, 4]}]
+    assert info["outputs"] == [
+        {"name": "probabilities", "dtype": "float32", "shape": [None, 3]},
+        {"name": "label", "dtype": "int64", "shape": [None]},
+    ]
+    adder = client.get("/models/adder").json()
+    assert [t["dtype"] for t in adder["inputs"]] == ["int64", "float32"]
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "expected"),
+    [
+        ("classifier", [[1.0, 2.0, 3.0]], "shape [4]"),
+        ("classifier", [["a", "b", "c", "d"]], "numbers"),
+        ("adder", [{"counts": [1.5, 2], "offsets": [0, 0]}], "input 'counts'"),
+        ("adder", [{"counts": [1, 2], "offsets": [0, 0]}, {"counts": [1, 2]}], "missing input"),
+        ("adder", [{"counts": [1, 2], "offsets": [0, 0], "extra": 1}], "unknown input(s) extra"),
+        ("adder", [[1, 2]], "one value per input"),
+        ("adder", [{"counts": [1, 2, 3], "offsets": [0, 0, 0]}], "shape [2]"),
+    ],
+)
+def test_inputs_that_do_not_fit_are_400_saying_what_was_expected(
+    client: TestClient, model: str, inputs: Any, expected: str
+) -> None:
+    response = client.post(f"/models/{model}/predict", json={"inputs": inputs})
+    assert response.status_code == 400
+    assert expected in response.json()["error"]
+
+
+def test_an_unknown_output_name_fails_the_load(classifier: Path) -> None:
+    spec = loadonce.ModelSpec(name="c", artifact=classifier, options={"outputs": ["nope"]})
+    with pytest.raises(loadonce.ModelLoadError, match="outputs are label, probabilities"):
+        TestClient(loadonce.create_app([spec])).__enter__()
+
+
+def test_cli_serves_an_onnx_artifact(tmp_path: Path, classifier: Path) -> None:
+    session = ort.InferenceSession(str(classifier), providers=["CPUExecutionProvider"])
+    _, labels = session.run(None, {"x": np.asarray(ROWS, dtype=np.float32)})
+    with serving([str(classifier)], tmp_path) as server:
+        response = httpx.post(f"{server.url}/models/classifier/predict", json={"inputs": ROWS})
+    assert [o["label"] for o in response.json()["outputs"]] == labels.tolist()

@@ -1,0 +1,175 @@
+"""PyTorch: TorchScript and safetensors + factory; served outputs equal the module's own."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from safetensors.torch import save_file
+
+import loadonce
+from tests.loaders import build_mlp
+from tests.servers import serving
+
+ROWS = [[0.1, -1.2, 3.3, 0.5], [2.0, 0.0, -0.7, 1.1]]
+
+
+def _expected(module: torch.nn.Module, rows: list[list[float]]) -> list[list[float]]:
+    with torch.inference_mode():
+        result: list[list[float]] = module(torch.tensor(rows, dtype=torch.float32)).tolist()
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained() -> torch.nn.Module:
+    torch.manual_seed(7)  # not the factory's default initialisation: loading must matter
+    module: torch.nn.Module = build_mlp().eval()
+    return module
+
+
+def _script(module: torch.nn.Module, path: Path) -> Path:
+    # PyTorch 2.13 deprecates TorchScript; users still bring such files, so the tests make one.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(module), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def torchscript(tmp_path_factory: pytest.TempPathFactory, trained: torch.nn.Module) -> Path:
+    return _script(trained, tmp_path_factory.mktemp("torch") / "mlp.pt")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory, trained: torch.nn.Module) -> Path:
+    path = tmp_path_factory.mktemp("torch") / "mlp.pt2"
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(
+        trained, (torch.zeros(2, 4),), dynamic_shapes={"input": {0: batch}}
+    )
+    torch.export.save(program, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def state_dict(tmp_path_factory: pytest.TempPathFactory, trained: torch.nn.Module) -> Path:
+    path = tmp_path_factory.mktemp("torch") / "mlp.safetensors"
+    save_file(trained.state_dict(), str(path))
+    return path
+
+
+@pytest.fixture
+def client(torchscript: Path, state_dict: Path, exported: Path) -> Iterator[TestClient]:
+    specs = [
+        loadonce.ModelSpec(name="exported", artifact=exported),
+        loadonce.ModelSpec(name="scripted", artifact=torchscript, input_shape=(4,)),
+        loadonce.ModelSpec(
+            name="weights",
+            artifact=state_dict,
+            options={"factory": "tests.loaders:build_mlp", "threads": 1},
+        ),
+    ]
+    with TestClient(loadonce.create_app(specs)) as test_client:
+        yield test_client
+
+
+def test_torchscript_outputs_equal_the_modules_own(
+    client: TestClient, trained: torch.nn.Module
+) -> None:
+    response = client.post("/models/scripted/predict", json={"inputs": ROWS})
+    assert response.status_code == 200
+    assert response.json()["outputs"] == _expected(trained, ROWS)
+    info = client.get("/models/scripted").json()
+    assert info["runtime"] == "torch"
+    assert info["concurrency"] == "shared"
+
+
+def test_an_exported_program_checks_the_shape_it_recorded(
+    client: TestClient, trained: torch.nn.Module
+) -> None:
+    response = client.post("/models/exported/predict", json={"inputs": ROWS})
+    assert response.json()["outputs"] == _expected(trained, ROWS)
+    info = client.get("/models/exported").json()
+    assert info["input_shape"] == [4]
+    assert info["input_dtype"] == "float32"
+    wrong = client.post("/models/exported/predict", json={"inputs": [[1.0, 2.0, 3.0]]})
+    assert wrong.status_code == 400
+    assert "shape [4]" in wrong.json()["error"]
+
+
+def test_safetensors_state_dict_loads_into_the_factorys_module(
+    client: TestClient, trained: torch.nn.Module
+) -> None:
+    response = client.post("/models/weights/predict", json={"inputs": ROWS})
+    assert response.json()["outputs"] == _expected(trained, ROWS)
+    one = client.post("/models/weights/predict", json={"inputs": [ROWS[0]]})
+    assert one.json()["outputs"] == _expected(trained, ROWS[:1])
+
+
+def test_a_declared_input_shape_makes_a_wrong_shape_a_400(client: TestClient) -> None:
+    response = client.post("/models/scripted/predict", json={"inputs": [[1.0, 2.0]]})
+    assert response.status_code == 400
+    assert "shape [4]" in response.json()["error"]
+    ragged = client.post("/models/weights/predict", json={"inputs": [[1.0, 2.0], [1.0]]})
+    assert ragged.status_code == 400
+
+
+class TwoHeads(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.sum(dim=1), x * 2
+
+
+def test_a_tuple_of_outputs_becomes_a_list_per_example(tmp_path: Path) -> None:
+    path = _script(TwoHeads(), tmp_path / "heads.pt")
+    spec = loadonce.ModelSpec(name="heads", artifact=path)
+    with TestClient(loadonce.create_app([spec])) as client:
+        outputs = client.post("/models/heads/predict", json={"inputs": [[1, 2], [3, 4]]}).json()
+    assert outputs["outputs"] == [[3.0, [2.0, 4.0]], [7.0, [6.0, 8.0]]]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, "needs options.factory"),
+        ({"factory": "tests.loaders:echo"}, "not a torch.nn.Module"),
+        ({"factory": "tests.test_runtime_torch:TwoHeads"}, "unexpected ['0.bias'"),
+    ],
+)
+def test_safetensors_without_a_fitting_factory_fails_the_load(
+    state_dict: Path, options: dict[str, Any], message: str
+) -> None:
+    spec = loadonce.ModelSpec(name="w", artifact=state_dict, options=options)
+    with pytest.raises(loadonce.ModelLoadError) as failure:
+        TestClient(loadonce.create_app([spec])).__enter__()
+    assert message in str(failure.value)
+
+
+def test_a_pickled_module_is_not_a_torchscript_file(
+    tmp_path: Path, trained: torch.nn.Module
+) -> None:
+    path = tmp_path / "pickled.pt"
+    torch.save(trained, path)
+    spec = loadonce.ModelSpec(name="p", artifact=path)
+    with pytest.raises(loadonce.ModelLoadError, match="not a TorchScript file"):
+        TestClient(loadonce.create_app([spec])).__enter__()
+
+
+def test_asking_for_cuda_without_it_is_a_clear_error(torchscript: Path) -> None:
+    assert not torch.cuda.is_available(), "this test runs on the CPU build of torch"
+    spec = loadonce.ModelSpec(name="g", artifact=torchscript, options={"device": "cuda"})
+    with pytest.raises(loadonce.ModelLoadError, match="device 'cuda' was asked for"):
+        TestClient(loadonce.create_app([spec])).__enter__()
+
+
+def test_cli_serves_an_exported_program(
+    tmp_path: Path, exported: Path, trained: torch.nn.Module
+) -> None:
+    with serving([str(exported)], tmp_path) as server:
+        response = httpx.post(f"{server.url}/models/mlp/predict", json={"inputs": ROWS})
+    assert response.json()["outputs"] == _expected(trained, ROWS)

@@ -1,0 +1,109 @@
+"""Transformers: a local model directory, offline; served results equal the pipeline's own."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizer, pipeline
+
+import loadonce
+
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "movie", "great", "awful"]
+TEXTS = ["good movie", "awful awful movie", "great", "bad good bad"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT sentiment classifier with random weights, built here: nothing downloaded."""
+    root = tmp_path_factory.mktemp("bert")
+    torch.manual_seed(0)
+    config = BertConfig(  # type: ignore[call-arg]  # num_labels is a PreTrainedConfig kwarg
+        vocab_size=len(WORDS),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        num_labels=2,
+        id2label={0: "NEGATIVE", 1: "POSITIVE"},
+        label2id={"NEGATIVE": 0, "POSITIVE": 1},
+        initializer_range=1.0,
+    )
+    directory = root / "sentiment"
+    BertForSequenceClassification(config).save_pretrained(directory)
+    tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(WORDS)})
+    tokenizer.save_pretrained(directory)
+    assert tokenizer("good movie")["input_ids"] == [2, 5, 7, 3], "a real vocabulary, not [UNK]s"
+    return directory
+
+
+def _spec(directory: Path, **options: Any) -> loadonce.ModelSpec:
+    return loadonce.ModelSpec(
+        name="sentiment", artifact=directory, options={"task": "text-classification", **options}
+    )
+
+
+@pytest.fixture
+def client(model_dir: Path) -> Iterator[TestClient]:
+    with TestClient(loadonce.create_app([_spec(model_dir)])) as test_client:
+        yield test_client
+
+
+def test_served_results_equal_the_pipelines_own(client: TestClient, model_dir: Path) -> None:
+    reference = pipeline("text-classification", model=str(model_dir), local_files_only=True)
+    response = client.post("/models/sentiment/predict", json={"inputs": TEXTS})
+    assert response.status_code == 200
+    assert response.json()["outputs"] == reference(TEXTS)
+    scores = [o["score"] for o in response.json()["outputs"]]
+    assert len(set(scores)) == len(TEXTS), "different texts, different results"
+    one = client.post("/models/sentiment/predict", json={"inputs": "good movie"})
+    assert one.json()["outputs"] == reference(["good movie"])
+
+
+def test_the_runtime_is_chosen_from_the_directory_and_is_serialized(client: TestClient) -> None:
+    info = client.get("/models/sentiment").json()
+    assert info["runtime"] == "transformers"
+    assert info["concurrency"] == "serialized"
+    assert info["input_dtype"] == "string"
+
+
+def test_call_options_reach_the_pipeline(model_dir: Path) -> None:
+    spec = _spec(model_dir, call={"top_k": None})
+    with TestClient(loadonce.create_app([spec])) as client:
+        outputs = client.post("/models/sentiment/predict", json={"inputs": ["good"]}).json()
+    [scores] = outputs["outputs"]
+    assert sorted(s["label"] for s in scores) == ["NEGATIVE", "POSITIVE"]
+
+
+def test_text_is_required(client: TestClient) -> None:
+    response = client.post("/models/sentiment/predict", json={"inputs": [1, 2]})
+    assert response.status_code == 400
+    assert "each example must be a string" in response.json()["error"]
+
+
+@pytest.mark.parametrize("missing", ["config.json", "model.safetensors", "tokenizer.json"])
+def test_a_missing_file_is_named(model_dir: Path, tmp_path: Path, missing: str) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    (broken / missing).unlink()
+    spec = _spec(broken, task="text-classification")
+    if missing == "config.json":
+        spec = spec.model_copy(update={"runtime": "transformers"})
+    with pytest.raises(loadonce.ModelLoadError) as failure:
+        TestClient(loadonce.create_app([spec])).__enter__()
+    message = str(failure.value)
+    assert "model 'sentiment' failed to load" in message
+    assert str(broken) in message
+    assert missing in message
+
+
+def test_a_task_is_required(model_dir: Path) -> None:
+    spec = loadonce.ModelSpec(name="s", artifact=model_dir)
+    with pytest.raises(loadonce.ModelLoadError, match=r"options\.task is required"):
+        TestClient(loadonce.create_app([spec])).__enter__()
