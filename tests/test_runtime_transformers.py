@@ -7,12 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer, pipeline
 
 import loadonce
+from tests.servers import serving
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "movie", "great", "awful"]
 TEXTS = ["good movie", "awful awful movie", "great", "bad good bad"]
@@ -103,7 +105,21 @@ def test_a_missing_file_is_named(model_dir: Path, tmp_path: Path, missing: str) 
     assert missing in message
 
 
-def test_a_task_is_required(model_dir: Path) -> None:
-    spec = loadonce.ModelSpec(name="s", artifact=model_dir)
-    with pytest.raises(loadonce.ModelLoadError, match=r"options\.task is required"):
+def test_the_task_is_read_from_config_json_else_asked_for(model_dir: Path, tmp_path: Path) -> None:
+    inferred = loadonce.ModelSpec(name="s", artifact=model_dir)
+    with TestClient(loadonce.create_app([inferred])) as client:
+        response = client.post("/models/s/predict", json={"inputs": ["good"]})
+        assert response.json()["outputs"][0]["label"] in {"NEGATIVE", "POSITIVE"}
+    unknown = tmp_path / "unknown"
+    shutil.copytree(model_dir, unknown)
+    (unknown / "config.json").write_text('{"architectures": ["SomethingNew"]}')
+    spec = loadonce.ModelSpec(name="s", artifact=unknown)
+    with pytest.raises(loadonce.ModelLoadError, match=r"SomethingNew.*set options\.task"):
         TestClient(loadonce.create_app([spec])).__enter__()
+
+
+def test_cli_serves_a_model_directory(model_dir: Path, tmp_path: Path) -> None:
+    reference = pipeline("text-classification", model=str(model_dir), local_files_only=True)
+    with serving([str(model_dir)], tmp_path) as server:
+        response = httpx.post(f"{server.url}/models/sentiment/predict", json={"inputs": TEXTS})
+    assert response.json()["outputs"] == reference(TEXTS)

@@ -65,6 +65,10 @@ def test_a_configured_method_such_as_predict_proba(
         name="f", artifact=forest_skops, options={"method": "predict_proba", **TREE_TYPES}
     )
     assert _served(spec, rows.tolist()) == estimator.predict_proba(rows).tolist()
+    with TestClient(loadonce.create_app([spec])) as client:
+        info = client.get("/models/f").json()
+    assert info["inputs"] == [{"name": "input", "dtype": "float64", "shape": [None, 6]}]
+    assert info["outputs"] == [{"name": "predict_proba", "dtype": "float64", "shape": [None, 2]}]
 
 
 def test_wrong_feature_count_is_400_with_the_expected_shape(forest_skops: Path) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from loadonce._errors import InvalidInputError
-from loadonce.runtimes._base import InputSignature
+from loadonce._signature import InputSignature
 
 
 def split_examples(inputs: Any, signature: InputSignature | None) -> list[Any]:
@@ -42,11 +42,6 @@ def _nesting_depth(value: Any) -> int:
             break
         value = value[0]
     return depth
-
-
-def as_numeric_batch(examples: list[Any], signature: InputSignature) -> npt.NDArray[np.float64]:
-    """Stack numeric examples into one float64 array, or say exactly what does not fit."""
-    return as_typed_batch(examples, InputSignature(shape=signature.shape, dtype="float64"))
 
 
 def as_typed_batch(

@@ -74,8 +74,15 @@ class Model:
 
     @property
     def inputs(self) -> Sequence[TensorInfo]:
-        """The model's named inputs, where its format records them."""
-        return () if self._executor is None else self._executor.instances[0].inputs
+        """The model's named inputs where its format records them, else one input described
+        by the shape of an example, when that is known."""
+        if self._executor is None:
+            return ()
+        predictor = self._executor.instances[0]
+        if predictor.inputs or predictor.signature is None:
+            return predictor.inputs
+        signature = predictor.signature
+        return (TensorInfo(name="input", dtype=signature.dtype, shape=(None, *signature.shape)),)
 
     @property
     def outputs(self) -> Sequence[TensorInfo]:

@@ -4,56 +4,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from loadonce._inputs import as_typed_batch
+from loadonce._signature import InputSignature, TensorInfo
 from loadonce._spec import ModelSpec
 
-_KIND_WORDS = {"f": "numbers", "i": "integers", "u": "non-negative integers", "b": "booleans"}
-
-
-def dtype_words(dtype: str | None) -> str:
-    """How a message names the values of a dtype: 'numbers', 'integers', 'strings'..."""
-    if dtype is None:
-        return "values"
-    if dtype == "string":
-        return "strings"
-    import numpy as np
-
-    return _KIND_WORDS.get(np.dtype(dtype).kind, dtype)
-
-
-@dataclass(frozen=True, kw_only=True)
-class InputSignature:
-    """What one example must look like.
-
-    ``shape`` is the shape of one example (``()`` for a scalar, ``(4,)`` for four features;
-    ``None`` in a dimension accepts any size). ``dtype`` is the NumPy dtype the predictor gets
-    (``"float64"``, ``"float32"``, ``"int64"``, ``"bool"``), ``"string"``, or ``None`` when the
-    predictor accepts any JSON value as it is.
-    """
-
-    shape: tuple[int | None, ...]
-    dtype: str | None = None
-
-    def describe(self) -> str:
-        words = dtype_words(self.dtype)
-        if not self.shape:
-            return f"a single value ({words})"
-        dims = ", ".join("*" if d is None else str(d) for d in self.shape)
-        return f"an array of shape [{dims}] of {words}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class TensorInfo:
-    """One named input or output as the model format describes it, for /models/{name}.
-
-    ``shape`` includes the batch dimension first; ``None`` marks a variable dimension.
-    """
-
-    name: str
-    dtype: str | None
-    shape: tuple[int | None, ...] | None
+__all__ = ["InputSignature", "Predictor", "Runtime", "TensorInfo"]
 
 
 class Predictor(ABC):
@@ -68,12 +25,16 @@ class Predictor(ABC):
     outputs: Sequence[TensorInfo] = ()
 
     def prepare(self, examples: list[Any]) -> Any:
-        """Turn a list of examples into what ``predict`` takes (default: the list itself).
+        """Turn a list of examples into what ``predict`` takes.
 
-        Raise ``loadonce.InvalidInputError`` with what was expected when an input does not fit;
+        By default: with a ``signature`` that has a dtype, one NumPy array of that dtype, each
+        example's shape checked; otherwise the list itself. Raise
+        ``loadonce.InvalidInputError`` with what was expected when an input does not fit;
         loadonce answers 400 with that message.
         """
-        return examples
+        if self.signature is None or self.signature.dtype is None:
+            return examples
+        return as_typed_batch(examples, self.signature)
 
     @abstractmethod
     def predict(self, batch: Any) -> Sequence[Any]:

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from loadonce._imports import import_optional
-from loadonce._inputs import as_typed_batch
 from loadonce._spec import ModelSpec
 from loadonce.runtimes._base import Predictor, Runtime, TensorInfo
 from loadonce.runtimes._tensors import example_signature, split_batch_outputs, stack_named_inputs
@@ -61,7 +60,7 @@ class OnnxPredictor(Predictor):
 
     def prepare(self, examples: list[Any]) -> Any:
         if self.signature is not None:
-            return {self.inputs[0].name: as_typed_batch(examples, self.signature)}
+            return {self.inputs[0].name: super().prepare(examples)}
         return stack_named_inputs(examples, self.inputs)
 
     def predict(self, batch: Any) -> Sequence[Any]:

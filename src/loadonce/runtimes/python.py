@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from loadonce._imports import import_object
-from loadonce._inputs import as_typed_batch
 from loadonce._spec import ModelSpec
 from loadonce.runtimes._base import InputSignature, Predictor, Runtime
 
@@ -28,11 +27,6 @@ class CallablePredictor(Predictor):
         self.model = model
         self._predict: Callable[[Any], Sequence[Any]] = predict if predict is not None else model
         self.signature = signature
-
-    def prepare(self, examples: list[Any]) -> Any:
-        if self.signature is not None and self.signature.dtype is not None:
-            return as_typed_batch(examples, self.signature)
-        return examples
 
     def predict(self, batch: Any) -> Sequence[Any]:
         return self._predict(batch)

@@ -10,10 +10,9 @@ import numpy as np
 
 from loadonce._errors import InvalidInputError
 from loadonce._imports import import_optional
-from loadonce._inputs import as_numeric_batch
 from loadonce._integrity import file_sha256
 from loadonce._spec import ModelSpec
-from loadonce.runtimes._base import InputSignature, Predictor, Runtime
+from loadonce.runtimes._base import InputSignature, Predictor, Runtime, TensorInfo
 
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 SKOPS_SUFFIXES = (".skops",)
@@ -34,12 +33,11 @@ class EstimatorPredictor(Predictor):
         self._method = bound
         self.signature = signature
         self._allows_nan = _allows_nan(estimator)
+        self.outputs = _outputs_of(estimator, method)
 
     def prepare(self, examples: list[Any]) -> Any:
-        if self.signature is None:
-            return examples
-        batch = as_numeric_batch(examples, self.signature)
-        if not self._allows_nan and not np.isfinite(batch).all():
+        batch = super().prepare(examples)
+        if self.signature is not None and not self._allows_nan and not np.isfinite(batch).all():
             raise InvalidInputError(
                 f"{type(self.estimator).__name__} does not accept NaN or infinity; "
                 "send finite numbers"
@@ -49,6 +47,19 @@ class EstimatorPredictor(Predictor):
     def predict(self, batch: Any) -> Sequence[Any]:
         result: Sequence[Any] = self._method(batch)
         return result
+
+
+def _outputs_of(estimator: Any, method: str) -> list[TensorInfo]:
+    """What a classifier's predict or predict_proba returns, from its fitted classes."""
+    classes = getattr(estimator, "classes_", None)
+    if not isinstance(classes, np.ndarray) or classes.ndim != 1:
+        return []
+    if method == "predict":
+        dtype = "string" if classes.dtype.kind in "OSU" else classes.dtype.name
+        return [TensorInfo(name="label", dtype=dtype, shape=(None,))]
+    if method in ("predict_proba", "predict_log_proba"):
+        return [TensorInfo(name=method, dtype="float64", shape=(None, len(classes)))]
+    return []
 
 
 def _allows_nan(estimator: Any) -> bool:

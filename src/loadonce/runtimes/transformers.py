@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 from loadonce._errors import InvalidInputError
 from loadonce._imports import import_optional
 from loadonce._spec import ModelSpec
-from loadonce.runtimes._base import InputSignature, Predictor, Runtime
+from loadonce.runtimes._base import InputSignature, Predictor, Runtime, TensorInfo
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 _PICKLED_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -34,6 +35,7 @@ class PipelinePredictor(Predictor):
         self.call_options = call_options
         self._text = text
         self.signature = InputSignature(shape=(), dtype="string") if text else None
+        self.inputs = [TensorInfo(name="text", dtype="string", shape=(None,))] if text else []
 
     def prepare(self, examples: list[Any]) -> Any:
         if self._text:
@@ -89,6 +91,35 @@ def check_model_directory(path: Path, *, trust: bool, needs_tokenizer: bool) -> 
         raise FileNotFoundError(f"missing file: {path / 'model.safetensors'} (the weights)")
 
 
+# The pipeline task that a model class's name implies (its config.json "architectures").
+_TASK_BY_ARCHITECTURE_SUFFIX = (
+    ("ForSequenceClassification", "text-classification"),
+    ("ForTokenClassification", "token-classification"),
+    ("ForMaskedLM", "fill-mask"),
+    ("ForCausalLM", "text-generation"),
+    ("ForQuestionAnswering", "question-answering"),
+    ("ForConditionalGeneration", "text2text-generation"),
+)
+
+
+def infer_task(path: Path) -> str:
+    """The pipeline task from config.json's architectures, or a clear request to name it."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    architectures = config.get("architectures") or []
+    for architecture in architectures:
+        for suffix, task in _TASK_BY_ARCHITECTURE_SUFFIX:
+            if str(architecture).endswith(suffix):
+                return task
+    found = ", ".join(map(str, architectures)) or "none"
+    raise ValueError(
+        f"cannot tell the pipeline task from config.json (architectures: {found}); "
+        "set options.task, for example 'text-classification'"
+    )
+
+
 class TransformersRuntime(Runtime):
     name = "transformers"
     # Fast tokenizers hold mutable state ("Already borrowed" under concurrent calls) and a
@@ -101,11 +132,7 @@ class TransformersRuntime(Runtime):
     def load(self, spec: ModelSpec) -> Predictor:
         if spec.artifact is None:
             raise ValueError("the transformers runtime needs an artifact: a local model directory")
-        task = spec.options.get("task")
-        if not isinstance(task, str):
-            raise ValueError(
-                "options.task is required for a transformers model, e.g. 'text-classification'"
-            )
+        task = spec.options.get("task") or infer_task(spec.artifact)
         text = task in _TEXT_TASKS
         check_model_directory(spec.artifact, trust=spec.trust, needs_tokenizer=text)
         # Never reach for the network: set before transformers (and huggingface_hub) read it,

@@ -71,9 +71,9 @@ def spec_for_target(target: str) -> ModelSpec:
     """A single model from the command line: an artifact path, or a 'package.module:function'."""
     path = Path(target)
     if path.exists():
-        if not path.is_file():
-            raise ConfigError(f"{target} is not a file: serve an artifact file or a .toml config")
-        return ModelSpec(name=_name_from_stem(path.stem), artifact=path.resolve())
+        # A directory is an artifact too (a transformers model directory).
+        name = path.resolve().name if path.is_dir() else path.stem
+        return ModelSpec(name=_name_from_stem(name), artifact=path.resolve())
     if ":" in target and "/" not in target:
         return ModelSpec(name=_name_from_stem(target.rpartition(":")[2]), loader=target)
     raise ConfigError(f"no such file: {target}")

@@ -1,0 +1,51 @@
+"""InputSignature and TensorInfo: what a model says about its inputs and outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+_KIND_WORDS = {"f": "numbers", "i": "integers", "u": "non-negative integers", "b": "booleans"}
+
+
+def dtype_words(dtype: str | None) -> str:
+    """How a message names the values of a dtype: 'numbers', 'integers', 'strings'..."""
+    if dtype is None:
+        return "values"
+    if dtype == "string":
+        return "strings"
+    return _KIND_WORDS.get(np.dtype(dtype).kind, dtype)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InputSignature:
+    """What one example must look like.
+
+    ``shape`` is the shape of one example (``()`` for a scalar, ``(4,)`` for four features;
+    ``None`` in a dimension accepts any size). ``dtype`` is the NumPy dtype the predictor gets
+    (``"float64"``, ``"float32"``, ``"int64"``, ``"bool"``), ``"string"``, or ``None`` when the
+    predictor accepts any JSON value as it is.
+    """
+
+    shape: tuple[int | None, ...]
+    dtype: str | None = None
+
+    def describe(self) -> str:
+        words = dtype_words(self.dtype)
+        if not self.shape:
+            return f"a single value ({words})"
+        dims = ", ".join("*" if d is None else str(d) for d in self.shape)
+        return f"an array of shape [{dims}] of {words}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TensorInfo:
+    """One named input or output as the model format describes it, for /models/{name}.
+
+    ``shape`` includes the batch dimension first; ``None`` marks a variable dimension.
+    """
+
+    name: str
+    dtype: str | None
+    shape: tuple[int | None, ...] | None
