@@ -52,3 +52,24 @@ def test_readme_shows_the_library_example_verbatim() -> None:
     example = (EXAMPLES / "library_app.py").read_text()
     body = example.split('"""', 2)[2].strip()  # everything after the module docstring
     assert body in readme
+
+
+def test_custom_runtime_example_serves_its_own_format(tmp_path: Path) -> None:
+    _import_example("custom_runtime")  # registers the runtime
+    artifact = tmp_path / "price.linear"
+    artifact.write_text('{"weights": [2.0, -1.0], "bias": 0.5}')
+    app = loadonce.create_app([loadonce.ModelSpec(name="price", artifact=artifact)])
+    with TestClient(app) as client:
+        response = client.post("/models/price/predict", json={"inputs": [[1, 1], [3, 0]]})
+        assert response.json()["outputs"] == [1.5, 6.5]
+        wrong = client.post("/models/price/predict", json={"inputs": [[1, 2, 3]]})
+        assert wrong.status_code == 400
+        assert "shape [2]" in wrong.json()["error"]
+        info = client.get("/models/price").json()
+        assert (info["runtime"], info["concurrency"]) == ("linear", "shared")
+
+
+def test_readme_shows_the_custom_runtime_example_verbatim() -> None:
+    readme = (ROOT / "README.md").read_text()
+    body = (EXAMPLES / "custom_runtime.py").read_text().split('"""', 2)[2].strip()
+    assert body in readme

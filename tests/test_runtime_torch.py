@@ -69,6 +69,7 @@ def client(torchscript: Path, state_dict: Path, exported: Path) -> Iterator[Test
     specs = [
         loadonce.ModelSpec(name="exported", artifact=exported),
         loadonce.ModelSpec(name="scripted", artifact=torchscript, input_shape=(4,)),
+        loadonce.ModelSpec(name="any_width", artifact=torchscript, input_shape=[-1]),
         loadonce.ModelSpec(
             name="weights",
             artifact=state_dict,
@@ -118,6 +119,10 @@ def test_a_declared_input_shape_makes_a_wrong_shape_a_400(client: TestClient) ->
     assert "shape [4]" in response.json()["error"]
     ragged = client.post("/models/weights/predict", json={"inputs": [[1.0, 2.0], [1.0]]})
     assert ragged.status_code == 400
+    assert client.get("/models/any_width").json()["input_shape"] == [None]
+    nested = client.post("/models/any_width/predict", json={"inputs": [[[1.0] * 4]]})
+    assert nested.status_code == 400
+    assert "an array of shape [*] of numbers" in nested.json()["error"]
 
 
 class TwoHeads(torch.nn.Module):

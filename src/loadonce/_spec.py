@@ -70,6 +70,16 @@ ConcurrencyField = Annotated[
     Concurrency, BeforeValidator(_parse_concurrency), PlainSerializer(str, return_type=str)
 ]
 
+
+def _variable_dims(value: object) -> object:
+    if isinstance(value, list | tuple):
+        for dim in value:
+            if isinstance(dim, int) and dim < -1:
+                raise ValueError(f"input_shape dimensions must be sizes, or -1 for any; got {dim}")
+        return tuple(None if dim == -1 else dim for dim in value)
+    return value
+
+
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 _SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
 
@@ -91,7 +101,8 @@ class ModelSpec(BaseModel):
     version: Annotated[str, Field(min_length=1, max_length=64)] = "1"
     concurrency: ConcurrencyField | None = None
     warmup: Any = None
-    input_shape: tuple[int | None, ...] | None = None
+    # -1 (TOML has no null) or None marks a dimension of any size.
+    input_shape: Annotated[tuple[int | None, ...], BeforeValidator(_variable_dims)] | None = None
     trust: bool = False
     sha256: Annotated[str, Field(pattern=_SHA256_PATTERN)] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
