@@ -19,7 +19,7 @@ from loadonce._registry import Registry
 from loadonce._spec import Concurrency, ModelSpec
 from loadonce._version import __version__
 from loadonce.protocols.rest import models_router
-from loadonce.runtimes import InputSignature, Predictor, Runtime, register_runtime
+from loadonce.runtimes import InputSignature, Predictor, Runtime, TensorInfo, register_runtime
 
 __all__ = [
     "Concurrency",
@@ -37,6 +37,7 @@ __all__ = [
     "Predictor",
     "Registry",
     "Runtime",
+    "TensorInfo",
     "__version__",
     "create_app",
     "get_registry",

@@ -47,6 +47,30 @@ class ModelNotReadyError(LoadonceError):
         super().__init__(f"model '{name}' is not ready (state: {state})")
 
 
+class QueueFullError(LoadonceError):
+    """The model's queue holds as many examples as it may (HTTP 503 with Retry-After)."""
+
+    def __init__(self, name: str, queued: int, limit: int) -> None:
+        self.name = name
+        super().__init__(
+            f"model '{name}' is overloaded: {queued} examples are queued (max_queue {limit}); "
+            "retry shortly"
+        )
+
+
+class DeadlineExceededError(LoadonceError):
+    """The request's deadline passed before the model answered (HTTP 504)."""
+
+    def __init__(self, name: str, timeout: float | None = None) -> None:
+        self.name = name
+        limit = "" if timeout is None else f" of {timeout:g} s"
+        super().__init__(f"model '{name}' did not answer within the deadline{limit}")
+
+
+class ClientDisconnectedError(LoadonceError):
+    """The client went away before its answer was ready; its request left the queue."""
+
+
 class InvalidInputError(LoadonceError, ValueError):
     """The request's inputs do not fit the model (HTTP 400).
 

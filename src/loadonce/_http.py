@@ -14,10 +14,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from loadonce._errors import (
+    ClientDisconnectedError,
+    DeadlineExceededError,
     InvalidInputError,
     LoadonceError,
     ModelNotFoundError,
     ModelNotReadyError,
+    QueueFullError,
     describe_exception,
 )
 
@@ -52,8 +55,13 @@ def response_for_exception(exc: Exception, request: Request, request_id: str) ->
         return error_response(422, f"invalid request: {summary}", request_id, fields=fields)
     if isinstance(exc, ModelNotFoundError):
         return error_response(404, str(exc), request_id)
-    if isinstance(exc, ModelNotReadyError):
+    if isinstance(exc, ModelNotReadyError | QueueFullError):
         return error_response(503, str(exc), request_id)
+    if isinstance(exc, DeadlineExceededError):
+        return error_response(504, str(exc), request_id)
+    if isinstance(exc, ClientDisconnectedError):
+        # Nobody reads this answer; nginx's 499 says "client closed request" in access logs.
+        return error_response(499, str(exc), request_id)
     if isinstance(exc, InvalidInputError):
         return error_response(400, f"invalid inputs: {exc}", request_id)
     if isinstance(exc, LoadonceError):

@@ -19,7 +19,11 @@ def split_examples(inputs: Any, signature: InputSignature | None) -> list[Any]:
     value is a single example.
     """
     if signature is None:
-        return list(inputs) if isinstance(inputs, list) else [inputs]
+        if not isinstance(inputs, list):
+            return [inputs]
+        if not inputs:
+            raise InvalidInputError("inputs is an empty list: send at least one example")
+        return list(inputs)
     rank = len(signature.shape)
     depth = _nesting_depth(inputs)
     if depth == rank:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
 import anyio.to_thread
 
+from loadonce._batching import Batcher, run_batch
 from loadonce._concurrency import Executor, instances_needed, make_executor
 from loadonce._errors import (
-    InvalidInputError,
+    DeadlineExceededError,
     ModelLoadError,
     ModelNotReadyError,
     describe_exception,
@@ -59,6 +61,7 @@ class Model:
         self.runtime_name: str | None = None
         self.concurrency: Concurrency | None = spec.concurrency
         self._executor: Executor | None = None
+        self._batcher: Batcher | None = None
 
     @property
     def name(self) -> str:
@@ -115,6 +118,8 @@ class Model:
         self.loaded_at = time.time()
         self.load_count += 1
         self._executor = executor
+        assert self.concurrency is not None
+        self._batcher = _make_batcher(self.name, self.spec, self.concurrency, executor)
         self.state = ModelState.READY
         logger.info(
             "model '%s' version %s loaded in worker pid %d in %.2f s, memory %s RSS, %s USS "
@@ -142,60 +147,70 @@ class Model:
         return make_executor(policy, instances)
 
     async def unload(self) -> None:
-        """Release the model's instances (their ``close``), once; the state becomes unloaded."""
+        """Let queued and running requests finish, then release the model's instances (their
+        ``close``), once; the state becomes unloaded."""
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            await batcher.close()
         executor, self._executor = self._executor, None
         if self.state is not ModelState.FAILED:
             self.state = ModelState.UNLOADED
         if executor is not None:
             await _close_all(executor.instances, self.name)
 
-    async def predict(self, inputs: Any) -> list[Any]:
-        """Predict for one example or a list of examples; returns one output per example."""
-        executor = self._executor
-        if executor is None or self.state is not ModelState.READY:
-            raise ModelNotReadyError(self.name, self.state.value)
-        return await self._predict_on(executor, inputs)
+    async def predict(self, inputs: Any, *, timeout: float | None = None) -> list[Any]:
+        """Predict for one example or a list of examples; returns one output per example.
 
-    async def _predict_on(self, executor: Executor, inputs: Any) -> list[Any]:
+        The request waits in the model's bounded queue (``QueueFullError`` when it is full)
+        and is answered within ``timeout`` seconds, or the model's ``timeout_s``, whichever is
+        shorter (``DeadlineExceededError``); if it is still queued then, the model never sees
+        it. Cancelling the call (a client that went away) removes it from the queue too.
+        """
+        batcher, executor = self._batcher, self._executor
+        if batcher is None or executor is None or self.state is not ModelState.READY:
+            raise ModelNotReadyError(self.name, self.state.value)
         examples = split_examples(inputs, executor.instances[0].signature)
-        return await executor.run(_batch_call(examples))
+        limits = [t for t in (timeout, self.spec.timeout_s) if t is not None]
+        deadline_s = min(limits) if limits else None
+        loop = asyncio.get_running_loop()
+        deadline = None if deadline_s is None else loop.time() + deadline_s
+        future = batcher.submit(examples, deadline)
+        if deadline_s is None:
+            return await future
+        try:
+            return await asyncio.wait_for(future, deadline_s)
+        except TimeoutError:
+            raise DeadlineExceededError(self.name, deadline_s) from None
 
     async def _warm_up(self, instances: Sequence[Predictor]) -> None:
         """Run the warm-up input through every instance (each pool slot has its own caches),
         by the same prepare-and-predict path as requests."""
-        try:
-            call = _batch_call(split_examples(self.spec.warmup, instances[0].signature))
-            for instance in instances:
-                await anyio.to_thread.run_sync(call, instance)
-        except Exception as exc:
-            raise RuntimeError(f"warm-up failed: {describe_exception(exc)}") from exc
+        examples = split_examples(self.spec.warmup, instances[0].signature)
+        for instance in instances:
+            [outcome] = await anyio.to_thread.run_sync(run_batch, instance, [examples])
+            if outcome.error is not None:
+                raise RuntimeError(f"warm-up failed: {describe_exception(outcome.error)}")
 
 
-def _batch_call(examples: list[Any]) -> Callable[[Predictor], list[Any]]:
-    """What runs in the worker thread: validate and convert the examples, then predict."""
-
-    def call(predictor: Predictor) -> list[Any]:
-        try:
-            batch = predictor.prepare(examples)
-        except InvalidInputError:
-            raise
-        except (ValueError, TypeError) as exc:
-            raise InvalidInputError(describe_exception(exc)) from exc
-        return _one_output_per_example(predictor.predict(batch), len(examples))
-
-    return call
-
-
-def _one_output_per_example(outputs: Sequence[Any], count: int) -> list[Any]:
-    try:
-        listed = list(outputs)
-    except TypeError:
-        raise RuntimeError(
-            f"the model returned {type(outputs).__name__}, not one output per example"
-        ) from None
-    if len(listed) != count:
-        raise RuntimeError(f"the model returned {len(listed)} outputs for {count} examples")
-    return listed
+def _make_batcher(name: str, spec: ModelSpec, policy: Concurrency, executor: Executor) -> Batcher:
+    if spec.batching is None:
+        # One call per request, as many at once as the policy allows.
+        max_batch_size, max_wait_s, concurrent = 1, 0.0, policy.size
+    else:
+        batching = spec.batching
+        max_batch_size = batching.max_batch_size
+        max_wait_s = batching.max_wait_ms / 1000
+        concurrent = batching.concurrent_batches or (policy.size if policy.kind == "pool" else 1)
+    batcher = Batcher(
+        model=name,
+        executor=executor,
+        max_batch_size=max_batch_size,
+        max_wait_s=max_wait_s,
+        max_queue=spec.max_queue,
+        concurrent_batches=concurrent,
+    )
+    batcher.start()
+    return batcher
 
 
 async def _close_all(instances: Sequence[Predictor], name: str) -> None:

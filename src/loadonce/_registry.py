@@ -37,6 +37,8 @@ class Registry:
         self._models = {spec.name: Model(spec) for spec in specs}
         # Why this app's startup failed, as one line for the log (None while all is well).
         self.failure: LoadonceError | None = None
+        # Set when the server was told to stop: it finishes what it accepted, but is not ready.
+        self.draining = False
 
     @property
     def models(self) -> list[Model]:
@@ -54,7 +56,11 @@ class Registry:
     @property
     def is_ready(self) -> bool:
         """True only when every declared model is ready in this worker (never with zero models)."""
-        return bool(self._models) and all(m.is_ready for m in self._models.values())
+        return (
+            bool(self._models)
+            and not self.draining
+            and all(m.is_ready for m in self._models.values())
+        )
 
     def states(self) -> dict[str, ModelState]:
         return {name: model.state for name, model in self._models.items()}

@@ -77,6 +77,7 @@ class ModelsResponse(BaseModel):
 
 class Readiness(BaseModel):
     ready: bool
+    draining: bool = Field(default=False, description="Stopping: finishing accepted requests.")
     worker_pid: int
     models: dict[str, ModelState]
 

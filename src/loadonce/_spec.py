@@ -80,6 +80,21 @@ def _variable_dims(value: object) -> object:
     return value
 
 
+class Batching(BaseModel):
+    """Dynamic micro-batching: concurrent requests merged into one predict call."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_batch_size: Annotated[int, Field(ge=1)] = 32
+    # 0: a request that finds the model idle is dispatched at once; requests that arrive while
+    # it is busy gather into the next batch anyway. Above 0, an idle model waits up to this
+    # long for a fuller batch (lower cost per example, higher latency at low load).
+    max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 0.0
+    # Batches running at once: by default the pool's size for pool:N, else 1 (a batched call
+    # already parallelises inside the library, and batches grow while one runs).
+    concurrent_batches: Annotated[int, Field(ge=1)] | None = None
+
+
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 _SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
 
@@ -106,6 +121,11 @@ class ModelSpec(BaseModel):
     trust: bool = False
     sha256: Annotated[str, Field(pattern=_SHA256_PATTERN)] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    batching: Batching | None = None
+    # The most examples that may wait for this model; beyond it, requests get 503 at once.
+    max_queue: Annotated[int, Field(ge=1)] = 1024
+    # Deadline of a request, from its arrival; a request may ask for less (X-Request-Timeout).
+    timeout_s: Annotated[float, Field(gt=0)] | None = None
 
     @model_validator(mode="after")
     def _needs_a_source(self) -> ModelSpec:

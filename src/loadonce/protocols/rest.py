@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Header, Path
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from loadonce._dependencies import get_registry
+from loadonce._disconnect import unless_disconnected
 from loadonce._http import LoadonceRoute
 from loadonce._jsonable import to_jsonable
 from loadonce._model import Model
@@ -24,6 +26,7 @@ from loadonce._schemas import (
 )
 from loadonce.runtimes import TensorInfo
 
+TIMEOUT_HEADER = "X-Request-Timeout"
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 ModelName = Annotated[str, Path(description="The model's name, as declared.")]
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -31,7 +34,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "No model of that name"},
     422: {"model": ErrorBody, "description": "The body is not valid JSON of the expected form"},
     500: {"model": ErrorBody, "description": "The model raised; details in the server log"},
-    503: {"model": ErrorBody, "description": "The model is not ready"},
+    503: {"model": ErrorBody, "description": "The model is not ready, or its queue is full"},
+    504: {"model": ErrorBody, "description": "The deadline passed before the model answered"},
 }
 
 
@@ -87,9 +91,23 @@ def models_router() -> APIRouter:
         responses=_ERRORS,
         summary="Predict for one example or a list of examples",
     )
-    async def predict(name: ModelName, body: PredictRequest, registry: RegistryDep) -> JSONResponse:
+    async def predict(
+        name: ModelName,
+        body: PredictRequest,
+        request: Request,
+        registry: RegistryDep,
+        timeout: Annotated[
+            float | None,
+            Header(
+                alias=TIMEOUT_HEADER,
+                gt=0,
+                description="Seconds this request may wait for its answer, queue included; "
+                "at most the model's own timeout_s. Past it: 504.",
+            ),
+        ] = None,
+    ) -> JSONResponse:
         model = registry.get(name)
-        outputs = await model.predict(body.inputs)
+        outputs = await unless_disconnected(request, model.predict(body.inputs, timeout=timeout))
         # Built by hand rather than through response_model: outputs may hold NumPy values,
         # and a second validation pass of large outputs would cost time on every request.
         return JSONResponse(

@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import numpy as np
+
 from loadonce._inputs import as_typed_batch
 from loadonce._signature import InputSignature, TensorInfo
 from loadonce._spec import ModelSpec
@@ -35,6 +37,21 @@ class Predictor(ABC):
         if self.signature is None or self.signature.dtype is None:
             return examples
         return as_typed_batch(examples, self.signature)
+
+    def combine(self, batches: list[Any]) -> Any:
+        """Merge what ``prepare`` returned for several requests into one batch, in order.
+
+        The default handles lists, NumPy arrays and dicts of them. If it raises (say, arrays
+        whose variable dimension differs), those requests are predicted one by one instead.
+        """
+        first = batches[0]
+        if isinstance(first, np.ndarray):
+            return np.concatenate(batches)
+        if isinstance(first, list):
+            return [example for batch in batches for example in batch]
+        if isinstance(first, dict):
+            return {key: self.combine([batch[key] for batch in batches]) for key in first}
+        raise TypeError(f"cannot combine batches of {type(first).__name__}")
 
     @abstractmethod
     def predict(self, batch: Any) -> Sequence[Any]:

@@ -47,6 +47,10 @@ class TorchPredictor(Predictor):
         array = as_typed_batch(examples, InputSignature(shape=shape, dtype=self.input_dtype))
         return torch.from_numpy(np.ascontiguousarray(array))
 
+    def combine(self, batches: list[Any]) -> Any:
+        torch = import_optional("torch", extra="torch")
+        return torch.cat(batches)
+
     def predict(self, batch: Any) -> Sequence[Any]:
         torch = import_optional("torch", extra="torch")
         with torch.inference_mode():

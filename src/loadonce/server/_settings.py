@@ -22,6 +22,8 @@ class ServerOptions(BaseModel):
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     workers: Annotated[int, Field(ge=1, le=256)] = 1
     log_level: LogLevel = "info"
+    # On SIGTERM: how long accepted requests (queued and running) may take to finish.
+    drain_timeout_s: Annotated[int, Field(ge=0)] = 30
 
 
 class ServeConfig(BaseModel):

@@ -29,8 +29,8 @@ from loadonce.server._worker import GO, STARTUP_FAILED, STOP, worker_process_mai
 
 logger = logging.getLogger("loadonce")
 
-# How long a worker may take to finish its requests after SIGTERM before it is killed.
-GRACEFUL_STOP_SECONDS = 30.0
+# After SIGTERM, a worker has its drain timeout plus this to finish and unload, then is killed.
+UNLOAD_GRACE_SECONDS = 10.0
 _POLL_SECONDS = 0.5
 
 
@@ -156,7 +156,7 @@ class Supervisor:
                     with contextlib.suppress(OSError):
                         worker.gate.send(STOP)  # a worker waiting for GO leaves at once
                 worker.process.terminate()  # SIGTERM: uvicorn finishes in-flight requests
-        deadline = time.monotonic() + GRACEFUL_STOP_SECONDS
+        deadline = time.monotonic() + self.config.server.drain_timeout_s + UNLOAD_GRACE_SECONDS
         for worker in workers:
             worker.process.join(max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():

@@ -9,6 +9,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
+from types import FrameType
 
 import anyio.to_thread
 import uvicorn
@@ -52,6 +53,21 @@ class _OneLineStartupFailure:
         await self.app(scope, receive, send_quietly)
 
 
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server, telling the registry when a stop begins so /readyz turns 503 while
+    accepted requests finish (uvicorn stops listening and drains them)."""
+
+    def __init__(self, config: uvicorn.Config, registry: Registry) -> None:
+        super().__init__(config)
+        self.registry = registry
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.registry.draining:
+            self.registry.draining = True
+            logger.info("stopping: finishing accepted requests, then unloading")
+        super().handle_exit(sig, frame)
+
+
 def run_worker(
     config: ServeConfig,
     *,
@@ -71,8 +87,9 @@ def run_worker(
         log_level=options.log_level,
         lifespan="on",
         workers=options.workers,
+        timeout_graceful_shutdown=options.drain_timeout_s,
     )
-    server = uvicorn.Server(uvicorn_config)
+    server = _DrainingServer(uvicorn_config, registry)
     # uvicorn raises SystemExit when the lifespan fails; the failure line below says why.
     with contextlib.suppress(SystemExit):
         server.run(sockets=sockets)

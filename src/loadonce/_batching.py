@@ -1,0 +1,242 @@
+"""Batcher: every predict of a model goes through one bounded queue and is dispatched in batches.
+
+One path for every model. Requests wait in a queue bounded in examples (beyond it: 503 at
+once). A dispatcher task starts a batch whenever a slot of the model is free: it takes the
+queued requests, oldest first, up to ``max_batch_size`` examples (a request is never split;
+one larger than that goes alone). Without batching, ``max_batch_size`` is 1: each request is
+its own call. While the model is busy, arrivals gather into the next batch, so a lone request
+never waits for a window unless ``max_wait_ms`` asks for it.
+
+A request that is cancelled while queued (its deadline passed, its client went away) leaves
+the queue at once and never reaches the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from loadonce._concurrency import Executor
+from loadonce._errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    ModelNotReadyError,
+    QueueFullError,
+    describe_exception,
+)
+from loadonce.runtimes._base import Predictor
+
+logger = logging.getLogger("loadonce")
+
+
+@dataclass(eq=False)
+class _Request:
+    examples: list[Any]
+    future: asyncio.Future[list[Any]]
+    deadline: float | None  # loop time
+    queued: bool = True
+
+
+@dataclass
+class _Outcome:
+    outputs: list[Any] | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class Batcher:
+    """The queue and dispatcher of one loaded model; created and started inside the loop."""
+
+    model: str
+    executor: Executor
+    max_batch_size: int
+    max_wait_s: float
+    max_queue: int
+    concurrent_batches: int
+    _queue: deque[_Request] = field(default_factory=deque)
+    _queued_examples: int = 0
+    _in_flight: int = 0
+    _closed: bool = False
+    _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._idle.set()
+        self._task = asyncio.get_running_loop().create_task(
+            self._dispatch_forever(), name=f"loadonce-batcher-{self.model}"
+        )
+
+    @property
+    def queued_examples(self) -> int:
+        return self._queued_examples
+
+    def submit(self, examples: list[Any], deadline: float | None) -> asyncio.Future[list[Any]]:
+        """Queue a request's examples; the future resolves to one output per example."""
+        if self._closed:
+            raise ModelNotReadyError(self.model, "unloading")
+        count = len(examples)
+        if self._queued_examples + count > self.max_queue and self._queue:
+            raise QueueFullError(self.model, self._queued_examples, self.max_queue)
+        loop = asyncio.get_running_loop()
+        request = _Request(examples=examples, future=loop.create_future(), deadline=deadline)
+        request.future.add_done_callback(lambda _: self._forget(request))
+        self._queue.append(request)
+        self._queued_examples += count
+        self._idle.clear()
+        self._wakeup.set()
+        return request.future
+
+    def _forget(self, request: _Request) -> None:
+        """A request resolved or cancelled while still queued leaves the queue now."""
+        if request.queued:
+            request.queued = False
+            self._queued_examples -= len(request.examples)
+            with contextlib.suppress(ValueError):
+                self._queue.remove(request)
+            self._note_if_idle()
+
+    def _note_if_idle(self) -> None:
+        if not self._queue and self._in_flight == 0:
+            self._idle.set()
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            while not self._queue or self._in_flight >= self.concurrent_batches:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if self.max_wait_s > 0 and self._queued_examples < self.max_batch_size:
+                await self._gather_more()
+            batch = self._take_batch()
+            if batch:
+                self._in_flight += 1
+                asyncio.get_running_loop().create_task(self._run(batch))
+
+    async def _gather_more(self) -> None:
+        """Wait up to max_wait for a fuller batch, from when the oldest request arrived."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.max_wait_s
+        while self._queue and self._queued_examples < self.max_batch_size:
+            remaining = until - loop.time()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+
+    def _take_batch(self) -> list[_Request]:
+        now = asyncio.get_running_loop().time()
+        batch: list[_Request] = []
+        size = 0
+        while self._queue:
+            request = self._queue[0]
+            if batch and size + len(request.examples) > self.max_batch_size:
+                break
+            self._queue.popleft()
+            request.queued = False
+            self._queued_examples -= len(request.examples)
+            if request.future.done():
+                continue
+            if request.deadline is not None and request.deadline <= now:
+                # Expired while queued: answered now, and the model never sees it.
+                request.future.set_exception(DeadlineExceededError(self.model))
+                continue
+            batch.append(request)
+            size += len(request.examples)
+        self._note_if_idle()
+        return batch
+
+    async def _run(self, batch: list[_Request]) -> None:
+        try:
+            examples = [request.examples for request in batch]
+            outcomes = await self.executor.run(lambda predictor: run_batch(predictor, examples))
+            for request, outcome in zip(batch, outcomes, strict=True):
+                if request.future.done():
+                    continue  # the caller gave up (deadline, disconnect) while it ran
+                if outcome.error is not None:
+                    request.future.set_exception(outcome.error)
+                else:
+                    request.future.set_result(outcome.outputs or [])
+        except BaseException as exc:
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._in_flight -= 1
+            self._note_if_idle()
+            self._wakeup.set()
+
+    async def close(self) -> None:
+        """Stop taking requests, let queued and running ones finish, then stop dispatching."""
+        self._closed = True
+        await self._idle.wait()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def run_batch(predictor: Predictor, requests: Sequence[list[Any]]) -> list[_Outcome]:
+    """In a worker thread: check each request alone, predict all the valid ones in one call,
+    and if that call fails, predict them one by one so only the culprit fails."""
+    outcomes = [_Outcome() for _ in requests]
+    prepared: list[tuple[int, Any]] = []
+    for index, examples in enumerate(requests):
+        try:
+            prepared.append((index, _prepare(predictor, examples)))
+        except Exception as exc:
+            outcomes[index].error = exc
+    if len(prepared) > 1:
+        try:
+            combined = predictor.combine([batch for _, batch in prepared])
+            outputs = _one_output_per_example(
+                predictor.predict(combined), sum(len(requests[i]) for i, _ in prepared)
+            )
+        except Exception as exc:
+            logger.info(
+                "batch of %d requests failed (%s); predicting them one by one",
+                len(prepared),
+                describe_exception(exc),
+            )
+        else:
+            start = 0
+            for index, _ in prepared:
+                end = start + len(requests[index])
+                outcomes[index].outputs = outputs[start:end]
+                start = end
+            return outcomes
+    for index, batch in prepared:
+        try:
+            result = predictor.predict(batch)
+            outcomes[index].outputs = _one_output_per_example(result, len(requests[index]))
+        except Exception as exc:
+            outcomes[index].error = exc
+    return outcomes
+
+
+def _prepare(predictor: Predictor, examples: list[Any]) -> Any:
+    try:
+        return predictor.prepare(examples)
+    except InvalidInputError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise InvalidInputError(describe_exception(exc)) from exc
+
+
+def _one_output_per_example(outputs: Sequence[Any], count: int) -> list[Any]:
+    try:
+        listed = list(outputs)
+    except TypeError:
+        raise RuntimeError(
+            f"the model returned {type(outputs).__name__}, not one output per example"
+        ) from None
+    if len(listed) != count:
+        raise RuntimeError(f"the model returned {len(listed)} outputs for {count} examples")
+    return listed
