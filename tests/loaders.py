@@ -43,3 +43,19 @@ def build_mlp() -> Any:
     import torch
 
     return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+
+class SlowEcho:
+    """Takes $LOADONCE_TEST_DELAY seconds per call and logs each call's examples."""
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        log = os.environ.get("LOADONCE_TEST_CALL_LOG")
+        if log:
+            with Path(log).open("a") as stream:
+                stream.write(f"{batch!r}\n")
+        time.sleep(float(os.environ.get("LOADONCE_TEST_DELAY", "0.2")))
+        return list(batch)
+
+
+def slow_echo() -> SlowEcho:
+    return SlowEcho()

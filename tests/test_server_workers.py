@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 import psutil
+import pytest
 
 from tests.servers import cli_env, serving, start_cli, stop, wait_ready, wait_until
 
@@ -91,3 +92,15 @@ def test_a_worker_that_dies_is_replaced_and_sigterm_stops_all(tmp_path: Path) ->
     assert code == 0, server.log()
     assert not _pid_alive(second)
     assert not _pid_alive(replacement)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_stops_cleanly_with_status_0(tmp_path: Path, workers: str) -> None:
+    config = tmp_path / "loadonce.toml"
+    config.write_text('[[models]]\nname = "echo"\nloader = "tests.loaders:echo"\n')
+    server = start_cli([str(config), "--workers", workers], tmp_path)
+    wait_ready(server)
+    server.process.send_signal(signal.SIGINT)
+    assert server.process.wait(timeout=60) == 0, server.log()
+    assert "Traceback" not in server.log()
+    assert "KeyboardInterrupt" not in server.log()

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import logging.config
 import os
+import signal
 import socket
 from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
@@ -113,12 +114,24 @@ def serve_single_worker(config: ServeConfig) -> int:
     async def announce(registry: Registry) -> None:
         logger.info("all models loaded; accepting connections on %s", describe_address(sock))
 
-    with sock:
-        started, failure = run_worker(config, sockets=[sock], on_loaded=announce)
+    # uvicorn re-raises a stop signal once it has drained, to reach the handler that was in
+    # place before it; this one makes that a clean exit (status 0) instead of a
+    # KeyboardInterrupt traceback or death by SIGTERM.
+    previous = {sig: signal.signal(sig, _drained) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with sock:
+            started, failure = run_worker(config, sockets=[sock], on_loaded=announce)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if started:
         return 0
     logger.error("startup failed: %s", failure)
     return STARTUP_FAILED
+
+
+def _drained(signum: int, frame: FrameType | None) -> None:
+    """The stop signal arrives here after uvicorn has drained and shut down: nothing left."""
 
 
 def worker_process_main(config: ServeConfig, sock: socket.socket, gate: Connection) -> None:
