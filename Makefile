@@ -8,7 +8,7 @@ CONSTRAINTS := requirements/constraints.txt
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint typecheck pytest lock clean
+.PHONY: serve test lint typecheck pytest bench lock clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) || { echo "error: '$(PYTHON) -m venv' failed; on Debian/Ubuntu install python3-venv" >&2; exit 1; }
@@ -27,8 +27,8 @@ serve: $(VENV)/.serve-installed
 	$(BIN)/loadonce serve --demo --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.test-installed
-	$(BIN)/ruff check src tests docs/examples
-	$(BIN)/ruff format --check src tests docs/examples
+	$(BIN)/ruff check src tests docs/examples bench
+	$(BIN)/ruff format --check src tests docs/examples bench
 
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy
@@ -37,6 +37,11 @@ pytest: $(VENV)/.test-installed
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# Benchmarks (not part of `make test`): see docs/benchmarks.md. Needs wrk (Debian's package).
+bench: $(VENV)/.test-installed
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(BIN)/python -m bench.throughput
 
 # Re-pin after changing dependencies: installs the newest allowed versions into a scratch venv.
 lock:

@@ -142,9 +142,13 @@ def test_openapi_documents_every_route_with_its_models(client: TestClient) -> No
     for path in ["/livez", "/readyz", "/models", "/models/{name}", "/models/{name}/predict"]:
         assert path in paths
     predict = paths["/models/{name}/predict"]["post"]
-    assert predict["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
-        "PredictRequest"
-    )
+    body_schema = predict["requestBody"]["content"]["application/json"]["schema"]
+    assert body_schema["title"] == "PredictRequest"
+    assert body_schema["required"] == ["inputs"]
+    assert {p["name"]: p["in"] for p in predict["parameters"]} == {
+        "name": "path",
+        "X-Request-Timeout": "header",
+    }
     assert predict["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "PredictResponse"
     )

@@ -9,8 +9,16 @@ from loadonce._model import Model
 from loadonce._registry import STATE_KEY, Registry
 
 
-def get_registry(connection: HTTPConnection) -> Registry:
-    """The registry the loadonce lifespan put on ``app.state``."""
+async def get_registry(connection: HTTPConnection) -> Registry:
+    """The registry the loadonce lifespan put on ``app.state``.
+
+    ``async`` on purpose, like ``ModelDependency.__call__``: FastAPI runs a plain ``def``
+    dependency in its threadpool, a thread hop on every request for a dictionary lookup.
+    """
+    return registry_of(connection)
+
+
+def registry_of(connection: HTTPConnection) -> Registry:
     registry = getattr(connection.app.state, STATE_KEY, None)
     if not isinstance(registry, Registry):
         raise LoadonceError(
@@ -31,8 +39,8 @@ class ModelDependency:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def __call__(self, connection: HTTPConnection) -> Model:
-        return get_registry(connection).get(self.name)
+    async def __call__(self, connection: HTTPConnection) -> Model:
+        return registry_of(connection).get(self.name)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ModelDependency) and other.name == self.name

@@ -31,9 +31,18 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode("latin-1")
+
+
 def request_id_of(request: Request) -> str:
-    given = request.headers.get(REQUEST_ID_HEADER)
-    return given if given and _CLIENT_ID.match(given) else uuid.uuid4().hex
+    # Read from the raw ASGI headers: Starlette's Headers would be built for this one lookup.
+    for key, value in request.scope["headers"]:
+        if key == _REQUEST_ID_KEY:
+            given: str = value.decode("latin-1")
+            if _CLIENT_ID.match(given):
+                return given
+            break
+    return uuid.uuid4().hex
 
 
 def error_response(status: int, message: str, request_id: str, **extra: Any) -> JSONResponse:

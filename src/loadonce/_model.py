@@ -144,7 +144,7 @@ class Model:
         self.concurrency = policy
         for _ in range(instances_needed(policy)):
             instances.append(await anyio.to_thread.run_sync(runtime.load, spec))
-        return make_executor(policy, instances)
+        return make_executor(policy, instances, name=self.name)
 
     async def unload(self) -> None:
         """Let queued and running requests finish, then release the model's instances (their
@@ -156,6 +156,7 @@ class Model:
         if self.state is not ModelState.FAILED:
             self.state = ModelState.UNLOADED
         if executor is not None:
+            executor.shutdown()
             await _close_all(executor.instances, self.name)
 
     async def predict(self, inputs: Any, *, timeout: float | None = None) -> list[Any]:

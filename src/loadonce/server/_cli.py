@@ -42,6 +42,12 @@ def main() -> None:
     help="Log level.  [default: info]",
 )
 @click.option(
+    "--drain-timeout",
+    type=int,
+    envvar="LOADONCE_DRAIN_TIMEOUT_S",
+    help="Seconds accepted requests may take to finish after SIGTERM.  [default: 30]",
+)
+@click.option(
     "--trust",
     is_flag=True,
     envvar="LOADONCE_TRUST",
@@ -54,6 +60,7 @@ def serve(
     port: int | None,
     workers: int | None,
     log_level: str | None,
+    drain_timeout: int | None,
     trust: bool,
 ) -> None:
     """Serve TARGET: a TOML config file, one artifact, or a 'package.module:function' loader.
@@ -61,7 +68,13 @@ def serve(
     Every option can also be set in the config file's [server] table and in a LOADONCE_*
     environment variable. Precedence: command line, then environment, then file, then default.
     """
-    overrides = {"host": host, "port": port, "workers": workers, "log_level": log_level}
+    overrides = {
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "log_level": log_level,
+        "drain_timeout_s": drain_timeout,
+    }
     try:
         config = resolve_serve_config(target, demo=demo, trust=trust, overrides=overrides)
     except ConfigError as exc:

@@ -1,0 +1,51 @@
+"""The plain FastAPI servers loadonce is compared with: the model loaded once in a lifespan.
+
+`uvicorn bench.plain_apps:sync_app` (a `def` handler, run in Starlette's threadpool),
+`async_app` (an `async def` handler calling predict on the event loop: fastest for a tiny
+model, but it blocks the loop), and `http_bound` (parses the same body, returns a constant:
+the HTTP stack alone). BENCH_ARTIFACT names the model file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from pydantic import BaseModel
+
+from bench.models import load
+
+
+class Body(BaseModel):
+    inputs: list[list[float]]
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    app.state.model = load(Path(os.environ["BENCH_ARTIFACT"]))
+    yield
+
+
+sync_app = FastAPI(lifespan=lifespan)
+async_app = FastAPI(lifespan=lifespan)
+http_bound = FastAPI()
+
+
+@sync_app.post("/models/m/predict")
+def predict_sync(body: Body, request: Request) -> dict[str, Any]:
+    return {"outputs": request.app.state.model.predict(np.asarray(body.inputs)).tolist()}
+
+
+@async_app.post("/models/m/predict")
+async def predict_async(body: Body, request: Request) -> dict[str, Any]:
+    return {"outputs": request.app.state.model.predict(np.asarray(body.inputs)).tolist()}
+
+
+@http_bound.post("/models/m/predict")
+async def constant(body: Body) -> dict[str, Any]:
+    return {"outputs": [0]}
