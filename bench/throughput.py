@@ -281,8 +281,11 @@ def render(results: dict[str, Any]) -> str:
     lines += [
         f"**overload** (forest, (a), max_queue {overload['max_queue']}, timeout_s "
         f"{overload['timeout_ms'] / 1000:g}): offered {overload['offered_rate']:,.0f} req/s "
-        f"open-loop; statuses {overload['statuses']}; 200s: {overload['ok_per_s']:,.0f}/s, "
-        f"p50 {overload['ok_p50_ms']:.1f} ms, p99 {overload['ok_p99_ms']:.1f} ms; server RSS "
+        f"open-loop ({overload['achieved_offered_rate']:,.0f} req/s left the generator); "
+        f"statuses {overload['statuses']}; 200s: {overload['ok_per_s']:,.0f}/s, latency "
+        f"from send p50 {overload['ok_p50_from_send_ms']:.1f} ms, p99 "
+        f"{overload['ok_p99_from_send_ms']:.1f} ms; from when due p50 "
+        f"{overload['ok_p50_ms']:.1f} ms, p99 {overload['ok_p99_ms']:.1f} ms; server RSS "
         f"start {overload['rss_start_mib']:.0f} MiB, peak {overload['rss_peak_mib']:.0f} MiB, "
         f"end {overload['rss_end_mib']:.0f} MiB.",
     ]

@@ -240,3 +240,20 @@ def test_sigterm_drains_every_accepted_request(tmp_path: Path) -> None:
     assert sorted(r.json()["outputs"][0] for r in results) == list(range(8))
     assert all(r.status_code == 200 for r in results)
     assert "finishing accepted requests" in server.log()
+
+
+def test_a_request_that_cannot_meet_its_deadline_is_refused_at_once(serve: Any) -> None:
+    model = RecordingModel(delay=0.3)
+    server = serve(model, timeout_s=2.0)
+    url = f"{server.url}/models/m/predict"
+    assert httpx.post(url, json={"inputs": ["pace"]}).status_code == 200  # 0.3 s per example
+    busy = _occupy(server, model)
+    started = time.perf_counter()
+    refused = httpx.post(url, json={"inputs": ["x", "y"]}, headers={"X-Request-Timeout": "0.5"})
+    assert time.perf_counter() - started < 0.25, "refused at admission, not at its deadline"
+    busy.join()
+    assert refused.status_code == 503
+    assert "past this request's deadline" in refused.json()["error"]
+    assert "x" not in model.seen
+    # With time enough, the same request is admitted.
+    assert httpx.post(url, json={"inputs": ["x", "y"]}).status_code == 200

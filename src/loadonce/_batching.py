@@ -65,6 +65,8 @@ class Batcher:
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
+    # Seconds of model time per example, smoothed over recent batches; None until measured.
+    _seconds_per_example: float | None = None
 
     def start(self) -> None:
         self._idle.set()
@@ -76,6 +78,18 @@ class Batcher:
     def queued_examples(self) -> int:
         return self._queued_examples
 
+    @property
+    def is_full(self) -> bool:
+        """No more room at all: lets a route refuse before it even reads the body."""
+        return self._queued_examples >= self.max_queue
+
+    def expected_wait(self, count: int) -> float | None:
+        """Seconds until ``count`` more examples would be answered, from the measured pace."""
+        if self._seconds_per_example is None:
+            return None
+        ahead = self._queued_examples + count
+        return ahead * self._seconds_per_example / self.concurrent_batches
+
     def submit(self, examples: list[Any], deadline: float | None) -> asyncio.Future[list[Any]]:
         """Queue a request's examples; the future resolves to one output per example."""
         if self._closed:
@@ -84,6 +98,14 @@ class Batcher:
         if self._queued_examples + count > self.max_queue and self._queue:
             raise QueueFullError(self.model, self._queued_examples, self.max_queue)
         loop = asyncio.get_running_loop()
+        if deadline is not None:
+            wait = self.expected_wait(count)
+            if wait is not None and loop.time() + wait > deadline:
+                # It would wait past its deadline and fail with a 504 after using a place in
+                # the queue (and maybe the model's time): refuse it now, cheaply, with a 503.
+                raise QueueFullError(
+                    self.model, self._queued_examples, self.max_queue, expected_wait=wait
+                )
         request = _Request(examples=examples, future=loop.create_future(), deadline=deadline)
         request.future.add_done_callback(lambda _: self._forget(request))
         self._queue.append(request)
@@ -154,7 +176,10 @@ class Batcher:
     async def _run(self, batch: list[_Request]) -> None:
         try:
             examples = [request.examples for request in batch]
+            loop = asyncio.get_running_loop()
+            started = loop.time()
             outcomes = await self.executor.run(lambda predictor: run_batch(predictor, examples))
+            self._observe(loop.time() - started, sum(len(e) for e in examples))
             for request, outcome in zip(batch, outcomes, strict=True):
                 if request.future.done():
                     continue  # the caller gave up (deadline, disconnect) while it ran
@@ -172,6 +197,12 @@ class Batcher:
             self._in_flight -= 1
             self._note_if_idle()
             self._wakeup.set()
+
+    def _observe(self, seconds: float, examples: int) -> None:
+        pace = seconds / max(examples, 1)
+        previous = self._seconds_per_example
+        # An exponential average: recent batches count most, one odd batch does not swing it.
+        self._seconds_per_example = pace if previous is None else 0.8 * previous + 0.2 * pace
 
     async def close(self) -> None:
         """Stop taking requests, let queued and running ones finish, then stop dispatching."""

@@ -50,12 +50,17 @@ class ModelNotReadyError(LoadonceError):
 class QueueFullError(LoadonceError):
     """The model's queue holds as many examples as it may (HTTP 503 with Retry-After)."""
 
-    def __init__(self, name: str, queued: int, limit: int) -> None:
+    def __init__(
+        self, name: str, queued: int, limit: int, *, expected_wait: float | None = None
+    ) -> None:
         self.name = name
-        super().__init__(
-            f"model '{name}' is overloaded: {queued} examples are queued (max_queue {limit}); "
-            "retry shortly"
+        why = (
+            f"{queued} examples are queued (max_queue {limit})"
+            if expected_wait is None
+            else f"at the current pace the answer would come after {expected_wait:.2f} s, "
+            "past this request's deadline"
         )
+        super().__init__(f"model '{name}' is overloaded: {why}; retry shortly")
 
 
 class DeadlineExceededError(LoadonceError):

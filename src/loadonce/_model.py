@@ -159,6 +159,15 @@ class Model:
             executor.shutdown()
             await _close_all(executor.instances, self.name)
 
+    @property
+    def queued_examples(self) -> int:
+        return 0 if self._batcher is None else self._batcher.queued_examples
+
+    @property
+    def is_saturated(self) -> bool:
+        """The queue has no room left: a request would be refused (503) whatever it holds."""
+        return self._batcher is not None and self._batcher.is_full
+
     async def predict(self, inputs: Any, *, timeout: float | None = None) -> list[Any]:
         """Predict for one example or a list of examples; returns one output per example.
 
