@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,8 +66,10 @@ class Batcher:
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
-    # Seconds of model time per example, smoothed over recent batches; None until measured.
-    _seconds_per_example: float | None = None
+    # Seconds one call takes, smoothed over recent calls; None until measured. Per call, not
+    # per example: a batch costs about the same whatever its size (that is why batching pays),
+    # so a per-example pace measured on small batches would overstate the wait many times.
+    _seconds_per_call: float | None = None
 
     def start(self) -> None:
         self._idle.set()
@@ -84,11 +87,14 @@ class Batcher:
         return self._queued_examples >= self.max_queue
 
     def expected_wait(self, count: int) -> float | None:
-        """Seconds until ``count`` more examples would be answered, from the measured pace."""
-        if self._seconds_per_example is None:
+        """Seconds until ``count`` more examples would be answered, from the measured pace:
+        the calls needed for what is queued and for them, after the ones running now."""
+        if self._seconds_per_call is None:
             return None
-        ahead = self._queued_examples + count
-        return ahead * self._seconds_per_example / self.concurrent_batches
+        calls = -(-(self._queued_examples + count) // self.max_batch_size)  # ceiling
+        if self._in_flight >= self.concurrent_batches:
+            calls += 1
+        return calls * self._seconds_per_call / self.concurrent_batches
 
     def submit(self, examples: list[Any], deadline: float | None) -> asyncio.Future[list[Any]]:
         """Queue a request's examples; the future resolves to one output per example."""
@@ -176,10 +182,10 @@ class Batcher:
     async def _run(self, batch: list[_Request]) -> None:
         try:
             examples = [request.examples for request in batch]
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            outcomes = await self.executor.run(lambda predictor: run_batch(predictor, examples))
-            self._observe(loop.time() - started, sum(len(e) for e in examples))
+            outcomes, seconds = await self.executor.run(
+                lambda predictor: _timed(run_batch, predictor, examples)
+            )
+            self._observe(seconds)
             for request, outcome in zip(batch, outcomes, strict=True):
                 if request.future.done():
                     continue  # the caller gave up (deadline, disconnect) while it ran
@@ -198,11 +204,10 @@ class Batcher:
             self._note_if_idle()
             self._wakeup.set()
 
-    def _observe(self, seconds: float, examples: int) -> None:
-        pace = seconds / max(examples, 1)
-        previous = self._seconds_per_example
-        # An exponential average: recent batches count most, one odd batch does not swing it.
-        self._seconds_per_example = pace if previous is None else 0.8 * previous + 0.2 * pace
+    def _observe(self, seconds: float) -> None:
+        previous = self._seconds_per_call
+        # An exponential average: recent calls count most, one odd call does not swing it.
+        self._seconds_per_call = seconds if previous is None else 0.8 * previous + 0.2 * seconds
 
     async def close(self) -> None:
         """Stop taking requests, let queued and running ones finish, then stop dispatching."""
@@ -212,6 +217,19 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def _timed(
+    function: Callable[[Predictor, Sequence[list[Any]]], list[_Outcome]],
+    predictor: Predictor,
+    requests: Sequence[list[Any]],
+) -> tuple[list[_Outcome], float]:
+    # Timed in the worker thread: seen from a busy event loop, a call would look as slow as
+    # the loop is late to notice it ended, and admission would refuse work the model has
+    # time for.
+    started = time.perf_counter()
+    outcomes = function(predictor, requests)
+    return outcomes, time.perf_counter() - started
 
 
 def run_batch(predictor: Predictor, requests: Sequence[list[Any]]) -> list[_Outcome]:

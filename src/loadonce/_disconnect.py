@@ -12,19 +12,25 @@ from loadonce._errors import ClientDisconnectedError
 
 T = TypeVar("T")
 
+# A request answered (or refused) sooner than this never pays for a watcher: under overload
+# most are refused at once, and the event loop's time is the server's throughput.
+WATCH_AFTER_S = 0.02
+
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await ``work``; if the client disconnects first, cancel it (a queued request leaves the
     queue without reaching the model) and raise ClientDisconnectedError.
 
     The watcher cancels the current task the way ``asyncio.timeout`` does (cancel, then
-    ``uncancel`` on the way out), which costs one task per request and no ``asyncio.wait``:
-    this runs on every request, so its cost is the server's throughput.
+    ``uncancel`` on the way out): one task, started only for a request still waiting after
+    WATCH_AFTER_S, and no ``asyncio.wait``.
     """
     current = asyncio.current_task()
     assert current is not None
+    loop = asyncio.get_running_loop()
     already_cancelling = current.cancelling()
     disconnected = False
+    watcher: asyncio.Task[None] | None = None
 
     async def watch() -> None:
         nonlocal disconnected
@@ -35,7 +41,11 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         disconnected = True
         current.cancel()
 
-    watcher = asyncio.get_running_loop().create_task(watch())
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch())
+
+    timer = loop.call_later(WATCH_AFTER_S, start_watching)
     try:
         return await work
     except asyncio.CancelledError:
@@ -45,4 +55,6 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
             ) from None
         raise
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
