@@ -19,8 +19,9 @@ from tests.servers import ThreadedServer, cli_env, start_cli, stop, wait_ready, 
 class RecordingModel:
     """Doubles each number; records every call's batch; fails any batch holding a -1."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, first_delay: float | None = None) -> None:
         self.delay = delay
+        self.first_delay = first_delay
         self.calls: list[list[Any]] = []
         self.started = threading.Event()
         self._lock = threading.Lock()
@@ -29,7 +30,8 @@ class RecordingModel:
         with self._lock:
             self.calls.append(list(batch))
         self.started.set()
-        time.sleep(self.delay)
+        first = self.first_delay is not None and len(self.calls) == 1
+        time.sleep(self.first_delay if first and self.first_delay is not None else self.delay)
         if -1 in batch:
             raise ValueError("the model cannot take -1")
         return [2 * x for x in batch]
@@ -257,3 +259,15 @@ def test_a_request_that_cannot_meet_its_deadline_is_refused_at_once(serve: Any) 
     assert "x" not in model.seen
     # With time enough, the same request is admitted.
     assert httpx.post(url, json={"inputs": ["x", "y"]}).status_code == 200
+
+
+def test_an_idle_model_admits_even_after_one_slow_call(serve: Any) -> None:
+    model = RecordingModel(delay=0.0, first_delay=0.8)
+    server = serve(model)
+    url = f"{server.url}/models/m/predict"
+    assert httpx.post(url, json={"inputs": ["slow"]}).status_code == 200  # pace now 0.8 s
+    # The model is idle: a request whose deadline is shorter than that pace is still
+    # admitted (and, the model being fast again, answered), so the pace can recover.
+    for _ in range(3):
+        response = httpx.post(url, json={"inputs": ["x"]}, headers={"X-Request-Timeout": "0.5"})
+        assert response.status_code == 200

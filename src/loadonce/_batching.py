@@ -104,7 +104,10 @@ class Batcher:
         if self._queued_examples + count > self.max_queue and self._queue:
             raise QueueFullError(self.model, self._queued_examples, self.max_queue)
         loop = asyncio.get_running_loop()
-        if deadline is not None:
+        # An idle model always admits: the pace is only ever updated by running calls, so
+        # refusing on a stale estimate (one slow first call) could refuse forever.
+        idle = not self._queue and self._in_flight < self.concurrent_batches
+        if deadline is not None and not idle:
             wait = self.expected_wait(count)
             if wait is not None and loop.time() + wait > deadline:
                 # It would wait past its deadline and fail with a 504 after using a place in
