@@ -5,25 +5,31 @@ from __future__ import annotations
 from loadonce._app import create_app
 from loadonce._dependencies import ModelDependency, get_registry
 from loadonce._errors import (
+    ClientDisconnectedError,
     ConfigError,
+    DeadlineExceededError,
     InvalidInputError,
     LoadonceError,
     ModelLoadError,
     ModelNotFoundError,
     ModelNotReadyError,
+    QueueFullError,
 )
 from loadonce._health import health_router
 from loadonce._lifespan import lifespan
 from loadonce._model import Model, ModelState
 from loadonce._registry import Registry
-from loadonce._spec import Concurrency, ModelSpec
+from loadonce._spec import Batching, Concurrency, ModelSpec
 from loadonce._version import __version__
 from loadonce.protocols.rest import models_router
 from loadonce.runtimes import InputSignature, Predictor, Runtime, TensorInfo, register_runtime
 
 __all__ = [
+    "Batching",
+    "ClientDisconnectedError",
     "Concurrency",
     "ConfigError",
+    "DeadlineExceededError",
     "InputSignature",
     "InvalidInputError",
     "LoadonceError",
@@ -35,6 +41,7 @@ __all__ = [
     "ModelSpec",
     "ModelState",
     "Predictor",
+    "QueueFullError",
     "Registry",
     "Runtime",
     "TensorInfo",
