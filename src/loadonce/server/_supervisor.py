@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -40,7 +40,6 @@ class _Worker:
     gate: Connection
     loaded: bool = False
     serving: bool = False
-    started_at: float = field(default_factory=time.monotonic)
 
 
 class _StartupFailedError(Exception):
