@@ -36,6 +36,7 @@ def test_predict_one_example_or_a_list(client: TestClient) -> None:
     assert one.json() == {"model": "adder", "version": "7", "outputs": [6.0]}
     many = client.post("/models/adder/predict", json={"inputs": [[1, 2, 3], [4, 5, 6]]})
     assert many.json()["outputs"] == [6.0, 15.0]
+    assert client.get("/models/adder").json()["queue"]["seconds_per_call"] > 0
 
 
 def test_models_lists_what_an_operator_needs(client: TestClient) -> None:
@@ -50,6 +51,13 @@ def test_models_lists_what_an_operator_needs(client: TestClient) -> None:
     assert adder["load_seconds"] >= 0
     assert set(adder["memory"]) == {"rss_bytes", "uss_bytes"}
     assert adder["input_shape"] == [3]
+    assert adder["queue"] == {
+        "queued_examples": 0,
+        "max_queue": 1024,
+        "max_batch_size": 1,
+        "timeout_s": None,
+        "seconds_per_call": None,  # nothing predicted yet
+    }
     assert client.get("/models/adder").json() == adder
 
 

@@ -82,6 +82,10 @@ class Batcher:
         return self._queued_examples
 
     @property
+    def seconds_per_call(self) -> float | None:
+        return self._seconds_per_call
+
+    @property
     def is_full(self) -> bool:
         """No more room at all: lets a route refuse before it even reads the body."""
         return self._queued_examples >= self.max_queue

@@ -160,6 +160,11 @@ class Model:
             await _close_all(executor.instances, self.name)
 
     @property
+    def batcher(self) -> Batcher | None:
+        """The model's queue and dispatcher while it is loaded (read-only use: figures)."""
+        return self._batcher
+
+    @property
     def queued_examples(self) -> int:
         return 0 if self._batcher is None else self._batcher.queued_examples
 

@@ -50,6 +50,17 @@ class Tensor(BaseModel):
     )
 
 
+class QueueInfo(BaseModel):
+    queued_examples: int = Field(description="Examples waiting now, in this worker.")
+    max_queue: int = Field(description="Beyond this many waiting examples: 503.")
+    max_batch_size: int = Field(description="Examples per predict call (1 without batching).")
+    timeout_s: float | None = Field(description="The model's deadline per request, if any.")
+    seconds_per_call: float | None = Field(
+        description="Recent time of one predict call, smoothed; used to refuse at admission a "
+        "request that could not meet its deadline."
+    )
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -67,6 +78,7 @@ class ModelInfo(BaseModel):
     input_dtype: str | None = Field(description="What each example's values must be, if known.")
     inputs: list[Tensor] = Field(description="Named inputs, where the model format records them.")
     outputs: list[Tensor] = Field(description="Named outputs, where the model format records them.")
+    queue: QueueInfo | None = Field(description="The model's queue, while it is loaded.")
     error: str | None = None
 
 

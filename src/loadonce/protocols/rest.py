@@ -25,6 +25,7 @@ from loadonce._schemas import (
     ModelsResponse,
     PredictRequest,
     PredictResponse,
+    QueueInfo,
     Tensor,
 )
 from loadonce.runtimes import TensorInfo
@@ -60,6 +61,7 @@ def describe_model(model: Model) -> ModelInfo:
         input_dtype=None if signature is None else signature.dtype,
         inputs=[_tensor(t) for t in model.inputs],
         outputs=[_tensor(t) for t in model.outputs],
+        queue=_queue_info(model),
         error=model.error,
     )
 
@@ -112,6 +114,19 @@ def _requested_timeout(request: Request) -> float | None:
                 )
             return timeout
     return None
+
+
+def _queue_info(model: Model) -> QueueInfo | None:
+    batcher = model.batcher
+    if batcher is None:
+        return None
+    return QueueInfo(
+        queued_examples=batcher.queued_examples,
+        max_queue=batcher.max_queue,
+        max_batch_size=batcher.max_batch_size,
+        timeout_s=model.spec.timeout_s,
+        seconds_per_call=batcher.seconds_per_call,
+    )
 
 
 def _tensor(info: TensorInfo) -> Tensor:
