@@ -127,3 +127,28 @@ def test_livez_answers_while_a_3_second_predict_runs() -> None:
 def test_a_bad_concurrency_policy_is_refused_with_the_choices(text: str) -> None:
     with pytest.raises(ValueError, match=r"concurrency|pool|serialized|size"):
         loadonce.ModelSpec(name="m", loader=lambda: None, concurrency=text)
+
+
+def test_a_call_that_timed_out_still_holds_its_pool_instance_until_it_returns() -> None:
+    tracker = OverlapTracker(delay=0.5)
+    spec = loadonce.ModelSpec(name="m", loader=tracker.make_instance, concurrency="pool:1")
+    with ThreadedServer(loadonce.create_app([spec])) as server:
+
+        async def run() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                late = asyncio.ensure_future(
+                    client.post(
+                        "/models/m/predict",
+                        json={"inputs": [1]},
+                        headers={"X-Request-Timeout": "0.1"},
+                    )
+                )
+                await asyncio.sleep(0.2)  # the first call is running; its caller gave up
+                follow = await client.post("/models/m/predict", json={"inputs": [2]})
+                return [await late, follow]
+
+        late, follow = asyncio.run(run())
+    assert late.status_code == 504
+    assert follow.status_code == 200
+    # The second call waited for the instance: never two calls in it at once.
+    assert max(tracker.max_active_per_instance.values()) == 1
