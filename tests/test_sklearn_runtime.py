@@ -27,6 +27,13 @@ def forest() -> tuple[RandomForestClassifier, np.ndarray[Any, Any]]:
     return estimator.fit(features, labels), features[:20]
 
 
+@pytest.fixture
+def forest_joblib(tmp_path: Path, forest: tuple[RandomForestClassifier, Any]) -> Path:
+    path = tmp_path / "forest.joblib"
+    joblib.dump(forest[0], path)
+    return path
+
+
 # skops does not trust scikit-learn's tree internals by default; a user lists them, as here.
 TREE_TYPES = {"trusted_types": ["sklearn.tree._tree.Tree"]}
 
@@ -106,11 +113,10 @@ def test_skops_with_untrusted_types_is_refused_listing_them(tmp_path: Path) -> N
 
 
 def test_joblib_is_refused_without_trust_or_pin_and_the_message_says_how(
-    tmp_path: Path, forest: tuple[RandomForestClassifier, np.ndarray[Any, Any]]
+    forest_joblib: Path, forest: tuple[RandomForestClassifier, np.ndarray[Any, Any]]
 ) -> None:
     estimator, rows = forest
-    path = tmp_path / "forest.joblib"
-    joblib.dump(estimator, path)
+    path = forest_joblib
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     app = loadonce.create_app([loadonce.ModelSpec(name="forest", artifact=path)])
     with pytest.raises(loadonce.ModelLoadError) as refused:
@@ -127,37 +133,29 @@ def test_joblib_is_refused_without_trust_or_pin_and_the_message_says_how(
     assert _served(pinned, rows.tolist()) == expected
 
 
-def test_a_pin_that_does_not_match_refuses_the_load(
-    tmp_path: Path, forest: tuple[RandomForestClassifier, np.ndarray[Any, Any]]
-) -> None:
-    estimator, _ = forest
-    path = tmp_path / "forest.joblib"
-    joblib.dump(estimator, path)
+def test_a_pin_that_does_not_match_refuses_the_load(forest_joblib: Path) -> None:
     wrong = "0" * 64
-    app = loadonce.create_app([loadonce.ModelSpec(name="forest", artifact=path, sha256=wrong)])
+    spec = loadonce.ModelSpec(name="forest", artifact=forest_joblib, sha256=wrong)
+    app = loadonce.create_app([spec])
     with pytest.raises(loadonce.ModelLoadError, match="sha256 mismatch"):
         TestClient(app).__enter__()
 
 
 def test_cli_serves_an_artifact_and_trust_is_explicit(
-    tmp_path: Path, forest: tuple[RandomForestClassifier, np.ndarray[Any, Any]]
+    tmp_path: Path,
+    forest_joblib: Path,
+    forest: tuple[RandomForestClassifier, np.ndarray[Any, Any]],
 ) -> None:
     estimator, rows = forest
-    path = tmp_path / "forest.joblib"
-    joblib.dump(estimator, path)
-    with serving([str(path), "--trust"], tmp_path) as server:
+    with serving([str(forest_joblib), "--trust"], tmp_path) as server:
         response = httpx.post(
             f"{server.url}/models/forest/predict", json={"inputs": rows[:3].tolist()}
         )
         assert response.json()["outputs"] == estimator.predict(rows[:3]).tolist()
 
 
-def test_cli_refuses_an_untrusted_pickle_at_startup(
-    tmp_path: Path, forest: tuple[RandomForestClassifier, np.ndarray[Any, Any]]
-) -> None:
-    estimator, _ = forest
-    path = tmp_path / "forest.joblib"
-    joblib.dump(estimator, path)
+def test_cli_refuses_an_untrusted_pickle_at_startup(tmp_path: Path, forest_joblib: Path) -> None:
+    path = forest_joblib
     server = start_cli([str(path)], tmp_path)
     assert server.process.wait(timeout=60) == 3
     assert f"model 'forest' failed to load from {path}" in server.log()

@@ -85,10 +85,16 @@ class Batcher:
     def seconds_per_call(self) -> float | None:
         return self._seconds_per_call
 
-    @property
-    def is_full(self) -> bool:
-        """No more room at all: lets a route refuse before it even reads the body."""
-        return self._queued_examples >= self.max_queue
+    def refuse_if_full(self) -> None:
+        """Raise QueueFullError when no room is left at all: lets a route refuse a request
+        before it even reads the body."""
+        if self._queued_examples >= self.max_queue:
+            raise self._full()
+
+    def _full(self, *, expected_wait: float | None = None) -> QueueFullError:
+        return QueueFullError(
+            self.model, self._queued_examples, self.max_queue, expected_wait=expected_wait
+        )
 
     def expected_wait(self, count: int) -> float | None:
         """Seconds until ``count`` more examples would be answered, from the measured pace:
@@ -106,7 +112,7 @@ class Batcher:
             raise ModelNotReadyError(self.model, "unloading")
         count = len(examples)
         if self._queued_examples + count > self.max_queue and self._queue:
-            raise QueueFullError(self.model, self._queued_examples, self.max_queue)
+            raise self._full()
         loop = asyncio.get_running_loop()
         # An idle model always admits: the pace is only ever updated by running calls, so
         # refusing on a stale estimate (one slow first call) could refuse forever.
@@ -116,9 +122,7 @@ class Batcher:
             if wait is not None and loop.time() + wait > deadline:
                 # It would wait past its deadline and fail with a 504 after using a place in
                 # the queue (and maybe the model's time): refuse it now, cheaply, with a 503.
-                raise QueueFullError(
-                    self.model, self._queued_examples, self.max_queue, expected_wait=wait
-                )
+                raise self._full(expected_wait=wait)
         request = _Request(examples=examples, future=loop.create_future(), deadline=deadline)
         request.future.add_done_callback(lambda _: self._forget(request))
         self._queue.append(request)

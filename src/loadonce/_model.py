@@ -164,14 +164,11 @@ class Model:
         """The model's queue and dispatcher while it is loaded (read-only use: figures)."""
         return self._batcher
 
-    @property
-    def queued_examples(self) -> int:
-        return 0 if self._batcher is None else self._batcher.queued_examples
-
-    @property
-    def is_saturated(self) -> bool:
-        """The queue has no room left: a request would be refused (503) whatever it holds."""
-        return self._batcher is not None and self._batcher.is_full
+    def refuse_if_full(self) -> None:
+        """Raise QueueFullError (503) when the queue has no room left, whatever a request
+        holds; ``predict`` checks the rest."""
+        if self._batcher is not None:
+            self._batcher.refuse_if_full()
 
     async def predict(self, inputs: Any, *, timeout: float | None = None) -> list[Any]:
         """Predict for one example or a list of examples; returns one output per example.

@@ -13,7 +13,6 @@ from starlette.responses import JSONResponse
 
 from loadonce._dependencies import get_registry, registry_of
 from loadonce._disconnect import unless_disconnected
-from loadonce._errors import QueueFullError
 from loadonce._http import LoadonceRoute
 from loadonce._jsonable import to_jsonable
 from loadonce._model import Model
@@ -165,10 +164,9 @@ def models_router() -> APIRouter:
         # parameters: dependency solving was a quarter of the event loop's time per request
         # (docs/benchmarks.md), and pydantic-core parses and validates the JSON in one pass.
         model = registry_of(request).get(name)
-        if model.is_saturated:
-            # Refused before the body is read and parsed: under overload, rejecting must cost
-            # the event loop as little as possible, or it starves the model it protects.
-            raise QueueFullError(model.name, model.queued_examples, model.spec.max_queue)
+        # Refused before the body is read and parsed: under overload, rejecting must cost the
+        # event loop as little as possible, or it starves the model it protects.
+        model.refuse_if_full()
         body = _parse_body(await request.body())
         timeout = _requested_timeout(request)
         outputs = await unless_disconnected(request, model.predict(body.inputs, timeout=timeout))
