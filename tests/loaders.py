@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from loadonce import InputSignature, Predictor, TensorInfo
 
 
 class Echo:
@@ -59,3 +62,45 @@ class SlowEcho:
 
 def slow_echo() -> SlowEcho:
     return SlowEcho()
+
+
+class Shout(Predictor):
+    """Takes text; answers each text upper-cased and its length in characters."""
+
+    signature = InputSignature(shape=(), dtype="string")
+    inputs = (TensorInfo(name="text", dtype="string", shape=(None,)),)
+    outputs = (
+        TensorInfo(name="upper", dtype="string", shape=(None,)),
+        TensorInfo(name="length", dtype="int64", shape=(None,)),
+    )
+
+    def predict(self, batch: list[str]) -> list[dict[str, Any]]:
+        return [{"upper": text.upper(), "length": len(text)} for text in batch]
+
+
+def shout() -> Shout:
+    return Shout()
+
+
+class Scaler(Predictor):
+    """Multiplies each number by the request parameter ``factor`` (1 without it); records
+    each call's batch size and factor, to show which requests shared a call."""
+
+    signature = InputSignature(shape=(), dtype="float64")
+    request_parameters = frozenset({"factor"})
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, float]] = []
+
+    def predict(self, batch: Any) -> list[float]:
+        return self.predict_with(batch, {})
+
+    def predict_with(self, batch: Any, parameters: Mapping[str, Any]) -> list[float]:
+        factor = float(parameters.get("factor", 1))
+        self.calls.append((len(batch), factor))
+        time.sleep(0.02)
+        return [float(value) * factor for value in batch]
+
+
+def scaler() -> Scaler:
+    return Scaler()

@@ -22,6 +22,7 @@ from loadonce._registry import Registry
 from loadonce._spec import Batching, Concurrency, ModelSpec
 from loadonce._version import __version__
 from loadonce.protocols.rest import models_router
+from loadonce.protocols.v2 import v2_router
 from loadonce.runtimes import InputSignature, Predictor, Runtime, TensorInfo, register_runtime
 
 __all__ = [
@@ -52,4 +53,5 @@ __all__ = [
     "lifespan",
     "models_router",
     "register_runtime",
+    "v2_router",
 ]

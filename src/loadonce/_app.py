@@ -12,6 +12,7 @@ from loadonce._registry import Registry
 from loadonce._spec import ModelSpec
 from loadonce._version import __version__
 from loadonce.protocols.rest import models_router
+from loadonce.protocols.v2 import v2_router
 
 
 def create_app(
@@ -20,8 +21,10 @@ def create_app(
     title: str = "loadonce",
     wrap: UserLifespan | None = None,
     on_loaded: LoadedHook | None = None,
+    model_control: bool = True,
 ) -> FastAPI:
-    """The app ``loadonce serve`` runs: health probes, /models and predict routes, /docs."""
+    """The app ``loadonce serve`` runs: health probes, /models and predict routes, the Open
+    Inference Protocol under /v2, /docs. ``model_control``: see ``v2_router``."""
     app = FastAPI(
         title=title,
         version=__version__,
@@ -29,4 +32,5 @@ def create_app(
     )
     app.include_router(health_router())
     app.include_router(models_router())
+    app.include_router(v2_router(model_control=model_control))
     return app

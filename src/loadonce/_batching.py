@@ -3,7 +3,8 @@
 One path for every model. Requests wait in a queue bounded in examples (beyond it: 503 at
 once). A dispatcher task starts a batch whenever a slot of the model is free: it takes the
 queued requests, oldest first, up to ``max_batch_size`` examples (a request is never split;
-one larger than that goes alone). Without batching, ``max_batch_size`` is 1: each request is
+one larger than that goes alone; requests with different request parameters never share a
+call). Without batching, ``max_batch_size`` is 1: each request is
 its own call. While the model is busy, arrivals gather into the next batch, so a lone request
 never waits for a window unless ``max_wait_ms`` asks for it.
 
@@ -18,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ class _Request:
     examples: list[Any]
     future: asyncio.Future[list[Any]]
     deadline: float | None  # loop time
+    parameters: Mapping[str, Any]
     queued: bool = True
 
 
@@ -106,8 +108,16 @@ class Batcher:
             calls += 1
         return calls * self._seconds_per_call / self.concurrent_batches
 
-    def submit(self, examples: list[Any], deadline: float | None) -> asyncio.Future[list[Any]]:
-        """Queue a request's examples; the future resolves to one output per example."""
+    def submit(
+        self,
+        examples: list[Any],
+        deadline: float | None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> asyncio.Future[list[Any]]:
+        """Queue a request's examples; the future resolves to one output per example.
+
+        ``parameters`` go to the predictor's ``predict_with``; only requests with equal
+        parameters share a call."""
         if self._closed:
             raise ModelNotReadyError(self.model, "unloading")
         count = len(examples)
@@ -123,7 +133,12 @@ class Batcher:
                 # It would wait past its deadline and fail with a 504 after using a place in
                 # the queue (and maybe the model's time): refuse it now, cheaply, with a 503.
                 raise self._full(expected_wait=wait)
-        request = _Request(examples=examples, future=loop.create_future(), deadline=deadline)
+        request = _Request(
+            examples=examples,
+            future=loop.create_future(),
+            deadline=deadline,
+            parameters=parameters or {},
+        )
         request.future.add_done_callback(lambda _: self._forget(request))
         self._queue.append(request)
         self._queued_examples += count
@@ -174,7 +189,10 @@ class Batcher:
         size = 0
         while self._queue:
             request = self._queue[0]
-            if batch and size + len(request.examples) > self.max_batch_size:
+            if batch and (
+                size + len(request.examples) > self.max_batch_size
+                or request.parameters != batch[0].parameters
+            ):
                 break
             self._queue.popleft()
             request.queued = False
@@ -193,8 +211,9 @@ class Batcher:
     async def _run(self, batch: list[_Request]) -> None:
         try:
             examples = [request.examples for request in batch]
+            parameters = batch[0].parameters
             outcomes, seconds = await self.executor.run(
-                lambda predictor: _timed(run_batch, predictor, examples)
+                lambda predictor: _timed(run_batch, predictor, examples, parameters)
             )
             self._observe(seconds)
             for request, outcome in zip(batch, outcomes, strict=True):
@@ -231,21 +250,27 @@ class Batcher:
 
 
 def _timed(
-    function: Callable[[Predictor, Sequence[list[Any]]], list[_Outcome]],
+    function: Callable[[Predictor, Sequence[list[Any]], Mapping[str, Any]], list[_Outcome]],
     predictor: Predictor,
     requests: Sequence[list[Any]],
+    parameters: Mapping[str, Any],
 ) -> tuple[list[_Outcome], float]:
     # Timed in the worker thread: seen from a busy event loop, a call would look as slow as
     # the loop is late to notice it ended, and admission would refuse work the model has
     # time for.
     started = time.perf_counter()
-    outcomes = function(predictor, requests)
+    outcomes = function(predictor, requests, parameters)
     return outcomes, time.perf_counter() - started
 
 
-def run_batch(predictor: Predictor, requests: Sequence[list[Any]]) -> list[_Outcome]:
+def run_batch(
+    predictor: Predictor,
+    requests: Sequence[list[Any]],
+    parameters: Mapping[str, Any] | None = None,
+) -> list[_Outcome]:
     """In a worker thread: check each request alone, predict all the valid ones in one call,
     and if that call fails, predict them one by one so only the culprit fails."""
+    parameters = parameters or {}
     outcomes = [_Outcome() for _ in requests]
     prepared: list[tuple[int, Any]] = []
     for index, examples in enumerate(requests):
@@ -256,9 +281,8 @@ def run_batch(predictor: Predictor, requests: Sequence[list[Any]]) -> list[_Outc
     if len(prepared) > 1:
         try:
             combined = predictor.combine([batch for _, batch in prepared])
-            outputs = _one_output_per_example(
-                predictor.predict(combined), sum(len(requests[i]) for i, _ in prepared)
-            )
+            count = sum(len(requests[i]) for i, _ in prepared)
+            outputs = _one_output_per_example(_predict(predictor, combined, parameters), count)
         except Exception as exc:
             logger.info(
                 "batch of %d requests failed (%s); predicting them one by one",
@@ -274,11 +298,16 @@ def run_batch(predictor: Predictor, requests: Sequence[list[Any]]) -> list[_Outc
             return outcomes
     for index, batch in prepared:
         try:
-            result = predictor.predict(batch)
+            result = _predict(predictor, batch, parameters)
             outcomes[index].outputs = _one_output_per_example(result, len(requests[index]))
         except Exception as exc:
             outcomes[index].error = exc
     return outcomes
+
+
+def _predict(predictor: Predictor, batch: Any, parameters: Mapping[str, Any]) -> Sequence[Any]:
+    # The common case skips a call: predict_with exists for the few requests with parameters.
+    return predictor.predict_with(batch, parameters) if parameters else predictor.predict(batch)
 
 
 def _prepare(predictor: Predictor, examples: list[Any]) -> Any:

@@ -27,6 +27,9 @@ from loadonce._errors import (
 logger = logging.getLogger("loadonce")
 
 REQUEST_ID_HEADER = "X-Request-ID"
+# A request's own deadline in seconds, for every predict route (at most the model's timeout_s).
+TIMEOUT_HEADER = "X-Request-Timeout"
+_TIMEOUT_KEY = TIMEOUT_HEADER.lower().encode("latin-1")
 # A client's id is echoed only if it is short and plain, so it cannot forge log lines.
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -45,6 +48,29 @@ def request_id_of(request: Request) -> str:
     return uuid.uuid4().hex
 
 
+def requested_timeout(request: Request) -> float | None:
+    """The X-Request-Timeout header in seconds, if sent (a 422 when it is not a positive
+    number): read from the raw ASGI headers, which costs less than Starlette's Headers."""
+    for key, value in request.scope["headers"]:
+        if key == _TIMEOUT_KEY:
+            try:
+                timeout = float(value)
+            except ValueError:
+                timeout = -1.0
+            if not 0 < timeout < float("inf"):
+                raise RequestValidationError(
+                    [
+                        {
+                            "loc": ("header", TIMEOUT_HEADER),
+                            "msg": "must be a positive number of seconds",
+                            "type": "value_error",
+                        }
+                    ]
+                )
+            return timeout
+    return None
+
+
 def error_response(status: int, message: str, request_id: str, **extra: Any) -> JSONResponse:
     headers = {REQUEST_ID_HEADER: request_id}
     if status == 503:
@@ -53,29 +79,31 @@ def error_response(status: int, message: str, request_id: str, **extra: Any) -> 
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def response_for_exception(exc: Exception, request: Request, request_id: str) -> JSONResponse:
-    """Map an exception to its status; log what the client is not told."""
-    if isinstance(exc, RequestValidationError):
-        fields = [
-            {"field": ".".join(str(part) for part in err["loc"]), "message": err["msg"]}
-            for err in exc.errors()
-        ]
-        summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
-        return error_response(422, f"invalid request: {summary}", request_id, fields=fields)
+def invalid_fields(exc: RequestValidationError) -> list[dict[str, str]]:
+    """Each invalid field of a request and why, as ``{"field": "body.inputs", "message": ...}``."""
+    return [
+        {"field": ".".join(str(part) for part in err["loc"]), "message": err["msg"]}
+        for err in exc.errors()
+    ]
+
+
+def status_and_message(exc: Exception, request: Request, request_id: str) -> tuple[int, str]:
+    """The HTTP status and the client's message for an exception a route raised; logs what
+    the client is not told (a traceback never leaves the server)."""
     if isinstance(exc, ModelNotFoundError):
-        return error_response(404, str(exc), request_id)
+        return 404, str(exc)
     if isinstance(exc, ModelNotReadyError | QueueFullError):
-        return error_response(503, str(exc), request_id)
+        return 503, str(exc)
     if isinstance(exc, DeadlineExceededError):
-        return error_response(504, str(exc), request_id)
+        return 504, str(exc)
     if isinstance(exc, ClientDisconnectedError):
         # Nobody reads this answer; nginx's 499 says "client closed request" in access logs.
-        return error_response(499, str(exc), request_id)
+        return 499, str(exc)
     if isinstance(exc, InvalidInputError):
-        return error_response(400, f"invalid inputs: {exc}", request_id)
+        return 400, f"invalid inputs: {exc}"
     if isinstance(exc, LoadonceError):
         logger.error("request %s %s failed: %s", request_id, request.url.path, exc)
-        return error_response(500, str(exc), request_id)
+        return 500, str(exc)
     logger.error(
         "request %s %s failed: %s",
         request_id,
@@ -83,17 +111,29 @@ def response_for_exception(exc: Exception, request: Request, request_id: str) ->
         describe_exception(exc),
         exc_info=exc,
     )
-    return error_response(
-        500,
+    return 500, (
         f"the model raised {type(exc).__name__}; the server log has the details "
-        f"under request id {request_id}",
-        request_id,
+        f"under request id {request_id}"
     )
+
+
+def response_for_exception(exc: Exception, request: Request, request_id: str) -> JSONResponse:
+    """The JSON routes' error: ``{"error", "request_id"}``, plus ``fields`` for a 422."""
+    if isinstance(exc, RequestValidationError):
+        fields = invalid_fields(exc)
+        summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+        return error_response(422, f"invalid request: {summary}", request_id, fields=fields)
+    status, message = status_and_message(exc, request, request_id)
+    return error_response(status, message, request_id)
 
 
 class LoadonceRoute(APIRoute):
     """A route that answers its own errors, so mounting loadonce's routers in a user's app
     changes nothing about how the user's other routes answer theirs."""
+
+    @staticmethod
+    def error_for(exc: Exception, request: Request, request_id: str) -> Response:
+        return response_for_exception(exc, request, request_id)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -105,7 +145,7 @@ class LoadonceRoute(APIRoute):
             except HTTPException:
                 raise  # the app's own handlers answer these, as everywhere else in the app
             except Exception as exc:
-                return response_for_exception(exc, request, request_id)
+                return self.error_for(exc, request, request_id)
             response.headers.setdefault(REQUEST_ID_HEADER, request_id)
             return response
 

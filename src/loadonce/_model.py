@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -16,6 +16,7 @@ from loadonce._batching import Batcher, run_batch
 from loadonce._concurrency import Executor, instances_needed, make_executor
 from loadonce._errors import (
     DeadlineExceededError,
+    InvalidInputError,
     ModelLoadError,
     ModelNotReadyError,
     describe_exception,
@@ -62,6 +63,11 @@ class Model:
         self.concurrency: Concurrency | None = spec.concurrency
         self._executor: Executor | None = None
         self._batcher: Batcher | None = None
+        # False once unloaded on request (the model repository API): the server's readiness
+        # then leaves it out, as Triton's does, until it is loaded again.
+        self.wanted = True
+        # One load, reload or unload at a time; predictions go on meanwhile.
+        self._lifecycle = asyncio.Lock()
 
     @property
     def name(self) -> str:
@@ -93,12 +99,54 @@ class Model:
 
     @property
     def is_ready(self) -> bool:
-        return self.state is ModelState.READY
+        """Whether it answers predictions now (while a reload builds its successor, it does)."""
+        return self.state in _SERVING
 
     async def load(self) -> None:
-        """Load (all pool instances of) the model in a thread, warm it up, then mark it ready."""
+        """Load (all pool instances of) the model in a thread, warm it up, then mark it ready.
+
+        If it is loaded already, this is a reload: the new instances load and warm up while
+        the current ones go on serving, then take over; the old ones finish what they were
+        given before they close. A failed reload leaves the current instances serving.
+        """
+        async with self._lifecycle:
+            self.wanted = True
+            if self._executor is None:
+                await self._load_first()
+            else:
+                await self._reload()
+
+    async def _load_first(self) -> None:
         self.state = ModelState.LOADING
         self.error = None
+        try:
+            executor = await self._build_and_measure()
+        except ModelLoadError as failure:
+            self.state = ModelState.FAILED
+            self.error = str(failure)
+            raise
+        self._executor = executor
+        assert self.concurrency is not None
+        self._batcher = _make_batcher(self.name, self.spec, self.concurrency, executor)
+        self.state = ModelState.READY
+
+    async def _reload(self) -> None:
+        self.state = ModelState.RELOADING
+        try:
+            executor = await self._build_and_measure()
+        except ModelLoadError as failure:
+            self.state = ModelState.READY
+            logger.error("%s; the instances loaded before go on serving", failure)
+            raise
+        old_batcher, old_executor = self._batcher, self._executor
+        assert self.concurrency is not None
+        self._executor = executor
+        self._batcher = _make_batcher(self.name, self.spec, self.concurrency, executor)
+        self.state = ModelState.READY
+        await _retire(old_batcher, old_executor, self.name)
+
+    async def _build_and_measure(self) -> Executor:
+        """Load and warm up every instance; record and log the time and memory it took."""
         self.worker_pid = os.getpid()
         before = sample_process_memory()
         started = time.perf_counter()
@@ -108,24 +156,18 @@ class Model:
             if self.spec.warmup is not None:
                 await self._warm_up(executor.instances)
         except Exception as exc:
-            self.state = ModelState.FAILED
             await _close_all(instances, self.name)
-            failure = ModelLoadError(self.name, self.spec.source, exc)
-            self.error = str(failure)
-            raise failure from exc
+            raise ModelLoadError(self.name, self.spec.source, exc) from exc
         self.load_seconds = time.perf_counter() - started
         self.load_memory = sample_process_memory() - before
         self.loaded_at = time.time()
         self.load_count += 1
-        self._executor = executor
-        assert self.concurrency is not None
-        self._batcher = _make_batcher(self.name, self.spec, self.concurrency, executor)
-        self.state = ModelState.READY
         logger.info(
-            "model '%s' version %s loaded in worker pid %d in %.2f s, memory %s RSS, %s USS "
+            "model '%s' version %s %s in worker pid %d in %.2f s, memory %s RSS, %s USS "
             "(runtime %s, concurrency %s; each worker process loads its own copy)",
             self.name,
             self.version,
+            "loaded" if self.load_count == 1 else f"loaded again (load {self.load_count})",
             self.worker_pid,
             self.load_seconds,
             format_bytes(self.load_memory.rss),
@@ -133,6 +175,7 @@ class Model:
             self.runtime_name,
             self.concurrency,
         )
+        return executor
 
     async def _build_executor(self, instances: list[Predictor]) -> Executor:
         spec = self.spec
@@ -146,18 +189,18 @@ class Model:
             instances.append(await anyio.to_thread.run_sync(runtime.load, spec))
         return make_executor(policy, instances, name=self.name)
 
-    async def unload(self) -> None:
+    async def unload(self, *, on_request: bool = False) -> None:
         """Let queued and running requests finish, then release the model's instances (their
-        ``close``), once; the state becomes unloaded."""
-        batcher, self._batcher = self._batcher, None
-        if batcher is not None:
-            await batcher.close()
-        executor, self._executor = self._executor, None
-        if self.state is not ModelState.FAILED:
-            self.state = ModelState.UNLOADED
-        if executor is not None:
-            executor.shutdown()
-            await _close_all(executor.instances, self.name)
+        ``close``), once; the state becomes unloaded. ``on_request``: an operator asked for it
+        (model repository API), so the server's readiness stops counting this model."""
+        async with self._lifecycle:
+            if on_request:
+                self.wanted = False
+            batcher, self._batcher = self._batcher, None
+            executor, self._executor = self._executor, None
+            if self.state is not ModelState.FAILED:
+                self.state = ModelState.UNLOADED
+            await _retire(batcher, executor, self.name)
 
     @property
     def batcher(self) -> Batcher | None:
@@ -170,23 +213,49 @@ class Model:
         if self._batcher is not None:
             self._batcher.refuse_if_full()
 
-    async def predict(self, inputs: Any, *, timeout: float | None = None) -> list[Any]:
+    async def predict(
+        self,
+        inputs: Any,
+        *,
+        timeout: float | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> list[Any]:
         """Predict for one example or a list of examples; returns one output per example.
 
         The request waits in the model's bounded queue (``QueueFullError`` when it is full)
         and is answered within ``timeout`` seconds, or the model's ``timeout_s``, whichever is
         shorter (``DeadlineExceededError``); if it is still queued then, the model never sees
         it. Cancelling the call (a client that went away) removes it from the queue too.
+        ``parameters`` reach the predictor where it declares them (``request_parameters``);
+        others are not passed on.
         """
-        batcher, executor = self._batcher, self._executor
-        if batcher is None or executor is None or self.state is not ModelState.READY:
+        executor = self._executor
+        if executor is None or not self.is_ready:
             raise ModelNotReadyError(self.name, self.state.value)
         examples = split_examples(inputs, executor.instances[0].signature)
+        return await self.predict_examples(examples, timeout=timeout, parameters=parameters)
+
+    async def predict_examples(
+        self,
+        examples: list[Any],
+        *,
+        timeout: float | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> list[Any]:
+        """``predict`` for inputs already split into examples (a protocol that carries the
+        batch dimension itself, like the Open Inference Protocol's tensors)."""
+        batcher, executor = self._batcher, self._executor
+        if batcher is None or executor is None or self.state not in _SERVING:
+            raise ModelNotReadyError(self.name, self.state.value)
+        if not examples:
+            raise InvalidInputError("the request holds no example: send at least one")
+        taken = executor.instances[0].request_parameters
+        passed = {k: v for k, v in parameters.items() if k in taken} if parameters else None
         limits = [t for t in (timeout, self.spec.timeout_s) if t is not None]
         deadline_s = min(limits) if limits else None
         loop = asyncio.get_running_loop()
         deadline = None if deadline_s is None else loop.time() + deadline_s
-        future = batcher.submit(examples, deadline)
+        future = batcher.submit(examples, deadline, passed)
         if deadline_s is None:
             return await future
         try:
@@ -202,6 +271,18 @@ class Model:
             [outcome] = await anyio.to_thread.run_sync(run_batch, instance, [examples])
             if outcome.error is not None:
                 raise RuntimeError(f"warm-up failed: {describe_exception(outcome.error)}")
+
+
+_SERVING = (ModelState.READY, ModelState.RELOADING)
+
+
+async def _retire(batcher: Batcher | None, executor: Executor | None, name: str) -> None:
+    """Let a batcher finish what it queued, then stop its threads and close its instances."""
+    if batcher is not None:
+        await batcher.close()
+    if executor is not None:
+        executor.shutdown()
+        await _close_all(executor.instances, name)
 
 
 def _make_batcher(name: str, spec: ModelSpec, policy: Concurrency, executor: Executor) -> Batcher:

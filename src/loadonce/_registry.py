@@ -55,12 +55,16 @@ class Registry:
 
     @property
     def is_ready(self) -> bool:
-        """True only when every declared model is ready in this worker (never with zero models)."""
-        return (
-            bool(self._models)
-            and not self.draining
-            and all(m.is_ready for m in self._models.values())
-        )
+        """True only when every declared model is ready in this worker, never with none ready.
+
+        A model an operator unloaded on purpose (model repository API) is left out until it
+        is loaded again, as in Triton: otherwise unloading one model would take the whole
+        server out of its load balancer, and with it the way to load the model back.
+        """
+        if self.draining:
+            return False
+        wanted = [m for m in self._models.values() if m.wanted]
+        return bool(wanted) and all(m.is_ready for m in wanted)
 
     def states(self) -> dict[str, ModelState]:
         return {name: model.state for name, model in self._models.items()}

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 
 from loadonce._dependencies import get_registry, registry_of
 from loadonce._disconnect import unless_disconnected
-from loadonce._http import LoadonceRoute
+from loadonce._http import TIMEOUT_HEADER, LoadonceRoute, requested_timeout
 from loadonce._jsonable import to_jsonable
 from loadonce._model import Model
 from loadonce._registry import Registry
@@ -29,7 +29,6 @@ from loadonce._schemas import (
 )
 from loadonce.runtimes import TensorInfo
 
-TIMEOUT_HEADER = "X-Request-Timeout"
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 ModelName = Annotated[str, Path(description="The model's name, as declared.")]
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -65,7 +64,6 @@ def describe_model(model: Model) -> ModelInfo:
     )
 
 
-_TIMEOUT_KEY = TIMEOUT_HEADER.lower().encode("latin-1")
 _PREDICT_OPENAPI: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -92,27 +90,6 @@ def _parse_body(raw: bytes) -> PredictRequest:
         raise RequestValidationError(
             [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
         ) from None
-
-
-def _requested_timeout(request: Request) -> float | None:
-    for key, value in request.scope["headers"]:
-        if key == _TIMEOUT_KEY:
-            try:
-                timeout = float(value)
-            except ValueError:
-                timeout = -1.0
-            if not 0 < timeout < float("inf"):
-                raise RequestValidationError(
-                    [
-                        {
-                            "loc": ("header", TIMEOUT_HEADER),
-                            "msg": "must be a positive number of seconds",
-                            "type": "value_error",
-                        }
-                    ]
-                )
-            return timeout
-    return None
 
 
 def _queue_info(model: Model) -> QueueInfo | None:
@@ -168,7 +145,7 @@ def models_router() -> APIRouter:
         # event loop as little as possible, or it starves the model it protects.
         model.refuse_if_full()
         body = _parse_body(await request.body())
-        timeout = _requested_timeout(request)
+        timeout = requested_timeout(request)
         outputs = await unless_disconnected(request, model.predict(body.inputs, timeout=timeout))
         # Built by hand rather than through response_model: outputs may hold NumPy values,
         # and a second validation pass of large outputs would cost time on every request.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,6 +25,9 @@ class Predictor(ABC):
     signature: InputSignature | None = None
     inputs: Sequence[TensorInfo] = ()
     outputs: Sequence[TensorInfo] = ()
+    # The request parameters (Open Inference Protocol ``parameters``) this predictor takes in
+    # ``predict_with``; any other parameter a client sends is not passed on.
+    request_parameters: frozenset[str] = frozenset()
 
     def prepare(self, examples: list[Any]) -> Any:
         """Turn a list of examples into what ``predict`` takes.
@@ -56,6 +59,13 @@ class Predictor(ABC):
     @abstractmethod
     def predict(self, batch: Any) -> Sequence[Any]:
         """Run the model on a batch; return one output per example."""
+
+    def predict_with(self, batch: Any, parameters: Mapping[str, Any]) -> Sequence[Any]:
+        """Predict with request parameters (only names in ``request_parameters``; requests
+        are batched together only when their parameters are equal). Without any, ``predict``."""
+        if parameters:
+            raise TypeError(f"{type(self).__name__} takes no request parameters")
+        return self.predict(batch)
 
     def close(self) -> None:  # noqa: B027 - most predictors hold nothing to release
         """Release what the model holds; called once at shutdown, in reverse order of loading."""

@@ -79,7 +79,9 @@ def run_worker(
     and names the model, source and cause when a model failed to load."""
     options = config.server
     registry = Registry(config.models)
-    app = create_app(registry, on_loaded=on_loaded)
+    # Loading and unloading through the model repository API acts on the worker that gets
+    # the request; with several workers the others would not follow, so it is turned off.
+    app = create_app(registry, on_loaded=on_loaded, model_control=options.workers == 1)
     uvicorn_config = uvicorn.Config(
         _OneLineStartupFailure(app, registry),
         host=options.host,

@@ -1,0 +1,89 @@
+"""An inference request's body: decompressed, then split into its JSON and its binary tensors.
+
+The binary tensor data extension (Triton's, followed by tritonclient): the header
+``Inference-Header-Content-Length`` gives the size of the JSON at the start of the body; the
+rest holds the raw elements of each input whose ``parameters.binary_data_size`` is set, one
+after the other, in the order of the inputs.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from loadonce._errors import InvalidInputError
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+_HEADER_LENGTH_KEY = HEADER_LENGTH.lower().encode("latin-1")
+_ENCODING_KEY = b"content-encoding"
+# A compressed body may not grow past this when decompressed: a few kilobytes of zeros would
+# otherwise inflate to fill the worker's memory.
+MAX_DECOMPRESSED_BYTES = 512 * 1024 * 1024
+
+
+class UnsupportedEncodingError(InvalidInputError):
+    """The body is compressed in a way this server does not read (HTTP 415)."""
+
+
+@dataclass(frozen=True)
+class SplitBody:
+    json: bytes
+    binary: memoryview  # empty when the request holds JSON only
+    has_binary_header: bool
+
+
+def split_body(body: bytes, headers: list[tuple[bytes, bytes]]) -> SplitBody:
+    """Decompress (gzip, deflate) and split the body at Inference-Header-Content-Length."""
+    header_length: bytes | None = None
+    encoding = b""
+    for key, value in headers:
+        if key == _HEADER_LENGTH_KEY:
+            header_length = value
+        elif key == _ENCODING_KEY:
+            encoding = value.strip().lower()
+    body = _decompress(body, encoding)
+    if header_length is None:
+        return SplitBody(json=body, binary=memoryview(b""), has_binary_header=False)
+    try:
+        length = int(header_length)
+    except ValueError:
+        length = -1
+    if length < 0:
+        raise InvalidInputError(
+            f"{HEADER_LENGTH} must be the size of the JSON part in bytes (a non-negative "
+            f"integer); got {header_length.decode('latin-1')!r}"
+        )
+    if length > len(body):
+        raise InvalidInputError(
+            f"{HEADER_LENGTH} is {length}, but the body holds only {len(body)} bytes"
+        )
+    view = memoryview(body)
+    return SplitBody(json=bytes(view[:length]), binary=view[length:], has_binary_header=True)
+
+
+def _decompress(body: bytes, encoding: bytes) -> bytes:
+    if encoding in (b"", b"identity"):
+        return body
+    if encoding == b"gzip":
+        wbits = 16 + zlib.MAX_WBITS
+    elif encoding == b"deflate":
+        wbits = zlib.MAX_WBITS
+    else:
+        raise UnsupportedEncodingError(
+            f"Content-Encoding {encoding.decode('latin-1')!r} is not supported; send the body "
+            "uncompressed, gzip or deflate"
+        )
+    inflater = zlib.decompressobj(wbits)
+    try:
+        data = inflater.decompress(body, MAX_DECOMPRESSED_BYTES)
+    except zlib.error as exc:
+        raise InvalidInputError(
+            f"the body is not valid {encoding.decode('latin-1')} data: {exc}"
+        ) from None
+    if inflater.unconsumed_tail:
+        raise InvalidInputError(
+            f"the body decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes, the limit"
+        )
+    if not inflater.eof:
+        raise InvalidInputError(f"the {encoding.decode('latin-1')} body is truncated")
+    return data

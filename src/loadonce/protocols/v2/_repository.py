@@ -1,0 +1,126 @@
+"""The model repository extension: list the declared models, load and unload them by name.
+
+Only the models declared at startup can be loaded: a load request names one of them, loads
+it again if it is loaded (a reload: the loaded instances serve until the new ones are
+warm), or loads it back after an unload. Triton's ``config`` and ``file:`` overrides, which
+would load something else than what was declared, are refused.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from fastapi import APIRouter
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from loadonce._dependencies import registry_of
+from loadonce._errors import InvalidInputError, ModelLoadError
+from loadonce._model import Model, ModelState
+from loadonce.protocols.v2._errors import v2_error
+from loadonce.protocols.v2._schemas import (
+    RepositoryIndexRequest,
+    RepositoryModel,
+    RepositoryRequest,
+    V2Error,
+)
+
+_STATES = {
+    ModelState.PENDING: "LOADING",
+    ModelState.LOADING: "LOADING",
+    ModelState.READY: "READY",
+    ModelState.RELOADING: "READY",
+    ModelState.UNLOADED: "UNAVAILABLE",
+    ModelState.FAILED: "UNAVAILABLE",
+}
+_ERROR = {"model": V2Error}
+
+
+def add_repository_routes(router: APIRouter, *, model_control: bool) -> None:
+    @router.post(
+        "/v2/repository/index",
+        response_model=list[RepositoryModel],
+        responses={400: _ERROR},
+        summary="Every declared model and its state (the body may be empty)",
+    )
+    async def repository_index(request: Request) -> list[RepositoryModel]:
+        query = _parse(RepositoryIndexRequest, await request.body())
+        return [
+            _entry(model)
+            for model in registry_of(request).models
+            if model.is_ready or not query.ready
+        ]
+
+    @router.post(
+        "/v2/repository/models/{model_name}/load",
+        responses={400: _ERROR, 404: _ERROR},
+        summary="Load a declared model, or reload it without a pause in service",
+    )
+    async def repository_load(model_name: str, request: Request) -> Response:
+        model = registry_of(request).get(model_name)
+        body = _parse(RepositoryRequest, await request.body())
+        if not model_control:
+            return _control_off()
+        overrides = [
+            key for key in body.parameters or {} if key == "config" or key.startswith("file:")
+        ]
+        if overrides:
+            raise InvalidInputError(
+                f"loading with {', '.join(overrides)} is not supported: loadonce loads a model "
+                "as it was declared at startup; change the configuration and restart instead"
+            )
+        try:
+            await model.load()
+        except ModelLoadError as failure:
+            return v2_error(400, str(failure))
+        return JSONResponse({"name": model.name, "load": True})
+
+    @router.post(
+        "/v2/repository/models/{model_name}/unload",
+        responses={400: _ERROR, 404: _ERROR},
+        summary="Unload a model once its queued requests are answered",
+    )
+    async def repository_unload(model_name: str, request: Request) -> Response:
+        model = registry_of(request).get(model_name)
+        _parse(RepositoryRequest, await request.body())
+        if not model_control:
+            return _control_off()
+        # unload_dependents is accepted and has nothing to act on: no model depends on another.
+        await model.unload(on_request=True)
+        return JSONResponse({"name": model.name, "unload": True})
+
+
+def _entry(model: Model) -> RepositoryModel:
+    if model.state is ModelState.UNLOADED:
+        reason = "unloaded" + (" on request" if not model.wanted else "")
+    else:
+        reason = model.error or ""
+    return RepositoryModel(
+        name=model.name, version=model.version, state=_STATES[model.state], reason=reason
+    )
+
+
+_Body = TypeVar("_Body", RepositoryIndexRequest, RepositoryRequest)
+
+
+def _parse(schema: type[_Body], raw: bytes) -> _Body:
+    """An empty body is allowed (tritonclient sends one for the index)."""
+    if not raw.strip():
+        return schema()
+    try:
+        return schema.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidInputError(f"the request body is not valid: {problems}") from None
+
+
+def _control_off() -> Response:
+    return v2_error(
+        400,
+        "model control is off: with several worker processes (--workers), a load or unload "
+        "would reach only one of them. Run one worker per process group (one per pod) to "
+        "control models through this API",
+    )

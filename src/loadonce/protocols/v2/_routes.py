@@ -1,0 +1,263 @@
+"""The Open Inference Protocol (KServe V2) REST routes: health, metadata and inference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
+
+from loadonce._dependencies import registry_of
+from loadonce._disconnect import unless_disconnected
+from loadonce._errors import ModelNotReadyError
+from loadonce._http import TIMEOUT_HEADER, requested_timeout
+from loadonce._model import Model
+from loadonce._version import __version__
+from loadonce.protocols.v2._body import HEADER_LENGTH, split_body
+from loadonce.protocols.v2._datatypes import datatype_of_declared
+from loadonce.protocols.v2._errors import V2Route, VersionNotFoundError, v2_error
+from loadonce.protocols.v2._examples import metadata_shape
+from loadonce.protocols.v2._infer import infer, parse_request
+from loadonce.protocols.v2._repository import add_repository_routes
+from loadonce.protocols.v2._schemas import (
+    InferenceRequest,
+    InferenceResponse,
+    MetadataTensor,
+    ModelMetadata,
+    ModelReady,
+    ServerLive,
+    ServerMetadata,
+    ServerReady,
+    V2Error,
+)
+from loadonce.runtimes import TensorInfo
+
+SERVER_NAME = "loadonce"
+_MODEL = "/v2/models/{model_name}"
+_MODEL_VERSION = "/v2/models/{model_name}/versions/{model_version}"
+_ACCEPT_ENCODING = b"accept-encoding"
+_ERROR = {"model": V2Error}
+_PATH_PARAMETERS: dict[str, Any] = {
+    "parameters": [
+        {"name": "model_name", "in": "path", "required": True, "schema": {"type": "string"}},
+    ]
+}
+_VERSION_PARAMETER = {
+    "name": "model_version",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "Must be the model's declared version.",
+}
+
+
+def model_of(request: Request) -> Model:
+    """The model the path names, in the version it names (if it names one)."""
+    params = request.path_params
+    model = registry_of(request).get(params["model_name"])
+    version = params.get("model_version")
+    if version is not None and version != model.version:
+        raise VersionNotFoundError(model.name, version, model.version)
+    return model
+
+
+def v2_router(*, model_control: bool = True) -> APIRouter:
+    """Every Open Inference Protocol route under ``/v2``; mount it with ``include_router``.
+
+    ``model_control``: whether ``/v2/repository/models/{name}/load`` and ``/unload`` act.
+    ``loadonce serve --workers N`` (N > 1) turns it off, because such a request would reach
+    one worker process of N and leave the others as they were.
+    """
+    router = APIRouter(route_class=V2Route, tags=["open inference protocol"])
+    extensions = ["binary_tensor_data", "parameters"]
+    if model_control:
+        extensions.append("model_repository")
+
+    @router.get("/v2", response_model=ServerMetadata, summary="Server metadata")
+    async def server_metadata() -> ServerMetadata:
+        return ServerMetadata(name=SERVER_NAME, version=__version__, extensions=extensions)
+
+    @router.get("/v2/health/live", response_model=ServerLive, summary="The server is live")
+    async def server_live() -> ServerLive:
+        return ServerLive(live=True)
+
+    @router.get(
+        "/v2/health/ready",
+        response_model=ServerReady,
+        responses={503: _ERROR},
+        summary="Every model is ready (models unloaded on request aside)",
+    )
+    async def server_ready(request: Request) -> Response:
+        registry = registry_of(request)
+        if registry.is_ready:
+            return JSONResponse({"ready": True})
+        if registry.draining:
+            return v2_error(503, "the server is stopping: it finishes what it accepted")
+        waiting = [f"{m.name} ({m.state})" for m in registry.models if m.wanted and not m.is_ready]
+        why = f"models not ready: {', '.join(waiting)}" if waiting else "no model is loaded"
+        return v2_error(503, f"not ready; {why}")
+
+    async def model_metadata(request: Request) -> ModelMetadata:
+        model = _ready_model(request)
+        return ModelMetadata(
+            name=model.name,
+            versions=[model.version],
+            platform=model.runtime_name or "",
+            inputs=_metadata_tensors(model.inputs),
+            outputs=_metadata_tensors(model.outputs),
+        )
+
+    async def model_ready(request: Request) -> ModelReady:
+        model = _ready_model(request)
+        return ModelReady(name=model.name, ready=True)
+
+    async def model_infer(request: Request) -> Response:
+        # As the JSON route: no FastAPI parameters to solve, and a full queue refuses before
+        # the body is read.
+        model = model_of(request)
+        model.refuse_if_full()
+        body = split_body(await request.body(), request.scope["headers"])
+        parsed = parse_request(body.json)
+        encoded = await unless_disconnected(
+            request,
+            infer(
+                model,
+                parsed,
+                body,
+                timeout_s=requested_timeout(request),
+                accept_encoding=_header(request, _ACCEPT_ENCODING),
+            ),
+        )
+        return Response(encoded.body, headers=encoded.headers)
+
+    for path, versioned in ((_MODEL, False), (_MODEL_VERSION, True)):
+        parameters = _path_parameters(versioned)
+        router.add_api_route(
+            path,
+            model_metadata,
+            methods=["GET"],
+            response_model=ModelMetadata,
+            responses={404: _ERROR, 503: _ERROR},
+            summary="Model metadata: inputs and outputs" + (" (one version)" if versioned else ""),
+            openapi_extra=parameters,
+        )
+        router.add_api_route(
+            f"{path}/ready",
+            model_ready,
+            methods=["GET"],
+            response_model=ModelReady,
+            responses={404: _ERROR, 503: _ERROR},
+            summary="The model is ready" + (" (one version)" if versioned else ""),
+            openapi_extra=parameters,
+        )
+        router.add_api_route(
+            f"{path}/infer",
+            model_infer,
+            methods=["POST"],
+            response_model=InferenceResponse,
+            responses=dict.fromkeys((400, 404, 415, 500, 503, 504), _ERROR),
+            summary="Inference" + (" (one version)" if versioned else ""),
+            openapi_extra=_infer_openapi(parameters),
+        )
+
+    add_repository_routes(router, model_control=model_control)
+
+    @router.api_route(
+        "/v2/{rest:path}",
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+        include_in_schema=False,
+    )
+    async def unknown_route(request: Request) -> Response:
+        # So that a client of another server's extensions (statistics, shared memory...) reads
+        # an {"error"} it can report, not FastAPI's {"detail"}.
+        allowed = _methods_for_path(request)
+        if allowed:
+            response = v2_error(
+                405, f"{request.method} is not allowed here; use {', '.join(sorted(allowed))}"
+            )
+            response.headers["Allow"] = ", ".join(sorted(allowed))
+            return response
+        return v2_error(404, f"no such endpoint: {request.method} {request.url.path}")
+
+    return router
+
+
+def _ready_model(request: Request) -> Model:
+    model = model_of(request)
+    if not model.is_ready:
+        # Its inputs and outputs are known from the loaded instances only.
+        raise ModelNotReadyError(model.name, model.state.value)
+    return model
+
+
+def _metadata_tensors(tensors: Any) -> list[MetadataTensor]:
+    """Tensors whose datatype is known (a model that accepts anything declares none)."""
+    described = []
+    for tensor in tensors:
+        assert isinstance(tensor, TensorInfo)
+        datatype = datatype_of_declared(tensor.dtype)
+        if datatype is not None:
+            shape = metadata_shape(tensor.shape)
+            described.append(MetadataTensor(name=tensor.name, datatype=datatype, shape=shape))
+    return described
+
+
+def _header(request: Request, key: bytes) -> str:
+    for name, value in request.scope["headers"]:
+        if name == key:
+            decoded: str = value.decode("latin-1")
+            return decoded
+    return ""
+
+
+def _methods_for_path(request: Request) -> set[str]:
+    allowed: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "__NONE__"})
+        methods = getattr(route, "methods", None)
+        if match is Match.PARTIAL and methods and "{rest:path}" not in getattr(route, "path", ""):
+            allowed |= set(methods)
+    return allowed
+
+
+def _path_parameters(versioned: bool) -> dict[str, Any]:
+    parameters = list(_PATH_PARAMETERS["parameters"])
+    if versioned:
+        parameters.append(_VERSION_PARAMETER)
+    return {"parameters": parameters}
+
+
+def _infer_openapi(path_parameters: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": InferenceRequest.model_json_schema()},
+                "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"},
+                    "description": f"JSON of {HEADER_LENGTH} bytes, then the binary inputs",
+                },
+            },
+        },
+        "parameters": [
+            *path_parameters["parameters"],
+            {
+                "name": HEADER_LENGTH,
+                "in": "header",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 0},
+                "description": "Size of the JSON at the start of the body; the binary "
+                "inputs follow it (binary tensor data extension).",
+            },
+            {
+                "name": TIMEOUT_HEADER,
+                "in": "header",
+                "required": False,
+                "schema": {"type": "number", "exclusiveMinimum": 0},
+                "description": "Seconds this request may wait for its answer, queue "
+                "included; at most the model's own timeout_s. Past it: 504.",
+            },
+        ],
+    }

@@ -1,0 +1,130 @@
+"""The Open Inference Protocol's JSON objects, validated as its REST specification defines them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+Dimension = Annotated[StrictInt, Field(ge=0)]
+Parameters = dict[str, Any]
+
+
+class RequestInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr
+    shape: list[Dimension]
+    datatype: StrictStr
+    parameters: Parameters | None = None
+    data: Any = Field(
+        default=None,
+        description="The tensor's elements, row-major, flat or nested; left out when the "
+        "elements follow the JSON in binary (parameters.binary_data_size).",
+    )
+
+
+class RequestOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr
+    parameters: Parameters | None = None
+
+
+class InferenceRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "42",
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "shape": [1, 4],
+                            "datatype": "FP64",
+                            "data": [5.1, 3.5, 1.4, 0.2],
+                        }
+                    ],
+                }
+            ]
+        },
+    )
+
+    id: StrictStr | None = None
+    parameters: Parameters | None = None
+    inputs: Annotated[list[RequestInput], Field(min_length=1)]
+    outputs: list[RequestOutput] | None = None
+
+
+class OutputTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: Parameters | None = None
+    data: list[Any] | None = None
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    outputs: list[OutputTensor]
+
+
+class MetadataTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int] = Field(description="-1 marks a variable dimension.")
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[MetadataTensor]
+    outputs: list[MetadataTensor]
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ServerLive(BaseModel):
+    live: bool
+
+
+class ServerReady(BaseModel):
+    ready: bool
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class RepositoryIndexRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ready: StrictBool = Field(default=False, description="Only the models ready to infer.")
+
+
+class RepositoryModel(BaseModel):
+    name: str
+    version: str
+    state: str = Field(description="READY, LOADING, UNLOADING or UNAVAILABLE, as in Triton.")
+    reason: str
+
+
+class RepositoryRequest(BaseModel):
+    """The body of a load or unload request (it may also be empty)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parameters: Parameters | None = None
+
+
+class V2Error(BaseModel):
+    error: str

@@ -1,0 +1,211 @@
+"""Input tensors of an inference request, read from JSON ``data`` or from the binary section.
+
+Every check names the tensor: its element count against its shape, its values against its
+datatype (nothing converted with a loss: no fraction dropped, no integer out of range, no
+float overflowing to infinity), and its binary size against its shape.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from loadonce._errors import InvalidInputError
+from loadonce.protocols.v2._body import HEADER_LENGTH, SplitBody
+from loadonce.protocols.v2._datatypes import BYTES, fixed_dtype
+from loadonce.protocols.v2._schemas import RequestInput
+
+BINARY_SIZE = "binary_data_size"
+_LENGTH_PREFIX = 4  # BYTES elements in binary: a 4-byte little-endian length, then the bytes
+
+
+def decode_inputs(inputs: Sequence[RequestInput], body: SplitBody) -> dict[str, npt.NDArray[Any]]:
+    """Each input as an array of its shape; BYTES elements as ``bytes`` objects."""
+    arrays: dict[str, npt.NDArray[Any]] = {}
+    binary = body.binary
+    offset = 0
+    for tensor in inputs:
+        if tensor.name in arrays:
+            raise InvalidInputError(f"input '{tensor.name}' is given twice")
+        size = _binary_size(tensor)
+        if size is None:
+            arrays[tensor.name] = _from_json(tensor)
+            continue
+        if not body.has_binary_header:
+            raise InvalidInputError(
+                f"input '{tensor.name}' has parameters.{BINARY_SIZE}, but the request has no "
+                f"{HEADER_LENGTH} header to say where the JSON ends and the binary data begins"
+            )
+        if tensor.data is not None:
+            raise InvalidInputError(
+                f"input '{tensor.name}' has both data and parameters.{BINARY_SIZE}: send one"
+            )
+        if offset + size > len(binary):
+            raise InvalidInputError(
+                f"input '{tensor.name}': {BINARY_SIZE} is {size} bytes, but only "
+                f"{len(binary) - offset} bytes of binary data are left in the body"
+            )
+        arrays[tensor.name] = _from_binary(tensor, binary[offset : offset + size])
+        offset += size
+    if offset != len(binary):
+        raise InvalidInputError(
+            f"the body holds {len(binary)} bytes of binary data after the JSON, but the inputs' "
+            f"{BINARY_SIZE} add up to {offset}"
+        )
+    return arrays
+
+
+def _binary_size(tensor: RequestInput) -> int | None:
+    if not tensor.parameters or BINARY_SIZE not in tensor.parameters:
+        return None
+    size = tensor.parameters[BINARY_SIZE]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise InvalidInputError(
+            f"input '{tensor.name}': parameters.{BINARY_SIZE} must be a number of bytes; "
+            f"got {size!r}"
+        )
+    return size
+
+
+def element_count(tensor: RequestInput) -> int:
+    return math.prod(tensor.shape)
+
+
+def _describe(tensor: RequestInput) -> str:
+    return f"shape {tensor.shape} of {tensor.datatype}"
+
+
+def _from_binary(tensor: RequestInput, chunk: memoryview) -> npt.NDArray[Any]:
+    dtype = _dtype_of(tensor)
+    count = element_count(tensor)
+    if dtype is None:
+        return _bytes_elements(tensor, chunk, count).reshape(tensor.shape)
+    expected = count * dtype.itemsize
+    if len(chunk) != expected:
+        raise InvalidInputError(
+            f"input '{tensor.name}': {BINARY_SIZE} is {len(chunk)} bytes, but "
+            f"{_describe(tensor)} takes {expected}"
+        )
+    if dtype.kind == "b":
+        raw = np.frombuffer(chunk, dtype=np.uint8)
+        if raw.size and raw.max() > 1:
+            raise InvalidInputError(f"input '{tensor.name}': BOOL bytes must be 0 or 1")
+        return raw.view(np.bool_).reshape(tensor.shape)
+    return np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).reshape(tensor.shape)
+
+
+def _bytes_elements(tensor: RequestInput, chunk: memoryview, count: int) -> npt.NDArray[Any]:
+    elements = np.empty(count, dtype=object)
+    offset = 0
+    for index in range(count):
+        if offset + _LENGTH_PREFIX > len(chunk):
+            raise InvalidInputError(
+                f"input '{tensor.name}': its binary data ends after {index} of the {count} "
+                "BYTES elements its shape holds"
+            )
+        length = int.from_bytes(chunk[offset : offset + _LENGTH_PREFIX], "little")
+        offset += _LENGTH_PREFIX
+        if offset + length > len(chunk):
+            raise InvalidInputError(
+                f"input '{tensor.name}': BYTES element {index} is {length} bytes long, past "
+                "the end of the input's binary data"
+            )
+        elements[index] = bytes(chunk[offset : offset + length])
+        offset += length
+    if offset != len(chunk):
+        raise InvalidInputError(
+            f"input '{tensor.name}': {len(chunk) - offset} bytes are left after the {count} "
+            f"BYTES elements its shape {tensor.shape} holds"
+        )
+    return elements
+
+
+def _dtype_of(tensor: RequestInput) -> np.dtype[np.generic] | None:
+    try:
+        return fixed_dtype(tensor.datatype)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"input '{tensor.name}': {exc}") from None
+
+
+def _from_json(tensor: RequestInput) -> npt.NDArray[Any]:
+    dtype = _dtype_of(tensor)
+    if tensor.data is None:
+        raise InvalidInputError(
+            f"input '{tensor.name}' has no data: send its elements in 'data', or in binary "
+            f"with parameters.{BINARY_SIZE}"
+        )
+    count = element_count(tensor)
+    if dtype is None:
+        flat = _flatten_text(tensor)
+        _check_count(tensor, len(flat), count)
+        elements = np.empty(count, dtype=object)
+        elements[:] = flat
+        return elements.reshape(tensor.shape)
+    try:
+        raw = np.asarray(tensor.data)
+    except ValueError:
+        raise InvalidInputError(
+            f"input '{tensor.name}': data is nested unevenly; send it flat or as a "
+            "rectangular array, row-major"
+        ) from None
+    _check_count(tensor, raw.size, count)
+    return _convert(tensor, raw, dtype).reshape(tensor.shape)
+
+
+def _check_count(tensor: RequestInput, got: int, expected: int) -> None:
+    if got != expected:
+        raise InvalidInputError(
+            f"input '{tensor.name}': shape {tensor.shape} holds {expected} elements, but data "
+            f"holds {got}"
+        )
+
+
+def _flatten_text(tensor: RequestInput) -> list[bytes]:
+    flat: list[bytes] = []
+    pending = [tensor.data]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, list):
+            pending.extend(reversed(value))
+        elif isinstance(value, str):
+            flat.append(value.encode("utf-8"))
+        else:
+            raise InvalidInputError(
+                f"input '{tensor.name}': BYTES data must be strings; got "
+                f"{type(value).__name__} {value!r}"
+            )
+    return flat
+
+
+def _convert(
+    tensor: RequestInput, raw: npt.NDArray[Any], dtype: np.dtype[np.generic]
+) -> npt.NDArray[Any]:
+    if raw.size == 0:
+        return raw.astype(dtype)
+    kind = raw.dtype.kind
+    where = f"input '{tensor.name}': {tensor.datatype} data"
+    if dtype.kind == "b":
+        if kind != "b":
+            raise InvalidInputError(f"{where} must be true or false")
+        return raw
+    if kind not in "iuf" or kind == "b":
+        raise InvalidInputError(f"{where} must be numbers")
+    if dtype.kind in "iu":
+        if kind == "f":
+            raise InvalidInputError(f"{where} must be integers; got numbers with a fraction")
+        info = np.iinfo(dtype.name)
+        if int(raw.min()) < info.min or int(raw.max()) > info.max:
+            raise InvalidInputError(f"{where}: a value is outside the range of {tensor.datatype}")
+        return raw.astype(dtype)
+    converted = raw.astype(dtype)
+    if np.isinf(converted).any() and not np.isinf(raw).any():
+        raise InvalidInputError(f"{where}: a value is outside the range of {tensor.datatype}")
+    return converted
+
+
+def is_text(datatype: str) -> bool:
+    return datatype == BYTES
