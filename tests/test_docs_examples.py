@@ -9,6 +9,7 @@ from types import ModuleType
 from fastapi.testclient import TestClient
 
 import loadonce
+from tests.servers import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "docs" / "examples"
@@ -72,4 +73,16 @@ def test_custom_runtime_example_serves_its_own_format(tmp_path: Path) -> None:
 def test_readme_shows_the_custom_runtime_example_verbatim() -> None:
     readme = (ROOT / "README.md").read_text()
     body = (EXAMPLES / "custom_runtime.py").read_text().split('"""', 2)[2].strip()
+    assert body in readme
+
+
+def test_triton_client_example_talks_to_the_demo_server(tmp_path: Path) -> None:
+    example = _import_example("triton_client")
+    with serving(["--demo"], tmp_path) as server:
+        assert example.classify(f"127.0.0.1:{server.port}") == ["setosa", "virginica"]
+
+
+def test_readme_shows_the_triton_client_example_verbatim() -> None:
+    readme = (ROOT / "README.md").read_text()
+    body = (EXAMPLES / "triton_client.py").read_text().split('"""', 2)[2].strip()
     assert body in readme

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
+import numpy as np
 import pytest
 import torch
+import tritonclient.http as triton
 from fastapi.testclient import TestClient
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer, pipeline
 
 import loadonce
-from tests.servers import serving
+from tests.servers import ThreadedServer, serving
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "movie", "great", "awful"]
 TEXTS = ["good movie", "awful awful movie", "great", "bad good bad"]
@@ -123,3 +126,24 @@ def test_cli_serves_a_model_directory(model_dir: Path, tmp_path: Path) -> None:
     with serving([str(model_dir)], tmp_path) as server:
         response = httpx.post(f"{server.url}/models/sentiment/predict", json={"inputs": TEXTS})
     assert response.json()["outputs"] == reference(TEXTS)
+
+
+def test_open_inference_protocol_with_text_and_allowed_parameters(model_dir: Path) -> None:
+    """BYTES in; label and score out; top_k from the request only because the operator
+    allowed it (options.request_parameters)."""
+    spec = _spec(model_dir, request_parameters=["top_k"])
+    reference = pipeline("text-classification", model=str(model_dir), local_files_only=True)
+    with ThreadedServer(loadonce.create_app([spec])) as running:
+        client = triton.InferenceServerClient(running.url.removeprefix("http://"))
+        texts = triton.InferInput("text", [len(TEXTS)], "BYTES")
+        texts.set_data_from_numpy(np.array(TEXTS, dtype=object))
+        result = client.infer("sentiment", [texts])
+        expected = reference(TEXTS)
+        assert [label.decode() for label in result.as_numpy("label")] == [
+            e["label"] for e in expected
+        ]
+        np.testing.assert_allclose(result.as_numpy("score"), [e["score"] for e in expected])
+        ranked = client.infer("sentiment", [texts], parameters={"top_k": 2, "other": 1})
+        documents = [json.loads(d) for d in ranked.as_numpy("output")]
+        assert documents == reference(TEXTS, top_k=2)
+        client.close()

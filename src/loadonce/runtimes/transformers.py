@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,20 @@ _TOKENIZER_FILES = (
 class PipelinePredictor(Predictor):
     """Calls the pipeline on the whole list of texts (or other inputs) of a batch."""
 
-    def __init__(self, pipeline: Any, *, call_options: dict[str, Any], text: bool) -> None:
+    def __init__(
+        self,
+        pipeline: Any,
+        *,
+        call_options: dict[str, Any],
+        text: bool,
+        request_parameters: frozenset[str] = frozenset(),
+    ) -> None:
         self.pipeline = pipeline
         self.call_options = call_options
+        # Which pipeline arguments a client may set per request (Open Inference Protocol
+        # parameters): none unless the operator lists them, since some (max_new_tokens...)
+        # decide how long a call takes.
+        self.request_parameters = request_parameters
         self._text = text
         self.signature = InputSignature(shape=(), dtype="string") if text else None
         self.inputs = [TensorInfo(name="text", dtype="string", shape=(None,))] if text else []
@@ -49,6 +60,10 @@ class PipelinePredictor(Predictor):
 
     def predict(self, batch: Any) -> Sequence[Any]:
         result: Sequence[Any] = self.pipeline(list(batch), **self.call_options)
+        return result
+
+    def predict_with(self, batch: Any, parameters: Mapping[str, Any]) -> Sequence[Any]:
+        result: Sequence[Any] = self.pipeline(list(batch), **{**self.call_options, **parameters})
         return result
 
 
@@ -157,5 +172,6 @@ class TransformersRuntime(Runtime):
         return PipelinePredictor(
             pipeline,
             call_options=dict(spec.options.get("call", {})),
+            request_parameters=frozenset(spec.options.get("request_parameters", [])),
             text=text,
         )

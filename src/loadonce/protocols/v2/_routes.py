@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Match
 
 from loadonce._dependencies import registry_of
 from loadonce._disconnect import unless_disconnected
@@ -37,6 +37,7 @@ from loadonce.runtimes import TensorInfo
 SERVER_NAME = "loadonce"
 _MODEL = "/v2/models/{model_name}"
 _MODEL_VERSION = "/v2/models/{model_name}/versions/{model_version}"
+_CATCH_ALL = "/v2/{rest:path}"
 _ACCEPT_ENCODING = b"accept-encoding"
 _ERROR = {"model": V2Error}
 _PATH_PARAMETERS: dict[str, Any] = {
@@ -116,7 +117,7 @@ def v2_router(*, model_control: bool = True) -> APIRouter:
     async def model_infer(request: Request) -> Response:
         # As the JSON route: no FastAPI parameters to solve, and a full queue refuses before
         # the body is read.
-        model = model_of(request)
+        model = _ready_model(request)
         model.refuse_if_full()
         body = split_body(await request.body(), request.scope["headers"])
         parsed = parse_request(body.json)
@@ -165,14 +166,14 @@ def v2_router(*, model_control: bool = True) -> APIRouter:
     add_repository_routes(router, model_control=model_control)
 
     @router.api_route(
-        "/v2/{rest:path}",
+        _CATCH_ALL,
         methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
         include_in_schema=False,
     )
     async def unknown_route(request: Request) -> Response:
         # So that a client of another server's extensions (statistics, shared memory...) reads
         # an {"error"} it can report, not FastAPI's {"detail"}.
-        allowed = _methods_for_path(request)
+        allowed = _methods_for_path(router, request)
         if allowed:
             response = v2_error(
                 405, f"{request.method} is not allowed here; use {', '.join(sorted(allowed))}"
@@ -212,13 +213,17 @@ def _header(request: Request, key: bytes) -> str:
     return ""
 
 
-def _methods_for_path(request: Request) -> set[str]:
+def _methods_for_path(router: APIRouter, request: Request) -> set[str]:
+    """The methods this router's routes accept at the requested path (empty: no such path)."""
+    path = "/v2/" + request.path_params["rest"]
     allowed: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "__NONE__"})
-        methods = getattr(route, "methods", None)
-        if match is Match.PARTIAL and methods and "{rest:path}" not in getattr(route, "path", ""):
-            allowed |= set(methods)
+    for route in router.routes:
+        if (
+            isinstance(route, APIRoute)
+            and route.path != _CATCH_ALL
+            and route.path_regex.match(path)
+        ):
+            allowed |= route.methods or set()
     return allowed
 
 

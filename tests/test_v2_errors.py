@@ -1,0 +1,321 @@
+"""The Open Inference Protocol's errors over raw HTTP: the status, and {"error"} naming the
+tensor, for every way a request can be wrong."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import numpy as np
+import pytest
+
+import loadonce
+from tests.servers import ThreadedServer
+from tests.v2_models import v2_specs
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]:
+    app = loadonce.create_app(v2_specs(tmp_path_factory.mktemp("v2-errors")))
+    with ThreadedServer(app) as running:
+        yield running
+
+
+@pytest.fixture
+def http(server: ThreadedServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        yield client
+
+
+def _error(response: httpx.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    message: str = body["error"]
+    return message
+
+
+def _binary_request(header: dict[str, Any], *chunks: bytes) -> tuple[bytes, dict[str, str]]:
+    text = json.dumps(header).encode()
+    return text + b"".join(chunks), {HEADER_LENGTH: str(len(text))}
+
+
+def _x_input(**fields: Any) -> dict[str, Any]:
+    return {"name": "x", "shape": [1, 3], "datatype": "FP32", **fields}
+
+
+def _tensors_request(x: dict[str, Any]) -> dict[str, Any]:
+    """A request to the four-input model whose other inputs are valid JSON."""
+    return {
+        "inputs": [
+            x,
+            {"name": "h", "shape": [1, 2], "datatype": "FP16", "data": [1, 2]},
+            {"name": "n", "shape": [1, 2], "datatype": "INT64", "data": [1, 2]},
+            {"name": "b", "shape": [1, 1], "datatype": "BOOL", "data": [True]},
+        ]
+    }
+
+
+def test_a_valid_json_request_for_reference(http: httpx.Client) -> None:
+    body = _tensors_request(_x_input(data=[[1, 2, 3]]))
+    response = http.post("/v2/models/tensors/infer", json=body)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    assert outputs["x_sum"] == {"name": "x_sum", "datatype": "FP32", "shape": [1], "data": [6.0]}
+
+
+def test_unknown_model_and_unknown_version_are_404(http: httpx.Client) -> None:
+    assert "not served here" in _error(http.get("/v2/models/nope"), 404)
+    assert "'nope'" in _error(http.post("/v2/models/nope/infer", json={}), 404)
+    message = _error(http.get("/v2/models/shout/versions/2"), 404)
+    assert "no version '2'" in message
+    assert "version '3'" in message
+    _error(http.get("/v2/models/shout/versions/2/ready"), 404)
+    assert http.get("/v2/models/shout/versions/3/ready").json() == {"name": "shout", "ready": True}
+
+
+def test_unknown_endpoints_and_methods_answer_in_the_protocols_shape(http: httpx.Client) -> None:
+    assert "no such endpoint" in _error(http.get("/v2/models/iris/stats"), 404)
+    wrong_method = http.get("/v2/models/iris/infer")
+    assert "POST" in _error(wrong_method, 405)
+    assert wrong_method.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize(
+    ("x", "status", "words"),
+    [
+        (_x_input(data=[1, 2]), 400, ["input 'x'", "holds 3 elements", "data holds 2"]),
+        (_x_input(datatype="FP64", data=[1, 2, 3]), 400, ["input 'x' is FP64", "takes FP32"]),
+        (_x_input(datatype="FP8", data=[1, 2, 3]), 400, ["input 'x'", "unknown datatype 'FP8'"]),
+        (_x_input(shape=[1, 4], data=[1, 2, 3, 4]), 400, ["input 'x'", "[1, 4]", "[-1, 3]"]),
+        (_x_input(data=["a", "b", "c"]), 400, ["input 'x'", "must be numbers"]),
+        (_x_input(data=[[1, 2], [3]]), 400, ["input 'x'", "nested unevenly"]),
+        (_x_input(data=[1e39, 0, 0]), 400, ["input 'x'", "outside the range of FP32"]),
+        (_x_input(), 400, ["input 'x' has no data"]),
+        (_x_input(shape=[1, -3], data=[1, 2, 3]), 400, ["inputs.0.shape"]),
+        ({"name": "x", "shape": [1, 3], "data": [1, 2, 3]}, 400, ["datatype", "required"]),
+        (_x_input(data=[1, 2, 3], extra=1), 400, ["extra"]),
+    ],
+)
+def test_a_wrong_tensor_is_a_400_that_names_it(
+    http: httpx.Client, x: dict[str, Any], status: int, words: list[str]
+) -> None:
+    message = _error(http.post("/v2/models/tensors/infer", json=_tensors_request(x)), status)
+    for word in words:
+        assert word in message
+
+
+@pytest.mark.parametrize(
+    ("n_data", "words"),
+    [([1.5, 2], ["input 'n'", "must be integers"]), ([True, False], ["must be numbers"])],
+)
+def test_integers_are_never_truncated(
+    http: httpx.Client, n_data: list[Any], words: list[str]
+) -> None:
+    body = _tensors_request(_x_input(data=[1, 2, 3]))
+    body["inputs"][2]["data"] = n_data
+    message = _error(http.post("/v2/models/tensors/infer", json=body), 400)
+    for word in words:
+        assert word in message
+
+
+def test_missing_and_unknown_inputs_and_outputs(http: httpx.Client) -> None:
+    body = _tensors_request(_x_input(data=[1, 2, 3]))
+    body["inputs"][0]["name"] = "y"
+    message = _error(http.post("/v2/models/tensors/infer", json=body), 400)
+    assert "missing input 'x'" in message
+    assert "unknown input 'y'" in message
+    body = _tensors_request(_x_input(data=[1, 2, 3]))
+    body["outputs"] = [{"name": "nope"}]
+    assert "unknown output 'nope'" in _error(http.post("/v2/models/tensors/infer", json=body), 400)
+    body["outputs"] = [{"name": "x_sum", "parameters": {"classification": 2}}]
+    assert "classification" in _error(http.post("/v2/models/tensors/infer", json=body), 400)
+
+
+def test_inputs_must_agree_on_the_batch_dimension(http: httpx.Client) -> None:
+    body = _tensors_request(_x_input(shape=[2, 3], data=[1, 2, 3, 4, 5, 6]))
+    message = _error(http.post("/v2/models/tensors/infer", json=body), 400)
+    assert "first dimensions (the batch) differ" in message
+
+
+def test_malformed_json_and_missing_inputs(http: httpx.Client) -> None:
+    bad = http.post("/v2/models/tensors/infer", content=b"{not json")
+    assert "not valid" in _error(bad, 400)
+    assert "inputs" in _error(http.post("/v2/models/tensors/infer", json={"id": "1"}), 400)
+    empty = http.post("/v2/models/tensors/infer", json={"inputs": []})
+    assert "inputs" in _error(empty, 400)
+
+
+def _binary_x(size: int, payload: bytes) -> tuple[bytes, dict[str, str]]:
+    header = _tensors_request(_x_input(parameters={"binary_data_size": size}))
+    return _binary_request(header, payload)
+
+
+def test_binary_inputs_are_read_from_after_the_json(http: httpx.Client) -> None:
+    content, headers = _binary_x(12, np.array([1, 2, 3.5], dtype="<f4").tobytes())
+    response = http.post("/v2/models/tensors/infer", content=content, headers=headers)
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    assert outputs["x_sum"]["data"] == [6.5]
+
+
+def test_binary_size_that_does_not_fit_the_shape(http: httpx.Client) -> None:
+    content, headers = _binary_x(8, bytes(8))
+    message = _error(http.post("/v2/models/tensors/infer", content=content, headers=headers), 400)
+    assert "input 'x'" in message
+    assert "binary_data_size is 8 bytes" in message
+    assert "takes 12" in message
+
+
+def test_an_over_long_binary_section(http: httpx.Client) -> None:
+    content, headers = _binary_x(12, bytes(12) + b"extra")
+    message = _error(http.post("/v2/models/tensors/infer", content=content, headers=headers), 400)
+    assert "17 bytes of binary data" in message
+    assert "add up to 12" in message
+
+
+def test_a_truncated_binary_section(http: httpx.Client) -> None:
+    content, headers = _binary_x(12, bytes(7))
+    message = _error(http.post("/v2/models/tensors/infer", content=content, headers=headers), 400)
+    assert "input 'x'" in message
+    assert "only 7 bytes" in message
+
+
+def test_a_header_length_past_the_end_of_the_body(http: httpx.Client) -> None:
+    content, _ = _binary_x(12, bytes(12))
+    headers = {HEADER_LENGTH: str(len(content) + 1)}
+    message = _error(http.post("/v2/models/tensors/infer", content=content, headers=headers), 400)
+    assert HEADER_LENGTH in message
+    assert f"only {len(content)} bytes" in message
+    for wrong in ("-1", "ten"):
+        response = http.post(
+            "/v2/models/tensors/infer", content=content, headers={HEADER_LENGTH: wrong}
+        )
+        assert HEADER_LENGTH in _error(response, 400)
+
+
+def test_binary_data_without_the_header(http: httpx.Client) -> None:
+    content, _ = _binary_x(12, bytes(12))
+    message = _error(http.post("/v2/models/tensors/infer", content=content[:-12]), 400)
+    assert "no Inference-Header-Content-Length" in message
+
+
+def test_bytes_elements_with_a_wrong_length_prefix(http: httpx.Client) -> None:
+    def post(payload: bytes, shape: list[int]) -> str:
+        header = {
+            "inputs": [
+                {
+                    "name": "text",
+                    "shape": shape,
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(payload)},
+                }
+            ]
+        }
+        content, headers = _binary_request(header, payload)
+        response = http.post("/v2/models/shout/infer", content=content, headers=headers)
+        return _error(response, 400)
+
+    assert "past the end" in post(struct.pack("<I", 10) + b"short", [1])
+    assert "ends after 1 of the 2" in post(struct.pack("<I", 2) + b"ok", [2])
+    assert "left after the 1" in post(struct.pack("<I", 2) + b"ok" + b"!", [1])
+    assert "not UTF-8" in post(struct.pack("<I", 2) + b"\xff\xfe", [1])
+
+
+def test_bool_bytes_must_be_zero_or_one(http: httpx.Client) -> None:
+    header = _tensors_request(_x_input(data=[1, 2, 3]))
+    header["inputs"][3] = {
+        "name": "b",
+        "shape": [1, 1],
+        "datatype": "BOOL",
+        "parameters": {"binary_data_size": 1},
+    }
+    content, headers = _binary_request(header, b"\x02")
+    message = _error(http.post("/v2/models/tensors/infer", content=content, headers=headers), 400)
+    assert "BOOL bytes must be 0 or 1" in message
+
+
+def test_compressed_bodies(http: httpx.Client) -> None:
+    body = json.dumps(_tensors_request(_x_input(data=[1, 2, 3]))).encode()
+    zipped = http.post(
+        "/v2/models/tensors/infer",
+        content=gzip.compress(body),
+        headers={"Content-Encoding": "gzip"},
+    )
+    assert zipped.status_code == 200, zipped.text
+    unknown = http.post(
+        "/v2/models/tensors/infer", content=body, headers={"Content-Encoding": "br"}
+    )
+    assert "Content-Encoding 'br'" in _error(unknown, 415)
+    broken = http.post(
+        "/v2/models/tensors/infer", content=b"not gzip", headers={"Content-Encoding": "gzip"}
+    )
+    assert "not valid gzip" in _error(broken, 400)
+
+
+def test_large_answers_are_compressed_when_the_client_accepts_it(http: httpx.Client) -> None:
+    texts = ["word " * 100] * 8
+    body = {"inputs": [{"name": "text", "shape": [8], "datatype": "BYTES", "data": texts}]}
+    for accepted, expected in (("gzip", "gzip"), ("deflate", "deflate"), ("gzip;q=0", None)):
+        response = http.post(
+            "/v2/models/shout/infer", json=body, headers={"Accept-Encoding": accepted}
+        )
+        assert response.status_code == 200
+        assert response.headers.get("content-encoding") == expected
+        assert response.json()["outputs"][0]["data"][0] == "WORD " * 100
+
+
+def test_reserved_parameters_are_checked(http: httpx.Client) -> None:
+    body = _tensors_request(_x_input(data=[1, 2, 3]))
+    body["parameters"] = {"sequence_id": 4}
+    assert "sequence" in _error(http.post("/v2/models/tensors/infer", json=body), 400)
+    body["parameters"] = {"timeout": -1}
+    assert "timeout" in _error(http.post("/v2/models/tensors/infer", json=body), 400)
+    body["parameters"] = {"binary_data_output": "yes"}
+    assert "binary_data_output" in _error(http.post("/v2/models/tensors/infer", json=body), 400)
+
+
+def test_not_ready_is_503_and_readiness_follows(tmp_path: Path) -> None:
+    app = loadonce.create_app(v2_specs(tmp_path)[:1])
+    with ThreadedServer(app) as running, httpx.Client(base_url=running.url) as http:
+        assert http.get("/v2/health/ready").json() == {"ready": True}
+        assert http.post("/v2/repository/models/tensors/unload").status_code == 200
+        message = _error(http.get("/v2/models/tensors/ready"), 503)
+        assert "not ready" in message
+        _error(http.get("/v2/models/tensors"), 503)
+        valid = _tensors_request(_x_input(data=[1, 2, 3]))
+        refused = http.post("/v2/models/tensors/infer", json=valid)
+        assert "not ready" in _error(refused, 503)
+        assert refused.headers["retry-after"] == "1"
+        # Its only model unloaded: nothing is left to serve, so the server is not ready.
+        assert "no model is loaded" in _error(http.get("/v2/health/ready"), 503)
+        assert http.get("/v2/health/live").json() == {"live": True}
+        index = http.post("/v2/repository/index", json={"ready": True})
+        assert index.json() == []
+        assert http.post("/v2/repository/models/tensors/load", content=b"").status_code == 200
+        assert http.get("/v2/health/ready").status_code == 200
+        assert "not served here" in _error(http.post("/v2/repository/models/x/load"), 404)
+        bad = http.post("/v2/repository/index", json={"ready": "yes"})
+        assert "ready" in _error(bad, 400)
+
+
+def test_a_model_that_raises_is_a_500_without_internals(tmp_path: Path) -> None:
+    def explode(batch: Any) -> list[Any]:
+        raise KeyError("secret internal detail /srv/model/weights.bin")
+
+    spec = loadonce.ModelSpec(name="explodes", loader=lambda: explode)
+    with ThreadedServer(loadonce.create_app([spec])) as running:
+        body = {"inputs": [{"name": "any", "shape": [1], "datatype": "INT32", "data": [1]}]}
+        response = httpx.post(f"{running.url}/v2/models/explodes/infer", json=body)
+        message = _error(response, 500)
+        assert "KeyError" in message
+        assert "secret" not in message
+        assert response.headers["x-request-id"] in message
