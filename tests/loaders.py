@@ -104,3 +104,9 @@ class Scaler(Predictor):
 
 def scaler() -> Scaler:
     return Scaler()
+
+
+def slow_to_load() -> Echo:
+    """Takes 0.8 s to load, long enough to send requests while it reloads."""
+    time.sleep(0.8)
+    return Echo()

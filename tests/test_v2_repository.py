@@ -1,0 +1,68 @@
+"""Loading a loaded model through the repository API reloads it without a pause in service."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import httpx2 as httpx
+import pytest
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+import loadonce
+from tests.loaders import Echo
+from tests.servers import ThreadedServer
+
+
+def test_a_reload_answers_every_request_meanwhile() -> None:
+    spec = loadonce.ModelSpec(name="echo", loader="tests.loaders:slow_to_load")
+    with ThreadedServer(loadonce.create_app([spec])) as running:
+        statuses: Counter[int] = Counter()
+        done = threading.Event()
+
+        def keep_asking() -> None:
+            with httpx.Client(base_url=running.url) as http:
+                while not done.is_set():
+                    response = http.post("/models/echo/predict", json={"inputs": [1]})
+                    statuses[response.status_code] += 1
+
+        asking = threading.Thread(target=keep_asking)
+        asking.start()
+        try:
+            client = triton.InferenceServerClient(running.url.removeprefix("http://"))
+            client.load_model("echo")  # takes 0.8 s, while requests keep coming
+            assert client.is_model_ready("echo")
+            client.close()
+        finally:
+            done.set()
+            asking.join()
+        assert set(statuses) == {200}, statuses
+        assert statuses[200] >= 5
+        info = httpx.get(f"{running.url}/models/echo").json()
+        assert (info["state"], info["load_count"]) == ("ready", 2)
+
+
+def test_a_failed_reload_leaves_the_loaded_model_serving() -> None:
+    loads: list[int] = []
+
+    def breaks_on_reload() -> Echo:
+        loads.append(1)
+        if len(loads) > 1:
+            raise RuntimeError("the new artifact is corrupt")
+        return Echo()
+
+    spec = loadonce.ModelSpec(name="echo", loader=breaks_on_reload)
+    with ThreadedServer(loadonce.create_app([spec])) as running:
+        client = triton.InferenceServerClient(running.url.removeprefix("http://"))
+        with pytest.raises(InferenceServerException) as failure:
+            client.load_model("echo")
+        assert failure.value.status() == "400"
+        assert "the new artifact is corrupt" in failure.value.message()
+        assert client.is_model_ready("echo")
+        assert client.is_server_ready()
+        client.close()
+        response = httpx.post(f"{running.url}/models/echo/predict", json={"inputs": [7]})
+        assert response.json()["outputs"][0]["echo"] == 7
+        info = httpx.get(f"{running.url}/models/echo").json()
+        assert (info["state"], info["load_count"]) == ("ready", 1)
