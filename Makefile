@@ -8,7 +8,7 @@ CONSTRAINTS := requirements/constraints.txt
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint typecheck pytest bench lock clean
+.PHONY: serve test lint typecheck pytest bench bench-protocols lock clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) || { echo "error: '$(PYTHON) -m venv' failed; on Debian/Ubuntu install python3-venv" >&2; exit 1; }
@@ -42,6 +42,11 @@ test: lint typecheck pytest
 bench: $(VENV)/.test-installed
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python -m bench.throughput
+
+# The JSON route against the Open Inference Protocol (JSON and binary tensors), one server.
+bench-protocols: $(VENV)/.test-installed
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(BIN)/python -m bench.protocols
 
 # Re-pin after changing dependencies: installs the newest allowed versions into a scratch venv.
 lock:

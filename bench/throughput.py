@@ -136,13 +136,20 @@ def _ms(text: str | None) -> float | None:
     return float(match.group(1)) * _UNITS[match.group(2)] if match else None
 
 
-def _wrk(url: str, body: str, connections: int, seconds: int) -> dict[str, Any]:
+def _wrk(
+    url: str, body: str, connections: int, seconds: int, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """wrk's req/s, p50, p99 and errors; ``env`` sets post.lua's other BENCH_ variables."""
     command = [
         "taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
         "--latency", "--timeout", "10s", "-s", str(ROOT / "bench" / "post.lua"), url,
     ]  # fmt: skip
     output = subprocess.run(
-        command, env={**os.environ, "BENCH_BODY": body}, capture_output=True, text=True, check=True
+        command,
+        env={**os.environ, "BENCH_BODY": body, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.MULTILINE))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)

@@ -319,3 +319,23 @@ def test_a_model_that_raises_is_a_500_without_internals(tmp_path: Path) -> None:
         assert "KeyError" in message
         assert "secret" not in message
         assert response.headers["x-request-id"] in message
+
+
+def test_openapi_documents_the_protocol(http: httpx.Client) -> None:
+    paths = http.get("/openapi.json").json()["paths"]
+    for model in ("/v2/models/{model_name}", "/v2/models/{model_name}/versions/{model_version}"):
+        for suffix, method in (("", "get"), ("/ready", "get"), ("/infer", "post")):
+            assert method in paths[model + suffix]
+    infer = paths["/v2/models/{model_name}/infer"]["post"]
+    assert set(infer["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
+    assert {p["name"] for p in infer["parameters"]} == {
+        "model_name",
+        HEADER_LENGTH,
+        "X-Request-Timeout",
+    }
+    assert infer["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "V2Error"
+    )
+    for path in ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/repository/index"):
+        assert path in paths
+    assert not any("{rest" in path for path in paths), "the catch-all stays out of the docs"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from loadonce._errors import InvalidInputError
@@ -46,6 +48,7 @@ def datatype_of(dtype: np.dtype[np.generic]) -> str | None:
     return _BY_NUMPY.get(dtype.newbyteorder("=") if dtype.byteorder == ">" else dtype)
 
 
+@functools.cache  # on every request's path; np.dtype() is slow next to a dict lookup
 def datatype_of_declared(dtype: str | None) -> str | None:
     """The datatype of a model's declared input or output dtype (``TensorInfo.dtype``)."""
     if dtype is None:

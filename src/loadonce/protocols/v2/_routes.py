@@ -76,30 +76,6 @@ def v2_router(*, model_control: bool = True) -> APIRouter:
     if model_control:
         extensions.append("model_repository")
 
-    @router.get("/v2", response_model=ServerMetadata, summary="Server metadata")
-    async def server_metadata() -> ServerMetadata:
-        return ServerMetadata(name=SERVER_NAME, version=__version__, extensions=extensions)
-
-    @router.get("/v2/health/live", response_model=ServerLive, summary="The server is live")
-    async def server_live() -> ServerLive:
-        return ServerLive(live=True)
-
-    @router.get(
-        "/v2/health/ready",
-        response_model=ServerReady,
-        responses={503: _ERROR},
-        summary="Every model is ready (models unloaded on request aside)",
-    )
-    async def server_ready(request: Request) -> Response:
-        registry = registry_of(request)
-        if registry.is_ready:
-            return JSONResponse({"ready": True})
-        if registry.draining:
-            return v2_error(503, "the server is stopping: it finishes what it accepted")
-        waiting = [f"{m.name} ({m.state})" for m in registry.models if m.wanted and not m.is_ready]
-        why = f"models not ready: {', '.join(waiting)}" if waiting else "no model is loaded"
-        return v2_error(503, f"not ready; {why}")
-
     async def model_metadata(request: Request) -> ModelMetadata:
         model = _ready_model(request)
         return ModelMetadata(
@@ -133,6 +109,43 @@ def v2_router(*, model_control: bool = True) -> APIRouter:
         )
         return Response(encoded.body, headers=encoded.headers)
 
+    # Registered first: routes are matched in order, and inference is the hot path.
+    for path, versioned in ((_MODEL, False), (_MODEL_VERSION, True)):
+        parameters = _path_parameters(versioned)
+        router.add_api_route(
+            f"{path}/infer",
+            model_infer,
+            methods=["POST"],
+            response_model=InferenceResponse,
+            responses=dict.fromkeys((400, 404, 415, 500, 503, 504), _ERROR),
+            summary="Inference" + (" (one version)" if versioned else ""),
+            openapi_extra=_infer_openapi(parameters),
+        )
+
+    @router.get("/v2", response_model=ServerMetadata, summary="Server metadata")
+    async def server_metadata() -> ServerMetadata:
+        return ServerMetadata(name=SERVER_NAME, version=__version__, extensions=extensions)
+
+    @router.get("/v2/health/live", response_model=ServerLive, summary="The server is live")
+    async def server_live() -> ServerLive:
+        return ServerLive(live=True)
+
+    @router.get(
+        "/v2/health/ready",
+        response_model=ServerReady,
+        responses={503: _ERROR},
+        summary="Every model is ready (models unloaded on request aside)",
+    )
+    async def server_ready(request: Request) -> Response:
+        registry = registry_of(request)
+        if registry.is_ready:
+            return JSONResponse({"ready": True})
+        if registry.draining:
+            return v2_error(503, "the server is stopping: it finishes what it accepted")
+        waiting = [f"{m.name} ({m.state})" for m in registry.models if m.wanted and not m.is_ready]
+        why = f"models not ready: {', '.join(waiting)}" if waiting else "no model is loaded"
+        return v2_error(503, f"not ready; {why}")
+
     for path, versioned in ((_MODEL, False), (_MODEL_VERSION, True)):
         parameters = _path_parameters(versioned)
         router.add_api_route(
@@ -152,15 +165,6 @@ def v2_router(*, model_control: bool = True) -> APIRouter:
             responses={404: _ERROR, 503: _ERROR},
             summary="The model is ready" + (" (one version)" if versioned else ""),
             openapi_extra=parameters,
-        )
-        router.add_api_route(
-            f"{path}/infer",
-            model_infer,
-            methods=["POST"],
-            response_model=InferenceResponse,
-            responses=dict.fromkeys((400, 404, 415, 500, 503, 504), _ERROR),
-            summary="Inference" + (" (one version)" if versioned else ""),
-            openapi_extra=_infer_openapi(parameters),
         )
 
     add_repository_routes(router, model_control=model_control)

@@ -201,6 +201,8 @@ def _convert(
         if int(raw.min()) < info.min or int(raw.max()) > info.max:
             raise InvalidInputError(f"{where}: a value is outside the range of {tensor.datatype}")
         return raw.astype(dtype)
+    if dtype.itemsize >= raw.dtype.itemsize and raw.dtype.kind == "f":
+        return raw.astype(dtype, copy=False)  # as wide or wider: nothing can overflow
     with np.errstate(over="ignore"):  # an overflow is found just below, and named
         converted = raw.astype(dtype)
     if np.isinf(converted).any() and not np.isinf(raw).any():
