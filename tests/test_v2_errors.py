@@ -115,7 +115,13 @@ def test_a_wrong_tensor_is_a_400_that_names_it(
 
 @pytest.mark.parametrize(
     ("n_data", "words"),
-    [([1.5, 2], ["input 'n'", "must be integers"]), ([True, False], ["must be numbers"])],
+    [
+        ([1.5, 2], ["input 'n'", "must be integers"]),
+        ([True, False], ["must be numbers"]),
+        ([2**63, -1], ["input 'n'", "outside the range of INT64"]),
+        ([2**63, 0.5], ["input 'n'", "must be integers"]),
+        ([2**70, 1], ["input 'n'", "outside the range of INT64"]),
+    ],
 )
 def test_integers_are_never_truncated(
     http: httpx.Client, n_data: list[Any], words: list[str]

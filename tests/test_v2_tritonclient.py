@@ -262,3 +262,59 @@ def test_repository_index_unload_and_load(tmp_path: Path) -> None:
         assert overridden.value.status() == "400"
         assert "not supported" in overridden.value.message()
         connection.close()
+
+
+ALL_DATATYPES = {
+    "BOOL": np.array([[True, False], [False, True]]),
+    "UINT8": np.array([[0, 255], [1, 2]], dtype=np.uint8),
+    "UINT16": np.array([[0, 65535], [1, 2]], dtype=np.uint16),
+    "UINT32": np.array([[0, 2**32 - 1], [1, 2]], dtype=np.uint32),
+    "UINT64": np.array([[0, 2**64 - 1], [1, 2]], dtype=np.uint64),
+    "INT8": np.array([[-128, 127], [0, -1]], dtype=np.int8),
+    "INT16": np.array([[-(2**15), 2**15 - 1], [0, -1]], dtype=np.int16),
+    "INT32": np.array([[-(2**31), 2**31 - 1], [0, -1]], dtype=np.int32),
+    "INT64": np.array([[-(2**63), 2**63 - 1], [0, -1]], dtype=np.int64),
+    "FP16": np.array([[0.5, -65504.0], [1e-3, 2.0]], dtype=np.float16),
+    "FP32": np.array([[0.1, -3.4e38], [1e-30, 2.0]], dtype=np.float32),
+    "FP64": np.array([[0.1, -1.7e308], [5e-324, 2.0]], dtype=np.float64),
+    "BYTES": np.array([[b"a", b"\x00\xff"], [b"", "é".encode()]], dtype=object),
+}
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+@pytest.mark.parametrize("datatype", list(ALL_DATATYPES))
+def test_every_datatype_round_trips_exactly(
+    echo_client: triton.InferenceServerClient, datatype: str, binary: bool
+) -> None:
+    """A model that returns its examples as they came: every datatype, both encodings."""
+    sent = ALL_DATATYPES[datatype]
+    if datatype == "BYTES" and not binary:
+        sent = np.array([["a", "b c"], ["", "é"]], dtype=object)  # JSON carries text only
+    tensor = triton.InferInput("values", list(sent.shape), datatype)
+    tensor.set_data_from_numpy(sent, binary_data=binary)
+    output = triton.InferRequestedOutput("output", binary_data=binary)
+    result = echo_client.infer("echo", [tensor], outputs=[output])
+    [described] = result.get_response()["outputs"]
+    assert (described["datatype"], described["shape"]) == (datatype, [2, 2])
+    received = result.as_numpy("output")
+    if datatype == "BYTES":
+        as_text = [v if isinstance(v, str) else v.decode("utf-8", "replace") for v in received.flat]
+        expected = [v if isinstance(v, str) else v.decode("utf-8", "replace") for v in sent.flat]
+        assert as_text == expected
+    else:
+        assert received.dtype == sent.dtype
+        np.testing.assert_array_equal(received, sent)
+
+
+@pytest.fixture(scope="module")
+def echo_server() -> Iterator[ThreadedServer]:
+    spec = loadonce.ModelSpec(name="echo", loader=lambda: lambda batch: list(batch))
+    with ThreadedServer(loadonce.create_app([spec])) as running:
+        yield running
+
+
+@pytest.fixture
+def echo_client(echo_server: ThreadedServer) -> Iterator[triton.InferenceServerClient]:
+    connection = triton.InferenceServerClient(echo_server.url.removeprefix("http://"))
+    yield connection
+    connection.close()

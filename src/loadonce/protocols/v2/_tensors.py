@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from loadonce._errors import InvalidInputError
 from loadonce.protocols.v2._body import HEADER_LENGTH, SplitBody
-from loadonce.protocols.v2._datatypes import BYTES, fixed_dtype
+from loadonce.protocols.v2._datatypes import fixed_dtype
 from loadonce.protocols.v2._schemas import RequestInput
 
 BINARY_SIZE = "binary_data_size"
@@ -192,11 +192,11 @@ def _convert(
         if kind != "b":
             raise InvalidInputError(f"{where} must be true or false")
         return raw
+    if dtype.kind in "iu" and kind in "fO":
+        return _integers_beyond_int64(tensor, dtype, where)
     if kind not in "iuf" or kind == "b":
         raise InvalidInputError(f"{where} must be numbers")
     if dtype.kind in "iu":
-        if kind == "f":
-            raise InvalidInputError(f"{where} must be integers; got numbers with a fraction")
         info = np.iinfo(dtype.name)
         if int(raw.min()) < info.min or int(raw.max()) > info.max:
             raise InvalidInputError(f"{where}: a value is outside the range of {tensor.datatype}")
@@ -210,5 +210,23 @@ def _convert(
     return converted
 
 
-def is_text(datatype: str) -> bool:
-    return datatype == BYTES
+def _integers_beyond_int64(
+    tensor: RequestInput, dtype: np.dtype[np.generic], where: str
+) -> npt.NDArray[Any]:
+    """NumPy reads integers past int64's range as floats (mixed with others) or objects; if
+    the JSON holds integers only, convert them exactly, else say what is wrong."""
+    pending = [tensor.data]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, float):
+            raise InvalidInputError(f"{where} must be integers; got numbers with a fraction")
+        elif not isinstance(value, int) or isinstance(value, bool):
+            raise InvalidInputError(f"{where} must be numbers")
+    try:
+        return np.asarray(tensor.data, dtype=dtype)
+    except OverflowError:
+        raise InvalidInputError(
+            f"{where}: a value is outside the range of {tensor.datatype}"
+        ) from None
