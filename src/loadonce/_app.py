@@ -8,7 +8,9 @@ from fastapi import FastAPI
 
 from loadonce._health import health_router
 from loadonce._lifespan import LoadedHook, UserLifespan, lifespan
+from loadonce._limits import BodyLimitMiddleware, Limits
 from loadonce._registry import Registry
+from loadonce._security import AccessKeys, AccessMiddleware
 from loadonce._spec import ModelSpec
 from loadonce._version import __version__
 from loadonce.protocols.rest import models_router
@@ -22,9 +24,13 @@ def create_app(
     wrap: UserLifespan | None = None,
     on_loaded: LoadedHook | None = None,
     model_control: bool = True,
+    access: AccessKeys | None = None,
+    limits: Limits | None = None,
 ) -> FastAPI:
     """The app ``loadonce serve`` runs: health probes, /models and predict routes, the Open
-    Inference Protocol under /v2, /docs. ``model_control``: see ``v2_router``."""
+    Inference Protocol under /v2, /docs. ``model_control``: see ``v2_router``. ``access``:
+    API keys per route family (none: every route open). ``limits``: request size limits."""
+    limits = limits or Limits()
     app = FastAPI(
         title=title,
         version=__version__,
@@ -32,5 +38,11 @@ def create_app(
     )
     app.include_router(health_router())
     app.include_router(models_router())
-    app.include_router(v2_router(model_control=model_control))
+    app.include_router(v2_router(model_control=model_control, limits=limits))
+    if limits.max_body_bytes is not None:
+        app.add_middleware(BodyLimitMiddleware, max_body_bytes=limits.max_body_bytes)
+    if access is not None and access.enabled:
+        # Added last, so it runs first: a request without a valid key is refused before its
+        # body is read.
+        app.add_middleware(AccessMiddleware, keys=access)
     return app

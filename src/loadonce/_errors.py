@@ -89,3 +89,8 @@ def describe_exception(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
+
+
+class RequestTooLargeError(LoadonceError):
+    """The request is larger than a configured limit: its body, its number of examples, or
+    one BYTES element (HTTP 413)."""

@@ -12,6 +12,7 @@ from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Scope
 
 from loadonce._errors import (
     ClientDisconnectedError,
@@ -21,6 +22,7 @@ from loadonce._errors import (
     ModelNotFoundError,
     ModelNotReadyError,
     QueueFullError,
+    RequestTooLargeError,
     describe_exception,
 )
 
@@ -38,8 +40,13 @@ _REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode("latin-1")
 
 
 def request_id_of(request: Request) -> str:
+    return request_id_from(request.scope["headers"])
+
+
+def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
+    """The client's X-Request-ID if it is short and plain, else a new one."""
     # Read from the raw ASGI headers: Starlette's Headers would be built for this one lookup.
-    for key, value in request.scope["headers"]:
+    for key, value in headers:
         if key == _REQUEST_ID_KEY:
             given: str = value.decode("latin-1")
             if _CLIENT_ID.match(given):
@@ -101,6 +108,8 @@ def status_and_message(exc: Exception, request: Request, request_id: str) -> tup
         return 499, str(exc)
     if isinstance(exc, InvalidInputError):
         return 400, f"invalid inputs: {exc}"
+    if isinstance(exc, RequestTooLargeError):
+        return 413, str(exc)
     if isinstance(exc, LoadonceError):
         logger.error("request %s %s failed: %s", request_id, request.url.path, exc)
         return 500, str(exc)
@@ -115,6 +124,21 @@ def status_and_message(exc: Exception, request: Request, request_id: str) -> tup
         f"the model raised {type(exc).__name__}; the server log has the details "
         f"under request id {request_id}"
     )
+
+
+def raw_error_response(
+    status: int, message: str, scope: Scope, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """An error answered before any route ran (middleware): ``{"error"}`` under /v2, as the
+    Open Inference Protocol defines it, ``{"error", "request_id"}`` elsewhere."""
+    request_id = request_id_from(scope["headers"])
+    if scope["path"].startswith("/v2"):
+        response = JSONResponse({"error": message}, status_code=status, headers=headers)
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+    response = error_response(status, message, request_id)
+    response.headers.update(headers or {})
+    return response
 
 
 def response_for_exception(exc: Exception, request: Request, request_id: str) -> JSONResponse:

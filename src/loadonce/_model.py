@@ -19,6 +19,7 @@ from loadonce._errors import (
     InvalidInputError,
     ModelLoadError,
     ModelNotReadyError,
+    RequestTooLargeError,
     describe_exception,
 )
 from loadonce._inputs import split_examples
@@ -249,6 +250,12 @@ class Model:
             raise ModelNotReadyError(self.name, self.state.value)
         if not examples:
             raise InvalidInputError("the request holds no example: send at least one")
+        most = self.spec.max_request_examples or self.spec.max_queue
+        if len(examples) > most:
+            raise RequestTooLargeError(
+                f"the request holds {len(examples)} examples; model '{self.name}' takes at most "
+                f"{most} per request (max_request_examples): split it"
+            )
         taken = executor.instances[0].request_parameters
         passed = {k: v for k, v in parameters.items() if k in taken} if parameters else None
         limits = [t for t in (timeout, self.spec.timeout_s) if t is not None]

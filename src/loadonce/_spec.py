@@ -124,6 +124,9 @@ class ModelSpec(BaseModel):
     batching: Batching | None = None
     # The most examples that may wait for this model; beyond it, requests get 503 at once.
     max_queue: Annotated[int, Field(ge=1)] = 1024
+    # The most examples one request may hold (413 beyond it); by default max_queue, since a
+    # larger request could never wait in the queue beside others.
+    max_request_examples: Annotated[int, Field(ge=1)] | None = None
     # Deadline of a request, from its arrival; a request may ask for less (X-Request-Timeout).
     timeout_s: Annotated[float, Field(gt=0)] | None = None
 

@@ -81,7 +81,13 @@ def run_worker(
     registry = Registry(config.models)
     # Loading and unloading through the model repository API acts on the worker that gets
     # the request; with several workers the others would not follow, so it is turned off.
-    app = create_app(registry, on_loaded=on_loaded, model_control=options.workers == 1)
+    app = create_app(
+        registry,
+        on_loaded=on_loaded,
+        model_control=options.workers == 1,
+        access=options.access(),
+        limits=options.limits(),
+    )
     uvicorn_config = uvicorn.Config(
         _OneLineStartupFailure(app, registry),
         host=options.host,

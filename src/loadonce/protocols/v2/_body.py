@@ -11,13 +11,13 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from loadonce._errors import InvalidInputError
+from loadonce._errors import InvalidInputError, RequestTooLargeError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _HEADER_LENGTH_KEY = HEADER_LENGTH.lower().encode("latin-1")
 _ENCODING_KEY = b"content-encoding"
-# A compressed body may not grow past this when decompressed: a few kilobytes of zeros would
-# otherwise inflate to fill the worker's memory.
+# A compressed body may not grow past this (or the server's max_body_bytes) when decompressed:
+# a few kilobytes of zeros would otherwise inflate to fill the worker's memory.
 MAX_DECOMPRESSED_BYTES = 512 * 1024 * 1024
 
 
@@ -32,7 +32,12 @@ class SplitBody:
     has_binary_header: bool
 
 
-def split_body(body: bytes, headers: list[tuple[bytes, bytes]]) -> SplitBody:
+def split_body(
+    body: bytes,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    max_decompressed: int | None = None,
+) -> SplitBody:
     """Decompress (gzip, deflate) and split the body at Inference-Header-Content-Length."""
     header_length: bytes | None = None
     encoding = b""
@@ -41,7 +46,7 @@ def split_body(body: bytes, headers: list[tuple[bytes, bytes]]) -> SplitBody:
             header_length = value
         elif key == _ENCODING_KEY:
             encoding = value.strip().lower()
-    body = _decompress(body, encoding)
+    body = _decompress(body, encoding, max_decompressed or MAX_DECOMPRESSED_BYTES)
     if header_length is None:
         return SplitBody(json=body, binary=memoryview(b""), has_binary_header=False)
     try:
@@ -61,7 +66,7 @@ def split_body(body: bytes, headers: list[tuple[bytes, bytes]]) -> SplitBody:
     return SplitBody(json=bytes(view[:length]), binary=view[length:], has_binary_header=True)
 
 
-def _decompress(body: bytes, encoding: bytes) -> bytes:
+def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
     if encoding in (b"", b"identity"):
         return body
     if encoding == b"gzip":
@@ -75,14 +80,14 @@ def _decompress(body: bytes, encoding: bytes) -> bytes:
         )
     inflater = zlib.decompressobj(wbits)
     try:
-        data = inflater.decompress(body, MAX_DECOMPRESSED_BYTES)
+        data = inflater.decompress(body, limit)
     except zlib.error as exc:
         raise InvalidInputError(
             f"the body is not valid {encoding.decode('latin-1')} data: {exc}"
         ) from None
     if inflater.unconsumed_tail:
-        raise InvalidInputError(
-            f"the body decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes, the limit"
+        raise RequestTooLargeError(
+            f"the body decompresses to more than {limit} bytes, this server's max_body_bytes"
         )
     if not inflater.eof:
         raise InvalidInputError(f"the {encoding.decode('latin-1')} body is truncated")

@@ -91,9 +91,10 @@ async def infer(
     *,
     timeout_s: float | None,
     accept_encoding: str,
+    max_element_bytes: int | None = None,
 ) -> EncodedResponse:
     options = _options(request.parameters)
-    arrays = decode_inputs(request.inputs, body)
+    arrays = decode_inputs(request.inputs, body, max_element_bytes=max_element_bytes)
     datatypes = {tensor.name: tensor.datatype for tensor in request.inputs}
     examples = examples_from_tensors(model, arrays, datatypes)
     requested = request.outputs

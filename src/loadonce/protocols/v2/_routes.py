@@ -13,6 +13,7 @@ from loadonce._dependencies import registry_of
 from loadonce._disconnect import unless_disconnected
 from loadonce._errors import ModelNotReadyError
 from loadonce._http import TIMEOUT_HEADER, requested_timeout
+from loadonce._limits import Limits
 from loadonce._model import Model
 from loadonce._version import __version__
 from loadonce.protocols.v2._body import HEADER_LENGTH, split_body
@@ -64,13 +65,15 @@ def model_of(request: Request) -> Model:
     return model
 
 
-def v2_router(*, model_control: bool = True) -> APIRouter:
+def v2_router(*, model_control: bool = True, limits: Limits | None = None) -> APIRouter:
     """Every Open Inference Protocol route under ``/v2``; mount it with ``include_router``.
 
     ``model_control``: whether ``/v2/repository/models/{name}/load`` and ``/unload`` act.
     ``loadonce serve --workers N`` (N > 1) turns it off, because such a request would reach
-    one worker process of N and leave the others as they were.
+    one worker process of N and leave the others as they were. ``limits``: the most a
+    compressed body may decompress to, and the longest BYTES element (413 beyond them).
     """
+    limits = limits or Limits()
     router = APIRouter(route_class=V2Route, tags=["open inference protocol"])
     extensions = ["binary_tensor_data", "parameters"]
     if model_control:
@@ -95,7 +98,9 @@ def v2_router(*, model_control: bool = True) -> APIRouter:
         # the body is read.
         model = _ready_model(request)
         model.refuse_if_full()
-        body = split_body(await request.body(), request.scope["headers"])
+        body = split_body(
+            await request.body(), request.scope["headers"], max_decompressed=limits.max_body_bytes
+        )
         parsed = parse_request(body.json)
         encoded = await unless_disconnected(
             request,
@@ -105,6 +110,7 @@ def v2_router(*, model_control: bool = True) -> APIRouter:
                 body,
                 timeout_s=requested_timeout(request),
                 accept_encoding=_header(request, _ACCEPT_ENCODING),
+                max_element_bytes=limits.max_element_bytes,
             ),
         )
         return Response(encoded.body, headers=encoded.headers)
@@ -117,7 +123,7 @@ def v2_router(*, model_control: bool = True) -> APIRouter:
             model_infer,
             methods=["POST"],
             response_model=InferenceResponse,
-            responses=dict.fromkeys((400, 404, 415, 500, 503, 504), _ERROR),
+            responses=dict.fromkeys((400, 404, 413, 415, 500, 503, 504), _ERROR),
             summary="Inference" + (" (one version)" if versioned else ""),
             openapi_extra=_infer_openapi(parameters),
         )

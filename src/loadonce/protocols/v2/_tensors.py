@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from loadonce._errors import InvalidInputError
+from loadonce._errors import InvalidInputError, RequestTooLargeError
 from loadonce.protocols.v2._body import HEADER_LENGTH, SplitBody
 from loadonce.protocols.v2._datatypes import fixed_dtype
 from loadonce.protocols.v2._schemas import RequestInput
@@ -23,8 +23,11 @@ BINARY_SIZE = "binary_data_size"
 _LENGTH_PREFIX = 4  # BYTES elements in binary: a 4-byte little-endian length, then the bytes
 
 
-def decode_inputs(inputs: Sequence[RequestInput], body: SplitBody) -> dict[str, npt.NDArray[Any]]:
-    """Each input as an array of its shape; BYTES elements as ``bytes`` objects."""
+def decode_inputs(
+    inputs: Sequence[RequestInput], body: SplitBody, *, max_element_bytes: int | None = None
+) -> dict[str, npt.NDArray[Any]]:
+    """Each input as an array of its shape; BYTES elements as ``bytes`` objects, none longer
+    than ``max_element_bytes`` (413)."""
     arrays: dict[str, npt.NDArray[Any]] = {}
     binary = body.binary
     offset = 0
@@ -34,6 +37,7 @@ def decode_inputs(inputs: Sequence[RequestInput], body: SplitBody) -> dict[str, 
         size = _binary_size(tensor)
         if size is None:
             arrays[tensor.name] = _from_json(tensor)
+            _check_elements(tensor.name, arrays[tensor.name], max_element_bytes)
             continue
         if not body.has_binary_header:
             raise InvalidInputError(
@@ -50,6 +54,7 @@ def decode_inputs(inputs: Sequence[RequestInput], body: SplitBody) -> dict[str, 
                 f"{len(binary) - offset} bytes of binary data are left in the body"
             )
         arrays[tensor.name] = _from_binary(tensor, binary[offset : offset + size])
+        _check_elements(tensor.name, arrays[tensor.name], max_element_bytes)
         offset += size
     if offset != len(binary):
         raise InvalidInputError(
@@ -57,6 +62,17 @@ def decode_inputs(inputs: Sequence[RequestInput], body: SplitBody) -> dict[str, 
             f"{BINARY_SIZE} add up to {offset}"
         )
     return arrays
+
+
+def _check_elements(name: str, array: npt.NDArray[Any], limit: int | None) -> None:
+    if limit is None or array.dtype != object:
+        return
+    for index, element in enumerate(array.flat):
+        if len(element) > limit:
+            raise RequestTooLargeError(
+                f"input '{name}': BYTES element {index} is {len(element)} bytes, over this "
+                f"server's max_element_bytes ({limit})"
+            )
 
 
 def _binary_size(tensor: RequestInput) -> int | None:

@@ -1,0 +1,210 @@
+"""API keys per route family, and request size limits, against a real server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+import loadonce
+from loadonce._limits import Limits
+from loadonce._security import AccessKeys
+from tests.servers import REPO_ROOT, ThreadedServer, cli_env, serving
+
+INFERENCE_KEY = "inference-key-0123456789"
+ADMIN_KEY = "admin-key-0123456789abcd"
+V2_INFER = {"inputs": [{"name": "input", "shape": [1], "datatype": "FP64", "data": [2.0]}]}
+
+
+def _specs() -> list[loadonce.ModelSpec]:
+    return [
+        loadonce.ModelSpec(
+            name="m", loader=lambda: lambda batch: [x * 2 for x in batch], input_shape=()
+        )
+    ]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ThreadedServer]:
+    access = AccessKeys(inference=(INFERENCE_KEY,), admin=(ADMIN_KEY,))
+    with ThreadedServer(loadonce.create_app(_specs(), access=access)) as running:
+        yield running
+
+
+ROUTES = {
+    "open": [("GET", "/livez"), ("GET", "/readyz"), ("GET", "/v2/health/ready")],
+    "inference": [
+        ("POST", "/models/m/predict"),
+        ("GET", "/models"),
+        ("POST", "/v2/models/m/infer"),
+        ("GET", "/v2/models/m"),
+        ("GET", "/v2/no/such/route"),
+    ],
+    # load of a loaded model reloads it: harmless to repeat
+    "admin": [("POST", "/v2/repository/models/m/load")],
+}
+
+
+def _call(
+    server: ThreadedServer, method: str, path: str, headers: dict[str, str]
+) -> httpx.Response:
+    body = {"inputs": [1.0]} if path.startswith("/models/m/predict") else V2_INFER
+    content = json.dumps(body).encode() if method == "POST" else None
+    return httpx.request(method, server.url + path, content=content, headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("who", "headers", "allowed"),
+    [
+        ("no key", {}, {"open"}),
+        ("unknown key", {"Authorization": "Bearer not-a-key-0123456789"}, {"open"}),
+        ("inference key", {"Authorization": f"Bearer {INFERENCE_KEY}"}, {"open", "inference"}),
+        ("inference key (X-API-Key)", {"X-API-Key": INFERENCE_KEY}, {"open", "inference"}),
+        ("admin key", {"Authorization": f"Bearer {ADMIN_KEY}"}, {"open", "inference", "admin"}),
+    ],
+)
+def test_each_route_family_against_each_key(
+    server: ThreadedServer, who: str, headers: dict[str, str], allowed: set[str]
+) -> None:
+    for family, routes in ROUTES.items():
+        for method, path in routes:
+            response = _call(server, method, path, headers)
+            if family in allowed:
+                assert response.status_code not in (401, 403), (who, path, response.text)
+                continue
+            expected = 403 if family == "admin" and "inference key" in who else 401
+            assert response.status_code == expected, (who, path, response.text)
+            body = response.json()
+            if path.startswith("/v2"):
+                assert set(body) == {"error"}
+            else:
+                assert set(body) == {"error", "request_id"}
+            assert INFERENCE_KEY not in response.text
+            assert ADMIN_KEY not in response.text
+            if expected == 401:
+                assert response.headers["www-authenticate"].startswith("Bearer")
+                assert "API key" in body["error"]
+            else:
+                assert "may not use admin routes" in body["error"]
+
+
+def test_admin_keys_alone_leave_inference_open_and_shut_admin_routes() -> None:
+    access = AccessKeys(admin=(ADMIN_KEY,))
+    with ThreadedServer(loadonce.create_app(_specs(), access=access)) as running:
+        assert (
+            httpx.post(f"{running.url}/models/m/predict", json={"inputs": [1.0]}).status_code == 200
+        )
+        assert httpx.post(f"{running.url}/v2/repository/models/m/unload").status_code == 401
+        unloaded = httpx.post(
+            f"{running.url}/v2/repository/models/m/unload",
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        )
+        assert unloaded.status_code == 200
+
+
+def test_inference_keys_alone_shut_admin_routes() -> None:
+    access = AccessKeys(inference=(INFERENCE_KEY,))
+    with ThreadedServer(loadonce.create_app(_specs(), access=access)) as running:
+        refused = httpx.post(
+            f"{running.url}/v2/repository/models/m/unload", headers={"X-API-Key": INFERENCE_KEY}
+        )
+        assert refused.status_code == 403
+
+
+def test_weak_keys_are_refused_without_showing_them() -> None:
+    with pytest.raises(loadonce.ConfigError) as refused:
+        AccessKeys(inference=("short",))
+    assert "short" not in str(refused.value)
+
+
+@pytest.fixture(scope="module")
+def limited() -> Iterator[ThreadedServer]:
+    specs = [
+        loadonce.ModelSpec(
+            name="m",
+            loader=lambda: lambda batch: [x * 2 for x in batch],
+            input_shape=(),
+            max_request_examples=4,
+        ),
+        loadonce.ModelSpec(name="text", loader=lambda: lambda batch: [len(x) for x in batch]),
+    ]
+    limits = Limits(max_body_bytes=2000, max_element_bytes=100)
+    with ThreadedServer(loadonce.create_app(specs, limits=limits)) as running:
+        yield running
+
+
+def test_an_oversized_body_is_413_before_it_is_read(limited: ThreadedServer) -> None:
+    big = json.dumps({"inputs": [1.0] * 1000})
+    response = httpx.post(f"{limited.url}/models/m/predict", content=big)
+    assert response.status_code == 413
+    assert "max_body_bytes" in response.json()["error"]
+    v2 = httpx.post(f"{limited.url}/v2/models/m/infer", content=big)
+    assert v2.status_code == 413
+    assert set(v2.json()) == {"error"}
+
+
+def test_an_oversized_body_without_a_length_is_413_too(limited: ThreadedServer) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"inputs": ['
+        for _ in range(500):
+            yield b"1.0, "
+        yield b"1.0]}"
+
+    response = httpx.post(f"{limited.url}/models/m/predict", content=chunks())
+    assert response.status_code == 413
+    assert "max_body_bytes" in response.json()["error"]
+
+
+def test_too_many_examples_is_413(limited: ThreadedServer) -> None:
+    response = httpx.post(f"{limited.url}/models/m/predict", json={"inputs": [1, 2, 3, 4, 5]})
+    assert response.status_code == 413
+    assert "at most 4 per request" in response.json()["error"]
+    assert httpx.post(f"{limited.url}/models/m/predict", json={"inputs": [1, 2]}).json()[
+        "outputs"
+    ] == [2.0, 4.0]
+
+
+def test_an_oversized_bytes_element_is_413(limited: ThreadedServer) -> None:
+    body = {"inputs": [{"name": "t", "shape": [2], "datatype": "BYTES", "data": ["ok", "x" * 101]}]}
+    response = httpx.post(f"{limited.url}/v2/models/text/infer", json=body)
+    assert response.status_code == 413
+    assert "element 1" in response.json()["error"]
+    body["inputs"][0]["data"] = ["ok", "x" * 100]
+    assert httpx.post(f"{limited.url}/v2/models/text/infer", json=body).status_code == 200
+
+
+def test_keys_from_the_environment_guard_the_cli_server_and_never_reach_the_log(
+    tmp_path: Path,
+) -> None:
+    env = cli_env(tmp_path, {"LOADONCE_API_KEYS": f"{INFERENCE_KEY}, other-key-0123456789"})
+    with serving(["--demo"], tmp_path, env=env) as server:
+        assert (
+            httpx.post(
+                f"{server.url}/models/iris/predict", json={"inputs": [1, 2, 3, 4]}
+            ).status_code
+            == 401
+        )
+        allowed = httpx.post(
+            f"{server.url}/models/iris/predict",
+            json={"inputs": [5.1, 3.5, 1.4, 0.2]},
+            headers={"Authorization": f"Bearer {INFERENCE_KEY}"},
+        )
+        assert allowed.json()["outputs"] == ["setosa"]
+    assert INFERENCE_KEY not in server.log()
+    short = cli_env(tmp_path, {"LOADONCE_API_KEYS": "tooshort"})
+    result = subprocess.run(
+        [sys.executable, "-m", "loadonce", "serve", "--demo"],
+        env=short,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "at least 16 characters" in result.stderr
+    assert "tooshort" not in result.stderr
