@@ -37,7 +37,12 @@ def server() -> Iterator[ThreadedServer]:
 
 
 ROUTES = {
-    "open": [("GET", "/livez"), ("GET", "/readyz"), ("GET", "/v2/health/ready")],
+    "open": [
+        ("GET", "/livez"),
+        ("GET", "/readyz"),
+        ("GET", "/v2/health/ready"),
+        ("GET", "/metrics"),  # open unless protect_metrics
+    ],
     "inference": [
         ("POST", "/models/m/predict"),
         ("GET", "/models"),
@@ -114,6 +119,16 @@ def test_inference_keys_alone_shut_admin_routes() -> None:
             f"{running.url}/v2/repository/models/m/unload", headers={"X-API-Key": INFERENCE_KEY}
         )
         assert refused.status_code == 403
+
+
+def test_protected_metrics_need_a_key_of_either_scope() -> None:
+    access = AccessKeys(inference=(INFERENCE_KEY,), admin=(ADMIN_KEY,), protect_metrics=True)
+    with ThreadedServer(loadonce.create_app(_specs(), access=access)) as running:
+        assert httpx.get(f"{running.url}/metrics").status_code == 401
+        for key in (INFERENCE_KEY, ADMIN_KEY):
+            scraped = httpx.get(f"{running.url}/metrics", headers={"X-API-Key": key})
+            assert scraped.status_code == 200
+            assert "loadonce_model_state" in scraped.text
 
 
 def test_weak_keys_are_refused_without_showing_them() -> None:

@@ -9,6 +9,8 @@ from fastapi import FastAPI
 from loadonce._health import health_router
 from loadonce._lifespan import LoadedHook, UserLifespan, lifespan
 from loadonce._limits import BodyLimitMiddleware, Limits
+from loadonce._metrics import STATE_KEY as METRICS_KEY
+from loadonce._metrics import Metrics, metrics_router
 from loadonce._registry import Registry
 from loadonce._security import AccessKeys, AccessMiddleware
 from loadonce._spec import ModelSpec
@@ -26,16 +28,23 @@ def create_app(
     model_control: bool = True,
     access: AccessKeys | None = None,
     limits: Limits | None = None,
+    metrics: bool = True,
 ) -> FastAPI:
     """The app ``loadonce serve`` runs: health probes, /models and predict routes, the Open
     Inference Protocol under /v2, /docs. ``model_control``: see ``v2_router``. ``access``:
     API keys per route family (none: every route open). ``limits``: request size limits."""
     limits = limits or Limits()
+    registry = models if isinstance(models, Registry) else Registry(models)
     app = FastAPI(
         title=title,
         version=__version__,
-        lifespan=lifespan(models, wrap=wrap, on_loaded=on_loaded),
+        lifespan=lifespan(registry, wrap=wrap, on_loaded=on_loaded),
     )
+    if metrics:
+        collected = Metrics()
+        setattr(app.state, METRICS_KEY, collected)
+        registry.observe(collected)
+        app.include_router(metrics_router(collected))
     app.include_router(health_router())
     app.include_router(models_router())
     app.include_router(v2_router(model_control=model_control, limits=limits))

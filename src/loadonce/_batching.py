@@ -31,6 +31,7 @@ from loadonce._errors import (
     QueueFullError,
     describe_exception,
 )
+from loadonce._observer import ModelObserver
 from loadonce.runtimes._base import Predictor
 
 logger = logging.getLogger("loadonce")
@@ -61,6 +62,7 @@ class Batcher:
     max_wait_s: float
     max_queue: int
     concurrent_batches: int
+    observer: ModelObserver | None = None
     _queue: deque[_Request] = field(default_factory=deque)
     _queued_examples: int = 0
     _in_flight: int = 0
@@ -142,6 +144,7 @@ class Batcher:
         request.future.add_done_callback(lambda _: self._forget(request))
         self._queue.append(request)
         self._queued_examples += count
+        self._queue_changed()
         self._idle.clear()
         self._wakeup.set()
         return request.future
@@ -153,7 +156,12 @@ class Batcher:
             self._queued_examples -= len(request.examples)
             with contextlib.suppress(ValueError):
                 self._queue.remove(request)
+            self._queue_changed()
             self._note_if_idle()
+
+    def _queue_changed(self) -> None:
+        if self.observer is not None:
+            self.observer.queue_changed(self.model, self._queued_examples)
 
     def _note_if_idle(self) -> None:
         if not self._queue and self._in_flight == 0:
@@ -205,6 +213,9 @@ class Batcher:
                 continue
             batch.append(request)
             size += len(request.examples)
+        self._queue_changed()
+        if batch and self.observer is not None:
+            self.observer.batch_dispatched(self.model, size)
         self._note_if_idle()
         return batch
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -25,6 +26,7 @@ from loadonce._errors import (
     RequestTooLargeError,
     describe_exception,
 )
+from loadonce._metrics import metrics_of
 
 logger = logging.getLogger("loadonce")
 
@@ -151,6 +153,18 @@ def response_for_exception(exc: Exception, request: Request, request_id: str) ->
     return error_response(status, message, request_id)
 
 
+def _observe(request: Request, route: str, status: int, seconds: float) -> None:
+    metrics = metrics_of(request)
+    if metrics is None:
+        return
+    params = request.path_params
+    name = params.get("name") or params.get("model_name") or ""
+    registry = getattr(request.app.state, "loadonce", None)
+    # Only declared names become label values: a client must not mint new time series.
+    model = name if registry is not None and name in registry else ""
+    metrics.request_done(model, route, status, seconds)
+
+
 class LoadonceRoute(APIRoute):
     """A route that answers its own errors, so mounting loadonce's routers in a user's app
     changes nothing about how the user's other routes answer theirs."""
@@ -163,14 +177,17 @@ class LoadonceRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def handle(request: Request) -> Response:
+            started = time.perf_counter()
             request_id = request_id_of(request)
             try:
                 response = await handler(request)
             except HTTPException:
                 raise  # the app's own handlers answer these, as everywhere else in the app
             except Exception as exc:
-                return self.error_for(exc, request, request_id)
-            response.headers.setdefault(REQUEST_ID_HEADER, request_id)
+                response = self.error_for(exc, request, request_id)
+            else:
+                response.headers.setdefault(REQUEST_ID_HEADER, request_id)
+            _observe(request, self.path, response.status_code, time.perf_counter() - started)
             return response
 
         return handle

@@ -1,4 +1,4 @@
-"""Measuring what a model's load cost this process: RSS and USS, read with psutil."""
+"""Measuring what a model's load cost this process: RSS, USS and PSS, read with psutil."""
 
 from __future__ import annotations
 
@@ -12,21 +12,26 @@ class MemorySample:
     """Resident set size and unique set size of this process, in bytes.
 
     USS is the memory only this process holds; it is what a second worker adds. RSS also counts
-    pages shared with other processes (libraries, page cache of mapped files).
+    pages shared with other processes (libraries, page cache of mapped files); PSS counts each
+    shared page divided by the number of processes sharing it.
     """
 
     rss: int
     uss: int
+    pss: int = 0
 
     def __sub__(self, other: MemorySample) -> MemorySample:
-        return MemorySample(rss=self.rss - other.rss, uss=self.uss - other.uss)
+        return MemorySample(
+            rss=self.rss - other.rss, uss=self.uss - other.uss, pss=self.pss - other.pss
+        )
 
 
 def sample_process_memory() -> MemorySample:
     # memory_full_info reads /proc/PID/smaps on Linux to compute USS; it takes milliseconds,
     # so it is called around loads, never on the request path.
     info = psutil.Process().memory_full_info()
-    return MemorySample(rss=int(info.rss), uss=int(info.uss))
+    # pss exists on Linux only.
+    return MemorySample(rss=int(info.rss), uss=int(info.uss), pss=int(getattr(info, "pss", 0)))
 
 
 def format_bytes(count: int) -> str:

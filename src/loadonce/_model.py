@@ -25,6 +25,7 @@ from loadonce._errors import (
 from loadonce._inputs import split_examples
 from loadonce._integrity import verify_sha256
 from loadonce._memory import MemorySample, format_bytes, sample_process_memory
+from loadonce._observer import ModelObserver
 from loadonce._spec import Concurrency, ModelSpec
 from loadonce.runtimes import resolve_runtime
 from loadonce.runtimes._base import InputSignature, Predictor, TensorInfo
@@ -69,6 +70,8 @@ class Model:
         self.wanted = True
         # One load, reload or unload at a time; predictions go on meanwhile.
         self._lifecycle = asyncio.Lock()
+        # Told of every change of state, queue and batch (the app's metrics), if set.
+        self.observer: ModelObserver | None = None
 
     @property
     def name(self) -> str:
@@ -112,13 +115,21 @@ class Model:
         """
         async with self._lifecycle:
             self.wanted = True
-            if self._executor is None:
-                await self._load_first()
-            else:
-                await self._reload()
+            try:
+                if self._executor is None:
+                    await self._load_first()
+                else:
+                    await self._reload()
+            finally:
+                self._notify()
+
+    def _notify(self) -> None:
+        if self.observer is not None:
+            self.observer.model_changed(self)
 
     async def _load_first(self) -> None:
         self.state = ModelState.LOADING
+        self._notify()
         self.error = None
         try:
             executor = await self._build_and_measure()
@@ -128,11 +139,12 @@ class Model:
             raise
         self._executor = executor
         assert self.concurrency is not None
-        self._batcher = _make_batcher(self.name, self.spec, self.concurrency, executor)
+        self._batcher = _make_batcher(self, executor)
         self.state = ModelState.READY
 
     async def _reload(self) -> None:
         self.state = ModelState.RELOADING
+        self._notify()
         try:
             executor = await self._build_and_measure()
         except ModelLoadError as failure:
@@ -142,7 +154,7 @@ class Model:
         old_batcher, old_executor = self._batcher, self._executor
         assert self.concurrency is not None
         self._executor = executor
-        self._batcher = _make_batcher(self.name, self.spec, self.concurrency, executor)
+        self._batcher = _make_batcher(self, executor)
         self.state = ModelState.READY
         await _retire(old_batcher, old_executor, self.name)
 
@@ -201,6 +213,7 @@ class Model:
             executor, self._executor = self._executor, None
             if self.state is not ModelState.FAILED:
                 self.state = ModelState.UNLOADED
+            self._notify()
             await _retire(batcher, executor, self.name)
 
     @property
@@ -292,7 +305,9 @@ async def _retire(batcher: Batcher | None, executor: Executor | None, name: str)
         await _close_all(executor.instances, name)
 
 
-def _make_batcher(name: str, spec: ModelSpec, policy: Concurrency, executor: Executor) -> Batcher:
+def _make_batcher(model: Model, executor: Executor) -> Batcher:
+    spec, policy = model.spec, model.concurrency
+    assert policy is not None
     if spec.batching is None:
         # One call per request, as many at once as the policy allows.
         max_batch_size, max_wait_s, concurrent = 1, 0.0, policy.size
@@ -302,7 +317,8 @@ def _make_batcher(name: str, spec: ModelSpec, policy: Concurrency, executor: Exe
         max_wait_s = batching.max_wait_ms / 1000
         concurrent = batching.concurrent_batches or (policy.size if policy.kind == "pool" else 1)
     batcher = Batcher(
-        model=name,
+        model=model.name,
+        observer=model.observer,
         executor=executor,
         max_batch_size=max_batch_size,
         max_wait_s=max_wait_s,

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from loadonce._errors import ConfigError, LoadonceError, ModelLoadError, ModelNotFoundError
 from loadonce._model import Model, ModelState
+from loadonce._observer import ModelObserver
 from loadonce._spec import ModelSpec
 
 logger = logging.getLogger("loadonce")
@@ -65,6 +66,11 @@ class Registry:
             return False
         wanted = [m for m in self._models.values() if m.wanted]
         return bool(wanted) and all(m.is_ready for m in wanted)
+
+    def observe(self, observer: ModelObserver) -> None:
+        """Have every model report its changes (state, queue, batches) to ``observer``."""
+        for model in self._models.values():
+            model.observer = observer
 
     def states(self) -> dict[str, ModelState]:
         return {name: model.state for name, model in self._models.items()}

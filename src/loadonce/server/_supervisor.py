@@ -16,12 +16,16 @@ import multiprocessing
 import os
 import signal
 import socket
+import tempfile
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
+from prometheus_client.multiprocess import mark_process_dead
+
+from loadonce._metrics import MULTIPROCESS_DIR
 from loadonce.server._logging import log_config
 from loadonce.server._settings import ServeConfig
 from loadonce.server._sockets import BindError, bind_without_listening, describe_address
@@ -57,6 +61,10 @@ class Supervisor:
         options = self.config.server
         logging.config.dictConfig(log_config(options.log_level))
         workers: list[_Worker] = []
+        # Every worker writes its metrics here, so that /metrics on any of them counts all.
+        # Spawned workers inherit the variable; the directory is removed when the server ends.
+        metrics_dir = tempfile.TemporaryDirectory(prefix="loadonce-metrics-")
+        os.environ[MULTIPROCESS_DIR] = metrics_dir.name
         try:
             self._socket = bind_without_listening(options.host, options.port)
             address = describe_address(self._socket)
@@ -85,6 +93,7 @@ class Supervisor:
             self._stop_all(workers)
             if self._socket is not None:
                 self._socket.close()
+            metrics_dir.cleanup()
 
     def _ask_to_stop(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True
@@ -142,6 +151,8 @@ class Supervisor:
                     worker.process.exitcode,
                 )
                 worker.gate.close()
+                # Its per-worker gauges (state, memory) leave /metrics with it.
+                mark_process_dead(worker.process.pid)  # type: ignore[no-untyped-call]
                 replacement = self._spawn()
                 workers[index] = replacement
                 self._wait_until_loaded([replacement])

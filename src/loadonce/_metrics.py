@@ -1,0 +1,156 @@
+"""Prometheus metrics (prometheus-client), for every worker of a server.
+
+With several worker processes, a scrape reaches one of them; prometheus-client's multiprocess
+mode has each worker write its values to files in ``PROMETHEUS_MULTIPROC_DIR`` (the supervisor
+creates it) and any worker's ``/metrics`` aggregates them all. Counters and histograms are
+summed over workers; the queue gauge is summed over live workers; per-worker gauges (load
+time, memory, state) carry a ``pid`` label. Without that variable (one worker, or a library
+app), values live in this process.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import anyio.to_thread
+from fastapi import APIRouter
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    values,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+from starlette.requests import Request
+from starlette.responses import Response
+
+if TYPE_CHECKING:
+    from loadonce._model import Model
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+STATE_KEY = "loadonce_metrics"
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_STATES = ("pending", "loading", "ready", "reloading", "unloaded", "failed")
+
+
+class Metrics:
+    """One app's metrics; also the ``ModelObserver`` its models report to."""
+
+    def __init__(self) -> None:
+        self.multiprocess = MULTIPROCESS_DIR in os.environ
+        if self.multiprocess:
+            # prometheus-client picks its value storage when first imported; the variable may
+            # have been set after that (a worker that imported loadonce first).
+            values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+        self._registry = None if self.multiprocess else CollectorRegistry()
+        registry = self._registry
+        self.requests = Counter(
+            "loadonce_requests",
+            "Requests answered, by model, route and HTTP status",
+            ["model", "route", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "loadonce_request_duration_seconds",
+            "Time from the request reaching the route to its answer",
+            ["model", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.queue = Gauge(
+            "loadonce_queue_examples",
+            "Examples waiting in the model's queue (all live workers)",
+            ["model"],
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "loadonce_batch_size_examples",
+            "Examples per predict call",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.load_seconds = Gauge(
+            "loadonce_model_load_seconds",
+            "Seconds the model's last load took in the worker",
+            ["model", "version"],
+            multiprocess_mode="liveall",
+            registry=registry,
+        )
+        self.memory = Gauge(
+            "loadonce_model_memory_bytes",
+            "Memory the model's last load added to the worker (kind: rss, uss, pss)",
+            ["model", "kind"],
+            multiprocess_mode="liveall",
+            registry=registry,
+        )
+        self.state = Gauge(
+            "loadonce_model_state",
+            "1 for the model's current state and version in the worker, 0 otherwise",
+            ["model", "version", "state"],
+            multiprocess_mode="liveall",
+            registry=registry,
+        )
+        self._versions: dict[str, str] = {}
+
+    def request_done(self, model: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(model, route, str(status)).inc()
+        self.latency.labels(model, route).observe(seconds)
+
+    def queue_changed(self, model: str, queued_examples: int) -> None:
+        self.queue.labels(model).set(queued_examples)
+
+    def batch_dispatched(self, model: str, examples: int) -> None:
+        self.batch_size.labels(model).observe(examples)
+
+    def model_changed(self, model: Model) -> None:
+        previous = self._versions.get(model.name)
+        if previous is not None and previous != model.version:
+            for state in _STATES:
+                self.state.labels(model.name, previous, state).set(0)
+        self._versions[model.name] = model.version
+        for state in _STATES:
+            current = 1 if model.state.value == state else 0
+            self.state.labels(model.name, model.version, state).set(current)
+        if model.load_seconds is not None:
+            self.load_seconds.labels(model.name, model.version).set(model.load_seconds)
+        memory = model.load_memory
+        if memory is not None:
+            for kind, value in (("rss", memory.rss), ("uss", memory.uss), ("pss", memory.pss)):
+                self.memory.labels(model.name, kind).set(value)
+
+    def render(self) -> bytes:
+        if self._registry is not None:
+            return generate_latest(self._registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+
+def metrics_of(request: Request) -> Metrics | None:
+    metrics = getattr(request.app.state, STATE_KEY, None)
+    return metrics if isinstance(metrics, Metrics) else None
+
+
+def metrics_router(metrics: Metrics) -> APIRouter:
+    """``GET /metrics`` in the Prometheus text format."""
+    router = APIRouter(tags=["operations"])
+
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics of every worker",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    )
+    async def prometheus_metrics() -> Response:
+        # Off the loop: in multiprocess mode it reads every worker's files.
+        body = await anyio.to_thread.run_sync(metrics.render)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    return router

@@ -1,0 +1,92 @@
+"""GET /metrics: Prometheus text, counted across every worker of the server."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx2 as httpx
+from fastapi.testclient import TestClient
+
+import loadonce
+from tests.servers import cli_env, serving
+
+
+def _samples(text: str, name: str) -> dict[str, float]:
+    """{label set: value} of one metric's samples."""
+    found = {}
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{name}(\{{.*\}})? (\S+)", line)
+        if match:
+            found[match.group(1) or ""] = float(match.group(2))
+    return found
+
+
+def test_one_worker_metrics_count_requests_batches_and_model_facts() -> None:
+    spec = loadonce.ModelSpec(
+        name="m",
+        loader=lambda: lambda batch: [x * 2 for x in batch],
+        input_shape=(),
+        version="5",
+        batching=loadonce.Batching(max_batch_size=8),
+    )
+    with TestClient(loadonce.create_app([spec])) as client:
+        for _ in range(3):
+            assert client.post("/models/m/predict", json={"inputs": [1, 2, 3]}).status_code == 200
+        assert client.post("/models/m/predict", json={"inputs": "x"}).status_code == 400
+        assert client.post("/models/nope-1/predict", json={"inputs": [1]}).status_code == 404
+        response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    requests = _samples(text, "loadonce_requests_total")
+    assert requests['{model="m",route="/models/{name}/predict",status="200"}'] == 3
+    assert requests['{model="m",route="/models/{name}/predict",status="400"}'] == 1
+    # An unknown name is not a label value: clients cannot mint time series.
+    assert requests['{model="",route="/models/{name}/predict",status="404"}'] == 1
+    latency = _samples(text, "loadonce_request_duration_seconds_count")
+    assert latency['{model="m",route="/models/{name}/predict"}'] == 4
+    batches = _samples(text, "loadonce_batch_size_examples_sum")
+    # Three batches of three, and the invalid one (checked in the worker thread, after dispatch).
+    assert batches['{model="m"}'] == 10
+    states = _samples(text, "loadonce_model_state")
+    assert states['{model="m",state="ready",version="5"}'] == 1
+    assert states['{model="m",state="loading",version="5"}'] == 0
+    assert _samples(text, "loadonce_model_load_seconds")['{model="m",version="5"}'] >= 0
+    assert {'{kind="rss",model="m"}', '{kind="uss",model="m"}', '{kind="pss",model="m"}'} <= set(
+        _samples(text, "loadonce_model_memory_bytes")
+    )
+    assert _samples(text, "loadonce_queue_examples")['{model="m"}'] == 0
+
+
+def test_two_workers_are_counted_together(tmp_path: Path) -> None:
+    config = tmp_path / "loadonce.toml"
+    config.write_text(
+        """
+[server]
+workers = 2
+
+[[models]]
+name = "echo"
+loader = "tests.loaders:echo"
+concurrency = "shared"
+"""
+    )
+    with serving([str(config)], tmp_path, env=cli_env(tmp_path)) as server:
+        pids = set()
+        for i in range(40):
+            # A new connection each time, so the kernel may hand it to either worker.
+            response = httpx.post(f"{server.url}/models/echo/predict", json={"inputs": [i]})
+            pids.add(response.json()["outputs"][0]["pid"])
+        assert len(pids) == 2, "both workers answered"
+        for _ in range(4):
+            text = httpx.get(f"{server.url}/metrics").text
+            requests = _samples(text, "loadonce_requests_total")
+            # Whichever worker answers the scrape, it counts both workers' requests.
+            assert requests['{model="echo",route="/models/{name}/predict",status="200"}'] == 40
+            states = _samples(text, "loadonce_model_state")
+            ready = [k for k, v in states.items() if 'state="ready"' in k and v == 1]
+            assert len(ready) == 2, "one ready series per worker (pid label)"
+            assert {re.search(r'pid="(\d+)"', k).group(1) for k in ready} == {  # type: ignore[union-attr]
+                str(pid) for pid in pids
+            }
