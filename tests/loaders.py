@@ -110,3 +110,17 @@ def slow_to_load() -> Echo:
     """Takes 0.8 s to load, long enough to send requests while it reloads."""
     time.sleep(0.8)
     return Echo()
+
+
+class Constant:
+    """Answers the number written in its artifact, with the worker's pid."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
+        return [{"value": self.value, "pid": os.getpid()} for _ in batch]
+
+
+def constant_from_file(path: Path) -> Constant:
+    return Constant(float(Path(path).read_text()))

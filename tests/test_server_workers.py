@@ -54,13 +54,15 @@ concurrency = "shared"
         assert all(count == 1 for count in seen_by_models.values())
         assert [int(line) for line in load_log.read_text().split()] == loader_pids
 
-        # An unload would reach one worker of two: the repository API refuses to act.
-        extensions = httpx.get(f"{server.url}/v2").json()["extensions"]
-        assert "model_repository" not in extensions
-        refused = httpx.post(f"{server.url}/v2/repository/models/echo/unload")
-        assert refused.status_code == 400
-        assert "model control is off" in refused.json()["error"]
-        assert httpx.get(f"{server.url}/v2/models/echo/ready").status_code == 200
+        # An unload asked of one worker reaches both: no worker is left serving the model.
+        assert httpx.post(f"{server.url}/v2/repository/models/echo/unload").status_code == 200
+        for _ in range(10):
+            assert httpx.get(f"{server.url}/v2/models/echo/ready").status_code == 503
+        assert httpx.post(f"{server.url}/v2/repository/models/echo/load").status_code == 200
+        for _ in range(10):
+            assert httpx.get(f"{server.url}/v2/models/echo/ready").status_code == 200
+        reloaded = [int(line) for line in load_log.read_text().split()][2:]
+        assert sorted(reloaded) == sorted(loader_pids), "loaded again once in each worker"
     assert "each worker process loads its own copy" in server.log()
     for pid in loader_pids:
         assert f"model 'echo' version 1 loaded in worker pid {pid}" in server.log()

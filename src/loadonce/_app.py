@@ -6,6 +6,9 @@ from collections.abc import Iterable
 
 from fastapi import FastAPI
 
+from loadonce._admin import admin_router
+from loadonce._control import STATE_KEY as CONTROL_KEY
+from loadonce._control import LocalControl, ModelControl
 from loadonce._health import health_router
 from loadonce._lifespan import LoadedHook, UserLifespan, lifespan
 from loadonce._limits import BodyLimitMiddleware, Limits
@@ -29,10 +32,12 @@ def create_app(
     access: AccessKeys | None = None,
     limits: Limits | None = None,
     metrics: bool = True,
+    control: ModelControl | None = None,
 ) -> FastAPI:
     """The app ``loadonce serve`` runs: health probes, /models and predict routes, the Open
     Inference Protocol under /v2, /docs. ``model_control``: see ``v2_router``. ``access``:
-    API keys per route family (none: every route open). ``limits``: request size limits."""
+    API keys per route family (none: every route open). ``limits``: request size limits.
+    ``control``: how load, unload and reload reach every worker (default: this process)."""
     limits = limits or Limits()
     registry = models if isinstance(models, Registry) else Registry(models)
     app = FastAPI(
@@ -40,6 +45,8 @@ def create_app(
         version=__version__,
         lifespan=lifespan(registry, wrap=wrap, on_loaded=on_loaded),
     )
+    setattr(app.state, CONTROL_KEY, control or LocalControl(registry))
+    app.include_router(admin_router())
     if metrics:
         collected = Metrics()
         setattr(app.state, METRICS_KEY, collected)

@@ -97,6 +97,14 @@ class Metrics:
             multiprocess_mode="liveall",
             registry=registry,
         )
+        self.load_failed = Gauge(
+            "loadonce_model_load_failed",
+            "1 when the model's last load or reload failed in the worker (a failed reload "
+            "leaves the loaded version serving)",
+            ["model"],
+            multiprocess_mode="liveall",
+            registry=registry,
+        )
         self._versions: dict[str, str] = {}
 
     def request_done(self, model: str, route: str, status: int, seconds: float) -> None:
@@ -118,6 +126,7 @@ class Metrics:
         for state in _STATES:
             current = 1 if model.state.value == state else 0
             self.state.labels(model.name, model.version, state).set(current)
+        self.load_failed.labels(model.name).set(1 if model.error else 0)
         if model.load_seconds is not None:
             self.load_seconds.labels(model.name, model.version).set(model.load_seconds)
         memory = model.load_memory

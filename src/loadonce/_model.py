@@ -106,20 +106,25 @@ class Model:
         """Whether it answers predictions now (while a reload builds its successor, it does)."""
         return self.state in _SERVING
 
-    async def load(self) -> None:
+    async def load(self, spec: ModelSpec | None = None) -> None:
         """Load (all pool instances of) the model in a thread, warm it up, then mark it ready.
 
         If it is loaded already, this is a reload: the new instances load and warm up while
         the current ones go on serving, then take over; the old ones finish what they were
-        given before they close. A failed reload leaves the current instances serving.
+        given before they close. A failed reload leaves the current instances serving (and
+        its message in ``error``). ``spec``: load this one instead (a new artifact or
+        version of the same model); it becomes the model's spec only if it loads.
         """
         async with self._lifecycle:
             self.wanted = True
+            candidate = spec or self.spec
+            if candidate.name != self.name:
+                raise ValueError(f"a spec named '{candidate.name}' cannot replace '{self.name}'")
             try:
                 if self._executor is None:
-                    await self._load_first()
+                    await self._load_first(candidate)
                 else:
-                    await self._reload()
+                    await self._reload(candidate)
             finally:
                 self._notify()
 
@@ -127,50 +132,52 @@ class Model:
         if self.observer is not None:
             self.observer.model_changed(self)
 
-    async def _load_first(self) -> None:
+    async def _load_first(self, spec: ModelSpec) -> None:
         self.state = ModelState.LOADING
         self._notify()
         self.error = None
         try:
-            executor = await self._build_and_measure()
+            executor = await self._build_and_measure(spec)
         except ModelLoadError as failure:
             self.state = ModelState.FAILED
             self.error = str(failure)
             raise
         self._executor = executor
-        assert self.concurrency is not None
         self._batcher = _make_batcher(self, executor)
         self.state = ModelState.READY
 
-    async def _reload(self) -> None:
+    async def _reload(self, spec: ModelSpec) -> None:
         self.state = ModelState.RELOADING
         self._notify()
         try:
-            executor = await self._build_and_measure()
+            executor = await self._build_and_measure(spec)
         except ModelLoadError as failure:
             self.state = ModelState.READY
-            logger.error("%s; the instances loaded before go on serving", failure)
+            self.error = f"{failure}; version {self.version} loaded before goes on serving"
+            logger.error("%s", self.error)
             raise
+        self.error = None
         old_batcher, old_executor = self._batcher, self._executor
-        assert self.concurrency is not None
         self._executor = executor
         self._batcher = _make_batcher(self, executor)
         self.state = ModelState.READY
         await _retire(old_batcher, old_executor, self.name)
 
-    async def _build_and_measure(self) -> Executor:
-        """Load and warm up every instance; record and log the time and memory it took."""
+    async def _build_and_measure(self, spec: ModelSpec) -> Executor:
+        """Load and warm up every instance of ``spec``; on success it becomes the model's
+        spec, and the time and memory it took are recorded and logged."""
         self.worker_pid = os.getpid()
         before = sample_process_memory()
         started = time.perf_counter()
         instances: list[Predictor] = []
         try:
-            executor = await self._build_executor(instances)
-            if self.spec.warmup is not None:
-                await self._warm_up(executor.instances)
+            executor, runtime_name, policy = await self._build_executor(spec, instances)
+            if spec.warmup is not None:
+                await self._warm_up(spec, executor.instances)
         except Exception as exc:
             await _close_all(instances, self.name)
-            raise ModelLoadError(self.name, self.spec.source, exc) from exc
+            raise ModelLoadError(self.name, spec.source, exc) from exc
+        self.spec, self.runtime_name, self.concurrency = spec, runtime_name, policy
         self.load_seconds = time.perf_counter() - started
         self.load_memory = sample_process_memory() - before
         self.loaded_at = time.time()
@@ -190,17 +197,16 @@ class Model:
         )
         return executor
 
-    async def _build_executor(self, instances: list[Predictor]) -> Executor:
-        spec = self.spec
+    async def _build_executor(
+        self, spec: ModelSpec, instances: list[Predictor]
+    ) -> tuple[Executor, str, Concurrency]:
         if spec.sha256 is not None and spec.artifact is not None:
             await anyio.to_thread.run_sync(verify_sha256, spec.artifact, spec.sha256)
         runtime = resolve_runtime(spec)
-        self.runtime_name = runtime.name
         policy = spec.concurrency or Concurrency.parse(runtime.default_concurrency)
-        self.concurrency = policy
         for _ in range(instances_needed(policy)):
             instances.append(await anyio.to_thread.run_sync(runtime.load, spec))
-        return make_executor(policy, instances, name=self.name)
+        return make_executor(policy, instances, name=self.name), runtime.name, policy
 
     async def unload(self, *, on_request: bool = False) -> None:
         """Let queued and running requests finish, then release the model's instances (their
@@ -283,10 +289,10 @@ class Model:
         except TimeoutError:
             raise DeadlineExceededError(self.name, deadline_s) from None
 
-    async def _warm_up(self, instances: Sequence[Predictor]) -> None:
+    async def _warm_up(self, spec: ModelSpec, instances: Sequence[Predictor]) -> None:
         """Run the warm-up input through every instance (each pool slot has its own caches),
         by the same prepare-and-predict path as requests."""
-        examples = split_examples(self.spec.warmup, instances[0].signature)
+        examples = split_examples(spec.warmup, instances[0].signature)
         for instance in instances:
             [outcome] = await anyio.to_thread.run_sync(run_batch, instance, [examples])
             if outcome.error is not None:

@@ -33,9 +33,15 @@ def check_model_specs(specs: Iterable[ModelSpec]) -> list[ModelSpec]:
 class Registry:
     """The models of one app in one worker process, in the order they were declared."""
 
-    def __init__(self, specs: Iterable[ModelSpec]) -> None:
+    def __init__(self, specs: Iterable[ModelSpec], *, unloaded: Iterable[str] = ()) -> None:
+        """``unloaded``: models to leave unloaded, as an operator left them (a worker that
+        replaces one that died follows the others)."""
         specs = check_model_specs(specs)
         self._models = {spec.name: Model(spec) for spec in specs}
+        for name in unloaded:
+            model = self.get(name)
+            model.wanted = False
+            model.state = ModelState.UNLOADED
         # Why this app's startup failed, as one line for the log (None while all is well).
         self.failure: LoadonceError | None = None
         # Set when the server was told to stop: it finishes what it accepted, but is not ready.
@@ -86,6 +92,8 @@ class Registry:
         )
         loaded: list[Model] = []
         for model in self._models.values():
+            if not model.wanted:
+                continue
             try:
                 await model.load()
             except ModelLoadError as failure:

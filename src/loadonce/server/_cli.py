@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import click
 
@@ -83,3 +88,81 @@ def serve(
     if config.server.workers == 1:
         sys.exit(serve_single_worker(config))
     sys.exit(Supervisor(config).run())
+
+
+@main.command()
+@click.argument("name")
+@click.option(
+    "--artifact",
+    type=click.Path(dir_okay=True, path_type=Path),
+    help="Load this artifact instead (made absolute here; the server must see the same path).",
+)
+@click.option("--version", "version", help="Serve it as this version.")
+@click.option("--sha256", help="The new artifact's sha256, if the model is pinned.")
+@click.option(
+    "--url",
+    default="http://127.0.0.1:8000",
+    envvar="LOADONCE_URL",
+    show_default=True,
+    help="The running server.",
+)
+@click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait.")
+def reload(
+    name: str,
+    artifact: Path | None,
+    version: str | None,
+    sha256: str | None,
+    url: str,
+    timeout: float,
+) -> None:
+    """Reload model NAME in every worker of a running server, without a pause in service.
+
+    The loaded version serves until the new one is loaded and warm; if the new one fails to
+    load, the loaded one goes on serving and this command exits 1. An admin key, when the
+    server needs one, is read from LOADONCE_ADMIN_KEY.
+    """
+    if not url.startswith(("http://", "https://")):
+        click.echo(f"loadonce: error: --url must be http:// or https://, got {url!r}", err=True)
+        sys.exit(USAGE_ERROR)
+    body: dict[str, str] = {}
+    if artifact is not None:
+        body["artifact"] = str(artifact.resolve())
+    if version is not None:
+        body["version"] = version
+    if sha256 is not None:
+        body["sha256"] = sha256
+    request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
+        f"{url.rstrip('/')}/admin/models/{name}/reload",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    key = os.environ.get("LOADONCE_ADMIN_KEY")
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as failure:
+        answer = _error_body(failure)
+        if "workers" not in answer:
+            click.echo(f"loadonce: reload failed ({failure.code}): {answer['error']}", err=True)
+            sys.exit(1)
+    except (urllib.error.URLError, OSError) as failure:
+        click.echo(f"loadonce: cannot reach {url}: {failure}", err=True)
+        sys.exit(USAGE_ERROR)
+    for worker in answer["workers"]:
+        status = "ok" if worker["ok"] else f"FAILED: {worker['error']}"
+        click.echo(f"worker pid {worker['pid']}: version {worker['version'] or '?'} {status}")
+    if not answer["ok"]:
+        click.echo(f"loadonce: model '{name}' was not reloaded everywhere", err=True)
+        sys.exit(1)
+    click.echo(f"model '{name}' reloaded in {len(answer['workers'])} worker(s)")
+
+
+def _error_body(failure: urllib.error.HTTPError) -> dict[str, object]:
+    try:
+        body = json.loads(failure.read())
+    except ValueError:
+        return {"error": failure.reason}
+    return body if isinstance(body, dict) and "error" in body else {"error": failure.reason}

@@ -64,6 +64,8 @@ class ServeConfig(BaseModel):
 
     server: ServerOptions
     models: list[ModelSpec]
+    # Models an operator unloaded while the server ran: a replacement worker leaves them so.
+    unloaded: list[str] = Field(default_factory=list)
 
 
 def resolve_server_options(

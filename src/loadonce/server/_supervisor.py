@@ -18,14 +18,18 @@ import signal
 import socket
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import Any
 
 from prometheus_client.multiprocess import mark_process_dead
 
+from loadonce._control import ControlRequest, WorkerOutcome, changed_spec
 from loadonce._metrics import MULTIPROCESS_DIR
+from loadonce.server._control_channel import APPLIED, APPLY, CONTROL, RESULT
 from loadonce.server._logging import log_config
 from loadonce.server._settings import ServeConfig
 from loadonce.server._sockets import BindError, bind_without_listening, describe_address
@@ -50,12 +54,18 @@ class _StartupFailedError(Exception):
     pass
 
 
+def _not_attempted(worker: _Worker, why: str) -> WorkerOutcome:
+    return WorkerOutcome(pid=worker.process.pid or 0, ok=False, version="", state="", error=why)
+
+
 class Supervisor:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self._context = multiprocessing.get_context("spawn")
         self._stopping = False
         self._socket: socket.socket | None = None
+        # Control requests (load, unload, reload) waiting for their turn: (origin, message).
+        self._controls: deque[tuple[_Worker, tuple[Any, ...]]] = deque()
 
     def run(self) -> int:
         options = self.config.server
@@ -141,7 +151,8 @@ class Supervisor:
     def _supervise(self, workers: list[_Worker]) -> None:
         """Replace a worker that dies while serving; a replacement that cannot load stops all."""
         while not self._stopping:
-            wait([w.process.sentinel for w in workers], _POLL_SECONDS)
+            wait([w.process.sentinel for w in workers] + [w.gate for w in workers], _POLL_SECONDS)
+            self._serve_controls(workers)
             for index, worker in enumerate(workers):
                 if worker.process.is_alive() or self._stopping:
                     continue
@@ -158,6 +169,83 @@ class Supervisor:
                 self._wait_until_loaded([replacement])
                 if not self._stopping:
                     self._release(replacement)
+
+    def _serve_controls(self, workers: list[_Worker]) -> None:
+        """Run the control requests workers sent, one at a time, and answer each origin."""
+        for worker in workers:
+            if worker.serving:
+                self._read_controls(worker, operation=None)
+        while self._controls and not self._stopping:
+            origin, (_, operation, request) = self._controls.popleft()
+            outcomes = self._run_control(workers, operation, request)
+            with contextlib.suppress(OSError):  # the worker that asked may have died since
+                origin.gate.send((RESULT, operation, outcomes))
+
+    def _read_controls(self, worker: _Worker, operation: str | None) -> WorkerOutcome | None:
+        """Queue the control requests waiting on a worker's pipe; return the outcome of
+        ``operation`` if it is among the messages."""
+        found: WorkerOutcome | None = None
+        try:
+            while worker.gate.poll():
+                message = worker.gate.recv()
+                if message[0] == CONTROL:
+                    self._controls.append((worker, message))
+                elif message[0] == APPLIED and message[1] == operation:
+                    found = message[2]
+        except (EOFError, OSError):
+            pass  # a dead worker: the supervise loop replaces it
+        return found
+
+    def _run_control(
+        self, workers: list[_Worker], operation: str, request: ControlRequest
+    ) -> list[WorkerOutcome]:
+        """Apply in each serving worker in turn; a failed load stops the round."""
+        outcomes: list[WorkerOutcome] = []
+        targets = [w for w in workers if w.serving and w.process.is_alive()]
+        for worker in targets:
+            if outcomes and not outcomes[-1].ok and request.action == "load":
+                outcomes.append(_not_attempted(worker, "not tried: an earlier worker failed"))
+                continue
+            try:
+                worker.gate.send((APPLY, operation, request))
+            except OSError:
+                outcomes.append(_not_attempted(worker, "the worker exited"))
+                continue
+            outcomes.append(self._await_applied(worker, operation))
+        if outcomes and all(o.ok for o in outcomes):
+            self._remember(request)
+        logger.info(
+            "%s of model '%s' in %d workers: %s",
+            "unload" if request.action == "unload" else "load",
+            request.model,
+            len(outcomes),
+            "done" if all(o.ok for o in outcomes) else "FAILED (see the workers' log lines)",
+        )
+        return outcomes
+
+    def _await_applied(self, worker: _Worker, operation: str) -> WorkerOutcome:
+        while not self._stopping:
+            wait([worker.gate, worker.process.sentinel], _POLL_SECONDS)
+            outcome = self._read_controls(worker, operation)
+            if outcome is not None:
+                return outcome
+            if not worker.process.is_alive():
+                return _not_attempted(worker, "the worker exited while applying it")
+        return _not_attempted(worker, "the server is stopping")
+
+    def _remember(self, request: ControlRequest) -> None:
+        """Keep what every worker now serves as the config that replacements start from."""
+        config = self.config
+        unloaded = [name for name in config.unloaded if name != request.model]
+        models = config.models
+        if request.action == "unload":
+            unloaded.append(request.model)
+        elif request.changes:
+            models = [
+                changed_spec(spec, request) if spec.name == request.model else spec
+                for spec in models
+            ]
+        self.config = config.model_copy(update={"models": models, "unloaded": unloaded})
 
     def _stop_all(self, workers: list[_Worker]) -> None:
         for worker in workers:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import logging.config
@@ -17,8 +18,10 @@ import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from loadonce._app import create_app
+from loadonce._control import ModelControl
 from loadonce._errors import LoadonceError
 from loadonce._registry import Registry
+from loadonce.server._control_channel import SupervisedControl
 from loadonce.server._logging import log_config
 from loadonce.server._settings import ServeConfig
 from loadonce.server._sockets import BindError, bind_without_listening, describe_address
@@ -74,19 +77,18 @@ def run_worker(
     *,
     sockets: list[socket.socket] | None = None,
     on_loaded: Callable[[Registry], Awaitable[None]] | None = None,
+    make_control: Callable[[Registry], ModelControl] | None = None,
 ) -> tuple[bool, str | None]:
     """Serve until shutdown. Returns (started, failure line); the line is None after a clean run
     and names the model, source and cause when a model failed to load."""
     options = config.server
-    registry = Registry(config.models)
-    # Loading and unloading through the model repository API acts on the worker that gets
-    # the request; with several workers the others would not follow, so it is turned off.
+    registry = Registry(config.models, unloaded=config.unloaded)
     app = create_app(
         registry,
         on_loaded=on_loaded,
-        model_control=options.workers == 1,
         access=options.access(),
         limits=options.limits(),
+        control=None if make_control is None else make_control(registry),
     )
     uvicorn_config = uvicorn.Config(
         _OneLineStartupFailure(app, registry),
@@ -149,6 +151,12 @@ def worker_process_main(config: ServeConfig, sock: socket.socket, gate: Connecti
     no worker accepts a connection until every worker has loaded every model.
     """
 
+    controls: list[SupervisedControl] = []
+
+    def make_control(registry: Registry) -> SupervisedControl:
+        controls.append(SupervisedControl(gate, registry))
+        return controls[0]
+
     async def wait_for_go(registry: Registry) -> None:
         gate.send(("loaded", os.getpid()))
         try:
@@ -158,8 +166,12 @@ def worker_process_main(config: ServeConfig, sock: socket.socket, gate: Connecti
         if reply != GO:
             registry.failure = LoadonceError("stopped before serving: another worker failed")
             raise registry.failure
+        # From now on the pipe carries model control (load, unload, reload) both ways.
+        controls[0].start(asyncio.get_running_loop())
 
-    started, failure = run_worker(config, sockets=[sock], on_loaded=wait_for_go)
+    started, failure = run_worker(
+        config, sockets=[sock], on_loaded=wait_for_go, make_control=make_control
+    )
     if not started:
         with contextlib.suppress(OSError):  # a supervisor that is gone needs no report
             gate.send(("failed", failure))

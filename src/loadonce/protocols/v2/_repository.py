@@ -2,8 +2,9 @@
 
 Only the models declared at startup can be loaded: a load request names one of them, loads
 it again if it is loaded (a reload: the loaded instances serve until the new ones are
-warm), or loads it back after an unload. Triton's ``config`` and ``file:`` overrides, which
-would load something else than what was declared, are refused.
+warm), or loads it back after an unload. Both go through the app's model control, so with
+several workers every worker follows (``loadonce._control``). Triton's ``config`` and
+``file:`` overrides, which would load something else than what was declared, are refused.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from loadonce._admin import control_of
+from loadonce._control import ControlRequest, WorkerOutcome
 from loadonce._dependencies import registry_of
-from loadonce._errors import InvalidInputError, ModelLoadError
+from loadonce._errors import InvalidInputError
 from loadonce._model import Model, ModelState
 from loadonce.protocols.v2._errors import v2_error
 from loadonce.protocols.v2._schemas import (
@@ -70,10 +73,10 @@ def add_repository_routes(router: APIRouter, *, model_control: bool) -> None:
                 f"loading with {', '.join(overrides)} is not supported: loadonce loads a model "
                 "as it was declared at startup; change the configuration and restart instead"
             )
-        try:
-            await model.load()
-        except ModelLoadError as failure:
-            return v2_error(400, str(failure))
+        outcomes = await control_of(request).apply(ControlRequest(action="load", model=model.name))
+        failed = _failures(outcomes)
+        if failed:
+            return v2_error(400, failed)
         return JSONResponse({"name": model.name, "load": True})
 
     @router.post(
@@ -87,8 +90,17 @@ def add_repository_routes(router: APIRouter, *, model_control: bool) -> None:
         if not model_control:
             return _control_off()
         # unload_dependents is accepted and has nothing to act on: no model depends on another.
-        await model.unload(on_request=True)
+        outcomes = await control_of(request).apply(
+            ControlRequest(action="unload", model=model.name)
+        )
+        failed = _failures(outcomes)
+        if failed:
+            return v2_error(400, failed)
         return JSONResponse({"name": model.name, "unload": True})
+
+
+def _failures(outcomes: list[WorkerOutcome]) -> str:
+    return "; ".join(f"worker pid {o.pid}: {o.error}" for o in outcomes if not o.ok)
 
 
 def _entry(model: Model) -> RepositoryModel:
@@ -118,9 +130,4 @@ def _parse(schema: type[_Body], raw: bytes) -> _Body:
 
 
 def _control_off() -> Response:
-    return v2_error(
-        400,
-        "model control is off: with several worker processes (--workers), a load or unload "
-        "would reach only one of them. Run one worker per process group (one per pod) to "
-        "control models through this API",
-    )
+    return v2_error(400, "model control is off in this app (v2_router(model_control=False))")

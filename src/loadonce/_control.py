@@ -1,0 +1,119 @@
+"""Model control: load, unload and reload a declared model while the server runs.
+
+A request (``ControlRequest``) is applied in every worker process of the server, each
+reporting a ``WorkerOutcome``. ``LocalControl`` applies it in this process (one worker, or a
+library app); ``loadonce serve --workers N`` replaces it with a control that goes through the
+supervisor, which hands the request to every worker and gathers their outcomes
+(``server/_control_channel.py``). The admin route and the Open Inference Protocol's
+repository routes both call ``app.state.loadonce_control``, so they behave the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import ValidationError
+
+from loadonce._errors import InvalidInputError, ModelLoadError
+from loadonce._registry import Registry
+from loadonce._spec import ModelSpec
+
+STATE_KEY = "loadonce_control"
+Action = Literal["load", "unload"]
+
+
+@dataclass(frozen=True)
+class ControlRequest:
+    """``load`` loads a model, or reloads it if it is loaded; ``artifact``, ``version`` and
+    ``sha256`` load a changed spec instead of the current one. ``unload`` unloads it."""
+
+    action: Action
+    model: str
+    artifact: str | None = None
+    version: str | None = None
+    sha256: str | None = None
+
+    @property
+    def changes(self) -> dict[str, Any]:
+        changed: dict[str, Any] = {}
+        if self.artifact is not None:
+            changed["artifact"] = Path(self.artifact)
+        if self.version is not None:
+            changed["version"] = self.version
+        if self.sha256 is not None:
+            changed["sha256"] = self.sha256
+        return changed
+
+
+@dataclass(frozen=True)
+class WorkerOutcome:
+    pid: int
+    ok: bool
+    version: str
+    state: str
+    error: str | None = None
+
+
+def changed_spec(spec: ModelSpec, request: ControlRequest) -> ModelSpec:
+    """The spec with the request's changes, validated as a declared one is; a new artifact must
+    be an absolute path (the server may not run where the caller does)."""
+    changes = request.changes
+    if not changes:
+        return spec
+    artifact = changes.get("artifact")
+    if artifact is not None and not artifact.is_absolute():
+        raise InvalidInputError(f"artifact must be an absolute path; got '{artifact}'")
+    if artifact is not None and spec.artifact is None:
+        raise InvalidInputError(f"model '{spec.name}' is loaded by a loader, not an artifact")
+    if artifact is not None and "sha256" not in changes and spec.sha256 is not None:
+        raise InvalidInputError(
+            f"model '{spec.name}' is pinned by sha256: give the new artifact's sha256 as well"
+        )
+    fields = {name: getattr(spec, name) for name in type(spec).model_fields}
+    try:
+        return ModelSpec.model_validate({**fields, **changes})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidInputError(f"invalid change to model '{spec.name}': {problems}") from None
+
+
+async def apply_locally(registry: Registry, request: ControlRequest) -> WorkerOutcome:
+    """Apply the request to this process's model; a failed load is an outcome, not a raise."""
+    model = registry.get(request.model)
+    error: str | None = None
+    try:
+        if request.action == "unload":
+            await model.unload(on_request=True)
+        else:
+            await model.load(changed_spec(model.spec, request))
+    except (ModelLoadError, InvalidInputError) as failure:
+        error = str(failure)
+    return WorkerOutcome(
+        pid=os.getpid(),
+        ok=error is None,
+        version=model.version,
+        state=model.state.value,
+        error=error,
+    )
+
+
+class ModelControl(Protocol):
+    async def apply(self, request: ControlRequest) -> list[WorkerOutcome]:
+        """Apply the request in every worker; one outcome per worker."""
+        ...
+
+
+class LocalControl:
+    """Every model of the server lives in this process."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    async def apply(self, request: ControlRequest) -> list[WorkerOutcome]:
+        self.registry.get(request.model)  # 404 before anything happens
+        if request.changes:
+            changed_spec(self.registry.get(request.model).spec, request)  # 400 likewise
+        return [await apply_locally(self.registry, request)]

@@ -1,0 +1,126 @@
+"""Reloading a model in a running server: every worker, no failed request, old version kept
+when the new one cannot load."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+
+import httpx2 as httpx
+
+from tests.servers import REPO_ROOT, cli_env, serving
+
+PREDICT = {"inputs": [0]}
+
+
+def _write_config(tmp_path: Path, artifact: Path, *, sha256: str | None = None) -> Path:
+    config = tmp_path / "loadonce.toml"
+    pin = f'sha256 = "{sha256}"\n' if sha256 else ""
+    config.write_text(
+        f"""
+[server]
+workers = 2
+
+[[models]]
+name = "constant"
+loader = "tests.loaders:constant_from_file"
+artifact = "{artifact}"
+concurrency = "shared"
+{pin}"""
+    )
+    return config
+
+
+def _reload_cli(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "loadonce", "reload", "constant", "--url", url, *args],
+        env=cli_env(tmp_path),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _values_by_worker(url: str, requests: int = 40) -> dict[int, set[float]]:
+    seen: dict[int, set[float]] = {}
+    for _ in range(requests):
+        # A new connection each time, so the kernel may hand it to either worker.
+        [output] = httpx.post(f"{url}/models/constant/predict", json=PREDICT).json()["outputs"]
+        seen.setdefault(output["pid"], set()).add(output["value"])
+    return seen
+
+
+def test_a_reload_under_load_reaches_every_worker_without_a_failed_request(
+    tmp_path: Path,
+) -> None:
+    first, second = tmp_path / "one.txt", tmp_path / "two.txt"
+    first.write_text("1")
+    second.write_text("2")
+    with serving([str(_write_config(tmp_path, first))], tmp_path, env=cli_env(tmp_path)) as server:
+        assert {v for values in _values_by_worker(server.url).values() for v in values} == {1.0}
+        statuses: Counter[int] = Counter()
+        done = threading.Event()
+
+        def keep_asking() -> None:
+            with httpx.Client(base_url=server.url) as http:
+                while not done.is_set():
+                    statuses[http.post("/models/constant/predict", json=PREDICT).status_code] += 1
+
+        askers = [threading.Thread(target=keep_asking) for _ in range(4)]
+        for asker in askers:
+            asker.start()
+        try:
+            result = _reload_cli(tmp_path, server.url, "--artifact", str(second), "--version", "2")
+        finally:
+            done.set()
+            for asker in askers:
+                asker.join()
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("version 2 ok") == 2, result.stdout
+        assert set(statuses) == {200}, statuses
+        assert statuses[200] > 20
+        seen = _values_by_worker(server.url)
+        assert len(seen) == 2, "both workers answered"
+        assert all(values == {2.0} for values in seen.values()), seen
+        listings = [httpx.get(f"{server.url}/models").json() for _ in range(20)]
+        versions = {(m["worker_pid"], m["models"][0]["version"]) for m in listings}
+        assert {version for _, version in versions} == {"2"}
+
+
+def test_a_tampered_artifact_is_refused_and_the_loaded_version_serves_on(tmp_path: Path) -> None:
+    artifact = tmp_path / "value.txt"
+    artifact.write_text("1")
+    digest = hashlib.sha256(b"1").hexdigest()
+    config = _write_config(tmp_path, artifact, sha256=digest)
+    with serving([str(config)], tmp_path, env=cli_env(tmp_path)) as server:
+        artifact.write_text("666")  # tampered after startup
+        result = _reload_cli(tmp_path, server.url)
+        assert result.returncode == 1
+        assert "sha256 mismatch" in result.stdout
+        assert "not tried: an earlier worker failed" in result.stdout
+        seen = _values_by_worker(server.url)
+        assert all(values == {1.0} for values in seen.values()), seen
+        models = httpx.get(f"{server.url}/models").json()["models"]
+        assert models[0]["state"] == "ready"
+        metrics = httpx.get(f"{server.url}/metrics").text
+        failed = [
+            line for line in metrics.splitlines() if line.startswith("loadonce_model_load_failed{")
+        ]
+        assert len(failed) == 2, "one series per worker"
+        assert sum(float(line.split()[-1]) for line in failed) == 1, "the worker that tried"
+    # At startup, the same tampered file keeps the server from starting at all.
+    refused = subprocess.run(
+        [sys.executable, "-m", "loadonce", "serve", str(config), "--port", "0"],
+        env=cli_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 3
+    assert "sha256 mismatch" in refused.stdout + refused.stderr
