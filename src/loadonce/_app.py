@@ -15,6 +15,7 @@ from loadonce._limits import BodyLimitMiddleware, Limits
 from loadonce._metrics import STATE_KEY as METRICS_KEY
 from loadonce._metrics import Metrics, metrics_router
 from loadonce._registry import Registry
+from loadonce._request_log import RequestLogMiddleware
 from loadonce._security import AccessKeys, AccessMiddleware
 from loadonce._spec import ModelSpec
 from loadonce._version import __version__
@@ -45,6 +46,10 @@ def create_app(
         version=__version__,
         lifespan=lifespan(registry, wrap=wrap, on_loaded=on_loaded),
     )
+    # Routes are matched in order: the inference routers first, they are the hot path.
+    app.include_router(models_router())
+    app.include_router(v2_router(model_control=model_control, limits=limits))
+    app.include_router(health_router())
     setattr(app.state, CONTROL_KEY, control or LocalControl(registry))
     app.include_router(admin_router())
     if metrics:
@@ -52,13 +57,12 @@ def create_app(
         setattr(app.state, METRICS_KEY, collected)
         registry.observe(collected)
         app.include_router(metrics_router(collected))
-    app.include_router(health_router())
-    app.include_router(models_router())
-    app.include_router(v2_router(model_control=model_control, limits=limits))
     if limits.max_body_bytes is not None:
         app.add_middleware(BodyLimitMiddleware, max_body_bytes=limits.max_body_bytes)
     if access is not None and access.enabled:
-        # Added last, so it runs first: a request without a valid key is refused before its
-        # body is read.
+        # Outside the body limit: a request without a valid key is refused before its body
+        # is read.
         app.add_middleware(AccessMiddleware, keys=access)
+    # Added last, so outermost: every request gets its id and its log line, refusals too.
+    app.add_middleware(RequestLogMiddleware)
     return app

@@ -31,6 +31,8 @@ from loadonce._metrics import metrics_of
 logger = logging.getLogger("loadonce")
 
 REQUEST_ID_HEADER = "X-Request-ID"
+# Where RequestLogMiddleware keeps the id it chose, so every part of the answer uses it.
+REQUEST_ID_SCOPE_KEY = "loadonce.request_id"
 # A request's own deadline in seconds, for every predict route (at most the model's timeout_s).
 TIMEOUT_HEADER = "X-Request-Timeout"
 _TIMEOUT_KEY = TIMEOUT_HEADER.lower().encode("latin-1")
@@ -42,6 +44,10 @@ _REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode("latin-1")
 
 
 def request_id_of(request: Request) -> str:
+    """The id the request log middleware chose, else the client's, else a new one."""
+    chosen = request.scope.get(REQUEST_ID_SCOPE_KEY)
+    if isinstance(chosen, str):
+        return chosen
     return request_id_from(request.scope["headers"])
 
 
@@ -133,7 +139,8 @@ def raw_error_response(
 ) -> JSONResponse:
     """An error answered before any route ran (middleware): ``{"error"}`` under /v2, as the
     Open Inference Protocol defines it, ``{"error", "request_id"}`` elsewhere."""
-    request_id = request_id_from(scope["headers"])
+    chosen = scope.get(REQUEST_ID_SCOPE_KEY)
+    request_id = chosen if isinstance(chosen, str) else request_id_from(scope["headers"])
     if scope["path"].startswith("/v2"):
         response = JSONResponse({"error": message}, status_code=status, headers=headers)
         response.headers[REQUEST_ID_HEADER] = request_id

@@ -47,6 +47,12 @@ def main() -> None:
     help="Log level.  [default: info]",
 )
 @click.option(
+    "--log-format",
+    type=click.Choice(["plain", "json"]),
+    envvar="LOADONCE_LOG_FORMAT",
+    help="Log lines as plain text or one JSON object each.  [default: plain]",
+)
+@click.option(
     "--drain-timeout",
     type=int,
     envvar="LOADONCE_DRAIN_TIMEOUT_S",
@@ -65,6 +71,7 @@ def serve(
     port: int | None,
     workers: int | None,
     log_level: str | None,
+    log_format: str | None,
     drain_timeout: int | None,
     trust: bool,
 ) -> None:
@@ -78,6 +85,7 @@ def serve(
         "port": port,
         "workers": workers,
         "log_level": log_level,
+        "log_format": log_format,
         "drain_timeout_s": drain_timeout,
     }
     try:

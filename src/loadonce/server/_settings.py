@@ -25,6 +25,8 @@ class ServerOptions(BaseModel):
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     workers: Annotated[int, Field(ge=1, le=256)] = 1
     log_level: LogLevel = "info"
+    # "json": one JSON object per log line (request lines carry request_id, status...).
+    log_format: Literal["plain", "json"] = "plain"
     # On SIGTERM: how long accepted requests (queued and running) may take to finish.
     drain_timeout_s: Annotated[int, Field(ge=0)] = 30
     # API keys (loadonce._security): SecretStr, so a repr or a validation error never shows them.

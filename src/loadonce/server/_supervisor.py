@@ -69,7 +69,7 @@ class Supervisor:
 
     def run(self) -> int:
         options = self.config.server
-        logging.config.dictConfig(log_config(options.log_level))
+        logging.config.dictConfig(log_config(options.log_level, options.log_format))
         workers: list[_Worker] = []
         # Every worker writes its metrics here, so that /metrics on any of them counts all.
         # Spawned workers inherit the variable; the directory is removed when the server ends.

@@ -94,7 +94,9 @@ def run_worker(
         _OneLineStartupFailure(app, registry),
         host=options.host,
         port=options.port,
-        log_config=log_config(options.log_level),
+        log_config=log_config(options.log_level, options.log_format),
+        # loadonce's request log replaces uvicorn's: the same line, with the request's id.
+        access_log=False,
         log_level=options.log_level,
         lifespan="on",
         workers=options.workers,
@@ -117,7 +119,7 @@ def serve_single_worker(config: ServeConfig) -> int:
     try:
         sock = bind_without_listening(config.server.host, config.server.port)
     except BindError as exc:
-        logging.config.dictConfig(log_config(config.server.log_level))
+        logging.config.dictConfig(log_config(config.server.log_level, config.server.log_format))
         logger.error("startup failed: %s", exc)
         return STARTUP_FAILED
 

@@ -1,0 +1,42 @@
+"""Each request's id: in the response header, in error bodies, and in its log line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx2 as httpx
+
+from tests.servers import cli_env, serving
+
+
+def test_json_logs_carry_each_requests_id(tmp_path: Path) -> None:
+    with serving(["--demo", "--log-format", "json"], tmp_path, env=cli_env(tmp_path)) as server:
+        chosen = httpx.post(
+            f"{server.url}/models/iris/predict",
+            json={"inputs": [5.1, 3.5, 1.4, 0.2]},
+            headers={"X-Request-ID": "client-id-42"},
+        )
+        assert chosen.headers["x-request-id"] == "client-id-42"
+        failed = httpx.post(f"{server.url}/models/iris/predict", json={"inputs": [1, 2]})
+        generated = failed.headers["x-request-id"]
+        assert failed.json()["request_id"] == generated
+        unknown = httpx.get(f"{server.url}/no/such/page")
+        assert unknown.status_code == 404
+        assert unknown.headers["x-request-id"]
+    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    assert lines, server.log()
+    assert all({"time", "level", "logger", "pid", "message"} <= set(line) for line in lines)
+    requests = {line["request_id"]: line for line in lines if line["logger"] == "loadonce.access"}
+    assert requests["client-id-42"]["status"] == 200
+    assert requests["client-id-42"]["path"] == "/models/iris/predict"
+    assert requests[generated]["status"] == 400
+    assert requests[unknown.headers["x-request-id"]]["status"] == 404
+    assert any("loaded in worker pid" in line["message"] for line in lines)
+
+
+def test_plain_logs_name_the_request_id(tmp_path: Path) -> None:
+    with serving(["--demo"], tmp_path, env=cli_env(tmp_path)) as server:
+        httpx.get(f"{server.url}/models", headers={"X-Request-ID": "plain-id-7"})
+    assert "GET /models 200" in server.log()
+    assert "request_id=plain-id-7" in server.log()
