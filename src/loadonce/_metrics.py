@@ -11,6 +11,7 @@ app), values live in this process.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio.to_thread
@@ -36,6 +37,13 @@ STATE_KEY = "loadonce_metrics"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _STATES = ("pending", "loading", "ready", "reloading", "unloaded", "failed")
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    pid: int
+    version: str
+    state: str
 
 
 class Metrics:
@@ -133,6 +141,31 @@ class Metrics:
         if memory is not None:
             for kind, value in (("rss", memory.rss), ("uss", memory.uss), ("pss", memory.pss)):
                 self.memory.labels(model.name, kind).set(value)
+
+    def worker_states(self) -> dict[str, list[WorkerState]]:
+        """Each model's state and version in every live worker, read back from the metrics
+        (with several workers, from the files all of them write); blocking: call it in a
+        thread."""
+        if self._registry is not None:
+            collected = self._registry.collect()
+        else:
+            registry = CollectorRegistry()
+            collector = MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            collected = collector.collect()  # type: ignore[no-untyped-call]
+        states: dict[str, list[WorkerState]] = {}
+        for family in collected:
+            if family.name != "loadonce_model_state":
+                continue
+            for sample in family.samples:
+                if sample.value == 1:
+                    labels = sample.labels
+                    pid = int(labels.get("pid", os.getpid()))
+                    states.setdefault(labels["model"], []).append(
+                        WorkerState(pid=pid, version=labels["version"], state=labels["state"])
+                    )
+        for listed in states.values():
+            listed.sort(key=lambda worker: worker.pid)
+        return states
 
     def render(self) -> bytes:
         if self._registry is not None:

@@ -61,6 +61,12 @@ class QueueInfo(BaseModel):
     )
 
 
+class WorkerModel(BaseModel):
+    pid: int
+    version: str
+    state: ModelState
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -80,6 +86,11 @@ class ModelInfo(BaseModel):
     outputs: list[Tensor] = Field(description="Named outputs, where the model format records them.")
     queue: QueueInfo | None = Field(description="The model's queue, while it is loaded.")
     error: str | None = None
+    workers: list[WorkerModel] | None = Field(
+        default=None,
+        description="The model's state and version in every worker of the server (from the "
+        "metrics all workers write); null when metrics are off.",
+    )
 
 
 class ModelsResponse(BaseModel):

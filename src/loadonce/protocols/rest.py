@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, Path
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -15,7 +16,8 @@ from loadonce._dependencies import get_registry, registry_of
 from loadonce._disconnect import unless_disconnected
 from loadonce._http import TIMEOUT_HEADER, LoadonceRoute, requested_timeout
 from loadonce._jsonable import to_jsonable
-from loadonce._model import Model
+from loadonce._metrics import WorkerState, metrics_of
+from loadonce._model import Model, ModelState
 from loadonce._registry import Registry
 from loadonce._schemas import (
     ErrorBody,
@@ -26,6 +28,7 @@ from loadonce._schemas import (
     PredictResponse,
     QueueInfo,
     Tensor,
+    WorkerModel,
 )
 from loadonce.runtimes import TensorInfo
 
@@ -41,7 +44,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def describe_model(model: Model) -> ModelInfo:
+async def worker_states(request: Request) -> dict[str, list[WorkerState]] | None:
+    metrics = metrics_of(request)
+    if metrics is None:
+        return None
+    return await anyio.to_thread.run_sync(metrics.worker_states)
+
+
+def describe_model(model: Model, workers: dict[str, list[WorkerState]] | None = None) -> ModelInfo:
     memory = model.load_memory
     signature = model.signature
     return ModelInfo(
@@ -61,6 +71,12 @@ def describe_model(model: Model) -> ModelInfo:
         outputs=[_tensor(t) for t in model.outputs],
         queue=_queue_info(model),
         error=model.error,
+        workers=None
+        if workers is None
+        else [
+            WorkerModel(pid=w.pid, version=w.version, state=ModelState(w.state))
+            for w in workers.get(model.name, [])
+        ],
     )
 
 
@@ -115,9 +131,10 @@ def models_router() -> APIRouter:
     router = APIRouter(route_class=LoadonceRoute, tags=["models"])
 
     @router.get("/models", response_model=ModelsResponse, summary="Every model in this worker")
-    async def list_models(registry: RegistryDep) -> ModelsResponse:
+    async def list_models(registry: RegistryDep, request: Request) -> ModelsResponse:
+        workers = await worker_states(request)
         return ModelsResponse(
-            worker_pid=os.getpid(), models=[describe_model(m) for m in registry.models]
+            worker_pid=os.getpid(), models=[describe_model(m, workers) for m in registry.models]
         )
 
     @router.get(
@@ -126,8 +143,8 @@ def models_router() -> APIRouter:
         responses={404: _ERRORS[404]},
         summary="One model in this worker",
     )
-    async def get_model(name: ModelName, registry: RegistryDep) -> ModelInfo:
-        return describe_model(registry.get(name))
+    async def get_model(name: ModelName, registry: RegistryDep, request: Request) -> ModelInfo:
+        return describe_model(registry.get(name), await worker_states(request))
 
     @router.post(
         "/models/{name}/predict",
