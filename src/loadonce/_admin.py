@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from loadonce._control import STATE_KEY, ControlRequest, ModelControl, WorkerOutcome
-from loadonce._errors import InvalidInputError
+from loadonce._errors import InvalidInputError, describe_validation
 from loadonce._http import LoadonceRoute
 from loadonce._schemas import ErrorBody
 
@@ -79,9 +79,7 @@ def admin_router() -> APIRouter:
         try:
             body = ReloadRequest.model_validate_json(raw) if raw.strip() else ReloadRequest()
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
-            )
+            problems = describe_validation(exc, whole="body")
             raise InvalidInputError(f"the reload request is not valid: {problems}") from None
         outcomes = await control_of(request).apply(
             ControlRequest(

@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
-from loadonce._errors import InvalidInputError, ModelLoadError
+from loadonce._errors import InvalidInputError, ModelLoadError, describe_validation
 from loadonce._registry import Registry
 from loadonce._spec import ModelSpec
 
@@ -76,8 +76,9 @@ def changed_spec(spec: ModelSpec, request: ControlRequest) -> ModelSpec:
     try:
         return ModelSpec.model_validate({**fields, **changes})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise InvalidInputError(f"invalid change to model '{spec.name}': {problems}") from None
+        raise InvalidInputError(
+            f"invalid change to model '{spec.name}': {describe_validation(exc)}"
+        ) from None
 
 
 async def apply_locally(registry: Registry, request: ControlRequest) -> WorkerOutcome:

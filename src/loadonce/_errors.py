@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import ValidationError
+
 
 class LoadonceError(Exception):
     """Base class of every error loadonce raises on purpose."""
@@ -82,6 +84,15 @@ class InvalidInputError(LoadonceError, ValueError):
     Raise it from your own predictor to answer 400 with your message instead of a 500:
     the message should say what was expected.
     """
+
+
+def describe_validation(exc: ValidationError, *, whole: str = "value") -> str:
+    """Pydantic's errors as one line: each field's dotted path and what is wrong with it
+    (never the value, which may be a secret)."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or whole}: {error['msg']}"
+        for error in exc.errors()
+    )
 
 
 def describe_exception(exc: BaseException) -> str:

@@ -9,9 +9,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from loadonce._errors import ConfigError
+from loadonce._errors import ConfigError, describe_validation
 from loadonce._spec import ModelSpec
-from loadonce.server._settings import ServerOptions, describe_validation
+from loadonce.server._settings import ServerOptions
 
 _TOP_LEVEL = {"server", "models"}
 

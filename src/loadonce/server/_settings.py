@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from loadonce._errors import ConfigError
+from loadonce._errors import ConfigError, describe_validation
 from loadonce._limits import MIB, Limits
 from loadonce._security import AccessKeys
 from loadonce._spec import ModelSpec
@@ -112,12 +112,3 @@ def environment_options() -> dict[str, Any]:
         else:
             found[option] = value.strip()
     return found
-
-
-def describe_validation(exc: ValidationError) -> str:
-    """Pydantic's errors as one line: each field's dotted path and what is wrong with it."""
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "value"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from loadonce._errors import InvalidInputError
+from loadonce._errors import InvalidInputError, describe_validation
 from loadonce._model import Model
 from loadonce.protocols.v2._body import HEADER_LENGTH, SplitBody
 from loadonce.protocols.v2._examples import examples_from_tensors
@@ -37,9 +37,7 @@ def parse_request(raw_json: bytes) -> InferenceRequest:
     try:
         return InferenceRequest.model_validate_json(raw_json)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = describe_validation(exc, whole="body")
         raise InvalidInputError(f"the inference request is not valid: {problems}") from None
 
 

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from loadonce._admin import control_of
 from loadonce._control import ControlRequest, WorkerOutcome
 from loadonce._dependencies import registry_of
-from loadonce._errors import InvalidInputError
+from loadonce._errors import InvalidInputError, describe_validation
 from loadonce._model import Model, ModelState
 from loadonce.protocols.v2._errors import v2_error
 from loadonce.protocols.v2._schemas import (
@@ -123,9 +123,7 @@ def _parse(schema: type[_Body], raw: bytes) -> _Body:
     try:
         return schema.model_validate_json(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = describe_validation(exc, whole="body")
         raise InvalidInputError(f"the request body is not valid: {problems}") from None
 
 
