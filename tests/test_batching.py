@@ -140,15 +140,25 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(serve: Any) -> None:
             started = time.perf_counter()
             rejected = await client.post("/models/m/predict", json={"inputs": ["c"]})
             assert time.perf_counter() - started < 0.5, "refused at once, not after waiting"
-            return [await queued, rejected]
+            v2 = await client.post("/v2/models/m/infer", content=b"not even read")
+            return [await queued, rejected, v2]
 
-    accepted, rejected = asyncio.run(overflow())
+    accepted, rejected, v2 = asyncio.run(overflow())
     busy.join()
     assert accepted.status_code == 200
     assert rejected.status_code == 503
     assert rejected.headers["Retry-After"] == "1"
     assert "overloaded" in rejected.json()["error"]
+    assert rejected.json()["request_id"] == rejected.headers["x-request-id"]
     assert "c" not in model.seen
+    # The Open Inference Protocol's route is refused the same way, in its own error shape,
+    # before its body is even parsed.
+    assert v2.status_code == 503
+    assert set(v2.json()) == {"error"}
+    refusals = httpx.get(f"{server.url}/metrics").text
+    assert 'loadonce_requests_total{model="m",route="/models/{name}/predict",status="503"} 1.0' in (
+        refusals
+    )
 
 
 def test_an_expired_deadline_is_504_and_the_model_never_sees_the_request(serve: Any) -> None:

@@ -17,6 +17,7 @@ from loadonce._metrics import Metrics, metrics_router
 from loadonce._registry import Registry
 from loadonce._request_log import RequestLogMiddleware
 from loadonce._security import AccessKeys, AccessMiddleware
+from loadonce._shedding import QueueFullRefusalMiddleware
 from loadonce._spec import ModelSpec
 from loadonce._version import __version__
 from loadonce.protocols.rest import models_router
@@ -52,6 +53,7 @@ def create_app(
     app.include_router(health_router())
     setattr(app.state, CONTROL_KEY, control or LocalControl(registry))
     app.include_router(admin_router())
+    collected: Metrics | None = None
     if metrics:
         collected = Metrics()
         setattr(app.state, METRICS_KEY, collected)
@@ -59,6 +61,8 @@ def create_app(
         app.include_router(metrics_router(collected))
     if limits.max_body_bytes is not None:
         app.add_middleware(BodyLimitMiddleware, max_body_bytes=limits.max_body_bytes)
+    # Inside the key check (an unauthenticated client learns nothing of the queues).
+    app.add_middleware(QueueFullRefusalMiddleware, registry=registry, metrics=collected)
     if access is not None and access.enabled:
         # Outside the body limit: a request without a valid key is refused before its body
         # is read.
