@@ -124,3 +124,26 @@ class Constant:
 
 def constant_from_file(path: Path) -> Constant:
     return Constant(float(Path(path).read_text()))
+
+
+def build_wide_linear() -> Any:
+    """The factory of the 200 MB shared-weights test: 10,000 x 5,000 float32 weights."""
+    import torch
+
+    return torch.nn.Linear(5_000, 10_000, bias=False)
+
+
+def build_tiny_linear() -> Any:
+    import torch
+
+    return torch.nn.Linear(4, 2, bias=False)
+
+
+def slow_recorded_load() -> Echo:
+    """Takes 0.6 s to load; appends 'pid start end' (monotonic seconds, comparable across
+    processes on one machine) to $LOADONCE_TEST_LOAD_LOG."""
+    started = time.monotonic()
+    time.sleep(0.6)
+    with Path(os.environ["LOADONCE_TEST_LOAD_LOG"]).open("a") as log:
+        log.write(f"{os.getpid()} {started} {time.monotonic()}\n")
+    return Echo()

@@ -10,7 +10,7 @@ from loadonce._admin import admin_router
 from loadonce._control import STATE_KEY as CONTROL_KEY
 from loadonce._control import LocalControl, ModelControl
 from loadonce._health import health_router
-from loadonce._lifespan import LoadedHook, UserLifespan, lifespan
+from loadonce._lifespan import LoadedHook, LoadGate, UserLifespan, lifespan
 from loadonce._limits import BodyLimitMiddleware, Limits
 from loadonce._metrics import STATE_KEY as METRICS_KEY
 from loadonce._metrics import Metrics, metrics_router
@@ -30,6 +30,7 @@ def create_app(
     title: str = "loadonce",
     wrap: UserLifespan | None = None,
     on_loaded: LoadedHook | None = None,
+    load_gate: LoadGate | None = None,
     model_control: bool = True,
     access: AccessKeys | None = None,
     limits: Limits | None = None,
@@ -45,7 +46,7 @@ def create_app(
     app = FastAPI(
         title=title,
         version=__version__,
-        lifespan=lifespan(registry, wrap=wrap, on_loaded=on_loaded),
+        lifespan=lifespan(registry, wrap=wrap, on_loaded=on_loaded, load_gate=load_gate),
     )
     # Routes are matched in order: the inference routers first, they are the hot path.
     app.include_router(models_router())

@@ -13,6 +13,9 @@ from loadonce._spec import ModelSpec
 
 UserLifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]]
 LoadedHook = Callable[[Registry], Awaitable[None]]
+# Entered around the loading of every model (``loadonce serve`` uses it to load one worker at
+# a time).
+LoadGate = Callable[[], AbstractAsyncContextManager[None]]
 # Any, not Mapping | None: FastAPI accepts a lifespan yielding either, and only Any fits both.
 Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
 
@@ -22,6 +25,7 @@ def lifespan(
     *,
     wrap: UserLifespan | None = None,
     on_loaded: LoadedHook | None = None,
+    load_gate: LoadGate | None = None,
 ) -> Lifespan:
     """Build a lifespan for ``FastAPI(lifespan=...)`` that loads ``models`` at startup.
 
@@ -35,7 +39,11 @@ def lifespan(
     @asynccontextmanager
     async def _lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any] | None]:
         setattr(app.state, STATE_KEY, registry)
-        await registry.load_all()
+        if load_gate is None:
+            await registry.load_all()
+        else:
+            async with load_gate():
+                await registry.load_all()
         try:
             if on_loaded is not None:
                 await on_loaded(registry)

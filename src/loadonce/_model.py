@@ -98,6 +98,14 @@ class Model:
         return (TensorInfo(name="input", dtype=signature.dtype, shape=(None, *signature.shape)),)
 
     @property
+    def shares_weights(self) -> bool | None:
+        """Whether this worker maps the weights from the artifact (shared with the other
+        workers through the page cache); None while not loaded."""
+        if self._executor is None:
+            return None
+        return all(instance.shares_weights for instance in self._executor.instances)
+
+    @property
     def outputs(self) -> Sequence[TensorInfo]:
         return () if self._executor is None else self._executor.instances[0].outputs
 

@@ -40,6 +40,10 @@ class PredictResponse(BaseModel):
 class MemoryTaken(BaseModel):
     rss_bytes: int = Field(description="Growth of the worker's resident set during the load.")
     uss_bytes: int = Field(description="Growth of the worker's private (unique) memory.")
+    pss_bytes: int = Field(
+        description="Growth of the worker's proportional set (shared pages divided among the "
+        "processes sharing them)."
+    )
 
 
 class Tensor(BaseModel):
@@ -80,6 +84,11 @@ class ModelInfo(BaseModel):
     load_seconds: float | None
     loaded_at: float | None = Field(description="Unix time the load finished.")
     memory: MemoryTaken | None
+    weights_shared: bool | None = Field(
+        description="The weights are mapped read-only from the artifact, one copy in the page "
+        'cache for every worker (share = "mmap" and a format that allows it); null while '
+        "not loaded."
+    )
     input_shape: list[int | None] | None = Field(description="Shape of one example, if known.")
     input_dtype: str | None = Field(description="What each example's values must be, if known.")
     inputs: list[Tensor] = Field(description="Named inputs, where the model format records them.")

@@ -119,6 +119,9 @@ class ModelSpec(BaseModel):
     # -1 (TOML has no null) or None marks a dimension of any size.
     input_shape: Annotated[tuple[int | None, ...], BeforeValidator(_variable_dims)] | None = None
     trust: bool = False
+    # "mmap": map the weights from the artifact read-only where the format allows, so every
+    # worker shares one copy in the page cache; "off": each worker reads its own copy.
+    share: Literal["mmap", "off"] = "mmap"
     sha256: Annotated[str, Field(pattern=_SHA256_PATTERN)] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     batching: Batching | None = None

@@ -64,7 +64,10 @@ def describe_model(model: Model, workers: dict[str, list[WorkerState]] | None = 
         load_count=model.load_count,
         load_seconds=model.load_seconds,
         loaded_at=model.loaded_at,
-        memory=None if memory is None else MemoryTaken(rss_bytes=memory.rss, uss_bytes=memory.uss),
+        memory=None
+        if memory is None
+        else MemoryTaken(rss_bytes=memory.rss, uss_bytes=memory.uss, pss_bytes=memory.pss),
+        weights_shared=model.shares_weights,
         input_shape=None if signature is None else list(signature.shape),
         input_dtype=None if signature is None else signature.dtype,
         inputs=[_tensor(t) for t in model.inputs],

@@ -28,6 +28,9 @@ class Predictor(ABC):
     # The request parameters (Open Inference Protocol ``parameters``) this predictor takes in
     # ``predict_with``; any other parameter a client sends is not passed on.
     request_parameters: frozenset[str] = frozenset()
+    # True when the weights are mapped read-only from the artifact (shared by every worker
+    # through the page cache) rather than copied into this process.
+    shares_weights: bool = False
 
     def prepare(self, examples: list[Any]) -> Any:
         """Turn a list of examples into what ``predict`` takes.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from loadonce._imports import import_optional
 from loadonce._integrity import file_sha256
 from loadonce._spec import ModelSpec
 from loadonce.runtimes._base import InputSignature, Predictor, Runtime, TensorInfo
+
+logger = logging.getLogger("loadonce")
 
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 SKOPS_SUFFIXES = (".skops",)
@@ -92,7 +95,60 @@ def _load_pickle(path: Path, spec: ModelSpec) -> Any:
             "or save the model with skops instead"
         )
     joblib = import_optional("joblib", extra="sklearn")
+    if spec.share == "mmap" and path.suffix.lower() == ".joblib":
+        compression = compression_of(path)
+        if compression is None:
+            # NumPy arrays in the file are mapped read-only: every worker shares them.
+            return joblib.load(path, mmap_mode="r")
+        logger.warning(
+            "model '%s': %s is %s-compressed, so each worker holds its own copy of its "
+            "arrays; save it with joblib.dump(..., compress=0) to have them shared",
+            spec.name,
+            path,
+            compression,
+        )
     return joblib.load(path)
+
+
+# The first bytes of the compressed files joblib writes (joblib.dump(..., compress=...)).
+_COMPRESSION_MAGIC = (
+    (b"\x1f\x8b", "gzip"),
+    (b"BZh", "bz2"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x5d\x00\x00", "lzma"),
+    (b"\x04\x22\x4d\x18", "lz4"),
+    (b"\x78", "zlib"),
+)
+
+
+def compression_of(path: Path) -> str | None:
+    """How a joblib file is compressed, or None: only an uncompressed one can be mapped.
+    (An uncompressed joblib file is a pickle stream, which starts with the opcode 0x80.)"""
+    with path.open("rb") as stream:
+        head = stream.read(6)
+    if head.startswith(b"\x80"):
+        return None
+    for magic, name in _COMPRESSION_MAGIC:
+        if head.startswith(magic):
+            return name
+    return None
+
+
+def holds_mapped_arrays(value: Any, depth: int = 4) -> bool:
+    """Whether an estimator (or a pipeline of them) holds arrays mapped from its file."""
+    if isinstance(value, np.memmap):
+        return True
+    if depth == 0:
+        return False
+    if isinstance(value, dict):
+        children: Any = value.values()
+    elif isinstance(value, list | tuple):
+        children = value
+    elif hasattr(value, "__dict__"):
+        children = vars(value).values()
+    else:
+        return False
+    return any(holds_mapped_arrays(child, depth - 1) for child in children)
 
 
 class SklearnRuntime(Runtime):
@@ -119,4 +175,6 @@ class SklearnRuntime(Runtime):
             else None
         )
         method = str(spec.options.get("method", "predict"))
-        return EstimatorPredictor(estimator, method=method, signature=signature)
+        predictor = EstimatorPredictor(estimator, method=method, signature=signature)
+        predictor.shares_weights = holds_mapped_arrays(estimator)
+        return predictor

@@ -110,6 +110,7 @@ class TorchRuntime(Runtime):
             torch.set_num_threads(int(spec.options["threads"]))
         device = _device(torch, str(spec.options.get("device", "cpu")))
         suffix = spec.artifact.suffix.lower()
+        shared = False  # only a safetensors state dict is mapped
         input_shape, input_dtype = spec.input_shape, spec.options.get("input_dtype")
         if suffix in EXPORTED_SUFFIXES:
             program = torch.export.load(str(spec.artifact))
@@ -120,15 +121,18 @@ class TorchRuntime(Runtime):
             # Exported programs fix train/eval mode at export time; .eval() is not supported.
             module = program.module().to(device)
         elif suffix in SAFETENSORS_SUFFIXES:
-            module = _load_state_dict_module(torch, spec, device).eval()
+            module, shared = _load_state_dict_module(torch, spec, device)
+            module.eval()
         else:
             module = _load_torchscript(torch, spec, device).eval()
-        return TorchPredictor(
+        predictor = TorchPredictor(
             module,
             device=device,
             input_dtype=str(input_dtype or "float32"),
             input_shape=input_shape,
         )
+        predictor.shares_weights = shared
+        return predictor
 
 
 def _exported_input(program: Any) -> tuple[tuple[int | None, ...] | None, str | None]:
@@ -161,7 +165,8 @@ def _load_torchscript(torch: Any, spec: ModelSpec, device: Any) -> Any:
             ) from None
 
 
-def _load_state_dict_module(torch: Any, spec: ModelSpec, device: Any) -> Any:
+def _load_state_dict_module(torch: Any, spec: ModelSpec, device: Any) -> tuple[Any, bool]:
+    """The factory's module with the file's weights, and whether they stay mapped (shared)."""
     factory_name = spec.options.get("factory")
     if not isinstance(factory_name, str):
         raise ValueError(
@@ -169,15 +174,40 @@ def _load_state_dict_module(torch: Any, spec: ModelSpec, device: Any) -> Any:
             "returning the torch.nn.Module to load it into"
         )
     safetensors_torch = import_optional("safetensors.torch", extra="torch")
-    module = import_object(factory_name)()
-    if not isinstance(module, torch.nn.Module):
-        raise TypeError(f"{factory_name} returned {type(module).__name__}, not a torch.nn.Module")
+    factory = import_object(factory_name)
+    # safetensors maps the file; on the CPU, assigning its tensors to the module (instead of
+    # copying into the module's own) keeps them mapped: every worker shares the page cache.
+    share = spec.share == "mmap" and str(device) == "cpu"
+    module = _build_module(torch, factory, factory_name, on_meta=share)
     state = safetensors_torch.load_file(str(spec.artifact), device=str(device))
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing, unexpected = module.load_state_dict(state, strict=False, assign=share)
     if missing or unexpected:
         raise ValueError(
             "the state dict does not fit the module built by "
             f"{factory_name}: missing {sorted(missing) or 'none'}, "
             f"unexpected {sorted(unexpected) or 'none'}"
         )
-    return module.to(device)
+    if share and _has_meta_tensors(module):
+        # A tensor the file does not hold (a non-persistent buffer) stayed on the meta
+        # device: build the module for real and let only the weights stay mapped.
+        module = _build_module(torch, factory, factory_name, on_meta=False)
+        module.load_state_dict(state, strict=False, assign=True)
+    return module.to(device), share
+
+
+def _build_module(torch: Any, factory: Any, name: str, *, on_meta: bool) -> Any:
+    """The factory's module; on the meta device its parameters take no memory until the
+    mapped weights are assigned to them."""
+    if on_meta:
+        with torch.device("meta"):
+            module = factory()
+    else:
+        module = factory()
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"{name} returned {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
+def _has_meta_tensors(module: Any) -> bool:
+    tensors = [*module.parameters(), *module.buffers()]
+    return any(tensor.is_meta for tensor in tensors)

@@ -25,6 +25,8 @@ class ServerOptions(BaseModel):
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     workers: Annotated[int, Field(ge=1, le=256)] = 1
     log_level: LogLevel = "info"
+    # With several workers: load one worker at a time (one load's memory peak, not N).
+    stagger_loading: bool = True
     # "json": one JSON object per log line (request lines carry request_id, status...).
     log_format: Literal["plain", "json"] = "plain"
     # On SIGTERM: how long accepted requests (queued and running) may take to finish.
@@ -96,6 +98,7 @@ _ENVIRONMENT_ONLY = {
     "protect_metrics": "LOADONCE_PROTECT_METRICS",
     "max_body_bytes": "LOADONCE_MAX_BODY_BYTES",
     "max_element_bytes": "LOADONCE_MAX_ELEMENT_BYTES",
+    "stagger_loading": "LOADONCE_STAGGER_LOADING",
 }
 
 

@@ -33,6 +33,7 @@ from loadonce.server._control_channel import APPLIED, APPLY, CONTROL, RESULT
 from loadonce.server._logging import log_config
 from loadonce.server._settings import ServeConfig
 from loadonce.server._sockets import BindError, bind_without_listening, describe_address
+from loadonce.server._stagger import LOCK_VARIABLE
 from loadonce.server._worker import GO, STARTUP_FAILED, STOP, worker_process_main
 
 logger = logging.getLogger("loadonce")
@@ -75,6 +76,10 @@ class Supervisor:
         # Spawned workers inherit the variable; the directory is removed when the server ends.
         metrics_dir = tempfile.TemporaryDirectory(prefix="loadonce-metrics-")
         os.environ[MULTIPROCESS_DIR] = metrics_dir.name
+        # Workers take turns to load (server/_stagger.py), unless told not to.
+        lock_dir = tempfile.TemporaryDirectory(prefix="loadonce-load-")
+        if options.stagger_loading:
+            os.environ[LOCK_VARIABLE] = os.path.join(lock_dir.name, "load.lock")
         try:
             self._socket = bind_without_listening(options.host, options.port)
             address = describe_address(self._socket)
@@ -104,6 +109,7 @@ class Supervisor:
             if self._socket is not None:
                 self._socket.close()
             metrics_dir.cleanup()
+            lock_dir.cleanup()
 
     def _ask_to_stop(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True

@@ -25,6 +25,7 @@ from loadonce.server._control_channel import SupervisedControl
 from loadonce.server._logging import log_config
 from loadonce.server._settings import ServeConfig
 from loadonce.server._sockets import BindError, bind_without_listening, describe_address
+from loadonce.server._stagger import one_worker_at_a_time
 
 logger = logging.getLogger("loadonce")
 
@@ -89,6 +90,7 @@ def run_worker(
         access=options.access(),
         limits=options.limits(),
         control=None if make_control is None else make_control(registry),
+        load_gate=one_worker_at_a_time,
     )
     uvicorn_config = uvicorn.Config(
         _OneLineStartupFailure(app, registry),

@@ -1,0 +1,137 @@
+"""Two workers, one copy of the weights: artifacts mapped read-only, shared in the page cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx2 as httpx
+import joblib
+import numpy as np
+import psutil
+import pytest
+import torch
+from safetensors.torch import save_file
+from sklearn.neighbors import KNeighborsClassifier
+
+from tests.servers import CliServer, cli_env, serving
+
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """About 200 MB of weights in each shareable format, and tiny ones of each library (so
+    the big models' loads do not include importing the library)."""
+    root = tmp_path_factory.mktemp("shared")
+    generator = torch.Generator().manual_seed(0)
+    paths = {
+        "big_torch": root / "wide.safetensors",
+        "tiny_torch": root / "tiny.safetensors",
+        "big_sklearn": root / "neighbours.joblib",
+        "tiny_sklearn": root / "tiny.joblib",
+    }
+    save_file({"weight": torch.randn(10_000, 5_000, generator=generator)}, paths["big_torch"])
+    save_file({"weight": torch.randn(2, 4, generator=generator)}, paths["tiny_torch"])
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(1_250_000, 40)).astype(np.float32)  # 200 MB
+    labels = rng.integers(0, 3, size=len(points))
+    big = KNeighborsClassifier(n_neighbors=3, algorithm="brute").fit(points, labels)
+    joblib.dump(big, paths["big_sklearn"])
+    tiny = KNeighborsClassifier(n_neighbors=1, algorithm="brute").fit(points[:10], labels[:10])
+    joblib.dump(tiny, paths["tiny_sklearn"])
+    return paths
+
+
+def _config(tmp_path: Path, artifacts: dict[str, Path]) -> Path:
+    models = []
+    for share in ("mmap", "off"):
+        suffix = "" if share == "mmap" else "_private"
+        models += [
+            f"""
+[[models]]
+name = "tiny_torch{suffix}"
+artifact = "{artifacts["tiny_torch"]}"
+options = {{ factory = "tests.loaders:build_tiny_linear" }}
+share = "{share}"
+
+[[models]]
+name = "big_torch{suffix}"
+artifact = "{artifacts["big_torch"]}"
+options = {{ factory = "tests.loaders:build_wide_linear" }}
+share = "{share}"
+input_shape = [5000]
+warmup = [{", ".join(["0.5"] * 5_000)}]
+
+[[models]]
+name = "tiny_sklearn{suffix}"
+artifact = "{artifacts["tiny_sklearn"]}"
+trust = true
+share = "{share}"
+
+[[models]]
+name = "big_sklearn{suffix}"
+artifact = "{artifacts["big_sklearn"]}"
+trust = true
+share = "{share}"
+warmup = [{", ".join(["0.0"] * 40)}]
+"""
+        ]
+    config = tmp_path / "loadonce.toml"
+    config.write_text("[server]\nworkers = 2\n" + "".join(models))
+    return config
+
+
+def _workers(server: CliServer) -> list[psutil.Process]:
+    """The worker processes, by the pids /models lists for a model (the supervisor has
+    other children, such as multiprocessing's resource tracker)."""
+    [model, *_] = httpx.get(f"{server.url}/models").json()["models"]
+    return [psutil.Process(worker["pid"]) for worker in model["workers"]]
+
+
+def _mapping(process: psutil.Process, path: Path) -> tuple[int, int]:
+    """(PSS, private bytes) of a process's mappings of one file."""
+    for mapping in process.memory_maps(grouped=True):
+        if os.path.realpath(mapping.path) == os.path.realpath(path):
+            return mapping.pss, mapping.private_clean + mapping.private_dirty
+    return 0, 0
+
+
+def test_two_workers_hold_one_copy_of_mapped_weights(
+    tmp_path: Path, artifacts: dict[str, Path]
+) -> None:
+    env = cli_env(tmp_path)
+    with serving([str(_config(tmp_path, artifacts))], tmp_path, env=env) as server:
+        workers = _workers(server)
+        assert len(workers) == 2
+        for name in ("big_torch", "big_sklearn"):
+            size = artifacts[name].stat().st_size
+            mapped = [_mapping(worker, artifacts[name]) for worker in workers]
+            total_pss = sum(pss for pss, _ in mapped)
+            # Counted once across the workers, not once per worker...
+            assert abs(total_pss - size) < 0.1 * size, (name, total_pss / MIB, size / MIB)
+            # ...and no worker holds a private part of it.
+            assert all(private < 0.1 * size for _, private in mapped), (name, mapped)
+        models = {m["name"]: m for m in httpx.get(f"{server.url}/models").json()["models"]}
+        assert models["big_torch"]["weights_shared"] is True
+        assert models["big_sklearn"]["weights_shared"] is True
+        assert models["big_torch_private"]["weights_shared"] is False
+        assert models["big_sklearn_private"]["weights_shared"] is False
+        # A private load copies the weights into the worker. (A mapped load's USS right after
+        # it is no measure of sharing: until another process maps the same pages, the clean
+        # file pages count as this one's. The mappings' PSS above is the measure.)
+        for name in ("big_torch", "big_sklearn"):
+            size = artifacts[name].stat().st_size
+            assert models[f"{name}_private"]["memory"]["uss_bytes"] > 0.9 * size
+
+        # The same predictions with and without sharing.
+        rng = np.random.default_rng(1)
+        wide = rng.normal(size=(2, 5_000)).round(3).tolist()
+        near = rng.normal(size=(2, 40)).round(3).tolist()
+        for name, inputs in (("big_torch", wide), ("big_sklearn", near)):
+            shared = httpx.post(f"{server.url}/models/{name}/predict", json={"inputs": inputs})
+            private = httpx.post(
+                f"{server.url}/models/{name}_private/predict", json={"inputs": inputs}
+            )
+            assert shared.status_code == 200, shared.text
+            assert shared.json()["outputs"] == private.json()["outputs"]
