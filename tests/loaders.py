@@ -147,3 +147,10 @@ def slow_recorded_load() -> Echo:
     with Path(os.environ["LOADONCE_TEST_LOAD_LOG"]).open("a") as log:
         log.write(f"{os.getpid()} {started} {time.monotonic()}\n")
     return Echo()
+
+
+def build_wide_linear_small() -> Any:
+    """The factory of the 40 MB planning test: 1,000 x 10,000 float32 weights."""
+    import torch
+
+    return torch.nn.Linear(10_000, 1_000, bias=False)

@@ -20,6 +20,7 @@ def test_two_workers_each_load_once_across_200_requests(tmp_path: Path) -> None:
         """
 [server]
 workers = 2
+memory_plan = false  # the plan would run the counting loader once more, in its own process
 
 [[models]]
 name = "echo"
@@ -79,7 +80,10 @@ def _pid_alive(pid: int) -> bool:
 def test_a_worker_that_dies_is_replaced_and_sigterm_stops_all(tmp_path: Path) -> None:
     load_log = tmp_path / "loads.txt"
     config = tmp_path / "loadonce.toml"
-    config.write_text('[[models]]\nname = "echo"\nloader = "tests.loaders:counting_echo"\n')
+    config.write_text(
+        "[server]\nmemory_plan = false  # no extra load in a planning process\n\n"
+        '[[models]]\nname = "echo"\nloader = "tests.loaders:counting_echo"\n'
+    )
     env = cli_env(tmp_path, {"LOADONCE_TEST_LOAD_LOG": str(load_log)})
     server = start_cli([str(config), "--workers", "2"], tmp_path, env=env)
     try:

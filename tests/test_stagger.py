@@ -17,6 +17,7 @@ def _load_intervals(tmp_path: Path, stagger: bool) -> list[tuple[float, float]]:
 [server]
 workers = 3
 stagger_loading = {"true" if stagger else "false"}
+memory_plan = false  # the plan would run the loader once more, in its own process
 
 [[models]]
 name = "slow"

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import click
 
-from loadonce._errors import ConfigError
+from loadonce._errors import ConfigError, LoadonceError
 from loadonce._version import __version__
+from loadonce.server._plan import make_plan, parse_size
 from loadonce.server._resolve import resolve_serve_config
-from loadonce.server._settings import LogLevel
+from loadonce.server._settings import LogLevel, ServeConfig
 from loadonce.server._supervisor import Supervisor
-from loadonce.server._worker import serve_single_worker
+from loadonce.server._worker import STARTUP_FAILED, serve_single_worker
 
 _LOG_LEVELS: list[LogLevel] = ["critical", "error", "warning", "info", "debug", "trace"]
 # Exit status for a command line or config file that cannot be used (click uses 2 as well).
@@ -64,6 +65,14 @@ def main() -> None:
     envvar="LOADONCE_TRUST",
     help="Allow pickle/joblib artifacts, which run code when loaded.",
 )
+@click.option(
+    "--memory-limit",
+    envvar="LOADONCE_MEMORY_LIMIT",
+    help="Plan against this much memory (16GiB, 500MB...) instead of what is available.",
+)
+@click.option(
+    "--force", is_flag=True, help="Start several workers even if the memory plan says no."
+)
 def serve(
     target: str | None,
     demo: bool,
@@ -74,6 +83,8 @@ def serve(
     log_format: str | None,
     drain_timeout: int | None,
     trust: bool,
+    memory_limit: str | None,
+    force: bool,
 ) -> None:
     """Serve TARGET: a TOML config file, one artifact, or a 'package.module:function' loader.
 
@@ -95,7 +106,61 @@ def serve(
         sys.exit(USAGE_ERROR)
     if config.server.workers == 1:
         sys.exit(serve_single_worker(config))
-    sys.exit(Supervisor(config).run())
+    try:
+        limit = None if memory_limit is None else parse_size(memory_limit)
+    except ConfigError as exc:
+        click.echo(f"loadonce: error: {exc}", err=True)
+        sys.exit(USAGE_ERROR)
+    sys.exit(Supervisor(config, memory_limit=limit, force=force).run())
+
+
+PLAN_WONT_FIT = 1
+
+
+def _run_plan(config: ServeConfig, memory_limit: str | None) -> int:
+    """Print the plan; 0 it fits, 1 it does not, 3 a model failed to load."""
+    try:
+        limit = None if memory_limit is None else parse_size(memory_limit)
+        plan = make_plan(config, config.server.workers, limit=limit)
+    except ConfigError as exc:
+        click.echo(f"loadonce: error: {exc}", err=True)
+        sys.exit(USAGE_ERROR)
+    except LoadonceError as exc:
+        click.echo(f"loadonce: planning failed: {exc}", err=True)
+        return STARTUP_FAILED
+    click.echo(plan.table())
+    return 0 if plan.fits else PLAN_WONT_FIT
+
+
+@main.command()
+@click.argument("target", required=False, envvar="LOADONCE_TARGET")
+@click.option("--demo", is_flag=True, help="Plan for the built-in iris demo model.")
+@click.option("--workers", type=int, envvar="LOADONCE_WORKERS", help="Workers to plan for.")
+@click.option(
+    "--memory-limit",
+    envvar="LOADONCE_MEMORY_LIMIT",
+    help="Plan against this much memory (16GiB, 500MB...) instead of what is available.",
+)
+@click.option("--trust", is_flag=True, envvar="LOADONCE_TRUST", help="As for serve.")
+def plan(
+    target: str | None,
+    demo: bool,
+    workers: int | None,
+    memory_limit: str | None,
+    trust: bool,
+) -> None:
+    """Load TARGET's models once, measure them, and say whether N workers fit in memory.
+
+    Exit status: 0 it fits, 1 it does not, 2 a usage error, 3 a model failed to load.
+    """
+    try:
+        config = resolve_serve_config(
+            target, demo=demo, trust=trust, overrides={"workers": workers}
+        )
+    except ConfigError as exc:
+        click.echo(f"loadonce: error: {exc}", err=True)
+        sys.exit(USAGE_ERROR)
+    sys.exit(_run_plan(config, memory_limit))
 
 
 @main.command()

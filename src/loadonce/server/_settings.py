@@ -27,6 +27,9 @@ class ServerOptions(BaseModel):
     log_level: LogLevel = "info"
     # With several workers: load one worker at a time (one load's memory peak, not N).
     stagger_loading: bool = True
+    # With several workers: measure the models in a child process first, refuse what cannot
+    # fit (server/_plan.py). The loaders then run once more, in that child.
+    memory_plan: bool = True
     # "json": one JSON object per log line (request lines carry request_id, status...).
     log_format: Literal["plain", "json"] = "plain"
     # On SIGTERM: how long accepted requests (queued and running) may take to finish.
@@ -99,6 +102,7 @@ _ENVIRONMENT_ONLY = {
     "max_body_bytes": "LOADONCE_MAX_BODY_BYTES",
     "max_element_bytes": "LOADONCE_MAX_ELEMENT_BYTES",
     "stagger_loading": "LOADONCE_STAGGER_LOADING",
+    "memory_plan": "LOADONCE_MEMORY_PLAN",
 }
 
 

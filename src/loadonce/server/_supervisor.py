@@ -28,9 +28,11 @@ from typing import Any
 from prometheus_client.multiprocess import mark_process_dead
 
 from loadonce._control import ControlRequest, WorkerOutcome, changed_spec
+from loadonce._errors import LoadonceError
 from loadonce._metrics import MULTIPROCESS_DIR
 from loadonce.server._control_channel import APPLIED, APPLY, CONTROL, RESULT
 from loadonce.server._logging import log_config
+from loadonce.server._plan import make_plan
 from loadonce.server._settings import ServeConfig
 from loadonce.server._sockets import BindError, bind_without_listening, describe_address
 from loadonce.server._stagger import LOCK_VARIABLE
@@ -60,8 +62,12 @@ def _not_attempted(worker: _Worker, why: str) -> WorkerOutcome:
 
 
 class Supervisor:
-    def __init__(self, config: ServeConfig) -> None:
+    def __init__(
+        self, config: ServeConfig, *, memory_limit: int | None = None, force: bool = False
+    ) -> None:
         self.config = config
+        self._memory_limit = memory_limit
+        self._force = force
         self._context = multiprocessing.get_context("spawn")
         self._stopping = False
         self._socket: socket.socket | None = None
@@ -83,6 +89,8 @@ class Supervisor:
         try:
             self._socket = bind_without_listening(options.host, options.port)
             address = describe_address(self._socket)
+            if options.memory_plan and not self._plan_fits():
+                return STARTUP_FAILED
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, self._ask_to_stop)
             logger.info(
@@ -110,6 +118,29 @@ class Supervisor:
                 self._socket.close()
             metrics_dir.cleanup()
             lock_dir.cleanup()
+
+    def _plan_fits(self) -> bool:
+        """Measure the models once before N workers load N copies (server/_plan.py); a model
+        that fails to load there fails the startup as it would in a worker."""
+        try:
+            plan = make_plan(self.config, self.config.server.workers, limit=self._memory_limit)
+        except LoadonceError as failure:
+            raise _StartupFailedError(str(failure)) from None
+        if plan.fits:
+            logger.info(
+                "memory plan: %d workers need about %.0f MiB of %.0f MiB (%s)",
+                plan.workers,
+                plan.total / 2**20,
+                plan.available.bytes / 2**20,
+                plan.available.source,
+            )
+            return True
+        logger.error("memory plan:\n%s", plan.table())
+        if self._force:
+            logger.warning("starting anyway (--force)")
+            return True
+        logger.error("startup failed: the workers would not fit in memory (--force starts anyway)")
+        return False
 
     def _ask_to_stop(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True

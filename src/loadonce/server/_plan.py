@@ -1,0 +1,182 @@
+"""The memory plan: what N workers will take, measured before any of them starts.
+
+``loadonce plan TARGET --workers N`` (and ``loadonce serve`` with several workers, before it
+starts them) loads every model once in a child process and measures it: the memory each
+worker will hold privately (the process's unique set: interpreter, libraries' data, copied
+weights) and the memory all workers share (the artifacts mapped read-only, counted once).
+The prediction for N workers is N times the private part plus the shared part, compared with
+the memory available (and the cgroup's limit, in a container).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import re
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import psutil
+
+from loadonce._errors import ConfigError, LoadonceError
+from loadonce._registry import Registry
+from loadonce.server._settings import ServeConfig
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_CGROUP_V2 = Path("/sys/fs/cgroup/memory.max")
+_CGROUP_V2_USED = Path("/sys/fs/cgroup/memory.current")
+_CGROUP_V1 = Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+_CGROUP_V1_USED = Path("/sys/fs/cgroup/memory/memory.usage_in_bytes")
+
+
+def parse_size(text: str) -> int:
+    """'16GiB', '500 MB', '1073741824' -> bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if match is None or match.group(2).lower() not in _UNITS:
+        raise ConfigError(f"not a size: {text!r} (examples: 16GiB, 500MB, 1073741824)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+@dataclass(frozen=True)
+class ModelMeasure:
+    name: str
+    load_seconds: float
+    private_bytes: int  # what this model's load added to the worker's unique memory
+    shared_bytes: int  # its artifact's pages mapped read-only: shared by every worker
+
+
+@dataclass(frozen=True)
+class Available:
+    bytes: int
+    source: str
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    workers: int
+    base_private_bytes: int  # a worker before its models: interpreter, loadonce, libraries
+    models: list[ModelMeasure]
+    available: Available
+
+    @property
+    def private_per_worker(self) -> int:
+        return self.base_private_bytes + sum(m.private_bytes for m in self.models)
+
+    @property
+    def shared(self) -> int:
+        return sum(m.shared_bytes for m in self.models)
+
+    @property
+    def total(self) -> int:
+        return self.workers * self.private_per_worker + self.shared
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.available.bytes
+
+    def table(self) -> str:
+        rows = [("model", "load s", "private / worker", "shared (once)")]
+        rows += [
+            (m.name, f"{m.load_seconds:.2f}", _mib(m.private_bytes), _mib(m.shared_bytes))
+            for m in self.models
+        ]
+        rows.append(("(worker itself)", "", _mib(self.base_private_bytes), ""))
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        lines = [
+            "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
+        ]
+        verdict = "fits" if self.fits else "DOES NOT FIT"
+        lines += [
+            "",
+            f"{self.workers} workers x {_mib(self.private_per_worker)} private "
+            f"+ {_mib(self.shared)} shared = {_mib(self.total)}",
+            f"available: {_mib(self.available.bytes)} ({self.available.source}): {verdict}",
+        ]
+        return "\n".join(lines)
+
+
+def _mib(count: int) -> str:
+    return f"{count / 2**20:,.1f} MiB"
+
+
+def available_memory(limit: int | None = None) -> Available:
+    """What the server may use: the given limit, else the machine's available memory, or
+    what the cgroup (a container's limit) leaves, whichever is less."""
+    if limit is not None:
+        return Available(limit, "the limit given")
+    best = Available(int(psutil.virtual_memory().available), "available on this machine")
+    for limit_file, used_file in ((_CGROUP_V2, _CGROUP_V2_USED), (_CGROUP_V1, _CGROUP_V1_USED)):
+        try:
+            raw_limit = limit_file.read_text().strip()
+            used = int(used_file.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if raw_limit.isdigit() and int(raw_limit) - used < best.bytes:
+            best = Available(int(raw_limit) - used, f"left under the cgroup limit {raw_limit}")
+        break
+    return best
+
+
+def make_plan(config: ServeConfig, workers: int, *, limit: int | None = None) -> MemoryPlan:
+    """Load every model once in a child process and measure; raise ModelLoadError's message
+    as a LoadonceError if one fails."""
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    child = context.Process(target=_measure_in_child, args=(config, theirs), name="loadonce-plan")
+    child.start()
+    theirs.close()
+    try:
+        outcome = ours.recv()
+    except EOFError:
+        outcome = f"the planning process exited with code {child.exitcode} while loading"
+    finally:
+        child.join()
+        ours.close()
+    if isinstance(outcome, str):
+        raise LoadonceError(outcome)
+    base, measures = outcome
+    return MemoryPlan(
+        workers=workers, base_private_bytes=base, models=measures, available=available_memory(limit)
+    )
+
+
+def _measure_in_child(config: ServeConfig, pipe: Connection) -> None:
+    process = psutil.Process()
+    base = int(process.memory_full_info().uss)
+    registry = Registry(config.models, unloaded=config.unloaded)
+    try:
+        asyncio.run(registry.load_all())
+    except LoadonceError as failure:
+        pipe.send(str(failure))
+        return
+    measures = []
+    for model in registry.models:
+        if not model.wanted or model.load_memory is None:
+            continue
+        shared = _mapped_bytes(process, model.spec.artifact) if model.shares_weights else 0
+        measures.append(
+            ModelMeasure(
+                name=model.name,
+                load_seconds=model.load_seconds or 0.0,
+                # Mapped pages count as unique while one process maps them: they are shared.
+                private_bytes=max(0, model.load_memory.uss - shared),
+                shared_bytes=shared,
+            )
+        )
+    pipe.send((base, measures))
+    asyncio.run(registry.unload_all())
+
+
+def _mapped_bytes(process: psutil.Process, artifact: Path | None) -> int:
+    """Resident bytes of this process's mappings of files under the artifact's path."""
+    if artifact is None:
+        return 0
+    root = os.path.realpath(artifact)
+    return sum(
+        int(mapping.rss)
+        for mapping in process.memory_maps(grouped=True)
+        if mapping.path == root or mapping.path.startswith(root + os.sep)
+    )
