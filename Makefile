@@ -8,7 +8,7 @@ CONSTRAINTS := requirements/constraints.txt
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint typecheck pytest bench bench-protocols lock clean
+.PHONY: serve test lint typecheck pytest bench bench-protocols bench-memory lock clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) || { echo "error: '$(PYTHON) -m venv' failed; on Debian/Ubuntu install python3-venv" >&2; exit 1; }
@@ -47,6 +47,10 @@ bench: $(VENV)/.test-installed
 bench-protocols: $(VENV)/.test-installed
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python -m bench.protocols
+
+# Memory with 1 and 4 workers, weights shared or not (about 4 GB of generated artifacts).
+bench-memory: $(VENV)/.test-installed
+	$(BIN)/python -m bench.memory
 
 # Re-pin after changing dependencies: installs the newest allowed versions into a scratch venv.
 lock:
