@@ -135,3 +135,42 @@ def test_two_workers_hold_one_copy_of_mapped_weights(
             )
             assert shared.status_code == 200, shared.text
             assert shared.json()["outputs"] == private.json()["outputs"]
+
+
+def test_convert_makes_a_compressed_joblib_file_mappable(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from loadonce.runtimes.sklearn import compression_of
+    from tests.servers import REPO_ROOT
+
+    rng = np.random.default_rng(0)
+    model = KNeighborsClassifier(n_neighbors=1, algorithm="brute").fit(
+        rng.normal(size=(1000, 4)), rng.integers(0, 2, size=1000)
+    )
+    compressed = tmp_path / "compressed.joblib"
+    joblib.dump(model, compressed, compress=3)
+    assert compression_of(compressed) == "zlib"
+    converted = tmp_path / "plain.joblib"
+
+    def convert(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "loadonce", "convert", str(compressed), str(converted), *extra],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    refused = convert()
+    assert refused.returncode == 2
+    assert "--trust" in refused.stderr
+    done = convert("--trust")
+    assert done.returncode == 0, done.stderr
+    assert compression_of(converted) is None
+    assert "sha256 =" in done.stdout
+    mapped = joblib.load(converted, mmap_mode="r")
+    assert isinstance(mapped._fit_X, np.memmap)
+    probe = rng.normal(size=(5, 4))
+    np.testing.assert_array_equal(mapped.predict(probe), model.predict(probe))
+    assert convert("--trust").returncode == 2, "an existing file is not overwritten"

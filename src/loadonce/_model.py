@@ -175,6 +175,14 @@ class Model:
         """Load and warm up every instance of ``spec``; on success it becomes the model's
         spec, and the time and memory it took are recorded and logged."""
         self.worker_pid = os.getpid()
+        logger.info(
+            "model '%s' version %s loading in worker pid %d from %s%s",
+            self.name,
+            spec.version,
+            self.worker_pid,
+            spec.source,
+            _size_of(spec),
+        )
         before = sample_process_memory()
         started = time.perf_counter()
         instances: list[Predictor] = []
@@ -308,6 +316,20 @@ class Model:
 
 
 _SERVING = (ModelState.READY, ModelState.RELOADING)
+
+
+def _size_of(spec: ModelSpec) -> str:
+    artifact = spec.artifact
+    if artifact is None:
+        return ""
+    try:
+        if artifact.is_dir():
+            size = sum(f.stat().st_size for f in artifact.rglob("*") if f.is_file())
+        else:
+            size = artifact.stat().st_size
+    except OSError:
+        return ""  # the load itself names what is missing
+    return f" ({size / 2**20:,.1f} MiB)"
 
 
 async def _retire(batcher: Batcher | None, executor: Executor | None, name: str) -> None:

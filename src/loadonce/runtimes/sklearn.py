@@ -102,10 +102,11 @@ def _load_pickle(path: Path, spec: ModelSpec) -> Any:
             return joblib.load(path, mmap_mode="r")
         logger.warning(
             "model '%s': %s is %s-compressed, so each worker holds its own copy of its "
-            "arrays; save it with joblib.dump(..., compress=0) to have them shared",
+            "arrays; 'loadonce convert %s NEW.joblib --trust' rewrites it to be shared",
             spec.name,
             path,
             compression,
+            path,
         )
     return joblib.load(path)
 

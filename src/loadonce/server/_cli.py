@@ -12,6 +12,8 @@ from pathlib import Path
 import click
 
 from loadonce._errors import ConfigError, LoadonceError
+from loadonce._imports import import_optional
+from loadonce._integrity import file_sha256
 from loadonce._version import __version__
 from loadonce.server._plan import make_plan, parse_size
 from loadonce.server._resolve import resolve_serve_config
@@ -239,3 +241,38 @@ def _error_body(failure: urllib.error.HTTPError) -> dict[str, object]:
     except ValueError:
         return {"error": failure.reason}
     return body if isinstance(body, dict) and "error" in body else {"error": failure.reason}
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("destination", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--trust",
+    is_flag=True,
+    help="Required: reading a joblib or pickle file runs code from it.",
+)
+def convert(source: Path, destination: Path, trust: bool) -> None:
+    """Rewrite a compressed joblib (or pickle) file as an uncompressed joblib file, whose
+    NumPy arrays every worker can then map and share (share = "mmap").
+
+    Prints the new file's sha256, to pin it in the config.
+    """
+    if not trust:
+        click.echo(
+            "loadonce: error: reading a joblib or pickle file runs code from it; pass --trust "
+            "if you trust this file's origin",
+            err=True,
+        )
+        sys.exit(USAGE_ERROR)
+    if destination.suffix.lower() != ".joblib":
+        click.echo("loadonce: error: DESTINATION must end in .joblib", err=True)
+        sys.exit(USAGE_ERROR)
+    if destination.exists():
+        click.echo(f"loadonce: error: {destination} exists; it is not overwritten", err=True)
+        sys.exit(USAGE_ERROR)
+    joblib = import_optional("joblib", extra="sklearn")
+    model = joblib.load(source)
+    partial = destination.with_name(destination.name + ".partial")
+    joblib.dump(model, partial, compress=0)
+    partial.rename(destination)  # never a half-written file under the final name
+    click.echo(f'{destination}: uncompressed, sha256 = "{file_sha256(destination)}"')
