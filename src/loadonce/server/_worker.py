@@ -9,7 +9,8 @@ import logging.config
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from multiprocessing.connection import Connection
 from types import FrameType
 
@@ -23,6 +24,7 @@ from loadonce._errors import LoadonceError
 from loadonce._registry import Registry
 from loadonce.server._control_channel import SupervisedControl
 from loadonce.server._logging import log_config
+from loadonce.server._progress import load_progress
 from loadonce.server._settings import ServeConfig
 from loadonce.server._sockets import BindError, bind_without_listening, describe_address
 from loadonce.server._stagger import one_worker_at_a_time
@@ -90,7 +92,7 @@ def run_worker(
         access=options.access(),
         limits=options.limits(),
         control=None if make_control is None else make_control(registry),
-        load_gate=one_worker_at_a_time,
+        load_gate=lambda: _gated_with_progress(registry),
     )
     uvicorn_config = uvicorn.Config(
         _OneLineStartupFailure(app, registry),
@@ -113,6 +115,13 @@ def run_worker(
     if registry.failure is not None:
         return False, str(registry.failure)
     return False, f"worker pid {os.getpid()} failed to start (see the log above)"
+
+
+@asynccontextmanager
+async def _gated_with_progress(registry: Registry) -> AsyncIterator[None]:
+    """Wait for this worker's turn to load, then show progress while it loads."""
+    async with one_worker_at_a_time(), load_progress(registry):
+        yield
 
 
 def serve_single_worker(config: ServeConfig) -> int:
