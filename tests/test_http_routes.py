@@ -49,7 +49,7 @@ def test_models_lists_what_an_operator_needs(client: TestClient) -> None:
     assert adder["worker_pid"] == body["worker_pid"]
     assert adder["load_count"] == 1
     assert adder["load_seconds"] >= 0
-    assert set(adder["memory"]) == {"rss_bytes", "uss_bytes", "pss_bytes"}
+    assert set(adder["memory"]) == {"rss_bytes", "uss_bytes", "pss_bytes", "mapped_bytes"}
     assert adder["weights_shared"] is False  # a loader's object is never mapped
     assert adder["input_shape"] == [3]
     assert adder["queue"] == {

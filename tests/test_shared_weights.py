@@ -115,6 +115,12 @@ def test_two_workers_hold_one_copy_of_mapped_weights(
         models = {m["name"]: m for m in httpx.get(f"{server.url}/models").json()["models"]}
         assert models["big_torch"]["weights_shared"] is True
         assert models["big_sklearn"]["weights_shared"] is True
+        for name in ("big_torch", "big_sklearn"):
+            mapped = models[name]["memory"]["mapped_bytes"]
+            assert (
+                abs(mapped - artifacts[name].stat().st_size) < 0.1 * artifacts[name].stat().st_size
+            )
+        assert models["big_torch_private"]["memory"]["mapped_bytes"] == 0
         assert models["big_torch_private"]["weights_shared"] is False
         assert models["big_sklearn_private"]["weights_shared"] is False
         # A private load copies the weights into the worker. (A mapped load's USS right after

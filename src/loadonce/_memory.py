@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -32,6 +34,19 @@ def sample_process_memory() -> MemorySample:
     info = psutil.Process().memory_full_info()
     # pss exists on Linux only.
     return MemorySample(rss=int(info.rss), uss=int(info.uss), pss=int(getattr(info, "pss", 0)))
+
+
+def mapped_file_bytes(artifact: Path | None) -> int:
+    """Resident bytes of this process's mappings of the artifact (a file, or the files of a
+    directory): pages of the page cache, shared with every process that maps them."""
+    if artifact is None:
+        return 0
+    root = os.path.realpath(artifact)
+    return sum(
+        int(mapping.rss)
+        for mapping in psutil.Process().memory_maps(grouped=True)
+        if mapping.path == root or mapping.path.startswith(root + os.sep)
+    )
 
 
 def format_bytes(count: int) -> str:

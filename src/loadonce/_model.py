@@ -24,7 +24,7 @@ from loadonce._errors import (
 )
 from loadonce._inputs import split_examples
 from loadonce._integrity import verify_sha256
-from loadonce._memory import MemorySample, format_bytes, sample_process_memory
+from loadonce._memory import MemorySample, format_bytes, mapped_file_bytes, sample_process_memory
 from loadonce._observer import ModelObserver
 from loadonce._spec import Concurrency, ModelSpec
 from loadonce.runtimes import resolve_runtime
@@ -59,6 +59,8 @@ class Model:
         self.load_count = 0
         self.load_seconds: float | None = None
         self.load_memory: MemorySample | None = None
+        # Resident bytes of the artifact mapped read-only (shared by the workers), after load.
+        self.mapped_bytes = 0
         self.loaded_at: float | None = None
         self.error: str | None = None
         self.runtime_name: str | None = None
@@ -194,6 +196,10 @@ class Model:
             await _close_all(instances, self.name)
             raise ModelLoadError(self.name, spec.source, exc) from exc
         self.spec, self.runtime_name, self.concurrency = spec, runtime_name, policy
+        shared = all(instance.shares_weights for instance in executor.instances)
+        self.mapped_bytes = (
+            await anyio.to_thread.run_sync(mapped_file_bytes, spec.artifact) if shared else 0
+        )
         self.load_seconds = time.perf_counter() - started
         self.load_memory = sample_process_memory() - before
         self.loaded_at = time.time()

@@ -44,6 +44,10 @@ class MemoryTaken(BaseModel):
         description="Growth of the worker's proportional set (shared pages divided among the "
         "processes sharing them)."
     )
+    mapped_bytes: int = Field(
+        description="The part that is the artifact mapped read-only: one copy in the page "
+        "cache for every worker (0 when the weights are not shared)."
+    )
 
 
 class Tensor(BaseModel):

@@ -66,7 +66,12 @@ def describe_model(model: Model, workers: dict[str, list[WorkerState]] | None = 
         loaded_at=model.loaded_at,
         memory=None
         if memory is None
-        else MemoryTaken(rss_bytes=memory.rss, uss_bytes=memory.uss, pss_bytes=memory.pss),
+        else MemoryTaken(
+            rss_bytes=memory.rss,
+            uss_bytes=memory.uss,
+            pss_bytes=memory.pss,
+            mapped_bytes=model.mapped_bytes,
+        ),
         weights_shared=model.shares_weights,
         input_shape=None if signature is None else list(signature.shape),
         input_dtype=None if signature is None else signature.dtype,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import os
 import re
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -156,7 +155,7 @@ def _measure_in_child(config: ServeConfig, pipe: Connection) -> None:
     for model in registry.models:
         if not model.wanted or model.load_memory is None:
             continue
-        shared = _mapped_bytes(process, model.spec.artifact) if model.shares_weights else 0
+        shared = model.mapped_bytes
         measures.append(
             ModelMeasure(
                 name=model.name,
@@ -168,15 +167,3 @@ def _measure_in_child(config: ServeConfig, pipe: Connection) -> None:
         )
     pipe.send((base, measures))
     asyncio.run(registry.unload_all())
-
-
-def _mapped_bytes(process: psutil.Process, artifact: Path | None) -> int:
-    """Resident bytes of this process's mappings of files under the artifact's path."""
-    if artifact is None:
-        return 0
-    root = os.path.realpath(artifact)
-    return sum(
-        int(mapping.rss)
-        for mapping in process.memory_maps(grouped=True)
-        if mapping.path == root or mapping.path.startswith(root + os.sep)
-    )
