@@ -140,10 +140,11 @@ def build_tiny_linear() -> Any:
 
 
 def slow_recorded_load() -> Echo:
-    """Takes 0.6 s to load; appends 'pid start end' (monotonic seconds, comparable across
-    processes on one machine) to $LOADONCE_TEST_LOAD_LOG."""
+    """Takes 1.5 s to load (long enough to overlap when workers load at once); appends
+    'pid start end' (monotonic seconds, comparable across processes on one machine) to
+    $LOADONCE_TEST_LOAD_LOG."""
     started = time.monotonic()
-    time.sleep(0.6)
+    time.sleep(1.5)
     with Path(os.environ["LOADONCE_TEST_LOAD_LOG"]).open("a") as log:
         log.write(f"{os.getpid()} {started} {time.monotonic()}\n")
     return Echo()
