@@ -9,7 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from loadonce._control import STATE_KEY, ControlRequest, ModelControl, WorkerOutcome
+from loadonce._control import (
+    STATE_KEY,
+    ControlRequest,
+    ModelControl,
+    WorkerOutcome,
+    describe_failures,
+)
 from loadonce._errors import InvalidInputError, describe_validation
 from loadonce._http import LoadonceRoute
 from loadonce._schemas import ErrorBody
@@ -53,7 +59,7 @@ def outcome_response(model: str, outcomes: list[WorkerOutcome]) -> JSONResponse:
         workers=[WorkerResult(**o.__dict__) for o in outcomes],
     )
     if not ok:
-        failed = "; ".join(f"worker pid {o.pid}: {o.error}" for o in outcomes if not o.ok)
+        failed = describe_failures(outcomes)
         return JSONResponse({"error": failed, **body.model_dump()}, status_code=400)
     return JSONResponse(body.model_dump())
 

@@ -57,6 +57,11 @@ class WorkerOutcome:
     error: str | None = None
 
 
+def describe_failures(outcomes: list[WorkerOutcome]) -> str:
+    """The failed workers' errors as one line; empty when every worker succeeded."""
+    return "; ".join(f"worker pid {o.pid}: {o.error}" for o in outcomes if not o.ok)
+
+
 def changed_spec(spec: ModelSpec, request: ControlRequest) -> ModelSpec:
     """The spec with the request's changes, validated as a declared one is; a new artifact must
     be an absolute path (the server may not run where the caller does)."""

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from loadonce._admin import control_of
-from loadonce._control import ControlRequest, WorkerOutcome
+from loadonce._control import Action, ControlRequest, describe_failures
 from loadonce._dependencies import registry_of
 from loadonce._errors import InvalidInputError, describe_validation
 from loadonce._model import Model, ModelState
@@ -73,11 +73,7 @@ def add_repository_routes(router: APIRouter, *, model_control: bool) -> None:
                 f"loading with {', '.join(overrides)} is not supported: loadonce loads a model "
                 "as it was declared at startup; change the configuration and restart instead"
             )
-        outcomes = await control_of(request).apply(ControlRequest(action="load", model=model.name))
-        failed = _failures(outcomes)
-        if failed:
-            return v2_error(400, failed)
-        return JSONResponse({"name": model.name, "load": True})
+        return await _apply(request, model.name, "load")
 
     @router.post(
         "/v2/repository/models/{model_name}/unload",
@@ -90,17 +86,16 @@ def add_repository_routes(router: APIRouter, *, model_control: bool) -> None:
         if not model_control:
             return _control_off()
         # unload_dependents is accepted and has nothing to act on: no model depends on another.
-        outcomes = await control_of(request).apply(
-            ControlRequest(action="unload", model=model.name)
-        )
-        failed = _failures(outcomes)
-        if failed:
-            return v2_error(400, failed)
-        return JSONResponse({"name": model.name, "unload": True})
+        return await _apply(request, model.name, "unload")
 
 
-def _failures(outcomes: list[WorkerOutcome]) -> str:
-    return "; ".join(f"worker pid {o.pid}: {o.error}" for o in outcomes if not o.ok)
+async def _apply(request: Request, name: str, action: Action) -> Response:
+    """Through the app's model control, so every worker follows; 400 naming any failure."""
+    outcomes = await control_of(request).apply(ControlRequest(action=action, model=name))
+    failed = describe_failures(outcomes)
+    if failed:
+        return v2_error(400, failed)
+    return JSONResponse({"name": name, action: True})
 
 
 def _entry(model: Model) -> RepositoryModel:
