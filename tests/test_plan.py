@@ -7,10 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx2 as httpx
+import psutil
 import torch
 from safetensors.torch import save_file
 
-from tests.servers import REPO_ROOT, cli_env
+from tests.servers import REPO_ROOT, cli_env, serving
 
 MIB = 1 << 20
 
@@ -32,9 +34,10 @@ def _megabytes(text: str, label: str) -> float:
     return float(match.group(2).replace(",", ""))
 
 
-def test_the_plan_counts_mapped_weights_once_and_refuses_what_cannot_fit(tmp_path: Path) -> None:
+def _wide_model(tmp_path: Path) -> tuple[Path, Path]:
+    """A 40 MB safetensors model and its config: (config, weights)."""
     weights = tmp_path / "wide.safetensors"
-    save_file({"weight": torch.zeros(1_000, 10_000)}, weights)  # 40 MB
+    save_file({"weight": torch.zeros(1_000, 10_000)}, weights)
     config = tmp_path / "loadonce.toml"
     config.write_text(
         f"""
@@ -46,6 +49,17 @@ input_shape = [10000]
 warmup = [{", ".join(["1.0"] * 10_000)}]
 """
     )
+    return config, weights
+
+
+def _total(text: str) -> float:
+    match = re.search(r"= ([\d,.]+) MiB\n", text)
+    assert match, text
+    return float(match.group(1).replace(",", ""))
+
+
+def test_the_plan_counts_mapped_weights_once_and_refuses_what_cannot_fit(tmp_path: Path) -> None:
+    config, weights = _wide_model(tmp_path)
     fits = _loadonce(tmp_path, "plan", str(config), "--workers", "4")
     assert fits.returncode == 0, fits.stderr
     shared = _megabytes(fits.stdout, "wide")
@@ -68,3 +82,22 @@ warmup = [{", ".join(["1.0"] * 10_000)}]
     wrong = _loadonce(tmp_path, "plan", str(config), "--memory-limit", "lots")
     assert wrong.returncode == 2
     assert "not a size" in wrong.stderr
+
+
+def test_the_plan_predicts_what_the_server_then_takes(tmp_path: Path) -> None:
+    """The total the plan prints for 2 workers is close to the PSS, summed over every process
+    of the server, of a real 2-worker server after a request to each model."""
+    config, _ = _wide_model(tmp_path)
+    planned = _loadonce(tmp_path, "plan", str(config), "--workers", "2")
+    assert planned.returncode == 0, planned.stderr
+    predicted = _total(planned.stdout)
+    with serving([str(config), "--workers", "2"], tmp_path, env=cli_env(tmp_path)) as server:
+        answer = httpx.post(
+            f"{server.url}/models/wide/predict", json={"inputs": [[0.5] * 10_000]}, timeout=30
+        )
+        assert answer.status_code == 200, answer.text
+        root = psutil.Process(server.process.pid)
+        processes = [root, *root.children(recursive=True)]
+        measured = sum(p.memory_full_info().pss for p in processes) / MIB
+    # Requests add buffers to a worker that the plan's loading child never allocates.
+    assert 0.75 * measured < predicted < 1.25 * measured, (predicted, measured, planned.stdout)

@@ -148,9 +148,16 @@ def test_an_unknown_output_name_fails_the_load(classifier: Path) -> None:
         TestClient(loadonce.create_app([spec])).__enter__()
 
 
-def test_cli_serves_an_onnx_artifact(tmp_path: Path, classifier: Path) -> None:
+def test_cli_serves_an_onnx_artifact_from_forked_workers(tmp_path: Path, classifier: Path) -> None:
+    """Two workers forked after ONNX Runtime was imported (server/_worker_start.py) answer."""
     session = ort.InferenceSession(str(classifier), providers=["CPUExecutionProvider"])
     _, labels = session.run(None, {"x": np.asarray(ROWS, dtype=np.float32)})
-    with serving([str(classifier)], tmp_path) as server:
-        response = httpx.post(f"{server.url}/models/classifier/predict", json={"inputs": ROWS})
-    assert [o["label"] for o in response.json()["outputs"]] == labels.tolist()
+    with serving([str(classifier), "--workers", "2"], tmp_path) as server:
+        answers = [
+            httpx.post(f"{server.url}/models/classifier/predict", json={"inputs": ROWS})
+            for _ in range(8)
+        ]
+        pids = {w["pid"] for w in httpx.get(f"{server.url}/models").json()["models"][0]["workers"]}
+    assert len(pids) == 2
+    for response in answers:
+        assert [o["label"] for o in response.json()["outputs"]] == labels.tolist()

@@ -172,9 +172,9 @@ def test_asking_for_cuda_without_it_is_a_clear_error(torchscript: Path) -> None:
         TestClient(loadonce.create_app([spec])).__enter__()
 
 
-def test_cli_serves_an_exported_program(
+def test_cli_serves_an_exported_program_from_two_workers(
     tmp_path: Path, exported: Path, trained: torch.nn.Module
 ) -> None:
-    with serving([str(exported)], tmp_path) as server:
+    with serving([str(exported), "--workers", "2"], tmp_path) as server:
         response = httpx.post(f"{server.url}/models/mlp/predict", json={"inputs": ROWS})
     assert response.json()["outputs"] == _expected(trained, ROWS)

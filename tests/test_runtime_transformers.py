@@ -121,9 +121,9 @@ def test_the_task_is_read_from_config_json_else_asked_for(model_dir: Path, tmp_p
         TestClient(loadonce.create_app([spec])).__enter__()
 
 
-def test_cli_serves_a_model_directory(model_dir: Path, tmp_path: Path) -> None:
+def test_cli_serves_a_model_directory_from_two_workers(model_dir: Path, tmp_path: Path) -> None:
     reference = pipeline("text-classification", model=str(model_dir), local_files_only=True)
-    with serving([str(model_dir)], tmp_path) as server:
+    with serving([str(model_dir), "--workers", "2"], tmp_path) as server:
         response = httpx.post(f"{server.url}/models/sentiment/predict", json={"inputs": TEXTS})
     assert response.json()["outputs"] == reference(TEXTS)
 

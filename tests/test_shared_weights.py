@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import mmap
 import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx2 as httpx
@@ -11,6 +14,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 from safetensors.torch import save_file
 from sklearn.neighbors import KNeighborsClassifier
 
@@ -97,11 +101,51 @@ def _mapping(process: psutil.Process, path: Path) -> tuple[int, int]:
     return 0, 0
 
 
+@contextmanager
+def _mapped_by_this_process(*paths: Path) -> Iterator[None]:
+    """Map files and read every page, so that a worker's mapping of them is shared from its
+    first page: a page only one process maps counts as that process's unique memory."""
+    with ExitStack() as stack:
+        for path in paths:
+            with path.open("rb") as file:
+                mapped = stack.enter_context(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
+            view = np.frombuffer(mapped, dtype=np.uint8)
+            int(view[:: mmap.PAGESIZE].sum())
+            del view  # an exported buffer would keep the mapping from closing
+        yield
+
+
+def _load_uss_by_worker(server: CliServer, model: str) -> dict[str, float]:
+    """What each worker's load of a model added to its unique memory, from /metrics."""
+    text = httpx.get(f"{server.url}/metrics").text
+    return {
+        sample.labels["pid"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "loadonce_model_memory_bytes"
+        for sample in family.samples
+        if sample.labels["model"] == model and sample.labels["kind"] == "uss"
+    }
+
+
 def test_two_workers_hold_one_copy_of_mapped_weights(
     tmp_path: Path, artifacts: dict[str, Path]
 ) -> None:
     env = cli_env(tmp_path)
-    with serving([str(_config(tmp_path, artifacts))], tmp_path, env=env) as server:
+    mappings = ExitStack()
+    big = (artifacts["big_torch"], artifacts["big_sklearn"])
+    mappings.enter_context(_mapped_by_this_process(*big))
+    with mappings, serving([str(_config(tmp_path, artifacts))], tmp_path, env=env) as server:
+        # No worker's load made a private copy of the weights: its unique memory grew by
+        # less than 10% of their size (each copying load grew by about all of it).
+        for name in ("big_torch", "big_sklearn"):
+            size = artifacts[name].stat().st_size
+            shared_loads = _load_uss_by_worker(server, name)
+            copied_loads = _load_uss_by_worker(server, f"{name}_private")
+            assert len(shared_loads) == len(copied_loads) == 2, (shared_loads, copied_loads)
+            assert all(uss < 0.1 * size for uss in shared_loads.values()), (name, shared_loads)
+            assert all(uss > 0.9 * size for uss in copied_loads.values()), (name, copied_loads)
+        mappings.close()  # from here on, the workers are the only processes mapping them
+
         workers = _workers(server)
         assert len(workers) == 2
         for name in ("big_torch", "big_sklearn"):
@@ -123,9 +167,7 @@ def test_two_workers_hold_one_copy_of_mapped_weights(
         assert models["big_torch_private"]["memory"]["mapped_bytes"] == 0
         assert models["big_torch_private"]["weights_shared"] is False
         assert models["big_sklearn_private"]["weights_shared"] is False
-        # A private load copies the weights into the worker. (A mapped load's USS right after
-        # it is no measure of sharing: until another process maps the same pages, the clean
-        # file pages count as this one's. The mappings' PSS above is the measure.)
+        # /models shows the copy a private load made.
         for name in ("big_torch", "big_sklearn"):
             size = artifacts[name].stat().st_size
             assert models[f"{name}_private"]["memory"]["uss_bytes"] > 0.9 * size

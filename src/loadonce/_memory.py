@@ -49,6 +49,18 @@ def mapped_file_bytes(artifact: Path | None) -> int:
     )
 
 
+def artifact_bytes(artifact: Path | None) -> int | None:
+    """The artifact's size on disk (a directory's files summed); None if unreadable."""
+    if artifact is None:
+        return None
+    try:
+        if artifact.is_dir():
+            return sum(f.stat().st_size for f in artifact.rglob("*") if f.is_file())
+        return artifact.stat().st_size
+    except OSError:
+        return None
+
+
 def format_bytes(count: int) -> str:
     sign = "-" if count < 0 else "+"
     return f"{sign}{abs(count) / (1 << 20):.1f} MiB"

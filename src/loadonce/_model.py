@@ -24,7 +24,13 @@ from loadonce._errors import (
 )
 from loadonce._inputs import split_examples
 from loadonce._integrity import verify_sha256
-from loadonce._memory import MemorySample, format_bytes, mapped_file_bytes, sample_process_memory
+from loadonce._memory import (
+    MemorySample,
+    artifact_bytes,
+    format_bytes,
+    mapped_file_bytes,
+    sample_process_memory,
+)
 from loadonce._observer import ModelObserver
 from loadonce._spec import Concurrency, ModelSpec
 from loadonce.runtimes import resolve_runtime
@@ -325,17 +331,9 @@ _SERVING = (ModelState.READY, ModelState.RELOADING)
 
 
 def _size_of(spec: ModelSpec) -> str:
-    artifact = spec.artifact
-    if artifact is None:
-        return ""
-    try:
-        if artifact.is_dir():
-            size = sum(f.stat().st_size for f in artifact.rglob("*") if f.is_file())
-        else:
-            size = artifact.stat().st_size
-    except OSError:
-        return ""  # the load itself names what is missing
-    return f" ({size / 2**20:,.1f} MiB)"
+    size = artifact_bytes(spec.artifact)
+    # Unreadable: the load itself names what is missing.
+    return "" if size is None else f" ({size / 2**20:,.1f} MiB)"
 
 
 async def _retire(batcher: Batcher | None, executor: Executor | None, name: str) -> None:

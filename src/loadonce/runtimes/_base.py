@@ -82,6 +82,11 @@ class Runtime(ABC):
     suffixes: ClassVar[tuple[str, ...]] = ()
     # The policy used when a spec does not choose one (README: the runtime table says why).
     default_concurrency: ClassVar[str] = "serialized"
+    # Modules the workers of ``loadonce serve`` import once, in the process they are forked
+    # from, so that the libraries' memory is shared by every worker instead of held by each.
+    # Only modules that are safe to import before a fork belong here: no thread started at
+    # import that could hold a lock across the fork (BLAS thread pools handle forks).
+    libraries: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def load(self, spec: ModelSpec) -> Predictor:

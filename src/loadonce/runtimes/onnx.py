@@ -72,6 +72,7 @@ class OnnxPredictor(Predictor):
 
 class OnnxRuntime(Runtime):
     name = "onnx"
+    libraries = ("onnxruntime",)
     suffixes = (".onnx",)
     # InferenceSession.run is thread-safe, and ONNX Runtime parallelises inside a call too.
     default_concurrency = "shared"

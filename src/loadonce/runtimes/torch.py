@@ -92,6 +92,7 @@ def _device(torch: Any, name: str) -> Any:
 
 class TorchRuntime(Runtime):
     name = "torch"
+    libraries = ("torch", "safetensors.torch")
     suffixes = EXPORTED_SUFFIXES + TORCHSCRIPT_SUFFIXES + SAFETENSORS_SUFFIXES
     # An eval-mode module under inference_mode only reads its weights, so concurrent forward
     # calls on one instance are safe; PyTorch parallelises inside each call as well.

@@ -1,17 +1,19 @@
 """The memory plan: what N workers will take, measured before any of them starts.
 
 ``loadonce plan TARGET --workers N`` (and ``loadonce serve`` with several workers, before it
-starts them) loads every model once in a child process and measures it: the memory each
-worker will hold privately (the process's unique set: interpreter, libraries' data, copied
-weights) and the memory all workers share (the artifacts mapped read-only, counted once).
-The prediction for N workers is N times the private part plus the shared part, compared with
-the memory available (and the cgroup's limit, in a container).
+starts them) loads every model once in a child process started as workers are (forked from
+the process that imported the libraries, server/_worker_start.py) and measures: the memory
+each worker will hold privately (its unique set: what it wrote of the libraries' pages, copied
+weights), and the memory all workers share, counted once: the libraries in the process they
+are forked from, and the artifacts mapped read-only. The prediction for N workers is N times
+the private part plus the shared parts, compared with the memory available (and the cgroup's
+limit, in a container).
 """
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
+import os
 import re
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -20,8 +22,10 @@ from pathlib import Path
 import psutil
 
 from loadonce._errors import ConfigError, LoadonceError
+from loadonce._memory import artifact_bytes
 from loadonce._registry import Registry
 from loadonce.server._settings import ServeConfig
+from loadonce.server._worker_start import worker_context
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 _UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -56,7 +60,9 @@ class Available:
 @dataclass(frozen=True)
 class MemoryPlan:
     workers: int
-    base_private_bytes: int  # a worker before its models: interpreter, loadonce, libraries
+    base_private_bytes: int  # a worker before its models: what it does not share
+    libraries_bytes: int  # the process workers are forked from: libraries imported once
+    supervisor_bytes: int  # the process that starts and watches the workers
     models: list[ModelMeasure]
     available: Available
 
@@ -70,19 +76,22 @@ class MemoryPlan:
 
     @property
     def total(self) -> int:
-        return self.workers * self.private_per_worker + self.shared
+        once = self.supervisor_bytes + self.libraries_bytes + self.shared
+        return self.workers * self.private_per_worker + once
 
     @property
     def fits(self) -> bool:
         return self.total <= self.available.bytes
 
     def table(self) -> str:
-        rows = [("model", "load s", "private / worker", "shared (once)")]
+        rows = [("model", "load s", "private / worker", "once per server")]
         rows += [
             (m.name, f"{m.load_seconds:.2f}", _mib(m.private_bytes), _mib(m.shared_bytes))
             for m in self.models
         ]
         rows.append(("(worker itself)", "", _mib(self.base_private_bytes), ""))
+        rows.append(("(libraries)", "", "", _mib(self.libraries_bytes)))
+        rows.append(("(supervisor)", "", "", _mib(self.supervisor_bytes)))
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         lines = [
             "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
@@ -91,7 +100,8 @@ class MemoryPlan:
         lines += [
             "",
             f"{self.workers} workers x {_mib(self.private_per_worker)} private "
-            f"+ {_mib(self.shared)} shared = {_mib(self.total)}",
+            f"+ {_mib(self.total - self.workers * self.private_per_worker)} once "
+            f"= {_mib(self.total)}",
             f"available: {_mib(self.available.bytes)} ({self.available.source}): {verdict}",
         ]
         return "\n".join(lines)
@@ -122,7 +132,7 @@ def available_memory(limit: int | None = None) -> Available:
 def make_plan(config: ServeConfig, workers: int, *, limit: int | None = None) -> MemoryPlan:
     """Load every model once in a child process and measure; raise ModelLoadError's message
     as a LoadonceError if one fails."""
-    context = multiprocessing.get_context("spawn")
+    context = worker_context(config)
     ours, theirs = context.Pipe()
     child = context.Process(target=_measure_in_child, args=(config, theirs), name="loadonce-plan")
     child.start()
@@ -136,15 +146,22 @@ def make_plan(config: ServeConfig, workers: int, *, limit: int | None = None) ->
         ours.close()
     if isinstance(outcome, str):
         raise LoadonceError(outcome)
-    base, measures = outcome
+    base, libraries, measures = outcome
     return MemoryPlan(
-        workers=workers, base_private_bytes=base, models=measures, available=available_memory(limit)
+        workers=workers,
+        base_private_bytes=base,
+        libraries_bytes=libraries,
+        supervisor_bytes=int(psutil.Process().memory_full_info().uss),
+        models=measures,
+        available=available_memory(limit),
     )
 
 
 def _measure_in_child(config: ServeConfig, pipe: Connection) -> None:
     process = psutil.Process()
     base = int(process.memory_full_info().uss)
+    # The fork server this child comes from holds the libraries once for every worker.
+    libraries = int(psutil.Process(os.getppid()).memory_info().rss)
     registry = Registry(config.models, unloaded=config.unloaded)
     try:
         asyncio.run(registry.load_all())
@@ -155,15 +172,18 @@ def _measure_in_child(config: ServeConfig, pipe: Connection) -> None:
     for model in registry.models:
         if not model.wanted or model.load_memory is None:
             continue
-        shared = model.mapped_bytes
+        resident = model.mapped_bytes
+        # A mapped artifact's pages are read on first use, not by the load: count it whole,
+        # once. (The page cache counts against a container's memory limit too.)
+        whole = (artifact_bytes(model.spec.artifact) or 0) if model.shares_weights else 0
         measures.append(
             ModelMeasure(
                 name=model.name,
                 load_seconds=model.load_seconds or 0.0,
                 # Mapped pages count as unique while one process maps them: they are shared.
-                private_bytes=max(0, model.load_memory.uss - shared),
-                shared_bytes=shared,
+                private_bytes=max(0, model.load_memory.uss - resident),
+                shared_bytes=max(resident, whole),
             )
         )
-    pipe.send((base, measures))
+    pipe.send((base, libraries, measures))
     asyncio.run(registry.unload_all())

@@ -2,7 +2,7 @@
 
 uvicorn's own multi-worker mode restarts a worker that fails at startup, forever, and lets the
 first worker accept connections while the others still load. Here the supervisor binds the
-socket without listening, spawns the workers, and waits: each worker loads its models and
+socket without listening, starts the workers, and waits: each worker loads its models and
 reports. Only when every worker has loaded does any of them listen. If one fails, every worker
 is stopped and the server exits with that worker's one-line reason: no half-up server.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import logging.config
-import multiprocessing
 import os
 import signal
 import socket
@@ -37,6 +36,7 @@ from loadonce.server._settings import ServeConfig
 from loadonce.server._sockets import BindError, bind_without_listening, describe_address
 from loadonce.server._stagger import LOCK_VARIABLE
 from loadonce.server._worker import GO, STARTUP_FAILED, STOP, worker_process_main
+from loadonce.server._worker_start import worker_context
 
 logger = logging.getLogger("loadonce")
 
@@ -68,7 +68,7 @@ class Supervisor:
         self.config = config
         self._memory_limit = memory_limit
         self._force = force
-        self._context = multiprocessing.get_context("spawn")
+        self._context = worker_context(config)
         self._stopping = False
         self._socket: socket.socket | None = None
         # Control requests (load, unload, reload) waiting for their turn: (origin, message).
@@ -79,7 +79,8 @@ class Supervisor:
         logging.config.dictConfig(log_config(options.log_level, options.log_format))
         workers: list[_Worker] = []
         # Every worker writes its metrics here, so that /metrics on any of them counts all.
-        # Spawned workers inherit the variable; the directory is removed when the server ends.
+        # Workers inherit the variable (through the fork server, which starts after this); the
+        # directory is removed when the server ends.
         metrics_dir = tempfile.TemporaryDirectory(prefix="loadonce-metrics-")
         os.environ[MULTIPROCESS_DIR] = metrics_dir.name
         # Workers take turns to load (server/_stagger.py), unless told not to.

@@ -158,7 +158,7 @@ def _drained(signum: int, frame: FrameType | None) -> None:
 
 
 def worker_process_main(config: ServeConfig, sock: socket.socket, gate: Connection) -> None:
-    """Entry point of a worker spawned by the supervisor.
+    """Entry point of a worker started by the supervisor (server/_worker_start.py).
 
     After loading, the worker reports to the supervisor and waits for GO before it listens, so
     no worker accepts a connection until every worker has loaded every model.
