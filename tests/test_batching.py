@@ -98,7 +98,9 @@ def test_a_lone_request_is_not_held_back_for_a_window(serve: Any) -> None:
 
 
 def test_a_bad_request_in_a_batch_fails_alone(serve: Any) -> None:
-    model = RecordingModel(delay=0.05)
+    # Each call takes 0.3 s: the requests arriving while the first call runs (all of them,
+    # even on a busy machine) gather into the next batch.
+    model = RecordingModel(delay=0.3)
     server = serve(model, batching={"max_batch_size": 16}, input_shape=(), concurrency="serialized")
     bodies: list[Any] = [{"inputs": [i]} for i in range(12)]
     bodies[3] = {"inputs": [-1]}  # the model raises on it

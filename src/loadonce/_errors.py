@@ -105,3 +105,8 @@ def describe_exception(exc: BaseException) -> str:
 class RequestTooLargeError(LoadonceError):
     """The request is larger than a configured limit: its body, its number of examples, or
     one BYTES element (HTTP 413)."""
+
+
+class NotAvailableHereError(LoadonceError):
+    """An operation this deployment does not offer, with what to do instead (HTTP 501): under
+    Ray Serve, a reload reaches one replica, so reloading is Ray's redeploy."""

@@ -22,6 +22,7 @@ from loadonce._errors import (
     LoadonceError,
     ModelNotFoundError,
     ModelNotReadyError,
+    NotAvailableHereError,
     QueueFullError,
     RequestTooLargeError,
     describe_exception,
@@ -118,6 +119,8 @@ def status_and_message(exc: Exception, request: Request, request_id: str) -> tup
         return 400, f"invalid inputs: {exc}"
     if isinstance(exc, RequestTooLargeError):
         return 413, str(exc)
+    if isinstance(exc, NotAvailableHereError):
+        return 501, str(exc)
     if isinstance(exc, LoadonceError):
         logger.error("request %s %s failed: %s", request_id, request.url.path, exc)
         return 500, str(exc)

@@ -15,6 +15,7 @@ from loadonce._errors import ConfigError, LoadonceError
 from loadonce._imports import import_optional
 from loadonce._integrity import file_sha256
 from loadonce._version import __version__
+from loadonce.server._on_ray import ray_config_document, serve_on_ray
 from loadonce.server._plan import make_plan, parse_size
 from loadonce.server._resolve import resolve_serve_config
 from loadonce.server._settings import LogLevel, ServeConfig
@@ -75,6 +76,13 @@ def main() -> None:
 @click.option(
     "--force", is_flag=True, help="Start several workers even if the memory plan says no."
 )
+@click.option(
+    "--ray",
+    "on_ray",
+    is_flag=True,
+    envvar="LOADONCE_RAY",
+    help="Serve on Ray Serve (a local Ray, or RAY_ADDRESS's cluster); replicas from [ray].",
+)
 def serve(
     target: str | None,
     demo: bool,
@@ -87,6 +95,7 @@ def serve(
     trust: bool,
     memory_limit: str | None,
     force: bool,
+    on_ray: bool,
 ) -> None:
     """Serve TARGET: a TOML config file, one artifact, or a 'package.module:function' loader.
 
@@ -106,6 +115,15 @@ def serve(
     except ConfigError as exc:
         click.echo(f"loadonce: error: {exc}", err=True)
         sys.exit(USAGE_ERROR)
+    if on_ray:
+        if config.server.workers != 1:
+            click.echo(
+                "loadonce: error: on Ray, each replica is one process: scale with "
+                "[ray] num_replicas, not --workers",
+                err=True,
+            )
+            sys.exit(USAGE_ERROR)
+        sys.exit(serve_on_ray(config))
     if config.server.workers == 1:
         sys.exit(serve_single_worker(config))
     try:
@@ -163,6 +181,53 @@ def plan(
         click.echo(f"loadonce: error: {exc}", err=True)
         sys.exit(USAGE_ERROR)
     sys.exit(_run_plan(config, memory_limit))
+
+
+@main.command("ray-config")
+@click.argument("target", required=False, envvar="LOADONCE_TARGET")
+@click.option("--demo", is_flag=True, help="Deploy the built-in iris demo model.")
+@click.option(
+    "--path-on-cluster",
+    help="The config file's path as the cluster's nodes see it.  [default: TARGET, absolute]",
+)
+@click.option(
+    "--host", envvar="LOADONCE_HOST", help="Address Ray's proxies bind (0.0.0.0 in a cluster)."
+)
+@click.option("--port", type=int, envvar="LOADONCE_PORT", help="Port of Ray's HTTP proxies.")
+@click.option("--trust", is_flag=True, help="As for serve.")
+def ray_config(
+    target: str | None,
+    demo: bool,
+    path_on_cluster: str | None,
+    host: str | None,
+    port: int | None,
+    trust: bool,
+) -> None:
+    """Print the Ray Serve config file (YAML) that deploys TARGET's models on a cluster:
+    ``serve deploy`` it, or paste it as a KubeRay RayService's serveConfigV2.
+
+    TARGET must be a config file (.toml), which every node reads at the printed path; its
+    [ray] table gives replicas, autoscaling and resources, its [server] table the HTTP port.
+    """
+    if target is not None and not target.lower().endswith(".toml"):
+        click.echo("loadonce: error: ray-config takes a config file (.toml) or --demo", err=True)
+        sys.exit(USAGE_ERROR)
+    overrides = {"host": host, "port": port}
+    try:
+        config = resolve_serve_config(target, demo=demo, trust=trust, overrides=overrides)
+    except ConfigError as exc:
+        click.echo(f"loadonce: error: {exc}", err=True)
+        sys.exit(USAGE_ERROR)
+    config_path = None
+    if target is not None:
+        config_path = Path(path_on_cluster) if path_on_cluster else Path(target).resolve()
+    try:
+        yaml = import_optional("yaml", extra="ray")
+        document = ray_config_document(config, config_path=config_path, demo=demo, trust=trust)
+    except ImportError as missing:
+        click.echo(f"loadonce: error: {missing}", err=True)
+        sys.exit(USAGE_ERROR)
+    click.echo(yaml.safe_dump(document, sort_keys=False), nl=False)
 
 
 @main.command()

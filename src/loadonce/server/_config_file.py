@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,17 +12,24 @@ from pydantic import ValidationError
 
 from loadonce._errors import ConfigError, describe_validation
 from loadonce._spec import ModelSpec
-from loadonce.server._settings import ServerOptions
+from loadonce.server._settings import RayOptions, ServerOptions
 
-_TOP_LEVEL = {"server", "models"}
+_TOP_LEVEL = {"server", "models", "ray"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfigFile:
+    server: dict[str, Any]  # unvalidated: merged with the environment and command line first
+    models: list[ModelSpec]
+    ray: RayOptions
 
 
 def is_config_file(target: str) -> bool:
     return target.lower().endswith(".toml")
 
 
-def read_config_file(path: Path) -> tuple[dict[str, Any], list[ModelSpec]]:
-    """The ``[server]`` table (unvalidated) and the ``[[models]]``, paths made absolute.
+def read_config_file(path: Path) -> ConfigFile:
+    """The ``[server]`` table, the ``[[models]]`` (paths made absolute) and the ``[ray]`` table.
 
     Relative artifact paths are read relative to the config file, so the server can be started
     from any directory.
@@ -37,7 +45,7 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], list[ModelSpec]]:
     if unknown:
         raise ConfigError(
             f"{path}: unknown top-level key(s) {', '.join(unknown)}; "
-            "expected [server] and [[models]]"
+            "expected [server], [[models]] and [ray]"
         )
     server = document.get("server", {})
     if not isinstance(server, dict):
@@ -53,7 +61,20 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], list[ModelSpec]]:
     if not tables:
         raise ConfigError(f"{path}: no model is declared; add at least one [[models]] table")
     base = path.resolve().parent
-    return server, [_model_spec(table, index, base, path) for index, table in enumerate(tables)]
+    return ConfigFile(
+        server=server,
+        models=[_model_spec(table, index, base, path) for index, table in enumerate(tables)],
+        ray=_ray_options(document.get("ray", {}), path),
+    )
+
+
+def _ray_options(table: object, path: Path) -> RayOptions:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [ray] must be a table")
+    try:
+        return RayOptions.model_validate(table)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: [ray]: {describe_validation(exc)}") from None
 
 
 def _model_spec(table: dict[str, Any], index: int, base: Path, path: Path) -> ModelSpec:

@@ -10,7 +10,7 @@ from loadonce._errors import ConfigError
 from loadonce._registry import check_model_specs
 from loadonce.server._config_file import is_config_file, read_config_file, spec_for_target
 from loadonce.server._demo import demo_spec
-from loadonce.server._settings import ServeConfig, resolve_server_options
+from loadonce.server._settings import RayOptions, ServeConfig, resolve_server_options
 
 
 def resolve_serve_config(
@@ -24,6 +24,7 @@ def resolve_serve_config(
     if demo and target:
         raise ConfigError("give either a TARGET or --demo, not both")
     file_options: dict[str, Any] = {}
+    ray = RayOptions()
     if demo:
         specs = [demo_spec()]
     elif target is None:
@@ -32,12 +33,15 @@ def resolve_serve_config(
             "a 'package.module:function' loader, or --demo"
         )
     elif is_config_file(target):
-        file_options, specs = read_config_file(Path(target))
+        config_file = read_config_file(Path(target))
+        file_options, specs, ray = config_file.server, config_file.models, config_file.ray
     else:
         specs = [spec_for_target(target)]
     if trust:
         # --trust is the operator vouching for every artifact this command serves.
         specs = [spec.model_copy(update={"trust": True}) for spec in specs]
     return ServeConfig(
-        server=resolve_server_options(file_options, overrides), models=check_model_specs(specs)
+        server=resolve_server_options(file_options, overrides),
+        models=check_model_specs(specs),
+        ray=ray,
     )

@@ -64,6 +64,43 @@ class ServerOptions(BaseModel):
         )
 
 
+class RayOptions(BaseModel):
+    """The ``[ray]`` table: how ``loadonce serve --ray`` and ``loadonce ray-config`` deploy
+    the models on Ray Serve (loadonce.integrations.ray). Each replica is one process that
+    loads every model once, like one worker."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The Serve application's name, and where its routes start on Ray's HTTP proxy.
+    name: Annotated[str, Field(min_length=1)] = "loadonce"
+    route_prefix: Annotated[str, Field(pattern=r"^/")] = "/"
+    # A fixed count, or "auto": Ray scales between bounds, with autoscaling_config (Ray's own
+    # keys: min_replicas, max_replicas, target_ongoing_requests...) or Ray's defaults.
+    num_replicas: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
+    autoscaling_config: dict[str, Any] | None = None
+    # Ray's resources per replica: num_cpus, num_gpus, memory, runtime_env...
+    ray_actor_options: dict[str, Any] = Field(default_factory=dict)
+    # Requests Ray lets into one replica at once. Ray's default (5) would cap a batch at 5
+    # and hold the rest in Ray's router, out of sight of loadonce's queue bound and deadlines.
+    max_ongoing_requests: Annotated[int, Field(ge=1)] = 256
+    # Requests Ray's router may hold waiting for a replica before answering 503 (-1: no bound).
+    max_queued_requests: Annotated[int, Field(ge=-1)] = -1
+    # Failed replica starts (a model that fails to load) before Ray marks the deployment
+    # failed. Ray's default, 20, would retry a broken model for minutes; a failed load is
+    # usually the file, not the node.
+    max_constructor_retry_count: Annotated[int, Field(ge=1)] = 3
+    health_check_period_s: Annotated[float, Field(gt=0)] = 10.0
+    health_check_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+
+    @model_validator(mode="after")
+    def _one_way_to_scale(self) -> RayOptions:
+        if self.autoscaling_config is not None and self.num_replicas != "auto":
+            raise ValueError(
+                'autoscaling_config needs num_replicas = "auto" (Ray scales the count itself)'
+            )
+        return self
+
+
 class ServeConfig(BaseModel):
     """Everything one ``loadonce serve`` needs; pickled to each worker process."""
 
@@ -71,6 +108,7 @@ class ServeConfig(BaseModel):
 
     server: ServerOptions
     models: list[ModelSpec]
+    ray: RayOptions = Field(default_factory=RayOptions)
     # Models an operator unloaded while the server ran: a replacement worker leaves them so.
     unloaded: list[str] = Field(default_factory=list)
 

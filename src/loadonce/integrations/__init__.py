@@ -1,0 +1,1 @@
+"""Integrations with the engines loadonce runs on: ``loadonce.integrations.ray`` (Ray Serve)."""

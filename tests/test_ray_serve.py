@@ -1,0 +1,192 @@
+"""Ray Serve: a local Ray (2 CPUs, no dashboard) serves the demo with 2 replicas, each of which
+loads the model once; the same routes answer; the application shuts down cleanly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import numpy as np
+import psutil
+import pytest
+import ray
+import tritonclient.http as triton
+import yaml
+from ray import serve
+
+from loadonce.integrations.ray import application, build
+from loadonce.server._resolve import resolve_serve_config
+from loadonce.server._settings import RayOptions, ServeConfig
+from tests.servers import REPO_ROOT, cli_env, free_port, start_cli, stop, wait_ready
+
+IRIS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
+
+# The command-line tests come first: each starts and stops its own local Ray before the
+# module's in-process Ray starts.
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_cli_serves_on_a_local_ray_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """`loadonce serve --demo --ray`: ready when the replica loaded; SIGTERM exits 0."""
+    port = free_port()
+    server = start_cli(["--demo", "--ray", "--port", str(port)], tmp_path, port=port)
+    try:
+        wait_ready(server, timeout=180)
+        answer = httpx.post(f"{server.url}/models/iris/predict", json={"inputs": IRIS})
+        assert answer.json()["outputs"] == ["setosa", "virginica"]
+    finally:
+        status = stop(server, timeout=120)
+    assert status == 0, server.log()
+    assert "all replicas loaded; accepting connections" in server.log()
+
+
+def test_cli_on_ray_fails_fast_with_the_model_s_one_line(tmp_path: Path) -> None:
+    """A model that cannot load: the deployment fails after Ray's few retries, and the
+    command exits 3 with the model's one-line reason, not Ray's traceback."""
+    broken = tmp_path / "broken.skops"
+    broken.write_text("not a skops file")
+    port = str(free_port())
+    done = subprocess.run(
+        [sys.executable, "-m", "loadonce", "serve", str(broken), "--ray", "--port", port],
+        env=cli_env(tmp_path),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert f"startup failed: model 'broken' failed to load from {broken}" in done.stderr
+
+
+def test_cli_refuses_workers_on_ray(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "loadonce", "serve", "--demo", "--ray", "--workers", "2"],
+        env=cli_env(tmp_path),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "num_replicas" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A local Ray with Serve's proxy on a free port; yields the port."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield port
+    finally:
+        serve.shutdown()  # type: ignore[no-untyped-call]
+        ray.shutdown()
+
+
+def _demo_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replicas: int) -> ServeConfig:
+    monkeypatch.setenv("LOADONCE_CACHE_DIR", str(tmp_path / "cache"))
+    config = resolve_serve_config(None, demo=True, trust=False, overrides={})
+    return config.model_copy(update={"ray": RayOptions(num_replicas=replicas)})
+
+
+def test_two_replicas_serve_the_demo_each_loading_it_once(
+    local_ray: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"http://127.0.0.1:{local_ray}"
+    serve.run(application(_demo_config(tmp_path, monkeypatch, 2)), name="demo", route_prefix="/")
+    with httpx.Client(base_url=url, timeout=30) as client:
+        answers = [client.post("/models/iris/predict", json={"inputs": IRIS}) for _ in range(100)]
+        assert [a.status_code for a in answers] == [200] * 100
+        assert {tuple(a.json()["outputs"]) for a in answers} == {("setosa", "virginica")}
+
+        # Each replica loaded the model exactly once, and both served.
+        seen = [client.get("/models").json() for _ in range(40)]
+        loads = {body["worker_pid"]: body["models"][0]["load_count"] for body in seen}
+        assert len(loads) == 2, loads
+        assert set(loads.values()) == {1}
+
+        assert client.get("/livez").status_code == 200
+        assert client.get("/readyz").json()["ready"] is True
+        assert 'loadonce_requests_total{model="iris"' in client.get("/metrics").text
+        # A reload through one replica would leave the other on the old version: refused.
+        refused = client.post("/admin/models/iris/reload", json={})
+        assert refused.status_code == 501
+        assert "redeploy" in refused.json()["error"]
+
+    # The Open Inference Protocol, with Triton's own client, through Ray's proxy.
+    triton_client = triton.InferenceServerClient(f"127.0.0.1:{local_ray}")
+    assert triton_client.is_server_ready()
+    tensor = triton.InferInput("input", [2, 4], "FP64")
+    tensor.set_data_from_numpy(np.array(IRIS, dtype=np.float64))
+    result = triton_client.infer("iris", [tensor])
+    assert [label.decode() for label in result.as_numpy("label")] == ["setosa", "virginica"]
+
+    # Ray's health check asks each replica's models; both healthy.
+    status = serve.status().applications["demo"]
+    assert status.status == "RUNNING"
+    assert status.deployments["loadonce"].replica_states == {"RUNNING": 2}
+
+    serve.delete("demo")
+    assert "demo" not in serve.status().applications
+    for pid in loads:
+        # The replica's process is gone: psutil.wait_procs returns it as gone once it exits.
+        _, alive = psutil.wait_procs(_processes(pid), timeout=30)
+        assert not alive, f"replica pid {pid} still running"
+
+
+def _processes(pid: int) -> list[psutil.Process]:
+    try:
+        return [psutil.Process(pid)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_the_printed_serve_config_builds_the_same_application(
+    local_ray: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`loadonce ray-config` names a builder and args that deploy the config's models, with
+    the [ray] table's replicas and the drain timeout as Ray's graceful shutdown."""
+    artifact = tmp_path / "iris.skops"
+    config_file = tmp_path / "loadonce.toml"
+    monkeypatch.setenv("LOADONCE_CACHE_DIR", str(tmp_path / "cache"))
+    from loadonce.server._demo import demo_artifact
+
+    artifact.write_bytes(demo_artifact().read_bytes())
+    config_file.write_text(
+        '[server]\ndrain_timeout_s = 12\n\n[ray]\nname = "irises"\nnum_replicas = 1\n'
+        'max_ongoing_requests = 64\n\n[[models]]\nname = "flowers"\nartifact = "iris.skops"\n'
+    )
+    printed = subprocess.run(
+        [sys.executable, "-m", "loadonce", "ray-config", str(config_file), "--host", "0.0.0.0"],
+        env=cli_env(tmp_path),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    document = yaml.safe_load(printed.stdout)
+    assert document["http_options"] == {"host": "0.0.0.0", "port": 8000}
+    [app] = document["applications"]
+    assert app["name"] == "irises"
+    assert app["import_path"] == "loadonce.integrations.ray:build"
+    assert app["args"] == {"config": str(config_file.resolve())}
+    [deployment] = app["deployments"]
+    assert deployment["num_replicas"] == 1
+    assert deployment["max_ongoing_requests"] == 64
+    assert deployment["graceful_shutdown_timeout_s"] == 12
+
+    serve.run(build(app["args"]), name=app["name"], route_prefix="/irises")
+    answer = httpx.post(
+        f"http://127.0.0.1:{local_ray}/irises/models/flowers/predict",
+        json={"inputs": IRIS},
+        timeout=30,
+    )
+    assert answer.json()["outputs"] == ["setosa", "virginica"]
+    serve.delete(app["name"])
+    with pytest.raises(Exception, match="unknown argument"):
+        build({"config": str(config_file), "replicas": 3})
