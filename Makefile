@@ -33,15 +33,19 @@ lint: $(VENV)/.test-installed
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy
 
+# wrk (Debian's package) drives the benchmark harness's smoke test.
 pytest: $(VENV)/.test-installed
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/pytest
 
 test: lint typecheck pytest
 
-# Benchmarks (not part of `make test`): see docs/benchmarks.md. Needs wrk (Debian's package).
+# Benchmarks (not part of `make test`): see docs/benchmarks.md. Needs wrk (Debian's package);
+# installs LitServe, MLServer and matplotlib into their own environments under bench/.venvs.
+# BENCH_ARGS=--quick for a smoke run.
 bench: $(VENV)/.test-installed
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-	$(BIN)/python -m bench.throughput
+	$(BIN)/python -m bench.compare $(BENCH_ARGS)
 
 # The JSON route against the Open Inference Protocol (JSON and binary tensors), one server.
 bench-protocols: $(VENV)/.test-installed

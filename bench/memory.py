@@ -22,7 +22,9 @@ from typing import Any
 import httpx2 as httpx
 import psutil
 
-from bench.throughput import RESULTS, _cpu_name, _free_port
+from bench.compare import cpu_name as _cpu_name
+from bench.servers import RESULTS
+from bench.servers import free_port as _free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DIRECTORY = RESULTS / "memory"

@@ -1,6 +1,8 @@
 """The plain FastAPI servers loadonce is compared with: the model loaded once in a lifespan.
 
 `uvicorn bench.plain_apps:sync_app` (a `def` handler, run in Starlette's threadpool),
+`per_request_app` (the anti-pattern loadonce exists to avoid: the model loaded inside the
+handler, on every request),
 `async_app` (an `async def` handler calling predict on the event loop: fastest for a tiny
 model, but it blocks the loop), and `http_bound` (parses the same body, returns a constant:
 the HTTP stack alone). BENCH_ARTIFACT names the model file.
@@ -34,6 +36,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 sync_app = FastAPI(lifespan=lifespan)
 async_app = FastAPI(lifespan=lifespan)
 http_bound = FastAPI()
+per_request_app = FastAPI()
 
 
 @sync_app.post("/models/m/predict")
@@ -44,6 +47,12 @@ def predict_sync(body: Body, request: Request) -> dict[str, Any]:
 @async_app.post("/models/m/predict")
 async def predict_async(body: Body, request: Request) -> dict[str, Any]:
     return {"outputs": request.app.state.model.predict(np.asarray(body.inputs)).tolist()}
+
+
+@per_request_app.post("/models/m/predict")
+def predict_loading_each_time(body: Body) -> dict[str, Any]:
+    model = load(Path(os.environ["BENCH_ARTIFACT"]))
+    return {"outputs": model.predict(np.asarray(body.inputs)).tolist()}  # type: ignore[attr-defined]
 
 
 @http_bound.post("/models/m/predict")

@@ -18,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from bench import wrk
+from bench.compare import cpu_name
 from bench.models import build
-from bench.throughput import RESULTS, _cpu_name, _num, _server, _wrk
+from bench.servers import LOAD_CORE, RESULTS, running
 
 
 def _bodies(row: list[float], directory: Path) -> dict[str, tuple[str, str, dict[str, str]]]:
@@ -59,19 +61,23 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     artifact, row = build(RESULTS / "models")["iris"]
     bodies = _bodies(row.tolist(), RESULTS)
-    results: dict[str, Any] = {"cpu": _cpu_name(), "forms": {}}
-    json_body = bodies["JSON route"][1]
-    with _server("a", artifact, json_body) as (_, port, _):
+    results: dict[str, Any] = {"cpu": cpu_name(), "forms": {}}
+    with running("a", artifact, row.tolist()) as server:
+        base = server.url.removesuffix("/models/m/predict")
         for form, (path, body, env) in bodies.items():
-            url = f"http://127.0.0.1:{port}{path}"
             for connections in (64, 1):
-                _wrk(url, body, connections, args.warmup, env)
-                measured = _wrk(url, body, connections, args.seconds, env)
-                results["forms"].setdefault(form, {})[f"c{connections}"] = measured
+                options = {"connections": connections, "core": LOAD_CORE, "env": env}
+                wrk.run(base + path, body, seconds=args.warmup, **options)  # type: ignore[arg-type]
+                measured = wrk.run(base + path, body, seconds=args.seconds, **options)  # type: ignore[arg-type]
+                results["forms"].setdefault(form, {})[f"c{connections}"] = measured.as_dict()
                 print(form, f"c{connections}", measured, flush=True)
     (RESULTS / "protocols.json").write_text(json.dumps(results, indent=2))
     (RESULTS / "protocols.md").write_text(render(results))
     print(render(results))
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def render(results: dict[str, Any]) -> str:

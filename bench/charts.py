@@ -1,0 +1,80 @@
+"""PNG charts of a comparison: `python charts.py RESULTS_JSON OUT_DIR`, run by the charts
+environment's interpreter (bench/.venvs/charts, with matplotlib). One chart per model:
+requests per second at 64 connections (the better of the two runs, the other as a tick), and
+p50 at 1 connection, per server, with the HTTP bound as a line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+COLOURS = {
+    "loadonce": "#1b7837",
+    "fastapi": "#999999",
+    "litserve": "#5e3c99",
+    "mlserver": "#e66101",
+    "bound": "#2166ac",
+}
+
+
+def _family(key: str) -> str:
+    if key in ("a", "b"):
+        return "loadonce"
+    if key.startswith("litserve"):
+        return "litserve"
+    if key.startswith("mlserver"):
+        return "mlserver"
+    return "bound" if key == "http" else "fastapi"
+
+
+def chart(model: str, entry: dict[str, Any], labels: dict[str, str], out: Path) -> None:
+    keys = [k for k in entry["variants"] if k != "http"]
+    best = [max(r["req_per_s"] for r in entry["variants"][k]["c64"]) for k in keys]
+    other = [min(r["req_per_s"] for r in entry["variants"][k]["c64"]) for k in keys]
+    p50 = [min(r["p50_ms"] or 0.0 for r in entry["variants"][k]["c1"]) for k in keys]
+    colours = [COLOURS[_family(k)] for k in keys]
+    names = [labels.get(k, k) for k in keys]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 0.45 * len(keys) + 1.8))
+    left.barh(names, best, color=colours)
+    left.plot(other, names, "k|", markersize=12)
+    http = entry["variants"].get("http")
+    if http:
+        bound = max(r["req_per_s"] for r in http["c64"])
+        left.axvline(bound, color=COLOURS["bound"], linestyle="--", label="HTTP stack alone")
+    if entry.get("inprocess_rows_per_s"):
+        left.axvline(
+            entry["inprocess_rows_per_s"],
+            color="#b2182b",
+            linestyle=":",
+            label="model in-process (rows/s)",
+        )
+    left.set_xlabel("requests/s, 64 connections (bar: better run, tick: other run)")
+    left.invert_yaxis()
+    left.legend(loc="lower right", fontsize=8)
+    right.barh(names, p50, color=colours)
+    right.set_xlabel("p50 latency ms, 1 connection")
+    right.set_yticks([])
+    right.invert_yaxis()
+    figure.suptitle(f"{model}: one example per request, server on one core")
+    figure.tight_layout()
+    figure.savefig(out / f"bench-{model}.png", dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    results = json.loads(Path(sys.argv[1]).read_text())
+    out = Path(sys.argv[2])
+    labels = results.get("labels", {})
+    for model, entry in results["models"].items():
+        chart(model, entry, labels, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The servers loadonce is compared with, each installed into its own virtual environment."""

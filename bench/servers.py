@@ -1,0 +1,210 @@
+"""The servers the benchmark runs, one at a time, pinned to one core: how to start each, the
+URL and body it takes, and its memory once measured."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2 as httpx
+import psutil
+
+from bench.models import TRUSTED_TYPES
+from bench.peers import envs, mlserver_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+SERVER_CORE, LOAD_CORE = "0", "1"
+MAX_BATCH_SIZE = 64
+OVERLOAD_TIMEOUT_S = 0.5
+OVERLOAD_MAX_QUEUE = 256
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str
+    label: str
+    family: str  # "loadonce", "fastapi", "litserve", "mlserver" or "bound"
+
+
+VARIANTS = [
+    Variant("anti", "FastAPI, model loaded per request (anti-pattern)", "fastapi"),
+    Variant("c", "FastAPI, lifespan + def handler", "fastapi"),
+    Variant("d", "FastAPI, lifespan + async def handler", "fastapi"),
+    Variant("b", "loadonce, no batching", "loadonce"),
+    Variant("a", "loadonce, batching", "loadonce"),
+    Variant("litserve", "LitServe, no batching", "litserve"),
+    Variant("litserve_batch", "LitServe, batching", "litserve"),
+    Variant("mlserver", "MLServer, no batching", "mlserver"),
+    Variant("mlserver_batch", "MLServer, adaptive batching", "mlserver"),
+    Variant("http", "bound: HTTP stack alone", "bound"),
+]
+
+
+@dataclass(frozen=True)
+class Launch:
+    command: list[str]
+    url: str
+    body: str
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def loadonce_config(artifact: Path, *, batching: bool, overload: bool = False) -> Path:
+    lines = [
+        '[server]\nlog_level = "warning"\n',
+        "[[models]]",
+        'name = "m"',
+        f'artifact = "{artifact}"',
+        f"options = {{ trusted_types = {json.dumps(TRUSTED_TYPES)} }}",
+    ]
+    if overload:
+        lines += [f"max_queue = {OVERLOAD_MAX_QUEUE}", f"timeout_s = {OVERLOAD_TIMEOUT_S}"]
+    if batching:
+        lines += ['concurrency = "serialized"', "[models.batching]"]
+        lines += [f"max_batch_size = {MAX_BATCH_SIZE}"]
+    name = f"{artifact.stem}-{'batching' if batching else 'plain'}{'-overload' if overload else ''}"
+    path = RESULTS / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def launch(key: str, artifact: Path, row: list[float], port: int, overload: bool = False) -> Launch:
+    """How to start variant ``key`` on ``port`` for the model in ``artifact`` (a .skops file,
+    with its .joblib twin beside it for the peers)."""
+    base = f"http://127.0.0.1:{port}"
+    body = json.dumps({"inputs": [row]})
+    if key in ("a", "b"):
+        config = loadonce_config(artifact, batching=key == "a", overload=overload)
+        command = [sys.executable, "-m", "loadonce", "serve", str(config), "--port", str(port)]
+        return Launch(command, f"{base}/models/m/predict", body)
+    if key in ("anti", "c", "d", "http"):
+        app = {"anti": "per_request_app", "c": "sync_app", "d": "async_app", "http": "http_bound"}
+        command = [
+            sys.executable, "-m", "uvicorn", f"bench.plain_apps:{app[key]}", "--port", str(port),
+            "--log-level", "warning", "--no-access-log",
+        ]  # fmt: skip
+        return Launch(command, f"{base}/models/m/predict", body)
+    joblib_file = str(artifact.with_suffix(".joblib"))
+    batch = MAX_BATCH_SIZE if key.endswith("_batch") else 0
+    if key.startswith("litserve"):
+        script = str(ROOT / "bench" / "peers" / "litserve_app.py")
+        command = [str(envs.python_of("litserve")), script, joblib_file, str(port), str(batch)]
+        return Launch(command, f"{base}/predict", body)
+    if key.startswith("mlserver"):
+        folder = mlserver_settings.write(
+            RESULTS / "mlserver" / f"{artifact.stem}-{batch}",
+            artifact.with_suffix(".joblib"),
+            port=port,
+            batch=batch,
+        )
+        mlserver = envs.python_of("mlserver").parent / "mlserver"
+        return Launch(
+            [str(mlserver), "start", str(folder)],
+            f"{base}/v2/models/m/infer",
+            mlserver_settings.request_body(row),
+        )
+    raise ValueError(f"unknown variant {key!r}")
+
+
+@dataclass
+class Running:
+    process: subprocess.Popen[bytes]
+    url: str
+    body: str
+
+
+@contextmanager
+def running(
+    key: str, artifact: Path, row: list[float], overload: bool = False, timeout_s: float = 120
+) -> Iterator[Running]:
+    """Start the server on the server core; yield once it answers the body with 200."""
+    # MLServer takes the two ports after its HTTP port too.
+    port = free_port() if not key.startswith("mlserver") else _three_free_ports()
+    how = launch(key, artifact, row, port, overload)
+    env = {**os.environ, "BENCH_ARTIFACT": str(artifact), "PYTHONPATH": str(ROOT)}
+    log = (RESULTS / f"server-{key}.log").open("wb")
+    process = subprocess.Popen(
+        ["taskset", "-c", SERVER_CORE, *how.command],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                answer = httpx.post(
+                    how.url, content=how.body, headers={"content-type": "application/json"}
+                )
+                if answer.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{key} did not start; see {log.name}")
+            time.sleep(0.2)
+        yield Running(process, how.url, how.body)
+    finally:
+        _stop(process)
+        log.close()
+
+
+def _three_free_ports() -> int:
+    while True:
+        port = free_port()
+        if port + 2 < 65536 and all(_is_free(port + i) for i in (1, 2)):
+            return port
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server and what it started (LitServe and MLServer start worker processes)."""
+    try:
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for member in tree:
+        with suppress(psutil.NoSuchProcess):
+            member.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=30)
+    for member in alive:
+        member.kill()
+    process.wait(30)
+
+
+def tree_memory_mib(pid: int) -> dict[str, float]:
+    """RSS and PSS summed over a server's processes (workers and helpers included)."""
+    rss = pss = 0
+    root = psutil.Process(pid)
+    for member in [root, *root.children(recursive=True)]:
+        try:
+            info = member.memory_full_info()
+        except psutil.NoSuchProcess:
+            continue
+        rss += info.rss
+        pss += getattr(info, "pss", 0)
+    return {"rss_mib": rss / 2**20, "pss_mib": pss / 2**20}

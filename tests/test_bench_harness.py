@@ -1,0 +1,125 @@
+"""The benchmark harness's own pieces: reading wrk's output, writing the table, and a smoke
+run of `python -m bench.compare --quick` against loadonce alone (real wrk, real servers)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from bench import wrk
+from bench.report import render
+
+from tests.servers import REPO_ROOT
+
+# wrk 4.1's output for a run with --latency (captured here), then the lines it adds on errors.
+CLEAN = """Running 1s test @ http://127.0.0.1:8977/
+  1 threads and 4 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.97ms    2.08ms  19.90ms   82.44%
+    Req/Sec     1.41k   374.46     2.05k    60.00%
+  Latency Distribution
+     50%    2.25ms
+     75%    3.82ms
+     90%    5.54ms
+     99%   11.27ms
+  1402 requests in 1.01s, 1.48MB read
+Requests/sec:   1394.29
+Transfer/sec:      1.47MB
+"""
+WITH_ERRORS = """Running 2s test @ http://127.0.0.1:8000/models/m/predict
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   812.40us  101.20us   1.90s    91.00%
+    Req/Sec     3.10k   200.00     3.50k    70.00%
+  Latency Distribution
+     50%  790.00us
+     75%  850.00us
+     90%  900.00us
+     99%     1.20s
+  6200 requests in 2.00s, 1.10MB read
+  Socket errors: connect 0, read 12, write 0, timeout 3
+  Non-2xx or 3xx responses: 7
+Requests/sec:   3100.00
+Transfer/sec:    563.00KB
+"""
+
+
+def test_wrk_output_is_read_with_its_units_and_every_kind_of_error() -> None:
+    clean = wrk.parse(CLEAN)
+    assert clean.req_per_s == pytest.approx(1394.29)
+    assert clean.p50_ms == pytest.approx(2.25)
+    assert clean.p99_ms == pytest.approx(11.27)
+    assert clean.errors == 0
+    assert clean.socket_errors == "none"
+    failing = wrk.parse(WITH_ERRORS)
+    assert failing.p50_ms == pytest.approx(0.79)
+    assert failing.p99_ms == pytest.approx(1200.0)
+    assert failing.errors == 7 + 12 + 3
+    assert failing.socket_errors == "connect 0, read 12, write 0, timeout 3"
+    with pytest.raises(ValueError, match="not wrk"):
+        wrk.parse("wrk: connection refused\n")
+
+
+def _run(rate: float, p50: float, errors: int = 0) -> dict[str, object]:
+    return {"req_per_s": rate, "p50_ms": p50, "p99_ms": p50 * 4, "errors": errors}
+
+
+def test_the_table_shows_both_runs_the_better_latency_and_all_errors() -> None:
+    results = {
+        "date": "2026-11-24",
+        "cpu": "a test CPU",
+        "seconds": 5,
+        "versions": {"loadonce env": {"loadonce": "0.1"}, "litserve": {"litserve": "0.2.19"}},
+        "models": {
+            "iris": {
+                "inprocess_rows_per_s": 123456.0,
+                "variants": {
+                    "a": {
+                        "c64": [_run(2000, 30.0, errors=1), _run(2100, 29.0, errors=2)],
+                        "c1": [_run(900, 1.1)],
+                        "memory": {"rss_mib": 150.4, "pss_mib": 120.2},
+                    },
+                    "litserve_batch": {"c64": [_run(500, 100.0)]},
+                },
+            }
+        },
+    }
+    table = render(results)
+    assert "Run of 2026-11-24 on a test CPU" in table
+    assert "litserve 0.2.19" in table
+    assert "123,456 rows/s" in table
+    [loadonce_row] = [
+        line for line in table.splitlines() if line.startswith("| loadonce, batching")
+    ]
+    cells = [cell.strip() for cell in loadonce_row.strip("|").split("|")]
+    assert cells[1:5] == ["2,000 / 2,100", "29.00", "116.0", "3"]
+    assert cells[5:9] == ["900", "1.10", "4.4", "0"]
+    assert cells[9:] == ["150", "120"]
+    [peer_row] = [line for line in table.splitlines() if line.startswith("| LitServe, batching")]
+    assert "not run" in peer_row
+
+
+@pytest.mark.timeout(300)
+def test_a_quick_run_against_loadonce_alone_measures_both_variants() -> None:
+    command = ["--quick", "--only", "loadonce", "--models", "iris"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.compare", *command],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((REPO_ROOT / "bench" / "results" / "compare.json").read_text())
+    variants = results["models"]["iris"]["variants"]
+    assert set(variants) == {"a", "b"}
+    for measured in variants.values():
+        for connections in ("c64", "c1"):
+            [run] = measured[connections]
+            assert run["req_per_s"] > 0
+            assert run["errors"] == 0
+        assert measured["memory"]["rss_mib"] > 0
+    assert "| loadonce, batching |" in done.stdout
+    assert "[2/2] iris · loadonce, batching c64" in done.stderr
