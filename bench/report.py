@@ -31,9 +31,10 @@ def _runs(runs: list[dict[str, Any]]) -> list[str]:
 
 
 def model_table(model: str, entry: dict[str, Any]) -> list[str]:
+    bound = entry.get("inprocess_rows_per_s")
+    measured = f"{bound:,.0f} rows/s on batches of 32, one thread" if bound else "not measured"
     lines = [
-        f"**{model}** (in-process bound: {entry['inprocess_rows_per_s']:,.0f} rows/s on batches "
-        "of 32, one thread)",
+        f"**{model}** (in-process bound: {measured})",
         "",
         "| server | c64 req/s (run 1 / 2) | c64 p50 ms | c64 p99 ms | c64 errors "
         "| c1 req/s (run 1 / 2) | c1 p50 ms | c1 p99 ms | c1 errors | RSS MiB | PSS MiB |",
