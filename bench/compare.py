@@ -165,6 +165,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=2, help="measured runs per connection count")
     parser.add_argument("--overload-seconds", type=int, default=20)
     parser.add_argument(
+        "--overload-only", type=float, metavar="RATE", help="only the overload run, at RATE"
+    )
+    parser.add_argument(
         "--only",
         default="",
         help="comma-separated families: loadonce, fastapi, litserve, mlserver, bound",
@@ -189,6 +192,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     variants = [v for v in VARIANTS if v.family in families]
     wanted_models = args.models.split(",")
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.overload_only:
+        artifact, row_array = build(RESULTS / "models", ("forest",))["forest"]
+        summary = _overload(artifact, row_array.tolist(), args.overload_only, args.overload_seconds)
+        print(json.dumps(summary, indent=2))
+        return {"overload": summary}
     models = build(RESULTS / "models", tuple(wanted_models))
     results: dict[str, Any] = {
         "date": datetime.date.today().isoformat(),
