@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
 import time
 import uuid
@@ -61,7 +63,32 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
             if _CLIENT_ID.match(given):
                 return given
             break
-    return uuid.uuid4().hex
+    return new_request_id()
+
+
+class _RequestIds:
+    """New ids: a random prefix per process and a counter, 32 hex digits like a uuid4's.
+    uuid4 per request cost 3% of the event loop's time under load; a request id needs to be
+    unique, not secret. The prefix is drawn again in a forked child (workers are forked from
+    one process), so workers and restarts never share one."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.prefix = uuid.uuid4().hex[:16]
+        self.counter = itertools.count(1)
+
+    def new(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"
+
+
+_IDS = _RequestIds()
+os.register_at_fork(after_in_child=_IDS.reset)
+
+
+def new_request_id() -> str:
+    return _IDS.new()
 
 
 def requested_timeout(request: Request) -> float | None:
@@ -201,3 +228,13 @@ class LoadonceRoute(APIRoute):
             return response
 
         return handle
+
+
+def route_path(scope: Scope) -> str:
+    """The path the app's routes see: without the prefix the app is mounted under (Ray Serve's
+    route_prefix, a proxy's root_path), as Starlette's router matches it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path

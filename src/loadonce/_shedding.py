@@ -17,7 +17,7 @@ import time
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loadonce._errors import QueueFullError
-from loadonce._http import raw_error_response
+from loadonce._http import raw_error_response, route_path
 from loadonce._metrics import Metrics
 from loadonce._registry import Registry
 
@@ -41,7 +41,7 @@ class QueueFullRefusalMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             started = time.perf_counter()
-            path: str = scope["path"]
+            path = route_path(scope)
             for pattern, route in _PREDICT_ROUTES:
                 match = pattern.match(path)
                 if match is None:

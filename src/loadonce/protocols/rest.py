@@ -162,20 +162,28 @@ def models_router() -> APIRouter:
         openapi_extra=_PREDICT_OPENAPI,
     )
     async def predict(name: ModelName, request: Request) -> JSONResponse:
-        # The body and the X-Request-Timeout header are read here, not declared as FastAPI
-        # parameters: dependency solving was a quarter of the event loop's time per request
-        # (docs/benchmarks.md), and pydantic-core parses and validates the JSON in one pass.
-        model = registry_of(request).get(name)
-        # Refused before the body is read and parsed: under overload, rejecting must cost the
-        # event loop as little as possible, or it starves the model it protects.
-        model.refuse_if_full()
-        body = _parse_body(await request.body())
-        timeout = requested_timeout(request)
-        outputs = await unless_disconnected(request, model.predict(body.inputs, timeout=timeout))
-        # Built by hand rather than through response_model: outputs may hold NumPy values,
-        # and a second validation pass of large outputs would cost time on every request.
-        return JSONResponse(
-            {"model": model.name, "version": model.version, "outputs": to_jsonable(outputs)}
-        )
+        return await answer_predict(request, name)
 
     return router
+
+
+async def answer_predict(request: Request, name: str) -> JSONResponse:
+    """The predict route's work, shared with the fast path that answers it before FastAPI's
+    routing (``_fast_path.py``); raises loadonce's errors, which the caller turns into JSON.
+
+    The body and the X-Request-Timeout header are read here, not declared as FastAPI
+    parameters: dependency solving was a quarter of the event loop's time per request
+    (docs/benchmarks.md), and pydantic-core parses and validates the JSON in one pass.
+    """
+    model = registry_of(request).get(name)
+    # Refused before the body is read and parsed: under overload, rejecting must cost the
+    # event loop as little as possible, or it starves the model it protects.
+    model.refuse_if_full()
+    body = _parse_body(await request.body())
+    timeout = requested_timeout(request)
+    outputs = await unless_disconnected(request, model.predict(body.inputs, timeout=timeout))
+    # Built by hand rather than through response_model: outputs may hold NumPy values, and a
+    # second validation pass of large outputs would cost time on every request.
+    return JSONResponse(
+        {"model": model.name, "version": model.version, "outputs": to_jsonable(outputs)}
+    )
