@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from loadonce._admin import admin_router
 from loadonce._control import STATE_KEY as CONTROL_KEY
 from loadonce._control import LocalControl, ModelControl
-from loadonce._fast_path import PredictFastPath
+from loadonce._fast_path import InferenceFastPath
 from loadonce._health import health_router
 from loadonce._lifespan import LoadedHook, LoadGate, UserLifespan, lifespan
 from loadonce._limits import BodyLimitMiddleware, Limits
@@ -61,9 +61,9 @@ def create_app(
         setattr(app.state, METRICS_KEY, collected)
         registry.observe(collected)
         app.include_router(metrics_router(collected))
-    # Innermost: the JSON predict route answered before FastAPI's routing, inside the body
+    # Innermost: the inference routes answered before FastAPI's routing, inside the body
     # limit, the queue check, the key check and the request log.
-    app.add_middleware(PredictFastPath, registry=registry, metrics=collected)
+    app.add_middleware(InferenceFastPath, registry=registry, metrics=collected, limits=limits)
     if limits.max_body_bytes is not None:
         app.add_middleware(BodyLimitMiddleware, max_body_bytes=limits.max_body_bytes)
     # Inside the key check (an unauthenticated client learns nothing of the queues).

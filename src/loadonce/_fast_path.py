@@ -1,57 +1,110 @@
-"""``POST /models/{name}/predict`` answered before FastAPI's routing.
+"""The inference routes answered before FastAPI's routing: ``POST /models/{name}/predict``
+and the Open Inference Protocol's ``POST /v2/models/{model_name}[/versions/{v}]/infer``.
 
 Profiled under load (py-spy, iris, 64 connections, docs/benchmarks.md), the event loop spent
 more of each predict request in FastAPI's router, dependency solving (even for a path
 parameter), exception middleware and request/response wrappers than in loadonce's own work.
-This middleware, the innermost of loadonce's, recognises the predict path and runs the route's
-own function (``protocols.rest.answer_predict``) directly, with the route's error answers and
-metrics; anything else goes on to FastAPI. The route stays registered: it documents the
-endpoint in OpenAPI, and it serves apps that mount the routers without ``create_app``.
+This middleware, the innermost of loadonce's, recognises the inference paths and runs the
+routes' own functions (``protocols.rest.answer_predict``, ``protocols.v2.infer_handler``)
+directly, with the routes' own error answers and metrics; anything else goes on to FastAPI.
+The routes stay registered: they document the endpoints in OpenAPI, and they serve apps that
+mount the routers without ``create_app``.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loadonce._http import REQUEST_ID_HEADER, request_id_of, response_for_exception, route_path
+from loadonce._limits import Limits
 from loadonce._metrics import Metrics
 from loadonce._registry import Registry
 from loadonce.protocols.rest import answer_predict
+from loadonce.protocols.v2._errors import V2Route
+from loadonce.protocols.v2._routes import infer_handler
 
-PREDICT_ROUTE = "/models/{name}/predict"
-_PREDICT_PATH = re.compile(r"^/models/([^/]+)/predict$")
+
+@dataclass(frozen=True)
+class FastRoute:
+    pattern: re.Pattern[str]  # its named groups are the route's path parameters
+    template: str  # the route's path as FastAPI declares it: the metrics' route label
+    handle: Callable[[Request], Awaitable[Response]]
+    error_for: Callable[[Exception, Request, str], Response]
 
 
-class PredictFastPath:
-    def __init__(self, app: ASGIApp, registry: Registry, metrics: Metrics | None) -> None:
+async def _predict(request: Request) -> Response:
+    return await answer_predict(request, request.path_params["name"])
+
+
+def inference_routes(limits: Limits) -> list[FastRoute]:
+    infer = infer_handler(limits)
+    return [
+        FastRoute(
+            re.compile(r"^/models/(?P<name>[^/]+)/predict$"),
+            "/models/{name}/predict",
+            _predict,
+            response_for_exception,
+        ),
+        FastRoute(
+            re.compile(r"^/v2/models/(?P<model_name>[^/]+)/infer$"),
+            "/v2/models/{model_name}/infer",
+            infer,
+            V2Route.error_for,
+        ),
+        FastRoute(
+            re.compile(
+                r"^/v2/models/(?P<model_name>[^/]+)/versions/(?P<model_version>[^/]+)/infer$"
+            ),
+            "/v2/models/{model_name}/versions/{model_version}/infer",
+            infer,
+            V2Route.error_for,
+        ),
+    ]
+
+
+class InferenceFastPath:
+    def __init__(
+        self, app: ASGIApp, registry: Registry, metrics: Metrics | None, limits: Limits
+    ) -> None:
         self.app = app
         self.registry = registry
         self.metrics = metrics
+        self.routes = inference_routes(limits)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = None
         if scope["type"] == "http" and scope["method"] == "POST":
-            match = _PREDICT_PATH.match(route_path(scope))
-        if match is None:
-            await self.app(scope, receive, send)
-            return
+            path = route_path(scope)
+            for route in self.routes:
+                match = route.pattern.match(path)
+                if match is not None:
+                    await self._answer(route, match.groupdict(), scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _answer(
+        self, route: FastRoute, params: dict[str, str], scope: Scope, receive: Receive, send: Send
+    ) -> None:
         started = time.perf_counter()
-        name = match.group(1)
+        scope["path_params"] = params
         request = Request(scope, receive, send)
         request_id = request_id_of(request)
         try:
-            response = await answer_predict(request, name)
+            response = await route.handle(request)
         except Exception as exc:
-            response = response_for_exception(exc, request, request_id)
+            response = route.error_for(exc, request, request_id)
         else:
             response.headers.setdefault(REQUEST_ID_HEADER, request_id)
         if self.metrics is not None:
+            name = params.get("name") or params.get("model_name") or ""
             # Only declared names become label values: a client must not mint time series.
             model = name if name in self.registry else ""
             seconds = time.perf_counter() - started
-            self.metrics.request_done(model, PREDICT_ROUTE, response.status_code, seconds)
+            self.metrics.request_done(model, route.template, response.status_code, seconds)
         await response(scope, receive, send)

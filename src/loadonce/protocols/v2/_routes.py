@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter
@@ -65,6 +66,35 @@ def model_of(request: Request) -> Model:
     return model
 
 
+def infer_handler(limits: Limits) -> Callable[[Request], Awaitable[Response]]:
+    """The infer route's work, shared with the fast path that answers it before FastAPI's
+    routing (``loadonce._fast_path``); raises loadonce's errors, which the caller answers."""
+
+    async def model_infer(request: Request) -> Response:
+        # As the JSON route: no FastAPI parameters to solve, and a full queue refuses before
+        # the body is read.
+        model = _ready_model(request)
+        model.refuse_if_full()
+        body = split_body(
+            await request.body(), request.scope["headers"], max_decompressed=limits.max_body_bytes
+        )
+        parsed = parse_request(body.json)
+        encoded = await unless_disconnected(
+            request,
+            infer(
+                model,
+                parsed,
+                body,
+                timeout_s=requested_timeout(request),
+                accept_encoding=_header(request, _ACCEPT_ENCODING),
+                max_element_bytes=limits.max_element_bytes,
+            ),
+        )
+        return Response(encoded.body, headers=encoded.headers)
+
+    return model_infer
+
+
 def v2_router(*, model_control: bool = True, limits: Limits | None = None) -> APIRouter:
     """Every Open Inference Protocol route under ``/v2``; mount it with ``include_router``.
 
@@ -93,27 +123,7 @@ def v2_router(*, model_control: bool = True, limits: Limits | None = None) -> AP
         model = _ready_model(request)
         return ModelReady(name=model.name, ready=True)
 
-    async def model_infer(request: Request) -> Response:
-        # As the JSON route: no FastAPI parameters to solve, and a full queue refuses before
-        # the body is read.
-        model = _ready_model(request)
-        model.refuse_if_full()
-        body = split_body(
-            await request.body(), request.scope["headers"], max_decompressed=limits.max_body_bytes
-        )
-        parsed = parse_request(body.json)
-        encoded = await unless_disconnected(
-            request,
-            infer(
-                model,
-                parsed,
-                body,
-                timeout_s=requested_timeout(request),
-                accept_encoding=_header(request, _ACCEPT_ENCODING),
-                max_element_bytes=limits.max_element_bytes,
-            ),
-        )
-        return Response(encoded.body, headers=encoded.headers)
+    model_infer = infer_handler(limits)
 
     # Registered first: routes are matched in order, and inference is the hot path.
     for path, versioned in ((_MODEL, False), (_MODEL_VERSION, True)):
