@@ -98,14 +98,16 @@ def test_a_lone_request_is_not_held_back_for_a_window(serve: Any) -> None:
 
 
 def test_a_bad_request_in_a_batch_fails_alone(serve: Any) -> None:
-    # Each call takes 0.3 s: the requests arriving while the first call runs (all of them,
-    # even on a busy machine) gather into the next batch.
-    model = RecordingModel(delay=0.3)
+    # The model is kept busy by one request first (each call takes 0.5 s): the requests sent
+    # meanwhile gather into the next batch, whatever order they arrive in.
+    model = RecordingModel(delay=0.5)
     server = serve(model, batching={"max_batch_size": 16}, input_shape=(), concurrency="serialized")
+    busy = _occupy(server, model, inputs=[100])
     bodies: list[Any] = [{"inputs": [i]} for i in range(12)]
     bodies[3] = {"inputs": [-1]}  # the model raises on it
     bodies[7] = {"inputs": [[1, 2]]}  # wrong shape: caught before the batch
     responses = asyncio.run(_post_all(server.url, bodies))
+    busy.join()
     statuses = [r.status_code for r in responses]
     assert statuses[3] == 500
     assert statuses[7] == 400
@@ -116,12 +118,14 @@ def test_a_bad_request_in_a_batch_fails_alone(serve: Any) -> None:
     assert any(-1 in call and len(call) > 1 for call in model.calls), "the -1 shared a batch"
 
 
-def _occupy(server: ThreadedServer, model: RecordingModel) -> threading.Thread:
+def _occupy(
+    server: ThreadedServer, model: RecordingModel, inputs: list[Any] | None = None
+) -> threading.Thread:
     """Start one slow request and return once the model is busy with it."""
     thread = threading.Thread(
         target=httpx.post,
         args=(f"{server.url}/models/m/predict",),
-        kwargs={"json": {"inputs": ["first"]}, "timeout": 30},
+        kwargs={"json": {"inputs": inputs or ["first"]}, "timeout": 30},
     )
     thread.start()
     assert model.started.wait(10)
