@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -56,7 +57,7 @@ def _inprocess_bound(artifact: Path, row: list[float]) -> float:
     command = ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "bench.inprocess"]
     output = subprocess.run(
         [*command, str(artifact), json.dumps(row)],
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
         check=True,
@@ -116,7 +117,7 @@ def _overload(artifact: Path, row: list[float], rate: float, seconds: int) -> di
         command = ["taskset", "-c", LOAD_CORE, sys.executable, "-m", "bench.overload"]
         output = subprocess.run(
             [*command, "127.0.0.1", port, str(rate), str(seconds), server.body],
-            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
             capture_output=True,
             text=True,
             check=True,

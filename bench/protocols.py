@@ -59,16 +59,22 @@ def main() -> None:
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
         sys.exit("bench needs wrk and taskset: apt-get install wrk util-linux")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    artifact, row = build(RESULTS / "models")["iris"]
+    artifact, row = build(RESULTS / "models", ("iris",))["iris"]
     bodies = _bodies(row.tolist(), RESULTS)
     results: dict[str, Any] = {"cpu": cpu_name(), "forms": {}}
     with running("a", artifact, row.tolist()) as server:
         base = server.url.removesuffix("/models/m/predict")
         for form, (path, body, env) in bodies.items():
             for connections in (64, 1):
-                options = {"connections": connections, "core": LOAD_CORE, "env": env}
-                wrk.run(base + path, body, seconds=args.warmup, **options)  # type: ignore[arg-type]
-                measured = wrk.run(base + path, body, seconds=args.seconds, **options)  # type: ignore[arg-type]
+                for seconds in (args.warmup, args.seconds):  # a warm-up, then the measure
+                    measured = wrk.run(
+                        base + path,
+                        body,
+                        connections=connections,
+                        seconds=seconds,
+                        core=LOAD_CORE,
+                        env=env,
+                    )
                 results["forms"].setdefault(form, {})[f"c{connections}"] = measured.as_dict()
                 print(form, f"c{connections}", measured, flush=True)
     (RESULTS / "protocols.json").write_text(json.dumps(results, indent=2))

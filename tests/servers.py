@@ -103,6 +103,18 @@ def cli_env(tmp_path: Path, extra: dict[str, str] | None = None) -> dict[str, st
     return env
 
 
+def run_cli(tmp_path: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run `python -m loadonce ARGS` to completion from the repository, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "loadonce", *args],
+        env=cli_env(tmp_path),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def start_cli(
     args: Sequence[str],
     tmp_path: Path,

@@ -18,7 +18,7 @@ import yaml
 
 from loadonce.server._demo import demo_artifact
 from loadonce.server._supervisor import UNLOAD_GRACE_SECONDS
-from tests.servers import REPO_ROOT, cli_env, free_port, serving
+from tests.servers import REPO_ROOT, free_port, run_cli, serving
 
 DEPLOY = REPO_ROOT / "deploy" / "kubernetes"
 _MEMORY_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
@@ -43,17 +43,6 @@ def _bytes(quantity: str) -> int:
     match = re.fullmatch(r"(\d+)(Ki|Mi|Gi)", quantity)
     assert match, quantity
     return int(match.group(1)) * _MEMORY_UNITS[match.group(2)]
-
-
-def _loadonce(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "loadonce", *args],
-        env=cli_env(tmp_path),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
 
 
 @pytest.fixture
@@ -111,7 +100,7 @@ def test_the_memory_request_holds_what_the_plan_predicts(
     tmp_path: Path, local_config: Path
 ) -> None:
     resources = _container(_documents("loadonce.yaml")["Deployment"])["resources"]
-    planned = _loadonce(tmp_path, "plan", str(local_config))
+    planned = run_cli(tmp_path, "plan", str(local_config))
     assert planned.returncode == 0, planned.stderr
     match = re.search(r"= ([\d,.]+) MiB\n", planned.stdout)
     assert match, planned.stdout
@@ -164,7 +153,7 @@ def test_the_rayservice_deploys_what_ray_config_prints(tmp_path: Path) -> None:
     documents = _documents("rayservice.yaml")
     config = tmp_path / "loadonce.toml"
     config.write_text(documents["ConfigMap"]["data"]["loadonce.toml"])
-    printed = _loadonce(
+    printed = run_cli(
         tmp_path,
         "ray-config",
         str(config),

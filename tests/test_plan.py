@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx2 as httpx
@@ -12,20 +10,9 @@ import psutil
 import torch
 from safetensors.torch import save_file
 
-from tests.servers import REPO_ROOT, cli_env, serving
+from tests.servers import cli_env, run_cli, serving
 
 MIB = 1 << 20
-
-
-def _loadonce(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "loadonce", *args],
-        env=cli_env(tmp_path),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
 
 
 def _megabytes(text: str, label: str) -> float:
@@ -60,26 +47,26 @@ def _total(text: str) -> float:
 
 def test_the_plan_counts_mapped_weights_once_and_refuses_what_cannot_fit(tmp_path: Path) -> None:
     config, weights = _wide_model(tmp_path)
-    fits = _loadonce(tmp_path, "plan", str(config), "--workers", "4")
+    fits = run_cli(tmp_path, "plan", str(config), "--workers", "4")
     assert fits.returncode == 0, fits.stderr
     shared = _megabytes(fits.stdout, "wide")
     assert abs(shared - weights.stat().st_size / MIB) < 4, fits.stdout
     assert "4 workers x" in fits.stdout
     assert "fits" in fits.stdout
 
-    refused = _loadonce(tmp_path, "plan", str(config), "--workers", "4", "--memory-limit", "50MB")
+    refused = run_cli(tmp_path, "plan", str(config), "--workers", "4", "--memory-limit", "50MB")
     assert refused.returncode == 1
     assert "DOES NOT FIT" in refused.stdout
     assert "the limit given" in refused.stdout
 
-    serve = _loadonce(
+    serve = run_cli(
         tmp_path, "serve", str(config), "--workers", "2", "--memory-limit", "50MB", "--port", "0"
     )
     assert serve.returncode == 3
     assert "DOES NOT FIT" in serve.stdout + serve.stderr
     assert "would not fit in memory (--force starts anyway)" in serve.stdout + serve.stderr
 
-    wrong = _loadonce(tmp_path, "plan", str(config), "--memory-limit", "lots")
+    wrong = run_cli(tmp_path, "plan", str(config), "--memory-limit", "lots")
     assert wrong.returncode == 2
     assert "not a size" in wrong.stderr
 
@@ -88,7 +75,7 @@ def test_the_plan_predicts_what_the_server_then_takes(tmp_path: Path) -> None:
     """The total the plan prints for 2 workers is close to the PSS, summed over every process
     of the server, of a real 2-worker server after a request to each model."""
     config, _ = _wide_model(tmp_path)
-    planned = _loadonce(tmp_path, "plan", str(config), "--workers", "2")
+    planned = run_cli(tmp_path, "plan", str(config), "--workers", "2")
     assert planned.returncode == 0, planned.stderr
     predicted = _total(planned.stdout)
     with serving([str(config), "--workers", "2"], tmp_path, env=cli_env(tmp_path)) as server:

@@ -3,8 +3,6 @@ loads the model once; the same routes answer; the application shuts down cleanly
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from ray import serve
 from loadonce.integrations.ray import application, build
 from loadonce.server._resolve import resolve_serve_config
 from loadonce.server._settings import RayOptions, ServeConfig
-from tests.servers import REPO_ROOT, cli_env, free_port, start_cli, stop, wait_ready
+from tests.servers import free_port, run_cli, start_cli, stop, wait_ready
 
 IRIS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 
@@ -49,27 +47,13 @@ def test_cli_on_ray_fails_fast_with_the_model_s_one_line(tmp_path: Path) -> None
     broken = tmp_path / "broken.skops"
     broken.write_text("not a skops file")
     port = str(free_port())
-    done = subprocess.run(
-        [sys.executable, "-m", "loadonce", "serve", str(broken), "--ray", "--port", port],
-        env=cli_env(tmp_path),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    done = run_cli(tmp_path, "serve", str(broken), "--ray", "--port", port, timeout=240)
     assert done.returncode == 3, done.stdout + done.stderr
     assert f"startup failed: model 'broken' failed to load from {broken}" in done.stderr
 
 
 def test_cli_refuses_workers_on_ray(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "loadonce", "serve", "--demo", "--ray", "--workers", "2"],
-        env=cli_env(tmp_path),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_cli(tmp_path, "serve", "--demo", "--ray", "--workers", "2", timeout=120)
     assert done.returncode == 2
     assert "num_replicas" in done.stderr
 
@@ -160,15 +144,8 @@ def test_the_printed_serve_config_builds_the_same_application(
         '[server]\ndrain_timeout_s = 12\n\n[ray]\nname = "irises"\nnum_replicas = 1\n'
         'max_ongoing_requests = 64\n\n[[models]]\nname = "flowers"\nartifact = "iris.skops"\n'
     )
-    printed = subprocess.run(
-        [sys.executable, "-m", "loadonce", "ray-config", str(config_file), "--host", "0.0.0.0"],
-        env=cli_env(tmp_path),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    printed = run_cli(tmp_path, "ray-config", str(config_file), "--host", "0.0.0.0", timeout=120)
+    assert printed.returncode == 0, printed.stderr
     document = yaml.safe_load(printed.stdout)
     assert document["http_options"] == {"host": "0.0.0.0", "port": 8000}
     [app] = document["applications"]

@@ -43,30 +43,25 @@ async def _predict(request: Request) -> Response:
     return await answer_predict(request, request.path_params["name"])
 
 
+# The inference routes' paths, each with the route's template (the metrics' route label); the
+# named groups are the path parameters, the first one the model's name. The queue-full
+# refusal (``_shedding.py``) recognises the same paths.
+PREDICT_PATH = (re.compile(r"^/models/(?P<name>[^/]+)/predict$"), "/models/{name}/predict")
+INFER_PATHS = (
+    (re.compile(r"^/v2/models/(?P<model_name>[^/]+)/infer$"), "/v2/models/{model_name}/infer"),
+    (
+        re.compile(r"^/v2/models/(?P<model_name>[^/]+)/versions/(?P<model_version>[^/]+)/infer$"),
+        "/v2/models/{model_name}/versions/{model_version}/infer",
+    ),
+)
+INFERENCE_PATHS = (PREDICT_PATH, *INFER_PATHS)
+
+
 def inference_routes(limits: Limits) -> list[FastRoute]:
     infer = infer_handler(limits)
-    return [
-        FastRoute(
-            re.compile(r"^/models/(?P<name>[^/]+)/predict$"),
-            "/models/{name}/predict",
-            _predict,
-            response_for_exception,
-        ),
-        FastRoute(
-            re.compile(r"^/v2/models/(?P<model_name>[^/]+)/infer$"),
-            "/v2/models/{model_name}/infer",
-            infer,
-            V2Route.error_for,
-        ),
-        FastRoute(
-            re.compile(
-                r"^/v2/models/(?P<model_name>[^/]+)/versions/(?P<model_version>[^/]+)/infer$"
-            ),
-            "/v2/models/{model_name}/versions/{model_version}/infer",
-            infer,
-            V2Route.error_for,
-        ),
-    ]
+    routes = [FastRoute(*PREDICT_PATH, _predict, response_for_exception)]
+    routes += [FastRoute(*path, infer, V2Route.error_for) for path in INFER_PATHS]
+    return routes
 
 
 class InferenceFastPath:

@@ -11,25 +11,15 @@ without this middleware.
 
 from __future__ import annotations
 
-import re
 import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loadonce._errors import QueueFullError
+from loadonce._fast_path import INFERENCE_PATHS
 from loadonce._http import raw_error_response, route_path
 from loadonce._metrics import Metrics
 from loadonce._registry import Registry
-
-# (the route's template, for metrics) by path pattern; the model's name is group 1.
-_PREDICT_ROUTES = (
-    (re.compile(r"^/models/([^/]+)/predict$"), "/models/{name}/predict"),
-    (re.compile(r"^/v2/models/([^/]+)/infer$"), "/v2/models/{model_name}/infer"),
-    (
-        re.compile(r"^/v2/models/([^/]+)/versions/[^/]+/infer$"),
-        "/v2/models/{model_name}/versions/{model_version}/infer",
-    ),
-)
 
 
 class QueueFullRefusalMiddleware:
@@ -42,7 +32,7 @@ class QueueFullRefusalMiddleware:
         if scope["type"] == "http" and scope["method"] == "POST":
             started = time.perf_counter()
             path = route_path(scope)
-            for pattern, route in _PREDICT_ROUTES:
+            for pattern, route in INFERENCE_PATHS:
                 match = pattern.match(path)
                 if match is None:
                     continue
