@@ -39,6 +39,25 @@ def test_precedence_is_cli_then_environment_then_file(tmp_path: Path) -> None:
         assert httpx.get(f"http://127.0.0.1:{cli_port}/livez").status_code == 200
 
 
+def _frozen_objects(url: str) -> float:
+    metrics = httpx.get(f"{url}/metrics").text
+    [line] = [line for line in metrics.splitlines() if line.startswith("loadonce_gc_frozen")]
+    return float(line.split()[1])
+
+
+def test_gc_freeze_is_on_by_default_and_off_from_the_file_or_the_environment(
+    tmp_path: Path,
+) -> None:
+    with serving([str(_config(tmp_path, ""))], tmp_path) as server:
+        assert _frozen_objects(server.url) > 10_000
+    off_in_file = _config(tmp_path, "[server]\ngc_freeze = false")
+    with serving([str(off_in_file)], tmp_path) as server:
+        assert _frozen_objects(server.url) == 0
+    env = cli_env(tmp_path, {"LOADONCE_GC_FREEZE": "false"})
+    with serving([str(_config(tmp_path, ""))], tmp_path, env=env) as server:
+        assert _frozen_objects(server.url) == 0
+
+
 def test_binds_loopback_by_default(tmp_path: Path) -> None:
     with serving([str(_config(tmp_path, ""))], tmp_path) as server:
         assert "http://127.0.0.1:" in server.log()
@@ -70,6 +89,7 @@ def _serve_expecting_usage_error(args: list[str], tmp_path: Path) -> str:
     [
         ("[server]\nprot = 1", '[[models]]\nname = "a"\nloader = "x:y"', "[server]: prot"),
         ("[server]\nworkers = 0", '[[models]]\nname = "a"\nloader = "x:y"', "workers"),
+        ("[server]\ngc_freeze = 2", '[[models]]\nname = "a"\nloader = "x:y"', "gc_freeze"),
         ("", "", "no model is declared"),
         ("", '[[models]]\nname = "a"', "needs a loader or an artifact"),
         ("", '[[models]]\nname = "a"\nloader = "x:y"\nconcurrency = "pool"', "pool:4"),

@@ -90,3 +90,9 @@ concurrency = "shared"
             assert {re.search(r'pid="(\d+)"', k).group(1) for k in ready} == {  # type: ignore[union-attr]
                 str(pid) for pid in pids
             }
+            # Each worker froze its loaded objects (the collector leaves them alone).
+            frozen = _samples(text, "loadonce_gc_frozen_objects")
+            assert {re.search(r'pid="(\d+)"', k).group(1) for k in frozen} == {  # type: ignore[union-attr]
+                str(pid) for pid in pids
+            }
+            assert all(count > 10_000 for count in frozen.values()), frozen

@@ -97,6 +97,8 @@ async def apply_locally(registry: Registry, request: ControlRequest) -> WorkerOu
             await model.load(changed_spec(model.spec, request))
     except (ModelLoadError, InvalidInputError) as failure:
         error = str(failure)
+    # Even after a failure: a failed load's partial objects are garbage too.
+    registry.refreeze_collector()
     return WorkerOutcome(
         pid=os.getpid(),
         ok=error is None,

@@ -26,6 +26,7 @@ def lifespan(
     wrap: UserLifespan | None = None,
     on_loaded: LoadedHook | None = None,
     load_gate: LoadGate | None = None,
+    gc_freeze: bool = True,
 ) -> Lifespan:
     """Build a lifespan for ``FastAPI(lifespan=...)`` that loads ``models`` at startup.
 
@@ -33,6 +34,8 @@ def lifespan(
     the user's own lifespan ``wrap`` is entered, so it can already use the models; the app
     serves. At shutdown ``wrap`` exits first, then the models unload in reverse order.
     A model that fails to load raises ``ModelLoadError`` and the app never serves.
+    ``gc_freeze``: once all of that is done, leave every object alive then (the models, the
+    libraries, what ``wrap`` built) out of garbage collection (``_gc.py``).
     """
     registry = models if isinstance(models, Registry) else Registry(models)
 
@@ -48,9 +51,13 @@ def lifespan(
             if on_loaded is not None:
                 await on_loaded(registry)
             if wrap is None:
+                if gc_freeze:
+                    registry.freeze_collector()
                 yield None
             else:
                 async with wrap(app) as state:
+                    if gc_freeze:
+                        registry.freeze_collector()
                     yield state
         finally:
             await registry.unload_all()

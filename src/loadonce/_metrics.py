@@ -114,6 +114,13 @@ class Metrics:
             multiprocess_mode="liveall",
             registry=registry,
         )
+        self.gc_frozen = Gauge(
+            "loadonce_gc_frozen_objects",
+            "Objects the worker's garbage collector leaves alone: what was alive once startup "
+            "(or the last model change) was over; 0 while none are",
+            multiprocess_mode="liveall",
+            registry=registry,
+        )
         self._versions: dict[str, str] = {}
 
     def request_done(self, model: str, route: str, status: int, seconds: float) -> None:
@@ -153,6 +160,9 @@ class Metrics:
         if memory is not None:
             for kind, value in (("rss", memory.rss), ("uss", memory.uss), ("pss", memory.pss)):
                 self.memory.labels(model.name, kind).set(value)
+
+    def collector_frozen(self, objects: int) -> None:
+        self.gc_frozen.set(objects)
 
     def worker_states(self) -> dict[str, list[WorkerState]]:
         """Each model's state and version in every live worker, read back from the metrics

@@ -1,4 +1,5 @@
-"""What the metrics watch: a model's queue, its batches and its life (state, load, memory).
+"""What the metrics watch: a model's queue, its batches and its life (state, load, memory),
+and the objects the worker's garbage collector leaves alone (``_gc.py``).
 
 A protocol, so the core (Model, Batcher) depends on no metrics library; ``_metrics.Metrics``
 implements it.
@@ -18,3 +19,5 @@ class ModelObserver(Protocol):
     def batch_dispatched(self, model: str, examples: int) -> None: ...
 
     def model_changed(self, model: Model) -> None: ...
+
+    def collector_frozen(self, objects: int) -> None: ...

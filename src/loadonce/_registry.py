@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterable
 
 from loadonce._errors import ConfigError, LoadonceError, ModelLoadError, ModelNotFoundError
+from loadonce._gc import freeze_survivors, refreeze_if_frozen
 from loadonce._model import Model, ModelState
 from loadonce._observer import ModelObserver
 from loadonce._spec import ModelSpec
@@ -46,6 +47,7 @@ class Registry:
         self.failure: LoadonceError | None = None
         # Set when the server was told to stop: it finishes what it accepted, but is not ready.
         self.draining = False
+        self.observer: ModelObserver | None = None
 
     @property
     def models(self) -> list[Model]:
@@ -74,9 +76,24 @@ class Registry:
         return bool(wanted) and all(m.is_ready for m in wanted)
 
     def observe(self, observer: ModelObserver) -> None:
-        """Have every model report its changes (state, queue, batches) to ``observer``."""
+        """Have every model report its changes (state, queue, batches) to ``observer``, and
+        the registry its garbage-collector freezes."""
+        self.observer = observer
         for model in self._models.values():
             model.observer = observer
+
+    def freeze_collector(self) -> None:
+        """Once startup is over: leave every object alive now out of garbage collection."""
+        self._report_frozen(freeze_survivors())
+
+    def refreeze_collector(self) -> None:
+        """After a model changed while serving (load, reload, unload): let the collector free
+        what the change left in reference cycles, and freeze what is alive again."""
+        self._report_frozen(refreeze_if_frozen())
+
+    def _report_frozen(self, objects: int | None) -> None:
+        if objects is not None and self.observer is not None:
+            self.observer.collector_frozen(objects)
 
     def states(self) -> dict[str, ModelState]:
         return {name: model.state for name, model in self._models.items()}

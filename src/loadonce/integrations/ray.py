@@ -126,6 +126,7 @@ def _app_from_config(config: ServeConfig) -> FastAPI:
         Registry(config.models, unloaded=config.unloaded),
         access=options.access(),
         limits=options.limits(),
+        gc_freeze=options.gc_freeze,
         model_control=False,
         control=RedeployToChange(),
     )

@@ -34,6 +34,8 @@ class ServerOptions(BaseModel):
     log_format: Literal["plain", "json"] = "plain"
     # On SIGTERM: how long accepted requests (queued and running) may take to finish.
     drain_timeout_s: Annotated[int, Field(ge=0)] = 30
+    # Once started, leave the loaded models out of garbage collection (loadonce._gc).
+    gc_freeze: bool = True
     # API keys (loadonce._security): SecretStr, so a repr or a validation error never shows them.
     api_keys: list[SecretStr] = Field(default_factory=list)
     admin_api_keys: list[SecretStr] = Field(default_factory=list)
@@ -141,6 +143,7 @@ _ENVIRONMENT_ONLY = {
     "max_element_bytes": "LOADONCE_MAX_ELEMENT_BYTES",
     "stagger_loading": "LOADONCE_STAGGER_LOADING",
     "memory_plan": "LOADONCE_MEMORY_PLAN",
+    "gc_freeze": "LOADONCE_GC_FREEZE",
 }
 
 

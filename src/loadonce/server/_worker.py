@@ -91,6 +91,7 @@ def run_worker(
         on_loaded=on_loaded,
         access=options.access(),
         limits=options.limits(),
+        gc_freeze=options.gc_freeze,
         control=None if make_control is None else make_control(registry),
         load_gate=lambda: _gated_with_progress(registry),
     )

@@ -1,0 +1,111 @@
+"""Once started, a server leaves its loaded models out of Python's cyclic garbage collection
+(``gc.freeze``), and a model replaced while serving is still freed, reference cycles and all.
+
+The servers run in this process (uvicorn in a thread), so the test can look at the collector
+itself; each test thaws what its server froze, so the rest of the session collects as usual.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+import weakref
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import httpx2 as httpx
+import pytest
+
+import loadonce
+from tests.servers import ThreadedServer
+
+
+class CyclicModel:
+    """A predictor holding a reference cycle, as many real models do (a module and its
+    children, a tree and its nodes): only the cyclic collector can free it."""
+
+    alive: ClassVar[weakref.WeakSet[CyclicModel]] = weakref.WeakSet()
+
+    def __init__(self) -> None:
+        self.myself = self
+        self.weights = [[float(i)] * 8 for i in range(1000)]
+        CyclicModel.alive.add(self)
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return [x * 2 for x in batch]
+
+
+def _spec() -> loadonce.ModelSpec:
+    return loadonce.ModelSpec(name="cyclic", loader=CyclicModel, input_shape=())
+
+
+@pytest.fixture(autouse=True)
+def _thawed() -> Iterator[None]:
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+    gc.collect()
+
+
+def _collected(model: CyclicModel) -> bool:
+    """Whether the collector walks ``model`` (a frozen object is in none of its generations)."""
+    return any(tracked is model for tracked in gc.get_objects())
+
+
+def _frozen_gauge(url: str) -> float:
+    metrics = httpx.get(f"{url}/metrics").text
+    found = re.search(r"^loadonce_gc_frozen_objects (\S+)$", metrics, re.MULTILINE)
+    assert found is not None, metrics
+    return float(found.group(1))
+
+
+def _predict(url: str) -> list[Any]:
+    answer = httpx.post(f"{url}/models/cyclic/predict", json={"inputs": [1, 2]})
+    assert answer.status_code == 200, answer.text
+    outputs: list[Any] = answer.json()["outputs"]
+    return outputs
+
+
+def test_the_loaded_model_is_frozen_once_the_server_starts() -> None:
+    with ThreadedServer(loadonce.create_app([_spec()])) as server:
+        [model] = CyclicModel.alive
+        assert not _collected(model)
+        assert gc.get_freeze_count() > 0
+        # As counted when frozen: frozen objects freed since (by reference count) have left.
+        assert _frozen_gauge(server.url) >= gc.get_freeze_count() > 0
+        assert _predict(server.url) == [2, 4]
+
+
+def test_freezing_can_be_turned_off() -> None:
+    with ThreadedServer(loadonce.create_app([_spec()], gc_freeze=False)) as server:
+        [model] = CyclicModel.alive
+        assert _collected(model)
+        assert gc.get_freeze_count() == 0
+        assert _frozen_gauge(server.url) == 0
+        assert _predict(server.url) == [2, 4]
+
+
+def test_a_reloaded_model_is_freed_cycles_and_all_and_its_successor_frozen() -> None:
+    with ThreadedServer(loadonce.create_app([_spec()])) as server:
+        [first] = CyclicModel.alive
+        first_ref = weakref.ref(first)
+        del first
+        answer = httpx.post(f"{server.url}/admin/models/cyclic/reload", json={}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        # Frozen, the first instance would be kept by its own cycle for the life of the server.
+        assert first_ref() is None
+        [second] = CyclicModel.alive
+        assert not _collected(second)
+        assert _frozen_gauge(server.url) >= gc.get_freeze_count() > 0
+        assert _predict(server.url) == [2, 4]
+
+
+def test_an_unloaded_model_is_freed() -> None:
+    with ThreadedServer(loadonce.create_app([_spec()])) as server:
+        [loaded] = CyclicModel.alive
+        loaded_ref = weakref.ref(loaded)
+        del loaded
+        answer = httpx.post(f"{server.url}/v2/repository/models/cyclic/unload", timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert loaded_ref() is None
+        assert len(CyclicModel.alive) == 0
