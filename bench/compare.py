@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from bench.servers import (
     ROOT,
     SERVER_CORE,
     VARIANTS,
+    Running,
     running,
     tree_memory_mib,
 )
@@ -100,8 +102,23 @@ def _measure(
     return measured
 
 
-def _overload(artifact: Path, row: list[float], rate: float, seconds: int) -> dict[str, Any]:
-    with running("a", artifact, row, overload=True) as server:
+def overload(
+    artifact: Path,
+    row: list[float],
+    rate: float,
+    seconds: int,
+    *,
+    env: Mapping[str, str] | None = None,
+    loadonce_module: str = "loadonce",
+    when_up: Callable[[Running], None] | None = None,
+) -> dict[str, Any]:
+    """loadonce with batching on the forest, offered ``rate`` requests/s open-loop for
+    ``seconds``; ``when_up`` runs once the server answers, just before the load starts."""
+    with running(
+        "a", artifact, row, overload=True, env=env, loadonce_module=loadonce_module
+    ) as server:
+        if when_up is not None:
+            when_up(server)
         process = psutil.Process(server.process.pid)
         samples: list[int] = []
         done = threading.Event()
@@ -195,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.overload_only:
         artifact, row_array = build(RESULTS / "models", ("forest",))["forest"]
-        summary = _overload(artifact, row_array.tolist(), args.overload_only, args.overload_seconds)
+        summary = overload(artifact, row_array.tolist(), args.overload_only, args.overload_seconds)
         print(json.dumps(summary, indent=2))
         return {"overload": summary}
     models = build(RESULTS / "models", tuple(wanted_models))
@@ -225,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         artifact, row_array = models["forest"]
         sustained = max(r["req_per_s"] for r in results["models"]["forest"]["variants"]["a"]["c64"])
         _progress(f"overload: loadonce, forest, {4 * sustained:,.0f} req/s offered")
-        results["overload"] = _overload(
+        results["overload"] = overload(
             artifact, row_array.tolist(), 4 * sustained, args.overload_seconds
         )
     results_file = RESULTS / "compare.json"

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,14 +82,22 @@ def loadonce_config(artifact: Path, *, batching: bool, overload: bool = False) -
     return path
 
 
-def launch(key: str, artifact: Path, row: list[float], port: int, overload: bool = False) -> Launch:
+def launch(
+    key: str,
+    artifact: Path,
+    row: list[float],
+    port: int,
+    overload: bool = False,
+    loadonce_module: str = "loadonce",
+) -> Launch:
     """How to start variant ``key`` on ``port`` for the model in ``artifact`` (a .skops file,
-    with its .joblib twin beside it for the peers)."""
+    with its .joblib twin beside it for the peers). ``loadonce_module``: what runs loadonce's
+    command line (``bench.gc_pauses`` times the collector's pauses)."""
     base = f"http://127.0.0.1:{port}"
     body = json.dumps({"inputs": [row]})
     if key in ("a", "b"):
         config = loadonce_config(artifact, batching=key == "a", overload=overload)
-        command = [sys.executable, "-m", "loadonce", "serve", str(config), "--port", str(port)]
+        command = [sys.executable, "-m", loadonce_module, "serve", str(config), "--port", str(port)]
         return Launch(command, f"{base}/models/m/predict", body)
     if key in ("anti", "c", "d", "http"):
         app = {"anti": "per_request_app", "c": "sync_app", "d": "async_app", "http": "http_bound"}
@@ -129,13 +137,21 @@ class Running:
 
 @contextmanager
 def running(
-    key: str, artifact: Path, row: list[float], overload: bool = False, timeout_s: float = 120
+    key: str,
+    artifact: Path,
+    row: list[float],
+    overload: bool = False,
+    timeout_s: float = 120,
+    *,
+    env: Mapping[str, str] | None = None,
+    loadonce_module: str = "loadonce",
 ) -> Iterator[Running]:
-    """Start the server on the server core; yield once it answers the body with 200."""
+    """Start the server on the server core; yield once it answers the body with 200.
+    ``env``: variables added to the server's environment."""
     # MLServer takes the two ports after its HTTP port too.
     port = free_port() if not key.startswith("mlserver") else _three_free_ports()
-    how = launch(key, artifact, row, port, overload)
-    env = {**os.environ, "BENCH_ARTIFACT": str(artifact), "PYTHONPATH": str(ROOT)}
+    how = launch(key, artifact, row, port, overload, loadonce_module)
+    env = {**os.environ, **(env or {}), "BENCH_ARTIFACT": str(artifact), "PYTHONPATH": str(ROOT)}
     log = (RESULTS / f"server-{key}.log").open("wb")
     process = subprocess.Popen(
         ["taskset", "-c", SERVER_CORE, *how.command],

@@ -62,7 +62,7 @@ def run(
     """One wrk run POSTing ``body``; ``core`` pins wrk with taskset; ``env`` sets post.lua's
     other BENCH_ variables (content type, a body file, a header length)."""
     command = [
-        "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s",
+        "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "10s",
         "-s", str(POST_SCRIPT), url,
     ]  # fmt: skip
     if core is not None:

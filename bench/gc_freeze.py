@@ -1,0 +1,133 @@
+"""`gc_freeze` off against on, side by side in one run: the forest with batching (one worker,
+pinned to core 0), at 64 connections (wrk) and overloaded (open loop), with the collector's
+pauses timed inside the server (``bench.gc_pauses``).
+
+    python -m bench.gc_freeze [--rounds 2] [--rate REQ_PER_S] [--seconds 20]
+
+The settings alternate, round after round, so drift on a shared machine falls on both. The
+overload rate defaults to 4x the best 64-connection rate of the run (as `make bench` does).
+Writes bench/results/gc_freeze.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import wrk
+from bench.compare import overload
+from bench.models import build
+from bench.servers import LOAD_CORE, RESULTS, Running, running
+
+SETTINGS = ("false", "true")
+
+
+def _progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _start_counting(server: Running) -> None:
+    os.kill(server.process.pid, signal.SIGUSR1)
+
+
+def _environment(setting: str, stats: Path) -> dict[str, str]:
+    return {"LOADONCE_GC_FREEZE": setting, "BENCH_GC_STATS": str(stats)}
+
+
+def _c64(artifact: Path, row: list[float], setting: str, seconds: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as folder:
+        stats = Path(folder) / "gc.json"
+        env = _environment(setting, stats)
+        with running("a", artifact, row, env=env, loadonce_module="bench.gc_pauses") as server:
+            wrk.run(server.url, server.body, connections=64, seconds=2, core=LOAD_CORE)
+            _start_counting(server)
+            result = wrk.run(
+                server.url, server.body, connections=64, seconds=seconds, core=LOAD_CORE
+            )
+        return {"wrk": result.as_dict(), "gc": json.loads(stats.read_text())}
+
+
+def _overloaded(
+    artifact: Path, row: list[float], setting: str, rate: float, seconds: int
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as folder:
+        stats = Path(folder) / "gc.json"
+        summary = overload(
+            artifact,
+            row,
+            rate,
+            seconds,
+            env=_environment(setting, stats),
+            loadonce_module="bench.gc_pauses",
+            when_up=_start_counting,
+        )
+        summary["gc"] = json.loads(stats.read_text())
+        return summary
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = [
+        f"gc_freeze off and on, forest with batching, one worker; {results['date']}, "
+        f"{results['rounds']} rounds alternating; overload offered {results['rate']:,.0f} req/s "
+        f"for {results['overload_seconds']} s.",
+        "",
+        "| gc_freeze | round | c64 req/s | c64 p99 ms | overload: 200 / 503 / 504 | "
+        "200s p50 / p99 from send, ms | requests the server took, /s | full collections: "
+        "count, seconds, longest ms |",
+        "| --- | ---: | ---: | ---: | --- | --- | ---: | --- |",
+    ]
+    for run in results["runs"]:
+        c64, over = run["c64"], run["overload"]
+        statuses = over["statuses"]
+        full = over["gc"]["2"]
+        lines.append(
+            f"| {run['gc_freeze']} | {run['round']} | {c64['wrk']['req_per_s']:,.0f} | "
+            f"{c64['wrk']['p99_ms']} | {statuses.get('200', 0):,} / {statuses.get('503', 0):,} / "
+            f"{statuses.get('504', 0):,} | {over['ok_p50_from_send_ms']:.0f} / "
+            f"{over['ok_p99_from_send_ms']:.0f} | {over['achieved_offered_rate']:,.0f} | "
+            f"{full['collections']}, {full['seconds']:.2f}, {full['longest_ms']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rate", type=float, help="overload rate (default: 4x best c64)")
+    parser.add_argument("--seconds", type=int, default=20, help="each overload run")
+    parser.add_argument("--c64-seconds", type=float, default=5)
+    args = parser.parse_args(argv)
+    artifact, row_array = build(RESULTS / "models", ("forest",))["forest"]
+    row = row_array.tolist()
+    runs: list[dict[str, Any]] = []
+    for round_number in range(1, args.rounds + 1):
+        for setting in SETTINGS:
+            _progress(f"round {round_number}, gc_freeze {setting}: c64")
+            c64 = _c64(artifact, row, setting, args.c64_seconds)
+            runs.append({"gc_freeze": setting, "round": round_number, "c64": c64})
+    rate = args.rate or 4 * max(run["c64"]["wrk"]["req_per_s"] for run in runs)
+    for run in runs:
+        _progress(f"round {run['round']}, gc_freeze {run['gc_freeze']}: {rate:,.0f} req/s")
+        run["overload"] = _overloaded(artifact, row, run["gc_freeze"], rate, args.seconds)
+    results = {
+        "date": time.strftime("%Y-%m-%d"),
+        "rounds": args.rounds,
+        "rate": rate,
+        "overload_seconds": args.seconds,
+        "runs": runs,
+    }
+    (RESULTS / "gc_freeze.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / "gc_freeze.md").write_text(render(results))
+    print(render(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
