@@ -147,11 +147,13 @@ def running(
     loadonce_module: str = "loadonce",
 ) -> Iterator[Running]:
     """Start the server on the server core; yield once it answers the body with 200.
-    ``env``: variables added to the server's environment."""
+    ``env``: variables added to the server's environment (a PYTHONPATH in it goes first)."""
     # MLServer takes the two ports after its HTTP port too.
     port = free_port() if not key.startswith("mlserver") else _three_free_ports()
     how = launch(key, artifact, row, port, overload, loadonce_module)
-    env = {**os.environ, **(env or {}), "BENCH_ARTIFACT": str(artifact), "PYTHONPATH": str(ROOT)}
+    env = dict(env or {})
+    path = os.pathsep.join(filter(None, [env.pop("PYTHONPATH", ""), str(ROOT)]))
+    env = {**os.environ, **env, "BENCH_ARTIFACT": str(artifact), "PYTHONPATH": path}
     log = (RESULTS / f"server-{key}.log").open("wb")
     process = subprocess.Popen(
         ["taskset", "-c", SERVER_CORE, *how.command],
