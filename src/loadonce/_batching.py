@@ -1,12 +1,18 @@
 """Batcher: every predict of a model goes through one bounded queue and is dispatched in batches.
 
 One path for every model. Requests wait in a queue bounded in examples (beyond it: 503 at
-once). A dispatcher task starts a batch whenever a slot of the model is free: it takes the
-queued requests, oldest first, up to ``max_batch_size`` examples (a request is never split;
-one larger than that goes alone; requests with different request parameters never share a
-call). Without batching, ``max_batch_size`` is 1: each request is
-its own call. While the model is busy, arrivals gather into the next batch, so a lone request
-never waits for a window unless ``max_wait_ms`` asks for it.
+once). A batch starts whenever a slot of the model is free: it takes the queued requests,
+oldest first, up to ``max_batch_size`` examples (a request is never split; one larger than
+that goes alone; requests with different request parameters never share a call). Without
+batching, ``max_batch_size`` is 1: each request is its own call. While the model is busy,
+arrivals gather into the next batch, so a lone request never waits for a window unless
+``max_wait_ms`` asks for it.
+
+Two things start batches: a dispatcher task, woken by an arrival at an idle model, and the
+callback of a returning call, which starts the next batch before answering its own requests.
+Under load the event loop is late with everything it schedules; the callback keeps the model
+from idling for those waits between two batches (on the overloaded forest, twice the answers
+per second; docs/benchmarks.md).
 
 A request that is cancelled while queued (its deadline passed, its client went away) leaves
 the queue at once and never reaches the model.
@@ -20,6 +26,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,8 +183,7 @@ class Batcher:
                 await self._gather_more()
             batch = self._take_batch()
             if batch:
-                self._in_flight += 1
-                asyncio.get_running_loop().create_task(self._run(batch))
+                self._start(batch)
 
     async def _gather_more(self) -> None:
         """Wait up to max_wait for a fuller batch, from when the oldest request arrived."""
@@ -219,31 +225,70 @@ class Batcher:
         self._note_if_idle()
         return batch
 
-    async def _run(self, batch: list[_Request]) -> None:
+    def _start(self, batch: list[_Request]) -> None:
+        """Hand ``batch`` to the model's threads now. Its answers go out from a loop callback
+        when the call returns: no task stands between two batches, since under load each
+        task hop is a wait for the busy loop while the model sits idle."""
+        self._in_flight += 1
+        examples = [request.examples for request in batch]
+        parameters = batch[0].parameters
+        loop = asyncio.get_running_loop()
+
+        def call(predictor: Predictor) -> tuple[list[_Outcome], float]:
+            return _timed(run_batch, predictor, examples, parameters)
+
+        def returned(done: Future[tuple[list[_Outcome], float]]) -> None:
+            # In the model's thread: back to the loop (gone only if the process is ending).
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._finished, batch, done)
+
         try:
-            examples = [request.examples for request in batch]
-            parameters = batch[0].parameters
-            outcomes, seconds = await self.executor.run(
-                lambda predictor: _timed(run_batch, predictor, examples, parameters)
-            )
+            running = self.executor.submit(call)
+        except RuntimeError as exc:  # the threads were shut down: nothing will run it
+            failed: Future[tuple[list[_Outcome], float]] = Future()
+            failed.set_exception(exc)
+            self._finished(batch, failed)
+            return
+        running.add_done_callback(returned)
+
+    def _finished(self, batch: list[_Request], done: Future[tuple[list[_Outcome], float]]) -> None:
+        """On the loop, when a batch's call returned: start the next batch first (the model
+        works while this one's answers go out), then answer each request of this one."""
+        self._in_flight -= 1
+        failure: Exception | None = None
+        outcomes: list[_Outcome] = []
+        try:
+            outcomes, seconds = done.result()
+        except Exception as exc:  # the call never ran (run_batch itself answers per request)
+            failure = exc
+        else:
             self._observe(seconds)
-            for request, outcome in zip(batch, outcomes, strict=True):
+        try:
+            self._dispatch_ready()
+        finally:
+            for index, request in enumerate(batch):
                 if request.future.done():
                     continue  # the caller gave up (deadline, disconnect) while it ran
-                if outcome.error is not None:
-                    request.future.set_exception(outcome.error)
+                if failure is not None:
+                    request.future.set_exception(failure)
+                elif (error := outcomes[index].error) is not None:
+                    request.future.set_exception(error)
                 else:
-                    request.future.set_result(outcome.outputs or [])
-        except BaseException as exc:
-            for request in batch:
-                if not request.future.done():
-                    request.future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            self._in_flight -= 1
+                    request.future.set_result(outcomes[index].outputs or [])
             self._note_if_idle()
             self._wakeup.set()
+
+    def _dispatch_ready(self) -> None:
+        """Start queued batches while a slot is free, unless the dispatcher should wait
+        (``max_wait_ms``) for a fuller one."""
+        while (
+            self._queue
+            and self._in_flight < self.concurrent_batches
+            and (self.max_wait_s == 0 or self._queued_examples >= self.max_batch_size)
+        ):
+            batch = self._take_batch()
+            if batch:
+                self._start(batch)
 
     def _observe(self, seconds: float) -> None:
         previous = self._seconds_per_call

@@ -1,17 +1,17 @@
 """Running predict calls off the event loop, under a model's concurrency policy.
 
-Each loaded model gets its own thread pool, sized by its policy, and calls reach it through
-``loop.run_in_executor``: the cheapest hand-off asyncio has, which matters because a tiny
-model's throughput is bounded by the event loop's work per call.
+Each loaded model gets its own thread pool, sized by its policy. A call is handed to the pool
+at once (``submit``, a plain function, not a coroutine): under load the event loop is late to
+run anything it schedules, and a hand-off that waited for a task to start would leave the
+model idle for that long between two batches.
 """
 
 from __future__ import annotations
 
-import asyncio
+import queue
 from abc import ABC, abstractmethod
-from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 from loadonce._spec import Concurrency
@@ -21,18 +21,16 @@ T = TypeVar("T")
 
 
 class Executor(ABC):
-    """Hands a call one predictor instance, in one of the model's threads, as the policy allows.
-
-    Created inside the event loop (at load time): the asyncio primitives belong to it.
-    """
+    """Hands a call one predictor instance, in one of the model's threads, as the policy allows."""
 
     def __init__(self, instances: Sequence[Predictor], *, threads: int, name: str) -> None:
         self.instances = list(instances)
         self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
 
     @abstractmethod
-    async def run(self, call: Callable[[Predictor], T]) -> T:
-        """Run ``call(instance)`` in a thread and return its result."""
+    def submit(self, call: Callable[[Predictor], T]) -> Future[T]:
+        """Queue ``call(instance)`` for one of the model's threads now; the future holds its
+        result. Callable from any thread; the loop needs ``asyncio.wrap_future`` to await it."""
 
     def shutdown(self) -> None:
         """Let the threads exit once idle (calls still running finish first)."""
@@ -42,9 +40,8 @@ class Executor(ABC):
 class SharedExecutor(Executor):
     """Concurrent calls on one thread-safe instance, at most ``threads`` at once."""
 
-    async def run(self, call: Callable[[Predictor], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, call, self.instances[0])
+    def submit(self, call: Callable[[Predictor], T]) -> Future[T]:
+        return self._threads.submit(call, self.instances[0])
 
 
 class SerializedExecutor(Executor):
@@ -54,33 +51,32 @@ class SerializedExecutor(Executor):
     def __init__(self, instance: Predictor, *, name: str) -> None:
         super().__init__([instance], threads=1, name=name)
 
-    async def run(self, call: Callable[[Predictor], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, call, self.instances[0])
+    def submit(self, call: Callable[[Predictor], T]) -> Future[T]:
+        return self._threads.submit(call, self.instances[0])
 
 
 class PoolExecutor(Executor):
-    """N instances, each used by one call at a time."""
+    """N instances, each used by one call at a time: N threads, each taking a free instance
+    for its call and putting it back after. With as many threads as instances, a thread
+    always finds one free."""
 
     def __init__(self, instances: Sequence[Predictor], *, name: str) -> None:
         super().__init__(instances, threads=len(instances), name=name)
-        self._free: deque[Predictor] = deque(self.instances)
-        self._available = asyncio.Semaphore(len(self.instances))
+        self._free: queue.SimpleQueue[Predictor] = queue.SimpleQueue()
+        for instance in self.instances:
+            self._free.put(instance)
 
-    async def run(self, call: Callable[[Predictor], T]) -> T:
-        await self._available.acquire()
-        instance = self._free.popleft()
-        loop = asyncio.get_running_loop()
+    def submit(self, call: Callable[[Predictor], T]) -> Future[T]:
+        return self._threads.submit(self._with_free_instance, call)
 
-        def release() -> None:
-            self._free.append(instance)
-            self._available.release()
-
-        # Freed when the thread is done with it, not when the caller stops waiting: a caller
-        # cancelled mid-call must not hand a busy instance to the next one.
-        running = self._threads.submit(call, instance)
-        running.add_done_callback(lambda _: loop.call_soon_threadsafe(release))
-        return await asyncio.wrap_future(running)
+    def _with_free_instance(self, call: Callable[[Predictor], T]) -> T:
+        # Put back when the thread is done with it, whatever the caller does meanwhile: a
+        # caller that stopped waiting must not hand a busy instance to the next call.
+        instance = self._free.get_nowait()
+        try:
+            return call(instance)
+        finally:
+            self._free.put(instance)
 
 
 def make_executor(policy: Concurrency, instances: Sequence[Predictor], *, name: str) -> Executor:
