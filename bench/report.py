@@ -69,8 +69,10 @@ def render(results: dict[str, Any]) -> str:
         lines.append(
             f"**overload** (forest, loadonce with batching, max_queue {overload['max_queue']}, "
             f"timeout_s {overload['timeout_ms'] / 1000:g}): offered "
-            f"{overload['offered_rate']:,.0f} req/s open-loop; statuses {overload['statuses']}; "
-            f"200s: {overload['ok_per_s']:,.0f}/s, p99 from send "
+            f"{overload['offered_rate']:,.0f} req/s open-loop for {overload['sent']:,} requests, "
+            f"answered in {overload['seconds_taken']:.1f} s; statuses {overload['statuses']}; "
+            f"200s: {overload['ok_per_s']:,.0f}/s, p50 / p99 from send "
+            f"{overload['ok_p50_from_send_ms']:.1f} / "
             f"{overload['ok_p99_from_send_ms']:.1f} ms; server RSS start "
             f"{overload['rss_start_mib']:.0f} MiB, peak {overload['rss_peak_mib']:.0f} MiB, "
             f"end {overload['rss_end_mib']:.0f} MiB."

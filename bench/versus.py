@@ -1,5 +1,6 @@
 """A revision of loadonce against the working tree, side by side in one run: the forest with
-batching (one worker on core 0), at 64 connections (wrk) and overloaded (open loop).
+batching (one worker on core 0), at 64 connections (wrk) and overloaded (open loop); then two
+workers' memory after 200 requests (each worker's USS, the server's summed PSS).
 
     python -m bench.versus REV [--rounds 2] [--rate REQ_PER_S] [--seconds 20]
 
@@ -21,10 +22,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
+import psutil
+
 from bench import wrk
 from bench.compare import overload
 from bench.models import build
-from bench.servers import LOAD_CORE, RESULTS, ROOT, running
+from bench.servers import LOAD_CORE, RESULTS, ROOT, running, tree_memory_mib
+
+JSON = {"content-type": "application/json"}
 
 
 def _progress(message: str) -> None:
@@ -38,6 +44,22 @@ def _c64(artifact: Path, row: list[float], env: dict[str, str], seconds: float) 
     return result.as_dict()
 
 
+def _two_workers(artifact: Path, row: list[float], env: dict[str, str]) -> dict[str, Any]:
+    with running("a", artifact, row, env={**env, "LOADONCE_WORKERS": "2"}) as server:
+        with httpx.Client() as client:
+            for _ in range(200):
+                client.post(server.url, content=server.body, headers=JSON).raise_for_status()
+        supervisor = psutil.Process(server.process.pid)
+        tree = [supervisor, *supervisor.children(recursive=True)]
+        # The workers are the fork server's children: the processes whose parent has children.
+        parents = {process.pid for process in tree if process.children()}
+        workers = [p for p in tree if p.ppid() in parents - {supervisor.pid} and not p.children()]
+        return {
+            "worker_uss_mib": sorted(p.memory_full_info().uss / 2**20 for p in workers),
+            "pss_mib": tree_memory_mib(supervisor.pid)["pss_mib"],
+        }
+
+
 def render(results: dict[str, Any]) -> str:
     lines = [
         f"{results['revision']} ({results['commit'][:10]}) against the working tree, forest "
@@ -45,17 +67,20 @@ def render(results: dict[str, Any]) -> str:
         f"overload offered {results['rate']:,.0f} req/s for {results['overload_seconds']} s.",
         "",
         "| code | round | c64 req/s | c64 p99 ms | overload: 200 / 503 / 504 | "
-        "200s p50 / p99 from send, ms | requests the server took, /s |",
-        "| --- | ---: | ---: | ---: | --- | --- | ---: |",
+        "200s p50 / p99 from send, ms | requests the server took, /s | 2 workers: USS each, "
+        "PSS in all, MiB |",
+        "| --- | ---: | ---: | ---: | --- | --- | ---: | --- |",
     ]
     for run in results["runs"]:
-        c64, over = run["c64"], run["overload"]
+        c64, over, memory = run["c64"], run["overload"], run["memory"]
         statuses = over["statuses"]
         lines.append(
             f"| {run['code']} | {run['round']} | {c64['req_per_s']:,.0f} | {c64['p99_ms']} | "
             f"{statuses.get('200', 0):,} / {statuses.get('503', 0):,} / "
             f"{statuses.get('504', 0):,} | {over['ok_p50_from_send_ms']:.0f} / "
-            f"{over['ok_p99_from_send_ms']:.0f} | {over['achieved_offered_rate']:,.0f} |"
+            f"{over['ok_p99_from_send_ms']:.0f} | {over['achieved_offered_rate']:,.0f} | "
+            f"{' / '.join(f'{uss:.0f}' for uss in memory['worker_uss_mib'])}, "
+            f"{memory['pss_mib']:,.0f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -92,7 +117,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for code, env in codes.items():
                     _progress(f"round {round_number}, {code}: c64")
                     c64 = _c64(artifact, row, env, args.c64_seconds)
-                    runs.append({"code": code, "round": round_number, "c64": c64})
+                    _progress(f"round {round_number}, {code}: two workers' memory")
+                    memory = _two_workers(artifact, row, env)
+                    runs.append({"code": code, "round": round_number, "c64": c64, "memory": memory})
             rate = args.rate or 4 * max(run["c64"]["req_per_s"] for run in runs)
             for run in runs:
                 _progress(f"round {run['round']}, {run['code']}: {rate:,.0f} req/s")

@@ -155,3 +155,10 @@ def build_wide_linear_small() -> Any:
     import torch
 
     return torch.nn.Linear(10_000, 1_000, bias=False)
+
+
+def report_frozen_objects(answers: Any) -> None:
+    """A worker-context child's first act: put how many objects it inherited frozen."""
+    import gc
+
+    answers.put(gc.get_freeze_count())

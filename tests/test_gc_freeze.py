@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import gc
 import re
+import subprocess
+import sys
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx2 as httpx
 import pytest
 
 import loadonce
-from tests.servers import ThreadedServer
+from tests.servers import REPO_ROOT, ThreadedServer, cli_env
 
 
 class CyclicModel:
@@ -109,3 +112,42 @@ def test_an_unloaded_model_is_freed() -> None:
         assert answer.status_code == 200, answer.text
         assert loaded_ref() is None
         assert len(CyclicModel.alive) == 0
+
+
+_CHILD_SCRIPT = """
+import sys
+from loadonce.server._settings import ServeConfig
+from loadonce.server._worker_start import worker_context
+from tests.loaders import report_frozen_objects
+
+config = ServeConfig.model_validate({
+    "server": {"gc_freeze": sys.argv[1] == "on"},
+    "models": [{"name": "echo", "loader": "tests.loaders:echo"}],
+})
+context = worker_context(config)
+answers = context.SimpleQueue()
+child = context.Process(target=report_frozen_objects, args=(answers,))
+child.start()
+print(answers.get())
+child.join()
+"""
+
+
+def _frozen_in_a_new_worker(tmp_path: Path, setting: str) -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD_SCRIPT, setting],
+        env=cli_env(tmp_path),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+def test_workers_are_forked_with_the_preloaded_libraries_already_frozen(tmp_path: Path) -> None:
+    # Frozen in the fork server, the libraries' objects are never walked by a worker's
+    # collector, which would write to (and so copy) every page holding one.
+    assert _frozen_in_a_new_worker(tmp_path, "on") > 10_000
+    assert _frozen_in_a_new_worker(tmp_path, "off") == 0

@@ -26,8 +26,13 @@ from loadonce.server._settings import ServeConfig
 _WORKER_MODULES = ("loadonce.server._worker",)
 
 
+# Imported last, with gc_freeze on: freezes everything the imports before it built.
+FREEZE_MODULE = "loadonce.server._freeze_preloaded"
+
+
 def preloaded_modules(config: ServeConfig) -> list[str]:
-    """The worker's modules, then each configured runtime's libraries, each once."""
+    """The worker's modules, then each configured runtime's libraries, each once; last, with
+    ``gc_freeze``, the module that freezes them (the workers' collections leave them alone)."""
     modules = list(_WORKER_MODULES)
     for spec in config.models:
         try:
@@ -35,6 +40,8 @@ def preloaded_modules(config: ServeConfig) -> list[str]:
         except (ValueError, OSError):
             continue  # the worker's load reports it, with the model's name
         modules.extend(m for m in runtime.libraries if m not in modules)
+    if config.server.gc_freeze:
+        modules.append(FREEZE_MODULE)
     return modules
 
 
