@@ -4,8 +4,8 @@ A loaded model is hundreds of thousands of long-lived Python objects (a 100-tree
 about 300,000 with scikit-learn and its imports). CPython's collector walks every one of them
 on each full collection, and a server makes those often: requests waiting in a queue outlive
 the young generations, and their survivors trigger full collections. Measured on the forest
-under overload (docs/benchmarks.md), full collections took 150-195 ms each and about 3 s of
-every 10 s, stalling the event loop and every request in it.
+under overload (docs/benchmarks.md), full collections took 140-206 ms each, about 7 s of a
+20 s run, stalling the event loop and every request in it.
 
 ``gc.freeze()`` moves every object alive at that moment into a generation the collector never
 walks (CPython's own advice for servers; it also keeps forked workers from writing to shared
