@@ -15,22 +15,16 @@ import argparse
 import json
 import os
 import signal
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from bench import wrk
+from bench import side_by_side, wrk
 from bench.compare import overload
 from bench.models import build
 from bench.servers import LOAD_CORE, RESULTS, Running, running
 
 SETTINGS = ("false", "true")
-
-
-def _progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def _start_counting(server: Running) -> None:
@@ -99,34 +93,23 @@ def render(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--rate", type=float, help="overload rate (default: 4x best c64)")
-    parser.add_argument("--seconds", type=int, default=20, help="each overload run")
-    parser.add_argument("--c64-seconds", type=float, default=5)
+    side_by_side.add_options(parser)
     args = parser.parse_args(argv)
     artifact, row_array = build(RESULTS / "models", ("forest",))["forest"]
     row = row_array.tolist()
     runs: list[dict[str, Any]] = []
     for round_number in range(1, args.rounds + 1):
         for setting in SETTINGS:
-            _progress(f"round {round_number}, gc_freeze {setting}: c64")
+            side_by_side.progress(f"round {round_number}, gc_freeze {setting}: c64")
             c64 = _c64(artifact, row, setting, args.c64_seconds)
             runs.append({"gc_freeze": setting, "round": round_number, "c64": c64})
-    rate = args.rate or 4 * max(run["c64"]["wrk"]["req_per_s"] for run in runs)
+    rate = side_by_side.overload_rate(args, [run["c64"]["wrk"]["req_per_s"] for run in runs])
     for run in runs:
-        _progress(f"round {run['round']}, gc_freeze {run['gc_freeze']}: {rate:,.0f} req/s")
+        side_by_side.progress(
+            f"round {run['round']}, gc_freeze {run['gc_freeze']}: {rate:,.0f} req/s"
+        )
         run["overload"] = _overloaded(artifact, row, run["gc_freeze"], rate, args.seconds)
-    results = {
-        "date": time.strftime("%Y-%m-%d"),
-        "rounds": args.rounds,
-        "rate": rate,
-        "overload_seconds": args.seconds,
-        "runs": runs,
-    }
-    (RESULTS / "gc_freeze.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / "gc_freeze.md").write_text(render(results))
-    print(render(results))
-    return results
+    return side_by_side.save("gc_freeze", args, rate, runs, render)
 
 
 if __name__ == "__main__":

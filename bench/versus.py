@@ -14,27 +14,20 @@ defaults to 4x the best 64-connection rate of the run. Writes bench/results/vers
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
 import psutil
 
-from bench import wrk
+from bench import side_by_side, wrk
 from bench.compare import overload
 from bench.models import build
 from bench.servers import LOAD_CORE, RESULTS, ROOT, running, tree_memory_mib
 
 JSON = {"content-type": "application/json"}
-
-
-def _progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def _c64(artifact: Path, row: list[float], env: dict[str, str], seconds: float) -> dict[str, Any]:
@@ -88,10 +81,7 @@ def render(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("revision", help="the git revision to run against the working tree")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--rate", type=float, help="overload rate (default: 4x best c64)")
-    parser.add_argument("--seconds", type=int, default=20, help="each overload run")
-    parser.add_argument("--c64-seconds", type=float, default=5)
+    side_by_side.add_options(parser)
     args = parser.parse_args(argv)
     commit = subprocess.run(
         ["git", "rev-parse", "--verify", f"{args.revision}^{{commit}}"],
@@ -115,14 +105,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             runs: list[dict[str, Any]] = []
             for round_number in range(1, args.rounds + 1):
                 for code, env in codes.items():
-                    _progress(f"round {round_number}, {code}: c64")
+                    side_by_side.progress(f"round {round_number}, {code}: c64")
                     c64 = _c64(artifact, row, env, args.c64_seconds)
-                    _progress(f"round {round_number}, {code}: two workers' memory")
+                    side_by_side.progress(f"round {round_number}, {code}: two workers' memory")
                     memory = _two_workers(artifact, row, env)
                     runs.append({"code": code, "round": round_number, "c64": c64, "memory": memory})
-            rate = args.rate or 4 * max(run["c64"]["req_per_s"] for run in runs)
+            rate = side_by_side.overload_rate(args, [run["c64"]["req_per_s"] for run in runs])
             for run in runs:
-                _progress(f"round {run['round']}, {run['code']}: {rate:,.0f} req/s")
+                side_by_side.progress(f"round {run['round']}, {run['code']}: {rate:,.0f} req/s")
                 run["overload"] = overload(
                     artifact, row, rate, args.seconds, env=codes[run["code"]]
                 )
@@ -130,19 +120,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             subprocess.run(
                 ["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False
             )
-    results = {
-        "revision": args.revision,
-        "commit": commit,
-        "date": time.strftime("%Y-%m-%d"),
-        "rounds": args.rounds,
-        "rate": rate,
-        "overload_seconds": args.seconds,
-        "runs": runs,
-    }
-    (RESULTS / "versus.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / "versus.md").write_text(render(results))
-    print(render(results))
-    return results
+    return side_by_side.save(
+        "versus", args, rate, runs, render, revision=args.revision, commit=commit
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,53 @@
+"""What the side-by-side benchmarks (`bench.gc_freeze`, `bench.versus`) share: their options,
+progress lines, the overload rate, and how results are saved."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench.servers import RESULTS
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of each side, alternating")
+    parser.add_argument("--rate", type=float, help="overload rate (default: 4x best c64)")
+    parser.add_argument("--seconds", type=int, default=20, help="each overload run")
+    parser.add_argument("--c64-seconds", type=float, default=5, help="each c64 run")
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def overload_rate(args: argparse.Namespace, c64_rates: list[float]) -> float:
+    """The rate given, or 4x the best 64-connection rate of the run (as `make bench` does)."""
+    rate: float = args.rate or 4 * max(c64_rates)
+    return rate
+
+
+def save(
+    name: str,
+    args: argparse.Namespace,
+    rate: float,
+    runs: list[dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+    **facts: Any,
+) -> dict[str, Any]:
+    """Write bench/results/NAME.json and .md, print the table, return the results."""
+    results = {
+        **facts,
+        "date": time.strftime("%Y-%m-%d"),
+        "rounds": args.rounds,
+        "rate": rate,
+        "overload_seconds": args.seconds,
+        "runs": runs,
+    }
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / f"{name}.md").write_text(render(results))
+    print(render(results))
+    return results
