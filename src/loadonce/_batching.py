@@ -11,8 +11,8 @@ arrivals gather into the next batch, so a lone request never waits for a window 
 Two things start batches: a dispatcher task, woken by an arrival at an idle model, and the
 callback of a returning call, which starts the next batch before answering its own requests.
 Under load the event loop is late with everything it schedules; the callback keeps the model
-from idling for those waits between two batches (on the overloaded forest, twice the answers
-per second; docs/benchmarks.md).
+from idling for those waits between two batches (on the overloaded forest, 2.5-2.8 times
+the answers per second; docs/benchmarks.md).
 
 A request that is cancelled while queued (its deadline passed, its client went away) leaves
 the queue at once and never reaches the model.
