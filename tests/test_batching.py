@@ -97,6 +97,51 @@ def test_a_lone_request_is_not_held_back_for_a_window(serve: Any) -> None:
         assert time.perf_counter() - started < 0.5
 
 
+def test_under_load_the_next_batch_waits_to_fill_but_an_idle_model_never_does(
+    serve: Any,
+) -> None:
+    model = RecordingModel(delay=0.3)
+    server = serve(model, batching={"max_batch_size": 8, "fill_wait_ms": 2000})
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            started = time.perf_counter()
+            first = asyncio.create_task(client.post("/models/m/predict", json={"inputs": [1]}))
+            while not model.started.is_set():
+                await asyncio.sleep(0.01)
+            # Queued while the first call runs; when it returns, it is alone in the queue.
+            second = asyncio.create_task(client.post("/models/m/predict", json={"inputs": [2]}))
+            assert (await first).json()["outputs"] == [2]
+            # The idle model took the first request at once, not after the fill window.
+            assert time.perf_counter() - started < 1.5
+            # Sent after the first call returned: it joins the second in the call that was
+            # waiting to fill.
+            third = await client.post("/models/m/predict", json={"inputs": [3]})
+            assert third.json()["outputs"] == [6]
+            assert (await second).json()["outputs"] == [4]
+
+    asyncio.run(scenario())
+    assert model.calls == [[1], [2, 3]]
+
+
+def test_without_fill_wait_the_next_call_takes_what_waits_at_once(serve: Any) -> None:
+    model = RecordingModel(delay=0.3)
+    server = serve(model, batching={"max_batch_size": 8})
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            first = asyncio.create_task(client.post("/models/m/predict", json={"inputs": [1]}))
+            while not model.started.is_set():
+                await asyncio.sleep(0.01)
+            second = asyncio.create_task(client.post("/models/m/predict", json={"inputs": [2]}))
+            await first
+            await client.post("/models/m/predict", json={"inputs": [3]})
+            await second
+
+    asyncio.run(scenario())
+    assert model.calls == [[1], [2], [3]]
+
+
 def test_a_bad_request_in_a_batch_fails_alone(serve: Any) -> None:
     # The model is kept busy by one request first (each call takes 0.5 s): the requests sent
     # meanwhile gather into the next batch, whatever order they arrive in.

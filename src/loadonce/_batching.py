@@ -70,6 +70,9 @@ class Batcher:
     max_queue: int
     concurrent_batches: int
     observer: ModelObserver | None = None
+    # After a call returned with fewer than max_batch_size examples waiting: how long the next
+    # call may wait for more (``Batching.fill_wait_ms``).
+    fill_wait_s: float = 0.0
     _queue: deque[_Request] = field(default_factory=deque)
     _queued_examples: int = 0
     _in_flight: int = 0
@@ -77,6 +80,8 @@ class Batcher:
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
+    # Set when a returning call left requests for the dispatcher to gather (fill_wait_s).
+    _filling: bool = False
     # Seconds one call takes, smoothed over recent calls; None until measured. Per call, not
     # per example: a batch costs about the same whatever its size (that is why batching pays),
     # so a per-example pace measured on small batches would overstate the wait many times.
@@ -173,22 +178,25 @@ class Batcher:
     def _note_if_idle(self) -> None:
         if not self._queue and self._in_flight == 0:
             self._idle.set()
+            self._filling = False  # the next request finds an idle model: no fill wait
 
     async def _dispatch_forever(self) -> None:
         while True:
             while not self._queue or self._in_flight >= self.concurrent_batches:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if self.max_wait_s > 0 and self._queued_examples < self.max_batch_size:
-                await self._gather_more()
+            wait = max(self.max_wait_s, self.fill_wait_s) if self._filling else self.max_wait_s
+            self._filling = False
+            if wait > 0 and self._queued_examples < self.max_batch_size:
+                await self._gather_more(wait)
             batch = self._take_batch()
             if batch:
                 self._start(batch)
 
-    async def _gather_more(self) -> None:
-        """Wait up to max_wait for a fuller batch, from when the oldest request arrived."""
+    async def _gather_more(self, wait: float) -> None:
+        """Wait up to ``wait`` seconds for a fuller batch."""
         loop = asyncio.get_running_loop()
-        until = loop.time() + self.max_wait_s
+        until = loop.time() + wait
         while self._queue and self._queued_examples < self.max_batch_size:
             remaining = until - loop.time()
             if remaining <= 0:
@@ -279,13 +287,14 @@ class Batcher:
             self._wakeup.set()
 
     def _dispatch_ready(self) -> None:
-        """Start queued batches while a slot is free, unless the dispatcher should wait
-        (``max_wait_ms``) for a fuller one."""
-        while (
-            self._queue
-            and self._in_flight < self.concurrent_batches
-            and (self.max_wait_s == 0 or self._queued_examples >= self.max_batch_size)
-        ):
+        """After a call returned: start queued batches while a slot is free, unless a fuller
+        batch is worth waiting for (``max_wait_ms``, ``fill_wait_ms``): the dispatcher waits
+        for it then."""
+        wait = max(self.max_wait_s, self.fill_wait_s)
+        while self._queue and self._in_flight < self.concurrent_batches:
+            if wait > 0 and self._queued_examples < self.max_batch_size:
+                self._filling = True
+                return
             batch = self._take_batch()
             if batch:
                 self._start(batch)

@@ -350,11 +350,12 @@ def _make_batcher(model: Model, executor: Executor) -> Batcher:
     assert policy is not None
     if spec.batching is None:
         # One call per request, as many at once as the policy allows.
-        max_batch_size, max_wait_s, concurrent = 1, 0.0, policy.size
+        max_batch_size, max_wait_s, fill_wait_s, concurrent = 1, 0.0, 0.0, policy.size
     else:
         batching = spec.batching
         max_batch_size = batching.max_batch_size
         max_wait_s = batching.max_wait_ms / 1000
+        fill_wait_s = batching.fill_wait_ms / 1000
         concurrent = batching.concurrent_batches or (policy.size if policy.kind == "pool" else 1)
     batcher = Batcher(
         model=model.name,
@@ -362,6 +363,7 @@ def _make_batcher(model: Model, executor: Executor) -> Batcher:
         executor=executor,
         max_batch_size=max_batch_size,
         max_wait_s=max_wait_s,
+        fill_wait_s=fill_wait_s,
         max_queue=spec.max_queue,
         concurrent_batches=concurrent,
     )
