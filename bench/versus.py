@@ -6,7 +6,9 @@ workers' memory after 200 requests (each worker's USS, the server's summed PSS).
 
 REV (a commit, a tag, ``HEAD~1``) is checked out in a temporary git worktree, and its
 ``src/`` is put first on the server's PYTHONPATH; the working tree's code runs otherwise. The
-two alternate round after round, so a shared machine's drift falls on both. The overload rate
+two alternate round after round, so a shared machine's drift falls on both. The config both
+run is the working tree's (`bench/servers.py`): a revision that lacks an option it sets
+(`fill_wait_ms` before it existed) refuses it. The overload rate
 defaults to 4x the best 64-connection rate of the run. Writes bench/results/versus.json and
 .md.
 """
