@@ -72,20 +72,14 @@ def render(results: dict[str, Any]) -> str:
         f"{results['rounds']} rounds alternating; overload offered {results['rate']:,.0f} req/s "
         f"for {results['overload_seconds']} s.",
         "",
-        "| gc_freeze | round | c64 req/s | c64 p99 ms | overload: 200 / 503 / 504 | "
-        "200s p50 / p99 from send, ms | requests the server took, /s | full collections: "
-        "count, seconds, longest ms |",
-        "| --- | ---: | ---: | ---: | --- | --- | ---: | --- |",
+        f"| gc_freeze {side_by_side.COMMON_HEADER} full collections: count, seconds, longest ms |",
+        f"| --- {side_by_side.COMMON_ALIGNMENT} --- |",
     ]
     for run in results["runs"]:
-        c64, over = run["c64"], run["overload"]
-        statuses = over["statuses"]
-        full = over["gc"]["2"]
+        full = run["overload"]["gc"]["2"]
+        common = side_by_side.row_cells(run["round"], run["c64"]["wrk"], run["overload"])
         lines.append(
-            f"| {run['gc_freeze']} | {run['round']} | {c64['wrk']['req_per_s']:,.0f} | "
-            f"{c64['wrk']['p99_ms']} | {statuses.get('200', 0):,} / {statuses.get('503', 0):,} / "
-            f"{statuses.get('504', 0):,} | {over['ok_p50_from_send_ms']:.0f} / "
-            f"{over['ok_p99_from_send_ms']:.0f} | {over['achieved_offered_rate']:,.0f} | "
+            f"| {run['gc_freeze']} {common} "
             f"{full['collections']}, {full['seconds']:.2f}, {full['longest_ms']:.0f} |"
         )
     return "\n".join(lines) + "\n"

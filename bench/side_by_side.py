@@ -30,6 +30,25 @@ def overload_rate(args: argparse.Namespace, c64_rates: list[float]) -> float:
     return rate
 
 
+# The columns both tables start with; ``row_cells`` fills them.
+COMMON_HEADER = (
+    "| round | c64 req/s | c64 p99 ms | overload: 200 / 503 / 504 | "
+    "200s p50 / p99 from send, ms | requests the server took, /s |"
+)
+COMMON_ALIGNMENT = "| ---: | ---: | ---: | --- | --- | ---: |"
+
+
+def row_cells(round_number: int, c64: dict[str, Any], overload: dict[str, Any]) -> str:
+    """The common columns of one run: ``c64`` a wrk result, ``overload`` bench.overload's."""
+    statuses = overload["statuses"]
+    return (
+        f"| {round_number} | {c64['req_per_s']:,.0f} | {c64['p99_ms']} | "
+        f"{statuses.get('200', 0):,} / {statuses.get('503', 0):,} / "
+        f"{statuses.get('504', 0):,} | {overload['ok_p50_from_send_ms']:.0f} / "
+        f"{overload['ok_p99_from_send_ms']:.0f} | {overload['achieved_offered_rate']:,.0f} |"
+    )
+
+
 def save(
     name: str,
     args: argparse.Namespace,

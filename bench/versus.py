@@ -61,19 +61,14 @@ def render(results: dict[str, Any]) -> str:
         f"with batching, one worker; {results['date']}, {results['rounds']} rounds alternating; "
         f"overload offered {results['rate']:,.0f} req/s for {results['overload_seconds']} s.",
         "",
-        "| code | round | c64 req/s | c64 p99 ms | overload: 200 / 503 / 504 | "
-        "200s p50 / p99 from send, ms | requests the server took, /s | 2 workers: USS each, "
-        "PSS in all, MiB |",
-        "| --- | ---: | ---: | ---: | --- | --- | ---: | --- |",
+        f"| code {side_by_side.COMMON_HEADER} 2 workers: USS each, PSS in all, MiB |",
+        f"| --- {side_by_side.COMMON_ALIGNMENT} --- |",
     ]
     for run in results["runs"]:
-        c64, over, memory = run["c64"], run["overload"], run["memory"]
-        statuses = over["statuses"]
+        memory = run["memory"]
+        common = side_by_side.row_cells(run["round"], run["c64"], run["overload"])
         lines.append(
-            f"| {run['code']} | {run['round']} | {c64['req_per_s']:,.0f} | {c64['p99_ms']} | "
-            f"{statuses.get('200', 0):,} / {statuses.get('503', 0):,} / "
-            f"{statuses.get('504', 0):,} | {over['ok_p50_from_send_ms']:.0f} / "
-            f"{over['ok_p99_from_send_ms']:.0f} | {over['achieved_offered_rate']:,.0f} | "
+            f"| {run['code']} {common} "
             f"{' / '.join(f'{uss:.0f}' for uss in memory['worker_uss_mib'])}, "
             f"{memory['pss_mib']:,.0f} |"
         )
