@@ -162,3 +162,12 @@ def report_frozen_objects(answers: Any) -> None:
     import gc
 
     answers.put(gc.get_freeze_count())
+
+
+def constant_or_hang(path: Path) -> Constant:
+    """As constant_from_file, but an artifact that says "hang" never finishes loading (for
+    the tests of load_timeout_s; the abandoned thread returns after a few seconds)."""
+    text = Path(path).read_text()
+    if text == "hang":
+        time.sleep(4)
+    return Constant(float(text))

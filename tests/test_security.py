@@ -29,10 +29,13 @@ def _specs() -> list[loadonce.ModelSpec]:
     ]
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[ThreadedServer]:
+@pytest.fixture(scope="module", params=["", "/ml"], ids=["no root path", "root path /ml"])
+def server(request: pytest.FixtureRequest) -> Iterator[ThreadedServer]:
+    """Also behind a path prefix (uvicorn's --root-path, Ray's route_prefix): every route is
+    classified by its path without the prefix."""
     access = AccessKeys(inference=(INFERENCE_KEY,), admin=(ADMIN_KEY,))
-    with ThreadedServer(loadonce.create_app(_specs(), access=access)) as running:
+    app = loadonce.create_app(_specs(), access=access)
+    with ThreadedServer(app, root_path=request.param) as running:
         yield running
 
 

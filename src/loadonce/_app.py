@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from fastapi import FastAPI
 
 from loadonce._admin import admin_router
+from loadonce._browser_guard import BrowserGuardMiddleware
 from loadonce._control import STATE_KEY as CONTROL_KEY
 from loadonce._control import LocalControl, ModelControl
 from loadonce._fast_path import InferenceFastPath
@@ -77,6 +78,8 @@ def create_app(
         # Outside the body limit: a request without a valid key is refused before its body
         # is read.
         app.add_middleware(AccessMiddleware, keys=access)
+    # Before the key check: a page of another site is refused whatever key its browser has.
+    app.add_middleware(BrowserGuardMiddleware)
     # Added last, so outermost: every request gets its id and its log line, refusals too.
     app.add_middleware(RequestLogMiddleware)
     return app

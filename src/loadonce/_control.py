@@ -17,9 +17,11 @@ from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
-from loadonce._errors import InvalidInputError, ModelLoadError, describe_validation
+from loadonce._artifacts import ArtifactRoots, refuse_code_running_format
+from loadonce._errors import ForbiddenError, InvalidInputError, ModelLoadError, describe_validation
 from loadonce._registry import Registry
 from loadonce._spec import ModelSpec
+from loadonce.runtimes import resolve_runtime
 
 STATE_KEY = "loadonce_control"
 Action = Literal["load", "unload"]
@@ -62,28 +64,43 @@ def describe_failures(outcomes: list[WorkerOutcome]) -> str:
     return "; ".join(f"worker pid {o.pid}: {o.error}" for o in outcomes if not o.ok)
 
 
-def changed_spec(spec: ModelSpec, request: ControlRequest) -> ModelSpec:
-    """The spec with the request's changes, validated as a declared one is; a new artifact must
-    be an absolute path (the server may not run where the caller does)."""
+def changed_spec(spec: ModelSpec, request: ControlRequest, roots: ArtifactRoots) -> ModelSpec:
+    """The spec with the request's changes, validated as a declared one is, and checked
+    against the operator's policy (``_artifacts.py``) before the new artifact is opened: an
+    absolute path (the server may not run where the caller does) under ``roots``, a regular
+    file or a directory, in a format the model's configured trust allows. A request's sha256
+    only goes with a new artifact: the operator's pin of the configured one stands."""
     changes = request.changes
     if not changes:
         return spec
     artifact = changes.get("artifact")
-    if artifact is not None and not artifact.is_absolute():
-        raise InvalidInputError(f"artifact must be an absolute path; got '{artifact}'")
+    if artifact is None and "sha256" in changes:
+        raise InvalidInputError(
+            "sha256 checks a new artifact: send it with 'artifact' (the configured artifact's "
+            "pin is the operator's, and a request cannot change it)"
+        )
     if artifact is not None and spec.artifact is None:
         raise InvalidInputError(f"model '{spec.name}' is loaded by a loader, not an artifact")
+    if artifact is not None:
+        changes["artifact"] = roots.check(artifact)
     if artifact is not None and "sha256" not in changes and spec.sha256 is not None:
         raise InvalidInputError(
             f"model '{spec.name}' is pinned by sha256: give the new artifact's sha256 as well"
         )
     fields = {name: getattr(spec, name) for name in type(spec).model_fields}
     try:
-        return ModelSpec.model_validate({**fields, **changes})
+        changed = ModelSpec.model_validate({**fields, **changes})
     except ValidationError as exc:
         raise InvalidInputError(
             f"invalid change to model '{spec.name}': {describe_validation(exc)}"
         ) from None
+    if artifact is not None:
+        try:
+            runtime = resolve_runtime(changed)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
+        refuse_code_running_format(changed, runtime.runs_code(changed))
+    return changed
 
 
 async def apply_locally(registry: Registry, request: ControlRequest) -> WorkerOutcome:
@@ -94,8 +111,8 @@ async def apply_locally(registry: Registry, request: ControlRequest) -> WorkerOu
         if request.action == "unload":
             await model.unload(on_request=True)
         else:
-            await model.load(changed_spec(model.spec, request))
-    except (ModelLoadError, InvalidInputError) as failure:
+            await model.load(changed_spec(model.spec, request, registry.artifact_roots))
+    except (ModelLoadError, InvalidInputError, ForbiddenError) as failure:
         error = str(failure)
     # Even after a failure: a failed load's partial objects are garbage too.
     registry.refreeze_collector()
@@ -123,5 +140,6 @@ class LocalControl:
     async def apply(self, request: ControlRequest) -> list[WorkerOutcome]:
         self.registry.get(request.model)  # 404 before anything happens
         if request.changes:
-            changed_spec(self.registry.get(request.model).spec, request)  # 400 likewise
+            model = self.registry.get(request.model)
+            changed_spec(model.spec, request, self.registry.artifact_roots)  # 400 or 403 likewise
         return [await apply_locally(self.registry, request)]

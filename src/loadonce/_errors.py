@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -107,6 +108,22 @@ class RequestTooLargeError(LoadonceError):
     one BYTES element (HTTP 413)."""
 
 
+class ForbiddenError(LoadonceError):
+    """The request asks for something only the operator may allow: an artifact outside the
+    configured roots, or a format that runs code for a model not trusted (HTTP 403)."""
+
+
 class NotAvailableHereError(LoadonceError):
     """An operation this deployment does not offer, with what to do instead (HTTP 501): under
     Ray Serve, a reload reaches one replica, so reloading is Ray's redeploy."""
+
+
+# An absolute path in a message: a slash that does not follow a letter, a digit, a colon or
+# another slash (so "http://host/x" and "a/b" are left alone), up to a space or a quote.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.])/[^\s'\"`,;:()\[\]<>]*")
+
+
+def without_paths(message: str) -> str:
+    """A message for a client without the admin scope: every server file path replaced by
+    ``<path>`` (the server log and admin answers keep them)."""
+    return _ABSOLUTE_PATH.sub("<path>", message)

@@ -20,6 +20,7 @@ from starlette.types import Scope
 from loadonce._errors import (
     ClientDisconnectedError,
     DeadlineExceededError,
+    ForbiddenError,
     InvalidInputError,
     LoadonceError,
     ModelNotFoundError,
@@ -29,6 +30,7 @@ from loadonce._errors import (
     RequestTooLargeError,
     describe_exception,
 )
+from loadonce._log_safe import log_safe
 from loadonce._metrics import metrics_of
 
 logger = logging.getLogger("loadonce")
@@ -146,15 +148,17 @@ def status_and_message(exc: Exception, request: Request, request_id: str) -> tup
         return 400, f"invalid inputs: {exc}"
     if isinstance(exc, RequestTooLargeError):
         return 413, str(exc)
+    if isinstance(exc, ForbiddenError):
+        return 403, str(exc)
     if isinstance(exc, NotAvailableHereError):
         return 501, str(exc)
     if isinstance(exc, LoadonceError):
-        logger.error("request %s %s failed: %s", request_id, request.url.path, exc)
+        logger.error("request %s %s failed: %s", request_id, log_safe(request.url.path), exc)
         return 500, str(exc)
     logger.error(
         "request %s %s failed: %s",
         request_id,
-        request.url.path,
+        log_safe(request.url.path),
         describe_exception(exc),
         exc_info=exc,
     )
@@ -171,7 +175,7 @@ def raw_error_response(
     Open Inference Protocol defines it, ``{"error", "request_id"}`` elsewhere."""
     chosen = scope.get(REQUEST_ID_SCOPE_KEY)
     request_id = chosen if isinstance(chosen, str) else request_id_from(scope["headers"])
-    if scope["path"].startswith("/v2"):
+    if route_path(scope).startswith("/v2"):
         response = JSONResponse({"error": message}, status_code=status, headers=headers)
         response.headers[REQUEST_ID_HEADER] = request_id
         return response

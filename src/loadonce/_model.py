@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio.to_thread
 
@@ -21,6 +22,7 @@ from loadonce._errors import (
     ModelNotReadyError,
     RequestTooLargeError,
     describe_exception,
+    without_paths,
 )
 from loadonce._inputs import split_examples
 from loadonce._integrity import verify_sha256
@@ -118,6 +120,11 @@ class Model:
         return () if self._executor is None else self._executor.instances[0].outputs
 
     @property
+    def public_error(self) -> str | None:
+        """``error`` as answers any client may read show it: without server file paths."""
+        return None if self.error is None else without_paths(self.error)
+
+    @property
     def is_ready(self) -> bool:
         """Whether it answers predictions now (while a reload builds its successor, it does)."""
         return self.state in _SERVING
@@ -183,21 +190,32 @@ class Model:
         """Load and warm up every instance of ``spec``; on success it becomes the model's
         spec, and the time and memory it took are recorded and logged."""
         self.worker_pid = os.getpid()
-        logger.info(
-            "model '%s' version %s loading in worker pid %d from %s%s",
-            self.name,
-            spec.version,
-            self.worker_pid,
-            spec.source,
-            _size_of(spec),
-        )
         before = sample_process_memory()
         started = time.perf_counter()
         instances: list[Predictor] = []
         try:
-            executor, runtime_name, policy = await self._build_executor(spec, instances)
-            if spec.warmup is not None:
-                await self._warm_up(spec, executor.instances)
+            # Bounded as a whole: a file that never ends (a device, a huge directory) or a
+            # loader that hangs fails the load instead of holding the model's lock forever.
+            # The abandoned thread cannot be stopped; it finishes on its own.
+            async with asyncio.timeout(spec.load_timeout_s):
+                logger.info(
+                    "model '%s' version %s loading in worker pid %d from %s%s",
+                    self.name,
+                    spec.version,
+                    self.worker_pid,
+                    spec.source,
+                    await _off_loop(_size_of, spec),
+                )
+                executor, runtime_name, policy = await self._build_executor(spec, instances)
+                if spec.warmup is not None:
+                    await self._warm_up(spec, executor.instances)
+        except TimeoutError:
+            await _close_all(instances, self.name)
+            raise ModelLoadError(
+                self.name,
+                spec.source,
+                f"the load did not finish within load_timeout_s ({spec.load_timeout_s:g} s)",
+            ) from None
         except Exception as exc:
             await _close_all(instances, self.name)
             raise ModelLoadError(self.name, spec.source, exc) from exc
@@ -229,11 +247,11 @@ class Model:
         self, spec: ModelSpec, instances: list[Predictor]
     ) -> tuple[Executor, str, Concurrency]:
         if spec.sha256 is not None and spec.artifact is not None:
-            await anyio.to_thread.run_sync(verify_sha256, spec.artifact, spec.sha256)
+            await _off_loop(verify_sha256, spec.artifact, spec.sha256)
         runtime = resolve_runtime(spec)
         policy = spec.concurrency or Concurrency.parse(runtime.default_concurrency)
         for _ in range(instances_needed(policy)):
-            instances.append(await anyio.to_thread.run_sync(runtime.load, spec))
+            instances.append(await _off_loop(runtime.load, spec))
         return make_executor(policy, instances, name=self.name), runtime.name, policy
 
     async def unload(self, *, on_request: bool = False) -> None:
@@ -305,8 +323,14 @@ class Model:
             )
         taken = executor.instances[0].request_parameters
         passed = {k: v for k, v in parameters.items() if k in taken} if parameters else None
+        if timeout is not None and not 0 < timeout < math.inf:
+            raise InvalidInputError(
+                f"a timeout must be a positive number of seconds; got {timeout}"
+            )
         limits = [t for t in (timeout, self.spec.timeout_s) if t is not None]
         deadline_s = min(limits) if limits else None
+        if deadline_s is not None and deadline_s > _LONGEST_DEADLINE_S:
+            deadline_s = None  # longer than any request lives: the same as none
         loop = asyncio.get_running_loop()
         deadline = None if deadline_s is None else loop.time() + deadline_s
         future = batcher.submit(examples, deadline, passed)
@@ -322,12 +346,21 @@ class Model:
         by the same prepare-and-predict path as requests."""
         examples = split_examples(spec.warmup, instances[0].signature)
         for instance in instances:
-            [outcome] = await anyio.to_thread.run_sync(run_batch, instance, [examples])
+            [outcome] = await _off_loop(run_batch, instance, [examples])
             if outcome.error is not None:
                 raise RuntimeError(f"warm-up failed: {describe_exception(outcome.error)}")
 
 
 _SERVING = (ModelState.READY, ModelState.RELOADING)
+# A deadline past this (a year) is no deadline: the event loop's timers cannot hold 1e300 s.
+_LONGEST_DEADLINE_S = 365 * 24 * 3600.0
+_T = TypeVar("_T")
+
+
+async def _off_loop(function: Callable[..., _T], *args: Any) -> _T:
+    """Run a step of a load in a thread; a timeout or a cancellation stops waiting for it at
+    once (anyio's default would wait for the thread to finish)."""
+    return await anyio.to_thread.run_sync(function, *args, abandon_on_cancel=True)
 
 
 def _size_of(spec: ModelSpec) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
+from pathlib import Path
 
+from loadonce._artifacts import ArtifactRoots
 from loadonce._errors import ConfigError, LoadonceError, ModelLoadError, ModelNotFoundError
 from loadonce._gc import freeze_survivors, refreeze_if_frozen
 from loadonce._model import Model, ModelState
@@ -34,10 +36,19 @@ def check_model_specs(specs: Iterable[ModelSpec]) -> list[ModelSpec]:
 class Registry:
     """The models of one app in one worker process, in the order they were declared."""
 
-    def __init__(self, specs: Iterable[ModelSpec], *, unloaded: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        specs: Iterable[ModelSpec],
+        *,
+        unloaded: Iterable[str] = (),
+        artifact_roots: Iterable[Path] | None = None,
+    ) -> None:
         """``unloaded``: models to leave unloaded, as an operator left them (a worker that
-        replaces one that died follows the others)."""
+        replaces one that died follows the others). ``artifact_roots``: the directories
+        under which a control request may name a new artifact (default: those of the
+        declared artifacts; ``_artifacts.py``)."""
         specs = check_model_specs(specs)
+        self.artifact_roots = ArtifactRoots.of(specs, artifact_roots)
         self._models = {spec.name: Model(spec) for spec in specs}
         for name in unloaded:
             model = self.get(name)

@@ -13,6 +13,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from loadonce._http import REQUEST_ID_HEADER, REQUEST_ID_SCOPE_KEY, request_id_from
+from loadonce._log_safe import log_safe
 
 access_logger = logging.getLogger("loadonce.access")
 _HEADER = REQUEST_ID_HEADER.lower().encode("latin-1")
@@ -46,17 +47,18 @@ class RequestLogMiddleware:
         finally:
             if access_logger.isEnabledFor(logging.INFO):
                 milliseconds = (time.perf_counter() - started) * 1000
+                path = log_safe(scope["path"])
                 access_logger.info(
                     "%s %s %d %.1f ms request_id=%s",
                     scope["method"],
-                    scope["path"],
+                    path,
                     status,
                     milliseconds,
                     request_id,
                     extra={
                         "request_id": request_id,
                         "method": scope["method"],
-                        "path": scope["path"],
+                        "path": path,
                         "status": status,
                         "duration_ms": round(milliseconds, 3),
                     },

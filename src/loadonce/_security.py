@@ -20,7 +20,7 @@ from enum import StrEnum
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loadonce._errors import ConfigError
-from loadonce._http import raw_error_response
+from loadonce._http import raw_error_response, route_path
 
 MIN_KEY_LENGTH = 16
 _AUTHORIZATION = b"authorization"
@@ -46,6 +46,8 @@ class RouteFamily(StrEnum):
 
 
 def family_of(path: str) -> RouteFamily:
+    """The family of a route path: the path without the app's root path (``route_path``),
+    as the app's routes see it."""
     if path in _OPEN_PATHS:
         return RouteFamily.OPEN
     if path == "/metrics":
@@ -111,7 +113,8 @@ class AccessMiddleware:
         if scope["type"] != "http" or not self.keys.enabled:
             await self.app(scope, receive, send)
             return
-        refusal = self._refusal(family_of(scope["path"]), presented_key(scope["headers"]))
+        family = family_of(route_path(scope))
+        refusal = self._refusal(family, presented_key(scope["headers"]))
         if refusal is None:
             await self.app(scope, receive, send)
             return

@@ -138,6 +138,9 @@ class ModelSpec(BaseModel):
     max_request_examples: Annotated[int, Field(ge=1)] | None = None
     # Deadline of a request, from its arrival; a request may ask for less (X-Request-Timeout).
     timeout_s: Annotated[float, Field(gt=0)] | None = None
+    # The longest one load (or reload) may take, hashing and warm-up included; past it the
+    # load fails like any failed load, and the model's control lock is free again.
+    load_timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 600.0
 
     @model_validator(mode="after")
     def _needs_a_source(self) -> ModelSpec:

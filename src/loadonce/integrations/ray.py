@@ -123,7 +123,11 @@ def _app_from_config(config: ServeConfig) -> FastAPI:
     rolling model control across processes)."""
     options = config.server
     return create_app(
-        Registry(config.models, unloaded=config.unloaded),
+        Registry(
+            config.models,
+            unloaded=config.unloaded,
+            artifact_roots=config.server.artifact_roots,
+        ),
         access=options.access(),
         limits=options.limits(),
         gc_freeze=options.gc_freeze,

@@ -78,7 +78,7 @@ def describe_model(model: Model, workers: dict[str, list[WorkerState]] | None = 
         inputs=[_tensor(t) for t in model.inputs],
         outputs=[_tensor(t) for t in model.outputs],
         queue=_queue_info(model),
-        error=model.error,
+        error=model.public_error,
         workers=None
         if workers is None
         else [

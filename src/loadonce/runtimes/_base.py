@@ -92,6 +92,12 @@ class Runtime(ABC):
     def load(self, spec: ModelSpec) -> Predictor:
         """Load one instance of the model described by ``spec``; raise on any failure."""
 
+    def runs_code(self, spec: ModelSpec) -> bool:
+        """Whether loading the spec's artifact may run code stored in it (a pickle). Asked
+        before a control request's new artifact is opened: only a model the operator
+        trusts may load such a file on request. Decide from names and metadata only."""
+        return False
+
     def claims(self, spec: ModelSpec) -> bool:
         """Whether this runtime reads the spec's artifact when no runtime is named."""
         return spec.artifact is not None and spec.artifact.suffix.lower() in self.suffixes

@@ -160,6 +160,10 @@ class SklearnRuntime(Runtime):
     # one instance serves concurrent calls.
     default_concurrency = "shared"
 
+    def runs_code(self, spec: ModelSpec) -> bool:
+        # Anything but skops is read as a pickle (see load).
+        return spec.artifact is not None and spec.artifact.suffix.lower() not in SKOPS_SUFFIXES
+
     def load(self, spec: ModelSpec) -> Predictor:
         if spec.artifact is None:
             raise ValueError("the sklearn runtime needs an artifact path")

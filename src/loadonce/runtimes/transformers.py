@@ -145,6 +145,13 @@ class TransformersRuntime(Runtime):
     def claims(self, spec: ModelSpec) -> bool:
         return spec.artifact is not None and (spec.artifact / "config.json").is_file()
 
+    def runs_code(self, spec: ModelSpec) -> bool:
+        # Pickled weights are read only when no safetensors weights are there (see load).
+        path = spec.artifact
+        if path is None or any((path / name).is_file() for name in _WEIGHT_FILES):
+            return False
+        return any((path / name).is_file() for name in _PICKLED_WEIGHT_FILES)
+
     def load(self, spec: ModelSpec) -> Predictor:
         if spec.artifact is None:
             raise ValueError("the transformers runtime needs an artifact: a local model directory")

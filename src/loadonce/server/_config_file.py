@@ -61,6 +61,10 @@ def read_config_file(path: Path) -> ConfigFile:
     if not tables:
         raise ConfigError(f"{path}: no model is declared; add at least one [[models]] table")
     base = path.resolve().parent
+    roots = server.get("artifact_roots")
+    if isinstance(roots, list):
+        # Relative to the config file, like the artifacts.
+        server = {**server, "artifact_roots": [str(base / root) for root in roots]}
     return ConfigFile(
         server=server,
         models=[_model_spec(table, index, base, path) for index, table in enumerate(tables)],

@@ -49,7 +49,7 @@ class SupervisedControl:
 
     async def apply(self, request: ControlRequest) -> list[WorkerOutcome]:
         model = self._registry.get(request.model)  # 404 before anything is sent
-        changed_spec(model.spec, request)  # a 400 too
+        changed_spec(model.spec, request, self._registry.artifact_roots)  # a 400 or 403 too
         loop = asyncio.get_running_loop()
         operation = f"{os.getpid()}-{next(self._ids)}"
         future: asyncio.Future[list[WorkerOutcome]] = loop.create_future()

@@ -10,9 +10,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 from uvicorn.config import LOGGING_CONFIG
+from uvicorn.logging import DefaultFormatter
+
+from loadonce._log_safe import log_safe
 
 # Fields a record may carry (``extra=``) that a JSON line keeps: the request log's.
 _EXTRA_FIELDS = ("request_id", "method", "path", "status", "duration_ms")
+
+
+class PlainFormatter(DefaultFormatter):
+    """uvicorn's formatter, with every message one line: a client-supplied value (a path, a
+    file name) can never start a forged line. A traceback, appended after, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = log_safe(record.message)
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -24,7 +36,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "pid": record.process,
-            "message": record.getMessage(),
+            "message": log_safe(record.getMessage()),
         }
         for field in _EXTRA_FIELDS:
             if hasattr(record, field):
@@ -37,10 +49,11 @@ class JsonFormatter(logging.Formatter):
 def log_config(level: str, log_format: str = "plain") -> dict[str, Any]:
     config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
     config["formatters"]["loadonce"] = {
-        "()": "uvicorn.logging.DefaultFormatter",
+        "()": f"{__name__}.PlainFormatter",
         "fmt": "%(levelprefix)s [loadonce] %(message)s",
         "use_colors": None,
     }
+    config["formatters"]["default"]["()"] = f"{__name__}.PlainFormatter"
     if log_format == "json":
         for name in ("default", "access", "loadonce"):
             config["formatters"][name] = {"()": f"{__name__}.JsonFormatter"}

@@ -162,7 +162,11 @@ def _measure_in_child(config: ServeConfig, pipe: Connection) -> None:
     base = int(process.memory_full_info().uss)
     # The fork server this child comes from holds the libraries once for every worker.
     libraries = int(psutil.Process(os.getppid()).memory_info().rss)
-    registry = Registry(config.models, unloaded=config.unloaded)
+    registry = Registry(
+        config.models,
+        unloaded=config.unloaded,
+        artifact_roots=config.server.artifact_roots,
+    )
     try:
         asyncio.run(registry.load_all())
     except LoadonceError as failure:

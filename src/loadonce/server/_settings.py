@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -43,6 +44,9 @@ class ServerOptions(BaseModel):
     # Request size limits in bytes; 0 turns one off.
     max_body_bytes: Annotated[int, Field(ge=0)] = 64 * MIB
     max_element_bytes: Annotated[int, Field(ge=0)] = 16 * MIB
+    # Where a control request (reload, repository load) may name a new artifact; by default
+    # the directories of the configured artifacts (loadonce._artifacts).
+    artifact_roots: list[Path] | None = None
 
     @model_validator(mode="after")
     def _keys_are_usable(self) -> ServerOptions:
@@ -144,19 +148,29 @@ _ENVIRONMENT_ONLY = {
     "stagger_loading": "LOADONCE_STAGGER_LOADING",
     "memory_plan": "LOADONCE_MEMORY_PLAN",
     "gc_freeze": "LOADONCE_GC_FREEZE",
+    "artifact_roots": "LOADONCE_ARTIFACT_ROOTS",
 }
+# Lists: comma-separated (artifact_roots: separated like PATH, by os.pathsep).
+_LISTS = {"api_keys": ",", "admin_api_keys": ",", "artifact_roots": os.pathsep}
 
 
 def environment_options() -> dict[str, Any]:
-    """The options set by LOADONCE_* variables that have no command-line flag; key lists are
-    comma-separated."""
+    """The options set by LOADONCE_* variables that have no command-line flag. A list that is
+    set but holds nothing (``LOADONCE_API_KEYS=""`` or ``","``) is a mistake, never an open
+    server: it is refused."""
     found: dict[str, Any] = {}
     for option, variable in _ENVIRONMENT_ONLY.items():
         value = os.environ.get(variable)
-        if value is None or not value.strip():
+        if value is None:
             continue
-        if option.endswith("keys"):
-            found[option] = [key.strip() for key in value.split(",") if key.strip()]
-        else:
+        separator = _LISTS.get(option)
+        if separator is not None:
+            items = [item.strip() for item in value.split(separator) if item.strip()]
+            if not items:
+                raise ConfigError(
+                    f"{variable} is set but holds no value; unset it, or give at least one"
+                )
+            found[option] = items
+        elif value.strip():
             found[option] = value.strip()
     return found

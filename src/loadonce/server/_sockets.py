@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 
+from loadonce._browser_guard import is_loopback_host
 from loadonce._errors import LoadonceError
+from loadonce._security import AccessKeys
+
+logger = logging.getLogger("loadonce")
 
 
 class BindError(LoadonceError):
@@ -29,3 +34,17 @@ def bind_without_listening(host: str, port: int) -> socket.socket:
 def describe_address(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def warn_if_open_to_the_network(sock: socket.socket, access: AccessKeys) -> None:
+    """A loud warning when the server listens beyond this machine without any API key: then
+    anyone who can reach the port can reload, load and unload models."""
+    host = str(sock.getsockname()[0])
+    if access.enabled or is_loopback_host(host):
+        return
+    logger.warning(
+        "SECURITY: listening on %s without API keys: anyone who can reach this port can load, "
+        "unload and reload models. Set LOADONCE_ADMIN_API_KEYS (and LOADONCE_API_KEYS for "
+        "inference), or bind 127.0.0.1 behind a proxy that authenticates",
+        describe_address(sock),
+    )

@@ -26,6 +26,7 @@ from typing import Any
 
 from prometheus_client.multiprocess import mark_process_dead
 
+from loadonce._artifacts import ArtifactRoots
 from loadonce._control import ControlRequest, WorkerOutcome, changed_spec
 from loadonce._errors import LoadonceError
 from loadonce._metrics import MULTIPROCESS_DIR
@@ -33,7 +34,12 @@ from loadonce.server._control_channel import APPLIED, APPLY, CONTROL, RESULT
 from loadonce.server._logging import log_config
 from loadonce.server._plan import make_plan
 from loadonce.server._settings import ServeConfig
-from loadonce.server._sockets import BindError, bind_without_listening, describe_address
+from loadonce.server._sockets import (
+    BindError,
+    bind_without_listening,
+    describe_address,
+    warn_if_open_to_the_network,
+)
 from loadonce.server._stagger import LOCK_VARIABLE
 from loadonce.server._worker import GO, STARTUP_FAILED, STOP, worker_process_main
 from loadonce.server._worker_start import worker_context
@@ -90,6 +96,7 @@ class Supervisor:
         try:
             self._socket = bind_without_listening(options.host, options.port)
             address = describe_address(self._socket)
+            warn_if_open_to_the_network(self._socket, options.access())
             if options.memory_plan and not self._plan_fits():
                 return STARTUP_FAILED
             for signum in (signal.SIGINT, signal.SIGTERM):
@@ -279,8 +286,9 @@ class Supervisor:
         if request.action == "unload":
             unloaded.append(request.model)
         elif request.changes:
+            roots = ArtifactRoots.of(models, config.server.artifact_roots)
             models = [
-                changed_spec(spec, request) if spec.name == request.model else spec
+                changed_spec(spec, request, roots) if spec.name == request.model else spec
                 for spec in models
             ]
         self.config = config.model_copy(update={"models": models, "unloaded": unloaded})

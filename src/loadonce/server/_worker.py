@@ -26,7 +26,12 @@ from loadonce.server._control_channel import SupervisedControl
 from loadonce.server._logging import log_config
 from loadonce.server._progress import load_progress
 from loadonce.server._settings import ServeConfig
-from loadonce.server._sockets import BindError, bind_without_listening, describe_address
+from loadonce.server._sockets import (
+    BindError,
+    bind_without_listening,
+    describe_address,
+    warn_if_open_to_the_network,
+)
 from loadonce.server._stagger import one_worker_at_a_time
 
 logger = logging.getLogger("loadonce")
@@ -85,7 +90,11 @@ def run_worker(
     """Serve until shutdown. Returns (started, failure line); the line is None after a clean run
     and names the model, source and cause when a model failed to load."""
     options = config.server
-    registry = Registry(config.models, unloaded=config.unloaded)
+    registry = Registry(
+        config.models,
+        unloaded=config.unloaded,
+        artifact_roots=config.server.artifact_roots,
+    )
     app = create_app(
         registry,
         on_loaded=on_loaded,
@@ -136,6 +145,7 @@ def serve_single_worker(config: ServeConfig) -> int:
         return STARTUP_FAILED
 
     async def announce(registry: Registry) -> None:
+        warn_if_open_to_the_network(sock, config.server.access())
         logger.info("all models loaded; accepting connections on %s", describe_address(sock))
 
     # uvicorn re-raises a stop signal once it has drained, to reach the handler that was in

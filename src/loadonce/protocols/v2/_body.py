@@ -49,10 +49,8 @@ def split_body(
     body = _decompress(body, encoding, max_decompressed or MAX_DECOMPRESSED_BYTES)
     if header_length is None:
         return SplitBody(json=body, binary=memoryview(b""), has_binary_header=False)
-    try:
-        length = int(header_length)
-    except ValueError:
-        length = -1
+    # Digits only: int() would also take "10_8", "+10" or " 10".
+    length = int(header_length) if header_length.isdigit() and len(header_length) < 19 else -1
     if length < 0:
         raise InvalidInputError(
             f"{HEADER_LENGTH} must be the size of the JSON part in bytes (a non-negative "
@@ -78,17 +76,27 @@ def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
             f"Content-Encoding {encoding.decode('latin-1')!r} is not supported; send the body "
             "uncompressed, gzip or deflate"
         )
-    inflater = zlib.decompressobj(wbits)
-    try:
-        data = inflater.decompress(body, limit)
-    except zlib.error as exc:
-        raise InvalidInputError(
-            f"the body is not valid {encoding.decode('latin-1')} data: {exc}"
-        ) from None
-    if inflater.unconsumed_tail:
-        raise RequestTooLargeError(
-            f"the body decompresses to more than {limit} bytes, this server's max_body_bytes"
-        )
-    if not inflater.eof:
-        raise InvalidInputError(f"the {encoding.decode('latin-1')} body is truncated")
-    return data
+    parts: list[bytes] = []
+    left, remaining = limit, body
+    # gzip allows several members one after the other (RFC 1952): each is read, none dropped,
+    # and the limit counts them all.
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            parts.append(inflater.decompress(remaining, left + 1))
+        except zlib.error as exc:
+            raise InvalidInputError(
+                f"the body is not valid {encoding.decode('latin-1')} data: {exc}"
+            ) from None
+        left -= len(parts[-1])
+        if left < 0 or inflater.unconsumed_tail:
+            raise RequestTooLargeError(
+                f"the body decompresses to more than {limit} bytes, this server's max_body_bytes"
+            )
+        if not inflater.eof:
+            raise InvalidInputError(f"the {encoding.decode('latin-1')} body is truncated")
+        remaining = inflater.unused_data
+        if not remaining:
+            return b"".join(parts)
+        if wbits == zlib.MAX_WBITS:
+            raise InvalidInputError("the deflate body has data after its end")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -64,9 +65,14 @@ def _options(parameters: Mapping[str, Any] | None) -> _Options:
             "answered on its own"
         )
     timeout_us = parameters.get("timeout", 0)
-    if isinstance(timeout_us, bool) or not isinstance(timeout_us, int | float) or timeout_us < 0:
+    if (
+        isinstance(timeout_us, bool)
+        or not isinstance(timeout_us, int | float)
+        or not 0 <= timeout_us < math.inf
+    ):
         raise InvalidInputError(
-            "parameters.timeout must be a number of microseconds (0: the model's own timeout)"
+            "parameters.timeout must be a finite number of microseconds (0: the model's own "
+            "timeout)"
         )
     return _Options(
         binary_by_default=binary,

@@ -102,7 +102,7 @@ def _entry(model: Model) -> RepositoryModel:
     if model.state is ModelState.UNLOADED:
         reason = "unloaded" + (" on request" if not model.wanted else "")
     else:
-        reason = model.error or ""
+        reason = model.public_error or ""
     return RepositoryModel(
         name=model.name, version=model.version, state=_STATES[model.state], reason=reason
     )

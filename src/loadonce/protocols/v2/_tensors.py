@@ -21,6 +21,11 @@ from loadonce.protocols.v2._schemas import RequestInput
 
 BINARY_SIZE = "binary_data_size"
 _LENGTH_PREFIX = 4  # BYTES elements in binary: a 4-byte little-endian length, then the bytes
+# NumPy's own limit on an array's dimensions.
+MAX_DIMENSIONS = 64
+# A shape's non-zero dimensions may multiply to at most this: no request carries more
+# elements, and NumPy cannot even describe an empty array whose other dimensions pass it.
+MAX_ELEMENTS = 2**40
 
 
 def decode_inputs(
@@ -34,6 +39,7 @@ def decode_inputs(
     for tensor in inputs:
         if tensor.name in arrays:
             raise InvalidInputError(f"input '{tensor.name}' is given twice")
+        _check_shape(tensor)
         size = _binary_size(tensor)
         if size is None:
             arrays[tensor.name] = _from_json(tensor)
@@ -62,6 +68,21 @@ def decode_inputs(
             f"{BINARY_SIZE} add up to {offset}"
         )
     return arrays
+
+
+def _check_shape(tensor: RequestInput) -> None:
+    """Before anything is read or allocated: a shape NumPy can hold, of a size a request can
+    carry. (That the data holds as many elements as the shape is checked as it is read.)"""
+    if len(tensor.shape) > MAX_DIMENSIONS:
+        raise InvalidInputError(
+            f"input '{tensor.name}': its shape has {len(tensor.shape)} dimensions; at most "
+            f"{MAX_DIMENSIONS} are supported"
+        )
+    if math.prod(dim for dim in tensor.shape if dim) > MAX_ELEMENTS:
+        raise InvalidInputError(
+            f"input '{tensor.name}': shape {tensor.shape} is larger than any request can "
+            f"carry (at most {MAX_ELEMENTS} elements)"
+        )
 
 
 def _check_elements(name: str, array: npt.NDArray[Any], limit: int | None) -> None:
@@ -115,6 +136,13 @@ def _from_binary(tensor: RequestInput, chunk: memoryview) -> npt.NDArray[Any]:
 
 
 def _bytes_elements(tensor: RequestInput, chunk: memoryview, count: int) -> npt.NDArray[Any]:
+    if count * _LENGTH_PREFIX > len(chunk):
+        # Checked before the array of count elements is made: the shape is the client's word,
+        # the bytes are what it sent.
+        raise InvalidInputError(
+            f"input '{tensor.name}': shape {tensor.shape} holds {count} BYTES elements, each "
+            f"at least {_LENGTH_PREFIX} bytes in binary, but its binary data is {len(chunk)} bytes"
+        )
     elements = np.empty(count, dtype=object)
     offset = 0
     for index in range(count):
@@ -169,7 +197,29 @@ def _from_json(tensor: RequestInput) -> npt.NDArray[Any]:
             "rectangular array, row-major"
         ) from None
     _check_count(tensor, raw.size, count)
+    if raw.dtype.kind in "iuf" and dtype.kind != "b" and _holds_booleans(tensor.data):
+        raise InvalidInputError(
+            f"input '{tensor.name}': {tensor.datatype} data must be numbers; true and false "
+            "are not (send 1 and 0, or use datatype BOOL)"
+        )
     return _convert(tensor, raw, dtype).reshape(tensor.shape)
+
+
+def _holds_booleans(data: Any) -> bool:
+    """Whether JSON ``true`` or ``false`` hides among numbers (NumPy reads them as 1 and 0)."""
+    pending = [data]
+    while pending:
+        value = pending.pop()
+        if type(value) is not list:
+            if type(value) is bool:
+                return True
+            continue
+        types = set(map(type, value))
+        if bool in types:
+            return True
+        if list in types:
+            pending.extend(item for item in value if type(item) is list)
+    return False
 
 
 def _check_count(tensor: RequestInput, got: int, expected: int) -> None:
@@ -217,11 +267,14 @@ def _convert(
         if int(raw.min()) < info.min or int(raw.max()) > info.max:
             raise InvalidInputError(f"{where}: a value is outside the range of {tensor.datatype}")
         return raw.astype(dtype)
+    if kind == "f" and np.isinf(raw).any():
+        # JSON has no infinity: the parser made one of a number past FP64's range (1e400).
+        raise InvalidInputError(f"{where}: a value is outside the range of {tensor.datatype}")
     if dtype.itemsize >= raw.dtype.itemsize and raw.dtype.kind == "f":
         return raw.astype(dtype, copy=False)  # as wide or wider: nothing can overflow
     with np.errstate(over="ignore"):  # an overflow is found just below, and named
         converted = raw.astype(dtype)
-    if np.isinf(converted).any() and not np.isinf(raw).any():
+    if np.isinf(converted).any():
         raise InvalidInputError(f"{where}: a value is outside the range of {tensor.datatype}")
     return converted
 

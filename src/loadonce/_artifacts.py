@@ -1,0 +1,77 @@
+"""Which artifacts a control request (reload, repository load) may name.
+
+Trust and pins come from the operator, never from a request. A request that names a new
+artifact is checked here before the file is opened:
+
+- the path, with every symbolic link resolved, lies under one of the operator's
+  ``artifact_roots`` (by default the directories of the artifacts the operator configured);
+- it is a regular file or a directory (a device such as ``/dev/zero``, a pipe or a socket
+  would never finish hashing or loading);
+- its format does not run code when loaded (a pickle), unless the operator set
+  ``trust = true`` for that model: a sha256 sent with the request checks the file's bytes,
+  it is not the operator's consent.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadonce._errors import ForbiddenError, InvalidInputError
+from loadonce._spec import ModelSpec
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+@dataclass(frozen=True)
+class ArtifactRoots:
+    """The directories under which a control request may name an artifact."""
+
+    roots: tuple[Path, ...]
+
+    @classmethod
+    def of(cls, specs: Iterable[ModelSpec], roots: Iterable[Path] | None = None) -> ArtifactRoots:
+        """The operator's ``roots``, or else the directories of the configured artifacts."""
+        if roots is None:
+            roots = [spec.artifact.parent for spec in specs if spec.artifact is not None]
+        return cls(tuple(dict.fromkeys(_real(Path(root)) for root in roots)))
+
+    def check(self, artifact: Path) -> Path:
+        """The artifact's real path, if a request may name it; else a 403 or a 400."""
+        if not artifact.is_absolute():
+            raise InvalidInputError(f"artifact must be an absolute path; got '{artifact}'")
+        real = _real(artifact)
+        if not any(real == root or real.is_relative_to(root) for root in self.roots):
+            allowed = ", ".join(str(root) for root in self.roots) or "none (no artifact configured)"
+            raise ForbiddenError(
+                f"artifact '{artifact}' is outside this server's artifact_roots ({allowed}); "
+                "a control request may only name artifacts under them"
+            )
+        try:
+            mode = real.stat().st_mode
+        except OSError as exc:
+            raise InvalidInputError(
+                f"artifact '{artifact}' cannot be read: {exc.strerror}"
+            ) from None
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise InvalidInputError(
+                f"artifact '{artifact}' is not a regular file or a model directory"
+            )
+        return real
+
+
+def refuse_code_running_format(spec: ModelSpec, runs_code: bool) -> None:
+    """A request may not make a model load a format that runs code, unless the operator
+    trusts that model (``trust = true``)."""
+    if runs_code and not spec.trust:
+        raise ForbiddenError(
+            f"artifact '{spec.artifact}' is in a format that runs code when loaded (a pickle); "
+            f"model '{spec.name}' may load one on request only with trust = true in the "
+            "operator's configuration (a sha256 in the request checks the bytes, it does not "
+            "grant trust)"
+        )

@@ -1,0 +1,87 @@
+"""Keeping web pages away from a server they were not served by.
+
+Two attacks reach a server on the developer's own machine through their browser:
+
+- **Cross-site requests.** Any page may POST to ``http://127.0.0.1:8000`` (with a
+  ``text/plain`` body, no CORS preflight happens): without API keys it could unload or
+  reload every model. Browsers say where a request comes from (``Origin``, and
+  ``Sec-Fetch-Site``), so control routes refuse a request that a browser marks as coming from
+  another origin. Clients that are not browsers send neither header and are not affected.
+- **DNS rebinding.** A page on ``evil.example`` whose name is made to resolve to 127.0.0.1
+  is "same-origin" to the browser, but its requests carry ``Host: evil.example``. While the
+  server listens on a loopback address, only loopback names are accepted as ``Host``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from loadonce._http import raw_error_response, route_path
+from loadonce._security import RouteFamily, family_of
+
+_HOST = b"host"
+_ORIGIN = b"origin"
+_FETCH_SITE = b"sec-fetch-site"
+# "none": typed in the address bar or a bookmark; "same-origin": a page this server served.
+_OWN_SITES = (b"same-origin", b"none")
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost``, a name under ``.localhost``, or a loopback address (IPv4 or IPv6)."""
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _hostname(host_header: str) -> str:
+    """The name in a Host header, without its port (``[::1]:8000`` -> ``::1``)."""
+    if host_header.startswith("["):
+        return host_header[1 : host_header.find("]")] if "]" in host_header else host_header
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+
+
+def refusal(scope: Scope) -> str | None:
+    """Why a request is refused (403), or None."""
+    headers = dict(scope["headers"])
+    server = scope.get("server")
+    host = headers.get(_HOST, b"").decode("latin-1")
+    loopback_only = server is not None and is_loopback_host(str(server[0]))
+    if loopback_only and host and not is_loopback_host(_hostname(host)):
+        return (
+            "this server listens on a loopback address and answers only to loopback "
+            f"names (localhost, 127.0.0.1, [::1]), not to Host '{_hostname(host)}'"
+        )
+    if family_of(route_path(scope)) is not RouteFamily.ADMIN:
+        return None
+    site = headers.get(_FETCH_SITE)
+    origin = headers.get(_ORIGIN)
+    if site is not None and site.lower() not in _OWN_SITES:
+        return "control routes refuse requests a browser sends from another site"
+    if origin is not None:
+        origin_host = urlsplit(origin.decode("latin-1")).netloc.lower()
+        if not origin_host or origin_host != host.lower():
+            return "control routes refuse requests a browser sends from another origin"
+    return None
+
+
+class BrowserGuardMiddleware:
+    """Answers 403 to a request that a web page of another site sent to a control route, and
+    to any request naming a non-loopback host while the server listens on loopback."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            why = refusal(scope)
+            if why is not None:
+                await raw_error_response(403, why, scope)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

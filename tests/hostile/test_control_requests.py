@@ -1,0 +1,205 @@
+"""Control requests (reload, repository load) cannot run code, name a file the operator did
+not allow, wedge a model, or be sent by a web page; inference answers show no server path."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2 as httpx
+import joblib
+import pytest
+import skops.io
+from sklearn.linear_model import LogisticRegression
+
+import loadonce
+from tests.servers import ThreadedServer
+
+
+class _RunsCodeWhenUnpickled:
+    """A pickle that makes a directory when loaded: proof that the pickle's code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.mkdir, (str(self.marker),)
+
+
+@dataclass
+class Setup:
+    server: ThreadedServer
+    models: Path
+    outside: Path
+    marker: Path
+
+    def reload(self, name: str, body: dict[str, str], **headers: str) -> httpx.Response:
+        url = f"{self.server.url}/admin/models/{name}/reload"
+        return httpx.post(url, json=body, headers=headers, timeout=30)
+
+
+def _estimator() -> LogisticRegression:
+    return LogisticRegression().fit([[0.0, 0.0], [1.0, 1.0]], [0, 1])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    base = tmp_path_factory.mktemp("control")
+    models, outside = base / "models", base / "outside"
+    models.mkdir()
+    outside.mkdir()
+    skops.io.dump(_estimator(), models / "m.skops")
+    skops.io.dump(_estimator(), models / "m2.skops")
+    skops.io.dump(_estimator(), outside / "other.skops")
+    (models / "broken.skops").write_bytes(b"not a skops file")
+    (models / "link.skops").symlink_to(outside / "other.skops")
+    marker = base / "the-pickle-ran"
+    (models / "evil.pkl").write_bytes(pickle.dumps(_RunsCodeWhenUnpickled(marker)))
+    joblib.dump(_estimator(), models / "trusted.joblib")
+    joblib.dump(_estimator(), models / "trusted2.joblib")
+    (models / "value.txt").write_text("1")
+    (models / "hang.txt").write_text("hang")
+    specs = [
+        loadonce.ModelSpec(name="m", artifact=models / "m.skops"),
+        loadonce.ModelSpec(name="trusted", artifact=models / "trusted.joblib", trust=True),
+        loadonce.ModelSpec(
+            name="slow",
+            loader="tests.loaders:constant_or_hang",
+            artifact=models / "value.txt",
+            load_timeout_s=1,
+        ),
+    ]
+    # /dev is allowed too, to show that an allowed place still only gives files.
+    registry = loadonce.Registry(specs, artifact_roots=[models, Path("/dev")])
+    with ThreadedServer(loadonce.create_app(registry)) as server:
+        yield Setup(server, models, outside, marker)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_pin_in_a_request_does_not_make_a_pickle_trusted(setup: Setup) -> None:
+    evil = setup.models / "evil.pkl"
+    refused = setup.reload("m", {"artifact": str(evil), "sha256": _sha256(evil)})
+    assert refused.status_code == 403, refused.text
+    assert "trust = true" in refused.json()["error"]
+    assert not setup.marker.exists(), "the pickle's code ran"
+    predicted = httpx.post(f"{setup.server.url}/models/m/predict", json={"inputs": [[0, 0]]})
+    assert predicted.status_code == 200
+
+
+def test_a_request_cannot_change_the_operators_pin(setup: Setup) -> None:
+    refused = setup.reload("m", {"sha256": "0" * 64})
+    assert refused.status_code == 400
+    assert "sha256" in refused.json()["error"]
+
+
+@pytest.mark.parametrize("where", ["outside", "symlink to outside", "relative", "dotdot"])
+def test_only_artifacts_under_the_roots_may_be_named(setup: Setup, where: str) -> None:
+    artifact = {
+        "outside": str(setup.outside / "other.skops"),
+        "symlink to outside": str(setup.models / "link.skops"),
+        "relative": "m2.skops",
+        "dotdot": f"{setup.models}/../outside/other.skops",
+    }[where]
+    refused = setup.reload("m", {"artifact": artifact})
+    assert refused.status_code in (400, 403), refused.text
+    assert refused.json()["error"]
+    assert httpx.get(f"{setup.server.url}/models/m").json()["state"] == "ready"
+
+
+@pytest.mark.parametrize("artifact", ["/dev/zero", "/dev/null", "/dev/stdin"])
+def test_a_device_is_refused_at_once(setup: Setup, artifact: str) -> None:
+    started = time.monotonic()
+    refused = setup.reload("m", {"artifact": artifact, "sha256": "0" * 64})
+    assert refused.status_code == 400, refused.text
+    assert time.monotonic() - started < 5
+    assert "not a regular file" in refused.json()["error"]
+
+
+def test_a_directory_no_runtime_reads_is_refused(setup: Setup) -> None:
+    refused = setup.reload("m", {"artifact": str(setup.models)})
+    assert refused.status_code == 400
+    assert "no runtime reads the directory" in refused.json()["error"]
+
+
+def test_safe_formats_under_the_roots_and_pickles_of_a_trusted_model_reload(setup: Setup) -> None:
+    ok = setup.reload("m", {"artifact": str(setup.models / "m2.skops"), "version": "2"})
+    assert ok.status_code == 200, ok.text
+    trusted = setup.reload("trusted", {"artifact": str(setup.models / "trusted2.joblib")})
+    assert trusted.status_code == 200, trusted.text
+
+
+def test_a_failed_reload_shows_paths_to_admins_only(setup: Setup) -> None:
+    broken = setup.reload("m", {"artifact": str(setup.models / "broken.skops")})
+    assert broken.status_code == 400
+    assert str(setup.models) in broken.json()["error"]
+    listing = httpx.get(f"{setup.server.url}/models").text
+    index = httpx.post(f"{setup.server.url}/v2/repository/index").text
+    one = httpx.get(f"{setup.server.url}/models/m").json()
+    assert "failed to load" in one["error"]
+    for answer in (listing, index, str(one)):
+        assert str(setup.models) not in answer
+        assert "/tmp" not in answer
+
+
+def test_a_load_that_hangs_times_out_and_frees_the_model(setup: Setup) -> None:
+    started = time.monotonic()
+    hung = setup.reload("slow", {"artifact": str(setup.models / "hang.txt")})
+    assert hung.status_code == 400
+    assert "load_timeout_s" in hung.json()["error"]
+    assert time.monotonic() - started < 3.5
+    assert httpx.get(f"{setup.server.url}/models/slow").json()["state"] == "ready"
+    # The lock is free: the next reload goes ahead at once.
+    again = setup.reload("slow", {"artifact": str(setup.models / "value.txt"), "version": "2"})
+    assert again.status_code == 200, again.text
+
+
+CROSS_SITE = [
+    {"Origin": "https://evil.example"},
+    {"Origin": "null"},
+    {"Sec-Fetch-Site": "cross-site"},
+    {"Sec-Fetch-Site": "same-site"},
+]
+
+
+@pytest.mark.parametrize(
+    "headers", CROSS_SITE, ids=lambda h: ":".join(h.items().__iter__().__next__())
+)
+def test_a_web_page_of_another_site_cannot_drive_control_routes(
+    setup: Setup, headers: dict[str, str]
+) -> None:
+    for path in ("/admin/models/m/reload", "/v2/repository/models/m/unload"):
+        refused = httpx.post(
+            setup.server.url + path,
+            content=b"{}",
+            headers={"Content-Type": "text/plain", **headers},
+        )
+        assert refused.status_code == 403, (path, refused.text)
+    assert httpx.get(f"{setup.server.url}/models/m").json()["state"] == "ready"
+
+
+def test_clients_that_are_not_browsers_and_pages_of_this_server_keep_working(
+    setup: Setup,
+) -> None:
+    url = setup.server.url
+    # tritonclient posts its JSON without a content type, and no Origin.
+    assert httpx.post(f"{url}/v2/repository/models/m/load", content=b"{}").status_code == 200
+    own = {"Origin": url, "Sec-Fetch-Site": "same-origin"}
+    assert httpx.post(f"{url}/admin/models/m/reload", json={}, headers=own).status_code == 200
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:80", "10.0.0.1", "[2001:db8::1]"])
+def test_a_loopback_server_answers_only_to_loopback_names(setup: Setup, host: str) -> None:
+    for method, path in (("GET", "/models"), ("POST", "/admin/models/m/reload")):
+        refused = httpx.request(method, setup.server.url + path, headers={"Host": host})
+        assert refused.status_code == 403, (host, path)
+        assert "loopback" in refused.json()["error"]
+    for name in ("localhost", f"localhost:{setup.server.port}", "127.0.0.1", "app.localhost"):
+        assert httpx.get(setup.server.url + "/models", headers={"Host": name}).status_code == 200

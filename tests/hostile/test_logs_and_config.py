@@ -1,0 +1,59 @@
+"""What a client sends never forges a log line; an empty key list never opens a server; a
+server reachable from the network without keys says so loudly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from loadonce.server._logging import JsonFormatter, PlainFormatter
+from tests.servers import REPO_ROOT, cli_env, serving
+
+FORGED = "/x%0aERROR:%20forged%0d%0aWARNING:%20also%e2%80%a8forged"
+
+
+def test_a_path_cannot_forge_a_log_line_and_an_open_network_server_warns(tmp_path: Path) -> None:
+    with serving(["--demo", "--host", "0.0.0.0"], tmp_path) as server:
+        assert httpx.get(server.url + FORGED).status_code == 404
+        assert httpx.post(server.url + FORGED + "/predict", content=b"{").status_code in (404, 405)
+    log = server.log()
+    assert "SECURITY: listening on http://0.0.0.0" in log
+    lines = log.splitlines()
+    assert not [
+        line for line in lines if line.lstrip().startswith(("ERROR: forged", "WARNING: also"))
+    ]
+    assert any("/x\\x0aERROR: forged\\x0d\\x0aWARNING: also\\u2028forged" in line for line in lines)
+
+
+@pytest.mark.parametrize("formatter", [PlainFormatter("%(message)s"), JsonFormatter()])
+def test_every_log_format_writes_one_line_per_record(formatter: logging.Formatter) -> None:
+    record = logging.LogRecord("loadonce", logging.ERROR, __file__, 1, "got %s", ("a\nb\rc",), None)
+    written = formatter.format(record)
+    assert "\n" not in written
+    assert "\r" not in written
+    text = json.loads(written)["message"] if isinstance(formatter, JsonFormatter) else written
+    assert text == "got a\\x0ab\\x0dc"
+
+
+@pytest.mark.parametrize("variable", ["LOADONCE_API_KEYS", "LOADONCE_ADMIN_API_KEYS"])
+@pytest.mark.parametrize("value", ["", ",", " , "])
+def test_an_empty_key_list_is_a_configuration_error(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "loadonce", "serve", "--demo", "--port", "0"],
+        env=cli_env(tmp_path, {variable: value}),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{variable} is set but holds no value" in result.stderr

@@ -1,0 +1,143 @@
+"""Hostile Open Inference Protocol bodies: every client mistake is a 4xx with a message, and
+nothing is allocated in proportion to a number that the request's bytes do not back."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import psutil
+import pytest
+
+import loadonce
+from tests.servers import ThreadedServer
+from tests.v2_models import v2_specs
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]:
+    directory: Path = tmp_path_factory.mktemp("hostile-v2")
+    with ThreadedServer(loadonce.create_app(v2_specs(directory))) as running:
+        yield running
+
+
+def _tensor(shape: list[int], datatype: str, data: object = None, **params: object) -> dict:
+    tensor: dict[str, object] = {"name": "input", "shape": shape, "datatype": datatype}
+    if data is not None:
+        tensor["data"] = data
+    if params:
+        tensor["parameters"] = params
+    return tensor
+
+
+def _binary(tensors: list[dict], binary: bytes, **extra: object) -> tuple[bytes, dict[str, str]]:
+    header = json.dumps({"inputs": tensors, **extra}).encode()
+    return header + binary, {"Inference-Header-Content-Length": str(len(header))}
+
+
+HUGE = [10**8, 2 * 10**8, 2**40, 2**62, 2**70]
+
+# (id, model, body bytes, extra headers)
+JSON_CASES: list[tuple[str, dict]] = [
+    *((f"bytes json {n}", {"inputs": [_tensor([n], "BYTES", ["a"])]}) for n in HUGE),
+    *((f"fp32 json {n}", {"inputs": [_tensor([n], "FP32", [1.0])]}) for n in HUGE),
+    ("bytes [2**62, 4]", {"inputs": [_tensor([2**62, 4], "BYTES", ["a"])]}),
+    ("zero-size with a huge dimension", {"inputs": [_tensor([0, 2**70], "FP64", [])]}),
+    ("zero-size bytes with a huge dimension", {"inputs": [_tensor([0, 2**62], "BYTES", [])]}),
+    ("65 dimensions", {"inputs": [_tensor([1] * 65, "FP64", [1.0])]}),
+    ("1000 dimensions", {"inputs": [_tensor([1] * 1000, "FP64", [1.0])]}),
+    ("booleans as FP64", {"inputs": [_tensor([2], "FP64", [1.5, True])]}),
+    ("only booleans as FP64", {"inputs": [_tensor([2], "FP64", [True, False])]}),
+    ("booleans as INT32", {"inputs": [_tensor([2], "INT32", [1, True])]}),
+    ("nested booleans", {"inputs": [_tensor([1, 2], "FP32", [[1.0, False]])]}),
+    ("string in FP64", {"inputs": [_tensor([1], "FP64", ["1"])]}),
+    ("null in FP64", {"inputs": [_tensor([1], "FP64", [None])]}),
+    ("object in FP64", {"inputs": [_tensor([1], "FP64", [{"a": 1}])]}),
+    ("number in BYTES", {"inputs": [_tensor([1], "BYTES", [1])]}),
+    ("unknown datatype", {"inputs": [_tensor([1], "FP128", [1.0])]}),
+    ("negative dimension", {"inputs": [_tensor([-1], "FP64", [1.0])]}),
+    ("float dimension", {"inputs": [_tensor([1.5], "FP64", [1.0])]}),
+    ("huge integer value", {"inputs": [_tensor([1], "INT64", [2**70])]}),
+    ("huge float value", {"inputs": [_tensor([1], "FP32", [1e300])]}),
+    ("timeout NaN", {"inputs": [_tensor([1], "FP64", [1.0])], "parameters": {"timeout": "NaN"}}),
+    ("timeout negative", {"inputs": [_tensor([1], "FP64", [1.0])], "parameters": {"timeout": -1}}),
+    ("binary size negative", {"inputs": [_tensor([1], "FP64", binary_data_size=-1)]}),
+    ("binary size huge", {"inputs": [_tensor([1], "FP64", binary_data_size=2**70)]}),
+    ("inputs not a list", {"inputs": {"name": "x"}}),
+    ("no inputs", {"inputs": []}),
+    ("deep nesting", {"inputs": [_tensor([1], "FP64", json.loads("[" * 200 + "1" + "]" * 200))]}),
+]
+
+
+def _raw_json_cases() -> list[tuple[str, bytes, dict[str, str]]]:
+    cases = [(name, json.dumps(body).encode(), {}) for name, body in JSON_CASES]
+    cases += [
+        ("timeout NaN literal", b'{"inputs":[{"name":"input","shape":[1],"datatype":"FP64",'
+         b'"data":[1.0]}],"parameters":{"timeout":NaN}}', {}),
+        ("timeout 1e400", b'{"inputs":[{"name":"input","shape":[1],"datatype":"FP64",'
+         b'"data":[1.0]}],"parameters":{"timeout":1e400}}', {}),
+        ("data 1e400", b'{"inputs":[{"name":"input","shape":[1],"datatype":"FP64",'
+         b'"data":[1e400]}]}', {}),
+        ("not json", b"{", {}),
+        ("not utf-8", b'{"inputs": "\xff"}', {}),
+        ("very deep json", b"[" * 100_000 + b"]" * 100_000, {}),
+    ]
+    for n in HUGE:
+        body, headers = _binary([_tensor([n], "BYTES", binary_data_size=8)], b"\x04\0\0\0abcd")
+        cases.append((f"bytes binary {n}", body, headers))
+        body, headers = _binary([_tensor([n], "FP32", binary_data_size=4)], b"\0\0\0\0")
+        cases.append((f"fp32 binary {n}", body, headers))
+    body, headers = _binary([_tensor([2**62, 4], "BYTES", binary_data_size=4)], b"\0\0\0\0")
+    cases.append(("bytes binary [2**62, 4]", body, headers))
+    body, headers = _binary([_tensor([0, 2**70], "BYTES", binary_data_size=0)], b"")
+    cases.append(("bytes binary zero-size huge", body, headers))
+    body, headers = _binary([_tensor([2], "BYTES", binary_data_size=8)], struct.pack("<I", 2**31))
+    cases.append(("bytes element longer than the body", body + b"abcd", headers))
+    for value in ("10_8", "+10", "1 0", "0x10", "-1", "1e3", "99999999999999999999"):
+        body, _ = _binary([_tensor([1], "FP32", binary_data_size=4)], b"\0\0\0\0")
+        cases.append((f"header length {value!r}", body, {"Inference-Header-Content-Length": value}))
+    return cases
+
+
+CASES = _raw_json_cases()
+
+
+@pytest.mark.parametrize(("case", "body", "headers"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("model", ["tensors", "shout", "scaler"])
+def test_each_hostile_body_is_a_4xx_with_a_message(
+    server: ThreadedServer, case: str, body: bytes, headers: dict[str, str], model: str
+) -> None:
+    response = httpx.post(
+        f"{server.url}/v2/models/{model}/infer",
+        content=body,
+        headers={"Content-Type": "application/json", **headers},
+        timeout=30,
+    )
+    assert 400 <= response.status_code < 500, (case, response.status_code, response.text)
+    error = response.json()["error"]
+    assert error
+    assert "the model raised" not in error
+
+
+def test_memory_stays_flat_over_many_hostile_requests(server: ThreadedServer) -> None:
+    process = psutil.Process(os.getpid())
+    amplifying = [(b, h) for name, b, h in CASES if "binary" in name or "json" in name]
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for body, headers in amplifying:  # warm every path once
+            client.post("/v2/models/shout/infer", content=body, headers=headers)
+        before = process.memory_info().rss
+        for _ in range(1000 // len(amplifying) + 1):
+            for body, headers in amplifying:
+                client.post("/v2/models/shout/infer", content=body, headers=headers)
+        grown = process.memory_info().rss - before
+    assert grown < 64 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB"
+
+
+def test_a_finite_timeout_of_any_size_is_accepted(server: ThreadedServer) -> None:
+    body = {"inputs": [_tensor([1], "FP64", [1.0])], "parameters": {"timeout": 1e300}}
+    answered = httpx.post(f"{server.url}/v2/models/scaler/infer", json=body)
+    assert answered.status_code == 200, answered.text
