@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.routing import APIRoute
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
@@ -141,7 +141,7 @@ def status_and_message(exc: Exception, request: Request, request_id: str) -> tup
         return 503, str(exc)
     if isinstance(exc, DeadlineExceededError):
         return 504, str(exc)
-    if isinstance(exc, ClientDisconnectedError):
+    if isinstance(exc, ClientDisconnectedError | ClientDisconnect):
         # Nobody reads this answer; nginx's 499 says "client closed request" in access logs.
         return 499, str(exc)
     if isinstance(exc, InvalidInputError):

@@ -8,6 +8,7 @@ import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import psutil
@@ -25,7 +26,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]
         yield running
 
 
-def _tensor(shape: list[int], datatype: str, data: object = None, **params: object) -> dict:
+Json = dict[str, Any]
+
+
+def _tensor(shape: list[Any], datatype: str, data: object = None, **params: object) -> Json:
     tensor: dict[str, object] = {"name": "input", "shape": shape, "datatype": datatype}
     if data is not None:
         tensor["data"] = data
@@ -34,7 +38,7 @@ def _tensor(shape: list[int], datatype: str, data: object = None, **params: obje
     return tensor
 
 
-def _binary(tensors: list[dict], binary: bytes, **extra: object) -> tuple[bytes, dict[str, str]]:
+def _binary(tensors: list[Json], binary: bytes, **extra: object) -> tuple[bytes, dict[str, str]]:
     header = json.dumps({"inputs": tensors, **extra}).encode()
     return header + binary, {"Inference-Header-Content-Length": str(len(header))}
 
@@ -42,7 +46,7 @@ def _binary(tensors: list[dict], binary: bytes, **extra: object) -> tuple[bytes,
 HUGE = [10**8, 2 * 10**8, 2**40, 2**62, 2**70]
 
 # (id, model, body bytes, extra headers)
-JSON_CASES: list[tuple[str, dict]] = [
+JSON_CASES: list[tuple[str, Json]] = [
     *((f"bytes json {n}", {"inputs": [_tensor([n], "BYTES", ["a"])]}) for n in HUGE),
     *((f"fp32 json {n}", {"inputs": [_tensor([n], "FP32", [1.0])]}) for n in HUGE),
     ("bytes [2**62, 4]", {"inputs": [_tensor([2**62, 4], "BYTES", ["a"])]}),
@@ -74,14 +78,27 @@ JSON_CASES: list[tuple[str, dict]] = [
 
 
 def _raw_json_cases() -> list[tuple[str, bytes, dict[str, str]]]:
-    cases = [(name, json.dumps(body).encode(), {}) for name, body in JSON_CASES]
+    cases: list[tuple[str, bytes, dict[str, str]]] = [
+        (name, json.dumps(body).encode(), {}) for name, body in JSON_CASES
+    ]
     cases += [
-        ("timeout NaN literal", b'{"inputs":[{"name":"input","shape":[1],"datatype":"FP64",'
-         b'"data":[1.0]}],"parameters":{"timeout":NaN}}', {}),
-        ("timeout 1e400", b'{"inputs":[{"name":"input","shape":[1],"datatype":"FP64",'
-         b'"data":[1.0]}],"parameters":{"timeout":1e400}}', {}),
-        ("data 1e400", b'{"inputs":[{"name":"input","shape":[1],"datatype":"FP64",'
-         b'"data":[1e400]}]}', {}),
+        (
+            "timeout NaN literal",
+            b'{"inputs":[{"name":"input","shape":[1],"datatype":"FP64",'
+            b'"data":[1.0]}],"parameters":{"timeout":NaN}}',
+            {},
+        ),
+        (
+            "timeout 1e400",
+            b'{"inputs":[{"name":"input","shape":[1],"datatype":"FP64",'
+            b'"data":[1.0]}],"parameters":{"timeout":1e400}}',
+            {},
+        ),
+        (
+            "data 1e400",
+            b'{"inputs":[{"name":"input","shape":[1],"datatype":"FP64","data":[1e400]}]}',
+            {},
+        ),
         ("not json", b"{", {}),
         ("not utf-8", b'{"inputs": "\xff"}', {}),
         ("very deep json", b"[" * 100_000 + b"]" * 100_000, {}),

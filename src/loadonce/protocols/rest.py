@@ -16,6 +16,7 @@ from loadonce._dependencies import get_registry, registry_of
 from loadonce._disconnect import unless_disconnected
 from loadonce._http import TIMEOUT_HEADER, LoadonceRoute, requested_timeout
 from loadonce._jsonable import to_jsonable
+from loadonce._large_bodies import parse_body
 from loadonce._metrics import WorkerState, metrics_of
 from loadonce._model import Model, ModelState
 from loadonce._registry import Registry
@@ -179,7 +180,7 @@ async def answer_predict(request: Request, name: str) -> JSONResponse:
     # Refused before the body is read and parsed: under overload, rejecting must cost the
     # event loop as little as possible, or it starves the model it protects.
     model.refuse_if_full()
-    body = _parse_body(await request.body())
+    body = await parse_body(_parse_body, await request.body())
     timeout = requested_timeout(request)
     outputs = await unless_disconnected(request, model.predict(body.inputs, timeout=timeout))
     # Built by hand rather than through response_model: outputs may hold NumPy values, and a

@@ -47,6 +47,15 @@ class ServerOptions(BaseModel):
     # Where a control request (reload, repository load) may name a new artifact; by default
     # the directories of the configured artifacts (loadonce._artifacts).
     artifact_roots: list[Path] | None = None
+    # Slow and hostile clients (server/_http_protocol.py): a request head must arrive within
+    # header_timeout_s, a body may pause at most body_timeout_s, a head holds at most
+    # max_header_bytes in max_header_fields fields; past max_connections open connections,
+    # a worker answers 503.
+    header_timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10.0
+    body_timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 30.0
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+    max_header_fields: Annotated[int, Field(ge=8)] = 100
+    max_connections: Annotated[int, Field(ge=1)] = 1000
 
     @model_validator(mode="after")
     def _keys_are_usable(self) -> ServerOptions:
@@ -149,6 +158,11 @@ _ENVIRONMENT_ONLY = {
     "memory_plan": "LOADONCE_MEMORY_PLAN",
     "gc_freeze": "LOADONCE_GC_FREEZE",
     "artifact_roots": "LOADONCE_ARTIFACT_ROOTS",
+    "header_timeout_s": "LOADONCE_HEADER_TIMEOUT_S",
+    "body_timeout_s": "LOADONCE_BODY_TIMEOUT_S",
+    "max_header_bytes": "LOADONCE_MAX_HEADER_BYTES",
+    "max_header_fields": "LOADONCE_MAX_HEADER_FIELDS",
+    "max_connections": "LOADONCE_MAX_CONNECTIONS",
 }
 # Lists: comma-separated (artifact_roots: separated like PATH, by os.pathsep).
 _LISTS = {"api_keys": ",", "admin_api_keys": ",", "artifact_roots": os.pathsep}

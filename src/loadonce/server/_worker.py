@@ -23,6 +23,7 @@ from loadonce._control import ModelControl
 from loadonce._errors import LoadonceError
 from loadonce._registry import Registry
 from loadonce.server._control_channel import SupervisedControl
+from loadonce.server._http_protocol import guarded_protocol
 from loadonce.server._logging import log_config
 from loadonce.server._progress import load_progress
 from loadonce.server._settings import ServeConfig
@@ -115,6 +116,13 @@ def run_worker(
         lifespan="on",
         workers=options.workers,
         timeout_graceful_shutdown=options.drain_timeout_s,
+        http=guarded_protocol(
+            header_timeout_s=options.header_timeout_s,
+            body_timeout_s=options.body_timeout_s,
+            max_header_bytes=options.max_header_bytes,
+            max_header_fields=options.max_header_fields,
+        ),
+        limit_concurrency=options.max_connections,
     )
     server = _DrainingServer(uvicorn_config, registry)
     # uvicorn raises SystemExit when the lifespan fails; the failure line below says why.

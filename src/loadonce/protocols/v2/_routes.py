@@ -14,10 +14,11 @@ from loadonce._dependencies import registry_of
 from loadonce._disconnect import unless_disconnected
 from loadonce._errors import ModelNotReadyError
 from loadonce._http import TIMEOUT_HEADER, requested_timeout
+from loadonce._large_bodies import parse_body
 from loadonce._limits import Limits
 from loadonce._model import Model
 from loadonce._version import __version__
-from loadonce.protocols.v2._body import HEADER_LENGTH, split_body
+from loadonce.protocols.v2._body import HEADER_LENGTH, SplitBody, split_body
 from loadonce.protocols.v2._datatypes import datatype_of_declared
 from loadonce.protocols.v2._errors import V2Route, VersionNotFoundError, v2_error
 from loadonce.protocols.v2._examples import metadata_shape
@@ -75,10 +76,14 @@ def infer_handler(limits: Limits) -> Callable[[Request], Awaitable[Response]]:
         # the body is read.
         model = _ready_model(request)
         model.refuse_if_full()
-        body = split_body(
-            await request.body(), request.scope["headers"], max_decompressed=limits.max_body_bytes
-        )
-        parsed = parse_request(body.json)
+        headers = request.scope["headers"]
+
+        def read(raw: bytes) -> tuple[SplitBody, InferenceRequest]:
+            body = split_body(raw, headers, max_decompressed=limits.max_body_bytes)
+            return body, parse_request(body.json)
+
+        compressed = any(key == b"content-encoding" for key, _ in headers)
+        body, parsed = await parse_body(read, await request.body(), compressed=compressed)
         encoded = await unless_disconnected(
             request,
             infer(

@@ -1,0 +1,115 @@
+"""Slow and oversized requests against a real `loadonce serve`: a stalled head or body is cut
+off, an oversized head is refused, and open connections are capped per worker."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from tests.servers import CliServer, cli_env, serving, wait_until
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliServer]:
+    tmp_path: Path = tmp_path_factory.mktemp("slow-clients")
+    env = cli_env(
+        tmp_path,
+        {
+            "LOADONCE_HEADER_TIMEOUT_S": "1",
+            "LOADONCE_BODY_TIMEOUT_S": "1",
+            "LOADONCE_MAX_CONNECTIONS": "20",
+        },
+    )
+    with serving(["--demo"], tmp_path, env=env) as running:
+        yield running
+
+
+def _connect(server: CliServer) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=10)
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def test_a_request_head_that_never_ends_is_cut_off(server: CliServer) -> None:
+    stalled = [_connect(server) for _ in range(50)]
+    for sock in stalled:
+        sock.sendall(b"POST /models/iris/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    started = time.monotonic()
+    answers = [_answer(sock) for sock in stalled]
+    assert time.monotonic() - started < 5
+    for sock in stalled:
+        sock.close()
+    assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers), answers[0]
+    _wait_until_served(server)
+
+
+def test_a_body_that_stops_arriving_is_abandoned(server: CliServer) -> None:
+    sock = _connect(server)
+    sock.sendall(
+        b"POST /models/iris/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"inputs": '
+    )
+    started = time.monotonic()
+    _answer(sock)
+    sock.close()
+    assert time.monotonic() - started < 5
+    # Counted as the client's doing (499, nginx's "client closed request"), not as a 500.
+    wait_until(
+        lambda: 'status="499"' in httpx.get(f"{server.url}/metrics").text, 5, "a 499 counted"
+    )
+    assert 'status="500"' not in httpx.get(f"{server.url}/metrics").text
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (8 << 20) + b"\r\n\r\n",
+        b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + b"".join(b"X-%d: 1\r\n" % i for i in range(20_000))
+        + b"\r\n",
+    ],
+    ids=["8 MiB header line", "20,000 header fields"],
+)
+def test_an_oversized_head_is_refused(server: CliServer, head: bytes) -> None:
+    sock = _connect(server)
+
+    def send() -> None:
+        # The server stops reading once it has refused: the rest is never sent.
+        with contextlib.suppress(OSError):
+            sock.sendall(head)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    assert _answer(sock).startswith(b"HTTP/1.1 431")
+    sock.close()
+    sender.join(timeout=10)
+
+
+def test_open_connections_are_capped_per_worker(server: CliServer) -> None:
+    idle = [_connect(server) for _ in range(25)]
+    try:
+        time.sleep(0.2)  # let the server accept them all
+        refused = httpx.get(f"{server.url}/livez")
+        assert refused.status_code == 503
+    finally:
+        for sock in idle:
+            sock.close()
+    _wait_until_served(server)
+
+
+def _wait_until_served(server: CliServer) -> None:
+    """The server closes refused connections a moment after answering: then it serves."""
+    wait_until(lambda: httpx.get(f"{server.url}/livez").status_code == 200, 5, "connections freed")
