@@ -35,4 +35,6 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=300s \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"
 ENTRYPOINT ["loadonce"]
 # Inside a container the server must listen beyond loopback; the port is the EXPOSEd one.
+# Give it keys (without them it warns at startup, and anyone who reaches the port can reload):
+#   docker run -e LOADONCE_API_KEYS=... -e LOADONCE_ADMIN_API_KEYS=... loadonce
 CMD ["serve", "/etc/loadonce/loadonce.toml", "--host", "0.0.0.0", "--port", "8000"]

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse
 from loadonce._dependencies import get_registry, registry_of
 from loadonce._disconnect import unless_disconnected
 from loadonce._http import TIMEOUT_HEADER, LoadonceRoute, requested_timeout
+from loadonce._inputs import split_examples
 from loadonce._jsonable import to_jsonable
 from loadonce._large_bodies import parse_body
 from loadonce._metrics import WorkerState, metrics_of
@@ -180,9 +181,15 @@ async def answer_predict(request: Request, name: str) -> JSONResponse:
     # Refused before the body is read and parsed: under overload, rejecting must cost the
     # event loop as little as possible, or it starves the model it protects.
     model.refuse_if_full()
-    body = await parse_body(_parse_body, await request.body())
+    signature = model.signature
+
+    def read(raw: bytes) -> list[Any]:
+        # Parsed and split together: for a large body, both off the event loop.
+        return split_examples(_parse_body(raw).inputs, signature)
+
+    examples = await parse_body(read, await request.body())
     timeout = requested_timeout(request)
-    outputs = await unless_disconnected(request, model.predict(body.inputs, timeout=timeout))
+    outputs = await unless_disconnected(request, model.predict_examples(examples, timeout=timeout))
     # Built by hand rather than through response_model: outputs may hold NumPy values, and a
     # second validation pass of large outputs would cost time on every request.
     return JSONResponse(

@@ -1,0 +1,148 @@
+"""What hostile and maximal requests cost a running `loadonce serve --demo` (one worker):
+
+- ``/livez`` latency while 4 clients send valid 60 MB JSON bodies to the predict route, and
+  while they send /v2 bodies that declare huge BYTES shapes;
+- the worker's RSS over 1,000 hostile /v2 requests.
+
+    python -m bench.hostile [--src PATH]
+
+``--src``: run another checkout's ``src`` (a git worktree of an older revision), to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import psutil
+
+HUGE_BYTES = json.dumps(
+    {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": [2 * 10**8],
+                "datatype": "BYTES",
+                "parameters": {"binary_data_size": 8},
+            }
+        ]
+    }
+).encode()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _livez_latencies(url: str, seconds: float) -> list[float]:
+    found: list[float] = []
+    deadline = time.monotonic() + seconds
+    with httpx.Client(timeout=60) as client:
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            client.get(f"{url}/livez")
+            found.append((time.perf_counter() - started) * 1000)
+            time.sleep(0.01)
+    return found
+
+
+def _under(url: str, send: object, seconds: float) -> list[float]:
+    assert callable(send)
+    done = threading.Event()
+
+    def loop() -> None:
+        with httpx.Client(timeout=120) as client:
+            while not done.is_set():
+                send(client)
+
+    senders = [threading.Thread(target=loop) for _ in range(4)]
+    for sender in senders:
+        sender.start()
+    try:
+        return _livez_latencies(url, seconds)
+    finally:
+        done.set()
+        for sender in senders:
+            sender.join()
+
+
+def _summary(latencies: list[float]) -> dict[str, float]:
+    ordered = sorted(latencies)
+    return {
+        "p50_ms": round(statistics.median(ordered), 2),
+        "p99_ms": round(ordered[int(len(ordered) * 0.99) - 1], 2),
+        "max_ms": round(ordered[-1], 2),
+        "probes": len(ordered),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--src", type=Path, default=Path(__file__).resolve().parent.parent / "src")
+    parser.add_argument("--seconds", type=float, default=15)
+    args = parser.parse_args()
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(args.src.resolve()), "LOADONCE_LOG_LEVEL": "warning"}
+    with tempfile.TemporaryDirectory() as cache:
+        env["LOADONCE_CACHE_DIR"] = cache
+        server = subprocess.Popen(
+            [sys.executable, "-m", "loadonce", "serve", "--demo", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"{url}/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.1)
+            body = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]] * 1_400_000}).encode()
+            results: dict[str, object] = {"body_mb": round(len(body) / 1e6, 1)}
+            results["idle"] = _summary(_livez_latencies(url, 3))
+            headers = {"Inference-Header-Content-Length": str(len(HUGE_BYTES))}
+            hostile = HUGE_BYTES + b"\x04\0\0\0abcd"
+            worker = psutil.Process(server.pid)
+            rss = [worker.memory_info().rss]
+            with httpx.Client(timeout=120) as client:
+                statuses: dict[int, int] = {}
+                for index in range(1000):
+                    status = client.post(
+                        f"{url}/v2/models/iris/infer", content=hostile, headers=headers
+                    ).status_code
+                    statuses[status] = statuses.get(status, 0) + 1
+                    if index % 250 == 249:
+                        rss.append(worker.memory_info().rss)
+            results["hostile_rss_mib"] = [round(r / 2**20) for r in rss]
+            results["hostile_statuses"] = statuses
+            results["large_json"] = _summary(
+                _under(
+                    url, lambda c: c.post(f"{url}/models/iris/predict", content=body), args.seconds
+                )
+            )
+            print(json.dumps(results, indent=2))
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(60)
+
+
+if __name__ == "__main__":
+    main()
