@@ -231,7 +231,9 @@ def test_bytes_elements_with_a_wrong_length_prefix(http: httpx.Client) -> None:
         return _error(response, 400)
 
     assert "past the end" in post(struct.pack("<I", 10) + b"short", [1])
-    assert "ends after 1 of the 2" in post(struct.pack("<I", 2) + b"ok", [2])
+    assert "holds 2 BYTES elements, each at least 4 bytes" in post(
+        struct.pack("<I", 2) + b"ok", [2]
+    )
     assert "left after the 1" in post(struct.pack("<I", 2) + b"ok" + b"!", [1])
     assert "not UTF-8" in post(struct.pack("<I", 2) + b"\xff\xfe", [1])
 
