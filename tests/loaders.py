@@ -171,3 +171,16 @@ def constant_or_hang(path: Path) -> Constant:
     if text == "hang":
         time.sleep(4)
     return Constant(float(text))
+
+
+class HangsOnMinusOne:
+    """Doubles numbers; a batch holding -1 never returns (for a minute): a hung call."""
+
+    def predict(self, batch: list[float]) -> list[float]:
+        if -1 in batch:
+            time.sleep(60)
+        return [2 * x for x in batch]
+
+
+def hangs_on_minus_one() -> HangsOnMinusOne:
+    return HangsOnMinusOne()

@@ -100,6 +100,9 @@ def cli_env(tmp_path: Path, extra: dict[str, str] | None = None) -> dict[str, st
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOADONCE_")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
     env["LOADONCE_CACHE_DIR"] = str(tmp_path / "cache")
+    # Tests stop their servers with SIGTERM and need not wait out the readiness window;
+    # tests/hostile/test_draining.py covers it.
+    env["LOADONCE_STOP_DELAY_S"] = "0"
     env.update(extra or {})
     return env
 

@@ -17,6 +17,7 @@ import ray
 import yaml
 
 from loadonce.server._demo import demo_artifact
+from loadonce.server._settings import ServerOptions
 from loadonce.server._supervisor import UNLOAD_GRACE_SECONDS
 from tests.servers import REPO_ROOT, free_port, run_cli, serving
 
@@ -90,9 +91,9 @@ def test_the_deployment_probes_what_the_server_serves(tmp_path: Path, local_conf
 
 def test_the_grace_period_covers_the_drain(local_config: Path) -> None:
     spec = _documents("loadonce.yaml")["Deployment"]["spec"]["template"]["spec"]
-    drain = tomllib.loads(local_config.read_text())["server"]["drain_timeout_s"]
+    server = ServerOptions.model_validate(tomllib.loads(local_config.read_text())["server"])
     pause = _container({"spec": {"template": {"spec": spec}}})["lifecycle"]["preStop"]["sleep"]
-    needed = pause["seconds"] + drain + UNLOAD_GRACE_SECONDS
+    needed = pause["seconds"] + server.stop_delay_s + server.drain_timeout_s + UNLOAD_GRACE_SECONDS
     assert spec["terminationGracePeriodSeconds"] >= needed
 
 

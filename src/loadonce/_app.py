@@ -39,20 +39,26 @@ def create_app(
     metrics: bool = True,
     control: ModelControl | None = None,
     gc_freeze: bool = True,
+    drain_timeout_s: float | None = 30.0,
 ) -> FastAPI:
     """The app ``loadonce serve`` runs: health probes, /models and predict routes, the Open
     Inference Protocol under /v2, /docs. ``model_control``: see ``v2_router``. ``access``:
     API keys per route family (none: every route open). ``limits``: request size limits.
     ``control``: how load, unload and reload reach every worker (default: this process).
     ``gc_freeze``: once started, leave the loaded models out of garbage collection (see
-    ``lifespan``)."""
+    ``lifespan``). ``drain_timeout_s``: see ``lifespan``."""
     limits = limits or Limits()
     registry = models if isinstance(models, Registry) else Registry(models)
     app = FastAPI(
         title=title,
         version=__version__,
         lifespan=lifespan(
-            registry, wrap=wrap, on_loaded=on_loaded, load_gate=load_gate, gc_freeze=gc_freeze
+            registry,
+            wrap=wrap,
+            on_loaded=on_loaded,
+            load_gate=load_gate,
+            gc_freeze=gc_freeze,
+            drain_timeout_s=drain_timeout_s,
         ),
     )
     # Routes are matched in order: the inference routers first, they are the hot path.

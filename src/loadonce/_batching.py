@@ -53,6 +53,15 @@ class _Request:
     queued: bool = True
 
 
+@dataclass(eq=False)
+class _Call:
+    """One predict call handed to the model's threads; ``hung`` once it outlived
+    ``hang_timeout_s`` (its slot is then given back: the next batch need not wait for it)."""
+
+    watch: asyncio.TimerHandle | None = None
+    hung: bool = False
+
+
 @dataclass
 class _Outcome:
     outputs: list[Any] | None = None
@@ -73,6 +82,11 @@ class Batcher:
     # After a call returned with fewer than max_batch_size examples waiting: how long the next
     # call may wait for more (``Batching.fill_wait_ms``).
     fill_wait_s: float = 0.0
+    # A call running longer than this is hung: the model is unhealthy until it returns.
+    hang_timeout_s: float | None = None
+    # Told the number of hung calls whenever it changes (the model's health).
+    on_hung_changed: Callable[[int], None] | None = None
+    _hung: int = 0
     _queue: deque[_Request] = field(default_factory=deque)
     _queued_examples: int = 0
     _in_flight: int = 0
@@ -96,6 +110,10 @@ class Batcher:
     @property
     def queued_examples(self) -> int:
         return self._queued_examples
+
+    @property
+    def hung_calls(self) -> int:
+        return self._hung
 
     @property
     def seconds_per_call(self) -> float | None:
@@ -241,6 +259,9 @@ class Batcher:
         examples = [request.examples for request in batch]
         parameters = batch[0].parameters
         loop = asyncio.get_running_loop()
+        watched = _Call()
+        if self.hang_timeout_s is not None:
+            watched.watch = loop.call_later(self.hang_timeout_s, self._hung_call, watched)
 
         def call(predictor: Predictor) -> tuple[list[_Outcome], float]:
             return _timed(run_batch, predictor, examples, parameters)
@@ -248,21 +269,54 @@ class Batcher:
         def returned(done: Future[tuple[list[_Outcome], float]]) -> None:
             # In the model's thread: back to the loop (gone only if the process is ending).
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._finished, batch, done)
+                loop.call_soon_threadsafe(self._finished, batch, done, watched)
 
         try:
             running = self.executor.submit(call)
         except RuntimeError as exc:  # the threads were shut down: nothing will run it
             failed: Future[tuple[list[_Outcome], float]] = Future()
             failed.set_exception(exc)
-            self._finished(batch, failed)
+            self._finished(batch, failed, watched)
             return
         running.add_done_callback(returned)
 
-    def _finished(self, batch: list[_Request], done: Future[tuple[list[_Outcome], float]]) -> None:
+    def _hung_call(self, watched: _Call) -> None:
+        """On the loop, ``hang_timeout_s`` after a call started and it has not returned: the
+        model is unhealthy, and the call's slot goes to the next batch (as far as the
+        model's threads allow), so one stuck call does not stop every later request."""
+        watched.watch = None
+        watched.hung = True
+        self._in_flight -= 1
+        self._hung += 1
+        logger.error(
+            "model '%s': a predict call has run for more than hang_timeout_s (%g s); the "
+            "model is unhealthy until it returns",
+            self.model,
+            self.hang_timeout_s,
+        )
+        if self.on_hung_changed is not None:
+            self.on_hung_changed(self._hung)
+        self._dispatch_ready()
+        self._note_if_idle()
+        self._wakeup.set()
+
+    def _finished(
+        self,
+        batch: list[_Request],
+        done: Future[tuple[list[_Outcome], float]],
+        watched: _Call,
+    ) -> None:
         """On the loop, when a batch's call returned: start the next batch first (the model
         works while this one's answers go out), then answer each request of this one."""
-        self._in_flight -= 1
+        if watched.watch is not None:
+            watched.watch.cancel()
+        if watched.hung:
+            self._hung -= 1  # its slot was given back when it was found hung
+            logger.warning("model '%s': a hung predict call returned", self.model)
+            if self.on_hung_changed is not None:
+                self.on_hung_changed(self._hung)
+        else:
+            self._in_flight -= 1
         failure: Exception | None = None
         outcomes: list[_Outcome] = []
         try:
@@ -304,10 +358,25 @@ class Batcher:
         # An exponential average: recent calls count most, one odd call does not swing it.
         self._seconds_per_call = seconds if previous is None else 0.8 * previous + 0.2 * seconds
 
-    async def close(self) -> None:
-        """Stop taking requests, let queued and running ones finish, then stop dispatching."""
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop taking requests, let queued and running ones finish (for at most ``timeout``
+        seconds: what is still queued then is answered 503), then stop dispatching."""
         self._closed = True
-        await self._idle.wait()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            logger.warning(
+                "model '%s': requests still queued or running after %g s; answering 503 to "
+                "the queued ones and leaving running calls behind",
+                self.model,
+                timeout,
+            )
+            while self._queue:
+                request = self._queue.popleft()
+                request.queued = False
+                if not request.future.done():
+                    request.future.set_exception(ModelNotReadyError(self.model, "unloading"))
+            self._queued_examples = 0
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -9,10 +9,11 @@ model idle for that long between two batches.
 from __future__ import annotations
 
 import queue
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 from loadonce._spec import Concurrency
 from loadonce.runtimes._base import Predictor
@@ -20,12 +21,77 @@ from loadonce.runtimes._base import Predictor
 T = TypeVar("T")
 
 
+class _DaemonThreads:
+    """A thread pool whose threads never keep the process alive.
+
+    ``concurrent.futures.ThreadPoolExecutor`` joins its threads when the interpreter exits: one
+    model call that never returns kept a worker from ever exiting, SIGTERM included. A hung
+    call is noticed and contained by the batcher (``hang_timeout_s``); its thread is left to
+    the process's end. Threads start on demand, up to ``max_workers``.
+    """
+
+    def __init__(self, max_workers: int, thread_name_prefix: str) -> None:
+        self._max = max_workers
+        self._prefix = thread_name_prefix
+        self._work: queue.SimpleQueue[
+            tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None
+        ]
+        self._work = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0  # threads waiting for a call
+        self._pending = 0  # calls (and stop markers) queued, not yet taken
+        self._lock = threading.Lock()
+        self._shut = False
+
+    def submit(self, function: Callable[..., T], *args: Any) -> Future[T]:
+        future: Future[T] = Future()
+        with self._lock:
+            if self._shut:
+                raise RuntimeError("cannot schedule new calls after shutdown")
+            self._work.put((future, function, args))
+            self._pending += 1
+            # A new thread only when the waiting ones cannot take every queued call.
+            if self._pending > self._idle and len(self._threads) < self._max:
+                thread = threading.Thread(
+                    target=self._run, name=f"{self._prefix}_{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+        return future
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            item = self._work.get()
+            with self._lock:
+                self._idle -= 1
+                self._pending -= 1
+            if item is None:
+                return
+            future, function, args = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(function(*args))
+                except BaseException as exc:
+                    future.set_exception(exc)
+            del item, future, function, args  # nothing of a finished call stays alive here
+
+    def shutdown(self) -> None:
+        """Threads exit once the calls queued so far are done; nothing waits for them."""
+        with self._lock:
+            self._shut = True
+            for _ in self._threads:
+                self._work.put(None)
+                self._pending += 1
+
+
 class Executor(ABC):
     """Hands a call one predictor instance, in one of the model's threads, as the policy allows."""
 
     def __init__(self, instances: Sequence[Predictor], *, threads: int, name: str) -> None:
         self.instances = list(instances)
-        self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+        self._threads = _DaemonThreads(max_workers=threads, thread_name_prefix=name)
 
     @abstractmethod
     def submit(self, call: Callable[[Predictor], T]) -> Future[T]:
@@ -34,7 +100,7 @@ class Executor(ABC):
 
     def shutdown(self) -> None:
         """Let the threads exit once idle (calls still running finish first)."""
-        self._threads.shutdown(wait=False)
+        self._threads.shutdown()
 
 
 class SharedExecutor(Executor):

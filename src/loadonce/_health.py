@@ -32,7 +32,11 @@ def health_router() -> APIRouter:
         registry = getattr(request.app.state, STATE_KEY, None)
         if isinstance(registry, Registry):
             body = Readiness(
-                ready=registry.is_ready, worker_pid=os.getpid(), models=registry.states()
+                ready=registry.is_ready,
+                draining=registry.draining,
+                worker_pid=os.getpid(),
+                models=registry.states(),
+                hung_calls=registry.hung_calls(),
             )
         else:
             body = Readiness(ready=False, worker_pid=os.getpid(), models={})

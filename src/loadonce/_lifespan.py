@@ -27,6 +27,7 @@ def lifespan(
     on_loaded: LoadedHook | None = None,
     load_gate: LoadGate | None = None,
     gc_freeze: bool = True,
+    drain_timeout_s: float | None = 30.0,
 ) -> Lifespan:
     """Build a lifespan for ``FastAPI(lifespan=...)`` that loads ``models`` at startup.
 
@@ -36,6 +37,8 @@ def lifespan(
     A model that fails to load raises ``ModelLoadError`` and the app never serves.
     ``gc_freeze``: once all of that is done, leave every object alive then (the models, the
     libraries, what ``wrap`` built) out of garbage collection (``_gc.py``).
+    ``drain_timeout_s``: at shutdown, the most each model waits for its queued and running
+    requests (a hung call never holds shutdown up); None waits for all of them.
     """
     registry = models if isinstance(models, Registry) else Registry(models)
 
@@ -60,6 +63,6 @@ def lifespan(
                         registry.freeze_collector()
                     yield state
         finally:
-            await registry.unload_all()
+            await registry.unload_all(timeout=drain_timeout_s)
 
     return _lifespan

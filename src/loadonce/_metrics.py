@@ -11,6 +11,7 @@ app), values live in this process.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ from prometheus_client import (
     generate_latest,
     values,
 )
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.requests import Request
 from starlette.responses import Response
@@ -114,6 +116,13 @@ class Metrics:
             multiprocess_mode="liveall",
             registry=registry,
         )
+        self.hung_calls = Gauge(
+            "loadonce_model_hung_calls",
+            "Predict calls of the model running past its hang_timeout_s in the worker",
+            ["model"],
+            multiprocess_mode="liveall",
+            registry=registry,
+        )
         self.gc_frozen = Gauge(
             "loadonce_gc_frozen_objects",
             "Objects the worker's garbage collector leaves alone: what was alive once startup "
@@ -147,13 +156,21 @@ class Metrics:
     def model_changed(self, model: Model) -> None:
         previous = self._versions.get(model.name)
         if previous is not None and previous != model.version:
+            # The old version's series leave /metrics: a hundred reloads must not leave
+            # hundreds of series. (With several workers prometheus-client's files keep a
+            # removed series' last value, hence the 0 first.)
             for state in _STATES:
                 self.state.labels(model.name, previous, state).set(0)
+                if not self.multiprocess:  # there, render() leaves retired versions out
+                    self.state.remove(model.name, previous, state)
+            if not self.multiprocess:
+                self.load_seconds.remove(model.name, previous)
         self._versions[model.name] = model.version
         for state in _STATES:
             current = 1 if model.state.value == state else 0
             self.state.labels(model.name, model.version, state).set(current)
         self.load_failed.labels(model.name).set(1 if model.error else 0)
+        self.hung_calls.labels(model.name).set(model.hung_calls)
         if model.load_seconds is not None:
             self.load_seconds.labels(model.name, model.version).set(model.load_seconds)
         memory = model.load_memory
@@ -193,8 +210,37 @@ class Metrics:
         if self._registry is not None:
             return generate_latest(self._registry)
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(_CurrentVersionsOnly())
         return generate_latest(registry)
+
+
+class _CurrentVersionsOnly:
+    """The workers' metrics, less the series of versions a worker no longer serves.
+
+    prometheus-client's multiprocess files cannot forget a series, so after a reload the old
+    version's series would stay (at 0) for the worker's life: 100 reloads left 606 series.
+    A (model, version) with no state at 1 in a worker is retired there and left out."""
+
+    _PER_VERSION = ("loadonce_model_state", "loadonce_model_load_seconds")
+
+    def collect(self) -> Iterable[Metric]:
+        families = list(MultiProcessCollector(None).collect())  # type: ignore[no-untyped-call]
+        current = {
+            (sample.labels.get("pid"), sample.labels["model"], sample.labels["version"])
+            for family in families
+            if family.name == "loadonce_model_state"
+            for sample in family.samples
+            if sample.value == 1
+        }
+        for family in families:
+            if family.name in self._PER_VERSION:
+                family.samples = [
+                    sample
+                    for sample in family.samples
+                    if (sample.labels.get("pid"), sample.labels["model"], sample.labels["version"])
+                    in current
+                ]
+            yield family
 
 
 def metrics_of(request: Request) -> Metrics | None:

@@ -82,6 +82,10 @@ class Model:
         self._lifecycle = asyncio.Lock()
         # Told of every change of state, queue and batch (the app's metrics), if set.
         self.observer: ModelObserver | None = None
+        # Predict calls running past hang_timeout_s now; the model is unhealthy while any is.
+        self.hung_calls = 0
+        # Called when a call is found hung (loadonce serve: replace this worker).
+        self.on_hung: Callable[[Model], None] | None = None
 
     @property
     def name(self) -> str:
@@ -126,8 +130,16 @@ class Model:
 
     @property
     def is_ready(self) -> bool:
-        """Whether it answers predictions now (while a reload builds its successor, it does)."""
-        return self.state in _SERVING
+        """Whether it answers predictions now (while a reload builds its successor, it does),
+        and no call of it is hung."""
+        return self.state in _SERVING and self.hung_calls == 0
+
+    def _hung_changed(self, count: int) -> None:
+        grew = count > self.hung_calls
+        self.hung_calls = count
+        self._notify()
+        if grew and self.on_hung is not None:
+            self.on_hung(self)
 
     async def load(self, spec: ModelSpec | None = None) -> None:
         """Load (all pool instances of) the model in a thread, warm it up, then mark it ready.
@@ -254,10 +266,11 @@ class Model:
             instances.append(await _off_loop(runtime.load, spec))
         return make_executor(policy, instances, name=self.name), runtime.name, policy
 
-    async def unload(self, *, on_request: bool = False) -> None:
+    async def unload(self, *, on_request: bool = False, timeout: float | None = None) -> None:
         """Let queued and running requests finish, then release the model's instances (their
         ``close``), once; the state becomes unloaded. ``on_request``: an operator asked for it
-        (model repository API), so the server's readiness stops counting this model."""
+        (model repository API), so the server's readiness stops counting this model.
+        ``timeout``: wait at most that long for queued and running requests (shutdown)."""
         async with self._lifecycle:
             if on_request:
                 self.wanted = False
@@ -266,7 +279,7 @@ class Model:
             if self.state is not ModelState.FAILED:
                 self.state = ModelState.UNLOADED
             self._notify()
-            await _retire(batcher, executor, self.name)
+            await _retire(batcher, executor, self.name, timeout)
 
     @property
     def batcher(self) -> Batcher | None:
@@ -369,10 +382,17 @@ def _size_of(spec: ModelSpec) -> str:
     return "" if size is None else f" ({size / 2**20:,.1f} MiB)"
 
 
-async def _retire(batcher: Batcher | None, executor: Executor | None, name: str) -> None:
-    """Let a batcher finish what it queued, then stop its threads and close its instances."""
+async def _retire(
+    batcher: Batcher | None, executor: Executor | None, name: str, timeout: float | None = None
+) -> None:
+    """Let a batcher finish what it queued (for at most ``timeout``), then stop its threads
+    and close its instances (a hung call's instance is left to it)."""
     if batcher is not None:
-        await batcher.close()
+        await batcher.close(timeout)
+        if batcher.hung_calls:
+            if executor is not None:
+                executor.shutdown()
+            return
     if executor is not None:
         executor.shutdown()
         await _close_all(executor.instances, name)
@@ -399,6 +419,8 @@ def _make_batcher(model: Model, executor: Executor) -> Batcher:
         fill_wait_s=fill_wait_s,
         max_queue=spec.max_queue,
         concurrent_batches=concurrent,
+        hang_timeout_s=spec.hang_timeout,
+        on_hung_changed=model._hung_changed,
     )
     batcher.start()
     return batcher

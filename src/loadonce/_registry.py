@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from loadonce._artifacts import ArtifactRoots
@@ -131,7 +131,17 @@ class Registry:
                 raise
             loaded.append(model)
 
-    async def unload_all(self) -> None:
-        """Unload in reverse order of loading, so a model may rely on one loaded before it."""
+    async def unload_all(self, timeout: float | None = None) -> None:
+        """Unload in reverse order of loading, so a model may rely on one loaded before it;
+        ``timeout``: the most each model waits for its queued and running requests."""
         for model in reversed(self._models.values()):
-            await model.unload()
+            await model.unload(timeout=timeout)
+
+    def on_hung(self, hook: Callable[[Model], None]) -> None:
+        """Call ``hook`` whenever a model's predict call is found hung."""
+        for model in self._models.values():
+            model.on_hung = hook
+
+    def hung_calls(self) -> dict[str, int]:
+        """The models with hung predict calls in this worker, and how many."""
+        return {name: m.hung_calls for name, m in self._models.items() if m.hung_calls}

@@ -116,6 +116,11 @@ class Readiness(BaseModel):
     draining: bool = Field(default=False, description="Stopping: finishing accepted requests.")
     worker_pid: int
     models: dict[str, ModelState]
+    hung_calls: dict[str, int] = Field(
+        default_factory=dict,
+        description="Models with predict calls running past hang_timeout_s, and how many: "
+        "while any is, this worker is not ready.",
+    )
 
 
 class Liveness(BaseModel):

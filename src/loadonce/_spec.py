@@ -141,6 +141,9 @@ class ModelSpec(BaseModel):
     # The longest one load (or reload) may take, hashing and warm-up included; past it the
     # load fails like any failed load, and the model's control lock is free again.
     load_timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 600.0
+    # A predict call running longer than this is hung: the model turns unhealthy (readiness
+    # 503 in this worker; loadonce serve replaces the worker). Default: hang_timeout_default.
+    hang_timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
 
     @model_validator(mode="after")
     def _needs_a_source(self) -> ModelSpec:
@@ -152,6 +155,16 @@ class ModelSpec(BaseModel):
                 f"got {self.loader!r}"
             )
         return self
+
+    @property
+    def hang_timeout(self) -> float:
+        """``hang_timeout_s``, or four times ``timeout_s`` (at least 1 s: no request waits
+        for an answer past its deadline, so a call that long serves nobody), or 300 s."""
+        if self.hang_timeout_s is not None:
+            return self.hang_timeout_s
+        if self.timeout_s is not None:
+            return max(1.0, 4 * self.timeout_s)
+        return 300.0
 
     @property
     def source(self) -> str:

@@ -35,6 +35,9 @@ class ServerOptions(BaseModel):
     log_format: Literal["plain", "json"] = "plain"
     # On SIGTERM: how long accepted requests (queued and running) may take to finish.
     drain_timeout_s: Annotated[int, Field(ge=0)] = 30
+    # On SIGTERM: how long a worker goes on serving, /readyz at 503, before its listener
+    # closes, so that a readiness probe sees it leave (0: close at once).
+    stop_delay_s: Annotated[float, Field(ge=0, le=300, allow_inf_nan=False)] = 2.0
     # Once started, leave the loaded models out of garbage collection (loadonce._gc).
     gc_freeze: bool = True
     # API keys (loadonce._security): SecretStr, so a repr or a validation error never shows them.
@@ -158,6 +161,7 @@ _ENVIRONMENT_ONLY = {
     "memory_plan": "LOADONCE_MEMORY_PLAN",
     "gc_freeze": "LOADONCE_GC_FREEZE",
     "artifact_roots": "LOADONCE_ARTIFACT_ROOTS",
+    "stop_delay_s": "LOADONCE_STOP_DELAY_S",
     "header_timeout_s": "LOADONCE_HEADER_TIMEOUT_S",
     "body_timeout_s": "LOADONCE_BODY_TIMEOUT_S",
     "max_header_bytes": "LOADONCE_MAX_HEADER_BYTES",

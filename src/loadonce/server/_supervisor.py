@@ -300,7 +300,10 @@ class Supervisor:
                     with contextlib.suppress(OSError):
                         worker.gate.send(STOP)  # a worker waiting for GO leaves at once
                 worker.process.terminate()  # SIGTERM: uvicorn finishes in-flight requests
-        deadline = time.monotonic() + self.config.server.drain_timeout_s + UNLOAD_GRACE_SECONDS
+        options = self.config.server
+        deadline = (
+            time.monotonic() + options.stop_delay_s + options.drain_timeout_s + UNLOAD_GRACE_SECONDS
+        )
         for worker in workers:
             worker.process.join(max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():

@@ -9,6 +9,7 @@ import logging.config
 import os
 import signal
 import socket
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from multiprocessing.connection import Connection
@@ -21,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from loadonce._app import create_app
 from loadonce._control import ModelControl
 from loadonce._errors import LoadonceError
+from loadonce._model import Model
 from loadonce._registry import Registry
 from loadonce.server._control_channel import SupervisedControl
 from loadonce.server._http_protocol import guarded_protocol
@@ -70,13 +72,27 @@ class _DrainingServer(uvicorn.Server):
     """uvicorn's server, telling the registry when a stop begins so /readyz turns 503 while
     accepted requests finish (uvicorn stops listening and drains them)."""
 
-    def __init__(self, config: uvicorn.Config, registry: Registry) -> None:
+    def __init__(self, config: uvicorn.Config, registry: Registry, stop_delay_s: float) -> None:
         super().__init__(config)
         self.registry = registry
+        self.stop_delay_s = stop_delay_s
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.registry.draining:
             self.registry.draining = True
+            if sig == signal.SIGTERM and self.stop_delay_s > 0:
+                # An orchestrator's SIGTERM: keep serving, with /readyz at 503, so that its
+                # readiness probe sees the worker leave before the listener closes. (Ctrl-C,
+                # SIGINT, stops at once; a second SIGTERM too.)
+                logger.info(
+                    "stopping in %g s (stop_delay_s): /readyz answers 503 meanwhile; then "
+                    "finishing accepted requests, then unloading",
+                    self.stop_delay_s,
+                )
+                timer = threading.Timer(self.stop_delay_s, super().handle_exit, (sig, frame))
+                timer.daemon = True
+                timer.start()
+                return
             logger.info("stopping: finishing accepted requests, then unloading")
         super().handle_exit(sig, frame)
 
@@ -87,9 +103,12 @@ def run_worker(
     sockets: list[socket.socket] | None = None,
     on_loaded: Callable[[Registry], Awaitable[None]] | None = None,
     make_control: Callable[[Registry], ModelControl] | None = None,
+    replace_when_hung: bool = False,
 ) -> tuple[bool, str | None]:
     """Serve until shutdown. Returns (started, failure line); the line is None after a clean run
-    and names the model, source and cause when a model failed to load."""
+    and names the model, source and cause when a model failed to load. ``replace_when_hung``:
+    a worker under the supervisor stops (draining what it accepted) when a model's call
+    hangs, and the supervisor starts a fresh one in its place."""
     options = config.server
     registry = Registry(
         config.models,
@@ -102,6 +121,7 @@ def run_worker(
         access=options.access(),
         limits=options.limits(),
         gc_freeze=options.gc_freeze,
+        drain_timeout_s=options.drain_timeout_s,
         control=None if make_control is None else make_control(registry),
         load_gate=lambda: _gated_with_progress(registry),
     )
@@ -124,7 +144,19 @@ def run_worker(
         ),
         limit_concurrency=options.max_connections,
     )
-    server = _DrainingServer(uvicorn_config, registry)
+    server = _DrainingServer(uvicorn_config, registry, options.stop_delay_s)
+    if replace_when_hung:
+
+        def stop_to_be_replaced(model: Model) -> None:
+            logger.error(
+                "worker pid %d stops to be replaced: model '%s' has a hung call",
+                os.getpid(),
+                model.name,
+            )
+            registry.draining = True
+            server.should_exit = True
+
+        registry.on_hung(stop_to_be_replaced)
     # uvicorn raises SystemExit when the lifespan fails; the failure line below says why.
     with contextlib.suppress(SystemExit):
         server.run(sockets=sockets)
@@ -202,7 +234,11 @@ def worker_process_main(config: ServeConfig, sock: socket.socket, gate: Connecti
         controls[0].start(asyncio.get_running_loop())
 
     started, failure = run_worker(
-        config, sockets=[sock], on_loaded=wait_for_go, make_control=make_control
+        config,
+        sockets=[sock],
+        on_loaded=wait_for_go,
+        make_control=make_control,
+        replace_when_hung=True,
     )
     if not started:
         with contextlib.suppress(OSError):  # a supervisor that is gone needs no report

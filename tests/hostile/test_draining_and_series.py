@@ -1,0 +1,83 @@
+"""A stopping worker is seen leaving by its readiness probe before its listener closes; reloads
+do not add metric series forever."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+
+import loadonce
+from tests.servers import ThreadedServer, cli_env, serving, stop
+
+
+def test_readiness_says_draining_before_the_listener_closes(tmp_path: Path) -> None:
+    env = cli_env(tmp_path, {"LOADONCE_STOP_DELAY_S": "1.5"})
+    with serving(["--demo"], tmp_path, env=env) as server:
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        ready = httpx.get(f"{server.url}/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["draining"] is True
+        # Still serving meanwhile: a request routed here before the probe noticed is answered.
+        predicted = httpx.post(
+            f"{server.url}/models/iris/predict", json={"inputs": [5.1, 3.5, 1.4, 0.2]}
+        )
+        assert predicted.status_code == 200
+        started = time.monotonic()
+        assert stop(server) == 0
+        assert time.monotonic() - started < 10
+
+
+def _series(metrics: str, name: str) -> list[str]:
+    return [line for line in metrics.splitlines() if line.startswith(name + "{")]
+
+
+def test_reloads_retire_the_old_versions_series_in_one_process(tmp_path: Path) -> None:
+    artifact = tmp_path / "value.txt"
+    artifact.write_text("1")
+    spec = loadonce.ModelSpec(
+        name="m", loader="tests.loaders:constant_from_file", artifact=artifact
+    )
+    with ThreadedServer(loadonce.create_app([spec])) as server:
+        for version in range(2, 22):
+            reloaded = httpx.post(
+                f"{server.url}/admin/models/m/reload", json={"version": str(version)}
+            )
+            assert reloaded.status_code == 200, reloaded.text
+        metrics = httpx.get(f"{server.url}/metrics").text
+    states = _series(metrics, "loadonce_model_state")
+    assert len(states) == 6, states  # one per state, of the version served now
+    assert all('version="21"' in line for line in states)
+    assert len(_series(metrics, "loadonce_model_load_seconds")) == 1
+
+
+def test_reloads_retire_the_old_versions_series_across_workers(tmp_path: Path) -> None:
+    artifact = tmp_path / "value.txt"
+    artifact.write_text("1")
+    config = tmp_path / "loadonce.toml"
+    config.write_text(
+        f"""
+[server]
+workers = 2
+
+[[models]]
+name = "m"
+loader = "tests.loaders:constant_from_file"
+artifact = "{artifact}"
+"""
+    )
+    with serving([str(config)], tmp_path, env=cli_env(tmp_path)) as server:
+        for version in range(2, 12):
+            reloaded = httpx.post(
+                f"{server.url}/admin/models/m/reload", json={"version": str(version)}, timeout=60
+            )
+            assert reloaded.status_code == 200, reloaded.text
+        metrics = httpx.get(f"{server.url}/metrics").text
+        listed = httpx.get(f"{server.url}/models").json()["models"][0]["workers"]
+    states = _series(metrics, "loadonce_model_state")
+    assert len(states) == 12, states  # 6 states x 2 workers, all of version 11
+    assert all('version="11"' in line for line in states)
+    assert {worker["version"] for worker in listed} == {"11"}
