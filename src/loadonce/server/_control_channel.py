@@ -16,12 +16,14 @@ import asyncio
 import itertools
 import logging
 import os
+import signal
 import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
 from loadonce._control import ControlRequest, WorkerOutcome, apply_locally, changed_spec
 from loadonce._registry import Registry
+from loadonce.server._worker_process import HEARTBEAT, HEARTBEAT_INTERVAL_S
 
 logger = logging.getLogger("loadonce")
 
@@ -41,11 +43,24 @@ class SupervisedControl:
         self._pending: dict[str, asyncio.Future[list[WorkerOutcome]]] = {}
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Read the supervisor's messages from now on (after GO: the pipe is ours alone)."""
+        """Read the supervisor's messages from now on (after GO: the pipe is ours alone), and
+        send it a heartbeat from the event loop every HEARTBEAT_INTERVAL_S."""
         self._loop = loop
         threading.Thread(target=self._read_forever, name="loadonce-control", daemon=True).start()
+        self._heartbeat = loop.create_task(self._beat_forever(), name="loadonce-heartbeat")
+
+    async def _beat_forever(self) -> None:
+        # From the loop itself: a loop that is blocked (or a stopped process) sends nothing.
+        pid = os.getpid()
+        while True:
+            try:
+                self._send((HEARTBEAT, pid, None))
+            except OSError:
+                return  # the supervisor is gone: _read_forever stops the worker
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
     async def apply(self, request: ControlRequest) -> list[WorkerOutcome]:
         model = self._registry.get(request.model)  # 404 before anything is sent
@@ -71,7 +86,12 @@ class SupervisedControl:
             try:
                 kind, operation, payload = self._gate.recv()
             except (EOFError, OSError):
-                return  # the supervisor is gone; the worker is being stopped
+                # The supervisor is gone (or stopping us): a worker never serves unsupervised,
+                # and never outlives its supervisor as an orphan holding the port.
+                if not self._registry.draining:
+                    logger.warning("worker pid %d: the supervisor is gone; stopping", os.getpid())
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return
             if kind == APPLY:
                 running = asyncio.run_coroutine_threadsafe(
                     apply_locally(self._registry, payload), loop

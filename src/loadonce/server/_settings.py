@@ -38,6 +38,9 @@ class ServerOptions(BaseModel):
     # On SIGTERM: how long a worker goes on serving, /readyz at 503, before its listener
     # closes, so that a readiness probe sees it leave (0: close at once).
     stop_delay_s: Annotated[float, Field(ge=0, le=300, allow_inf_nan=False)] = 2.0
+    # With several workers: a worker whose event loop sends no heartbeat for this long
+    # (stopped, deadlocked) is killed and replaced (server/_worker_process.py).
+    heartbeat_timeout_s: Annotated[float, Field(ge=2, allow_inf_nan=False)] = 30.0
     # Once started, leave the loaded models out of garbage collection (loadonce._gc).
     gc_freeze: bool = True
     # API keys (loadonce._security): SecretStr, so a repr or a validation error never shows them.
@@ -162,6 +165,7 @@ _ENVIRONMENT_ONLY = {
     "gc_freeze": "LOADONCE_GC_FREEZE",
     "artifact_roots": "LOADONCE_ARTIFACT_ROOTS",
     "stop_delay_s": "LOADONCE_STOP_DELAY_S",
+    "heartbeat_timeout_s": "LOADONCE_HEARTBEAT_TIMEOUT_S",
     "header_timeout_s": "LOADONCE_HEADER_TIMEOUT_S",
     "body_timeout_s": "LOADONCE_BODY_TIMEOUT_S",
     "max_header_bytes": "LOADONCE_MAX_HEADER_BYTES",

@@ -18,9 +18,7 @@ import socket
 import tempfile
 import time
 from collections import deque
-from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
-from multiprocessing.process import BaseProcess
+from multiprocessing.connection import wait
 from types import FrameType
 from typing import Any
 
@@ -42,6 +40,8 @@ from loadonce.server._sockets import (
 )
 from loadonce.server._stagger import LOCK_VARIABLE
 from loadonce.server._worker import GO, STARTUP_FAILED, STOP, worker_process_main
+from loadonce.server._worker_process import WorkerProcess as _Worker
+from loadonce.server._worker_process import become_subreaper
 from loadonce.server._worker_start import worker_context
 
 logger = logging.getLogger("loadonce")
@@ -51,20 +51,12 @@ UNLOAD_GRACE_SECONDS = 10.0
 _POLL_SECONDS = 0.5
 
 
-@dataclass(kw_only=True)
-class _Worker:
-    process: BaseProcess
-    gate: Connection
-    loaded: bool = False
-    serving: bool = False
-
-
 class _StartupFailedError(Exception):
     pass
 
 
 def _not_attempted(worker: _Worker, why: str) -> WorkerOutcome:
-    return WorkerOutcome(pid=worker.process.pid or 0, ok=False, version="", state="", error=why)
+    return WorkerOutcome(pid=worker.pid, ok=False, version="", state="", error=why)
 
 
 class Supervisor:
@@ -83,6 +75,8 @@ class Supervisor:
     def run(self) -> int:
         options = self.config.server
         logging.config.dictConfig(log_config(options.log_level, options.log_format))
+        # Before the fork server starts: its orphaned children (workers) become ours.
+        become_subreaper()
         workers: list[_Worker] = []
         # Every worker writes its metrics here, so that /metrics on any of them counts all.
         # Workers inherit the variable (through the fork server, which starts after this); the
@@ -169,7 +163,7 @@ class Supervisor:
         """Return when every worker reported loaded (or a stop was asked); raise on a failure."""
         while not self._stopping and not all(w.loaded for w in workers):
             waiting = [w for w in workers if not w.loaded]
-            wait([w.gate for w in waiting] + [w.process.sentinel for w in waiting], _POLL_SECONDS)
+            wait([w.gate for w in waiting], _POLL_SECONDS)
             for worker in waiting:
                 self._read_report(worker)
 
@@ -183,32 +177,43 @@ class Supervisor:
                 raise _StartupFailedError(detail)
         except (EOFError, OSError):
             pass  # the worker died without a word; its exit code says the rest
-        if not worker.process.is_alive():
+        if not worker.is_alive():
             raise _StartupFailedError(
-                f"worker pid {worker.process.pid} exited with code {worker.process.exitcode} "
-                "before it finished loading"
+                f"worker pid {worker.pid} {worker.describe_exit()} before it finished loading"
             )
 
     def _release(self, worker: _Worker) -> None:
         worker.gate.send(GO)
         worker.serving = True
+        worker.heard()  # its heartbeats start now
 
     def _supervise(self, workers: list[_Worker]) -> None:
-        """Replace a worker that dies while serving; a replacement that cannot load stops all."""
+        """Replace a worker that dies or goes silent while serving; a replacement that cannot
+        load stops all. Workers are watched through their pipes (a dead worker's pipe reads
+        as closed) and the kernel, never through the fork server, which may be gone."""
+        timeout = self.config.server.heartbeat_timeout_s
         while not self._stopping:
-            wait([w.process.sentinel for w in workers] + [w.gate for w in workers], _POLL_SECONDS)
+            wait([w.gate for w in workers], _POLL_SECONDS)
             self._serve_controls(workers)
+            for worker in workers:
+                if worker.serving and worker.is_alive() and worker.silent_for() > timeout:
+                    logger.error(
+                        "worker pid %d sent no heartbeat for %.0f s (stopped, or its event "
+                        "loop is blocked); killing it",
+                        worker.pid,
+                        worker.silent_for(),
+                    )
+                    worker.signal(signal.SIGKILL)
+                    worker.join(5)
             for index, worker in enumerate(workers):
-                if worker.process.is_alive() or self._stopping:
+                if worker.is_alive() or self._stopping:
                     continue
                 logger.warning(
-                    "worker pid %d exited with code %s; starting a replacement",
-                    worker.process.pid,
-                    worker.process.exitcode,
+                    "worker pid %d %s; starting a replacement", worker.pid, worker.describe_exit()
                 )
                 worker.gate.close()
                 # Its per-worker gauges (state, memory) leave /metrics with it.
-                mark_process_dead(worker.process.pid)  # type: ignore[no-untyped-call]
+                mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
                 replacement = self._spawn()
                 workers[index] = replacement
                 self._wait_until_loaded([replacement])
@@ -233,6 +238,7 @@ class Supervisor:
         try:
             while worker.gate.poll():
                 message = worker.gate.recv()
+                worker.heard()  # any message says the worker's loop runs
                 if message[0] == CONTROL:
                     self._controls.append((worker, message))
                 elif message[0] == APPLIED and message[1] == operation:
@@ -246,7 +252,7 @@ class Supervisor:
     ) -> list[WorkerOutcome]:
         """Apply in each serving worker in turn; a failed load stops the round."""
         outcomes: list[WorkerOutcome] = []
-        targets = [w for w in workers if w.serving and w.process.is_alive()]
+        targets = [w for w in workers if w.serving and w.is_alive()]
         for worker in targets:
             if outcomes and not outcomes[-1].ok and request.action == "load":
                 outcomes.append(_not_attempted(worker, "not tried: an earlier worker failed"))
@@ -270,11 +276,11 @@ class Supervisor:
 
     def _await_applied(self, worker: _Worker, operation: str) -> WorkerOutcome:
         while not self._stopping:
-            wait([worker.gate, worker.process.sentinel], _POLL_SECONDS)
+            wait([worker.gate], _POLL_SECONDS)
             outcome = self._read_controls(worker, operation)
             if outcome is not None:
                 return outcome
-            if not worker.process.is_alive():
+            if not worker.is_alive():
                 return _not_attempted(worker, "the worker exited while applying it")
         return _not_attempted(worker, "the server is stopping")
 
@@ -295,19 +301,18 @@ class Supervisor:
 
     def _stop_all(self, workers: list[_Worker]) -> None:
         for worker in workers:
-            if worker.process.is_alive():
+            if worker.is_alive():
                 if not worker.serving:
                     with contextlib.suppress(OSError):
                         worker.gate.send(STOP)  # a worker waiting for GO leaves at once
-                worker.process.terminate()  # SIGTERM: uvicorn finishes in-flight requests
+                worker.signal(signal.SIGTERM)  # uvicorn finishes in-flight requests
         options = self.config.server
         deadline = (
             time.monotonic() + options.stop_delay_s + options.drain_timeout_s + UNLOAD_GRACE_SECONDS
         )
         for worker in workers:
-            worker.process.join(max(0.0, deadline - time.monotonic()))
-            if worker.process.is_alive():
-                logger.warning("worker pid %d did not stop in time; killing it", worker.process.pid)
-                worker.process.kill()
-                worker.process.join()
+            if not worker.join(max(0.0, deadline - time.monotonic())):
+                logger.warning("worker pid %d did not stop in time; killing it", worker.pid)
+                worker.signal(signal.SIGKILL)
+                worker.join(10)
             worker.gate.close()

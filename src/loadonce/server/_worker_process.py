@@ -1,0 +1,100 @@
+"""A worker process as the supervisor sees it: alive or not, asked of the system itself.
+
+Workers are children of multiprocessing's fork server, and ``Process.is_alive()`` learns a
+child's end through that server. When the fork server died (an OOM kill), every worker looked
+dead (exit code 255): the supervisor started extra workers beside the live ones, which went on
+serving the port as orphans. Here the supervisor is the workers' subreaper (an orphaned worker
+becomes its child, Linux's ``PR_SET_CHILD_SUBREAPER``), tracks each worker by its pid, and
+asks the kernel whether it lives, reaping it when it is its own child.
+
+Heartbeats: a serving worker's event loop sends one every ``HEARTBEAT_INTERVAL_S``; a worker
+silent for longer than ``heartbeat_timeout_s`` (stopped with SIGSTOP, or its loop blocked)
+is killed and replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+
+logger = logging.getLogger("loadonce")
+
+HEARTBEAT = "alive"
+HEARTBEAT_INTERVAL_S = 1.0
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Make orphaned descendants (workers whose fork server died) children of this process."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            logger.debug("prctl(PR_SET_CHILD_SUBREAPER) failed: errno %d", ctypes.get_errno())
+
+
+def _state_of(pid: int) -> str | None:
+    """The kernel's state letter for ``pid`` (R, S, T, Z...), or None if there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return None
+
+
+@dataclass(kw_only=True)
+class WorkerProcess:
+    process: BaseProcess
+    gate: Connection
+    loaded: bool = False
+    serving: bool = False
+    last_heard: float = field(default_factory=time.monotonic)
+    _exit: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid or 0
+
+    def heard(self) -> None:
+        self.last_heard = time.monotonic()
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self.last_heard
+
+    def is_alive(self) -> bool:
+        if self._exit is not None:
+            return False
+        with contextlib.suppress(ChildProcessError):
+            # Our child once its fork server died and it was reparented to us.
+            waited, status = os.waitpid(self.pid, os.WNOHANG)
+            if waited:
+                self._exit = f"exited with code {os.waitstatus_to_exitcode(status)}"
+                return False
+        state = _state_of(self.pid)
+        if state is None or state in ("Z", "X"):
+            code = self.process.exitcode if state is None else None
+            self._exit = "exited" if code is None else f"exited with code {code}"
+            return False
+        return True
+
+    def describe_exit(self) -> str:
+        return self._exit or "is running"
+
+    def signal(self, signum: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signum)
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the process to end; whether it did."""
+        deadline = time.monotonic() + timeout
+        while self.is_alive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True

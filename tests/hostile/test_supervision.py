@@ -1,0 +1,110 @@
+"""The supervisor survives its fork server's death, replaces a worker that is killed, stopped
+or silent, and no worker outlives the supervisor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import psutil
+
+from tests.servers import CliServer, cli_env, serving, wait_until
+
+
+def _forked(supervisor: psutil.Process) -> list[psutil.Process]:
+    """Live processes under the supervisor that came from a fork server's command line."""
+    found = []
+    for process in supervisor.children(recursive=True):
+        try:
+            if "forkserver import main" in " ".join(process.cmdline()) and (
+                process.status() != psutil.STATUS_ZOMBIE
+            ):
+                found.append(process)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def _fork_server(supervisor: psutil.Process) -> psutil.Process | None:
+    """The supervisor's child that the workers are children of (None once it is gone)."""
+    forked = _forked(supervisor)
+    parents = {p.ppid() for p in forked}
+    servers = [p for p in forked if p.pid in parents and p.ppid() == supervisor.pid]
+    return servers[0] if servers else None
+
+
+def _workers(supervisor: psutil.Process) -> set[int]:
+    """The workers, whoever their parent is now."""
+    server = _fork_server(supervisor)
+    return {p.pid for p in _forked(supervisor) if server is None or p.pid != server.pid}
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _answering_pids(server: CliServer, tries: int = 20) -> set[int]:
+    return {
+        httpx.get(f"{server.url}/readyz", headers={"Connection": "close"}).json()["worker_pid"]
+        for _ in range(tries)
+    }
+
+
+def _serving_two(tmp_path: Path, **extra: str) -> CliServer:
+    return serving(["--demo", "--workers", "2"], tmp_path, env=cli_env(tmp_path, extra))
+
+
+def test_the_fork_servers_death_leaves_the_workers_serving_and_supervised(tmp_path: Path) -> None:
+    with _serving_two(tmp_path) as server:
+        supervisor = psutil.Process(server.process.pid)
+        before = _workers(supervisor)
+        assert len(before) == 2
+        fork_server = _fork_server(supervisor)
+        assert fork_server is not None
+        fork_server.kill()
+        # The workers serve on, now the supervisor's children (it is their subreaper).
+        wait_until(
+            lambda: {psutil.Process(pid).ppid() for pid in before} == {supervisor.pid},
+            10,
+            "the workers reparented to the supervisor",
+        )
+        time.sleep(1)  # a few rounds of the supervisor's watch
+        assert _workers(supervisor) == before, "no extra workers beside the live ones"
+        assert _answering_pids(server) <= before
+        # A worker that dies now is still noticed and replaced (through a new fork server).
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        wait_until(
+            lambda: len(_workers(supervisor)) == 2 and victim not in _workers(supervisor),
+            60,
+            "a replacement worker",
+        )
+        wait_until(lambda: httpx.get(f"{server.url}/readyz").status_code == 200, 30, "ready")
+        workers = _workers(supervisor)
+    assert server.process.returncode == 0
+    wait_until(lambda: not [p for p in workers if _running(p)], 10, "every worker gone")
+    assert "starting a replacement" in server.log()
+
+
+def test_a_stopped_worker_is_killed_and_replaced(tmp_path: Path) -> None:
+    with _serving_two(tmp_path, LOADONCE_HEARTBEAT_TIMEOUT_S="2") as server:
+        supervisor = psutil.Process(server.process.pid)
+        stopped = min(_workers(supervisor))
+        os.kill(stopped, signal.SIGSTOP)
+        wait_until(lambda: not _running(stopped), 30, "the stopped worker killed")
+        wait_until(lambda: len(_workers(supervisor)) == 2, 60, "a replacement worker")
+        assert "sent no heartbeat" in server.log()
+
+
+def test_no_worker_outlives_a_killed_supervisor(tmp_path: Path) -> None:
+    with _serving_two(tmp_path) as server:
+        supervisor = psutil.Process(server.process.pid)
+        workers = _workers(supervisor)
+        supervisor.kill()
+        wait_until(lambda: not [pid for pid in workers if _running(pid)], 30, "workers gone")
