@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx2 as httpx
@@ -56,7 +57,7 @@ def _answering_pids(server: CliServer, tries: int = 20) -> set[int]:
     }
 
 
-def _serving_two(tmp_path: Path, **extra: str) -> CliServer:
+def _serving_two(tmp_path: Path, **extra: str) -> AbstractContextManager[CliServer]:
     return serving(["--demo", "--workers", "2"], tmp_path, env=cli_env(tmp_path, extra))
 
 
