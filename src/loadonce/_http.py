@@ -38,6 +38,9 @@ logger = logging.getLogger("loadonce")
 REQUEST_ID_HEADER = "X-Request-ID"
 # Where RequestLogMiddleware keeps the id it chose, so every part of the answer uses it.
 REQUEST_ID_SCOPE_KEY = "loadonce.request_id"
+# The event loop's time when the request first reached loadonce (its outermost middleware):
+# a request's deadline counts from there, body reading and loop lag included.
+ARRIVED_SCOPE_KEY = "loadonce.arrived"
 # A request's own deadline in seconds, for every predict route (at most the model's timeout_s).
 TIMEOUT_HEADER = "X-Request-Timeout"
 _TIMEOUT_KEY = TIMEOUT_HEADER.lower().encode("latin-1")
@@ -91,6 +94,13 @@ os.register_at_fork(after_in_child=_IDS.reset)
 
 def new_request_id() -> str:
     return _IDS.new()
+
+
+def arrival_of(request: Request) -> float | None:
+    """When the request reached loadonce, in the loop's time (None: an app without loadonce's
+    request log middleware; the deadline then counts from the route)."""
+    arrived = request.scope.get(ARRIVED_SCOPE_KEY)
+    return arrived if isinstance(arrived, float) else None
 
 
 def requested_timeout(request: Request) -> float | None:

@@ -320,9 +320,14 @@ class Model:
         *,
         timeout: float | None = None,
         parameters: Mapping[str, Any] | None = None,
+        arrived: float | None = None,
     ) -> list[Any]:
         """``predict`` for inputs already split into examples (a protocol that carries the
-        batch dimension itself, like the Open Inference Protocol's tensors)."""
+        batch dimension itself, like the Open Inference Protocol's tensors).
+
+        ``arrived``: when the request reached the server, in the event loop's time; the
+        deadline counts from there (default: now). An answer ready after the deadline is a
+        ``DeadlineExceededError`` too: its client has stopped waiting for it."""
         batcher, executor = self._batcher, self._executor
         if batcher is None or executor is None or self.state not in _SERVING:
             raise ModelNotReadyError(self.name, self.state.value)
@@ -345,14 +350,21 @@ class Model:
         if deadline_s is not None and deadline_s > _LONGEST_DEADLINE_S:
             deadline_s = None  # longer than any request lives: the same as none
         loop = asyncio.get_running_loop()
-        deadline = None if deadline_s is None else loop.time() + deadline_s
-        future = batcher.submit(examples, deadline, passed)
+        now = loop.time()
         if deadline_s is None:
-            return await future
+            return await batcher.submit(examples, None, passed)
+        deadline = (now if arrived is None else min(arrived, now)) + deadline_s
+        if deadline <= now:
+            # Already late (a slow body, a busy loop): the model never sees it.
+            raise DeadlineExceededError(self.name, deadline_s)
+        future = batcher.submit(examples, deadline, passed)
         try:
-            return await asyncio.wait_for(future, deadline_s)
+            outputs = await asyncio.wait_for(future, deadline - now)
         except TimeoutError:
             raise DeadlineExceededError(self.name, deadline_s) from None
+        if loop.time() > deadline:
+            raise DeadlineExceededError(self.name, deadline_s)
+        return outputs
 
     async def _warm_up(self, spec: ModelSpec, instances: Sequence[Predictor]) -> None:
         """Run the warm-up input through every instance (each pool slot has its own caches),

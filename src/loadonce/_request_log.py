@@ -7,12 +7,18 @@ report leads to the server log's line.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from loadonce._http import REQUEST_ID_HEADER, REQUEST_ID_SCOPE_KEY, request_id_from
+from loadonce._http import (
+    ARRIVED_SCOPE_KEY,
+    REQUEST_ID_HEADER,
+    REQUEST_ID_SCOPE_KEY,
+    request_id_from,
+)
 from loadonce._log_safe import log_safe
 
 access_logger = logging.getLogger("loadonce.access")
@@ -29,6 +35,7 @@ class RequestLogMiddleware:
             return
         request_id = request_id_from(scope["headers"])
         scope[REQUEST_ID_SCOPE_KEY] = request_id
+        scope[ARRIVED_SCOPE_KEY] = asyncio.get_running_loop().time()
         started = time.perf_counter()
         status = 500  # if the app fails before it answers, uvicorn answers 500
 

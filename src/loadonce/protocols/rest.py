@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse
 
 from loadonce._dependencies import get_registry, registry_of
 from loadonce._disconnect import unless_disconnected
-from loadonce._http import TIMEOUT_HEADER, LoadonceRoute, requested_timeout
+from loadonce._http import TIMEOUT_HEADER, LoadonceRoute, arrival_of, requested_timeout
 from loadonce._inputs import split_examples
 from loadonce._jsonable import to_jsonable
 from loadonce._large_bodies import parse_body
@@ -189,7 +189,9 @@ async def answer_predict(request: Request, name: str) -> JSONResponse:
 
     examples = await parse_body(read, await request.body())
     timeout = requested_timeout(request)
-    outputs = await unless_disconnected(request, model.predict_examples(examples, timeout=timeout))
+    outputs = await unless_disconnected(
+        request, model.predict_examples(examples, timeout=timeout, arrived=arrival_of(request))
+    )
     # Built by hand rather than through response_model: outputs may hold NumPy values, and a
     # second validation pass of large outputs would cost time on every request.
     return JSONResponse(

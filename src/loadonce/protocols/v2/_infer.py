@@ -96,6 +96,7 @@ async def infer(
     timeout_s: float | None,
     accept_encoding: str,
     max_element_bytes: int | None = None,
+    arrived: float | None = None,
 ) -> EncodedResponse:
     options = _options(request.parameters)
     arrays = decode_inputs(request.inputs, body, max_element_bytes=max_element_bytes)
@@ -109,6 +110,7 @@ async def infer(
         examples,
         timeout=min(limits) if limits else None,
         parameters=options.model_parameters,
+        arrived=arrived,
     )
     tensors = output_tensors(model.outputs, outputs)
     if requested:

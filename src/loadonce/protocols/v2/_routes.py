@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from loadonce._dependencies import registry_of
 from loadonce._disconnect import unless_disconnected
 from loadonce._errors import ModelNotReadyError
-from loadonce._http import TIMEOUT_HEADER, requested_timeout
+from loadonce._http import TIMEOUT_HEADER, arrival_of, requested_timeout
 from loadonce._large_bodies import parse_body
 from loadonce._limits import Limits
 from loadonce._model import Model
@@ -93,6 +93,7 @@ def infer_handler(limits: Limits) -> Callable[[Request], Awaitable[Response]]:
                 timeout_s=requested_timeout(request),
                 accept_encoding=_header(request, _ACCEPT_ENCODING),
                 max_element_bytes=limits.max_element_bytes,
+                arrived=arrival_of(request),
             ),
         )
         return Response(encoded.body, headers=encoded.headers)
