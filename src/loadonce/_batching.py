@@ -58,7 +58,7 @@ class _Call:
     """One predict call handed to the model's threads; ``hung`` once it outlived
     ``hang_timeout_s`` (its slot is then given back: the next batch need not wait for it)."""
 
-    watch: asyncio.TimerHandle | None = None
+    started: float
     hung: bool = False
 
 
@@ -87,6 +87,9 @@ class Batcher:
     # Told the number of hung calls whenever it changes (the model's health).
     on_hung_changed: Callable[[int], None] | None = None
     _hung: int = 0
+    # Calls handed to the threads and not returned yet; one timer watches them all.
+    _running: set[_Call] = field(default_factory=set)
+    _watchdog: asyncio.TimerHandle | None = None
     _queue: deque[_Request] = field(default_factory=deque)
     _queued_examples: int = 0
     _in_flight: int = 0
@@ -259,9 +262,10 @@ class Batcher:
         examples = [request.examples for request in batch]
         parameters = batch[0].parameters
         loop = asyncio.get_running_loop()
-        watched = _Call()
-        if self.hang_timeout_s is not None:
-            watched.watch = loop.call_later(self.hang_timeout_s, self._hung_call, watched)
+        watched = _Call(started=loop.time())
+        self._running.add(watched)
+        if self._watchdog is None and self.hang_timeout_s is not None:
+            self._watchdog = loop.call_later(self.hang_timeout_s, self._watch)
 
         def call(predictor: Predictor) -> tuple[list[_Outcome], float]:
             return _timed(run_batch, predictor, examples, parameters)
@@ -280,11 +284,24 @@ class Batcher:
             return
         running.add_done_callback(returned)
 
+    def _watch(self) -> None:
+        """On the loop, at most every ``hang_timeout_s`` while calls run (one timer per model,
+        not one per call): mark the calls that outlived it as hung, then watch again."""
+        self._watchdog = None
+        assert self.hang_timeout_s is not None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for watched in [c for c in self._running if not c.hung]:
+            if now - watched.started >= self.hang_timeout_s:
+                self._hung_call(watched)
+        waiting = [c.started for c in self._running if not c.hung]
+        if waiting:
+            self._watchdog = loop.call_at(min(waiting) + self.hang_timeout_s, self._watch)
+
     def _hung_call(self, watched: _Call) -> None:
-        """On the loop, ``hang_timeout_s`` after a call started and it has not returned: the
-        model is unhealthy, and the call's slot goes to the next batch (as far as the
-        model's threads allow), so one stuck call does not stop every later request."""
-        watched.watch = None
+        """A call that has not returned ``hang_timeout_s`` after it started: the model is
+        unhealthy, and the call's slot goes to the next batch (as far as the model's threads
+        allow), so one stuck call does not stop every later request."""
         watched.hung = True
         self._in_flight -= 1
         self._hung += 1
@@ -308,8 +325,7 @@ class Batcher:
     ) -> None:
         """On the loop, when a batch's call returned: start the next batch first (the model
         works while this one's answers go out), then answer each request of this one."""
-        if watched.watch is not None:
-            watched.watch.cancel()
+        self._running.discard(watched)
         if watched.hung:
             self._hung -= 1  # its slot was given back when it was found hung
             logger.warning("model '%s': a hung predict call returned", self.model)
@@ -377,6 +393,9 @@ class Batcher:
                 if not request.future.done():
                     request.future.set_exception(ModelNotReadyError(self.model, "unloading"))
             self._queued_examples = 0
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -9,6 +9,9 @@ protocol adds, per connection:
 - ``body_timeout_s``: a body that stops arriving for that long is abandoned (the connection
   closes; the route sees a disconnected client, answered 499);
 - ``max_header_bytes`` and ``max_header_fields``: past either, 431 and close.
+
+It also stamps each request's arrival (when its head was read) in the scope: the deadline
+counts from there, before the busy loop gets round to the request's task.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Any
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from loadonce._http import ARRIVED_SCOPE_KEY
 
 
 class _HeadTooLargeError(Exception):
@@ -31,12 +36,15 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     max_header_bytes: int = 64 * 1024
     max_header_fields: int = 100
 
+    # Per request this adds two small callbacks and no timer when the request arrives whole
+    # (the usual case): it sat on every request of the hot path.
     def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
-        self._in_head = True
+        self._in_head = True  # waiting for (the rest of) a request head
+        self._in_body = False  # the head is complete, the body is not
         self._head_bytes = 0
-        self._fields = 0
         self._head_too_large = False
+        self._received_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
 
     def _arm(self, seconds: float, status: HTTPStatus | None) -> None:
@@ -80,15 +88,23 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        self._received_at = self.loop.time()
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
-        if self._in_head and self._head_bytes > self.max_header_bytes and not self._head_too_large:
-            self._head_too_large = True
-            self._disarm()
-            self._refuse(
-                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "the request head is too large"
-            )
+        if self._head_too_large or self.transport.is_closing():
+            return
+        if self._in_head:
+            if self._head_bytes > self.max_header_bytes:
+                self._head_too_large = True
+                self._disarm()
+                self._refuse(
+                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "the request head is too large"
+                )
+            elif self._head_bytes and self._timer is None:
+                self._arm(self.header_timeout_s, HTTPStatus.REQUEST_TIMEOUT)
+        elif self._in_body:
+            self._arm(self.body_timeout_s, None)  # each piece of the body restarts it
 
     def send_400_response(self, msg: str) -> None:
         if self._head_too_large:
@@ -97,30 +113,22 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         else:
             super().send_400_response(msg)
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if not self._in_head:  # the next request on a kept-alive connection
-            self._in_head, self._head_bytes, self._fields = True, 0, 0
-            self._arm(self.header_timeout_s, HTTPStatus.REQUEST_TIMEOUT)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields += 1
-        if self._fields > self.max_header_fields:
-            self._head_too_large = True
-            raise _HeadTooLargeError
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._arm(self.body_timeout_s, None)
+        if len(self.headers) > self.max_header_fields:
+            self._head_too_large = True
+            raise _HeadTooLargeError  # the parser's error: send_400_response answers 431
+        self._in_head, self._in_body = False, True
+        if self._timer is not None:
+            self._disarm()  # the head's timer, if it came in pieces
+        # Its deadline counts from here (ARRIVED_SCOPE_KEY), so the wait for the busy loop
+        # to start the request's task is part of it.
+        self.scope[ARRIVED_SCOPE_KEY] = self._received_at  # type: ignore[literal-required]
         super().on_headers_complete()
 
-    def on_body(self, body: bytes) -> None:
-        self._arm(self.body_timeout_s, None)
-        super().on_body(body)
-
     def on_message_complete(self) -> None:
-        self._disarm()
+        self._in_head, self._in_body, self._head_bytes = True, False, 0
+        if self._timer is not None:
+            self._disarm()
         super().on_message_complete()
 
 
