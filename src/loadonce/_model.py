@@ -286,6 +286,16 @@ class Model:
         """The model's queue and dispatcher while it is loaded (read-only use: figures)."""
         return self._batcher
 
+    def refuse_if_too_many(self, examples: int) -> None:
+        """Raise RequestTooLargeError (413) for a request of more examples than the model
+        takes in one request (``max_request_examples``, by default ``max_queue``)."""
+        most = self.spec.max_request_examples or self.spec.max_queue
+        if examples > most:
+            raise RequestTooLargeError(
+                f"the request holds {examples} examples; model '{self.name}' takes at most "
+                f"{most} per request (max_request_examples): split it"
+            )
+
     def refuse_if_full(self) -> None:
         """Raise QueueFullError (503) when the queue has no room left, whatever a request
         holds; ``predict`` checks the rest."""
@@ -333,12 +343,7 @@ class Model:
             raise ModelNotReadyError(self.name, self.state.value)
         if not examples:
             raise InvalidInputError("the request holds no example: send at least one")
-        most = self.spec.max_request_examples or self.spec.max_queue
-        if len(examples) > most:
-            raise RequestTooLargeError(
-                f"the request holds {len(examples)} examples; model '{self.name}' takes at most "
-                f"{most} per request (max_request_examples): split it"
-            )
+        self.refuse_if_too_many(len(examples))
         taken = executor.instances[0].request_parameters
         passed = {k: v for k, v in parameters.items() if k in taken} if parameters else None
         if timeout is not None and not 0 < timeout < math.inf:

@@ -16,8 +16,9 @@ from loadonce._dependencies import get_registry, registry_of
 from loadonce._disconnect import unless_disconnected
 from loadonce._http import TIMEOUT_HEADER, LoadonceRoute, arrival_of, requested_timeout
 from loadonce._inputs import split_examples
+from loadonce._json_count import top_level_elements
 from loadonce._jsonable import to_jsonable
-from loadonce._large_bodies import parse_body
+from loadonce._large_bodies import LARGE_BODY_BYTES, parse_body
 from loadonce._metrics import WorkerState, metrics_of
 from loadonce._model import Model, ModelState
 from loadonce._registry import Registry
@@ -32,6 +33,7 @@ from loadonce._schemas import (
     Tensor,
     WorkerModel,
 )
+from loadonce._signature import InputSignature
 from loadonce.runtimes import TensorInfo
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]
@@ -118,6 +120,22 @@ def _parse_body(raw: bytes) -> PredictRequest:
         ) from None
 
 
+def examples_in_body(raw: bytes, signature: InputSignature | None) -> int | None:
+    """How many examples a predict body holds, from its bytes (``_json_count.py``): its
+    ``inputs`` is a list of examples when nested one level deeper than an example, as
+    ``split_examples`` decides. None when not sure."""
+    counted = top_level_elements(raw)
+    if counted is None:
+        return None
+    elements, nesting = counted
+    if signature is None:
+        return elements
+    rank = len(signature.shape)
+    if nesting == rank + 1:
+        return elements
+    return 1 if nesting == rank else None
+
+
 def _queue_info(model: Model) -> QueueInfo | None:
     batcher = model.batcher
     if batcher is None:
@@ -184,7 +202,12 @@ async def answer_predict(request: Request, name: str) -> JSONResponse:
     signature = model.signature
 
     def read(raw: bytes) -> list[Any]:
-        # Parsed and split together: for a large body, both off the event loop.
+        # Parsed and split together: for a large body, both off the event loop, and only
+        # once its examples are counted (a request of too many is refused unparsed).
+        if len(raw) >= LARGE_BODY_BYTES:
+            counted = examples_in_body(raw, signature)
+            if counted is not None:
+                model.refuse_if_too_many(counted)
         return split_examples(_parse_body(raw).inputs, signature)
 
     examples = await parse_body(read, await request.body())

@@ -1,0 +1,67 @@
+"""Large JSON bodies: a request of too many examples is refused from its bytes, before it is
+parsed; large bodies that fit are answered as before."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+
+import loadonce
+from tests.servers import ThreadedServer
+
+
+def _sums(batch: Any) -> list[float]:
+    return [float(sum(example)) for example in batch]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ThreadedServer]:
+    specs = [
+        loadonce.ModelSpec(
+            name="rows", loader=lambda: _sums, input_shape=(4,), max_request_examples=8
+        ),
+        loadonce.ModelSpec(
+            name="wide", loader=lambda: _sums, input_shape=(300_000,), max_request_examples=2
+        ),
+        loadonce.ModelSpec(name="any", loader=lambda: lambda b: [len(b)] * len(b), max_queue=8),
+    ]
+    with ThreadedServer(loadonce.create_app(specs)) as running:
+        yield running
+
+
+def _post(server: ThreadedServer, model: str, body: object) -> httpx.Response:
+    return httpx.post(
+        f"{server.url}/models/{model}/predict", content=json.dumps(body).encode(), timeout=60
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "count"),
+    [
+        ("rows", [[5.1, 3.5, 1.4, 0.2]] * 400_000, 400_000),
+        ("any", [{"text": "a, [b]"}] * 100_000, 100_000),
+        ("wide", [[0.0] * 300_000] * 3, 3),
+    ],
+    ids=["rows", "objects with brackets in strings", "wide rows"],
+)
+def test_too_many_examples_in_a_large_body_are_counted_and_refused(
+    server: ThreadedServer, model: str, inputs: list[Any], count: int
+) -> None:
+    refused = _post(server, model, {"inputs": inputs})
+    assert refused.status_code == 413, refused.text[:200]
+    assert f"holds {count} examples" in refused.json()["error"]
+
+
+def test_large_bodies_within_the_limits_are_answered(server: ThreadedServer) -> None:
+    # One example of 300,000 numbers is one example, not 300,000.
+    one = _post(server, "wide", {"inputs": [1.0] * 300_000})
+    assert one.json()["outputs"] == [300_000.0]
+    two = _post(server, "wide", {"inputs": [[1.0] * 300_000, [2.0] * 300_000]})
+    assert two.json()["outputs"] == [300_000.0, 600_000.0]
+    # Escaped characters: not counted from the bytes, parsed as before.
+    escaped = _post(server, "any", {"inputs": ['a "quoted" \\ text' + "x" * 300_000]})
+    assert escaped.json()["outputs"] == [1]
