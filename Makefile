@@ -8,7 +8,7 @@ CONSTRAINTS := requirements/constraints.txt
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint typecheck pytest bench bench-protocols bench-memory lock clean
+.PHONY: serve test test-hostile lint typecheck pytest bench bench-protocols bench-memory lock clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) || { echo "error: '$(PYTHON) -m venv' failed; on Debian/Ubuntu install python3-venv" >&2; exit 1; }
@@ -39,6 +39,10 @@ pytest: $(VENV)/.test-installed
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# The hostile-input and fault tests alone (they also run in `make test`).
+test-hostile: $(VENV)/.test-installed
+	$(BIN)/pytest tests/hostile
 
 # Benchmarks (not part of `make test`): see docs/benchmarks.md. Needs wrk (Debian's package);
 # installs LitServe, MLServer and matplotlib into their own environments under bench/.venvs.
