@@ -129,10 +129,16 @@ class Model:
         return None if self.error is None else without_paths(self.error)
 
     @property
+    def is_serving(self) -> bool:
+        """Whether it takes predictions now: loaded (while a reload builds its successor,
+        too), hung calls or not."""
+        return self.state in _SERVING
+
+    @property
     def is_ready(self) -> bool:
         """Whether it answers predictions now (while a reload builds its successor, it does),
         and no call of it is hung."""
-        return self.state in _SERVING and self.hung_calls == 0
+        return self.is_serving and self.hung_calls == 0
 
     def _hung_changed(self, count: int) -> None:
         grew = count > self.hung_calls
@@ -319,7 +325,7 @@ class Model:
         others are not passed on.
         """
         executor = self._executor
-        if executor is None or not self.is_ready:
+        if executor is None or self.state not in _SERVING:
             raise ModelNotReadyError(self.name, self.state.value)
         examples = split_examples(inputs, executor.instances[0].signature)
         return await self.predict_examples(examples, timeout=timeout, parameters=parameters)

@@ -71,6 +71,10 @@ def test_a_hung_call_makes_the_worker_unready_and_later_requests_still_answer(
         for value in (1, 2, 3):
             answered = httpx.post(f"{url}/models/m/predict", json={"inputs": [value]})
             assert answered.json()["outputs"] == [2 * value]
+        tensor = {"name": "input", "shape": [1], "datatype": "FP64", "data": [4]}
+        infer = httpx.post(f"{url}/v2/models/m/infer", json={"inputs": [tensor]})
+        assert infer.json()["outputs"][0]["data"] == [8.0]
+        assert httpx.get(f"{url}/v2/models/m/ready").status_code != 200
         release.set()
         wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 5, "readyz 200")
         assert _hung_gauge(url) == 0

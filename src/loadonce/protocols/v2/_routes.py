@@ -126,7 +126,10 @@ def v2_router(*, model_control: bool = True, limits: Limits | None = None) -> AP
         )
 
     async def model_ready(request: Request) -> ModelReady:
-        model = _ready_model(request)
+        model = model_of(request)
+        if not model.is_ready:
+            hung = f", {model.hung_calls} hung call(s)" if model.hung_calls else ""
+            raise ModelNotReadyError(model.name, f"{model.state.value}{hung}")
         return ModelReady(name=model.name, ready=True)
 
     model_infer = infer_handler(limits)
@@ -213,7 +216,7 @@ def v2_router(*, model_control: bool = True, limits: Limits | None = None) -> AP
 
 def _ready_model(request: Request) -> Model:
     model = model_of(request)
-    if not model.is_ready:
+    if not model.is_serving:
         # Its inputs and outputs are known from the loaded instances only.
         raise ModelNotReadyError(model.name, model.state.value)
     return model
