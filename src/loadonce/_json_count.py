@@ -15,7 +15,10 @@ and the body is then parsed as before.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import numpy.typing as npt
 
 _CHUNK = 1 << 20
 _QUOTE, _COMMA = ord('"'), ord(",")
@@ -39,10 +42,32 @@ def _depth_and_parity(raw: bytes, end: int) -> tuple[int, int]:
     return depth, parity
 
 
-def top_level_elements(raw: bytes, key: bytes = b"inputs") -> tuple[int, int] | None:
-    """For a JSON object whose ``key`` holds an array: the number of elements of that array,
-    and how deeply its first element is nested (1: a scalar, 2: an array of scalars...).
-    None when the scan cannot be sure."""
+@dataclass(frozen=True)
+class JsonArray:
+    """Where an array lies in a JSON document's bytes."""
+
+    count: int  # its elements
+    nesting: int  # how deeply its first element is nested: 1 a scalar, 2 an array of them...
+    start: int  # just after its "["
+    end: int  # its "]"
+    commas: npt.NDArray[np.int64]  # the commas between its elements, in order
+
+    def pieces(self, size: int) -> list[tuple[int, int]]:
+        """Byte ranges of about ``size`` bytes, each holding whole elements, in order."""
+        bounds = [self.start - 1, *self.commas.tolist(), self.end]
+        ranges: list[tuple[int, int]] = []
+        begin = 0
+        for index in range(1, len(bounds)):
+            if bounds[index] - bounds[begin] >= size or index == len(bounds) - 1:
+                ranges.append((bounds[begin] + 1, bounds[index]))
+                begin = index
+        return ranges
+
+
+def top_level_elements(raw: bytes, key: bytes = b"inputs") -> JsonArray | None:
+    """For a JSON object whose ``key`` holds an array: where that array lies, how many
+    elements it has and how deeply its first one is nested. None when the scan cannot be
+    sure."""
     if b"\\" in raw:
         return None
     quoted = b'"' + key + b'"'
@@ -66,14 +91,19 @@ def top_level_elements(raw: bytes, key: bytes = b"inputs") -> tuple[int, int] | 
         nesting += raw[probe] == _OPENS[0]
         probe += 1
     if probe < len(raw) and raw[probe] == _CLOSES[0] and nesting == 1:
-        return 0, 1  # an empty array
-    return _count_elements(raw, position + 1), nesting
+        return JsonArray(0, 1, position + 1, probe, np.empty(0, dtype=np.int64))  # empty
+    found = _elements(raw, position + 1)
+    if found is None:
+        return None
+    end, commas = found
+    return JsonArray(len(commas) + 1, nesting, position + 1, end, commas)
 
 
-def _count_elements(raw: bytes, start: int) -> int:
-    """The elements of the array whose content starts at ``start``: its commas at its own
-    depth, plus one."""
-    depth, parity, commas = 1, 0, 0
+def _elements(raw: bytes, start: int) -> tuple[int, npt.NDArray[np.int64]] | None:
+    """The end (its "]") and the commas at its own depth of the array whose content starts
+    at ``start``; None if it never ends."""
+    depth, parity = 1, 0
+    commas: list[npt.NDArray[np.int64]] = []
     for offset in range(start, len(raw), _CHUNK):
         chunk = np.frombuffer(
             raw, dtype=np.uint8, count=min(_CHUNK, len(raw) - offset), offset=offset
@@ -86,10 +116,9 @@ def _count_elements(raw: bytes, start: int) -> int:
         depths = depth + np.cumsum(steps, dtype=np.int64)
         closed = np.flatnonzero(depths == 0)
         limit = int(closed[0]) if len(closed) else len(chunk)
-        commas += int(
-            np.count_nonzero((chunk[:limit] == _COMMA) & outside[:limit] & (depths[:limit] == 1))
-        )
+        at_depth = (chunk[:limit] == _COMMA) & outside[:limit] & (depths[:limit] == 1)
+        commas.append(np.flatnonzero(at_depth).astype(np.int64) + offset)
         if len(closed):
-            return commas + 1
+            return offset + limit, np.concatenate(commas)
         depth, parity = int(depths[-1]), int(inside[-1])
-    return commas + 1  # unterminated: the parser will say so
+    return None  # unterminated: the parser will say so

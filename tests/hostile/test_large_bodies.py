@@ -28,6 +28,7 @@ def server() -> Iterator[ThreadedServer]:
             name="wide", loader=lambda: _sums, input_shape=(300_000,), max_request_examples=2
         ),
         loadonce.ModelSpec(name="any", loader=lambda: lambda b: [len(b)] * len(b), max_queue=8),
+        loadonce.ModelSpec(name="many", loader=lambda: _sums, input_shape=(4,), max_queue=500_000),
     ]
     with ThreadedServer(loadonce.create_app(specs)) as running:
         yield running
@@ -65,3 +66,30 @@ def test_large_bodies_within_the_limits_are_answered(server: ThreadedServer) -> 
     # Escaped characters: not counted from the bytes, parsed as before.
     escaped = _post(server, "any", {"inputs": ['a "quoted" \\ text' + "x" * 300_000]})
     assert escaped.json()["outputs"] == [1]
+
+
+def test_a_large_body_is_parsed_in_pieces_to_the_same_examples(server: ThreadedServer) -> None:
+    rows = [[float(i), 1.0, 2.0, 3.0] for i in range(100_000)]
+    answered = _post(server, "many", {"inputs": rows})
+    # A large answer is encoded in pieces too: the same JSON as a small one.
+    assert answered.json() == {
+        "model": "many",
+        "version": "1",
+        "outputs": [sum(row) for row in rows],
+    }
+    assert answered.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"inputs": [[1, 2, 3, 4], ' + b"[1, 2, 3, 4], " * 100_000 + b"]}",  # trailing comma
+        b'{"inputs": [[1, 2, 3, 4] ' + b"[1, 2, 3, 4], " * 100_000 + b"[1, 2, 3, 4]]}",
+        b'{"inputs": [' + b"[1, 2, 3, 4], " * 100_000 + b'[1, 2, 3, 4]], "extra": 1}',
+        b'{"inputs": [' + b"[1, 2, 3, 4], " * 100_000 + b"[1, 2, 3, tru]]}",
+    ],
+    ids=["trailing comma", "missing comma", "unknown key", "bad literal"],
+)
+def test_a_malformed_large_body_is_a_422(server: ThreadedServer, body: bytes) -> None:
+    refused = httpx.post(f"{server.url}/models/many/predict", content=body, timeout=60)
+    assert refused.status_code == 422, refused.text[:300]
