@@ -6,7 +6,7 @@ artifact is checked here before the file is opened:
 - the path, with every symbolic link resolved, lies under one of the operator's
   ``artifact_roots`` (by default the directories of the artifacts the operator configured);
 - it is a regular file or a directory (a device such as ``/dev/zero``, a pipe or a socket
-  would never finish hashing or loading);
+  would never finish hashing or loading), and a file is at most ``max_bytes`` long;
 - its format does not run code when loaded (a pickle), unless the operator set
   ``trust = true`` for that model: a sha256 sent with the request checks the file's bytes,
   it is not the operator's consent.
@@ -23,6 +23,10 @@ from pathlib import Path
 from loadonce._errors import ForbiddenError, InvalidInputError
 from loadonce._spec import ModelSpec
 
+# The largest file a control request may name (a directory's files are read by its load,
+# under load_timeout_s).
+DEFAULT_MAX_ARTIFACT_BYTES = 64 * 2**30
+
 
 def _real(path: Path) -> Path:
     return Path(os.path.realpath(path))
@@ -33,13 +37,20 @@ class ArtifactRoots:
     """The directories under which a control request may name an artifact."""
 
     roots: tuple[Path, ...]
+    max_bytes: int | None = DEFAULT_MAX_ARTIFACT_BYTES
 
     @classmethod
-    def of(cls, specs: Iterable[ModelSpec], roots: Iterable[Path] | None = None) -> ArtifactRoots:
+    def of(
+        cls,
+        specs: Iterable[ModelSpec],
+        roots: Iterable[Path] | None = None,
+        *,
+        max_bytes: int | None = DEFAULT_MAX_ARTIFACT_BYTES,
+    ) -> ArtifactRoots:
         """The operator's ``roots``, or else the directories of the configured artifacts."""
         if roots is None:
             roots = [spec.artifact.parent for spec in specs if spec.artifact is not None]
-        return cls(tuple(dict.fromkeys(_real(Path(root)) for root in roots)))
+        return cls(tuple(dict.fromkeys(_real(Path(root)) for root in roots)), max_bytes)
 
     def check(self, artifact: Path) -> Path:
         """The artifact's real path, if a request may name it; else a 403 or a 400."""
@@ -53,14 +64,19 @@ class ArtifactRoots:
                 "a control request may only name artifacts under them"
             )
         try:
-            mode = real.stat().st_mode
+            info = real.stat()
         except OSError as exc:
             raise InvalidInputError(
                 f"artifact '{artifact}' cannot be read: {exc.strerror}"
             ) from None
-        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
             raise InvalidInputError(
                 f"artifact '{artifact}' is not a regular file or a model directory"
+            )
+        if stat.S_ISREG(info.st_mode) and self.max_bytes and info.st_size > self.max_bytes:
+            raise InvalidInputError(
+                f"artifact '{artifact}' is {info.st_size} bytes, over this server's "
+                f"max_artifact_bytes ({self.max_bytes})"
             )
         return real
 

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from loadonce._artifacts import ArtifactRoots
+from loadonce._artifacts import DEFAULT_MAX_ARTIFACT_BYTES, ArtifactRoots
 from loadonce._errors import ConfigError, LoadonceError, ModelLoadError, ModelNotFoundError
 from loadonce._gc import freeze_survivors, refreeze_if_frozen
 from loadonce._model import Model, ModelState
@@ -42,13 +42,15 @@ class Registry:
         *,
         unloaded: Iterable[str] = (),
         artifact_roots: Iterable[Path] | None = None,
+        max_artifact_bytes: int | None = DEFAULT_MAX_ARTIFACT_BYTES,
     ) -> None:
         """``unloaded``: models to leave unloaded, as an operator left them (a worker that
         replaces one that died follows the others). ``artifact_roots``: the directories
         under which a control request may name a new artifact (default: those of the
-        declared artifacts; ``_artifacts.py``)."""
+        declared artifacts; ``_artifacts.py``); ``max_artifact_bytes``: the largest file such a
+        request may name (None: no limit)."""
         specs = check_model_specs(specs)
-        self.artifact_roots = ArtifactRoots.of(specs, artifact_roots)
+        self.artifact_roots = ArtifactRoots.of(specs, artifact_roots, max_bytes=max_artifact_bytes)
         self._models = {spec.name: Model(spec) for spec in specs}
         for name in unloaded:
             model = self.get(name)

@@ -54,6 +54,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     models.mkdir()
     outside.mkdir()
     skops.io.dump(_estimator(), models / "m.skops")
+    with (models / "huge.skops").open("wb") as sparse:  # 2 MiB, over the test's 1 MiB cap
+        sparse.truncate(2 * 1024 * 1024)
     skops.io.dump(_estimator(), models / "m2.skops")
     skops.io.dump(_estimator(), outside / "other.skops")
     (models / "broken.skops").write_bytes(b"not a skops file")
@@ -75,7 +77,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         ),
     ]
     # /dev is allowed too, to show that an allowed place still only gives files.
-    registry = loadonce.Registry(specs, artifact_roots=[models, Path("/dev")])
+    registry = loadonce.Registry(
+        specs, artifact_roots=[models, Path("/dev")], max_artifact_bytes=1024 * 1024
+    )
     with ThreadedServer(loadonce.create_app(registry)) as server:
         yield Setup(server, models, outside, marker)
 
@@ -121,6 +125,12 @@ def test_a_device_is_refused_at_once(setup: Setup, artifact: str) -> None:
     assert refused.status_code == 400, refused.text
     assert time.monotonic() - started < 5
     assert "not a regular file" in refused.json()["error"]
+
+
+def test_a_file_over_the_size_cap_is_refused_before_it_is_read(setup: Setup) -> None:
+    refused = setup.reload("m", {"artifact": str(setup.models / "huge.skops")})
+    assert refused.status_code == 400
+    assert "max_artifact_bytes" in refused.json()["error"]
 
 
 def test_a_directory_no_runtime_reads_is_refused(setup: Setup) -> None:

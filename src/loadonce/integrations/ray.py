@@ -127,6 +127,7 @@ def _app_from_config(config: ServeConfig) -> FastAPI:
             config.models,
             unloaded=config.unloaded,
             artifact_roots=config.server.artifact_roots,
+            max_artifact_bytes=config.server.max_artifact_bytes or None,
         ),
         access=options.access(),
         limits=options.limits(),

@@ -166,6 +166,7 @@ def _measure_in_child(config: ServeConfig, pipe: Connection) -> None:
         config.models,
         unloaded=config.unloaded,
         artifact_roots=config.server.artifact_roots,
+        max_artifact_bytes=config.server.max_artifact_bytes or None,
     )
     try:
         asyncio.run(registry.load_all())

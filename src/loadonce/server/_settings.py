@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from loadonce._artifacts import DEFAULT_MAX_ARTIFACT_BYTES
 from loadonce._errors import ConfigError, describe_validation
 from loadonce._limits import MIB, Limits
 from loadonce._security import AccessKeys
@@ -53,6 +54,8 @@ class ServerOptions(BaseModel):
     # Where a control request (reload, repository load) may name a new artifact; by default
     # the directories of the configured artifacts (loadonce._artifacts).
     artifact_roots: list[Path] | None = None
+    # The largest file a control request may name; 0: no limit.
+    max_artifact_bytes: Annotated[int, Field(ge=0)] = DEFAULT_MAX_ARTIFACT_BYTES
     # Slow and hostile clients (server/_http_protocol.py): a request head must arrive within
     # header_timeout_s, a body may pause at most body_timeout_s, a head holds at most
     # max_header_bytes in max_header_fields fields; past max_connections open connections,
@@ -164,6 +167,7 @@ _ENVIRONMENT_ONLY = {
     "memory_plan": "LOADONCE_MEMORY_PLAN",
     "gc_freeze": "LOADONCE_GC_FREEZE",
     "artifact_roots": "LOADONCE_ARTIFACT_ROOTS",
+    "max_artifact_bytes": "LOADONCE_MAX_ARTIFACT_BYTES",
     "stop_delay_s": "LOADONCE_STOP_DELAY_S",
     "heartbeat_timeout_s": "LOADONCE_HEARTBEAT_TIMEOUT_S",
     "header_timeout_s": "LOADONCE_HEADER_TIMEOUT_S",

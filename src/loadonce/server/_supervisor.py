@@ -292,7 +292,11 @@ class Supervisor:
         if request.action == "unload":
             unloaded.append(request.model)
         elif request.changes:
-            roots = ArtifactRoots.of(models, config.server.artifact_roots)
+            roots = ArtifactRoots.of(
+                models,
+                config.server.artifact_roots,
+                max_bytes=config.server.max_artifact_bytes or None,
+            )
             models = [
                 changed_spec(spec, request, roots) if spec.name == request.model else spec
                 for spec in models

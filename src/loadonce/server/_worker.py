@@ -114,6 +114,7 @@ def run_worker(
         config.models,
         unloaded=config.unloaded,
         artifact_roots=config.server.artifact_roots,
+        max_artifact_bytes=config.server.max_artifact_bytes or None,
     )
     app = create_app(
         registry,
