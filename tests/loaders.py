@@ -184,3 +184,12 @@ class HangsOnMinusOne:
 
 def hangs_on_minus_one() -> HangsOnMinusOne:
     return HangsOnMinusOne()
+
+
+def echo_with_a_child_process() -> Echo:
+    """An echo whose load leaves a short-lived child process running (as some libraries'
+    helpers do): orphaned if its worker dies."""
+    import subprocess
+
+    subprocess.Popen(["sleep", "2"])
+    return Echo()

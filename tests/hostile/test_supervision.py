@@ -109,3 +109,32 @@ def test_no_worker_outlives_a_killed_supervisor(tmp_path: Path) -> None:
         workers = _workers(supervisor)
         supervisor.kill()
         wait_until(lambda: not [pid for pid in workers if _running(pid)], 30, "workers gone")
+
+
+def test_what_a_dead_worker_left_running_is_reaped_when_it_ends(tmp_path: Path) -> None:
+    config = tmp_path / "loadonce.toml"
+    config.write_text(
+        """
+[server]
+workers = 2
+
+[[models]]
+name = "m"
+loader = "tests.loaders:echo_with_a_child_process"
+"""
+    )
+    with serving([str(config)], tmp_path, env=cli_env(tmp_path)) as server:
+        supervisor = psutil.Process(server.process.pid)
+        victim = min(_workers(supervisor))
+        os.kill(victim, signal.SIGKILL)  # its `sleep 2` child becomes the supervisor's
+        wait_until(lambda: len(_workers(supervisor)) == 2, 60, "a replacement worker")
+
+        def zombies() -> list[int]:
+            return [
+                child.pid
+                for child in supervisor.children()
+                if child.status() == psutil.STATUS_ZOMBIE
+            ]
+
+        time.sleep(3)  # the orphaned `sleep 2` has ended
+        wait_until(lambda: not zombies(), 15, "the orphan reaped")

@@ -18,6 +18,7 @@ import socket
 import tempfile
 import time
 from collections import deque
+from multiprocessing import forkserver, resource_tracker
 from multiprocessing.connection import wait
 from types import FrameType
 from typing import Any
@@ -41,7 +42,7 @@ from loadonce.server._sockets import (
 from loadonce.server._stagger import LOCK_VARIABLE
 from loadonce.server._worker import GO, STARTUP_FAILED, STOP, worker_process_main
 from loadonce.server._worker_process import WorkerProcess as _Worker
-from loadonce.server._worker_process import become_subreaper
+from loadonce.server._worker_process import become_subreaper, reap_orphans
 from loadonce.server._worker_start import worker_context
 
 logger = logging.getLogger("loadonce")
@@ -49,6 +50,16 @@ logger = logging.getLogger("loadonce")
 # After SIGTERM, a worker has its drain timeout plus this to finish and unload, then is killed.
 UNLOAD_GRACE_SECONDS = 10.0
 _POLL_SECONDS = 0.5
+_REAP_SECONDS = 5.0
+
+
+def _multiprocessing_helpers() -> set[int]:
+    """The fork server's and the resource tracker's pids: multiprocessing waits for them."""
+    pids = {
+        getattr(forkserver._forkserver, "_forkserver_pid", None),
+        getattr(resource_tracker._resource_tracker, "_pid", None),
+    }
+    return {pid for pid in pids if isinstance(pid, int)}
 
 
 class _StartupFailedError(Exception):
@@ -192,6 +203,7 @@ class Supervisor:
         load stops all. Workers are watched through their pipes (a dead worker's pipe reads
         as closed) and the kernel, never through the fork server, which may be gone."""
         timeout = self.config.server.heartbeat_timeout_s
+        next_reap = time.monotonic() + _REAP_SECONDS
         while not self._stopping:
             wait([w.gate for w in workers], _POLL_SECONDS)
             self._serve_controls(workers)
@@ -205,6 +217,9 @@ class Supervisor:
                     )
                     worker.signal(signal.SIGKILL)
                     worker.join(5)
+            if time.monotonic() >= next_reap:
+                next_reap = time.monotonic() + _REAP_SECONDS
+                reap_orphans(keep=_multiprocessing_helpers() | {w.pid for w in workers})
             for index, worker in enumerate(workers):
                 if worker.is_alive() or self._stopping:
                     continue

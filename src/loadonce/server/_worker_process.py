@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
+import psutil
+
 logger = logging.getLogger("loadonce")
 
 HEARTBEAT = "alive"
@@ -98,3 +100,16 @@ class WorkerProcess:
                 return False
             time.sleep(0.05)
         return True
+
+
+def reap_orphans(keep: set[int]) -> None:
+    """Reap the zombies among this process's children other than ``keep`` (the fork server
+    and the resource tracker, which multiprocessing waits for itself): as the workers'
+    subreaper, the supervisor inherits whatever a dead worker left running, and must not
+    collect their ends forever."""
+    for child in psutil.Process().children():
+        if child.pid in keep:
+            continue
+        with contextlib.suppress(psutil.Error, ChildProcessError):
+            if child.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(child.pid, os.WNOHANG)
