@@ -8,6 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from loadonce._errors import InvalidInputError
+from loadonce._numbers import LossyConversionError, convert_numbers
 from loadonce._signature import InputSignature
 
 
@@ -86,18 +87,7 @@ def _convert(examples: list[Any], dtype: str | None) -> npt.NDArray[Any]:
         raise ValueError("the examples are not a rectangular array")
     if dtype is None:
         return raw
-    target = np.dtype(dtype)
-    source = raw.dtype.kind
-    if target.kind == "b":
-        if source != "b":
-            raise TypeError("expected true or false")
-        return raw
-    if source not in "biuf" or source == "b":
-        raise TypeError(f"expected {('numbers' if target.kind == 'f' else 'integers')}")
-    if target.kind in "iu":
-        if source == "f":
-            raise TypeError("expected integers, got numbers with a fraction or exponent")
-        info = np.iinfo(target)
-        if raw.size and (raw.min() < info.min or raw.max() > info.max):
-            raise OverflowError(f"a value is outside the range of {target.name}")
-    return raw.astype(target, copy=False)
+    try:
+        return convert_numbers(raw, np.dtype(dtype), examples)
+    except LossyConversionError as exc:
+        raise TypeError(str(exc)) from None

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from loadonce._errors import InvalidInputError, RequestTooLargeError
+from loadonce._numbers import LossyConversionError, convert_numbers
 from loadonce.protocols.v2._body import HEADER_LENGTH, SplitBody
 from loadonce.protocols.v2._datatypes import fixed_dtype
 from loadonce.protocols.v2._schemas import RequestInput
@@ -197,29 +198,7 @@ def _from_json(tensor: RequestInput) -> npt.NDArray[Any]:
             "rectangular array, row-major"
         ) from None
     _check_count(tensor, raw.size, count)
-    if raw.dtype.kind in "iuf" and dtype.kind != "b" and _holds_booleans(tensor.data):
-        raise InvalidInputError(
-            f"input '{tensor.name}': {tensor.datatype} data must be numbers; true and false "
-            "are not (send 1 and 0, or use datatype BOOL)"
-        )
     return _convert(tensor, raw, dtype).reshape(tensor.shape)
-
-
-def _holds_booleans(data: Any) -> bool:
-    """Whether JSON ``true`` or ``false`` hides among numbers (NumPy reads them as 1 and 0)."""
-    pending = [data]
-    while pending:
-        value = pending.pop()
-        if type(value) is not list:
-            if type(value) is bool:
-                return True
-            continue
-        types = set(map(type, value))
-        if bool in types:
-            return True
-        if list in types:
-            pending.extend(item for item in value if type(item) is list)
-    return False
 
 
 def _check_count(tensor: RequestInput, got: int, expected: int) -> None:
@@ -250,33 +229,21 @@ def _flatten_text(tensor: RequestInput) -> list[bytes]:
 def _convert(
     tensor: RequestInput, raw: npt.NDArray[Any], dtype: np.dtype[np.generic]
 ) -> npt.NDArray[Any]:
-    if raw.size == 0:
-        return raw.astype(dtype)
-    kind = raw.dtype.kind
     where = f"input '{tensor.name}': {tensor.datatype} data"
-    if dtype.kind == "b":
-        if kind != "b":
-            raise InvalidInputError(f"{where} must be true or false")
-        return raw
-    if dtype.kind in "iu" and kind in "fO":
+    if dtype.kind in "iu" and raw.dtype.kind in "fO" and raw.size:
         return _integers_beyond_int64(tensor, dtype, where)
-    if kind not in "iuf" or kind == "b":
-        raise InvalidInputError(f"{where} must be numbers")
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype.name)
-        if int(raw.min()) < info.min or int(raw.max()) > info.max:
-            raise InvalidInputError(f"{where}: a value is outside the range of {tensor.datatype}")
-        return raw.astype(dtype)
-    if kind == "f" and np.isinf(raw).any():
-        # JSON has no infinity: the parser made one of a number past FP64's range (1e400).
-        raise InvalidInputError(f"{where}: a value is outside the range of {tensor.datatype}")
-    if dtype.itemsize >= raw.dtype.itemsize and raw.dtype.kind == "f":
-        return raw.astype(dtype, copy=False)  # as wide or wider: nothing can overflow
-    with np.errstate(over="ignore"):  # an overflow is found just below, and named
-        converted = raw.astype(dtype)
-    if np.isinf(converted).any():
-        raise InvalidInputError(f"{where}: a value is outside the range of {tensor.datatype}")
-    return converted
+    try:
+        return convert_numbers(raw, dtype, tensor.data)
+    except LossyConversionError as exc:
+        raise InvalidInputError(f"{where} {_phrase(exc, tensor.datatype)}") from None
+
+
+def _phrase(exc: LossyConversionError, datatype: str) -> str:
+    # The converter names NumPy's dtype; a client of this protocol knows its datatype.
+    text = str(exc)
+    if "outside the range of" in text:
+        return f": a value is outside the range of {datatype}"
+    return text
 
 
 def _integers_beyond_int64(
