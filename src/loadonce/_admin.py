@@ -12,10 +12,12 @@ from starlette.responses import JSONResponse
 from loadonce._control import (
     STATE_KEY,
     ControlRequest,
+    LocalControl,
     ModelControl,
     WorkerOutcome,
     describe_failures,
 )
+from loadonce._dependencies import registry_of
 from loadonce._errors import InvalidInputError, describe_validation
 from loadonce._http import LoadonceRoute
 from loadonce._schemas import ErrorBody
@@ -47,7 +49,12 @@ class ReloadResponse(BaseModel):
 
 
 def control_of(request: Request) -> ModelControl:
-    control: ModelControl = getattr(request.app.state, STATE_KEY)
+    """The app's model control; in an app of the user's own that mounted the routers (no
+    ``create_app`` to set one), control of this process's models."""
+    control: ModelControl | None = getattr(request.app.state, STATE_KEY, None)
+    if control is None:
+        control = LocalControl(registry_of(request))
+        setattr(request.app.state, STATE_KEY, control)
     return control
 
 

@@ -13,11 +13,14 @@ mount the routers without ``create_app``.
 
 from __future__ import annotations
 
+import inspect
 import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from fastapi.exception_handlers import http_exception_handler
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -92,6 +95,10 @@ class InferenceFastPath:
         request_id = request_id_of(request)
         try:
             response = await route.handle(request)
+        except HTTPException as exc:
+            # Raised by the user's own code (a predictor, a dependency): answered by the
+            # app's handler for it, as FastAPI's routing would, not as a loadonce error.
+            response = await _app_handles(scope, request, exc)
         except Exception as exc:
             response = route.error_for(exc, request, request_id)
         else:
@@ -103,3 +110,15 @@ class InferenceFastPath:
             seconds = time.perf_counter() - started
             self.metrics.request_done(model, route.template, response.status_code, seconds)
         await response(scope, receive, send)
+
+
+async def _app_handles(scope: Scope, request: Request, exc: HTTPException) -> Response:
+    """The response the app's exception handler for ``exc`` gives (looked up along the
+    exception's class hierarchy, as Starlette does), else FastAPI's default."""
+    handlers = getattr(scope.get("app"), "exception_handlers", {})
+    handler = next(
+        (handlers[cls] for cls in type(exc).__mro__ if cls in handlers), http_exception_handler
+    )
+    answer = handler(request, exc)
+    response: Response = await answer if inspect.isawaitable(answer) else answer
+    return response
