@@ -56,6 +56,8 @@ class ArtifactRoots:
         """The artifact's real path, if a request may name it; else a 403 or a 400."""
         if not artifact.is_absolute():
             raise InvalidInputError(f"artifact must be an absolute path; got '{artifact}'")
+        if "\0" in str(artifact):
+            raise InvalidInputError("artifact must be a path: it holds a NUL character")
         real = _real(artifact)
         if not any(real == root or real.is_relative_to(root) for root in self.roots):
             allowed = ", ".join(str(root) for root in self.roots) or "none (no artifact configured)"

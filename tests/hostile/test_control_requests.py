@@ -104,13 +104,17 @@ def test_a_request_cannot_change_the_operators_pin(setup: Setup) -> None:
     assert "sha256" in refused.json()["error"]
 
 
-@pytest.mark.parametrize("where", ["outside", "symlink to outside", "relative", "dotdot"])
+@pytest.mark.parametrize(
+    "where", ["outside", "symlink to outside", "relative", "dotdot", "nul", "too long"]
+)
 def test_only_artifacts_under_the_roots_may_be_named(setup: Setup, where: str) -> None:
     artifact = {
         "outside": str(setup.outside / "other.skops"),
         "symlink to outside": str(setup.models / "link.skops"),
         "relative": "m2.skops",
         "dotdot": f"{setup.models}/../outside/other.skops",
+        "nul": f"{setup.models}/m2.skops\0",
+        "too long": f"{setup.models}/{'a' * 5000}.skops",
     }[where]
     refused = setup.reload("m", {"artifact": artifact})
     assert refused.status_code in (400, 403), refused.text
