@@ -3,6 +3,7 @@ builds does: the same statuses and bodies, also under a root path."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +21,8 @@ class _Guarded:
     def predict(self, batch: list[Any]) -> list[float]:
         if any(float(x) < 0 for x in batch):
             raise HTTPException(status_code=403, detail="negative numbers are not allowed")
+        if any(float(x) == 13 for x in batch):
+            raise KeyError("unlucky")
         return [2 * float(x) for x in batch]
 
 
@@ -69,3 +72,27 @@ def test_the_model_repository_loads_and_unloads(server: ThreadedServer) -> None:
     assert httpx.post(f"{server.url}/models/m/predict", json={"inputs": [2]}).json()["outputs"] == [
         4.0
     ]
+
+
+def test_what_the_model_raises_is_said_to_be_the_models(server: ThreadedServer) -> None:
+    rest = httpx.post(f"{server.url}/models/m/predict", json={"inputs": [13]})
+    assert rest.status_code == 500
+    assert rest.json()["error"].startswith("the model raised KeyError; the server log")
+    v2 = httpx.post(f"{server.url}/v2/models/m/infer", json={"inputs": [{**TENSOR, "data": [13]}]})
+    assert v2.status_code == 500
+    assert v2.json()["error"].startswith("the model raised KeyError; the server log")
+
+
+def test_model_predict_wraps_what_the_model_raises() -> None:
+    async def predict_unlucky() -> None:
+        registry = loadonce.Registry(_specs())
+        await registry.load_all()
+        try:
+            await registry.get("m").predict([13])
+        finally:
+            await registry.unload_all()
+
+    with pytest.raises(loadonce.ModelRaisedError) as raised:
+        asyncio.run(predict_unlucky())
+    assert isinstance(raised.value.__cause__, KeyError)
+    assert isinstance(raised.value.model_error, KeyError)

@@ -13,7 +13,9 @@ from loadonce._errors import (
     ModelLoadError,
     ModelNotFoundError,
     ModelNotReadyError,
+    ModelRaisedError,
     QueueFullError,
+    RequestTooLargeError,
 )
 from loadonce._health import health_router
 from loadonce._lifespan import lifespan
@@ -39,11 +41,13 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelNotReadyError",
+    "ModelRaisedError",
     "ModelSpec",
     "ModelState",
     "Predictor",
     "QueueFullError",
     "Registry",
+    "RequestTooLargeError",
     "Runtime",
     "TensorInfo",
     "__version__",

@@ -34,7 +34,9 @@ from loadonce._concurrency import Executor
 from loadonce._errors import (
     DeadlineExceededError,
     InvalidInputError,
+    LoadonceError,
     ModelNotReadyError,
+    ModelRaisedError,
     QueueFullError,
     describe_exception,
 )
@@ -430,7 +432,7 @@ def run_batch(
         try:
             prepared.append((index, _prepare(predictor, examples)))
         except Exception as exc:
-            outcomes[index].error = exc
+            outcomes[index].error = _from_the_model(exc)
     if len(prepared) > 1:
         try:
             combined = predictor.combine([batch for _, batch in prepared])
@@ -454,8 +456,18 @@ def run_batch(
             result = _predict(predictor, batch, parameters)
             outcomes[index].outputs = _one_output_per_example(result, len(requests[index]))
         except Exception as exc:
-            outcomes[index].error = exc
+            outcomes[index].error = _from_the_model(exc)
     return outcomes
+
+
+def _from_the_model(exc: Exception) -> Exception:
+    """An exception of the predictor's code, marked as the model's (loadonce's own errors,
+    such as InvalidInputError for a bad input, say what they are already)."""
+    if isinstance(exc, LoadonceError):
+        return exc
+    wrapped = ModelRaisedError(exc)
+    wrapped.__cause__ = exc
+    return wrapped
 
 
 def _predict(predictor: Predictor, batch: Any, parameters: Mapping[str, Any]) -> Sequence[Any]:

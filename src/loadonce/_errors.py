@@ -79,6 +79,16 @@ class ClientDisconnectedError(LoadonceError):
     """The client went away before its answer was ready; its request left the queue."""
 
 
+class ModelRaisedError(LoadonceError):
+    """The model's own code raised (its prepare, predict or output): wrapped where it
+    happened, in the model's thread, so that "the model raised" is said of the model only
+    (HTTP 500, details in the server log)."""
+
+    def __init__(self, model_error: BaseException) -> None:
+        self.model_error = model_error
+        super().__init__(f"the model raised {describe_exception(model_error)}")
+
+
 class InvalidInputError(LoadonceError, ValueError):
     """The request's inputs do not fit the model (HTTP 400).
 

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from loadonce._errors import ModelRaisedError
 from loadonce._http import REQUEST_ID_HEADER, request_id_of, response_for_exception, route_path
 from loadonce._limits import Limits
 from loadonce._metrics import Metrics
@@ -99,6 +100,11 @@ class InferenceFastPath:
             # Raised by the user's own code (a predictor, a dependency): answered by the
             # app's handler for it, as FastAPI's routing would, not as a loadonce error.
             response = await _app_handles(scope, request, exc)
+        except ModelRaisedError as exc:
+            if isinstance(exc.model_error, HTTPException):
+                response = await _app_handles(scope, request, exc.model_error)
+            else:
+                response = route.error_for(exc, request, request_id)
         except Exception as exc:
             response = route.error_for(exc, request, request_id)
         else:

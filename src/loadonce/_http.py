@@ -25,6 +25,7 @@ from loadonce._errors import (
     LoadonceError,
     ModelNotFoundError,
     ModelNotReadyError,
+    ModelRaisedError,
     NotAvailableHereError,
     QueueFullError,
     RequestTooLargeError,
@@ -162,6 +163,19 @@ def status_and_message(exc: Exception, request: Request, request_id: str) -> tup
         return 403, str(exc)
     if isinstance(exc, NotAvailableHereError):
         return 501, str(exc)
+    if isinstance(exc, ModelRaisedError):
+        cause = exc.model_error
+        logger.error(
+            "request %s %s: the model raised %s",
+            request_id,
+            log_safe(request.url.path),
+            describe_exception(cause),
+            exc_info=cause,
+        )
+        return 500, (
+            f"the model raised {type(cause).__name__}; the server log has the details "
+            f"under request id {request_id}"
+        )
     if isinstance(exc, LoadonceError):
         logger.error("request %s %s failed: %s", request_id, log_safe(request.url.path), exc)
         return 500, str(exc)
@@ -173,7 +187,7 @@ def status_and_message(exc: Exception, request: Request, request_id: str) -> tup
         exc_info=exc,
     )
     return 500, (
-        f"the model raised {type(exc).__name__}; the server log has the details "
+        f"the server failed ({type(exc).__name__}); the server log has the details "
         f"under request id {request_id}"
     )
 
@@ -234,6 +248,10 @@ class LoadonceRoute(APIRoute):
                 response = await handler(request)
             except HTTPException:
                 raise  # the app's own handlers answer these, as everywhere else in the app
+            except ModelRaisedError as exc:
+                if isinstance(exc.model_error, HTTPException):
+                    raise exc.model_error from None  # the user's code answers, as above
+                response = self.error_for(exc, request, request_id)
             except Exception as exc:
                 response = self.error_for(exc, request, request_id)
             else:

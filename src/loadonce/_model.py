@@ -384,7 +384,8 @@ class Model:
         for instance in instances:
             [outcome] = await _off_loop(run_batch, instance, [examples])
             if outcome.error is not None:
-                raise RuntimeError(f"warm-up failed: {describe_exception(outcome.error)}")
+                error = getattr(outcome.error, "model_error", outcome.error)
+                raise RuntimeError(f"warm-up failed: {describe_exception(error)}")
 
 
 _SERVING = (ModelState.READY, ModelState.RELOADING)
