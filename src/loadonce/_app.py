@@ -40,13 +40,17 @@ def create_app(
     control: ModelControl | None = None,
     gc_freeze: bool = True,
     drain_timeout_s: float | None = 30.0,
+    allowed_hosts: Iterable[str] = (),
 ) -> FastAPI:
     """The app ``loadonce serve`` runs: health probes, /models and predict routes, the Open
     Inference Protocol under /v2, /docs. ``model_control``: see ``v2_router``. ``access``:
     API keys per route family (none: every route open). ``limits``: request size limits.
     ``control``: how load, unload and reload reach every worker (default: this process).
     ``gc_freeze``: once started, leave the loaded models out of garbage collection (see
-    ``lifespan``). ``drain_timeout_s``: see ``lifespan``."""
+    ``lifespan``). ``drain_timeout_s``: see ``lifespan``.
+    ``allowed_hosts``: Host names a server bound to a loopback address answers to besides
+    loopback names (``*.example.com``, or ``*`` for any): a proxy on the same machine that
+    passes on its own Host."""
     limits = limits or Limits()
     registry = models if isinstance(models, Registry) else Registry(models)
     app = FastAPI(
@@ -85,7 +89,7 @@ def create_app(
         # is read.
         app.add_middleware(AccessMiddleware, keys=access)
     # Before the key check: a page of another site is refused whatever key its browser has.
-    app.add_middleware(BrowserGuardMiddleware)
+    app.add_middleware(BrowserGuardMiddleware, allowed_hosts=tuple(allowed_hosts))
     # Added last, so outermost: every request gets its id and its log line, refusals too.
     app.add_middleware(RequestLogMiddleware)
     return app

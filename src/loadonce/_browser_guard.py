@@ -48,9 +48,24 @@ def _hostname(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
-def refusal(scope: Scope) -> str | None:
+def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    """Whether the operator listed ``host``: a name, ``*.example.com`` for its subdomains,
+    or ``*`` for any."""
+    host = host.rstrip(".").lower()
+    for pattern in allowed:
+        pattern = pattern.lower()
+        if pattern == "*" or pattern == host:
+            return True
+        if pattern.startswith("*.") and host.endswith(pattern[1:]):
+            return True
+    return False
+
+
+def refusal(scope: Scope, allowed_hosts: tuple[str, ...] = ()) -> str | None:
     """Why a request is refused (403), or None. On the hot path: one pass over the headers,
-    and the route's family only for a request a browser marked as coming from elsewhere."""
+    and the route's family only for a request a browser marked as coming from elsewhere.
+    ``allowed_hosts``: names a loopback server answers to besides loopback names (a proxy on
+    the same machine that passes on its own Host)."""
     host = origin = site = None
     for name, value in scope["headers"]:
         if name == _HOST:
@@ -61,10 +76,12 @@ def refusal(scope: Scope) -> str | None:
             site = value
     if host and _serves_loopback_only(scope) and not _is_loopback_header(host):
         name = _hostname(host.decode("latin-1"))
-        return (
-            "this server listens on a loopback address and answers only to loopback "
-            f"names (localhost, 127.0.0.1, [::1]), not to Host '{name}'"
-        )
+        if not host_allowed(name, allowed_hosts):
+            return (
+                "this server listens on a loopback address and answers only to loopback "
+                f"names (localhost, 127.0.0.1, [::1]) and its allowed_hosts, not to Host "
+                f"'{name}'"
+            )
     foreign_site = site is not None and site.lower() not in _OWN_SITES
     foreign_origin = origin is not None and (
         not (netloc := urlsplit(origin.decode("latin-1")).netloc.lower())
@@ -100,12 +117,13 @@ class BrowserGuardMiddleware:
     """Answers 403 to a request that a web page of another site sent to a control route, and
     to any request naming a non-loopback host while the server listens on loopback."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, allowed_hosts: tuple[str, ...] = ()) -> None:
         self.app = app
+        self.allowed_hosts = allowed_hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            why = refusal(scope)
+            why = refusal(scope, self.allowed_hosts)
             if why is not None:
                 await raw_error_response(403, why, scope)(scope, receive, send)
                 return

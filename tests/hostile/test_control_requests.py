@@ -217,3 +217,14 @@ def test_a_loopback_server_answers_only_to_loopback_names(setup: Setup, host: st
         assert "loopback" in refused.json()["error"]
     for name in ("localhost", f"localhost:{setup.server.port}", "127.0.0.1", "app.localhost"):
         assert httpx.get(setup.server.url + "/models", headers={"Host": name}).status_code == 200
+
+
+def test_allowed_hosts_let_a_local_proxy_pass_its_own_host() -> None:
+    spec = loadonce.ModelSpec(name="m", loader=lambda: lambda b: list(b), input_shape=())
+    app = loadonce.create_app([spec], allowed_hosts=["api.example.com", "*.internal.example"])
+    with ThreadedServer(app) as server:
+        for host in ("api.example.com", "a.internal.example", "localhost"):
+            answered = httpx.get(f"{server.url}/models", headers={"Host": host})
+            assert answered.status_code == 200, host
+        for host in ("example.com", "internal.example", "api.example.com.evil"):
+            assert httpx.get(f"{server.url}/models", headers={"Host": host}).status_code == 403

@@ -56,6 +56,9 @@ class ServerOptions(BaseModel):
     artifact_roots: list[Path] | None = None
     # The largest file a control request may name; 0: no limit.
     max_artifact_bytes: Annotated[int, Field(ge=0)] = DEFAULT_MAX_ARTIFACT_BYTES
+    # Host names a server bound to loopback answers to besides loopback names (a proxy on the
+    # same machine that passes on its own Host): "api.example.com", "*.example.com", "*".
+    allowed_hosts: list[str] = Field(default_factory=list)
     # Slow and hostile clients (server/_http_protocol.py): a request head must arrive within
     # header_timeout_s, a body may pause at most body_timeout_s, a head holds at most
     # max_header_bytes in max_header_fields fields; past max_connections open connections,
@@ -167,6 +170,7 @@ _ENVIRONMENT_ONLY = {
     "memory_plan": "LOADONCE_MEMORY_PLAN",
     "gc_freeze": "LOADONCE_GC_FREEZE",
     "artifact_roots": "LOADONCE_ARTIFACT_ROOTS",
+    "allowed_hosts": "LOADONCE_ALLOWED_HOSTS",
     "max_artifact_bytes": "LOADONCE_MAX_ARTIFACT_BYTES",
     "stop_delay_s": "LOADONCE_STOP_DELAY_S",
     "heartbeat_timeout_s": "LOADONCE_HEARTBEAT_TIMEOUT_S",
@@ -177,7 +181,12 @@ _ENVIRONMENT_ONLY = {
     "max_connections": "LOADONCE_MAX_CONNECTIONS",
 }
 # Lists: comma-separated (artifact_roots: separated like PATH, by os.pathsep).
-_LISTS = {"api_keys": ",", "admin_api_keys": ",", "artifact_roots": os.pathsep}
+_LISTS = {
+    "api_keys": ",",
+    "admin_api_keys": ",",
+    "artifact_roots": os.pathsep,
+    "allowed_hosts": ",",
+}
 
 
 def environment_options() -> dict[str, Any]:

@@ -123,6 +123,7 @@ def run_worker(
         limits=options.limits(),
         gc_freeze=options.gc_freeze,
         drain_timeout_s=options.drain_timeout_s,
+        allowed_hosts=options.allowed_hosts,
         control=None if make_control is None else make_control(registry),
         load_gate=lambda: _gated_with_progress(registry),
     )
