@@ -165,31 +165,24 @@ def status_and_message(exc: Exception, request: Request, request_id: str) -> tup
         return 501, str(exc)
     if isinstance(exc, ModelRaisedError):
         cause = exc.model_error
-        logger.error(
-            "request %s %s: the model raised %s",
-            request_id,
-            log_safe(request.url.path),
-            describe_exception(cause),
-            exc_info=cause,
-        )
-        return 500, (
-            f"the model raised {type(cause).__name__}; the server log has the details "
-            f"under request id {request_id}"
-        )
+        return _failed(request, request_id, cause, f"the model raised {type(cause).__name__}")
     if isinstance(exc, LoadonceError):
         logger.error("request %s %s failed: %s", request_id, log_safe(request.url.path), exc)
         return 500, str(exc)
+    return _failed(request, request_id, exc, f"the server failed ({type(exc).__name__})")
+
+
+def _failed(request: Request, request_id: str, cause: BaseException, what: str) -> tuple[int, str]:
+    """A 500 whose details (the traceback) go to the log only, under the request id."""
     logger.error(
-        "request %s %s failed: %s",
+        "request %s %s: %s: %s",
         request_id,
         log_safe(request.url.path),
-        describe_exception(exc),
-        exc_info=exc,
+        what,
+        describe_exception(cause),
+        exc_info=cause,
     )
-    return 500, (
-        f"the server failed ({type(exc).__name__}); the server log has the details "
-        f"under request id {request_id}"
-    )
+    return 500, f"{what}; the server log has the details under request id {request_id}"
 
 
 def raw_error_response(
