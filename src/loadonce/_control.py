@@ -138,8 +138,7 @@ class LocalControl:
         self.registry = registry
 
     async def apply(self, request: ControlRequest) -> list[WorkerOutcome]:
-        self.registry.get(request.model)  # 404 before anything happens
+        model = self.registry.get(request.model)  # 404 before anything happens
         if request.changes:
-            model = self.registry.get(request.model)
             changed_spec(model.spec, request, self.registry.artifact_roots)  # 400 or 403 likewise
         return [await apply_locally(self.registry, request)]

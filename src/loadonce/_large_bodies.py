@@ -2,10 +2,12 @@
 
 A valid 30-60 MB JSON body took the event loop 1.2-6.6 s to parse: every other request of the
 worker, health probes included, waited that long. Bodies past ``LARGE_BODY_BYTES`` are parsed
-in a thread instead (the parser still holds the GIL, but Python hands it back to the loop
-every few milliseconds), one at a time per worker, so that several maximal bodies at once do
-not also multiply the memory their parsing takes. Small bodies, the common case, are parsed
-where they are: a thread hop would cost more than the parse.
+in a thread instead, one at a time per worker, so that several maximal bodies at once do not
+also multiply the memory their parsing takes. A thread alone does not free the loop:
+pydantic-core holds the GIL for a whole parse. What does is how the caller parses: the JSON
+route counts a large body's examples first and parses it a piece at a time
+(``protocols/rest.py``, ``_json_count.py``). Small bodies, the common case, are parsed where
+they are: a thread hop would cost more than the parse.
 """
 
 from __future__ import annotations

@@ -35,8 +35,9 @@ class RequestLogMiddleware:
             return
         request_id = request_id_from(scope["headers"])
         scope[REQUEST_ID_SCOPE_KEY] = request_id
-        # Stamped earlier by loadonce serve's HTTP protocol (the request's first byte) if so.
-        scope.setdefault(ARRIVED_SCOPE_KEY, asyncio.get_running_loop().time())
+        # Stamped earlier by loadonce serve's HTTP protocol (when the head was read), if so.
+        if ARRIVED_SCOPE_KEY not in scope:
+            scope[ARRIVED_SCOPE_KEY] = asyncio.get_running_loop().time()
         started = time.perf_counter()
         status = 500  # if the app fails before it answers, uvicorn answers 500
 
