@@ -266,9 +266,15 @@ class Batcher:
             batch.append(request)
             size += len(request.examples)
         self._queue_changed()
-        if batch and self.observer is not None:
+        if not batch:
+            # Every request it took had left: the model may be idle now. Not otherwise: the
+            # batch starts at once, and close() must wait for it.
+            self._note_if_idle()
+            return batch
+        if not self._queue:
+            self._filling = False  # what a returning call left to fill is taken
+        if self.observer is not None:
             self.observer.batch_dispatched(self.model, size)
-        self._note_if_idle()
         return batch
 
     def _start(self, batch: list[_Request]) -> None:
