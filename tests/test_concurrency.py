@@ -17,8 +17,9 @@ from tests.servers import ThreadedServer
 class OverlapTracker:
     """Shared by every instance of a model: how many calls were inside predict at once."""
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float, gate: threading.Event | None = None) -> None:
         self.delay = delay
+        self.gate = gate  # when given, each call waits for the test to open it
         self.active = 0
         self.max_active = 0
         self.max_active_per_instance: dict[int, int] = {}
@@ -40,6 +41,8 @@ class OverlapTracker:
                     tracker.max_active_per_instance.get(key, 0), active_here
                 )
                 tracker.threads.add(threading.get_ident())
+            if tracker.gate is not None:
+                tracker.gate.wait(30)
             time.sleep(tracker.delay)
             with tracker._lock:
                 tracker.active -= 1
@@ -88,14 +91,15 @@ def test_shared_runs_calls_concurrently_up_to_its_thread_limit() -> None:
     assert tracker.max_active == 4
 
 
-def test_livez_answers_while_a_3_second_predict_runs() -> None:
+def test_livez_answers_while_a_predict_call_runs() -> None:
     started = threading.Event()
+    release = threading.Event()
     finished = threading.Event()
 
     def load() -> Any:
         def predict(batch: list[Any]) -> list[Any]:
             started.set()
-            time.sleep(3)
+            release.wait(30)  # predicts until the test has its answer from /livez
             finished.set()
             return list(batch)
 
@@ -119,6 +123,7 @@ def test_livez_answers_while_a_3_second_predict_runs() -> None:
         assert live.status_code == 200
         assert not finished.is_set(), "livez answered while the model was still predicting"
         assert answered_in < 1.0
+        release.set()
         caller.join(30)
     assert result["response"].status_code == 200
 
@@ -130,24 +135,28 @@ def test_a_bad_concurrency_policy_is_refused_with_the_choices(text: str) -> None
 
 
 def test_a_call_that_timed_out_still_holds_its_pool_instance_until_it_returns() -> None:
-    tracker = OverlapTracker(delay=0.5)
+    gate = threading.Event()
+    tracker = OverlapTracker(delay=0.0, gate=gate)
     spec = loadonce.ModelSpec(name="m", loader=tracker.make_instance, concurrency="pool:1")
     with ThreadedServer(loadonce.create_app([spec])) as server:
 
         async def run() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-                late = asyncio.ensure_future(
-                    client.post(
-                        "/models/m/predict",
-                        json={"inputs": [1]},
-                        headers={"X-Request-Timeout": "0.1"},
-                    )
+                # The first call runs until the gate opens; its caller gives up at once.
+                late = await client.post(
+                    "/models/m/predict", json={"inputs": [1]}, headers={"X-Request-Timeout": "0.1"}
                 )
-                await asyncio.sleep(0.2)  # the first call is running; its caller gave up
-                follow = await client.post("/models/m/predict", json={"inputs": [2]})
-                return [await late, follow]
+                follow = asyncio.ensure_future(
+                    client.post("/models/m/predict", json={"inputs": [2]})
+                )
+                await asyncio.sleep(0.05)  # the follow-up is queued behind the running call
+                gate.set()
+                return [late, await follow]
 
-        late, follow = asyncio.run(run())
+        try:
+            late, follow = asyncio.run(run())
+        finally:
+            gate.set()
     assert late.status_code == 504
     assert follow.status_code == 200
     # The second call waited for the instance: never two calls in it at once.

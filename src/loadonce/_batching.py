@@ -10,6 +10,7 @@ arrivals gather into the next batch, so a lone request never waits for a window 
 
 Two things start batches: a dispatcher task, woken by an arrival at an idle model, and the
 callback of a returning call, which starts the next batch before answering its own requests.
+Both ask one method whether a batch may start now and what it takes (``_next_batch``).
 Under load the event loop is late with everything it schedules; the callback keeps the model
 from idling for those waits between two batches (on the overloaded forest, 2.5-2.8 times
 the answers per second; docs/benchmarks.md).
@@ -210,9 +211,11 @@ class Batcher:
                 await self._wakeup.wait()
             wait = max(self.max_wait_s, self.fill_wait_s) if self._filling else self.max_wait_s
             self._filling = False
-            if wait > 0 and self._queued_examples < self.max_batch_size:
+            batch = self._next_batch(wait)
+            if batch is None:  # worth waiting for a fuller one
                 await self._gather_more(wait)
-            batch = self._take_batch()
+                # Asked again: a returning call may have taken the free slot meanwhile.
+                batch = self._next_batch(0.0)
             if batch:
                 self._start(batch)
 
@@ -227,6 +230,18 @@ class Batcher:
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
+
+    def _next_batch(self, wait: float) -> list[_Request] | None:
+        """The one dispatch decision, made alike by the dispatcher and by a returning call:
+        the batch to start now, or None when none may start: nothing is queued, no slot is
+        free, or fewer than ``max_batch_size`` examples wait and a fuller batch is worth
+        ``wait`` seconds (the dispatcher waits for it, then asks again with no wait). The batch
+        is empty when every request it took had been cancelled or had expired while queued."""
+        if not self._queue or self._in_flight >= self.concurrent_batches:
+            return None
+        if wait > 0 and self._queued_examples < self.max_batch_size:
+            return None
+        return self._take_batch()
 
     def _take_batch(self) -> list[_Request]:
         now = asyncio.get_running_loop().time()
@@ -251,9 +266,15 @@ class Batcher:
             batch.append(request)
             size += len(request.examples)
         self._queue_changed()
-        if batch and self.observer is not None:
+        if not batch:
+            # Every request it took had left: the model may be idle now. Not otherwise: the
+            # batch starts at once, and close() must wait for it.
+            self._note_if_idle()
+            return batch
+        if not self._queue:
+            self._filling = False  # what a returning call left to fill is taken
+        if self.observer is not None:
             self.observer.batch_dispatched(self.model, size)
-        self._note_if_idle()
         return batch
 
     def _start(self, batch: list[_Request]) -> None:
@@ -363,13 +384,11 @@ class Batcher:
         batch is worth waiting for (``max_wait_ms``, ``fill_wait_ms``): the dispatcher waits
         for it then."""
         wait = max(self.max_wait_s, self.fill_wait_s)
-        while self._queue and self._in_flight < self.concurrent_batches:
-            if wait > 0 and self._queued_examples < self.max_batch_size:
-                self._filling = True
-                return
-            batch = self._take_batch()
+        while (batch := self._next_batch(wait)) is not None:
             if batch:
                 self._start(batch)
+        if self._queue and self._in_flight < self.concurrent_batches:
+            self._filling = True  # the dispatcher gathers them (the caller wakes it)
 
     def _observe(self, seconds: float) -> None:
         previous = self._seconds_per_call
