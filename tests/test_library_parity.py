@@ -1,18 +1,30 @@
-"""A user's own FastAPI app that mounts loadonce's routers answers as the app create_app
-builds does: the same statuses and bodies, also under a root path."""
+"""One HTTP behaviour suite, four apps: the app create_app builds, and a user's own FastAPI app
+that mounts loadonce's routers beside its own routes (and uses ModelDependency in one of them),
+each served as it is and again under a root path. Every case writes its expected status and
+body shape once; each app must give exactly that.
+
+Only public names are used here: what a user's app can reach is all the test may use.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
+import threading
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import httpx2 as httpx
 import pytest
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 
 import loadonce
-from tests.servers import ThreadedServer
+from tests.servers import ThreadedServer, wait_until
+
+# The same limits in every app: create_app takes them, and so does the v2 router a user mounts.
+LIMITS = loadonce.Limits(max_body_bytes=256 * 1024)
 
 
 class _Guarded:
@@ -26,19 +38,68 @@ class _Guarded:
         return [2 * float(x) for x in batch]
 
 
+def _sums(batch: Any) -> list[float]:
+    return [float(sum(row)) for row in batch]
+
+
+class _Gate:
+    """Holds every call of the slow model until released; says when a call has started."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def reset(self) -> None:
+        self.entered.clear()
+        self.release.clear()
+
+    def __call__(self, batch: list[Any]) -> list[float]:
+        self.entered.set()
+        if not self.release.wait(timeout=30):
+            raise TimeoutError("the test never released the slow model")
+        return [float(x) for x in batch]
+
+
+GATE = _Gate()
+
+
 def _specs() -> list[loadonce.ModelSpec]:
-    return [loadonce.ModelSpec(name="m", loader=_Guarded, input_shape=())]
+    return [
+        loadonce.ModelSpec(name="m", loader=_Guarded, input_shape=()),
+        loadonce.ModelSpec(
+            name="f32", loader=lambda: _sums, input_shape=(2,), options={"input_dtype": "float32"}
+        ),
+        loadonce.ModelSpec(
+            name="slow",
+            loader=lambda: GATE,
+            input_shape=(),
+            concurrency="serialized",
+            max_queue=1,
+        ),
+    ]
+
+
+# At module level: with postponed annotations, FastAPI resolves Depends(...) from the globals.
+DOUBLER = loadonce.ModelDependency("m")
 
 
 def _users_app() -> FastAPI:
+    """As README's library mode: the user's lifespan, routes and dependency beside loadonce's."""
     app = FastAPI(lifespan=loadonce.lifespan(_specs()))
     app.include_router(loadonce.health_router())
     app.include_router(loadonce.models_router())
-    app.include_router(loadonce.v2_router())
+    app.include_router(loadonce.v2_router(limits=LIMITS))
 
     @app.get("/hello")
     async def hello() -> dict[str, str]:
         return {"hello": "world"}
+
+    @app.get("/mine/double")
+    async def double(
+        x: float, model: Annotated[loadonce.Model, Depends(DOUBLER)]
+    ) -> dict[str, float]:
+        [doubled] = await model.predict(x)
+        return {"doubled": doubled}
 
     return app
 
@@ -50,37 +111,203 @@ def _users_app() -> FastAPI:
 )
 def server(request: pytest.FixtureRequest) -> Iterator[ThreadedServer]:
     kind, root_path = request.param
-    app = loadonce.create_app(_specs()) if kind == "create_app" else _users_app()
+    app = loadonce.create_app(_specs(), limits=LIMITS) if kind == "create_app" else _users_app()
     with ThreadedServer(app, root_path=root_path) as running:
         yield running
 
 
-TENSOR = {"name": "input", "shape": [1], "datatype": "FP64"}
+@pytest.fixture
+def http(server: ThreadedServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        yield client
 
 
-def test_user_code_raising_http_exception_answers_its_status(server: ThreadedServer) -> None:
-    rest = httpx.post(f"{server.url}/models/m/predict", json={"inputs": [-1]})
-    assert (rest.status_code, rest.json()) == (403, {"detail": "negative numbers are not allowed"})
-    v2 = httpx.post(f"{server.url}/v2/models/m/infer", json={"inputs": [{**TENSOR, "data": [-1]}]})
-    assert (v2.status_code, v2.json()) == (403, {"detail": "negative numbers are not allowed"})
+@dataclass(frozen=True)
+class Expected:
+    """A status and a body shape: its exact keys, and the stable start of its message."""
+
+    status: int
+    keys: frozenset[str]
+    message: str | None = None  # the start of body["error"] (or body["detail"])
+    contains: str | None = None  # a part of it further on
+
+    def check(self, response: httpx.Response) -> dict[str, Any]:
+        body: dict[str, Any] = response.json()
+        text = body.get("error", body.get("detail"))
+        got = (response.status_code, sorted(body))
+        assert got == (self.status, sorted(self.keys)), response.text
+        if self.message is not None:
+            assert str(text).startswith(self.message), response.text
+        if self.contains is not None:
+            assert self.contains in str(text), response.text
+        return body
 
 
-def test_the_model_repository_loads_and_unloads(server: ThreadedServer) -> None:
-    for action in ("unload", "load"):
-        answered = httpx.post(f"{server.url}/v2/repository/models/m/{action}")
-        assert (answered.status_code, answered.json()) == (200, {"name": "m", action: True})
-    assert httpx.post(f"{server.url}/models/m/predict", json={"inputs": [2]}).json()["outputs"] == [
-        4.0
-    ]
+def expect(
+    status: int, *keys: str, message: str | None = None, contains: str | None = None
+) -> Expected:
+    return Expected(status, frozenset(keys), message, contains)
 
 
-def test_what_the_model_raises_is_said_to_be_the_models(server: ThreadedServer) -> None:
-    rest = httpx.post(f"{server.url}/models/m/predict", json={"inputs": [13]})
-    assert rest.status_code == 500
-    assert rest.json()["error"].startswith("the model raised KeyError; the server log")
-    v2 = httpx.post(f"{server.url}/v2/models/m/infer", json={"inputs": [{**TENSOR, "data": [13]}]})
-    assert v2.status_code == 500
-    assert v2.json()["error"].startswith("the model raised KeyError; the server log")
+JSON_ERROR = ("error", "request_id")  # the JSON routes' errors
+V2_ERROR = ("error",)  # the Open Inference Protocol's errors
+PREDICT = "/models/m/predict"
+INFER = "/v2/models/m/infer"
+UNKNOWN = "model 'nope' is not served here; models served: 'm', 'f32', 'slow'"
+
+
+def tensor(data: list[Any], *, name: str = "input", datatype: str = "FP64") -> dict[str, Any]:
+    shape = [len(data), *([len(data[0])] if data and isinstance(data[0], list) else [])]
+    return {"name": name, "shape": shape, "datatype": datatype, "data": data}
+
+
+def infer_body(*data: Any, **fields: Any) -> dict[str, Any]:
+    return {"inputs": [tensor(list(data), **fields)]}
+
+
+# --- inference that succeeds ---------------------------------------------------------------
+
+
+def test_json_predict(http: httpx.Client) -> None:
+    answer = http.post(PREDICT, json={"inputs": [1, 2.5]})
+    body = expect(200, "model", "version", "outputs").check(answer)
+    assert body == {"model": "m", "version": "1", "outputs": [2.0, 5.0]}
+
+
+@pytest.mark.parametrize("path", [INFER, "/v2/models/m/versions/1/infer"])
+def test_v2_infer_json_tensors(http: httpx.Client, path: str) -> None:
+    answer = http.post(path, json={"id": "abc", **infer_body(1, 2.5)})
+    body = expect(200, "id", "model_name", "model_version", "outputs").check(answer)
+    assert (body["id"], body["model_name"], body["model_version"]) == ("abc", "m", "1")
+    assert [output["data"] for output in body["outputs"]] == [[2.0, 5.0]]
+
+
+def test_v2_answers_compressed_when_asked(http: httpx.Client) -> None:
+    values = list(range(14, 314))  # over 1 KiB of answer, and no 13 among them
+    answer = http.post(INFER, json=infer_body(*values), headers={"Accept-Encoding": "gzip"})
+    assert (answer.status_code, answer.headers.get("content-encoding")) == (200, "gzip")
+    assert answer.json()["outputs"][0]["data"] == [2.0 * v for v in values]
+
+
+def test_the_users_own_routes_answer_beside_loadonces(http: httpx.Client) -> None:
+    if http.get("/hello").status_code == 404:
+        pytest.skip("create_app's app has no routes of the user's own")
+    assert http.get("/hello").json() == {"hello": "world"}
+    doubled = http.get("/mine/double", params={"x": 4})
+    assert (doubled.status_code, doubled.json()) == (200, {"doubled": 8.0})
+
+
+# --- the request is wrong ------------------------------------------------------------------
+
+
+def test_unknown_model(http: httpx.Client) -> None:
+    expect(
+        404,
+        *JSON_ERROR,
+        message=UNKNOWN,
+    ).check(http.post("/models/nope/predict", json={"inputs": [1]}))
+    expect(404, *V2_ERROR, message=UNKNOWN).check(
+        http.post("/v2/models/nope/infer", json=infer_body(1))
+    )
+
+
+def test_unknown_version(http: httpx.Client) -> None:
+    expect(404, *V2_ERROR, message="model 'm' has no version '9'; it serves version '1'").check(
+        http.post("/v2/models/m/versions/9/infer", json=infer_body(1))
+    )
+
+
+@pytest.mark.parametrize("content", [b"{not json", b'{"outputs": [1]}', b"[1, 2]"])
+def test_invalid_body(http: httpx.Client, content: bytes) -> None:
+    headers = {"content-type": "application/json"}
+    json_route = expect(422, *JSON_ERROR, "fields", message="invalid request: ")
+    json_route.check(http.post(PREDICT, content=content, headers=headers))
+    expect(400, *V2_ERROR, message="invalid inputs: the inference request is not valid: ").check(
+        http.post(INFER, content=content, headers=headers)
+    )
+
+
+def test_wrong_shape(http: httpx.Client) -> None:
+    expect(400, *JSON_ERROR, message="invalid inputs: inputs must be one example").check(
+        http.post(PREDICT, json={"inputs": [[1, 2], [3, 4]]})
+    )
+    body = {"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP64", "data": [1, 2]}]}
+    expect(400, *V2_ERROR, message="invalid inputs: input 'input' has shape [1, 2]").check(
+        http.post(INFER, json=body)
+    )
+
+
+def test_wrong_datatype(http: httpx.Client) -> None:
+    expect(400, *JSON_ERROR, message="invalid inputs: ", contains="must be numbers").check(
+        http.post(PREDICT, json={"inputs": ["one"]})
+    )
+    expect(400, *V2_ERROR, message="invalid inputs: input 'input' is INT64").check(
+        http.post(INFER, json=infer_body(1, datatype="INT64"))
+    )
+
+
+def test_a_number_outside_fp32_is_refused_by_both_protocols(http: httpx.Client) -> None:
+    # The same policy on both protocols: a finite number that FP32 cannot hold is a 400, never
+    # an infinity handed to the model.
+    expect(
+        400, *JSON_ERROR, message="invalid inputs: ", contains="outside the range of float32"
+    ).check(http.post("/models/f32/predict", json={"inputs": [[1e39, 0]]}))
+    expect(400, *V2_ERROR, message="invalid inputs: ", contains="outside the range of FP32").check(
+        http.post("/v2/models/f32/infer", json=infer_body([1e39, 0], datatype="FP32"))
+    )
+    # Within range, both answer.
+    assert http.post("/models/f32/predict", json={"inputs": [[1, 2]]}).json()["outputs"] == [3.0]
+    inferred = http.post("/v2/models/f32/infer", json=infer_body([1, 2], datatype="FP32"))
+    assert inferred.json()["outputs"][0]["data"] == [3.0], inferred.text
+
+
+@pytest.mark.parametrize("timeout", ["soon", "-1", "0", "nan"])
+def test_invalid_request_timeout(http: httpx.Client, timeout: str) -> None:
+    headers = {"X-Request-Timeout": timeout}
+    expect(422, *JSON_ERROR, "fields", message="invalid request: header.X-Request-Timeout").check(
+        http.post(PREDICT, json={"inputs": [1]}, headers=headers)
+    )
+    expect(400, *V2_ERROR, message="invalid request: header.X-Request-Timeout").check(
+        http.post(INFER, json=infer_body(1), headers=headers)
+    )
+
+
+def test_unsupported_content_encoding(http: httpx.Client) -> None:
+    headers = {"content-type": "application/json", "content-encoding": "br"}
+    answer = http.post(INFER, content=json.dumps(infer_body(1)).encode(), headers=headers)
+    expect(415, *V2_ERROR).check(answer)
+
+
+def test_a_body_that_decompresses_past_the_limit(http: httpx.Client) -> None:
+    # Small on the wire, past LIMITS.max_body_bytes once inflated: the one body limit a user's
+    # app sets the same way as create_app's (v2_router(limits=)).
+    padding = b" " * (LIMITS.max_body_bytes or 0)
+    content = gzip.compress(json.dumps(infer_body(1)).encode() + padding)
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    expect(413, *V2_ERROR, message="the body decompresses to more than").check(
+        http.post(INFER, content=content, headers=headers)
+    )
+
+
+# --- the model's code fails ----------------------------------------------------------------
+
+
+def test_user_code_raising_http_exception_answers_its_status(http: httpx.Client) -> None:
+    refused = expect(403, "detail", message="negative numbers are not allowed")
+    refused.check(http.post(PREDICT, json={"inputs": [-1]}))
+    refused.check(http.post(INFER, json=infer_body(-1)))
+
+
+def test_what_the_model_raises_is_said_to_be_the_models(http: httpx.Client) -> None:
+    said = "the model raised KeyError; the server log has the details under request id "
+    for answer, keys in (
+        (http.post(PREDICT, json={"inputs": [13]}), JSON_ERROR),
+        (http.post(INFER, json=infer_body(13)), V2_ERROR),
+    ):
+        expect(500, *keys, message=said).check(answer)
+        assert answer.json()["error"] == said + answer.headers["x-request-id"]
+        for leak in ("Traceback", "unlucky", __file__, ".py"):
+            assert leak not in answer.text
 
 
 def test_model_predict_wraps_what_the_model_raises() -> None:
@@ -96,3 +323,209 @@ def test_model_predict_wraps_what_the_model_raises() -> None:
         asyncio.run(predict_unlucky())
     assert isinstance(raised.value.__cause__, KeyError)
     assert isinstance(raised.value.model_error, KeyError)
+
+
+# --- request ids ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        (PREDICT, {"inputs": [1]}, 200),
+        (INFER, infer_body(1), 200),
+        ("/models/nope/predict", {"inputs": [1]}, 404),
+        ("/v2/models/nope/infer", infer_body(1), 404),
+        (PREDICT, {"inputs": [13]}, 500),
+        (INFER, infer_body(13), 500),
+        (PREDICT, {"outputs": []}, 422),
+        (INFER, {"outputs": []}, 400),
+    ],
+)
+def test_the_request_id_is_echoed(
+    http: httpx.Client, path: str, body: dict[str, Any], status: int
+) -> None:
+    answer = http.post(path, json=body, headers={"X-Request-ID": "parity-42"})
+    assert (answer.status_code, answer.headers.get("x-request-id")) == (status, "parity-42")
+    if status >= 400 and path.startswith("/models"):
+        assert answer.json()["request_id"] == "parity-42"
+
+
+@pytest.mark.parametrize(("path", "body"), [(PREDICT, {"inputs": [-1]}), (INFER, infer_body(-1))])
+def test_the_request_id_is_echoed_when_the_users_code_answers(
+    http: httpx.Client, path: str, body: dict[str, Any]
+) -> None:
+    # The model raised an HTTPException: the app's own handler answers it, with the request id.
+    answer = http.post(path, json=body, headers={"X-Request-ID": "parity-44"})
+    assert (answer.status_code, answer.headers.get("x-request-id")) == (403, "parity-44")
+
+
+@pytest.mark.parametrize(("path", "status"), [(PREDICT, 405), (INFER, 405)])
+def test_the_request_id_is_echoed_on_a_wrong_method(
+    http: httpx.Client, path: str, status: int
+) -> None:
+    answer = http.get(path, headers={"X-Request-ID": "parity-43"})
+    assert (answer.status_code, answer.headers.get("x-request-id")) == (status, "parity-43")
+
+
+# --- the Open Inference Protocol's metadata and health --------------------------------------
+
+
+def test_v2_server_metadata(http: httpx.Client) -> None:
+    body = expect(200, "name", "version", "extensions").check(http.get("/v2"))
+    assert (body["name"], body["version"]) == ("loadonce", loadonce.__version__)
+    assert body["extensions"] == ["binary_tensor_data", "parameters", "model_repository"]
+
+
+@pytest.mark.parametrize("path", ["/v2/models/m", "/v2/models/m/versions/1"])
+def test_v2_model_metadata(http: httpx.Client, path: str) -> None:
+    body = expect(200, "name", "versions", "platform", "inputs", "outputs").check(http.get(path))
+    assert (body["name"], body["versions"], body["platform"]) == ("m", ["1"], "python")
+    assert body["inputs"] == [{"name": "input", "datatype": "FP64", "shape": [-1]}]
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/v2/models/m/ready", {"name": "m", "ready": True}),
+        ("/v2/models/m/versions/1/ready", {"name": "m", "ready": True}),
+        ("/v2/health/live", {"live": True}),
+        ("/v2/health/ready", {"ready": True}),
+    ],
+)
+def test_v2_readiness(http: httpx.Client, path: str, expected: dict[str, Any]) -> None:
+    answer = http.get(path)
+    assert (answer.status_code, answer.json()) == (200, expected)
+
+
+def test_v2_metadata_of_an_unknown_model(http: httpx.Client) -> None:
+    expect(404, *V2_ERROR, message=UNKNOWN).check(http.get("/v2/models/nope"))
+    expect(404, *V2_ERROR, message=UNKNOWN).check(http.get("/v2/models/nope/ready"))
+
+
+# --- probes and listings -------------------------------------------------------------------
+
+
+def test_livez(http: httpx.Client) -> None:
+    body = expect(200, "status", "worker_pid").check(http.get("/livez"))
+    assert body["status"] == "alive"
+
+
+def test_readyz(http: httpx.Client) -> None:
+    body = expect(200, "ready", "draining", "worker_pid", "models", "hung_calls").check(
+        http.get("/readyz")
+    )
+    assert (body["ready"], body["draining"]) == (True, False)
+    assert body["models"] == {"m": "ready", "f32": "ready", "slow": "ready"}
+
+
+def test_models_listing(http: httpx.Client) -> None:
+    body = expect(200, "worker_pid", "models").check(http.get("/models"))
+    assert [model["name"] for model in body["models"]] == ["m", "f32", "slow"]
+    one = expect(200, *body["models"][0]).check(http.get("/models/m"))
+    assert (one["name"], one["version"], one["state"], one["runtime"]) == (
+        "m",
+        "1",
+        "ready",
+        "python",
+    )
+    assert (one["input_shape"], one["input_dtype"]) == ([], "float64")
+    expect(
+        404,
+        *JSON_ERROR,
+        message=UNKNOWN,
+    ).check(http.get("/models/nope"))
+
+
+def test_models_listing_names_the_workers_serving_each_model(http: httpx.Client) -> None:
+    # Facts about the model, not about the app that serves it: the same in every app.
+    one = http.get("/models/m").json()
+    assert one["workers"] == [{"pid": one["worker_pid"], "version": "1", "state": "ready"}]
+
+
+# --- the model repository ------------------------------------------------------------------
+
+
+def test_the_repository_index(http: httpx.Client) -> None:
+    answer = http.post("/v2/repository/index")
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == [
+        {"name": name, "version": "1", "state": "READY", "reason": ""}
+        for name in ("m", "f32", "slow")
+    ]
+    ready_only = http.post("/v2/repository/index", json={"ready": True})
+    assert ready_only.json() == answer.json()
+
+
+def test_the_model_repository_loads_and_unloads(http: httpx.Client) -> None:
+    unloaded = http.post("/v2/repository/models/m/unload")
+    assert (unloaded.status_code, unloaded.json()) == (200, {"name": "m", "unload": True})
+    try:
+        not_ready = "model 'm' is not ready (state: unloaded)"
+        for answer, keys in (
+            (http.post(PREDICT, json={"inputs": [2]}), JSON_ERROR),
+            (http.post(INFER, json=infer_body(2)), V2_ERROR),
+            (http.get("/v2/models/m/ready"), V2_ERROR),
+        ):
+            expect(503, *keys, message=not_ready).check(answer)
+            assert answer.headers.get("retry-after") == "1"
+        index = {entry["name"]: entry for entry in http.post("/v2/repository/index").json()}
+        assert index["m"] == {
+            "name": "m",
+            "version": "1",
+            "state": "UNAVAILABLE",
+            "reason": "unloaded on request",
+        }
+        # One model unloaded on purpose leaves the server ready, as in Triton.
+        assert http.get("/readyz").status_code == http.get("/v2/health/ready").status_code == 200
+    finally:
+        loaded = http.post("/v2/repository/models/m/load")
+    assert (loaded.status_code, loaded.json()) == (200, {"name": "m", "load": True})
+    assert http.post(PREDICT, json={"inputs": [2]}).json()["outputs"] == [4.0]
+    expect(404, *V2_ERROR, message=UNKNOWN).check(http.post("/v2/repository/models/nope/load"))
+
+
+# --- overload ------------------------------------------------------------------------------
+
+
+def test_a_full_queue_is_refused_with_retry_after(server: ThreadedServer) -> None:
+    """One call running (held by the gate), one request queued (max_queue=1): the next is
+    refused at once on both protocols."""
+    GATE.reset()
+    answers: list[httpx.Response] = []
+
+    def send(path: str, body: dict[str, Any]) -> None:
+        answers.append(httpx.post(f"{server.url}{path}", json=body, timeout=30))
+
+    running = threading.Thread(target=send, args=("/models/slow/predict", {"inputs": [1]}))
+    queued = threading.Thread(target=send, args=("/v2/models/slow/infer", infer_body(2)))
+    try:
+        running.start()
+        assert GATE.entered.wait(timeout=10)
+        queued.start()
+        wait_until(
+            lambda: httpx.get(f"{server.url}/models/slow").json()["queue"]["queued_examples"] == 1,
+            10,
+            "the second request to wait in the slow model's queue",
+        )
+        refused = [
+            httpx.post(f"{server.url}{path}", json=body, headers={"X-Request-ID": f"full-{i}"})
+            for i, (path, body) in enumerate(
+                [
+                    ("/models/slow/predict", {"inputs": [3]}),
+                    ("/v2/models/slow/infer", infer_body(3)),
+                ]
+            )
+        ]
+    finally:
+        GATE.release.set()
+        running.join(timeout=30)
+        queued.join(timeout=30)
+    full = "model 'slow' is overloaded: 1 examples are queued (max_queue 1)"
+    expect(503, *JSON_ERROR, message=full).check(refused[0])
+    expect(503, *V2_ERROR, message=full).check(refused[1])
+    assert [(r.headers.get("retry-after"), r.headers.get("x-request-id")) for r in refused] == [
+        ("1", "full-0"),
+        ("1", "full-1"),
+    ]
+    # Both held requests are answered once the model is free.
+    assert sorted(answer.status_code for answer in answers) == [200, 200]
