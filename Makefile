@@ -29,6 +29,7 @@ serve: $(VENV)/.serve-installed
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check src tests docs/examples bench
 	$(BIN)/ruff format --check src tests docs/examples bench
+	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy

@@ -58,7 +58,7 @@ def main() -> None:
     signal.signal(signal.SIGUSR1, _start_counting)
     atexit.register(_write, Path(os.environ["BENCH_GC_STATS"]))
     sys.argv = ["loadonce", *sys.argv[1:]]
-    from loadonce.server._cli import main as loadonce_main
+    from loadonce.server.cli import main as loadonce_main
 
     loadonce_main()
 

@@ -15,15 +15,15 @@ from typing import Any, TypeVar
 
 import pytest
 
-from loadonce._batching import Batcher
-from loadonce._concurrency import Executor
-from loadonce._errors import (
+from loadonce.core.batcher import Batcher
+from loadonce.core.errors import (
     DeadlineExceededError,
     InvalidInputError,
     ModelNotReadyError,
     ModelRaisedError,
     QueueFullError,
 )
+from loadonce.core.executors import Executor
 from loadonce.runtimes._base import Predictor
 
 pytestmark = pytest.mark.anyio

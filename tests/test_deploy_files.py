@@ -16,9 +16,9 @@ import pytest
 import ray
 import yaml
 
-from loadonce.server._demo import demo_artifact
-from loadonce.server._settings import ServerOptions
-from loadonce.server._supervisor import UNLOAD_GRACE_SECONDS
+from loadonce.server.demo import demo_artifact
+from loadonce.server.settings import ServerOptions
+from loadonce.server.supervisor import UNLOAD_GRACE_SECONDS
 from tests.servers import REPO_ROOT, free_port, run_cli, serving
 
 DEPLOY = REPO_ROOT / "deploy" / "kubernetes"

@@ -116,8 +116,8 @@ def test_an_unloaded_model_is_freed() -> None:
 
 _CHILD_SCRIPT = """
 import sys
-from loadonce.server._settings import ServeConfig
-from loadonce.server._worker_start import worker_context
+from loadonce.server.settings import ServeConfig
+from loadonce.server.worker_start import worker_context
 from tests.loaders import report_frozen_objects
 
 config = ServeConfig.model_validate({

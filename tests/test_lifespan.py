@@ -61,7 +61,8 @@ def test_registry_lives_on_app_state_not_in_a_global() -> None:
     with TestClient(first) as one, TestClient(second) as two:
         assert [m["name"] for m in one.get("/models").json()["models"]] == ["a"]
         assert [m["name"] for m in two.get("/models").json()["models"]] == ["b"]
-        assert isinstance(first.state.loadonce, loadonce.Registry)
+        assert isinstance(first.state.loadonce, loadonce.LoadonceState)
+        assert [m.name for m in first.state.loadonce.registry.models] == ["a"]
         assert first.state.loadonce is not second.state.loadonce
 
 
@@ -82,7 +83,7 @@ def test_models_unload_in_reverse_order_and_compose_with_the_users_lifespan() ->
     @asynccontextmanager
     async def user_lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The user's lifespan starts after the models loaded, so it may already use them.
-        registry: loadonce.Registry = app.state.loadonce
+        registry: loadonce.Registry = app.state.loadonce.registry
         events.append(f"user start, ready={registry.is_ready}")
         yield
         events.append("user stop")
@@ -194,7 +195,7 @@ def test_a_failing_load_unloads_the_models_loaded_before_it() -> None:
     assert "model 'broken' failed to load" in str(caught.value)
     assert "OSError: disk on fire" in str(caught.value)
     assert closed == ["ok"]
-    states = app.state.loadonce.states()
+    states = app.state.loadonce.registry.states()
     assert states == {"ok": "unloaded", "broken": "failed"}
 
 

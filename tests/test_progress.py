@@ -7,7 +7,7 @@ import io
 import time
 
 import loadonce
-from loadonce.server._progress import load_progress
+from loadonce.server.progress import load_progress
 
 
 class Terminal(io.StringIO):

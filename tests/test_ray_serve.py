@@ -15,9 +15,8 @@ import tritonclient.http as triton
 import yaml
 from ray import serve
 
-from loadonce.integrations.ray import application, build
-from loadonce.server._resolve import resolve_serve_config
-from loadonce.server._settings import RayOptions, ServeConfig
+from loadonce.integrations.ray import RayOptions, ServeConfig, application, build
+from loadonce.server.resolve import resolve_serve_config
 from tests.servers import free_port, run_cli, start_cli, stop, wait_ready
 
 IRIS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
@@ -137,7 +136,7 @@ def test_the_printed_serve_config_builds_the_same_application(
     artifact = tmp_path / "iris.skops"
     config_file = tmp_path / "loadonce.toml"
     monkeypatch.setenv("LOADONCE_CACHE_DIR", str(tmp_path / "cache"))
-    from loadonce.server._demo import demo_artifact
+    from loadonce.server.demo import demo_artifact
 
     artifact.write_bytes(demo_artifact().read_bytes())
     config_file.write_text(

@@ -149,7 +149,7 @@ def test_an_unknown_output_name_fails_the_load(classifier: Path) -> None:
 
 
 def test_cli_serves_an_onnx_artifact_from_forked_workers(tmp_path: Path, classifier: Path) -> None:
-    """Two workers forked after ONNX Runtime was imported (server/_worker_start.py) answer."""
+    """Two workers forked after ONNX Runtime was imported (server/worker_start.py) answer."""
     session = ort.InferenceSession(str(classifier), providers=["CPUExecutionProvider"])
     _, labels = session.run(None, {"x": np.asarray(ROWS, dtype=np.float32)})
     with serving([str(classifier), "--workers", "2"], tmp_path) as server:

@@ -12,8 +12,8 @@ import httpx2 as httpx
 import pytest
 
 import loadonce
-from loadonce._limits import Limits
-from loadonce._security import AccessKeys
+from loadonce.core.limits import Limits
+from loadonce.http.access_keys import AccessKeys
 from tests.servers import REPO_ROOT, ThreadedServer, cli_env, serving
 
 INFERENCE_KEY = "inference-key-0123456789"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from loadonce._app import create_app
-from loadonce._control import ControlRequest, ModelControl, WorkerOutcome
-from loadonce._dependencies import ModelDependency, get_registry
-from loadonce._errors import (
+from loadonce._version import __version__
+from loadonce.app import create_app
+from loadonce.core.control import ControlRequest, ModelControl, WorkerOutcome
+from loadonce.core.errors import (
     ClientDisconnectedError,
     ConfigError,
     DeadlineExceededError,
@@ -18,15 +18,19 @@ from loadonce._errors import (
     QueueFullError,
     RequestTooLargeError,
 )
-from loadonce._health import health_router
-from loadonce._lifespan import LoadedHook, LoadGate, UserLifespan, lifespan
-from loadonce._limits import Limits
-from loadonce._model import Model, ModelState
-from loadonce._registry import Registry
-from loadonce._security import AccessKeys
-from loadonce._spec import Batching, Concurrency, ModelSpec
-from loadonce._version import __version__
-from loadonce.protocols.rest import models_router
+from loadonce.core.limits import Limits
+from loadonce.core.model import Model, ModelState
+from loadonce.core.registry import Registry
+from loadonce.core.spec import Batching, Concurrency, ModelSpec
+from loadonce.http.access_keys import AccessKeys
+from loadonce.http.admin import admin_router
+from loadonce.http.dependencies import ModelDependency, get_registry
+from loadonce.http.health import health_router
+from loadonce.http.lifespan import LoadedHook, LoadGate, UserLifespan, lifespan
+from loadonce.http.metrics_route import metrics_router
+from loadonce.http.middleware import install_middleware
+from loadonce.http.state import LoadonceState
+from loadonce.protocols.json import models_router
 from loadonce.protocols.v2 import v2_router
 from loadonce.runtimes import InputSignature, Predictor, Runtime, TensorInfo, register_runtime
 
@@ -44,6 +48,7 @@ __all__ = [
     "LoadGate",
     "LoadedHook",
     "LoadonceError",
+    "LoadonceState",
     "Model",
     "ModelControl",
     "ModelDependency",
@@ -62,10 +67,13 @@ __all__ = [
     "UserLifespan",
     "WorkerOutcome",
     "__version__",
+    "admin_router",
     "create_app",
     "get_registry",
     "health_router",
+    "install_middleware",
     "lifespan",
+    "metrics_router",
     "models_router",
     "register_runtime",
     "v2_router",

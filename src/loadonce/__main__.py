@@ -1,3 +1,3 @@
-from loadonce.server._cli import main
+from loadonce.server.cli import main
 
 main()

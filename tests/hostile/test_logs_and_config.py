@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from loadonce.server._logging import JsonFormatter, PlainFormatter
+from loadonce.server.log_format import JsonFormatter, PlainFormatter
 from tests.servers import REPO_ROOT, cli_env, serving
 
 FORGED = "/x%0aERROR:%20forged%0d%0aWARNING:%20also%e2%80%a8forged"

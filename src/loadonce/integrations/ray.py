@@ -27,15 +27,24 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from loadonce._app import create_app
-from loadonce._control import ControlRequest, WorkerOutcome
-from loadonce._errors import ConfigError, NotAvailableHereError
-from loadonce._imports import import_object, import_optional
-from loadonce._registry import STATE_KEY, Registry
-from loadonce.server._resolve import resolve_serve_config
-from loadonce.server._settings import RayOptions, ServeConfig
+from loadonce.app import create_app
+from loadonce.core.control import ControlRequest, WorkerOutcome
+from loadonce.core.errors import ConfigError, NotAvailableHereError
+from loadonce.core.imports import import_object, import_optional
+from loadonce.core.registry import Registry
+from loadonce.http.state import LoadonceState
+from loadonce.server.resolve import resolve_serve_config
+from loadonce.server.settings import RayOptions, ServeConfig
 
-__all__ = ["application", "application_from_app", "build", "deployment_options"]
+# ServeConfig and RayOptions: the public types application() and deployment_options() take.
+__all__ = [
+    "RayOptions",
+    "ServeConfig",
+    "application",
+    "application_from_app",
+    "build",
+    "deployment_options",
+]
 
 serve: Any = import_optional("ray.serve", extra="ray")
 
@@ -79,15 +88,15 @@ class _Replica:
             raise
 
     def _registry(self) -> Registry | None:
-        registry = None if self._app is None else getattr(self._app.state, STATE_KEY, None)
-        return registry if isinstance(registry, Registry) else None
+        state = LoadonceState.on(self._app)
+        return None if state is None else state.registry
 
     def check_health(self) -> None:
         """Raise (Ray then replaces the replica) unless every model is ready here."""
         registry = self._registry()
         if registry is None:
             raise RuntimeError(
-                "no loadonce registry on app.state: build the app with loadonce.create_app "
+                "no loadonce state on app.state: build the app with loadonce.create_app "
                 "or loadonce.lifespan"
             )
         if not registry.is_ready and not registry.draining:

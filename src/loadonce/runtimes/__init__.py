@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loadonce._spec import ModelSpec
+from loadonce.core.spec import ModelSpec
 from loadonce.runtimes._base import InputSignature, Predictor, Runtime, TensorInfo
 from loadonce.runtimes.onnx import OnnxRuntime
 from loadonce.runtimes.python import PythonRuntime

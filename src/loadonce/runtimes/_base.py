@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from loadonce._inputs import as_typed_batch
-from loadonce._signature import InputSignature, TensorInfo
-from loadonce._spec import ModelSpec
+from loadonce.core.inputs import as_typed_batch
+from loadonce.core.signature import InputSignature, TensorInfo
+from loadonce.core.spec import ModelSpec
 
 __all__ = ["InputSignature", "Predictor", "Runtime", "TensorInfo"]
 

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from loadonce._errors import InvalidInputError
-from loadonce._inputs import as_typed_batch
+from loadonce.core.errors import InvalidInputError
+from loadonce.core.inputs import as_typed_batch
 from loadonce.runtimes._base import InputSignature, TensorInfo
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from loadonce._imports import import_optional
-from loadonce._spec import ModelSpec
+from loadonce.core.imports import import_optional
+from loadonce.core.spec import ModelSpec
 from loadonce.runtimes._base import Predictor, Runtime, TensorInfo
 from loadonce.runtimes._tensors import example_signature, split_batch_outputs, stack_named_inputs
 

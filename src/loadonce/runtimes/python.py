@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from loadonce._imports import import_object
-from loadonce._spec import ModelSpec
+from loadonce.core.imports import import_object
+from loadonce.core.spec import ModelSpec
 from loadonce.runtimes._base import InputSignature, Predictor, Runtime
 
 

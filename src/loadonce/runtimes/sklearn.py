@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from loadonce._errors import InvalidInputError
-from loadonce._imports import import_optional
-from loadonce._integrity import file_sha256
-from loadonce._spec import ModelSpec
+from loadonce.core.errors import InvalidInputError
+from loadonce.core.imports import import_optional
+from loadonce.core.integrity import file_sha256
+from loadonce.core.spec import ModelSpec
 from loadonce.runtimes._base import InputSignature, Predictor, Runtime, TensorInfo
 
 logger = logging.getLogger("loadonce")

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from loadonce._errors import InvalidInputError
-from loadonce._imports import import_object, import_optional
-from loadonce._inputs import as_typed_batch
-from loadonce._spec import ModelSpec
+from loadonce.core.errors import InvalidInputError
+from loadonce.core.imports import import_object, import_optional
+from loadonce.core.inputs import as_typed_batch
+from loadonce.core.spec import ModelSpec
 from loadonce.runtimes._base import InputSignature, Predictor, Runtime
 from loadonce.runtimes._tensors import batch_rows, split_batch_outputs
 

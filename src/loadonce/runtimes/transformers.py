@@ -8,9 +8,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from loadonce._errors import InvalidInputError
-from loadonce._imports import import_optional
-from loadonce._spec import ModelSpec
+from loadonce.core.errors import InvalidInputError
+from loadonce.core.imports import import_optional
+from loadonce.core.spec import ModelSpec
 from loadonce.runtimes._base import InputSignature, Predictor, Runtime, TensorInfo
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")

@@ -1,0 +1,75 @@
+"""create_app: a ready-made FastAPI app with the lifespan and every loadonce route. It is built
+from the public pieces only, exactly as a user's own app can be (docs/library.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from fastapi import FastAPI
+
+from loadonce._version import __version__
+from loadonce.core.control import ModelControl
+from loadonce.core.limits import Limits
+from loadonce.core.registry import Registry
+from loadonce.core.spec import ModelSpec
+from loadonce.http.access_keys import AccessKeys
+from loadonce.http.admin import admin_router
+from loadonce.http.health import health_router
+from loadonce.http.lifespan import LoadedHook, LoadGate, UserLifespan, lifespan
+from loadonce.http.metrics_route import metrics_router
+from loadonce.http.middleware import install_middleware
+from loadonce.protocols.json import models_router
+from loadonce.protocols.v2 import v2_router
+
+
+def create_app(
+    models: Registry | Iterable[ModelSpec],
+    *,
+    title: str = "loadonce",
+    wrap: UserLifespan | None = None,
+    on_loaded: LoadedHook | None = None,
+    load_gate: LoadGate | None = None,
+    model_control: bool = True,
+    access: AccessKeys | None = None,
+    limits: Limits | None = None,
+    metrics: bool = True,
+    control: ModelControl | None = None,
+    gc_freeze: bool = True,
+    drain_timeout_s: float | None = 30.0,
+    allowed_hosts: Iterable[str] = (),
+) -> FastAPI:
+    """The app ``loadonce serve`` runs: health probes, /models and predict routes, the Open
+    Inference Protocol under /v2, /docs. ``model_control``: see ``v2_router``. ``access``:
+    API keys per route family (none: every route open). ``limits``: request size limits.
+    ``control``: how load, unload and reload reach every worker (default: this process).
+    ``gc_freeze``: once started, leave the loaded models out of garbage collection (see
+    ``lifespan``). ``drain_timeout_s``: see ``lifespan``.
+    ``allowed_hosts``: Host names a server bound to a loopback address answers to besides
+    loopback names (``*.example.com``, or ``*`` for any): a proxy on the same machine that
+    passes on its own Host."""
+    app = FastAPI(
+        title=title,
+        version=__version__,
+        lifespan=lifespan(
+            models,
+            wrap=wrap,
+            on_loaded=on_loaded,
+            load_gate=load_gate,
+            gc_freeze=gc_freeze,
+            drain_timeout_s=drain_timeout_s,
+            control=control,
+            metrics=metrics,
+            limits=limits,
+            access=access,
+            allowed_hosts=allowed_hosts,
+        ),
+    )
+    # Routes are matched in order: the inference routers first, they are the hot path.
+    app.include_router(models_router())
+    app.include_router(v2_router(model_control=model_control))
+    app.include_router(health_router())
+    app.include_router(admin_router())
+    if metrics:
+        app.include_router(metrics_router())
+    install_middleware(app)
+    return app

@@ -1,0 +1,515 @@
+"""Batcher: every predict of a model goes through one bounded queue and is dispatched in batches.
+
+One path for every model. Requests wait in a queue bounded in examples (beyond it: 503 at
+once). A batch starts whenever a slot of the model is free: it takes the queued requests,
+oldest first, up to ``max_batch_size`` examples (a request is never split; one larger than
+that goes alone; requests with different request parameters never share a call). Without
+batching, ``max_batch_size`` is 1: each request is its own call. While the model is busy,
+arrivals gather into the next batch, so a lone request never waits for a window unless
+``max_wait_ms`` asks for it.
+
+Two things start batches: a dispatcher task, woken by an arrival at an idle model, and the
+callback of a returning call, which starts the next batch before answering its own requests.
+Both ask one method whether a batch may start now and what it takes (``_next_batch``).
+Under load the event loop is late with everything it schedules; the callback keeps the model
+from idling for those waits between two batches (on the overloaded forest, 2.5-2.8 times
+the answers per second; docs/benchmarks.md).
+
+A request that is cancelled while queued (its deadline passed, its client went away) leaves
+the queue at once and never reaches the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from loadonce.core.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    LoadonceError,
+    ModelNotReadyError,
+    ModelRaisedError,
+    QueueFullError,
+    describe_exception,
+)
+from loadonce.core.executors import Executor
+from loadonce.core.observer import ModelObserver
+from loadonce.runtimes._base import Predictor
+
+logger = logging.getLogger("loadonce")
+
+
+@dataclass(eq=False)
+class _Request:
+    examples: list[Any]
+    future: asyncio.Future[list[Any]]
+    deadline: float | None  # loop time
+    parameters: Mapping[str, Any]
+    queued: bool = True
+
+
+@dataclass(eq=False)
+class _Call:
+    """One predict call handed to the model's threads; ``hung`` once it outlived
+    ``hang_timeout_s`` (its slot is then given back: the next batch need not wait for it)."""
+
+    started: float
+    hung: bool = False
+
+
+@dataclass
+class _Outcome:
+    outputs: list[Any] | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class Batcher:
+    """The queue and dispatcher of one loaded model; created and started inside the loop."""
+
+    model: str
+    executor: Executor
+    max_batch_size: int
+    max_wait_s: float
+    max_queue: int
+    concurrent_batches: int
+    observer: ModelObserver | None = None
+    # After a call returned with fewer than max_batch_size examples waiting: how long the next
+    # call may wait for more (``Batching.fill_wait_ms``).
+    fill_wait_s: float = 0.0
+    # A call running longer than this is hung: the model is unhealthy until it returns.
+    hang_timeout_s: float | None = None
+    # Told the number of hung calls whenever it changes (the model's health).
+    on_hung_changed: Callable[[int], None] | None = None
+    _hung: int = 0
+    # Calls handed to the threads and not returned yet; one timer watches them all.
+    _running: set[_Call] = field(default_factory=set)
+    _watchdog: asyncio.TimerHandle | None = None
+    _queue: deque[_Request] = field(default_factory=deque)
+    _queued_examples: int = 0
+    _in_flight: int = 0
+    _closed: bool = False
+    _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+    # Set when a returning call left requests for the dispatcher to gather (fill_wait_s).
+    _filling: bool = False
+    # Seconds one call takes, smoothed over recent calls; None until measured. Per call, not
+    # per example: a batch costs about the same whatever its size (that is why batching pays),
+    # so a per-example pace measured on small batches would overstate the wait many times.
+    _seconds_per_call: float | None = None
+
+    def start(self) -> None:
+        self._idle.set()
+        self._task = asyncio.get_running_loop().create_task(
+            self._dispatch_forever(), name=f"loadonce-batcher-{self.model}"
+        )
+
+    @property
+    def queued_examples(self) -> int:
+        return self._queued_examples
+
+    @property
+    def hung_calls(self) -> int:
+        return self._hung
+
+    @property
+    def seconds_per_call(self) -> float | None:
+        return self._seconds_per_call
+
+    def refuse_if_full(self) -> None:
+        """Raise QueueFullError when no room is left at all: lets a route refuse a request
+        before it even reads the body."""
+        if self._queued_examples >= self.max_queue:
+            raise self._full()
+
+    def _full(self, *, expected_wait: float | None = None) -> QueueFullError:
+        return QueueFullError(
+            self.model, self._queued_examples, self.max_queue, expected_wait=expected_wait
+        )
+
+    def expected_wait(self, count: int) -> float | None:
+        """Seconds until ``count`` more examples would be answered, from the measured pace:
+        the calls needed for what is queued and for them, after the ones running now."""
+        if self._seconds_per_call is None:
+            return None
+        calls = -(-(self._queued_examples + count) // self.max_batch_size)  # ceiling
+        if self._in_flight >= self.concurrent_batches:
+            calls += 1
+        return calls * self._seconds_per_call / self.concurrent_batches
+
+    def submit(
+        self,
+        examples: list[Any],
+        deadline: float | None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> asyncio.Future[list[Any]]:
+        """Queue a request's examples; the future resolves to one output per example.
+
+        ``parameters`` go to the predictor's ``predict_with``; only requests with equal
+        parameters share a call."""
+        if self._closed:
+            raise ModelNotReadyError(self.model, "unloading")
+        count = len(examples)
+        if self._queued_examples + count > self.max_queue and self._queue:
+            raise self._full()
+        loop = asyncio.get_running_loop()
+        # An idle model always admits: the pace is only ever updated by running calls, so
+        # refusing on a stale estimate (one slow first call) could refuse forever.
+        idle = not self._queue and self._in_flight < self.concurrent_batches
+        if deadline is not None and not idle:
+            wait = self.expected_wait(count)
+            if wait is not None and loop.time() + wait > deadline:
+                # It would wait past its deadline and fail with a 504 after using a place in
+                # the queue (and maybe the model's time): refuse it now, cheaply, with a 503.
+                raise self._full(expected_wait=wait)
+        request = _Request(
+            examples=examples,
+            future=loop.create_future(),
+            deadline=deadline,
+            parameters=parameters or {},
+        )
+        request.future.add_done_callback(lambda _: self._forget(request))
+        self._queue.append(request)
+        self._queued_examples += count
+        self._queue_changed()
+        self._idle.clear()
+        self._wakeup.set()
+        return request.future
+
+    def _forget(self, request: _Request) -> None:
+        """A request resolved or cancelled while still queued leaves the queue now."""
+        if request.queued:
+            request.queued = False
+            self._queued_examples -= len(request.examples)
+            with contextlib.suppress(ValueError):
+                self._queue.remove(request)
+            self._queue_changed()
+            self._note_if_idle()
+
+    def _queue_changed(self) -> None:
+        if self.observer is not None:
+            self.observer.queue_changed(self.model, self._queued_examples)
+
+    def _note_if_idle(self) -> None:
+        if not self._queue and self._in_flight == 0:
+            self._idle.set()
+            self._filling = False  # the next request finds an idle model: no fill wait
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            while not self._queue or self._in_flight >= self.concurrent_batches:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            wait = max(self.max_wait_s, self.fill_wait_s) if self._filling else self.max_wait_s
+            self._filling = False
+            batch = self._next_batch(wait)
+            if batch is None:  # worth waiting for a fuller one
+                await self._gather_more(wait)
+                # Asked again: a returning call may have taken the free slot meanwhile.
+                batch = self._next_batch(0.0)
+            if batch:
+                self._start(batch)
+
+    async def _gather_more(self, wait: float) -> None:
+        """Wait up to ``wait`` seconds for a fuller batch."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + wait
+        while self._queue and self._queued_examples < self.max_batch_size:
+            remaining = until - loop.time()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+
+    def _next_batch(self, wait: float) -> list[_Request] | None:
+        """The one dispatch decision, made alike by the dispatcher and by a returning call:
+        the batch to start now, or None when none may start: nothing is queued, no slot is
+        free, or fewer than ``max_batch_size`` examples wait and a fuller batch is worth
+        ``wait`` seconds (the dispatcher waits for it, then asks again with no wait). The batch
+        is empty when every request it took had been cancelled or had expired while queued."""
+        if not self._queue or self._in_flight >= self.concurrent_batches:
+            return None
+        if wait > 0 and self._queued_examples < self.max_batch_size:
+            return None
+        return self._take_batch()
+
+    def _take_batch(self) -> list[_Request]:
+        now = asyncio.get_running_loop().time()
+        batch: list[_Request] = []
+        size = 0
+        while self._queue:
+            request = self._queue[0]
+            if batch and (
+                size + len(request.examples) > self.max_batch_size
+                or request.parameters != batch[0].parameters
+            ):
+                break
+            self._queue.popleft()
+            request.queued = False
+            self._queued_examples -= len(request.examples)
+            if request.future.done():
+                continue
+            if request.deadline is not None and request.deadline <= now:
+                # Expired while queued: answered now, and the model never sees it.
+                request.future.set_exception(DeadlineExceededError(self.model))
+                continue
+            batch.append(request)
+            size += len(request.examples)
+        self._queue_changed()
+        if not batch:
+            # Every request it took had left: the model may be idle now. Not otherwise: the
+            # batch starts at once, and close() must wait for it.
+            self._note_if_idle()
+            return batch
+        if not self._queue:
+            self._filling = False  # what a returning call left to fill is taken
+        if self.observer is not None:
+            self.observer.batch_dispatched(self.model, size)
+        return batch
+
+    def _start(self, batch: list[_Request]) -> None:
+        """Hand ``batch`` to the model's threads now. Its answers go out from a loop callback
+        when the call returns: no task stands between two batches, since under load each
+        task hop is a wait for the busy loop while the model sits idle."""
+        self._in_flight += 1
+        examples = [request.examples for request in batch]
+        parameters = batch[0].parameters
+        loop = asyncio.get_running_loop()
+        watched = _Call(started=loop.time())
+        self._running.add(watched)
+        if self._watchdog is None and self.hang_timeout_s is not None:
+            self._watchdog = loop.call_later(self.hang_timeout_s, self._watch)
+
+        def call(predictor: Predictor) -> tuple[list[_Outcome], float]:
+            return _timed(run_batch, predictor, examples, parameters)
+
+        def returned(done: Future[tuple[list[_Outcome], float]]) -> None:
+            # In the model's thread: back to the loop (gone only if the process is ending).
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._finished, batch, done, watched)
+
+        try:
+            running = self.executor.submit(call)
+        except RuntimeError as exc:  # the threads were shut down: nothing will run it
+            failed: Future[tuple[list[_Outcome], float]] = Future()
+            failed.set_exception(exc)
+            self._finished(batch, failed, watched)
+            return
+        running.add_done_callback(returned)
+
+    def _watch(self) -> None:
+        """On the loop, at most every ``hang_timeout_s`` while calls run (one timer per model,
+        not one per call): mark the calls that outlived it as hung, then watch again."""
+        self._watchdog = None
+        assert self.hang_timeout_s is not None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for watched in [c for c in self._running if not c.hung]:
+            if now - watched.started >= self.hang_timeout_s:
+                self._hung_call(watched)
+        waiting = [c.started for c in self._running if not c.hung]
+        if waiting:
+            self._watchdog = loop.call_at(min(waiting) + self.hang_timeout_s, self._watch)
+
+    def _hung_call(self, watched: _Call) -> None:
+        """A call that has not returned ``hang_timeout_s`` after it started: the model is
+        unhealthy, and the call's slot goes to the next batch (as far as the model's threads
+        allow), so one stuck call does not stop every later request."""
+        watched.hung = True
+        self._in_flight -= 1
+        self._hung += 1
+        logger.error(
+            "model '%s': a predict call has run for more than hang_timeout_s (%g s); the "
+            "model is unhealthy until it returns",
+            self.model,
+            self.hang_timeout_s,
+        )
+        if self.on_hung_changed is not None:
+            self.on_hung_changed(self._hung)
+        self._dispatch_ready()
+        self._note_if_idle()
+        self._wakeup.set()
+
+    def _finished(
+        self,
+        batch: list[_Request],
+        done: Future[tuple[list[_Outcome], float]],
+        watched: _Call,
+    ) -> None:
+        """On the loop, when a batch's call returned: start the next batch first (the model
+        works while this one's answers go out), then answer each request of this one."""
+        self._running.discard(watched)
+        if watched.hung:
+            self._hung -= 1  # its slot was given back when it was found hung
+            logger.warning("model '%s': a hung predict call returned", self.model)
+            if self.on_hung_changed is not None:
+                self.on_hung_changed(self._hung)
+        else:
+            self._in_flight -= 1
+        failure: Exception | None = None
+        outcomes: list[_Outcome] = []
+        try:
+            outcomes, seconds = done.result()
+        except Exception as exc:  # the call never ran (run_batch itself answers per request)
+            failure = exc
+        else:
+            self._observe(seconds)
+        try:
+            self._dispatch_ready()
+        finally:
+            for index, request in enumerate(batch):
+                if request.future.done():
+                    continue  # the caller gave up (deadline, disconnect) while it ran
+                if failure is not None:
+                    request.future.set_exception(failure)
+                elif (error := outcomes[index].error) is not None:
+                    request.future.set_exception(error)
+                else:
+                    request.future.set_result(outcomes[index].outputs or [])
+            self._note_if_idle()
+            self._wakeup.set()
+
+    def _dispatch_ready(self) -> None:
+        """After a call returned: start queued batches while a slot is free, unless a fuller
+        batch is worth waiting for (``max_wait_ms``, ``fill_wait_ms``): the dispatcher waits
+        for it then."""
+        wait = max(self.max_wait_s, self.fill_wait_s)
+        while (batch := self._next_batch(wait)) is not None:
+            if batch:
+                self._start(batch)
+        if self._queue and self._in_flight < self.concurrent_batches:
+            self._filling = True  # the dispatcher gathers them (the caller wakes it)
+
+    def _observe(self, seconds: float) -> None:
+        previous = self._seconds_per_call
+        # An exponential average: recent calls count most, one odd call does not swing it.
+        self._seconds_per_call = seconds if previous is None else 0.8 * previous + 0.2 * seconds
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop taking requests, let queued and running ones finish (for at most ``timeout``
+        seconds: what is still queued then is answered 503), then stop dispatching."""
+        self._closed = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            logger.warning(
+                "model '%s': requests still queued or running after %g s; answering 503 to "
+                "the queued ones and leaving running calls behind",
+                self.model,
+                timeout,
+            )
+            while self._queue:
+                request = self._queue.popleft()
+                request.queued = False
+                if not request.future.done():
+                    request.future.set_exception(ModelNotReadyError(self.model, "unloading"))
+            self._queued_examples = 0
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def _timed(
+    function: Callable[[Predictor, Sequence[list[Any]], Mapping[str, Any]], list[_Outcome]],
+    predictor: Predictor,
+    requests: Sequence[list[Any]],
+    parameters: Mapping[str, Any],
+) -> tuple[list[_Outcome], float]:
+    # Timed in the worker thread: seen from a busy event loop, a call would look as slow as
+    # the loop is late to notice it ended, and admission would refuse work the model has
+    # time for.
+    started = time.perf_counter()
+    outcomes = function(predictor, requests, parameters)
+    return outcomes, time.perf_counter() - started
+
+
+def run_batch(
+    predictor: Predictor,
+    requests: Sequence[list[Any]],
+    parameters: Mapping[str, Any] | None = None,
+) -> list[_Outcome]:
+    """In a worker thread: check each request alone, predict all the valid ones in one call,
+    and if that call fails, predict them one by one so only the culprit fails."""
+    parameters = parameters or {}
+    outcomes = [_Outcome() for _ in requests]
+    prepared: list[tuple[int, Any]] = []
+    for index, examples in enumerate(requests):
+        try:
+            prepared.append((index, _prepare(predictor, examples)))
+        except Exception as exc:
+            outcomes[index].error = _from_the_model(exc)
+    if len(prepared) > 1:
+        try:
+            combined = predictor.combine([batch for _, batch in prepared])
+            count = sum(len(requests[i]) for i, _ in prepared)
+            outputs = _one_output_per_example(_predict(predictor, combined, parameters), count)
+        except Exception as exc:
+            logger.info(
+                "batch of %d requests failed (%s); predicting them one by one",
+                len(prepared),
+                describe_exception(exc),
+            )
+        else:
+            start = 0
+            for index, _ in prepared:
+                end = start + len(requests[index])
+                outcomes[index].outputs = outputs[start:end]
+                start = end
+            return outcomes
+    for index, batch in prepared:
+        try:
+            result = _predict(predictor, batch, parameters)
+            outcomes[index].outputs = _one_output_per_example(result, len(requests[index]))
+        except Exception as exc:
+            outcomes[index].error = _from_the_model(exc)
+    return outcomes
+
+
+def _from_the_model(exc: Exception) -> Exception:
+    """An exception of the predictor's code, marked as the model's (loadonce's own errors,
+    such as InvalidInputError for a bad input, say what they are already)."""
+    if isinstance(exc, LoadonceError):
+        return exc
+    wrapped = ModelRaisedError(exc)
+    wrapped.__cause__ = exc
+    return wrapped
+
+
+def _predict(predictor: Predictor, batch: Any, parameters: Mapping[str, Any]) -> Sequence[Any]:
+    # The common case skips a call: predict_with exists for the few requests with parameters.
+    return predictor.predict_with(batch, parameters) if parameters else predictor.predict(batch)
+
+
+def _prepare(predictor: Predictor, examples: list[Any]) -> Any:
+    try:
+        return predictor.prepare(examples)
+    except InvalidInputError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise InvalidInputError(describe_exception(exc)) from exc
+
+
+def _one_output_per_example(outputs: Sequence[Any], count: int) -> list[Any]:
+    try:
+        listed = list(outputs)
+    except TypeError:
+        raise RuntimeError(
+            f"the model returned {type(outputs).__name__}, not one output per example"
+        ) from None
+    if len(listed) != count:
+        raise RuntimeError(f"the model returned {len(listed)} outputs for {count} examples")
+    return listed

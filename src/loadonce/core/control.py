@@ -1,0 +1,149 @@
+"""Model control: load, unload and reload a declared model while the server runs.
+
+A request (``ControlRequest``) is applied in every worker process of the server, each
+reporting a ``WorkerOutcome``. ``LocalControl`` applies it in this process (one worker, or a
+library app); ``loadonce serve --workers N`` replaces it with a control that goes through the
+supervisor, which hands the request to every worker and gathers their outcomes
+(``server/control_channel.py``). The admin route and the Open Inference Protocol's
+repository routes both call the app's control (``LoadonceState.control``), so they behave the
+same way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import ValidationError
+
+from loadonce.core.artifacts import ArtifactRoots, refuse_code_running_format
+from loadonce.core.errors import (
+    ForbiddenError,
+    InvalidInputError,
+    ModelLoadError,
+    describe_validation,
+)
+from loadonce.core.registry import Registry
+from loadonce.core.spec import ModelSpec
+from loadonce.runtimes import resolve_runtime
+
+Action = Literal["load", "unload"]
+
+
+@dataclass(frozen=True)
+class ControlRequest:
+    """``load`` loads a model, or reloads it if it is loaded; ``artifact``, ``version`` and
+    ``sha256`` load a changed spec instead of the current one. ``unload`` unloads it."""
+
+    action: Action
+    model: str
+    artifact: str | None = None
+    version: str | None = None
+    sha256: str | None = None
+
+    @property
+    def changes(self) -> dict[str, Any]:
+        changed: dict[str, Any] = {}
+        if self.artifact is not None:
+            changed["artifact"] = Path(self.artifact)
+        if self.version is not None:
+            changed["version"] = self.version
+        if self.sha256 is not None:
+            changed["sha256"] = self.sha256
+        return changed
+
+
+@dataclass(frozen=True)
+class WorkerOutcome:
+    pid: int
+    ok: bool
+    version: str
+    state: str
+    error: str | None = None
+
+
+def describe_failures(outcomes: list[WorkerOutcome]) -> str:
+    """The failed workers' errors as one line; empty when every worker succeeded."""
+    return "; ".join(f"worker pid {o.pid}: {o.error}" for o in outcomes if not o.ok)
+
+
+def changed_spec(spec: ModelSpec, request: ControlRequest, roots: ArtifactRoots) -> ModelSpec:
+    """The spec with the request's changes, validated as a declared one is, and checked
+    against the operator's policy (``core/artifacts.py``) before the new artifact is opened: an
+    absolute path (the server may not run where the caller does) under ``roots``, a regular
+    file or a directory, in a format the model's configured trust allows. A request's sha256
+    only goes with a new artifact: the operator's pin of the configured one stands."""
+    changes = request.changes
+    if not changes:
+        return spec
+    artifact = changes.get("artifact")
+    if artifact is None and "sha256" in changes:
+        raise InvalidInputError(
+            "sha256 checks a new artifact: send it with 'artifact' (the configured artifact's "
+            "pin is the operator's, and a request cannot change it)"
+        )
+    if artifact is not None and spec.artifact is None:
+        raise InvalidInputError(f"model '{spec.name}' is loaded by a loader, not an artifact")
+    if artifact is not None:
+        changes["artifact"] = roots.check(artifact)
+    if artifact is not None and "sha256" not in changes and spec.sha256 is not None:
+        raise InvalidInputError(
+            f"model '{spec.name}' is pinned by sha256: give the new artifact's sha256 as well"
+        )
+    fields = {name: getattr(spec, name) for name in type(spec).model_fields}
+    try:
+        changed = ModelSpec.model_validate({**fields, **changes})
+    except ValidationError as exc:
+        raise InvalidInputError(
+            f"invalid change to model '{spec.name}': {describe_validation(exc)}"
+        ) from None
+    if artifact is not None:
+        try:
+            runtime = resolve_runtime(changed)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
+        refuse_code_running_format(changed, runtime.runs_code(changed))
+    return changed
+
+
+async def apply_locally(registry: Registry, request: ControlRequest) -> WorkerOutcome:
+    """Apply the request to this process's model; a failed load is an outcome, not a raise."""
+    model = registry.get(request.model)
+    error: str | None = None
+    try:
+        if request.action == "unload":
+            await model.unload(on_request=True)
+        else:
+            await model.load(changed_spec(model.spec, request, registry.artifact_roots))
+    except (ModelLoadError, InvalidInputError, ForbiddenError) as failure:
+        error = str(failure)
+    # Even after a failure: a failed load's partial objects are garbage too.
+    registry.refreeze_collector()
+    return WorkerOutcome(
+        pid=os.getpid(),
+        ok=error is None,
+        version=model.version,
+        state=model.state.value,
+        error=error,
+    )
+
+
+class ModelControl(Protocol):
+    async def apply(self, request: ControlRequest) -> list[WorkerOutcome]:
+        """Apply the request in every worker; one outcome per worker."""
+        ...
+
+
+class LocalControl:
+    """Every model of the server lives in this process."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    async def apply(self, request: ControlRequest) -> list[WorkerOutcome]:
+        model = self.registry.get(request.model)  # 404 before anything happens
+        if request.changes:
+            changed_spec(model.spec, request, self.registry.artifact_roots)  # 400 or 403 likewise
+        return [await apply_locally(self.registry, request)]

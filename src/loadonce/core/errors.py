@@ -1,0 +1,175 @@
+"""The exceptions loadonce raises, each carrying its HTTP status (``status``) and the message
+a client reads (``client_message``): one mapping, in the classes, serves both protocols
+(``http/errors.py`` renders it)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import ValidationError
+
+
+class LoadonceError(Exception):
+    """Base class of every error loadonce raises on purpose.
+
+    ``status``: the HTTP status a request that meets it is answered with (a subclass's own,
+    found along the class hierarchy as any class attribute is). A 500 means a fault of the
+    server's, not of the request: it is logged under the request id.
+    """
+
+    status: ClassVar[int] = 500
+
+    def client_message(self) -> str:
+        """What the client is told."""
+        return str(self)
+
+
+class ConfigError(LoadonceError):
+    """The declared models or server options are invalid; raised before anything loads."""
+
+
+class ModelLoadError(LoadonceError):
+    """A model could not be loaded (or warmed up); startup stops with this message.
+
+    The message is one line that names the model, where it was loaded from and the cause,
+    because it is what an operator reads in the log of a server that refused to start.
+    """
+
+    def __init__(self, model: str, source: str | Path | None, cause: BaseException | str) -> None:
+        self.model = model
+        self.source = None if source is None else str(source)
+        self.cause = cause
+        reason = cause if isinstance(cause, str) else describe_exception(cause)
+        where = f" from {self.source}" if self.source else ""
+        super().__init__(f"model '{model}' failed to load{where}: {reason}")
+
+
+class ModelNotFoundError(LoadonceError):
+    """No model of that name is declared in this registry (HTTP 404)."""
+
+    status = 404
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        listing = ", ".join(repr(k) for k in known) or "none"
+        super().__init__(f"model '{name}' is not served here; models served: {listing}")
+
+
+class ModelNotReadyError(LoadonceError):
+    """The model exists but is not ready to predict: loading, failed or unloaded (HTTP 503)."""
+
+    status = 503
+
+    def __init__(self, name: str, state: str) -> None:
+        self.name = name
+        self.state = state
+        super().__init__(f"model '{name}' is not ready (state: {state})")
+
+
+class QueueFullError(LoadonceError):
+    """The model's queue holds as many examples as it may (HTTP 503 with Retry-After)."""
+
+    status = 503
+
+    def __init__(
+        self, name: str, queued: int, limit: int, *, expected_wait: float | None = None
+    ) -> None:
+        self.name = name
+        why = (
+            f"{queued} examples are queued (max_queue {limit})"
+            if expected_wait is None
+            else f"at the current pace the answer would come after {expected_wait:.2f} s, "
+            "past this request's deadline"
+        )
+        super().__init__(f"model '{name}' is overloaded: {why}; retry shortly")
+
+
+class DeadlineExceededError(LoadonceError):
+    """The request's deadline passed before the model answered (HTTP 504)."""
+
+    status = 504
+
+    def __init__(self, name: str, timeout: float | None = None) -> None:
+        self.name = name
+        limit = "" if timeout is None else f" of {timeout:g} s"
+        super().__init__(f"model '{name}' did not answer within the deadline{limit}")
+
+
+class ClientDisconnectedError(LoadonceError):
+    """The client went away before its answer was ready; its request left the queue."""
+
+    # Nobody reads this answer; nginx's 499 says "client closed request" in access logs.
+    status = 499
+
+
+class ModelRaisedError(LoadonceError):
+    """The model's own code raised (its prepare, predict or output): wrapped where it
+    happened, in the model's thread, so that "the model raised" is said of the model only
+    (HTTP 500, details in the server log)."""
+
+    def __init__(self, model_error: BaseException) -> None:
+        self.model_error = model_error
+        super().__init__(f"the model raised {describe_exception(model_error)}")
+
+
+class InvalidInputError(LoadonceError, ValueError):
+    """The request's inputs do not fit the model (HTTP 400).
+
+    Raise it from your own predictor to answer 400 with your message instead of a 500:
+    the message should say what was expected.
+    """
+
+    status = 400
+
+    def client_message(self) -> str:
+        return f"invalid inputs: {self}"
+
+
+def describe_validation(exc: ValidationError, *, whole: str = "value") -> str:
+    """Pydantic's errors as one line: each field's dotted path and what is wrong with it
+    (never the value, which may be a secret)."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or whole}: {error['msg']}"
+        for error in exc.errors()
+    )
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line for an exception: its type and its message, never a traceback."""
+    text = " ".join(str(exc).split())
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
+
+
+class RequestTooLargeError(LoadonceError):
+    """The request is larger than a configured limit: its body, its number of examples, or
+    one BYTES element (HTTP 413)."""
+
+    status = 413
+
+
+class ForbiddenError(LoadonceError):
+    """The request asks for something only the operator may allow: an artifact outside the
+    configured roots, or a format that runs code for a model not trusted (HTTP 403)."""
+
+    status = 403
+
+
+class NotAvailableHereError(LoadonceError):
+    """An operation this deployment does not offer, with what to do instead (HTTP 501): under
+    Ray Serve, a reload reaches one replica, so reloading is Ray's redeploy."""
+
+    status = 501
+
+
+# An absolute path in a message: a slash that does not follow a letter, a digit, a colon or
+# another slash (so "http://host/x" and "a/b" are left alone), up to a space or a quote.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.])/[^\s'\"`,;:()\[\]<>]*")
+
+
+def without_paths(message: str) -> str:
+    """A message for a client without the admin scope: every server file path replaced by
+    ``<path>`` (the server log and admin answers keep them)."""
+    return _ABSOLUTE_PATH.sub("<path>", message)

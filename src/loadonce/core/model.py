@@ -1,0 +1,500 @@
+"""Model: the live handle of one declared model in one worker: its state, load and predict path."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import anyio.to_thread
+
+from loadonce.core.batcher import Batcher, run_batch
+from loadonce.core.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    ModelLoadError,
+    ModelNotReadyError,
+    RequestTooLargeError,
+    describe_exception,
+    without_paths,
+)
+from loadonce.core.executors import Executor, instances_needed, make_executor
+from loadonce.core.inputs import split_examples
+from loadonce.core.integrity import verify_sha256
+from loadonce.core.memory import (
+    MemorySample,
+    artifact_bytes,
+    format_bytes,
+    mapped_file_bytes,
+    sample_process_memory,
+)
+from loadonce.core.observer import ModelObserver
+from loadonce.core.spec import Concurrency, ModelSpec
+from loadonce.runtimes import resolve_runtime
+from loadonce.runtimes._base import InputSignature, Predictor, TensorInfo
+
+logger = logging.getLogger("loadonce")
+
+
+class ModelState(StrEnum):
+    """Where a model is in its life in this worker."""
+
+    PENDING = "pending"  # declared; the lifespan has not started loading it yet
+    LOADING = "loading"
+    READY = "ready"
+    RELOADING = "reloading"
+    UNLOADED = "unloaded"
+    FAILED = "failed"
+
+
+class Model:
+    """One declared model in this worker process.
+
+    The handle stays the same object for the life of the app; handlers get it through
+    ``loadonce.ModelDependency`` and call ``await model.predict(inputs)``, which runs the
+    predictor in a thread under the model's concurrency policy, never on the event loop.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self._state = ModelState.PENDING
+        self.worker_pid = os.getpid()
+        self.load_count = 0
+        self.load_seconds: float | None = None
+        self.load_memory: MemorySample | None = None
+        # Resident bytes of the artifact mapped read-only (shared by the workers), after load.
+        self.mapped_bytes = 0
+        self.loaded_at: float | None = None
+        self.error: str | None = None
+        self.runtime_name: str | None = None
+        self.concurrency: Concurrency | None = spec.concurrency
+        self._executor: Executor | None = None
+        self._batcher: Batcher | None = None
+        # False once unloaded on request (the model repository API): the server's readiness
+        # then leaves it out, as Triton's does, until it is loaded again.
+        self._wanted = True
+        # One load, reload or unload at a time; predictions go on meanwhile.
+        self._lifecycle = asyncio.Lock()
+        # Told of every change of state, queue and batch (the app's metrics), if set.
+        self._observer: ModelObserver | None = None
+        # Predict calls running past hang_timeout_s now; the model is unhealthy while any is.
+        self._hung_calls = 0
+        # Called when a call is found hung (loadonce serve: replace this worker).
+        self._on_hung: Callable[[Model], None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    # Read-only outside: every change goes through a method of this class, which tells the
+    # observer (the metrics) of it.
+    @property
+    def state(self) -> ModelState:
+        return self._state
+
+    @property
+    def wanted(self) -> bool:
+        """False once unloaded on request (the model repository API): the server's readiness
+        then leaves it out, as Triton's does, until it is loaded again."""
+        return self._wanted
+
+    @property
+    def hung_calls(self) -> int:
+        """Predict calls running past ``hang_timeout_s`` now."""
+        return self._hung_calls
+
+    @property
+    def observer(self) -> ModelObserver | None:
+        return self._observer
+
+    def watch(self, observer: ModelObserver) -> None:
+        """Report every change of state, queue and batch to ``observer`` from now on, starting
+        with the model's present state."""
+        self._observer = observer
+        self._notify()
+
+    def on_hung(self, hook: Callable[[Model], None]) -> None:
+        """Call ``hook`` whenever a predict call of this model is found hung."""
+        self._on_hung = hook
+
+    def leave_unloaded(self) -> None:
+        """Before loading: leave the model unloaded, as an operator left it (a worker that
+        replaces one that died follows the others)."""
+        self._wanted = False
+        self._set_state(ModelState.UNLOADED)
+
+    def _set_state(self, state: ModelState) -> None:
+        self._state = state
+        self._notify()
+
+    @property
+    def version(self) -> str:
+        return self.spec.version
+
+    @property
+    def signature(self) -> InputSignature | None:
+        return None if self._executor is None else self._executor.instances[0].signature
+
+    @property
+    def inputs(self) -> Sequence[TensorInfo]:
+        """The model's named inputs where its format records them, else one input described
+        by the shape of an example, when that is known."""
+        if self._executor is None:
+            return ()
+        predictor = self._executor.instances[0]
+        if predictor.inputs or predictor.signature is None:
+            return predictor.inputs
+        signature = predictor.signature
+        return (TensorInfo(name="input", dtype=signature.dtype, shape=(None, *signature.shape)),)
+
+    @property
+    def shares_weights(self) -> bool | None:
+        """Whether this worker maps the weights from the artifact (shared with the other
+        workers through the page cache); None while not loaded."""
+        if self._executor is None:
+            return None
+        return all(instance.shares_weights for instance in self._executor.instances)
+
+    @property
+    def outputs(self) -> Sequence[TensorInfo]:
+        return () if self._executor is None else self._executor.instances[0].outputs
+
+    @property
+    def public_error(self) -> str | None:
+        """``error`` as answers any client may read show it: without server file paths."""
+        return None if self.error is None else without_paths(self.error)
+
+    @property
+    def is_serving(self) -> bool:
+        """Whether it takes predictions now: loaded (while a reload builds its successor,
+        too), hung calls or not."""
+        return self.state in _SERVING
+
+    @property
+    def is_ready(self) -> bool:
+        """Whether it answers predictions now (while a reload builds its successor, it does),
+        and no call of it is hung."""
+        return self.is_serving and self.hung_calls == 0
+
+    def _hung_changed(self, count: int) -> None:
+        grew = count > self._hung_calls
+        self._hung_calls = count
+        self._notify()
+        if grew and self._on_hung is not None:
+            self._on_hung(self)
+
+    async def load(self, spec: ModelSpec | None = None) -> None:
+        """Load (all pool instances of) the model in a thread, warm it up, then mark it ready.
+
+        If it is loaded already, this is a reload: the new instances load and warm up while
+        the current ones go on serving, then take over; the old ones finish what they were
+        given before they close. A failed reload leaves the current instances serving (and
+        its message in ``error``). ``spec``: load this one instead (a new artifact or
+        version of the same model); it becomes the model's spec only if it loads.
+        """
+        async with self._lifecycle:
+            self._wanted = True
+            candidate = spec or self.spec
+            if candidate.name != self.name:
+                raise ValueError(f"a spec named '{candidate.name}' cannot replace '{self.name}'")
+            try:
+                if self._executor is None:
+                    await self._load_first(candidate)
+                else:
+                    await self._reload(candidate)
+            finally:
+                self._notify()
+
+    def _notify(self) -> None:
+        if self._observer is not None:
+            self._observer.model_changed(self)
+
+    async def _load_first(self, spec: ModelSpec) -> None:
+        self._state = ModelState.LOADING
+        self._notify()
+        self.error = None
+        try:
+            executor = await self._build_and_measure(spec)
+        except ModelLoadError as failure:
+            self._state = ModelState.FAILED
+            self.error = str(failure)
+            raise
+        self._executor = executor
+        self._batcher = _make_batcher(self, executor)
+        self._state = ModelState.READY
+
+    async def _reload(self, spec: ModelSpec) -> None:
+        self._state = ModelState.RELOADING
+        self._notify()
+        try:
+            executor = await self._build_and_measure(spec)
+        except ModelLoadError as failure:
+            self._state = ModelState.READY
+            self.error = f"{failure}; version {self.version} loaded before goes on serving"
+            logger.error("%s", self.error)
+            raise
+        self.error = None
+        old_batcher, old_executor = self._batcher, self._executor
+        self._executor = executor
+        self._batcher = _make_batcher(self, executor)
+        self._state = ModelState.READY
+        await _retire(old_batcher, old_executor, self.name)
+
+    async def _build_and_measure(self, spec: ModelSpec) -> Executor:
+        """Load and warm up every instance of ``spec``; on success it becomes the model's
+        spec, and the time and memory it took are recorded and logged."""
+        self.worker_pid = os.getpid()
+        before = sample_process_memory()
+        started = time.perf_counter()
+        instances: list[Predictor] = []
+        try:
+            # Bounded as a whole: a file that never ends (a device, a huge directory) or a
+            # loader that hangs fails the load instead of holding the model's lock forever.
+            # The abandoned thread cannot be stopped; it finishes on its own.
+            async with asyncio.timeout(spec.load_timeout_s):
+                logger.info(
+                    "model '%s' version %s loading in worker pid %d from %s%s",
+                    self.name,
+                    spec.version,
+                    self.worker_pid,
+                    spec.source,
+                    await _off_loop(_size_of, spec),
+                )
+                executor, runtime_name, policy = await self._build_executor(spec, instances)
+                if spec.warmup is not None:
+                    await self._warm_up(spec, executor.instances)
+        except TimeoutError:
+            await _close_all(instances, self.name)
+            raise ModelLoadError(
+                self.name,
+                spec.source,
+                f"the load did not finish within load_timeout_s ({spec.load_timeout_s:g} s)",
+            ) from None
+        except Exception as exc:
+            await _close_all(instances, self.name)
+            raise ModelLoadError(self.name, spec.source, exc) from exc
+        self.spec, self.runtime_name, self.concurrency = spec, runtime_name, policy
+        shared = all(instance.shares_weights for instance in executor.instances)
+        self.mapped_bytes = (
+            await anyio.to_thread.run_sync(mapped_file_bytes, spec.artifact) if shared else 0
+        )
+        self.load_seconds = time.perf_counter() - started
+        self.load_memory = sample_process_memory() - before
+        self.loaded_at = time.time()
+        self.load_count += 1
+        logger.info(
+            "model '%s' version %s %s in worker pid %d in %.2f s, memory %s RSS, %s USS "
+            "(runtime %s, concurrency %s; each worker process loads its own copy)",
+            self.name,
+            self.version,
+            "loaded" if self.load_count == 1 else f"loaded again (load {self.load_count})",
+            self.worker_pid,
+            self.load_seconds,
+            format_bytes(self.load_memory.rss),
+            format_bytes(self.load_memory.uss),
+            self.runtime_name,
+            self.concurrency,
+        )
+        return executor
+
+    async def _build_executor(
+        self, spec: ModelSpec, instances: list[Predictor]
+    ) -> tuple[Executor, str, Concurrency]:
+        if spec.sha256 is not None and spec.artifact is not None:
+            await _off_loop(verify_sha256, spec.artifact, spec.sha256)
+        runtime = resolve_runtime(spec)
+        policy = spec.concurrency or Concurrency.parse(runtime.default_concurrency)
+        for _ in range(instances_needed(policy)):
+            instances.append(await _off_loop(runtime.load, spec))
+        return make_executor(policy, instances, name=self.name), runtime.name, policy
+
+    async def unload(self, *, on_request: bool = False, timeout: float | None = None) -> None:
+        """Let queued and running requests finish, then release the model's instances (their
+        ``close``), once; the state becomes unloaded. ``on_request``: an operator asked for it
+        (model repository API), so the server's readiness stops counting this model.
+        ``timeout``: wait at most that long for queued and running requests (shutdown)."""
+        async with self._lifecycle:
+            if on_request:
+                self._wanted = False
+            batcher, self._batcher = self._batcher, None
+            executor, self._executor = self._executor, None
+            if self.state is not ModelState.FAILED:
+                self._state = ModelState.UNLOADED
+            self._notify()
+            await _retire(batcher, executor, self.name, timeout)
+
+    @property
+    def batcher(self) -> Batcher | None:
+        """The model's queue and dispatcher while it is loaded (read-only use: figures)."""
+        return self._batcher
+
+    def refuse_if_too_many(self, examples: int) -> None:
+        """Raise RequestTooLargeError (413) for a request of more examples than the model
+        takes in one request (``max_request_examples``, by default ``max_queue``)."""
+        most = self.spec.max_request_examples or self.spec.max_queue
+        if examples > most:
+            raise RequestTooLargeError(
+                f"the request holds {examples} examples; model '{self.name}' takes at most "
+                f"{most} per request (max_request_examples): split it"
+            )
+
+    def refuse_if_full(self) -> None:
+        """Raise QueueFullError (503) when the queue has no room left, whatever a request
+        holds; ``predict`` checks the rest."""
+        if self._batcher is not None:
+            self._batcher.refuse_if_full()
+
+    async def predict(
+        self,
+        inputs: Any,
+        *,
+        timeout: float | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> list[Any]:
+        """Predict for one example or a list of examples; returns one output per example.
+
+        The request waits in the model's bounded queue (``QueueFullError`` when it is full)
+        and is answered within ``timeout`` seconds, or the model's ``timeout_s``, whichever is
+        shorter (``DeadlineExceededError``); if it is still queued then, the model never sees
+        it. Cancelling the call (a client that went away) removes it from the queue too.
+        ``parameters`` reach the predictor where it declares them (``request_parameters``);
+        others are not passed on.
+        """
+        executor = self._executor
+        if executor is None or self.state not in _SERVING:
+            raise ModelNotReadyError(self.name, self.state.value)
+        examples = split_examples(inputs, executor.instances[0].signature)
+        return await self.predict_examples(examples, timeout=timeout, parameters=parameters)
+
+    async def predict_examples(
+        self,
+        examples: list[Any],
+        *,
+        timeout: float | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        arrived: float | None = None,
+    ) -> list[Any]:
+        """``predict`` for inputs already split into examples (a protocol that carries the
+        batch dimension itself, like the Open Inference Protocol's tensors).
+
+        ``arrived``: when the request reached the server, in the event loop's time; the
+        deadline counts from there (default: now). An answer ready after the deadline is a
+        ``DeadlineExceededError`` too: its client has stopped waiting for it."""
+        batcher, executor = self._batcher, self._executor
+        if batcher is None or executor is None or self.state not in _SERVING:
+            raise ModelNotReadyError(self.name, self.state.value)
+        if not examples:
+            raise InvalidInputError("the request holds no example: send at least one")
+        self.refuse_if_too_many(len(examples))
+        taken = executor.instances[0].request_parameters
+        passed = {k: v for k, v in parameters.items() if k in taken} if parameters else None
+        if timeout is not None and not 0 < timeout < math.inf:
+            raise InvalidInputError(
+                f"a timeout must be a positive number of seconds; got {timeout}"
+            )
+        limits = [t for t in (timeout, self.spec.timeout_s) if t is not None]
+        deadline_s = min(limits) if limits else None
+        if deadline_s is not None and deadline_s > _LONGEST_DEADLINE_S:
+            deadline_s = None  # longer than any request lives: the same as none
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if deadline_s is None:
+            return await batcher.submit(examples, None, passed)
+        deadline = (now if arrived is None else min(arrived, now)) + deadline_s
+        if deadline <= now:
+            # Already late (a slow body, a busy loop): the model never sees it.
+            raise DeadlineExceededError(self.name, deadline_s)
+        future = batcher.submit(examples, deadline, passed)
+        try:
+            outputs = await asyncio.wait_for(future, deadline - now)
+        except TimeoutError:
+            raise DeadlineExceededError(self.name, deadline_s) from None
+        if loop.time() > deadline:
+            raise DeadlineExceededError(self.name, deadline_s)
+        return outputs
+
+    async def _warm_up(self, spec: ModelSpec, instances: Sequence[Predictor]) -> None:
+        """Run the warm-up input through every instance (each pool slot has its own caches),
+        by the same prepare-and-predict path as requests."""
+        examples = split_examples(spec.warmup, instances[0].signature)
+        for instance in instances:
+            [outcome] = await _off_loop(run_batch, instance, [examples])
+            if outcome.error is not None:
+                error = getattr(outcome.error, "model_error", outcome.error)
+                raise RuntimeError(f"warm-up failed: {describe_exception(error)}")
+
+
+_SERVING = (ModelState.READY, ModelState.RELOADING)
+# A deadline past this (a year) is no deadline: the event loop's timers cannot hold 1e300 s.
+_LONGEST_DEADLINE_S = 365 * 24 * 3600.0
+_T = TypeVar("_T")
+
+
+async def _off_loop(function: Callable[..., _T], *args: Any) -> _T:
+    """Run a step of a load in a thread; a timeout or a cancellation stops waiting for it at
+    once (anyio's default would wait for the thread to finish)."""
+    return await anyio.to_thread.run_sync(function, *args, abandon_on_cancel=True)
+
+
+def _size_of(spec: ModelSpec) -> str:
+    size = artifact_bytes(spec.artifact)
+    # Unreadable: the load itself names what is missing.
+    return "" if size is None else f" ({size / 2**20:,.1f} MiB)"
+
+
+async def _retire(
+    batcher: Batcher | None, executor: Executor | None, name: str, timeout: float | None = None
+) -> None:
+    """Let a batcher finish what it queued (for at most ``timeout``), then stop its threads
+    and close its instances (a hung call's instance is left to it)."""
+    if batcher is not None:
+        await batcher.close(timeout)
+        if batcher.hung_calls:
+            if executor is not None:
+                executor.shutdown()
+            return
+    if executor is not None:
+        executor.shutdown()
+        await _close_all(executor.instances, name)
+
+
+def _make_batcher(model: Model, executor: Executor) -> Batcher:
+    spec, policy = model.spec, model.concurrency
+    assert policy is not None
+    if spec.batching is None:
+        # One call per request, as many at once as the policy allows.
+        max_batch_size, max_wait_s, fill_wait_s, concurrent = 1, 0.0, 0.0, policy.size
+    else:
+        batching = spec.batching
+        max_batch_size = batching.max_batch_size
+        max_wait_s = batching.max_wait_ms / 1000
+        fill_wait_s = batching.fill_wait_ms / 1000
+        concurrent = batching.concurrent_batches or (policy.size if policy.kind == "pool" else 1)
+    batcher = Batcher(
+        model=model.name,
+        observer=model.observer,
+        executor=executor,
+        max_batch_size=max_batch_size,
+        max_wait_s=max_wait_s,
+        fill_wait_s=fill_wait_s,
+        max_queue=spec.max_queue,
+        concurrent_batches=concurrent,
+        hang_timeout_s=spec.hang_timeout,
+        on_hung_changed=model._hung_changed,
+    )
+    batcher.start()
+    return batcher
+
+
+async def _close_all(instances: Sequence[Predictor], name: str) -> None:
+    for instance in reversed(instances):
+        try:
+            await anyio.to_thread.run_sync(instance.close)
+        except Exception as exc:
+            # Shutdown goes on: one model failing to close must not keep the others loaded.
+            logger.warning("model '%s' failed to close: %s", name, describe_exception(exc))

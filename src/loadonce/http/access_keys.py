@@ -1,0 +1,99 @@
+"""API keys per route family: which keys a server accepts, and which family a path is in.
+
+Route families: health probes and the docs are always open; ``/metrics`` is open unless
+protected; admin routes (loading, unloading, reloading models) need an admin key; every other
+route (inference, model listings) needs an inference or an admin key. With no key configured
+at all, everything is open, as before (the server binds 127.0.0.1 by default). Once any key is
+configured, admin routes need an admin key, even when none is configured (then they are shut).
+
+Keys are compared in constant time (``hmac.compare_digest`` against every key, no early exit)
+and never logged or echoed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from loadonce.core.errors import ConfigError
+
+MIN_KEY_LENGTH = 16
+_AUTHORIZATION = b"authorization"
+_API_KEY = b"x-api-key"
+_OPEN_PATHS = {
+    "/livez",
+    "/readyz",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/docs",
+    "/docs/oauth2-redirect",
+    "/redoc",
+    "/openapi.json",
+}
+_ADMIN_PATH = re.compile(r"^/(admin/.*|v2/repository/models/[^/]+/(load|unload))$")
+
+
+class RouteFamily(StrEnum):
+    OPEN = "open"
+    METRICS = "metrics"
+    ADMIN = "admin"
+    INFERENCE = "inference"
+
+
+def family_of(path: str) -> RouteFamily:
+    """The family of a route path: the path without the app's root path (``route_path``),
+    as the app's routes see it."""
+    if path in _OPEN_PATHS:
+        return RouteFamily.OPEN
+    if path == "/metrics":
+        return RouteFamily.METRICS
+    if _ADMIN_PATH.match(path):
+        return RouteFamily.ADMIN
+    # Anything else, known route or not, is treated as inference: deny by default.
+    return RouteFamily.INFERENCE
+
+
+@dataclass(frozen=True)
+class AccessKeys:
+    """The keys a server accepts. ``inference`` keys open inference routes; ``admin`` keys open
+    admin routes and inference routes too."""
+
+    inference: tuple[str, ...] = ()
+    admin: tuple[str, ...] = ()
+    protect_metrics: bool = False
+
+    def __post_init__(self) -> None:
+        for key in (*self.inference, *self.admin):
+            if len(key) < MIN_KEY_LENGTH or key != key.strip():
+                raise ConfigError(
+                    f"an API key must be at least {MIN_KEY_LENGTH} characters, without "
+                    "surrounding spaces (one of the configured keys is not; it is not shown)"
+                )
+        if self.protect_metrics and not self.enabled:
+            raise ConfigError("protect_metrics needs at least one API key")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.inference or self.admin)
+
+
+def matches(candidate: bytes, keys: tuple[str, ...]) -> bool:
+    found = False
+    for key in keys:
+        # Every key is compared, whatever matched before: the time does not tell which.
+        found |= hmac.compare_digest(candidate, key.encode("utf-8"))
+    return found
+
+
+def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
+    for name, value in headers:
+        if name == _AUTHORIZATION:
+            scheme, _, token = value.partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                return token.strip()
+        elif name == _API_KEY and value.strip():
+            return value.strip()
+    return None

@@ -1,0 +1,132 @@
+"""Keeping web pages away from a server they were not served by.
+
+Two attacks reach a server on the developer's own machine through their browser:
+
+- **Cross-site requests.** Any page may POST to ``http://127.0.0.1:8000`` (with a
+  ``text/plain`` body, no CORS preflight happens): without API keys it could unload or
+  reload every model. Browsers say where a request comes from (``Origin``, and
+  ``Sec-Fetch-Site``), so control routes refuse a request that a browser marks as coming from
+  another origin. Clients that are not browsers send neither header and are not affected.
+- **DNS rebinding.** A page on ``evil.example`` whose name is made to resolve to 127.0.0.1
+  is "same-origin" to the browser, but its requests carry ``Host: evil.example``. While the
+  server listens on a loopback address, only loopback names are accepted as ``Host``.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from urllib.parse import urlsplit
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from loadonce.http.access_keys import RouteFamily, family_of
+from loadonce.http.errors import raw_error_response
+from loadonce.http.request_info import route_path
+from loadonce.http.state import LoadonceState
+
+_HOST = b"host"
+_ORIGIN = b"origin"
+_FETCH_SITE = b"sec-fetch-site"
+# "none": typed in the address bar or a bookmark; "same-origin": a page this server served.
+_OWN_SITES = (b"same-origin", b"none")
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost``, a name under ``.localhost``, or a loopback address (IPv4 or IPv6)."""
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _hostname(host_header: str) -> str:
+    """The name in a Host header, without its port (``[::1]:8000`` -> ``::1``)."""
+    if host_header.startswith("["):
+        return host_header[1 : host_header.find("]")] if "]" in host_header else host_header
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+
+
+def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    """Whether the operator listed ``host``: a name, ``*.example.com`` for its subdomains,
+    or ``*`` for any."""
+    host = host.rstrip(".").lower()
+    for pattern in allowed:
+        pattern = pattern.lower()
+        if pattern == "*" or pattern == host:
+            return True
+        if pattern.startswith("*.") and host.endswith(pattern[1:]):
+            return True
+    return False
+
+
+def refusal(scope: Scope, allowed_hosts: tuple[str, ...] = ()) -> str | None:
+    """Why a request is refused (403), or None. On the hot path: one pass over the headers,
+    and the route's family only for a request a browser marked as coming from elsewhere.
+    ``allowed_hosts``: names a loopback server answers to besides loopback names (a proxy on
+    the same machine that passes on its own Host)."""
+    host = origin = site = None
+    for name, value in scope["headers"]:
+        if name == _HOST:
+            host = value
+        elif name == _ORIGIN:
+            origin = value
+        elif name == _FETCH_SITE:
+            site = value
+    if host and _serves_loopback_only(scope) and not _is_loopback_header(host):
+        name = _hostname(host.decode("latin-1"))
+        if not host_allowed(name, allowed_hosts):
+            return (
+                "this server listens on a loopback address and answers only to loopback "
+                f"names (localhost, 127.0.0.1, [::1]) and its allowed_hosts, not to Host "
+                f"'{name}'"
+            )
+    foreign_site = site is not None and site.lower() not in _OWN_SITES
+    foreign_origin = origin is not None and (
+        not (netloc := urlsplit(origin.decode("latin-1")).netloc.lower())
+        or netloc != (host or b"").decode("latin-1").lower()
+    )
+    if not (foreign_site or foreign_origin):
+        return None
+    if family_of(route_path(scope)) is not RouteFamily.ADMIN:
+        return None
+    if foreign_site:
+        return "control routes refuse requests a browser sends from another site"
+    return "control routes refuse requests a browser sends from another origin"
+
+
+def _serves_loopback_only(scope: Scope) -> bool:
+    server = scope.get("server")
+    return server is not None and _is_loopback_address(server[0])
+
+
+@functools.lru_cache(maxsize=64)
+def _is_loopback_address(address: str) -> bool:
+    return is_loopback_host(str(address))
+
+
+@functools.lru_cache(maxsize=256)
+def _is_loopback_header(host: bytes) -> bool:
+    # Cached: every request carries one of a few Host values (a client varying it only
+    # evicts entries).
+    return is_loopback_host(_hostname(host.decode("latin-1")))
+
+
+class BrowserGuardMiddleware:
+    """Answers 403 to a request that a web page of another site sent to a control route, and
+    to any request naming a non-loopback host while the server listens on loopback."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            state = LoadonceState.in_scope(scope)
+            why = refusal(scope, () if state is None else state.allowed_hosts)
+            if why is not None:
+                await raw_error_response(403, why, scope)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

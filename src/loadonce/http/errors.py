@@ -1,0 +1,158 @@
+"""How loadonce answers errors: one mapping from an exception to a status and a message (the
+status is the error's own, ``LoadonceError.status``), rendered by each protocol in its own
+body; never a traceback."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Scope
+
+from loadonce.core.errors import (
+    ClientDisconnectedError,
+    LoadonceError,
+    ModelRaisedError,
+    describe_exception,
+)
+from loadonce.core.log_safe import log_safe
+from loadonce.http.request_info import (
+    REQUEST_ID_HEADER,
+    REQUEST_ID_SCOPE_KEY,
+    request_id_from,
+    route_path,
+)
+
+logger = logging.getLogger("loadonce")
+
+# How a protocol answers an exception its route raised: (exception, request, request id).
+ErrorAnswer = Callable[[Exception, Request, str], Response]
+
+
+def error_headers(status: int, request_id: str | None) -> dict[str, str]:
+    """The headers of every error answer: the request id, and Retry-After on a 503 (the
+    model is loading, unloaded or its queue is full: worth retrying shortly)."""
+    headers = {} if request_id is None else {REQUEST_ID_HEADER: request_id}
+    if status == 503:
+        headers["Retry-After"] = "1"
+    return headers
+
+
+def error_response(status: int, message: str, request_id: str, **extra: Any) -> JSONResponse:
+    """The JSON routes' error body: ``{"error", "request_id", ...extra}``."""
+    body = {"error": message, "request_id": request_id, **extra}
+    return JSONResponse(body, status_code=status, headers=error_headers(status, request_id))
+
+
+def v2_error(status: int, message: str, request_id: str | None = None) -> JSONResponse:
+    """The Open Inference Protocol's error body: ``{"error": "<message>"}``, always."""
+    return JSONResponse(
+        {"error": message}, status_code=status, headers=error_headers(status, request_id)
+    )
+
+
+def invalid_fields(exc: RequestValidationError) -> list[dict[str, str]]:
+    """Each invalid field of a request and why, as ``{"field": "body.inputs", "message": ...}``."""
+    return [
+        {"field": ".".join(str(part) for part in err["loc"]), "message": err["msg"]}
+        for err in exc.errors()
+    ]
+
+
+def status_and_message(exc: Exception, request: Request, request_id: str) -> tuple[int, str]:
+    """The HTTP status and the client's message for an exception a route raised; logs what
+    the client is not told (a traceback never leaves the server)."""
+    if isinstance(exc, ModelRaisedError):
+        cause = exc.model_error
+        return _failed(request, request_id, cause, f"the model raised {type(cause).__name__}")
+    if isinstance(exc, LoadonceError):
+        if exc.status == 500:
+            logger.error("request %s %s failed: %s", request_id, log_safe(request.url.path), exc)
+        return exc.status, exc.client_message()
+    if isinstance(exc, ClientDisconnect):
+        return ClientDisconnectedError.status, "the client disconnected"
+    return _failed(request, request_id, exc, f"the server failed ({type(exc).__name__})")
+
+
+def _failed(request: Request, request_id: str, cause: BaseException, what: str) -> tuple[int, str]:
+    """A 500 whose details (the traceback) go to the log only, under the request id."""
+    logger.error(
+        "request %s %s: %s: %s",
+        request_id,
+        log_safe(request.url.path),
+        what,
+        describe_exception(cause),
+        exc_info=cause,
+    )
+    return 500, f"{what}; the server log has the details under request id {request_id}"
+
+
+def raw_error_response(
+    status: int, message: str, scope: Scope, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """An error answered before any route ran (middleware), in the body of the protocol the
+    path belongs to: ``{"error"}`` under /v2, ``{"error", "request_id"}`` elsewhere."""
+    chosen = scope.get(REQUEST_ID_SCOPE_KEY)
+    request_id = chosen if isinstance(chosen, str) else request_id_from(scope["headers"])
+    if route_path(scope).startswith("/v2"):
+        response = v2_error(status, message, request_id)
+    else:
+        response = error_response(status, message, request_id)
+    response.headers.update(headers or {})
+    return response
+
+
+def json_error_for(exc: Exception, request: Request, request_id: str) -> Response:
+    """The JSON routes' error: ``{"error", "request_id"}``, plus ``fields`` for a 422."""
+    if isinstance(exc, RequestValidationError):
+        fields = invalid_fields(exc)
+        summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+        return error_response(422, f"invalid request: {summary}", request_id, fields=fields)
+    status, message = status_and_message(exc, request, request_id)
+    return error_response(status, message, request_id)
+
+
+def v2_error_for(exc: Exception, request: Request, request_id: str) -> Response:
+    """The Open Inference Protocol's error: ``{"error"}``, and 400 (not 422) for a request
+    that is not valid, as the protocol says."""
+    if isinstance(exc, RequestValidationError):
+        summary = "; ".join(f"{f['field']}: {f['message']}" for f in invalid_fields(exc))
+        return v2_error(400, f"invalid request: {summary}", request_id)
+    status, message = status_and_message(exc, request, request_id)
+    return v2_error(status, message, request_id)
+
+
+async def answer_exception(
+    exc: Exception, request: Request, request_id: str, error_for: ErrorAnswer
+) -> Response:
+    """The answer to an exception a loadonce route raised, wherever the route ran (FastAPI's
+    routing or the inference middleware): an ``HTTPException`` of the user's own code (a
+    predictor, a dependency) is answered by the app's handler for it, as FastAPI answers it
+    anywhere in the app; everything else by the protocol's ``error_for``."""
+    if isinstance(exc, ModelRaisedError) and isinstance(exc.model_error, HTTPException):
+        exc = exc.model_error
+    if isinstance(exc, HTTPException):
+        response = await _app_handles(request, exc)
+    else:
+        response = error_for(exc, request, request_id)
+    response.headers.setdefault(REQUEST_ID_HEADER, request_id)
+    return response
+
+
+async def _app_handles(request: Request, exc: HTTPException) -> Response:
+    """The response the app's exception handler for ``exc`` gives (looked up along the
+    exception's class hierarchy, as Starlette does), else FastAPI's default."""
+    handlers = getattr(request.scope.get("app"), "exception_handlers", {})
+    handler = next(
+        (handlers[cls] for cls in type(exc).__mro__ if cls in handlers), http_exception_handler
+    )
+    answer = handler(request, exc)
+    response: Response = await answer if inspect.isawaitable(answer) else answer
+    return response

@@ -1,0 +1,71 @@
+"""The inference routes answered before FastAPI's routing.
+
+Profiled under load (py-spy, iris, 64 connections, docs/benchmarks.md), the event loop spent
+more of each predict request in FastAPI's router, dependency solving (even for a path
+parameter), exception middleware and request/response wrappers than in loadonce's own work.
+Under overload, refusing is most of what the server does, and each refusal paid all of that
+too. This middleware, the innermost of loadonce's, recognises the app's inference routes
+(``endpoints.py``: the routes the app mounted, found by their mark) and runs their own
+function directly, with the routes' own error answers and metrics; a full model's refusal is
+the first thing that function does, before the body is read. Anything else goes on to FastAPI.
+An app without this middleware runs the same function through FastAPI's routing.
+"""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from loadonce.http.endpoints import MountedEndpoint, mounted_endpoints
+from loadonce.http.errors import answer_exception
+from loadonce.http.request_info import REQUEST_ID_HEADER, request_id_of, route_path
+from loadonce.http.routes import count_request
+from loadonce.http.state import LoadonceState
+
+
+class InferenceMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        # Found in the app's routes at the first request, once every router is mounted.
+        self._endpoints: tuple[MountedEndpoint, ...] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoints = self._endpoints
+            if endpoints is None:
+                routes = getattr(scope.get("app"), "routes", ())
+                endpoints = self._endpoints = mounted_endpoints(routes)
+            path = route_path(scope)
+            for mounted in endpoints:
+                match = mounted.pattern.match(path)
+                if match is not None:
+                    await self._answer(mounted, match.groupdict(), scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _answer(
+        self,
+        mounted: MountedEndpoint,
+        params: dict[str, str],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        started = time.perf_counter()
+        scope["path_params"] = params
+        request = Request(scope, receive, send)
+        request_id = request_id_of(request)
+        endpoint = mounted.endpoint
+        try:
+            response = await endpoint.handle(request)
+        except Exception as exc:
+            error_for = endpoint.route_class.error_for
+            response = await answer_exception(exc, request, request_id, error_for)
+        else:
+            response.headers.setdefault(REQUEST_ID_HEADER, request_id)
+        seconds = time.perf_counter() - started
+        state = LoadonceState.in_scope(scope)
+        count_request(state, params, mounted.path, response.status_code, seconds)
+        await response(scope, receive, send)

@@ -1,0 +1,28 @@
+"""loadonce's middlewares, in their order: the same stack for ``create_app``'s app and for a
+user's own app (``install_middleware``). Each reads its settings from the app's
+``LoadonceState`` (made by ``lifespan()``), so there is one place to configure them."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from loadonce.http.access import AccessMiddleware
+from loadonce.http.body_limit import BodyLimitMiddleware
+from loadonce.http.browser_guard import BrowserGuardMiddleware
+from loadonce.http.inference_middleware import InferenceMiddleware
+from loadonce.http.request_log import RequestLogMiddleware
+
+
+def install_middleware(app: FastAPI) -> None:
+    """Add loadonce's middlewares to ``app``, outermost first: the request id and log line
+    (every answer carries X-Request-ID, refusals too), the browser guard (DNS rebinding,
+    cross-site requests to control routes), API keys (``access``: before the body is read),
+    the body size limit (``limits.max_body_bytes``), and the inference routes answered before
+    FastAPI's routing. Call it once, after ``FastAPI(lifespan=loadonce.lifespan(...))``;
+    the settings come from that lifespan's arguments."""
+    # Starlette wraps in reverse order of addition: the innermost first.
+    app.add_middleware(InferenceMiddleware)
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(AccessMiddleware)
+    app.add_middleware(BrowserGuardMiddleware)
+    app.add_middleware(RequestLogMiddleware)

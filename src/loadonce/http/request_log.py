@@ -1,0 +1,74 @@
+"""One log line per request, under the request's id (X-Request-ID, or a new one).
+
+The id is chosen here, before any route runs, and kept in the ASGI scope: the routes' error
+bodies, the response's X-Request-ID header and this line all carry the same id, so a client
+report leads to the server log's line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from loadonce.core.log_safe import log_safe
+from loadonce.http.request_info import (
+    ARRIVED_SCOPE_KEY,
+    REQUEST_ID_HEADER,
+    REQUEST_ID_SCOPE_KEY,
+    request_id_from,
+)
+
+access_logger = logging.getLogger("loadonce.access")
+_HEADER = REQUEST_ID_HEADER.lower().encode("latin-1")
+
+
+class RequestLogMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_from(scope["headers"])
+        scope[REQUEST_ID_SCOPE_KEY] = request_id
+        # Stamped earlier by loadonce serve's HTTP protocol (when the head was read), if so.
+        if ARRIVED_SCOPE_KEY not in scope:
+            scope[ARRIVED_SCOPE_KEY] = asyncio.get_running_loop().time()
+        started = time.perf_counter()
+        status = 500  # if the app fails before it answers, uvicorn answers 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == _HEADER for name, _ in headers):
+                    headers.append((_HEADER, request_id.encode("latin-1")))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if access_logger.isEnabledFor(logging.INFO):
+                milliseconds = (time.perf_counter() - started) * 1000
+                path = log_safe(scope["path"])
+                access_logger.info(
+                    "%s %s %d %.1f ms request_id=%s",
+                    scope["method"],
+                    path,
+                    status,
+                    milliseconds,
+                    request_id,
+                    extra={
+                        "request_id": request_id,
+                        "method": scope["method"],
+                        "path": path,
+                        "status": status,
+                        "duration_ms": round(milliseconds, 3),
+                    },
+                )

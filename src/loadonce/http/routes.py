@@ -1,0 +1,62 @@
+"""The route class of every loadonce route: it answers its own errors and counts itself."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import Response
+
+from loadonce.http.errors import answer_exception, json_error_for, v2_error_for
+from loadonce.http.request_info import REQUEST_ID_HEADER, request_id_of
+from loadonce.http.state import LoadonceState
+
+
+def count_request(
+    state: LoadonceState | None, params: dict[str, Any], route: str, status: int, seconds: float
+) -> None:
+    """One request in the metrics, labelled with its route's template and its model."""
+    if state is None or state.metrics is None:
+        return
+    name = params.get("name") or params.get("model_name") or ""
+    # Only declared names become label values: a client must not mint new time series.
+    model = name if name in state.registry else ""
+    state.metrics.request_done(model, route, status, seconds)
+
+
+class LoadonceRoute(APIRoute):
+    """A route that answers its own errors, so mounting loadonce's routers in a user's app
+    changes nothing about how the user's other routes answer theirs. ``error_for``: the
+    protocol's error body (the JSON routes' here)."""
+
+    error_for = staticmethod(json_error_for)
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        error_for = type(self).error_for
+
+        async def handle(request: Request) -> Response:
+            started = time.perf_counter()
+            request_id = request_id_of(request)
+            try:
+                response = await handler(request)
+            except Exception as exc:
+                response = await answer_exception(exc, request, request_id, error_for)
+            else:
+                response.headers.setdefault(REQUEST_ID_HEADER, request_id)
+            seconds = time.perf_counter() - started
+            state = LoadonceState.in_scope(request.scope)
+            count_request(state, request.path_params, self.path, response.status_code, seconds)
+            return response
+
+        return handle
+
+
+class V2Route(LoadonceRoute):
+    """A route of the Open Inference Protocol: its error body, and 400 (not 422) for a
+    request that is not valid."""
+
+    error_for = staticmethod(v2_error_for)

@@ -1,0 +1,92 @@
+"""The one object loadonce keeps on ``app.state``: made by ``lifespan()``, read through
+``LoadonceState.of`` by every route, dependency and middleware, in ``create_app``'s app and in
+a user's own app alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from starlette.requests import HTTPConnection
+from starlette.types import Scope
+
+from loadonce.core.control import LocalControl, ModelControl
+from loadonce.core.errors import LoadonceError
+from loadonce.core.limits import Limits
+from loadonce.core.registry import Registry
+from loadonce.core.spec import ModelSpec
+from loadonce.http.access_keys import AccessKeys
+from loadonce.http.metrics import Metrics
+
+# The attribute of ``app.state`` that holds it.
+STATE_KEY = "loadonce"
+
+
+@dataclass(frozen=True)
+class LoadonceState:
+    """Everything loadonce's routes and middlewares need, in one place.
+
+    ``registry``: the models. ``control``: how load, unload and reload reach every worker
+    (default: this process). ``metrics``: the Prometheus metrics the models report to (None:
+    none kept). ``limits``: request size limits. ``access``: API keys per route family (None:
+    every route open). ``allowed_hosts``: names a server bound to loopback answers to besides
+    loopback names.
+    """
+
+    registry: Registry
+    control: ModelControl
+    metrics: Metrics | None = None
+    limits: Limits = field(default_factory=Limits)
+    access: AccessKeys | None = None
+    allowed_hosts: tuple[str, ...] = ()
+
+    @classmethod
+    def build(
+        cls,
+        models: Registry | Iterable[ModelSpec],
+        *,
+        control: ModelControl | None = None,
+        metrics: bool = True,
+        limits: Limits | None = None,
+        access: AccessKeys | None = None,
+        allowed_hosts: Iterable[str] = (),
+    ) -> LoadonceState:
+        registry = models if isinstance(models, Registry) else Registry(models)
+        collected = None
+        if metrics:
+            collected = Metrics()
+            registry.observe(collected)
+        return cls(
+            registry=registry,
+            control=control or LocalControl(registry),
+            metrics=collected,
+            limits=limits or Limits(),
+            access=access if access is not None and access.enabled else None,
+            allowed_hosts=tuple(allowed_hosts),
+        )
+
+    @staticmethod
+    def of(connection: HTTPConnection) -> LoadonceState:
+        """The state of the request's app; an error that says what to do if there is none."""
+        state = LoadonceState.in_scope(connection.scope)
+        if state is None:
+            raise LoadonceError(
+                "no loadonce state on app.state: pass lifespan=loadonce.lifespan(...) to "
+                "FastAPI, and in tests use TestClient as a context manager so the lifespan runs"
+            )
+        return state
+
+    @staticmethod
+    def in_scope(scope: Scope) -> LoadonceState | None:
+        """The state of the app serving ``scope``, None before the lifespan put it there
+        (middlewares then let the request through to the app, which has nothing to serve)."""
+        return LoadonceState.on(scope.get("app"))
+
+    @staticmethod
+    def on(app: object) -> LoadonceState | None:
+        """The state on ``app.state``, if the lifespan put one there."""
+        state = getattr(getattr(app, "state", None), STATE_KEY, None)
+        return state if isinstance(state, LoadonceState) else None
+
+    def put_on(self, app: object) -> None:
+        setattr(app.state, STATE_KEY, self)  # type: ignore[attr-defined]

@@ -1,0 +1,283 @@
+"""The plain JSON routes: list models, describe one, and predict."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated, Any
+
+import anyio.to_thread
+import pydantic_core
+from fastapi import APIRouter, Depends, Path
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from loadonce.core.inputs import split_examples
+from loadonce.core.jsonable import to_jsonable
+from loadonce.core.model import Model, ModelState
+from loadonce.core.registry import Registry
+from loadonce.core.signature import InputSignature
+from loadonce.http.dependencies import get_registry, registry_of
+from loadonce.http.disconnect import unless_disconnected
+from loadonce.http.endpoints import InferenceEndpoint, add_inference_route
+from loadonce.http.large_bodies import LARGE_BODY_BYTES, parse_body
+from loadonce.http.metrics import WorkerState
+from loadonce.http.request_info import TIMEOUT_HEADER, arrival_of, requested_timeout
+from loadonce.http.routes import LoadonceRoute
+from loadonce.http.schemas import (
+    ErrorBody,
+    MemoryTaken,
+    ModelInfo,
+    ModelsResponse,
+    PredictRequest,
+    PredictResponse,
+    QueueInfo,
+    Tensor,
+    WorkerModel,
+)
+from loadonce.http.state import LoadonceState
+from loadonce.protocols.json.count import JsonArray, top_level_elements
+from loadonce.runtimes import TensorInfo
+
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+ModelName = Annotated[str, Path(description="The model's name, as declared.")]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "The inputs do not fit the model"},
+    404: {"model": ErrorBody, "description": "No model of that name"},
+    422: {"model": ErrorBody, "description": "The body is not valid JSON of the expected form"},
+    500: {"model": ErrorBody, "description": "The model raised; details in the server log"},
+    503: {"model": ErrorBody, "description": "The model is not ready, or its queue is full"},
+    504: {"model": ErrorBody, "description": "The deadline passed before the model answered"},
+}
+
+
+async def worker_states(request: Request) -> dict[str, list[WorkerState]] | None:
+    metrics = LoadonceState.of(request).metrics
+    if metrics is None:
+        return None
+    return await anyio.to_thread.run_sync(metrics.worker_states)
+
+
+def describe_model(model: Model, workers: dict[str, list[WorkerState]] | None = None) -> ModelInfo:
+    memory = model.load_memory
+    signature = model.signature
+    return ModelInfo(
+        name=model.name,
+        version=model.version,
+        runtime=model.runtime_name,
+        state=model.state,
+        concurrency=None if model.concurrency is None else str(model.concurrency),
+        worker_pid=model.worker_pid,
+        load_count=model.load_count,
+        load_seconds=model.load_seconds,
+        loaded_at=model.loaded_at,
+        memory=None
+        if memory is None
+        else MemoryTaken(
+            rss_bytes=memory.rss,
+            uss_bytes=memory.uss,
+            pss_bytes=memory.pss,
+            mapped_bytes=model.mapped_bytes,
+        ),
+        weights_shared=model.shares_weights,
+        input_shape=None if signature is None else list(signature.shape),
+        input_dtype=None if signature is None else signature.dtype,
+        inputs=[_tensor(t) for t in model.inputs],
+        outputs=[_tensor(t) for t in model.outputs],
+        queue=_queue_info(model),
+        error=model.public_error,
+        workers=None
+        if workers is None
+        else [
+            WorkerModel(pid=w.pid, version=w.version, state=ModelState(w.state))
+            for w in workers.get(model.name, [])
+        ],
+    )
+
+
+_PREDICT_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+    },
+    "parameters": [
+        {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": "The model's name, as declared.",
+        },
+        {
+            "name": TIMEOUT_HEADER,
+            "in": "header",
+            "required": False,
+            "schema": {"type": "number", "exclusiveMinimum": 0},
+            "description": "Seconds this request may wait for its answer, queue included; "
+            "at most the model's own timeout_s. Past it: 504.",
+        },
+    ],
+}
+
+
+def _parse_body(raw: bytes) -> PredictRequest:
+    try:
+        return PredictRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        # The same shape as FastAPI's own 422s: each error located under "body".
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        ) from None
+
+
+def examples_in_body(found: JsonArray, signature: InputSignature | None) -> int | None:
+    """How many examples a predict body's ``inputs`` holds: a list of examples when nested
+    one level deeper than an example, as ``split_examples`` decides. None when not sure."""
+    if signature is None:
+        return found.count
+    rank = len(signature.shape)
+    if found.nesting == rank + 1:
+        return found.count
+    return 1 if found.nesting == rank else None
+
+
+def _parse_in_pieces(raw: bytes, found: JsonArray) -> PredictRequest:
+    """A large body parsed a piece of ``inputs`` at a time: pydantic-core holds the GIL for
+    a whole parse, and between pieces the event loop gets it back. The rest of the body is
+    validated as usual, with ``inputs`` left empty."""
+    _parse_body(raw[: found.start] + raw[found.end :])  # "inputs": [] and the rest
+    inputs: list[Any] = []
+    for begin, end in found.pieces(_PIECE_BYTES):
+        piece = raw[begin:end]
+        try:
+            if found.count and not piece.strip():
+                raise ValueError("a value is missing between two commas, or after the last")
+            inputs.extend(pydantic_core.from_json(b"[" + piece + b"]"))
+        except ValueError as exc:
+            raise RequestValidationError(
+                [{"loc": ("body", "inputs"), "msg": f"Invalid JSON: {exc}", "type": "json_invalid"}]
+            ) from None
+    return PredictRequest(inputs=inputs)
+
+
+# A piece of a large body parsed at once: about 5 ms of the GIL on this machine.
+_PIECE_BYTES = 128 * 1024
+
+
+def _queue_info(model: Model) -> QueueInfo | None:
+    batcher = model.batcher
+    if batcher is None:
+        return None
+    return QueueInfo(
+        queued_examples=batcher.queued_examples,
+        max_queue=batcher.max_queue,
+        max_batch_size=batcher.max_batch_size,
+        timeout_s=model.spec.timeout_s,
+        seconds_per_call=batcher.seconds_per_call,
+    )
+
+
+def _tensor(info: TensorInfo) -> Tensor:
+    shape = None if info.shape is None else list(info.shape)
+    return Tensor(name=info.name, dtype=info.dtype, shape=shape)
+
+
+def models_router() -> APIRouter:
+    """``GET /models``, ``GET /models/{name}`` and ``POST /models/{name}/predict``."""
+    router = APIRouter(route_class=LoadonceRoute, tags=["models"])
+
+    @router.get("/models", response_model=ModelsResponse, summary="Every model in this worker")
+    async def list_models(registry: RegistryDep, request: Request) -> ModelsResponse:
+        workers = await worker_states(request)
+        return ModelsResponse(
+            worker_pid=os.getpid(), models=[describe_model(m, workers) for m in registry.models]
+        )
+
+    @router.get(
+        "/models/{name}",
+        response_model=ModelInfo,
+        responses={404: _ERRORS[404]},
+        summary="One model in this worker",
+    )
+    async def get_model(name: ModelName, registry: RegistryDep, request: Request) -> ModelInfo:
+        return describe_model(registry.get(name), await worker_states(request))
+
+    add_inference_route(router, PREDICT_ENDPOINT)
+    return router
+
+
+async def answer_predict(request: Request) -> Response:
+    """The predict route's work: run by FastAPI's routing, or before it by the inference
+    middleware (``http/endpoints.py``); raises loadonce's errors, which the caller answers.
+
+    The body and the X-Request-Timeout header are read here, not declared as FastAPI
+    parameters: dependency solving was a quarter of the event loop's time per request
+    (docs/benchmarks.md), and pydantic-core parses and validates the JSON in one pass.
+    """
+    model = registry_of(request).get(request.path_params["name"])
+    # Refused before the body is read and parsed: under overload, rejecting must cost the
+    # event loop as little as possible, or it starves the model it protects.
+    model.refuse_if_full()
+    signature = model.signature
+
+    def read(raw: bytes) -> list[Any]:
+        # Parsed and split together: for a large body, both off the event loop, and only
+        # once its examples are counted (a request of too many is refused unparsed).
+        found = top_level_elements(raw) if len(raw) >= LARGE_BODY_BYTES else None
+        if found is None:
+            return split_examples(_parse_body(raw).inputs, signature)
+        counted = examples_in_body(found, signature)
+        if counted is not None:
+            model.refuse_if_too_many(counted)
+        return split_examples(_parse_in_pieces(raw, found).inputs, signature)
+
+    examples = await parse_body(read, await request.body())
+    timeout = requested_timeout(request)
+    outputs = await unless_disconnected(
+        request, model.predict_examples(examples, timeout=timeout, arrived=arrival_of(request))
+    )
+    # Built by hand rather than through response_model: outputs may hold NumPy values, and a
+    # second validation pass of large outputs would cost time on every request.
+    if len(outputs) < _LARGE_ANSWER_EXAMPLES:
+        return JSONResponse(
+            {"model": model.name, "version": model.version, "outputs": to_jsonable(outputs)}
+        )
+    head = _dumps({"model": model.name, "version": model.version})
+    encoded = await anyio.to_thread.run_sync(_encode_in_pieces, outputs)
+    return Response(
+        head[:-1].encode() + b',"outputs":' + encoded + b"}", media_type="application/json"
+    )
+
+
+# An answer of this many examples or more is encoded in a thread, a piece at a time: the
+# JSON encoder holds the GIL for a whole call, and 1.4 million labels took it for seconds.
+_LARGE_ANSWER_EXAMPLES = 4096
+
+
+def _dumps(value: Any) -> str:
+    # As Starlette's JSONResponse writes JSON.
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _encode_in_pieces(outputs: list[Any]) -> bytes:
+    step = _LARGE_ANSWER_EXAMPLES
+    pieces = [
+        _dumps(to_jsonable(outputs[start : start + step]))[1:-1]
+        for start in range(0, len(outputs), step)
+    ]
+    return ("[" + ",".join(pieces) + "]").encode()
+
+
+PREDICT_ENDPOINT = InferenceEndpoint(
+    template="/models/{name}/predict",
+    handle=answer_predict,
+    route_class=LoadonceRoute,
+    openapi={
+        "response_model": PredictResponse,
+        "responses": _ERRORS,
+        "summary": "Predict for one example or a list of examples",
+        "openapi_extra": _PREDICT_OPENAPI,
+    },
+)

@@ -1,0 +1,115 @@
+"""From a request's input tensors to the model's examples: the first dimension is the batch.
+
+Where the model records its inputs (ONNX, an exported PyTorch program, a declared input
+shape), the request must name exactly those inputs, in their datatypes and with their fixed
+dimensions; where it does not, any one tensor (or several, as objects keyed by name) is
+passed on as it is, and the model's own checks answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from loadonce.core.errors import InvalidInputError
+from loadonce.core.model import Model
+from loadonce.protocols.v2.datatypes import BYTES, datatype_of_declared
+from loadonce.runtimes import TensorInfo
+
+
+def metadata_shape(shape: Sequence[int | None] | None) -> list[int]:
+    """A declared shape as the protocol writes it: -1 for a variable dimension."""
+    return [-1] if shape is None else [-1 if d is None else d for d in shape]
+
+
+def examples_from_tensors(
+    model: Model, arrays: Mapping[str, npt.NDArray[Any]], datatypes: Mapping[str, str]
+) -> list[Any]:
+    declared = list(model.inputs)
+    if declared:
+        _check_against(declared, arrays, datatypes)
+    batch = _batch_size(arrays)
+    text = {t.name for t in declared if t.dtype == "string"}
+    signature = model.signature
+    if not declared and signature is not None and signature.dtype == "string":
+        text = set(arrays)
+    columns = {
+        name: _text_rows(name, array) if name in text else list(array)
+        for name, array in arrays.items()
+    }
+    if len(columns) == 1:
+        [rows] = columns.values()
+        return rows
+    return [{name: rows[i] for name, rows in columns.items()} for i in range(batch)]
+
+
+def _check_against(
+    declared: list[TensorInfo],
+    arrays: Mapping[str, npt.NDArray[Any]],
+    datatypes: Mapping[str, str],
+) -> None:
+    names = [t.name for t in declared]
+    missing = [n for n in names if n not in arrays]
+    unknown = [n for n in arrays if n not in names]
+    if missing or unknown:
+        problems = [f"missing input '{n}'" for n in missing]
+        problems += [f"unknown input '{n}'" for n in unknown]
+        raise InvalidInputError(f"{'; '.join(problems)}; the model's inputs are {', '.join(names)}")
+    for tensor in declared:
+        expected = datatype_of_declared(tensor.dtype)
+        got = datatypes[tensor.name]
+        if expected is not None and got != expected:
+            raise InvalidInputError(
+                f"input '{tensor.name}' is {got}, but the model takes {expected}"
+            )
+        _check_shape(tensor, arrays[tensor.name].shape)
+
+
+def _check_shape(tensor: TensorInfo, shape: tuple[int, ...]) -> None:
+    if tensor.shape is None:
+        return
+    # The first dimension is the batch: requests of any size are merged and split again.
+    fixed = list(tensor.shape[1:])
+    given = list(shape[1:])
+    if len(shape) != len(tensor.shape) or any(
+        d is not None and d != g for d, g in zip(fixed, given, strict=True)
+    ):
+        raise InvalidInputError(
+            f"input '{tensor.name}' has shape {list(shape)}, but the model takes "
+            f"{metadata_shape(tensor.shape)} (-1: any size)"
+        )
+
+
+def _batch_size(arrays: Mapping[str, npt.NDArray[Any]]) -> int:
+    sizes: dict[str, int] = {}
+    for name, array in arrays.items():
+        if array.ndim == 0:
+            raise InvalidInputError(
+                f"input '{name}' has shape []: the first dimension is the batch, so send "
+                "shape [1] for a single value"
+            )
+        sizes[name] = int(array.shape[0])
+    if len(set(sizes.values())) > 1:
+        listing = ", ".join(f"'{n}' {s}" for n, s in sizes.items())
+        raise InvalidInputError(
+            f"the inputs' first dimensions (the batch) differ: {listing}; they must be equal"
+        )
+    return next(iter(sizes.values()))
+
+
+def _text_rows(name: str, array: npt.NDArray[Any]) -> list[Any]:
+    """A BYTES tensor fed to a model that takes text: its elements as ``str``."""
+    if array.dtype != object:
+        raise InvalidInputError(f"input '{name}' must be {BYTES}: the model takes text")
+    decoded = np.empty(array.shape, dtype=object)
+    for index, value in np.ndenumerate(array):
+        try:
+            decoded[index] = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInputError(
+                f"input '{name}': element {list(index)} is not UTF-8 text"
+            ) from None
+    return list(decoded) if decoded.ndim > 1 else decoded.tolist()

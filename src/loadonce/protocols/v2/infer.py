@@ -1,0 +1,221 @@
+"""One inference request, end to end: decode, predict through the model's queue, encode."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from loadonce.core.errors import InvalidInputError, describe_validation
+from loadonce.core.model import Model
+from loadonce.protocols.v2.body import HEADER_LENGTH, SplitBody
+from loadonce.protocols.v2.examples import examples_from_tensors
+from loadonce.protocols.v2.outputs import OutputTensor, output_tensors
+from loadonce.protocols.v2.schemas import InferenceRequest, RequestOutput
+from loadonce.protocols.v2.tensors import BINARY_SIZE, decode_inputs
+
+BINARY_OUTPUT = "binary_data_output"
+# Request parameters the protocol (and tritonclient) define; the others are the model's.
+_RESERVED = {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "headers"}
+_RESERVED_PREFIX = "triton_"
+# Compressing a small answer costs more than it saves.
+_COMPRESS_FROM_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class EncodedResponse:
+    body: bytes
+    headers: dict[str, str]
+
+
+def parse_request(raw_json: bytes) -> InferenceRequest:
+    try:
+        return InferenceRequest.model_validate_json(raw_json)
+    except ValidationError as exc:
+        problems = describe_validation(exc, whole="body")
+        raise InvalidInputError(f"the inference request is not valid: {problems}") from None
+
+
+@dataclass(frozen=True)
+class _Options:
+    binary_by_default: bool
+    timeout_s: float | None
+    model_parameters: dict[str, Any]
+
+
+def _options(parameters: Mapping[str, Any] | None) -> _Options:
+    parameters = parameters or {}
+    binary = parameters.get(BINARY_OUTPUT, False)
+    if not isinstance(binary, bool):
+        raise InvalidInputError(f"parameters.{BINARY_OUTPUT} must be true or false")
+    sequence = parameters.get("sequence_id", 0)
+    if (
+        sequence not in (0, "")
+        or parameters.get("sequence_start")
+        or parameters.get("sequence_end")
+    ):
+        raise InvalidInputError(
+            "sequence batching (parameters.sequence_id) is not supported: each request is "
+            "answered on its own"
+        )
+    timeout_us = parameters.get("timeout", 0)
+    if (
+        isinstance(timeout_us, bool)
+        or not isinstance(timeout_us, int | float)
+        or not 0 <= timeout_us < math.inf
+    ):
+        raise InvalidInputError(
+            "parameters.timeout must be a finite number of microseconds (0: the model's own "
+            "timeout)"
+        )
+    return _Options(
+        binary_by_default=binary,
+        # Triton's unit: microseconds; 0 means none given.
+        timeout_s=timeout_us / 1_000_000 if timeout_us else None,
+        model_parameters={
+            key: value for key, value in parameters.items() if not _is_protocol_parameter(key)
+        },
+    )
+
+
+def _is_protocol_parameter(key: str) -> bool:
+    return key == BINARY_OUTPUT or key in _RESERVED or key.startswith(_RESERVED_PREFIX)
+
+
+async def infer(
+    model: Model,
+    request: InferenceRequest,
+    body: SplitBody,
+    *,
+    timeout_s: float | None,
+    accept_encoding: str,
+    max_element_bytes: int | None = None,
+    arrived: float | None = None,
+) -> EncodedResponse:
+    options = _options(request.parameters)
+    arrays = decode_inputs(request.inputs, body, max_element_bytes=max_element_bytes)
+    datatypes = {tensor.name: tensor.datatype for tensor in request.inputs}
+    examples = examples_from_tensors(model, arrays, datatypes)
+    requested = request.outputs
+    if requested:
+        _check_requested(requested, [t.name for t in model.outputs])
+    limits = [t for t in (timeout_s, options.timeout_s) if t is not None]
+    outputs = await model.predict_examples(
+        examples,
+        timeout=min(limits) if limits else None,
+        parameters=options.model_parameters,
+        arrived=arrived,
+    )
+    tensors = output_tensors(model.outputs, outputs)
+    if requested:
+        tensors = _select(tensors, requested)
+        binary = {r.name: _wants_binary(r, options.binary_by_default) for r in requested}
+    else:
+        binary = {t.name: options.binary_by_default for t in tensors}
+    header: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
+    if request.id is not None:
+        header["id"] = request.id
+    header["outputs"], buffers = _encode(tensors, binary)
+    return _respond(header, buffers, accept_encoding)
+
+
+def _check_requested(requested: list[RequestOutput], declared: list[str]) -> None:
+    names = [r.name for r in requested]
+    if len(set(names)) != len(names):
+        raise InvalidInputError("an output is requested twice")
+    for output in requested:
+        parameters = output.parameters or {}
+        if "classification" in parameters:
+            raise InvalidInputError(
+                f"output '{output.name}': the classification extension is not supported; "
+                "request the output itself"
+            )
+        if declared and output.name not in declared:
+            raise InvalidInputError(
+                f"unknown output '{output.name}'; the model's outputs are {', '.join(declared)}"
+            )
+
+
+def _select(tensors: list[OutputTensor], requested: list[RequestOutput]) -> list[OutputTensor]:
+    by_name = {t.name: t for t in tensors}
+    unknown = [r.name for r in requested if r.name not in by_name]
+    if unknown:
+        raise InvalidInputError(
+            f"unknown output '{unknown[0]}'; the model's outputs are {', '.join(by_name)}"
+        )
+    return [by_name[r.name] for r in requested]
+
+
+def _wants_binary(output: RequestOutput, default: bool) -> bool:
+    value = (output.parameters or {}).get("binary_data", default)
+    if not isinstance(value, bool):
+        raise InvalidInputError(
+            f"output '{output.name}': parameters.binary_data must be true or false"
+        )
+    return value
+
+
+def _encode(
+    tensors: list[OutputTensor], binary: Mapping[str, bool]
+) -> tuple[list[dict[str, Any]], list[bytes]]:
+    described: list[dict[str, Any]] = []
+    buffers: list[bytes] = []
+    for tensor in tensors:
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": tensor.shape,
+        }
+        if binary[tensor.name]:
+            data = tensor.binary_data()
+            entry["parameters"] = {BINARY_SIZE: len(data)}
+            buffers.append(data)
+        else:
+            entry["data"] = tensor.json_data()
+        described.append(entry)
+    return described, buffers
+
+
+def _respond(header: dict[str, Any], buffers: list[bytes], accept_encoding: str) -> EncodedResponse:
+    # NaN and infinities are written as JSON's common extension (NaN, Infinity), which
+    # tritonclient reads; binary outputs carry them exactly.
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    headers: dict[str, str] = {}
+    if buffers:
+        body = b"".join([text, *buffers])
+        headers[HEADER_LENGTH] = str(len(text))
+        headers["Content-Type"] = "application/octet-stream"
+    else:
+        body = text
+        headers["Content-Type"] = "application/json"
+    if len(body) >= _COMPRESS_FROM_BYTES:
+        encoding = _chosen_encoding(accept_encoding)
+        if encoding == "gzip":
+            body = gzip.compress(body, compresslevel=6)
+        elif encoding == "deflate":
+            body = zlib.compress(body)
+        if encoding is not None:
+            headers["Content-Encoding"] = encoding
+            headers["Vary"] = "Accept-Encoding"
+    return EncodedResponse(body=body, headers=headers)
+
+
+def _chosen_encoding(accept_encoding: str) -> str | None:
+    """gzip, else deflate, where Accept-Encoding lists it without ``q=0``."""
+    offered: set[str] = set()
+    for part in accept_encoding.split(","):
+        coding, _, rest = part.partition(";")
+        quality = rest.strip().lower().removeprefix("q=")
+        if quality and quality.strip("0.") == "" and rest.strip().lower().startswith("q="):
+            continue  # q=0: explicitly refused
+        offered.add(coding.strip().lower())
+    for coding in ("gzip", "deflate"):
+        if coding in offered:
+            return coding
+    return None

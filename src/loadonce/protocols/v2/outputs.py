@@ -1,0 +1,112 @@
+"""A model's outputs, one per example, as named output tensors, encoded in JSON or binary."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from loadonce.core.errors import LoadonceError
+from loadonce.core.jsonable import to_jsonable
+from loadonce.protocols.v2.datatypes import BYTES, datatype_of
+from loadonce.runtimes import TensorInfo
+
+DEFAULT_OUTPUT = "output"
+
+
+class OutputNotTextError(LoadonceError):
+    """A BYTES output holds bytes that JSON cannot carry as text (HTTP 500)."""
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    name: str
+    datatype: str
+    array: npt.NDArray[Any]  # BYTES: an object array of ``bytes``
+
+    @property
+    def shape(self) -> list[int]:
+        return list(self.array.shape)
+
+    def json_data(self) -> list[Any]:
+        flat = self.array.reshape(-1)
+        if self.datatype != BYTES:
+            data: list[Any] = flat.tolist()
+            return data
+        try:
+            return [element.decode("utf-8") for element in flat]
+        except UnicodeDecodeError:
+            raise OutputNotTextError(
+                f"output '{self.name}' holds bytes that are not UTF-8 text, which JSON cannot "
+                "carry: request it in binary (parameters.binary_data = true)"
+            ) from None
+
+    def binary_data(self) -> bytes:
+        if self.datatype != BYTES:
+            little = self.array.astype(self.array.dtype.newbyteorder("<"), copy=False)
+            return np.ascontiguousarray(little).tobytes()
+        return b"".join(
+            len(element).to_bytes(4, "little") + element for element in self.array.reshape(-1)
+        )
+
+
+def output_tensors(declared: Sequence[TensorInfo], outputs: list[Any]) -> list[OutputTensor]:
+    """Stack the per-example outputs into tensors, batch first.
+
+    One output per example: a tensor named after the model's declared output (or "output").
+    An object per example (a model with several outputs, a pipeline's ``{"label", "score"}``):
+    one tensor per key, in the declared order where the model declares its outputs.
+    """
+    first = outputs[0]
+    if isinstance(first, Mapping):
+        known = [t.name for t in declared if t.name in first]
+        names = known + [str(key) for key in first if key not in known]
+        return [_stack(name, [_field(o, name) for o in outputs]) for name in names]
+    name = declared[0].name if len(declared) == 1 else DEFAULT_OUTPUT
+    return [_stack(name, outputs)]
+
+
+def _field(output: Any, name: str) -> Any:
+    if not isinstance(output, Mapping) or name not in output:
+        raise RuntimeError(f"the model's outputs differ between examples: one lacks '{name}'")
+    return output[name]
+
+
+def _stack(name: str, values: list[Any]) -> OutputTensor:
+    try:
+        array = np.asarray(values)
+    except ValueError:
+        array = None  # examples of different shapes: each becomes one JSON document
+    if array is not None:
+        datatype = datatype_of(array.dtype)
+        if datatype is not None and datatype != BYTES:
+            return OutputTensor(name, datatype, array)
+        if array.dtype.kind in "US" or _all_text(array):
+            return OutputTensor(name, BYTES, _as_bytes(array))
+    documents = np.empty(len(values), dtype=object)
+    documents[:] = [_document(value) for value in values]
+    return OutputTensor(name, BYTES, documents)
+
+
+def _all_text(array: npt.NDArray[Any]) -> bool:
+    return array.dtype.kind == "O" and all(isinstance(v, str | bytes) for v in array.flat)
+
+
+def _as_bytes(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    encoded = np.empty(array.shape, dtype=object)
+    for index, value in np.ndenumerate(array):
+        encoded[index] = value if isinstance(value, bytes) else str(value).encode("utf-8")
+    return encoded
+
+
+def _document(value: Any) -> bytes:
+    """One example's output that is not a rectangular array: text as is, else JSON."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return json.dumps(to_jsonable(value), separators=(",", ":"), default=str).encode("utf-8")

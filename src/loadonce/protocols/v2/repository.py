@@ -1,0 +1,128 @@
+"""The model repository extension: list the declared models, load and unload them by name.
+
+Only the models declared at startup can be loaded: a load request names one of them, loads
+it again if it is loaded (a reload: the loaded instances serve until the new ones are
+warm), or loads it back after an unload. Both go through the app's model control, so with
+several workers every worker follows (``loadonce.core.control``). Triton's ``config`` and
+``file:`` overrides, which would load something else than what was declared, are refused.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from fastapi import APIRouter
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from loadonce.core.control import Action, ControlRequest, describe_failures
+from loadonce.core.errors import InvalidInputError, describe_validation
+from loadonce.core.model import Model, ModelState
+from loadonce.http.dependencies import registry_of
+from loadonce.http.errors import v2_error
+from loadonce.http.state import LoadonceState
+from loadonce.protocols.v2.schemas import (
+    RepositoryIndexRequest,
+    RepositoryModel,
+    RepositoryRequest,
+    V2Error,
+)
+
+_STATES = {
+    ModelState.PENDING: "LOADING",
+    ModelState.LOADING: "LOADING",
+    ModelState.READY: "READY",
+    ModelState.RELOADING: "READY",
+    ModelState.UNLOADED: "UNAVAILABLE",
+    ModelState.FAILED: "UNAVAILABLE",
+}
+_ERROR = {"model": V2Error}
+
+
+def add_repository_routes(router: APIRouter, *, model_control: bool) -> None:
+    @router.post(
+        "/v2/repository/index",
+        response_model=list[RepositoryModel],
+        responses={400: _ERROR},
+        summary="Every declared model and its state (the body may be empty)",
+    )
+    async def repository_index(request: Request) -> list[RepositoryModel]:
+        query = _parse(RepositoryIndexRequest, await request.body())
+        return [
+            _entry(model)
+            for model in registry_of(request).models
+            if model.is_ready or not query.ready
+        ]
+
+    @router.post(
+        "/v2/repository/models/{model_name}/load",
+        responses={400: _ERROR, 404: _ERROR},
+        summary="Load a declared model, or reload it without a pause in service",
+    )
+    async def repository_load(model_name: str, request: Request) -> Response:
+        model = registry_of(request).get(model_name)
+        body = _parse(RepositoryRequest, await request.body())
+        if not model_control:
+            return _control_off()
+        overrides = [
+            key for key in body.parameters or {} if key == "config" or key.startswith("file:")
+        ]
+        if overrides:
+            raise InvalidInputError(
+                f"loading with {', '.join(overrides)} is not supported: loadonce loads a model "
+                "as it was declared at startup; change the configuration and restart instead"
+            )
+        return await _apply(request, model.name, "load")
+
+    @router.post(
+        "/v2/repository/models/{model_name}/unload",
+        responses={400: _ERROR, 404: _ERROR},
+        summary="Unload a model once its queued requests are answered",
+    )
+    async def repository_unload(model_name: str, request: Request) -> Response:
+        model = registry_of(request).get(model_name)
+        _parse(RepositoryRequest, await request.body())
+        if not model_control:
+            return _control_off()
+        # unload_dependents is accepted and has nothing to act on: no model depends on another.
+        return await _apply(request, model.name, "unload")
+
+
+async def _apply(request: Request, name: str, action: Action) -> Response:
+    """Through the app's model control, so every worker follows; 400 naming any failure."""
+    outcomes = await LoadonceState.of(request).control.apply(
+        ControlRequest(action=action, model=name)
+    )
+    failed = describe_failures(outcomes)
+    if failed:
+        return v2_error(400, failed)
+    return JSONResponse({"name": name, action: True})
+
+
+def _entry(model: Model) -> RepositoryModel:
+    if model.state is ModelState.UNLOADED:
+        reason = "unloaded" + (" on request" if not model.wanted else "")
+    else:
+        reason = model.public_error or ""
+    return RepositoryModel(
+        name=model.name, version=model.version, state=_STATES[model.state], reason=reason
+    )
+
+
+_Body = TypeVar("_Body", RepositoryIndexRequest, RepositoryRequest)
+
+
+def _parse(schema: type[_Body], raw: bytes) -> _Body:
+    """An empty body is allowed (tritonclient sends one for the index)."""
+    if not raw.strip():
+        return schema()
+    try:
+        return schema.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = describe_validation(exc, whole="body")
+        raise InvalidInputError(f"the request body is not valid: {problems}") from None
+
+
+def _control_off() -> Response:
+    return v2_error(400, "model control is off in this app (v2_router(model_control=False))")

@@ -1,0 +1,268 @@
+"""Input tensors of an inference request, read from JSON ``data`` or from the binary section.
+
+Every check names the tensor: its element count against its shape, its values against its
+datatype (nothing converted with a loss: no fraction dropped, no integer out of range, no
+float overflowing to infinity), and its binary size against its shape.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from loadonce.core.errors import InvalidInputError, RequestTooLargeError
+from loadonce.core.number_conversion import LossyConversionError, convert_numbers
+from loadonce.protocols.v2.body import HEADER_LENGTH, SplitBody
+from loadonce.protocols.v2.datatypes import fixed_dtype
+from loadonce.protocols.v2.schemas import RequestInput
+
+BINARY_SIZE = "binary_data_size"
+_LENGTH_PREFIX = 4  # BYTES elements in binary: a 4-byte little-endian length, then the bytes
+# NumPy's own limit on an array's dimensions.
+MAX_DIMENSIONS = 64
+# A shape's non-zero dimensions may multiply to at most this: no request carries more
+# elements, and NumPy cannot even describe an empty array whose other dimensions pass it.
+MAX_ELEMENTS = 2**40
+
+
+def decode_inputs(
+    inputs: Sequence[RequestInput], body: SplitBody, *, max_element_bytes: int | None = None
+) -> dict[str, npt.NDArray[Any]]:
+    """Each input as an array of its shape; BYTES elements as ``bytes`` objects, none longer
+    than ``max_element_bytes`` (413)."""
+    arrays: dict[str, npt.NDArray[Any]] = {}
+    binary = body.binary
+    offset = 0
+    for tensor in inputs:
+        if tensor.name in arrays:
+            raise InvalidInputError(f"input '{tensor.name}' is given twice")
+        _check_shape(tensor)
+        size = _binary_size(tensor)
+        if size is None:
+            arrays[tensor.name] = _from_json(tensor)
+            _check_elements(tensor.name, arrays[tensor.name], max_element_bytes)
+            continue
+        if not body.has_binary_header:
+            raise InvalidInputError(
+                f"input '{tensor.name}' has parameters.{BINARY_SIZE}, but the request has no "
+                f"{HEADER_LENGTH} header to say where the JSON ends and the binary data begins"
+            )
+        if tensor.data is not None:
+            raise InvalidInputError(
+                f"input '{tensor.name}' has both data and parameters.{BINARY_SIZE}: send one"
+            )
+        if offset + size > len(binary):
+            raise InvalidInputError(
+                f"input '{tensor.name}': {BINARY_SIZE} is {size} bytes, but only "
+                f"{len(binary) - offset} bytes of binary data are left in the body"
+            )
+        arrays[tensor.name] = _from_binary(tensor, binary[offset : offset + size])
+        _check_elements(tensor.name, arrays[tensor.name], max_element_bytes)
+        offset += size
+    if offset != len(binary):
+        raise InvalidInputError(
+            f"the body holds {len(binary)} bytes of binary data after the JSON, but the inputs' "
+            f"{BINARY_SIZE} add up to {offset}"
+        )
+    return arrays
+
+
+def _check_shape(tensor: RequestInput) -> None:
+    """Before anything is read or allocated: a shape NumPy can hold, of a size a request can
+    carry. (That the data holds as many elements as the shape is checked as it is read.)"""
+    if len(tensor.shape) > MAX_DIMENSIONS:
+        raise InvalidInputError(
+            f"input '{tensor.name}': its shape has {len(tensor.shape)} dimensions; at most "
+            f"{MAX_DIMENSIONS} are supported"
+        )
+    if math.prod(dim for dim in tensor.shape if dim) > MAX_ELEMENTS:
+        raise InvalidInputError(
+            f"input '{tensor.name}': shape {tensor.shape} is larger than any request can "
+            f"carry (at most {MAX_ELEMENTS} elements)"
+        )
+
+
+def _check_elements(name: str, array: npt.NDArray[Any], limit: int | None) -> None:
+    if limit is None or array.dtype != object:
+        return
+    for index, element in enumerate(array.flat):
+        if len(element) > limit:
+            raise RequestTooLargeError(
+                f"input '{name}': BYTES element {index} is {len(element)} bytes, over this "
+                f"server's max_element_bytes ({limit})"
+            )
+
+
+def _binary_size(tensor: RequestInput) -> int | None:
+    if not tensor.parameters or BINARY_SIZE not in tensor.parameters:
+        return None
+    size = tensor.parameters[BINARY_SIZE]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise InvalidInputError(
+            f"input '{tensor.name}': parameters.{BINARY_SIZE} must be a number of bytes; "
+            f"got {size!r}"
+        )
+    return size
+
+
+def element_count(tensor: RequestInput) -> int:
+    return math.prod(tensor.shape)
+
+
+def _describe(tensor: RequestInput) -> str:
+    return f"shape {tensor.shape} of {tensor.datatype}"
+
+
+def _from_binary(tensor: RequestInput, chunk: memoryview) -> npt.NDArray[Any]:
+    dtype = _dtype_of(tensor)
+    count = element_count(tensor)
+    if dtype is None:
+        return _bytes_elements(tensor, chunk, count).reshape(tensor.shape)
+    expected = count * dtype.itemsize
+    if len(chunk) != expected:
+        raise InvalidInputError(
+            f"input '{tensor.name}': {BINARY_SIZE} is {len(chunk)} bytes, but "
+            f"{_describe(tensor)} takes {expected}"
+        )
+    if dtype.kind == "b":
+        raw = np.frombuffer(chunk, dtype=np.uint8)
+        if raw.size and raw.max() > 1:
+            raise InvalidInputError(f"input '{tensor.name}': BOOL bytes must be 0 or 1")
+        return raw.view(np.bool_).reshape(tensor.shape)
+    return np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).reshape(tensor.shape)
+
+
+def _bytes_elements(tensor: RequestInput, chunk: memoryview, count: int) -> npt.NDArray[Any]:
+    if count * _LENGTH_PREFIX > len(chunk):
+        # Checked before the array of count elements is made: the shape is the client's word,
+        # the bytes are what it sent.
+        raise InvalidInputError(
+            f"input '{tensor.name}': shape {tensor.shape} holds {count} BYTES elements, each "
+            f"at least {_LENGTH_PREFIX} bytes in binary, but its binary data is {len(chunk)} bytes"
+        )
+    elements = np.empty(count, dtype=object)
+    offset = 0
+    for index in range(count):
+        if offset + _LENGTH_PREFIX > len(chunk):
+            raise InvalidInputError(
+                f"input '{tensor.name}': its binary data ends after {index} of the {count} "
+                "BYTES elements its shape holds"
+            )
+        length = int.from_bytes(chunk[offset : offset + _LENGTH_PREFIX], "little")
+        offset += _LENGTH_PREFIX
+        if offset + length > len(chunk):
+            raise InvalidInputError(
+                f"input '{tensor.name}': BYTES element {index} is {length} bytes long, past "
+                "the end of the input's binary data"
+            )
+        elements[index] = bytes(chunk[offset : offset + length])
+        offset += length
+    if offset != len(chunk):
+        raise InvalidInputError(
+            f"input '{tensor.name}': {len(chunk) - offset} bytes are left after the {count} "
+            f"BYTES elements its shape {tensor.shape} holds"
+        )
+    return elements
+
+
+def _dtype_of(tensor: RequestInput) -> np.dtype[np.generic] | None:
+    try:
+        return fixed_dtype(tensor.datatype)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"input '{tensor.name}': {exc}") from None
+
+
+def _from_json(tensor: RequestInput) -> npt.NDArray[Any]:
+    dtype = _dtype_of(tensor)
+    if tensor.data is None:
+        raise InvalidInputError(
+            f"input '{tensor.name}' has no data: send its elements in 'data', or in binary "
+            f"with parameters.{BINARY_SIZE}"
+        )
+    count = element_count(tensor)
+    if dtype is None:
+        flat = _flatten_text(tensor)
+        _check_count(tensor, len(flat), count)
+        elements = np.empty(count, dtype=object)
+        elements[:] = flat
+        return elements.reshape(tensor.shape)
+    try:
+        raw = np.asarray(tensor.data)
+    except ValueError:
+        raise InvalidInputError(
+            f"input '{tensor.name}': data is nested unevenly; send it flat or as a "
+            "rectangular array, row-major"
+        ) from None
+    _check_count(tensor, raw.size, count)
+    return _convert(tensor, raw, dtype).reshape(tensor.shape)
+
+
+def _check_count(tensor: RequestInput, got: int, expected: int) -> None:
+    if got != expected:
+        raise InvalidInputError(
+            f"input '{tensor.name}': shape {tensor.shape} holds {expected} elements, but data "
+            f"holds {got}"
+        )
+
+
+def _flatten_text(tensor: RequestInput) -> list[bytes]:
+    flat: list[bytes] = []
+    pending = [tensor.data]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, list):
+            pending.extend(reversed(value))
+        elif isinstance(value, str):
+            flat.append(value.encode("utf-8"))
+        else:
+            raise InvalidInputError(
+                f"input '{tensor.name}': BYTES data must be strings; got "
+                f"{type(value).__name__} {value!r}"
+            )
+    return flat
+
+
+def _convert(
+    tensor: RequestInput, raw: npt.NDArray[Any], dtype: np.dtype[np.generic]
+) -> npt.NDArray[Any]:
+    where = f"input '{tensor.name}': {tensor.datatype} data"
+    if dtype.kind in "iu" and raw.dtype.kind in "fO" and raw.size:
+        return _integers_beyond_int64(tensor, dtype, where)
+    try:
+        return convert_numbers(raw, dtype, tensor.data)
+    except LossyConversionError as exc:
+        raise InvalidInputError(f"{where} {_phrase(exc, tensor.datatype)}") from None
+
+
+def _phrase(exc: LossyConversionError, datatype: str) -> str:
+    # The converter names NumPy's dtype; a client of this protocol knows its datatype.
+    text = str(exc)
+    if "outside the range of" in text:
+        return f": a value is outside the range of {datatype}"
+    return text
+
+
+def _integers_beyond_int64(
+    tensor: RequestInput, dtype: np.dtype[np.generic], where: str
+) -> npt.NDArray[Any]:
+    """NumPy reads integers past int64's range as floats (mixed with others) or objects; if
+    the JSON holds integers only, convert them exactly, else say what is wrong."""
+    pending = [tensor.data]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, float):
+            raise InvalidInputError(f"{where} must be integers; got numbers with a fraction")
+        elif not isinstance(value, int) or isinstance(value, bool):
+            raise InvalidInputError(f"{where} must be numbers")
+    try:
+        return np.asarray(tensor.data, dtype=dtype)
+    except OverflowError:
+        raise InvalidInputError(
+            f"{where}: a value is outside the range of {tensor.datatype}"
+        ) from None

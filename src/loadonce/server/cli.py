@@ -1,0 +1,343 @@
+"""The ``loadonce`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import click
+
+from loadonce._version import __version__
+from loadonce.core.errors import ConfigError, LoadonceError
+from loadonce.core.imports import import_optional
+from loadonce.core.integrity import file_sha256
+from loadonce.server.on_ray import ray_config_document, serve_on_ray
+from loadonce.server.plan import make_plan, parse_size
+from loadonce.server.resolve import resolve_serve_config
+from loadonce.server.settings import LogLevel, ServeConfig
+from loadonce.server.supervisor import Supervisor
+from loadonce.server.worker import STARTUP_FAILED, serve_single_worker
+
+_LOG_LEVELS: list[LogLevel] = ["critical", "error", "warning", "info", "debug", "trace"]
+# Exit status for a command line or config file that cannot be used (click uses 2 as well).
+USAGE_ERROR = 2
+
+
+@click.group()
+@click.version_option(__version__, prog_name="loadonce")
+def main() -> None:
+    """loadonce: serve machine-learning models, each loaded once per worker at startup."""
+
+
+@main.command()
+@click.argument("target", required=False, envvar="LOADONCE_TARGET")
+@click.option("--demo", is_flag=True, help="Serve the built-in iris demo model.")
+@click.option("--host", envvar="LOADONCE_HOST", help="Address to bind.  [default: 127.0.0.1]")
+@click.option("--port", type=int, envvar="LOADONCE_PORT", help="Port to bind.  [default: 8000]")
+@click.option(
+    "--workers",
+    type=int,
+    envvar="LOADONCE_WORKERS",
+    help="Worker processes; each loads its own copy of every model.  [default: 1]",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(_LOG_LEVELS),
+    envvar="LOADONCE_LOG_LEVEL",
+    help="Log level.  [default: info]",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["plain", "json"]),
+    envvar="LOADONCE_LOG_FORMAT",
+    help="Log lines as plain text or one JSON object each.  [default: plain]",
+)
+@click.option(
+    "--drain-timeout",
+    type=int,
+    envvar="LOADONCE_DRAIN_TIMEOUT_S",
+    help="Seconds accepted requests may take to finish after SIGTERM.  [default: 30]",
+)
+@click.option(
+    "--trust",
+    is_flag=True,
+    envvar="LOADONCE_TRUST",
+    help="Allow pickle/joblib artifacts, which run code when loaded.",
+)
+@click.option(
+    "--memory-limit",
+    envvar="LOADONCE_MEMORY_LIMIT",
+    help="Plan against this much memory (16GiB, 500MB...) instead of what is available.",
+)
+@click.option(
+    "--force", is_flag=True, help="Start several workers even if the memory plan says no."
+)
+@click.option(
+    "--ray",
+    "on_ray",
+    is_flag=True,
+    envvar="LOADONCE_RAY",
+    help="Serve on Ray Serve (a local Ray, or RAY_ADDRESS's cluster); replicas from [ray].",
+)
+def serve(
+    target: str | None,
+    demo: bool,
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    log_level: str | None,
+    log_format: str | None,
+    drain_timeout: int | None,
+    trust: bool,
+    memory_limit: str | None,
+    force: bool,
+    on_ray: bool,
+) -> None:
+    """Serve TARGET: a TOML config file, one artifact, or a 'package.module:function' loader.
+
+    Every option can also be set in the config file's [server] table and in a LOADONCE_*
+    environment variable. Precedence: command line, then environment, then file, then default.
+    """
+    overrides = {
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "log_level": log_level,
+        "log_format": log_format,
+        "drain_timeout_s": drain_timeout,
+    }
+    try:
+        config = resolve_serve_config(target, demo=demo, trust=trust, overrides=overrides)
+    except ConfigError as exc:
+        click.echo(f"loadonce: error: {exc}", err=True)
+        sys.exit(USAGE_ERROR)
+    if on_ray:
+        if config.server.workers != 1:
+            click.echo(
+                "loadonce: error: on Ray, each replica is one process: scale with "
+                "[ray] num_replicas, not --workers",
+                err=True,
+            )
+            sys.exit(USAGE_ERROR)
+        sys.exit(serve_on_ray(config))
+    if config.server.workers == 1:
+        sys.exit(serve_single_worker(config))
+    try:
+        limit = None if memory_limit is None else parse_size(memory_limit)
+    except ConfigError as exc:
+        click.echo(f"loadonce: error: {exc}", err=True)
+        sys.exit(USAGE_ERROR)
+    sys.exit(Supervisor(config, memory_limit=limit, force=force).run())
+
+
+PLAN_WONT_FIT = 1
+
+
+def _run_plan(config: ServeConfig, memory_limit: str | None) -> int:
+    """Print the plan; 0 it fits, 1 it does not, 3 a model failed to load."""
+    try:
+        limit = None if memory_limit is None else parse_size(memory_limit)
+        plan = make_plan(config, config.server.workers, limit=limit)
+    except ConfigError as exc:
+        click.echo(f"loadonce: error: {exc}", err=True)
+        sys.exit(USAGE_ERROR)
+    except LoadonceError as exc:
+        click.echo(f"loadonce: planning failed: {exc}", err=True)
+        return STARTUP_FAILED
+    click.echo(plan.table())
+    return 0 if plan.fits else PLAN_WONT_FIT
+
+
+@main.command()
+@click.argument("target", required=False, envvar="LOADONCE_TARGET")
+@click.option("--demo", is_flag=True, help="Plan for the built-in iris demo model.")
+@click.option("--workers", type=int, envvar="LOADONCE_WORKERS", help="Workers to plan for.")
+@click.option(
+    "--memory-limit",
+    envvar="LOADONCE_MEMORY_LIMIT",
+    help="Plan against this much memory (16GiB, 500MB...) instead of what is available.",
+)
+@click.option("--trust", is_flag=True, envvar="LOADONCE_TRUST", help="As for serve.")
+def plan(
+    target: str | None,
+    demo: bool,
+    workers: int | None,
+    memory_limit: str | None,
+    trust: bool,
+) -> None:
+    """Load TARGET's models once, measure them, and say whether N workers fit in memory.
+
+    Exit status: 0 it fits, 1 it does not, 2 a usage error, 3 a model failed to load.
+    """
+    try:
+        config = resolve_serve_config(
+            target, demo=demo, trust=trust, overrides={"workers": workers}
+        )
+    except ConfigError as exc:
+        click.echo(f"loadonce: error: {exc}", err=True)
+        sys.exit(USAGE_ERROR)
+    sys.exit(_run_plan(config, memory_limit))
+
+
+@main.command("ray-config")
+@click.argument("target", required=False, envvar="LOADONCE_TARGET")
+@click.option("--demo", is_flag=True, help="Deploy the built-in iris demo model.")
+@click.option(
+    "--path-on-cluster",
+    help="The config file's path as the cluster's nodes see it.  [default: TARGET, absolute]",
+)
+@click.option(
+    "--host", envvar="LOADONCE_HOST", help="Address Ray's proxies bind (0.0.0.0 in a cluster)."
+)
+@click.option("--port", type=int, envvar="LOADONCE_PORT", help="Port of Ray's HTTP proxies.")
+@click.option("--trust", is_flag=True, help="As for serve.")
+def ray_config(
+    target: str | None,
+    demo: bool,
+    path_on_cluster: str | None,
+    host: str | None,
+    port: int | None,
+    trust: bool,
+) -> None:
+    """Print the Ray Serve config file (YAML) that deploys TARGET's models on a cluster:
+    ``serve deploy`` it, or paste it as a KubeRay RayService's serveConfigV2.
+
+    TARGET must be a config file (.toml), which every node reads at the printed path; its
+    [ray] table gives replicas, autoscaling and resources, its [server] table the HTTP port.
+    """
+    if target is not None and not target.lower().endswith(".toml"):
+        click.echo("loadonce: error: ray-config takes a config file (.toml) or --demo", err=True)
+        sys.exit(USAGE_ERROR)
+    overrides = {"host": host, "port": port}
+    try:
+        config = resolve_serve_config(target, demo=demo, trust=trust, overrides=overrides)
+    except ConfigError as exc:
+        click.echo(f"loadonce: error: {exc}", err=True)
+        sys.exit(USAGE_ERROR)
+    config_path = None
+    if target is not None:
+        config_path = Path(path_on_cluster) if path_on_cluster else Path(target).resolve()
+    try:
+        yaml = import_optional("yaml", extra="ray")
+        document = ray_config_document(config, config_path=config_path, demo=demo, trust=trust)
+    except ImportError as missing:
+        click.echo(f"loadonce: error: {missing}", err=True)
+        sys.exit(USAGE_ERROR)
+    click.echo(yaml.safe_dump(document, sort_keys=False), nl=False)
+
+
+@main.command()
+@click.argument("name")
+@click.option(
+    "--artifact",
+    type=click.Path(dir_okay=True, path_type=Path),
+    help="Load this artifact instead (made absolute here; the server must see the same path).",
+)
+@click.option("--version", "version", help="Serve it as this version.")
+@click.option("--sha256", help="The new artifact's sha256, if the model is pinned.")
+@click.option(
+    "--url",
+    default="http://127.0.0.1:8000",
+    envvar="LOADONCE_URL",
+    show_default=True,
+    help="The running server.",
+)
+@click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait.")
+def reload(
+    name: str,
+    artifact: Path | None,
+    version: str | None,
+    sha256: str | None,
+    url: str,
+    timeout: float,
+) -> None:
+    """Reload model NAME in every worker of a running server, without a pause in service.
+
+    The loaded version serves until the new one is loaded and warm; if the new one fails to
+    load, the loaded one goes on serving and this command exits 1. An admin key, when the
+    server needs one, is read from LOADONCE_ADMIN_KEY.
+    """
+    if not url.startswith(("http://", "https://")):
+        click.echo(f"loadonce: error: --url must be http:// or https://, got {url!r}", err=True)
+        sys.exit(USAGE_ERROR)
+    body: dict[str, str] = {}
+    if artifact is not None:
+        body["artifact"] = str(artifact.resolve())
+    if version is not None:
+        body["version"] = version
+    if sha256 is not None:
+        body["sha256"] = sha256
+    request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
+        f"{url.rstrip('/')}/admin/models/{name}/reload",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    key = os.environ.get("LOADONCE_ADMIN_KEY")
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as failure:
+        answer = _error_body(failure)
+        if "workers" not in answer:
+            click.echo(f"loadonce: reload failed ({failure.code}): {answer['error']}", err=True)
+            sys.exit(1)
+    except (urllib.error.URLError, OSError) as failure:
+        click.echo(f"loadonce: cannot reach {url}: {failure}", err=True)
+        sys.exit(USAGE_ERROR)
+    for worker in answer["workers"]:
+        status = "ok" if worker["ok"] else f"FAILED: {worker['error']}"
+        click.echo(f"worker pid {worker['pid']}: version {worker['version'] or '?'} {status}")
+    if not answer["ok"]:
+        click.echo(f"loadonce: model '{name}' was not reloaded everywhere", err=True)
+        sys.exit(1)
+    click.echo(f"model '{name}' reloaded in {len(answer['workers'])} worker(s)")
+
+
+def _error_body(failure: urllib.error.HTTPError) -> dict[str, object]:
+    try:
+        body = json.loads(failure.read())
+    except ValueError:
+        return {"error": failure.reason}
+    return body if isinstance(body, dict) and "error" in body else {"error": failure.reason}
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("destination", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--trust",
+    is_flag=True,
+    help="Required: reading a joblib or pickle file runs code from it.",
+)
+def convert(source: Path, destination: Path, trust: bool) -> None:
+    """Rewrite a compressed joblib (or pickle) file as an uncompressed joblib file, whose
+    NumPy arrays every worker can then map and share (share = "mmap").
+
+    Prints the new file's sha256, to pin it in the config.
+    """
+    if not trust:
+        click.echo(
+            "loadonce: error: reading a joblib or pickle file runs code from it; pass --trust "
+            "if you trust this file's origin",
+            err=True,
+        )
+        sys.exit(USAGE_ERROR)
+    if destination.suffix.lower() != ".joblib":
+        click.echo("loadonce: error: DESTINATION must end in .joblib", err=True)
+        sys.exit(USAGE_ERROR)
+    if destination.exists():
+        click.echo(f"loadonce: error: {destination} exists; it is not overwritten", err=True)
+        sys.exit(USAGE_ERROR)
+    joblib = import_optional("joblib", extra="sklearn")
+    model = joblib.load(source)
+    partial = destination.with_name(destination.name + ".partial")
+    joblib.dump(model, partial, compress=0)
+    partial.rename(destination)  # never a half-written file under the final name
+    click.echo(f'{destination}: uncompressed, sha256 = "{file_sha256(destination)}"')

@@ -1,0 +1,109 @@
+"""Reading a TOML config file, or a single artifact, into models and server options."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from loadonce.core.errors import ConfigError, describe_validation
+from loadonce.core.spec import ModelSpec
+from loadonce.server.settings import RayOptions, ServerOptions
+
+_TOP_LEVEL = {"server", "models", "ray"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfigFile:
+    server: dict[str, Any]  # unvalidated: merged with the environment and command line first
+    models: list[ModelSpec]
+    ray: RayOptions
+
+
+def is_config_file(target: str) -> bool:
+    return target.lower().endswith(".toml")
+
+
+def read_config_file(path: Path) -> ConfigFile:
+    """The ``[server]`` table, the ``[[models]]`` (paths made absolute) and the ``[ray]`` table.
+
+    Relative artifact paths are read relative to the config file, so the server can be started
+    from any directory.
+    """
+    try:
+        with path.open("rb") as stream:
+            document = tomllib.load(stream)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    unknown = sorted(set(document) - _TOP_LEVEL)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown top-level key(s) {', '.join(unknown)}; "
+            "expected [server], [[models]] and [ray]"
+        )
+    server = document.get("server", {})
+    if not isinstance(server, dict):
+        raise ConfigError(f"{path}: [server] must be a table")
+    try:
+        # Checked here too, so a mistake in the file is reported with the file's name.
+        ServerOptions.model_validate(server)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: [server]: {describe_validation(exc)}") from None
+    tables = document.get("models", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{path}: models must be an array of tables ([[models]])")
+    if not tables:
+        raise ConfigError(f"{path}: no model is declared; add at least one [[models]] table")
+    base = path.resolve().parent
+    roots = server.get("artifact_roots")
+    if isinstance(roots, list):
+        # Relative to the config file, like the artifacts.
+        server = {**server, "artifact_roots": [str(base / root) for root in roots]}
+    return ConfigFile(
+        server=server,
+        models=[_model_spec(table, index, base, path) for index, table in enumerate(tables)],
+        ray=_ray_options(document.get("ray", {}), path),
+    )
+
+
+def _ray_options(table: object, path: Path) -> RayOptions:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [ray] must be a table")
+    try:
+        return RayOptions.model_validate(table)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: [ray]: {describe_validation(exc)}") from None
+
+
+def _model_spec(table: dict[str, Any], index: int, base: Path, path: Path) -> ModelSpec:
+    values = dict(table)
+    if isinstance(values.get("artifact"), str):
+        values["artifact"] = (base / values["artifact"]).resolve()
+    try:
+        return ModelSpec.model_validate(values)
+    except ValidationError as exc:
+        label = f"models[{index}]" + (f" ('{table['name']}')" if "name" in table else "")
+        raise ConfigError(f"{path}: {label}: {describe_validation(exc)}") from None
+
+
+def spec_for_target(target: str) -> ModelSpec:
+    """A single model from the command line: an artifact path, or a 'package.module:function'."""
+    path = Path(target)
+    if path.exists():
+        # A directory is an artifact too (a transformers model directory).
+        name = path.resolve().name if path.is_dir() else path.stem
+        return ModelSpec(name=_name_from_stem(name), artifact=path.resolve())
+    if ":" in target and "/" not in target:
+        return ModelSpec(name=_name_from_stem(target.rpartition(":")[2]), loader=target)
+    raise ConfigError(f"no such file: {target}")
+
+
+def _name_from_stem(stem: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.\-]", "-", stem).strip("-.") or "model"
+    return name if name[0].isalnum() else f"m{name}"

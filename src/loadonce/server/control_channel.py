@@ -1,0 +1,106 @@
+"""Model control across ``--workers N``: a request to any worker reaches every worker.
+
+Each worker keeps the pipe it reported "loaded" on. A worker that gets a load, unload or
+reload request sends it up the pipe; the supervisor hands it to each serving worker in turn
+(a rolling reload: one worker loads the new version at a time, so the memory peak is one
+extra copy, and the others serve meanwhile), gathers each worker's outcome, and answers the
+worker that asked. A reload that fails in one worker is not tried in the next ones, so the
+workers never drift apart on a broken artifact. The supervisor also keeps the result as the
+config that replacement workers start from: a worker started after a reload loads the new
+version, and one started after an unload leaves the model unloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import threading
+from multiprocessing.connection import Connection
+from typing import Any
+
+from loadonce.core.control import ControlRequest, WorkerOutcome, apply_locally, changed_spec
+from loadonce.core.registry import Registry
+from loadonce.server.worker_process import HEARTBEAT, HEARTBEAT_INTERVAL_S
+
+logger = logging.getLogger("loadonce")
+
+# Messages on a worker's pipe (tuples): worker -> supervisor ("control", op, request) and
+# ("applied", op, outcome); supervisor -> worker ("apply", op, request) and
+# ("result", op, outcomes).
+CONTROL, APPLY, APPLIED, RESULT = "control", "apply", "applied", "result"
+
+
+class SupervisedControl:
+    """The ``ModelControl`` of a worker under the supervisor."""
+
+    def __init__(self, gate: Connection, registry: Registry) -> None:
+        self._gate = gate
+        self._registry = registry
+        self._send_lock = threading.Lock()  # the loop and the reader thread both send
+        self._pending: dict[str, asyncio.Future[list[WorkerOutcome]]] = {}
+        self._ids = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read the supervisor's messages from now on (after GO: the pipe is ours alone), and
+        send it a heartbeat from the event loop every HEARTBEAT_INTERVAL_S."""
+        self._loop = loop
+        threading.Thread(target=self._read_forever, name="loadonce-control", daemon=True).start()
+        self._heartbeat = loop.create_task(self._beat_forever(), name="loadonce-heartbeat")
+
+    async def _beat_forever(self) -> None:
+        # From the loop itself: a loop that is blocked (or a stopped process) sends nothing.
+        pid = os.getpid()
+        while True:
+            try:
+                self._send((HEARTBEAT, pid, None))
+            except OSError:
+                return  # the supervisor is gone: _read_forever stops the worker
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+
+    async def apply(self, request: ControlRequest) -> list[WorkerOutcome]:
+        model = self._registry.get(request.model)  # 404 before anything is sent
+        changed_spec(model.spec, request, self._registry.artifact_roots)  # a 400 or 403 too
+        loop = asyncio.get_running_loop()
+        operation = f"{os.getpid()}-{next(self._ids)}"
+        future: asyncio.Future[list[WorkerOutcome]] = loop.create_future()
+        self._pending[operation] = future
+        try:
+            self._send((CONTROL, operation, request))
+            return await future
+        finally:
+            self._pending.pop(operation, None)
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            self._gate.send(message)
+
+    def _read_forever(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        while True:
+            try:
+                kind, operation, payload = self._gate.recv()
+            except (EOFError, OSError):
+                # The supervisor is gone (or stopping us): a worker never serves unsupervised,
+                # and never outlives its supervisor as an orphan holding the port.
+                if not self._registry.draining:
+                    logger.warning("worker pid %d: the supervisor is gone; stopping", os.getpid())
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return
+            if kind == APPLY:
+                running = asyncio.run_coroutine_threadsafe(
+                    apply_locally(self._registry, payload), loop
+                )
+                self._send((APPLIED, operation, running.result()))
+            elif kind == RESULT:
+                loop.call_soon_threadsafe(self._resolve, operation, payload)
+
+    def _resolve(self, operation: str, outcomes: list[WorkerOutcome]) -> None:
+        future = self._pending.get(operation)
+        if future is not None and not future.done():
+            future.set_result(outcomes)

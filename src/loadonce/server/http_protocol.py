@@ -1,0 +1,152 @@
+"""uvicorn's HTTP protocol with the limits a server facing slow or hostile clients needs.
+
+uvicorn bounds an idle keep-alive connection, but not a client that sends its request slowly:
+600 connections that each sent half a request head stayed open for good, and neither the size
+of the head (an 8 MiB header line) nor the number of its fields (20,000) was bounded. This
+protocol adds, per connection:
+
+- ``header_timeout_s``: the whole request head must arrive within it (408 and close);
+- ``body_timeout_s``: a body that stops arriving for that long is abandoned (the connection
+  closes; the route sees a disconnected client, answered 499);
+- ``max_header_bytes`` and ``max_header_fields``: past either, 431 and close.
+
+It also stamps each request's arrival (when its head was read) in the scope: the deadline
+counts from there, before the busy loop gets round to the request's task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from http import HTTPStatus
+from typing import Any
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from loadonce.http.request_info import ARRIVED_SCOPE_KEY
+
+
+class _HeadTooLargeError(Exception):
+    """Raised from the parser's callback; the parser reports it as a parse error."""
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_header_bytes: int = 64 * 1024
+    max_header_fields: int = 100
+
+    # Per request this adds two small callbacks and no timer when the request arrives whole
+    # (the usual case): it sat on every request of the hot path.
+    def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self._in_head = True  # waiting for (the rest of) a request head
+        self._in_body = False  # the head is complete, the body is not
+        self._head_bytes = 0
+        self._head_too_large = False
+        self._received_at = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def _arm(self, seconds: float, status: HTTPStatus | None) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, self._timed_out, status)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self, status: HTTPStatus | None) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if status is not None:
+            self._refuse(status, "the request head did not arrive in time")
+        else:
+            self.transport.close()  # the route sees its client gone
+
+    def _refuse(self, status: HTTPStatus, message: str) -> None:
+        body = f'{{"error": "{message}"}}'.encode()
+        self.transport.write(
+            f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+            + body
+        )
+        # Closing now, with the client's bytes unread, would reset the connection and the
+        # client might never see the answer: stop reading, end our side, close shortly.
+        self.transport.pause_reading()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(1.0, self.transport.close)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.header_timeout_s, HTTPStatus.REQUEST_TIMEOUT)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._received_at = self.loop.time()
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._head_too_large or self.transport.is_closing():
+            return
+        if self._in_head:
+            if self._head_bytes > self.max_header_bytes:
+                self._head_too_large = True
+                self._disarm()
+                self._refuse(
+                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "the request head is too large"
+                )
+            elif self._head_bytes and self._timer is None:
+                self._arm(self.header_timeout_s, HTTPStatus.REQUEST_TIMEOUT)
+        elif self._in_body:
+            self._arm(self.body_timeout_s, None)  # each piece of the body restarts it
+
+    def send_400_response(self, msg: str) -> None:
+        if self._head_too_large:
+            self._disarm()
+            self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "too many header fields")
+        else:
+            super().send_400_response(msg)
+
+    def on_headers_complete(self) -> None:
+        if len(self.headers) > self.max_header_fields:
+            self._head_too_large = True
+            raise _HeadTooLargeError  # the parser's error: send_400_response answers 431
+        self._in_head, self._in_body = False, True
+        if self._timer is not None:
+            self._disarm()  # the head's timer, if it came in pieces
+        # Its deadline counts from here (ARRIVED_SCOPE_KEY), so the wait for the busy loop
+        # to start the request's task is part of it.
+        self.scope[ARRIVED_SCOPE_KEY] = self._received_at  # type: ignore[literal-required]
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_head, self._in_body, self._head_bytes = True, False, 0
+        if self._timer is not None:
+            self._disarm()
+        super().on_message_complete()
+
+
+def guarded_protocol(
+    *,
+    header_timeout_s: float,
+    body_timeout_s: float,
+    max_header_bytes: int,
+    max_header_fields: int,
+) -> type[GuardedHttpProtocol]:
+    """The protocol class uvicorn is given (``uvicorn.Config(http=...)``), with these limits."""
+    return type(
+        "GuardedHttpProtocol",
+        (GuardedHttpProtocol,),
+        {
+            "header_timeout_s": header_timeout_s,
+            "body_timeout_s": body_timeout_s,
+            "max_header_bytes": max_header_bytes,
+            "max_header_fields": max_header_fields,
+        },
+    )

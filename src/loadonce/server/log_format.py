@@ -1,0 +1,72 @@
+"""Logging for server mode: uvicorn's own configuration plus loadonce's loggers, in plain text
+or one JSON object per line (``log_format = "json"``), for log collectors."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from uvicorn.config import LOGGING_CONFIG
+from uvicorn.logging import DefaultFormatter
+
+from loadonce.core.log_safe import log_safe
+
+# Fields a record may carry (``extra=``) that a JSON line keeps: the request log's.
+_EXTRA_FIELDS = ("request_id", "method", "path", "status", "duration_ms")
+
+
+class PlainFormatter(DefaultFormatter):
+    """uvicorn's formatter, with every message one line: a client-supplied value (a path, a
+    file name) can never start a forged line. A traceback, appended after, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = log_safe(record.message)
+        return super().formatMessage(record)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, pid, message, and request fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "message": log_safe(record.getMessage()),
+        }
+        for field in _EXTRA_FIELDS:
+            if hasattr(record, field):
+                entry[field] = getattr(record, field)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def log_config(level: str, log_format: str = "plain") -> dict[str, Any]:
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["loadonce"] = {
+        "()": f"{__name__}.PlainFormatter",
+        "fmt": "%(levelprefix)s [loadonce] %(message)s",
+        "use_colors": None,
+    }
+    config["formatters"]["default"]["()"] = f"{__name__}.PlainFormatter"
+    if log_format == "json":
+        for name in ("default", "access", "loadonce"):
+            config["formatters"][name] = {"()": f"{__name__}.JsonFormatter"}
+    config["handlers"]["loadonce"] = {
+        "formatter": "loadonce",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+    }
+    python_level = "DEBUG" if level == "trace" else level.upper()
+    # "loadonce.access" (one line per request, with its id) is a child: it shares the handler.
+    config["loggers"]["loadonce"] = {
+        "handlers": ["loadonce"],
+        "level": python_level,
+        "propagate": False,
+    }
+    return config

@@ -1,0 +1,194 @@
+"""The memory plan: what N workers will take, measured before any of them starts.
+
+``loadonce plan TARGET --workers N`` (and ``loadonce serve`` with several workers, before it
+starts them) loads every model once in a child process started as workers are (forked from
+the process that imported the libraries, server/worker_start.py) and measures: the memory
+each worker will hold privately (its unique set: what it wrote of the libraries' pages, copied
+weights), and the memory all workers share, counted once: the libraries in the process they
+are forked from, and the artifacts mapped read-only. The prediction for N workers is N times
+the private part plus the shared parts, compared with the memory available (and the cgroup's
+limit, in a container).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import psutil
+
+from loadonce.core.errors import ConfigError, LoadonceError
+from loadonce.core.memory import artifact_bytes
+from loadonce.core.registry import Registry
+from loadonce.server.settings import ServeConfig
+from loadonce.server.worker_start import worker_context
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_CGROUP_V2 = Path("/sys/fs/cgroup/memory.max")
+_CGROUP_V2_USED = Path("/sys/fs/cgroup/memory.current")
+_CGROUP_V1 = Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+_CGROUP_V1_USED = Path("/sys/fs/cgroup/memory/memory.usage_in_bytes")
+
+
+def parse_size(text: str) -> int:
+    """'16GiB', '500 MB', '1073741824' -> bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if match is None or match.group(2).lower() not in _UNITS:
+        raise ConfigError(f"not a size: {text!r} (examples: 16GiB, 500MB, 1073741824)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+@dataclass(frozen=True)
+class ModelMeasure:
+    name: str
+    load_seconds: float
+    private_bytes: int  # what this model's load added to the worker's unique memory
+    shared_bytes: int  # its artifact's pages mapped read-only: shared by every worker
+
+
+@dataclass(frozen=True)
+class Available:
+    bytes: int
+    source: str
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    workers: int
+    base_private_bytes: int  # a worker before its models: what it does not share
+    libraries_bytes: int  # the process workers are forked from: libraries imported once
+    supervisor_bytes: int  # the process that starts and watches the workers
+    models: list[ModelMeasure]
+    available: Available
+
+    @property
+    def private_per_worker(self) -> int:
+        return self.base_private_bytes + sum(m.private_bytes for m in self.models)
+
+    @property
+    def shared(self) -> int:
+        return sum(m.shared_bytes for m in self.models)
+
+    @property
+    def total(self) -> int:
+        once = self.supervisor_bytes + self.libraries_bytes + self.shared
+        return self.workers * self.private_per_worker + once
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.available.bytes
+
+    def table(self) -> str:
+        rows = [("model", "load s", "private / worker", "once per server")]
+        rows += [
+            (m.name, f"{m.load_seconds:.2f}", _mib(m.private_bytes), _mib(m.shared_bytes))
+            for m in self.models
+        ]
+        rows.append(("(worker itself)", "", _mib(self.base_private_bytes), ""))
+        rows.append(("(libraries)", "", "", _mib(self.libraries_bytes)))
+        rows.append(("(supervisor)", "", "", _mib(self.supervisor_bytes)))
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        lines = [
+            "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
+        ]
+        verdict = "fits" if self.fits else "DOES NOT FIT"
+        lines += [
+            "",
+            f"{self.workers} workers x {_mib(self.private_per_worker)} private "
+            f"+ {_mib(self.total - self.workers * self.private_per_worker)} once "
+            f"= {_mib(self.total)}",
+            f"available: {_mib(self.available.bytes)} ({self.available.source}): {verdict}",
+        ]
+        return "\n".join(lines)
+
+
+def _mib(count: int) -> str:
+    return f"{count / 2**20:,.1f} MiB"
+
+
+def available_memory(limit: int | None = None) -> Available:
+    """What the server may use: the given limit, else the machine's available memory, or
+    what the cgroup (a container's limit) leaves, whichever is less."""
+    if limit is not None:
+        return Available(limit, "the limit given")
+    best = Available(int(psutil.virtual_memory().available), "available on this machine")
+    for limit_file, used_file in ((_CGROUP_V2, _CGROUP_V2_USED), (_CGROUP_V1, _CGROUP_V1_USED)):
+        try:
+            raw_limit = limit_file.read_text().strip()
+            used = int(used_file.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if raw_limit.isdigit() and int(raw_limit) - used < best.bytes:
+            best = Available(int(raw_limit) - used, f"left under the cgroup limit {raw_limit}")
+        break
+    return best
+
+
+def make_plan(config: ServeConfig, workers: int, *, limit: int | None = None) -> MemoryPlan:
+    """Load every model once in a child process and measure; raise ModelLoadError's message
+    as a LoadonceError if one fails."""
+    context = worker_context(config)
+    ours, theirs = context.Pipe()
+    child = context.Process(target=_measure_in_child, args=(config, theirs), name="loadonce-plan")
+    child.start()
+    theirs.close()
+    try:
+        outcome = ours.recv()
+    except EOFError:
+        outcome = f"the planning process exited with code {child.exitcode} while loading"
+    finally:
+        child.join()
+        ours.close()
+    if isinstance(outcome, str):
+        raise LoadonceError(outcome)
+    base, libraries, measures = outcome
+    return MemoryPlan(
+        workers=workers,
+        base_private_bytes=base,
+        libraries_bytes=libraries,
+        supervisor_bytes=int(psutil.Process().memory_full_info().uss),
+        models=measures,
+        available=available_memory(limit),
+    )
+
+
+def _measure_in_child(config: ServeConfig, pipe: Connection) -> None:
+    process = psutil.Process()
+    base = int(process.memory_full_info().uss)
+    # The fork server this child comes from holds the libraries once for every worker.
+    libraries = int(psutil.Process(os.getppid()).memory_info().rss)
+    registry = Registry(
+        config.models,
+        unloaded=config.unloaded,
+        artifact_roots=config.server.artifact_roots,
+        max_artifact_bytes=config.server.max_artifact_bytes or None,
+    )
+    try:
+        asyncio.run(registry.load_all())
+    except LoadonceError as failure:
+        pipe.send(str(failure))
+        return
+    measures = []
+    for model in registry.models:
+        if not model.wanted or model.load_memory is None:
+            continue
+        resident = model.mapped_bytes
+        # A mapped artifact's pages are read on first use, not by the load: count it whole,
+        # once. (The page cache counts against a container's memory limit too.)
+        whole = (artifact_bytes(model.spec.artifact) or 0) if model.shares_weights else 0
+        measures.append(
+            ModelMeasure(
+                name=model.name,
+                load_seconds=model.load_seconds or 0.0,
+                # Mapped pages count as unique while one process maps them: they are shared.
+                private_bytes=max(0, model.load_memory.uss - resident),
+                shared_bytes=max(resident, whole),
+            )
+        )
+    pipe.send((base, libraries, measures))
+    asyncio.run(registry.unload_all())

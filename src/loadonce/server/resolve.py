@@ -1,0 +1,47 @@
+"""From the command line's words to one ServeConfig: target, demo, options, trust."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from loadonce.core.errors import ConfigError
+from loadonce.core.registry import check_model_specs
+from loadonce.server.config_file import is_config_file, read_config_file, spec_for_target
+from loadonce.server.demo import demo_spec
+from loadonce.server.settings import RayOptions, ServeConfig, resolve_server_options
+
+
+def resolve_serve_config(
+    target: str | None,
+    *,
+    demo: bool,
+    trust: bool,
+    overrides: Mapping[str, Any | None],
+) -> ServeConfig:
+    """``overrides`` are the CLI options (each already falling back to its LOADONCE_* variable)."""
+    if demo and target:
+        raise ConfigError("give either a TARGET or --demo, not both")
+    file_options: dict[str, Any] = {}
+    ray = RayOptions()
+    if demo:
+        specs = [demo_spec()]
+    elif target is None:
+        raise ConfigError(
+            "nothing to serve: give a config file (.toml), an artifact, "
+            "a 'package.module:function' loader, or --demo"
+        )
+    elif is_config_file(target):
+        config_file = read_config_file(Path(target))
+        file_options, specs, ray = config_file.server, config_file.models, config_file.ray
+    else:
+        specs = [spec_for_target(target)]
+    if trust:
+        # --trust is the operator vouching for every artifact this command serves.
+        specs = [spec.model_copy(update={"trust": True}) for spec in specs]
+    return ServeConfig(
+        server=resolve_server_options(file_options, overrides),
+        models=check_model_specs(specs),
+        ray=ray,
+    )

@@ -1,0 +1,211 @@
+"""ServeConfig: the server's options and models, merged from defaults, file, env and CLI."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from loadonce.core.artifacts import DEFAULT_MAX_ARTIFACT_BYTES
+from loadonce.core.errors import ConfigError, describe_validation
+from loadonce.core.limits import MIB, Limits
+from loadonce.core.spec import ModelSpec
+from loadonce.http.access_keys import AccessKeys
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+
+
+class ServerOptions(BaseModel):
+    """The ``[server]`` table of a config file; each also a CLI option and a LOADONCE_* variable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    workers: Annotated[int, Field(ge=1, le=256)] = 1
+    log_level: LogLevel = "info"
+    # With several workers: load one worker at a time (one load's memory peak, not N).
+    stagger_loading: bool = True
+    # With several workers: measure the models in a child process first, refuse what cannot
+    # fit (server/plan.py). The loaders then run once more, in that child.
+    memory_plan: bool = True
+    # "json": one JSON object per log line (request lines carry request_id, status...).
+    log_format: Literal["plain", "json"] = "plain"
+    # On SIGTERM: how long accepted requests (queued and running) may take to finish.
+    drain_timeout_s: Annotated[int, Field(ge=0)] = 30
+    # On SIGTERM: how long a worker goes on serving, /readyz at 503, before its listener
+    # closes, so that a readiness probe sees it leave (0: close at once).
+    stop_delay_s: Annotated[float, Field(ge=0, le=300, allow_inf_nan=False)] = 2.0
+    # With several workers: a worker whose event loop sends no heartbeat for this long
+    # (stopped, deadlocked) is killed and replaced (server/worker_process.py).
+    heartbeat_timeout_s: Annotated[float, Field(ge=2, allow_inf_nan=False)] = 30.0
+    # Once started, leave the loaded models out of garbage collection (loadonce.core.collector).
+    gc_freeze: bool = True
+    # API keys (loadonce.http.access): SecretStr, so a repr or a validation error never shows them.
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    admin_api_keys: list[SecretStr] = Field(default_factory=list)
+    protect_metrics: bool = False
+    # Request size limits in bytes; 0 turns one off.
+    max_body_bytes: Annotated[int, Field(ge=0)] = 64 * MIB
+    max_element_bytes: Annotated[int, Field(ge=0)] = 16 * MIB
+    # Where a control request (reload, repository load) may name a new artifact; by default
+    # the directories of the configured artifacts (loadonce.core.artifacts).
+    artifact_roots: list[Path] | None = None
+    # The largest file a control request may name; 0: no limit.
+    max_artifact_bytes: Annotated[int, Field(ge=0)] = DEFAULT_MAX_ARTIFACT_BYTES
+    # Host names a server bound to loopback answers to besides loopback names (a proxy on the
+    # same machine that passes on its own Host): "api.example.com", "*.example.com", "*".
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # Slow and hostile clients (server/http_protocol.py): a request head must arrive within
+    # header_timeout_s, a body may pause at most body_timeout_s, a head holds at most
+    # max_header_bytes in max_header_fields fields; past max_connections open connections,
+    # a worker answers 503.
+    header_timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10.0
+    body_timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 30.0
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+    max_header_fields: Annotated[int, Field(ge=8)] = 100
+    max_connections: Annotated[int, Field(ge=1)] = 1000
+
+    @model_validator(mode="after")
+    def _keys_are_usable(self) -> ServerOptions:
+        try:
+            self.access()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def access(self) -> AccessKeys:
+        return AccessKeys(
+            inference=tuple(k.get_secret_value() for k in self.api_keys),
+            admin=tuple(k.get_secret_value() for k in self.admin_api_keys),
+            protect_metrics=self.protect_metrics,
+        )
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_body_bytes=self.max_body_bytes or None,
+            max_element_bytes=self.max_element_bytes or None,
+        )
+
+
+class RayOptions(BaseModel):
+    """The ``[ray]`` table: how ``loadonce serve --ray`` and ``loadonce ray-config`` deploy
+    the models on Ray Serve (loadonce.integrations.ray). Each replica is one process that
+    loads every model once, like one worker."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The Serve application's name, and where its routes start on Ray's HTTP proxy.
+    name: Annotated[str, Field(min_length=1)] = "loadonce"
+    route_prefix: Annotated[str, Field(pattern=r"^/")] = "/"
+    # A fixed count, or "auto": Ray scales between bounds, with autoscaling_config (Ray's own
+    # keys: min_replicas, max_replicas, target_ongoing_requests...) or Ray's defaults.
+    num_replicas: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
+    autoscaling_config: dict[str, Any] | None = None
+    # Ray's resources per replica: num_cpus, num_gpus, memory, runtime_env...
+    ray_actor_options: dict[str, Any] = Field(default_factory=dict)
+    # Requests Ray lets into one replica at once. Ray's default (5) would cap a batch at 5
+    # and hold the rest in Ray's router, out of sight of loadonce's queue bound and deadlines.
+    max_ongoing_requests: Annotated[int, Field(ge=1)] = 256
+    # Requests Ray's router may hold waiting for a replica before answering 503 (-1: no bound).
+    max_queued_requests: Annotated[int, Field(ge=-1)] = -1
+    # Failed replica starts (a model that fails to load) before Ray marks the deployment
+    # failed. Ray's default, 20, would retry a broken model for minutes; a failed load is
+    # usually the file, not the node.
+    max_constructor_retry_count: Annotated[int, Field(ge=1)] = 3
+    health_check_period_s: Annotated[float, Field(gt=0)] = 10.0
+    health_check_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+
+    @model_validator(mode="after")
+    def _one_way_to_scale(self) -> RayOptions:
+        if self.autoscaling_config is not None and self.num_replicas != "auto":
+            raise ValueError(
+                'autoscaling_config needs num_replicas = "auto" (Ray scales the count itself)'
+            )
+        return self
+
+
+class ServeConfig(BaseModel):
+    """Everything one ``loadonce serve`` needs; pickled to each worker process."""
+
+    model_config = ConfigDict(frozen=True)
+
+    server: ServerOptions
+    models: list[ModelSpec]
+    ray: RayOptions = Field(default_factory=RayOptions)
+    # Models an operator unloaded while the server ran: a replacement worker leaves them so.
+    unloaded: list[str] = Field(default_factory=list)
+
+
+def resolve_server_options(
+    from_file: Mapping[str, Any], overrides: Mapping[str, Any | None]
+) -> ServerOptions:
+    """Precedence, highest first: command line, LOADONCE_* environment, config file, default.
+
+    ``overrides`` holds the command line and environment already merged (the CLI reads each
+    option from its flag, else from its variable); ``None`` means neither gave a value.
+    """
+    merged = {
+        **from_file,
+        **environment_options(),
+        **{k: v for k, v in overrides.items() if v is not None},
+    }
+    try:
+        return ServerOptions.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid server option: {describe_validation(exc)}") from None
+
+
+# Options read from the environment only: keys do not belong on a command line (ps shows it).
+_ENVIRONMENT_ONLY = {
+    "api_keys": "LOADONCE_API_KEYS",
+    "admin_api_keys": "LOADONCE_ADMIN_API_KEYS",
+    "protect_metrics": "LOADONCE_PROTECT_METRICS",
+    "max_body_bytes": "LOADONCE_MAX_BODY_BYTES",
+    "max_element_bytes": "LOADONCE_MAX_ELEMENT_BYTES",
+    "stagger_loading": "LOADONCE_STAGGER_LOADING",
+    "memory_plan": "LOADONCE_MEMORY_PLAN",
+    "gc_freeze": "LOADONCE_GC_FREEZE",
+    "artifact_roots": "LOADONCE_ARTIFACT_ROOTS",
+    "allowed_hosts": "LOADONCE_ALLOWED_HOSTS",
+    "max_artifact_bytes": "LOADONCE_MAX_ARTIFACT_BYTES",
+    "stop_delay_s": "LOADONCE_STOP_DELAY_S",
+    "heartbeat_timeout_s": "LOADONCE_HEARTBEAT_TIMEOUT_S",
+    "header_timeout_s": "LOADONCE_HEADER_TIMEOUT_S",
+    "body_timeout_s": "LOADONCE_BODY_TIMEOUT_S",
+    "max_header_bytes": "LOADONCE_MAX_HEADER_BYTES",
+    "max_header_fields": "LOADONCE_MAX_HEADER_FIELDS",
+    "max_connections": "LOADONCE_MAX_CONNECTIONS",
+}
+# Lists: comma-separated (artifact_roots: separated like PATH, by os.pathsep).
+_LISTS = {
+    "api_keys": ",",
+    "admin_api_keys": ",",
+    "artifact_roots": os.pathsep,
+    "allowed_hosts": ",",
+}
+
+
+def environment_options() -> dict[str, Any]:
+    """The options set by LOADONCE_* variables that have no command-line flag. A list that is
+    set but holds nothing (``LOADONCE_API_KEYS=""`` or ``","``) is a mistake, never an open
+    server: it is refused."""
+    found: dict[str, Any] = {}
+    for option, variable in _ENVIRONMENT_ONLY.items():
+        value = os.environ.get(variable)
+        if value is None:
+            continue
+        separator = _LISTS.get(option)
+        if separator is not None:
+            items = [item.strip() for item in value.split(separator) if item.strip()]
+            if not items:
+                raise ConfigError(
+                    f"{variable} is set but holds no value; unset it, or give at least one"
+                )
+            found[option] = items
+        elif value.strip():
+            found[option] = value.strip()
+    return found

@@ -1,0 +1,50 @@
+"""Binding the server's port before any model loads, without listening yet."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from loadonce.core.errors import LoadonceError
+from loadonce.http.access_keys import AccessKeys
+from loadonce.http.browser_guard import is_loopback_host
+
+logger = logging.getLogger("loadonce")
+
+
+class BindError(LoadonceError):
+    """The address cannot be bound (in use, not local, no permission)."""
+
+
+def bind_without_listening(host: str, port: int) -> socket.socket:
+    """Bind now, so a taken port fails in milliseconds instead of after a long load; do not
+    listen, so that until a worker's models are loaded a client is refused, not queued."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise BindError(f"cannot bind {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def describe_address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def warn_if_open_to_the_network(sock: socket.socket, access: AccessKeys) -> None:
+    """A loud warning when the server listens beyond this machine without any API key: then
+    anyone who can reach the port can reload, load and unload models."""
+    host = str(sock.getsockname()[0])
+    if access.enabled or is_loopback_host(host):
+        return
+    logger.warning(
+        "SECURITY: listening on %s without API keys: anyone who can reach this port can load, "
+        "unload and reload models. Set LOADONCE_ADMIN_API_KEYS (and LOADONCE_API_KEYS for "
+        "inference), or bind 127.0.0.1 behind a proxy that authenticates",
+        describe_address(sock),
+    )

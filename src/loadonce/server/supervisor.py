@@ -1,0 +1,337 @@
+"""The supervisor of ``--workers N``: start workers, open the port only when all loaded.
+
+uvicorn's own multi-worker mode restarts a worker that fails at startup, forever, and lets the
+first worker accept connections while the others still load. Here the supervisor binds the
+socket without listening, starts the workers, and waits: each worker loads its models and
+reports. Only when every worker has loaded does any of them listen. If one fails, every worker
+is stopped and the server exits with that worker's one-line reason: no half-up server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import logging.config
+import os
+import signal
+import socket
+import tempfile
+import time
+from collections import deque
+from multiprocessing import forkserver, resource_tracker
+from multiprocessing.connection import wait
+from types import FrameType
+from typing import Any
+
+from prometheus_client.multiprocess import mark_process_dead
+
+from loadonce.core.artifacts import ArtifactRoots
+from loadonce.core.control import ControlRequest, WorkerOutcome, changed_spec
+from loadonce.core.errors import LoadonceError
+from loadonce.http.metrics import MULTIPROCESS_DIR
+from loadonce.server.control_channel import APPLIED, APPLY, CONTROL, RESULT
+from loadonce.server.log_format import log_config
+from loadonce.server.plan import make_plan
+from loadonce.server.settings import ServeConfig
+from loadonce.server.sockets import (
+    BindError,
+    bind_without_listening,
+    describe_address,
+    warn_if_open_to_the_network,
+)
+from loadonce.server.stagger import LOCK_VARIABLE
+from loadonce.server.worker import GO, STARTUP_FAILED, STOP, worker_process_main
+from loadonce.server.worker_process import WorkerProcess as _Worker
+from loadonce.server.worker_process import become_subreaper, reap_orphans
+from loadonce.server.worker_start import worker_context
+
+logger = logging.getLogger("loadonce")
+
+# After SIGTERM, a worker has its drain timeout plus this to finish and unload, then is killed.
+UNLOAD_GRACE_SECONDS = 10.0
+_POLL_SECONDS = 0.5
+_REAP_SECONDS = 5.0
+
+
+def _multiprocessing_helpers() -> set[int]:
+    """The fork server's and the resource tracker's pids: multiprocessing waits for them."""
+    pids = {
+        getattr(forkserver._forkserver, "_forkserver_pid", None),
+        getattr(resource_tracker._resource_tracker, "_pid", None),
+    }
+    return {pid for pid in pids if isinstance(pid, int)}
+
+
+class _StartupFailedError(Exception):
+    pass
+
+
+def _not_attempted(worker: _Worker, why: str) -> WorkerOutcome:
+    return WorkerOutcome(pid=worker.pid, ok=False, version="", state="", error=why)
+
+
+class Supervisor:
+    def __init__(
+        self, config: ServeConfig, *, memory_limit: int | None = None, force: bool = False
+    ) -> None:
+        self.config = config
+        self._memory_limit = memory_limit
+        self._force = force
+        self._context = worker_context(config)
+        self._stopping = False
+        self._socket: socket.socket | None = None
+        # Control requests (load, unload, reload) waiting for their turn: (origin, message).
+        self._controls: deque[tuple[_Worker, tuple[Any, ...]]] = deque()
+
+    def run(self) -> int:
+        options = self.config.server
+        logging.config.dictConfig(log_config(options.log_level, options.log_format))
+        # Before the fork server starts: its orphaned children (workers) become ours.
+        become_subreaper()
+        workers: list[_Worker] = []
+        # Every worker writes its metrics here, so that /metrics on any of them counts all.
+        # Workers inherit the variable (through the fork server, which starts after this); the
+        # directory is removed when the server ends.
+        metrics_dir = tempfile.TemporaryDirectory(prefix="loadonce-metrics-")
+        os.environ[MULTIPROCESS_DIR] = metrics_dir.name
+        # Workers take turns to load (server/stagger.py), unless told not to.
+        lock_dir = tempfile.TemporaryDirectory(prefix="loadonce-load-")
+        if options.stagger_loading:
+            os.environ[LOCK_VARIABLE] = os.path.join(lock_dir.name, "load.lock")
+        try:
+            self._socket = bind_without_listening(options.host, options.port)
+            address = describe_address(self._socket)
+            warn_if_open_to_the_network(self._socket, options.access())
+            if options.memory_plan and not self._plan_fits():
+                return STARTUP_FAILED
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, self._ask_to_stop)
+            logger.info(
+                "supervisor pid %d starting %d workers for %s; each worker process "
+                "loads its own copy of every model",
+                os.getpid(),
+                options.workers,
+                address,
+            )
+            workers.extend(self._spawn() for _ in range(options.workers))
+            self._wait_until_loaded(workers)
+            if self._stopping:
+                return 0
+            for worker in workers:
+                self._release(worker)
+            logger.info("all %d workers loaded; accepting connections on %s", len(workers), address)
+            self._supervise(workers)
+            return 0
+        except (_StartupFailedError, BindError) as failure:
+            logger.error("startup failed: %s", failure)
+            return STARTUP_FAILED
+        finally:
+            self._stop_all(workers)
+            if self._socket is not None:
+                self._socket.close()
+            metrics_dir.cleanup()
+            lock_dir.cleanup()
+
+    def _plan_fits(self) -> bool:
+        """Measure the models once before N workers load N copies (server/plan.py); a model
+        that fails to load there fails the startup as it would in a worker."""
+        try:
+            plan = make_plan(self.config, self.config.server.workers, limit=self._memory_limit)
+        except LoadonceError as failure:
+            raise _StartupFailedError(str(failure)) from None
+        if plan.fits:
+            logger.info(
+                "memory plan: %d workers need about %.0f MiB of %.0f MiB (%s)",
+                plan.workers,
+                plan.total / 2**20,
+                plan.available.bytes / 2**20,
+                plan.available.source,
+            )
+            return True
+        logger.error("memory plan:\n%s", plan.table())
+        if self._force:
+            logger.warning("starting anyway (--force)")
+            return True
+        logger.error("startup failed: the workers would not fit in memory (--force starts anyway)")
+        return False
+
+    def _ask_to_stop(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping = True
+
+    def _spawn(self) -> _Worker:
+        assert self._socket is not None
+        ours, theirs = self._context.Pipe()
+        process = self._context.Process(
+            target=worker_process_main,
+            args=(self.config, self._socket, theirs),
+            name="loadonce-worker",
+        )
+        process.start()
+        theirs.close()
+        return _Worker(process=process, gate=ours)
+
+    def _wait_until_loaded(self, workers: list[_Worker]) -> None:
+        """Return when every worker reported loaded (or a stop was asked); raise on a failure."""
+        while not self._stopping and not all(w.loaded for w in workers):
+            waiting = [w for w in workers if not w.loaded]
+            wait([w.gate for w in waiting], _POLL_SECONDS)
+            for worker in waiting:
+                self._read_report(worker)
+
+    def _read_report(self, worker: _Worker) -> None:
+        try:
+            if worker.gate.poll():
+                kind, detail = worker.gate.recv()
+                if kind == "loaded":
+                    worker.loaded = True
+                    return
+                raise _StartupFailedError(detail)
+        except (EOFError, OSError):
+            pass  # the worker died without a word; its exit code says the rest
+        if not worker.is_alive():
+            raise _StartupFailedError(
+                f"worker pid {worker.pid} {worker.describe_exit()} before it finished loading"
+            )
+
+    def _release(self, worker: _Worker) -> None:
+        worker.gate.send(GO)
+        worker.serving = True
+        worker.heard()  # its heartbeats start now
+
+    def _supervise(self, workers: list[_Worker]) -> None:
+        """Replace a worker that dies or goes silent while serving; a replacement that cannot
+        load stops all. Workers are watched through their pipes (a dead worker's pipe reads
+        as closed) and the kernel, never through the fork server, which may be gone."""
+        timeout = self.config.server.heartbeat_timeout_s
+        next_reap = time.monotonic() + _REAP_SECONDS
+        while not self._stopping:
+            wait([w.gate for w in workers], _POLL_SECONDS)
+            self._serve_controls(workers)
+            for worker in workers:
+                if worker.serving and worker.is_alive() and worker.silent_for() > timeout:
+                    logger.error(
+                        "worker pid %d sent no heartbeat for %.0f s (stopped, or its event "
+                        "loop is blocked); killing it",
+                        worker.pid,
+                        worker.silent_for(),
+                    )
+                    worker.signal(signal.SIGKILL)
+                    worker.join(5)
+            if time.monotonic() >= next_reap:
+                next_reap = time.monotonic() + _REAP_SECONDS
+                reap_orphans(keep=_multiprocessing_helpers() | {w.pid for w in workers})
+            for index, worker in enumerate(workers):
+                if worker.is_alive() or self._stopping:
+                    continue
+                logger.warning(
+                    "worker pid %d %s; starting a replacement", worker.pid, worker.describe_exit()
+                )
+                worker.gate.close()
+                # Its per-worker gauges (state, memory) leave /metrics with it.
+                mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+                replacement = self._spawn()
+                workers[index] = replacement
+                self._wait_until_loaded([replacement])
+                if not self._stopping:
+                    self._release(replacement)
+
+    def _serve_controls(self, workers: list[_Worker]) -> None:
+        """Run the control requests workers sent, one at a time, and answer each origin."""
+        for worker in workers:
+            if worker.serving:
+                self._read_controls(worker, operation=None)
+        while self._controls and not self._stopping:
+            origin, (_, operation, request) = self._controls.popleft()
+            outcomes = self._run_control(workers, operation, request)
+            with contextlib.suppress(OSError):  # the worker that asked may have died since
+                origin.gate.send((RESULT, operation, outcomes))
+
+    def _read_controls(self, worker: _Worker, operation: str | None) -> WorkerOutcome | None:
+        """Queue the control requests waiting on a worker's pipe; return the outcome of
+        ``operation`` if it is among the messages."""
+        found: WorkerOutcome | None = None
+        try:
+            while worker.gate.poll():
+                message = worker.gate.recv()
+                worker.heard()  # any message says the worker's loop runs
+                if message[0] == CONTROL:
+                    self._controls.append((worker, message))
+                elif message[0] == APPLIED and message[1] == operation:
+                    found = message[2]
+        except (EOFError, OSError):
+            pass  # a dead worker: the supervise loop replaces it
+        return found
+
+    def _run_control(
+        self, workers: list[_Worker], operation: str, request: ControlRequest
+    ) -> list[WorkerOutcome]:
+        """Apply in each serving worker in turn; a failed load stops the round."""
+        outcomes: list[WorkerOutcome] = []
+        targets = [w for w in workers if w.serving and w.is_alive()]
+        for worker in targets:
+            if outcomes and not outcomes[-1].ok and request.action == "load":
+                outcomes.append(_not_attempted(worker, "not tried: an earlier worker failed"))
+                continue
+            try:
+                worker.gate.send((APPLY, operation, request))
+            except OSError:
+                outcomes.append(_not_attempted(worker, "the worker exited"))
+                continue
+            outcomes.append(self._await_applied(worker, operation))
+        if outcomes and all(o.ok for o in outcomes):
+            self._remember(request)
+        logger.info(
+            "%s of model '%s' in %d workers: %s",
+            "unload" if request.action == "unload" else "load",
+            request.model,
+            len(outcomes),
+            "done" if all(o.ok for o in outcomes) else "FAILED (see the workers' log lines)",
+        )
+        return outcomes
+
+    def _await_applied(self, worker: _Worker, operation: str) -> WorkerOutcome:
+        while not self._stopping:
+            wait([worker.gate], _POLL_SECONDS)
+            outcome = self._read_controls(worker, operation)
+            if outcome is not None:
+                return outcome
+            if not worker.is_alive():
+                return _not_attempted(worker, "the worker exited while applying it")
+        return _not_attempted(worker, "the server is stopping")
+
+    def _remember(self, request: ControlRequest) -> None:
+        """Keep what every worker now serves as the config that replacements start from."""
+        config = self.config
+        unloaded = [name for name in config.unloaded if name != request.model]
+        models = config.models
+        if request.action == "unload":
+            unloaded.append(request.model)
+        elif request.changes:
+            roots = ArtifactRoots.of(
+                models,
+                config.server.artifact_roots,
+                max_bytes=config.server.max_artifact_bytes or None,
+            )
+            models = [
+                changed_spec(spec, request, roots) if spec.name == request.model else spec
+                for spec in models
+            ]
+        self.config = config.model_copy(update={"models": models, "unloaded": unloaded})
+
+    def _stop_all(self, workers: list[_Worker]) -> None:
+        for worker in workers:
+            if worker.is_alive():
+                if not worker.serving:
+                    with contextlib.suppress(OSError):
+                        worker.gate.send(STOP)  # a worker waiting for GO leaves at once
+                worker.signal(signal.SIGTERM)  # uvicorn finishes in-flight requests
+        options = self.config.server
+        deadline = (
+            time.monotonic() + options.stop_delay_s + options.drain_timeout_s + UNLOAD_GRACE_SECONDS
+        )
+        for worker in workers:
+            if not worker.join(max(0.0, deadline - time.monotonic())):
+                logger.warning("worker pid %d did not stop in time; killing it", worker.pid)
+                worker.signal(signal.SIGKILL)
+                worker.join(10)
+            worker.gate.close()

@@ -1,0 +1,246 @@
+"""One worker process: build the app, run uvicorn, and report a failed startup in one line."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import logging.config
+import os
+import signal
+import socket
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from multiprocessing.connection import Connection
+from types import FrameType
+
+import anyio.to_thread
+import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from loadonce.app import create_app
+from loadonce.core.control import ModelControl
+from loadonce.core.model import Model
+from loadonce.core.registry import Registry
+from loadonce.server.control_channel import SupervisedControl
+from loadonce.server.http_protocol import guarded_protocol
+from loadonce.server.log_format import log_config
+from loadonce.server.progress import load_progress
+from loadonce.server.settings import ServeConfig
+from loadonce.server.sockets import (
+    BindError,
+    bind_without_listening,
+    describe_address,
+    warn_if_open_to_the_network,
+)
+from loadonce.server.stagger import one_worker_at_a_time
+
+logger = logging.getLogger("loadonce")
+
+# uvicorn's own exit status for a failed startup; loadonce uses it too, for one meaning.
+STARTUP_FAILED = 3
+
+GO = "go"
+STOP = "stop"
+
+
+class _OneLineStartupFailure:
+    """Starlette reports a failed lifespan to uvicorn with a full traceback. When the cause is
+    a model that failed to load, the traceback says nothing the one-line message does not, so
+    it is replaced by nothing and the worker logs (or reports) that line instead."""
+
+    def __init__(self, app: ASGIApp, registry: Registry) -> None:
+        self.app = app
+        self.registry = registry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_quietly(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and self.registry.failure is not None:
+                message = {**message, "message": ""}
+            await send(message)
+
+        await self.app(scope, receive, send_quietly)
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server, telling the registry when a stop begins so /readyz turns 503 while
+    accepted requests finish (uvicorn stops listening and drains them)."""
+
+    def __init__(self, config: uvicorn.Config, registry: Registry, stop_delay_s: float) -> None:
+        super().__init__(config)
+        self.registry = registry
+        self.stop_delay_s = stop_delay_s
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.registry.draining:
+            self.registry.start_draining()
+            if sig == signal.SIGTERM and self.stop_delay_s > 0:
+                # An orchestrator's SIGTERM: keep serving, with /readyz at 503, so that its
+                # readiness probe sees the worker leave before the listener closes. (Ctrl-C,
+                # SIGINT, stops at once; a second SIGTERM too.)
+                logger.info(
+                    "stopping in %g s (stop_delay_s): /readyz answers 503 meanwhile; then "
+                    "finishing accepted requests, then unloading",
+                    self.stop_delay_s,
+                )
+                timer = threading.Timer(self.stop_delay_s, super().handle_exit, (sig, frame))
+                timer.daemon = True
+                timer.start()
+                return
+            logger.info("stopping: finishing accepted requests, then unloading")
+        super().handle_exit(sig, frame)
+
+
+def run_worker(
+    config: ServeConfig,
+    *,
+    sockets: list[socket.socket] | None = None,
+    on_loaded: Callable[[Registry], Awaitable[None]] | None = None,
+    make_control: Callable[[Registry], ModelControl] | None = None,
+    replace_when_hung: bool = False,
+) -> tuple[bool, str | None]:
+    """Serve until shutdown. Returns (started, failure line); the line is None after a clean run
+    and names the model, source and cause when a model failed to load. ``replace_when_hung``:
+    a worker under the supervisor stops (draining what it accepted) when a model's call
+    hangs, and the supervisor starts a fresh one in its place."""
+    options = config.server
+    registry = Registry(
+        config.models,
+        unloaded=config.unloaded,
+        artifact_roots=config.server.artifact_roots,
+        max_artifact_bytes=config.server.max_artifact_bytes or None,
+    )
+    app = create_app(
+        registry,
+        on_loaded=on_loaded,
+        access=options.access(),
+        limits=options.limits(),
+        gc_freeze=options.gc_freeze,
+        drain_timeout_s=options.drain_timeout_s,
+        allowed_hosts=options.allowed_hosts,
+        control=None if make_control is None else make_control(registry),
+        load_gate=lambda: _gated_with_progress(registry),
+    )
+    uvicorn_config = uvicorn.Config(
+        _OneLineStartupFailure(app, registry),
+        host=options.host,
+        port=options.port,
+        log_config=log_config(options.log_level, options.log_format),
+        # loadonce's request log replaces uvicorn's: the same line, with the request's id.
+        access_log=False,
+        log_level=options.log_level,
+        lifespan="on",
+        workers=options.workers,
+        timeout_graceful_shutdown=options.drain_timeout_s,
+        http=guarded_protocol(
+            header_timeout_s=options.header_timeout_s,
+            body_timeout_s=options.body_timeout_s,
+            max_header_bytes=options.max_header_bytes,
+            max_header_fields=options.max_header_fields,
+        ),
+        limit_concurrency=options.max_connections,
+    )
+    server = _DrainingServer(uvicorn_config, registry, options.stop_delay_s)
+    if replace_when_hung:
+
+        def stop_to_be_replaced(model: Model) -> None:
+            logger.error(
+                "worker pid %d stops to be replaced: model '%s' has a hung call",
+                os.getpid(),
+                model.name,
+            )
+            registry.start_draining()
+            server.should_exit = True
+
+        registry.on_hung(stop_to_be_replaced)
+    # uvicorn raises SystemExit when the lifespan fails; the failure line below says why.
+    with contextlib.suppress(SystemExit):
+        server.run(sockets=sockets)
+    if server.started:
+        return True, None
+    if registry.failure is not None:
+        return False, str(registry.failure)
+    return False, f"worker pid {os.getpid()} failed to start (see the log above)"
+
+
+@asynccontextmanager
+async def _gated_with_progress(registry: Registry) -> AsyncIterator[None]:
+    """Wait for this worker's turn to load, then show progress while it loads."""
+    async with one_worker_at_a_time(), load_progress(registry):
+        yield
+
+
+def serve_single_worker(config: ServeConfig) -> int:
+    """``--workers 1``: serve in this process, on a socket bound first and listened on only
+    after every model loaded."""
+    try:
+        sock = bind_without_listening(config.server.host, config.server.port)
+    except BindError as exc:
+        logging.config.dictConfig(log_config(config.server.log_level, config.server.log_format))
+        logger.error("startup failed: %s", exc)
+        return STARTUP_FAILED
+
+    async def announce(registry: Registry) -> None:
+        warn_if_open_to_the_network(sock, config.server.access())
+        logger.info("all models loaded; accepting connections on %s", describe_address(sock))
+
+    # uvicorn re-raises a stop signal once it has drained, to reach the handler that was in
+    # place before it; this one makes that a clean exit (status 0) instead of a
+    # KeyboardInterrupt traceback or death by SIGTERM.
+    previous = {sig: signal.signal(sig, _drained) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with sock:
+            started, failure = run_worker(config, sockets=[sock], on_loaded=announce)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if started:
+        return 0
+    logger.error("startup failed: %s", failure)
+    return STARTUP_FAILED
+
+
+def _drained(signum: int, frame: FrameType | None) -> None:
+    """The stop signal arrives here after uvicorn has drained and shut down: nothing left."""
+
+
+def worker_process_main(config: ServeConfig, sock: socket.socket, gate: Connection) -> None:
+    """Entry point of a worker started by the supervisor (server/worker_start.py).
+
+    After loading, the worker reports to the supervisor and waits for GO before it listens, so
+    no worker accepts a connection until every worker has loaded every model.
+    """
+
+    controls: list[SupervisedControl] = []
+
+    def make_control(registry: Registry) -> SupervisedControl:
+        controls.append(SupervisedControl(gate, registry))
+        return controls[0]
+
+    async def wait_for_go(registry: Registry) -> None:
+        gate.send(("loaded", os.getpid()))
+        try:
+            reply = await anyio.to_thread.run_sync(gate.recv)
+        except EOFError:
+            reply = STOP  # the supervisor is gone: never serve unsupervised
+        if reply != GO:
+            raise registry.refuse_to_serve("stopped before serving: another worker failed")
+        # From now on the pipe carries model control (load, unload, reload) both ways.
+        controls[0].start(asyncio.get_running_loop())
+
+    started, failure = run_worker(
+        config,
+        sockets=[sock],
+        on_loaded=wait_for_go,
+        make_control=make_control,
+        replace_when_hung=True,
+    )
+    if not started:
+        with contextlib.suppress(OSError):  # a supervisor that is gone needs no report
+            gate.send(("failed", failure))
+        raise SystemExit(STARTUP_FAILED)

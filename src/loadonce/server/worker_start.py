@@ -1,0 +1,57 @@
+"""How worker processes start: forked from one process that imported the libraries once.
+
+A spawned worker imports PyTorch, scikit-learn, FastAPI... itself, and what those imports build
+(Python module objects, operator tables, compiled regexes) is private to it: with PyTorch about
+150 MiB per worker, held N times. Workers here come from multiprocessing's fork server instead:
+a fresh, single-threaded process (not a fork of the supervisor, whose threads and state would
+be copied) that imports the worker's code and the model libraries the config needs, then forks
+one child per worker. The children share those pages copy-on-write; each keeps privately only
+what it writes. The plan (server/plan.py) starts its measuring child the same way, so that it
+measures what a worker really costs.
+
+The fork server starts with the first process started through it and reads its environment
+then: the supervisor sets the variables workers need (metrics directory, load lock) before.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from multiprocessing.context import ForkServerContext
+
+from loadonce.runtimes import resolve_runtime
+from loadonce.server.settings import ServeConfig
+
+# Imported by the fork server whatever the models: the worker's own code (FastAPI, uvicorn,
+# Pydantic, NumPy come with it).
+_WORKER_MODULES = ("loadonce.server.worker",)
+
+
+# Imported last, with gc_freeze on: freezes everything the imports before it built.
+FREEZE_MODULE = "loadonce.server.freeze_preloaded"
+
+
+def preloaded_modules(config: ServeConfig) -> list[str]:
+    """The worker's modules, then each configured runtime's libraries, each once; last, with
+    ``gc_freeze``, the module that freezes them (the workers' collections leave them alone)."""
+    modules = list(_WORKER_MODULES)
+    for spec in config.models:
+        try:
+            runtime = resolve_runtime(spec)
+        except (ValueError, OSError):
+            continue  # the worker's load reports it, with the model's name
+        modules.extend(m for m in runtime.libraries if m not in modules)
+    if config.server.gc_freeze:
+        modules.append(FREEZE_MODULE)
+    return modules
+
+
+def worker_context(config: ServeConfig) -> ForkServerContext:
+    """The multiprocessing context to start workers (and the plan's child) with.
+
+    The modules apply to a fork server not yet running: one server process runs one config.
+    A library that fails to import there is skipped (the worker imports it and reports why).
+    """
+    context = multiprocessing.get_context("forkserver")
+    assert isinstance(context, ForkServerContext)
+    context.set_forkserver_preload(preloaded_modules(config))
+    return context
