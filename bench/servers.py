@@ -102,6 +102,12 @@ def launch(
         config = loadonce_config(artifact, batching=key == "a", overload=overload)
         command = [sys.executable, "-m", loadonce_module, "serve", str(config), "--port", str(port)]
         return Launch(command, f"{base}/models/m/predict", body)
+    if key == "library":
+        command = [
+            sys.executable, "-m", "uvicorn", "bench.library_app:app", "--port", str(port),
+            "--log-level", "warning", "--no-access-log",
+        ]  # fmt: skip
+        return Launch(command, f"{base}/models/m/predict", body)
     if key in ("anti", "c", "d", "http"):
         app = {"anti": "per_request_app", "c": "sync_app", "d": "async_app", "http": "http_bound"}
         command = [

@@ -33,6 +33,9 @@ def test_library_app_example_serves_its_own_route_and_loadonces() -> None:
         predicted = client.post("/ml/models/iris/predict", json={"inputs": [5.1, 3.5, 1.4, 0.2]})
         assert predicted.json()["outputs"] == ["setosa"]
         assert example.app.state.requests_served == 1
+        # install_middleware: even FastAPI's own 404 carries the request's id.
+        missing = client.get("/nowhere", headers={"X-Request-ID": "example-1"})
+        assert (missing.status_code, missing.headers["x-request-id"]) == (404, "example-1")
 
 
 def test_library_app_example_can_swap_the_model_in_tests() -> None:

@@ -230,9 +230,9 @@ def test_unknown_version(http: httpx.Client) -> None:
 @pytest.mark.parametrize("content", [b"{not json", b'{"outputs": [1]}', b"[1, 2]"])
 def test_invalid_body(http: httpx.Client, content: bytes) -> None:
     headers = {"content-type": "application/json"}
-    json_route = expect(422, *JSON_ERROR, "fields", message="invalid request: ")
+    json_route = expect(422, *JSON_ERROR, "fields", message="invalid request: body")
     json_route.check(http.post(PREDICT, content=content, headers=headers))
-    expect(400, *V2_ERROR, message="invalid inputs: the inference request is not valid: ").check(
+    expect(400, *V2_ERROR, message="invalid request: body").check(
         http.post(INFER, content=content, headers=headers)
     )
 
@@ -296,6 +296,18 @@ def test_a_body_that_decompresses_past_the_limit(http: httpx.Client) -> None:
     headers = {"content-type": "application/json", "content-encoding": "gzip"}
     expect(413, *V2_ERROR, message="the body decompresses to more than").check(
         http.post(INFER, content=content, headers=headers)
+    )
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(http: httpx.Client) -> None:
+    too_big = b"[" + b"1," * (LIMITS.max_body_bytes or 0) + b"1]"
+    message = "the request body is larger than 262144 bytes, this server's max_body_bytes"
+    headers = {"content-type": "application/json"}
+    expect(413, *JSON_ERROR, message=message).check(
+        http.post(PREDICT, content=b'{"inputs": ' + too_big + b"}", headers=headers)
+    )
+    expect(413, *V2_ERROR, message=message).check(
+        http.post(INFER, content=b'{"inputs": ' + too_big + b"}", headers=headers)
     )
 
 
@@ -375,6 +387,12 @@ def test_the_request_id_is_echoed_on_a_wrong_method(
 ) -> None:
     answer = http.get(path, headers={"X-Request-ID": "parity-43"})
     assert (answer.status_code, answer.headers.get("x-request-id")) == (status, "parity-43")
+
+
+@pytest.mark.parametrize("path", ["/hello", "/no/such/route", "/v2/no/such/route", "/livez"])
+def test_every_answer_carries_a_request_id(http: httpx.Client, path: str) -> None:
+    answer = http.get(path, headers={"X-Request-ID": "parity-45"})
+    assert answer.headers.get("x-request-id") == "parity-45"
 
 
 # --- the Open Inference Protocol's metadata and health --------------------------------------
@@ -492,6 +510,34 @@ def test_the_model_repository_loads_and_unloads(http: httpx.Client) -> None:
     assert (loaded.status_code, loaded.json()) == (200, {"name": "m", "load": True})
     assert http.post(PREDICT, json={"inputs": [2]}).json()["outputs"] == [4.0]
     expect(404, *V2_ERROR, message=UNKNOWN).check(http.post("/v2/repository/models/nope/load"))
+
+
+def test_the_admin_reload_and_its_validation(http: httpx.Client) -> None:
+    reloaded = http.post("/admin/models/m/reload")
+    body = expect(200, "model", "ok", "workers").check(reloaded)
+    assert (body["model"], body["ok"], body["workers"][0]["state"]) == ("m", True, "ready")
+    invalid = http.post("/admin/models/m/reload", json={"artefact": "/x"})
+    expect(422, *JSON_ERROR, "fields", message="invalid request: body.artefact").check(invalid)
+    expect(404, *JSON_ERROR, message=UNKNOWN).check(http.post("/admin/models/nope/reload"))
+
+
+def test_metrics_count_requests_under_the_routes_template(http: httpx.Client) -> None:
+    def counted(route: str, status: str) -> float:
+        series = f'loadonce_requests_total{{model="m",route="{route}",status="{status}"}} '
+        lines = [line for line in http.get("/metrics").text.splitlines() if line.startswith(series)]
+        return float(lines[0].split()[-1]) if lines else 0.0
+
+    before = (
+        counted("/models/{name}/predict", "200"),
+        counted("/v2/models/{model_name}/infer", "400"),
+    )
+    http.post(PREDICT, json={"inputs": [1]})
+    http.post(INFER, json=infer_body("x"))
+    after = (
+        counted("/models/{name}/predict", "200"),
+        counted("/v2/models/{model_name}/infer", "400"),
+    )
+    assert (after[0] - before[0], after[1] - before[1]) == (1.0, 1.0)
 
 
 # --- overload ------------------------------------------------------------------------------

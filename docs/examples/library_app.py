@@ -37,6 +37,7 @@ models = [
 app = FastAPI(lifespan=loadonce.lifespan(models, wrap=app_lifespan))
 app.include_router(loadonce.health_router())  # GET /livez, GET /readyz
 app.include_router(loadonce.models_router(), prefix="/ml")  # /ml/models, /ml/models/{name}/predict
+loadonce.install_middleware(app)  # request ids, API keys, limits, the fast inference path
 
 iris_model = loadonce.ModelDependency("iris")
 

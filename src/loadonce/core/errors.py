@@ -127,6 +127,31 @@ class InvalidInputError(LoadonceError, ValueError):
         return f"invalid inputs: {self}"
 
 
+class InvalidRequestError(LoadonceError):
+    """The request is not of the form its route expects (its body, a header): each invalid
+    field, dotted (``body.inputs``, ``header.X-Request-Timeout``), and why. HTTP 422 on the
+    JSON routes, with the fields listed; 400 under the Open Inference Protocol, which says so.
+    Every route's parser raises this one type."""
+
+    status = 422
+
+    def __init__(self, fields: list[tuple[str, str]]) -> None:
+        self.fields = fields
+        summary = "; ".join(f"{field}: {message}" for field, message in fields)
+        super().__init__(f"invalid request: {summary}")
+
+    @classmethod
+    def from_validation(cls, exc: ValidationError, *, under: str = "body") -> InvalidRequestError:
+        """Pydantic's errors, each located under ``under`` (never the value, which may be a
+        secret)."""
+        return cls(
+            [
+                (".".join(str(part) for part in (under, *error["loc"])), error["msg"])
+                for error in exc.errors()
+            ]
+        )
+
+
 def describe_validation(exc: ValidationError, *, whole: str = "value") -> str:
     """Pydantic's errors as one line: each field's dotted path and what is wrong with it
     (never the value, which may be a secret)."""

@@ -14,7 +14,7 @@ from loadonce.core.control import (
     WorkerOutcome,
     describe_failures,
 )
-from loadonce.core.errors import InvalidInputError, describe_validation
+from loadonce.core.errors import InvalidRequestError
 from loadonce.http.routes import LoadonceRoute
 from loadonce.http.schemas import ErrorBody
 from loadonce.http.state import LoadonceState
@@ -79,8 +79,7 @@ def admin_router() -> APIRouter:
         try:
             body = ReloadRequest.model_validate_json(raw) if raw.strip() else ReloadRequest()
         except ValidationError as exc:
-            problems = describe_validation(exc, whole="body")
-            raise InvalidInputError(f"the reload request is not valid: {problems}") from None
+            raise InvalidRequestError.from_validation(exc) from None
         outcomes = await LoadonceState.of(request).control.apply(
             ControlRequest(
                 action="load",

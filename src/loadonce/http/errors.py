@@ -18,6 +18,7 @@ from starlette.types import Scope
 
 from loadonce.core.errors import (
     ClientDisconnectedError,
+    InvalidRequestError,
     LoadonceError,
     ModelRaisedError,
     describe_exception,
@@ -56,14 +57,6 @@ def v2_error(status: int, message: str, request_id: str | None = None) -> JSONRe
     return JSONResponse(
         {"error": message}, status_code=status, headers=error_headers(status, request_id)
     )
-
-
-def invalid_fields(exc: RequestValidationError) -> list[dict[str, str]]:
-    """Each invalid field of a request and why, as ``{"field": "body.inputs", "message": ...}``."""
-    return [
-        {"field": ".".join(str(part) for part in err["loc"]), "message": err["msg"]}
-        for err in exc.errors()
-    ]
 
 
 def status_and_message(exc: Exception, request: Request, request_id: str) -> tuple[int, str]:
@@ -111,22 +104,31 @@ def raw_error_response(
 
 def json_error_for(exc: Exception, request: Request, request_id: str) -> Response:
     """The JSON routes' error: ``{"error", "request_id"}``, plus ``fields`` for a 422."""
-    if isinstance(exc, RequestValidationError):
-        fields = invalid_fields(exc)
-        summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
-        return error_response(422, f"invalid request: {summary}", request_id, fields=fields)
+    exc = _as_loadonce_error(exc)
     status, message = status_and_message(exc, request, request_id)
+    if isinstance(exc, InvalidRequestError):
+        fields = [{"field": field, "message": why} for field, why in exc.fields]
+        return error_response(status, message, request_id, fields=fields)
     return error_response(status, message, request_id)
 
 
 def v2_error_for(exc: Exception, request: Request, request_id: str) -> Response:
     """The Open Inference Protocol's error: ``{"error"}``, and 400 (not 422) for a request
     that is not valid, as the protocol says."""
-    if isinstance(exc, RequestValidationError):
-        summary = "; ".join(f"{f['field']}: {f['message']}" for f in invalid_fields(exc))
-        return v2_error(400, f"invalid request: {summary}", request_id)
+    exc = _as_loadonce_error(exc)
     status, message = status_and_message(exc, request, request_id)
+    if isinstance(exc, InvalidRequestError):
+        status = 400
     return v2_error(status, message, request_id)
+
+
+def _as_loadonce_error(exc: Exception) -> Exception:
+    """FastAPI's own validation error (a parameter a route declares) as loadonce's."""
+    if isinstance(exc, RequestValidationError):
+        return InvalidRequestError(
+            [(".".join(str(part) for part in err["loc"]), err["msg"]) for err in exc.errors()]
+        )
+    return exc
 
 
 async def answer_exception(

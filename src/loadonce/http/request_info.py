@@ -8,9 +8,10 @@ import os
 import re
 import uuid
 
-from fastapi.exceptions import RequestValidationError
 from starlette.requests import Request
 from starlette.types import Scope
+
+from loadonce.core.errors import InvalidRequestError
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Where RequestLogMiddleware keeps the id it chose, so every part of the answer uses it.
@@ -81,8 +82,9 @@ def arrival_of(request: Request) -> float | None:
 
 
 def requested_timeout(request: Request) -> float | None:
-    """The X-Request-Timeout header in seconds, if sent (a 422 when it is not a positive
-    number): read from the raw ASGI headers, which costs less than Starlette's Headers."""
+    """The X-Request-Timeout header in seconds, if sent (``InvalidRequestError`` when it is
+    not a positive number): read from the raw ASGI headers, which cost less than Starlette's
+    Headers."""
     for key, value in request.scope["headers"]:
         if key == _TIMEOUT_KEY:
             try:
@@ -90,14 +92,8 @@ def requested_timeout(request: Request) -> float | None:
             except ValueError:
                 timeout = -1.0
             if not 0 < timeout < float("inf"):
-                raise RequestValidationError(
-                    [
-                        {
-                            "loc": ("header", TIMEOUT_HEADER),
-                            "msg": "must be a positive number of seconds",
-                            "type": "value_error",
-                        }
-                    ]
+                raise InvalidRequestError(
+                    [(f"header.{TIMEOUT_HEADER}", "must be a positive number of seconds")]
                 )
             return timeout
     return None

@@ -9,11 +9,11 @@ from typing import Annotated, Any
 import anyio.to_thread
 import pydantic_core
 from fastapi import APIRouter, Depends, Path
-from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from loadonce.core.errors import InvalidRequestError
 from loadonce.core.inputs import split_examples
 from loadonce.core.jsonable import to_jsonable
 from loadonce.core.model import Model, ModelState
@@ -126,10 +126,7 @@ def _parse_body(raw: bytes) -> PredictRequest:
     try:
         return PredictRequest.model_validate_json(raw)
     except ValidationError as exc:
-        # The same shape as FastAPI's own 422s: each error located under "body".
-        raise RequestValidationError(
-            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
-        ) from None
+        raise InvalidRequestError.from_validation(exc) from None
 
 
 def examples_in_body(found: JsonArray, signature: InputSignature | None) -> int | None:
@@ -156,9 +153,7 @@ def _parse_in_pieces(raw: bytes, found: JsonArray) -> PredictRequest:
                 raise ValueError("a value is missing between two commas, or after the last")
             inputs.extend(pydantic_core.from_json(b"[" + piece + b"]"))
         except ValueError as exc:
-            raise RequestValidationError(
-                [{"loc": ("body", "inputs"), "msg": f"Invalid JSON: {exc}", "type": "json_invalid"}]
-            ) from None
+            raise InvalidRequestError([("body.inputs", f"Invalid JSON: {exc}")]) from None
     return PredictRequest(inputs=inputs)
 
 

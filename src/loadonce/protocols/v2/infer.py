@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from loadonce.core.errors import InvalidInputError, describe_validation
+from loadonce.core.errors import InvalidInputError, InvalidRequestError
 from loadonce.core.model import Model
 from loadonce.protocols.v2.body import HEADER_LENGTH, SplitBody
 from loadonce.protocols.v2.examples import examples_from_tensors
@@ -38,8 +38,7 @@ def parse_request(raw_json: bytes) -> InferenceRequest:
     try:
         return InferenceRequest.model_validate_json(raw_json)
     except ValidationError as exc:
-        problems = describe_validation(exc, whole="body")
-        raise InvalidInputError(f"the inference request is not valid: {problems}") from None
+        raise InvalidRequestError.from_validation(exc) from None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from loadonce.core.control import Action, ControlRequest, describe_failures
-from loadonce.core.errors import InvalidInputError, describe_validation
+from loadonce.core.errors import InvalidInputError, InvalidRequestError
 from loadonce.core.model import Model, ModelState
 from loadonce.http.dependencies import registry_of
 from loadonce.http.errors import v2_error
@@ -120,8 +120,7 @@ def _parse(schema: type[_Body], raw: bytes) -> _Body:
     try:
         return schema.model_validate_json(raw)
     except ValidationError as exc:
-        problems = describe_validation(exc, whole="body")
-        raise InvalidInputError(f"the request body is not valid: {problems}") from None
+        raise InvalidRequestError.from_validation(exc) from None
 
 
 def _control_off() -> Response:
