@@ -11,12 +11,12 @@ ways run one function, ``InferenceEndpoint.handle``.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import fastapi.routing
 from fastapi import APIRouter
-from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, compile_path
@@ -66,11 +66,19 @@ class MountedEndpoint:
 def mounted_endpoints(routes: Iterable[BaseRoute]) -> tuple[MountedEndpoint, ...]:
     """The inference endpoints among an app's routes, in the order they match."""
     found = []
-    for route in routes:
-        if not isinstance(route, APIRoute):
-            continue
-        declared = getattr(route.endpoint, _MARK, None)
-        if isinstance(declared, InferenceEndpoint):
-            pattern, _, _ = compile_path(route.path)
-            found.append(MountedEndpoint(pattern, route.path, declared))
+    for path, endpoint in _paths_and_endpoints(list(routes)):
+        declared = getattr(endpoint, _MARK, None)
+        if isinstance(declared, InferenceEndpoint) and path is not None:
+            pattern, _, _ = compile_path(path)
+            found.append(MountedEndpoint(pattern, path, declared))
     return tuple(found)
+
+
+def _paths_and_endpoints(routes: list[BaseRoute]) -> Iterator[tuple[str | None, object]]:
+    """Each route's full path and function. Newer FastAPI keeps an included router as one
+    route of the app's, and ``iter_route_contexts`` walks into it with the prefix it was
+    included under (as FastAPI's OpenAPI does); older FastAPI copied the router's routes
+    into the app's, prefix included."""
+    iterate = getattr(fastapi.routing, "iter_route_contexts", None)
+    for route in routes if iterate is None else iterate(routes):
+        yield getattr(route, "path", None), getattr(route, "endpoint", None)

@@ -20,6 +20,8 @@ from loadonce.http.metrics import Metrics
 
 # The attribute of ``app.state`` that holds it.
 STATE_KEY = "loadonce"
+# Where a request's scope keeps it once looked up.
+_SCOPE_KEY = "loadonce.state"
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,16 @@ class LoadonceState:
     def in_scope(scope: Scope) -> LoadonceState | None:
         """The state of the app serving ``scope``, None before the lifespan put it there
         (middlewares then let the request through to the app, which has nothing to serve)."""
-        return LoadonceState.on(scope.get("app"))
+        # Looked up once per request and app (every middleware and the route ask; an app
+        # mounted inside another has its own).
+        app = scope.get("app")
+        cached = scope.get(_SCOPE_KEY)
+        if cached is not None and cached[0] is app:
+            state: LoadonceState | None = cached[1]
+            return state
+        state = LoadonceState.on(app)
+        scope[_SCOPE_KEY] = (app, state)
+        return state
 
     @staticmethod
     def on(app: object) -> LoadonceState | None:
