@@ -26,7 +26,7 @@ from loadonce.http.access_keys import AccessKeys
 from loadonce.http.admin import admin_router
 from loadonce.http.dependencies import ModelDependency, get_registry
 from loadonce.http.health import health_router
-from loadonce.http.lifespan import LoadedHook, LoadGate, UserLifespan, lifespan
+from loadonce.http.lifespan import LoadedHook, LoadGate, LoadonceLifespan, UserLifespan, lifespan
 from loadonce.http.metrics_route import metrics_router
 from loadonce.http.middleware import install_middleware
 from loadonce.http.state import LoadonceState
@@ -48,6 +48,7 @@ __all__ = [
     "LoadGate",
     "LoadedHook",
     "LoadonceError",
+    "LoadonceLifespan",
     "LoadonceState",
     "Model",
     "ModelControl",

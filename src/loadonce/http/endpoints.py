@@ -82,3 +82,8 @@ def _paths_and_endpoints(routes: list[BaseRoute]) -> Iterator[tuple[str | None, 
     iterate = getattr(fastapi.routing, "iter_route_contexts", None)
     for route in routes if iterate is None else iterate(routes):
         yield getattr(route, "path", None), getattr(route, "endpoint", None)
+
+
+def route_paths(routes: Iterable[BaseRoute]) -> list[str]:
+    """Every route's full path, inside included routers too."""
+    return [path for path, _ in _paths_and_endpoints(list(routes)) if path is not None]

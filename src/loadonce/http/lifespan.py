@@ -1,27 +1,125 @@
-"""The lifespan that loads every model before the app serves, composed with the user's own."""
+"""The lifespan that loads every model before the app serves, composed with the user's own.
+
+``lifespan()`` returns a ``LoadonceLifespan``: the settings it was given, and the lifespan
+itself (``__call__``). ``loadonce serve pkg.module:app`` finds it in a user's app
+(``lifespan_of``) to read the model specs, and has each worker serve them with the server's
+own control, gates and options (``serve_with``)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from starlette.applications import Starlette
 
 from loadonce.core.control import ModelControl
 from loadonce.core.limits import Limits
-from loadonce.core.registry import Registry
+from loadonce.core.registry import Registry, check_model_specs
 from loadonce.core.spec import ModelSpec
 from loadonce.http.access_keys import AccessKeys
 from loadonce.http.state import LoadonceState
+from loadonce.http.visible_logs import make_visible
 
 UserLifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]]
 LoadedHook = Callable[[Registry], Awaitable[None]]
 # Entered around the loading of every model (``loadonce serve`` uses it to load one worker at
 # a time).
 LoadGate = Callable[[], AbstractAsyncContextManager[None]]
-# Any, not Mapping | None: FastAPI accepts a lifespan yielding either, and only Any fits both.
-Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
+
+
+@dataclass(frozen=True)
+class LifespanSettings:
+    """What ``lifespan()`` was given (see there)."""
+
+    models: Registry | tuple[ModelSpec, ...] | LoadonceState
+    wrap: UserLifespan | None = None
+    on_loaded: LoadedHook | None = None
+    load_gate: LoadGate | None = None
+    gc_freeze: bool = True
+    drain_timeout_s: float | None = 30.0
+    control: ModelControl | None = None
+    metrics: bool = True
+    limits: Limits | None = None
+    access: AccessKeys | None = None
+    allowed_hosts: tuple[str, ...] = field(default=())
+
+
+class LoadonceLifespan:
+    """The lifespan ``lifespan()`` builds: call it with the app, as FastAPI does."""
+
+    def __init__(self, settings: LifespanSettings) -> None:
+        self.settings = settings
+        # Built at the first startup, not before: importing an app must not start anything
+        # (a server imports it in a process that only forks workers).
+        self._state: LoadonceState | None = None
+
+    @property
+    def specs(self) -> list[ModelSpec]:
+        """The declared models, in order."""
+        models = self.settings.models
+        if isinstance(models, LoadonceState):
+            models = models.registry
+        if isinstance(models, Registry):
+            return [model.spec for model in models.models]
+        return list(models)
+
+    def serve_with(self, **changes: Any) -> None:
+        """Replace some of the settings before the app starts (``loadonce serve`` gives each
+        worker its registry, control, gates and the server's options this way)."""
+        self.settings = replace(self.settings, **changes)
+        self._state = None
+
+    def state(self) -> LoadonceState:
+        if self._state is None:
+            settings = self.settings
+            models = settings.models
+            self._state = (
+                models
+                if isinstance(models, LoadonceState)
+                else LoadonceState.build(
+                    models,
+                    control=settings.control,
+                    metrics=settings.metrics,
+                    limits=settings.limits,
+                    access=settings.access,
+                    allowed_hosts=settings.allowed_hosts,
+                )
+            )
+        return self._state
+
+    def __call__(self, app: Any) -> AbstractAsyncContextManager[Any]:
+        # Any, not Mapping | None: FastAPI accepts a lifespan yielding either, and only Any
+        # fits both.
+        return self._run(app)
+
+    @asynccontextmanager
+    async def _run(self, app: Starlette) -> AsyncIterator[Mapping[str, Any] | None]:
+        settings = self.settings
+        make_visible()
+        state = self.state()
+        state.put_on(app)
+        registry = state.registry
+        if settings.load_gate is None:
+            await registry.load_all()
+        else:
+            async with settings.load_gate():
+                await registry.load_all()
+        try:
+            if settings.on_loaded is not None:
+                await settings.on_loaded(registry)
+            if settings.wrap is None:
+                if settings.gc_freeze:
+                    registry.freeze_collector()
+                yield None
+            else:
+                async with settings.wrap(app) as user_state:
+                    if settings.gc_freeze:
+                        registry.freeze_collector()
+                    yield user_state
+        finally:
+            await registry.unload_all(timeout=settings.drain_timeout_s)
 
 
 def lifespan(
@@ -37,7 +135,7 @@ def lifespan(
     limits: Limits | None = None,
     access: AccessKeys | None = None,
     allowed_hosts: Iterable[str] = (),
-) -> Lifespan:
+) -> LoadonceLifespan:
     """Build a lifespan for ``FastAPI(lifespan=...)`` that loads ``models`` at startup:
     model specs, a ``Registry``, or a ``LoadonceState`` already built (``create_app`` builds
     one; ``control`` to ``allowed_hosts`` are then its own).
@@ -58,41 +156,46 @@ def lifespan(
     family; none: every route open) and ``allowed_hosts`` (see ``create_app``). The last
     three act through ``install_middleware``.
     """
-    state = (
-        models
-        if isinstance(models, LoadonceState)
-        else LoadonceState.build(
-            models,
+    if not isinstance(models, Registry | LoadonceState):
+        models = tuple(check_model_specs(models))  # a mistake is reported now, not at startup
+    return LoadonceLifespan(
+        LifespanSettings(
+            models=models,
+            wrap=wrap,
+            on_loaded=on_loaded,
+            load_gate=load_gate,
+            gc_freeze=gc_freeze,
+            drain_timeout_s=drain_timeout_s,
             control=control,
             metrics=metrics,
             limits=limits,
             access=access,
-            allowed_hosts=allowed_hosts,
+            allowed_hosts=tuple(allowed_hosts),
         )
     )
-    registry = state.registry
 
-    @asynccontextmanager
-    async def _lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any] | None]:
-        state.put_on(app)
-        if load_gate is None:
-            await registry.load_all()
-        else:
-            async with load_gate():
-                await registry.load_all()
+
+def lifespan_of(app: object) -> LoadonceLifespan | None:
+    """The ``LoadonceLifespan`` an app runs, if any: FastAPI wraps an app's lifespan when a
+    router is included (each wrapper holds the one before in its closure), so the wrappers are
+    walked down to it."""
+    router = getattr(app, "router", None)
+    return _find_lifespan(getattr(router, "lifespan_context", None), depth=0)
+
+
+def _find_lifespan(candidate: object, depth: int) -> LoadonceLifespan | None:
+    if isinstance(candidate, LoadonceLifespan):
+        return candidate
+    if depth > 32 or candidate is None:
+        return None
+    inner = getattr(candidate, "__wrapped__", None)
+    if inner is not None and (found := _find_lifespan(inner, depth + 1)) is not None:
+        return found
+    for cell in getattr(candidate, "__closure__", None) or ():
         try:
-            if on_loaded is not None:
-                await on_loaded(registry)
-            if wrap is None:
-                if gc_freeze:
-                    registry.freeze_collector()
-                yield None
-            else:
-                async with wrap(app) as user_state:
-                    if gc_freeze:
-                        registry.freeze_collector()
-                    yield user_state
-        finally:
-            await registry.unload_all(timeout=drain_timeout_s)
-
-    return _lifespan
+            content = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if callable(content) and (found := _find_lifespan(content, depth + 1)) is not None:
+            return found
+    return None

@@ -26,3 +26,8 @@ def install_middleware(app: FastAPI) -> None:
     app.add_middleware(AccessMiddleware)
     app.add_middleware(BrowserGuardMiddleware)
     app.add_middleware(RequestLogMiddleware)
+
+
+def middleware_installed(app: FastAPI) -> bool:
+    """Whether ``install_middleware`` ran on ``app`` already."""
+    return any(getattr(entry, "cls", None) is RequestLogMiddleware for entry in app.user_middleware)

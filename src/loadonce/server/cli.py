@@ -77,6 +77,12 @@ def main() -> None:
     "--force", is_flag=True, help="Start several workers even if the memory plan says no."
 )
 @click.option(
+    "--factory",
+    is_flag=True,
+    envvar="LOADONCE_FACTORY",
+    help="TARGET 'package.module:function' is a function returning the app to serve.",
+)
+@click.option(
     "--ray",
     "on_ray",
     is_flag=True,
@@ -95,9 +101,11 @@ def serve(
     trust: bool,
     memory_limit: str | None,
     force: bool,
+    factory: bool,
     on_ray: bool,
 ) -> None:
-    """Serve TARGET: a TOML config file, one artifact, or a 'package.module:function' loader.
+    """Serve TARGET: a TOML config file, one artifact, a 'package.module:function' loader, or
+    your own FastAPI app, 'package.module:app' (its loadonce.lifespan declares the models).
 
     Every option can also be set in the config file's [server] table and in a LOADONCE_*
     environment variable. Precedence: command line, then environment, then file, then default.
@@ -111,9 +119,18 @@ def serve(
         "drain_timeout_s": drain_timeout,
     }
     try:
-        config = resolve_serve_config(target, demo=demo, trust=trust, overrides=overrides)
+        config = resolve_serve_config(
+            target, demo=demo, trust=trust, overrides=overrides, factory=factory
+        )
     except ConfigError as exc:
         click.echo(f"loadonce: error: {exc}", err=True)
+        sys.exit(USAGE_ERROR)
+    if on_ray and config.app is not None:
+        click.echo(
+            "loadonce: error: to serve your own app on Ray Serve, deploy "
+            "loadonce.integrations.ray.application_from_app (docs/scaling-out.md)",
+            err=True,
+        )
         sys.exit(USAGE_ERROR)
     if on_ray:
         if config.server.workers != 1:
@@ -162,12 +179,14 @@ def _run_plan(config: ServeConfig, memory_limit: str | None) -> int:
     help="Plan against this much memory (16GiB, 500MB...) instead of what is available.",
 )
 @click.option("--trust", is_flag=True, envvar="LOADONCE_TRUST", help="As for serve.")
+@click.option("--factory", is_flag=True, envvar="LOADONCE_FACTORY", help="As for serve.")
 def plan(
     target: str | None,
     demo: bool,
     workers: int | None,
     memory_limit: str | None,
     trust: bool,
+    factory: bool,
 ) -> None:
     """Load TARGET's models once, measure them, and say whether N workers fit in memory.
 
@@ -175,7 +194,7 @@ def plan(
     """
     try:
         config = resolve_serve_config(
-            target, demo=demo, trust=trust, overrides={"workers": workers}
+            target, demo=demo, trust=trust, overrides={"workers": workers}, factory=factory
         )
     except ConfigError as exc:
         click.echo(f"loadonce: error: {exc}", err=True)

@@ -14,7 +14,7 @@ from loadonce.core.errors import ConfigError, describe_validation
 from loadonce.core.spec import ModelSpec
 from loadonce.server.settings import RayOptions, ServerOptions
 
-_TOP_LEVEL = {"server", "models", "ray"}
+_TOP_LEVEL = {"server", "models", "ray", "app", "factory"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,6 +22,10 @@ class ConfigFile:
     server: dict[str, Any]  # unvalidated: merged with the environment and command line first
     models: list[ModelSpec]
     ray: RayOptions
+    # app = "pkg.module:app": a user's own app, whose lifespan declares the models (then no
+    # [[models]]); factory = true: the reference is a function returning the app.
+    app: str | None = None
+    factory: bool = False
 
 
 def is_config_file(target: str) -> bool:
@@ -45,7 +49,7 @@ def read_config_file(path: Path) -> ConfigFile:
     if unknown:
         raise ConfigError(
             f"{path}: unknown top-level key(s) {', '.join(unknown)}; "
-            "expected [server], [[models]] and [ray]"
+            "expected [server], [[models]] (or app), and [ray]"
         )
     server = document.get("server", {})
     if not isinstance(server, dict):
@@ -58,8 +62,19 @@ def read_config_file(path: Path) -> ConfigFile:
     tables = document.get("models", [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise ConfigError(f"{path}: models must be an array of tables ([[models]])")
-    if not tables:
-        raise ConfigError(f"{path}: no model is declared; add at least one [[models]] table")
+    app = document.get("app")
+    factory = document.get("factory", False)
+    if app is not None and (not isinstance(app, str) or not isinstance(factory, bool)):
+        raise ConfigError(f"{path}: app must be a 'package.module:app' string, factory true/false")
+    if app is not None and tables:
+        raise ConfigError(
+            f"{path}: give either app (its lifespan declares the models) or [[models]], not both"
+        )
+    if app is None and not tables:
+        raise ConfigError(
+            f"{path}: no model is declared; add at least one [[models]] table, "
+            "or app = 'package.module:app'"
+        )
     base = path.resolve().parent
     roots = server.get("artifact_roots")
     if isinstance(roots, list):
@@ -69,6 +84,8 @@ def read_config_file(path: Path) -> ConfigFile:
         server=server,
         models=[_model_spec(table, index, base, path) for index, table in enumerate(tables)],
         ray=_ray_options(document.get("ray", {}), path),
+        app=app,
+        factory=factory,
     )
 
 

@@ -11,6 +11,7 @@ from loadonce.core.registry import check_model_specs
 from loadonce.server.config_file import is_config_file, read_config_file, spec_for_target
 from loadonce.server.demo import demo_spec
 from loadonce.server.settings import RayOptions, ServeConfig, resolve_server_options
+from loadonce.server.user_app import importable_from, is_app, is_reference, load_app, specs_of
 
 
 def resolve_serve_config(
@@ -19,24 +20,36 @@ def resolve_serve_config(
     demo: bool,
     trust: bool,
     overrides: Mapping[str, Any | None],
+    factory: bool = False,
 ) -> ServeConfig:
     """``overrides`` are the CLI options (each already falling back to its LOADONCE_* variable)."""
     if demo and target:
         raise ConfigError("give either a TARGET or --demo, not both")
     file_options: dict[str, Any] = {}
     ray = RayOptions()
+    app: str | None = None
     if demo:
         specs = [demo_spec()]
     elif target is None:
         raise ConfigError(
             "nothing to serve: give a config file (.toml), an artifact, "
-            "a 'package.module:function' loader, or --demo"
+            "a 'package.module:function' loader, a 'package.module:app' app, or --demo"
         )
     elif is_config_file(target):
-        config_file = read_config_file(Path(target))
+        path = Path(target)
+        importable_from(path.parent)  # a loader or app module beside the config file
+        config_file = read_config_file(path)
         file_options, specs, ray = config_file.server, config_file.models, config_file.ray
+        if config_file.app is not None:
+            app, factory = config_file.app, config_file.factory
+            specs = specs_of(load_app(app, factory=factory), app)
     else:
-        specs = [spec_for_target(target)]
+        importable_from(Path.cwd())
+        if is_reference(target) and (factory or is_app(target)):
+            app = target
+            specs = specs_of(load_app(app, factory=factory), app)
+        else:
+            specs = [spec_for_target(target)]
     if trust:
         # --trust is the operator vouching for every artifact this command serves.
         specs = [spec.model_copy(update={"trust": True}) for spec in specs]
@@ -44,4 +57,6 @@ def resolve_serve_config(
         server=resolve_server_options(file_options, overrides),
         models=check_model_specs(specs),
         ray=ray,
+        app=app,
+        app_factory=factory and app is not None,
     )

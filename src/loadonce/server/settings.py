@@ -138,6 +138,11 @@ class ServeConfig(BaseModel):
     ray: RayOptions = Field(default_factory=RayOptions)
     # Models an operator unloaded while the server ran: a replacement worker leaves them so.
     unloaded: list[str] = Field(default_factory=list)
+    # A user's own app ("pkg.module:app") serving ``models`` (read from its loadonce lifespan),
+    # instead of the app create_app builds; ``app_factory``: the reference is a function
+    # returning the app.
+    app: str | None = None
+    app_factory: bool = False
 
 
 def resolve_server_options(

@@ -35,6 +35,7 @@ from loadonce.server.sockets import (
     warn_if_open_to_the_network,
 )
 from loadonce.server.stagger import one_worker_at_a_time
+from loadonce.server.user_app import load_app, serve_user_app
 
 logger = logging.getLogger("loadonce")
 
@@ -115,17 +116,28 @@ def run_worker(
         artifact_roots=config.server.artifact_roots,
         max_artifact_bytes=config.server.max_artifact_bytes or None,
     )
-    app = create_app(
-        registry,
-        on_loaded=on_loaded,
-        access=options.access(),
-        limits=options.limits(),
-        gc_freeze=options.gc_freeze,
-        drain_timeout_s=options.drain_timeout_s,
-        allowed_hosts=options.allowed_hosts,
-        control=None if make_control is None else make_control(registry),
-        load_gate=lambda: _gated_with_progress(registry),
-    )
+    control = None if make_control is None else make_control(registry)
+    if config.app is None:
+        app = create_app(
+            registry,
+            on_loaded=on_loaded,
+            access=options.access(),
+            limits=options.limits(),
+            gc_freeze=options.gc_freeze,
+            drain_timeout_s=options.drain_timeout_s,
+            allowed_hosts=options.allowed_hosts,
+            control=control,
+            load_gate=lambda: _gated_with_progress(registry),
+        )
+    else:
+        app = serve_user_app(
+            load_app(config.app, factory=config.app_factory),
+            registry=registry,
+            options=options,
+            on_loaded=on_loaded,
+            load_gate=lambda: _gated_with_progress(registry),
+            control=control,
+        )
     uvicorn_config = uvicorn.Config(
         _OneLineStartupFailure(app, registry),
         host=options.host,

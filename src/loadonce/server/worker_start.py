@@ -31,9 +31,13 @@ FREEZE_MODULE = "loadonce.server.freeze_preloaded"
 
 
 def preloaded_modules(config: ServeConfig) -> list[str]:
-    """The worker's modules, then each configured runtime's libraries, each once; last, with
+    """The worker's modules, then the user's app module (if one is served) and each configured
+    runtime's libraries, each once; last, with
     ``gc_freeze``, the module that freezes them (the workers' collections leave them alone)."""
     modules = list(_WORKER_MODULES)
+    if config.app is not None:
+        # The user's app module and all it imports, once for every worker.
+        modules.append(config.app.partition(":")[0])
     for spec in config.models:
         try:
             runtime = resolve_runtime(spec)

@@ -1,0 +1,182 @@
+"""``loadonce serve pkg.module:app``: a user's own FastAPI app, served as loadonce serves its own.
+
+The supervisor imports the app once, to read the models its ``loadonce.lifespan`` declares
+(they drive the memory plan, the fork server's preloaded libraries, and the record of model
+changes that replacement workers follow). Each worker imports it again (forked from the fork
+server, which preloaded its module) and, before uvicorn starts, gives the app's lifespan the
+worker's registry, the supervisor's control and gates, and the server's options
+(``LoadonceLifespan.serve_with``). What the app lacks of loadonce's server is added: the
+probes, ``/metrics``, the admin route and the middlewares. Nothing else of the app changes:
+its routes, dependencies and own lifespan run as they would under uvicorn.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+from loadonce.core.control import ModelControl
+from loadonce.core.errors import ConfigError, describe_exception
+from loadonce.core.imports import import_object
+from loadonce.core.registry import Registry
+from loadonce.core.spec import ModelSpec
+from loadonce.http.admin import admin_router
+from loadonce.http.endpoints import route_paths
+from loadonce.http.health import health_router
+from loadonce.http.lifespan import LoadedHook, LoadGate, LoadonceLifespan, lifespan_of
+from loadonce.http.metrics_route import metrics_router
+from loadonce.http.middleware import install_middleware, middleware_installed
+from loadonce.server.settings import ServerOptions
+
+
+def importable_from(directory: Path) -> None:
+    """Let ``pkg.module`` references resolve from ``directory`` (the current one, or a config
+    file's), in this process and in the workers (the fork server starts with this sys.path)."""
+    entry = str(directory.resolve())
+    if entry not in sys.path:
+        sys.path.insert(0, entry)
+
+
+def is_reference(target: str) -> bool:
+    """``package.module:attribute``, not a file path."""
+    module, colon, attribute = target.partition(":")
+    return bool(colon and module and attribute) and "/" not in target and not Path(target).exists()
+
+
+def load_app(reference: str, *, factory: bool) -> FastAPI:
+    """The app ``reference`` names (or the app its factory returns), which must run a
+    ``loadonce.lifespan``."""
+    try:
+        found = import_object(reference)
+    except Exception as exc:  # the module's own import may raise anything
+        raise ConfigError(f"cannot import {reference}: {describe_exception(exc)}") from None
+    if factory:
+        if not callable(found):
+            raise ConfigError(f"{reference} is not callable, so it is not an app factory")
+        found = found()
+    if not isinstance(found, FastAPI):
+        kind = "factory returned" if factory else "is"
+        raise ConfigError(
+            f"{reference} {kind} a {type(found).__name__}, not a FastAPI app "
+            "(a factory needs --factory)"
+        )
+    if lifespan_of(found) is None:
+        raise ConfigError(
+            f"{reference} does not load its models with loadonce: build it with "
+            "FastAPI(lifespan=loadonce.lifespan(models, ...))"
+        )
+    return found
+
+
+def is_app(reference: str) -> bool:
+    """Whether ``reference`` names a FastAPI app rather than a model loader."""
+    try:
+        return isinstance(import_object(reference), FastAPI)
+    except Exception:  # the module's own import may raise anything
+        return False  # reported by the worker, as the loader it then is
+
+
+def specs_of(app: FastAPI, reference: str) -> list[ModelSpec]:
+    """The models the app's lifespan declares. Each goes to the workers pickled, so a loader
+    must be importable by name (a module-level function, not a lambda)."""
+    found = lifespan_of(app)
+    assert found is not None  # load_app checked it
+    specs = found.specs
+    for spec in specs:
+        try:
+            pickle.dumps(spec)
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:
+            raise ConfigError(
+                f"model '{spec.name}' of {reference} cannot be handed to worker processes: "
+                f"its loader must be a module-level function or a 'pkg.module:function' "
+                f"string ({exc})"
+            ) from None
+    return specs
+
+
+def serve_user_app(
+    app: FastAPI,
+    *,
+    registry: Registry,
+    options: ServerOptions,
+    on_loaded: LoadedHook | None,
+    load_gate: LoadGate,
+    control: ModelControl | None,
+) -> FastAPI:
+    """Prepare the user's app to run as one worker of ``loadonce serve``."""
+    found = lifespan_of(app)
+    assert found is not None
+    _configure(found, registry, options, on_loaded, load_gate, control)
+    paths = set(route_paths(app.routes))
+    if "/readyz" not in paths:
+        app.include_router(health_router())
+    if "/metrics" not in paths:
+        app.include_router(metrics_router())
+    if "/admin/models/{name}/reload" not in paths:
+        app.include_router(admin_router())
+    if not middleware_installed(app):
+        install_middleware(app)
+    return app
+
+
+def _configure(
+    found: LoadonceLifespan,
+    registry: Registry,
+    options: ServerOptions,
+    on_loaded: LoadedHook | None,
+    load_gate: LoadGate,
+    control: ModelControl | None,
+) -> None:
+    """The server's registry, control and gates; an option the operator set for the server
+    (file, environment or command line) replaces the app's own, others stay the app's."""
+    own = found.settings
+    chosen = options.model_fields_set
+    changes: dict[str, Any] = {
+        "models": registry,
+        "metrics": True,
+        "on_loaded": _both(own.on_loaded, on_loaded),
+        "load_gate": _nested(load_gate, own.load_gate),
+    }
+    if control is not None:
+        changes["control"] = control
+    if chosen & {"api_keys", "admin_api_keys", "protect_metrics"}:
+        changes["access"] = options.access()
+    if chosen & {"max_body_bytes", "max_element_bytes"} or own.limits is None:
+        changes["limits"] = options.limits()
+    if "allowed_hosts" in chosen:
+        changes["allowed_hosts"] = tuple(options.allowed_hosts)
+    if "gc_freeze" in chosen:
+        changes["gc_freeze"] = options.gc_freeze
+    if "drain_timeout_s" in chosen:
+        changes["drain_timeout_s"] = options.drain_timeout_s
+    found.serve_with(**changes)
+
+
+def _both(first: LoadedHook | None, then: LoadedHook | None) -> LoadedHook | None:
+    """The app's own hook, then the server's (the barrier: every worker loaded)."""
+    if first is None or then is None:
+        return first or then
+
+    async def hooks(registry: Registry) -> None:
+        await first(registry)
+        await then(registry)
+
+    return hooks
+
+
+def _nested(outer: LoadGate, inner: LoadGate | None) -> LoadGate:
+    if inner is None:
+        return outer
+
+    @asynccontextmanager
+    async def gates() -> AsyncIterator[None]:
+        async with outer(), inner():
+            yield
+
+    return gates

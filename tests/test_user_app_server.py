@@ -1,0 +1,160 @@
+"""`loadonce serve pkg.module:app`: a user's own app (tests/apps/my_service.py, copied into a
+directory of its own as a user's project would be) under loadonce's supervisor, and under
+plain uvicorn."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from tests.servers import REPO_ROOT, cli_env, free_port, serving, wait_until
+
+APP_SOURCE = REPO_ROOT / "tests" / "apps" / "my_service.py"
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A directory holding the user's module, as their project would."""
+    shutil.copy(APP_SOURCE, tmp_path / "my_service.py")
+    return tmp_path
+
+
+def _pids_answering(url: str, tries: int = 200) -> set[int]:
+    """The worker pids that answer the app's own route, each request on a new connection (the
+    kernel hands each to one of the workers)."""
+    pids: set[int] = set()
+    for _ in range(tries):
+        answer = httpx.get(f"{url}/hello/3")
+        assert answer.json()["doubled"] == 6.0
+        assert answer.json()["greeting"] == "hello"  # the app's own lifespan ran
+        pids.add(answer.json()["pid"])
+        if len(pids) == 2:
+            break
+    return pids
+
+
+def test_two_workers_serve_the_apps_routes_and_loadonces(project: Path) -> None:
+    with serving(["my_service:app", "--workers", "2"], project) as server:
+        assert len(_pids_answering(server.url)) == 2
+        predicted = httpx.post(f"{server.url}/models/doubler/predict", json={"inputs": [1, 2]})
+        assert predicted.json()["outputs"] == [2.0, 4.0]
+        # Metrics count both workers.
+        states = [
+            line
+            for line in httpx.get(f"{server.url}/metrics").text.splitlines()
+            if line.startswith('loadonce_model_state{model="doubler"') and 'state="ready"' in line
+        ]
+        assert len(states) == 2, states
+        assert all(line.endswith(" 1.0") for line in states)
+        # A reload reaches both workers.
+        reloaded = httpx.post(f"{server.url}/admin/models/doubler/reload", timeout=60).json()
+        assert reloaded["ok"] is True
+        assert len({worker["pid"] for worker in reloaded["workers"]}) == 2
+        # So does an unload through the Open Inference Protocol's repository.
+        assert httpx.post(f"{server.url}/v2/repository/models/doubler/unload").status_code == 200
+        index = httpx.post(f"{server.url}/models/doubler/predict", json={"inputs": [1]})
+        assert index.status_code == 503
+        assert httpx.post(f"{server.url}/v2/repository/models/doubler/load").status_code == 200
+    log = server.log()
+    assert log.count("model 'doubler' version 1 loaded in worker pid") == 2
+
+
+def test_a_config_file_names_an_app_factory_beside_it(
+    project: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    config = project / "loadonce.toml"
+    config.write_text('app = "my_service:create"\nfactory = true\n\n[server]\nlog_level = "info"\n')
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    with serving([str(config)], elsewhere) as server:
+        assert httpx.get(f"{server.url}/hello/1").json()["doubled"] == 2.0
+        assert httpx.get(f"{server.url}/readyz").json()["models"] == {"doubler": "ready"}
+
+
+def test_a_loader_that_raises_stops_startup_with_one_line(project: Path) -> None:
+    port = free_port()
+    finished = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadonce",
+            "serve",
+            "my_service:app",
+            "--workers",
+            "2",
+            "--port",
+            str(port),
+        ],
+        env=cli_env(project, {"MY_SERVICE_BROKEN": "1"}),
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert finished.returncode == 3, finished.stderr
+    failures = [line for line in finished.stderr.splitlines() if "startup failed" in line]
+    assert failures == [
+        "ERROR:    [loadonce] startup failed: model 'doubler' failed to load from "
+        "my_service:load_doubler: RuntimeError: the weights are corrupt"
+    ], finished.stderr
+    assert "Traceback" not in finished.stderr
+
+
+def test_the_plan_reads_the_models_from_the_apps_lifespan(project: Path) -> None:
+    finished = subprocess.run(
+        [sys.executable, "-m", "loadonce", "plan", "my_service:app", "--workers", "2"],
+        env=cli_env(project),
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.splitlines()[1].startswith("doubler ")
+    assert "2 workers x" in finished.stdout
+
+
+def test_an_app_without_loadonces_lifespan_is_a_usage_error(project: Path) -> None:
+    (project / "plain.py").write_text("from fastapi import FastAPI\n\napp = FastAPI()\n")
+    finished = subprocess.run(
+        [sys.executable, "-m", "loadonce", "serve", "plain:app"],
+        env=cli_env(project),
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert finished.returncode == 2
+    assert "does not load its models with loadonce" in finished.stderr
+
+
+def test_under_plain_uvicorn_the_app_logs_each_models_load(project: Path) -> None:
+    port = free_port()
+    log_path = project / "uvicorn.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "my_service:app", "--port", str(port)],
+            cwd=project,
+            env=cli_env(project),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def answers() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/hello/1").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(answers, 60, "uvicorn serving the app")
+    finally:
+        process.terminate()
+        process.wait(30)
+    text = log_path.read_text()
+    assert "[loadonce] model 'doubler' version 1 loaded in worker pid" in text, text
+    assert "each worker process loads its own copy" in text
