@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+import types
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 from starlette.requests import Request
 
@@ -226,3 +227,37 @@ def test_pool_loads_one_instance_per_slot() -> None:
         info = client.get("/models/p").json()
     assert loader.calls == 3
     assert info["concurrency"] == "pool:3"
+
+
+TYPO = loadonce.ModelDependency("irsi")
+
+
+def _app_depending_on_a_typo() -> FastAPI:
+    app = FastAPI(
+        lifespan=loadonce.lifespan(
+            [loadonce.ModelSpec(name="iris", loader=lambda: lambda batch: batch)]
+        )
+    )
+
+    @app.get("/classify")
+    async def classify(model: Annotated[loadonce.Model, Depends(TYPO)]) -> dict[str, str]:
+        return {"model": model.name}
+
+    return app
+
+
+def test_a_typo_in_a_model_dependency_stops_startup_naming_the_route() -> None:
+    app = _app_depending_on_a_typo()
+    expected = (
+        r"GET /classify depends on ModelDependency\('irsi'\), but no model of that name is "
+        r"declared \(did you mean 'iris'\?\); declared: 'iris'"
+    )
+    with pytest.raises(loadonce.LoadonceError, match=expected), TestClient(app):
+        pass
+
+
+def test_a_model_dependency_the_app_overrides_is_left_alone() -> None:
+    app = _app_depending_on_a_typo()
+    app.dependency_overrides[TYPO] = lambda: types.SimpleNamespace(name="fake")
+    with TestClient(app) as client:
+        assert client.get("/classify").json() == {"model": "fake"}

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterator
+
+from fastapi.dependencies.models import Dependant
 from starlette.requests import HTTPConnection
 
 from loadonce.core.model import Model
 from loadonce.core.registry import Registry
+from loadonce.http.endpoints import walk_routes
 from loadonce.http.state import LoadonceState
 
 
@@ -44,3 +49,34 @@ class ModelDependency:
 
     def __repr__(self) -> str:
         return f"ModelDependency({self.name!r})"
+
+
+def undeclared_model_dependencies(app: object, registry: Registry) -> list[str]:
+    """One line for each ``ModelDependency`` a route of ``app`` uses whose model is not
+    declared (a typo would otherwise be a 500 at the route's first request). A dependency the
+    app overrides (a test's fake) is left alone."""
+    overridden = getattr(app, "dependency_overrides", {})
+    declared = [model.name for model in registry.models]
+    problems = []
+    for route in walk_routes(list(getattr(app, "routes", []))):
+        for name in _model_names(getattr(route, "dependant", None), overridden):
+            if name not in registry:
+                close = difflib.get_close_matches(name, declared, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                methods = ",".join(sorted(getattr(route, "methods", None) or ()))
+                problems.append(
+                    f"{methods} {getattr(route, 'path', '?')} depends on "
+                    f"ModelDependency('{name}'), but no model of that name is declared{hint}; "
+                    f"declared: {', '.join(repr(d) for d in declared)}"
+                )
+    return problems
+
+
+def _model_names(dependant: Dependant | None, overridden: object) -> Iterator[str]:
+    if dependant is None:
+        return
+    call = dependant.call
+    if isinstance(call, ModelDependency) and call not in overridden:  # type: ignore[operator]
+        yield call.name
+    for sub in dependant.dependencies:
+        yield from _model_names(sub, overridden)

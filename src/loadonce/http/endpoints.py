@@ -74,13 +74,17 @@ def mounted_endpoints(routes: Iterable[BaseRoute]) -> tuple[MountedEndpoint, ...
     return tuple(found)
 
 
-def _paths_and_endpoints(routes: list[BaseRoute]) -> Iterator[tuple[str | None, object]]:
-    """Each route's full path and function. Newer FastAPI keeps an included router as one
-    route of the app's, and ``iter_route_contexts`` walks into it with the prefix it was
-    included under (as FastAPI's OpenAPI does); older FastAPI copied the router's routes
-    into the app's, prefix included."""
+def walk_routes(routes: list[BaseRoute]) -> Iterator[Any]:
+    """Every route, inside included routers too, as FastAPI sees it (``path``, ``endpoint``,
+    ``methods``, ``dependant``). Newer FastAPI keeps an included router as one route of the
+    app's, and ``iter_route_contexts`` walks into it with the prefix it was included under (as
+    FastAPI's OpenAPI does); older FastAPI copied the router's routes into the app's."""
     iterate = getattr(fastapi.routing, "iter_route_contexts", None)
-    for route in routes if iterate is None else iterate(routes):
+    yield from routes if iterate is None else iterate(routes)
+
+
+def _paths_and_endpoints(routes: list[BaseRoute]) -> Iterator[tuple[str | None, object]]:
+    for route in walk_routes(routes):
         yield getattr(route, "path", None), getattr(route, "endpoint", None)
 
 

@@ -19,6 +19,7 @@ from loadonce.core.limits import Limits
 from loadonce.core.registry import Registry, check_model_specs
 from loadonce.core.spec import ModelSpec
 from loadonce.http.access_keys import AccessKeys
+from loadonce.http.dependencies import undeclared_model_dependencies
 from loadonce.http.state import LoadonceState
 from loadonce.http.visible_logs import make_visible
 
@@ -101,6 +102,9 @@ class LoadonceLifespan:
         state = self.state()
         state.put_on(app)
         registry = state.registry
+        undeclared = undeclared_model_dependencies(app, registry)
+        if undeclared:
+            raise registry.refuse_to_serve("; ".join(undeclared))
         if settings.load_gate is None:
             await registry.load_all()
         else:
