@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from tests.servers import cli_env, free_port, serving
+from tests.servers import REPO_ROOT, cli_env, free_port, serving
 
 USAGE_ERROR = 2
 
@@ -101,6 +101,22 @@ def _serve_expecting_usage_error(args: list[str], tmp_path: Path) -> str:
             "declared twice",
         ),
         ("[server\n", "", "cannot read config file"),
+        (
+            "",
+            '[[models]]\nname = "a"\nloader = "x:y"\noptions = { input_dtyp = "float32" }',
+            "model 'a': unknown option 'input_dtyp' for the python runtime "
+            "(did you mean 'input_dtype'?)",
+        ),
+        (
+            "",
+            '[[models]]\nname = "a"\nloader = "x:y"\nruntime = "unknown"',
+            "model 'a': unknown runtime 'unknown'",
+        ),
+        (
+            "",
+            '[[models]]\nname = "a"\nloader = "x:y"\nruntime = "nowhere:Runtime"',
+            "model 'a': No module named 'nowhere'",
+        ),
     ],
 )
 def test_an_invalid_config_file_is_one_line_naming_the_problem(
@@ -124,3 +140,19 @@ def test_an_invalid_config_file_is_one_line_naming_the_problem(
 )
 def test_bad_command_lines_are_usage_errors(tmp_path: Path, args: list[str], expected: str) -> None:
     assert expected in _serve_expecting_usage_error(args, tmp_path)
+
+
+def test_a_runtime_of_your_own_is_named_in_the_config_file(tmp_path: Path) -> None:
+    """The README's LinearRuntime, in a module beside the config file (no PYTHONPATH)."""
+    (tmp_path / "custom_runtime.py").write_text(
+        (REPO_ROOT / "docs" / "examples" / "custom_runtime.py").read_text()
+    )
+    (tmp_path / "price.model").write_text('{"weights": [2.0, 1.0], "bias": 0.5}')
+    config = tmp_path / "loadonce.toml"
+    config.write_text(
+        '[[models]]\nname = "price"\nartifact = "price.model"\n'
+        'runtime = "custom_runtime:LinearRuntime"\n'
+    )
+    with serving([str(config)], tmp_path) as server:
+        answer = httpx.post(f"{server.url}/models/price/predict", json={"inputs": [1.0, 2.0]})
+        assert answer.json()["outputs"] == [4.5]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import importlib.metadata
+
+from loadonce.core.imports import import_object
 from loadonce.core.spec import ModelSpec
 from loadonce.runtimes._base import InputSignature, Predictor, Runtime, TensorInfo
 from loadonce.runtimes.onnx import OnnxRuntime
@@ -15,6 +19,7 @@ __all__ = [
     "Predictor",
     "Runtime",
     "TensorInfo",
+    "check_options",
     "register_runtime",
     "resolve_runtime",
 ]
@@ -41,11 +46,7 @@ def resolve_runtime(spec: ModelSpec) -> Runtime:
     """The runtime a spec names, else the python runtime for a loader, else the one that
     claims the artifact (by suffix, or a directory's content); later registrations first."""
     if spec.runtime is not None:
-        try:
-            return _RUNTIMES[spec.runtime]
-        except KeyError:
-            known = ", ".join(sorted(_RUNTIMES))
-            raise ValueError(f"unknown runtime {spec.runtime!r}; known runtimes: {known}") from None
+        return _named_runtime(spec.runtime)
     if spec.loader is not None:
         return _RUNTIMES["python"]
     assert spec.artifact is not None  # ModelSpec guarantees a loader or an artifact
@@ -61,3 +62,51 @@ def resolve_runtime(spec: ModelSpec) -> Runtime:
     raise ValueError(
         f"no runtime reads '{suffix or spec.artifact.name}' files; name one with runtime = \"...\""
     )
+
+
+# Installed plugins name their runtimes here (in their package's metadata):
+#   [project.entry-points."loadonce.runtimes"]
+#   linear = "mypackage.runtime:LinearRuntime"
+ENTRY_POINT_GROUP = "loadonce.runtimes"
+
+
+def _named_runtime(name: str) -> Runtime:
+    """A registered runtime, a ``package.module:Class`` reference, or an installed plugin's
+    (entry point group ``loadonce.runtimes``); the class is instantiated once."""
+    found = _RUNTIMES.get(name)
+    if found is not None:
+        return found
+    if ":" in name:
+        return _register_found(import_object(name), name)
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry_point.name == name:
+            return _register_found(entry_point.load(), name)
+    known = ", ".join(sorted(_RUNTIMES))
+    raise ValueError(
+        f"unknown runtime {name!r}; known runtimes: {known} (or a 'package.module:Class' "
+        f"reference, or a plugin installed under the entry point group {ENTRY_POINT_GROUP!r})"
+    )
+
+
+def _register_found(found: object, name: str) -> Runtime:
+    runtime = found() if isinstance(found, type) else found
+    if not isinstance(runtime, Runtime):
+        raise ValueError(f"{name} is not a loadonce Runtime (a subclass of loadonce.Runtime)")
+    _RUNTIMES[name] = runtime
+    return runtime
+
+
+def check_options(spec: ModelSpec, runtime: Runtime) -> None:
+    """Refuse an option the runtime does not read, naming the closest one it does."""
+    accepted = runtime.options
+    if accepted is None:
+        return
+    for key in spec.options:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, sorted(accepted), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            listing = ", ".join(sorted(accepted)) or "none"
+            raise ValueError(
+                f"unknown option '{key}' for the {runtime.name} runtime{hint}; its options: "
+                f"{listing}"
+            )

@@ -87,6 +87,10 @@ class Runtime(ABC):
     # Only modules that are safe to import before a fork belong here: no thread started at
     # import that could hold a lock across the fork (BLAS thread pools handle forks).
     libraries: ClassVar[tuple[str, ...]] = ()
+    # The keys of ``ModelSpec.options`` it reads; any other is refused before anything loads,
+    # naming the closest one (a misspelt option would otherwise be silently ignored). None:
+    # not declared (a runtime of your own may leave it so), every key is accepted.
+    options: ClassVar[frozenset[str] | None] = None
 
     @abstractmethod
     def load(self, spec: ModelSpec) -> Predictor:

@@ -72,6 +72,7 @@ class OnnxPredictor(Predictor):
 
 class OnnxRuntime(Runtime):
     name = "onnx"
+    options = frozenset({"intra_op_threads", "inter_op_threads", "providers", "outputs"})
     libraries = ("onnxruntime",)
     suffixes = (".onnx",)
     # InferenceSession.run is thread-safe, and ONNX Runtime parallelises inside a call too.

@@ -52,6 +52,7 @@ class PythonRuntime(Runtime):
     """Calls the spec's loader (with the artifact path, when one is declared)."""
 
     name = "python"
+    options = frozenset({"input_dtype"})
     # A user's object makes no thread-safety promise, so calls are serialized unless the spec
     # says `shared` or `pool:N`.
     default_concurrency = "serialized"

@@ -154,6 +154,7 @@ def holds_mapped_arrays(value: Any, depth: int = 4) -> bool:
 
 class SklearnRuntime(Runtime):
     name = "sklearn"
+    options = frozenset({"trusted_types", "method"})
     libraries = ("sklearn", "joblib", "skops.io")
     suffixes = SKOPS_SUFFIXES + PICKLE_SUFFIXES
     # A fitted estimator only reads its attributes in predict, and NumPy releases the GIL, so

@@ -92,6 +92,7 @@ def _device(torch: Any, name: str) -> Any:
 
 class TorchRuntime(Runtime):
     name = "torch"
+    options = frozenset({"threads", "device", "input_dtype", "factory"})
     libraries = ("torch", "safetensors.torch")
     suffixes = EXPORTED_SUFFIXES + TORCHSCRIPT_SUFFIXES + SAFETENSORS_SUFFIXES
     # An eval-mode module under inference_mode only reads its weights, so concurrent forward

@@ -137,6 +137,7 @@ def infer_task(path: Path) -> str:
 
 class TransformersRuntime(Runtime):
     name = "transformers"
+    options = frozenset({"task", "device", "call", "request_parameters"})
     libraries = ("torch", "transformers")
     # Fast tokenizers hold mutable state ("Already borrowed" under concurrent calls) and a
     # pipeline is not documented as thread-safe: one call at a time, or pool:N for parallelism.

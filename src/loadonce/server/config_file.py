@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from loadonce.core.errors import ConfigError, describe_validation
+from loadonce.core.registry import check_runtime
 from loadonce.core.spec import ModelSpec
 from loadonce.server.settings import RayOptions, ServerOptions
 
@@ -80,9 +81,15 @@ def read_config_file(path: Path) -> ConfigFile:
     if isinstance(roots, list):
         # Relative to the config file, like the artifacts.
         server = {**server, "artifact_roots": [str(base / root) for root in roots]}
+    models = [_model_spec(table, index, base, path) for index, table in enumerate(tables)]
+    for spec in models:
+        try:
+            check_runtime(spec)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     return ConfigFile(
         server=server,
-        models=[_model_spec(table, index, base, path) for index, table in enumerate(tables)],
+        models=models,
         ray=_ray_options(document.get("ray", {}), path),
         app=app,
         factory=factory,
