@@ -156,3 +156,32 @@ def test_a_runtime_of_your_own_is_named_in_the_config_file(tmp_path: Path) -> No
     with serving([str(config)], tmp_path) as server:
         answer = httpx.post(f"{server.url}/models/price/predict", json={"inputs": [1.0, 2.0]})
         assert answer.json()["outputs"] == [4.5]
+
+
+def test_every_serve_option_is_accepted_in_the_server_table(tmp_path: Path) -> None:
+    """trust, memory_limit (Kubernetes' units) and a fractional drain_timeout_s, from the file."""
+    config = tmp_path / "loadonce.toml"
+    config.write_text(
+        '[server]\ntrust = true\nmemory_limit = "16Gi"\ndrain_timeout_s = 2.5\n\n'
+        '[[models]]\nname = "echo"\nloader = "tests.loaders:echo"\n'
+    )
+    with serving([str(config)], tmp_path) as server:
+        answer = httpx.post(f"{server.url}/models/echo/predict", json={"inputs": [1]})
+        assert answer.status_code == 200
+
+
+def test_a_bad_value_from_the_environment_names_its_variable(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "loadonce", "serve", "--demo"],
+        capture_output=True,
+        text=True,
+        env=cli_env(tmp_path, {"LOADONCE_MAX_CONNECTIONS": "many"}),
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == USAGE_ERROR
+    assert result.stderr.strip() == (
+        "loadonce: error: invalid server option: max_connections (LOADONCE_MAX_CONNECTIONS): "
+        "Input should be a valid integer, unable to parse string as an integer"
+    )

@@ -54,10 +54,11 @@ def test_the_plan_counts_mapped_weights_once_and_refuses_what_cannot_fit(tmp_pat
     assert "4 workers x" in fits.stdout
     assert "fits" in fits.stdout
 
-    refused = run_cli(tmp_path, "plan", str(config), "--workers", "4", "--memory-limit", "50MB")
+    # Kubernetes' units, as a pod's limit is written.
+    refused = run_cli(tmp_path, "plan", str(config), "--workers", "4", "--memory-limit", "48Mi")
     assert refused.returncode == 1
     assert "DOES NOT FIT" in refused.stdout
-    assert "the limit given" in refused.stdout
+    assert "available: 48.0 MiB (the limit given)" in refused.stdout
 
     serve = run_cli(
         tmp_path, "serve", str(config), "--workers", "2", "--memory-limit", "50MB", "--port", "0"
@@ -68,7 +69,7 @@ def test_the_plan_counts_mapped_weights_once_and_refuses_what_cannot_fit(tmp_pat
 
     wrong = run_cli(tmp_path, "plan", str(config), "--memory-limit", "lots")
     assert wrong.returncode == 2
-    assert "not a size" in wrong.stderr
+    assert "invalid server option: memory_limit: could not parse value and unit" in wrong.stderr
 
 
 def test_the_plan_predicts_what_the_server_then_takes(tmp_path: Path) -> None:

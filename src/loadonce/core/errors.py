@@ -156,9 +156,14 @@ def describe_validation(exc: ValidationError, *, whole: str = "value") -> str:
     """Pydantic's errors as one line: each field's dotted path and what is wrong with it
     (never the value, which may be a secret)."""
     return "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or whole}: {error['msg']}"
+        f"{'.'.join(str(part) for part in error['loc']) or whole}: {_plain(error['msg'])}"
         for error in exc.errors()
     )
+
+
+def _plain(message: str) -> str:
+    """Pydantic's message without its "Value error, " prefix (a validator's own words)."""
+    return message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
 def describe_exception(exc: BaseException) -> str:

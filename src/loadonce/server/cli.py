@@ -16,7 +16,7 @@ from loadonce.core.errors import ConfigError, LoadonceError
 from loadonce.core.imports import import_optional
 from loadonce.core.integrity import file_sha256
 from loadonce.server.on_ray import ray_config_document, serve_on_ray
-from loadonce.server.plan import make_plan, parse_size
+from loadonce.server.plan import make_plan
 from loadonce.server.resolve import resolve_serve_config
 from loadonce.server.settings import LogLevel, ServeConfig
 from loadonce.server.supervisor import Supervisor
@@ -58,7 +58,7 @@ def main() -> None:
 )
 @click.option(
     "--drain-timeout",
-    type=int,
+    type=float,
     envvar="LOADONCE_DRAIN_TIMEOUT_S",
     help="Seconds accepted requests may take to finish after SIGTERM.  [default: 30]",
 )
@@ -71,7 +71,7 @@ def main() -> None:
 @click.option(
     "--memory-limit",
     envvar="LOADONCE_MEMORY_LIMIT",
-    help="Plan against this much memory (16GiB, 500MB...) instead of what is available.",
+    help="Plan against this much memory (16Gi, 16GiB, 500MB...) instead of what is available.",
 )
 @click.option(
     "--force", is_flag=True, help="Start several workers even if the memory plan says no."
@@ -97,7 +97,7 @@ def serve(
     workers: int | None,
     log_level: str | None,
     log_format: str | None,
-    drain_timeout: int | None,
+    drain_timeout: float | None,
     trust: bool,
     memory_limit: str | None,
     force: bool,
@@ -117,6 +117,7 @@ def serve(
         "log_level": log_level,
         "log_format": log_format,
         "drain_timeout_s": drain_timeout,
+        "memory_limit": memory_limit,
     }
     try:
         config = resolve_serve_config(
@@ -133,32 +134,27 @@ def serve(
         )
         sys.exit(USAGE_ERROR)
     if on_ray:
-        if config.server.workers != 1:
+        if workers is not None and workers != 1:
             click.echo(
                 "loadonce: error: on Ray, each replica is one process: scale with "
                 "[ray] num_replicas, not --workers",
                 err=True,
             )
             sys.exit(USAGE_ERROR)
+        # A config file's workers (for loadonce serve without --ray) does not apply on Ray.
         sys.exit(serve_on_ray(config))
     if config.server.workers == 1:
         sys.exit(serve_single_worker(config))
-    try:
-        limit = None if memory_limit is None else parse_size(memory_limit)
-    except ConfigError as exc:
-        click.echo(f"loadonce: error: {exc}", err=True)
-        sys.exit(USAGE_ERROR)
-    sys.exit(Supervisor(config, memory_limit=limit, force=force).run())
+    sys.exit(Supervisor(config, memory_limit=config.server.memory_limit, force=force).run())
 
 
 PLAN_WONT_FIT = 1
 
 
-def _run_plan(config: ServeConfig, memory_limit: str | None) -> int:
+def _run_plan(config: ServeConfig) -> int:
     """Print the plan; 0 it fits, 1 it does not, 3 a model failed to load."""
     try:
-        limit = None if memory_limit is None else parse_size(memory_limit)
-        plan = make_plan(config, config.server.workers, limit=limit)
+        plan = make_plan(config, config.server.workers, limit=config.server.memory_limit)
     except ConfigError as exc:
         click.echo(f"loadonce: error: {exc}", err=True)
         sys.exit(USAGE_ERROR)
@@ -176,7 +172,7 @@ def _run_plan(config: ServeConfig, memory_limit: str | None) -> int:
 @click.option(
     "--memory-limit",
     envvar="LOADONCE_MEMORY_LIMIT",
-    help="Plan against this much memory (16GiB, 500MB...) instead of what is available.",
+    help="Plan against this much memory (16Gi, 16GiB, 500MB...) instead of what is available.",
 )
 @click.option("--trust", is_flag=True, envvar="LOADONCE_TRUST", help="As for serve.")
 @click.option("--factory", is_flag=True, envvar="LOADONCE_FACTORY", help="As for serve.")
@@ -194,12 +190,16 @@ def plan(
     """
     try:
         config = resolve_serve_config(
-            target, demo=demo, trust=trust, overrides={"workers": workers}, factory=factory
+            target,
+            demo=demo,
+            trust=trust,
+            overrides={"workers": workers, "memory_limit": memory_limit},
+            factory=factory,
         )
     except ConfigError as exc:
         click.echo(f"loadonce: error: {exc}", err=True)
         sys.exit(USAGE_ERROR)
-    sys.exit(_run_plan(config, memory_limit))
+    sys.exit(_run_plan(config))
 
 
 @main.command("ray-config")

@@ -14,33 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import psutil
 
-from loadonce.core.errors import ConfigError, LoadonceError
+from loadonce.core.errors import LoadonceError
 from loadonce.core.memory import artifact_bytes
 from loadonce.core.registry import Registry
 from loadonce.server.settings import ServeConfig
 from loadonce.server.worker_start import worker_context
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
-_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 _CGROUP_V2 = Path("/sys/fs/cgroup/memory.max")
 _CGROUP_V2_USED = Path("/sys/fs/cgroup/memory.current")
 _CGROUP_V1 = Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")
 _CGROUP_V1_USED = Path("/sys/fs/cgroup/memory/memory.usage_in_bytes")
-
-
-def parse_size(text: str) -> int:
-    """'16GiB', '500 MB', '1073741824' -> bytes."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    if match is None or match.group(2).lower() not in _UNITS:
-        raise ConfigError(f"not a size: {text!r} (examples: 16GiB, 500MB, 1073741824)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 @dataclass(frozen=True)

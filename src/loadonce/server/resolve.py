@@ -50,11 +50,12 @@ def resolve_serve_config(
             specs = specs_of(load_app(app, factory=factory), app)
         else:
             specs = [spec_for_target(target)]
-    if trust:
-        # --trust is the operator vouching for every artifact this command serves.
+    server = resolve_server_options(file_options, {**overrides, "trust": trust or None})
+    if server.trust:
+        # The operator vouching for every artifact this command serves.
         specs = [spec.model_copy(update={"trust": True}) for spec in specs]
     return ServeConfig(
-        server=resolve_server_options(file_options, overrides),
+        server=server,
         models=check_model_specs(specs),
         ray=ray,
         app=app,

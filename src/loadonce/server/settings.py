@@ -7,7 +7,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ByteSize,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from loadonce.core.artifacts import DEFAULT_MAX_ARTIFACT_BYTES
 from loadonce.core.errors import ConfigError, describe_validation
@@ -16,6 +25,18 @@ from loadonce.core.spec import ModelSpec
 from loadonce.http.access_keys import AccessKeys
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+
+
+def _kubernetes_units(value: object) -> object:
+    """Kubernetes' binary suffixes (``16Gi``, ``512Mi``) as pydantic's ``ByteSize`` spells
+    them (``16GiB``); its decimal ones (``16G``) it reads already."""
+    if isinstance(value, str) and value.strip()[-2:] in ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"):
+        return value.strip() + "B"
+    return value
+
+
+# A memory size: bytes, or 16GiB, 16Gi (Kubernetes), 16G, 500MB...
+MemorySize = Annotated[ByteSize, BeforeValidator(_kubernetes_units)]
 
 
 class ServerOptions(BaseModel):
@@ -35,7 +56,11 @@ class ServerOptions(BaseModel):
     # "json": one JSON object per log line (request lines carry request_id, status...).
     log_format: Literal["plain", "json"] = "plain"
     # On SIGTERM: how long accepted requests (queued and running) may take to finish.
-    drain_timeout_s: Annotated[int, Field(ge=0)] = 30
+    drain_timeout_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 30
+    # Allow pickle/joblib artifacts (they run code when loaded) for every model served.
+    trust: bool = False
+    # Plan the workers against this much memory instead of what the machine has available.
+    memory_limit: MemorySize | None = None
     # On SIGTERM: how long a worker goes on serving, /readyz at 503, before its listener
     # closes, so that a readiness probe sees it leave (0: close at once).
     stop_delay_s: Annotated[float, Field(ge=0, le=300, allow_inf_nan=False)] = 2.0
@@ -153,15 +178,17 @@ def resolve_server_options(
     ``overrides`` holds the command line and environment already merged (the CLI reads each
     option from its flag, else from its variable); ``None`` means neither gave a value.
     """
-    merged = {
-        **from_file,
-        **environment_options(),
-        **{k: v for k, v in overrides.items() if v is not None},
-    }
+    from_environment = environment_options()
+    given = {k: v for k, v in overrides.items() if v is not None}
+    merged = {**from_file, **from_environment, **given}
     try:
         return ServerOptions.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(f"invalid server option: {describe_validation(exc)}") from None
+        problems = describe_validation(exc)
+        # A value from the environment is named by its variable, where the operator set it.
+        for option in set(from_environment) - set(given):
+            problems = problems.replace(f"{option}:", f"{option} ({_ENVIRONMENT_ONLY[option]}):", 1)
+        raise ConfigError(f"invalid server option: {problems}") from None
 
 
 # Options read from the environment only: keys do not belong on a command line (ps shows it).
@@ -184,6 +211,8 @@ _ENVIRONMENT_ONLY = {
     "max_header_bytes": "LOADONCE_MAX_HEADER_BYTES",
     "max_header_fields": "LOADONCE_MAX_HEADER_FIELDS",
     "max_connections": "LOADONCE_MAX_CONNECTIONS",
+    "trust": "LOADONCE_TRUST",
+    "memory_limit": "LOADONCE_MEMORY_LIMIT",
 }
 # Lists: comma-separated (artifact_roots: separated like PATH, by os.pathsep).
 _LISTS = {

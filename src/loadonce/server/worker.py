@@ -148,7 +148,8 @@ def run_worker(
         log_level=options.log_level,
         lifespan="on",
         workers=options.workers,
-        timeout_graceful_shutdown=options.drain_timeout_s,
+        # uvicorn annotates an int, and hands it to asyncio.wait_for, which takes fractions.
+        timeout_graceful_shutdown=options.drain_timeout_s,  # type: ignore[arg-type]
         http=guarded_protocol(
             header_timeout_s=options.header_timeout_s,
             body_timeout_s=options.body_timeout_s,
