@@ -75,7 +75,8 @@ def test_a_config_file_names_an_app_factory_beside_it(
         assert httpx.get(f"{server.url}/readyz").json()["models"] == {"doubler": "ready"}
 
 
-def test_a_loader_that_raises_stops_startup_with_one_line(project: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_loader_that_raises_stops_startup_with_one_line(project: Path, workers: str) -> None:
     port = free_port()
     finished = subprocess.run(
         [
@@ -85,7 +86,7 @@ def test_a_loader_that_raises_stops_startup_with_one_line(project: Path) -> None
             "serve",
             "my_service:app",
             "--workers",
-            "2",
+            workers,
             "--port",
             str(port),
         ],
@@ -96,7 +97,7 @@ def test_a_loader_that_raises_stops_startup_with_one_line(project: Path) -> None
         timeout=120,
     )
     assert finished.returncode == 3, finished.stderr
-    failures = [line for line in finished.stderr.splitlines() if "startup failed" in line]
+    failures = [line for line in finished.stderr.splitlines() if line.startswith("ERROR")]
     assert failures == [
         "ERROR:    [loadonce] startup failed: model 'doubler' failed to load from "
         "my_service:load_doubler: RuntimeError: the weights are corrupt"

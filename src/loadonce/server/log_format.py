@@ -69,4 +69,20 @@ def log_config(level: str, log_format: str = "plain") -> dict[str, Any]:
         "level": python_level,
         "propagate": False,
     }
+    # Python's warnings (a library's, while a model loads) as log lines in the same format:
+    # in JSON mode every line is JSON (logging.captureWarnings sends them to py.warnings).
+    config["loggers"]["py.warnings"] = {"handlers": ["loadonce"], "propagate": False}
+    logging.captureWarnings(True)  # the process is about to log with this configuration
+    # The worker logs why a startup failed in one line of its own (the model, its source, the
+    # cause); uvicorn's "Application startup failed. Exiting." before it says nothing more.
+    config["filters"] = {"startup_failed": {"()": f"{__name__}.WithoutStartupFailedLine"}}
+    config["handlers"]["default"]["filters"] = ["startup_failed"]
     return config
+
+
+class WithoutStartupFailedLine(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.name == "uvicorn.error"
+            and record.getMessage().startswith("Application startup failed")
+        )

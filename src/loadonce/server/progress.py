@@ -8,6 +8,7 @@ terminal: logs keep their one line at the start and one at the end of each load.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -63,11 +64,36 @@ async def load_progress(
             out.flush()
 
     reporter = threading.Thread(target=report, name="loadonce-progress", daemon=True)
+    clear = _ClearStatusFirst(out)
+    handlers = _terminal_handlers()
+    for handler in handlers:
+        handler.addFilter(clear)
     reporter.start()
     try:
         yield
     finally:
         done.set()
         reporter.join()
+        for handler in handlers:
+            handler.removeFilter(clear)
         out.write("\r\x1b[K")
         out.flush()
+
+
+class _ClearStatusFirst(logging.Filter):
+    """A log line written while the status line is shown starts by erasing it (the next
+    report draws it again below the log line), so the two never share a line."""
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__()
+        self.out = out
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.out.write("\r\x1b[K")
+        return True
+
+
+def _terminal_handlers() -> list[logging.Handler]:
+    """The handlers of the loggers a worker writes to while it loads."""
+    names = ("", "loadonce", "uvicorn", "uvicorn.error", "py.warnings")
+    return list({h for name in names for h in logging.getLogger(name).handlers})
