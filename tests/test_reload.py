@@ -35,10 +35,12 @@ concurrency = "shared"
     return config
 
 
-def _reload_cli(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _reload_cli(
+    tmp_path: Path, url: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "loadonce", "reload", "constant", "--url", url, *args],
-        env=cli_env(tmp_path),
+        env=cli_env(tmp_path, env),
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -81,7 +83,7 @@ def test_a_reload_under_load_reaches_every_worker_without_a_failed_request(
             for asker in askers:
                 asker.join()
         assert result.returncode == 0, result.stderr
-        assert result.stdout.count("version 2 ok") == 2, result.stdout
+        assert result.stdout.count("version 2 loaded") == 2, result.stdout
         assert set(statuses) == {200}, statuses
         assert statuses[200] > 20
         seen = _values_by_worker(server.url)
@@ -105,7 +107,14 @@ def test_a_tampered_artifact_is_refused_and_the_loaded_version_serves_on(tmp_pat
         result = _reload_cli(tmp_path, server.url)
         assert result.returncode == 1
         assert "sha256 mismatch" in result.stdout
-        assert "not tried: an earlier worker failed" in result.stdout
+        lines = result.stdout.splitlines()
+        assert len(lines) == 2, result.stdout
+        assert "the new version failed: " in lines[0]
+        assert "sha256 mismatch" in lines[0]
+        assert lines[1].endswith(": not tried (an earlier worker failed); version 1 serves")
+        assert result.stderr.strip() == (
+            "loadonce: model 'constant': the new version failed; version 1 goes on serving"
+        )
         seen = _values_by_worker(server.url)
         assert all(values == {1.0} for values in seen.values()), seen
         models = httpx.get(f"{server.url}/models").json()["models"]
@@ -127,3 +136,23 @@ def test_a_tampered_artifact_is_refused_and_the_loaded_version_serves_on(tmp_pat
     )
     assert refused.returncode == 3
     assert "sha256 mismatch" in refused.stdout + refused.stderr
+
+
+def test_the_cli_names_the_variable_it_reads_the_admin_key_from(tmp_path: Path) -> None:
+    artifact = tmp_path / "value.txt"
+    artifact.write_text("1")
+    config = _write_config(tmp_path, artifact)
+    key = "an-admin-key-of-32-characters-00"
+    with serving(
+        [str(config)], tmp_path, env=cli_env(tmp_path, {"LOADONCE_ADMIN_API_KEYS": key})
+    ) as server:
+        refused = _reload_cli(tmp_path, server.url)
+        assert refused.returncode == 1
+        assert refused.stderr.strip() == (
+            "loadonce: reload failed (401): an API key is required: send it as 'Authorization: "
+            "Bearer <key>' or 'X-API-Key: <key>' (this command sends the admin key it reads "
+            "from LOADONCE_ADMIN_KEY)"
+        )
+        done = _reload_cli(tmp_path, server.url, env={"LOADONCE_ADMIN_KEY": key})
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1] == "model 'constant' reloaded in 2 worker(s)"

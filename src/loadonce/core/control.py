@@ -55,6 +55,11 @@ class ControlRequest:
         return changed
 
 
+# The state of a worker a control request did not reach (an earlier worker's load failed):
+# it goes on serving what it served.
+NOT_TRIED = "not tried"
+
+
 @dataclass(frozen=True)
 class WorkerOutcome:
     pid: int

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from loadonce._version import __version__
+from loadonce.core.control import NOT_TRIED
 from loadonce.core.errors import ConfigError, LoadonceError
 from loadonce.core.imports import import_optional
 from loadonce.core.integrity import file_sha256
@@ -305,16 +306,33 @@ def reload(
     except urllib.error.HTTPError as failure:
         answer = _error_body(failure)
         if "workers" not in answer:
-            click.echo(f"loadonce: reload failed ({failure.code}): {answer['error']}", err=True)
+            hint = ""
+            if failure.code in (401, 403):
+                hint = " (this command sends the admin key it reads from LOADONCE_ADMIN_KEY)"
+            click.echo(
+                f"loadonce: reload failed ({failure.code}): {answer['error']}{hint}", err=True
+            )
             sys.exit(1)
     except (urllib.error.URLError, OSError) as failure:
         click.echo(f"loadonce: cannot reach {url}: {failure}", err=True)
         sys.exit(USAGE_ERROR)
+    wanted = f"version {version}" if version else "the new version"
+    serving = set()
     for worker in answer["workers"]:
-        status = "ok" if worker["ok"] else f"FAILED: {worker['error']}"
-        click.echo(f"worker pid {worker['pid']}: version {worker['version'] or '?'} {status}")
+        pid, served = worker["pid"], worker["version"] or "?"
+        if worker["ok"]:
+            click.echo(f"worker pid {pid}: version {served} loaded")
+            continue
+        serving.add(served)
+        if worker["state"] == NOT_TRIED:
+            click.echo(f"worker pid {pid}: not tried ({worker['error']}); version {served} serves")
+        else:
+            click.echo(f"worker pid {pid}: {wanted} failed: {worker['error']}")
     if not answer["ok"]:
-        click.echo(f"loadonce: model '{name}' was not reloaded everywhere", err=True)
+        goes_on = f"version {serving.pop()}" if len(serving) == 1 else "the loaded version"
+        click.echo(
+            f"loadonce: model '{name}': {wanted} failed; {goes_on} goes on serving", err=True
+        )
         sys.exit(1)
     click.echo(f"model '{name}' reloaded in {len(answer['workers'])} worker(s)")
 

@@ -26,7 +26,7 @@ from typing import Any
 from prometheus_client.multiprocess import mark_process_dead
 
 from loadonce.core.artifacts import ArtifactRoots
-from loadonce.core.control import ControlRequest, WorkerOutcome, changed_spec
+from loadonce.core.control import NOT_TRIED, ControlRequest, WorkerOutcome, changed_spec
 from loadonce.core.errors import LoadonceError
 from loadonce.http.metrics import MULTIPROCESS_DIR
 from loadonce.server.control_channel import APPLIED, APPLY, CONTROL, RESULT
@@ -66,8 +66,9 @@ class _StartupFailedError(Exception):
     pass
 
 
-def _not_attempted(worker: _Worker, why: str) -> WorkerOutcome:
-    return WorkerOutcome(pid=worker.pid, ok=False, version="", state="", error=why)
+def _not_attempted(worker: _Worker, why: str, serving: str = "") -> WorkerOutcome:
+    """A worker the request did not reach; ``serving``: the version it goes on serving."""
+    return WorkerOutcome(pid=worker.pid, ok=False, version=serving, state=NOT_TRIED, error=why)
 
 
 class Supervisor:
@@ -270,7 +271,8 @@ class Supervisor:
         targets = [w for w in workers if w.serving and w.is_alive()]
         for worker in targets:
             if outcomes and not outcomes[-1].ok and request.action == "load":
-                outcomes.append(_not_attempted(worker, "not tried: an earlier worker failed"))
+                serving = self._serving_version(request.model)
+                outcomes.append(_not_attempted(worker, "an earlier worker failed", serving))
                 continue
             try:
                 worker.gate.send((APPLY, operation, request))
@@ -298,6 +300,10 @@ class Supervisor:
             if not worker.is_alive():
                 return _not_attempted(worker, "the worker exited while applying it")
         return _not_attempted(worker, "the server is stopping")
+
+    def _serving_version(self, name: str) -> str:
+        """The version of ``name`` the workers serve (the one replacements start with)."""
+        return next((spec.version for spec in self.config.models if spec.name == name), "")
 
     def _remember(self, request: ControlRequest) -> None:
         """Keep what every worker now serves as the config that replacements start from."""
