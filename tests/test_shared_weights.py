@@ -222,3 +222,24 @@ def test_convert_makes_a_compressed_joblib_file_mappable(tmp_path: Path) -> None
     probe = rng.normal(size=(5, 4))
     np.testing.assert_array_equal(mapped.predict(probe), model.predict(probe))
     assert convert("--trust").returncode == 2, "an existing file is not overwritten"
+    # The wrong kind of file: one line, no traceback.
+    not_a_pickle = tmp_path / "notes.txt"
+    not_a_pickle.write_text("not a pickle\n")
+    wrong = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadonce",
+            "convert",
+            str(not_a_pickle),
+            str(tmp_path / "x.joblib"),
+            "--trust",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert wrong.returncode == 2
+    assert wrong.stderr.startswith(f"loadonce: error: {not_a_pickle} is not a joblib or pickle")
+    assert len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr

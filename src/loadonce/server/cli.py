@@ -13,7 +13,7 @@ import click
 
 from loadonce._version import __version__
 from loadonce.core.control import NOT_TRIED
-from loadonce.core.errors import ConfigError, LoadonceError
+from loadonce.core.errors import ConfigError, LoadonceError, describe_exception
 from loadonce.core.imports import import_optional
 from loadonce.core.integrity import file_sha256
 from loadonce.server.on_ray import ray_config_document, serve_on_ray
@@ -373,7 +373,15 @@ def convert(source: Path, destination: Path, trust: bool) -> None:
         click.echo(f"loadonce: error: {destination} exists; it is not overwritten", err=True)
         sys.exit(USAGE_ERROR)
     joblib = import_optional("joblib", extra="sklearn")
-    model = joblib.load(source)
+    try:
+        model = joblib.load(source)
+    except Exception as exc:  # whatever the unpickler meets in a file of another kind
+        click.echo(
+            f"loadonce: error: {source} is not a joblib or pickle file joblib can read "
+            f"({describe_exception(exc)})",
+            err=True,
+        )
+        sys.exit(USAGE_ERROR)
     partial = destination.with_name(destination.name + ".partial")
     joblib.dump(model, partial, compress=0)
     partial.rename(destination)  # never a half-written file under the final name
