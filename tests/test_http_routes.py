@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -188,3 +189,24 @@ def test_readyz_without_the_lifespan_is_never_ready() -> None:
     response = client.get("/readyz")
     assert response.status_code == 503
     assert client.get("/livez").status_code == 200
+
+
+def test_docs_load_nothing_from_another_site() -> None:
+    """/docs works without internet: every script, style and icon it loads is the app's own,
+    also under a root path and with API keys configured (the docs are open)."""
+    keys = loadonce.AccessKeys(inference=("an-inference-key-of-32-characters",))
+    app = loadonce.create_app(
+        [loadonce.ModelSpec(name="m", loader=lambda: lambda b: b)], access=keys
+    )
+    with TestClient(app, root_path="/ml") as client:
+        page = client.get("/docs")
+        assert page.status_code == 200
+        loaded = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text)
+        loaded += re.findall(r"""url: ['"]([^'"]+)['"]""", page.text)
+        assert loaded, page.text
+        for url in loaded:
+            assert url.startswith("/ml/"), url
+            answer = client.get(url.removeprefix("/ml"))
+            assert answer.status_code == 200, url
+        assert client.get("/docs/assets/..%2F..%2Fpyproject.toml").status_code == 404
+        assert client.get("/docs/assets/index.html").status_code == 404

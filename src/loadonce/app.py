@@ -14,6 +14,7 @@ from loadonce.core.registry import Registry
 from loadonce.core.spec import ModelSpec
 from loadonce.http.access_keys import AccessKeys
 from loadonce.http.admin import admin_router
+from loadonce.http.docs import docs_router
 from loadonce.http.health import health_router
 from loadonce.http.lifespan import LoadedHook, LoadGate, UserLifespan, lifespan
 from loadonce.http.metrics_route import metrics_router
@@ -50,6 +51,10 @@ def create_app(
     app = FastAPI(
         title=title,
         version=__version__,
+        # /docs is served with Swagger UI's files from the app (http/docs.py), not a CDN's;
+        # ReDoc has no such package, and a page that is blank offline is left out.
+        docs_url=None,
+        redoc_url=None,
         lifespan=lifespan(
             models,
             wrap=wrap,
@@ -71,5 +76,6 @@ def create_app(
     app.include_router(admin_router())
     if metrics:
         app.include_router(metrics_router())
+    app.include_router(docs_router(app))
     install_middleware(app)
     return app

@@ -32,6 +32,8 @@ _OPEN_PATHS = {
     "/redoc",
     "/openapi.json",
 }
+# The files /docs loads (http/docs.py).
+_OPEN_PREFIXES = ("/docs/assets/",)
 _ADMIN_PATH = re.compile(r"^/(admin/.*|v2/repository/models/[^/]+/(load|unload))$")
 
 
@@ -45,7 +47,7 @@ class RouteFamily(StrEnum):
 def family_of(path: str) -> RouteFamily:
     """The family of a route path: the path without the app's root path (``route_path``),
     as the app's routes see it."""
-    if path in _OPEN_PATHS:
+    if path in _OPEN_PATHS or path.startswith(_OPEN_PREFIXES):
         return RouteFamily.OPEN
     if path == "/metrics":
         return RouteFamily.METRICS
