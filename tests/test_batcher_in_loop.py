@@ -510,6 +510,37 @@ async def test_a_bad_request_in_a_batch_fails_alone() -> None:
         assert any(-1 in call and len(call) > 1 for call in h.model.calls), "shared a batch"
 
 
+class BatchSizes:
+    """An observer that keeps the examples of each model call it is told of."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def batch_dispatched(self, model: str, examples: int) -> None:
+        self.sizes.append(examples)
+
+    def queue_changed(self, model: str, queued_examples: int) -> None:
+        pass
+
+
+async def test_the_batch_size_counts_only_what_the_model_was_given() -> None:
+    observer = BatchSizes()
+    async with batcher(max_batch_size=16, observer=observer) as h:
+        h.send(100)
+        await settle()
+        h.send(1)
+        h.send([1, 2])  # refused by prepare: a 400, never the model's
+        h.send(3, 4)
+        await h.run()
+        await h.run()
+        refused = h.send([5])  # a call of only refused requests is no call of the model
+        await settle()
+        await h.run()
+        with pytest.raises(InvalidInputError):
+            answer(refused)
+        assert observer.sizes == [1, 3]
+
+
 async def test_a_call_that_never_ran_fails_its_batch_and_the_next_batch_runs() -> None:
     async with batcher(max_batch_size=8) as h:
         first = h.send(1)

@@ -47,8 +47,9 @@ def test_one_worker_metrics_count_requests_batches_and_model_facts() -> None:
     latency = _samples(text, "loadonce_request_duration_seconds_count")
     assert latency['{model="m",route="/models/{name}/predict"}'] == 4
     batches = _samples(text, "loadonce_batch_size_examples_sum")
-    # Three batches of three, and the invalid one (checked in the worker thread, after dispatch).
-    assert batches['{model="m"}'] == 10
+    # Three batches of three; the invalid request never reached the model, so it is no batch.
+    assert batches['{model="m"}'] == 9
+    assert _samples(text, "loadonce_batch_size_examples_count")['{model="m"}'] == 3
     states = _samples(text, "loadonce_model_state")
     assert states['{model="m",state="ready",version="5"}'] == 1
     assert states['{model="m",state="loading",version="5"}'] == 0

@@ -69,6 +69,9 @@ class _Call:
 class _Outcome:
     outputs: list[Any] | None = None
     error: BaseException | None = None
+    # False when the request was refused before the model's call (its inputs did not fit):
+    # the batch-size histogram counts only what the model was given.
+    prepared: bool = True
 
 
 @dataclass
@@ -273,8 +276,6 @@ class Batcher:
             return batch
         if not self._queue:
             self._filling = False  # what a returning call left to fill is taken
-        if self.observer is not None:
-            self.observer.batch_dispatched(self.model, size)
         return batch
 
     def _start(self, batch: list[_Request]) -> None:
@@ -364,6 +365,9 @@ class Batcher:
             failure = exc
         else:
             self._observe(seconds)
+            given = sum(len(r.examples) for r, o in zip(batch, outcomes, strict=True) if o.prepared)
+            if given and self.observer is not None:
+                self.observer.batch_dispatched(self.model, given)
         try:
             self._dispatch_ready()
         finally:
@@ -452,6 +456,7 @@ def run_batch(
             prepared.append((index, _prepare(predictor, examples)))
         except Exception as exc:
             outcomes[index].error = _from_the_model(exc)
+            outcomes[index].prepared = False
     if len(prepared) > 1:
         try:
             combined = predictor.combine([batch for _, batch in prepared])
