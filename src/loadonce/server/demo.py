@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,20 +25,30 @@ def cache_dir() -> Path:
 
 
 def demo_artifact() -> Path:
-    """The demo model's file, trained and written on first use (atomically), then reused."""
+    """The demo model's file, trained and written on first use (atomically), then reused.
+
+    Trained in a child process: the command that asks (the supervisor, ``loadonce plan``)
+    never imports scikit-learn itself, which added about 200 MiB to a process that serves
+    nothing (the workers load the model from the file)."""
     try:
-        import sklearn
-        import skops.io
-        from sklearn.datasets import load_iris
-        from sklearn.linear_model import LogisticRegression
-    except ImportError:
+        sklearn_version = importlib.metadata.version("scikit-learn")
+        importlib.metadata.version("skops")
+    except importlib.metadata.PackageNotFoundError:
         raise ConfigError(
             "the demo needs scikit-learn and skops: pip install 'loadonce[sklearn]'"
         ) from None
     # One file per scikit-learn version: a skops file is best read by the version that wrote it.
-    path = cache_dir() / f"demo-iris-logreg-sklearn{sklearn.__version__}.skops"
-    if path.is_file():
-        return path
+    path = cache_dir() / f"demo-iris-logreg-sklearn{sklearn_version}.skops"
+    if not path.is_file():
+        subprocess.run([sys.executable, "-m", __name__, str(path)], check=True)
+    return path
+
+
+def _train(path: Path) -> None:
+    import skops.io
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
     iris = load_iris()  # ships inside scikit-learn: no download
     labels = iris.target_names[iris.target]
     # lbfgs on a fixed dataset with no random start is deterministic.
@@ -50,8 +63,11 @@ def demo_artifact() -> Path:
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
-    return path
 
 
 def demo_spec() -> ModelSpec:
     return ModelSpec(name="iris", artifact=demo_artifact(), version="1", warmup=DEMO_EXAMPLE)
+
+
+if __name__ == "__main__":
+    _train(Path(sys.argv[1]))
