@@ -87,5 +87,7 @@ def test_the_plan_predicts_what_the_server_then_takes(tmp_path: Path) -> None:
         root = psutil.Process(server.process.pid)
         processes = [root, *root.children(recursive=True)]
         measured = sum(p.memory_full_info().pss for p in processes) / MIB
-    # Requests add buffers to a worker that the plan's loading child never allocates.
-    assert 0.75 * measured < predicted < 1.25 * measured, (predicted, measured, planned.stdout)
+    # The plan counts the libraries (here PyTorch) whole, as on a machine that serves only
+    # this; the test process has imported PyTorch too and shares its pages with the server,
+    # which lowers the server's PSS by up to ~40 MiB here.
+    assert 0.9 * measured < predicted < 1.2 * measured, (predicted, measured, planned.stdout)

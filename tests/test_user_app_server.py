@@ -4,12 +4,14 @@ plain uvicorn."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx2 as httpx
+import psutil
 import pytest
 
 from tests.servers import REPO_ROOT, cli_env, free_port, serving, wait_until
@@ -105,7 +107,9 @@ def test_a_loader_that_raises_stops_startup_with_one_line(project: Path, workers
     assert "Traceback" not in finished.stderr
 
 
-def test_the_plan_reads_the_models_from_the_apps_lifespan(project: Path) -> None:
+def test_the_plan_reads_the_models_from_the_apps_lifespan_and_predicts_the_pss(
+    project: Path,
+) -> None:
     finished = subprocess.run(
         [sys.executable, "-m", "loadonce", "plan", "my_service:app", "--workers", "2"],
         env=cli_env(project),
@@ -116,7 +120,15 @@ def test_the_plan_reads_the_models_from_the_apps_lifespan(project: Path) -> None
     )
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout.splitlines()[1].startswith("doubler ")
-    assert "2 workers x" in finished.stdout
+    total = re.search(r"2 workers x .* = ([\d,.]+) MiB", finished.stdout)
+    assert total is not None, finished.stdout
+    predicted = float(total.group(1).replace(",", ""))
+    with serving(["my_service:app", "--workers", "2"], project) as server:
+        assert len(_pids_answering(server.url)) == 2
+        root = psutil.Process(server.process.pid)
+        processes = [root, *root.children(recursive=True)]
+        measured = sum(p.memory_full_info().pss for p in processes) / 2**20
+    assert 0.9 * measured < predicted < 1.1 * measured, (predicted, measured, finished.stdout)
 
 
 def test_an_app_without_loadonces_lifespan_is_a_usage_error(project: Path) -> None:

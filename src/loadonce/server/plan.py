@@ -13,17 +13,26 @@ limit, in a container).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import psutil
+from fastapi import FastAPI
 
+from loadonce.app import create_app
 from loadonce.core.errors import LoadonceError
 from loadonce.core.memory import artifact_bytes
+from loadonce.core.model import Model
 from loadonce.core.registry import Registry
 from loadonce.server.settings import ServeConfig
+from loadonce.server.user_app import load_app, serve_user_app
 from loadonce.server.worker_start import worker_context
 
 _CGROUP_V2 = Path("/sys/fs/cgroup/memory.max")
@@ -140,15 +149,28 @@ def make_plan(config: ServeConfig, workers: int, *, limit: int | None = None) ->
         workers=workers,
         base_private_bytes=base,
         libraries_bytes=libraries,
-        supervisor_bytes=int(psutil.Process().memory_full_info().uss),
+        supervisor_bytes=_supervisor_bytes(),
         models=measures,
         available=available_memory(limit),
     )
 
 
+def _supervisor_bytes() -> int:
+    """This process's unique memory, and its helper's: multiprocessing's resource tracker,
+    started with the first worker, lives as long as the server."""
+    total = int(psutil.Process().memory_full_info().uss)
+    tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
+    if isinstance(tracker, int):
+        with contextlib.suppress(psutil.Error):
+            total += int(psutil.Process(tracker).memory_full_info().uss)
+    return total
+
+
 def _measure_in_child(config: ServeConfig, pipe: Connection) -> None:
+    # Loads here are a measurement: their lines would read as a worker's ("loaded in worker
+    # pid ..."). A failure comes back through the pipe, and the caller reports it.
+    logging.getLogger("loadonce").disabled = True
     process = psutil.Process()
-    base = int(process.memory_full_info().uss)
     # The fork server this child comes from holds the libraries once for every worker.
     libraries = int(psutil.Process(os.getppid()).memory_info().rss)
     registry = Registry(
@@ -157,27 +179,95 @@ def _measure_in_child(config: ServeConfig, pipe: Connection) -> None:
         artifact_roots=config.server.artifact_roots,
         max_artifact_bytes=config.server.max_artifact_bytes or None,
     )
+    app = _worker_app(config, registry)
     try:
-        asyncio.run(registry.load_all())
+        # As a worker does: the app's whole startup (the models' loads, the user's own
+        # lifespan, metrics), and a request through every middleware, so that what a serving
+        # worker holds besides its models is measured too.
+        base, measures = asyncio.run(_measured(app, registry, process))
     except LoadonceError as failure:
         pipe.send(str(failure))
         return
-    measures = []
-    for model in registry.models:
-        if not model.wanted or model.load_memory is None:
-            continue
-        resident = model.mapped_bytes
-        # A mapped artifact's pages are read on first use, not by the load: count it whole,
-        # once. (The page cache counts against a container's memory limit too.)
-        whole = (artifact_bytes(model.spec.artifact) or 0) if model.shares_weights else 0
-        measures.append(
-            ModelMeasure(
-                name=model.name,
-                load_seconds=model.load_seconds or 0.0,
-                # Mapped pages count as unique while one process maps them: they are shared.
-                private_bytes=max(0, model.load_memory.uss - resident),
-                shared_bytes=max(resident, whole),
-            )
-        )
     pipe.send((base, libraries, measures))
-    asyncio.run(registry.unload_all())
+
+
+async def _measured(
+    app: FastAPI, registry: Registry, process: psutil.Process
+) -> tuple[int, list[ModelMeasure]]:
+    """Once the app started and answered a request (before its models unload): the worker's
+    own unique memory besides its models, and each model's."""
+    async with app.router.lifespan_context(app):
+        await _get(app, "/readyz")
+        worker_bytes = int(process.memory_full_info().uss)
+        measures = [_measure(model) for model in registry.models if model.wanted]
+    measured = [m for m in measures if m is not None]
+    mapped = sum(model.mapped_bytes for model in registry.models)
+    base = worker_bytes - sum(m.private_bytes for m in measured) - mapped
+    return max(0, base), measured
+
+
+def _measure(model: Model) -> ModelMeasure | None:
+    if model.load_memory is None:
+        return None
+    resident = model.mapped_bytes
+    # A mapped artifact's pages are read on first use, not by the load: count it whole, once.
+    # (The page cache counts against a container's memory limit too.)
+    whole = (artifact_bytes(model.spec.artifact) or 0) if model.shares_weights else 0
+    return ModelMeasure(
+        name=model.name,
+        load_seconds=model.load_seconds or 0.0,
+        # Mapped pages count as unique while one process maps them: they are shared.
+        private_bytes=max(0, model.load_memory.uss - resident),
+        shared_bytes=max(resident, whole),
+    )
+
+
+def _worker_app(config: ServeConfig, registry: Registry) -> FastAPI:
+    """The app a worker of this config serves."""
+    options = config.server
+    # Without metrics: in the workers' shared directory (set when the supervisor plans) they
+    # would outlive this process as a worker that never served.
+    if config.app is None:
+        return create_app(
+            registry, gc_freeze=options.gc_freeze, access=options.access(), metrics=False
+        )
+    return serve_user_app(
+        load_app(config.app, factory=config.app_factory),
+        registry=registry,
+        options=options,
+        on_loaded=None,
+        load_gate=_no_gate,
+        control=None,
+        metrics=False,
+    )
+
+
+@asynccontextmanager
+async def _no_gate() -> AsyncIterator[None]:
+    yield
+
+
+async def _get(app: FastAPI, path: str) -> None:
+    """One GET through the app's whole ASGI stack, its answer dropped."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"127.0.0.1")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: object) -> None:
+        pass
+
+    await app(scope, receive, send)

@@ -108,15 +108,18 @@ def serve_user_app(
     on_loaded: LoadedHook | None,
     load_gate: LoadGate,
     control: ModelControl | None,
+    metrics: bool = True,
 ) -> FastAPI:
-    """Prepare the user's app to run as one worker of ``loadonce serve``."""
+    """Prepare the user's app to run as one worker of ``loadonce serve`` (``metrics``: off
+    only for the memory plan's measuring child)."""
     found = lifespan_of(app)
     assert found is not None
     _configure(found, registry, options, on_loaded, load_gate, control)
+    found.serve_with(metrics=metrics)
     paths = set(route_paths(app.routes))
     if "/readyz" not in paths:
         app.include_router(health_router())
-    if "/metrics" not in paths:
+    if "/metrics" not in paths and metrics:
         app.include_router(metrics_router())
     if "/admin/models/{name}/reload" not in paths:
         app.include_router(admin_router())
