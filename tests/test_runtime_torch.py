@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ from safetensors.torch import save_file
 
 import loadonce
 from tests.loaders import build_mlp
-from tests.servers import serving
+from tests.servers import cli_env, serving
 
 ROWS = [[0.1, -1.2, 3.3, 0.5], [2.0, 0.0, -0.7, 1.1]]
 
@@ -178,3 +180,22 @@ def test_cli_serves_an_exported_program_from_two_workers(
     with serving([str(exported), "--workers", "2"], tmp_path) as server:
         response = httpx.post(f"{server.url}/models/mlp/predict", json={"inputs": ROWS})
     assert response.json()["outputs"] == _expected(trained, ROWS)
+
+
+def test_a_corrupt_exported_program_fails_startup_in_one_line(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.pt2"
+    corrupt.write_bytes(b"not a zip archive" * 100)
+    finished = subprocess.run(
+        [sys.executable, "-m", "loadonce", "serve", str(corrupt), "--port", "0"],
+        env=cli_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert finished.returncode == 3
+    output = finished.stdout + finished.stderr
+    assert "Traceback" not in output, output
+    [failure] = [line for line in output.splitlines() if "failed to load" in line]
+    assert f"model 'corrupt' failed to load from {corrupt}" in failure
+    assert len([line for line in output.splitlines() if not line.startswith("INFO")]) == 1, output

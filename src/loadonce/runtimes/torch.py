@@ -3,8 +3,10 @@ factory that builds the module."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -115,7 +117,8 @@ class TorchRuntime(Runtime):
         shared = False  # only a safetensors state dict is mapped
         input_shape, input_dtype = spec.input_shape, spec.options.get("input_dtype")
         if suffix in EXPORTED_SUFFIXES:
-            program = torch.export.load(str(spec.artifact))
+            with _quiet("torch.export"):
+                program = torch.export.load(str(spec.artifact))
             # An exported program records its input's shape and dtype: use them to check inputs.
             recorded_shape, recorded_dtype = _exported_input(program)
             input_shape = input_shape or recorded_shape
@@ -213,3 +216,16 @@ def _build_module(torch: Any, factory: Any, name: str, *, on_meta: bool) -> Any:
 def _has_meta_tensors(module: Any) -> bool:
     tensors = [*module.parameters(), *module.buffers()]
     return any(tensor.is_meta for tensor in tensors)
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """torch.export logs a whole traceback (15 lines) as a warning before it raises on a
+    corrupt file; the load's one-line error says the same, so only errors get through."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
