@@ -148,6 +148,20 @@ def test_an_unknown_output_name_fails_the_load(classifier: Path) -> None:
         TestClient(loadonce.create_app([spec])).__enter__()
 
 
+def test_a_provider_this_machine_cannot_use_fails_the_load(classifier: Path) -> None:
+    """No silent fall back to the CPU: a model asked to run on CUDA where there is none (as
+    on the machine the tests run on) does not start."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        providers = ["NoSuchExecutionProvider"]  # a GPU machine: a provider nobody has
+    else:
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    spec = loadonce.ModelSpec(name="c", artifact=classifier, options={"providers": providers})
+    with pytest.raises(loadonce.ModelLoadError, match="was asked for, but this onnxruntime"):
+        TestClient(loadonce.create_app([spec])).__enter__()
+
+
 def test_cli_serves_an_onnx_artifact_from_forked_workers(tmp_path: Path, classifier: Path) -> None:
     """Two workers forked after ONNX Runtime was imported (server/worker_start.py) answer."""
     session = ort.InferenceSession(str(classifier), providers=["CPUExecutionProvider"])

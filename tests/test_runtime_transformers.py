@@ -147,3 +147,12 @@ def test_open_inference_protocol_with_text_and_allowed_parameters(model_dir: Pat
         documents = [json.loads(d) for d in ranked.as_numpy("output")]
         assert documents == reference(TEXTS, top_k=2)
         client.close()
+
+
+def test_a_device_that_is_not_there_fails_the_load_in_one_line(model_dir: Path) -> None:
+    spec = _spec(model_dir, device="cuda:99")
+    with pytest.raises(
+        loadonce.ModelLoadError, match=r"device 'cuda:99' was asked for, but"
+    ) as raised:
+        TestClient(loadonce.create_app([spec])).__enter__()
+    assert "\n" not in str(raised.value)

@@ -90,6 +90,21 @@ class OnnxRuntime(Runtime):
         if "inter_op_threads" in spec.options:
             options.inter_op_num_threads = int(spec.options["inter_op_threads"])
         providers = list(spec.options.get("providers", ["CPUExecutionProvider"]))
+        _refuse_missing(providers, list(ort.get_available_providers()), ort.__version__)
         session = ort.InferenceSession(str(spec.artifact), options, providers=providers)
+        # ONNX Runtime falls back to the CPU, with only a Python warning, when a provider's
+        # libraries (CUDA, TensorRT...) cannot be loaded: a model asked to run on a device
+        # must not silently run elsewhere.
+        _refuse_missing(providers, list(session.get_providers()), ort.__version__)
         outputs = spec.options.get("outputs")
         return OnnxPredictor(session, output_names=None if outputs is None else list(outputs))
+
+
+def _refuse_missing(asked: list[str], offered: list[str], version: str) -> None:
+    missing = [provider for provider in asked if provider not in offered]
+    if missing:
+        raise ValueError(
+            f"execution provider {', '.join(repr(p) for p in missing)} was asked for, but this "
+            f"onnxruntime ({version}) can use only {', '.join(offered)} here: no such device, "
+            "or its libraries are not installed; remove it from options.providers"
+        )

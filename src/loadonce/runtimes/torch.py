@@ -83,13 +83,21 @@ def _split(result: Any, count: int) -> list[Any]:
     raise TypeError(f"the module returned {type(result).__name__}; expected tensors")
 
 
-def _device(torch: Any, name: str) -> Any:
+def torch_device(torch: Any, name: str) -> Any:
+    """The device ``name`` names, or an error saying it is not there (also the transformers
+    runtime's check)."""
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(
             f"device '{name}' was asked for, but CUDA is not available to this torch "
             f'({torch.__version__}): no GPU is visible or the build is CPU-only; use device = "cpu"'
         )
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"device '{name}' was asked for, but this machine shows "
+            f"{torch.cuda.device_count()} CUDA device(s)"
+        )
+    return device
 
 
 class TorchRuntime(Runtime):
@@ -112,7 +120,7 @@ class TorchRuntime(Runtime):
         if "threads" in spec.options:
             # Process-wide in PyTorch: the last model loaded with this option sets it.
             torch.set_num_threads(int(spec.options["threads"]))
-        device = _device(torch, str(spec.options.get("device", "cpu")))
+        device = torch_device(torch, str(spec.options.get("device", "cpu")))
         suffix = spec.artifact.suffix.lower()
         shared = False  # only a safetensors state dict is mapped
         input_shape, input_dtype = spec.input_shape, spec.options.get("input_dtype")

@@ -12,6 +12,7 @@ from loadonce.core.errors import InvalidInputError
 from loadonce.core.imports import import_optional
 from loadonce.core.spec import ModelSpec
 from loadonce.runtimes._base import InputSignature, Predictor, Runtime, TensorInfo
+from loadonce.runtimes.torch import torch_device
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 _PICKLED_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -165,12 +166,15 @@ class TransformersRuntime(Runtime):
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
         transformers = import_optional("transformers", extra="transformers")
         directory = str(spec.artifact)
+        device = str(spec.options.get("device", "cpu"))
+        # The torch runtime's check: a device that is not there stops the load in one line.
+        torch_device(import_optional("torch", extra="torch"), device)
         try:
             pipeline = transformers.pipeline(
                 task=task,
                 model=directory,
                 tokenizer=directory,
-                device=str(spec.options.get("device", "cpu")),
+                device=device,
                 local_files_only=True,
                 trust_remote_code=False,
             )
