@@ -14,10 +14,13 @@ import numpy as np
 import psutil
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from safetensors.torch import save_file
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.neighbors import KNeighborsClassifier
 
+import loadonce
 from tests.servers import CliServer, cli_env, serving
 
 MIB = 1 << 20
@@ -243,3 +246,24 @@ def test_convert_makes_a_compressed_joblib_file_mappable(tmp_path: Path) -> None
     assert wrong.returncode == 2
     assert wrong.stderr.startswith(f"loadonce: error: {not_a_pickle} is not a joblib or pickle")
     assert len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
+
+
+def test_a_forest_that_maps_only_its_classes_does_not_claim_to_share_its_weights(
+    tmp_path: Path,
+) -> None:
+    """joblib maps a forest's classes_ array from the file, but its trees are copied into each
+    worker: sharing is measured (mapped bytes against the load's private growth), not taken
+    from any mapped array."""
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(4000, 16))
+    labels = (features[:, 0] > 0).astype(int)
+    forest = RandomForestClassifier(n_estimators=40, max_depth=12, random_state=0)
+    path = tmp_path / "forest.joblib"
+    joblib.dump(forest.fit(features, labels), path)
+    spec = loadonce.ModelSpec(
+        name="forest", artifact=path, trust=True, input_shape=(16,), warmup=[0.0] * 16
+    )
+    with TestClient(loadonce.create_app([spec])) as client:
+        described = client.get("/models/forest").json()
+    assert described["weights_shared"] is False, described
+    assert described["memory"]["mapped_bytes"] < 64 * 1024  # classes_ only

@@ -36,17 +36,19 @@ def sample_process_memory() -> MemorySample:
     return MemorySample(rss=int(info.rss), uss=int(info.uss), pss=int(getattr(info, "pss", 0)))
 
 
-def mapped_file_bytes(artifact: Path | None) -> int:
-    """Resident bytes of this process's mappings of the artifact (a file, or the files of a
-    directory): pages of the page cache, shared with every process that maps them."""
+def mapped_file_bytes(artifact: Path | None) -> tuple[int, int]:
+    """This process's mappings of the artifact (a file, or the files of a directory): their
+    resident bytes (pages of the page cache, shared with every process that maps them) and
+    their whole size (pages are read on first use)."""
     if artifact is None:
-        return 0
+        return 0, 0
     root = os.path.realpath(artifact)
-    return sum(
-        int(mapping.rss)
+    mappings = [
+        mapping
         for mapping in psutil.Process().memory_maps(grouped=True)
         if mapping.path == root or mapping.path.startswith(root + os.sep)
-    )
+    ]
+    return sum(int(m.rss) for m in mappings), sum(int(m.size) for m in mappings)
 
 
 def artifact_bytes(artifact: Path | None) -> int | None:

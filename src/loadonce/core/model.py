@@ -69,6 +69,7 @@ class Model:
         self.load_memory: MemorySample | None = None
         # Resident bytes of the artifact mapped read-only (shared by the workers), after load.
         self.mapped_bytes = 0
+        self._weights_shared = False
         self.loaded_at: float | None = None
         self.error: str | None = None
         self.runtime_name: str | None = None
@@ -154,11 +155,12 @@ class Model:
 
     @property
     def shares_weights(self) -> bool | None:
-        """Whether this worker maps the weights from the artifact (shared with the other
-        workers through the page cache); None while not loaded."""
+        """Whether this worker maps most of the model's weights from the artifact (shared
+        with the other workers through the page cache), as measured at load; None while not
+        loaded."""
         if self._executor is None:
             return None
-        return all(instance.shares_weights for instance in self._executor.instances)
+        return self._weights_shared
 
     @property
     def outputs(self) -> Sequence[TensorInfo]:
@@ -279,12 +281,19 @@ class Model:
             await _close_all(instances, self.name)
             raise ModelLoadError(self.name, spec.source, exc) from exc
         self.spec, self.runtime_name, self.concurrency = spec, runtime_name, policy
-        shared = all(instance.shares_weights for instance in executor.instances)
-        self.mapped_bytes = (
-            await anyio.to_thread.run_sync(mapped_file_bytes, spec.artifact) if shared else 0
+        maps = all(instance.shares_weights for instance in executor.instances)
+        resident, mapped_size = (
+            await anyio.to_thread.run_sync(mapped_file_bytes, spec.artifact) if maps else (0, 0)
         )
+        self.mapped_bytes = resident
         self.load_seconds = time.perf_counter() - started
         self.load_memory = sample_process_memory() - before
+        # Measured, not claimed: a predictor that maps its file may still hold most of its
+        # weights privately (a forest maps its small classes_ array and copies its trees).
+        # The weights are shared when what is mapped is at least what the load added
+        # privately besides it.
+        private = max(0, self.load_memory.uss - resident)
+        self._weights_shared = maps and mapped_size > 0 and mapped_size >= private
         self.loaded_at = time.time()
         self.load_count += 1
         logger.info(
