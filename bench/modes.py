@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench import side_by_side, wrk
 from bench.models import build
-from bench.servers import LOAD_CORE, RESULTS, ROOT, running
+from bench.servers import LOAD_CORE, RESULTS, running
 
 MODES = {"server": "a", "library": "library"}  # bench.servers' variant keys
 
@@ -60,44 +58,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--c64-seconds", type=float, default=5, help="each c64 run")
     args = parser.parse_args(argv)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--verify", f"{args.revision}^{{commit}}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
     models = build(RESULTS / "models", ("iris", "forest"))
     runs: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as folder:
-        worktree = Path(folder) / "revision"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(worktree), commit],
-            cwd=ROOT,
-            capture_output=True,
-            check=True,
-        )
-        try:
-            codes = {args.revision: {"PYTHONPATH": str(worktree / "src")}, "working tree": {}}
-            for round_number in range(1, args.rounds + 1):
-                for name, (artifact, row) in models.items():
-                    for mode, key in MODES.items():
-                        for code, env in codes.items():
-                            side_by_side.progress(f"round {round_number}: {name} {mode} {code}")
-                            c64 = _c64(key, artifact, row.tolist(), env, args.c64_seconds)
-                            runs.append(
-                                {
-                                    "round": round_number,
-                                    "model": name,
-                                    "mode": mode,
-                                    "code": code,
-                                    "c64": c64,
-                                }
-                            )
-        finally:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False
-            )
+    with side_by_side.revision_checked_out(args.revision) as (commit, worktree):
+        codes = {args.revision: {"PYTHONPATH": str(worktree / "src")}, "working tree": {}}
+        for round_number in range(1, args.rounds + 1):
+            for name, (artifact, row) in models.items():
+                for mode, key in MODES.items():
+                    for code, env in codes.items():
+                        side_by_side.progress(f"round {round_number}: {name} {mode} {code}")
+                        c64 = _c64(key, artifact, row.tolist(), env, args.c64_seconds)
+                        runs.append(
+                            {
+                                "round": round_number,
+                                "model": name,
+                                "mode": mode,
+                                "code": code,
+                                "c64": c64,
+                            }
+                        )
     results = {
         "revision": args.revision,
         "commit": commit,

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from bench.servers import RESULTS
+from bench.servers import RESULTS, ROOT
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -70,3 +74,30 @@ def save(
     (RESULTS / f"{name}.md").write_text(render(results))
     print(render(results))
     return results
+
+
+@contextmanager
+def revision_checked_out(revision: str) -> Iterator[tuple[str, Path]]:
+    """(commit, worktree): ``revision`` checked out in a temporary git worktree, whose
+    ``src/`` a server's PYTHONPATH can put first; removed afterwards."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{revision}^{{commit}}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    with tempfile.TemporaryDirectory() as folder:
+        worktree = Path(folder) / "revision"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(worktree), commit],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        try:
+            yield commit, worktree
+        finally:
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False
+            )

@@ -16,8 +16,6 @@ defaults to 4x the best 64-connection rate of the run. Writes bench/results/vers
 from __future__ import annotations
 
 import argparse
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ import psutil
 from bench import side_by_side, wrk
 from bench.compare import overload
 from bench.models import build
-from bench.servers import LOAD_CORE, RESULTS, ROOT, running, tree_memory_mib
+from bench.servers import LOAD_CORE, RESULTS, running, tree_memory_mib
 
 JSON = {"content-type": "application/json"}
 
@@ -80,43 +78,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("revision", help="the git revision to run against the working tree")
     side_by_side.add_options(parser)
     args = parser.parse_args(argv)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--verify", f"{args.revision}^{{commit}}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
     artifact, row_array = build(RESULTS / "models", ("forest",))["forest"]
     row = row_array.tolist()
-    with tempfile.TemporaryDirectory() as folder:
-        worktree = Path(folder) / "revision"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(worktree), commit],
-            cwd=ROOT,
-            capture_output=True,
-            check=True,
-        )
-        try:
-            codes = {args.revision: {"PYTHONPATH": str(worktree / "src")}, "working tree": {}}
-            runs: list[dict[str, Any]] = []
-            for round_number in range(1, args.rounds + 1):
-                for code, env in codes.items():
-                    side_by_side.progress(f"round {round_number}, {code}: c64")
-                    c64 = _c64(artifact, row, env, args.c64_seconds)
-                    side_by_side.progress(f"round {round_number}, {code}: two workers' memory")
-                    memory = _two_workers(artifact, row, env)
-                    runs.append({"code": code, "round": round_number, "c64": c64, "memory": memory})
-            rate = side_by_side.overload_rate(args, [run["c64"]["req_per_s"] for run in runs])
-            for run in runs:
-                side_by_side.progress(f"round {run['round']}, {run['code']}: {rate:,.0f} req/s")
-                run["overload"] = overload(
-                    artifact, row, rate, args.seconds, env=codes[run["code"]]
-                )
-        finally:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False
-            )
+    with side_by_side.revision_checked_out(args.revision) as (commit, worktree):
+        codes = {args.revision: {"PYTHONPATH": str(worktree / "src")}, "working tree": {}}
+        runs: list[dict[str, Any]] = []
+        for round_number in range(1, args.rounds + 1):
+            for code, env in codes.items():
+                side_by_side.progress(f"round {round_number}, {code}: c64")
+                c64 = _c64(artifact, row, env, args.c64_seconds)
+                side_by_side.progress(f"round {round_number}, {code}: two workers' memory")
+                memory = _two_workers(artifact, row, env)
+                runs.append({"code": code, "round": round_number, "c64": c64, "memory": memory})
+        rate = side_by_side.overload_rate(args, [run["c64"]["req_per_s"] for run in runs])
+        for run in runs:
+            side_by_side.progress(f"round {run['round']}, {run['code']}: {rate:,.0f} req/s")
+            run["overload"] = overload(artifact, row, rate, args.seconds, env=codes[run["code"]])
     return side_by_side.save(
         "versus", args, rate, runs, render, revision=args.revision, commit=commit
     )
