@@ -75,7 +75,62 @@ def test_a_configured_method_such_as_predict_proba(
     with TestClient(loadonce.create_app([spec])) as client:
         info = client.get("/models/f").json()
     assert info["inputs"] == [{"name": "input", "dtype": "float64", "shape": [None, 6]}]
-    assert info["outputs"] == [{"name": "predict_proba", "dtype": "float64", "shape": [None, 2]}]
+    # The configured method's output first (what a request that picks none gets), then the
+    # classifier's other methods, which a request may pick by name.
+    assert info["outputs"] == [
+        {"name": "probabilities", "dtype": "float64", "shape": [None, 2]},
+        {"name": "label", "dtype": "int64", "shape": [None]},
+    ]
+
+
+def test_one_loaded_classifier_answers_the_outputs_a_request_picks(
+    forest_skops: Path, forest: tuple[RandomForestClassifier, np.ndarray[Any, Any]]
+) -> None:
+    """label and probabilities from one copy, on both protocols (requests that pick
+    differently never share a call: the batcher keeps different parameters apart)."""
+    estimator, rows = forest
+    spec = loadonce.ModelSpec(
+        name="f",
+        artifact=forest_skops,
+        options=TREE_TYPES,
+        batching=loadonce.Batching(max_batch_size=64),
+    )
+    labels, probabilities = estimator.predict(rows), estimator.predict_proba(rows)
+    with TestClient(loadonce.create_app([spec])) as client:
+        described = client.get("/models/f").json()["outputs"]
+        assert [output["name"] for output in described] == ["label", "probabilities"]
+        both = client.post(
+            "/models/f/predict",
+            json={"inputs": rows.tolist(), "outputs": ["label", "probabilities"]},
+        ).json()["outputs"]
+        assert both == [
+            {"label": int(label), "probabilities": list(p)}
+            for label, p in zip(labels, probabilities, strict=True)
+        ]
+        plain = client.post("/models/f/predict", json={"inputs": rows.tolist()}).json()
+        assert plain["outputs"] == labels.tolist()
+        unknown = client.post(
+            "/models/f/predict", json={"inputs": rows[0].tolist(), "outputs": ["score"]}
+        )
+        assert unknown.status_code == 400
+        assert unknown.json()["error"] == (
+            "invalid inputs: unknown output 'score'; the model's outputs: label, probabilities"
+        )
+        tensor = {"name": "input", "shape": list(rows.shape), "datatype": "FP64"}
+        v2 = client.post(
+            "/v2/models/f/infer",
+            json={
+                "inputs": [{**tensor, "data": rows.ravel().tolist()}],
+                "outputs": [{"name": "probabilities"}],
+            },
+        ).json()
+        assert [o["name"] for o in v2["outputs"]] == ["probabilities"]
+        assert v2["outputs"][0]["shape"] == [len(rows), 2]
+        np.testing.assert_allclose(np.reshape(v2["outputs"][0]["data"], (-1, 2)), probabilities)
+        default = client.post(
+            "/v2/models/f/infer", json={"inputs": [{**tensor, "data": rows.ravel().tolist()}]}
+        ).json()
+        assert [(o["name"], o["data"]) for o in default["outputs"]] == [("label", labels.tolist())]
 
 
 def test_wrong_feature_count_is_400_with_the_expected_shape(forest_skops: Path) -> None:

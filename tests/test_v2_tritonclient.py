@@ -85,7 +85,12 @@ def test_model_metadata_names_datatypes_and_variable_dimensions(
     assert [o["name"] for o in metadata["outputs"]] == ["x_sum", "h_twice", "n_next", "b_not"]
     iris = client.get_model_metadata("iris", "1")
     assert iris["inputs"] == [{"name": "input", "datatype": "FP64", "shape": [-1, 4]}]
-    assert iris["outputs"] == [{"name": "label", "datatype": "BYTES", "shape": [-1]}]
+    # A classifier's methods are named outputs of the one loaded copy; label is the default.
+    assert iris["outputs"] == [
+        {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        {"name": "probabilities", "datatype": "FP64", "shape": [-1, 2]},
+        {"name": "decision_function", "datatype": "FP64", "shape": [-1]},
+    ]
 
 
 def test_infer_with_the_clients_defaults_sends_and_gets_binary(
@@ -167,6 +172,32 @@ def test_results_equal_the_json_routes(
     for index, row in enumerate(by_json.json()["outputs"]):
         for name, value in row.items():
             np.testing.assert_array_equal(by_v2.as_numpy(name)[index], value)
+
+
+def test_a_classifier_answers_the_outputs_the_client_requests(
+    client: triton.InferenceServerClient, server: ThreadedServer
+) -> None:
+    features = triton.InferInput("input", list(IRIS_LIKE.shape), "FP64")
+    features.set_data_from_numpy(IRIS_LIKE)
+    requested = [
+        triton.InferRequestedOutput("probabilities", binary_data=True),
+        triton.InferRequestedOutput("label", binary_data=False),
+    ]
+    result = client.infer("iris", [features], outputs=requested)
+    assert [output["name"] for output in result.get_response()["outputs"]] == [
+        "probabilities",
+        "label",
+    ]
+    probabilities = result.as_numpy("probabilities")
+    assert probabilities.shape == (len(IRIS_LIKE), 2)  # this iris knows two species
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+    by_json = httpx.post(
+        f"{server.url}/models/iris/predict",
+        json={"inputs": IRIS_LIKE.tolist(), "outputs": ["probabilities", "label"]},
+    ).json()["outputs"]
+    np.testing.assert_allclose([row["probabilities"] for row in by_json], probabilities)
+    # Asked for in JSON, the labels come back as text.
+    assert [row["label"] for row in by_json] == list(result.as_numpy("label"))
 
 
 def test_request_parameters_reach_the_model_and_never_share_a_call(

@@ -29,6 +29,13 @@ class PredictRequest(BaseModel):
         description="One example, or a list of examples. When the model declares its input "
         "shape, the nesting depth tells which; otherwise a list is a list of examples."
     )
+    outputs: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="The model's outputs to answer, by name (see /models/{name}: a "
+        "classifier's label, probabilities, decision_function...); each example's output is "
+        "then an object of those names. Without it: the model's default output.",
+    )
 
 
 class PredictResponse(BaseModel):

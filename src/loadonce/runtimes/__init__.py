@@ -7,7 +7,13 @@ import importlib.metadata
 
 from loadonce.core.imports import import_object
 from loadonce.core.spec import ModelSpec
-from loadonce.runtimes._base import InputSignature, Predictor, Runtime, TensorInfo
+from loadonce.runtimes._base import (
+    SELECTED_OUTPUTS,
+    InputSignature,
+    Predictor,
+    Runtime,
+    TensorInfo,
+)
 from loadonce.runtimes.onnx import OnnxRuntime
 from loadonce.runtimes.python import PythonRuntime
 from loadonce.runtimes.sklearn import SklearnRuntime
@@ -15,6 +21,7 @@ from loadonce.runtimes.torch import TorchRuntime
 from loadonce.runtimes.transformers import TransformersRuntime
 
 __all__ = [
+    "SELECTED_OUTPUTS",
     "InputSignature",
     "Predictor",
     "Runtime",

@@ -74,6 +74,12 @@ class Predictor(ABC):
         """Release what the model holds; called once at shutdown, in reverse order of loading."""
 
 
+# The request parameter naming the outputs a request picks, for a predictor that computes
+# them on request (it lists this name in ``request_parameters``): each example's output is then
+# ``{name: value}`` for those names.
+SELECTED_OUTPUTS = "outputs"
+
+
 class Runtime(ABC):
     """Loads one kind of artifact. Register your own with ``loadonce.register_runtime``."""
 

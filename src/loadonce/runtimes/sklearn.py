@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from loadonce.core.errors import InvalidInputError
 from loadonce.core.imports import import_optional
 from loadonce.core.integrity import file_sha256
 from loadonce.core.spec import ModelSpec
-from loadonce.runtimes._base import InputSignature, Predictor, Runtime, TensorInfo
+from loadonce.runtimes._base import SELECTED_OUTPUTS, InputSignature, Predictor, Runtime, TensorInfo
 
 logger = logging.getLogger("loadonce")
 
@@ -25,8 +25,19 @@ class UntrustedArtifactError(Exception):
     """The artifact would run code or build types nobody declared as trusted."""
 
 
+# A classifier's methods, each a named output of one loaded copy; a request picks them
+# (``outputs`` on the JSON route, requested outputs under /v2).
+NAMED_OUTPUTS = (
+    ("label", "predict"),
+    ("probabilities", "predict_proba"),
+    ("decision_function", "decision_function"),
+    ("transform", "transform"),
+)
+
+
 class EstimatorPredictor(Predictor):
-    """Calls one method (``predict`` unless configured) of a fitted estimator on a batch."""
+    """Calls one method (``predict`` unless configured) of a fitted estimator on a batch; for a
+    classifier, a request may ask for several of its methods' results by name instead."""
 
     def __init__(self, estimator: Any, *, method: str, signature: InputSignature | None) -> None:
         bound = getattr(estimator, method, None)
@@ -36,7 +47,16 @@ class EstimatorPredictor(Predictor):
         self._method = bound
         self.signature = signature
         self._allows_nan = _allows_nan(estimator)
-        self.outputs = _outputs_of(estimator, method)
+        # scikit-learn hides a method an estimator cannot offer (available_if): SVC without
+        # probability=True has no predict_proba here.
+        self._named = {
+            name: found
+            for name, attribute in NAMED_OUTPUTS
+            if callable(found := getattr(estimator, attribute, None))
+        }
+        self.outputs = _outputs_of(estimator, method, list(self._named))
+        if self.outputs:
+            self.request_parameters = frozenset({SELECTED_OUTPUTS})
 
     def prepare(self, examples: list[Any]) -> Any:
         batch = super().prepare(examples)
@@ -51,18 +71,46 @@ class EstimatorPredictor(Predictor):
         result: Sequence[Any] = self._method(batch)
         return result
 
+    def predict_with(self, batch: Any, parameters: Mapping[str, Any]) -> Sequence[Any]:
+        """``outputs``: the names picked; each example's output is then ``{name: value}``."""
+        names = parameters.get(SELECTED_OUTPUTS)
+        if not names:
+            return self.predict(batch)
+        unknown = [name for name in names if name not in self._named]
+        if unknown:
+            raise InvalidInputError(
+                f"unknown output '{unknown[0]}'; this model's outputs are {', '.join(self._named)}"
+            )
+        results = {name: self._named[name](batch) for name in names}
+        return [{name: results[name][row] for name in names} for row in range(len(batch))]
 
-def _outputs_of(estimator: Any, method: str) -> list[TensorInfo]:
-    """What a classifier's predict or predict_proba returns, from its fitted classes."""
+
+def _outputs_of(estimator: Any, method: str, named: list[str]) -> list[TensorInfo]:
+    """A classifier's outputs, from its fitted classes: the configured method's first (the
+    one a request that picks none gets), then its other named methods."""
     classes = getattr(estimator, "classes_", None)
     if not isinstance(classes, np.ndarray) or classes.ndim != 1:
         return []
-    if method == "predict":
-        dtype = "string" if classes.dtype.kind in "OSU" else classes.dtype.name
-        return [TensorInfo(name="label", dtype=dtype, shape=(None,))]
-    if method in ("predict_proba", "predict_log_proba"):
-        return [TensorInfo(name=method, dtype="float64", shape=(None, len(classes)))]
-    return []
+    kinds = {
+        "label": TensorInfo(
+            name="label",
+            dtype="string" if classes.dtype.kind in "OSU" else classes.dtype.name,
+            shape=(None,),
+        ),
+        "probabilities": TensorInfo(
+            name="probabilities", dtype="float64", shape=(None, len(classes))
+        ),
+        "decision_function": TensorInfo(
+            name="decision_function",
+            dtype="float64",
+            shape=(None,) if len(classes) == 2 else (None, len(classes)),
+        ),
+        "transform": TensorInfo(name="transform", dtype="float64", shape=(None, None)),
+    }
+    first = {attribute: name for name, attribute in NAMED_OUTPUTS}.get(method)
+    if first is None:
+        return []  # another method: its output is the model's only one
+    return [kinds[first]] + [kinds[name] for name in named if name != first]
 
 
 def _allows_nan(estimator: Any) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -13,7 +14,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from loadonce.core.errors import InvalidRequestError
+from loadonce.core.errors import InvalidInputError, InvalidRequestError
 from loadonce.core.inputs import split_examples
 from loadonce.core.jsonable import to_jsonable
 from loadonce.core.model import Model, ModelState
@@ -39,7 +40,7 @@ from loadonce.http.schemas import (
 )
 from loadonce.http.state import LoadonceState
 from loadonce.protocols.json.count import JsonArray, top_level_elements
-from loadonce.runtimes import TensorInfo
+from loadonce.runtimes import SELECTED_OUTPUTS, TensorInfo
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 ModelName = Annotated[str, Path(description="The model's name, as declared.")]
@@ -144,7 +145,7 @@ def _parse_in_pieces(raw: bytes, found: JsonArray) -> PredictRequest:
     """A large body parsed a piece of ``inputs`` at a time: pydantic-core holds the GIL for
     a whole parse, and between pieces the event loop gets it back. The rest of the body is
     validated as usual, with ``inputs`` left empty."""
-    _parse_body(raw[: found.start] + raw[found.end :])  # "inputs": [] and the rest
+    rest = _parse_body(raw[: found.start] + raw[found.end :])  # "inputs": [] and the rest
     inputs: list[Any] = []
     for begin, end in found.pieces(_PIECE_BYTES):
         piece = raw[begin:end]
@@ -154,7 +155,7 @@ def _parse_in_pieces(raw: bytes, found: JsonArray) -> PredictRequest:
             inputs.extend(pydantic_core.from_json(b"[" + piece + b"]"))
         except ValueError as exc:
             raise InvalidRequestError([("body.inputs", f"Invalid JSON: {exc}")]) from None
-    return PredictRequest(inputs=inputs)
+    return PredictRequest(inputs=inputs, outputs=rest.outputs)
 
 
 # A piece of a large body parsed at once: about 5 ms of the GIL on this machine.
@@ -217,22 +218,30 @@ async def answer_predict(request: Request) -> Response:
     model.refuse_if_full()
     signature = model.signature
 
-    def read(raw: bytes) -> list[Any]:
+    def read(raw: bytes) -> tuple[list[Any], list[str] | None]:
         # Parsed and split together: for a large body, both off the event loop, and only
         # once its examples are counted (a request of too many is refused unparsed).
         found = top_level_elements(raw) if len(raw) >= LARGE_BODY_BYTES else None
         if found is None:
-            return split_examples(_parse_body(raw).inputs, signature)
+            parsed = _parse_body(raw)
+            return split_examples(parsed.inputs, signature), parsed.outputs
         counted = examples_in_body(found, signature)
         if counted is not None:
             model.refuse_if_too_many(counted)
-        return split_examples(_parse_in_pieces(raw, found).inputs, signature)
+        parsed = _parse_in_pieces(raw, found)
+        return split_examples(parsed.inputs, signature), parsed.outputs
 
-    examples = await parse_body(read, await request.body())
+    examples, picked = await parse_body(read, await request.body())
     timeout = requested_timeout(request)
+    parameters = None if picked is None else {SELECTED_OUTPUTS: tuple(_known(model, picked))}
     outputs = await unless_disconnected(
-        request, model.predict_examples(examples, timeout=timeout, arrived=arrival_of(request))
+        request,
+        model.predict_examples(
+            examples, timeout=timeout, parameters=parameters, arrived=arrival_of(request)
+        ),
     )
+    if picked is not None:
+        outputs = [_picked(output, picked, model) for output in outputs]
     # Built by hand rather than through response_model: outputs may hold NumPy values, and a
     # second validation pass of large outputs would cost time on every request.
     if len(outputs) < _LARGE_ANSWER_EXAMPLES:
@@ -276,3 +285,24 @@ PREDICT_ENDPOINT = InferenceEndpoint(
         "openapi_extra": _PREDICT_OPENAPI,
     },
 )
+
+
+def _known(model: Model, picked: list[str]) -> list[str]:
+    """The names picked, each one of the model's declared outputs, none twice (else 400)."""
+    declared = [tensor.name for tensor in model.outputs]
+    if len(set(picked)) != len(picked):
+        raise InvalidInputError("an output is picked twice")
+    for name in picked:
+        if name not in declared:
+            listing = ", ".join(declared) if declared else "none declared"
+            raise InvalidInputError(f"unknown output '{name}'; the model's outputs: {listing}")
+    return picked
+
+
+def _picked(output: Any, picked: list[str], model: Model) -> dict[str, Any]:
+    """One example's output as ``{name: value}`` for the names picked: a model that computes
+    outputs on request answered them so already; another's object is narrowed, and its single
+    value is its first declared output."""
+    if isinstance(output, Mapping):
+        return {name: output[name] for name in picked}
+    return {model.outputs[0].name: output}

@@ -19,6 +19,7 @@ from loadonce.protocols.v2.examples import examples_from_tensors
 from loadonce.protocols.v2.outputs import OutputTensor, output_tensors
 from loadonce.protocols.v2.schemas import InferenceRequest, RequestOutput
 from loadonce.protocols.v2.tensors import BINARY_SIZE, decode_inputs
+from loadonce.runtimes import SELECTED_OUTPUTS
 
 BINARY_OUTPUT = "binary_data_output"
 # Request parameters the protocol (and tritonclient) define; the others are the model's.
@@ -105,10 +106,15 @@ async def infer(
     if requested:
         _check_requested(requested, [t.name for t in model.outputs])
     limits = [t for t in (timeout_s, options.timeout_s) if t is not None]
+    parameters = options.model_parameters
+    if requested:
+        # A model whose outputs are computed on request (a classifier's methods) computes
+        # only these; any other model computes all, and the answer keeps these.
+        parameters = {**parameters, SELECTED_OUTPUTS: tuple(r.name for r in requested)}
     outputs = await model.predict_examples(
         examples,
         timeout=min(limits) if limits else None,
-        parameters=options.model_parameters,
+        parameters=parameters,
         arrived=arrived,
     )
     tensors = output_tensors(model.outputs, outputs)

@@ -57,7 +57,8 @@ class OutputTensor:
 def output_tensors(declared: Sequence[TensorInfo], outputs: list[Any]) -> list[OutputTensor]:
     """Stack the per-example outputs into tensors, batch first.
 
-    One output per example: a tensor named after the model's declared output (or "output").
+    One output per example: a tensor named after the model's first declared output (or
+    "output").
     An object per example (a model with several outputs, a pipeline's ``{"label", "score"}``):
     one tensor per key, in the declared order where the model declares its outputs.
     """
@@ -66,7 +67,8 @@ def output_tensors(declared: Sequence[TensorInfo], outputs: list[Any]) -> list[O
         known = [t.name for t in declared if t.name in first]
         names = known + [str(key) for key in first if key not in known]
         return [_stack(name, [_field(o, name) for o in outputs]) for name in names]
-    name = declared[0].name if len(declared) == 1 else DEFAULT_OUTPUT
+    # One value per example is the model's first declared output (its default one).
+    name = declared[0].name if declared else DEFAULT_OUTPUT
     return [_stack(name, outputs)]
 
 
