@@ -14,6 +14,7 @@ from loadonce.runtimes._base import (
     Runtime,
     TensorInfo,
 )
+from loadonce.runtimes.boosters import LightGBMRuntime, XGBoostRuntime
 from loadonce.runtimes.onnx import OnnxRuntime
 from loadonce.runtimes.python import PythonRuntime
 from loadonce.runtimes.sklearn import SklearnRuntime
@@ -45,6 +46,8 @@ for _builtin in (
     OnnxRuntime(),
     TorchRuntime(),
     TransformersRuntime(),
+    XGBoostRuntime(),
+    LightGBMRuntime(),
 ):
     register_runtime(_builtin)
 

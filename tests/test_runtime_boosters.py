@@ -1,0 +1,100 @@
+"""XGBoost and LightGBM served from their own files (no pickle, no trust needed), with tiny
+boosters the tests train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import lightgbm
+import numpy as np
+import pytest
+import xgboost
+from fastapi.testclient import TestClient
+
+import loadonce
+from tests.servers import serving
+
+ROWS = np.random.default_rng(0).normal(size=(200, 5))
+BINARY = (ROWS[:, 0] > 0).astype(int)
+THREE_CLASSES = (ROWS[:, 1] > 0).astype(int) + (ROWS[:, 2] > 0).astype(int)
+
+
+def _xgboost(path: Path, objective: str, labels: Any, **params: Any) -> xgboost.Booster:
+    booster = xgboost.train(
+        {"objective": objective, "nthread": 1, **params}, xgboost.DMatrix(ROWS, label=labels), 4
+    )
+    booster.save_model(str(path))
+    return booster
+
+
+def _served(spec: loadonce.ModelSpec, inputs: Any) -> list[Any]:
+    with TestClient(loadonce.create_app([spec])) as client:
+        answer = client.post(f"/models/{spec.name}/predict", json={"inputs": inputs})
+        assert answer.status_code == 200, answer.text
+        outputs: list[Any] = answer.json()["outputs"]
+        return outputs
+
+
+@pytest.mark.parametrize("suffix", [".json", ".ubj"])
+def test_an_xgboost_file_serves_the_boosters_own_predictions(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"churn{suffix}"
+    booster = _xgboost(path, "binary:logistic", BINARY)
+    spec = loadonce.ModelSpec(name="churn", artifact=path)  # no trust: the file is data
+    served = _served(spec, ROWS[:10].tolist())
+    np.testing.assert_allclose(served, booster.inplace_predict(ROWS[:10]), rtol=1e-6)
+    with TestClient(loadonce.create_app([spec])) as client:
+        described = client.get("/models/churn").json()
+        assert (described["runtime"], described["input_shape"]) == ("xgboost", [5])
+        wrong = client.post("/models/churn/predict", json={"inputs": [1.0, 2.0]})
+        assert wrong.status_code == 400
+        tensor = {"name": "input", "shape": [2, 5], "datatype": "FP64"}
+        v2 = client.post(
+            "/v2/models/churn/infer",
+            json={"inputs": [{**tensor, "data": ROWS[:2].ravel().tolist()}]},
+        ).json()
+        np.testing.assert_allclose(
+            v2["outputs"][0]["data"], booster.inplace_predict(ROWS[:2]), rtol=1e-6
+        )
+
+
+def test_a_multiclass_xgboost_answers_a_row_of_probabilities(tmp_path: Path) -> None:
+    path = tmp_path / "classes.json"
+    booster = _xgboost(path, "multi:softprob", THREE_CLASSES, num_class=3)
+    served = _served(loadonce.ModelSpec(name="classes", artifact=path), ROWS[:4].tolist())
+    np.testing.assert_allclose(served, booster.inplace_predict(ROWS[:4]), rtol=1e-6)
+    assert len(served[0]) == 3
+
+
+def test_a_lightgbm_text_file_serves_the_boosters_own_predictions(tmp_path: Path) -> None:
+    booster = lightgbm.train(
+        {"objective": "binary", "verbose": -1, "num_threads": 1},
+        lightgbm.Dataset(ROWS, label=BINARY),
+        4,
+    )
+    path = tmp_path / "churn.txt"
+    booster.save_model(str(path))
+    spec = loadonce.ModelSpec(name="churn", artifact=path, options={"threads": 1})
+    served = _served(spec, ROWS[:10].tolist())
+    np.testing.assert_allclose(served, booster.predict(ROWS[:10]), rtol=1e-9)
+
+
+def test_any_other_json_or_text_file_is_not_taken_for_a_booster(tmp_path: Path) -> None:
+    for name, content in (("config.json", '{"a": 1}'), ("notes.txt", "tree-like notes\n")):
+        path = tmp_path / name
+        path.write_text(content)
+        with pytest.raises(loadonce.ConfigError, match=r"no runtime reads '\.(json|txt)' files"):
+            loadonce.lifespan([loadonce.ModelSpec(name="m", artifact=path)])
+
+
+def test_the_cli_serves_a_booster_file_from_forked_workers(tmp_path: Path) -> None:
+    path = tmp_path / "churn.ubj"
+    booster = _xgboost(path, "binary:logistic", BINARY)
+    with serving([str(path), "--workers", "2"], tmp_path) as server:
+        answer = httpx.post(
+            f"{server.url}/models/churn/predict", json={"inputs": ROWS[:3].tolist()}
+        )
+        np.testing.assert_allclose(
+            answer.json()["outputs"], booster.inplace_predict(ROWS[:3]), rtol=1e-6
+        )
