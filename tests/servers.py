@@ -107,12 +107,19 @@ def cli_env(tmp_path: Path, extra: dict[str, str] | None = None) -> dict[str, st
     return env
 
 
-def run_cli(tmp_path: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """Run `python -m loadonce ARGS` to completion from the repository, output captured."""
+def run_cli(
+    tmp_path: Path,
+    *args: str,
+    timeout: float = 180,
+    cwd: Path = REPO_ROOT,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m loadonce ARGS` to completion (from the repository unless ``cwd`` says
+    where), output captured; ``env``: variables added to ``cli_env``'s."""
     return subprocess.run(
         [sys.executable, "-m", "loadonce", *args],
-        env=cli_env(tmp_path),
-        cwd=REPO_ROOT,
+        env=cli_env(tmp_path, env),
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ from safetensors.torch import save_file
 
 import loadonce
 from tests.loaders import build_mlp
-from tests.servers import cli_env, serving
+from tests.servers import run_cli, serving
 
 ROWS = [[0.1, -1.2, 3.3, 0.5], [2.0, 0.0, -0.7, 1.1]]
 
@@ -185,14 +183,7 @@ def test_cli_serves_an_exported_program_from_two_workers(
 def test_a_corrupt_exported_program_fails_startup_in_one_line(tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt.pt2"
     corrupt.write_bytes(b"not a zip archive" * 100)
-    finished = subprocess.run(
-        [sys.executable, "-m", "loadonce", "serve", str(corrupt), "--port", "0"],
-        env=cli_env(tmp_path),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    finished = run_cli(tmp_path, "serve", str(corrupt), "--port", "0", cwd=tmp_path)
     assert finished.returncode == 3
     output = finished.stdout + finished.stderr
     assert "Traceback" not in output, output

@@ -14,7 +14,7 @@ import httpx2 as httpx
 import psutil
 import pytest
 
-from tests.servers import REPO_ROOT, cli_env, free_port, serving, wait_until
+from tests.servers import REPO_ROOT, cli_env, free_port, run_cli, serving, wait_until
 
 APP_SOURCE = REPO_ROOT / "tests" / "apps" / "my_service.py"
 
@@ -80,23 +80,11 @@ def test_a_config_file_names_an_app_factory_beside_it(
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_loader_that_raises_stops_startup_with_one_line(project: Path, workers: str) -> None:
     port = free_port()
-    finished = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "loadonce",
-            "serve",
-            "my_service:app",
-            "--workers",
-            workers,
-            "--port",
-            str(port),
-        ],
-        env=cli_env(project, {"MY_SERVICE_BROKEN": "1"}),
+    finished = run_cli(
+        project,
+        *("serve", "my_service:app", "--workers", workers, "--port", str(port)),
         cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        env={"MY_SERVICE_BROKEN": "1"},
     )
     assert finished.returncode == 3, finished.stderr
     failures = [line for line in finished.stderr.splitlines() if line.startswith("ERROR")]
@@ -110,14 +98,7 @@ def test_a_loader_that_raises_stops_startup_with_one_line(project: Path, workers
 def test_the_plan_reads_the_models_from_the_apps_lifespan_and_predicts_the_pss(
     project: Path,
 ) -> None:
-    finished = subprocess.run(
-        [sys.executable, "-m", "loadonce", "plan", "my_service:app", "--workers", "2"],
-        env=cli_env(project),
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    finished = run_cli(project, "plan", "my_service:app", "--workers", "2", cwd=project)
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout.splitlines()[1].startswith("doubler ")
     total = re.search(r"2 workers x .* = ([\d,.]+) MiB", finished.stdout)
@@ -133,14 +114,7 @@ def test_the_plan_reads_the_models_from_the_apps_lifespan_and_predicts_the_pss(
 
 def test_an_app_without_loadonces_lifespan_is_a_usage_error(project: Path) -> None:
     (project / "plain.py").write_text("from fastapi import FastAPI\n\napp = FastAPI()\n")
-    finished = subprocess.run(
-        [sys.executable, "-m", "loadonce", "serve", "plain:app"],
-        env=cli_env(project),
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    finished = run_cli(project, "serve", "plain:app", cwd=project)
     assert finished.returncode == 2
     assert "does not load its models with loadonce" in finished.stderr
 
