@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -190,3 +191,65 @@ def test_a_corrupt_exported_program_fails_startup_in_one_line(tmp_path: Path) ->
     [failure] = [line for line in output.splitlines() if "failed to load" in line]
     assert f"model 'corrupt' failed to load from {corrupt}" in failure
     assert len([line for line in output.splitlines() if not line.startswith("INFO")]) == 1, output
+
+
+class TwoInputs(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        summed: torch.Tensor = self.linear(x) + y.sum(dim=1, keepdim=True)
+        return summed
+
+
+def test_a_two_input_exported_program_takes_named_inputs_on_both_protocols(tmp_path: Path) -> None:
+    module = TwoInputs().eval()
+    batch = torch.export.Dim("batch")
+    example = (torch.ones(2, 3), torch.ones(2, 4))
+    program = torch.export.export(module, example, dynamic_shapes=({0: batch}, {0: batch}))
+    path = tmp_path / "two.pt2"
+    torch.export.save(program, path)
+    x, y = torch.randn(3, 3), torch.randn(3, 4)
+    with torch.inference_mode():
+        expected = module(x, y).numpy()
+    spec = loadonce.ModelSpec(name="two", artifact=path)
+    with TestClient(loadonce.create_app([spec])) as client:
+        inputs = client.get("/models/two").json()["inputs"]
+        assert inputs == [
+            {"name": "x", "dtype": "float32", "shape": [None, 3]},
+            {"name": "y", "dtype": "float32", "shape": [None, 4]},
+        ]
+        examples = [{"x": x[i].tolist(), "y": y[i].tolist()} for i in range(3)]
+        answer = client.post("/models/two/predict", json={"inputs": examples})
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(answer.json()["outputs"], expected, rtol=1e-5)
+        tensors = [
+            {"name": "x", "shape": [3, 3], "datatype": "FP32", "data": x.ravel().tolist()},
+            {"name": "y", "shape": [3, 4], "datatype": "FP32", "data": y.ravel().tolist()},
+        ]
+        v2 = client.post("/v2/models/two/infer", json={"inputs": tensors}).json()
+        np.testing.assert_allclose(
+            np.reshape(v2["outputs"][0]["data"], (3, 2)), expected, rtol=1e-5
+        )
+        missing = client.post("/models/two/predict", json={"inputs": [{"x": [1.0, 2.0, 3.0]}]})
+        assert missing.status_code == 400
+        assert "missing input(s) y" in missing.json()["error"]
+
+
+def test_a_program_exported_with_a_fixed_batch_answers_any_number_of_examples(
+    tmp_path: Path,
+) -> None:
+    module = torch.nn.Linear(3, 2).eval()
+    program = torch.export.export(module, (torch.ones(4, 3),))  # the batch is fixed at 4
+    path = tmp_path / "fixed.pt2"
+    torch.export.save(program, path)
+    rows = torch.randn(6, 3)
+    with torch.inference_mode():
+        expected = module(rows).numpy()
+    spec = loadonce.ModelSpec(name="fixed", artifact=path)
+    with TestClient(loadonce.create_app([spec])) as client:
+        for count in (1, 4, 6):
+            answer = client.post("/models/fixed/predict", json={"inputs": rows[:count].tolist()})
+            assert answer.status_code == 200, answer.text
+            np.testing.assert_allclose(answer.json()["outputs"], expected[:count], rtol=1e-5)

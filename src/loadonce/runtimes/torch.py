@@ -15,8 +15,10 @@ from loadonce.core.errors import InvalidInputError
 from loadonce.core.imports import import_object, import_optional
 from loadonce.core.inputs import as_typed_batch
 from loadonce.core.spec import ModelSpec
-from loadonce.runtimes._base import InputSignature, Predictor, Runtime
-from loadonce.runtimes._tensors import batch_rows, split_batch_outputs
+from loadonce.runtimes._base import InputSignature, Predictor, Runtime, TensorInfo
+from loadonce.runtimes._tensors import batch_rows, split_batch_outputs, stack_named_inputs
+
+logger = logging.getLogger("loadonce")
 
 EXPORTED_SUFFIXES = (".pt2",)
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".torchscript", ".ts")
@@ -24,7 +26,13 @@ SAFETENSORS_SUFFIXES = (".safetensors",)
 
 
 class TorchPredictor(Predictor):
-    """Runs ``module(batch)`` under ``torch.inference_mode`` on the configured device."""
+    """Runs ``module(batch)`` under ``torch.inference_mode`` on the configured device.
+
+    ``named_inputs``: an exported program's several inputs (each example an object keyed by
+    input name; the module gets one tensor per input, in order). ``fixed_batch``: the batch
+    size a program was exported with, when it is not dynamic: every call is run in batches of
+    exactly that size (the last one padded, its padding's outputs dropped).
+    """
 
     def __init__(
         self,
@@ -33,31 +41,54 @@ class TorchPredictor(Predictor):
         device: Any,
         input_dtype: str,
         input_shape: tuple[int | None, ...] | None,
+        named_inputs: Sequence[TensorInfo] = (),
+        fixed_batch: int | None = None,
     ) -> None:
         self.module = module
         self.device = device
         self.input_dtype = input_dtype
+        self.fixed_batch = fixed_batch
         # Only a recorded (.pt2) or declared (input_shape) shape is checked up front, with a
         # 400 that names it; TorchScript and nn.Module do not record theirs.
         self.signature = (
-            None if input_shape is None else InputSignature(shape=input_shape, dtype=input_dtype)
+            None
+            if input_shape is None or named_inputs
+            else InputSignature(shape=input_shape, dtype=input_dtype)
         )
+        self.inputs = list(named_inputs)
 
     def prepare(self, examples: list[Any]) -> Any:
         torch = import_optional("torch", extra="torch")
+        if self.inputs:
+            stacked = stack_named_inputs(examples, self.inputs)
+            return [torch.from_numpy(np.ascontiguousarray(stacked[t.name])) for t in self.inputs]
         shape = self.signature.shape if self.signature else _shape_of(examples)
         array = as_typed_batch(examples, InputSignature(shape=shape, dtype=self.input_dtype))
-        return torch.from_numpy(np.ascontiguousarray(array))
+        return [torch.from_numpy(np.ascontiguousarray(array))]
 
     def combine(self, batches: list[Any]) -> Any:
         torch = import_optional("torch", extra="torch")
-        return torch.cat(batches)
+        return [torch.cat(parts) for parts in zip(*batches, strict=True)]
 
     def predict(self, batch: Any) -> Sequence[Any]:
         torch = import_optional("torch", extra="torch")
+        count = len(batch[0])
+        size = self.fixed_batch or count
+        outputs: list[Any] = []
         with torch.inference_mode():
-            result = self.module(batch.to(self.device))
-        return _split(result, len(batch))
+            for start in range(0, count, size):
+                chunk = [tensor[start : start + size] for tensor in batch]
+                taken = len(chunk[0])
+                if taken < size:  # padded with zeros to the exported batch size
+                    chunk = [_padded(torch, tensor, size) for tensor in chunk]
+                result = self.module(*[tensor.to(self.device) for tensor in chunk])
+                outputs += _split(result, size)[:taken]
+        return outputs
+
+
+def _padded(torch: Any, tensor: Any, size: int) -> Any:
+    padding = torch.zeros((size - len(tensor), *tensor.shape[1:]), dtype=tensor.dtype)
+    return torch.cat([tensor, padding])
 
 
 def _shape_of(examples: list[Any]) -> tuple[int | None, ...]:
@@ -123,14 +154,21 @@ class TorchRuntime(Runtime):
         device = torch_device(torch, str(spec.options.get("device", "cpu")))
         suffix = spec.artifact.suffix.lower()
         shared = False  # only a safetensors state dict is mapped
+        named_inputs: list[TensorInfo] = []
+        fixed_batch: int | None = None
         input_shape, input_dtype = spec.input_shape, spec.options.get("input_dtype")
         if suffix in EXPORTED_SUFFIXES:
             with _quiet("torch.export"):
                 program = torch.export.load(str(spec.artifact))
-            # An exported program records its input's shape and dtype: use them to check inputs.
-            recorded_shape, recorded_dtype = _exported_input(program)
-            input_shape = input_shape or recorded_shape
-            input_dtype = input_dtype or recorded_dtype
+            # An exported program records its inputs' shapes and dtypes: they check requests.
+            recorded = _exported_inputs(program)
+            if len(recorded) == 1:
+                shape = recorded[0].shape
+                input_shape = input_shape or (None if shape is None else tuple(shape[1:]))
+                input_dtype = input_dtype or recorded[0].dtype
+            else:
+                named_inputs = recorded
+            fixed_batch = _fixed_batch(recorded, spec.name)
             # Exported programs fix train/eval mode at export time; .eval() is not supported.
             module = program.module().to(device)
         elif suffix in SAFETENSORS_SUFFIXES:
@@ -143,24 +181,45 @@ class TorchRuntime(Runtime):
             device=device,
             input_dtype=str(input_dtype or "float32"),
             input_shape=input_shape,
+            named_inputs=named_inputs,
+            fixed_batch=fixed_batch,
         )
         predictor.shares_weights = shared
         return predictor
 
 
-def _exported_input(program: Any) -> tuple[tuple[int | None, ...] | None, str | None]:
-    """Shape of one example and dtype of a single-tensor exported program, from its graph."""
+def _exported_inputs(program: Any) -> list[TensorInfo]:
+    """An exported program's inputs, batch dimension first, as its graph records them (a
+    dimension exported as dynamic is None)."""
     names = list(program.graph_signature.user_inputs)
-    if len(names) != 1:
-        return None, None
+    found: dict[str, TensorInfo] = {}
     for node in program.graph.nodes:
-        if node.op == "placeholder" and node.name == names[0]:
+        if node.op == "placeholder" and node.name in names:
             value = node.meta.get("val")
             if value is None or not hasattr(value, "shape"):
-                return None, None
+                continue
             shape = tuple(d if isinstance(d, int) else None for d in value.shape)
-            return shape[1:], str(value.dtype).removeprefix("torch.")
-    return None, None
+            dtype = str(value.dtype).removeprefix("torch.")
+            found[node.name] = TensorInfo(name=node.name, dtype=dtype, shape=shape)
+    return [found[name] for name in names if name in found]
+
+
+def _fixed_batch(inputs: list[TensorInfo], model: str) -> int | None:
+    """The batch size a program was exported with when its batch dimension is not dynamic:
+    it answers no other (a guard fails), so every call is run at exactly that size."""
+    sizes = {t.shape[0] for t in inputs if t.shape}
+    if len(sizes) != 1 or None in sizes:
+        return None
+    [size] = sizes
+    logger.info(
+        "model '%s': exported with a fixed batch of %s (not a dynamic dimension): its calls "
+        "run %s examples at a time, the last padded; export with "
+        "dynamic_shapes=({0: torch.export.Dim('batch')},) to take any batch",
+        model,
+        size,
+        size,
+    )
+    return size
 
 
 def _load_torchscript(torch: Any, spec: ModelSpec, device: Any) -> Any:
