@@ -253,3 +253,20 @@ def test_a_program_exported_with_a_fixed_batch_answers_any_number_of_examples(
             answer = client.post("/models/fixed/predict", json={"inputs": rows[:count].tolist()})
             assert answer.status_code == 200, answer.text
             np.testing.assert_allclose(answer.json()["outputs"], expected[:count], rtol=1e-5)
+
+
+def test_a_torchscript_file_from_the_command_line_takes_its_input_shape(tmp_path: Path) -> None:
+    """TorchScript records no shape: --input-shape gives it, so a wrong width is a 400 (it was
+    a 500 from inside the module) and a single example is told from a list of them."""
+    path = _script(build_mlp().eval(), tmp_path / "mlp.pt")
+    with serving([str(path), "--input-shape", "4", "--input-dtype", "float32"], tmp_path) as server:
+        url = f"{server.url}/models/mlp/predict"
+        wrong = httpx.post(url, json={"inputs": [[1.0, 2.0]]})
+        assert wrong.status_code == 400, wrong.text
+        assert "shape [4]" in wrong.json()["error"]
+        single = httpx.post(url, json={"inputs": [1.0, 2.0, 3.0, 4.0]}).json()["outputs"]
+        assert len(single) == 1
+        assert len(single[0]) == 3
+    refused = run_cli(tmp_path, "serve", "--demo", "--input-shape", "4")
+    assert refused.returncode == 2
+    assert "describe the one model a single artifact or loader serves" in refused.stderr

@@ -8,6 +8,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -84,6 +85,15 @@ def main() -> None:
     help="TARGET 'package.module:function' is a function returning the app to serve.",
 )
 @click.option(
+    "--input-shape",
+    help="For a single artifact or loader: the shape of one example, '4' or '3,224,224' "
+    "(-1 for any size); a wrong shape is then a 400.",
+)
+@click.option(
+    "--input-dtype",
+    help="For a single artifact or loader: the dtype of one example (float32, int64...).",
+)
+@click.option(
     "--ray",
     "on_ray",
     is_flag=True,
@@ -103,6 +113,8 @@ def serve(
     memory_limit: str | None,
     force: bool,
     factory: bool,
+    input_shape: str | None,
+    input_dtype: str | None,
     on_ray: bool,
 ) -> None:
     """Serve TARGET: a TOML config file, one artifact, a 'package.module:function' loader, or
@@ -122,7 +134,12 @@ def serve(
     }
     try:
         config = resolve_serve_config(
-            target, demo=demo, trust=trust, overrides=overrides, factory=factory
+            target,
+            demo=demo,
+            trust=trust,
+            overrides=overrides,
+            factory=factory,
+            model_fields=_model_fields(input_shape, input_dtype),
         )
     except ConfigError as exc:
         click.echo(f"loadonce: error: {exc}", err=True)
@@ -147,6 +164,22 @@ def serve(
     if config.server.workers == 1:
         sys.exit(serve_single_worker(config))
     sys.exit(Supervisor(config, memory_limit=config.server.memory_limit, force=force).run())
+
+
+def _model_fields(input_shape: str | None, input_dtype: str | None) -> dict[str, Any]:
+    """--input-shape and --input-dtype as ModelSpec fields (validated there)."""
+    fields: dict[str, Any] = {}
+    if input_shape is not None:
+        try:
+            fields["input_shape"] = [int(size) for size in input_shape.split(",")]
+        except ValueError:
+            raise ConfigError(
+                f"--input-shape must be sizes separated by commas, like 4 or 3,224,224; got "
+                f"{input_shape!r}"
+            ) from None
+    if input_dtype is not None:
+        fields["options"] = {"input_dtype": input_dtype}
+    return fields
 
 
 PLAN_WONT_FIT = 1

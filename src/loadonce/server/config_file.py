@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,16 +117,22 @@ def _model_spec(table: dict[str, Any], index: int, base: Path, path: Path) -> Mo
         raise ConfigError(f"{path}: {label}: {describe_validation(exc)}") from None
 
 
-def spec_for_target(target: str) -> ModelSpec:
-    """A single model from the command line: an artifact path, or a 'package.module:function'."""
+def spec_for_target(target: str, fields: Mapping[str, Any] | None = None) -> ModelSpec:
+    """A single model from the command line: an artifact path, or a 'package.module:function';
+    ``fields``: more of its ModelSpec (``input_shape``, ``options``)."""
     path = Path(target)
     if path.exists():
         # A directory is an artifact too (a transformers model directory).
         name = path.resolve().name if path.is_dir() else path.stem
-        return ModelSpec(name=_name_from_stem(name), artifact=path.resolve())
-    if ":" in target and "/" not in target:
-        return ModelSpec(name=_name_from_stem(target.rpartition(":")[2]), loader=target)
-    raise ConfigError(f"no such file: {target}")
+        declared: dict[str, Any] = {"name": _name_from_stem(name), "artifact": path.resolve()}
+    elif ":" in target and "/" not in target:
+        declared = {"name": _name_from_stem(target.rpartition(":")[2]), "loader": target}
+    else:
+        raise ConfigError(f"no such file: {target}")
+    try:
+        return ModelSpec.model_validate({**declared, **(fields or {})})
+    except ValidationError as exc:
+        raise ConfigError(f"{target}: {describe_validation(exc)}") from None
 
 
 def _name_from_stem(stem: str) -> str:

@@ -21,13 +21,20 @@ def resolve_serve_config(
     trust: bool,
     overrides: Mapping[str, Any | None],
     factory: bool = False,
+    model_fields: Mapping[str, Any] | None = None,
 ) -> ServeConfig:
-    """``overrides`` are the CLI options (each already falling back to its LOADONCE_* variable)."""
+    """``overrides`` are the CLI options (each already falling back to its LOADONCE_* variable).
+    ``model_fields``: fields of the one model a single artifact or loader serves (the command
+    line's --input-shape and --input-dtype); a config file declares its models' own."""
     if demo and target:
         raise ConfigError("give either a TARGET or --demo, not both")
+
     file_options: dict[str, Any] = {}
     ray = RayOptions()
     app: str | None = None
+    single = target is not None and not demo and not is_config_file(target)
+    if model_fields and not single:
+        raise ConfigError(_FIELDS_FOR_ONE)
     if demo:
         specs = [demo_spec()]
     elif target is None:
@@ -46,10 +53,12 @@ def resolve_serve_config(
     else:
         importable_from(Path.cwd())
         if is_reference(target) and (factory or is_app(target)):
+            if model_fields:
+                raise ConfigError(_FIELDS_FOR_ONE)
             app = target
             specs = specs_of(load_app(app, factory=factory), app)
         else:
-            specs = [spec_for_target(target)]
+            specs = [spec_for_target(target, model_fields or {})]
     server = resolve_server_options(file_options, {**overrides, "trust": trust or None})
     if server.trust:
         # The operator vouching for every artifact this command serves.
@@ -61,3 +70,9 @@ def resolve_serve_config(
         app=app,
         app_factory=factory and app is not None,
     )
+
+
+_FIELDS_FOR_ONE = (
+    "--input-shape and --input-dtype describe the one model a single artifact or loader "
+    "serves; a config file or an app declares its models' own"
+)
