@@ -270,3 +270,22 @@ def test_a_torchscript_file_from_the_command_line_takes_its_input_shape(tmp_path
     refused = run_cli(tmp_path, "serve", "--demo", "--input-shape", "4")
     assert refused.returncode == 2
     assert "describe the one model a single artifact or loader serves" in refused.stderr
+
+
+def test_without_a_declared_shape_the_warm_up_tells_a_wrong_request_from_a_failing_model(
+    tmp_path: Path,
+) -> None:
+    """A TorchScript module records no shape; its warm-up example is one it answers, so a
+    request of another shape that the module fails on is the request's fault: a 400 naming
+    both shapes, not a 500."""
+    path = _script(build_mlp().eval(), tmp_path / "mlp.pt")
+    spec = loadonce.ModelSpec(name="mlp", artifact=path, warmup=[[0.5, 0.5, 0.5, 0.5]])
+    with TestClient(loadonce.create_app([spec])) as client:
+        wrong = client.post("/models/mlp/predict", json={"inputs": [[1.0, 2.0]]})
+        assert wrong.status_code == 400, wrong.text
+        assert wrong.json()["error"].startswith(
+            "invalid inputs: the model failed on examples of shape [2]; it answers examples of "
+            "shape [4]"
+        )
+        right = client.post("/models/mlp/predict", json={"inputs": [[1.0, 2.0, 3.0, 4.0]]})
+        assert right.status_code == 200

@@ -31,6 +31,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from loadonce.core.errors import (
     DeadlineExceededError,
     InvalidInputError,
@@ -92,6 +94,10 @@ class Batcher:
     hang_timeout_s: float | None = None
     # Told the number of hung calls whenever it changes (the model's health).
     on_hung_changed: Callable[[int], None] | None = None
+    # For a model that declares no input shape: the shape of its warm-up's examples, which it
+    # is known to answer. A request of another shape that the model fails on is then the
+    # request's fault (400, naming both shapes), not the model's (500).
+    answered_shape: tuple[int, ...] | None = None
     _hung: int = 0
     # Calls handed to the threads and not returned yet; one timer watches them all.
     _running: set[_Call] = field(default_factory=set)
@@ -291,8 +297,10 @@ class Batcher:
         if self._watchdog is None and self.hang_timeout_s is not None:
             self._watchdog = loop.call_later(self.hang_timeout_s, self._watch)
 
+        answered = self.answered_shape
+
         def call(predictor: Predictor) -> tuple[list[_Outcome], float]:
-            return _timed(run_batch, predictor, examples, parameters)
+            return _timed(predictor, examples, parameters, answered)
 
         def returned(done: Future[tuple[list[_Outcome], float]]) -> None:
             # In the model's thread: back to the loop (gone only if the process is ending).
@@ -428,16 +436,16 @@ class Batcher:
 
 
 def _timed(
-    function: Callable[[Predictor, Sequence[list[Any]], Mapping[str, Any]], list[_Outcome]],
     predictor: Predictor,
     requests: Sequence[list[Any]],
     parameters: Mapping[str, Any],
+    answered_shape: tuple[int, ...] | None,
 ) -> tuple[list[_Outcome], float]:
-    # Timed in the worker thread: seen from a busy event loop, a call would look as slow as
-    # the loop is late to notice it ended, and admission would refuse work the model has
-    # time for.
+    """``run_batch``, timed in the worker thread: seen from a busy event loop, a call would
+    look as slow as the loop is late to notice it ended, and admission would refuse work the
+    model has time for."""
     started = time.perf_counter()
-    outcomes = function(predictor, requests, parameters)
+    outcomes = run_batch(predictor, requests, parameters, answered_shape)
     return outcomes, time.perf_counter() - started
 
 
@@ -445,6 +453,7 @@ def run_batch(
     predictor: Predictor,
     requests: Sequence[list[Any]],
     parameters: Mapping[str, Any] | None = None,
+    answered_shape: tuple[int, ...] | None = None,
 ) -> list[_Outcome]:
     """In a worker thread: check each request alone, predict all the valid ones in one call,
     and if that call fails, predict them one by one so only the culprit fails."""
@@ -480,8 +489,32 @@ def run_batch(
             result = _predict(predictor, batch, parameters)
             outcomes[index].outputs = _one_output_per_example(result, len(requests[index]))
         except Exception as exc:
-            outcomes[index].error = _from_the_model(exc)
+            outcomes[index].error = _misfit(requests[index], answered_shape) or _from_the_model(exc)
     return outcomes
+
+
+def common_shape(examples: Sequence[Any]) -> tuple[int, ...] | None:
+    """The shape every example has, or None (different shapes, or not arrays)."""
+    try:
+        shapes = {np.shape(example) for example in examples}
+    except ValueError:  # a ragged example
+        return None
+    return shapes.pop() if len(shapes) == 1 else None
+
+
+def _misfit(examples: Sequence[Any], answered: tuple[int, ...] | None) -> Exception | None:
+    """A request the model failed on whose examples have another shape than the one it is
+    known to answer: a 400 that names both."""
+    if answered is None:
+        return None
+    shape = common_shape(examples)
+    if shape is None or shape == answered:
+        return None
+    return InvalidInputError(
+        f"the model failed on examples of shape {list(shape)}; it answers examples of shape "
+        f"{list(answered)} (its warm-up example's): declare input_shape to have requests "
+        "checked before they reach it"
+    )
 
 
 def _from_the_model(exc: Exception) -> Exception:

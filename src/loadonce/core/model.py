@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 
-from loadonce.core.batcher import Batcher, run_batch
+from loadonce.core.batcher import Batcher, common_shape, run_batch
 from loadonce.core.errors import (
     DeadlineExceededError,
     InvalidInputError,
@@ -70,6 +70,8 @@ class Model:
         # Resident bytes of the artifact mapped read-only (shared by the workers), after load.
         self.mapped_bytes = 0
         self._weights_shared = False
+        # The shape of the warm-up's examples, for a model that declares none (see Batcher).
+        self._answered_shape: tuple[int, ...] | None = None
         self.loaded_at: float | None = None
         self.error: str | None = None
         self.runtime_name: str | None = None
@@ -268,8 +270,9 @@ class Model:
                     await _off_loop(_size_of, spec),
                 )
                 executor, runtime_name, policy = await self._build_executor(spec, instances)
+                self._answered_shape = None
                 if spec.warmup is not None:
-                    await self._warm_up(spec, executor.instances)
+                    self._answered_shape = await self._warm_up(spec, executor.instances)
         except TimeoutError:
             await _close_all(instances, self.name)
             raise ModelLoadError(
@@ -427,15 +430,19 @@ class Model:
             raise DeadlineExceededError(self.name, deadline_s)
         return outputs
 
-    async def _warm_up(self, spec: ModelSpec, instances: Sequence[Predictor]) -> None:
+    async def _warm_up(
+        self, spec: ModelSpec, instances: Sequence[Predictor]
+    ) -> tuple[int, ...] | None:
         """Run the warm-up input through every instance (each pool slot has its own caches),
-        by the same prepare-and-predict path as requests."""
+        by the same prepare-and-predict path as requests. Returns the shape of its examples
+        when the model declares none: a shape it is known to answer."""
         examples = split_examples(spec.warmup, instances[0].signature)
         for instance in instances:
             [outcome] = await _off_loop(run_batch, instance, [examples])
             if outcome.error is not None:
                 error = getattr(outcome.error, "model_error", outcome.error)
                 raise RuntimeError(f"warm-up failed: {describe_exception(error)}")
+        return None if instances[0].signature is not None else common_shape(examples)
 
 
 _SERVING = (ModelState.READY, ModelState.RELOADING)
@@ -495,6 +502,7 @@ def _make_batcher(model: Model, executor: Executor) -> Batcher:
         concurrent_batches=concurrent,
         hang_timeout_s=spec.hang_timeout,
         on_hung_changed=model._hung_changed,
+        answered_shape=model._answered_shape,
     )
     batcher.start()
     return batcher
