@@ -114,7 +114,7 @@ def test_one_loaded_classifier_answers_the_outputs_a_request_picks(
         )
         assert unknown.status_code == 400
         assert unknown.json()["error"] == (
-            "invalid inputs: unknown output 'score'; the model's outputs: label, probabilities"
+            "invalid inputs: unknown output 'score'; the model's outputs are label, probabilities"
         )
         tensor = {"name": "input", "shape": list(rows.shape), "datatype": "FP64"}
         v2 = client.post(

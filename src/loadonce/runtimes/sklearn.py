@@ -79,7 +79,7 @@ class EstimatorPredictor(Predictor):
         unknown = [name for name in names if name not in self._named]
         if unknown:
             raise InvalidInputError(
-                f"unknown output '{unknown[0]}'; this model's outputs are {', '.join(self._named)}"
+                f"unknown output '{unknown[0]}'; the model's outputs are {', '.join(self._named)}"
             )
         results = {name: self._named[name](batch) for name in names}
         return [{name: results[name][row] for name in names} for row in range(len(batch))]

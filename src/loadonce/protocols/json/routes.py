@@ -295,7 +295,7 @@ def _known(model: Model, picked: list[str]) -> list[str]:
     for name in picked:
         if name not in declared:
             listing = ", ".join(declared) if declared else "none declared"
-            raise InvalidInputError(f"unknown output '{name}'; the model's outputs: {listing}")
+            raise InvalidInputError(f"unknown output '{name}'; the model's outputs are {listing}")
     return picked
 
 
