@@ -95,6 +95,16 @@ def test_outputs_equal_the_sessions_own_run(client: TestClient, classifier: Path
     assert only_labels["outputs"] == labels.tolist()
     one = client.post("/models/labels/predict", json={"inputs": ROWS[0]}).json()
     assert one["outputs"] == labels[:1].tolist()
+    # Outputs picked by name: the several-output model's objects are narrowed, the one-output
+    # model's values named.
+    picked = client.post(
+        "/models/classifier/predict", json={"inputs": ROWS, "outputs": ["label"]}
+    ).json()["outputs"]
+    assert picked == [{"label": int(label)} for label in labels]
+    named = client.post(
+        "/models/labels/predict", json={"inputs": ROWS, "outputs": ["label"]}
+    ).json()["outputs"]
+    assert named == picked
 
 
 def test_several_inputs_take_an_object_per_example(client: TestClient) -> None:

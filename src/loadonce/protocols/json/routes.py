@@ -305,4 +305,11 @@ def _picked(output: Any, picked: list[str], model: Model) -> dict[str, Any]:
     value is its first declared output."""
     if isinstance(output, Mapping):
         return {name: output[name] for name in picked}
-    return {model.outputs[0].name: output}
+    first = model.outputs[0].name
+    if picked != [first]:
+        # A model that answers one value per example computed its default output only.
+        raise InvalidInputError(
+            f"this model answers only its output '{first}' (it cannot compute "
+            f"{', '.join(repr(name) for name in picked if name != first)} on request)"
+        )
+    return {first: output}
