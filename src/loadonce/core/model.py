@@ -169,6 +169,15 @@ class Model:
         return () if self._executor is None else self._executor.instances[0].outputs
 
     @property
+    def request_parameters(self) -> frozenset[str]:
+        """The request parameters the loaded predictor takes (``predict_with``)."""
+        return (
+            frozenset()
+            if self._executor is None
+            else self._executor.instances[0].request_parameters
+        )
+
+    @property
     def public_error(self) -> str | None:
         """``error`` as answers any client may read show it: without server file paths."""
         return None if self.error is None else without_paths(self.error)
@@ -405,6 +414,8 @@ class Model:
         self.refuse_if_too_many(len(examples))
         taken = executor.instances[0].request_parameters
         passed = {k: v for k, v in parameters.items() if k in taken} if parameters else None
+        if passed:
+            executor.instances[0].check_parameters(passed)
         if timeout is not None and not 0 < timeout < math.inf:
             raise InvalidInputError(
                 f"a timeout must be a positive number of seconds; got {timeout}"

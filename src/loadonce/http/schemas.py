@@ -36,6 +36,13 @@ class PredictRequest(BaseModel):
         "classifier's label, probabilities, decision_function...); each example's output is "
         "then an object of those names. Without it: the model's default output.",
     )
+    parameters: dict[str, Any] | None = Field(
+        default=None,
+        description="Request parameters, by name: only those the model takes (see "
+        "/models/{name}: request_parameters; a generating model's max_new_tokens, "
+        "temperature...); any other is a 400. Requests with different parameters never "
+        "share a predict call.",
+    )
 
 
 class PredictResponse(BaseModel):
@@ -104,6 +111,10 @@ class ModelInfo(BaseModel):
     input_dtype: str | None = Field(description="What each example's values must be, if known.")
     inputs: list[Tensor] = Field(description="Named inputs, where the model format records them.")
     outputs: list[Tensor] = Field(description="Named outputs, where the model format records them.")
+    request_parameters: list[str] = Field(
+        default_factory=list,
+        description="What a predict request may set in its parameters (sorted).",
+    )
     queue: QueueInfo | None = Field(description="The model's queue, while it is loaded.")
     error: str | None = None
     workers: list[WorkerModel] | None = Field(

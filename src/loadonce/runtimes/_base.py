@@ -70,6 +70,11 @@ class Predictor(ABC):
             raise TypeError(f"{type(self).__name__} takes no request parameters")
         return self.predict(batch)
 
+    def check_parameters(self, parameters: Mapping[str, Any]) -> None:  # noqa: B027
+        """Refuse request parameters this predictor cannot honour (raise
+        ``loadonce.InvalidInputError``: a 400), before the request waits for the model.
+        Called with the names in ``request_parameters`` only. By default, any value is taken."""
+
     def close(self) -> None:  # noqa: B027 - most predictors hold nothing to release
         """Release what the model holds; called once at shutdown, in reverse order of loading."""
 

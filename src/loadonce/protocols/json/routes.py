@@ -87,6 +87,7 @@ def describe_model(model: Model, workers: dict[str, list[WorkerState]] | None = 
         input_dtype=None if signature is None else signature.dtype,
         inputs=[_tensor(t) for t in model.inputs],
         outputs=[_tensor(t) for t in model.outputs],
+        request_parameters=sorted(model.request_parameters - {SELECTED_OUTPUTS}),
         queue=_queue_info(model),
         error=model.public_error,
         workers=None
@@ -155,7 +156,7 @@ def _parse_in_pieces(raw: bytes, found: JsonArray) -> PredictRequest:
             inputs.extend(pydantic_core.from_json(b"[" + piece + b"]"))
         except ValueError as exc:
             raise InvalidRequestError([("body.inputs", f"Invalid JSON: {exc}")]) from None
-    return PredictRequest(inputs=inputs, outputs=rest.outputs)
+    return PredictRequest(inputs=inputs, outputs=rest.outputs, parameters=rest.parameters)
 
 
 # A piece of a large body parsed at once: about 5 ms of the GIL on this machine.
@@ -218,22 +219,25 @@ async def answer_predict(request: Request) -> Response:
     model.refuse_if_full()
     signature = model.signature
 
-    def read(raw: bytes) -> tuple[list[Any], list[str] | None]:
+    def read(raw: bytes) -> tuple[list[Any], PredictRequest]:
         # Parsed and split together: for a large body, both off the event loop, and only
         # once its examples are counted (a request of too many is refused unparsed).
         found = top_level_elements(raw) if len(raw) >= LARGE_BODY_BYTES else None
         if found is None:
             parsed = _parse_body(raw)
-            return split_examples(parsed.inputs, signature), parsed.outputs
+            return split_examples(parsed.inputs, signature), parsed
         counted = examples_in_body(found, signature)
         if counted is not None:
             model.refuse_if_too_many(counted)
         parsed = _parse_in_pieces(raw, found)
-        return split_examples(parsed.inputs, signature), parsed.outputs
+        return split_examples(parsed.inputs, signature), parsed
 
-    examples, picked = await parse_body(read, await request.body())
+    examples, body = await parse_body(read, await request.body())
     timeout = requested_timeout(request)
-    parameters = None if picked is None else {SELECTED_OUTPUTS: tuple(_known(model, picked))}
+    picked = body.outputs
+    parameters = _taken(model, body.parameters)
+    if picked is not None:
+        parameters = {**(parameters or {}), SELECTED_OUTPUTS: tuple(_known(model, picked))}
     outputs = await unless_disconnected(
         request,
         model.predict_examples(
@@ -285,6 +289,21 @@ PREDICT_ENDPOINT = InferenceEndpoint(
         "openapi_extra": _PREDICT_OPENAPI,
     },
 )
+
+
+def _taken(model: Model, parameters: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The request's parameters, each one the model takes (else 400: unlike the Open
+    Inference Protocol's, this route's parameters are all the model's)."""
+    if not parameters:
+        return None
+    taken = model.request_parameters - {SELECTED_OUTPUTS}
+    for name in parameters:
+        if name not in taken:
+            listing = ", ".join(sorted(taken)) if taken else "none"
+            raise InvalidInputError(
+                f"unknown parameter '{name[:100]}'; this model takes: {listing}"
+            )
+    return parameters
 
 
 def _known(model: Model, picked: list[str]) -> list[str]:

@@ -1,0 +1,320 @@
+"""The predictors of Transformers models: each batch is one batch of the model's forward pass.
+
+Every request's texts are tokenized alone first (in ``prepare``), so a text longer than the
+model's context is that request's 400; the batch is then padded once and run together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from loadonce.core.errors import InvalidInputError
+from loadonce.runtimes._base import InputSignature, Predictor, TensorInfo
+from loadonce.runtimes.transformers.parameters import (
+    Rule,
+    check_parameters,
+    generation_rules,
+    pipeline_rules,
+)
+from loadonce.runtimes.transformers.tasks import ServedTask
+
+# Where a model's config records the longest sequence its position embeddings cover.
+_CONTEXT_ATTRIBUTES = ("max_position_embeddings", "n_positions", "max_sequence_length")
+# A tokenizer's model_max_length when nobody set it (transformers' VERY_LARGE_INTEGER).
+_UNSET_LENGTH = 10**12
+# Question answering: the longest answer looked for, in tokens (the removed pipeline's default).
+_LONGEST_ANSWER_TOKENS = 15
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One example's text, with its length in tokens (counted once, in ``prepare``)."""
+
+    text: str
+    tokens: int
+
+
+def context_length(config: Any, tokenizer: Any) -> int | None:
+    """The most tokens the model takes in one sequence, where the model or tokenizer says."""
+    known = [
+        value
+        for value in (getattr(config, name, None) for name in _CONTEXT_ATTRIBUTES)
+        if isinstance(value, int) and value > 0
+    ]
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < _UNSET_LENGTH:
+        known.append(tokenizer_limit)
+    return min(known) if known else None
+
+
+# New tokens when neither the request nor the model's generation config says: generate's own.
+_GENERATE_DEFAULT_TOKENS = 20
+
+
+def default_new_tokens(generation_config: Any, cap: int) -> int:
+    """New tokens for a request that sets none: the model's generation config's
+    (``max_new_tokens``, else ``max_length``), else generate's 20, never beyond the cap."""
+    configured = getattr(generation_config, "max_new_tokens", None) or getattr(
+        generation_config, "max_length", None
+    )
+    if not isinstance(configured, int) or configured < 1:
+        configured = _GENERATE_DEFAULT_TOKENS
+    return min(cap, configured)
+
+
+class TextPredictor(Predictor):
+    """Examples are strings. Checks each request's texts against the model's context, and
+    request parameters against their rules; subclasses run a batch."""
+
+    signature = InputSignature(shape=(), dtype="string")
+    inputs = (TensorInfo(name="text", dtype="string", shape=(None,)),)
+
+    def __init__(
+        self,
+        *,
+        task: ServedTask,
+        tokenizer: Any,
+        model_config: Any,
+        request_parameters: frozenset[str],
+        truncation: bool,
+        new_tokens_cap: int,
+        default_new_tokens: int,
+    ) -> None:
+        self.task = task
+        self.tokenizer = tokenizer
+        self.request_parameters = request_parameters
+        self.context = context_length(model_config, tokenizer)
+        self._truncation = truncation
+        self._new_tokens_cap = new_tokens_cap
+        self._default_new_tokens = default_new_tokens
+        vocabulary = getattr(model_config, "vocab_size", None)
+        self._rules: dict[str, Rule] = (
+            generation_rules(new_tokens_cap)
+            if task.generates
+            else pipeline_rules(vocabulary if isinstance(vocabulary, int) else 1000)
+        )
+
+    def check_parameters(self, parameters: Mapping[str, Any]) -> None:
+        check_parameters(parameters, self._rules)
+
+    def prepare(self, examples: list[Any]) -> list[Prompt]:
+        bad = [i for i, e in enumerate(examples) if not isinstance(e, str)]
+        if bad:
+            raise InvalidInputError(
+                f"this model takes text: each example must be a string (example {bad[0]} is not)"
+            )
+        counted = self.tokenizer(examples, truncation=self._truncation)["input_ids"]
+        prompts = [Prompt(text, len(ids)) for text, ids in zip(examples, counted, strict=True)]
+        if self.task.name == "fill-mask":
+            mask = self.tokenizer.mask_token_id
+            for index, ids in enumerate(counted):
+                if mask not in ids:
+                    raise InvalidInputError(
+                        f"example {index} has no {self.tokenizer.mask_token} token: this model "
+                        "fills masks, so each text must hold at least one"
+                    )
+        if self.context is not None and not self._truncation:
+            # A generating model needs room for at least one new token.
+            room = self.context - (1 if self.task.generates and not self._decoder_apart else 0)
+            for index, prompt in enumerate(prompts):
+                if prompt.tokens > room:
+                    raise InvalidInputError(
+                        f"example {index} is {prompt.tokens} tokens long; this model takes at "
+                        f"most {room}"
+                        + (
+                            ""
+                            if self.task.generates
+                            else " (truncation = true in options.call cuts longer texts instead)"
+                        )
+                    )
+        return prompts
+
+    @property
+    def _decoder_apart(self) -> bool:
+        # A seq2seq model's encoder and decoder each have their own positions.
+        return not self.task.pipeline
+
+    def new_tokens(self, parameters: Mapping[str, Any], batch: Sequence[Prompt]) -> int:
+        """The new tokens each example of the batch generates, checked against the context."""
+        asked = parameters.get("max_new_tokens")
+        longest = 0 if self._decoder_apart else max(prompt.tokens for prompt in batch)
+        if not isinstance(asked, int) or isinstance(asked, bool):
+            # Not asked for: the default, within what the context leaves (at least one
+            # token is left: see prepare).
+            room = self._default_new_tokens if self.context is None else self.context - longest
+            return min(self._default_new_tokens, room)
+        wanted = min(asked, self._new_tokens_cap)
+        if self.context is not None and longest + wanted > self.context:
+            raise InvalidInputError(
+                f"a prompt of {longest} tokens and {wanted} new tokens exceed the model's "
+                f"context of {self.context} tokens: ask for fewer (max_new_tokens)"
+            )
+        return wanted
+
+
+class PipelinePredictor(TextPredictor):
+    """Calls the task's pipeline on the whole batch at once: the batch is the pipeline's
+    ``batch_size``, so the texts are padded into one forward pass (of the model's ``generate``
+    loop, for text generation) rather than one pass per text."""
+
+    def __init__(self, pipeline: Any, *, call_options: Mapping[str, Any], **checks: Any) -> None:
+        super().__init__(tokenizer=pipeline.tokenizer, model_config=pipeline.model.config, **checks)
+        self.pipeline = pipeline
+        self.call_options = dict(call_options)
+
+    def predict(self, batch: Any) -> Sequence[Any]:
+        return self.predict_with(batch, {})
+
+    def predict_with(self, batch: Any, parameters: Mapping[str, Any]) -> Sequence[Any]:
+        prompts: list[Prompt] = list(batch)
+        options = {**self.call_options, **parameters}
+        # The operator's batch_size (options.call) cuts a batch into smaller passes.
+        options.setdefault("batch_size", len(prompts))
+        if self.task.generates:
+            options["max_new_tokens"] = self.new_tokens(options, prompts)
+        outputs: list[Any] = self.pipeline([p.text for p in prompts], **options)
+        if self.task.name == "fill-mask" and len(prompts) == 1:
+            # The fill-mask pipeline unwraps a list of one text; every other keeps the list.
+            outputs = [outputs]
+        if self.task.name == "feature-extraction":
+            return [
+                self._unpadded(output, p.tokens) for output, p in zip(outputs, prompts, strict=True)
+            ]
+        if self.task.generates:
+            # One sequence per prompt (num_return_sequences is not a request parameter).
+            return [output[0] if isinstance(output, list) else output for output in outputs]
+        return outputs
+
+    def _unpadded(self, output: Any, tokens: int) -> Any:
+        """One text's token vectors without the padding its batch added: the same answer as
+        the text alone (the pipeline returns every padded position)."""
+        if isinstance(output, list) and len(output) == 1 and isinstance(output[0], list):
+            rows = output[0]
+            kept = rows[-tokens:] if self.tokenizer.padding_side == "left" else rows[:tokens]
+            return [kept]
+        return output
+
+
+class Seq2SeqPredictor(TextPredictor):
+    """Text-to-text generation (summaries, translations...) with an encoder-decoder model,
+    whose pipeline transformers 5 removed: the batch is padded into one ``generate`` call."""
+
+    def __init__(self, model: Any, torch: Any, **checks: Any) -> None:
+        super().__init__(model_config=model.config, **checks)
+        self.model = model
+        self._torch = torch
+
+    def predict(self, batch: Any) -> Sequence[Any]:
+        return self.predict_with(batch, {})
+
+    def predict_with(self, batch: Any, parameters: Mapping[str, Any]) -> Sequence[Any]:
+        prompts: list[Prompt] = list(batch)
+        generation = {**parameters, "max_new_tokens": self.new_tokens(parameters, prompts)}
+        encoded = self.tokenizer(
+            [p.text for p in prompts],
+            padding=True,
+            truncation=self._truncation,
+            return_tensors="pt",
+        ).to(self.model.device)
+        with self._torch.inference_mode():
+            generated = self.model.generate(**encoded, **generation)
+        texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        return [{"generated_text": text} for text in texts]
+
+
+class QuestionAnsweringPredictor(Predictor):
+    """Extractive question answering (the pipeline transformers 5 removed): each example is
+    ``{"question": ..., "context": ...}``; the answer is the context's most likely span."""
+
+    inputs = (
+        TensorInfo(name="question", dtype="string", shape=(None,)),
+        TensorInfo(name="context", dtype="string", shape=(None,)),
+    )
+    outputs = (
+        TensorInfo(name="answer", dtype="string", shape=(None,)),
+        TensorInfo(name="score", dtype="float32", shape=(None,)),
+        TensorInfo(name="start", dtype="int64", shape=(None,)),
+        TensorInfo(name="end", dtype="int64", shape=(None,)),
+    )
+
+    def __init__(self, model: Any, tokenizer: Any, torch: Any) -> None:
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError(
+                "question answering needs a fast tokenizer (tokenizer.json), which maps tokens "
+                "back to characters"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.context = context_length(model.config, tokenizer)
+        self._torch = torch
+
+    def prepare(self, examples: list[Any]) -> list[tuple[str, str]]:
+        pairs = []
+        for index, example in enumerate(examples):
+            if (
+                not isinstance(example, Mapping)
+                or set(example) != {"question", "context"}
+                or not all(isinstance(example[k], str) for k in ("question", "context"))
+            ):
+                raise InvalidInputError(
+                    f"example {index}: each example must be an object of two strings, "
+                    '{"question": ..., "context": ...}'
+                )
+            pairs.append((example["question"], example["context"]))
+        if self.context is not None:
+            lengths = self.tokenizer(
+                [q for q, _ in pairs], [c for _, c in pairs], truncation=False
+            )["input_ids"]
+            for index, ids in enumerate(lengths):
+                if len(ids) > self.context:
+                    raise InvalidInputError(
+                        f"example {index}: the question and context are {len(ids)} tokens "
+                        f"long; this model takes at most {self.context}"
+                    )
+        return pairs
+
+    def predict(self, batch: Any) -> Sequence[Any]:
+        pairs: list[tuple[str, str]] = list(batch)
+        encoded = self.tokenizer(
+            [q for q, _ in pairs],
+            [c for _, c in pairs],
+            padding=True,
+            return_tensors="pt",
+            return_offsets_mapping=True,
+        )
+        offsets = encoded.pop("offset_mapping").tolist()
+        sequences = [encoded.sequence_ids(i) for i in range(len(pairs))]
+        torch = self._torch
+        with torch.inference_mode():
+            result = self.model(**encoded.to(self.model.device))
+        starts = result.start_logits.float().cpu()
+        ends = result.end_logits.float().cpu()
+        return [
+            self._best_span(starts[i], ends[i], sequences[i], offsets[i], pairs[i][1])
+            for i in range(len(pairs))
+        ]
+
+    def _best_span(
+        self, start: Any, end: Any, sequence: list[int | None], offsets: list[Any], context: str
+    ) -> dict[str, Any]:
+        torch = self._torch
+        in_context = torch.tensor([s == 1 for s in sequence])
+        if not bool(in_context.any()):
+            return {"answer": "", "score": 0.0, "start": 0, "end": 0}
+        # Probabilities over the context's tokens only (padding and the question excluded).
+        start_p = torch.softmax(start.masked_fill(~in_context, -torch.inf), dim=0)
+        end_p = torch.softmax(end.masked_fill(~in_context, -torch.inf), dim=0)
+        # Every span (s, e) with s <= e < s + the longest answer; the most likely one wins.
+        joint = torch.triu(torch.outer(start_p, end_p))
+        joint = torch.tril(joint, diagonal=_LONGEST_ANSWER_TOKENS - 1)
+        best = int(torch.argmax(joint))
+        first, last = divmod(best, joint.shape[1])
+        begin, finish = int(offsets[first][0]), int(offsets[last][1])
+        return {
+            "answer": context[begin:finish],
+            "score": float(joint[first, last]),
+            "start": begin,
+            "end": finish,
+        }

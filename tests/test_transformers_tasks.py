@@ -1,0 +1,440 @@
+"""Every served Transformers task from a tiny local model: the task read from transformers' own
+mappings, one batched forward pass per batch (counted), generation parameters checked and
+capped, texts checked against the model's context."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.http as triton
+from fastapi.testclient import TestClient
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    BartConfig,
+    BartForConditionalGeneration,
+    BertConfig,
+    BertForMaskedLM,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+    BertTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerFast,
+    pipeline,
+)
+
+import loadonce
+from tests.servers import ThreadedServer
+
+WORDS = [
+    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>", "good", "bad", "movie",
+    "great", "awful", "what", "is", "the", "?", "a", "it", "was",
+]  # fmt: skip
+TEXTS = ["good movie", "awful awful movie it was bad", "great", "bad good bad"]
+CONTEXT = 32  # every model's positions: a text of more tokens does not fit
+BERT: dict[str, Any] = {
+    "vocab_size": len(WORDS),
+    "hidden_size": 16,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+    "max_position_embeddings": CONTEXT,
+}
+
+
+def _word_tokenizer() -> PreTrainedTokenizerFast:
+    """A fast tokenizer over WORDS, built here (nothing downloaded)."""
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece()  # words joined by spaces
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+        bos_token="<s>",
+        eos_token="</s>",
+    )
+
+
+@pytest.fixture(scope="module")
+def directories(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny model directory per task, random weights; only config.json says the task."""
+    root = tmp_path_factory.mktemp("tasks")
+    torch.manual_seed(0)
+    bert_tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(WORDS)})
+    labels: dict[str, Any] = {
+        "id2label": {0: "O", 1: "B-X", 2: "I-X"},
+        "label2id": {"O": 0, "B-X": 1, "I-X": 2},
+    }
+    built: dict[str, tuple[Any, Any]] = {
+        "classify": (BertForSequenceClassification(BertConfig(**BERT)), bert_tokenizer),
+        "tokens": (BertForTokenClassification(BertConfig(**BERT, **labels)), bert_tokenizer),
+        "masks": (BertForMaskedLM(BertConfig(**BERT)), bert_tokenizer),
+        "features": (BertModel(BertConfig(**BERT)), bert_tokenizer),
+        "answers": (BertForQuestionAnswering(BertConfig(**BERT)), bert_tokenizer),
+        "writer": (
+            GPT2LMHeadModel(
+                GPT2Config(
+                    vocab_size=len(WORDS),
+                    n_embd=16,
+                    n_layer=1,
+                    n_head=2,
+                    n_positions=CONTEXT,
+                    bos_token_id=5,
+                    eos_token_id=6,
+                    pad_token_id=0,
+                )
+            ),
+            _word_tokenizer(),
+        ),
+        "rewriter": (
+            BartForConditionalGeneration(
+                BartConfig(
+                    vocab_size=len(WORDS),
+                    d_model=16,
+                    encoder_layers=1,
+                    decoder_layers=1,
+                    encoder_attention_heads=2,
+                    decoder_attention_heads=2,
+                    encoder_ffn_dim=32,
+                    decoder_ffn_dim=32,
+                    max_position_embeddings=CONTEXT,
+                    pad_token_id=0,
+                    bos_token_id=5,
+                    eos_token_id=6,
+                    decoder_start_token_id=6,
+                )
+            ),
+            _word_tokenizer(),
+        ),
+    }
+    found = {}
+    for name, (model, tokenizer) in built.items():
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+        found[name] = root / name
+    return found
+
+
+@pytest.fixture(scope="module")
+def client(directories: dict[str, Path]) -> Iterator[TestClient]:
+    specs = [
+        loadonce.ModelSpec(
+            name=name,
+            artifact=path,
+            options={"max_new_tokens": 12} if name in {"writer", "rewriter"} else {},
+        )
+        for name, path in directories.items()
+    ]
+    with TestClient(loadonce.create_app(specs)) as test_client:
+        yield test_client
+
+
+class ForwardPasses:
+    """Every forward call of the top-level model classes named, with its batch's shape."""
+
+    def __init__(self, *classes: str) -> None:
+        self.classes = set(classes)
+        self.shapes: list[tuple[int, ...]] = []
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> ForwardPasses:
+        self._handle = torch.nn.modules.module.register_module_forward_hook(
+            self._seen, with_kwargs=True
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.remove()
+
+    def _seen(self, module: Any, args: Any, kwargs: Any, output: Any) -> None:
+        if type(module).__name__ in self.classes:
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            with self._lock:
+                self.shapes.append(tuple(ids.shape) if ids is not None else ())
+
+
+def _predict(client: TestClient, name: str, inputs: Any, **body: Any) -> Any:
+    response = client.post(f"/models/{name}/predict", json={"inputs": inputs, **body})
+    assert response.status_code == 200, response.text
+    return response.json()["outputs"]
+
+
+def _reference(task: str, directory: Path) -> Any:
+    build: Any = pipeline  # typed per literal task name
+    return build(task, model=str(directory), tokenizer=str(directory))
+
+
+def test_the_task_comes_from_transformers_mappings(client: TestClient) -> None:
+    """Only config.json's architectures name the task: each model answers as its task does
+    (a GPT2LMHeadModel generates, a BART model generates rather than fills masks)."""
+    [classified] = _predict(client, "classify", ["good movie"])
+    assert set(classified) == {"label", "score"}
+    [tagged] = _predict(client, "tokens", ["good movie"])
+    assert {entity["word"] for entity in tagged} <= {"good", "movie"}
+    [filled] = _predict(client, "masks", ["good [MASK]"])
+    assert {"token_str", "score", "sequence"} <= set(filled[0])
+    [written] = _predict(client, "writer", ["good movie"])
+    assert written["generated_text"].startswith("good movie")
+    [rewritten] = _predict(client, "rewriter", ["good movie"], parameters={"min_new_tokens": 2})
+    assert set(rewritten) == {"generated_text"}
+    [answered] = _predict(client, "answers", [{"question": "what is good", "context": "a movie"}])
+    assert set(answered) == {"answer", "score", "start", "end"}
+    info = client.get("/models/writer").json()
+    assert info["runtime"] == "transformers"
+    assert "max_new_tokens" in info["request_parameters"]
+    assert client.get("/models/classify").json()["request_parameters"] == []
+
+
+@pytest.mark.parametrize(
+    ("name", "task", "texts"),
+    [
+        ("tokens", "token-classification", TEXTS),
+        ("masks", "fill-mask", ["good [MASK]", "a [MASK] movie it was bad", "[MASK]"]),
+        ("features", "feature-extraction", TEXTS),
+    ],
+)
+def test_one_batched_pass_answers_what_each_text_alone_gets(
+    client: TestClient, directories: dict[str, Path], name: str, task: str, texts: list[str]
+) -> None:
+    """Texts of different lengths padded into one forward pass: each answer equals the
+    pipeline's for that text alone (feature vectors without the padding's positions)."""
+    with ForwardPasses("BertModel") as passes:
+        served = _predict(client, name, texts)
+    assert len(passes.shapes) == 1
+    assert passes.shapes[0][0] == len(texts)
+    reference = _reference(task, directories[name])
+    for text, answer in zip(texts, served, strict=True):
+        alone = reference(text)
+        if task == "feature-extraction":
+            np.testing.assert_allclose(answer, alone, rtol=1e-4, atol=1e-5)
+        else:
+            assert _rounded(answer) == _rounded(alone)
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, float | np.floating):
+        return round(float(value), 4)
+    return value
+
+
+def test_concurrent_requests_share_one_forward_pass(directories: dict[str, Path]) -> None:
+    """With batching, 8 requests of one text each arriving together are one forward pass of
+    8 (the pipeline's batch), not 8 passes of one: the issue's 8 passes of shape (1, n)."""
+    spec = loadonce.ModelSpec(
+        name="classify",
+        artifact=directories["classify"],
+        batching={"max_batch_size": 8, "max_wait_ms": 500},
+    )
+    with TestClient(loadonce.create_app([spec])) as batched:
+        answers: list[Any] = [None] * len(TEXTS * 2)
+        with ForwardPasses("BertForSequenceClassification") as passes:
+            threads = [
+                threading.Thread(
+                    target=lambda i=i, t=t: answers.__setitem__(
+                        i, _predict(batched, "classify", [t])[0]
+                    )
+                )
+                for i, t in enumerate(TEXTS * 2)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    assert sum(shape[0] for shape in passes.shapes) == 8
+    assert len(passes.shapes) <= 2, passes.shapes
+    reference = _reference("text-classification", directories["classify"])
+    assert _rounded(answers) == _rounded([reference(t)[0] for t in TEXTS * 2])
+
+
+def test_generation_is_batched_and_greedy_answers_equal_the_pipelines(
+    client: TestClient, directories: dict[str, Path]
+) -> None:
+    """A batch of prompts is one generate loop (forward passes: one per new token, each of
+    the whole batch); greedy results equal the text-generation pipeline's, text by text."""
+    with ForwardPasses("GPT2LMHeadModel") as passes:
+        served = _predict(
+            client, "writer", TEXTS, parameters={"max_new_tokens": 4, "do_sample": False}
+        )
+    assert len(passes.shapes) <= 4
+    assert all(shape[0] == len(TEXTS) for shape in passes.shapes)
+    reference = _reference("text-generation", directories["writer"])
+    for text, answer in zip(TEXTS, served, strict=True):
+        [alone] = reference(text, max_new_tokens=4, do_sample=False)
+        assert answer == alone
+
+
+def test_seq2seq_generation_equals_the_models_own_generate(
+    client: TestClient, directories: dict[str, Path]
+) -> None:
+    parameters = {"max_new_tokens": 5, "min_new_tokens": 3}
+    with ForwardPasses("BartForConditionalGeneration") as passes:
+        served = _predict(client, "rewriter", TEXTS, parameters=parameters)
+    assert all(shape == () or shape[0] == len(TEXTS) for shape in passes.shapes)
+    assert len(passes.shapes) <= 5
+    model = AutoModelForSeq2SeqLM.from_pretrained(directories["rewriter"])
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(directories["rewriter"])
+    for text, answer in zip(TEXTS, served, strict=True):
+        alone = model.generate(**tokenizer([text], return_tensors="pt"), **parameters)
+        expected = tokenizer.decode(alone[0], skip_special_tokens=True)
+        assert answer == {"generated_text": expected}
+        assert len(expected.split()) >= 3
+
+
+def test_question_answering_finds_a_span_of_the_context(client: TestClient) -> None:
+    examples = [
+        {"question": "what is good", "context": "the movie was good"},
+        {"question": "what was it", "context": "it was a great awful movie"},
+    ]
+    with ForwardPasses("BertForQuestionAnswering") as passes:
+        served = _predict(client, "answers", examples)
+    assert passes.shapes == [(2, passes.shapes[0][1])]
+    for example, answer in zip(examples, served, strict=True):
+        assert example["context"][answer["start"] : answer["end"]] == answer["answer"]
+        assert answer["answer"]
+        assert 0 < answer["score"] <= 1
+        assert _rounded(_predict(client, "answers", example)) == _rounded([answer])
+
+
+def test_generation_parameters_are_taken_checked_and_capped(
+    client: TestClient, directories: dict[str, Path]
+) -> None:
+    reference = _reference("text-generation", directories["writer"])
+    for tokens in (1, 12):
+        greedy = {"max_new_tokens": tokens, "do_sample": False}
+        assert (
+            _predict(client, "writer", ["good"], parameters=greedy)
+            == reference(["good"], **greedy)[0]
+        )
+    [sampled] = _predict(
+        client,
+        "writer",
+        ["good"],
+        parameters={"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 5},
+    )
+    assert sampled["generated_text"].startswith("good")
+    refused = {
+        "max_new_tokens": 13,  # the operator's cap is 12
+        "temperature": 0,
+        "top_p": 1.5,
+        "do_sample": "yes",
+        "repetition_penalty": float("inf"),
+    }
+    for name, value in refused.items():
+        encoded = "Infinity" if value == float("inf") else json.dumps(value)
+        response = client.post(
+            "/models/writer/predict",
+            content=f'{{"inputs": ["good"], "parameters": {{"{name}": {encoded}}}}}',
+            headers={"content-type": "application/json"},
+        )
+        assert response.status_code == 400, (name, response.text)
+        assert f"parameter '{name}' must be" in response.json()["error"]
+    over = client.post(
+        "/models/writer/predict", json={"inputs": ["good"], "parameters": {"max_new_tokens": 13}}
+    )
+    assert over.status_code == 400
+    assert "parameter 'max_new_tokens' must be an integer from 1 to 12" in over.json()["error"]
+    unknown = client.post(
+        "/models/writer/predict", json={"inputs": ["good"], "parameters": {"num_beams": 64}}
+    )
+    assert unknown.status_code == 400
+    assert "unknown parameter 'num_beams'" in unknown.json()["error"]
+    assert "max_new_tokens" in unknown.json()["error"]
+    fixed = client.post(
+        "/models/classify/predict", json={"inputs": ["good"], "parameters": {"top_k": 2}}
+    )
+    assert fixed.status_code == 400
+    assert "this model takes: none" in fixed.json()["error"]
+
+
+def test_texts_beyond_the_models_context_are_a_400(client: TestClient) -> None:
+    long_text = " ".join(["good"] * (CONTEXT + 5))
+    for name in ("classify", "tokens", "writer", "rewriter"):
+        response = client.post(f"/models/{name}/predict", json={"inputs": ["good", long_text]})
+        assert response.status_code == 400, (name, response.text)
+        assert "tokens long; this model takes at most" in response.json()["error"]
+    # A prompt that fits, but not with the new tokens asked for.
+    prompt = " ".join(["good"] * (CONTEXT - 4))
+    response = client.post(
+        "/models/writer/predict", json={"inputs": [prompt], "parameters": {"max_new_tokens": 10}}
+    )
+    assert response.status_code == 400
+    assert "exceed the model's context of 32 tokens" in response.json()["error"]
+    # Without max_new_tokens it gets what the context leaves.
+    [fitted] = _predict(client, "writer", [prompt])
+    assert len(fitted["generated_text"].split()) <= CONTEXT
+
+
+@pytest.mark.parametrize(
+    ("name", "inputs", "message"),
+    [
+        ("masks", ["good movie"], "has no [MASK] token"),
+        ("answers", [{"question": "what"}], '{"question": ..., "context": ...}'),
+        ("answers", ["what is good"], '{"question": ..., "context": ...}'),
+        ("answers", [{"question": 1, "context": "a"}], "object of two strings"),
+        ("writer", [3], "each example must be a string"),
+    ],
+)
+def test_an_example_the_task_cannot_take_is_a_400(
+    client: TestClient, name: str, inputs: Any, message: str
+) -> None:
+    response = client.post(f"/models/{name}/predict", json={"inputs": inputs})
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+
+
+def test_open_inference_protocol_generation_and_question_answering(
+    directories: dict[str, Path],
+) -> None:
+    """tritonclient: BYTES prompts with generation parameters; two BYTES inputs for QA."""
+    specs = [
+        loadonce.ModelSpec(name="writer", artifact=directories["writer"]),
+        loadonce.ModelSpec(name="answers", artifact=directories["answers"]),
+    ]
+    with ThreadedServer(loadonce.create_app(specs)) as running:
+        client = triton.InferenceServerClient(running.url.removeprefix("http://"))
+        prompts = triton.InferInput("text", [2], "BYTES")
+        prompts.set_data_from_numpy(np.array(["good", "bad movie"], dtype=object))
+        greedy = {"max_new_tokens": 3, "do_sample": False}
+        result = client.infer("writer", [prompts], parameters=greedy)
+        texts = [t.decode() for t in result.as_numpy("generated_text")]
+        reference = _reference("text-generation", directories["writer"])
+        assert texts == [reference(p, **greedy)[0]["generated_text"] for p in ["good", "bad movie"]]
+        with pytest.raises(triton.InferenceServerException, match="max_new_tokens"):
+            client.infer("writer", [prompts], parameters={"max_new_tokens": 10_000})
+        metadata = client.get_model_metadata("answers")
+        assert [i["name"] for i in metadata["inputs"]] == ["question", "context"]
+        question = triton.InferInput("question", [1], "BYTES")
+        question.set_data_from_numpy(np.array(["what is good"], dtype=object))
+        context = triton.InferInput("context", [1], "BYTES")
+        context.set_data_from_numpy(np.array(["the movie was good"], dtype=object))
+        answer = client.infer("answers", [question, context])
+        start, end = int(answer.as_numpy("start")[0]), int(answer.as_numpy("end")[0])
+        assert answer.as_numpy("answer")[0].decode() == "the movie was good"[start:end]
+        client.close()
+
+
+def test_a_task_loadonce_does_not_serve_is_named_at_load(directories: dict[str, Path]) -> None:
+    spec = loadonce.ModelSpec(
+        name="image", artifact=directories["classify"], options={"task": "image-classification"}
+    )
+    with pytest.raises(loadonce.ModelLoadError, match="not served by loadonce yet; served tasks"):
+        TestClient(loadonce.create_app([spec])).__enter__()
+    typo = spec.model_copy(update={"options": {"task": "text-clasification"}})
+    with pytest.raises(loadonce.ModelLoadError, match="not a transformers task"):
+        TestClient(loadonce.create_app([typo])).__enter__()
