@@ -14,7 +14,7 @@ from loadonce.runtimes._base import (
     Runtime,
     TensorInfo,
 )
-from loadonce.runtimes.boosters import LightGBMRuntime, XGBoostRuntime
+from loadonce.runtimes.boosters import CatBoostRuntime, LightGBMRuntime, XGBoostRuntime
 from loadonce.runtimes.onnx import OnnxRuntime
 from loadonce.runtimes.python import PythonRuntime
 from loadonce.runtimes.sklearn import SklearnRuntime
@@ -48,6 +48,7 @@ for _builtin in (
     TransformersRuntime(),
     XGBoostRuntime(),
     LightGBMRuntime(),
+    CatBoostRuntime(),
 ):
     register_runtime(_builtin)
 

@@ -1,17 +1,26 @@
 """Gradient-boosted trees from their libraries' own files, no pickle: XGBoost (``.json``,
-``.ubj``) and LightGBM (``.txt``). These formats hold data only, so nothing in them runs code
-when loaded, and a config needs no ``trust``.
+``.ubj``), LightGBM (``.txt``) and CatBoost (``.cbm``). These formats hold data only, so nothing
+in them runs code when loaded, and a config needs no ``trust``.
 
 A ``.json`` or ``.txt`` file is any program's: each runtime claims one only when its first
 bytes are the library's (``{"learner"`` for XGBoost, ``tree`` then ``version=`` for LightGBM).
+``.cbm`` is CatBoost's alone, claimed by its suffix.
+
+Every booster answers on the scale of what it predicts: a probability for a binary classifier
+(of its second class), a row of class probabilities for a multiclass one, a value for a
+regressor (``exp`` of the raw score for a Poisson or Tweedie objective).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from loadonce.core.errors import InvalidInputError
 from loadonce.core.imports import import_optional
 from loadonce.core.spec import ModelSpec
 from loadonce.runtimes._base import InputSignature, Predictor, Runtime, TensorInfo
@@ -108,3 +117,109 @@ class LightGBMRuntime(Runtime):
         predictor = BoosterPredictor(booster, booster.num_feature(), predict)
         predictor.outputs = [TensorInfo(name="output", dtype="float64", shape=None)]
         return predictor
+
+
+# CatBoost's binary classifiers: their "Probability" has a column per class, and the other
+# boosters answer the second class's probability alone.
+_CATBOOST_BINARY = frozenset({"Logloss", "CrossEntropy"})
+# What CatBoostRegressor.predict answers for these losses (any other: the raw score): the
+# target's scale, and for RMSEWithUncertainty a [mean, variance] row.
+_CATBOOST_REGRESSOR_SCALES = {
+    "Poisson": "Exponent",
+    "Tweedie": "Exponent",
+    "RMSEWithUncertainty": "RMSEWithUncertainty",
+}
+
+
+class CatBoostPredictor(BoosterPredictor):
+    """A CatBoost model; NaN is a missing value unless it was trained with
+    ``nan_mode="Forbidden"``: then the model never saw one, and CatBoost would answer anyway."""
+
+    def __init__(self, model: Any, features: int, predict: Any, *, refuses_nan: bool) -> None:
+        super().__init__(model, features, predict)
+        self._refuses_nan = refuses_nan
+
+    def prepare(self, examples: list[Any]) -> Any:
+        batch = super().prepare(examples)
+        if self._refuses_nan and isinstance(batch, np.ndarray) and np.isnan(batch).any():
+            raise InvalidInputError(
+                "this model was trained with nan_mode 'Forbidden' and does not accept NaN "
+                "(a missing value); send numbers"
+            )
+        return batch
+
+
+class CatBoostRuntime(Runtime):
+    name = "catboost"
+    options = frozenset({"threads"})
+    # Importing catboost starts no thread (measured: the process's thread count is unchanged),
+    # so the fork server may import it once for every worker.
+    libraries = ("catboost",)
+    suffixes = (".cbm",)
+    # CatBoost documents its model's const methods as thread-safe; the Python predict builds a
+    # new Pool per call and only reads the model (8 threads on one model answered exactly as
+    # one, measured), and it runs in C++, partly without the GIL.
+    default_concurrency = "shared"
+
+    def load(self, spec: ModelSpec) -> Predictor:
+        path = spec.artifact
+        if path is None or not path.is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+        catboost = import_optional("catboost", extra="catboost")
+        model = catboost.CatBoost()
+        try:
+            model.load_model(str(path), format="cbm")
+        except catboost.CatBoostError as exc:
+            # CatBoost starts its messages with the C++ source line that raised them.
+            reason = re.sub(r"^\S+:\d+: ", "", str(exc))
+            raise ValueError(f"not a CatBoost model file ({reason})") from None
+        _refuse_non_numeric_features(model)
+        # The loss's name, as CatBoost's own classifier reads it: get_all_params() fails on a
+        # model made by sum_models, which keeps no training options.
+        loss = str(model._object._get_loss_function_name()).split(":")[0]
+        threads = _threads(spec)
+        thread_count = -1 if threads is None else threads  # -1: CatBoost's, every core
+
+        if catboost.core.is_classification_objective(loss):
+
+            def predict(batch: Any) -> Any:
+                rows = model.predict(batch, "Probability", thread_count=thread_count)
+                return rows[:, 1] if loss in _CATBOOST_BINARY else rows
+
+        else:
+            kind = _CATBOOST_REGRESSOR_SCALES.get(loss, "RawFormulaVal")
+
+            def predict(batch: Any) -> Any:
+                return model.predict(batch, kind, thread_count=thread_count)
+
+        predictor = CatBoostPredictor(
+            model,
+            len(model.feature_names_),
+            predict,
+            refuses_nan=_nan_forbidden(model, catboost.CatBoostError),
+        )
+        predictor.outputs = [TensorInfo(name="output", dtype="float64", shape=None)]
+        return predictor
+
+
+def _refuse_non_numeric_features(model: Any) -> None:
+    """Refuse at load what requests could not carry: inputs here are one array of numbers."""
+    for kind, indices in (
+        ("categorical", model.get_cat_feature_indices()),
+        ("text", model.get_text_feature_indices()),
+        ("embedding", model.get_embedding_feature_indices()),
+    ):
+        if indices:
+            columns = ", ".join(map(str, indices))
+            raise ValueError(
+                f"the model has {kind} features (columns {columns}); the catboost runtime "
+                "serves models of numeric features only, for now"
+            )
+
+
+def _nan_forbidden(model: Any, catboost_error: type[Exception]) -> bool:
+    try:
+        params = model.get_all_params()
+    except catboost_error:  # a summed model keeps no training options: NaN stays missing
+        return False
+    return bool(params.get("nan_mode") == "Forbidden")

@@ -1,0 +1,158 @@
+"""CatBoost served from its own ``.cbm`` files (no pickle, no trust needed), with tiny models
+the tests train: answers on the scale the other boosters use, checked against CatBoost's own."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import catboost
+import httpx2 as httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+import loadonce
+from tests.servers import serving
+
+ROWS = np.random.default_rng(0).normal(size=(200, 5))
+BINARY = (ROWS[:, 0] > 0).astype(int)
+THREE_CLASSES = (ROWS[:, 1] > 0).astype(int) + (ROWS[:, 2] > 0).astype(int)
+# Tiny, one thread, and nothing written into the working directory (catboost_info/).
+TINY = {"iterations": 10, "thread_count": 1, "allow_writing_files": False, "verbose": False}
+
+
+def _saved(model: Any, labels: Any, path: Path, **fit: Any) -> Any:
+    model.fit(ROWS, labels, **fit)
+    model.save_model(str(path))
+    return model
+
+
+def _served(spec: loadonce.ModelSpec, inputs: Any) -> list[Any]:
+    with TestClient(loadonce.create_app([spec])) as client:
+        answer = client.post(f"/models/{spec.name}/predict", json={"inputs": inputs})
+        assert answer.status_code == 200, answer.text
+        outputs: list[Any] = answer.json()["outputs"]
+        return outputs
+
+
+def test_a_binary_classifier_answers_its_second_class_probability(tmp_path: Path) -> None:
+    path = tmp_path / "churn.cbm"
+    model = _saved(catboost.CatBoostClassifier(**TINY), BINARY, path)
+    spec = loadonce.ModelSpec(name="churn", artifact=path)  # no trust: the file is data
+    expected = model.predict_proba(ROWS[:10])[:, 1]
+    np.testing.assert_allclose(_served(spec, ROWS[:10].tolist()), expected, rtol=1e-9)
+    with TestClient(loadonce.create_app([spec])) as client:
+        described = client.get("/models/churn").json()
+        assert (described["runtime"], described["input_shape"]) == ("catboost", [5])
+        assert described["concurrency"] == "shared"
+        wrong = client.post("/models/churn/predict", json={"inputs": [[1.0, 2.0]]})
+        assert wrong.status_code == 400
+        assert "shape [5]" in wrong.json()["error"]
+        metadata = client.get("/v2/models/churn").json()
+        assert metadata["platform"] == "catboost"
+        assert metadata["inputs"] == [{"name": "input", "datatype": "FP64", "shape": [-1, 5]}]
+        tensor = {"name": "input", "shape": [2, 5], "datatype": "FP64"}
+        v2 = client.post(
+            "/v2/models/churn/infer",
+            json={"inputs": [{**tensor, "data": ROWS[:2].ravel().tolist()}]},
+        ).json()
+        np.testing.assert_allclose(v2["outputs"][0]["data"], expected[:2], rtol=1e-9)
+
+
+def test_a_multiclass_classifier_answers_a_row_of_probabilities(tmp_path: Path) -> None:
+    path = tmp_path / "classes.cbm"
+    model = _saved(
+        catboost.CatBoostClassifier(loss_function="MultiClass", **TINY), THREE_CLASSES, path
+    )
+    served = _served(loadonce.ModelSpec(name="classes", artifact=path), ROWS[:4].tolist())
+    np.testing.assert_allclose(served, model.predict_proba(ROWS[:4]), rtol=1e-9)
+    assert len(served[0]) == 3
+
+
+@pytest.mark.parametrize("loss", ["RMSE", "Poisson", "RMSEWithUncertainty"])
+def test_a_regressor_answers_its_own_predictions(tmp_path: Path, loss: str) -> None:
+    path = tmp_path / "price.cbm"
+    labels = np.abs(ROWS[:, 0]) if loss == "Poisson" else ROWS[:, 0]
+    model = _saved(catboost.CatBoostRegressor(loss_function=loss, **TINY), labels, path)
+    spec = loadonce.ModelSpec(name="price", artifact=path, options={"threads": 1})
+    # CatBoostRegressor.predict answers exp(raw score) for Poisson, as XGBoost and LightGBM do,
+    # and a [mean, variance] row for RMSEWithUncertainty.
+    np.testing.assert_allclose(_served(spec, ROWS[:10].tolist()), model.predict(ROWS[:10]))
+
+
+def _nan_row(client: TestClient, name: str) -> httpx.Response:
+    # JSON has no NaN; the NaN literal many encoders write is read as one.
+    body = b'{"inputs": [[NaN, 0.5, -0.5, 1.0, 0.0]]}'
+    headers = {"content-type": "application/json"}
+    return client.post(f"/models/{name}/predict", content=body, headers=headers)
+
+
+def test_nan_is_a_missing_value_unless_the_model_was_trained_to_forbid_it(tmp_path: Path) -> None:
+    missing, forbidden = tmp_path / "missing.cbm", tmp_path / "forbidden.cbm"
+    model = _saved(catboost.CatBoostClassifier(**TINY), BINARY, missing)
+    _saved(catboost.CatBoostClassifier(nan_mode="Forbidden", **TINY), BINARY, forbidden)
+    specs = [loadonce.ModelSpec(name=path.stem, artifact=path) for path in (missing, forbidden)]
+    with TestClient(loadonce.create_app(specs)) as client:
+        answer = _nan_row(client, "missing")
+        assert answer.status_code == 200, answer.text
+        row = np.array([[np.nan, 0.5, -0.5, 1.0, 0.0]])
+        np.testing.assert_allclose(answer.json()["outputs"], model.predict_proba(row)[:, 1])
+        refused = _nan_row(client, "forbidden")
+        assert refused.status_code == 400
+        assert "nan_mode 'Forbidden'" in refused.json()["error"]
+
+
+def _load_failure(spec: loadonce.ModelSpec) -> str:
+    with pytest.raises(loadonce.ModelLoadError) as failure:
+        TestClient(loadonce.create_app([spec])).__enter__()
+    return str(failure.value)
+
+
+def test_a_model_with_categorical_features_is_refused_at_load(tmp_path: Path) -> None:
+    path = tmp_path / "shops.cbm"
+    rows = [[f"shop{int(row[3] > 0)}", *row[:3]] for row in ROWS.tolist()]
+    model = catboost.CatBoostClassifier(**TINY).fit(rows, BINARY, cat_features=[0])
+    model.save_model(str(path))
+    assert _load_failure(loadonce.ModelSpec(name="shops", artifact=path)) == (
+        f"model 'shops' failed to load from {path}: ValueError: the model has categorical "
+        "features (columns 0); the catboost runtime serves models of numeric features only, "
+        "for now"
+    )
+
+
+@pytest.mark.parametrize("content", [None, b"not a model", b"CBM1 and then too short"])
+def test_a_missing_or_corrupt_file_fails_the_load_naming_it(
+    tmp_path: Path, content: bytes | None
+) -> None:
+    path = tmp_path / "broken.cbm"
+    if content is not None:
+        path.write_bytes(content)
+    message = _load_failure(loadonce.ModelSpec(name="broken", artifact=path))
+    assert message.startswith(f"model 'broken' failed to load from {path}: ")
+    assert ("no such file" if content is None else "not a CatBoost model file") in message
+    assert ".cpp:" not in message
+    assert "\n" not in message
+
+
+def test_the_cli_serves_a_cbm_file_from_forked_workers(tmp_path: Path) -> None:
+    path = tmp_path / "churn.cbm"
+    model = _saved(catboost.CatBoostClassifier(**TINY), BINARY, path)
+    with serving([str(path), "--workers", "2"], tmp_path) as server:
+        answer = httpx.post(
+            f"{server.url}/models/churn/predict", json={"inputs": ROWS[:3].tolist()}
+        )
+        np.testing.assert_allclose(
+            answer.json()["outputs"], model.predict_proba(ROWS[:3])[:, 1], rtol=1e-9
+        )
+
+
+def test_without_catboost_installed_the_load_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "churn.cbm"
+    _saved(catboost.CatBoostClassifier(**TINY), BINARY, path)
+    monkeypatch.setitem(sys.modules, "catboost", None)  # import catboost now fails
+    message = _load_failure(loadonce.ModelSpec(name="churn", artifact=path))
+    assert message.endswith("install it with: pip install 'loadonce[catboost]'")
