@@ -388,6 +388,7 @@ def test_texts_beyond_the_models_context_are_a_400(client: TestClient) -> None:
         ("answers", ["what is good"], '{"question": ..., "context": ...}'),
         ("answers", [{"question": 1, "context": "a"}], "object of two strings"),
         ("writer", [3], "each example must be a string"),
+        ("rewriter", ["good", "  "], "example 1 holds no token"),
     ],
 )
 def test_an_example_the_task_cannot_take_is_a_400(

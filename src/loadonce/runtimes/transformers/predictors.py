@@ -107,6 +107,11 @@ class TextPredictor(Predictor):
             )
         counted = self.tokenizer(examples, truncation=self._truncation)["input_ids"]
         prompts = [Prompt(text, len(ids)) for text, ids in zip(examples, counted, strict=True)]
+        if self._decoder_apart:
+            # An encoder given no token at all fails inside the model (a reshape of nothing).
+            empty = [i for i, prompt in enumerate(prompts) if prompt.tokens == 0]
+            if empty:
+                raise InvalidInputError(f"example {empty[0]} holds no token: send some text")
         if self.task.name == "fill-mask":
             mask = self.tokenizer.mask_token_id
             for index, ids in enumerate(counted):
