@@ -4,6 +4,8 @@ capped, texts checked against the model's context."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import threading
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ import pytest
 import torch
 import tritonclient.http as triton
 from fastapi.testclient import TestClient
+from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForSeq2SeqLM,
@@ -30,6 +33,10 @@ from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
     PreTrainedTokenizerFast,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
+    ViTModel,
     pipeline,
 )
 
@@ -119,6 +126,26 @@ def directories(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             _word_tokenizer(),
         ),
     }
+    vision = ViTConfig(
+        image_size=32,
+        patch_size=16,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        id2label={0: "cat", 1: "dog"},
+        label2id={"cat": 0, "dog": 1},
+    )
+    pixels = ViTImageProcessor(size={"height": 32, "width": 32})
+    built["looker"] = (ViTForImageClassification(vision), pixels)
+    built["pictures"] = (ViTModel(vision), pixels)
+    entailment = {"entailment": 0, "neutral": 1, "contradiction": 2}
+    built["chooser"] = (
+        BertForSequenceClassification(
+            BertConfig(**BERT, label2id=entailment, id2label={i: n for n, i in entailment.items()})
+        ),
+        bert_tokenizer,
+    )
     found = {}
     for name, (model, tokenizer) in built.items():
         model.save_pretrained(root / name)
@@ -133,7 +160,11 @@ def client(directories: dict[str, Path]) -> Iterator[TestClient]:
         loadonce.ModelSpec(
             name=name,
             artifact=path,
-            options={"max_new_tokens": 12} if name in {"writer", "rewriter"} else {},
+            options={"max_new_tokens": 12}
+            if name in {"writer", "rewriter"}
+            else {"task": "zero-shot-classification"}
+            if name == "chooser"
+            else {},
         )
         for name, path in directories.items()
     ]
@@ -160,7 +191,7 @@ class ForwardPasses:
 
     def _seen(self, module: Any, args: Any, kwargs: Any, output: Any) -> None:
         if type(module).__name__ in self.classes:
-            ids = kwargs.get("input_ids", args[0] if args else None)
+            ids = kwargs.get("input_ids", kwargs.get("pixel_values", args[0] if args else None))
             with self._lock:
                 self.shapes.append(tuple(ids.shape) if ids is not None else ())
 
@@ -432,10 +463,96 @@ def test_open_inference_protocol_generation_and_question_answering(
 
 def test_a_task_loadonce_does_not_serve_is_named_at_load(directories: dict[str, Path]) -> None:
     spec = loadonce.ModelSpec(
-        name="image", artifact=directories["classify"], options={"task": "image-classification"}
+        name="audio",
+        artifact=directories["classify"],
+        options={"task": "automatic-speech-recognition"},
     )
     with pytest.raises(loadonce.ModelLoadError, match="not served by loadonce yet; served tasks"):
         TestClient(loadonce.create_app([spec])).__enter__()
     typo = spec.model_copy(update={"options": {"task": "text-clasification"}})
     with pytest.raises(loadonce.ModelLoadError, match="not a transformers task"):
         TestClient(loadonce.create_app([typo])).__enter__()
+
+
+def _png(seed: int, size: tuple[int, int] = (20, 30), mode: str = "RGB") -> bytes:
+    """A small PNG of random pixels (or a blank canvas of another mode), built here."""
+    if mode == "RGB":
+        rows = np.random.default_rng(seed).integers(0, 255, (*size, 3), dtype=np.uint8)
+        image = Image.fromarray(rows)
+    else:
+        image = Image.new(mode, size)
+    stream = io.BytesIO()
+    image.save(stream, format="PNG")
+    return stream.getvalue()
+
+
+def test_images_are_classified_in_one_pass_from_their_bytes(
+    client: TestClient, directories: dict[str, Path]
+) -> None:
+    """A ViT directory (no tokenizer) is an image classifier by its config alone; images of
+    different sizes, sent as base64 on the JSON route and as BYTES under /v2, are one forward
+    pass, each answer the pipeline's for that image alone."""
+    images = [_png(seed, size=(20 + 7 * seed, 30)) for seed in range(3)]
+    with ForwardPasses("ViTForImageClassification") as passes:
+        served = _predict(
+            client, "looker", [{"base64": base64.b64encode(i).decode()} for i in images]
+        )
+    assert passes.shapes == [(3, 3, 32, 32)]
+    reference = _reference("image-classification", directories["looker"])
+    for image, answer in zip(images, served, strict=True):
+        assert _rounded(answer) == _rounded(reference(Image.open(io.BytesIO(image))))
+    [features] = _predict(client, "pictures", {"base64": base64.b64encode(images[0]).decode()})
+    assert np.shape(features) == (1, 5, 16)  # the class token and four patches
+    looker = loadonce.ModelSpec(name="looker", artifact=directories["looker"])
+    with ThreadedServer(loadonce.create_app([looker])) as running:
+        triton_client = triton.InferenceServerClient(running.url.removeprefix("http://"))
+        tensor = triton.InferInput("image", [2], "BYTES")
+        tensor.set_data_from_numpy(np.array(images[:2], dtype=object))
+        result = triton_client.infer("looker", [tensor])
+        documents = [json.loads(d) for d in result.as_numpy("output")]
+        assert _rounded(documents) == _rounded(served[:2])
+        triton_client.close()
+
+
+@pytest.mark.parametrize(
+    ("example", "message"),
+    [
+        ("/etc/passwd", "a path or URL is never read"),
+        ("https://example.com/cat.png", "a path or URL is never read"),
+        ({"base64": "not base64!"}, "base64 is not valid"),
+        ({"base64": base64.b64encode(b"GIF89a nonsense").decode()}, "not an image file"),
+        ({"base64": base64.b64encode(_png(0, (5000, 5000), "1")).decode()}, "5000 x 5000"),
+    ],
+)
+def test_an_image_that_is_not_one_is_a_400(client: TestClient, example: Any, message: str) -> None:
+    """Never a path or URL (the pipeline would read it), and a small file claiming a huge
+    canvas is refused from its header, before its pixels are decoded."""
+    response = client.post("/models/looker/predict", json={"inputs": [example]})
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+
+
+def test_zero_shot_classification_batches_texts_that_share_their_labels(
+    client: TestClient, directories: dict[str, Path]
+) -> None:
+    examples: list[dict[str, Any]] = [
+        {"text": "good movie", "candidate_labels": ["good", "bad"]},
+        {"text": "awful", "candidate_labels": ["good", "bad"]},
+        {"text": "great movie", "candidate_labels": ["movie"], "multi_label": True},
+    ]
+    with ForwardPasses("BertForSequenceClassification") as passes:
+        served = _predict(client, "chooser", examples)
+    # Two groups of labels: a pass of 2 texts x 2 labels, and one of 1 x 1.
+    assert sorted(shape[0] for shape in passes.shapes) == [1, 4]
+    reference = _reference("zero-shot-classification", directories["chooser"])
+    for example, answer in zip(examples, served, strict=True):
+        alone = reference(
+            example["text"],
+            candidate_labels=example["candidate_labels"],
+            multi_label=example.get("multi_label", False),
+        )
+        assert _rounded(answer) == _rounded(alone)
+    for bad in ({"text": "good"}, {"text": "good", "candidate_labels": []}, "good"):
+        response = client.post("/models/chooser/predict", json={"inputs": [bad]})
+        assert response.status_code == 400
+        assert "candidate_labels" in response.json()["error"]

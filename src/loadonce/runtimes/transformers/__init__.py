@@ -18,11 +18,14 @@ from loadonce.runtimes.transformers.directory import (
     has_tokenizer,
     weights_are_pickled,
 )
+from loadonce.runtimes.transformers.images import DEFAULT_MAX_PIXELS
 from loadonce.runtimes.transformers.parameters import DEFAULT_MAX_NEW_TOKENS, generation_rules
 from loadonce.runtimes.transformers.predictors import (
+    ImagePredictor,
     PipelinePredictor,
     QuestionAnsweringPredictor,
     Seq2SeqPredictor,
+    ZeroShotPredictor,
     default_new_tokens,
 )
 from loadonce.runtimes.transformers.tasks import ServedTask, infer_task, served_task
@@ -32,7 +35,9 @@ __all__ = ["TransformersRuntime"]
 
 class TransformersRuntime(Runtime):
     name = "transformers"
-    options = frozenset({"task", "device", "call", "request_parameters", "max_new_tokens"})
+    options = frozenset(
+        {"task", "device", "call", "request_parameters", "max_new_tokens", "max_pixels"}
+    )
     libraries = ("torch", "transformers")
     # Fast tokenizers hold mutable state ("Already borrowed" under concurrent calls) and a
     # pipeline is not documented as thread-safe: one call at a time, or pool:N for parallelism.
@@ -62,7 +67,12 @@ class TransformersRuntime(Runtime):
             if spec.options.get("task")
             else infer_task(directory, transformers, has_tokenizer=has_tokenizer(directory))
         )
-        check_model_directory(directory, trust=spec.trust, needs_tokenizer=True)
+        check_model_directory(
+            directory,
+            trust=spec.trust,
+            needs_tokenizer=task.reads_text,
+            needs_image_processor=not task.reads_text,
+        )
         torch = import_optional("torch", extra="torch")
         device = str(spec.options.get("device", "cpu"))
         # The torch runtime's check: a device that is not there stops the load in one line.
@@ -71,10 +81,26 @@ class TransformersRuntime(Runtime):
         if cap < 1:
             raise ValueError(f"options.max_new_tokens must be 1 or more; got {cap}")
         try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(
+            model = getattr(transformers, _auto_class(task, transformers)).from_pretrained(
                 directory, local_files_only=True, trust_remote_code=False
             )
-            model = getattr(transformers, _auto_class(task, transformers)).from_pretrained(
+            if not task.reads_text:
+                model.eval()
+                return ImagePredictor(
+                    transformers.pipeline(
+                        task=task.name,
+                        model=model,
+                        image_processor=transformers.AutoImageProcessor.from_pretrained(
+                            directory, local_files_only=True, trust_remote_code=False
+                        ),
+                        device=device,
+                    ),
+                    call_options=dict(spec.options.get("call", {})),
+                    request_parameters=frozenset(spec.options.get("request_parameters", [])),
+                    max_pixels=int(spec.options.get("max_pixels", DEFAULT_MAX_PIXELS)),
+                    vocabulary=_labels(model.config),
+                )
+            tokenizer = transformers.AutoTokenizer.from_pretrained(
                 directory, local_files_only=True, trust_remote_code=False
             )
         except OSError as exc:
@@ -104,7 +130,15 @@ class TransformersRuntime(Runtime):
             task=task.name, model=model, tokenizer=tokenizer, device=device
         )
         del checks["tokenizer"]
+        if task.examples == "zero-shot":
+            return ZeroShotPredictor(pipeline, call_options=call, **checks)
         return PipelinePredictor(pipeline, call_options=call, **checks)
+
+
+def _labels(config: Any) -> int:
+    """How many labels an image classifier has: the most a top_k may ask for."""
+    labels = getattr(config, "id2label", None)
+    return max(1, len(labels)) if isinstance(labels, dict) else 1
 
 
 def _auto_class(task: ServedTask, transformers: Any) -> str:

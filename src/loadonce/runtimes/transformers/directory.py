@@ -29,7 +29,13 @@ def weights_are_pickled(path: Path) -> bool:
     return any((path / name).is_file() for name in PICKLED_WEIGHT_FILES)
 
 
-def check_model_directory(path: Path, *, trust: bool, needs_tokenizer: bool) -> None:
+# An image model's preprocessing (size, normalisation): transformers would improvise without.
+IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
+
+
+def check_model_directory(
+    path: Path, *, trust: bool, needs_tokenizer: bool, needs_image_processor: bool = False
+) -> None:
     """Name the missing file before transformers would look elsewhere or improvise."""
     if not path.is_dir():
         raise FileNotFoundError(f"no such model directory: {path}")
@@ -39,6 +45,11 @@ def check_model_directory(path: Path, *, trust: bool, needs_tokenizer: bool) -> 
         raise FileNotFoundError(
             f"missing file: {path / 'tokenizer.json'} (or another vocabulary file: "
             f"{', '.join(TOKENIZER_FILES[1:])}); without it every text would become [UNK]"
+        )
+    if needs_image_processor and not (path / IMAGE_PROCESSOR_FILE).is_file():
+        raise FileNotFoundError(
+            f"missing file: {path / IMAGE_PROCESSOR_FILE} (how images are resized and "
+            "normalised for this model)"
         )
     if any((path / name).is_file() for name in WEIGHT_FILES):
         return

@@ -12,6 +12,7 @@ from typing import Any
 
 from loadonce.core.errors import InvalidInputError
 from loadonce.runtimes._base import InputSignature, Predictor, TensorInfo
+from loadonce.runtimes.transformers.images import decode_image, image_bytes
 from loadonce.runtimes.transformers.parameters import (
     Rule,
     check_parameters,
@@ -68,8 +69,8 @@ class TextPredictor(Predictor):
     """Examples are strings. Checks each request's texts against the model's context, and
     request parameters against their rules; subclasses run a batch."""
 
-    signature = InputSignature(shape=(), dtype="string")
-    inputs = (TensorInfo(name="text", dtype="string", shape=(None,)),)
+    signature: InputSignature | None = InputSignature(shape=(), dtype="string")
+    inputs: Sequence[TensorInfo] = (TensorInfo(name="text", dtype="string", shape=(None,)),)
 
     def __init__(
         self,
@@ -99,7 +100,11 @@ class TextPredictor(Predictor):
     def check_parameters(self, parameters: Mapping[str, Any]) -> None:
         check_parameters(parameters, self._rules)
 
-    def prepare(self, examples: list[Any]) -> list[Prompt]:
+    def prepare(self, examples: list[Any]) -> list[Any]:
+        return self.prompts(examples)
+
+    def prompts(self, examples: list[Any]) -> list[Prompt]:
+        """Each text with its token count, checked: strings, within the model's context."""
         bad = [i for i, e in enumerate(examples) if not isinstance(e, str)]
         if bad:
             raise InvalidInputError(
@@ -323,3 +328,104 @@ class QuestionAnsweringPredictor(Predictor):
             "start": begin,
             "end": finish,
         }
+
+
+class ImagePredictor(Predictor):
+    """A vision pipeline (image classification, image feature extraction) on the whole batch
+    of images at once; each example is an image file's bytes (``images.py``)."""
+
+    inputs = (TensorInfo(name="image", dtype="bytes", shape=(None,)),)
+
+    def __init__(
+        self,
+        pipeline: Any,
+        *,
+        call_options: Mapping[str, Any],
+        request_parameters: frozenset[str],
+        max_pixels: int,
+        vocabulary: int,
+    ) -> None:
+        self.pipeline = pipeline
+        self.call_options = dict(call_options)
+        self.request_parameters = request_parameters
+        self._max_pixels = max_pixels
+        self._rules = pipeline_rules(vocabulary)
+
+    def check_parameters(self, parameters: Mapping[str, Any]) -> None:
+        check_parameters(parameters, self._rules)
+
+    def prepare(self, examples: list[Any]) -> list[Any]:
+        return [
+            decode_image(image_bytes(example, index), index, self._max_pixels)
+            for index, example in enumerate(examples)
+        ]
+
+    def predict(self, batch: Any) -> Sequence[Any]:
+        return self.predict_with(batch, {})
+
+    def predict_with(self, batch: Any, parameters: Mapping[str, Any]) -> Sequence[Any]:
+        images = list(batch)
+        options = {**self.call_options, **parameters}
+        options.setdefault("batch_size", len(images))
+        outputs: list[Any] = self.pipeline(images, **options)
+        return outputs
+
+
+class ZeroShotPredictor(TextPredictor):
+    """Zero-shot classification: each example is ``{"text": ..., "candidate_labels": [...]}``
+    (and ``multi_label``); the examples of a batch that share their labels run as one batch
+    of the pipeline (one text-and-hypothesis pair per label)."""
+
+    signature = None
+    inputs = ()
+
+    def __init__(self, pipeline: Any, *, call_options: Mapping[str, Any], **checks: Any) -> None:
+        super().__init__(tokenizer=pipeline.tokenizer, model_config=pipeline.model.config, **checks)
+        self.pipeline = pipeline
+        self.call_options = dict(call_options)
+
+    def prepare(self, examples: list[Any]) -> list[Any]:
+        texts, labelled = [], []
+        for index, example in enumerate(examples):
+            labels = example.get("candidate_labels") if isinstance(example, Mapping) else None
+            multi = example.get("multi_label", False) if isinstance(example, Mapping) else None
+            if (
+                not isinstance(example, Mapping)
+                or not set(example) <= {"text", "candidate_labels", "multi_label"}
+                or not isinstance(example.get("text"), str)
+                or not isinstance(labels, list)
+                or not labels
+                or not all(isinstance(label, str) and label for label in labels)
+                or len(set(labels)) != len(labels)
+                or not isinstance(multi, bool)
+            ):
+                raise InvalidInputError(
+                    f"example {index}: each example must be an object "
+                    '{"text": "...", "candidate_labels": ["...", ...]} (different, non-empty '
+                    'labels; optional "multi_label": true or false)'
+                )
+            texts.append(example["text"])
+            labelled.append((tuple(labels), multi))
+        prompts = self.prompts(texts)
+        return [(p, labels, multi) for p, (labels, multi) in zip(prompts, labelled, strict=True)]
+
+    def predict(self, batch: Any) -> Sequence[Any]:
+        return self.predict_with(batch, {})
+
+    def predict_with(self, batch: Any, parameters: Mapping[str, Any]) -> Sequence[Any]:
+        examples: list[tuple[Prompt, tuple[str, ...], bool]] = list(batch)
+        groups: dict[tuple[tuple[str, ...], bool], list[int]] = {}
+        for position, (_, labels, multi) in enumerate(examples):
+            groups.setdefault((labels, multi), []).append(position)
+        outputs: list[Any] = [None] * len(examples)
+        for (labels, multi), positions in groups.items():
+            texts = [examples[i][0].text for i in positions]
+            answered = self.pipeline(
+                texts,
+                candidate_labels=list(labels),
+                multi_label=multi,
+                **{"batch_size": len(texts) * len(labels), **self.call_options, **parameters},
+            )
+            for position, answer in zip(positions, answered, strict=True):
+                outputs[position] = answer
+        return outputs

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-# What one example of a task is: a text, or a question with the context that answers it.
-ExampleKind = Literal["text", "question"]
+# What one example of a task is: a text, a question with the context that answers it, a text
+# with the labels to choose from, or an image file's bytes.
+ExampleKind = Literal["text", "question", "zero-shot", "image"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,11 @@ class ServedTask:
     pipeline: bool = True
     # For loadonce's own predictors: the auto class that loads the model.
     auto_class: str | None = None
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether its examples are tokenized (else an image processor reads them)."""
+        return self.examples != "image"
 
 
 SERVED_TASKS = {
@@ -47,6 +53,9 @@ SERVED_TASKS = {
             pipeline=False,
             auto_class="AutoModelForQuestionAnswering",
         ),
+        ServedTask("zero-shot-classification", "zero-shot"),
+        ServedTask("image-classification", "image"),
+        ServedTask("image-feature-extraction", "image"),
     )
 }
 
