@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -9,16 +10,22 @@ import numpy.typing as npt
 
 from loadonce.core.errors import InvalidInputError
 from loadonce.core.number_conversion import LossyConversionError, convert_numbers
-from loadonce.core.signature import InputSignature
+from loadonce.core.signature import InputSignature, TensorInfo
 
 
-def split_examples(inputs: Any, signature: InputSignature | None) -> list[Any]:
+def split_examples(
+    inputs: Any, signature: InputSignature | None, named: Sequence[TensorInfo] = ()
+) -> list[Any]:
     """Return the examples in ``inputs``: one example, or a list of examples.
 
     With a signature, the nesting depth decides: depth equal to the example's rank is one
     example, one more is a list of them. Without one, a list is a list of examples and any other
-    value is a single example.
+    value is a single example, except for a model whose ``named`` inputs each take one value
+    per example (the columns of a table): an object of lists is then its columns, one list per
+    input, and row i of every list is example i.
     """
+    if signature is None and _takes_columns(named) and _is_columns(inputs):
+        return _rows_of_columns(inputs)
     if signature is None:
         if not isinstance(inputs, list):
             return [inputs]
@@ -37,6 +44,32 @@ def split_examples(inputs: Any, signature: InputSignature | None) -> list[Any]:
         f"inputs must be one example ({signature.describe()}) or a list of such examples; "
         + ("got a single value" if depth == 0 else f"got lists nested {depth} deep")
     )
+
+
+def _takes_columns(named: Sequence[TensorInfo]) -> bool:
+    """Whether every named input takes one value per example (its shape is the batch only)."""
+    return bool(named) and all(t.shape is not None and len(t.shape) == 1 for t in named)
+
+
+def _is_columns(inputs: Any) -> bool:
+    return (
+        isinstance(inputs, dict) and bool(inputs) and all(type(v) is list for v in inputs.values())
+    )
+
+
+def _rows_of_columns(columns: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Columns of equal length as one object per row (the examples a multi-input model takes)."""
+    lengths = {name: len(values) for name, values in columns.items()}
+    if len(set(lengths.values())) > 1:
+        listing = ", ".join(f"'{name}' {length}" for name, length in lengths.items())
+        raise InvalidInputError(
+            f"the columns differ in length: {listing}; every column must hold one value per row"
+        )
+    names = list(columns)
+    rows = [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+    if not rows:
+        raise InvalidInputError("the columns are empty: send at least one row")
+    return rows
 
 
 def _nesting_depth(value: Any) -> int:
@@ -84,6 +117,8 @@ def _convert(examples: list[Any], dtype: str | None) -> npt.NDArray[Any]:
         return raw
     raw = np.asarray(examples)
     if raw.dtype == object:
+        if any(value is None for value in raw.reshape(-1)):
+            raise ValueError("got null, which is not a value")  # else misread as ragged
         raise ValueError("the examples are not a rectangular array")
     if dtype is None:
         return raw

@@ -389,7 +389,8 @@ class Model:
         executor = self._executor
         if executor is None or self.state not in _SERVING:
             raise ModelNotReadyError(self.name, self.state.value)
-        examples = split_examples(inputs, executor.instances[0].signature)
+        predictor = executor.instances[0]
+        examples = split_examples(inputs, predictor.signature, predictor.inputs)
         return await self.predict_examples(examples, timeout=timeout, parameters=parameters)
 
     async def predict_examples(
@@ -447,7 +448,7 @@ class Model:
         """Run the warm-up input through every instance (each pool slot has its own caches),
         by the same prepare-and-predict path as requests. Returns the shape of its examples
         when the model declares none: a shape it is known to answer."""
-        examples = split_examples(spec.warmup, instances[0].signature)
+        examples = split_examples(spec.warmup, instances[0].signature, instances[0].inputs)
         for instance in instances:
             [outcome] = await _off_loop(run_batch, instance, [examples])
             if outcome.error is not None:

@@ -14,6 +14,8 @@ from loadonce.core.imports import import_optional
 from loadonce.core.integrity import file_sha256
 from loadonce.core.spec import ModelSpec
 from loadonce.runtimes._base import SELECTED_OUTPUTS, InputSignature, Predictor, Runtime, TensorInfo
+from loadonce.runtimes._columns import Columns, named_columns
+from loadonce.runtimes._tensors import stack_named_inputs
 
 logger = logging.getLogger("loadonce")
 
@@ -37,15 +39,29 @@ NAMED_OUTPUTS = (
 
 class EstimatorPredictor(Predictor):
     """Calls one method (``predict`` unless configured) of a fitted estimator on a batch; for a
-    classifier, a request may ask for several of its methods' results by name instead."""
+    classifier, a request may ask for several of its methods' results by name instead.
 
-    def __init__(self, estimator: Any, *, method: str, signature: InputSignature | None) -> None:
+    With ``columns`` (an estimator fitted on a DataFrame), each column is a named input: a
+    batch is one array per column, merged across requests like any multi-input batch, and
+    the estimator gets it as a DataFrame of the fitted columns."""
+
+    def __init__(
+        self,
+        estimator: Any,
+        *,
+        method: str,
+        signature: InputSignature | None,
+        columns: Columns | None = None,
+    ) -> None:
         bound = getattr(estimator, method, None)
         if not callable(bound):
             raise TypeError(f"{type(estimator).__name__} has no method {method!r}")
         self.estimator = estimator
         self._method = bound
-        self.signature = signature
+        self.signature = None if columns is not None else signature
+        self._columns = columns
+        if columns is not None:
+            self.inputs = list(columns.inputs)
         self._allows_nan = _allows_nan(estimator)
         # scikit-learn hides a method an estimator cannot offer (available_if): SVC without
         # probability=True has no predict_proba here.
@@ -59,6 +75,8 @@ class EstimatorPredictor(Predictor):
             self.request_parameters = frozenset({SELECTED_OUTPUTS})
 
     def prepare(self, examples: list[Any]) -> Any:
+        if self._columns is not None:
+            return self._prepare_columns(examples, self._columns)
         batch = super().prepare(examples)
         if self.signature is not None and not self._allows_nan and not np.isfinite(batch).all():
             raise InvalidInputError(
@@ -67,8 +85,29 @@ class EstimatorPredictor(Predictor):
             )
         return batch
 
+    def _prepare_columns(self, examples: list[Any], columns: Columns) -> dict[str, Any]:
+        if len(self.inputs) == 1:
+            # One column: the Open Inference Protocol's rows are its values, not objects.
+            name = self.inputs[0].name
+            examples = [e if isinstance(e, Mapping) else {name: e} for e in examples]
+        batch = stack_named_inputs(examples, self.inputs)
+        if not self._allows_nan:
+            for tensor in self.inputs:
+                values = batch[tensor.name]
+                if values.dtype.kind == "f" and not np.isfinite(values).all():
+                    raise InvalidInputError(
+                        f"column '{tensor.name}': {type(self.estimator).__name__} does not "
+                        "accept NaN or infinity; send finite numbers"
+                    )
+        columns.check_known(batch)
+        return batch
+
+    def _model_input(self, batch: Any) -> Any:
+        # The DataFrame is built on the merged batch, once per call to the model.
+        return batch if self._columns is None else self._columns.frame(batch)
+
     def predict(self, batch: Any) -> Sequence[Any]:
-        result: Sequence[Any] = self._method(batch)
+        result: Sequence[Any] = self._method(self._model_input(batch))
         return result
 
     def predict_with(self, batch: Any, parameters: Mapping[str, Any]) -> Sequence[Any]:
@@ -81,8 +120,9 @@ class EstimatorPredictor(Predictor):
             raise InvalidInputError(
                 f"unknown output '{unknown[0]}'; the model's outputs are {', '.join(self._named)}"
             )
-        results = {name: self._named[name](batch) for name in names}
-        return [{name: results[name][row] for name in names} for row in range(len(batch))]
+        model_input = self._model_input(batch)
+        results = {name: self._named[name](model_input) for name in names}
+        return [{name: results[name][row] for name in names} for row in range(len(model_input))]
 
 
 def _outputs_of(estimator: Any, method: str, named: list[str]) -> list[TensorInfo]:
@@ -202,7 +242,7 @@ def holds_mapped_arrays(value: Any, depth: int = 4) -> bool:
 
 class SklearnRuntime(Runtime):
     name = "sklearn"
-    options = frozenset({"trusted_types", "method"})
+    options = frozenset({"trusted_types", "method", "columns"})
     libraries = ("sklearn", "joblib", "skops.io")
     suffixes = SKOPS_SUFFIXES + PICKLE_SUFFIXES
     # A fitted estimator only reads its attributes in predict, and NumPy releases the GIL, so
@@ -229,7 +269,10 @@ class SklearnRuntime(Runtime):
             if isinstance(n_features, int)
             else None
         )
+        columns = named_columns(estimator, spec.options.get("columns", {}))
         method = str(spec.options.get("method", "predict"))
-        predictor = EstimatorPredictor(estimator, method=method, signature=signature)
+        predictor = EstimatorPredictor(
+            estimator, method=method, signature=signature, columns=columns
+        )
         predictor.shares_weights = holds_mapped_arrays(estimator)
         return predictor

@@ -217,7 +217,7 @@ async def answer_predict(request: Request) -> Response:
     # Refused before the body is read and parsed: under overload, rejecting must cost the
     # event loop as little as possible, or it starves the model it protects.
     model.refuse_if_full()
-    signature = model.signature
+    signature, named = model.signature, model.inputs
 
     def read(raw: bytes) -> tuple[list[Any], PredictRequest]:
         # Parsed and split together: for a large body, both off the event loop, and only
@@ -225,12 +225,12 @@ async def answer_predict(request: Request) -> Response:
         found = top_level_elements(raw) if len(raw) >= LARGE_BODY_BYTES else None
         if found is None:
             parsed = _parse_body(raw)
-            return split_examples(parsed.inputs, signature), parsed
+            return split_examples(parsed.inputs, signature, named), parsed
         counted = examples_in_body(found, signature)
         if counted is not None:
             model.refuse_if_too_many(counted)
         parsed = _parse_in_pieces(raw, found)
-        return split_examples(parsed.inputs, signature), parsed
+        return split_examples(parsed.inputs, signature, named), parsed
 
     examples, body = await parse_body(read, await request.body())
     timeout = requested_timeout(request)

@@ -1,0 +1,388 @@
+"""Models fitted on a pandas DataFrame: each column a named input, on both protocols.
+
+A real scikit-learn pipeline (a ColumnTransformer one-hot encoding a text column and scaling
+two numeric ones, then a classifier), saved with skops and joblib, served through
+``create_app``; answers are compared with the pipeline's own on the same DataFrame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.abc
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import skops.io
+import tritonclient.http as triton
+from fastapi.testclient import TestClient
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+import loadonce
+from tests.servers import ThreadedServer, serving
+
+TRAINING = pd.DataFrame(
+    {
+        "age": [23, 35, 47, 52, 29, 61, 44, 38],
+        "city": ["Oslo", "Bergen", "Oslo", "Tromso", "Bergen", "Oslo", "Tromso", "Bergen"],
+        "income": [31.0, 52.5, 61.0, 75.0, 40.0, 82.5, 58.0, 49.0],
+    }
+)
+LABELS = ["no", "yes", "no", "yes", "no", "yes", "yes", "no"]
+ROWS = [
+    {"age": 31, "city": "Oslo", "income": 45.5},
+    {"age": 58, "city": "Tromso", "income": 70.0},
+    {"age": 40, "city": "Bergen", "income": 39.0},
+]
+COLUMNS = {name: [row[name] for row in ROWS] for name in ("age", "city", "income")}
+FRAME = pd.DataFrame(ROWS)
+
+
+def _pipeline(handle_unknown: str) -> Pipeline:
+    encode = ColumnTransformer(
+        [
+            ("city", OneHotEncoder(handle_unknown=handle_unknown), ["city"]),
+            ("numbers", StandardScaler(), ["age", "income"]),
+        ]
+    )
+    return Pipeline([("encode", encode), ("classify", LogisticRegression())]).fit(TRAINING, LABELS)
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> Pipeline:
+    return _pipeline("error")
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory, pipeline: Pipeline) -> dict[str, Path]:
+    directory = tmp_path_factory.mktemp("columns")
+    skops_path, joblib_path = directory / "people.skops", directory / "people.joblib"
+    skops.io.dump(pipeline, skops_path)
+    joblib.dump(pipeline, joblib_path)
+    lenient = directory / "lenient.skops"
+    skops.io.dump(_pipeline("ignore"), lenient)
+    return {"skops": skops_path, "joblib": joblib_path, "lenient": lenient}
+
+
+def _specs(artifacts: dict[str, Path]) -> list[loadonce.ModelSpec]:
+    return [
+        loadonce.ModelSpec(name="people", artifact=artifacts["skops"]),
+        loadonce.ModelSpec(name="pickled", artifact=artifacts["joblib"], trust=True),
+        loadonce.ModelSpec(name="lenient", artifact=artifacts["lenient"]),
+        loadonce.ModelSpec(
+            name="batched",
+            artifact=artifacts["skops"],
+            batching=loadonce.Batching(max_batch_size=16, max_wait_ms=300),
+        ),
+    ]
+
+
+@pytest.fixture(scope="module")
+def client(artifacts: dict[str, Path]) -> Iterator[TestClient]:
+    with TestClient(loadonce.create_app(_specs(artifacts))) as connected:
+        yield connected
+
+
+@pytest.fixture(scope="module")
+def server(artifacts: dict[str, Path]) -> Iterator[ThreadedServer]:
+    with ThreadedServer(loadonce.create_app(_specs(artifacts))) as running:
+        yield running
+
+
+def _predict(client: TestClient, body: dict[str, Any], model: str = "people") -> Any:
+    response = client.post(f"/models/{model}/predict", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()["outputs"]
+
+
+def _refusal(client: TestClient, body: dict[str, Any]) -> str:
+    response = client.post("/models/people/predict", json=body)
+    assert response.status_code == 400, response.text
+    message: str = response.json()["error"]
+    assert "Traceback" not in message
+    return message
+
+
+# The JSON route
+
+
+@pytest.mark.parametrize("model", ["people", "pickled"])
+def test_records_and_columns_answer_as_the_pipeline_does(
+    client: TestClient, pipeline: Pipeline, model: str
+) -> None:
+    expected = pipeline.predict(FRAME).tolist()
+    assert _predict(client, {"inputs": ROWS}, model) == expected
+    assert _predict(client, {"inputs": COLUMNS}, model) == expected
+    # One record is one example.
+    assert _predict(client, {"inputs": ROWS[1]}, model) == expected[1:2]
+
+
+def test_records_in_any_key_order_reach_the_model_in_the_fitted_order(
+    client: TestClient, pipeline: Pipeline
+) -> None:
+    shuffled = [{"income": r["income"], "city": r["city"], "age": r["age"]} for r in ROWS]
+    assert _predict(client, {"inputs": shuffled}) == pipeline.predict(FRAME).tolist()
+
+
+def test_picked_outputs_work_on_columns(client: TestClient, pipeline: Pipeline) -> None:
+    outputs = _predict(client, {"inputs": COLUMNS, "outputs": ["label", "probabilities"]})
+    assert [o["label"] for o in outputs] == pipeline.predict(FRAME).tolist()
+    np.testing.assert_allclose([o["probabilities"] for o in outputs], pipeline.predict_proba(FRAME))
+
+
+def test_the_model_describes_its_columns(client: TestClient) -> None:
+    described = client.get("/models/people").json()
+    assert described["inputs"] == [
+        {"name": "age", "dtype": "float64", "shape": [None]},
+        {"name": "city", "dtype": "string", "shape": [None]},
+        {"name": "income", "dtype": "float64", "shape": [None]},
+    ]
+    # The old description, an array of three numbers, could be answered by nothing.
+    assert described["input_shape"] is None
+    metadata = client.get("/v2/models/people").json()
+    assert metadata["inputs"] == [
+        {"name": "age", "datatype": "FP64", "shape": [-1]},
+        {"name": "city", "datatype": "BYTES", "shape": [-1]},
+        {"name": "income", "datatype": "FP64", "shape": [-1]},
+    ]
+
+
+def test_the_operators_declaration_wins(artifacts: dict[str, Path], pipeline: Pipeline) -> None:
+    declared = {"columns": {"age": "int64"}}
+    spec = loadonce.ModelSpec(name="declared", artifact=artifacts["skops"], options=declared)
+    with TestClient(loadonce.create_app([spec])) as client:
+        inputs = client.get("/models/declared").json()["inputs"]
+        assert [(i["name"], i["dtype"]) for i in inputs] == [
+            ("age", "int64"),
+            ("city", "string"),
+            ("income", "float64"),
+        ]
+        expected = pipeline.predict(FRAME).tolist()
+        assert _predict(client, {"inputs": ROWS}, "declared") == expected
+        response = client.post(
+            "/models/declared/predict", json={"inputs": [{**ROWS[0], "age": 31.5}]}
+        )
+        assert response.status_code == 400
+        assert "'age'" in response.json()["error"]
+        assert "integers" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"inputs": [{"age": 31, "city": "Oslo"}]}, ["missing", "income"]),
+        ({"inputs": {"age": [31], "city": ["Oslo"]}}, ["missing", "income"]),
+        ({"inputs": [{**ROWS[0], "height": 180}]}, ["unknown", "height"]),
+        ({"inputs": {**COLUMNS, "height": [1, 2, 3]}}, ["unknown", "height"]),
+        ({"inputs": [{**ROWS[0], "age": "old"}]}, ["'age'", "numbers"]),
+        ({"inputs": {**COLUMNS, "age": ["a", "b", "c"]}}, ["'age'", "numbers"]),
+        ({"inputs": [{**ROWS[0], "city": 7}]}, ["'city'", "strings"]),
+        ({"inputs": [{**ROWS[0], "income": None}]}, ["'income'", "null"]),
+        ({"inputs": [{**ROWS[0], "income": True}]}, ["'income'", "numbers"]),
+        ({"inputs": [{**ROWS[0], "income": [1.0, 2.0]}]}, ["'income'", "shape"]),
+        ({"inputs": [{**ROWS[0], "city": "Paris"}]}, ["'city'", "unknown value 'Paris'", "Oslo"]),
+        ({"inputs": {**COLUMNS, "age": [31, 58]}}, ["differ in length", "'age' 2", "'city' 3"]),
+        ({"inputs": {"age": [], "city": [], "income": []}}, ["empty"]),
+        ({"inputs": []}, ["empty"]),
+        ({"inputs": [1, 2, 3]}, ["object", "age, city, income"]),
+        ({"inputs": [[31, "Oslo", 45.5]]}, ["object", "age, city, income"]),
+    ],
+)
+def test_client_mistakes_are_400_naming_the_column(
+    client: TestClient, body: dict[str, Any], words: list[str]
+) -> None:
+    message = _refusal(client, body)
+    for word in words:
+        assert word in message
+
+
+def test_an_unseen_category_reaches_a_model_that_ignores_unknowns(client: TestClient) -> None:
+    assert len(_predict(client, {"inputs": [{**ROWS[0], "city": "Paris"}]}, "lenient")) == 1
+
+
+# The Open Inference Protocol
+
+
+def _v2_inputs(ages: Any = COLUMNS["age"], **changes: Any) -> list[dict[str, Any]]:
+    tensors = {
+        "age": {"name": "age", "datatype": "FP64", "shape": [len(ages)], "data": ages},
+        "city": {"name": "city", "datatype": "BYTES", "shape": [3], "data": COLUMNS["city"]},
+        "income": {"name": "income", "datatype": "FP64", "shape": [3], "data": COLUMNS["income"]},
+    }
+    for name, change in changes.items():
+        if change is None:
+            del tensors[name]
+        else:
+            tensors[name] = {**tensors.get(name, {"name": name}), **change}
+    return list(tensors.values())
+
+
+def test_v2_one_tensor_per_column(client: TestClient, pipeline: Pipeline) -> None:
+    body = {"inputs": _v2_inputs(), "outputs": [{"name": "probabilities"}]}
+    response = client.post("/v2/models/people/infer", json=body)
+    assert response.status_code == 200, response.text
+    [probabilities] = response.json()["outputs"]
+    np.testing.assert_allclose(
+        np.reshape(probabilities["data"], probabilities["shape"]), pipeline.predict_proba(FRAME)
+    )
+
+
+@pytest.mark.parametrize(
+    ("inputs", "words"),
+    [
+        (_v2_inputs(city=None), ["missing input 'city'"]),
+        (
+            _v2_inputs(height={"datatype": "FP64", "shape": [3], "data": [1, 2, 3]}),
+            ["unknown input 'height'", "age, city, income"],
+        ),
+        (_v2_inputs(city={"datatype": "INT64", "data": [1, 2, 3]}), ["'city'", "BYTES"]),
+        (_v2_inputs(age={"datatype": "BYTES", "data": ["a", "b", "c"]}), ["'age'", "FP64"]),
+        (_v2_inputs(ages=[31, 58]), ["'age' 2", "'city' 3"]),
+        (_v2_inputs(city={"data": ["Oslo", "Bergen", "Paris"]}), ["'city'", "'Paris'"]),
+        (_v2_inputs(age={"shape": [3, 1], "data": [[31], [58], [40]]}), ["'age'", "[-1]"]),
+    ],
+)
+def test_v2_client_mistakes_are_400_naming_the_column(
+    client: TestClient, inputs: list[dict[str, Any]], words: list[str]
+) -> None:
+    response = client.post("/v2/models/people/infer", json={"inputs": inputs})
+    assert response.status_code == 400, response.text
+    for word in words:
+        assert word in response.json()["error"]
+
+
+def test_tritonclient_sends_one_tensor_per_column(
+    server: ThreadedServer, pipeline: Pipeline
+) -> None:
+    connection = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    try:
+        columns = [
+            ("age", FRAME["age"].to_numpy(np.float64), "FP64"),
+            ("city", FRAME["city"].to_numpy(object), "BYTES"),
+            ("income", FRAME["income"].to_numpy(np.float64), "FP64"),
+        ]
+        for binary in (True, False):
+            inputs = []
+            for name, values, datatype in columns:
+                tensor = triton.InferInput(name, [len(values)], datatype)
+                tensor.set_data_from_numpy(values, binary_data=binary)
+                inputs.append(tensor)
+            outputs = [triton.InferRequestedOutput(n) for n in ("label", "probabilities")]
+            result = connection.infer("people", inputs, outputs=outputs)
+            labels = [label.decode() for label in result.as_numpy("label")]
+            assert labels == pipeline.predict(FRAME).tolist()
+            np.testing.assert_allclose(
+                result.as_numpy("probabilities"), pipeline.predict_proba(FRAME)
+            )
+        # A NaN travels in a binary FP64 tensor; the pipeline cannot take it.
+        inputs = []
+        for name, values, datatype in columns:
+            sent = values.copy()
+            if name == "income":
+                sent[1] = np.nan
+            tensor = triton.InferInput(name, [len(sent)], datatype)
+            tensor.set_data_from_numpy(sent, binary_data=True)
+            inputs.append(tensor)
+        with pytest.raises(triton.InferenceServerException, match=r"column 'income'.*NaN"):
+            connection.infer("people", inputs)
+    finally:
+        connection.close()
+
+
+# Batching
+
+
+def test_concurrent_requests_are_one_dataframe_call_and_get_their_own_answers(
+    server: ThreadedServer, pipeline: Pipeline
+) -> None:
+    bodies: list[dict[str, Any]] = [
+        {"inputs": ROWS[:2]},
+        {"inputs": {k: v[2:] for k, v in COLUMNS.items()}},
+    ]
+
+    async def post_both() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as connection:
+            return await asyncio.gather(
+                *(connection.post("/models/batched/predict", json=body) for body in bodies)
+            )
+
+    first, second = asyncio.run(post_both())
+    expected = pipeline.predict(FRAME).tolist()
+    assert first.json()["outputs"] == expected[:2]
+    assert second.json()["outputs"] == expected[2:]
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'loadonce_batch_size_examples_count{model="batched"} 1.0' in metrics
+    assert 'loadonce_batch_size_examples_sum{model="batched"} 3.0' in metrics
+
+
+# Loading
+
+
+class _WithoutPandas(importlib.abc.MetaPathFinder):
+    """As if pandas were not installed: its import fails."""
+
+    def find_spec(self, name: str, path: object, target: object = None) -> None:
+        if name.partition(".")[0] == "pandas":
+            raise ModuleNotFoundError(f"No module named {name!r}")
+
+
+def test_without_pandas_a_dataframe_model_names_the_extra_and_others_load(
+    artifacts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = tmp_path / "plain.skops"
+    skops.io.dump(LogisticRegression().fit(TRAINING[["age", "income"]].to_numpy(), LABELS), plain)
+    # scikit-learn looks for pandas in sys.modules: gone from there, it is not installed.
+    monkeypatch.delitem(sys.modules, "pandas")
+    monkeypatch.setattr(sys, "meta_path", [_WithoutPandas(), *sys.meta_path])
+    with TestClient(loadonce.create_app([loadonce.ModelSpec(name="plain", artifact=plain)])) as c:
+        assert _predict(c, {"inputs": [[31, 45.5]]}, "plain") in (["no"], ["yes"])
+    assert "pandas" not in sys.modules
+    app = loadonce.create_app([loadonce.ModelSpec(name="people", artifact=artifacts["skops"])])
+    with pytest.raises(loadonce.ModelLoadError, match=r"pip install 'loadonce\[pandas\]'"):
+        TestClient(app).__enter__()
+
+
+@pytest.mark.parametrize(
+    ("columns", "words"),
+    [
+        ({"height": "float64"}, ["'height'", "age, city, income"]),
+        ({"age": "decimal"}, ["'age'", "'decimal'", "float64"]),
+    ],
+)
+def test_a_wrong_declaration_fails_the_load(
+    artifacts: dict[str, Path], columns: dict[str, str], words: list[str]
+) -> None:
+    spec = loadonce.ModelSpec(
+        name="people", artifact=artifacts["skops"], options={"columns": columns}
+    )
+    with pytest.raises(loadonce.ModelLoadError) as raised:
+        TestClient(loadonce.create_app([spec])).__enter__()
+    for word in words:
+        assert word in str(raised.value)
+
+
+def test_cli_serves_a_dataframe_model(
+    tmp_path: Path, artifacts: dict[str, Path], pipeline: Pipeline
+) -> None:
+    with serving([str(artifacts["skops"])], tmp_path) as running:
+        response = httpx.post(f"{running.url}/models/people/predict", json={"inputs": COLUMNS})
+        assert response.status_code == 200, (response.text, running.log())
+        assert response.json()["outputs"] == pipeline.predict(FRAME).tolist()
+
+
+def test_declaring_columns_for_a_model_fitted_on_an_array_fails_the_load(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.skops"
+    skops.io.dump(LogisticRegression().fit(TRAINING[["age", "income"]].to_numpy(), LABELS), plain)
+    options = {"columns": {"age": "float64"}}
+    spec = loadonce.ModelSpec(name="plain", artifact=plain, options=options)
+    with pytest.raises(loadonce.ModelLoadError, match="not fitted on a DataFrame"):
+        TestClient(loadonce.create_app([spec])).__enter__()
