@@ -61,7 +61,8 @@ def _rows_of_columns(columns: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """Columns of equal length as one object per row (the examples a multi-input model takes)."""
     lengths = {name: len(values) for name, values in columns.items()}
     if len(set(lengths.values())) > 1:
-        listing = ", ".join(f"'{name}' {length}" for name, length in lengths.items())
+        # A few columns are enough to show the mismatch; the names are the client's own.
+        listing = ", ".join(f"'{name[:64]}' {length}" for name, length in list(lengths.items())[:5])
         raise InvalidInputError(
             f"the columns differ in length: {listing}; every column must hold one value per row"
         )

@@ -49,7 +49,8 @@ class Columns:
                     listing = ", ".join(map(str, sorted(known, key=str)[:_LISTED_VALUES]))
                     more = ", ..." if len(known) > _LISTED_VALUES else ""
                     raise InvalidInputError(
-                        f"column '{name}': unknown value {value!r}; the model knows {listing}{more}"
+                        f"column '{name}': unknown value {str(value)[:100]!r}; the model knows "
+                        f"{listing}{more}"
                     )
 
     def frame(self, batch: Mapping[str, npt.NDArray[Any]]) -> Any:
