@@ -8,7 +8,7 @@ CONSTRAINTS := requirements/constraints.txt
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test test-hostile lint typecheck pytest bench bench-protocols bench-memory lock clean
+.PHONY: serve test test-hostile lint typecheck pytest bench bench-protocols bench-memory bench-transformers lock clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) || { echo "error: '$(PYTHON) -m venv' failed; on Debian/Ubuntu install python3-venv" >&2; exit 1; }
@@ -61,6 +61,12 @@ bench-protocols: $(VENV)/.test-installed
 # Memory with 1 and 4 workers, weights shared or not (about 4 GB of generated artifacts).
 bench-memory: $(VENV)/.test-installed
 	$(BIN)/python -m bench.memory
+
+# A Transformers text classifier without and with batching, and a plain FastAPI endpoint
+# calling the same pipeline (the test environment holds torch and transformers). About 5 minutes.
+bench-transformers: $(VENV)/.test-installed
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(BIN)/python -m bench.transformers $(BENCH_ARGS)
 
 # Re-pin after changing dependencies: installs the newest allowed versions into a scratch venv.
 lock:

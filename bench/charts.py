@@ -1,7 +1,8 @@
 """PNG charts of a comparison: `python charts.py RESULTS_JSON OUT_DIR`, run by the charts
 environment's interpreter (bench/.venvs/charts, with matplotlib). One chart per model:
 requests per second at 64 connections (the better of the two runs, the other as a tick), and
-p50 at 1 connection, per server, with the HTTP bound as a line."""
+p50 at 1 connection, per server, with the HTTP bound as a line. A results file with
+"many_connections" (bench/results/transformers.json: 16) is charted at that count instead."""
 
 from __future__ import annotations
 
@@ -40,10 +41,12 @@ def _best_p50(runs: list[dict[str, Any]]) -> float:
     return min(measured) if measured else 0.0
 
 
-def chart(model: str, entry: dict[str, Any], labels: dict[str, str], out: Path) -> None:
+def chart(
+    model: str, entry: dict[str, Any], labels: dict[str, str], out: Path, many: int = 64
+) -> None:
     keys = [k for k in entry["variants"] if k != "http"]
-    best = [max(r["req_per_s"] for r in entry["variants"][k]["c64"]) for k in keys]
-    other = [min(r["req_per_s"] for r in entry["variants"][k]["c64"]) for k in keys]
+    best = [max(r["req_per_s"] for r in entry["variants"][k][f"c{many}"]) for k in keys]
+    other = [min(r["req_per_s"] for r in entry["variants"][k][f"c{many}"]) for k in keys]
     p50 = [_best_p50(entry["variants"][k]["c1"]) for k in keys]
     colours = [COLOURS[_family(k)] for k in keys]
     names = [labels.get(k, k) for k in keys]
@@ -53,7 +56,7 @@ def chart(model: str, entry: dict[str, Any], labels: dict[str, str], out: Path) 
     http = entry["variants"].get("http")
     bound = 0.0
     if http:
-        bound = max(r["req_per_s"] for r in http["c64"])
+        bound = max(r["req_per_s"] for r in http[f"c{many}"])
         left.axvline(bound, color=COLOURS["bound"], linestyle="--", label="HTTP stack alone")
     widest = max([*best, bound if http else 0.0])
     inprocess = entry.get("inprocess_rows_per_s") or 0.0
@@ -65,9 +68,9 @@ def chart(model: str, entry: dict[str, Any], labels: dict[str, str], out: Path) 
             entry["inprocess_rows_per_s"],
             color="#b2182b",
             linestyle=":",
-            label="model in-process (rows/s)",
+            label=entry.get("inprocess_label", "model in-process (rows/s)"),
         )
-    left.set_xlabel("requests/s, 64 connections (bar: better run, tick: other run)")
+    left.set_xlabel(f"requests/s, {many} connections (bar: better run, tick: other run)")
     left.invert_yaxis()
     left.legend(loc="lower right", fontsize=8)
     # A bar far past the others (the anti-pattern's) is cut at the axis and labelled.
@@ -76,7 +79,8 @@ def chart(model: str, entry: dict[str, Any], labels: dict[str, str], out: Path) 
     for index, value in enumerate(p50):
         if value > ordinary:
             right.text(ordinary, index, f"{value:,.0f} ms ", va="center", ha="right", color="w")
-    right.set_xlim(0, ordinary)
+    # Cut only where a bar is cut; otherwise fit the bars (3 short bars would be slivers).
+    right.set_xlim(0, min(ordinary, 1.15 * max(p50)) or 1.0)
     right.set_xlabel("p50 latency ms, 1 connection (better run)")
     right.set_yticks([])
     right.invert_yaxis()
@@ -91,7 +95,7 @@ def main() -> None:
     out = Path(sys.argv[2])
     labels = results.get("labels", {})
     for model, entry in results["models"].items():
-        chart(model, entry, labels, out)
+        chart(model, entry, labels, out, results.get("many_connections", 64))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ handler, on every request),
 `async_app` (an `async def` handler calling predict on the event loop: fastest for a tiny
 model, but it blocks the loop), and `http_bound` (parses the same body, returns a constant:
 the HTTP stack alone). BENCH_ARTIFACT names the model file.
+
+`transformers_app` (`bench.transformers`): a text-classification pipeline built once from the
+model directory BENCH_ARTIFACT names, called per request in a `def` handler.
 """
 
 from __future__ import annotations
@@ -27,9 +30,23 @@ class Body(BaseModel):
     inputs: list[list[float]]
 
 
+class TextBody(BaseModel):
+    inputs: list[str]
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.model = load(Path(os.environ["BENCH_ARTIFACT"]))
+    yield
+
+
+@asynccontextmanager
+async def pipeline_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Imported here, not at the top: the scikit-learn apps need not import torch.
+    from transformers import pipeline
+
+    directory = os.environ["BENCH_ARTIFACT"]
+    app.state.pipeline = pipeline("text-classification", model=directory, tokenizer=directory)
     yield
 
 
@@ -37,6 +54,7 @@ sync_app = FastAPI(lifespan=lifespan)
 async_app = FastAPI(lifespan=lifespan)
 http_bound = FastAPI()
 per_request_app = FastAPI()
+transformers_app = FastAPI(lifespan=pipeline_lifespan)
 
 
 @sync_app.post("/models/m/predict")
@@ -58,3 +76,8 @@ def predict_loading_each_time(body: Body) -> dict[str, Any]:
 @http_bound.post("/models/m/predict")
 async def constant(body: Body) -> dict[str, Any]:
     return {"outputs": [0]}
+
+
+@transformers_app.post("/models/m/predict")
+def classify(body: TextBody, request: Request) -> dict[str, Any]:
+    return {"outputs": request.app.state.pipeline(body.inputs)}

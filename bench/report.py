@@ -18,16 +18,16 @@ from bench.servers import SERVER_CORE, VARIANTS
 _LABELS = {variant.key: variant.label for variant in VARIANTS}
 
 
-def _num(value: float | None, digits: int = 1) -> str:
+def num(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
-def _runs(runs: list[dict[str, Any]]) -> list[str]:
+def run_cells(runs: list[dict[str, Any]]) -> list[str]:
     """req/s as 'first / second', then the better run's p50 and p99, and all errors."""
     rates = " / ".join(f"{run['req_per_s']:,.0f}" for run in runs)
     best = max(runs, key=lambda run: run["req_per_s"])
     errors = sum(run["errors"] for run in runs)
-    return [rates, _num(best["p50_ms"], 2), _num(best["p99_ms"], 1), str(errors)]
+    return [rates, num(best["p50_ms"], 2), num(best["p99_ms"], 1), str(errors)]
 
 
 def model_table(model: str, entry: dict[str, Any]) -> list[str]:
@@ -44,9 +44,9 @@ def model_table(model: str, entry: dict[str, Any]) -> list[str]:
         cells = [_LABELS.get(key, key)]
         for connections in ("c64", "c1"):
             runs = measured.get(connections)
-            cells += _runs(runs) if runs else ["not run", "", "", ""]
+            cells += run_cells(runs) if runs else ["not run", "", "", ""]
         memory = measured.get("memory", {})
-        cells += [_num(memory.get("rss_mib"), 0), _num(memory.get("pss_mib"), 0)]
+        cells += [num(memory.get("rss_mib"), 0), num(memory.get("pss_mib"), 0)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -160,10 +160,26 @@ def running(
     # MLServer takes the two ports after its HTTP port too.
     port = free_port() if not key.startswith("mlserver") else _three_free_ports()
     how = launch(key, artifact, row, port, overload, loadonce_module)
+    with serving(key, how, artifact, timeout_s, env=env) as server:
+        yield server
+
+
+@contextmanager
+def serving(
+    name: str,
+    how: Launch,
+    artifact: Path,
+    timeout_s: float = 120,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[Running]:
+    """Start ``how.command`` on the server core (BENCH_ARTIFACT naming ``artifact``, its log in
+    bench/results/server-NAME.log); yield once it answers ``how.body`` with 200; stop it and
+    what it started. For servers ``launch`` does not know (`bench.transformers`)."""
     env = dict(env or {})
     path = os.pathsep.join(filter(None, [env.pop("PYTHONPATH", ""), str(ROOT)]))
     env = {**os.environ, **env, "BENCH_ARTIFACT": str(artifact), "PYTHONPATH": path}
-    log = (RESULTS / f"server-{key}.log").open("wb")
+    log = (RESULTS / f"server-{name}.log").open("wb")
     process = subprocess.Popen(
         ["taskset", "-c", SERVER_CORE, *how.command],
         env=env,
@@ -184,7 +200,7 @@ def running(
             except httpx.TransportError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{key} did not start; see {log.name}")
+                raise RuntimeError(f"{name} did not start; see {log.name}")
             time.sleep(0.2)
         yield Running(process, how.url, how.body)
     finally:
@@ -235,3 +251,17 @@ def tree_memory_mib(pid: int) -> dict[str, float]:
         rss += info.rss
         pss += getattr(info, "pss", 0)
     return {"rss_mib": rss / 2**20, "pss_mib": pss / 2**20}
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds used so far by a server's processes. On a shared machine the
+    CPU a request costs is steadier than requests per second, which other processes change."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for member in [root, *root.children(recursive=True)]:
+        try:
+            times = member.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total

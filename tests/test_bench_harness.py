@@ -8,8 +8,10 @@ import os
 import shutil
 import subprocess
 import sys
+from typing import Any
 
 import pytest
+from bench import transformers as transformers_bench
 from bench import wrk
 from bench.report import render
 
@@ -101,6 +103,62 @@ def test_the_table_shows_both_runs_the_better_latency_and_all_errors() -> None:
     assert cells[9:] == ["150", "120"]
     [peer_row] = [line for line in table.splitlines() if line.startswith("| LitServe, batching")]
     assert "not run" in peer_row
+
+
+def test_the_transformers_table_says_what_batching_and_loadonce_gain() -> None:
+    """`bench.transformers`' table and ratios, from figures given here (its real run starts
+    three servers importing torch: about a minute even with --quick, too long for this file)."""
+
+    def measured(rate: float, p50: float, mean_batch: float | None) -> dict[str, object]:
+        return {
+            "c16": [_run(rate, p50 * 10), _run(rate * 0.9, p50 * 11)],
+            "c1": [_run(300, p50)],
+            "c16_mean_batch": mean_batch,
+            "c16_cpu_ms_per_request": 0.75,
+            "memory": {"rss_mib": 420.0},
+        }
+
+    results: dict[str, Any] = {
+        "date": "2026-12-02",
+        "cpu": "a test CPU",
+        "seconds": 15,
+        "warmup": 3,
+        "runs": 2,
+        "many_connections": 16,
+        "versions": {"transformers": "5.23.0"},
+        "model": {
+            **transformers_bench.BERT,
+            "vocab_size": 70,
+            "parameters": 307_586,
+            "directory_bytes": 1_258_291,
+            "sentence_tokens": 13,
+        },
+        "batching": {"max_batch_size": 16, "max_wait_ms": 0, "fill_wait_ms": 2},
+        "labels": dict(transformers_bench.VARIANTS),
+        "models": {
+            "transformers": {
+                "inprocess": {"torch_threads": 1, "ms_per_call": {"1": 2.0, "16": 6.4}},
+                "inprocess_rows_per_s": 2500.0,
+                "variants": {
+                    "b": measured(350, 3.0, 1.0),
+                    "a": measured(1400, 3.3, 13.0),
+                    "c": measured(700, 2.5, None),
+                },
+            }
+        },
+    }
+    ratios = transformers_bench.ratios(results)
+    assert ratios["c16 batching / no batching"] == pytest.approx(4.0)
+    assert ratios["c16 loadonce batching / plain FastAPI"] == pytest.approx(2.0)
+    assert ratios["c1 p50 batching / no batching"] == pytest.approx(1.1)
+    results["ratios"] = ratios
+    table = transformers_bench.render(results)
+    assert "307,586 parameters" in table
+    [batched] = [line for line in table.splitlines() if line.startswith("| loadonce, batching")]
+    cells = [cell.strip() for cell in batched.strip("|").split("|")]
+    assert cells[1:3] == ["1,400 / 1,260", "33.00"]
+    assert cells[-3:] == ["13.0", "0.75", "420"]
+    assert "- c16 batching / no batching: 4.00" in table
 
 
 @pytest.mark.timeout(300)
