@@ -37,6 +37,12 @@ from transformers import (
     ViTForImageClassification,
     ViTImageProcessor,
     ViTModel,
+    Wav2Vec2Config,
+    Wav2Vec2CTCTokenizer,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2ForCTC,
+    Wav2Vec2ForSequenceClassification,
+    Wav2Vec2Processor,
     pipeline,
 )
 
@@ -146,6 +152,40 @@ def directories(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ),
         bert_tokenizer,
     )
+    speech: dict[str, Any] = {
+        "vocab_size": 8,
+        "hidden_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "conv_dim": (8, 8),
+        "conv_stride": (5, 4),
+        "conv_kernel": (10, 8),
+        "num_conv_pos_embeddings": 8,
+        "num_conv_pos_embedding_groups": 2,
+        "pad_token_id": 0,
+    }
+    # A raw-waveform model with group norm: padding is not masked (no attention mask).
+    extractor = Wav2Vec2FeatureExtractor(  # type: ignore[no-untyped-call]
+        sampling_rate=16000, return_attention_mask=False
+    )
+    built["listener"] = (
+        Wav2Vec2ForSequenceClassification(
+            Wav2Vec2Config(**speech, id2label={0: "yes", 1: "no"}, label2id={"yes": 0, "no": 1})
+        ),
+        extractor,
+    )
+    letters = root / "letters.json"
+    letters.write_text(json.dumps({c: i for i, c in enumerate(["<pad>", "<unk>", "|", *"abcde"])}))
+    characters = Wav2Vec2CTCTokenizer(  # type: ignore[no-untyped-call]
+        str(letters), word_delimiter_token="|"
+    )
+    built["transcriber"] = (
+        Wav2Vec2ForCTC(Wav2Vec2Config(**speech)),
+        Wav2Vec2Processor(  # type: ignore[no-untyped-call]
+            feature_extractor=extractor, tokenizer=characters
+        ),
+    )
     found = {}
     for name, (model, tokenizer) in built.items():
         model.save_pretrained(root / name)
@@ -191,7 +231,8 @@ class ForwardPasses:
 
     def _seen(self, module: Any, args: Any, kwargs: Any, output: Any) -> None:
         if type(module).__name__ in self.classes:
-            ids = kwargs.get("input_ids", kwargs.get("pixel_values", args[0] if args else None))
+            given = [kwargs.get(k) for k in ("input_ids", "pixel_values", "input_values")]
+            ids = next((g for g in given if g is not None), args[0] if args else None)
             with self._lock:
                 self.shapes.append(tuple(ids.shape) if ids is not None else ())
 
@@ -465,7 +506,7 @@ def test_a_task_loadonce_does_not_serve_is_named_at_load(directories: dict[str, 
     spec = loadonce.ModelSpec(
         name="audio",
         artifact=directories["classify"],
-        options={"task": "automatic-speech-recognition"},
+        options={"task": "text-to-audio"},
     )
     with pytest.raises(loadonce.ModelLoadError, match="not served by loadonce yet; served tasks"):
         TestClient(loadonce.create_app([spec])).__enter__()
@@ -556,3 +597,52 @@ def test_zero_shot_classification_batches_texts_that_share_their_labels(
         response = client.post("/models/chooser/predict", json={"inputs": [bad]})
         assert response.status_code == 400
         assert "candidate_labels" in response.json()["error"]
+
+
+def _clip(seed: int, samples: int) -> list[float]:
+    clip: list[float] = (
+        np.random.default_rng(seed).standard_normal(samples).astype(np.float32).tolist()
+    )
+    return clip
+
+
+@pytest.mark.parametrize(
+    ("name", "task", "model_class"),
+    [
+        ("listener", "audio-classification", "Wav2Vec2ForSequenceClassification"),
+        ("transcriber", "automatic-speech-recognition", "Wav2Vec2ForCTC"),
+    ],
+)
+def test_clips_of_equal_length_share_a_pass_and_answer_as_alone(
+    client: TestClient, directories: dict[str, Path], name: str, task: str, model_class: str
+) -> None:
+    """Speech models read the clip's samples (at the model's rate) from a list of numbers.
+    Without an attention mask, padding would change a raw-waveform model's answers: only
+    clips of equal length share a forward pass, and each answers as it would alone."""
+    clips = [_clip(0, 1600), _clip(1, 2400), _clip(2, 1600)]
+    with ForwardPasses(model_class) as passes:
+        served = _predict(client, name, clips)
+    assert sorted(shape[0] for shape in passes.shapes) == [1, 2]
+    reference = _reference(task, directories[name])
+    for clip, answer in zip(clips, served, strict=True):
+        assert _rounded(answer) == _rounded(reference(np.array(clip, dtype=np.float32)))
+    [one] = _predict(client, name, clips[1])  # a single clip: one list of samples
+    assert _rounded(one) == _rounded(served[1])
+
+
+def test_a_clip_the_speech_model_cannot_take_is_a_400(client: TestClient) -> None:
+    too_short = client.post("/models/transcriber/predict", json={"inputs": [[0.5] * 5]})
+    assert too_short.status_code == 400
+    # Measured at load: the model's convolutions need 45 samples (kernels 10 and 8, strides
+    # 5 and 4, and more than one value per channel for the group norm).
+    assert "5 samples long; this model needs at least 45" in too_short.json()["error"]
+    for bad in ([["a", "b"]], [[0.1, None]], [[[0.1, 0.2]]]):
+        response = client.post("/models/listener/predict", json={"inputs": bad})
+        assert response.status_code == 400, bad
+    infinite = client.post(
+        "/models/listener/predict",
+        content='{"inputs": [[0.1, Infinity, 0.2]]}',
+        headers={"content-type": "application/json"},
+    )
+    assert infinite.status_code == 400
+    assert "outside the range of float32" in infinite.json()["error"]

@@ -21,6 +21,7 @@ from loadonce.runtimes.transformers.directory import (
 from loadonce.runtimes.transformers.images import DEFAULT_MAX_PIXELS
 from loadonce.runtimes.transformers.parameters import DEFAULT_MAX_NEW_TOKENS, generation_rules
 from loadonce.runtimes.transformers.predictors import (
+    AudioPredictor,
     ImagePredictor,
     PipelinePredictor,
     QuestionAnsweringPredictor,
@@ -28,7 +29,13 @@ from loadonce.runtimes.transformers.predictors import (
     ZeroShotPredictor,
     default_new_tokens,
 )
-from loadonce.runtimes.transformers.tasks import ServedTask, infer_task, served_task
+from loadonce.runtimes.transformers.tasks import (
+    ServedTask,
+    architectures_of,
+    auto_class_of,
+    infer_task,
+    served_task,
+)
 
 __all__ = ["TransformersRuntime"]
 
@@ -70,8 +77,8 @@ class TransformersRuntime(Runtime):
         check_model_directory(
             directory,
             trust=spec.trust,
-            needs_tokenizer=task.reads_text,
-            needs_image_processor=not task.reads_text,
+            needs_tokenizer=task.needs_tokenizer,
+            needs_preprocessor=not task.reads_text,
         )
         torch = import_optional("torch", extra="torch")
         device = str(spec.options.get("device", "cpu"))
@@ -81,9 +88,30 @@ class TransformersRuntime(Runtime):
         if cap < 1:
             raise ValueError(f"options.max_new_tokens must be 1 or more; got {cap}")
         try:
-            model = getattr(transformers, _auto_class(task, transformers)).from_pretrained(
+            auto_class = auto_class_of(task, transformers, architectures_of(directory))
+            model = getattr(transformers, auto_class).from_pretrained(
                 directory, local_files_only=True, trust_remote_code=False
             )
+            if task.examples == "audio":
+                model.eval()
+                return AudioPredictor(
+                    transformers.pipeline(
+                        task=task.name,
+                        model=model,
+                        feature_extractor=transformers.AutoFeatureExtractor.from_pretrained(
+                            directory, local_files_only=True, trust_remote_code=False
+                        ),
+                        tokenizer=transformers.AutoTokenizer.from_pretrained(
+                            directory, local_files_only=True, trust_remote_code=False
+                        )
+                        if task.needs_tokenizer
+                        else None,
+                        device=device,
+                    ),
+                    call_options=dict(spec.options.get("call", {})),
+                    request_parameters=frozenset(spec.options.get("request_parameters", [])),
+                    vocabulary=_labels(model.config),
+                )
             if not task.reads_text:
                 model.eval()
                 return ImagePredictor(
@@ -136,17 +164,9 @@ class TransformersRuntime(Runtime):
 
 
 def _labels(config: Any) -> int:
-    """How many labels an image classifier has: the most a top_k may ask for."""
+    """How many labels an image or audio classifier has: the most a top_k may ask for."""
     labels = getattr(config, "id2label", None)
     return max(1, len(labels)) if isinstance(labels, dict) else 1
-
-
-def _auto_class(task: ServedTask, transformers: Any) -> str:
-    """The auto class that loads the task's model: transformers' own for a pipeline task."""
-    if task.auto_class is not None:
-        return task.auto_class
-    [auto, *_] = transformers.pipelines.SUPPORTED_TASKS[task.name]["pt"]
-    return str(auto.__name__)
 
 
 def _request_parameters(spec: ModelSpec, task: ServedTask) -> frozenset[str]:

@@ -29,12 +29,15 @@ def weights_are_pickled(path: Path) -> bool:
     return any((path / name).is_file() for name in PICKLED_WEIGHT_FILES)
 
 
-# An image model's preprocessing (size, normalisation): transformers would improvise without.
-IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
+# An image or speech model's preprocessing (an image's size and normalisation, audio's sampling
+# rate): transformers would improvise without it.
+# (A processor saved whole, such as a speech model's feature extractor and tokenizer, writes
+# processor_config.json instead.)
+PREPROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 
 
 def check_model_directory(
-    path: Path, *, trust: bool, needs_tokenizer: bool, needs_image_processor: bool = False
+    path: Path, *, trust: bool, needs_tokenizer: bool, needs_preprocessor: bool = False
 ) -> None:
     """Name the missing file before transformers would look elsewhere or improvise."""
     if not path.is_dir():
@@ -46,10 +49,10 @@ def check_model_directory(
             f"missing file: {path / 'tokenizer.json'} (or another vocabulary file: "
             f"{', '.join(TOKENIZER_FILES[1:])}); without it every text would become [UNK]"
         )
-    if needs_image_processor and not (path / IMAGE_PROCESSOR_FILE).is_file():
+    if needs_preprocessor and not any((path / name).is_file() for name in PREPROCESSOR_FILES):
         raise FileNotFoundError(
-            f"missing file: {path / IMAGE_PROCESSOR_FILE} (how images are resized and "
-            "normalised for this model)"
+            f"missing file: {path / PREPROCESSOR_FILES[0]} (how this model's images or audio "
+            "are prepared)"
         )
     if any((path / name).is_file() for name in WEIGHT_FILES):
         return

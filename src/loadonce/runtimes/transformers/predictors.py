@@ -12,6 +12,7 @@ from typing import Any
 
 from loadonce.core.errors import InvalidInputError
 from loadonce.runtimes._base import InputSignature, Predictor, TensorInfo
+from loadonce.runtimes.transformers.audio import CLIP, clip_samples, shortest_clip
 from loadonce.runtimes.transformers.images import decode_image, image_bytes
 from loadonce.runtimes.transformers.parameters import (
     Rule,
@@ -426,6 +427,64 @@ class ZeroShotPredictor(TextPredictor):
                 multi_label=multi,
                 **{"batch_size": len(texts) * len(labels), **self.call_options, **parameters},
             )
+            for position, answer in zip(positions, answered, strict=True):
+                outputs[position] = answer
+        return outputs
+
+
+class AudioPredictor(Predictor):
+    """A speech pipeline (audio classification, speech recognition) on a batch of clips.
+
+    Clips of different lengths are padded into one batch only where the model is told which
+    samples are padding (its feature extractor returns an attention mask); otherwise padding
+    would change the answers, so only clips of equal length share a pass."""
+
+    signature: InputSignature | None = CLIP
+    inputs: Sequence[TensorInfo] = (TensorInfo(name="audio", dtype="float32", shape=(None, None)),)
+
+    def __init__(
+        self,
+        pipeline: Any,
+        *,
+        call_options: Mapping[str, Any],
+        request_parameters: frozenset[str],
+        vocabulary: int,
+    ) -> None:
+        self.pipeline = pipeline
+        self.call_options = dict(call_options)
+        self.request_parameters = request_parameters
+        self._rules = pipeline_rules(vocabulary)
+        extractor = pipeline.feature_extractor
+        self.sampling_rate = int(extractor.sampling_rate)
+        self._masks_padding = bool(getattr(extractor, "return_attention_mask", False))
+        self.shortest = shortest_clip(lambda clip: pipeline(clip), self.sampling_rate)
+
+    def check_parameters(self, parameters: Mapping[str, Any]) -> None:
+        check_parameters(parameters, self._rules)
+
+    def prepare(self, examples: list[Any]) -> list[Any]:
+        clips = [clip_samples(e, i) for i, e in enumerate(examples)]
+        for index, clip in enumerate(clips):
+            if self.shortest is not None and len(clip) < self.shortest:
+                raise InvalidInputError(
+                    f"example {index} is {len(clip)} samples long; this model needs at least "
+                    f"{self.shortest} ({self.shortest / self.sampling_rate * 1000:.1f} ms at "
+                    f"{self.sampling_rate} Hz)"
+                )
+        return clips
+
+    def predict(self, batch: Any) -> Sequence[Any]:
+        return self.predict_with(batch, {})
+
+    def predict_with(self, batch: Any, parameters: Mapping[str, Any]) -> Sequence[Any]:
+        clips: list[Any] = list(batch)
+        groups: dict[int, list[int]] = {}
+        for position, clip in enumerate(clips):
+            groups.setdefault(0 if self._masks_padding else len(clip), []).append(position)
+        outputs: list[Any] = [None] * len(clips)
+        for positions in groups.values():
+            options = {"batch_size": len(positions), **self.call_options, **parameters}
+            answered = self.pipeline([clips[i] for i in positions], **options)
             for position, answer in zip(positions, answered, strict=True):
                 outputs[position] = answer
         return outputs

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 # What one example of a task is: a text, a question with the context that answers it, a text
-# with the labels to choose from, or an image file's bytes.
-ExampleKind = Literal["text", "question", "zero-shot", "image"]
+# with the labels to choose from, an image file's bytes, or a clip of audio samples.
+ExampleKind = Literal["text", "question", "zero-shot", "image", "audio"]
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,13 @@ class ServedTask:
 
     @property
     def reads_text(self) -> bool:
-        """Whether its examples are tokenized (else an image processor reads them)."""
-        return self.examples != "image"
+        """Whether its examples are tokenized (else a preprocessor reads them)."""
+        return self.examples not in ("image", "audio")
+
+    @property
+    def needs_tokenizer(self) -> bool:
+        """Whether it reads or writes text (speech recognition writes it)."""
+        return self.reads_text or self.name == "automatic-speech-recognition"
 
 
 SERVED_TASKS = {
@@ -56,6 +61,8 @@ SERVED_TASKS = {
         ServedTask("zero-shot-classification", "zero-shot"),
         ServedTask("image-classification", "image"),
         ServedTask("image-feature-extraction", "image"),
+        ServedTask("audio-classification", "audio"),
+        ServedTask("automatic-speech-recognition", "audio"),
     )
 }
 
@@ -81,7 +88,9 @@ def infer_task(path: Path, transformers: Any, *, has_tokenizer: bool) -> ServedT
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
         config = {}
-    architectures = [str(a) for a in config.get("architectures") or []]
+    if not isinstance(config, dict):
+        config = {}
+    architectures = architectures_of(path)
     candidates = [
         (task, kind)
         for architecture in architectures
@@ -131,3 +140,25 @@ def _maps(auto_class: Any, architecture: str) -> bool:
         if architecture == value or (isinstance(value, tuple | list) and architecture in value):
             return True
     return False
+
+
+def auto_class_of(task: ServedTask, transformers: Any, architectures: list[str]) -> str:
+    """The auto class that loads the task's model: for a pipeline task, the one of
+    transformers' classes for it that maps the model's architecture (speech recognition has
+    CTC and sequence-to-sequence models), else its first."""
+    if task.auto_class is not None:
+        return task.auto_class
+    classes = transformers.pipelines.SUPPORTED_TASKS[task.name]["pt"]
+    for auto in classes:
+        if any(_maps(auto, architecture) for architecture in architectures):
+            return str(auto.__name__)
+    return str(classes[0].__name__)
+
+
+def architectures_of(path: Path) -> list[str]:
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return []
+    found = config.get("architectures") if isinstance(config, dict) else None
+    return [str(a) for a in found] if isinstance(found, list) else []
