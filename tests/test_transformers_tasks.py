@@ -636,6 +636,9 @@ def test_a_clip_the_speech_model_cannot_take_is_a_400(client: TestClient) -> Non
     # Measured at load: the model's convolutions need 45 samples (kernels 10 and 8, strides
     # 5 and 4, and more than one value per channel for the group norm).
     assert "5 samples long; this model needs at least 45" in too_short.json()["error"]
+    too_long = client.post("/models/listener/predict", json={"inputs": [[0.0] * 480_016]})
+    assert too_long.status_code == 400
+    assert "30.0 s long; this model takes at most 30 s" in too_long.json()["error"]
     for bad in ([["a", "b"]], [[0.1, None]], [[[0.1, 0.2]]]):
         response = client.post("/models/listener/predict", json={"inputs": bad})
         assert response.status_code == 400, bad
@@ -646,3 +649,13 @@ def test_a_clip_the_speech_model_cannot_take_is_a_400(client: TestClient) -> Non
     )
     assert infinite.status_code == 400
     assert "outside the range of float32" in infinite.json()["error"]
+
+
+def test_a_request_of_many_texts_runs_in_bounded_passes(client: TestClient) -> None:
+    """A pass's memory grows with its examples: a request of 70 texts is passes of at most 64
+    (one request may hold up to max_request_examples), for the pipelines and for loadonce's
+    own question answering alike."""
+    with ForwardPasses("BertForTokenClassification", "BertForQuestionAnswering") as passes:
+        _predict(client, "tokens", ["good movie"] * 70)
+        _predict(client, "answers", [{"question": "what", "context": "good"}] * 70)
+    assert [shape[0] for shape in passes.shapes] == [64, 6, 64, 6]

@@ -13,6 +13,7 @@ from loadonce.core.imports import import_optional
 from loadonce.core.spec import ModelSpec
 from loadonce.runtimes._base import Predictor, Runtime
 from loadonce.runtimes.torch import torch_device
+from loadonce.runtimes.transformers.audio import DEFAULT_MAX_SECONDS
 from loadonce.runtimes.transformers.directory import (
     check_model_directory,
     has_tokenizer,
@@ -43,7 +44,15 @@ __all__ = ["TransformersRuntime"]
 class TransformersRuntime(Runtime):
     name = "transformers"
     options = frozenset(
-        {"task", "device", "call", "request_parameters", "max_new_tokens", "max_pixels"}
+        {
+            "task",
+            "device",
+            "call",
+            "request_parameters",
+            "max_new_tokens",
+            "max_pixels",
+            "max_seconds",
+        }
     )
     libraries = ("torch", "transformers")
     # Fast tokenizers hold mutable state ("Already borrowed" under concurrent calls) and a
@@ -111,6 +120,7 @@ class TransformersRuntime(Runtime):
                     call_options=dict(spec.options.get("call", {})),
                     request_parameters=frozenset(spec.options.get("request_parameters", [])),
                     vocabulary=_labels(model.config),
+                    max_seconds=float(spec.options.get("max_seconds", DEFAULT_MAX_SECONDS)),
                 )
             if not task.reads_text:
                 model.eval()

@@ -17,6 +17,9 @@ from loadonce.core.inputs import as_typed_batch
 from loadonce.core.signature import InputSignature
 
 CLIP = InputSignature(shape=(None,), dtype="float32")
+# The longest clip a request may send unless the operator says otherwise (options.max_seconds):
+# Whisper-style models read 30 s at a time.
+DEFAULT_MAX_SECONDS = 30.0
 
 
 def clip_samples(example: Any, index: int) -> npt.NDArray[np.float32]:

@@ -28,6 +28,19 @@ _CONTEXT_ATTRIBUTES = ("max_position_embeddings", "n_positions", "max_sequence_l
 _UNSET_LENGTH = 10**12
 # Question answering: the longest answer looked for, in tokens (the removed pipeline's default).
 _LONGEST_ANSWER_TOKENS = 15
+# The most examples in one forward pass unless the operator's options.call sets batch_size: a
+# pass's memory grows with its examples times their padded length, and one request may hold
+# a thousand texts (max_request_examples); larger batches run as several passes.
+LARGEST_PASS = 64
+
+
+def pass_size(examples: int) -> int:
+    return max(1, min(examples, LARGEST_PASS))
+
+
+def in_passes(count: int, size: int = LARGEST_PASS) -> list[range]:
+    """Positions 0..count-1 cut into passes of at most ``size``."""
+    return [range(start, min(start + size, count)) for start in range(0, count, size)]
 
 
 @dataclass(frozen=True)
@@ -182,7 +195,7 @@ class PipelinePredictor(TextPredictor):
         prompts: list[Prompt] = list(batch)
         options = {**self.call_options, **parameters}
         # The operator's batch_size (options.call) cuts a batch into smaller passes.
-        options.setdefault("batch_size", len(prompts))
+        options.setdefault("batch_size", pass_size(len(prompts)))
         if self.task.generates:
             options["max_new_tokens"] = self.new_tokens(options, prompts)
         outputs: list[Any] = self.pipeline([p.text for p in prompts], **options)
@@ -223,15 +236,17 @@ class Seq2SeqPredictor(TextPredictor):
     def predict_with(self, batch: Any, parameters: Mapping[str, Any]) -> Sequence[Any]:
         prompts: list[Prompt] = list(batch)
         generation = {**parameters, "max_new_tokens": self.new_tokens(parameters, prompts)}
-        encoded = self.tokenizer(
-            [p.text for p in prompts],
-            padding=True,
-            truncation=self._truncation,
-            return_tensors="pt",
-        ).to(self.model.device)
-        with self._torch.inference_mode():
-            generated = self.model.generate(**encoded, **generation)
-        texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        texts: list[str] = []
+        for positions in in_passes(len(prompts)):
+            encoded = self.tokenizer(
+                [prompts[i].text for i in positions],
+                padding=True,
+                truncation=self._truncation,
+                return_tensors="pt",
+            ).to(self.model.device)
+            with self._torch.inference_mode():
+                generated = self.model.generate(**encoded, **generation)
+            texts += self.tokenizer.batch_decode(generated, skip_special_tokens=True)
         return [{"generated_text": text} for text in texts]
 
 
@@ -288,6 +303,12 @@ class QuestionAnsweringPredictor(Predictor):
 
     def predict(self, batch: Any) -> Sequence[Any]:
         pairs: list[tuple[str, str]] = list(batch)
+        answers: list[dict[str, Any]] = []
+        for positions in in_passes(len(pairs)):
+            answers += self._answer([pairs[i] for i in positions])
+        return answers
+
+    def _answer(self, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
         encoded = self.tokenizer(
             [q for q, _ in pairs],
             [c for _, c in pairs],
@@ -367,7 +388,7 @@ class ImagePredictor(Predictor):
     def predict_with(self, batch: Any, parameters: Mapping[str, Any]) -> Sequence[Any]:
         images = list(batch)
         options = {**self.call_options, **parameters}
-        options.setdefault("batch_size", len(images))
+        options.setdefault("batch_size", pass_size(len(images)))
         outputs: list[Any] = self.pipeline(images, **options)
         return outputs
 
@@ -425,7 +446,11 @@ class ZeroShotPredictor(TextPredictor):
                 texts,
                 candidate_labels=list(labels),
                 multi_label=multi,
-                **{"batch_size": len(texts) * len(labels), **self.call_options, **parameters},
+                **{
+                    "batch_size": pass_size(len(texts) * len(labels)),
+                    **self.call_options,
+                    **parameters,
+                },
             )
             for position, answer in zip(positions, answered, strict=True):
                 outputs[position] = answer
@@ -449,11 +474,13 @@ class AudioPredictor(Predictor):
         call_options: Mapping[str, Any],
         request_parameters: frozenset[str],
         vocabulary: int,
+        max_seconds: float,
     ) -> None:
         self.pipeline = pipeline
         self.call_options = dict(call_options)
         self.request_parameters = request_parameters
         self._rules = pipeline_rules(vocabulary)
+        self._max_seconds = max_seconds
         extractor = pipeline.feature_extractor
         self.sampling_rate = int(extractor.sampling_rate)
         self._masks_padding = bool(getattr(extractor, "return_attention_mask", False))
@@ -464,7 +491,14 @@ class AudioPredictor(Predictor):
 
     def prepare(self, examples: list[Any]) -> list[Any]:
         clips = [clip_samples(e, i) for i, e in enumerate(examples)]
+        longest = int(self._max_seconds * self.sampling_rate)
         for index, clip in enumerate(clips):
+            if len(clip) > longest:
+                # A pass's memory grows with the clip (a convolution's 512 channels per frame).
+                raise InvalidInputError(
+                    f"example {index} is {len(clip) / self.sampling_rate:.1f} s long; this model "
+                    f"takes at most {self._max_seconds:g} s (options.max_seconds)"
+                )
             if self.shortest is not None and len(clip) < self.shortest:
                 raise InvalidInputError(
                     f"example {index} is {len(clip)} samples long; this model needs at least "
@@ -483,7 +517,7 @@ class AudioPredictor(Predictor):
             groups.setdefault(0 if self._masks_padding else len(clip), []).append(position)
         outputs: list[Any] = [None] * len(clips)
         for positions in groups.values():
-            options = {"batch_size": len(positions), **self.call_options, **parameters}
+            options = {"batch_size": pass_size(len(positions)), **self.call_options, **parameters}
             answered = self.pipeline([clips[i] for i in positions], **options)
             for position, answer in zip(positions, answered, strict=True):
                 outputs[position] = answer
