@@ -450,6 +450,16 @@ def test_texts_beyond_the_models_context_are_a_400(client: TestClient) -> None:
     # Without max_new_tokens it gets what the context leaves.
     [fitted] = _predict(client, "writer", [prompt])
     assert len(fitted["generated_text"].split()) <= CONTEXT
+    # A minimum the context cannot hold, without a maximum: a 400 too (generate would warn,
+    # then stop short of it).
+    response = client.post(
+        "/models/writer/predict", json={"inputs": [prompt], "parameters": {"min_new_tokens": 10}}
+    )
+    assert response.status_code == 400
+    assert "at least 10 new tokens exceed the model's context" in response.json()["error"]
+    # A minimum at the cap (12 here) is generated, no warning from generate (pytest would fail).
+    [longer] = _predict(client, "writer", ["good"], parameters={"min_new_tokens": 12})
+    assert longer["generated_text"].startswith("good")
 
 
 @pytest.mark.parametrize(

@@ -163,12 +163,20 @@ class TextPredictor(Predictor):
     def new_tokens(self, parameters: Mapping[str, Any], batch: Sequence[Prompt]) -> int:
         """The new tokens each example of the batch generates, checked against the context."""
         asked = parameters.get("max_new_tokens")
+        least = parameters.get("min_new_tokens")
+        least = least if isinstance(least, int) and not isinstance(least, bool) else 0
         longest = 0 if self._decoder_apart else max(prompt.tokens for prompt in batch)
         if not isinstance(asked, int) or isinstance(asked, bool):
-            # Not asked for: the default, within what the context leaves (at least one
-            # token is left: see prepare).
-            room = self._default_new_tokens if self.context is None else self.context - longest
-            return min(self._default_new_tokens, room)
+            # Not asked for: the default (or the minimum asked for, if more), within what the
+            # context leaves (at least one token is left: see prepare).
+            wanted = min(max(self._default_new_tokens, least), self._new_tokens_cap)
+            room = wanted if self.context is None else self.context - longest
+            if least > room:
+                raise InvalidInputError(
+                    f"a prompt of {longest} tokens and at least {least} new tokens exceed the "
+                    f"model's context of {self.context} tokens: ask for fewer (min_new_tokens)"
+                )
+            return min(wanted, room)
         wanted = min(asked, self._new_tokens_cap)
         if self.context is not None and longest + wanted > self.context:
             raise InvalidInputError(
