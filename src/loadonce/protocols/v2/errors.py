@@ -1,8 +1,14 @@
-"""The Open Inference Protocol's own error: a version the model is not served in."""
+"""The Open Inference Protocol's own errors: a model or a version it does not serve."""
 
 from __future__ import annotations
 
 from loadonce.core.errors import LoadonceError, ModelNotFoundError
+from loadonce.core.model import Model
+from loadonce.core.registry import Registry
+
+# Triton's words for it, which clients written against Triton look for (its own examples
+# check that the message starts with them).
+_UNKNOWN_MODEL = "Request for unknown model"
 
 
 class VersionNotFoundError(ModelNotFoundError):
@@ -13,3 +19,21 @@ class VersionNotFoundError(ModelNotFoundError):
         LoadonceError.__init__(
             self, f"model '{name}' has no version '{version}'; it serves version '{served}'"
         )
+
+
+class UnknownModelError(ModelNotFoundError):
+    """No model of that name (HTTP 404), said as Triton says it, then as loadonce does."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        listing = ", ".join(repr(k) for k in known) or "none"
+        LoadonceError.__init__(
+            self, f"{_UNKNOWN_MODEL}: '{name}' is not served here; models served: {listing}"
+        )
+
+
+def find_model(registry: Registry, name: str) -> Model:
+    """The model of that name, else an ``UnknownModelError``."""
+    if name not in registry:
+        raise UnknownModelError(name, [model.name for model in registry.models])
+    return registry.get(name)

@@ -22,6 +22,7 @@ from loadonce.core.model import Model, ModelState
 from loadonce.http.dependencies import registry_of
 from loadonce.http.errors import v2_error
 from loadonce.http.state import LoadonceState
+from loadonce.protocols.v2.errors import find_model
 from loadonce.protocols.v2.schemas import (
     RepositoryIndexRequest,
     RepositoryModel,
@@ -61,7 +62,7 @@ def add_repository_routes(router: APIRouter, *, model_control: bool) -> None:
         summary="Load a declared model, or reload it without a pause in service",
     )
     async def repository_load(model_name: str, request: Request) -> Response:
-        model = registry_of(request).get(model_name)
+        model = find_model(registry_of(request), model_name)
         body = _parse(RepositoryRequest, await request.body())
         if not model_control:
             return _control_off()
@@ -81,7 +82,7 @@ def add_repository_routes(router: APIRouter, *, model_control: bool) -> None:
         summary="Unload a model once its queued requests are answered",
     )
     async def repository_unload(model_name: str, request: Request) -> Response:
-        model = registry_of(request).get(model_name)
+        model = find_model(registry_of(request), model_name)
         _parse(RepositoryRequest, await request.body())
         if not model_control:
             return _control_off()
