@@ -405,7 +405,12 @@ def test_every_answer_carries_a_request_id(http: httpx.Client, path: str) -> Non
 def test_v2_server_metadata(http: httpx.Client) -> None:
     body = expect(200, "name", "version", "extensions").check(http.get("/v2"))
     assert (body["name"], body["version"]) == ("loadonce", loadonce.__version__)
-    assert body["extensions"] == ["binary_tensor_data", "parameters", "model_repository"]
+    assert body["extensions"] == [
+        "binary_tensor_data",
+        "parameters",
+        "model_repository",
+        "statistics",
+    ]
 
 
 @pytest.mark.parametrize("path", ["/v2/models/m", "/v2/models/m/versions/1"])

@@ -32,8 +32,21 @@ class UnknownModelError(ModelNotFoundError):
         )
 
 
-def find_model(registry: Registry, name: str) -> Model:
-    """The model of that name, else an ``UnknownModelError``."""
+def find_model(registry: Registry, name: str, version: str | None = None) -> Model:
+    """The model of that name (in that version, if one is named), else a 404."""
     if name not in registry:
         raise UnknownModelError(name, [model.name for model in registry.models])
-    return registry.get(name)
+    model = registry.get(name)
+    if version is not None and version != model.version:
+        raise VersionNotFoundError(model.name, version, model.version)
+    return model
+
+
+class LoadRefusedError(LoadonceError):
+    """A repository load asked for what loadonce cannot do (HTTP 400); said as Triton says a
+    load failed ("failed to load"), which its clients look for."""
+
+    status = 400
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(f"failed to load '{name}': {why}")
