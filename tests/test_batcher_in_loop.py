@@ -24,6 +24,7 @@ from loadonce.core.errors import (
     QueueFullError,
 )
 from loadonce.core.executors import Executor
+from loadonce.core.observer import CallReport
 from loadonce.runtimes._base import Predictor
 
 pytestmark = pytest.mark.anyio
@@ -516,8 +517,11 @@ class BatchSizes:
     def __init__(self) -> None:
         self.sizes: list[int] = []
 
-    def batch_dispatched(self, model: str, examples: int) -> None:
-        self.sizes.append(examples)
+    def call_returned(self, model: str, report: CallReport) -> None:
+        self.sizes.append(report.examples)
+
+    def request_finished(self, model: str, ok: bool, seconds: float) -> None:
+        pass
 
     def queue_changed(self, model: str, queued_examples: int) -> None:
         pass

@@ -166,6 +166,10 @@ V2_ERROR = ("error",)  # the Open Inference Protocol's errors
 PREDICT = "/models/m/predict"
 INFER = "/v2/models/m/infer"
 UNKNOWN = "model 'nope' is not served here; models served: 'm', 'f32', 'slow'"
+# Under /v2, in Triton's words first: clients written against Triton look for them.
+V2_UNKNOWN = (
+    "Request for unknown model: 'nope' is not served here; models served: 'm', 'f32', 'slow'"
+)
 
 
 def tensor(data: list[Any], *, name: str = "input", datatype: str = "FP64") -> dict[str, Any]:
@@ -216,7 +220,7 @@ def test_unknown_model(http: httpx.Client) -> None:
         *JSON_ERROR,
         message=UNKNOWN,
     ).check(http.post("/models/nope/predict", json={"inputs": [1]}))
-    expect(404, *V2_ERROR, message=UNKNOWN).check(
+    expect(404, *V2_ERROR, message=V2_UNKNOWN).check(
         http.post("/v2/models/nope/infer", json=infer_body(1))
     )
 
@@ -401,7 +405,12 @@ def test_every_answer_carries_a_request_id(http: httpx.Client, path: str) -> Non
 def test_v2_server_metadata(http: httpx.Client) -> None:
     body = expect(200, "name", "version", "extensions").check(http.get("/v2"))
     assert (body["name"], body["version"]) == ("loadonce", loadonce.__version__)
-    assert body["extensions"] == ["binary_tensor_data", "parameters", "model_repository"]
+    assert body["extensions"] == [
+        "binary_tensor_data",
+        "parameters",
+        "model_repository",
+        "statistics",
+    ]
 
 
 @pytest.mark.parametrize("path", ["/v2/models/m", "/v2/models/m/versions/1"])
@@ -426,8 +435,8 @@ def test_v2_readiness(http: httpx.Client, path: str, expected: dict[str, Any]) -
 
 
 def test_v2_metadata_of_an_unknown_model(http: httpx.Client) -> None:
-    expect(404, *V2_ERROR, message=UNKNOWN).check(http.get("/v2/models/nope"))
-    expect(404, *V2_ERROR, message=UNKNOWN).check(http.get("/v2/models/nope/ready"))
+    expect(404, *V2_ERROR, message=V2_UNKNOWN).check(http.get("/v2/models/nope"))
+    expect(404, *V2_ERROR, message=V2_UNKNOWN).check(http.get("/v2/models/nope/ready"))
 
 
 # --- probes and listings -------------------------------------------------------------------
@@ -509,7 +518,7 @@ def test_the_model_repository_loads_and_unloads(http: httpx.Client) -> None:
         loaded = http.post("/v2/repository/models/m/load")
     assert (loaded.status_code, loaded.json()) == (200, {"name": "m", "load": True})
     assert http.post(PREDICT, json={"inputs": [2]}).json()["outputs"] == [4.0]
-    expect(404, *V2_ERROR, message=UNKNOWN).check(http.post("/v2/repository/models/nope/load"))
+    expect(404, *V2_ERROR, message=V2_UNKNOWN).check(http.post("/v2/repository/models/nope/load"))
 
 
 def test_the_admin_reload_and_its_validation(http: httpx.Client) -> None:

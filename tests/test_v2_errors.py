@@ -83,7 +83,7 @@ def test_unknown_model_and_unknown_version_are_404(http: httpx.Client) -> None:
 
 
 def test_unknown_endpoints_and_methods_answer_in_the_protocols_shape(http: httpx.Client) -> None:
-    assert "no such endpoint" in _error(http.get("/v2/models/iris/stats"), 404)
+    assert "no such endpoint" in _error(http.get("/v2/models/iris/shared_memory"), 404)
     wrong_method = http.get("/v2/models/iris/infer")
     assert "POST" in _error(wrong_method, 405)
     assert wrong_method.headers["allow"] == "POST"
@@ -102,7 +102,7 @@ def test_unknown_endpoints_and_methods_answer_in_the_protocols_shape(http: httpx
         (_x_input(), 400, ["input 'x' has no data"]),
         (_x_input(shape=[1, -3], data=[1, 2, 3]), 400, ["inputs.0.shape"]),
         ({"name": "x", "shape": [1, 3], "data": [1, 2, 3]}, 400, ["datatype", "required"]),
-        (_x_input(data=[1, 2, 3], extra=1), 400, ["extra"]),
+        (_x_input(data=[1, 2, 3], parameters=[1]), 400, ["inputs.0.parameters"]),
     ],
 )
 def test_a_wrong_tensor_is_a_400_that_names_it(
@@ -310,7 +310,8 @@ def test_not_ready_is_503_and_readiness_follows(tmp_path: Path) -> None:
         assert index.json() == []
         assert http.post("/v2/repository/models/tensors/load", content=b"").status_code == 200
         assert http.get("/v2/health/ready").status_code == 200
-        assert "not served here" in _error(http.post("/v2/repository/models/x/load"), 404)
+        message = _error(http.post("/v2/repository/models/x/load"), 404)
+        assert message.startswith("Request for unknown model: 'x' is not served here")
         bad = http.post("/v2/repository/index", json={"ready": "yes"})
         assert "ready" in _error(bad, 400)
 

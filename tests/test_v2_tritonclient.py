@@ -291,7 +291,7 @@ def test_repository_index_unload_and_load(tmp_path: Path) -> None:
         with pytest.raises(InferenceServerException) as overridden:
             connection.load_model("iris", config='{"backend": "python"}')
         assert overridden.value.status() == "400"
-        assert "not supported" in overridden.value.message()
+        assert "cannot change backend" in overridden.value.message()
         connection.close()
 
 

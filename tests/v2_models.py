@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -10,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from sklearn.linear_model import LogisticRegression
 
 import loadonce
+from loadonce import Predictor, TensorInfo
 
 IRIS_LIKE = np.array(
     [[5.1, 3.5, 1.4, 0.2], [4.9, 3.0, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [6.3, 2.5, 5.0, 1.9]]
@@ -70,5 +72,81 @@ def v2_specs(directory: Path) -> list[loadonce.ModelSpec]:
             name="scaler",
             loader="tests.loaders:scaler",
             batching=loadonce.Batching(max_batch_size=8, max_wait_ms=100),
+        ),
+    ]
+
+
+# --- the models Triton's example programs call, under the names they use --------------------
+
+_PAIR = (
+    TensorInfo(name="INPUT0", dtype="int32", shape=(None, 16)),
+    TensorInfo(name="INPUT1", dtype="int32", shape=(None, 16)),
+)
+
+
+class Simple(Predictor):
+    """Triton's "simple": two INT32 [-1, 16] inputs; OUTPUT0 is their sum, OUTPUT1 their
+    difference."""
+
+    inputs = _PAIR
+    outputs = (
+        TensorInfo(name="OUTPUT0", dtype="int32", shape=(None, 16)),
+        TensorInfo(name="OUTPUT1", dtype="int32", shape=(None, 16)),
+    )
+
+    def predict(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {"OUTPUT0": pair["INPUT0"] + pair["INPUT1"], "OUTPUT1": pair["INPUT0"] - pair["INPUT1"]}
+            for pair in batch
+        ]
+
+
+class SimpleString(Predictor):
+    """Triton's "simple_string": "simple" on numbers written as text, BYTES in and out."""
+
+    inputs = tuple(TensorInfo(name=t.name, dtype="object", shape=t.shape) for t in _PAIR)
+    outputs = (
+        TensorInfo(name="OUTPUT0", dtype="object", shape=(None, 16)),
+        TensorInfo(name="OUTPUT1", dtype="object", shape=(None, 16)),
+    )
+
+    def predict(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        answers = []
+        for pair in batch:
+            left = np.array([int(x) for x in pair["INPUT0"]])
+            right = np.array([int(x) for x in pair["INPUT1"]])
+            answers.append(
+                {
+                    "OUTPUT0": [str(x).encode() for x in left + right],
+                    "OUTPUT1": [str(x).encode() for x in left - right],
+                }
+            )
+        return answers
+
+
+class SimpleIdentity(Predictor):
+    """Triton's "simple_identity": a BYTES [-1, -1] input answered as it came, OUTPUT0."""
+
+    inputs = (TensorInfo(name="INPUT0", dtype="object", shape=(None, None)),)
+    outputs = (TensorInfo(name="OUTPUT0", dtype="object", shape=(None, None)),)
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return list(batch)
+
+
+def triton_example_specs() -> list[loadonce.ModelSpec]:
+    """Seven models, as many as the repository of Triton's model-control example holds."""
+    return [
+        loadonce.ModelSpec(
+            name="simple",
+            loader=Simple,
+            batching=loadonce.Batching(max_batch_size=8),
+            concurrency="pool:2",
+        ),
+        loadonce.ModelSpec(name="simple_string", loader=SimpleString),
+        loadonce.ModelSpec(name="simple_identity", loader=SimpleIdentity),
+        *(
+            loadonce.ModelSpec(name=f"simple_{n}", loader=Simple)
+            for n in ("copy_1", "copy_2", "copy_3", "copy_4")
         ),
     ]

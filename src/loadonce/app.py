@@ -15,6 +15,7 @@ from loadonce.core.spec import ModelSpec
 from loadonce.http.access_keys import AccessKeys
 from loadonce.http.admin import admin_router
 from loadonce.http.docs import docs_router
+from loadonce.http.errors import answer_not_found, answer_wrong_method
 from loadonce.http.health import health_router
 from loadonce.http.lifespan import LoadedHook, LoadGate, UserLifespan, lifespan
 from loadonce.http.metrics_route import metrics_router
@@ -77,5 +78,9 @@ def create_app(
     if metrics:
         app.include_router(metrics_router())
     app.include_router(docs_router(app))
+    # A path no route has, a method a route of FastAPI's own refuses: {"error"} as every
+    # other loadonce answer, not {"detail"}.
+    app.router.default = answer_not_found
+    app.add_exception_handler(405, answer_wrong_method)
     install_middleware(app)
     return app

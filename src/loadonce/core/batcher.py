@@ -43,7 +43,7 @@ from loadonce.core.errors import (
     describe_exception,
 )
 from loadonce.core.executors import Executor
-from loadonce.core.observer import ModelObserver
+from loadonce.core.observer import CallReport, ModelObserver
 from loadonce.runtimes._base import Predictor
 
 logger = logging.getLogger("loadonce")
@@ -55,7 +55,11 @@ class _Request:
     future: asyncio.Future[list[Any]]
     deadline: float | None  # loop time
     parameters: Mapping[str, Any]
+    # time.perf_counter(): the loop's clock may tick in whole milliseconds (uvloop's does).
+    submitted: float
     queued: bool = True
+    # Seconds it waited in the queue, once its call started.
+    waited: float = 0.0
 
 
 @dataclass(eq=False)
@@ -65,6 +69,20 @@ class _Call:
 
     started: float
     hung: bool = False
+
+
+@dataclass
+class CallTiming:
+    """Seconds one call spent in each phase, timed in the model's thread (every attempt:
+    a failed batched call, then the one-by-one retries)."""
+
+    input_s: float = 0.0
+    infer_s: float = 0.0
+    output_s: float = 0.0
+
+    @property
+    def total_s(self) -> float:
+        return self.input_s + self.infer_s + self.output_s
 
 
 @dataclass
@@ -185,6 +203,7 @@ class Batcher:
             future=loop.create_future(),
             deadline=deadline,
             parameters=parameters or {},
+            submitted=time.perf_counter(),
         )
         request.future.add_done_callback(lambda _: self._forget(request))
         self._queue.append(request)
@@ -195,7 +214,12 @@ class Batcher:
         return request.future
 
     def _forget(self, request: _Request) -> None:
-        """A request resolved or cancelled while still queued leaves the queue now."""
+        """A request resolved or cancelled: counted, and if still queued, out of the queue."""
+        if self.observer is not None:
+            future = request.future
+            ok = not future.cancelled() and future.exception() is None
+            seconds = time.perf_counter() - request.submitted
+            self.observer.request_finished(self.model, ok, seconds)
         if request.queued:
             request.queued = False
             self._queued_examples -= len(request.examples)
@@ -254,6 +278,7 @@ class Batcher:
 
     def _take_batch(self) -> list[_Request]:
         now = asyncio.get_running_loop().time()
+        started = time.perf_counter()
         batch: list[_Request] = []
         size = 0
         while self._queue:
@@ -272,6 +297,7 @@ class Batcher:
                 # Expired while queued: answered now, and the model never sees it.
                 request.future.set_exception(DeadlineExceededError(self.model))
                 continue
+            request.waited = started - request.submitted
             batch.append(request)
             size += len(request.examples)
         self._queue_changed()
@@ -299,10 +325,10 @@ class Batcher:
 
         answered = self.answered_shape
 
-        def call(predictor: Predictor) -> tuple[list[_Outcome], float]:
+        def call(predictor: Predictor) -> tuple[list[_Outcome], CallTiming]:
             return _timed(predictor, examples, parameters, answered)
 
-        def returned(done: Future[tuple[list[_Outcome], float]]) -> None:
+        def returned(done: Future[tuple[list[_Outcome], CallTiming]]) -> None:
             # In the model's thread: back to the loop (gone only if the process is ending).
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._finished, batch, done, watched)
@@ -310,7 +336,7 @@ class Batcher:
         try:
             running = self.executor.submit(call)
         except RuntimeError as exc:  # the threads were shut down: nothing will run it
-            failed: Future[tuple[list[_Outcome], float]] = Future()
+            failed: Future[tuple[list[_Outcome], CallTiming]] = Future()
             failed.set_exception(exc)
             self._finished(batch, failed, watched)
             return
@@ -352,7 +378,7 @@ class Batcher:
     def _finished(
         self,
         batch: list[_Request],
-        done: Future[tuple[list[_Outcome], float]],
+        done: Future[tuple[list[_Outcome], CallTiming]],
         watched: _Call,
     ) -> None:
         """On the loop, when a batch's call returned: start the next batch first (the model
@@ -368,14 +394,13 @@ class Batcher:
         failure: Exception | None = None
         outcomes: list[_Outcome] = []
         try:
-            outcomes, seconds = done.result()
+            outcomes, timing = done.result()
         except Exception as exc:  # the call never ran (run_batch itself answers per request)
             failure = exc
         else:
-            self._observe(seconds)
-            given = sum(len(r.examples) for r, o in zip(batch, outcomes, strict=True) if o.prepared)
-            if given and self.observer is not None:
-                self.observer.batch_dispatched(self.model, given)
+            self._observe(timing.total_s)
+            if self.observer is not None:
+                self._report(batch, outcomes, timing)
         try:
             self._dispatch_ready()
         finally:
@@ -401,6 +426,21 @@ class Batcher:
                 self._start(batch)
         if self._queue and self._in_flight < self.concurrent_batches:
             self._filling = True  # the dispatcher gathers them (the caller wakes it)
+
+    def _report(self, batch: list[_Request], outcomes: list[_Outcome], timing: CallTiming) -> None:
+        given = sum(len(r.examples) for r, o in zip(batch, outcomes, strict=True) if o.prepared)
+        if not given or self.observer is None:
+            return  # the model was given nothing: no call to count
+        report = CallReport(
+            examples=given,
+            answered=sum(1 for o in outcomes if o.error is None),
+            queued_s=tuple(request.waited for request in batch),
+            input_s=timing.input_s,
+            infer_s=timing.infer_s,
+            output_s=timing.output_s,
+            finished_at=time.time(),
+        )
+        self.observer.call_returned(self.model, report)
 
     def _observe(self, seconds: float) -> None:
         previous = self._seconds_per_call
@@ -440,13 +480,13 @@ def _timed(
     requests: Sequence[list[Any]],
     parameters: Mapping[str, Any],
     answered_shape: tuple[int, ...] | None,
-) -> tuple[list[_Outcome], float]:
+) -> tuple[list[_Outcome], CallTiming]:
     """``run_batch``, timed in the worker thread: seen from a busy event loop, a call would
     look as slow as the loop is late to notice it ended, and admission would refuse work the
     model has time for."""
-    started = time.perf_counter()
-    outcomes = run_batch(predictor, requests, parameters, answered_shape)
-    return outcomes, time.perf_counter() - started
+    timing = CallTiming()
+    outcomes = run_batch(predictor, requests, parameters, answered_shape, timing)
+    return outcomes, timing
 
 
 def run_batch(
@@ -454,10 +494,14 @@ def run_batch(
     requests: Sequence[list[Any]],
     parameters: Mapping[str, Any] | None = None,
     answered_shape: tuple[int, ...] | None = None,
+    timing: CallTiming | None = None,
 ) -> list[_Outcome]:
     """In a worker thread: check each request alone, predict all the valid ones in one call,
-    and if that call fails, predict them one by one so only the culprit fails."""
+    and if that call fails, predict them one by one so only the culprit fails. ``timing``
+    is told the seconds each phase took."""
     parameters = parameters or {}
+    timing = timing or CallTiming()
+    lap = _Laps()
     outcomes = [_Outcome() for _ in requests]
     prepared: list[tuple[int, Any]] = []
     for index, examples in enumerate(requests):
@@ -470,8 +514,12 @@ def run_batch(
         try:
             combined = predictor.combine([batch for _, batch in prepared])
             count = sum(len(requests[i]) for i, _ in prepared)
-            outputs = _one_output_per_example(_predict(predictor, combined, parameters), count)
+            timing.input_s += lap()
+            predicted = _predict(predictor, combined, parameters)
+            timing.infer_s += lap()
+            outputs = _one_output_per_example(predicted, count)
         except Exception as exc:
+            timing.infer_s += lap()  # the failed attempt was the model's time
             logger.info(
                 "batch of %d requests failed (%s); predicting them one by one",
                 len(prepared),
@@ -483,14 +531,31 @@ def run_batch(
                 end = start + len(requests[index])
                 outcomes[index].outputs = outputs[start:end]
                 start = end
+            timing.output_s += lap()
             return outcomes
+    timing.input_s += lap()
     for index, batch in prepared:
         try:
             result = _predict(predictor, batch, parameters)
+            timing.infer_s += lap()
             outcomes[index].outputs = _one_output_per_example(result, len(requests[index]))
+            timing.output_s += lap()
         except Exception as exc:
+            timing.infer_s += lap()
             outcomes[index].error = _misfit(requests[index], answered_shape) or _from_the_model(exc)
     return outcomes
+
+
+class _Laps:
+    """Seconds since the last lap (or since it was made), each time it is called."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+
+    def __call__(self) -> float:
+        now = time.perf_counter()
+        elapsed, self._last = now - self._last, now
+        return elapsed
 
 
 def common_shape(examples: Sequence[Any]) -> tuple[int, ...] | None:

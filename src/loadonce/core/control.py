@@ -26,7 +26,7 @@ from loadonce.core.errors import (
     describe_validation,
 )
 from loadonce.core.registry import Registry
-from loadonce.core.spec import ModelSpec
+from loadonce.core.spec import Batching, ModelSpec
 from loadonce.runtimes import resolve_runtime
 
 Action = Literal["load", "unload"]
@@ -34,14 +34,16 @@ Action = Literal["load", "unload"]
 
 @dataclass(frozen=True)
 class ControlRequest:
-    """``load`` loads a model, or reloads it if it is loaded; ``artifact``, ``version`` and
-    ``sha256`` load a changed spec instead of the current one. ``unload`` unloads it."""
+    """``load`` loads a model, or reloads it if it is loaded; ``artifact``, ``version``,
+    ``sha256`` and ``batching`` (``"off"``: none) load a changed spec instead of the current
+    one. ``unload`` unloads it."""
 
     action: Action
     model: str
     artifact: str | None = None
     version: str | None = None
     sha256: str | None = None
+    batching: Batching | Literal["off"] | None = None
 
     @property
     def changes(self) -> dict[str, Any]:
@@ -52,6 +54,8 @@ class ControlRequest:
             changed["version"] = self.version
         if self.sha256 is not None:
             changed["sha256"] = self.sha256
+        if self.batching is not None:
+            changed["batching"] = None if self.batching == "off" else self.batching
         return changed
 
 

@@ -72,6 +72,8 @@ class Model:
         self._weights_shared = False
         # The shape of the warm-up's examples, for a model that declares none (see Batcher).
         self._answered_shape: tuple[int, ...] | None = None
+        # What the loaded instances answered the warm-up, one output per example.
+        self._warmup_answer: list[Any] | None = None
         self.loaded_at: float | None = None
         self.error: str | None = None
         self.runtime_name: str | None = None
@@ -167,6 +169,13 @@ class Model:
     @property
     def outputs(self) -> Sequence[TensorInfo]:
         return () if self._executor is None else self._executor.instances[0].outputs
+
+    @property
+    def warmup_answer(self) -> Sequence[Any] | None:
+        """What the loaded model answered its warm-up input, one output per example; None
+        without a warm-up. A model that declares no outputs (a loader's plain function) is
+        known by it to answer outputs of that form."""
+        return None if self._executor is None else self._warmup_answer
 
     @property
     def request_parameters(self) -> frozenset[str]:
@@ -279,9 +288,9 @@ class Model:
                     await _off_loop(_size_of, spec),
                 )
                 executor, runtime_name, policy = await self._build_executor(spec, instances)
-                self._answered_shape = None
+                answered_shape, answer = None, None
                 if spec.warmup is not None:
-                    self._answered_shape = await self._warm_up(spec, executor.instances)
+                    answered_shape, answer = await self._warm_up(spec, executor.instances)
         except TimeoutError:
             await _close_all(instances, self.name)
             raise ModelLoadError(
@@ -292,7 +301,9 @@ class Model:
         except Exception as exc:
             await _close_all(instances, self.name)
             raise ModelLoadError(self.name, spec.source, exc) from exc
+        # Only now: a failed reload leaves what the serving instances answered.
         self.spec, self.runtime_name, self.concurrency = spec, runtime_name, policy
+        self._answered_shape, self._warmup_answer = answered_shape, answer
         maps = all(instance.shares_weights for instance in executor.instances)
         resident, mapped_size = (
             await anyio.to_thread.run_sync(mapped_file_bytes, spec.artifact) if maps else (0, 0)
@@ -444,17 +455,22 @@ class Model:
 
     async def _warm_up(
         self, spec: ModelSpec, instances: Sequence[Predictor]
-    ) -> tuple[int, ...] | None:
+    ) -> tuple[tuple[int, ...] | None, list[Any] | None]:
         """Run the warm-up input through every instance (each pool slot has its own caches),
         by the same prepare-and-predict path as requests. Returns the shape of its examples
-        when the model declares none: a shape it is known to answer."""
+        when the model declares none (a shape it is known to answer), and the first
+        instance's answer."""
         examples = split_examples(spec.warmup, instances[0].signature, instances[0].inputs)
+        answer: list[Any] | None = None
         for instance in instances:
             [outcome] = await _off_loop(run_batch, instance, [examples])
             if outcome.error is not None:
                 error = getattr(outcome.error, "model_error", outcome.error)
                 raise RuntimeError(f"warm-up failed: {describe_exception(error)}")
-        return None if instances[0].signature is not None else common_shape(examples)
+            if answer is None:
+                answer = outcome.outputs
+        shape = None if instances[0].signature is not None else common_shape(examples)
+        return shape, answer
 
 
 _SERVING = (ModelState.READY, ModelState.RELOADING)

@@ -12,6 +12,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 from swagger_ui_bundle import swagger_ui_path
 
+from loadonce.http.routes import PlainRoute
+
 _DIRECTORY = Path(swagger_ui_path)
 # Served from here, open like /docs itself (http/access_keys.py).
 ASSETS = "/docs/assets"
@@ -26,7 +28,7 @@ _FILES = {
 def docs_router(app: FastAPI) -> APIRouter:
     """``/docs``, its OAuth2 redirect, and the files they load; for an app built with
     ``FastAPI(docs_url=None)`` (``create_app`` does)."""
-    router = APIRouter(include_in_schema=False)
+    router = APIRouter(route_class=PlainRoute, include_in_schema=False)
 
     @router.get("/docs")
     async def swagger_ui(request: Request) -> HTMLResponse:

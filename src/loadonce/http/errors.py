@@ -14,7 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Scope
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocketClose
 
 from loadonce.core.errors import (
     ClientDisconnectedError,
@@ -35,6 +36,37 @@ logger = logging.getLogger("loadonce")
 
 # How a protocol answers an exception its route raised: (exception, request, request id).
 ErrorAnswer = Callable[[Exception, Request, str], Response]
+
+
+class MethodNotAllowedError(LoadonceError):
+    """The path exists, but not with this method (HTTP 405; the answer says ``Allow``)."""
+
+    status = 405
+
+    def __init__(self, method: str, allowed: str) -> None:
+        super().__init__(f"{method} is not allowed here; use {allowed}")
+
+
+async def answer_wrong_method(request: Request, exc: Exception) -> Response:
+    """The app's handler for the 405 a route of Starlette's own (``/openapi.json``) raises:
+    loadonce's body, and the route's ``Allow``."""
+    headers = dict(getattr(exc, "headers", None) or {})
+    # Starlette lists them in a set's order: sorted, so the answer is the same every time.
+    allowed = ", ".join(sorted(m for m in headers.get("Allow", "").split(", ") if m))
+    if allowed:
+        headers["Allow"] = allowed
+    message = f"{request.method} is not allowed here" + (f"; use {allowed}" if allowed else "")
+    return raw_error_response(405, message, request.scope, headers)
+
+
+async def answer_not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    """The app's answer to a path no route has (``Router.default``): a 404 in the body of the
+    protocol the path belongs to, where Starlette answers ``{"detail": "Not Found"}``."""
+    if scope["type"] != "http":
+        await WebSocketClose()(scope, receive, send)
+        return
+    message = f"no such endpoint: {scope['method']} {log_safe(route_path(scope))}"
+    await raw_error_response(404, message, scope)(scope, receive, send)
 
 
 def error_headers(status: int, request_id: str | None) -> dict[str, str]:

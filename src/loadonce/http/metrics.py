@@ -26,6 +26,9 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from loadonce.core.observer import CallReport
+from loadonce.http.call_metrics import CallMetrics, ModelStatistics, read_statistics
+
 if TYPE_CHECKING:
     from loadonce.core.model import Model
 
@@ -125,6 +128,7 @@ class Metrics:
             registry=registry,
         )
         self._versions: dict[str, str] = {}
+        self.calls = CallMetrics(registry)
 
     def request_done(self, model: str, route: str, status: int, seconds: float) -> None:
         # prometheus-client's labels() costs more than the increment itself (it was 7% of the
@@ -144,8 +148,12 @@ class Metrics:
     def queue_changed(self, model: str, queued_examples: int) -> None:
         self.queue.labels(model).set(queued_examples)
 
-    def batch_dispatched(self, model: str, examples: int) -> None:
-        self.batch_size.labels(model).observe(examples)
+    def call_returned(self, model: str, report: CallReport) -> None:
+        self.batch_size.labels(model).observe(report.examples)
+        self.calls.call_returned(model, report)
+
+    def request_finished(self, model: str, ok: bool, seconds: float) -> None:
+        self.calls.request_finished(model, ok, seconds)
 
     def model_changed(self, model: Model) -> None:
         previous = self._versions.get(model.name)
@@ -175,18 +183,26 @@ class Metrics:
     def collector_frozen(self, objects: int) -> None:
         self.gc_frozen.set(objects)
 
+    def _collect(self) -> Iterable[Metric]:
+        """Every series: this process's, or (several workers) every worker's, aggregated."""
+        if self._registry is not None:
+            return self._registry.collect()
+        registry = CollectorRegistry()
+        collector = MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        collected: Iterable[Metric] = collector.collect()  # type: ignore[no-untyped-call]
+        return collected
+
+    def statistics(self) -> dict[str, ModelStatistics]:
+        """Each model's requests and calls, read back from the series ``/metrics`` shows
+        (with several workers, summed over them); blocking: call it in a thread."""
+        return read_statistics(self._collect())
+
     def worker_states(self) -> dict[str, list[WorkerState]]:
         """Each model's state and version in every live worker, read back from the metrics
         (with several workers, from the files all of them write); blocking: call it in a
         thread."""
-        if self._registry is not None:
-            collected = self._registry.collect()
-        else:
-            registry = CollectorRegistry()
-            collector = MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            collected = collector.collect()  # type: ignore[no-untyped-call]
         states: dict[str, list[WorkerState]] = {}
-        for family in collected:
+        for family in self._collect():
             if family.name != "loadonce_model_state":
                 continue
             for sample in family.samples:

@@ -10,13 +10,14 @@ from starlette.responses import Response
 
 from loadonce.http.errors import error_response
 from loadonce.http.request_info import request_id_of
+from loadonce.http.routes import PlainRoute
 from loadonce.http.state import LoadonceState
 
 
 def metrics_router() -> APIRouter:
     """``GET /metrics`` in the Prometheus text format, of every worker; the metrics are kept
     when the lifespan's ``metrics`` is on (the default)."""
-    router = APIRouter(tags=["operations"])
+    router = APIRouter(route_class=PlainRoute, tags=["operations"])
 
     @router.get(
         "/metrics",

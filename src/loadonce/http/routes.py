@@ -1,4 +1,5 @@
-"""The route class of every loadonce route: it answers its own errors and counts itself."""
+"""The route classes of loadonce's routes: each answers its own errors, a wrong method
+included, in its protocol's body; the protocols' routes also count themselves."""
 
 from __future__ import annotations
 
@@ -9,8 +10,14 @@ from typing import Any
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from loadonce.http.errors import answer_exception, json_error_for, v2_error_for
+from loadonce.http.errors import (
+    MethodNotAllowedError,
+    answer_exception,
+    json_error_for,
+    v2_error_for,
+)
 from loadonce.http.request_info import REQUEST_ID_HEADER, request_id_of
 from loadonce.http.state import LoadonceState
 
@@ -27,12 +34,30 @@ def count_request(
     state.metrics.request_done(model, route, status, seconds)
 
 
-class LoadonceRoute(APIRoute):
+class PlainRoute(APIRoute):
+    """A loadonce route that answers a wrong method itself (405 with ``Allow``), in its
+    protocol's error body: Starlette would raise an ``HTTPException``, which the app's
+    handler answers as FastAPI's ``{"detail"}``. Only loadonce's own routes do this: a user's
+    routes in the same app answer as the user's app says."""
+
+    error_for = staticmethod(json_error_for)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.methods and scope["method"] not in self.methods:
+            request = Request(scope, receive)
+            allowed = ", ".join(sorted(self.methods))
+            error = MethodNotAllowedError(scope["method"], allowed)
+            response = type(self).error_for(error, request, request_id_of(request))
+            response.headers["Allow"] = allowed
+            await response(scope, receive, send)
+            return
+        await super().handle(scope, receive, send)
+
+
+class LoadonceRoute(PlainRoute):
     """A route that answers its own errors, so mounting loadonce's routers in a user's app
     changes nothing about how the user's other routes answer theirs. ``error_for``: the
     protocol's error body (the JSON routes' here)."""
-
-    error_for = staticmethod(json_error_for)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

@@ -1,8 +1,14 @@
-"""The Open Inference Protocol's own error: a version the model is not served in."""
+"""The Open Inference Protocol's own errors: a model or a version it does not serve."""
 
 from __future__ import annotations
 
 from loadonce.core.errors import LoadonceError, ModelNotFoundError
+from loadonce.core.model import Model
+from loadonce.core.registry import Registry
+
+# Triton's words for it, which clients written against Triton look for (its own examples
+# check that the message starts with them).
+_UNKNOWN_MODEL = "Request for unknown model"
 
 
 class VersionNotFoundError(ModelNotFoundError):
@@ -13,3 +19,34 @@ class VersionNotFoundError(ModelNotFoundError):
         LoadonceError.__init__(
             self, f"model '{name}' has no version '{version}'; it serves version '{served}'"
         )
+
+
+class UnknownModelError(ModelNotFoundError):
+    """No model of that name (HTTP 404), said as Triton says it, then as loadonce does."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        listing = ", ".join(repr(k) for k in known) or "none"
+        LoadonceError.__init__(
+            self, f"{_UNKNOWN_MODEL}: '{name}' is not served here; models served: {listing}"
+        )
+
+
+def find_model(registry: Registry, name: str, version: str | None = None) -> Model:
+    """The model of that name (in that version, if one is named), else a 404."""
+    if name not in registry:
+        raise UnknownModelError(name, [model.name for model in registry.models])
+    model = registry.get(name)
+    if version is not None and version != model.version:
+        raise VersionNotFoundError(model.name, version, model.version)
+    return model
+
+
+class LoadRefusedError(LoadonceError):
+    """A repository load asked for what loadonce cannot do (HTTP 400); said as Triton says a
+    load failed ("failed to load"), which its clients look for."""
+
+    status = 400
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(f"failed to load '{name}': {why}")

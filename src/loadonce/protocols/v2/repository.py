@@ -3,8 +3,10 @@
 Only the models declared at startup can be loaded: a load request names one of them, loads
 it again if it is loaded (a reload: the loaded instances serve until the new ones are
 warm), or loads it back after an unload. Both go through the app's model control, so with
-several workers every worker follows (``loadonce.core.control``). Triton's ``config`` and
-``file:`` overrides, which would load something else than what was declared, are refused.
+several workers every worker follows (``loadonce.core.control``). Triton's ``config``
+parameter may change the batching, and must agree with the model's configuration otherwise
+(``config_load.py``); its ``file:`` parameters, which would load other files than those
+declared, are refused.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from loadonce.core.control import Action, ControlRequest, describe_failures
-from loadonce.core.errors import InvalidInputError, InvalidRequestError
+from loadonce.core.errors import InvalidRequestError
 from loadonce.core.model import Model, ModelState
 from loadonce.http.dependencies import registry_of
 from loadonce.http.errors import v2_error
 from loadonce.http.state import LoadonceState
+from loadonce.protocols.v2.config_load import BatchingChange, batching_from_config
+from loadonce.protocols.v2.errors import LoadRefusedError, find_model
 from loadonce.protocols.v2.schemas import (
     RepositoryIndexRequest,
     RepositoryModel,
@@ -61,19 +65,22 @@ def add_repository_routes(router: APIRouter, *, model_control: bool) -> None:
         summary="Load a declared model, or reload it without a pause in service",
     )
     async def repository_load(model_name: str, request: Request) -> Response:
-        model = registry_of(request).get(model_name)
+        model = find_model(registry_of(request), model_name)
         body = _parse(RepositoryRequest, await request.body())
         if not model_control:
             return _control_off()
-        overrides = [
-            key for key in body.parameters or {} if key == "config" or key.startswith("file:")
-        ]
-        if overrides:
-            raise InvalidInputError(
-                f"loading with {', '.join(overrides)} is not supported: loadonce loads a model "
-                "as it was declared at startup; change the configuration and restart instead"
+        parameters = body.parameters or {}
+        files = [key for key in parameters if key.startswith("file:")]
+        if files:
+            raise LoadRefusedError(
+                model.name,
+                f"loading with {', '.join(files)} is not supported: loadonce loads a model "
+                "from the files declared at startup",
             )
-        return await _apply(request, model.name, "load")
+        batching = (
+            batching_from_config(model, parameters["config"]) if "config" in parameters else None
+        )
+        return await _apply(request, model.name, "load", batching)
 
     @router.post(
         "/v2/repository/models/{model_name}/unload",
@@ -81,7 +88,7 @@ def add_repository_routes(router: APIRouter, *, model_control: bool) -> None:
         summary="Unload a model once its queued requests are answered",
     )
     async def repository_unload(model_name: str, request: Request) -> Response:
-        model = registry_of(request).get(model_name)
+        model = find_model(registry_of(request), model_name)
         _parse(RepositoryRequest, await request.body())
         if not model_control:
             return _control_off()
@@ -89,10 +96,12 @@ def add_repository_routes(router: APIRouter, *, model_control: bool) -> None:
         return await _apply(request, model.name, "unload")
 
 
-async def _apply(request: Request, name: str, action: Action) -> Response:
+async def _apply(
+    request: Request, name: str, action: Action, batching: BatchingChange = None
+) -> Response:
     """Through the app's model control, so every worker follows; 400 naming any failure."""
     outcomes = await LoadonceState.of(request).control.apply(
-        ControlRequest(action=action, model=name)
+        ControlRequest(action=action, model=name, batching=batching)
     )
     failed = describe_failures(outcomes)
     if failed:

@@ -21,15 +21,14 @@ from loadonce.http.request_info import TIMEOUT_HEADER, arrival_of, requested_tim
 from loadonce.http.routes import V2Route
 from loadonce.http.state import LoadonceState
 from loadonce.protocols.v2.body import HEADER_LENGTH, SplitBody, split_body
-from loadonce.protocols.v2.datatypes import datatype_of_declared
-from loadonce.protocols.v2.errors import VersionNotFoundError
-from loadonce.protocols.v2.examples import metadata_shape
+from loadonce.protocols.v2.described import described_inputs, described_outputs
+from loadonce.protocols.v2.errors import find_model
 from loadonce.protocols.v2.infer import infer, parse_request
+from loadonce.protocols.v2.model_config import model_config
 from loadonce.protocols.v2.repository import add_repository_routes
 from loadonce.protocols.v2.schemas import (
     InferenceRequest,
     InferenceResponse,
-    MetadataTensor,
     ModelMetadata,
     ModelReady,
     ServerLive,
@@ -37,7 +36,8 @@ from loadonce.protocols.v2.schemas import (
     ServerReady,
     V2Error,
 )
-from loadonce.runtimes import TensorInfo
+from loadonce.protocols.v2.statistics import EXTENSION as STATISTICS
+from loadonce.protocols.v2.statistics import add_statistics_routes
 
 SERVER_NAME = "loadonce"
 _MODEL = "/v2/models/{model_name}"
@@ -62,11 +62,7 @@ _VERSION_PARAMETER = {
 def model_of(request: Request) -> Model:
     """The model the path names, in the version it names (if it names one)."""
     params = request.path_params
-    model = registry_of(request).get(params["model_name"])
-    version = params.get("model_version")
-    if version is not None and version != model.version:
-        raise VersionNotFoundError(model.name, version, model.version)
-    return model
+    return find_model(registry_of(request), params["model_name"], params.get("model_version"))
 
 
 async def model_infer(request: Request) -> Response:
@@ -133,9 +129,12 @@ def v2_router(*, model_control: bool = True) -> APIRouter:
             name=model.name,
             versions=[model.version],
             platform=model.runtime_name or "",
-            inputs=_metadata_tensors(model.inputs),
-            outputs=_metadata_tensors(model.outputs),
+            inputs=described_inputs(model),
+            outputs=described_outputs(model),
         )
+
+    async def model_configuration(request: Request) -> dict[str, Any]:
+        return model_config(_ready_model(request))
 
     async def model_ready(request: Request) -> ModelReady:
         model = model_of(request)
@@ -148,9 +147,22 @@ def v2_router(*, model_control: bool = True) -> APIRouter:
     for endpoint in INFER_ENDPOINTS:
         add_inference_route(router, endpoint)
 
-    @router.get("/v2", response_model=ServerMetadata, summary="Server metadata")
-    async def server_metadata() -> ServerMetadata:
-        return ServerMetadata(name=SERVER_NAME, version=__version__, extensions=extensions)
+    async def server_metadata(request: Request) -> ServerMetadata:
+        listed = list(extensions)
+        if LoadonceState.of(request).metrics is not None:
+            listed.append(STATISTICS)  # read from the metrics: none without them
+        return ServerMetadata(name=SERVER_NAME, version=__version__, extensions=listed)
+
+    # With and without the slash: clients join "v2" and "/" either way.
+    for path in ("/v2", "/v2/"):
+        router.add_api_route(
+            path,
+            server_metadata,
+            methods=["GET"],
+            response_model=ServerMetadata,
+            summary="Server metadata",
+            include_in_schema=path == "/v2",
+        )
 
     @router.get("/v2/health/live", response_model=ServerLive, summary="The server is live")
     async def server_live() -> ServerLive:
@@ -172,6 +184,9 @@ def v2_router(*, model_control: bool = True) -> APIRouter:
         why = f"models not ready: {', '.join(waiting)}" if waiting else "no model is loaded"
         return v2_error(503, f"not ready; {why}")
 
+    # Before the metadata routes: /v2/models/{model_name} would take "stats" for a name.
+    add_statistics_routes(router)
+
     for path, versioned in ((_MODEL, False), (_MODEL_VERSION, True)):
         parameters = _path_parameters(versioned)
         router.add_api_route(
@@ -181,6 +196,15 @@ def v2_router(*, model_control: bool = True) -> APIRouter:
             response_model=ModelMetadata,
             responses={404: _ERROR, 503: _ERROR},
             summary="Model metadata: inputs and outputs" + (" (one version)" if versioned else ""),
+            openapi_extra=parameters,
+        )
+        router.add_api_route(
+            f"{path}/config",
+            model_configuration,
+            methods=["GET"],
+            responses={404: _ERROR, 503: _ERROR},
+            summary="Model configuration, as Triton writes it"
+            + (" (one version)" if versioned else ""),
             openapi_extra=parameters,
         )
         router.add_api_route(
@@ -197,7 +221,7 @@ def v2_router(*, model_control: bool = True) -> APIRouter:
 
     @router.api_route(
         _CATCH_ALL,
-        methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE"],
         include_in_schema=False,
     )
     async def unknown_route(request: Request) -> Response:
@@ -221,18 +245,6 @@ def _ready_model(request: Request) -> Model:
         # Its inputs and outputs are known from the loaded instances only.
         raise ModelNotReadyError(model.name, model.state.value)
     return model
-
-
-def _metadata_tensors(tensors: Any) -> list[MetadataTensor]:
-    """Tensors whose datatype is known (a model that accepts anything declares none)."""
-    described = []
-    for tensor in tensors:
-        assert isinstance(tensor, TensorInfo)
-        datatype = datatype_of_declared(tensor.dtype)
-        if datatype is not None:
-            shape = metadata_shape(tensor.shape)
-            described.append(MetadataTensor(name=tensor.name, datatype=datatype, shape=shape))
-    return described
 
 
 def _header(request: Request, key: bytes) -> str:

@@ -1,4 +1,9 @@
-"""The Open Inference Protocol's JSON objects, validated as its REST specification defines them."""
+"""The Open Inference Protocol's JSON objects, validated as its REST specification defines them.
+
+Every request object accepts members it does not know, and ignores them: the specification's
+schemas allow extra members, and clients send some (KServe's SDK puts ``model_name`` in the
+inference request). A known member of the wrong type is still refused.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,14 @@ Dimension = Annotated[StrictInt, Field(ge=0)]
 Parameters = dict[str, Any]
 
 
-class RequestInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _RequestObject(BaseModel):
+    """An object a client sends: unknown members are dropped unread (``ignore``, not
+    ``allow``: nothing is kept of them), known ones are validated strictly."""
 
+    model_config = ConfigDict(extra="ignore")
+
+
+class RequestInput(_RequestObject):
     name: StrictStr
     shape: list[Dimension]
     datatype: StrictStr
@@ -24,16 +34,14 @@ class RequestInput(BaseModel):
     )
 
 
-class RequestOutput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RequestOutput(_RequestObject):
     name: StrictStr
     parameters: Parameters | None = None
 
 
-class InferenceRequest(BaseModel):
+class InferenceRequest(_RequestObject):
     model_config = ConfigDict(
-        extra="forbid",
+        extra="ignore",
         json_schema_extra={
             "examples": [
                 {
@@ -105,9 +113,7 @@ class ModelReady(BaseModel):
     ready: bool
 
 
-class RepositoryIndexRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RepositoryIndexRequest(_RequestObject):
     ready: StrictBool = Field(default=False, description="Only the models ready to infer.")
 
 
@@ -118,10 +124,8 @@ class RepositoryModel(BaseModel):
     reason: str
 
 
-class RepositoryRequest(BaseModel):
+class RepositoryRequest(_RequestObject):
     """The body of a load or unload request (it may also be empty)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     parameters: Parameters | None = None
 

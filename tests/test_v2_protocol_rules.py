@@ -1,0 +1,197 @@
+"""The Open Inference Protocol's general rules (issue 19, item 3): unknown members of every
+request object are accepted, known ones of the wrong type refused; ``GET /v2/`` answers;
+every error body, 404 and 405 included, is ``{"error"}``; a loader's model describes the
+outputs its warm-up answered."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+import loadonce
+
+
+def _double(batch: list[float]) -> list[float]:
+    return [2 * x for x in batch]
+
+
+def _label_and_scores(batch: list[float]) -> list[dict[str, Any]]:
+    return [{"label": "big" if x > 1 else "small", "scores": [x, -x]} for x in batch]
+
+
+SPECS = [
+    loadonce.ModelSpec(name="double", loader=lambda: _double, warmup=[1.0]),
+    loadonce.ModelSpec(name="labels", loader=lambda: _label_and_scores, warmup=[0.5, 2.0]),
+    loadonce.ModelSpec(name="unwarmed", loader=lambda: _double),
+]
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[TestClient]:
+    with TestClient(loadonce.create_app(SPECS)) as client:
+        yield client
+
+
+def _error(response: Any, status: int, keys: frozenset[str] = frozenset({"error"})) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == keys, body
+    message: str = body["error"]
+    assert "Traceback" not in message
+    return message
+
+
+JSON_KEYS = frozenset({"error", "request_id"})
+
+
+def _infer_body(**members: Any) -> dict[str, Any]:
+    tensor = {"name": "input", "shape": [2], "datatype": "FP64", "data": [1, 2]}
+    return {"inputs": [{**tensor, **members.pop("tensor", {})}], **members}
+
+
+# --- unknown members are accepted on every request object -----------------------------------
+
+
+def test_the_inference_request_as_kserves_sdk_sends_it(http: TestClient) -> None:
+    body = _infer_body(model_name="double", model_version="1", anything={"nested": [1]})
+    answer = http.post("/v2/models/double/infer", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["data"] == [2.0, 4.0]
+
+
+def test_unknown_members_of_an_input_and_a_requested_output(http: TestClient) -> None:
+    body = _infer_body(
+        tensor={"shard": 3, "comment": "from a newer client"},
+        outputs=[{"name": "output", "parameters": {"binary_data": False}, "priority": 1}],
+    )
+    answer = http.post("/v2/models/double/infer", json=body)
+    assert answer.status_code == 200, answer.text
+    assert [o["name"] for o in answer.json()["outputs"]] == ["output"]
+
+
+def test_unknown_members_of_the_repository_bodies(http: TestClient) -> None:
+    index = http.post("/v2/repository/index", json={"ready": True, "repository_name": "r"})
+    assert index.status_code == 200, index.text
+    assert {m["name"] for m in index.json()} == {"double", "labels", "unwarmed"}
+    for action in ("unload", "load"):
+        body = {"parameters": {"unload_dependents": False}, "model_version": "1"}
+        answer = http.post(f"/v2/repository/models/unwarmed/{action}", json=body)
+        assert answer.status_code == 200, answer.text
+
+
+INFER = "/v2/models/double/infer"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        (INFER, _infer_body(model_name="double", id=7), "body.id"),
+        (INFER, _infer_body(model_name="double", parameters=[1]), "body.parameters"),
+        (INFER, _infer_body(tensor={"x": 1, "shape": "2"}), "body.inputs.0.shape"),
+        (INFER, _infer_body(tensor={"x": 1, "name": 1}), "body.inputs.0.name"),
+        (INFER, _infer_body(outputs=[{"name": 5, "x": 1}]), "body.outputs.0.name"),
+        ("/v2/repository/index", {"ready": "yes", "x": 1}, "body.ready"),
+        ("/v2/repository/models/unwarmed/load", {"parameters": "x", "x": 1}, "body.parameters"),
+        ("/v2/repository/models/unwarmed/unload", {"parameters": 1, "x": 1}, "body.parameters"),
+    ],
+)
+def test_known_members_of_the_wrong_type_are_still_refused(
+    http: TestClient, path: str, body: dict[str, Any], field: str
+) -> None:
+    """Each body also holds an unknown member: only the wrong type is named."""
+    message = _error(http.post(path, json=body), 400)
+    assert field in message
+    assert "extra" not in message.lower()
+
+
+# --- GET /v2/ ----------------------------------------------------------------------------------
+
+
+def test_server_metadata_with_a_trailing_slash(http: TestClient) -> None:
+    slash = http.get("/v2/")
+    assert slash.status_code == 200, slash.text
+    assert slash.json() == http.get("/v2").json()
+    assert slash.json()["name"] == "loadonce"
+
+
+# --- every error body is {"error"} -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("DELETE", "/v2", "GET"),
+        ("POST", "/v2/", "GET"),
+        ("TRACE", "/v2/health/ready", "GET"),
+        ("TRACE", "/v2/models/double/infer", "POST"),
+    ],
+)
+def test_a_wrong_method_under_v2(http: TestClient, method: str, path: str, allowed: str) -> None:
+    answer = http.request(method, path)
+    assert f"use {allowed}" in _error(answer, 405)
+    assert answer.headers["allow"] == allowed
+    assert answer.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("TRACE", "/livez", "GET"),
+        ("POST", "/readyz", "GET"),
+        ("GET", "/models/double/predict", "POST"),
+        ("POST", "/metrics", "GET"),
+        ("TRACE", "/openapi.json", "GET, HEAD"),
+        ("PUT", "/docs", "GET"),
+    ],
+)
+def test_a_wrong_method_elsewhere_keeps_the_request_id(
+    http: TestClient, method: str, path: str, allowed: str
+) -> None:
+    answer = http.request(method, path, headers={"X-Request-ID": "wrong-method-1"})
+    message = _error(answer, 405, JSON_KEYS)
+    assert message == f"{method} is not allowed here; use {allowed}"
+    assert answer.json()["request_id"] == "wrong-method-1"
+    assert answer.headers["allow"] == allowed
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "TRACE"])
+def test_unknown_paths(http: TestClient, method: str) -> None:
+    outside = http.request(method, "/no/such/thing", headers={"X-Request-ID": "lost-1"})
+    assert _error(outside, 404, JSON_KEYS) == f"no such endpoint: {method} /no/such/thing"
+    assert outside.json()["request_id"] == "lost-1"
+    inside = http.request(method, "/v2/no/such/thing")
+    assert _error(inside, 404) == f"no such endpoint: {method} /v2/no/such/thing"
+
+
+def test_an_unknown_model_is_said_in_tritons_words(http: TestClient) -> None:
+    message = _error(http.post("/v2/models/nope/infer", json=_infer_body()), 404)
+    assert message.startswith("Request for unknown model: 'nope' is not served here")
+
+
+# --- a loader's model lists the outputs it answers ------------------------------------------
+
+
+def test_a_functions_output_is_described_by_its_warm_up(http: TestClient) -> None:
+    metadata = http.get("/v2/models/double").json()
+    assert metadata["outputs"] == [{"name": "output", "datatype": "FP64", "shape": [-1]}]
+    answer = http.post("/v2/models/double/infer", json=_infer_body()).json()
+    described = metadata["outputs"][0]
+    [output] = answer["outputs"]
+    assert (output["name"], output["datatype"]) == (described["name"], described["datatype"])
+    # Without a warm-up, nothing is known of the outputs, and nothing is claimed.
+    assert http.get("/v2/models/unwarmed").json()["outputs"] == []
+
+
+def test_objects_are_described_one_output_per_key(http: TestClient) -> None:
+    assert http.get("/v2/models/labels").json()["outputs"] == [
+        {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        {"name": "scores", "datatype": "FP64", "shape": [-1, 2]},
+    ]
+    answer = http.post("/v2/models/labels/infer", json=_infer_body()).json()
+    assert [(o["name"], o["datatype"]) for o in answer["outputs"]] == [
+        ("label", "BYTES"),
+        ("scores", "FP64"),
+    ]
