@@ -8,7 +8,7 @@ CONSTRAINTS := requirements/constraints.txt
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test test-hostile lint typecheck pytest bench bench-protocols bench-memory bench-transformers lock clean
+.PHONY: proto serve test test-hostile lint typecheck pytest bench bench-protocols bench-memory bench-transformers lock clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) || { echo "error: '$(PYTHON) -m venv' failed; on Debian/Ubuntu install python3-venv" >&2; exit 1; }
@@ -78,3 +78,7 @@ lock:
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# Regenerate src/loadonce/protocols/grpc/_descriptors.py from proto/*.proto (grpcio-tools).
+proto: $(VENV)/.test-installed
+	$(BIN)/python proto/generate.py

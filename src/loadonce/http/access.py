@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from loadonce.http.access_keys import AccessKeys, RouteFamily, family_of, matches, presented_key
+from loadonce.http.access_keys import family_of, presented_key, refusal
 from loadonce.http.errors import raw_error_response
 from loadonce.http.request_info import route_path
 from loadonce.http.state import LoadonceState
@@ -23,29 +23,11 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
             return
         family = family_of(route_path(scope))
-        refusal = _refusal(state.access, family, presented_key(scope["headers"]))
-        if refusal is None:
+        refused = refusal(state.access, family, presented_key(scope["headers"]))
+        if refused is None:
             await self.app(scope, receive, send)
             return
-        status, message = refusal
+        status, message = refused
         headers = {"WWW-Authenticate": 'Bearer realm="loadonce"'} if status == 401 else {}
         response = raw_error_response(status, message, scope, headers)
         await response(scope, receive, send)
-
-
-def _refusal(keys: AccessKeys, family: RouteFamily, key: bytes | None) -> tuple[int, str] | None:
-    if family is RouteFamily.OPEN or (family is RouteFamily.METRICS and not keys.protect_metrics):
-        return None
-    if family is RouteFamily.INFERENCE and not keys.inference:
-        return None  # only admin keys configured: inference stays open
-    if key is None:
-        return 401, (
-            "an API key is required: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-        )
-    is_admin = matches(key, keys.admin)
-    is_inference = matches(key, keys.inference)
-    if not (is_admin or is_inference):
-        return 401, "the API key is not valid"
-    if family is RouteFamily.ADMIN and not is_admin:
-        return 403, "this API key may not use admin routes (load, unload, reload)"
-    return None

@@ -99,3 +99,23 @@ def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
         elif name == _API_KEY and value.strip():
             return value.strip()
     return None
+
+
+def refusal(keys: AccessKeys, family: RouteFamily, key: bytes | None) -> tuple[int, str] | None:
+    """Why a request of ``family`` presenting ``key`` is refused (401 or 403, and the message),
+    None if it may go on: for every transport (HTTP here, gRPC's metadata too)."""
+    if family is RouteFamily.OPEN or (family is RouteFamily.METRICS and not keys.protect_metrics):
+        return None
+    if family is RouteFamily.INFERENCE and not keys.inference:
+        return None  # only admin keys configured: inference stays open
+    if key is None:
+        return 401, (
+            "an API key is required: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+        )
+    is_admin = matches(key, keys.admin)
+    is_inference = matches(key, keys.inference)
+    if not (is_admin or is_inference):
+        return 401, "the API key is not valid"
+    if family is RouteFamily.ADMIN and not is_admin:
+        return 403, "this API key may not use admin routes (load, unload, reload)"
+    return None

@@ -94,24 +94,30 @@ def v2_error(status: int, message: str, request_id: str | None = None) -> JSONRe
 def status_and_message(exc: Exception, request: Request, request_id: str) -> tuple[int, str]:
     """The HTTP status and the client's message for an exception a route raised; logs what
     the client is not told (a traceback never leaves the server)."""
+    return describe_error(exc, request.url.path, request_id)
+
+
+def describe_error(exc: Exception, where: str, request_id: str) -> tuple[int, str]:
+    """``status_and_message`` for any transport: ``where`` names what was asked in the log
+    (a path, a gRPC method); the status is HTTP's, which gRPC maps to its codes."""
     if isinstance(exc, ModelRaisedError):
         cause = exc.model_error
-        return _failed(request, request_id, cause, f"the model raised {type(cause).__name__}")
+        return _failed(where, request_id, cause, f"the model raised {type(cause).__name__}")
     if isinstance(exc, LoadonceError):
         if exc.status == 500:
-            logger.error("request %s %s failed: %s", request_id, log_safe(request.url.path), exc)
+            logger.error("request %s %s failed: %s", request_id, log_safe(where), exc)
         return exc.status, exc.client_message()
     if isinstance(exc, ClientDisconnect):
         return ClientDisconnectedError.status, "the client disconnected"
-    return _failed(request, request_id, exc, f"the server failed ({type(exc).__name__})")
+    return _failed(where, request_id, exc, f"the server failed ({type(exc).__name__})")
 
 
-def _failed(request: Request, request_id: str, cause: BaseException, what: str) -> tuple[int, str]:
+def _failed(where: str, request_id: str, cause: BaseException, what: str) -> tuple[int, str]:
     """A 500 whose details (the traceback) go to the log only, under the request id."""
     logger.error(
         "request %s %s: %s: %s",
         request_id,
-        log_safe(request.url.path),
+        log_safe(where),
         what,
         describe_exception(cause),
         exc_info=cause,

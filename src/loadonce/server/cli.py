@@ -41,6 +41,13 @@ def main() -> None:
 @click.option("--host", envvar="LOADONCE_HOST", help="Address to bind.  [default: 127.0.0.1]")
 @click.option("--port", type=int, envvar="LOADONCE_PORT", help="Port to bind.  [default: 8000]")
 @click.option(
+    "--grpc-port",
+    type=int,
+    envvar="LOADONCE_GRPC_PORT",
+    help="Also serve the Open Inference Protocol over gRPC on this port (same host; every "
+    "worker shares it). Needs loadonce[grpc].  [default: off]",
+)
+@click.option(
     "--workers",
     type=int,
     envvar="LOADONCE_WORKERS",
@@ -105,6 +112,7 @@ def serve(
     demo: bool,
     host: str | None,
     port: int | None,
+    grpc_port: int | None,
     workers: int | None,
     log_level: str | None,
     log_format: str | None,
@@ -126,6 +134,7 @@ def serve(
     overrides = {
         "host": host,
         "port": port,
+        "grpc_port": grpc_port,
         "workers": workers,
         "log_level": log_level,
         "log_format": log_format,
@@ -151,6 +160,8 @@ def serve(
             err=True,
         )
         sys.exit(USAGE_ERROR)
+    if config.server.grpc_port is not None:
+        _check_grpc(config, on_ray)
     if on_ray:
         if workers is not None and workers != 1:
             click.echo(
@@ -164,6 +175,24 @@ def serve(
     if config.server.workers == 1:
         sys.exit(serve_single_worker(config))
     sys.exit(Supervisor(config, memory_limit=config.server.memory_limit, force=force).run())
+
+
+def _check_grpc(config: ServeConfig, on_ray: bool) -> None:
+    """gRPC needs its extra, a port of its own, and a server of loadonce's (not Ray's)."""
+    problem = None
+    if on_ray:
+        problem = "gRPC is not served on Ray Serve: leave grpc_port unset with --ray"
+    elif config.server.grpc_port == config.server.port:
+        problem = f"grpc_port and port are both {config.server.port}: give gRPC a port of its own"
+    else:
+        try:
+            import_optional("grpc", extra="grpc")
+            import_optional("google.protobuf", extra="grpc")
+        except ImportError as missing:
+            problem = f"--grpc-port needs gRPC: {missing}"
+    if problem is not None:
+        click.echo(f"loadonce: error: {problem}", err=True)
+        sys.exit(USAGE_ERROR)
 
 
 def _model_fields(input_shape: str | None, input_dtype: str | None) -> dict[str, Any]:

@@ -46,6 +46,8 @@ class ServerOptions(BaseModel):
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    # The Open Inference Protocol over gRPC on this port, same host, every worker (None: off).
+    grpc_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     workers: Annotated[int, Field(ge=1, le=256)] = 1
     log_level: LogLevel = "info"
     # With several workers: load one worker at a time (one load's memory peak, not N).

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from multiprocessing.connection import Connection
 from types import FrameType
+from typing import Any
 
 import anyio.to_thread
 import uvicorn
@@ -23,11 +24,12 @@ from loadonce.app import create_app
 from loadonce.core.control import ModelControl
 from loadonce.core.model import Model
 from loadonce.core.registry import Registry
+from loadonce.http.lifespan import lifespan_of
 from loadonce.server.control_channel import SupervisedControl
 from loadonce.server.http_protocol import guarded_protocol
 from loadonce.server.log_format import log_config
 from loadonce.server.progress import load_progress
-from loadonce.server.settings import ServeConfig
+from loadonce.server.settings import ServeConfig, ServerOptions
 from loadonce.server.sockets import (
     BindError,
     bind_without_listening,
@@ -138,6 +140,8 @@ def run_worker(
             load_gate=lambda: _gated_with_progress(registry),
             control=control,
         )
+    if options.grpc_port is not None:
+        _serve_grpc_too(app, options)
     uvicorn_config = uvicorn.Config(
         _OneLineStartupFailure(app, registry),
         host=options.host,
@@ -179,6 +183,26 @@ def run_worker(
     if registry.failure is not None:
         return False, str(registry.failure)
     return False, f"worker pid {os.getpid()} failed to start (see the log above)"
+
+
+def _serve_grpc_too(app: Any, options: ServerOptions) -> None:
+    """gRPC in this worker, on the port every worker binds (SO_REUSEPORT), from after the
+    models loaded (and every worker reported loaded) until shutdown: around the app's own
+    lifespan, inside loadonce's."""
+    from loadonce.protocols.grpc import grpc_lifespan  # the grpc extra: imported when used
+
+    found = lifespan_of(app)
+    assert found is not None
+    assert options.grpc_port is not None
+    found.serve_with(
+        wrap=grpc_lifespan(
+            host=options.host,
+            port=options.grpc_port,
+            reuse_port=True,
+            grace_s=options.drain_timeout_s,
+            inner=found.settings.wrap,
+        )
+    )
 
 
 @asynccontextmanager

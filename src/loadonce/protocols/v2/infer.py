@@ -6,10 +6,11 @@ import gzip
 import json
 import math
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy.typing as npt
 from pydantic import ValidationError
 
 from loadonce.core.errors import InvalidInputError, InvalidRequestError
@@ -88,21 +89,30 @@ def _is_protocol_parameter(key: str) -> bool:
     return key == BINARY_OUTPUT or key in _RESERVED or key.startswith(_RESERVED_PREFIX)
 
 
-async def infer(
+@dataclass(frozen=True)
+class Prediction:
+    """A request's output tensors, in the order to answer them; ``binary``: by name, whether
+    the client asked for the output in binary (REST's binary tensor extension)."""
+
+    tensors: list[OutputTensor]
+    binary: dict[str, bool]
+
+
+async def predict(
     model: Model,
-    request: InferenceRequest,
-    body: SplitBody,
+    arrays: Mapping[str, npt.NDArray[Any]],
+    datatypes: Mapping[str, str],
+    request_parameters: Mapping[str, Any] | None,
+    requested: Sequence[RequestOutput] | None,
     *,
     timeout_s: float | None,
-    accept_encoding: str,
-    max_element_bytes: int | None = None,
     arrived: float | None = None,
-) -> EncodedResponse:
-    options = _options(request.parameters)
-    arrays = decode_inputs(request.inputs, body, max_element_bytes=max_element_bytes)
-    datatypes = {tensor.name: tensor.datatype for tensor in request.inputs}
+) -> Prediction:
+    """The protocol's inference, whatever carried it (REST or gRPC): decoded input arrays to
+    output tensors, through the model's queue. ``timeout_s``: the transport's deadline; the
+    request's ``timeout`` parameter (microseconds, Triton's) may shorten it."""
+    options = _options(request_parameters)
     examples = examples_from_tensors(model, arrays, datatypes)
-    requested = request.outputs
     if requested:
         _check_requested(requested, [t.name for t in model.outputs])
     limits = [t for t in (timeout_s, options.timeout_s) if t is not None]
@@ -123,14 +133,38 @@ async def infer(
         binary = {r.name: _wants_binary(r, options.binary_by_default) for r in requested}
     else:
         binary = {t.name: options.binary_by_default for t in tensors}
+    return Prediction(tensors, binary)
+
+
+async def infer(
+    model: Model,
+    request: InferenceRequest,
+    body: SplitBody,
+    *,
+    timeout_s: float | None,
+    accept_encoding: str,
+    max_element_bytes: int | None = None,
+    arrived: float | None = None,
+) -> EncodedResponse:
+    arrays = decode_inputs(request.inputs, body, max_element_bytes=max_element_bytes)
+    datatypes = {tensor.name: tensor.datatype for tensor in request.inputs}
+    prediction = await predict(
+        model,
+        arrays,
+        datatypes,
+        request.parameters,
+        request.outputs,
+        timeout_s=timeout_s,
+        arrived=arrived,
+    )
     header: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
     if request.id is not None:
         header["id"] = request.id
-    header["outputs"], buffers = _encode(tensors, binary)
+    header["outputs"], buffers = _encode(prediction.tensors, prediction.binary)
     return _respond(header, buffers, accept_encoding)
 
 
-def _check_requested(requested: list[RequestOutput], declared: list[str]) -> None:
+def _check_requested(requested: Sequence[RequestOutput], declared: list[str]) -> None:
     names = [r.name for r in requested]
     if len(set(names)) != len(names):
         raise InvalidInputError("an output is requested twice")
@@ -147,7 +181,7 @@ def _check_requested(requested: list[RequestOutput], declared: list[str]) -> Non
             )
 
 
-def _select(tensors: list[OutputTensor], requested: list[RequestOutput]) -> list[OutputTensor]:
+def _select(tensors: list[OutputTensor], requested: Sequence[RequestOutput]) -> list[OutputTensor]:
     by_name = {t.name: t for t in tensors}
     unknown = [r.name for r in requested if r.name not in by_name]
     if unknown:

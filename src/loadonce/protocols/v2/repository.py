@@ -11,7 +11,8 @@ declared, are refused.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from fastapi import APIRouter
 from pydantic import ValidationError
@@ -54,7 +55,7 @@ def add_repository_routes(router: APIRouter, *, model_control: bool) -> None:
     async def repository_index(request: Request) -> list[RepositoryModel]:
         query = _parse(RepositoryIndexRequest, await request.body())
         return [
-            _entry(model)
+            index_entry(model)
             for model in registry_of(request).models
             if model.is_ready or not query.ready
         ]
@@ -69,17 +70,7 @@ def add_repository_routes(router: APIRouter, *, model_control: bool) -> None:
         body = _parse(RepositoryRequest, await request.body())
         if not model_control:
             return _control_off()
-        parameters = body.parameters or {}
-        files = [key for key in parameters if key.startswith("file:")]
-        if files:
-            raise LoadRefusedError(
-                model.name,
-                f"loading with {', '.join(files)} is not supported: loadonce loads a model "
-                "from the files declared at startup",
-            )
-        batching = (
-            batching_from_config(model, parameters["config"]) if "config" in parameters else None
-        )
+        batching = load_batching(model, body.parameters or {})
         return await _apply(request, model.name, "load", batching)
 
     @router.post(
@@ -100,16 +91,38 @@ async def _apply(
     request: Request, name: str, action: Action, batching: BatchingChange = None
 ) -> Response:
     """Through the app's model control, so every worker follows; 400 naming any failure."""
-    outcomes = await LoadonceState.of(request).control.apply(
-        ControlRequest(action=action, model=name, batching=batching)
-    )
-    failed = describe_failures(outcomes)
+    failed = await apply_control(LoadonceState.of(request), name, action, batching)
     if failed:
         return v2_error(400, failed)
     return JSONResponse({"name": name, action: True})
 
 
-def _entry(model: Model) -> RepositoryModel:
+def load_batching(model: Model, parameters: Mapping[str, Any]) -> BatchingChange:
+    """What a load request's parameters ask of ``model`` (REST's or gRPC's): the batching of
+    its ``config`` (None: as it is); ``file:`` parameters are refused (400)."""
+    files = [key for key in parameters if key.startswith("file:")]
+    if files:
+        raise LoadRefusedError(
+            model.name,
+            f"loading with {', '.join(files)} is not supported: loadonce loads a model "
+            "from the files declared at startup",
+        )
+    return batching_from_config(model, parameters["config"]) if "config" in parameters else None
+
+
+async def apply_control(
+    state: LoadonceState, name: str, action: Action, batching: BatchingChange = None
+) -> str | None:
+    """A load or unload through the app's model control, so every worker follows; what
+    failed, if anything."""
+    outcomes = await state.control.apply(
+        ControlRequest(action=action, model=name, batching=batching)
+    )
+    return describe_failures(outcomes) or None
+
+
+def index_entry(model: Model) -> RepositoryModel:
+    """One model in the repository index: Triton's state names, and why it is not ready."""
     if model.state is ModelState.UNLOADED:
         reason = "unloaded" + (" on request" if not model.wanted else "")
     else:

@@ -40,11 +40,11 @@ def decode_inputs(
     for tensor in inputs:
         if tensor.name in arrays:
             raise InvalidInputError(f"input '{tensor.name}' is given twice")
-        _check_shape(tensor)
+        check_shape(tensor)
         size = _binary_size(tensor)
         if size is None:
             arrays[tensor.name] = _from_json(tensor)
-            _check_elements(tensor.name, arrays[tensor.name], max_element_bytes)
+            check_element_sizes(tensor.name, arrays[tensor.name], max_element_bytes)
             continue
         if not body.has_binary_header:
             raise InvalidInputError(
@@ -61,7 +61,7 @@ def decode_inputs(
                 f"{len(binary) - offset} bytes of binary data are left in the body"
             )
         arrays[tensor.name] = _from_binary(tensor, binary[offset : offset + size])
-        _check_elements(tensor.name, arrays[tensor.name], max_element_bytes)
+        check_element_sizes(tensor.name, arrays[tensor.name], max_element_bytes)
         offset += size
     if offset != len(binary):
         raise InvalidInputError(
@@ -71,7 +71,18 @@ def decode_inputs(
     return arrays
 
 
-def _check_shape(tensor: RequestInput) -> None:
+def decode_binary_input(
+    tensor: RequestInput, chunk: memoryview, *, max_element_bytes: int | None = None
+) -> npt.NDArray[Any]:
+    """One input from its binary form alone (gRPC's ``raw_input_contents``): every check
+    the binary section of a REST body gets."""
+    check_shape(tensor)
+    array = _from_binary(tensor, chunk)
+    check_element_sizes(tensor.name, array, max_element_bytes)
+    return array
+
+
+def check_shape(tensor: RequestInput) -> None:
     """Before anything is read or allocated: a shape NumPy can hold, of a size a request can
     carry. (That the data holds as many elements as the shape is checked as it is read.)"""
     if len(tensor.shape) > MAX_DIMENSIONS:
@@ -86,7 +97,7 @@ def _check_shape(tensor: RequestInput) -> None:
         )
 
 
-def _check_elements(name: str, array: npt.NDArray[Any], limit: int | None) -> None:
+def check_element_sizes(name: str, array: npt.NDArray[Any], limit: int | None) -> None:
     if limit is None or array.dtype != object:
         return
     for index, element in enumerate(array.flat):
@@ -118,7 +129,7 @@ def _describe(tensor: RequestInput) -> str:
 
 
 def _from_binary(tensor: RequestInput, chunk: memoryview) -> npt.NDArray[Any]:
-    dtype = _dtype_of(tensor)
+    dtype = dtype_of(tensor)
     count = element_count(tensor)
     if dtype is None:
         return _bytes_elements(tensor, chunk, count).reshape(tensor.shape)
@@ -169,7 +180,7 @@ def _bytes_elements(tensor: RequestInput, chunk: memoryview, count: int) -> npt.
     return elements
 
 
-def _dtype_of(tensor: RequestInput) -> np.dtype[np.generic] | None:
+def dtype_of(tensor: RequestInput) -> np.dtype[np.generic] | None:
     try:
         return fixed_dtype(tensor.datatype)
     except InvalidInputError as exc:
@@ -177,7 +188,7 @@ def _dtype_of(tensor: RequestInput) -> np.dtype[np.generic] | None:
 
 
 def _from_json(tensor: RequestInput) -> npt.NDArray[Any]:
-    dtype = _dtype_of(tensor)
+    dtype = dtype_of(tensor)
     if tensor.data is None:
         raise InvalidInputError(
             f"input '{tensor.name}' has no data: send its elements in 'data', or in binary "

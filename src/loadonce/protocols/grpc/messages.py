@@ -1,0 +1,51 @@
+"""The protocol's message classes, from a descriptor pool of loadonce's own.
+
+tritonclient.grpc and kserve register the same ``inference.*`` names in protobuf's default
+pool, and a second registration in one process fails ("duplicate symbol"): loadonce's
+messages live in a private pool, so any of them can be imported beside loadonce. Messages are
+typed ``Any``: their fields are made at run time from the descriptors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.message_factory import GetMessageClass
+
+from loadonce.protocols.grpc import _descriptors
+
+SERVICE = "inference.GRPCInferenceService"
+HEALTH_SERVICE = "grpc.health.v1.Health"
+
+_POOL = descriptor_pool.DescriptorPool()
+for _serialized in (_descriptors.INFERENCE, _descriptors.HEALTH):
+    _POOL.Add(descriptor_pb2.FileDescriptorProto.FromString(_serialized))
+
+
+def message_class(full_name: str) -> Any:
+    """The class of a message of the pool (``inference.ModelInferRequest``)."""
+    return GetMessageClass(_POOL.FindMessageTypeByName(full_name))
+
+
+def method_types(service: str) -> dict[str, tuple[Any, Any]]:
+    """Each method of ``service``: its request and response classes, by method name."""
+    described = _POOL.FindServiceByName(service)
+    return {
+        method.name: (
+            GetMessageClass(method.input_type),
+            GetMessageClass(method.output_type),
+        )
+        for method in described.methods
+    }
+
+
+def _inference(name: str) -> Any:
+    return message_class(f"inference.{name}")
+
+
+InferParameter = _inference("InferParameter")
+InferTensorContents = _inference("InferTensorContents")
+ModelInferRequest = _inference("ModelInferRequest")
+ModelInferResponse = _inference("ModelInferResponse")
+HealthCheckResponse = message_class("grpc.health.v1.HealthCheckResponse")

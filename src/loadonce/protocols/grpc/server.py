@@ -1,0 +1,112 @@
+"""A ``grpc.aio`` server of the protocol's gRPC service over one app's state: started once
+the models are loaded, stopped (drained) before they unload."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import grpc
+
+from loadonce.core.errors import LoadonceError
+from loadonce.http.lifespan import UserLifespan
+from loadonce.http.state import LoadonceState
+from loadonce.protocols.grpc.service import InferenceService
+
+logger = logging.getLogger("loadonce")
+
+# gRPC's own default cap on a received message (4 MiB) when no body limit is set is far below
+# what tensors need; without a limit, gRPC's largest (2 GiB - 1).
+_UNLIMITED = 2**31 - 1
+
+
+class GrpcBindError(LoadonceError):
+    """The gRPC port could not be bound (startup fails with this line)."""
+
+
+class GrpcServer:
+    """``host``/``port``: where to listen (port 0: any free one; ``port`` says which once
+    started). ``reuse_port``: every worker of a server binds the same port
+    (``SO_REUSEPORT``), and the kernel spreads connections over them. Messages are limited
+    to the state's ``limits.max_body_bytes`` (RESOURCE_EXHAUSTED beyond)."""
+
+    def __init__(
+        self,
+        state: LoadonceState,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        reuse_port: bool = False,
+        model_control: bool = True,
+    ) -> None:
+        self.state = state
+        self.host = host
+        self.port = port
+        self.reuse_port = reuse_port
+        self.model_control = model_control
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        limit = self.state.limits.max_body_bytes or _UNLIMITED
+        server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 1 if self.reuse_port else 0),
+                ("grpc.max_receive_message_length", min(limit, _UNLIMITED)),
+                ("grpc.max_send_message_length", _UNLIMITED),
+            ]
+        )
+        service = InferenceService(self.state, model_control=self.model_control)
+        server.add_generic_rpc_handlers(service.handlers())
+        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise GrpcBindError(f"cannot bind the gRPC port {address}: {exc}") from None
+        if bound == 0:  # older grpcio reports a failed bind this way
+            raise GrpcBindError(f"cannot bind the gRPC port {address}")
+        self.port = bound
+        await server.start()
+        self._server = server
+        logger.info("gRPC (Open Inference Protocol) listening on %s:%d", self.host, bound)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop accepting calls; those in flight get ``grace_s`` to finish (None: all the
+        time they need), then are cancelled."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(grace_s)
+
+
+def grpc_lifespan(
+    *,
+    host: str = "127.0.0.1",
+    port: int,
+    reuse_port: bool = False,
+    model_control: bool = True,
+    grace_s: float | None = 30.0,
+    inner: UserLifespan | None = None,
+) -> UserLifespan:
+    """A lifespan to pass as ``lifespan(..., wrap=...)`` (or ``create_app(wrap=...)``): it
+    serves gRPC while the app runs, from after every model loaded (and ``inner``, the app's
+    own lifespan, started) until shutdown, which stops accepting calls and gives those in
+    flight ``grace_s`` before the models unload."""
+
+    @asynccontextmanager
+    async def serve_grpc(app: Any) -> AsyncIterator[Mapping[str, Any] | None]:
+        async with AsyncExitStack() as stack:
+            user_state = None if inner is None else await stack.enter_async_context(inner(app))
+            state = LoadonceState.on(app)
+            if state is None:
+                raise LoadonceError("grpc_lifespan needs loadonce's lifespan on the app")
+            server = GrpcServer(
+                state, host=host, port=port, reuse_port=reuse_port, model_control=model_control
+            )
+            await server.start()
+            try:
+                yield user_state
+            finally:
+                await server.stop(grace_s)
+
+    return serve_grpc

@@ -1,0 +1,290 @@
+"""The Open Inference Protocol's gRPC service (``inference.GRPCInferenceService``) and gRPC's
+health service, over one app's ``LoadonceState``: the same registry, queues, deadlines, API
+keys, metrics and error mapping as the REST routes.
+
+Each RPC runs through ``_call``: the request id (metadata ``x-request-id`` if short and
+plain, else a new one; sent back in the trailing metadata), the API key (metadata
+``authorization: Bearer KEY`` or ``x-api-key``, by the REST routes' families), the error
+mapping (``http/errors.py``'s one mapping, its HTTP status turned into a gRPC code) and the
+request's line in the metrics (route: the RPC's path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from loadonce._version import __version__
+from loadonce.core.control import Action
+from loadonce.core.errors import LoadonceError, ModelNotReadyError
+from loadonce.core.model import Model
+from loadonce.http.access_keys import RouteFamily, presented_key, refusal
+from loadonce.http.errors import describe_error
+from loadonce.http.request_info import request_id_from
+from loadonce.http.routes import count_request
+from loadonce.http.state import LoadonceState
+from loadonce.protocols.grpc.messages import (
+    HEALTH_SERVICE,
+    SERVICE,
+    HealthCheckResponse,
+    method_types,
+)
+from loadonce.protocols.grpc.tensors import decode_grpc_inputs, encode_grpc_outputs
+from loadonce.protocols.v2.config_load import BatchingChange
+from loadonce.protocols.v2.described import described_inputs, described_outputs
+from loadonce.protocols.v2.errors import find_model
+from loadonce.protocols.v2.infer import predict
+from loadonce.protocols.v2.repository import apply_control, index_entry, load_batching
+from loadonce.protocols.v2.schemas import RequestOutput
+
+REQUEST_ID_KEY = "x-request-id"
+SERVER_NAME = "loadonce"
+# HTTP's statuses (loadonce's errors carry one) as gRPC's codes. A client's mistake is never
+# INTERNAL: any other 4xx is INVALID_ARGUMENT.
+_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    409: grpc.StatusCode.FAILED_PRECONDITION,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    499: grpc.StatusCode.CANCELLED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+# Which REST family each RPC is in, for API keys (``http/access_keys.py``).
+_FAMILIES = {
+    "ServerLive": RouteFamily.OPEN,
+    "ServerReady": RouteFamily.OPEN,
+    "RepositoryModelLoad": RouteFamily.ADMIN,
+    "RepositoryModelUnload": RouteFamily.ADMIN,
+}
+_SERVING = 1
+_NOT_SERVING = 2
+_SERVICE_UNKNOWN = 3
+
+Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def grpc_code(status: int) -> grpc.StatusCode:
+    """The gRPC code of an HTTP status."""
+    code = _CODES.get(status)
+    if code is not None:
+        return code
+    return grpc.StatusCode.INVALID_ARGUMENT if 400 <= status < 500 else grpc.StatusCode.INTERNAL
+
+
+class InferenceService:
+    """The RPCs, each ``async (request, context) -> response``; ``handlers()`` registers them
+    with a ``grpc.aio`` server. ``model_control``: whether load and unload act (as
+    ``v2_router``'s)."""
+
+    def __init__(self, state: LoadonceState, *, model_control: bool = True) -> None:
+        self.state = state
+        self.model_control = model_control
+
+    def handlers(self) -> list[grpc.GenericRpcHandler]:
+        rpcs: dict[str, Handler] = {
+            "ServerLive": self.server_live,
+            "ServerReady": self.server_ready,
+            "ModelReady": self.model_ready,
+            "ServerMetadata": self.server_metadata,
+            "ModelMetadata": self.model_metadata,
+            "ModelInfer": self.model_infer,
+            "RepositoryIndex": self.repository_index,
+            "RepositoryModelLoad": self.repository_load,
+            "RepositoryModelUnload": self.repository_unload,
+        }
+        inference = {
+            name: _unary(_TYPES[name], self._call(name, rpc)) for name, rpc in rpcs.items()
+        }
+        health = {"Check": _unary(method_types(HEALTH_SERVICE)["Check"], self.health_check)}
+        return [
+            grpc.method_handlers_generic_handler(SERVICE, inference),
+            grpc.method_handlers_generic_handler(HEALTH_SERVICE, health),
+        ]
+
+    def _call(self, method: str, rpc: Handler) -> Handler:
+        family = _FAMILIES.get(method, RouteFamily.INFERENCE)
+        route = f"/{SERVICE}/{method}"
+        state = self.state
+
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            metadata = [
+                (key.encode("latin-1"), value if isinstance(value, bytes) else value.encode())
+                for key, value in context.invocation_metadata() or ()
+            ]
+            request_id = request_id_from(metadata)
+            trailer = ((REQUEST_ID_KEY, request_id),)
+            status = 200
+            try:
+                if state.access is not None:
+                    refused = refusal(state.access, family, presented_key(metadata))
+                    if refused is not None:
+                        status, message = refused
+                        await context.abort(grpc_code(status), message, trailer)
+                try:
+                    response = await rpc(request, context)
+                except asyncio.CancelledError:
+                    status = 499
+                    raise
+                except Exception as exc:
+                    status, message = describe_error(exc, route, request_id)
+                    await context.abort(grpc_code(status), message, trailer)
+                context.set_trailing_metadata(trailer)
+                return response
+            finally:
+                name = getattr(request, "model_name", None) or getattr(request, "name", "")
+                count_request(
+                    state, {"model_name": name}, route, status, time.perf_counter() - started
+                )
+
+        return call
+
+    async def server_live(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return _reply("ServerLive", live=True)
+
+    async def server_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return _reply("ServerReady", ready=self.state.registry.is_ready)
+
+    async def model_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        model = find_model(self.state.registry, request.name, request.version or None)
+        return _reply("ModelReady", ready=model.is_ready)
+
+    async def server_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        extensions = ["parameters"]
+        if self.model_control:
+            extensions.append("model_repository")
+        return _reply(
+            "ServerMetadata", name=SERVER_NAME, version=__version__, extensions=extensions
+        )
+
+    async def model_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        model = self._serving_model(request.name, request.version)
+        response = _reply(
+            "ModelMetadata",
+            name=model.name,
+            versions=[model.version],
+            platform=model.runtime_name or "",
+        )
+        for target, tensors in (
+            (response.inputs, described_inputs(model)),
+            (response.outputs, described_outputs(model)),
+        ):
+            for tensor in tensors:
+                target.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        return response
+
+    async def model_infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        arrived = asyncio.get_running_loop().time()
+        model = self._serving_model(request.model_name, request.model_version)
+        model.refuse_if_full()
+        limits = self.state.limits
+        arrays, datatypes = decode_grpc_inputs(request, max_element_bytes=limits.max_element_bytes)
+        requested = [
+            RequestOutput(name=output.name, parameters=_parameters(output.parameters))
+            for output in request.outputs
+        ]
+        prediction = await predict(
+            model,
+            arrays,
+            datatypes,
+            _parameters(request.parameters),
+            requested or None,
+            timeout_s=context.time_remaining(),
+            arrived=arrived,
+        )
+        response = _reply("ModelInfer", model_name=model.name, model_version=model.version)
+        if request.id:
+            response.id = request.id
+        encode_grpc_outputs(response, prediction.tensors, raw=bool(request.raw_input_contents))
+        return response
+
+    async def repository_index(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        response = _reply("RepositoryIndex")
+        for model in self.state.registry.models:
+            if model.is_ready or not request.ready:
+                entry = index_entry(model)
+                response.models.add(
+                    name=entry.name, version=entry.version, state=entry.state, reason=entry.reason
+                )
+        return response
+
+    async def repository_load(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        model = find_model(self.state.registry, request.model_name)
+        self._control_on()
+        batching = load_batching(model, _parameters(request.parameters))
+        await self._apply(model.name, "load", batching)
+        return _reply("RepositoryModelLoad")
+
+    async def repository_unload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        model = find_model(self.state.registry, request.model_name)
+        self._control_on()
+        await self._apply(model.name, "unload", None)
+        return _reply("RepositoryModelUnload")
+
+    async def health_check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """SERVING when every model of this worker is ready (and it is not stopping), for the
+        whole server (service "") and for the inference service by name."""
+        if request.service not in ("", SERVICE):
+            return HealthCheckResponse(status=_SERVICE_UNKNOWN)
+        registry = self.state.registry
+        serving = registry.is_ready and not registry.draining
+        return HealthCheckResponse(status=_SERVING if serving else _NOT_SERVING)
+
+    def _serving_model(self, name: str, version: str) -> Model:
+        model = find_model(self.state.registry, name, version or None)
+        if not model.is_serving:
+            raise ModelNotReadyError(model.name, model.state.value)
+        return model
+
+    def _control_on(self) -> None:
+        if not self.model_control:
+            raise ControlRefusedError("model control is off in this server")
+
+    async def _apply(self, name: str, action: Action, batching: BatchingChange) -> None:
+        failed = await apply_control(self.state, name, action, batching)
+        if failed:
+            raise ControlRefusedError(failed)
+
+
+class ControlRefusedError(LoadonceError):
+    """A load or unload that model control refused or that failed (INVALID_ARGUMENT, as
+    REST's 400)."""
+
+    status = 400
+
+
+_TYPES = method_types(SERVICE)
+
+
+def _reply(method: str, **fields: Any) -> Any:
+    """A response message of the RPC ``method``."""
+    return _TYPES[method][1](**fields)
+
+
+def _unary(types: tuple[Any, Any], handler: Handler) -> grpc.RpcMethodHandler:
+    request_class, response_class = types
+    return grpc.unary_unary_rpc_method_handler(
+        handler,
+        request_deserializer=request_class.FromString,
+        response_serializer=response_class.SerializeToString,
+    )
+
+
+def _parameters(parameters: Any) -> dict[str, Any]:
+    """A map of InferParameter (or ModelRepositoryParameter) as plain values."""
+    values: dict[str, Any] = {}
+    for key, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        if choice is not None:
+            values[key] = getattr(parameter, choice)
+    return values

@@ -1,0 +1,137 @@
+"""gRPC's tensors: inputs from typed ``contents`` or from ``raw_input_contents``, outputs into
+typed ``contents`` or ``raw_output_contents``. Raw data is the REST binary extension's form
+(little-endian; BYTES elements each a 4-byte little-endian length, then the bytes), so it is
+read and written by the same code (``protocols/v2/tensors.py``, ``outputs.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from loadonce.core.errors import InvalidInputError
+from loadonce.protocols.v2.datatypes import BYTES
+from loadonce.protocols.v2.outputs import OutputTensor
+from loadonce.protocols.v2.schemas import RequestInput
+from loadonce.protocols.v2.tensors import (
+    check_element_sizes,
+    check_shape,
+    decode_binary_input,
+    dtype_of,
+    element_count,
+)
+
+# The typed field of InferTensorContents that carries each datatype (FP16 has none: raw only).
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    BYTES: "bytes_contents",
+}
+_FIELDS = sorted(set(CONTENTS_FIELD.values()))
+
+
+def decode_grpc_inputs(
+    request: Any, *, max_element_bytes: int | None
+) -> tuple[dict[str, npt.NDArray[Any]], dict[str, str]]:
+    """The request's inputs as arrays of their shapes, and their datatypes, by name."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInputError(
+            f"raw_input_contents holds {len(raw)} tensors, but the request has "
+            f"{len(request.inputs)} inputs: send one per input, in order"
+        )
+    arrays: dict[str, npt.NDArray[Any]] = {}
+    datatypes: dict[str, str] = {}
+    for index, tensor in enumerate(request.inputs):
+        if tensor.name in arrays:
+            raise InvalidInputError(f"input '{tensor.name}' is given twice")
+        described = _described(tensor)
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidInputError(
+                    f"input '{tensor.name}' has contents, but the request uses "
+                    "raw_input_contents: send each input one way"
+                )
+            array = decode_binary_input(
+                described, memoryview(raw[index]), max_element_bytes=max_element_bytes
+            )
+        else:
+            array = _from_contents(described, tensor.contents)
+            check_element_sizes(tensor.name, array, max_element_bytes)
+        arrays[tensor.name] = array
+        datatypes[tensor.name] = tensor.datatype
+    return arrays, datatypes
+
+
+def _described(tensor: Any) -> RequestInput:
+    shape = list(tensor.shape)
+    if any(dim < 0 for dim in shape):
+        raise InvalidInputError(f"input '{tensor.name}': shape {shape} has a negative dimension")
+    described = RequestInput.model_construct(
+        name=tensor.name, shape=shape, datatype=tensor.datatype, parameters=None, data=None
+    )
+    check_shape(described)
+    return described
+
+
+def _from_contents(tensor: RequestInput, contents: Any) -> npt.NDArray[Any]:
+    dtype = dtype_of(tensor)  # refuses an unknown datatype
+    field = CONTENTS_FIELD.get(tensor.datatype)
+    if field is None:
+        raise InvalidInputError(
+            f"input '{tensor.name}': {tensor.datatype} has no typed contents field; send it "
+            "in raw_input_contents"
+        )
+    others = [f for f in _FIELDS if f != field and len(getattr(contents, f))]
+    if others:
+        raise InvalidInputError(
+            f"input '{tensor.name}' is {tensor.datatype}, carried in contents.{field}, but "
+            f"its contents.{others[0]} holds values"
+        )
+    values = getattr(contents, field)
+    count = element_count(tensor)
+    if len(values) != count:
+        raise InvalidInputError(
+            f"input '{tensor.name}': shape {tensor.shape} holds {count} elements, but "
+            f"contents.{field} holds {len(values)}"
+        )
+    if dtype is None:
+        elements = np.empty(count, dtype=object)
+        elements[:] = list(values)
+        return elements.reshape(tensor.shape)
+    wide = np.asarray(values)
+    if dtype.kind in "iu" and wide.size:
+        info = np.iinfo(dtype)  # type: ignore[type-var]  # an integer dtype here
+        if wide.min() < info.min or wide.max() > info.max:
+            raise InvalidInputError(
+                f"input '{tensor.name}': a value is outside the range of {tensor.datatype}"
+            )
+    return wide.astype(dtype, copy=False).reshape(tensor.shape)
+
+
+def encode_grpc_outputs(response: Any, tensors: Sequence[OutputTensor], *, raw: bool) -> None:
+    """Each tensor into the response: in ``raw_output_contents`` when ``raw`` (or when a
+    datatype has no typed field, FP16: then all are raw, as the protocol pairs raw tensors
+    with outputs by position), else in each output's typed contents."""
+    raw = raw or any(t.datatype not in CONTENTS_FIELD for t in tensors)
+    for tensor in tensors:
+        output = response.outputs.add(
+            name=tensor.name, datatype=tensor.datatype, shape=tensor.shape
+        )
+        if raw:
+            response.raw_output_contents.append(tensor.binary_data())
+            continue
+        values = getattr(output.contents, CONTENTS_FIELD[tensor.datatype])
+        flat = tensor.array.reshape(-1)
+        values.extend(list(flat) if tensor.datatype == BYTES else flat.tolist())

@@ -1,0 +1,300 @@
+"""The Open Inference Protocol over gRPC, driven by its real client (``tritonclient.grpc``)
+against a real server: loadonce's app under uvicorn in a thread, its gRPC server started by
+the lifespan (``grpc_lifespan``); and one ``loadonce serve --grpc-port`` with two workers."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+import tritonclient.grpc.aio as triton_aio
+from tritonclient.utils import InferenceServerException
+
+import loadonce
+from loadonce.protocols.grpc import grpc_lifespan
+from loadonce.protocols.grpc.messages import HEALTH_SERVICE, message_class
+from loadonce.runtimes import Predictor, TensorInfo
+from tests.servers import ThreadedServer, free_port, start_cli, stop, wait_until
+from tests.v2_models import triton_example_specs
+
+INPUT0 = np.arange(16, dtype=np.int32).reshape(1, 16)
+INPUT1 = np.full((1, 16), -1, dtype=np.int32)
+KEY = "k" * 24
+ADMIN_KEY = "a" * 24
+
+
+class Picky(Predictor):
+    """FP32 [-1, 1]: negative values make it raise (with a path in the message), values over
+    100 make it take a second."""
+
+    inputs = (TensorInfo(name="INPUT0", dtype="float32", shape=(None, 1)),)
+    outputs = (TensorInfo(name="OUTPUT0", dtype="float32", shape=(None, 1)),)
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        values = np.asarray(batch)
+        if (values < 0).any():
+            raise ValueError("/srv/secret/model.py: negative")
+        if (values > 100).any():
+            time.sleep(1)
+        return list(values * 2)
+
+
+def _specs() -> list[loadonce.ModelSpec]:
+    return [*triton_example_specs()[:3], loadonce.ModelSpec(name="picky", loader=Picky)]
+
+
+def _serve(port: int, **options: Any) -> ThreadedServer:
+    app = loadonce.create_app(_specs(), wrap=grpc_lifespan(port=port), **options)
+    return ThreadedServer(app)
+
+
+@pytest.fixture(scope="module")
+def grpc_url() -> Iterator[str]:
+    port = free_port()
+    with _serve(port):
+        yield f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def client(grpc_url: str) -> Iterator[triton.InferenceServerClient]:
+    connection = triton.InferenceServerClient(grpc_url)
+    yield connection
+    connection.close()
+
+
+def _pair(raw: bool = True) -> list[Any]:
+    inputs = []
+    for name, array in (("INPUT0", INPUT0), ("INPUT1", INPUT1)):
+        tensor = triton.InferInput(name, [1, 16], "INT32")
+        if raw:
+            tensor.set_data_from_numpy(array)  # raw_input_contents
+        else:
+            tensor._get_tensor().contents.int_contents.extend(array.reshape(-1).tolist())
+        inputs.append(tensor)
+    return inputs
+
+
+def _code(call: Any) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(InferenceServerException) as raised:
+        call()
+    status = raised.value.status()
+    code = getattr(grpc.StatusCode, status.removeprefix("StatusCode."))
+    return code, raised.value.message()
+
+
+def test_health_and_metadata(client: triton.InferenceServerClient) -> None:
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("simple")
+    server = client.get_server_metadata(as_json=True)
+    assert server["name"] == "loadonce"
+    assert "model_repository" in server["extensions"]
+    model = client.get_model_metadata("simple", as_json=True)
+    assert [(t["name"], t["datatype"], t["shape"]) for t in model["inputs"]] == [
+        ("INPUT0", "INT32", ["-1", "16"]),
+        ("INPUT1", "INT32", ["-1", "16"]),
+    ]
+    assert [t["name"] for t in model["outputs"]] == ["OUTPUT0", "OUTPUT1"]
+    index = client.get_model_repository_index(as_json=True)
+    assert {m["name"]: m["state"] for m in index["models"]}["simple"] == "READY"
+
+
+def test_infer_raw_answers_raw(client: triton.InferenceServerClient) -> None:
+    result = client.infer("simple", _pair(raw=True), request_id="r1")
+    response = result.get_response()
+    assert response.raw_output_contents
+    assert response.id == "r1"
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), INPUT0 + INPUT1)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), INPUT0 - INPUT1)
+
+
+def test_infer_typed_answers_typed(client: triton.InferenceServerClient) -> None:
+    outputs = [triton.InferRequestedOutput("OUTPUT1")]
+    result = client.infer("simple", _pair(raw=False), outputs=outputs)
+    response = result.get_response()
+    assert not response.raw_output_contents
+    assert [o.name for o in response.outputs] == ["OUTPUT1"]
+    # (tritonclient's as_numpy reads raw outputs only; KServe's client reads typed ones.)
+    assert list(response.outputs[0].contents.int_contents) == (INPUT0 - INPUT1).ravel().tolist()
+
+
+def test_bytes_raw_and_typed(client: triton.InferenceServerClient) -> None:
+    text = np.array([[str(i).encode() for i in range(16)]], dtype=object)
+    ones = np.array([[b"1"] * 16], dtype=object)
+    inputs = [
+        triton.InferInput("INPUT0", [1, 16], "BYTES"),
+        triton.InferInput("INPUT1", [1, 16], "BYTES"),
+    ]
+    inputs[0].set_data_from_numpy(text)
+    inputs[1].set_data_from_numpy(ones)
+    result = client.infer("simple_string", inputs)
+    assert result.as_numpy("OUTPUT0").ravel().tolist() == [str(i + 1).encode() for i in range(16)]
+    typed = triton.InferInput("INPUT0", [1, 2], "BYTES")
+    typed._get_tensor().contents.bytes_contents.extend([b"a\x00b", b""])
+    answer = client.infer("simple_identity", [typed]).get_response()
+    assert list(answer.outputs[0].contents.bytes_contents) == [b"a\x00b", b""]
+
+
+def test_async_infer(client: triton.InferenceServerClient) -> None:
+    done: queue.Queue[Any] = queue.Queue()
+    client.async_infer("simple", _pair(), lambda result, error: done.put((result, error)))
+    result, error = done.get(timeout=10)
+    assert error is None
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), INPUT0 + INPUT1)
+
+
+def test_aio_client(grpc_url: str) -> None:
+    async def run() -> Any:
+        async with triton_aio.InferenceServerClient(grpc_url) as aio:
+            return await aio.infer("simple", _pair())
+
+    result = asyncio.run(run())
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), INPUT0 + INPUT1)
+
+
+def _picky(value: float) -> list[Any]:
+    tensor = triton.InferInput("INPUT0", [1, 1], "FP32")
+    tensor.set_data_from_numpy(np.array([[value]], dtype=np.float32))
+    return [tensor]
+
+
+def test_error_codes(client: triton.InferenceServerClient) -> None:
+    code, message = _code(lambda: client.infer("nope", _pair()))
+    assert code is grpc.StatusCode.NOT_FOUND
+    assert message.startswith("Request for unknown model")
+    code, message = _code(lambda: client.infer("simple", _pair()[:1]))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "missing input 'INPUT1'" in message
+    wrong = triton.InferInput("INPUT0", [1, 16], "INT32")
+    wrong._get_tensor().contents.int_contents.extend([1, 2])
+    code, message = _code(lambda: client.infer("simple", [wrong, _pair(raw=False)[1]]))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "holds 16 elements" in message
+    code, message = _code(lambda: client.infer("picky", _picky(-1)))
+    assert code is grpc.StatusCode.INTERNAL
+    assert "the model raised ValueError" in message
+    assert "/srv/secret" not in message
+    assert "Traceback" not in message
+    code, _ = _code(lambda: client.infer("picky", _picky(500), client_timeout=0.2))
+    assert code is grpc.StatusCode.DEADLINE_EXCEEDED
+    code, _ = _code(lambda: client.get_model_metadata("nope"))
+    assert code is grpc.StatusCode.NOT_FOUND
+
+
+def test_raw_and_typed_mismatches(grpc_url: str) -> None:
+    request_class = message_class("inference.ModelInferRequest")
+    response_class = message_class("inference.ModelInferResponse")
+    with grpc.insecure_channel(grpc_url) as channel:
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=request_class.SerializeToString,
+            response_deserializer=response_class.FromString,
+        )
+        request = request_class(model_name="picky")
+        request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 1])
+        request.raw_input_contents.append(b"\x00\x00")  # 2 bytes, not 4
+        with pytest.raises(grpc.RpcError) as raised:
+            infer(request)
+        assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "takes 4" in raised.value.details()
+        request.inputs[0].shape[:] = [-1, 1]
+        with pytest.raises(grpc.RpcError) as raised:
+            infer(request, metadata=[("x-request-id", "mine-1")])
+        assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert ("x-request-id", "mine-1") in raised.value.trailing_metadata()
+        answer, call = infer.with_call(
+            request_class(
+                model_name="picky",
+                inputs=[{"name": "INPUT0", "datatype": "FP32", "shape": [1, 1]}],
+                raw_input_contents=[np.float32(2).tobytes()],
+            ),
+            metadata=[("x-request-id", "mine-2")],
+        )
+        assert np.frombuffer(answer.raw_output_contents[0], "<f4").tolist() == [4.0]
+        assert ("x-request-id", "mine-2") in call.trailing_metadata()
+
+
+def _health(url: str, service: str = "") -> int:
+    request_class = message_class("grpc.health.v1.HealthCheckRequest")
+    response_class = message_class("grpc.health.v1.HealthCheckResponse")
+    with grpc.insecure_channel(url) as channel:
+        check = channel.unary_unary(
+            f"/{HEALTH_SERVICE}/Check",
+            request_serializer=request_class.SerializeToString,
+            response_deserializer=response_class.FromString,
+        )
+        status: int = check(request_class(service=service), timeout=5).status
+        return status
+
+
+def test_health_service(grpc_url: str) -> None:
+    assert _health(grpc_url) == 1  # SERVING
+    assert _health(grpc_url, "inference.GRPCInferenceService") == 1
+    assert _health(grpc_url, "something.Else") == 3  # SERVICE_UNKNOWN
+
+
+def test_api_keys_and_size_limit() -> None:
+    port = free_port()
+    keys = loadonce.AccessKeys(inference=(KEY,), admin=(ADMIN_KEY,))
+    limits = loadonce.Limits(max_body_bytes=1024)
+    with _serve(port, access=keys, limits=limits):
+        url = f"127.0.0.1:{port}"
+        with triton.InferenceServerClient(url) as anonymous:
+            assert anonymous.is_server_live()  # open, as /v2/health/live
+            code, message = _code(lambda: anonymous.infer("simple", _pair()))
+            assert code is grpc.StatusCode.UNAUTHENTICATED
+            assert "API key is required" in message
+        bearer = {"authorization": f"Bearer {KEY}"}
+        with triton.InferenceServerClient(url) as user:
+            result = user.infer("simple", _pair(), headers=bearer)
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), INPUT0 + INPUT1)
+            code, _ = _code(lambda: user.unload_model("simple", headers={"x-api-key": KEY}))
+            assert code is grpc.StatusCode.PERMISSION_DENIED
+            big = triton.InferInput("INPUT0", [1, 1024], "FP32")
+            big.set_data_from_numpy(np.zeros((1, 1024), np.float32))
+            code, _ = _code(lambda: user.infer("picky", [big], headers=bearer))
+            assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            admin = {"x-api-key": ADMIN_KEY}
+            user.unload_model("picky", headers=admin)
+            assert not user.is_model_ready("picky", headers=admin)
+            code, _ = _code(lambda: user.infer("picky", _picky(1), headers=admin))
+            assert code is grpc.StatusCode.UNAVAILABLE
+            # As /readyz: a model unloaded on request does not make the server unready.
+            assert _health(url) == 1
+            user.load_model("picky", headers=admin)
+            assert user.is_model_ready("picky", headers=admin)
+
+
+def test_cli_two_workers_share_the_port(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "loadonce.toml"
+    config.write_text(
+        "[server]\nworkers = 2\nmemory_plan = false\n\n"
+        '[[models]]\nname = "simple"\nloader = "tests.v2_models:Simple"\n'
+    )
+    server = start_cli([str(config), "--grpc-port", str(port)], tmp_path)
+    try:
+        url = f"127.0.0.1:{port}"
+        wait_until(lambda: _ready(url), 60, "the gRPC port to answer")
+        with triton.InferenceServerClient(url) as client:
+            for _ in range(4):
+                result = client.infer("simple", _pair())
+                np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), INPUT0 + INPUT1)
+    finally:
+        stop(server)
+    assert server.log().count("gRPC (Open Inference Protocol) listening") == 2
+
+
+def _ready(url: str) -> bool:
+    try:
+        return _health(url) == 1
+    except grpc.RpcError:
+        return False
