@@ -9,6 +9,8 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
+from loadonce.core.errors import ConfigError
+from loadonce.server.config_file import spec_for_target
 from tests.servers import REPO_ROOT, cli_env, free_port, serving
 
 USAGE_ERROR = 2
@@ -136,10 +138,30 @@ def test_an_invalid_config_file_is_one_line_naming_the_problem(
         (["missing.onnx"], "no such file: missing.onnx"),
         (["--demo", "x.toml"], "either a TARGET or --demo"),
         (["--demo", "--workers", "-1"], "workers"),
+        (["x.toml", "--name", "a"], "--name, --input-shape and --input-dtype describe the one"),
+        (["tests.loaders:echo", "--name", "a b"], "name"),
     ],
 )
 def test_bad_command_lines_are_usage_errors(tmp_path: Path, args: list[str], expected: str) -> None:
     assert expected in _serve_expecting_usage_error(args, tmp_path)
+
+
+def test_a_directory_serves_the_one_artifact_in_it(tmp_path: Path) -> None:
+    # KServe's /mnt/models: the downloaded file, and files no runtime claims beside it.
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("model.onnx", "model.onnx.data", "README.md", ".ready"):
+        (models / name).write_bytes(b"")
+    spec = spec_for_target(str(models), {"name": "churn"})
+    assert (spec.name, spec.artifact) == ("churn", models / "model.onnx")
+    assert spec_for_target(str(models)).name == "models"  # the directory's name, as before
+
+    (models / "other.onnx").write_bytes(b"")
+    with pytest.raises(ConfigError, match="holds several artifacts"):
+        spec_for_target(str(models))
+    # A directory a runtime reads whole (transformers) is still the artifact itself.
+    (models / "config.json").write_text("{}")
+    assert spec_for_target(str(models)).artifact == models
 
 
 def test_a_runtime_of_your_own_is_named_in_the_config_file(tmp_path: Path) -> None:

@@ -92,6 +92,12 @@ def main() -> None:
     help="TARGET 'package.module:function' is a function returning the app to serve.",
 )
 @click.option(
+    "--name",
+    envvar="LOADONCE_MODEL_NAME",
+    help="For a single artifact or loader: the name to serve it under.  [default: from the "
+    "artifact's file name or the loader's]",
+)
+@click.option(
     "--input-shape",
     help="For a single artifact or loader: the shape of one example, '4' or '3,224,224' "
     "(-1 for any size); a wrong shape is then a 400.",
@@ -121,6 +127,7 @@ def serve(
     memory_limit: str | None,
     force: bool,
     factory: bool,
+    name: str | None,
     input_shape: str | None,
     input_dtype: str | None,
     on_ray: bool,
@@ -148,7 +155,7 @@ def serve(
             trust=trust,
             overrides=overrides,
             factory=factory,
-            model_fields=_model_fields(input_shape, input_dtype),
+            model_fields=_model_fields(name, input_shape, input_dtype),
         )
     except ConfigError as exc:
         click.echo(f"loadonce: error: {exc}", err=True)
@@ -195,9 +202,13 @@ def _check_grpc(config: ServeConfig, on_ray: bool) -> None:
         sys.exit(USAGE_ERROR)
 
 
-def _model_fields(input_shape: str | None, input_dtype: str | None) -> dict[str, Any]:
-    """--input-shape and --input-dtype as ModelSpec fields (validated there)."""
+def _model_fields(
+    name: str | None, input_shape: str | None, input_dtype: str | None
+) -> dict[str, Any]:
+    """--name, --input-shape and --input-dtype as ModelSpec fields (validated there)."""
     fields: dict[str, Any] = {}
+    if name is not None:
+        fields["name"] = name
     if input_shape is not None:
         try:
             fields["input_shape"] = [int(size) for size in input_shape.split(",")]

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from loadonce.core.errors import ConfigError, describe_validation
 from loadonce.core.registry import check_runtime
 from loadonce.core.spec import ModelSpec
+from loadonce.runtimes import resolve_runtime
 from loadonce.server.settings import RayOptions, ServerOptions
 
 _TOP_LEVEL = {"server", "models", "ray", "app", "factory"}
@@ -122,9 +123,10 @@ def spec_for_target(target: str, fields: Mapping[str, Any] | None = None) -> Mod
     ``fields``: more of its ModelSpec (``input_shape``, ``options``)."""
     path = Path(target)
     if path.exists():
-        # A directory is an artifact too (a transformers model directory).
+        # A directory is an artifact too (a transformers model directory), or holds one.
         name = path.resolve().name if path.is_dir() else path.stem
-        declared: dict[str, Any] = {"name": _name_from_stem(name), "artifact": path.resolve()}
+        artifact = _artifact_in(path.resolve())
+        declared: dict[str, Any] = {"name": _name_from_stem(name), "artifact": artifact}
     elif ":" in target and "/" not in target:
         declared = {"name": _name_from_stem(target.rpartition(":")[2]), "loader": target}
     else:
@@ -133,6 +135,36 @@ def spec_for_target(target: str, fields: Mapping[str, Any] | None = None) -> Mod
         return ModelSpec.model_validate({**declared, **(fields or {})})
     except ValidationError as exc:
         raise ConfigError(f"{target}: {describe_validation(exc)}") from None
+
+
+def _artifact_in(path: Path) -> Path:
+    """``path``, or for a directory no runtime reads whole, the one artifact in it that a
+    runtime claims: KServe's storage initializer downloads a model file into a directory
+    (``/mnt/models/model.onnx``), and the runtime is given the directory. Companion files
+    no runtime claims (an ONNX model's external data, a README) stay beside it."""
+    if not path.is_dir() or _claimed(path):
+        return path
+    # Hidden entries are the tools' (a mounted volume's ..data link, a download's marker).
+    claimed = sorted(
+        entry for entry in path.iterdir() if not entry.name.startswith(".") and _claimed(entry)
+    )
+    if len(claimed) > 1:
+        names = ", ".join(entry.name for entry in claimed)
+        raise ConfigError(
+            f"{path} holds several artifacts ({names}): serve one of them, or declare each "
+            "in a config file"
+        )
+    # None: the directory itself, so that the load names what it lacks.
+    return claimed[0] if claimed else path
+
+
+def _claimed(path: Path) -> bool:
+    """Whether a runtime reads ``path`` (by its suffix or a directory's content)."""
+    try:
+        resolve_runtime(ModelSpec(name="probe", artifact=path))
+    except (ValueError, OSError):  # OSError: a runtime peeking into an unreadable entry
+        return False
+    return True
 
 
 def _name_from_stem(stem: str) -> str:

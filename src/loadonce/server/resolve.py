@@ -25,7 +25,7 @@ def resolve_serve_config(
 ) -> ServeConfig:
     """``overrides`` are the CLI options (each already falling back to its LOADONCE_* variable).
     ``model_fields``: fields of the one model a single artifact or loader serves (the command
-    line's --input-shape and --input-dtype); a config file declares its models' own."""
+    line's --name, --input-shape and --input-dtype); a config file declares its models' own."""
     if demo and target:
         raise ConfigError("give either a TARGET or --demo, not both")
 
@@ -73,6 +73,6 @@ def resolve_serve_config(
 
 
 _FIELDS_FOR_ONE = (
-    "--input-shape and --input-dtype describe the one model a single artifact or loader "
-    "serves; a config file or an app declares its models' own"
+    "--name, --input-shape and --input-dtype describe the one model a single artifact or "
+    "loader serves; a config file or an app declares its models' own"
 )
