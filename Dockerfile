@@ -7,7 +7,8 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
-ARG EXTRAS=sklearn,onnx
+# grpc: the gRPC port the KServe runtime (deploy/kubernetes/kserve-servingruntime.yaml) opens.
+ARG EXTRAS=sklearn,onnx,grpc
 # CPU-only PyTorch wheels: without this index an EXTRAS with torch pulls the CUDA build (GBs).
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
