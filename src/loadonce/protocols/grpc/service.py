@@ -37,7 +37,7 @@ from loadonce.protocols.grpc.messages import (
 from loadonce.protocols.grpc.tensors import decode_grpc_inputs, encode_grpc_outputs
 from loadonce.protocols.v2.config_load import BatchingChange
 from loadonce.protocols.v2.described import described_inputs, described_outputs
-from loadonce.protocols.v2.errors import find_model
+from loadonce.protocols.v2.errors import find_model, model_to_load
 from loadonce.protocols.v2.infer import predict
 from loadonce.protocols.v2.model_config import model_config
 from loadonce.protocols.v2.repository import apply_control, index_entry, load_batching
@@ -238,7 +238,7 @@ class InferenceService:
         return response
 
     async def repository_load(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        model = find_model(self.state.registry, request.model_name)
+        model = model_to_load(self.state.registry, request.model_name)
         self._control_on()
         batching = load_batching(model, _parameters(request.parameters))
         await self._apply(model.name, "load", batching)
