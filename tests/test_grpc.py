@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx2 as httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
@@ -24,7 +27,7 @@ import loadonce
 from loadonce.protocols.grpc import grpc_lifespan
 from loadonce.protocols.grpc.messages import HEALTH_SERVICE, SERVICE, message_class
 from loadonce.runtimes import Predictor, TensorInfo
-from tests.servers import ThreadedServer, free_port, start_cli, stop, wait_until
+from tests.servers import ThreadedServer, cli_env, free_port, start_cli, stop, wait_until
 from tests.v2_models import triton_example_specs
 
 INPUT0 = np.arange(16, dtype=np.int32).reshape(1, 16)
@@ -385,6 +388,44 @@ def test_cli_two_workers_share_the_port(tmp_path: Path) -> None:
     finally:
         stop(server)
     assert server.log().count("gRPC (Open Inference Protocol) listening") == 2
+
+
+def test_grpc_stops_accepting_when_http_does(tmp_path: Path) -> None:
+    """On SIGTERM a worker stops taking gRPC calls when it stops taking HTTP connections, not
+    once the HTTP requests in flight have finished (its lifespan's end)."""
+    port = free_port()
+    config = tmp_path / "loadonce.toml"
+    config.write_text(
+        "[server]\nstop_delay_s = 0\nmemory_plan = false\n\n"
+        '[[models]]\nname = "simple"\nloader = "tests.v2_models:Simple"\n\n'
+        '[[models]]\nname = "slow"\nloader = "tests.loaders:SlowEcho"\n'
+    )
+    server = start_cli(
+        [str(config), "--grpc-port", str(port)],
+        tmp_path,
+        env={**cli_env(tmp_path), "LOADONCE_TEST_DELAY": "4"},
+    )
+    url = f"127.0.0.1:{port}"
+    answers: queue.Queue[int] = queue.Queue()
+    try:
+        wait_until(lambda: _ready(url), 60, "the gRPC port to answer")
+        slow = threading.Thread(
+            target=lambda: answers.put(
+                httpx.post(
+                    f"{server.url}/models/slow/predict", json={"inputs": [1]}, timeout=30
+                ).status_code
+            )
+        )
+        slow.start()
+        time.sleep(1)  # the slow request is in flight
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        with triton.InferenceServerClient(url) as client:
+            code, _ = _code(lambda: client.infer("simple", _pair(), client_timeout=2))
+        assert code is grpc.StatusCode.UNAVAILABLE
+        assert answers.get(timeout=30) == 200  # the HTTP request in flight still finished
+    finally:
+        stop(server)
 
 
 def _ready(url: str) -> bool:
