@@ -1,11 +1,13 @@
 """KServe's Python SDK against a server, in a process of its own: KServe's SDK and
 tritonclient's gRPC modules register the same protobuf messages, so they cannot share one.
 
-    python -m tests.kserve_client URL
+    python -m tests.kserve_client rest URL
+    python -m tests.kserve_client grpc HOST:PORT
 
-Calls what a KServe user calls (liveness, readiness, model readiness, and inference of the
-iris classifier and of Triton's "simple" with an InferRequest, which sends the model's name in
-the body) and prints the answers as one JSON object.
+Calls what a KServe user calls with its REST client (``InferenceRESTClient``) or its gRPC
+client (``InferenceGRPCClient``): readiness, model readiness, and inference of Triton's
+"simple" and of the iris classifier with an InferRequest (over REST it sends the model's
+name in the body; over gRPC, typed contents), and prints the answers as one JSON object.
 """
 
 from __future__ import annotations
@@ -16,36 +18,72 @@ import sys
 from typing import Any
 
 import numpy as np
-from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+from kserve import (
+    InferenceGRPCClient,
+    InferenceRESTClient,
+    InferInput,
+    InferRequest,
+    InferResponse,
+    RESTConfig,
+)
 
 
-async def calls(url: str) -> dict[str, Any]:
+def _input(name: str, array: np.ndarray[Any, Any], datatype: str) -> InferInput:
+    # From numpy, as a KServe user writes it: flat typed data, which both clients send.
+    tensor = InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array, binary_data=False)
+    return tensor
+
+
+def _simple() -> InferRequest:
+    rows = np.arange(16, dtype=np.int32).reshape(1, 16)
+    inputs = [_input("INPUT0", rows, "INT32"), _input("INPUT1", np.ones_like(rows), "INT32")]
+    return InferRequest(model_name="simple", infer_inputs=inputs, request_id="k1")
+
+
+def _iris() -> InferRequest:
+    flowers = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
+    return InferRequest(model_name="iris", infer_inputs=[_input("input", flowers, "FP64")])
+
+
+def _outputs(answer: InferResponse) -> dict[str, Any]:
+    return {output.name: _plain(output.as_numpy().tolist()) for output in answer.outputs}
+
+
+def _plain(values: Any) -> Any:
+    """gRPC answers BYTES as bytes (bytes_contents), REST as JSON strings: both as strings."""
+    if isinstance(values, list):
+        return [_plain(value) for value in values]
+    return values.decode() if isinstance(values, bytes) else values
+
+
+async def rest(url: str) -> dict[str, Any]:
     client = InferenceRESTClient(RESTConfig(protocol="v2", retries=0, timeout=30))
     found: dict[str, Any] = {
         "live": await client.is_server_live(url),
         "ready": await client.is_server_ready(url),
         "model_ready": await client.is_model_ready(url, "simple"),
     }
-    rows = np.arange(16, dtype=np.int32).reshape(1, 16)
-    first = InferInput("INPUT0", [1, 16], "INT32", rows.tolist())
-    second = InferInput("INPUT1", [1, 16], "INT32", np.ones_like(rows).tolist())
-    answer = await client.infer(
-        url,
-        InferRequest(model_name="simple", infer_inputs=[first, second], request_id="k1"),
-        model_name="simple",
-    )
-    found["simple"] = {
-        "id": answer.id,
-        "outputs": {output.name: output.as_numpy().tolist() for output in answer.outputs},
-    }
-    iris = InferInput("input", [2, 4], "FP64", [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
-    answer = await client.infer(
-        url, InferRequest(model_name="iris", infer_inputs=[iris]), model_name="iris"
-    )
-    found["iris"] = {output.name: output.as_numpy().tolist() for output in answer.outputs}
+    answer = await client.infer(url, _simple(), model_name="simple")
+    found["simple"] = {"id": answer.id, "outputs": _outputs(answer)}
+    found["iris"] = _outputs(await client.infer(url, _iris(), model_name="iris"))
     await client.close()
     return found
 
 
+async def grpc(address: str) -> dict[str, Any]:
+    async with InferenceGRPCClient(address, timeout=30, retries=0) as client:
+        found: dict[str, Any] = {
+            "ready": await client.is_server_ready(),
+            "model_ready": await client.is_model_ready("simple"),
+        }
+        answer = await client.infer(_simple())
+        found["simple"] = {"id": answer.id, "outputs": _outputs(answer)}
+        found["iris"] = _outputs(await client.infer(_iris()))
+    return found
+
+
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(calls(sys.argv[1]))))
+    protocol, target = sys.argv[1:]
+    calls = {"rest": rest, "grpc": grpc}[protocol]
+    print(json.dumps(asyncio.run(calls(target))))

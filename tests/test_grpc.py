@@ -6,23 +6,28 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx2 as httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
+from google.protobuf.descriptor import Descriptor, EnumDescriptor
+from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 import loadonce
 from loadonce.protocols.grpc import grpc_lifespan
-from loadonce.protocols.grpc.messages import HEALTH_SERVICE, message_class
+from loadonce.protocols.grpc.messages import HEALTH_SERVICE, SERVICE, message_class
 from loadonce.runtimes import Predictor, TensorInfo
-from tests.servers import ThreadedServer, free_port, start_cli, stop, wait_until
+from tests.servers import ThreadedServer, cli_env, free_port, start_cli, stop, wait_until
 from tests.v2_models import triton_example_specs
 
 INPUT0 = np.arange(16, dtype=np.int32).reshape(1, 16)
@@ -222,6 +227,98 @@ def test_raw_and_typed_mismatches(grpc_url: str) -> None:
         assert ("x-request-id", "mine-2") in call.trailing_metadata()
 
 
+def test_model_config(client: triton.InferenceServerClient) -> None:
+    config = client.get_model_config("simple", as_json=True)["config"]
+    # The REST answer's members, as protobuf's JSON writes them (64-bit integers as strings,
+    # a zero left out).
+    assert config == {
+        "name": "simple",
+        "platform": "python",
+        "backend": "python",
+        "max_batch_size": 8,
+        "input": [
+            {"name": "INPUT0", "data_type": "TYPE_INT32", "dims": ["16"]},
+            {"name": "INPUT1", "data_type": "TYPE_INT32", "dims": ["16"]},
+        ],
+        "output": [
+            {"name": "OUTPUT0", "data_type": "TYPE_INT32", "dims": ["16"]},
+            {"name": "OUTPUT1", "data_type": "TYPE_INT32", "dims": ["16"]},
+        ],
+        "instance_group": [{"name": "simple_0", "kind": "KIND_CPU", "count": 2}],
+        "dynamic_batching": {},
+    }
+    unbatched = client.get_model_config("simple_string", model_version="1").config
+    assert unbatched.max_batch_size == 0
+    assert not unbatched.HasField("dynamic_batching")
+    assert list(unbatched.input[0].dims) == [-1, 16]
+    code, message = _code(lambda: client.get_model_config("nope"))
+    assert code is grpc.StatusCode.NOT_FOUND
+    assert message.startswith("Request for unknown model")
+
+
+def test_model_statistics(client: triton.InferenceServerClient) -> None:
+    before = client.get_inference_statistics("simple_identity").model_stats[0]
+    text = triton.InferInput("INPUT0", [2, 1], "BYTES")
+    text.set_data_from_numpy(np.array([[b"a"], [b"b"]], dtype=object))
+    client.infer("simple_identity", [text])
+    [after] = client.get_inference_statistics("simple_identity", "1").model_stats
+    assert (after.name, after.version) == ("simple_identity", "1")
+    assert after.inference_stats.success.count == before.inference_stats.success.count + 1
+    assert after.inference_stats.success.ns > before.inference_stats.success.ns
+    assert after.inference_count == before.inference_count + 2
+    assert after.last_inference > 0
+    assert 2 in {batch.batch_size for batch in after.batch_stats}
+    everything = client.get_inference_statistics().model_stats
+    assert [m.name for m in everything][:3] == ["simple", "simple_string", "simple_identity"]
+    code, message = _code(lambda: client.get_inference_statistics("simple", "2"))
+    assert code is grpc.StatusCode.NOT_FOUND
+    assert "no version '2'" in message
+
+
+def test_messages_match_the_published_protocol() -> None:
+    """Every message, field and enum value of loadonce's .proto files is Triton's (tritonclient
+    ships the published descriptors): same number, type and label, so the wire agrees."""
+    ours = message_class("inference.ModelInferRequest").DESCRIPTOR.file.pool
+    theirs = service_pb2.DESCRIPTOR.pool
+    service = ours.FindServiceByName(SERVICE)
+    published = theirs.FindServiceByName(SERVICE)
+    checked: set[str] = set()
+    for method in service.methods:
+        twin = published.methods_by_name[method.name]
+        assert method.input_type.full_name == twin.input_type.full_name
+        assert method.output_type.full_name == twin.output_type.full_name
+        for message in (method.input_type, method.output_type):
+            _same_message(message, theirs.FindMessageTypeByName(message.full_name), checked)
+    assert "inference.ModelConfig" in checked
+    assert "inference.InferStatistics" in checked
+
+
+def _same_message(ours: Descriptor, theirs: Descriptor, checked: set[str]) -> None:
+    if ours.full_name in checked:
+        return
+    checked.add(ours.full_name)
+    for field in ours.fields:
+        twin = theirs.fields_by_name[field.name]
+        where = f"{ours.full_name}.{field.name}"
+        assert (field.number, field.type) == (twin.number, twin.type), where
+        assert field.is_repeated == twin.is_repeated, where
+        if field.message_type is not None:
+            assert field.message_type.full_name == twin.message_type.full_name, where
+            _same_message(field.message_type, twin.message_type, checked)
+        if field.enum_type is not None:
+            _same_enum(field.enum_type, twin.enum_type)
+    for oneof in ours.oneofs:
+        assert [f.name for f in oneof.fields] == [
+            f.name for f in theirs.oneofs_by_name[oneof.name].fields
+        ]
+
+
+def _same_enum(ours: EnumDescriptor, theirs: EnumDescriptor) -> None:
+    assert ours.full_name == theirs.full_name
+    for value in ours.values:
+        assert theirs.values_by_name[value.name].number == value.number, value.name
+
+
 def _health(url: str, service: str = "") -> int:
     request_class = message_class("grpc.health.v1.HealthCheckRequest")
     response_class = message_class("grpc.health.v1.HealthCheckResponse")
@@ -291,6 +388,44 @@ def test_cli_two_workers_share_the_port(tmp_path: Path) -> None:
     finally:
         stop(server)
     assert server.log().count("gRPC (Open Inference Protocol) listening") == 2
+
+
+def test_grpc_stops_accepting_when_http_does(tmp_path: Path) -> None:
+    """On SIGTERM a worker stops taking gRPC calls when it stops taking HTTP connections, not
+    once the HTTP requests in flight have finished (its lifespan's end)."""
+    port = free_port()
+    config = tmp_path / "loadonce.toml"
+    config.write_text(
+        "[server]\nstop_delay_s = 0\nmemory_plan = false\n\n"
+        '[[models]]\nname = "simple"\nloader = "tests.v2_models:Simple"\n\n'
+        '[[models]]\nname = "slow"\nloader = "tests.loaders:SlowEcho"\n'
+    )
+    server = start_cli(
+        [str(config), "--grpc-port", str(port)],
+        tmp_path,
+        env={**cli_env(tmp_path), "LOADONCE_TEST_DELAY": "4"},
+    )
+    url = f"127.0.0.1:{port}"
+    answers: queue.Queue[int] = queue.Queue()
+    try:
+        wait_until(lambda: _ready(url), 60, "the gRPC port to answer")
+        slow = threading.Thread(
+            target=lambda: answers.put(
+                httpx.post(
+                    f"{server.url}/models/slow/predict", json={"inputs": [1]}, timeout=30
+                ).status_code
+            )
+        )
+        slow.start()
+        time.sleep(1)  # the slow request is in flight
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        with triton.InferenceServerClient(url) as client:
+            code, _ = _code(lambda: client.infer("simple", _pair(), client_timeout=2))
+        assert code is grpc.StatusCode.UNAVAILABLE
+        assert answers.get(timeout=30) == 200  # the HTTP request in flight still finished
+    finally:
+        stop(server)
 
 
 def _ready(url: str) -> bool:

@@ -311,7 +311,8 @@ def test_not_ready_is_503_and_readiness_follows(tmp_path: Path) -> None:
         assert http.post("/v2/repository/models/tensors/load", content=b"").status_code == 200
         assert http.get("/v2/health/ready").status_code == 200
         message = _error(http.post("/v2/repository/models/x/load"), 404)
-        assert message.startswith("Request for unknown model: 'x' is not served here")
+        # A load says so as Triton does: "failed to load".
+        assert message.startswith("failed to load 'x': no model of that name is declared")
         bad = http.post("/v2/repository/index", json={"ready": "yes"})
         assert "ready" in _error(bad, 400)
 

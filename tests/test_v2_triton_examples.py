@@ -157,8 +157,9 @@ def test_model_control_with_a_configuration() -> None:
         _check_sum_and_difference(client.infer("simple", _pair()))
         client.unload_model("simple")
         assert not client.is_model_ready("simple")
-        with pytest.raises(InferenceServerException):
+        with pytest.raises(InferenceServerException) as unknown:
             client.load_model("wrong_model_name")
+        assert "failed to load 'wrong_model_name'" in unknown.value.message()
         client.close()
 
 

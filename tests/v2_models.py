@@ -134,8 +134,10 @@ class SimpleIdentity(Predictor):
         return list(batch)
 
 
-def triton_example_specs() -> list[loadonce.ModelSpec]:
-    """Seven models, as many as the repository of Triton's model-control example holds."""
+def triton_example_specs(models: int = 7) -> list[loadonce.ModelSpec]:
+    """As many models as the repository of Triton's model-control example holds (its HTTP
+    program counts seven, its gRPC program eight): simple, simple_string, simple_identity,
+    and copies of simple to make up the number."""
     return [
         loadonce.ModelSpec(
             name="simple",
@@ -145,8 +147,5 @@ def triton_example_specs() -> list[loadonce.ModelSpec]:
         ),
         loadonce.ModelSpec(name="simple_string", loader=SimpleString),
         loadonce.ModelSpec(name="simple_identity", loader=SimpleIdentity),
-        *(
-            loadonce.ModelSpec(name=f"simple_{n}", loader=Simple)
-            for n in ("copy_1", "copy_2", "copy_3", "copy_4")
-        ),
+        *(loadonce.ModelSpec(name=f"simple_copy_{n}", loader=Simple) for n in range(1, models - 2)),
     ]

@@ -78,6 +78,8 @@ class _DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.registry = registry
         self.stop_delay_s = stop_delay_s
+        # The worker's other listeners (gRPC), stopped when uvicorn stops listening.
+        self.also_stop: list[Callable[[], None]] = []
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.registry.draining:
@@ -91,12 +93,26 @@ class _DrainingServer(uvicorn.Server):
                     "finishing accepted requests, then unloading",
                     self.stop_delay_s,
                 )
-                timer = threading.Timer(self.stop_delay_s, super().handle_exit, (sig, frame))
+                timer = threading.Timer(self.stop_delay_s, self._stop_listening, (sig, frame))
                 timer.daemon = True
                 timer.start()
                 return
             logger.info("stopping: finishing accepted requests, then unloading")
-        super().handle_exit(sig, frame)
+        self._stop_listening(sig, frame)
+
+    def stop_listening(self) -> None:
+        """Stop accepting (HTTP and gRPC), finish what was accepted, then shut down."""
+        self._stop_listening(None, None)
+
+    def _stop_listening(self, sig: int | None, frame: FrameType | None) -> None:
+        # Every listener at once: gRPC's calls would otherwise be taken until the lifespan
+        # ends, after the HTTP requests in flight finished.
+        for stop in self.also_stop:
+            stop()
+        if sig is None:
+            self.should_exit = True
+        else:
+            super().handle_exit(sig, frame)
 
 
 def run_worker(
@@ -140,8 +156,7 @@ def run_worker(
             load_gate=lambda: _gated_with_progress(registry),
             control=control,
         )
-    if options.grpc_port is not None:
-        _serve_grpc_too(app, options)
+    stop_grpc = None if options.grpc_port is None else _serve_grpc_too(app, options)
     uvicorn_config = uvicorn.Config(
         _OneLineStartupFailure(app, registry),
         host=options.host,
@@ -163,6 +178,8 @@ def run_worker(
         limit_concurrency=options.max_connections,
     )
     server = _DrainingServer(uvicorn_config, registry, options.stop_delay_s)
+    if stop_grpc is not None:
+        server.also_stop.append(stop_grpc)
     if replace_when_hung:
 
         def stop_to_be_replaced(model: Model) -> None:
@@ -172,7 +189,7 @@ def run_worker(
                 model.name,
             )
             registry.start_draining()
-            server.should_exit = True
+            server.stop_listening()
 
         registry.on_hung(stop_to_be_replaced)
     # uvicorn raises SystemExit when the lifespan fails; the failure line below says why.
@@ -185,15 +202,16 @@ def run_worker(
     return False, f"worker pid {os.getpid()} failed to start (see the log above)"
 
 
-def _serve_grpc_too(app: Any, options: ServerOptions) -> None:
+def _serve_grpc_too(app: Any, options: ServerOptions) -> Callable[[], None]:
     """gRPC in this worker, on the port every worker binds (SO_REUSEPORT), from after the
     models loaded (and every worker reported loaded) until shutdown: around the app's own
-    lifespan, inside loadonce's."""
-    from loadonce.protocols.grpc import grpc_lifespan  # the grpc extra: imported when used
+    lifespan, inside loadonce's. Returns what stops it accepting calls (from any thread)."""
+    from loadonce.protocols.grpc import GrpcServer, grpc_lifespan  # the grpc extra: when used
 
     found = lifespan_of(app)
     assert found is not None
     assert options.grpc_port is not None
+    running: list[GrpcServer] = []
     found.serve_with(
         wrap=grpc_lifespan(
             host=options.host,
@@ -201,8 +219,15 @@ def _serve_grpc_too(app: Any, options: ServerOptions) -> None:
             reuse_port=True,
             grace_s=options.drain_timeout_s,
             inner=found.settings.wrap,
+            started=running.append,
         )
     )
+
+    def stop_accepting() -> None:
+        for server in running:
+            server.stop_soon(options.drain_timeout_s)
+
+    return stop_accepting
 
 
 @asynccontextmanager

@@ -8,9 +8,10 @@ typed ``Any``: their fields are made at run time from the descriptors.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format
 from google.protobuf.message_factory import GetMessageClass
 
 from loadonce.protocols.grpc import _descriptors
@@ -19,7 +20,8 @@ SERVICE = "inference.GRPCInferenceService"
 HEALTH_SERVICE = "grpc.health.v1.Health"
 
 _POOL = descriptor_pool.DescriptorPool()
-for _serialized in (_descriptors.INFERENCE, _descriptors.HEALTH):
+# In dependency order: the inference file imports the model configuration's.
+for _serialized in (_descriptors.MODEL_CONFIG, _descriptors.INFERENCE, _descriptors.HEALTH):
     _POOL.Add(descriptor_pb2.FileDescriptorProto.FromString(_serialized))
 
 
@@ -38,6 +40,13 @@ def method_types(service: str) -> dict[str, tuple[Any, Any]]:
         )
         for method in described.methods
     }
+
+
+def fill_from_json(message: Any, answer: Mapping[str, Any]) -> Any:
+    """``message`` filled from the REST answer of the same RPC (``answer``): Triton's JSON
+    answers are protobuf's JSON mapping of these messages (same member names, enum values by
+    name), so one builder serves both protocols."""
+    return json_format.ParseDict(answer, message)
 
 
 def _inference(name: str) -> Any:

@@ -3,8 +3,9 @@ the models are loaded, stopped (drained) before they unload."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -47,6 +48,8 @@ class GrpcServer:
         self.reuse_port = reuse_port
         self.model_control = model_control
         self._server: grpc.aio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         limit = self.state.limits.max_body_bytes or _UNLIMITED
@@ -69,14 +72,28 @@ class GrpcServer:
         self.port = bound
         await server.start()
         self._server = server
+        self._loop = asyncio.get_running_loop()
         logger.info("gRPC (Open Inference Protocol) listening on %s:%d", self.host, bound)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting calls; those in flight get ``grace_s`` to finish (None: all the
-        time they need), then are cancelled."""
+        time they need), then are cancelled. After ``stop_soon``, waits for that stop."""
+        self._begin_stop(grace_s)
+        if self._stopping is not None:
+            await self._stopping
+
+    def stop_soon(self, grace_s: float | None = None) -> None:
+        """``stop`` begun from any thread (a signal handler, a timer), without waiting: a
+        worker stops accepting gRPC calls when it stops accepting HTTP connections, long
+        before its lifespan ends (that waits for the HTTP requests in flight)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._begin_stop, grace_s)
+
+    def _begin_stop(self, grace_s: float | None) -> None:
         server, self._server = self._server, None
         if server is not None:
-            await server.stop(grace_s)
+            self._stopping = asyncio.ensure_future(server.stop(grace_s))
 
 
 def grpc_lifespan(
@@ -87,11 +104,13 @@ def grpc_lifespan(
     model_control: bool = True,
     grace_s: float | None = 30.0,
     inner: UserLifespan | None = None,
+    started: Callable[[GrpcServer], None] | None = None,
 ) -> UserLifespan:
     """A lifespan to pass as ``lifespan(..., wrap=...)`` (or ``create_app(wrap=...)``): it
     serves gRPC while the app runs, from after every model loaded (and ``inner``, the app's
     own lifespan, started) until shutdown, which stops accepting calls and gives those in
-    flight ``grace_s`` before the models unload."""
+    flight ``grace_s`` before the models unload. ``started``: called with the server once it
+    listens, for whoever stops it sooner (``GrpcServer.stop_soon``)."""
 
     @asynccontextmanager
     async def serve_grpc(app: Any) -> AsyncIterator[Mapping[str, Any] | None]:
@@ -104,6 +123,8 @@ def grpc_lifespan(
                 state, host=host, port=port, reuse_port=reuse_port, model_control=model_control
             )
             await server.start()
+            if started is not None:
+                started(server)
             try:
                 yield user_state
             finally:

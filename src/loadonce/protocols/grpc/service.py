@@ -31,15 +31,19 @@ from loadonce.protocols.grpc.messages import (
     HEALTH_SERVICE,
     SERVICE,
     HealthCheckResponse,
+    fill_from_json,
     method_types,
 )
 from loadonce.protocols.grpc.tensors import decode_grpc_inputs, encode_grpc_outputs
 from loadonce.protocols.v2.config_load import BatchingChange
 from loadonce.protocols.v2.described import described_inputs, described_outputs
-from loadonce.protocols.v2.errors import find_model
+from loadonce.protocols.v2.errors import find_model, model_to_load
 from loadonce.protocols.v2.infer import predict
+from loadonce.protocols.v2.model_config import model_config
 from loadonce.protocols.v2.repository import apply_control, index_entry, load_batching
 from loadonce.protocols.v2.schemas import RequestOutput
+from loadonce.protocols.v2.statistics import EXTENSION as STATISTICS
+from loadonce.protocols.v2.statistics import read_statistics
 
 REQUEST_ID_KEY = "x-request-id"
 SERVER_NAME = "loadonce"
@@ -98,6 +102,8 @@ class InferenceService:
             "ServerMetadata": self.server_metadata,
             "ModelMetadata": self.model_metadata,
             "ModelInfer": self.model_infer,
+            "ModelConfig": self.model_config,
+            "ModelStatistics": self.model_statistics,
             "RepositoryIndex": self.repository_index,
             "RepositoryModelLoad": self.repository_load,
             "RepositoryModelUnload": self.repository_unload,
@@ -163,6 +169,8 @@ class InferenceService:
         extensions = ["parameters"]
         if self.model_control:
             extensions.append("model_repository")
+        if self.state.metrics is not None:
+            extensions.append(STATISTICS)  # read from the metrics: none without them
         return _reply(
             "ServerMetadata", name=SERVER_NAME, version=__version__, extensions=extensions
         )
@@ -208,6 +216,17 @@ class InferenceService:
         encode_grpc_outputs(response, prediction.tensors, raw=bool(request.raw_input_contents))
         return response
 
+    async def model_config(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        model = self._serving_model(request.name, request.version)
+        response = _reply("ModelConfig")
+        fill_from_json(response.config, model_config(model))
+        return response
+
+    async def model_statistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        # An empty name asks for every model, as in Triton.
+        found = await read_statistics(self.state, request.name or None, request.version or None)
+        return fill_from_json(_reply("ModelStatistics"), found.model_dump())
+
     async def repository_index(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         response = _reply("RepositoryIndex")
         for model in self.state.registry.models:
@@ -219,7 +238,7 @@ class InferenceService:
         return response
 
     async def repository_load(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        model = find_model(self.state.registry, request.model_name)
+        model = model_to_load(self.state.registry, request.model_name)
         self._control_on()
         batching = load_batching(model, _parameters(request.parameters))
         await self._apply(model.name, "load", batching)

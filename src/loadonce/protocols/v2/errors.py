@@ -32,6 +32,20 @@ class UnknownModelError(ModelNotFoundError):
         )
 
 
+class UnknownLoadError(ModelNotFoundError):
+    """A load of a model that is not declared (HTTP 404), said as Triton says a load failed
+    ("failed to load": its gRPC model-control example looks for it)."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        listing = ", ".join(repr(k) for k in known) or "none"
+        LoadonceError.__init__(
+            self,
+            f"failed to load '{name}': no model of that name is declared here (loadonce "
+            f"loads only the models declared at startup); models declared: {listing}",
+        )
+
+
 def find_model(registry: Registry, name: str, version: str | None = None) -> Model:
     """The model of that name (in that version, if one is named), else a 404."""
     if name not in registry:
@@ -40,6 +54,13 @@ def find_model(registry: Registry, name: str, version: str | None = None) -> Mod
     if version is not None and version != model.version:
         raise VersionNotFoundError(model.name, version, model.version)
     return model
+
+
+def model_to_load(registry: Registry, name: str) -> Model:
+    """The declared model a repository load names, else a 404 in Triton's words for a load."""
+    if name not in registry:
+        raise UnknownLoadError(name, [model.name for model in registry.models])
+    return registry.get(name)
 
 
 class LoadRefusedError(LoadonceError):

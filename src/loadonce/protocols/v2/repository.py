@@ -26,7 +26,7 @@ from loadonce.http.dependencies import registry_of
 from loadonce.http.errors import v2_error
 from loadonce.http.state import LoadonceState
 from loadonce.protocols.v2.config_load import BatchingChange, batching_from_config
-from loadonce.protocols.v2.errors import LoadRefusedError, find_model
+from loadonce.protocols.v2.errors import LoadRefusedError, find_model, model_to_load
 from loadonce.protocols.v2.schemas import (
     RepositoryIndexRequest,
     RepositoryModel,
@@ -66,7 +66,7 @@ def add_repository_routes(router: APIRouter, *, model_control: bool) -> None:
         summary="Load a declared model, or reload it without a pause in service",
     )
     async def repository_load(model_name: str, request: Request) -> Response:
-        model = find_model(registry_of(request), model_name)
+        model = model_to_load(registry_of(request), model_name)
         body = _parse(RepositoryRequest, await request.body())
         if not model_control:
             return _control_off()

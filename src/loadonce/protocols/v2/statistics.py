@@ -17,7 +17,6 @@ from starlette.requests import Request
 from loadonce.core.errors import InvalidInputError
 from loadonce.core.model import Model
 from loadonce.http.call_metrics import PHASES, Duration, ModelStatistics
-from loadonce.http.dependencies import registry_of
 from loadonce.http.state import LoadonceState
 from loadonce.protocols.v2.errors import find_model
 from loadonce.protocols.v2.schemas import V2Error
@@ -70,21 +69,8 @@ def add_statistics_routes(router: APIRouter) -> None:
 
     async def statistics(request: Request) -> StatisticsResponse:
         params = request.path_params
-        registry = registry_of(request)
-        if "model_name" in params:
-            models = [find_model(registry, params["model_name"], params.get("model_version"))]
-        else:
-            models = list(registry.models)
-        metrics = LoadonceState.of(request).metrics
-        if metrics is None:
-            raise InvalidInputError(
-                "this app keeps no statistics: they are read from its metrics, which are off "
-                "(lifespan(metrics=False))"
-            )
-        # Off the loop: with several workers it reads every worker's files.
-        found = await anyio.to_thread.run_sync(metrics.statistics)
-        return StatisticsResponse(
-            model_stats=[_model_statistic(m, found.get(m.name, ModelStatistics())) for m in models]
+        return await read_statistics(
+            LoadonceState.of(request), params.get("model_name"), params.get("model_version")
         )
 
     for path, summary in (
@@ -100,6 +86,26 @@ def add_statistics_routes(router: APIRouter) -> None:
             responses={400: _ERROR, 404: _ERROR},
             summary=summary,
         )
+
+
+async def read_statistics(
+    state: LoadonceState, name: str | None = None, version: str | None = None
+) -> StatisticsResponse:
+    """Every model's statistics (``name`` None), or one model's (of ``version`` if given):
+    the answer of REST's routes and of gRPC's ModelStatistics."""
+    registry = state.registry
+    models = list(registry.models) if name is None else [find_model(registry, name, version)]
+    metrics = state.metrics
+    if metrics is None:
+        raise InvalidInputError(
+            "this app keeps no statistics: they are read from its metrics, which are off "
+            "(lifespan(metrics=False))"
+        )
+    # Off the loop: with several workers it reads every worker's files.
+    found = await anyio.to_thread.run_sync(metrics.statistics)
+    return StatisticsResponse(
+        model_stats=[_model_statistic(m, found.get(m.name, ModelStatistics())) for m in models]
+    )
 
 
 def _model_statistic(model: Model, stats: ModelStatistics) -> ModelStatistic:
