@@ -8,7 +8,7 @@ CONSTRAINTS := requirements/constraints.txt
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: proto serve test test-hostile lint typecheck pytest bench bench-protocols bench-memory bench-transformers lock clean
+.PHONY: proto serve test test-hostile lint typecheck pytest bench bench-protocols bench-grpc bench-memory bench-transformers lock clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) || { echo "error: '$(PYTHON) -m venv' failed; on Debian/Ubuntu install python3-venv" >&2; exit 1; }
@@ -57,6 +57,12 @@ bench: $(VENV)/.test-installed
 bench-protocols: $(VENV)/.test-installed
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python -m bench.protocols
+
+# gRPC against REST (binary and JSON tensors), one server: a Python closed-loop generator for
+# all three, wrk for the two REST forms. About 6 minutes; BENCH_ARGS=--quick for a smoke run.
+bench-grpc: $(VENV)/.test-installed
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(BIN)/python -m bench.grpc_rest $(BENCH_ARGS)
 
 # Memory with 1 and 4 workers, weights shared or not (about 4 GB of generated artifacts).
 bench-memory: $(VENV)/.test-installed
