@@ -225,7 +225,14 @@ def test_sigterm_drains_every_accepted_request(tmp_path: Path) -> None:
     for sender in senders:
         sender.start()
     wait_until(lambda: calls.exists() and calls.read_text().strip() != "", 10, "the first call")
-    time.sleep(0.1)  # every request has been accepted; most are still queued
+
+    def accepted() -> int:
+        # Called (a line each in the call log) or waiting in the model's queue. Under load a
+        # sender may not have connected yet: a SIGTERM then would refuse it, not lose it.
+        queue = httpx.get(f"{server.url}/models/slow", timeout=10).json()["queue"]
+        return len(calls.read_text().split()) + int(queue["queued_examples"])
+
+    wait_until(lambda: accepted() >= 8, 30, "every request accepted")
     assert stop(server) == 0
     for sender in senders:
         sender.join()
