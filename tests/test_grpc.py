@@ -433,3 +433,24 @@ def _ready(url: str) -> bool:
         return _health(url) == 1
     except grpc.RpcError:
         return False
+
+
+def test_calls_past_the_bound_in_flight_are_refused_at_once() -> None:
+    """Backpressure ahead of the models' queues: with one call in flight allowed, a second
+    one while the first runs gets RESOURCE_EXHAUSTED at once instead of waiting unbounded."""
+    port = free_port()
+    app = loadonce.create_app(_specs(), wrap=grpc_lifespan(port=port, max_concurrent_rpcs=1))
+    slow = triton.InferInput("INPUT0", [1, 1], "FP32")
+    slow.set_data_from_numpy(np.array([[500.0]], dtype=np.float32))  # takes a second
+    with ThreadedServer(app):
+        first = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        second = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        answers: list[Any] = []
+        first.async_infer("picky", [slow], callback=lambda result, error: answers.append(error))
+        time.sleep(0.3)
+        code, _ = _code(lambda: second.infer("picky", [slow]))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        wait_until(lambda: answers, 10, "the first call's answer")
+        assert answers == [None]
+        first.close()
+        second.close()

@@ -172,6 +172,12 @@ V2_UNKNOWN = (
 )
 
 
+V2_LOAD_UNKNOWN = (
+    "failed to load 'nope': no model of that name is declared here (loadonce loads only the "
+    "models declared at startup); models declared: 'm', 'f32', 'slow'"
+)
+
+
 def tensor(data: list[Any], *, name: str = "input", datatype: str = "FP64") -> dict[str, Any]:
     shape = [len(data), *([len(data[0])] if data and isinstance(data[0], list) else [])]
     return {"name": name, "shape": shape, "datatype": datatype, "data": data}
@@ -518,7 +524,11 @@ def test_the_model_repository_loads_and_unloads(http: httpx.Client) -> None:
         loaded = http.post("/v2/repository/models/m/load")
     assert (loaded.status_code, loaded.json()) == (200, {"name": "m", "load": True})
     assert http.post(PREDICT, json={"inputs": [2]}).json()["outputs"] == [4.0]
-    expect(404, *V2_ERROR, message=V2_UNKNOWN).check(http.post("/v2/repository/models/nope/load"))
+    # Loading: in Triton's words for a model it cannot load (its model-control examples
+    # look for them).
+    expect(404, *V2_ERROR, message=V2_LOAD_UNKNOWN).check(
+        http.post("/v2/repository/models/nope/load")
+    )
 
 
 def test_the_admin_reload_and_its_validation(http: httpx.Client) -> None:

@@ -218,6 +218,8 @@ def _serve_grpc_too(app: Any, options: ServerOptions) -> Callable[[], None]:
             port=options.grpc_port,
             reuse_port=True,
             grace_s=options.drain_timeout_s,
+            # The bound HTTP has on open connections, for calls in flight.
+            max_concurrent_rpcs=options.max_connections,
             inner=found.settings.wrap,
             started=running.append,
         )

@@ -41,12 +41,14 @@ class GrpcServer:
         port: int = 0,
         reuse_port: bool = False,
         model_control: bool = True,
+        max_concurrent_rpcs: int | None = 1000,
     ) -> None:
         self.state = state
         self.host = host
         self.port = port
         self.reuse_port = reuse_port
         self.model_control = model_control
+        self.max_concurrent_rpcs = max_concurrent_rpcs
         self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Future[None] | None = None
@@ -54,11 +56,16 @@ class GrpcServer:
     async def start(self) -> None:
         limit = self.state.limits.max_body_bytes or _UNLIMITED
         server = grpc.aio.server(
+            # Backpressure before the models' queues: a call the loop has yet to hand to a
+            # model is not counted by max_queue, and under overload such calls piled up
+            # without bound. Past this many in flight, RESOURCE_EXHAUSTED at once (HTTP's
+            # max_connections does the same for connections).
+            maximum_concurrent_rpcs=self.max_concurrent_rpcs,
             options=[
                 ("grpc.so_reuseport", 1 if self.reuse_port else 0),
                 ("grpc.max_receive_message_length", min(limit, _UNLIMITED)),
                 ("grpc.max_send_message_length", _UNLIMITED),
-            ]
+            ],
         )
         service = InferenceService(self.state, model_control=self.model_control)
         server.add_generic_rpc_handlers(service.handlers())
@@ -103,13 +110,15 @@ def grpc_lifespan(
     reuse_port: bool = False,
     model_control: bool = True,
     grace_s: float | None = 30.0,
+    max_concurrent_rpcs: int | None = 1000,
     inner: UserLifespan | None = None,
     started: Callable[[GrpcServer], None] | None = None,
 ) -> UserLifespan:
     """A lifespan to pass as ``lifespan(..., wrap=...)`` (or ``create_app(wrap=...)``): it
     serves gRPC while the app runs, from after every model loaded (and ``inner``, the app's
     own lifespan, started) until shutdown, which stops accepting calls and gives those in
-    flight ``grace_s`` before the models unload. ``started``: called with the server once it
+    flight ``grace_s`` before the models unload; past ``max_concurrent_rpcs`` calls in flight,
+    RESOURCE_EXHAUSTED. ``started``: called with the server once it
     listens, for whoever stops it sooner (``GrpcServer.stop_soon``)."""
 
     @asynccontextmanager
@@ -120,7 +129,12 @@ def grpc_lifespan(
             if state is None:
                 raise LoadonceError("grpc_lifespan needs loadonce's lifespan on the app")
             server = GrpcServer(
-                state, host=host, port=port, reuse_port=reuse_port, model_control=model_control
+                state,
+                host=host,
+                port=port,
+                reuse_port=reuse_port,
+                model_control=model_control,
+                max_concurrent_rpcs=max_concurrent_rpcs,
             )
             await server.start()
             if started is not None:
