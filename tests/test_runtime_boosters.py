@@ -14,11 +14,8 @@ import xgboost
 from fastapi.testclient import TestClient
 
 import loadonce
+from tests.boosters import BINARY, ROWS, THREE_CLASSES, served_by
 from tests.servers import serving
-
-ROWS = np.random.default_rng(0).normal(size=(200, 5))
-BINARY = (ROWS[:, 0] > 0).astype(int)
-THREE_CLASSES = (ROWS[:, 1] > 0).astype(int) + (ROWS[:, 2] > 0).astype(int)
 
 
 def _xgboost(path: Path, objective: str, labels: Any, **params: Any) -> xgboost.Booster:
@@ -29,20 +26,12 @@ def _xgboost(path: Path, objective: str, labels: Any, **params: Any) -> xgboost.
     return booster
 
 
-def _served(spec: loadonce.ModelSpec, inputs: Any) -> list[Any]:
-    with TestClient(loadonce.create_app([spec])) as client:
-        answer = client.post(f"/models/{spec.name}/predict", json={"inputs": inputs})
-        assert answer.status_code == 200, answer.text
-        outputs: list[Any] = answer.json()["outputs"]
-        return outputs
-
-
 @pytest.mark.parametrize("suffix", [".json", ".ubj"])
 def test_an_xgboost_file_serves_the_boosters_own_predictions(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"churn{suffix}"
     booster = _xgboost(path, "binary:logistic", BINARY)
     spec = loadonce.ModelSpec(name="churn", artifact=path)  # no trust: the file is data
-    served = _served(spec, ROWS[:10].tolist())
+    served = served_by(spec, ROWS[:10].tolist())
     np.testing.assert_allclose(served, booster.inplace_predict(ROWS[:10]), rtol=1e-6)
     with TestClient(loadonce.create_app([spec])) as client:
         described = client.get("/models/churn").json()
@@ -62,7 +51,7 @@ def test_an_xgboost_file_serves_the_boosters_own_predictions(tmp_path: Path, suf
 def test_a_multiclass_xgboost_answers_a_row_of_probabilities(tmp_path: Path) -> None:
     path = tmp_path / "classes.json"
     booster = _xgboost(path, "multi:softprob", THREE_CLASSES, num_class=3)
-    served = _served(loadonce.ModelSpec(name="classes", artifact=path), ROWS[:4].tolist())
+    served = served_by(loadonce.ModelSpec(name="classes", artifact=path), ROWS[:4].tolist())
     np.testing.assert_allclose(served, booster.inplace_predict(ROWS[:4]), rtol=1e-6)
     assert len(served[0]) == 3
 
@@ -76,7 +65,7 @@ def test_a_lightgbm_text_file_serves_the_boosters_own_predictions(tmp_path: Path
     path = tmp_path / "churn.txt"
     booster.save_model(str(path))
     spec = loadonce.ModelSpec(name="churn", artifact=path, options={"threads": 1})
-    served = _served(spec, ROWS[:10].tolist())
+    served = served_by(spec, ROWS[:10].tolist())
     np.testing.assert_allclose(served, booster.predict(ROWS[:10]), rtol=1e-9)
 
 

@@ -14,11 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 import loadonce
+from tests.boosters import BINARY, ROWS, THREE_CLASSES, served_by
 from tests.servers import serving
 
-ROWS = np.random.default_rng(0).normal(size=(200, 5))
-BINARY = (ROWS[:, 0] > 0).astype(int)
-THREE_CLASSES = (ROWS[:, 1] > 0).astype(int) + (ROWS[:, 2] > 0).astype(int)
 # Tiny, one thread, and nothing written into the working directory (catboost_info/).
 TINY = {"iterations": 10, "thread_count": 1, "allow_writing_files": False, "verbose": False}
 
@@ -29,20 +27,12 @@ def _saved(model: Any, labels: Any, path: Path, **fit: Any) -> Any:
     return model
 
 
-def _served(spec: loadonce.ModelSpec, inputs: Any) -> list[Any]:
-    with TestClient(loadonce.create_app([spec])) as client:
-        answer = client.post(f"/models/{spec.name}/predict", json={"inputs": inputs})
-        assert answer.status_code == 200, answer.text
-        outputs: list[Any] = answer.json()["outputs"]
-        return outputs
-
-
 def test_a_binary_classifier_answers_its_second_class_probability(tmp_path: Path) -> None:
     path = tmp_path / "churn.cbm"
     model = _saved(catboost.CatBoostClassifier(**TINY), BINARY, path)
     spec = loadonce.ModelSpec(name="churn", artifact=path)  # no trust: the file is data
     expected = model.predict_proba(ROWS[:10])[:, 1]
-    np.testing.assert_allclose(_served(spec, ROWS[:10].tolist()), expected, rtol=1e-9)
+    np.testing.assert_allclose(served_by(spec, ROWS[:10].tolist()), expected, rtol=1e-9)
     with TestClient(loadonce.create_app([spec])) as client:
         described = client.get("/models/churn").json()
         assert (described["runtime"], described["input_shape"]) == ("catboost", [5])
@@ -66,7 +56,7 @@ def test_a_multiclass_classifier_answers_a_row_of_probabilities(tmp_path: Path) 
     model = _saved(
         catboost.CatBoostClassifier(loss_function="MultiClass", **TINY), THREE_CLASSES, path
     )
-    served = _served(loadonce.ModelSpec(name="classes", artifact=path), ROWS[:4].tolist())
+    served = served_by(loadonce.ModelSpec(name="classes", artifact=path), ROWS[:4].tolist())
     np.testing.assert_allclose(served, model.predict_proba(ROWS[:4]), rtol=1e-9)
     assert len(served[0]) == 3
 
@@ -79,7 +69,7 @@ def test_a_regressor_answers_its_own_predictions(tmp_path: Path, loss: str) -> N
     spec = loadonce.ModelSpec(name="price", artifact=path, options={"threads": 1})
     # CatBoostRegressor.predict answers exp(raw score) for Poisson, as XGBoost and LightGBM do,
     # and a [mean, variance] row for RMSEWithUncertainty.
-    np.testing.assert_allclose(_served(spec, ROWS[:10].tolist()), model.predict(ROWS[:10]))
+    np.testing.assert_allclose(served_by(spec, ROWS[:10].tolist()), model.predict(ROWS[:10]))
 
 
 def _nan_row(client: TestClient, name: str) -> httpx.Response:

@@ -573,6 +573,11 @@ def test_images_are_classified_in_one_pass_from_their_bytes(
         ({"base64": "not base64!"}, "base64 is not valid"),
         ({"base64": base64.b64encode(b"GIF89a nonsense").decode()}, "not an image file"),
         ({"base64": base64.b64encode(_png(0, (5000, 5000), "1")).decode()}, "5000 x 5000"),
+        # Past PIL's own bomb guard (twice its MAX_IMAGE_PIXELS): refused as ours would.
+        (
+            {"base64": base64.b64encode(_png(0, (14000, 14000), "1")).decode()},
+            "claims more pixels than this model takes",
+        ),
     ],
 )
 def test_an_image_that_is_not_one_is_a_400(client: TestClient, example: Any, message: str) -> None:

@@ -45,6 +45,13 @@ def decode_image(data: bytes, index: int, max_pixels: int) -> Any:
     try:
         image = image_module.open(io.BytesIO(data))
         width, height = image.size
+    except image_module.DecompressionBombError:
+        # PIL's own guard (over twice its MAX_IMAGE_PIXELS), met before ours when PIL's
+        # limit is the lower one: the same refusal, said as ours says it.
+        raise InvalidInputError(
+            f"example {index}: the image claims more pixels than this model takes "
+            f"({max_pixels}, options.max_pixels)"
+        ) from None
     except Exception:  # PIL raises many types for a file it cannot read
         raise InvalidInputError(
             f"example {index}: not an image file PIL can read (PNG, JPEG, ...)"

@@ -84,13 +84,8 @@ def served_task(name: str, transformers: Any) -> ServedTask:
 def infer_task(path: Path, transformers: Any, *, has_tokenizer: bool) -> ServedTask:
     """The task of config.json's architectures, as transformers' auto classes map them (a
     ``GPT2LMHeadModel`` is a causal LM: text-generation), or a clear request to name it."""
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        config = {}
-    if not isinstance(config, dict):
-        config = {}
-    architectures = architectures_of(path)
+    config = _config(path)
+    architectures = _architectures(config)
     candidates = [
         (task, kind)
         for architecture in architectures
@@ -156,9 +151,18 @@ def auto_class_of(task: ServedTask, transformers: Any, architectures: list[str])
 
 
 def architectures_of(path: Path) -> list[str]:
+    """The model classes config.json names (none when it names none or cannot be read)."""
+    return _architectures(_config(path))
+
+
+def _config(path: Path) -> dict[str, Any]:
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
-        return []
-    found = config.get("architectures") if isinstance(config, dict) else None
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _architectures(config: dict[str, Any]) -> list[str]:
+    found = config.get("architectures")
     return [str(a) for a in found] if isinstance(found, list) else []
