@@ -7,7 +7,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -24,6 +24,8 @@ from loadonce.core.errors import (
     without_paths,
 )
 from loadonce.core.executors import Executor, instances_needed, make_executor
+from loadonce.core.generation import Delta, Finished, GenerationRequest
+from loadonce.core.generation_queue import GenerationQueue
 from loadonce.core.inputs import split_examples
 from loadonce.core.integrity import verify_sha256
 from loadonce.core.memory import (
@@ -80,6 +82,8 @@ class Model:
         self.concurrency: Concurrency | None = spec.concurrency
         self._executor: Executor | None = None
         self._batcher: Batcher | None = None
+        # The generation queue, for a model that generates text token by token.
+        self._generation: GenerationQueue | None = None
         # False once unloaded on request (the model repository API): the server's readiness
         # then leaves it out, as Triton's does, until it is loaded again.
         self._wanted = True
@@ -248,6 +252,7 @@ class Model:
             raise
         self._executor = executor
         self._batcher = _make_batcher(self, executor)
+        self._generation = _make_generation(self, executor)
         self._state = ModelState.READY
 
     async def _reload(self, spec: ModelSpec) -> None:
@@ -262,9 +267,13 @@ class Model:
             raise
         self.error = None
         old_batcher, old_executor = self._batcher, self._executor
+        old_generation = self._generation
         self._executor = executor
         self._batcher = _make_batcher(self, executor)
+        self._generation = _make_generation(self, executor)
         self._state = ModelState.READY
+        if old_generation is not None:
+            await old_generation.close()
         await _retire(old_batcher, old_executor, self.name)
 
     async def _build_and_measure(self, spec: ModelSpec) -> Executor:
@@ -355,10 +364,23 @@ class Model:
                 self._wanted = False
             batcher, self._batcher = self._batcher, None
             executor, self._executor = self._executor, None
+            generation, self._generation = self._generation, None
             if self.state is not ModelState.FAILED:
                 self._state = ModelState.UNLOADED
             self._notify()
+            if generation is not None:
+                await generation.close(timeout)
             await _retire(batcher, executor, self.name, timeout)
+
+    @property
+    def generates(self) -> bool:
+        """Whether the model generates text token by token (the generate and OpenAI routes)."""
+        return self._generation is not None
+
+    @property
+    def generation(self) -> GenerationQueue | None:
+        """The model's generation queue while it is loaded, if it generates (figures)."""
+        return self._generation
 
     @property
     def batcher(self) -> Batcher | None:
@@ -404,6 +426,47 @@ class Model:
         examples = split_examples(inputs, predictor.signature, predictor.inputs)
         return await self.predict_examples(examples, timeout=timeout, parameters=parameters)
 
+    def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        timeout: float | None = None,
+        arrived: float | None = None,
+    ) -> AsyncIterator[Delta | Finished]:
+        """Generate text for one request, as it is generated: ``Delta``s, then ``Finished``.
+
+        Raises before the first event for a request the model cannot take (not generating:
+        ``InvalidInputError``; its queue full; its deadline passed); a deadline reached after
+        it ends the stream with ``Finished(reason="deadline")``. Close the iterator (``async
+        with contextlib.aclosing(...)``) when its client goes away: the sequence then leaves
+        the model's batch at its next step. ``timeout``, ``arrived``: as for ``predict``."""
+        generation = self._generation
+        if generation is None or self.state not in _SERVING:
+            if self.state not in _SERVING:
+                raise ModelNotReadyError(self.name, self.state.value)
+            raise InvalidInputError(f"model '{self.name}' does not generate text")
+        deadline, deadline_s = self._deadline(timeout, arrived)
+        return generation.stream(request, deadline=deadline, deadline_s=deadline_s)
+
+    def _deadline(
+        self, timeout: float | None, arrived: float | None
+    ) -> tuple[float | None, float | None]:
+        """A request's deadline in the loop's time, and its length (None: none)."""
+        if timeout is not None and not 0 < timeout < math.inf:
+            raise InvalidInputError(
+                f"a timeout must be a positive number of seconds; got {timeout}"
+            )
+        limits = [t for t in (timeout, self.spec.timeout_s) if t is not None]
+        deadline_s = min(limits) if limits else None
+        if deadline_s is None or deadline_s > _LONGEST_DEADLINE_S:
+            return None, None  # longer than any request lives: the same as none
+        now = asyncio.get_running_loop().time()
+        start = now if arrived is None else min(arrived, now)
+        if start + deadline_s <= now:
+            # Already late (a slow body, a busy loop): the model never sees it.
+            raise DeadlineExceededError(self.name, deadline_s)
+        return start + deadline_s, deadline_s
+
     async def predict_examples(
         self,
         examples: list[Any],
@@ -428,22 +491,11 @@ class Model:
         passed = {k: v for k, v in parameters.items() if k in taken} if parameters else None
         if passed:
             executor.instances[0].check_parameters(passed)
-        if timeout is not None and not 0 < timeout < math.inf:
-            raise InvalidInputError(
-                f"a timeout must be a positive number of seconds; got {timeout}"
-            )
-        limits = [t for t in (timeout, self.spec.timeout_s) if t is not None]
-        deadline_s = min(limits) if limits else None
-        if deadline_s is not None and deadline_s > _LONGEST_DEADLINE_S:
-            deadline_s = None  # longer than any request lives: the same as none
+        deadline, deadline_s = self._deadline(timeout, arrived)
+        if deadline is None:
+            return await batcher.submit(examples, None, passed)
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if deadline_s is None:
-            return await batcher.submit(examples, None, passed)
-        deadline = (now if arrived is None else min(arrived, now)) + deadline_s
-        if deadline <= now:
-            # Already late (a slow body, a busy loop): the model never sees it.
-            raise DeadlineExceededError(self.name, deadline_s)
         future = batcher.submit(examples, deadline, passed)
         try:
             outputs = await asyncio.wait_for(future, deadline - now)
@@ -534,6 +586,23 @@ def _make_batcher(model: Model, executor: Executor) -> Batcher:
     )
     batcher.start()
     return batcher
+
+
+def _make_generation(model: Model, executor: Executor) -> GenerationQueue | None:
+    engine = executor.instances[0].generation_engine()
+    if engine is None:
+        return None
+    batching = model.spec.batching
+    return GenerationQueue(
+        model=model.name,
+        engine=engine,
+        executor=executor,
+        # Without batching, one sequence at a time; the others wait their turn.
+        max_sequences=1 if batching is None else batching.max_batch_size,
+        max_queue=model.spec.max_queue,
+        static=batching is not None and batching.generation == "static",
+        observer=model.observer,
+    )
 
 
 async def _close_all(instances: Sequence[Predictor], name: str) -> None:

@@ -39,6 +39,18 @@ class CallReport:
     finished_at: float
 
 
+@dataclass(frozen=True, kw_only=True)
+class GenerationReport:
+    """One generation that produced at least one token, reported when it ended (however)."""
+
+    # From its arrival in the queue to its first token, and the mean time between two of its
+    # tokens after that (None for a single token).
+    time_to_first_token_s: float
+    time_per_output_token_s: float | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
 class ModelObserver(Protocol):
     def queue_changed(self, model: str, queued_examples: int) -> None: ...
 
@@ -50,5 +62,7 @@ class ModelObserver(Protocol):
     def request_finished(self, model: str, ok: bool, seconds: float) -> None: ...
 
     def model_changed(self, model: Model) -> None: ...
+
+    def generation_finished(self, model: str, report: GenerationReport) -> None: ...
 
     def collector_frozen(self, objects: int) -> None: ...

@@ -99,6 +99,11 @@ class Batching(BaseModel):
     # Batches running at once: by default the pool's size for pool:N, else 1 (a batched call
     # already parallelises inside the library, and batches grow while one runs).
     concurrent_batches: Annotated[int, Field(ge=1)] | None = None
+    # Generating models (token by token): up to max_batch_size sequences share each step.
+    # "continuous": a request joins the batch between any two steps, and leaves it when it
+    # ends; "static": requests join only an empty batch, which runs until its last sequence
+    # ends (for comparison; an engine that cannot take sequences mid-flight is static anyway).
+    generation: Literal["continuous", "static"] = "continuous"
 
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"

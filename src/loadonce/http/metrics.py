@@ -26,8 +26,9 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from loadonce.core.observer import CallReport
+from loadonce.core.observer import CallReport, GenerationReport
 from loadonce.http.call_metrics import CallMetrics, ModelStatistics, read_statistics
+from loadonce.http.generation_metrics import GenerationMetrics
 
 if TYPE_CHECKING:
     from loadonce.core.model import Model
@@ -129,6 +130,10 @@ class Metrics:
         )
         self._versions: dict[str, str] = {}
         self.calls = CallMetrics(registry)
+        self.generation = GenerationMetrics(registry)
+
+    def generation_finished(self, model: str, report: GenerationReport) -> None:
+        self.generation.observe(model, report)
 
     def request_done(self, model: str, route: str, status: int, seconds: float) -> None:
         # prometheus-client's labels() costs more than the increment itself (it was 7% of the

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
+from loadonce.core.generation import GenerationEngine, GenerationRequest, IteratorEngine
 from loadonce.core.inputs import as_typed_batch
 from loadonce.core.signature import InputSignature, TensorInfo
 from loadonce.core.spec import ModelSpec
@@ -31,6 +32,8 @@ class Predictor(ABC):
     # True when the weights are mapped read-only from the artifact (shared by every worker
     # through the page cache) rather than copied into this process.
     shares_weights: bool = False
+    # A generating predictor: the most new tokens one request may ask for (more is a 400).
+    max_new_tokens: int = 256
 
     def prepare(self, examples: list[Any]) -> Any:
         """Turn a list of examples into what ``predict`` takes.
@@ -74,6 +77,26 @@ class Predictor(ABC):
         """Refuse request parameters this predictor cannot honour (raise
         ``loadonce.InvalidInputError``: a 400), before the request waits for the model.
         Called with the names in ``request_parameters`` only. By default, any value is taken."""
+
+    def generate(self, request: GenerationRequest) -> Iterator[str]:
+        """Define it to serve a model that generates text: yield the request's text a piece
+        (a token) at a time. Each piece streams to the client as it is yielded; concurrent
+        requests take turns, one piece each; a client that goes away, a deadline, a stop
+        string or ``max_new_tokens`` pieces end the iteration early (the generator is closed).
+        Raise ``loadonce.InvalidInputError`` before the first yield for a 400."""
+        raise NotImplementedError
+
+    def generation_engine(self) -> GenerationEngine | None:
+        """What generates this model's text token by token (the generate and OpenAI routes);
+        None for a model that does not generate. By default, ``generate`` where a subclass
+        defines it. A runtime that batches the steps of many sequences returns its own."""
+        if type(self).generate is Predictor.generate:
+            return None
+        return IteratorEngine(
+            self.generate,
+            default_new_tokens=self.max_new_tokens,
+            max_new_tokens=self.max_new_tokens,
+        )
 
     def close(self) -> None:  # noqa: B027 - most predictors hold nothing to release
         """Release what the model holds; called once at shutdown, in reverse order of loading."""

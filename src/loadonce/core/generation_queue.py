@@ -1,0 +1,332 @@
+"""The generation queue of one model: continuous batching of token-by-token generation.
+
+Sequences wait in a bounded queue, then join the engine's batch between two steps (only when
+the batch is empty, for an engine that cannot take them mid-flight), and leave it as soon as
+they end, their client goes away or their deadline passes: the model never spends a step on a
+sequence nobody waits for. One driver task per model calls ``engine.advance`` in the model's
+threads (under its concurrency policy, like a predict call) and hands each sequence's text to
+its stream as the step returns, so a stream's first text leaves as soon as its token exists.
+Stop strings are found here, over the text, whatever the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import itertools
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from loadonce.core.errors import (
+    DeadlineExceededError,
+    LoadonceError,
+    ModelNotReadyError,
+    ModelRaisedError,
+    QueueFullError,
+)
+from loadonce.core.executors import Executor
+from loadonce.core.generation import (
+    Delta,
+    Finished,
+    FinishReason,
+    GenerationEngine,
+    GenerationRequest,
+    Step,
+    held_back,
+)
+from loadonce.core.observer import GenerationReport, ModelObserver
+
+logger = logging.getLogger("loadonce")
+
+__all__ = ["GenerationQueue"]
+
+GenerationEvent = Delta | Finished
+
+
+@dataclass(eq=False)
+class _Sequence:
+    id: int
+    request: GenerationRequest
+    arrived: float
+    events: asyncio.Queue[GenerationEvent | BaseException] = field(default_factory=asyncio.Queue)
+    text: str = ""
+    emitted: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    started: bool = False
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    # The client stopped waiting (went away, or its deadline passed).
+    abandoned: bool = False
+    done: bool = False
+
+
+class GenerationQueue:
+    """Schedules the generation requests of one loaded model on its engine."""
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        engine: GenerationEngine,
+        executor: Executor,
+        max_sequences: int,
+        max_queue: int,
+        static: bool = False,
+        observer: ModelObserver | None = None,
+    ) -> None:
+        self._model = model
+        self._engine = engine
+        self._executor = executor
+        self._max_sequences = max_sequences
+        self._max_queue = max_queue
+        # Join only an empty batch: static batching (asked for, or all the engine can do).
+        self._static = static or not engine.joins_mid_flight
+        self._observer = observer
+        self._ids = itertools.count()
+        self._waiting: collections.deque[_Sequence] = collections.deque()
+        self._active: dict[int, _Sequence] = {}
+        # Sequences the engine still holds that ended here (a stop string): let go next step.
+        self._leaving: set[int] = set()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._driver: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def engine(self) -> GenerationEngine:
+        return self._engine
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def generating(self) -> int:
+        return len(self._active)
+
+    def refuse_if_full(self) -> None:
+        if self._closed:
+            raise ModelNotReadyError(self._model, "unloading")
+        if len(self._waiting) >= self._max_queue:
+            raise QueueFullError(self._model, len(self._waiting), self._max_queue)
+
+    async def stream(
+        self, request: GenerationRequest, *, deadline: float | None, deadline_s: float | None
+    ) -> AsyncIterator[GenerationEvent]:
+        """The request's text as it is generated (``Delta``s), then one ``Finished``.
+
+        Before its first event: a request the model cannot take raises (``InvalidInputError``,
+        ``QueueFullError``...), and a deadline reached raises ``DeadlineExceededError``; after
+        it, a deadline ends the stream with ``Finished(reason="deadline")``. Closing the
+        iterator early (a client that went away) takes the sequence out of the batch at the
+        next step."""
+        self.refuse_if_full()
+        self._engine.check(request)
+        loop = asyncio.get_running_loop()
+        sequence = _Sequence(next(self._ids), request, arrived=loop.time())
+        self._waiting.append(sequence)
+        self._idle.clear()
+        self._start_driver()
+        self._wake.set()
+        try:
+            while True:
+                remaining = None if deadline is None else deadline - loop.time()
+                try:
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError
+                    async with asyncio.timeout(remaining):
+                        event = await sequence.events.get()
+                except TimeoutError:
+                    if not sequence.started:
+                        raise DeadlineExceededError(self._model, deadline_s) from None
+                    # The driver lets it go (and reports it) at the next step.
+                    sequence.abandoned = True
+                    self._wake.set()
+                    yield self._finish(sequence, "deadline", report=False)
+                    return
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+                if isinstance(event, Finished):
+                    return
+        finally:
+            if not sequence.done:
+                sequence.abandoned = True
+                self._wake.set()
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Take no new request; let those queued and generating finish (for at most
+        ``timeout``), then end the rest and stop the driver."""
+        self._closed = True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            pass
+        if self._driver is not None:
+            self._driver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._driver
+            self._driver = None
+        self._fail_all(ModelNotReadyError(self._model, "unloaded"))
+
+    def _start_driver(self) -> None:
+        if self._driver is None or self._driver.done():
+            self._driver = asyncio.get_running_loop().create_task(
+                self._drive(), name=f"loadonce-generate-{self._model}"
+            )
+
+    async def _drive(self) -> None:
+        while True:
+            leaving = self._take_leaving()
+            joining = self._take_joining()
+            if not joining and not self._active and not leaving:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            requests = {sequence.id: sequence.request for sequence in joining}
+            call = self._executor.submit(
+                functools.partial(_advance, self._engine, requests, leaving)
+            )
+            try:
+                outcomes = await asyncio.wrap_future(call)
+            except Exception as exc:
+                logger.error(
+                    "model '%s' raised while generating: %s", self._model, exc, exc_info=exc
+                )
+                self._fail_all(ModelRaisedError(exc), waiting=False)
+                await asyncio.wrap_future(self._executor.submit(_reset(self._engine)))
+                continue
+            now = asyncio.get_running_loop().time()
+            for sequence_id, outcome in outcomes.items():
+                sequence = self._active.get(sequence_id)
+                if sequence is not None:
+                    self._take(sequence, outcome, now)
+
+    def _take_leaving(self) -> list[int]:
+        leaving = [s.id for s in self._active.values() if s.abandoned]
+        for sequence_id in leaving:
+            self._report(self._active.pop(sequence_id))
+        leaving += self._leaving
+        self._leaving.clear()
+        while self._waiting and self._waiting[0].abandoned:
+            self._waiting.popleft()
+        return leaving
+
+    def _take_joining(self) -> list[_Sequence]:
+        room = self._max_sequences - len(self._active)
+        if self._static and self._active:
+            room = 0
+        joining: list[_Sequence] = []
+        while room > 0 and self._waiting:
+            sequence = self._waiting.popleft()
+            if sequence.abandoned:
+                continue
+            joining.append(sequence)
+            self._active[sequence.id] = sequence
+            room -= 1
+        return joining
+
+    def _take(self, sequence: _Sequence, outcome: Step | Exception, now: float) -> None:
+        if isinstance(outcome, Exception):
+            del self._active[sequence.id]
+            sequence.done = True
+            error = outcome if isinstance(outcome, LoadonceError) else ModelRaisedError(outcome)
+            sequence.events.put_nowait(error)
+            return
+        if outcome.prompt_tokens is not None:
+            sequence.prompt_tokens = outcome.prompt_tokens
+        if outcome.tokens:
+            sequence.completion_tokens += outcome.tokens
+            sequence.first_token_at = sequence.first_token_at or now
+            sequence.last_token_at = now
+        sequence.text += outcome.text
+        finish = outcome.finish
+        end = len(sequence.text)
+        stops = sequence.request.stop
+        if stops:
+            found = _first_stop(sequence.text, stops, sequence.emitted)
+            if found is not None:
+                end = found
+                if finish is None:
+                    finish = "stop"
+                    self._leaving.add(sequence.id)
+            elif finish is None:
+                end -= held_back(sequence.text, stops)
+        if end > sequence.emitted or not sequence.started:
+            sequence.started = True
+            sequence.events.put_nowait(Delta(sequence.text[sequence.emitted : end]))
+            sequence.emitted = max(end, sequence.emitted)
+        if sequence.abandoned and finish is None:
+            return  # let go at the next step
+        if finish is not None:
+            del self._active[sequence.id]
+            sequence.events.put_nowait(self._finish(sequence, finish, report=True))
+
+    def _finish(self, sequence: _Sequence, reason: FinishReason, *, report: bool) -> Finished:
+        sequence.done = True
+        if report:
+            self._report(sequence)
+        return Finished(
+            reason=reason,
+            prompt_tokens=sequence.prompt_tokens,
+            completion_tokens=sequence.completion_tokens,
+        )
+
+    def _report(self, sequence: _Sequence) -> None:
+        if self._observer is None or sequence.first_token_at is None:
+            return
+        first, last = sequence.first_token_at, sequence.last_token_at or sequence.first_token_at
+        self._observer.generation_finished(
+            self._model,
+            GenerationReport(
+                time_to_first_token_s=first - sequence.arrived,
+                time_per_output_token_s=(
+                    (last - first) / (sequence.completion_tokens - 1)
+                    if sequence.completion_tokens > 1
+                    else None
+                ),
+                prompt_tokens=sequence.prompt_tokens,
+                completion_tokens=sequence.completion_tokens,
+            ),
+        )
+
+    def _fail_all(self, error: LoadonceError, *, waiting: bool = True) -> None:
+        failed = list(self._active.values()) + (list(self._waiting) if waiting else [])
+        self._active.clear()
+        self._leaving.clear()
+        if waiting:
+            self._waiting.clear()
+        for sequence in failed:
+            if not sequence.done:
+                sequence.done = True
+                sequence.events.put_nowait(error)
+        if not self._active and not self._waiting:
+            self._idle.set()
+
+
+def _advance(
+    engine: GenerationEngine,
+    joining: dict[int, GenerationRequest],
+    leaving: list[int],
+    _instance: object,
+) -> dict[int, Step | Exception]:
+    return engine.advance(joining, leaving)
+
+
+def _reset(engine: GenerationEngine) -> Callable[[object], None]:
+    return lambda _instance: engine.reset()
+
+
+def _first_stop(text: str, stops: tuple[str, ...], emitted: int) -> int | None:
+    """Where the first stop string begins in ``text`` (searching only what could hold one not
+    seen before), or None."""
+    start = max(0, emitted - max(len(stop) for stop in stops))
+    found = [index for stop in stops if (index := text.find(stop, start)) >= 0]
+    return min(found) if found else None

@@ -1,0 +1,81 @@
+"""Answering a generation as it is generated: Server-Sent Events that start with the first token.
+
+A generation's errors before its first token (a prompt over the context, a full queue, a
+deadline) are ordinary HTTP answers with their status; only once the first event exists does
+the 200 and its event stream begin. When the client goes away, Starlette cancels the response's
+iteration: the generation is closed then, and its sequence leaves the model's batch at the next
+step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from loadonce.http.errors import status_and_message
+
+__all__ = ["EventStreamResponse", "first_then_rest", "guarded", "server_sent_event"]
+
+T = TypeVar("T")
+
+# Proxies (nginx) buffer answers by default: a stream would reach the client all at once.
+_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def first_then_rest(events: AsyncIterator[T]) -> AsyncIterator[T]:
+    """Wait for the first event of ``events`` (what it raises before then raises here, for the
+    route's error answer), and return an iterator of every event, the first included, that
+    closes ``events`` however it ends."""
+    try:
+        first = await anext(events)
+    except BaseException:
+        await _close(events)
+        raise
+
+    async def every() -> AsyncIterator[T]:
+        async with contextlib.aclosing(events):  # type: ignore[type-var]
+            yield first
+            async for event in events:
+                yield event
+
+    return every()
+
+
+def server_sent_event(data: str) -> bytes:
+    """One SSE event of one line of data (JSON never holds a raw newline)."""
+    return b"data: " + data.encode() + b"\n\n"
+
+
+class EventStreamResponse(StreamingResponse):
+    """``text/event-stream``, never buffered by a proxy."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, content: AsyncIterator[bytes]) -> None:
+        super().__init__(content, headers=_STREAM_HEADERS)
+
+
+async def guarded(
+    chunks: AsyncIterator[bytes],
+    request: Request,
+    request_id: str,
+    on_error: Callable[[int, str], bytes],
+) -> AsyncIterator[bytes]:
+    """``chunks``, with an error raised after the stream began sent as a last event
+    (``on_error(status, message)``: the message a client may see, the details logged under
+    the request id), since the status line has left already."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except Exception as exc:
+        yield on_error(*status_and_message(exc, request, request_id))
+
+
+async def _close(events: AsyncIterator[T]) -> None:
+    close = getattr(events, "aclose", None)
+    if close is not None:
+        await close()
