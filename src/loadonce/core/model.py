@@ -378,6 +378,12 @@ class Model:
         return self._generation is not None
 
     @property
+    def embeds_text(self) -> bool:
+        """Whether the model answers texts with their vectors (OpenAI's /v1/embeddings)."""
+        executor = self._executor
+        return executor is not None and executor.instances[0].embeds_text
+
+    @property
     def generation(self) -> GenerationQueue | None:
         """The model's generation queue while it is loaded, if it generates (figures)."""
         return self._generation

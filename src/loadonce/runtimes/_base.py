@@ -32,6 +32,9 @@ class Predictor(ABC):
     # True when the weights are mapped read-only from the artifact (shared by every worker
     # through the page cache) rather than copied into this process.
     shares_weights: bool = False
+    # True when each example is a text and its output the text's vectors (one per token, or
+    # one for the text): the model answers OpenAI's /v1/embeddings.
+    embeds_text: bool = False
     # A generating predictor: the most new tokens one request may ask for (more is a 400).
     max_new_tokens: int = 256
 

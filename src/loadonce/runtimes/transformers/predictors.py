@@ -195,6 +195,7 @@ class PipelinePredictor(TextPredictor):
         super().__init__(tokenizer=pipeline.tokenizer, model_config=pipeline.model.config, **checks)
         self.pipeline = pipeline
         self.call_options = dict(call_options)
+        self.embeds_text = self.task.name == "feature-extraction"
 
     def predict(self, batch: Any) -> Sequence[Any]:
         return self.predict_with(batch, {})
