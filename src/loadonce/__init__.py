@@ -18,6 +18,7 @@ from loadonce.core.errors import (
     QueueFullError,
     RequestTooLargeError,
 )
+from loadonce.core.generation import Delta, Finished, GenerationRequest
 from loadonce.core.limits import Limits
 from loadonce.core.model import Model, ModelState
 from loadonce.core.registry import Registry
@@ -42,6 +43,9 @@ __all__ = [
     "ConfigError",
     "ControlRequest",
     "DeadlineExceededError",
+    "Delta",
+    "Finished",
+    "GenerationRequest",
     "InputSignature",
     "InvalidInputError",
     "Limits",

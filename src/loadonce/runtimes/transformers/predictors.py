@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from loadonce.core.errors import InvalidInputError
+from loadonce.core.generation import GenerationEngine
 from loadonce.runtimes._base import InputSignature, Predictor, TensorInfo
 from loadonce.runtimes.transformers.audio import CLIP, clip_samples, shortest_clip
+from loadonce.runtimes.transformers.generation import CausalEngine, Seq2SeqEngine
 from loadonce.runtimes.transformers.images import decode_image, image_bytes
 from loadonce.runtimes.transformers.parameters import (
     Rule,
@@ -155,6 +157,13 @@ class TextPredictor(Predictor):
                     )
         return prompts
 
+    def _engine_limits(self) -> dict[str, Any]:
+        return {
+            "context": self.context,
+            "max_new_tokens": self._new_tokens_cap,
+            "default_new_tokens": self._default_new_tokens,
+        }
+
     @property
     def _decoder_apart(self) -> bool:
         # A seq2seq model's encoder and decoder each have their own positions.
@@ -196,6 +205,14 @@ class PipelinePredictor(TextPredictor):
         self.pipeline = pipeline
         self.call_options = dict(call_options)
         self.embeds_text = self.task.name == "feature-extraction"
+        self.max_new_tokens = self._new_tokens_cap
+
+    def generation_engine(self) -> GenerationEngine | None:
+        if not self.task.generates:
+            return None
+        import torch
+
+        return CausalEngine(self.pipeline.model, self.tokenizer, torch, **self._engine_limits())
 
     def predict(self, batch: Any) -> Sequence[Any]:
         return self.predict_with(batch, {})
@@ -238,6 +255,10 @@ class Seq2SeqPredictor(TextPredictor):
         super().__init__(model_config=model.config, **checks)
         self.model = model
         self._torch = torch
+        self.max_new_tokens = self._new_tokens_cap
+
+    def generation_engine(self) -> GenerationEngine | None:
+        return Seq2SeqEngine(self.model, self.tokenizer, self._torch, **self._engine_limits())
 
     def predict(self, batch: Any) -> Sequence[Any]:
         return self.predict_with(batch, {})
