@@ -261,7 +261,7 @@ def test_a_sequence_let_go_leaves_the_batch_at_the_next_step(
                 seen += 1
                 if seen == 3:
                     break
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
             at_close = len(passes.sizes)
             await asyncio.sleep(0.2)
             queue = model.generation
@@ -277,7 +277,12 @@ def test_a_sequence_let_go_leaves_the_batch_at_the_next_step(
 def test_seeded_sampling_repeats_and_settings_are_checked(directories: dict[str, Path]) -> None:
     async def scenario() -> None:
         async with _loaded(directories["gpt2"], batching={"max_batch_size": 4}) as model:
-            sampled = {"prompt": "good", "max_new_tokens": 10, "temperature": 1.5, "top_p": 0.9}
+            sampled: dict[str, Any] = {
+                "prompt": "good",
+                "max_new_tokens": 10,
+                "temperature": 1.5,
+                "top_p": 0.9,
+            }
             # Two seeded requests in one batch beside one sampling without a seed.
             a, b, _ = await asyncio.gather(
                 _text(model, **sampled, seed=7),
@@ -287,12 +292,13 @@ def test_seeded_sampling_repeats_and_settings_are_checked(directories: dict[str,
             assert a == b
             texts = {(await _text(model, **sampled, seed=s))[0] for s in range(8)}
             assert len(texts) > 1, "different seeds sample different texts"
-            for bad, words in [
+            refused: list[tuple[dict[str, Any], str]] = [
                 ({"temperature": -1.0}, "temperature must be 0 to 100"),
                 ({"top_p": 0.0}, "top_p must be above 0"),
                 ({"max_new_tokens": 10_000}, "max_tokens must be from 1 to 256"),
                 ({"seed": -3}, "seed must be"),
-            ]:
+            ]
+            for bad, words in refused:
                 with pytest.raises(loadonce.InvalidInputError, match=words):
                     await _text(model, prompt="good", **bad)
 

@@ -17,7 +17,7 @@ import contextlib
 import functools
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
 from loadonce.core.errors import (
@@ -117,7 +117,7 @@ class GenerationQueue:
 
     async def stream(
         self, request: GenerationRequest, *, deadline: float | None, deadline_s: float | None
-    ) -> AsyncIterator[GenerationEvent]:
+    ) -> AsyncGenerator[GenerationEvent, None]:
         """The request's text as it is generated (``Delta``s), then one ``Finished``.
 
         Before its first event: a request the model cannot take raises (``InvalidInputError``,

@@ -7,7 +7,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -438,7 +438,7 @@ class Model:
         *,
         timeout: float | None = None,
         arrived: float | None = None,
-    ) -> AsyncIterator[Delta | Finished]:
+    ) -> AsyncGenerator[Delta | Finished, None]:
         """Generate text for one request, as it is generated: ``Delta``s, then ``Finished``.
 
         Raises before the first event for a request the model cannot take (not generating:
