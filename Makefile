@@ -8,7 +8,7 @@ CONSTRAINTS := requirements/constraints.txt
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: proto serve test test-hostile lint typecheck pytest bench bench-protocols bench-grpc bench-memory bench-transformers lock clean
+.PHONY: proto serve test test-hostile lint typecheck pytest bench bench-protocols bench-grpc bench-memory bench-transformers bench-generate lock clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) || { echo "error: '$(PYTHON) -m venv' failed; on Debian/Ubuntu install python3-venv" >&2; exit 1; }
@@ -70,6 +70,10 @@ bench-memory: $(VENV)/.test-installed
 
 # A Transformers text classifier without and with batching, and a plain FastAPI endpoint
 # calling the same pipeline (the test environment holds torch and transformers). About 5 minutes.
+# Token streaming: tokens/s and time to first token, 1 and 8 streams (docs/benchmarks.md).
+bench-generate: $(VENV)/.test-installed
+	$(BIN)/python -m bench.generate $(BENCH_ARGS)
+
 bench-transformers: $(VENV)/.test-installed
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python -m bench.transformers $(BENCH_ARGS)

@@ -13,6 +13,7 @@ model directory BENCH_ARTIFACT names, called per request in a `def` handler.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -81,3 +82,50 @@ async def constant(body: Body) -> dict[str, Any]:
 @transformers_app.post("/models/m/predict")
 def classify(body: TextBody, request: Request) -> dict[str, Any]:
     return {"outputs": request.app.state.pipeline(body.inputs)}
+
+
+class GenerateBody(BaseModel):
+    prompt: str
+    parameters: dict[str, int] = {}
+    stream: bool = True
+
+
+@asynccontextmanager
+async def generator_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = os.environ["BENCH_ARTIFACT"]
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    model.eval()  # type: ignore[no-untyped-call]
+    app.state.model = model
+    app.state.tokenizer = AutoTokenizer.from_pretrained(directory)
+    yield
+
+
+# `generate_app` (`bench.generate`): a causal LM loaded once; each request runs the model's own
+# `generate` in a thread of its own with a TextIteratorStreamer, whose text is sent as
+# Server-Sent Events (the pattern transformers documents for streaming).
+generate_app = FastAPI(lifespan=generator_lifespan)
+
+
+@generate_app.post("/models/m/generate")
+def generate_streaming(body: GenerateBody, request: Request) -> Any:
+    import threading
+
+    from fastapi.responses import StreamingResponse
+    from transformers import TextIteratorStreamer
+
+    model, tokenizer = request.app.state.model, request.app.state.tokenizer
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    inputs = tokenizer(body.prompt, return_tensors="pt")
+    settings = {"max_new_tokens": body.parameters.get("max_new_tokens", 64), "do_sample": False}
+    threading.Thread(
+        target=model.generate, kwargs={**inputs, **settings, "streamer": streamer}, daemon=True
+    ).start()
+
+    def events() -> Any:
+        for text in streamer:
+            yield f"data: {json.dumps({'text': text})}\n\n"
+        yield f"data: {json.dumps({'finish_reason': 'length'})}\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
