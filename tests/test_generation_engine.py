@@ -297,6 +297,8 @@ def test_seeded_sampling_repeats_and_settings_are_checked(directories: dict[str,
                 ({"top_p": 0.0}, "top_p must be above 0"),
                 ({"max_new_tokens": 10_000}, "max_tokens must be from 1 to 256"),
                 ({"seed": -3}, "seed must be"),
+                ({"stop": tuple("abcdefghi")}, "at most 8 are taken"),
+                ({"stop": ("",)}, "1 to 256 characters"),
             ]
             for bad, words in refused:
                 with pytest.raises(loadonce.InvalidInputError, match=words):

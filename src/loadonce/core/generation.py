@@ -178,6 +178,24 @@ class _Running:
             close()
 
 
+# Stop strings are searched for after every token: their number and length bound that work.
+MOST_STOP_STRINGS = 8
+LONGEST_STOP_STRING = 256
+
+
+def check_request(request: GenerationRequest) -> None:
+    """What any model refuses (a 400): stop strings too many, empty or too long."""
+    if len(request.stop) > MOST_STOP_STRINGS:
+        raise InvalidInputError(
+            f"stop holds {len(request.stop)} strings; at most {MOST_STOP_STRINGS} are taken"
+        )
+    for stop in request.stop:
+        if not isinstance(stop, str) or not 0 < len(stop) <= LONGEST_STOP_STRING:
+            raise InvalidInputError(
+                f"each stop string must be 1 to {LONGEST_STOP_STRING} characters long"
+            )
+
+
 def check_new_tokens(request: GenerationRequest, cap: int) -> None:
     """A request's new-token limit above the model's cap is a 400, never hours of work."""
     asked = request.max_new_tokens

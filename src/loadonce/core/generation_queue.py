@@ -35,6 +35,7 @@ from loadonce.core.generation import (
     GenerationEngine,
     GenerationRequest,
     Step,
+    check_request,
     held_back,
 )
 from loadonce.core.observer import GenerationReport, ModelObserver
@@ -126,6 +127,7 @@ class GenerationQueue:
         iterator early (a client that went away) takes the sequence out of the batch at the
         next step."""
         self.refuse_if_full()
+        check_request(request)
         self._engine.check(request)
         loop = asyncio.get_running_loop()
         sequence = _Sequence(next(self._ids), request, arrived=loop.time())
