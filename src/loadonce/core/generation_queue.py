@@ -184,6 +184,15 @@ class GenerationQueue:
             )
 
     async def _drive(self) -> None:
+        try:
+            await self._steps()
+        except Exception as exc:
+            # A fault of the queue itself: no stream may wait forever for a driver gone.
+            logger.error("model '%s' generation queue failed", self._model, exc_info=exc)
+            self._fail_all(ModelRaisedError(exc))
+            raise
+
+    async def _steps(self) -> None:
         while True:
             leaving = self._take_leaving()
             joining = self._take_joining()
