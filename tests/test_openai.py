@@ -50,10 +50,11 @@ class Slow(Echo):
 
 
 class Chat(Echo):
-    """Takes chat messages: answers with the last message's words, after its role."""
+    """Takes chat messages too: answers with the last message's words, after its role."""
 
     def words(self, request: GenerationRequest) -> list[str]:
-        assert request.messages is not None
+        if request.messages is None:
+            return super().words(request)
         last = request.messages[-1]
         return [f"{last['role']}:", *str(last["content"]).split()]
 
@@ -77,8 +78,11 @@ class FailsMidway(Echo):
 
 @pytest.fixture(scope="module")
 def features(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny BERT feature-extraction model, random weights, built here."""
-    directory = tmp_path_factory.mktemp("features")
+    return tiny_bert(tmp_path_factory.mktemp("features"))
+
+
+def tiny_bert(directory: Path) -> Path:
+    """A tiny BERT feature-extraction model in ``directory``, random weights, built here."""
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(WORDS),
@@ -297,6 +301,8 @@ def _body(route: str) -> dict[str, Any]:
         ({"model": "echo"}, "prompt", "Field required"),
         ({"model": "echo", "prompt": ["good", "bad"]}, "prompt", "several prompts"),
         ({"model": "echo", "prompt": [1, 2]}, "prompt", "token ids"),
+        ({"model": "echo", "prompt": None}, "prompt", "must be a string"),
+        ({"model": "echo", "prompt": "a", "stop": "x" * 129}, "stop", "at most 128 characters"),
         ({"model": "echo", "prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
         ({"model": "echo", "prompt": "a", "temperature": 3}, "temperature", "less than"),
         ({"model": "echo", "prompt": "a", "stream": "maybe"}, "stream", "boolean"),
@@ -376,6 +382,13 @@ def test_a_streamed_answer_is_openais_event_stream(local: TestClient) -> None:
     assert chunks[-1]["choices"] == []
     assert chunks[-1]["usage"]["completion_tokens"] == 2  # "user:" and "good"
     assert len({c["id"] for c in chunks}) == 1
+
+
+@pytest.mark.parametrize("given", [[1, 2], [[1, 2], [3]], [], None, ["good", 3]])
+def test_embeddings_take_text_only(local: TestClient, given: Any) -> None:
+    response = local.post("/v1/embeddings", json={"model": "features", "input": given})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "input"
 
 
 def test_base64_vectors_are_little_endian_float32(local: TestClient) -> None:

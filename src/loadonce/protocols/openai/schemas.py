@@ -32,6 +32,9 @@ __all__ = [
 
 # OpenAI's own limit on stop sequences.
 MAX_STOPS = 4
+# Each is looked for at the end of the text after every token (and a stream holds back what
+# could begin one): the work per token grows with the square of its length.
+MAX_STOP_CHARACTERS = 128
 
 
 def _off(*values: Any) -> Callable[[Any], bool]:
@@ -102,7 +105,7 @@ class _Sampling(_Body):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = Field(None, description="Up to 4 strings; not in the answer.")
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     # Not OpenAI's, but common in OpenAI-compatible servers (the client's extra_body).
@@ -114,8 +117,11 @@ class _Sampling(_Body):
     def _at_most_four(cls, stop: str | list[str] | None) -> str | list[str] | None:
         if isinstance(stop, list) and len(stop) > MAX_STOPS:
             raise ValueError(f"at most {MAX_STOPS} stop sequences")
-        if stop == "" or (isinstance(stop, list) and "" in stop):
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if "" in stops:
             raise ValueError("a stop sequence cannot be empty")
+        if any(len(one) > MAX_STOP_CHARACTERS for one in stops):
+            raise ValueError(f"a stop sequence may be at most {MAX_STOP_CHARACTERS} characters")
         return stop
 
     @property
@@ -183,7 +189,9 @@ def the_prompt(prompt: Any) -> str:
         return prompt
     if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
         raise UnsupportedError("prompt", "holds several prompts: send one per request")
-    raise UnsupportedError("prompt", "must be a string: token ids are not supported")
+    if _token_ids(prompt):
+        raise UnsupportedError("prompt", "holds token ids, which are not supported: send text")
+    raise InvalidRequestError([("prompt", "must be a string")])
 
 
 def the_texts(given: Any) -> list[str]:
@@ -191,9 +199,17 @@ def the_texts(given: Any) -> list[str]:
     texts = [given] if isinstance(given, str) else given
     if isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts):
         return texts
-    if texts == []:
-        raise UnsupportedError("input", "holds no text")
-    raise UnsupportedError("input", "must be a string or a list of strings: not token ids")
+    if _token_ids(texts):
+        raise UnsupportedError("input", "holds token ids, which are not supported: send text")
+    raise InvalidRequestError([("input", "must be a string or a non-empty list of strings")])
+
+
+def _token_ids(given: Any) -> bool:
+    """A list of integers, or a list of lists of integers (OpenAI's token arrays)."""
+    if not isinstance(given, list) or not given:
+        return False
+    rows = given if all(isinstance(row, list) for row in given) else [given]
+    return all(isinstance(i, int) and not isinstance(i, bool) for row in rows for i in row)
 
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
