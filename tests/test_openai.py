@@ -16,12 +16,13 @@ import numpy as np
 import openai
 import pytest
 import torch
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from transformers import BertConfig, BertModel, BertTokenizer
 
 import loadonce
 from loadonce.core.generation import GenerationRequest, IteratorEngine
-from tests.servers import ThreadedServer
+from tests.servers import ThreadedServer, wait_until
 
 KEY = "openai-test-key-0123456789"
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "movie", "it", "was"]
@@ -109,9 +110,13 @@ def _specs(features: Path) -> list[loadonce.ModelSpec]:
 
 
 @pytest.fixture(scope="module")
-def server(features: Path) -> Iterator[ThreadedServer]:
-    access = loadonce.AccessKeys(inference=(KEY,))
-    with ThreadedServer(loadonce.create_app(_specs(features), access=access)) as running:
+def app(features: Path) -> FastAPI:
+    return loadonce.create_app(_specs(features), access=loadonce.AccessKeys(inference=(KEY,)))
+
+
+@pytest.fixture(scope="module")
+def server(app: FastAPI) -> Iterator[ThreadedServer]:
+    with ThreadedServer(app) as running:
         yield running
 
 
@@ -250,6 +255,22 @@ def test_a_failure_after_the_stream_began_is_its_last_event(client: openai.OpenA
     with pytest.raises(openai.APIError, match="the model raised RuntimeError") as failed:
         next(seen)
     assert "/srv" not in str(failed.value)
+
+
+def test_a_stream_its_client_leaves_stops_generating(
+    client: openai.OpenAI, server: ThreadedServer, app: FastAPI
+) -> None:
+    """The client closes the stream after its first chunk: the sequence leaves the model's
+    batch long before its 60 words (3 s) would have ended it."""
+    generation = loadonce.LoadonceState.on(app).registry.get("slow").generation
+    assert generation is not None
+    stream = client.completions.create(
+        model="slow", prompt=" ".join(["good"] * 60), max_tokens=60, stream=True
+    )
+    assert next(iter(stream)).choices[0].text == "good "
+    assert generation.generating == 1
+    stream.close()
+    wait_until(lambda: generation.generating == 0, 2.0, "the generation to stop")
 
 
 # In-process: the answers' details.
