@@ -262,7 +262,9 @@ def test_a_stream_its_client_leaves_stops_generating(
 ) -> None:
     """The client closes the stream after its first chunk: the sequence leaves the model's
     batch long before its 60 words (3 s) would have ended it."""
-    generation = loadonce.LoadonceState.on(app).registry.get("slow").generation
+    state = loadonce.LoadonceState.on(app)
+    assert state is not None
+    generation = state.registry.get("slow").generation
     assert generation is not None
     stream = client.completions.create(
         model="slow", prompt=" ".join(["good"] * 60), max_tokens=60, stream=True
