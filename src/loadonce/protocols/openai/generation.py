@@ -127,8 +127,9 @@ async def _answer(
     head = {"id": f"{form.prefix}-{request_id}"}
     if body.stream:
         # Errors before the first token (a prompt over the context, a full queue) are still
-        # ordinary answers with their status; after it, a last event.
-        rest = await first_then_rest(events)
+        # ordinary answers with their status; after it, a last event. A client that leaves
+        # while its request waits for the model takes it out of the queue.
+        rest = await unless_disconnected(request, first_then_rest(events))
         chunks = _stream(rest, {**head, "object": form.chunked, **made}, form, body.include_usage)
         return EventStreamResponse(guarded(chunks, request, request_id, error_event))
     text, finished = await unless_disconnected(request, _collect(events))
