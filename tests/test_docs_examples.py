@@ -9,7 +9,8 @@ from types import ModuleType
 from fastapi.testclient import TestClient
 
 import loadonce
-from tests.servers import serving
+from tests.servers import ThreadedServer, serving
+from tests.test_openai import Chat, tiny_bert
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "docs" / "examples"
@@ -88,4 +89,21 @@ def test_triton_client_example_talks_to_the_demo_server(tmp_path: Path) -> None:
 def test_readme_shows_the_triton_client_example_verbatim() -> None:
     readme = (ROOT / "README.md").read_text()
     body = (EXAMPLES / "triton_client.py").read_text().split('"""', 2)[2].strip()
+    assert body in readme
+
+
+def test_openai_client_example_talks_to_a_generating_model(tmp_path: Path) -> None:
+    example = _import_example("openai_client")
+    specs = [
+        loadonce.ModelSpec(name="writer", loader=Chat),
+        loadonce.ModelSpec(name="encoder", artifact=tiny_bert(tmp_path)),
+    ]
+    with ThreadedServer(loadonce.create_app(specs)) as server:
+        assert example.chat(f"{server.url}/v1") == "user: Tell me a story "
+        assert len(example.embed(f"{server.url}/v1")) == 16
+
+
+def test_readme_shows_the_openai_client_example_verbatim() -> None:
+    readme = (ROOT / "README.md").read_text()
+    body = (EXAMPLES / "openai_client.py").read_text().split('"""', 2)[2].strip()
     assert body in readme

@@ -19,12 +19,15 @@ def _specs() -> list[loadonce.ModelSpec]:
     return [loadonce.ModelSpec(name="m", loader=lambda: lambda batch: batch, input_shape=())]
 
 
-def test_create_apps_table_holds_both_protocols_inference_routes() -> None:
+def test_create_apps_table_holds_every_protocols_inference_routes() -> None:
     app = loadonce.create_app(_specs())
     assert [found.path for found in mounted_endpoints(app.routes)] == [
         PREDICT,
         INFER,
         INFER_VERSION,
+        "/v1/completions",
+        "/v1/chat/completions",
+        "/v1/embeddings",
     ]
 
 

@@ -32,6 +32,7 @@ from loadonce.http.metrics_route import metrics_router
 from loadonce.http.middleware import install_middleware
 from loadonce.http.state import LoadonceState
 from loadonce.protocols.json import models_router
+from loadonce.protocols.openai import openai_router
 from loadonce.protocols.v2 import v2_router
 from loadonce.runtimes import InputSignature, Predictor, Runtime, TensorInfo, register_runtime
 
@@ -80,6 +81,7 @@ __all__ = [
     "lifespan",
     "metrics_router",
     "models_router",
+    "openai_router",
     "register_runtime",
     "v2_router",
 ]

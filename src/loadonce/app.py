@@ -21,6 +21,7 @@ from loadonce.http.lifespan import LoadedHook, LoadGate, UserLifespan, lifespan
 from loadonce.http.metrics_route import metrics_router
 from loadonce.http.middleware import install_middleware
 from loadonce.protocols.json import models_router
+from loadonce.protocols.openai import openai_router
 from loadonce.protocols.v2 import v2_router
 
 
@@ -41,7 +42,8 @@ def create_app(
     allowed_hosts: Iterable[str] = (),
 ) -> FastAPI:
     """The app ``loadonce serve`` runs: health probes, /models and predict routes, the Open
-    Inference Protocol under /v2, /docs. ``model_control``: see ``v2_router``. ``access``:
+    Inference Protocol under /v2, OpenAI's API under /v1 (models that generate or embed text),
+    /docs. ``model_control``: see ``v2_router``. ``access``:
     API keys per route family (none: every route open). ``limits``: request size limits.
     ``control``: how load, unload and reload reach every worker (default: this process).
     ``gc_freeze``: once started, leave the loaded models out of garbage collection (see
@@ -73,6 +75,7 @@ def create_app(
     # Routes are matched in order: the inference routers first, they are the hot path.
     app.include_router(models_router())
     app.include_router(v2_router(model_control=model_control))
+    app.include_router(openai_router())
     app.include_router(health_router())
     app.include_router(admin_router())
     if metrics:

@@ -91,6 +91,29 @@ def v2_error(status: int, message: str, request_id: str | None = None) -> JSONRe
     )
 
 
+# OpenAI's error types by status; its clients pick their exception class by the status.
+_OPENAI_TYPES = {401: "invalid_request_error", 403: "permission_error"}
+# Routes of the OpenAI-compatible protocol (protocols/openai): their answers, errors included,
+# are OpenAI's, even when middleware answers before any route runs.
+OPENAI_PREFIX = "/v1"
+
+
+def openai_error(
+    status: int,
+    message: str,
+    request_id: str | None = None,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+) -> JSONResponse:
+    """The OpenAI API's error body: ``{"error": {"message", "type", "param", "code"}}``."""
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    if status == 401 and code is None:
+        code = "invalid_api_key"  # as OpenAI answers a missing or unknown key
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=error_headers(status, request_id))
+
+
 def status_and_message(exc: Exception, request: Request, request_id: str) -> tuple[int, str]:
     """The HTTP status and the client's message for an exception a route raised; logs what
     the client is not told (a traceback never leaves the server)."""
@@ -129,11 +152,15 @@ def raw_error_response(
     status: int, message: str, scope: Scope, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     """An error answered before any route ran (middleware), in the body of the protocol the
-    path belongs to: ``{"error"}`` under /v2, ``{"error", "request_id"}`` elsewhere."""
+    path belongs to: ``{"error"}`` under /v2, OpenAI's ``{"error": {"message", ...}}`` under
+    /v1, ``{"error", "request_id"}`` elsewhere."""
     chosen = scope.get(REQUEST_ID_SCOPE_KEY)
     request_id = chosen if isinstance(chosen, str) else request_id_from(scope["headers"])
-    if route_path(scope).startswith("/v2"):
+    path = route_path(scope)
+    if path.startswith("/v2"):
         response = v2_error(status, message, request_id)
+    elif path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/"):
+        response = openai_error(status, message, request_id)
     else:
         response = error_response(status, message, request_id)
     response.headers.update(headers or {})

@@ -1,0 +1,74 @@
+"""``POST /v1/embeddings``: one vector per text, from a model that embeds text
+(``Model.embeds_text``: a Transformers feature-extraction model).
+
+Such a model answers a text with one vector per token; the text's embedding is their mean
+(mean pooling, what sentence-embedding models are trained for; a model whose own output is
+one vector per text is answered with that vector as it is). ``encoding_format`` "base64" is
+the vector's float32 values, little-endian, base64-encoded, as OpenAI sends them (the
+``openai`` client asks for it unless told otherwise).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from loadonce.core.errors import ModelNotReadyError
+from loadonce.http.dependencies import registry_of
+from loadonce.http.disconnect import unless_disconnected
+from loadonce.http.large_bodies import parse_body
+from loadonce.http.request_info import arrival_of, requested_timeout
+from loadonce.protocols.openai.errors import UnsupportedError
+from loadonce.protocols.openai.generation import counted_as
+from loadonce.protocols.openai.schemas import EmbeddingRequest, parse, the_texts
+
+__all__ = ["answer_embeddings", "pooled"]
+
+
+async def answer_embeddings(request: Request) -> Response:
+    body = await parse_body(
+        lambda raw: parse(raw, EmbeddingRequest, "embeddings"), await request.body()
+    )
+    texts = the_texts(body.input)
+    model = counted_as(request, registry_of(request).get(body.model))
+    if not model.is_serving:
+        raise ModelNotReadyError(model.name, model.state.value)
+    if not model.embeds_text:
+        raise UnsupportedError(
+            "model",
+            f"is '{model.name}', which does not embed text (/v1/embeddings serves "
+            "feature-extraction models)",
+        )
+    timeout = requested_timeout(request)
+    outputs = await unless_disconnected(
+        request, model.predict_examples(texts, timeout=timeout, arrived=arrival_of(request))
+    )
+    data: list[dict[str, Any]] = []
+    tokens = 0
+    for index, output in enumerate(outputs):
+        vector, counted = pooled(output)
+        tokens += counted
+        encoded: Any = (
+            base64.b64encode(vector.astype("<f4").tobytes()).decode()
+            if body.encoding_format == "base64"
+            else vector.tolist()
+        )
+        data.append({"object": "embedding", "index": index, "embedding": encoded})
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return JSONResponse({"object": "list", "data": data, "model": model.name, "usage": usage})
+
+
+def pooled(output: Any) -> tuple[np.ndarray[Any, np.dtype[np.float32]], int]:
+    """One text's vector, and the tokens it was made of (0 when the model answered one vector
+    already): the mean of its token vectors (``[[v_token1, v_token2, ...]]``)."""
+    values = np.asarray(output, dtype=np.float32)
+    if values.ndim == 1:
+        return values, 0
+    if values.ndim == 0 or values.shape[-1] == 0 or values.size == 0:
+        raise ValueError(f"the model answered no vector (shape {values.shape})")
+    rows = values.reshape(-1, values.shape[-1])
+    return rows.mean(axis=0), rows.shape[0]

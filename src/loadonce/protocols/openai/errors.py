@@ -1,0 +1,52 @@
+"""How the OpenAI-compatible routes answer errors: OpenAI's body, ``{"error": {"message",
+"type", "param", "code"}}``, with the status loadonce's one mapping gives (``http/errors.py``),
+except that a request that is not valid is a 400, as OpenAI answers it (not 422)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from loadonce.core.errors import InvalidInputError, InvalidRequestError, ModelNotFoundError
+from loadonce.http.errors import openai_error, status_and_message
+from loadonce.http.routes import LoadonceRoute
+from loadonce.http.streaming import server_sent_event
+
+__all__ = ["OpenAIRoute", "UnsupportedError", "error_event", "openai_error_for"]
+
+
+class UnsupportedError(InvalidInputError):
+    """A request field this server does not honour (400, naming the field in ``param``):
+    answering as if it were honoured would mislead the client."""
+
+    def __init__(self, param: str, why: str) -> None:
+        self.param = param
+        super().__init__(f"'{param}' {why}")
+
+    def client_message(self) -> str:
+        return str(self)
+
+
+def openai_error_for(exc: Exception, request: Request, request_id: str) -> Response:
+    status, message = status_and_message(exc, request, request_id)
+    param = code = None
+    if isinstance(exc, InvalidRequestError):
+        status = 400
+        param = exc.fields[0][0] if exc.fields else None
+    elif isinstance(exc, UnsupportedError):
+        param = exc.param
+    elif isinstance(exc, ModelNotFoundError):
+        param, code = "model", "model_not_found"
+    return openai_error(status, message, request_id, param=param, code=code)
+
+
+def error_event(status: int, message: str) -> bytes:
+    """The last event of a stream that failed after it began (its 200 has left already):
+    OpenAI's clients raise ``APIError`` with it."""
+    return server_sent_event(bytes(openai_error(status, message).body).decode())
+
+
+class OpenAIRoute(LoadonceRoute):
+    """A route of the OpenAI-compatible protocol: OpenAI's error body."""
+
+    error_for = staticmethod(openai_error_for)

@@ -1,0 +1,248 @@
+"""The bodies of OpenAI's completions, chat completions and embeddings requests, as far as
+loadonce honours them.
+
+Fields OpenAI defines that would change the answer and that loadonce does not do (``n`` above
+1, ``logprobs``, ``echo``, tools...) are refused with a 400 naming the field, unless sent with
+the value that means "off": a client that asked for them would otherwise read an answer that
+silently ignored them. Fields that change nothing in the answer (``user``, ``store``,
+``metadata``...) and names OpenAI does not define are ignored, as OpenAI-compatible servers
+do: the ``openai`` client sends only what its caller passed, and newer clients may add more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar
+
+import pydantic_core
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from loadonce.core.errors import InvalidRequestError
+from loadonce.protocols.openai.errors import UnsupportedError
+
+__all__ = [
+    "ChatRequest",
+    "CompletionRequest",
+    "EmbeddingRequest",
+    "chat_messages",
+    "parse",
+    "the_prompt",
+    "the_texts",
+]
+
+# OpenAI's own limit on stop sequences.
+MAX_STOPS = 4
+# Each is looked for at the end of the text after every token (and a stream holds back what
+# could begin one): the work per token grows with the square of its length.
+MAX_STOP_CHARACTERS = 128
+
+
+def _off(*values: Any) -> Callable[[Any], bool]:
+    return lambda value: value is None or any(value == off for off in values)
+
+
+def _only_text(value: Any) -> bool:
+    return value is None or value == ["text"]
+
+
+def _text_format(value: Any) -> bool:
+    return value is None or (isinstance(value, Mapping) and value.get("type") == "text")
+
+
+_NOT_ONE = "is not supported: loadonce answers one choice per request (n=1)"
+_NO_PENALTY = "is not supported by loadonce's generation (send 0, or repetition_penalty)"
+_COMMON: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "n": (_off(1), _NOT_ONE),
+    "presence_penalty": (_off(0), _NO_PENALTY),
+    "frequency_penalty": (_off(0), _NO_PENALTY),
+    "logit_bias": (_off({}), "is not supported by loadonce's generation"),
+}
+_REFUSED: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "completions": {
+        **_COMMON,
+        "best_of": (_off(1), "is not supported: loadonce generates one sequence per request"),
+        "echo": (_off(False), "is not supported: the answer is the new text only"),
+        "logprobs": (_off(), "is not supported: loadonce does not return log probabilities"),
+        "suffix": (_off(""), "is not supported: loadonce does not insert text"),
+    },
+    "chat": {
+        **_COMMON,
+        "logprobs": (_off(False), "is not supported: loadonce does not return log probabilities"),
+        "top_logprobs": (_off(0), "is not supported: loadonce does not return log probabilities"),
+        "tools": (_off([]), "is not supported: loadonce does not call tools"),
+        "tool_choice": (_off("none"), "is not supported: loadonce does not call tools"),
+        "functions": (_off([]), "is not supported: loadonce does not call functions"),
+        "function_call": (_off("none"), "is not supported: loadonce does not call functions"),
+        "response_format": (_text_format, "is not supported: the answer is plain text"),
+        "modalities": (_only_text, "is not supported: loadonce answers text only"),
+        "audio": (_off(), "is not supported: loadonce answers text only"),
+        "prediction": (_off(), "is not supported by loadonce's generation"),
+    },
+    "embeddings": {
+        "dimensions": (_off(), "is not supported: the vectors have the model's own size"),
+    },
+}
+
+
+class _Body(BaseModel):
+    # Unknown names are ignored (module docstring); the ones refused are checked in parse.
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=256, description="The served model's name.")
+
+
+_B = TypeVar("_B", bound=_Body)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class _Sampling(_Body):
+    max_tokens: int | None = Field(None, ge=1, description="At most the model's max_new_tokens.")
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: str | list[str] | None = Field(None, description="Up to 4 strings; not in the answer.")
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    # Not OpenAI's, but common in OpenAI-compatible servers (the client's extra_body).
+    top_k: int | None = Field(None, ge=1)
+    repetition_penalty: float | None = Field(None, gt=0)
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(stop, list) and len(stop) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop sequences")
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if "" in stops:
+            raise ValueError("a stop sequence cannot be empty")
+        if any(len(one) > MAX_STOP_CHARACTERS for one in stops):
+            raise ValueError(f"a stop sequence may be at most {MAX_STOP_CHARACTERS} characters")
+        return stop
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class CompletionRequest(_Sampling):
+    """``POST /v1/completions``."""
+
+    prompt: Any = Field(description="One string (or a list holding one string).")
+
+
+class ChatRequest(_Sampling):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[dict[str, Any]] = Field(
+        min_length=1,
+        description="{role: system, developer, user or assistant; content: a string or a "
+        "list of text parts}",
+    )
+    max_completion_tokens: int | None = Field(None, ge=1, description="max_tokens' new name.")
+
+
+class EmbeddingRequest(_Body):
+    """``POST /v1/embeddings``."""
+
+    input: Any = Field(description="A string or a list of strings.")
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+def parse(raw: bytes, body: type[_B], kind: str) -> _B:
+    """The request body as ``body``: 400 (``InvalidRequestError``) naming the first field that
+    is not valid, or the field loadonce does not honour (``UnsupportedError``)."""
+    try:
+        found = pydantic_core.from_json(raw)
+    except ValueError as exc:
+        raise InvalidRequestError([("body", f"Invalid JSON: {exc}")]) from None
+    if not isinstance(found, dict):
+        raise InvalidRequestError([("body", "must be a JSON object")])
+    for name, (allowed, why) in _REFUSED[kind].items():
+        if name in found and not allowed(found[name]):
+            raise UnsupportedError(name, why)
+    try:
+        return body.model_validate(found)
+    except ValidationError as exc:
+        # Each field's path as OpenAI's `param` names it (never the value: it may be secret).
+        raise InvalidRequestError(
+            [(".".join(str(p) for p in e["loc"]) or "body", e["msg"]) for e in exc.errors()]
+        ) from None
+
+
+def the_prompt(prompt: Any) -> str:
+    """The one prompt of a completions request (a list of several would ask for several
+    choices, which loadonce answers one request at a time)."""
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        raise UnsupportedError("prompt", "holds several prompts: send one per request")
+    if _token_ids(prompt):
+        raise UnsupportedError("prompt", "holds token ids, which are not supported: send text")
+    raise InvalidRequestError([("prompt", "must be a string")])
+
+
+def the_texts(given: Any) -> list[str]:
+    """The texts of an embeddings request."""
+    texts = [given] if isinstance(given, str) else given
+    if isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts):
+        return texts
+    if _token_ids(texts):
+        raise UnsupportedError("input", "holds token ids, which are not supported: send text")
+    raise InvalidRequestError([("input", "must be a string or a non-empty list of strings")])
+
+
+def _token_ids(given: Any) -> bool:
+    """A list of integers, or a list of lists of integers (OpenAI's token arrays)."""
+    if not isinstance(given, list) or not given:
+        return False
+    rows = given if all(isinstance(row, list) for row in given) else [given]
+    return all(isinstance(i, int) and not isinstance(i, bool) for row in rows for i in row)
+
+
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+def chat_messages(messages: list[dict[str, Any]]) -> tuple[dict[str, str], ...]:
+    """The messages as the model's chat template takes them: ``{"role", "content"}``, the
+    content one string (text parts joined), OpenAI's "developer" role as "system" (the
+    templates of open models know "system")."""
+    taken = []
+    for index, message in enumerate(messages):
+        role = message.get("role")
+        if role not in _ROLES:
+            raise InvalidRequestError(
+                [(f"messages.{index}.role", "must be system, developer, user or assistant")]
+            )
+        taken.append({"role": _ROLES[role], "content": _text(message.get("content"), index)})
+    return tuple(taken)
+
+
+def _text(content: Any, index: int) -> str:
+    where = f"messages.{index}.content"
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        pieces = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                kind = str(part.get("type"))[:40] if isinstance(part, dict) else "?"
+                raise UnsupportedError(where, f"holds a part of type '{kind}': text parts only")
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise InvalidRequestError([(where, "a text part's 'text' must be a string")])
+            pieces.append(text)
+        return "".join(pieces)
+    raise InvalidRequestError([(where, "must be a string or a list of text parts")])

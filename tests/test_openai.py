@@ -1,0 +1,440 @@
+"""The OpenAI-compatible routes (/v1), driven by the real ``openai`` client against a real
+server (one per module), and in-process for the answers' details: completions and chat,
+whole and streamed, embeddings, and every refusal in OpenAI's error body."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import numpy as np
+import openai
+import pytest
+import torch
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from transformers import BertConfig, BertModel, BertTokenizer
+
+import loadonce
+from loadonce.core.generation import GenerationRequest, IteratorEngine
+from tests.servers import ThreadedServer, wait_until
+
+KEY = "openai-test-key-0123456789"
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "movie", "it", "was"]
+
+
+class Echo(loadonce.Predictor):
+    """Generates the prompt's words back, one word a token."""
+
+    max_new_tokens = 64
+    pause_s = 0.0
+
+    def predict(self, batch: Any) -> list[Any]:
+        return list(batch)
+
+    def generate(self, request: GenerationRequest) -> Iterator[str]:
+        for word in self.words(request):
+            time.sleep(self.pause_s)
+            yield word + " "
+
+    def words(self, request: GenerationRequest) -> list[str]:
+        return (request.prompt or "").split()
+
+
+class Slow(Echo):
+    pause_s = 0.05
+
+
+class Chat(Echo):
+    """Takes chat messages too: answers with the last message's words, after its role."""
+
+    def words(self, request: GenerationRequest) -> list[str]:
+        if request.messages is None:
+            return super().words(request)
+        last = request.messages[-1]
+        return [f"{last['role']}:", *str(last["content"]).split()]
+
+    def generation_engine(self) -> IteratorEngine:
+        return _MessagesEngine(
+            self.generate, default_new_tokens=self.max_new_tokens, max_new_tokens=64
+        )
+
+
+class _MessagesEngine(IteratorEngine):
+    def check(self, request: GenerationRequest) -> None:
+        if request.max_new_tokens is not None and request.max_new_tokens > 64:
+            raise loadonce.InvalidInputError("max_tokens must be at most 64")
+
+
+class FailsMidway(Echo):
+    def generate(self, request: GenerationRequest) -> Iterator[str]:
+        yield "first "
+        raise RuntimeError("broke down at /srv/secret/weights.bin")
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_bert(tmp_path_factory.mktemp("features"))
+
+
+def tiny_bert(directory: Path) -> Path:
+    """A tiny BERT feature-extraction model in ``directory``, random weights, built here."""
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(WORDS),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
+    BertModel(config).save_pretrained(directory)
+    BertTokenizer(vocab={word: i for i, word in enumerate(WORDS)}).save_pretrained(directory)
+    return directory
+
+
+def _specs(features: Path) -> list[loadonce.ModelSpec]:
+    return [
+        loadonce.ModelSpec(name="echo", loader=Echo),
+        loadonce.ModelSpec(name="slow", loader=Slow),
+        loadonce.ModelSpec(name="chat", loader=Chat),
+        loadonce.ModelSpec(name="fails", loader=FailsMidway),
+        loadonce.ModelSpec(name="features", artifact=features),
+        loadonce.ModelSpec(name="adder", loader=lambda: lambda batch: [sum(x) for x in batch]),
+    ]
+
+
+@pytest.fixture(scope="module")
+def app(features: Path) -> FastAPI:
+    return loadonce.create_app(_specs(features), access=loadonce.AccessKeys(inference=(KEY,)))
+
+
+@pytest.fixture(scope="module")
+def server(app: FastAPI) -> Iterator[ThreadedServer]:
+    with ThreadedServer(app) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server: ThreadedServer) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0) as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def local(features: Path) -> Iterator[TestClient]:
+    app = loadonce.create_app(_specs(features))
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def test_the_client_lists_the_models_that_generate_or_embed(client: openai.OpenAI) -> None:
+    listed = {model.id: model for model in client.models.list()}
+    assert set(listed) == {"echo", "slow", "chat", "fails", "features"}  # not "adder"
+    assert listed["echo"].owned_by == "loadonce"
+    assert client.models.retrieve("features").id == "features"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("adder")
+
+
+def test_a_completion_whole_and_streamed(client: openai.OpenAI) -> None:
+    whole = client.completions.create(model="echo", prompt="good movie it was", max_tokens=3)
+    [choice] = whole.choices
+    assert (choice.text, choice.finish_reason) == ("good movie it ", "length")
+    assert whole.usage is not None
+    assert (whole.usage.completion_tokens, whole.usage.total_tokens) == (3, 3)
+
+    stream = client.completions.create(
+        model="echo",
+        prompt="good movie it was",
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    texts = [c.choices[0].text for c in chunks if c.choices and c.choices[0].finish_reason is None]
+    assert texts == ["good ", "movie ", "it ", "was "]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 4
+
+
+def test_a_stop_string_ends_the_text_before_it(client: openai.OpenAI) -> None:
+    answer = client.completions.create(model="echo", prompt="good bad movie", stop=["bad", "x"])
+    assert (answer.choices[0].text, answer.choices[0].finish_reason) == ("good ", "stop")
+
+
+def test_a_chat_completion_whole_and_streamed(client: openai.OpenAI) -> None:
+    messages: list[Any] = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "good movie"}]},
+    ]
+    whole = client.chat.completions.create(model="chat", messages=messages)
+    assert whole.object == "chat.completion"
+    message = whole.choices[0].message
+    assert (message.role, message.content) == ("assistant", "user: good movie ")
+
+    stream = client.chat.completions.create(
+        model="chat", messages=messages, max_completion_tokens=2, stream=True
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "user: good "
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+
+
+def test_embeddings_are_the_mean_of_the_token_vectors(
+    client: openai.OpenAI, local: TestClient
+) -> None:
+    texts = ["good movie", "it was bad"]
+    packed = client.embeddings.create(model="features", input=texts)  # base64, the default
+    floats = client.embeddings.create(model="features", input=texts, encoding_format="float")
+    tokens = local.post("/models/features/predict", json={"inputs": texts}).json()["outputs"]
+    for index, text_tokens in enumerate(tokens):
+        expected = np.mean(np.asarray(text_tokens[0]), axis=0)
+        np.testing.assert_allclose(packed.data[index].embedding, expected, rtol=1e-5)
+        np.testing.assert_allclose(floats.data[index].embedding, expected, rtol=1e-5)
+    assert packed.usage.prompt_tokens == 4 + 5  # each text with its [CLS] and [SEP]
+
+
+def test_refusals_are_the_clients_own_exceptions(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="max_tokens must be from 1 to 64"):
+        client.completions.create(model="echo", prompt="good", max_tokens=65)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(model="echo", prompt="good", n=2)
+    assert refused.value.param == "n"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.completions.create(model="nope", prompt="good")
+    assert missing.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError, match="takes a prompt, not chat messages"):
+        client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="does not embed text"):
+        client.embeddings.create(model="echo", input="good")
+
+
+def test_an_api_key_is_required_and_taken_as_a_bearer_token(server: ThreadedServer) -> None:
+    stranger = openai.OpenAI(
+        base_url=f"{server.url}/v1", api_key="not-the-key-0123456789", max_retries=0
+    )
+    with stranger, pytest.raises(openai.AuthenticationError) as refused:
+        stranger.models.list()
+    assert refused.value.code == "invalid_api_key"
+    # The client never sends no key; another one may: the refusal is OpenAI's body too.
+    keyless = httpx.post(f"{server.url}/v1/completions", json=_body("completions"))
+    assert keyless.status_code == 401
+    assert keyless.json()["error"]["code"] == "invalid_api_key"
+    assert "API key is required" in keyless.json()["error"]["message"]
+
+
+def test_a_deadline_during_generation_keeps_the_text_and_says_deadline(
+    client: openai.OpenAI,
+) -> None:
+    """X-Request-Timeout, as on every route: past it, the text generated so far is answered,
+    with finish_reason "deadline" (which the client passes on as it is)."""
+    answer = client.completions.create(
+        model="slow",
+        prompt=" ".join(["good"] * 60),
+        max_tokens=60,
+        extra_headers={"X-Request-Timeout": "0.6"},
+    )
+    [choice] = answer.choices
+    assert choice.finish_reason == "deadline"  # type: ignore[comparison-overlap]
+    assert 0 < len(choice.text.split()) < 60
+
+
+def test_a_failure_after_the_stream_began_is_its_last_event(client: openai.OpenAI) -> None:
+    stream = client.completions.create(model="fails", prompt="good", stream=True)
+    seen = iter(stream)
+    assert next(seen).choices[0].text == "first "
+    with pytest.raises(openai.APIError, match="the model raised RuntimeError") as failed:
+        next(seen)
+    assert "/srv" not in str(failed.value)
+
+
+def test_a_stream_its_client_leaves_stops_generating(
+    client: openai.OpenAI, server: ThreadedServer, app: FastAPI
+) -> None:
+    """The client closes the stream after its first chunk: the sequence leaves the model's
+    batch long before its 60 words (3 s) would have ended it."""
+    state = loadonce.LoadonceState.on(app)
+    assert state is not None
+    generation = state.registry.get("slow").generation
+    assert generation is not None
+    stream = client.completions.create(
+        model="slow", prompt=" ".join(["good"] * 60), max_tokens=60, stream=True
+    )
+    assert next(iter(stream)).choices[0].text == "good "
+    assert generation.generating == 1
+    stream.close()
+    wait_until(lambda: generation.generating == 0, 2.0, "the generation to stop")
+
+
+# In-process: the answers' details.
+
+
+@pytest.mark.parametrize(
+    ("route", "field", "value"),
+    [
+        ("completions", "echo", True),
+        ("completions", "logprobs", 2),
+        ("completions", "best_of", 3),
+        ("completions", "suffix", "end"),
+        ("completions", "presence_penalty", 0.5),
+        ("chat/completions", "tools", [{"type": "function"}]),
+        ("chat/completions", "logprobs", True),
+        ("chat/completions", "response_format", {"type": "json_object"}),
+        ("embeddings", "dimensions", 8),
+    ],
+)
+def test_what_loadonce_does_not_do_is_refused_by_name(
+    local: TestClient, route: str, field: str, value: Any
+) -> None:
+    body = _body(route) | {field: value}
+    response = local.post(f"/v1/{route}", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["param"], error["type"]) == (field, "invalid_request_error")
+    assert error["message"].startswith(f"'{field}' is not supported")
+
+
+def test_off_values_and_unknown_fields_are_accepted(local: TestClient) -> None:
+    body = _body("completions") | {"echo": False, "n": 1, "best_of": 1, "user": "u", "foo": 1}
+    assert local.post("/v1/completions", json=body).status_code == 200
+    chat = _body("chat/completions") | {"tools": [], "logprobs": False, "store": True}
+    assert local.post("/v1/chat/completions", json=chat).status_code == 200
+
+
+def _body(route: str) -> dict[str, Any]:
+    if route == "completions":
+        return {"model": "echo", "prompt": "good movie"}
+    if route == "chat/completions":
+        return {"model": "chat", "messages": [{"role": "user", "content": "good"}]}
+    return {"model": "features", "input": "good"}
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        ({"model": "echo"}, "prompt", "Field required"),
+        ({"model": "echo", "prompt": ["good", "bad"]}, "prompt", "several prompts"),
+        ({"model": "echo", "prompt": [1, 2]}, "prompt", "token ids"),
+        ({"model": "echo", "prompt": None}, "prompt", "must be a string"),
+        ({"model": "echo", "prompt": "a", "stop": "x" * 129}, "stop", "at most 128 characters"),
+        ({"model": "echo", "prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
+        ({"model": "echo", "prompt": "a", "temperature": 3}, "temperature", "less than"),
+        ({"model": "echo", "prompt": "a", "stream": "maybe"}, "stream", "boolean"),
+    ],
+)
+def test_a_body_that_is_not_valid_is_a_400_naming_the_field(
+    local: TestClient, body: dict[str, Any], param: str, words: str
+) -> None:
+    response = local.post("/v1/completions", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert words in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ([], "messages"),
+        ([{"role": "tool", "content": "x"}], "messages.0.role"),
+        ([{"role": "user", "content": [{"type": "image_url"}]}], "messages.0.content"),
+        ([{"role": "user"}], "messages.0.content"),
+    ],
+)
+def test_chat_messages_are_checked(
+    local: TestClient, messages: list[dict[str, Any]], param: str
+) -> None:
+    response = local.post("/v1/chat/completions", json={"model": "chat", "messages": messages})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
+
+
+def test_a_prompt_list_of_one_and_the_developer_role_are_taken(local: TestClient) -> None:
+    one = local.post("/v1/completions", json={"model": "echo", "prompt": ["good"]})
+    assert one.json()["choices"][0]["text"] == "good "
+    messages = [{"role": "developer", "content": "good"}]
+    chat = local.post("/v1/chat/completions", json={"model": "chat", "messages": messages})
+    assert chat.json()["choices"][0]["message"]["content"] == "system: good "
+
+
+def test_errors_before_any_route_are_openais_too(local: TestClient) -> None:
+    missing = local.post("/v1/nowhere", json={})
+    assert missing.status_code == 404
+    assert set(missing.json()["error"]) == {"message", "type", "param", "code"}
+    wrong = local.get("/v1/completions")
+    assert (wrong.status_code, wrong.headers["allow"]) == (405, "POST")
+    assert wrong.json()["error"]["type"] == "invalid_request_error"
+    not_json = local.post("/v1/completions", content=b"{", headers={"X-Request-ID": "bad-1"})
+    assert not_json.status_code == 400
+    assert not_json.headers["x-request-id"] == "bad-1"
+    timeout = local.post(
+        "/v1/completions", json=_body("completions"), headers={"X-Request-Timeout": "soon"}
+    )
+    assert timeout.status_code == 400
+    assert "X-Request-Timeout" in timeout.json()["error"]["message"]
+
+
+def test_a_model_failure_is_a_500_without_details(local: TestClient) -> None:
+    response = local.post("/v1/completions", json={"model": "fails", "prompt": "good"})
+    assert response.status_code == 500
+    error = response.json()["error"]
+    assert error["type"] == "server_error"
+    assert "/srv" not in error["message"]
+    assert response.headers["x-request-id"] in error["message"]
+
+
+def test_a_streamed_answer_is_openais_event_stream(local: TestClient) -> None:
+    body = _body("chat/completions") | {"stream": True, "stream_options": {"include_usage": True}}
+    with local.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line[len("data: ") :] for line in response.iter_lines() if line]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]][-1] == "stop"
+    assert all(c["usage"] is None for c in chunks[:-1])
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] == 2  # "user:" and "good"
+    assert len({c["id"] for c in chunks}) == 1
+
+
+@pytest.mark.parametrize("given", [[1, 2], [[1, 2], [3]], [], None, ["good", 3]])
+def test_embeddings_take_text_only(local: TestClient, given: Any) -> None:
+    response = local.post("/v1/embeddings", json={"model": "features", "input": given})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "input"
+
+
+def test_base64_vectors_are_little_endian_float32(local: TestClient) -> None:
+    body = {"model": "features", "input": ["good"], "encoding_format": "base64"}
+    packed = local.post("/v1/embeddings", json=body).json()["data"][0]["embedding"]
+    floats = local.post("/v1/embeddings", json=body | {"encoding_format": "float"}).json()
+    decoded = np.frombuffer(base64.b64decode(packed), dtype="<f4")
+    np.testing.assert_array_equal(decoded, np.asarray(floats["data"][0]["embedding"], "<f4"))
+    assert len(decoded) == 16
+
+
+def test_openapi_documents_the_routes_bodies(local: TestClient) -> None:
+    paths = local.get("/openapi.json").json()["paths"]
+    chat = paths["/v1/chat/completions"]["post"]
+    schema = chat["requestBody"]["content"]["application/json"]["schema"]
+    assert {"model", "messages"} <= set(schema["required"])
+    assert "$defs" not in json.dumps(schema)
+    assert {"/v1/models", "/v1/models/{model_name}", "/v1/completions", "/v1/embeddings"} <= set(
+        paths
+    )
+
+
+def test_requests_are_counted_under_their_model(local: TestClient) -> None:
+    local.post("/v1/completions", json=_body("completions"))
+    metrics = local.get("/metrics").text
+    assert 'model="echo",route="/v1/completions",status="200"' in metrics
