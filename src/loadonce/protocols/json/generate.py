@@ -37,6 +37,7 @@ _ACCEPTED = list(SAMPLING_PARAMETERS)
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [{"prompt": "Once upon a time", "parameters": {"max_new_tokens": 20}}]
         },
