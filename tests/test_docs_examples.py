@@ -107,3 +107,22 @@ def test_readme_shows_the_openai_client_example_verbatim() -> None:
     readme = (ROOT / "README.md").read_text()
     body = (EXAMPLES / "openai_client.py").read_text().split('"""', 2)[2].strip()
     assert body in readme
+
+
+def test_generating_example_answers_the_generate_routes() -> None:
+    example = _import_example("generating")
+    with TestClient(example.app) as client:
+        whole = client.post("/models/shouter/generate", json={"prompt": "load once"}).json()
+        assert (whole["text"], whole["finish_reason"]) == ("LOAD ONCE ", "stop")
+        body = {"prompt": "load once serve often", "parameters": {"stop": ["SERVE"]}}
+        streamed = client.post("/models/shouter/generate", json={**body, "stream": True})
+        assert streamed.text.splitlines()[0] == 'data: {"text":"LOAD "}'
+        assert '"finish_reason":"stop"' in streamed.text
+        v2 = client.post("/v2/models/shouter/generate", json={"text_input": "hi"}).json()
+        assert v2 == {"model_name": "shouter", "model_version": "1", "text_output": "HI "}
+
+
+def test_readme_shows_the_generating_example_verbatim() -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = (EXAMPLES / "generating.py").read_text()
+    assert example.split('"""', 2)[2].strip() in readme

@@ -13,6 +13,12 @@ from loadonce.http.endpoints import mounted_endpoints
 PREDICT = "/models/{name}/predict"
 INFER = "/v2/models/{model_name}/infer"
 INFER_VERSION = "/v2/models/{model_name}/versions/{model_version}/infer"
+GENERATE = "/models/{name}/generate"
+V2_GENERATE = [
+    f"/v2/models/{{model_name}}{version}/{route}"
+    for version in ("", "/versions/{model_version}")
+    for route in ("generate", "generate_stream")
+]
 
 
 def _specs() -> list[loadonce.ModelSpec]:
@@ -23,8 +29,10 @@ def test_create_apps_table_holds_every_protocols_inference_routes() -> None:
     app = loadonce.create_app(_specs())
     assert [found.path for found in mounted_endpoints(app.routes)] == [
         PREDICT,
+        GENERATE,
         INFER,
         INFER_VERSION,
+        *V2_GENERATE,
         "/v1/completions",
         "/v1/chat/completions",
         "/v1/embeddings",
@@ -41,7 +49,7 @@ def test_a_users_app_gets_the_routes_it_mounted_under_their_prefix() -> None:
         return {"own": name}
 
     table = mounted_endpoints(app.routes)
-    assert [found.path for found in table] == ["/ml" + PREDICT]
+    assert [found.path for found in table] == ["/ml" + PREDICT, "/ml" + GENERATE]
     match = table[0].pattern.match("/ml/models/iris/predict")
     assert match is not None
     assert match.groupdict() == {"name": "iris"}

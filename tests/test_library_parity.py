@@ -414,6 +414,7 @@ def test_v2_server_metadata(http: httpx.Client) -> None:
     assert body["extensions"] == [
         "binary_tensor_data",
         "parameters",
+        "generate",
         "model_repository",
         "statistics",
     ]

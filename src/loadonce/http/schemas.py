@@ -115,6 +115,15 @@ class ModelInfo(BaseModel):
         default_factory=list,
         description="What a predict request may set in its parameters (sorted).",
     )
+    generates: bool = Field(
+        default=False,
+        description="The model generates text: POST /models/{name}/generate and "
+        "/v2/models/{name}/generate answer it (false while not loaded).",
+    )
+    embeds_text: bool = Field(
+        default=False,
+        description="The model answers texts with their vectors (false while not loaded).",
+    )
     queue: QueueInfo | None = Field(description="The model's queue, while it is loaded.")
     error: str | None = None
     workers: list[WorkerModel] | None = Field(

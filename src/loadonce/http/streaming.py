@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from loadonce.http.errors import status_and_message
 
@@ -57,6 +58,16 @@ class EventStreamResponse(StreamingResponse):
 
     def __init__(self, content: AsyncIterator[bytes]) -> None:
         super().__init__(content, headers=_STREAM_HEADERS)
+        self._content = content
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Closed however the answer ends: a server of ASGI spec 2.4 stops iterating when a
+        # send fails (the client went away) and leaves the iterator to the garbage collector,
+        # while the generation it holds would go on.
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await _close(self._content)
 
 
 async def guarded(

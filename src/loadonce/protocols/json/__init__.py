@@ -1,4 +1,5 @@
-"""The plain JSON routes: ``/models``, ``/models/{name}`` and ``/models/{name}/predict``."""
+"""The plain JSON routes: ``/models``, ``/models/{name}``, ``/models/{name}/predict`` and
+``/models/{name}/generate``."""
 
 from loadonce.protocols.json.routes import models_router
 

@@ -1,4 +1,4 @@
-"""The plain JSON routes: list models, describe one, and predict."""
+"""The plain JSON routes: list models, describe one, predict (and generate: ``generate.py``)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ from loadonce.http.schemas import (
 )
 from loadonce.http.state import LoadonceState
 from loadonce.protocols.json.count import JsonArray, top_level_elements
+from loadonce.protocols.json.generate import GENERATE_ENDPOINT
 from loadonce.runtimes import SELECTED_OUTPUTS, TensorInfo
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]
@@ -88,6 +89,8 @@ def describe_model(model: Model, workers: dict[str, list[WorkerState]] | None = 
         inputs=[_tensor(t) for t in model.inputs],
         outputs=[_tensor(t) for t in model.outputs],
         request_parameters=sorted(model.request_parameters - {SELECTED_OUTPUTS}),
+        generates=model.generates,
+        embeds_text=model.embeds_text,
         queue=_queue_info(model),
         error=model.public_error,
         workers=None
@@ -182,7 +185,8 @@ def _tensor(info: TensorInfo) -> Tensor:
 
 
 def models_router() -> APIRouter:
-    """``GET /models``, ``GET /models/{name}`` and ``POST /models/{name}/predict``."""
+    """``GET /models``, ``GET /models/{name}``, ``POST /models/{name}/predict`` and
+    ``POST /models/{name}/generate``."""
     router = APIRouter(route_class=LoadonceRoute, tags=["models"])
 
     @router.get("/models", response_model=ModelsResponse, summary="Every model in this worker")
@@ -202,6 +206,7 @@ def models_router() -> APIRouter:
         return describe_model(registry.get(name), await worker_states(request))
 
     add_inference_route(router, PREDICT_ENDPOINT)
+    add_inference_route(router, GENERATE_ENDPOINT)
     return router
 
 

@@ -23,6 +23,8 @@ from loadonce.http.state import LoadonceState
 from loadonce.protocols.v2.body import HEADER_LENGTH, SplitBody, split_body
 from loadonce.protocols.v2.described import described_inputs, described_outputs
 from loadonce.protocols.v2.errors import find_model
+from loadonce.protocols.v2.generate import EXTENSION as GENERATE
+from loadonce.protocols.v2.generate import GENERATE_ENDPOINTS
 from loadonce.protocols.v2.infer import infer, parse_request
 from loadonce.protocols.v2.model_config import model_config
 from loadonce.protocols.v2.repository import add_repository_routes
@@ -119,7 +121,7 @@ def v2_router(*, model_control: bool = True) -> APIRouter:
     (``lifespan(limits=...)``).
     """
     router = APIRouter(route_class=V2Route, tags=["open inference protocol"])
-    extensions = ["binary_tensor_data", "parameters"]
+    extensions = ["binary_tensor_data", "parameters", GENERATE]
     if model_control:
         extensions.append("model_repository")
 
@@ -144,7 +146,7 @@ def v2_router(*, model_control: bool = True) -> APIRouter:
         return ModelReady(name=model.name, ready=True)
 
     # Registered first: routes are matched in order, and inference is the hot path.
-    for endpoint in INFER_ENDPOINTS:
+    for endpoint in (*INFER_ENDPOINTS, *GENERATE_ENDPOINTS):
         add_inference_route(router, endpoint)
 
     async def server_metadata(request: Request) -> ServerMetadata:
