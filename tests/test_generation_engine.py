@@ -295,10 +295,10 @@ def test_seeded_sampling_repeats_and_settings_are_checked(directories: dict[str,
             refused: list[tuple[dict[str, Any], str]] = [
                 ({"temperature": -1.0}, "temperature must be 0 to 100"),
                 ({"top_p": 0.0}, "top_p must be above 0"),
-                ({"max_new_tokens": 10_000}, "max_tokens must be from 1 to 256"),
+                ({"max_new_tokens": 10_000}, "max_new_tokens. must be from 1 to 256"),
                 ({"seed": -3}, "seed must be"),
                 ({"stop": tuple("abcdefghi")}, "at most 8 are taken"),
-                ({"stop": ("",)}, "1 to 256 characters"),
+                ({"stop": ("",)}, "1 to 128 characters"),
             ]
             for bad, words in refused:
                 with pytest.raises(loadonce.InvalidInputError, match=words):

@@ -4,7 +4,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import loadonce
-from loadonce.core.generation import GenerationRequest
+from loadonce import GenerationRequest
 
 
 class Shouter(loadonce.Predictor):

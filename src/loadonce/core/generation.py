@@ -180,7 +180,7 @@ class _Running:
 
 # Stop strings are searched for after every token: their number and length bound that work.
 MOST_STOP_STRINGS = 8
-LONGEST_STOP_STRING = 256
+LONGEST_STOP_STRING = 128
 
 
 def check_request(request: GenerationRequest) -> None:
@@ -201,7 +201,8 @@ def check_new_tokens(request: GenerationRequest, cap: int) -> None:
     asked = request.max_new_tokens
     if asked is not None and not 1 <= asked <= cap:
         raise InvalidInputError(
-            f"max_tokens must be from 1 to {cap} for this model (its max_new_tokens); got {asked}"
+            f"the new tokens asked for (max_tokens, max_new_tokens) must be from 1 to {cap} for "
+            f"this model; got {asked}"
         )
 
 

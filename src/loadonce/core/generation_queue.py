@@ -266,8 +266,8 @@ class GenerationQueue:
             if found is not None:
                 end = found
                 if finish is None:
-                    finish = "stop"
-                    self._leaving.add(sequence.id)
+                    self._leaving.add(sequence.id)  # the engine holds it still
+                finish = "stop"  # even on the last token allowed: the text ends at the stop
             elif finish is None:
                 end -= held_back(sequence.text, stops)
         if end > sequence.emitted or not sequence.started:

@@ -17,7 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 
 from loadonce.core.errors import InvalidInputError, InvalidRequestError
-from loadonce.core.generation import Delta, Finished, GenerationRequest
+from loadonce.core.generation import (
+    LONGEST_STOP_STRING,
+    MOST_STOP_STRINGS,
+    Delta,
+    Finished,
+    GenerationRequest,
+)
 from loadonce.http.request_info import request_id_of
 from loadonce.http.streaming import EventStreamResponse, first_then_rest, guarded
 
@@ -34,8 +40,8 @@ GenerationEvent = Delta | Finished
 # Stop strings are searched for after every token, and the end of the text is compared with
 # each one's beginnings (``held_back``): work that grows with their number and square of their
 # length, on every step of the whole batch. A client's list is bounded so its cost is too.
-MAX_STOP_STRINGS = 16
-MAX_STOP_CHARS = 200
+MAX_STOP_STRINGS = MOST_STOP_STRINGS
+MAX_STOP_CHARS = LONGEST_STOP_STRING
 
 _Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 
@@ -52,7 +58,7 @@ class _Sampling(BaseModel):
     top_p: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
     # 0: no top-k filter, as Hugging Face's and TensorRT-LLM's clients send it.
     top_k: Annotated[int, Field(ge=0)] | None = None
-    seed: Annotated[int, Field(ge=0, lt=2**64)] | None = None
+    seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
     repetition_penalty: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] | None = None
     stop: Annotated[list[_Stop], Field(max_length=MAX_STOP_STRINGS)] | None = None
 

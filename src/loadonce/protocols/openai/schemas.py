@@ -18,6 +18,7 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from loadonce.core.errors import InvalidRequestError
+from loadonce.core.generation import LONGEST_STOP_STRING
 from loadonce.protocols.openai.errors import UnsupportedError
 
 __all__ = [
@@ -34,7 +35,7 @@ __all__ = [
 MAX_STOPS = 4
 # Each is looked for at the end of the text after every token (and a stream holds back what
 # could begin one): the work per token grows with the square of its length.
-MAX_STOP_CHARACTERS = 128
+MAX_STOP_CHARACTERS = LONGEST_STOP_STRING
 
 
 def _off(*values: Any) -> Callable[[Any], bool]:
