@@ -128,6 +128,9 @@ async def _load(url: str, streams: int, seconds: float, new_tokens: int) -> dict
 
         await asyncio.gather(*(one_stream() for _ in range(streams)))
         elapsed = min(time.perf_counter(), end) - started
+    if not done:  # no request ended inside the window (a warm-up shorter than one request)
+        return {"requests": 0, "tokens_per_s": 0.0, "ttft_p50_ms": None, "ttft_p99_ms": None,
+                "stream_tokens_per_s_p50": None, "usage": None, "sample_text": ""}  # fmt: skip
     first = sorted(1000 * (r["first"] - r["sent"]) for r in done)
     rates = sorted(
         (new_tokens - 1) / (r["last"] - r["first"]) for r in done if r["last"] > r["first"]
