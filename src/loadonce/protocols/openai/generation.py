@@ -24,6 +24,7 @@ from loadonce.http.disconnect import unless_disconnected
 from loadonce.http.large_bodies import parse_body
 from loadonce.http.request_info import arrival_of, request_id_of, requested_timeout
 from loadonce.http.streaming import EventStreamResponse, first_then_rest, guarded, server_sent_event
+from loadonce.protocols.generation import collect
 from loadonce.protocols.openai.errors import UnsupportedError, error_event
 from loadonce.protocols.openai.schemas import (
     ChatRequest,
@@ -132,7 +133,7 @@ async def _answer(
         rest = await unless_disconnected(request, first_then_rest(events))
         chunks = _stream(rest, {**head, "object": form.chunked, **made}, form, body.include_usage)
         return EventStreamResponse(guarded(chunks, request, request_id, error_event))
-    text, finished = await unless_disconnected(request, _collect(events))
+    text, finished = await unless_disconnected(request, collect(events))
     answer = {
         **head,
         "object": form.whole,
@@ -141,18 +142,6 @@ async def _answer(
         "usage": _usage(finished),
     }
     return JSONResponse(answer)
-
-
-async def _collect(events: AsyncIterator[Delta | Finished]) -> tuple[str, Finished]:
-    pieces: list[str] = []
-    # Closed however it ends: a client gone (cancelled here) takes its sequence out of the
-    # model's batch at the next step.
-    async with contextlib.aclosing(events):  # type: ignore[type-var]
-        async for event in events:
-            if isinstance(event, Finished):
-                return "".join(pieces), event
-            pieces.append(event.text)
-    raise RuntimeError("the generation ended without saying why")
 
 
 async def _stream(

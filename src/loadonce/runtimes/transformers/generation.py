@@ -137,6 +137,19 @@ class _TokenEngine(GenerationEngine):
             ),
         )
 
+    def _admit(
+        self, joining: Mapping[int, GenerationRequest], outcomes: dict[int, Step | Exception]
+    ) -> list[_Row]:
+        """The joining sequences' rows; a request the model cannot take (its prompt) gets its
+        error among ``outcomes`` instead."""
+        rows: list[_Row] = []
+        for sequence, request in joining.items():
+            try:
+                rows.append(self._new_row(sequence, request, self._prompt_ids(request)))
+            except InvalidInputError as exc:
+                outcomes[sequence] = exc
+        return rows
+
     def _prompt_room(self, prompt: list[int]) -> int:
         """Of the context, what the prompt takes (a decoder-only model's prompt shares it)."""
         return len(prompt)
@@ -224,17 +237,10 @@ class CausalEngine(_TokenEngine):
             outcomes: dict[int, Step | Exception] = {}
             if self._rows:
                 outcomes.update(self._decode())
-            new_rows: list[_Row] = []
-            for sequence, request in joining.items():
-                try:
-                    new_rows.append(self._new_row(sequence, request, self._prompt_ids(request)))
-                except InvalidInputError as exc:
-                    outcomes[sequence] = exc
+            new_rows = self._admit(joining, outcomes)
             if new_rows:
                 outcomes.update(self._prefill(new_rows))
-            self._let_go(
-                {s for s, o in outcomes.items() if isinstance(o, Step) and o.finish is not None}
-            )
+            self._let_go(_ended(outcomes))
         return outcomes
 
     def _decode(self) -> dict[int, Step]:
@@ -351,20 +357,13 @@ class Seq2SeqEngine(_TokenEngine):
             outcomes: dict[int, Step | Exception] = {}
             if self._rows:
                 outcomes.update(self._decode(self._rows))
-            new_rows: list[_Row] = []
-            for sequence, request in joining.items():
-                try:
-                    new_rows.append(self._new_row(sequence, request, self._prompt_ids(request)))
-                except InvalidInputError as exc:
-                    outcomes[sequence] = exc
+            new_rows = self._admit(joining, outcomes)
             if new_rows:
                 if self._rows:
                     raise RuntimeError("an encoder-decoder batch takes sequences only when empty")
                 self._encode(new_rows)
                 outcomes.update(self._decode(new_rows))
-            self._let_go(
-                {s for s, o in outcomes.items() if isinstance(o, Step) and o.finish is not None}
-            )
+            self._let_go(_ended(outcomes))
         return outcomes
 
     def _encode(self, rows: list[_Row]) -> None:
@@ -404,6 +403,10 @@ class Seq2SeqEngine(_TokenEngine):
         self._cache.batch_select_indices(index)
         self._encoder_states = self._encoder_states[index]
         self._encoder_mask = self._encoder_mask[index]
+
+
+def _ended(outcomes: Mapping[int, Step | Exception]) -> set[int]:
+    return {s for s, o in outcomes.items() if isinstance(o, Step) and o.finish is not None}
 
 
 def _left_pad(tensor: Any, length: int) -> Any:
