@@ -290,6 +290,14 @@ def test_seeded_sampling_repeats_and_settings_are_checked(directories: dict[str,
                 _text(model, prompt="bad movie", max_new_tokens=10, temperature=0.7, top_k=3),
             )
             assert a == b
+            # Settings at the edge of their ranges sample without failing the batch: a
+            # temperature that would overflow is greedy, an extreme penalty still samples.
+            greedy = (await _text(model, prompt="good", max_new_tokens=10))[0]
+            assert (await _text(model, prompt="good", max_new_tokens=10, temperature=1e-30))[
+                0
+            ] == greedy
+            extreme = {"temperature": 1.0, "repetition_penalty": 1e-300, "seed": 1}
+            await _text(model, prompt="good bad", max_new_tokens=10, **extreme)
             texts = {(await _text(model, **sampled, seed=s))[0] for s in range(8)}
             assert len(texts) > 1, "different seeds sample different texts"
             refused: list[tuple[dict[str, Any], str]] = [

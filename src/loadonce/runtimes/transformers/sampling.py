@@ -7,6 +7,7 @@ generator, so its text depends on its seed only, not on the batch it shared.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +77,11 @@ def _between(value: float | None, low: float, high: float, *, low_open: bool = F
     return (value > low if low_open else value >= low) and value <= high
 
 
+# A temperature this low picks the best token anyway; dividing by it would overflow (vLLM's
+# threshold too).
+_GREEDY_BELOW = 1e-5
+
+
 class RowSampler:
     """One sequence's token choice (with its own random generator when it has a seed)."""
 
@@ -97,9 +103,12 @@ class RowSampler:
             picked = scores[ids]
             penalty = sampling.repetition_penalty
             scores[ids] = torch.where(picked < 0, picked * penalty, picked / penalty)
-        if sampling.temperature is None:
+        if sampling.temperature is None or sampling.temperature < _GREEDY_BELOW:
             return int(scores.argmax())
-        scores = scores / sampling.temperature
+        # Extreme settings (a penalty of 1e-300) overflow: the largest finite score stands
+        # for infinity, so a row samples from what is left rather than from NaNs.
+        most = torch.finfo(scores.dtype).max
+        scores = torch.nan_to_num(scores / sampling.temperature, nan=-math.inf, posinf=most)
         if 0 < sampling.top_k < scores.shape[-1]:
             kth = torch.topk(scores, sampling.top_k).values[-1]
             scores = scores.masked_fill(scores < kth, -float("inf"))
