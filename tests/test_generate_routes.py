@@ -4,6 +4,8 @@ predictor of the user's own that generates; whole answers, streams, and every re
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -15,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import loadonce
-from loadonce.core.generation import GenerationRequest
+from loadonce import GenerationRequest
 from tests.servers import ThreadedServer, wait_until
 
 
@@ -440,3 +442,42 @@ def test_a_client_that_goes_away_mid_stream_stops_the_generation() -> None:
             "/models/counting/generate", json={"prompt": "go", "parameters": {"max_new_tokens": 2}}
         )
         assert answer.json()["text"] == "xx"
+
+
+class BreaksOne(Echo):
+    """The prompt "break" fails after its first piece; any other yields its words slowly."""
+
+    def generate(self, request: GenerationRequest) -> Iterator[str]:
+        yield "fine "
+        if request.prompt == "break":
+            raise RuntimeError("this sequence only")
+        for word in (request.prompt or "").split():
+            time.sleep(0.01)
+            yield word + " "
+
+
+def test_one_generators_failure_ends_its_own_sequence_not_its_batchs() -> None:
+    async def scenario() -> tuple[BaseException | str, BaseException | str]:
+        spec = loadonce.ModelSpec(name="m", loader=BreaksOne, batching={"max_batch_size": 4})
+        model = loadonce.Model(spec)
+        await model.load()
+
+        async def text(prompt: str) -> str:
+            pieces = []
+            async with contextlib.aclosing(model.generate(GenerationRequest(prompt=prompt))) as s:
+                async for event in s:
+                    if isinstance(event, loadonce.Delta):
+                        pieces.append(event.text)
+            return "".join(pieces)
+
+        try:
+            broken, whole = await asyncio.gather(
+                text("break"), text("a b c d"), return_exceptions=True
+            )
+        finally:
+            await model.unload()
+        return broken, whole
+
+    broken, whole = asyncio.run(scenario())
+    assert isinstance(broken, loadonce.ModelRaisedError)
+    assert whole == "fine a b c d "

@@ -135,15 +135,18 @@ class IteratorEngine(GenerationEngine):
         for sequence, request in joining.items():
             try:
                 chunks = self._generate(request)
-            except InvalidInputError as exc:
+            except Exception as exc:  # this request's failure only, not its neighbours'
                 outcomes[sequence] = exc
                 continue
             limit = request.max_new_tokens or self._default
             self._running[sequence] = _Running(chunks=chunks, limit=limit)
         for sequence, running in list(self._running.items()):
-            step = running.next(first=sequence in joining)
+            try:
+                step: Step | Exception = running.next(first=sequence in joining)
+            except Exception as exc:  # one generator failing ends its own sequence only
+                step = exc
             outcomes[sequence] = step
-            if step.finish is not None:
+            if not isinstance(step, Step) or step.finish is not None:
                 del self._running[sequence]
                 running.close()
         return outcomes
