@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx2 as httpx
@@ -97,3 +99,30 @@ concurrency = "shared"
                 str(pid) for pid in pids
             }
             assert all(count > 10_000 for count in frozen.values()), frozen
+
+
+def test_queue_wait_and_compute_time_are_told_apart_per_model() -> None:
+    """Four requests at once for a model that computes one at a time for 50 ms: each call
+    computed about 50 ms, and the requests after the first waited in the queue meanwhile."""
+
+    def slow(batch: list[float]) -> list[float]:
+        time.sleep(0.05)
+        return batch
+
+    spec = loadonce.ModelSpec(
+        name="slow", loader=lambda: slow, input_shape=(), concurrency="serialized"
+    )
+    with TestClient(loadonce.create_app([spec])) as client:
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(
+                pool.map(
+                    lambda _: client.post("/models/slow/predict", json={"inputs": [1]}), range(4)
+                )
+            )
+        assert [answer.status_code for answer in answers] == [200] * 4
+        text = client.get("/metrics").text
+    assert _samples(text, "loadonce_call_duration_seconds_count")['{model="slow"}'] == 4
+    assert _samples(text, "loadonce_call_duration_seconds_sum")['{model="slow"}'] >= 4 * 0.05
+    assert _samples(text, "loadonce_queue_duration_seconds_count")['{model="slow"}'] == 4
+    # Queued one behind another: 0 + 50 + 100 + 150 ms at least, less what overlapped.
+    assert _samples(text, "loadonce_queue_duration_seconds_sum")['{model="slow"}'] >= 0.1

@@ -85,6 +85,16 @@ class CallMetrics:
             buckets=_QUEUE_BUCKETS,
             registry=registry,
         )
+        # Beside the queue's: how long each call computed (its three phases together), so an
+        # operator can tell waiting from computing without traces.
+        self.call_duration = Histogram(
+            "loadonce_call_duration_seconds",
+            "Time each call of the model took, from preparing its inputs to splitting its "
+            "outputs (the compute a request's answer waited for after the queue)",
+            ["model"],
+            buckets=_QUEUE_BUCKETS,
+            registry=registry,
+        )
         self.computed = Counter(
             "loadonce_computed_requests",
             "Requests the model's calls answered",
@@ -134,6 +144,7 @@ class CallMetrics:
         for waited in report.queued_s:
             queue.observe(waited)
         phases = (report.input_s, report.infer_s, report.output_s)
+        self._child(self.call_duration, model).observe(sum(phases))
         if report.answered:
             self._child(self.computed, model).inc(report.answered)
             for phase, seconds in zip(PHASES, phases, strict=True):
