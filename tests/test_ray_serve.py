@@ -17,7 +17,7 @@ from ray import serve
 
 from loadonce.integrations.ray import RayOptions, ServeConfig, application, build
 from loadonce.server.resolve import resolve_serve_config
-from tests.servers import free_port, run_cli, start_cli, stop, wait_ready
+from tests.servers import demo_cache, free_port, run_cli, start_cli, stop, wait_ready
 
 IRIS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 
@@ -71,7 +71,7 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 
 def _demo_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replicas: int) -> ServeConfig:
-    monkeypatch.setenv("LOADONCE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LOADONCE_CACHE_DIR", str(demo_cache(tmp_path)))
     config = resolve_serve_config(None, demo=True, trust=False, overrides={})
     return config.model_copy(update={"ray": RayOptions(num_replicas=replicas)})
 
@@ -135,7 +135,7 @@ def test_the_printed_serve_config_builds_the_same_application(
     the [ray] table's replicas and the drain timeout as Ray's graceful shutdown."""
     artifact = tmp_path / "iris.skops"
     config_file = tmp_path / "loadonce.toml"
-    monkeypatch.setenv("LOADONCE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LOADONCE_CACHE_DIR", str(demo_cache(tmp_path)))
     from loadonce.server.demo import demo_artifact
 
     artifact.write_bytes(demo_artifact().read_bytes())
