@@ -15,16 +15,15 @@ from tests.servers import ThreadedServer, cli_env, serving, stop
 
 def test_readiness_says_draining_before_the_listener_closes(tmp_path: Path) -> None:
     env = cli_env(tmp_path, {"LOADONCE_STOP_DELAY_S": "1.5"})
-    with serving(["--demo"], tmp_path, env=env) as server:
+    # Any model will do: one that needs no library starts in a fraction of the demo's time.
+    with serving(["tests.loaders:echo"], tmp_path, env=env) as server:
         server.process.send_signal(signal.SIGTERM)
         time.sleep(0.2)
         ready = httpx.get(f"{server.url}/readyz")
         assert ready.status_code == 503
         assert ready.json()["draining"] is True
         # Still serving meanwhile: a request routed here before the probe noticed is answered.
-        predicted = httpx.post(
-            f"{server.url}/models/iris/predict", json={"inputs": [5.1, 3.5, 1.4, 0.2]}
-        )
+        predicted = httpx.post(f"{server.url}/models/echo/predict", json={"inputs": [1]})
         assert predicted.status_code == 200
         started = time.monotonic()
         assert stop(server) == 0
