@@ -6,17 +6,22 @@ sleeping in the hope that it started.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import httpx2 as httpx
 import uvicorn
@@ -95,11 +100,38 @@ class CliServer:
         return self.log_path.read_text(errors="replace")
 
 
-def cli_env(tmp_path: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a `loadonce` subprocess: tests importable, a private demo cache."""
+@functools.cache
+def _trained_demo() -> Path:
+    """The demo model, trained once per test session (training imports scikit-learn, seconds
+    of CPU) in a directory removed when the session ends."""
+    from loadonce.server.demo import demo_artifact
+
+    directory = tempfile.mkdtemp(prefix="loadonce-test-demo-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    with mock.patch.dict(os.environ, {"LOADONCE_CACHE_DIR": directory}):
+        return demo_artifact()
+
+
+def demo_cache(tmp_path: Path) -> Path:
+    """``tmp_path/cache``, a private demo cache holding a copy of the session's trained demo,
+    so that `--demo` starts without training (tests/test_demo.py covers the training)."""
+    cache = tmp_path / "cache"
+    trained = _trained_demo()
+    if not (cache / trained.name).exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(trained, cache / trained.name)
+    return cache
+
+
+def cli_env(
+    tmp_path: Path, extra: dict[str, str] | None = None, *, trained_demo: bool = True
+) -> dict[str, str]:
+    """The environment of a `loadonce` subprocess: tests importable, a private demo cache
+    (holding the demo already trained, unless ``trained_demo`` is False)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOADONCE_")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    env["LOADONCE_CACHE_DIR"] = str(tmp_path / "cache")
+    cache = demo_cache(tmp_path) if trained_demo else tmp_path / "cache"
+    env["LOADONCE_CACHE_DIR"] = str(cache)
     # Tests stop their servers with SIGTERM and need not wait out the readiness window;
     # tests/hostile/test_draining.py covers it.
     env["LOADONCE_STOP_DELAY_S"] = "0"
@@ -156,15 +188,19 @@ def start_cli(
 
 def wait_ready(server: CliServer, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise AssertionError(f"server exited with {server.process.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
+    # One client for every probe: each of httpx's own get() builds a TLS context (about 20 ms
+    # of CPU), taken from the server starting up beside it.
+    with httpx.Client(timeout=1) as client:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                code = server.process.returncode
+                raise AssertionError(f"server exited with {code}:\n{server.log()}")
+            try:
+                if client.get(f"{server.url}/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
     raise TimeoutError(f"server not ready after {timeout} s:\n{server.log()}")
 
 

@@ -168,10 +168,23 @@ def test_the_transformers_table_says_what_batching_and_loadonce_gain() -> None:
     "in CI its absence fails this test)",
 )
 def test_a_quick_run_against_loadonce_alone_measures_both_variants() -> None:
-    command = ["--quick", "--only", "loadonce", "--models", "iris"]
+    # The shortest run that still goes through every step: 1 s per wrk run, no warm-up; the
+    # servers stop at once on SIGTERM (no readiness window to wait out).
+    command = [
+        "--quick",
+        "--seconds",
+        "1",
+        "--warmup",
+        "0",
+        "--only",
+        "loadonce",
+        "--models",
+        "iris",
+    ]
     done = subprocess.run(
         [sys.executable, "-m", "bench.compare", *command],
         cwd=REPO_ROOT,
+        env={**os.environ, "LOADONCE_STOP_DELAY_S": "0"},
         capture_output=True,
         text=True,
         timeout=280,

@@ -10,7 +10,7 @@ from tests.servers import cli_env, serving
 
 
 def test_demo_predicts_known_iris_examples_and_caches_its_model(tmp_path: Path) -> None:
-    env = cli_env(tmp_path)
+    env = cli_env(tmp_path, trained_demo=False)  # this test sees the first start train it
     cache = Path(env["LOADONCE_CACHE_DIR"])
     with serving(["--demo"], tmp_path, env=env) as server:
         response = httpx.post(

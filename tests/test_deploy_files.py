@@ -19,7 +19,7 @@ import yaml
 from loadonce.server.demo import demo_artifact
 from loadonce.server.settings import ServerOptions
 from loadonce.server.supervisor import UNLOAD_GRACE_SECONDS
-from tests.servers import REPO_ROOT, free_port, run_cli, serving
+from tests.servers import REPO_ROOT, demo_cache, free_port, run_cli, serving
 
 DEPLOY = REPO_ROOT / "deploy" / "kubernetes"
 _MEMORY_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
@@ -52,7 +52,7 @@ def local_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     configmap = _documents("loadonce.yaml")["ConfigMap"]
     text = configmap["data"]["loadonce.toml"]
     assert "/models/iris.skops" in text
-    monkeypatch.setenv("LOADONCE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LOADONCE_CACHE_DIR", str(demo_cache(tmp_path)))
     artifact = demo_artifact()
     config = tmp_path / "loadonce.toml"
     config.write_text(text.replace("/models/iris.skops", str(artifact)))

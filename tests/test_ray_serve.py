@@ -17,7 +17,7 @@ from ray import serve
 
 from loadonce.integrations.ray import RayOptions, ServeConfig, application, build
 from loadonce.server.resolve import resolve_serve_config
-from tests.servers import free_port, run_cli, start_cli, stop, wait_ready
+from tests.servers import demo_cache, free_port, run_cli, start_cli, stop, wait_ready
 
 IRIS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 
@@ -41,12 +41,17 @@ def test_cli_serves_on_a_local_ray_and_stops_on_sigterm(tmp_path: Path) -> None:
 
 
 def test_cli_on_ray_fails_fast_with_the_model_s_one_line(tmp_path: Path) -> None:
-    """A model that cannot load: the deployment fails after Ray's few retries, and the
-    command exits 3 with the model's one-line reason, not Ray's traceback."""
+    """A model that cannot load: the deployment fails after Ray's retries, and the command
+    exits 3 with the model's one-line reason, not Ray's traceback."""
     broken = tmp_path / "broken.skops"
     broken.write_text("not a skops file")
     port = str(free_port())
-    done = run_cli(tmp_path, "serve", str(broken), "--ray", "--port", port, timeout=240)
+    # One attempt instead of Ray's default three: each retry starts a replica process that
+    # imports scikit-learn again (seconds), and the answer is the same.
+    retries = {"RAY_SERVE_MAX_PER_REPLICA_RETRY_COUNT": "1"}
+    done = run_cli(
+        tmp_path, "serve", str(broken), "--ray", "--port", port, timeout=240, env=retries
+    )
     assert done.returncode == 3, done.stdout + done.stderr
     assert f"startup failed: model 'broken' failed to load from {broken}" in done.stderr
 
@@ -71,7 +76,7 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 
 def _demo_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replicas: int) -> ServeConfig:
-    monkeypatch.setenv("LOADONCE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LOADONCE_CACHE_DIR", str(demo_cache(tmp_path)))
     config = resolve_serve_config(None, demo=True, trust=False, overrides={})
     return config.model_copy(update={"ray": RayOptions(num_replicas=replicas)})
 
@@ -135,7 +140,7 @@ def test_the_printed_serve_config_builds_the_same_application(
     the [ray] table's replicas and the drain timeout as Ray's graceful shutdown."""
     artifact = tmp_path / "iris.skops"
     config_file = tmp_path / "loadonce.toml"
-    monkeypatch.setenv("LOADONCE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LOADONCE_CACHE_DIR", str(demo_cache(tmp_path)))
     from loadonce.server.demo import demo_artifact
 
     artifact.write_bytes(demo_artifact().read_bytes())

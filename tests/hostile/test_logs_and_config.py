@@ -19,7 +19,8 @@ FORGED = "/x%0aERROR:%20forged%0d%0aWARNING:%20also%e2%80%a8forged"
 
 
 def test_a_path_cannot_forge_a_log_line_and_an_open_network_server_warns(tmp_path: Path) -> None:
-    with serving(["--demo", "--host", "0.0.0.0"], tmp_path) as server:
+    # Any model will do: one that needs no library starts in a fraction of the demo's time.
+    with serving(["tests.loaders:echo", "--host", "0.0.0.0"], tmp_path) as server:
         assert httpx.get(server.url + FORGED).status_code == 404
         assert httpx.post(server.url + FORGED + "/predict", content=b"{").status_code in (404, 405)
     log = server.log()

@@ -27,7 +27,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliServer]:
             "LOADONCE_MAX_CONNECTIONS": "20",
         },
     )
-    with serving(["--demo"], tmp_path, env=env) as running:
+    # Any model will do: one that needs no library starts in a fraction of the demo's time.
+    with serving(["tests.loaders:echo"], tmp_path, env=env) as running:
         yield running
 
 
@@ -46,7 +47,7 @@ def _answer(sock: socket.socket) -> bytes:
 def test_a_request_head_that_never_ends_is_cut_off(server: CliServer) -> None:
     stalled = [_connect(server) for _ in range(50)]
     for sock in stalled:
-        sock.sendall(b"POST /models/iris/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        sock.sendall(b"POST /models/echo/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     started = time.monotonic()
     answers = [_answer(sock) for sock in stalled]
     assert time.monotonic() - started < 5
@@ -59,7 +60,7 @@ def test_a_request_head_that_never_ends_is_cut_off(server: CliServer) -> None:
 def test_a_body_that_stops_arriving_is_abandoned(server: CliServer) -> None:
     sock = _connect(server)
     sock.sendall(
-        b"POST /models/iris/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"POST /models/echo/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"inputs": '
     )
     started = time.monotonic()

@@ -58,7 +58,10 @@ def _answering_pids(server: CliServer, tries: int = 20) -> set[int]:
 
 
 def _serving_two(tmp_path: Path, **extra: str) -> AbstractContextManager[CliServer]:
-    return serving(["--demo", "--workers", "2"], tmp_path, env=cli_env(tmp_path, extra))
+    # A model that needs no library: each fork server (a replacement starts a new one) then
+    # imports loadonce alone, not scikit-learn (seconds each).
+    args = ["tests.loaders:echo", "--workers", "2"]
+    return serving(args, tmp_path, env=cli_env(tmp_path, extra))
 
 
 def test_the_fork_servers_death_leaves_the_workers_serving_and_supervised(tmp_path: Path) -> None:
@@ -93,7 +96,12 @@ def test_the_fork_servers_death_leaves_the_workers_serving_and_supervised(tmp_pa
     assert "starting a replacement" in server.log()
 
 
-def test_a_stopped_worker_is_killed_and_replaced(tmp_path: Path) -> None:
+def test_a_stopped_worker_is_replaced_and_no_worker_outlives_a_killed_supervisor(
+    tmp_path: Path,
+) -> None:
+    """One server for both (each start of two workers costs seconds): a stopped worker is
+    killed and replaced; then the supervisor is killed, and every worker, the replacement
+    included, goes with it."""
     with _serving_two(tmp_path, LOADONCE_HEARTBEAT_TIMEOUT_S="2") as server:
         supervisor = psutil.Process(server.process.pid)
         stopped = min(_workers(supervisor))
@@ -102,11 +110,8 @@ def test_a_stopped_worker_is_killed_and_replaced(tmp_path: Path) -> None:
         wait_until(lambda: len(_workers(supervisor)) == 2, 60, "a replacement worker")
         assert "sent no heartbeat" in server.log()
 
-
-def test_no_worker_outlives_a_killed_supervisor(tmp_path: Path) -> None:
-    with _serving_two(tmp_path) as server:
-        supervisor = psutil.Process(server.process.pid)
         workers = _workers(supervisor)
+        assert stopped not in workers
         supervisor.kill()
         wait_until(lambda: not [pid for pid in workers if _running(pid)], 30, "workers gone")
 
@@ -126,6 +131,7 @@ loader = "tests.loaders:echo_with_a_child_process"
     with serving([str(config)], tmp_path, env=cli_env(tmp_path)) as server:
         supervisor = psutil.Process(server.process.pid)
         victim = min(_workers(supervisor))
+        left_running = psutil.Process(victim).children()  # its `sleep 2`
         os.kill(victim, signal.SIGKILL)  # its `sleep 2` child becomes the supervisor's
         wait_until(lambda: len(_workers(supervisor)) == 2, 60, "a replacement worker")
 
@@ -136,5 +142,5 @@ loader = "tests.loaders:echo_with_a_child_process"
                 if child.status() == psutil.STATUS_ZOMBIE
             ]
 
-        time.sleep(3)  # the orphaned `sleep 2` has ended
+        wait_until(lambda: not [p for p in left_running if _running(p.pid)], 15, "the orphan ended")
         wait_until(lambda: not zombies(), 15, "the orphan reaped")
