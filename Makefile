@@ -8,7 +8,7 @@ CONSTRAINTS := requirements/constraints.txt
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: proto serve test test-hostile lint typecheck pytest bench bench-protocols bench-grpc bench-memory bench-transformers bench-generate lock clean
+.PHONY: proto serve test test-hostile lint typecheck pytest bench bench-protocols bench-grpc bench-memory bench-transformers bench-generate bench-tracing lock clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) || { echo "error: '$(PYTHON) -m venv' failed; on Debian/Ubuntu install python3-venv" >&2; exit 1; }
@@ -73,6 +73,11 @@ bench-memory: $(VENV)/.test-installed
 # Token streaming: tokens/s and time to first token, 1 and 8 streams (docs/benchmarks.md).
 bench-generate: $(VENV)/.test-installed
 	$(BIN)/python -m bench.generate $(BENCH_ARGS)
+
+# What OpenTelemetry tracing costs: forest, 64 connections, off / 10% / 100% sampled.
+bench-tracing: $(VENV)/.test-installed
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(BIN)/python -m bench.tracing $(BENCH_ARGS)
 
 bench-transformers: $(VENV)/.test-installed
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
