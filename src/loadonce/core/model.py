@@ -323,9 +323,14 @@ class Model:
         # Measured, not claimed: a predictor that maps its file may still hold most of its
         # weights privately (a forest maps its small classes_ array and copies its trees).
         # The weights are shared when what is mapped is at least what the load added
-        # privately besides it.
+        # privately besides it, and most of the artifact: the private growth alone misleads
+        # in a process that reuses memory it freed before (a long-lived app, a test run),
+        # where a forest's load grew nothing and its tiny mapped classes_ "won".
         private = max(0, self.load_memory.uss - resident)
-        self._weights_shared = maps and mapped_size > 0 and mapped_size >= private
+        size = artifact_bytes(spec.artifact) or 0
+        self._weights_shared = (
+            maps and mapped_size > 0 and mapped_size >= private and 2 * mapped_size >= size
+        )
         self.loaded_at = time.time()
         self.load_count += 1
         logger.info(
