@@ -4,7 +4,6 @@ from the public pieces only, exactly as a user's own app can be (docs/library.md
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from fastapi import FastAPI
 
@@ -42,7 +41,7 @@ def create_app(
     gc_freeze: bool = True,
     drain_timeout_s: float | None = 30.0,
     allowed_hosts: Iterable[str] = (),
-    tracing: TracingOptions | Any | None = None,
+    tracing: TracingOptions | object | None = None,
 ) -> FastAPI:
     """The app ``loadonce serve`` runs: health probes, /models and predict routes, the Open
     Inference Protocol under /v2, OpenAI's API under /v1 (models that generate or embed text),

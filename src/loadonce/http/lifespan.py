@@ -149,7 +149,7 @@ def lifespan(
     limits: Limits | None = None,
     access: AccessKeys | None = None,
     allowed_hosts: Iterable[str] = (),
-    tracing: TracingOptions | Any | None = None,
+    tracing: TracingOptions | object | None = None,
 ) -> LoadonceLifespan:
     """Build a lifespan for ``FastAPI(lifespan=...)`` that loads ``models`` at startup:
     model specs, a ``Registry``, or a ``LoadonceState`` already built (``create_app`` builds

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from loadonce.core.errors import ConfigError
 from loadonce.tracing.active import phase, record_failure
@@ -64,7 +64,7 @@ def check_tracing(options: TracingOptions | None) -> bool:
     return True
 
 
-def start_tracing(config: TracingOptions | Any | None) -> Tracing | None:
+def start_tracing(config: TracingOptions | object | None) -> Tracing | None:
     """The worker's tracing, from options (checked, then a tracer provider of its own, shut
     down with the app) or a user's own ``TracerProvider`` (left to its owner); None when off."""
     if config is None:
