@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 import loadonce
-from tests.servers import wait_until
+from tests.servers import ThreadedServer, free_port, wait_until
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -204,3 +204,101 @@ def _no_leftover_factory() -> Iterator[None]:
     before = logging.getLogRecordFactory()
     yield
     assert logging.getLogRecordFactory() is before
+
+
+def test_a_grpc_call_is_traced_and_continues_the_callers_trace(
+    exporter: InMemorySpanExporter,
+) -> None:
+    import numpy as np
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+
+    from loadonce.protocols.grpc import grpc_lifespan
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    port = free_port()
+    specs = [loadonce.ModelSpec(name="m", loader=Doubler)]
+    app = loadonce.create_app(specs, wrap=grpc_lifespan(port=port), tracing=provider)
+    with ThreadedServer(app):
+        exporter.clear()
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        tensor = triton.InferInput("x", [2], "FP64")
+        tensor.set_data_from_numpy(np.array([1.0, 2.0]))
+        traceparent = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+        client.infer("m", [tensor], headers={"traceparent": traceparent})
+        tensor.set_data_from_numpy(np.array([13.0, 2.0]))
+        with pytest.raises(InferenceServerException):
+            client.infer("m", [tensor])
+        client.close()
+    calls = [s for s in exporter.get_finished_spans() if s.name.endswith("/ModelInfer")]
+    assert len(calls) == 2
+    continued, failed = sorted(calls, key=lambda s: s.start_time or 0)
+    assert format(continued.context.trace_id, "032x") == CALLER_TRACE
+    in_trace = {
+        s.name
+        for s in exporter.get_finished_spans()
+        if s.context.trace_id == continued.context.trace_id
+    }
+    assert {"decode tensors", "queue wait", "batch", "predict", "encode"} <= in_trace
+    assert failed.status.status_code is StatusCode.ERROR
+    assert any(event.name == "exception" for event in failed.events)
+
+
+def _without_opentelemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name.startswith("opentelemetry") else real(name, *a),
+    )
+
+
+def test_tracing_asked_for_without_the_extra_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    _without_opentelemetry(monkeypatch)
+    specs = [loadonce.ModelSpec(name="m", loader=Doubler)]
+    with pytest.raises(loadonce.ConfigError, match=r"pip install 'loadonce\[otel\]'"):
+        loadonce.lifespan(specs, tracing=loadonce.TracingOptions(enabled=True))
+
+
+def test_an_otel_exporter_variable_without_the_extra_only_warns(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _without_opentelemetry(monkeypatch)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    options = loadonce.TracingOptions()
+    assert options.active
+    app = loadonce.create_app([loadonce.ModelSpec(name="m", loader=Doubler)], tracing=options)
+    with caplog.at_level(logging.WARNING, logger="loadonce"), TestClient(app) as client:
+        assert client.post("/models/m/predict", json={"inputs": [1]}).status_code == 200
+        assert app.state.loadonce.tracing is None
+    assert "OpenTelemetry is not installed" in caplog.text
+
+
+def test_an_otlp_protocol_loadonce_does_not_export_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    with pytest.raises(loadonce.ConfigError, match="OTLP over HTTP"):
+        loadonce.lifespan(
+            [loadonce.ModelSpec(name="m", loader=Doubler)],
+            tracing=loadonce.TracingOptions(enabled=True),
+        )
+
+
+def test_the_tracing_table_under_its_variables_and_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    from loadonce.server.settings import resolve_tracing_options
+
+    monkeypatch.setenv("LOADONCE_TRACING_SAMPLE_RATIO", "0.1")
+    monkeypatch.setenv("LOADONCE_TRACING_SERVICE_NAME", "from-env")
+    table = {"enabled": True, "sample_ratio": 0.5, "endpoint": "http://collector:4318"}
+    options = resolve_tracing_options(table, enabled=None)
+    assert options == loadonce.TracingOptions(
+        enabled=True, sample_ratio=0.1, endpoint="http://collector:4318", service_name="from-env"
+    )
+    assert not resolve_tracing_options(table, enabled=False).active
+    monkeypatch.setenv("LOADONCE_TRACING_SAMPLE_RATIO", "2")
+    with pytest.raises(loadonce.ConfigError, match="sample_ratio"):
+        resolve_tracing_options({}, enabled=True)
