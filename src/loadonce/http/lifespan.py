@@ -171,7 +171,7 @@ def lifespan(
     family; none: every route open) and ``allowed_hosts`` (see ``create_app``). The last
     three act through ``install_middleware``. ``tracing``: OpenTelemetry tracing (the
     ``otel`` extra), from ``loadonce.TracingOptions`` (its unset options read from the
-    ``OTEL_*`` variables) or your own ``TracerProvider``; None: off (docs/operations.md).
+    ``OTEL_*`` variables) or your own ``TracerProvider``; None: off (docs/tracing.md).
     """
     if not isinstance(models, Registry | LoadonceState):
         models = tuple(check_model_specs(models))  # a mistake is reported now, not at startup

@@ -23,7 +23,7 @@ from loadonce.http.request_info import (
 from loadonce.http.state import LoadonceState
 
 access_logger = logging.getLogger("loadonce.access")
-# The request id on the request's span (as in docs/operations.md).
+# The request id on the request's span (as in docs/tracing.md).
 REQUEST_ID_ATTRIBUTE = "loadonce.request_id"
 _HEADER = REQUEST_ID_HEADER.lower().encode("latin-1")
 

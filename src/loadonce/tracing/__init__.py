@@ -4,7 +4,7 @@ the batch it shared.
 Importing this package imports no OpenTelemetry: ``start_tracing`` does, in each worker after
 it forked (the exporter's thread must not exist before a fork), and only when tracing is on.
 ``phase`` and ``record_failure`` are what the protocols call along a request's path; they do
-nothing unless the request is sampled. See docs/operations.md, "Tracing".
+nothing unless the request is sampled. See docs/tracing.md.
 """
 
 from __future__ import annotations

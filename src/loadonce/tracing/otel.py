@@ -1,7 +1,7 @@
 """Tracing with OpenTelemetry (imported only when tracing is on): the request's span, its
 phases, its wait in the queue, the model's call it shared and the model's loads.
 
-Span names and attributes are listed in docs/operations.md ("Tracing"). The batch span is a
+Span names and attributes are listed in docs/tracing.md. The batch span is a
 child of the first sampled request it carried and links to every sampled request it carried;
 each of those requests' "queue wait" span links back to it, so either side leads to the other.
 """
