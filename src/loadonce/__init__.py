@@ -35,6 +35,7 @@ from loadonce.protocols.json import models_router
 from loadonce.protocols.openai import openai_router
 from loadonce.protocols.v2 import v2_router
 from loadonce.runtimes import InputSignature, Predictor, Runtime, TensorInfo, register_runtime
+from loadonce.tracing import TracingOptions
 
 __all__ = [
     "AccessKeys",
@@ -70,6 +71,7 @@ __all__ = [
     "RequestTooLargeError",
     "Runtime",
     "TensorInfo",
+    "TracingOptions",
     "UserLifespan",
     "WorkerOutcome",
     "__version__",

@@ -23,6 +23,7 @@ from loadonce.http.middleware import install_middleware
 from loadonce.protocols.json import models_router
 from loadonce.protocols.openai import openai_router
 from loadonce.protocols.v2 import v2_router
+from loadonce.tracing import TracingOptions
 
 
 def create_app(
@@ -40,6 +41,7 @@ def create_app(
     gc_freeze: bool = True,
     drain_timeout_s: float | None = 30.0,
     allowed_hosts: Iterable[str] = (),
+    tracing: TracingOptions | object | None = None,
 ) -> FastAPI:
     """The app ``loadonce serve`` runs: health probes, /models and predict routes, the Open
     Inference Protocol under /v2, OpenAI's API under /v1 (models that generate or embed text),
@@ -50,7 +52,7 @@ def create_app(
     ``lifespan``). ``drain_timeout_s``: see ``lifespan``.
     ``allowed_hosts``: Host names a server bound to a loopback address answers to besides
     loopback names (``*.example.com``, or ``*`` for any): a proxy on the same machine that
-    passes on its own Host."""
+    passes on its own Host. ``tracing``: OpenTelemetry tracing (see ``lifespan``)."""
     app = FastAPI(
         title=title,
         version=__version__,
@@ -70,6 +72,7 @@ def create_app(
             limits=limits,
             access=access,
             allowed_hosts=allowed_hosts,
+            tracing=tracing,
         ),
     )
     # Routes are matched in order: the inference routers first, they are the hot path.

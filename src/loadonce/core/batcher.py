@@ -44,6 +44,7 @@ from loadonce.core.errors import (
 )
 from loadonce.core.executors import Executor
 from loadonce.core.observer import CallReport, ModelObserver
+from loadonce.core.tracing import CallTracer
 from loadonce.runtimes._base import Predictor
 
 logger = logging.getLogger("loadonce")
@@ -60,6 +61,8 @@ class _Request:
     queued: bool = True
     # Seconds it waited in the queue, once its call started.
     waited: float = 0.0
+    # Its sampled span (opaque: the tracer's), when tracing is on and it is sampled.
+    trace: object | None = None
 
 
 @dataclass(eq=False)
@@ -69,6 +72,8 @@ class _Call:
 
     started: float
     hung: bool = False
+    # The call's span (the tracer's), when it carried a sampled request.
+    trace: object | None = None
 
 
 @dataclass
@@ -79,6 +84,8 @@ class CallTiming:
     input_s: float = 0.0
     infer_s: float = 0.0
     output_s: float = 0.0
+    # When the call began in the model's thread (time.perf_counter()): the phases follow it.
+    began: float = 0.0
 
     @property
     def total_s(self) -> float:
@@ -116,6 +123,8 @@ class Batcher:
     # is known to answer. A request of another shape that the model fails on is then the
     # request's fault (400, naming both shapes), not the model's (500).
     answered_shape: tuple[int, ...] | None = None
+    # Spans of the calls and of the requests' waits (None: tracing is off, nothing is asked).
+    tracer: CallTracer | None = None
     _hung: int = 0
     # Calls handed to the threads and not returned yet; one timer watches them all.
     _running: set[_Call] = field(default_factory=set)
@@ -205,6 +214,8 @@ class Batcher:
             parameters=parameters or {},
             submitted=time.perf_counter(),
         )
+        if self.tracer is not None:
+            request.trace = self.tracer.current()
         request.future.add_done_callback(lambda _: self._forget(request))
         self._queue.append(request)
         self._queued_examples += count
@@ -319,6 +330,8 @@ class Batcher:
         parameters = batch[0].parameters
         loop = asyncio.get_running_loop()
         watched = _Call(started=loop.time())
+        if self.tracer is not None:
+            watched.trace = self._trace_call(batch)
         self._running.add(watched)
         if self._watchdog is None and self.hang_timeout_s is not None:
             self._watchdog = loop.call_later(self.hang_timeout_s, self._watch)
@@ -341,6 +354,17 @@ class Batcher:
             self._finished(batch, failed, watched)
             return
         running.add_done_callback(returned)
+
+    def _trace_call(self, batch: list[_Request]) -> object | None:
+        """The call's span, linked to every sampled request it carries; none when it carries
+        no sampled request (at a low sampling ratio, most calls)."""
+        assert self.tracer is not None
+        carried = [(r.trace, r.submitted) for r in batch if r.trace is not None]
+        if not carried:
+            return None
+        examples = sum(len(r.examples) for r in batch)
+        started = time.perf_counter()
+        return self.tracer.call_started(self.model, carried, examples, len(batch), started)
 
     def _watch(self) -> None:
         """On the loop, at most every ``hang_timeout_s`` while calls run (one timer per model,
@@ -393,6 +417,7 @@ class Batcher:
             self._in_flight -= 1
         failure: Exception | None = None
         outcomes: list[_Outcome] = []
+        timing: CallTiming | None = None
         try:
             outcomes, timing = done.result()
         except Exception as exc:  # the call never ran (run_batch itself answers per request)
@@ -401,6 +426,9 @@ class Batcher:
             self._observe(timing.total_s)
             if self.observer is not None:
                 self._report(batch, outcomes, timing)
+        if watched.trace is not None and self.tracer is not None:
+            errors = [failure] if failure is not None else [o.error for o in outcomes if o.error]
+            self.tracer.call_ended(watched.trace, timing, errors)
         try:
             self._dispatch_ready()
         finally:
@@ -484,7 +512,7 @@ def _timed(
     """``run_batch``, timed in the worker thread: seen from a busy event loop, a call would
     look as slow as the loop is late to notice it ended, and admission would refuse work the
     model has time for."""
-    timing = CallTiming()
+    timing = CallTiming(began=time.perf_counter())
     outcomes = run_batch(predictor, requests, parameters, answered_shape, timing)
     return outcomes, timing
 

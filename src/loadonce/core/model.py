@@ -8,6 +8,7 @@ import math
 import os
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -37,6 +38,7 @@ from loadonce.core.memory import (
 )
 from loadonce.core.observer import ModelObserver
 from loadonce.core.spec import Concurrency, ModelSpec
+from loadonce.core.tracing import CallTracer
 from loadonce.runtimes import resolve_runtime
 from loadonce.runtimes._base import InputSignature, Predictor, TensorInfo
 
@@ -95,6 +97,8 @@ class Model:
         self._hung_calls = 0
         # Called when a call is found hung (loadonce serve: replace this worker).
         self._on_hung: Callable[[Model], None] | None = None
+        # Spans of its loads and calls, when tracing is on (None: nothing is asked).
+        self._tracer: CallTracer | None = None
 
     @property
     def name(self) -> str:
@@ -126,6 +130,14 @@ class Model:
         with the model's present state."""
         self._observer = observer
         self._notify()
+
+    @property
+    def tracer(self) -> CallTracer | None:
+        return self._tracer
+
+    def trace(self, tracer: CallTracer) -> None:
+        """Trace this model's loads and calls with ``tracer`` from its next load on."""
+        self._tracer = tracer
 
     def on_hung(self, hook: Callable[[Model], None]) -> None:
         """Call ``hook`` whenever a predict call of this model is found hung."""
@@ -228,11 +240,16 @@ class Model:
             candidate = spec or self.spec
             if candidate.name != self.name:
                 raise ValueError(f"a spec named '{candidate.name}' cannot replace '{self.name}'")
+            action = "load" if self._executor is None else "reload"
+            traced: AbstractContextManager[object] = (
+                self._tracer.lifecycle(self.name, action) if self._tracer else nullcontext()
+            )
             try:
-                if self._executor is None:
-                    await self._load_first(candidate)
-                else:
-                    await self._reload(candidate)
+                with traced:
+                    if action == "load":
+                        await self._load_first(candidate)
+                    else:
+                        await self._reload(candidate)
             finally:
                 self._notify()
 
@@ -594,6 +611,7 @@ def _make_batcher(model: Model, executor: Executor) -> Batcher:
         hang_timeout_s=spec.hang_timeout,
         on_hung_changed=model._hung_changed,
         answered_shape=model._answered_shape,
+        tracer=model.tracer,
     )
     batcher.start()
     return batcher

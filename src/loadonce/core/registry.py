@@ -13,6 +13,7 @@ from loadonce.core.errors import ConfigError, LoadonceError, ModelLoadError, Mod
 from loadonce.core.model import Model, ModelState
 from loadonce.core.observer import ModelObserver
 from loadonce.core.spec import ModelSpec
+from loadonce.core.tracing import CallTracer
 from loadonce.runtimes import check_options, resolve_runtime
 
 logger = logging.getLogger("loadonce")
@@ -119,6 +120,11 @@ class Registry:
         self._observer = observer
         for model in self._models.values():
             model.watch(observer)
+
+    def trace(self, tracer: CallTracer) -> None:
+        """Trace every model's loads and calls with ``tracer`` (``loadonce.tracing``)."""
+        for model in self._models.values():
+            model.trace(tracer)
 
     def freeze_collector(self) -> None:
         """Once startup is over: leave every object alive now out of garbage collection."""

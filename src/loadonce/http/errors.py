@@ -31,6 +31,7 @@ from loadonce.http.request_info import (
     request_id_from,
     route_path,
 )
+from loadonce.tracing import record_failure
 
 logger = logging.getLogger("loadonce")
 
@@ -210,6 +211,7 @@ async def answer_exception(
     else:
         response = error_for(exc, request, request_id)
     response.headers.setdefault(REQUEST_ID_HEADER, request_id)
+    record_failure(exc, response.status_code)  # on the request's span, if it is traced
     return response
 
 

@@ -23,6 +23,7 @@ from loadonce.http.errors import answer_exception
 from loadonce.http.request_info import REQUEST_ID_HEADER, request_id_of, route_path
 from loadonce.http.routes import count_request
 from loadonce.http.state import LoadonceState
+from loadonce.tracing.active import ACTIVE
 
 
 class InferenceMiddleware:
@@ -58,6 +59,9 @@ class InferenceMiddleware:
         request = Request(scope, receive, send)
         request_id = request_id_of(request)
         endpoint = mounted.endpoint
+        traced = ACTIVE.get()
+        if traced is not None:
+            traced.named(scope["method"], mounted.path)
         try:
             response = await endpoint.handle(request)
         except Exception as exc:

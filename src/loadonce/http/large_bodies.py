@@ -19,6 +19,8 @@ from typing import TypeVar
 
 import anyio.to_thread
 
+from loadonce.tracing import phase
+
 LARGE_BODY_BYTES = 1 << 20
 
 _T = TypeVar("_T")
@@ -37,8 +39,9 @@ def _gate() -> asyncio.Semaphore:
 
 async def parse_body(parse: Callable[[bytes], _T], raw: bytes, *, compressed: bool = False) -> _T:
     """``parse(raw)``: here for a small body, in a thread (one at a time) for a large one or
-    a ``compressed`` one (a few bytes may inflate to the body limit)."""
-    if len(raw) < LARGE_BODY_BYTES and not compressed:
-        return parse(raw)
-    async with _gate():
-        return await anyio.to_thread.run_sync(parse, raw)
+    a ``compressed`` one (a few bytes may inflate to the body limit). Traced as "decode"."""
+    with phase("decode"):
+        if len(raw) < LARGE_BODY_BYTES and not compressed:
+            return parse(raw)
+        async with _gate():
+            return await anyio.to_thread.run_sync(parse, raw)

@@ -22,6 +22,7 @@ from loadonce.http.access_keys import AccessKeys
 from loadonce.http.dependencies import undeclared_model_dependencies
 from loadonce.http.state import LoadonceState
 from loadonce.http.visible_logs import make_visible
+from loadonce.tracing import TracingOptions, check_tracing, start_tracing
 
 UserLifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]]
 LoadedHook = Callable[[Registry], Awaitable[None]]
@@ -45,6 +46,8 @@ class LifespanSettings:
     limits: Limits | None = None
     access: AccessKeys | None = None
     allowed_hosts: tuple[str, ...] = field(default=())
+    # TracingOptions, a user's own OpenTelemetry TracerProvider, or None (off).
+    tracing: Any = None
 
 
 class LoadonceLifespan:
@@ -86,6 +89,9 @@ class LoadonceLifespan:
                     limits=settings.limits,
                     access=settings.access,
                     allowed_hosts=settings.allowed_hosts,
+                    # Here, in the worker that serves (after any fork): the exporter's thread
+                    # starts with it.
+                    tracing=start_tracing(settings.tracing),
                 )
             )
         return self._state
@@ -123,7 +129,11 @@ class LoadonceLifespan:
                         registry.freeze_collector()
                     yield user_state
         finally:
-            await registry.unload_all(timeout=settings.drain_timeout_s)
+            try:
+                await registry.unload_all(timeout=settings.drain_timeout_s)
+            finally:
+                if state.tracing is not None and not isinstance(settings.models, LoadonceState):
+                    state.tracing.shutdown()
 
 
 def lifespan(
@@ -139,6 +149,7 @@ def lifespan(
     limits: Limits | None = None,
     access: AccessKeys | None = None,
     allowed_hosts: Iterable[str] = (),
+    tracing: TracingOptions | object | None = None,
 ) -> LoadonceLifespan:
     """Build a lifespan for ``FastAPI(lifespan=...)`` that loads ``models`` at startup:
     model specs, a ``Registry``, or a ``LoadonceState`` already built (``create_app`` builds
@@ -158,10 +169,14 @@ def lifespan(
     every worker; default: this process), ``metrics`` (keep Prometheus metrics, served by
     ``metrics_router``), ``limits`` (request size limits), ``access`` (API keys per route
     family; none: every route open) and ``allowed_hosts`` (see ``create_app``). The last
-    three act through ``install_middleware``.
+    three act through ``install_middleware``. ``tracing``: OpenTelemetry tracing (the
+    ``otel`` extra), from ``loadonce.TracingOptions`` (its unset options read from the
+    ``OTEL_*`` variables) or your own ``TracerProvider``; None: off (docs/tracing.md).
     """
     if not isinstance(models, Registry | LoadonceState):
         models = tuple(check_model_specs(models))  # a mistake is reported now, not at startup
+    if isinstance(tracing, TracingOptions):
+        check_tracing(tracing)  # tracing asked for without the otel extra: refused now
     return LoadonceLifespan(
         LifespanSettings(
             models=models,
@@ -175,6 +190,7 @@ def lifespan(
             limits=limits,
             access=access,
             allowed_hosts=tuple(allowed_hosts),
+            tracing=tracing,
         )
     )
 

@@ -20,8 +20,11 @@ from loadonce.http.request_info import (
     REQUEST_ID_SCOPE_KEY,
     request_id_from,
 )
+from loadonce.http.state import LoadonceState
 
 access_logger = logging.getLogger("loadonce.access")
+# The request id on the request's span (as in docs/tracing.md).
+REQUEST_ID_ATTRIBUTE = "loadonce.request_id"
 _HEADER = REQUEST_ID_HEADER.lower().encode("latin-1")
 
 
@@ -40,6 +43,20 @@ class RequestLogMiddleware:
             scope[ARRIVED_SCOPE_KEY] = asyncio.get_running_loop().time()
         started = time.perf_counter()
         status = 500  # if the app fails before it answers, uvicorn answers 500
+        state = LoadonceState.in_scope(scope)
+        traced = None
+        if state is not None and state.tracing is not None:
+            # Sampled out: None, and nothing more is done for the request's tracing.
+            traced = state.tracing.start_request(scope["method"], scope["headers"])
+            if traced is not None:
+                traced.span.set_attributes(
+                    {
+                        "http.request.method": scope["method"],
+                        "url.path": scope["path"],
+                        REQUEST_ID_ATTRIBUTE: request_id,
+                    }
+                )
+                traced.enter()
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -72,3 +89,5 @@ class RequestLogMiddleware:
                         "duration_ms": round(milliseconds, 3),
                     },
                 )
+            if traced is not None:  # after the access line, which carries its ids
+                traced.finish(status)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from starlette.requests import HTTPConnection
 from starlette.types import Scope
@@ -17,6 +18,9 @@ from loadonce.core.registry import Registry
 from loadonce.core.spec import ModelSpec
 from loadonce.http.access_keys import AccessKeys
 from loadonce.http.metrics import Metrics
+
+if TYPE_CHECKING:
+    from loadonce.tracing.otel import Tracing
 
 # The attribute of ``app.state`` that holds it.
 STATE_KEY = "loadonce"
@@ -32,7 +36,7 @@ class LoadonceState:
     (default: this process). ``metrics``: the Prometheus metrics the models report to (None:
     none kept). ``limits``: request size limits. ``access``: API keys per route family (None:
     every route open). ``allowed_hosts``: names a server bound to loopback answers to besides
-    loopback names.
+    loopback names. ``tracing``: the worker's OpenTelemetry tracing (None: off).
     """
 
     registry: Registry
@@ -41,6 +45,7 @@ class LoadonceState:
     limits: Limits = field(default_factory=Limits)
     access: AccessKeys | None = None
     allowed_hosts: tuple[str, ...] = ()
+    tracing: Tracing | None = None
 
     @classmethod
     def build(
@@ -52,12 +57,15 @@ class LoadonceState:
         limits: Limits | None = None,
         access: AccessKeys | None = None,
         allowed_hosts: Iterable[str] = (),
+        tracing: Tracing | None = None,
     ) -> LoadonceState:
         registry = models if isinstance(models, Registry) else Registry(models)
         collected = None
         if metrics:
             collected = Metrics()
             registry.observe(collected)
+        if tracing is not None:
+            registry.trace(tracing)
         return cls(
             registry=registry,
             control=control or LocalControl(registry),
@@ -65,6 +73,7 @@ class LoadonceState:
             limits=limits or Limits(),
             access=access if access is not None and access.enabled else None,
             allowed_hosts=tuple(allowed_hosts),
+            tracing=tracing,
         )
 
     @staticmethod

@@ -107,6 +107,13 @@ def main() -> None:
     help="For a single artifact or loader: the dtype of one example (float32, int64...).",
 )
 @click.option(
+    "--tracing/--no-tracing",
+    default=None,
+    envvar="LOADONCE_TRACING",
+    help="OpenTelemetry tracing (the otel extra), exported over OTLP/HTTP; see [tracing].  "
+    "[default: on when OTEL_TRACES_EXPORTER names an exporter]",
+)
+@click.option(
     "--ray",
     "on_ray",
     is_flag=True,
@@ -130,6 +137,7 @@ def serve(
     name: str | None,
     input_shape: str | None,
     input_dtype: str | None,
+    tracing: bool | None,
     on_ray: bool,
 ) -> None:
     """Serve TARGET: a TOML config file, one artifact, a 'package.module:function' loader, or
@@ -156,6 +164,7 @@ def serve(
             overrides=overrides,
             factory=factory,
             model_fields=_model_fields(name, input_shape, input_dtype),
+            tracing=tracing,
         )
     except ConfigError as exc:
         click.echo(f"loadonce: error: {exc}", err=True)

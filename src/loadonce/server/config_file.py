@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,9 @@ from loadonce.core.registry import check_runtime
 from loadonce.core.spec import ModelSpec
 from loadonce.runtimes import resolve_runtime
 from loadonce.server.settings import RayOptions, ServerOptions
+from loadonce.tracing import TracingOptions
 
-_TOP_LEVEL = {"server", "models", "ray", "app", "factory"}
+_TOP_LEVEL = {"server", "models", "ray", "tracing", "app", "factory"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,6 +26,8 @@ class ConfigFile:
     server: dict[str, Any]  # unvalidated: merged with the environment and command line first
     models: list[ModelSpec]
     ray: RayOptions
+    # The [tracing] table, unvalidated: merged with the environment and command line first.
+    tracing: dict[str, Any] = field(default_factory=dict)
     # app = "pkg.module:app": a user's own app, whose lifespan declares the models (then no
     # [[models]]); factory = true: the reference is a function returning the app.
     app: str | None = None
@@ -52,7 +55,7 @@ def read_config_file(path: Path) -> ConfigFile:
     if unknown:
         raise ConfigError(
             f"{path}: unknown top-level key(s) {', '.join(unknown)}; "
-            "expected [server], [[models]] (or app), and [ray]"
+            "expected [server], [[models]] (or app), [ray] and [tracing]"
         )
     server = document.get("server", {})
     if not isinstance(server, dict):
@@ -93,6 +96,7 @@ def read_config_file(path: Path) -> ConfigFile:
         server=server,
         models=models,
         ray=_ray_options(document.get("ray", {}), path),
+        tracing=_tracing_table(document.get("tracing", {}), path),
         app=app,
         factory=factory,
     )
@@ -105,6 +109,17 @@ def _ray_options(table: object, path: Path) -> RayOptions:
         return RayOptions.model_validate(table)
     except ValidationError as exc:
         raise ConfigError(f"{path}: [ray]: {describe_validation(exc)}") from None
+
+
+def _tracing_table(table: object, path: Path) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [tracing] must be a table")
+    try:
+        # Checked here too, so a mistake in the file is reported with the file's name.
+        TracingOptions.model_validate(table)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: [tracing]: {describe_validation(exc)}") from None
+    return table
 
 
 def _model_spec(table: dict[str, Any], index: int, base: Path, path: Path) -> ModelSpec:

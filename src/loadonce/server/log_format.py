@@ -14,8 +14,9 @@ from uvicorn.logging import DefaultFormatter
 
 from loadonce.core.log_safe import log_safe
 
-# Fields a record may carry (``extra=``) that a JSON line keeps: the request log's.
-_EXTRA_FIELDS = ("request_id", "method", "path", "status", "duration_ms")
+# Fields a record may carry (``extra=``) that a JSON line keeps: the request log's, and the
+# current span's ids while tracing is on (loadonce.tracing.logs).
+_EXTRA_FIELDS = ("request_id", "method", "path", "status", "duration_ms", "trace_id", "span_id")
 
 
 class PlainFormatter(DefaultFormatter):
@@ -24,6 +25,9 @@ class PlainFormatter(DefaultFormatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         record.message = log_safe(record.message)
+        trace_id = getattr(record, "trace_id", None)
+        if trace_id is not None:  # tracing is on and a span is current
+            record.message += f" trace_id={trace_id} span_id={getattr(record, 'span_id', '')}"
         return super().formatMessage(record)
 
 

@@ -10,7 +10,12 @@ from loadonce.core.errors import ConfigError
 from loadonce.core.registry import check_model_specs
 from loadonce.server.config_file import is_config_file, read_config_file, spec_for_target
 from loadonce.server.demo import demo_spec
-from loadonce.server.settings import RayOptions, ServeConfig, resolve_server_options
+from loadonce.server.settings import (
+    RayOptions,
+    ServeConfig,
+    resolve_server_options,
+    resolve_tracing_options,
+)
 from loadonce.server.user_app import importable_from, is_app, is_reference, load_app, specs_of
 
 
@@ -21,16 +26,19 @@ def resolve_serve_config(
     trust: bool,
     overrides: Mapping[str, Any | None],
     factory: bool = False,
+    tracing: bool | None = None,
     model_fields: Mapping[str, Any] | None = None,
 ) -> ServeConfig:
     """``overrides`` are the CLI options (each already falling back to its LOADONCE_* variable).
     ``model_fields``: fields of the one model a single artifact or loader serves (the command
-    line's --name, --input-shape and --input-dtype); a config file declares its models' own."""
+    line's --name, --input-shape and --input-dtype); a config file declares its models' own.
+    ``tracing``: --tracing/--no-tracing (None: neither)."""
     if demo and target:
         raise ConfigError("give either a TARGET or --demo, not both")
 
     file_options: dict[str, Any] = {}
     ray = RayOptions()
+    tracing_table: dict[str, Any] = {}
     app: str | None = None
     single = target is not None and not demo and not is_config_file(target)
     if model_fields and not single:
@@ -47,6 +55,7 @@ def resolve_serve_config(
         importable_from(path.parent)  # a loader or app module beside the config file
         config_file = read_config_file(path)
         file_options, specs, ray = config_file.server, config_file.models, config_file.ray
+        tracing_table = config_file.tracing
         if config_file.app is not None:
             app, factory = config_file.app, config_file.factory
             specs = specs_of(load_app(app, factory=factory), app)
@@ -67,6 +76,7 @@ def resolve_serve_config(
         server=server,
         models=check_model_specs(specs),
         ray=ray,
+        tracing=resolve_tracing_options(tracing_table, tracing),
         app=app,
         app_factory=factory and app is not None,
     )

@@ -23,6 +23,7 @@ from loadonce.core.errors import ConfigError, describe_validation
 from loadonce.core.limits import MIB, Limits
 from loadonce.core.spec import ModelSpec
 from loadonce.http.access_keys import AccessKeys
+from loadonce.tracing import TracingOptions, check_tracing
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
@@ -163,6 +164,8 @@ class ServeConfig(BaseModel):
     server: ServerOptions
     models: list[ModelSpec]
     ray: RayOptions = Field(default_factory=RayOptions)
+    # OpenTelemetry tracing (the [tracing] table); each worker starts its own after it forked.
+    tracing: TracingOptions = Field(default_factory=TracingOptions)
     # Models an operator unloaded while the server ran: a replacement worker leaves them so.
     unloaded: list[str] = Field(default_factory=list)
     # A user's own app ("pkg.module:app") serving ``models`` (read from its loadonce lifespan),
@@ -191,6 +194,34 @@ def resolve_server_options(
         for option in set(from_environment) - set(given):
             problems = problems.replace(f"{option}:", f"{option} ({_ENVIRONMENT_ONLY[option]}):", 1)
         raise ConfigError(f"invalid server option: {problems}") from None
+
+
+# The [tracing] table's options from the environment (``enabled`` also: --tracing/--no-tracing,
+# LOADONCE_TRACING). OpenTelemetry's own OTEL_* variables are read by its SDK, beneath these.
+_TRACING_ENVIRONMENT = {
+    "sample_ratio": "LOADONCE_TRACING_SAMPLE_RATIO",
+    "endpoint": "LOADONCE_TRACING_ENDPOINT",
+    "service_name": "LOADONCE_TRACING_SERVICE_NAME",
+}
+
+
+def resolve_tracing_options(from_file: Mapping[str, Any], enabled: bool | None) -> TracingOptions:
+    """The [tracing] table under its LOADONCE_TRACING_* variables and the command line's
+    --tracing/--no-tracing (``enabled``, None: not given), checked now: tracing asked for
+    without the otel extra fails here, in one line, before any worker starts."""
+    merged = dict(from_file)
+    for option, variable in _TRACING_ENVIRONMENT.items():
+        value = os.environ.get(variable, "").strip()
+        if value:
+            merged[option] = value
+    if enabled is not None:
+        merged["enabled"] = enabled
+    try:
+        options = TracingOptions.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid tracing option: {describe_validation(exc)}") from None
+    check_tracing(options)
+    return options
 
 
 # Options read from the environment only: keys do not belong on a command line (ps shows it).

@@ -33,6 +33,7 @@ from loadonce.http.lifespan import LoadedHook, LoadGate, LoadonceLifespan, lifes
 from loadonce.http.metrics_route import metrics_router
 from loadonce.http.middleware import install_middleware, middleware_installed
 from loadonce.server.settings import ServerOptions
+from loadonce.tracing import TracingOptions
 
 
 def importable_from(directory: Path) -> None:
@@ -109,12 +110,16 @@ def serve_user_app(
     load_gate: LoadGate,
     control: ModelControl | None,
     metrics: bool = True,
+    tracing: TracingOptions | None = None,
 ) -> FastAPI:
     """Prepare the user's app to run as one worker of ``loadonce serve`` (``metrics``: off
-    only for the memory plan's measuring child)."""
+    only for the memory plan's measuring child). ``tracing``: the server's, which replaces
+    the app's own when it is on."""
     found = lifespan_of(app)
     assert found is not None
     _configure(found, registry, options, on_loaded, load_gate, control)
+    if tracing is not None and tracing.active:
+        found.serve_with(tracing=tracing)
     found.serve_with(metrics=metrics)
     paths = set(route_paths(app.routes))
     if "/readyz" not in paths:

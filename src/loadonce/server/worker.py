@@ -146,6 +146,7 @@ def run_worker(
             allowed_hosts=options.allowed_hosts,
             control=control,
             load_gate=lambda: _gated_with_progress(registry),
+            tracing=config.tracing,
         )
     else:
         app = serve_user_app(
@@ -155,6 +156,7 @@ def run_worker(
             on_loaded=on_loaded,
             load_gate=lambda: _gated_with_progress(registry),
             control=control,
+            tracing=config.tracing,
         )
     stop_grpc = None if options.grpc_port is None else _serve_grpc_too(app, options)
     uvicorn_config = uvicorn.Config(

@@ -44,6 +44,7 @@ from loadonce.protocols.v2.repository import apply_control, index_entry, load_ba
 from loadonce.protocols.v2.schemas import RequestOutput
 from loadonce.protocols.v2.statistics import EXTENSION as STATISTICS
 from loadonce.protocols.v2.statistics import read_statistics
+from loadonce.tracing import phase
 
 REQUEST_ID_KEY = "x-request-id"
 SERVER_NAME = "loadonce"
@@ -131,6 +132,19 @@ class InferenceService:
             request_id = request_id_from(metadata)
             trailer = ((REQUEST_ID_KEY, request_id),)
             status = 200
+            traced = None
+            if state.tracing is not None:  # the caller's traceparent is in the metadata
+                traced = state.tracing.start_request(f"{SERVICE}/{method}", metadata)
+                if traced is not None:
+                    traced.span.set_attributes(
+                        {
+                            "rpc.system": "grpc",
+                            "rpc.service": SERVICE,
+                            "rpc.method": method,
+                            "loadonce.request_id": request_id,
+                        }
+                    )
+                    traced.enter()
             try:
                 if state.access is not None:
                     refused = refusal(state.access, family, presented_key(metadata))
@@ -144,6 +158,8 @@ class InferenceService:
                     raise
                 except Exception as exc:
                     status, message = describe_error(exc, route, request_id)
+                    if traced is not None:
+                        traced.failed(exc, status)
                     await context.abort(grpc_code(status), message, trailer)
                 context.set_trailing_metadata(trailer)
                 return response
@@ -152,6 +168,8 @@ class InferenceService:
                 count_request(
                     state, {"model_name": name}, route, status, time.perf_counter() - started
                 )
+                if traced is not None:
+                    traced.finish()
 
         return call
 
@@ -196,7 +214,10 @@ class InferenceService:
         model = self._serving_model(request.model_name, request.model_version)
         model.refuse_if_full()
         limits = self.state.limits
-        arrays, datatypes = decode_grpc_inputs(request, max_element_bytes=limits.max_element_bytes)
+        with phase("decode tensors"):
+            arrays, datatypes = decode_grpc_inputs(
+                request, max_element_bytes=limits.max_element_bytes
+            )
         requested = [
             RequestOutput(name=output.name, parameters=_parameters(output.parameters))
             for output in request.outputs
@@ -213,7 +234,8 @@ class InferenceService:
         response = _reply("ModelInfer", model_name=model.name, model_version=model.version)
         if request.id:
             response.id = request.id
-        encode_grpc_outputs(response, prediction.tensors, raw=bool(request.raw_input_contents))
+        with phase("encode"):
+            encode_grpc_outputs(response, prediction.tensors, raw=bool(request.raw_input_contents))
         return response
 
     async def model_config(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -42,6 +42,7 @@ from loadonce.http.state import LoadonceState
 from loadonce.protocols.json.count import JsonArray, top_level_elements
 from loadonce.protocols.json.generate import GENERATE_ENDPOINT
 from loadonce.runtimes import SELECTED_OUTPUTS, TensorInfo
+from loadonce.tracing import phase
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 ModelName = Annotated[str, Path(description="The model's name, as declared.")]
@@ -253,15 +254,16 @@ async def answer_predict(request: Request) -> Response:
         outputs = [_picked(output, picked, model) for output in outputs]
     # Built by hand rather than through response_model: outputs may hold NumPy values, and a
     # second validation pass of large outputs would cost time on every request.
-    if len(outputs) < _LARGE_ANSWER_EXAMPLES:
-        return JSONResponse(
-            {"model": model.name, "version": model.version, "outputs": to_jsonable(outputs)}
+    with phase("encode"):
+        if len(outputs) < _LARGE_ANSWER_EXAMPLES:
+            return JSONResponse(
+                {"model": model.name, "version": model.version, "outputs": to_jsonable(outputs)}
+            )
+        head = _dumps({"model": model.name, "version": model.version})
+        encoded = await anyio.to_thread.run_sync(_encode_in_pieces, outputs)
+        return Response(
+            head[:-1].encode() + b',"outputs":' + encoded + b"}", media_type="application/json"
         )
-    head = _dumps({"model": model.name, "version": model.version})
-    encoded = await anyio.to_thread.run_sync(_encode_in_pieces, outputs)
-    return Response(
-        head[:-1].encode() + b',"outputs":' + encoded + b"}", media_type="application/json"
-    )
 
 
 # An answer of this many examples or more is encoded in a thread, a piece at a time: the

@@ -21,6 +21,7 @@ from loadonce.protocols.v2.outputs import OutputTensor, output_tensors
 from loadonce.protocols.v2.schemas import InferenceRequest, RequestOutput
 from loadonce.protocols.v2.tensors import BINARY_SIZE, decode_inputs
 from loadonce.runtimes import SELECTED_OUTPUTS
+from loadonce.tracing import phase
 
 BINARY_OUTPUT = "binary_data_output"
 # Request parameters the protocol (and tritonclient) define; the others are the model's.
@@ -146,7 +147,8 @@ async def infer(
     max_element_bytes: int | None = None,
     arrived: float | None = None,
 ) -> EncodedResponse:
-    arrays = decode_inputs(request.inputs, body, max_element_bytes=max_element_bytes)
+    with phase("decode tensors"):
+        arrays = decode_inputs(request.inputs, body, max_element_bytes=max_element_bytes)
     datatypes = {tensor.name: tensor.datatype for tensor in request.inputs}
     prediction = await predict(
         model,
@@ -160,8 +162,9 @@ async def infer(
     header: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
     if request.id is not None:
         header["id"] = request.id
-    header["outputs"], buffers = _encode(prediction.tensors, prediction.binary)
-    return _respond(header, buffers, accept_encoding)
+    with phase("encode"):
+        header["outputs"], buffers = _encode(prediction.tensors, prediction.binary)
+        return _respond(header, buffers, accept_encoding)
 
 
 def _check_requested(requested: Sequence[RequestOutput], declared: list[str]) -> None:

@@ -1,0 +1,223 @@
+"""Tracing with OpenTelemetry (imported only when tracing is on): the request's span, its
+phases, its wait in the queue, the model's call it shared and the model's loads.
+
+Span names and attributes are listed in docs/tracing.md. The batch span is a
+child of the first sampled request it carried and links to every sampled request it carried;
+each of those requests' "queue wait" span links back to it, so either side leads to the other.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from loadonce._version import __version__
+from loadonce.tracing.active import ACTIVE
+from loadonce.tracing.logs import install_log_fields, remove_log_fields
+from loadonce.tracing.options import TRACES_EXPORTER, TracingOptions
+
+if TYPE_CHECKING:
+    from loadonce.core.batcher import CallTiming
+
+MODEL = "loadonce.model"
+REQUEST_ID = "loadonce.request_id"
+BATCH_SIZE = "loadonce.batch.size"
+BATCH_REQUESTS = "loadonce.batch.requests"
+# At most this many of a call's errors become exception events on its span.
+_ERRORS_RECORDED = 8
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def provider_for(options: TracingOptions) -> TracerProvider:
+    """A tracer provider from the options; what they leave unset, the SDK reads from its
+    OTEL_* variables (sampler, resource attributes, exporter endpoint, headers, timeouts)."""
+    attributes: dict[str, Any] = {}
+    if options.service_name is not None:
+        attributes["service.name"] = options.service_name
+    elif not os.environ.get("OTEL_SERVICE_NAME"):
+        attributes["service.name"] = "loadonce"
+    sampler = None
+    if options.sample_ratio is not None:
+        sampler = ParentBased(TraceIdRatioBased(options.sample_ratio))
+    provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
+    exporter = os.environ.get(TRACES_EXPORTER, "otlp").strip().lower() or "otlp"
+    if exporter == "console":
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    elif exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        endpoint = None
+        if options.endpoint is not None:
+            endpoint = options.endpoint.rstrip("/") + "/v1/traces"
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    return provider
+
+
+class Tracing:
+    """One worker's tracing: the core's ``CallTracer`` and the request spans of HTTP and
+    gRPC. ``owned``: the provider was built here, and is shut down (its spans flushed) with
+    the app."""
+
+    def __init__(self, provider: Any, *, owned: bool) -> None:
+        self.provider = provider
+        self.tracer: trace.Tracer = provider.get_tracer("loadonce", __version__)
+        self._owned = owned
+        # time.perf_counter() (the batcher's clock) to the epoch nanoseconds spans carry.
+        self._epoch_offset_ns = time.time_ns() - time.perf_counter_ns()
+        install_log_fields()
+
+    def shutdown(self) -> None:
+        remove_log_fields()
+        if self._owned:
+            self.provider.shutdown()
+
+    def _ns(self, perf_counter: float) -> int:
+        return int(perf_counter * 1e9) + self._epoch_offset_ns
+
+    # The request.
+
+    def start_request(
+        self,
+        name: str,
+        headers: Iterable[tuple[bytes, bytes]],
+        kind: SpanKind = SpanKind.SERVER,
+    ) -> RequestSpan | None:
+        """The request's span, a child of the caller's ``traceparent`` if it sent one; None
+        when the request is sampled out (nothing more is built for it)."""
+        carrier: dict[str, str] | None = None
+        for key, value in headers:
+            if key in (b"traceparent", b"tracestate"):
+                carrier = carrier or {}
+                carrier[key.decode("latin-1")] = value.decode("latin-1")
+        parent = _PROPAGATOR.extract(carrier) if carrier else None
+        span = self.tracer.start_span(name, context=parent, kind=kind)
+        if not span.is_recording():
+            return None
+        return RequestSpan(self, span)
+
+    # The core's CallTracer.
+
+    def current(self) -> object | None:
+        traced = ACTIVE.get()
+        return traced.span if isinstance(traced, RequestSpan) else None
+
+    def call_started(
+        self,
+        model: str,
+        carried: Sequence[tuple[object, float]],
+        examples: int,
+        requests: int,
+        started: float,
+    ) -> object:
+        spans: list[Span] = [span for span, _ in carried]  # type: ignore[misc]
+        start_ns = self._ns(started)
+        batch = self.tracer.start_span(
+            "batch",
+            context=trace.set_span_in_context(spans[0]),
+            links=[Link(span.get_span_context()) for span in spans],
+            start_time=start_ns,
+            attributes={MODEL: model, BATCH_SIZE: examples, BATCH_REQUESTS: requests},
+        )
+        back = [Link(batch.get_span_context())]
+        for span, submitted in carried:
+            waited = self.tracer.start_span(
+                "queue wait",
+                context=trace.set_span_in_context(span),  # type: ignore[arg-type]
+                links=back,
+                start_time=self._ns(submitted),
+                attributes={MODEL: model},
+            )
+            waited.end(end_time=start_ns)
+        return batch
+
+    def call_ended(
+        self, call: object, timing: CallTiming | None, errors: Sequence[BaseException]
+    ) -> None:
+        batch: Span = call  # type: ignore[assignment]
+        failed = [e for e in errors if getattr(e, "status", 500) >= 500]
+        if timing is not None:
+            begins = self._ns(timing.began + timing.input_s)
+            predict = self.tracer.start_span(
+                "predict", context=trace.set_span_in_context(batch), start_time=begins
+            )
+            if failed:
+                predict.set_status(Status(StatusCode.ERROR, str(failed[0])))
+            predict.end(end_time=begins + int(timing.infer_s * 1e9))
+        for error in errors[:_ERRORS_RECORDED]:
+            batch.record_exception(error)
+        if failed:
+            batch.set_status(Status(StatusCode.ERROR, str(failed[0])))
+        batch.end()
+
+    def lifecycle(self, model: str, action: str) -> AbstractContextManager[object]:
+        return self.tracer.start_as_current_span(f"model {action}", attributes={MODEL: model})
+
+
+class RequestSpan:
+    """A sampled request's span, current in its task from ``enter`` to ``finish``."""
+
+    __slots__ = ("_active_token", "_context_token", "span", "tracing")
+
+    def __init__(self, tracing: Tracing, span: Span) -> None:
+        self.tracing = tracing
+        self.span = span
+        self._context_token: object = None
+        self._active_token: Any = None
+
+    def enter(self) -> None:
+        self._context_token = otel_context.attach(trace.set_span_in_context(self.span))
+        self._active_token = ACTIVE.set(self)
+
+    def finish(self, status: int | None = None) -> None:
+        if status is not None:
+            self.span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                self.span.set_status(StatusCode.ERROR)
+        self.span.end()
+        ACTIVE.reset(self._active_token)
+        otel_context.detach(self._context_token)  # type: ignore[arg-type]
+
+    def phase(self, name: str) -> AbstractContextManager[object]:
+        return self.tracing.tracer.start_as_current_span(name)
+
+    def named(self, method: str, route: str) -> None:
+        """The route's template is known: the span's name, low in cardinality."""
+        self.span.update_name(f"{method} {route}")
+        self.span.set_attribute("http.route", route)
+
+    def failed(self, error: BaseException, status: int) -> None:
+        self.span.record_exception(error)
+        if status >= 500:
+            self.span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+
+
+@contextmanager
+def request_span(
+    tracing: Tracing, name: str, headers: Iterable[tuple[bytes, bytes]], **attributes: Any
+) -> Iterator[RequestSpan | None]:
+    """A request's span around a block (gRPC's calls), current inside it."""
+    traced = tracing.start_request(name, headers)
+    if traced is None:
+        yield None
+        return
+    traced.span.set_attributes(attributes)
+    traced.enter()
+    try:
+        yield traced
+    except BaseException as exc:
+        traced.failed(exc, 500)
+        raise
+    finally:
+        traced.finish()

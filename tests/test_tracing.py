@@ -1,0 +1,304 @@
+"""OpenTelemetry tracing, in process: a request's spans form one trace (request, decode, queue
+wait, batch, predict, encode), a caller's traceparent is continued, the batch span links to
+every request it carried, errors are recorded on their span, loads are traced and log lines
+carry the ids. The spans are read from the SDK's in-memory exporter."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+import loadonce
+from tests.servers import ThreadedServer, free_port, wait_until
+
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+
+
+class Doubler:
+    """Doubles each number; with a gate, each call waits for the test to open it."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.gate = gate
+        self.calls: list[list[Any]] = []
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        self.calls.append(list(batch))
+        if self.gate is not None:
+            assert self.gate.wait(30), "the test never opened the gate"
+        if any(x == 13 for x in batch):
+            raise RuntimeError("unlucky number")
+        return [2 * x for x in batch]
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+def traced_app(exporter: InMemorySpanExporter, model: Doubler, **spec: Any) -> Any:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    specs = [loadonce.ModelSpec(name="m", loader=lambda: model, **spec)]
+    return loadonce.create_app(specs, tracing=provider)
+
+
+def by_name(spans: Any) -> dict[str, list[ReadableSpan]]:
+    found: dict[str, list[ReadableSpan]] = {}
+    for span in spans:
+        found.setdefault(span.name, []).append(span)
+    return found
+
+
+def parent_of(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent is not None else None
+
+
+def test_a_requests_spans_form_one_trace(exporter: InMemorySpanExporter) -> None:
+    with TestClient(traced_app(exporter, Doubler())) as client:
+        exporter.clear()  # the load's span
+        answer = client.post(
+            "/models/m/predict", json={"inputs": [1, 2]}, headers={"X-Request-ID": "r-1"}
+        )
+        assert answer.status_code == 200
+    spans = by_name(exporter.get_finished_spans())
+    request = spans["POST /models/{name}/predict"][0]
+    assert request.attributes is not None
+    assert request.attributes["loadonce.request_id"] == "r-1"
+    assert request.attributes["http.response.status_code"] == 200
+    trace_id = request.context.trace_id
+    for name in ("decode", "queue wait", "batch", "predict", "encode"):
+        assert spans[name][0].context.trace_id == trace_id, name
+    request_id = request.context.span_id
+    for name in ("decode", "queue wait", "batch", "encode"):
+        assert parent_of(spans[name][0]) == request_id, name
+    batch = spans["batch"][0]
+    assert parent_of(spans["predict"][0]) == batch.context.span_id
+    assert batch.attributes is not None
+    assert batch.attributes["loadonce.batch.size"] == 2
+    assert [link.context.span_id for link in batch.links] == [request_id]
+    queued, predicted = spans["queue wait"][0], spans["predict"][0]
+    assert queued.end_time is not None
+    assert predicted.start_time is not None
+    assert queued.end_time <= predicted.start_time
+
+
+def test_a_traceparent_continues_the_callers_trace(exporter: InMemorySpanExporter) -> None:
+    with TestClient(traced_app(exporter, Doubler())) as client:
+        exporter.clear()
+        traceparent = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+        client.post("/v2/models/m/infer", json=_tensor([1.0]), headers={"traceparent": traceparent})
+    spans = by_name(exporter.get_finished_spans())
+    request = spans["POST /v2/models/{model_name}/infer"][0]
+    assert format(request.context.trace_id, "032x") == CALLER_TRACE
+    assert request.parent is not None
+    assert format(request.parent.span_id, "016x") == CALLER_SPAN
+    assert {format(s.context.trace_id, "032x") for s in exporter.get_finished_spans()} == {
+        CALLER_TRACE
+    }
+
+
+def test_the_batch_span_links_to_every_request_it_carried(exporter: InMemorySpanExporter) -> None:
+    gate = threading.Event()
+    model = Doubler(gate)
+    app = traced_app(exporter, model, batching={"max_batch_size": 8})
+    with TestClient(app) as client, ThreadPoolExecutor(4) as pool:
+        exporter.clear()
+        first = pool.submit(client.post, "/models/m/predict", json={"inputs": [1]})
+        wait_until(lambda: model.calls, 10, "the first call to start")
+        # While the model is busy, three more requests queue: they share the next call.
+        rest = [
+            pool.submit(client.post, "/models/m/predict", json={"inputs": [x]}) for x in (2, 3, 4)
+        ]
+        queue = app.state.loadonce.registry.get("m").batcher
+        wait_until(lambda: queue.queued_examples == 3, 10, "three requests to queue")
+        gate.set()
+        assert all(f.result().status_code == 200 for f in [first, *rest])
+    assert [sorted(call) for call in model.calls] == [[1], [2, 3, 4]]
+    spans = exporter.get_finished_spans()
+    requests = {s.context.span_id: s for s in spans if s.name.startswith("POST")}
+    shared = next(s for s in by_name(spans)["batch"] if len(s.links) == 3)
+    assert shared.attributes is not None
+    assert shared.attributes["loadonce.batch.size"] == 3
+    linked = {link.context.span_id for link in shared.links}
+    assert linked <= set(requests)
+    assert len(linked) == 3
+    # Each carried request's wait links back to the batch.
+    waits = [s for s in by_name(spans)["queue wait"] if parent_of(s) in linked]
+    assert len(waits) == 3
+    assert all(w.links[0].context.span_id == shared.context.span_id for w in waits)
+
+
+def test_an_error_is_recorded_on_its_span(exporter: InMemorySpanExporter) -> None:
+    with TestClient(traced_app(exporter, Doubler())) as client:
+        exporter.clear()
+        answer = client.post("/models/m/predict", json={"inputs": [13]})
+        assert answer.status_code == 500
+        assert "Traceback" not in answer.text
+    spans = by_name(exporter.get_finished_spans())
+    for name in ("POST /models/{name}/predict", "batch"):
+        span = spans[name][0]
+        assert span.status.status_code is StatusCode.ERROR, name
+        assert any(event.name == "exception" for event in span.events), name
+    assert spans["predict"][0].status.status_code is StatusCode.ERROR
+
+
+def test_loads_and_reloads_are_traced(exporter: InMemorySpanExporter) -> None:
+    with TestClient(traced_app(exporter, Doubler())) as client:
+        assert [s.name for s in exporter.get_finished_spans()] == ["model load"]
+        exporter.clear()
+        assert client.post("/admin/models/m/reload").status_code == 200
+    spans = by_name(exporter.get_finished_spans())
+    reload = spans["model reload"][0]
+    assert reload.attributes is not None
+    assert reload.attributes["loadonce.model"] == "m"
+    # Under the control request's span, in its trace.
+    request = next(s for s in exporter.get_finished_spans() if s.name.startswith("POST"))
+    assert parent_of(reload) == request.context.span_id
+
+
+def test_log_lines_carry_the_trace_and_span_ids(
+    exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    with TestClient(traced_app(exporter, Doubler())) as client:
+        exporter.clear()
+        with caplog.at_level(logging.INFO, logger="loadonce.access"):
+            client.post("/models/m/predict", json={"inputs": [1]})
+    request = next(s for s in exporter.get_finished_spans() if s.name.startswith("POST"))
+    line = next(r for r in caplog.records if r.name == "loadonce.access")
+    assert getattr(line, "trace_id", None) == format(request.context.trace_id, "032x")
+    assert getattr(line, "span_id", None) == format(request.context.span_id, "016x")
+
+
+def test_sampled_out_requests_build_no_spans(exporter: InMemorySpanExporter) -> None:
+    provider = TracerProvider(sampler=_never())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = loadonce.create_app([loadonce.ModelSpec(name="m", loader=Doubler)], tracing=provider)
+    with TestClient(app) as client:
+        assert client.post("/models/m/predict", json={"inputs": [1]}).status_code == 200
+    assert exporter.get_finished_spans() == ()
+
+
+def _never() -> Any:
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    return ALWAYS_OFF
+
+
+def _tensor(values: list[float]) -> dict[str, Any]:
+    return {"inputs": [{"name": "x", "shape": [len(values)], "datatype": "FP64", "data": values}]}
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_factory() -> Iterator[None]:
+    before = logging.getLogRecordFactory()
+    yield
+    assert logging.getLogRecordFactory() is before
+
+
+def test_a_grpc_call_is_traced_and_continues_the_callers_trace(
+    exporter: InMemorySpanExporter,
+) -> None:
+    import numpy as np
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+
+    from loadonce.protocols.grpc import grpc_lifespan
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    port = free_port()
+    specs = [loadonce.ModelSpec(name="m", loader=Doubler)]
+    app = loadonce.create_app(specs, wrap=grpc_lifespan(port=port), tracing=provider)
+    with ThreadedServer(app):
+        exporter.clear()
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        tensor = triton.InferInput("x", [2], "FP64")
+        tensor.set_data_from_numpy(np.array([1.0, 2.0]))
+        traceparent = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+        client.infer("m", [tensor], headers={"traceparent": traceparent})
+        tensor.set_data_from_numpy(np.array([13.0, 2.0]))
+        with pytest.raises(InferenceServerException):
+            client.infer("m", [tensor])
+        client.close()
+    calls = [s for s in exporter.get_finished_spans() if s.name.endswith("/ModelInfer")]
+    assert len(calls) == 2
+    continued, failed = sorted(calls, key=lambda s: s.start_time or 0)
+    assert format(continued.context.trace_id, "032x") == CALLER_TRACE
+    in_trace = {
+        s.name
+        for s in exporter.get_finished_spans()
+        if s.context.trace_id == continued.context.trace_id
+    }
+    assert {"decode tensors", "queue wait", "batch", "predict", "encode"} <= in_trace
+    assert failed.status.status_code is StatusCode.ERROR
+    assert any(event.name == "exception" for event in failed.events)
+
+
+def _without_opentelemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name.startswith("opentelemetry") else real(name, *a),
+    )
+
+
+def test_tracing_asked_for_without_the_extra_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    _without_opentelemetry(monkeypatch)
+    specs = [loadonce.ModelSpec(name="m", loader=Doubler)]
+    with pytest.raises(loadonce.ConfigError, match=r"pip install 'loadonce\[otel\]'"):
+        loadonce.lifespan(specs, tracing=loadonce.TracingOptions(enabled=True))
+
+
+def test_an_otel_exporter_variable_without_the_extra_only_warns(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _without_opentelemetry(monkeypatch)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    options = loadonce.TracingOptions()
+    assert options.active
+    app = loadonce.create_app([loadonce.ModelSpec(name="m", loader=Doubler)], tracing=options)
+    with caplog.at_level(logging.WARNING, logger="loadonce"), TestClient(app) as client:
+        assert client.post("/models/m/predict", json={"inputs": [1]}).status_code == 200
+        assert app.state.loadonce.tracing is None
+    assert "OpenTelemetry is not installed" in caplog.text
+
+
+def test_an_otlp_protocol_loadonce_does_not_export_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    with pytest.raises(loadonce.ConfigError, match="OTLP over HTTP"):
+        loadonce.lifespan(
+            [loadonce.ModelSpec(name="m", loader=Doubler)],
+            tracing=loadonce.TracingOptions(enabled=True),
+        )
+
+
+def test_the_tracing_table_under_its_variables_and_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    from loadonce.server.settings import resolve_tracing_options
+
+    monkeypatch.setenv("LOADONCE_TRACING_SAMPLE_RATIO", "0.1")
+    monkeypatch.setenv("LOADONCE_TRACING_SERVICE_NAME", "from-env")
+    table = {"enabled": True, "sample_ratio": 0.5, "endpoint": "http://collector:4318"}
+    options = resolve_tracing_options(table, enabled=None)
+    assert options == loadonce.TracingOptions(
+        enabled=True, sample_ratio=0.1, endpoint="http://collector:4318", service_name="from-env"
+    )
+    assert not resolve_tracing_options(table, enabled=False).active
+    monkeypatch.setenv("LOADONCE_TRACING_SAMPLE_RATIO", "2")
+    with pytest.raises(loadonce.ConfigError, match="sample_ratio"):
+        resolve_tracing_options({}, enabled=True)

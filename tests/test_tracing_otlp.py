@@ -1,0 +1,140 @@
+"""Tracing end to end: ``loadonce serve`` with a [tracing] table exports its spans over
+OTLP/HTTP to a receiver this test runs, which decodes them with OpenTelemetry's protobuf
+messages. A request's spans arrive as one trace, and the batch span links to every request
+it carried."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from tests.servers import cli_env, run_cli, serving
+
+CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
+
+
+class Receiver(ThreadingHTTPServer):
+    """An OTLP/HTTP receiver: keeps every span POSTed to /v1/traces, with its service name."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.spans: list[tuple[str, Any]] = []
+        self.paths: list[str] = []
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(body)
+        with self.server.lock:
+            self.server.paths.append(self.path)
+            for resource_spans in message.resource_spans:
+                service = next(
+                    a.value.string_value
+                    for a in resource_spans.resource.attributes
+                    if a.key == "service.name"
+                )
+                for scope_spans in resource_spans.scope_spans:
+                    self.server.spans.extend((service, span) for span in scope_spans.spans)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+async def _three_at_once(url: str) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        return await asyncio.gather(
+            *(client.post("/models/echo/predict", json={"inputs": [x]}) for x in (1, 2, 3))
+        )
+
+
+def test_a_served_requests_spans_reach_the_collector_as_one_trace(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    config = tmp_path / "serve.toml"
+    config.write_text(
+        f"""
+[server]
+log_format = "json"
+
+[tracing]
+enabled = true
+endpoint = "{receiver.url}"
+service_name = "otlp-test"
+sample_ratio = 1.0
+
+[[models]]
+name = "echo"
+loader = "tests.loaders:echo"
+# A batch starts when three examples wait: the three requests below share one call.
+batching = {{ max_batch_size = 3, max_wait_ms = 10000 }}
+"""
+    )
+    with serving([str(config)], tmp_path, env=cli_env(tmp_path)) as server:
+        answers = asyncio.run(_three_at_once(server.url))
+        assert [a.status_code for a in answers] == [200, 200, 200]
+    # Stopped: the worker's provider flushed what it held.
+    assert set(receiver.paths) == {"/v1/traces"}
+    assert {service for service, _ in receiver.spans} == {"otlp-test"}
+    spans = [span for _, span in receiver.spans]
+    requests = {s.span_id: s for s in spans if s.name == "POST /models/{name}/predict"}
+    assert len(requests) == 3
+    batch = next(s for s in spans if s.name == "batch" and len(s.links) == 3)
+    assert {link.span_id for link in batch.links} == set(requests)
+    sizes = {a.key: a.value.int_value for a in batch.attributes}
+    assert sizes["loadonce.batch.size"] == 3
+    # The batch is in the trace of the request it is a child of, with the phases of that one.
+    parent = requests[batch.parent_span_id]
+    in_trace = {s.name for s in spans if s.trace_id == parent.trace_id}
+    assert {"decode", "queue wait", "batch", "predict", "encode"} <= in_trace
+    # Each JSON log line of a request carries its trace and span ids.
+    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    access = [
+        line
+        for line in lines
+        if line["logger"] == "loadonce.access" and line["path"] == "/models/echo/predict"
+    ]
+    assert {line["trace_id"] for line in access} == {r.trace_id.hex() for r in requests.values()}
+    assert {line["span_id"] for line in access} == {r.span_id.hex() for r in requests.values()}
+
+
+def test_tracing_asked_for_with_a_bad_option_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "serve.toml"
+    config.write_text(
+        '[tracing]\nsample_ratio = 2\n[[models]]\nname = "echo"\nloader = "tests.loaders:echo"\n'
+    )
+    result = run_cli(tmp_path, "serve", str(config))
+    assert result.returncode == 2, result.stderr
+    assert "[tracing]: sample_ratio" in result.stderr
+    assert "Traceback" not in result.stderr
