@@ -138,3 +138,32 @@ def test_tracing_asked_for_with_a_bad_option_is_one_line(tmp_path: Path) -> None
     assert result.returncode == 2, result.stderr
     assert "[tracing]: sample_ratio" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_sample_ratio_traces_that_share_of_requests_and_follows_callers(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """sample_ratio 0.25: about a quarter of the requests without a traceparent are traced
+    (60 requests: between 3 and 30, a bound a fair draw leaves less than once in 3,000 runs);
+    a caller's decision is followed either way."""
+    config = tmp_path / "serve.toml"
+    config.write_text(
+        f'[tracing]\nenabled = true\nendpoint = "{receiver.url}"\nsample_ratio = 0.25\n'
+        '[[models]]\nname = "echo"\nloader = "tests.loaders:echo"\n'
+    )
+    caller = "00-" + CALLER_TRACE + "-b7ad6b7169203331-0{}"
+    with (
+        serving([str(config)], tmp_path, env=cli_env(tmp_path)) as server,
+        httpx.Client(base_url=server.url) as client,
+    ):
+        for _ in range(60):
+            assert client.post("/models/echo/predict", json={"inputs": [1]}).status_code == 200
+        for flag in (1, 0):
+            for _ in range(3):
+                headers = {"traceparent": caller.format(flag)}
+                answer = client.post("/models/echo/predict", json={"inputs": [1]}, headers=headers)
+                assert answer.status_code == 200
+    requests = [s for _, s in receiver.spans if s.name == "POST /models/{name}/predict"]
+    followed = [s for s in requests if s.trace_id.hex() == CALLER_TRACE]
+    assert len(followed) == 3
+    assert 3 <= len(requests) - len(followed) <= 30

@@ -9,6 +9,7 @@ each of those requests' "queue wait" span links back to it, so either side leads
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -19,7 +20,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -49,8 +50,10 @@ def provider_for(options: TracingOptions) -> TracerProvider:
     elif not os.environ.get("OTEL_SERVICE_NAME"):
         attributes["service.name"] = "loadonce"
     sampler = None
-    if options.sample_ratio is not None:
-        sampler = ParentBased(TraceIdRatioBased(options.sample_ratio))
+    if root_ratio(options) is not None:
+        # Requests without a caller's decision are sampled at the ratio by Tracing itself,
+        # before the SDK is asked anything (see start_request); what reaches the SDK is kept.
+        sampler = ParentBased(ALWAYS_ON)
     provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
     exporter = os.environ.get(TRACES_EXPORTER, "otlp").strip().lower() or "otlp"
     if exporter == "console":
@@ -65,13 +68,33 @@ def provider_for(options: TracingOptions) -> TracerProvider:
     return provider
 
 
+def root_ratio(options: TracingOptions) -> float | None:
+    """The share of requests without a caller's ``traceparent`` that are sampled, when the
+    sampler is a parent-based ratio (``sample_ratio``, or OpenTelemetry's
+    ``parentbased_traceidratio`` variables); None for any other sampler, left to the SDK."""
+    if options.sample_ratio is not None:
+        return options.sample_ratio
+    if os.environ.get("OTEL_TRACES_SAMPLER", "").strip().lower() != "parentbased_traceidratio":
+        return None
+    try:
+        ratio = float(os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
+    except ValueError:
+        return None  # the SDK warns of it and samples everything
+    return ratio if 0.0 <= ratio <= 1.0 else None
+
+
 class Tracing:
     """One worker's tracing: the core's ``CallTracer`` and the request spans of HTTP and
     gRPC. ``owned``: the provider was built here, and is shut down (its spans flushed) with
     the app."""
 
-    def __init__(self, provider: Any, *, owned: bool) -> None:
+    def __init__(self, provider: Any, *, owned: bool, ratio: float | None = None) -> None:
         self.provider = provider
+        # Requests sampled out without a caller's decision cost one random draw: at 10%
+        # sampling, asking the SDK (trace ids, a sampler, a non-recording span) for each of
+        # the other 90% cost several microseconds per request (docs/benchmarks.md).
+        self._ratio = ratio
+        self._draw = random.Random().random  # noqa: S311 - sampling, not secrets
         self.tracer: trace.Tracer = provider.get_tracer("loadonce", __version__)
         self._owned = owned
         # time.perf_counter() (the batcher's clock) to the epoch nanoseconds spans carry.
@@ -101,6 +124,8 @@ class Tracing:
             if key in (b"traceparent", b"tracestate"):
                 carrier = carrier or {}
                 carrier[key.decode("latin-1")] = value.decode("latin-1")
+        if carrier is None and self._ratio is not None and self._draw() >= self._ratio:
+            return None
         parent = _PROPAGATOR.extract(carrier) if carrier else None
         span = self.tracer.start_span(name, context=parent, kind=kind)
         if not span.is_recording():
