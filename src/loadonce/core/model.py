@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import os
@@ -10,6 +11,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -332,7 +334,7 @@ class Model:
         self._answered_shape, self._warmup_answer = answered_shape, answer
         maps = all(instance.shares_weights for instance in executor.instances)
         resident, mapped_size = (
-            await anyio.to_thread.run_sync(mapped_file_bytes, spec.artifact) if maps else (0, 0)
+            await anyio.to_thread.run_sync(_mapped_now, spec.artifact) if maps else (0, 0)
         )
         self.mapped_bytes = resident
         self.load_seconds = time.perf_counter() - started
@@ -563,6 +565,14 @@ async def _off_loop(function: Callable[..., _T], *args: Any) -> _T:
     """Run a step of a load in a thread; a timeout or a cancellation stops waiting for it at
     once (anyio's default would wait for the thread to finish)."""
     return await anyio.to_thread.run_sync(function, *args, abandon_on_cancel=True)
+
+
+def _mapped_now(artifact: Path | None) -> tuple[int, int]:
+    """``mapped_file_bytes`` once garbage of the load is gone: arrays a load mapped and then
+    copied (a forest's tree nodes, read by joblib as mapped arrays) stay mapped until the
+    collector frees them, and would read as weights the model shares."""
+    gc.collect()
+    return mapped_file_bytes(artifact)
 
 
 def _size_of(spec: ModelSpec) -> str:
