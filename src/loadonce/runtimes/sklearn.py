@@ -223,12 +223,17 @@ def compression_of(path: Path) -> str | None:
     return None
 
 
-def holds_mapped_arrays(value: Any, depth: int = 4) -> bool:
-    """Whether an estimator (or a pipeline of them) holds arrays mapped from its file."""
+def mapped_array_bytes(value: Any, depth: int = 4, seen: set[int] | None = None) -> int:
+    """The bytes of the arrays mapped from its file that an estimator (or a pipeline of
+    them) holds, each counted once."""
+    seen = set() if seen is None else seen
     if isinstance(value, np.memmap):
-        return True
+        if id(value) in seen:
+            return 0
+        seen.add(id(value))
+        return int(value.nbytes)
     if depth == 0:
-        return False
+        return 0
     if isinstance(value, dict):
         children: Any = value.values()
     elif isinstance(value, list | tuple):
@@ -236,8 +241,8 @@ def holds_mapped_arrays(value: Any, depth: int = 4) -> bool:
     elif hasattr(value, "__dict__"):
         children = vars(value).values()
     else:
-        return False
-    return any(holds_mapped_arrays(child, depth - 1) for child in children)
+        return 0
+    return sum(mapped_array_bytes(child, depth - 1, seen) for child in children)
 
 
 class SklearnRuntime(Runtime):
@@ -274,5 +279,8 @@ class SklearnRuntime(Runtime):
         predictor = EstimatorPredictor(
             estimator, method=method, signature=signature, columns=columns
         )
-        predictor.shares_weights = holds_mapped_arrays(estimator)
+        # Shared when the arrays it holds mapped are most of the file: a forest maps its
+        # small classes_ but copies its trees (the process's mappings of the file say less:
+        # numpy maps from the page before each array, and a copied array's mapping lingers).
+        predictor.shares_weights = 2 * mapped_array_bytes(estimator) >= path.stat().st_size
         return predictor
