@@ -7,6 +7,7 @@ import itertools
 import os
 import re
 import uuid
+from typing import Any
 
 from starlette.requests import Request
 from starlette.types import Scope
@@ -27,6 +28,17 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 _REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode("latin-1")
+
+
+def timeout_header_parameter(description: str) -> dict[str, Any]:
+    """The OpenAPI entry of the request timeout header, for a route that honours it."""
+    return {
+        "name": TIMEOUT_HEADER,
+        "in": "header",
+        "required": False,
+        "schema": {"type": "number", "exclusiveMinimum": 0},
+        "description": description,
+    }
 
 
 def request_id_of(request: Request) -> str:

@@ -16,7 +16,12 @@ from loadonce.http.dependencies import registry_of
 from loadonce.http.disconnect import unless_disconnected
 from loadonce.http.endpoints import InferenceEndpoint
 from loadonce.http.large_bodies import parse_body
-from loadonce.http.request_info import TIMEOUT_HEADER, arrival_of, request_id_of, requested_timeout
+from loadonce.http.request_info import (
+    arrival_of,
+    request_id_of,
+    requested_timeout,
+    timeout_header_parameter,
+)
 from loadonce.http.routes import LoadonceRoute
 from loadonce.http.schemas import ErrorBody
 from loadonce.http.streaming import server_sent_event
@@ -157,15 +162,11 @@ _OPENAPI: dict[str, Any] = {
             "schema": {"type": "string"},
             "description": "The model's name, as declared.",
         },
-        {
-            "name": TIMEOUT_HEADER,
-            "in": "header",
-            "required": False,
-            "schema": {"type": "number", "exclusiveMinimum": 0},
-            "description": "Seconds this request may take, queue included; at most the "
+        timeout_header_parameter(
+            "Seconds this request may take, queue included; at most the "
             "model's own timeout_s. Past it before the first token: 504; after it: the "
-            'text so far, finish_reason "deadline".',
-        },
+            'text so far, finish_reason "deadline".'
+        ),
     ],
 }
 

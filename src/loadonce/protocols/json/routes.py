@@ -25,7 +25,7 @@ from loadonce.http.disconnect import unless_disconnected
 from loadonce.http.endpoints import InferenceEndpoint, add_inference_route
 from loadonce.http.large_bodies import LARGE_BODY_BYTES, parse_body
 from loadonce.http.metrics import WorkerState
-from loadonce.http.request_info import TIMEOUT_HEADER, arrival_of, requested_timeout
+from loadonce.http.request_info import arrival_of, requested_timeout, timeout_header_parameter
 from loadonce.http.routes import LoadonceRoute
 from loadonce.http.schemas import (
     ErrorBody,
@@ -116,14 +116,10 @@ _PREDICT_OPENAPI: dict[str, Any] = {
             "schema": {"type": "string"},
             "description": "The model's name, as declared.",
         },
-        {
-            "name": TIMEOUT_HEADER,
-            "in": "header",
-            "required": False,
-            "schema": {"type": "number", "exclusiveMinimum": 0},
-            "description": "Seconds this request may wait for its answer, queue included; "
-            "at most the model's own timeout_s. Past it: 504.",
-        },
+        timeout_header_parameter(
+            "Seconds this request may wait for its answer, queue included; "
+            "at most the model's own timeout_s. Past it: 504."
+        ),
     ],
 }
 

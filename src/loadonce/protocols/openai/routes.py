@@ -15,7 +15,7 @@ from loadonce.core.errors import ModelNotFoundError, ModelNotReadyError
 from loadonce.core.model import Model
 from loadonce.http.dependencies import registry_of
 from loadonce.http.endpoints import InferenceEndpoint, add_inference_route
-from loadonce.http.request_info import TIMEOUT_HEADER
+from loadonce.http.request_info import timeout_header_parameter
 from loadonce.protocols.openai.embeddings import answer_embeddings
 from loadonce.protocols.openai.errors import OpenAIRoute
 from loadonce.protocols.openai.generation import answer_chat, answer_completion
@@ -129,14 +129,10 @@ def _openapi(body: type[BaseModel]) -> dict[str, Any]:
             "content": {"application/json": {"schema": _inlined(body.model_json_schema())}},
         },
         "parameters": [
-            {
-                "name": TIMEOUT_HEADER,
-                "in": "header",
-                "required": False,
-                "schema": {"type": "number", "exclusiveMinimum": 0},
-                "description": "Seconds this request may wait for its answer, queue included "
-                "(a stream: until its last token); at most the model's own timeout_s.",
-            },
+            timeout_header_parameter(
+                "Seconds this request may wait for its answer, queue included "
+                "(a stream: until its last token); at most the model's own timeout_s."
+            ),
         ],
     }
 

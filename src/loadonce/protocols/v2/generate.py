@@ -26,7 +26,7 @@ from loadonce.http.dependencies import registry_of
 from loadonce.http.disconnect import unless_disconnected
 from loadonce.http.endpoints import InferenceEndpoint
 from loadonce.http.large_bodies import parse_body
-from loadonce.http.request_info import TIMEOUT_HEADER, arrival_of, requested_timeout
+from loadonce.http.request_info import arrival_of, requested_timeout, timeout_header_parameter
 from loadonce.http.routes import V2Route
 from loadonce.http.streaming import server_sent_event
 from loadonce.protocols.generation import (
@@ -226,14 +226,10 @@ def _endpoint(versioned: bool, stream: bool) -> InferenceEndpoint:
             {"name": "model_version", "in": "path", "required": True, "schema": {"type": "string"}}
         )
     parameters.append(
-        {
-            "name": TIMEOUT_HEADER,
-            "in": "header",
-            "required": False,
-            "schema": {"type": "number", "exclusiveMinimum": 0},
-            "description": "Seconds this request may take, queue included. Past it before "
-            "the first token: 504; after it, the text so far.",
-        }
+        timeout_header_parameter(
+            "Seconds this request may take, queue included. Past it before "
+            "the first token: 504; after it, the text so far."
+        )
     )
     ok: dict[str, Any] = (
         {

@@ -17,7 +17,7 @@ from loadonce.http.disconnect import unless_disconnected
 from loadonce.http.endpoints import InferenceEndpoint, add_inference_route
 from loadonce.http.errors import v2_error
 from loadonce.http.large_bodies import parse_body
-from loadonce.http.request_info import TIMEOUT_HEADER, arrival_of, requested_timeout
+from loadonce.http.request_info import arrival_of, requested_timeout, timeout_header_parameter
 from loadonce.http.routes import V2Route
 from loadonce.http.state import LoadonceState
 from loadonce.protocols.v2.body import HEADER_LENGTH, SplitBody, split_body
@@ -300,14 +300,10 @@ def _infer_openapi(path_parameters: dict[str, Any]) -> dict[str, Any]:
                 "description": "Size of the JSON at the start of the body; the binary "
                 "inputs follow it (binary tensor data extension).",
             },
-            {
-                "name": TIMEOUT_HEADER,
-                "in": "header",
-                "required": False,
-                "schema": {"type": "number", "exclusiveMinimum": 0},
-                "description": "Seconds this request may wait for its answer, queue "
-                "included; at most the model's own timeout_s. Past it: 504.",
-            },
+            timeout_header_parameter(
+                "Seconds this request may wait for its answer, queue "
+                "included; at most the model's own timeout_s. Past it: 504."
+            ),
         ],
     }
 
