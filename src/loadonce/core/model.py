@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import math
 import os
@@ -11,7 +10,6 @@ import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -334,7 +332,7 @@ class Model:
         self._answered_shape, self._warmup_answer = answered_shape, answer
         maps = all(instance.shares_weights for instance in executor.instances)
         resident, mapped_size = (
-            await anyio.to_thread.run_sync(_mapped_now, spec.artifact) if maps else (0, 0)
+            await anyio.to_thread.run_sync(mapped_file_bytes, spec.artifact) if maps else (0, 0)
         )
         self.mapped_bytes = resident
         self.load_seconds = time.perf_counter() - started
@@ -342,14 +340,10 @@ class Model:
         # Measured, not claimed: a predictor that maps its file may still hold most of its
         # weights privately (a forest maps its small classes_ array and copies its trees).
         # The weights are shared when what is mapped is at least what the load added
-        # privately besides it, and most of the artifact: the private growth alone misleads
-        # in a process that reuses memory it freed before (a long-lived app, a test run),
-        # where a forest's load grew nothing and its tiny mapped classes_ "won".
+        # privately besides it (the runtime says first whether it maps its weights at all:
+        # scikit-learn counts the bytes of the arrays the estimator holds mapped).
         private = max(0, self.load_memory.uss - resident)
-        size = artifact_bytes(spec.artifact) or 0
-        self._weights_shared = (
-            maps and mapped_size > 0 and mapped_size >= private and 2 * mapped_size >= size
-        )
+        self._weights_shared = maps and mapped_size > 0 and mapped_size >= private
         self.loaded_at = time.time()
         self.load_count += 1
         logger.info(
@@ -565,14 +559,6 @@ async def _off_loop(function: Callable[..., _T], *args: Any) -> _T:
     """Run a step of a load in a thread; a timeout or a cancellation stops waiting for it at
     once (anyio's default would wait for the thread to finish)."""
     return await anyio.to_thread.run_sync(function, *args, abandon_on_cancel=True)
-
-
-def _mapped_now(artifact: Path | None) -> tuple[int, int]:
-    """``mapped_file_bytes`` once garbage of the load is gone: arrays a load mapped and then
-    copied (a forest's tree nodes, read by joblib as mapped arrays) stay mapped until the
-    collector frees them, and would read as weights the model shares."""
-    gc.collect()
-    return mapped_file_bytes(artifact)
 
 
 def _size_of(spec: ModelSpec) -> str:

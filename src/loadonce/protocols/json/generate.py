@@ -33,6 +33,7 @@ from loadonce.protocols.generation import (
     read_sampling,
     refuse_unknown,
 )
+from loadonce.protocols.json.openapi import MODEL_NAME_PARAMETER
 
 __all__ = ["GENERATE_ENDPOINT"]
 
@@ -155,13 +156,7 @@ _OPENAPI: dict[str, Any] = {
         "content": {"application/json": {"schema": GenerateRequest.model_json_schema()}},
     },
     "parameters": [
-        {
-            "name": "name",
-            "in": "path",
-            "required": True,
-            "schema": {"type": "string"},
-            "description": "The model's name, as declared.",
-        },
+        MODEL_NAME_PARAMETER,
         timeout_header_parameter(
             "Seconds this request may take, queue included; at most the "
             "model's own timeout_s. Past it before the first token: 504; after it: the "

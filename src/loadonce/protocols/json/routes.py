@@ -41,6 +41,7 @@ from loadonce.http.schemas import (
 from loadonce.http.state import LoadonceState
 from loadonce.protocols.json.count import JsonArray, top_level_elements
 from loadonce.protocols.json.generate import GENERATE_ENDPOINT
+from loadonce.protocols.json.openapi import MODEL_NAME_PARAMETER
 from loadonce.runtimes import SELECTED_OUTPUTS, TensorInfo
 from loadonce.tracing import phase
 
@@ -109,13 +110,7 @@ _PREDICT_OPENAPI: dict[str, Any] = {
         "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
     },
     "parameters": [
-        {
-            "name": "name",
-            "in": "path",
-            "required": True,
-            "schema": {"type": "string"},
-            "description": "The model's name, as declared.",
-        },
+        MODEL_NAME_PARAMETER,
         timeout_header_parameter(
             "Seconds this request may wait for its answer, queue included; "
             "at most the model's own timeout_s. Past it: 504."
