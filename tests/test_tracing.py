@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -46,11 +47,37 @@ def exporter() -> InMemorySpanExporter:
     return InMemorySpanExporter()
 
 
-def traced_app(exporter: InMemorySpanExporter, model: Doubler, **spec: Any) -> Any:
-    provider = TracerProvider()
+def traced_app(
+    exporter: InMemorySpanExporter, model: Doubler, *, api_only: bool = False, **spec: Any
+) -> Any:
+    provider: Any = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    if api_only:
+        provider = ApiOnlyProvider(provider)
     specs = [loadonce.ModelSpec(name="m", loader=lambda: model, **spec)]
     return loadonce.create_app(specs, tracing=provider)
+
+
+class ApiOnlyProvider(trace.TracerProvider):
+    """A tracer provider that is not the SDK's (as a vendor's own implementation of the API
+    would be): loadonce's spans go through the API's start_span and end."""
+
+    def __init__(self, inner: TracerProvider) -> None:
+        self.inner = inner
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        return ApiOnlyTracer(self.inner.get_tracer(*args, **kwargs))
+
+
+class ApiOnlyTracer(trace.Tracer):
+    def __init__(self, inner: trace.Tracer) -> None:
+        self.inner = inner
+
+    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+        return self.inner.start_span(*args, **kwargs)
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.start_as_current_span(*args, **kwargs)
 
 
 def by_name(spans: Any) -> dict[str, list[ReadableSpan]]:
@@ -64,8 +91,9 @@ def parent_of(span: ReadableSpan) -> int | None:
     return span.parent.span_id if span.parent is not None else None
 
 
-def test_a_requests_spans_form_one_trace(exporter: InMemorySpanExporter) -> None:
-    with TestClient(traced_app(exporter, Doubler())) as client:
+@pytest.mark.parametrize("api_only", [False, True], ids=["sdk-provider", "api-only-provider"])
+def test_a_requests_spans_form_one_trace(exporter: InMemorySpanExporter, api_only: bool) -> None:
+    with TestClient(traced_app(exporter, Doubler(), api_only=api_only)) as client:
         exporter.clear()  # the load's span
         answer = client.post(
             "/models/m/predict", json={"inputs": [1, 2]}, headers={"X-Request-ID": "r-1"}
@@ -139,8 +167,9 @@ def test_the_batch_span_links_to_every_request_it_carried(exporter: InMemorySpan
     assert all(w.links[0].context.span_id == shared.context.span_id for w in waits)
 
 
-def test_an_error_is_recorded_on_its_span(exporter: InMemorySpanExporter) -> None:
-    with TestClient(traced_app(exporter, Doubler())) as client:
+@pytest.mark.parametrize("api_only", [False, True], ids=["sdk-provider", "api-only-provider"])
+def test_an_error_is_recorded_on_its_span(exporter: InMemorySpanExporter, api_only: bool) -> None:
+    with TestClient(traced_app(exporter, Doubler(), api_only=api_only)) as client:
         exporter.clear()
         answer = client.post("/models/m/predict", json={"inputs": [13]})
         assert answer.status_code == 500
@@ -302,3 +331,19 @@ def test_the_tracing_table_under_its_variables_and_flag(monkeypatch: pytest.Monk
     monkeypatch.setenv("LOADONCE_TRACING_SAMPLE_RATIO", "2")
     with pytest.raises(loadonce.ConfigError, match="sample_ratio"):
         resolve_tracing_options({}, enabled=True)
+
+
+def test_a_global_tracer_provider_does_not_trace_requests_twice(
+    exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FastAPI (0.165+) traces requests itself once a global provider is set (as
+    # opentelemetry-instrument does): in loadonce's app, loadonce's span is the only one.
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    app = loadonce.create_app([loadonce.ModelSpec(name="m", loader=Doubler)], tracing=provider)
+    with TestClient(app) as client:
+        exporter.clear()
+        assert client.post("/models/m/predict", json={"inputs": [1]}).status_code == 200
+    servers = [s for s in exporter.get_finished_spans() if s.kind is trace.SpanKind.SERVER]
+    assert [s.name for s in servers] == ["POST /models/{name}/predict"]

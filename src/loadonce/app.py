@@ -3,7 +3,9 @@ from the public pieces only, exactly as a user's own app can be (docs/library.md
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -24,6 +26,17 @@ from loadonce.protocols.json import models_router
 from loadonce.protocols.openai import openai_router
 from loadonce.protocols.v2 import v2_router
 from loadonce.tracing import TracingOptions
+
+# FastAPI's own OpenTelemetry instrumentation (FastAPI 0.165 and later) stays off in loadonce's
+# app: loadonce traces each request itself (loadonce.tracing), so a globally set tracer
+# provider would see every request twice, and its check of the global providers cost 3% of
+# the forest's batched throughput on every request even with nothing configured (measured:
+# docs/benchmarks.md, "What tracing costs").
+_NO_FASTAPI_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
 
 
 def create_app(
@@ -60,6 +73,7 @@ def create_app(
         # ReDoc has no such package, and a page that is blank offline is left out.
         docs_url=None,
         redoc_url=None,
+        **_NO_FASTAPI_TELEMETRY,
         lifespan=lifespan(
             models,
             wrap=wrap,
