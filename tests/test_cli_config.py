@@ -138,7 +138,7 @@ def test_an_invalid_config_file_is_one_line_naming_the_problem(
         (["missing.onnx"], "no such file: missing.onnx"),
         (["--demo", "x.toml"], "either a TARGET or --demo"),
         (["--demo", "--workers", "-1"], "workers"),
-        (["x.toml", "--name", "a"], "--name, --input-shape and --input-dtype describe the one"),
+        (["x.toml", "--name", "a"], "--input-dtype and --no-batching describe the one"),
         (["tests.loaders:echo", "--name", "a b"], "name"),
     ],
 )

@@ -55,7 +55,7 @@ class ControlRequest:
         if self.sha256 is not None:
             changed["sha256"] = self.sha256
         if self.batching is not None:
-            changed["batching"] = None if self.batching == "off" else self.batching
+            changed["batching"] = False if self.batching == "off" else self.batching
         return changed
 
 

@@ -37,7 +37,7 @@ from loadonce.core.memory import (
     sample_process_memory,
 )
 from loadonce.core.observer import ModelObserver
-from loadonce.core.spec import Concurrency, ModelSpec
+from loadonce.core.spec import Batching, Concurrency, ModelSpec
 from loadonce.core.tracing import CallTracer
 from loadonce.runtimes import resolve_runtime
 from loadonce.runtimes._base import InputSignature, Predictor, TensorInfo
@@ -99,6 +99,8 @@ class Model:
         self._on_hung: Callable[[Model], None] | None = None
         # Spans of its loads and calls, when tracing is on (None: nothing is asked).
         self._tracer: CallTracer | None = None
+        # The batching the loaded model got (spec.batching_for its predictor); None: none.
+        self._batching: Batching | None = None
 
     @property
     def name(self) -> str:
@@ -130,6 +132,11 @@ class Model:
         with the model's present state."""
         self._observer = observer
         self._notify()
+
+    @property
+    def batching(self) -> Batching | None:
+        """The loaded model's batching: as its spec declares, or its runtime's default."""
+        return self._batching
 
     @property
     def tracer(self) -> CallTracer | None:
@@ -586,11 +593,11 @@ async def _retire(
 def _make_batcher(model: Model, executor: Executor) -> Batcher:
     spec, policy = model.spec, model.concurrency
     assert policy is not None
-    if spec.batching is None:
+    model._batching = batching = spec.batching_for(executor.instances[0].batches_exactly)
+    if batching is None:
         # One call per request, as many at once as the policy allows.
         max_batch_size, max_wait_s, fill_wait_s, concurrent = 1, 0.0, 0.0, policy.size
     else:
-        batching = spec.batching
         max_batch_size = batching.max_batch_size
         max_wait_s = batching.max_wait_ms / 1000
         fill_wait_s = batching.fill_wait_ms / 1000
@@ -617,7 +624,7 @@ def _make_generation(model: Model, executor: Executor) -> GenerationQueue | None
     engine = executor.instances[0].generation_engine()
     if engine is None:
         return None
-    batching = model.spec.batching
+    batching = model.batching
     return GenerationQueue(
         model=model.name,
         engine=engine,

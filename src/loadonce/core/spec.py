@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
 
 ConcurrencyKind = Literal["shared", "serialized", "pool"]
 
@@ -106,6 +114,12 @@ class Batching(BaseModel):
     generation: Literal["continuous", "static"] = "continuous"
 
 
+# The batching a model gets when its spec leaves it unset and its runtime batches exactly:
+# arrivals gather while the model is busy, and nothing waits for a fuller batch (no
+# max_wait_ms, no fill_wait_ms), so a lone request or a light load pays nothing for it.
+DEFAULT_BATCHING = Batching(max_batch_size=64)
+
+
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 _SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
 
@@ -135,7 +149,10 @@ class ModelSpec(BaseModel):
     share: Literal["mmap", "off"] = "mmap"
     sha256: Annotated[str, Field(pattern=_SHA256_PATTERN)] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
-    batching: Batching | None = None
+    # Batching (dynamic micro-batching): a [models.batching] table; true for its defaults; false
+    # for none. Left unset: on, with DEFAULT_BATCHING, when the runtime's batched call gives
+    # each example what a call of its own gives (Predictor.batches_exactly), else off.
+    batching: Batching | bool | None = None
     # The most examples that may wait for this model; beyond it, requests get 503 at once.
     max_queue: Annotated[int, Field(ge=1)] = 1024
     # The most examples one request may hold (413 beyond it); by default max_queue, since a
@@ -150,6 +167,11 @@ class ModelSpec(BaseModel):
     # 503 in this worker; loadonce serve replaces the worker). Default: hang_timeout_default.
     hang_timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
 
+    @field_validator("batching")
+    @classmethod
+    def _true_is_the_defaults(cls, value: Batching | bool | None) -> Batching | bool | None:
+        return Batching() if value is True else value
+
     @model_validator(mode="after")
     def _needs_a_source(self) -> ModelSpec:
         if self.loader is None and self.artifact is None:
@@ -160,6 +182,15 @@ class ModelSpec(BaseModel):
                 f"got {self.loader!r}"
             )
         return self
+
+    def batching_for(self, batches_exactly: bool) -> Batching | None:
+        """The batching this model gets, given whether its predictor batches exactly: as
+        declared (false: none), or when left unset, DEFAULT_BATCHING if it does."""
+        if isinstance(self.batching, Batching):
+            return self.batching
+        if self.batching is None and batches_exactly:
+            return DEFAULT_BATCHING
+        return None
 
     @property
     def hang_timeout(self) -> float:

@@ -35,6 +35,10 @@ class Predictor(ABC):
     # True when each example is a text and its output the text's vectors (one per token, or
     # one for the text): the model answers OpenAI's /v1/embeddings.
     embeds_text: bool = False
+    # True when a batched call gives each example what a call of its own gives (the rows are
+    # computed independently): loadonce batches the model unless its spec says otherwise
+    # (ModelSpec.batching). README's runtime table says which runtimes do, and why.
+    batches_exactly: bool = False
     # A generating predictor: the most new tokens one request may ask for (more is a 400).
     max_new_tokens: int = 256
 

@@ -47,6 +47,8 @@ class BoosterPredictor(Predictor):
     def __init__(self, booster: Any, features: int, predict: Any) -> None:
         self.booster = booster
         self.signature = _feature_signature(features)
+        # A tree ensemble scores each row on its own: a batch's rows are what rows alone get.
+        self.batches_exactly = True
         self._predict = predict
 
     def predict(self, batch: Any) -> Sequence[Any]:

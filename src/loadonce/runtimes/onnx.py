@@ -57,6 +57,12 @@ class OnnxPredictor(Predictor):
             raise ValueError(f"inputs of a type loadonce cannot feed: {', '.join(unsupported)}")
         # One input: an example is that input's value. Several: an object keyed by name.
         self.signature = example_signature(self.inputs[0]) if len(self.inputs) == 1 else None
+        # Batched only where every input's first dimension is variable (a batch dimension);
+        # a graph is assumed to compute its rows independently, as exported inference graphs
+        # do (its matrix kernels may round the last bits differently with the batch's size).
+        self.batches_exactly = all(
+            t.shape is not None and len(t.shape) > 0 and t.shape[0] is None for t in self.inputs
+        )
 
     def prepare(self, examples: list[Any]) -> Any:
         if self.signature is not None:

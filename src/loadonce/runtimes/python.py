@@ -27,6 +27,11 @@ class CallablePredictor(Predictor):
         self.model = model
         self._predict: Callable[[Any], Sequence[Any]] = predict if predict is not None else model
         self.signature = signature
+        # Batched by default only when the object says its rows are computed independently
+        # (``batches_exactly = True``), or is a scikit-learn estimator (see sklearn.py).
+        self.batches_exactly = getattr(model, "batches_exactly", False) is True or type(
+            model
+        ).__module__.startswith("sklearn.")
 
     def predict(self, batch: Any) -> Sequence[Any]:
         return self._predict(batch)

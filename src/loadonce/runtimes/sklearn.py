@@ -58,6 +58,9 @@ class EstimatorPredictor(Predictor):
             raise TypeError(f"{type(estimator).__name__} has no method {method!r}")
         self.estimator = estimator
         self._method = bound
+        # scikit-learn's predict methods compute each row on its own (trees, neighbours,
+        # linear models through BLAS, whose last bits may vary with the batch's size).
+        self.batches_exactly = True
         self.signature = None if columns is not None else signature
         self._columns = columns
         if columns is not None:

@@ -185,6 +185,10 @@ class TorchRuntime(Runtime):
             fixed_batch=fixed_batch,
         )
         predictor.shares_weights = shared
+        # An exported program with a dynamic batch dimension was traced in the mode it serves
+        # in (eval, for inference), where rows are computed independently; a TorchScript or
+        # state-dict module is the user's code, batched only when they ask for it.
+        predictor.batches_exactly = suffix in EXPORTED_SUFFIXES and fixed_batch is None
         return predictor
 
 

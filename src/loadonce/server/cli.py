@@ -107,6 +107,13 @@ def main() -> None:
     help="For a single artifact or loader: the dtype of one example (float32, int64...).",
 )
 @click.option(
+    "--no-batching",
+    "no_batching",
+    is_flag=True,
+    help="For a single artifact or loader: no batching (one call per request), where its "
+    "runtime would batch by default (batching = false in a config file's [[models]]).",
+)
+@click.option(
     "--tracing/--no-tracing",
     default=None,
     envvar="LOADONCE_TRACING",
@@ -137,6 +144,7 @@ def serve(
     name: str | None,
     input_shape: str | None,
     input_dtype: str | None,
+    no_batching: bool,
     tracing: bool | None,
     on_ray: bool,
 ) -> None:
@@ -163,7 +171,7 @@ def serve(
             trust=trust,
             overrides=overrides,
             factory=factory,
-            model_fields=_model_fields(name, input_shape, input_dtype),
+            model_fields=_model_fields(name, input_shape, input_dtype, no_batching),
             tracing=tracing,
         )
     except ConfigError as exc:
@@ -212,10 +220,13 @@ def _check_grpc(config: ServeConfig, on_ray: bool) -> None:
 
 
 def _model_fields(
-    name: str | None, input_shape: str | None, input_dtype: str | None
+    name: str | None, input_shape: str | None, input_dtype: str | None, no_batching: bool = False
 ) -> dict[str, Any]:
-    """--name, --input-shape and --input-dtype as ModelSpec fields (validated there)."""
+    """--name, --input-shape, --input-dtype and --no-batching as ModelSpec fields (validated
+    there)."""
     fields: dict[str, Any] = {}
+    if no_batching:
+        fields["batching"] = False
     if name is not None:
         fields["name"] = name
     if input_shape is not None:

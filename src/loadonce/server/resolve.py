@@ -83,6 +83,6 @@ def resolve_serve_config(
 
 
 _FIELDS_FOR_ONE = (
-    "--name, --input-shape and --input-dtype describe the one model a single artifact or "
-    "loader serves; a config file or an app declares its models' own"
+    "--name, --input-shape, --input-dtype and --no-batching describe the one model a single "
+    "artifact or loader serves; a config file or an app declares its models' own"
 )

@@ -32,7 +32,7 @@ def batching_from_config(model: Model, text: Any) -> BatchingChange:
     why the load failed, in Triton's words ("failed to load"), which its clients look for."""
     config = _parsed(model.name, text)
     current = model_config(model)
-    batching = model.spec.batching
+    batching = model.batching
     max_batch_size = current["max_batch_size"]
     max_wait_ms = 0.0 if batching is None else batching.max_wait_ms
     differs: list[str] = []

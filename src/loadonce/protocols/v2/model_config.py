@@ -23,7 +23,7 @@ from loadonce.protocols.v2.schemas import MetadataTensor
 
 def model_config(model: Model) -> dict[str, Any]:
     """The configuration of a loaded model."""
-    batching = model.spec.batching
+    batching = model.batching
     max_batch_size = 0 if batching is None else batching.max_batch_size
     config: dict[str, Any] = {
         "name": model.name,
