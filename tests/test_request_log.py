@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 
-from tests.servers import cli_env, serving
+from tests.servers import cli_env, serving, wait_until
 
 
 def test_json_logs_carry_each_requests_id(tmp_path: Path) -> None:
@@ -41,3 +41,17 @@ def test_plain_logs_name_the_request_id(tmp_path: Path) -> None:
         httpx.get(f"{server.url}/models", headers={"X-Request-ID": "plain-id-7"})
     assert "GET /models 200" in server.log()
     assert "request_id=plain-id-7" in server.log()
+
+
+def test_every_requests_line_is_written_while_serving_and_at_exit(tmp_path: Path) -> None:
+    # The lines are buffered (one write per tenth of a second, not one per line): they appear
+    # while the server runs, and none is lost when it stops.
+    with serving(["tests.loaders:echo"], tmp_path, env=cli_env(tmp_path)) as server:
+        with httpx.Client() as client:
+            for index in range(300):
+                client.get(f"{server.url}/models", headers={"X-Request-ID": f"burst-{index}"})
+        wait_until(lambda: "request_id=burst-0" in server.log(), 5, "the first lines to appear")
+    written = [line for line in server.log().splitlines() if "request_id=burst-" in line]
+    assert [line.rsplit("request_id=burst-", 1)[1] for line in written] == [
+        str(index) for index in range(300)
+    ]

@@ -21,14 +21,20 @@ _EXTRA_FIELDS = ("request_id", "method", "path", "status", "duration_ms", "trace
 
 class PlainFormatter(DefaultFormatter):
     """uvicorn's formatter, with every message one line: a client-supplied value (a path, a
-    file name) can never start a forged line. A traceback, appended after, keeps its lines."""
+    file name) can never start a forged line. A traceback, appended after, keeps its lines.
+
+    Its ``levelprefix`` is set on the record itself: uvicorn's copies each record first,
+    a third of a request log line's cost (docs/benchmarks.md, "The request log")."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         record.message = log_safe(record.message)
         trace_id = getattr(record, "trace_id", None)
         if trace_id is not None:  # tracing is on and a span is current
             record.message += f" trace_id={trace_id} span_id={getattr(record, 'span_id', '')}"
-        return super().formatMessage(record)
+        name = record.levelname
+        prefix = self.color_level_name(name, record.levelno) if self.use_colors else name
+        record.levelprefix = f"{prefix}:{' ' * (8 - len(name))}"
+        return self._style.format(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -61,10 +67,11 @@ def log_config(level: str, log_format: str = "plain") -> dict[str, Any]:
     if log_format == "json":
         for name in ("default", "access", "loadonce"):
             config["formatters"][name] = {"()": f"{__name__}.JsonFormatter"}
+    # Buffered, flushed every 0.1 s and at once for warnings (log_stream.py): a write per line
+    # cost the request log a third of its time.
     config["handlers"]["loadonce"] = {
         "formatter": "loadonce",
-        "class": "logging.StreamHandler",
-        "stream": "ext://sys.stderr",
+        "class": "loadonce.server.log_stream.BufferedStderrHandler",
     }
     python_level = "DEBUG" if level == "trace" else level.upper()
     # "loadonce.access" (one line per request, with its id) is a child: it shares the handler.
