@@ -1,8 +1,11 @@
 """PNG charts of a comparison: `python charts.py RESULTS_JSON OUT_DIR`, run by the charts
 environment's interpreter (bench/.venvs/charts, with matplotlib). One chart per model:
 requests per second at 64 connections (the better of the two runs, the other as a tick), and
-p50 at 1 connection, per server, with the HTTP bound as a line. A results file with
-"many_connections" (bench/results/transformers.json: 16) is charted at that count instead."""
+p50 at 1 connection, per server, with the bounds as lines, not bars: the FastAPI route
+answering a constant ("http", dashed) and the raw-HTTP floor ("raw", a raw ASGI app on the same
+uvicorn; dash-dotted), and the model in-process (dotted). Drawn from the same results file as
+bench/report.py's tables. A results file with "many_connections"
+(bench/results/transformers.json: 16) is charted at that count instead."""
 
 from __future__ import annotations
 
@@ -23,16 +26,21 @@ COLOURS = {
     "mlserver": "#e66101",
     "bound": "#2166ac",
 }
+# The bounds drawn as vertical lines: key, colour, line style, legend entry.
+BOUND_LINES = [
+    ("http", COLOURS["bound"], "--", "FastAPI route, constant answer"),
+    ("raw", "#222222", "-.", "raw ASGI floor (read, json.loads, constant)"),
+]
 
 
 def _family(key: str) -> str:
-    if key in ("a", "b"):
+    if key in ("a", "b", "defaults"):
         return "loadonce"
     if key.startswith("litserve"):
         return "litserve"
     if key.startswith("mlserver"):
         return "mlserver"
-    return "bound" if key == "http" else "fastapi"
+    return "bound" if key in ("http", "raw") else "fastapi"
 
 
 def _best_p50(runs: list[dict[str, Any]]) -> float:
@@ -44,7 +52,8 @@ def _best_p50(runs: list[dict[str, Any]]) -> float:
 def chart(
     model: str, entry: dict[str, Any], labels: dict[str, str], out: Path, many: int = 64
 ) -> None:
-    keys = [k for k in entry["variants"] if k != "http"]
+    bounds = {key for key, *_ in BOUND_LINES}
+    keys = [k for k in entry["variants"] if k not in bounds]
     best = [max(r["req_per_s"] for r in entry["variants"][k][f"c{many}"]) for k in keys]
     other = [min(r["req_per_s"] for r in entry["variants"][k][f"c{many}"]) for k in keys]
     p50 = [_best_p50(entry["variants"][k]["c1"]) for k in keys]
@@ -53,12 +62,13 @@ def chart(
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 0.45 * len(keys) + 1.8))
     left.barh(names, best, color=colours)
     left.plot(other, names, "k|", markersize=12)
-    http = entry["variants"].get("http")
-    bound = 0.0
-    if http:
-        bound = max(r["req_per_s"] for r in http[f"c{many}"])
-        left.axvline(bound, color=COLOURS["bound"], linestyle="--", label="HTTP stack alone")
-    widest = max([*best, bound if http else 0.0])
+    drawn = [0.0]
+    for key, colour, style, legend in BOUND_LINES:
+        measured = entry["variants"].get(key, {}).get(f"c{many}")
+        if measured:
+            drawn.append(max(r["req_per_s"] for r in measured))
+            left.axvline(drawn[-1], color=colour, linestyle=style, label=legend)
+    widest = max([*best, *drawn])
     inprocess = entry.get("inprocess_rows_per_s") or 0.0
     if inprocess and inprocess > 2 * widest:
         # Off the scale (the tiny model): named in the title instead of squashing the bars.

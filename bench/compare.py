@@ -3,15 +3,23 @@ same load, one run.
 
 Per model (the iris LogisticRegression, overhead-dominated; a RandomForest, batching-friendly),
 one example per request: the anti-pattern (model loaded per request), plain FastAPI with the
-model loaded once (`def` and `async def` handlers), loadonce without and with batching,
-LitServe and MLServer without and with batching (max batch size 64 for all; each peer in its own
-virtual environment under bench/.venvs), and two bounds: the HTTP stack alone, and the model
-in-process on batches of 32. Each server runs pinned to core 0, wrk to core 1; 64 connections
-then 1; a warm-up, then two measured runs (the spread is the noise); then the server's RSS and
-PSS. Last, an overload run of loadonce on the forest. Writes bench/results/compare.json and
-.md, and PNG charts beside them.
+model loaded once (`def` and `async def` handlers), loadonce without batching, with explicit
+batching and with its defaults (no options: batching on for scikit-learn), LitServe and
+MLServer without and with batching (max batch size 64 for all; each peer in its own virtual
+environment under bench/.venvs), and three bounds: a FastAPI route answering a constant, the
+raw-HTTP floor (a raw ASGI app on the same uvicorn: read the body, `json.loads`, constant), and
+the model in-process on batches of 32. Each server runs pinned to core 0, wrk to core 1; 64
+connections then 1; a warm-up, then two measured runs (the spread is the noise); then the
+server's RSS and PSS. Last, an overload run of loadonce on the forest. Writes
+bench/results/compare.json and .md (tables, then per model the ratios against their targets),
+and PNG charts beside them, from the same results.
 
     python -m bench.compare [--quick] [--only loadonce,litserve] [--models iris] [--seconds 5]
+    python -m bench.compare --quick --only raw,defaults,b --models iris
+
+--only takes families (loadonce, fastapi, litserve, mlserver, bound) and variant keys
+(bench/servers.py's VARIANTS: b, a, defaults, d, http, raw, ...); "inprocess" adds the
+in-process bound, which runs with the bound family or when --only is not given.
 """
 
 from __future__ import annotations
@@ -191,7 +199,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated families: loadonce, fastapi, litserve, mlserver, bound",
+        help="comma-separated families (loadonce, fastapi, litserve, mlserver, bound), variant "
+        "keys (b, a, defaults, d, http, raw, ...) and 'inprocess' (the in-process bound)",
     )
     parser.add_argument("--models", default="iris,forest", help="comma-separated models")
     parser.add_argument(
@@ -200,6 +209,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="a smoke run: 2 s runs, 1 s warm-up, one run each, no overload, no charts",
     )
     args = parser.parse_args(argv)
+    known = {v.family for v in VARIANTS} | {v.key for v in VARIANTS} | {"inprocess"}
+    unknown = set(filter(None, args.only.split(","))) - known
+    if unknown:
+        listed = ", ".join(sorted(known))
+        parser.error(f"--only: unknown {', '.join(sorted(unknown))}; known: {listed}")
     # --quick changes the defaults only: a smoke run can be shorter still (the harness's test).
     for name, full, quick in (("seconds", 5, 2), ("warmup", 2, 1), ("runs", 2, 1)):
         if getattr(args, name) is None:
@@ -211,8 +225,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_arguments(argv)
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
         sys.exit("bench needs wrk and taskset: apt-get install wrk util-linux")
-    families = set(filter(None, args.only.split(","))) or {v.family for v in VARIANTS}
-    variants = [v for v in VARIANTS if v.family in families]
+    only = set(filter(None, args.only.split(",")))
+    variants = [v for v in VARIANTS if not only or {v.family, v.key} & only]
+    families = {v.family for v in variants}
+    inprocess = not only or bool({"bound", "inprocess"} & only)
     wanted_models = args.models.split(",")
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.overload_only:
@@ -234,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for model, (artifact, row_array) in models.items():
         row = row_array.tolist()
         entry: dict[str, Any] = {"variants": {}}
-        if "bound" in families:
+        if inprocess:
             entry["inprocess_rows_per_s"] = _inprocess_bound(artifact, row)
         else:
             entry["inprocess_rows_per_s"] = 0.0
@@ -243,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             label = f"[{step}/{steps}] {model} · {variant.label}"
             entry["variants"][variant.key] = _measure(variant.key, artifact, row, args, label)
         results["models"][model] = entry
-    if not args.quick and "loadonce" in families and "forest" in models:
+    if not args.quick and any(v.key == "a" for v in variants) and "forest" in models:
         artifact, row_array = models["forest"]
         sustained = max(r["req_per_s"] for r in results["models"]["forest"]["variants"]["a"]["c64"])
         _progress(f"overload: loadonce, forest, {4 * sustained:,.0f} req/s offered")

@@ -4,8 +4,10 @@
 `per_request_app` (the anti-pattern loadonce exists to avoid: the model loaded inside the
 handler, on every request),
 `async_app` (an `async def` handler calling predict on the event loop: fastest for a tiny
-model, but it blocks the loop), and `http_bound` (parses the same body, returns a constant:
-the HTTP stack alone). BENCH_ARTIFACT names the model file.
+model, but it blocks the loop), and two bounds with no model: `http_bound` (a FastAPI route
+that parses the same body, returns a constant: FastAPI's stack alone) and `raw_floor` (a raw
+ASGI app, no Starlette: reads the whole body, `json.loads` it, sends a constant; the floor
+under any Python server on this uvicorn). BENCH_ARTIFACT names the model file.
 
 `transformers_app` (`bench.transformers`): a text-classification pipeline built once from the
 model directory BENCH_ARTIFACT names, called per request in a `def` handler.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,50 @@ def predict_loading_each_time(body: Body) -> dict[str, Any]:
 @http_bound.post("/models/m/predict")
 async def constant(body: Body) -> dict[str, Any]:
     return {"outputs": [0]}
+
+
+Message = dict[str, Any]
+_CONSTANT = b'{"outputs":[0]}'
+_ANSWER_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_CONSTANT)).encode()),
+]
+
+
+async def raw_floor(
+    scope: dict[str, Any],
+    receive: Callable[[], Awaitable[Message]],
+    send: Callable[[Message], Awaitable[None]],
+) -> None:
+    """The raw-HTTP floor: what uvicorn alone costs a request with this body. Any path, any
+    method: the whole body read, parsed with `json.loads`, and the same answer as
+    `http_bound` sent (400 for a body that is not JSON)."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "http":
+        return
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    try:
+        json.loads(b"".join(chunks))
+    except ValueError:
+        await send({"type": "http.response.start", "status": 400, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": _ANSWER_HEADERS})
+    await send({"type": "http.response.body", "body": _CONSTANT})
 
 
 @transformers_app.post("/models/m/predict")

@@ -1,5 +1,12 @@
 """The servers the benchmark runs, one at a time, pinned to one core: how to start each, the
-URL and body it takes, and its memory once measured."""
+URL and body it takes, and its memory once measured.
+
+loadonce's variants differ only in their config (`loadonce_config`): "defaults" declares the
+model and nothing else (loadonce batches a scikit-learn model by default: max batch size 64, no
+waits); "b" turns batching off (`batching = false`); "a" sets it explicitly (serialized, max
+batch size 64, a fill wait). Two bounds: "http", a FastAPI route that parses the body and
+answers a constant, and "raw", the floor under any Python server here: a raw ASGI app under the
+same uvicorn that reads the body, `json.loads` it and answers a constant."""
 
 from __future__ import annotations
 
@@ -44,12 +51,16 @@ VARIANTS = [
     Variant("d", "FastAPI, lifespan + async def handler", "fastapi"),
     Variant("b", "loadonce, no batching", "loadonce"),
     Variant("a", "loadonce, batching", "loadonce"),
+    Variant("defaults", "loadonce, defaults (no options)", "loadonce"),
     Variant("litserve", "LitServe, no batching", "litserve"),
     Variant("litserve_batch", "LitServe, batching", "litserve"),
     Variant("mlserver", "MLServer, no batching", "mlserver"),
     Variant("mlserver_batch", "MLServer, adaptive batching", "mlserver"),
-    Variant("http", "bound: HTTP stack alone", "bound"),
+    Variant("http", "bound: FastAPI route, constant answer", "bound"),
+    Variant("raw", "bound: raw ASGI app (read, json.loads, constant)", "bound"),
 ]
+# loadonce's variants and the batching each declares (None: the config leaves it unset).
+LOADONCE_BATCHING: dict[str, bool | None] = {"a": True, "b": False, "defaults": None}
 
 
 @dataclass(frozen=True)
@@ -66,7 +77,11 @@ def free_port() -> int:
         return port
 
 
-def loadonce_config(artifact: Path, *, batching: bool, overload: bool = False) -> Path:
+def loadonce_config(artifact: Path, *, batching: bool | None, overload: bool = False) -> Path:
+    """A loadonce config serving ``artifact`` as model "m". ``batching``: True, explicit
+    batching (serialized, max batch size 64, fill wait); False, ``batching = false``; None,
+    nothing said, so loadonce's defaults apply (for scikit-learn: batching, max batch size 64,
+    no waits). ``overload``: a short queue and timeout (the overload run)."""
     lines = [
         '[server]\nlog_level = "warning"\n',
         "[[models]]",
@@ -76,10 +91,13 @@ def loadonce_config(artifact: Path, *, batching: bool, overload: bool = False) -
     ]
     if overload:
         lines += [f"max_queue = {OVERLOAD_MAX_QUEUE}", f"timeout_s = {OVERLOAD_TIMEOUT_S}"]
-    if batching:
+    if batching is False:
+        lines.append("batching = false")
+    elif batching:
         lines += ['concurrency = "serialized"', "[models.batching]"]
         lines += [f"max_batch_size = {MAX_BATCH_SIZE}", f"fill_wait_ms = {FILL_WAIT_MS}"]
-    name = f"{artifact.stem}-{'batching' if batching else 'plain'}{'-overload' if overload else ''}"
+    kind = {True: "batching", False: "plain", None: "defaults"}[batching]
+    name = f"{artifact.stem}-{kind}{'-overload' if overload else ''}"
     path = RESULTS / f"{name}.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -98,8 +116,8 @@ def launch(
     command line (``bench.gc_pauses`` times the collector's pauses)."""
     base = f"http://127.0.0.1:{port}"
     body = json.dumps({"inputs": [row]})
-    if key in ("a", "b"):
-        config = loadonce_config(artifact, batching=key == "a", overload=overload)
+    if key in LOADONCE_BATCHING:
+        config = loadonce_config(artifact, batching=LOADONCE_BATCHING[key], overload=overload)
         command = [sys.executable, "-m", loadonce_module, "serve", str(config), "--port", str(port)]
         return Launch(command, f"{base}/models/m/predict", body)
     if key == "library":
@@ -108,10 +126,16 @@ def launch(
             "--log-level", "warning", "--no-access-log",
         ]  # fmt: skip
         return Launch(command, f"{base}/models/m/predict", body)
-    if key in ("anti", "c", "d", "http"):
-        app = {"anti": "per_request_app", "c": "sync_app", "d": "async_app", "http": "http_bound"}
+    plain = {
+        "anti": "per_request_app",
+        "c": "sync_app",
+        "d": "async_app",
+        "http": "http_bound",
+        "raw": "raw_floor",
+    }
+    if key in plain:
         command = [
-            sys.executable, "-m", "uvicorn", f"bench.plain_apps:{app[key]}", "--port", str(port),
+            sys.executable, "-m", "uvicorn", f"bench.plain_apps:{plain[key]}", "--port", str(port),
             "--log-level", "warning", "--no-access-log",
         ]  # fmt: skip
         return Launch(command, f"{base}/models/m/predict", body)

@@ -1,5 +1,7 @@
-"""The benchmark harness's own pieces: reading wrk's output, writing the table, and a smoke
-run of `python -m bench.compare --quick` against loadonce alone (real wrk, real servers)."""
+"""The benchmark harness's own pieces: reading wrk's output, writing the table and its ratios
+against their targets, the configs loadonce's variants are served with, and a smoke run of
+`python -m bench.compare --quick` against loadonce and the raw-HTTP floor (real wrk, real
+servers)."""
 
 from __future__ import annotations
 
@@ -8,11 +10,13 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
+from bench import servers, wrk
 from bench import transformers as transformers_bench
-from bench import wrk
 from bench.report import render
 
 from tests.servers import REPO_ROOT
@@ -105,6 +109,70 @@ def test_the_table_shows_both_runs_the_better_latency_and_all_errors() -> None:
     assert "not run" in peer_row
 
 
+def test_the_ratios_under_each_table_say_met_or_missed_and_n_a_for_what_was_not_run() -> None:
+    def measured(rate: float, p50: float) -> dict[str, object]:
+        return {"c64": [_run(rate * 0.9, 40.0), _run(rate, 30.0)], "c1": [_run(900, p50)]}
+
+    results = {
+        "date": "2026-12-02",
+        "cpu": "a test CPU",
+        "seconds": 5,
+        "versions": {"loadonce env": {"loadonce": "0.1"}},
+        "models": {
+            "iris": {
+                "inprocess_rows_per_s": 0.0,
+                "variants": {
+                    "d": measured(5000, 0.50),
+                    "a": measured(6000, 0.45),
+                    "defaults": measured(5500, 0.55),
+                    "raw": measured(10000, 0.20),
+                },
+            },
+            "forest": {
+                "inprocess_rows_per_s": 2000.0,
+                "variants": {"a": measured(1900, 2.0), "defaults": measured(1800, 2.1)},
+            },
+        },
+    }
+    table = render(results)
+    assert "| bound: raw ASGI app (read, json.loads, constant) | 9,000 / 10,000 |" in table
+    lines = table.splitlines()
+    iris = lines[lines.index("Ratios, iris:") :]
+    assert iris[2] == (
+        "- loadonce, batching / raw floor (c64 req/s): 6,000 / 10,000 = 60% (target >= 60%: met)"
+    )
+    assert iris[3].endswith("n/a (in-process bound not measured)")
+    assert iris[4] == (
+        "- loadonce, defaults (no options) / FastAPI, lifespan + async def handler (c64 req/s): "
+        "5,500 / 5,000 = 110%"
+    )
+    assert iris[5].endswith("(c64 req/s): 5,500 / 6,000 = 92%")
+    assert iris[6].endswith("(c1 p50 ms): 0.55 / 0.50 = 110% (target <= 100%: missed)")
+    forest = lines[lines.index("Ratios, forest:") :]
+    assert forest[2].endswith("(c64 req/s): n/a (not run: raw)")
+    assert forest[3].endswith("1,900 / 2,000 = 95% (target >= 90%: met)")
+    assert forest[4].endswith("n/a (not run: d)")
+
+
+def test_loadonce_variants_say_batching_off_explicit_or_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "b" must say `batching = false` (loadonce batches scikit-learn by default), "defaults"
+    nothing beyond the model, "a" its explicit batching."""
+    monkeypatch.setattr(servers, "RESULTS", tmp_path)
+    configs = {
+        key: tomllib.loads(
+            servers.loadonce_config(tmp_path / "iris.skops", batching=batching).read_text()
+        )
+        for key, batching in servers.LOADONCE_BATCHING.items()
+    }
+    assert configs["b"]["models"][0]["batching"] is False
+    assert configs["a"]["models"][0]["batching"] == {"max_batch_size": 64, "fill_wait_ms": 2}
+    assert configs["a"]["models"][0]["concurrency"] == "serialized"
+    assert set(configs["defaults"]["models"][0]) == {"name", "artifact", "options"}
+    assert configs["defaults"]["server"] == {"log_level": "warning"}
+
+
 def test_the_transformers_table_says_what_batching_and_loadonce_gain() -> None:
     """`bench.transformers`' table and ratios, from figures given here (its real run starts
     three servers importing torch: about a minute even with --quick, too long for this file)."""
@@ -167,7 +235,7 @@ def test_the_transformers_table_says_what_batching_and_loadonce_gain() -> None:
     reason="wrk is not installed (make test installs it with apt-get when run as root; "
     "in CI its absence fails this test)",
 )
-def test_a_quick_run_against_loadonce_alone_measures_both_variants() -> None:
+def test_a_quick_run_against_loadonce_and_the_raw_floor_measures_each_variant() -> None:
     # The shortest run that still goes through every step: 1 s per wrk run, no warm-up; the
     # servers stop at once on SIGTERM (no readiness window to wait out).
     command = [
@@ -177,7 +245,7 @@ def test_a_quick_run_against_loadonce_alone_measures_both_variants() -> None:
         "--warmup",
         "0",
         "--only",
-        "loadonce",
+        "loadonce,raw",
         "--models",
         "iris",
     ]
@@ -192,7 +260,7 @@ def test_a_quick_run_against_loadonce_alone_measures_both_variants() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((REPO_ROOT / "bench" / "results" / "compare.json").read_text())
     variants = results["models"]["iris"]["variants"]
-    assert set(variants) == {"a", "b"}
+    assert set(variants) == {"a", "b", "defaults", "raw"}
     for measured in variants.values():
         for connections in ("c64", "c1"):
             [run] = measured[connections]
@@ -200,4 +268,6 @@ def test_a_quick_run_against_loadonce_alone_measures_both_variants() -> None:
             assert run["errors"] == 0
         assert measured["memory"]["rss_mib"] > 0
     assert "| loadonce, batching |" in done.stdout
-    assert "[2/2] iris · loadonce, batching c64" in done.stderr
+    assert "| bound: raw ASGI app (read, json.loads, constant) |" in done.stdout
+    assert "- loadonce, batching / raw floor (c64 req/s): " in done.stdout
+    assert "[2/4] iris · loadonce, batching c64" in done.stderr
