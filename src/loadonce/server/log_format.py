@@ -27,7 +27,8 @@ class PlainFormatter(DefaultFormatter):
     a third of a request log line's cost (docs/benchmarks.md, "The request log")."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
-        record.message = log_safe(record.message)
+        if not record.message.isprintable():  # the usual line is: a C scan, not a regex's
+            record.message = log_safe(record.message)
         trace_id = getattr(record, "trace_id", None)
         if trace_id is not None:  # tracing is on and a span is current
             record.message += f" trace_id={trace_id} span_id={getattr(record, 'span_id', '')}"
@@ -84,6 +85,10 @@ def log_config(level: str, log_format: str = "plain") -> dict[str, Any]:
     # in JSON mode every line is JSON (logging.captureWarnings sends them to py.warnings).
     config["loggers"]["py.warnings"] = {"handlers": ["loadonce"], "propagate": False}
     logging.captureWarnings(True)  # the process is about to log with this configuration
+    # No format of loadonce's shows a record's thread or process name, and looking them up
+    # took a tenth of a request log line's cost (the pid, in JSON lines, is still recorded).
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     # The worker logs why a startup failed in one line of its own (the model, its source, the
     # cause); uvicorn's "Application startup failed. Exiting." before it says nothing more.
     config["filters"] = {"startup_failed": {"()": f"{__name__}.WithoutStartupFailedLine"}}
