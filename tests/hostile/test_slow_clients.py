@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx2 as httpx
@@ -114,3 +115,40 @@ def test_open_connections_are_capped_per_worker(server: CliServer) -> None:
 def _wait_until_served(server: CliServer) -> None:
     """The server closes refused connections a moment after answering: then it serves."""
     wait_until(lambda: httpx.get(f"{server.url}/livez").status_code == 200, 5, "connections freed")
+
+
+def _request(path: str, body: bytes = b"", *, close: bool = False) -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+    head += f"content-length: {len(body)}\r\n" + ("connection: close\r\n" if close else "")
+    return head.encode() + b"\r\n" + body
+
+
+def test_pipelined_requests_are_answered_whole_and_in_order(server: CliServer) -> None:
+    # A response's head is held until its body follows, and answers may leave together at
+    # the end of a step of the event loop: never out of order, never cut short by a close.
+    bodies = [f'{{"inputs": [{index}]}}'.encode() for index in range(5)]
+    with _connect(server) as sock:
+        sock.sendall(
+            b"".join(_request("/models/echo/predict", body) for body in bodies[:-1])
+            + _request("/models/echo/predict", bodies[-1], close=True)
+        )
+        received = _answer(sock)
+    answers = received.split(b"HTTP/1.1 ")[1:]
+    assert len(answers) == 5, received
+    for index, answer in enumerate(answers):
+        assert answer.startswith(b"200"), answer
+        assert f'"outputs":[{{"echo":{index},'.encode() in answer, answer
+        assert answer.rstrip().endswith(b"}]}"), answer
+
+
+def test_answers_to_many_clients_at_once_are_whole(server: CliServer) -> None:
+    with httpx.Client() as client, ThreadPoolExecutor(16) as pool:
+        answers = list(
+            pool.map(
+                lambda index: client.post(
+                    f"{server.url}/models/echo/predict", json={"inputs": [index]}
+                ),
+                range(200),
+            )
+        )
+    assert [answer.json()["outputs"][0]["echo"] for answer in answers] == list(range(200))

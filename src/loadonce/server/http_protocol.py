@@ -12,11 +12,17 @@ protocol adds, per connection:
 
 It also stamps each request's arrival (when its head was read) in the scope: the deadline
 counts from there, before the busy loop gets round to the request's task.
+
+And it sends a response's head and body in one write: uvicorn writes each to the socket as it
+comes (two system calls per answer), a quarter of the serving thread's time on a batched tiny
+model (py-spy, docs/benchmarks.md). The head is held until the body follows, and under load
+the answers of one step of the event loop leave together (``_GatheredWrites``).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sized
 from http import HTTPStatus
 from typing import Any
 
@@ -24,6 +30,49 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from loadonce.http.request_info import ARRIVED_SCOPE_KEY
+
+
+class _GatheredWrites:
+    """The transport a request's cycle writes to. A response's head is held until its body
+    follows (usually in the same step of the event loop), and both go to the socket in one
+    write. While other requests are in flight in this worker (``in_flight``: its request
+    tasks), the write waits for the end of the step, so the answers of one batch leave
+    together and their clients' next requests arrive together (iris batched at 64
+    connections: 17% more answers per second); alone, it goes at once (a lone request's
+    answer does not wait for the log line and metrics after it). What is still held at the
+    end of the step goes then; a closing transport first sends what it holds. Everything
+    else is the connection's transport's own."""
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        loop: asyncio.AbstractEventLoop,
+        in_flight: Sized,
+    ) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._in_flight = in_flight
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._held:
+            self._loop.call_soon(self.send)
+        self._held.append(data)
+        if len(self._held) > 1 and len(self._in_flight) <= 1:
+            self.send()
+
+    def send(self) -> None:
+        """Write what is held now (also before the connection writes on its own)."""
+        held, self._held = self._held, []
+        if held and not self._transport.is_closing():
+            self._transport.write(b"".join(held) if len(held) > 1 else held[0])
+
+    def close(self) -> None:
+        self.send()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class _HeadTooLargeError(Exception):
@@ -66,6 +115,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.transport.close()  # the route sees its client gone
 
     def _refuse(self, status: HTTPStatus, message: str) -> None:
+        self._gathered.send()  # an answer held for an earlier request goes first
         body = f'{{"error": "{message}"}}'.encode()
         self.transport.write(
             f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: application/json\r\n"
@@ -81,6 +131,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._gathered = _GatheredWrites(transport, self.loop, self.tasks)
         self._arm(self.header_timeout_s, HTTPStatus.REQUEST_TIMEOUT)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -107,6 +158,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._arm(self.body_timeout_s, None)  # each piece of the body restarts it
 
     def send_400_response(self, msg: str) -> None:
+        self._gathered.send()  # an answer held for an earlier request goes first
         if self._head_too_large:
             self._disarm()
             self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "too many header fields")
@@ -124,6 +176,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # to start the request's task is part of it.
         self.scope[ARRIVED_SCOPE_KEY] = self._received_at  # type: ignore[literal-required]
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.transport = self._gathered  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._in_head, self._in_body, self._head_bytes = True, False, 0
