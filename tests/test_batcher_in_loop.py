@@ -299,6 +299,24 @@ async def test_the_fill_wait_ends_with_a_partial_batch() -> None:
         assert answer(waiting) == [4]
 
 
+async def test_the_auto_fill_wait_follows_what_a_call_costs() -> None:
+    # fill_wait_ms = "auto" (the default batching's): after a call of 40 ms the next batch
+    # waits to fill (2 ms at most), and then starts with what it has.
+    async with batcher(max_batch_size=4, fill_wait_s=None) as h:
+        h.model.seconds = 0.04
+        h.send(1)
+        await settle()
+        h.send(2)
+        await h.run()
+        assert h.running == 0, "after a slow call the next batch waits to fill"
+        loop = asyncio.get_running_loop()
+        returned = loop.time()
+        await eventually(lambda: h.running == 1)
+        assert loop.time() - returned < 1.0
+        await h.run()
+        assert h.model.calls == [[1], [2]]
+
+
 async def test_without_fill_wait_the_next_call_takes_what_waits_at_once() -> None:
     async with batcher(max_batch_size=8) as h:
         h.send(1)

@@ -594,13 +594,14 @@ def _make_batcher(model: Model, executor: Executor) -> Batcher:
     spec, policy = model.spec, model.concurrency
     assert policy is not None
     model._batching = batching = spec.batching_for(executor.instances[0].batches_exactly)
+    fill_wait_s: float | None
     if batching is None:
         # One call per request, as many at once as the policy allows.
         max_batch_size, max_wait_s, fill_wait_s, concurrent = 1, 0.0, 0.0, policy.size
     else:
         max_batch_size = batching.max_batch_size
         max_wait_s = batching.max_wait_ms / 1000
-        fill_wait_s = batching.fill_wait_ms / 1000
+        fill_wait_s = None if batching.fill_wait_ms == "auto" else batching.fill_wait_ms / 1000
         concurrent = batching.concurrent_batches or (policy.size if policy.kind == "pool" else 1)
     batcher = Batcher(
         model=model.name,
