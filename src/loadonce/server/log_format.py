@@ -93,6 +93,9 @@ def log_config(level: str, log_format: str = "plain") -> dict[str, Any]:
     # cause); uvicorn's "Application startup failed. Exiting." before it says nothing more.
     config["filters"] = {"startup_failed": {"()": f"{__name__}.WithoutStartupFailedLine"}}
     config["handlers"]["default"]["filters"] = ["startup_failed"]
+    # uvicorn's own lines share loadonce's buffer (log_stream.py), so the log keeps its order.
+    config["handlers"]["default"]["class"] = "loadonce.server.log_stream.BufferedStderrHandler"
+    config["handlers"]["default"].pop("stream", None)
     return config
 
 

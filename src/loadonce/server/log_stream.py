@@ -1,12 +1,15 @@
-"""The handler of loadonce's own log lines in server mode: written to standard error through a
-buffer, flushed every tenth of a second, at once for a warning or worse, and at exit.
+"""The handler of server mode's log lines: standard error through one buffer per process.
 
 Python's standard error is line-buffered: a ``StreamHandler`` on it makes one write (a system
 call) per line, which was a third of what a request log line cost the serving thread
-(docs/benchmarks.md, "The request log"). Under load, the lines of 0.1 s go out in one write.
-Nothing is dropped: the buffer grows as needed, a warning flushes everything before it, and
-``logging.shutdown`` (at exit, and when a worker stops) flushes the rest. A process killed
-outright (SIGKILL) loses at most the last 0.1 s of info lines.
+(docs/benchmarks.md, "The request log"). Here the request log's lines (``loadonce.access``)
+are held in a buffer and written together, every tenth of a second; any other line (a model
+loaded, a warning, uvicorn's own) writes everything held before it and itself at once, so the
+log keeps its order and a server's state changes appear as they happen. The first line after
+a quiet tenth of a second also goes at once: a server that logs little writes each line when
+it comes. Nothing is dropped: the buffer grows as needed, and ``logging.shutdown`` (at exit,
+and when a worker stops) flushes the rest; a process killed outright (SIGKILL) loses at most
+the last 0.1 s of request lines. Every handler of the process shares the one buffer.
 """
 
 from __future__ import annotations
@@ -16,58 +19,92 @@ import logging
 import os
 import sys
 import threading
-import weakref
+import time
 from typing import TextIO
 
 FLUSH_EVERY_S = 0.1
 _BUFFER_BYTES = 1 << 16
+# Lines of this logger wait for the next flush; every other line flushes.
+HELD_LOGGER = "loadonce.access"
+
+
+class _SharedStream:
+    """The process's buffered standard error, its lock, its flusher thread and when it was
+    last flushed; made at the first handler, made again in a forked child's."""
+
+    def __init__(self) -> None:
+        self.stream = _buffered_stderr()
+        self.lock = threading.Lock()
+        self.flushed_at = 0.0
+        self.flusher: threading.Thread | None = None
+        self.pid = os.getpid()
+
+    def write(self, line: str, *, now: bool) -> None:
+        with self.lock:
+            self.stream.write(line)
+            moment = time.monotonic()
+            if now or moment - self.flushed_at >= FLUSH_EVERY_S:
+                self.stream.flush()
+                self.flushed_at = moment
+        if self.flusher is None:
+            self._start_flusher()
+
+    def flush(self) -> None:
+        with self.lock:
+            self.stream.flush()
+            self.flushed_at = time.monotonic()
+
+    def _start_flusher(self) -> None:
+        with self.lock:
+            if self.flusher is not None:
+                return
+            self.flusher = threading.Thread(
+                target=self._flush_often, name="loadonce-log-flush", daemon=True
+            )
+            self.flusher.start()
+
+    def _flush_often(self) -> None:
+        while True:
+            time.sleep(FLUSH_EVERY_S)
+            self.flush()
+
+
+_shared: list[_SharedStream] = []
+
+
+def _stream() -> _SharedStream:
+    if not _shared or _shared[0].pid != os.getpid():
+        _shared[:] = [_SharedStream()]
+    return _shared[0]
+
+
+def _flush_before_fork() -> None:
+    # A child would otherwise inherit what the buffer holds and write it a second time.
+    if _shared and _shared[0].pid == os.getpid():
+        _shared[0].flush()
+
+
+os.register_at_fork(before=_flush_before_fork)
 
 
 class BufferedStderrHandler(logging.StreamHandler[TextIO]):
     def __init__(self) -> None:
-        super().__init__(_buffered_stderr())
-        self._flusher: threading.Thread | None = None
-        self._stopped = threading.Event()
-        # A forked worker has no thread of its parent's: it starts its own at its first line.
-        handler = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _forget_flusher(handler))
+        shared = _stream()
+        super().__init__(shared.stream)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record) + self.terminator
-            self.acquire()
-            try:
-                self.stream.write(line)
-                if record.levelno >= logging.WARNING:
-                    self.stream.flush()
-            finally:
-                self.release()
-            if self._flusher is None:
-                self._start_flusher()
+            held = record.name == HELD_LOGGER and record.levelno < logging.WARNING
+            _stream().write(line, now=not held)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
 
-    def _start_flusher(self) -> None:
-        flusher = threading.Thread(target=self._flush_often, name="loadonce-log-flush", daemon=True)
-        self._flusher = flusher
-        flusher.start()
-
-    def _flush_often(self) -> None:
-        while not self._stopped.wait(FLUSH_EVERY_S):
-            self.flush()
-
-    def close(self) -> None:
-        self._stopped.set()
-        self.flush()
-        super().close()
-
-
-def _forget_flusher(handler: weakref.ref[BufferedStderrHandler]) -> None:
-    found = handler()
-    if found is not None:
-        found._flusher = None
+    def flush(self) -> None:
+        if _shared:
+            _stream().flush()
 
 
 def _buffered_stderr() -> TextIO:
