@@ -193,3 +193,23 @@ def echo_with_a_child_process() -> Echo:
 
     subprocess.Popen(["sleep", "2"])
     return Echo()
+
+
+class GrowingCache:
+    """Doubles numbers, and keeps 16 MiB more of memory on each of its first four calls, as a
+    cache filled by the first requests would (for the plan's count of requests' memory)."""
+
+    STEP = 16 << 20
+    CALLS_THAT_GROW = 4
+
+    def __init__(self) -> None:
+        self.kept: list[bytes] = []
+
+    def predict(self, batch: list[float]) -> list[float]:
+        if len(self.kept) < self.CALLS_THAT_GROW:
+            self.kept.append(b"\x01" * self.STEP)  # written, so resident
+        return [2 * x for x in batch]
+
+
+def growing_cache() -> GrowingCache:
+    return GrowingCache()

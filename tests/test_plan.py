@@ -15,10 +15,23 @@ from tests.servers import cli_env, run_cli, serving
 MIB = 1 << 20
 
 
-def _megabytes(text: str, label: str) -> float:
-    match = re.search(rf"{label}\s+[\d.]+\s+([\d,.]+) MiB\s+([\d,.]+) MiB", text)
+def _row(text: str, label: str) -> list[str]:
+    """A model's row of the plan's table: name, load s, private / worker, once per server,
+    of which requests."""
+    match = re.search(
+        rf"^{label}\s+([\d.]+)\s+([\d,.]+) MiB\s+([\d,.]+) MiB\s+(.+)$", text, re.MULTILINE
+    )
     assert match, text
-    return float(match.group(2).replace(",", ""))
+    return [label, *match.groups()]
+
+
+def _mib(cell: str) -> float:
+    return float(cell.removesuffix(" MiB").replace(",", ""))
+
+
+def _megabytes(text: str, label: str) -> float:
+    """A model's memory held once per server, in MiB."""
+    return _mib(_row(text, label)[3])
 
 
 def _wide_model(tmp_path: Path) -> tuple[Path, Path]:
@@ -91,3 +104,35 @@ def test_the_plan_predicts_what_the_server_then_takes(tmp_path: Path) -> None:
     # this; the test process has imported PyTorch too and shares its pages with the server,
     # which lowers the server's PSS by up to ~40 MiB here.
     assert 0.9 * measured < predicted < 1.2 * measured, (predicted, measured, planned.stdout)
+
+
+def test_the_plan_counts_what_a_few_predictions_keep_and_says_what_it_left_out(
+    tmp_path: Path,
+) -> None:
+    """Each of the first four calls of `growing` keeps 16 MiB: its warm-up at load made one,
+    the plan's three rounds of it the next three, which the worker's figure includes. `echo`
+    has no warm-up example: the plan says its requests are left out."""
+    config = tmp_path / "loadonce.toml"
+    config.write_text(
+        """
+[[models]]
+name = "growing"
+loader = "tests.loaders:growing_cache"
+warmup = [1.0, 2.0]
+
+[[models]]
+name = "echo"
+loader = "tests.loaders:echo"
+"""
+    )
+    planned = run_cli(tmp_path, "plan", str(config), "--workers", "2")
+    assert planned.returncode == 0, planned.stderr
+    _, _, private, _, requests = _row(planned.stdout, "growing")
+    assert 44 < _mib(requests) < 56, planned.stdout  # 3 x 16 MiB
+    assert _mib(private) > 60, planned.stdout  # and the load's 16 MiB
+    assert _row(planned.stdout, "echo")[4] == "left out", planned.stdout
+    assert (
+        "echo: no warmup example, so what its requests allocate is left out of the plan"
+        in planned.stdout
+    )
+    assert "growing:" not in planned.stdout

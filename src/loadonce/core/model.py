@@ -37,6 +37,7 @@ from loadonce.core.memory import (
     sample_process_memory,
 )
 from loadonce.core.observer import ModelObserver
+from loadonce.core.prefault import Prefaulted, prefault_weights
 from loadonce.core.spec import Batching, Concurrency, ModelSpec
 from loadonce.core.tracing import CallTracer
 from loadonce.runtimes import resolve_runtime
@@ -321,6 +322,13 @@ class Model:
                     await _off_loop(_size_of, spec),
                 )
                 executor, runtime_name, policy = await self._build_executor(spec, instances)
+                maps = all(instance.shares_weights for instance in executor.instances)
+                # Before the warm-up, which then runs as fast as requests will.
+                prefaulted = (
+                    await _off_loop(prefault_weights, self.name, spec.artifact, spec.prefault)
+                    if maps
+                    else None
+                )
                 answered_shape, answer = None, None
                 if spec.warmup is not None:
                     answered_shape, answer = await self._warm_up(spec, executor.instances)
@@ -337,7 +345,6 @@ class Model:
         # Only now: a failed reload leaves what the serving instances answered.
         self.spec, self.runtime_name, self.concurrency = spec, runtime_name, policy
         self._answered_shape, self._warmup_answer = answered_shape, answer
-        maps = all(instance.shares_weights for instance in executor.instances)
         resident, mapped_size = (
             await anyio.to_thread.run_sync(mapped_file_bytes, spec.artifact) if maps else (0, 0)
         )
@@ -354,13 +361,14 @@ class Model:
         self.loaded_at = time.time()
         self.load_count += 1
         logger.info(
-            "model '%s' version %s %s in worker pid %d in %.2f s, memory %s RSS, %s USS "
+            "model '%s' version %s %s in worker pid %d in %.2f s%s, memory %s RSS, %s USS "
             "(runtime %s, concurrency %s; each worker process loads its own copy)",
             self.name,
             self.version,
             "loaded" if self.load_count == 1 else f"loaded again (load {self.load_count})",
             self.worker_pid,
             self.load_seconds,
+            _prefault_note(prefaulted),
             format_bytes(self.load_memory.rss),
             format_bytes(self.load_memory.uss),
             self.runtime_name,
@@ -566,6 +574,16 @@ async def _off_loop(function: Callable[..., _T], *args: Any) -> _T:
     """Run a step of a load in a thread; a timeout or a cancellation stops waiting for it at
     once (anyio's default would wait for the thread to finish)."""
     return await anyio.to_thread.run_sync(function, *args, abandon_on_cancel=True)
+
+
+def _prefault_note(prefaulted: Prefaulted | None) -> str:
+    if prefaulted is None:
+        return ""
+    what = "prefaulting" if prefaulted.how == "populated" else "reading ahead"
+    return (
+        f" ({prefaulted.seconds:.2f} s of it {what} "
+        f"{prefaulted.bytes / 2**20:,.1f} MiB of mapped weights)"
+    )
 
 
 def _size_of(spec: ModelSpec) -> str:

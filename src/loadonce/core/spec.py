@@ -149,6 +149,11 @@ class ModelSpec(BaseModel):
     # "mmap": map the weights from the artifact read-only where the format allows, so every
     # worker shares one copy in the page cache; "off": each worker reads its own copy.
     share: Literal["mmap", "off"] = "mmap"
+    # Weights mapped from the artifact are read from disk when first used, so each worker's
+    # first requests would pay for it. true: map them all into memory at load, before the
+    # model counts as ready; false: leave them to first use; None: true when the artifact
+    # fits in the memory available at load. Nothing to do for weights copied at load.
+    prefault: bool | None = None
     sha256: Annotated[str, Field(pattern=_SHA256_PATTERN)] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     # Batching (dynamic micro-batching): a [models.batching] table; true for its defaults; false

@@ -7,7 +7,10 @@ each worker will hold privately (its unique set: what it wrote of the libraries'
 weights), and the memory all workers share, counted once: the libraries in the process they
 are forked from, and the artifacts mapped read-only. The prediction for N workers is N times
 the private part plus the shared parts, compared with the memory available (and the cgroup's
-limit, in a container).
+limit, in a container). Requests allocate too (caches, thread stacks, a library's buffers), so
+each model with a warm-up example is also given a few predictions of it, and what they added
+is counted in the worker's private part; for a model without one, the plan says it left them
+out.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from fastapi import FastAPI
 
 from loadonce.app import create_app
 from loadonce.core.errors import LoadonceError
-from loadonce.core.memory import artifact_bytes
+from loadonce.core.memory import artifact_bytes, mapped_file_bytes
 from loadonce.core.model import Model
 from loadonce.core.registry import Registry
 from loadonce.server.settings import ServeConfig
@@ -39,6 +42,9 @@ _CGROUP_V2 = Path("/sys/fs/cgroup/memory.max")
 _CGROUP_V2_USED = Path("/sys/fs/cgroup/memory.current")
 _CGROUP_V1 = Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")
 _CGROUP_V1_USED = Path("/sys/fs/cgroup/memory/memory.usage_in_bytes")
+# Predictions of each model's warm-up example after its load: a cache filled on first use, or
+# a library's buffers sized by the first calls, are in the worker's memory from then on.
+WARMUP_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,15 @@ class ModelMeasure:
     load_seconds: float
     private_bytes: int  # what this model's load added to the worker's unique memory
     shared_bytes: int  # its artifact's pages mapped read-only: shared by every worker
+    # What WARMUP_ROUNDS predictions of its warm-up example added to the worker's unique
+    # memory after the load; counted in the worker's private part.
+    requests_bytes: int = 0
+    # Why requests_bytes was not measured (None: it was).
+    requests_left_out: str | None = None
+
+    @property
+    def per_worker(self) -> int:
+        return self.private_bytes + self.requests_bytes
 
 
 @dataclass(frozen=True)
@@ -66,7 +81,7 @@ class MemoryPlan:
 
     @property
     def private_per_worker(self) -> int:
-        return self.base_private_bytes + sum(m.private_bytes for m in self.models)
+        return self.base_private_bytes + sum(m.per_worker for m in self.models)
 
     @property
     def shared(self) -> int:
@@ -82,18 +97,26 @@ class MemoryPlan:
         return self.total <= self.available.bytes
 
     def table(self) -> str:
-        rows = [("model", "load s", "private / worker", "once per server")]
+        rows = [("model", "load s", "private / worker", "once per server", "of which requests")]
         rows += [
-            (m.name, f"{m.load_seconds:.2f}", _mib(m.private_bytes), _mib(m.shared_bytes))
+            (
+                m.name,
+                f"{m.load_seconds:.2f}",
+                _mib(m.per_worker),
+                _mib(m.shared_bytes),
+                "left out" if m.requests_left_out else _mib(m.requests_bytes),
+            )
             for m in self.models
         ]
-        rows.append(("(worker itself)", "", _mib(self.base_private_bytes), ""))
-        rows.append(("(libraries)", "", "", _mib(self.libraries_bytes)))
-        rows.append(("(supervisor)", "", "", _mib(self.supervisor_bytes)))
-        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        rows.append(("(worker itself)", "", _mib(self.base_private_bytes), "", ""))
+        rows.append(("(libraries)", "", "", _mib(self.libraries_bytes), ""))
+        rows.append(("(supervisor)", "", "", _mib(self.supervisor_bytes), ""))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = [
             "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
         ]
+        left_out = [f"{m.name}: {m.requests_left_out}" for m in self.models if m.requests_left_out]
+        lines += ["", *left_out] if left_out else []
         verdict = "fits" if self.fits else "DOES NOT FIT"
         lines += [
             "",
@@ -194,31 +217,67 @@ def _measure_in_child(config: ServeConfig, pipe: Connection) -> None:
 async def _measured(
     app: FastAPI, registry: Registry, process: psutil.Process
 ) -> tuple[int, list[ModelMeasure]]:
-    """Once the app started and answered a request (before its models unload): the worker's
-    own unique memory besides its models, and each model's."""
+    """Once the app started, answered a request and predicted each model's warm-up example
+    a few times (before its models unload): the worker's own unique memory besides its
+    models, and each model's."""
     async with app.router.lifespan_context(app):
         await _get(app, "/readyz")
-        worker_bytes = int(process.memory_full_info().uss)
-        measures = [_measure(model) for model in registry.models if model.wanted]
+        loaded = [model for model in registry.models if model.wanted and model.is_ready]
+        requests = {model.name: await _requests_growth(model, loaded, process) for model in loaded}
+        worker_bytes = _unique_besides_mapped(loaded, process)
+        measures = [_measure(model, *requests[model.name]) for model in loaded]
     measured = [m for m in measures if m is not None]
-    mapped = sum(model.mapped_bytes for model in registry.models)
-    base = worker_bytes - sum(m.private_bytes for m in measured) - mapped
+    base = worker_bytes - sum(m.per_worker for m in measured)
     return max(0, base), measured
 
 
-def _measure(model: Model) -> ModelMeasure | None:
+async def _requests_growth(
+    model: Model, loaded: list[Model], process: psutil.Process
+) -> tuple[int, str | None]:
+    """What WARMUP_ROUNDS predictions of the model's warm-up example added to this process's
+    unique memory, and why it was not measured (None: it was)."""
+    if model.spec.warmup is None:
+        return 0, (
+            "no warmup example, so what its requests allocate is left out of the plan "
+            "(give it a warmup example to count it)"
+        )
+    before = _unique_besides_mapped(loaded, process)
+    try:
+        for _ in range(WARMUP_ROUNDS):
+            await model.predict(model.spec.warmup)
+    except Exception as exc:
+        # Its warm-up at load succeeded: a model that fails later is the server's to report
+        # when serving, not a reason to refuse to plan (or to start).
+        return 0, (
+            f"a prediction of its warmup example failed ({type(exc).__name__}), so what its "
+            "requests allocate is left out of the plan"
+        )
+    return max(0, _unique_besides_mapped(loaded, process) - before), None
+
+
+def _unique_besides_mapped(loaded: list[Model], process: psutil.Process) -> int:
+    """This process's unique memory, less the resident pages of the artifacts it maps: those
+    count as unique while one process maps them, and are shared by every worker (a
+    prediction may read more of them)."""
+    artifacts = {model.spec.artifact for model in loaded if model.spec.artifact is not None}
+    mapped = sum(mapped_file_bytes(artifact)[0] for artifact in artifacts)
+    return int(process.memory_full_info().uss) - mapped
+
+
+def _measure(model: Model, requests_bytes: int, left_out: str | None) -> ModelMeasure | None:
     if model.load_memory is None:
         return None
-    resident = model.mapped_bytes
-    # A mapped artifact's pages are read on first use, not by the load: count it whole, once.
-    # (The page cache counts against a container's memory limit too.)
+    # A mapped artifact's pages are read on first use (or prefaulted), not by the load: count
+    # it whole, once. (The page cache counts against a container's memory limit too.)
     whole = (artifact_bytes(model.spec.artifact) or 0) if model.shares_weights else 0
     return ModelMeasure(
         name=model.name,
         load_seconds=model.load_seconds or 0.0,
         # Mapped pages count as unique while one process maps them: they are shared.
-        private_bytes=max(0, model.load_memory.uss - resident),
-        shared_bytes=max(resident, whole),
+        private_bytes=max(0, model.load_memory.uss - model.mapped_bytes),
+        shared_bytes=max(model.mapped_bytes, whole),
+        requests_bytes=requests_bytes,
+        requests_left_out=left_out,
     )
 
 
