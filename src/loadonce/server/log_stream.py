@@ -30,14 +30,14 @@ HELD_LOGGER = "loadonce.access"
 
 class _SharedStream:
     """The process's buffered standard error, its lock, its flusher thread and when it was
-    last flushed; made at the first handler, made again in a forked child's."""
+    last flushed; made at the first handler, made again in a forked child's (its parent's is
+    forgotten at the fork)."""
 
     def __init__(self) -> None:
         self.stream = _buffered_stderr()
         self.lock = threading.Lock()
         self.flushed_at = 0.0
         self.flusher: threading.Thread | None = None
-        self.pid = os.getpid()
 
     def write(self, line: str, *, now: bool) -> None:
         with self.lock:
@@ -73,18 +73,20 @@ _shared: list[_SharedStream] = []
 
 
 def _stream() -> _SharedStream:
-    if not _shared or _shared[0].pid != os.getpid():
-        _shared[:] = [_SharedStream()]
+    if not _shared:
+        _shared.append(_SharedStream())
     return _shared[0]
 
 
 def _flush_before_fork() -> None:
     # A child would otherwise inherit what the buffer holds and write it a second time.
-    if _shared and _shared[0].pid == os.getpid():
+    if _shared:
         _shared[0].flush()
 
 
-os.register_at_fork(before=_flush_before_fork)
+# The child makes its own at its first line: its parent's flusher thread is not in it, and
+# nothing per line has to ask which process it is in.
+os.register_at_fork(before=_flush_before_fork, after_in_child=_shared.clear)
 
 
 class BufferedStderrHandler(logging.StreamHandler[TextIO]):
