@@ -137,6 +137,13 @@ class Runtime(ABC):
     def load(self, spec: ModelSpec) -> Predictor:
         """Load one instance of the model described by ``spec``; raise on any failure."""
 
+    def code_modules(self, spec: ModelSpec) -> tuple[str, ...]:
+        """The modules of the model's own code that ``spec`` names (a loader, a factory):
+        ``loadonce serve`` imports them once, like ``libraries``, in the process its workers
+        are forked from, so that what they import is shared too (an import that fails there
+        is skipped: the worker's load reports it)."""
+        return ()
+
     def runs_code(self, spec: ModelSpec) -> bool:
         """Whether loading the spec's artifact may run code stored in it (a pickle). Asked
         before a control request's new artifact is opened: only a model the operator

@@ -62,6 +62,9 @@ class PythonRuntime(Runtime):
     # says `shared` or `pool:N`.
     default_concurrency = "serialized"
 
+    def code_modules(self, spec: ModelSpec) -> tuple[str, ...]:
+        return (spec.loader.partition(":")[0],) if isinstance(spec.loader, str) else ()
+
     def load(self, spec: ModelSpec) -> Predictor:
         if spec.loader is None:
             raise ValueError("the python runtime needs a loader ('package.module:function')")

@@ -140,6 +140,10 @@ class TorchRuntime(Runtime):
     # calls on one instance are safe; PyTorch parallelises inside each call as well.
     default_concurrency = "shared"
 
+    def code_modules(self, spec: ModelSpec) -> tuple[str, ...]:
+        factory = spec.options.get("factory")
+        return (factory.partition(":")[0],) if isinstance(factory, str) else ()
+
     def load(self, spec: ModelSpec) -> Predictor:
         if spec.artifact is None:
             raise ValueError(

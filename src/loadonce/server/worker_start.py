@@ -16,6 +16,7 @@ then: the supervisor sets the variables workers need (metrics directory, load lo
 from __future__ import annotations
 
 import multiprocessing
+import os
 from multiprocessing.context import ForkServerContext
 
 from loadonce.runtimes import resolve_runtime
@@ -26,26 +27,46 @@ from loadonce.server.settings import ServeConfig
 _WORKER_MODULES = ("loadonce.server.worker",)
 
 
+# Imported after the libraries: the user's own code (preload_user_code.py), each module named
+# in this variable, which the fork server reads from the supervisor's environment.
+USER_CODE_MODULE = "loadonce.server.preload_user_code"
+USER_CODE_VARIABLE = "LOADONCE_PRELOAD_USER_CODE"
+
 # Imported last, with gc_freeze on: freezes everything the imports before it built.
 FREEZE_MODULE = "loadonce.server.freeze_preloaded"
 
 
 def preloaded_modules(config: ServeConfig) -> list[str]:
-    """The worker's modules, then the user's app module (if one is served) and each configured
-    runtime's libraries, each once; last, with
-    ``gc_freeze``, the module that freezes them (the workers' collections leave them alone)."""
+    """The worker's modules, then each configured runtime's libraries, each once; then the
+    module that imports the user's code (``user_code_modules``); last, with ``gc_freeze``,
+    the module that freezes them (the workers' collections leave them alone)."""
     modules = list(_WORKER_MODULES)
-    if config.app is not None:
-        # The user's app module and all it imports, once for every worker.
-        modules.append(config.app.partition(":")[0])
     for spec in config.models:
         try:
             runtime = resolve_runtime(spec)
         except (ValueError, OSError):
             continue  # the worker's load reports it, with the model's name
         modules.extend(m for m in runtime.libraries if m not in modules)
+    if user_code_modules(config):
+        modules.append(USER_CODE_MODULE)
     if config.server.gc_freeze:
         modules.append(FREEZE_MODULE)
+    return modules
+
+
+def user_code_modules(config: ServeConfig) -> list[str]:
+    """The user's modules every worker would import: the app module (if one is served) and
+    each model's own code (its loader, its factory), each once. Imported in every worker, what
+    they import (a factory's module may import half a library) would be held by each."""
+    modules = []
+    if config.app is not None:
+        modules.append(config.app.partition(":")[0])
+    for spec in config.models:
+        try:
+            runtime = resolve_runtime(spec)
+        except (ValueError, OSError):
+            continue
+        modules.extend(m for m in runtime.code_modules(spec) if m and m not in modules)
     return modules
 
 
@@ -57,5 +78,6 @@ def worker_context(config: ServeConfig) -> ForkServerContext:
     """
     context = multiprocessing.get_context("forkserver")
     assert isinstance(context, ForkServerContext)
+    os.environ[USER_CODE_VARIABLE] = ",".join(user_code_modules(config))
     context.set_forkserver_preload(preloaded_modules(config))
     return context
