@@ -122,6 +122,23 @@ class Constant:
         return [{"value": self.value, "pid": os.getpid()} for _ in batch]
 
 
+def build_doubling_mlp() -> Any:
+    """``build_mlp``'s layers, outputs doubled by a buffer the state dict does not hold (a
+    non-persistent one, as rotary tables and masks are): it is built by the factory."""
+    import torch
+
+    class Doubling(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = build_mlp()
+            self.register_buffer("factor", torch.tensor(2.0), persistent=False)
+
+        def forward(self, x: Any) -> Any:
+            return self.layers(x) * self.factor
+
+    return Doubling()
+
+
 def constant_from_file(path: Path) -> Constant:
     return Constant(float(Path(path).read_text()))
 

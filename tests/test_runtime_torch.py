@@ -114,6 +114,45 @@ def test_safetensors_state_dict_loads_into_the_factorys_module(
     assert one.json()["outputs"] == _expected(trained, ROWS[:1])
 
 
+def test_a_private_copy_of_a_half_precision_file_takes_the_modules_dtype(
+    tmp_path: Path, trained: torch.nn.Module
+) -> None:
+    # share = "off": the weights are the worker's own copy, in the dtype the module declares
+    # (as copying into the module's own tensors gives), whatever the file stores.
+    path = tmp_path / "half.safetensors"
+    save_file({k: v.half() for k, v in trained.state_dict().items()}, str(path))
+    spec = loadonce.ModelSpec(
+        name="half", artifact=path, share="off", options={"factory": "tests.loaders:build_mlp"}
+    )
+    rounded = build_mlp().eval()
+    rounded.load_state_dict({k: v.half().float() for k, v in trained.state_dict().items()})
+    with TestClient(loadonce.create_app([spec])) as client:
+        answer = client.post("/models/half/predict", json={"inputs": ROWS})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"] == _expected(rounded, ROWS)
+        assert client.get("/models/half").json()["weights_shared"] is False
+
+
+@pytest.mark.parametrize("share", ["mmap", "off"])
+def test_a_buffer_the_file_lacks_is_the_factorys_own(
+    state_dict: Path, trained: torch.nn.Module, share: str
+) -> None:
+    # The file holds the layers' weights under "layers." names; the factor buffer is not in it.
+    path = state_dict.with_name(f"doubling-{share}.safetensors")
+    save_file({f"layers.{k}": v for k, v in trained.state_dict().items()}, str(path))
+    spec = loadonce.ModelSpec(
+        name="doubling",
+        artifact=path,
+        share=share,
+        options={"factory": "tests.loaders:build_doubling_mlp"},
+    )
+    with TestClient(loadonce.create_app([spec])) as client:
+        answer = client.post("/models/doubling/predict", json={"inputs": ROWS})
+    assert answer.status_code == 200, answer.text
+    doubled = [[2 * x for x in row] for row in _expected(trained, ROWS)]
+    assert answer.json()["outputs"] == doubled  # doubling a float is exact
+
+
 def test_a_declared_input_shape_makes_a_wrong_shape_a_400(client: TestClient) -> None:
     response = client.post("/models/scripted/predict", json={"inputs": [[1.0, 2.0]]})
     assert response.status_code == 400

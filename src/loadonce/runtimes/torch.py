@@ -258,21 +258,36 @@ def _load_state_dict_module(torch: Any, spec: ModelSpec, device: Any) -> tuple[A
     # safetensors maps the file; on the CPU, assigning its tensors to the module (instead of
     # copying into the module's own) keeps them mapped: every worker shares the page cache.
     share = spec.share == "mmap" and str(device) == "cpu"
-    module = _build_module(torch, factory, factory_name, on_meta=share)
+    # Built on the meta device either way: built for real, the module would first fill its
+    # own weights with random initial values (seconds per GB) only to overwrite them.
+    module = _build_module(torch, factory, factory_name, on_meta=True)
     state = safetensors_torch.load_file(str(spec.artifact), device=str(device))
-    missing, unexpected = module.load_state_dict(state, strict=False, assign=share)
+    if not share:
+        state = _private_copies(state, module, copy=str(device) == "cpu")
+    missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise ValueError(
             "the state dict does not fit the module built by "
             f"{factory_name}: missing {sorted(missing) or 'none'}, "
             f"unexpected {sorted(unexpected) or 'none'}"
         )
-    if share and _has_meta_tensors(module):
+    if _has_meta_tensors(module):
         # A tensor the file does not hold (a non-persistent buffer) stayed on the meta
         # device: build the module for real and let only the weights stay mapped.
         module = _build_module(torch, factory, factory_name, on_meta=False)
         module.load_state_dict(state, strict=False, assign=True)
     return module.to(device), share
+
+
+def _private_copies(state: dict[str, Any], module: Any, *, copy: bool) -> dict[str, Any]:
+    """The file's tensors as the worker's own memory (``copy``: they are mapped views of the
+    file on the CPU), each in the dtype the module declares for it, as copying into the
+    module's own tensors would give."""
+    declared = module.state_dict(keep_vars=True)
+    return {
+        name: tensor.to(dtype=declared[name].dtype, copy=copy) if name in declared else tensor
+        for name, tensor in state.items()
+    }
 
 
 def _build_module(torch: Any, factory: Any, name: str, *, on_meta: bool) -> Any:
