@@ -122,6 +122,16 @@ class Constant:
         return [{"value": self.value, "pid": os.getpid()} for _ in batch]
 
 
+def passing_peak() -> Echo:
+    """A load that holds 256 MiB for a moment (a file's bytes before they are converted, say)
+    and keeps none of it."""
+    import numpy as np
+
+    buffer = np.ones(256 * 2**20, dtype=np.uint8)  # written: resident
+    del buffer
+    return Echo()
+
+
 def build_doubling_mlp() -> Any:
     """``build_mlp``'s layers, outputs doubled by a buffer the state dict does not hold (a
     non-persistent one, as rotary tables and masks are): it is built by the factory."""

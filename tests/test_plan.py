@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import psutil
 import torch
 from safetensors.torch import save_file
 
+from loadonce.server.plan import Available, MemoryPlan
 from tests.servers import cli_env, run_cli, serving
 
 MIB = 1 << 20
@@ -136,3 +139,51 @@ loader = "tests.loaders:echo"
         in planned.stdout
     )
     assert "growing:" not in planned.stdout
+
+
+def _at_once(text: str) -> int:
+    match = re.search(r"; (\d+) at a time, the server at most ([\d,.]+) MiB", text)
+    assert match, text
+    return int(match.group(1))
+
+
+def test_the_plan_measures_a_loads_passing_peak_and_lets_loads_share_only_the_room_left(
+    tmp_path: Path,
+) -> None:
+    """A load that holds 256 MiB for a moment: a worker peaks that much above what it keeps.
+    With room for it, workers load side by side (one per CPU, at most); with less room than
+    two such peaks above the steady total, one at a time."""
+    config = tmp_path / "loadonce.toml"
+    config.write_text('[[models]]\nname = "peaky"\nloader = "tests.loaders:passing_peak"\n')
+    planned = run_cli(tmp_path, "plan", str(config), "--workers", "3")
+    assert planned.returncode == 0, planned.stderr
+    peak = re.search(r"a worker peaks at ([\d,.]+) MiB", planned.stdout)
+    assert peak, planned.stdout
+    assert float(peak.group(1).replace(",", "")) >= 256, planned.stdout
+    assert _at_once(planned.stdout) == min(3, len(os.sched_getaffinity(0)))
+
+    room_for_one = f"{int(_total(planned.stdout)) + 300}MiB"
+    tight = run_cli(tmp_path, "plan", str(config), "--workers", "3", "--memory-limit", room_for_one)
+    assert tight.returncode == 0, tight.stdout
+    assert _at_once(tight.stdout) == 1, tight.stdout
+
+
+def test_as_many_load_at_once_as_the_room_above_the_steady_total_holds() -> None:
+    plan = MemoryPlan(
+        workers=4,
+        base_private_bytes=100 * MIB,
+        libraries_bytes=0,
+        supervisor_bytes=0,
+        models=[],
+        available=Available(1000 * MIB, "the limit given"),
+        load_transient_bytes=200 * MIB,
+    )
+    # 4 workers keep 400 MiB; a loading one holds 200 MiB more: 600 MiB of room, 3 loads.
+    assert plan.load_peak_bytes == 300 * MIB
+    assert plan.loads_at_once(cpus=8) == 3
+    assert plan.startup_peak(3) == 1000 * MIB
+    assert plan.loads_at_once(cpus=2) == 2
+    steady = dataclasses.replace(plan, load_transient_bytes=0)
+    assert steady.loads_at_once(cpus=8) == 4  # a load holds no more than the worker keeps
+    crowded = dataclasses.replace(plan, available=Available(450 * MIB, "the limit given"))
+    assert crowded.loads_at_once(cpus=8) == 1  # one at a time, as without a plan

@@ -11,6 +11,11 @@ limit, in a container). Requests allocate too (caches, thread stacks, a library'
 each model with a warm-up example is also given a few predictions of it, and what they added
 is counted in the worker's private part; for a model without one, the plan says it left them
 out.
+
+Loading is where a worker's memory peaks: a file read before it is converted, a copy made
+from a mapping. The child also measures that peak (its resident memory at its highest while
+it started, mapped artifact pages aside), and the plan says how many workers may load at
+once (``loads_at_once``) for the startup to stay within the memory available.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -78,6 +84,10 @@ class MemoryPlan:
     supervisor_bytes: int  # the process that starts and watches the workers
     models: list[ModelMeasure]
     available: Available
+    # What a worker holds only while it starts (its loads, warm-ups and the plan's
+    # predictions): its resident memory at its highest above what it ends with, as when a
+    # load holds a file's bytes and what was made of them at once.
+    load_transient_bytes: int = 0
 
     @property
     def private_per_worker(self) -> int:
@@ -95,6 +105,26 @@ class MemoryPlan:
     @property
     def fits(self) -> bool:
         return self.total <= self.available.bytes
+
+    @property
+    def load_peak_bytes(self) -> int:
+        """A worker's own memory at its highest while it loads."""
+        return self.private_per_worker + self.load_transient_bytes
+
+    def loads_at_once(self, cpus: int) -> int:
+        """How many workers may load at the same time: as many as the memory available holds
+        with each loading worker at its peak and every other one at its steady share, and at
+        most one per CPU (loads are mostly computation: more would only share the CPUs)."""
+        most = max(1, min(self.workers, cpus))
+        if self.load_transient_bytes == 0:
+            return most
+        room = self.available.bytes - self.total
+        return max(1, min(most, room // self.load_transient_bytes))
+
+    def startup_peak(self, loads_at_once: int) -> int:
+        """The memory the server holds at its highest while starting, loading so many
+        workers at once."""
+        return self.total + loads_at_once * self.load_transient_bytes
 
     def table(self) -> str:
         rows = [("model", "load s", "private / worker", "once per server", "of which requests")]
@@ -125,7 +155,18 @@ class MemoryPlan:
             f"= {_mib(self.total)}",
             f"available: {_mib(self.available.bytes)} ({self.available.source}): {verdict}",
         ]
+        if self.fits and self.workers > 1:
+            at_once = self.loads_at_once(usable_cpus())
+            lines.append(
+                f"loading: a worker peaks at {_mib(self.load_peak_bytes)}; {at_once} "
+                f"at a time, the server at most {_mib(self.startup_peak(at_once))}"
+            )
         return "\n".join(lines)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container's or taskset's)."""
+    return len(os.sched_getaffinity(0))
 
 
 def _mib(count: int) -> str:
@@ -167,7 +208,7 @@ def make_plan(config: ServeConfig, workers: int, *, limit: int | None = None) ->
         ours.close()
     if isinstance(outcome, str):
         raise LoadonceError(outcome)
-    base, libraries, measures = outcome
+    base, libraries, measures, transient = outcome
     return MemoryPlan(
         workers=workers,
         base_private_bytes=base,
@@ -175,6 +216,7 @@ def make_plan(config: ServeConfig, workers: int, *, limit: int | None = None) ->
         supervisor_bytes=_supervisor_bytes(),
         models=measures,
         available=available_memory(limit),
+        load_transient_bytes=transient,
     )
 
 
@@ -207,28 +249,33 @@ def _measure_in_child(config: ServeConfig, pipe: Connection) -> None:
         # As a worker does: the app's whole startup (the models' loads, the user's own
         # lifespan, metrics), and a request through every middleware, so that what a serving
         # worker holds besides its models is measured too.
-        base, measures = asyncio.run(_measured(app, registry, process))
+        base, measures, resident = asyncio.run(_measured(app, registry, process))
     except LoadonceError as failure:
         pipe.send(str(failure))
         return
-    pipe.send((base, libraries, measures))
+    # The kernel's high-water mark of this process's resident memory (KiB on Linux), above
+    # what it held once started: the mapped artifacts' pages it still maps are in both, and
+    # those a load read and let go (a copy made from a mapping) in the mark only.
+    highest = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    pipe.send((base, libraries, measures, max(0, highest - resident)))
 
 
 async def _measured(
     app: FastAPI, registry: Registry, process: psutil.Process
-) -> tuple[int, list[ModelMeasure]]:
+) -> tuple[int, list[ModelMeasure], int]:
     """Once the app started, answered a request and predicted each model's warm-up example
     a few times (before its models unload): the worker's own unique memory besides its
-    models, and each model's."""
+    models, each model's, and its resident memory then."""
     async with app.router.lifespan_context(app):
         await _get(app, "/readyz")
         loaded = [model for model in registry.models if model.wanted and model.is_ready]
         requests = {model.name: await _requests_growth(model, loaded, process) for model in loaded}
         worker_bytes = _unique_besides_mapped(loaded, process)
         measures = [_measure(model, *requests[model.name]) for model in loaded]
+        resident = int(process.memory_info().rss)
     measured = [m for m in measures if m is not None]
     base = worker_bytes - sum(m.per_worker for m in measured)
-    return max(0, base), measured
+    return max(0, base), measured, resident
 
 
 async def _requests_growth(
@@ -259,9 +306,13 @@ def _unique_besides_mapped(loaded: list[Model], process: psutil.Process) -> int:
     """This process's unique memory, less the resident pages of the artifacts it maps: those
     count as unique while one process maps them, and are shared by every worker (a
     prediction may read more of them)."""
+    return int(process.memory_full_info().uss) - _mapped_resident(loaded)
+
+
+def _mapped_resident(loaded: list[Model]) -> int:
+    """The resident pages of the artifacts this process maps."""
     artifacts = {model.spec.artifact for model in loaded if model.spec.artifact is not None}
-    mapped = sum(mapped_file_bytes(artifact)[0] for artifact in artifacts)
-    return int(process.memory_full_info().uss) - mapped
+    return sum(mapped_file_bytes(artifact)[0] for artifact in artifacts)
 
 
 def _measure(model: Model, requests_bytes: int, left_out: str | None) -> ModelMeasure | None:

@@ -31,7 +31,7 @@ from loadonce.core.errors import LoadonceError
 from loadonce.http.metrics import MULTIPROCESS_DIR
 from loadonce.server.control_channel import APPLIED, APPLY, CONTROL, RESULT
 from loadonce.server.log_format import log_config
-from loadonce.server.plan import make_plan
+from loadonce.server.plan import make_plan, usable_cpus
 from loadonce.server.settings import ServeConfig
 from loadonce.server.sockets import (
     BindError,
@@ -39,7 +39,7 @@ from loadonce.server.sockets import (
     describe_address,
     warn_if_open_to_the_network,
 )
-from loadonce.server.stagger import LOCK_VARIABLE
+from loadonce.server.stagger import LOCK_VARIABLE, allow_at_once
 from loadonce.server.worker import GO, STARTUP_FAILED, STOP, worker_process_main
 from loadonce.server.worker_process import WorkerProcess as _Worker
 from loadonce.server.worker_process import become_subreaper, reap_orphans
@@ -148,6 +148,16 @@ class Supervisor:
                 plan.available.bytes / 2**20,
                 plan.available.source,
             )
+            if self.config.server.stagger_loading:
+                at_once = plan.loads_at_once(usable_cpus())
+                allow_at_once(at_once)
+                logger.info(
+                    "workers load %d at a time: each peaks at about %.0f MiB while it loads, "
+                    "the server at about %.0f MiB",
+                    at_once,
+                    plan.load_peak_bytes / 2**20,
+                    plan.startup_peak(at_once) / 2**20,
+                )
             return True
         logger.error("memory plan:\n%s", plan.table())
         if self._force:
