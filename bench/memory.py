@@ -17,6 +17,11 @@ force: it keeps its 1 GB training array, float64) saved uncompressed with joblib
   at a time, each on a new connection, until every worker answered one: concurrent ones
   would measure the CPUs' sharing rather than the weights' reading.
 
+- Startup (issue 22): 4 workers with `share = "off"` (each reads its own copy), loading one at
+  a time (no plan), side by side as the memory plan allows, and all at once: the time to every
+  worker ready, the peak total PSS while starting, each worker's load time (from its log
+  line), and the plan's own figure for the startup peak.
+
 Targets (printed met or missed): with mapped weights, 4 workers take at most 1.15x the memory
 of 1, for both forms; the plan for 4 workers is within 10% of the measured total after
 traffic. Writes bench/results/memory.json and .md.
@@ -119,12 +124,15 @@ def _config(
     share: str = "mmap",
     warmup: bool = True,
     prefault: bool | None = None,
+    loading: str = "one at a time",
+    log_level: str = "warning",
 ) -> Path:
     lines = [
         "[server]",
         f"workers = {workers}",
-        'log_level = "warning"',
-        "memory_plan = false",
+        f'log_level = "{log_level}"',
+        f"memory_plan = {str(loading == 'as the plan allows').lower()}",
+        f"stagger_loading = {str(loading != 'all at once').lower()}",
         "",
         "[[models]]",
         'name = "big"',
@@ -142,7 +150,8 @@ def _config(
         lines.append("trust = true")
     if warmup:
         lines.append(f"warmup = [{json.dumps(_example(form))}]")
-    name = f"{form}-{workers}-{share}-{'warmup' if warmup else 'cold'}-prefault-{prefault}"
+    how = loading.replace(" ", "-")
+    name = f"{form}-{workers}-{share}-{'warmup' if warmup else 'cold'}-prefault-{prefault}-{how}"
     path = DIRECTORY / f"{name}.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -171,13 +180,16 @@ class Server:
 
 
 @contextlib.contextmanager
-def _serving(config: Path) -> Iterator[Server]:
-    """Start `loadonce serve CONFIG`, sampling its PSS until it is ready."""
+def _serving(config: Path, log: Path | None = None) -> Iterator[Server]:
+    """Start `loadonce serve CONFIG`, sampling its PSS until it is ready; its log to ``log``."""
     port = _free_port()
     command = [sys.executable, "-m", "loadonce", "serve", str(config), "--port", str(port)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     started = time.monotonic()
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    log_file = log.open("w") if log is not None else None
+    process = subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         root, peak = psutil.Process(process.pid), 0
@@ -194,6 +206,8 @@ def _serving(config: Path) -> Iterator[Server]:
     finally:
         process.terminate()
         process.wait(120)
+        if log_file is not None:
+            log_file.close()
 
 
 def _predict_once(url: str, body: dict[str, Any]) -> tuple[int, float, float]:
@@ -273,6 +287,27 @@ def _measure_memory(form: str, artifact: Path, workers: int, share: str) -> dict
     }
 
 
+LOADINGS = ("one at a time", "as the plan allows", "all at once")
+
+
+def _measure_startup(form: str, artifact: Path, loading: str) -> dict[str, Any]:
+    """4 workers, each with its own copy of the weights, loading as ``loading`` says."""
+    config = _config(form, artifact, workers=4, share="off", loading=loading, log_level="info")
+    log = DIRECTORY / f"{config.stem}.log"
+    with _serving(config, log) as server:
+        ready_s, peak = server.ready_s, max(server.peak_pss, _tree_pss(server.root))
+    text = log.read_text()
+    loads = sorted(float(s) for s in re.findall(r"in worker pid \d+ in ([\d.]+) s", text))
+    allowed = re.search(r"workers load (\d+) at a time.*the server at about ([\d,]+) MiB", text)
+    return {
+        "ready_s": ready_s,
+        "peak_pss_mib": peak / 2**20,
+        "load_s": loads,
+        "at_once": int(allowed.group(1)) if allowed else None,
+        "plan_startup_peak_mib": float(allowed.group(2).replace(",", "")) if allowed else None,
+    }
+
+
 def _drop_from_page_cache(path: Path) -> None:
     """As on a machine that never read the file (no process maps it now)."""
     fd = os.open(path, os.O_RDONLY)
@@ -308,6 +343,10 @@ def main() -> None:
                 measured = _measure_memory(form, artifact, workers, share)
                 runs[f"{share}-{workers}"] = measured
                 print(form, share, workers, measured, flush=True)
+        for loading in LOADINGS:
+            startup = _measure_startup(form, artifact, loading)
+            results.setdefault("startup", {}).setdefault(form, {})[loading] = startup
+            print(form, "startup", loading, startup, flush=True)
         for prefault in (True, False):
             answers = _measure_first_answers(form, artifact, prefault)
             results["first_answers"].setdefault(form, {})["on" if prefault else "off"] = answers
@@ -368,6 +407,22 @@ def render(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {form} | {prefault} | {run['ready_s']:.1f} | {each} | "
                 f"{run['slowest_first_answer_s']:.2f} |"
+            )
+    lines += [
+        "",
+        'Startup of 4 workers with share = "off" (each reads its own copy):',
+        "",
+        "| artifact | loading | ready after s | peak PSS while starting MiB | each worker's load s "
+        "| at once (plan) | plan's startup peak MiB |",
+        "| --- | --- | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for form, by_loading in results.get("startup", {}).items():
+        for loading, run in by_loading.items():
+            each = ", ".join(f"{took:.2f}" for took in run["load_s"])
+            planned = run["plan_startup_peak_mib"]
+            lines.append(
+                f"| {form} | {loading} | {run['ready_s']:.1f} | {run['peak_pss_mib']:,.0f} | "
+                f"{each} | {run['at_once'] or ''} | {f'{planned:,.0f}' if planned else ''} |"
             )
     return "\n".join(lines) + "\n"
 
