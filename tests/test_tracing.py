@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -207,6 +208,35 @@ def test_log_lines_carry_the_trace_and_span_ids(
     line = next(r for r in caplog.records if r.name == "loadonce.access")
     assert getattr(line, "trace_id", None) == format(request.context.trace_id, "032x")
     assert getattr(line, "span_id", None) == format(request.context.span_id, "016x")
+
+
+def test_a_handlers_own_attributes_and_events_on_the_request_span_are_exported(
+    exporter: InMemorySpanExporter,
+) -> None:
+    # The request's span is the current span in a route of the user's own: what the route
+    # sets on it goes through OpenTelemetry's attribute checks, as on the SDK's own span (a
+    # list is kept as the tuple it copies it to).
+    app: FastAPI = traced_app(exporter, Doubler())
+
+    @app.get("/whoami")
+    def whoami() -> dict[str, str]:
+        span = trace.get_current_span()
+        span.set_attribute("shop.user", "u-7")
+        span.set_attribute("shop.tags", ["new", "eu"])
+        span.add_event("cache miss", {"shop.key": "k-1"})
+        return {"user": "u-7"}
+
+    with TestClient(app) as client:
+        exporter.clear()
+        assert client.get("/whoami").status_code == 200
+    (request,) = [s for s in exporter.get_finished_spans() if s.name.startswith("GET")]
+    assert request.attributes is not None
+    assert request.attributes["shop.user"] == "u-7"
+    assert request.attributes["shop.tags"] == ("new", "eu")
+    assert request.attributes["http.response.status_code"] == 200
+    assert [(e.name, dict(e.attributes or {})) for e in request.events] == [
+        ("cache miss", {"shop.key": "k-1"})
+    ]
 
 
 def test_sampled_out_requests_build_no_spans(exporter: InMemorySpanExporter) -> None:

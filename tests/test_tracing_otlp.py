@@ -163,7 +163,21 @@ def test_a_sample_ratio_traces_that_share_of_requests_and_follows_callers(
                 headers = {"traceparent": caller.format(flag)}
                 answer = client.post("/models/echo/predict", json={"inputs": [1]}, headers=headers)
                 assert answer.status_code == 200
+        # A malformed traceparent is no caller's decision: the ratio applies, as without one.
+        for i in range(60):
+            headers = {"traceparent": "00-not-a-trace-01", "X-Request-ID": f"malformed-{i}"}
+            answer = client.post("/models/echo/predict", json={"inputs": [1]}, headers=headers)
+            assert answer.status_code == 200
     requests = [s for _, s in receiver.spans if s.name == "POST /models/{name}/predict"]
     followed = [s for s in requests if s.trace_id.hex() == CALLER_TRACE]
     assert len(followed) == 3
-    assert 3 <= len(requests) - len(followed) <= 30
+    malformed = [s for s in requests if _request_id(s).startswith("malformed-")]
+    assert 3 <= len(malformed) <= 30
+    assert 3 <= len(requests) - len(followed) - len(malformed) <= 30
+
+
+def _request_id(span: Any) -> str:
+    for attribute in span.attributes:
+        if attribute.key == "loadonce.request_id":
+            return str(attribute.value.string_value)
+    return ""

@@ -49,7 +49,7 @@ class RequestLogMiddleware:
             # Sampled out: None, and nothing more is done for the request's tracing.
             traced = state.tracing.start_request(scope["method"], scope["headers"])
             if traced is not None:
-                traced.span.set_attributes(
+                traced.describe(
                     {
                         "http.request.method": scope["method"],
                         "url.path": scope["path"],

@@ -21,14 +21,14 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from loadonce._version import __version__
 from loadonce.tracing.active import ACTIVE
 from loadonce.tracing.logs import install_log_fields, remove_log_fields
 from loadonce.tracing.options import TRACES_EXPORTER, TracingOptions
-from loadonce.tracing.spans import OpenSpan, Phase, writer_for
+from loadonce.tracing.spans import FinishedSpanWriter, OpenSpan, Phase, RecordedSpan, writer_for
 
 if TYPE_CHECKING:
     from loadonce.core.batcher import CallTiming
@@ -38,6 +38,8 @@ REQUEST_ID = "loadonce.request_id"
 BATCH_SIZE = "loadonce.batch.size"
 BATCH_REQUESTS = "loadonce.batch.requests"
 _PROPAGATOR = TraceContextTextMapPropagator()
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_PARENT_BASED_ALWAYS_ON: str = ParentBased(ALWAYS_ON).get_description()  # type: ignore[no-untyped-call]
 
 
 def provider_for(options: TracingOptions) -> TracerProvider:
@@ -117,6 +119,16 @@ class Tracing:
         self.tracer: trace.Tracer = provider.get_tracer("loadonce", __version__)
         # The spans below a request's (docs in spans.py: written whole, when they end).
         self.writer = writer_for(self.tracer)
+        # The request's span written whole too, when the tracer is the SDK's and the
+        # sampling parent-based with every root sampled (loadonce's own sampler, its ratio
+        # drawn before; or the SDK's default): the decision is then the caller's flag, which
+        # loadonce reads itself. Any other sampler is asked, through the SDK's live span.
+        sampler = getattr(self.tracer, "sampler", None)
+        parent_based = sampler is not None and (
+            sampler.get_description() == _PARENT_BASED_ALWAYS_ON
+        )
+        writer = self.writer
+        self._recorded = writer if isinstance(writer, FinishedSpanWriter) and parent_based else None
         self._owned = owned
         # time.perf_counter() (the batcher's clock) to the epoch nanoseconds spans carry.
         self._epoch_offset_ns = time.time_ns() - time.perf_counter_ns()
@@ -145,13 +157,39 @@ class Tracing:
             if key in (b"traceparent", b"tracestate"):
                 carrier = carrier or {}
                 carrier[key.decode("latin-1")] = value.decode("latin-1")
-        if carrier is None and self._ratio is not None and self._draw() >= self._ratio:
-            return None
         parent = _PROPAGATOR.extract(carrier) if carrier else None
+        remote = trace.get_current_span(parent).get_span_context() if parent else None
+        if remote is not None and not remote.is_valid:
+            # A malformed traceparent is no caller's decision: it does not force sampling.
+            parent = remote = None
+        if remote is None and self._ratio is not None and self._draw() >= self._ratio:
+            return None
+        if self._recorded is not None:
+            return self._recorded_request(self._recorded, name, remote, kind)
         span = self.tracer.start_span(name, context=parent, kind=kind)
         if not span.is_recording():
             return None
         return RequestSpan(self, span)
+
+    def _recorded_request(
+        self,
+        writer: FinishedSpanWriter,
+        name: str,
+        remote: SpanContext | None,
+        kind: SpanKind,
+    ) -> RequestSpan | None:
+        """The SDK's parent-based decision (the caller's flag, else sampled: the ratio was
+        drawn before), and the span loadonce writes itself."""
+        if remote is None:
+            trace_id, flags, state = writer.new_trace_id(), _SAMPLED, None
+        elif remote.trace_flags.sampled:
+            trace_id, flags, state = remote.trace_id, remote.trace_flags, remote.trace_state
+        else:
+            return None
+        context = SpanContext(
+            trace_id, writer.new_span_id(), is_remote=False, trace_flags=flags, trace_state=state
+        )
+        return RequestSpan(self, RecordedSpan(writer, name, context, remote, kind))
 
     # The core's CallTracer.
 
@@ -216,9 +254,17 @@ class RequestSpan:
         self._context_token = otel_context.attach(trace.set_span_in_context(self.span))
         self._active_token = ACTIVE.set(self)
 
+    def describe(self, attributes: dict[str, Any]) -> None:
+        """loadonce's own attributes of the request (written as they are on a span loadonce
+        writes itself: they need none of the checks a user's get)."""
+        if isinstance(self.span, RecordedSpan):
+            self.span.own_attributes.update(attributes)
+        else:
+            self.span.set_attributes(attributes)
+
     def finish(self, status: int | None = None) -> None:
         if status is not None:
-            self.span.set_attribute("http.response.status_code", status)
+            self.describe({"http.response.status_code": status})
             if status >= 500:
                 self.span.set_status(StatusCode.ERROR)
         self.span.end()
@@ -231,7 +277,7 @@ class RequestSpan:
     def named(self, method: str, route: str) -> None:
         """The route's template is known: the span's name, low in cardinality."""
         self.span.update_name(f"{method} {route}")
-        self.span.set_attribute("http.route", route)
+        self.describe({"http.route": route})
 
     def failed(self, error: BaseException, status: int) -> None:
         self.span.record_exception(error)
@@ -248,7 +294,7 @@ def request_span(
     if traced is None:
         yield None
         return
-    traced.span.set_attributes(attributes)
+    traced.describe(attributes)
     traced.enter()
     try:
         yield traced

@@ -15,20 +15,26 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
 from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, Status, StatusCode
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.util import types
 
 from loadonce._version import __version__
 
 # At most this many of a span's errors become its exception events.
 ERRORS_RECORDED = 8
+# What the SDK's own spans keep at most (its default limits): the attributes and events that
+# code besides loadonce's (a user's handler, through the current span) adds to a request span.
+MOST_ATTRIBUTES = 128
+MOST_EVENTS = 128
 
 
 class OpenSpan(Protocol):
@@ -73,6 +79,7 @@ class FinishedSpanWriter:
         self.processor = tracer.span_processor
         self.resource = tracer.resource
         self.new_span_id = tracer.id_generator.generate_span_id
+        self.new_trace_id = tracer.id_generator.generate_trace_id
         self.scope = InstrumentationScope("loadonce", __version__)
 
     def open(
@@ -141,7 +148,119 @@ class _Finishing:
         )
 
 
-def _exception_event(error: BaseException, timestamp: int) -> Event:
+class RecordedSpan(trace.Span):
+    """A request's span, opened by loadonce (the sampling decided before, the ids made here)
+    and handed finished to the SDK tracer's span processors, as the spans below it are: a
+    live SDK span takes 21 µs to start and end (docs/benchmarks.md). It is the current span
+    while the request runs, so a handler's ``trace.get_current_span()`` gets it: what such
+    code sets goes through OpenTelemetry's attribute checks and limits, as on the SDK's own
+    span; loadonce's own attributes are written directly. For use on one thread (the event
+    loop's), as a request's span is."""
+
+    def __init__(
+        self,
+        writer: FinishedSpanWriter,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        kind: SpanKind,
+    ) -> None:
+        self.writer = writer
+        self.name = name
+        self.context = context
+        self.parent = parent
+        self.kind = kind
+        self.start_ns = time.time_ns()
+        self.own_attributes: dict[str, Any] = {}
+        self._added: BoundedAttributes | None = None
+        self._events: list[Event] = []
+        self._links: list[Link] = []
+        self._status = Status()
+        self._ended = False
+
+    def get_span_context(self) -> SpanContext:
+        return self.context
+
+    def is_recording(self) -> bool:
+        return not self._ended
+
+    def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
+        for key, value in attributes.items():
+            self.set_attribute(key, value)
+
+    def set_attribute(self, key: str, value: types.AnyValue) -> None:
+        if self._ended:
+            return
+        if self._added is None:
+            self._added = BoundedAttributes(MOST_ATTRIBUTES, immutable=False)
+        self._added[key] = value
+
+    def add_event(
+        self, name: str, attributes: types.Attributes = None, timestamp: int | None = None
+    ) -> None:
+        if not self._ended and len(self._events) < MOST_EVENTS:
+            cleaned = BoundedAttributes(MOST_ATTRIBUTES, attributes)
+            self._events.append(Event(name, cleaned, timestamp or time.time_ns()))
+
+    def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
+        if not self._ended and context.is_valid and len(self._links) < MOST_EVENTS:
+            self._links.append(Link(context, BoundedAttributes(MOST_ATTRIBUTES, attributes)))
+
+    def update_name(self, name: str) -> None:
+        if not self._ended:
+            self.name = name
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        # The SDK's rules: OK is final, UNSET changes nothing.
+        if self._ended or self._status.status_code is StatusCode.OK:
+            return
+        if isinstance(status, StatusCode):
+            status = Status(status, description)
+        if status.status_code is not StatusCode.UNSET:
+            self._status = status
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: types.Attributes = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        if self._ended or len(self._events) >= MOST_EVENTS:
+            return
+        event = _exception_event(exception, timestamp or time.time_ns(), escaped)
+        if attributes:
+            merged = {**(event.attributes or {}), **attributes}
+            event = Event(event.name, merged, event.timestamp)
+        self._events.append(event)
+
+    def end(self, end_time: int | None = None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        attributes = self.own_attributes
+        if self._added:
+            attributes = {**attributes, **self._added}
+        writer = self.writer
+        writer.processor.on_end(
+            ReadableSpan(
+                name=self.name,
+                context=self.context,
+                parent=self.parent,
+                resource=writer.resource,
+                attributes=attributes,
+                events=self._events,
+                links=self._links,
+                kind=self.kind,
+                status=self._status,
+                start_time=self.start_ns,
+                end_time=time.time_ns() if end_time is None else end_time,
+                instrumentation_scope=writer.scope,
+            )
+        )
+
+
+def _exception_event(error: BaseException, timestamp: int, escaped: bool = False) -> Event:
     """The event the SDK's ``record_exception`` makes (OpenTelemetry's exception semantic
     conventions)."""
     kind, module = type(error), type(error).__module__
@@ -152,7 +271,7 @@ def _exception_event(error: BaseException, timestamp: int) -> Event:
             "exception.type": named,
             "exception.message": str(error),
             "exception.stacktrace": "".join(traceback.format_exception(error)),
-            "exception.escaped": "False",
+            "exception.escaped": str(escaped),
         },
         timestamp,
     )

@@ -136,7 +136,7 @@ class InferenceService:
             if state.tracing is not None:  # the caller's traceparent is in the metadata
                 traced = state.tracing.start_request(f"{SERVICE}/{method}", metadata)
                 if traced is not None:
-                    traced.span.set_attributes(
+                    traced.describe(
                         {
                             "rpc.system": "grpc",
                             "rpc.service": SERVICE,
