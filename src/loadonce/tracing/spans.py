@@ -101,6 +101,38 @@ class FinishedSpanWriter:
         started = time.time_ns() if start_ns is None else start_ns
         return _Finishing(self, name, context, parent, started, links, attributes)
 
+    def write(
+        self,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        start_ns: int,
+        end_ns: int,
+        *,
+        attributes: Mapping[str, Any] | None,
+        events: Sequence[Event],
+        links: Sequence[Link],
+        status: Status,
+        kind: SpanKind = SpanKind.INTERNAL,
+    ) -> None:
+        """Hand a finished span to the tracer's span processors."""
+        self.processor.on_end(
+            ReadableSpan(
+                name=name,
+                context=context,
+                parent=parent,
+                resource=self.resource,
+                attributes=attributes,
+                events=events,
+                links=links,
+                kind=kind,
+                status=status,
+                start_time=start_ns,
+                end_time=end_ns,
+                instrumentation_scope=self.scope,
+            )
+        )
+
 
 class _Finishing:
     __slots__ = ("attributes", "context", "links", "name", "parent", "start_ns", "writer")
@@ -130,21 +162,16 @@ class _Finishing:
         failed: str | None = None,
     ) -> None:
         ended = time.time_ns() if end_ns is None else end_ns
-        writer = self.writer
-        writer.processor.on_end(
-            ReadableSpan(
-                name=self.name,
-                context=self.context,
-                parent=self.parent,
-                resource=writer.resource,
-                attributes=self.attributes,
-                events=[_exception_event(e, ended) for e in errors[:ERRORS_RECORDED]],
-                links=self.links,
-                status=Status(StatusCode.ERROR, failed) if failed is not None else Status(),
-                start_time=self.start_ns,
-                end_time=ended,
-                instrumentation_scope=writer.scope,
-            )
+        self.writer.write(
+            self.name,
+            self.context,
+            self.parent,
+            self.start_ns,
+            ended,
+            attributes=self.attributes,
+            events=[_exception_event(e, ended) for e in errors[:ERRORS_RECORDED]],
+            links=self.links,
+            status=Status(StatusCode.ERROR, failed) if failed is not None else Status(),
         )
 
 
@@ -241,22 +268,17 @@ class RecordedSpan(trace.Span):
         attributes = self.own_attributes
         if self._added:
             attributes = {**attributes, **self._added}
-        writer = self.writer
-        writer.processor.on_end(
-            ReadableSpan(
-                name=self.name,
-                context=self.context,
-                parent=self.parent,
-                resource=writer.resource,
-                attributes=attributes,
-                events=self._events,
-                links=self._links,
-                kind=self.kind,
-                status=self._status,
-                start_time=self.start_ns,
-                end_time=time.time_ns() if end_time is None else end_time,
-                instrumentation_scope=writer.scope,
-            )
+        self.writer.write(
+            self.name,
+            self.context,
+            self.parent,
+            self.start_ns,
+            time.time_ns() if end_time is None else end_time,
+            attributes=attributes,
+            events=self._events,
+            links=self._links,
+            status=self._status,
+            kind=self.kind,
         )
 
 
