@@ -239,6 +239,26 @@ def test_a_handlers_own_attributes_and_events_on_the_request_span_are_exported(
     ]
 
 
+class TenantOnStart(SimpleSpanProcessor):
+    """A processor that stamps every span as it starts (as a baggage processor does)."""
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        span.set_attribute("shop.tenant", "t-3")
+
+
+def test_a_processor_sees_the_request_span_start(exporter: InMemorySpanExporter) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(TenantOnStart(exporter))
+    app = loadonce.create_app([loadonce.ModelSpec(name="m", loader=Doubler)], tracing=provider)
+    with TestClient(app) as client:
+        exporter.clear()
+        assert client.post("/models/m/predict", json={"inputs": [1]}).status_code == 200
+    (request,) = [s for s in exporter.get_finished_spans() if s.name.startswith("POST")]
+    assert request.attributes is not None
+    assert request.attributes["shop.tenant"] == "t-3"
+    assert request.attributes["http.response.status_code"] == 200
+
+
 def test_sampled_out_requests_build_no_spans(exporter: InMemorySpanExporter) -> None:
     provider = TracerProvider(sampler=_never())
     provider.add_span_processor(SimpleSpanProcessor(exporter))

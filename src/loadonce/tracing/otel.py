@@ -189,7 +189,9 @@ class Tracing:
         context = SpanContext(
             trace_id, writer.new_span_id(), is_remote=False, trace_flags=flags, trace_state=state
         )
-        return RequestSpan(self, RecordedSpan(writer, name, context, remote, kind))
+        span = RecordedSpan(writer, name, context, remote, kind)
+        writer.started(span)
+        return RequestSpan(self, span)
 
     # The core's CallTracer.
 

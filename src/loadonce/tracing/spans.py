@@ -6,7 +6,8 @@ span is handed, finished, to the tracer's span processors: the SDK's live span (
 bounded attribute map, a sampler's decision) costs 21 µs to start and end, a finished span
 2.6 µs (measured, docs/benchmarks.md "What tracing costs"), and a sampled request has four or
 five of them. Such a span follows its parent's sampling decision (it is only opened under a
-sampled request) and reaches the processors' ``on_end`` only, not ``on_start``. With any
+sampled request) and reaches the processors' ``on_end`` only, not ``on_start`` (the
+request's ``RecordedSpan`` reaches both). With any
 other tracer (an API implementation that is not the SDK's), spans are the tracer's own,
 started and ended through the API.
 """
@@ -100,6 +101,13 @@ class FinishedSpanWriter:
         )
         started = time.time_ns() if start_ns is None else start_ns
         return _Finishing(self, name, context, parent, started, links, attributes)
+
+    def started(self, span: RecordedSpan) -> None:
+        """Tell the tracer's span processors a request's span started, as the SDK does for its
+        own (a processor may add attributes to it then). Typed for the SDK's own span class,
+        processors use the API's methods and ``name``, ``context``, ``attributes``, which it
+        has."""
+        self.processor.on_start(span, parent_context=None)  # type: ignore[arg-type]
 
     def write(
         self,
@@ -207,6 +215,11 @@ class RecordedSpan(trace.Span):
 
     def get_span_context(self) -> SpanContext:
         return self.context
+
+    @property
+    def attributes(self) -> Mapping[str, Any]:
+        """Its attributes so far (as the SDK's span shows them to a processor)."""
+        return {**self.own_attributes, **(self._added or {})}
 
     def is_recording(self) -> bool:
         return not self._ended
