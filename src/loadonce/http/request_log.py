@@ -20,9 +20,9 @@ from loadonce.http.request_info import (
     REQUEST_ID_SCOPE_KEY,
     request_id_from,
 )
+from loadonce.http.request_line import access_logger, write_request_line
 from loadonce.http.state import LoadonceState
 
-access_logger = logging.getLogger("loadonce.access")
 # The request id on the request's span (as in docs/tracing.md).
 REQUEST_ID_ATTRIBUTE = "loadonce.request_id"
 _HEADER = REQUEST_ID_HEADER.lower().encode("latin-1")
@@ -74,25 +74,6 @@ class RequestLogMiddleware:
             if access_logger.isEnabledFor(logging.INFO):
                 milliseconds = (time.perf_counter() - started) * 1000
                 path = log_safe(scope["path"])
-                # The record made and handled directly: logger.info would first walk the
-                # stack for the caller's file and line, which this line never shows.
-                access_logger.handle(
-                    access_logger.makeRecord(
-                        access_logger.name,
-                        logging.INFO,
-                        "",  # no caller's file: a path costs two string searches per line
-                        0,
-                        "%s %s %d %.1f ms request_id=%s",
-                        (scope["method"], path, status, milliseconds, request_id),
-                        None,
-                        extra={
-                            "request_id": request_id,
-                            "method": scope["method"],
-                            "path": path,
-                            "status": status,
-                            "duration_ms": round(milliseconds, 3),
-                        },
-                    )
-                )
+                write_request_line(scope["method"], path, status, milliseconds, request_id)
             if traced is not None:  # after the access line, which carries its ids
                 traced.finish(status)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,10 +15,21 @@ from uvicorn.config import LOGGING_CONFIG
 from uvicorn.logging import DefaultFormatter
 
 from loadonce.core.log_safe import log_safe
+from loadonce.http.request_line import ACCESS_LOGGER_NAME, RequestLine
 
 # Fields a record may carry (``extra=``) that a JSON line keeps: the request log's, and the
 # current span's ids while tracing is on (loadonce.tracing.logs).
 _EXTRA_FIELDS = ("request_id", "method", "path", "status", "duration_ms", "trace_id", "span_id")
+# The names a plain format may use for its request lines to be written from their data.
+_REQUEST_LINE_NAMES = {"levelprefix", "message"}
+_NAME_IN_FORMAT = re.compile(r"%\((\w+)\)")
+
+
+class _Values:
+    """What a format reads of a record (its ``__dict__``), for a line that has no record."""
+
+    def __init__(self, **values: object) -> None:
+        self.__dict__.update(values)
 
 
 class PlainFormatter(DefaultFormatter):
@@ -27,15 +40,47 @@ class PlainFormatter(DefaultFormatter):
     a third of a request log line's cost (docs/benchmarks.md, "The request log")."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
-        if not record.message.isprintable():  # the usual line is: a C scan, not a regex's
-            record.message = log_safe(record.message)
-        trace_id = getattr(record, "trace_id", None)
-        if trace_id is not None:  # tracing is on and a span is current
-            record.message += f" trace_id={trace_id} span_id={getattr(record, 'span_id', '')}"
-        name = record.levelname
-        prefix = self.color_level_name(name, record.levelno) if self.use_colors else name
-        record.levelprefix = f"{prefix}:{' ' * (8 - len(name))}"
+        record.message = self._one_line(record.message, getattr(record, "trace_id", None), record)
+        record.levelprefix = self._level_prefix(record.levelname, record.levelno)
         return self._style.format(record)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._request_line_parts = self._parts_around_a_request_message()
+
+    def takes_request_lines(self) -> bool:
+        """Whether a request line's text needs nothing but the line (the server's formats)."""
+        return self._request_line_parts is not None
+
+    def format_request_line(self, line: RequestLine) -> str:
+        """The text ``format`` gives the request line's record (``takes_request_lines``)."""
+        parts = self._request_line_parts
+        assert parts is not None, "takes_request_lines() was False"
+        return self._one_line(line.message(), line.trace_id, line).join(parts)
+
+    def _parts_around_a_request_message(self) -> list[str] | None:
+        """The format's text for an INFO line, cut where its message goes; None when the format
+        names anything but the level prefix and the message."""
+        fmt = self._style._fmt
+        if type(self._style) is not logging.PercentStyle or not isinstance(fmt, str):
+            return None
+        if not set(_NAME_IN_FORMAT.findall(fmt)) <= _REQUEST_LINE_NAMES:
+            return None
+        cut = "\x00"  # never in a message: log-safe text escapes it
+        values = _Values(message=cut, levelprefix=self._level_prefix("INFO", logging.INFO))
+        return self._style.format(values).split(cut)  # reads its __dict__
+
+    @staticmethod
+    def _one_line(message: str, trace_id: str | None, source: object) -> str:
+        if not message.isprintable():  # the usual line is: a C scan, not a regex's
+            message = log_safe(message)
+        if trace_id is not None:  # tracing is on and a span is current
+            message += f" trace_id={trace_id} span_id={getattr(source, 'span_id', '')}"
+        return message
+
+    def _level_prefix(self, name: str, number: int) -> str:
+        prefix = self.color_level_name(name, number) if self.use_colors else name
+        return f"{prefix}:{' ' * (8 - len(name))}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -43,7 +88,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": _iso_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "pid": record.process,
@@ -55,6 +100,28 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+    def takes_request_lines(self) -> bool:
+        return True
+
+    def format_request_line(self, line: RequestLine) -> str:
+        """The text ``format`` gives the request line's record."""
+        entry: dict[str, Any] = {
+            "time": _iso_time(line.created),
+            "level": "info",
+            "logger": ACCESS_LOGGER_NAME,
+            "pid": os.getpid(),
+            "message": log_safe(line.message()),
+            **line.fields(),
+        }
+        if line.trace_id is not None:
+            entry["trace_id"] = line.trace_id
+            entry["span_id"] = line.span_id
+        return json.dumps(entry, default=str)
+
+
+def _iso_time(created: float) -> str:
+    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
 
 
 def log_config(level: str, log_format: str = "plain") -> dict[str, Any]:

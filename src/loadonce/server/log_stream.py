@@ -20,12 +20,19 @@ import os
 import sys
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from typing import TextIO
+
+from loadonce.http.request_line import ACCESS_LOGGER_NAME, RequestLine
+
+# A request line handed over as data, and its handler's formatter's way to write it.
+_HeldLine = tuple[Callable[[RequestLine], str], RequestLine]
 
 FLUSH_EVERY_S = 0.1
 _BUFFER_BYTES = 1 << 16
 # Lines of this logger wait for the next flush; every other line flushes.
-HELD_LOGGER = "loadonce.access"
+HELD_LOGGER = ACCESS_LOGGER_NAME
 
 
 class _SharedStream:
@@ -36,11 +43,15 @@ class _SharedStream:
     def __init__(self) -> None:
         self.stream = _buffered_stderr()
         self.lock = threading.Lock()
+        # Request lines handed over as data, formatted at the next write or flush; a deque:
+        # appended on the serving thread, emptied on the flusher's, without the lock.
+        self.held: deque[_HeldLine] = deque()
         self.flushed_at = 0.0
         self.flusher: threading.Thread | None = None
 
     def write(self, line: str, *, now: bool) -> None:
         with self.lock:
+            self._write_held()
             self.stream.write(line)
             moment = time.monotonic()
             if now or moment - self.flushed_at >= FLUSH_EVERY_S:
@@ -49,10 +60,27 @@ class _SharedStream:
         if self.flusher is None:
             self._start_flusher()
 
+    def hold(self, line: _HeldLine) -> None:
+        self.held.append(line)
+        if time.monotonic() - self.flushed_at >= FLUSH_EVERY_S:
+            self.flush()  # the first line after a quiet tenth of a second goes at once
+        elif self.flusher is None:
+            self._start_flusher()
+
     def flush(self) -> None:
         with self.lock:
+            self._write_held()
             self.stream.flush()
             self.flushed_at = time.monotonic()
+
+    def _write_held(self) -> None:
+        # Formatted here, together: the serving thread only appended them.
+        while self.held:
+            format_line, line = self.held.popleft()
+            try:
+                self.stream.write(format_line(line) + "\n")
+            except Exception:
+                self.stream.write(f"{ACCESS_LOGGER_NAME}: {line.message()!r}\n")
 
     def _start_flusher(self) -> None:
         with self.lock:
@@ -107,6 +135,15 @@ class BufferedStderrHandler(logging.StreamHandler[TextIO]):
     def flush(self) -> None:
         if _shared:
             _stream().flush()
+
+    def takes_request_lines(self) -> bool:
+        """Whether its formatter writes request lines from their data (log_format.py)."""
+        takes = getattr(self.formatter, "takes_request_lines", None)
+        return takes is not None and takes() is True
+
+    def emit_request_line(self, line: RequestLine) -> None:
+        """``line`` held for the next flush, as its record would be (``takes_request_lines``)."""
+        _stream().hold((self.formatter.format_request_line, line))  # type: ignore[union-attr]
 
 
 def _buffered_stderr() -> TextIO:

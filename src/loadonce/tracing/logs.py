@@ -7,6 +7,7 @@ records get them, a library's too, and nothing is installed while tracing is off
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import trace
@@ -16,22 +17,36 @@ _installed: list[Any] = []
 _users = [0]
 
 
+class _TraceFieldsFactory:
+    """The record factory: the one it replaced, plus the current span's ids. ``trace_ids``
+    says what it adds, for the request log's lines written without a record
+    (``http/request_line.py``)."""
+
+    def __init__(self, previous: Callable[..., logging.LogRecord]) -> None:
+        self.previous = previous
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.previous(*args, **kwargs)
+        ids = self.trace_ids()
+        if ids is not None:
+            record.trace_id, record.span_id = ids
+        return record
+
+    @staticmethod
+    def trace_ids() -> tuple[str, str] | None:
+        context = trace.get_current_span().get_span_context()
+        if not context.is_valid:
+            return None
+        return format(context.trace_id, "032x"), format(context.span_id, "016x")
+
+
 def install_log_fields() -> None:
     _users[0] += 1
     if _installed:
         return
     previous = logging.getLogRecordFactory()
-
-    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = previous(*args, **kwargs)
-        context = trace.get_current_span().get_span_context()
-        if context.is_valid:
-            record.trace_id = format(context.trace_id, "032x")
-            record.span_id = format(context.span_id, "016x")
-        return record
-
     _installed.append(previous)
-    logging.setLogRecordFactory(factory)
+    logging.setLogRecordFactory(_TraceFieldsFactory(previous))
 
 
 def remove_log_fields() -> None:

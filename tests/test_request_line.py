@@ -1,0 +1,115 @@
+"""A request's log line written from its data (server mode's own handler) is the very text its
+record would have given, and anything in the logging configuration that could change or drop a
+record (a filter, a record factory of the user's) still gets the record."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadonce.http.request_line import RequestLine
+from loadonce.server.log_format import JsonFormatter, PlainFormatter, log_config
+from tests.servers import REPO_ROOT, cli_env
+
+_LINES = [
+    RequestLine(1_790_000_000.1234, "POST", "/models/iris/predict", 200, 0.4321, "a" * 32),
+    # A path the middleware made log-safe (escapes are plain text) and a slow request.
+    RequestLine(1_790_000_001.0, "GET", "/x\\x0aERROR:forged", 404, 12_345.678, "client-id-42"),
+    RequestLine(
+        1_790_000_002.5, "POST", "/v2/models/m/infer", 503, 1.0, "id-3", "ab" * 16, "cd" * 8
+    ),
+]
+
+
+def _server_formatters() -> list[logging.Formatter]:
+    """The formatters ``loadonce serve`` gives its own lines, plain (with and without
+    colours) and JSON."""
+    plain = log_config("info", "plain")["formatters"]["loadonce"]["fmt"]
+    return [
+        PlainFormatter(plain, use_colors=False),
+        PlainFormatter(plain, use_colors=True),
+        JsonFormatter(),
+    ]
+
+
+@pytest.mark.parametrize("formatter", _server_formatters())
+@pytest.mark.parametrize("line", _LINES)
+def test_a_line_from_its_data_is_the_text_of_its_record(
+    formatter: PlainFormatter | JsonFormatter, line: RequestLine
+) -> None:
+    record = line.record()
+    if line.trace_id is not None:  # as tracing's record factory sets them
+        record.trace_id, record.span_id = line.trace_id, line.span_id
+    line = line._replace(created=record.created)
+    assert formatter.takes_request_lines()
+    assert formatter.format_request_line(line) == formatter.format(record)
+
+
+def test_a_format_naming_more_than_the_line_gets_records() -> None:
+    assert not PlainFormatter("%(asctime)s %(levelprefix)s %(message)s").takes_request_lines()
+
+
+# A server's logging, and requests through loadonce's app; what reaches standard error.
+_SCRIPT = """
+import logging, logging.config, sys
+from starlette.testclient import TestClient
+import loadonce
+from loadonce.server.log_format import log_config
+
+log_format, change = sys.argv[1], sys.argv[2]
+logging.config.dictConfig(log_config("info", log_format))
+if change == "filter":
+    class Redact(logging.Filter):
+        def filter(self, record):
+            record.args = (*record.args[:-1], "redacted")
+            record.request_id = "redacted"
+            return True
+    logging.getLogger("loadonce.access").addFilter(Redact())
+elif change == "factory":
+    previous = logging.getLogRecordFactory()
+    def factory(*args, **kwargs):
+        record = previous(*args, **kwargs)
+        record.trace_id, record.span_id = "from-the-factory", "0"
+        return record
+    logging.setLogRecordFactory(factory)
+spec = loadonce.ModelSpec(name="echo", loader="tests.loaders:echo")
+with TestClient(loadonce.create_app([spec])) as client:
+    for index in range(3):
+        client.get("/models", headers={"X-Request-ID": f"id-{index}"})
+logging.shutdown()
+"""
+
+
+def _access_lines(tmp_path: Path, log_format: str, change: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, log_format, change],
+        env=cli_env(tmp_path),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return [line for line in done.stderr.splitlines() if "GET /models" in line]
+
+
+def test_server_lines_come_in_order_and_a_filter_still_sees_each_record(tmp_path: Path) -> None:
+    plain = _access_lines(tmp_path, "plain", "none")
+    assert [line.rsplit("request_id=", 1)[1] for line in plain] == ["id-0", "id-1", "id-2"]
+    assert all(line.startswith("INFO:     [loadonce] GET /models 200 ") for line in plain)
+    filtered = _access_lines(tmp_path, "plain", "filter")
+    assert [line.rsplit("request_id=", 1)[1] for line in filtered] == ["redacted"] * 3
+
+
+def test_a_record_factory_of_the_users_still_makes_each_record(tmp_path: Path) -> None:
+    lines = [json.loads(line) for line in _access_lines(tmp_path, "json", "factory")]
+    assert [line["request_id"] for line in lines] == ["id-0", "id-1", "id-2"]
+    assert {line["trace_id"] for line in lines} == {"from-the-factory"}
+    plain = [json.loads(line) for line in _access_lines(tmp_path, "json", "none")]
+    assert [line["request_id"] for line in plain] == ["id-0", "id-1", "id-2"]
+    assert not any("trace_id" in line for line in plain)
