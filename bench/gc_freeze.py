@@ -1,6 +1,8 @@
 """`gc_freeze` off against on, side by side in one run: the forest with batching (one worker,
 pinned to core 0), at 64 connections (wrk) and overloaded (open loop), with the collector's
-pauses timed inside the server (``bench.gc_pauses``).
+pauses timed inside the server (``bench.gc_pauses``). A third variant freezes but keeps the
+youngest generation's threshold near Python's 700 (701: a threshold the process chose, which
+loadonce keeps), to show what raising it to 10,000 (``core/collector.py``) does.
 
     python -m bench.gc_freeze [--rounds 2] [--rate REQ_PER_S] [--seconds 20]
 
@@ -24,7 +26,12 @@ from bench.compare import overload
 from bench.models import build
 from bench.servers import LOAD_CORE, RESULTS, Running, running
 
-SETTINGS = ("false", "true")
+# Each variant's label and its environment: gc_freeze, and the young threshold held.
+SETTINGS: dict[str, dict[str, str]] = {
+    "false": {"LOADONCE_GC_FREEZE": "false"},
+    "true, young 701": {"LOADONCE_GC_FREEZE": "true", "BENCH_GC_YOUNG_THRESHOLD": "701"},
+    "true": {"LOADONCE_GC_FREEZE": "true"},
+}
 
 
 def _start_counting(server: Running) -> None:
@@ -32,7 +39,7 @@ def _start_counting(server: Running) -> None:
 
 
 def _environment(setting: str, stats: Path) -> dict[str, str]:
-    return {"LOADONCE_GC_FREEZE": setting, "BENCH_GC_STATS": str(stats)}
+    return {**SETTINGS[setting], "BENCH_GC_STATS": str(stats)}
 
 
 def _c64(artifact: Path, row: list[float], setting: str, seconds: float) -> dict[str, Any]:
@@ -72,14 +79,19 @@ def render(results: dict[str, Any]) -> str:
         f"{results['rounds']} rounds alternating; overload offered {results['rate']:,.0f} req/s "
         f"for {results['overload_seconds']} s.",
         "",
-        f"| gc_freeze {side_by_side.COMMON_HEADER} full collections: count, seconds, longest ms |",
-        f"| --- {side_by_side.COMMON_ALIGNMENT} --- |",
+        f"| gc_freeze {side_by_side.COMMON_HEADER} young collections (0 / 1): count, seconds "
+        "| full collections: count, seconds, longest ms |",
+        f"| --- {side_by_side.COMMON_ALIGNMENT} --- | --- |",
     ]
     for run in results["runs"]:
-        full = run["overload"]["gc"]["2"]
+        collections = run["overload"]["gc"]
+        young = [collections["0"], collections["1"]]
+        full = collections["2"]
         common = side_by_side.row_cells(run["round"], run["c64"]["wrk"], run["overload"])
         lines.append(
             f"| {run['gc_freeze']} {common} "
+            f"{' / '.join(str(g['collections']) for g in young)}, "
+            f"{sum(g['seconds'] for g in young):.2f} | "
             f"{full['collections']}, {full['seconds']:.2f}, {full['longest_ms']:.0f} |"
         )
     return "\n".join(lines) + "\n"

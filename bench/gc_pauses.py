@@ -55,6 +55,9 @@ def _write(path: Path) -> None:
 
 def main() -> None:
     gc.callbacks.append(_on_collection)
+    # A young threshold of the process's own (loadonce keeps it): bench.gc_freeze's variant.
+    if young := os.environ.get("BENCH_GC_YOUNG_THRESHOLD"):
+        gc.set_threshold(int(young), *gc.get_threshold()[1:])
     signal.signal(signal.SIGUSR1, _start_counting)
     atexit.register(_write, Path(os.environ["BENCH_GC_STATS"]))
     sys.argv = ["loadonce", *sys.argv[1:]]

@@ -185,10 +185,11 @@ def build_wide_linear_small() -> Any:
 
 
 def report_frozen_objects(answers: Any) -> None:
-    """A worker-context child's first act: put how many objects it inherited frozen."""
+    """A worker-context child's first act: put how many objects it inherited frozen and its
+    youngest generation's threshold."""
     import gc
 
-    answers.put(gc.get_freeze_count())
+    answers.put(f"{gc.get_freeze_count()} {gc.get_threshold()[0]}")
 
 
 def constant_or_hang(path: Path) -> Constant:
