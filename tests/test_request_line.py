@@ -23,6 +23,9 @@ _LINES = [
     RequestLine(
         1_790_000_002.5, "POST", "/v2/models/m/infer", 503, 1.0, "id-3", "ab" * 16, "cd" * 8
     ),
+    # Times whose microseconds round up into the next millisecond, and the next second.
+    RequestLine(1_790_000_003.0004996, "GET", "/", 200, 0.0, "id-4"),
+    RequestLine(1_790_000_003.9999996, "GET", "/", 200, 0.0, "id-5"),
 ]
 
 
@@ -43,9 +46,9 @@ def test_a_line_from_its_data_is_the_text_of_its_record(
     formatter: PlainFormatter | JsonFormatter, line: RequestLine
 ) -> None:
     record = line.record()
+    record.created = line.created
     if line.trace_id is not None:  # as tracing's record factory sets them
         record.trace_id, record.span_id = line.trace_id, line.span_id
-    line = line._replace(created=record.created)
     assert formatter.takes_request_lines()
     assert formatter.format_request_line(line) == formatter.format(record)
 
