@@ -33,6 +33,7 @@ from typing import Any
 from bench import wrk
 from bench.compare import cpu_name
 from bench.servers import LOAD_CORE, RESULTS, ROOT, SERVER_CORE, Launch, free_port, serving
+from bench.side_by_side import in_turn
 
 CONNECTIONS = 512
 TARGET_LOSS = 0.05
@@ -94,7 +95,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             wrk.run(servers[name].url, servers[name].body, connections=CONNECTIONS,
                     seconds=args.warmup, core=LOAD_CORE)  # fmt: skip
         for round_ in range(1, args.rounds + 1):
-            for name, *_ in variants:
+            for name, *_ in in_turn(variants, round_):
                 result = wrk.run(servers[name].url, servers[name].body, connections=CONNECTIONS,
                                  seconds=args.seconds, core=LOAD_CORE)  # fmt: skip
                 _progress(

@@ -12,9 +12,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.servers import RESULTS, ROOT
+
+_Variant = TypeVar("_Variant")
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +24,14 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, help="overload rate (default: 4x best c64)")
     parser.add_argument("--seconds", type=int, default=20, help="each overload run")
     parser.add_argument("--c64-seconds", type=float, default=5, help="each c64 run")
+
+
+def in_turn(variants: list[_Variant], round_number: int) -> list[_Variant]:
+    """The variants in the order round ``round_number`` runs them: each round starts one
+    further along, so no variant always runs first, or always right after the same one (on
+    this machine, a run's speed depends on what ran just before it)."""
+    start = round_number % len(variants)
+    return variants[start:] + variants[:start]
 
 
 def progress(message: str) -> None:

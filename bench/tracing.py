@@ -38,6 +38,7 @@ from bench import wrk
 from bench.compare import cpu_name
 from bench.models import build
 from bench.servers import LOAD_CORE, RESULTS, ROOT, SERVER_CORE, free_port, launch, serving
+from bench.side_by_side import in_turn
 
 CONNECTIONS = 64
 TARGET_LOSS_AT_10_PERCENT = 0.05
@@ -101,7 +102,7 @@ def _measure_all(artifact: Path, row: list[float], endpoint: str,
         time.sleep(6)  # the warm-up's spans exported (the batch exporter's schedule: 5 s)
         exports_before = _Receiver.exports
         for round_ in range(1, args.rounds + 1):
-            for name, _ in VARIANTS:
+            for name, _ in in_turn(VARIANTS, round_):
                 server = psutil.Process(servers[name].process.pid)
                 cpu_before = _cpu_seconds(server)
                 result = wrk.run(servers[name].url, servers[name].body, connections=CONNECTIONS,
