@@ -32,7 +32,16 @@ from typing import Any
 
 from bench import wrk
 from bench.compare import cpu_name
-from bench.servers import LOAD_CORE, RESULTS, ROOT, SERVER_CORE, Launch, free_port, serving
+from bench.servers import (
+    LOAD_CORE,
+    RESULTS,
+    ROOT,
+    SERVER_CORE,
+    Launch,
+    free_port,
+    serving,
+    tree_cpu_seconds,
+)
 from bench.side_by_side import in_turn
 
 CONNECTIONS = 512
@@ -96,13 +105,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     seconds=args.warmup, core=LOAD_CORE)  # fmt: skip
         for round_ in range(1, args.rounds + 1):
             for name, *_ in in_turn(variants, round_):
+                cpu_before = tree_cpu_seconds(servers[name].process.pid)
                 result = wrk.run(servers[name].url, servers[name].body, connections=CONNECTIONS,
                                  seconds=args.seconds, core=LOAD_CORE)  # fmt: skip
+                answered = max(result.req_per_s * args.seconds, 1)
+                cpu_us = (tree_cpu_seconds(servers[name].process.pid) - cpu_before) / answered
                 _progress(
                     f"round {round_}/{args.rounds}, {name}: {result.req_per_s:,.0f} req/s, "
-                    f"p99 {result.p99_ms} ms, {result.errors} errors (not 2xx or socket)"
+                    f"p99 {result.p99_ms} ms, {result.errors} errors (not 2xx or socket), "
+                    f"{cpu_us * 1e6:.0f} µs of CPU per request"
                 )
-                runs[name].append(result.as_dict())
+                runs[name].append({**result.as_dict(), "cpu_us_per_request": cpu_us * 1e6})
     return {"variants": [name for name, *_ in variants], "runs": runs}
 
 
@@ -110,6 +123,12 @@ def ratio(runs: dict[str, list[dict[str, Any]]], name: str) -> float:
     """The median over rounds of variant ``name``'s req/s against the round's warning run."""
     pairs = zip(runs[name], runs["warning"], strict=True)
     return float(statistics.median(run["req_per_s"] / base["req_per_s"] for run, base in pairs))
+
+
+def _cpu_per_request(runs: dict[str, list[dict[str, Any]]], name: str) -> float:
+    """The median of variant ``name``'s CPU µs per request: steadier here than req/s, which
+    the machine's other loads change from one run to the next."""
+    return float(statistics.median(run["cpu_us_per_request"] for run in runs[name]))
 
 
 def render(results: dict[str, Any]) -> str:
@@ -121,8 +140,9 @@ def render(results: dict[str, Any]) -> str:
         f"{results['seconds']:g} s run per variant.",
         "",
         "| log level | req/s per round | median req/s | median p99 ms | errors | "
-        "req/s against warning (median of rounds) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "req/s against warning (median of rounds) | server CPU µs per request (median) | "
+        "CPU per request against warning |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in results["variants"]:
         measured = runs[name]
@@ -132,7 +152,8 @@ def render(results: dict[str, Any]) -> str:
         not_ok = sum(run["errors"] for run in measured)
         lines.append(
             f"| {name} | {per_round} | {median:,.0f} | {p99:.2f} | {not_ok} | "
-            f"{ratio(runs, name):.3f} |"
+            f"{ratio(runs, name):.3f} | {_cpu_per_request(runs, name):.0f} | "
+            f"{_cpu_per_request(runs, name) / _cpu_per_request(runs, 'warning'):.3f} |"
         )
     loss = 1 - ratio(runs, "info")
     verdict = "met" if loss <= TARGET_LOSS else "missed"
