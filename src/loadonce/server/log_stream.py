@@ -26,8 +26,8 @@ from typing import TextIO
 
 from loadonce.http.request_line import ACCESS_LOGGER_NAME, RequestLine
 
-# A request line handed over as data, and its handler's formatter's way to write it.
-_HeldLine = tuple[Callable[[RequestLine], str], RequestLine]
+# A request line's way to its text: its handler's formatter's ``format_request_line``.
+_FormatLine = Callable[[RequestLine], str]
 
 FLUSH_EVERY_S = 0.1
 _BUFFER_BYTES = 1 << 16
@@ -44,8 +44,13 @@ class _SharedStream:
         self.stream = _buffered_stderr()
         self.lock = threading.Lock()
         # Request lines handed over as data, formatted at the next write or flush; a deque:
-        # appended on the serving thread, emptied on the flusher's, without the lock.
-        self.held: deque[_HeldLine] = deque()
+        # appended on the serving thread, emptied on the flusher's, without the lock. Each is
+        # held as a plain tuple (its formatter's number, then the line's fields): Python's
+        # collector stops tracking a tuple of strings and numbers the first time it looks, so
+        # the lines waiting here are never promoted and walked again by older collections
+        # (held as objects, they made each line cost twice as much: bench/log_line.py).
+        self.held: deque[tuple[object, ...]] = deque()
+        self.formats: list[_FormatLine] = []
         self.flushed_at = 0.0
         self.flusher: threading.Thread | None = None
 
@@ -60,8 +65,13 @@ class _SharedStream:
         if self.flusher is None:
             self._start_flusher()
 
-    def hold(self, line: _HeldLine) -> None:
-        self.held.append(line)
+    def hold(self, format_line: _FormatLine, line: RequestLine) -> None:
+        try:
+            number = self.formats.index(format_line)
+        except ValueError:
+            number = len(self.formats)
+            self.formats.append(format_line)
+        self.held.append((number, *line))
         if time.monotonic() - self.flushed_at >= FLUSH_EVERY_S:
             self.flush()  # the first line after a quiet tenth of a second goes at once
         elif self.flusher is None:
@@ -76,7 +86,8 @@ class _SharedStream:
     def _write_held(self) -> None:
         # Formatted here, together: the serving thread only appended them.
         while self.held:
-            format_line, line = self.held.popleft()
+            number, *fields = self.held.popleft()
+            format_line, line = self.formats[number], RequestLine(*fields)  # type: ignore[call-overload, arg-type]
             try:
                 self.stream.write(format_line(line) + "\n")
             except Exception:
@@ -143,7 +154,7 @@ class BufferedStderrHandler(logging.StreamHandler[TextIO]):
 
     def emit_request_line(self, line: RequestLine) -> None:
         """``line`` held for the next flush, as its record would be (``takes_request_lines``)."""
-        _stream().hold((self.formatter.format_request_line, line))  # type: ignore[union-attr]
+        _stream().hold(self.formatter.format_request_line, line)  # type: ignore[union-attr]
 
 
 def _buffered_stderr() -> TextIO:
