@@ -158,6 +158,21 @@ def run_cli(
     )
 
 
+def run_python(
+    tmp_path: Path, script: str, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` (``python -c``) to completion in a new interpreter with ``cli_env``'s
+    environment, from the repository, output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env=cli_env(tmp_path),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def start_cli(
     args: Sequence[str],
     tmp_path: Path,

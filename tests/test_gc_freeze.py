@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import gc
 import re
-import subprocess
-import sys
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ import httpx2 as httpx
 import pytest
 
 import loadonce
-from tests.servers import REPO_ROOT, ThreadedServer, cli_env
+from tests.servers import ThreadedServer, run_python
 
 
 class CyclicModel:
@@ -151,14 +149,7 @@ child.join()
 def _frozen_in_a_new_worker(tmp_path: Path, setting: str) -> tuple[int, int]:
     """How many objects a new worker inherits frozen, and its youngest generation's
     threshold."""
-    done = subprocess.run(
-        [sys.executable, "-c", _CHILD_SCRIPT, setting],
-        env=cli_env(tmp_path),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_python(tmp_path, _CHILD_SCRIPT, setting)
     assert done.returncode == 0, done.stderr
     frozen, young_threshold = done.stdout.split()
     return int(frozen), int(young_threshold)

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from loadonce.http.request_line import RequestLine
 from loadonce.server.log_format import JsonFormatter, PlainFormatter, log_config
-from tests.servers import REPO_ROOT, cli_env
+from tests.servers import run_python
 
 _LINES = [
     RequestLine(1_790_000_000.1234, "POST", "/models/iris/predict", 200, 0.4321, "a" * 32),
@@ -89,14 +87,7 @@ logging.shutdown()
 
 
 def _access_lines(tmp_path: Path, log_format: str, change: str) -> list[str]:
-    done = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, log_format, change],
-        env=cli_env(tmp_path),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_python(tmp_path, _SCRIPT, log_format, change)
     assert done.returncode == 0, done.stderr
     return [line for line in done.stderr.splitlines() if "GET /models" in line]
 

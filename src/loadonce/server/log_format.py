@@ -41,14 +41,14 @@ class PlainFormatter(DefaultFormatter):
     Its ``levelprefix`` is set on the record itself: uvicorn's copies each record first,
     a third of a request log line's cost (docs/benchmarks.md, "The request log")."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._request_line_parts = self._parts_around_a_request_message()
+
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         record.message = self._one_line(record.message, getattr(record, "trace_id", None), record)
         record.levelprefix = self._level_prefix(record.levelname, record.levelno)
         return self._style.format(record)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._request_line_parts = self._parts_around_a_request_message()
 
     def takes_request_lines(self) -> bool:
         """Whether a request line's text needs nothing but the line (the server's formats)."""

@@ -72,9 +72,12 @@ class _SharedStream:
             number = len(self.formats)
             self.formats.append(format_line)
         self.held.append((number, *line))
-        if time.monotonic() - self.flushed_at >= FLUSH_EVERY_S:
-            self.flush()  # the first line after a quiet tenth of a second goes at once
-        elif self.flusher is None:
+        # The first line after a quiet tenth of a second goes at once; under load the flusher
+        # thread writes them, never the serving thread (all that is held, formatted, would
+        # otherwise be written on the event loop whenever the flusher is a moment late).
+        if len(self.held) == 1 and time.monotonic() - self.flushed_at >= FLUSH_EVERY_S:
+            self.flush()
+        if self.flusher is None:
             self._start_flusher()
 
     def flush(self) -> None:
