@@ -1,23 +1,56 @@
 """The public surface is whole and pinned: ``loadonce.__all__`` lists exactly the public
-names of the package, and each shows as ``loadonce.X``."""
+names of the package, each shows as ``loadonce.X``, and importing the package (or its command
+line) imports no web framework: the names are imported when first used."""
 
 from __future__ import annotations
 import __future__
 
+import importlib
 import inspect
+import json
 import types
+from pathlib import Path
 
 import loadonce
+from tests.servers import run_python
 
 
 def test_all_public_names_are_exported_and_sorted() -> None:
     public = [
         name
-        for name, member in vars(loadonce).items()
+        for name in dir(loadonce)
         if (not name.startswith("_") or name == "__version__")
-        and not isinstance(member, types.ModuleType | __future__._Feature)
+        and not isinstance(getattr(loadonce, name), types.ModuleType | __future__._Feature)
     ]
     assert loadonce.__all__ == sorted(public)
+
+
+def test_each_name_is_its_defining_module_s_object() -> None:
+    for name in loadonce.__all__:
+        member = getattr(loadonce, name)
+        if name != "__version__" and inspect.getmodule(member) is not None:
+            home = loadonce._HOMES[name]
+            assert getattr(importlib.import_module(home), name) is member, name
+
+
+def test_the_package_and_its_command_line_import_no_web_framework(tmp_path: Path) -> None:
+    # The supervisor of `--workers N` runs the command line's module and serves nothing
+    # itself: FastAPI, Starlette, OpenTelemetry and the worker's modules stay out of it (about
+    # 10 MiB of its memory), until a name that needs them is used.
+    script = (
+        "import json, sys, loadonce, loadonce.server.cli\n"
+        "heavy = ('fastapi', 'starlette', 'opentelemetry', 'loadonce.app', "
+        "'loadonce.server.worker', 'loadonce.http.lifespan')\n"
+        "before = [m for m in heavy if m in sys.modules]\n"
+        "loadonce.create_app\n"
+        "print(json.dumps([before, [m for m in heavy if m in sys.modules]]))"
+    )
+    result = run_python(tmp_path, script)
+    assert result.returncode == 0, result.stderr
+    before, after = json.loads(result.stdout)
+    assert before == []
+    assert "fastapi" in after
+    assert "loadonce.app" in after
 
 
 def test_public_classes_and_functions_show_as_loadonce() -> None:

@@ -2,40 +2,55 @@
 
 from __future__ import annotations
 
+import importlib as _importlib
+import typing as _typing
+
 from loadonce._version import __version__
-from loadonce.app import create_app
-from loadonce.core.control import ControlRequest, ModelControl, WorkerOutcome
-from loadonce.core.errors import (
-    ClientDisconnectedError,
-    ConfigError,
-    DeadlineExceededError,
-    InvalidInputError,
-    LoadonceError,
-    ModelLoadError,
-    ModelNotFoundError,
-    ModelNotReadyError,
-    ModelRaisedError,
-    QueueFullError,
-    RequestTooLargeError,
-)
-from loadonce.core.generation import Delta, Finished, GenerationRequest
-from loadonce.core.limits import Limits
-from loadonce.core.model import Model, ModelState
-from loadonce.core.registry import Registry
-from loadonce.core.spec import Batching, Concurrency, ModelSpec
-from loadonce.http.access_keys import AccessKeys
-from loadonce.http.admin import admin_router
-from loadonce.http.dependencies import ModelDependency, get_registry
-from loadonce.http.health import health_router
-from loadonce.http.lifespan import LoadedHook, LoadGate, LoadonceLifespan, UserLifespan, lifespan
-from loadonce.http.metrics_route import metrics_router
-from loadonce.http.middleware import install_middleware
-from loadonce.http.state import LoadonceState
-from loadonce.protocols.json import models_router
-from loadonce.protocols.openai import openai_router
-from loadonce.protocols.v2 import v2_router
-from loadonce.runtimes import InputSignature, Predictor, Runtime, TensorInfo, register_runtime
-from loadonce.tracing import TracingOptions
+
+# The public names are imported when first used (PEP 562), not with the package: `import
+# loadonce` (as the command line and the supervisor of `--workers N` do) then costs no FastAPI,
+# NumPy or model library, which a worker imports, and the supervisor never needs (about 25 MiB
+# of its memory). For type checkers, the imports below say what each name is.
+if _typing.TYPE_CHECKING:
+    from loadonce.app import create_app
+    from loadonce.core.control import ControlRequest, ModelControl, WorkerOutcome
+    from loadonce.core.errors import (
+        ClientDisconnectedError,
+        ConfigError,
+        DeadlineExceededError,
+        InvalidInputError,
+        LoadonceError,
+        ModelLoadError,
+        ModelNotFoundError,
+        ModelNotReadyError,
+        ModelRaisedError,
+        QueueFullError,
+        RequestTooLargeError,
+    )
+    from loadonce.core.generation import Delta, Finished, GenerationRequest
+    from loadonce.core.limits import Limits
+    from loadonce.core.model import Model, ModelState
+    from loadonce.core.registry import Registry
+    from loadonce.core.spec import Batching, Concurrency, ModelSpec
+    from loadonce.http.access_keys import AccessKeys
+    from loadonce.http.admin import admin_router
+    from loadonce.http.dependencies import ModelDependency, get_registry
+    from loadonce.http.health import health_router
+    from loadonce.http.lifespan import (
+        LoadedHook,
+        LoadGate,
+        LoadonceLifespan,
+        UserLifespan,
+        lifespan,
+    )
+    from loadonce.http.metrics_route import metrics_router
+    from loadonce.http.middleware import install_middleware
+    from loadonce.http.state import LoadonceState
+    from loadonce.protocols.json import models_router
+    from loadonce.protocols.openai import openai_router
+    from loadonce.protocols.v2 import v2_router
+    from loadonce.runtimes import InputSignature, Predictor, Runtime, TensorInfo, register_runtime
+    from loadonce.tracing import TracingOptions
 
 __all__ = [
     "AccessKeys",
@@ -88,10 +103,77 @@ __all__ = [
     "v2_router",
 ]
 
-# Public names show as loadonce.X (in reprs, tracebacks, the docs), not as the private module
-# that defines them, as HTTPX does.
-for _name in __all__:
-    if not _name.startswith("_"):
-        _member = globals()[_name]
-        if getattr(_member, "__module__", "").startswith("loadonce."):
-            _member.__module__ = "loadonce"
+# Where each public name lives.
+_HOMES = {
+    "AccessKeys": "loadonce.http.access_keys",
+    "Batching": "loadonce.core.spec",
+    "ClientDisconnectedError": "loadonce.core.errors",
+    "Concurrency": "loadonce.core.spec",
+    "ConfigError": "loadonce.core.errors",
+    "ControlRequest": "loadonce.core.control",
+    "DeadlineExceededError": "loadonce.core.errors",
+    "Delta": "loadonce.core.generation",
+    "Finished": "loadonce.core.generation",
+    "GenerationRequest": "loadonce.core.generation",
+    "InputSignature": "loadonce.runtimes",
+    "InvalidInputError": "loadonce.core.errors",
+    "Limits": "loadonce.core.limits",
+    "LoadGate": "loadonce.http.lifespan",
+    "LoadedHook": "loadonce.http.lifespan",
+    "LoadonceError": "loadonce.core.errors",
+    "LoadonceLifespan": "loadonce.http.lifespan",
+    "LoadonceState": "loadonce.http.state",
+    "Model": "loadonce.core.model",
+    "ModelControl": "loadonce.core.control",
+    "ModelDependency": "loadonce.http.dependencies",
+    "ModelLoadError": "loadonce.core.errors",
+    "ModelNotFoundError": "loadonce.core.errors",
+    "ModelNotReadyError": "loadonce.core.errors",
+    "ModelRaisedError": "loadonce.core.errors",
+    "ModelSpec": "loadonce.core.spec",
+    "ModelState": "loadonce.core.model",
+    "Predictor": "loadonce.runtimes",
+    "QueueFullError": "loadonce.core.errors",
+    "Registry": "loadonce.core.registry",
+    "RequestTooLargeError": "loadonce.core.errors",
+    "Runtime": "loadonce.runtimes",
+    "TensorInfo": "loadonce.runtimes",
+    "TracingOptions": "loadonce.tracing",
+    "UserLifespan": "loadonce.http.lifespan",
+    "WorkerOutcome": "loadonce.core.control",
+    "admin_router": "loadonce.http.admin",
+    "create_app": "loadonce.app",
+    "get_registry": "loadonce.http.dependencies",
+    "health_router": "loadonce.http.health",
+    "install_middleware": "loadonce.http.middleware",
+    "lifespan": "loadonce.http.lifespan",
+    "metrics_router": "loadonce.http.metrics_route",
+    "models_router": "loadonce.protocols.json",
+    "openai_router": "loadonce.protocols.openai",
+    "register_runtime": "loadonce.runtimes",
+    "v2_router": "loadonce.protocols.v2",
+}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'loadonce' has no attribute {name!r}")
+    member = getattr(_importlib.import_module(home), name)
+    # Public names show as loadonce.X (in reprs, tracebacks, the docs), not as the private
+    # module that defines them, as HTTPX does.
+    if getattr(member, "__module__", "").startswith("loadonce."):
+        member.__module__ = "loadonce"
+    globals()[name] = member
+    return member
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})
+
+
+# The errors now, whoever raises them first: their names (loadonce.ConfigError) show in logs
+# and spans, and their module imports nothing heavy.
+for _name, _home in _HOMES.items():
+    if _home == "loadonce.core.errors":
+        __getattr__(_name)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import ValidationError
 
@@ -25,9 +25,12 @@ from loadonce.core.errors import (
     ModelLoadError,
     describe_validation,
 )
-from loadonce.core.registry import Registry
 from loadonce.core.spec import Batching, ModelSpec
-from loadonce.runtimes import resolve_runtime
+
+if TYPE_CHECKING:
+    # Not imported with this module: the supervisor of `--workers N` reads its requests and
+    # outcomes, and holds no model.
+    from loadonce.core.registry import Registry
 
 Action = Literal["load", "unload"]
 
@@ -109,6 +112,8 @@ def changed_spec(spec: ModelSpec, request: ControlRequest, roots: ArtifactRoots)
             f"invalid change to model '{spec.name}': {describe_validation(exc)}"
         ) from None
     if artifact is not None:
+        from loadonce.runtimes import resolve_runtime  # the runtimes import their libraries
+
         try:
             runtime = resolve_runtime(changed)
         except ValueError as exc:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -31,3 +33,17 @@ def import_optional(module: str, *, extra: str) -> Any:
             f"{module.split('.')[0]} is not installed ({exc}); install it with: "
             f"pip install 'loadonce[{extra}]'"
         ) from None
+
+
+def importable_from(directory: Path) -> None:
+    """Let ``pkg.module`` references resolve from ``directory`` (the current one, or a config
+    file's), in this process and in the workers (the fork server starts with this sys.path)."""
+    entry = str(directory.resolve())
+    if entry not in sys.path:
+        sys.path.insert(0, entry)
+
+
+def is_reference(target: str) -> bool:
+    """``package.module:attribute``, not a file path."""
+    module, colon, attribute = target.partition(":")
+    return bool(colon and module and attribute) and "/" not in target and not Path(target).exists()

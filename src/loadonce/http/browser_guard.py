@@ -15,13 +15,13 @@ Two attacks reach a server on the developer's own machine through their browser:
 from __future__ import annotations
 
 import functools
-import ipaddress
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loadonce.http.access_keys import RouteFamily, family_of
 from loadonce.http.errors import raw_error_response
+from loadonce.http.loopback import is_loopback_host
 from loadonce.http.request_info import route_path
 from loadonce.http.state import LoadonceState
 
@@ -30,17 +30,6 @@ _ORIGIN = b"origin"
 _FETCH_SITE = b"sec-fetch-site"
 # "none": typed in the address bar or a bookmark; "same-origin": a page this server served.
 _OWN_SITES = (b"same-origin", b"none")
-
-
-def is_loopback_host(host: str) -> bool:
-    """``localhost``, a name under ``.localhost``, or a loopback address (IPv4 or IPv6)."""
-    host = host.strip("[]").rstrip(".").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _hostname(host_header: str) -> str:

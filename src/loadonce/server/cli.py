@@ -22,7 +22,7 @@ from loadonce.server.plan import make_plan
 from loadonce.server.resolve import resolve_serve_config
 from loadonce.server.settings import LogLevel, ServeConfig
 from loadonce.server.supervisor import Supervisor
-from loadonce.server.worker import STARTUP_FAILED, serve_single_worker
+from loadonce.server.worker_process import STARTUP_FAILED
 
 _LOG_LEVELS: list[LogLevel] = ["critical", "error", "warning", "info", "debug", "trace"]
 # Exit status for a command line or config file that cannot be used (click uses 2 as well).
@@ -197,6 +197,10 @@ def serve(
         # A config file's workers (for loadonce serve without --ray) does not apply on Ray.
         sys.exit(serve_on_ray(config))
     if config.server.workers == 1:
+        # Imported here: the worker's stack (the app, uvicorn, the models' libraries) is this
+        # process's only when it serves itself; the supervisor of several workers never needs it.
+        from loadonce.server.worker import serve_single_worker
+
         sys.exit(serve_single_worker(config))
     sys.exit(Supervisor(config, memory_limit=config.server.memory_limit, force=force).run())
 

@@ -19,11 +19,13 @@ import os
 import signal
 import threading
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loadonce.core.control import ControlRequest, WorkerOutcome, apply_locally, changed_spec
-from loadonce.core.registry import Registry
 from loadonce.server.worker_process import HEARTBEAT, HEARTBEAT_INTERVAL_S
+
+if TYPE_CHECKING:
+    from loadonce.core.registry import Registry  # the worker's; the supervisor holds none
 
 logger = logging.getLogger("loadonce")
 

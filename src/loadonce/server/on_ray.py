@@ -23,7 +23,7 @@ from typing import Any
 from loadonce.core.imports import import_optional
 from loadonce.server.log_format import log_config
 from loadonce.server.settings import ServeConfig
-from loadonce.server.worker import STARTUP_FAILED
+from loadonce.server.worker_process import STARTUP_FAILED
 
 logger = logging.getLogger("loadonce")
 

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from loadonce.core.errors import ConfigError
+from loadonce.core.imports import importable_from, is_reference
 from loadonce.core.registry import check_model_specs
+from loadonce.core.spec import ModelSpec
 from loadonce.server.config_file import is_config_file, read_config_file, spec_for_target
 from loadonce.server.demo import demo_spec
 from loadonce.server.settings import (
@@ -16,7 +18,6 @@ from loadonce.server.settings import (
     resolve_server_options,
     resolve_tracing_options,
 )
-from loadonce.server.user_app import importable_from, is_app, is_reference, load_app, specs_of
 
 
 def resolve_serve_config(
@@ -58,14 +59,14 @@ def resolve_serve_config(
         tracing_table = config_file.tracing
         if config_file.app is not None:
             app, factory = config_file.app, config_file.factory
-            specs = specs_of(load_app(app, factory=factory), app)
+            specs = _specs_of_app(app, factory)
     else:
         importable_from(Path.cwd())
-        if is_reference(target) and (factory or is_app(target)):
+        if _names_app(target, factory):
             if model_fields:
                 raise ConfigError(_FIELDS_FOR_ONE)
             app = target
-            specs = specs_of(load_app(app, factory=factory), app)
+            specs = _specs_of_app(app, factory)
         else:
             specs = [spec_for_target(target, model_fields or {})]
     server = resolve_server_options(file_options, {**overrides, "trust": trust or None})
@@ -80,6 +81,24 @@ def resolve_serve_config(
         app=app,
         app_factory=factory and app is not None,
     )
+
+
+# The user's app module is imported only when one is served, and FastAPI with it: the process
+# that reads a config of models alone (the supervisor of `--workers N`) imports neither.
+
+
+def _names_app(target: str, factory: bool) -> bool:
+    if not is_reference(target):
+        return False
+    from loadonce.server.user_app import is_app
+
+    return factory or is_app(target)
+
+
+def _specs_of_app(reference: str, factory: bool) -> list[ModelSpec]:
+    from loadonce.server.user_app import load_app, specs_of
+
+    return specs_of(load_app(reference, factory=factory), reference)
 
 
 _FIELDS_FOR_ONE = (

@@ -7,7 +7,7 @@ import socket
 
 from loadonce.core.errors import LoadonceError
 from loadonce.http.access_keys import AccessKeys
-from loadonce.http.browser_guard import is_loopback_host
+from loadonce.http.loopback import is_loopback_host
 
 logger = logging.getLogger("loadonce")
 

@@ -40,9 +40,15 @@ from loadonce.server.sockets import (
     warn_if_open_to_the_network,
 )
 from loadonce.server.stagger import LOCK_VARIABLE, allow_at_once
-from loadonce.server.worker import GO, STARTUP_FAILED, STOP, worker_process_main
+from loadonce.server.worker_process import (
+    GO,
+    STARTUP_FAILED,
+    STOP,
+    become_subreaper,
+    reap_orphans,
+    worker_main,
+)
 from loadonce.server.worker_process import WorkerProcess as _Worker
-from loadonce.server.worker_process import become_subreaper, reap_orphans
 from loadonce.server.worker_start import worker_context
 
 logger = logging.getLogger("loadonce")
@@ -173,7 +179,7 @@ class Supervisor:
         assert self._socket is not None
         ours, theirs = self._context.Pipe()
         process = self._context.Process(
-            target=worker_process_main,
+            target=worker_main,
             args=(self.config, self._socket, theirs),
             name="loadonce-worker",
         )

@@ -13,10 +13,8 @@ its routes, dependencies and own lifespan run as they would under uvicorn.
 from __future__ import annotations
 
 import pickle
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -34,20 +32,6 @@ from loadonce.http.metrics_route import metrics_router
 from loadonce.http.middleware import install_middleware, middleware_installed
 from loadonce.server.settings import ServerOptions
 from loadonce.tracing import TracingOptions
-
-
-def importable_from(directory: Path) -> None:
-    """Let ``pkg.module`` references resolve from ``directory`` (the current one, or a config
-    file's), in this process and in the workers (the fork server starts with this sys.path)."""
-    entry = str(directory.resolve())
-    if entry not in sys.path:
-        sys.path.insert(0, entry)
-
-
-def is_reference(target: str) -> bool:
-    """``package.module:attribute``, not a file path."""
-    module, colon, attribute = target.partition(":")
-    return bool(colon and module and attribute) and "/" not in target and not Path(target).exists()
 
 
 def load_app(reference: str, *, factory: bool) -> FastAPI:

@@ -38,14 +38,9 @@ from loadonce.server.sockets import (
 )
 from loadonce.server.stagger import one_worker_at_a_time
 from loadonce.server.user_app import load_app, serve_user_app
+from loadonce.server.worker_process import GO, STARTUP_FAILED, STOP
 
 logger = logging.getLogger("loadonce")
-
-# uvicorn's own exit status for a failed startup; loadonce uses it too, for one meaning.
-STARTUP_FAILED = 3
-
-GO = "go"
-STOP = "stop"
 
 
 class _OneLineStartupFailure:

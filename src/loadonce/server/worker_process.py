@@ -23,10 +23,23 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING
 
 import psutil
 
+if TYPE_CHECKING:
+    import socket
+
+    from loadonce.server.settings import ServeConfig
+
 logger = logging.getLogger("loadonce")
+
+# uvicorn's own exit status for a failed startup; loadonce uses it too, for one meaning.
+STARTUP_FAILED = 3
+
+# The supervisor's word to a loaded worker: serve, or leave.
+GO = "go"
+STOP = "stop"
 
 HEARTBEAT = "alive"
 HEARTBEAT_INTERVAL_S = 1.0
@@ -113,3 +126,12 @@ def reap_orphans(keep: set[int]) -> None:
         with contextlib.suppress(psutil.Error, ChildProcessError):
             if child.status() == psutil.STATUS_ZOMBIE:
                 os.waitpid(child.pid, os.WNOHANG)
+
+
+def worker_main(config: ServeConfig, sock: socket.socket, gate: Connection) -> None:
+    """What a worker process runs (``worker.worker_process_main``), named here: the supervisor
+    hands the function to multiprocessing, and this module imports none of the worker's stack
+    (the app, uvicorn, the models' libraries), which the supervisor never needs."""
+    from loadonce.server.worker import worker_process_main
+
+    worker_process_main(config, sock, gate)
