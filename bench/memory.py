@@ -379,12 +379,12 @@ def render(results: dict[str, Any]) -> str:
                     f"| {form} ({runs['artifact_mib']:,.0f} MiB) | {share} | {workers} | "
                     f"{run['ready_s']:.1f} | {run['peak_pss_mib']:,.0f} | "
                     f"{run['ready_pss_mib']:,.0f} | {run['pss_mib']:,.0f} | "
-                    f"{f'{ratio:.2f}' if workers == 4 else ''} | {run['plan_mib']:,.0f} | "
+                    f"{f'{ratio:.3f}' if workers == 4 else ''} | {run['plan_mib']:,.0f} | "
                     f"{run['plan_ratio']:.2f} |"
                 )
             if share == "mmap":
                 targets.append(
-                    f"- {form}, 4 workers / 1 worker after traffic: {ratio:.2f} "
+                    f"- {form}, 4 workers / 1 worker after traffic: {ratio:.3f} "
                     f"(target <= {RATIO_TARGET}): {_verdict(ratio <= RATIO_TARGET)}"
                 )
             off_by = four["plan_ratio"] - 1
