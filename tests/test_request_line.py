@@ -82,14 +82,20 @@ spec = loadonce.ModelSpec(name="echo", loader="tests.loaders:echo")
 with TestClient(loadonce.create_app([spec])) as client:
     for index in range(3):
         client.get("/models", headers={"X-Request-ID": f"id-{index}"})
+    client.get("/models%0aINFO:%20forged")  # a path that would start a line of its own
 logging.shutdown()
 """
 
 
-def _access_lines(tmp_path: Path, log_format: str, change: str) -> list[str]:
+def _access_lines(
+    tmp_path: Path, log_format: str, change: str, *, forged: bool = False
+) -> list[str]:
+    """The request lines of the three GET /models (or, ``forged``, of the hostile path)."""
     done = run_python(tmp_path, _SCRIPT, log_format, change)
     assert done.returncode == 0, done.stderr
-    return [line for line in done.stderr.splitlines() if "GET /models" in line]
+    assert not any(line.startswith("INFO: forged") for line in done.stderr.splitlines())
+    lines = [line for line in done.stderr.splitlines() if "GET /models" in line]
+    return [line for line in lines if ("forged" in line) == forged]
 
 
 def test_server_lines_come_in_order_and_a_filter_still_sees_each_record(tmp_path: Path) -> None:
@@ -107,3 +113,16 @@ def test_a_record_factory_of_the_users_still_makes_each_record(tmp_path: Path) -
     plain = [json.loads(line) for line in _access_lines(tmp_path, "json", "none")]
     assert [line["request_id"] for line in plain] == ["id-0", "id-1", "id-2"]
     assert not any("trace_id" in line for line in plain)
+
+
+def test_a_path_the_client_sent_is_made_log_safe_whichever_way_its_line_takes(
+    tmp_path: Path,
+) -> None:
+    # As data, the path is made log-safe when the line is formatted; as a record, before.
+    escaped = "/models\\x0aINFO: forged"
+    for change in ("none", "filter"):
+        (plain,) = _access_lines(tmp_path, "plain", change, forged=True)
+        assert f"GET {escaped} 404 " in plain
+    (line,) = [json.loads(line) for line in _access_lines(tmp_path, "json", "none", forged=True)]
+    assert line["path"] == escaped
+    assert line["status"] == 404

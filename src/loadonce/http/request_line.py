@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
+from loadonce.core.log_safe import log_safe
+
 ACCESS_LOGGER_NAME = "loadonce.access"
 access_logger = logging.getLogger(ACCESS_LOGGER_NAME)
 MESSAGE_FORMAT = "%s %s %d %.1f ms request_id=%s"
@@ -76,25 +78,28 @@ class RequestLineHandler(Protocol):
 
     def takes_request_lines(self) -> bool: ...
 
-    def emit_request_line(self, line: RequestLine) -> None: ...
+    # ``line``: a RequestLine's fields, in its order, as a plain tuple (the serving thread's
+    # part kept small: the tuple is all it builds), the path as the client sent it: the
+    # handler makes it log-safe when it formats the line.
+    def emit_request_line(self, line: tuple[object, ...]) -> None: ...
 
 
 def write_request_line(
     method: str, path: str, status: int, milliseconds: float, request_id: str
 ) -> None:
-    """Log the line at INFO on ``loadonce.access`` (the caller checked it is enabled)."""
+    """Log the line at INFO on ``loadonce.access`` (the caller checked it is enabled).
+    ``path``: as the client sent it; made log-safe before it is written."""
     handler = _direct_handler()
     if handler is not None:
         ids = _trace_ids()
         if ids is not _NOT_DIRECT:
             trace_id, span_id = ids if ids is not None else (None, None)
             handler.emit_request_line(
-                RequestLine(
-                    time.time(), method, path, status, milliseconds, request_id, trace_id, span_id
-                )
+                (time.time(), method, path, status, milliseconds, request_id, trace_id, span_id)
             )
             return
-    access_logger.handle(RequestLine(0.0, method, path, status, milliseconds, request_id).record())
+    line = RequestLine(0.0, method, log_safe(path), status, milliseconds, request_id)
+    access_logger.handle(line.record())
 
 
 def _direct_handler() -> RequestLineHandler | None:

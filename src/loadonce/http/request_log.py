@@ -13,7 +13,6 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from loadonce.core.log_safe import log_safe
 from loadonce.http.request_info import (
     ARRIVED_SCOPE_KEY,
     REQUEST_ID_HEADER,
@@ -73,7 +72,6 @@ class RequestLogMiddleware:
         finally:
             if access_logger.isEnabledFor(logging.INFO):
                 milliseconds = (time.perf_counter() - started) * 1000
-                path = log_safe(scope["path"])
-                write_request_line(scope["method"], path, status, milliseconds, request_id)
+                write_request_line(scope["method"], scope["path"], status, milliseconds, request_id)
             if traced is not None:  # after the access line, which carries its ids
                 traced.finish(status)

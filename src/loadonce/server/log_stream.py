@@ -21,13 +21,17 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import TextIO
+from typing import Any, Protocol, TextIO
 
+from loadonce.core.log_safe import log_safe
 from loadonce.http.request_line import ACCESS_LOGGER_NAME, RequestLine
 
-# A request line's way to its text: its handler's formatter's ``format_request_line``.
-_FormatLine = Callable[[RequestLine], str]
+
+class _LineFormatter(Protocol):
+    """A formatter that writes a request line from its data (``log_format.py``)."""
+
+    def format_request_line(self, line: RequestLine) -> str: ...
+
 
 FLUSH_EVERY_S = 0.1
 _BUFFER_BYTES = 1 << 16
@@ -49,8 +53,9 @@ class _SharedStream:
         # collector stops tracking a tuple of strings and numbers the first time it looks, so
         # the lines waiting here are never promoted and walked again by older collections
         # (held as objects, they made each line cost twice as much: bench/log_line.py).
-        self.held: deque[tuple[object, ...]] = deque()
-        self.formats: list[_FormatLine] = []
+        self.held: deque[tuple[Any, ...]] = deque()
+        # Each formatter that held a line, by number (a line holds its formatter's number).
+        self.formatters: list[_LineFormatter] = []
         self.flushed_at = 0.0
         self.flusher: threading.Thread | None = None
 
@@ -65,12 +70,12 @@ class _SharedStream:
         if self.flusher is None:
             self._start_flusher()
 
-    def hold(self, format_line: _FormatLine, line: RequestLine) -> None:
+    def hold(self, formatter: _LineFormatter, line: tuple[object, ...]) -> None:
         try:
-            number = self.formats.index(format_line)
+            number = self.formatters.index(formatter)
         except ValueError:
-            number = len(self.formats)
-            self.formats.append(format_line)
+            number = len(self.formatters)
+            self.formatters.append(formatter)
         self.held.append((number, *line))
         # The first line after a quiet tenth of a second goes at once; under load the flusher
         # thread writes them, never the serving thread (all that is held, formatted, would
@@ -89,10 +94,11 @@ class _SharedStream:
     def _write_held(self) -> None:
         # Formatted here, together: the serving thread only appended them.
         while self.held:
-            number, *fields = self.held.popleft()
-            format_line, line = self.formats[number], RequestLine(*fields)  # type: ignore[call-overload, arg-type]
+            number, created, method, path, *rest = self.held.popleft()
+            # The path as the client sent it: made log-safe here, off the serving thread.
+            line = RequestLine(created, method, log_safe(path), *rest)
             try:
-                self.stream.write(format_line(line) + "\n")
+                self.stream.write(self.formatters[number].format_request_line(line) + "\n")
             except Exception:
                 self.stream.write(f"{ACCESS_LOGGER_NAME}: {line.message()!r}\n")
 
@@ -155,9 +161,9 @@ class BufferedStderrHandler(logging.StreamHandler[TextIO]):
         takes = getattr(self.formatter, "takes_request_lines", None)
         return takes is not None and takes() is True
 
-    def emit_request_line(self, line: RequestLine) -> None:
+    def emit_request_line(self, line: tuple[object, ...]) -> None:
         """``line`` held for the next flush, as its record would be (``takes_request_lines``)."""
-        _stream().hold(self.formatter.format_request_line, line)  # type: ignore[union-attr]
+        _stream().hold(self.formatter, line)  # type: ignore[arg-type]
 
 
 def _buffered_stderr() -> TextIO:
