@@ -15,8 +15,9 @@ from typing import Any
 from starlette.applications import Starlette
 
 from loadonce.core.control import ModelControl
+from loadonce.core.declarations import check_model_specs
 from loadonce.core.limits import Limits
-from loadonce.core.registry import Registry, check_model_specs
+from loadonce.core.registry import Registry
 from loadonce.core.spec import ModelSpec
 from loadonce.http.access_keys import AccessKeys
 from loadonce.http.dependencies import undeclared_model_dependencies

@@ -29,11 +29,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from loadonce.core.observer import CallReport, GenerationReport
 from loadonce.http.call_metrics import CallMetrics, ModelStatistics, read_statistics
 from loadonce.http.generation_metrics import GenerationMetrics
+from loadonce.http.metrics_directory import MULTIPROCESS_DIR
 
 if TYPE_CHECKING:
     from loadonce.core.model import Model
 
-MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _STATES = ("pending", "loading", "ready", "reloading", "unloaded", "failed")

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -23,6 +21,9 @@ from loadonce.server.resolve import resolve_serve_config
 from loadonce.server.settings import LogLevel, ServeConfig
 from loadonce.server.supervisor import Supervisor
 from loadonce.server.worker_process import STARTUP_FAILED
+
+if TYPE_CHECKING:
+    import urllib.error
 
 _LOG_LEVELS: list[LogLevel] = ["critical", "error", "warning", "info", "debug", "trace"]
 # Exit status for a command line or config file that cannot be used (click uses 2 as well).
@@ -388,6 +389,10 @@ def reload(
         body["version"] = version
     if sha256 is not None:
         body["sha256"] = sha256
+    # Imported here: urllib brings ssl, which the supervisor of `--workers N` never needs.
+    import urllib.error
+    import urllib.request
+
     request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
         f"{url.rstrip('/')}/admin/models/{name}/reload",
         data=json.dumps(body).encode(),

@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from loadonce.core.declarations import check_runtime
 from loadonce.core.errors import ConfigError, describe_validation
-from loadonce.core.registry import check_runtime
 from loadonce.core.spec import ModelSpec
 from loadonce.runtimes import resolve_runtime
 from loadonce.server.settings import RayOptions, ServerOptions

@@ -22,17 +22,19 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from loadonce.core.control import ControlRequest, WorkerOutcome, apply_locally, changed_spec
-from loadonce.server.worker_process import HEARTBEAT, HEARTBEAT_INTERVAL_S
+from loadonce.server.worker_process import (
+    APPLIED,
+    APPLY,
+    CONTROL,
+    HEARTBEAT,
+    HEARTBEAT_INTERVAL_S,
+    RESULT,
+)
 
 if TYPE_CHECKING:
     from loadonce.core.registry import Registry  # the worker's; the supervisor holds none
 
 logger = logging.getLogger("loadonce")
-
-# Messages on a worker's pipe (tuples): worker -> supervisor ("control", op, request) and
-# ("applied", op, outcome); supervisor -> worker ("apply", op, request) and
-# ("result", op, outcomes).
-CONTROL, APPLY, APPLIED, RESULT = "control", "apply", "applied", "result"
 
 
 class SupervisedControl:

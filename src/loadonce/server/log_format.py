@@ -1,5 +1,9 @@
 """Logging for server mode: uvicorn's own configuration plus loadonce's loggers, in plain text
-or one JSON object per line (``log_format = "json"``), for log collectors."""
+or one JSON object per line (``log_format = "json"``), for log collectors.
+
+uvicorn is imported only to configure its own loggers (a worker's): the supervisor of
+``--workers N`` logs through the same formatters without it (uvicorn's import brings asyncio
+and ssl, about 9 MiB the supervisor never needs)."""
 
 from __future__ import annotations
 
@@ -9,12 +13,12 @@ import json.encoder
 import logging
 import os
 import re
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from uvicorn.config import LOGGING_CONFIG
-from uvicorn.logging import DefaultFormatter
+import click
 
 from loadonce.core.log_safe import log_safe
 from loadonce.http.request_line import ACCESS_LOGGER_NAME, RequestLine
@@ -34,15 +38,37 @@ class _Values:
         self.__dict__.update(values)
 
 
-class PlainFormatter(DefaultFormatter):
-    """uvicorn's formatter, with every message one line: a client-supplied value (a path, a
-    file name) can never start a forged line. A traceback, appended after, keeps its lines.
+# uvicorn's colours for a level's name (uvicorn.logging.ColourizedFormatter), so loadonce's
+# lines and uvicorn's look alike.
+_LEVEL_COLOURS = {
+    5: "blue",  # uvicorn's TRACE
+    logging.DEBUG: "cyan",
+    logging.INFO: "green",
+    logging.WARNING: "yellow",
+    logging.ERROR: "red",
+    logging.CRITICAL: "bright_red",
+}
 
-    Its ``levelprefix`` is set on the record itself: uvicorn's copies each record first,
-    a third of a request log line's cost (docs/benchmarks.md, "The request log")."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+class PlainFormatter(logging.Formatter):
+    """uvicorn's line (``%(levelprefix)s``: the level's name, coloured on a terminal, as
+    uvicorn's formatter writes it), with every message one line: a client-supplied value (a
+    path, a file name) can never start a forged line. A traceback, appended after, keeps its
+    lines.
+
+    Its ``levelprefix`` is set on the record itself: uvicorn's formatter copies each record
+    first, a third of a request log line's cost (docs/benchmarks.md, "The request log")."""
+
+    def __init__(
+        self,
+        fmt: str | None = None,
+        datefmt: str | None = None,
+        style: Literal["%", "{", "$"] = "%",
+        use_colors: bool | None = None,
+    ) -> None:
+        super().__init__(fmt=fmt, datefmt=datefmt, style=style)
+        # uvicorn's rule: as asked, else colours when standard output is a terminal.
+        self.use_colors = use_colors if use_colors is not None else sys.stdout.isatty()
         self._request_line_parts = self._parts_around_a_request_message()
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
@@ -81,7 +107,8 @@ class PlainFormatter(DefaultFormatter):
         return message
 
     def _level_prefix(self, name: str, number: int) -> str:
-        prefix = self.color_level_name(name, number) if self.use_colors else name
+        colour = _LEVEL_COLOURS.get(number) if self.use_colors else None
+        prefix = click.style(name, fg=colour) if colour is not None else name
         return f"{prefix}:{' ' * (8 - len(name))}"
 
 
@@ -155,16 +182,28 @@ class _SecondsText:
 _request_line_time = _SecondsText()
 
 
-def log_config(level: str, log_format: str = "plain") -> dict[str, Any]:
-    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+def log_config(level: str, log_format: str = "plain", *, uvicorn: bool = True) -> dict[str, Any]:
+    """The process's logging (``logging.config.dictConfig``). ``uvicorn``: uvicorn's loggers
+    too, as a process that runs uvicorn (a worker) needs; the supervisor's has loadonce's."""
+    config: dict[str, Any] = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {},
+        "handlers": {},
+        "loggers": {},
+    }
+    if uvicorn:
+        from uvicorn.config import LOGGING_CONFIG
+
+        config = copy.deepcopy(LOGGING_CONFIG)
+        config["formatters"]["default"]["()"] = f"{__name__}.PlainFormatter"
     config["formatters"]["loadonce"] = {
         "()": f"{__name__}.PlainFormatter",
         "fmt": "%(levelprefix)s [loadonce] %(message)s",
         "use_colors": None,
     }
-    config["formatters"]["default"]["()"] = f"{__name__}.PlainFormatter"
     if log_format == "json":
-        for name in ("default", "access", "loadonce"):
+        for name in config["formatters"]:  # uvicorn's "default" and "access", and loadonce's
             config["formatters"][name] = {"()": f"{__name__}.JsonFormatter"}
     # Buffered, flushed every 0.1 s and at once for warnings (log_stream.py): a write per line
     # cost the request log a third of its time.
@@ -187,6 +226,8 @@ def log_config(level: str, log_format: str = "plain") -> dict[str, Any]:
     # took a tenth of a request log line's cost (the pid, in JSON lines, is still recorded).
     logging.logThreads = False
     logging.logMultiprocessing = False
+    if not uvicorn:
+        return config
     # The worker logs why a startup failed in one line of its own (the model, its source, the
     # cause); uvicorn's "Application startup failed. Exiting." before it says nothing more.
     config["filters"] = {"startup_failed": {"()": f"{__name__}.WithoutStartupFailedLine"}}

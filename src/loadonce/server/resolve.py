@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from loadonce.core.declarations import check_model_specs
 from loadonce.core.errors import ConfigError
 from loadonce.core.imports import importable_from, is_reference
-from loadonce.core.registry import check_model_specs
 from loadonce.core.spec import ModelSpec
 from loadonce.server.config_file import is_config_file, read_config_file, spec_for_target
 from loadonce.server.demo import demo_spec

@@ -18,8 +18,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import anyio.to_thread
-
 logger = logging.getLogger("loadonce")
 
 # Set by the supervisor for its workers; absent, a worker loads at once.
@@ -80,6 +78,8 @@ async def one_worker_at_a_time() -> AsyncIterator[None]:
         yield
         return
     started = time.perf_counter()
+    import anyio.to_thread  # the worker's: the supervisor only names the lock
+
     # In a thread: the event loop stays free (signals, a stop while waiting).
     descriptor = await anyio.to_thread.run_sync(_take_a_turn, path)
     try:

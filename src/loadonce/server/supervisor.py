@@ -23,13 +23,10 @@ from multiprocessing.connection import wait
 from types import FrameType
 from typing import Any
 
-from prometheus_client.multiprocess import mark_process_dead
-
 from loadonce.core.artifacts import ArtifactRoots
 from loadonce.core.control import NOT_TRIED, ControlRequest, WorkerOutcome, changed_spec
 from loadonce.core.errors import LoadonceError
-from loadonce.http.metrics import MULTIPROCESS_DIR
-from loadonce.server.control_channel import APPLIED, APPLY, CONTROL, RESULT
+from loadonce.http.metrics_directory import MULTIPROCESS_DIR
 from loadonce.server.log_format import log_config
 from loadonce.server.plan import make_plan, usable_cpus
 from loadonce.server.settings import ServeConfig
@@ -41,7 +38,11 @@ from loadonce.server.sockets import (
 )
 from loadonce.server.stagger import LOCK_VARIABLE, allow_at_once
 from loadonce.server.worker_process import (
+    APPLIED,
+    APPLY,
+    CONTROL,
     GO,
+    RESULT,
     STARTUP_FAILED,
     STOP,
     become_subreaper,
@@ -92,7 +93,7 @@ class Supervisor:
 
     def run(self) -> int:
         options = self.config.server
-        logging.config.dictConfig(log_config(options.log_level, options.log_format))
+        logging.config.dictConfig(log_config(options.log_level, options.log_format, uvicorn=False))
         # Before the fork server starts: its orphaned children (workers) become ours.
         become_subreaper()
         workers: list[_Worker] = []
@@ -245,7 +246,7 @@ class Supervisor:
                 )
                 worker.gate.close()
                 # Its per-worker gauges (state, memory) leave /metrics with it.
-                mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+                _forget_metrics_of(worker.pid)
                 replacement = self._spawn()
                 workers[index] = replacement
                 self._wait_until_loaded([replacement])
@@ -357,3 +358,11 @@ class Supervisor:
                 worker.signal(signal.SIGKILL)
                 worker.join(10)
             worker.gate.close()
+
+
+def _forget_metrics_of(pid: int) -> None:
+    """A dead worker's live gauges leave the workers' metrics (prometheus-client's own way;
+    imported here, when a worker died: the supervisor serves no metrics itself)."""
+    from prometheus_client.multiprocess import mark_process_dead
+
+    mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -43,6 +43,11 @@ STOP = "stop"
 
 HEARTBEAT = "alive"
 HEARTBEAT_INTERVAL_S = 1.0
+
+# Model control on a worker's pipe (tuples, server/control_channel.py): worker -> supervisor
+# ("control", op, request) and ("applied", op, outcome); supervisor -> worker ("apply", op,
+# request) and ("result", op, outcomes).
+CONTROL, APPLY, APPLIED, RESULT = "control", "apply", "applied", "result"
 _PR_SET_CHILD_SUBREAPER = 36
 
 
