@@ -26,6 +26,7 @@ from loadonce.core.errors import (
     describe_validation,
 )
 from loadonce.core.spec import Batching, ModelSpec
+from loadonce.runtimes import resolve_runtime
 
 if TYPE_CHECKING:
     # Not imported with this module: the supervisor of `--workers N` reads its requests and
@@ -112,8 +113,6 @@ def changed_spec(spec: ModelSpec, request: ControlRequest, roots: ArtifactRoots)
             f"invalid change to model '{spec.name}': {describe_validation(exc)}"
         ) from None
     if artifact is not None:
-        from loadonce.runtimes import resolve_runtime  # the runtimes import their libraries
-
         try:
             runtime = resolve_runtime(changed)
         except ValueError as exc:
