@@ -63,12 +63,12 @@ def provider_for(options: TracingOptions) -> TracerProvider:
     if exporter == "console":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     elif exporter == "otlp":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from loadonce.tracing.otlp_exporter import InPlaceOtlpSpanExporter
 
         endpoint = None
         if options.endpoint is not None:
             endpoint = options.endpoint.rstrip("/") + "/v1/traces"
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        provider.add_span_processor(BatchSpanProcessor(InPlaceOtlpSpanExporter(endpoint=endpoint)))
     return provider
 
 
