@@ -25,6 +25,7 @@ from loadonce.core.errors import (
     describe_exception,
 )
 from loadonce.core.log_safe import log_safe
+from loadonce.http.json_answer import JSONAnswer
 from loadonce.http.request_info import (
     REQUEST_ID_HEADER,
     REQUEST_ID_SCOPE_KEY,
@@ -82,12 +83,12 @@ def error_headers(status: int, request_id: str | None) -> dict[str, str]:
 def error_response(status: int, message: str, request_id: str, **extra: Any) -> JSONResponse:
     """The JSON routes' error body: ``{"error", "request_id", ...extra}``."""
     body = {"error": message, "request_id": request_id, **extra}
-    return JSONResponse(body, status_code=status, headers=error_headers(status, request_id))
+    return JSONAnswer(body, status_code=status, headers=error_headers(status, request_id))
 
 
 def v2_error(status: int, message: str, request_id: str | None = None) -> JSONResponse:
     """The Open Inference Protocol's error body: ``{"error": "<message>"}``, always."""
-    return JSONResponse(
+    return JSONAnswer(
         {"error": message}, status_code=status, headers=error_headers(status, request_id)
     )
 
@@ -112,7 +113,7 @@ def openai_error(
     if status == 401 and code is None:
         code = "invalid_api_key"  # as OpenAI answers a missing or unknown key
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=error_headers(status, request_id))
+    return JSONAnswer(body, status_code=status, headers=error_headers(status, request_id))
 
 
 def status_and_message(exc: Exception, request: Request, request_id: str) -> tuple[int, str]:

@@ -129,6 +129,7 @@ class Metrics:
             registry=registry,
         )
         self._versions: dict[str, str] = {}
+        self._queue_children: dict[str, Gauge] = {}
         self.calls = CallMetrics(registry)
         self.generation = GenerationMetrics(registry)
 
@@ -151,7 +152,11 @@ class Metrics:
         children[1].observe(seconds)
 
     def queue_changed(self, model: str, queued_examples: int) -> None:
-        self.queue.labels(model).set(queued_examples)
+        # Each request changes it: the child is looked up once per model (as request_done's).
+        child = self._queue_children.get(model)
+        if child is None:
+            child = self._queue_children[model] = self.queue.labels(model)
+        child.set(queued_examples)
 
     def call_returned(self, model: str, report: CallReport) -> None:
         self.batch_size.labels(model).observe(report.examples)

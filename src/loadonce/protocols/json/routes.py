@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from typing import Annotated, Any
@@ -12,7 +11,7 @@ import pydantic_core
 from fastapi import APIRouter, Depends, Path
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from loadonce.core.errors import InvalidInputError, InvalidRequestError
 from loadonce.core.inputs import split_examples
@@ -23,6 +22,7 @@ from loadonce.core.signature import InputSignature
 from loadonce.http.dependencies import get_registry, registry_of
 from loadonce.http.disconnect import unless_disconnected
 from loadonce.http.endpoints import InferenceEndpoint, add_inference_route
+from loadonce.http.json_answer import JSONAnswer, json_text
 from loadonce.http.large_bodies import LARGE_BODY_BYTES, parse_body
 from loadonce.http.metrics import WorkerState
 from loadonce.http.request_info import arrival_of, requested_timeout, timeout_header_parameter
@@ -247,10 +247,10 @@ async def answer_predict(request: Request) -> Response:
     # second validation pass of large outputs would cost time on every request.
     with phase("encode"):
         if len(outputs) < _LARGE_ANSWER_EXAMPLES:
-            return JSONResponse(
+            return JSONAnswer(
                 {"model": model.name, "version": model.version, "outputs": to_jsonable(outputs)}
             )
-        head = _dumps({"model": model.name, "version": model.version})
+        head = json_text({"model": model.name, "version": model.version})
         encoded = await anyio.to_thread.run_sync(_encode_in_pieces, outputs)
         return Response(
             head[:-1].encode() + b',"outputs":' + encoded + b"}", media_type="application/json"
@@ -262,15 +262,10 @@ async def answer_predict(request: Request) -> Response:
 _LARGE_ANSWER_EXAMPLES = 4096
 
 
-def _dumps(value: Any) -> str:
-    # As Starlette's JSONResponse writes JSON.
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
 def _encode_in_pieces(outputs: list[Any]) -> bytes:
     step = _LARGE_ANSWER_EXAMPLES
     pieces = [
-        _dumps(to_jsonable(outputs[start : start + step]))[1:-1]
+        json_text(to_jsonable(outputs[start : start + step]))[1:-1]
         for start in range(0, len(outputs), step)
     ]
     return ("[" + ",".join(pieces) + "]").encode()

@@ -224,10 +224,14 @@ def _encode(
     return described, buffers
 
 
+# Made once: json.dumps with an option builds a new encoder per call (http/json_answer.py).
+_HEADER_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def _respond(header: dict[str, Any], buffers: list[bytes], accept_encoding: str) -> EncodedResponse:
     # NaN and infinities are written as JSON's common extension (NaN, Infinity), which
     # tritonclient reads; binary outputs carry them exactly.
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text = _HEADER_ENCODER.encode(header).encode("utf-8")
     headers: dict[str, str] = {}
     if buffers:
         body = b"".join([text, *buffers])
