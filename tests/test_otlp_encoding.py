@@ -9,7 +9,6 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -37,6 +36,7 @@ from loadonce.tracing.otlp_encoding import encode_spans
 from loadonce.tracing.otlp_exporter import InPlaceOtlpSpanExporter
 from tests.test_tracing import Doubler
 from tests.test_tracing_otlp import Receiver
+from tests.test_tracing_otlp import receiver as receiver  # the fixture
 
 
 class Colour(enum.IntEnum):
@@ -174,16 +174,6 @@ def test_served_requests_spans_are_encoded_as_the_sdk_encodes_them() -> None:
     assert any(s.name == "batch" and len(s.links) == 2 for s in spans)
     assert any(e.name == "exception" for s in spans for e in s.events)
     assert encode_spans(spans) == sdk_encode(spans)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def test_the_exporter_sends_the_request_the_sdk_would_send(receiver: Receiver) -> None:
