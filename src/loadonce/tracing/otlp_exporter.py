@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from loadonce.tracing.otlp_encoding import encode_spans
 
+# The SDK exporter's own logger: its messages read, and are configured, as they were.
 logger = logging.getLogger("opentelemetry.exporter.otlp.proto.http.trace_exporter")
 
 # What ``export`` uses of the SDK exporter's state, each as the SDK's own ``export`` does.
