@@ -137,6 +137,12 @@ class Runtime(ABC):
     def load(self, spec: ModelSpec) -> Predictor:
         """Load one instance of the model described by ``spec``; raise on any failure."""
 
+    def libraries_for(self, spec: ModelSpec) -> tuple[str, ...]:
+        """The libraries loading ``spec`` needs, imported once before the workers are forked
+        (``libraries`` unless the artifact's format decides: importing one a model does not
+        use costs its memory and start-up time for nothing)."""
+        return self.libraries
+
     def code_modules(self, spec: ModelSpec) -> tuple[str, ...]:
         """The modules of the model's own code that ``spec`` names (a loader, a factory):
         ``loadonce serve`` imports them once, like ``libraries``, in the process its workers

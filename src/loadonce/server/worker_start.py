@@ -37,7 +37,7 @@ FREEZE_MODULE = "loadonce.server.freeze_preloaded"
 
 
 def preloaded_modules(config: ServeConfig) -> list[str]:
-    """The worker's modules, then each configured runtime's libraries, each once; then the
+    """The worker's modules, then the libraries each model's load needs, each once; then the
     module that imports the user's code (``user_code_modules``); last, with ``gc_freeze``,
     the module that freezes them (the workers' collections leave them alone)."""
     modules = list(_WORKER_MODULES)
@@ -46,7 +46,7 @@ def preloaded_modules(config: ServeConfig) -> list[str]:
             runtime = resolve_runtime(spec)
         except (ValueError, OSError):
             continue  # the worker's load reports it, with the model's name
-        modules.extend(m for m in runtime.libraries if m not in modules)
+        modules.extend(m for m in runtime.libraries_for(spec) if m not in modules)
     if user_code_modules(config):
         modules.append(USER_CODE_MODULE)
     if config.server.gc_freeze:
