@@ -20,6 +20,7 @@ from loadonce.core.errors import LoadonceError
 from loadonce.core.memory import artifact_bytes, mapped_file_bytes
 from loadonce.core.model import Model
 from loadonce.core.registry import Registry
+from loadonce.server.allocator import map_large_blocks
 from loadonce.server.plan import ModelMeasure
 from loadonce.server.settings import ServeConfig
 from loadonce.server.user_app import load_app, serve_user_app
@@ -36,6 +37,7 @@ def measure_in_child(config: ServeConfig, pipe: Connection) -> None:
     # pid ..."). A failure comes back through the pipe, and the caller reports it.
     logging.getLogger("loadonce").disabled = True
     process = psutil.Process()
+    map_large_blocks(config.server.malloc_mmap_threshold)  # as a worker does
     # The fork server this child comes from holds the libraries once for every worker.
     libraries = int(psutil.Process(os.getppid()).memory_info().rss)
     registry = Registry(

@@ -23,6 +23,7 @@ from loadonce.core.errors import ConfigError, describe_validation
 from loadonce.core.limits import MIB, Limits
 from loadonce.core.spec import ModelSpec
 from loadonce.http.access_keys import AccessKeys
+from loadonce.server.allocator import MOST_THRESHOLD_BYTES
 from loadonce.tracing import TracingOptions, check_tracing
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
@@ -72,6 +73,11 @@ class ServerOptions(BaseModel):
     heartbeat_timeout_s: Annotated[float, Field(ge=2, allow_inf_nan=False)] = 30.0
     # Once started, leave the loaded models out of garbage collection (loadonce.core.collector).
     gc_freeze: bool = True
+    # Each worker's allocator gives blocks of this size or more back to the system when they
+    # are freed (server/allocator.py); 0 leaves glibc's default.
+    malloc_mmap_threshold: Annotated[MemorySize, Field(ge=0, le=MOST_THRESHOLD_BYTES)] = ByteSize(
+        4 * MIB
+    )
     # API keys (loadonce.http.access): SecretStr, so a repr or a validation error never shows them.
     api_keys: list[SecretStr] = Field(default_factory=list)
     admin_api_keys: list[SecretStr] = Field(default_factory=list)
@@ -234,6 +240,7 @@ _ENVIRONMENT_ONLY = {
     "stagger_loading": "LOADONCE_STAGGER_LOADING",
     "memory_plan": "LOADONCE_MEMORY_PLAN",
     "gc_freeze": "LOADONCE_GC_FREEZE",
+    "malloc_mmap_threshold": "LOADONCE_MALLOC_MMAP_THRESHOLD",
     "artifact_roots": "LOADONCE_ARTIFACT_ROOTS",
     "allowed_hosts": "LOADONCE_ALLOWED_HOSTS",
     "max_artifact_bytes": "LOADONCE_MAX_ARTIFACT_BYTES",

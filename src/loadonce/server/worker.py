@@ -25,6 +25,7 @@ from loadonce.core.control import ModelControl
 from loadonce.core.model import Model
 from loadonce.core.registry import Registry
 from loadonce.http.lifespan import lifespan_of
+from loadonce.server.allocator import map_large_blocks
 from loadonce.server.control_channel import SupervisedControl
 from loadonce.server.http_protocol import guarded_protocol
 from loadonce.server.log_format import log_config
@@ -123,6 +124,7 @@ def run_worker(
     a worker under the supervisor stops (draining what it accepted) when a model's call
     hangs, and the supervisor starts a fresh one in its place."""
     options = config.server
+    map_large_blocks(options.malloc_mmap_threshold)
     registry = Registry(
         config.models,
         unloaded=config.unloaded,
