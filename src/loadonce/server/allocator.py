@@ -8,7 +8,11 @@ distance array per query row), later ones of that size come from a heap of the m
 and stay resident between calls: each worker kept 25-50 MiB it no longer used (measured,
 docs/benchmarks.md). A fixed threshold keeps large blocks mapped, so freeing them gives them
 back; a heap keeps up to twice the threshold free at its top (glibc's own ratio), so that
-smaller blocks are reused instead of going back to the system at every call.
+smaller blocks are reused instead of going back to the system at every call. The default
+(16 MiB, ``ServerOptions.malloc_mmap_threshold``) leaves blocks below it to the heaps, as
+glibc's default does once it has seen them: mapping a block anew costs a page fault per 4 KiB
+at every call, and at 4 MiB (a PyTorch MLP's 8 MiB activations mapped anew) its calls were
+12-17% slower (``python -m bench.allocator``).
 """
 
 from __future__ import annotations

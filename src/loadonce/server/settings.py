@@ -76,7 +76,7 @@ class ServerOptions(BaseModel):
     # Each worker's allocator gives blocks of this size or more back to the system when they
     # are freed (server/allocator.py); 0 leaves glibc's default.
     malloc_mmap_threshold: Annotated[MemorySize, Field(ge=0, le=MOST_THRESHOLD_BYTES)] = ByteSize(
-        4 * MIB
+        16 * MIB
     )
     # API keys (loadonce.http.access): SecretStr, so a repr or a validation error never shows them.
     api_keys: list[SecretStr] = Field(default_factory=list)
