@@ -410,7 +410,8 @@ class Batcher:
         watched: _Call,
     ) -> None:
         """On the loop, when a batch's call returned: start the next batch first (the model
-        works while this one's answers go out), then answer each request of this one."""
+        works while this one's answers go out), then answer each request of this one, then
+        (``_account``) measure and trace the call."""
         self._running.discard(watched)
         if watched.hung:
             self._hung -= 1  # its slot was given back when it was found hung
@@ -428,11 +429,6 @@ class Batcher:
             failure = exc
         else:
             self._observe(timing.total_s)
-            if self.observer is not None:
-                self._report(batch, outcomes, timing)
-        if watched.trace is not None and self.tracer is not None:
-            errors = [failure] if failure is not None else [o.error for o in outcomes if o.error]
-            self.tracer.call_ended(watched.trace, timing, errors)
         try:
             self._dispatch_ready()
         finally:
@@ -447,6 +443,28 @@ class Batcher:
                     request.future.set_result(outcomes[index].outputs or [])
             self._note_if_idle()
             self._wakeup.set()
+            # After the answers: the requests' tasks were woken first, so each answer leaves
+            # before the call's metrics and trace are written (at one connection, the
+            # metrics of a call were 40-60 µs of a request's 400-600 on the loop). Nothing
+            # read before the next loop step misses them.
+            asyncio.get_running_loop().call_soon(
+                self._account, batch, outcomes, timing, watched.trace, failure
+            )
+
+    def _account(
+        self,
+        batch: list[_Request],
+        outcomes: list[_Outcome],
+        timing: CallTiming | None,
+        trace: object | None,
+        failure: Exception | None,
+    ) -> None:
+        """A returned call's metrics and its span."""
+        if timing is not None and self.observer is not None:
+            self._report(batch, outcomes, timing)
+        if trace is not None and self.tracer is not None:
+            errors = [failure] if failure is not None else [o.error for o in outcomes if o.error]
+            self.tracer.call_ended(trace, timing, errors)
 
     def _fill_wait(self) -> float:
         """How long the next call may wait for a fuller batch after one returned: as set, or

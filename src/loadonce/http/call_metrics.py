@@ -65,6 +65,19 @@ class ModelStatistics:
     batches: dict[int, BatchStatistics] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _CallSeries:
+    """The children a call of one model and size writes to."""
+
+    queue: Any
+    duration: Any
+    computed: Any
+    compute: tuple[Any, ...]  # per phase
+    calls: Any
+    call_compute: tuple[Any, ...]  # per phase
+    last_call: Any
+
+
 class CallMetrics:
     """The series of the models' calls and requests, in ``registry`` (None: the default one,
     which multiprocess mode reads from every worker's files)."""
@@ -129,8 +142,10 @@ class CallMetrics:
             registry=registry,
         )
         # prometheus-client's labels() costs more than an increment (http/metrics.py): each
-        # child is looked up once. The keys are bounded as the labels are.
+        # child is looked up once, and a call's series once per model and call size (one
+        # lookup per call instead of eleven). The keys are bounded as the labels are.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._per_call: dict[tuple[str, int], _CallSeries] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), labels)
@@ -139,23 +154,39 @@ class CallMetrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
+    def _series(self, model: str, examples: int) -> _CallSeries:
+        found = self._per_call.get((model, examples))
+        if found is None:
+            size = str(examples)
+            found = self._per_call[(model, examples)] = _CallSeries(
+                queue=self._child(self.queue, model),
+                duration=self._child(self.call_duration, model),
+                computed=self._child(self.computed, model),
+                compute=tuple(self._child(self.compute, model, phase) for phase in PHASES),
+                calls=self._child(self.batch_calls, model, size),
+                call_compute=tuple(
+                    self._child(self.batch_compute, model, size, phase) for phase in PHASES
+                ),
+                last_call=self._child(self.last_call, model),
+            )
+        return found
+
     def call_returned(self, model: str, report: CallReport) -> None:
-        queue = self._child(self.queue, model)
+        # The size label takes as many values as the sizes of calls the model made: at most
+        # its max_request_examples (or max_batch_size), an operator's setting.
+        series = self._series(model, report.examples)
         for waited in report.queued_s:
-            queue.observe(waited)
+            series.queue.observe(waited)
         phases = (report.input_s, report.infer_s, report.output_s)
-        self._child(self.call_duration, model).observe(sum(phases))
+        series.duration.observe(sum(phases))
         if report.answered:
-            self._child(self.computed, model).inc(report.answered)
-            for phase, seconds in zip(PHASES, phases, strict=True):
-                self._child(self.compute, model, phase).inc(seconds * report.answered)
-        # The label takes as many values as the sizes of calls the model made: at most its
-        # max_request_examples (or max_batch_size), an operator's setting.
-        size = str(report.examples)
-        self._child(self.batch_calls, model, size).inc()
-        for phase, seconds in zip(PHASES, phases, strict=True):
-            self._child(self.batch_compute, model, size, phase).inc(seconds)
-        self._child(self.last_call, model).set(report.finished_at)
+            series.computed.inc(report.answered)
+            for counter, seconds in zip(series.compute, phases, strict=True):
+                counter.inc(seconds * report.answered)
+        series.calls.inc()
+        for counter, seconds in zip(series.call_compute, phases, strict=True):
+            counter.inc(seconds)
+        series.last_call.set(report.finished_at)
 
     def request_finished(self, model: str, ok: bool, seconds: float) -> None:
         self._child(self.outcomes, model, "success" if ok else "fail").observe(seconds)

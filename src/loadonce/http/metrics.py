@@ -130,6 +130,7 @@ class Metrics:
         )
         self._versions: dict[str, str] = {}
         self._queue_children: dict[str, Gauge] = {}
+        self._batch_size_children: dict[str, Histogram] = {}
         self.calls = CallMetrics(registry)
         self.generation = GenerationMetrics(registry)
 
@@ -159,7 +160,10 @@ class Metrics:
         child.set(queued_examples)
 
     def call_returned(self, model: str, report: CallReport) -> None:
-        self.batch_size.labels(model).observe(report.examples)
+        child = self._batch_size_children.get(model)
+        if child is None:
+            child = self._batch_size_children[model] = self.batch_size.labels(model)
+        child.observe(report.examples)
         self.calls.call_returned(model, report)
 
     def request_finished(self, model: str, ok: bool, seconds: float) -> None:
