@@ -29,11 +29,13 @@ def _modules_for(artifact: str) -> list[str]:
 def test_a_pickle_preloads_joblib_and_estimators_and_a_skops_file_preloads_skops() -> None:
     for pickle in ("forest.joblib", "forest.pkl", "forest.PICKLE"):
         modules = _modules_for(pickle)
-        assert "joblib" in modules and "sklearn.ensemble" in modules, modules
+        assert "joblib" in modules, modules
+        assert "sklearn.ensemble" in modules, modules
         assert "skops.io" not in modules, modules
     modules = _modules_for("forest.skops")
     assert "skops.io" in modules, modules
-    assert "joblib" not in modules and "sklearn.ensemble" not in modules, modules
+    assert "joblib" not in modules, modules
+    assert "sklearn.ensemble" not in modules, modules
 
 
 def _mapped_files(process: psutil.Process) -> set[str]:
@@ -71,7 +73,8 @@ def test_a_joblib_models_workers_share_its_estimators_modules_and_load_no_pytorc
         processes = [supervisor, *supervisor.children(recursive=True)]
         workers = [p for p in processes if p.ppid() != supervisor.pid and p is not supervisor]
         parents = {worker.ppid() for worker in workers}
-        assert len(workers) == 2 and len(parents) == 1, [p.cmdline() for p in processes]
+        assert len(workers) == 2, [p.cmdline() for p in processes]
+        assert len(parents) == 1, [p.cmdline() for p in processes]
         fork_server = psutil.Process(parents.pop())
         # The neighbours' compiled modules were imported before the workers were forked.
         assert any("/sklearn/neighbors/" in path for path in _mapped_files(fork_server))
