@@ -21,6 +21,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.neighbors import KNeighborsClassifier
 
 import loadonce
+from loadonce.server.settings import ServerOptions
 from tests.servers import CliServer, cli_env, serving
 
 MIB = 1 << 20
@@ -139,13 +140,20 @@ def test_two_workers_hold_one_copy_of_mapped_weights(
     mappings.enter_context(_mapped_by_this_process(*big))
     with mappings, serving([str(_config(tmp_path, artifacts))], tmp_path, env=env) as server:
         # No worker's load made a private copy of the weights: its unique memory grew by
-        # less than 10% of their size (each copying load grew by about all of it).
+        # less than 10% of their size (each copying load grew by about all of it), besides
+        # the warm-up's freed temporaries that the allocator keeps for the next call (about
+        # 20 MB for the neighbours search here, with glibc's default as with the worker's
+        # threshold: a heap keeps up to twice malloc_mmap_threshold free).
+        kept = 2 * ServerOptions.model_fields["malloc_mmap_threshold"].default
         for name in ("big_torch", "big_sklearn"):
             size = artifacts[name].stat().st_size
             shared_loads = _load_uss_by_worker(server, name)
             copied_loads = _load_uss_by_worker(server, f"{name}_private")
             assert len(shared_loads) == len(copied_loads) == 2, (shared_loads, copied_loads)
-            assert all(uss < 0.1 * size for uss in shared_loads.values()), (name, shared_loads)
+            assert all(uss < 0.1 * size + kept for uss in shared_loads.values()), (
+                name,
+                shared_loads,
+            )
             assert all(uss > 0.9 * size for uss in copied_loads.values()), (name, copied_loads)
         mappings.close()  # from here on, the workers are the only processes mapping them
 
