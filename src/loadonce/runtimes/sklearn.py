@@ -271,7 +271,6 @@ _ESTIMATOR_FAMILIES = tuple(
 class SklearnRuntime(Runtime):
     name = "sklearn"
     options = frozenset({"trusted_types", "method", "columns"})
-    libraries = ("sklearn", "joblib", "skops.io")
     suffixes = SKOPS_SUFFIXES + PICKLE_SUFFIXES
     # A fitted estimator only reads its attributes in predict, and NumPy releases the GIL, so
     # one instance serves concurrent calls.

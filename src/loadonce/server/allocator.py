@@ -44,7 +44,7 @@ def map_large_blocks(threshold: int) -> bool:
     mallopt = libc.mallopt
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    trim = min(2 * threshold, 2**31 - 1)
+    trim = 2 * threshold  # at most 64 MiB: ServerOptions caps the threshold at 32
     if mallopt(_M_MMAP_THRESHOLD, threshold) == 1 and mallopt(_M_TRIM_THRESHOLD, trim) == 1:
         return True
     logger.warning("glibc refused an mmap threshold of %d bytes; its default is kept", threshold)
