@@ -1,7 +1,8 @@
 """With several workers, the libraries a model's load needs are imported once, in the process
 the workers are forked from, and only those: a joblib file's server neither imports skops
 (which imports every scikit-learn module, and PyTorch with them when it is installed) nor
-leaves its estimator's modules for each worker to import privately."""
+leaves its estimator's modules for each worker to import privately; and the supervisor, which
+only checks the declarations and watches the workers, imports no NumPy."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def _mapped_files(process: psutil.Process) -> set[str]:
     return {mapping.path for mapping in process.memory_maps(grouped=True)}
 
 
-def test_a_joblib_models_workers_share_its_estimators_modules_and_load_no_pytorch(
+def test_joblib_workers_share_estimator_modules_load_no_pytorch_and_supervisor_no_numpy(
     tmp_path: Path,
 ) -> None:
     rng = np.random.default_rng(0)
@@ -78,6 +79,9 @@ def test_a_joblib_models_workers_share_its_estimators_modules_and_load_no_pytorc
         fork_server = psutil.Process(parents.pop())
         # The neighbours' compiled modules were imported before the workers were forked.
         assert any("/sklearn/neighbors/" in path for path in _mapped_files(fork_server))
+        # NumPy (14 MiB) is the workers': the supervisor checked the declaration without it.
+        assert not any("numpy" in path for path in _mapped_files(supervisor))
+        assert any("numpy" in path for path in _mapped_files(workers[0]))
         for process in processes:
             torch_libraries = [p for p in _mapped_files(process) if "libtorch" in p]
             assert torch_libraries == [], (process.cmdline(), torch_libraries)

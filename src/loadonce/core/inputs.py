@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any
 
 from loadonce.core.errors import InvalidInputError
 from loadonce.core.number_conversion import LossyConversionError, convert_numbers
 from loadonce.core.signature import InputSignature, TensorInfo
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 
 def split_examples(
@@ -111,6 +111,8 @@ def as_typed_batch(
 
 
 def _convert(examples: list[Any], dtype: str | None) -> npt.NDArray[Any]:
+    import numpy as np
+
     if dtype == "string":
         raw = np.asarray(examples, dtype=object)
         if not all(isinstance(v, str) for v in raw.reshape(-1)):

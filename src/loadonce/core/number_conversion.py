@@ -9,10 +9,11 @@ range (``1e400``); ``true`` and ``false`` are not numbers.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 
 class LossyConversionError(ValueError):
@@ -39,6 +40,8 @@ def holds_booleans(data: Any) -> bool:
 
 def convert_numbers(raw: npt.NDArray[Any], target: np.dtype[Any], data: Any) -> npt.NDArray[Any]:
     """``raw`` (``np.asarray(data)``) as ``target``, or LossyConversionError."""
+    import numpy as np
+
     kind = raw.dtype.kind
     if target.kind == "b":
         if kind != "b" and raw.size:

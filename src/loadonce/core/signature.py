@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 _KIND_WORDS = {"f": "numbers", "i": "integers", "u": "non-negative integers", "b": "booleans"}
 
 
 def dtype_words(dtype: str | None) -> str:
     """How a message names the values of a dtype: 'numbers', 'integers', 'strings'..."""
+    import numpy as np
+
     if dtype is None:
         return "values"
     if dtype == "string":

@@ -1,4 +1,9 @@
-"""Runtimes: one module per model library, chosen by name or by the artifact's suffix."""
+"""Runtimes: one module per model library, chosen by name or by the artifact's suffix.
+
+The supervisor of ``--workers N`` imports this package to check each declaration and name the
+fork server's preload list, and holds no array: the runtimes (and the core modules they use)
+import NumPy in the functions that handle arrays, so it stays out of the supervisor.
+"""
 
 from __future__ import annotations
 

@@ -6,8 +6,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
-import numpy as np
-
 from loadonce.core.generation import GenerationEngine, GenerationRequest, IteratorEngine
 from loadonce.core.inputs import as_typed_batch
 from loadonce.core.signature import InputSignature, TensorInfo
@@ -60,6 +58,8 @@ class Predictor(ABC):
         The default handles lists, NumPy arrays and dicts of them. If it raises (say, arrays
         whose variable dimension differs), those requests are predicted one by one instead.
         """
+        import numpy as np
+
         first = batches[0]
         if isinstance(first, np.ndarray):
             return np.concatenate(batches)

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any
 
 from loadonce.core.errors import InvalidInputError
 from loadonce.core.imports import import_optional
 from loadonce.runtimes._base import TensorInfo
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 # What an operator may declare a column as: the dtypes both protocols carry.
 COLUMN_DTYPES = ("float64", "float32", "int64", "int32", "bool", "string")
@@ -62,6 +62,8 @@ class Columns:
 def fitted_column_names(estimator: Any) -> list[str] | None:
     """The columns an estimator was fitted on, when it was fitted on a DataFrame whose
     column names are all strings (scikit-learn records no names otherwise)."""
+    import numpy as np
+
     names = getattr(estimator, "feature_names_in_", None)
     if not isinstance(names, np.ndarray) or names.ndim != 1 or not len(names):
         return None
@@ -158,6 +160,8 @@ def _first_step(estimator: Any) -> Any:
 
 def _selected(selection: Any, all_names: list[str]) -> list[str] | None:
     """The column names a ColumnTransformer's fitted entry selects, or None if unsure."""
+    import numpy as np
+
     if isinstance(selection, str):
         return [selection] if selection in all_names else None
     if isinstance(selection, slice):
@@ -177,6 +181,8 @@ def _selected(selection: Any, all_names: list[str]) -> list[str] | None:
 def _encoder_in(step: Any, width: int) -> Any:
     """The encoder that learnt one list of categories per selected column: the step itself,
     or the first such step of a pipeline (an imputer before it keeps the columns' types)."""
+    import numpy as np
+
     for candidate in [step, *[s for _, s in getattr(step, "steps", None) or []]]:
         categories = getattr(candidate, "categories_", None)
         if (

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any
 
 from loadonce.core.errors import InvalidInputError
 from loadonce.core.inputs import as_typed_batch
 from loadonce.runtimes._base import InputSignature, TensorInfo
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 
 def example_signature(tensor: TensorInfo) -> InputSignature:
@@ -49,6 +49,8 @@ def stack_named_inputs(
 def batch_rows(named: Sequence[tuple[str, Any]], count: int) -> list[tuple[Any, ...]]:
     """Row i of every batch-first array, for each example i; an array without a batch
     dimension of ``count`` is the model's error, said with the array's name."""
+    import numpy as np
+
     for name, array in named:
         if np.ndim(array) == 0 or len(array) != count:
             raise RuntimeError(

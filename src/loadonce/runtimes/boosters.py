@@ -18,8 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from loadonce.core.errors import InvalidInputError
 from loadonce.core.imports import import_optional
 from loadonce.core.spec import ModelSpec
@@ -142,6 +140,8 @@ class CatBoostPredictor(BoosterPredictor):
         self._refuses_nan = refuses_nan
 
     def prepare(self, examples: list[Any]) -> Any:
+        import numpy as np
+
         batch = super().prepare(examples)
         if self._refuses_nan and isinstance(batch, np.ndarray) and np.isnan(batch).any():
             raise InvalidInputError(

@@ -7,8 +7,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from loadonce.core.errors import InvalidInputError
 from loadonce.core.imports import import_optional
 from loadonce.core.integrity import file_sha256
@@ -78,6 +76,8 @@ class EstimatorPredictor(Predictor):
             self.request_parameters = frozenset({SELECTED_OUTPUTS})
 
     def prepare(self, examples: list[Any]) -> Any:
+        import numpy as np
+
         if self._columns is not None:
             return self._prepare_columns(examples, self._columns)
         batch = super().prepare(examples)
@@ -89,6 +89,8 @@ class EstimatorPredictor(Predictor):
         return batch
 
     def _prepare_columns(self, examples: list[Any], columns: Columns) -> dict[str, Any]:
+        import numpy as np
+
         if len(self.inputs) == 1:
             # One column: the Open Inference Protocol's rows are its values, not objects.
             name = self.inputs[0].name
@@ -131,6 +133,8 @@ class EstimatorPredictor(Predictor):
 def _outputs_of(estimator: Any, method: str, named: list[str]) -> list[TensorInfo]:
     """A classifier's outputs, from its fitted classes: the configured method's first (the
     one a request that picks none gets), then its other named methods."""
+    import numpy as np
+
     classes = getattr(estimator, "classes_", None)
     if not isinstance(classes, np.ndarray) or classes.ndim != 1:
         return []
@@ -229,6 +233,8 @@ def compression_of(path: Path) -> str | None:
 def mapped_array_bytes(value: Any, depth: int = 4, seen: set[int] | None = None) -> int:
     """The bytes of the arrays mapped from its file that an estimator (or a pipeline of
     them) holds, each counted once."""
+    import numpy as np
+
     seen = set() if seen is None else seen
     if isinstance(value, np.memmap):
         if id(value) in seen:

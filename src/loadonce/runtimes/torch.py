@@ -9,8 +9,6 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from loadonce.core.errors import InvalidInputError
 from loadonce.core.imports import import_object, import_optional
 from loadonce.core.inputs import as_typed_batch
@@ -58,6 +56,8 @@ class TorchPredictor(Predictor):
         self.inputs = list(named_inputs)
 
     def prepare(self, examples: list[Any]) -> Any:
+        import numpy as np
+
         torch = import_optional("torch", extra="torch")
         if self.inputs:
             stacked = stack_named_inputs(examples, self.inputs)
@@ -93,6 +93,8 @@ def _padded(torch: Any, tensor: Any, size: int) -> Any:
 
 def _shape_of(examples: list[Any]) -> tuple[int | None, ...]:
     """Without a declared input_shape, any shape is accepted as long as the examples agree."""
+    import numpy as np
+
     try:
         return tuple(None for _ in np.shape(examples[0]))
     except ValueError:

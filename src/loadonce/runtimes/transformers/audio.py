@@ -7,14 +7,15 @@ convolutions is a 400: the shortest clip the model answers is measured at load.
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any
 
 from loadonce.core.errors import InvalidInputError
 from loadonce.core.inputs import as_typed_batch
 from loadonce.core.signature import InputSignature
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 CLIP = InputSignature(shape=(None,), dtype="float32")
 # The longest clip a request may send unless the operator says otherwise (options.max_seconds):
@@ -24,6 +25,8 @@ DEFAULT_MAX_SECONDS = 30.0
 
 def clip_samples(example: Any, index: int) -> npt.NDArray[np.float32]:
     """One example's samples, as float32, checked: one dimension, finite numbers."""
+    import numpy as np
+
     samples = example
     if isinstance(samples, np.ndarray) and samples.ndim != 1:
         raise InvalidInputError(f"example {index}: a clip is one row of samples")
@@ -41,6 +44,8 @@ def shortest_clip(answers: Any, sampling_rate: int) -> int | None:
     (a model's convolutions need a few): None when even a second fails."""
 
     def works(length: int) -> bool:
+        import numpy as np
+
         try:
             answers(np.zeros(length, dtype=np.float32))
         except Exception:  # what a model raises for too short an input varies
