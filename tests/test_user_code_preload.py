@@ -5,6 +5,7 @@ with the model's name and the module's error, as it did when only the workers im
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -12,7 +13,12 @@ import httpx2 as httpx
 import psutil
 
 from loadonce.server.settings import ServeConfig
-from loadonce.server.worker_start import USER_CODE_MODULE, preloaded_modules, user_code_modules
+from loadonce.server.worker_start import (
+    FREEZE_MODULE,
+    USER_CODE_MODULE,
+    preloaded_modules,
+    user_code_modules,
+)
 from tests.servers import run_cli, serving
 
 # Written into the test's directory (the server's working directory, so importable): each
@@ -61,6 +67,57 @@ def test_a_loaders_module_is_imported_once_for_all_workers(tmp_path: Path) -> No
         workers = [p for p in processes if p.ppid() in importers]
         assert len(importers) == 1, importers
         assert len(workers) == 2, [p.cmdline() for p in processes]
+
+
+# Records the modules its process holds: once when imported (in the fork server, after the
+# worker's modules and the libraries), once at each prediction (in the worker that answers).
+_MODULES_RECORDING_LOADER = """
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _record(when):
+    path = Path(os.environ["MODULES_DIR"], f"{when}-{os.getpid()}.json")
+    path.write_text(json.dumps(sorted(sys.modules)))
+
+
+_record("imported")
+
+
+def loader():
+    def predict(batch):
+        _record("predicted")
+        return [x * 2 for x in batch]
+
+    return predict
+"""
+
+
+def test_a_serving_worker_imports_nothing_its_fork_server_did_not(tmp_path: Path) -> None:
+    # What a worker imports after it is forked (uvicorn's loop and protocols, anyio's backend,
+    # the pieces FastAPI imports when it builds routes) is its own, in every worker: the fork
+    # server imports it once for all of them (3.8 MiB a worker).
+    (tmp_path / "modules_loader.py").write_text(_MODULES_RECORDING_LOADER)
+    recorded = tmp_path / "modules"
+    recorded.mkdir()
+    config = _config(tmp_path, "modules_loader", workers=2)
+    with serving([str(config)], tmp_path, env={"MODULES_DIR": str(recorded)}) as server:
+        for value in range(4):
+            answer = httpx.post(f"{server.url}/models/doubled/predict", json={"inputs": [value]})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["outputs"] == [value * 2]
+    (imported,) = recorded.glob("imported-*.json")
+    in_fork_server = set(json.loads(imported.read_text()))
+    predicted = list(recorded.glob("predicted-*.json"))
+    assert predicted
+    # Imported by the fork server after the user's code: the module that freezes what the
+    # imports built; by multiprocessing itself to start the child: its process classes.
+    later = {FREEZE_MODULE, "multiprocessing.popen_fork", "multiprocessing.popen_forkserver"}
+    for record in predicted:
+        only_in_worker = set(json.loads(record.read_text())) - in_fork_server - later
+        assert only_in_worker == set(), sorted(only_in_worker)
 
 
 def test_a_loader_that_fails_at_import_still_fails_the_start_naming_it(tmp_path: Path) -> None:

@@ -23,8 +23,25 @@ from loadonce.runtimes import resolve_runtime
 from loadonce.server.settings import ServeConfig
 
 # Imported by the fork server whatever the models: the worker's own code (FastAPI, uvicorn,
-# Pydantic, NumPy come with it).
-_WORKER_MODULES = ("loadonce.server.worker",)
+# Pydantic, NumPy come with it), then what that code imports only once a worker runs: uvicorn's
+# loop, lifespan and WebSocket implementations (chosen by name when its config is loaded),
+# anyio's asyncio backend (at the first call handed to a thread), the pydantic.v1 FastAPI looks
+# into when it builds routes, the log's buffered handler (named in the logging config). Each
+# worker imported them itself, 3.8 MiB of private memory each; one a library no longer has is
+# skipped (multiprocessing's fork server ignores a preload that fails to import).
+_WORKER_MODULES = (
+    "loadonce.server.worker",
+    "loadonce.server.log_stream",
+    "uvicorn.loops.auto",
+    "uvicorn.loops.uvloop",
+    "uvloop",
+    "uvicorn.lifespan.on",
+    "uvicorn.protocols.websockets.auto",
+    "anyio._backends._asyncio",
+    "concurrent.futures.thread",
+    "pydantic.v1",
+    "fastapi.telemetry._runtime",
+)
 
 
 # Imported after the libraries: the user's own code (preload_user_code.py), each module named
