@@ -19,7 +19,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import (
     AnyValue,
     ArrayValue,
-    InstrumentationScope,
     KeyValue,
     KeyValueList,
 )
@@ -27,7 +26,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, SpanFlags
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope as SdkScope
-from opentelemetry.trace import SpanContext, SpanKind
+from opentelemetry.trace import SpanContext, SpanKind, Status
 
 logger = logging.getLogger(__name__)
 
@@ -63,68 +62,93 @@ def _group(
 ) -> ScopeSpans:
     found = by_value.get(resource)
     if found is None:
-        resource_spans = request.resource_spans.add(schema_url=resource.schema_url)
-        resource_spans.resource.attributes.extend(_key_values(resource.attributes))
+        resource_spans = request.resource_spans.add(
+            schema_url=resource.schema_url,
+            resource={"attributes": _key_values(resource.attributes)},
+        )
         found = by_value[resource] = (resource_spans, {})
     resource_spans, scopes = found
     group = scopes.get(scope)
     if group is None:
-        group = resource_spans.scope_spans.add(schema_url=scope.schema_url if scope else None)
-        group.scope.CopyFrom(_scope(scope))
+        group = resource_spans.scope_spans.add(
+            schema_url=scope.schema_url if scope else None, scope=_scope(scope)
+        )
         scopes[scope] = group
     return group
 
 
-def _scope(scope: SdkScope | None) -> InstrumentationScope:
+def _scope(scope: SdkScope | None) -> dict[str, Any]:
+    """The scope's message, for its group's ``add``."""
     if scope is None:
-        return InstrumentationScope()
-    return InstrumentationScope(
-        name=scope.name,
-        version=scope.version or "",  # "": not set
-        attributes=_key_values(scope.attributes),
-    )
+        return {}
+    return {
+        "name": scope.name,
+        "version": scope.version or "",  # "": not set
+        "attributes": _key_values(scope.attributes),
+    }
 
 
 def _add_span(group: ScopeSpans, span: ReadableSpan) -> None:
+    """The span's message, built by one ``add``: its events, links and status as dicts that
+    protobuf turns into messages in place (each ``add`` or field set from Python costs a
+    call). An empty list is not passed (an empty repeated field is what it would write)."""
     context = span.context
     parent = span.parent
     assert context is not None  # a finished span has its ids
-    encoded = group.spans.add(
-        trace_id=context.trace_id.to_bytes(16, "big"),
-        span_id=context.span_id.to_bytes(8, "big"),
-        trace_state=_trace_state(context),
-        parent_span_id=parent.span_id.to_bytes(8, "big") if parent is not None else None,
-        name=span.name,
-        kind=_KINDS[span.kind],
-        start_time_unix_nano=span.start_time,
-        end_time_unix_nano=span.end_time,
-        attributes=_key_values(span.attributes),
-        dropped_attributes_count=span.dropped_attributes,
-        dropped_events_count=span.dropped_events,
-        dropped_links_count=span.dropped_links,
-        flags=_REMOTE if parent is not None and parent.is_remote else _HAS_IS_REMOTE,
-    )
     status = span.status
+    fields: dict[str, Any] = {
+        "trace_id": context.trace_id.to_bytes(16, "big"),
+        "span_id": context.span_id.to_bytes(8, "big"),
+        "name": span.name,
+        "kind": _KINDS[span.kind],
+        "start_time_unix_nano": span.start_time,
+        "end_time_unix_nano": span.end_time,
+        "dropped_attributes_count": span.dropped_attributes,
+        "dropped_events_count": span.dropped_events,
+        "dropped_links_count": span.dropped_links,
+        "flags": _REMOTE if parent is not None and parent.is_remote else _HAS_IS_REMOTE,
+    }
+    if parent is not None:
+        fields["parent_span_id"] = parent.span_id.to_bytes(8, "big")
+    trace_state = _trace_state(context)
+    if trace_state is not None:
+        fields["trace_state"] = trace_state
     if status is not None:
-        encoded.status.code = status.status_code.value
-        if status.description:
-            encoded.status.message = status.description
-    for event in span.events:
-        encoded.events.add(
-            name=event.name,
-            time_unix_nano=event.timestamp,
-            attributes=_key_values(event.attributes),
-            dropped_attributes_count=event.dropped_attributes,
-        )
-    for link in span.links:
-        target = link.context
-        encoded.links.add(
-            trace_id=target.trace_id.to_bytes(16, "big"),
-            span_id=target.span_id.to_bytes(8, "big"),
-            attributes=_key_values(link.attributes),
-            dropped_attributes_count=link.dropped_attributes,
-            flags=_REMOTE if target.is_remote else _HAS_IS_REMOTE,
-        )
+        fields["status"] = _status(status)
+    attributes = span.attributes
+    if attributes:
+        fields["attributes"] = _key_values(attributes)
+    events = span.events
+    if events:
+        fields["events"] = [
+            {
+                "name": event.name,
+                "time_unix_nano": event.timestamp,
+                "attributes": _key_values(event.attributes),
+                "dropped_attributes_count": event.dropped_attributes,
+            }
+            for event in events
+        ]
+    links = span.links
+    if links:
+        fields["links"] = [
+            {
+                "trace_id": link.context.trace_id.to_bytes(16, "big"),
+                "span_id": link.context.span_id.to_bytes(8, "big"),
+                "attributes": _key_values(link.attributes),
+                "dropped_attributes_count": link.dropped_attributes,
+                "flags": _REMOTE if link.context.is_remote else _HAS_IS_REMOTE,
+            }
+            for link in links
+        ]
+    group.spans.add(**fields)
+
+
+def _status(status: Status) -> dict[str, Any]:
+    """The status's message; its description only when there is one, as the SDK's encoder."""
+    if status.description:
+        return {"code": status.status_code.value, "message": status.description}
+    return {"code": status.status_code.value}
 
 
 def _trace_state(context: SpanContext) -> str | None:
@@ -134,9 +158,13 @@ def _trace_state(context: SpanContext) -> str | None:
     return ",".join(f"{key}={value}" for key, value in state.items())
 
 
-def _key_values(attributes: Mapping[str, Any] | None) -> list[KeyValue]:
-    """Attributes as key-values; one whose value OTLP cannot hold is left out, logged, as the
-    SDK's encoder does."""
+def _key_values(attributes: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Attributes as key-values, for a message's constructor (or ``add``); one whose value OTLP
+    cannot hold is left out, logged, as the SDK's encoder does.
+
+    Each is a dict, which protobuf turns into the KeyValue in place: building the KeyValue
+    and AnyValue messages in Python first, to be copied into the span, took twice as long (a
+    span with five attributes: 12.1 against 6.1 µs, docs/benchmarks.md)."""
     if not attributes:
         return []
     encoded = []
@@ -144,12 +172,12 @@ def _key_values(attributes: Mapping[str, Any] | None) -> list[KeyValue]:
         kind = type(value)
         # The usual values first, without the general case's checks in turn.
         if kind is str:
-            encoded.append(KeyValue(key=key, value=AnyValue(string_value=value)))
+            encoded.append({"key": key, "value": {"string_value": value}})
         elif kind is int:
-            encoded.append(KeyValue(key=key, value=AnyValue(int_value=value)))
+            encoded.append({"key": key, "value": {"int_value": value}})
         else:
             try:
-                encoded.append(KeyValue(key=key, value=_any_value(value)))
+                encoded.append({"key": key, "value": _any_value(value)})
             except Exception as exc:  # the SDK's encoder logs and goes on
                 logger.exception("Failed to encode key %s: %s", key, exc)
     return encoded
