@@ -142,6 +142,31 @@ def test_a_value_otlp_cannot_hold_is_left_out_and_logged_as_the_sdk_does(
     assert "Failed to encode key odd" in caplog.text
 
 
+def test_values_protobuf_refuses_lose_only_themselves_as_with_the_sdk(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Of a kind OTLP holds, but not these values: an int beyond 64 bits, a string with a lone
+    # surrogate (code may set either on a request's span). Only they are left out, not the
+    # span, nor the other spans of the export.
+    refused = {"fine": 1, "huge": 2**70, "surrogate": "a\udc80", "after": "x"}
+    spans = [
+        span("refused values", attributes=refused),
+        span("in an event", events=[Event("e", {"huge": -(2**64), "kept": 2}, timestamp=5)]),
+        span("in a link", links=[Link(context(0x1, 0x2), {"surrogate": "\udc80", "k": 1.5})]),
+        span("unharmed"),
+    ]
+    with caplog.at_level(logging.ERROR):
+        ours = encode_spans(spans)
+    assert ours == sdk_encode(spans)
+    encoded = ours.resource_spans[0].scope_spans[0].spans
+    assert [s.name for s in encoded] == ["refused values", "in an event", "in a link", "unharmed"]
+    assert [kv.key for kv in encoded[0].attributes] == ["fine", "after"]
+    assert [kv.key for kv in encoded[1].events[0].attributes] == ["kept"]
+    assert [kv.key for kv in encoded[2].links[0].attributes] == ["k"]
+    assert "Failed to encode key huge" in caplog.text
+    assert "Failed to encode key surrogate" in caplog.text
+
+
 def served_spans() -> list[ReadableSpan]:
     """The spans of served requests: one that shared a batch of three, one that failed."""
     memory = InMemorySpanExporter()

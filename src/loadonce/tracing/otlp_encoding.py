@@ -12,7 +12,7 @@ compares the two requests, span for span, for every kind of span, value and grou
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -35,6 +35,8 @@ _KINDS = {kind: kind.value + 1 for kind in SpanKind}
 # Every span and link says whether its parent (its target) is remote.
 _HAS_IS_REMOTE = SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
 _REMOTE = _HAS_IS_REMOTE | SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
+# How a span's attributes (and its events' and links') become key-values.
+_KeyValues = Callable[[Mapping[str, Any] | None], list[Any]]
 
 
 def encode_spans(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
@@ -64,7 +66,7 @@ def _group(
     if found is None:
         resource_spans = request.resource_spans.add(
             schema_url=resource.schema_url,
-            resource={"attributes": _key_values(resource.attributes)},
+            resource={"attributes": _checked_key_values(resource.attributes)},
         )
         found = by_value[resource] = (resource_spans, {})
     resource_spans, scopes = found
@@ -84,14 +86,28 @@ def _scope(scope: SdkScope | None) -> dict[str, Any]:
     return {
         "name": scope.name,
         "version": scope.version or "",  # "": not set
-        "attributes": _key_values(scope.attributes),
+        "attributes": _checked_key_values(scope.attributes),
     }
 
 
 def _add_span(group: ScopeSpans, span: ReadableSpan) -> None:
-    """The span's message, built by one ``add``: its events, links and status as dicts that
-    protobuf turns into messages in place (each ``add`` or field set from Python costs a
-    call). An empty list is not passed (an empty repeated field is what it would write)."""
+    """The span's message, built by one ``add``: its attributes, events, links and status as
+    dicts that protobuf turns into messages in place (each ``add`` or field set from Python
+    costs a call). If a value cannot be encoded (of no kind OTLP holds, or refused by protobuf
+    there: an int beyond 64 bits, a string with a lone surrogate; code may set any of them on
+    a request's span), the span is built again with each attribute checked on its own, so
+    that only that attribute is left out (logged), as the SDK's encoder does, not the span or
+    the export. A refused ``add`` adds nothing."""
+    try:
+        group.spans.add(**_span_fields(span, _key_values))
+    except Exception:  # a value refused (or of no kind OTLP holds): checked one by one
+        group.spans.add(**_span_fields(span, _checked_key_values))
+
+
+def _span_fields(span: ReadableSpan, key_values: _KeyValues) -> dict[str, Any]:
+    """The span's fields, for ``add``; its attributes, its events' and links' through
+    ``key_values``. An empty list is left out (an empty repeated field is what it would
+    write)."""
     context = span.context
     parent = span.parent
     assert context is not None  # a finished span has its ids
@@ -117,14 +133,14 @@ def _add_span(group: ScopeSpans, span: ReadableSpan) -> None:
         fields["status"] = _status(status)
     attributes = span.attributes
     if attributes:
-        fields["attributes"] = _key_values(attributes)
+        fields["attributes"] = key_values(attributes)
     events = span.events
     if events:
         fields["events"] = [
             {
                 "name": event.name,
                 "time_unix_nano": event.timestamp,
-                "attributes": _key_values(event.attributes),
+                "attributes": key_values(event.attributes),
                 "dropped_attributes_count": event.dropped_attributes,
             }
             for event in events
@@ -135,13 +151,13 @@ def _add_span(group: ScopeSpans, span: ReadableSpan) -> None:
             {
                 "trace_id": link.context.trace_id.to_bytes(16, "big"),
                 "span_id": link.context.span_id.to_bytes(8, "big"),
-                "attributes": _key_values(link.attributes),
+                "attributes": key_values(link.attributes),
                 "dropped_attributes_count": link.dropped_attributes,
                 "flags": _REMOTE if link.context.is_remote else _HAS_IS_REMOTE,
             }
             for link in links
         ]
-    group.spans.add(**fields)
+    return fields
 
 
 def _status(status: Status) -> dict[str, Any]:
@@ -159,8 +175,9 @@ def _trace_state(context: SpanContext) -> str | None:
 
 
 def _key_values(attributes: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """Attributes as key-values, for a message's constructor (or ``add``); one whose value OTLP
-    cannot hold is left out, logged, as the SDK's encoder does.
+    """Attributes as key-values, for a message's constructor (or ``add``), unchecked: a value
+    that cannot be encoded raises, in ``_any_value`` or in protobuf's ``add`` (``_add_span``
+    then checks each with ``_checked_key_values``).
 
     Each is a dict, which protobuf turns into the KeyValue in place: building the KeyValue
     and AnyValue messages in Python first, to be copied into the span, took twice as long (a
@@ -176,10 +193,20 @@ def _key_values(attributes: Mapping[str, Any] | None) -> list[dict[str, Any]]:
         elif kind is int:
             encoded.append({"key": key, "value": {"int_value": value}})
         else:
-            try:
-                encoded.append({"key": key, "value": _any_value(value)})
-            except Exception as exc:  # the SDK's encoder logs and goes on
-                logger.exception("Failed to encode key %s: %s", key, exc)
+            encoded.append({"key": key, "value": _any_value(value)})
+    return encoded
+
+
+def _checked_key_values(attributes: Mapping[str, Any] | None) -> list[KeyValue]:
+    """Attributes as key-value messages, each built on its own: one protobuf refuses is left
+    out, logged, as the SDK's encoder does (slower than ``_key_values``: for the rare span
+    that has such a value, and for a resource's and a scope's few)."""
+    encoded = []
+    for key, value in (attributes or {}).items():
+        try:
+            encoded.append(KeyValue(key=key, value=_any_value(value)))
+        except Exception as exc:  # the SDK's encoder logs and goes on
+            logger.exception("Failed to encode key %s: %s", key, exc)
     return encoded
 
 
