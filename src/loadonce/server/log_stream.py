@@ -10,6 +10,12 @@ a quiet tenth of a second also goes at once: a server that logs little writes ea
 it comes. Nothing is dropped: the buffer grows as needed, and ``logging.shutdown`` (at exit,
 and when a worker stops) flushes the rest; a process killed outright (SIGKILL) loses at most
 the last 0.1 s of request lines. Every handler of the process shares the one buffer.
+
+A line may also come while its own thread is writing: from a signal handler (Python runs one
+on the main thread between any two bytecodes, and ``logging`` gives no warning) or from a
+finalizer the collector runs mid-write. Waiting for the lock there would wait forever (a
+server once hung on SIGTERM so), and writing into the stream mid-write would corrupt it or
+raise; such a line is kept aside and written right after what was being written.
 """
 
 from __future__ import annotations
@@ -46,7 +52,12 @@ class _SharedStream:
 
     def __init__(self) -> None:
         self.stream = _buffered_stderr()
-        self.lock = threading.Lock()
+        # Reentrant: a line from a signal handler or finalizer on the thread that holds it
+        # must not wait for it (see the module's docstring); ``writing`` says that thread is
+        # mid-write, and ``late`` keeps what came meanwhile.
+        self.lock = threading.RLock()
+        self.writing = False
+        self.late: deque[str] = deque()
         # Request lines handed over as data, formatted at the next write or flush; a deque:
         # appended on the serving thread, emptied on the flusher's, without the lock. Each is
         # held as a plain tuple (its formatter's number, then the line's fields): Python's
@@ -61,12 +72,20 @@ class _SharedStream:
 
     def write(self, line: str, *, now: bool) -> None:
         with self.lock:
-            self._write_held()
-            self.stream.write(line)
-            moment = time.monotonic()
-            if now or moment - self.flushed_at >= FLUSH_EVERY_S:
-                self.stream.flush()
-                self.flushed_at = moment
+            if self.writing:
+                self.late.append(line)
+                return
+            self.writing = True
+            try:
+                self._write_held()
+                self.stream.write(line)
+                self._write_late()
+                moment = time.monotonic()
+                if now or moment - self.flushed_at >= FLUSH_EVERY_S:
+                    self.stream.flush()
+                    self.flushed_at = moment
+            finally:
+                self.writing = False
         if self.flusher is None:
             self._start_flusher()
 
@@ -87,9 +106,16 @@ class _SharedStream:
 
     def flush(self) -> None:
         with self.lock:
-            self._write_held()
-            self.stream.flush()
-            self.flushed_at = time.monotonic()
+            if self.writing:
+                return  # re-entered mid-write: the next flush (a tenth of a second) writes it
+            self.writing = True
+            try:
+                self._write_held()
+                self._write_late()
+                self.stream.flush()
+                self.flushed_at = time.monotonic()
+            finally:
+                self.writing = False
 
     def _write_held(self) -> None:
         # Formatted here, together: the serving thread only appended them.
@@ -101,6 +127,10 @@ class _SharedStream:
                 self.stream.write(self.formatters[number].format_request_line(line) + "\n")
             except Exception:
                 self.stream.write(f"{ACCESS_LOGGER_NAME}: {line.message()!r}\n")
+
+    def _write_late(self) -> None:
+        while self.late:
+            self.stream.write(self.late.popleft())
 
     def _start_flusher(self) -> None:
         with self.lock:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import logging.config
 import signal
-import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -41,10 +41,13 @@ def serve_on_ray(config: ServeConfig) -> int:
     except ImportError as missing:
         logger.error("startup failed: %s", missing)
         return STARTUP_FAILED
-    stop = threading.Event()
+    # A signal handler runs on the main thread between any two bytecodes, maybe while that
+    # thread holds a lock: it only records the signal (an Event's set takes the lock its
+    # wait holds, and could wait for it forever); the main thread looks every half second.
+    stop_signals: list[int] = []
 
     def ask_to_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        stop_signals.append(signum)
 
     ray.init(include_dashboard=False, log_to_driver=options.log_level in ("debug", "trace"))
     # After ray.init, which installs its own crash handler for SIGTERM (it exits at once).
@@ -70,8 +73,8 @@ def serve_on_ray(config: ServeConfig) -> int:
             logger.error("startup failed: %s", _reason(failure, serve, config.ray.name))
             return STARTUP_FAILED
         logger.info("all replicas loaded; accepting connections on %s", address.rstrip("/"))
-        while not stop.wait(0.5):
-            pass
+        while not stop_signals:
+            time.sleep(0.5)
         logger.info("stopping: Ray lets each replica finish its requests, then unloads")
         serve.delete(config.ray.name)
         serve.shutdown()

@@ -9,7 +9,6 @@ import logging.config
 import os
 import signal
 import socket
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from multiprocessing.connection import Connection
@@ -76,11 +75,30 @@ class _DrainingServer(uvicorn.Server):
         self.stop_delay_s = stop_delay_s
         # The worker's other listeners (gRPC), stopped when uvicorn stops listening.
         self.also_stop: list[Callable[[], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler: Python runs it on the main thread, the event loop's, between any
+        # two of its bytecodes, maybe while that thread holds a lock (a condition's, the one
+        # threading takes to start a thread, the log's): taking one here could wait forever
+        # (a worker once hung on SIGTERM so). It only hands the signal to the loop, which acts
+        # on it as on any other callback; uvicorn's own handling, without a loop, sets flags.
+        if self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._on_stop_signal, sig)
+                return
+            except RuntimeError:  # the loop has closed: nothing is left to drain
+                pass
+        super().handle_exit(sig, frame)
+
+    def _on_stop_signal(self, sig: int) -> None:
         if not self.registry.draining:
             self.registry.start_draining()
-            if sig == signal.SIGTERM and self.stop_delay_s > 0:
+            if sig == signal.SIGTERM and self.stop_delay_s > 0 and self._loop is not None:
                 # An orchestrator's SIGTERM: keep serving, with /readyz at 503, so that its
                 # readiness probe sees the worker leave before the listener closes. (Ctrl-C,
                 # SIGINT, stops at once; a second SIGTERM too.)
@@ -89,18 +107,16 @@ class _DrainingServer(uvicorn.Server):
                     "finishing accepted requests, then unloading",
                     self.stop_delay_s,
                 )
-                timer = threading.Timer(self.stop_delay_s, self._stop_listening, (sig, frame))
-                timer.daemon = True
-                timer.start()
+                self._loop.call_later(self.stop_delay_s, self._stop_listening, sig)
                 return
             logger.info("stopping: finishing accepted requests, then unloading")
-        self._stop_listening(sig, frame)
+        self._stop_listening(sig)
 
     def stop_listening(self) -> None:
         """Stop accepting (HTTP and gRPC), finish what was accepted, then shut down."""
-        self._stop_listening(None, None)
+        self._stop_listening(None)
 
-    def _stop_listening(self, sig: int | None, frame: FrameType | None) -> None:
+    def _stop_listening(self, sig: int | None) -> None:
         # Every listener at once: gRPC's calls would otherwise be taken until the lifespan
         # ends, after the HTTP requests in flight finished.
         for stop in self.also_stop:
@@ -108,7 +124,8 @@ class _DrainingServer(uvicorn.Server):
         if sig is None:
             self.should_exit = True
         else:
-            super().handle_exit(sig, frame)
+            # uvicorn's: a second SIGINT forces the exit; the signal is raised again at exit.
+            super().handle_exit(sig, None)
 
 
 def run_worker(
