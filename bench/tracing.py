@@ -178,7 +178,7 @@ def render(results: dict[str, Any]) -> str:
         errors = sum(run["errors"] for run in measured)
         against = statistics.median(ratios(runs, name))
         cpu = statistics.median(run["cpu_us_per_request"] for run in measured)
-        loop = statistics.median(run.get("loop_us", 0.0) for run in measured)
+        loop = statistics.median(run["loop_us"] for run in measured)
         lines.append(
             f"| {name} | {per_round} | {median:,.0f} | {p50:.2f} | {p99:.2f} | {errors} | "
             f"{cpu:.0f} | {loop:.0f} | {against:.3f} |"

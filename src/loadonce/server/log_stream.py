@@ -71,21 +71,7 @@ class _SharedStream:
         self.flusher: threading.Thread | None = None
 
     def write(self, line: str, *, now: bool) -> None:
-        with self.lock:
-            if self.writing:
-                self.late.append(line)
-                return
-            self.writing = True
-            try:
-                self._write_held()
-                self.stream.write(line)
-                self._write_late()
-                moment = time.monotonic()
-                if now or moment - self.flushed_at >= FLUSH_EVERY_S:
-                    self.stream.flush()
-                    self.flushed_at = moment
-            finally:
-                self.writing = False
+        self._write(line, now=now)
         if self.flusher is None:
             self._start_flusher()
 
@@ -105,15 +91,27 @@ class _SharedStream:
             self._start_flusher()
 
     def flush(self) -> None:
+        self._write(None, now=True)
+
+    def _write(self, line: str | None, *, now: bool) -> None:
+        """What is held, then ``line``, then what came meanwhile; flushed if ``now`` or a
+        tenth of a second has passed. Re-entered mid-write on the same thread, ``line`` is
+        kept aside for the write in progress (or the next flush) to write."""
         with self.lock:
             if self.writing:
-                return  # re-entered mid-write: the next flush (a tenth of a second) writes it
+                if line is not None:
+                    self.late.append(line)
+                return
             self.writing = True
             try:
                 self._write_held()
+                if line is not None:
+                    self.stream.write(line)
                 self._write_late()
-                self.stream.flush()
-                self.flushed_at = time.monotonic()
+                moment = time.monotonic()
+                if now or moment - self.flushed_at >= FLUSH_EVERY_S:
+                    self.stream.flush()
+                    self.flushed_at = moment
             finally:
                 self.writing = False
 

@@ -98,7 +98,7 @@ class _DrainingServer(uvicorn.Server):
     def _on_stop_signal(self, sig: int) -> None:
         if not self.registry.draining:
             self.registry.start_draining()
-            if sig == signal.SIGTERM and self.stop_delay_s > 0 and self._loop is not None:
+            if sig == signal.SIGTERM and self.stop_delay_s > 0:
                 # An orchestrator's SIGTERM: keep serving, with /readyz at 503, so that its
                 # readiness probe sees the worker leave before the listener closes. (Ctrl-C,
                 # SIGINT, stops at once; a second SIGTERM too.)
@@ -107,7 +107,7 @@ class _DrainingServer(uvicorn.Server):
                     "finishing accepted requests, then unloading",
                     self.stop_delay_s,
                 )
-                self._loop.call_later(self.stop_delay_s, self._stop_listening, sig)
+                asyncio.get_running_loop().call_later(self.stop_delay_s, self._stop_listening, sig)
                 return
             logger.info("stopping: finishing accepted requests, then unloading")
         self._stop_listening(sig)
