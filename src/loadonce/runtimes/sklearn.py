@@ -14,6 +14,7 @@ from loadonce.core.spec import ModelSpec
 from loadonce.runtimes._base import SELECTED_OUTPUTS, InputSignature, Predictor, Runtime, TensorInfo
 from loadonce.runtimes._columns import Columns, named_columns
 from loadonce.runtimes._tensors import stack_named_inputs
+from loadonce.runtimes.sklearn_forests import tree_by_tree_methods
 
 logger = logging.getLogger("loadonce")
 
@@ -51,7 +52,10 @@ class EstimatorPredictor(Predictor):
         signature: InputSignature | None,
         columns: Columns | None = None,
     ) -> None:
-        bound = getattr(estimator, method, None)
+        # A forest's predictions, tree by tree without joblib's per-tree wrapper
+        # (sklearn_forests.py); any other estimator's methods as they are.
+        faster = tree_by_tree_methods(estimator)
+        bound = faster.get(method) or getattr(estimator, method, None)
         if not callable(bound):
             raise TypeError(f"{type(estimator).__name__} has no method {method!r}")
         self.estimator = estimator
@@ -69,7 +73,7 @@ class EstimatorPredictor(Predictor):
         self._named = {
             name: found
             for name, attribute in NAMED_OUTPUTS
-            if callable(found := getattr(estimator, attribute, None))
+            if callable(found := faster.get(attribute) or getattr(estimator, attribute, None))
         }
         self.outputs = _outputs_of(estimator, method, list(self._named))
         if self.outputs:

@@ -1,0 +1,173 @@
+"""Forests served tree by tree (runtimes/sklearn_forests.py): the very answers scikit-learn
+gives, without joblib's per-tree wrapper, and scikit-learn's own methods wherever it would run
+the trees otherwise."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pytest
+import sklearn.ensemble._forest as sklearn_forest
+import skops.io
+from fastapi.testclient import TestClient
+from sklearn.base import BaseEstimator
+from sklearn.datasets import make_classification, make_regression
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    ExtraTreesRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
+
+import loadonce
+from loadonce.runtimes import resolve_runtime
+from loadonce.runtimes._base import SELECTED_OUTPUTS, Predictor
+
+ROWS = np.random.default_rng(7).normal(size=(37, 6))
+
+
+def _classification(outputs: int) -> tuple[Any, Any]:
+    features, labels = make_classification(
+        n_samples=300, n_features=6, n_informative=4, n_classes=3, random_state=0
+    )
+    if outputs == 1:
+        return features, labels
+    # A second output with string classes of its own: labels of another dtype per output.
+    second = np.where(features[:, 0] > 0, "high", "low")
+    return features, np.column_stack([labels.astype(str), second])
+
+
+def _regression(outputs: int) -> tuple[Any, Any]:
+    features, targets = make_regression(
+        n_samples=300, n_features=6, n_targets=outputs, random_state=0
+    )
+    return features, targets
+
+
+def _served_predictor(estimator: BaseEstimator, tmp_path: Path) -> Predictor:
+    artifact = tmp_path / "model.joblib"
+    joblib.dump(estimator, artifact)
+    spec = loadonce.ModelSpec(name="m", artifact=artifact, trust=True)
+    return resolve_runtime(spec).load(spec)
+
+
+@pytest.fixture
+def no_joblib_wrapper(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """scikit-learn's forests reach joblib through this name; every call (fitting's too) is
+    counted."""
+    calls: list[int] = []
+    real = sklearn_forest.Parallel
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sklearn_forest, "Parallel", counting)
+    return calls
+
+
+KINDS = [
+    (RandomForestClassifier, _classification, 1),
+    (RandomForestClassifier, _classification, 2),
+    (ExtraTreesClassifier, _classification, 1),
+    (ExtraTreesClassifier, _classification, 2),
+    (RandomForestRegressor, _regression, 1),
+    (RandomForestRegressor, _regression, 3),
+    (ExtraTreesRegressor, _regression, 1),
+    (ExtraTreesRegressor, _regression, 2),
+]
+
+
+@pytest.mark.parametrize(("forest_class", "data", "outputs"), KINDS)
+def test_a_forest_answers_bit_for_bit_what_scikit_learn_answers_without_joblib(
+    tmp_path: Path, forest_class: Any, data: Any, outputs: int, no_joblib_wrapper: list[int]
+) -> None:
+    features, targets = data(outputs)
+    forest = forest_class(n_estimators=25, max_depth=6, random_state=0).fit(features, targets)
+    predictor = _served_predictor(forest, tmp_path)
+    rows = predictor.prepare(list(ROWS))
+    no_joblib_wrapper.clear()  # fitting used it
+    served = predictor.predict(rows)
+    assert no_joblib_wrapper == []
+    expected = forest.predict(ROWS)
+    assert no_joblib_wrapper, "scikit-learn's own predict went through joblib"
+    assert np.asarray(served).dtype == expected.dtype
+    assert np.array_equal(served, expected)
+    if forest_class in (RandomForestClassifier, ExtraTreesClassifier) and outputs == 1:
+        # A request may pick the probabilities (an estimator of one output offers them).
+        picked = predictor.predict_with(rows, {SELECTED_OUTPUTS: ["probabilities"]})
+        expected_proba = forest.predict_proba(ROWS)
+        assert all(
+            np.array_equal(answer["probabilities"], expected_proba[index])
+            for index, answer in enumerate(picked)
+        )
+
+
+def test_missing_values_reach_the_trees_as_scikit_learn_lets_them(
+    tmp_path: Path, no_joblib_wrapper: list[int]
+) -> None:
+    features, labels = _classification(1)
+    features = features.copy()
+    features[::7, 2] = np.nan  # fitted with gaps: the trees learn where NaN goes
+    forest = RandomForestClassifier(n_estimators=20, random_state=0).fit(features, labels)
+    rows = ROWS.copy()
+    rows[::3, 2] = np.nan
+    predictor = _served_predictor(forest, tmp_path)
+    no_joblib_wrapper.clear()  # fitting used it
+    served = predictor.predict(predictor.prepare(list(rows)))
+    assert no_joblib_wrapper == []
+    assert np.array_equal(served, forest.predict(rows))
+
+
+class OwnForest(RandomForestRegressor):  # type: ignore[misc]
+    """A subclass may predict otherwise: it keeps scikit-learn's methods, whatever they are."""
+
+
+@pytest.mark.parametrize("case", ["n_jobs=2", "verbose", "subclass", "joblib config"])
+def test_a_forest_scikit_learn_would_run_otherwise_keeps_scikit_learns_own_path(
+    tmp_path: Path, case: str, no_joblib_wrapper: list[int]
+) -> None:
+    features, targets = _regression(1)
+    settings: dict[str, Any] = {"n_jobs": 2} if case == "n_jobs=2" else {}
+    settings |= {"verbose": 1} if case == "verbose" else {}
+    forest_class = OwnForest if case == "subclass" else RandomForestRegressor
+    forest = forest_class(n_estimators=10, random_state=0, **settings).fit(features, targets)
+    predictor = _served_predictor(forest, tmp_path)
+    rows = predictor.prepare(list(ROWS))
+    no_joblib_wrapper.clear()  # fitting used it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # verbose=1 reports progress
+        if case == "joblib config":
+            with joblib.parallel_config(n_jobs=2):
+                served = predictor.predict(rows)
+        else:
+            served = predictor.predict(rows)
+    assert no_joblib_wrapper, "the forest did not go through scikit-learn's own predict"
+    np.testing.assert_allclose(served, forest.predict(ROWS), rtol=1e-12)
+
+
+def test_a_served_forest_answers_the_estimators_labels_and_probabilities(
+    tmp_path: Path,
+) -> None:
+    features, labels = _classification(1)
+    forest = RandomForestClassifier(n_estimators=30, random_state=0).fit(features, labels)
+    artifact = tmp_path / "forest.skops"
+    skops.io.dump(forest, artifact)
+    spec = loadonce.ModelSpec(
+        name="forest",
+        artifact=artifact,
+        options={"trusted_types": ["sklearn.tree._tree.Tree"]},
+    )
+    with TestClient(loadonce.create_app([spec])) as client:
+        response = client.post(
+            "/models/forest/predict",
+            json={"inputs": ROWS.tolist(), "outputs": ["label", "probabilities"]},
+        )
+    assert response.status_code == 200, response.text
+    answers = response.json()["outputs"]
+    assert [answer["label"] for answer in answers] == forest.predict(ROWS).tolist()
+    assert [answer["probabilities"] for answer in answers] == forest.predict_proba(ROWS).tolist()
