@@ -171,3 +171,16 @@ def test_a_served_forest_answers_the_estimators_labels_and_probabilities(
     answers = response.json()["outputs"]
     assert [answer["label"] for answer in answers] == forest.predict(ROWS).tolist()
     assert [answer["probabilities"] for answer in answers] == forest.predict_proba(ROWS).tolist()
+
+
+def test_a_forest_a_python_loader_returns_is_called_tree_by_tree_too(
+    no_joblib_wrapper: list[int],
+) -> None:
+    features, targets = _regression(2)
+    forest = ExtraTreesRegressor(n_estimators=15, random_state=0).fit(features, targets)
+    spec = loadonce.ModelSpec(name="m", loader=lambda: forest)
+    predictor = resolve_runtime(spec).load(spec)
+    no_joblib_wrapper.clear()  # fitting used it
+    served = predictor.predict(predictor.prepare(list(ROWS)))
+    assert no_joblib_wrapper == []
+    assert np.array_equal(served, forest.predict(ROWS))

@@ -8,6 +8,7 @@ from typing import Any
 from loadonce.core.imports import import_object
 from loadonce.core.spec import ModelSpec
 from loadonce.runtimes._base import InputSignature, Predictor, Runtime
+from loadonce.runtimes.sklearn_forests import tree_by_tree_methods
 
 
 class CallablePredictor(Predictor):
@@ -18,7 +19,8 @@ class CallablePredictor(Predictor):
     """
 
     def __init__(self, model: Any, *, signature: InputSignature | None) -> None:
-        predict = getattr(model, "predict", None)
+        # A scikit-learn forest tree by tree, as the sklearn runtime calls it (sklearn_forests.py).
+        predict = tree_by_tree_methods(model).get("predict") or getattr(model, "predict", None)
         if predict is None and not callable(model):
             raise TypeError(
                 f"the loader returned {type(model).__name__}, which has no predict method "
