@@ -184,3 +184,20 @@ def test_a_forest_a_python_loader_returns_is_called_tree_by_tree_too(
     served = predictor.predict(predictor.prepare(list(ROWS)))
     assert no_joblib_wrapper == []
     assert np.array_equal(served, forest.predict(ROWS))
+
+
+def test_a_forest_fitted_on_a_dataframe_checks_its_columns_and_answers_the_same(
+    tmp_path: Path, no_joblib_wrapper: list[int]
+) -> None:
+    import pandas as pd
+
+    features, labels = _classification(1)
+    names = [f"f{index}" for index in range(features.shape[1])]
+    forest = RandomForestClassifier(n_estimators=15, random_state=0)
+    forest.fit(pd.DataFrame(features, columns=names), labels)
+    predictor = _served_predictor(forest, tmp_path)
+    examples = [dict(zip(names, row, strict=True)) for row in ROWS.tolist()]
+    no_joblib_wrapper.clear()  # fitting used it
+    served = predictor.predict(predictor.prepare(examples))
+    assert no_joblib_wrapper == []
+    assert np.array_equal(served, forest.predict(pd.DataFrame(ROWS, columns=names)))
