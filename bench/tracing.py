@@ -54,8 +54,11 @@ VARIANTS = [
 
 
 class _Receiver(BaseHTTPRequestHandler):
-    """An OTLP/HTTP endpoint that takes every export and answers 200 at once."""
+    """An OTLP/HTTP endpoint that takes every export and answers 200 at once, keeping the
+    connection open as a collector does (HTTP/1.0, the handler's default, made the exporter
+    resolve and connect again for every export)."""
 
+    protocol_version = "HTTP/1.1"
     exports = 0
     received_bytes = 0
 
