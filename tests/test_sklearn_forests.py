@@ -4,7 +4,6 @@ the trees otherwise."""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -127,27 +126,60 @@ class OwnForest(RandomForestRegressor):  # type: ignore[misc]
     """A subclass may predict otherwise: it keeps scikit-learn's methods, whatever they are."""
 
 
-@pytest.mark.parametrize("case", ["n_jobs=2", "verbose", "subclass", "joblib config"])
-def test_a_forest_scikit_learn_would_run_otherwise_keeps_scikit_learns_own_path(
+def _spec_of(estimator: BaseEstimator, tmp_path: Path, **options: Any) -> loadonce.ModelSpec:
+    artifact = tmp_path / "model.joblib"
+    joblib.dump(estimator, artifact)
+    return loadonce.ModelSpec(name="m", artifact=artifact, trust=True, options=options)
+
+
+@pytest.mark.parametrize("settings", [{"n_jobs": 2}, {"n_jobs": -1}, {"verbose": 1}])
+def test_a_forest_kept_with_training_jobs_is_served_tree_by_tree_as_with_one_job(
+    tmp_path: Path,
+    settings: dict[str, Any],
+    no_joblib_wrapper: list[int],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    features, targets = _regression(1)
+    forest = RandomForestRegressor(n_estimators=20, random_state=0, **settings)
+    forest.fit(features, targets)
+    spec = _spec_of(forest, tmp_path)
+    with caplog.at_level("INFO", logger="loadonce"):
+        predictor = resolve_runtime(spec).load(spec)
+    assert "is called tree by tree" in caplog.text
+    assert "tree_by_tree = false" in caplog.text
+    no_joblib_wrapper.clear()  # fitting used it
+    served = predictor.predict(predictor.prepare(list(ROWS)))
+    assert no_joblib_wrapper == []
+    forest.set_params(n_jobs=1, verbose=0)  # the reference: one job, summed in order
+    assert np.array_equal(served, forest.predict(ROWS))
+
+
+@pytest.mark.parametrize("case", ["option off", "subclass", "python loader with 2 jobs"])
+def test_scikit_learns_own_methods_where_asked_or_where_the_forest_is_not_one_of_the_four(
     tmp_path: Path, case: str, no_joblib_wrapper: list[int]
 ) -> None:
     features, targets = _regression(1)
-    settings: dict[str, Any] = {"n_jobs": 2} if case == "n_jobs=2" else {}
-    settings |= {"verbose": 1} if case == "verbose" else {}
     forest_class = OwnForest if case == "subclass" else RandomForestRegressor
-    forest = forest_class(n_estimators=10, random_state=0, **settings).fit(features, targets)
-    predictor = _served_predictor(forest, tmp_path)
-    rows = predictor.prepare(list(ROWS))
+    jobs = 2 if case == "python loader with 2 jobs" else 1
+    forest = forest_class(n_estimators=10, random_state=0, n_jobs=jobs).fit(features, targets)
+    if case == "python loader with 2 jobs":  # the loader's object: its settings are the user's
+        spec = loadonce.ModelSpec(name="m", loader=lambda: forest)
+    else:
+        options = {"tree_by_tree": False} if case == "option off" else {}
+        spec = _spec_of(forest, tmp_path, **options)
+    predictor = resolve_runtime(spec).load(spec)
     no_joblib_wrapper.clear()  # fitting used it
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # verbose=1 reports progress
-        if case == "joblib config":
-            with joblib.parallel_config(n_jobs=2):
-                served = predictor.predict(rows)
-        else:
-            served = predictor.predict(rows)
+    served = predictor.predict(predictor.prepare(list(ROWS)))
     assert no_joblib_wrapper, "the forest did not go through scikit-learn's own predict"
     np.testing.assert_allclose(served, forest.predict(ROWS), rtol=1e-12)
+
+
+def test_tree_by_tree_takes_true_or_false_and_nothing_else(tmp_path: Path) -> None:
+    features, targets = _regression(1)
+    forest = RandomForestRegressor(n_estimators=3, random_state=0).fit(features, targets)
+    spec = _spec_of(forest, tmp_path, tree_by_tree="yes")
+    with pytest.raises(ValueError, match="tree_by_tree must be true or false"):
+        resolve_runtime(spec).load(spec)
 
 
 def test_a_served_forest_answers_the_estimators_labels_and_probabilities(

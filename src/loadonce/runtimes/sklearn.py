@@ -14,7 +14,7 @@ from loadonce.core.spec import ModelSpec
 from loadonce.runtimes._base import SELECTED_OUTPUTS, InputSignature, Predictor, Runtime, TensorInfo
 from loadonce.runtimes._columns import Columns, named_columns
 from loadonce.runtimes._tensors import stack_named_inputs
-from loadonce.runtimes.sklearn_forests import tree_by_tree_methods
+from loadonce.runtimes.sklearn_forests import runs_one_job, tree_by_tree_methods
 
 logger = logging.getLogger("loadonce")
 
@@ -51,15 +51,19 @@ class EstimatorPredictor(Predictor):
         method: str,
         signature: InputSignature | None,
         columns: Columns | None = None,
+        tree_by_tree: bool = True,
     ) -> None:
-        # A forest's predictions, tree by tree without joblib's per-tree wrapper
-        # (sklearn_forests.py); any other estimator's methods as they are.
-        faster = tree_by_tree_methods(estimator)
+        # A forest's predictions, tree by tree without joblib's per-tree wrapper and whatever
+        # jobs it kept from training (sklearn_forests.py); any other estimator's methods, and
+        # a forest's with ``tree_by_tree`` off, as they are.
+        faster = tree_by_tree_methods(estimator, whatever_its_jobs=True) if tree_by_tree else {}
         bound = faster.get(method) or getattr(estimator, method, None)
         if not callable(bound):
             raise TypeError(f"{type(estimator).__name__} has no method {method!r}")
         self.estimator = estimator
         self._method = bound
+        # Whether a forest's trees are summed here rather than through scikit-learn's methods.
+        self.tree_by_tree = bool(faster)
         # scikit-learn's predict methods compute each row on its own (trees, neighbours,
         # linear models through BLAS, whose last bits may vary with the batch's size).
         self.batches_exactly = True
@@ -280,7 +284,7 @@ _ESTIMATOR_FAMILIES = tuple(
 
 class SklearnRuntime(Runtime):
     name = "sklearn"
-    options = frozenset({"trusted_types", "method", "columns"})
+    options = frozenset({"trusted_types", "method", "columns", "tree_by_tree"})
     suffixes = SKOPS_SUFFIXES + PICKLE_SUFFIXES
     # A fitted estimator only reads its attributes in predict, and NumPy releases the GIL, so
     # one instance serves concurrent calls.
@@ -316,9 +320,27 @@ class SklearnRuntime(Runtime):
         )
         columns = named_columns(estimator, spec.options.get("columns", {}))
         method = str(spec.options.get("method", "predict"))
+        tree_by_tree = spec.options.get("tree_by_tree", True)
+        if not isinstance(tree_by_tree, bool):
+            raise ValueError("options.tree_by_tree must be true or false")
         predictor = EstimatorPredictor(
-            estimator, method=method, signature=signature, columns=columns
+            estimator,
+            method=method,
+            signature=signature,
+            columns=columns,
+            tree_by_tree=tree_by_tree,
         )
+        if predictor.tree_by_tree and not runs_one_job(estimator):
+            logger.info(
+                "model '%s': %s(n_jobs=%s, verbose=%s) is called tree by tree in the model's "
+                "thread as with n_jobs=1 (the same answers, without joblib's threads, which cost "
+                "more than they give on a served batch); options.tree_by_tree = false keeps "
+                "scikit-learn's own methods",
+                spec.name,
+                type(estimator).__name__,
+                getattr(estimator, "n_jobs", None),
+                getattr(estimator, "verbose", 0),
+            )
         # Shared when the arrays it holds mapped are most of the file: a forest maps its
         # small classes_ but copies its trees (the process's mappings of the file say less:
         # numpy maps from the page before each array, and a copied array's mapping lingers).

@@ -10,16 +10,16 @@ module, a regular expression each). Measured on the benchmark's 100-tree forest
 ``predict_proba`` with the 11 filters a plain process has, 5.0 ms with the 16 a server
 exporting traces has (``requests``, ``urllib3`` and OpenTelemetry add theirs at import), and
 1.1 ms tree by tree: three quarters of a call was the wrapper, and its cost grew with every
-library the process imported.
+library the process imported. With ``n_jobs=-1``, which a forest keeps from its training, a
+56-row call took 23 ms here (two cores): a served batch is too small for threads to pay off.
 
 Tree by tree, the sum runs in the order of ``estimators_``, as scikit-learn's sequential
-backend runs it, with the same operations: the answers are identical, bit for bit (tested for
-classifiers and regressors, one output and several, with and without missing values). Only
-the four forest classes themselves, exactly, are called this way (a subclass may override
-what it predicts), and only when they would run one job (``n_jobs`` of None or 1, no joblib
-configuration asking for more) without progress output (``verbose=0``); anything else is left
-to scikit-learn's own methods, as are a forest's other methods (``apply``,
-``predict_log_proba``, ...).
+backend runs it, with the same operations: the answers are identical, bit for bit, to
+``n_jobs=1``'s (tested for classifiers and regressors, one output and several, with and
+without missing values); several jobs sum in the order the threads finish, so their last bits
+vary from call to call. Only the four forest classes themselves, exactly, are called this way
+(a subclass may override what it predicts); a forest's other methods (``apply``,
+``predict_log_proba``, ...) are scikit-learn's own.
 """
 
 from __future__ import annotations
@@ -44,17 +44,20 @@ _REGRESSORS = frozenset(
 _CLASSIFIER_ATTRIBUTES = ("classes_", "n_classes_", "n_outputs_")
 
 
-def tree_by_tree_methods(estimator: Any) -> dict[str, Callable[[Any], Any]]:
+def tree_by_tree_methods(
+    estimator: Any, *, whatever_its_jobs: bool = False
+) -> dict[str, Callable[[Any], Any]]:
     """The forest's ``predict`` (and a classifier's ``predict_proba``), computed tree by
-    tree; empty when ``estimator`` is not one of the four forests or is not fitted, or when
-    scikit-learn would run it otherwise (several jobs, progress output)."""
+    tree; empty when ``estimator`` is not one of the four forests or is not fitted. Unless
+    ``whatever_its_jobs``, also empty when scikit-learn would run it otherwise: its
+    ``n_jobs`` asks for several jobs, or its ``verbose`` for progress output."""
     kind = (type(estimator).__module__, type(estimator).__name__)
     if kind not in _CLASSIFIERS and kind not in _REGRESSORS:
         return {}
     trees = getattr(estimator, "estimators_", None)
     if not trees or not callable(getattr(estimator, "_validate_X_predict", None)):
         return {}
-    if getattr(estimator, "verbose", 0) or getattr(estimator, "n_jobs", None) not in (None, 1):
+    if not whatever_its_jobs and not runs_one_job(estimator):
         return {}
     if kind in _REGRESSORS:
         return {"predict": _ForestRegression(estimator)}
@@ -64,12 +67,10 @@ def tree_by_tree_methods(estimator: Any) -> dict[str, Callable[[Any], Any]]:
     return {"predict": _ForestLabels(estimator, probabilities), "predict_proba": probabilities}
 
 
-def _runs_one_job(forest: Any) -> bool:
-    """Whether scikit-learn would run the forest's trees in one job now: ``n_jobs=None``
-    takes joblib's configuration (``joblib.parallel_config(n_jobs=...)``) of the thread."""
-    from joblib import effective_n_jobs
-
-    return bool(effective_n_jobs(forest.n_jobs) == 1)
+def runs_one_job(forest: Any) -> bool:
+    """Whether scikit-learn would run the forest's trees in one job without progress output
+    (``n_jobs`` of None or 1, ``verbose`` 0)."""
+    return not getattr(forest, "verbose", 0) and getattr(forest, "n_jobs", None) in (None, 1)
 
 
 class _ForestProbabilities:
@@ -82,8 +83,6 @@ class _ForestProbabilities:
         import numpy as np
 
         forest = self.forest
-        if not _runs_one_job(forest):
-            return forest.predict_proba(rows)
         checked = forest._validate_X_predict(rows)
         sums = [
             np.zeros((checked.shape[0], classes), dtype=np.float64)
@@ -133,8 +132,6 @@ class _ForestRegression:
         import numpy as np
 
         forest = self.forest
-        if not _runs_one_job(forest):
-            return forest.predict(rows)
         checked = forest._validate_X_predict(rows)
         rows_count = checked.shape[0]
         shape = (rows_count, forest.n_outputs_) if forest.n_outputs_ > 1 else (rows_count,)
