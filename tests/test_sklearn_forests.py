@@ -233,3 +233,61 @@ def test_a_forest_fitted_on_a_dataframe_checks_its_columns_and_answers_the_same(
     served = predictor.predict(predictor.prepare(examples))
     assert no_joblib_wrapper == []
     assert np.array_equal(served, forest.predict(pd.DataFrame(ROWS, columns=names)))
+
+
+def test_a_pipeline_ending_in_a_forest_runs_its_transforms_then_the_trees(
+    tmp_path: Path, no_joblib_wrapper: list[int]
+) -> None:
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import Pipeline, make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    features, labels = _classification(1)
+    inner = Pipeline([("skip", "passthrough"), ("pca", PCA(n_components=4))])
+    pipeline = make_pipeline(
+        StandardScaler(),
+        Pipeline(
+            [
+                ("reduce", inner),
+                ("forest", RandomForestClassifier(n_estimators=20, random_state=0, n_jobs=-1)),
+            ]
+        ),
+    ).fit(features, labels)
+    predictor = _served_predictor(pipeline, tmp_path)
+    rows = predictor.prepare(list(ROWS))
+    no_joblib_wrapper.clear()  # fitting used it
+    served = predictor.predict(rows)
+    picked = predictor.predict_with(rows, {SELECTED_OUTPUTS: ["probabilities"]})
+    assert no_joblib_wrapper == []
+    pipeline.set_params(pipeline__forest__n_jobs=1)  # the reference: one job, summed in order
+    assert np.array_equal(served, pipeline.predict(ROWS))
+    expected = pipeline.predict_proba(ROWS)
+    assert all(
+        np.array_equal(answer["probabilities"], expected[index])
+        for index, answer in enumerate(picked)
+    )
+
+
+def test_a_dataframe_pipeline_with_encoded_columns_ending_in_a_forest(
+    tmp_path: Path, no_joblib_wrapper: list[int]
+) -> None:
+    import pandas as pd
+    from sklearn.compose import make_column_transformer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(
+        {"size": rng.normal(size=200), "city": rng.choice(["Oslo", "Lima", "Pune"], size=200)}
+    )
+    targets = frame["size"] * 2 + (frame["city"] == "Lima")
+    pipeline = make_pipeline(
+        make_column_transformer((OneHotEncoder(), ["city"]), remainder="passthrough"),
+        ExtraTreesRegressor(n_estimators=15, random_state=0),
+    ).fit(frame, targets)
+    predictor = _served_predictor(pipeline, tmp_path)
+    examples = [{"size": 0.5, "city": "Pune"}, {"size": -1.25, "city": "Oslo"}]
+    no_joblib_wrapper.clear()  # fitting used it
+    served = predictor.predict(predictor.prepare(examples))
+    assert no_joblib_wrapper == []
+    assert np.array_equal(served, pipeline.predict(pd.DataFrame(examples)))

@@ -14,7 +14,7 @@ from loadonce.core.spec import ModelSpec
 from loadonce.runtimes._base import SELECTED_OUTPUTS, InputSignature, Predictor, Runtime, TensorInfo
 from loadonce.runtimes._columns import Columns, named_columns
 from loadonce.runtimes._tensors import stack_named_inputs
-from loadonce.runtimes.sklearn_forests import runs_one_job, tree_by_tree_methods
+from loadonce.runtimes.sklearn_forests import forest_in, runs_one_job, tree_by_tree_methods
 
 logger = logging.getLogger("loadonce")
 
@@ -330,16 +330,17 @@ class SklearnRuntime(Runtime):
             columns=columns,
             tree_by_tree=tree_by_tree,
         )
-        if predictor.tree_by_tree and not runs_one_job(estimator):
+        forest = forest_in(estimator)
+        if predictor.tree_by_tree and not runs_one_job(forest):
             logger.info(
                 "model '%s': %s(n_jobs=%s, verbose=%s) is called tree by tree in the model's "
                 "thread as with n_jobs=1 (the same answers, without joblib's threads, which cost "
                 "more than they give on a served batch); options.tree_by_tree = false keeps "
                 "scikit-learn's own methods",
                 spec.name,
-                type(estimator).__name__,
-                getattr(estimator, "n_jobs", None),
-                getattr(estimator, "verbose", 0),
+                type(forest).__name__,
+                getattr(forest, "n_jobs", None),
+                getattr(forest, "verbose", 0),
             )
         # Shared when the arrays it holds mapped are most of the file: a forest maps its
         # small classes_ but copies its trees (the process's mappings of the file say less:

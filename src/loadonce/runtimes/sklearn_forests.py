@@ -18,8 +18,9 @@ backend runs it, with the same operations: the answers are identical, bit for bi
 ``n_jobs=1``'s (tested for classifiers and regressors, one output and several, with and
 without missing values); several jobs sum in the order the threads finish, so their last bits
 vary from call to call. Only the four forest classes themselves, exactly, are called this way
-(a subclass may override what it predicts); a forest's other methods (``apply``,
-``predict_log_proba``, ...) are scikit-learn's own.
+(a subclass may override what it predicts), alone or as the last step of a ``Pipeline``
+(whose ``predict`` runs its steps' ``transform`` in order, then the forest's: so does this);
+a forest's other methods (``apply``, ``predict_log_proba``, ...) are scikit-learn's own.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ _REGRESSORS = frozenset(
         ("sklearn.ensemble._forest", "ExtraTreesRegressor"),
     }
 )
+_PIPELINE = ("sklearn.pipeline", "Pipeline")
 # What the methods below read of a fitted forest besides its trees.
 _CLASSIFIER_ATTRIBUTES = ("classes_", "n_classes_", "n_outputs_")
 
@@ -48,23 +50,65 @@ def tree_by_tree_methods(
     estimator: Any, *, whatever_its_jobs: bool = False
 ) -> dict[str, Callable[[Any], Any]]:
     """The forest's ``predict`` (and a classifier's ``predict_proba``), computed tree by
-    tree; empty when ``estimator`` is not one of the four forests or is not fitted. Unless
-    ``whatever_its_jobs``, also empty when scikit-learn would run it otherwise: its
-    ``n_jobs`` asks for several jobs, or its ``verbose`` for progress output."""
-    kind = (type(estimator).__module__, type(estimator).__name__)
-    if kind not in _CLASSIFIERS and kind not in _REGRESSORS:
+    tree, for one of the four forests or a ``Pipeline`` ending in one; empty for anything
+    else, or a forest not fitted. Unless ``whatever_its_jobs``, also empty when scikit-learn
+    would run the forest otherwise: its ``n_jobs`` asks for several jobs, or its ``verbose``
+    for progress output."""
+    forest = forest_in(estimator)
+    if forest is None or (not whatever_its_jobs and not runs_one_job(forest)):
         return {}
+    kind = (type(forest).__module__, type(forest).__name__)
+    if kind in _REGRESSORS:
+        methods: dict[str, Callable[[Any], Any]] = {"predict": _ForestRegression(forest)}
+    elif all(hasattr(forest, name) for name in _CLASSIFIER_ATTRIBUTES):
+        probabilities = _ForestProbabilities(forest)
+        methods = {"predict": _ForestLabels(forest, probabilities), "predict_proba": probabilities}
+    else:
+        return {}
+    if forest is estimator:
+        return methods
+    transforms = _transforms_before(estimator)
+    return {name: _AfterTransforms(transforms, method) for name, method in methods.items()}
+
+
+def forest_in(estimator: Any) -> Any | None:
+    """The fitted forest ``estimator`` is, or the one a ``Pipeline`` (of pipelines) ends in."""
+    kind = (type(estimator).__module__, type(estimator).__name__)
+    if kind == _PIPELINE:
+        steps = getattr(estimator, "steps", None)
+        return forest_in(steps[-1][1]) if steps else None
+    if kind not in _CLASSIFIERS and kind not in _REGRESSORS:
+        return None
     trees = getattr(estimator, "estimators_", None)
     if not trees or not callable(getattr(estimator, "_validate_X_predict", None)):
-        return {}
-    if not whatever_its_jobs and not runs_one_job(estimator):
-        return {}
-    if kind in _REGRESSORS:
-        return {"predict": _ForestRegression(estimator)}
-    if not all(hasattr(estimator, name) for name in _CLASSIFIER_ATTRIBUTES):
-        return {}
-    probabilities = _ForestProbabilities(estimator)
-    return {"predict": _ForestLabels(estimator, probabilities), "predict_proba": probabilities}
+        return None
+    return estimator
+
+
+def _transforms_before(pipeline: Any) -> list[Any]:
+    """What ``Pipeline.predict`` runs before its last step, in order: each step's
+    ``transform`` (those of a pipeline inside it, in turn), "passthrough" and None skipped."""
+    transforms: list[Any] = []
+    for _, step in pipeline.steps[:-1]:
+        if step is not None and step != "passthrough":
+            transforms.append(step.transform)
+    last = pipeline.steps[-1][1]
+    if (type(last).__module__, type(last).__name__) == _PIPELINE:
+        transforms += _transforms_before(last)
+    return transforms
+
+
+class _AfterTransforms:
+    """A pipeline's method: its steps' transforms, then its forest's method tree by tree."""
+
+    def __init__(self, transforms: list[Callable[[Any], Any]], method: Callable[[Any], Any]):
+        self.transforms = transforms
+        self.method = method
+
+    def __call__(self, rows: Any) -> Any:
+        for transform in self.transforms:
+            rows = transform(rows)
+        return self.method(rows)
 
 
 def runs_one_job(forest: Any) -> bool:
