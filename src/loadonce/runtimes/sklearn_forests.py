@@ -85,10 +85,10 @@ def forest_in(estimator: Any) -> Any | None:
     return estimator
 
 
-def _transforms_before(pipeline: Any) -> list[Any]:
+def _transforms_before(pipeline: Any) -> list[Callable[[Any], Any]]:
     """What ``Pipeline.predict`` runs before its last step, in order: each step's
     ``transform`` (those of a pipeline inside it, in turn), "passthrough" and None skipped."""
-    transforms: list[Any] = []
+    transforms: list[Callable[[Any], Any]] = []
     for _, step in pipeline.steps[:-1]:
         if step is not None and step != "passthrough":
             transforms.append(step.transform)
@@ -101,7 +101,9 @@ def _transforms_before(pipeline: Any) -> list[Any]:
 class _AfterTransforms:
     """A pipeline's method: its steps' transforms, then its forest's method tree by tree."""
 
-    def __init__(self, transforms: list[Callable[[Any], Any]], method: Callable[[Any], Any]):
+    def __init__(
+        self, transforms: list[Callable[[Any], Any]], method: Callable[[Any], Any]
+    ) -> None:
         self.transforms = transforms
         self.method = method
 
