@@ -54,6 +54,13 @@ def _served_predictor(estimator: BaseEstimator, tmp_path: Path) -> Predictor:
     return resolve_runtime(spec).load(spec)
 
 
+def _assert_same_probabilities(picked: Any, expected: Any) -> None:
+    """Each example's picked probabilities are the estimator's row, bit for bit."""
+    assert len(picked) == len(expected)
+    for answer, row in zip(picked, expected, strict=True):
+        assert np.array_equal(answer["probabilities"], row)
+
+
 @pytest.fixture
 def no_joblib_wrapper(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """scikit-learn's forests reach joblib through this name; every call (fitting's too) is
@@ -99,11 +106,7 @@ def test_a_forest_answers_bit_for_bit_what_scikit_learn_answers_without_joblib(
     if forest_class in (RandomForestClassifier, ExtraTreesClassifier) and outputs == 1:
         # A request may pick the probabilities (an estimator of one output offers them).
         picked = predictor.predict_with(rows, {SELECTED_OUTPUTS: ["probabilities"]})
-        expected_proba = forest.predict_proba(ROWS)
-        assert all(
-            np.array_equal(answer["probabilities"], expected_proba[index])
-            for index, answer in enumerate(picked)
-        )
+        _assert_same_probabilities(picked, forest.predict_proba(ROWS))
 
 
 def test_missing_values_reach_the_trees_as_scikit_learn_lets_them(
@@ -261,11 +264,7 @@ def test_a_pipeline_ending_in_a_forest_runs_its_transforms_then_the_trees(
     assert no_joblib_wrapper == []
     pipeline.set_params(pipeline__forest__n_jobs=1)  # the reference: one job, summed in order
     assert np.array_equal(served, pipeline.predict(ROWS))
-    expected = pipeline.predict_proba(ROWS)
-    assert all(
-        np.array_equal(answer["probabilities"], expected[index])
-        for index, answer in enumerate(picked)
-    )
+    _assert_same_probabilities(picked, pipeline.predict_proba(ROWS))
 
 
 def test_a_dataframe_pipeline_with_encoded_columns_ending_in_a_forest(
