@@ -1,13 +1,14 @@
-"""The OTLP export request loadonce builds in place is the SDK encoder's, message for message:
-for the spans of served requests (every span loadonce writes, an error's events, a batch's
-links, the SDK's own load span) and for hand-made spans with every kind of value, parent,
-link, event, status, drop count and grouping. The exporter built on it sends that request,
-honours the size limit and shutdown, and encodes in place with the pinned SDK."""
+"""The OTLP export request loadonce writes is the SDK encoder's, byte for byte: for the spans
+of served requests (every span loadonce writes, an error's events, a batch's links, the SDK's
+own load span) and for hand-made spans with every kind of value, parent, link, event, status,
+drop count and grouping. The exporter built on it sends that request, honours the size limit
+and shutdown, and encodes directly with the pinned SDK."""
 
 from __future__ import annotations
 
 import enum
 import logging
+import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
@@ -32,8 +34,10 @@ from opentelemetry.trace import (
 )
 
 import loadonce
+from loadonce.tracing import start_tracing
 from loadonce.tracing.otlp_encoding import encode_spans
-from loadonce.tracing.otlp_exporter import InPlaceOtlpSpanExporter
+from loadonce.tracing.otlp_exporter import DirectOtlpSpanExporter
+from loadonce.tracing.spans import Child, FinishedSpan, FinishedSpanWriter
 from tests.test_tracing import Doubler
 from tests.test_tracing_otlp import Receiver
 from tests.test_tracing_otlp import receiver as receiver  # the fixture
@@ -123,11 +127,12 @@ def every_kind_of_span() -> list[ReadableSpan]:
 def test_every_kind_of_span_is_encoded_as_the_sdk_encodes_it() -> None:
     spans = every_kind_of_span()
     ours, theirs = encode_spans(spans), sdk_encode(spans)
-    assert ours == theirs
-    # And so on the wire: a receiver reads the same request from either.
-    assert type(ours).FromString(ours.SerializeToString()) == theirs
-    assert len(ours.resource_spans) == 2
-    assert [len(r.scope_spans) for r in ours.resource_spans] == [3, 1]
+    assert ours == theirs.SerializeToString()
+    # And a receiver reads the request the SDK built.
+    read = ExportTraceServiceRequest.FromString(ours)
+    assert read == theirs
+    assert len(read.resource_spans) == 2
+    assert [len(r.scope_spans) for r in read.resource_spans] == [3, 1]
 
 
 def test_a_value_otlp_cannot_hold_is_left_out_and_logged_as_the_sdk_does(
@@ -135,7 +140,7 @@ def test_a_value_otlp_cannot_hold_is_left_out_and_logged_as_the_sdk_does(
 ) -> None:
     spans = [span("odd value", attributes={"fine": 1, "odd": object(), "after": "x"})]
     with caplog.at_level(logging.ERROR):
-        ours = encode_spans(spans)
+        ours = read(encode_spans(spans))
     assert ours == sdk_encode(spans)
     keys = [kv.key for kv in ours.resource_spans[0].scope_spans[0].spans[0].attributes]
     assert keys == ["fine", "after"]
@@ -156,7 +161,7 @@ def test_values_protobuf_refuses_lose_only_themselves_as_with_the_sdk(
         span("unharmed"),
     ]
     with caplog.at_level(logging.ERROR):
-        ours = encode_spans(spans)
+        ours = read(encode_spans(spans))
     assert ours == sdk_encode(spans)
     encoded = ours.resource_spans[0].scope_spans[0].spans
     assert [s.name for s in encoded] == ["refused values", "in an event", "in a link", "unharmed"]
@@ -165,6 +170,136 @@ def test_values_protobuf_refuses_lose_only_themselves_as_with_the_sdk(
     assert [kv.key for kv in encoded[2].links[0].attributes] == ["k"]
     assert "Failed to encode key huge" in caplog.text
     assert "Failed to encode key surrogate" in caplog.text
+
+
+def test_the_children_a_request_span_carries_are_written_as_their_own_spans() -> None:
+    # Where loadonce's exporter is the only way out, a request's decode, queue wait and
+    # encode travel inside its span: written out, they are the spans they stand for, as the
+    # SDK's encoder writes those.
+    state = TraceState([("vendor", "value")])
+    request_context = context(0xFEED, 0x10, trace_state=state)
+    batch = Link(context(0xFEED, 0x77))
+    failed = Status(StatusCode.ERROR, "ValueError: bad body")
+    children = [
+        Child("decode", 0x11, 100, 200, None, (), (), Status()),
+        Child("queue wait", 0x12, 200, 300, {"loadonce.model": "m"}, (batch,), (), Status()),
+        Child("encode", 0x13, 300, 400, None, (), [Event("exception", {"a": "b"}, 350)], failed),
+    ]
+    request = FinishedSpan(
+        name="POST /models/{name}/predict",
+        context=request_context,
+        parent=context(0xFEED, 0x9, remote=True),
+        resource=RESOURCE,
+        attributes={"http.route": "/models/{name}/predict"},
+        kind=SpanKind.SERVER,
+        start_time=50,
+        end_time=450,
+        instrumentation_scope=SCOPE,
+    )
+    request.children = children
+    stood_for = [
+        span(
+            c.name,
+            context=context(0xFEED, c.span_id, trace_state=state),
+            parent=request_context,
+            start_time=c.start_ns,
+            end_time=c.end_ns,
+            attributes=c.attributes,
+            links=c.links,
+            events=c.events,
+            status=c.status,
+        )
+        for c in children
+    ]
+    alone = span("alone")
+    assert encode_spans([request, alone]) == (
+        sdk_encode([request, *stood_for, alone]).SerializeToString()
+    )
+
+
+@pytest.mark.parametrize(("exporter", "nests"), [("otlp", True), ("console", False)])
+def test_children_travel_inside_only_where_loadonces_exporter_is_the_way_out(
+    monkeypatch: pytest.MonkeyPatch, exporter: str, nests: bool
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", exporter)
+    tracing = start_tracing(loadonce.TracingOptions(enabled=True))
+    assert tracing is not None
+    try:
+        assert isinstance(tracing.writer, FinishedSpanWriter)
+        assert tracing.writer.nests is nests
+    finally:
+        tracing.shutdown()
+    # A provider of the user's: every span reaches its processors on its own.
+    theirs = start_tracing(TracerProvider())
+    assert theirs is not None
+    assert isinstance(theirs.writer, FinishedSpanWriter)
+    assert not theirs.writer.nests
+
+
+def random_value(draw: random.Random, depth: int = 0) -> Any:
+    """An attribute value of any kind OTLP holds, edges included: int64's ends, floats' odd
+    values, text of every width, strings and bytes long enough for a multi-byte length."""
+    kinds = ["str", "int", "float", "bool", "bytes", "none", "long"]
+    if depth < 2:
+        kinds += ["list", "dict"]
+    kind = draw.choice(kinds)
+    if kind == "str":
+        return "".join(draw.choice("aé中🙂\x00\n") for _ in range(draw.randrange(0, 12)))
+    if kind == "int":
+        return draw.choice([0, 1, -1, 127, 128, 2**63 - 1, -(2**63), draw.getrandbits(40)])
+    if kind == "float":
+        return draw.choice([0.0, -0.0, 1.5, float("inf"), float("-inf"), float("nan"), 1e-300])
+    if kind == "bool":
+        return draw.random() < 0.5
+    if kind == "bytes":
+        return bytes(draw.getrandbits(8) for _ in range(draw.randrange(0, 6)))
+    if kind == "long":
+        return "x" * draw.choice([127, 128, 16383, 16384, 70_000])
+    if kind == "list":
+        return [random_value(draw, depth + 1) for _ in range(draw.randrange(0, 4))]
+    if kind == "dict":
+        return {f"k{i}": random_value(draw, depth + 1) for i in range(draw.randrange(0, 3))}
+    return None
+
+
+def random_span(draw: random.Random, number: int) -> ReadableSpan:
+    def attributes() -> dict[str, Any]:
+        return {f"key.{i}": random_value(draw) for i in range(draw.randrange(0, 5))}
+
+    def some_context() -> SpanContext:
+        remote = draw.random() < 0.3
+        return context(draw.getrandbits(128) or 1, draw.getrandbits(64) or 1, remote=remote)
+
+    return span(
+        draw.choice(["", "n", "é" * 70, f"span {number}"]),
+        context=some_context(),
+        parent=draw.choice([None, some_context()]),
+        kind=draw.choice(list(SpanKind)),
+        attributes=attributes(),
+        events=[
+            Event(draw.choice(["", "e"]), attributes(), timestamp=draw.getrandbits(63))
+            for _ in range(draw.randrange(0, 3))
+        ],
+        links=[Link(some_context(), attributes()) for _ in range(draw.randrange(0, 3))],
+        status=draw.choice([Status(), Status(StatusCode.ERROR, "boom"), Status(StatusCode.OK)]),
+        start_time=draw.choice([None, 0, draw.getrandbits(63)]),
+        end_time=draw.choice([None, 0, 2**64 - 1]),
+        resource=draw.choice([RESOURCE, Resource({"service.name": "other"})]),
+        instrumentation_scope=draw.choice([SCOPE, OTHER_SCOPE, None]),
+    )
+
+
+def test_random_spans_of_every_shape_are_the_sdk_encoders_bytes() -> None:
+    draw = random.Random(20261203)
+    for round_ in range(40):
+        spans = [random_span(draw, n) for n in range(draw.randrange(1, 12))]
+        assert encode_spans(spans) == sdk_encode(spans).SerializeToString(), round_
+
+
+def read(data: bytes) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(data)
+    return request
 
 
 def served_spans() -> list[ReadableSpan]:
@@ -198,13 +333,13 @@ def test_served_requests_spans_are_encoded_as_the_sdk_encodes_them() -> None:
     assert {"model load", "decode", "queue wait", "batch", "predict", "encode"} <= names
     assert any(s.name == "batch" and len(s.links) == 2 for s in spans)
     assert any(e.name == "exception" for s in spans for e in s.events)
-    assert encode_spans(spans) == sdk_encode(spans)
+    assert encode_spans(spans) == sdk_encode(spans).SerializeToString()
 
 
 def test_the_exporter_sends_the_request_the_sdk_would_send(receiver: Receiver) -> None:
-    exporter = InPlaceOtlpSpanExporter(endpoint=f"{receiver.url}/v1/traces")
+    exporter = DirectOtlpSpanExporter(endpoint=f"{receiver.url}/v1/traces")
     # With the SDK release loadonce pins, its encoding is swapped in, not the SDK's run.
-    assert exporter.encodes_in_place
+    assert exporter.encodes_directly
     spans = every_kind_of_span()
     assert exporter.export(spans) is SpanExportResult.SUCCESS
     expected = [s for r in sdk_encode(spans).resource_spans for g in r.scope_spans for s in g.spans]
@@ -218,7 +353,7 @@ def test_the_exporter_sends_the_request_the_sdk_would_send(receiver: Receiver) -
 def test_a_batch_over_the_size_limit_is_dropped_unsent(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
-    exporter = InPlaceOtlpSpanExporter(endpoint=f"{receiver.url}/v1/traces", max_request_size=64)
+    exporter = DirectOtlpSpanExporter(endpoint=f"{receiver.url}/v1/traces", max_request_size=64)
     with caplog.at_level(logging.WARNING):
         assert exporter.export(every_kind_of_span()) is SpanExportResult.FAILURE
     assert receiver.paths == []
@@ -226,5 +361,5 @@ def test_a_batch_over_the_size_limit_is_dropped_unsent(
 
 
 def test_a_collector_that_refuses_is_an_export_failure() -> None:
-    exporter = InPlaceOtlpSpanExporter(endpoint="http://127.0.0.1:9/v1/traces", timeout=2)
+    exporter = DirectOtlpSpanExporter(endpoint="http://127.0.0.1:9/v1/traces", timeout=2)
     assert exporter.export([span("nobody listens")]) is SpanExportResult.FAILURE

@@ -239,6 +239,39 @@ def test_a_handlers_own_attributes_and_events_on_the_request_span_are_exported(
     ]
 
 
+def test_a_handler_past_the_limits_is_counted_as_the_sdks_own_span_counts_it(
+    exporter: InMemorySpanExporter,
+) -> None:
+    # What is left out over the limits (128 attributes, events, links) is said on the span,
+    # with the same counts the SDK's own span reports for the same calls.
+    def overflow(span: trace.Span) -> None:
+        for n in range(130):
+            span.set_attribute(f"shop.a{n}", n)
+        for n in range(131):
+            span.add_event(f"e{n}")
+        for n in range(132):
+            span.add_link(trace.SpanContext(7, n + 1, is_remote=False))
+
+    app: FastAPI = traced_app(exporter, Doubler())
+
+    @app.get("/busy")
+    def busy() -> dict[str, str]:
+        overflow(trace.get_current_span())
+        return {}
+
+    with TestClient(app) as client:
+        exporter.clear()
+        assert client.get("/busy").status_code == 200
+    (request,) = [s for s in exporter.get_finished_spans() if s.name.startswith("GET")]
+    with trace.get_tracer("t", tracer_provider=TracerProvider()).start_span("sdk") as own:
+        overflow(own)
+    assert isinstance(own, ReadableSpan)
+    counts = (own.dropped_attributes, own.dropped_events, own.dropped_links)
+    assert counts == (2, 3, 4)
+    assert (request.dropped_attributes, request.dropped_events, request.dropped_links) == counts
+    assert len(request.events) == len(request.links) == 128
+
+
 class TenantOnStart(SimpleSpanProcessor):
     """A processor that stamps every span as it starts (as a baggage processor does)."""
 

@@ -118,6 +118,24 @@ batching = {{ max_batch_size = 3, max_wait_ms = 10000 }}
     parent = requests[batch.parent_span_id]
     in_trace = {s.name for s in spans if s.trace_id == parent.trace_id}
     assert {"decode", "queue wait", "batch", "predict", "encode"} <= in_trace
+    (predict,) = [s for s in spans if s.name == "predict"]
+    assert (predict.trace_id, predict.parent_span_id) == (batch.trace_id, batch.span_id)
+    # Every request has its own phases below it, in its trace and its time, the wait linked
+    # to the batch that carried it; no two spans share an id.
+    assert len({s.span_id for s in spans}) == len(spans)
+    for request in requests.values():
+        below = {s.name: s for s in spans if s.parent_span_id == request.span_id}
+        below.pop("batch", None)  # the batch is the child of the first request it carried
+        assert set(below) == {"decode", "queue wait", "encode"}
+        for child in below.values():
+            assert child.trace_id == request.trace_id
+            assert child.kind == child.SPAN_KIND_INTERNAL
+            assert request.start_time_unix_nano <= child.start_time_unix_nano
+            assert child.start_time_unix_nano <= child.end_time_unix_nano
+            assert child.end_time_unix_nano <= request.end_time_unix_nano
+        assert [link.span_id for link in below["queue wait"].links] == [batch.span_id]
+        model = {a.key: a.value.string_value for a in below["queue wait"].attributes}
+        assert model == {"loadonce.model": "echo"}
     # Each JSON log line of a request carries its trace and span ids.
     lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
     access = [

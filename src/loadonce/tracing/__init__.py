@@ -72,9 +72,9 @@ def start_tracing(config: TracingOptions | object | None) -> Tracing | None:
     if isinstance(config, TracingOptions):
         if not check_tracing(config):
             return None
-        from loadonce.tracing.otel import Tracing, provider_for, root_ratio
+        from loadonce.tracing.otel import tracing_for
 
-        return Tracing(provider_for(config), owned=True, ratio=root_ratio(config))
+        return tracing_for(config)
     from loadonce.tracing.otel import Tracing
 
     return Tracing(config, owned=False)

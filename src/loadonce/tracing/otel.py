@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -42,9 +42,19 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _PARENT_BASED_ALWAYS_ON: str = ParentBased(ALWAYS_ON).get_description()  # type: ignore[no-untyped-call]
 
 
-def provider_for(options: TracingOptions) -> TracerProvider:
-    """A tracer provider from the options; what they leave unset, the SDK reads from its
-    OTEL_* variables (sampler, resource attributes, exporter endpoint, headers, timeouts)."""
+def tracing_for(options: TracingOptions) -> Tracing:
+    """A worker's tracing on a provider of its own, built from the options. When its one way
+    out is loadonce's OTLP exporter, a request's children travel inside its span
+    (``spans.Child``)."""
+    provider, direct = provider_for(options)
+    return Tracing(provider, owned=True, ratio=root_ratio(options), nests=direct)
+
+
+def provider_for(options: TracingOptions) -> tuple[TracerProvider, bool]:
+    """A tracer provider from the options, and whether its one span processor hands spans to
+    loadonce's OTLP exporter, which writes them itself (``DirectOtlpSpanExporter``); what the
+    options leave unset, the SDK reads from its OTEL_* variables (sampler, resource
+    attributes, exporter endpoint, headers, timeouts)."""
     attributes: dict[str, Any] = {}
     if options.service_name is not None:
         attributes["service.name"] = options.service_name
@@ -63,13 +73,15 @@ def provider_for(options: TracingOptions) -> TracerProvider:
     if exporter == "console":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     elif exporter == "otlp":
-        from loadonce.tracing.otlp_exporter import InPlaceOtlpSpanExporter
+        from loadonce.tracing.otlp_exporter import DirectOtlpSpanExporter
 
         endpoint = None
         if options.endpoint is not None:
             endpoint = options.endpoint.rstrip("/") + "/v1/traces"
-        provider.add_span_processor(BatchSpanProcessor(InPlaceOtlpSpanExporter(endpoint=endpoint)))
-    return provider
+        otlp = DirectOtlpSpanExporter(endpoint=endpoint)
+        provider.add_span_processor(BatchSpanProcessor(otlp))
+        return provider, otlp.encodes_directly
+    return provider, False
 
 
 class _HashedOnce(Resource):
@@ -109,7 +121,9 @@ class Tracing:
     gRPC. ``owned``: the provider was built here, and is shut down (its spans flushed) with
     the app."""
 
-    def __init__(self, provider: Any, *, owned: bool, ratio: float | None = None) -> None:
+    def __init__(
+        self, provider: Any, *, owned: bool, ratio: float | None = None, nests: bool = False
+    ) -> None:
         self.provider = provider
         # Requests sampled out without a caller's decision cost one random draw: at 10%
         # sampling, asking the SDK (trace ids, a sampler, a non-recording span) for each of
@@ -117,8 +131,9 @@ class Tracing:
         self._ratio = ratio
         self._draw = random.Random().random  # noqa: S311 - sampling, not secrets
         self.tracer: trace.Tracer = provider.get_tracer("loadonce", __version__)
-        # The spans below a request's (docs in spans.py: written whole, when they end).
-        self.writer = writer_for(self.tracer)
+        # The spans below a request's (docs in spans.py: written whole, when they end),
+        # carried inside the request's own when loadonce's exporter is the only way out.
+        self.writer = writer_for(self.tracer, nests=nests)
         # The request's span written whole too, when the tracer is the SDK's and the
         # sampling parent-based with every root sampled (loadonce's own sampler, its ratio
         # drawn before; or the SDK's default): the decision is then the caller's flag, which
@@ -217,11 +232,11 @@ class Tracing:
             attributes={MODEL: model, BATCH_SIZE: examples, BATCH_REQUESTS: requests},
         )
         back = [Link(batch.context)]
-        for context, (_, submitted) in zip(contexts, carried, strict=True):
-            waited = self.writer.open(
-                "queue wait", context, self._ns(submitted), links=back, attributes={MODEL: model}
+        attributes = {MODEL: model}  # read only, by every span: one serves all
+        for traced, submitted in carried:
+            traced.child(  # type: ignore[attr-defined]  # a RequestSpan, from current()
+                "queue wait", self._ns(submitted), start_ns, links=back, attributes=attributes
             )
-            waited.end(start_ns)
         return batch
 
     def call_ended(
@@ -232,8 +247,8 @@ class Tracing:
         failure = str(failed[0]) if failed else None
         if timing is not None:
             begins = self._ns(timing.began + timing.input_s)
-            predict = self.writer.open("predict", batch.context, begins)
-            predict.end(begins + int(timing.infer_s * 1e9), failed=failure)
+            ends = begins + int(timing.infer_s * 1e9)
+            self.writer.child("predict", batch.context, begins, ends, failed=failure)
         batch.end(errors=errors, failed=failure)
 
     def lifecycle(self, model: str, action: str) -> AbstractContextManager[object]:
@@ -274,7 +289,41 @@ class RequestSpan:
         otel_context.detach(self._context_token)  # type: ignore[arg-type]
 
     def phase(self, name: str) -> AbstractContextManager[object]:
-        return Phase(self.tracing.writer, name, self.context)
+        return Phase(self, name)
+
+    def child(
+        self,
+        name: str,
+        start_ns: int,
+        end_ns: int,
+        *,
+        links: Sequence[Link] = (),
+        attributes: Mapping[str, Any] | None = None,
+        errors: Sequence[BaseException] = (),
+        failed: str | None = None,
+    ) -> None:
+        """A finished span below the request's (a phase, its wait in the queue)."""
+        if isinstance(self.span, RecordedSpan):
+            self.span.child(
+                name,
+                start_ns,
+                end_ns,
+                links=links,
+                attributes=attributes,
+                errors=errors,
+                failed=failed,
+            )
+        else:
+            self.tracing.writer.child(
+                name,
+                self.context,
+                start_ns,
+                end_ns,
+                links=links,
+                attributes=attributes,
+                errors=errors,
+                failed=failed,
+            )
 
     def named(self, method: str, route: str) -> None:
         """The route's template is known: the span's name, low in cardinality."""

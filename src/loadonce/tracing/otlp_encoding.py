@@ -1,236 +1,416 @@
-"""Finished spans as OTLP's export request, each message built where it belongs.
+"""Finished spans as the bytes of OTLP's export request, written in protobuf's wire format.
 
-The SDK exporter's encoder (``opentelemetry-exporter-otlp-proto-common``) builds every span's
-messages apart and then hands them to the message above, which copies them, at each of the
-three levels a span is nested in; with its per-value type checks and enum lookups, it was most
-of the export thread's work: 24.7 µs a span against 9.0 µs built in place (the same 512 spans
-of served requests, docs/benchmarks.md "What tracing costs"). The messages are OpenTelemetry's
-own (``opentelemetry-proto``) and every field holds what the SDK's encoder puts there: a test
-compares the two requests, span for span, for every kind of span, value and grouping.
+The SDK exporter's encoder (``opentelemetry-exporter-otlp-proto-common``) builds a protobuf
+message for every span, attribute, value, link and event, then serializes the tree: 16.7 µs a
+span of a served request, and most of what a sampled request costs the worker (the export
+thread shares the worker's interpreter with the event loop). The spans' layout is fixed and
+small (ids, a name, two timestamps, a few key-values, links), so loadonce writes their bytes
+directly: 2.7 µs a span (docs/benchmarks.md, "What tracing costs"). The layout is
+``opentelemetry-proto``'s (the messages' field numbers and types, named where each is
+written).
+
+The bytes are the SDK encoder's, byte for byte (tests compare them for every kind of span,
+value and grouping): the same fields, in field-number order, each written when protobuf writes
+it (proto3: a scalar at its default is left out, a value of a ``oneof`` and a set message never
+are). An attribute OTLP cannot hold (of no kind it has, an int beyond 64 bits, a string that is
+not Unicode text: a lone surrogate) is left out and logged, as the SDK's encoder does, not its
+span or the export. A span's name that is not Unicode text would fail the SDK's whole export;
+here its odd characters become "?".
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import struct
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import (
-    AnyValue,
-    ArrayValue,
-    KeyValue,
-    KeyValueList,
-)
-from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, SpanFlags
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope as SdkScope
-from opentelemetry.trace import SpanContext, SpanKind, Status
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
+
+from loadonce.tracing.spans import Child
 
 logger = logging.getLogger(__name__)
 
+# Wire types (protobuf's encoding): a varint, 64 bits, a length-delimited run of bytes, 32 bits.
+_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
+
+
+def _varint(value: int) -> bytes:
+    """An unsigned integer (below 2**64) as a base-128 varint."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+# Lengths and small numbers are most of the varints written: looked up, not computed.
+_SMALL = [_varint(n) for n in range(1 << 14)]
+
+
+def _size(value: int) -> bytes:
+    return _SMALL[value] if value < 16384 else _varint(value)
+
+
+def _tag(field: int, wire_type: int) -> bytes:
+    return _varint(field << 3 | wire_type)
+
+
+def _delimited(tag: bytes, payload: bytes) -> bytes:
+    return tag + _size(len(payload)) + payload
+
+
+# ExportTraceServiceRequest: 1 resource_spans. ResourceSpans: 1 resource, 2 scope_spans,
+# 3 schema_url. ScopeSpans: 1 scope, 2 spans, 3 schema_url.
+_RESOURCE_SPANS = _tag(1, _LEN)
+_GROUP_RESOURCE = _tag(1, _LEN)
+_SCOPE_SPANS = _tag(2, _LEN)
+_GROUP_SCHEMA_URL = _tag(3, _LEN)
+_GROUP_SCOPE = _tag(1, _LEN)
+_SPAN = _tag(2, _LEN)
+_RESOURCE_ATTRIBUTE = _tag(1, _LEN)
+_SCOPE_NAME = _tag(1, _LEN)
+_SCOPE_VERSION = _tag(2, _LEN)
+_SCOPE_ATTRIBUTE = _tag(3, _LEN)
+# Span (opentelemetry/proto/trace/v1/trace.proto).
+_TRACE_ID = _tag(1, _LEN) + _size(16)
+_SPAN_ID = _tag(2, _LEN) + _size(8)
+_TRACE_STATE = _tag(3, _LEN)
+_PARENT_SPAN_ID = _tag(4, _LEN) + _size(8)
+_NAME = _tag(5, _LEN)
+_KIND = _tag(6, _VARINT)
+_START = _tag(7, _FIXED64)
+_END = _tag(8, _FIXED64)
+_ATTRIBUTE = _tag(9, _LEN)
+_DROPPED_ATTRIBUTES = _tag(10, _VARINT)
+_EVENT = _tag(11, _LEN)
+_DROPPED_EVENTS = _tag(12, _VARINT)
+_LINK = _tag(13, _LEN)
+_DROPPED_LINKS = _tag(14, _VARINT)
+_STATUS = _tag(15, _LEN)
+_FLAGS = _tag(16, _FIXED32)
+# Span.Event: 1 time_unix_nano, 2 name, 3 attributes, 4 dropped_attributes_count.
+_EVENT_TIME = _tag(1, _FIXED64)
+_EVENT_NAME = _tag(2, _LEN)
+_EVENT_ATTRIBUTE = _tag(3, _LEN)
+_EVENT_DROPPED = _tag(4, _VARINT)
+# Span.Link: 1 trace_id, 2 span_id, 4 attributes, 5 dropped_attributes_count, 6 flags (the
+# SDK's encoder writes no trace_state for a link).
+_LINK_ATTRIBUTE = _tag(4, _LEN)
+_LINK_DROPPED = _tag(5, _VARINT)
+_LINK_FLAGS = _tag(6, _FIXED32)
+# Status: 2 message, 3 code.
+_STATUS_MESSAGE = _tag(2, _LEN)
+_STATUS_CODE = _tag(3, _VARINT)
+# KeyValue: 1 key, 2 value. AnyValue (a oneof): 1 string, 2 bool, 3 int, 4 double, 5 array,
+# 6 key-value list, 7 bytes. ArrayValue and KeyValueList: 1 values.
+_KEY = _tag(1, _LEN)
+_VALUE = _tag(2, _LEN)
+_STRING = _tag(1, _LEN)
+_BOOL = _tag(2, _VARINT)
+_INT = _tag(3, _VARINT)
+_DOUBLE = _tag(4, _FIXED64)
+_ARRAY = _tag(5, _LEN)
+_KEY_VALUES = _tag(6, _LEN)
+_BYTES = _tag(7, _LEN)
+_VALUES = _tag(1, _LEN)
+
 # OTLP's span kinds are the API's, counted from 1 (0 is "unspecified").
-_KINDS = {kind: kind.value + 1 for kind in SpanKind}
-# Every span and link says whether its parent (its target) is remote.
-_HAS_IS_REMOTE = SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
-_REMOTE = _HAS_IS_REMOTE | SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
-# How a span's attributes (and its events' and links') become key-values.
-_KeyValues = Callable[[Mapping[str, Any] | None], list[Any]]
+_KINDS = {kind: _KIND + _size(kind.value + 1) for kind in SpanKind}
+_INTERNAL = _KINDS[SpanKind.INTERNAL]
+# Every span and link says whether its parent (its target) is remote: SpanFlags'
+# CONTEXT_HAS_IS_REMOTE (0x100), with CONTEXT_IS_REMOTE (0x200) when it is.
+_LOCAL = struct.pack("<I", 0x100)
+_REMOTE = struct.pack("<I", 0x300)
+_SPAN_FLAGS = {False: _FLAGS + _LOCAL, True: _FLAGS + _REMOTE}
+_LINK_SPAN_FLAGS = {False: _LINK_FLAGS + _LOCAL, True: _LINK_FLAGS + _REMOTE}
+_TIMES = struct.Struct("<Q")
+# The status of most spans: unset, without a message (an empty message, still written).
+_UNSET_STATUS = _STATUS + _size(0)
+_DOUBLE_VALUE = struct.Struct("<d")
+_MOST_NEGATIVE, _MOST_POSITIVE = -(2**63), 2**63 - 1
+
+# Names and keys repeat (span names are routes' templates; attribute keys a fixed few): their
+# encoded bytes are kept, up to this many of each, so that code naming spans or keys without
+# bound cannot grow the cache.
+_MOST_REMEMBERED = 1024
+_names: dict[str, bytes] = {}
+_keys: dict[str, bytes] = {}
+# Most attributes repeat with their values too (a model's name, a method, a route, a status):
+# each (key, str or int value) pair's bytes, with their length, are kept until there are this
+# many, then all are forgotten.
+_MOST_PAIRS = 4096
+_pairs: dict[tuple[str, str | int], bytes] = {}
 
 
-def encode_spans(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
-    """The export request for ``spans``: grouped by resource, then by instrumentation scope,
-    each group where its first span put it, as the SDK's encoder groups them."""
-    request = ExportTraceServiceRequest()
-    # The scope group of each (resource, scope) pair of objects seen; equal pairs share one.
-    by_identity: dict[tuple[int, int], ScopeSpans] = {}
-    by_value: dict[Resource, tuple[Any, dict[SdkScope | None, ScopeSpans]]] = {}
+def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
+    """The serialized export request for ``spans``: grouped by resource, then by
+    instrumentation scope, each group where its first span put it, as the SDK's encoder groups
+    them."""
+    # The spans' bytes of each (resource, scope) pair of objects seen; equal pairs share one.
+    by_identity: dict[tuple[int, int], list[bytes]] = {}
+    by_value: dict[Resource, dict[SdkScope | None, list[bytes]]] = {}
+    # Spans come in runs of one pair (a worker's spans all share one): the last group is kept.
+    last_resource: Resource | None = None
+    last_scope: SdkScope | None = None
+    group: list[bytes] = []
     for span in spans:
         resource, scope = span.resource, span.instrumentation_scope
-        group = by_identity.get((id(resource), id(scope)))
-        if group is None:
-            group = _group(request, by_value, resource, scope)
-            by_identity[(id(resource), id(scope))] = group
-        _add_span(group, span)
-    return request
+        if resource is not last_resource or scope is not last_scope or not group:
+            key = (id(resource), id(scope))
+            found = by_identity.get(key)
+            if found is None:
+                found = by_value.setdefault(resource, {}).setdefault(scope, [])
+                by_identity[key] = found
+            group, last_resource, last_scope = found, resource, scope
+        group.append(_span(span))
+    request = []
+    for resource, scopes in by_value.items():
+        parts = [_delimited(_GROUP_RESOURCE, _resource(resource))]
+        for scope, encoded in scopes.items():
+            parts.append(_delimited(_SCOPE_SPANS, _scope_spans(scope, encoded)))
+        if resource.schema_url:
+            parts.append(_delimited(_GROUP_SCHEMA_URL, resource.schema_url.encode()))
+        request.append(_delimited(_RESOURCE_SPANS, b"".join(parts)))
+    return b"".join(request)
 
 
-def _group(
-    request: ExportTraceServiceRequest,
-    by_value: dict[Resource, tuple[Any, dict[SdkScope | None, ScopeSpans]]],
-    resource: Resource,
-    scope: SdkScope | None,
-) -> ScopeSpans:
-    found = by_value.get(resource)
-    if found is None:
-        resource_spans = request.resource_spans.add(
-            schema_url=resource.schema_url,
-            resource={"attributes": _checked_key_values(resource.attributes)},
-        )
-        found = by_value[resource] = (resource_spans, {})
-    resource_spans, scopes = found
-    group = scopes.get(scope)
-    if group is None:
-        group = resource_spans.scope_spans.add(
-            schema_url=scope.schema_url if scope else None, scope=_scope(scope)
-        )
-        scopes[scope] = group
-    return group
+def _resource(resource: Resource) -> bytes:
+    """Resource: 1 attributes."""
+    parts: list[bytes] = []
+    _add_key_values(parts, _RESOURCE_ATTRIBUTE, resource.attributes)
+    return b"".join(parts)
 
 
-def _scope(scope: SdkScope | None) -> dict[str, Any]:
-    """The scope's message, for its group's ``add``."""
+def _scope_spans(scope: SdkScope | None, spans: list[bytes]) -> bytes:
+    parts = [_delimited(_GROUP_SCOPE, _scope(scope)), *spans]
+    if scope is not None and scope.schema_url:
+        parts.append(_delimited(_GROUP_SCHEMA_URL, scope.schema_url.encode()))
+    return b"".join(parts)
+
+
+def _scope(scope: SdkScope | None) -> bytes:
+    """InstrumentationScope: 1 name, 2 version, 3 attributes."""
     if scope is None:
-        return {}
-    return {
-        "name": scope.name,
-        "version": scope.version or "",  # "": not set
-        "attributes": _checked_key_values(scope.attributes),
-    }
+        return b""
+    parts = []
+    if scope.name:
+        parts.append(_delimited(_SCOPE_NAME, scope.name.encode("utf-8", "replace")))
+    if scope.version:
+        parts.append(_delimited(_SCOPE_VERSION, scope.version.encode("utf-8", "replace")))
+    if scope.attributes:
+        _add_key_values(parts, _SCOPE_ATTRIBUTE, scope.attributes)
+    return b"".join(parts)
 
 
-def _add_span(group: ScopeSpans, span: ReadableSpan) -> None:
-    """The span's message, built by one ``add``: its attributes, events, links and status as
-    dicts that protobuf turns into messages in place (each ``add`` or field set from Python
-    costs a call). If a value cannot be encoded (of no kind OTLP holds, or refused by protobuf
-    there: an int beyond 64 bits, a string with a lone surrogate; code may set any of them on
-    a request's span), the span is built again with each attribute checked on its own, so
-    that only that attribute is left out (logged), as the SDK's encoder does, not the span or
-    the export. A refused ``add`` adds nothing."""
-    try:
-        group.spans.add(**_span_fields(span, _key_values))
-    except Exception:  # a value refused (or of no kind OTLP holds): checked one by one
-        group.spans.add(**_span_fields(span, _checked_key_values))
-
-
-def _span_fields(span: ReadableSpan, key_values: _KeyValues) -> dict[str, Any]:
-    """The span's fields, for ``add``; its attributes, its events' and links' through
-    ``key_values``. An empty list is left out (an empty repeated field is what it would
-    write)."""
+def _span(span: ReadableSpan) -> bytes:
+    """One span, as the ScopeSpans' ``spans`` field: tag, length, its fields. (Each of the
+    span's properties is read once: most build something, a copy or a check, when read.)"""
     context = span.context
     parent = span.parent
     assert context is not None  # a finished span has its ids
-    status = span.status
-    fields: dict[str, Any] = {
-        "trace_id": context.trace_id.to_bytes(16, "big"),
-        "span_id": context.span_id.to_bytes(8, "big"),
-        "name": span.name,
-        "kind": _KINDS[span.kind],
-        "start_time_unix_nano": span.start_time,
-        "end_time_unix_nano": span.end_time,
-        "dropped_attributes_count": span.dropped_attributes,
-        "dropped_events_count": span.dropped_events,
-        "dropped_links_count": span.dropped_links,
-        "flags": _REMOTE if parent is not None and parent.is_remote else _HAS_IS_REMOTE,
-    }
+    trace_id = context.trace_id.to_bytes(16, "big")
+    span_id = context.span_id.to_bytes(8, "big")
+    parts = [_TRACE_ID, trace_id, _SPAN_ID, span_id]
+    trace_state = context.trace_state
+    state = b""
+    if trace_state is not DEFAULT_TRACE_STATE and trace_state:
+        written = ",".join(f"{key}={value}" for key, value in trace_state.items())
+        state = _delimited(_TRACE_STATE, written.encode())
+        parts.append(state)
     if parent is not None:
-        fields["parent_span_id"] = parent.span_id.to_bytes(8, "big")
-    trace_state = _trace_state(context)
-    if trace_state is not None:
-        fields["trace_state"] = trace_state
-    if status is not None:
-        fields["status"] = _status(status)
+        parts += (_PARENT_SPAN_ID, parent.span_id.to_bytes(8, "big"))
+    name = span.name
+    if name:
+        parts.append(_names.get(name) or _name(name))
+    parts.append(_KINDS[span.kind])
+    start, end = span.start_time, span.end_time
+    if start:
+        parts += (_START, _TIMES.pack(start))
+    if end:
+        parts += (_END, _TIMES.pack(end))
     attributes = span.attributes
     if attributes:
-        fields["attributes"] = key_values(attributes)
-    events = span.events
-    if events:
-        fields["events"] = [
-            {
-                "name": event.name,
-                "time_unix_nano": event.timestamp,
-                "attributes": key_values(event.attributes),
-                "dropped_attributes_count": event.dropped_attributes,
-            }
-            for event in events
-        ]
-    links = span.links
-    if links:
-        fields["links"] = [
-            {
-                "trace_id": link.context.trace_id.to_bytes(16, "big"),
-                "span_id": link.context.span_id.to_bytes(8, "big"),
-                "attributes": key_values(link.attributes),
-                "dropped_attributes_count": link.dropped_attributes,
-                "flags": _REMOTE if link.context.is_remote else _HAS_IS_REMOTE,
-            }
-            for link in links
-        ]
-    return fields
+        _add_key_values(parts, _ATTRIBUTE, attributes)
+    dropped = span.dropped_attributes
+    if dropped:
+        parts += (_DROPPED_ATTRIBUTES, _size(dropped))
+    for event in span.events:
+        encoded = _event(event)
+        parts += (_EVENT, _size(len(encoded)), encoded)
+    dropped = span.dropped_events
+    if dropped:
+        parts += (_DROPPED_EVENTS, _size(dropped))
+    for link in span.links:
+        encoded = _link(link)
+        parts += (_LINK, _size(len(encoded)), encoded)
+    dropped = span.dropped_links
+    if dropped:
+        parts += (_DROPPED_LINKS, _size(dropped))
+    status = span.status
+    if status is not None:
+        if status.status_code is StatusCode.UNSET and not status.description:
+            parts.append(_UNSET_STATUS)
+        else:
+            parts.append(_delimited(_STATUS, _status(status)))
+    parts.append(_SPAN_FLAGS[parent is not None and parent.is_remote])
+    encoded = b"".join(parts)
+    spans = _SPAN + _size(len(encoded)) + encoded
+    children: Sequence[Child] = getattr(span, "children", ())
+    if children:
+        below = (_TRACE_ID, trace_id, _SPAN_ID)
+        above = (state, _PARENT_SPAN_ID, span_id)
+        spans += b"".join([_child(child, below, above) for child in children])
+    return spans
 
 
-def _status(status: Status) -> dict[str, Any]:
-    """The status's message; its description only when there is one, as the SDK's encoder."""
+def _child(child: Child, below: tuple[bytes, ...], above: tuple[bytes, ...]) -> bytes:
+    """A span a request's span carries (``spans.Child``), as the span it stands for: in the
+    request's trace (``below``: the trace id's field, the span id's tag), under it with its
+    trace state (``above``), of kind INTERNAL, its parent local."""
+    parts = [*below, child.span_id.to_bytes(8, "big"), *above]
+    name = child.name
+    if name:
+        parts.append(_names.get(name) or _name(name))
+    parts.append(_INTERNAL)
+    if child.start_ns:
+        parts += (_START, _TIMES.pack(child.start_ns))
+    if child.end_ns:
+        parts += (_END, _TIMES.pack(child.end_ns))
+    if child.attributes:
+        _add_key_values(parts, _ATTRIBUTE, child.attributes)
+    for event in child.events:
+        encoded = _event(event)
+        parts += (_EVENT, _size(len(encoded)), encoded)
+    for link in child.links:
+        encoded = _link(link)
+        parts += (_LINK, _size(len(encoded)), encoded)
+    status = child.status
+    if status.status_code is StatusCode.UNSET and not status.description:
+        parts.append(_UNSET_STATUS)
+    else:
+        parts.append(_delimited(_STATUS, _status(status)))
+    parts.append(_SPAN_FLAGS[False])
+    encoded = b"".join(parts)
+    return _SPAN + _size(len(encoded)) + encoded
+
+
+def _name(name: str) -> bytes:
+    encoded = _delimited(_NAME, name.encode("utf-8", "replace"))
+    if len(_names) < _MOST_REMEMBERED:
+        _names[name] = encoded
+    return encoded
+
+
+def _event(event: Event) -> bytes:
+    parts: list[bytes] = []
+    if event.timestamp:
+        parts += (_EVENT_TIME, _TIMES.pack(event.timestamp))
+    if event.name:
+        parts.append(_delimited(_EVENT_NAME, event.name.encode("utf-8", "replace")))
+    if event.attributes:
+        _add_key_values(parts, _EVENT_ATTRIBUTE, event.attributes)
+    if event.dropped_attributes:
+        parts += (_EVENT_DROPPED, _size(event.dropped_attributes))
+    return b"".join(parts)
+
+
+def _link(link: Link) -> bytes:
+    context: SpanContext = link.context
+    parts = [
+        _TRACE_ID,
+        context.trace_id.to_bytes(16, "big"),
+        _SPAN_ID,
+        context.span_id.to_bytes(8, "big"),
+    ]
+    if link.attributes:
+        _add_key_values(parts, _LINK_ATTRIBUTE, link.attributes)
+    if link.dropped_attributes:
+        parts += (_LINK_DROPPED, _size(link.dropped_attributes))
+    parts.append(_LINK_SPAN_FLAGS[context.is_remote])
+    return b"".join(parts)
+
+
+def _status(status: Status) -> bytes:
+    parts = []
     if status.description:
-        return {"code": status.status_code.value, "message": status.description}
-    return {"code": status.status_code.value}
+        parts.append(_delimited(_STATUS_MESSAGE, status.description.encode("utf-8", "replace")))
+    code = status.status_code.value
+    if code:
+        parts += (_STATUS_CODE, _size(code))
+    return b"".join(parts)
 
 
-def _trace_state(context: SpanContext) -> str | None:
-    state = context.trace_state
-    if not state:
-        return None
-    return ",".join(f"{key}={value}" for key, value in state.items())
-
-
-def _key_values(attributes: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """Attributes as key-values, for a message's constructor (or ``add``), unchecked: a value
-    that cannot be encoded raises, in ``_any_value`` or in protobuf's ``add`` (``_add_span``
-    then checks each with ``_checked_key_values``).
-
-    Each is a dict, which protobuf turns into the KeyValue in place: building the KeyValue
-    and AnyValue messages in Python first, to be copied into the span, took twice as long (a
-    span with five attributes: 12.1 against 6.1 µs, docs/benchmarks.md)."""
-    if not attributes:
-        return []
-    encoded = []
+def _add_key_values(parts: list[bytes], tag: bytes, attributes: Mapping[str, Any]) -> None:
+    """Each attribute as a KeyValue field (``tag``) of the message ``parts`` is building; one
+    OTLP cannot hold is left out, logged, as the SDK's encoder does."""
     for key, value in attributes.items():
         kind = type(value)
-        # The usual values first, without the general case's checks in turn.
-        if kind is str:
-            encoded.append({"key": key, "value": {"string_value": value}})
-        elif kind is int:
-            encoded.append({"key": key, "value": {"int_value": value}})
-        else:
-            encoded.append({"key": key, "value": _any_value(value)})
-    return encoded
-
-
-def _checked_key_values(attributes: Mapping[str, Any] | None) -> list[KeyValue]:
-    """Attributes as key-value messages, each built on its own: one protobuf refuses is left
-    out, logged, as the SDK's encoder does (slower than ``_key_values``: for the rare span
-    that has such a value, and for a resource's and a scope's few)."""
-    encoded = []
-    for key, value in (attributes or {}).items():
+        if kind is str or kind is int:  # exactly: True == 1, but is another value
+            remembered = _pairs.get((key, value))
+            if remembered is not None:
+                parts += (tag, remembered)
+                continue
         try:
-            encoded.append(KeyValue(key=key, value=_any_value(value)))
-        except Exception as exc:  # the SDK's encoder logs and goes on
-            logger.exception("Failed to encode key %s: %s", key, exc)
+            pair = _key(key) + _delimited(_VALUE, _any_value(value))
+        except Exception as error:  # the SDK's encoder logs and goes on
+            logger.exception("Failed to encode key %s: %s", key, error)
+            continue
+        delimited = _size(len(pair)) + pair
+        if kind is str or kind is int:
+            if len(_pairs) >= _MOST_PAIRS:
+                _pairs.clear()  # values without bound (request ids) pass through; the rest return
+            _pairs[key, value] = delimited
+        parts += (tag, delimited)
+
+
+def _key(key: str) -> bytes:
+    encoded = _keys.get(key)
+    if encoded is None:
+        encoded = _delimited(_KEY, key.encode()) if key else b""
+        if len(_keys) < _MOST_REMEMBERED:
+            _keys[key] = encoded
     return encoded
 
 
-def _any_value(value: Any) -> AnyValue:
-    """Any attribute value, checked in the SDK encoder's order (a bool is an int, a str a
-    sequence)."""
+def _any_value(value: Any) -> bytes:
+    """An AnyValue's fields, the value's kind checked in the SDK encoder's order (a bool is an
+    int, a str a sequence); the usual kinds first, by exact type."""
+    kind = type(value)
+    if kind is str:
+        return _delimited(_STRING, value.encode())
+    if kind is int:
+        return _int_value(value)
     if value is None:
-        return AnyValue()
+        return b""
     if isinstance(value, bool):
-        return AnyValue(bool_value=value)
+        return _BOOL + (b"\x01" if value else b"\x00")
     if isinstance(value, str):
-        return AnyValue(string_value=value)
+        return _delimited(_STRING, value.encode())
     if isinstance(value, int):
-        return AnyValue(int_value=value)
+        return _int_value(value)
     if isinstance(value, float):
-        return AnyValue(double_value=value)
+        return _DOUBLE + _DOUBLE_VALUE.pack(value)
     if isinstance(value, bytes):
-        return AnyValue(bytes_value=value)
+        return _delimited(_BYTES, value)
     if isinstance(value, Sequence):
-        return AnyValue(array_value=ArrayValue(values=[_any_value(v) for v in value]))
+        items = b"".join(_delimited(_VALUES, _any_value(item)) for item in value)
+        return _delimited(_ARRAY, items)
     if isinstance(value, Mapping):
-        return AnyValue(
-            kvlist_value=KeyValueList(
-                values=[KeyValue(key=str(k), value=_any_value(v)) for k, v in value.items()]
-            )
+        pairs = b"".join(
+            _delimited(_VALUES, _key(str(k)) + _delimited(_VALUE, _any_value(v)))
+            for k, v in value.items()
         )
+        return _delimited(_KEY_VALUES, pairs)
     raise TypeError(f"Invalid type {type(value)} of value {value}")
+
+
+def _int_value(value: int) -> bytes:
+    if not _MOST_NEGATIVE <= value <= _MOST_POSITIVE:  # an int64's
+        raise ValueError(f"Value out of range: {value}")
+    return _INT + _varint(value & 0xFFFF_FFFF_FFFF_FFFF)

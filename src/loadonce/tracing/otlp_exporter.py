@@ -1,5 +1,5 @@
-"""The OTLP/HTTP span exporter of the ``otel`` extra, with spans encoded in place
-(``otlp_encoding.py``).
+"""The OTLP/HTTP span exporter of the ``otel`` extra, with spans written in protobuf's wire
+format directly (``otlp_encoding.py``).
 
 Everything else is the SDK exporter's own: its endpoint, headers, TLS, compression, timeout
 and retries from the ``OTEL_EXPORTER_OTLP_*`` variables, its size limit, its metrics. It
@@ -28,24 +28,24 @@ logger = logging.getLogger("opentelemetry.exporter.otlp.proto.http.trace_exporte
 _PARTS = ("_shutdown", "_metrics", "_max_request_size", "_client")
 
 
-class InPlaceOtlpSpanExporter(OTLPSpanExporter):
-    """``OTLPSpanExporter`` whose spans are encoded in place."""
+class DirectOtlpSpanExporter(OTLPSpanExporter):
+    """``OTLPSpanExporter`` whose spans are encoded by ``otlp_encoding``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.encodes_in_place = all(hasattr(self, part) for part in _PARTS) and callable(
+        self.encodes_directly = all(hasattr(self, part) for part in _PARTS) and callable(
             getattr(self._client, "export", None)
         )
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if not self.encodes_in_place:
+        if not self.encodes_directly:
             return super().export(spans)
         if self._shutdown:
             logger.warning("Exporter already shutdown, ignoring batch")
             return SpanExportResult.FAILURE
         with self._metrics.export_operation(len(spans)) as result:
             try:
-                data = encode_spans(spans).SerializePartialToString()
+                data = encode_spans(spans)
             except Exception as error:  # as the SDK's: a batch that cannot be encoded is dropped
                 logger.error("Failed to encode span batch: %s", error)
                 result.error = error

@@ -18,7 +18,7 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
@@ -32,6 +32,8 @@ from loadonce._version import __version__
 
 # At most this many of a span's errors become its exception events.
 ERRORS_RECORDED = 8
+# A span's status when nothing failed (a status is never changed once made: one serves all).
+_UNSET = Status()
 # What the SDK's own spans keep at most (its default limits): the attributes and events that
 # code besides loadonce's (a user's handler, through the current span) adds to a request span.
 MOST_ATTRIBUTES = 128
@@ -55,6 +57,7 @@ class OpenSpan(Protocol):
 
 
 class SpanWriter(Protocol):
+    # A span that ends later (the batch's): its ids now.
     def open(
         self,
         name: str,
@@ -62,26 +65,68 @@ class SpanWriter(Protocol):
         start_ns: int | None = None,
         *,
         links: Sequence[Link] = (),
-        attributes: dict[str, Any] | None = None,
+        attributes: Mapping[str, Any] | None = None,
     ) -> OpenSpan: ...
 
+    # A span whose start and end are both known (a phase, a wait, a predict), written in one
+    # call; returns its ids.
+    def child(
+        self,
+        name: str,
+        parent: SpanContext,
+        start_ns: int,
+        end_ns: int,
+        *,
+        links: Sequence[Link] = (),
+        attributes: Mapping[str, Any] | None = None,
+        errors: Sequence[BaseException] = (),
+        failed: str | None = None,
+    ) -> SpanContext: ...
 
-def writer_for(tracer: trace.Tracer) -> SpanWriter:
-    """Finished spans for the SDK's tracer, the tracer's live spans for any other."""
+
+def writer_for(tracer: trace.Tracer, *, nests: bool = False) -> SpanWriter:
+    """Finished spans for the SDK's tracer, the tracer's live spans for any other.
+    ``nests``: a request's spans below it travel inside its own (see ``Child``)."""
     if isinstance(tracer, SdkTracer):
-        return FinishedSpanWriter(tracer)
+        return FinishedSpanWriter(tracer, nests=nests)
     return LiveSpanWriter(tracer)
 
 
-class FinishedSpanWriter:
-    """Spans handed finished to the SDK tracer's span processors."""
+class Child(NamedTuple):
+    """A span below a request's (decode, queue wait, encode), carried inside the request's
+    finished span (``FinishedSpan.children``) instead of handed to the processors on its own.
 
-    def __init__(self, tracer: SdkTracer) -> None:
+    Only where loadonce owns the whole way to the collector (the provider it builds from its
+    options, whose one processor hands spans to ``otlp_exporter.DirectOtlpSpanExporter``):
+    the exporter writes each child as the span it stands for, in the request's trace, under
+    it, with its trace state, of kind INTERNAL. The event loop then builds one span object
+    per request instead of four, and none of OpenTelemetry's for the children: at 10%
+    sampling the children were most of what tracing cost the loop, and cost twice as much
+    mixed with untraced requests as measured alone (docs/benchmarks.md, "What tracing
+    costs"). Anywhere else (a provider of the user's, other processors) every span is handed
+    to the processors on its own."""
+
+    name: str
+    span_id: int
+    start_ns: int
+    end_ns: int
+    attributes: Mapping[str, Any] | None
+    links: Sequence[Link]
+    events: Sequence[Event]
+    status: Status
+
+
+class FinishedSpanWriter:
+    """Spans handed finished to the SDK tracer's span processors; ``nests``: a request's
+    children are carried in its span (``Child``)."""
+
+    def __init__(self, tracer: SdkTracer, *, nests: bool = False) -> None:
         self.processor = tracer.span_processor
         self.resource = tracer.resource
         self.new_span_id = tracer.id_generator.generate_span_id
         self.new_trace_id = tracer.id_generator.generate_trace_id
         self.scope = InstrumentationScope("loadonce", __version__)
+        self.nests = nests
 
     def open(
         self,
@@ -90,17 +135,48 @@ class FinishedSpanWriter:
         start_ns: int | None = None,
         *,
         links: Sequence[Link] = (),
-        attributes: dict[str, Any] | None = None,
+        attributes: Mapping[str, Any] | None = None,
     ) -> OpenSpan:
-        context = SpanContext(
+        started = time.time_ns() if start_ns is None else start_ns
+        return _Finishing(self, name, self._below(parent), parent, started, links, attributes)
+
+    def child(
+        self,
+        name: str,
+        parent: SpanContext,
+        start_ns: int,
+        end_ns: int,
+        *,
+        links: Sequence[Link] = (),
+        attributes: Mapping[str, Any] | None = None,
+        errors: Sequence[BaseException] = (),
+        failed: str | None = None,
+    ) -> SpanContext:
+        context = self._below(parent)
+        self.write(
+            name,
+            context,
+            parent,
+            start_ns,
+            end_ns,
+            attributes=attributes,
+            events=[_exception_event(e, end_ns) for e in errors[:ERRORS_RECORDED]]
+            if errors
+            else (),
+            links=links,
+            status=_UNSET if failed is None else Status(StatusCode.ERROR, failed),
+        )
+        return context
+
+    def _below(self, parent: SpanContext) -> SpanContext:
+        """A new span's ids under ``parent``, in its trace, with its sampling decision."""
+        return SpanContext(
             parent.trace_id,
             self.new_span_id(),
             is_remote=False,
             trace_flags=parent.trace_flags,
             trace_state=parent.trace_state,
         )
-        started = time.time_ns() if start_ns is None else start_ns
-        return _Finishing(self, name, context, parent, started, links, attributes)
 
     def started(self, span: RecordedSpan) -> None:
         """Tell the tracer's span processors a request's span started, as the SDK does for its
@@ -122,24 +198,44 @@ class FinishedSpanWriter:
         links: Sequence[Link],
         status: Status,
         kind: SpanKind = SpanKind.INTERNAL,
+        dropped: tuple[int, int, int] = (0, 0, 0),
+        children: Sequence[Child] = (),
     ) -> None:
-        """Hand a finished span to the tracer's span processors."""
-        self.processor.on_end(
-            ReadableSpan(
-                name=name,
-                context=context,
-                parent=parent,
-                resource=self.resource,
-                attributes=attributes,
-                events=events,
-                links=links,
-                kind=kind,
-                status=status,
-                start_time=start_ns,
-                end_time=end_ns,
-                instrumentation_scope=self.scope,
-            )
+        """Hand a finished span to the tracer's span processors. ``dropped``: how many
+        attributes, events and links were left out (over the limits); ``children``: the
+        spans it carries (``Child``)."""
+        span = FinishedSpan(
+            name=name,
+            context=context,
+            parent=parent,
+            resource=self.resource,
+            attributes=attributes,
+            events=events,
+            links=links,
+            kind=kind,
+            status=status,
+            start_time=start_ns,
+            end_time=end_ns,
+            instrumentation_scope=self.scope,
         )
+        if dropped != (0, 0, 0):
+            span.dropped_attributes, span.dropped_events, span.dropped_links = dropped
+        if children:
+            span.children = children
+        self.processor.on_end(span)
+
+
+class FinishedSpan(ReadableSpan):
+    """A span loadonce wrote whole. Its attributes, events and links are plain collections,
+    not the SDK's bounded ones, so its counts of what was left out are kept here, plain
+    numbers: the SDK's span works them out with three type checks each time they are read
+    (0.5 µs a span, read by the OTLP encoder)."""
+
+    dropped_attributes = 0
+    dropped_events = 0
+    dropped_links = 0
+    # The spans below it it carries, when the writer nests them (``Child``).
+    children: Sequence[Child] = ()
 
 
 class _Finishing:
@@ -153,7 +249,7 @@ class _Finishing:
         parent: SpanContext,
         start_ns: int,
         links: Sequence[Link],
-        attributes: dict[str, Any] | None,
+        attributes: Mapping[str, Any] | None,
     ) -> None:
         self.writer = writer
         self.name = name
@@ -177,9 +273,9 @@ class _Finishing:
             self.start_ns,
             ended,
             attributes=self.attributes,
-            events=[_exception_event(e, ended) for e in errors[:ERRORS_RECORDED]],
+            events=_error_events(errors, ended),
             links=self.links,
-            status=Status(StatusCode.ERROR, failed) if failed is not None else Status(),
+            status=_status(failed),
         )
 
 
@@ -210,11 +306,53 @@ class RecordedSpan(trace.Span):
         self._added: BoundedAttributes | None = None
         self._events: list[Event] = []
         self._links: list[Link] = []
-        self._status = Status()
+        self._dropped_events = 0
+        self._dropped_links = 0
+        self._status = _UNSET
         self._ended = False
+        self._children: list[Child] = []
 
     def get_span_context(self) -> SpanContext:
         return self.context
+
+    def child(
+        self,
+        name: str,
+        start_ns: int,
+        end_ns: int,
+        *,
+        links: Sequence[Link] = (),
+        attributes: Mapping[str, Any] | None = None,
+        errors: Sequence[BaseException] = (),
+        failed: str | None = None,
+    ) -> None:
+        """A finished span below this one: carried in it when the writer nests them (and
+        this span is still open), else written on its own."""
+        writer = self.writer
+        if not writer.nests or self._ended:
+            writer.child(
+                name,
+                self.context,
+                start_ns,
+                end_ns,
+                links=links,
+                attributes=attributes,
+                errors=errors,
+                failed=failed,
+            )
+            return
+        self._children.append(
+            Child(
+                name,
+                writer.new_span_id(),
+                start_ns,
+                end_ns,
+                attributes,
+                links,
+                _error_events(errors, end_ns),
+                _status(failed),
+            )
+        )
 
     @property
     def attributes(self) -> Mapping[str, Any]:
@@ -238,13 +376,21 @@ class RecordedSpan(trace.Span):
     def add_event(
         self, name: str, attributes: types.Attributes = None, timestamp: int | None = None
     ) -> None:
-        if not self._ended and len(self._events) < MOST_EVENTS:
-            cleaned = BoundedAttributes(MOST_ATTRIBUTES, attributes)
-            self._events.append(Event(name, cleaned, timestamp or time.time_ns()))
+        if self._ended:
+            return
+        if len(self._events) >= MOST_EVENTS:
+            self._dropped_events += 1
+            return
+        cleaned = BoundedAttributes(MOST_ATTRIBUTES, attributes)
+        self._events.append(Event(name, cleaned, timestamp or time.time_ns()))
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
-        if not self._ended and context.is_valid and len(self._links) < MOST_EVENTS:
-            self._links.append(Link(context, BoundedAttributes(MOST_ATTRIBUTES, attributes)))
+        if self._ended or not context.is_valid:
+            return
+        if len(self._links) >= MOST_EVENTS:
+            self._dropped_links += 1
+            return
+        self._links.append(Link(context, BoundedAttributes(MOST_ATTRIBUTES, attributes)))
 
     def update_name(self, name: str) -> None:
         if not self._ended:
@@ -266,7 +412,10 @@ class RecordedSpan(trace.Span):
         timestamp: int | None = None,
         escaped: bool = False,
     ) -> None:
-        if self._ended or len(self._events) >= MOST_EVENTS:
+        if self._ended:
+            return
+        if len(self._events) >= MOST_EVENTS:
+            self._dropped_events += 1
             return
         event = _exception_event(exception, timestamp or time.time_ns(), escaped)
         if attributes:
@@ -279,8 +428,10 @@ class RecordedSpan(trace.Span):
             return
         self._ended = True
         attributes = self.own_attributes
-        if self._added:
+        dropped_attributes = 0
+        if self._added is not None:
             attributes = {**attributes, **self._added}
+            dropped_attributes = self._added.dropped
         self.writer.write(
             self.name,
             self.context,
@@ -292,7 +443,17 @@ class RecordedSpan(trace.Span):
             links=self._links,
             status=self._status,
             kind=self.kind,
+            dropped=(dropped_attributes, self._dropped_events, self._dropped_links),
+            children=self._children,
         )
+
+
+def _error_events(errors: Sequence[BaseException], timestamp: int) -> Sequence[Event]:
+    return [_exception_event(e, timestamp) for e in errors[:ERRORS_RECORDED]] if errors else ()
+
+
+def _status(failed: str | None) -> Status:
+    return _UNSET if failed is None else Status(StatusCode.ERROR, failed)
 
 
 def _exception_event(error: BaseException, timestamp: int, escaped: bool = False) -> Event:
@@ -326,7 +487,7 @@ class LiveSpanWriter:
         start_ns: int | None = None,
         *,
         links: Sequence[Link] = (),
-        attributes: dict[str, Any] | None = None,
+        attributes: Mapping[str, Any] | None = None,
     ) -> OpenSpan:
         span = self.tracer.start_span(
             name,
@@ -336,6 +497,22 @@ class LiveSpanWriter:
             start_time=start_ns,
         )
         return _Live(span)
+
+    def child(
+        self,
+        name: str,
+        parent: SpanContext,
+        start_ns: int,
+        end_ns: int,
+        *,
+        links: Sequence[Link] = (),
+        attributes: Mapping[str, Any] | None = None,
+        errors: Sequence[BaseException] = (),
+        failed: str | None = None,
+    ) -> SpanContext:
+        opened = self.open(name, parent, start_ns, links=links, attributes=attributes)
+        opened.end(end_ns, errors, failed)
+        return opened.context
 
 
 class _Live:
@@ -358,20 +535,33 @@ class _Live:
         self.span.end(end_time=end_ns)
 
 
+class ChildWriter(Protocol):
+    """Where a request's phases go: the request (``otel.RequestSpan``)."""
+
+    def child(
+        self,
+        name: str,
+        start_ns: int,
+        end_ns: int,
+        *,
+        errors: Sequence[BaseException] = (),
+        failed: str | None = None,
+    ) -> None: ...
+
+
 class Phase:
-    """A span around a block (``with``), under ``parent``; an exception leaving the block is
-    recorded on it."""
+    """A span around a block (``with``), below a request's, written when the block ends; an
+    exception leaving it is recorded on it."""
 
-    __slots__ = ("name", "opened", "parent", "writer")
+    __slots__ = ("name", "owner", "started")
 
-    def __init__(self, writer: SpanWriter, name: str, parent: SpanContext) -> None:
-        self.writer = writer
+    def __init__(self, owner: ChildWriter, name: str) -> None:
+        self.owner = owner
         self.name = name
-        self.parent = parent
-        self.opened: OpenSpan | None = None
+        self.started = 0
 
     def __enter__(self) -> None:
-        self.opened = self.writer.open(self.name, self.parent)
+        self.started = time.time_ns()
 
     def __exit__(
         self,
@@ -379,8 +569,9 @@ class Phase:
         error: BaseException | None,
         trace_back: TracebackType | None,
     ) -> None:
-        assert self.opened is not None
+        ended = time.time_ns()
         if error is None:
-            self.opened.end()
+            self.owner.child(self.name, self.started, ended)
         else:
-            self.opened.end(errors=[error], failed=f"{type(error).__name__}: {error}")
+            failed = f"{type(error).__name__}: {error}"
+            self.owner.child(self.name, self.started, ended, errors=[error], failed=failed)
