@@ -28,7 +28,15 @@ from loadonce._version import __version__
 from loadonce.tracing.active import ACTIVE
 from loadonce.tracing.logs import install_log_fields, remove_log_fields
 from loadonce.tracing.options import TRACES_EXPORTER, TracingOptions
-from loadonce.tracing.spans import FinishedSpanWriter, OpenSpan, Phase, RecordedSpan, writer_for
+from loadonce.tracing.spans import (
+    ChildWriter,
+    FinishedSpanWriter,
+    OpenSpan,
+    Phase,
+    RecordedSpan,
+    SpanWriter,
+    writer_for,
+)
 
 if TYPE_CHECKING:
     from loadonce.core.batcher import CallTiming
@@ -37,6 +45,8 @@ MODEL = "loadonce.model"
 REQUEST_ID = "loadonce.request_id"
 BATCH_SIZE = "loadonce.batch.size"
 BATCH_REQUESTS = "loadonce.batch.requests"
+STATUS_CODE = "http.response.status_code"
+ROUTE = "http.route"
 _PROPAGATOR = TraceContextTextMapPropagator()
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _PARENT_BASED_ALWAYS_ON: str = ParentBased(ALWAYS_ON).get_description()  # type: ignore[no-untyped-call]
@@ -234,7 +244,7 @@ class Tracing:
         back = [Link(batch.context)]
         attributes = {MODEL: model}  # read only, by every span: one serves all
         for traced, submitted in carried:
-            traced.child(  # type: ignore[attr-defined]  # a RequestSpan, from current()
+            traced.below.child(  # type: ignore[attr-defined]  # a RequestSpan, from current()
                 "queue wait", self._ns(submitted), start_ns, links=back, attributes=attributes
             )
         return batch
@@ -256,9 +266,11 @@ class Tracing:
 
 
 class RequestSpan:
-    """A sampled request's span, current in its task from ``enter`` to ``finish``."""
+    """A sampled request's span, current in its task from ``enter`` to ``finish``. ``below``:
+    where the spans below it go (its decode, encode and wait in the queue): into its own span
+    when loadonce writes it (``RecordedSpan.child``, carried or written), else to the writer."""
 
-    __slots__ = ("_active_token", "_context_token", "context", "span", "tracing")
+    __slots__ = ("_active_token", "_context_token", "_own", "below", "context", "span", "tracing")
 
     def __init__(self, tracing: Tracing, span: Span) -> None:
         self.tracing = tracing
@@ -266,22 +278,33 @@ class RequestSpan:
         self.context = span.get_span_context()
         self._context_token: object = None
         self._active_token: Any = None
+        # loadonce's own attributes, written directly on a span loadonce writes (they need
+        # none of the checks a user's get); None: set through the API.
+        self._own: dict[str, Any] | None = None
+        self.below: ChildWriter
+        if isinstance(span, RecordedSpan):
+            self._own = span.own_attributes
+            self.below = span
+        else:
+            self.below = _WrittenApart(tracing.writer, self.context)
 
     def enter(self) -> None:
         self._context_token = otel_context.attach(trace.set_span_in_context(self.span))
         self._active_token = ACTIVE.set(self)
 
     def describe(self, attributes: dict[str, Any]) -> None:
-        """loadonce's own attributes of the request (written as they are on a span loadonce
-        writes itself: they need none of the checks a user's get)."""
-        if isinstance(self.span, RecordedSpan):
-            self.span.own_attributes.update(attributes)
+        """loadonce's own attributes of the request."""
+        if self._own is not None:
+            self._own.update(attributes)
         else:
             self.span.set_attributes(attributes)
 
     def finish(self, status: int | None = None) -> None:
         if status is not None:
-            self.describe({"http.response.status_code": status})
+            if self._own is not None:
+                self._own[STATUS_CODE] = status
+            else:
+                self.span.set_attribute(STATUS_CODE, status)
             if status >= 500:
                 self.span.set_status(StatusCode.ERROR)
         self.span.end()
@@ -289,7 +312,28 @@ class RequestSpan:
         otel_context.detach(self._context_token)  # type: ignore[arg-type]
 
     def phase(self, name: str) -> AbstractContextManager[object]:
-        return Phase(self, name)
+        return Phase(self.below, name)
+
+    def named(self, method: str, route: str) -> None:
+        """The route's template is known: the span's name, low in cardinality."""
+        self.span.update_name(f"{method} {route}")
+        self.describe({ROUTE: route})
+
+    def failed(self, error: BaseException, status: int) -> None:
+        self.span.record_exception(error)
+        if status >= 500:
+            self.span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+
+
+class _WrittenApart:
+    """The spans below a request's span that is not loadonce's (the SDK's live span, its
+    sampler asked): each written on its own, under it."""
+
+    __slots__ = ("context", "writer")
+
+    def __init__(self, writer: SpanWriter, context: SpanContext) -> None:
+        self.writer = writer
+        self.context = context
 
     def child(
         self,
@@ -302,38 +346,16 @@ class RequestSpan:
         errors: Sequence[BaseException] = (),
         failed: str | None = None,
     ) -> None:
-        """A finished span below the request's (a phase, its wait in the queue)."""
-        if isinstance(self.span, RecordedSpan):
-            self.span.child(
-                name,
-                start_ns,
-                end_ns,
-                links=links,
-                attributes=attributes,
-                errors=errors,
-                failed=failed,
-            )
-        else:
-            self.tracing.writer.child(
-                name,
-                self.context,
-                start_ns,
-                end_ns,
-                links=links,
-                attributes=attributes,
-                errors=errors,
-                failed=failed,
-            )
-
-    def named(self, method: str, route: str) -> None:
-        """The route's template is known: the span's name, low in cardinality."""
-        self.span.update_name(f"{method} {route}")
-        self.describe({"http.route": route})
-
-    def failed(self, error: BaseException, status: int) -> None:
-        self.span.record_exception(error)
-        if status >= 500:
-            self.span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        self.writer.child(
+            name,
+            self.context,
+            start_ns,
+            end_ns,
+            links=links,
+            attributes=attributes,
+            errors=errors,
+            failed=failed,
+        )
 
 
 @contextmanager

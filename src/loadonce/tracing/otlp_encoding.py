@@ -1,13 +1,13 @@
 """Finished spans as the bytes of OTLP's export request, written in protobuf's wire format.
 
 The SDK exporter's encoder (``opentelemetry-exporter-otlp-proto-common``) builds a protobuf
-message for every span, attribute, value, link and event, then serializes the tree: 16.7 µs a
-span of a served request, and most of what a sampled request costs the worker (the export
-thread shares the worker's interpreter with the event loop). The spans' layout is fixed and
-small (ids, a name, two timestamps, a few key-values, links), so loadonce writes their bytes
-directly: 2.7 µs a span (docs/benchmarks.md, "What tracing costs"). The layout is
-``opentelemetry-proto``'s (the messages' field numbers and types, named where each is
-written).
+message for every span, attribute, value, link and event, then serializes the tree: most of
+what a sampled request cost the worker (the export thread shares the worker's interpreter
+with the event loop). The spans' layout is fixed and small (ids, a name, two timestamps, a few
+key-values, links), so loadonce writes their bytes directly: 3.3 µs a span against 15.8
+(docs/benchmarks.md, "What tracing costs"). The layout is ``opentelemetry-proto``'s (the
+messages' field numbers and types, named where each is written). A request's span may carry
+the spans below it (``spans.Child``): each is written as the span it stands for.
 
 The bytes are the SDK encoder's, byte for byte (tests compare them for every kind of span,
 value and grouping): the same fields, in field-number order, each written when protobuf writes

@@ -349,8 +349,8 @@ class RecordedSpan(trace.Span):
                 end_ns,
                 attributes,
                 links,
-                _error_events(errors, end_ns),
-                _status(failed),
+                _error_events(errors, end_ns) if errors else (),
+                _UNSET if failed is None else _status(failed),
             )
         )
 
