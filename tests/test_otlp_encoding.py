@@ -10,6 +10,7 @@ import enum
 import logging
 import random
 import threading
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -234,6 +235,27 @@ def test_children_travel_inside_only_where_loadonces_exporter_is_the_way_out(
     assert theirs is not None
     assert isinstance(theirs.writer, FinishedSpanWriter)
     assert not theirs.writer.nests
+
+
+def test_what_the_encoder_remembers_stays_small_whatever_spans_it_sees() -> None:
+    # Names, keys and values repeat and are remembered; code may give every span a long name
+    # and long values of its own: nothing of that size is kept after the export.
+    def unusual(n: int) -> ReadableSpan:
+        long = f"{n:08d}" * 1_250  # 10 kB
+        return span(long, attributes={long: long, "n": n})
+
+    encode_spans([unusual(n) for n in range(20)])  # what any first export keeps
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for start in range(0, 3_000, 500):
+            encode_spans([unusual(n) for n in range(start, start + 500)])
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 2_000_000  # 30 MB of names and values went through
+    again = [unusual(7), unusual(7)]
+    assert encode_spans(again) == sdk_encode(again).SerializeToString()
 
 
 def random_value(draw: random.Random, depth: int = 0) -> Any:

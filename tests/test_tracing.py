@@ -272,6 +272,38 @@ def test_a_handler_past_the_limits_is_counted_as_the_sdks_own_span_counts_it(
     assert len(request.events) == len(request.links) == 128
 
 
+def test_the_operators_span_limits_hold_on_the_request_span_as_on_the_sdks(
+    exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # OpenTelemetry's limit variables (read by the provider) bound what a handler adds to
+    # the request's span: the count and the length of its values.
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "3")
+    monkeypatch.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "4")
+    monkeypatch.setenv("OTEL_SPAN_EVENT_COUNT_LIMIT", "2")
+
+    def add(span: trace.Span) -> None:
+        for n in range(5):
+            span.set_attribute(f"shop.a{n}", "long value")
+        for n in range(4):
+            span.add_event(f"e{n}", {"k": "long value"})
+
+    app: FastAPI = traced_app(exporter, Doubler())
+
+    @app.get("/add")
+    def added() -> dict[str, str]:
+        add(trace.get_current_span())
+        return {}
+
+    with TestClient(app) as client:
+        exporter.clear()
+        assert client.get("/add").status_code == 200
+    (request,) = [s for s in exporter.get_finished_spans() if s.name.startswith("GET")]
+    attributes = {k: v for k, v in (request.attributes or {}).items() if k.startswith("shop.")}
+    assert attributes == {"shop.a2": "long", "shop.a3": "long", "shop.a4": "long"}
+    assert (request.dropped_attributes, request.dropped_events) == (2, 2)
+    assert [dict(e.attributes or {}) for e in request.events] == [{"k": "long"}] * 2
+
+
 class TenantOnStart(SimpleSpanProcessor):
     """A processor that stamps every span as it starts (as a baggage processor does)."""
 

@@ -146,6 +146,9 @@ _keys: dict[str, bytes] = {}
 # many, then all are forgotten.
 _MOST_PAIRS = 4096
 _pairs: dict[tuple[str, str | int], bytes] = {}
+# Only what is this short (encoded) is kept: the caches hold at most a few hundred KiB,
+# whatever names and values code gives its spans.
+_LONGEST_REMEMBERED = 128
 
 
 def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
@@ -302,7 +305,7 @@ def _child(child: Child, below: tuple[bytes, ...], above: tuple[bytes, ...]) -> 
 
 def _name(name: str) -> bytes:
     encoded = _delimited(_NAME, name.encode("utf-8", "replace"))
-    if len(_names) < _MOST_REMEMBERED:
+    if len(_names) < _MOST_REMEMBERED and len(encoded) <= _LONGEST_REMEMBERED:
         _names[name] = encoded
     return encoded
 
@@ -362,7 +365,7 @@ def _add_key_values(parts: list[bytes], tag: bytes, attributes: Mapping[str, Any
             logger.exception("Failed to encode key %s: %s", key, error)
             continue
         delimited = _size(len(pair)) + pair
-        if kind is str or kind is int:
+        if (kind is str or kind is int) and len(delimited) <= _LONGEST_REMEMBERED:
             if len(_pairs) >= _MOST_PAIRS:
                 _pairs.clear()  # values without bound (request ids) pass through; the rest return
             _pairs[key, value] = delimited
@@ -373,7 +376,7 @@ def _key(key: str) -> bytes:
     encoded = _keys.get(key)
     if encoded is None:
         encoded = _delimited(_KEY, key.encode()) if key else b""
-        if len(_keys) < _MOST_REMEMBERED:
+        if len(_keys) < _MOST_REMEMBERED and len(encoded) <= _LONGEST_REMEMBERED:
             _keys[key] = encoded
     return encoded
 

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Protocol
 
 from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
-from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
@@ -34,10 +34,6 @@ from loadonce._version import __version__
 ERRORS_RECORDED = 8
 # A span's status when nothing failed (a status is never changed once made: one serves all).
 _UNSET = Status()
-# What the SDK's own spans keep at most (its default limits): the attributes and events that
-# code besides loadonce's (a user's handler, through the current span) adds to a request span.
-MOST_ATTRIBUTES = 128
-MOST_EVENTS = 128
 
 
 class OpenSpan(Protocol):
@@ -127,6 +123,11 @@ class FinishedSpanWriter:
         self.new_trace_id = tracer.id_generator.generate_trace_id
         self.scope = InstrumentationScope("loadonce", __version__)
         self.nests = nests
+        # What code besides loadonce's (a user's handler, through the current span) may add
+        # to a request's span: the tracer's limits, as on the SDK's own spans (the provider's,
+        # else OpenTelemetry's OTEL_SPAN_*_LIMIT and OTEL_ATTRIBUTE_*_LIMIT variables).
+        limits = getattr(tracer, "_span_limits", None)
+        self.limits: SpanLimits = limits if isinstance(limits, SpanLimits) else SpanLimits()
 
     def open(
         self,
@@ -370,7 +371,12 @@ class RecordedSpan(trace.Span):
         if self._ended:
             return
         if self._added is None:
-            self._added = BoundedAttributes(MOST_ATTRIBUTES, immutable=False)
+            limits = self.writer.limits
+            self._added = BoundedAttributes(
+                limits.max_span_attributes,
+                immutable=False,
+                max_value_len=limits.max_span_attribute_length,
+            )
         self._added[key] = value
 
     def add_event(
@@ -378,19 +384,26 @@ class RecordedSpan(trace.Span):
     ) -> None:
         if self._ended:
             return
-        if len(self._events) >= MOST_EVENTS:
+        limits = self.writer.limits
+        if not _below_limit(len(self._events), limits.max_events):
             self._dropped_events += 1
             return
-        cleaned = BoundedAttributes(MOST_ATTRIBUTES, attributes)
+        cleaned = BoundedAttributes(
+            limits.max_event_attributes, attributes, max_value_len=limits.max_attribute_length
+        )
         self._events.append(Event(name, cleaned, timestamp or time.time_ns()))
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
         if self._ended or not context.is_valid:
             return
-        if len(self._links) >= MOST_EVENTS:
+        limits = self.writer.limits
+        if not _below_limit(len(self._links), limits.max_links):
             self._dropped_links += 1
             return
-        self._links.append(Link(context, BoundedAttributes(MOST_ATTRIBUTES, attributes)))
+        cleaned = BoundedAttributes(
+            limits.max_link_attributes, attributes, max_value_len=limits.max_attribute_length
+        )
+        self._links.append(Link(context, cleaned))
 
     def update_name(self, name: str) -> None:
         if not self._ended:
@@ -414,7 +427,7 @@ class RecordedSpan(trace.Span):
     ) -> None:
         if self._ended:
             return
-        if len(self._events) >= MOST_EVENTS:
+        if not _below_limit(len(self._events), self.writer.limits.max_events):
             self._dropped_events += 1
             return
         event = _exception_event(exception, timestamp or time.time_ns(), escaped)
@@ -446,6 +459,11 @@ class RecordedSpan(trace.Span):
             dropped=(dropped_attributes, self._dropped_events, self._dropped_links),
             children=self._children,
         )
+
+
+def _below_limit(count: int, limit: int | None) -> bool:
+    """Whether one more fits (None: no limit, as the SDK reads it)."""
+    return limit is None or count < limit
 
 
 def _error_events(errors: Sequence[BaseException], timestamp: int) -> Sequence[Event]:
