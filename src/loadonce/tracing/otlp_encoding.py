@@ -123,6 +123,7 @@ _VALUES = _tag(1, _LEN)
 # OTLP's span kinds are the API's, counted from 1 (0 is "unspecified").
 _KINDS = {kind: _KIND + _size(kind.value + 1) for kind in SpanKind}
 _INTERNAL = _KINDS[SpanKind.INTERNAL]
+_NONE_DROPPED = (0, 0, 0)
 # Every span and link says whether its parent (its target) is remote: SpanFlags'
 # CONTEXT_HAS_IS_REMOTE (0x100), with CONTEXT_IS_REMOTE (0x200) when it is.
 _LOCAL = struct.pack("<I", 0x100)
@@ -212,8 +213,9 @@ def _scope(scope: SdkScope | None) -> bytes:
 
 
 def _span(span: ReadableSpan) -> bytes:
-    """One span, as the ScopeSpans' ``spans`` field: tag, length, its fields. (Each of the
-    span's properties is read once: most build something, a copy or a check, when read.)"""
+    """One span, as the ScopeSpans' ``spans`` field: tag, length, its fields; then the spans
+    it carries, if any. (Each of the span's properties is read once: most build something, a
+    copy or a check, when read.)"""
     context = span.context
     parent = span.parent
     assert context is not None  # a finished span has its ids
@@ -228,39 +230,18 @@ def _span(span: ReadableSpan) -> bytes:
         parts.append(state)
     if parent is not None:
         parts += (_PARENT_SPAN_ID, parent.span_id.to_bytes(8, "big"))
-    name = span.name
-    if name:
-        parts.append(_names.get(name) or _name(name))
-    parts.append(_KINDS[span.kind])
-    start, end = span.start_time, span.end_time
-    if start:
-        parts += (_START, _TIMES.pack(start))
-    if end:
-        parts += (_END, _TIMES.pack(end))
-    attributes = span.attributes
-    if attributes:
-        _add_key_values(parts, _ATTRIBUTE, attributes)
-    dropped = span.dropped_attributes
-    if dropped:
-        parts += (_DROPPED_ATTRIBUTES, _size(dropped))
-    for event in span.events:
-        encoded = _event(event)
-        parts += (_EVENT, _size(len(encoded)), encoded)
-    dropped = span.dropped_events
-    if dropped:
-        parts += (_DROPPED_EVENTS, _size(dropped))
-    for link in span.links:
-        encoded = _link(link)
-        parts += (_LINK, _size(len(encoded)), encoded)
-    dropped = span.dropped_links
-    if dropped:
-        parts += (_DROPPED_LINKS, _size(dropped))
-    status = span.status
-    if status is not None:
-        if status.status_code is StatusCode.UNSET and not status.description:
-            parts.append(_UNSET_STATUS)
-        else:
-            parts.append(_delimited(_STATUS, _status(status)))
+    _add_fields(
+        parts,
+        span.name,
+        _KINDS[span.kind],
+        span.start_time,
+        span.end_time,
+        span.attributes,
+        span.events,
+        span.links,
+        span.status,
+        (span.dropped_attributes, span.dropped_events, span.dropped_links),
+    )
     parts.append(_SPAN_FLAGS[parent is not None and parent.is_remote])
     encoded = b"".join(parts)
     spans = _SPAN + _size(len(encoded)) + encoded
@@ -277,30 +258,65 @@ def _child(child: Child, below: tuple[bytes, ...], above: tuple[bytes, ...]) -> 
     request's trace (``below``: the trace id's field, the span id's tag), under it with its
     trace state (``above``), of kind INTERNAL, its parent local."""
     parts = [*below, child.span_id.to_bytes(8, "big"), *above]
-    name = child.name
+    _add_fields(
+        parts,
+        child.name,
+        _INTERNAL,
+        child.start_ns,
+        child.end_ns,
+        child.attributes,
+        child.events,
+        child.links,
+        child.status,
+        _NONE_DROPPED,
+    )
+    parts.append(_SPAN_FLAGS[False])
+    encoded = b"".join(parts)
+    return _SPAN + _size(len(encoded)) + encoded
+
+
+def _add_fields(
+    parts: list[bytes],
+    name: str,
+    kind: bytes,
+    start: int | None,
+    end: int | None,
+    attributes: Mapping[str, Any] | None,
+    events: Sequence[Event],
+    links: Sequence[Link],
+    status: Status | None,
+    dropped: tuple[int, int, int],
+) -> None:
+    """A span's fields from its name to its status (5 to 15), in their order; ``kind``
+    encoded; ``dropped``: the attributes, events and links left out."""
     if name:
         parts.append(_names.get(name) or _name(name))
-    parts.append(_INTERNAL)
-    if child.start_ns:
-        parts += (_START, _TIMES.pack(child.start_ns))
-    if child.end_ns:
-        parts += (_END, _TIMES.pack(child.end_ns))
-    if child.attributes:
-        _add_key_values(parts, _ATTRIBUTE, child.attributes)
-    for event in child.events:
+    parts.append(kind)
+    if start:
+        parts += (_START, _TIMES.pack(start))
+    if end:
+        parts += (_END, _TIMES.pack(end))
+    if attributes:
+        _add_key_values(parts, _ATTRIBUTE, attributes)
+    dropped_attributes, dropped_events, dropped_links = dropped
+    if dropped_attributes:
+        parts += (_DROPPED_ATTRIBUTES, _size(dropped_attributes))
+    for event in events:
         encoded = _event(event)
         parts += (_EVENT, _size(len(encoded)), encoded)
-    for link in child.links:
+    if dropped_events:
+        parts += (_DROPPED_EVENTS, _size(dropped_events))
+    for link in links:
         encoded = _link(link)
         parts += (_LINK, _size(len(encoded)), encoded)
-    status = child.status
+    if dropped_links:
+        parts += (_DROPPED_LINKS, _size(dropped_links))
+    if status is None:
+        return
     if status.status_code is StatusCode.UNSET and not status.description:
         parts.append(_UNSET_STATUS)
     else:
         parts.append(_delimited(_STATUS, _status(status)))
-    parts.append(_SPAN_FLAGS[False])
-    encoded = b"".join(parts)
-    return _SPAN + _size(len(encoded)) + encoded
 
 
 def _name(name: str) -> bytes:
