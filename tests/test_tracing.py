@@ -284,6 +284,7 @@ def test_the_operators_span_limits_hold_on_the_request_span_as_on_the_sdks(
     def add(span: trace.Span) -> None:
         for n in range(5):
             span.set_attribute(f"shop.a{n}", "long value")
+        span.record_exception(ValueError("long message"), {"k": "long value"})
         for n in range(4):
             span.add_event(f"e{n}", {"k": "long value"})
 
@@ -300,8 +301,20 @@ def test_the_operators_span_limits_hold_on_the_request_span_as_on_the_sdks(
     (request,) = [s for s in exporter.get_finished_spans() if s.name.startswith("GET")]
     attributes = {k: v for k, v in (request.attributes or {}).items() if k.startswith("shop.")}
     assert attributes == {"shop.a2": "long", "shop.a3": "long", "shop.a4": "long"}
-    assert (request.dropped_attributes, request.dropped_events) == (2, 2)
-    assert [dict(e.attributes or {}) for e in request.events] == [{"k": "long"}] * 2
+    assert (request.dropped_attributes, request.dropped_events) == (2, 3)
+    # The newest events are kept (e2, e3), each value cut to 4 characters, as the SDK's own
+    # span does with the same calls under the same variables.
+    assert [(e.name, dict(e.attributes or {})) for e in request.events] == [
+        ("e2", {"k": "long"}),
+        ("e3", {"k": "long"}),
+    ]
+    with trace.get_tracer("t", tracer_provider=TracerProvider()).start_span("sdk") as own:
+        add(own)
+    assert isinstance(own, ReadableSpan)
+    assert (own.dropped_attributes, own.dropped_events) == (2, 3)
+    assert [(e.name, dict(e.attributes or {})) for e in own.events] == [
+        (e.name, dict(e.attributes or {})) for e in request.events
+    ]
 
 
 class TenantOnStart(SimpleSpanProcessor):

@@ -24,6 +24,7 @@ from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
 from opentelemetry.sdk.trace import Tracer as SdkTracer
+from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.util import types
@@ -96,11 +97,9 @@ class Child(NamedTuple):
     options, whose one processor hands spans to ``otlp_exporter.DirectOtlpSpanExporter``):
     the exporter writes each child as the span it stands for, in the request's trace, under
     it, with its trace state, of kind INTERNAL. The event loop then builds one span object
-    per request instead of four, and none of OpenTelemetry's for the children: at 10%
-    sampling the children were most of what tracing cost the loop, and cost twice as much
-    mixed with untraced requests as measured alone (docs/benchmarks.md, "What tracing
-    costs"). Anywhere else (a provider of the user's, other processors) every span is handed
-    to the processors on its own."""
+    per sampled request instead of four, and hands the processors one instead of four
+    (docs/benchmarks.md, "What tracing costs"). Anywhere else (a provider of the user's,
+    other processors) every span is handed to the processors on its own."""
 
     name: str
     span_id: int
@@ -161,11 +160,9 @@ class FinishedSpanWriter:
             start_ns,
             end_ns,
             attributes=attributes,
-            events=[_exception_event(e, end_ns) for e in errors[:ERRORS_RECORDED]]
-            if errors
-            else (),
+            events=_error_events(errors, end_ns),
             links=links,
-            status=_UNSET if failed is None else Status(StatusCode.ERROR, failed),
+            status=_status(failed),
         )
         return context
 
@@ -305,10 +302,10 @@ class RecordedSpan(trace.Span):
         self.start_ns = time.time_ns()
         self.own_attributes: dict[str, Any] = {}
         self._added: BoundedAttributes | None = None
-        self._events: list[Event] = []
-        self._links: list[Link] = []
-        self._dropped_events = 0
-        self._dropped_links = 0
+        # Made on the first one (most requests' spans have none), bounded as the SDK's span
+        # bounds them: over the limit, the oldest is dropped and counted.
+        self._events: BoundedList[Event] | None = None
+        self._links: BoundedList[Link] | None = None
         self._status = _UNSET
         self._ended = False
         self._children: list[Child] = []
@@ -350,8 +347,8 @@ class RecordedSpan(trace.Span):
                 end_ns,
                 attributes,
                 links,
-                _error_events(errors, end_ns) if errors else (),
-                _UNSET if failed is None else _status(failed),
+                _error_events(errors, end_ns),
+                _status(failed),
             )
         )
 
@@ -385,24 +382,25 @@ class RecordedSpan(trace.Span):
         if self._ended:
             return
         limits = self.writer.limits
-        if not _below_limit(len(self._events), limits.max_events):
-            self._dropped_events += 1
-            return
         cleaned = BoundedAttributes(
             limits.max_event_attributes, attributes, max_value_len=limits.max_attribute_length
         )
-        self._events.append(Event(name, cleaned, timestamp or time.time_ns()))
+        self._add_event(Event(name, cleaned, timestamp or time.time_ns()))
+
+    def _add_event(self, event: Event) -> None:
+        if self._events is None:
+            self._events = BoundedList(self.writer.limits.max_events)
+        self._events.append(event)
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
         if self._ended or not context.is_valid:
             return
         limits = self.writer.limits
-        if not _below_limit(len(self._links), limits.max_links):
-            self._dropped_links += 1
-            return
         cleaned = BoundedAttributes(
             limits.max_link_attributes, attributes, max_value_len=limits.max_attribute_length
         )
+        if self._links is None:
+            self._links = BoundedList(limits.max_links)
         self._links.append(Link(context, cleaned))
 
     def update_name(self, name: str) -> None:
@@ -427,14 +425,16 @@ class RecordedSpan(trace.Span):
     ) -> None:
         if self._ended:
             return
-        if not _below_limit(len(self._events), self.writer.limits.max_events):
-            self._dropped_events += 1
-            return
         event = _exception_event(exception, timestamp or time.time_ns(), escaped)
         if attributes:
-            merged = {**(event.attributes or {}), **attributes}
+            limits = self.writer.limits
+            merged = BoundedAttributes(
+                limits.max_event_attributes,
+                {**(event.attributes or {}), **attributes},
+                max_value_len=limits.max_attribute_length,
+            )
             event = Event(event.name, merged, event.timestamp)
-        self._events.append(event)
+        self._add_event(event)
 
     def end(self, end_time: int | None = None) -> None:
         if self._ended:
@@ -452,18 +452,17 @@ class RecordedSpan(trace.Span):
             self.start_ns,
             time.time_ns() if end_time is None else end_time,
             attributes=attributes,
-            events=self._events,
-            links=self._links,
+            events=self._events or (),
+            links=self._links or (),
             status=self._status,
             kind=self.kind,
-            dropped=(dropped_attributes, self._dropped_events, self._dropped_links),
+            dropped=(
+                dropped_attributes,
+                self._events.dropped if self._events is not None else 0,
+                self._links.dropped if self._links is not None else 0,
+            ),
             children=self._children,
         )
-
-
-def _below_limit(count: int, limit: int | None) -> bool:
-    """Whether one more fits (None: no limit, as the SDK reads it)."""
-    return limit is None or count < limit
 
 
 def _error_events(errors: Sequence[BaseException], timestamp: int) -> Sequence[Event]:
