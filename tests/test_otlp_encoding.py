@@ -324,6 +324,17 @@ def read(data: bytes) -> ExportTraceServiceRequest:
     return request
 
 
+def test_a_name_that_is_not_unicode_text_costs_only_its_odd_characters() -> None:
+    # Code may name a span (or an event) with a lone surrogate: the SDK's encoder would fail
+    # the whole export; here the name keeps its other characters and nothing else changes.
+    odd = span("a\udc80b", events=[Event("e\udc80", timestamp=5)])
+    fine = span("fine")
+    encoded = read(encode_spans([odd, fine])).resource_spans[0].scope_spans[0].spans
+    assert [s.name for s in encoded] == ["a?b", "fine"]
+    assert encoded[0].events[0].name == "e?"
+    assert encoded[1] == sdk_encode([fine]).resource_spans[0].scope_spans[0].spans[0]
+
+
 def served_spans() -> list[ReadableSpan]:
     """The spans of served requests: one that shared a batch of three, one that failed."""
     memory = InMemorySpanExporter()
