@@ -158,6 +158,20 @@ def test_tracing_asked_for_with_a_bad_option_is_one_line(tmp_path: Path) -> None
     assert "Traceback" not in result.stderr
 
 
+def test_a_malformed_opentelemetry_span_limit_is_one_line(tmp_path: Path) -> None:
+    # The request's span follows OpenTelemetry's limit variables: a malformed one stops the
+    # server before any worker starts, with one line, as loadonce's own options do.
+    config = tmp_path / "serve.toml"
+    config.write_text(
+        '[tracing]\nenabled = true\n[[models]]\nname = "echo"\nloader = "tests.loaders:echo"\n'
+    )
+    bad = {"OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "abc"}
+    result = run_cli(tmp_path, "serve", str(config), env=bad)
+    assert result.returncode == 2, result.stderr
+    assert "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT must be a non-negative integer" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_sample_ratio_traces_that_share_of_requests_and_follows_callers(
     tmp_path: Path, receiver: Receiver
 ) -> None:

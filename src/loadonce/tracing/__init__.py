@@ -54,6 +54,15 @@ def check_tracing(options: TracingOptions | None) -> bool:
             f"{TRACES_EXPORTER}={exporter} is not supported: loadonce exports 'otlp' (over "
             "HTTP) or 'console'"
         )
+    try:
+        # OpenTelemetry reads its span limits (OTEL_SPAN_*_LIMIT, OTEL_ATTRIBUTE_*_LIMIT) when
+        # its SDK is imported and when a provider is made; a malformed one raised there, deep
+        # in a worker's startup.
+        from opentelemetry.sdk.trace import SpanLimits
+
+        SpanLimits()
+    except ValueError as exc:
+        raise ConfigError(f"tracing: {exc}") from None
     for variable in (_TRACES_PROTOCOL, _PROTOCOL):
         protocol = os.environ.get(variable, "").strip()
         if protocol and protocol != "http/protobuf":
