@@ -301,10 +301,7 @@ class RequestSpan:
 
     def finish(self, status: int | None = None) -> None:
         if status is not None:
-            if self._own is not None:
-                self._own[STATUS_CODE] = status
-            else:
-                self.span.set_attribute(STATUS_CODE, status)
+            self.describe({STATUS_CODE: status})
             if status >= 500:
                 self.span.set_status(StatusCode.ERROR)
         self.span.end()

@@ -66,7 +66,7 @@ class SpanWriter(Protocol):
     ) -> OpenSpan: ...
 
     # A span whose start and end are both known (a phase, a wait, a predict), written in one
-    # call; returns its ids.
+    # call.
     def child(
         self,
         name: str,
@@ -78,7 +78,7 @@ class SpanWriter(Protocol):
         attributes: Mapping[str, Any] | None = None,
         errors: Sequence[BaseException] = (),
         failed: str | None = None,
-    ) -> SpanContext: ...
+    ) -> None: ...
 
 
 def writer_for(tracer: trace.Tracer, *, nests: bool = False) -> SpanWriter:
@@ -151,11 +151,10 @@ class FinishedSpanWriter:
         attributes: Mapping[str, Any] | None = None,
         errors: Sequence[BaseException] = (),
         failed: str | None = None,
-    ) -> SpanContext:
-        context = self._below(parent)
+    ) -> None:
         self.write(
             name,
-            context,
+            self._below(parent),
             parent,
             start_ns,
             end_ns,
@@ -164,7 +163,6 @@ class FinishedSpanWriter:
             links=links,
             status=_status(failed),
         )
-        return context
 
     def _below(self, parent: SpanContext) -> SpanContext:
         """A new span's ids under ``parent``, in its trace, with its sampling decision."""
@@ -526,10 +524,9 @@ class LiveSpanWriter:
         attributes: Mapping[str, Any] | None = None,
         errors: Sequence[BaseException] = (),
         failed: str | None = None,
-    ) -> SpanContext:
+    ) -> None:
         opened = self.open(name, parent, start_ns, links=links, attributes=attributes)
         opened.end(end_ns, errors, failed)
-        return opened.context
 
 
 class _Live:
@@ -553,7 +550,8 @@ class _Live:
 
 
 class ChildWriter(Protocol):
-    """Where a request's phases go: the request (``otel.RequestSpan``)."""
+    """Where the finished spans below a request's go (its phases, its wait in the queue):
+    ``RecordedSpan.child`` or ``otel._WrittenApart``, as ``RequestSpan.below``."""
 
     def child(
         self,
@@ -561,6 +559,8 @@ class ChildWriter(Protocol):
         start_ns: int,
         end_ns: int,
         *,
+        links: Sequence[Link] = (),
+        attributes: Mapping[str, Any] | None = None,
         errors: Sequence[BaseException] = (),
         failed: str | None = None,
     ) -> None: ...
