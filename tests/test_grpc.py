@@ -24,8 +24,11 @@ from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 import loadonce
+from loadonce.core.errors import LoadonceError
+from loadonce.http.state import LoadonceState
 from loadonce.protocols.grpc import grpc_lifespan
 from loadonce.protocols.grpc.messages import HEALTH_SERVICE, SERVICE, message_class
+from loadonce.protocols.grpc.service import InferenceService, grpc_code
 from loadonce.runtimes import Predictor, TensorInfo
 from tests.servers import ThreadedServer, cli_env, free_port, start_cli, stop, wait_until
 from tests.v2_models import triton_example_specs
@@ -52,8 +55,19 @@ class Picky(Predictor):
         return list(values * 2)
 
 
+class _Echo:
+    """Declares nothing: answers each example as it came."""
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return list(batch)
+
+
 def _specs() -> list[loadonce.ModelSpec]:
-    return [*triton_example_specs()[:3], loadonce.ModelSpec(name="picky", loader=Picky)]
+    return [
+        *triton_example_specs()[:3],
+        loadonce.ModelSpec(name="picky", loader=Picky),
+        loadonce.ModelSpec(name="echo", loader=_Echo),
+    ]
 
 
 def _serve(port: int, **options: Any) -> ThreadedServer:
@@ -225,6 +239,106 @@ def test_raw_and_typed_mismatches(grpc_url: str) -> None:
         )
         assert np.frombuffer(answer.raw_output_contents[0], "<f4").tolist() == [4.0]
         assert ("x-request-id", "mine-2") in call.trailing_metadata()
+
+
+# Each typed field with the extremes of its datatype, and values of several magnitudes
+# together (NumPy read a uint64 field holding 1 and 2**64 - 1 as floats: 2**64 - 1 came back 0).
+_EXTREMES = [
+    ("UINT64", "uint64_contents", [1, 2**63 + 5, 2**64 - 1, 0]),
+    ("INT64", "int64_contents", [-(2**63), 2**63 - 1, -1, 2**53 + 1]),
+    ("UINT32", "uint_contents", [0, 2**32 - 1, 7]),
+    ("UINT16", "uint_contents", [0, 2**16 - 1]),
+    ("UINT8", "uint_contents", [0, 255]),
+    ("INT32", "int_contents", [-(2**31), 2**31 - 1, 0]),
+    ("INT16", "int_contents", [-(2**15), 2**15 - 1]),
+    ("INT8", "int_contents", [-128, 127]),
+    ("FP64", "fp64_contents", [1e308, -5e-324, 0.1]),
+    ("FP32", "fp32_contents", [3.4028234663852886e38, 1.401298464324817e-45]),
+    ("BOOL", "bool_contents", [True, False]),
+]
+
+
+def _typed(grpc_url: str, datatype: str, field: str, values: list[Any]) -> Any:
+    request_class = message_class("inference.ModelInferRequest")
+    response_class = message_class("inference.ModelInferResponse")
+    request = request_class(model_name="echo")
+    tensor = request.inputs.add(name="x", datatype=datatype, shape=[len(values)])
+    getattr(tensor.contents, field).extend(values)
+    with grpc.insecure_channel(grpc_url) as channel:
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=request_class.SerializeToString,
+            response_deserializer=response_class.FromString,
+        )
+        return infer(request)
+
+
+@pytest.mark.parametrize(("datatype", "field", "values"), _EXTREMES)
+def test_typed_contents_keep_every_value(
+    grpc_url: str, datatype: str, field: str, values: list[Any]
+) -> None:
+    [output] = _typed(grpc_url, datatype, field, values).outputs
+    assert (output.datatype, list(output.shape)) == (datatype, [len(values)])
+    assert list(getattr(output.contents, field)) == values
+
+
+@pytest.mark.parametrize(
+    ("datatype", "field", "values"),
+    [
+        ("INT8", "int_contents", [1, 128]),
+        ("INT16", "int_contents", [-(2**15) - 1]),
+        ("UINT8", "uint_contents", [256, 0]),
+        ("UINT16", "uint_contents", [2**32 - 1]),
+    ],
+)
+def test_typed_contents_outside_their_datatype_are_refused(
+    grpc_url: str, datatype: str, field: str, values: list[Any]
+) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        _typed(grpc_url, datatype, field, values)
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert f"outside the range of {datatype}" in raised.value.details()
+
+
+def test_a_call_without_inputs_is_the_callers_mistake(grpc_url: str) -> None:
+    """A model that declares no inputs takes any: a call with none is still refused."""
+    request_class = message_class("inference.ModelInferRequest")
+    response_class = message_class("inference.ModelInferResponse")
+    with grpc.insecure_channel(grpc_url) as channel:
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=request_class.SerializeToString,
+            response_deserializer=response_class.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as raised:
+            infer(request_class(model_name="echo"))
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "no inputs" in raised.value.details()
+
+
+class _ExpiredContext:
+    """A call whose client's deadline ran out before its handler ran."""
+
+    def time_remaining(self) -> float:
+        return 0.0
+
+
+def test_a_deadline_already_past_is_deadline_exceeded() -> None:
+    """Not INVALID_ARGUMENT (a zero timeout), which tells a client never to retry."""
+    app = loadonce.create_app(_specs())
+
+    async def run() -> None:
+        async with app.router.lifespan_context(app):
+            state = LoadonceState.on(app)
+            assert state is not None
+            request = message_class("inference.ModelInferRequest")(model_name="picky")
+            request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 1])
+            request.raw_input_contents.append(np.float32(1).tobytes())
+            with pytest.raises(LoadonceError) as raised:
+                await InferenceService(state).model_infer(request, _ExpiredContext())
+            assert grpc_code(raised.value.status) is grpc.StatusCode.DEADLINE_EXCEEDED
+
+    asyncio.run(run())
 
 
 def test_model_config(client: triton.InferenceServerClient) -> None:

@@ -5,6 +5,7 @@ outputs its warm-up answered."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import loadonce
+from loadonce.runtimes import Predictor, TensorInfo
 
 
 def _double(batch: list[float]) -> list[float]:
@@ -123,9 +125,9 @@ def test_server_metadata_with_a_trailing_slash(http: TestClient) -> None:
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [
-        ("DELETE", "/v2", "GET"),
-        ("POST", "/v2/", "GET"),
-        ("TRACE", "/v2/health/ready", "GET"),
+        ("DELETE", "/v2", "GET, HEAD"),
+        ("POST", "/v2/", "GET, HEAD"),
+        ("TRACE", "/v2/health/ready", "GET, HEAD"),
         ("TRACE", "/v2/models/double/infer", "POST"),
     ],
 )
@@ -139,12 +141,12 @@ def test_a_wrong_method_under_v2(http: TestClient, method: str, path: str, allow
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [
-        ("TRACE", "/livez", "GET"),
-        ("POST", "/readyz", "GET"),
+        ("TRACE", "/livez", "GET, HEAD"),
+        ("POST", "/readyz", "GET, HEAD"),
         ("GET", "/models/double/predict", "POST"),
-        ("POST", "/metrics", "GET"),
+        ("POST", "/metrics", "GET, HEAD"),
         ("TRACE", "/openapi.json", "GET, HEAD"),
-        ("PUT", "/docs", "GET"),
+        ("PUT", "/docs", "GET, HEAD"),
     ],
 )
 def test_a_wrong_method_elsewhere_keeps_the_request_id(
@@ -181,8 +183,73 @@ def test_a_functions_output_is_described_by_its_warm_up(http: TestClient) -> Non
     described = metadata["outputs"][0]
     [output] = answer["outputs"]
     assert (output["name"], output["datatype"]) == (described["name"], described["datatype"])
-    # Without a warm-up, nothing is known of the outputs, and nothing is claimed.
-    assert http.get("/v2/models/unwarmed").json()["outputs"] == []
+
+
+def test_without_a_warm_up_the_first_answer_describes_the_outputs() -> None:
+    app = loadonce.create_app([loadonce.ModelSpec(name="unwarmed", loader=lambda: _double)])
+    described = [{"name": "output", "datatype": "FP64", "shape": [-1]}]
+    with TestClient(app) as http:
+        # Before any answer nothing is known of the outputs, and nothing is claimed.
+        assert http.get("/v2/models/unwarmed").json()["outputs"] == []
+        answer = http.post("/v2/models/unwarmed/infer", json=_infer_body())
+        assert answer.status_code == 200, answer.text
+        assert http.get("/v2/models/unwarmed").json()["outputs"] == described
+        [output] = http.get("/v2/models/unwarmed/config").json()["output"]
+        assert (output["name"], output["data_type"]) == ("output", "TYPE_FP64")
+        # A reload may answer otherwise: known again from its own first answer.
+        assert http.post("/v2/repository/models/unwarmed/load", json={}).status_code == 200
+        assert http.get("/v2/models/unwarmed").json()["outputs"] == []
+
+
+class _Declares(Predictor):
+    """Declares its outputs' datatypes and answers Python numbers (float and int, 64-bit)."""
+
+    inputs = (TensorInfo(name="x", dtype="float64", shape=(None,)),)
+    outputs = (
+        TensorInfo(name="half", dtype="float32", shape=(None,)),
+        TensorInfo(name="hundreds", dtype="int8", shape=(None,)),
+    )
+
+    def predict(self, batch: Any) -> list[Any]:
+        return [{"half": float(x) / 2, "hundreds": int(x) * 100} for x in batch]
+
+
+def test_outputs_travel_in_their_declared_datatypes() -> None:
+    app = loadonce.create_app([loadonce.ModelSpec(name="declares", loader=_Declares)])
+    body = {"inputs": [{"name": "x", "shape": [2], "datatype": "FP64", "data": [1, 0.5]}]}
+    with TestClient(app) as http:
+        metadata = http.get("/v2/models/declares").json()["outputs"]
+        assert [(o["name"], o["datatype"]) for o in metadata] == [
+            ("half", "FP32"),
+            ("hundreds", "INT8"),
+        ]
+        answer = http.post("/v2/models/declares/infer", json=body)
+        assert answer.status_code == 200, answer.text
+        outputs = {o["name"]: o for o in answer.json()["outputs"]}
+        assert (outputs["half"]["datatype"], outputs["half"]["data"]) == ("FP32", [0.5, 0.25])
+        assert (outputs["hundreds"]["datatype"], outputs["hundreds"]["data"]) == ("INT8", [100, 0])
+        binary = {**body, "parameters": {"binary_data_output": True}}
+        raw = http.post("/v2/models/declares/infer", json=binary)
+        sizes = {
+            o["name"]: o["parameters"]["binary_data_size"]
+            for o in json.loads(raw.content[: int(raw.headers["inference-header-content-length"])])[
+                "outputs"
+            ]
+        }
+        assert sizes == {"half": 2 * 4, "hundreds": 2 * 1}
+        # 200 does not fit INT8: the model broke its own declaration; nothing is sent wrapped.
+        body["inputs"][0]["data"] = [2, 1]
+        message = _error(http.post("/v2/models/declares/infer", json=body), 500)
+        assert "Traceback" not in message
+
+
+@pytest.mark.parametrize("path", ["/v2", "/v2/health/live", "/v2/models/double", "/readyz"])
+def test_head_answers_wherever_get_does(http: TestClient, path: str) -> None:
+    get = http.get(path)
+    head = http.head(path)
+    assert (head.status_code, head.content) == (get.status_code, b"")
+    assert head.headers["content-length"] == get.headers["content-length"]
+    assert head.headers["content-type"] == get.headers["content-type"]
 
 
 def test_objects_are_described_one_output_per_key(http: TestClient) -> None:

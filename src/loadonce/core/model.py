@@ -78,7 +78,7 @@ class Model:
         # The shape of the warm-up's examples, for a model that declares none (see Batcher).
         self._answered_shape: tuple[int, ...] | None = None
         # What the loaded instances answered the warm-up, one output per example.
-        self._warmup_answer: list[Any] | None = None
+        self._sample_answer: list[Any] | None = None
         self.loaded_at: float | None = None
         self.error: str | None = None
         self.runtime_name: str | None = None
@@ -195,11 +195,12 @@ class Model:
         return () if self._executor is None else self._executor.instances[0].outputs
 
     @property
-    def warmup_answer(self) -> Sequence[Any] | None:
-        """What the loaded model answered its warm-up input, one output per example; None
-        without a warm-up. A model that declares no outputs (a loader's plain function) is
-        known by it to answer outputs of that form."""
-        return None if self._executor is None else self._warmup_answer
+    def sample_answer(self) -> Sequence[Any] | None:
+        """What the loaded model answered its warm-up input, one output per example, or
+        without a warm-up its first request's first example (one that picked no outputs);
+        None before either. A model that declares no outputs (a loader's plain function, a
+        regressor) is known by it to answer outputs of that form."""
+        return None if self._executor is None else self._sample_answer
 
     @property
     def request_parameters(self) -> frozenset[str]:
@@ -344,7 +345,7 @@ class Model:
             raise ModelLoadError(self.name, spec.source, exc) from exc
         # Only now: a failed reload leaves what the serving instances answered.
         self.spec, self.runtime_name, self.concurrency = spec, runtime_name, policy
-        self._answered_shape, self._warmup_answer = answered_shape, answer
+        self._answered_shape, self._sample_answer = answered_shape, answer
         resident, mapped_size = (
             await anyio.to_thread.run_sync(mapped_file_bytes, spec.artifact) if maps else (0, 0)
         )
@@ -532,16 +533,20 @@ class Model:
             executor.instances[0].check_parameters(passed)
         deadline, deadline_s = self._deadline(timeout, arrived)
         if deadline is None:
-            return await batcher.submit(examples, None, passed)
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        future = batcher.submit(examples, deadline, passed)
-        try:
-            outputs = await asyncio.wait_for(future, deadline - now)
-        except TimeoutError:
-            raise DeadlineExceededError(self.name, deadline_s) from None
-        if loop.time() > deadline:
-            raise DeadlineExceededError(self.name, deadline_s)
+            outputs = await batcher.submit(examples, None, passed)
+        else:
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            future = batcher.submit(examples, deadline, passed)
+            try:
+                outputs = await asyncio.wait_for(future, deadline - now)
+            except TimeoutError:
+                raise DeadlineExceededError(self.name, deadline_s) from None
+            if loop.time() > deadline:
+                raise DeadlineExceededError(self.name, deadline_s)
+        if self._sample_answer is None and not passed and self._executor is executor:
+            # No warm-up told what this model answers: its first full answer does (metadata).
+            self._sample_answer = outputs[:1]
         return outputs
 
     async def _warm_up(

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from loadonce.http.errors import (
     MethodNotAllowedError,
@@ -43,15 +43,30 @@ class PlainRoute(APIRoute):
     error_for = staticmethod(json_error_for)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.methods and scope["method"] == "HEAD" and "GET" in self.methods:
+            # HEAD wherever GET answers (RFC 9110; load balancers probe health with it): the
+            # GET's status and headers, Content-Length included, and no body.
+            await super().handle({**scope, "method": "GET"}, receive, _headers_only(send))
+            return
         if self.methods and scope["method"] not in self.methods:
             request = Request(scope, receive)
-            allowed = ", ".join(sorted(self.methods))
+            methods = {*self.methods, "HEAD"} if "GET" in self.methods else self.methods
+            allowed = ", ".join(sorted(methods))
             error = MethodNotAllowedError(scope["method"], allowed)
             response = type(self).error_for(error, request, request_id_of(request))
             response.headers["Allow"] = allowed
             await response(scope, receive, send)
             return
         await super().handle(scope, receive, send)
+
+
+def _headers_only(send: Send) -> Send:
+    async def send_head(message: Message) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            message = {**message, "body": b""}
+        await send(message)
+
+    return send_head
 
 
 class LoadonceRoute(PlainRoute):

@@ -20,7 +20,7 @@ import grpc
 
 from loadonce._version import __version__
 from loadonce.core.control import Action
-from loadonce.core.errors import LoadonceError, ModelNotReadyError
+from loadonce.core.errors import DeadlineExceededError, LoadonceError, ModelNotReadyError
 from loadonce.core.model import Model
 from loadonce.http.access_keys import RouteFamily, presented_key, refusal
 from loadonce.http.errors import describe_error
@@ -222,13 +222,18 @@ class InferenceService:
             RequestOutput(name=output.name, parameters=_parameters(output.parameters))
             for output in request.outputs
         ]
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            # The client's deadline ran out before the call was read: its own limit, not a
+            # bad timeout (which INVALID_ARGUMENT would tell it never to retry).
+            raise DeadlineExceededError(model.name)
         prediction = await predict(
             model,
             arrays,
             datatypes,
             _parameters(request.parameters),
             requested or None,
-            timeout_s=context.time_remaining(),
+            timeout_s=remaining,
             arrived=arrived,
         )
         response = _reply("ModelInfer", model_name=model.name, model_version=model.version)

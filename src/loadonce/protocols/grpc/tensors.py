@@ -39,6 +39,18 @@ CONTENTS_FIELD = {
     BYTES: "bytes_contents",
 }
 _FIELDS = sorted(set(CONTENTS_FIELD.values()))
+# Each numeric field's own protobuf type: its values are read at that type, which holds every
+# one exactly (read without it, NumPy made a uint64 field with a value above 2**63 float64, and
+# 2**64 - 1 came back as 0), then checked against the datatype's range.
+_FIELD_DTYPE = {
+    "bool_contents": np.dtype(np.bool_),
+    "int_contents": np.dtype(np.int32),
+    "int64_contents": np.dtype(np.int64),
+    "uint_contents": np.dtype(np.uint32),
+    "uint64_contents": np.dtype(np.uint64),
+    "fp32_contents": np.dtype(np.float32),
+    "fp64_contents": np.dtype(np.float64),
+}
 
 
 def decode_grpc_inputs(
@@ -110,10 +122,11 @@ def _from_contents(tensor: RequestInput, contents: Any) -> npt.NDArray[Any]:
         elements = np.empty(count, dtype=object)
         elements[:] = list(values)
         return elements.reshape(tensor.shape)
-    wide = np.asarray(values)
+    wide = np.fromiter(values, dtype=_FIELD_DTYPE[field], count=count)
     if dtype.kind in "iu" and wide.size:
         info = np.iinfo(dtype)  # type: ignore[type-var]  # an integer dtype here
-        if wide.min() < info.min or wide.max() > info.max:
+        # Python ints: NumPy compares int32 against uint64's bounds exactly, not as floats.
+        if int(wide.min()) < info.min or int(wide.max()) > info.max:
             raise InvalidInputError(
                 f"input '{tensor.name}': a value is outside the range of {tensor.datatype}"
             )

@@ -18,12 +18,12 @@ def described_inputs(model: Model) -> list[MetadataTensor]:
 
 def described_outputs(model: Model) -> list[MetadataTensor]:
     """The outputs the model declares; for one that declares none (a loader's function),
-    those it answered its warm-up with, encoded as inference encodes them: one output
-    (``output``), or one per key of an object, each shaped as the warm-up's with a
-    variable batch dimension."""
+    those it answered its warm-up with (or, without one, its first request), encoded as
+    inference encodes them: one output (``output``), or one per key of an object, each shaped
+    as that answer's with a variable batch dimension. None before either: nothing is known."""
     if model.outputs:
         return _declared(model.outputs)
-    answer = model.warmup_answer
+    answer = model.sample_answer
     if not answer:
         return []
     try:

@@ -84,6 +84,9 @@ def _check_shape(tensor: TensorInfo, shape: tuple[int, ...]) -> None:
 
 
 def _batch_size(arrays: Mapping[str, npt.NDArray[Any]]) -> int:
+    if not arrays:
+        # REST's schema refuses it first; gRPC's message may carry no input at all.
+        raise InvalidInputError("the request has no inputs: send at least one input tensor")
     sizes: dict[str, int] = {}
     for name, array in arrays.items():
         if array.ndim == 0:

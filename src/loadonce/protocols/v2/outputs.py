@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from loadonce.core.errors import LoadonceError
 from loadonce.core.jsonable import to_jsonable
-from loadonce.protocols.v2.datatypes import BYTES, datatype_of
+from loadonce.protocols.v2.datatypes import BYTES, datatype_of, datatype_of_declared, fixed_dtype
 from loadonce.runtimes import TensorInfo
 
 DEFAULT_OUTPUT = "output"
@@ -63,13 +63,17 @@ def output_tensors(declared: Sequence[TensorInfo], outputs: list[Any]) -> list[O
     one tensor per key, in the declared order where the model declares its outputs.
     """
     first = outputs[0]
+    by_name = {t.name: t for t in declared}
     if isinstance(first, Mapping):
         known = [t.name for t in declared if t.name in first]
         names = known + [str(key) for key in first if key not in known]
-        return [_stack(name, [_field(o, name) for o in outputs]) for name in names]
+        return [
+            _stack(name, [_field(o, name) for o in outputs], by_name.get(name)) for name in names
+        ]
     # One value per example is the model's first declared output (its default one).
-    name = declared[0].name if declared else DEFAULT_OUTPUT
-    return [_stack(name, outputs)]
+    if not declared:
+        return [_stack(DEFAULT_OUTPUT, outputs, None)]
+    return [_stack(declared[0].name, outputs, declared[0])]
 
 
 def _field(output: Any, name: str) -> Any:
@@ -78,12 +82,13 @@ def _field(output: Any, name: str) -> Any:
     return output[name]
 
 
-def _stack(name: str, values: list[Any]) -> OutputTensor:
+def _stack(name: str, values: list[Any], declared: TensorInfo | None) -> OutputTensor:
     try:
         array = np.asarray(values)
     except ValueError:
         array = None  # examples of different shapes: each becomes one JSON document
     if array is not None:
+        array = _as_declared(name, array, declared)
         datatype = datatype_of(array.dtype)
         if datatype is not None and datatype != BYTES:
             return OutputTensor(name, datatype, array)
@@ -92,6 +97,31 @@ def _stack(name: str, values: list[Any]) -> OutputTensor:
     documents = np.empty(len(values), dtype=object)
     documents[:] = [_document(value) for value in values]
     return OutputTensor(name, BYTES, documents)
+
+
+def _as_declared(
+    name: str, array: npt.NDArray[Any], declared: TensorInfo | None
+) -> npt.NDArray[Any]:
+    """Numbers in the numeric datatype the model declares for the output: metadata promises
+    it, and clients size their buffers by it (a model declaring FP32 that answers Python
+    floats would otherwise send FP64). A value the declared type cannot hold is the model's
+    error, never a silently different number."""
+    datatype = datatype_of_declared(declared.dtype) if declared is not None else None
+    target = fixed_dtype(datatype) if datatype is not None else None
+    if target is None or array.dtype == target or array.dtype.kind not in "biuf":
+        return array
+    with np.errstate(all="ignore"):
+        converted = array.astype(target)
+    if target.kind == "f":
+        kept = np.isfinite(converted) | ~np.isfinite(array)
+    else:
+        kept = converted == array
+    if not kept.all():
+        raise RuntimeError(
+            f"the model's output '{name}' holds values its declared datatype, {datatype}, "
+            "cannot hold"
+        )
+    return converted
 
 
 def _all_text(array: npt.NDArray[Any]) -> bool:

@@ -223,7 +223,8 @@ def v2_router(*, model_control: bool = True) -> APIRouter:
 
     @router.api_route(
         _CATCH_ALL,
-        methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE"],
+        # Not HEAD: a HEAD matches a GET route partly, and that route answers it (PlainRoute).
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"],
         include_in_schema=False,
     )
     async def unknown_route(request: Request) -> Response:
@@ -268,7 +269,7 @@ def _methods_for_path(router: APIRouter, request: Request) -> set[str]:
             and route.path_regex.match(path)
         ):
             allowed |= route.methods or set()
-    return allowed
+    return allowed | {"HEAD"} if "GET" in allowed else allowed
 
 
 def _path_parameters(versioned: bool) -> dict[str, Any]:
