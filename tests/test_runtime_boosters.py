@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 import loadonce
 from tests.boosters import BINARY, ROWS, THREE_CLASSES, served_by
-from tests.servers import serving
+from tests.servers import run_cli, serving
 
 
 def _xgboost(path: Path, objective: str, labels: Any, **params: Any) -> xgboost.Booster:
@@ -87,3 +87,51 @@ def test_the_cli_serves_a_booster_file_from_forked_workers(tmp_path: Path) -> No
         np.testing.assert_allclose(
             answer.json()["outputs"], booster.inplace_predict(ROWS[:3]), rtol=1e-6
         )
+
+
+def _lightgbm_text(tmp_path: Path) -> bytes:
+    booster = lightgbm.train(
+        {"objective": "binary", "verbose": -1, "num_threads": 1},
+        lightgbm.Dataset(ROWS, label=BINARY),
+        4,
+    )
+    path = tmp_path / "whole.txt"
+    booster.save_model(str(path))
+    return path.read_bytes()
+
+
+def _cut_in(text: bytes, marker: bytes, extra: int) -> bytes:
+    return text[: text.index(marker) + len(marker) + extra]
+
+
+# Where a cut made LightGBM itself abort or crash the process (SIGABRT, SIGSEGV): in the
+# tree_sizes line, inside a tree, and among the parameters.
+_CUTS = {
+    "its tree sizes": lambda text: _cut_in(text, b"tree_sizes=", 0),
+    "a tree": lambda text: _cut_in(text, b"Tree=1", 40),
+    "the last tree": lambda text: _cut_in(text, b"Tree=3", 10),
+    "the parameters": lambda text: _cut_in(text, b"parameters:\n", 30),
+}
+
+
+@pytest.mark.parametrize("where", list(_CUTS))
+def test_a_truncated_lightgbm_file_fails_its_load_not_the_process(
+    tmp_path: Path, where: str
+) -> None:
+    path = tmp_path / "cut.txt"
+    path.write_bytes(_CUTS[where](_lightgbm_text(tmp_path)))
+    spec = loadonce.ModelSpec(name="cut", artifact=path)
+    refused = pytest.raises(loadonce.ModelLoadError, match="LightGBM model file is truncated")
+    with refused, TestClient(loadonce.create_app([spec])):
+        pass
+
+
+def test_a_truncated_lightgbm_file_stops_the_cli_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "cut.txt"
+    path.write_bytes(_CUTS["a tree"](_lightgbm_text(tmp_path)))
+    done = run_cli(tmp_path, "serve", str(path), "--port", "0", timeout=120)
+    assert done.returncode == 3, done.stderr
+    [line] = [line for line in done.stderr.splitlines() if "startup failed:" in line]
+    assert f"model 'cut' failed to load from {path}" in line
+    assert "truncated" in line
+    assert "Traceback" not in done.stderr

@@ -106,6 +106,7 @@ class LightGBMRuntime(Runtime):
         if spec.artifact is None or not spec.artifact.is_file():
             raise FileNotFoundError(f"no such file: {spec.artifact}")
         lightgbm = import_optional("lightgbm", extra="lightgbm")
+        check_lightgbm_text(spec.artifact.read_bytes())
         booster = lightgbm.Booster(model_file=str(spec.artifact))
         threads = _threads(spec)
 
@@ -117,6 +118,54 @@ class LightGBMRuntime(Runtime):
         predictor = BoosterPredictor(booster, booster.num_feature(), predict)
         predictor.outputs = [TensorInfo(name="output", dtype="float64", shape=None)]
         return predictor
+
+
+class DamagedModelFileError(ValueError):
+    """A model file whose structure is broken (truncated, sizes that disagree)."""
+
+
+def check_lightgbm_text(text: bytes) -> None:
+    """Refuse a LightGBM text model whose trees are not where its header says they are.
+
+    LightGBM reads the trees in parallel at the offsets its ``tree_sizes`` line gives, without
+    checking them against the text's length: a truncated file made it read past its buffer
+    and abort the whole process (SIGABRT, no Python exception, no line saying which model).
+    The same walk here, bounded: each offset must start a ``Tree=`` block, the last must end
+    where ``end of trees`` begins, and parameters that begin must end. A file without
+    ``tree_sizes`` is read tree by tree, safely, by LightGBM itself."""
+    header_end = text.find(b"\nTree=")
+    sizes_at = text.find(b"\ntree_sizes=", 0, header_end if header_end >= 0 else len(text))
+    if sizes_at < 0:
+        return
+    line_end = text.find(b"\n", sizes_at + 1)
+    if line_end < 0 or header_end < 0:
+        raise DamagedModelFileError("the LightGBM model file is truncated: it has no trees")
+    try:
+        sizes = [int(size) for size in text[sizes_at + 12 : line_end].split()]
+    except ValueError:
+        raise DamagedModelFileError(
+            "the LightGBM model file is damaged: its tree_sizes line is not a list of sizes"
+        ) from None
+    offset = header_end + 1
+    for index, size in enumerate(sizes):
+        if size < 0 or not text.startswith(b"Tree=", offset):
+            raise DamagedModelFileError(
+                f"the LightGBM model file is truncated or damaged: tree {index} is not where "
+                "its header's tree_sizes put it"
+            )
+        offset += size
+    if not text.startswith(b"end of trees", offset):
+        raise DamagedModelFileError(
+            "the LightGBM model file is truncated or damaged: its trees do not end where its "
+            "header's tree_sizes say"
+        )
+    # Its parameters are read up to their end marker, as far as it takes (a file cut among
+    # them crashed the process too).
+    parameters = text.find(b"\nparameters:\n", offset)
+    if parameters >= 0 and text.find(b"\nend of parameters", parameters) < 0:
+        raise DamagedModelFileError(
+            "the LightGBM model file is truncated: its parameters have no end"
+        )
 
 
 # CatBoost's binary classifiers: their "Probability" has a column per class, and the other
