@@ -75,6 +75,34 @@ def test_a_body_that_stops_arriving_is_abandoned(server: CliServer) -> None:
     assert 'status="500"' not in httpx.get(f"{server.url}/metrics").text
 
 
+def test_a_body_that_trickles_is_abandoned(server: CliServer) -> None:
+    """A byte every quarter second never pauses for body_timeout_s (1 s here), but the
+    whole body's allowance (1 s, plus 1 s per KiB sent) runs out: it held a connection for as
+    long as the client liked."""
+    sock = _connect(server)
+    sock.sendall(
+        b"POST /models/echo/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+    )
+    started = time.monotonic()
+    closed = False
+    while time.monotonic() - started < 8 and not closed:
+        try:
+            sock.sendall(b" ")
+            time.sleep(0.25)
+        except OSError:
+            closed = True
+        else:
+            sock.settimeout(0.01)
+            with contextlib.suppress(TimeoutError):
+                closed = sock.recv(1) == b""
+            sock.settimeout(10)
+    sock.close()
+    assert closed, "the trickling body kept its connection"
+    assert time.monotonic() - started < 4
+    _wait_until_served(server)
+
+
 @pytest.mark.parametrize(
     "head",
     [
@@ -82,8 +110,10 @@ def test_a_body_that_stops_arriving_is_abandoned(server: CliServer) -> None:
         b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         + b"".join(b"X-%d: 1\r\n" % i for i in range(20_000))
         + b"\r\n",
+        # Read whole before the size was counted: it got through.
+        b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
     ],
-    ids=["8 MiB header line", "20,000 header fields"],
+    ids=["8 MiB header line", "20,000 header fields", "a 100 KB head in one piece"],
 )
 def test_an_oversized_head_is_refused(server: CliServer, head: bytes) -> None:
     sock = _connect(server)

@@ -154,7 +154,14 @@ def test_memory_stays_flat_over_many_hostile_requests(server: ThreadedServer) ->
     assert grown < 64 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB"
 
 
-def test_a_finite_timeout_of_any_size_is_accepted(server: ThreadedServer) -> None:
-    body = {"inputs": [_tensor([1], "FP64", [1.0])], "parameters": {"timeout": 1e300}}
-    answered = httpx.post(f"{server.url}/v2/models/scaler/infer", json=body)
+@pytest.mark.parametrize("timeout", ["1e300", "1" + "0" * 400], ids=["float", "400 digits"])
+def test_a_finite_timeout_of_any_size_is_accepted(server: ThreadedServer, timeout: str) -> None:
+    """An integer past a float's range overflowed the division to seconds: a 500."""
+    tensor = json.dumps(_tensor([1], "FP64", [1.0]))
+    body = f'{{"inputs": [{tensor}], "parameters": {{"timeout": {timeout}}}}}'
+    answered = httpx.post(
+        f"{server.url}/v2/models/scaler/infer",
+        content=body,
+        headers={"content-type": "application/json"},
+    )
     assert answered.status_code == 200, answered.text

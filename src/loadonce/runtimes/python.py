@@ -75,5 +75,28 @@ class PythonRuntime(Runtime):
             raise TypeError(f"loader {spec.loader!r} is not callable")
         model = loader(spec.artifact) if spec.artifact is not None else loader()
         if isinstance(model, Predictor):
-            return model
+            return _with_declared_shape(model, spec)
         return CallablePredictor(model, signature=_signature_of(model, spec))
+
+
+def _with_declared_shape(predictor: Predictor, spec: ModelSpec) -> Predictor:
+    """A loader's own Predictor, checked against the spec's ``input_shape`` as a plain object
+    would be: the spec's shape applies where the predictor declares none, and one declared in
+    both places must agree (it was silently ignored: a list of three features became three
+    examples)."""
+    declared = _signature_of(object(), spec)
+    if declared is None:
+        return predictor
+    if predictor.inputs:
+        raise ValueError(
+            f"the loader's {type(predictor).__name__} declares named inputs; input_shape "
+            "describes a single unnamed input: leave it out of the model's configuration"
+        )
+    if predictor.signature is None:
+        predictor.signature = declared
+    elif predictor.signature != declared:
+        raise ValueError(
+            f"the loader's {type(predictor).__name__} takes {predictor.signature.describe()}, "
+            f"but the configuration says {declared.describe()}: declare it in one place"
+        )
+    return predictor

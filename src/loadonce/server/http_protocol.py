@@ -7,7 +7,10 @@ protocol adds, per connection:
 
 - ``header_timeout_s``: the whole request head must arrive within it (408 and close);
 - ``body_timeout_s``: a body that stops arriving for that long is abandoned (the connection
-  closes; the route sees a disconnected client, answered 499);
+  closes; the route sees a disconnected client, answered 499), and so is one that trickles:
+  the whole body has ``body_timeout_s`` plus a second per ``min_body_rate`` bytes it brought
+  (Apache's mod_reqtimeout rule; a byte every few seconds held a connection for good, and a
+  thousand of them every connection a worker takes);
 - ``max_header_bytes`` and ``max_header_fields``: past either, 431 and close.
 
 It also stamps each request's arrival (when its head was read) in the scope: the deadline
@@ -82,6 +85,7 @@ class _HeadTooLargeError(Exception):
 class GuardedHttpProtocol(HttpToolsProtocol):
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
+    min_body_rate: float = 1024.0  # bytes a second, on average over the body
     max_header_bytes: int = 64 * 1024
     max_header_fields: int = 100
 
@@ -94,6 +98,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_too_large = False
         self._received_at = 0.0
+        self._body_started = 0.0
+        self._body_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
 
     def _arm(self, seconds: float, status: HTTPStatus | None) -> None:
@@ -155,7 +161,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             elif self._head_bytes and self._timer is None:
                 self._arm(self.header_timeout_s, HTTPStatus.REQUEST_TIMEOUT)
         elif self._in_body:
-            self._arm(self.body_timeout_s, None)  # each piece of the body restarts it
+            # Each piece restarts the pause's limit, within what the body as a whole is given.
+            self._body_bytes += len(data)
+            whole = self.body_timeout_s + self._body_bytes / self.min_body_rate
+            left = self._body_started + whole - self._received_at
+            self._arm(min(self.body_timeout_s, left), None)
 
     def send_400_response(self, msg: str) -> None:
         self._gathered.send()  # an answer held for an earlier request goes first
@@ -166,10 +176,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             super().send_400_response(msg)
 
     def on_headers_complete(self) -> None:
-        if len(self.headers) > self.max_header_fields:
+        # The head's size once more, from what was parsed: a head that came in one read was
+        # parsed whole before data_received could count it.
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if len(self.headers) > self.max_header_fields or size > self.max_header_bytes:
             self._head_too_large = True
             raise _HeadTooLargeError  # the parser's error: send_400_response answers 431
         self._in_head, self._in_body = False, True
+        self._body_started, self._body_bytes = self._received_at, 0
         if self._timer is not None:
             self._disarm()  # the head's timer, if it came in pieces
         # Its deadline counts from here (ARRIVED_SCOPE_KEY), so the wait for the busy loop

@@ -79,11 +79,15 @@ def _options(parameters: Mapping[str, Any] | None) -> _Options:
     return _Options(
         binary_by_default=binary,
         # Triton's unit: microseconds; 0 means none given.
-        timeout_s=timeout_us / 1_000_000 if timeout_us else None,
+        # Past a year it is no limit at all (an integer of 400 digits overflowed the float).
+        timeout_s=timeout_us / 1_000_000 if 0 < timeout_us < _NO_LIMIT_US else None,
         model_parameters={
             key: value for key, value in parameters.items() if not _is_protocol_parameter(key)
         },
     )
+
+
+_NO_LIMIT_US = 365 * 24 * 3600 * 1_000_000
 
 
 def _is_protocol_parameter(key: str) -> bool:
