@@ -241,3 +241,13 @@ class GrowingCache:
 
 def growing_cache() -> GrowingCache:
     return GrowingCache()
+
+
+class _Reflect:
+    def predict(self, batch: list[Any]) -> list[Any]:
+        raise ValueError(f"cannot handle {batch[0]}")
+
+
+def reflect() -> _Reflect:
+    """A model whose exception quotes its input, as many do."""
+    return _Reflect()

@@ -32,6 +32,36 @@ def test_a_path_cannot_forge_a_log_line_and_an_open_network_server_warns(tmp_pat
     assert any("/x\\x0aERROR: forged\\x0d\\x0aWARNING: also\\u2028forged" in line for line in lines)
 
 
+def test_a_models_exception_cannot_forge_a_log_line(tmp_path: Path) -> None:
+    """Its message quotes the request; the traceback under the summary printed it raw."""
+    forged = "x\nERROR:    [loadonce] forged admin login\u2028also"
+    with serving(["tests.loaders:reflect"], tmp_path) as server:
+        answer = httpx.post(f"{server.url}/models/reflect/predict", json={"inputs": [forged]})
+        assert answer.status_code == 500
+    lines = server.log().splitlines()
+    assert not [line for line in lines if line.lstrip().startswith("ERROR:    [loadonce] forged")]
+    assert not [line for line in lines if "\u2028" in line]
+    assert any("cannot handle x\\x0aERROR:" in line for line in lines), lines
+
+
+def test_every_message_in_a_traceback_is_one_line() -> None:
+    try:
+        try:
+            raise RuntimeError("inner\nWARNING: forged cause")
+        except RuntimeError as cause:
+            failure = ValueError("outer\rERROR: forged")
+            failure.add_note("note\nINFO: forged note")
+            raise ExceptionGroup("group\nERROR: g", [failure]) from cause
+    except ExceptionGroup:
+        record = logging.LogRecord("loadonce", logging.ERROR, __file__, 1, "failed", (), None)
+        record.exc_info = sys.exc_info()
+    written = PlainFormatter("%(message)s").format(record)
+    starts = [line.lstrip(" |+-") for line in written.splitlines()]
+    assert not [line for line in starts if line.startswith(("WARNING: forged", "ERROR: ", "INFO:"))]
+    for escaped in ("inner\\x0aWARNING", "outer\\x0dERROR", "note\\x0aINFO", "group\\x0aERROR"):
+        assert escaped in written, written
+
+
 @pytest.mark.parametrize("formatter", [PlainFormatter("%(message)s"), JsonFormatter()])
 def test_every_log_format_writes_one_line_per_record(formatter: logging.Formatter) -> None:
     record = logging.LogRecord("loadonce", logging.ERROR, __file__, 1, "got %s", ("a\nb\rc",), None)

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -54,7 +55,7 @@ class PlainFormatter(logging.Formatter):
     """uvicorn's line (``%(levelprefix)s``: the level's name, coloured on a terminal, as
     uvicorn's formatter writes it), with every message one line: a client-supplied value (a
     path, a file name) can never start a forged line. A traceback, appended after, keeps its
-    lines.
+    lines, with each exception's message one line too (``formatException``).
 
     Its ``levelprefix`` is set on the record itself: uvicorn's formatter copies each record
     first, a third of a request log line's cost (docs/benchmarks.md, "The request log")."""
@@ -75,6 +76,17 @@ class PlainFormatter(logging.Formatter):
         record.message = self._one_line(record.message, getattr(record, "trace_id", None), record)
         record.levelprefix = self._level_prefix(record.levelname, record.levelno)
         return self._style.format(record)
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        """The traceback with each exception's message (and notes) one line: a model's
+        exception often quotes the request (``ValueError(f"cannot handle {value}")``), and
+        its text went into the log raw, newlines and all, after a one-line summary."""
+        value = ei[1]
+        if value is None:
+            return super().formatException(ei)
+        described = traceback.TracebackException(type(value), value, ei[2], compact=True)
+        _escape_messages(described)
+        return "".join(described.format()).rstrip("\n")
 
     def takes_request_lines(self) -> bool:
         """Whether a request line's text needs nothing but the line (the server's formats)."""
@@ -110,6 +122,25 @@ class PlainFormatter(logging.Formatter):
         colour = _LEVEL_COLOURS.get(number) if self.use_colors else None
         prefix = click.style(name, fg=colour) if colour is not None else name
         return f"{prefix}:{' ' * (8 - len(name))}"
+
+
+def _escape_messages(described: traceback.TracebackException) -> None:
+    """Every message and note in a traceback's chain (causes, contexts, groups) made
+    log-safe. ``_str`` is where TracebackException keeps the message it prints (3.11-3.13)."""
+    pending, seen = [described], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        message = getattr(current, "_str", None)
+        if isinstance(message, str):
+            current._str = log_safe(message)  # type: ignore[attr-defined]
+        notes = getattr(current, "__notes__", None)
+        if isinstance(notes, list):
+            current.__notes__ = [log_safe(str(note)) for note in notes]
+        linked = [current.__cause__, current.__context__, *(current.exceptions or ())]
+        pending.extend(item for item in linked if item is not None)
 
 
 class JsonFormatter(logging.Formatter):
