@@ -146,3 +146,21 @@ def test_without_catboost_installed_the_load_names_the_extra(
     monkeypatch.setitem(sys.modules, "catboost", None)  # import catboost now fails
     message = _load_failure(loadonce.ModelSpec(name="churn", artifact=path))
     assert message.endswith("install it with: pip install 'loadonce[catboost]'")
+
+
+def test_a_scikit_learn_style_classifier_saved_with_joblib_takes_its_features(
+    tmp_path: Path,
+) -> None:
+    """Unpickled, CatBoostClassifier says n_features_in_ == 0: the input shape came out [0]
+    and every request was refused. Its feature names say how many it takes."""
+    import joblib
+
+    model = catboost.CatBoostClassifier(iterations=5, verbose=0, thread_count=1)
+    model.fit(ROWS, BINARY)
+    path = tmp_path / "churn.joblib"
+    joblib.dump(model, path)
+    spec = loadonce.ModelSpec(name="churn", artifact=path, trust=True)
+    with TestClient(loadonce.create_app([spec])) as client:
+        assert client.get("/models/churn").json()["input_shape"] == [ROWS.shape[1]]
+        answer = client.post("/models/churn/predict", json={"inputs": ROWS[:6].tolist()})
+        assert answer.json()["outputs"] == model.predict(ROWS[:6]).tolist(), answer.text

@@ -59,6 +59,19 @@ class Columns:
         return self.pandas.DataFrame({name: batch[name] for name in names}, columns=names)
 
 
+def features_in(estimator: Any) -> int | None:
+    """How many features a fitted estimator takes, where it says so: ``n_features_in_``, or
+    for a model that reports 0 there once unpickled (CatBoost's scikit-learn classes) the
+    length of its ``feature_names_``. None: unknown, and the model's own checks answer."""
+    n_features = getattr(estimator, "n_features_in_", None)
+    if isinstance(n_features, int) and not isinstance(n_features, bool) and n_features > 0:
+        return n_features
+    names = getattr(estimator, "feature_names_", None)
+    if isinstance(names, list | tuple) and names:
+        return len(names)
+    return None
+
+
 def fitted_column_names(estimator: Any) -> list[str] | None:
     """The columns an estimator was fitted on, when it was fitted on a DataFrame whose
     column names are all strings (scikit-learn records no names otherwise)."""

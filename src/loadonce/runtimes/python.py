@@ -8,6 +8,7 @@ from typing import Any
 from loadonce.core.imports import import_object
 from loadonce.core.spec import ModelSpec
 from loadonce.runtimes._base import InputSignature, Predictor, Runtime
+from loadonce.runtimes._columns import features_in
 from loadonce.runtimes.sklearn_forests import tree_by_tree_methods
 
 
@@ -49,8 +50,8 @@ def _signature_of(model: Any, spec: ModelSpec) -> InputSignature | None:
         dtype = str(spec.options.get("input_dtype", "float64"))
         return InputSignature(shape=spec.input_shape, dtype=None if dtype == "any" else dtype)
     # A fitted scikit-learn estimator knows how many features it takes.
-    n_features = getattr(model, "n_features_in_", None)
-    if isinstance(n_features, int):
+    n_features = features_in(model)
+    if n_features is not None:
         return InputSignature(shape=(n_features,), dtype="float64")
     return None
 

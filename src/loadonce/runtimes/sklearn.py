@@ -12,7 +12,7 @@ from loadonce.core.imports import import_optional
 from loadonce.core.integrity import file_sha256
 from loadonce.core.spec import ModelSpec
 from loadonce.runtimes._base import SELECTED_OUTPUTS, InputSignature, Predictor, Runtime, TensorInfo
-from loadonce.runtimes._columns import Columns, named_columns
+from loadonce.runtimes._columns import Columns, features_in, named_columns
 from loadonce.runtimes._tensors import stack_named_inputs
 from loadonce.runtimes.sklearn_forests import forest_in, runs_one_job, tree_by_tree_methods
 
@@ -312,11 +312,9 @@ class SklearnRuntime(Runtime):
             estimator = _load_skops(path, spec)
         else:
             estimator = _load_pickle(path, spec)
-        n_features = getattr(estimator, "n_features_in_", None)
+        n_features = features_in(estimator)
         signature = (
-            InputSignature(shape=(n_features,), dtype="float64")
-            if isinstance(n_features, int)
-            else None
+            InputSignature(shape=(n_features,), dtype="float64") if n_features is not None else None
         )
         columns = named_columns(estimator, spec.options.get("columns", {}))
         method = str(spec.options.get("method", "predict"))
