@@ -185,3 +185,36 @@ def test_cli_serves_an_onnx_artifact_from_forked_workers(tmp_path: Path, classif
     assert len(pids) == 2
     for response in answers:
         assert [o["label"] for o in response.json()["outputs"]] == labels.tolist()
+
+
+def test_a_graph_exported_for_a_fixed_batch_answers_any_number_of_examples(
+    tmp_path: Path,
+) -> None:
+    """``torch.onnx.export`` without ``dynamic_axes`` fixes the batch (here 2): a request of
+    any other count was a 500 (ONNX Runtime refused the shape). Calls now run two at a time,
+    the last filled up and its extra outputs dropped."""
+    rng = np.random.default_rng(1)
+    weights = rng.normal(size=(4, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["scores"]),
+            helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0),
+        ],
+        "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("label", TensorProto.INT64, [2]),
+        ],
+        initializer=[numpy_helper.from_array(weights, "W")],
+    )
+    spec = loadonce.ModelSpec(name="fixed", artifact=_save(graph, tmp_path / "fixed.onnx"))
+    rows = rng.normal(size=(5, 4)).astype(np.float32)
+    with TestClient(loadonce.create_app([spec])) as client:
+        for count in (1, 2, 3, 5):
+            answer = client.post("/models/fixed/predict", json={"inputs": rows[:count].tolist()})
+            assert answer.status_code == 200, answer.text
+            outputs = answer.json()["outputs"]
+            expected = rows[:count] @ weights
+            np.testing.assert_allclose([o["scores"] for o in outputs], expected, rtol=1e-5)
+            assert [o["label"] for o in outputs] == expected.argmax(axis=1).tolist()

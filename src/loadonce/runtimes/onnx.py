@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,6 +11,8 @@ from loadonce.core.imports import import_optional
 from loadonce.core.spec import ModelSpec
 from loadonce.runtimes._base import Predictor, Runtime, TensorInfo
 from loadonce.runtimes._tensors import example_signature, split_batch_outputs, stack_named_inputs
+
+logger = logging.getLogger("loadonce")
 
 # ONNX Runtime's type strings, as NumPy dtypes (or "string").
 _ONNX_TYPES = {
@@ -63,6 +67,7 @@ class OnnxPredictor(Predictor):
         self.batches_exactly = all(
             t.shape is not None and len(t.shape) > 0 and t.shape[0] is None for t in self.inputs
         )
+        self.fixed_batch = _fixed_batch(self.inputs)
 
     def prepare(self, examples: list[Any]) -> Any:
         if self.signature is not None:
@@ -71,9 +76,49 @@ class OnnxPredictor(Predictor):
 
     def predict(self, batch: Any) -> Sequence[Any]:
         names = [t.name for t in self.outputs]
-        results = self.session.run(names, batch)
         count = len(next(iter(batch.values())))
+        size = self.fixed_batch
+        if size is None or size == count:
+            results = self.session.run(names, batch)
+        else:
+            results = self._run_in_fixed_batches(names, batch, count, size)
         return split_batch_outputs(list(zip(names, results, strict=True)), count)
+
+    def _run_in_fixed_batches(
+        self, names: list[str], batch: dict[str, Any], count: int, size: int
+    ) -> list[Any]:
+        """A graph exported for exactly ``size`` examples (``torch.onnx.export`` without
+        ``dynamic_axes`` makes one) refuses any other count: run it ``size`` at a time, the
+        last call filled up with copies of its last example (a valid input, where zeros may
+        not be), whose outputs are dropped."""
+        import numpy as np
+
+        parts: list[list[Any]] = [[] for _ in names]
+        for start in range(0, count, size):
+            chunk = {name: values[start : start + size] for name, values in batch.items()}
+            taken = len(next(iter(chunk.values())))
+            if taken < size:
+                chunk = {
+                    name: np.concatenate([values, np.repeat(values[-1:], size - taken, axis=0)])
+                    for name, values in chunk.items()
+                }
+            for part, result in zip(parts, self.session.run(names, chunk), strict=True):
+                part.append(result[:taken])
+        return [
+            np.concatenate(part)
+            if all(isinstance(p, np.ndarray) for p in part)
+            else list(itertools.chain.from_iterable(part))  # ZipMap's lists of dicts
+            for part in parts
+        ]
+
+
+def _fixed_batch(inputs: Sequence[TensorInfo]) -> int | None:
+    """The one fixed size every input's first (batch) dimension has, if so."""
+    sizes = {t.shape[0] if t.shape else None for t in inputs}
+    if len(sizes) != 1:
+        return None
+    [size] = sizes
+    return size if size is not None and size > 0 else None
 
 
 class OnnxRuntime(Runtime):
@@ -103,7 +148,17 @@ class OnnxRuntime(Runtime):
         # must not silently run elsewhere.
         _refuse_missing(providers, list(session.get_providers()), ort.__version__)
         outputs = spec.options.get("outputs")
-        return OnnxPredictor(session, output_names=None if outputs is None else list(outputs))
+        predictor = OnnxPredictor(session, output_names=None if outputs is None else list(outputs))
+        if predictor.fixed_batch is not None:
+            logger.info(
+                "model '%s': exported with a fixed batch of %s (not a dynamic dimension): its "
+                "calls run %s examples at a time; export with dynamic_axes={'<input>': {0: "
+                "'batch'}} to take any batch",
+                spec.name,
+                predictor.fixed_batch,
+                predictor.fixed_batch,
+            )
+        return predictor
 
 
 def _refuse_missing(asked: list[str], offered: list[str], version: str) -> None:
