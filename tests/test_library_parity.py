@@ -12,6 +12,7 @@ import asyncio
 import gzip
 import json
 import threading
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -296,6 +297,22 @@ def test_unsupported_content_encoding(http: httpx.Client) -> None:
     headers = {"content-type": "application/json", "content-encoding": "br"}
     answer = http.post(INFER, content=json.dumps(infer_body(1)).encode(), headers=headers)
     expect(415, *V2_ERROR).check(answer)
+    # The JSON route read it as plain text, whatever it said: "Invalid JSON" for gzip.
+    answer = http.post(PREDICT, content=b'{"inputs": [1]}', headers=headers)
+    expect(415, *JSON_ERROR, message="Content-Encoding 'br' is not supported").check(answer)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_the_json_route_reads_a_compressed_body(http: httpx.Client, coding: str) -> None:
+    plain = json.dumps({"inputs": [1, 2.5]}).encode()
+    content = gzip.compress(plain) if coding == "gzip" else zlib.compress(plain)
+    headers = {"content-type": "application/json", "content-encoding": coding}
+    answer = http.post(PREDICT, content=content, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"] == http.post(PREDICT, content=plain).json()["outputs"]
+    expect(400, *JSON_ERROR, message=f"invalid inputs: the {coding} body is truncated").check(
+        http.post(PREDICT, content=content[: len(content) // 2], headers=headers)
+    )
 
 
 def test_a_body_that_decompresses_past_the_limit(http: httpx.Client) -> None:
@@ -306,6 +323,10 @@ def test_a_body_that_decompresses_past_the_limit(http: httpx.Client) -> None:
     headers = {"content-type": "application/json", "content-encoding": "gzip"}
     expect(413, *V2_ERROR, message="the body decompresses to more than").check(
         http.post(INFER, content=content, headers=headers)
+    )
+    bomb = gzip.compress(b'{"inputs": [1]}' + padding)
+    expect(413, *JSON_ERROR, message="the body decompresses to more than").check(
+        http.post(PREDICT, content=bomb, headers=headers)
     )
 
 

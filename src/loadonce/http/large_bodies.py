@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import anyio.to_thread
 
+from loadonce.http.content_encoding import decoded_body, is_encoded
 from loadonce.tracing import phase
 
 LARGE_BODY_BYTES = 1 << 20
@@ -37,9 +38,24 @@ def _gate() -> asyncio.Semaphore:
     return gate
 
 
-async def parse_body(parse: Callable[[bytes], _T], raw: bytes, *, compressed: bool = False) -> _T:
+async def parse_body(
+    parse: Callable[[bytes], _T],
+    raw: bytes,
+    *,
+    compressed: bool = False,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    limit: int | None = None,
+) -> _T:
     """``parse(raw)``: here for a small body, in a thread (one at a time) for a large one or
-    a ``compressed`` one (a few bytes may inflate to the body limit). Traced as "decode"."""
+    a ``compressed`` one (a few bytes may inflate to the body limit). With the request's
+    ``headers``, a body they say is compressed is decoded first (at most ``limit`` bytes).
+    Traced as "decode"."""
+    if headers is not None and is_encoded(headers):
+        compressed, given = True, parse
+
+        def parse(encoded: bytes) -> _T:
+            return given(decoded_body(encoded, headers, limit))
+
     with phase("decode"):
         if len(raw) < LARGE_BODY_BYTES and not compressed:
             return parse(raw)

@@ -24,6 +24,7 @@ from loadonce.http.request_info import (
 )
 from loadonce.http.routes import LoadonceRoute
 from loadonce.http.schemas import ErrorBody
+from loadonce.http.state import LoadonceState
 from loadonce.http.streaming import server_sent_event
 from loadonce.protocols.generation import (
     SAMPLING_PARAMETERS,
@@ -114,7 +115,12 @@ async def answer_generate(request: Request) -> Response:
     if generation is not None:
         # As predict: a full queue refuses before the body is read.
         generation.refuse_if_full()
-    body = await parse_body(_parse, await request.body())
+    body = await parse_body(
+        _parse,
+        await request.body(),
+        headers=request.scope["headers"],
+        limit=LoadonceState.of(request).limits.max_body_bytes,
+    )
     refuse_unknown(body.parameters or {}, _ACCEPTED, "parameter")
     asked = read_sampling(body.prompt, body.parameters or {}, under="body.parameters")
     events = model.generate(asked, timeout=requested_timeout(request), arrived=arrival_of(request))

@@ -229,7 +229,12 @@ async def answer_predict(request: Request) -> Response:
         parsed = _parse_in_pieces(raw, found)
         return split_examples(parsed.inputs, signature, named), parsed
 
-    examples, body = await parse_body(read, await request.body())
+    examples, body = await parse_body(
+        read,
+        await request.body(),
+        headers=request.scope["headers"],
+        limit=LoadonceState.of(request).limits.max_body_bytes,
+    )
     timeout = requested_timeout(request)
     picked = body.outputs
     parameters = _taken(model, body.parameters)

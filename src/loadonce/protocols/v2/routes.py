@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from loadonce._version import __version__
 from loadonce.core.errors import ModelNotReadyError
 from loadonce.core.model import Model
+from loadonce.http.content_encoding import is_encoded
 from loadonce.http.dependencies import registry_of
 from loadonce.http.disconnect import unless_disconnected
 from loadonce.http.endpoints import InferenceEndpoint, add_inference_route
@@ -81,7 +82,7 @@ async def model_infer(request: Request) -> Response:
         body = split_body(raw, headers, max_decompressed=limits.max_body_bytes)
         return body, parse_request(body.json)
 
-    compressed = any(key == b"content-encoding" for key, _ in headers)
+    compressed = is_encoded(headers)
     body, parsed = await parse_body(read, await request.body(), compressed=compressed)
     encoded = await unless_disconnected(
         request,
