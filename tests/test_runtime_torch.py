@@ -170,12 +170,38 @@ class TwoHeads(torch.nn.Module):
         return x.sum(dim=1), x * 2
 
 
-def test_a_tuple_of_outputs_becomes_a_list_per_example(tmp_path: Path) -> None:
+def test_a_tuple_of_outputs_becomes_an_object_per_example(tmp_path: Path) -> None:
     path = _script(TwoHeads(), tmp_path / "heads.pt")
     spec = loadonce.ModelSpec(name="heads", artifact=path)
     with TestClient(loadonce.create_app([spec])) as client:
         outputs = client.post("/models/heads/predict", json={"inputs": [[1, 2], [3, 4]]}).json()
-    assert outputs["outputs"] == [[3.0, [2.0, 4.0]], [7.0, [6.0, 8.0]]]
+    assert outputs["outputs"] == [
+        {"output0": 3.0, "output1": [2.0, 4.0]},
+        {"output0": 7.0, "output1": [6.0, 8.0]},
+    ]
+
+
+def test_an_exported_programs_outputs_are_tensors_of_their_own(tmp_path: Path) -> None:
+    """Under the Open Inference Protocol each of a tuple's outputs is its own tensor, in its
+    own datatype, as metadata lists it (a list per example was one tensor of JSON text)."""
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(TwoHeads(), (torch.ones(2, 2),), dynamic_shapes=({0: batch},))
+    path = tmp_path / "heads.pt2"
+    torch.export.save(program, str(path))
+    spec = loadonce.ModelSpec(name="heads", artifact=path)
+    with TestClient(loadonce.create_app([spec])) as client:
+        metadata = client.get("/v2/models/heads").json()["outputs"]
+        assert metadata == [
+            {"name": "output0", "datatype": "FP32", "shape": [-1]},
+            {"name": "output1", "datatype": "FP32", "shape": [-1, 2]},
+        ]
+        tensor = {"name": "input", "datatype": "FP32", "shape": [2, 2], "data": [1, 2, 3, 4]}
+        answer = client.post("/v2/models/heads/infer", json={"inputs": [tensor]}).json()
+        assert "outputs" in answer, answer
+    assert [(o["name"], o["datatype"], o["shape"], o["data"]) for o in answer["outputs"]] == [
+        ("output0", "FP32", [2], [3.0, 7.0]),
+        ("output1", "FP32", [2, 2], [2.0, 4.0, 6.0, 8.0]),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -102,18 +102,21 @@ def _shape_of(examples: list[Any]) -> tuple[int | None, ...]:
 
 
 def _split(result: Any, count: int) -> list[Any]:
-    """A tensor gives one row per example; a dict of tensors an object per example; a tuple or
-    list of tensors a list per example (the structure the module returned, row by row)."""
+    """A tensor gives one row per example; several outputs an object per example: a dict's
+    by its keys, a tuple's or list's by position (``output0``, ``output1``...), so that each
+    is a tensor of its own under the Open Inference Protocol (a list per example was sent as
+    one tensor of JSON text)."""
     torch = import_optional("torch", extra="torch")
     if isinstance(result, torch.Tensor):
         return split_batch_outputs([("output", result.cpu().numpy())], count)
     if isinstance(result, Mapping):
         named = [(str(key), value.cpu().numpy()) for key, value in result.items()]
-        return [dict(zip(result, row, strict=True)) for row in batch_rows(named, count)]
-    if isinstance(result, tuple | list):
-        named = [(str(i), value.cpu().numpy()) for i, value in enumerate(result)]
-        return [list(row) for row in batch_rows(named, count)]
-    raise TypeError(f"the module returned {type(result).__name__}; expected tensors")
+    elif isinstance(result, tuple | list):
+        named = [(f"output{i}", value.cpu().numpy()) for i, value in enumerate(result)]
+    else:
+        raise TypeError(f"the module returned {type(result).__name__}; expected tensors")
+    names = [name for name, _ in named]
+    return [dict(zip(names, row, strict=True)) for row in batch_rows(named, count)]
 
 
 def torch_device(torch: Any, name: str) -> Any:
@@ -161,6 +164,7 @@ class TorchRuntime(Runtime):
         suffix = spec.artifact.suffix.lower()
         shared = False  # only a safetensors state dict is mapped
         named_inputs: list[TensorInfo] = []
+        outputs: list[TensorInfo] = []
         fixed_batch: int | None = None
         input_shape, input_dtype = spec.input_shape, spec.options.get("input_dtype")
         if suffix in EXPORTED_SUFFIXES:
@@ -175,6 +179,7 @@ class TorchRuntime(Runtime):
             else:
                 named_inputs = recorded
             fixed_batch = _fixed_batch(recorded, spec.name)
+            outputs = _exported_outputs(program)
             # Exported programs fix train/eval mode at export time; .eval() is not supported.
             module = program.module().to(device)
         elif suffix in SAFETENSORS_SUFFIXES:
@@ -191,11 +196,39 @@ class TorchRuntime(Runtime):
             fixed_batch=fixed_batch,
         )
         predictor.shares_weights = shared
+        predictor.outputs = outputs
         # An exported program with a dynamic batch dimension was traced in the mode it serves
         # in (eval, for inference), where rows are computed independently; a TorchScript or
         # state-dict module is the user's code, batched only when they ask for it.
         predictor.batches_exactly = suffix in EXPORTED_SUFFIXES and fixed_batch is None
         return predictor
+
+
+def _exported_outputs(program: Any) -> list[TensorInfo]:
+    """An exported program's outputs as ``_split`` names them (one tensor: ``output``; a
+    tuple's: ``output0``...; a dict's: its keys), with the dtypes and shapes its graph
+    records; none where it returns anything else."""
+    spec = program.call_spec.out_spec
+    [node] = [n for n in program.graph.nodes if n.op == "output"]
+    values: list[Any] = [getattr(arg, "meta", {}).get("val") for arg in node.args[0]]
+    if spec is None or not values or any(not hasattr(v, "shape") for v in values):
+        return []
+    if spec.type in (tuple, list) and len(values) > 1:
+        names = [f"output{i}" for i in range(len(values))]
+    elif spec.type is dict and len(spec.context) == len(values):
+        names = [str(key) for key in spec.context]
+    elif len(values) == 1 and spec.type not in (tuple, list, dict):
+        names = ["output"]
+    else:
+        return []
+    return [
+        TensorInfo(
+            name=name,
+            dtype=str(value.dtype).removeprefix("torch."),
+            shape=tuple(d if isinstance(d, int) else None for d in value.shape),
+        )
+        for name, value in zip(names, values, strict=True)
+    ]
 
 
 def _exported_inputs(program: Any) -> list[TensorInfo]:
