@@ -5,6 +5,7 @@ whole and streamed, embeddings, and every refusal in OpenAI's error body."""
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import time
 from collections.abc import Iterator
@@ -201,6 +202,40 @@ def test_embeddings_are_the_mean_of_the_token_vectors(
         np.testing.assert_allclose(packed.data[index].embedding, expected, rtol=1e-5)
         np.testing.assert_allclose(floats.data[index].embedding, expected, rtol=1e-5)
     assert packed.usage.prompt_tokens == 4 + 5  # each text with its [CLS] and [SEP]
+
+
+def test_a_compressed_body_is_read(local: TestClient) -> None:
+    body = json.dumps({"model": "features", "input": ["good movie"]}).encode()
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    answer = local.post("/v1/embeddings", content=gzip.compress(body), headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert (
+        answer.json()["data"][0]["embedding"]
+        == local.post(
+            "/v1/embeddings", content=body, headers={"content-type": "application/json"}
+        ).json()["data"][0]["embedding"]
+    )
+
+
+def test_an_embedding_json_cannot_carry_is_said_to_be_the_models(tmp_path: Path) -> None:
+    """NaN in a vector: base64 carries it; JSON numbers cannot, and the encoder's ValueError
+    was answered as the server's failure."""
+    directory = tiny_bert(tmp_path / "nan")
+    broken = BertModel.from_pretrained(directory)
+    with torch.no_grad():
+        broken.embeddings.LayerNorm.weight.fill_(float("nan"))
+    broken.save_pretrained(directory)
+    spec = loadonce.ModelSpec(name="nan", artifact=directory)
+    with TestClient(loadonce.create_app([spec]), raise_server_exceptions=False) as http:
+        body = {"model": "nan", "input": ["good movie"]}
+        packed = http.post("/v1/embeddings", json={**body, "encoding_format": "base64"})
+        assert packed.status_code == 200, packed.text
+        vector = np.frombuffer(base64.b64decode(packed.json()["data"][0]["embedding"]), "<f4")
+        assert np.isnan(vector).all()
+        floats = http.post("/v1/embeddings", json={**body, "encoding_format": "float"})
+    assert floats.status_code == 500
+    message = floats.json()["error"]["message"]
+    assert "model 'nan' answered an embedding holding NaN" in message
 
 
 def test_refusals_are_the_clients_own_exceptions(client: openai.OpenAI) -> None:

@@ -210,6 +210,10 @@ def test_a_load_configuration_may_not_change_the_model(server: ThreadedServer) -
     assert answer.status_code == 200, answer.text
     refused = httpx.post(load, json={"parameters": {"file:1/model.onnx": "AAAA"}})
     assert "file:1/model.onnx" in refused.json()["error"]
+    # Nested past the parser's depth: a RecursionError, answered 500.
+    deep = httpx.post(load, json={"parameters": {"config": "[" * 5000 + "]" * 5000}})
+    assert deep.status_code == 400, deep.text
+    assert "nests too deeply" in deep.json()["error"]
 
 
 # --- the statistics' values --------------------------------------------------------------------

@@ -18,8 +18,10 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import anyio.to_thread
+from starlette.requests import Request
 
 from loadonce.http.content_encoding import decoded_body, is_encoded
+from loadonce.http.state import LoadonceState
 from loadonce.tracing import phase
 
 LARGE_BODY_BYTES = 1 << 20
@@ -61,3 +63,12 @@ async def parse_body(
             return parse(raw)
         async with _gate():
             return await anyio.to_thread.run_sync(parse, raw)
+
+
+async def parse_request_body(request: Request, parse: Callable[[bytes], _T]) -> _T:
+    """``parse_body`` of the request's body, inflated first when its Content-Encoding says so
+    (within the server's max_body_bytes): what every route that takes a body calls."""
+    limit = LoadonceState.of(request).limits.max_body_bytes
+    return await parse_body(
+        parse, await request.body(), headers=request.scope["headers"], limit=limit
+    )

@@ -15,7 +15,7 @@ from loadonce.core.generation import Delta, Finished
 from loadonce.http.dependencies import registry_of
 from loadonce.http.disconnect import unless_disconnected
 from loadonce.http.endpoints import InferenceEndpoint
-from loadonce.http.large_bodies import parse_body
+from loadonce.http.large_bodies import parse_request_body
 from loadonce.http.request_info import (
     arrival_of,
     request_id_of,
@@ -24,7 +24,6 @@ from loadonce.http.request_info import (
 )
 from loadonce.http.routes import LoadonceRoute
 from loadonce.http.schemas import ErrorBody
-from loadonce.http.state import LoadonceState
 from loadonce.http.streaming import server_sent_event
 from loadonce.protocols.generation import (
     SAMPLING_PARAMETERS,
@@ -115,12 +114,7 @@ async def answer_generate(request: Request) -> Response:
     if generation is not None:
         # As predict: a full queue refuses before the body is read.
         generation.refuse_if_full()
-    body = await parse_body(
-        _parse,
-        await request.body(),
-        headers=request.scope["headers"],
-        limit=LoadonceState.of(request).limits.max_body_bytes,
-    )
+    body = await parse_request_body(request, _parse)
     refuse_unknown(body.parameters or {}, _ACCEPTED, "parameter")
     asked = read_sampling(body.prompt, body.parameters or {}, under="body.parameters")
     events = model.generate(asked, timeout=requested_timeout(request), arrived=arrival_of(request))

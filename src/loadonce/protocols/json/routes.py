@@ -23,7 +23,7 @@ from loadonce.http.dependencies import get_registry, registry_of
 from loadonce.http.disconnect import unless_disconnected
 from loadonce.http.endpoints import InferenceEndpoint, add_inference_route
 from loadonce.http.json_answer import JSONAnswer, json_text
-from loadonce.http.large_bodies import LARGE_BODY_BYTES, parse_body
+from loadonce.http.large_bodies import LARGE_BODY_BYTES, parse_request_body
 from loadonce.http.metrics import WorkerState
 from loadonce.http.request_info import arrival_of, requested_timeout, timeout_header_parameter
 from loadonce.http.routes import LoadonceRoute
@@ -229,12 +229,7 @@ async def answer_predict(request: Request) -> Response:
         parsed = _parse_in_pieces(raw, found)
         return split_examples(parsed.inputs, signature, named), parsed
 
-    examples, body = await parse_body(
-        read,
-        await request.body(),
-        headers=request.scope["headers"],
-        limit=LoadonceState.of(request).limits.max_body_bytes,
-    )
+    examples, body = await parse_request_body(request, read)
     timeout = requested_timeout(request)
     picked = body.outputs
     parameters = _taken(model, body.parameters)

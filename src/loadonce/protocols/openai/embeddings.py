@@ -17,10 +17,10 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from loadonce.core.errors import ModelNotReadyError
+from loadonce.core.errors import LoadonceError, ModelNotReadyError
 from loadonce.http.dependencies import registry_of
 from loadonce.http.disconnect import unless_disconnected
-from loadonce.http.large_bodies import parse_body
+from loadonce.http.large_bodies import parse_request_body
 from loadonce.http.request_info import arrival_of, requested_timeout
 from loadonce.protocols.openai.errors import UnsupportedError
 from loadonce.protocols.openai.generation import counted_as
@@ -30,9 +30,7 @@ __all__ = ["answer_embeddings", "pooled"]
 
 
 async def answer_embeddings(request: Request) -> Response:
-    body = await parse_body(
-        lambda raw: parse(raw, EmbeddingRequest, "embeddings"), await request.body()
-    )
+    body = await parse_request_body(request, lambda raw: parse(raw, EmbeddingRequest, "embeddings"))
     texts = the_texts(body.input)
     model = counted_as(request, registry_of(request).get(body.model))
     if not model.is_serving:
@@ -51,6 +49,13 @@ async def answer_embeddings(request: Request) -> Response:
     tokens = 0
     for index, output in enumerate(outputs):
         vector, counted = pooled(output)
+        if body.encoding_format != "base64" and not np.isfinite(vector).all():
+            # The model's fault, said as such (a 500): JSON's encoder failed with a ValueError
+            # that blamed the server.
+            raise LoadonceError(
+                f"model '{model.name}' answered an embedding holding NaN or infinity, which "
+                "JSON numbers cannot carry (encoding_format=base64 carries it as it is)"
+            )
         tokens += counted
         encoded: Any = (
             base64.b64encode(vector.astype("<f4").tobytes()).decode()

@@ -21,7 +21,7 @@ from loadonce.core.generation import Delta, Finished, GenerationRequest
 from loadonce.core.model import Model
 from loadonce.http.dependencies import registry_of
 from loadonce.http.disconnect import unless_disconnected
-from loadonce.http.large_bodies import parse_body
+from loadonce.http.large_bodies import parse_request_body
 from loadonce.http.request_info import arrival_of, request_id_of, requested_timeout
 from loadonce.http.streaming import EventStreamResponse, first_then_rest, guarded, server_sent_event
 from loadonce.protocols.generation import collect
@@ -81,8 +81,8 @@ class _Chat(_Completion):
 
 
 async def answer_completion(request: Request) -> Response:
-    body = await parse_body(
-        lambda raw: parse(raw, CompletionRequest, "completions"), await request.body()
+    body = await parse_request_body(
+        request, lambda raw: parse(raw, CompletionRequest, "completions")
     )
     prompt = the_prompt(body.prompt)
     return await _answer(
@@ -91,7 +91,7 @@ async def answer_completion(request: Request) -> Response:
 
 
 async def answer_chat(request: Request) -> Response:
-    body = await parse_body(lambda raw: parse(raw, ChatRequest, "chat"), await request.body())
+    body = await parse_request_body(request, lambda raw: parse(raw, ChatRequest, "chat"))
     if body.max_completion_tokens is not None:
         if body.max_tokens not in (None, body.max_completion_tokens):
             raise UnsupportedError(

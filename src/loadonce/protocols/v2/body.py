@@ -1,4 +1,4 @@
-"""An inference request's body: decompressed, then split into its JSON and its binary tensors.
+"""An inference request's body (inflated already) split into its JSON and its binary tensors.
 
 The binary tensor data extension (Triton's, followed by tritonclient): the header
 ``Inference-Header-Content-Length`` gives the size of the JSON at the start of the body; the
@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from loadonce.core.errors import InvalidInputError
-from loadonce.http.content_encoding import decoded_body
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _HEADER_LENGTH_KEY = HEADER_LENGTH.lower().encode("latin-1")
@@ -27,15 +26,13 @@ class SplitBody:
 def split_body(
     body: bytes,
     headers: list[tuple[bytes, bytes]],
-    *,
-    max_decompressed: int | None = None,
 ) -> SplitBody:
-    """Decompress (gzip, deflate) and split the body at Inference-Header-Content-Length."""
+    """Split the body (inflated already, ``parse_request_body``) at
+    Inference-Header-Content-Length."""
     header_length: bytes | None = None
     for key, value in headers:
         if key == _HEADER_LENGTH_KEY:
             header_length = value
-    body = decoded_body(body, headers, max_decompressed)
     if header_length is None:
         return SplitBody(json=body, binary=memoryview(b""), has_binary_header=False)
     # Digits only: int() would also take "10_8", "+10" or " 10".

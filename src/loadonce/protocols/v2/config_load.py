@@ -77,6 +77,8 @@ def _parsed(name: str, text: Any) -> dict[str, Any]:
         raise LoadRefusedError(
             name, f"parameters.config is not JSON ({exc.msg} at character {exc.pos})"
         ) from None
+    except RecursionError:
+        raise LoadRefusedError(name, "parameters.config nests too deeply") from None
     if not isinstance(config, dict):
         raise LoadRefusedError(name, "parameters.config is not an object")
     return config

@@ -25,7 +25,7 @@ from loadonce.core.generation import Delta, Finished, GenerationRequest
 from loadonce.http.dependencies import registry_of
 from loadonce.http.disconnect import unless_disconnected
 from loadonce.http.endpoints import InferenceEndpoint
-from loadonce.http.large_bodies import parse_body
+from loadonce.http.large_bodies import parse_request_body
 from loadonce.http.request_info import arrival_of, requested_timeout, timeout_header_parameter
 from loadonce.http.routes import V2Route
 from loadonce.http.streaming import server_sent_event
@@ -166,7 +166,7 @@ async def _answer(request: Request, *, stream: bool) -> Response:
     generation = model.generation
     if generation is not None:
         generation.refuse_if_full()  # before the body is read, as infer
-    asked = await parse_body(_read, await request.body())
+    asked = await parse_request_body(request, _read)
     events = model.generate(
         asked.generation, timeout=requested_timeout(request), arrived=arrival_of(request)
     )

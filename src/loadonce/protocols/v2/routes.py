@@ -12,12 +12,11 @@ from starlette.responses import JSONResponse, Response
 from loadonce._version import __version__
 from loadonce.core.errors import ModelNotReadyError
 from loadonce.core.model import Model
-from loadonce.http.content_encoding import is_encoded
 from loadonce.http.dependencies import registry_of
 from loadonce.http.disconnect import unless_disconnected
 from loadonce.http.endpoints import InferenceEndpoint, add_inference_route
 from loadonce.http.errors import v2_error
-from loadonce.http.large_bodies import parse_body
+from loadonce.http.large_bodies import parse_request_body
 from loadonce.http.request_info import arrival_of, requested_timeout, timeout_header_parameter
 from loadonce.http.routes import V2Route
 from loadonce.http.state import LoadonceState
@@ -79,11 +78,10 @@ async def model_infer(request: Request) -> Response:
     headers = request.scope["headers"]
 
     def read(raw: bytes) -> tuple[SplitBody, InferenceRequest]:
-        body = split_body(raw, headers, max_decompressed=limits.max_body_bytes)
+        body = split_body(raw, headers)
         return body, parse_request(body.json)
 
-    compressed = is_encoded(headers)
-    body, parsed = await parse_body(read, await request.body(), compressed=compressed)
+    body, parsed = await parse_request_body(request, read)
     encoded = await unless_disconnected(
         request,
         infer(
