@@ -386,3 +386,23 @@ def test_declaring_columns_for_a_model_fitted_on_an_array_fails_the_load(tmp_pat
     spec = loadonce.ModelSpec(name="plain", artifact=plain, options=options)
     with pytest.raises(loadonce.ModelLoadError, match="not fitted on a DataFrame"):
         TestClient(loadonce.create_app([spec])).__enter__()
+
+
+def test_a_histogram_boosters_native_categories_take_text(tmp_path: Path) -> None:
+    """HistGradientBoosting with categorical_features="from_dtype" encodes a pandas
+    Categorical column itself: the column was typed float64, and "Oslo" was a 400."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    training = TRAINING.assign(city=TRAINING["city"].astype("category"))
+    model = HistGradientBoostingClassifier(
+        categorical_features="from_dtype", max_iter=5, min_samples_leaf=1
+    ).fit(training, LABELS)
+    path = tmp_path / "native.joblib"
+    joblib.dump(model, path)
+    spec = loadonce.ModelSpec(name="native", artifact=path, trust=True)
+    with TestClient(loadonce.create_app([spec])) as client:
+        described = {i["name"]: i["dtype"] for i in client.get("/models/native").json()["inputs"]}
+        assert described == {"age": "float64", "city": "string", "income": "float64"}
+        answer = client.post("/models/native/predict", json={"inputs": ROWS})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"] == model.predict(FRAME).tolist()

@@ -137,10 +137,16 @@ def _from_column_transformers(
     estimator: Any,
 ) -> tuple[dict[str, str], dict[str, frozenset[Any]]]:
     """Dtypes and known values of the columns the model's ColumnTransformer (the estimator,
-    or a pipeline's first step) sends to an encoder or a text vectorizer."""
+    a pipeline's first step, or a HistGradientBoosting model's own) sends to an encoder or a
+    text vectorizer."""
     dtypes: dict[str, str] = {}
     known: dict[str, frozenset[Any]] = {}
     transformer = _first_step(estimator)
+    if not hasattr(transformer, "transformers_"):
+        # HistGradientBoosting's native categories (categorical_features="from_dtype"): its
+        # own ColumnTransformer encodes the category columns (a pandas Categorical of text
+        # at fit; text in a request).
+        transformer = getattr(transformer, "_preprocessor", None)
     fitted = getattr(transformer, "transformers_", None)
     all_names = fitted_column_names(transformer)
     if not isinstance(fitted, list) or all_names is None:
