@@ -251,3 +251,8 @@ class _Reflect:
 def reflect() -> _Reflect:
     """A model whose exception quotes its input, as many do."""
     return _Reflect()
+
+
+def crashes_in_native_code() -> Echo:
+    """A load that kills its process as a library's C code does on a damaged file."""
+    os.abort()

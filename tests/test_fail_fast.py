@@ -89,3 +89,11 @@ def test_a_taken_port_fails_before_any_model_loads(tmp_path: Path, workers: str)
         assert server.process.wait(timeout=60) == STARTUP_FAILED
     assert f"startup failed: cannot bind 127.0.0.1:{port}" in server.log()
     assert not load_log.exists(), "no model was loaded for a server that cannot bind"
+
+
+def test_a_load_that_crashes_the_process_is_one_line_too(tmp_path: Path) -> None:
+    """No Python exception to report (a library's C code aborted): the line says how the
+    planning process ended (its exit code read too early said None) and what to suspect."""
+    log = _run_to_exit(["tests.loaders:crashes_in_native_code", "--workers", "2"], tmp_path)
+    [line] = [line for line in log.splitlines() if "[loadonce] startup failed:" in line]
+    assert "the planning process was killed by SIGABRT while loading the models" in line

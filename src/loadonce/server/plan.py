@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
@@ -188,7 +189,8 @@ def make_plan(config: ServeConfig, workers: int, *, limit: int | None = None) ->
     try:
         outcome = ours.recv()
     except EOFError:
-        outcome = f"the planning process exited with code {child.exitcode} while loading"
+        child.join()  # its exit code is known only once it is reaped
+        outcome = _died_while_loading(child.exitcode)
     finally:
         child.join()
         ours.close()
@@ -203,6 +205,22 @@ def make_plan(config: ServeConfig, workers: int, *, limit: int | None = None) ->
         models=measures,
         available=available_memory(limit),
         load_transient_bytes=transient,
+    )
+
+
+def _died_while_loading(code: int | None) -> str:
+    """A planning child that ended without a word: a model's library crashed in native code
+    (a damaged artifact, most often), which no Python exception reports."""
+    if code is not None and code < 0:
+        try:
+            how = f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"was killed by signal {-code}"
+    else:
+        how = f"exited with code {code}"
+    return (
+        f"the planning process {how} while loading the models: a model's library crashed "
+        "(a damaged or truncated artifact?); serve each model alone to find which"
     )
 
 
