@@ -73,8 +73,24 @@ def test_any_other_json_or_text_file_is_not_taken_for_a_booster(tmp_path: Path) 
     for name, content in (("config.json", '{"a": 1}'), ("notes.txt", "tree-like notes\n")):
         path = tmp_path / name
         path.write_text(content)
-        with pytest.raises(loadonce.ConfigError, match=r"no runtime reads '\.(json|txt)' files"):
+        with pytest.raises(loadonce.ConfigError, match=r"is an? (XGBoost|LightGBM) model when"):
             loadonce.lifespan([loadonce.ModelSpec(name="m", artifact=path)])
+
+
+@pytest.mark.parametrize("suffix", [".model", ".bin"])
+def test_an_xgboost_file_under_an_older_name_is_taken_by_its_content(
+    tmp_path: Path, suffix: str
+) -> None:
+    """save_model writes UBJSON whatever the name; ".model" was refused by its suffix."""
+    saved = tmp_path / "churn.ubj"  # XGBoost warns for any other name, and writes the same
+    booster = _xgboost(saved, "binary:logistic", BINARY)
+    path = saved.rename(tmp_path / f"churn{suffix}")
+    served = served_by(loadonce.ModelSpec(name="churn", artifact=path), ROWS[:5].tolist())
+    np.testing.assert_allclose(served, booster.inplace_predict(ROWS[:5]), rtol=1e-6)
+    other = tmp_path / f"weights{suffix}"
+    other.write_bytes(b"\x00" * 64)
+    with pytest.raises(loadonce.ConfigError, match="XGBoost's UBJSON"):
+        loadonce.lifespan([loadonce.ModelSpec(name="m", artifact=other)])
 
 
 def test_the_cli_serves_a_booster_file_from_forked_workers(tmp_path: Path) -> None:

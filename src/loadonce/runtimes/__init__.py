@@ -74,10 +74,27 @@ def resolve_runtime(spec: ModelSpec) -> Runtime:
             f"no runtime reads the directory {spec.artifact} (a transformers model directory "
             'holds config.json); name one with runtime = "..."'
         )
+    if not spec.artifact.exists():
+        raise ValueError(f"no such file: {spec.artifact}")
     suffix = spec.artifact.suffix.lower()
+    taken_by_content = _CLAIMED_BY_CONTENT.get(suffix)
+    if taken_by_content is not None:
+        raise ValueError(
+            f"no runtime reads {spec.artifact}: {taken_by_content}; is it damaged, or another "
+            'kind of file? name its runtime with runtime = "..."'
+        )
     raise ValueError(
         f"no runtime reads '{suffix or spec.artifact.name}' files; name one with runtime = \"...\""
     )
+
+
+# Suffixes whose files a runtime takes by their first bytes: what it looks for.
+_CLAIMED_BY_CONTENT = {
+    ".json": 'a .json file is an XGBoost model when it begins with {"learner"',
+    ".txt": "a .txt file is a LightGBM model when it begins with tree and version=",
+    ".model": "a .model file is an XGBoost model when it is XGBoost's UBJSON",
+    ".bin": "a .bin file is an XGBoost model when it is XGBoost's UBJSON",
+}
 
 
 # Installed plugins name their runtimes here (in their package's metadata):

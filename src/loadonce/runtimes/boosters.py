@@ -33,6 +33,16 @@ def _head(path: Path | None) -> bytes:
         return stream.read(_HEAD_BYTES)
 
 
+# Suffixes XGBoost's own files are often saved under; claimed only by their content.
+_UNNAMED_SUFFIXES = frozenset({".model", ".bin"})
+
+
+def _is_ubjson_learner(head: bytes) -> bool:
+    """XGBoost's UBJSON model: an object whose first key is "learner" (its length written
+    with any of UBJSON's integer markers)."""
+    return head.startswith(b"{") and b"learner{" in head[:24]
+
+
 def _feature_signature(features: int) -> InputSignature | None:
     # float64 here: requests' numbers convert without loss; the boosters take either.
     return InputSignature(shape=(features,), dtype="float64") if features > 0 else None
@@ -71,9 +81,13 @@ class XGBoostRuntime(Runtime):
         if spec.artifact is None:
             return False
         suffix = spec.artifact.suffix.lower()
-        return suffix == ".ubj" or (
-            suffix == ".json" and _head(spec.artifact).startswith(b'{"learner"')
-        )
+        if suffix == ".ubj":
+            return True
+        if suffix == ".json":
+            return _head(spec.artifact).startswith(b'{"learner"')
+        # save_model writes UBJSON whatever the name ends with, and ".model" or ".bin" are
+        # what many older scripts and tutorials name it: taken by its first bytes.
+        return suffix in _UNNAMED_SUFFIXES and _is_ubjson_learner(_head(spec.artifact))
 
     def load(self, spec: ModelSpec) -> Predictor:
         if spec.artifact is None or not spec.artifact.is_file():
