@@ -151,3 +151,14 @@ def test_a_truncated_lightgbm_file_stops_the_cli_with_one_line(tmp_path: Path) -
     assert f"model 'cut' failed to load from {path}" in line
     assert "truncated" in line
     assert "Traceback" not in done.stderr
+
+
+def test_null_is_a_missing_value_for_a_booster(tmp_path: Path) -> None:
+    path = tmp_path / "churn.ubj"
+    booster = _xgboost(path, "binary:logistic", BINARY)
+    rows = ROWS[:3].tolist()
+    rows[0][1] = None
+    rows[2][0] = None
+    served = served_by(loadonce.ModelSpec(name="churn", artifact=path), rows)
+    expected = booster.inplace_predict(np.array(rows, dtype=float))
+    np.testing.assert_allclose(served, expected, rtol=1e-6)

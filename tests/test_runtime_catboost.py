@@ -155,7 +155,9 @@ def test_a_scikit_learn_style_classifier_saved_with_joblib_takes_its_features(
     and every request was refused. Its feature names say how many it takes."""
     import joblib
 
-    model = catboost.CatBoostClassifier(iterations=5, verbose=0, thread_count=1)
+    model = catboost.CatBoostClassifier(
+        iterations=5, verbose=0, thread_count=1, allow_writing_files=False
+    )
     model.fit(ROWS, BINARY)
     path = tmp_path / "churn.joblib"
     joblib.dump(model, path)

@@ -215,3 +215,39 @@ def test_cli_refuses_an_untrusted_pickle_at_startup(tmp_path: Path, forest_jobli
     assert server.process.wait(timeout=60) == 3
     assert f"model 'forest' failed to load from {path}" in server.log()
     assert "refusing to unpickle" in server.log()
+
+
+def test_null_is_a_missing_value_for_a_model_that_takes_them(tmp_path: Path) -> None:
+    """JSON has no NaN: null among a float input's numbers is NaN where the model treats NaN
+    as missing (an imputer first in a pipeline, a histogram booster), and still a 400 where
+    it does not. The pipeline's own tag said no, so NaN was refused even before an imputer."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    rows, labels = make_classification(n_samples=60, n_features=4, random_state=0)
+    rows[::7, 1] = np.nan
+    sent = [[0.5, None, -1.0, 2.0], [None, 1.0, 0.0, None]]
+    as_nan = np.array(sent, dtype=float)
+    models = {
+        "imputed": make_pipeline(SimpleImputer(), LogisticRegression()).fit(rows, labels),
+        "boosted": HistGradientBoostingClassifier(max_iter=5).fit(rows, labels),
+    }
+    specs = []
+    for name, model in models.items():
+        path = tmp_path / f"{name}.joblib"
+        joblib.dump(model, path)
+        specs.append(loadonce.ModelSpec(name=name, artifact=path, trust=True))
+    plain = LogisticRegression().fit(np.nan_to_num(rows), labels)
+    joblib.dump(plain, tmp_path / "plain.joblib")
+    specs.append(loadonce.ModelSpec(name="plain", artifact=tmp_path / "plain.joblib", trust=True))
+    with TestClient(loadonce.create_app(specs)) as client:
+        for name, model in models.items():
+            answer = client.post(f"/models/{name}/predict", json={"inputs": sent})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["outputs"] == model.predict(as_nan).tolist()
+        refused = client.post("/models/plain/predict", json={"inputs": sent})
+        assert refused.status_code == 400
+        text = client.post("/models/boosted/predict", json={"inputs": [[None, "a", 1, 2]]})
+        assert text.status_code == 400

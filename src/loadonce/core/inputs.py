@@ -46,6 +46,21 @@ def split_examples(
     )
 
 
+def _nulls_as_nan(raw: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """A rectangular object array of numbers and nulls as float64, null as NaN; anything
+    else (text, booleans) is refused as it would be without nulls."""
+    import numpy as np
+
+    values = raw.reshape(-1)
+    for value in values:
+        if value is not None and (type(value) is bool or not isinstance(value, int | float)):
+            raise ValueError("must be numbers (or null for a missing value)")
+    converted = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    if np.isinf(converted).any():
+        raise ValueError("a value is outside the range of float64")
+    return converted.reshape(raw.shape)
+
+
 def _takes_columns(named: Sequence[TensorInfo]) -> bool:
     """Whether every named input takes one value per example (its shape is the batch only)."""
     return bool(named) and all(t.shape is not None and len(t.shape) == 1 for t in named)
@@ -84,16 +99,22 @@ def _nesting_depth(value: Any) -> int:
 
 
 def as_typed_batch(
-    examples: list[Any], signature: InputSignature, *, tensor: str | None = None
+    examples: list[Any],
+    signature: InputSignature,
+    *,
+    tensor: str | None = None,
+    missing_as_nan: bool = False,
 ) -> npt.NDArray[Any]:
     """Stack examples into one array of the signature's dtype and check each example's shape.
 
     Values are converted only where nothing is lost: integers to floats, never floats to
-    integers, never strings to numbers. ``tensor`` names the input in messages.
+    integers, never strings to numbers. ``tensor`` names the input in messages. With
+    ``missing_as_nan`` (a model that takes NaN as a missing value), JSON's ``null`` among the
+    numbers of a float input is NaN: JSON has no other way to say "missing".
     """
     where = f"input '{tensor}': " if tensor else ""
     try:
-        batch = _convert(examples, signature.dtype)
+        batch = _convert(examples, signature.dtype, missing_as_nan)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInputError(
             f"{where}each example must be {signature.describe()}, all of the same shape: {exc}"
@@ -110,7 +131,7 @@ def as_typed_batch(
     return batch
 
 
-def _convert(examples: list[Any], dtype: str | None) -> npt.NDArray[Any]:
+def _convert(examples: list[Any], dtype: str | None, missing_as_nan: bool) -> npt.NDArray[Any]:
     import numpy as np
 
     if dtype == "string":
@@ -121,6 +142,8 @@ def _convert(examples: list[Any], dtype: str | None) -> npt.NDArray[Any]:
     raw = np.asarray(examples)
     if raw.dtype == object:
         if any(value is None for value in raw.reshape(-1)):
+            if missing_as_nan and dtype is not None and np.dtype(dtype).kind == "f":
+                return _nulls_as_nan(raw).astype(dtype, copy=False)
             raise ValueError("got null, which is not a value")  # else misread as ragged
         raise ValueError("the examples are not a rectangular array")
     if dtype is None:

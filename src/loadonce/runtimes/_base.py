@@ -39,6 +39,9 @@ class Predictor(ABC):
     batches_exactly: bool = False
     # A generating predictor: the most new tokens one request may ask for (more is a 400).
     max_new_tokens: int = 256
+    # True when NaN is a missing value to the model (trees, imputers): JSON's null in a float
+    # input is then NaN instead of a 400.
+    missing_as_nan: bool = False
 
     def prepare(self, examples: list[Any]) -> Any:
         """Turn a list of examples into what ``predict`` takes.
@@ -50,7 +53,7 @@ class Predictor(ABC):
         """
         if self.signature is None or self.signature.dtype is None:
             return examples
-        return as_typed_batch(examples, self.signature)
+        return as_typed_batch(examples, self.signature, missing_as_nan=self.missing_as_nan)
 
     def combine(self, batches: list[Any]) -> Any:
         """Merge what ``prepare`` returned for several requests into one batch, in order.

@@ -20,7 +20,7 @@ def example_signature(tensor: TensorInfo) -> InputSignature:
 
 
 def stack_named_inputs(
-    examples: list[Any], tensors: Sequence[TensorInfo]
+    examples: list[Any], tensors: Sequence[TensorInfo], *, missing_as_nan: bool = False
 ) -> dict[str, npt.NDArray[Any]]:
     """Examples of a multi-input model are objects keyed by input name; stack each input."""
     names = [t.name for t in tensors]
@@ -41,7 +41,12 @@ def stack_named_inputs(
                 + f"; the model's inputs are {', '.join(names)}"
             )
     return {
-        t.name: as_typed_batch([e[t.name] for e in examples], example_signature(t), tensor=t.name)
+        t.name: as_typed_batch(
+            [e[t.name] for e in examples],
+            example_signature(t),
+            tensor=t.name,
+            missing_as_nan=missing_as_nan,
+        )
         for t in tensors
     }
 

@@ -57,6 +57,8 @@ class BoosterPredictor(Predictor):
         self.signature = _feature_signature(features)
         # A tree ensemble scores each row on its own: a batch's rows are what rows alone get.
         self.batches_exactly = True
+        # The boosters send NaN down each split's learnt missing-value branch.
+        self.missing_as_nan = True
         self._predict = predict
 
     def predict(self, batch: Any) -> Sequence[Any]:

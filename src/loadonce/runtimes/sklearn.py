@@ -72,6 +72,7 @@ class EstimatorPredictor(Predictor):
         if columns is not None:
             self.inputs = list(columns.inputs)
         self._allows_nan = _allows_nan(estimator)
+        self.missing_as_nan = self._allows_nan
         # scikit-learn hides a method an estimator cannot offer (available_if): SVC without
         # probability=True has no predict_proba here.
         self._named = {
@@ -103,7 +104,7 @@ class EstimatorPredictor(Predictor):
             # One column: the Open Inference Protocol's rows are its values, not objects.
             name = self.inputs[0].name
             examples = [e if isinstance(e, Mapping) else {name: e} for e in examples]
-        batch = stack_named_inputs(examples, self.inputs)
+        batch = stack_named_inputs(examples, self.inputs, missing_as_nan=self._allows_nan)
         if not self._allows_nan:
             for tensor in self.inputs:
                 values = batch[tensor.name]
@@ -169,7 +170,12 @@ def _outputs_of(estimator: Any, method: str, named: list[str]) -> list[TensorInf
 
 
 def _allows_nan(estimator: Any) -> bool:
-    """scikit-learn's own tag for estimators that treat NaN as a missing value."""
+    """scikit-learn's own tag for estimators that treat NaN as a missing value; for a
+    pipeline, its first step's (the one NaN reaches: an imputer, a histogram booster), which
+    the pipeline's own tag does not say."""
+    steps = getattr(estimator, "steps", None)
+    if isinstance(steps, list) and steps and isinstance(steps[0], tuple):
+        return _allows_nan(steps[0][1])
     try:
         return bool(estimator.__sklearn_tags__().input_tags.allow_nan)
     except AttributeError:
