@@ -364,12 +364,32 @@ def _body(route: str) -> dict[str, Any]:
         ({"model": "echo", "prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
         ({"model": "echo", "prompt": "a", "temperature": 3}, "temperature", "less than"),
         ({"model": "echo", "prompt": "a", "stream": "maybe"}, "stream", "boolean"),
+        # Strict, as OpenAI's own API: no text for numbers, no booleans for counts.
+        ({"model": "echo", "prompt": "a", "temperature": "0.5"}, "temperature", "valid number"),
+        ({"model": "echo", "prompt": "a", "max_tokens": True}, "max_tokens", "valid integer"),
+        ({"model": "echo", "prompt": "a", "temperature": float("nan")}, "temperature", "finite"),
+        (
+            {"model": "echo", "prompt": "a", "stream_options": {"include_usage": True}},
+            "body",
+            "only allowed when stream is true",
+        ),
+        (
+            {
+                "model": "echo",
+                "prompt": "a",
+                "stream": True,
+                "stream_options": {"include_usage": 1},
+            },
+            "stream_options.include_usage",
+            "boolean",
+        ),
     ],
 )
 def test_a_body_that_is_not_valid_is_a_400_naming_the_field(
     local: TestClient, body: dict[str, Any], param: str, words: str
 ) -> None:
-    response = local.post("/v1/completions", json=body)
+    headers = {"content-type": "application/json"}  # NaN as Python's json writes it
+    response = local.post("/v1/completions", content=json.dumps(body), headers=headers)
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["param"] == param
@@ -381,6 +401,9 @@ def test_a_body_that_is_not_valid_is_a_400_naming_the_field(
     [
         ([], "messages"),
         ([{"role": "tool", "content": "x"}], "messages.0.role"),
+        # Not a string (not even hashable): a 500 before.
+        ([{"role": ["user"], "content": "x"}], "messages.0.role"),
+        ([{"role": {"a": 1}, "content": "x"}], "messages.0.role"),
         ([{"role": "user", "content": [{"type": "image_url"}]}], "messages.0.content"),
         ([{"role": "user"}], "messages.0.content"),
     ],
@@ -473,3 +496,12 @@ def test_requests_are_counted_under_their_model(local: TestClient) -> None:
     local.post("/v1/completions", json=_body("completions"))
     metrics = local.get("/metrics").text
     assert 'model="echo",route="/v1/completions",status="200"' in metrics
+
+
+def test_a_text_past_the_models_context_says_so_in_openais_code(client: openai.OpenAI) -> None:
+    """OpenAI's code for it, context_length_exceeded, is what clients look for to shorten a
+    prompt and retry; it was null."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.embeddings.create(model="features", input=" ".join(["good"] * 40))
+    assert (refused.value.code, refused.value.param) == ("context_length_exceeded", "input")
+    assert "tokens long" in refused.value.message

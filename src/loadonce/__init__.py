@@ -17,6 +17,7 @@ if _typing.TYPE_CHECKING:
     from loadonce.core.errors import (
         ClientDisconnectedError,
         ConfigError,
+        ContextLengthError,
         DeadlineExceededError,
         InvalidInputError,
         LoadonceError,
@@ -58,6 +59,7 @@ __all__ = [
     "ClientDisconnectedError",
     "Concurrency",
     "ConfigError",
+    "ContextLengthError",
     "ControlRequest",
     "DeadlineExceededError",
     "Delta",
@@ -117,6 +119,7 @@ _HOMES = {
     "GenerationRequest": "loadonce.core.generation",
     "InputSignature": "loadonce.runtimes",
     "InvalidInputError": "loadonce.core.errors",
+    "ContextLengthError": "loadonce.core.errors",
     "Limits": "loadonce.core.limits",
     "LoadGate": "loadonce.http.lifespan",
     "LoadedHook": "loadonce.http.lifespan",

@@ -127,6 +127,11 @@ class InvalidInputError(LoadonceError, ValueError):
         return f"invalid inputs: {self}"
 
 
+class ContextLengthError(InvalidInputError):
+    """The prompt (with the new tokens asked for) does not fit the model's context (HTTP 400;
+    OpenAI's routes add its code, ``context_length_exceeded``, which clients look for)."""
+
+
 class InvalidRequestError(LoadonceError):
     """The request is not of the form its route expects (its body, a header): each invalid
     field, dotted (``body.inputs``, ``header.X-Request-Timeout``), and why. HTTP 422 on the

@@ -7,7 +7,12 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from loadonce.core.errors import InvalidInputError, InvalidRequestError, ModelNotFoundError
+from loadonce.core.errors import (
+    ContextLengthError,
+    InvalidInputError,
+    InvalidRequestError,
+    ModelNotFoundError,
+)
 from loadonce.http.errors import openai_error, status_and_message
 from loadonce.http.routes import LoadonceRoute
 from loadonce.http.streaming import server_sent_event
@@ -37,7 +42,17 @@ def openai_error_for(exc: Exception, request: Request, request_id: str) -> Respo
         param = exc.param
     elif isinstance(exc, ModelNotFoundError):
         param, code = "model", "model_not_found"
+    elif isinstance(exc, ContextLengthError):
+        # OpenAI's words: what LangChain and others look for to shorten and retry.
+        param, code = _text_field(request), "context_length_exceeded"
     return openai_error(status, message, request_id, param=param, code=code)
+
+
+def _text_field(request: Request) -> str:
+    path = request.url.path
+    if path.endswith("/chat/completions"):
+        return "messages"
+    return "input" if path.endswith("/embeddings") else "prompt"
 
 
 def error_event(status: int, message: str) -> bytes:

@@ -15,7 +15,14 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
 
 import pydantic_core
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from loadonce.core.errors import InvalidRequestError
 from loadonce.core.generation import LONGEST_STOP_STRING
@@ -87,7 +94,8 @@ _REFUSED: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
 
 class _Body(BaseModel):
     # Unknown names are ignored (module docstring); the ones refused are checked in parse.
-    model_config = ConfigDict(extra="ignore")
+    # Strict, as OpenAI's API is: "0.5" is not a temperature, nor true a count.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str = Field(min_length=1, max_length=256, description="The served model's name.")
 
@@ -96,22 +104,22 @@ _B = TypeVar("_B", bound=_Body)
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     include_usage: bool = False
 
 
 class _Sampling(_Body):
     max_tokens: int | None = Field(None, ge=1, description="At most the model's max_new_tokens.")
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     stop: str | list[str] | None = Field(None, description="Up to 4 strings; not in the answer.")
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     # Not OpenAI's, but common in OpenAI-compatible servers (the client's extra_body).
     top_k: int | None = Field(None, ge=1)
-    repetition_penalty: float | None = Field(None, gt=0)
+    repetition_penalty: float | None = Field(None, gt=0, allow_inf_nan=False)
 
     @field_validator("stop")
     @classmethod
@@ -124,6 +132,12 @@ class _Sampling(_Body):
         if any(len(one) > MAX_STOP_CHARACTERS for one in stops):
             raise ValueError(f"a stop sequence may be at most {MAX_STOP_CHARACTERS} characters")
         return stop
+
+    @model_validator(mode="after")
+    def _options_of_a_stream(self) -> _Sampling:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        return self
 
     @property
     def stops(self) -> tuple[str, ...]:
@@ -223,7 +237,7 @@ def chat_messages(messages: list[dict[str, Any]]) -> tuple[dict[str, str], ...]:
     taken = []
     for index, message in enumerate(messages):
         role = message.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:  # a list is not even hashable
             raise InvalidRequestError(
                 [(f"messages.{index}.role", "must be system, developer, user or assistant")]
             )

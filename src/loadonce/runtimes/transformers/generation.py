@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadonce.core.errors import InvalidInputError
+from loadonce.core.errors import ContextLengthError, InvalidInputError
 from loadonce.core.generation import (
     FinishReason,
     GenerationEngine,
@@ -111,7 +111,7 @@ class _TokenEngine(GenerationEngine):
         """The new tokens a sequence may generate, its prompt being ``prompt`` tokens and
         ``room`` tokens left in the model's context (None: no limit known)."""
         if room is not None and room < 1:
-            raise InvalidInputError(
+            raise ContextLengthError(
                 f"the prompt is {prompt} tokens long; this model takes at most "
                 f"{prompt + room - 1} (its context is {self._context} tokens)"
             )
@@ -120,7 +120,7 @@ class _TokenEngine(GenerationEngine):
             wanted = self._default
             return wanted if room is None else min(wanted, room)
         if room is not None and asked > room:
-            raise InvalidInputError(
+            raise ContextLengthError(
                 f"a prompt of {prompt} tokens and {asked} new tokens exceed the model's "
                 f"context of {self._context} tokens: ask for fewer (max_tokens)"
             )
@@ -337,7 +337,7 @@ class Seq2SeqEngine(_TokenEngine):
 
     def _prompt_room(self, prompt: list[int]) -> int:
         if self._context is not None and len(prompt) > self._context:
-            raise InvalidInputError(
+            raise ContextLengthError(
                 f"the prompt is {len(prompt)} tokens long; this model takes at most {self._context}"
             )
         if not prompt:

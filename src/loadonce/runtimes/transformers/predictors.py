@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from loadonce.core.errors import InvalidInputError
+from loadonce.core.errors import ContextLengthError, InvalidInputError
 from loadonce.core.generation import GenerationEngine
 from loadonce.runtimes._base import InputSignature, Predictor, TensorInfo
 from loadonce.runtimes.transformers.audio import CLIP, clip_samples, shortest_clip
@@ -146,7 +146,7 @@ class TextPredictor(Predictor):
             room = self.context - (1 if self.task.generates and not self._decoder_apart else 0)
             for index, prompt in enumerate(prompts):
                 if prompt.tokens > room:
-                    raise InvalidInputError(
+                    raise ContextLengthError(
                         f"example {index} is {prompt.tokens} tokens long; this model takes at "
                         f"most {room}"
                         + (
@@ -181,14 +181,14 @@ class TextPredictor(Predictor):
             wanted = min(max(self._default_new_tokens, least), self._new_tokens_cap)
             room = wanted if self.context is None else self.context - longest
             if least > room:
-                raise InvalidInputError(
+                raise ContextLengthError(
                     f"a prompt of {longest} tokens and at least {least} new tokens exceed the "
                     f"model's context of {self.context} tokens: ask for fewer (min_new_tokens)"
                 )
             return min(wanted, room)
         wanted = min(asked, self._new_tokens_cap)
         if self.context is not None and longest + wanted > self.context:
-            raise InvalidInputError(
+            raise ContextLengthError(
                 f"a prompt of {longest} tokens and {wanted} new tokens exceed the model's "
                 f"context of {self.context} tokens: ask for fewer (max_new_tokens)"
             )
@@ -325,7 +325,7 @@ class QuestionAnsweringPredictor(Predictor):
             )["input_ids"]
             for index, ids in enumerate(lengths):
                 if len(ids) > self.context:
-                    raise InvalidInputError(
+                    raise ContextLengthError(
                         f"example {index}: the question and context are {len(ids)} tokens "
                         f"long; this model takes at most {self.context}"
                     )
@@ -525,7 +525,7 @@ class AudioPredictor(Predictor):
         for index, clip in enumerate(clips):
             if len(clip) > longest:
                 # A pass's memory grows with the clip (a convolution's 512 channels per frame).
-                raise InvalidInputError(
+                raise ContextLengthError(
                     f"example {index} is {len(clip) / self.sampling_rate:.1f} s long; this model "
                     f"takes at most {self._max_seconds:g} s (options.max_seconds)"
                 )

@@ -64,7 +64,13 @@ def check_sampling(request: GenerationRequest) -> None:
             "above 0, to 100",
         ),
         ("top_k", request.top_k, request.top_k is None or request.top_k >= 0, "0 or more"),
-        ("seed", request.seed, request.seed is None or 0 <= request.seed < 2**63, "0 to 2**63-1"),
+        # OpenAI takes any int64 (-1 is a common "any"); torch's generators take them all.
+        (
+            "seed",
+            request.seed,
+            request.seed is None or -(2**63) <= request.seed < 2**63,
+            "a 64-bit integer",
+        ),
     ]
     for name, value, fits, expected in checks:
         if value is not None and not fits:
