@@ -256,3 +256,9 @@ def reflect() -> _Reflect:
 def crashes_in_native_code() -> Echo:
     """A load that kills its process as a library's C code does on a damaged file."""
     os.abort()
+
+
+def hangs_at_load() -> Echo:
+    """A load that never finishes (a network mount gone, a lock never released)."""
+    time.sleep(3600)
+    return Echo()

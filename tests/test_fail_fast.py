@@ -97,3 +97,17 @@ def test_a_load_that_crashes_the_process_is_one_line_too(tmp_path: Path) -> None
     log = _run_to_exit(["tests.loaders:crashes_in_native_code", "--workers", "2"], tmp_path)
     [line] = [line for line in log.splitlines() if "[loadonce] startup failed:" in line]
     assert "the planning process was killed by SIGABRT while loading the models" in line
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_load_past_its_timeout_stops_the_server_at_once(tmp_path: Path, workers: str) -> None:
+    """The abandoned load runs on in its thread; exiting waited for it, for good."""
+    config = tmp_path / "loadonce.toml"
+    config.write_text(
+        '[[models]]\nname = "stuck"\nloader = "tests.loaders:hangs_at_load"\nload_timeout_s = 1\n'
+    )
+    started = time.monotonic()
+    log = _run_to_exit([str(config), "--workers", workers], tmp_path)
+    assert time.monotonic() - started < 30
+    [line] = [line for line in log.splitlines() if "[loadonce] startup failed:" in line]
+    assert "did not finish within load_timeout_s (1 s)" in line

@@ -20,7 +20,7 @@ from loadonce.server.plan import make_plan
 from loadonce.server.resolve import resolve_serve_config
 from loadonce.server.settings import LogLevel, ServeConfig
 from loadonce.server.supervisor import Supervisor
-from loadonce.server.worker_process import STARTUP_FAILED
+from loadonce.server.worker_process import STARTUP_FAILED, exit_leaving_threads
 
 if TYPE_CHECKING:
     import urllib.error
@@ -202,7 +202,10 @@ def serve(
         # process's only when it serves itself; the supervisor of several workers never needs it.
         from loadonce.server.worker import serve_single_worker
 
-        sys.exit(serve_single_worker(config))
+        code = serve_single_worker(config)
+        if code == STARTUP_FAILED:
+            exit_leaving_threads(code)
+        sys.exit(code)
     sys.exit(Supervisor(config, memory_limit=config.server.memory_limit, force=force).run())
 
 

@@ -24,6 +24,7 @@ from loadonce.server.allocator import map_large_blocks
 from loadonce.server.plan import ModelMeasure
 from loadonce.server.settings import ServeConfig
 from loadonce.server.user_app import load_app, serve_user_app
+from loadonce.server.worker_process import exit_leaving_threads
 
 # Predictions of each model's warm-up example after its load: a cache filled on first use, or
 # a library's buffers sized by the first calls, are in the worker's memory from then on.
@@ -54,7 +55,7 @@ def measure_in_child(config: ServeConfig, pipe: Connection) -> None:
         base, measures, resident = asyncio.run(_measured(app, registry, process))
     except LoadonceError as failure:
         pipe.send(str(failure))
-        return
+        exit_leaving_threads(1)  # the supervisor reads the failure; a hung load stays behind
     # The kernel's high-water mark of this process's resident memory (KiB on Linux), above
     # what it held once started: the mapped artifacts' pages it still maps are in both, and
     # those a load read and let go (a copy made from a mapping) in the mark only.

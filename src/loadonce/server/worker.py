@@ -38,7 +38,7 @@ from loadonce.server.sockets import (
 )
 from loadonce.server.stagger import one_worker_at_a_time
 from loadonce.server.user_app import load_app, serve_user_app
-from loadonce.server.worker_process import GO, STARTUP_FAILED, STOP
+from loadonce.server.worker_process import GO, STARTUP_FAILED, STOP, exit_leaving_threads
 
 logger = logging.getLogger("loadonce")
 
@@ -323,4 +323,4 @@ def worker_process_main(config: ServeConfig, sock: socket.socket, gate: Connecti
     if not started:
         with contextlib.suppress(OSError):  # a supervisor that is gone needs no report
             gate.send(("failed", failure))
-        raise SystemExit(STARTUP_FAILED)
+        exit_leaving_threads(STARTUP_FAILED)

@@ -19,11 +19,12 @@ import ctypes
 import logging
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import psutil
 
@@ -36,6 +37,18 @@ logger = logging.getLogger("loadonce")
 
 # uvicorn's own exit status for a failed startup; loadonce uses it too, for one meaning.
 STARTUP_FAILED = 3
+
+
+def exit_leaving_threads(code: int) -> NoReturn:
+    """End this process now with ``code``, the log written out, without waiting for its
+    threads: a load abandoned at ``load_timeout_s`` may run on in its thread for good, and a
+    normal exit joins every thread first (a hung load kept the server from ever exiting)."""
+    logging.shutdown()  # flushes and closes every handler
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
 
 # The supervisor's word to a loaded worker: serve, or leave.
 GO = "go"
