@@ -103,6 +103,8 @@ def _serve_expecting_usage_error(args: list[str], tmp_path: Path) -> str:
             "declared twice",
         ),
         ("[server\n", "", "cannot read config file"),
+        # uvicorn binds "" to every interface: not what an empty value meant.
+        ('[server]\nhost = ""', '[[models]]\nname = "a"\nloader = "x:y"', "host: must not be"),
         (
             "",
             '[[models]]\nname = "a"\nloader = "x:y"\noptions = { input_dtyp = "float32" }',
@@ -140,6 +142,7 @@ def test_an_invalid_config_file_is_one_line_naming_the_problem(
         (["--demo", "--workers", "-1"], "workers"),
         (["x.toml", "--name", "a"], "--input-dtype and --no-batching describe the one"),
         (["tests.loaders:echo", "--name", "a b"], "name"),
+        (["tests.loaders:echo", "--host", " "], "host: must not be empty"),
     ],
 )
 def test_bad_command_lines_are_usage_errors(tmp_path: Path, args: list[str], expected: str) -> None:

@@ -41,12 +41,23 @@ def _kubernetes_units(value: object) -> object:
 MemorySize = Annotated[ByteSize, BeforeValidator(_kubernetes_units)]
 
 
+def _not_every_interface_by_accident(host: object) -> object:
+    """An empty host is refused: uvicorn binds "" to every interface, the network included,
+    where an unset variable or a typo meant the default (this machine only)."""
+    if isinstance(host, str) and not host.strip():
+        raise ValueError(
+            "must not be empty (it would listen on every interface): 127.0.0.1 for this "
+            "machine only, 0.0.0.0 for every interface"
+        )
+    return host
+
+
 class ServerOptions(BaseModel):
     """The ``[server]`` table of a config file; each also a CLI option and a LOADONCE_* variable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    host: str = "127.0.0.1"
+    host: Annotated[str, BeforeValidator(_not_every_interface_by_accident)] = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     # The Open Inference Protocol over gRPC on this port, same host, every worker (None: off).
     grpc_port: Annotated[int, Field(ge=1, le=65535)] | None = None
