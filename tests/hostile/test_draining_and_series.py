@@ -4,10 +4,12 @@ do not add metric series forever."""
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
 
 import httpx2 as httpx
+import pytest
 
 import loadonce
 from tests.servers import ThreadedServer, cli_env, serving, stop
@@ -28,6 +30,35 @@ def test_readiness_says_draining_before_the_listener_closes(tmp_path: Path) -> N
         started = time.monotonic()
         assert stop(server) == 0
         assert time.monotonic() - started < 10
+
+
+def test_once_workers_stop_accepting_new_connections_are_refused(tmp_path: Path) -> None:
+    """With workers, the supervisor held the shared listening socket open: after the workers
+    closed theirs, the kernel still accepted connections, which hung until the drain ended."""
+    env = cli_env(
+        tmp_path,
+        {"LOADONCE_STOP_DELAY_S": "0.5", "LOADONCE_TEST_DELAY": "4", "LOADONCE_WORKERS": "2"},
+    )
+    with serving(["tests.loaders:slow_echo"], tmp_path, env=env) as server:
+        answers: list[int] = []
+        in_flight = threading.Thread(
+            target=lambda: answers.append(
+                httpx.post(
+                    f"{server.url}/models/slow_echo/predict", json={"inputs": [1]}, timeout=30
+                ).status_code
+            )
+        )
+        in_flight.start()
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(1.5)  # past the stop delay: every worker's listener closed
+        started = time.monotonic()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{server.url}/livez", timeout=10)
+        assert time.monotonic() - started < 2
+        in_flight.join(30)
+        assert answers == [200], "the request in flight finished"
+        assert stop(server) == 0
 
 
 def _series(metrics: str, name: str) -> list[str]:

@@ -342,6 +342,13 @@ class Supervisor:
         self.config = config.model_copy(update={"models": models, "unloaded": unloaded})
 
     def _stop_all(self, workers: list[_Worker]) -> None:
+        # The listening socket is one, shared with the workers: while this process holds it
+        # open the kernel goes on accepting connections into its backlog after every worker
+        # stopped accepting, and they hang there until the drain ends. Workers keep their own
+        # copies; this one is needed only to start workers.
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
         for worker in workers:
             if worker.is_alive():
                 if not worker.serving:
