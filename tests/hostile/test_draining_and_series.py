@@ -61,6 +61,37 @@ def test_once_workers_stop_accepting_new_connections_are_refused(tmp_path: Path)
         assert stop(server) == 0
 
 
+def test_a_request_the_drain_cuts_off_is_a_503_not_a_traceback(tmp_path: Path) -> None:
+    """uvicorn cancels what still runs when drain_timeout_s ends: it logged the cancellation's
+    traceback and answered 500, as if the server had failed."""
+    env = cli_env(
+        tmp_path,
+        {
+            "LOADONCE_STOP_DELAY_S": "0.3",
+            "LOADONCE_DRAIN_TIMEOUT_S": "1",
+            "LOADONCE_TEST_DELAY": "6",
+        },
+    )
+    with serving(["tests.loaders:slow_echo"], tmp_path, env=env) as server:
+        answers: list[httpx.Response] = []
+        in_flight = threading.Thread(
+            target=lambda: answers.append(
+                httpx.post(
+                    f"{server.url}/models/slow_echo/predict", json={"inputs": [1]}, timeout=30
+                )
+            )
+        )
+        in_flight.start()
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        in_flight.join(30)
+        assert stop(server) == 0
+    [answer] = answers
+    assert answer.status_code == 503, answer.text
+    assert "drain timeout ended" in answer.json()["error"]
+    assert "Traceback" not in server.log()
+
+
 def _series(metrics: str, name: str) -> list[str]:
     return [line for line in metrics.splitlines() if line.startswith(name + "{")]
 

@@ -13,6 +13,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from loadonce.http.errors import raw_error_response
 from loadonce.http.request_info import (
     ARRIVED_SCOPE_KEY,
     REQUEST_ID_HEADER,
@@ -25,6 +26,11 @@ from loadonce.http.state import LoadonceState
 # The request id on the request's span (as in docs/tracing.md).
 REQUEST_ID_ATTRIBUTE = "loadonce.request_id"
 _HEADER = REQUEST_ID_HEADER.lower().encode("latin-1")
+
+
+_DRAIN_ENDED = (
+    "the server stopped before this request finished (its drain timeout ended): send it again"
+)
 
 
 class RequestLogMiddleware:
@@ -57,10 +63,12 @@ class RequestLogMiddleware:
                 )
                 traced.enter()
 
+        answered = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
                 headers = list(message.get("headers", []))
                 if not any(name.lower() == _HEADER for name, _ in headers):
                     headers.append((_HEADER, request_id.encode("latin-1")))
@@ -69,6 +77,14 @@ class RequestLogMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            # The server's drain ended with this request still running (drain_timeout_s):
+            # uvicorn cancels it, and would log the cancellation's traceback and answer 500.
+            # It is the server leaving, said as such: 503, and the task ends normally.
+            if answered or state is None or not state.registry.draining:
+                raise
+            leaving = raw_error_response(503, _DRAIN_ENDED, scope, {"Retry-After": "1"})
+            await leaving(scope, receive, send_with_id)
         finally:
             if access_logger.isEnabledFor(logging.INFO):
                 milliseconds = (time.perf_counter() - started) * 1000
