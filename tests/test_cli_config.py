@@ -103,6 +103,10 @@ def _serve_expecting_usage_error(args: list[str], tmp_path: Path) -> str:
             "declared twice",
         ),
         ("[server\n", "", "cannot read config file"),
+        # Taken as true before: "yes" is not an answer to "run its code?".
+        ("", '[[models]]\nname = "a"\nloader = "x:y"\ntrust = "yes"', "trust"),
+        ("", '[[models]]\nname = "a"\nloader = "x:y"\nbatching = "yes"', "batching"),
+        ("", '[[models]]\nname = "a"\nloader = "x:y"\ninput_shape = [0]', "at least 1"),
         # uvicorn binds "" to every interface: not what an empty value meant.
         ('[server]\nhost = ""', '[[models]]\nname = "a"\nloader = "x:y"', "host: must not be"),
         (

@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    StrictBool,
     field_validator,
     model_validator,
 )
@@ -82,8 +83,11 @@ ConcurrencyField = Annotated[
 def _variable_dims(value: object) -> object:
     if isinstance(value, list | tuple):
         for dim in value:
-            if isinstance(dim, int) and dim < -1:
-                raise ValueError(f"input_shape dimensions must be sizes, or -1 for any; got {dim}")
+            if isinstance(dim, int) and (dim < -1 or dim == 0):
+                # 0: no example could ever have that shape (every request a 400).
+                raise ValueError(
+                    f"input_shape dimensions must be sizes of at least 1, or -1 for any; got {dim}"
+                )
         return tuple(None if dim == -1 else dim for dim in value)
     return value
 
@@ -145,7 +149,7 @@ class ModelSpec(BaseModel):
     warmup: Any = None
     # -1 (TOML has no null) or None marks a dimension of any size.
     input_shape: Annotated[tuple[int | None, ...], BeforeValidator(_variable_dims)] | None = None
-    trust: bool = False
+    trust: StrictBool = False  # true or false: "yes" is no answer to "run its code?"
     # "mmap": map the weights from the artifact read-only where the format allows, so every
     # worker shares one copy in the page cache; "off": each worker reads its own copy.
     share: Literal["mmap", "off"] = "mmap"
@@ -159,7 +163,7 @@ class ModelSpec(BaseModel):
     # Batching (dynamic micro-batching): a [models.batching] table; true for its defaults; false
     # for none. Left unset: on, with DEFAULT_BATCHING, when the runtime's batched call gives
     # each example what a call of its own gives (Predictor.batches_exactly), else off.
-    batching: Batching | bool | None = None
+    batching: Batching | StrictBool | None = None
     # The most examples that may wait for this model; beyond it, requests get 503 at once.
     max_queue: Annotated[int, Field(ge=1)] = 1024
     # The most examples one request may hold (413 beyond it); by default max_queue, since a
