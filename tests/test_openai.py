@@ -505,3 +505,31 @@ def test_a_text_past_the_models_context_says_so_in_openais_code(client: openai.O
         client.embeddings.create(model="features", input=" ".join(["good"] * 40))
     assert (refused.value.code, refused.value.param) == ("context_length_exceeded", "input")
     assert "tokens long" in refused.value.message
+
+
+def test_a_stream_that_fails_midway_is_counted_as_failed(tmp_path: Path) -> None:
+    """Its 200 left with the first token: the request was counted a success whatever came
+    after. Counted once it ended: a 500 here, a 499 for a client that left."""
+    app = loadonce.create_app(
+        [
+            loadonce.ModelSpec(name="fails", loader=FailsMidway),
+            loadonce.ModelSpec(name="slow", loader=Slow),
+        ]
+    )
+    with TestClient(app) as http:
+        body = {"model": "fails", "prompt": "good", "stream": True}
+        with http.stream("POST", "/v1/completions", json=body) as answer:
+            events = b"".join(answer.iter_bytes())
+        assert answer.status_code == 200
+        assert b'"error"' in events
+        whole = http.post("/v1/completions", json={"model": "slow", "prompt": "good bad"})
+        assert whole.status_code == 200
+        metrics = http.get("/metrics").text
+    counted = {
+        (line.split('model="')[1].split('"')[0], line.split('status="')[1].split('"')[0])
+        for line in metrics.splitlines()
+        if line.startswith("loadonce_requests_total{") and 'route="/v1/completions"' in line
+    }
+    assert ("fails", "500") in counted, counted
+    assert ("fails", "200") not in counted
+    assert ("slow", "200") in counted

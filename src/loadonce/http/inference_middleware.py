@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from loadonce.http.endpoints import MountedEndpoint, mounted_endpoints
 from loadonce.http.errors import answer_exception
 from loadonce.http.request_info import REQUEST_ID_HEADER, request_id_of, route_path
-from loadonce.http.routes import count_request
+from loadonce.http.routes import count_answer
 from loadonce.http.state import LoadonceState
 from loadonce.tracing.active import ACTIVE
 
@@ -69,7 +69,6 @@ class InferenceMiddleware:
             response = await answer_exception(exc, request, request_id, error_for)
         else:
             response.headers.setdefault(REQUEST_ID_HEADER, request_id)
-        seconds = time.perf_counter() - started
         state = LoadonceState.in_scope(scope)
-        count_request(state, params, mounted.path, response.status_code, seconds)
+        count_answer(state, params, mounted.path, response, started)
         await response(scope, receive, send)

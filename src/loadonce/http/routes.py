@@ -20,6 +20,7 @@ from loadonce.http.errors import (
 )
 from loadonce.http.request_info import REQUEST_ID_HEADER, request_id_of
 from loadonce.http.state import LoadonceState
+from loadonce.http.streaming import EventStreamResponse
 
 
 def count_request(
@@ -32,6 +33,25 @@ def count_request(
     # Only declared names become label values: a client must not mint new time series.
     model = name if name in state.registry else ""
     state.metrics.request_done(model, route, status, seconds)
+
+
+def count_answer(
+    state: LoadonceState | None,
+    params: dict[str, Any],
+    route: str,
+    response: Response,
+    started: float,
+) -> None:
+    """Count a route's answer now, or a stream's once it ended, with the status it ended
+    with (its 200 left first; an error midway or a client that left is not a success)."""
+    if not isinstance(response, EventStreamResponse):
+        count_request(state, params, route, response.status_code, time.perf_counter() - started)
+        return
+
+    def counted(status: int) -> None:
+        count_request(state, params, route, status, time.perf_counter() - started)
+
+    response.when_done = counted
 
 
 class PlainRoute(APIRoute):
@@ -87,9 +107,8 @@ class LoadonceRoute(PlainRoute):
                 response = await answer_exception(exc, request, request_id, error_for)
             else:
                 response.headers.setdefault(REQUEST_ID_HEADER, request_id)
-            seconds = time.perf_counter() - started
             state = LoadonceState.in_scope(request.scope)
-            count_request(state, request.path_params, self.path, response.status_code, seconds)
+            count_answer(state, request.path_params, self.path, response, started)
             return response
 
         return handle

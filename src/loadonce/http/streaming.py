@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from fastapi import Request
@@ -19,7 +20,13 @@ from starlette.types import Receive, Scope, Send
 
 from loadonce.http.errors import status_and_message
 
-__all__ = ["EventStreamResponse", "first_then_rest", "guarded", "server_sent_event"]
+__all__ = [
+    "EventStreamResponse",
+    "StreamOutcome",
+    "first_then_rest",
+    "guarded",
+    "server_sent_event",
+]
 
 T = TypeVar("T")
 
@@ -52,13 +59,17 @@ def server_sent_event(data: str) -> bytes:
 
 
 class EventStreamResponse(StreamingResponse):
-    """``text/event-stream``, never buffered by a proxy."""
+    """``text/event-stream``, never buffered by a proxy. ``when_done``, if set (by the code
+    that counts requests), is told the stream's final status once it ended: a stream that
+    failed midway, or whose client left, was counted as the 200 it began with."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, content: AsyncIterator[bytes]) -> None:
+    def __init__(self, content: AsyncIterator[bytes], outcome: StreamOutcome) -> None:
         super().__init__(content, headers=_STREAM_HEADERS)
         self._content = content
+        self.outcome = outcome
+        self.when_done: Callable[[int], None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Closed however the answer ends: a server of ASGI spec 2.4 stops iterating when a
@@ -68,6 +79,23 @@ class EventStreamResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await _close(self._content)
+            if self.when_done is not None:
+                self.when_done(self.outcome.final_status)
+
+
+@dataclass
+class StreamOutcome:
+    """How a stream ended, for the request's line in the metrics (its 200 left at the
+    start): ``status`` an error's status when one ended it; ``whole`` once every chunk went."""
+
+    status: int = 200
+    whole: bool = False
+
+    @property
+    def final_status(self) -> int:
+        if self.status != 200 or self.whole:
+            return self.status
+        return 499  # the client left before the end (nginx's "client closed request")
 
 
 async def guarded(
@@ -75,15 +103,21 @@ async def guarded(
     request: Request,
     request_id: str,
     on_error: Callable[[int, str], bytes],
+    outcome: StreamOutcome | None = None,
 ) -> AsyncIterator[bytes]:
     """``chunks``, with an error raised after the stream began sent as a last event
     (``on_error(status, message)``: the message a client may see, the details logged under
-    the request id), since the status line has left already."""
+    the request id), since the status line has left already; ``outcome`` told how it ended."""
+    outcome = outcome if outcome is not None else StreamOutcome()
     try:
         async for chunk in chunks:
             yield chunk
     except Exception as exc:
-        yield on_error(*status_and_message(exc, request, request_id))
+        status, message = status_and_message(exc, request, request_id)
+        outcome.status = status
+        yield on_error(status, message)
+    else:
+        outcome.whole = True
 
 
 async def _close(events: AsyncIterator[T]) -> None:

@@ -25,7 +25,7 @@ from loadonce.core.generation import (
     GenerationRequest,
 )
 from loadonce.http.request_info import request_id_of
-from loadonce.http.streaming import EventStreamResponse, first_then_rest, guarded
+from loadonce.http.streaming import EventStreamResponse, StreamOutcome, first_then_rest, guarded
 
 __all__ = [
     "SAMPLING_PARAMETERS",
@@ -149,4 +149,7 @@ async def event_stream(
                 if chunk is not None:
                     yield chunk
 
-    return EventStreamResponse(guarded(encoded(), request, request_id_of(request), on_error))
+    outcome = StreamOutcome()
+    return EventStreamResponse(
+        guarded(encoded(), request, request_id_of(request), on_error, outcome), outcome
+    )

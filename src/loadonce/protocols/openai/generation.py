@@ -23,7 +23,13 @@ from loadonce.http.dependencies import registry_of
 from loadonce.http.disconnect import unless_disconnected
 from loadonce.http.large_bodies import parse_request_body
 from loadonce.http.request_info import arrival_of, request_id_of, requested_timeout
-from loadonce.http.streaming import EventStreamResponse, first_then_rest, guarded, server_sent_event
+from loadonce.http.streaming import (
+    EventStreamResponse,
+    StreamOutcome,
+    first_then_rest,
+    guarded,
+    server_sent_event,
+)
 from loadonce.protocols.generation import collect
 from loadonce.protocols.openai.errors import UnsupportedError, error_event
 from loadonce.protocols.openai.schemas import (
@@ -132,7 +138,10 @@ async def _answer(
         # while its request waits for the model takes it out of the queue.
         rest = await unless_disconnected(request, first_then_rest(events))
         chunks = _stream(rest, {**head, "object": form.chunked, **made}, form, body.include_usage)
-        return EventStreamResponse(guarded(chunks, request, request_id, error_event))
+        outcome = StreamOutcome()
+        return EventStreamResponse(
+            guarded(chunks, request, request_id, error_event, outcome), outcome
+        )
     text, finished = await unless_disconnected(request, collect(events))
     answer = {
         **head,
