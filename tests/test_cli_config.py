@@ -107,6 +107,12 @@ def _serve_expecting_usage_error(args: list[str], tmp_path: Path) -> str:
         ("", '[[models]]\nname = "a"\nloader = "x:y"\ntrust = "yes"', "trust"),
         ("", '[[models]]\nname = "a"\nloader = "x:y"\nbatching = "yes"', "batching"),
         ("", '[[models]]\nname = "a"\nloader = "x:y"\ninput_shape = [0]', "at least 1"),
+        # The key list is named (it said "value"); the key itself never is.
+        (
+            '[server]\napi_keys = ["short-secret"]',
+            '[[models]]\nname = "a"\nloader = "x:y"',
+            "[server]: api_keys: an API key must be at least 16",
+        ),
         # uvicorn binds "" to every interface: not what an empty value meant.
         ('[server]\nhost = ""', '[[models]]\nname = "a"\nloader = "x:y"', "host: must not be"),
         (

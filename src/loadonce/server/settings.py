@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -113,6 +114,17 @@ class ServerOptions(BaseModel):
     max_header_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
     max_header_fields: Annotated[int, Field(ge=8)] = 100
     max_connections: Annotated[int, Field(ge=1)] = 1000
+
+    @field_validator("api_keys", "admin_api_keys")
+    @classmethod
+    def _each_key_is_usable(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        # Here, per field, so the one line names the list (the whole check below said
+        # "value"); AccessKeys says what a usable key is.
+        try:
+            AccessKeys(inference=tuple(key.get_secret_value() for key in keys))
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return keys
 
     @model_validator(mode="after")
     def _keys_are_usable(self) -> ServerOptions:
