@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +16,7 @@ import httpx2 as httpx
 import openai
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import loadonce
@@ -130,3 +132,21 @@ def test_the_generate_route_and_the_v2_extension_stream_the_same_text(
 def test_a_prompt_over_the_context_is_the_clients_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="takes at most 31"):
         client.completions.create(model="writer", prompt=" ".join(["good"] * 40), max_tokens=1)
+
+
+def test_a_broken_chat_template_is_the_servers_fault_not_the_clients(
+    writer: Path, tmp_path: Path
+) -> None:
+    """A template that does not even parse refuses every message: a 500, where a template's
+    own raise_exception (roles that must alternate) is the client's 400."""
+    broken = tmp_path / "broken"
+    shutil.copytree(writer, broken)
+    config = json.loads((broken / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}{{ m.content }"  # never closed
+    (broken / "tokenizer_config.json").write_text(json.dumps(config))
+    (broken / "chat_template.jinja").unlink(missing_ok=True)
+    spec = loadonce.ModelSpec(name="broken", artifact=broken)
+    with TestClient(loadonce.create_app([spec]), raise_server_exceptions=False) as http:
+        messages = [{"role": "user", "content": "good"}]
+        answer = http.post("/v1/chat/completions", json={"model": "broken", "messages": messages})
+    assert answer.status_code == 500, answer.text

@@ -98,6 +98,10 @@ class _TokenEngine(GenerationEngine):
             except InvalidInputError:
                 raise
             except Exception as exc:  # the template's own raise_exception, a bad message
+                if type(exc).__name__ == "TemplateSyntaxError":
+                    # The template itself is broken (the operator's file): no message could
+                    # pass, and it is no fault of the request's (a 500, logged).
+                    raise
                 raise InvalidInputError(
                     f"the model's chat template refused the messages: {exc}"[:400]
                 ) from None
