@@ -231,10 +231,23 @@ async def test_requests_with_different_parameters_never_share_a_call() -> None:
         last = h.send(5)
         while h.running:
             await h.run()
-        # Oldest first: a batch ends at the first request whose parameters differ.
-        assert h.model.calls == [[0], [1], [2, 3], [4], [5]]
-        assert h.model.parameters == [{}, {}, {"temperature": 1}, {"temperature": 0}, {}]
+        # The oldest request's parameters make the call, with every queued request of the
+        # same ones; the others keep their places, oldest first.
+        assert h.model.calls == [[0], [1, 5], [2, 3], [4]]
+        assert h.model.parameters == [{}, {}, {"temperature": 1}, {"temperature": 0}]
         assert [answer(f) for f in [plain, *hot, cold, last]] == [[2], [4], [6], [8], [10]]
+
+
+async def test_interleaved_parameters_still_batch_by_parameters() -> None:
+    """Alternating parameters made every call one request (the first mismatch ended it)."""
+    async with batcher(max_batch_size=8) as h:
+        h.send(0)
+        await settle()
+        sent = [h.send(i, parameters={"scale": i % 2}) for i in range(1, 9)]
+        while h.running:
+            await h.run()
+        assert h.model.calls == [[0], [1, 3, 5, 7], [2, 4, 6, 8]]
+        assert [answer(f) for f in sent] == [[2 * i] for i in range(1, 9)]
 
 
 # Waiting for a fuller batch

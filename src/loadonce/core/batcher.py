@@ -3,8 +3,9 @@
 One path for every model. Requests wait in a queue bounded in examples (beyond it: 503 at
 once). A batch starts whenever a slot of the model is free: it takes the queued requests,
 oldest first, up to ``max_batch_size`` examples (a request is never split; one larger than
-that goes alone; requests with different request parameters never share a call). Without
-batching, ``max_batch_size`` is 1: each request is its own call. While the model is busy,
+that goes alone; requests with different request parameters never share a call, and those of
+the oldest's parameters further back join it). Without batching, ``max_batch_size`` is 1:
+each request is its own call. While the model is busy,
 arrivals gather into the next batch, so a lone request never waits for a window unless
 ``max_wait_ms`` asks for it.
 
@@ -51,6 +52,8 @@ logger = logging.getLogger("loadonce")
 
 # The longest fill wait of ``fill_wait_ms = "auto"`` (the default batching's).
 AUTO_FILL_WAIT_S = 0.002
+# How far a batch looks into the queue for requests it can carry, per example it may hold.
+SCAN_PER_SLOT = 4
 
 
 @dataclass(eq=False)
@@ -292,18 +295,29 @@ class Batcher:
         return self._take_batch()
 
     def _take_batch(self) -> list[_Request]:
+        """The oldest request's call: it, then the queued requests with its parameters, oldest
+        first, until the next of them would not fit max_batch_size. Requests with other
+        parameters keep their places (interleaved, they made every call one request: the
+        first mismatch ended the batch). The scan looks SCAN_PER_SLOT times the batch's size
+        into the queue at most: a long queue of other parameters costs a call only that
+        much."""
         now = asyncio.get_running_loop().time()
         started = time.perf_counter()
         batch: list[_Request] = []
+        passed: list[_Request] = []  # looked at, left in the queue, in their order
         size = 0
-        while self._queue:
-            request = self._queue[0]
-            if batch and (
-                size + len(request.examples) > self.max_batch_size
-                or request.parameters != batch[0].parameters
-            ):
+        budget = SCAN_PER_SLOT * self.max_batch_size
+        while self._queue and size < self.max_batch_size and budget > 0:
+            budget -= 1
+            request = self._queue.popleft()
+            if batch and request.parameters != batch[0].parameters:
+                passed.append(request)
+                continue
+            if batch and size + len(request.examples) > self.max_batch_size:
+                # Among requests of the same parameters, strictly oldest first: a later
+                # small one does not overtake it.
+                self._queue.appendleft(request)
                 break
-            self._queue.popleft()
             request.queued = False
             self._queued_examples -= len(request.examples)
             if request.future.done():
@@ -315,6 +329,7 @@ class Batcher:
             request.waited = started - request.submitted
             batch.append(request)
             size += len(request.examples)
+        self._queue.extendleft(reversed(passed))
         self._queue_changed()
         if not batch:
             # Every request it took had left: the model may be idle now. Not otherwise: the
