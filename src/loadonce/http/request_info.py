@@ -93,16 +93,18 @@ def arrival_of(request: Request) -> float | None:
     return arrived if isinstance(arrived, float) else None
 
 
+_SECONDS = re.compile(rb"[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?|\.[0-9]+([eE][+-]?[0-9]+)?")
+
+
 def requested_timeout(request: Request) -> float | None:
     """The X-Request-Timeout header in seconds, if sent (``InvalidRequestError`` when it is
     not a positive number): read from the raw ASGI headers, which cost less than Starlette's
     Headers."""
     for key, value in request.scope["headers"]:
         if key == _TIMEOUT_KEY:
-            try:
-                timeout = float(value)
-            except ValueError:
-                timeout = -1.0
+            # A decimal number as HTTP headers write them: float() also takes "1_0",
+            # " 1", "nan" and "0x1p3", none of which a client means as seconds.
+            timeout = float(value) if _SECONDS.fullmatch(value) else -1.0
             if not 0 < timeout < float("inf"):
                 raise InvalidRequestError(
                     [(f"header.{TIMEOUT_HEADER}", "must be a positive number of seconds")]
