@@ -258,19 +258,23 @@ _EXTREMES = [
 ]
 
 
-def _typed(grpc_url: str, datatype: str, field: str, values: list[Any]) -> Any:
-    request_class = message_class("inference.ModelInferRequest")
+def _model_infer(grpc_url: str, request: Any) -> Any:
+    """One ModelInfer call with the raw stub: what tritonclient would not send."""
     response_class = message_class("inference.ModelInferResponse")
-    request = request_class(model_name="echo")
-    tensor = request.inputs.add(name="x", datatype=datatype, shape=[len(values)])
-    getattr(tensor.contents, field).extend(values)
     with grpc.insecure_channel(grpc_url) as channel:
         infer = channel.unary_unary(
             "/inference.GRPCInferenceService/ModelInfer",
-            request_serializer=request_class.SerializeToString,
+            request_serializer=type(request).SerializeToString,
             response_deserializer=response_class.FromString,
         )
         return infer(request)
+
+
+def _typed(grpc_url: str, datatype: str, field: str, values: list[Any]) -> Any:
+    request = message_class("inference.ModelInferRequest")(model_name="echo")
+    tensor = request.inputs.add(name="x", datatype=datatype, shape=[len(values)])
+    getattr(tensor.contents, field).extend(values)
+    return _model_infer(grpc_url, request)
 
 
 @pytest.mark.parametrize(("datatype", "field", "values"), _EXTREMES)
@@ -302,16 +306,8 @@ def test_typed_contents_outside_their_datatype_are_refused(
 
 def test_a_call_without_inputs_is_the_callers_mistake(grpc_url: str) -> None:
     """A model that declares no inputs takes any: a call with none is still refused."""
-    request_class = message_class("inference.ModelInferRequest")
-    response_class = message_class("inference.ModelInferResponse")
-    with grpc.insecure_channel(grpc_url) as channel:
-        infer = channel.unary_unary(
-            "/inference.GRPCInferenceService/ModelInfer",
-            request_serializer=request_class.SerializeToString,
-            response_deserializer=response_class.FromString,
-        )
-        with pytest.raises(grpc.RpcError) as raised:
-            infer(request_class(model_name="echo"))
+    with pytest.raises(grpc.RpcError) as raised:
+        _model_infer(grpc_url, message_class("inference.ModelInferRequest")(model_name="echo"))
     assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "no inputs" in raised.value.details()
 
