@@ -32,6 +32,19 @@ def test_readiness_says_draining_before_the_listener_closes(tmp_path: Path) -> N
         assert time.monotonic() - started < 10
 
 
+def _in_flight(url: str) -> tuple[threading.Thread, list[httpx.Response]]:
+    """A prediction sent from a thread (the model takes $LOADONCE_TEST_DELAY seconds); its
+    answer lands in the list."""
+    answers: list[httpx.Response] = []
+    thread = threading.Thread(
+        target=lambda: answers.append(
+            httpx.post(f"{url}/models/slow_echo/predict", json={"inputs": [1]}, timeout=30)
+        )
+    )
+    thread.start()
+    return thread, answers
+
+
 def test_once_workers_stop_accepting_new_connections_are_refused(tmp_path: Path) -> None:
     """With workers, the supervisor held the shared listening socket open: after the workers
     closed theirs, the kernel still accepted connections, which hung until the drain ended."""
@@ -40,15 +53,7 @@ def test_once_workers_stop_accepting_new_connections_are_refused(tmp_path: Path)
         {"LOADONCE_STOP_DELAY_S": "0.5", "LOADONCE_TEST_DELAY": "4", "LOADONCE_WORKERS": "2"},
     )
     with serving(["tests.loaders:slow_echo"], tmp_path, env=env) as server:
-        answers: list[int] = []
-        in_flight = threading.Thread(
-            target=lambda: answers.append(
-                httpx.post(
-                    f"{server.url}/models/slow_echo/predict", json={"inputs": [1]}, timeout=30
-                ).status_code
-            )
-        )
-        in_flight.start()
+        in_flight, answers = _in_flight(server.url)
         time.sleep(0.5)
         server.process.send_signal(signal.SIGTERM)
         time.sleep(1.5)  # past the stop delay: every worker's listener closed
@@ -57,7 +62,7 @@ def test_once_workers_stop_accepting_new_connections_are_refused(tmp_path: Path)
             httpx.get(f"{server.url}/livez", timeout=10)
         assert time.monotonic() - started < 2
         in_flight.join(30)
-        assert answers == [200], "the request in flight finished"
+        assert [a.status_code for a in answers] == [200], "the request in flight finished"
         assert stop(server) == 0
 
 
@@ -73,15 +78,7 @@ def test_a_request_the_drain_cuts_off_is_a_503_not_a_traceback(tmp_path: Path) -
         },
     )
     with serving(["tests.loaders:slow_echo"], tmp_path, env=env) as server:
-        answers: list[httpx.Response] = []
-        in_flight = threading.Thread(
-            target=lambda: answers.append(
-                httpx.post(
-                    f"{server.url}/models/slow_echo/predict", json={"inputs": [1]}, timeout=30
-                )
-            )
-        )
-        in_flight.start()
+        in_flight, answers = _in_flight(server.url)
         time.sleep(0.5)
         server.process.send_signal(signal.SIGTERM)
         in_flight.join(30)
