@@ -176,10 +176,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             super().send_400_response(msg)
 
     def on_headers_complete(self) -> None:
-        # The head's size once more, from what was parsed: a head that came in one read was
-        # parsed whole before data_received could count it.
-        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-        if len(self.headers) > self.max_header_fields or size > self.max_header_bytes:
+        if len(self.headers) > self.max_header_fields or self._head_over_the_limit():
             self._head_too_large = True
             raise _HeadTooLargeError  # the parser's error: send_400_response answers 431
         self._in_head, self._in_body = False, True
@@ -192,6 +189,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is not None:
             self.cycle.transport = self._gathered  # type: ignore[assignment]
+
+    def _head_over_the_limit(self) -> bool:
+        """A head that came in one read was parsed whole before data_received could refuse
+        it: its size from what was parsed, counted only when the bytes read in the head's
+        state (which may hold some of the body too) pass the limit: not on the usual
+        request's path."""
+        if self._head_bytes <= self.max_header_bytes:
+            return False
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        return size > self.max_header_bytes
 
     def on_message_complete(self) -> None:
         self._in_head, self._in_body, self._head_bytes = True, False, 0
