@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from loadonce.core.control import (
     ControlRequest,
@@ -15,6 +14,7 @@ from loadonce.core.control import (
     describe_failures,
 )
 from loadonce.core.errors import InvalidRequestError
+from loadonce.http.json_answer import JSONAnswer
 from loadonce.http.routes import LoadonceRoute
 from loadonce.http.schemas import ErrorBody
 from loadonce.http.state import LoadonceState
@@ -45,7 +45,7 @@ class ReloadResponse(BaseModel):
     workers: list[WorkerResult]
 
 
-def outcome_response(model: str, outcomes: list[WorkerOutcome]) -> JSONResponse:
+def outcome_response(model: str, outcomes: list[WorkerOutcome]) -> JSONAnswer:
     ok = all(o.ok for o in outcomes)
     body = ReloadResponse(
         model=model,
@@ -54,8 +54,8 @@ def outcome_response(model: str, outcomes: list[WorkerOutcome]) -> JSONResponse:
     )
     if not ok:
         failed = describe_failures(outcomes)
-        return JSONResponse({"error": failed, **body.model_dump()}, status_code=400)
-    return JSONResponse(body.model_dump())
+        return JSONAnswer({"error": failed, **body.model_dump()}, status_code=400)
+    return JSONAnswer(body.model_dump())
 
 
 def admin_router() -> APIRouter:
@@ -74,7 +74,7 @@ def admin_router() -> APIRouter:
     async def reload_model(
         name: Annotated[str, Path(description="The model's name, as declared.")],
         request: Request,
-    ) -> JSONResponse:
+    ) -> JSONAnswer:
         raw = await request.body()
         try:
             body = ReloadRequest.model_validate_json(raw) if raw.strip() else ReloadRequest()

@@ -13,7 +13,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
@@ -80,13 +80,13 @@ def error_headers(status: int, request_id: str | None) -> dict[str, str]:
     return headers
 
 
-def error_response(status: int, message: str, request_id: str, **extra: Any) -> JSONResponse:
+def error_response(status: int, message: str, request_id: str, **extra: Any) -> JSONAnswer:
     """The JSON routes' error body: ``{"error", "request_id", ...extra}``."""
     body = {"error": message, "request_id": request_id, **extra}
     return JSONAnswer(body, status_code=status, headers=error_headers(status, request_id))
 
 
-def v2_error(status: int, message: str, request_id: str | None = None) -> JSONResponse:
+def v2_error(status: int, message: str, request_id: str | None = None) -> JSONAnswer:
     """The Open Inference Protocol's error body: ``{"error": "<message>"}``, always."""
     return JSONAnswer(
         {"error": message}, status_code=status, headers=error_headers(status, request_id)
@@ -107,7 +107,7 @@ def openai_error(
     *,
     param: str | None = None,
     code: str | None = None,
-) -> JSONResponse:
+) -> JSONAnswer:
     """The OpenAI API's error body: ``{"error": {"message", "type", "param", "code"}}``."""
     kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     if status == 401 and code is None:
@@ -152,7 +152,7 @@ def _failed(where: str, request_id: str, cause: BaseException, what: str) -> tup
 
 def raw_error_response(
     status: int, message: str, scope: Scope, headers: dict[str, str] | None = None
-) -> JSONResponse:
+) -> JSONAnswer:
     """An error answered before any route ran (middleware), in the body of the protocol the
     path belongs to: ``{"error"}`` under /v2, OpenAI's ``{"error": {"message", ...}}`` under
     /v1, ``{"error", "request_id"}`` elsewhere."""

@@ -6,8 +6,8 @@ import os
 
 from fastapi import APIRouter
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
+from loadonce.http.json_answer import JSONAnswer
 from loadonce.http.routes import LoadonceRoute
 from loadonce.http.schemas import Liveness, Readiness
 from loadonce.http.state import LoadonceState
@@ -28,7 +28,7 @@ def health_router() -> APIRouter:
         responses={503: {"model": Readiness, "description": "Not every model is ready"}},
         summary="Every declared model is loaded and warmed up in this worker",
     )
-    async def readyz(request: Request) -> JSONResponse:
+    async def readyz(request: Request) -> JSONAnswer:
         state = LoadonceState.in_scope(request.scope)
         if state is not None:
             registry = state.registry
@@ -41,6 +41,6 @@ def health_router() -> APIRouter:
             )
         else:
             body = Readiness(ready=False, worker_pid=os.getpid(), models={})
-        return JSONResponse(body.model_dump(mode="json"), status_code=200 if body.ready else 503)
+        return JSONAnswer(body.model_dump(mode="json"), status_code=200 if body.ready else 503)
 
     return router

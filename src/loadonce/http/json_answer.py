@@ -12,6 +12,8 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
+from loadonce.core.utf8 import utf8
+
 # Starlette's options: UTF-8 as is, NaN refused (not JSON), no spaces.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
@@ -25,4 +27,4 @@ class JSONAnswer(JSONResponse):
     """Starlette's ``JSONResponse``, its body made by the shared encoder."""
 
     def render(self, content: Any) -> bytes:
-        return _ENCODER.encode(content).encode("utf-8")
+        return utf8(_ENCODER.encode(content))

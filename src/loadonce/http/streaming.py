@@ -18,6 +18,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from loadonce.core.utf8 import utf8
 from loadonce.http.errors import status_and_message
 
 __all__ = [
@@ -55,7 +56,7 @@ async def first_then_rest(events: AsyncIterator[T]) -> AsyncIterator[T]:
 
 def server_sent_event(data: str) -> bytes:
     """One SSE event of one line of data (JSON never holds a raw newline)."""
-    return b"data: " + data.encode() + b"\n\n"
+    return b"data: " + utf8(data) + b"\n\n"
 
 
 class EventStreamResponse(StreamingResponse):

@@ -8,13 +8,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from loadonce.core.errors import InvalidRequestError
 from loadonce.core.generation import Delta, Finished
 from loadonce.http.dependencies import registry_of
 from loadonce.http.disconnect import unless_disconnected
 from loadonce.http.endpoints import InferenceEndpoint
+from loadonce.http.json_answer import JSONAnswer
 from loadonce.http.large_bodies import parse_request_body
 from loadonce.http.request_info import (
     arrival_of,
@@ -126,7 +127,7 @@ async def answer_generate(request: Request) -> Response:
 
         return await event_stream(request, events, _event, on_error)
     text, finished = await unless_disconnected(request, collect(events))
-    return JSONResponse(
+    return JSONAnswer(
         {
             "model": model.name,
             "version": model.version,

@@ -19,6 +19,7 @@ from loadonce.core.jsonable import to_jsonable
 from loadonce.core.model import Model, ModelState
 from loadonce.core.registry import Registry
 from loadonce.core.signature import InputSignature
+from loadonce.core.utf8 import utf8
 from loadonce.http.dependencies import get_registry, registry_of
 from loadonce.http.disconnect import unless_disconnected
 from loadonce.http.endpoints import InferenceEndpoint, add_inference_route
@@ -253,7 +254,7 @@ async def answer_predict(request: Request) -> Response:
         head = json_text({"model": model.name, "version": model.version})
         encoded = await anyio.to_thread.run_sync(_encode_in_pieces, outputs)
         return Response(
-            head[:-1].encode() + b',"outputs":' + encoded + b"}", media_type="application/json"
+            utf8(head[:-1]) + b',"outputs":' + encoded + b"}", media_type="application/json"
         )
 
 
@@ -268,7 +269,7 @@ def _encode_in_pieces(outputs: list[Any]) -> bytes:
         json_text(to_jsonable(outputs[start : start + step]))[1:-1]
         for start in range(0, len(outputs), step)
     ]
-    return ("[" + ",".join(pieces) + "]").encode()
+    return utf8("[" + ",".join(pieces) + "]")
 
 
 PREDICT_ENDPOINT = InferenceEndpoint(

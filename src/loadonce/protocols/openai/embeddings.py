@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from loadonce.core.errors import LoadonceError, ModelNotReadyError
 from loadonce.http.dependencies import registry_of
 from loadonce.http.disconnect import unless_disconnected
+from loadonce.http.json_answer import JSONAnswer
 from loadonce.http.large_bodies import parse_request_body
 from loadonce.http.request_info import arrival_of, requested_timeout
 from loadonce.protocols.openai.errors import UnsupportedError
@@ -64,7 +65,7 @@ async def answer_embeddings(request: Request) -> Response:
         )
         data.append({"object": "embedding", "index": index, "embedding": encoded})
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-    return JSONResponse({"object": "list", "data": data, "model": model.name, "usage": usage})
+    return JSONAnswer({"object": "list", "data": data, "model": model.name, "usage": usage})
 
 
 def pooled(output: Any) -> tuple[np.ndarray[Any, np.dtype[np.float32]], int]:

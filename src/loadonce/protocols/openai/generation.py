@@ -15,12 +15,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from loadonce.core.generation import Delta, Finished, GenerationRequest
 from loadonce.core.model import Model
 from loadonce.http.dependencies import registry_of
 from loadonce.http.disconnect import unless_disconnected
+from loadonce.http.json_answer import JSONAnswer
 from loadonce.http.large_bodies import parse_request_body
 from loadonce.http.request_info import arrival_of, request_id_of, requested_timeout
 from loadonce.http.streaming import (
@@ -150,7 +151,7 @@ async def _answer(
         "choices": [form.choice(text, finished.reason)],
         "usage": _usage(finished),
     }
-    return JSONResponse(answer)
+    return JSONAnswer(answer)
 
 
 async def _stream(

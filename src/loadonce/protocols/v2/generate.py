@@ -18,13 +18,14 @@ from typing import Any
 
 import pydantic_core
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from loadonce.core.errors import InvalidInputError, InvalidRequestError
 from loadonce.core.generation import Delta, Finished, GenerationRequest
 from loadonce.http.dependencies import registry_of
 from loadonce.http.disconnect import unless_disconnected
 from loadonce.http.endpoints import InferenceEndpoint
+from loadonce.http.json_answer import JSONAnswer
 from loadonce.http.large_bodies import parse_request_body
 from loadonce.http.request_info import arrival_of, requested_timeout, timeout_header_parameter
 from loadonce.http.routes import V2Route
@@ -173,7 +174,7 @@ async def _answer(request: Request, *, stream: bool) -> Response:
     head = {"model_name": model.name, "model_version": model.version}
     if not stream:
         text, finished = await unless_disconnected(request, collect(events))
-        return JSONResponse({**head, "text_output": text, **_extra(finished, asked.outputs)})
+        return JSONAnswer({**head, "text_output": text, **_extra(finished, asked.outputs)})
 
     def encode(event: GenerationEvent) -> bytes | None:
         if isinstance(event, Delta):

@@ -12,6 +12,7 @@ import numpy.typing as npt
 
 from loadonce.core.errors import LoadonceError
 from loadonce.core.jsonable import to_jsonable
+from loadonce.core.utf8 import utf8
 from loadonce.protocols.v2.datatypes import BYTES, datatype_of, datatype_of_declared, fixed_dtype
 from loadonce.runtimes import TensorInfo
 
@@ -131,7 +132,7 @@ def _all_text(array: npt.NDArray[Any]) -> bool:
 def _as_bytes(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
     encoded = np.empty(array.shape, dtype=object)
     for index, value in np.ndenumerate(array):
-        encoded[index] = value if isinstance(value, bytes) else str(value).encode("utf-8")
+        encoded[index] = value if isinstance(value, bytes) else utf8(str(value))
     return encoded
 
 
@@ -140,5 +141,5 @@ def _document(value: Any) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
-        return value.encode("utf-8")
-    return json.dumps(to_jsonable(value), separators=(",", ":"), default=str).encode("utf-8")
+        return utf8(value)
+    return utf8(json.dumps(to_jsonable(value), separators=(",", ":"), default=str))

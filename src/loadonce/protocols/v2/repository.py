@@ -17,13 +17,14 @@ from typing import Any, TypeVar
 from fastapi import APIRouter
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from loadonce.core.control import Action, ControlRequest, describe_failures
 from loadonce.core.errors import InvalidRequestError
 from loadonce.core.model import Model, ModelState
 from loadonce.http.dependencies import registry_of
 from loadonce.http.errors import v2_error
+from loadonce.http.json_answer import JSONAnswer
 from loadonce.http.state import LoadonceState
 from loadonce.protocols.v2.config_load import BatchingChange, batching_from_config
 from loadonce.protocols.v2.errors import LoadRefusedError, find_model, model_to_load
@@ -94,7 +95,7 @@ async def _apply(
     failed = await apply_control(LoadonceState.of(request), name, action, batching)
     if failed:
         return v2_error(400, failed)
-    return JSONResponse({"name": name, action: True})
+    return JSONAnswer({"name": name, action: True})
 
 
 def load_batching(model: Model, parameters: Mapping[str, Any]) -> BatchingChange:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from loadonce._version import __version__
 from loadonce.core.errors import ModelNotReadyError
@@ -16,6 +16,7 @@ from loadonce.http.dependencies import registry_of
 from loadonce.http.disconnect import unless_disconnected
 from loadonce.http.endpoints import InferenceEndpoint, add_inference_route
 from loadonce.http.errors import v2_error
+from loadonce.http.json_answer import JSONAnswer
 from loadonce.http.large_bodies import parse_request_body
 from loadonce.http.request_info import arrival_of, requested_timeout, timeout_header_parameter
 from loadonce.http.routes import V2Route
@@ -178,7 +179,7 @@ def v2_router(*, model_control: bool = True) -> APIRouter:
     async def server_ready(request: Request) -> Response:
         registry = registry_of(request)
         if registry.is_ready:
-            return JSONResponse({"ready": True})
+            return JSONAnswer({"ready": True})
         if registry.draining:
             return v2_error(503, "the server is stopping: it finishes what it accepted")
         waiting = [f"{m.name} ({m.state})" for m in registry.models if m.wanted and not m.is_ready]
