@@ -113,6 +113,17 @@ def _serve_expecting_usage_error(args: list[str], tmp_path: Path) -> str:
             '[[models]]\nname = "a"\nloader = "x:y"',
             "[server]: api_keys: an API key must be at least 16",
         ),
+        # Taken silently before: a proxy's every request, or every reload, then refused.
+        (
+            '[server]\nallowed_hosts = [""]',
+            '[[models]]\nname = "a"\nloader = "x:y"',
+            "allowed_hosts: '' is not a host name",
+        ),
+        (
+            '[server]\nartifact_roots = ["not-there"]',
+            '[[models]]\nname = "a"\nloader = "x:y"',
+            "not-there' is not a directory",
+        ),
         # uvicorn binds "" to every interface: not what an empty value meant.
         ('[server]\nhost = ""', '[[models]]\nname = "a"\nloader = "x:y"', "host: must not be"),
         (

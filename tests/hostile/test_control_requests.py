@@ -228,3 +228,27 @@ def test_allowed_hosts_let_a_local_proxy_pass_its_own_host() -> None:
             assert answered.status_code == 200, host
         for host in ("example.com", "internal.example", "api.example.com.evil"):
             assert httpx.get(f"{server.url}/models", headers={"Host": host}).status_code == 403
+
+
+@pytest.mark.parametrize(
+    "pattern", ["", " ", "http://api.example.com", "api.example.com:8080", "api.example.com/v1"]
+)
+def test_an_allowed_host_that_could_never_match_is_refused_when_given(pattern: str) -> None:
+    # It was taken silently, and every request the proxy passed on was then refused.
+    spec = loadonce.ModelSpec(name="m", loader=lambda: lambda b: list(b))
+    with pytest.raises(loadonce.ConfigError, match=r"allowed_hosts: .* is not a host name"):
+        loadonce.create_app([spec], allowed_hosts=[pattern])
+    with pytest.raises(loadonce.ConfigError, match="is not a host name"):
+        loadonce.lifespan([spec], allowed_hosts=["api.example.com", pattern])
+
+
+def test_an_allowed_host_written_with_its_final_dot_matches() -> None:
+    spec = loadonce.ModelSpec(name="m", loader=lambda: lambda b: list(b), input_shape=())
+    app = loadonce.create_app([spec], allowed_hosts=["api.example.com.", "::1", "my_service"])
+    with ThreadedServer(app) as server:
+        for host in ("api.example.com", "API.example.com.", "my_service:8000"):
+            answered = httpx.get(f"{server.url}/models", headers={"Host": host})
+            assert answered.status_code == 200, host
+        assert (
+            httpx.get(f"{server.url}/models", headers={"Host": "evil.example"}).status_code == 403
+        )

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loadonce.http.access_keys import RouteFamily, family_of
+from loadonce.http.allowed_hosts import host_allowed
 from loadonce.http.errors import raw_error_response
 from loadonce.http.loopback import is_loopback_host
 from loadonce.http.request_info import route_path
@@ -37,19 +38,6 @@ def _hostname(host_header: str) -> str:
     if host_header.startswith("["):
         return host_header[1 : host_header.find("]")] if "]" in host_header else host_header
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
-
-
-def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
-    """Whether the operator listed ``host``: a name, ``*.example.com`` for its subdomains,
-    or ``*`` for any."""
-    host = host.rstrip(".").lower()
-    for pattern in allowed:
-        pattern = pattern.lower()
-        if pattern == "*" or pattern == host:
-            return True
-        if pattern.startswith("*.") and host.endswith(pattern[1:]):
-            return True
-    return False
 
 
 def refusal(scope: Scope, allowed_hosts: tuple[str, ...] = ()) -> str | None:

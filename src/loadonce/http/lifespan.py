@@ -20,6 +20,7 @@ from loadonce.core.limits import Limits
 from loadonce.core.registry import Registry
 from loadonce.core.spec import ModelSpec
 from loadonce.http.access_keys import AccessKeys
+from loadonce.http.allowed_hosts import check_allowed_hosts
 from loadonce.http.dependencies import undeclared_model_dependencies
 from loadonce.http.state import LoadonceState
 from loadonce.http.visible_logs import make_visible
@@ -190,7 +191,7 @@ def lifespan(
             metrics=metrics,
             limits=limits,
             access=access,
-            allowed_hosts=tuple(allowed_hosts),
+            allowed_hosts=check_allowed_hosts(allowed_hosts),
             tracing=tracing,
         )
     )

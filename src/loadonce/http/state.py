@@ -17,6 +17,7 @@ from loadonce.core.limits import Limits
 from loadonce.core.registry import Registry
 from loadonce.core.spec import ModelSpec
 from loadonce.http.access_keys import AccessKeys
+from loadonce.http.allowed_hosts import check_allowed_hosts
 from loadonce.http.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ class LoadonceState:
             metrics=collected,
             limits=limits or Limits(),
             access=access if access is not None and access.enabled else None,
-            allowed_hosts=tuple(allowed_hosts),
+            allowed_hosts=check_allowed_hosts(allowed_hosts),
             tracing=tracing,
         )
 

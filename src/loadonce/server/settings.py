@@ -24,6 +24,7 @@ from loadonce.core.errors import ConfigError, describe_validation
 from loadonce.core.limits import MIB, Limits
 from loadonce.core.spec import ModelSpec
 from loadonce.http.access_keys import AccessKeys
+from loadonce.http.allowed_hosts import check_allowed_hosts
 from loadonce.server.allocator import MOST_THRESHOLD_BYTES
 from loadonce.tracing import TracingOptions, check_tracing
 
@@ -125,6 +126,25 @@ class ServerOptions(BaseModel):
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
         return keys
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _each_host_is_a_name(cls, hosts: list[str]) -> list[str]:
+        try:
+            check_allowed_hosts(hosts)
+        except ConfigError as exc:  # the field's name is said once, by the caller
+            raise ValueError(str(exc).removeprefix("allowed_hosts: ")) from None
+        return hosts
+
+    @field_validator("artifact_roots")
+    @classmethod
+    def _each_root_is_a_directory(cls, roots: list[Path] | None) -> list[Path] | None:
+        # A root that is not there (a typo, a volume not mounted) refused every reload later,
+        # with nothing said at startup.
+        for root in roots or ():
+            if not root.is_dir():
+                raise ValueError(f"{str(root)!r} is not a directory")
+        return roots
 
     @model_validator(mode="after")
     def _keys_are_usable(self) -> ServerOptions:
