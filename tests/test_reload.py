@@ -156,3 +156,22 @@ def test_the_cli_names_the_variable_it_reads_the_admin_key_from(tmp_path: Path) 
         done = _reload_cli(tmp_path, server.url, env={"LOADONCE_ADMIN_KEY": key})
         assert done.returncode == 0, done.stderr
         assert done.stdout.splitlines()[-1] == "model 'constant' reloaded in 2 worker(s)"
+        # Mistakes on the command line are usage errors (2), said before any request; a name
+        # with a space or a slash is sent quoted (a space raised InvalidURL, a traceback).
+        for args, said in (
+            (["--sha256", "xyz"], "'xyz' is not a sha256"),
+            (["--timeout", "0"], "--timeout"),
+        ):
+            mistaken = _reload_cli(tmp_path, server.url, *args)
+            assert mistaken.returncode == 2, mistaken.stderr
+            assert said in mistaken.stderr
+        for name in ("a b", "a/b"):
+            unknown = subprocess.run(
+                [sys.executable, "-m", "loadonce", "reload", name, "--url", server.url],
+                env=cli_env(tmp_path, {"LOADONCE_ADMIN_KEY": key}),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert unknown.returncode == 1
+            assert unknown.stderr.startswith("loadonce: reload failed (404): "), unknown.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -351,6 +352,14 @@ def ray_config(
     click.echo(yaml.safe_dump(document, sort_keys=False), nl=False)
 
 
+def _checked_sha256(value: str | None) -> str | None:
+    """A usage error now, before the request: the server's 400 made it exit 1, as a failed
+    load does."""
+    if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise click.BadParameter(f"{value!r} is not a sha256 (64 hexadecimal digits)")
+    return value
+
+
 @main.command()
 @click.argument("name")
 @click.option(
@@ -359,7 +368,11 @@ def ray_config(
     help="Load this artifact instead (made absolute here; the server must see the same path).",
 )
 @click.option("--version", "version", help="Serve it as this version.")
-@click.option("--sha256", help="The new artifact's sha256, if the model is pinned.")
+@click.option(
+    "--sha256",
+    callback=lambda _context, _parameter, value: _checked_sha256(value),
+    help="The new artifact's sha256, if the model is pinned.",
+)
 @click.option(
     "--url",
     default="http://127.0.0.1:8000",
@@ -367,7 +380,13 @@ def ray_config(
     show_default=True,
     help="The running server.",
 )
-@click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600,
+    show_default=True,
+    help="Seconds to wait.",
+)
 def reload(
     name: str,
     artifact: Path | None,
@@ -394,10 +413,11 @@ def reload(
         body["sha256"] = sha256
     # Imported here: urllib brings ssl, which the supervisor of `--workers N` never needs.
     import urllib.error
+    import urllib.parse
     import urllib.request
 
     request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
-        f"{url.rstrip('/')}/admin/models/{name}/reload",
+        f"{url.rstrip('/')}/admin/models/{urllib.parse.quote(name, safe='')}/reload",
         data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json"},
         method="POST",
