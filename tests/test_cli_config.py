@@ -216,18 +216,37 @@ def test_every_serve_option_is_accepted_in_the_server_table(tmp_path: Path) -> N
         assert answer.status_code == 200
 
 
-def test_a_bad_value_from_the_environment_names_its_variable(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        (
+            "LOADONCE_MAX_CONNECTIONS",
+            "many",
+            "loadonce: error: invalid server option: max_connections (LOADONCE_MAX_CONNECTIONS): "
+            "Input should be a valid integer, unable to parse string as an integer",
+        ),
+        # Options of the command line read from their variable: named by the variable (they
+        # said 'workers' and '--log-level', which the operator never typed).
+        (
+            "LOADONCE_WORKERS",
+            "0",
+            "loadonce: error: invalid server option: workers (LOADONCE_WORKERS): "
+            "Input should be greater than or equal to 1",
+        ),
+        ("LOADONCE_LOG_LEVEL", "loud", "Invalid value for LOADONCE_LOG_LEVEL (for --log-level)"),
+    ],
+)
+def test_a_bad_value_from_the_environment_names_its_variable(
+    tmp_path: Path, variable: str, value: str, said: str
+) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "loadonce", "serve", "--demo"],
         capture_output=True,
         text=True,
-        env=cli_env(tmp_path, {"LOADONCE_MAX_CONNECTIONS": "many"}),
+        env=cli_env(tmp_path, {variable: value}),
         cwd=tmp_path,
         timeout=60,
         check=False,
     )
     assert result.returncode == USAGE_ERROR
-    assert result.stderr.strip() == (
-        "loadonce: error: invalid server option: max_connections (LOADONCE_MAX_CONNECTIONS): "
-        "Input should be a valid integer, unable to parse string as an integer"
-    )
+    assert said in result.stderr, result.stderr

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
 from loadonce._version import __version__
 from loadonce.core.control import NOT_TRIED
@@ -31,6 +32,36 @@ _LOG_LEVELS: list[LogLevel] = ["critical", "error", "warning", "info", "debug", 
 USAGE_ERROR = 2
 
 
+class _VariableOption(click.Option):
+    """An option that may be read from its LOADONCE_* variable: a value from the variable
+    that click cannot use is reported under the variable's name (it said '--workers', which
+    the operator never typed)."""
+
+    def process_value(self, ctx: click.Context, value: Any) -> Any:
+        try:
+            return super().process_value(ctx, value)
+        except click.BadParameter as exc:
+            if ctx.get_parameter_source(self.name or "") is ParameterSource.ENVIRONMENT:
+                exc.param_hint = f"{self.envvar} (for {self.opts[0]})"
+            raise
+
+
+def _named_by_variables(message: str) -> str:
+    """A server option's problem named by the variable it was read from, where the operator
+    set it there: 'workers (LOADONCE_WORKERS): ...'."""
+    context = click.get_current_context()
+    for parameter in context.command.params:
+        name = parameter.name or ""
+        if context.get_parameter_source(name) is ParameterSource.ENVIRONMENT:
+            option = _SERVER_OPTION_OF.get(name, name)
+            message = message.replace(f"{option}:", f"{option} ({parameter.envvar}):", 1)
+    return message
+
+
+# The server option a command-line parameter sets, where their names differ.
+_SERVER_OPTION_OF = {"drain_timeout": "drain_timeout_s"}
+
+
 @click.group()
 @click.version_option(__version__, prog_name="loadonce")
 def main() -> None:
@@ -40,49 +71,67 @@ def main() -> None:
 @main.command()
 @click.argument("target", required=False, envvar="LOADONCE_TARGET")
 @click.option("--demo", is_flag=True, help="Serve the built-in iris demo model.")
-@click.option("--host", envvar="LOADONCE_HOST", help="Address to bind.  [default: 127.0.0.1]")
-@click.option("--port", type=int, envvar="LOADONCE_PORT", help="Port to bind.  [default: 8000]")
+@click.option(
+    "--host",
+    envvar="LOADONCE_HOST",
+    help="Address to bind.  [default: 127.0.0.1]",
+    cls=_VariableOption,
+)
+@click.option(
+    "--port",
+    type=int,
+    envvar="LOADONCE_PORT",
+    help="Port to bind.  [default: 8000]",
+    cls=_VariableOption,
+)
 @click.option(
     "--grpc-port",
     type=int,
     envvar="LOADONCE_GRPC_PORT",
     help="Also serve the Open Inference Protocol over gRPC on this port (same host; every "
     "worker shares it). Needs loadonce[grpc].  [default: off]",
+    cls=_VariableOption,
 )
 @click.option(
     "--workers",
     type=int,
     envvar="LOADONCE_WORKERS",
     help="Worker processes; each loads its own copy of every model.  [default: 1]",
+    cls=_VariableOption,
 )
 @click.option(
     "--log-level",
     type=click.Choice(_LOG_LEVELS),
     envvar="LOADONCE_LOG_LEVEL",
     help="Log level.  [default: info]",
+    cls=_VariableOption,
 )
 @click.option(
     "--log-format",
     type=click.Choice(["plain", "json"]),
     envvar="LOADONCE_LOG_FORMAT",
     help="Log lines as plain text or one JSON object each.  [default: plain]",
+    cls=_VariableOption,
 )
 @click.option(
     "--drain-timeout",
     type=float,
     envvar="LOADONCE_DRAIN_TIMEOUT_S",
     help="Seconds accepted requests may take to finish after SIGTERM.  [default: 30]",
+    cls=_VariableOption,
 )
 @click.option(
     "--trust",
     is_flag=True,
     envvar="LOADONCE_TRUST",
     help="Allow pickle/joblib artifacts, which run code when loaded.",
+    cls=_VariableOption,
 )
 @click.option(
     "--memory-limit",
     envvar="LOADONCE_MEMORY_LIMIT",
     help="Plan against this much memory (16Gi, 16GiB, 500MB...) instead of what is available.",
+    cls=_VariableOption,
 )
 @click.option(
     "--force", is_flag=True, help="Start several workers even if the memory plan says no."
@@ -92,12 +141,14 @@ def main() -> None:
     is_flag=True,
     envvar="LOADONCE_FACTORY",
     help="TARGET 'package.module:function' is a function returning the app to serve.",
+    cls=_VariableOption,
 )
 @click.option(
     "--name",
     envvar="LOADONCE_MODEL_NAME",
     help="For a single artifact or loader: the name to serve it under.  [default: from the "
     "artifact's file name or the loader's]",
+    cls=_VariableOption,
 )
 @click.option(
     "--input-shape",
@@ -121,6 +172,7 @@ def main() -> None:
     envvar="LOADONCE_TRACING",
     help="OpenTelemetry tracing (the otel extra), exported over OTLP/HTTP; see [tracing].  "
     "[default: on when OTEL_TRACES_EXPORTER names an exporter]",
+    cls=_VariableOption,
 )
 @click.option(
     "--ray",
@@ -128,6 +180,7 @@ def main() -> None:
     is_flag=True,
     envvar="LOADONCE_RAY",
     help="Serve on Ray Serve (a local Ray, or RAY_ADDRESS's cluster); replicas from [ray].",
+    cls=_VariableOption,
 )
 def serve(
     target: str | None,
@@ -177,7 +230,7 @@ def serve(
             tracing=tracing,
         )
     except ConfigError as exc:
-        click.echo(f"loadonce: error: {exc}", err=True)
+        click.echo(f"loadonce: error: {_named_by_variables(str(exc))}", err=True)
         sys.exit(USAGE_ERROR)
     if on_ray and config.app is not None:
         click.echo(
@@ -271,14 +324,25 @@ def _run_plan(config: ServeConfig) -> int:
 @main.command()
 @click.argument("target", required=False, envvar="LOADONCE_TARGET")
 @click.option("--demo", is_flag=True, help="Plan for the built-in iris demo model.")
-@click.option("--workers", type=int, envvar="LOADONCE_WORKERS", help="Workers to plan for.")
+@click.option(
+    "--workers",
+    type=int,
+    envvar="LOADONCE_WORKERS",
+    help="Workers to plan for.",
+    cls=_VariableOption,
+)
 @click.option(
     "--memory-limit",
     envvar="LOADONCE_MEMORY_LIMIT",
     help="Plan against this much memory (16Gi, 16GiB, 500MB...) instead of what is available.",
+    cls=_VariableOption,
 )
-@click.option("--trust", is_flag=True, envvar="LOADONCE_TRUST", help="As for serve.")
-@click.option("--factory", is_flag=True, envvar="LOADONCE_FACTORY", help="As for serve.")
+@click.option(
+    "--trust", is_flag=True, envvar="LOADONCE_TRUST", help="As for serve.", cls=_VariableOption
+)
+@click.option(
+    "--factory", is_flag=True, envvar="LOADONCE_FACTORY", help="As for serve.", cls=_VariableOption
+)
 def plan(
     target: str | None,
     demo: bool,
@@ -313,9 +377,18 @@ def plan(
     help="The config file's path as the cluster's nodes see it.  [default: TARGET, absolute]",
 )
 @click.option(
-    "--host", envvar="LOADONCE_HOST", help="Address Ray's proxies bind (0.0.0.0 in a cluster)."
+    "--host",
+    envvar="LOADONCE_HOST",
+    help="Address Ray's proxies bind (0.0.0.0 in a cluster).",
+    cls=_VariableOption,
 )
-@click.option("--port", type=int, envvar="LOADONCE_PORT", help="Port of Ray's HTTP proxies.")
+@click.option(
+    "--port",
+    type=int,
+    envvar="LOADONCE_PORT",
+    help="Port of Ray's HTTP proxies.",
+    cls=_VariableOption,
+)
 @click.option("--trust", is_flag=True, help="As for serve.")
 def ray_config(
     target: str | None,
@@ -379,6 +452,7 @@ def _checked_sha256(value: str | None) -> str | None:
     envvar="LOADONCE_URL",
     show_default=True,
     help="The running server.",
+    cls=_VariableOption,
 )
 @click.option(
     "--timeout",
