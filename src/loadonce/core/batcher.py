@@ -45,6 +45,7 @@ from loadonce.core.errors import (
 )
 from loadonce.core.executors import Executor
 from loadonce.core.observer import CallReport, ModelObserver
+from loadonce.core.tracebacks import release_tracebacks
 from loadonce.core.tracing import CallTracer
 from loadonce.runtimes._base import Predictor
 
@@ -269,6 +270,9 @@ class Batcher:
                 batch = self._next_batch(0.0)
             if batch:
                 self._start(batch)
+            # Not kept while the loop waits: the requests (and their inputs, up to a body's
+            # worth) would live on, unanswered or not, until the next request came.
+            del batch
 
     async def _gather_more(self, wait: float) -> None:
         """Wait up to ``wait`` seconds for a fuller batch."""
@@ -448,8 +452,10 @@ class Batcher:
             self._dispatch_ready()
         finally:
             for index, request in enumerate(batch):
-                if request.future.done():
-                    continue  # the caller gave up (deadline, disconnect) while it ran
+                if request.future.done():  # the caller gave up (deadline, disconnect)
+                    if outcomes and (error := outcomes[index].error) is not None:
+                        release_tracebacks(error)  # no one will answer it (core/tracebacks.py)
+                    continue
                 if failure is not None:
                     request.future.set_exception(failure)
                 elif (error := outcomes[index].error) is not None:

@@ -25,6 +25,7 @@ from loadonce.core.errors import (
     describe_exception,
 )
 from loadonce.core.log_safe import log_safe
+from loadonce.core.tracebacks import release_tracebacks
 from loadonce.http.json_answer import JSONAnswer
 from loadonce.http.request_info import (
     REQUEST_ID_HEADER,
@@ -213,6 +214,7 @@ async def answer_exception(
         response = error_for(exc, request, request_id)
     response.headers.setdefault(REQUEST_ID_HEADER, request_id)
     record_failure(exc, response.status_code)  # on the request's span, if it is traced
+    release_tracebacks(exc)  # logged and recorded: its memory goes back now, not at a GC
     return response
 
 

@@ -18,6 +18,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from loadonce.core.tracebacks import release_tracebacks
 from loadonce.core.utf8 import utf8
 from loadonce.http.errors import status_and_message
 
@@ -115,6 +116,7 @@ async def guarded(
             yield chunk
     except Exception as exc:
         status, message = status_and_message(exc, request, request_id)
+        release_tracebacks(exc)  # logged: its memory goes back now (core/tracebacks.py)
         outcome.status = status
         yield on_error(status, message)
     else:

@@ -22,6 +22,7 @@ from loadonce._version import __version__
 from loadonce.core.control import Action
 from loadonce.core.errors import DeadlineExceededError, LoadonceError, ModelNotReadyError
 from loadonce.core.model import Model
+from loadonce.core.tracebacks import release_tracebacks
 from loadonce.http.access_keys import RouteFamily, presented_key, refusal
 from loadonce.http.errors import describe_error
 from loadonce.http.request_info import request_id_from
@@ -160,6 +161,7 @@ class InferenceService:
                     status, message = describe_error(exc, route, request_id)
                     if traced is not None:
                         traced.failed(exc, status)
+                    release_tracebacks(exc)  # logged and recorded (core/tracebacks.py)
                     await context.abort(grpc_code(status), message, trailer)
                 context.set_trailing_metadata(trailer)
                 return response
