@@ -358,3 +358,65 @@ def test_stop_strings_end_the_text_before_them(directories: dict[str, Path]) -> 
     text, finished = _run(scenario())
     assert text == full[: full.index(stop)]
     assert finished.reason == "stop"
+
+
+def test_a_top_p_below_float32s_least_keeps_the_best_token(directories: dict[str, Path]) -> None:
+    # 1e-300 reads 0 in float32: every token was masked and sampling raised (a 500 for it
+    # and for every sequence of its step).
+    async def scenario() -> None:
+        async with _loaded(directories["gpt2"], batching={"max_batch_size": 4}) as model:
+            greedy = (await _text(model, prompt="good", max_new_tokens=8))[0]
+            tiny = {"temperature": 1.0, "top_p": 1e-300, "seed": 3}
+            assert (await _text(model, prompt="good", max_new_tokens=8, **tiny))[0] == greedy
+
+    _run(scenario())
+
+
+def test_a_sequence_whose_choice_fails_leaves_its_neighbours_going_on(
+    directories: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault in one row's sampling (here injected for seed 13) fails that request alone:
+    the others sharing its steps finish with the text they get alone."""
+    from loadonce.runtimes.transformers import sampling
+
+    choose = sampling.RowSampler.choose
+
+    def failing_for_13(self: sampling.RowSampler, scores: Any, seen: Any) -> int:
+        if self.sampling.seed == 13:
+            raise RuntimeError("this row's sampling broke")
+        return choose(self, scores, seen)
+
+    monkeypatch.setattr(sampling.RowSampler, "choose", failing_for_13)
+    expected = _reference(directories["gpt2"], "good movie", 10)
+
+    async def scenario() -> list[Any]:
+        async with _loaded(directories["gpt2"], batching={"max_batch_size": 4}) as model:
+            return await asyncio.gather(
+                _text(model, prompt="good movie", max_new_tokens=10),
+                _text(model, prompt="bad", max_new_tokens=10, temperature=1.0, seed=13),
+                _text(model, prompt="good movie", max_new_tokens=10),
+                return_exceptions=True,
+            )
+
+    first, failed, third = _run(scenario())
+    assert isinstance(failed, loadonce.ModelRaisedError)
+    assert first[0] == expected
+    assert third[0] == expected
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bart"])
+def test_a_prompt_of_no_token_or_of_megabytes_is_refused_at_once(
+    directories: dict[str, Path], name: str
+) -> None:
+    async def scenario() -> None:
+        async with _loaded(directories[name], batching={"max_batch_size": 4}) as model:
+            for empty in ("", "   "):  # the test tokenizer adds no special token
+                with pytest.raises(loadonce.InvalidInputError, match="holds no token"):
+                    await _text(model, prompt=empty)
+            # Refused by its length in characters, before the tokenizer reads it: tokenizing
+            # it held every other stream of the model for seconds.
+            with pytest.raises(loadonce.InvalidInputError, match="characters long"):
+                await _text(model, prompt="good " * 400_000)
+            assert (await _text(model, prompt="good", max_new_tokens=2))[1].completion_tokens
+
+    _run(scenario())

@@ -440,6 +440,12 @@ def test_texts_beyond_the_models_context_are_a_400(client: TestClient) -> None:
         response = client.post(f"/models/{name}/predict", json={"inputs": ["good", long_text]})
         assert response.status_code == 400, (name, response.text)
         assert "tokens long; this model takes at most" in response.json()["error"]
+    # A text no tokenization could fit is refused before the tokenizer reads it (a prompt of
+    # megabytes held the model's thread for seconds, and every request waiting for it).
+    for name in ("classify", "writer"):
+        huge = client.post(f"/models/{name}/predict", json={"inputs": ["good " * 400_000]})
+        assert huge.status_code == 400, huge.text
+        assert "2000000 characters long: more tokens than this model's context" in huge.text
     # A prompt that fits, but not with the new tokens asked for.
     prompt = " ".join(["good"] * (CONTEXT - 4))
     response = client.post(
@@ -471,6 +477,9 @@ def test_texts_beyond_the_models_context_are_a_400(client: TestClient) -> None:
         ("answers", [{"question": 1, "context": "a"}], "object of two strings"),
         ("writer", [3], "each example must be a string"),
         ("rewriter", ["good", "  "], "example 1 holds no token"),
+        # A tokenizer that adds no special token gives an empty text no token at all: every
+        # task's model failed on it inside (a 500).
+        ("writer", ["good", ""], "example 1 holds no token"),
     ],
 )
 def test_an_example_the_task_cannot_take_is_a_400(
@@ -674,3 +683,21 @@ def test_a_request_of_many_texts_runs_in_bounded_passes(client: TestClient) -> N
         _predict(client, "tokens", ["good movie"] * 70)
         _predict(client, "answers", [{"question": "what", "context": "good"}] * 70)
     assert [shape[0] for shape in passes.shapes] == [64, 6, 64, 6]
+
+
+def test_truncation_cuts_long_texts_when_the_tokenizer_sets_no_length(
+    directories: dict[str, Path],
+) -> None:
+    # The tokenizer built here sets no model_max_length: truncation cut nothing, and a long
+    # text failed inside the model (a 500) instead of being cut to the model's context.
+    spec = loadonce.ModelSpec(
+        name="cut", artifact=directories["classify"], options={"call": {"truncation": True}}
+    )
+    with TestClient(loadonce.create_app([spec])) as local:
+        words = ["good", "bad", "movie"] * 20
+        [long] = _predict(local, "cut", [" ".join(words)])
+        # [CLS] and [SEP] take two of the 32 positions.
+        [kept] = _predict(local, "cut", [" ".join(words[: CONTEXT - 2])])
+        assert long == kept
+        [cut] = _predict(local, "cut", ["good " * 400_000])  # cut before it is tokenized
+        assert cut == _predict(local, "cut", [" ".join(["good"] * (CONTEXT - 2))])[0]

@@ -27,6 +27,11 @@ from loadonce.core.generation import (
     check_new_tokens,
 )
 from loadonce.runtimes.transformers.sampling import RowSampler, check_sampling, sampling_of
+from loadonce.runtimes.transformers.text_length import (
+    longest_token_characters,
+    most_characters,
+    refuse_if_longer,
+)
 
 __all__ = ["CausalEngine", "Seq2SeqEngine"]
 
@@ -71,6 +76,7 @@ class _TokenEngine(GenerationEngine):
         self._ends = _end_tokens(config, tokenizer)
         self._forced_first = getattr(config, "forced_bos_token_id", None)
         self._forced_last = getattr(config, "forced_eos_token_id", None)
+        self._most_characters = most_characters(context, longest_token_characters(tokenizer))
         self._rows: list[_Row] = []
 
     def check(self, request: GenerationRequest) -> None:
@@ -106,9 +112,15 @@ class _TokenEngine(GenerationEngine):
                     f"the model's chat template refused the messages: {exc}"[:400]
                 ) from None
             # The template writes the special tokens it wants (a BOS) itself.
+            refuse_if_longer(text, self._most_characters, self._context, "the chat")
             ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         else:
-            ids = self.tokenizer(request.prompt)["input_ids"]
+            prompt = request.prompt or ""
+            refuse_if_longer(prompt, self._most_characters, self._context, "the prompt")
+            ids = self.tokenizer(prompt)["input_ids"]
+        if not ids:
+            # The model fails on a sequence of no token at all (a reshape of nothing).
+            raise InvalidInputError("the prompt holds no token: send some text")
         return list(ids)
 
     def _limit(self, request: GenerationRequest, prompt: int, room: int | None) -> int:
@@ -158,14 +170,19 @@ class _TokenEngine(GenerationEngine):
         """Of the context, what the prompt takes (a decoder-only model's prompt shares it)."""
         return len(prompt)
 
-    def _choose(self, rows: Sequence[_Row], scores: Any) -> dict[int, Step]:
-        """Each row's next token from its row of ``scores``, as a Step."""
-        steps: dict[int, Step] = {}
+    def _choose(self, rows: Sequence[_Row], scores: Any) -> dict[int, Step | Exception]:
+        """Each row's next token from its row of ``scores``, as a Step; a row whose choice
+        failed gets the exception, and leaves: its neighbours in the batch go on (one
+        request's sampling failure ended every sequence of the step)."""
+        steps: dict[int, Step | Exception] = {}
         for index, row in enumerate(rows):
-            token = self._forced(row)
-            if token is None:
-                token = row.sampler.choose(scores[index], row.prompt + row.generated)
-            steps[row.sequence] = self._append(row, token)
+            try:
+                token = self._forced(row)
+                if token is None:
+                    token = row.sampler.choose(scores[index], row.prompt + row.generated)
+                steps[row.sequence] = self._append(row, token)
+            except Exception as exc:
+                steps[row.sequence] = exc
         return steps
 
     def _forced(self, row: _Row) -> int | None:
@@ -247,7 +264,7 @@ class CausalEngine(_TokenEngine):
             self._let_go(_ended(outcomes))
         return outcomes
 
-    def _decode(self) -> dict[int, Step]:
+    def _decode(self) -> dict[int, Step | Exception]:
         torch, rows = self._torch, self._rows
         device = self.model.device
         self._mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=1)
@@ -262,7 +279,7 @@ class CausalEngine(_TokenEngine):
         )
         return self._choose(rows, output.logits[:, -1, :])
 
-    def _prefill(self, rows: list[_Row]) -> dict[int, Step]:
+    def _prefill(self, rows: list[_Row]) -> dict[int, Step | Exception]:
         """One pass over the joining prompts, left-padded to the longest."""
         torch, device = self._torch, self.model.device
         longest = max(len(row.prompt) for row in rows)
@@ -344,9 +361,6 @@ class Seq2SeqEngine(_TokenEngine):
             raise ContextLengthError(
                 f"the prompt is {len(prompt)} tokens long; this model takes at most {self._context}"
             )
-        if not prompt:
-            # An encoder given no token at all fails inside the model (a reshape of nothing).
-            raise InvalidInputError("the prompt holds no token: send some text")
         return 0  # the decoder has its own positions
 
     def reset(self) -> None:
@@ -383,7 +397,7 @@ class Seq2SeqEngine(_TokenEngine):
         self._cache = self._new_cache()
         self._rows = rows
 
-    def _decode(self, rows: list[_Row]) -> dict[int, Step]:
+    def _decode(self, rows: list[_Row]) -> dict[int, Step | Exception]:
         torch = self._torch
         last = [[row.generated[-1] if row.generated else self._start] for row in rows]
         output = self.model(
@@ -410,7 +424,7 @@ class Seq2SeqEngine(_TokenEngine):
 
 
 def _ended(outcomes: Mapping[int, Step | Exception]) -> set[int]:
-    return {s for s, o in outcomes.items() if isinstance(o, Step) and o.finish is not None}
+    return {s for s, o in outcomes.items() if not isinstance(o, Step) or o.finish is not None}
 
 
 def _left_pad(tensor: Any, length: int) -> Any:

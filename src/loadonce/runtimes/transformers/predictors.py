@@ -23,6 +23,11 @@ from loadonce.runtimes.transformers.parameters import (
     pipeline_rules,
 )
 from loadonce.runtimes.transformers.tasks import ServedTask
+from loadonce.runtimes.transformers.text_length import (
+    longest_token_characters,
+    most_characters,
+    refuse_if_longer,
+)
 
 # Where a model's config records the longest sequence its position embeddings cover.
 _CONTEXT_ATTRIBUTES = ("max_position_embeddings", "n_positions", "max_sequence_length")
@@ -104,6 +109,12 @@ class TextPredictor(Predictor):
         self.request_parameters = request_parameters
         self.context = context_length(model_config, tokenizer)
         self._truncation = truncation
+        self._most_characters = most_characters(self.context, longest_token_characters(tokenizer))
+        unset = getattr(tokenizer, "model_max_length", _UNSET_LENGTH) >= _UNSET_LENGTH
+        if truncation and self.context is not None and unset:
+            # Truncation cuts at the tokenizer's model_max_length: left unset (a tokenizer
+            # built without it), it cut nothing, and a long text failed inside the model.
+            tokenizer.model_max_length = self.context
         self._new_tokens_cap = new_tokens_cap
         self._default_new_tokens = default_new_tokens
         vocabulary = getattr(model_config, "vocab_size", None)
@@ -126,13 +137,14 @@ class TextPredictor(Predictor):
             raise InvalidInputError(
                 f"this model takes text: each example must be a string (example {bad[0]} is not)"
             )
+        examples = [self._within_reach(index, text) for index, text in enumerate(examples)]
         counted = self.tokenizer(examples, truncation=self._truncation)["input_ids"]
         prompts = [Prompt(text, len(ids)) for text, ids in zip(examples, counted, strict=True)]
-        if self._decoder_apart:
-            # An encoder given no token at all fails inside the model (a reshape of nothing).
-            empty = [i for i, prompt in enumerate(prompts) if prompt.tokens == 0]
-            if empty:
-                raise InvalidInputError(f"example {empty[0]} holds no token: send some text")
+        # A model given no token at all fails inside (a reshape of nothing): an empty text,
+        # or one of spaces, with a tokenizer that adds no special token.
+        empty = [i for i, prompt in enumerate(prompts) if prompt.tokens == 0]
+        if empty:
+            raise InvalidInputError(f"example {empty[0]} holds no token: send some text")
         if self.task.name == "fill-mask":
             mask = self.tokenizer.mask_token_id
             for index, ids in enumerate(counted):
@@ -156,6 +168,18 @@ class TextPredictor(Predictor):
                         )
                     )
         return prompts
+
+    def _within_reach(self, index: int, text: str) -> str:
+        """``text``, refused without tokenizing it when it cannot fit the context
+        (text_length.py); with truncation, cut well past what the kept tokens span, so the
+        tokenizer does not read megabytes it would drop."""
+        most = self._most_characters
+        if most is None or len(text) <= most:
+            return text
+        if self._truncation and getattr(self.tokenizer, "truncation_side", "right") == "right":
+            return text[: 2 * most]
+        refuse_if_longer(text, most, self.context, f"example {index}")
+        return text
 
     def _engine_limits(self) -> dict[str, Any]:
         return {

@@ -123,6 +123,9 @@ class RowSampler:
             cumulative = ordered.softmax(-1).cumsum(-1)
             # Keep the smallest set whose probability reaches top_p (the first token always).
             drop = cumulative - ordered.softmax(-1) >= sampling.top_p
+            # Said of the first too when top_p is below float32's least (1e-300 reads 0),
+            # which masked every token: sampling from nothing raised.
+            drop[0] = False
             scores = scores.masked_fill(
                 torch.zeros_like(drop).scatter(0, order, drop), -float("inf")
             )
