@@ -389,7 +389,7 @@ def test_a_sequence_whose_choice_fails_leaves_its_neighbours_going_on(
     monkeypatch.setattr(sampling.RowSampler, "choose", failing_for_13)
     expected = _reference(directories["gpt2"], "good movie", 10)
 
-    async def scenario() -> list[Any]:
+    async def scenario() -> Any:
         async with _loaded(directories["gpt2"], batching={"max_batch_size": 4}) as model:
             return await asyncio.gather(
                 _text(model, prompt="good movie", max_new_tokens=10),
