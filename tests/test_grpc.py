@@ -445,7 +445,92 @@ def _health(url: str, service: str = "") -> int:
 def test_health_service(grpc_url: str) -> None:
     assert _health(grpc_url) == 1  # SERVING
     assert _health(grpc_url, "inference.GRPCInferenceService") == 1
-    assert _health(grpc_url, "something.Else") == 3  # SERVICE_UNKNOWN
+    # gRPC's health protocol: NOT_FOUND for a service it does not know (it answered OK with
+    # SERVICE_UNKNOWN, which is Watch's answer only).
+    with pytest.raises(grpc.RpcError) as unknown:
+        _health(grpc_url, "something.Else")
+    assert unknown.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def _raw_call(url: str, method: str, payload: bytes) -> grpc.RpcError:
+    """The error a call of ``method`` with ``payload`` as its request's bytes gets."""
+    with grpc.insecure_channel(url) as channel:
+        call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as raised:
+            call(payload, timeout=10)
+    return raised.value
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x0a\x04dou\xffble",  # a string field that is not UTF-8
+        b"\x0a\x10ab",  # a field longer than the message
+    ],
+)
+@pytest.mark.parametrize(
+    "method",
+    [
+        "/inference.GRPCInferenceService/ModelReady",
+        "/inference.GRPCInferenceService/ModelInfer",
+        f"/{HEALTH_SERVICE}/Check",
+    ],
+)
+def test_a_message_that_is_not_one_is_invalid_argument(
+    grpc_url: str, method: str, payload: bytes
+) -> None:
+    # It was UNKNOWN, "Unexpected <class 'google.protobuf.message.DecodeError'>".
+    error = _raw_call(grpc_url, method, payload)
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid" in (error.details() or "")
+    assert "class" not in (error.details() or "")
+
+
+def test_a_long_name_echoed_in_an_error_keeps_its_code(
+    client: triton.InferenceServerClient,
+) -> None:
+    # The message quoting a 20,000-character name passed the client's trailer limit: the call
+    # failed RESOURCE_EXHAUSTED instead of NOT_FOUND / INVALID_ARGUMENT.
+    code, message = _code(lambda: client.is_model_ready("m" * 20_000))
+    assert code is grpc.StatusCode.NOT_FOUND
+    assert len(message) <= 500
+    long_input = triton.InferInput("I" * 20_000, [1, 16], "INT32")
+    long_input.set_data_from_numpy(INPUT0)
+    code, _ = _code(lambda: client.infer("simple", [long_input]))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_timeout_too_small_for_seconds_is_past_not_zero(grpc_url: str) -> None:
+    # 5e-324 microseconds read 0.0 seconds: "a timeout must be positive", INVALID_ARGUMENT.
+    request = message_class("inference.ModelInferRequest")(model_name="echo")
+    request.parameters["timeout"].double_param = 5e-324
+    tensor = request.inputs.add(name="x", datatype="FP64", shape=[1])
+    tensor.contents.fp64_contents.append(1.0)
+    with pytest.raises(grpc.RpcError) as raised:
+        _model_infer(grpc_url, request)
+    assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+@pytest.mark.parametrize(
+    ("config", "said"),
+    [
+        ('{"max_batch_size": 2147483648}', "from 0 to 2147483647"),
+        ('{"max_batch_size": ' + "9" * 5000 + "}", "number too long"),
+        (
+            '{"dynamic_batching": {"max_queue_delay_microseconds": 1' + "0" * 400 + "}}",
+            "from 0 to",
+        ),
+    ],
+)
+def test_a_load_config_out_of_its_fields_range_is_refused(
+    client: triton.InferenceServerClient, config: str, said: str
+) -> None:
+    # Past int32, the load was taken and every ModelConfig after it failed INTERNAL; a number
+    # of 5,000 digits or one that overflowed a float was INTERNAL at once.
+    code, message = _code(lambda: client.load_model("simple", config=config))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert said in message
+    assert client.get_model_config("simple").config.name == "simple"
 
 
 def test_api_keys_and_size_limit() -> None:
@@ -458,7 +543,9 @@ def test_api_keys_and_size_limit() -> None:
             assert anonymous.is_server_live()  # open, as /v2/health/live
             code, message = _code(lambda: anonymous.infer("simple", _pair()))
             assert code is grpc.StatusCode.UNAUTHENTICATED
-            assert "API key is required" in message
+            # In gRPC's words: metadata keys are lowercase (tritonclient.grpc refuses
+            # "Authorization" before sending it).
+            assert "the metadata 'authorization: Bearer <key>'" in message
         bearer = {"authorization": f"Bearer {KEY}"}
         with triton.InferenceServerClient(url) as user:
             result = user.infer("simple", _pair(), headers=bearer)

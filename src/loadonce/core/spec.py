@@ -97,7 +97,8 @@ class Batching(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_batch_size: Annotated[int, Field(ge=1)] = 32
+    # At most int32's largest, as in Triton's ModelConfig (which describes it).
+    max_batch_size: Annotated[int, Field(ge=1, le=2**31 - 1)] = 32
     # 0: a request that finds the model idle is dispatched at once; requests that arrive while
     # it is busy gather into the next batch anyway. Above 0, an idle model waits up to this
     # long for a fuller batch (lower cost per example, higher latency at low load).

@@ -101,17 +101,26 @@ def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     return None
 
 
-def refusal(keys: AccessKeys, family: RouteFamily, key: bytes | None) -> tuple[int, str] | None:
+# How a client sends its key, said when it sent none: as HTTP headers, or as gRPC metadata,
+# whose keys must be lowercase (tritonclient.grpc refuses 'Authorization' before sending).
+SEND_KEY_AS_HEADER = "send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+SEND_KEY_AS_METADATA = (
+    "send it as the metadata 'authorization: Bearer <key>' or 'x-api-key: <key>' (lowercase)"
+)
+
+
+def refusal(
+    keys: AccessKeys, family: RouteFamily, key: bytes | None, *, how: str = SEND_KEY_AS_HEADER
+) -> tuple[int, str] | None:
     """Why a request of ``family`` presenting ``key`` is refused (401 or 403, and the message),
-    None if it may go on: for every transport (HTTP here, gRPC's metadata too)."""
+    None if it may go on: for every transport (HTTP here, gRPC's metadata too; ``how`` says
+    how to send a key)."""
     if family is RouteFamily.OPEN or (family is RouteFamily.METRICS and not keys.protect_metrics):
         return None
     if family is RouteFamily.INFERENCE and not keys.inference:
         return None  # only admin keys configured: inference stays open
     if key is None:
-        return 401, (
-            "an API key is required: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-        )
+        return 401, f"an API key is required: {how}"
     is_admin = matches(key, keys.admin)
     is_inference = matches(key, keys.inference)
     if not (is_admin or is_inference):

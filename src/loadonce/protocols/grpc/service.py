@@ -17,13 +17,24 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from loadonce._version import __version__
 from loadonce.core.control import Action
-from loadonce.core.errors import DeadlineExceededError, LoadonceError, ModelNotReadyError
+from loadonce.core.errors import (
+    DeadlineExceededError,
+    InvalidRequestError,
+    LoadonceError,
+    ModelNotReadyError,
+)
 from loadonce.core.model import Model
 from loadonce.core.tracebacks import release_tracebacks
-from loadonce.http.access_keys import RouteFamily, presented_key, refusal
+from loadonce.http.access_keys import (
+    SEND_KEY_AS_METADATA,
+    RouteFamily,
+    presented_key,
+    refusal,
+)
 from loadonce.http.errors import describe_error
 from loadonce.http.request_info import request_id_from
 from loadonce.http.routes import count_request
@@ -74,7 +85,6 @@ _FAMILIES = {
 }
 _SERVING = 1
 _NOT_SERVING = 2
-_SERVICE_UNKNOWN = 3
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
@@ -111,9 +121,10 @@ class InferenceService:
             "RepositoryModelUnload": self.repository_unload,
         }
         inference = {
-            name: _unary(_TYPES[name], self._call(name, rpc)) for name, rpc in rpcs.items()
+            name: _unary(_TYPES[name][1], self._call(name, rpc)) for name, rpc in rpcs.items()
         }
-        health = {"Check": _unary(method_types(HEALTH_SERVICE)["Check"], self.health_check)}
+        check_types = method_types(HEALTH_SERVICE)["Check"]
+        health = {"Check": _unary(check_types[1], _reading(check_types[0], self.health_check))}
         return [
             grpc.method_handlers_generic_handler(SERVICE, inference),
             grpc.method_handlers_generic_handler(HEALTH_SERVICE, health),
@@ -123,9 +134,11 @@ class InferenceService:
         family = _FAMILIES.get(method, RouteFamily.INFERENCE)
         route = f"/{SERVICE}/{method}"
         state = self.state
+        request_class = _TYPES[method][0]
 
-        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def call(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
+            request: Any = None
             metadata = [
                 (key.encode("latin-1"), value if isinstance(value, bytes) else value.encode())
                 for key, value in context.invocation_metadata() or ()
@@ -148,11 +161,14 @@ class InferenceService:
                     traced.enter()
             try:
                 if state.access is not None:
-                    refused = refusal(state.access, family, presented_key(metadata))
+                    refused = refusal(
+                        state.access, family, presented_key(metadata), how=SEND_KEY_AS_METADATA
+                    )
                     if refused is not None:
                         status, message = refused
                         await context.abort(grpc_code(status), message, trailer)
                 try:
+                    request = _parsed(request_class, raw)
                     response = await rpc(request, context)
                 except asyncio.CancelledError:
                     status = 499
@@ -162,11 +178,11 @@ class InferenceService:
                     if traced is not None:
                         traced.failed(exc, status)
                     release_tracebacks(exc)  # logged and recorded (core/tracebacks.py)
-                    await context.abort(grpc_code(status), message, trailer)
+                    await context.abort(grpc_code(status), _bounded(message), trailer)
                 context.set_trailing_metadata(trailer)
                 return response
             finally:
-                name = getattr(request, "model_name", None) or getattr(request, "name", "")
+                name = getattr(request, "model_name", None) or getattr(request, "name", None)
                 count_request(
                     state, {"model_name": name}, route, status, time.perf_counter() - started
                 )
@@ -283,7 +299,11 @@ class InferenceService:
         """SERVING when every model of this worker is ready (and it is not stopping), for the
         whole server (service "") and for the inference service by name."""
         if request.service not in ("", SERVICE):
-            return HealthCheckResponse(status=_SERVICE_UNKNOWN)
+            # As gRPC's health protocol says: NOT_FOUND for a service it does not know
+            # (SERVICE_UNKNOWN is Watch's answer, never Check's).
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, _bounded(f"unknown service {request.service!r}")
+            )
         registry = self.state.registry
         serving = registry.is_ready and not registry.draining
         return HealthCheckResponse(status=_SERVING if serving else _NOT_SERVING)
@@ -319,13 +339,48 @@ def _reply(method: str, **fields: Any) -> Any:
     return _TYPES[method][1](**fields)
 
 
-def _unary(types: tuple[Any, Any], handler: Handler) -> grpc.RpcMethodHandler:
-    request_class, response_class = types
+def _unary(response_class: Any, handler: Handler) -> grpc.RpcMethodHandler:
+    # The request arrives as bytes and is parsed by the handler (``_parsed``): parsed by
+    # grpcio, a message that is not one was answered UNKNOWN, with a Python class's name,
+    # before the API key was even checked.
     return grpc.unary_unary_rpc_method_handler(
-        handler,
-        request_deserializer=request_class.FromString,
-        response_serializer=response_class.SerializeToString,
+        handler, response_serializer=response_class.SerializeToString
     )
+
+
+def _parsed(request_class: Any, raw: bytes) -> Any:
+    """The request message in ``raw``; INVALID_ARGUMENT when it is not one (truncated, a
+    string field that is not UTF-8)."""
+    try:
+        return request_class.FromString(raw)
+    except DecodeError:
+        name = request_class.DESCRIPTOR.full_name
+        raise InvalidRequestError([("message", f"not a valid {name} message")]) from None
+
+
+def _reading(request_class: Any, handler: Handler) -> Handler:
+    """``handler`` given its request parsed (a health check: no API key, no metrics)."""
+
+    async def read(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            request = _parsed(request_class, raw)
+        except InvalidRequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return await handler(request, context)
+
+    return read
+
+
+# A status message travels in a trailer, which gRPC clients cap (8 KiB, percent-encoded):
+# a message quoting a client's 20,000-character name answered RESOURCE_EXHAUSTED instead of
+# its own code. 500 characters hold any message loadonce writes about a sane request.
+_MOST_MESSAGE_CHARACTERS = 500
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= _MOST_MESSAGE_CHARACTERS:
+        return message
+    return message[: _MOST_MESSAGE_CHARACTERS - 1] + "\u2026"
 
 
 def _parameters(parameters: Any) -> dict[str, Any]:

@@ -38,11 +38,12 @@ def batching_from_config(model: Model, text: Any) -> BatchingChange:
     differs: list[str] = []
     for key, value in config.items():
         if key == "max_batch_size":
-            max_batch_size = _count(model.name, key, value)
+            max_batch_size = _count(model.name, key, value, _INT32_MOST)
         elif key == "dynamic_batching" and isinstance(value, dict):
             for member, given in value.items():
                 if member == "max_queue_delay_microseconds":
-                    max_wait_ms = _count(model.name, f"{key}.{member}", given) / 1000
+                    delay = _count(model.name, f"{key}.{member}", given, _UINT64_MOST)
+                    max_wait_ms = delay / 1000
                 elif given != current.get(key, {}).get(member):
                     differs.append(f"{key}.{member}")
         elif current.get(key) != value:
@@ -77,6 +78,8 @@ def _parsed(name: str, text: Any) -> dict[str, Any]:
         raise LoadRefusedError(
             name, f"parameters.config is not JSON ({exc.msg} at character {exc.pos})"
         ) from None
+    except ValueError:  # an integer past Python's 4,300 digits
+        raise LoadRefusedError(name, "parameters.config holds a number too long to read") from None
     except RecursionError:
         raise LoadRefusedError(name, "parameters.config nests too deeply") from None
     if not isinstance(config, dict):
@@ -84,10 +87,17 @@ def _parsed(name: str, text: Any) -> dict[str, Any]:
     return config
 
 
-def _count(name: str, field: str, value: Any) -> int:
-    """A whole number ≥ 0, or one written as a string (protobuf's JSON for int64)."""
-    if isinstance(value, str) and value.isdigit() and len(value) < 10:
+# The fields' types in Triton's ModelConfig (int32 max_batch_size, uint64 delay): a load that
+# took a larger number made every gRPC ModelConfig after it fail (protobuf: out of range).
+_INT32_MOST = 2**31 - 1
+_UINT64_MOST = 2**64 - 1
+
+
+def _count(name: str, field: str, value: Any, most: int) -> int:
+    """A whole number from 0 to ``most``, or one written as a string (protobuf's JSON for
+    int64)."""
+    if isinstance(value, str) and value.isdigit() and len(value) < 21:
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise LoadRefusedError(name, f"{field} must be a whole number of at least 0")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+        raise LoadRefusedError(name, f"{field} must be a whole number from 0 to {most}")
     return value

@@ -80,7 +80,10 @@ def _options(parameters: Mapping[str, Any] | None) -> _Options:
         binary_by_default=binary,
         # Triton's unit: microseconds; 0 means none given.
         # Past a year it is no limit at all (an integer of 400 digits overflowed the float).
-        timeout_s=timeout_us / 1_000_000 if 0 < timeout_us < _NO_LIMIT_US else None,
+        # A positive number too small for seconds (5e-324 us) is the least one, not 0.
+        timeout_s=(timeout_us / 1_000_000 or math.ulp(0.0))
+        if 0 < timeout_us < _NO_LIMIT_US
+        else None,
         model_parameters={
             key: value for key, value in parameters.items() if not _is_protocol_parameter(key)
         },
