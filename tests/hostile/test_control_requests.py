@@ -59,6 +59,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     skops.io.dump(_estimator(), models / "m2.skops")
     skops.io.dump(_estimator(), outside / "other.skops")
     (models / "broken.skops").write_bytes(b"not a skops file")
+    spaced = models / "Secret Project" / "prod models"
+    spaced.mkdir(parents=True)
+    (spaced / "broken.skops").write_bytes(b"not a skops file")
     (models / "link.skops").symlink_to(outside / "other.skops")
     marker = base / "the-pickle-ran"
     (models / "evil.pkl").write_bytes(pickle.dumps(_RunsCodeWhenUnpickled(marker)))
@@ -150,10 +153,12 @@ def test_safe_formats_under_the_roots_and_pickles_of_a_trusted_model_reload(setu
     assert trusted.status_code == 200, trusted.text
 
 
-def test_a_failed_reload_shows_paths_to_admins_only(setup: Setup) -> None:
-    broken = setup.reload("m", {"artifact": str(setup.models / "broken.skops")})
+# A path with spaces: what followed its first space was shown ("Secret Project/prod ...").
+@pytest.mark.parametrize("where", ["broken.skops", "Secret Project/prod models/broken.skops"])
+def test_a_failed_reload_shows_paths_to_admins_only(setup: Setup, where: str) -> None:
+    broken = setup.reload("m", {"artifact": str(setup.models / where)})
     assert broken.status_code == 400
-    assert str(setup.models) in broken.json()["error"]
+    assert str(setup.models / where) in broken.json()["error"]
     listing = httpx.get(f"{setup.server.url}/models").text
     index = httpx.post(f"{setup.server.url}/v2/repository/index").text
     one = httpx.get(f"{setup.server.url}/models/m").json()
@@ -161,6 +166,8 @@ def test_a_failed_reload_shows_paths_to_admins_only(setup: Setup) -> None:
     for answer in (listing, index, str(one)):
         assert str(setup.models) not in answer
         assert "/tmp" not in answer
+        assert "Secret" not in answer
+        assert "prod models" not in answer
 
 
 def test_a_load_that_hangs_times_out_and_frees_the_model(setup: Setup) -> None:

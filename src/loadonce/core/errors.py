@@ -5,6 +5,7 @@ a client reads (``client_message``): one mapping, in the classes, serves both pr
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import ClassVar
 
@@ -204,7 +205,22 @@ class NotAvailableHereError(LoadonceError):
 _ABSOLUTE_PATH = re.compile(r"(?<![\w:/.])/[^\s'\"`,;:()\[\]<>]*")
 
 
-def without_paths(message: str) -> str:
+def without_paths(message: str, known: Iterable[str | Path] = ()) -> str:
     """A message for a client without the admin scope: every server file path replaced by
-    ``<path>`` (the server log and admin answers keep them)."""
+    ``<path>`` (the server log and admin answers keep them). ``known``: paths the message may
+    quote whole, spaces and all (an artifact's), replaced first: the pattern stops at a
+    space, and "/srv/Secret Project/m.skops" left "Secret Project/m.skops" to be read."""
+    for path in sorted(_with_spaced_parents(known), key=len, reverse=True):
+        message = message.replace(path, "<path>")
     return _ABSOLUTE_PATH.sub("<path>", message)
+
+
+def _with_spaced_parents(paths: Iterable[str | Path]) -> set[str]:
+    """Each path as given and resolved, with each of its directories whose name holds a
+    space (a message may quote the directory alone)."""
+    found: set[str] = set()
+    for given in paths:
+        for path in {Path(given), Path(given).resolve()}:
+            found.add(str(path))
+            found.update(str(parent) for parent in path.parents if " " in parent.name)
+    return {path for path in found if len(path) > 1}

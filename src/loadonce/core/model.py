@@ -81,6 +81,8 @@ class Model:
         self._sample_answer: list[Any] | None = None
         self.loaded_at: float | None = None
         self.error: str | None = None
+        # The artifacts the failed load named: kept out of public_error whole (spaces too).
+        self._error_paths: tuple[str, ...] = ()
         self.runtime_name: str | None = None
         self.concurrency: Concurrency | None = spec.concurrency
         self._executor: Executor | None = None
@@ -214,7 +216,7 @@ class Model:
     @property
     def public_error(self) -> str | None:
         """``error`` as answers any client may read show it: without server file paths."""
-        return None if self.error is None else without_paths(self.error)
+        return None if self.error is None else without_paths(self.error, self._error_paths)
 
     @property
     def is_serving(self) -> bool:
@@ -274,7 +276,7 @@ class Model:
             executor = await self._build_and_measure(spec)
         except ModelLoadError as failure:
             self._state = ModelState.FAILED
-            self.error = str(failure)
+            self.error, self._error_paths = str(failure), _artifacts_of(spec)
             raise
         self._executor = executor
         self._batcher = _make_batcher(self, executor)
@@ -289,6 +291,7 @@ class Model:
         except ModelLoadError as failure:
             self._state = ModelState.READY
             self.error = f"{failure}; version {self.version} loaded before goes on serving"
+            self._error_paths = _artifacts_of(spec, self.spec)
             logger.error("%s", self.error)
             raise
         self.error = None
@@ -611,6 +614,10 @@ async def _retire(
     if executor is not None:
         executor.shutdown()
         await _close_all(executor.instances, name)
+
+
+def _artifacts_of(*specs: ModelSpec) -> tuple[str, ...]:
+    return tuple(str(spec.artifact) for spec in specs if spec.artifact is not None)
 
 
 def _make_batcher(model: Model, executor: Executor) -> Batcher:
