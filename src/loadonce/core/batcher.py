@@ -119,6 +119,9 @@ class Batcher:
     max_queue: int
     concurrent_batches: int
     observer: ModelObserver | None = None
+    # The version its executor loaded: the one every answer it gives was computed by, also
+    # after a reload swapped the model's batcher while it drained.
+    version: str = ""
     # After a call returned with fewer than max_batch_size examples waiting: how long the next
     # call may wait for more (``Batching.fill_wait_ms``); None: "auto", from the time a call
     # takes (``_fill_wait``).

@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -524,6 +525,22 @@ class Model:
         ``arrived``: when the request reached the server, in the event loop's time; the
         deadline counts from there (default: now). An answer ready after the deadline is a
         ``DeadlineExceededError`` too: its client has stopped waiting for it."""
+        answer = await self.answer_examples(
+            examples, timeout=timeout, parameters=parameters, arrived=arrived
+        )
+        return answer.outputs
+
+    async def answer_examples(
+        self,
+        examples: list[Any],
+        *,
+        timeout: float | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        arrived: float | None = None,
+    ) -> Answer:
+        """``predict_examples``, with the version that computed the outputs: a request
+        queued before a reload is answered by the version it was queued for, which the
+        model's ``version`` no longer says once the reload is done."""
         batcher, executor = self._batcher, self._executor
         if batcher is None or executor is None or self.state not in _SERVING:
             raise ModelNotReadyError(self.name, self.state.value)
@@ -550,7 +567,7 @@ class Model:
         if self._sample_answer is None and not passed and self._executor is executor:
             # No warm-up told what this model answers: its first full answer does (metadata).
             self._sample_answer = outputs[:1]
-        return outputs
+        return Answer(outputs, batcher.version)
 
     async def _warm_up(
         self, spec: ModelSpec, instances: Sequence[Predictor]
@@ -616,6 +633,15 @@ async def _retire(
         await _close_all(executor.instances, name)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A request's outputs (one per example) and the version of the model that computed
+    them."""
+
+    outputs: list[Any]
+    version: str
+
+
 def _artifacts_of(*specs: ModelSpec) -> tuple[str, ...]:
     return tuple(str(spec.artifact) for spec in specs if spec.artifact is not None)
 
@@ -635,6 +661,7 @@ def _make_batcher(model: Model, executor: Executor) -> Batcher:
         concurrent = batching.concurrent_batches or (policy.size if policy.kind == "pool" else 1)
     batcher = Batcher(
         model=model.name,
+        version=spec.version,
         observer=model.observer,
         executor=executor,
         max_batch_size=max_batch_size,

@@ -254,7 +254,7 @@ class InferenceService:
             timeout_s=remaining,
             arrived=arrived,
         )
-        response = _reply("ModelInfer", model_name=model.name, model_version=model.version)
+        response = _reply("ModelInfer", model_name=model.name, model_version=prediction.version)
         if request.id:
             response.id = request.id
         with phase("encode"):

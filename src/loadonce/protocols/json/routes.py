@@ -236,12 +236,13 @@ async def answer_predict(request: Request) -> Response:
     parameters = _taken(model, body.parameters)
     if picked is not None:
         parameters = {**(parameters or {}), SELECTED_OUTPUTS: tuple(_known(model, picked))}
-    outputs = await unless_disconnected(
+    answer = await unless_disconnected(
         request,
-        model.predict_examples(
+        model.answer_examples(
             examples, timeout=timeout, parameters=parameters, arrived=arrival_of(request)
         ),
     )
+    outputs, version = answer.outputs, answer.version
     if picked is not None:
         outputs = [_picked(output, picked, model) for output in outputs]
     # Built by hand rather than through response_model: outputs may hold NumPy values, and a
@@ -249,9 +250,9 @@ async def answer_predict(request: Request) -> Response:
     with phase("encode"):
         if len(outputs) < _LARGE_ANSWER_EXAMPLES:
             return JSONAnswer(
-                {"model": model.name, "version": model.version, "outputs": to_jsonable(outputs)}
+                {"model": model.name, "version": version, "outputs": to_jsonable(outputs)}
             )
-        head = json_text({"model": model.name, "version": model.version})
+        head = json_text({"model": model.name, "version": version})
         encoded = await anyio.to_thread.run_sync(_encode_in_pieces, outputs)
         return Response(
             utf8(head[:-1]) + b',"outputs":' + encoded + b"}", media_type="application/json"

@@ -104,6 +104,8 @@ class Prediction:
 
     tensors: list[OutputTensor]
     binary: dict[str, bool]
+    # The model version that computed them (a reload may have followed).
+    version: str
 
 
 async def predict(
@@ -129,19 +131,19 @@ async def predict(
         # A model whose outputs are computed on request (a classifier's methods) computes
         # only these; any other model computes all, and the answer keeps these.
         parameters = {**parameters, SELECTED_OUTPUTS: tuple(r.name for r in requested)}
-    outputs = await model.predict_examples(
+    answer = await model.answer_examples(
         examples,
         timeout=min(limits) if limits else None,
         parameters=parameters,
         arrived=arrived,
     )
-    tensors = output_tensors(model.outputs, outputs)
+    tensors = output_tensors(model.outputs, answer.outputs)
     if requested:
         tensors = _select(tensors, requested)
         binary = {r.name: _wants_binary(r, options.binary_by_default) for r in requested}
     else:
         binary = {t.name: options.binary_by_default for t in tensors}
-    return Prediction(tensors, binary)
+    return Prediction(tensors, binary, answer.version)
 
 
 async def infer(
@@ -166,7 +168,7 @@ async def infer(
         timeout_s=timeout_s,
         arrived=arrived,
     )
-    header: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
+    header: dict[str, Any] = {"model_name": model.name, "model_version": prediction.version}
     if request.id is not None:
         header["id"] = request.id
     with phase("encode"):
