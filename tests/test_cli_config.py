@@ -103,6 +103,8 @@ def _serve_expecting_usage_error(args: list[str], tmp_path: Path) -> str:
             "declared twice",
         ),
         ("[server\n", "", "cannot read config file"),
+        # TOML is UTF-8: a Latin-1 byte was a traceback (exit 1).
+        ("# caf\xe9", "", "not UTF-8"),
         # Taken as true before: "yes" is not an answer to "run its code?".
         ("", '[[models]]\nname = "a"\nloader = "x:y"\ntrust = "yes"', "trust"),
         ("", '[[models]]\nname = "a"\nloader = "x:y"\nbatching = "yes"', "batching"),
@@ -148,7 +150,8 @@ def test_an_invalid_config_file_is_one_line_naming_the_problem(
     tmp_path: Path, server_table: str, models: str, expected: str
 ) -> None:
     config = tmp_path / "bad.toml"
-    config.write_text(f"{server_table}\n{models}\n")
+    # Latin-1: each row is ASCII but the one that holds a byte UTF-8 does not take.
+    config.write_bytes(f"{server_table}\n{models}\n".encode("latin-1"))
     stderr = _serve_expecting_usage_error([str(config)], tmp_path)
     assert expected in stderr
     assert str(config) in stderr or "declared" in stderr

@@ -81,6 +81,9 @@ def test_the_plan_counts_mapped_weights_once_and_refuses_what_cannot_fit(tmp_pat
     )
     assert serve.returncode == 3
     assert "DOES NOT FIT" in serve.stdout + serve.stderr
+    # The table as lines (its line breaks were escaped: one line full of \x0a).
+    assert "\\x0a" not in serve.stdout + serve.stderr
+    assert any(line.endswith("DOES NOT FIT") for line in serve.stderr.splitlines())
     assert "would not fit in memory (--force starts anyway)" in serve.stdout + serve.stderr
 
     wrong = run_cli(tmp_path, "plan", str(config), "--memory-limit", "lots")

@@ -51,6 +51,10 @@ def read_config_file(path: Path) -> ConfigFile:
         raise ConfigError(f"config file not found: {path}") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8; a Latin-1 byte was a traceback
+        raise ConfigError(
+            f"cannot read config file {path}: not UTF-8 (byte {exc.start}: {exc.reason})"
+        ) from None
     unknown = sorted(set(document) - _TOP_LEVEL)
     if unknown:
         raise ConfigError(

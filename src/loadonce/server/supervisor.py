@@ -166,7 +166,11 @@ class Supervisor:
                     plan.startup_peak(at_once) / 2**20,
                 )
             return True
-        logger.error("memory plan:\n%s", plan.table())
+        # A line per record: a record's line breaks are escaped (log lines cannot be forged),
+        # which printed the table as one line full of \x0a.
+        logger.error("memory plan:")
+        for line in plan.table().splitlines():
+            logger.error("%s", line)
         if self._force:
             logger.warning("starting anyway (--force)")
             return True
