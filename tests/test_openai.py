@@ -325,6 +325,12 @@ def test_a_stream_its_client_leaves_stops_generating(
         ("chat/completions", "logprobs", True),
         ("chat/completions", "response_format", {"type": "json_object"}),
         ("embeddings", "dimensions", 8),
+        # Of another JSON type than the off value, though Python's == takes them as it.
+        ("completions", "n", True),
+        ("completions", "n", 1.0),
+        ("completions", "best_of", True),
+        ("completions", "echo", 0),
+        ("chat/completions", "logprobs", 0),
     ],
 )
 def test_what_loadonce_does_not_do_is_refused_by_name(
@@ -341,6 +347,8 @@ def test_what_loadonce_does_not_do_is_refused_by_name(
 def test_off_values_and_unknown_fields_are_accepted(local: TestClient) -> None:
     body = _body("completions") | {"echo": False, "n": 1, "best_of": 1, "user": "u", "foo": 1}
     assert local.post("/v1/completions", json=body).status_code == 200
+    penalties = {"presence_penalty": 0, "frequency_penalty": 0.0}  # a number: 0 or 0.0
+    assert local.post("/v1/completions", json=_body("completions") | penalties).is_success
     chat = _body("chat/completions") | {"tools": [], "logprobs": False, "store": True}
     assert local.post("/v1/chat/completions", json=chat).status_code == 200
 
@@ -368,6 +376,8 @@ def _body(route: str) -> dict[str, Any]:
         ({"model": "echo", "prompt": "a", "temperature": "0.5"}, "temperature", "valid number"),
         ({"model": "echo", "prompt": "a", "max_tokens": True}, "max_tokens", "valid integer"),
         ({"model": "echo", "prompt": "a", "temperature": float("nan")}, "temperature", "finite"),
+        # Over the model's cap: named as the other fields are (param was null).
+        ({"model": "echo", "prompt": "a", "max_tokens": 100_000}, "max_tokens", "from 1 to 64"),
         (
             {"model": "echo", "prompt": "a", "stream_options": {"include_usage": True}},
             "body",
@@ -502,9 +512,14 @@ def test_a_text_past_the_models_context_says_so_in_openais_code(client: openai.O
     """OpenAI's code for it, context_length_exceeded, is what clients look for to shorten a
     prompt and retry; it was null."""
     with pytest.raises(openai.BadRequestError) as refused:
-        client.embeddings.create(model="features", input=" ".join(["good"] * 40))
+        client.embeddings.create(model="features", input=" ".join(["good"] * 31))
     assert (refused.value.code, refused.value.param) == ("context_length_exceeded", "input")
     assert "tokens long" in refused.value.message
+    # One longer in characters than the context could hold: refused untokenized, same code.
+    with pytest.raises(openai.BadRequestError) as untokenized:
+        client.embeddings.create(model="features", input=" ".join(["good"] * 400))
+    assert untokenized.value.code == "context_length_exceeded"
+    assert "characters long" in untokenized.value.message
 
 
 def test_a_stream_that_fails_midway_is_counted_as_failed(tmp_path: Path) -> None:

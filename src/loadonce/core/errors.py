@@ -128,6 +128,11 @@ class InvalidInputError(LoadonceError, ValueError):
         return f"invalid inputs: {self}"
 
 
+class NewTokensLimitError(InvalidInputError):
+    """More new tokens asked for than the model's cap allows (HTTP 400; OpenAI's routes name
+    the field, ``max_tokens``)."""
+
+
 class ContextLengthError(InvalidInputError):
     """The prompt (with the new tokens asked for) does not fit the model's context (HTTP 400;
     OpenAI's routes add its code, ``context_length_exceeded``, which clients look for)."""

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from loadonce.core.errors import InvalidInputError
+from loadonce.core.errors import InvalidInputError, NewTokensLimitError
 
 __all__ = [
     "Delta",
@@ -203,7 +203,7 @@ def check_new_tokens(request: GenerationRequest, cap: int) -> None:
     """A request's new-token limit above the model's cap is a 400, never hours of work."""
     asked = request.max_new_tokens
     if asked is not None and not 1 <= asked <= cap:
-        raise InvalidInputError(
+        raise NewTokensLimitError(
             f"the new tokens asked for (max_tokens, max_new_tokens) must be from 1 to {cap} for "
             f"this model; got {asked}"
         )

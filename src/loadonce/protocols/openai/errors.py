@@ -12,6 +12,7 @@ from loadonce.core.errors import (
     InvalidInputError,
     InvalidRequestError,
     ModelNotFoundError,
+    NewTokensLimitError,
 )
 from loadonce.http.errors import openai_error, status_and_message
 from loadonce.http.routes import LoadonceRoute
@@ -42,6 +43,8 @@ def openai_error_for(exc: Exception, request: Request, request_id: str) -> Respo
         param = exc.param
     elif isinstance(exc, ModelNotFoundError):
         param, code = "model", "model_not_found"
+    elif isinstance(exc, NewTokensLimitError):
+        param = "max_tokens"
     elif isinstance(exc, ContextLengthError):
         # OpenAI's words: what LangChain and others look for to shorten and retry.
         param, code = _text_field(request), "context_length_exceeded"

@@ -46,7 +46,18 @@ MAX_STOP_CHARACTERS = LONGEST_STOP_STRING
 
 
 def _off(*values: Any) -> Callable[[Any], bool]:
-    return lambda value: value is None or any(value == off for off in values)
+    """Whether a field holds one of its "off" ``values``, of the same JSON type: ``true`` is
+    not the count 1 nor ``0`` the boolean false, though Python's == says so; a number field
+    whose off value is a float takes an integer too (``0`` for ``0.0``)."""
+    return lambda value: value is None or any(_same(value, off) for off in values)
+
+
+def _same(value: Any, off: Any) -> bool:
+    if isinstance(off, bool) or isinstance(value, bool):
+        return value is off
+    if isinstance(off, float):
+        return isinstance(value, int | float) and value == off
+    return type(value) is type(off) and value == off
 
 
 def _only_text(value: Any) -> bool:
@@ -61,8 +72,8 @@ _NOT_ONE = "is not supported: loadonce answers one choice per request (n=1)"
 _NO_PENALTY = "is not supported by loadonce's generation (send 0, or repetition_penalty)"
 _COMMON: dict[str, tuple[Callable[[Any], bool], str]] = {
     "n": (_off(1), _NOT_ONE),
-    "presence_penalty": (_off(0), _NO_PENALTY),
-    "frequency_penalty": (_off(0), _NO_PENALTY),
+    "presence_penalty": (_off(0.0), _NO_PENALTY),
+    "frequency_penalty": (_off(0.0), _NO_PENALTY),
     "logit_bias": (_off({}), "is not supported by loadonce's generation"),
 }
 _REFUSED: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
