@@ -262,3 +262,16 @@ def hangs_at_load() -> Echo:
     """A load that never finishes (a network mount gone, a lock never released)."""
     time.sleep(3600)
     return Echo()
+
+
+def constant_failing_in_second_load(path: Path) -> Constant:
+    """``constant_from_file``, but an artifact named ``*-fails-second*`` loads only once: the
+    second process to load it (the second worker) raises."""
+    path = Path(path)
+    if "-fails-second" in path.name:
+        marker = path.with_suffix(".loaded")
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            raise RuntimeError("this artifact loads in one worker only") from None
+    return constant_from_file(path)

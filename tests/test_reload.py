@@ -4,9 +4,11 @@ when the new one cannot load."""
 from __future__ import annotations
 
 import hashlib
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +19,13 @@ from tests.servers import REPO_ROOT, cli_env, serving
 PREDICT = {"inputs": [0]}
 
 
-def _write_config(tmp_path: Path, artifact: Path, *, sha256: str | None = None) -> Path:
+def _write_config(
+    tmp_path: Path,
+    artifact: Path,
+    *,
+    sha256: str | None = None,
+    loader: str = "tests.loaders:constant_from_file",
+) -> Path:
     config = tmp_path / "loadonce.toml"
     pin = f'sha256 = "{sha256}"\n' if sha256 else ""
     config.write_text(
@@ -27,7 +35,7 @@ workers = 2
 
 [[models]]
 name = "constant"
-loader = "tests.loaders:constant_from_file"
+loader = "{loader}"
 artifact = "{artifact}"
 concurrency = "shared"
 {pin}"""
@@ -175,3 +183,37 @@ def test_the_cli_names_the_variable_it_reads_the_admin_key_from(tmp_path: Path) 
             )
             assert unknown.returncode == 1
             assert unknown.stderr.startswith("loadonce: reload failed (404): "), unknown.stderr
+
+
+def test_a_reload_failing_in_one_worker_leaves_every_worker_on_the_old_version(
+    tmp_path: Path,
+) -> None:
+    """The first worker loaded the new version, the second failed: the first stayed on it
+    for good (answers depended on the worker reached). It is brought back; then a reload sent
+    while the server stops is a 503 at once (it waited out the whole drain, and held the
+    shutdown with it)."""
+    first, second = tmp_path / "one.txt", tmp_path / "two-fails-second.txt"
+    first.write_text("1")
+    second.write_text("2")
+    config = _write_config(tmp_path, first, loader="tests.loaders:constant_failing_in_second_load")
+    # Workers go on serving 2 s after SIGTERM (as behind a load balancer): the reload below
+    # reaches one while it drains.
+    env = cli_env(tmp_path, {"LOADONCE_STOP_DELAY_S": "2"})
+    with serving([str(config)], tmp_path, env=env) as server:
+        result = _reload_cli(tmp_path, server.url, "--artifact", str(second), "--version", "2")
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "version 2 loaded" in result.stdout  # the first worker had switched
+        seen = _values_by_worker(server.url)
+        assert len(seen) == 2, "both workers answered"
+        assert all(values == {1.0} for values in seen.values()), seen
+        [model] = httpx.get(f"{server.url}/models").json()["models"]
+        assert {(w["version"], w["state"]) for w in model["workers"]} == {("1", "ready")}
+        assert "restoring 1 worker(s)" in server.log()
+
+        server.process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        stopping = _reload_cli(tmp_path, server.url, "--version", "3")
+        assert time.monotonic() - started < 10, "answered at once, not after the drain"
+        assert stopping.returncode == 1, stopping.stderr
+        assert "reload failed (503): the server is stopping" in stopping.stderr
+        server.process.wait(timeout=20)  # the drain is 30 s: it was not held

@@ -22,6 +22,7 @@ from loadonce.core.artifacts import ArtifactRoots, refuse_code_running_format
 from loadonce.core.errors import (
     ForbiddenError,
     InvalidInputError,
+    LoadonceError,
     ModelLoadError,
     describe_validation,
 )
@@ -66,6 +67,24 @@ class ControlRequest:
 # The state of a worker a control request did not reach (an earlier worker's load failed):
 # it goes on serving what it served.
 NOT_TRIED = "not tried"
+# Why a request was cut short by the server itself, not refused for what it asked: answered
+# 503 (try again), never the 400 of a load that failed.
+SERVER_STOPPING = "the server is stopping"
+WORKER_EXITED = "the worker exited while applying it"
+
+
+class ControlInterruptedError(LoadonceError):
+    """The server stopped, or a worker died, while a control request was being applied
+    (HTTP 503): the request may have reached some workers; nothing is wrong with it."""
+
+    status = 503
+
+
+def check_not_interrupted(outcomes: list[WorkerOutcome]) -> None:
+    """Raise ControlInterruptedError if the server cut the request short."""
+    cut = [o for o in outcomes if not o.ok and o.error in (SERVER_STOPPING, WORKER_EXITED)]
+    if cut:
+        raise ControlInterruptedError(f"worker pid {cut[0].pid}: {cut[0].error}; try again")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,15 @@ import threading
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from loadonce.core.control import ControlRequest, WorkerOutcome, apply_locally, changed_spec
+from loadonce.core.control import (
+    SERVER_STOPPING,
+    ControlInterruptedError,
+    ControlRequest,
+    WorkerOutcome,
+    apply_locally,
+    changed_spec,
+    check_not_interrupted,
+)
 from loadonce.server.worker_process import (
     APPLIED,
     APPLY,
@@ -30,6 +38,9 @@ from loadonce.server.worker_process import (
     HEARTBEAT_INTERVAL_S,
     RESULT,
 )
+
+# How often a worker waiting for a control request's outcome looks whether it is draining.
+_DRAINING_POLL_S = 0.2
 
 if TYPE_CHECKING:
     from loadonce.core.registry import Registry  # the worker's; the supervisor holds none
@@ -74,8 +85,18 @@ class SupervisedControl:
         future: asyncio.Future[list[WorkerOutcome]] = loop.create_future()
         self._pending[operation] = future
         try:
+            if self._registry.draining:
+                raise ControlInterruptedError(f"{SERVER_STOPPING}; try again")
             self._send((CONTROL, operation, request))
-            return await future
+            # A supervisor that is stopping answers no more requests: once this worker drains
+            # too, it stops waiting (it waited out the whole drain, holding the shutdown).
+            while not future.done():
+                await asyncio.wait({future}, timeout=_DRAINING_POLL_S)
+                if self._registry.draining and not future.done():
+                    raise ControlInterruptedError(f"{SERVER_STOPPING}; try again")
+            outcomes = future.result()
+            check_not_interrupted(outcomes)
+            return outcomes
         finally:
             self._pending.pop(operation, None)
 

@@ -21,11 +21,19 @@ from collections import deque
 from multiprocessing import forkserver, resource_tracker
 from multiprocessing.connection import wait
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 from loadonce.core.artifacts import ArtifactRoots
-from loadonce.core.control import NOT_TRIED, ControlRequest, WorkerOutcome, changed_spec
+from loadonce.core.control import (
+    NOT_TRIED,
+    SERVER_STOPPING,
+    WORKER_EXITED,
+    ControlRequest,
+    WorkerOutcome,
+    changed_spec,
+)
 from loadonce.core.errors import LoadonceError
+from loadonce.core.spec import Batching
 from loadonce.http.metrics_directory import MULTIPROCESS_DIR
 from loadonce.server.log_format import log_config
 from loadonce.server.plan import make_plan, usable_cpus
@@ -57,6 +65,8 @@ logger = logging.getLogger("loadonce")
 # After SIGTERM, a worker has its drain timeout plus this to finish and unload, then is killed.
 UNLOAD_GRACE_SECONDS = 10.0
 _POLL_SECONDS = 0.5
+# The operation id of a restoring load (``_restore``): the supervisor's own, never a worker's.
+_RESTORE = "restore"
 _REAP_SECONDS = 5.0
 
 
@@ -303,6 +313,8 @@ class Supervisor:
             outcomes.append(self._await_applied(worker, operation))
         if outcomes and all(o.ok for o in outcomes):
             self._remember(request)
+        elif request.action == "load":
+            self._restore([w for w, o in zip(targets, outcomes, strict=True) if o.ok], request)
         logger.info(
             "%s of model '%s' in %d workers: %s",
             "unload" if request.action == "unload" else "load",
@@ -312,6 +324,57 @@ class Supervisor:
         )
         return outcomes
 
+    def _restore(self, switched: list[_Worker], failed: ControlRequest) -> None:
+        """Bring the workers a failed load round had already switched back to what the others
+        serve (the remembered config, which replacements start from too): a load that failed
+        in the second worker left the first on the new version for good, and answers then
+        depended on the worker a connection reached."""
+        if not switched:
+            return
+        restore = self._restoring(failed.model)
+        logger.warning(
+            "model '%s': the load failed in a worker; restoring %d worker(s) to what the others "
+            "serve",
+            failed.model,
+            len(switched),
+        )
+        for worker in switched:
+            try:
+                worker.gate.send((APPLY, _RESTORE, restore))
+            except OSError:
+                continue  # it died: its replacement starts from the remembered config
+            outcome = self._await_applied(worker, _RESTORE)
+            if not outcome.ok:
+                logger.error(
+                    "model '%s': worker pid %d could not be restored (%s); stopping it, its "
+                    "replacement loads what the others serve",
+                    failed.model,
+                    worker.pid,
+                    outcome.error,
+                )
+                worker.signal(signal.SIGTERM)
+
+    def _restoring(self, name: str) -> ControlRequest:
+        """The request that makes a worker serve ``name`` as the remembered config says."""
+        if name in self.config.unloaded:
+            return ControlRequest(action="unload", model=name)
+        spec = next(spec for spec in self.config.models if spec.name == name)
+        # As declared: off, a table of its own, or (unset) the runtime's default, which a
+        # request cannot name: it restores what the failed request left unchanged.
+        batching: Batching | Literal["off"] | None = None
+        if spec.batching is False:
+            batching = "off"
+        elif isinstance(spec.batching, Batching):
+            batching = spec.batching
+        return ControlRequest(
+            action="load",
+            model=name,
+            artifact=None if spec.artifact is None else str(spec.artifact),
+            version=spec.version,
+            sha256=spec.sha256 if spec.artifact is not None else None,
+            batching=batching,
+        )
+
     def _await_applied(self, worker: _Worker, operation: str) -> WorkerOutcome:
         while not self._stopping:
             wait([worker.gate], _POLL_SECONDS)
@@ -319,8 +382,8 @@ class Supervisor:
             if outcome is not None:
                 return outcome
             if not worker.is_alive():
-                return _not_attempted(worker, "the worker exited while applying it")
-        return _not_attempted(worker, "the server is stopping")
+                return _not_attempted(worker, WORKER_EXITED)
+        return _not_attempted(worker, SERVER_STOPPING)
 
     def _serving_version(self, name: str) -> str:
         """The version of ``name`` the workers serve (the one replacements start with)."""
