@@ -56,22 +56,71 @@ def add_inference_route(router: APIRouter, endpoint: InferenceEndpoint) -> None:
 @dataclass(frozen=True)
 class MountedEndpoint:
     """An inference endpoint as the app mounted it: its path (with the router's prefix, if
-    any) compiled to a regex whose named groups are the path parameters."""
+    any) compiled to a regex whose named groups are the path parameters. ``earlier``: the
+    paths of the app's routes before it that may take a POST, which FastAPI's routing would
+    try first: a path one of them matches is the app's to answer."""
 
     pattern: re.Pattern[str]
     path: str
     endpoint: InferenceEndpoint
+    earlier: tuple[re.Pattern[str], ...] = ()
+
+    def takes(self, path: str) -> dict[str, str] | None:
+        """The path parameters, when this endpoint is the route FastAPI would pick for a POST
+        of ``path``; else None."""
+        match = self.pattern.match(path)
+        if match is None or any(route.match(path) for route in self.earlier):
+            return None
+        return match.groupdict()
 
 
 def mounted_endpoints(routes: Iterable[BaseRoute]) -> tuple[MountedEndpoint, ...]:
-    """The inference endpoints among an app's routes, in the order they match."""
+    """The inference endpoints among an app's routes that may be answered before FastAPI's
+    routing, in the order they match. Not one that carries dependencies (the router's or the
+    app's: a user's own auth), which only FastAPI's routing runs; nor a path an earlier
+    route of the app's takes (``MountedEndpoint.earlier``): a user's route or mounted app
+    declared first is the one FastAPI answers, and so the one answered."""
     found = []
-    for path, endpoint in _paths_and_endpoints(list(routes)):
-        declared = getattr(endpoint, _MARK, None)
-        if isinstance(declared, InferenceEndpoint) and path is not None:
+    earlier: list[tuple[str, re.Pattern[str]]] = []
+    for route in walk_routes(list(routes)):
+        path, declared = getattr(route, "path", None), getattr(route, "endpoint", None)
+        declared = getattr(declared, _MARK, None)
+        dependant = getattr(route, "dependant", None)
+        if (
+            isinstance(declared, InferenceEndpoint)
+            and path is not None
+            and (dependant is None or not dependant.dependencies)
+        ):
             pattern, _, _ = compile_path(path)
-            found.append(MountedEndpoint(pattern, path, declared))
+            # (An earlier endpoint answered here is tried first by the middleware's own loop.)
+            overlapping = tuple(regex for prefix, regex in earlier if _may_overlap(prefix, path))
+            found.append(MountedEndpoint(pattern, path, declared, overlapping))
+            continue
+        taking = _takes_posts(route)
+        if taking is not None:
+            earlier.append(taking)
     return tuple(found)
+
+
+def _takes_posts(route: Any) -> tuple[str, re.Pattern[str]] | None:
+    """The literal start of the paths a route answers a POST on, and their pattern (a
+    mounted app: everything under its path)."""
+    methods = getattr(route, "methods", None)
+    path = getattr(route, "path", None)
+    if path is None or (methods is not None and "POST" not in methods):
+        return None
+    if methods is None:  # a mounted app, or a route of any method
+        regex = getattr(route, "path_regex", None)
+        return (path, regex) if isinstance(regex, re.Pattern) else None
+    pattern, _, _ = compile_path(path)
+    return path.split("{", 1)[0], pattern
+
+
+def _may_overlap(prefix: str, template: str) -> bool:
+    """Whether a path starting with ``prefix`` may be one ``template`` matches too (each
+    literal start a prefix of the other's): a route that cannot is not looked at per request."""
+    literal = template.split("{", 1)[0]
+    return literal.startswith(prefix) or prefix.startswith(literal)
 
 
 def walk_routes(routes: list[BaseRoute]) -> Iterator[Any]:

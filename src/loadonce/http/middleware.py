@@ -5,6 +5,7 @@ user's own app (``install_middleware``). Each reads its settings from the app's
 from __future__ import annotations
 
 from fastapi import FastAPI
+from starlette.middleware import Middleware
 
 from loadonce.http.access import AccessMiddleware
 from loadonce.http.body_limit import BodyLimitMiddleware
@@ -20,8 +21,11 @@ def install_middleware(app: FastAPI) -> None:
     the body size limit (``limits.max_body_bytes``), and the inference routes answered before
     FastAPI's routing. Call it once, after ``FastAPI(lifespan=loadonce.lifespan(...))``;
     the settings come from that lifespan's arguments."""
-    # Starlette wraps in reverse order of addition: the innermost first.
-    app.add_middleware(InferenceMiddleware)
+    # Starlette wraps in reverse order of addition: the innermost first. The inference
+    # middleware goes last of the app's whole list, innermost, just before the routing it
+    # stands for: a middleware of the user's added before this call ran inside it, and was
+    # skipped for every inference route (their auth, if it was one).
+    app.user_middleware.append(Middleware(InferenceMiddleware))
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(AccessMiddleware)
     app.add_middleware(BrowserGuardMiddleware)
