@@ -261,3 +261,34 @@ def test_a_model_dependency_the_app_overrides_is_left_alone() -> None:
     app.dependency_overrides[TYPO] = lambda: types.SimpleNamespace(name="fake")
     with TestClient(app) as client:
         assert client.get("/classify").json() == {"model": "fake"}
+
+
+def test_one_lifespan_given_to_two_apps_gives_each_its_own_state() -> None:
+    """A lifespan made once at module level, and an app factory called twice (as tests do):
+    both apps shared one registry, and the second's startup took the first's models to its
+    own event loop."""
+    shared = loadonce.lifespan(
+        [loadonce.ModelSpec(name="double", loader=lambda: lambda b: [2 * x for x in b])]
+    )
+
+    def make() -> FastAPI:
+        app = FastAPI(lifespan=shared)
+        app.include_router(loadonce.models_router())
+        return app
+
+    first, second = make(), make()
+    with TestClient(first) as one, TestClient(second) as two:
+        assert first.state.loadonce is not second.state.loadonce
+        for client in (one, two):
+            assert client.post("/models/double/predict", json={"inputs": [1.0]}).is_success
+    with TestClient(first) as one:  # the first app again, after both stopped
+        assert one.post("/models/double/predict", json={"inputs": [2.0]}).json()["outputs"] == [4.0]
+    # A registry given by the user is one set of loaded models: a second app is refused.
+    registry = loadonce.Registry([loadonce.ModelSpec(name="m", loader=lambda: lambda b: b)])
+    given = loadonce.lifespan(registry)
+    with (
+        TestClient(FastAPI(lifespan=given)),
+        pytest.raises(loadonce.ConfigError, match="give each app its own lifespan"),
+        TestClient(FastAPI(lifespan=given)),
+    ):
+        pass

@@ -7,6 +7,7 @@ own control, gates and options (``serve_with``)."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -16,6 +17,7 @@ from starlette.applications import Starlette
 
 from loadonce.core.control import ModelControl
 from loadonce.core.declarations import check_model_specs
+from loadonce.core.errors import ConfigError
 from loadonce.core.limits import Limits
 from loadonce.core.registry import Registry
 from loadonce.core.spec import ModelSpec
@@ -58,8 +60,11 @@ class LoadonceLifespan:
     def __init__(self, settings: LifespanSettings) -> None:
         self.settings = settings
         # Built at the first startup, not before: importing an app must not start anything
-        # (a server imports it in a process that only forks workers).
-        self._state: LoadonceState | None = None
+        # (a server imports it in a process that only forks workers). One per app: a
+        # lifespan made once at module level and given to two apps (an app factory called
+        # twice, as tests do) gave both one registry, and the second's startup took the
+        # first's models to another event loop.
+        self._states: weakref.WeakKeyDictionary[Any, LoadonceState] = weakref.WeakKeyDictionary()
 
     @property
     def specs(self) -> list[ModelSpec]:
@@ -75,13 +80,22 @@ class LoadonceLifespan:
         """Replace some of the settings before the app starts (``loadonce serve`` gives each
         worker its registry, control, gates and the server's options this way)."""
         self.settings = replace(self.settings, **changes)
-        self._state = None
+        self._states.clear()
 
-    def state(self) -> LoadonceState:
-        if self._state is None:
+    def state(self, app: Any) -> LoadonceState:
+        """The state ``app`` serves from (made at its first startup)."""
+        state = self._states.get(app)
+        if state is None:
             settings = self.settings
             models = settings.models
-            self._state = (
+            if isinstance(models, Registry | LoadonceState) and self._states:
+                # One registry's models, loaded once, cannot serve two apps' loops.
+                raise ConfigError(
+                    "this lifespan serves another app already, with the registry it was "
+                    "given: give each app its own lifespan (or model specs, from which each "
+                    "app gets its own registry)"
+                )
+            state = self._states[app] = (
                 models
                 if isinstance(models, LoadonceState)
                 else LoadonceState.build(
@@ -96,7 +110,7 @@ class LoadonceLifespan:
                     tracing=start_tracing(settings.tracing),
                 )
             )
-        return self._state
+        return state
 
     def __call__(self, app: Any) -> AbstractAsyncContextManager[Any]:
         # Any, not Mapping | None: FastAPI accepts a lifespan yielding either, and only Any
@@ -107,7 +121,7 @@ class LoadonceLifespan:
     async def _run(self, app: Starlette) -> AsyncIterator[Mapping[str, Any] | None]:
         settings = self.settings
         make_visible()
-        state = self.state()
+        state = self.state(app)
         state.put_on(app)
         registry = state.registry
         undeclared = undeclared_model_dependencies(app, registry)
