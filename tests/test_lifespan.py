@@ -292,3 +292,26 @@ def test_one_lifespan_given_to_two_apps_gives_each_its_own_state() -> None:
         TestClient(FastAPI(lifespan=given)),
     ):
         pass
+
+
+def test_an_app_mounted_inside_serves_from_the_enclosing_apps_models() -> None:
+    # Starlette runs no lifespan of a mounted app's: its ModelDependency found no state (a
+    # 500 telling the user to do what they had done), and its typo passed startup.
+    def mounted(dependency: Any) -> FastAPI:
+        sub = FastAPI()
+
+        @sub.post("/x")
+        async def x(model: loadonce.Model = Depends(dependency)) -> list[Any]:  # noqa: B008
+            return await model.predict([1.0])
+
+        return sub
+
+    spec = loadonce.ModelSpec(name="double", loader=lambda: lambda b: [2 * x for x in b])
+    app = FastAPI(lifespan=loadonce.lifespan([spec]))
+    app.mount("/sub", mounted(loadonce.ModelDependency("double")))
+    with TestClient(app) as client:
+        assert client.post("/sub/x").json() == [2.0]
+    typo = FastAPI(lifespan=loadonce.lifespan([spec]))
+    typo.mount("/sub", mounted(loadonce.ModelDependency("doubel")))
+    with pytest.raises(loadonce.LoadonceError, match="did you mean .double."), TestClient(typo):
+        pass

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator
+from typing import Any
 
 from fastapi.dependencies.models import Dependant
 from starlette.requests import HTTPConnection
+from starlette.routing import Mount
 
 from loadonce.core.model import Model
 from loadonce.core.registry import Registry
@@ -58,7 +60,7 @@ def undeclared_model_dependencies(app: object, registry: Registry) -> list[str]:
     overridden = getattr(app, "dependency_overrides", {})
     declared = [model.name for model in registry.models]
     problems = []
-    for route in walk_routes(list(getattr(app, "routes", []))):
+    for route in routes_with_mounted(app):
         for name in _model_names(getattr(route, "dependant", None), overridden):
             if name not in registry:
                 close = difflib.get_close_matches(name, declared, n=1)
@@ -70,6 +72,22 @@ def undeclared_model_dependencies(app: object, registry: Registry) -> list[str]:
                     f"declared: {', '.join(repr(d) for d in declared)}"
                 )
     return problems
+
+
+def mounted_apps(app: object) -> Iterator[object]:
+    """The apps mounted inside ``app`` (``app.mount``), at any depth. Starlette runs no
+    lifespan of theirs: they serve from the state of the app they are mounted in."""
+    for route in getattr(app, "routes", []):
+        inner = getattr(route, "app", None)
+        if isinstance(route, Mount) and hasattr(inner, "routes") and hasattr(inner, "state"):
+            yield inner
+            yield from mounted_apps(inner)
+
+
+def routes_with_mounted(app: object) -> Iterator[Any]:
+    """Every route of ``app`` and of the apps mounted inside it."""
+    for owner in (app, *mounted_apps(app)):
+        yield from walk_routes(list(getattr(owner, "routes", [])))
 
 
 def _model_names(dependant: Dependant | None, overridden: object) -> Iterator[str]:

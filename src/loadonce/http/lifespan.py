@@ -23,7 +23,7 @@ from loadonce.core.registry import Registry
 from loadonce.core.spec import ModelSpec
 from loadonce.http.access_keys import AccessKeys
 from loadonce.http.allowed_hosts import check_allowed_hosts
-from loadonce.http.dependencies import undeclared_model_dependencies
+from loadonce.http.dependencies import mounted_apps, undeclared_model_dependencies
 from loadonce.http.state import LoadonceState
 from loadonce.http.visible_logs import make_visible
 from loadonce.tracing import TracingOptions, check_tracing, start_tracing
@@ -123,6 +123,11 @@ class LoadonceLifespan:
         make_visible()
         state = self.state(app)
         state.put_on(app)
+        for mounted in mounted_apps(app):
+            # A mounted app's own lifespan never runs: its routes (a ModelDependency) serve
+            # from this app's state, unless it holds one of its own.
+            if LoadonceState.on(mounted) is None:
+                state.put_on(mounted)
         registry = state.registry
         undeclared = undeclared_model_dependencies(app, registry)
         if undeclared:
