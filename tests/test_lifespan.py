@@ -313,5 +313,5 @@ def test_an_app_mounted_inside_serves_from_the_enclosing_apps_models() -> None:
         assert client.post("/sub/x").json() == [2.0]
     typo = FastAPI(lifespan=loadonce.lifespan([spec]))
     typo.mount("/sub", mounted(loadonce.ModelDependency("doubel")))
-    with pytest.raises(loadonce.LoadonceError, match="did you mean .double."), TestClient(typo):
+    with pytest.raises(loadonce.LoadonceError, match=r"did you mean .double."), TestClient(typo):
         pass
