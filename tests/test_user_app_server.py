@@ -119,6 +119,48 @@ def test_an_app_without_loadonces_lifespan_is_a_usage_error(project: Path) -> No
     assert "does not load its models with loadonce" in finished.stderr
 
 
+_MIXUPS = """
+from fastapi import FastAPI
+from starlette.applications import Starlette
+
+import loadonce
+from my_service import app as the_app, models
+
+
+def make_app() -> FastAPI:
+    return FastAPI(lifespan=loadonce.lifespan(models))
+
+
+def broken_factory() -> FastAPI:
+    raise RuntimeError("the factory broke")
+
+
+starlette_app = Starlette()
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "said"),
+    [
+        # A factory taken for a model loader: it was "ready", and every predict a 500.
+        (["mixups:make_app"], 3, "returned a web app (FastAPI), not a model"),
+        (["mixups:broken_factory", "--factory"], 2, "raised RuntimeError: the factory broke"),
+        (["mixups:the_app", "--factory"], 2, "is an app, not a factory"),
+        (["mixups:starlette_app"], 2, "is a Starlette, not a FastAPI app"),
+        (["no_such_module:app"], 2, "no module named 'no_such_module'"),
+    ],
+)
+def test_an_app_or_factory_mixup_is_said_in_one_line(
+    project: Path, args: list[str], status: int, said: str
+) -> None:
+    # A factory that raised, or an app given --factory, was a traceback (exit 1).
+    (project / "mixups.py").write_text(_MIXUPS)
+    finished = run_cli(project, "serve", *args, "--port", "0", cwd=project)
+    assert finished.returncode == status, finished.stderr
+    assert said in finished.stderr + finished.stdout
+    assert "Traceback" not in finished.stderr
+
+
 def test_under_plain_uvicorn_the_app_logs_each_models_load(project: Path) -> None:
     port = free_port()
     log_path = project / "uvicorn.log"

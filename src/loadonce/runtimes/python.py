@@ -22,6 +22,14 @@ class CallablePredictor(Predictor):
     def __init__(self, model: Any, *, signature: InputSignature | None) -> None:
         # A scikit-learn forest tree by tree, as the sklearn runtime calls it (sklearn_forests.py).
         predict = tree_by_tree_methods(model).get("predict") or getattr(model, "predict", None)
+        if _is_web_app(model):
+            # Callable, but an ASGI app, not a model: `loadonce serve pkg.mod:make_app` without
+            # --factory took the app's factory for a loader, was ready, and every predict
+            # failed with a TypeError.
+            raise TypeError(
+                f"the loader returned a web app ({type(model).__name__}), not a model: to serve "
+                "an app its function returns, run loadonce serve with --factory"
+            )
         if predict is None and not callable(model):
             raise TypeError(
                 f"the loader returned {type(model).__name__}, which has no predict method "
@@ -101,3 +109,11 @@ def _with_declared_shape(predictor: Predictor, spec: ModelSpec) -> Predictor:
             f"but the configuration says {declared.describe()}: declare it in one place"
         )
     return predictor
+
+
+def _is_web_app(model: Any) -> bool:
+    """Whether ``model`` is a Starlette (or FastAPI) app, without importing Starlette here."""
+    return any(
+        cls.__module__ == "starlette.applications" and cls.__name__ == "Starlette"
+        for cls in type(model).__mro__
+    )

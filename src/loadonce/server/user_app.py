@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.applications import Starlette
 
 from loadonce.core.control import ModelControl
 from loadonce.core.errors import ConfigError, describe_exception
@@ -42,15 +43,18 @@ def load_app(reference: str, *, factory: bool) -> FastAPI:
     except Exception as exc:  # the module's own import may raise anything
         raise ConfigError(f"cannot import {reference}: {describe_exception(exc)}") from None
     if factory:
+        if isinstance(found, Starlette):
+            raise ConfigError(f"{reference} is an app, not a factory: run it without --factory")
         if not callable(found):
             raise ConfigError(f"{reference} is not callable, so it is not an app factory")
-        found = found()
+        try:
+            found = found()
+        except Exception as exc:  # the user's factory may raise anything
+            raise ConfigError(f"{reference}() raised {describe_exception(exc)}") from None
     if not isinstance(found, FastAPI):
         kind = "factory returned" if factory else "is"
-        raise ConfigError(
-            f"{reference} {kind} a {type(found).__name__}, not a FastAPI app "
-            "(a factory needs --factory)"
-        )
+        hint = "" if isinstance(found, Starlette) or factory else " (a factory needs --factory)"
+        raise ConfigError(f"{reference} {kind} a {type(found).__name__}, not a FastAPI app{hint}")
     if lifespan_of(found) is None:
         raise ConfigError(
             f"{reference} does not load its models with loadonce: build it with "
@@ -60,9 +64,16 @@ def load_app(reference: str, *, factory: bool) -> FastAPI:
 
 
 def is_app(reference: str) -> bool:
-    """Whether ``reference`` names a FastAPI app rather than a model loader."""
+    """Whether ``reference`` names a web app (FastAPI's or any Starlette app, which
+    ``load_app`` then refuses by name) rather than a model loader. A module that is not
+    there at all is the command line's mistake, said now (it was a model's failed load)."""
+    module = reference.split(":", 1)[0]
     try:
-        return isinstance(import_object(reference), FastAPI)
+        return isinstance(import_object(reference), Starlette)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module == exc.name or module.startswith(exc.name + ".")):
+            raise ConfigError(f"cannot import {reference}: no module named {exc.name!r}") from None
+        return False  # a module it imports is missing: reported by the worker, as a loader's
     except Exception:  # the module's own import may raise anything
         return False  # reported by the worker, as the loader it then is
 
