@@ -9,7 +9,9 @@ import importlib
 import inspect
 import json
 import types
+import typing
 from pathlib import Path
+from typing import Any
 
 import loadonce
 from tests.servers import run_python
@@ -68,3 +70,26 @@ def test_every_type_create_app_and_lifespan_take_is_exported() -> None:
                 word = word.strip(",] ")
                 if word[:1].isupper() and word not in ("None", "Iterable"):
                     assert word in loadonce.__all__, (function.__name__, parameter.name, word)
+
+
+def test_type_hints_of_public_classes_and_of_a_users_subclass_resolve() -> None:
+    """Shown as loadonce.X, their string annotations were read in loadonce's namespace:
+    ``typing.get_type_hints`` raised NameError (on names such as Mapping), on them and on a
+    user's subclass of Predictor (FastAPI and other libraries call it)."""
+
+    class Mine(loadonce.Predictor):
+        def predict(self, batch: Any) -> list[Any]:
+            return list(batch)
+
+    for cls in (
+        Mine,
+        loadonce.GenerationRequest,
+        loadonce.Finished,
+        loadonce.Delta,
+        loadonce.TensorInfo,
+        loadonce.InputSignature,
+        loadonce.Limits,
+        loadonce.AccessKeys,
+    ):
+        assert typing.get_type_hints(cls), cls
+    assert typing.get_type_hints(loadonce.GenerationRequest)["stop"] == tuple[str, ...]

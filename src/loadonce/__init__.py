@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib as _contextlib
 import importlib as _importlib
+import inspect as _inspect
+import sys as _sys
 import typing as _typing
 
 from loadonce._version import __version__
@@ -166,9 +169,29 @@ def __getattr__(name: str) -> _typing.Any:
     # Public names show as loadonce.X (in reprs, tracebacks, the docs), not as the private
     # module that defines them, as HTTPX does.
     if getattr(member, "__module__", "").startswith("loadonce."):
+        if isinstance(member, type):
+            _annotations_evaluated(member)
         member.__module__ = "loadonce"
     globals()[name] = member
     return member
+
+
+def _annotations_evaluated(cls: type) -> None:
+    """The class's own annotations as the objects they name, read now in its defining
+    module: ``typing.get_type_hints`` reads string annotations in the namespace of
+    ``__module__``, which "loadonce" no longer is (NameError on the class, and on a user's
+    subclass of Predictor). One that cannot be read here (a name imported for type checkers
+    only) stays a string, as in its own module."""
+    home = vars(_sys.modules[cls.__module__])
+    evaluated = {}
+    for name, hint in _inspect.get_annotations(cls).items():
+        if isinstance(hint, str):
+            # A name imported for type checkers only cannot be read: left as written.
+            with _contextlib.suppress(Exception):
+                hint = eval(hint, home, dict(vars(cls)))  # noqa: S307 - the class's own source
+        evaluated[name] = hint
+    if evaluated:
+        cls.__annotations__ = evaluated
 
 
 def __dir__() -> list[str]:
