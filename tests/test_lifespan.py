@@ -107,11 +107,14 @@ def test_models_unload_in_reverse_order_and_compose_with_the_users_lifespan() ->
     ]
 
 
-def test_user_lifespan_state_still_reaches_requests() -> None:
-    @asynccontextmanager
-    async def user_lifespan(app: FastAPI) -> AsyncIterator[dict[str, str]]:
-        yield {"greeting": "hello"}
+async def _undecorated(app: FastAPI) -> AsyncIterator[dict[str, str]]:
+    yield {"greeting": "hello"}
 
+
+# Undecorated (an async generator function, which FastAPI takes too): it failed at startup,
+# after the models had loaded, as no async context manager.
+@pytest.mark.parametrize("user_lifespan", [asynccontextmanager(_undecorated), _undecorated])
+def test_user_lifespan_state_still_reaches_requests(user_lifespan: Any) -> None:
     app = FastAPI(
         lifespan=loadonce.lifespan(
             [loadonce.ModelSpec(name="m", loader=lambda: lambda b: b)], wrap=user_lifespan

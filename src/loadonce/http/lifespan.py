@@ -7,6 +7,7 @@ own control, gates and options (``serve_with``)."""
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -198,6 +199,10 @@ def lifespan(
         models = tuple(check_model_specs(models))  # a mistake is reported now, not at startup
     if isinstance(tracing, TracingOptions):
         check_tracing(tracing)  # tracing asked for without the otel extra: refused now
+    if inspect.isasyncgenfunction(wrap):
+        # ``async def lifespan(app): ... yield``, undecorated: a form FastAPI takes too. It
+        # failed at startup, after every model had loaded, as no async context manager.
+        wrap = asynccontextmanager(wrap)
     return LoadonceLifespan(
         LifespanSettings(
             models=models,
