@@ -66,6 +66,23 @@ def test_once_workers_stop_accepting_new_connections_are_refused(tmp_path: Path)
         assert stop(server) == 0
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_hangup_stops_the_server_as_sigterm_does(tmp_path: Path, workers: str) -> None:
+    """A closed terminal or ssh session (SIGHUP) killed the server at once (status 129): the
+    request in flight got no answer, and its temporary directories stayed behind."""
+    env = cli_env(
+        tmp_path,
+        {"LOADONCE_STOP_DELAY_S": "0", "LOADONCE_TEST_DELAY": "1", "LOADONCE_WORKERS": workers},
+    )
+    with serving(["tests.loaders:slow_echo"], tmp_path, env=env) as server:
+        in_flight, answers = _in_flight(server.url)
+        time.sleep(0.4)
+        server.process.send_signal(signal.SIGHUP)
+        in_flight.join(30)
+        assert server.process.wait(timeout=30) == 0
+    assert [a.status_code for a in answers] == [200], "the request in flight finished"
+
+
 def test_a_request_the_drain_cuts_off_is_a_503_not_a_traceback(tmp_path: Path) -> None:
     """uvicorn cancels what still runs when drain_timeout_s ends: it logged the cancellation's
     traceback and answered 500, as if the server had failed."""

@@ -122,7 +122,9 @@ class Supervisor:
             warn_if_open_to_the_network(self._socket, options.access())
             if options.memory_plan and not self._plan_fits():
                 return STARTUP_FAILED
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            # SIGHUP (a closed terminal or ssh session) stops as SIGTERM does: it killed the
+            # supervisor at once, leaving its temporary directories behind.
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(signum, self._ask_to_stop)
             logger.info(
                 "supervisor pid %d starting %d workers for %s; each worker process "

@@ -9,7 +9,8 @@ import logging.config
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from multiprocessing.connection import Connection
 from types import FrameType
@@ -80,6 +81,24 @@ class _DrainingServer(uvicorn.Server):
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's (SIGINT, SIGTERM), and SIGHUP, taken as SIGTERM: a closed terminal or
+        ssh session killed the server at once (status 129), cutting off requests in flight
+        and leaving its temporary directories behind."""
+        with super().capture_signals():
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = signal.signal(signal.SIGHUP, self._hung_up)
+            try:
+                yield
+            finally:
+                signal.signal(signal.SIGHUP, previous)
+
+    def _hung_up(self, sig: int, frame: FrameType | None) -> None:
+        self.handle_exit(signal.SIGTERM, frame)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # A signal handler: Python runs it on the main thread, the event loop's, between any
