@@ -25,6 +25,7 @@ the answers of one step of the event loop leave together (``_GatheredWrites``).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sized
 from http import HTTPStatus
 from typing import Any
@@ -78,7 +79,10 @@ class _GatheredWrites:
         return getattr(self._transport, name)
 
 
-class _HeadTooLargeError(Exception):
+_HEAD_TOO_LARGE = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+
+
+class _RefusedHeadError(Exception):
     """Raised from the parser's callback; the parser reports it as a parse error."""
 
 
@@ -96,7 +100,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._in_head = True  # waiting for (the rest of) a request head
         self._in_body = False  # the head is complete, the body is not
         self._head_bytes = 0
-        self._head_too_large = False
+        # Why the head was refused, once it was (answered at the parser's error).
+        self._refusal: tuple[HTTPStatus, str] | None = None
         self._received_at = 0.0
         self._body_started = 0.0
         self._body_bytes = 0
@@ -122,7 +127,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: HTTPStatus, message: str) -> None:
         self._gathered.send()  # an answer held for an earlier request goes first
-        body = f'{{"error": "{message}"}}'.encode()
+        body = json.dumps({"error": message}).encode()  # a message may quote the client
         self.transport.write(
             f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
@@ -149,15 +154,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
-        if self._head_too_large or self.transport.is_closing():
+        if self._refusal is not None or self.transport.is_closing():
             return
         if self._in_head:
             if self._head_bytes > self.max_header_bytes:
-                self._head_too_large = True
+                self._refusal = (_HEAD_TOO_LARGE, "the request head is too large")
                 self._disarm()
-                self._refuse(
-                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "the request head is too large"
-                )
+                self._refuse(*self._refusal)
             elif self._head_bytes and self._timer is None:
                 self._arm(self.header_timeout_s, HTTPStatus.REQUEST_TIMEOUT)
         elif self._in_body:
@@ -169,16 +172,29 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         self._gathered.send()  # an answer held for an earlier request goes first
-        if self._head_too_large:
+        if self._refusal is not None:
             self._disarm()
-            self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "too many header fields")
+            self._refuse(*self._refusal)
         else:
             super().send_400_response(msg)
 
     def on_headers_complete(self) -> None:
-        if len(self.headers) > self.max_header_fields or self._head_over_the_limit():
-            self._head_too_large = True
-            raise _HeadTooLargeError  # the parser's error: send_400_response answers 431
+        # Each refusal is the parser's error: send_400_response answers it.
+        if len(self.headers) > self.max_header_fields:
+            self._refusal = (_HEAD_TOO_LARGE, "too many header fields")
+            raise _RefusedHeadError
+        if self._head_over_the_limit():  # it said "too many header fields" too
+            self._refusal = (_HEAD_TOO_LARGE, "the request head is too large")
+            raise _RefusedHeadError
+        coding = self._unknown_transfer_coding()
+        if coding is not None:
+            # The parser reads a body "chunked" when that coding comes last, and took
+            # "gzip, chunked" as plain chunks, its gzip ignored (RFC 9112: 501).
+            self._refusal = (
+                HTTPStatus.NOT_IMPLEMENTED,
+                f"transfer coding {coding} is not supported",
+            )
+            raise _RefusedHeadError
         self._in_head, self._in_body = False, True
         self._body_started, self._body_bytes = self._received_at, 0
         if self._timer is not None:
@@ -199,6 +215,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return False
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         return size > self.max_header_bytes
+
+    def _unknown_transfer_coding(self) -> str | None:
+        """A Transfer-Encoding other than plain chunked, as the client wrote it."""
+        for name, value in self.headers:
+            if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+                return repr(value.decode("latin-1")[:64])
+        return None
 
     def on_message_complete(self) -> None:
         self._in_head, self._in_body, self._head_bytes = True, False, 0
