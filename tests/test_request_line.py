@@ -126,3 +126,37 @@ def test_a_path_the_client_sent_is_made_log_safe_whichever_way_its_line_takes(
     (line,) = [json.loads(line) for line in _access_lines(tmp_path, "json", "none", forged=True)]
     assert line["path"] == escaped
     assert line["status"] == 404
+
+
+_A_LIBRARYS_WARNING = """
+import logging, logging.config, sys
+from loadonce.server.log_format import log_config
+
+logging.config.dictConfig(log_config("info", sys.argv[1]))
+# What OpenTelemetry's propagator logs of a client's tracestate (a U+0085 in it), and an
+# exporter's failure: a library's records, not loadonce's.
+logging.getLogger("opentelemetry.trace.span").warning(
+    "Member doesn't match: x\\x85ERROR:    [loadonce] forged admin key accepted"
+)
+logging.getLogger("some.library").error("export failed")
+logging.getLogger("some.library").info("chatter below warning")
+logging.shutdown()
+"""
+
+
+@pytest.mark.parametrize("log_format", ["plain", "json"])
+def test_a_librarys_records_are_written_as_loadonces_are(tmp_path: Path, log_format: str) -> None:
+    # With no handler on the root logger, Python's last resort printed them raw: a client's
+    # U+0085 made a line of its own, and JSON logs got lines that were not JSON.
+    written = run_python(tmp_path, _A_LIBRARYS_WARNING, log_format)
+    assert written.returncode == 0, written.stderr
+    lines = written.stderr.splitlines()  # splitlines breaks at U+0085 too
+    assert len(lines) == 2, lines
+    assert "forged admin key accepted" in lines[0]
+    assert "chatter" not in written.stderr
+    if log_format == "json":
+        records = [json.loads(line) for line in lines]
+        assert [r["logger"] for r in records] == ["opentelemetry.trace.span", "some.library"]
+    else:
+        assert lines[0].startswith("WARNING:")
+        assert lines[1].startswith("ERROR:")

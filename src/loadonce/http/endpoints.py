@@ -65,13 +65,10 @@ class MountedEndpoint:
     endpoint: InferenceEndpoint
     earlier: tuple[re.Pattern[str], ...] = ()
 
-    def takes(self, path: str) -> dict[str, str] | None:
-        """The path parameters, when this endpoint is the route FastAPI would pick for a POST
-        of ``path``; else None."""
-        match = self.pattern.match(path)
-        if match is None or any(route.match(path) for route in self.earlier):
-            return None
-        return match.groupdict()
+    def taken_before(self, path: str) -> bool:
+        """Whether a route before this endpoint takes a POST of ``path`` (FastAPI's routing
+        would pick it)."""
+        return any(route.match(path) for route in self.earlier)
 
 
 def mounted_endpoints(routes: Iterable[BaseRoute]) -> tuple[MountedEndpoint, ...]:

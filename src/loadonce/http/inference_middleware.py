@@ -40,9 +40,9 @@ class InferenceMiddleware:
                 endpoints = self._endpoints = mounted_endpoints(routes)
             path = route_path(scope)
             for mounted in endpoints:
-                params = mounted.takes(path)
-                if params is not None:
-                    await self._answer(mounted, params, scope, receive, send)
+                match = mounted.pattern.match(path)
+                if match is not None and not (mounted.earlier and mounted.taken_before(path)):
+                    await self._answer(mounted, match.groupdict(), scope, receive, send)
                     return
         await self.app(scope, receive, send)
 

@@ -252,6 +252,11 @@ def log_config(level: str, log_format: str = "plain", *, uvicorn: bool = True) -
     # Python's warnings (a library's, while a model loads) as log lines in the same format:
     # in JSON mode every line is JSON (logging.captureWarnings sends them to py.warnings).
     config["loggers"]["py.warnings"] = {"handlers": ["loadonce"], "propagate": False}
+    # Any other library's records (OpenTelemetry's, which quote a client's traceparent and
+    # tracestate; an exporter's failures) through the same handler: with no handler on the
+    # root, Python's last resort printed them raw (a client's U+0085 made a forged line, and
+    # JSON logs got lines that were not JSON).
+    config["root"] = {"handlers": ["loadonce"], "level": "WARNING"}
     logging.captureWarnings(True)  # the process is about to log with this configuration
     # No format of loadonce's shows a record's thread or process name, and looking them up
     # took a tenth of a request log line's cost (the pid, in JSON lines, is still recorded).
