@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -262,3 +263,37 @@ def test_objects_are_described_one_output_per_key(http: TestClient) -> None:
         ("label", "BYTES"),
         ("scores", "FP64"),
     ]
+
+
+def test_an_objects_keys_that_are_not_text_name_its_tensors() -> None:
+    # {0: p0, 1: p1} per example: the tensors were named "0" and "1", then looked up by
+    # that text in the example (a 500: "the model's outputs differ between examples").
+    spec = loadonce.ModelSpec(
+        name="classes", loader=lambda: lambda batch: [{0: 0.25, 1: 0.75} for _ in batch]
+    )
+    with TestClient(loadonce.create_app([spec])) as http:
+        answer = http.post("/v2/models/classes/infer", json=_infer_body())
+        assert answer.status_code == 200, answer.text
+        tensors = {t["name"]: t["data"] for t in answer.json()["outputs"]}
+        assert tensors == {"0": [0.25, 0.25], "1": [0.75, 0.75]}  # two examples
+
+
+@pytest.mark.parametrize("value", [5, True, "label"])
+def test_a_parameter_named_outputs_is_not_loadonces_selection(value: Any, tmp_path: Path) -> None:
+    # loadonce's own name for the outputs a request asks for: as a client's parameter it
+    # reached a classifier's predictor (5: a 500; "label": outputs 'l', 'a', 'b'...).
+    import skops.io
+    from sklearn.linear_model import LogisticRegression
+
+    artifact = tmp_path / "classifier.skops"
+    skops.io.dump(LogisticRegression().fit([[0.0], [1.0]], [0, 1]), artifact)
+    spec = loadonce.ModelSpec(name="classifier", artifact=artifact)
+    body = {
+        "inputs": [{"name": "input", "shape": [1, 1], "datatype": "FP64", "data": [0.9]}],
+        "parameters": {"outputs": value},
+    }
+    with TestClient(loadonce.create_app([spec])) as http:
+        answer = http.post("/v2/models/classifier/infer", json=body)
+        assert answer.status_code == 200, answer.text
+        names = [t["name"] for t in answer.json()["outputs"]]
+        assert "label" in names

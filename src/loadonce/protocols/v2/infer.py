@@ -91,10 +91,14 @@ def _options(parameters: Mapping[str, Any] | None) -> _Options:
 
 
 _NO_LIMIT_US = 365 * 24 * 3600 * 1_000_000
+_NOT_THE_MODELS = frozenset({BINARY_OUTPUT, SELECTED_OUTPUTS, *_RESERVED})
 
 
 def _is_protocol_parameter(key: str) -> bool:
-    return key == BINARY_OUTPUT or key in _RESERVED or key.startswith(_RESERVED_PREFIX)
+    # SELECTED_OUTPUTS is loadonce's own name for the outputs a request asked for (its
+    # ``outputs`` member), never a client's: as a parameter it reached a classifier's
+    # predictor as a list of names (5: a 500; "label": the outputs 'l', 'a'...).
+    return key in _NOT_THE_MODELS or key.startswith(_RESERVED_PREFIX)
 
 
 @dataclass(frozen=True)

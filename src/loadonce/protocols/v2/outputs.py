@@ -67,9 +67,12 @@ def output_tensors(declared: Sequence[TensorInfo], outputs: list[Any]) -> list[O
     by_name = {t.name: t for t in declared}
     if isinstance(first, Mapping):
         known = [t.name for t in declared if t.name in first]
-        names = known + [str(key) for key in first if key not in known]
+        # A tensor's name is text; the example's key may not be ({0: p0, 1: p1}): each
+        # tensor is read by the key it is named after (by its text, it was a 500).
+        keys = known + [key for key in first if key not in known]
         return [
-            _stack(name, [_field(o, name) for o in outputs], by_name.get(name)) for name in names
+            _stack(str(key), [_field(o, key) for o in outputs], by_name.get(str(key)))
+            for key in keys
         ]
     # One value per example is the model's first declared output (its default one).
     if not declared:
@@ -77,10 +80,10 @@ def output_tensors(declared: Sequence[TensorInfo], outputs: list[Any]) -> list[O
     return [_stack(declared[0].name, outputs, declared[0])]
 
 
-def _field(output: Any, name: str) -> Any:
-    if not isinstance(output, Mapping) or name not in output:
-        raise RuntimeError(f"the model's outputs differ between examples: one lacks '{name}'")
-    return output[name]
+def _field(output: Any, key: Any) -> Any:
+    if not isinstance(output, Mapping) or key not in output:
+        raise RuntimeError(f"the model's outputs differ between examples: one lacks '{key}'")
+    return output[key]
 
 
 def _stack(name: str, values: list[Any], declared: TensorInfo | None) -> OutputTensor:
