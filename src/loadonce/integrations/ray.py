@@ -141,6 +141,11 @@ def _app_from_config(config: ServeConfig) -> FastAPI:
         access=options.access(),
         limits=options.limits(),
         gc_freeze=options.gc_freeze,
+        # As a worker of loadonce serve has them (allowed_hosts was left out: a proxy's Host
+        # served without Ray was refused 403 on Ray).
+        allowed_hosts=options.allowed_hosts,
+        drain_timeout_s=options.drain_timeout_s,
+        tracing=config.tracing,
         model_control=False,
         control=RedeployToChange(),
     )

@@ -110,10 +110,11 @@ def ray_config_document(
     args: dict[str, Any] = {"demo": True} if demo else {"config": str(config_path)}
     if trust:
         args["trust"] = True
-    deployment = {
-        "name": DEPLOYMENT_NAME,
-        **deployment_options(config.ray, drain_timeout_s=config.server.drain_timeout_s),
-    }
+    options = deployment_options(config.ray, drain_timeout_s=config.server.drain_timeout_s)
+    # Not a field a Serve config file may set (ServeDeploySchema drops it, silently): the
+    # builder applies the [ray] table's, and an edit in the YAML changed nothing.
+    options.pop("max_constructor_retry_count")
+    deployment = {"name": DEPLOYMENT_NAME, **options}
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": config.server.host, "port": config.server.port},

@@ -177,7 +177,8 @@ class RayOptions(BaseModel):
 
     # The Serve application's name, and where its routes start on Ray's HTTP proxy.
     name: Annotated[str, Field(min_length=1)] = "loadonce"
-    route_prefix: Annotated[str, Field(pattern=r"^/")] = "/"
+    # As Ray takes it: "/" or a path without a final "/" and without braces.
+    route_prefix: Annotated[str, Field(pattern=r"^/([^{}]*[^/{}])?$")] = "/"
     # A fixed count, or "auto": Ray scales between bounds, with autoscaling_config (Ray's own
     # keys: min_replicas, max_replicas, target_ongoing_requests...) or Ray's defaults.
     num_replicas: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
@@ -186,7 +187,7 @@ class RayOptions(BaseModel):
     ray_actor_options: dict[str, Any] = Field(default_factory=dict)
     # Requests Ray lets into one replica at once. Ray's default (5) would cap a batch at 5
     # and hold the rest in Ray's router, out of sight of loadonce's queue bound and deadlines.
-    max_ongoing_requests: Annotated[int, Field(ge=1)] = 256
+    max_ongoing_requests: Annotated[int, Field(ge=1, le=2**31 - 1)] = 256
     # Requests Ray's router may hold waiting for a replica before answering 503 (-1: no bound).
     max_queued_requests: Annotated[int, Field(ge=-1)] = -1
     # Failed replica starts (a model that fails to load) before Ray marks the deployment
@@ -203,6 +204,32 @@ class RayOptions(BaseModel):
                 'autoscaling_config needs num_replicas = "auto" (Ray scales the count itself)'
             )
         return self
+
+    # Checked here, as Ray would check them once started: it then stopped with exit 3 (a
+    # model's failed load) and the first line of its error, which named no field.
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _a_bound_or_none(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (no bound) or at least 1")
+        return value
+
+    @field_validator("autoscaling_config")
+    @classmethod
+    def _bounds_in_order(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        low, high = (value or {}).get("min_replicas"), (value or {}).get("max_replicas")
+        if isinstance(low, int) and isinstance(high, int) and low > high:
+            raise ValueError(f"min_replicas ({low}) is above max_replicas ({high})")
+        return value
+
+    @field_validator("ray_actor_options")
+    @classmethod
+    def _resources_not_negative(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in ("num_cpus", "num_gpus", "memory"):
+            amount = value.get(name)
+            if isinstance(amount, int | float) and not isinstance(amount, bool) and amount < 0:
+                raise ValueError(f"{name} cannot be negative")
+        return value
 
 
 class ServeConfig(BaseModel):
