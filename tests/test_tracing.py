@@ -475,3 +475,31 @@ def test_a_global_tracer_provider_does_not_trace_requests_twice(
         assert client.post("/models/m/predict", json={"inputs": [1]}).status_code == 200
     servers = [s for s in exporter.get_finished_spans() if s.kind is trace.SpanKind.SERVER]
     assert [s.name for s in servers] == ["POST /models/{name}/predict"]
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({}, "loadonce"),
+        ({"OTEL_SERVICE_NAME": "ranker"}, "ranker"),
+        # Kubernetes setups often give only this: its service.name was replaced by "loadonce".
+        (
+            {"OTEL_RESOURCE_ATTRIBUTES": "service.name=checkout,deployment.environment=prod"},
+            "checkout",
+        ),
+    ],
+)
+def test_the_service_name_is_the_environments_when_it_gives_one(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], expected: str
+) -> None:
+    from loadonce.tracing.otel import provider_for
+
+    for name in ("OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    provider, _ = provider_for(loadonce.TracingOptions(enabled=True))
+    try:
+        assert provider.resource.attributes["service.name"] == expected
+    finally:
+        provider.shutdown()

@@ -68,7 +68,11 @@ def provider_for(options: TracingOptions) -> tuple[TracerProvider, bool]:
     attributes: dict[str, Any] = {}
     if options.service_name is not None:
         attributes["service.name"] = options.service_name
-    elif not os.environ.get("OTEL_SERVICE_NAME"):
+    elif not os.environ.get("OTEL_SERVICE_NAME") and not _names_the_service(
+        os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    ):
+        # loadonce's default over the SDK's "unknown_service": never over a name the
+        # environment gives (OTEL_RESOURCE_ATTRIBUTES' service.name was replaced by it).
         attributes["service.name"] = "loadonce"
     sampler = None
     if root_ratio(options) is not None:
@@ -92,6 +96,15 @@ def provider_for(options: TracingOptions) -> tuple[TracerProvider, bool]:
         provider.add_span_processor(BatchSpanProcessor(otlp))
         return provider, otlp.encodes_directly
     return provider, False
+
+
+def _names_the_service(resource_attributes: str) -> bool:
+    """Whether OTEL_RESOURCE_ATTRIBUTES (``key=value,key=value``) sets ``service.name``."""
+    return any(
+        pair.split("=", 1)[0].strip() == "service.name"
+        for pair in resource_attributes.split(",")
+        if "=" in pair
+    )
 
 
 class _HashedOnce(Resource):
