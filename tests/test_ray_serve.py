@@ -17,7 +17,7 @@ from ray import serve
 
 from loadonce.integrations.ray import RayOptions, ServeConfig, application, build
 from loadonce.server.resolve import resolve_serve_config
-from tests.servers import demo_cache, free_port, run_cli, start_cli, stop, wait_ready
+from tests.servers import demo_cache, free_port, run_cli, start_cli, stop, wait_ready, wait_until
 
 IRIS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 
@@ -34,6 +34,12 @@ def test_cli_serves_on_a_local_ray_and_stops_on_sigterm(tmp_path: Path) -> None:
         wait_ready(server, timeout=180)
         answer = httpx.post(f"{server.url}/models/iris/predict", json={"inputs": IRIS})
         assert answer.json()["outputs"] == ["setosa", "virginica"]
+        # Ray's deploy call returns a moment after the replica answers; a stop before that
+        # deletes the application as it deploys (a stop waited for it, forever for a
+        # replica Ray could not place).
+        wait_until(
+            lambda: "all replicas loaded" in server.log(), timeout=60, what="the deploy to end"
+        )
     finally:
         status = stop(server, timeout=120)
     assert status == 0, server.log()

@@ -46,8 +46,13 @@ def serve_on_ray(config: ServeConfig) -> int:
     # wait holds, and could wait for it forever); the main thread looks every half second.
     stop_signals: list[int] = []
 
+    deploying = [False]
+
     def ask_to_stop(signum: int, frame: FrameType | None) -> None:
         stop_signals.append(signum)
+        if deploying[0]:
+            deploying[0] = False  # once
+            raise _StopDeployingError
 
     ray.init(include_dashboard=False, log_to_driver=options.log_level in ("debug", "trace"))
     # After ray.init, which installs its own crash handler for SIGTERM (it exits at once).
@@ -63,15 +68,27 @@ def serve_on_ray(config: ServeConfig) -> int:
             config.ray.name,
             config.ray.num_replicas,
         )
+        # serve.run blocks until every replica is up, which is never for one Ray cannot place
+        # (num_cpus above the cluster's): a stop signal meanwhile interrupts it (SIGTERM and
+        # SIGINT waited for it, forever). Raised from the handler, on the main thread, only
+        # while deploying: the application is deleted and Ray shut down just after.
+        deploying[0] = True
         try:
             serve.run(
                 integration.application(config),
                 name=config.ray.name,
                 route_prefix=config.ray.route_prefix,
             )
+        except _StopDeployingError:
+            logger.info("stopping while the application deploys: deleting it")
+            serve.delete(config.ray.name)
+            serve.shutdown()
+            return 0
         except Exception as failure:  # Ray reports a failed deployment with its own types
             logger.error("startup failed: %s", _reason(failure, serve, config.ray.name))
             return STARTUP_FAILED
+        finally:
+            deploying[0] = False
         logger.info("all replicas loaded; accepting connections on %s", address.rstrip("/"))
         while not stop_signals:
             time.sleep(0.5)
@@ -83,6 +100,11 @@ def serve_on_ray(config: ServeConfig) -> int:
         ray.shutdown()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class _StopDeployingError(BaseException):
+    """A stop signal while serve.run waits for the replicas (BaseException: Ray's own
+    ``except Exception`` must not swallow it)."""
 
 
 def _reason(failure: BaseException, serve: Any, name: str) -> str:
