@@ -297,3 +297,17 @@ def test_a_parameter_named_outputs_is_not_loadonces_selection(value: Any, tmp_pa
         assert answer.status_code == 200, answer.text
         names = [t["name"] for t in answer.json()["outputs"]]
         assert "label" in names
+
+
+def test_an_output_of_text_and_numbers_is_one_json_document_per_example() -> None:
+    # NumPy made text of everything beside a string: ("setosa", 0.5, True) was sent as the
+    # strings "setosa", "0.5", "True".
+    spec = loadonce.ModelSpec(
+        name="mixed", loader=lambda: lambda batch: [("setosa", 0.5, True) for _ in batch]
+    )
+    with TestClient(loadonce.create_app([spec])) as http:
+        answer = http.post("/v2/models/mixed/infer", json=_infer_body())
+        assert answer.status_code == 200, answer.text
+        [output] = answer.json()["outputs"]
+        assert output["datatype"] == "BYTES"
+        assert [json.loads(document) for document in output["data"]] == [["setosa", 0.5, True]] * 2

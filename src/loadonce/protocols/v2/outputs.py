@@ -96,7 +96,13 @@ def _stack(name: str, values: list[Any], declared: TensorInfo | None) -> OutputT
         datatype = datatype_of(array.dtype)
         if datatype is not None and datatype != BYTES:
             return OutputTensor(name, datatype, array)
-        if array.dtype.kind in "US" or _all_text(array):
+        if array.dtype.kind in "US":
+            # NumPy makes text of everything beside a string: ("setosa", 0.5, True) became
+            # "0.5" and "True". Only values that were all text are a text tensor.
+            originals = np.asarray(values, dtype=object)
+            if _all_text(originals):
+                return OutputTensor(name, BYTES, _as_bytes(array))
+        elif _all_text(array):
             return OutputTensor(name, BYTES, _as_bytes(array))
     documents = np.empty(len(values), dtype=object)
     documents[:] = [_document(value) for value in values]
