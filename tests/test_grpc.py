@@ -5,6 +5,7 @@ the lifespan (``grpc_lifespan``); and one ``loadonce serve --grpc-port`` with tw
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import signal
 import threading
@@ -651,3 +652,18 @@ def test_calls_past_the_bound_in_flight_are_refused_at_once() -> None:
         assert answers == [None]
         first.close()
         second.close()
+
+
+def test_each_call_writes_an_access_line(
+    client: triton.InferenceServerClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each HTTP request had its line; a gRPC call had none.
+    with caplog.at_level(logging.INFO, logger="loadonce.access"):
+        client.infer("simple", _pair(), headers={"x-request-id": "grpc-line-1"})
+        _code(lambda: client.is_model_ready("no-such-model"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "loadonce.access"]
+    assert any(
+        "/inference.GRPCInferenceService/ModelInfer 200" in line and "grpc-line-1" in line
+        for line in lines
+    ), lines
+    assert any("/inference.GRPCInferenceService/ModelReady 404" in line for line in lines), lines

@@ -12,6 +12,7 @@ request's line in the metrics (route: the RPC's path).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -37,6 +38,7 @@ from loadonce.http.access_keys import (
 )
 from loadonce.http.errors import describe_error
 from loadonce.http.request_info import request_id_from
+from loadonce.http.request_line import access_logger, write_request_line
 from loadonce.http.routes import count_request
 from loadonce.http.state import LoadonceState
 from loadonce.protocols.grpc.messages import (
@@ -183,10 +185,13 @@ class InferenceService:
                 return response
             finally:
                 name = getattr(request, "model_name", None) or getattr(request, "name", None)
-                count_request(
-                    state, {"model_name": name}, route, status, time.perf_counter() - started
-                )
-                if traced is not None:
+                seconds = time.perf_counter() - started
+                count_request(state, {"model_name": name}, route, status, seconds)
+                if access_logger.isEnabledFor(logging.INFO):
+                    # A line per call, as each HTTP request has (none was written): the
+                    # HTTP/2 request gRPC is, its path the RPC's, its status HTTP's.
+                    write_request_line("POST", route, status, seconds * 1000, request_id)
+                if traced is not None:  # after the access line, which carries its ids
                     traced.finish()
 
         return call
