@@ -128,7 +128,7 @@ DEFAULT_BATCHING = Batching(max_batch_size=64, fill_wait_ms="auto")
 
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
-_SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
+SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
 
 
 class ModelSpec(BaseModel):
@@ -159,7 +159,7 @@ class ModelSpec(BaseModel):
     # model counts as ready; false: leave them to first use; None: true when the artifact
     # fits in the memory available at load. Nothing to do for weights copied at load.
     prefault: bool | None = None
-    sha256: Annotated[str, Field(pattern=_SHA256_PATTERN)] | None = None
+    sha256: Annotated[str, Field(pattern=SHA256_PATTERN)] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     # Batching (dynamic micro-batching): a [models.batching] table; true for its defaults; false
     # for none. Left unset: on, with DEFAULT_BATCHING, when the runtime's batched call gives

@@ -17,6 +17,7 @@ from loadonce.core.control import NOT_TRIED
 from loadonce.core.errors import ConfigError, LoadonceError, describe_exception
 from loadonce.core.imports import import_optional
 from loadonce.core.integrity import file_sha256
+from loadonce.core.spec import SHA256_PATTERN
 from loadonce.server.on_ray import ray_config_document, serve_on_ray
 from loadonce.server.plan import make_plan
 from loadonce.server.resolve import resolve_serve_config
@@ -428,7 +429,7 @@ def ray_config(
 def _checked_sha256(value: str | None) -> str | None:
     """A usage error now, before the request: the server's 400 made it exit 1, as a failed
     load does."""
-    if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+    if value is not None and not re.fullmatch(SHA256_PATTERN, value):
         raise click.BadParameter(f"{value!r} is not a sha256 (64 hexadecimal digits)")
     return value
 
