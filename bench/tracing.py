@@ -6,15 +6,17 @@ collector's). A fourth server samples every request and exports nothing
 (``OTEL_TRACES_EXPORTER=none``): the spans are built on the serving thread and dropped, so its
 row against the 100% row splits what building spans costs from what exporting them costs.
 
-The four servers run side by side, pinned to core 0 (an idle one costs nothing), wrk and the
-receiver on core 1. After a warm-up of each, the measured runs go round by round, each round
-one run of every variant in turn: this machine's speed drifts by more than the 5% measured
-here over a few minutes, and a round's runs share its drift. Each round's 10% run is compared
-with its own "off" run; the median of those ratios is the figure. Target (issue 21): at 10%
-sampling at most 5% fewer requests per second than tracing off. Writes
-bench/results/tracing.json and .md.
+The servers run side by side, pinned to core 0 (an idle one costs nothing), wrk and the
+receiver on core 1. Tracing off and 10% get ``--instances`` servers each (two by default):
+two processes of the same code differ here by a few percent for as long as they run, as much
+as the target, so the pair is compared as means over processes. After a warm-up of each, the
+measured runs go round by round, each round one run of every server in turn: this machine's
+speed drifts by more than the 5% measured here over a few minutes, and a round's runs share
+its drift. Each round's 10% figure (its servers' mean) is compared with its own "off" figure;
+the median of those ratios is the figure. Target (issue 21): at 10% sampling at most 5% fewer
+requests per second than tracing off. Writes bench/results/tracing.json and .md.
 
-    python -m bench.tracing [--quick] [--seconds 10] [--rounds 5]
+    python -m bench.tracing [--quick] [--seconds 10] [--rounds 5] [--instances 2]
 """
 
 from __future__ import annotations
@@ -95,43 +97,70 @@ def _progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def copies(name: str, instances: int) -> int:
+    """How many servers run variant ``name``: ``instances`` for the pair the target compares
+    (off and 10%), one for the others. Two processes of the same code differ here by a few
+    percent for as long as they run (how their memory happens to be laid out), as much as the
+    target: the pair's figures are means over processes."""
+    return instances if name in ("off", "10%") else 1
+
+
 def _measure_all(artifact: Path, row: list[float], endpoint: str,
                  args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
-    """Every variant's server started, warmed up, then measured round by round."""
+    """Every variant's servers started, warmed up, then measured round by round: in each
+    round every server runs once, and a variant's figures are its servers' means."""
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in VARIANTS}
     with contextlib.ExitStack() as stack:
         servers = {}
         for number, (name, ratio, exporter) in enumerate(VARIANTS):
-            how = launch("a", artifact, row, free_port())
-            env = {"PYTHONPATH": str(ROOT / "src"), **tracing_env(ratio, endpoint, exporter)}
-            servers[name] = stack.enter_context(
-                serving(f"tracing-{number}", how, artifact, env=env)
-            )
-            _progress(f"tracing {name}: warm-up {args.warmup:g} s")
-            wrk.run(servers[name].url, servers[name].body, connections=CONNECTIONS,
-                    seconds=args.warmup, core=LOAD_CORE)  # fmt: skip
+            for copy in range(copies(name, args.instances)):
+                how = launch("a", artifact, row, free_port())
+                env = {"PYTHONPATH": str(ROOT / "src"), **tracing_env(ratio, endpoint, exporter)}
+                started = serving(f"tracing-{number}-{copy}", how, artifact, env=env)
+                servers[name, copy] = stack.enter_context(started)
+                _progress(f"tracing {name} #{copy + 1}: warm-up {args.warmup:g} s")
+                wrk.run(servers[name, copy].url, servers[name, copy].body,
+                        connections=CONNECTIONS, seconds=args.warmup, core=LOAD_CORE)  # fmt: skip
         time.sleep(6)  # the warm-up's spans exported (the batch exporter's schedule: 5 s)
         exports_before = _Receiver.exports
         for round_ in range(1, args.rounds + 1):
-            for name, _, _ in in_turn(VARIANTS, round_):
-                server = psutil.Process(servers[name].process.pid)
+            measured: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
+            for name, copy in in_turn(list(servers), round_):
+                running = servers[name, copy]
+                server = psutil.Process(running.process.pid)
                 cpu_before, loop_before = _cpu_seconds(server), _loop_thread_seconds(server)
-                result = wrk.run(servers[name].url, servers[name].body, connections=CONNECTIONS,
+                result = wrk.run(running.url, running.body, connections=CONNECTIONS,
                                  seconds=args.seconds, core=LOAD_CORE)  # fmt: skip
                 answered = result.req_per_s * args.seconds
                 cpu_us = (_cpu_seconds(server) - cpu_before) / max(answered, 1) * 1e6
                 loop_us = (_loop_thread_seconds(server) - loop_before) / max(answered, 1) * 1e6
                 _progress(
-                    f"round {round_}/{args.rounds}, tracing {name}: {result.req_per_s:,.0f} "
-                    f"req/s, p50 {result.p50_ms} ms, p99 {result.p99_ms} ms, "
-                    f"{result.errors} errors, {cpu_us:.0f} µs of CPU per request "
-                    f"({loop_us:.0f} on the event loop's thread)"
+                    f"round {round_}/{args.rounds}, tracing {name} #{copy + 1}: "
+                    f"{result.req_per_s:,.0f} req/s, p50 {result.p50_ms} ms, p99 "
+                    f"{result.p99_ms} ms, {result.errors} errors, {cpu_us:.0f} µs of CPU per "
+                    f"request ({loop_us:.0f} on the event loop's thread)"
                 )
-                runs[name].append(
+                measured[name].append(
                     {**result.as_dict(), "cpu_us_per_request": cpu_us, "loop_us": loop_us}
                 )
+            for name, of_servers in measured.items():
+                runs[name].append(_mean_of(of_servers))
         time.sleep(6)  # what was sampled arrives
     return {"runs": runs, "exports": _Receiver.exports - exports_before}
+
+
+def _mean_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One round of a variant: its servers' runs, averaged (errors summed); each server's
+    req/s kept."""
+    mean = {
+        key: statistics.fmean(run[key] or 0.0 for run in runs)
+        for key in ("req_per_s", "p50_ms", "p99_ms", "cpu_us_per_request", "loop_us")
+    }
+    return {
+        **mean,
+        "errors": sum(run["errors"] for run in runs),
+        "servers_req_per_s": [run["req_per_s"] for run in runs],
+    }
 
 
 def _loop_thread_seconds(server: psutil.Process) -> float:
@@ -160,14 +189,17 @@ def ratios(runs: dict[str, list[dict[str, Any]]], name: str) -> list[float]:
 def render(results: dict[str, Any]) -> str:
     versions = ", ".join(f"{name} {version}" for name, version in results["versions"].items())
     runs = results["runs"]
+    instances = results.get("instances", 1)
     lines = [
-        f"Run of {results['date']} on {results['cpu']}; the four servers side by side on core "
-        f"{SERVER_CORE}, wrk and the OTLP receiver on core {LOAD_CORE}; {CONNECTIONS} "
-        f"connections; a {results['warmup']:g} s warm-up each, then {results['rounds']} rounds "
-        f"of one {results['seconds']:g} s run per variant. {results['exports']} OTLP exports "
-        f"received. Versions: {versions}.",
+        f"Run of {results['date']} on {results['cpu']}; the servers side by side on core "
+        f"{SERVER_CORE} ({instances} each for off and 10%, one for the others), wrk and the "
+        f"OTLP receiver on core {LOAD_CORE}; {CONNECTIONS} connections; a "
+        f"{results['warmup']:g} s warm-up each, then {results['rounds']} rounds of one "
+        f"{results['seconds']:g} s run per server; a variant's figure in a round is its "
+        f"servers' mean. {results['exports']} OTLP exports received. Versions: {versions}.",
         "",
-        "| tracing | req/s per round | median req/s | median p50 ms | median p99 ms | errors | "
+        "| tracing | req/s per round (servers' mean) | median req/s | median p50 ms | "
+        "median p99 ms | errors | "
         "server CPU µs per request (median) | of which the event loop's thread | "
         "req/s against off (median of rounds) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -202,10 +234,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10, help="each measured wrk run")
     parser.add_argument("--warmup", type=float, default=3, help="each server's warm-up")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of one run per variant")
+    parser.add_argument(
+        "--instances", type=int, default=2, help="servers each for tracing off and 10%%"
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 s runs, 1 round")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seconds, args.warmup, args.rounds = 2, 1, 1
+        args.seconds, args.warmup, args.rounds, args.instances = 2, 1, 1, 1
     return args
 
 
@@ -228,6 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds": args.seconds,
         "warmup": args.warmup,
         "rounds": args.rounds,
+        "instances": args.instances,
         "versions": {name: importlib.metadata.version(name) for name in versions},
         **measured,
         "loss_at_10_percent": 1 - statistics.median(ratios(measured["runs"], "10%")),
