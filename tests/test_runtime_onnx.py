@@ -218,3 +218,49 @@ def test_a_graph_exported_for_a_fixed_batch_answers_any_number_of_examples(
             expected = rows[:count] @ weights
             np.testing.assert_allclose([o["scores"] for o in outputs], expected, rtol=1e-5)
             assert [o["label"] for o in outputs] == expected.argmax(axis=1).tolist()
+
+
+def test_outputs_without_a_batch_dimension_go_whole_to_every_example(tmp_path: Path) -> None:
+    """A constant ([3]) and a scalar (a sum over the batch) beside a batched output: every
+    example gets them whole, as the session returns them, on the JSON route and /v2 (each
+    was cut into rows, or a 500 with one example); the model is not batched by default (the
+    sum would count other requests' rows)."""
+    classes = numpy_helper.from_array(np.array([10, 20, 30], np.int64), "classes_value")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["x"], ["y"]),
+            helper.make_node("Identity", ["classes_value"], ["classes"]),
+            helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+        ],
+        "unbatched_outputs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2]),
+            helper.make_tensor_value_info("classes", TensorProto.INT64, [3]),
+            helper.make_tensor_value_info("total", TensorProto.FLOAT, []),
+        ],
+        initializer=[classes],
+    )
+    path = _save(graph, tmp_path / "unbatched.onnx")
+    rows = np.array([[1, 2], [3, 4], [5, 6]], np.float32)
+    session = ort.InferenceSession(path)
+    with TestClient(loadonce.create_app([loadonce.ModelSpec(name="m", artifact=path)])) as client:
+        assert client.get("/models/m").json()["queue"]["max_batch_size"] == 1
+        for count in (1, 3):
+            expected_total = float(session.run(["total"], {"x": rows[:count]})[0])
+            answer = client.post("/models/m/predict", json={"inputs": rows[:count].tolist()})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["outputs"] == [
+                {"y": row.tolist(), "classes": [10, 20, 30], "total": expected_total}
+                for row in rows[:count]
+            ]
+            tensor = {"name": "x", "datatype": "FP32", "shape": [count, 2]}
+            body = {"inputs": [{**tensor, "data": rows[:count].ravel().tolist()}]}
+            infer = client.post("/v2/models/m/infer", json=body)
+            assert infer.status_code == 200, infer.text
+            outputs = {o["name"]: o for o in infer.json()["outputs"]}
+            assert outputs["classes"]["shape"] == [count, 3]
+            assert outputs["classes"]["data"] == [10, 20, 30] * count
+            assert outputs["total"]["data"] == [expected_total] * count
+        described = {o["name"]: o["shape"] for o in client.get("/v2/models/m").json()["outputs"]}
+        assert described == {"y": [-1, 2], "classes": [-1, 3], "total": [-1]}

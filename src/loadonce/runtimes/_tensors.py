@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from loadonce.core.errors import InvalidInputError
@@ -64,11 +64,21 @@ def batch_rows(named: Sequence[tuple[str, Any]], count: int) -> list[tuple[Any, 
     return list(zip(*(array for _, array in named), strict=True))
 
 
-def split_batch_outputs(named: Sequence[tuple[str, Any]], count: int) -> list[Any]:
+def split_batch_outputs(
+    named: Sequence[tuple[str, Any]], count: int, *, whole: Collection[str] = ()
+) -> list[Any]:
     """One output per example: the row alone when the model has one output, an object keyed
-    by output name when it has several."""
-    rows = batch_rows(named, count)
+    by output name when it has several. ``whole``: outputs without a batch dimension (a
+    constant, a scalar), given whole to every example rather than cut into rows."""
+    batched = [(name, array) for name, array in named if name not in whole]
+    rows: list[tuple[Any, ...]] = batch_rows(batched, count) if batched else [()] * count
     if len(named) == 1:
-        return [row[0] for row in rows]
-    names = [name for name, _ in named]
-    return [dict(zip(names, row, strict=True)) for row in rows]
+        [(name, array)] = named
+        return [array] * count if name in whole else [row[0] for row in rows]
+    examples = []
+    for row in rows:
+        values = iter(row)
+        examples.append(
+            {name: array if name in whole else next(values) for name, array in named}
+        )
+    return examples

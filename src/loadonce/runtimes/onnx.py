@@ -56,6 +56,17 @@ class OnnxPredictor(Predictor):
             self.outputs = [t for t in all_outputs if t.name in output_names]
         else:
             self.outputs = all_outputs
+        self.fixed_batch = _fixed_batch(self.inputs)
+        # Outputs the graph declares without a batch dimension (a scalar, or a first
+        # dimension of a fixed size that is not the inputs' batch: a constant such as a class
+        # list): every example gets the whole value, described as one example's value.
+        self.whole = frozenset(t.name for t in self.outputs if not self._batched(t))
+        self.outputs = [
+            TensorInfo(name=t.name, dtype=t.dtype, shape=(None, *(t.shape or ())))
+            if t.name in self.whole
+            else t
+            for t in self.outputs
+        ]
         unsupported = [t.name for t in self.inputs if t.dtype is None]
         if unsupported:
             raise ValueError(f"inputs of a type loadonce cannot feed: {', '.join(unsupported)}")
@@ -64,10 +75,17 @@ class OnnxPredictor(Predictor):
         # Batched only where every input's first dimension is variable (a batch dimension);
         # a graph is assumed to compute its rows independently, as exported inference graphs
         # do (its matrix kernels may round the last bits differently with the batch's size).
-        self.batches_exactly = all(
+        # An output without a batch dimension may be computed across the rows (a sum over
+        # the batch): one request's answer would then depend on the others batched with it.
+        self.batches_exactly = not self.whole and all(
             t.shape is not None and len(t.shape) > 0 and t.shape[0] is None for t in self.inputs
         )
-        self.fixed_batch = _fixed_batch(self.inputs)
+
+    def _batched(self, tensor: TensorInfo) -> bool:
+        shape = tensor.shape
+        if shape is None:
+            return True  # nothing declared: batch-first, as most graphs are
+        return len(shape) > 0 and (shape[0] is None or shape[0] == self.fixed_batch)
 
     def prepare(self, examples: list[Any]) -> Any:
         if self.signature is not None:
@@ -82,7 +100,8 @@ class OnnxPredictor(Predictor):
             results = self.session.run(names, batch)
         else:
             results = self._run_in_fixed_batches(names, batch, count, size)
-        return split_batch_outputs(list(zip(names, results, strict=True)), count)
+        named = list(zip(names, results, strict=True))
+        return split_batch_outputs(named, count, whole=self.whole)
 
     def _run_in_fixed_batches(
         self, names: list[str], batch: dict[str, Any], count: int, size: int
@@ -94,6 +113,7 @@ class OnnxPredictor(Predictor):
         import numpy as np
 
         parts: list[list[Any]] = [[] for _ in names]
+        whole: list[Any] = []  # each output of the first call, for those without a batch
         for start in range(0, count, size):
             chunk = {name: values[start : start + size] for name, values in batch.items()}
             taken = len(next(iter(chunk.values())))
@@ -102,13 +122,17 @@ class OnnxPredictor(Predictor):
                     name: np.concatenate([values, np.repeat(values[-1:], size - taken, axis=0)])
                     for name, values in chunk.items()
                 }
-            for part, result in zip(parts, self.session.run(names, chunk), strict=True):
-                part.append(result[:taken])
+            results = self.session.run(names, chunk)
+            whole = whole or results
+            for name, part, result in zip(names, parts, results, strict=True):
+                part.append(result if name in self.whole else result[:taken])
         return [
-            np.concatenate(part)
+            whole[index]
+            if name in self.whole
+            else np.concatenate(part)
             if all(isinstance(p, np.ndarray) for p in part)
             else list(itertools.chain.from_iterable(part))  # ZipMap's lists of dicts
-            for part in parts
+            for index, (name, part) in enumerate(zip(names, parts, strict=True))
         ]
 
 
