@@ -78,7 +78,5 @@ def split_batch_outputs(
     examples = []
     for row in rows:
         values = iter(row)
-        examples.append(
-            {name: array if name in whole else next(values) for name, array in named}
-        )
+        examples.append({name: array if name in whole else next(values) for name, array in named})
     return examples
