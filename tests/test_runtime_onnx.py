@@ -11,11 +11,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import tritonclient.http as triton
 from fastapi.testclient import TestClient
 from onnx import TensorProto, helper, numpy_helper
 
 import loadonce
-from tests.servers import serving
+from tests.servers import ThreadedServer, serving
 
 
 def _save(graph: onnx.GraphProto, path: Path) -> Path:
@@ -264,3 +265,34 @@ def test_outputs_without_a_batch_dimension_go_whole_to_every_example(tmp_path: P
             assert outputs["total"]["data"] == [expected_total] * count
         described = {o["name"]: o["shape"] for o in client.get("/v2/models/m").json()["outputs"]}
         assert described == {"y": [-1, 2], "classes": [-1, 3], "total": [-1]}
+
+
+def test_infinities_in_binary_data_are_values(tmp_path: Path) -> None:
+    """IEEE infinities sent as binary FP32 data (tritonclient's default) reach the model
+    and come back computed, as NaN does (they were refused as "outside the range of
+    float32", a rule for JSON text, where an infinity is a number past FP64's range: that
+    one is still refused)."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "x"], ["y"])],
+        "double",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    )
+    path = _save(graph, tmp_path / "double.onnx")
+    sent = np.array([[np.inf, -np.inf, np.nan, 1.5]], np.float32)
+    expected = ort.InferenceSession(path).run(["y"], {"x": sent})[0]
+    app = loadonce.create_app([loadonce.ModelSpec(name="m", artifact=path)])
+    with ThreadedServer(app) as running:
+        client = triton.InferenceServerClient(running.url.removeprefix("http://"))
+        tensor = triton.InferInput("x", [1, 4], "FP32")
+        tensor.set_data_from_numpy(sent, binary_data=True)
+        answer = client.infer("m", [tensor]).as_numpy("y")
+        np.testing.assert_array_equal(answer, expected)
+        overflow = httpx.post(
+            f"{running.url}/models/m/predict",
+            content=b'{"inputs": [[1e400, 1, 1, 1]]}',
+            headers={"content-type": "application/json"},
+        )
+        assert overflow.status_code == 400
+        assert "outside the range" in overflow.text
+        client.close()

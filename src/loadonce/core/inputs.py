@@ -148,7 +148,10 @@ def _convert(examples: list[Any], dtype: str | None, missing_as_nan: bool) -> np
         raise ValueError("the examples are not a rectangular array")
     if dtype is None:
         return raw
+    # Examples that are arrays came as binary numbers (REST binary data, gRPC contents),
+    # not JSON text: an infinity among them is a value, not an overflow.
+    binary = bool(examples) and isinstance(examples[0], np.ndarray | np.generic)
     try:
-        return convert_numbers(raw, np.dtype(dtype), examples)
+        return convert_numbers(raw, np.dtype(dtype), examples, infinities=binary)
     except LossyConversionError as exc:
         raise TypeError(str(exc)) from None

@@ -4,7 +4,8 @@ The JSON route and the Open Inference Protocol used to convert with two policies
 model answered ``1e300`` with ``["Infinity"]`` on one and 400 on the other. Here, for both:
 integers become floats, never floats integers; no integer leaves its type's range; no finite
 number becomes an infinity; JSON has no infinity, so one in the data is a number past FP64's
-range (``1e400``); ``true`` and ``false`` are not numbers.
+range (``1e400``), while binary data (REST's binary extension, gRPC) carries infinities as
+values; ``true`` and ``false`` are not numbers.
 """
 
 from __future__ import annotations
@@ -38,8 +39,12 @@ def holds_booleans(data: Any) -> bool:
     return False
 
 
-def convert_numbers(raw: npt.NDArray[Any], target: np.dtype[Any], data: Any) -> npt.NDArray[Any]:
-    """``raw`` (``np.asarray(data)``) as ``target``, or LossyConversionError."""
+def convert_numbers(
+    raw: npt.NDArray[Any], target: np.dtype[Any], data: Any, *, infinities: bool = False
+) -> npt.NDArray[Any]:
+    """``raw`` (``np.asarray(data)``) as ``target``, or LossyConversionError.
+    ``infinities``: the values came as binary numbers (REST binary data, gRPC contents),
+    where an infinity is a value like any other; only one made by the conversion is lost."""
     import numpy as np
 
     kind = raw.dtype.kind
@@ -55,7 +60,7 @@ def convert_numbers(raw: npt.NDArray[Any], target: np.dtype[Any], data: Any) -> 
         raise LossyConversionError(
             "must be numbers; true and false are not (send 1 and 0, or a boolean input)"
         )
-    if kind == "f" and np.isinf(raw).any():
+    if kind == "f" and not infinities and np.isinf(raw).any():
         # JSON has no infinity: the parser made one of a number past FP64's range.
         raise LossyConversionError(f"a value is outside the range of {target.name}")
     if target.kind in "iu":
@@ -69,6 +74,7 @@ def convert_numbers(raw: npt.NDArray[Any], target: np.dtype[Any], data: Any) -> 
         return raw.astype(target, copy=False)  # as wide or wider: nothing can overflow
     with np.errstate(over="ignore"):  # an overflow is found just below, and named
         converted = raw.astype(target)
-    if np.isinf(converted).any():
+    overflowed = np.isinf(converted)
+    if overflowed.any() and (not infinities or (overflowed & ~np.isinf(raw)).any()):
         raise LossyConversionError(f"a value is outside the range of {target.name}")
     return converted
