@@ -354,3 +354,43 @@ def test_without_a_declared_shape_the_warm_up_tells_a_wrong_request_from_a_faili
         )
         right = client.post("/models/mlp/predict", json={"inputs": [[1.0, 2.0, 3.0, 4.0]]})
         assert right.status_code == 200
+
+
+@pytest.mark.parametrize("bfloat_input", [False, True], ids=["bf16-out", "bf16-in-and-out"])
+def test_a_bfloat16_program_is_served_in_float32(tmp_path: Path, bfloat_input: bool) -> None:
+    """bfloat16 has no NumPy dtype: such a program's tensors are read and answered as
+    float32, which holds every bfloat16 value, and cast to the program's dtype on the way in
+    (it was ready, but its metadata and every request a 500, or a 400 blaming the client)."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 3).to(torch.bfloat16)
+    module: torch.nn.Module = layer if bfloat_input else _CastIn(layer)
+    dtype = torch.bfloat16 if bfloat_input else torch.float32
+    batch = torch.export.Dim("batch")
+    example = torch.ones(2, 4, dtype=dtype)
+    program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+    path = tmp_path / "bf16.pt2"
+    torch.export.save(program, path)
+    rows = [[0.5, -1.0, 2.0, 0.25], [1.0, 0.0, -0.5, 3.0]]
+    with torch.inference_mode():
+        expected = module(torch.tensor(rows, dtype=dtype)).float().numpy()
+    with TestClient(loadonce.create_app([loadonce.ModelSpec(name="m", artifact=path)])) as client:
+        answer = client.post("/models/m/predict", json={"inputs": rows})
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_array_equal(np.array(answer.json()["outputs"]), expected)
+        described = client.get("/v2/models/m").json()
+        assert [t["datatype"] for t in described["inputs"] + described["outputs"]] == ["FP32"] * 2
+        tensor = {"name": "input", "datatype": "FP32", "shape": [2, 4]}
+        infer = client.post("/v2/models/m/infer", json={"inputs": [{**tensor, "data": rows}]})
+        assert infer.status_code == 200, infer.text
+        assert infer.json()["outputs"][0]["data"] == expected.ravel().tolist()
+
+
+class _CastIn(torch.nn.Module):
+    """float32 in, the bfloat16 layer's bfloat16 out."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x.to(torch.bfloat16))  # type: ignore[no-any-return]

@@ -41,8 +41,12 @@ class TorchPredictor(Predictor):
         input_shape: tuple[int | None, ...] | None,
         named_inputs: Sequence[TensorInfo] = (),
         fixed_batch: int | None = None,
+        casts: Sequence[Any] = (),
     ) -> None:
         self.module = module
+        # The torch dtype of each input the program records, which the values read (in the
+        # served NumPy dtype) are cast to: a bfloat16 input is read as float32.
+        self.casts = list(casts)
         self.device = device
         self.input_dtype = input_dtype
         self.fixed_batch = fixed_batch
@@ -61,10 +65,15 @@ class TorchPredictor(Predictor):
         torch = import_optional("torch", extra="torch")
         if self.inputs:
             stacked = stack_named_inputs(examples, self.inputs)
-            return [torch.from_numpy(np.ascontiguousarray(stacked[t.name])) for t in self.inputs]
-        shape = self.signature.shape if self.signature else _shape_of(examples)
-        array = as_typed_batch(examples, InputSignature(shape=shape, dtype=self.input_dtype))
-        return [torch.from_numpy(np.ascontiguousarray(array))]
+            arrays = [stacked[t.name] for t in self.inputs]
+        else:
+            shape = self.signature.shape if self.signature else _shape_of(examples)
+            signature = InputSignature(shape=shape, dtype=self.input_dtype)
+            arrays = [as_typed_batch(examples, signature)]
+        tensors = [torch.from_numpy(np.ascontiguousarray(array)) for array in arrays]
+        if self.casts:
+            tensors = [t.to(cast) for t, cast in zip(tensors, self.casts, strict=True)]
+        return tensors
 
     def combine(self, batches: list[Any]) -> Any:
         torch = import_optional("torch", extra="torch")
@@ -84,6 +93,27 @@ class TorchPredictor(Predictor):
                 result = self.module(*[tensor.to(self.device) for tensor in chunk])
                 outputs += _split(result, size)[:taken]
         return outputs
+
+
+# Floating-point dtypes NumPy has: any other (bfloat16, the float8 types) is served as
+# float32, a type that holds each of its values exactly; inputs are cast back to the model's.
+_NUMPY_FLOATS = ("float16", "float32", "float64")
+
+
+def _served_dtype(name: str) -> str:
+    """The NumPy dtype a model's tensor of dtype ``name`` (torch's, without "torch.") is
+    read and answered as."""
+    return "float32" if name.startswith(("bfloat", "float8")) else name
+
+
+def _as_numpy(value: Any) -> Any:
+    """A tensor's values as a NumPy array: in float32 where NumPy has no such dtype."""
+    value = value.detach().cpu()
+    if value.dtype.is_floating_point and str(value.dtype).removeprefix("torch.") not in (
+        _NUMPY_FLOATS
+    ):
+        value = value.float()
+    return value.numpy()
 
 
 def _padded(torch: Any, tensor: Any, size: int) -> Any:
@@ -108,11 +138,11 @@ def _split(result: Any, count: int) -> list[Any]:
     one tensor of JSON text)."""
     torch = import_optional("torch", extra="torch")
     if isinstance(result, torch.Tensor):
-        return split_batch_outputs([("output", result.cpu().numpy())], count)
+        return split_batch_outputs([("output", _as_numpy(result))], count)
     if isinstance(result, Mapping):
-        named = [(str(key), value.cpu().numpy()) for key, value in result.items()]
+        named = [(str(key), _as_numpy(value)) for key, value in result.items()]
     elif isinstance(result, tuple | list):
-        named = [(f"output{i}", value.cpu().numpy()) for i, value in enumerate(result)]
+        named = [(f"output{i}", _as_numpy(value)) for i, value in enumerate(result)]
     else:
         raise TypeError(f"the module returned {type(result).__name__}; expected tensors")
     names = [name for name, _ in named]
@@ -167,11 +197,12 @@ class TorchRuntime(Runtime):
         outputs: list[TensorInfo] = []
         fixed_batch: int | None = None
         input_shape, input_dtype = spec.input_shape, spec.options.get("input_dtype")
+        casts: list[Any] = []
         if suffix in EXPORTED_SUFFIXES:
             with _quiet("torch.export"):
                 program = torch.export.load(str(spec.artifact))
             # An exported program records its inputs' shapes and dtypes: they check requests.
-            recorded = _exported_inputs(program)
+            recorded, casts = _exported_inputs(program)
             if len(recorded) == 1:
                 shape = recorded[0].shape
                 input_shape = input_shape or (None if shape is None else tuple(shape[1:]))
@@ -194,6 +225,7 @@ class TorchRuntime(Runtime):
             input_shape=input_shape,
             named_inputs=named_inputs,
             fixed_batch=fixed_batch,
+            casts=casts,
         )
         predictor.shares_weights = shared
         predictor.outputs = outputs
@@ -224,27 +256,31 @@ def _exported_outputs(program: Any) -> list[TensorInfo]:
     return [
         TensorInfo(
             name=name,
-            dtype=str(value.dtype).removeprefix("torch."),
+            dtype=_served_dtype(str(value.dtype).removeprefix("torch.")),
             shape=tuple(d if isinstance(d, int) else None for d in value.shape),
         )
         for name, value in zip(names, values, strict=True)
     ]
 
 
-def _exported_inputs(program: Any) -> list[TensorInfo]:
+def _exported_inputs(program: Any) -> tuple[list[TensorInfo], list[Any]]:
     """An exported program's inputs, batch dimension first, as its graph records them (a
-    dimension exported as dynamic is None)."""
+    dimension exported as dynamic is None, a dtype NumPy lacks float32), and each one's
+    torch dtype, which the served values are cast to."""
     names = list(program.graph_signature.user_inputs)
     found: dict[str, TensorInfo] = {}
+    casts: dict[str, Any] = {}
     for node in program.graph.nodes:
         if node.op == "placeholder" and node.name in names:
             value = node.meta.get("val")
             if value is None or not hasattr(value, "shape"):
                 continue
             shape = tuple(d if isinstance(d, int) else None for d in value.shape)
-            dtype = str(value.dtype).removeprefix("torch.")
+            dtype = _served_dtype(str(value.dtype).removeprefix("torch."))
             found[node.name] = TensorInfo(name=node.name, dtype=dtype, shape=shape)
-    return [found[name] for name in names if name in found]
+            casts[node.name] = value.dtype
+    kept = [name for name in names if name in found]
+    return [found[name] for name in kept], [casts[name] for name in kept]
 
 
 def _fixed_batch(inputs: list[TensorInfo], model: str) -> int | None:
