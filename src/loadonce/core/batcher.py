@@ -593,7 +593,7 @@ def run_batch(
     for index, examples in enumerate(requests):
         try:
             prepared.append((index, _prepare(predictor, examples)))
-        except Exception as exc:
+        except BaseException as exc:  # the model's code: see _from_the_model
             outcomes[index].error = _from_the_model(exc)
             outcomes[index].prepared = False
     if len(prepared) > 1:
@@ -604,7 +604,7 @@ def run_batch(
             predicted = _predict(predictor, combined, parameters)
             timing.infer_s += lap()
             outputs = _one_output_per_example(predicted, count)
-        except Exception as exc:
+        except BaseException as exc:  # the model's code: see _from_the_model
             timing.infer_s += lap()  # the failed attempt was the model's time
             logger.info(
                 "batch of %d requests failed (%s); predicting them one by one",
@@ -626,7 +626,7 @@ def run_batch(
             timing.infer_s += lap()
             outcomes[index].outputs = _one_output_per_example(result, len(requests[index]))
             timing.output_s += lap()
-        except Exception as exc:
+        except BaseException as exc:  # the model's code: see _from_the_model
             timing.infer_s += lap()
             outcomes[index].error = _misfit(requests[index], answered_shape) or _from_the_model(exc)
     return outcomes
@@ -668,9 +668,12 @@ def _misfit(examples: Sequence[Any], answered: tuple[int, ...] | None) -> Except
     )
 
 
-def _from_the_model(exc: Exception) -> Exception:
+def _from_the_model(exc: BaseException) -> Exception:
     """An exception of the predictor's code, marked as the model's (loadonce's own errors,
-    such as InvalidInputError for a bad input, say what they are already)."""
+    such as InvalidInputError for a bad input, say what they are already). Any exception at
+    all: SystemExit, KeyboardInterrupt or GeneratorExit raised by a model's code in its
+    thread are its failure, not a signal to the server (re-raised on the event loop, one
+    took the whole server out of service; another left its request unanswered)."""
     if isinstance(exc, LoadonceError):
         return exc
     wrapped = ModelRaisedError(exc)

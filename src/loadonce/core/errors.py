@@ -179,7 +179,10 @@ def _plain(message: str) -> str:
 
 def describe_exception(exc: BaseException) -> str:
     """One line for an exception: its type and its message, never a traceback."""
-    text = " ".join(str(exc).split())
+    try:
+        text = " ".join(str(exc).split())
+    except Exception:  # a model's exception whose own __str__ fails
+        text = "(its message could not be read)"
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
 

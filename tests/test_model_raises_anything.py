@@ -1,0 +1,68 @@
+"""A model's code may raise anything, SystemExit and GeneratorExit included, or an exception
+that cannot even say what it is: each is that request's 500 (JSON, with its request id), and
+the server, the model and its other requests go on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+import loadonce
+
+
+class _OwnBase(BaseException):
+    pass
+
+
+class _UnreadableMessageError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+def _raising(error: BaseException) -> Callable[[], Callable[[list[Any]], list[Any]]]:
+    def load() -> Callable[[list[Any]], list[Any]]:
+        def predict(batch: list[Any]) -> list[Any]:
+            if any(value < 0 for value in batch):
+                raise error
+            return [value * 2 for value in batch]
+
+        return predict
+
+    return load
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        SystemExit(0),
+        KeyboardInterrupt(),
+        GeneratorExit(),
+        _OwnBase("own"),
+        _UnreadableMessageError(),
+    ],
+    ids=["SystemExit", "KeyboardInterrupt", "GeneratorExit", "BaseException", "unreadable"],
+)
+def test_whatever_the_model_raises_is_that_requests_500(error: BaseException) -> None:
+    specs = [
+        loadonce.ModelSpec(name="m", loader=_raising(error), timeout_s=10),
+        loadonce.ModelSpec(name="other", loader=_raising(ValueError())),
+    ]
+    with TestClient(loadonce.create_app(specs)) as client:
+        for route, body in [
+            ("/models/m/predict", {"inputs": [-1]}),
+            (
+                "/v2/models/m/infer",
+                {"inputs": [{"name": "x", "datatype": "INT64", "shape": [1], "data": [-1]}]},
+            ),
+        ]:
+            failed = client.post(route, json=body)
+            assert failed.status_code == 500
+            assert failed.json()["error"].startswith(f"the model raised {type(error).__name__}")
+            assert failed.headers["x-request-id"] in failed.json()["error"]
+        # In a batch with it, the other requests are answered; the server is still ready.
+        assert client.post("/models/m/predict", json={"inputs": [3]}).json()["outputs"] == [6]
+        assert client.post("/models/other/predict", json={"inputs": [1]}).status_code == 200
+        assert client.get("/readyz").status_code == 200
