@@ -681,6 +681,12 @@ def _from_the_model(exc: BaseException) -> Exception:
     return wrapped
 
 
+def _is_data_frame(value: Any) -> bool:
+    """A pandas DataFrame, without importing pandas (a model that returns one has)."""
+    kind = type(value)
+    return kind.__name__ == "DataFrame" and kind.__module__.startswith("pandas")
+
+
 def _predict(predictor: Predictor, batch: Any, parameters: Mapping[str, Any]) -> Sequence[Any]:
     # The common case skips a call: predict_with exists for the few requests with parameters.
     return predictor.predict_with(batch, parameters) if parameters else predictor.predict(batch)
@@ -696,6 +702,17 @@ def _prepare(predictor: Predictor, examples: list[Any]) -> Any:
 
 
 def _one_output_per_example(outputs: Sequence[Any], count: int) -> list[Any]:
+    """The model's outputs as a list, one per example. Text, bytes and mappings iterate, but
+    not by example (characters, keys: a columnar ``{"label": [...], "score": [...]}`` for two
+    examples answered "label" and "score"); a DataFrame iterates its column names, so its
+    rows are taken as records."""
+    if isinstance(outputs, str | bytes | bytearray | Mapping):
+        raise RuntimeError(
+            f"the model returned {type(outputs).__name__}, not one output per example (a "
+            "list or an array)"
+        )
+    if _is_data_frame(outputs):
+        outputs = outputs.to_dict("records")  # type: ignore[attr-defined]
     try:
         listed = list(outputs)
     except TypeError:

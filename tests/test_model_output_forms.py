@@ -1,0 +1,52 @@
+"""What a model's predict returns must be one output per example: text, bytes and mappings
+iterate, but not by example, and are the model's 500 whatever the batch's size (a columnar
+dict for two examples answered its two keys); a pandas DataFrame is taken row by row."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+import loadonce
+
+
+def _returning(make: Callable[[list[Any]], Any]) -> Callable[[], Callable[[list[Any]], Any]]:
+    return lambda: make
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda batch: {"label": ["a"] * len(batch), "score": [0.5] * len(batch)},
+        lambda batch: "no"[: len(batch)],
+        lambda batch: b"no"[: len(batch)],
+    ],
+    ids=["columns-dict", "str", "bytes"],
+)
+def test_an_answer_that_is_not_one_output_per_example_is_the_models_500(
+    make: Callable[[list[Any]], Any],
+) -> None:
+    spec = loadonce.ModelSpec(name="m", loader=_returning(make))
+    with TestClient(loadonce.create_app([spec])) as client:
+        for count in (1, 2):
+            answer = client.post("/models/m/predict", json={"inputs": [1.0] * count})
+            assert answer.status_code == 500
+            assert answer.json()["error"].startswith("the model raised RuntimeError")
+
+
+def test_a_data_frame_is_answered_row_by_row() -> None:
+    def rows(batch: list[Any]) -> pd.DataFrame:
+        return pd.DataFrame({"label": [f"x{v}" for v in batch], "score": [v / 10 for v in batch]})
+
+    spec = loadonce.ModelSpec(name="m", loader=_returning(rows))
+    with TestClient(loadonce.create_app([spec])) as client:
+        answer = client.post("/models/m/predict", json={"inputs": [1, 2]})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"] == [
+            {"label": "x1", "score": 0.1},
+            {"label": "x2", "score": 0.2},
+        ]
