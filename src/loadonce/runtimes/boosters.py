@@ -158,6 +158,12 @@ def check_lightgbm_text(text: bytes | mmap.mmap) -> None:
     header_end = text.find(b"\nTree=")
     sizes_at = text.find(b"\ntree_sizes=", 0, header_end if header_end >= 0 else len(text))
     if sizes_at < 0:
+        # Read tree by tree by LightGBM, which takes a file cut before its trees (in its
+        # header) for a model of no trees, answering constants: every whole file ends them.
+        if text.find(b"\nend of trees") < 0:
+            raise DamagedModelFileError(
+                "the LightGBM model file is truncated: it has no 'end of trees' line"
+            )
         return
     line_end = text.find(b"\n", sizes_at + 1)
     if line_end < 0 or header_end < 0:
