@@ -3,6 +3,7 @@ boosters the tests train."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,7 @@ def _cut_in(text: bytes, marker: bytes, extra: int) -> bytes:
 # Where a cut made LightGBM itself abort or crash the process (SIGABRT, SIGSEGV): in the
 # tree_sizes line, inside a tree, and among the parameters; or load a model of no trees that
 # answered constants: in its header, before its tree_sizes line.
-_CUTS = {
+_CUTS: dict[str, Callable[[bytes], bytes]] = {
     "its header": lambda text: text[: text.index(b"tree_sizes=") // 2],
     "its tree sizes": lambda text: _cut_in(text, b"tree_sizes=", 0),
     "a tree": lambda text: _cut_in(text, b"Tree=1", 40),

@@ -170,6 +170,37 @@ def test_a_failed_reload_shows_paths_to_admins_only(setup: Setup, where: str) ->
         assert "prod models" not in answer
 
 
+def test_a_native_stack_trace_reaches_admins_only(tmp_path: Path) -> None:
+    """XGBoost's errors carry its C++ stack trace, with the memory addresses of its
+    libraries (which address randomisation hides): the load's reason says why in one short
+    line, and what clients without the admin key see has neither trace nor address."""
+    import numpy as np
+    import xgboost
+
+    rows = np.random.default_rng(0).random((20, 3))
+    data = xgboost.DMatrix(rows, label=(rows[:, 0] > 0.5).astype(int))
+    booster = xgboost.train({"objective": "binary:logistic"}, data, num_boost_round=2)
+    booster.save_model(tmp_path / "b.json")
+    (tmp_path / "garbage.ubj").write_bytes(b"not a model" * 20)
+    whole = (tmp_path / "b.json").read_bytes()
+    (tmp_path / "cut.json").write_bytes(whole[: len(whole) // 2])
+    spec = loadonce.ModelSpec(name="b", artifact=tmp_path / "b.json")
+    registry = loadonce.Registry([spec], artifact_roots=[tmp_path])
+    with ThreadedServer(loadonce.create_app(registry)) as server:
+        for damaged in ("garbage.ubj", "cut.json"):
+            url = f"{server.url}/admin/models/b/reload"
+            refused = httpx.post(url, json={"artifact": str(tmp_path / damaged)}, timeout=30)
+            assert refused.status_code == 400
+            assert "not an XGBoost model file" in refused.json()["error"]
+            assert len(refused.json()["error"]) < 400
+            shown = httpx.get(f"{server.url}/models/b").json()["error"]
+            index = httpx.post(f"{server.url}/v2/repository/index").text
+            for answer in (refused.text, shown, index):
+                assert "Stack trace" not in answer
+                assert "[bt]" not in answer
+                assert "0x7" not in answer
+
+
 def test_a_load_that_hangs_times_out_and_frees_the_model(setup: Setup) -> None:
     started = time.monotonic()
     hung = setup.reload("slow", {"artifact": str(setup.models / "hang.txt")})

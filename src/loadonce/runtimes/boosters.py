@@ -97,7 +97,10 @@ class XGBoostRuntime(Runtime):
             raise FileNotFoundError(f"no such file: {spec.artifact}")
         xgboost = import_optional("xgboost", extra="xgboost")
         booster = xgboost.Booster()
-        booster.load_model(str(spec.artifact))
+        try:
+            booster.load_model(str(spec.artifact))
+        except xgboost.core.XGBoostError as exc:
+            raise ValueError(f"not an XGBoost model file ({_xgboost_reason(exc)})") from None
         threads = _threads(spec)
         if threads is not None:
             booster.set_param({"nthread": threads})
@@ -144,6 +147,15 @@ class LightGBMRuntime(Runtime):
 
 class DamagedModelFileError(ValueError):
     """A model file whose structure is broken (truncated, sizes that disagree)."""
+
+
+def _xgboost_reason(error: Exception) -> str:
+    """XGBoost's message without its time, its C++ source line and its native stack trace
+    (a 1,200-character line with memory addresses)."""
+    text = str(error).split("Stack trace:")[0]
+    text = re.sub(r"^\s*\[[\d:]+\]\s*", "", text)
+    text = re.sub(r"^\S+:\d+:\s*", "", text)
+    return " ".join(text.split())
 
 
 def check_lightgbm_text(text: bytes | mmap.mmap) -> None:
