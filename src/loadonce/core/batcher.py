@@ -45,6 +45,7 @@ from loadonce.core.errors import (
 )
 from loadonce.core.executors import Executor
 from loadonce.core.observer import CallReport, ModelObserver
+from loadonce.core.sparse import dense_if_sparse
 from loadonce.core.tracebacks import release_tracebacks
 from loadonce.core.tracing import CallTracer
 from loadonce.runtimes._base import Predictor
@@ -713,6 +714,7 @@ def _one_output_per_example(outputs: Sequence[Any], count: int) -> list[Any]:
         )
     if _is_data_frame(outputs):
         outputs = outputs.to_dict("records")  # type: ignore[attr-defined]
+    outputs = dense_if_sparse(outputs)
     try:
         listed = list(outputs)
     except TypeError:

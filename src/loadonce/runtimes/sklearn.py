@@ -10,6 +10,7 @@ from typing import Any
 from loadonce.core.errors import InvalidInputError
 from loadonce.core.imports import import_optional
 from loadonce.core.integrity import file_sha256
+from loadonce.core.sparse import dense_if_sparse
 from loadonce.core.spec import ModelSpec
 from loadonce.runtimes._base import SELECTED_OUTPUTS, InputSignature, Predictor, Runtime, TensorInfo
 from loadonce.runtimes._columns import Columns, features_in, named_columns
@@ -73,6 +74,7 @@ class EstimatorPredictor(Predictor):
             self.inputs = list(columns.inputs)
         self._allows_nan = _allows_nan(estimator)
         self.missing_as_nan = self._allows_nan
+        self._float32 = _computes_in_float32(estimator)
         # scikit-learn hides a method an estimator cannot offer (available_if): SVC without
         # probability=True has no predict_proba here.
         self._named = {
@@ -94,6 +96,13 @@ class EstimatorPredictor(Predictor):
             raise InvalidInputError(
                 f"{type(self.estimator).__name__} does not accept NaN or infinity; "
                 "send finite numbers"
+            )
+        if self._float32 and batch.size and np.nanmax(np.abs(batch)) > _FLOAT32_MAX:
+            # Its trees compare float32 values: scikit-learn refuses what float32 cannot hold
+            # (the model's 500 for the client's number).
+            raise InvalidInputError(
+                f"a value is outside the range of float32, in which "
+                f"{type(self.estimator).__name__} computes"
             )
         return batch
 
@@ -135,8 +144,21 @@ class EstimatorPredictor(Predictor):
                 f"unknown output '{unknown[0]}'; the model's outputs are {', '.join(self._named)}"
             )
         model_input = self._model_input(batch)
-        results = {name: self._named[name](model_input) for name in names}
+        results = {name: dense_if_sparse(self._named[name](model_input)) for name in names}
         return [{name: results[name][row] for name in names} for row in range(len(model_input))]
+
+
+_FLOAT32_MAX = 3.4028234663852886e38
+# scikit-learn's estimators of trees, which convert their input to float32 (its trees'
+# dtype) before anything else.
+_FLOAT32_BASES = ("BaseDecisionTree", "BaseForest", "BaseGradientBoosting", "IsolationForest")
+
+
+def _computes_in_float32(estimator: Any) -> bool:
+    return any(
+        kind.__name__ in _FLOAT32_BASES and kind.__module__.startswith("sklearn.")
+        for kind in type(estimator).__mro__
+    )
 
 
 def _outputs_of(estimator: Any, method: str, named: list[str]) -> list[TensorInfo]:

@@ -151,4 +151,4 @@ def _document(value: Any) -> bytes:
         return value
     if isinstance(value, str):
         return utf8(value)
-    return utf8(json.dumps(to_jsonable(value), separators=(",", ":"), default=str))
+    return utf8(json.dumps(to_jsonable(value), separators=(",", ":")))

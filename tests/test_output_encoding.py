@@ -1,0 +1,101 @@
+"""What a model answers that JSON has no type for is written as what it stands for, the same
+on the JSON route and /v2; what JSON cannot carry at all is the model's 500, said the same way
+on both (the JSON route answered "the server failed", /v2 the value's str(): an object's
+memory address; a long double recursed without end)."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import skops.io
+import torch
+from fastapi.testclient import TestClient
+from sklearn.preprocessing import OneHotEncoder
+
+import loadonce
+
+
+def _answering(value: Callable[[], Any]) -> Callable[[], Callable[[list[Any]], list[Any]]]:
+    return lambda: lambda batch: [value() for _ in batch]
+
+
+WRITTEN = {
+    "long double": (lambda: np.longdouble(1.5), 1.5),
+    "long double array": (lambda: np.full(2, 0.25, dtype=np.longdouble), [0.25, 0.25]),
+    "datetime": (lambda: datetime.datetime(2020, 1, 2, 3, 4, 5), "2020-01-02T03:04:05"),
+    "date": (lambda: datetime.date(2020, 1, 2), "2020-01-02"),
+    "datetime64": (lambda: np.datetime64("2020-01-02T03:04"), "2020-01-02T03:04"),
+    "timedelta": (lambda: datetime.timedelta(minutes=1, seconds=30), 90.0),
+    "timedelta64": (lambda: np.timedelta64(1500, "ms"), 1.5),
+    "pandas Timestamp": (lambda: pd.Timestamp("2020-01-02"), "2020-01-02T00:00:00"),
+    "pandas NA": (lambda: pd.NA, None),
+    "Decimal": (lambda: decimal.Decimal("1.25"), 1.25),
+    "set": (lambda: {3, 1, 2}, [1, 2, 3]),
+    "torch tensor": (lambda: torch.tensor([1.0, 2.0]), [1.0, 2.0]),
+}
+
+
+@pytest.mark.parametrize("name", list(WRITTEN))
+def test_what_json_has_no_type_for_is_written_as_what_it_stands_for(name: str) -> None:
+    make, expected = WRITTEN[name]
+    spec = loadonce.ModelSpec(name="m", loader=_answering(make))
+    with TestClient(loadonce.create_app([spec])) as client:
+        answer = client.post("/models/m/predict", json={"inputs": [1]})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"] == [expected]
+        tensor = {"name": "x", "datatype": "INT64", "shape": [1], "data": [1]}
+        infer = client.post("/v2/models/m/infer", json={"inputs": [tensor]})
+        assert infer.status_code == 200, infer.text
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: complex(1, 2), lambda: np.complex64(1), lambda: object(), lambda: _itself()],
+    ids=["complex", "numpy complex", "object", "contains itself"],
+)
+def test_what_json_cannot_carry_is_the_models_500_on_both_routes(make: Callable[[], Any]) -> None:
+    spec = loadonce.ModelSpec(name="m", loader=_answering(make))
+    with TestClient(loadonce.create_app([spec])) as client:
+        tensor = {"name": "x", "datatype": "INT64", "shape": [1], "data": [1]}
+        for answer in (
+            client.post("/models/m/predict", json={"inputs": [1]}),
+            client.post("/v2/models/m/infer", json={"inputs": [tensor]}),
+        ):
+            assert answer.status_code == 500
+            assert answer.json()["error"].startswith("the model raised TypeError")
+            assert "0x" not in answer.text
+
+
+def _itself() -> list[Any]:
+    looped: list[Any] = []
+    looped.append(looped)
+    return looped
+
+
+def test_a_sparse_matrix_is_answered_as_its_dense_rows(tmp_path: Path) -> None:
+    """A OneHotEncoder's transform answers a SciPy sparse matrix (a vectorizer's too): each
+    example gets its dense row, on both routes (the JSON route answered 500, /v2 the
+    matrix's printed description)."""
+    encoder = OneHotEncoder().fit([[0.0], [1.0], [2.0]])
+    skops.io.dump(encoder, tmp_path / "encoder.skops")
+    spec = loadonce.ModelSpec(
+        name="m", artifact=tmp_path / "encoder.skops", options={"method": "transform"}
+    )
+    expected = encoder.transform([[2.0], [0.0]]).toarray().tolist()
+    with TestClient(loadonce.create_app([spec])) as client:
+        answer = client.post("/models/m/predict", json={"inputs": [[2.0], [0.0]]})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"] == expected
+        tensor = {"name": "input", "datatype": "FP64", "shape": [2, 1], "data": [2.0, 0.0]}
+        infer = client.post("/v2/models/m/infer", json={"inputs": [tensor]})
+        assert infer.status_code == 200, infer.text
+        [output] = infer.json()["outputs"]
+        assert (output["datatype"], output["shape"]) == ("FP64", [2, 3])
+        assert output["data"] == [value for row in expected for value in row]
