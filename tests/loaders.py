@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -198,6 +199,17 @@ def constant_or_hang(path: Path) -> Constant:
     text = Path(path).read_text()
     if text == "hang":
         time.sleep(4)
+    return Constant(float(text))
+
+
+def constant_or_never(path: Path) -> Constant:
+    """As constant_from_file, but an artifact that says "never" does not finish loading
+    within any test (an hour), and one that says "exit" calls sys.exit(4)."""
+    text = Path(path).read_text()
+    if text == "never":
+        time.sleep(3600)
+    if text == "exit":
+        sys.exit(4)
     return Constant(float(text))
 
 

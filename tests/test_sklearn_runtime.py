@@ -251,3 +251,24 @@ def test_null_is_a_missing_value_for_a_model_that_takes_them(tmp_path: Path) -> 
         assert refused.status_code == 400
         text = client.post("/models/boosted/predict", json={"inputs": [[None, "a", 1, 2]]})
         assert text.status_code == 400
+
+
+@pytest.mark.parametrize("value", [1e39, -1e308])
+def test_a_number_past_float32_is_a_400_for_trees(
+    forest_skops: Path, forest: tuple[RandomForestClassifier, Any], value: float
+) -> None:
+    """scikit-learn's trees compute in float32 and refuse what it cannot hold: the client's
+    number is a 400 saying so (it was the model's 500), on both routes; its neighbours in
+    range are answered."""
+    spec = loadonce.ModelSpec(name="f", artifact=forest_skops, options=TREE_TYPES)
+    row = [1.0, value, 0.0, 0.0, 0.0, 0.0]
+    with TestClient(loadonce.create_app([spec])) as client:
+        refused = client.post("/models/f/predict", json={"inputs": [row]})
+        assert refused.status_code == 400, refused.text
+        assert "outside the range of float32" in refused.json()["error"]
+        tensor = {"name": "input", "datatype": "FP64", "shape": [1, 6], "data": row}
+        infer = client.post("/v2/models/f/infer", json={"inputs": [tensor]})
+        assert infer.status_code == 400, infer.text
+        fine = forest[1][:1].tolist()
+        answered = client.post("/models/f/predict", json={"inputs": fine})
+        assert answered.json()["outputs"] == forest[0].predict(forest[1][:1]).tolist()

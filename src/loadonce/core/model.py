@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -596,9 +598,37 @@ _T = TypeVar("_T")
 
 
 async def _off_loop(function: Callable[..., _T], *args: Any) -> _T:
-    """Run a step of a load in a thread; a timeout or a cancellation stops waiting for it at
-    once (anyio's default would wait for the thread to finish)."""
-    return await anyio.to_thread.run_sync(function, *args, abandon_on_cancel=True)
+    """Run a step of a load in a daemon thread of its own: a timeout or a cancellation stops
+    waiting for it at once, and a step that never returns does not keep the process alive
+    (anyio's worker threads are joined at exit: after a reload whose load hung, SIGTERM never
+    ended a one-worker server). Whatever the step raises, SystemExit included, is the load's
+    failure, never the server's exit."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[_T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if done.done():  # given up on (a timeout, a cancellation)
+            return
+        if error is None:
+            done.set_result(result)
+        else:
+            done.set_exception(error)
+
+    def step() -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = function(*args)
+        except Exception as exc:
+            error = exc
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt from the loader's code
+            error = RuntimeError(f"the load raised {describe_exception(exc)}")
+            error.__cause__ = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=step, name="loadonce-load", daemon=True).start()
+    return await done
 
 
 def _prefault_note(prefaulted: Prefaulted | None) -> str:
