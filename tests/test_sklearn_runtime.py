@@ -272,3 +272,52 @@ def test_a_number_past_float32_is_a_400_for_trees(
         fine = forest[1][:1].tolist()
         answered = client.post("/models/f/predict", json={"inputs": fine})
         assert answered.json()["outputs"] == forest[0].predict(forest[1][:1]).tolist()
+
+
+def _text_and_category_models(tmp_path: Path) -> dict[str, tuple[Path, Any, list[Any]]]:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    texts = ["good film", "bad film", "great plot", "awful plot"]
+    reviews = make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(texts, [1, 0, 1, 0])
+    colors = np.array([["red", "s"], ["blue", "m"], ["red", "m"], ["green", "s"]])
+    encoded = make_pipeline(OneHotEncoder(), LogisticRegression()).fit(colors, [1, 0, 1, 0])
+    models = {"reviews": (reviews, ["good plot", "bad film"]), "colors": (encoded, colors[:2])}
+    found = {}
+    for name, (model, rows) in models.items():
+        path = tmp_path / f"{name}.joblib"
+        joblib.dump(model, path)
+        found[name] = (path, model, np.asarray(rows).tolist())
+    return found
+
+
+def test_models_fitted_on_text_take_text_and_refuse_numbers(tmp_path: Path) -> None:
+    """A pipeline beginning with a text vectorizer takes one text per example; one whose
+    encoder was fitted on an array of strings takes rows of text. Each answers as the model
+    does, and numbers are a 400 (a 500 from inside the vectorizer before; strings to the
+    encoder's pipeline were refused as "must be numbers", and numbers were its 500)."""
+    models = _text_and_category_models(tmp_path)
+    specs = [
+        loadonce.ModelSpec(name=name, artifact=path, trust=True)
+        for name, (path, _, _) in models.items()
+    ]
+    with TestClient(loadonce.create_app(specs)) as client:
+        for name, (_, model, rows) in models.items():
+            answer = client.post(f"/models/{name}/predict", json={"inputs": rows})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["outputs"] == model.predict(np.asarray(rows)).tolist()
+            numbers = np.zeros(np.shape(rows)).tolist()
+            refused = client.post(f"/models/{name}/predict", json={"inputs": numbers})
+            assert refused.status_code == 400, refused.text
+            assert "strings" in refused.json()["error"]
+            [described] = client.get(f"/v2/models/{name}").json()["inputs"]
+            assert described["datatype"] == "BYTES"
+            shape = [len(rows), *np.shape(rows)[1:]]
+            flat = np.asarray(rows).ravel().tolist()
+            tensor = {"name": described["name"], "datatype": "BYTES", "shape": shape}
+            infer = client.post(
+                f"/v2/models/{name}/infer", json={"inputs": [{**tensor, "data": flat}]}
+            )
+            assert infer.status_code == 200, infer.text

@@ -92,6 +92,8 @@ class EstimatorPredictor(Predictor):
         if self._columns is not None:
             return self._prepare_columns(examples, self._columns)
         batch = super().prepare(examples)
+        if not isinstance(batch, np.ndarray) or batch.dtype.kind not in "fiu":
+            return batch  # text, or columns of several kinds: the model's own checks answer
         if self.signature is not None and not self._allows_nan and not np.isfinite(batch).all():
             raise InvalidInputError(
                 f"{type(self.estimator).__name__} does not accept NaN or infinity; "
@@ -146,6 +148,37 @@ class EstimatorPredictor(Predictor):
         model_input = self._model_input(batch)
         results = {name: dense_if_sparse(self._named[name](model_input)) for name in names}
         return [{name: results[name][row] for name in names} for row in range(len(model_input))]
+
+
+def _signature_of(estimator: Any) -> InputSignature | None:
+    """What one example is, from what the estimator recorded when it was fitted: a row of
+    ``n_features_in_`` numbers; a row of text where its first step encodes categories that
+    were all text (a OneHotEncoder fitted on an array of strings), or of anything where they
+    were mixed; one text where it begins with a text vectorizer (which records no count).
+    None: unknown, and the model's own checks answer."""
+    first = _first_step(estimator)
+    n_features = features_in(estimator)
+    if n_features is None:
+        if hasattr(first, "build_analyzer"):  # CountVectorizer, TfidfVectorizer, Hashing...
+            return InputSignature(shape=(), dtype="string")
+        return None
+    categories = getattr(first, "categories_", None)
+    if isinstance(categories, list) and categories and len(categories) == n_features:
+        kinds = {getattr(values, "dtype", None) and values.dtype.kind for values in categories}
+        if kinds <= {"O", "U"} and all(
+            isinstance(value, str) for values in categories for value in values
+        ):
+            return InputSignature(shape=(n_features,), dtype="string")
+        if kinds - {"i", "u", "f", "b"}:
+            return InputSignature(shape=(n_features,), dtype=None)  # each column its own
+    return InputSignature(shape=(n_features,), dtype="float64")
+
+
+def _first_step(estimator: Any) -> Any:
+    """The step a Pipeline (nested or not) gives its input to; the estimator itself else."""
+    while hasattr(estimator, "steps") and estimator.steps:
+        estimator = estimator.steps[0][1]
+    return estimator
 
 
 _FLOAT32_MAX = 3.4028234663852886e38
@@ -340,10 +373,7 @@ class SklearnRuntime(Runtime):
             estimator = _load_skops(path, spec)
         else:
             estimator = _load_pickle(path, spec)
-        n_features = features_in(estimator)
-        signature = (
-            InputSignature(shape=(n_features,), dtype="float64") if n_features is not None else None
-        )
+        signature = _signature_of(estimator)
         columns = named_columns(estimator, spec.options.get("columns", {}))
         method = str(spec.options.get("method", "predict"))
         tree_by_tree = spec.options.get("tree_by_tree", True)
