@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -296,3 +297,50 @@ def test_infinities_in_binary_data_are_values(tmp_path: Path) -> None:
         assert overflow.status_code == 400
         assert "outside the range" in overflow.text
         client.close()
+
+
+def test_a_zipmap_output_is_one_output_of_a_mapping_per_example(tmp_path: Path) -> None:
+    """skl2onnx's classifiers end with ZipMap: a sequence of {label: probability}, one per
+    example. It is listed in metadata (BYTES) and answered under its own name, each example's
+    mapping a JSON document (it was left out of metadata, and alone it was answered as one
+    tensor per class label)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Softmax", ["x"], ["p"], axis=1),
+            helper.make_node(
+                "ZipMap", ["p"], ["probs"], domain="ai.onnx.ml", classlabels_strings=["a", "b"]
+            ),
+        ],
+        "zipmap",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("probs", TensorProto.UNDEFINED, None)],
+    )
+    sequence = helper.make_sequence_type_proto(
+        helper.make_map_type_proto(TensorProto.STRING, helper.make_tensor_type_proto(1, []))
+    )
+    graph.output[0].type.CopyFrom(sequence)
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    )
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "zipmap.onnx")
+    rows = [[1.0, 2.0], [0.5, -1.0]]
+    [expected] = ort.InferenceSession(tmp_path / "zipmap.onnx").run(
+        ["probs"], {"x": np.array(rows, np.float32)}
+    )
+    spec = loadonce.ModelSpec(name="m", artifact=tmp_path / "zipmap.onnx")
+    with TestClient(loadonce.create_app([spec])) as client:
+        described = client.get("/v2/models/m").json()["outputs"]
+        assert described == [{"name": "probs", "datatype": "BYTES", "shape": [-1]}]
+        answer = client.post("/models/m/predict", json={"inputs": rows})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"] == [pytest.approx(row) for row in expected]
+        tensor = {"name": "x", "datatype": "FP32", "shape": [2, 2]}
+        body = {"inputs": [{**tensor, "data": rows}], "outputs": [{"name": "probs"}]}
+        infer = client.post("/v2/models/m/infer", json=body)
+        assert infer.status_code == 200, infer.text
+        [output] = infer.json()["outputs"]
+        assert (output["name"], output["datatype"], output["shape"]) == ("probs", "BYTES", [2])
+        assert [json.loads(text) for text in output["data"]] == [
+            pytest.approx(row) for row in expected
+        ]

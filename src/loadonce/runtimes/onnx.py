@@ -37,7 +37,13 @@ def _tensor_info(node: Any) -> TensorInfo:
     shape = (
         None if node.shape is None else tuple(d if isinstance(d, int) else None for d in node.shape)
     )
-    return TensorInfo(name=node.name, dtype=_ONNX_TYPES.get(node.type), shape=shape)
+    dtype = _ONNX_TYPES.get(node.type)
+    if dtype is None and str(node.type).startswith(("seq(", "map(")):
+        # A sequence of maps (skl2onnx's ZipMap: a {label: probability} per example): each
+        # example's value travels as a JSON document (BYTES under /v2). ONNX Runtime gives
+        # a sequence no shape ([]): it holds one item per example.
+        dtype, shape = "object", None
+    return TensorInfo(name=node.name, dtype=dtype, shape=shape)
 
 
 class OnnxPredictor(Predictor):
@@ -67,7 +73,7 @@ class OnnxPredictor(Predictor):
             else t
             for t in self.outputs
         ]
-        unsupported = [t.name for t in self.inputs if t.dtype is None]
+        unsupported = [t.name for t in self.inputs if t.dtype in (None, "object")]
         if unsupported:
             raise ValueError(f"inputs of a type loadonce cannot feed: {', '.join(unsupported)}")
         # One input: an example is that input's value. Several: an object keyed by name.

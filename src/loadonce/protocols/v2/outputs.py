@@ -67,6 +67,10 @@ def output_tensors(declared: Sequence[TensorInfo], outputs: list[Any]) -> list[O
     by_name = {t.name: t for t in declared}
     if isinstance(first, Mapping):
         known = [t.name for t in declared if t.name in first]
+        if len(declared) == 1 and not known:
+            # The one output the model declares is a mapping itself (ZipMap's {label:
+            # probability}): one tensor of JSON documents, not a tensor per key.
+            return [_stack(declared[0].name, outputs, declared[0])]
         # A tensor's name is text; the example's key may not be ({0: p0, 1: p1}): each
         # tensor is read by the key it is named after (by its text, it was a 500).
         keys = known + [key for key in first if key not in known]
