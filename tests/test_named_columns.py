@@ -406,3 +406,55 @@ def test_a_histogram_boosters_native_categories_take_text(tmp_path: Path) -> Non
         answer = client.post("/models/native/predict", json={"inputs": ROWS})
         assert answer.status_code == 200, answer.text
         assert answer.json()["outputs"] == model.predict(FRAME).tolist()
+
+
+@pytest.mark.parametrize("library", ["lightgbm", "xgboost"])
+def test_a_booster_fitted_on_pandas_categories_takes_them_again(
+    tmp_path: Path, library: str
+) -> None:
+    """LightGBM and XGBoost take a DataFrame's category columns as categories: their
+    estimators fitted on one were served with those columns as float64, and no request
+    could succeed (text: 400 "must be numbers"; codes: the model's 500). Now a request
+    names the category, as the DataFrame held it, and gets the model's own answer."""
+    import lightgbm
+    import xgboost
+
+    rng = np.random.default_rng(0)
+    cities = ["Oslo", "Bergen", "Tromso"]
+    frame = pd.DataFrame(
+        {
+            "age": rng.integers(18, 80, 90).astype(float),
+            "city": pd.Categorical(rng.choice(cities, 90)),
+            "size": pd.Categorical(rng.choice([1, 2, 3], 90)),
+        }
+    )
+    labels = ((frame["city"] == "Oslo") | (frame["age"] > 50)).astype(int)
+    if library == "lightgbm":
+        model: Any = lightgbm.LGBMClassifier(n_estimators=5, min_child_samples=5, verbose=-1)
+    else:
+        model = xgboost.XGBClassifier(n_estimators=5, enable_categorical=True)
+    model.fit(frame, labels)
+    joblib.dump(model, tmp_path / "booster.joblib")
+    records = [{"age": 30.0, "city": "Oslo", "size": 2}, {"age": 70.0, "city": "Tromso", "size": 3}]
+    asked = pd.DataFrame(records)
+    for name in ("city", "size"):
+        asked[name] = pd.Categorical(asked[name], categories=frame[name].cat.categories)
+    expected = model.predict_proba(asked).tolist()
+    options: dict[str, Any] = {"method": "predict_proba"}
+    if library == "xgboost":  # it keeps its categories where only pyarrow reads them
+        options["columns"] = {"size": "int64"}  # a category column is text unless declared
+    spec = loadonce.ModelSpec(
+        name="m", artifact=tmp_path / "booster.joblib", trust=True, options=options
+    )
+    with TestClient(loadonce.create_app([spec])) as client:
+        described = {i["name"]: i["dtype"] for i in client.get("/models/m").json()["inputs"]}
+        assert described["city"] == "string"
+        answer = client.post("/models/m/predict", json={"inputs": records})
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(answer.json()["outputs"], expected)
+        if library == "lightgbm":  # its categories are kept: an unseen one is named
+            unseen = client.post(
+                "/models/m/predict", json={"inputs": [{**records[0], "city": "Rome"}]}
+            )
+            assert unseen.status_code == 400
+            assert "Rome" in unseen.json()["error"]

@@ -15,6 +15,7 @@ transformer reads) must be declared.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,9 @@ class Columns:
     inputs: Sequence[TensorInfo]
     known_values: Mapping[str, frozenset[Any]]
     pandas: Any  # the module, imported once at load
+    # Columns a booster was fitted on as pandas categories (LightGBM, XGBoost), and their
+    # categories in the fitted order where the model kept them (None: the model re-codes).
+    categorical: Mapping[str, Sequence[Any] | None] = dataclasses.field(default_factory=dict)
 
     def check_known(self, batch: Mapping[str, npt.NDArray[Any]]) -> None:
         """An unseen category is the client's mistake (400), not the model's failure (500)."""
@@ -56,7 +60,11 @@ class Columns:
     def frame(self, batch: Mapping[str, npt.NDArray[Any]]) -> Any:
         """The batch as a DataFrame of exactly the fitted columns, in the fitted order."""
         names = [t.name for t in self.inputs]
-        return self.pandas.DataFrame({name: batch[name] for name in names}, columns=names)
+        columns: dict[str, Any] = {name: batch[name] for name in names}
+        for name, categories in self.categorical.items():
+            # As at fit: a category column, its codes the fitted ones (LightGBM reads codes).
+            columns[name] = self.pandas.Categorical(columns[name], categories=categories)
+        return self.pandas.DataFrame(columns, columns=names)
 
 
 def features_in(estimator: Any) -> int | None:
@@ -107,6 +115,13 @@ def _columns_of(estimator: Any, names: list[str], declared: Mapping[str, Any]) -
     pandas = import_optional("pandas", extra="pandas")
     _check_declared(declared, names)
     derived, known = _from_column_transformers(estimator)
+    categorical = _booster_categories(estimator, names)
+    for name, categories in categorical.items():
+        if categories is None:
+            derived[name] = "string"  # XGBoost keeps them (and refuses an unseen one)
+        else:
+            derived[name] = _dtype_of_categories(_as_array(categories))
+            known[name] = frozenset(categories)
     inputs = [
         TensorInfo(
             name=name, dtype=str(declared.get(name, derived.get(name, "float64"))), shape=(None,)
@@ -115,7 +130,35 @@ def _columns_of(estimator: Any, names: list[str], declared: Mapping[str, Any]) -
     ]
     # Known values stay checked under a declared dtype: a value the encoder has not seen
     # fails the model whatever its type.
-    return Columns(inputs=inputs, known_values=known, pandas=pandas)
+    return Columns(inputs=inputs, known_values=known, pandas=pandas, categorical=categorical)
+
+
+def _booster_categories(estimator: Any, names: list[str]) -> dict[str, Sequence[Any] | None]:
+    """The columns a LightGBM or XGBoost estimator was fitted on as pandas categories: it
+    takes them as categories again, never as numbers or text (every request was its 500).
+    LightGBM keeps each one's categories (``pandas_categorical``, in column order) and reads
+    a category's code; XGBoost marks them ``c`` and re-codes the values itself."""
+    booster: Any = getattr(estimator, "booster_", None)
+    kept = getattr(booster, "pandas_categorical", None)
+    if kept and hasattr(booster, "dump_model"):
+        # Its feature_infos list values only for a categorical feature; no tree is dumped.
+        infos = booster.dump_model(start_iteration=booster.current_iteration())["feature_infos"]
+        columns = [name for name in names if infos.get(name, {}).get("values")]
+        if len(columns) == len(kept):
+            return {name: list(categories) for name, categories in zip(columns, kept, strict=True)}
+        return {}
+    get_booster = getattr(estimator, "get_booster", None)
+    if callable(get_booster):
+        types = getattr(get_booster(), "feature_types", None) or []
+        if len(types) == len(names):
+            return {name: None for name, kind in zip(names, types, strict=True) if kind == "c"}
+    return {}
+
+
+def _as_array(values: Sequence[Any]) -> npt.NDArray[Any]:
+    import numpy as np
+
+    return np.asarray(values)
 
 
 def _check_declared(declared: Mapping[str, Any], names: list[str]) -> None:
