@@ -394,3 +394,13 @@ class _CastIn(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(x.to(torch.bfloat16))  # type: ignore[no-any-return]
+
+
+def test_a_torchscript_file_named_pt2_is_said_so(tmp_path: Path, torchscript: Path) -> None:
+    """PyTorch's own message said to read the warnings above it, and there were none."""
+    renamed = tmp_path / "mlp.pt2"
+    renamed.write_bytes(torchscript.read_bytes())
+    spec = loadonce.ModelSpec(name="m", artifact=renamed)
+    refused = pytest.raises(loadonce.ModelLoadError, match=r"a TorchScript file, not a torch\.")
+    with refused, TestClient(loadonce.create_app([spec])):
+        pass

@@ -199,8 +199,7 @@ class TorchRuntime(Runtime):
         input_shape, input_dtype = spec.input_shape, spec.options.get("input_dtype")
         casts: list[Any] = []
         if suffix in EXPORTED_SUFFIXES:
-            with _quiet("torch.export"):
-                program = torch.export.load(str(spec.artifact))
+            program = _load_exported(torch, spec)
             # An exported program records its inputs' shapes and dtypes: they check requests.
             recorded, casts = _exported_inputs(program)
             if len(recorded) == 1:
@@ -299,6 +298,36 @@ def _fixed_batch(inputs: list[TensorInfo], model: str) -> int | None:
         size,
     )
     return size
+
+
+def _load_exported(torch: Any, spec: ModelSpec) -> Any:
+    """A torch.export program; a file that is not one is said in one line (PyTorch's own
+    message says to read the warnings above it, which its logger was told to keep quiet)."""
+    try:
+        with _quiet("torch.export"):
+            return torch.export.load(str(spec.artifact))
+    except Exception as exc:
+        if _is_torchscript_archive(spec.artifact):
+            raise ValueError(
+                "a TorchScript file, not a torch.export program: name it .pt (or save the "
+                "model with torch.export.save)"
+            ) from None
+        reason = " ".join(str(exc).replace("Please check the warnings above", "").split())
+        raise ValueError(f"not a torch.export program (.pt2): {reason[:200]}") from None
+
+
+def _is_torchscript_archive(path: Any) -> bool:
+    """A TorchScript file is a zip holding ``code/`` and ``constants.pkl``."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(name.endswith("/constants.pkl") for name in names) and any(
+        "/code/" in name for name in names
+    )
 
 
 def _load_torchscript(torch: Any, spec: ModelSpec, device: Any) -> Any:
