@@ -66,3 +66,15 @@ def test_whatever_the_model_raises_is_that_requests_500(error: BaseException) ->
         assert client.post("/models/m/predict", json={"inputs": [3]}).json()["outputs"] == [6]
         assert client.post("/models/other/predict", json={"inputs": [1]}).status_code == 200
         assert client.get("/readyz").status_code == 200
+
+
+def test_a_huge_exception_message_is_cut_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """A model's 5 MB message made a 5 MB log line."""
+    spec = loadonce.ModelSpec(name="m", loader=_raising(ValueError("x" * 1_000_000)))
+    with TestClient(loadonce.create_app([spec])) as client:
+        failed = client.post("/models/m/predict", json={"inputs": [-1]})
+        assert failed.status_code == 500
+    described = [r.getMessage() for r in caplog.records if "the model raised" in r.getMessage()]
+    assert described
+    assert all(len(message) < 5_000 for message in described)
+    assert any("more characters" in message for message in described)

@@ -177,12 +177,19 @@ def _plain(message: str) -> str:
     return message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
+# An exception's message is cut after this many characters where loadonce describes it.
+_LONGEST_DESCRIPTION = 2000
+
+
 def describe_exception(exc: BaseException) -> str:
     """One line for an exception: its type and its message, never a traceback."""
     try:
         text = " ".join(str(exc).split())
     except Exception:  # a model's exception whose own __str__ fails
         text = "(its message could not be read)"
+    if len(text) > _LONGEST_DESCRIPTION:  # a model's 5 MB message made a 5 MB log line
+        cut = len(text) - _LONGEST_DESCRIPTION
+        text = f"{text[:_LONGEST_DESCRIPTION]}... ({cut:,} more characters)"
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
 
