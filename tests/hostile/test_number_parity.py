@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+from fastapi.testclient import TestClient
 
 import loadonce
 from tests.servers import ThreadedServer
@@ -61,3 +62,37 @@ def test_both_protocols_apply_one_number_policy(
         ).encode(),
     )
     assert (rest.status_code, v2.status_code) == (status, status), (rest.text, v2.text)
+
+
+class _Echo(loadonce.Predictor):
+    """Rows of two values of ``dtype``, answered as received."""
+
+    def __init__(self, dtype: str) -> None:
+        self.signature = loadonce.InputSignature(shape=(2,), dtype=dtype)
+
+    def predict(self, batch: Any) -> list[Any]:
+        return [row.tolist() for row in batch]
+
+
+def test_integers_past_int64_and_ragged_rows_are_said_as_such() -> None:
+    """An integer past int64 made NumPy an object array, refused as "not a rectangular
+    array"; a ragged batch quoted NumPy's own message. A float model takes the integer as
+    the float it is."""
+    specs = [
+        loadonce.ModelSpec(name=dtype, loader=lambda dtype=dtype: _Echo(dtype))
+        for dtype in ("int64", "float64")
+    ]
+    json = {"content-type": "application/json"}
+    huge = b'{"inputs": [[1, 1180591620717411303424]]}'
+    ragged = b'{"inputs": [[1, 2], [3]]}'
+    with TestClient(loadonce.create_app(specs)) as client:
+        refused = client.post("/models/int64/predict", content=huge, headers=json)
+        assert refused.status_code == 400
+        assert "outside the range of int64" in refused.json()["error"]
+        taken = client.post("/models/float64/predict", content=huge, headers=json)
+        assert taken.json()["outputs"] == [[1.0, 1180591620717411303424.0]]
+        for name in ("int64", "float64"):
+            uneven = client.post(f"/models/{name}/predict", content=ragged, headers=json)
+            assert uneven.status_code == 400
+            assert "not a rectangular array" in uneven.json()["error"]
+            assert "inhomogeneous" not in uneven.text

@@ -131,6 +131,13 @@ def as_typed_batch(
     return batch
 
 
+def _integers_past_int64(raw: npt.NDArray[Any]) -> bool:
+    """Whether an object array holds numbers only, one of them an integer past int64's range
+    (the rest of the array rectangular: NumPy made an object array of it for that one)."""
+    values = raw.reshape(-1)
+    return bool(values.size) and all(type(v) in (int, float) for v in values)
+
+
 def _convert(examples: list[Any], dtype: str | None, missing_as_nan: bool) -> npt.NDArray[Any]:
     import numpy as np
 
@@ -139,7 +146,15 @@ def _convert(examples: list[Any], dtype: str | None, missing_as_nan: bool) -> np
         if not all(isinstance(v, str) for v in raw.reshape(-1)):
             raise TypeError("expected strings")
         return raw
-    raw = np.asarray(examples)
+    try:
+        raw = np.asarray(examples)
+    except ValueError:  # NumPy's "inhomogeneous shape after 1 dimensions..."
+        raise ValueError("the examples are not a rectangular array") from None
+    if raw.dtype == object and dtype is not None and _integers_past_int64(raw):
+        # NumPy keeps an integer past int64 as an object: not a ragged array.
+        if np.dtype(dtype).kind != "f":
+            raise TypeError(f"a value is outside the range of {np.dtype(dtype).name}")
+        raw = raw.astype(np.float64)
     if raw.dtype == object:
         if any(value is None for value in raw.reshape(-1)):
             if missing_as_nan and dtype is not None and np.dtype(dtype).kind == "f":
