@@ -80,6 +80,35 @@ def test_a_hung_call_makes_the_worker_unready_and_later_requests_still_answer(
         assert _hung_gauge(url) == 0
 
 
+def test_calls_queued_behind_a_hung_one_are_not_hung_themselves(
+    release: threading.Event,
+) -> None:
+    """A serialized model's one thread is stuck: the calls queued behind the hung one never
+    began, and were each counted (and logged) as hung in turn, 1, 2, 3..."""
+    spec = loadonce.ModelSpec(
+        name="m",
+        loader=lambda: _Hangs(release),
+        input_shape=(),
+        concurrency="serialized",
+        timeout_s=0.3,
+        hang_timeout_s=0.3,
+    )
+    with ThreadedServer(loadonce.create_app([spec])) as server:
+        url = server.url
+        hung = httpx.post(f"{url}/models/m/predict", json={"inputs": [-1]})
+        assert hung.status_code == 504
+        for value in (1, 2, 3):  # each waits behind it, past its timeout
+            waited = httpx.post(f"{url}/models/m/predict", json={"inputs": [value]})
+            assert waited.status_code == 504
+            time.sleep(0.4)
+        assert httpx.get(f"{url}/readyz").json()["hung_calls"] == {"m": 1}
+        assert _hung_gauge(url) == 1
+        release.set()
+        wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 5, "readyz 200")
+        answered = httpx.post(f"{url}/models/m/predict", json={"inputs": [5]})
+        assert answered.json()["outputs"] == [10.0]
+
+
 def test_shutdown_does_not_wait_for_a_hung_call(release: threading.Event) -> None:
     app = loadonce.create_app([_spec(release, hang_timeout_s=60)], drain_timeout_s=1)
     server = ThreadedServer(app)

@@ -76,9 +76,13 @@ class _Request:
 @dataclass(eq=False)
 class _Call:
     """One predict call handed to the model's threads; ``hung`` once it outlived
-    ``hang_timeout_s`` (its slot is then given back: the next batch need not wait for it)."""
+    ``hang_timeout_s`` (its slot is then given back: the next batch need not wait for it).
+    ``started``: when it was handed over; ``began``: when a thread began it (loop.time()'s
+    clock), set by that thread. A call waiting behind a hung one in a serialized model's one
+    thread is not itself hung (each was counted as hung, and logged, in turn)."""
 
     started: float
+    began: float | None = None
     hung: bool = False
     # The call's span (the tracer's), when it carried a sampled request.
     trace: object | None = None
@@ -366,6 +370,7 @@ class Batcher:
         answered = self.answered_shape
 
         def call(predictor: Predictor) -> tuple[list[_Outcome], CallTiming]:
+            watched.began = time.monotonic()  # the clock of loop.time()
             return _timed(predictor, examples, parameters, answered)
 
         def returned(done: Future[tuple[list[_Outcome], CallTiming]]) -> None:
@@ -401,9 +406,10 @@ class Batcher:
         loop = asyncio.get_running_loop()
         now = loop.time()
         for watched in [c for c in self._running if not c.hung]:
-            if now - watched.started >= self.hang_timeout_s:
+            if watched.began is not None and now - watched.began >= self.hang_timeout_s:
                 self._hung_call(watched)
-        waiting = [c.started for c in self._running if not c.hung]
+        # A call not yet begun is looked at again a whole hang_timeout_s from now.
+        waiting = [c.began or now for c in self._running if not c.hung]
         if waiting:
             self._watchdog = loop.call_at(min(waiting) + self.hang_timeout_s, self._watch)
 
