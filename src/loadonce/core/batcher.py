@@ -71,6 +71,8 @@ class _Request:
     waited: float = 0.0
     # Its sampled span (opaque: the tracer's), when tracing is on and it is sampled.
     trace: object | None = None
+    # What its parameters are compared by (``parameters_key``).
+    key: Any = ()
 
 
 @dataclass(eq=False)
@@ -229,6 +231,7 @@ class Batcher:
             deadline=deadline,
             parameters=parameters or {},
             submitted=time.perf_counter(),
+            key=parameters_key(parameters) if parameters else (),
         )
         if self.tracer is not None:
             request.trace = self.tracer.current()
@@ -322,7 +325,7 @@ class Batcher:
         while self._queue and size < self.max_batch_size and budget > 0:
             budget -= 1
             request = self._queue.popleft()
-            if batch and request.parameters != batch[0].parameters:
+            if batch and request.key != batch[0].key:
                 passed.append(request)
                 continue
             if batch and size + len(request.examples) > self.max_batch_size:
@@ -692,6 +695,19 @@ def _is_data_frame(value: Any) -> bool:
     """A pandas DataFrame, without importing pandas (a model that returns one has)."""
     kind = type(value)
     return kind.__name__ == "DataFrame" and kind.__module__.startswith("pandas")
+
+
+def parameters_key(value: Any) -> Any:
+    """``value`` (request parameters) as something equal only to the same values of the same
+    types: Python holds 1, 1.0 and True equal (and 0, 0.0, -0.0, False), so requests with
+    those parameters shared a call, and all got the first one's."""
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), parameters_key(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, tuple(parameters_key(item) for item in value))
+    if isinstance(value, float):
+        return ("float", repr(value))  # -0.0 and 0.0 differ; NaN equals NaN
+    return (type(value).__name__, value)
 
 
 def _predict(predictor: Predictor, batch: Any, parameters: Mapping[str, Any]) -> Sequence[Any]:
