@@ -75,8 +75,8 @@ class FakeExecutor(Executor):
     """Records each call handed to it; it runs only when the test says so, in the test's
     thread, and its future resolves then (as a model thread's would)."""
 
-    def __init__(self, predictor: FakePredictor) -> None:
-        super().__init__([predictor], threads=1, name="fake")
+    def __init__(self, predictor: FakePredictor, threads: int = 2) -> None:
+        super().__init__([predictor], threads=threads, name="fake")
         self.pending: list[_Pending] = []  # in the order they were handed over
         self.shut = False
 
@@ -140,9 +140,9 @@ class Harness:
 
 
 @asynccontextmanager
-async def batcher(**fields: Any) -> AsyncIterator[Harness]:
+async def batcher(threads: int = 2, **fields: Any) -> AsyncIterator[Harness]:
     model = FakePredictor()
-    executor = FakeExecutor(model)
+    executor = FakeExecutor(model, threads)
     settings: dict[str, Any] = {
         "model": "m",
         "max_batch_size": 8,
@@ -622,6 +622,26 @@ async def test_a_hung_call_gives_its_slot_back_and_is_reported_until_it_returns(
         assert reported == [1, 0]
 
 
+async def test_a_hung_call_of_a_model_with_one_thread_keeps_its_slot() -> None:
+    """With one thread (serialized), the next batch could only queue behind the hung call in
+    that thread, past max_queue, and be found hung in turn: it waits in the batcher's queue,
+    and one call is hung."""
+    async with batcher(threads=1, max_batch_size=8, hang_timeout_s=0.01) as h:
+        stuck = h.send(1)
+        await settle()
+        later = h.send(2)
+        await eventually(lambda: h.batcher.hung_calls == 1)
+        await asyncio.sleep(0.05)
+        await settle()
+        assert h.running == 1, "a batch was handed to the stuck thread"
+        assert h.batcher.hung_calls == 1
+        await h.run(0)
+        assert answer(stuck) == [2]
+        await h.run(0)
+        assert answer(later) == [4]
+        assert h.batcher.hung_calls == 0
+
+
 # Closing
 
 
@@ -652,3 +672,31 @@ async def test_close_past_its_timeout_answers_the_queued_requests_unloading() ->
         await h.run()
         assert answer(running) == [2]
         assert h.model.calls == [[1]]
+
+
+class Outcomes(BatchSizes):
+    """An observer that keeps each request's outcome as counted (success or failure)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ok: list[bool] = []
+
+    def request_finished(self, model: str, ok: bool, seconds: float) -> None:
+        self.ok.append(ok)
+
+
+async def test_a_call_that_returns_past_a_requests_deadline_answers_it_504() -> None:
+    """The request's answer and its count agree: its call returned after its deadline, so it
+    is a 504, counted as a failure (its result was counted a success, then made a 504)."""
+    observer = Outcomes()
+    async with batcher(max_batch_size=8, observer=observer) as h:
+        loop = asyncio.get_running_loop()
+        late = h.send(1, deadline=loop.time() + 0.05)
+        in_time = h.send(2)
+        await settle()
+        await asyncio.sleep(0.1)  # the call is still running when the deadline passes
+        await h.run()
+        with pytest.raises(DeadlineExceededError):
+            answer(late)
+        assert answer(in_time) == [4]
+        assert observer.ok == [False, True]

@@ -78,14 +78,12 @@ class _Request:
 @dataclass(eq=False)
 class _Call:
     """One predict call handed to the model's threads; ``hung`` once it outlived
-    ``hang_timeout_s`` (its slot is then given back: the next batch need not wait for it).
-    ``started``: when it was handed over; ``began``: when a thread began it (loop.time()'s
-    clock), set by that thread. A call waiting behind a hung one in a serialized model's one
-    thread is not itself hung (each was counted as hung, and logged, in turn)."""
+    ``hang_timeout_s``. ``freed``: its slot was then given back (the next batch need not
+    wait for it), which it is only while the model has a thread left that is not stuck."""
 
     started: float
-    began: float | None = None
     hung: bool = False
+    freed: bool = False
     # The call's span (the tracer's), when it carried a sampled request.
     trace: object | None = None
 
@@ -373,7 +371,6 @@ class Batcher:
         answered = self.answered_shape
 
         def call(predictor: Predictor) -> tuple[list[_Outcome], CallTiming]:
-            watched.began = time.monotonic()  # the clock of loop.time()
             return _timed(predictor, examples, parameters, answered)
 
         def returned(done: Future[tuple[list[_Outcome], CallTiming]]) -> None:
@@ -409,10 +406,9 @@ class Batcher:
         loop = asyncio.get_running_loop()
         now = loop.time()
         for watched in [c for c in self._running if not c.hung]:
-            if watched.began is not None and now - watched.began >= self.hang_timeout_s:
+            if now - watched.started >= self.hang_timeout_s:
                 self._hung_call(watched)
-        # A call not yet begun is looked at again a whole hang_timeout_s from now.
-        waiting = [c.began or now for c in self._running if not c.hung]
+        waiting = [c.started for c in self._running if not c.hung]
         if waiting:
             self._watchdog = loop.call_at(min(waiting) + self.hang_timeout_s, self._watch)
 
@@ -421,8 +417,13 @@ class Batcher:
         unhealthy, and the call's slot goes to the next batch (as far as the model's threads
         allow), so one stuck call does not stop every later request."""
         watched.hung = True
-        self._in_flight -= 1
         self._hung += 1
+        if self._hung < self.executor.threads:
+            # A thread is left that is not stuck. Else (a serialized model's one thread) the
+            # next batch would only queue behind the hung call in that thread, past
+            # max_queue and each found hung in turn: it waits in this queue instead.
+            watched.freed = True
+            self._in_flight -= 1
         logger.error(
             "model '%s': a predict call has run for more than hang_timeout_s (%g s); the "
             "model is unhealthy until it returns",
@@ -446,11 +447,11 @@ class Batcher:
         (``_account``) measure and trace the call."""
         self._running.discard(watched)
         if watched.hung:
-            self._hung -= 1  # its slot was given back when it was found hung
+            self._hung -= 1
             logger.warning("model '%s': a hung predict call returned", self.model)
             if self.on_hung_changed is not None:
                 self.on_hung_changed(self._hung)
-        else:
+        if not watched.freed:  # a freed slot was given back when the call was found hung
             self._in_flight -= 1
         failure: Exception | None = None
         outcomes: list[_Outcome] = []
@@ -464,12 +465,18 @@ class Batcher:
         try:
             self._dispatch_ready()
         finally:
+            now = asyncio.get_running_loop().time()
             for index, request in enumerate(batch):
                 if request.future.done():  # the caller gave up (deadline, disconnect)
                     if outcomes and (error := outcomes[index].error) is not None:
                         release_tracebacks(error)  # no one will answer it (core/tracebacks.py)
                     continue
-                if failure is not None:
+                if request.deadline is not None and now > request.deadline:
+                    # Answered too late: its 504 is its outcome, counted as such.
+                    if outcomes and (error := outcomes[index].error) is not None:
+                        release_tracebacks(error)
+                    request.future.set_exception(DeadlineExceededError(self.model))
+                elif failure is not None:
                     request.future.set_exception(failure)
                 elif (error := outcomes[index].error) is not None:
                     request.future.set_exception(error)

@@ -91,6 +91,9 @@ class Executor(ABC):
 
     def __init__(self, instances: Sequence[Predictor], *, threads: int, name: str) -> None:
         self.instances = list(instances)
+        # How many calls can run at once (the batcher frees a hung call's slot only while
+        # a thread is left).
+        self.threads = threads
         self._threads = _DaemonThreads(max_workers=threads, thread_name_prefix=name)
 
     @abstractmethod
