@@ -59,6 +59,26 @@ def test_a_multiclass_classifier_answers_a_row_of_probabilities(tmp_path: Path) 
     served = served_by(loadonce.ModelSpec(name="classes", artifact=path), ROWS[:4].tolist())
     np.testing.assert_allclose(served, model.predict_proba(ROWS[:4]), rtol=1e-9)
     assert len(served[0]) == 3
+    # Metadata says so (it said one number per example: [-1], dims []).
+    spec = loadonce.ModelSpec(name="classes", artifact=path)
+    with TestClient(loadonce.create_app([spec])) as client:
+        [output] = client.get("/v2/models/classes").json()["outputs"]
+        assert output["shape"] == [-1, 3]
+        [configured] = client.get("/v2/models/classes/config").json()["output"]
+        assert configured["dims"] == [3]
+
+
+@pytest.mark.parametrize("threads", [0, -2, 1.5, True, "2"])
+def test_a_thread_count_that_is_not_one_or_more_fails_the_load(
+    tmp_path: Path, threads: Any
+) -> None:
+    """threads = 0 loaded, and every predict failed; 1.5 and true were taken as 1."""
+    path = tmp_path / "churn.cbm"
+    _saved(catboost.CatBoostClassifier(**TINY), BINARY, path)
+    spec = loadonce.ModelSpec(name="churn", artifact=path, options={"threads": threads})
+    refused = pytest.raises(loadonce.ModelLoadError, match=r"options\.threads must be a whole")
+    with refused, TestClient(loadonce.create_app([spec])):
+        pass
 
 
 @pytest.mark.parametrize("loss", ["RMSE", "Poisson", "RMSEWithUncertainty"])

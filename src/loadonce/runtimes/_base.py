@@ -162,3 +162,15 @@ class Runtime(ABC):
     def claims(self, spec: ModelSpec) -> bool:
         """Whether this runtime reads the spec's artifact when no runtime is named."""
         return spec.artifact is not None and spec.artifact.suffix.lower() in self.suffixes
+
+
+def thread_count(spec: ModelSpec, option: str, *, least: int = 1) -> int | None:
+    """The whole number of threads ``options.<option>`` gives, at least ``least``; None when
+    unset. Refused at load (``threads = 0`` loaded, and CatBoost failed every predict with
+    it; ``1.5`` and ``true`` were taken as 1)."""
+    value = spec.options.get(option)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ValueError(f"options.{option} must be a whole number, {least} or more; got {value!r}")
+    return value

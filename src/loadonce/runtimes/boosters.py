@@ -22,7 +22,13 @@ from typing import Any
 from loadonce.core.errors import InvalidInputError
 from loadonce.core.imports import import_optional
 from loadonce.core.spec import ModelSpec
-from loadonce.runtimes._base import InputSignature, Predictor, Runtime, TensorInfo
+from loadonce.runtimes._base import (
+    InputSignature,
+    Predictor,
+    Runtime,
+    TensorInfo,
+    thread_count,
+)
 
 _HEAD_BYTES = 64
 
@@ -68,8 +74,7 @@ class BoosterPredictor(Predictor):
 
 
 def _threads(spec: ModelSpec) -> int | None:
-    threads = spec.options.get("threads")
-    return None if threads is None else int(threads)
+    return thread_count(spec, "threads")
 
 
 class XGBoostRuntime(Runtime):
@@ -264,18 +269,20 @@ class CatBoostRuntime(Runtime):
         model = catboost.CatBoost()
         try:
             model.load_model(str(path), format="cbm")
+            _refuse_non_numeric_features(model)
+            # The loss's name, as CatBoost's own classifier reads it: get_all_params() fails
+            # on a model made by sum_models, which keeps no training options.
+            loss = str(model._object._get_loss_function_name()).split(":")[0]
+            classifies = catboost.core.is_classification_objective(loss)
         except catboost.CatBoostError as exc:
-            # CatBoost starts its messages with the C++ source line that raised them.
+            # CatBoost starts its messages with the C++ source line that raised them (a
+            # damaged file may load, then fail to name its loss).
             reason = re.sub(r"^\S+:\d+: ", "", str(exc))
             raise ValueError(f"not a CatBoost model file ({reason})") from None
-        _refuse_non_numeric_features(model)
-        # The loss's name, as CatBoost's own classifier reads it: get_all_params() fails on a
-        # model made by sum_models, which keeps no training options.
-        loss = str(model._object._get_loss_function_name()).split(":")[0]
         threads = _threads(spec)
         thread_count = -1 if threads is None else threads  # -1: CatBoost's, every core
 
-        if catboost.core.is_classification_objective(loss):
+        if classifies:
 
             def predict(batch: Any) -> Any:
                 rows = model.predict(batch, "Probability", thread_count=thread_count)
@@ -293,7 +300,18 @@ class CatBoostRuntime(Runtime):
             predict,
             refuses_nan=_nan_forbidden(model, catboost.CatBoostError),
         )
-        predictor.outputs = [TensorInfo(name="output", dtype="float64", shape=None)]
+        # What one example's output is (a number, or a row: a class's probabilities, a
+        # multi-target's values), from one row of zeros: metadata said one number for all.
+        import numpy as np
+
+        try:
+            answered = np.shape(predict(np.zeros((1, len(model.feature_names_)))))
+        except catboost.CatBoostError as exc:  # a damaged file that loaded
+            reason = re.sub(r"^\S+:\d+: ", "", str(exc))
+            raise ValueError(f"not a CatBoost model file ({reason})") from None
+        predictor.outputs = [
+            TensorInfo(name="output", dtype="float64", shape=(None, *answered[1:]))
+        ]
         return predictor
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from loadonce.core.imports import import_optional
 from loadonce.core.spec import ModelSpec
-from loadonce.runtimes._base import Predictor, Runtime, TensorInfo
+from loadonce.runtimes._base import Predictor, Runtime, TensorInfo, thread_count
 from loadonce.runtimes._tensors import example_signature, split_batch_outputs, stack_named_inputs
 
 logger = logging.getLogger("loadonce")
@@ -166,10 +166,13 @@ class OnnxRuntime(Runtime):
             raise FileNotFoundError(f"no such file: {spec.artifact}")
         ort = import_optional("onnxruntime", extra="onnx")
         options = ort.SessionOptions()
-        if "intra_op_threads" in spec.options:
-            options.intra_op_num_threads = int(spec.options["intra_op_threads"])
-        if "inter_op_threads" in spec.options:
-            options.inter_op_num_threads = int(spec.options["inter_op_threads"])
+        # 0: ONNX Runtime's own number of threads.
+        intra = thread_count(spec, "intra_op_threads", least=0)
+        if intra is not None:
+            options.intra_op_num_threads = intra
+        inter = thread_count(spec, "inter_op_threads", least=0)
+        if inter is not None:
+            options.inter_op_num_threads = inter
         providers = list(spec.options.get("providers", ["CPUExecutionProvider"]))
         _refuse_missing(providers, list(ort.get_available_providers()), ort.__version__)
         session = ort.InferenceSession(str(spec.artifact), options, providers=providers)

@@ -13,7 +13,7 @@ from loadonce.core.errors import InvalidInputError
 from loadonce.core.imports import import_object, import_optional
 from loadonce.core.inputs import as_typed_batch
 from loadonce.core.spec import ModelSpec
-from loadonce.runtimes._base import InputSignature, Predictor, Runtime, TensorInfo
+from loadonce.runtimes._base import InputSignature, Predictor, Runtime, TensorInfo, thread_count
 from loadonce.runtimes._tensors import batch_rows, split_batch_outputs, stack_named_inputs
 
 logger = logging.getLogger("loadonce")
@@ -187,9 +187,10 @@ class TorchRuntime(Runtime):
         if not spec.artifact.is_file():
             raise FileNotFoundError(f"no such file: {spec.artifact}")
         torch = import_optional("torch", extra="torch")
-        if "threads" in spec.options:
+        threads = thread_count(spec, "threads")
+        if threads is not None:
             # Process-wide in PyTorch: the last model loaded with this option sets it.
-            torch.set_num_threads(int(spec.options["threads"]))
+            torch.set_num_threads(threads)
         device = torch_device(torch, str(spec.options.get("device", "cpu")))
         suffix = spec.artifact.suffix.lower()
         shared = False  # only a safetensors state dict is mapped
