@@ -202,6 +202,14 @@ def constant_or_hang(path: Path) -> Constant:
     return Constant(float(text))
 
 
+def segfaults_in_native_code() -> Constant:
+    """A loader whose library crashes in C (as a damaged CatBoost file makes CatBoost do)."""
+    import ctypes
+
+    ctypes.string_at(0)
+    return Constant(0.0)
+
+
 def constant_or_never(path: Path) -> Constant:
     """As constant_from_file, but an artifact that says "never" does not finish loading
     within any test (an hour), and one that says "exit" calls sys.exit(4)."""

@@ -54,3 +54,15 @@ def test_a_loader_that_exits_fails_startup_in_one_line(tmp_path: Path) -> None:
     assert "model 'm' failed to load" in line
     assert "SystemExit" in line
     assert "Traceback" not in done.stderr
+
+
+def test_a_native_crash_while_loading_says_where_it_happened(tmp_path: Path) -> None:
+    """One worker has no planning process to report a crash: the process ended on SIGSEGV
+    with nothing but its INFO lines. Python's fault handler now names the signal and the
+    frames (the loader, the runtime's load)."""
+    config = tmp_path / "loadonce.toml"
+    config.write_text('[[models]]\nname = "m"\nloader = "tests.loaders:segfaults_in_native_code"\n')
+    done = run_cli(tmp_path, "serve", str(config), "--port", "0", timeout=120)
+    assert done.returncode != 0
+    assert "Segmentation fault" in done.stderr
+    assert "segfaults_in_native_code" in done.stderr

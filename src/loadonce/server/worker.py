@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import logging.config
 import os
@@ -159,6 +160,11 @@ def run_worker(
     and names the model, source and cause when a model failed to load. ``replace_when_hung``:
     a worker under the supervisor stops (draining what it accepted) when a model's call
     hangs, and the supervisor starts a fresh one in its place."""
+    # A model's library that crashes in native code (a damaged CatBoost file: SIGSEGV) ends
+    # the process with no Python exception to report: Python's own fault handler then says
+    # which signal and which Python frames (the runtime's load, the model's loader) on stderr.
+    if not faulthandler.is_enabled():
+        faulthandler.enable(all_threads=True)
     options = config.server
     map_large_blocks(options.malloc_mmap_threshold)
     registry = Registry(
