@@ -246,7 +246,9 @@ def _convert(
     try:
         return convert_numbers(raw, dtype, tensor.data)
     except LossyConversionError as exc:
-        raise InvalidInputError(f"{where} {_phrase(exc, tensor.datatype)}") from None
+        phrase = _phrase(exc, tensor.datatype)
+        joined = f"{where}{phrase}" if phrase.startswith(":") else f"{where} {phrase}"
+        raise InvalidInputError(joined) from None
 
 
 def _phrase(exc: LossyConversionError, datatype: str) -> str:
