@@ -165,3 +165,15 @@ def test_null_is_a_missing_value_for_a_booster(tmp_path: Path) -> None:
     served = served_by(loadonce.ModelSpec(name="churn", artifact=path), rows)
     expected = booster.inplace_predict(np.array(rows, dtype=float))
     np.testing.assert_allclose(served, expected, rtol=1e-6)
+
+
+def test_a_file_of_another_kind_named_ubj_is_not_an_xgboost_model(tmp_path: Path) -> None:
+    """A pickle named .ubj failed its load with a UnicodeDecodeError."""
+    import pickle
+
+    path = tmp_path / "model.ubj"
+    path.write_bytes(pickle.dumps({"weights": [1.0, 2.0]}))
+    spec = loadonce.ModelSpec(name="m", artifact=path, runtime="xgboost")
+    refused = pytest.raises(loadonce.ModelLoadError, match="not an XGBoost model file")
+    with refused, TestClient(loadonce.create_app([spec])):
+        pass

@@ -106,6 +106,8 @@ class XGBoostRuntime(Runtime):
             booster.load_model(str(spec.artifact))
         except xgboost.core.XGBoostError as exc:
             raise ValueError(f"not an XGBoost model file ({_xgboost_reason(exc)})") from None
+        except UnicodeDecodeError:  # a binary file of another kind (a pickle) named .ubj
+            raise ValueError("not an XGBoost model file (neither its JSON nor UBJSON)") from None
         threads = _threads(spec)
         if threads is not None:
             booster.set_param({"nthread": threads})
