@@ -321,3 +321,19 @@ def test_models_fitted_on_text_take_text_and_refuse_numbers(tmp_path: Path) -> N
                 f"/v2/models/{name}/infer", json={"inputs": [{**tensor, "data": flat}]}
             )
             assert infer.status_code == 200, infer.text
+
+
+def test_a_truncated_joblib_file_says_so(tmp_path: Path) -> None:
+    """Its mapped arrays ran past the file's end: 'mmap length is greater than file size'."""
+    from sklearn.linear_model import LinearRegression
+
+    rows = np.random.default_rng(0).random((200, 50))
+    model = LinearRegression().fit(rows, rows[:, 0])
+    model.extra = rows.ravel()  # an array large enough to be written apart, then mapped
+    joblib.dump(model, tmp_path / "whole.joblib")
+    whole = (tmp_path / "whole.joblib").read_bytes()
+    (tmp_path / "cut.joblib").write_bytes(whole[: len(whole) // 2])
+    spec = loadonce.ModelSpec(name="m", artifact=tmp_path / "cut.joblib", trust=True)
+    refused = pytest.raises(loadonce.ModelLoadError, match="the joblib file is truncated")
+    with refused, TestClient(loadonce.create_app([spec])):
+        pass

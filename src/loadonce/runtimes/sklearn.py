@@ -263,7 +263,15 @@ def _load_pickle(path: Path, spec: ModelSpec) -> Any:
         compression = compression_of(path)
         if compression is None:
             # NumPy arrays in the file are mapped read-only: every worker shares them.
-            return joblib.load(path, mmap_mode="r")
+            try:
+                return joblib.load(path, mmap_mode="r")
+            except ValueError as exc:
+                if "mmap length is greater than file size" in str(exc):
+                    # An array it maps runs past the file's end (NumPy's own words).
+                    raise ValueError(
+                        "the joblib file is truncated: an array runs past its end"
+                    ) from None
+                raise
         logger.warning(
             "model '%s': %s is %s-compressed, so each worker holds its own copy of its "
             "arrays; 'loadonce convert %s NEW.joblib --trust' rewrites it to be shared",
