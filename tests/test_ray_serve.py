@@ -150,9 +150,16 @@ def test_the_printed_serve_config_builds_the_same_application(
     from loadonce.server.demo import demo_artifact
 
     artifact.write_bytes(demo_artifact().read_bytes())
+    # A loader module beside the config file, as `loadonce serve` imports it: a replica does
+    # not start with the driver's sys.path (it was importable in the driver only).
+    beside = f"beside_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{beside}.py").write_text(
+        "def load():\n    return lambda batch: [2 * x for x in batch]\n"
+    )
     config_file.write_text(
         '[server]\ndrain_timeout_s = 12\n\n[ray]\nname = "irises"\nnum_replicas = 1\n'
         'max_ongoing_requests = 64\n\n[[models]]\nname = "flowers"\nartifact = "iris.skops"\n'
+        f'\n[[models]]\nname = "doubler"\nloader = "{beside}:load"\n'
     )
     printed = run_cli(tmp_path, "ray-config", str(config_file), "--host", "0.0.0.0", timeout=120)
     assert printed.returncode == 0, printed.stderr
@@ -174,6 +181,12 @@ def test_the_printed_serve_config_builds_the_same_application(
         timeout=30,
     )
     assert answer.json()["outputs"] == ["setosa", "virginica"]
+    doubled = httpx.post(
+        f"http://127.0.0.1:{local_ray}/irises/models/doubler/predict",
+        json={"inputs": [1, 2]},
+        timeout=30,
+    )
+    assert doubled.json()["outputs"] == [2, 4]
     serve.delete(app["name"])
     with pytest.raises(Exception, match="unknown argument"):
         build({"config": str(config_file), "replicas": 3})

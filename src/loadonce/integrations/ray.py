@@ -30,7 +30,7 @@ from fastapi import FastAPI
 from loadonce.app import create_app
 from loadonce.core.control import ControlRequest, WorkerOutcome
 from loadonce.core.errors import ConfigError, NotAvailableHereError
-from loadonce.core.imports import import_object, import_optional
+from loadonce.core.imports import import_object, import_optional, importable_from
 from loadonce.core.registry import Registry
 from loadonce.http.state import LoadonceState
 from loadonce.server.resolve import resolve_serve_config
@@ -129,7 +129,10 @@ def deployment_options(options: RayOptions, *, drain_timeout_s: float) -> dict[s
 
 def _app_from_config(config: ServeConfig) -> FastAPI:
     """What a ``loadonce serve`` worker runs, less what Ray does itself (the socket, signals,
-    rolling model control across processes)."""
+    rolling model control across processes). A replica does not start with the driver's
+    sys.path: a loader module beside the config file is made importable here too."""
+    if config.code_directory is not None:
+        importable_from(Path(config.code_directory))
     options = config.server
     return create_app(
         Registry(

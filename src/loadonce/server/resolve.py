@@ -41,6 +41,7 @@ def resolve_serve_config(
     ray = RayOptions()
     tracing_table: dict[str, Any] = {}
     app: str | None = None
+    code_directory: Path | None = None
     single = target is not None and not demo and not is_config_file(target)
     if model_fields and not single:
         raise ConfigError(_FIELDS_FOR_ONE)
@@ -53,7 +54,8 @@ def resolve_serve_config(
         )
     elif is_config_file(target):
         path = Path(target)
-        importable_from(path.parent)  # a loader or app module beside the config file
+        code_directory = path.parent.resolve()
+        importable_from(code_directory)  # a loader or app module beside the config file
         config_file = read_config_file(path)
         file_options, specs, ray = config_file.server, config_file.models, config_file.ray
         tracing_table = config_file.tracing
@@ -61,7 +63,8 @@ def resolve_serve_config(
             app, factory = config_file.app, config_file.factory
             specs = _specs_of_app(app, factory)
     else:
-        importable_from(Path.cwd())
+        code_directory = Path.cwd().resolve()
+        importable_from(code_directory)
         if _names_app(target, factory):
             if model_fields:
                 raise ConfigError(_FIELDS_FOR_ONE)
@@ -80,6 +83,7 @@ def resolve_serve_config(
         tracing=resolve_tracing_options(tracing_table, tracing),
         app=app,
         app_factory=factory and app is not None,
+        code_directory=None if code_directory is None else str(code_directory),
     )
 
 

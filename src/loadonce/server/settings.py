@@ -249,6 +249,10 @@ class ServeConfig(BaseModel):
     # returning the app.
     app: str | None = None
     app_factory: bool = False
+    # The directory ``pkg.module`` references resolve from (the config file's, or the current
+    # one): made importable again where the config is used in another process that did not
+    # start with this one's sys.path (a Ray Serve replica).
+    code_directory: str | None = None
 
 
 def resolve_server_options(
