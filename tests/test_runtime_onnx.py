@@ -344,3 +344,38 @@ def test_a_zipmap_output_is_one_output_of_a_mapping_per_example(tmp_path: Path) 
         assert [json.loads(text) for text in output["data"]] == [
             pytest.approx(row) for row in expected
         ]
+
+
+@pytest.mark.parametrize(
+    ("batch", "declared"), [(["n"], [1, 3]), ([1], [3])], ids=["traced-as-1", "fixed-batch-1"]
+)
+def test_outputs_a_trace_declared_with_one_row_are_per_example(
+    tmp_path: Path, batch: list[Any], declared: list[int]
+) -> None:
+    """An output declared [1, 3] beside a variable batch (an exporter's trace on one example)
+    is computed per row; a graph exported for one example whose output drops the batch
+    dimension ([3]) answers each example its own call's value. Each was given whole, or the
+    first call's, to every example."""
+    weights = numpy_helper.from_array(np.array([[1.0, 2.0, 3.0]], np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["product"]),
+            helper.make_node("Reshape", ["product", "shape"], ["y"]),
+        ],
+        "per_row",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [*batch, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, declared)],
+        initializer=[
+            weights,
+            numpy_helper.from_array(np.array([-1, 3] if len(declared) == 2 else [3]), "shape"),
+        ],
+    )
+    path = tmp_path / "per_row.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, path)
+    spec = loadonce.ModelSpec(name="m", artifact=path)
+    with TestClient(loadonce.create_app([spec])) as client:
+        answer = client.post("/models/m/predict", json={"inputs": [[1.0], [2.0]]})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"] == [[1.0, 2.0, 3.0], [2.0, 4.0, 6.0]]

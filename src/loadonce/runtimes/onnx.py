@@ -88,10 +88,13 @@ class OnnxPredictor(Predictor):
         )
 
     def _batched(self, tensor: TensorInfo) -> bool:
+        """Whether an output's first dimension is the batch: what the graph declares, unless
+        it is only an exporter's trace (a first dimension of 1: a graph traced on one
+        example often says so of outputs it computes per row)."""
         shape = tensor.shape
         if shape is None:
             return True  # nothing declared: batch-first, as most graphs are
-        return len(shape) > 0 and (shape[0] is None or shape[0] == self.fixed_batch)
+        return len(shape) > 0 and shape[0] in (None, 1, self.fixed_batch)
 
     def prepare(self, examples: list[Any]) -> Any:
         if self.signature is not None:
@@ -102,12 +105,15 @@ class OnnxPredictor(Predictor):
         names = [t.name for t in self.outputs]
         count = len(next(iter(batch.values())))
         size = self.fixed_batch
-        if size is None or size == count:
+        if size is None:
             results = self.session.run(names, batch)
+            whole = self.whole
         else:
+            # Per call: an output without a batch dimension belongs to that call's examples.
             results = self._run_in_fixed_batches(names, batch, count, size)
+            whole = frozenset()
         named = list(zip(names, results, strict=True))
-        return split_batch_outputs(named, count, whole=self.whole)
+        return split_batch_outputs(named, count, whole=whole)
 
     def _run_in_fixed_batches(
         self, names: list[str], batch: dict[str, Any], count: int, size: int
@@ -119,7 +125,6 @@ class OnnxPredictor(Predictor):
         import numpy as np
 
         parts: list[list[Any]] = [[] for _ in names]
-        whole: list[Any] = []  # each output of the first call, for those without a batch
         for start in range(0, count, size):
             chunk = {name: values[start : start + size] for name, values in batch.items()}
             taken = len(next(iter(chunk.values())))
@@ -129,16 +134,16 @@ class OnnxPredictor(Predictor):
                     for name, values in chunk.items()
                 }
             results = self.session.run(names, chunk)
-            whole = whole or results
             for name, part, result in zip(names, parts, results, strict=True):
-                part.append(result if name in self.whole else result[:taken])
+                if name in self.whole:  # the call's one value, for each of its examples
+                    part.append([result] * taken)
+                else:
+                    part.append(result[:taken])
         return [
-            whole[index]
-            if name in self.whole
-            else np.concatenate(part)
+            np.concatenate(part)
             if all(isinstance(p, np.ndarray) for p in part)
             else list(itertools.chain.from_iterable(part))  # ZipMap's lists of dicts
-            for index, (name, part) in enumerate(zip(names, parts, strict=True))
+            for part in parts
         ]
 
 
