@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ WRITTEN = {
     "pandas NA": (lambda: pd.NA, None),
     "Decimal": (lambda: decimal.Decimal("1.25"), 1.25),
     "set": (lambda: {3, 1, 2}, [1, 2, 3]),
+    "missing duration": (lambda: np.array([1, "NaT"], dtype="timedelta64[s]"), [1.0, "NaN"]),
+    "signaling NaN Decimal": (lambda: decimal.Decimal("sNaN"), "NaN"),
     "torch tensor": (lambda: torch.tensor([1.0, 2.0]), [1.0, 2.0]),
 }
 
@@ -53,6 +56,14 @@ def test_what_json_has_no_type_for_is_written_as_what_it_stands_for(name: str) -
         tensor = {"name": "x", "datatype": "INT64", "shape": [1], "data": [1]}
         infer = client.post("/v2/models/m/infer", json={"inputs": [tensor]})
         assert infer.status_code == 200, infer.text
+        for output in infer.json()["outputs"]:  # a JSON document is strict JSON (no NaN)
+            if output["datatype"] == "BYTES":
+                for text in output["data"]:
+                    json.loads(text, parse_constant=_not_json)
+
+
+def _not_json(literal: str) -> None:
+    raise AssertionError(f"{literal} is not JSON")
 
 
 @pytest.mark.parametrize(

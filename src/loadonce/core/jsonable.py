@@ -59,8 +59,8 @@ def _array(value: np.ndarray[Any, Any]) -> Any:
         return value.tolist()
     if kind == "M":
         return np.datetime_as_string(value).tolist()
-    if kind == "m":
-        return (value / np.timedelta64(1, "s")).tolist()
+    if kind == "m":  # seconds; a missing duration (NaT) as NaN is, "NaN"
+        return _array(value / np.timedelta64(1, "s"))
     if kind == "c":
         raise _unwritable("holds complex numbers")
     if kind == "f" and value.dtype.itemsize > 8:  # long double: float64's nearest
@@ -72,7 +72,7 @@ def _numpy_scalar(value: np.generic) -> Any:
     if isinstance(value, np.datetime64):
         return str(np.datetime_as_string(value))
     if isinstance(value, np.timedelta64):
-        return float(value / np.timedelta64(1, "s"))
+        return _jsonable(float(value / np.timedelta64(1, "s")))
     if isinstance(value, np.complexfloating):
         raise _unwritable("holds complex numbers")
     if isinstance(value, np.floating):
@@ -88,7 +88,7 @@ def _other(value: Any) -> Any:
     if isinstance(value, datetime.timedelta):
         return value.total_seconds()
     if isinstance(value, decimal.Decimal):
-        return _jsonable(float(value))
+        return "NaN" if value.is_nan() else _jsonable(float(value))  # sNaN refuses float()
     if isinstance(value, set | frozenset):
         items = list(value)
         with contextlib.suppress(TypeError):  # items of kinds that do not compare: as they are
