@@ -115,10 +115,10 @@ def _columns_of(estimator: Any, names: list[str], declared: Mapping[str, Any]) -
     pandas = import_optional("pandas", extra="pandas")
     _check_declared(declared, names)
     derived, known = _from_column_transformers(estimator)
-    categorical = _booster_categories(estimator, names)
+    categorical, kinds = _booster_categories(estimator, names)
     for name, categories in categorical.items():
-        if categories is None:
-            derived[name] = "string"  # XGBoost keeps them (and refuses an unseen one)
+        if categories is None:  # XGBoost keeps them (and refuses an unseen one)
+            derived[name] = kinds.get(name, "string")
         else:
             derived[name] = _dtype_of_categories(_as_array(categories))
             known[name] = frozenset(categories)
@@ -133,11 +133,14 @@ def _columns_of(estimator: Any, names: list[str], declared: Mapping[str, Any]) -
     return Columns(inputs=inputs, known_values=known, pandas=pandas, categorical=categorical)
 
 
-def _booster_categories(estimator: Any, names: list[str]) -> dict[str, Sequence[Any] | None]:
+def _booster_categories(
+    estimator: Any, names: list[str]
+) -> tuple[dict[str, Sequence[Any] | None], dict[str, str]]:
     """The columns a LightGBM or XGBoost estimator was fitted on as pandas categories: it
     takes them as categories again, never as numbers or text (every request was its 500).
     LightGBM keeps each one's categories (``pandas_categorical``, in column order) and reads
-    a category's code; XGBoost marks them ``c`` and re-codes the values itself."""
+    a category's code; XGBoost marks them ``c`` and re-codes the values itself (their type,
+    text or numbers, read from its model: the second mapping)."""
     booster: Any = getattr(estimator, "booster_", None)
     kept = getattr(booster, "pandas_categorical", None)
     if kept and hasattr(booster, "dump_model"):
@@ -145,14 +148,43 @@ def _booster_categories(estimator: Any, names: list[str]) -> dict[str, Sequence[
         infos = booster.dump_model(start_iteration=booster.current_iteration())["feature_infos"]
         columns = [name for name in names if infos.get(name, {}).get("values")]
         if len(columns) == len(kept):
-            return {name: list(categories) for name, categories in zip(columns, kept, strict=True)}
-        return {}
+            pairs = zip(columns, kept, strict=True)
+            return {name: list(categories) for name, categories in pairs}, {}
+        return {}, {}
     get_booster = getattr(estimator, "get_booster", None)
     if callable(get_booster):
-        types = getattr(get_booster(), "feature_types", None) or []
+        xgboost_booster = get_booster()
+        types = getattr(xgboost_booster, "feature_types", None) or []
         if len(types) == len(names):
-            return {name: None for name, kind in zip(names, types, strict=True) if kind == "c"}
-    return {}
+            found = [index for index, kind in enumerate(types) if kind == "c"]
+            kinds = _xgboost_category_kinds(xgboost_booster)
+            return (
+                {names[index]: None for index in found},
+                {names[index]: kinds[index] for index in found if index in kinds},
+            )
+    return {}, {}
+
+
+def _xgboost_category_kinds(booster: Any) -> dict[int, str]:
+    """Each categorical feature's type, text or numbers, by index, as XGBoost's model (JSON)
+    records its categories; {} when the model does not say (an older XGBoost)."""
+    import json
+
+    try:
+        model = json.loads(booster.save_raw("json"))["learner"]["gradient_booster"]
+        encoded = (model.get("model") or model["gbtree"]["model"])["cats"]["enc"]
+    except (KeyError, TypeError, ValueError):
+        return {}
+    kinds: dict[int, str] = {}
+    for index, entry in enumerate(encoded):
+        values = entry.get("values") if isinstance(entry, dict) else None
+        if not values:
+            continue
+        if "offsets" in entry:  # text: UTF-8 bytes, cut at the offsets
+            kinds[index] = "string"
+        else:
+            kinds[index] = "int64" if all(isinstance(v, int) for v in values) else "float64"
+    return kinds
 
 
 def _as_array(values: Sequence[Any]) -> npt.NDArray[Any]:
