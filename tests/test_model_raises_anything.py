@@ -4,7 +4,7 @@ the server, the model and its other requests go on."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -78,3 +78,42 @@ def test_a_huge_exception_message_is_cut_in_the_log(caplog: pytest.LogCaptureFix
     assert described
     assert all(len(message) < 5_000 for message in described)
     assert any("more characters" in message for message in described)
+
+
+class _Generates(loadonce.Predictor):
+    """Generates "ok "; a prompt holding "boom" raises ``error``."""
+
+    max_new_tokens = 16
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def predict(self, batch: Any) -> list[Any]:
+        return list(batch)
+
+    def generate(self, request: Any) -> Iterator[str]:
+        if "boom" in (request.prompt or ""):
+            raise self.error
+        yield "ok "
+
+
+@pytest.mark.parametrize(
+    "error",
+    [SystemExit(2), KeyboardInterrupt(), GeneratorExit(), _OwnBase("own")],
+    ids=["SystemExit", "KeyboardInterrupt", "GeneratorExit", "BaseException"],
+)
+def test_whatever_a_generating_model_raises_is_that_requests_500(error: BaseException) -> None:
+    """SystemExit from generate() unloaded every model of the worker (and stopped gRPC);
+    GeneratorExit left the request unanswered."""
+    specs = [
+        loadonce.ModelSpec(name="gen", loader=lambda: _Generates(error), timeout_s=10),
+        loadonce.ModelSpec(name="other", loader=lambda: _Generates(error)),
+    ]
+    with TestClient(loadonce.create_app(specs)) as client:
+        failed = client.post("/v1/completions", json={"model": "gen", "prompt": "boom"})
+        assert failed.status_code == 500
+        assert failed.json()["error"]["type"] == "server_error"
+        for name in ("gen", "other"):
+            answered = client.post("/v1/completions", json={"model": name, "prompt": "hi"})
+            assert answered.status_code == 200, answered.text
+        assert client.get("/readyz").status_code == 200

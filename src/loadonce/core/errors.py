@@ -115,6 +115,17 @@ class ModelRaisedError(LoadonceError):
         super().__init__(f"the model raised {describe_exception(model_error)}")
 
 
+def as_exception(error: BaseException) -> Exception:
+    """What a model's code raised, as an Exception: SystemExit, KeyboardInterrupt or
+    GeneratorExit raised in a model's thread are its failure, never the server's exit (one
+    re-raised on the event loop took the server out of service)."""
+    if isinstance(error, Exception):
+        return error
+    wrapped = RuntimeError(f"the model's code raised {describe_exception(error)}")
+    wrapped.__cause__ = error
+    return wrapped
+
+
 class InvalidInputError(LoadonceError, ValueError):
     """The request's inputs do not fit the model (HTTP 400).
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from loadonce.core.errors import InvalidInputError, NewTokensLimitError
+from loadonce.core.errors import InvalidInputError, NewTokensLimitError, as_exception
 
 __all__ = [
     "Delta",
@@ -135,16 +135,16 @@ class IteratorEngine(GenerationEngine):
         for sequence, request in joining.items():
             try:
                 chunks = self._generate(request)
-            except Exception as exc:  # this request's failure only, not its neighbours'
-                outcomes[sequence] = exc
+            except BaseException as exc:  # this request's failure only, not its neighbours'
+                outcomes[sequence] = as_exception(exc)
                 continue
             limit = request.max_new_tokens or self._default
             self._running[sequence] = _Running(chunks=chunks, limit=limit)
         for sequence, running in list(self._running.items()):
             try:
                 step: Step | Exception = running.next(first=sequence in joining)
-            except Exception as exc:  # one generator failing ends its own sequence only
-                step = exc
+            except BaseException as exc:  # one generator failing ends its own sequence only
+                step = as_exception(exc)
             outcomes[sequence] = step
             if not isinstance(step, Step) or step.finish is not None:
                 del self._running[sequence]

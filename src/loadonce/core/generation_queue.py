@@ -26,6 +26,7 @@ from loadonce.core.errors import (
     ModelNotReadyError,
     ModelRaisedError,
     QueueFullError,
+    as_exception,
 )
 from loadonce.core.executors import Executor
 from loadonce.core.generation import (
@@ -207,7 +208,10 @@ class GenerationQueue:
             )
             try:
                 outcomes = await asyncio.wrap_future(call)
-            except Exception as exc:
+            except asyncio.CancelledError:
+                raise
+            except BaseException as caught:  # the engine's code: any exception is its failure
+                exc = as_exception(caught)
                 logger.error(
                     "model '%s' raised while generating: %s", self._model, exc, exc_info=exc
                 )
