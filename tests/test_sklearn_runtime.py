@@ -276,6 +276,7 @@ def test_a_number_past_float32_is_a_400_for_trees(
 
 def _text_and_category_models(tmp_path: Path) -> dict[str, tuple[Path, Any, list[Any]]]:
     from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder
@@ -284,7 +285,14 @@ def _text_and_category_models(tmp_path: Path) -> dict[str, tuple[Path, Any, list
     reviews = make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(texts, [1, 0, 1, 0])
     colors = np.array([["red", "s"], ["blue", "m"], ["red", "m"], ["green", "s"]])
     encoded = make_pipeline(OneHotEncoder(), LogisticRegression()).fit(colors, [1, 0, 1, 0])
-    models = {"reviews": (reviews, ["good plot", "bad film"]), "colors": (encoded, colors[:2])}
+    imputed = make_pipeline(
+        SimpleImputer(strategy="most_frequent"), OneHotEncoder(), LogisticRegression()
+    ).fit(colors.astype(object), [1, 0, 1, 0])
+    models = {
+        "reviews": (reviews, ["good plot", "bad film"]),
+        "colors": (encoded, colors[:2]),
+        "imputed": (imputed, colors[:2]),
+    }
     found = {}
     for name, (model, rows) in models.items():
         path = tmp_path / f"{name}.joblib"
@@ -337,3 +345,23 @@ def test_a_truncated_joblib_file_says_so(tmp_path: Path) -> None:
     refused = pytest.raises(loadonce.ModelLoadError, match="the joblib file is truncated")
     with refused, TestClient(loadonce.create_app([spec])):
         pass
+
+
+def test_a_column_transformer_fitted_on_an_array_of_text_and_numbers_takes_both(
+    tmp_path: Path,
+) -> None:
+    """It was declared float64: its own rows were refused as "must be numbers"."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    rows = np.array([["red", 1.0], ["blue", 2.0], ["red", 3.0], ["green", 4.0]], dtype=object)
+    columns = ColumnTransformer([("color", OneHotEncoder(), [0])], remainder="passthrough")
+    model = make_pipeline(columns, LogisticRegression()).fit(rows, [1, 0, 1, 0])
+    joblib.dump(model, tmp_path / "mixed.joblib")
+    spec = loadonce.ModelSpec(name="m", artifact=tmp_path / "mixed.joblib", trust=True)
+    with TestClient(loadonce.create_app([spec])) as client:
+        answer = client.post("/models/m/predict", json={"inputs": rows[:2].tolist()})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"] == model.predict(rows[:2]).tolist()

@@ -162,6 +162,12 @@ def _signature_of(estimator: Any) -> InputSignature | None:
         if hasattr(first, "build_analyzer"):  # CountVectorizer, TfidfVectorizer, Hashing...
             return InputSignature(shape=(), dtype="string")
         return None
+    if _takes_objects(first):
+        # An imputer fitted on text, or a ColumnTransformer fitted on an array that encodes
+        # some columns: its categories (past the imputer) say whether all were text.
+        first = _first_encoder(estimator) or first
+        if getattr(first, "categories_", None) is None:
+            return InputSignature(shape=(n_features,), dtype=None)
     categories = getattr(first, "categories_", None)
     if isinstance(categories, list) and categories and len(categories) == n_features:
         kinds = {getattr(values, "dtype", None) and values.dtype.kind for values in categories}
@@ -172,6 +178,33 @@ def _signature_of(estimator: Any) -> InputSignature | None:
         if kinds - {"i", "u", "f", "b"}:
             return InputSignature(shape=(n_features,), dtype=None)  # each column its own
     return InputSignature(shape=(n_features,), dtype="float64")
+
+
+def _takes_objects(step: Any) -> bool:
+    """A first step fitted on an array of objects (text among its values): a SimpleImputer
+    that recorded an object dtype, or a ColumnTransformer fitted on an array (no column
+    names) that sends columns to an encoder of non-numeric categories or a text vectorizer."""
+    fitted = getattr(step, "_fit_dtype", None)
+    if getattr(fitted, "kind", None) == "O":
+        return True
+    for entry in getattr(step, "transformers_", None) or []:
+        inner = _first_step(entry[1]) if isinstance(entry, tuple) and len(entry) == 3 else None
+        if hasattr(inner, "build_analyzer"):
+            return True
+        for values in getattr(inner, "categories_", None) or []:
+            if getattr(values, "dtype", None) is not None and values.dtype.kind in "OUS":
+                return True
+    return False
+
+
+def _first_encoder(estimator: Any) -> Any:
+    """The first step of a pipeline's leading imputers that learnt categories, if any."""
+    for _, step in getattr(estimator, "steps", None) or []:
+        if hasattr(step, "categories_"):
+            return step
+        if not hasattr(step, "statistics_"):  # not an imputer: what follows sees its output
+            return None
+    return None
 
 
 def _first_step(estimator: Any) -> Any:
