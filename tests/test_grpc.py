@@ -658,12 +658,19 @@ def test_each_call_writes_an_access_line(
     client: triton.InferenceServerClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Each HTTP request had its line; a gRPC call had none.
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "loadonce.access"]
+
     with caplog.at_level(logging.INFO, logger="loadonce.access"):
         client.infer("simple", _pair(), headers={"x-request-id": "grpc-line-1"})
         _code(lambda: client.is_model_ready("no-such-model"))
-    lines = [r.getMessage() for r in caplog.records if r.name == "loadonce.access"]
+        # A call's line is written once its answer has left: the client may see it first.
+        wait_until(lambda: len(lines()) >= 2, 5, "both calls' access lines")
+    written = lines()
     assert any(
         "/inference.GRPCInferenceService/ModelInfer 200" in line and "grpc-line-1" in line
-        for line in lines
-    ), lines
-    assert any("/inference.GRPCInferenceService/ModelReady 404" in line for line in lines), lines
+        for line in written
+    ), written
+    assert any("/inference.GRPCInferenceService/ModelReady 404" in line for line in written), (
+        written
+    )
