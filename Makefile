@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 CONSTRAINTS := requirements/constraints.txt
 HOST ?= 127.0.0.1
 PORT ?= 8000
-# `make test` runs pytest on this many processes, a test file's tests on one of them.
+# `make test` runs pytest on this many processes, a test file's tests on one of them; then
+# the tests marked `alone` (they measure the memory of the servers they start) by themselves.
 PYTEST_WORKERS ?= 2
 
 .PHONY: proto serve test test-hostile lint typecheck pytest bench bench-protocols bench-grpc bench-memory bench-transformers bench-generate bench-tracing bench-request-log lock clean
@@ -40,7 +41,8 @@ typecheck: $(VENV)/.test-installed
 # without root (and without wrk) that one test is skipped with a message, except in CI.
 pytest: $(VENV)/.test-installed
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq wrk; } || echo "note: wrk is not installed and cannot be without root (apt-get install wrk); the benchmark smoke test is skipped" >&2
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not alone"
+	$(BIN)/pytest -m alone
 
 test: lint typecheck pytest
 

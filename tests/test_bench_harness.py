@@ -21,6 +21,10 @@ from bench.report import render
 
 from tests.servers import REPO_ROOT
 
+# Measures the memory (or the speed) of the processes it starts: run apart from other tests
+# (make test runs these after the rest, on one process).
+pytestmark = pytest.mark.alone
+
 # wrk 4.1's output for a run with --latency (captured here), then the lines it adds on errors.
 CLEAN = """Running 1s test @ http://127.0.0.1:8977/
   1 threads and 4 connections

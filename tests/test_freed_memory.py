@@ -18,6 +18,10 @@ from tests.servers import serving
 _LOADER = """
 import numpy as np
 
+# Measures the memory (or the speed) of the processes it starts: run apart from other tests
+# (make test runs these after the rest, on one process).
+pytestmark = pytest.mark.alone
+
 
 def loader():
     def predict(batch):

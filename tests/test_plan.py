@@ -9,11 +9,16 @@ from pathlib import Path
 
 import httpx2 as httpx
 import psutil
+import pytest
 import torch
 from safetensors.torch import save_file
 
 from loadonce.server.plan import Available, MemoryPlan
 from tests.servers import cli_env, run_cli, serving
+
+# Measures the memory (or the speed) of the processes it starts: run apart from other tests
+# (make test runs these after the rest, on one process).
+pytestmark = pytest.mark.alone
 
 MIB = 1 << 20
 
@@ -107,9 +112,14 @@ def test_the_plan_predicts_what_the_server_then_takes(tmp_path: Path) -> None:
         processes = [root, *root.children(recursive=True)]
         measured = sum(p.memory_full_info().pss for p in processes) / MIB
     # The plan counts the libraries (here PyTorch) whole, as on a machine that serves only
-    # this; the test process has imported PyTorch too and shares its pages with the server,
-    # which lowers the server's PSS by up to ~40 MiB here.
-    assert 0.9 * measured < predicted < 1.2 * measured, (predicted, measured, planned.stdout)
+    # this; the test processes (make test runs two) have imported PyTorch too and share its
+    # pages with the server, which lowers the server's PSS by up to ~40 MiB for each.
+    shared_with_tests = 2 * 40
+    assert 0.9 * measured < predicted < 1.2 * measured + shared_with_tests, (
+        predicted,
+        measured,
+        planned.stdout,
+    )
 
 
 def test_the_plan_counts_what_a_few_predictions_keep_and_says_what_it_left_out(

@@ -20,6 +20,10 @@ from sklearn.neighbors import KNeighborsClassifier
 import loadonce
 from tests.servers import cli_env, serving
 
+# Measures the memory (or the speed) of the processes it starts: run apart from other tests
+# (make test runs these after the rest, on one process).
+pytestmark = pytest.mark.alone
+
 MIB = 1 << 20
 
 

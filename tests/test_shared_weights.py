@@ -24,6 +24,10 @@ import loadonce
 from loadonce.server.settings import ServerOptions
 from tests.servers import CliServer, cli_env, serving
 
+# Measures the memory (or the speed) of the processes it starts: run apart from other tests
+# (make test runs these after the rest, on one process).
+pytestmark = pytest.mark.alone
+
 MIB = 1 << 20
 
 
