@@ -14,13 +14,13 @@ import pytest
 from loadonce.server.allocator import GLIBC_VARIABLES, map_large_blocks
 from tests.servers import serving
 
-# Each call fills a 24 MiB temporary in the model's thread, then frees it.
-_LOADER = """
-import numpy as np
-
 # Measures the memory (or the speed) of the processes it starts: run apart from other tests
 # (make test runs these after the rest, on one process).
 pytestmark = pytest.mark.alone
+
+# Each call fills a 24 MiB temporary in the model's thread, then frees it.
+_LOADER = """
+import numpy as np
 
 
 def loader():
