@@ -131,9 +131,9 @@ def as_typed_batch(
     return batch
 
 
-def _integers_past_int64(raw: npt.NDArray[Any]) -> bool:
-    """Whether an object array holds numbers only, one of them an integer past int64's range
-    (the rest of the array rectangular: NumPy made an object array of it for that one)."""
+def _numbers_only(raw: npt.NDArray[Any]) -> bool:
+    """Whether an object array holds numbers only: then one of them is an integer past
+    int64's range (NumPy made an object array of a rectangular one for it)."""
     values = raw.reshape(-1)
     return bool(values.size) and all(type(v) in (int, float) for v in values)
 
@@ -150,7 +150,7 @@ def _convert(examples: list[Any], dtype: str | None, missing_as_nan: bool) -> np
         raw = np.asarray(examples)
     except ValueError:  # NumPy's "inhomogeneous shape after 1 dimensions..."
         raise ValueError("the examples are not a rectangular array") from None
-    if raw.dtype == object and dtype is not None and _integers_past_int64(raw):
+    if raw.dtype == object and dtype is not None and _numbers_only(raw):
         # NumPy keeps an integer past int64 as an object: not a ragged array.
         if np.dtype(dtype).kind != "f":
             raise TypeError(f"a value is outside the range of {np.dtype(dtype).name}")

@@ -24,6 +24,7 @@ from loadonce.core.errors import (
     ModelLoadError,
     ModelNotReadyError,
     RequestTooLargeError,
+    as_exception,
     describe_exception,
     without_paths,
 )
@@ -620,11 +621,8 @@ async def _off_loop(function: Callable[..., _T], *args: Any) -> _T:
         error: BaseException | None = None
         try:
             result = function(*args)
-        except Exception as exc:
-            error = exc
         except BaseException as exc:  # SystemExit, KeyboardInterrupt from the loader's code
-            error = RuntimeError(f"the load raised {describe_exception(exc)}")
-            error.__cause__ = exc
+            error = as_exception(exc)
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
             loop.call_soon_threadsafe(settle, result, error)
 

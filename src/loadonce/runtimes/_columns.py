@@ -157,7 +157,8 @@ def _booster_categories(
         types = getattr(xgboost_booster, "feature_types", None) or []
         if len(types) == len(names):
             found = [index for index, kind in enumerate(types) if kind == "c"]
-            kinds = _xgboost_category_kinds(xgboost_booster)
+            # Its JSON dump holds every tree: read only where there are categories to type.
+            kinds = _xgboost_category_kinds(xgboost_booster) if found else {}
             return (
                 {names[index]: None for index in found},
                 {names[index]: kinds[index] for index in found if index in kinds},
@@ -216,7 +217,7 @@ def _from_column_transformers(
     text vectorizer."""
     dtypes: dict[str, str] = {}
     known: dict[str, frozenset[Any]] = {}
-    transformer = _first_step(estimator)
+    transformer = first_step(estimator)
     if not hasattr(transformer, "transformers_"):
         # HistGradientBoosting's native categories (categorical_features="from_dtype"): its
         # own ColumnTransformer encodes the category columns (a pandas Categorical of text
@@ -244,7 +245,8 @@ def _from_column_transformers(
     return dtypes, known
 
 
-def _first_step(estimator: Any) -> Any:
+def first_step(estimator: Any) -> Any:
+    """The step a Pipeline (nested or not) gives its input to; the estimator itself else."""
     steps = getattr(estimator, "steps", None)
     while isinstance(steps, list) and steps and isinstance(steps[0], tuple):
         estimator = steps[0][1]

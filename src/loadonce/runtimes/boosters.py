@@ -276,11 +276,8 @@ class CatBoostRuntime(Runtime):
             # on a model made by sum_models, which keeps no training options.
             loss = str(model._object._get_loss_function_name()).split(":")[0]
             classifies = catboost.core.is_classification_objective(loss)
-        except catboost.CatBoostError as exc:
-            # CatBoost starts its messages with the C++ source line that raised them (a
-            # damaged file may load, then fail to name its loss).
-            reason = re.sub(r"^\S+:\d+: ", "", str(exc))
-            raise ValueError(f"not a CatBoost model file ({reason})") from None
+        except catboost.CatBoostError as exc:  # a damaged file may load, then fail to name its loss
+            raise _not_catboost(exc) from None
         threads = _threads(spec)
         thread_count = -1 if threads is None else threads  # -1: CatBoost's, every core
 
@@ -309,12 +306,17 @@ class CatBoostRuntime(Runtime):
         try:
             answered = np.shape(predict(np.zeros((1, len(model.feature_names_)))))
         except catboost.CatBoostError as exc:  # a damaged file that loaded
-            reason = re.sub(r"^\S+:\d+: ", "", str(exc))
-            raise ValueError(f"not a CatBoost model file ({reason})") from None
+            raise _not_catboost(exc) from None
         predictor.outputs = [
             TensorInfo(name="output", dtype="float64", shape=(None, *answered[1:]))
         ]
         return predictor
+
+
+def _not_catboost(error: Exception) -> ValueError:
+    # CatBoost starts its messages with the C++ source line that raised them.
+    reason = re.sub(r"^\S+:\d+: ", "", str(error))
+    return ValueError(f"not a CatBoost model file ({reason})")
 
 
 def _refuse_non_numeric_features(model: Any) -> None:

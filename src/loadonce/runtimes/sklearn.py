@@ -13,7 +13,7 @@ from loadonce.core.integrity import file_sha256
 from loadonce.core.sparse import dense_if_sparse
 from loadonce.core.spec import ModelSpec
 from loadonce.runtimes._base import SELECTED_OUTPUTS, InputSignature, Predictor, Runtime, TensorInfo
-from loadonce.runtimes._columns import Columns, features_in, named_columns
+from loadonce.runtimes._columns import Columns, features_in, first_step, named_columns
 from loadonce.runtimes._tensors import stack_named_inputs
 from loadonce.runtimes.sklearn_forests import forest_in, runs_one_job, tree_by_tree_methods
 
@@ -99,7 +99,8 @@ class EstimatorPredictor(Predictor):
                 f"{type(self.estimator).__name__} does not accept NaN or infinity; "
                 "send finite numbers"
             )
-        if self._float32 and batch.size and np.nanmax(np.abs(batch)) > _FLOAT32_MAX:
+        # (A NaN's maximum is NaN, never over: NaN is checked above, where it must be.)
+        if self._float32 and batch.size and np.abs(batch).max() > _FLOAT32_MAX:
             # Its trees compare float32 values: scikit-learn refuses what float32 cannot hold
             # (the model's 500 for the client's number).
             raise InvalidInputError(
@@ -156,7 +157,7 @@ def _signature_of(estimator: Any) -> InputSignature | None:
     were all text (a OneHotEncoder fitted on an array of strings), or of anything where they
     were mixed; one text where it begins with a text vectorizer (which records no count).
     None: unknown, and the model's own checks answer."""
-    first = _first_step(estimator)
+    first = first_step(estimator)
     n_features = features_in(estimator)
     if n_features is None:
         if hasattr(first, "build_analyzer"):  # CountVectorizer, TfidfVectorizer, Hashing...
@@ -188,7 +189,7 @@ def _takes_objects(step: Any) -> bool:
     if getattr(fitted, "kind", None) == "O":
         return True
     for entry in getattr(step, "transformers_", None) or []:
-        inner = _first_step(entry[1]) if isinstance(entry, tuple) and len(entry) == 3 else None
+        inner = first_step(entry[1]) if isinstance(entry, tuple) and len(entry) == 3 else None
         if hasattr(inner, "build_analyzer"):
             return True
         for values in getattr(inner, "categories_", None) or []:
@@ -205,13 +206,6 @@ def _first_encoder(estimator: Any) -> Any:
         if not hasattr(step, "statistics_"):  # not an imputer: what follows sees its output
             return None
     return None
-
-
-def _first_step(estimator: Any) -> Any:
-    """The step a Pipeline (nested or not) gives its input to; the estimator itself else."""
-    while hasattr(estimator, "steps") and estimator.steps:
-        estimator = estimator.steps[0][1]
-    return estimator
 
 
 _FLOAT32_MAX = 3.4028234663852886e38

@@ -71,7 +71,7 @@ class TorchPredictor(Predictor):
             signature = InputSignature(shape=shape, dtype=self.input_dtype)
             arrays = [as_typed_batch(examples, signature)]
         tensors = [torch.from_numpy(np.ascontiguousarray(array)) for array in arrays]
-        if self.casts:
+        if self.casts:  # only a program with an input NumPy cannot hold has any
             tensors = [t.to(cast) for t, cast in zip(tensors, self.casts, strict=True)]
         return tensors
 
@@ -280,7 +280,10 @@ def _exported_inputs(program: Any) -> tuple[list[TensorInfo], list[Any]]:
             found[node.name] = TensorInfo(name=node.name, dtype=dtype, shape=shape)
             casts[node.name] = value.dtype
     kept = [name for name in names if name in found]
-    return [found[name] for name in kept], [casts[name] for name in kept]
+    served = [found[name] for name in kept]
+    # Casts only where a served dtype is not the program's (none: nothing to cast per call).
+    needed = any(str(casts[name]).removeprefix("torch.") != found[name].dtype for name in kept)
+    return served, [casts[name] for name in kept] if needed else []
 
 
 def _fixed_batch(inputs: list[TensorInfo], model: str) -> int | None:
