@@ -63,11 +63,19 @@ class _Echo:
         return list(batch)
 
 
+class _Complex:
+    """Answers complex numbers, which no protocol's answer can carry."""
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return [complex(1, 2) for _ in batch]
+
+
 def _specs() -> list[loadonce.ModelSpec]:
     return [
         *triton_example_specs()[:3],
         loadonce.ModelSpec(name="picky", loader=Picky),
         loadonce.ModelSpec(name="echo", loader=_Echo),
+        loadonce.ModelSpec(name="complex", loader=_Complex),
     ]
 
 
@@ -365,6 +373,23 @@ def test_model_config(client: triton.InferenceServerClient) -> None:
     code, message = _code(lambda: client.get_model_config("nope"))
     assert code is grpc.StatusCode.NOT_FOUND
     assert message.startswith("Request for unknown model")
+
+
+def test_an_answer_that_cannot_be_encoded_counts_as_a_failure(
+    client: triton.InferenceServerClient,
+) -> None:
+    """The model answered, but its outputs cannot be written (complex numbers): the client
+    gets INTERNAL, and the statistics count a failure, not a success (they counted what the
+    model returned, before its answer was built)."""
+    before = client.get_inference_statistics("complex").model_stats[0].inference_stats
+    tensor = triton.InferInput("x", [1], "INT64")
+    tensor.set_data_from_numpy(np.array([1], dtype=np.int64))
+    code, message = _code(lambda: client.infer("complex", [tensor]))
+    assert code is grpc.StatusCode.INTERNAL
+    assert message.startswith("the model raised TypeError")
+    after = client.get_inference_statistics("complex").model_stats[0].inference_stats
+    assert after.fail.count == before.fail.count + 1
+    assert after.success.count == before.success.count
 
 
 def test_model_statistics(client: triton.InferenceServerClient) -> None:

@@ -84,6 +84,23 @@ def test_what_json_cannot_carry_is_the_models_500_on_both_routes(make: Callable[
             assert "0x" not in answer.text
 
 
+def test_an_answer_that_cannot_be_written_counts_as_a_failure() -> None:
+    """Its client got a 500, so the model's statistics and /metrics count a failure (they
+    counted a success: what the model returned, before the answer was built from it)."""
+    spec = loadonce.ModelSpec(name="m", loader=_answering(lambda: complex(1, 2)))
+    with TestClient(loadonce.create_app([spec])) as client:
+        tensor = {"name": "x", "datatype": "INT64", "shape": [1], "data": [1]}
+        assert client.post("/models/m/predict", json={"inputs": [1]}).status_code == 500
+        assert client.post("/v2/models/m/infer", json={"inputs": [tensor]}).status_code == 500
+        stats = client.get("/v2/models/m/stats").json()["model_stats"][0]["inference_stats"]
+        assert (stats["success"]["count"], stats["fail"]["count"]) == (0, 2)
+        metrics = client.get("/metrics").text
+        assert 'loadonce_model_request_duration_seconds_count{model="m",outcome="fail"} 2.0' in (
+            metrics
+        )
+        assert 'outcome="success"' not in metrics
+
+
 def _itself() -> list[Any]:
     looped: list[Any] = []
     looped.append(looped)

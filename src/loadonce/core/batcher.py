@@ -73,6 +73,9 @@ class _Request:
     trace: object | None = None
     # What its parameters are compared by (``parameters_key``).
     key: Any = ()
+    # Its caller counts its success (``count_answer``), once the answer is built from the
+    # outputs: an answer that fails then (outputs JSON cannot carry) is no success.
+    caller_counts_success: bool = False
 
 
 @dataclass(eq=False)
@@ -203,11 +206,16 @@ class Batcher:
         examples: list[Any],
         deadline: float | None,
         parameters: Mapping[str, Any] | None = None,
+        *,
+        caller_counts_success: bool = False,
     ) -> asyncio.Future[list[Any]]:
         """Queue a request's examples; the future resolves to one output per example.
 
         ``parameters`` go to the predictor's ``predict_with``; only requests with equal
-        parameters share a call."""
+        parameters share a call. The request's outcome is counted (the observer's
+        ``request_finished``) when the future resolves, except a success when
+        ``caller_counts_success``: the caller then counts it with ``count_answer`` once its
+        answer is built, as a failure if building it fails."""
         if self._closed:
             raise ModelNotReadyError(self.model, "unloading")
         count = len(examples)
@@ -230,6 +238,7 @@ class Batcher:
             parameters=parameters or {},
             submitted=time.perf_counter(),
             key=parameters_key(parameters) if parameters else (),
+            caller_counts_success=caller_counts_success,
         )
         if self.tracer is not None:
             request.trace = self.tracer.current()
@@ -246,8 +255,9 @@ class Batcher:
         if self.observer is not None:
             future = request.future
             ok = not future.cancelled() and future.exception() is None
-            seconds = time.perf_counter() - request.submitted
-            self.observer.request_finished(self.model, ok, seconds)
+            if not (ok and request.caller_counts_success):
+                seconds = time.perf_counter() - request.submitted
+                self.observer.request_finished(self.model, ok, seconds)
         if request.queued:
             request.queued = False
             self._queued_examples -= len(request.examples)
@@ -255,6 +265,12 @@ class Batcher:
                 self._queue.remove(request)
             self._queue_changed()
             self._note_if_idle()
+
+    def count_answer(self, ok: bool, seconds: float) -> None:
+        """A request submitted with ``caller_counts_success`` whose outputs came back: its
+        answer was built (``ok``) or failed after them; ``seconds`` since it was submitted."""
+        if self.observer is not None:
+            self.observer.request_finished(self.model, ok, seconds)
 
     def _queue_changed(self) -> None:
         if self.observer is not None:

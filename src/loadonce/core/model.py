@@ -9,7 +9,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from enum import StrEnum
@@ -544,6 +544,23 @@ class Model:
         """``predict_examples``, with the version that computed the outputs: a request
         queued before a reload is answered by the version it was queued for, which the
         model's ``version`` no longer says once the reload is done."""
+        return await self.answer_encoded(
+            examples, _as_it_is, timeout=timeout, parameters=parameters, arrived=arrived
+        )
+
+    async def answer_encoded(
+        self,
+        examples: list[Any],
+        encode: Callable[[Answer], Awaitable[_T]],
+        *,
+        timeout: float | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        arrived: float | None = None,
+    ) -> _T:
+        """``answer_examples``, then ``encode`` of the answer (a protocol's response built
+        from it): the request counts as a success in the model's statistics only once that
+        is built. An answer that cannot be built (outputs JSON cannot carry), or whose
+        client left after the model answered, counts as a failure, as its client sees it."""
         batcher, executor = self._batcher, self._executor
         if batcher is None or executor is None or self.state not in _SERVING:
             raise ModelNotReadyError(self.name, self.state.value)
@@ -555,23 +572,32 @@ class Model:
         if passed:
             executor.instances[0].check_parameters(passed)
         deadline, deadline_s = self._deadline(timeout, arrived)
-        if deadline is None:
-            outputs = await batcher.submit(examples, None, passed)
-        else:
-            loop = asyncio.get_running_loop()
-            now = loop.time()
-            future = batcher.submit(examples, deadline, passed)
-            # The batcher answers a request whose call returned past its deadline with the
-            # 504 itself, so that its statistics count what the client gets (a later check
-            # here made a 504 of an answer counted as a success).
-            try:
-                outputs = await asyncio.wait_for(future, deadline - now)
-            except (TimeoutError, DeadlineExceededError):
-                raise DeadlineExceededError(self.name, deadline_s) from None
+        submitted = time.perf_counter()
+        future = batcher.submit(examples, deadline, passed, caller_counts_success=True)
+        try:
+            if deadline is None:
+                outputs = await future
+            else:
+                # The batcher answers a request whose call returned past its deadline with
+                # the 504 itself, so that its statistics count what the client gets (a later
+                # check here made a 504 of an answer counted as a success).
+                try:
+                    remaining = deadline - asyncio.get_running_loop().time()
+                    outputs = await asyncio.wait_for(future, remaining)
+                except (TimeoutError, DeadlineExceededError):
+                    raise DeadlineExceededError(self.name, deadline_s) from None
+            encoded = await encode(Answer(outputs, batcher.version))
+        except BaseException:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                # The model answered; what came after failed: counted here, as the batcher
+                # left it to (a failed or cancelled future it counted itself).
+                batcher.count_answer(False, time.perf_counter() - submitted)
+            raise
+        batcher.count_answer(True, time.perf_counter() - submitted)
         if self._sample_answer is None and not passed and self._executor is executor:
             # No warm-up told what this model answers: its first full answer does (metadata).
             self._sample_answer = outputs[:1]
-        return Answer(outputs, batcher.version)
+        return encoded
 
     async def _warm_up(
         self, spec: ModelSpec, instances: Sequence[Predictor]
@@ -669,6 +695,10 @@ class Answer:
 
     outputs: list[Any]
     version: str
+
+
+async def _as_it_is(answer: Answer) -> Answer:
+    return answer
 
 
 def _artifacts_of(*specs: ModelSpec) -> tuple[str, ...]:

@@ -52,7 +52,7 @@ from loadonce.protocols.grpc.tensors import decode_grpc_inputs, encode_grpc_outp
 from loadonce.protocols.v2.config_load import BatchingChange
 from loadonce.protocols.v2.described import described_inputs, described_outputs
 from loadonce.protocols.v2.errors import find_model, model_to_load
-from loadonce.protocols.v2.infer import predict
+from loadonce.protocols.v2.infer import Prediction, predict
 from loadonce.protocols.v2.model_config import model_config
 from loadonce.protocols.v2.repository import apply_control, index_entry, load_batching
 from loadonce.protocols.v2.schemas import RequestOutput
@@ -250,21 +250,26 @@ class InferenceService:
             # The client's deadline ran out before the call was read: its own limit, not a
             # bad timeout (which INVALID_ARGUMENT would tell it never to retry).
             raise DeadlineExceededError(model.name)
-        prediction = await predict(
+
+        def respond(prediction: Prediction) -> Any:
+            response = _reply("ModelInfer", model_name=model.name, model_version=prediction.version)
+            if request.id:
+                response.id = request.id
+            with phase("encode"):
+                raw = bool(request.raw_input_contents)
+                encode_grpc_outputs(response, prediction.tensors, raw=raw)
+            return response
+
+        return await predict(
             model,
             arrays,
             datatypes,
             _parameters(request.parameters),
             requested or None,
+            respond,
             timeout_s=remaining,
             arrived=arrived,
         )
-        response = _reply("ModelInfer", model_name=model.name, model_version=prediction.version)
-        if request.id:
-            response.id = request.id
-        with phase("encode"):
-            encode_grpc_outputs(response, prediction.tensors, raw=bool(request.raw_input_contents))
-        return response
 
     async def model_config(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         model = self._serving_model(request.name, request.version)

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from loadonce.core.errors import InvalidInputError, InvalidRequestError
 from loadonce.core.inputs import split_examples
 from loadonce.core.jsonable import to_jsonable
-from loadonce.core.model import Model, ModelState
+from loadonce.core.model import Answer, Model, ModelState
 from loadonce.core.registry import Registry
 from loadonce.core.signature import InputSignature
 from loadonce.core.utf8 import utf8
@@ -236,27 +236,31 @@ async def answer_predict(request: Request) -> Response:
     parameters = _taken(model, body.parameters)
     if picked is not None:
         parameters = {**(parameters or {}), SELECTED_OUTPUTS: tuple(_known(model, picked))}
-    answer = await unless_disconnected(
+
+    async def encode(answer: Answer) -> Response:
+        outputs = answer.outputs
+        if picked is not None:
+            outputs = [_picked(output, picked, model) for output in outputs]
+        # Built by hand rather than through response_model: outputs may hold NumPy values,
+        # and a second validation pass of large outputs would cost time on every request.
+        with phase("encode"):
+            if len(outputs) < _LARGE_ANSWER_EXAMPLES:
+                outputs_json = to_jsonable(outputs)
+                return JSONAnswer(
+                    {"model": model.name, "version": answer.version, "outputs": outputs_json}
+                )
+            head = json_text({"model": model.name, "version": answer.version})
+            encoded = await anyio.to_thread.run_sync(_encode_in_pieces, outputs)
+            return Response(
+                utf8(head[:-1]) + b',"outputs":' + encoded + b"}", media_type="application/json"
+            )
+
+    return await unless_disconnected(
         request,
-        model.answer_examples(
-            examples, timeout=timeout, parameters=parameters, arrived=arrival_of(request)
+        model.answer_encoded(
+            examples, encode, timeout=timeout, parameters=parameters, arrived=arrival_of(request)
         ),
     )
-    outputs, version = answer.outputs, answer.version
-    if picked is not None:
-        outputs = [_picked(output, picked, model) for output in outputs]
-    # Built by hand rather than through response_model: outputs may hold NumPy values, and a
-    # second validation pass of large outputs would cost time on every request.
-    with phase("encode"):
-        if len(outputs) < _LARGE_ANSWER_EXAMPLES:
-            return JSONAnswer(
-                {"model": model.name, "version": version, "outputs": to_jsonable(outputs)}
-            )
-        head = json_text({"model": model.name, "version": version})
-        encoded = await anyio.to_thread.run_sync(_encode_in_pieces, outputs)
-        return Response(
-            utf8(head[:-1]) + b',"outputs":' + encoded + b"}", media_type="application/json"
-        )
 
 
 # An answer of this many examples or more is encoded in a thread, a piece at a time: the

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from loadonce.core.errors import LoadonceError, ModelNotReadyError
+from loadonce.core.model import Answer
 from loadonce.http.dependencies import registry_of
 from loadonce.http.disconnect import unless_disconnected
 from loadonce.http.json_answer import JSONAnswer
@@ -43,29 +44,33 @@ async def answer_embeddings(request: Request) -> Response:
             "feature-extraction models)",
         )
     timeout = requested_timeout(request)
-    outputs = await unless_disconnected(
-        request, model.predict_examples(texts, timeout=timeout, arrived=arrival_of(request))
-    )
-    data: list[dict[str, Any]] = []
-    tokens = 0
-    for index, output in enumerate(outputs):
-        vector, counted = pooled(output)
-        if body.encoding_format != "base64" and not np.isfinite(vector).all():
-            # The model's fault, said as such (a 500): JSON's encoder failed with a ValueError
-            # that blamed the server.
-            raise LoadonceError(
-                f"model '{model.name}' answered an embedding holding NaN or infinity, which "
-                "JSON numbers cannot carry (encoding_format=base64 carries it as it is)"
+
+    async def encode(answer: Answer) -> Response:
+        data: list[dict[str, Any]] = []
+        tokens = 0
+        for index, output in enumerate(answer.outputs):
+            vector, counted = pooled(output)
+            if body.encoding_format != "base64" and not np.isfinite(vector).all():
+                # The model's fault, said as such (a 500): JSON's encoder failed with a
+                # ValueError that blamed the server.
+                raise LoadonceError(
+                    f"model '{model.name}' answered an embedding holding NaN or infinity, "
+                    "which JSON numbers cannot carry (encoding_format=base64 carries it as it is)"
+                )
+            tokens += counted
+            encoded: Any = (
+                base64.b64encode(vector.astype("<f4").tobytes()).decode()
+                if body.encoding_format == "base64"
+                else vector.tolist()
             )
-        tokens += counted
-        encoded: Any = (
-            base64.b64encode(vector.astype("<f4").tobytes()).decode()
-            if body.encoding_format == "base64"
-            else vector.tolist()
-        )
-        data.append({"object": "embedding", "index": index, "embedding": encoded})
-    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-    return JSONAnswer({"object": "list", "data": data, "model": model.name, "usage": usage})
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return JSONAnswer({"object": "list", "data": data, "model": model.name, "usage": usage})
+
+    return await unless_disconnected(
+        request,
+        model.answer_encoded(texts, encode, timeout=timeout, arrived=arrival_of(request)),
+    )
 
 
 def pooled(output: Any) -> tuple[np.ndarray[Any, np.dtype[np.float32]], int]:

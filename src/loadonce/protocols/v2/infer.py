@@ -6,15 +6,15 @@ import gzip
 import json
 import math
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy.typing as npt
 from pydantic import ValidationError
 
 from loadonce.core.errors import InvalidInputError, InvalidRequestError
-from loadonce.core.model import Model
+from loadonce.core.model import Answer, Model
 from loadonce.protocols.v2.body import HEADER_LENGTH, SplitBody
 from loadonce.protocols.v2.examples import examples_from_tensors
 from loadonce.protocols.v2.outputs import OutputTensor, output_tensors
@@ -22,6 +22,8 @@ from loadonce.protocols.v2.schemas import InferenceRequest, RequestOutput
 from loadonce.protocols.v2.tensors import BINARY_SIZE, decode_inputs
 from loadonce.runtimes import SELECTED_OUTPUTS
 from loadonce.tracing import phase
+
+_R = TypeVar("_R")
 
 BINARY_OUTPUT = "binary_data_output"
 # Request parameters the protocol (and tritonclient) define; the others are the model's.
@@ -118,13 +120,16 @@ async def predict(
     datatypes: Mapping[str, str],
     request_parameters: Mapping[str, Any] | None,
     requested: Sequence[RequestOutput] | None,
+    respond: Callable[[Prediction], _R],
     *,
     timeout_s: float | None,
     arrived: float | None = None,
-) -> Prediction:
+) -> _R:
     """The protocol's inference, whatever carried it (REST or gRPC): decoded input arrays to
-    output tensors, through the model's queue. ``timeout_s``: the transport's deadline; the
-    request's ``timeout`` parameter (microseconds, Triton's) may shorten it."""
+    output tensors, through the model's queue, and ``respond``'s answer built from them (the
+    transport's; a request counts as a success once that is built). ``timeout_s``: the
+    transport's deadline; the request's ``timeout`` parameter (microseconds, Triton's) may
+    shorten it."""
     options = _options(request_parameters)
     examples = examples_from_tensors(model, arrays, datatypes)
     if requested:
@@ -135,19 +140,23 @@ async def predict(
         # A model whose outputs are computed on request (a classifier's methods) computes
         # only these; any other model computes all, and the answer keeps these.
         parameters = {**parameters, SELECTED_OUTPUTS: tuple(r.name for r in requested)}
-    answer = await model.answer_examples(
+
+    async def encode(answer: Answer) -> _R:
+        tensors = output_tensors(model.outputs, answer.outputs)
+        if requested:
+            tensors = _select(tensors, requested)
+            binary = {r.name: _wants_binary(r, options.binary_by_default) for r in requested}
+        else:
+            binary = {t.name: options.binary_by_default for t in tensors}
+        return respond(Prediction(tensors, binary, answer.version))
+
+    return await model.answer_encoded(
         examples,
+        encode,
         timeout=min(limits) if limits else None,
         parameters=parameters,
         arrived=arrived,
     )
-    tensors = output_tensors(model.outputs, answer.outputs)
-    if requested:
-        tensors = _select(tensors, requested)
-        binary = {r.name: _wants_binary(r, options.binary_by_default) for r in requested}
-    else:
-        binary = {t.name: options.binary_by_default for t in tensors}
-    return Prediction(tensors, binary, answer.version)
 
 
 async def infer(
@@ -163,21 +172,25 @@ async def infer(
     with phase("decode tensors"):
         arrays = decode_inputs(request.inputs, body, max_element_bytes=max_element_bytes)
     datatypes = {tensor.name: tensor.datatype for tensor in request.inputs}
-    prediction = await predict(
+
+    def respond(prediction: Prediction) -> EncodedResponse:
+        header: dict[str, Any] = {"model_name": model.name, "model_version": prediction.version}
+        if request.id is not None:
+            header["id"] = request.id
+        with phase("encode"):
+            header["outputs"], buffers = _encode(prediction.tensors, prediction.binary)
+            return _respond(header, buffers, accept_encoding)
+
+    return await predict(
         model,
         arrays,
         datatypes,
         request.parameters,
         request.outputs,
+        respond,
         timeout_s=timeout_s,
         arrived=arrived,
     )
-    header: dict[str, Any] = {"model_name": model.name, "model_version": prediction.version}
-    if request.id is not None:
-        header["id"] = request.id
-    with phase("encode"):
-        header["outputs"], buffers = _encode(prediction.tensors, prediction.binary)
-        return _respond(header, buffers, accept_encoding)
 
 
 def _check_requested(requested: Sequence[RequestOutput], declared: list[str]) -> None:
