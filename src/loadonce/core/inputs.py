@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from loadonce.core.errors import InvalidInputError
-from loadonce.core.number_conversion import LossyConversionError, convert_numbers
+from loadonce.core.number_conversion import LossyConversionError, convert_numbers, numbers_only
 from loadonce.core.signature import InputSignature, TensorInfo
 
 if TYPE_CHECKING:
@@ -131,13 +131,6 @@ def as_typed_batch(
     return batch
 
 
-def _numbers_only(raw: npt.NDArray[Any]) -> bool:
-    """Whether an object array holds numbers only: then one of them is an integer past
-    int64's range (NumPy made an object array of a rectangular one for it)."""
-    values = raw.reshape(-1)
-    return bool(values.size) and all(type(v) in (int, float) for v in values)
-
-
 def _convert(examples: list[Any], dtype: str | None, missing_as_nan: bool) -> npt.NDArray[Any]:
     import numpy as np
 
@@ -150,12 +143,9 @@ def _convert(examples: list[Any], dtype: str | None, missing_as_nan: bool) -> np
         raw = np.asarray(examples)
     except ValueError:  # NumPy's "inhomogeneous shape after 1 dimensions..."
         raise ValueError("the examples are not a rectangular array") from None
-    if raw.dtype == object and dtype is not None and _numbers_only(raw):
-        # NumPy keeps an integer past int64 as an object: not a ragged array.
-        if np.dtype(dtype).kind != "f":
-            raise TypeError(f"a value is outside the range of {np.dtype(dtype).name}")
-        raw = raw.astype(np.float64)
-    if raw.dtype == object:
+    # An object array of numbers only holds an integer past int64's range (convert_numbers
+    # converts or refuses it), not a ragged array.
+    if raw.dtype == object and not (dtype is not None and numbers_only(raw)):
         if any(value is None for value in raw.reshape(-1)):
             if missing_as_nan and dtype is not None and np.dtype(dtype).kind == "f":
                 return _nulls_as_nan(raw).astype(dtype, copy=False)
@@ -163,10 +153,7 @@ def _convert(examples: list[Any], dtype: str | None, missing_as_nan: bool) -> np
         raise ValueError("the examples are not a rectangular array")
     if dtype is None:
         return raw
-    # Examples that are arrays came as binary numbers (REST binary data, gRPC contents),
-    # not JSON text: an infinity among them is a value, not an overflow.
-    binary = bool(examples) and isinstance(examples[0], np.ndarray | np.generic)
     try:
-        return convert_numbers(raw, np.dtype(dtype), examples, infinities=binary)
+        return convert_numbers(raw, np.dtype(dtype), examples)
     except LossyConversionError as exc:
         raise TypeError(str(exc)) from None

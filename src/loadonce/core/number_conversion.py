@@ -2,10 +2,14 @@
 
 The JSON route and the Open Inference Protocol used to convert with two policies: a float32
 model answered ``1e300`` with ``["Infinity"]`` on one and 400 on the other. Here, for both:
-integers become floats, never floats integers; no integer leaves its type's range; no finite
-number becomes an infinity; JSON has no infinity, so one in the data is a number past FP64's
-range (``1e400``), while binary data (REST's binary extension, gRPC) carries infinities as
-values; ``true`` and ``false`` are not numbers.
+integers become floats, never floats integers (an integer past int64's range, which NumPy
+keeps as a Python object, too); no integer leaves its type's range; no finite number becomes
+an infinity; ``true`` and ``false`` are not numbers. An infinity in the data is a value, as
+NaN is: JSON's common extension writes them ``Infinity`` and ``NaN`` (Python's ``json``,
+tritonclient's JSON tensors, loadonce's own answers), and binary data (REST's binary
+extension, gRPC) carries them as any other value. (A literal past FP64's range, ``1e400``, is
+read as an infinity too, as every JSON parser reads it: the parsed data cannot tell them
+apart.)
 """
 
 from __future__ import annotations
@@ -39,12 +43,8 @@ def holds_booleans(data: Any) -> bool:
     return False
 
 
-def convert_numbers(
-    raw: npt.NDArray[Any], target: np.dtype[Any], data: Any, *, infinities: bool = False
-) -> npt.NDArray[Any]:
-    """``raw`` (``np.asarray(data)``) as ``target``, or LossyConversionError.
-    ``infinities``: the values came as binary numbers (REST binary data, gRPC contents),
-    where an infinity is a value like any other; only one made by the conversion is lost."""
+def convert_numbers(raw: npt.NDArray[Any], target: np.dtype[Any], data: Any) -> npt.NDArray[Any]:
+    """``raw`` (``np.asarray(data)``) as ``target``, or LossyConversionError."""
     import numpy as np
 
     kind = raw.dtype.kind
@@ -54,15 +54,16 @@ def convert_numbers(
         return raw.astype(target, copy=False)
     if raw.size == 0:
         return raw.astype(target)
+    if kind == "O" and numbers_only(raw):
+        # NumPy keeps an integer past int64's range as a Python object (a rectangular array
+        # of numbers all the same): as a float it is the number ``1e20`` is.
+        raw, kind = _past_int64(raw, target), "f"
     if kind not in "iuf":
         raise LossyConversionError("must be numbers")
     if holds_booleans(data):
         raise LossyConversionError(
             "must be numbers; true and false are not (send 1 and 0, or a boolean input)"
         )
-    if kind == "f" and not infinities and np.isinf(raw).any():
-        # JSON has no infinity: the parser made one of a number past FP64's range.
-        raise LossyConversionError(f"a value is outside the range of {target.name}")
     if target.kind in "iu":
         if kind == "f":
             raise LossyConversionError("must be integers; got numbers with a fraction or exponent")
@@ -75,6 +76,26 @@ def convert_numbers(
     with np.errstate(over="ignore"):  # an overflow is found just below, and named
         converted = raw.astype(target)
     overflowed = np.isinf(converted)
-    if overflowed.any() and (not infinities or (overflowed & ~np.isinf(raw)).any()):
+    if overflowed.any() and (overflowed & ~np.isinf(raw)).any():
         raise LossyConversionError(f"a value is outside the range of {target.name}")
     return converted
+
+
+def numbers_only(raw: npt.NDArray[Any]) -> bool:
+    """Whether an object array holds numbers only (not booleans): then one of them is an
+    integer past int64's range."""
+    values = raw.reshape(-1)
+    return bool(values.size) and all(type(v) in (int, float) for v in values)
+
+
+def _past_int64(raw: npt.NDArray[Any], target: np.dtype[Any]) -> npt.NDArray[Any]:
+    """An object array of numbers (an integer past int64's range among them) as float64;
+    LossyConversionError where the target is an integer type, or a value past FP64's."""
+    import numpy as np
+
+    if target.kind != "f":
+        raise LossyConversionError(f"a value is outside the range of {target.name}")
+    try:
+        return raw.astype(np.float64)
+    except OverflowError:  # Python's "int too large to convert to float"
+        raise LossyConversionError(f"a value is outside the range of {target.name}") from None

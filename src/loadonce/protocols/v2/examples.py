@@ -32,6 +32,9 @@ def examples_from_tensors(
     if declared:
         _check_against(declared, arrays, datatypes)
     batch = _batch_size(arrays)
+    # Before a row is built: a tensor of shape [N, 0] carries no data, so its N comes from
+    # nothing the body's bytes back (N empty rows were built, 1 GB for N = 6 million).
+    model.refuse_if_too_many(batch)
     text = {t.name for t in declared if t.dtype == "string"}
     signature = model.signature
     if not declared and signature is not None and signature.dtype == "string":
