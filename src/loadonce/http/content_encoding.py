@@ -55,27 +55,43 @@ def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
             f"Content-Encoding {encoding.decode('latin-1')!r} is not supported; send the body "
             "uncompressed, gzip or deflate"
         )
+    name = encoding.decode("latin-1")
     parts: list[bytes] = []
-    left, remaining = limit, body
+    left = limit
+    view = memoryview(body)
+    position = 0
+    pending: bytes | memoryview = b""  # what the last member left for the next one
+    inflater = zlib.decompressobj(wbits)
     # gzip allows several members one after the other (RFC 1952): each is read, none dropped,
-    # and the limit counts them all.
+    # and the limit counts them all. The body is fed a slice at a time: zlib copies what
+    # follows a member's end (``unused_data``), and with the whole body fed at once a body
+    # of many empty members was copied once per member (4 MiB: 30 s of CPU).
     while True:
-        inflater = zlib.decompressobj(wbits)
+        if pending:
+            data, pending = pending, b""
+        elif position < len(view):
+            data = view[position : position + _FEED_BYTES]
+            position += len(data)
+        else:
+            raise InvalidInputError(f"the {name} body is truncated")
         try:
-            parts.append(inflater.decompress(remaining, left + 1))
+            parts.append(inflater.decompress(data, left + 1))
         except zlib.error as exc:
-            raise InvalidInputError(
-                f"the body is not valid {encoding.decode('latin-1')} data: {exc}"
-            ) from None
+            raise InvalidInputError(f"the body is not valid {name} data: {exc}") from None
         left -= len(parts[-1])
         if left < 0 or inflater.unconsumed_tail:
             raise RequestTooLargeError(
                 f"the body decompresses to more than {limit} bytes, this server's max_body_bytes"
             )
         if not inflater.eof:
-            raise InvalidInputError(f"the {encoding.decode('latin-1')} body is truncated")
-        remaining = inflater.unused_data
-        if not remaining:
+            continue
+        pending = inflater.unused_data
+        if not pending and position >= len(view):
             return b"".join(parts)
         if wbits == zlib.MAX_WBITS:
             raise InvalidInputError("the deflate body has data after its end")
+        inflater = zlib.decompressobj(wbits)
+
+
+# How much of a compressed body is given to zlib at a time.
+_FEED_BYTES = 64 * 1024
