@@ -15,7 +15,9 @@ import pytest
 from loadonce.server.log_format import JsonFormatter, PlainFormatter
 from tests.servers import REPO_ROOT, cli_env, serving
 
-FORGED = "/x%0aERROR:%20forged%0d%0aWARNING:%20also%e2%80%a8forged"
+# Line breaks, then a right-to-left override and a zero-width space (the path would read
+# otherwise than it is).
+FORGED = "/x%0aERROR:%20forged%0d%0aWARNING:%20also%e2%80%a8forged%e2%80%aedesrever%e2%80%8b"
 
 
 def test_a_path_cannot_forge_a_log_line_and_an_open_network_server_warns(tmp_path: Path) -> None:
@@ -29,7 +31,9 @@ def test_a_path_cannot_forge_a_log_line_and_an_open_network_server_warns(tmp_pat
     assert not [
         line for line in lines if line.lstrip().startswith(("ERROR: forged", "WARNING: also"))
     ]
-    assert any("/x\\x0aERROR: forged\\x0d\\x0aWARNING: also\\u2028forged" in line for line in lines)
+    written = "/x\\x0aERROR: forged\\x0d\\x0aWARNING: also\\u2028forged\\u202edesrever\\u200b"
+    assert any(written in line for line in lines)
+    assert not [line for line in lines if "\u202e" in line or "\u200b" in line]
 
 
 def test_a_models_exception_cannot_forge_a_log_line(tmp_path: Path) -> None:

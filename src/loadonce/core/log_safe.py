@@ -1,5 +1,8 @@
 """Client-supplied text made safe for a log line: no character that could end the line or
-forge another (control characters, Unicode line and paragraph separators) reaches a log.
+forge another (control characters, Unicode line and paragraph separators) reaches a log, nor
+one that changes how the line reads without being seen (Unicode's invisible format
+characters: bidirectional overrides and isolates, which show ``/models/ohce/predict`` for
+another path, zero-width characters).
 
 A request path is percent-decoded before any route sees it, so ``GET /x%0aERROR:...`` would
 otherwise write a second, forged line, before any key is checked.
@@ -9,12 +12,17 @@ from __future__ import annotations
 
 import re
 
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_UNSAFE = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064"
+    r"\u2066-\u206f\ufeff\ufff9-\ufffb\U000e0000-\U000e007f]"
+)
 
 
 def _escape(match: re.Match[str]) -> str:
     code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def log_safe(text: str) -> str:
