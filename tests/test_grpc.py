@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import httpx2 as httpx
+import ml_dtypes
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
@@ -390,6 +391,17 @@ def test_an_answer_that_cannot_be_encoded_counts_as_a_failure(
     after = client.get_inference_statistics("complex").model_stats[0].inference_stats
     assert after.fail.count == before.fail.count + 1
     assert after.success.count == before.success.count
+
+
+def test_bf16_travels_as_tritonclient_sends_it(client: triton.InferenceServerClient) -> None:
+    """BF16 is one of the protocol's datatypes (in raw contents, as the proto says): it was
+    refused as an unknown datatype, even by a model that takes any input."""
+    values = np.array([[1.0, 2.5, -3.0, np.inf]], dtype=ml_dtypes.bfloat16)
+    tensor = triton.InferInput("x", list(values.shape), "BF16")
+    tensor.set_data_from_numpy(values)
+    result = client.infer("echo", [tensor])
+    assert result.get_output("output").datatype == "BF16"
+    assert result.as_numpy("output").tobytes() == values.tobytes()
 
 
 def test_model_statistics(client: triton.InferenceServerClient) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
+import ml_dtypes
 import numpy as np
 import pytest
 import tritonclient.http as triton
@@ -349,3 +351,39 @@ def echo_client(echo_server: ThreadedServer) -> Iterator[triton.InferenceServerC
     connection = triton.InferenceServerClient(echo_server.url.removeprefix("http://"))
     yield connection
     connection.close()
+
+
+class _Echo:
+    """Declares nothing: answers each example as it came."""
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return list(batch)
+
+
+def test_bf16_in_binary_and_json() -> None:
+    """BF16 travels as tritonclient sends it (binary: ml_dtypes' bfloat16) and as JSON
+    numbers, rounded to BF16 as FP16's are; a value past its range is refused. It was an
+    unknown datatype, even for a model that takes any input."""
+    values = np.array([[1.0, 2.5, -3.0, np.nan]], dtype=ml_dtypes.bfloat16)
+    with ThreadedServer(
+        loadonce.create_app([loadonce.ModelSpec(name="echo", loader=_Echo)])
+    ) as server:
+        client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+        tensor = triton.InferInput("x", list(values.shape), "BF16")
+        tensor.set_data_from_numpy(values, binary_data=True)
+        result = client.infer("echo", [tensor])
+        client.close()
+        assert result.as_numpy("output").tobytes() == values.tobytes()
+        _bf16_as_json(server)
+
+
+def _bf16_as_json(server: ThreadedServer) -> None:
+    for data, status, answered in (("[1.00390625, 2]", 200, [1.0, 2.0]), ("[1e39, 1]", 400, None)):
+        body = f'{{"inputs": [{{"name": "x", "datatype": "BF16", "shape": [2], "data": {data}}}]}}'
+        answer = httpx.post(f"{server.url}/v2/models/echo/infer", content=body)
+        assert answer.status_code == status, answer.text
+        if answered is not None:
+            [output] = answer.json()["outputs"]
+            assert (output["datatype"], output["data"]) == ("BF16", answered)
+        else:
+            assert "outside the range of BF16" in answer.json()["error"]

@@ -23,7 +23,8 @@ from loadonce.protocols.v2.tensors import (
     element_count,
 )
 
-# The typed field of InferTensorContents that carries each datatype (FP16 has none: raw only).
+# The typed field of InferTensorContents that carries each datatype (FP16 and BF16 have none:
+# raw only).
 CONTENTS_FIELD = {
     "BOOL": "bool_contents",
     "INT8": "int_contents",
@@ -135,7 +136,7 @@ def _from_contents(tensor: RequestInput, contents: Any) -> npt.NDArray[Any]:
 
 def encode_grpc_outputs(response: Any, tensors: Sequence[OutputTensor], *, raw: bool) -> None:
     """Each tensor into the response: in ``raw_output_contents`` when ``raw`` (or when a
-    datatype has no typed field, FP16: then all are raw, as the protocol pairs raw tensors
+    datatype has no typed field, FP16 or BF16: then all are raw, as the protocol pairs raw tensors
     with outputs by position), else in each output's typed contents."""
     raw = raw or any(t.datatype not in CONTENTS_FIELD for t in tensors)
     for tensor in tensors:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import ml_dtypes
 import numpy as np
 
 from loadonce.core.errors import InvalidInputError
@@ -22,6 +23,8 @@ _FIXED: dict[str, np.dtype[np.generic]] = {
     "FP16": np.dtype(np.float16),
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
+    # NumPy has none: ml_dtypes' bfloat16, the dtype tritonclient reads and writes BF16 as.
+    "BF16": np.dtype(ml_dtypes.bfloat16),
 }
 _BY_NUMPY = {dtype: name for name, dtype in _FIXED.items()}
 DATATYPES = (*_FIXED, BYTES)
