@@ -57,6 +57,7 @@ def test_a_request_head_that_never_ends_is_cut_off(server: CliServer) -> None:
         sock.close()
     assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers), answers[0]
     _wait_until_served(server)
+    _refusal_logged(server, answers[0], 408)
 
 
 def test_a_body_that_stops_arriving_is_abandoned(server: CliServer) -> None:
@@ -129,9 +130,48 @@ def test_an_oversized_head_is_refused(server: CliServer, head: bytes) -> None:
     answer = _answer(sock)
     assert answer.startswith(b"HTTP/1.1 431")
     # Said as it is: a head of two fields read in one piece was "too many header fields".
-    assert answer.endswith(b'{"error": "the request head is too large"}'), answer
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == "the request head is too large"
     sock.close()
     sender.join(timeout=10)
+    _refusal_logged(server, answer, 431)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"FOO /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\x00b\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"POST /models/echo/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -1\r\n\r\n",
+    ],
+    ids=["unknown method", "NUL in a header", "HTTP/2 preface", "negative Content-Length"],
+)
+def test_a_request_that_is_not_http_is_answered_in_json_and_logged(
+    server: CliServer, head: bytes
+) -> None:
+    """uvicorn answered these in plain text, with no request id, and logged no line."""
+    with _connect(server) as sock:
+        sock.sendall(head)
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == (
+        "the request is not valid HTTP/1.1"
+    )
+    _refusal_logged(server, answer, 400)
+
+
+def _refusal_logged(server: CliServer, answer: bytes, status: int) -> None:
+    """The refusal carries a request id (header and body), and the log has its line."""
+    head, body = answer.split(b"\r\n\r\n", 1)
+    request_id = json.loads(body)["request_id"]
+    assert f"x-request-id: {request_id}".encode() in head.lower()
+    wait_until(
+        lambda: any(
+            request_id in line and f" {status} " in line for line in server.log().splitlines()
+        ),
+        5,
+        "the refusal's access line",
+    )
 
 
 @pytest.mark.parametrize("coding", [b"gzip, chunked", b"x\\y, chunked"])
@@ -153,8 +193,19 @@ def test_open_connections_are_capped_per_worker(server: CliServer) -> None:
     idle = [_connect(server) for _ in range(25)]
     try:
         time.sleep(0.2)  # let the server accept them all
-        refused = httpx.get(f"{server.url}/livez")
+        refused = httpx.get(f"{server.url}/livez", headers={"X-Request-ID": "past-the-limit"})
         assert refused.status_code == 503
+        # As loadonce's own 503s: JSON, Retry-After, the request id, a line in the log.
+        assert refused.headers["retry-after"] == "1"
+        assert refused.headers["x-request-id"] == "past-the-limit"
+        assert "max_connections" in refused.json()["error"]
+        wait_until(
+            lambda: any(
+                "past-the-limit" in line and " 503 " in line for line in server.log().splitlines()
+            ),
+            5,
+            "the refusal's access line",
+        )
     finally:
         for sock in idle:
             sock.close()
@@ -193,6 +244,7 @@ def test_pipelined_requests_are_answered_whole_and_in_order(server: CliServer) -
 def test_answers_to_many_clients_at_once_are_whole(server: CliServer) -> None:
     # 12 at once: the connections refused by the tests before stay open up to a second after
     # their answer, and the server takes 20.
+    time.sleep(1.1)
     with httpx.Client() as client, ThreadPoolExecutor(12) as pool:
         answers = list(
             pool.map(

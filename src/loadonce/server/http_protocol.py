@@ -13,6 +13,11 @@ protocol adds, per connection:
   thousand of them every connection a worker takes);
 - ``max_header_bytes`` and ``max_header_fields``: past either, 431 and close.
 
+Every request it refuses itself (a head refused or late, a request that is not valid HTTP,
+one past ``max_connections``) is answered as loadonce's routes answer: a JSON error with a
+request id (``X-Request-ID`` and the body), and an access line under that id. uvicorn answered
+these in plain text, with no id, and logged no line (the 408 nothing at all).
+
 It also stamps each request's arrival (when its head was read) in the scope: the deadline
 counts from there, before the busy loop gets round to the request's task.
 
@@ -26,14 +31,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Sized
 from http import HTTPStatus
 from typing import Any
 
+from starlette.types import Receive, Scope, Send
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from loadonce.http.request_info import ARRIVED_SCOPE_KEY
+from loadonce.http.errors import raw_error_response
+from loadonce.http.request_info import (
+    ARRIVED_SCOPE_KEY,
+    REQUEST_ID_SCOPE_KEY,
+    new_request_id,
+    request_id_from,
+)
+from loadonce.http.request_line import access_logger, write_request_line
 
 
 class _GatheredWrites:
@@ -127,12 +141,21 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: HTTPStatus, message: str) -> None:
         self._gathered.send()  # an answer held for an earlier request goes first
-        body = json.dumps({"error": message}).encode()  # a message may quote the client
+        # The head was not read whole (or not at all): a new id, not one the client sent.
+        request_id = new_request_id()
+        # A message may quote the client: json.dumps escapes it.
+        body = json.dumps({"error": message, "request_id": request_id}).encode()
         self.transport.write(
             f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+            f"content-length: {len(body)}\r\nx-request-id: {request_id}\r\n"
+            "connection: close\r\n\r\n".encode()
             + body
         )
+        # Refused in its head, no route ran for it: its line is written here. (A body refused
+        # once its head was read, a bad chunk, is its route's request: the route writes it.)
+        if self._in_head and access_logger.isEnabledFor(logging.INFO):
+            path = getattr(self, "url", b"").decode("latin-1")  # what was read of it
+            write_request_line("-", path or "-", status.value, 0.0, request_id)
         # Closing now, with the client's bytes unread, would reset the connection and the
         # client might never see the answer: stop reading, end our side, close shortly.
         self.transport.pause_reading()
@@ -172,11 +195,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         self._gathered.send()  # an answer held for an earlier request goes first
-        if self._refusal is not None:
-            self._disarm()
-            self._refuse(*self._refusal)
-        else:
-            super().send_400_response(msg)
+        self._disarm()
+        if self._refusal is None:
+            # uvicorn's "Invalid HTTP request received." (a bad head, chunk size, method...).
+            self._refusal = (HTTPStatus.BAD_REQUEST, "the request is not valid HTTP/1.1")
+        self._refuse(*self._refusal)
 
     def on_headers_complete(self) -> None:
         # Each refusal is the parser's error: send_400_response answers it.
@@ -202,7 +225,18 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # Its deadline counts from here (ARRIVED_SCOPE_KEY), so the wait for the busy loop
         # to start the request's task is part of it.
         self.scope[ARRIVED_SCOPE_KEY] = self._received_at  # type: ignore[literal-required]
-        super().on_headers_complete()
+        limit = self.limit_concurrency
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            # Past max_connections: uvicorn's own check is skipped for this request, which is
+            # answered by loadonce's refusal instead of uvicorn's plain-text one.
+            app, self.app = self.app, _past_max_connections
+            self.limit_concurrency = None
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app, self.limit_concurrency = app, limit
+        else:
+            super().on_headers_complete()
         if self.cycle is not None:
             self.cycle.transport = self._gathered  # type: ignore[assignment]
 
@@ -228,6 +262,24 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._timer is not None:
             self._disarm()
         super().on_message_complete()
+
+
+_PAST_MAX_CONNECTIONS = (
+    "the server is at its limit of open connections and requests (max_connections): retry shortly"
+)
+
+
+async def _past_max_connections(scope: Scope, receive: Receive, send: Send) -> None:
+    """The answer to a request past max_connections: 503 with Retry-After, in the error body
+    of the path's protocol, under its request id, logged."""
+    request_id = request_id_from(scope["headers"])
+    scope[REQUEST_ID_SCOPE_KEY] = request_id
+    headers = {"Retry-After": "1", "Connection": "close"}
+    answer = raw_error_response(503, _PAST_MAX_CONNECTIONS, scope, headers)
+    answer.headers["X-Request-ID"] = request_id
+    await answer(scope, receive, send)
+    if access_logger.isEnabledFor(logging.INFO):
+        write_request_line(scope["method"], scope["path"], 503, 0.0, request_id)
 
 
 def guarded_protocol(
