@@ -91,6 +91,29 @@ def test_a_taken_port_fails_before_any_model_loads(tmp_path: Path, workers: str)
     assert not load_log.exists(), "no model was loaded for a server that cannot bind"
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_taken_grpc_port_fails_before_any_model_loads(tmp_path: Path, workers: str) -> None:
+    """Workers bind the gRPC port once loaded (SO_REUSEPORT, to share it): a taken one failed
+    after the whole load, and with two workers every replacement failed in turn, reloading
+    every model, for good. Another server binding with SO_REUSEPORT too (a second loadonce)
+    shared the port, the kernel splitting calls between the two servers."""
+    config = tmp_path / "loadonce.toml"
+    config.write_text('[[models]]\nname = "echo"\nloader = "tests.loaders:counting_echo"\n')
+    load_log = tmp_path / "loads.txt"
+    env = cli_env(tmp_path, {"LOADONCE_TEST_LOAD_LOG": str(load_log)})
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as another loadonce
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        grpc_port = taken.getsockname()[1]
+        server = start_cli(
+            [str(config), "--workers", workers, "--grpc-port", str(grpc_port)], tmp_path, env=env
+        )
+        assert server.process.wait(timeout=60) == STARTUP_FAILED
+    assert f"startup failed: cannot bind 127.0.0.1:{grpc_port} for gRPC" in server.log()
+    assert not load_log.exists(), "no model was loaded for a server that cannot bind"
+
+
 def test_a_load_that_crashes_the_process_is_one_line_too(tmp_path: Path) -> None:
     """No Python exception to report (a library's C code aborted): the line says how the
     planning process ended (its exit code read too early said None) and what to suspect."""

@@ -31,6 +31,24 @@ def bind_without_listening(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_grpc_port(host: str, port: int) -> None:
+    """Fail now, before any model loads, if another process holds the gRPC port. Workers bind
+    it later (once loaded), each with SO_REUSEPORT so that they share it: a port taken then
+    failed after the whole load, and with several workers each replacement failed in turn
+    (a restart loop); and another server that binds with SO_REUSEPORT too (a second loadonce)
+    shared it silently, the kernel splitting calls between the two. A bind without
+    SO_REUSEPORT fails on a port any socket listens on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise BindError(
+                f"cannot bind {host}:{port} for gRPC (grpc_port): {exc.strerror or exc}"
+            ) from None
+
+
 def describe_address(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -41,6 +41,7 @@ from loadonce.server.settings import ServeConfig
 from loadonce.server.sockets import (
     BindError,
     bind_without_listening,
+    check_grpc_port,
     describe_address,
     warn_if_open_to_the_network,
 )
@@ -118,6 +119,8 @@ class Supervisor:
             os.environ[LOCK_VARIABLE] = os.path.join(lock_dir.name, "load.lock")
         try:
             self._socket = bind_without_listening(options.host, options.port)
+            if options.grpc_port is not None:
+                check_grpc_port(options.host, options.grpc_port)
             address = describe_address(self._socket)
             warn_if_open_to_the_network(self._socket, options.access())
             if options.memory_plan and not self._plan_fits():
@@ -257,6 +260,13 @@ class Supervisor:
             for index, worker in enumerate(workers):
                 if worker.is_alive() or self._stopping:
                     continue
+                if worker.exit_code == STARTUP_FAILED:
+                    # It loaded but could not start serving (its gRPC port taken since):
+                    # every replacement would fail the same way, in a loop of reloads.
+                    raise _StartupFailedError(
+                        f"worker pid {worker.pid} loaded but could not start serving (see "
+                        "the log above)"
+                    )
                 logger.warning(
                     "worker pid %d %s; starting a replacement", worker.pid, worker.describe_exit()
                 )

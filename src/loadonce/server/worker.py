@@ -35,6 +35,7 @@ from loadonce.server.settings import ServeConfig, ServerOptions
 from loadonce.server.sockets import (
     BindError,
     bind_without_listening,
+    check_grpc_port,
     describe_address,
     warn_if_open_to_the_network,
 )
@@ -285,6 +286,8 @@ def serve_single_worker(config: ServeConfig) -> int:
     after every model loaded."""
     try:
         sock = bind_without_listening(config.server.host, config.server.port)
+        if config.server.grpc_port is not None:
+            check_grpc_port(config.server.host, config.server.grpc_port)
     except BindError as exc:
         logging.config.dictConfig(log_config(config.server.log_level, config.server.log_format))
         logger.error("startup failed: %s", exc)

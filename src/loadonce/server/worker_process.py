@@ -89,6 +89,8 @@ class WorkerProcess:
     serving: bool = False
     last_heard: float = field(default_factory=time.monotonic)
     _exit: str | None = None
+    # Its exit status, once it ended and the status could be read (None: unknown).
+    exit_code: int | None = None
 
     @property
     def pid(self) -> int:
@@ -107,11 +109,13 @@ class WorkerProcess:
             # Our child once its fork server died and it was reparented to us.
             waited, status = os.waitpid(self.pid, os.WNOHANG)
             if waited:
-                self._exit = f"exited with code {os.waitstatus_to_exitcode(status)}"
+                self.exit_code = os.waitstatus_to_exitcode(status)
+                self._exit = f"exited with code {self.exit_code}"
                 return False
         state = _state_of(self.pid)
         if state is None or state in ("Z", "X"):
             code = self.process.exitcode if state is None else None
+            self.exit_code = code
             self._exit = "exited" if code is None else f"exited with code {code}"
             return False
         return True
