@@ -295,3 +295,15 @@ def constant_failing_in_second_load(path: Path) -> Constant:
         except FileExistsError:
             raise RuntimeError("this artifact loads in one worker only") from None
     return constant_from_file(path)
+
+
+def leaves_a_thread_running() -> Echo:
+    """Starts a thread that is not a daemon and never ends, as some client libraries do."""
+    import threading
+
+    def forever() -> None:
+        while True:
+            time.sleep(0.5)
+
+    threading.Thread(target=forever, name="a-library-thread", daemon=False).start()
+    return Echo()

@@ -109,7 +109,10 @@ def test_a_taken_grpc_port_fails_before_any_model_loads(tmp_path: Path, workers:
         server = start_cli(
             [str(config), "--workers", workers, "--grpc-port", str(grpc_port)], tmp_path, env=env
         )
-        assert server.process.wait(timeout=60) == STARTUP_FAILED
+        try:
+            assert server.process.wait(timeout=60) == STARTUP_FAILED
+        finally:
+            server.process.kill()  # and its workers, through their pipes, if it ran on
     assert f"startup failed: cannot bind 127.0.0.1:{grpc_port} for gRPC" in server.log()
     assert not load_log.exists(), "no model was loaded for a server that cannot bind"
 

@@ -4,15 +4,18 @@ or silent, and no worker outlives the supervisor."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 import time
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx2 as httpx
 import psutil
+import pytest
 
-from tests.servers import CliServer, cli_env, serving, wait_until
+from tests.servers import CliServer, cli_env, serving, start_cli, wait_until
 
 
 def _forked(supervisor: psutil.Process) -> list[psutil.Process]:
@@ -144,3 +147,64 @@ loader = "tests.loaders:echo_with_a_child_process"
 
         wait_until(lambda: not [p for p in left_running if _running(p.pid)], 15, "the orphan ended")
         wait_until(lambda: not zombies(), 15, "the orphan reaped")
+
+
+def _stopped_in_time(server: CliServer, seconds: float) -> int:
+    """Its exit status after SIGTERM, which must come within ``seconds``."""
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        return server.process.wait(seconds)
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_stop_while_models_load_ends_the_server_at_once(tmp_path: Path, workers: str) -> None:
+    """With two workers the memory plan loads first: a SIGTERM then ended the supervisor by
+    the signal's default action (status -15, its planning process loading on, orphaned, its
+    temporary directories left); with one, the stop waited for the load to end."""
+    # Short: the fork server's socket lives there, and a socket's path is limited in length.
+    temporary = Path(tempfile.mkdtemp(prefix="lo-"))
+    env = cli_env(tmp_path, {"TMPDIR": str(temporary)})
+    server = start_cli(["tests.loaders:hangs_at_load", "--workers", workers], tmp_path, env=env)
+    # The load has begun (the plan's is silent): the model's line, or the server's start.
+    wait_until(
+        lambda: (
+            psutil.Process(server.process.pid).children(recursive=True)
+            or ("loading in" in server.log())
+        ),
+        30,
+        "the load",
+    )
+    time.sleep(2)
+    assert _stopped_in_time(server, 10) == 0, server.log()
+    assert "stopped while" in server.log()
+    left = list(temporary.iterdir())
+    shutil.rmtree(temporary)
+    assert not left, "temporary directories left behind"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_thread_a_loader_leaves_running_neither_blocks_nor_outlives_the_server(
+    tmp_path: Path, workers: str
+) -> None:
+    """A client library's thread that is not a daemon: with two workers the memory plan's
+    process waited for it at its exit, and the server never started; with one, the server
+    never exited after its SIGTERM."""
+    env = cli_env(tmp_path, {"LOADONCE_DRAIN_TIMEOUT_S": "2"})
+    server = start_cli(
+        ["tests.loaders:leaves_a_thread_running", "--workers", workers], tmp_path, env=env
+    )
+    try:
+        wait_until(lambda: _ready(server), 60, "the server ready")
+    finally:
+        assert _stopped_in_time(server, 15) == 0, server.log()
+
+
+def _ready(server: CliServer) -> bool:
+    try:
+        return httpx.get(f"{server.url}/readyz").status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -257,10 +257,9 @@ def serve(
         # process's only when it serves itself; the supervisor of several workers never needs it.
         from loadonce.server.worker import serve_single_worker
 
-        code = serve_single_worker(config)
-        if code == STARTUP_FAILED:
-            exit_leaving_threads(code)
-        sys.exit(code)
+        # Whatever threads the models' code left running (a client library's, not daemons):
+        # a normal exit joins them, and the server never ended after its SIGTERM.
+        exit_leaving_threads(serve_single_worker(config))
     sys.exit(Supervisor(config, memory_limit=config.server.memory_limit, force=force).run())
 
 

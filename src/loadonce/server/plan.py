@@ -191,6 +191,9 @@ def make_plan(config: ServeConfig, workers: int, *, limit: int | None = None) ->
     except EOFError:
         child.join()  # its exit code is known only once it is reaped
         outcome = _died_while_loading(child.exitcode)
+    except BaseException:  # a stop signal's exception while it loads: it is not waited for
+        child.kill()
+        raise
     finally:
         child.join()
         ours.close()

@@ -61,6 +61,9 @@ def measure_in_child(config: ServeConfig, pipe: Connection) -> None:
     # those a load read and let go (a copy made from a mapping) in the mark only.
     highest = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     pipe.send((base, libraries, measures, max(0, highest - resident)))
+    # Not multiprocessing's exit, which joins every thread that is not a daemon: one a loader
+    # started (a client library's) kept the plan, and the server's start, waiting for good.
+    exit_leaving_threads(0)
 
 
 async def _measured(

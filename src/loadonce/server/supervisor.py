@@ -89,6 +89,10 @@ def _not_attempted(worker: _Worker, why: str, serving: str = "") -> WorkerOutcom
     return WorkerOutcome(pid=worker.pid, ok=False, version=serving, state=NOT_TRIED, error=why)
 
 
+class _StopWhilePlanning(Exception):  # noqa: N818 - a signal's way out, not an error
+    """Raised by the stop signal's handler while the memory plan runs."""
+
+
 class Supervisor:
     def __init__(
         self, config: ServeConfig, *, memory_limit: int | None = None, force: bool = False
@@ -98,6 +102,7 @@ class Supervisor:
         self._force = force
         self._context = worker_context(config)
         self._stopping = False
+        self._planning = False
         self._socket: socket.socket | None = None
         # Control requests (load, unload, reload) waiting for their turn: (origin, message).
         self._controls: deque[tuple[_Worker, tuple[Any, ...]]] = deque()
@@ -123,12 +128,22 @@ class Supervisor:
                 check_grpc_port(options.host, options.grpc_port)
             address = describe_address(self._socket)
             warn_if_open_to_the_network(self._socket, options.access())
-            if options.memory_plan and not self._plan_fits():
-                return STARTUP_FAILED
             # SIGHUP (a closed terminal or ssh session) stops as SIGTERM does: it killed the
-            # supervisor at once, leaving its temporary directories behind.
+            # supervisor at once, leaving its temporary directories behind. Installed before
+            # the plan: a stop while it loads ended the supervisor by the signal's default
+            # action (or click's "Aborted!"), its planning process loading on, orphaned.
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(signum, self._ask_to_stop)
+            if options.memory_plan:
+                try:
+                    self._planning = True
+                    if not self._plan_fits():
+                        return STARTUP_FAILED
+                except _StopWhilePlanning:
+                    logger.info("stopped while planning; no worker was started")
+                    return 0
+                finally:
+                    self._planning = False
             logger.info(
                 "supervisor pid %d starting %d workers for %s; each worker process "
                 "loads its own copy of every model",
@@ -194,6 +209,9 @@ class Supervisor:
 
     def _ask_to_stop(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True
+        if self._planning:  # out of the wait for the planning process, which is stopped
+            self._planning = False
+            raise _StopWhilePlanning
 
     def _spawn(self) -> _Worker:
         assert self._socket is not None

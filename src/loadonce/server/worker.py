@@ -117,6 +117,12 @@ class _DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
     def _on_stop_signal(self, sig: int) -> None:
+        if not self.started:
+            # Still starting: its models loading (for up to load_timeout_s), nothing served
+            # yet, nothing to drain. The stop waited for every load to end first (18 s of a
+            # 20 s load, then "accepting connections" in the log before it stopped).
+            logger.info("stopped while starting (loading its models): the loads are abandoned")
+            exit_leaving_threads(0)
         if not self.registry.draining:
             self.registry.start_draining()
             if sig == signal.SIGTERM and self.stop_delay_s > 0:
