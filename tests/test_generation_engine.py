@@ -305,7 +305,7 @@ def test_seeded_sampling_repeats_and_settings_are_checked(directories: dict[str,
             assert negative[0] == negative[1]
             refused: list[tuple[dict[str, Any], str]] = [
                 ({"temperature": -1.0}, "temperature must be 0 to 100"),
-                ({"top_p": 0.0}, "top_p must be above 0"),
+                ({"top_p": -0.1}, "top_p must be 0 to 1"),
                 ({"max_new_tokens": 10_000}, "max_new_tokens. must be from 1 to 256"),
                 ({"seed": 2**63}, "seed must be a 64-bit integer"),
                 ({"stop": tuple("abcdefghi")}, "at most 8 are taken"),
@@ -368,6 +368,10 @@ def test_a_top_p_below_float32s_least_keeps_the_best_token(directories: dict[str
             greedy = (await _text(model, prompt="good", max_new_tokens=8))[0]
             tiny = {"temperature": 1.0, "top_p": 1e-300, "seed": 3}
             assert (await _text(model, prompt="good", max_new_tokens=8, **tiny))[0] == greedy
+            # 0 too, as OpenAI's range allows (clients send it to mean "the most likely"): it
+            # was refused.
+            none = {"temperature": 1.0, "top_p": 0.0, "seed": 3}
+            assert (await _text(model, prompt="good", max_new_tokens=8, **none))[0] == greedy
 
     _run(scenario())
 

@@ -165,6 +165,22 @@ def test_a_completion_whole_and_streamed(client: openai.OpenAI) -> None:
     assert chunks[-1].usage.completion_tokens == 4
 
 
+def test_nulls_the_reference_allows_are_taken(client: openai.OpenAI) -> None:
+    """``stream`` and ``include_usage`` are "boolean or null" (the client sends null for
+    None), and top_p's range starts at 0: each was a 400."""
+    whole = client.completions.create(model="echo", prompt="good movie", stream=None, top_p=0)
+    assert whole.choices[0].text == "good movie "
+    chat = client.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "good"}], stream=None
+    )
+    assert chat.choices[0].finish_reason is not None
+    stream = client.completions.create(
+        model="echo", prompt="good", stream=True, stream_options={"include_usage": None}
+    )
+    chunks = list(stream)
+    assert chunks[-1].usage is None, "null is not asking for usage"
+
+
 def test_a_stop_string_ends_the_text_before_it(client: openai.OpenAI) -> None:
     answer = client.completions.create(model="echo", prompt="good bad movie", stop=["bad", "x"])
     assert (answer.choices[0].text, answer.choices[0].finish_reason) == ("good ", "stop")

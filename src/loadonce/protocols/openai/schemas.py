@@ -117,16 +117,18 @@ _B = TypeVar("_B", bound=_Body)
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    include_usage: bool = False
+    # OpenAI's types are "boolean or null" (the openai client sends null for None).
+    include_usage: bool | None = False
 
 
 class _Sampling(_Body):
     max_tokens: int | None = Field(None, ge=1, description="At most the model's max_new_tokens.")
     temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
-    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    # 0 keeps only the most likely token (greedy), as OpenAI's range, 0 to 1, allows.
+    top_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     stop: str | list[str] | None = Field(None, description="Up to 4 strings; not in the answer.")
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
-    stream: bool = False
+    stream: bool | None = False  # null: false, as OpenAI's reference says
     stream_options: StreamOptions | None = None
     # Not OpenAI's, but common in OpenAI-compatible servers (the client's extra_body).
     top_k: int | None = Field(None, ge=1)
@@ -158,7 +160,7 @@ class _Sampling(_Body):
 
     @property
     def include_usage(self) -> bool:
-        return self.stream_options is not None and self.stream_options.include_usage
+        return self.stream_options is not None and bool(self.stream_options.include_usage)
 
 
 class CompletionRequest(_Sampling):

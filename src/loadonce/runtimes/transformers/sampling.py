@@ -56,7 +56,7 @@ def check_sampling(request: GenerationRequest) -> None:
     """Each setting within its range (a 400 naming it), before the request waits."""
     checks: list[tuple[str, Any, bool, str]] = [
         ("temperature", request.temperature, _between(request.temperature, 0, 100), "0 to 100"),
-        ("top_p", request.top_p, _between(request.top_p, 0, 1, low_open=True), "above 0, to 1"),
+        ("top_p", request.top_p, _between(request.top_p, 0, 1), "0 to 1"),
         (
             "repetition_penalty",
             request.repetition_penalty,
