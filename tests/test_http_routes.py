@@ -59,6 +59,7 @@ def test_models_lists_what_an_operator_needs(client: TestClient) -> None:
         "max_batch_size": 1,
         "timeout_s": None,
         "seconds_per_call": None,  # nothing predicted yet
+        "generating": None,  # a generating model's figure
     }
     assert client.get("/models/adder").json() == adder
 

@@ -111,11 +111,28 @@ class GenerationQueue:
     def generating(self) -> int:
         return len(self._active)
 
+    @property
+    def max_queue(self) -> int:
+        return self._max_queue
+
+    @property
+    def max_sequences(self) -> int:
+        return self._max_sequences
+
     def refuse_if_full(self) -> None:
+        """QueueFullError past ``max_queue`` waiting beyond the batch's free places: those
+        who join at the next step are not queued (counted as queued, a burst onto a batch
+        with room was refused, 200, 200, 503 with one place free and max_queue 2 empty)."""
         if self._closed:
             raise ModelNotReadyError(self._model, "unloading")
-        if len(self._waiting) >= self._max_queue:
+        room = 0 if self._static and self._active else self._max_sequences - len(self._active)
+        if len(self._waiting) - max(room, 0) >= self._max_queue:
             raise QueueFullError(self._model, len(self._waiting), self._max_queue)
+
+    def _waiting_changed(self) -> None:
+        """The queue's depth, for /metrics and the model's description (as the batcher's)."""
+        if self._observer is not None:
+            self._observer.queue_changed(self._model, len(self._waiting))
 
     async def stream(
         self, request: GenerationRequest, *, deadline: float | None, deadline_s: float | None
@@ -133,6 +150,7 @@ class GenerationQueue:
         loop = asyncio.get_running_loop()
         sequence = _Sequence(next(self._ids), request, arrived=loop.time())
         self._waiting.append(sequence)
+        self._waiting_changed()
         self._idle.clear()
         self._start_driver()
         self._wake.set()
@@ -160,6 +178,10 @@ class GenerationQueue:
         finally:
             if not sequence.done:
                 sequence.abandoned = True
+                if sequence.id not in self._active:  # still queued: out of the count now
+                    with contextlib.suppress(ValueError):
+                        self._waiting.remove(sequence)
+                        self._waiting_changed()
                 self._wake.set()
 
     async def close(self, timeout: float | None = None) -> None:
@@ -232,6 +254,7 @@ class GenerationQueue:
         self._leaving.clear()
         while self._waiting and self._waiting[0].abandoned:
             self._waiting.popleft()
+            self._waiting_changed()
         return leaving
 
     def _take_joining(self) -> list[_Sequence]:
@@ -239,6 +262,7 @@ class GenerationQueue:
         if self._static and self._active:
             room = 0
         joining: list[_Sequence] = []
+        waited = len(self._waiting)
         while room > 0 and self._waiting:
             sequence = self._waiting.popleft()
             if sequence.abandoned:
@@ -246,6 +270,8 @@ class GenerationQueue:
             joining.append(sequence)
             self._active[sequence.id] = sequence
             room -= 1
+        if len(self._waiting) != waited:
+            self._waiting_changed()
         return joining
 
     def _take(self, sequence: _Sequence, outcome: Step | Exception, now: float) -> None:
@@ -316,8 +342,9 @@ class GenerationQueue:
         failed = list(self._active.values()) + (list(self._waiting) if waiting else [])
         self._active.clear()
         self._leaving.clear()
-        if waiting:
+        if waiting and self._waiting:
             self._waiting.clear()
+            self._waiting_changed()
         for sequence in failed:
             if not sequence.done:
                 sequence.done = True

@@ -81,6 +81,11 @@ class QueueInfo(BaseModel):
         description="Recent time of one predict call, smoothed; used to refuse at admission a "
         "request that could not meet its deadline."
     )
+    generating: int | None = Field(
+        None,
+        description="A generating model: sequences generating now (at most max_batch_size); "
+        "queued_examples are the requests waiting to join them.",
+    )
 
 
 class WorkerModel(BaseModel):

@@ -160,6 +160,16 @@ _PIECE_BYTES = 128 * 1024
 
 
 def _queue_info(model: Model) -> QueueInfo | None:
+    generation = model.generation
+    if generation is not None:  # a generating model's requests wait in its own queue
+        return QueueInfo(
+            queued_examples=generation.waiting,
+            max_queue=generation.max_queue,
+            max_batch_size=generation.max_sequences,
+            timeout_s=model.spec.timeout_s,
+            seconds_per_call=None,
+            generating=generation.generating,
+        )
     batcher = model.batcher
     if batcher is None:
         return None

@@ -1,0 +1,76 @@
+"""A generating model's queue: its depth is shown where a batcher's is (GET /models/{name},
+/metrics), and its max_queue counts the requests waiting beyond the batch's free places."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2 as httpx
+
+import loadonce
+from loadonce.core.generation import GenerationRequest
+from tests.servers import ThreadedServer, wait_until
+
+
+class SlowWords(loadonce.Predictor):
+    """Generates the prompt's words back, a word every 0.15 s."""
+
+    max_new_tokens = 64
+
+    def predict(self, batch: Any) -> list[Any]:
+        return list(batch)
+
+    def generate(self, request: GenerationRequest) -> Iterator[str]:
+        for word in (request.prompt or "").split():
+            time.sleep(0.15)
+            yield word + " "
+
+
+PROMPT = " ".join(["word"] * 14)  # 2 s of generating
+
+
+def _complete(url: str, statuses: list[int]) -> None:
+    body = {"model": "slow", "prompt": PROMPT, "max_tokens": 30}
+    statuses.append(httpx.post(f"{url}/v1/completions", json=body, timeout=60).status_code)
+
+
+def test_a_generating_models_queue_is_shown_and_a_free_place_is_not_queued() -> None:
+    spec = loadonce.ModelSpec(
+        name="slow", loader=SlowWords, batching={"max_batch_size": 2}, max_queue=2
+    )
+    with ThreadedServer(loadonce.create_app([spec])) as server:
+        statuses: list[int] = []
+        first = threading.Thread(target=_complete, args=(server.url, statuses))
+        first.start()
+
+        def queue() -> dict[str, Any]:
+            found: dict[str, Any] = httpx.get(f"{server.url}/models/slow").json()["queue"]
+            return found
+
+        wait_until(lambda: queue()["generating"] == 1, 10, "the first request generating")
+        # One place free in the batch and two in the queue: a burst of three fits. (The
+        # three were counted as queued: the third was refused with 503.)
+        burst = [threading.Thread(target=_complete, args=(server.url, statuses)) for _ in range(3)]
+        for thread in burst:
+            thread.start()
+        wait_until(
+            lambda: (queue()["generating"], queue()["queued_examples"]) == (2, 2),
+            10,
+            "two requests generating, two queued",
+        )
+        shown = queue()
+        assert (shown["max_queue"], shown["max_batch_size"]) == (2, 2)
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert 'loadonce_queue_examples{model="slow"} 2.0' in metrics
+        # Full now: the next one is refused at once.
+        refused = httpx.post(
+            f"{server.url}/v1/completions", json={"model": "slow", "prompt": "x"}, timeout=10
+        )
+        assert refused.status_code == 503
+        for thread in [first, *burst]:
+            thread.join(60)
+        assert statuses == [200, 200, 200, 200]
+        assert queue()["queued_examples"] == 0
