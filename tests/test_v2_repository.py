@@ -66,3 +66,34 @@ def test_a_failed_reload_leaves_the_loaded_model_serving() -> None:
         assert response.json()["outputs"][0]["echo"] == 7
         info = httpx.get(f"{running.url}/models/echo").json()
         assert (info["state"], info["load_count"]) == ("ready", 1)
+
+
+def test_a_failed_load_of_an_unloaded_model_leaves_it_unloaded() -> None:
+    """Unloaded on purpose, then a load that fails: it stays unloaded (the error said to the
+    client and in its description), and the server stays ready. It was left failed, the
+    server unready, in the worker that tried it (the others, not tried, stayed unloaded)."""
+    loads: list[int] = []
+
+    def breaks_on_second_load() -> Echo:
+        loads.append(1)
+        if len(loads) > 1:
+            raise RuntimeError("the new artifact is corrupt")
+        return Echo()
+
+    specs = [
+        loadonce.ModelSpec(name="echo", loader=breaks_on_second_load),
+        loadonce.ModelSpec(name="other", loader=Echo),  # a server is never ready with none
+    ]
+    with ThreadedServer(loadonce.create_app(specs)) as running:
+        client = triton.InferenceServerClient(running.url.removeprefix("http://"))
+        client.unload_model("echo")
+        with pytest.raises(InferenceServerException) as failure:
+            client.load_model("echo")
+        assert "the new artifact is corrupt" in failure.value.message()
+        assert client.is_server_ready()
+        assert not client.is_model_ready("echo")
+        client.close()
+        info = httpx.get(f"{running.url}/models/echo").json()
+        assert info["state"] == "unloaded"
+        assert "the new artifact is corrupt" in info["error"]
+        assert httpx.get(f"{running.url}/readyz").status_code == 200

@@ -251,6 +251,10 @@ class Model:
         version of the same model); it becomes the model's spec only if it loads.
         """
         async with self._lifecycle:
+            # Unloaded on request: a load that fails leaves it so (its error said), as the
+            # other workers are; it was left failed, and the server unready, in this worker
+            # alone.
+            unloaded = self._state is ModelState.UNLOADED and not self._wanted
             self._wanted = True
             candidate = spec or self.spec
             if candidate.name != self.name:
@@ -262,7 +266,12 @@ class Model:
             try:
                 with traced:
                     if action == "load":
-                        await self._load_first(candidate)
+                        try:
+                            await self._load_first(candidate)
+                        except ModelLoadError:
+                            if unloaded:
+                                self._wanted, self._state = False, ModelState.UNLOADED
+                            raise
                     else:
                         await self._reload(candidate)
             finally:
