@@ -224,3 +224,41 @@ def test_keys_from_the_environment_guard_the_cli_server_and_never_reach_the_log(
     assert result.returncode == 2
     assert "at least 16 characters" in result.stderr
     assert "tooshort" not in result.stderr
+
+
+@pytest.mark.parametrize("prefix", ["/ops", "/ops/inner"])
+def test_loadonces_routes_keep_their_family_under_any_prefix(prefix: str) -> None:
+    """A user's app that includes loadonce's routers under a prefix: control routes need an
+    admin key and refuse cross-site browsers, health probes stay open. Told from the literal
+    paths, prefixed control routes were inference routes: an inference key (or none, with
+    only admin keys set) reloaded and unloaded models; prefixed probes wanted a key."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    admin, inference = "a" * 24, "i" * 24
+    keys = AccessKeys(admin=(admin,), inference=(inference,))
+    spec = loadonce.ModelSpec(name="m", loader="tests.loaders:echo")
+    app = FastAPI(lifespan=loadonce.lifespan([spec], access=keys))
+    app.include_router(loadonce.models_router(), prefix=prefix)
+    app.include_router(loadonce.admin_router(), prefix=prefix)
+    app.include_router(loadonce.v2_router(), prefix=prefix)
+    app.include_router(loadonce.health_router(), prefix=prefix)
+    loadonce.install_middleware(app)
+    as_inference = {"x-api-key": inference}
+    with TestClient(app) as client:
+        for path in (
+            f"{prefix}/admin/models/m/reload",
+            f"{prefix}/v2/repository/models/m/unload",
+            f"{prefix}/v2/repository/models/m/load",
+        ):
+            assert client.post(path, json={}).status_code == 401, path
+            assert client.post(path, json={}, headers=as_inference).status_code == 403, path
+        cross_site = {"x-api-key": admin, "origin": "http://evil.example"}
+        reload = f"{prefix}/admin/models/m/reload"
+        assert client.post(reload, json={}, headers=cross_site).status_code == 403
+        assert client.post(reload, json={}, headers={"x-api-key": admin}).status_code == 200
+        for probe in ("/livez", "/readyz", "/v2/health/live"):
+            assert client.get(f"{prefix}{probe}").status_code == 200, probe
+        predict = f"{prefix}/models/m/predict"
+        assert client.post(predict, json={"inputs": [1]}).status_code == 401
+        assert client.post(predict, json={"inputs": [1]}, headers=as_inference).status_code == 200

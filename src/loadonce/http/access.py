@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from loadonce.http.access_keys import family_of, presented_key, refusal
+from loadonce.http.access_keys import presented_key, refusal
 from loadonce.http.errors import raw_error_response
-from loadonce.http.request_info import route_path
+from loadonce.http.route_families import family_in
 from loadonce.http.state import LoadonceState
 
 
@@ -22,7 +22,7 @@ class AccessMiddleware:
         if state is None or state.access is None:
             await self.app(scope, receive, send)
             return
-        family = family_of(route_path(scope))
+        family = family_in(scope)
         refused = refusal(state.access, family, presented_key(scope["headers"]))
         if refused is None:
             await self.app(scope, receive, send)

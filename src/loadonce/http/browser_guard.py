@@ -19,11 +19,11 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from loadonce.http.access_keys import RouteFamily, family_of
+from loadonce.http.access_keys import RouteFamily
 from loadonce.http.allowed_hosts import host_allowed
 from loadonce.http.errors import raw_error_response
 from loadonce.http.loopback import is_loopback_host
-from loadonce.http.request_info import route_path
+from loadonce.http.route_families import family_in
 from loadonce.http.state import LoadonceState
 
 _HOST = b"host"
@@ -68,7 +68,7 @@ def refusal(scope: Scope, allowed_hosts: tuple[str, ...] = ()) -> str | None:
     )
     if not (foreign_site or foreign_origin):
         return None
-    if family_of(route_path(scope)) is not RouteFamily.ADMIN:
+    if family_in(scope) is not RouteFamily.ADMIN:
         return None
     if foreign_site:
         return "control routes refuse requests a browser sends from another site"
