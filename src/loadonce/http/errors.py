@@ -218,6 +218,22 @@ async def answer_exception(
     return response
 
 
+async def answer_loadonce_error(request: Request, exc: Exception) -> Response:
+    """The app's exception handler for loadonce's errors raised in a user's own route (a
+    ``model.predict`` whose queue is full, whose deadline passed, whose inputs do not fit):
+    answered as loadonce's routes answer them, in the error body of the path's protocol,
+    with the request id (and Retry-After on a 503). They were plain-text 500s, each logged
+    with a traceback."""
+    chosen = request.scope.get(REQUEST_ID_SCOPE_KEY)
+    request_id = chosen if isinstance(chosen, str) else request_id_from(request.scope["headers"])
+
+    def by_path(error: Exception, failed: Request, failed_id: str) -> Response:
+        status, message = status_and_message(error, failed, failed_id)
+        return raw_error_response(status, message, failed.scope)
+
+    return await answer_exception(exc, request, request_id, by_path)
+
+
 async def _app_handles(request: Request, exc: HTTPException) -> Response:
     """The response the app's exception handler for ``exc`` gives (looked up along the
     exception's class hierarchy, as Starlette does), else FastAPI's default."""

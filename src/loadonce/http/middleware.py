@@ -7,9 +7,11 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.middleware import Middleware
 
+from loadonce.core.errors import LoadonceError
 from loadonce.http.access import AccessMiddleware
 from loadonce.http.body_limit import BodyLimitMiddleware
 from loadonce.http.browser_guard import BrowserGuardMiddleware
+from loadonce.http.errors import answer_loadonce_error
 from loadonce.http.inference_middleware import InferenceMiddleware
 from loadonce.http.request_log import RequestLogMiddleware
 
@@ -19,7 +21,9 @@ def install_middleware(app: FastAPI) -> None:
     (every answer carries X-Request-ID, refusals too), the browser guard (DNS rebinding,
     cross-site requests to control routes), API keys (``access``: before the body is read),
     the body size limit (``limits.max_body_bytes``), and the inference routes answered before
-    FastAPI's routing. Call it once, after ``FastAPI(lifespan=loadonce.lifespan(...))``;
+    FastAPI's routing; and the handler that answers loadonce's errors raised in your own
+    routes (a full queue: 503 with Retry-After, a deadline: 504, inputs that do not fit: 400)
+    as loadonce's routes do. Call it once, after ``FastAPI(lifespan=loadonce.lifespan(...))``;
     the settings come from that lifespan's arguments."""
     # Starlette wraps in reverse order of addition: the innermost first. The inference
     # middleware goes last of the app's whole list, innermost, just before the routing it
@@ -30,6 +34,10 @@ def install_middleware(app: FastAPI) -> None:
     app.add_middleware(AccessMiddleware)
     app.add_middleware(BrowserGuardMiddleware)
     app.add_middleware(RequestLogMiddleware)
+    # loadonce's errors from the user's own routes (``await model.predict(...)``) answered
+    # as loadonce's routes answer them; a handler of the user's own, added after, wins.
+    if LoadonceError not in app.exception_handlers:
+        app.add_exception_handler(LoadonceError, answer_loadonce_error)
 
 
 def middleware_installed(app: FastAPI) -> bool:

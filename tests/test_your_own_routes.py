@@ -1,0 +1,72 @@
+"""What ``await model.predict(...)`` raises in a route of the user's own app is answered as
+loadonce's routes answer it (``install_middleware``): a client error a 4xx, a full queue a
+503 with Retry-After, a passed deadline a 504, each in JSON with its request id. They were
+plain-text 500s, without a request id, each logged as an unhandled exception."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.testclient import TestClient
+
+import loadonce
+
+
+class _Pairs(loadonce.Predictor):
+    """Rows of two numbers; a row starting with a negative number takes a second."""
+
+    signature = loadonce.InputSignature(shape=(2,), dtype="float64")
+
+    def predict(self, batch: Any) -> list[Any]:
+        if any(row[0] < 0 for row in batch):
+            time.sleep(1)
+        return [float(row.sum()) for row in batch]
+
+
+pairs = loadonce.ModelDependency("pairs")
+
+
+def _app(*, own_handler: bool = False) -> FastAPI:
+    spec = loadonce.ModelSpec(name="pairs", loader=_Pairs, timeout_s=0.2)
+    app = FastAPI(lifespan=loadonce.lifespan([spec]))
+    loadonce.install_middleware(app)
+
+    @app.post("/mine")
+    async def mine(
+        body: dict[str, Any], model: Annotated[loadonce.Model, Depends(pairs)]
+    ) -> dict[str, Any]:
+        return {"sum": await model.predict(body["x"])}
+
+    if own_handler:
+
+        @app.exception_handler(loadonce.LoadonceError)
+        async def teapot(request: Request, exc: loadonce.LoadonceError) -> JSONResponse:
+            return JSONResponse({"mine": str(exc)}, status_code=418)
+
+    return app
+
+
+def test_loadonces_errors_in_your_own_route_are_answered_as_loadonces() -> None:
+    with TestClient(_app()) as client:
+        assert client.post("/mine", json={"x": [1, 2]}).json() == {"sum": [3.0]}
+        wrong = client.post("/mine", json={"x": [1, 2, 3]}, headers={"X-Request-ID": "w-1"})
+        assert wrong.status_code == 400
+        assert wrong.json() == {
+            "error": "invalid inputs: each example must be an array of shape [2] of numbers; "
+            "got shape [3]",
+            "request_id": "w-1",
+        }
+        assert wrong.headers["x-request-id"] == "w-1"
+        late = client.post("/mine", json={"x": [-1, 2]})
+        assert late.status_code == 504
+        assert "did not answer within the deadline" in late.json()["error"]
+
+
+def test_a_handler_of_your_own_for_loadonces_errors_wins() -> None:
+    with TestClient(_app(own_handler=True)) as client:
+        answer = client.post("/mine", json={"x": [1, 2, 3]})
+        assert answer.status_code == 418
+        assert "each example must be an array of shape [2]" in answer.json()["mine"]
