@@ -365,3 +365,31 @@ def test_a_column_transformer_fitted_on_an_array_of_text_and_numbers_takes_both(
         answer = client.post("/models/m/predict", json={"inputs": rows[:2].tolist()})
         assert answer.status_code == 200, answer.text
         assert answer.json()["outputs"] == model.predict(rows[:2]).tolist()
+
+
+def test_a_classifier_of_several_outputs_answers_each_row_its_probabilities(
+    tmp_path: Path,
+) -> None:
+    """Fitted on two target columns, predict_proba answers a list of one array per output,
+    each of every row: it was handed out as one entry per row (each row got one output's
+    probabilities for every row; one row alone was a 500; with batching, other requests'
+    rows). Each row now gets its list of per-output probabilities, as the model computes."""
+    features = np.random.RandomState(0).rand(60, 4)
+    targets = np.stack([(features[:, 0] > 0.5), (features[:, 1] * 3).astype(int)], axis=1)
+    forest = RandomForestClassifier(n_estimators=5, random_state=0).fit(features, targets)
+    joblib.dump(forest, tmp_path / "two_outputs.joblib")
+    rows = [[0.1, 0.2, 0.3, 0.4], [0.9, 0.9, 0.9, 0.9], [0.6, 0.1, 0.5, 0.5]]
+    computed = forest.predict_proba(np.array(rows))
+    expected = [[output[row].tolist() for output in computed] for row in range(len(rows))]
+    spec = loadonce.ModelSpec(
+        name="m",
+        artifact=tmp_path / "two_outputs.joblib",
+        trust=True,
+        options={"method": "predict_proba"},
+        batching={"max_batch_size": 8},
+    )
+    with TestClient(loadonce.create_app([spec])) as client:
+        answered = client.post("/models/m/predict", json={"inputs": rows})
+        assert answered.json()["outputs"] == expected
+        alone = client.post("/models/m/predict", json={"inputs": rows[1:2]})
+        assert alone.json()["outputs"] == expected[1:2]

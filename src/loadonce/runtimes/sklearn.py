@@ -85,6 +85,9 @@ class EstimatorPredictor(Predictor):
         self.outputs = _outputs_of(estimator, method, list(self._named))
         if self.outputs:
             self.request_parameters = frozenset({SELECTED_OUTPUTS})
+        # A classifier of several outputs (a forest fitted on several target columns):
+        # predict_proba answers a list of one array per output, each of every row.
+        self._per_output = isinstance(getattr(estimator, "classes_", None), list)
 
     def prepare(self, examples: list[Any]) -> Any:
         import numpy as np
@@ -133,7 +136,17 @@ class EstimatorPredictor(Predictor):
         return batch if self._columns is None else self._columns.frame(batch)
 
     def predict(self, batch: Any) -> Sequence[Any]:
-        result: Sequence[Any] = self._method(self._model_input(batch))
+        model_input = self._model_input(batch)
+        rows: Sequence[Any] = self._rows(self._method(model_input), len(model_input))
+        return rows
+
+    def _rows(self, result: Any, rows: int) -> Any:
+        """One entry per row: a multi-output classifier's list of per-output arrays (each of
+        every row) becomes, for each row, its list of per-output values. Handed out as it
+        was, each row got one output's answer for every row (with batching, other requests'
+        rows), or a 500 when the counts differed."""
+        if self._per_output and isinstance(result, list) and _one_per_output(result, rows):
+            return [[output[row] for output in result] for row in range(rows)]
         return result
 
     def predict_with(self, batch: Any, parameters: Mapping[str, Any]) -> Sequence[Any]:
@@ -147,8 +160,19 @@ class EstimatorPredictor(Predictor):
                 f"unknown output '{unknown[0]}'; the model's outputs are {', '.join(self._named)}"
             )
         model_input = self._model_input(batch)
-        results = {name: dense_if_sparse(self._named[name](model_input)) for name in names}
-        return [{name: results[name][row] for name in names} for row in range(len(model_input))]
+        rows = len(model_input)
+        results = {
+            name: self._rows(dense_if_sparse(self._named[name](model_input)), rows)
+            for name in names
+        }
+        return [{name: results[name][row] for name in names} for row in range(rows)]
+
+
+def _one_per_output(result: list[Any], rows: int) -> bool:
+    """Whether ``result`` is a list of arrays that each hold every row."""
+    return bool(result) and all(
+        getattr(output, "ndim", 0) >= 1 and output.shape[0] == rows for output in result
+    )
 
 
 def _signature_of(estimator: Any) -> InputSignature | None:
