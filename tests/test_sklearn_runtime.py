@@ -393,3 +393,25 @@ def test_a_classifier_of_several_outputs_answers_each_row_its_probabilities(
         assert answered.json()["outputs"] == expected
         alone = client.post("/models/m/predict", json={"inputs": rows[1:2]})
         assert alone.json()["outputs"] == expected[1:2]
+
+
+def test_a_model_whose_methods_need_writable_arrays_loads_its_own_copy(tmp_path: Path) -> None:
+    """libsvm's predict_proba refuses read-only arrays, which a shared (mapped) joblib file
+    gives: every request for an SVC's probabilities was a 500 ("buffer source array is
+    read-only"), listed outputs and all. Such a model now loads as the worker's own copy."""
+    from sklearn.datasets import load_iris
+    from sklearn.svm import SVC
+
+    features, labels = load_iris(return_X_y=True)
+    with pytest.warns(FutureWarning):  # scikit-learn 1.9 deprecates probability=True
+        svc = SVC(probability=True, random_state=0).fit(features, labels)
+    joblib.dump(svc, tmp_path / "svc.joblib")
+    spec = loadonce.ModelSpec(name="svc", artifact=tmp_path / "svc.joblib", trust=True)
+    with TestClient(loadonce.create_app([spec])) as client:
+        answer = client.post(
+            "/models/svc/predict",
+            json={"inputs": [features[0].tolist()], "outputs": ["probabilities"]},
+        )
+        assert answer.status_code == 200, answer.text
+        expected = svc.predict_proba(features[:1])[0]
+        np.testing.assert_allclose(answer.json()["outputs"][0]["probabilities"], expected)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +130,10 @@ class EstimatorPredictor(Predictor):
                     )
         columns.check_known(batch)
         return batch
+
+    def named_methods(self) -> list[Callable[[Any], Any]]:
+        """The methods a request may pick by name (``outputs``)."""
+        return list(self._named.values())
 
     def _model_input(self, batch: Any) -> Any:
         # The DataFrame is built on the merged batch, once per call to the model.
@@ -301,7 +305,7 @@ def _load_skops(path: Path, spec: ModelSpec) -> Any:
     return skops_io.load(path, trusted=list(untrusted))
 
 
-def _load_pickle(path: Path, spec: ModelSpec) -> Any:
+def _load_pickle(path: Path, spec: ModelSpec, *, mapped: bool = True) -> Any:
     if not (spec.trust or spec.sha256):
         raise UntrustedArtifactError(
             "refusing to unpickle: loading a pickle or joblib file runs code from the file. "
@@ -310,7 +314,7 @@ def _load_pickle(path: Path, spec: ModelSpec) -> Any:
             "or save the model with skops instead"
         )
     joblib = import_optional("joblib", extra="sklearn")
-    if spec.share == "mmap" and path.suffix.lower() == ".joblib":
+    if mapped and spec.share == "mmap" and path.suffix.lower() == ".joblib":
         compression = compression_of(path)
         if compression is None:
             # NumPy arrays in the file are mapped read-only: every worker shares them.
@@ -445,6 +449,24 @@ class SklearnRuntime(Runtime):
             columns=columns,
             tree_by_tree=tree_by_tree,
         )
+        if mapped_array_bytes(estimator) and _refuses_read_only(predictor, signature):
+            # A method whose native code writes to, or takes only writable, arrays (libsvm's
+            # predict_proba: "buffer source array is read-only") failed every request for it
+            # on the mapped file: this worker gets its own copy instead.
+            logger.warning(
+                "model '%s': %s cannot compute from read-only (shared) arrays: each worker "
+                "loads its own copy",
+                spec.name,
+                type(estimator).__name__,
+            )
+            estimator = _load_pickle(path, spec, mapped=False)
+            predictor = EstimatorPredictor(
+                estimator,
+                method=method,
+                signature=signature,
+                columns=columns,
+                tree_by_tree=tree_by_tree,
+            )
         forest = forest_in(estimator)
         if predictor.tree_by_tree and not runs_one_job(forest):
             logger.info(
@@ -462,6 +484,29 @@ class SklearnRuntime(Runtime):
         # numpy maps from the page before each array, and a copied array's mapping lingers).
         predictor.shares_weights = 2 * mapped_array_bytes(estimator) >= path.stat().st_size
         return predictor
+
+
+def _refuses_read_only(predictor: EstimatorPredictor, signature: InputSignature | None) -> bool:
+    """Whether one of the model's methods fails on a row of zeros because its arrays are
+    read-only. Only models of rows of numbers are probed; any other failure of the probe is
+    not this one, and left to requests."""
+    import numpy as np
+
+    if signature is None or signature.dtype != "float64" or len(signature.shape) != 1:
+        return False
+    [width] = signature.shape
+    if width is None:
+        return False
+    row = np.zeros((1, width))
+    for method in (predictor.predict, *predictor.named_methods()):
+        try:
+            method(row)
+        except ValueError as exc:
+            if "read-only" in str(exc):
+                return True
+        except Exception:  # noqa: S112 - a probe: only the read-only failure matters
+            continue
+    return False
 
 
 def _is_skops(spec: ModelSpec) -> bool:
