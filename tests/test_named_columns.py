@@ -458,3 +458,57 @@ def test_a_booster_fitted_on_pandas_categories_takes_them_again(
             )
             assert unseen.status_code == 400
             assert "Rome" in unseen.json()["error"]
+
+
+def test_null_reaches_a_model_that_takes_missing_values(tmp_path: Path) -> None:
+    """JSON's only way to say "missing" is null. A pipeline whose ColumnTransformer imputes
+    its numbers, and a histogram booster whose category column was fitted with missing
+    values, predict from NaN in process; served, null was a 400 ("got null, which is not a
+    value"; "expected strings"). Each now gets NaN, as in process."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.impute import SimpleImputer
+
+    people = pd.DataFrame(
+        {
+            "age": [25.0, np.nan, 40.0, 33.0, 51.0, 19.0],
+            "city": ["Oslo", "Rome", "Oslo", "Rome", "Lima", "Lima"],
+            "income": [30.0, 52.0, np.nan, 41.0, 70.0, 12.0],
+        }
+    )
+    bought = ["no", "yes", "yes", "no", "yes", "no"]
+    numbers = Pipeline([("impute", SimpleImputer()), ("scale", StandardScaler())])
+    columns = ColumnTransformer(
+        [("numbers", numbers, ["age", "income"]), ("city", OneHotEncoder(), ["city"])]
+    )
+    imputing = Pipeline([("columns", columns), ("model", LogisticRegression())]).fit(people, bought)
+    joblib.dump(imputing, tmp_path / "imputing.joblib")
+    colors = pd.DataFrame(
+        {
+            "x": np.arange(40, dtype=float),
+            "color": pd.Categorical(["red", "blue", None, "green"] * 10),
+        }
+    )
+    booster = HistGradientBoostingClassifier(max_iter=5, categorical_features="from_dtype")
+    booster.fit(colors, [0, 1] * 20)
+    joblib.dump(booster, tmp_path / "booster.joblib")
+    specs = [
+        loadonce.ModelSpec(name=name, artifact=tmp_path / f"{name}.joblib", trust=True)
+        for name in ("imputing", "booster")
+    ]
+    with TestClient(loadonce.create_app(specs)) as served:
+        row = {"age": None, "city": "Oslo", "income": 45.5}
+        answer = served.post("/models/imputing/predict", json={"inputs": [row]})
+        missing_age = pd.DataFrame({"age": [np.nan], "city": ["Oslo"], "income": [45.5]})
+        assert answer.json()["outputs"] == imputing.predict(missing_age).tolist()
+        # Its city goes to an encoder and then a model that take no missing value: a 400
+        # naming the column, never the model's 500.
+        row = {"age": 30, "city": None, "income": 45.5}
+        refused = served.post("/models/imputing/predict", json={"inputs": [row]})
+        assert refused.status_code == 400
+        assert "column 'city'" in refused.json()["error"]
+        answer = served.post("/models/booster/predict", json={"inputs": [{"x": 3, "color": None}]})
+        categories = colors["color"].cat.categories
+        missing_color = pd.DataFrame(
+            {"x": [3.0], "color": pd.Categorical([None], categories=categories)}
+        )
+        assert answer.json()["outputs"] == booster.predict(missing_color).tolist()

@@ -136,8 +136,13 @@ def _convert(examples: list[Any], dtype: str | None, missing_as_nan: bool) -> np
 
     if dtype == "string":
         raw = np.asarray(examples, dtype=object)
-        if not all(isinstance(v, str) for v in raw.reshape(-1)):
-            raise TypeError("expected strings")
+        # null: a missing value, for a model that takes one (NaN, as pandas and
+        # scikit-learn mark a missing category); refused by any other.
+        allowed = (str, type(None)) if missing_as_nan else str
+        if not all(isinstance(v, allowed) for v in raw.reshape(-1)):
+            raise TypeError("expected strings" + (" (or null)" if missing_as_nan else ""))
+        if missing_as_nan:
+            raw[raw == None] = np.nan  # noqa: E711 - element-wise, NumPy's comparison
         return raw
     try:
         raw = np.asarray(examples)

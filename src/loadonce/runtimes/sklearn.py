@@ -73,7 +73,10 @@ class EstimatorPredictor(Predictor):
         if columns is not None:
             self.inputs = list(columns.inputs)
         self._allows_nan = _allows_nan(estimator)
-        self.missing_as_nan = self._allows_nan
+        # Named columns whose missing values the model takes care of (an imputer in its
+        # ColumnTransformer), when not all do.
+        self._nan_columns = frozenset() if self._allows_nan else nan_columns(estimator)
+        self.missing_as_nan = self._allows_nan or bool(self._nan_columns)
         self._float32 = _computes_in_float32(estimator)
         # scikit-learn hides a method an estimator cannot offer (available_if): SVC without
         # probability=True has no predict_proba here.
@@ -119,14 +122,21 @@ class EstimatorPredictor(Predictor):
             # One column: the Open Inference Protocol's rows are its values, not objects.
             name = self.inputs[0].name
             examples = [e if isinstance(e, Mapping) else {name: e} for e in examples]
-        batch = stack_named_inputs(examples, self.inputs, missing_as_nan=self._allows_nan)
+        batch = stack_named_inputs(examples, self.inputs, missing_as_nan=self.missing_as_nan)
         if not self._allows_nan:
             for tensor in self.inputs:
+                if tensor.name in self._nan_columns:
+                    continue
                 values = batch[tensor.name]
                 if values.dtype.kind == "f" and not np.isfinite(values).all():
                     raise InvalidInputError(
                         f"column '{tensor.name}': {type(self.estimator).__name__} does not "
                         "accept NaN or infinity; send finite numbers"
+                    )
+                if values.dtype.kind == "O" and any(v is None or v != v for v in values):
+                    raise InvalidInputError(  # a null made NaN for the columns that take it
+                        f"column '{tensor.name}': {type(self.estimator).__name__} does not "
+                        "accept a missing value (null) here"
                     )
         columns.check_known(batch)
         return batch
@@ -280,16 +290,67 @@ def _outputs_of(estimator: Any, method: str, named: list[str]) -> list[TensorInf
 
 
 def _allows_nan(estimator: Any) -> bool:
-    """scikit-learn's own tag for estimators that treat NaN as a missing value; for a
-    pipeline, its first step's (the one NaN reaches: an imputer, a histogram booster), which
-    the pipeline's own tag does not say."""
+    """Whether NaN (a missing value) in any input is taken care of: an imputer takes it, or
+    reaches a step that takes NaN (scikit-learn's own ``allow_nan`` tag: a histogram
+    booster) through steps that pass it on (a scaler), never a step that refuses it. For a
+    ColumnTransformer, each of its transformers, followed by the pipeline's later steps."""
+    return _handles_missing(_steps_of(estimator))
+
+
+def nan_columns(estimator: Any) -> frozenset[str]:
+    """The named columns whose missing values are taken care of, where the model's first
+    step is a ColumnTransformer: each by its own transformer (an imputer), then the
+    pipeline's later steps. Empty for any other model."""
+    steps = _steps_of(estimator)
+    transformers = getattr(steps[0], "transformers_", None) if steps else None
+    if not isinstance(transformers, list):
+        return frozenset()
+    taking: set[str] = set()
+    for entry in transformers:
+        if not (isinstance(entry, tuple) and len(entry) == 3):
+            continue
+        _, step, columns = entry
+        if not isinstance(columns, list | tuple) or step == "drop":
+            continue
+        if _handles_missing([*_steps_of(step), *steps[1:]]):
+            taking.update(str(column) for column in columns)
+    return frozenset(taking)
+
+
+def _steps_of(estimator: Any) -> list[Any]:
+    """A pipeline's steps in order (nested pipelines flattened); any other estimator alone."""
     steps = getattr(estimator, "steps", None)
     if isinstance(steps, list) and steps and isinstance(steps[0], tuple):
-        return _allows_nan(steps[0][1])
-    try:
-        return bool(estimator.__sklearn_tags__().input_tags.allow_nan)
-    except AttributeError:
-        return False
+        return [inner for _, step in steps for inner in _steps_of(step)]
+    return [estimator]
+
+
+def _handles_missing(steps: list[Any]) -> bool:
+    for index, step in enumerate(steps):
+        if step is None or step == "passthrough":
+            continue
+        if type(step).__module__.startswith("sklearn.impute"):
+            return True  # SimpleImputer, KNNImputer, IterativeImputer, MissingIndicator
+        transformers = getattr(step, "transformers_", None)
+        if isinstance(transformers, list):
+            rest = steps[index + 1 :]
+            branches = [
+                entry[1] for entry in transformers if isinstance(entry, tuple) and len(entry) == 3
+            ]
+            return all(
+                branch == "drop" or _handles_missing([*_steps_of(branch), *rest])
+                for branch in branches
+            )
+        try:
+            takes_nan = bool(step.__sklearn_tags__().input_tags.allow_nan)
+        except AttributeError:
+            return False
+        if not takes_nan:
+            return False
+        if not hasattr(step, "transform"):
+            return True  # an estimator that takes NaN as a missing value (a booster)
+        # A transformer that passes NaN on (a scaler, an encoder): the next step decides.
+    return True  # passed on to the answer
 
 
 def _load_skops(path: Path, spec: ModelSpec) -> Any:
