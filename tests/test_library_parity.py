@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import socket
 import threading
 import zlib
 from collections.abc import Iterator
@@ -291,6 +292,26 @@ def test_invalid_request_timeout(http: httpx.Client, timeout: str) -> None:
     expect(400, *V2_ERROR, message="invalid request: header.X-Request-Timeout").check(
         http.post(INFER, json=infer_body(1), headers=headers)
     )
+
+
+@pytest.mark.parametrize("timeout", [b"2 ", b"\t2\t", b" 2"])
+def test_a_request_timeout_with_spaces_around_it(server: ThreadedServer, timeout: bytes) -> None:
+    """A field's value is what lies between its leading and trailing spaces and tabs (RFC
+    9110): "2 " was a 422 while " 2" (which the parser strips) was taken. Sent by hand:
+    httpx refuses to send such a value."""
+    body = b'{"inputs": [1]}'
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(
+            b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nConnection: close\r\n"
+            b"X-Request-Timeout:" + timeout + b"\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer
 
 
 def test_unsupported_content_encoding(http: httpx.Client) -> None:

@@ -102,8 +102,10 @@ def requested_timeout(request: Request) -> float | None:
     Headers."""
     for key, value in request.scope["headers"]:
         if key == _TIMEOUT_KEY:
-            # A decimal number as HTTP headers write them: float() also takes "1_0",
-            # " 1", "nan" and "0x1p3", none of which a client means as seconds.
+            # A decimal number as HTTP headers write them: float() also takes "1_0", "nan"
+            # and "0x1p3", none of which a client means as seconds. The spaces and tabs
+            # around a field's value are not part of it (RFC 9110, 5.5).
+            value = value.strip(b" \t")
             timeout = float(value) if _SECONDS.fullmatch(value) else -1.0
             if not 0 < timeout < float("inf"):
                 raise InvalidRequestError(
