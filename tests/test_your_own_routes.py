@@ -70,3 +70,32 @@ def test_a_handler_of_your_own_for_loadonces_errors_wins() -> None:
         answer = client.post("/mine", json={"x": [1, 2, 3]})
         assert answer.status_code == 418
         assert "each example must be an array of shape [2]" in answer.json()["mine"]
+
+
+def test_a_predict_from_another_event_loop_fails_at_once_saying_how() -> None:
+    """``asyncio.run(model.predict(...))`` in a sync route queued the request on the app's
+    batcher from another loop, whose future nothing ever resolved: the route hung for good,
+    its thread with it (and a server's stop waited for it). It is refused at once, saying
+    what to call; anyio.from_thread.run works."""
+    import asyncio
+
+    import anyio.from_thread
+    import httpx2 as httpx
+
+    from tests.servers import ThreadedServer
+
+    app = _app()
+
+    @app.post("/sync-wrong")
+    def sync_wrong(body: dict[str, Any], model: Annotated[loadonce.Model, Depends(pairs)]) -> Any:
+        return {"sum": asyncio.run(model.predict(body["x"]))}
+
+    @app.post("/sync-right")
+    def sync_right(body: dict[str, Any], model: Annotated[loadonce.Model, Depends(pairs)]) -> Any:
+        return {"sum": anyio.from_thread.run(model.predict, body["x"])}
+
+    with ThreadedServer(app) as server:
+        wrong = httpx.post(f"{server.url}/sync-wrong", json={"x": [1, 2]}, timeout=10)
+        assert wrong.status_code == 500
+        right = httpx.post(f"{server.url}/sync-right", json={"x": [1, 2]}, timeout=10)
+        assert right.json() == {"sum": [3.0]}

@@ -218,10 +218,14 @@ class Batcher:
         answer is built, as a failure if building it fails."""
         if self._closed:
             raise ModelNotReadyError(self.model, "unloading")
+        loop = asyncio.get_running_loop()
+        if self._task is not None and self._task.get_loop() is not loop:
+            # Another loop's future would never be resolved by this one: the call hung for
+            # good (asyncio.run(model.predict(...)) in a sync handler), its thread with it.
+            raise RuntimeError(wrong_loop(self.model))
         count = len(examples)
         if self._queued_examples + count > self.max_queue and self._queue:
             raise self._full()
-        loop = asyncio.get_running_loop()
         # An idle model always admits: the pace is only ever updated by running calls, so
         # refusing on a stale estimate (one slow first call) could refuse forever.
         idle = not self._queue and self._in_flight < self.concurrent_batches
@@ -592,6 +596,15 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def wrong_loop(model: str) -> str:
+    """Why a call from another event loop than the model's is refused."""
+    return (
+        f"model '{model}' serves on its app's event loop: await model.predict(...) there; "
+        "from a thread of the app (a sync def route), call anyio.from_thread.run("
+        "model.predict, ...), not asyncio.run"
+    )
 
 
 def _timed(

@@ -20,6 +20,7 @@ import logging
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
+from loadonce.core.batcher import wrong_loop
 from loadonce.core.errors import (
     DeadlineExceededError,
     LoadonceError,
@@ -98,6 +99,11 @@ class GenerationQueue:
         self._idle.set()
         self._driver: asyncio.Task[None] | None = None
         self._closed = False
+        # The app's loop, where it was made (while its model loaded): streams run there.
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
 
     @property
     def engine(self) -> GenerationEngine:
@@ -144,10 +150,12 @@ class GenerationQueue:
         it, a deadline ends the stream with ``Finished(reason="deadline")``. Closing the
         iterator early (a client that went away) takes the sequence out of the batch at the
         next step."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and loop is not self._loop:
+            raise RuntimeError(wrong_loop(self._model))
         self.refuse_if_full()
         check_request(request)
         self._engine.check(request)
-        loop = asyncio.get_running_loop()
         sequence = _Sequence(next(self._ids), request, arrived=loop.time())
         self._waiting.append(sequence)
         self._waiting_changed()
