@@ -99,3 +99,18 @@ def test_a_predict_from_another_event_loop_fails_at_once_saying_how() -> None:
         assert wrong.status_code == 500
         right = httpx.post(f"{server.url}/sync-right", json={"x": [1, 2]}, timeout=10)
         assert right.json() == {"sum": [3.0]}
+
+
+def test_keys_and_limits_without_their_middleware_refuse_to_start() -> None:
+    """API keys, limits and allowed hosts given to the lifespan act through
+    install_middleware: an app without it served every route without a key and read any
+    body, without a word. It now fails at startup, saying what to call."""
+    import pytest
+
+    keys = loadonce.AccessKeys(admin=("a" * 24,))
+    spec = loadonce.ModelSpec(name="pairs", loader=_Pairs)
+    app = FastAPI(lifespan=loadonce.lifespan([spec], access=keys))
+    app.include_router(loadonce.models_router())
+    refused = pytest.raises(loadonce.LoadonceError, match=r"install_middleware\(app\)")
+    with refused, TestClient(app):
+        pass

@@ -25,6 +25,7 @@ from loadonce.core.spec import ModelSpec
 from loadonce.http.access_keys import AccessKeys
 from loadonce.http.allowed_hosts import check_allowed_hosts
 from loadonce.http.dependencies import mounted_apps, undeclared_model_dependencies
+from loadonce.http.request_log import RequestLogMiddleware
 from loadonce.http.state import LoadonceState
 from loadonce.http.visible_logs import make_visible
 from loadonce.tracing import TracingOptions, check_tracing, start_tracing
@@ -133,6 +134,15 @@ class LoadonceLifespan:
         undeclared = undeclared_model_dependencies(app, registry)
         if undeclared:
             raise registry.refuse_to_serve("; ".join(undeclared))
+        unguarded = _settings_without_their_middleware(app, settings)
+        if unguarded:
+            # They act through install_middleware: without it, API keys and limits given
+            # here were silently not applied (every route open, any body read).
+            raise registry.refuse_to_serve(
+                f"lifespan({', '.join(f'{name}=...' for name in unguarded)}) takes effect through "
+                "loadonce.install_middleware(app), which this app does not have: call it "
+                "after creating the app"
+            )
         if settings.load_gate is None:
             await registry.load_all()
         else:
@@ -156,6 +166,25 @@ class LoadonceLifespan:
             finally:
                 if state.tracing is not None and not isinstance(settings.models, LoadonceState):
                     state.tracing.shutdown()
+
+
+def _settings_without_their_middleware(app: Any, settings: LifespanSettings) -> list[str]:
+    """The security settings given to the lifespan that only loadonce's middlewares apply,
+    when the app has none of them."""
+    given = [
+        name
+        for name, value in (
+            ("access", settings.access is not None and settings.access.enabled),
+            ("limits", settings.limits is not None),
+            ("allowed_hosts", bool(settings.allowed_hosts)),
+        )
+        if value
+    ]
+    installed = any(
+        getattr(entry, "cls", None) is RequestLogMiddleware
+        for entry in getattr(app, "user_middleware", [])
+    )
+    return [] if installed else given
 
 
 def lifespan(
