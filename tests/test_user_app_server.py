@@ -95,6 +95,25 @@ def test_a_loader_that_raises_stops_startup_with_one_line(project: Path, workers
     assert "Traceback" not in finished.stderr
 
 
+def test_the_apps_own_failing_startup_is_said_as_such_with_two_workers(project: Path) -> None:
+    """The memory plan starts the app as a worker would: a failure of the user's own
+    lifespan there was blamed on the models ("a model's library crashed (a damaged or
+    truncated artifact?)"), under a multiprocessing traceback."""
+    port = free_port()
+    finished = run_cli(
+        project,
+        *("serve", "my_service:app", "--workers", "2", "--port", str(port)),
+        cwd=project,
+        env={"MY_SERVICE_DATABASE_DOWN": "1"},
+    )
+    assert finished.returncode == 3, finished.stderr
+    failures = [line for line in finished.stderr.splitlines() if line.startswith("ERROR")]
+    assert failures == [
+        "ERROR:    [loadonce] startup failed: the app's startup failed: RuntimeError: "
+        "database unreachable"
+    ], finished.stderr
+
+
 def test_the_plan_reads_the_models_from_the_apps_lifespan_and_predicts_the_pss(
     project: Path,
 ) -> None:

@@ -27,6 +27,8 @@ def load_doubler() -> Doubler:
 
 @asynccontextmanager
 async def own_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    if os.environ.get("MY_SERVICE_DATABASE_DOWN"):
+        raise RuntimeError("database unreachable")
     app.state.greeting = "hello"  # the models are loaded already
     yield
 

@@ -16,7 +16,7 @@ import psutil
 from fastapi import FastAPI
 
 from loadonce.app import create_app
-from loadonce.core.errors import LoadonceError
+from loadonce.core.errors import LoadonceError, describe_exception
 from loadonce.core.memory import artifact_bytes, mapped_file_bytes
 from loadonce.core.model import Model
 from loadonce.core.registry import Registry
@@ -56,6 +56,9 @@ def measure_in_child(config: ServeConfig, pipe: Connection) -> None:
     except LoadonceError as failure:
         pipe.send(str(failure))
         exit_leaving_threads(1)  # the supervisor reads the failure; a hung load stays behind
+    except Exception as failure:  # the app's own startup (its lifespan) failed, not a model
+        pipe.send(f"the app's startup failed: {describe_exception(failure)}")
+        exit_leaving_threads(1)
     # The kernel's high-water mark of this process's resident memory (KiB on Linux), above
     # what it held once started: the mapped artifacts' pages it still maps are in both, and
     # those a load read and let go (a copy made from a mapping) in the mark only.
