@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,10 +140,6 @@ class EstimatorPredictor(Predictor):
                     )
         columns.check_known(batch)
         return batch
-
-    def named_methods(self) -> list[Callable[[Any], Any]]:
-        """The methods a request may pick by name (``outputs``)."""
-        return list(self._named.values())
 
     def _model_input(self, batch: Any) -> Any:
         # The DataFrame is built on the merged batch, once per call to the model.
@@ -510,13 +506,12 @@ class SklearnRuntime(Runtime):
             columns=columns,
             tree_by_tree=tree_by_tree,
         )
-        if mapped_array_bytes(estimator) and _refuses_read_only(predictor, signature):
-            # A method whose native code writes to, or takes only writable, arrays (libsvm's
-            # predict_proba: "buffer source array is read-only") failed every request for it
-            # on the mapped file: this worker gets its own copy instead.
-            logger.warning(
-                "model '%s': %s cannot compute from read-only (shared) arrays: each worker "
-                "loads its own copy",
+        if mapped_array_bytes(estimator) and _needs_writable_arrays(estimator):
+            # libsvm's predict_proba takes only writable arrays ("buffer source array is
+            # read-only"): every request for an SVC's probabilities failed on the mapped file.
+            # Its arrays (support vectors) are this worker's own copy instead.
+            logger.info(
+                "model '%s': %s computes only from writable arrays: each worker loads its own copy",
                 spec.name,
                 type(estimator).__name__,
             )
@@ -547,27 +542,13 @@ class SklearnRuntime(Runtime):
         return predictor
 
 
-def _refuses_read_only(predictor: EstimatorPredictor, signature: InputSignature | None) -> bool:
-    """Whether one of the model's methods fails on a row of zeros because its arrays are
-    read-only. Only models of rows of numbers are probed; any other failure of the probe is
-    not this one, and left to requests."""
-    import numpy as np
-
-    if signature is None or signature.dtype != "float64" or len(signature.shape) != 1:
-        return False
-    [width] = signature.shape
-    if width is None:
-        return False
-    row = np.zeros((1, width))
-    for method in (predictor.predict, *predictor.named_methods()):
-        try:
-            method(row)
-        except ValueError as exc:
-            if "read-only" in str(exc):
-                return True
-        except Exception:  # noqa: S112 - a probe: only the read-only failure matters
-            continue
-    return False
+def _needs_writable_arrays(estimator: Any) -> bool:
+    """Whether a step of the model is one of scikit-learn's libsvm estimators (SVC, NuSVC,
+    SVR, NuSVR, OneClassSVM), whose native code refuses read-only arrays. Told from the
+    classes, not by trying the methods: a trial on a mapped file would read its pages in,
+    which prefault = false promises not to do."""
+    steps = [estimator, *(step for _, step in getattr(estimator, "steps", None) or [])]
+    return any(type(step).__module__.startswith("sklearn.svm") for step in steps)
 
 
 def _is_skops(spec: ModelSpec) -> bool:
