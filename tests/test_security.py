@@ -226,8 +226,10 @@ def test_keys_from_the_environment_guard_the_cli_server_and_never_reach_the_log(
     assert "tooshort" not in result.stderr
 
 
-@pytest.mark.parametrize("prefix", ["/ops", "/ops/inner"])
-def test_loadonces_routes_keep_their_family_under_any_prefix(prefix: str) -> None:
+@pytest.mark.parametrize(
+    ("prefix", "mounted"), [("/ops", False), ("/ops/inner", False), ("/ops", True)]
+)
+def test_loadonces_routes_keep_their_family_under_any_prefix(prefix: str, mounted: bool) -> None:
     """A user's app that includes loadonce's routers under a prefix: control routes need an
     admin key and refuse cross-site browsers, health probes stay open. Told from the literal
     paths, prefixed control routes were inference routes: an inference key (or none, with
@@ -239,10 +241,20 @@ def test_loadonces_routes_keep_their_family_under_any_prefix(prefix: str) -> Non
     keys = AccessKeys(admin=(admin,), inference=(inference,))
     spec = loadonce.ModelSpec(name="m", loader="tests.loaders:echo")
     app = FastAPI(lifespan=loadonce.lifespan([spec], access=keys))
-    app.include_router(loadonce.models_router(), prefix=prefix)
-    app.include_router(loadonce.admin_router(), prefix=prefix)
-    app.include_router(loadonce.v2_router(), prefix=prefix)
-    app.include_router(loadonce.health_router(), prefix=prefix)
+    routers = [
+        loadonce.models_router(),
+        loadonce.admin_router(),
+        loadonce.v2_router(),
+        loadonce.health_router(),
+    ]
+    if mounted:  # a sub-app of loadonce's routers, under the app's middleware
+        inner = FastAPI()
+        for router in routers:
+            inner.include_router(router)
+        app.mount(prefix, inner)
+    else:
+        for router in routers:
+            app.include_router(router, prefix=prefix)
     loadonce.install_middleware(app)
     as_inference = {"x-api-key": inference}
     with TestClient(app) as client:

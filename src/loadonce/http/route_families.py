@@ -87,11 +87,15 @@ def _walk(app: Any) -> _Moved:
 def _loadonce_paths(routes: list[BaseRoute], prefix: str) -> Iterator[str]:
     """The full path of each route whose endpoint is loadonce's, inside included routers and
     mounted apps."""
-    for route in walk_routes(routes):
+    for walked in walk_routes(routes):
+        # Newer FastAPI walks an included router's routes as contexts around them.
+        route = getattr(walked, "original_route", walked)
         if isinstance(route, Mount):
             inner = getattr(route.app, "routes", None) or route.routes
-            yield from _loadonce_paths(list(inner), prefix + route.path)
+            mounted_at = getattr(walked, "path", None) or route.path  # with a router's prefix
+            yield from _loadonce_paths(list(inner), prefix + mounted_at)
             continue
+        route = walked
         path, endpoint = getattr(route, "path", None), getattr(route, "endpoint", None)
         module = getattr(endpoint, "__module__", "") or ""
         if isinstance(path, str) and module.startswith("loadonce."):
