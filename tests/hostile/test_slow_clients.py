@@ -255,3 +255,38 @@ def test_answers_to_many_clients_at_once_are_whole(server: CliServer) -> None:
             )
         )
     assert [answer.json()["outputs"][0]["echo"] for answer in answers] == list(range(200))
+
+
+def test_a_bad_chunk_is_answered_and_logged_under_the_requests_own_id(server: CliServer) -> None:
+    """Its route was running (the head was read): the 400 carried a new id, and the only
+    log line, the route's, said 499 under the client's id."""
+    with _connect(server) as sock:
+        sock.sendall(
+            b"POST /models/echo/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"X-Request-ID: chunk-refused-1\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"
+        )
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert b"x-request-id: chunk-refused-1" in answer.lower()
+    wait_until(
+        lambda: any(
+            "chunk-refused-1" in line and " 400 " in line for line in server.log().splitlines()
+        ),
+        5,
+        "the request's line, saying 400",
+    )
+
+
+def test_a_refused_heads_line_leaves_its_query_out(server: CliServer) -> None:
+    """The query may hold a token: no other line writes one."""
+    with _connect(server) as sock:
+        sock.sendall(
+            b"GET /livez?access_token=SECRET123 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + b"".join(b"X-%d: 1\r\n" % i for i in range(200))
+            + b"\r\n"
+        )
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 431"), answer
+    _refusal_logged(server, answer, 431)
+    assert "SECRET123" not in server.log()

@@ -17,6 +17,9 @@ from loadonce.core.errors import InvalidRequestError
 REQUEST_ID_HEADER = "X-Request-ID"
 # Where RequestLogMiddleware keeps the id it chose, so every part of the answer uses it.
 REQUEST_ID_SCOPE_KEY = "loadonce.request_id"
+# The status the server's HTTP protocol answered a request with itself, once its route ran
+# (a bad chunk in its body): what the request's log line says the client got.
+REFUSED_SCOPE_KEY = "loadonce.refused_status"
 # The event loop's time when the request first reached loadonce (its outermost middleware):
 # a request's deadline counts from there, body reading and loop lag included.
 ARRIVED_SCOPE_KEY = "loadonce.arrived"

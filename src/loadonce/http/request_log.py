@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from loadonce.http.errors import raw_error_response
 from loadonce.http.request_info import (
     ARRIVED_SCOPE_KEY,
+    REFUSED_SCOPE_KEY,
     REQUEST_ID_HEADER,
     REQUEST_ID_SCOPE_KEY,
     request_id_from,
@@ -41,7 +42,9 @@ class RequestLogMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = request_id_from(scope["headers"])
+        # Chosen already when the server's HTTP protocol answered the request itself.
+        chosen = scope.get(REQUEST_ID_SCOPE_KEY)
+        request_id = chosen if isinstance(chosen, str) else request_id_from(scope["headers"])
         scope[REQUEST_ID_SCOPE_KEY] = request_id
         # Stamped earlier by loadonce serve's HTTP protocol (when the head was read), if so.
         if ARRIVED_SCOPE_KEY not in scope:
@@ -86,6 +89,9 @@ class RequestLogMiddleware:
             leaving = raw_error_response(503, _DRAIN_ENDED, scope, {"Retry-After": "1"})
             await leaving(scope, receive, send_with_id)
         finally:
+            # Answered by the server's HTTP protocol itself (a bad chunk in the body), whatever
+            # the route then saw (its client gone).
+            status = scope.get(REFUSED_SCOPE_KEY, status)
             if access_logger.isEnabledFor(logging.INFO):
                 milliseconds = (time.perf_counter() - started) * 1000
                 write_request_line(scope["method"], scope["path"], status, milliseconds, request_id)

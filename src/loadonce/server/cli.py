@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -257,10 +259,22 @@ def serve(
         # process's only when it serves itself; the supervisor of several workers never needs it.
         from loadonce.server.worker import serve_single_worker
 
-        # Whatever threads the models' code left running (a client library's, not daemons):
-        # a normal exit joins them, and the server never ended after its SIGTERM.
-        exit_leaving_threads(serve_single_worker(config))
+        code = serve_single_worker(config)
+        if code == STARTUP_FAILED or _threads_left_running():
+            # A normal exit joins every thread that is not a daemon: one the models' code
+            # left running (a client library's) kept the server from ever ending after its
+            # SIGTERM. The exit handlers still run (an app's telemetry flush, temporary files).
+            if code != STARTUP_FAILED:
+                atexit._run_exitfuncs()
+            exit_leaving_threads(code)
+        sys.exit(code)
     sys.exit(Supervisor(config, memory_limit=config.server.memory_limit, force=force).run())
+
+
+def _threads_left_running() -> bool:
+    """Whether a thread that is not a daemon runs besides this one: exiting would wait for it."""
+    current = threading.current_thread()
+    return any(t is not current and t.is_alive() and not t.daemon for t in threading.enumerate())
 
 
 def _check_grpc(config: ServeConfig, on_ray: bool) -> None:

@@ -43,6 +43,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from loadonce.http.errors import raw_error_response
 from loadonce.http.request_info import (
     ARRIVED_SCOPE_KEY,
+    REFUSED_SCOPE_KEY,
     REQUEST_ID_SCOPE_KEY,
     new_request_id,
     request_id_from,
@@ -141,8 +142,18 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: HTTPStatus, message: str) -> None:
         self._gathered.send()  # an answer held for an earlier request goes first
-        # The head was not read whole (or not at all): a new id, not one the client sent.
-        request_id = new_request_id()
+        # Refused in its head: a new id, not one the client sent (the head was not read
+        # whole). Refused in its body (a bad chunk), its route is running: its id, and its
+        # log line says what the client got.
+        if self._in_head:
+            request_id = new_request_id()
+        else:
+            # Its route may not have started yet (the chunk came with the head): the id it
+            # will take is chosen here, and kept in the scope for it.
+            chosen = self.scope.get(REQUEST_ID_SCOPE_KEY)
+            request_id = chosen if isinstance(chosen, str) else request_id_from(self.headers)
+            self.scope[REQUEST_ID_SCOPE_KEY] = request_id  # type: ignore[literal-required]
+            self.scope[REFUSED_SCOPE_KEY] = status.value  # type: ignore[literal-required]
         # A message may quote the client: json.dumps escapes it.
         body = json.dumps({"error": message, "request_id": request_id}).encode()
         self.transport.write(
@@ -154,7 +165,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # Refused in its head, no route ran for it: its line is written here. (A body refused
         # once its head was read, a bad chunk, is its route's request: the route writes it.)
         if self._in_head and access_logger.isEnabledFor(logging.INFO):
-            path = getattr(self, "url", b"").decode("latin-1")  # what was read of it
+            # What was read of it, without its query (which may hold a token): as every
+            # other line writes a path.
+            path = getattr(self, "url", b"").split(b"?", 1)[0].decode("latin-1")
             write_request_line("-", path or "-", status.value, 0.0, request_id)
         # Closing now, with the client's bytes unread, would reset the connection and the
         # client might never see the answer: stop reading, end our side, close shortly.

@@ -58,7 +58,7 @@ def generation_rules(cap: int) -> dict[str, Rule]:
         "max_new_tokens": Rule(_integer(1, cap), f"an integer from 1 to {cap}"),
         "min_new_tokens": Rule(_integer(0, cap), f"an integer from 0 to {cap}"),
         "temperature": Rule(_number(0.0, 100.0), "a number above 0, at most 100"),
-        "top_p": Rule(_number(0.0, 1.0), "a number above 0, at most 1"),
+        "top_p": Rule(_number(0.0, 1.0, low_included=True), "a number from 0 to 1"),
         "top_k": Rule(_integer(0), "an integer, 0 or more"),
         "do_sample": Rule(_boolean, "true or false"),
         "repetition_penalty": Rule(_number(0.0, 100.0), "a number above 0, at most 100"),
