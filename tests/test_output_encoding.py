@@ -92,6 +92,12 @@ def test_an_answer_that_cannot_be_written_counts_as_a_failure() -> None:
         tensor = {"name": "x", "datatype": "INT64", "shape": [1], "data": [1]}
         assert client.post("/models/m/predict", json={"inputs": [1]}).status_code == 500
         assert client.post("/v2/models/m/infer", json={"inputs": [tensor]}).status_code == 500
+        # A client's mistake is no failure of the model's: refused before the model runs.
+        bad = {
+            "inputs": [tensor],
+            "outputs": [{"name": "output", "parameters": {"binary_data": "yes"}}],
+        }
+        assert client.post("/v2/models/m/infer", json=bad).status_code == 400
         stats = client.get("/v2/models/m/stats").json()["model_stats"][0]["inference_stats"]
         assert (stats["success"]["count"], stats["fail"]["count"]) == (0, 2)
         metrics = client.get("/metrics").text

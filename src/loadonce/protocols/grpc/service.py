@@ -12,11 +12,13 @@ request's line in the metrics (route: the RPC's path).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio.to_thread
 import grpc
 from google.protobuf.message import DecodeError
 
@@ -37,6 +39,7 @@ from loadonce.http.access_keys import (
     refusal,
 )
 from loadonce.http.errors import describe_error
+from loadonce.http.json_pieces import ON_THE_LOOP_ELEMENTS
 from loadonce.http.request_info import request_id_from
 from loadonce.http.request_line import access_logger, write_request_line
 from loadonce.http.routes import count_request
@@ -251,13 +254,20 @@ class InferenceService:
             # bad timeout (which INVALID_ARGUMENT would tell it never to retry).
             raise DeadlineExceededError(model.name)
 
-        def respond(prediction: Prediction) -> Any:
+        async def respond(prediction: Prediction) -> Any:
             response = _reply("ModelInfer", model_name=model.name, model_version=prediction.version)
             if request.id:
                 response.id = request.id
+            raw = bool(request.raw_input_contents)
             with phase("encode"):
-                raw = bool(request.raw_input_contents)
-                encode_grpc_outputs(response, prediction.tensors, raw=raw)
+                if prediction.values() <= ON_THE_LOOP_ELEMENTS:
+                    encode_grpc_outputs(response, prediction.tensors, raw=raw)
+                else:  # millions of values held the loop for seconds: in a thread, in pieces
+                    await anyio.to_thread.run_sync(
+                        functools.partial(
+                            encode_grpc_outputs, response, prediction.tensors, raw=raw
+                        )
+                    )
             return response
 
         return await predict(

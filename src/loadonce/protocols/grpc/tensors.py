@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from loadonce.core.errors import InvalidInputError
+from loadonce.http.json_pieces import PIECE_ELEMENTS
 from loadonce.protocols.v2.datatypes import BYTES
 from loadonce.protocols.v2.outputs import OutputTensor
 from loadonce.protocols.v2.schemas import RequestInput
@@ -148,4 +149,8 @@ def encode_grpc_outputs(response: Any, tensors: Sequence[OutputTensor], *, raw: 
             continue
         values = getattr(output.contents, CONTENTS_FIELD[tensor.datatype])
         flat = tensor.array.reshape(-1)
-        values.extend(list(flat) if tensor.datatype == BYTES else flat.tolist())
+        # A piece at a time: between two, the GIL goes back to the loop (called in a thread
+        # for a large answer).
+        for start in range(0, max(len(flat), 1), PIECE_ELEMENTS):
+            piece = flat[start : start + PIECE_ELEMENTS]
+            values.extend(list(piece) if tensor.datatype == BYTES else piece.tolist())

@@ -24,6 +24,7 @@ from loadonce.http.dependencies import get_registry, registry_of
 from loadonce.http.disconnect import unless_disconnected
 from loadonce.http.endpoints import InferenceEndpoint, add_inference_route
 from loadonce.http.json_answer import JSONAnswer, json_text
+from loadonce.http.json_pieces import ON_THE_LOOP_ELEMENTS, json_in_pieces, weight
 from loadonce.http.large_bodies import LARGE_BODY_BYTES, parse_request_body
 from loadonce.http.metrics import WorkerState
 from loadonce.http.request_info import arrival_of, requested_timeout, timeout_header_parameter
@@ -254,16 +255,15 @@ async def answer_predict(request: Request) -> Response:
         # Built by hand rather than through response_model: outputs may hold NumPy values,
         # and a second validation pass of large outputs would cost time on every request.
         with phase("encode"):
-            if len(outputs) < _LARGE_ANSWER_EXAMPLES:
+            if weight(outputs) <= ON_THE_LOOP_ELEMENTS:
                 outputs_json = to_jsonable(outputs)
                 return JSONAnswer(
                     {"model": model.name, "version": answer.version, "outputs": outputs_json}
                 )
-            head = json_text({"model": model.name, "version": answer.version})
-            encoded = await anyio.to_thread.run_sync(_encode_in_pieces, outputs)
-            return Response(
-                utf8(head[:-1]) + b',"outputs":' + encoded + b"}", media_type="application/json"
+            body = await anyio.to_thread.run_sync(
+                _large_answer, model.name, answer.version, outputs
             )
+            return Response(body, media_type="application/json")
 
     return await unless_disconnected(
         request,
@@ -273,18 +273,11 @@ async def answer_predict(request: Request) -> Response:
     )
 
 
-# An answer of this many examples or more is encoded in a thread, a piece at a time: the
-# JSON encoder holds the GIL for a whole call, and 1.4 million labels took it for seconds.
-_LARGE_ANSWER_EXAMPLES = 4096
-
-
-def _encode_in_pieces(outputs: list[Any]) -> bytes:
-    step = _LARGE_ANSWER_EXAMPLES
-    pieces = [
-        json_text(to_jsonable(outputs[start : start + step]))[1:-1]
-        for start in range(0, len(outputs), step)
-    ]
-    return utf8("[" + ",".join(pieces) + "]")
+def _large_answer(name: str, version: str, outputs: list[Any]) -> bytes:
+    """An answer of many values, in a thread and in pieces (``http/json_pieces.py``)."""
+    head = json_text({"model": name, "version": version})
+    written = json_in_pieces(outputs, json_text, to_jsonable)
+    return utf8(head[:-1] + ',"outputs":' + written + "}")
 
 
 PREDICT_ENDPOINT = InferenceEndpoint(

@@ -6,16 +6,20 @@ import gzip
 import json
 import math
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import anyio.to_thread
+import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 
 from loadonce.core.errors import InvalidInputError, InvalidRequestError
 from loadonce.core.model import Answer, Model
+from loadonce.http.json_pieces import ON_THE_LOOP_ELEMENTS, json_in_pieces
 from loadonce.protocols.v2.body import HEADER_LENGTH, SplitBody
+from loadonce.protocols.v2.datatypes import BYTES
 from loadonce.protocols.v2.examples import examples_from_tensors
 from loadonce.protocols.v2.outputs import OutputTensor, output_tensors
 from loadonce.protocols.v2.schemas import InferenceRequest, RequestOutput
@@ -113,6 +117,10 @@ class Prediction:
     # The model version that computed them (a reload may have followed).
     version: str
 
+    def values(self) -> int:
+        """How many values the answer holds (what writing it costs)."""
+        return sum(int(tensor.array.size) for tensor in self.tensors)
+
 
 async def predict(
     model: Model,
@@ -120,7 +128,7 @@ async def predict(
     datatypes: Mapping[str, str],
     request_parameters: Mapping[str, Any] | None,
     requested: Sequence[RequestOutput] | None,
-    respond: Callable[[Prediction], _R],
+    respond: Callable[[Prediction], Awaitable[_R]],
     *,
     timeout_s: float | None,
     arrived: float | None = None,
@@ -141,14 +149,17 @@ async def predict(
         # only these; any other model computes all, and the answer keeps these.
         parameters = {**parameters, SELECTED_OUTPUTS: tuple(r.name for r in requested)}
 
+    # Checked before the model computes anything: a client's mistake is no call of the model.
+    wanted = {r.name: _wants_binary(r, options.binary_by_default) for r in requested or ()}
+
     async def encode(answer: Answer) -> _R:
         tensors = output_tensors(model.outputs, answer.outputs)
         if requested:
             tensors = _select(tensors, requested)
-            binary = {r.name: _wants_binary(r, options.binary_by_default) for r in requested}
+            binary = wanted
         else:
             binary = {t.name: options.binary_by_default for t in tensors}
-        return respond(Prediction(tensors, binary, answer.version))
+        return await respond(Prediction(tensors, binary, answer.version))
 
     return await model.answer_encoded(
         examples,
@@ -173,13 +184,17 @@ async def infer(
         arrays = decode_inputs(request.inputs, body, max_element_bytes=max_element_bytes)
     datatypes = {tensor.name: tensor.datatype for tensor in request.inputs}
 
-    def respond(prediction: Prediction) -> EncodedResponse:
+    async def respond(prediction: Prediction) -> EncodedResponse:
         header: dict[str, Any] = {"model_name": model.name, "model_version": prediction.version}
         if request.id is not None:
             header["id"] = request.id
         with phase("encode"):
-            header["outputs"], buffers = _encode(prediction.tensors, prediction.binary)
-            return _respond(header, buffers, accept_encoding)
+            if prediction.values() <= ON_THE_LOOP_ELEMENTS:
+                header["outputs"], buffers = _encode(prediction.tensors, prediction.binary)
+                return _respond(header, buffers, accept_encoding)
+            return await anyio.to_thread.run_sync(
+                _respond_large, header, prediction, accept_encoding
+            )
 
     return await predict(
         model,
@@ -230,8 +245,10 @@ def _wants_binary(output: RequestOutput, default: bool) -> bool:
 
 
 def _encode(
-    tensors: list[OutputTensor], binary: Mapping[str, bool]
+    tensors: list[OutputTensor], binary: Mapping[str, bool], *, flat_arrays: bool = False
 ) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """Each tensor's entry and its binary data, if asked for in binary. ``flat_arrays``: the
+    JSON data of numbers as the flat array (written in pieces, ``_respond_large``)."""
     described: list[dict[str, Any]] = []
     buffers: list[bytes] = []
     for tensor in tensors:
@@ -244,6 +261,8 @@ def _encode(
             data = tensor.binary_data()
             entry["parameters"] = {BINARY_SIZE: len(data)}
             buffers.append(data)
+        elif flat_arrays and tensor.datatype != BYTES:
+            entry["data"] = tensor.array.reshape(-1)
         else:
             entry["data"] = tensor.json_data()
         described.append(entry)
@@ -257,7 +276,25 @@ _HEADER_ENCODER = json.JSONEncoder(separators=(",", ":"))
 def _respond(header: dict[str, Any], buffers: list[bytes], accept_encoding: str) -> EncodedResponse:
     # NaN and infinities are written as JSON's common extension (NaN, Infinity), which
     # tritonclient reads; binary outputs carry them exactly.
-    text = _HEADER_ENCODER.encode(header).encode("utf-8")
+    return _respond_with(_HEADER_ENCODER.encode(header).encode("utf-8"), buffers, accept_encoding)
+
+
+def _respond_large(
+    header: dict[str, Any], prediction: Prediction, accept_encoding: str
+) -> EncodedResponse:
+    """``_respond`` for an answer of many values, in a thread: its JSON written in pieces
+    (``http/json_pieces.py``), compressed there too. On the loop, a tensor of millions of
+    numbers held every other request of the worker for seconds."""
+    header["outputs"], buffers = _encode(prediction.tensors, prediction.binary, flat_arrays=True)
+    text = json_in_pieces(header, _HEADER_ENCODER.encode, _json_values)
+    return _respond_with(text.encode("utf-8"), buffers, accept_encoding)
+
+
+def _json_values(value: Any) -> Any:
+    return value.tolist() if isinstance(value, np.ndarray) else value
+
+
+def _respond_with(text: bytes, buffers: list[bytes], accept_encoding: str) -> EncodedResponse:
     headers: dict[str, str] = {}
     if buffers:
         body = b"".join([text, *buffers])

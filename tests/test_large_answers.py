@@ -1,0 +1,93 @@
+"""Large answers are written off the event loop, a piece at a time: the text is the one a
+single call writes, and the worker answers its health probe meanwhile (an answer of a
+thousand rows of 30,000 numbers held the loop for 5.7 s)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import httpx2 as httpx
+import numpy as np
+import pytest
+
+import loadonce
+from loadonce.core.jsonable import to_jsonable
+from loadonce.http.json_answer import json_text
+from loadonce.http.json_pieces import PIECE_ELEMENTS, json_in_pieces
+from tests.servers import ThreadedServer
+
+WIDE = PIECE_ELEMENTS + 7  # one row longer than a piece
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [np.arange(300, dtype=np.float32) / 7 for _ in range(1000)],
+        np.arange(3 * WIDE, dtype=np.int64).reshape(3, WIDE),
+        [{"vector": np.full(WIDE, np.nan), "label": "a"}, {"vector": np.ones(WIDE), "label": "b"}],
+        {"outputs": [[float(i)] * 500 for i in range(400)], "name": "x"},
+        (np.arange(WIDE * 2) / 3).reshape(2, 1, WIDE),
+        [["text", 1.5, None]] * 50_000,
+    ],
+    ids=["rows", "2-D over a piece a row", "objects", "nested lists", "3-D", "mixed rows"],
+)
+def test_a_value_in_pieces_is_the_text_one_call_writes(value: Any) -> None:
+    assert json_in_pieces(value, json_text, to_jsonable) == json_text(to_jsonable(value))
+
+
+class _Wide:
+    """Each example's answer: 10,000 numbers."""
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return [np.full(10_000, 0.5) for _ in batch]
+
+
+def _longest_probe_wait(url: str, busy: threading.Event) -> float:
+    longest = 0.0
+    with httpx.Client() as client:
+        while busy.is_set():
+            started = time.monotonic()
+            client.get(f"{url}/livez", timeout=30)
+            longest = max(longest, time.monotonic() - started)
+            time.sleep(0.02)
+    return longest
+
+
+@pytest.mark.parametrize("route", ["json", "v2"])
+def test_the_worker_answers_its_probe_while_a_large_answer_is_written(route: str) -> None:
+    spec = loadonce.ModelSpec(name="wide", loader=_Wide)
+    with ThreadedServer(loadonce.create_app([spec])) as server:
+        busy = threading.Event()
+        busy.set()
+        waits: list[float] = []
+        probing = threading.Thread(
+            target=lambda: waits.append(_longest_probe_wait(server.url, busy))
+        )
+        probing.start()
+        time.sleep(0.2)
+        if route == "json":
+            answer = httpx.post(
+                f"{server.url}/models/wide/predict", json={"inputs": list(range(1000))}, timeout=120
+            )
+        else:
+            tensor = {"name": "x", "datatype": "INT64", "shape": [1000], "data": list(range(1000))}
+            answer = httpx.post(
+                f"{server.url}/v2/models/wide/infer", json={"inputs": [tensor]}, timeout=120
+            )
+        busy.clear()
+        probing.join()
+    assert answer.status_code == 200
+    document = json.loads(answer.content)
+    if route == "json":
+        assert len(document["outputs"]) == 1000
+        assert document["outputs"][999] == [0.5] * 10_000
+    else:
+        [output] = document["outputs"]
+        assert output["shape"] == [1000, 10_000]
+        assert len(output["data"]) == 10_000_000
+    # Written on the loop, the probe waited for the whole answer (seconds); between two
+    # pieces, it is answered.
+    assert waits[0] < 0.75, f"the probe waited {waits[0]:.2f} s"
