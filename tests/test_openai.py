@@ -539,6 +539,10 @@ def test_a_text_past_the_models_context_says_so_in_openais_code(client: openai.O
         client.embeddings.create(model="features", input=" ".join(["good"] * 400))
     assert untokenized.value.code == "context_length_exceeded"
     assert "characters long" in untokenized.value.message
+    # Characters the tokenizer drops are no tokens: four words and 300 spaces fit a context
+    # of 32 (they were refused untokenized, as "more tokens than this model's context").
+    spaced = client.embeddings.create(model="features", input="good" + " " * 300 + "movie")
+    assert spaced.usage.prompt_tokens == 4
 
 
 def test_a_stream_that_fails_midway_is_counted_as_failed(tmp_path: Path) -> None:

@@ -445,7 +445,7 @@ def test_texts_beyond_the_models_context_are_a_400(client: TestClient) -> None:
     for name in ("classify", "writer"):
         huge = client.post(f"/models/{name}/predict", json={"inputs": ["good " * 400_000]})
         assert huge.status_code == 400, huge.text
-        assert "2000000 characters long: more tokens than this model's context" in huge.text
+        assert "2000000 characters long: more than this model reads" in huge.text
     # A prompt that fits, but not with the new tokens asked for.
     prompt = " ".join(["good"] * (CONTEXT - 4))
     response = client.post(

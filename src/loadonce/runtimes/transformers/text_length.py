@@ -1,12 +1,15 @@
-"""How long a text can be, in characters, and still fit a model's context: a bound known
-without tokenizing it.
+"""How long a text may be, in characters, before its tokenizer reads it: a bound on the work a
+text may cost the model's thread, known without tokenizing it.
 
 A token stands for at most as many characters as its longest entry in the vocabulary spells
 (a byte-level entry spells one character per byte it stands for; ``##ab`` or ``▁ab`` stand
-for fewer). So a text longer than ``context x longest`` characters holds more tokens than the
-context takes, whatever its content. Tokenizing a prompt of 20 MB took 18 s on the model's
-thread, and every other stream of that model waited, only to refuse it at the end; it is now
-refused (or, with truncation, cut) before the tokenizer sees it.
+for fewer), so a text that fits the context spans at most ``context x longest`` characters,
+but for what its tokenizer drops or merges: whitespace and control characters a normalizer
+removes, a word too long for WordPiece read as one unknown token. The bound leaves room for
+those (``_ROOM`` times as many characters): "good", 300 spaces, "movie" is four tokens, and
+was refused as more than a context of 32. Tokenizing a prompt of 20 MB took 18 s on the
+model's thread, and every other stream of that model waited, only to refuse it at the end;
+a text past the bound is refused (or, with truncation, cut) before the tokenizer sees it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from loadonce.core.errors import ContextLengthError
 
 # When the vocabulary cannot be read: a bound that still refuses megabytes at once.
 _UNKNOWN_LONGEST = 64
+# Room for the characters a tokenizer drops or merges, beyond what its tokens spell.
+_ROOM = 8
 
 
 def longest_token_characters(tokenizer: Any) -> int:
@@ -29,15 +34,15 @@ def longest_token_characters(tokenizer: Any) -> int:
 
 
 def most_characters(context: int | None, longest_token: int) -> int | None:
-    """The most characters a text fitting ``context`` tokens can have (None: no bound)."""
-    return None if context is None else context * longest_token
+    """The most characters a text may have before it is tokenized (None: no bound)."""
+    return None if context is None else context * longest_token * _ROOM
 
 
 def refuse_if_longer(text: str, most: int | None, context: int | None, what: str) -> None:
     """A ContextLengthError for a text that cannot fit, said without tokenizing it."""
     if most is not None and len(text) > most:
         raise ContextLengthError(
-            f"{what} is {len(text)} characters long: more tokens than this model's context of "
-            f"{context} (no token of its vocabulary is longer than {most // (context or 1)} "
-            "characters)"
+            f"{what} is {len(text)} characters long: more than this model reads ({most} "
+            f"characters, room enough for its context of {context} tokens, none of them longer "
+            f"than {most // _ROOM // (context or 1)} characters)"
         )
