@@ -74,6 +74,12 @@ def test_every_log_format_writes_one_line_per_record(formatter: logging.Formatte
     assert "\r" not in written
     text = json.loads(written)["message"] if isinstance(formatter, JsonFormatter) else written
     assert text == "got a\\x0ab\\x0dc"
+    # A message's own last line break ends nothing: it is left out, not written escaped
+    # (uvicorn's "Exception in ASGI application\n").
+    ending = logging.LogRecord("uvicorn", logging.ERROR, __file__, 1, "failed\n", (), None)
+    written = formatter.format(ending)
+    text = json.loads(written)["message"] if isinstance(formatter, JsonFormatter) else written
+    assert text == "failed"
 
 
 @pytest.mark.parametrize("variable", ["LOADONCE_API_KEYS", "LOADONCE_ADMIN_API_KEYS"])

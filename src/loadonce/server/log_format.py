@@ -113,7 +113,9 @@ class PlainFormatter(logging.Formatter):
     @staticmethod
     def _one_line(message: str, trace_id: str | None, source: object) -> str:
         if not message.isprintable():  # the usual line is: a C scan, not a regex's
-            message = log_safe(message)
+            # A message's own final line break ends nothing (uvicorn's "Exception in ASGI
+            # application\n" was written "...application\x0a"); any other is escaped.
+            message = log_safe(message.rstrip("\r\n"))
         if trace_id is not None:  # tracing is on and a span is current
             message += f" trace_id={trace_id} span_id={getattr(source, 'span_id', '')}"
         return message
@@ -152,7 +154,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "pid": record.process,
-            "message": log_safe(record.getMessage()),
+            "message": log_safe(record.getMessage().rstrip("\r\n")),
         }
         for field in _EXTRA_FIELDS:
             if hasattr(record, field):
