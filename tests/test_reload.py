@@ -217,3 +217,17 @@ def test_a_reload_failing_in_one_worker_leaves_every_worker_on_the_old_version(
         assert stopping.returncode == 1, stopping.stderr
         assert "reload failed (503): the server is stopping" in stopping.stderr
         server.process.wait(timeout=20)  # the drain is 30 s: it was not held
+
+
+def test_a_reload_longer_than_the_commands_timeout_says_it_may_still_run(tmp_path: Path) -> None:
+    """The server was reached and the reload goes on: the command said "cannot reach" and
+    exited 2 (the server cannot be reached) while the reload completed."""
+    first, slow = tmp_path / "one.txt", tmp_path / "slow.txt"
+    first.write_text("1")
+    slow.write_text("hang")  # 4 s to load (constant_or_hang), then refused as no number
+    config = _write_config(tmp_path, first, loader="tests.loaders:constant_or_hang")
+    with serving([str(config)], tmp_path, env=cli_env(tmp_path)) as server:
+        result = _reload_cli(tmp_path, server.url, "--artifact", str(slow), "--timeout", "1")
+    assert result.returncode == 1, result.stderr
+    assert "no answer from" in result.stderr
+    assert "the reload may still be running" in result.stderr

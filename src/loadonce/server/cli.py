@@ -526,8 +526,20 @@ def reload(
                 f"loadonce: reload failed ({failure.code}): {answer['error']}{hint}", err=True
             )
             sys.exit(1)
+    except TimeoutError:
+        # Reached, and the reload asked for: it goes on in the server, which this command
+        # stopped waiting for (it said "cannot reach", exit 2, while the reload completed).
+        click.echo(
+            f"loadonce: no answer from {url} within {timeout:g} s (--timeout): the reload may "
+            "still be running; GET /models shows each worker's version",
+            err=True,
+        )
+        sys.exit(1)
     except (urllib.error.URLError, OSError) as failure:
-        click.echo(f"loadonce: cannot reach {url}: {failure}", err=True)
+        if isinstance(getattr(failure, "reason", None), TimeoutError):  # the connection's
+            click.echo(f"loadonce: cannot reach {url}: timed out connecting", err=True)
+        else:
+            click.echo(f"loadonce: cannot reach {url}: {failure}", err=True)
         sys.exit(USAGE_ERROR)
     wanted = f"version {version}" if version else "the new version"
     serving = set()
