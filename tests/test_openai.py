@@ -395,6 +395,9 @@ def _body(route: str) -> dict[str, Any]:
         ({"model": "echo", "prompt": "a", "temperature": "0.5"}, "temperature", "valid number"),
         ({"model": "echo", "prompt": "a", "max_tokens": True}, "max_tokens", "valid integer"),
         ({"model": "echo", "prompt": "a", "temperature": float("nan")}, "temperature", "finite"),
+        # A field of several types is named alone, not with the type tried ("stop.str").
+        ({"model": "echo", "prompt": "a", "stop": 5}, "stop", "valid string"),
+        ({"model": "echo", "prompt": "a", "stream": "yes"}, "stream", "valid boolean"),
         # Over the model's cap: named as the other fields are (param was null).
         ({"model": "echo", "prompt": "a", "max_tokens": 100_000}, "max_tokens", "from 1 to 64"),
         (

@@ -204,8 +204,24 @@ def parse(raw: bytes, body: type[_B], kind: str) -> _B:
     except ValidationError as exc:
         # Each field's path as OpenAI's `param` names it (never the value: it may be secret).
         raise InvalidRequestError(
-            [(".".join(str(p) for p in e["loc"]) or "body", e["msg"]) for e in exc.errors()]
+            [(_param(e["loc"]) or "body", e["msg"]) for e in exc.errors()]
         ) from None
+
+
+# The names pydantic puts in a path for the member of a union it tried ("stop.str" for
+# "stop": 5): not fields of the request.
+_UNION_MEMBERS = frozenset({"str", "int", "float", "bool", "bytes", "list", "dict", "none"})
+
+
+def _param(location: tuple[int | str, ...]) -> str:
+    """A field's path as OpenAI's ``param`` names it: ``messages.0.content``, never a union
+    member's tag (``stop.str``, ``stop.list[str].0``)."""
+    parts = [
+        str(part)
+        for part in location
+        if not (isinstance(part, str) and (part in _UNION_MEMBERS or "[" in part or "-" in part))
+    ]
+    return ".".join(parts)
 
 
 def the_prompt(prompt: Any) -> str:
