@@ -115,6 +115,13 @@ def _serve_expecting_usage_error(args: list[str], tmp_path: Path) -> str:
             '[[models]]\nname = "a"\nloader = "x:y"',
             "[server]: api_keys: an API key must be at least 16",
         ),
+        # As one comma-separated string, as the environment takes it: checked the same way.
+        (
+            '[server]\napi_keys = "long-enough-secret-1, short"',
+            '[[models]]\nname = "a"\nloader = "x:y"',
+            "[server]: api_keys: an API key must be at least 16",
+        ),
+        ('[server]\napi_keys = " , "', '[[models]]\nname = "a"\nloader = "x:y"', "is empty"),
         # Taken silently before: a proxy's every request, or every reload, then refused.
         (
             '[server]\nallowed_hosts = [""]',
@@ -253,3 +260,14 @@ def test_a_bad_value_from_the_environment_names_its_variable(
     )
     assert result.returncode == USAGE_ERROR
     assert said in result.stderr, result.stderr
+
+
+def test_a_config_files_keys_may_be_one_comma_separated_string(tmp_path: Path) -> None:
+    """As the docs say it and the environment takes it: the file refused it ("Input should be
+    a valid list")."""
+    keys = '[server]\napi_keys = "inference-key-0123456789, other-key-0123456789"'
+    config = _config(tmp_path, keys)
+    with serving([str(config)], tmp_path) as server:
+        assert httpx.get(f"{server.url}/models").status_code == 401
+        headers = {"Authorization": "Bearer other-key-0123456789"}
+        assert httpx.get(f"{server.url}/models", headers=headers).status_code == 200

@@ -116,6 +116,18 @@ class ServerOptions(BaseModel):
     max_header_fields: Annotated[int, Field(ge=8)] = 100
     max_connections: Annotated[int, Field(ge=1)] = 1000
 
+    @field_validator("api_keys", "admin_api_keys", "allowed_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """A config file may give these as one comma-separated string, as the environment
+        does (the docs said "comma-separated": a string was "not a valid list")."""
+        if not isinstance(value, str):
+            return value
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        if not items:  # never an open server by mistake
+            raise ValueError("is empty: list at least one, or leave it out")
+        return items
+
     @field_validator("api_keys", "admin_api_keys")
     @classmethod
     def _each_key_is_usable(cls, keys: list[SecretStr]) -> list[SecretStr]:
