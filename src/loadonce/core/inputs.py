@@ -98,6 +98,21 @@ def _nesting_depth(value: Any) -> int:
     return depth
 
 
+# An example of up to this many elements is converted before its shape is checked.
+_CONVERTED_AT_ONCE = 4096
+
+
+def _list_shape(value: list[Any]) -> list[int]:
+    """A nested list's shape as NumPy would read it, from the first element at each depth."""
+    shape: list[int] = []
+    while type(value) is list:
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return shape
+
+
 def as_typed_batch(
     examples: list[Any],
     signature: InputSignature,
@@ -113,6 +128,19 @@ def as_typed_batch(
     numbers of a float input is NaN: JSON has no other way to say "missing".
     """
     where = f"input '{tensor}': " if tensor else ""
+    # A long example whose first dimension is not the signature's is refused before NumPy
+    # converts it: converting a list holds the GIL throughout (30 million numbers in one
+    # example held the event loop 2.5 s, only to be refused). (A short one is converted:
+    # a ragged batch is said as such.)
+    first = signature.shape[0] if signature.shape else None
+    for example in examples:
+        if first is None or type(example) is not list or len(example) <= _CONVERTED_AT_ONCE:
+            continue
+        if len(example) != first:
+            shape = ", ".join(map(str, _list_shape(example)))
+            raise InvalidInputError(
+                f"{where}each example must be {signature.describe()}; got shape [{shape}]"
+            )
     try:
         batch = _convert(examples, signature.dtype, missing_as_nan)
     except (ValueError, TypeError, OverflowError) as exc:
