@@ -31,8 +31,19 @@ WIDE = PIECE_ELEMENTS + 7  # one row longer than a piece
         {"outputs": [[float(i)] * 500 for i in range(400)], "name": "x"},
         (np.arange(WIDE * 2) / 3).reshape(2, 1, WIDE),
         [["text", 1.5, None]] * 50_000,
+        [{1: np.ones(WIDE), "1": [0.0], 2: "two"}],
+        [{"label": "a", "scores": np.ones(WIDE)}, {"label": "b", "scores": np.zeros(WIDE)}],
     ],
-    ids=["rows", "2-D over a piece a row", "objects", "nested lists", "3-D", "mixed rows"],
+    ids=[
+        "rows",
+        "2-D over a piece a row",
+        "objects",
+        "nested lists",
+        "3-D",
+        "mixed rows",
+        "keys that collide as text",
+        "a small output first",
+    ],
 )
 def test_a_value_in_pieces_is_the_text_one_call_writes(value: Any) -> None:
     assert json_in_pieces(value, json_text, to_jsonable) == json_text(to_jsonable(value))
@@ -91,3 +102,27 @@ def test_the_worker_answers_its_probe_while_a_large_answer_is_written(route: str
     # Written on the loop, the probe waited for the whole answer (seconds); between two
     # pieces, it is answered.
     assert waits[0] < 0.75, f"the probe waited {waits[0]:.2f} s"
+
+
+class _EmbeddingAndLabel:
+    """Two outputs per example: a label, then 768 numbers (more than 65,536 values in all
+    from 86 examples on)."""
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return [{"label": "x", "embedding": np.full(768, 0.25, np.float32)} for _ in batch]
+
+
+def test_a_large_v2_answer_of_several_outputs_is_written() -> None:
+    """A small output beside a large one (a label and an embedding) was written whole with
+    its array inside: a 500 ("ndarray is not JSON serializable") from 86 examples on."""
+    from fastapi.testclient import TestClient
+
+    spec = loadonce.ModelSpec(name="m", loader=_EmbeddingAndLabel)
+    with TestClient(loadonce.create_app([spec])) as client:
+        tensor = {"name": "x", "datatype": "INT64", "shape": [100], "data": list(range(100))}
+        answer = client.post("/v2/models/m/infer", json={"inputs": [tensor]})
+    assert answer.status_code == 200, answer.text
+    outputs = {output["name"]: output for output in answer.json()["outputs"]}
+    assert outputs["label"]["data"] == ["x"] * 100
+    assert outputs["embedding"]["shape"] == [100, 768]
+    assert outputs["embedding"]["data"] == [0.25] * 76_800

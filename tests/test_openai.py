@@ -546,6 +546,10 @@ def test_a_text_past_the_models_context_says_so_in_openais_code(client: openai.O
     # of 32 (they were refused untokenized, as "more tokens than this model's context").
     spaced = client.embeddings.create(model="features", input="good" + " " * 300 + "movie")
     assert spaced.usage.prompt_tokens == 4
+    # But characters that are not whitespace count in full: refused untokenized.
+    with pytest.raises(openai.BadRequestError) as dense:
+        client.embeddings.create(model="features", input="good" * 200)
+    assert "characters long" in dense.value.message
 
 
 def test_a_stream_that_fails_midway_is_counted_as_failed(tmp_path: Path) -> None:

@@ -107,6 +107,18 @@ def test_an_answer_that_cannot_be_written_counts_as_a_failure() -> None:
         assert 'outcome="success"' not in metrics
 
 
+def test_zero_dimensional_arrays_holding_nan_are_written() -> None:
+    """``tolist()`` of a 0-d array is its value, not a list: a list of them holding NaN was
+    the server's 500 on the JSON route."""
+    spec = loadonce.ModelSpec(
+        name="m", loader=_answering(lambda: [np.array(np.nan), np.array(1.5)])
+    )
+    with TestClient(loadonce.create_app([spec])) as client:
+        answer = client.post("/models/m/predict", json={"inputs": [1]})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"] == [["NaN", 1.5]]
+
+
 def _itself() -> list[Any]:
     looped: list[Any] = []
     looped.append(looped)

@@ -65,7 +65,8 @@ def _array(value: np.ndarray[Any, Any]) -> Any:
         raise _unwritable("holds complex numbers")
     if kind == "f" and value.dtype.itemsize > 8:  # long double: float64's nearest
         value = value.astype(np.float64)
-    return [_jsonable(item) for item in value.tolist()]
+    listed = value.tolist()  # a 0-d array's is its one value, not a list
+    return [_jsonable(item) for item in listed] if isinstance(listed, list) else _jsonable(listed)
 
 
 def _numpy_scalar(value: np.generic) -> Any:

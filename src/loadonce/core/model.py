@@ -597,13 +597,13 @@ class Model:
                     raise DeadlineExceededError(self.name, deadline_s) from None
             encoded = await encode(Answer(outputs, batcher.version))
         except BaseException as failure:
-            if future.done() and not future.cancelled() and future.exception() is None:
-                # The model answered; what came after failed: counted here, as the batcher
-                # left it to (a failed or cancelled future it counted itself). A client's
-                # mistake seen only in the answer (an output name the model's answers do not
-                # hold) is no failure of the model's.
-                ok = isinstance(failure, InvalidInputError)
-                batcher.count_answer(ok, time.perf_counter() - submitted)
+            # The model answered; what came after failed: counted here, as the batcher left
+            # it to (a failed or cancelled future it counted itself). A client's mistake seen
+            # only in the answer (an output name the model's answers do not hold) is neither
+            # the model's failure nor an answer: not counted.
+            answered = future.done() and not future.cancelled() and future.exception() is None
+            if answered and not isinstance(failure, InvalidInputError):
+                batcher.count_answer(False, time.perf_counter() - submitted)
             raise
         batcher.count_answer(True, time.perf_counter() - submitted)
         if self._sample_answer is None and not passed and self._executor is executor:

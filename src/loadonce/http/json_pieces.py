@@ -31,13 +31,17 @@ def weight(value: Any, depth: int = 0) -> int:
     if isinstance(value, np.ndarray):
         return int(value.size)
     if isinstance(value, list | tuple):
-        return len(value) * weight(value[0], depth + 1) if value else 1
+        if len(value) <= _SUMMED:  # a few outputs: each counted (a small one may come first)
+            return sum(weight(item, depth + 1) for item in value) or 1
+        return len(value) * weight(value[0], depth + 1)
     if isinstance(value, dict):
         return sum(weight(item, depth + 1) for item in value.values()) or 1
     return 1
 
 
 _DEEPEST = 32
+# Up to this many elements, a list's weight is the sum of theirs; past it, from its first.
+_SUMMED = 8
 
 
 def json_in_pieces(
@@ -61,6 +65,9 @@ def _write(
         # (Past that depth, one call: ``convert`` says what cannot be written.)
         out.append(encode(convert(value)))
     elif isinstance(value, dict):
+        # Keys as the text they are written as, the last value of keys that collide (1 and
+        # "1") kept at the first's place, as one call (``to_jsonable``) writes them.
+        value = {str(key): item for key, item in value.items()}
         out.append("{")
         for index, (key, item) in enumerate(value.items()):
             out.append(("," if index else "") + encode(str(key)) + ":")

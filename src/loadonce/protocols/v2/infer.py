@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio.to_thread
-import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 
@@ -286,12 +285,13 @@ def _respond_large(
     (``http/json_pieces.py``), compressed there too. On the loop, a tensor of millions of
     numbers held every other request of the worker for seconds."""
     header["outputs"], buffers = _encode(prediction.tensors, prediction.binary, flat_arrays=True)
-    text = json_in_pieces(header, _HEADER_ENCODER.encode, _json_values)
+    text = json_in_pieces(header, _PIECES_ENCODER.encode)
     return _respond_with(text.encode("utf-8"), buffers, accept_encoding)
 
 
-def _json_values(value: Any) -> Any:
-    return value.tolist() if isinstance(value, np.ndarray) else value
+# The header's encoder, writing a flat array wherever a piece holds one (an output small
+# enough to be written whole beside a large one) as its list.
+_PIECES_ENCODER = json.JSONEncoder(separators=(",", ":"), default=lambda array: array.tolist())
 
 
 def _respond_with(text: bytes, buffers: list[bytes], accept_encoding: str) -> EncodedResponse:

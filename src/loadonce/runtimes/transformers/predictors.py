@@ -24,6 +24,7 @@ from loadonce.runtimes.transformers.parameters import (
 )
 from loadonce.runtimes.transformers.tasks import ServedTask
 from loadonce.runtimes.transformers.text_length import (
+    exceeds,
     longest_token_characters,
     most_characters,
     refuse_if_longer,
@@ -174,7 +175,7 @@ class TextPredictor(Predictor):
         (text_length.py); with truncation, cut well past what the kept tokens span, so the
         tokenizer does not read megabytes it would drop."""
         most = self._most_characters
-        if most is None or len(text) <= most:
+        if most is None or not exceeds(text, most):
             return text
         if self._truncation and getattr(self.tokenizer, "truncation_side", "right") == "right":
             return text[: 2 * most]

@@ -4,12 +4,11 @@ text may cost the model's thread, known without tokenizing it.
 A token stands for at most as many characters as its longest entry in the vocabulary spells
 (a byte-level entry spells one character per byte it stands for; ``##ab`` or ``▁ab`` stand
 for fewer), so a text that fits the context spans at most ``context x longest`` characters,
-but for what its tokenizer drops or merges: whitespace and control characters a normalizer
-removes, a word too long for WordPiece read as one unknown token. The bound leaves room for
-those (``_ROOM`` times as many characters): "good", 300 spaces, "movie" is four tokens, and
-was refused as more than a context of 32. Tokenizing a prompt of 20 MB took 18 s on the
-model's thread, and every other stream of that model waited, only to refuse it at the end;
-a text past the bound is refused (or, with truncation, cut) before the tokenizer sees it.
+besides the whitespace its tokenizer drops: those are not counted ("good", 300 spaces, "movie"
+is four tokens, and was refused as more than a context of 32), up to ``_ROOM`` times the bound
+in all (the tokenizer reads them too). Tokenizing a prompt of 20 MB took 18 s on the model's
+thread, and every other stream of that model waited, only to refuse it at the end; a text past
+the bound is refused (or, with truncation, cut) before the tokenizer sees it.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from loadonce.core.errors import ContextLengthError
 
 # When the vocabulary cannot be read: a bound that still refuses megabytes at once.
 _UNKNOWN_LONGEST = 64
-# Room for the characters a tokenizer drops or merges, beyond what its tokens spell.
+# Whitespace and all, a text may have this many times the bound's characters.
 _ROOM = 8
 
 
@@ -34,15 +33,27 @@ def longest_token_characters(tokenizer: Any) -> int:
 
 
 def most_characters(context: int | None, longest_token: int) -> int | None:
-    """The most characters a text may have before it is tokenized (None: no bound)."""
-    return None if context is None else context * longest_token * _ROOM
+    """The most characters, whitespace aside, a text fitting ``context`` tokens can have
+    (None: no bound)."""
+    return None if context is None else context * longest_token
+
+
+def exceeds(text: str, most: int | None) -> bool:
+    """Whether ``text`` cannot fit: more characters than ``most`` besides its whitespace, or
+    more than ``_ROOM`` times ``most`` in all. Counted in C (``str.count``), never a copy."""
+    if most is None or len(text) <= most:
+        return False
+    if len(text) > most * _ROOM:
+        return True
+    whitespace = sum(text.count(space) for space in " \n\t\r")
+    return len(text) - whitespace > most
 
 
 def refuse_if_longer(text: str, most: int | None, context: int | None, what: str) -> None:
     """A ContextLengthError for a text that cannot fit, said without tokenizing it."""
-    if most is not None and len(text) > most:
+    if exceeds(text, most):
         raise ContextLengthError(
-            f"{what} is {len(text)} characters long: more than this model reads ({most} "
-            f"characters, room enough for its context of {context} tokens, none of them longer "
-            f"than {most // _ROOM // (context or 1)} characters)"
+            f"{what} is {len(text)} characters long: more than this model reads (its context "
+            f"of {context} tokens, none longer than {(most or 0) // (context or 1)} characters, "
+            "spans at most that, whitespace aside)"
         )
