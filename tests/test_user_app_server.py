@@ -77,41 +77,36 @@ def test_a_config_file_names_an_app_factory_beside_it(
         assert httpx.get(f"{server.url}/readyz").json()["models"] == {"doubler": "ready"}
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_a_loader_that_raises_stops_startup_with_one_line(project: Path, workers: str) -> None:
+def _startup_failure(project: Path, workers: str, env: dict[str, str]) -> list[str]:
+    """The ERROR lines of a startup that must fail with status 3, without a traceback."""
     port = free_port()
     finished = run_cli(
         project,
         *("serve", "my_service:app", "--workers", workers, "--port", str(port)),
         cwd=project,
-        env={"MY_SERVICE_BROKEN": "1"},
+        env=env,
     )
     assert finished.returncode == 3, finished.stderr
-    failures = [line for line in finished.stderr.splitlines() if line.startswith("ERROR")]
-    assert failures == [
+    assert "Traceback" not in finished.stderr
+    return [line for line in finished.stderr.splitlines() if line.startswith("ERROR")]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_loader_that_raises_stops_startup_with_one_line(project: Path, workers: str) -> None:
+    assert _startup_failure(project, workers, {"MY_SERVICE_BROKEN": "1"}) == [
         "ERROR:    [loadonce] startup failed: model 'doubler' failed to load from "
         "my_service:load_doubler: RuntimeError: the weights are corrupt"
-    ], finished.stderr
-    assert "Traceback" not in finished.stderr
+    ]
 
 
 def test_the_apps_own_failing_startup_is_said_as_such_with_two_workers(project: Path) -> None:
     """The memory plan starts the app as a worker would: a failure of the user's own
     lifespan there was blamed on the models ("a model's library crashed (a damaged or
     truncated artifact?)"), under a multiprocessing traceback."""
-    port = free_port()
-    finished = run_cli(
-        project,
-        *("serve", "my_service:app", "--workers", "2", "--port", str(port)),
-        cwd=project,
-        env={"MY_SERVICE_DATABASE_DOWN": "1"},
-    )
-    assert finished.returncode == 3, finished.stderr
-    failures = [line for line in finished.stderr.splitlines() if line.startswith("ERROR")]
-    assert failures == [
+    assert _startup_failure(project, "2", {"MY_SERVICE_DATABASE_DOWN": "1"}) == [
         "ERROR:    [loadonce] startup failed: the app's startup failed: RuntimeError: "
         "database unreachable"
-    ], finished.stderr
+    ]
 
 
 def test_the_plan_reads_the_models_from_the_apps_lifespan_and_predicts_the_pss(

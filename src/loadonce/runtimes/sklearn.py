@@ -493,6 +493,17 @@ class SklearnRuntime(Runtime):
             estimator = _load_skops(path, spec)
         else:
             estimator = _load_pickle(path, spec)
+            if mapped_array_bytes(estimator) and _needs_writable_arrays(estimator):
+                # libsvm's predict_proba takes only writable arrays ("buffer source array is
+                # read-only"): every request for an SVC's probabilities failed on the mapped
+                # file. Its arrays (support vectors) are this worker's own copy instead.
+                logger.info(
+                    "model '%s': %s computes only from writable arrays: each worker loads its "
+                    "own copy",
+                    spec.name,
+                    type(estimator).__name__,
+                )
+                estimator = _load_pickle(path, spec, mapped=False)
         signature = _signature_of(estimator)
         columns = named_columns(estimator, spec.options.get("columns", {}))
         method = str(spec.options.get("method", "predict"))
@@ -506,23 +517,6 @@ class SklearnRuntime(Runtime):
             columns=columns,
             tree_by_tree=tree_by_tree,
         )
-        if mapped_array_bytes(estimator) and _needs_writable_arrays(estimator):
-            # libsvm's predict_proba takes only writable arrays ("buffer source array is
-            # read-only"): every request for an SVC's probabilities failed on the mapped file.
-            # Its arrays (support vectors) are this worker's own copy instead.
-            logger.info(
-                "model '%s': %s computes only from writable arrays: each worker loads its own copy",
-                spec.name,
-                type(estimator).__name__,
-            )
-            estimator = _load_pickle(path, spec, mapped=False)
-            predictor = EstimatorPredictor(
-                estimator,
-                method=method,
-                signature=signature,
-                columns=columns,
-                tree_by_tree=tree_by_tree,
-            )
         forest = forest_in(estimator)
         if predictor.tree_by_tree and not runs_one_job(forest):
             logger.info(
