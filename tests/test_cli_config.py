@@ -122,6 +122,7 @@ def _serve_expecting_usage_error(args: list[str], tmp_path: Path) -> str:
             "[server]: api_keys: an API key must be at least 16",
         ),
         ('[server]\napi_keys = " , "', '[[models]]\nname = "a"\nloader = "x:y"', "is empty"),
+        ("[server]\nadmin_api_keys = []", '[[models]]\nname = "a"\nloader = "x:y"', "is empty"),
         # Taken silently before: a proxy's every request, or every reload, then refused.
         (
             '[server]\nallowed_hosts = [""]',

@@ -120,13 +120,14 @@ class ServerOptions(BaseModel):
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         """A config file may give these as one comma-separated string, as the environment
-        does (the docs said "comma-separated": a string was "not a valid list")."""
-        if not isinstance(value, str):
-            return value
-        items = [item.strip() for item in value.split(",") if item.strip()]
-        if not items:  # never an open server by mistake
+        does (the docs said "comma-separated": a string was "not a valid list"). Written but
+        empty (``""``, ``[]``) is a mistake, as it is in the environment: never an open
+        server by mistake."""
+        if isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, list) and not value:
             raise ValueError("is empty: list at least one, or leave it out")
-        return items
+        return value
 
     @field_validator("api_keys", "admin_api_keys")
     @classmethod
