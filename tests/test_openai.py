@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from transformers import BertConfig, BertModel, BertTokenizer
 
 import loadonce
+from loadonce.core.errors import NewTokensLimitError
 from loadonce.core.generation import GenerationRequest, IteratorEngine
 from tests.servers import ThreadedServer, wait_until
 
@@ -69,7 +70,7 @@ class Chat(Echo):
 class _MessagesEngine(IteratorEngine):
     def check(self, request: GenerationRequest) -> None:
         if request.max_new_tokens is not None and request.max_new_tokens > 64:
-            raise loadonce.InvalidInputError("max_tokens must be at most 64")
+            raise NewTokensLimitError("max_tokens must be at most 64")  # as the engines say it
 
 
 class FailsMidway(Echo):
@@ -446,6 +447,16 @@ def test_chat_messages_are_checked(
     response = local.post("/v1/chat/completions", json={"model": "chat", "messages": messages})
     assert response.status_code == 400
     assert response.json()["error"]["param"] == param
+
+
+def test_a_limit_over_the_cap_is_named_as_the_client_sent_it(local: TestClient) -> None:
+    """The chat route takes max_tokens' new name: its error named max_tokens, a field the
+    client never sent."""
+    for field in ("max_tokens", "max_completion_tokens"):
+        body = {"model": "chat", "messages": [{"role": "user", "content": "x"}], field: 100_000}
+        response = local.post("/v1/chat/completions", json=body)
+        assert response.status_code == 400
+        assert response.json()["error"]["param"] == field
 
 
 def test_a_prompt_list_of_one_and_the_developer_role_are_taken(local: TestClient) -> None:

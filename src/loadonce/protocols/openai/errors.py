@@ -18,7 +18,16 @@ from loadonce.http.errors import openai_error, status_and_message
 from loadonce.http.routes import LoadonceRoute
 from loadonce.http.streaming import server_sent_event
 
-__all__ = ["OpenAIRoute", "UnsupportedError", "error_event", "openai_error_for"]
+__all__ = [
+    "TOKENS_FIELD_SCOPE_KEY",
+    "OpenAIRoute",
+    "UnsupportedError",
+    "error_event",
+    "openai_error_for",
+]
+
+# The name the client gave the limit of new tokens (max_tokens, or max_completion_tokens).
+TOKENS_FIELD_SCOPE_KEY = "loadonce.openai_tokens_field"
 
 
 class UnsupportedError(InvalidInputError):
@@ -44,7 +53,8 @@ def openai_error_for(exc: Exception, request: Request, request_id: str) -> Respo
     elif isinstance(exc, ModelNotFoundError):
         param, code = "model", "model_not_found"
     elif isinstance(exc, NewTokensLimitError):
-        param = "max_tokens"
+        # The field the client sent: max_tokens, or its new name on /v1/chat/completions.
+        param = request.scope.get(TOKENS_FIELD_SCOPE_KEY, "max_tokens")
     elif isinstance(exc, ContextLengthError):
         # OpenAI's words: what LangChain and others look for to shorten and retry.
         param, code = _text_field(request), "context_length_exceeded"

@@ -32,7 +32,7 @@ from loadonce.http.streaming import (
     server_sent_event,
 )
 from loadonce.protocols.generation import collect
-from loadonce.protocols.openai.errors import UnsupportedError, error_event
+from loadonce.protocols.openai.errors import TOKENS_FIELD_SCOPE_KEY, UnsupportedError, error_event
 from loadonce.protocols.openai.schemas import (
     ChatRequest,
     CompletionRequest,
@@ -105,6 +105,7 @@ async def answer_chat(request: Request) -> Response:
                 "max_completion_tokens", "and max_tokens differ: send one of them"
             )
         body.max_tokens = body.max_completion_tokens
+        request.scope[TOKENS_FIELD_SCOPE_KEY] = "max_completion_tokens"  # what errors name
     asked = GenerationRequest(messages=chat_messages(body.messages), **_sampling(body))
     return await _answer(request, body, asked, _Chat())
 
