@@ -51,10 +51,15 @@ from loadonce.protocols.grpc.messages import (
     fill_from_json,
     method_types,
 )
-from loadonce.protocols.grpc.tensors import decode_grpc_inputs, encode_grpc_outputs
+from loadonce.protocols.grpc.tensors import (
+    decode_grpc_inputs,
+    encode_grpc_outputs,
+    inputs_described,
+)
 from loadonce.protocols.v2.config_load import BatchingChange
 from loadonce.protocols.v2.described import described_inputs, described_outputs
 from loadonce.protocols.v2.errors import find_model, model_to_load
+from loadonce.protocols.v2.examples import check_before_decoding
 from loadonce.protocols.v2.infer import Prediction, predict
 from loadonce.protocols.v2.model_config import model_config
 from loadonce.protocols.v2.repository import apply_control, index_entry, load_batching
@@ -241,6 +246,7 @@ class InferenceService:
         model.refuse_if_full()
         limits = self.state.limits
         with phase("decode tensors"):
+            check_before_decoding(model, inputs_described(request))
             arrays, datatypes = decode_grpc_inputs(
                 request, max_element_bytes=limits.max_element_bytes
             )

@@ -88,6 +88,11 @@ def decode_grpc_inputs(
     return arrays, datatypes
 
 
+def inputs_described(request: Any) -> list[RequestInput]:
+    """The request's inputs as described (names, datatypes, shapes), without their data."""
+    return [_described(tensor) for tensor in request.inputs]
+
+
 def _described(tensor: Any) -> RequestInput:
     shape = list(tensor.shape)
     if any(dim < 0 for dim in shape):

@@ -17,6 +17,8 @@ import numpy.typing as npt
 from loadonce.core.errors import InvalidInputError
 from loadonce.core.model import Model
 from loadonce.protocols.v2.datatypes import BYTES, datatype_of_declared
+from loadonce.protocols.v2.schemas import RequestInput
+from loadonce.protocols.v2.tensors import check_shape, dtype_of
 from loadonce.runtimes import TensorInfo
 
 
@@ -30,7 +32,8 @@ def examples_from_tensors(
 ) -> list[Any]:
     declared = list(model.inputs)
     if declared:
-        _check_against(declared, arrays, datatypes)
+        shapes = {name: tuple(array.shape) for name, array in arrays.items()}
+        check_declared_inputs(model, shapes, datatypes)
     batch = _batch_size(arrays)
     # Before a row is built: a tensor of shape [N, 0] carries no data, so its N comes from
     # nothing the body's bytes back (N empty rows were built, 1 GB for N = 6 million).
@@ -49,14 +52,29 @@ def examples_from_tensors(
     return [{name: rows[i] for name, rows in columns.items()} for i in range(batch)]
 
 
-def _check_against(
-    declared: list[TensorInfo],
-    arrays: Mapping[str, npt.NDArray[Any]],
-    datatypes: Mapping[str, str],
+def check_before_decoding(model: Model, inputs: Sequence[RequestInput]) -> None:
+    """Each input's shape (one NumPy can hold), and the inputs against the model's declared
+    ones, from the request's description of them, before any data is read."""
+    for tensor in inputs:
+        check_shape(tensor)
+        dtype_of(tensor)  # refuses an unknown datatype, as such
+    shapes = {tensor.name: tuple(tensor.shape) for tensor in inputs}
+    check_declared_inputs(model, shapes, {tensor.name: tensor.datatype for tensor in inputs})
+
+
+def check_declared_inputs(
+    model: Model, shapes: Mapping[str, tuple[int, ...]], datatypes: Mapping[str, str]
 ) -> None:
+    """The request's inputs against those the model declares (if it does): their names,
+    datatypes and fixed dimensions. Called before the data is decoded too, from the
+    request's shapes: converting a tensor of 30 million numbers held the GIL for seconds,
+    only for a tensor the model could never take."""
+    declared = list(model.inputs)
+    if not declared:
+        return
     names = [t.name for t in declared]
-    missing = [n for n in names if n not in arrays]
-    unknown = [n for n in arrays if n not in names]
+    missing = [n for n in names if n not in shapes]
+    unknown = [n for n in shapes if n not in names]
     if missing or unknown:
         problems = [f"missing input '{n}'" for n in missing]
         problems += [f"unknown input '{n}'" for n in unknown]
@@ -68,7 +86,7 @@ def _check_against(
             raise InvalidInputError(
                 f"input '{tensor.name}' is {got}, but the model takes {expected}"
             )
-        _check_shape(tensor, arrays[tensor.name].shape)
+        _check_shape(tensor, shapes[tensor.name])
 
 
 def _check_shape(tensor: TensorInfo, shape: tuple[int, ...]) -> None:

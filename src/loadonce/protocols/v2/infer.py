@@ -19,7 +19,7 @@ from loadonce.core.model import Answer, Model
 from loadonce.http.json_pieces import ON_THE_LOOP_ELEMENTS, json_in_pieces
 from loadonce.protocols.v2.body import HEADER_LENGTH, SplitBody
 from loadonce.protocols.v2.datatypes import BYTES
-from loadonce.protocols.v2.examples import examples_from_tensors
+from loadonce.protocols.v2.examples import check_before_decoding, examples_from_tensors
 from loadonce.protocols.v2.outputs import OutputTensor, output_tensors
 from loadonce.protocols.v2.schemas import InferenceRequest, RequestOutput
 from loadonce.protocols.v2.tensors import BINARY_SIZE, decode_inputs
@@ -180,6 +180,7 @@ async def infer(
     arrived: float | None = None,
 ) -> EncodedResponse:
     with phase("decode tensors"):
+        check_before_decoding(model, request.inputs)
         arrays = decode_inputs(request.inputs, body, max_element_bytes=max_element_bytes)
     datatypes = {tensor.name: tensor.datatype for tensor in request.inputs}
 
