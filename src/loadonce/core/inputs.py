@@ -133,8 +133,8 @@ def as_typed_batch(
     # example held the event loop 2.5 s, only to be refused). (A short one is converted:
     # a ragged batch is said as such.)
     first = signature.shape[0] if signature.shape else None
-    for example in examples:
-        if first is None or type(example) is not list or len(example) <= _CONVERTED_AT_ONCE:
+    for example in examples if first is not None else ():
+        if type(example) is not list or len(example) <= _CONVERTED_AT_ONCE:
             continue
         if len(example) != first:
             shape = ", ".join(map(str, _list_shape(example)))

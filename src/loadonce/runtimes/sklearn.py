@@ -133,8 +133,11 @@ class EstimatorPredictor(Predictor):
                         f"column '{tensor.name}': {type(self.estimator).__name__} does not "
                         "accept NaN or infinity; send finite numbers"
                     )
-                if values.dtype.kind == "O" and any(v is None or v != v for v in values):
-                    raise InvalidInputError(  # a null made NaN for the columns that take it
+                # A null reaches a text column as NaN only when some column takes it (else it
+                # was refused as not text): only then is each value looked at.
+                nulls_made_nan = bool(self._nan_columns) and values.dtype.kind == "O"
+                if nulls_made_nan and any(v is None or v != v for v in values):
+                    raise InvalidInputError(
                         f"column '{tensor.name}': {type(self.estimator).__name__} does not "
                         "accept a missing value (null) here"
                     )

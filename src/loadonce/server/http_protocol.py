@@ -288,8 +288,8 @@ async def _past_max_connections(scope: Scope, receive: Receive, send: Send) -> N
     request_id = request_id_from(scope["headers"])
     scope[REQUEST_ID_SCOPE_KEY] = request_id
     headers = {"Retry-After": "1", "Connection": "close"}
+    # Its X-Request-ID header is the error's own (``raw_error_response``, from the scope).
     answer = raw_error_response(503, _PAST_MAX_CONNECTIONS, scope, headers)
-    answer.headers["X-Request-ID"] = request_id
     await answer(scope, receive, send)
     if access_logger.isEnabledFor(logging.INFO):
         write_request_line(scope["method"], scope["path"], 503, 0.0, request_id)
