@@ -17,14 +17,12 @@ from __future__ import annotations
 import functools
 from urllib.parse import urlsplit
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from loadonce.http.access_keys import RouteFamily
 from loadonce.http.allowed_hosts import host_allowed
-from loadonce.http.errors import raw_error_response
 from loadonce.http.loopback import is_loopback_host
 from loadonce.http.route_families import family_in
-from loadonce.http.state import LoadonceState
 
 _HOST = b"host"
 _ORIGIN = b"origin"
@@ -90,20 +88,3 @@ def _is_loopback_header(host: bytes) -> bool:
     # Cached: every request carries one of a few Host values (a client varying it only
     # evicts entries).
     return is_loopback_host(_hostname(host.decode("latin-1")))
-
-
-class BrowserGuardMiddleware:
-    """Answers 403 to a request that a web page of another site sent to a control route, and
-    to any request naming a non-loopback host while the server listens on loopback."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            state = LoadonceState.in_scope(scope)
-            why = refusal(scope, () if state is None else state.allowed_hosts)
-            if why is not None:
-                await raw_error_response(403, why, scope)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)

@@ -25,7 +25,7 @@ from loadonce.core.spec import ModelSpec
 from loadonce.http.access_keys import AccessKeys
 from loadonce.http.allowed_hosts import check_allowed_hosts
 from loadonce.http.dependencies import mounted_apps, undeclared_model_dependencies
-from loadonce.http.request_log import RequestLogMiddleware
+from loadonce.http.middleware import middleware_installed
 from loadonce.http.state import LoadonceState
 from loadonce.http.visible_logs import make_visible
 from loadonce.tracing import TracingOptions, check_tracing, start_tracing
@@ -180,11 +180,7 @@ def _settings_without_their_middleware(app: Any, settings: LifespanSettings) -> 
         )
         if value
     ]
-    installed = any(
-        getattr(entry, "cls", None) is RequestLogMiddleware
-        for entry in getattr(app, "user_middleware", [])
-    )
-    return [] if installed else given
+    return [] if middleware_installed(app) else given
 
 
 def lifespan(

@@ -1,26 +1,86 @@
-"""loadonce's middlewares, in their order: the same stack for ``create_app``'s app and for a
-user's own app (``install_middleware``). Each reads its settings from the app's
-``LoadonceState`` (made by ``lifespan()``), so there is one place to configure them."""
+"""loadonce's middlewares: the same stack for ``create_app``'s app and for a user's own app
+(``install_middleware``). Each reads its settings from the app's ``LoadonceState`` (made by
+``lifespan()``), so there is one place to configure them.
+
+Two ASGI layers, not one per check: ``LoadonceMiddleware`` in front (the request's id and log
+line, then the checks that refuse a request before any route runs, each a function of its own
+module) and ``InferenceMiddleware`` innermost. Each layer costs the event loop a coroutine and
+a wrapped ``send`` per request, and at 64 connections on a tiny model the loop is the server's
+throughput (docs/benchmarks.md).
+"""
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import FastAPI
 from starlette.middleware import Middleware
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loadonce.core.errors import LoadonceError
-from loadonce.http.access import AccessMiddleware
-from loadonce.http.body_limit import BodyLimitMiddleware
-from loadonce.http.browser_guard import BrowserGuardMiddleware
-from loadonce.http.errors import answer_loadonce_error
+from loadonce.http.access import access_refusal
+from loadonce.http.body_limit import counting, declared_too_large
+from loadonce.http.browser_guard import refusal as browser_refusal
+from loadonce.http.errors import answer_loadonce_error, raw_error_response
 from loadonce.http.inference_middleware import InferenceMiddleware
-from loadonce.http.request_log import RequestLogMiddleware
+from loadonce.http.request_log import RequestLog
+from loadonce.http.state import LoadonceState
+
+
+def refusal_before_routes(scope: Scope, state: LoadonceState | None) -> Response | None:
+    """The answer refusing an HTTP request before any route runs, or None, in this order: the
+    browser guard (DNS rebinding, cross-site requests to control routes: 403), API keys
+    (``access``, before the body is read: 401/403), a declared body over
+    ``limits.max_body_bytes`` (413)."""
+    why = browser_refusal(scope, () if state is None else state.allowed_hosts)
+    if why is not None:
+        return raw_error_response(403, why, scope)
+    if state is None:
+        return None
+    if state.access is not None:
+        refused = access_refusal(scope, state.access)
+        if refused is not None:
+            return refused
+    limit = state.limits.max_body_bytes
+    return None if limit is None else declared_too_large(scope, limit)
+
+
+class LoadonceMiddleware:
+    """In front of every HTTP request: its id and log line (``request_log.py``, every answer
+    carries X-Request-ID, refusals too), ``refusal_before_routes``, and a body sent without a
+    length counted against the limit as it arrives."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = LoadonceState.in_scope(scope)
+        log = RequestLog(scope, state, send)
+        try:
+            refused = refusal_before_routes(scope, state)
+            if refused is not None:
+                await refused(scope, receive, log.send)
+                return
+            limit = None if state is None else state.limits.max_body_bytes
+            if limit is not None:
+                receive = counting(receive, limit)
+            await self.app(scope, receive, log.send)
+        except asyncio.CancelledError:
+            if not await log.answer_drain_end(scope, receive, state):
+                raise
+        finally:
+            log.end(scope)
 
 
 def install_middleware(app: FastAPI) -> None:
-    """Add loadonce's middlewares to ``app``, outermost first: the request id and log line
-    (every answer carries X-Request-ID, refusals too), the browser guard (DNS rebinding,
-    cross-site requests to control routes), API keys (``access``: before the body is read),
-    the body size limit (``limits.max_body_bytes``), and the inference routes answered before
+    """Add loadonce's middlewares to ``app``: in front, the request id and log line (every
+    answer carries X-Request-ID, refusals too), the browser guard (DNS rebinding, cross-site
+    requests to control routes), API keys (``access``: before the body is read) and the body
+    size limit (``limits.max_body_bytes``); innermost, the inference routes answered before
     FastAPI's routing; and the handler that answers loadonce's errors raised in your own
     routes (a full queue: 503 with Retry-After, a deadline: 504, inputs that do not fit: 400)
     as loadonce's routes do. Call it once, after ``FastAPI(lifespan=loadonce.lifespan(...))``;
@@ -30,16 +90,14 @@ def install_middleware(app: FastAPI) -> None:
     # stands for: a middleware of the user's added before this call ran inside it, and was
     # skipped for every inference route (their auth, if it was one).
     app.user_middleware.append(Middleware(InferenceMiddleware))
-    app.add_middleware(BodyLimitMiddleware)
-    app.add_middleware(AccessMiddleware)
-    app.add_middleware(BrowserGuardMiddleware)
-    app.add_middleware(RequestLogMiddleware)
+    app.add_middleware(LoadonceMiddleware)
     # loadonce's errors from the user's own routes (``await model.predict(...)``) answered
     # as loadonce's routes answer them; a handler of the user's own, added after, wins.
     if LoadonceError not in app.exception_handlers:
         app.add_exception_handler(LoadonceError, answer_loadonce_error)
 
 
-def middleware_installed(app: FastAPI) -> bool:
+def middleware_installed(app: object) -> bool:
     """Whether ``install_middleware`` ran on ``app`` already."""
-    return any(getattr(entry, "cls", None) is RequestLogMiddleware for entry in app.user_middleware)
+    entries = getattr(app, "user_middleware", [])
+    return any(getattr(entry, "cls", None) is LoadonceMiddleware for entry in entries)

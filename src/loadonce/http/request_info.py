@@ -15,7 +15,7 @@ from starlette.types import Scope
 from loadonce.core.errors import InvalidRequestError
 
 REQUEST_ID_HEADER = "X-Request-ID"
-# Where RequestLogMiddleware keeps the id it chose, so every part of the answer uses it.
+# Where LoadonceMiddleware keeps the id it chose, so every part of the answer uses it.
 REQUEST_ID_SCOPE_KEY = "loadonce.request_id"
 # The status the server's HTTP protocol answered a request with itself, once its route ran
 # (a bad chunk in its body): what the request's log line says the client got.

@@ -1,8 +1,8 @@
 """One log line per request, under the request's id (X-Request-ID, or a new one).
 
-The id is chosen here, before any route runs, and kept in the ASGI scope: the routes' error
-bodies, the response's X-Request-ID header and this line all carry the same id, so a client
-report leads to the server log's line.
+The id is chosen before any route runs (``LoadonceMiddleware``, ``middleware.py``) and kept in
+the ASGI scope: the routes' error bodies, the response's X-Request-ID header and this line all
+carry the same id, so a client report leads to the server log's line.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from loadonce.http.errors import raw_error_response
 from loadonce.http.request_info import (
@@ -24,6 +25,9 @@ from loadonce.http.request_info import (
 from loadonce.http.request_line import access_logger, write_request_line
 from loadonce.http.state import LoadonceState
 
+if TYPE_CHECKING:
+    from loadonce.tracing.otel import RequestSpan
+
 # The request id on the request's span (as in docs/tracing.md).
 REQUEST_ID_ATTRIBUTE = "loadonce.request_id"
 _HEADER = REQUEST_ID_HEADER.lower().encode("latin-1")
@@ -34,25 +38,25 @@ _DRAIN_ENDED = (
 )
 
 
-class RequestLogMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+class RequestLog:
+    """A request's id, its answer's status, its log line and (traced) its span. ``send`` is
+    the request's ``send`` with X-Request-ID added to the answer's head."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    __slots__ = ("_send", "answered", "request_id", "started", "status", "traced")
+
+    def __init__(self, scope: Scope, state: LoadonceState | None, send: Send) -> None:
         # Chosen already when the server's HTTP protocol answered the request itself.
         chosen = scope.get(REQUEST_ID_SCOPE_KEY)
         request_id = chosen if isinstance(chosen, str) else request_id_from(scope["headers"])
-        scope[REQUEST_ID_SCOPE_KEY] = request_id
+        scope[REQUEST_ID_SCOPE_KEY] = self.request_id = request_id
         # Stamped earlier by loadonce serve's HTTP protocol (when the head was read), if so.
         if ARRIVED_SCOPE_KEY not in scope:
             scope[ARRIVED_SCOPE_KEY] = asyncio.get_running_loop().time()
-        started = time.perf_counter()
-        status = 500  # if the app fails before it answers, uvicorn answers 500
-        state = LoadonceState.in_scope(scope)
-        traced = None
+        self.started = time.perf_counter()
+        self.status = 500  # if the app fails before it answers, uvicorn answers 500
+        self.answered = False
+        self._send = send
+        self.traced: RequestSpan | None = None
         if state is not None and state.tracing is not None:
             # Sampled out: None, and nothing more is done for the request's tracing.
             traced = state.tracing.start_request(scope["method"], scope["headers"])
@@ -65,35 +69,38 @@ class RequestLogMiddleware:
                     }
                 )
                 traced.enter()
+                self.traced = traced
 
-        answered = False
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status, self.answered = message["status"], True
+            headers = list(message.get("headers", []))
+            if not any(name.lower() == _HEADER for name, _ in headers):
+                headers.append((_HEADER, self.request_id.encode("latin-1")))
+                message = {**message, "headers": headers}
+        await self._send(message)
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, answered
-            if message["type"] == "http.response.start":
-                status, answered = message["status"], True
-                headers = list(message.get("headers", []))
-                if not any(name.lower() == _HEADER for name, _ in headers):
-                    headers.append((_HEADER, request_id.encode("latin-1")))
-                    message = {**message, "headers": headers}
-            await send(message)
+    async def answer_drain_end(
+        self, scope: Scope, receive: Receive, state: LoadonceState | None
+    ) -> bool:
+        """After the request's task was cancelled: when the server's drain ended with this
+        request unanswered (uvicorn cancels it, and would log the cancellation's traceback
+        and answer 500), answer 503, the server leaving said as such, and say True; else
+        False (the cancellation goes on)."""
+        if self.answered or state is None or not state.registry.draining:
+            return False
+        leaving = raw_error_response(503, _DRAIN_ENDED, scope, {"Retry-After": "1"})
+        await leaving(scope, receive, self.send)
+        return True
 
-        try:
-            await self.app(scope, receive, send_with_id)
-        except asyncio.CancelledError:
-            # The server's drain ended with this request still running (drain_timeout_s):
-            # uvicorn cancels it, and would log the cancellation's traceback and answer 500.
-            # It is the server leaving, said as such: 503, and the task ends normally.
-            if answered or state is None or not state.registry.draining:
-                raise
-            leaving = raw_error_response(503, _DRAIN_ENDED, scope, {"Retry-After": "1"})
-            await leaving(scope, receive, send_with_id)
-        finally:
-            # Answered by the server's HTTP protocol itself (a bad chunk in the body), whatever
-            # the route then saw (its client gone).
-            status = scope.get(REFUSED_SCOPE_KEY, status)
-            if access_logger.isEnabledFor(logging.INFO):
-                milliseconds = (time.perf_counter() - started) * 1000
-                write_request_line(scope["method"], scope["path"], status, milliseconds, request_id)
-            if traced is not None:  # after the access line, which carries its ids
-                traced.finish(status)
+    def end(self, scope: Scope) -> None:
+        """The request's log line, then its span's end."""
+        # Answered by the server's HTTP protocol itself (a bad chunk in the body), whatever
+        # the route then saw (its client gone).
+        status = scope.get(REFUSED_SCOPE_KEY, self.status)
+        if access_logger.isEnabledFor(logging.INFO):
+            milliseconds = (time.perf_counter() - self.started) * 1000
+            method, path = scope["method"], scope["path"]
+            write_request_line(method, path, status, milliseconds, self.request_id)
+        if self.traced is not None:  # after the access line, which carries its ids
+            self.traced.finish(status)
