@@ -290,3 +290,68 @@ def test_a_refused_heads_line_leaves_its_query_out(server: CliServer) -> None:
     assert answer.startswith(b"HTTP/1.1 431"), answer
     _refusal_logged(server, answer, 431)
     assert "SECRET123" not in server.log()
+
+
+def _chunked_head(request_id: bytes) -> bytes:
+    return (
+        b"POST /models/echo/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: "
+        + request_id
+        + b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+
+
+def _send_in_pieces(sock: socket.socket, data: bytes) -> None:
+    """Sends ``data``, stopping quietly where the server closed the connection."""
+    with contextlib.suppress(OSError):
+        for start in range(0, len(data), 65536):
+            sock.sendall(data[start : start + 65536])
+
+
+def test_trailer_fields_after_a_chunked_body_are_bounded_like_a_head(server: CliServer) -> None:
+    """Trailer lines after the last chunk were read without bound (100 MiB of them: 2.4 GB
+    more resident memory, the loop held 10 s); past a head's size they are refused."""
+    body = b'{"inputs": [1]}'
+    last_chunk = b"%x\r\n%s\r\n0\r\n" % (len(body), body)
+    # 600 KB in one field, and in many small ones: past 64 KiB, under any body limit.
+    for trailers, why in (
+        (b"a: " + b"b" * 600_000 + b"\r\n", b"trailer fields or chunk extensions are too large"),
+        (b"a: b\r\n" * 100_000, b"too many trailer fields"),
+    ):
+        with _connect(server) as sock:
+            _send_in_pieces(sock, _chunked_head(b"trailers-1") + last_chunk + trailers)
+            answer = _answer(sock)
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+        assert why in answer
+    _wait_until_served(server)
+
+
+def test_chunk_extensions_without_end_are_refused(server: CliServer) -> None:
+    """A chunk's size line that never ends (an extension going on) kept the body's timer
+    going as long as bytes came (the class of CVE-2024-22019)."""
+    with _connect(server) as sock:
+        _send_in_pieces(sock, _chunked_head(b"extensions-1") + b"1;" + b"x" * 300_000)
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    _wait_until_served(server)
+
+
+def test_a_few_trailer_fields_are_accepted_and_never_become_headers(server: CliServer) -> None:
+    """A trailer is not merged into the request's headers: its route read them since the
+    head (a trailing X-Request-Timeout would otherwise give this request a deadline it
+    cannot meet)."""
+    body = b'{"inputs": [7]}'
+    chunks = b"".join(b"1;name=value\r\n%s\r\n" % body[i : i + 1] for i in range(len(body)))
+    with _connect(server) as sock:
+        sock.sendall(
+            _chunked_head(b"trailers-2")
+            + chunks
+            + b"0\r\nX-Request-Timeout: 0.000001\r\nX-Checksum: abc\r\n\r\n"
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            answer += piece
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["outputs"][0]["echo"] == 7

@@ -97,6 +97,11 @@ class _GatheredWrites:
 _HEAD_TOO_LARGE = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
 
 
+# A chunk's size line and the line end after its data, with room for a short extension.
+_CHUNK_FRAMING_BYTES = 32
+_FRAMING_TOO_LARGE = "the chunked body's trailer fields or chunk extensions are too large"
+
+
 class _RefusedHeadError(Exception):
     """Raised from the parser's callback; the parser reports it as a parse error."""
 
@@ -120,6 +125,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._received_at = 0.0
         self._body_started = 0.0
         self._body_bytes = 0
+        # A chunked body's data, chunks and trailer fields: what is read besides the data
+        # (chunk sizes and extensions, trailer fields) is bounded as a head is.
+        self._payload_bytes = 0
+        self._chunks = 0
+        self._trailer_fields = 0
         self._timer: asyncio.TimerHandle | None = None
 
     def _arm(self, seconds: float, status: HTTPStatus | None) -> None:
@@ -202,6 +212,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         elif self._in_body:
             # Each piece restarts the pause's limit, within what the body as a whole is given.
             self._body_bytes += len(data)
+            if self._framing_over_the_limit():
+                self._refusal = (_HEAD_TOO_LARGE, _FRAMING_TOO_LARGE)
+                self._disarm()
+                self._refuse(*self._refusal)
+                return
             whole = self.body_timeout_s + self._body_bytes / self.min_body_rate
             left = self._body_started + whole - self._received_at
             self._arm(min(self.body_timeout_s, left), None)
@@ -233,6 +248,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             raise _RefusedHeadError
         self._in_head, self._in_body = False, True
         self._body_started, self._body_bytes = self._received_at, 0
+        self._payload_bytes = self._chunks = self._trailer_fields = 0
         if self._timer is not None:
             self._disarm()  # the head's timer, if it came in pieces
         # Its deadline counts from here (ARRIVED_SCOPE_KEY), so the wait for the busy loop
@@ -252,6 +268,33 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             super().on_headers_complete()
         if self.cycle is not None:
             self.cycle.transport = self._gathered  # type: ignore[assignment]
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:
+            super().on_header(name, value)
+            return
+        # A trailer field (after a chunked body): never merged into the request's headers,
+        # which its route has been reading since the head (RFC 9110 6.5.1), only counted.
+        self._trailer_fields += 1
+        if self._trailer_fields > self.max_header_fields:
+            self._refusal = (_HEAD_TOO_LARGE, "too many trailer fields")
+            raise _RefusedHeadError
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
+
+    def on_body(self, body: bytes) -> None:
+        self._payload_bytes += len(body)
+        super().on_body(body)
+
+    def _framing_over_the_limit(self) -> bool:
+        """Whether what the body's bytes carry besides its data (chunk sizes and extensions,
+        trailer fields) passed what a head may hold: the parser keeps a trailer field whole
+        until it ends, and chunk extensions would keep the body's timer going for ever.
+        The read that completed the head is counted in the body's bytes too, hence a head's
+        size more."""
+        framing = self._body_bytes - self._payload_bytes
+        return framing > 2 * self.max_header_bytes + _CHUNK_FRAMING_BYTES * self._chunks
 
     def _head_over_the_limit(self) -> bool:
         """A head that came in one read was parsed whole before data_received could refuse
