@@ -28,6 +28,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]
         yield running
 
 
+@pytest.fixture(scope="module")
+def echo_server() -> Iterator[ThreadedServer]:
+    """A model that declares no inputs: any name, shape and datatype reaches the decoding."""
+    spec = loadonce.ModelSpec(name="echo", loader="tests.loaders:echo")
+    with ThreadedServer(loadonce.create_app([spec])) as running:
+        yield running
+
+
 Json = dict[str, Any]
 
 
@@ -186,3 +194,24 @@ def test_rows_of_no_values_are_refused_before_they_are_built(binary: bool) -> No
     assert answer.status_code == 413, answer.text
     assert f"holds {rows} examples" in answer.json()["error"]
     assert peak < 8 * 2**20, f"{peak / 2**20:.0f} MiB allocated at the peak"
+
+
+@pytest.mark.parametrize(
+    ("shape", "datatype", "data"),
+    [
+        ([1, 0], "FP64", [[]] * 50_000),  # 0 elements each way: the lists were built whole
+        ([1, 0], "BYTES", [[]] * 50_000),
+        ([1, 2], "FP64", [[[1.0, 2.0]]]),  # one level deeper than the shape
+    ],
+    ids=["empty rows", "empty rows of text", "deeper than its shape"],
+)
+def test_data_nested_otherwise_than_its_shape_is_refused(
+    echo_server: ThreadedServer, shape: list[int], datatype: str, data: object
+) -> None:
+    """Nested data must nest as its shape says (or be flat), for a model that declares no
+    inputs too: before this, data whose element count matched (0 = 0) was taken whatever
+    its lists held (16 million empty lists: 1.6 GB, the loop held 11 s)."""
+    body = {"inputs": [_tensor(shape, datatype, data)]}
+    response = httpx.post(f"{echo_server.url}/v2/models/echo/infer", json=body, timeout=30)
+    assert response.status_code == 400, response.text
+    assert f"not shaped as {shape}" in response.json()["error"]

@@ -195,6 +195,7 @@ def _from_json(tensor: RequestInput) -> npt.NDArray[Any]:
             f"with parameters.{BINARY_SIZE}"
         )
     count = element_count(tensor)
+    _check_nesting(tensor)
     if dtype is None:
         flat = _flatten_text(tensor)
         _check_count(tensor, len(flat), count)
@@ -210,6 +211,30 @@ def _from_json(tensor: RequestInput) -> npt.NDArray[Any]:
         ) from None
     _check_count(tensor, raw.size, count)
     return _convert(tensor, raw, dtype).reshape(tensor.shape)
+
+
+def _check_nesting(tensor: RequestInput) -> None:
+    """Before anything is converted: the data's lists, along their first entries, hold what
+    the shape says at each depth (its dimension where the data nests further, the elements
+    left where it is flat from there). Walks one path, a step per dimension. A [1, 0] tensor
+    whose data was 16 million empty lists was built whole (its element count, 0, matched)."""
+    value, shape = tensor.data, tensor.shape
+    depth = 0
+    while isinstance(value, list):
+        nests = bool(value) and isinstance(value[0], list)
+        # Nested further: this dimension; flat from here: the elements left.
+        expected = shape[depth] if nests and depth < len(shape) else math.prod(shape[depth:])
+        if not nests and depth == 0:
+            _check_count(tensor, len(value), expected)  # flat data: the usual form
+        if len(value) != expected or (nests and depth >= len(shape)):
+            raise InvalidInputError(
+                f"input '{tensor.name}': its data is not shaped as {list(shape)}: "
+                f"{len(value)} entries at depth {depth}, where the shape has {expected}"
+                + (" (send the data flat, or nested as the shape, row-major)" if depth else "")
+            )
+        if not nests:
+            return
+        value, depth = value[0], depth + 1
 
 
 def _check_count(tensor: RequestInput, got: int, expected: int) -> None:
