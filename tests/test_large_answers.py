@@ -126,3 +126,50 @@ def test_a_large_v2_answer_of_several_outputs_is_written() -> None:
     assert outputs["label"]["data"] == ["x"] * 100
     assert outputs["embedding"]["shape"] == [100, 768]
     assert outputs["embedding"]["data"] == [0.25] * 76_800
+
+
+class _Counts:
+    """Each example's answer: how many elements it holds."""
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return [int(np.size(example)) for example in batch]
+
+
+def test_the_worker_answers_its_probe_while_many_tensor_elements_are_decoded() -> None:
+    """Six million BYTES elements in binary (30 MB) were decoded on the loop one by one (13
+    million held it 17 s); many elements are decoded off the loop."""
+    count = 6_000_000
+    binary = b"\x01\x00\x00\x00a" * count
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "BYTES",
+                    "shape": [1, count],
+                    "parameters": {"binary_data_size": len(binary)},
+                }
+            ]
+        }
+    ).encode()
+    spec = loadonce.ModelSpec(name="counts", loader=_Counts)
+    with ThreadedServer(loadonce.create_app([spec])) as server:
+        busy = threading.Event()
+        busy.set()
+        waits: list[float] = []
+        probing = threading.Thread(
+            target=lambda: waits.append(_longest_probe_wait(server.url, busy))
+        )
+        probing.start()
+        time.sleep(0.2)
+        answer = httpx.post(
+            f"{server.url}/v2/models/counts/infer",
+            content=header + binary,
+            headers={"Inference-Header-Content-Length": str(len(header))},
+            timeout=120,
+        )
+        busy.clear()
+        probing.join()
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["data"] == [count]
+    assert waits[0] < 0.75, f"the probe waited {waits[0]:.2f} s"

@@ -61,8 +61,15 @@ async def parse_body(
     with phase("decode"):
         if len(raw) < LARGE_BODY_BYTES and not compressed:
             return parse(raw)
-        async with _gate():
-            return await anyio.to_thread.run_sync(parse, raw)
+        return await off_the_loop(lambda: parse(raw))
+
+
+async def off_the_loop(work: Callable[[], _T]) -> _T:
+    """``work()`` in a thread, one such work at a time per worker: what a large body costs
+    to parse or decode, without the event loop holding the GIL for all of it (the thread
+    gives the GIL back between its steps of Python code)."""
+    async with _gate():
+        return await anyio.to_thread.run_sync(work)
 
 
 async def parse_request_body(request: Request, parse: Callable[[bytes], _T]) -> _T:

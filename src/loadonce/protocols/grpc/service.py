@@ -40,6 +40,7 @@ from loadonce.http.access_keys import (
 )
 from loadonce.http.errors import describe_error
 from loadonce.http.json_pieces import ON_THE_LOOP_ELEMENTS
+from loadonce.http.large_bodies import off_the_loop
 from loadonce.http.request_info import request_id_from
 from loadonce.http.request_line import access_logger, write_request_line
 from loadonce.http.routes import count_request
@@ -66,6 +67,7 @@ from loadonce.protocols.v2.repository import apply_control, index_entry, load_ba
 from loadonce.protocols.v2.schemas import RequestOutput
 from loadonce.protocols.v2.statistics import EXTENSION as STATISTICS
 from loadonce.protocols.v2.statistics import read_statistics
+from loadonce.protocols.v2.tensors import declared_elements
 from loadonce.tracing import phase
 
 REQUEST_ID_KEY = "x-request-id"
@@ -246,10 +248,16 @@ class InferenceService:
         model.refuse_if_full()
         limits = self.state.limits
         with phase("decode tensors"):
-            check_before_decoding(model, inputs_described(request))
-            arrays, datatypes = decode_grpc_inputs(
-                request, max_element_bytes=limits.max_element_bytes
+            described = inputs_described(request)
+            check_before_decoding(model, described)
+            decode = functools.partial(
+                decode_grpc_inputs, request, max_element_bytes=limits.max_element_bytes
             )
+            # Many elements: off the loop, as the REST route decodes them.
+            if declared_elements(described) <= ON_THE_LOOP_ELEMENTS:
+                arrays, datatypes = decode()
+            else:
+                arrays, datatypes = await off_the_loop(decode)
         requested = [
             RequestOutput(name=output.name, parameters=_parameters(output.parameters))
             for output in request.outputs
