@@ -2,6 +2,9 @@
 
 Two attacks reach a server on the developer's own machine through their browser:
 
+- **Cross-site WebSockets.** A page may open a WebSocket to any server and read what it
+  sends (browsers apply no CORS to them): a handshake a browser marks as coming from another
+  site or origin is refused on every route.
 - **Cross-site requests.** Any page may POST to ``http://127.0.0.1:8000`` (with a
   ``text/plain`` body, no CORS preflight happens): without API keys it could unload or
   reload every model. Browsers say where a request comes from (``Origin``, and
@@ -66,6 +69,10 @@ def refusal(scope: Scope, allowed_hosts: tuple[str, ...] = ()) -> str | None:
     )
     if not (foreign_site or foreign_origin):
         return None
+    if scope["type"] == "websocket":
+        # A page may read what a WebSocket of another site's server sends it (no CORS):
+        # any route, not only control routes.
+        return "WebSocket handshakes from a page of another site or origin are refused"
     if family_in(scope) is not RouteFamily.ADMIN:
         return None
     if foreign_site:

@@ -47,15 +47,17 @@ def refusal_before_routes(scope: Scope, state: LoadonceState | None) -> Response
 
 
 class LoadonceMiddleware:
-    """In front of every HTTP request: its id and log line (``request_log.py``, every answer
-    carries X-Request-ID, refusals too), ``refusal_before_routes``, and a body sent without a
-    length counted against the limit as it arrives."""
+    """In front of every HTTP request and WebSocket handshake: its id and log line
+    (``request_log.py``; every answer carries X-Request-ID, refusals too),
+    ``refusal_before_routes``, and a body sent without a length counted against the limit as
+    it arrives."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":  # the lifespan
             await self.app(scope, receive, send)
             return
         state = LoadonceState.in_scope(scope)
@@ -63,10 +65,10 @@ class LoadonceMiddleware:
         try:
             refused = refusal_before_routes(scope, state)
             if refused is not None:
-                await refused(scope, receive, log.send)
+                await _answer_refusal(refused, scope, receive, log.send)
                 return
             limit = None if state is None else state.limits.max_body_bytes
-            if limit is not None:
+            if limit is not None and kind == "http":
                 receive = counting(receive, limit)
             await self.app(scope, receive, log.send)
         except asyncio.CancelledError:
@@ -74,6 +76,17 @@ class LoadonceMiddleware:
                 raise
         finally:
             log.end(scope)
+
+
+async def _answer_refusal(refused: Response, scope: Scope, receive: Receive, send: Send) -> None:
+    """The refusal as an HTTP answer, a WebSocket handshake's too where the server can send
+    one (ASGI's denial response); else the handshake is closed (the server answers 403)."""
+    if scope["type"] == "websocket" and "websocket.http.response" not in scope.get(
+        "extensions", {}
+    ):
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    await refused(scope, receive, send)
 
 
 def install_middleware(app: FastAPI) -> None:

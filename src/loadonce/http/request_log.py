@@ -33,6 +33,11 @@ REQUEST_ID_ATTRIBUTE = "loadonce.request_id"
 _HEADER = REQUEST_ID_HEADER.lower().encode("latin-1")
 
 
+# The messages that begin an answer: an HTTP response's, a WebSocket's acceptance or denial.
+_ANSWER_HEADS = frozenset(
+    {"http.response.start", "websocket.accept", "websocket.http.response.start"}
+)
+
 _DRAIN_ENDED = (
     "the server stopped before this request finished (its drain timeout ended): send it again"
 )
@@ -57,7 +62,7 @@ class RequestLog:
         self.answered = False
         self._send = send
         self.traced: RequestSpan | None = None
-        if state is not None and state.tracing is not None:
+        if state is not None and state.tracing is not None and scope["type"] == "http":
             # Sampled out: None, and nothing more is done for the request's tracing.
             traced = state.tracing.start_request(scope["method"], scope["headers"])
             if traced is not None:
@@ -72,12 +77,16 @@ class RequestLog:
                 self.traced = traced
 
     async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.status, self.answered = message["status"], True
+        kind = message["type"]
+        if kind in _ANSWER_HEADS:
+            status = 101 if kind == "websocket.accept" else message["status"]
+            self.status, self.answered = status, True
             headers = list(message.get("headers", []))
             if not any(name.lower() == _HEADER for name, _ in headers):
                 headers.append((_HEADER, self.request_id.encode("latin-1")))
                 message = {**message, "headers": headers}
+        elif kind == "websocket.close" and not self.answered:
+            self.status, self.answered = 403, True  # the server refuses the handshake
         await self._send(message)
 
     async def answer_drain_end(
@@ -100,7 +109,8 @@ class RequestLog:
         status = scope.get(REFUSED_SCOPE_KEY, self.status)
         if access_logger.isEnabledFor(logging.INFO):
             milliseconds = (time.perf_counter() - self.started) * 1000
-            method, path = scope["method"], scope["path"]
+            method = scope["method"] if scope["type"] == "http" else "WEBSOCKET"
+            path = scope["path"]
             write_request_line(method, path, status, milliseconds, self.request_id)
         if self.traced is not None:  # after the access line, which carries its ids
             self.traced.finish(status)

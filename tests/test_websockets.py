@@ -1,0 +1,100 @@
+"""A user's own WebSocket routes go through loadonce's middleware as HTTP requests do: API
+keys, the browser guard (a page of another origin may read a WebSocket's messages, so its
+handshake is refused on every route), a request id and an access line. They skipped all of
+it: any page could open one to a loopback server and run its models."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Annotated
+
+import pytest
+from fastapi import Depends, FastAPI, WebSocket
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+import loadonce
+from loadonce import Model
+from loadonce.http.access_keys import AccessKeys
+from tests.servers import ThreadedServer
+
+KEY = "inference-key-0123456789"
+
+
+def _app(access: AccessKeys | None) -> FastAPI:
+    specs = [loadonce.ModelSpec(name="double", loader=lambda: lambda batch: [2 * x for x in batch])]
+    app = FastAPI(lifespan=loadonce.lifespan(specs, access=access))
+
+    @app.websocket("/stream")
+    async def stream(
+        websocket: WebSocket, model: Annotated[Model, Depends(loadonce.ModelDependency("double"))]
+    ) -> None:
+        await websocket.accept()
+        number = float(await websocket.receive_text())
+        await websocket.send_text(str(await model.predict(number)))
+        await websocket.close()
+
+    loadonce.install_middleware(app)
+    return app
+
+
+@pytest.fixture(scope="module")
+def keyed() -> Iterator[ThreadedServer]:
+    with ThreadedServer(_app(AccessKeys(inference=(KEY,)))) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def open_server() -> Iterator[ThreadedServer]:
+    with ThreadedServer(_app(None)) as running:
+        yield running
+
+
+def _url(server: ThreadedServer) -> str:
+    return f"ws://127.0.0.1:{server.port}/stream"
+
+
+def _refused_with(server: ThreadedServer, **headers: str) -> int:
+    with pytest.raises(InvalidStatus) as refused:
+        connect(_url(server), additional_headers=headers, open_timeout=10).close()
+    return refused.value.response.status_code
+
+
+def test_a_websocket_needs_a_key_where_keys_are_set(keyed: ThreadedServer) -> None:
+    assert _refused_with(keyed) == 401
+    assert _refused_with(keyed, Authorization="Bearer not-the-key") == 401
+    with connect(_url(keyed), additional_headers={"X-API-Key": KEY}) as websocket:
+        websocket.send("21")
+        assert websocket.recv(timeout=10) == "[42.0]"
+
+
+def test_a_websocket_from_another_origin_or_host_is_refused(open_server: ThreadedServer) -> None:
+    assert _refused_with(open_server, Origin="http://evil.example") == 403
+    assert _refused_with(open_server, **{"Sec-Fetch-Site": "cross-site"}) == 403
+    # DNS rebinding: a loopback server answers only to loopback names.
+    with pytest.raises(InvalidStatus) as refused:
+        connect(
+            _url(open_server), additional_headers={"Host": "evil.example"}, open_timeout=10
+        ).close()
+    assert refused.value.response.status_code == 403
+    # The same origin as the server's, or none (not a browser): served.
+    own = f"http://127.0.0.1:{open_server.port}"
+    with connect(_url(open_server), additional_headers={"Origin": own}) as websocket:
+        websocket.send("1")
+        assert websocket.recv(timeout=10) == "[2.0]"
+
+
+def test_a_websocket_has_a_request_id_and_an_access_line(
+    open_server: ThreadedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="loadonce.access")
+    headers = {"X-Request-ID": "ws-request-1"}
+    with connect(_url(open_server), additional_headers=headers) as websocket:
+        assert websocket.response.headers["X-Request-ID"] == "ws-request-1"
+        websocket.send("3")
+        assert websocket.recv(timeout=10) == "[6.0]"
+    assert _refused_with(open_server, Origin="http://evil.example", **{"X-Request-ID": "ws-2"})
+    lines = [record.getMessage() for record in caplog.records]
+    assert any("WEBSOCKET /stream 101" in line and "ws-request-1" in line for line in lines), lines
+    assert any("WEBSOCKET /stream 403" in line and "ws-2" in line for line in lines), lines
