@@ -91,7 +91,9 @@ def test_a_websocket_has_a_request_id_and_an_access_line(
     caplog.set_level(logging.INFO, logger="loadonce.access")
     headers = {"X-Request-ID": "ws-request-1"}
     with connect(_url(open_server), additional_headers=headers) as websocket:
-        assert websocket.response.headers["X-Request-ID"] == "ws-request-1"
+        handshake = websocket.response
+        assert handshake is not None
+        assert handshake.headers["X-Request-ID"] == "ws-request-1"
         websocket.send("3")
         assert websocket.recv(timeout=10) == "[6.0]"
     assert _refused_with(open_server, Origin="http://evil.example", **{"X-Request-ID": "ws-2"})
