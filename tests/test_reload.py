@@ -231,3 +231,46 @@ def test_a_reload_longer_than_the_commands_timeout_says_it_may_still_run(tmp_pat
     assert result.returncode == 1, result.stderr
     assert "no answer from" in result.stderr
     assert "the reload may still be running" in result.stderr
+
+
+def test_reloads_keep_the_operators_artifact_directories(tmp_path: Path) -> None:
+    """With artifact_roots unset, the directories of the configured artifacts: after a
+    reload to a subdirectory, a reload back to the first directory stopped the whole server
+    (the supervisor took the reloaded artifact's directory as the only one), and a
+    replacement worker refused it too."""
+    home = tmp_path / "r"
+    (home / "sub").mkdir(parents=True)
+    first, second, third, fourth = (
+        home / "one.txt",
+        home / "sub" / "two.txt",
+        home / "three.txt",
+        home / "four.txt",
+    )
+    for number, path in enumerate((first, second, third, fourth), start=1):
+        path.write_text(str(number))
+    with serving([str(_write_config(tmp_path, first))], tmp_path, env=cli_env(tmp_path)) as server:
+        for version, artifact in (("2", second), ("3", third)):
+            result = _reload_cli(
+                tmp_path, server.url, "--artifact", str(artifact), "--version", version
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+        seen = _values_by_worker(server.url)
+        assert all(values == {3.0} for values in seen.values()), seen
+        # A replacement worker starts from what the others serve, under the same roots.
+        dead = next(iter(seen))
+        subprocess.run(["kill", "-9", str(dead)], check=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            [model] = httpx.get(f"{server.url}/models").json()["models"]
+            pids = {worker["pid"] for worker in model["workers"] if worker["state"] == "ready"}
+            if len(pids) == 2 and dead not in pids:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("no replacement worker served")
+        result = _reload_cli(tmp_path, server.url, "--artifact", str(fourth), "--version", "4")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.count("version 4 loaded") == 2, result.stdout
+        seen = _values_by_worker(server.url)
+        assert len(seen) == 2, seen
+        assert all(values == {4.0} for values in seen.values()), seen

@@ -93,11 +93,24 @@ class _StopWhilePlanning(Exception):  # noqa: N818 - a signal's way out, not an 
     """Raised by the stop signal's handler while the memory plan runs."""
 
 
+def _with_the_operators_roots(config: ServeConfig) -> ServeConfig:
+    """``config`` with the directories a control request may name artifacts under written
+    out. Left unset, they are the configured artifacts' directories, read from the config
+    the supervisor remembers, which a reload changes: after a reload to ``r/sub/m.skops``,
+    a reload back to ``r/m.skops`` was refused by the supervisor's own bookkeeping (which
+    then stopped the server) and by every replacement worker. They stay the operator's."""
+    if config.server.artifact_roots is not None:
+        return config
+    roots = list(ArtifactRoots.of(config.models, None).roots)
+    server = config.server.model_copy(update={"artifact_roots": roots})
+    return config.model_copy(update={"server": server})
+
+
 class Supervisor:
     def __init__(
         self, config: ServeConfig, *, memory_limit: int | None = None, force: bool = False
     ) -> None:
-        self.config = config
+        self.config = _with_the_operators_roots(config)
         self._memory_limit = memory_limit
         self._force = force
         self._context = worker_context(config)
@@ -342,7 +355,15 @@ class Supervisor:
                 continue
             outcomes.append(self._await_applied(worker, operation))
         if outcomes and all(o.ok for o in outcomes):
-            self._remember(request)
+            try:
+                self._remember(request)
+            except Exception:
+                # Its bookkeeping must never stop the server: the workers serve the change.
+                logger.exception(
+                    "model '%s': the change was applied, but a replacement worker would start "
+                    "from the config before it",
+                    request.model,
+                )
         elif request.action == "load":
             self._restore([w for w, o in zip(targets, outcomes, strict=True) if o.ok], request)
         logger.info(
