@@ -307,3 +307,10 @@ def leaves_a_thread_running() -> Echo:
 
     threading.Thread(target=forever, name="a-library-thread", daemon=False).start()
     return Echo()
+
+
+def constant_slowly_from_file(path: Path) -> Constant:
+    """``constant_from_file``, taking 5 s to load an artifact whose name starts "slow"."""
+    if Path(path).name.startswith("slow"):
+        time.sleep(5)
+    return constant_from_file(path)

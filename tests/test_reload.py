@@ -274,3 +274,23 @@ def test_reloads_keep_the_operators_artifact_directories(tmp_path: Path) -> None
         seen = _values_by_worker(server.url)
         assert len(seen) == 2, seen
         assert all(values == {4.0} for values in seen.values()), seen
+
+
+def test_a_reload_longer_than_the_heartbeat_timeout_kills_no_worker(tmp_path: Path) -> None:
+    """While the supervisor waited on one worker's reload, the other's heartbeats stayed
+    unread in its pipe: right after a reload longer than heartbeat_timeout_s, that healthy
+    worker was killed as silent, and its requests were dropped."""
+    first, second = tmp_path / "one.txt", tmp_path / "slow-two.txt"
+    first.write_text("1")
+    second.write_text("2")
+    config = _write_config(tmp_path, first, loader="tests.loaders:constant_slowly_from_file")
+    env = cli_env(tmp_path, {"LOADONCE_HEARTBEAT_TIMEOUT_S": "3"})
+    with serving([str(config)], tmp_path, env=env) as server:
+        before = set(_values_by_worker(server.url))
+        result = _reload_cli(tmp_path, server.url, "--artifact", str(second), "--version", "2")
+        assert result.returncode == 0, result.stdout + result.stderr
+        time.sleep(2)  # the supervisor's next checks
+        seen = _values_by_worker(server.url)
+        assert set(seen) == before, (before, seen)
+        assert all(values == {2.0} for values in seen.values()), seen
+        assert "sent no heartbeat" not in server.log()

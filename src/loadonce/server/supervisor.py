@@ -277,6 +277,12 @@ class Supervisor:
             self._serve_controls(workers)
             for worker in workers:
                 if worker.serving and worker.is_alive() and worker.silent_for() > timeout:
+                    # Read first: while a control round waited on one worker (a reload of
+                    # 33 s), the others' heartbeats stayed in their pipes, and a healthy
+                    # worker looked silent for the whole round.
+                    self._read_controls(worker, operation=None)
+                    if worker.silent_for() <= timeout:
+                        continue
                     logger.error(
                         "worker pid %d sent no heartbeat for %.0f s (stopped, or its event "
                         "loop is blocked); killing it",
