@@ -202,7 +202,9 @@ def test_a_reload_failing_in_one_worker_leaves_every_worker_on_the_old_version(
     with serving([str(config)], tmp_path, env=env) as server:
         result = _reload_cli(tmp_path, server.url, "--artifact", str(second), "--version", "2")
         assert result.returncode == 1, result.stdout + result.stderr
-        assert "version 2 loaded" in result.stdout  # the first worker had switched
+        # The first worker had switched; it says what it serves after the call.
+        assert "version 2 loaded, then switched back" in result.stdout, result.stdout
+        assert "(version 1)" in result.stdout
         seen = _values_by_worker(server.url)
         assert len(seen) == 2, "both workers answered"
         assert all(values == {1.0} for values in seen.values()), seen
@@ -294,3 +296,44 @@ def test_a_reload_longer_than_the_heartbeat_timeout_kills_no_worker(tmp_path: Pa
         assert set(seen) == before, (before, seen)
         assert all(values == {2.0} for values in seen.values()), seen
         assert "sent no heartbeat" not in server.log()
+
+
+def test_a_reload_cut_short_by_a_worker_dying_is_a_503_and_undone(tmp_path: Path) -> None:
+    """The second worker died while the first loaded the new version: the answer was a 400
+    "the worker exited" (a failed load) and said the first worker served version 2, which it
+    no longer did once switched back."""
+    first, second = tmp_path / "one.txt", tmp_path / "slow-two.txt"
+    first.write_text("1")
+    second.write_text("2")
+    config = _write_config(tmp_path, first, loader="tests.loaders:constant_slowly_from_file")
+    with serving([str(config)], tmp_path, env=cli_env(tmp_path)) as server:
+        results: list[subprocess.CompletedProcess[str]] = []
+        reloading = threading.Thread(
+            target=lambda: results.append(
+                _reload_cli(tmp_path, server.url, "--artifact", str(second), "--version", "2")
+            )
+        )
+        reloading.start()
+        deadline = time.monotonic() + 30
+        waiting = None
+        while waiting is None and time.monotonic() < deadline:
+            [model] = httpx.get(f"{server.url}/models").json()["models"]
+            states = {w["pid"]: w["state"] for w in model["workers"]}
+            if "reloading" in states.values():
+                waiting = next(pid for pid, state in states.items() if state != "reloading")
+            time.sleep(0.1)
+        assert waiting is not None, "a worker reloading"
+        subprocess.run(["kill", "-9", str(waiting)], check=True)
+        reloading.join(timeout=60)
+        [result] = results
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "(503)" in result.stderr, result.stderr
+        assert "try again" in result.stderr
+        # Every worker, the replacement included, serves the version before the request.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            seen = _values_by_worker(server.url)
+            if len(seen) == 2 and waiting not in seen:
+                break
+            time.sleep(0.5)
+        assert all(values == {1.0} for values in seen.values()), seen

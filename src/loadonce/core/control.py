@@ -71,6 +71,9 @@ NOT_TRIED = "not tried"
 # 503 (try again), never the 400 of a load that failed.
 SERVER_STOPPING = "the server is stopping"
 WORKER_EXITED = "the worker exited while applying it"
+WORKER_GONE = "the worker exited before the request reached it"
+# A worker a load had switched, switched back when another worker failed: what it serves.
+SWITCHED_BACK = "switched back to what the other workers serve"
 
 
 class ControlInterruptedError(LoadonceError):
@@ -80,9 +83,12 @@ class ControlInterruptedError(LoadonceError):
     status = 503
 
 
+_INTERRUPTIONS = (SERVER_STOPPING, WORKER_EXITED, WORKER_GONE)
+
+
 def check_not_interrupted(outcomes: list[WorkerOutcome]) -> None:
     """Raise ControlInterruptedError if the server cut the request short."""
-    cut = [o for o in outcomes if not o.ok and o.error in (SERVER_STOPPING, WORKER_EXITED)]
+    cut = [o for o in outcomes if not o.ok and o.error in _INTERRUPTIONS]
     if cut:
         raise ControlInterruptedError(f"worker pid {cut[0].pid}: {cut[0].error}; try again")
 

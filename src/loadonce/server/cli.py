@@ -15,7 +15,7 @@ import click
 from click.core import ParameterSource
 
 from loadonce._version import __version__
-from loadonce.core.control import NOT_TRIED
+from loadonce.core.control import NOT_TRIED, SWITCHED_BACK
 from loadonce.core.errors import ConfigError, LoadonceError, describe_exception
 from loadonce.core.imports import import_optional
 from loadonce.core.integrity import file_sha256
@@ -551,6 +551,9 @@ def reload(
         serving.add(served)
         if worker["state"] == NOT_TRIED:
             click.echo(f"worker pid {pid}: not tried ({worker['error']}); version {served} serves")
+        elif str(worker["error"]).startswith(SWITCHED_BACK):
+            then = f"then {worker['error']} (version {served})"
+            click.echo(f"worker pid {pid}: {wanted} loaded, {then}")
         else:
             click.echo(f"worker pid {pid}: {wanted} failed: {worker['error']}")
     if not answer["ok"]:

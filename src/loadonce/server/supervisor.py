@@ -27,7 +27,9 @@ from loadonce.core.artifacts import ArtifactRoots
 from loadonce.core.control import (
     NOT_TRIED,
     SERVER_STOPPING,
+    SWITCHED_BACK,
     WORKER_EXITED,
+    WORKER_GONE,
     ControlRequest,
     WorkerOutcome,
     changed_spec,
@@ -357,7 +359,7 @@ class Supervisor:
             try:
                 worker.gate.send((APPLY, operation, request))
             except OSError:
-                outcomes.append(_not_attempted(worker, "the worker exited"))
+                outcomes.append(_not_attempted(worker, WORKER_GONE))
                 continue
             outcomes.append(self._await_applied(worker, operation))
         if outcomes and all(o.ok for o in outcomes):
@@ -371,7 +373,11 @@ class Supervisor:
                     request.model,
                 )
         elif request.action == "load":
-            self._restore([w for w, o in zip(targets, outcomes, strict=True) if o.ok], request)
+            switched = [w for w, o in zip(targets, outcomes, strict=True) if o.ok]
+            restored = self._restore(switched, request)
+            # Each outcome says what its worker serves after the call: a switched-back
+            # worker's said the new version (and `loadonce reload` printed it as loaded).
+            outcomes = [restored.get(o.pid, o) for o in outcomes]
         logger.info(
             "%s of model '%s' in %d workers: %s",
             "unload" if request.action == "unload" else "load",
@@ -381,13 +387,15 @@ class Supervisor:
         )
         return outcomes
 
-    def _restore(self, switched: list[_Worker], failed: ControlRequest) -> None:
+    def _restore(self, switched: list[_Worker], failed: ControlRequest) -> dict[int, WorkerOutcome]:
         """Bring the workers a failed load round had already switched back to what the others
         serve (the remembered config, which replacements start from too): a load that failed
         in the second worker left the first on the new version for good, and answers then
-        depended on the worker a connection reached."""
+        depended on the worker a connection reached. Returns each switched worker's outcome
+        as it stands after (not ok: the request's change is undone there)."""
+        restored: dict[int, WorkerOutcome] = {}
         if not switched:
-            return
+            return restored
         restore = self._restoring(failed.model)
         logger.warning(
             "model '%s': the load failed in a worker; restoring %d worker(s) to what the others "
@@ -401,6 +409,13 @@ class Supervisor:
             except OSError:
                 continue  # it died: its replacement starts from the remembered config
             outcome = self._await_applied(worker, _RESTORE)
+            restored[worker.pid] = WorkerOutcome(
+                pid=worker.pid,
+                ok=False,
+                version=outcome.version,
+                state=outcome.state,
+                error=SWITCHED_BACK if outcome.ok else f"{SWITCHED_BACK}: {outcome.error}",
+            )
             if not outcome.ok:
                 logger.error(
                     "model '%s': worker pid %d could not be restored (%s); stopping it, its "
@@ -410,6 +425,7 @@ class Supervisor:
                     outcome.error,
                 )
                 worker.signal(signal.SIGTERM)
+        return restored
 
     def _restoring(self, name: str) -> ControlRequest:
         """The request that makes a worker serve ``name`` as the remembered config says."""
