@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 import pytest
+from fastapi import FastAPI
 
 import loadonce
 from loadonce.core.limits import Limits
@@ -51,6 +52,7 @@ ROUTES = {
         ("GET", "/models"),
         ("POST", "/v2/models/m/infer"),
         ("GET", "/v2/models/m"),
+        ("GET", "/v2/models/m/stats"),  # as inference, unless the metrics are protected
         ("GET", "/v2/no/such/route"),
     ],
     # load of a loaded model reloads it: harmless to repeat
@@ -132,6 +134,27 @@ def test_protected_metrics_need_a_key_of_either_scope() -> None:
             scraped = httpx.get(f"{running.url}/metrics", headers={"X-API-Key": key})
             assert scraped.status_code == 200
             assert "loadonce_model_state" in scraped.text
+
+
+@pytest.mark.parametrize("prefix", ["", "/ops"], ids=["at their paths", "under a prefix"])
+def test_protected_metrics_protect_the_statistics_with_admin_keys_alone(prefix: str) -> None:
+    """With only admin keys, inference stays open; the statistics extension, /metrics's
+    figures per model, was open too, though protect_metrics was asked for (and a prefixed
+    metrics route, taken for inference, as well)."""
+    access = AccessKeys(admin=(ADMIN_KEY,), protect_metrics=True)
+    app = FastAPI(lifespan=loadonce.lifespan(_specs(), access=access))
+    app.include_router(loadonce.models_router(), prefix=prefix)
+    app.include_router(loadonce.v2_router(), prefix=prefix)
+    app.include_router(loadonce.metrics_router(), prefix=prefix)
+    loadonce.install_middleware(app)
+    with ThreadedServer(app) as running:
+        url = running.url + prefix
+        assert httpx.post(f"{url}/models/m/predict", json={"inputs": [1.0]}).status_code == 200
+        assert httpx.get(f"{url}/v2/models/m").status_code == 200
+        for path in ("/metrics", "/v2/models/m/stats", "/v2/models/stats"):
+            assert httpx.get(url + path).status_code == 401, path
+            admitted = httpx.get(url + path, headers={"X-API-Key": ADMIN_KEY})
+            assert admitted.status_code == 200, path
 
 
 def test_weak_keys_are_refused_without_showing_them() -> None:

@@ -1,10 +1,12 @@
 """API keys per route family: which keys a server accepts, and which family a path is in.
 
 Route families: health probes and the docs are always open; ``/metrics`` is open unless
-protected; admin routes (loading, unloading, reloading models) need an admin key; every other
-route (inference, model listings) needs an inference or an admin key. With no key configured
-at all, everything is open, as before (the server binds 127.0.0.1 by default). Once any key is
-configured, admin routes need an admin key, even when none is configured (then they are shut).
+protected; the statistics extension (``/v2/models/.../stats``, /metrics's figures per model)
+needs what inference routes need, and a key too when the metrics are protected; admin routes
+(loading, unloading, reloading models) need an admin key; every other route (inference, model
+listings) needs an inference or an admin key. With no key configured at all, everything is
+open, as before (the server binds 127.0.0.1 by default). Once any key is configured, admin
+routes need an admin key, even when none is configured (then they are shut).
 
 Keys are compared in constant time (``hmac.compare_digest`` against every key, no early exit)
 and never logged or echoed.
@@ -35,6 +37,8 @@ _OPEN_PATHS = {
 # The files /docs loads (http/docs.py).
 _OPEN_PREFIXES = ("/docs/assets/",)
 _ADMIN_PATH = re.compile(r"^/(admin/.*|v2/repository/models/[^/]+/(load|unload))$")
+# The Open Inference Protocol's statistics extension: /metrics's figures, per model.
+_STATISTICS_PATH = re.compile(r"^/v2/models(/[^/]+(/versions/[^/]+)?)?/stats$")
 
 
 class RouteFamily(StrEnum):
@@ -42,6 +46,8 @@ class RouteFamily(StrEnum):
     METRICS = "metrics"
     ADMIN = "admin"
     INFERENCE = "inference"
+    # An inference route showing what /metrics shows: protected as both.
+    STATISTICS = "statistics"
 
 
 def family_of(path: str) -> RouteFamily:
@@ -53,6 +59,8 @@ def family_of(path: str) -> RouteFamily:
         return RouteFamily.METRICS
     if _ADMIN_PATH.match(path):
         return RouteFamily.ADMIN
+    if _STATISTICS_PATH.match(path):
+        return RouteFamily.STATISTICS
     # Anything else, known route or not, is treated as inference: deny by default.
     return RouteFamily.INFERENCE
 
@@ -119,6 +127,8 @@ def refusal(
         return None
     if family is RouteFamily.INFERENCE and not keys.inference:
         return None  # only admin keys configured: inference stays open
+    if family is RouteFamily.STATISTICS and not (keys.inference or keys.protect_metrics):
+        return None  # open as inference is, unless the metrics are protected
     if key is None:
         return 401, f"an API key is required: {how}"
     is_admin = matches(key, keys.admin)

@@ -6,10 +6,10 @@ The families were told from the literal paths loadonce's routers use (``/admin/.
 prefix (``/ops/admin/models/m/reload``) had its control routes taken for inference routes:
 any inference key, or none with only admin keys set, reloaded and unloaded models, and a
 browser's cross-site request passed the guard; a prefixed ``health_router()`` wanted a key.
-The app's own routes now say where loadonce's control and health routes are: each app's
-routes are walked once (included routers and mounted apps, with their prefixes), and a
-request's path is matched against those that are not at their usual place. An app that keeps
-them there pays nothing more per request.
+The app's own routes now say where loadonce's control, health, metrics and statistics routes
+are: each app's routes are walked once (included routers and mounted apps, with their
+prefixes), and a request's path is matched against those that are not at their usual place.
+An app that keeps them there pays nothing more per request.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from loadonce.http.request_info import route_path
 # A control route's template, at the end of wherever it is included.
 _CONTROL = re.compile(r"/(admin/.*|v2/repository/models/\{[^}/]+\}/(load|unload))$")
 _HEALTH = ("/livez", "/readyz", "/v2/health/live", "/v2/health/ready")
+_STATISTICS = re.compile(r"/v2/models(/\{[^}/]+\}(/versions/\{[^}/]+\})?)?/stats$")
+_METRICS = "/metrics"
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class _Moved:
 
     control: tuple[re.Pattern[str], ...]
     health: tuple[re.Pattern[str], ...]
+    statistics: tuple[re.Pattern[str], ...] = ()
+    metrics: tuple[re.Pattern[str], ...] = ()
 
 
 _NOTHING_MOVED = _Moved((), ())
@@ -55,6 +59,10 @@ def family_in(scope: Scope) -> RouteFamily:
         return RouteFamily.ADMIN
     if any(pattern.match(path) for pattern in moved.health):
         return RouteFamily.OPEN
+    if any(pattern.match(path) for pattern in moved.statistics):
+        return RouteFamily.STATISTICS
+    if any(pattern.match(path) for pattern in moved.metrics):
+        return RouteFamily.METRICS
     return family
 
 
@@ -74,6 +82,8 @@ def _moved_in(app: Any) -> _Moved:
 def _walk(app: Any) -> _Moved:
     control: list[re.Pattern[str]] = []
     health: list[re.Pattern[str]] = []
+    statistics: list[re.Pattern[str]] = []
+    metrics: list[re.Pattern[str]] = []
     for path in _loadonce_paths(getattr(app, "routes", []), ""):
         if family_of(path) is not RouteFamily.INFERENCE:
             continue  # at its usual path: told without looking
@@ -81,7 +91,11 @@ def _walk(app: Any) -> _Moved:
             control.append(compile_path(path)[0])
         elif path.endswith(_HEALTH):
             health.append(compile_path(path)[0])
-    return _Moved(tuple(control), tuple(health))
+        elif _STATISTICS.search(path):
+            statistics.append(compile_path(path)[0])
+        elif path.endswith(_METRICS):
+            metrics.append(compile_path(path)[0])
+    return _Moved(tuple(control), tuple(health), tuple(statistics), tuple(metrics))
 
 
 def _loadonce_paths(routes: list[BaseRoute], prefix: str) -> Iterator[str]:

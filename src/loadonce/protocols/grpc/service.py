@@ -94,6 +94,7 @@ _FAMILIES = {
     "ServerReady": RouteFamily.OPEN,
     "RepositoryModelLoad": RouteFamily.ADMIN,
     "RepositoryModelUnload": RouteFamily.ADMIN,
+    "ModelStatistics": RouteFamily.STATISTICS,
 }
 _SERVING = 1
 _NOT_SERVING = 2
