@@ -137,6 +137,43 @@ def test_a_traceparent_continues_the_callers_trace(exporter: InMemorySpanExporte
     }
 
 
+def test_a_refused_clients_traceparent_is_never_read(exporter: InMemorySpanExporter) -> None:
+    """A request refused before the routes (no key) builds no span: a flood of 401s marked
+    sampled was traced and exported, every one."""
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    specs = [loadonce.ModelSpec(name="m", loader=Doubler)]
+    keys = loadonce.AccessKeys(inference=("inference-key-0123456789",))
+    app = loadonce.create_app(specs, tracing=provider, access=keys)
+    with TestClient(app) as client:
+        exporter.clear()
+        traceparent = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+        refused = client.post(
+            "/models/m/predict", json={"inputs": [1]}, headers={"traceparent": traceparent}
+        )
+        assert refused.status_code == 401
+        assert exporter.get_finished_spans() == ()
+
+
+def test_a_malformed_tracestate_writes_no_log_line(
+    exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OpenTelemetry warned about each bad member of a client's tracestate: 8 KB of it made
+    a warning of 8 KB, one per request. The trace is continued, the tracestate dropped."""
+    caplog.set_level(logging.WARNING)
+    with TestClient(traced_app(exporter, Doubler())) as client:
+        exporter.clear()
+        headers = {
+            "traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01",
+            "tracestate": "not valid! " * 800,
+        }
+        answered = client.post("/models/m/predict", json={"inputs": [1]}, headers=headers)
+        assert answered.status_code == 200
+    assert not [r for r in caplog.records if r.name.startswith("opentelemetry")], caplog.text
+    spans = by_name(exporter.get_finished_spans())
+    assert format(spans["POST /models/{name}/predict"][0].context.trace_id, "032x") == CALLER_TRACE
+
+
 def test_the_batch_span_links_to_every_request_it_carried(exporter: InMemorySpanExporter) -> None:
     gate = threading.Event()
     model = Doubler(gate)

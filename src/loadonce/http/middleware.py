@@ -67,6 +67,7 @@ class LoadonceMiddleware:
             if refused is not None:
                 await _answer_refusal(refused, scope, receive, log.send)
                 return
+            log.trace(scope, state)
             limit = None if state is None else state.limits.max_body_bytes
             if limit is not None and kind == "http":
                 receive = counting(receive, limit)

@@ -62,19 +62,25 @@ class RequestLog:
         self.answered = False
         self._send = send
         self.traced: RequestSpan | None = None
-        if state is not None and state.tracing is not None and scope["type"] == "http":
-            # Sampled out: None, and nothing more is done for the request's tracing.
-            traced = state.tracing.start_request(scope["method"], scope["headers"])
-            if traced is not None:
-                traced.describe(
-                    {
-                        "http.request.method": scope["method"],
-                        "url.path": scope["path"],
-                        REQUEST_ID_ATTRIBUTE: request_id,
-                    }
-                )
-                traced.enter()
-                self.traced = traced
+
+    def trace(self, scope: Scope, state: LoadonceState | None) -> None:
+        """Start the request's span (HTTP requests, when tracing is on), once it passed the
+        checks before the routes: a refused client's traceparent is never read (a flood of
+        401s marked sampled would have been traced and exported, every one)."""
+        if state is None or state.tracing is None or scope["type"] != "http":
+            return
+        # Sampled out: None, and nothing more is done for the request's tracing.
+        traced = state.tracing.start_request(scope["method"], scope["headers"])
+        if traced is not None:
+            traced.describe(
+                {
+                    "http.request.method": scope["method"],
+                    "url.path": scope["path"],
+                    REQUEST_ID_ATTRIBUTE: self.request_id,
+                }
+            )
+            traced.enter()
+            self.traced = traced
 
     async def send(self, message: Message) -> None:
         kind = message["type"]

@@ -8,8 +8,10 @@ each of those requests' "queue wait" span links back to it, so either side leads
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -48,6 +50,35 @@ BATCH_REQUESTS = "loadonce.batch.requests"
 STATUS_CODE = "http.response.status_code"
 ROUTE = "http.route"
 _PROPAGATOR = TraceContextTextMapPropagator()
+
+
+class _QuietWhileReading(logging.Filter):
+    """Drops OpenTelemetry's warnings about a traceparent or tracestate while this worker
+    reads a client's (its event loop's thread, inside ``reading``): a malformed tracestate of
+    8 KB made a warning of 8 KB, one per request, from clients without a key too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread: int | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.thread
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        self.thread = threading.get_ident()
+        try:
+            yield
+        finally:
+            self.thread = None
+
+
+_QUIET = _QuietWhileReading()
+# Where OpenTelemetry logs what it drops of a traceparent or tracestate it reads.
+_HEADER_WARNINGS = (
+    logging.getLogger("opentelemetry.trace.propagation.tracecontext"),
+    logging.getLogger("opentelemetry.trace.span"),
+)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _PARENT_BASED_ALWAYS_ON: str = ParentBased(ALWAYS_ON).get_description()  # type: ignore[no-untyped-call]
 
@@ -171,9 +202,13 @@ class Tracing:
         # time.perf_counter() (the batcher's clock) to the epoch nanoseconds spans carry.
         self._epoch_offset_ns = time.time_ns() - time.perf_counter_ns()
         install_log_fields()
+        for header_logger in _HEADER_WARNINGS:
+            header_logger.addFilter(_QUIET)
 
     def shutdown(self) -> None:
         remove_log_fields()
+        for header_logger in _HEADER_WARNINGS:
+            header_logger.removeFilter(_QUIET)
         if self._owned:
             self.provider.shutdown()
 
@@ -195,7 +230,10 @@ class Tracing:
             if key in (b"traceparent", b"tracestate"):
                 carrier = carrier or {}
                 carrier[key.decode("latin-1")] = value.decode("latin-1")
-        parent = _PROPAGATOR.extract(carrier) if carrier else None
+        parent = None
+        if carrier:
+            with _QUIET.reading():
+                parent = _PROPAGATOR.extract(carrier)
         remote = trace.get_current_span(parent).get_span_context() if parent else None
         if remote is not None and not remote.is_valid:
             # A malformed traceparent is no caller's decision: it does not force sampling.
