@@ -157,6 +157,27 @@ def test_protected_metrics_protect_the_statistics_with_admin_keys_alone(prefix: 
             assert admitted.status_code == 200, path
 
 
+def test_refusals_before_the_routes_are_in_the_metrics() -> None:
+    """401s, 403s and 413s were in the access log only: a storm of them was invisible to any
+    alert built on /metrics."""
+    access = AccessKeys(inference=(INFERENCE_KEY,))
+    app = loadonce.create_app(_specs(), access=access, limits=Limits(max_body_bytes=100))
+    with ThreadedServer(app) as running:
+        key = {"X-API-Key": INFERENCE_KEY}
+        assert httpx.post(f"{running.url}/models/m/predict", json=[1]).status_code == 401
+        assert (
+            httpx.get(f"{running.url}/models", headers={"Host": "evil.example"}).status_code == 403
+        )
+        big = {"inputs": [1.0] * 100}
+        assert (
+            httpx.post(f"{running.url}/models/m/predict", json=big, headers=key).status_code == 413
+        )
+        metrics = httpx.get(f"{running.url}/metrics").text
+    for status in (401, 403, 413):
+        line = f'loadonce_requests_total{{model="",route="",status="{status}"}} 1.0'
+        assert line in metrics, (status, metrics)
+
+
 def test_weak_keys_are_refused_without_showing_them() -> None:
     with pytest.raises(loadonce.ConfigError) as refused:
         AccessKeys(inference=("short",))

@@ -25,6 +25,7 @@ from loadonce.http.browser_guard import refusal as browser_refusal
 from loadonce.http.errors import answer_loadonce_error, raw_error_response
 from loadonce.http.inference_middleware import InferenceMiddleware
 from loadonce.http.request_log import RequestLog
+from loadonce.http.routes import count_request
 from loadonce.http.state import LoadonceState
 
 
@@ -66,6 +67,9 @@ class LoadonceMiddleware:
             refused = refusal_before_routes(scope, state)
             if refused is not None:
                 await _answer_refusal(refused, scope, receive, log.send)
+                # In the metrics as the routes' answers are, under no route or model: a
+                # storm of 401s or 413s is seen on a dashboard, not only in the log.
+                count_request(state, {}, "", refused.status_code, log.seconds())
                 return
             log.trace(scope, state)
             limit = None if state is None else state.limits.max_body_bytes

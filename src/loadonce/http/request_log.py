@@ -108,6 +108,10 @@ class RequestLog:
         await leaving(scope, receive, self.send)
         return True
 
+    def seconds(self) -> float:
+        """Since the request reached loadonce."""
+        return time.perf_counter() - self.started
+
     def end(self, scope: Scope) -> None:
         """The request's log line, then its span's end."""
         # Answered by the server's HTTP protocol itself (a bad chunk in the body), whatever
