@@ -309,8 +309,24 @@ def leaves_a_thread_running() -> Echo:
     return Echo()
 
 
+class _SlowConstant(Constant):
+    """Takes 3 s a call once a file "calls-are-slow" is in ``directory``."""
+
+    def __init__(self, value: float, directory: Path) -> None:
+        super().__init__(value)
+        self.directory = directory
+
+    def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
+        if (self.directory / "calls-are-slow").exists():
+            time.sleep(3)
+        return super().predict(batch)
+
+
 def constant_slowly_from_file(path: Path) -> Constant:
-    """``constant_from_file``, taking 5 s to load an artifact whose name starts "slow"."""
-    if Path(path).name.startswith("slow"):
+    """``constant_from_file``, taking 5 s to load an artifact whose name starts "slow", or
+    any artifact once a file "loads-are-slow" is beside it (and 3 s a call once a file
+    "calls-are-slow" is)."""
+    path = Path(path)
+    if path.name.startswith("slow") or (path.parent / "loads-are-slow").exists():
         time.sleep(5)
-    return constant_from_file(path)
+    return _SlowConstant(constant_from_file(path).value, path.parent)

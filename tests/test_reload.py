@@ -4,6 +4,7 @@ when the new one cannot load."""
 from __future__ import annotations
 
 import hashlib
+import json
 import signal
 import subprocess
 import sys
@@ -299,41 +300,148 @@ def test_a_reload_longer_than_the_heartbeat_timeout_kills_no_worker(tmp_path: Pa
 
 
 def test_a_reload_cut_short_by_a_worker_dying_is_a_503_and_undone(tmp_path: Path) -> None:
-    """The second worker died while the first loaded the new version: the answer was a 400
-    "the worker exited" (a failed load) and said the first worker served version 2, which it
-    no longer did once switched back."""
-    first, second = tmp_path / "one.txt", tmp_path / "slow-two.txt"
-    first.write_text("1")
+    """The other worker died while the first loaded the new version: the answer was a 400
+    "the worker exited" (a failed load), and it said the first worker served version 2,
+    which it no longer did once switched back."""
+    first_artifact, second = tmp_path / "one.txt", tmp_path / "slow-two.txt"
+    first_artifact.write_text("1")
     second.write_text("2")
-    config = _write_config(tmp_path, first, loader="tests.loaders:constant_slowly_from_file")
+    config = _write_config(
+        tmp_path, first_artifact, loader="tests.loaders:constant_slowly_from_file"
+    )
     with serving([str(config)], tmp_path, env=cli_env(tmp_path)) as server:
-        results: list[subprocess.CompletedProcess[str]] = []
+        client, first, other = _client_of_the_first_worker(server.url)
+        answers: list[httpx.Response] = []
+        body = {"artifact": str(second), "version": "2"}
         reloading = threading.Thread(
-            target=lambda: results.append(
-                _reload_cli(tmp_path, server.url, "--artifact", str(second), "--version", "2")
-            )
+            target=lambda: answers.append(client.post("/admin/models/constant/reload", json=body))
         )
         reloading.start()
-        deadline = time.monotonic() + 30
-        waiting = None
-        while waiting is None and time.monotonic() < deadline:
-            [model] = httpx.get(f"{server.url}/models").json()["models"]
-            states = {w["pid"]: w["state"] for w in model["workers"]}
-            if "reloading" in states.values():
-                waiting = next(pid for pid, state in states.items() if state != "reloading")
-            time.sleep(0.1)
-        assert waiting is not None, "a worker reloading"
-        subprocess.run(["kill", "-9", str(waiting)], check=True)
+        _when_reloading(server.url, first)
+        subprocess.run(["kill", "-9", str(other)], check=True)
         reloading.join(timeout=60)
-        [result] = results
-        assert result.returncode == 1, result.stdout + result.stderr
-        assert "(503)" in result.stderr, result.stderr
-        assert "try again" in result.stderr
+        client.close()
+        assert answers[0].status_code == 503, answers[0].text
+        assert "try again" in answers[0].json()["error"]
         # Every worker, the replacement included, serves the version before the request.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             seen = _values_by_worker(server.url)
-            if len(seen) == 2 and waiting not in seen:
+            if len(seen) == 2 and other not in seen:
                 break
             time.sleep(0.5)
         assert all(values == {1.0} for values in seen.values()), seen
+
+
+def _client_of_the_first_worker(url: str) -> tuple[httpx.Client, int, int]:
+    """A client whose connection reached the worker the supervisor applies requests to
+    first (started first: the lower pid), that worker's pid and the other's."""
+    [model] = httpx.get(f"{url}/models").json()["models"]
+    first, other = sorted(w["pid"] for w in model["workers"])
+    for _ in range(100):
+        client = httpx.Client(base_url=url, timeout=60)
+        if client.get("/readyz").json()["worker_pid"] == first:
+            return client, first, other
+        client.close()
+    raise AssertionError("no connection reached the first worker")
+
+
+def _when_reloading(url: str, pid: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        [model] = httpx.get(f"{url}/models").json()["models"]
+        if {w["pid"]: w["state"] for w in model["workers"]}.get(pid) == "reloading":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"worker pid {pid} never reloading")
+
+
+def _batch_sizes_by_worker(url: str, dead: int) -> dict[int, int]:
+    """Each serving worker's max_batch_size of the model, once the replacement serves."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        [model] = httpx.get(f"{url}/models").json()["models"]
+        ready = {w["pid"] for w in model["workers"] if w["state"] == "ready"}
+        if len(ready) == 2 and dead not in ready:
+            break
+        time.sleep(0.2)
+    sizes: dict[int, int] = {}
+    for _ in range(40):  # new connections: either worker
+        pid = httpx.post(f"{url}/models/constant/predict", json=PREDICT).json()["outputs"][0]
+        size = httpx.get(f"{url}/v2/models/constant/config").json()["max_batch_size"]
+        sizes.setdefault(pid["pid"], size)
+    return sizes
+
+
+def test_a_config_load_cut_short_switches_the_batching_back_too(tmp_path: Path) -> None:
+    """A repository load with a config (max_batch_size 8) cut short by a worker's death: the
+    worker switched back kept max_batch_size 8 (the switch back said nothing of a batching
+    the spec never declared), its replacement had the runtime's default."""
+    artifact = tmp_path / "one.txt"
+    artifact.write_text("1")
+    config = _write_config(tmp_path, artifact, loader="tests.loaders:constant_slowly_from_file")
+    with serving([str(config)], tmp_path, env=cli_env(tmp_path)) as server:
+        declared = httpx.get(f"{server.url}/v2/models/constant/config").json()["max_batch_size"]
+        (tmp_path / "loads-are-slow").write_text("")
+        client, first, other = _client_of_the_first_worker(server.url)
+        answers: list[httpx.Response] = []
+        body = {"parameters": {"config": json.dumps({"max_batch_size": declared + 7})}}
+        loading = threading.Thread(
+            target=lambda: answers.append(
+                client.post("/v2/repository/models/constant/load", json=body)
+            )
+        )
+        loading.start()
+        # The first worker loads it; the other dies before its turn: the first switches back.
+        _when_reloading(server.url, first)
+        subprocess.run(["kill", "-9", str(other)], check=True)
+        dead = other
+        loading.join(timeout=60)
+        client.close()
+        assert answers[0].status_code == 503, answers[0].text
+        (tmp_path / "loads-are-slow").unlink()
+        sizes = _batch_sizes_by_worker(server.url, dead)
+        assert set(sizes.values()) == {declared}, (declared, sizes)
+
+
+def test_an_unload_cut_short_leaves_every_worker_serving(tmp_path: Path) -> None:
+    """The first worker unloaded the model, the other died before its turn: the first stayed
+    unloaded and the replacement loaded it, for good (answers depended on the worker)."""
+    first_artifact = tmp_path / "one.txt"
+    first_artifact.write_text("1")
+    config = _write_config(
+        tmp_path, first_artifact, loader="tests.loaders:constant_slowly_from_file"
+    )
+    with serving([str(config)], tmp_path, env=cli_env(tmp_path)) as server:
+        client, first, other = _client_of_the_first_worker(server.url)
+        (tmp_path / "calls-are-slow").write_text("")
+        # A call in flight in the first worker: its unload waits for it (3 s).
+        busy = threading.Thread(
+            target=lambda: client.post("/models/constant/predict", json=PREDICT)
+        )
+        busy.start()
+        time.sleep(0.5)
+        unloader, reached, _ = _client_of_the_first_worker(server.url)
+        answers: list[httpx.Response] = []
+        unloading = threading.Thread(
+            target=lambda: answers.append(unloader.post("/v2/repository/models/constant/unload"))
+        )
+        unloading.start()
+        time.sleep(1)
+        subprocess.run(["kill", "-9", str(other)], check=True)
+        unloading.join(timeout=60)
+        busy.join(timeout=60)
+        client.close()
+        unloader.close()
+        (tmp_path / "calls-are-slow").unlink()
+        assert reached == first
+        assert answers[0].status_code == 503, answers[0].text
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            [model] = httpx.get(f"{server.url}/models").json()["models"]
+            states = {w["pid"]: w["state"] for w in model["workers"]}
+            if len(states) == 2 and other not in states and set(states.values()) == {"ready"}:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"the workers disagree: {states}")

@@ -40,15 +40,16 @@ Action = Literal["load", "unload"]
 @dataclass(frozen=True)
 class ControlRequest:
     """``load`` loads a model, or reloads it if it is loaded; ``artifact``, ``version``,
-    ``sha256`` and ``batching`` (``"off"``: none) load a changed spec instead of the current
-    one. ``unload`` unloads it."""
+    ``sha256`` and ``batching`` (``"off"``: none; ``"default"``: the runtime's, as a spec
+    that declares none, which only the supervisor's switch back sends) load a changed spec
+    instead of the current one. ``unload`` unloads it."""
 
     action: Action
     model: str
     artifact: str | None = None
     version: str | None = None
     sha256: str | None = None
-    batching: Batching | Literal["off"] | None = None
+    batching: Batching | Literal["off", "default"] | None = None
 
     @property
     def changes(self) -> dict[str, Any]:
@@ -60,7 +61,9 @@ class ControlRequest:
         if self.sha256 is not None:
             changed["sha256"] = self.sha256
         if self.batching is not None:
-            changed["batching"] = False if self.batching == "off" else self.batching
+            changed["batching"] = {"off": False, "default": None}.get(
+                self.batching if isinstance(self.batching, str) else "", self.batching
+            )
         return changed
 
 

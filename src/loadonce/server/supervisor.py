@@ -372,7 +372,10 @@ class Supervisor:
                     "from the config before it",
                     request.model,
                 )
-        elif request.action == "load":
+        else:
+            # A load, or an unload, cut short: the workers it reached go back to what the
+            # others serve (an unload that one worker's death cut short left the others
+            # unloaded and its replacement loaded, for good).
             switched = [w for w, o in zip(targets, outcomes, strict=True) if o.ok]
             restored = self._restore(switched, request)
             # Each outcome says what its worker serves after the call: a switched-back
@@ -398,9 +401,10 @@ class Supervisor:
             return restored
         restore = self._restoring(failed.model)
         logger.warning(
-            "model '%s': the load failed in a worker; restoring %d worker(s) to what the others "
+            "model '%s': the %s failed in a worker; restoring %d worker(s) to what the others "
             "serve",
             failed.model,
+            failed.action,
             len(switched),
         )
         for worker in switched:
@@ -432,9 +436,9 @@ class Supervisor:
         if name in self.config.unloaded:
             return ControlRequest(action="unload", model=name)
         spec = next(spec for spec in self.config.models if spec.name == name)
-        # As declared: off, a table of its own, or (unset) the runtime's default, which a
-        # request cannot name: it restores what the failed request left unchanged.
-        batching: Batching | Literal["off"] | None = None
+        # As declared: off, a table of its own, or (unset) the runtime's default: a failed
+        # request that changed the batching (a repository load's config) left it changed.
+        batching: Batching | Literal["off", "default"] = "default"
         if spec.batching is False:
             batching = "off"
         elif isinstance(spec.batching, Batching):
