@@ -98,9 +98,7 @@ def test_unknown_endpoints_and_methods_answer_in_the_protocols_shape(http: httpx
         (_x_input(shape=[1, 4], data=[1, 2, 3, 4]), 400, ["input 'x'", "[1, 4]", "[-1, 3]"]),
         (_x_input(data=["a", "b", "c"]), 400, ["input 'x'", "must be numbers"]),
         (_x_input(data=[[1, 2, [3]]]), 400, ["input 'x'", "nested unevenly"]),
-        # Nested otherwise than the shape: refused before any of it is converted.
-        (_x_input(data=[[1, 2], [3]]), 400, ["input 'x'", "not shaped as [1, 3]", "2 entries"]),
-        (_x_input(data=[[[1, 2, 3]]]), 400, ["input 'x'", "not shaped as [1, 3]", "depth 1"]),
+        (_x_input(data=[[1, 2], [3]]), 400, ["input 'x'", "nested unevenly"]),
         (
             _x_input(data=[1e39, 0, 0]),
             400,

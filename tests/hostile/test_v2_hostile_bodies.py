@@ -201,17 +201,32 @@ def test_rows_of_no_values_are_refused_before_they_are_built(binary: bool) -> No
     [
         ([1, 0], "FP64", [[]] * 50_000),  # 0 elements each way: the lists were built whole
         ([1, 0], "BYTES", [[]] * 50_000),
-        ([1, 2], "FP64", [[[1.0, 2.0]]]),  # one level deeper than the shape
+        ([2, 0], "FP64", [[], [[]] * 50_000]),  # past the first row
+        ([2, 0], "BYTES", [[], [[]] * 50_000]),
+        ([2], "BYTES", ["a", [[]] * 50_000]),
     ],
-    ids=["empty rows", "empty rows of text", "deeper than its shape"],
+    ids=["empty rows", "empty rows of text", "second row", "second row of text", "in a row"],
 )
-def test_data_nested_otherwise_than_its_shape_is_refused(
+def test_data_of_more_lists_than_its_shape_nests_is_refused(
     echo_server: ThreadedServer, shape: list[int], datatype: str, data: object
 ) -> None:
-    """Nested data must nest as its shape says (or be flat), for a model that declares no
-    inputs too: before this, data whose element count matched (0 = 0) was taken whatever
-    its lists held (16 million empty lists: 1.6 GB, the loop held 11 s)."""
+    """For a model that declares no inputs too: before this, data whose element count
+    matched (0 = 0) was taken whatever its lists held (16 million empty lists: 1.6 GB, the
+    loop held 11 s)."""
     body = {"inputs": [_tensor(shape, datatype, data)]}
     response = httpx.post(f"{echo_server.url}/v2/models/echo/infer", json=body, timeout=30)
     assert response.status_code == 400, response.text
-    assert f"not shaped as {shape}" in response.json()["error"]
+    assert f"more lists than its shape {shape} can nest" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("shape", "data"),
+    [([1, 6], [[1, 2, 3], [4, 5, 6]]), ([6], [[1, 2], [3, 4], [5, 6]]), ([1, 2], [[[1, 2]]])],
+)
+def test_data_nested_otherwise_than_its_shape_is_taken_row_major(
+    echo_server: ThreadedServer, shape: list[int], data: object
+) -> None:
+    """As Triton takes it: the elements in row-major order, whatever their nesting."""
+    body = {"inputs": [_tensor(shape, "FP64", data)]}
+    response = httpx.post(f"{echo_server.url}/v2/models/echo/infer", json=body, timeout=30)
+    assert response.status_code == 200, response.text

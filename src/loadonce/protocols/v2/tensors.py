@@ -209,13 +209,14 @@ def _from_json(tensor: RequestInput) -> npt.NDArray[Any]:
             f"with parameters.{BINARY_SIZE}"
         )
     count = element_count(tensor)
-    _check_nesting(tensor)
+    budget = _list_budget(tensor, count)
     if dtype is None:
-        flat = _flatten_text(tensor)
+        flat = _flatten_text(tensor, budget)
         _check_count(tensor, len(flat), count)
         elements = np.empty(count, dtype=object)
         elements[:] = flat
         return elements.reshape(tensor.shape)
+    _check_lists(tensor, budget)
     try:
         raw = np.asarray(tensor.data)
     except ValueError:
@@ -227,28 +228,43 @@ def _from_json(tensor: RequestInput) -> npt.NDArray[Any]:
     return _convert(tensor, raw, dtype).reshape(tensor.shape)
 
 
-def _check_nesting(tensor: RequestInput) -> None:
-    """Before anything is converted: the data's lists, along their first entries, hold what
-    the shape says at each depth (its dimension where the data nests further, the elements
-    left where it is flat from there). Walks one path, a step per dimension. A [1, 0] tensor
-    whose data was 16 million empty lists was built whole (its element count, 0, matched)."""
-    value, shape = tensor.data, tensor.shape
-    depth = 0
-    while isinstance(value, list):
-        nests = bool(value) and isinstance(value[0], list)
-        # Nested further: this dimension; flat from here: the elements left.
-        expected = shape[depth] if nests and depth < len(shape) else math.prod(shape[depth:])
-        if not nests and depth == 0:
-            _check_count(tensor, len(value), expected)  # flat data: the usual form
-        if len(value) != expected or (nests and depth >= len(shape)):
-            raise InvalidInputError(
-                f"input '{tensor.name}': its data is not shaped as {list(shape)}: "
-                f"{len(value)} entries at depth {depth}, where the shape has {expected}"
-                + (" (send the data flat, or nested as the shape, row-major)" if depth else "")
-            )
-        if not nests:
-            return
-        value, depth = value[0], depth + 1
+def _list_budget(tensor: RequestInput, count: int) -> int:
+    """The most lists the data may hold: as many as the shape nests (one, then one per entry
+    of each dimension but the last), or as its elements (nested otherwise: a 2x3 tensor
+    sent as [[1, 2, 3], [4, 5, 6]] for a shape [1, 6], taken as Triton takes it), and one.
+    A [1, 0] tensor whose data was 16 million empty lists was built whole (its element
+    count, 0, matched): lists hold no element, so only the shape can back them."""
+    lists = entries = 1
+    for dim in tensor.shape[:-1]:
+        entries *= dim
+        lists += entries
+    return max(lists, count) + 1
+
+
+def _over_the_budget(tensor: RequestInput) -> InvalidInputError:
+    return InvalidInputError(
+        f"input '{tensor.name}': its data holds more lists than its shape {list(tensor.shape)} "
+        "can nest (send it flat, or nested as the shape, row-major)"
+    )
+
+
+def _check_lists(tensor: RequestInput, budget: int) -> None:
+    """Before numbers are converted: the data holds at most ``budget`` lists. Walks the
+    lists that hold lists (a row of numbers is left to the conversion, which refuses a list
+    in it), one at a time, never copying one."""
+    lists = 0
+    walking = [iter((tensor.data,))]
+    while walking:
+        for value in walking[-1]:
+            if isinstance(value, list):
+                lists += 1
+                if lists > budget:
+                    raise _over_the_budget(tensor)
+                if value and isinstance(value[0], list):
+                    walking.append(iter(value))
+                    break
+        else:
+            walking.pop()
 
 
 def _check_count(tensor: RequestInput, got: int, expected: int) -> None:
@@ -259,20 +275,27 @@ def _check_count(tensor: RequestInput, got: int, expected: int) -> None:
         )
 
 
-def _flatten_text(tensor: RequestInput) -> list[bytes]:
+def _flatten_text(tensor: RequestInput, budget: int) -> list[bytes]:
+    """The strings, in order, reading at most ``budget`` lists."""
     flat: list[bytes] = []
-    pending = [tensor.data]
-    while pending:
-        value = pending.pop()
-        if isinstance(value, list):
-            pending.extend(reversed(value))
-        elif isinstance(value, str):
+    lists = 0
+    walking = [iter((tensor.data,))]
+    while walking:
+        for value in walking[-1]:
+            if isinstance(value, list):
+                lists += 1
+                if lists > budget:
+                    raise _over_the_budget(tensor)
+                walking.append(iter(value))
+                break
+            if not isinstance(value, str):
+                raise InvalidInputError(
+                    f"input '{tensor.name}': BYTES data must be strings; got "
+                    f"{type(value).__name__} {value!r}"
+                )
             flat.append(value.encode("utf-8"))
         else:
-            raise InvalidInputError(
-                f"input '{tensor.name}': BYTES data must be strings; got "
-                f"{type(value).__name__} {value!r}"
-            )
+            walking.pop()
     return flat
 
 
