@@ -355,3 +355,34 @@ def test_a_few_trailer_fields_are_accepted_and_never_become_headers(server: CliS
             answer += piece
     assert answer.startswith(b"HTTP/1.1 200"), answer
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["outputs"][0]["echo"] == 7
+
+
+def test_pipelined_requests_are_not_taken_for_chunked_framing(tmp_path: Path) -> None:
+    """The bound on a chunked body's framing counted every byte of a read: a request read
+    with the next one's head (pipelined) made its 40 KB body look like framing, a false 431
+    with max_header_bytes under 32 KiB, and the first answer was lost."""
+    env = cli_env(tmp_path, {"LOADONCE_MAX_HEADER_BYTES": "8192"})
+
+    def post(body: bytes, request_id: bytes, declared: int) -> bytes:
+        return (
+            b"POST /models/echo/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: "
+            + request_id
+            + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % declared
+            + body
+        )
+
+    with serving(["tests.loaders:echo"], tmp_path, env=env) as running:
+        first = b'{"inputs": [1]' + b" " * 40_000 + b"}"
+        second = b'{"inputs": [2]}'
+        with _connect(running) as sock:
+            # The first request whole, the second's head and 5 bytes of its body: one write.
+            sock.sendall(post(first, b"pipe-1", len(first)) + post(second[:5], b"pipe-2", 15))
+            time.sleep(0.3)
+            sock.sendall(second[5:])
+            answers = b""
+            while answers.count(b"HTTP/1.1 200") < 2 or not answers.rstrip().endswith(b"}"):
+                piece = sock.recv(65536)
+                if not piece:
+                    break
+                answers += piece
+    assert answers.count(b"HTTP/1.1 200") == 2, answers

@@ -128,6 +128,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # A chunked body's data, chunks and trailer fields: what is read besides the data
         # (chunk sizes and extensions, trailer fields) is bounded as a head is.
         self._payload_bytes = 0
+        self._framing_bytes = 0
+        self._heads = 0  # of the requests on this connection: a read spanning two is not counted
         self._chunks = 0
         self._trailer_fields = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -197,6 +199,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._received_at = self.loop.time()
+        # A read that begins inside a body and ends there is that body's bytes alone (a
+        # read holding a head, or a pipelined request's end, is not counted as framing).
+        payload_before = self._payload_bytes if self._in_body else None
+        heads_before = self._heads
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
@@ -212,6 +218,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         elif self._in_body:
             # Each piece restarts the pause's limit, within what the body as a whole is given.
             self._body_bytes += len(data)
+            if payload_before is not None and self._heads == heads_before:
+                self._framing_bytes += len(data) - (self._payload_bytes - payload_before)
             if self._framing_over_the_limit():
                 self._refusal = (_HEAD_TOO_LARGE, _FRAMING_TOO_LARGE)
                 self._disarm()
@@ -248,7 +256,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             raise _RefusedHeadError
         self._in_head, self._in_body = False, True
         self._body_started, self._body_bytes = self._received_at, 0
-        self._payload_bytes = self._chunks = self._trailer_fields = 0
+        self._payload_bytes = self._chunks = self._trailer_fields = self._framing_bytes = 0
+        self._heads += 1
         if self._timer is not None:
             self._disarm()  # the head's timer, if it came in pieces
         # Its deadline counts from here (ARRIVED_SCOPE_KEY), so the wait for the busy loop
@@ -288,13 +297,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_body(body)
 
     def _framing_over_the_limit(self) -> bool:
-        """Whether what the body's bytes carry besides its data (chunk sizes and extensions,
-        trailer fields) passed what a head may hold: the parser keeps a trailer field whole
-        until it ends, and chunk extensions would keep the body's timer going for ever.
-        The read that completed the head is counted in the body's bytes too, hence a head's
-        size more."""
-        framing = self._body_bytes - self._payload_bytes
-        return framing > 2 * self.max_header_bytes + _CHUNK_FRAMING_BYTES * self._chunks
+        """Whether what the body's reads carry besides its data (chunk sizes and extensions,
+        trailer fields) passed what a head may hold, with a few bytes more per chunk: the
+        parser keeps a trailer field whole until it ends, and chunk extensions would keep
+        the body's timer going for ever. (The read that completed the head is not counted:
+        at most one read, 64 KiB, more.)"""
+        limit = self.max_header_bytes + _CHUNK_FRAMING_BYTES * self._chunks
+        return self._framing_bytes > limit
 
     def _head_over_the_limit(self) -> bool:
         """A head that came in one read was parsed whole before data_received could refuse
