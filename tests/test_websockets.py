@@ -22,9 +22,9 @@ from tests.servers import ThreadedServer
 KEY = "inference-key-0123456789"
 
 
-def _app(access: AccessKeys | None) -> FastAPI:
+def _app(access: AccessKeys | None, allowed_hosts: tuple[str, ...] = ()) -> FastAPI:
     specs = [loadonce.ModelSpec(name="double", loader=lambda: lambda batch: [2 * x for x in batch])]
-    app = FastAPI(lifespan=loadonce.lifespan(specs, access=access))
+    app = FastAPI(lifespan=loadonce.lifespan(specs, access=access, allowed_hosts=allowed_hosts))
 
     @app.websocket("/stream")
     async def stream(
@@ -100,3 +100,24 @@ def test_a_websocket_has_a_request_id_and_an_access_line(
     lines = [record.getMessage() for record in caplog.records]
     assert any("WEBSOCKET /stream 101" in line and "ws-request-1" in line for line in lines), lines
     assert any("WEBSOCKET /stream 403" in line and "ws-2" in line for line in lines), lines
+
+
+@pytest.fixture(scope="module")
+def behind_a_proxy() -> Iterator[ThreadedServer]:
+    with ThreadedServer(_app(None, allowed_hosts=("app.example.com",))) as running:
+        yield running
+
+
+def test_a_page_of_an_allowed_host_opens_a_websocket_through_a_proxy(
+    behind_a_proxy: ThreadedServer,
+) -> None:
+    """Behind a proxy that drops the port from Host, or passes on its own Host, the page's
+    origin is not the Host the server sees: the operator's allowed_hosts names it."""
+    for headers in (
+        {"Host": "app.example.com", "Origin": "https://app.example.com:8443"},
+        {"Origin": "https://app.example.com"},  # the proxy's own Host: 127.0.0.1:port
+    ):
+        with connect(_url(behind_a_proxy), additional_headers=headers) as websocket:
+            websocket.send("4")
+            assert websocket.recv(timeout=10) == "[8.0]"
+    assert _refused_with(behind_a_proxy, Origin="https://evil.example") == 403

@@ -62,11 +62,9 @@ def refusal(scope: Scope, allowed_hosts: tuple[str, ...] = ()) -> str | None:
                 f"names (localhost, 127.0.0.1, [::1]) and its allowed_hosts, not to Host "
                 f"'{name}'"
             )
-    foreign_site = site is not None and site.lower() not in _OWN_SITES
-    foreign_origin = origin is not None and (
-        not (netloc := urlsplit(origin.decode("latin-1")).netloc.lower())
-        or netloc != (host or b"").decode("latin-1").lower()
-    )
+    trusted = origin is not None and _trusted_origin(origin, host, allowed_hosts)
+    foreign_site = site is not None and site.lower() not in _OWN_SITES and not trusted
+    foreign_origin = origin is not None and not trusted
     if not (foreign_site or foreign_origin):
         return None
     if scope["type"] == "websocket":
@@ -78,6 +76,25 @@ def refusal(scope: Scope, allowed_hosts: tuple[str, ...] = ()) -> str | None:
     if foreign_site:
         return "control routes refuse requests a browser sends from another site"
     return "control routes refuse requests a browser sends from another origin"
+
+
+def _trusted_origin(origin: bytes, host: bytes | None, allowed_hosts: tuple[str, ...]) -> bool:
+    """The request's own origin (the Host it was sent to), or one whose name the operator
+    listed in ``allowed_hosts`` (``*`` aside, which opens Host names, not origins): behind a
+    proxy that passes on its own Host, or drops the port, a page's own origin differs from
+    the Host the server sees."""
+    parts = urlsplit(origin.decode("latin-1"))
+    netloc = parts.netloc.lower()
+    if not netloc:
+        return False  # "null", a sandboxed page's or a file's
+    if netloc == (host or b"").decode("latin-1").lower():
+        return True
+    listed = tuple(pattern for pattern in allowed_hosts if pattern != "*")
+    try:
+        name = parts.hostname
+    except ValueError:
+        return False
+    return name is not None and host_allowed(name, listed)
 
 
 def _serves_loopback_only(scope: Scope) -> bool:
