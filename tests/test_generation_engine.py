@@ -347,6 +347,27 @@ def test_chat_messages_go_through_the_models_chat_template(directories: dict[str
     assert _run(scenario()) == _reference(directories["llama"], "user movie a", 5)
 
 
+def test_a_chat_that_cannot_fit_is_refused_before_its_template_runs(
+    directories: dict[str, Path],
+) -> None:
+    """More messages than the context has tokens, or more characters than it can read: the
+    template rendered the whole chat on the model's thread first (1.8 million empty
+    messages: 7 s, every other stream of the model waiting), only to refuse it."""
+
+    async def scenario() -> None:
+        async with _loaded(directories["llama"]) as model:
+            many = tuple({"role": "user", "content": ""} for _ in range(CONTEXT + 1))
+            with pytest.raises(loadonce.InvalidInputError, match=f"holds {CONTEXT + 1} messages"):
+                await _text(model, messages=many)
+            long = ({"role": "user", "content": "good" * 100_000},)
+            with pytest.raises(loadonce.InvalidInputError, match="messages hold 400000 characters"):
+                await _text(model, messages=long)
+            fits = ({"role": "user", "content": "movie"},)
+            assert (await _text(model, messages=fits, max_new_tokens=2))[1].completion_tokens
+
+    _run(scenario())
+
+
 def test_stop_strings_end_the_text_before_them(directories: dict[str, Path]) -> None:
     full = _reference(directories["gpt2"], "good", 12)
     stop = full.split()[2]

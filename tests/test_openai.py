@@ -439,6 +439,7 @@ def test_a_body_that_is_not_valid_is_a_400_naming_the_field(
         ([{"role": {"a": 1}, "content": "x"}], "messages.0.role"),
         ([{"role": "user", "content": [{"type": "image_url"}]}], "messages.0.content"),
         ([{"role": "user"}], "messages.0.content"),
+        (["hello"], "messages.0"),
     ],
 )
 def test_chat_messages_are_checked(

@@ -28,6 +28,7 @@ from loadonce.core.generation import (
 )
 from loadonce.runtimes.transformers.sampling import RowSampler, check_sampling, sampling_of
 from loadonce.runtimes.transformers.text_length import (
+    TEXT_ROOM,
     longest_token_characters,
     most_characters,
     refuse_if_longer,
@@ -89,6 +90,28 @@ class _TokenEngine(GenerationEngine):
             )
         if request.messages is None and request.prompt is None:
             raise InvalidInputError("send a prompt or chat messages")
+        if request.messages is not None:
+            self._check_chat_size(request.messages)
+
+    def _check_chat_size(self, messages: Sequence[Mapping[str, Any]]) -> None:
+        """A chat that cannot fit the context, refused before its template runs on the
+        model's thread (every stream of the model waits for it): each message is at least
+        one token, and its contents, at most what ``refuse_if_longer`` lets a text have
+        (1.8 million empty messages took 7 s, all to be refused at the end)."""
+        context = self._context
+        if context is not None and len(messages) > context:
+            raise ContextLengthError(
+                f"the chat holds {len(messages)} messages: more than this model reads (its "
+                f"context of {context} tokens holds at most that many)"
+            )
+        most = self._most_characters
+        if most is not None:
+            characters = sum(len(str(message.get("content") or "")) for message in messages)
+            if characters > most * TEXT_ROOM:
+                raise ContextLengthError(
+                    f"the chat's messages hold {characters} characters: more than this model "
+                    f"reads (its context of {context} tokens)"
+                )
 
     def reset(self) -> None:
         self._rows = []

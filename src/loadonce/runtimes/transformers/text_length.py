@@ -5,7 +5,7 @@ A token stands for at most as many characters as its longest entry in the vocabu
 (a byte-level entry spells one character per byte it stands for; ``##ab`` or ``▁ab`` stand
 for fewer), so a text that fits the context spans at most ``context x longest`` characters,
 besides the whitespace its tokenizer drops: those are not counted ("good", 300 spaces, "movie"
-is four tokens, and was refused as more than a context of 32), up to ``_ROOM`` times the bound
+is four tokens, and was refused as more than a context of 32), up to ``TEXT_ROOM`` times the bound
 in all (the tokenizer reads them too). Tokenizing a prompt of 20 MB took 18 s on the model's
 thread, and every other stream of that model waited, only to refuse it at the end; a text past
 the bound is refused (or, with truncation, cut) before the tokenizer sees it.
@@ -20,7 +20,7 @@ from loadonce.core.errors import ContextLengthError
 # When the vocabulary cannot be read: a bound that still refuses megabytes at once.
 _UNKNOWN_LONGEST = 64
 # Whitespace and all, a text may have this many times the bound's characters.
-_ROOM = 8
+TEXT_ROOM = 8
 
 
 def longest_token_characters(tokenizer: Any) -> int:
@@ -40,10 +40,10 @@ def most_characters(context: int | None, longest_token: int) -> int | None:
 
 def exceeds(text: str, most: int | None) -> bool:
     """Whether ``text`` cannot fit: more characters than ``most`` besides its whitespace, or
-    more than ``_ROOM`` times ``most`` in all. Counted in C (``str.count``), never a copy."""
+    more than ``TEXT_ROOM`` times ``most`` in all. Counted in C (``str.count``), never a copy."""
     if most is None or len(text) <= most:
         return False
-    if len(text) > most * _ROOM:
+    if len(text) > most * TEXT_ROOM:
         return True
     whitespace = sum(text.count(space) for space in " \n\t\r")
     return len(text) - whitespace > most
