@@ -480,8 +480,11 @@ def _health(url: str, service: str = "") -> int:
         return status
 
 
-def test_health_service(grpc_url: str) -> None:
+def test_health_service(grpc_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="loadonce.access")
     assert _health(grpc_url) == 1  # SERVING
+    # Logged as every other call is (and as the HTTP probes are): it wrote no line.
+    assert any("/grpc.health.v1.Health/Check 200" in r.getMessage() for r in caplog.records)
     assert _health(grpc_url, "inference.GRPCInferenceService") == 1
     # gRPC's health protocol: NOT_FOUND for a service it does not know (it answered OK with
     # SERVICE_UNKNOWN, which is Watch's answer only).
@@ -579,6 +582,7 @@ def test_api_keys_and_size_limit() -> None:
         url = f"127.0.0.1:{port}"
         with triton.InferenceServerClient(url) as anonymous:
             assert anonymous.is_server_live()  # open, as /v2/health/live
+            assert _health(url) == 1  # open too
             code, message = _code(lambda: anonymous.infer("simple", _pair()))
             assert code is grpc.StatusCode.UNAUTHENTICATED
             # In gRPC's words: metadata keys are lowercase (tritonclient.grpc refuses

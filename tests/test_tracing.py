@@ -439,6 +439,31 @@ def test_a_grpc_call_is_traced_and_continues_the_callers_trace(
     assert any(event.name == "exception" for event in failed.events)
 
 
+def test_a_grpc_caller_refused_for_its_key_is_not_traced(exporter: InMemorySpanExporter) -> None:
+    import numpy as np
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+
+    from loadonce.protocols.grpc import grpc_lifespan
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    port = free_port()
+    specs = [loadonce.ModelSpec(name="m", loader=Doubler)]
+    keys = loadonce.AccessKeys(inference=("inference-key-0123456789",))
+    app = loadonce.create_app(specs, wrap=grpc_lifespan(port=port), tracing=provider, access=keys)
+    with ThreadedServer(app):
+        exporter.clear()
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        tensor = triton.InferInput("x", [1], "FP64")
+        tensor.set_data_from_numpy(np.array([1.0]))
+        traceparent = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+        with pytest.raises(InferenceServerException, match="API key"):
+            client.infer("m", [tensor], headers={"traceparent": traceparent})
+        client.close()
+    assert exporter.get_finished_spans() == ()
+
+
 def _without_opentelemetry(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 

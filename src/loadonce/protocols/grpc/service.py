@@ -137,17 +137,33 @@ class InferenceService:
             name: _unary(_TYPES[name][1], self._call(name, rpc)) for name, rpc in rpcs.items()
         }
         check_types = method_types(HEALTH_SERVICE)["Check"]
-        health = {"Check": _unary(check_types[1], _reading(check_types[0], self.health_check))}
+        # Open as the HTTP probes are, and logged and counted as they are.
+        check = self._call(
+            "Check",
+            self.health_check,
+            service=HEALTH_SERVICE,
+            request_class=check_types[0],
+            family=RouteFamily.OPEN,
+        )
+        health = {"Check": _unary(check_types[1], check)}
         return [
             grpc.method_handlers_generic_handler(SERVICE, inference),
             grpc.method_handlers_generic_handler(HEALTH_SERVICE, health),
         ]
 
-    def _call(self, method: str, rpc: Handler) -> Handler:
-        family = _FAMILIES.get(method, RouteFamily.INFERENCE)
-        route = f"/{SERVICE}/{method}"
+    def _call(
+        self,
+        method: str,
+        rpc: Handler,
+        *,
+        service: str = SERVICE,
+        request_class: Any = None,
+        family: RouteFamily | None = None,
+    ) -> Handler:
+        family = family or _FAMILIES.get(method, RouteFamily.INFERENCE)
+        route = f"/{service}/{method}"
         state = self.state
-        request_class = _TYPES[method][0]
+        request_class = request_class or _TYPES[method][0]
 
         async def call(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
@@ -160,18 +176,6 @@ class InferenceService:
             trailer = ((REQUEST_ID_KEY, request_id),)
             status = 200
             traced = None
-            if state.tracing is not None:  # the caller's traceparent is in the metadata
-                traced = state.tracing.start_request(f"{SERVICE}/{method}", metadata)
-                if traced is not None:
-                    traced.describe(
-                        {
-                            "rpc.system": "grpc",
-                            "rpc.service": SERVICE,
-                            "rpc.method": method,
-                            "loadonce.request_id": request_id,
-                        }
-                    )
-                    traced.enter()
             try:
                 if state.access is not None:
                     refused = refusal(
@@ -180,6 +184,19 @@ class InferenceService:
                     if refused is not None:
                         status, message = refused
                         await context.abort(grpc_code(status), message, trailer)
+                # After the key: a refused caller's traceparent is never read (as HTTP's).
+                if state.tracing is not None:  # the caller's traceparent is in the metadata
+                    traced = state.tracing.start_request(f"{service}/{method}", metadata)
+                    if traced is not None:
+                        traced.describe(
+                            {
+                                "rpc.system": "grpc",
+                                "rpc.service": service,
+                                "rpc.method": method,
+                                "loadonce.request_id": request_id,
+                            }
+                        )
+                        traced.enter()
                 try:
                     request = _parsed(request_class, raw)
                     response = await rpc(request, context)
@@ -391,19 +408,6 @@ def _parsed(request_class: Any, raw: bytes) -> Any:
     except DecodeError:
         name = request_class.DESCRIPTOR.full_name
         raise InvalidRequestError([("message", f"not a valid {name} message")]) from None
-
-
-def _reading(request_class: Any, handler: Handler) -> Handler:
-    """``handler`` given its request parsed (a health check: no API key, no metrics)."""
-
-    async def read(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            request = _parsed(request_class, raw)
-        except InvalidRequestError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return await handler(request, context)
-
-    return read
 
 
 # A status message travels in a trailer, which gRPC clients cap (8 KiB, percent-encoded):
