@@ -62,7 +62,9 @@ class _QuietWhileReading(logging.Filter):
         self.thread: int | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.thread != self.thread
+        # A filter runs in the thread that logs; the record's own thread id is not kept
+        # (server mode sets logging.logThreads off).
+        return threading.get_ident() != self.thread
 
     @contextmanager
     def reading(self) -> Iterator[None]:
