@@ -324,9 +324,11 @@ class _SlowConstant(Constant):
 
 def constant_slowly_from_file(path: Path) -> Constant:
     """``constant_from_file``, taking 5 s to load an artifact whose name starts "slow", or
-    any artifact once a file "loads-are-slow" is beside it (and 3 s a call once a file
-    "calls-are-slow" is)."""
+    any artifact once a file "loads-are-slow" is beside it (as many seconds as it says, if it
+    says), and 3 s a call once a file "calls-are-slow" is."""
     path = Path(path)
-    if path.name.startswith("slow") or (path.parent / "loads-are-slow").exists():
-        time.sleep(5)
+    flag = path.parent / "loads-are-slow"
+    if path.name.startswith("slow") or flag.exists():
+        # The flag may say how many seconds.
+        time.sleep(float(flag.read_text() or 5) if flag.exists() else 5)
     return _SlowConstant(constant_from_file(path).value, path.parent)

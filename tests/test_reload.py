@@ -445,3 +445,37 @@ def test_an_unload_cut_short_leaves_every_worker_serving(tmp_path: Path) -> None
             time.sleep(0.2)
         else:
             raise AssertionError(f"the workers disagree: {states}")
+
+
+def test_a_worker_stopped_while_it_reloads_does_not_wait_for_the_load(tmp_path: Path) -> None:
+    """SIGTERM to a worker loading a new version for the supervisor: it exited only once
+    the load ended (up to load_timeout_s), whatever drain_timeout_s said. The load is
+    abandoned; the worker stops at once, and the reload is answered 503 (try again)."""
+    artifact = tmp_path / "one.txt"
+    artifact.write_text("1")
+    config = _write_config(tmp_path, artifact, loader="tests.loaders:constant_slowly_from_file")
+    env = cli_env(tmp_path, {"LOADONCE_STOP_DELAY_S": "0"})
+    with serving([str(config)], tmp_path, env=env) as server:
+        client, first, other = _client_of_the_first_worker(server.url)
+        client.close()
+        (tmp_path / "loads-are-slow").write_text("20")
+        answers: list[httpx.Response] = []
+        # Asked through the other worker, which stays up to answer.
+        with httpx.Client(base_url=server.url, timeout=60) as via:
+            while via.get("/readyz").json()["worker_pid"] != other:
+                via.close()
+                via = httpx.Client(base_url=server.url, timeout=60)
+            reloading = threading.Thread(
+                target=lambda: answers.append(via.post("/admin/models/constant/reload"))
+            )
+            reloading.start()
+            _when_reloading(server.url, first)
+            stopped = time.monotonic()
+            subprocess.run(["kill", "-TERM", str(first)], check=True)
+            while Path(f"/proc/{first}").exists() and time.monotonic() - stopped < 30:
+                time.sleep(0.05)
+            took = time.monotonic() - stopped
+            reloading.join(timeout=60)
+        (tmp_path / "loads-are-slow").unlink()
+        assert took < 8, f"the worker took {took:.1f} s to stop (the load: 20 s)"
+        assert answers[0].status_code == 503, answers[0].text

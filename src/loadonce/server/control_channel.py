@@ -13,6 +13,7 @@ version, and one started after an unload leaves the model unloaded.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import logging
 import os
@@ -59,6 +60,9 @@ class SupervisedControl:
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        # The supervisor's request this worker is applying (a load may take minutes).
+        self._applying: concurrent.futures.Future[WorkerOutcome] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Read the supervisor's messages from now on (after GO: the pipe is ours alone), and
@@ -66,6 +70,21 @@ class SupervisedControl:
         self._loop = loop
         threading.Thread(target=self._read_forever, name="loadonce-control", daemon=True).start()
         self._heartbeat = loop.create_task(self._beat_forever(), name="loadonce-heartbeat")
+        self._watch = loop.create_task(self._abandon_when_stopping(), name="loadonce-stop-watch")
+
+    async def _abandon_when_stopping(self) -> None:
+        """Once the worker stops, the load it applies for the supervisor is abandoned: the
+        stop waited for it (up to load_timeout_s, 600 s) before the worker could unload,
+        whatever drain_timeout_s said, and the supervisor then killed the worker."""
+        while not self._registry.draining:
+            await asyncio.sleep(_DRAINING_POLL_S)
+        applying = self._applying
+        if applying is not None and not applying.done():
+            logger.warning(
+                "worker pid %d: stopping; abandoning the model load it was applying",
+                os.getpid(),
+            )
+            applying.cancel()
 
     async def _beat_forever(self) -> None:
         # From the loop itself: a loop that is blocked (or a stopped process) sends nothing.
@@ -121,7 +140,19 @@ class SupervisedControl:
                 running = asyncio.run_coroutine_threadsafe(
                     apply_locally(self._registry, payload), loop
                 )
-                self._send((APPLIED, operation, running.result()))
+                self._applying = running
+                try:
+                    outcome = running.result()
+                except concurrent.futures.CancelledError:  # the worker is stopping
+                    outcome = WorkerOutcome(
+                        pid=os.getpid(), ok=False, version="", state="", error=SERVER_STOPPING
+                    )
+                finally:
+                    self._applying = None
+                try:
+                    self._send((APPLIED, operation, outcome))
+                except OSError:
+                    return  # the supervisor is gone
             elif kind == RESULT:
                 loop.call_soon_threadsafe(self._resolve, operation, payload)
 
