@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ def forest_joblib(tmp_path: Path, forest: tuple[RandomForestClassifier, Any]) ->
 
 
 # skops does not trust scikit-learn's tree internals by default; a user lists them, as here.
+JSON_TYPE = {"Content-Type": "application/json"}
 TREE_TYPES = {"trusted_types": ["sklearn.tree._tree.Tree"]}
 
 
@@ -253,21 +256,30 @@ def test_null_is_a_missing_value_for_a_model_that_takes_them(tmp_path: Path) -> 
         assert text.status_code == 400
 
 
-@pytest.mark.parametrize("value", [1e39, -1e308])
+@pytest.mark.parametrize("value", [1e39, -1e308, math.inf])
+@pytest.mark.parametrize("nan_beside", [False, True], ids=["alone", "a NaN beside it"])
 def test_a_number_past_float32_is_a_400_for_trees(
-    forest_skops: Path, forest: tuple[RandomForestClassifier, Any], value: float
+    forest_skops: Path,
+    forest: tuple[RandomForestClassifier, Any],
+    value: float,
+    nan_beside: bool,
 ) -> None:
     """scikit-learn's trees compute in float32 and refuse what it cannot hold: the client's
     number is a 400 saying so (it was the model's 500), on both routes; its neighbours in
-    range are answered."""
+    range are answered. A NaN beside it (a forest takes missing values) hid it: the
+    batch's maximum was NaN."""
     spec = loadonce.ModelSpec(name="f", artifact=forest_skops, options=TREE_TYPES)
-    row = [1.0, value, 0.0, 0.0, 0.0, 0.0]
+    row = [1.0, value, math.nan if nan_beside else 0.0, 0.0, 0.0, 0.0]
     with TestClient(loadonce.create_app([spec])) as client:
-        refused = client.post("/models/f/predict", json={"inputs": [row]})
+
+        def post(path: str, body: dict[str, Any]) -> Any:  # NaN and Infinity as JSON writes them
+            return client.post(path, content=json.dumps(body), headers=JSON_TYPE)
+
+        refused = post("/models/f/predict", {"inputs": [row]})
         assert refused.status_code == 400, refused.text
         assert "outside the range of float32" in refused.json()["error"]
         tensor = {"name": "input", "datatype": "FP64", "shape": [1, 6], "data": row}
-        infer = client.post("/v2/models/f/infer", json={"inputs": [tensor]})
+        infer = post("/v2/models/f/infer", {"inputs": [tensor]})
         assert infer.status_code == 400, infer.text
         fine = forest[1][:1].tolist()
         answered = client.post("/models/f/predict", json={"inputs": fine})

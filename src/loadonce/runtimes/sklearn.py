@@ -105,8 +105,10 @@ class EstimatorPredictor(Predictor):
                 f"{type(self.estimator).__name__} does not accept NaN or infinity; "
                 "send finite numbers"
             )
-        # (A NaN's maximum is NaN, never over: NaN is checked above, where it must be.)
-        if self._float32 and batch.size and np.abs(batch).max() > _FLOAT32_MAX:
+        # Compared value by value: a NaN (which a model that takes missing values lets
+        # through) made the batch's maximum NaN, never over, and hid an infinity or 1e300
+        # beside it (the model's 500, and a traceback per request).
+        if self._float32 and batch.size and bool((np.abs(batch) > _FLOAT32_MAX).any()):
             # Its trees compare float32 values: scikit-learn refuses what float32 cannot hold
             # (the model's 500 for the client's number).
             raise InvalidInputError(
