@@ -97,3 +97,35 @@ def test_a_failed_load_of_an_unloaded_model_leaves_it_unloaded() -> None:
         assert info["state"] == "unloaded"
         assert "the new artifact is corrupt" in info["error"]
         assert httpx.get(f"{running.url}/readyz").status_code == 200
+
+
+def test_control_bodies_are_read_as_their_content_encoding_says() -> None:
+    """The repository and admin routes read their body raw: a gzip one was "invalid JSON",
+    and plain JSON labelled br or zstd was taken (a reload ran). As every route: inflated,
+    or 415."""
+    import gzip
+    import json
+
+    spec = loadonce.ModelSpec(name="echo", loader=Echo)
+    with ThreadedServer(loadonce.create_app([spec])) as running:
+        body = json.dumps({"parameters": {}}).encode()
+        for path in (
+            "/v2/repository/index",
+            "/v2/repository/models/echo/load",
+            "/v2/repository/models/echo/unload",
+            "/admin/models/echo/reload",
+        ):
+            if path.endswith("unload"):
+                httpx.post(f"{running.url}/v2/repository/models/echo/load")
+            gzipped = httpx.post(
+                running.url + path,
+                content=gzip.compress(body if "admin" not in path else b"{}"),
+                headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+            )
+            assert gzipped.status_code == 200, (path, gzipped.text)
+            unknown = httpx.post(
+                running.url + path,
+                content=body if "admin" not in path else b"{}",
+                headers={"Content-Type": "application/json", "Content-Encoding": "br"},
+            )
+            assert unknown.status_code == 415, (path, unknown.text)

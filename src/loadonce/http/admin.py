@@ -15,6 +15,7 @@ from loadonce.core.control import (
 )
 from loadonce.core.errors import InvalidRequestError
 from loadonce.http.json_answer import JSONAnswer
+from loadonce.http.large_bodies import parse_request_body
 from loadonce.http.routes import LoadonceRoute
 from loadonce.http.schemas import ErrorBody
 from loadonce.http.state import LoadonceState
@@ -75,7 +76,8 @@ def admin_router() -> APIRouter:
         name: Annotated[str, Path(description="The model's name, as declared.")],
         request: Request,
     ) -> JSONAnswer:
-        raw = await request.body()
+        # Inflated as its Content-Encoding says, as every route's body (415 for another).
+        raw = await parse_request_body(request, lambda body: body)
         try:
             body = ReloadRequest.model_validate_json(raw) if raw.strip() else ReloadRequest()
         except ValidationError as exc:
