@@ -400,6 +400,15 @@ def test_generation_parameters_are_taken_checked_and_capped(
         parameters={"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 5},
     )
     assert sampled["generated_text"].startswith("good")
+    # Extreme values the rules take are taken as the generate routes take them: a
+    # temperature of 1e-300 is the greedy choice (it was the model's 500, NaN probabilities),
+    # a repetition penalty of 1e-300 the most float32 can say.
+    cold = _predict(client, "writer", ["good"], parameters={"temperature": 1e-300})
+    assert cold == reference(["good"], max_new_tokens=12, do_sample=False)[0]
+    extreme = {"do_sample": True, "temperature": 1e-300, "repetition_penalty": 1e-300}
+    assert _predict(client, "writer", ["good"], parameters=extreme)[0]["generated_text"]
+    penalized = {"do_sample": True, "repetition_penalty": 1e-45}
+    assert _predict(client, "writer", ["good"], parameters=penalized)[0]["generated_text"]
     refused = {
         "max_new_tokens": 13,  # the operator's cap is 12
         "temperature": 0,

@@ -22,6 +22,7 @@ from loadonce.runtimes.transformers.parameters import (
     generation_rules,
     pipeline_rules,
 )
+from loadonce.runtimes.transformers.sampling import as_the_engine_samples
 from loadonce.runtimes.transformers.tasks import ServedTask
 from loadonce.runtimes.transformers.text_length import (
     exceeds,
@@ -249,6 +250,7 @@ class PipelinePredictor(TextPredictor):
         options.setdefault("batch_size", pass_size(len(prompts)))
         if self.task.generates:
             options["max_new_tokens"] = self.new_tokens(options, prompts)
+            options = as_the_engine_samples(options)
         outputs: list[Any] = self.pipeline([p.text for p in prompts], **options)
         if self.task.name == "fill-mask" and len(prompts) == 1:
             # The fill-mask pipeline unwraps a list of one text; every other keeps the list.

@@ -8,7 +8,7 @@ generator, so its text depends on its seed only, not on the batch it shared.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +86,29 @@ def _between(value: float | None, low: float, high: float, *, low_open: bool = F
 # A temperature this low picks the best token anyway; dividing by it would overflow (vLLM's
 # threshold too).
 _GREEDY_BELOW = 1e-5
+
+
+def as_the_engine_samples(options: Mapping[str, Any]) -> dict[str, Any]:
+    """A pipeline's generation options, taken as the engine takes the same values: a
+    temperature too low to sample with is the greedy choice, a repetition penalty past
+    what float32 can compute is the most it can, and any score still overflowing is kept
+    finite by transformers' own processor. Passed as they were, both made ``generate``
+    raise on NaN probabilities: the model's 500 for values the rules accept."""
+    taken = dict(options)
+    temperature = taken.get("temperature")
+    if isinstance(temperature, int | float) and temperature < _GREEDY_BELOW:
+        del taken["temperature"]
+        taken["do_sample"] = False
+    penalty = taken.get("repetition_penalty")
+    if isinstance(penalty, int | float) and penalty < _LEAST_PENALTY:
+        # Below this, a seen token's score passes float32's range: the order of the scores,
+        # what sampling reads, is the same.
+        taken["repetition_penalty"] = _LEAST_PENALTY
+    taken.setdefault("remove_invalid_values", True)
+    return taken
+
+
+_LEAST_PENALTY = 1e-30
 
 
 class RowSampler:
