@@ -272,3 +272,65 @@ def test_a_config_files_keys_may_be_one_comma_separated_string(tmp_path: Path) -
         assert httpx.get(f"{server.url}/models").status_code == 401
         headers = {"Authorization": "Bearer other-key-0123456789"}
         assert httpx.get(f"{server.url}/models", headers=headers).status_code == 200
+
+
+def test_a_bad_grpc_port_is_not_blamed_on_loadonce_port(tmp_path: Path) -> None:
+    """ "port:" is in "grpc_port:" too: the message named LOADONCE_PORT for a bad gRPC port."""
+    result = subprocess.run(
+        [sys.executable, "-m", "loadonce", "serve", "--demo", "--grpc-port", "70000"],
+        capture_output=True,
+        text=True,
+        env=cli_env(tmp_path, {"LOADONCE_PORT": "8001"}),
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == USAGE_ERROR
+    assert "grpc_port: Input should be less than or equal to 65535" in result.stderr
+    assert "LOADONCE_PORT" not in result.stderr
+
+
+def _reload(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "loadonce", "reload", "m", "--url", url],
+        capture_output=True,
+        text=True,
+        env=cli_env(tmp_path),
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_loadonce_reload_refuses_a_bad_url_or_a_foreign_answer_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """A malformed URL, or a server that is not loadonce's (a proxy's login page), was a
+    traceback and status 1."""
+    import http.server
+    import threading
+
+    for url in ("http://[::1", "http://127.0.0.1:abc", "http://a b"):
+        result = _reload(tmp_path, url)
+        assert result.returncode == USAGE_ERROR, (url, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+
+    class Foreign(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = b"<html>login</html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Foreign) as foreign:
+        threading.Thread(target=foreign.serve_forever, daemon=True).start()
+        result = _reload(tmp_path, f"http://127.0.0.1:{foreign.server_address[1]}")
+        foreign.shutdown()
+    assert result.returncode == USAGE_ERROR, result.stderr
+    assert "not a loadonce reload's" in result.stderr
+    assert "Traceback" not in result.stderr

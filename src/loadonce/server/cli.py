@@ -57,7 +57,9 @@ def _named_by_variables(message: str) -> str:
         name = parameter.name or ""
         if context.get_parameter_source(name) is ParameterSource.ENVIRONMENT:
             option = _SERVER_OPTION_OF.get(name, name)
-            message = message.replace(f"{option}:", f"{option} ({parameter.envvar}):", 1)
+            # The option's own name only: "port" is in "grpc_port" too.
+            named = f"{option} ({parameter.envvar}):".replace("\\", "\\\\")
+            message = re.sub(rf"(?<![\w.]){re.escape(option)}:", named, message, count=1)
     return message
 
 
@@ -500,27 +502,32 @@ def reload(
     if sha256 is not None:
         body["sha256"] = sha256
     # Imported here: urllib brings ssl, which the supervisor of `--workers N` never needs.
+    import http.client
     import urllib.error
     import urllib.parse
     import urllib.request
 
-    request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
-        f"{url.rstrip('/')}/admin/models/{urllib.parse.quote(name, safe='')}/reload",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
+    try:
+        request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
+            f"{url.rstrip('/')}/admin/models/{urllib.parse.quote(name, safe='')}/reload",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+    except ValueError as malformed:  # "http://[::1", an unclosed bracket
+        click.echo(f"loadonce: error: --url {url!r} is not a URL: {malformed}", err=True)
+        sys.exit(USAGE_ERROR)
     key = os.environ.get("LOADONCE_ADMIN_KEY")
     if key:
         request.add_header("Authorization", f"Bearer {key}")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            answer = json.loads(response.read())
+            answer = _reload_answer(response.read())
     except urllib.error.HTTPError as failure:
         answer = _error_body(failure)
         if "workers" not in answer:
             hint = ""
-            if failure.code in (401, 403):
+            if failure.code in (401, 403) and "key" in str(answer["error"]):
                 hint = " (this command sends the admin key it reads from LOADONCE_ADMIN_KEY)"
             click.echo(
                 f"loadonce: reload failed ({failure.code}): {answer['error']}{hint}", err=True
@@ -540,6 +547,10 @@ def reload(
             click.echo(f"loadonce: cannot reach {url}: timed out connecting", err=True)
         else:
             click.echo(f"loadonce: cannot reach {url}: {failure}", err=True)
+        sys.exit(USAGE_ERROR)
+    except (ValueError, http.client.HTTPException) as failure:  # a port not a number, a
+        # space in the host, an answer that is not loadonce's
+        click.echo(f"loadonce: cannot reload through {url}: {failure}", err=True)
         sys.exit(USAGE_ERROR)
     wanted = f"version {version}" if version else "the new version"
     serving = set()
@@ -563,6 +574,22 @@ def reload(
         )
         sys.exit(1)
     click.echo(f"model '{name}' reloaded in {len(answer['workers'])} worker(s)")
+
+
+def _reload_answer(raw: bytes) -> dict[str, Any]:
+    """A reload's answer, or a ValueError saying the server that answered is not loadonce
+    (a proxy's page, another service at that URL)."""
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        answer = None
+    workers = answer.get("workers") if isinstance(answer, dict) else None
+    valid = isinstance(workers, list) and all(
+        isinstance(w, dict) and {"pid", "ok", "version", "state"} <= w.keys() for w in workers
+    )
+    if not valid or not isinstance(answer, dict) or "ok" not in answer:
+        raise ValueError("its answer is not a loadonce reload's (is this loadonce's URL?)")
+    return answer
 
 
 def _error_body(failure: urllib.error.HTTPError) -> dict[str, object]:
