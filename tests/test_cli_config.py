@@ -334,3 +334,22 @@ def test_loadonce_reload_refuses_a_bad_url_or_a_foreign_answer_in_one_line(
     assert result.returncode == USAGE_ERROR, result.stderr
     assert "not a loadonce reload's" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_demo_cache_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    """LOADONCE_CACHE_DIR naming a file: the training child's traceback, then this
+    process's, status 1."""
+    not_a_directory = tmp_path / "a-file"
+    not_a_directory.write_text("")
+    result = subprocess.run(
+        [sys.executable, "-m", "loadonce", "serve", "--demo", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env=cli_env(tmp_path, {"LOADONCE_CACHE_DIR": str(not_a_directory)}),
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == USAGE_ERROR, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "LOADONCE_CACHE_DIR" in result.stderr

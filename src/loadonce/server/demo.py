@@ -40,7 +40,23 @@ def demo_artifact() -> Path:
     # One file per scikit-learn version: a skops file is best read by the version that wrote it.
     path = cache_dir() / f"demo-iris-logreg-sklearn{sklearn_version}.skops"
     if not path.is_file():
-        subprocess.run([sys.executable, "-m", __name__, str(path)], check=True)
+        # The cache must be a directory loadonce can write: checked here, in one line (the
+        # training child's traceback and this process's said it in thirty).
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path.parent):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                f"the demo's cache directory {str(path.parent)!r} cannot be written "
+                f"({exc.strerror or exc}): set LOADONCE_CACHE_DIR to a writable directory"
+            ) from None
+        trained = subprocess.run(
+            [sys.executable, "-m", __name__, str(path)], capture_output=True, text=True
+        )
+        if trained.returncode != 0:
+            last = (trained.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ConfigError(f"the demo model could not be trained and cached: {last}")
     return path
 
 
