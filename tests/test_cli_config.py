@@ -142,6 +142,17 @@ def _serve_expecting_usage_error(args: list[str], tmp_path: Path) -> str:
             "model 'a': unknown option 'input_dtyp' for the python runtime "
             "(did you mean 'input_dtype'?)",
         ),
+        # An infinite deadline made the hang watch's timeout infinite: hung calls unseen.
+        (
+            "",
+            '[[models]]\nname = "a"\nloader = "x:y"\ntimeout_s = inf',
+            "timeout_s: Input should be a finite number",
+        ),
+        (
+            "",
+            '[[models]]\nname = "a"\nloader = "x:y"\ntimeout_s = 1e308',
+            "timeout_s: Input should be less than or equal to 10000000",
+        ),
         (
             "",
             '[[models]]\nname = "a"\nloader = "x:y"\nruntime = "unknown"',

@@ -131,6 +131,10 @@ _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
 
 
+# The longest a model's timeouts may be (about 116 days): longer is no timeout at all.
+MOST_SECONDS = 10_000_000.0
+
+
 class ModelSpec(BaseModel):
     """One model to serve: a name, and either a loader or an artifact (or both).
 
@@ -171,13 +175,17 @@ class ModelSpec(BaseModel):
     # larger request could never wait in the queue beside others.
     max_request_examples: Annotated[int, Field(ge=1)] | None = None
     # Deadline of a request, from its arrival; a request may ask for less (X-Request-Timeout).
-    timeout_s: Annotated[float, Field(gt=0)] | None = None
+    # (Bounded, as the other timeouts: an infinite or 1e308 deadline made the derived hang
+    # timeout infinite, and a hung call was never noticed.)
+    timeout_s: Annotated[float, Field(gt=0, le=MOST_SECONDS, allow_inf_nan=False)] | None = None
     # The longest one load (or reload) may take, hashing and warm-up included; past it the
     # load fails like any failed load, and the model's control lock is free again.
-    load_timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 600.0
+    load_timeout_s: Annotated[float, Field(gt=0, le=MOST_SECONDS, allow_inf_nan=False)] = 600.0
     # A predict call running longer than this is hung: the model turns unhealthy (readiness
     # 503 in this worker; loadonce serve replaces the worker). Default: hang_timeout_default.
-    hang_timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    hang_timeout_s: Annotated[float, Field(gt=0, le=MOST_SECONDS, allow_inf_nan=False)] | None = (
+        None
+    )
 
     @field_validator("batching")
     @classmethod
