@@ -142,6 +142,17 @@ def _serve_expecting_usage_error(args: list[str], tmp_path: Path) -> str:
             "model 'a': unknown option 'input_dtyp' for the python runtime "
             "(did you mean 'input_dtype'?)",
         ),
+        # Taken as numbers before: port = true bound port 1, workers = true started one.
+        (
+            "[server]\nport = true",
+            '[[models]]\nname = "a"\nloader = "x:y"',
+            "port: must be a number",
+        ),
+        (
+            "",
+            '[[models]]\nname = "a"\nloader = "x:y"\nmax_queue = true',
+            "max_queue: must be a number, not true",
+        ),
         # An infinite deadline made the hang watch's timeout infinite: hung calls unseen.
         (
             "",

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -18,6 +17,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from loadonce.core.config_model import ConfigModel
 
 ConcurrencyKind = Literal["shared", "serialized", "pool"]
 
@@ -92,7 +93,7 @@ def _variable_dims(value: object) -> object:
     return value
 
 
-class Batching(BaseModel):
+class Batching(ConfigModel):
     """Dynamic micro-batching: concurrent requests merged into one predict call."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -135,7 +136,7 @@ SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
 MOST_SECONDS = 10_000_000.0
 
 
-class ModelSpec(BaseModel):
+class ModelSpec(ConfigModel):
     """One model to serve: a name, and either a loader or an artifact (or both).
 
     ``loader`` is a callable (or ``"package.module:function"``) that returns the predictor; it is

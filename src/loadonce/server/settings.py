@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from loadonce.core.artifacts import DEFAULT_MAX_ARTIFACT_BYTES
+from loadonce.core.config_model import ConfigModel
 from loadonce.core.errors import ConfigError, describe_validation
 from loadonce.core.limits import MIB, Limits
 from loadonce.core.spec import ModelSpec
@@ -54,7 +55,7 @@ def _not_every_interface_by_accident(host: object) -> object:
     return host
 
 
-class ServerOptions(BaseModel):
+class ServerOptions(ConfigModel):
     """The ``[server]`` table of a config file; each also a CLI option and a LOADONCE_* variable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
