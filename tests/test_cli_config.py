@@ -375,3 +375,30 @@ def test_a_demo_cache_that_cannot_be_written_is_one_line(tmp_path: Path) -> None
     assert result.returncode == USAGE_ERROR, result.stderr
     assert "Traceback" not in result.stderr
     assert "LOADONCE_CACHE_DIR" in result.stderr
+
+
+def test_the_command_line_beats_the_environments_target_and_model_fields(
+    tmp_path: Path,
+) -> None:
+    """--demo typed with LOADONCE_TARGET set was "give either a TARGET or --demo"; a
+    container's LOADONCE_MODEL_NAME (for a single artifact) made a config file an error
+    blamed on --name."""
+
+    def plan(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "loadonce", "plan", *args],
+            capture_output=True,
+            text=True,
+            env=cli_env(tmp_path, env),
+            cwd=REPO_ROOT,
+            timeout=120,
+            check=False,
+        )
+
+    demo = plan(["--demo"], {"LOADONCE_TARGET": str(tmp_path / "elsewhere.skops")})
+    assert demo.returncode == 0, demo.stderr
+    config = _config(tmp_path, "")
+    named = plan([str(config)], {"LOADONCE_MODEL_NAME": "churn"})
+    assert named.returncode == 0, named.stderr
+    typed = plan([str(config), "--name", "churn"], {})
+    assert typed.returncode == USAGE_ERROR, typed.stderr  # typed: the operator's mistake

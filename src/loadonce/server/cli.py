@@ -20,6 +20,7 @@ from loadonce.core.errors import ConfigError, LoadonceError, describe_exception
 from loadonce.core.imports import import_optional
 from loadonce.core.integrity import file_sha256
 from loadonce.core.spec import SHA256_PATTERN
+from loadonce.server.config_file import is_config_file
 from loadonce.server.on_ray import ray_config_document, serve_on_ray
 from loadonce.server.plan import make_plan
 from loadonce.server.resolve import resolve_serve_config
@@ -224,6 +225,7 @@ def serve(
         "drain_timeout_s": drain_timeout,
         "memory_limit": memory_limit,
     }
+    target = _target_unless_demo(target, demo)
     try:
         config = resolve_serve_config(
             target,
@@ -231,7 +233,12 @@ def serve(
             trust=trust,
             overrides=overrides,
             factory=factory,
-            model_fields=_model_fields(name, input_shape, input_dtype, no_batching),
+            model_fields=_model_fields(
+                _unless_set_for_another(target, "name", name),
+                _unless_set_for_another(target, "input_shape", input_shape),
+                _unless_set_for_another(target, "input_dtype", input_dtype),
+                no_batching,
+            ),
             tracing=tracing,
         )
     except ConfigError as exc:
@@ -295,6 +302,27 @@ def _check_grpc(config: ServeConfig, on_ray: bool) -> None:
     if problem is not None:
         click.echo(f"loadonce: error: {problem}", err=True)
         sys.exit(USAGE_ERROR)
+
+
+def _from_environment(parameter: str) -> bool:
+    """Whether the command's ``parameter`` was read from its LOADONCE_* variable."""
+    context = click.get_current_context()
+    return context.get_parameter_source(parameter) is ParameterSource.ENVIRONMENT
+
+
+def _target_unless_demo(target: str | None, demo: bool) -> str | None:
+    """The command line beats the environment: ``--demo`` typed with LOADONCE_TARGET set
+    serves the demo (it was "give either a TARGET or --demo")."""
+    return None if demo and _from_environment("target") else target
+
+
+def _unless_set_for_another(target: str | None, parameter: str, value: str | None) -> str | None:
+    """A single model's field, unless it came from the environment and TARGET is a config
+    file, which declares its models' own: a container's LOADONCE_MODEL_NAME (set for a single
+    artifact) made every config file an error blamed on --name."""
+    if target is not None and is_config_file(target) and _from_environment(parameter):
+        return None
+    return value
 
 
 def _model_fields(
@@ -371,6 +399,7 @@ def plan(
 
     Exit status: 0 it fits, 1 it does not, 2 a usage error, 3 a model failed to load.
     """
+    target = _target_unless_demo(target, demo)
     try:
         config = resolve_serve_config(
             target,
