@@ -402,3 +402,34 @@ def test_the_command_line_beats_the_environments_target_and_model_fields(
     assert named.returncode == 0, named.stderr
     typed = plan([str(config), "--name", "churn"], {})
     assert typed.returncode == USAGE_ERROR, typed.stderr  # typed: the operator's mistake
+
+
+def test_a_linked_config_file_reads_artifacts_and_modules_beside_the_link(
+    tmp_path: Path,
+) -> None:
+    """Artifacts were read beside the link's target, loader modules beside the link."""
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    (here / "value.txt").write_text("7")
+    (here / "my_loaders.py").write_text(
+        "from pathlib import Path\n\n\n"
+        "def load(path):\n"
+        "    value = float(Path(path).read_text())\n"
+        "    return lambda batch: [value for _ in batch]\n"
+    )
+    real = elsewhere / "loadonce.toml"
+    real.write_text(
+        '[[models]]\nname = "seven"\nloader = "my_loaders:load"\nartifact = "value.txt"\n'
+    )
+    (here / "loadonce.toml").symlink_to(real)
+    result = subprocess.run(
+        [sys.executable, "-m", "loadonce", "plan", str(here / "loadonce.toml")],
+        capture_output=True,
+        text=True,
+        env=cli_env(tmp_path),
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr

@@ -85,7 +85,10 @@ def read_config_file(path: Path) -> ConfigFile:
             f"{path}: no model is declared; add at least one [[models]] table, "
             "or app = 'package.module:app'"
         )
-    base = path.resolve().parent
+    # The directory the file is named in, as for the code modules beside it
+    # (server/resolve.py): a symbolic link to the file (a mounted config) read artifacts
+    # beside its target and modules beside the link.
+    base = path.parent.resolve()
     roots = server.get("artifact_roots")
     if isinstance(roots, list):
         # Relative to the config file, like the artifacts.
