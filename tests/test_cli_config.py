@@ -433,3 +433,21 @@ def test_a_linked_config_file_reads_artifacts_and_modules_beside_the_link(
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_an_artifact_that_is_a_directory_is_said_to_be_one(tmp_path: Path) -> None:
+    """A directory where the model file was meant was "no such file", though it is there."""
+    (tmp_path / "model.skops").mkdir()
+    config = tmp_path / "loadonce.toml"
+    config.write_text('[[models]]\nname = "m"\nartifact = "model.skops"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "loadonce", "plan", str(config)],
+        capture_output=True,
+        text=True,
+        env=cli_env(tmp_path),
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "model.skops is a directory, not a model file" in result.stderr, result.stderr

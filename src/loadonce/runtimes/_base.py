@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from loadonce.core.generation import GenerationEngine, GenerationRequest, IteratorEngine
@@ -174,3 +175,14 @@ def thread_count(spec: ModelSpec, option: str, *, least: int = 1) -> int | None:
     if not isinstance(value, int) or isinstance(value, bool) or value < least:
         raise ValueError(f"options.{option} must be a whole number, {least} or more; got {value!r}")
     return value
+
+
+def model_file(path: Path | None) -> Path:
+    """``path``, a regular file a runtime can read, or the error that says what it is
+    instead: a directory or a FIFO was "no such file", though the path was there."""
+    if path is None or not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    if not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file"
+        raise FileNotFoundError(f"{path} is {kind}, not a model file")
+    return path

@@ -27,6 +27,7 @@ from loadonce.runtimes._base import (
     Predictor,
     Runtime,
     TensorInfo,
+    model_file,
     thread_count,
 )
 
@@ -98,8 +99,7 @@ class XGBoostRuntime(Runtime):
         return suffix in _UNNAMED_SUFFIXES and _is_ubjson_learner(_head(spec.artifact))
 
     def load(self, spec: ModelSpec) -> Predictor:
-        if spec.artifact is None or not spec.artifact.is_file():
-            raise FileNotFoundError(f"no such file: {spec.artifact}")
+        model_file(spec.artifact)
         xgboost = import_optional("xgboost", extra="xgboost")
         booster = xgboost.Booster()
         try:
@@ -130,12 +130,11 @@ class LightGBMRuntime(Runtime):
         return _head(spec.artifact).startswith(b"tree\nversion=")
 
     def load(self, spec: ModelSpec) -> Predictor:
-        if spec.artifact is None or not spec.artifact.is_file():
-            raise FileNotFoundError(f"no such file: {spec.artifact}")
+        artifact = model_file(spec.artifact)
         lightgbm = import_optional("lightgbm", extra="lightgbm")
         # Mapped, not read: the text is checked in place, with no copy of a large model.
         with (
-            spec.artifact.open("rb") as stream,
+            artifact.open("rb") as stream,
             mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as text,
         ):
             check_lightgbm_text(text)
@@ -265,8 +264,7 @@ class CatBoostRuntime(Runtime):
 
     def load(self, spec: ModelSpec) -> Predictor:
         path = spec.artifact
-        if path is None or not path.is_file():
-            raise FileNotFoundError(f"no such file: {path}")
+        path = model_file(path)
         catboost = import_optional("catboost", extra="catboost")
         model = catboost.CatBoost()
         try:

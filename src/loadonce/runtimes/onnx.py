@@ -9,7 +9,7 @@ from typing import Any
 
 from loadonce.core.imports import import_optional
 from loadonce.core.spec import ModelSpec
-from loadonce.runtimes._base import Predictor, Runtime, TensorInfo, thread_count
+from loadonce.runtimes._base import Predictor, Runtime, TensorInfo, model_file, thread_count
 from loadonce.runtimes._tensors import example_signature, split_batch_outputs, stack_named_inputs
 
 logger = logging.getLogger("loadonce")
@@ -167,8 +167,7 @@ class OnnxRuntime(Runtime):
     def load(self, spec: ModelSpec) -> Predictor:
         if spec.artifact is None:
             raise ValueError("the onnx runtime needs an artifact (.onnx file)")
-        if not spec.artifact.is_file():
-            raise FileNotFoundError(f"no such file: {spec.artifact}")
+        model_file(spec.artifact)
         ort = import_optional("onnxruntime", extra="onnx")
         options = ort.SessionOptions()
         # 0: ONNX Runtime's own number of threads.

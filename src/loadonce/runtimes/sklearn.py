@@ -12,7 +12,14 @@ from loadonce.core.imports import import_optional
 from loadonce.core.integrity import file_sha256
 from loadonce.core.sparse import dense_if_sparse
 from loadonce.core.spec import ModelSpec
-from loadonce.runtimes._base import SELECTED_OUTPUTS, InputSignature, Predictor, Runtime, TensorInfo
+from loadonce.runtimes._base import (
+    SELECTED_OUTPUTS,
+    InputSignature,
+    Predictor,
+    Runtime,
+    TensorInfo,
+    model_file,
+)
 from loadonce.runtimes._columns import Columns, features_in, first_step, named_columns
 from loadonce.runtimes._tensors import stack_named_inputs
 from loadonce.runtimes.sklearn_forests import forest_in, runs_one_job, tree_by_tree_methods
@@ -492,8 +499,7 @@ class SklearnRuntime(Runtime):
         if spec.artifact is None:
             raise ValueError("the sklearn runtime needs an artifact path")
         path = spec.artifact
-        if not path.is_file():
-            raise FileNotFoundError(f"no such file: {path}")
+        model_file(path)
         if path.suffix.lower() in SKOPS_SUFFIXES:
             estimator = _load_skops(path, spec)
         else:

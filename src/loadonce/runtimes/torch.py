@@ -13,7 +13,14 @@ from loadonce.core.errors import InvalidInputError
 from loadonce.core.imports import import_object, import_optional
 from loadonce.core.inputs import as_typed_batch
 from loadonce.core.spec import ModelSpec
-from loadonce.runtimes._base import InputSignature, Predictor, Runtime, TensorInfo, thread_count
+from loadonce.runtimes._base import (
+    InputSignature,
+    Predictor,
+    Runtime,
+    TensorInfo,
+    model_file,
+    thread_count,
+)
 from loadonce.runtimes._tensors import batch_rows, split_batch_outputs, stack_named_inputs
 
 logger = logging.getLogger("loadonce")
@@ -184,8 +191,7 @@ class TorchRuntime(Runtime):
             raise ValueError(
                 "the torch runtime needs an artifact (.pt2, TorchScript, .safetensors)"
             )
-        if not spec.artifact.is_file():
-            raise FileNotFoundError(f"no such file: {spec.artifact}")
+        model_file(spec.artifact)
         torch = import_optional("torch", extra="torch")
         threads = thread_count(spec, "threads")
         if threads is not None:
