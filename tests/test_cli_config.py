@@ -451,3 +451,27 @@ def test_an_artifact_that_is_a_directory_is_said_to_be_one(tmp_path: Path) -> No
     )
     assert result.returncode != 0
     assert "model.skops is a directory, not a model file" in result.stderr, result.stderr
+
+
+def test_an_input_shape_a_runtime_does_not_read_is_refused(tmp_path: Path) -> None:
+    """--input-shape on a scikit-learn artifact was ignored: /models said [4], the inputs
+    were checked against [4], and the operator believed otherwise."""
+    import skops.io
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    iris = load_iris()
+    artifact = tmp_path / "iris.skops"
+    skops.io.dump(LogisticRegression(max_iter=200).fit(iris.data, iris.target), artifact)
+    result = subprocess.run(
+        [sys.executable, "-m", "loadonce", "serve", str(artifact), "--input-shape", "3,2"]
+        + ["--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env=cli_env(tmp_path),
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "input_shape is not read by the sklearn runtime" in result.stderr, result.stderr

@@ -130,7 +130,13 @@ def _register_found(found: object, name: str) -> Runtime:
 
 
 def check_options(spec: ModelSpec, runtime: Runtime) -> None:
-    """Refuse an option the runtime does not read, naming the closest one it does."""
+    """Refuse an option the runtime does not read, naming the closest one it does, and an
+    input shape it does not read."""
+    if spec.input_shape is not None and runtime.reads_input_shape is False:
+        raise ValueError(
+            f"input_shape is not read by the {runtime.name} runtime: its artifact records "
+            "its inputs (GET /models/NAME shows them); leave input_shape out"
+        )
     accepted = runtime.options
     if accepted is None:
         return

@@ -136,6 +136,10 @@ class Runtime(ABC):
     # naming the closest one (a misspelt option would otherwise be silently ignored). None:
     # not declared (a runtime of your own may leave it so), every key is accepted.
     options: ClassVar[frozenset[str] | None] = None
+    # Whether it reads ``ModelSpec.input_shape``; False: its artifacts record their inputs,
+    # and a declared shape is refused (it was ignored: a wrong shape then checked nothing).
+    # None: not said (a runtime of your own).
+    reads_input_shape: ClassVar[bool | None] = None
 
     @abstractmethod
     def load(self, spec: ModelSpec) -> Predictor:

@@ -80,6 +80,7 @@ def _threads(spec: ModelSpec) -> int | None:
 
 class XGBoostRuntime(Runtime):
     name = "xgboost"
+    reads_input_shape = False
     options = frozenset({"threads"})
     libraries = ("xgboost",)
     suffixes = (".ubj",)
@@ -118,6 +119,7 @@ class XGBoostRuntime(Runtime):
 
 class LightGBMRuntime(Runtime):
     name = "lightgbm"
+    reads_input_shape = False
     options = frozenset({"threads"})
     libraries = ("lightgbm",)
     # Serialized: LightGBM's Booster.predict has not always been safe to call from several
@@ -252,6 +254,7 @@ class CatBoostPredictor(BoosterPredictor):
 
 class CatBoostRuntime(Runtime):
     name = "catboost"
+    reads_input_shape = False
     options = frozenset({"threads"})
     # Importing catboost starts no thread (measured: the process's thread count is unchanged),
     # so the fork server may import it once for every worker.

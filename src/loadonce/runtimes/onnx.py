@@ -158,6 +158,7 @@ def _fixed_batch(inputs: Sequence[TensorInfo]) -> int | None:
 
 class OnnxRuntime(Runtime):
     name = "onnx"
+    reads_input_shape = False
     options = frozenset({"intra_op_threads", "inter_op_threads", "providers", "outputs"})
     libraries = ("onnxruntime",)
     suffixes = (".onnx",)

@@ -68,6 +68,7 @@ class PythonRuntime(Runtime):
     """Calls the spec's loader (with the artifact path, when one is declared)."""
 
     name = "python"
+    reads_input_shape = True
     options = frozenset({"input_dtype"})
     # A user's object makes no thread-safety promise, so calls are serialized unless the spec
     # says `shared` or `pool:N`.

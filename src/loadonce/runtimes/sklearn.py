@@ -477,6 +477,7 @@ _ESTIMATOR_FAMILIES = tuple(
 
 class SklearnRuntime(Runtime):
     name = "sklearn"
+    reads_input_shape = False
     options = frozenset({"trusted_types", "method", "columns", "tree_by_tree"})
     suffixes = SKOPS_SUFFIXES + PICKLE_SUFFIXES
     # A fitted estimator only reads its attributes in predict, and NumPy releases the GIL, so

@@ -175,6 +175,7 @@ def torch_device(torch: Any, name: str) -> Any:
 
 class TorchRuntime(Runtime):
     name = "torch"
+    reads_input_shape = True
     options = frozenset({"threads", "device", "input_dtype", "factory"})
     libraries = ("torch", "safetensors.torch")
     suffixes = EXPORTED_SUFFIXES + TORCHSCRIPT_SUFFIXES + SAFETENSORS_SUFFIXES

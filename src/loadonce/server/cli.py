@@ -158,8 +158,9 @@ def main() -> None:
 )
 @click.option(
     "--input-shape",
-    help="For a single artifact or loader: the shape of one example, '4' or '3,224,224' "
-    "(-1 for any size); a wrong shape is then a 400.",
+    help="For a single loader or torch artifact: the shape of one example, '4' or "
+    "'3,224,224' (-1 for any size); a wrong shape is then a 400. (Other artifacts record "
+    "their inputs: refused for them.)",
 )
 @click.option(
     "--input-dtype",

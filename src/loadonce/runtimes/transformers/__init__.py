@@ -43,6 +43,7 @@ __all__ = ["TransformersRuntime"]
 
 class TransformersRuntime(Runtime):
     name = "transformers"
+    reads_input_shape = False
     options = frozenset(
         {
             "task",
