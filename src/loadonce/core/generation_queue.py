@@ -55,6 +55,8 @@ class _Sequence:
     request: GenerationRequest
     arrived: float
     events: asyncio.Queue[GenerationEvent | BaseException] = field(default_factory=asyncio.Queue)
+    # The text not yet sent, after the end of what was sent that a stop string may begin in;
+    # ``emitted``: where the sent part ends in it.
     text: str = ""
     emitted: int = 0
     prompt_tokens: int = 0
@@ -312,6 +314,13 @@ class GenerationQueue:
             sequence.started = True
             sequence.events.put_nowait(Delta(sequence.text[sequence.emitted : end]))
             sequence.emitted = max(end, sequence.emitted)
+        # Only what a stop string could still begin in is kept of the emitted text: the whole
+        # text, rebuilt at every step, made a long generation quadratic (20,000 pieces of
+        # 1 KiB: 34 s, on the loop).
+        cut = sequence.emitted - max((len(stop) for stop in stops), default=0)
+        if cut > 0:
+            sequence.text = sequence.text[cut:]
+            sequence.emitted -= cut
         if sequence.abandoned and finish is None:
             return  # let go at the next step
         if finish is not None:
