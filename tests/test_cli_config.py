@@ -464,8 +464,10 @@ def test_an_input_shape_a_runtime_does_not_read_is_refused(tmp_path: Path) -> No
     artifact = tmp_path / "iris.skops"
     skops.io.dump(LogisticRegression(max_iter=200).fit(iris.data, iris.target), artifact)
     result = subprocess.run(
-        [sys.executable, "-m", "loadonce", "serve", str(artifact), "--input-shape", "3,2"]
-        + ["--port", str(free_port())],
+        [
+            *(sys.executable, "-m", "loadonce", "serve", str(artifact)),
+            *("--input-shape", "3,2", "--port", str(free_port())),
+        ],
         capture_output=True,
         text=True,
         env=cli_env(tmp_path),

@@ -386,3 +386,28 @@ def test_pipelined_requests_are_not_taken_for_chunked_framing(tmp_path: Path) ->
                     break
                 answers += piece
     assert answers.count(b"HTTP/1.1 200") == 2, answers
+
+
+def test_a_client_that_reads_nothing_of_its_answer_is_dropped(server: CliServer) -> None:
+    """No write timeout: a client that never read its answer kept its connection slot and
+    the answer's buffered copy as long as it stayed (ten clients of an 18 MiB answer: 470
+    MiB; fifty: every slot, every request a 503). It is dropped after body_timeout_s."""
+    # A string: cheap to parse and to write, and past the kernel's buffers.
+    body = b'{"inputs": ["' + b"x" * 12_000_000 + b'"]}'
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before the window is set
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(
+            b"POST /models/echo/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        )
+        time.sleep(5)  # reading nothing, well past body_timeout_s (1 s)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while piece := sock.recv(1 << 20):
+                received += piece
+    head, _, answer = received.partition(b"\r\n\r\n")
+    declared = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    assert len(answer) < declared, "the whole answer waited for a client that never read"
+    _wait_until_served(server)
