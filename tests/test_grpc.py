@@ -491,6 +491,9 @@ def test_health_service(grpc_url: str, caplog: pytest.LogCaptureFixture) -> None
     with pytest.raises(grpc.RpcError) as unknown:
         _health(grpc_url, "something.Else")
     assert unknown.value.code() is grpc.StatusCode.NOT_FOUND
+    # Its own answer, logged as such: not a failure of the server's (with tracebacks).
+    assert any("/grpc.health.v1.Health/Check 404" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 def _raw_call(url: str, method: str, payload: bytes) -> grpc.RpcError:

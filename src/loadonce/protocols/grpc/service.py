@@ -88,6 +88,8 @@ _CODES = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+# The HTTP status an RPC's own abort stands for, in the access line and the metrics.
+_STATUS_OF = {code: status for status, code in _CODES.items() if status not in (429, 408)}
 # Which REST family each RPC is in, for API keys (``http/access_keys.py``).
 _FAMILIES = {
     "ServerLive": RouteFamily.OPEN,
@@ -202,6 +204,11 @@ class InferenceService:
                     response = await rpc(request, context)
                 except asyncio.CancelledError:
                     status = 499
+                    raise
+                except grpc.aio.AbortError:
+                    # The RPC's own answer (the health check's NOT_FOUND): neither a failure
+                    # of the server's nor to be aborted twice.
+                    status = _STATUS_OF.get(context.code(), 500)
                     raise
                 except Exception as exc:
                     status, message = describe_error(exc, route, request_id)
