@@ -153,6 +153,16 @@ def _serve_expecting_usage_error(args: list[str], tmp_path: Path) -> str:
             '[[models]]\nname = "a"\nloader = "x:y"\nmax_queue = true',
             "max_queue: must be a number, not true",
         ),
+        (
+            "[server]\nmemory_limit = true",
+            '[[models]]\nname = "a"\nloader = "x:y"',
+            "memory_limit: must be a number",
+        ),
+        (
+            "",
+            '[[models]]\nname = "a"\nloader = "x:y"\ninput_shape = [true]',
+            "input_shape: must hold numbers",
+        ),
         # An infinite deadline made the hang watch's timeout infinite: hung calls unseen.
         (
             "",

@@ -31,10 +31,21 @@ def _takes_booleans(annotation: Any) -> bool:
 
 def _takes_numbers(annotation: Any) -> bool:
     annotation = _bare(annotation)
-    if annotation in (int, float):
-        return True
+    if isinstance(annotation, type) and issubclass(annotation, int | float):
+        return annotation is not bool  # ByteSize is an int too
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return any(_takes_numbers(member) for member in typing.get_args(annotation))
+    return False
+
+
+def _takes_numbers_in_a_sequence(annotation: Any) -> bool:
+    """``tuple[int | None, ...]``, ``list[int]``, perhaps among a union's members."""
+    annotation = _bare(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_takes_numbers_in_a_sequence(m) for m in typing.get_args(annotation))
+    if typing.get_origin(annotation) in (tuple, list):
+        members = [m for m in typing.get_args(annotation) if m is not Ellipsis]
+        return any(_takes_numbers(m) and not _takes_booleans(m) for m in members)
     return False
 
 
@@ -42,9 +53,16 @@ class ConfigModel(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_boolean_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
-        if not isinstance(value, bool) or info.field_name is None:
+        if info.field_name is None:
             return value
         annotation = cls.model_fields[info.field_name].annotation
-        if _takes_numbers(annotation) and not _takes_booleans(annotation):
-            raise ValueError(f"must be a number, not {str(value).lower()}")
+        if isinstance(value, bool):
+            if _takes_numbers(annotation) and not _takes_booleans(annotation):
+                raise ValueError(f"must be a number, not {str(value).lower()}")
+        elif (
+            isinstance(value, list | tuple)
+            and any(isinstance(v, bool) for v in value)
+            and _takes_numbers_in_a_sequence(annotation)
+        ):
+            raise ValueError("must hold numbers, not true or false")
         return value

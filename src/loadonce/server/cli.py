@@ -318,10 +318,12 @@ def _target_unless_demo(target: str | None, demo: bool) -> str | None:
 
 
 def _unless_set_for_another(target: str | None, parameter: str, value: str | None) -> str | None:
-    """A single model's field, unless it came from the environment and TARGET is a config
-    file, which declares its models' own: a container's LOADONCE_MODEL_NAME (set for a single
-    artifact) made every config file an error blamed on --name."""
-    if target is not None and is_config_file(target) and _from_environment(parameter):
+    """A single model's field, unless it came from the environment and TARGET is not a
+    single artifact or loader (a config file, an app, the demo): a container's
+    LOADONCE_MODEL_NAME (set for a single artifact) made each of those an error blamed on
+    --name. (An app is told from a loader only once imported: there, resolve_serve_config
+    leaves out what came from the environment.)"""
+    if _from_environment(parameter) and (target is None or is_config_file(target)):
         return None
     return value
 
@@ -450,6 +452,7 @@ def ray_config(
     TARGET must be a config file (.toml), which every node reads at the printed path; its
     [ray] table gives replicas, autoscaling and resources, its [server] table the HTTP port.
     """
+    target = _target_unless_demo(target, demo)
     if target is not None and not target.lower().endswith(".toml"):
         click.echo("loadonce: error: ray-config takes a config file (.toml) or --demo", err=True)
         sys.exit(USAGE_ERROR)
@@ -461,7 +464,8 @@ def ray_config(
         sys.exit(USAGE_ERROR)
     config_path = None
     if target is not None:
-        config_path = Path(path_on_cluster) if path_on_cluster else Path(target).resolve()
+        # The path as named, not its link's target: the artifacts are read beside it.
+        config_path = Path(path_on_cluster) if path_on_cluster else Path(target).absolute()
     try:
         yaml = import_optional("yaml", extra="ray")
         document = ray_config_document(config, config_path=config_path, demo=demo, trust=trust)

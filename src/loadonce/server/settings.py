@@ -182,7 +182,7 @@ class ServerOptions(ConfigModel):
         )
 
 
-class RayOptions(BaseModel):
+class RayOptions(ConfigModel):
     """The ``[ray]`` table: how ``loadonce serve --ray`` and ``loadonce ray-config`` deploy
     the models on Ray Serve (loadonce.integrations.ray). Each replica is one process that
     loads every model once, like one worker."""

@@ -7,13 +7,15 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from loadonce.core.config_model import ConfigModel
 
 # OpenTelemetry's own variable choosing the exporter: "otlp" (the default), "console", "none".
 TRACES_EXPORTER = "OTEL_TRACES_EXPORTER"
 
 
-class TracingOptions(BaseModel):
+class TracingOptions(ConfigModel):
     """OpenTelemetry tracing. Each option left unset falls back to OpenTelemetry's own
     ``OTEL_*`` variable, read by its SDK (``OTEL_SERVICE_NAME``, ``OTEL_TRACES_SAMPLER`` and
     ``OTEL_TRACES_SAMPLER_ARG``, ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
