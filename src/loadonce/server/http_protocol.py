@@ -99,6 +99,7 @@ class _GatheredWrites:
 _HEAD_TOO_LARGE = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
 
 
+_PROBES = (b"/livez", b"/readyz", b"/v2/health/live", b"/v2/health/ready")
 # A chunk's size line and the line end after its data, with room for a short extension.
 _CHUNK_FRAMING_BYTES = 32
 _FRAMING_TOO_LARGE = "the chunked body's trailer fields or chunk extensions are too large"
@@ -297,7 +298,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # to start the request's task is part of it.
         self.scope[ARRIVED_SCOPE_KEY] = self._received_at  # type: ignore[literal-required]
         limit = self.limit_concurrency
-        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+        busy = limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
+        if busy and self._is_a_probe():
+            # A health probe is answered past max_connections: a few slow clients holding
+            # every slot made /livez a 503, and an orchestrator kills a live worker for it.
+            self.limit_concurrency = None
+            try:
+                super().on_headers_complete()
+            finally:
+                self.limit_concurrency = limit
+        elif busy:
             # Past max_connections: uvicorn's own check is skipped for this request, which is
             # answered by loadonce's refusal instead of uvicorn's plain-text one.
             app, self.app = self.app, _past_max_connections
@@ -337,6 +347,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         at most one read, 64 KiB, more.)"""
         limit = self.max_header_bytes + _CHUNK_FRAMING_BYTES * self._chunks
         return self._framing_bytes > limit
+
+    def _is_a_probe(self) -> bool:
+        """A GET or HEAD of a health route (under a root path too): cheap, and never a body."""
+        if self.parser.get_method() not in (b"GET", b"HEAD"):
+            return False
+        path = self.url.split(b"?", 1)[0]
+        return path.endswith(_PROBES)
 
     def _head_over_the_limit(self) -> bool:
         """A head that came in one read was parsed whole before data_received could refuse
