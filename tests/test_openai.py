@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -564,9 +565,13 @@ def test_a_text_past_the_models_context_says_so_in_openais_code(client: openai.O
     assert "characters long" in dense.value.message
 
 
-def test_a_stream_that_fails_midway_is_counted_as_failed(tmp_path: Path) -> None:
+def test_a_stream_that_fails_midway_is_counted_as_failed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Its 200 left with the first token: the request was counted a success whatever came
-    after. Counted once it ended: a 500 here, a 499 for a client that left."""
+    after. Counted once it ended: a 500 here, a 499 for a client that left; and its log
+    line says so too (it said 200 while the metrics said otherwise)."""
+    caplog.set_level(logging.INFO, logger="loadonce.access")
     app = loadonce.create_app(
         [
             loadonce.ModelSpec(name="fails", loader=FailsMidway),
@@ -590,3 +595,5 @@ def test_a_stream_that_fails_midway_is_counted_as_failed(tmp_path: Path) -> None
     assert ("fails", "500") in counted, counted
     assert ("fails", "200") not in counted
     assert ("slow", "200") in counted
+    lines = [r.getMessage() for r in caplog.records if "/v1/completions" in r.getMessage()]
+    assert any("POST /v1/completions 500" in line for line in lines), lines

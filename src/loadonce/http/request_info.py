@@ -20,6 +20,9 @@ REQUEST_ID_SCOPE_KEY = "loadonce.request_id"
 # The status the server's HTTP protocol answered a request with itself, once its route ran
 # (a bad chunk in its body): what the request's log line says the client got.
 REFUSED_SCOPE_KEY = "loadonce.refused_status"
+# The status a streamed answer ended with (an error midway, 499 for a client that left),
+# once it ended: what its log line says, as the metrics do.
+ENDED_SCOPE_KEY = "loadonce.ended_status"
 # The event loop's time when the request first reached loadonce (its outermost middleware):
 # a request's deadline counts from there, body reading and loop lag included.
 ARRIVED_SCOPE_KEY = "loadonce.arrived"

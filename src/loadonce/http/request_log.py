@@ -17,6 +17,7 @@ from starlette.types import Message, Receive, Scope, Send
 from loadonce.http.errors import raw_error_response
 from loadonce.http.request_info import (
     ARRIVED_SCOPE_KEY,
+    ENDED_SCOPE_KEY,
     REFUSED_SCOPE_KEY,
     REQUEST_ID_HEADER,
     REQUEST_ID_SCOPE_KEY,
@@ -116,7 +117,7 @@ class RequestLog:
         """The request's log line, then its span's end."""
         # Answered by the server's HTTP protocol itself (a bad chunk in the body), whatever
         # the route then saw (its client gone).
-        status = scope.get(REFUSED_SCOPE_KEY, self.status)
+        status = scope.get(REFUSED_SCOPE_KEY) or scope.get(ENDED_SCOPE_KEY, self.status)
         if access_logger.isEnabledFor(logging.INFO):
             milliseconds = (time.perf_counter() - self.started) * 1000
             method = scope["method"] if scope["type"] == "http" else "WEBSOCKET"

@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 from loadonce.core.tracebacks import release_tracebacks
 from loadonce.core.utf8 import utf8
 from loadonce.http.errors import status_and_message
+from loadonce.http.request_info import ENDED_SCOPE_KEY
 
 __all__ = [
     "EventStreamResponse",
@@ -81,8 +82,11 @@ class EventStreamResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await _close(self._content)
+            final = self.outcome.final_status
+            # The request's log line says it too (it said the 200 the stream began with).
+            scope[ENDED_SCOPE_KEY] = final
             if self.when_done is not None:
-                self.when_done(self.outcome.final_status)
+                self.when_done(final)
 
 
 @dataclass
