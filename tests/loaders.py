@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -332,3 +332,20 @@ def constant_slowly_from_file(path: Path) -> Constant:
         # The flag may say how many seconds.
         time.sleep(float(flag.read_text() or 5) if flag.exists() else 5)
     return _SlowConstant(constant_from_file(path).value, path.parent)
+
+
+class _Endless(Predictor):
+    """Generates short pieces without end (until its request's limit or deadline)."""
+
+    max_new_tokens = 1_000_000
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return list(batch)
+
+    def generate(self, request: Any) -> Iterator[str]:
+        while True:
+            yield "x" * 63 + " "
+
+
+def endless() -> _Endless:
+    return _Endless()

@@ -74,3 +74,36 @@ def test_a_generating_models_queue_is_shown_and_a_free_place_is_not_queued() -> 
             thread.join(60)
         assert statuses == [200, 200, 200, 200]
         assert queue()["queued_examples"] == 0
+
+
+def test_a_stream_whose_client_stops_reading_still_ends_at_its_deadline(tmp_path: Any) -> None:
+    """The deadline was checked only where the stream is read: a client that stopped
+    reading escaped it, its generation went on to max_tokens, and the request behind it
+    waited all that time (32 s)."""
+    import json
+    import socket
+
+    from tests.servers import serving
+
+    with serving(["tests.loaders:endless"], tmp_path) as server:
+        body = json.dumps(
+            {"model": "endless", "prompt": "go", "max_tokens": 1_000_000, "stream": True}
+        ).encode()
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nX-Request-Timeout: 1\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body) + body
+            )
+            time.sleep(0.3)  # reading nothing from now on
+            started = time.monotonic()
+            behind = httpx.post(
+                f"{server.url}/v1/completions",
+                json={"model": "endless", "prompt": "go", "max_tokens": 3},
+                timeout=120,
+            )
+            waited = time.monotonic() - started
+        assert behind.status_code == 200, behind.text
+        assert waited < 10, f"the request behind it waited {waited:.1f} s"

@@ -66,6 +66,9 @@ class _Sequence:
     last_token_at: float | None = None
     # The client stopped waiting (went away, or its deadline passed).
     abandoned: bool = False
+    # The loop's time past which nothing more is generated for it, whether its client reads
+    # or not (one that stopped reading escaped its deadline: all of max_tokens was made).
+    deadline: float | None = None
     done: bool = False
 
 
@@ -158,7 +161,7 @@ class GenerationQueue:
         self.refuse_if_full()
         check_request(request)
         self._engine.check(request)
-        sequence = _Sequence(next(self._ids), request, arrived=loop.time())
+        sequence = _Sequence(next(self._ids), request, arrived=loop.time(), deadline=deadline)
         self._waiting.append(sequence)
         self._waiting_changed()
         self._idle.clear()
@@ -257,6 +260,10 @@ class GenerationQueue:
                     self._take(sequence, outcome, now)
 
     def _take_leaving(self) -> list[int]:
+        now = asyncio.get_running_loop().time()
+        for sequence in self._active.values():
+            if sequence.deadline is not None and now > sequence.deadline:
+                sequence.abandoned = True  # its stream says "deadline" when next read
         leaving = [s.id for s in self._active.values() if s.abandoned]
         for sequence_id in leaving:
             self._report(self._active.pop(sequence_id))
