@@ -16,6 +16,21 @@ from tests.servers import REPO_ROOT, cli_env, free_port, serving
 USAGE_ERROR = 2
 
 
+def _loadonce(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m loadonce ARGS``, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "loadonce", *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(tmp_path, env),
+        cwd=cwd or tmp_path,
+        timeout=120,
+        check=False,
+    )
+
+
 def _config(tmp_path: Path, server_table: str) -> Path:
     path = tmp_path / "loadonce.toml"
     path.write_text(f'{server_table}\n[[models]]\nname = "echo"\nloader = "tests.loaders:echo"\n')
@@ -72,15 +87,7 @@ def test_a_loader_reference_can_be_served_directly(tmp_path: Path) -> None:
 
 
 def _serve_expecting_usage_error(args: list[str], tmp_path: Path) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "loadonce", "serve", *args],
-        capture_output=True,
-        text=True,
-        env=cli_env(tmp_path),
-        cwd=tmp_path,
-        timeout=60,
-        check=False,
-    )
+    result = _loadonce(tmp_path, "serve", *args)
     assert result.returncode == USAGE_ERROR, result.stderr
     assert "Traceback" not in result.stderr
     return result.stderr
@@ -282,15 +289,7 @@ def test_every_serve_option_is_accepted_in_the_server_table(tmp_path: Path) -> N
 def test_a_bad_value_from_the_environment_names_its_variable(
     tmp_path: Path, variable: str, value: str, said: str
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "loadonce", "serve", "--demo"],
-        capture_output=True,
-        text=True,
-        env=cli_env(tmp_path, {variable: value}),
-        cwd=tmp_path,
-        timeout=60,
-        check=False,
-    )
+    result = _loadonce(tmp_path, "serve", "--demo", env={variable: value})
     assert result.returncode == USAGE_ERROR
     assert said in result.stderr, result.stderr
 
@@ -308,30 +307,15 @@ def test_a_config_files_keys_may_be_one_comma_separated_string(tmp_path: Path) -
 
 def test_a_bad_grpc_port_is_not_blamed_on_loadonce_port(tmp_path: Path) -> None:
     """ "port:" is in "grpc_port:" too: the message named LOADONCE_PORT for a bad gRPC port."""
-    result = subprocess.run(
-        [sys.executable, "-m", "loadonce", "serve", "--demo", "--grpc-port", "70000"],
-        capture_output=True,
-        text=True,
-        env=cli_env(tmp_path, {"LOADONCE_PORT": "8001"}),
-        cwd=tmp_path,
-        timeout=60,
-        check=False,
-    )
+    port = {"LOADONCE_PORT": "8001"}
+    result = _loadonce(tmp_path, "serve", "--demo", "--grpc-port", "70000", env=port)
     assert result.returncode == USAGE_ERROR
     assert "grpc_port: Input should be less than or equal to 65535" in result.stderr
     assert "LOADONCE_PORT" not in result.stderr
 
 
 def _reload(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "loadonce", "reload", "m", "--url", url],
-        capture_output=True,
-        text=True,
-        env=cli_env(tmp_path),
-        cwd=tmp_path,
-        timeout=60,
-        check=False,
-    )
+    return _loadonce(tmp_path, "reload", "m", "--url", url)
 
 
 def test_loadonce_reload_refuses_a_bad_url_or_a_foreign_answer_in_one_line(
@@ -373,15 +357,8 @@ def test_a_demo_cache_that_cannot_be_written_is_one_line(tmp_path: Path) -> None
     process's, status 1."""
     not_a_directory = tmp_path / "a-file"
     not_a_directory.write_text("")
-    result = subprocess.run(
-        [sys.executable, "-m", "loadonce", "serve", "--demo", "--port", str(free_port())],
-        capture_output=True,
-        text=True,
-        env=cli_env(tmp_path, {"LOADONCE_CACHE_DIR": str(not_a_directory)}),
-        cwd=tmp_path,
-        timeout=60,
-        check=False,
-    )
+    cache = {"LOADONCE_CACHE_DIR": str(not_a_directory)}
+    result = _loadonce(tmp_path, "serve", "--demo", "--port", str(free_port()), env=cache)
     assert result.returncode == USAGE_ERROR, result.stderr
     assert "Traceback" not in result.stderr
     assert "LOADONCE_CACHE_DIR" in result.stderr
@@ -395,15 +372,7 @@ def test_the_command_line_beats_the_environments_target_and_model_fields(
     blamed on --name."""
 
     def plan(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "loadonce", "plan", *args],
-            capture_output=True,
-            text=True,
-            env=cli_env(tmp_path, env),
-            cwd=REPO_ROOT,
-            timeout=120,
-            check=False,
-        )
+        return _loadonce(tmp_path, "plan", *args, env=env, cwd=REPO_ROOT)
 
     demo = plan(["--demo"], {"LOADONCE_TARGET": str(tmp_path / "elsewhere.skops")})
     assert demo.returncode == 0, demo.stderr
@@ -433,15 +402,7 @@ def test_a_linked_config_file_reads_artifacts_and_modules_beside_the_link(
         '[[models]]\nname = "seven"\nloader = "my_loaders:load"\nartifact = "value.txt"\n'
     )
     (here / "loadonce.toml").symlink_to(real)
-    result = subprocess.run(
-        [sys.executable, "-m", "loadonce", "plan", str(here / "loadonce.toml")],
-        capture_output=True,
-        text=True,
-        env=cli_env(tmp_path),
-        cwd=tmp_path,
-        timeout=120,
-        check=False,
-    )
+    result = _loadonce(tmp_path, "plan", str(here / "loadonce.toml"))
     assert result.returncode == 0, result.stderr
 
 
@@ -450,15 +411,7 @@ def test_an_artifact_that_is_a_directory_is_said_to_be_one(tmp_path: Path) -> No
     (tmp_path / "model.skops").mkdir()
     config = tmp_path / "loadonce.toml"
     config.write_text('[[models]]\nname = "m"\nartifact = "model.skops"\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "loadonce", "plan", str(config)],
-        capture_output=True,
-        text=True,
-        env=cli_env(tmp_path),
-        cwd=tmp_path,
-        timeout=120,
-        check=False,
-    )
+    result = _loadonce(tmp_path, "plan", str(config))
     assert result.returncode != 0
     assert "model.skops is a directory, not a model file" in result.stderr, result.stderr
 
@@ -473,17 +426,7 @@ def test_an_input_shape_a_runtime_does_not_read_is_refused(tmp_path: Path) -> No
     iris = load_iris()
     artifact = tmp_path / "iris.skops"
     skops.io.dump(LogisticRegression(max_iter=200).fit(iris.data, iris.target), artifact)
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "loadonce", "serve", str(artifact)),
-            *("--input-shape", "3,2", "--port", str(free_port())),
-        ],
-        capture_output=True,
-        text=True,
-        env=cli_env(tmp_path),
-        cwd=tmp_path,
-        timeout=120,
-        check=False,
-    )
+    port = str(free_port())
+    result = _loadonce(tmp_path, "serve", str(artifact), "--input-shape", "3,2", "--port", port)
     assert result.returncode != 0
     assert "input_shape is not read by the sklearn runtime" in result.stderr, result.stderr

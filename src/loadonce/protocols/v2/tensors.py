@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -248,23 +248,32 @@ def _over_the_budget(tensor: RequestInput) -> InvalidInputError:
     )
 
 
-def _check_lists(tensor: RequestInput, budget: int) -> None:
-    """Before numbers are converted: the data holds at most ``budget`` lists. Walks the
-    lists that hold lists (a row of numbers is left to the conversion, which refuses a list
-    in it), one at a time, never copying one."""
+def _leaves(tensor: RequestInput, budget: int, *, into_rows: bool) -> Iterator[Any]:
+    """The data's values that are not lists, in order, reading at most ``budget`` lists,
+    one at a time, never copying one. ``into_rows`` False: a list whose first value is not a
+    list (a row of numbers) is not entered (the conversion reads it, and refuses a list in
+    it); its values are not given."""
     lists = 0
     walking = [iter((tensor.data,))]
     while walking:
         for value in walking[-1]:
-            if isinstance(value, list):
-                lists += 1
-                if lists > budget:
-                    raise _over_the_budget(tensor)
-                if value and isinstance(value[0], list):
-                    walking.append(iter(value))
-                    break
+            if not isinstance(value, list):
+                yield value
+                continue
+            lists += 1
+            if lists > budget:
+                raise _over_the_budget(tensor)
+            if into_rows or (value and isinstance(value[0], list)):
+                walking.append(iter(value))
+                break
         else:
             walking.pop()
+
+
+def _check_lists(tensor: RequestInput, budget: int) -> None:
+    """Before numbers are converted: the data holds at most ``budget`` lists."""
+    for _ in _leaves(tensor, budget, into_rows=False):
+        pass
 
 
 def _check_count(tensor: RequestInput, got: int, expected: int) -> None:
@@ -278,24 +287,13 @@ def _check_count(tensor: RequestInput, got: int, expected: int) -> None:
 def _flatten_text(tensor: RequestInput, budget: int) -> list[bytes]:
     """The strings, in order, reading at most ``budget`` lists."""
     flat: list[bytes] = []
-    lists = 0
-    walking = [iter((tensor.data,))]
-    while walking:
-        for value in walking[-1]:
-            if isinstance(value, list):
-                lists += 1
-                if lists > budget:
-                    raise _over_the_budget(tensor)
-                walking.append(iter(value))
-                break
-            if not isinstance(value, str):
-                raise InvalidInputError(
-                    f"input '{tensor.name}': BYTES data must be strings; got "
-                    f"{type(value).__name__} {value!r}"
-                )
-            flat.append(value.encode("utf-8"))
-        else:
-            walking.pop()
+    for value in _leaves(tensor, budget, into_rows=True):
+        if not isinstance(value, str):
+            raise InvalidInputError(
+                f"input '{tensor.name}': BYTES data must be strings; got "
+                f"{type(value).__name__} {value!r}"
+            )
+        flat.append(value.encode("utf-8"))
     return flat
 
 
