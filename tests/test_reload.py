@@ -338,12 +338,17 @@ def _client_of_the_first_worker(url: str) -> tuple[httpx.Client, int, int]:
     first (started first: the lower pid), that worker's pid and the other's."""
     [model] = httpx.get(f"{url}/models").json()["models"]
     first, other = sorted(w["pid"] for w in model["workers"])
+    return _client_reaching(url, first), first, other
+
+
+def _client_reaching(url: str, pid: int) -> httpx.Client:
+    """A client whose connection reached the worker ``pid``."""
     for _ in range(100):
         client = httpx.Client(base_url=url, timeout=60)
-        if client.get("/readyz").json()["worker_pid"] == first:
-            return client, first, other
+        if client.get("/readyz").json()["worker_pid"] == pid:
+            return client
         client.close()
-    raise AssertionError("no connection reached the first worker")
+    raise AssertionError(f"no connection reached worker pid {pid}")
 
 
 def _when_reloading(url: str, pid: int) -> None:
@@ -461,10 +466,8 @@ def test_a_worker_stopped_while_it_reloads_does_not_wait_for_the_load(tmp_path: 
         (tmp_path / "loads-are-slow").write_text("20")
         answers: list[httpx.Response] = []
         # Asked through the other worker, which stays up to answer.
-        with httpx.Client(base_url=server.url, timeout=60) as via:
-            while via.get("/readyz").json()["worker_pid"] != other:
-                via.close()
-                via = httpx.Client(base_url=server.url, timeout=60)
+        via = _client_reaching(server.url, other)
+        try:
             reloading = threading.Thread(
                 target=lambda: answers.append(via.post("/admin/models/constant/reload"))
             )
@@ -476,6 +479,8 @@ def test_a_worker_stopped_while_it_reloads_does_not_wait_for_the_load(tmp_path: 
                 time.sleep(0.05)
             took = time.monotonic() - stopped
             reloading.join(timeout=60)
+        finally:
+            via.close()
         (tmp_path / "loads-are-slow").unlink()
         assert took < 8, f"the worker took {took:.1f} s to stop (the load: 20 s)"
         assert answers[0].status_code == 503, answers[0].text
