@@ -484,15 +484,24 @@ def test_health_service(grpc_url: str, caplog: pytest.LogCaptureFixture) -> None
     caplog.set_level(logging.INFO, logger="loadonce.access")
     assert _health(grpc_url) == 1  # SERVING
     # Logged as every other call is (and as the HTTP probes are): it wrote no line.
-    assert any("/grpc.health.v1.Health/Check 200" in r.getMessage() for r in caplog.records)
+    wait_until(
+        lambda: any("/grpc.health.v1.Health/Check 200" in r.getMessage() for r in caplog.records),
+        5,
+        "the check's access line",
+    )
     assert _health(grpc_url, "inference.GRPCInferenceService") == 1
     # gRPC's health protocol: NOT_FOUND for a service it does not know (it answered OK with
     # SERVICE_UNKNOWN, which is Watch's answer only).
     with pytest.raises(grpc.RpcError) as unknown:
         _health(grpc_url, "something.Else")
     assert unknown.value.code() is grpc.StatusCode.NOT_FOUND
-    # Its own answer, logged as such: not a failure of the server's (with tracebacks).
-    assert any("/grpc.health.v1.Health/Check 404" in r.getMessage() for r in caplog.records)
+    # Its own answer, logged as such (the line follows the answer: waited for), not a
+    # failure of the server's (with tracebacks).
+    wait_until(
+        lambda: any("/grpc.health.v1.Health/Check 404" in r.getMessage() for r in caplog.records),
+        5,
+        "the unknown service's access line",
+    )
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 

@@ -17,7 +17,7 @@ from websockets.sync.client import connect
 import loadonce
 from loadonce import Model
 from loadonce.http.access_keys import AccessKeys
-from tests.servers import ThreadedServer
+from tests.servers import ThreadedServer, wait_until
 
 KEY = "inference-key-0123456789"
 
@@ -97,9 +97,14 @@ def test_a_websocket_has_a_request_id_and_an_access_line(
         websocket.send("3")
         assert websocket.recv(timeout=10) == "[6.0]"
     assert _refused_with(open_server, Origin="http://evil.example", **{"X-Request-ID": "ws-2"})
-    lines = [record.getMessage() for record in caplog.records]
-    assert any("WEBSOCKET /stream 101" in line and "ws-request-1" in line for line in lines), lines
-    assert any("WEBSOCKET /stream 403" in line and "ws-2" in line for line in lines), lines
+
+    def logged(status: str, request_id: str) -> bool:
+        lines = [record.getMessage() for record in caplog.records]
+        return any(f"WEBSOCKET /stream {status}" in x and request_id in x for x in lines)
+
+    # A line is written once its answer has left: waited for.
+    wait_until(lambda: logged("101", "ws-request-1"), 5, "the accepted WebSocket's line")
+    wait_until(lambda: logged("403", "ws-2"), 5, "the refused WebSocket's line")
 
 
 @pytest.fixture(scope="module")
