@@ -272,9 +272,7 @@ def test_a_forest_that_maps_only_its_classes_does_not_claim_to_share_its_weights
     forest = RandomForestClassifier(n_estimators=40, max_depth=12, random_state=0)
     path = tmp_path / "forest.joblib"
     joblib.dump(forest.fit(features, labels), path)
-    spec = loadonce.ModelSpec(
-        name="forest", artifact=path, trust=True, input_shape=(16,), warmup=[0.0] * 16
-    )
+    spec = loadonce.ModelSpec(name="forest", artifact=path, trust=True, warmup=[0.0] * 16)
     with TestClient(loadonce.create_app([spec])) as client:
         described = client.get("/models/forest").json()
     assert described["weights_shared"] is False, described
