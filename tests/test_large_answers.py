@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx2 as httpx
@@ -67,29 +68,35 @@ def _longest_probe_wait(url: str, busy: threading.Event) -> float:
     return longest
 
 
+def _while_probed(url: str, request: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:
+    """``request()``'s answer, and the longest the worker's health probe waited meanwhile."""
+    busy = threading.Event()
+    busy.set()
+    waits: list[float] = []
+    probing = threading.Thread(target=lambda: waits.append(_longest_probe_wait(url, busy)))
+    probing.start()
+    time.sleep(0.2)
+    try:
+        answer = request()
+    finally:
+        busy.clear()
+        probing.join()
+    return answer, waits[0]
+
+
 @pytest.mark.parametrize("route", ["json", "v2"])
 def test_the_worker_answers_its_probe_while_a_large_answer_is_written(route: str) -> None:
     spec = loadonce.ModelSpec(name="wide", loader=_Wide)
     with ThreadedServer(loadonce.create_app([spec])) as server:
-        busy = threading.Event()
-        busy.set()
-        waits: list[float] = []
-        probing = threading.Thread(
-            target=lambda: waits.append(_longest_probe_wait(server.url, busy))
-        )
-        probing.start()
-        time.sleep(0.2)
         if route == "json":
-            answer = httpx.post(
-                f"{server.url}/models/wide/predict", json={"inputs": list(range(1000))}, timeout=120
-            )
+            body: dict[str, Any] = {"inputs": list(range(1000))}
+            path = "/models/wide/predict"
         else:
             tensor = {"name": "x", "datatype": "INT64", "shape": [1000], "data": list(range(1000))}
-            answer = httpx.post(
-                f"{server.url}/v2/models/wide/infer", json={"inputs": [tensor]}, timeout=120
-            )
-        busy.clear()
-        probing.join()
+            body, path = {"inputs": [tensor]}, "/v2/models/wide/infer"
+        answer, waited = _while_probed(
+            server.url, lambda: httpx.post(f"{server.url}{path}", json=body, timeout=120)
+        )
     assert answer.status_code == 200
     document = json.loads(answer.content)
     if route == "json":
@@ -101,7 +108,7 @@ def test_the_worker_answers_its_probe_while_a_large_answer_is_written(route: str
         assert len(output["data"]) == 10_000_000
     # Written on the loop, the probe waited for the whole answer (seconds); between two
     # pieces, it is answered.
-    assert waits[0] < 0.75, f"the probe waited {waits[0]:.2f} s"
+    assert waited < 0.75, f"the probe waited {waited:.2f} s"
 
 
 class _EmbeddingAndLabel:
@@ -154,22 +161,15 @@ def test_the_worker_answers_its_probe_while_many_tensor_elements_are_decoded() -
     ).encode()
     spec = loadonce.ModelSpec(name="counts", loader=_Counts)
     with ThreadedServer(loadonce.create_app([spec])) as server:
-        busy = threading.Event()
-        busy.set()
-        waits: list[float] = []
-        probing = threading.Thread(
-            target=lambda: waits.append(_longest_probe_wait(server.url, busy))
+        answer, waited = _while_probed(
+            server.url,
+            lambda: httpx.post(
+                f"{server.url}/v2/models/counts/infer",
+                content=header + binary,
+                headers={"Inference-Header-Content-Length": str(len(header))},
+                timeout=120,
+            ),
         )
-        probing.start()
-        time.sleep(0.2)
-        answer = httpx.post(
-            f"{server.url}/v2/models/counts/infer",
-            content=header + binary,
-            headers={"Inference-Header-Content-Length": str(len(header))},
-            timeout=120,
-        )
-        busy.clear()
-        probing.join()
     assert answer.status_code == 200, answer.text
     assert answer.json()["outputs"][0]["data"] == [count]
-    assert waits[0] < 0.75, f"the probe waited {waits[0]:.2f} s"
+    assert waited < 0.75, f"the probe waited {waited:.2f} s"
