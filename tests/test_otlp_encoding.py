@@ -181,11 +181,13 @@ def test_the_children_a_request_span_carries_are_written_as_their_own_spans() ->
     request_context = context(0xFEED, 0x10, trace_state=state)
     batch = Link(context(0xFEED, 0x77))
     failed = Status(StatusCode.ERROR, "ValueError: bad body")
-    children = [
-        Child("decode", 0x11, 100, 200, None, (), (), Status()),
-        Child("queue wait", 0x12, 200, 300, {"loadonce.model": "m"}, (batch,), (), Status()),
-        Child("encode", 0x13, 300, 400, None, (), [Event("exception", {"a": "b"}, 350)], failed),
+    children: list[Child] = [
+        ("decode", 100, 200, None, (), (), Status()),
+        ("queue wait", 200, 300, {"loadonce.model": "m"}, (batch,), (), Status()),
+        ("encode", 300, 400, None, (), [Event("exception", {"a": "b"}, 350)], failed),
     ]
+    # A child's span id is made by the exporter, with the provider's id generator.
+    child_ids = [0x11, 0x12, 0x13]
     request = FinishedSpan(
         name="POST /models/{name}/predict",
         context=request_context,
@@ -200,20 +202,22 @@ def test_the_children_a_request_span_carries_are_written_as_their_own_spans() ->
     request.children = children
     stood_for = [
         span(
-            c.name,
-            context=context(0xFEED, c.span_id, trace_state=state),
+            name,
+            context=context(0xFEED, span_id, trace_state=state),
             parent=request_context,
-            start_time=c.start_ns,
-            end_time=c.end_ns,
-            attributes=c.attributes,
-            links=c.links,
-            events=c.events,
-            status=c.status,
+            start_time=start_ns,
+            end_time=end_ns,
+            attributes=attributes,
+            links=links,
+            events=events,
+            status=status,
         )
-        for c in children
+        for (name, start_ns, end_ns, attributes, links, events, status), span_id in zip(
+            children, child_ids, strict=True
+        )
     ]
     alone = span("alone")
-    assert encode_spans([request, alone]) == (
+    assert encode_spans([request, alone], iter(child_ids).__next__) == (
         sdk_encode([request, *stood_for, alone]).SerializeToString()
     )
 

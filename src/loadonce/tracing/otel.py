@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
@@ -90,13 +90,13 @@ def tracing_for(options: TracingOptions) -> Tracing:
     out is loadonce's OTLP exporter, a request's children travel inside its span
     (``spans.Child``)."""
     provider, direct = provider_for(options)
-    return Tracing(provider, owned=True, ratio=root_ratio(options), nests=direct)
+    return Tracing(provider, owned=True, ratio=root_ratio(options), nests_into=direct)
 
 
-def provider_for(options: TracingOptions) -> tuple[TracerProvider, bool]:
-    """A tracer provider from the options, and whether its one span processor hands spans to
-    loadonce's OTLP exporter, which writes them itself (``DirectOtlpSpanExporter``); what the
-    options leave unset, the SDK reads from its OTEL_* variables (sampler, resource
+def provider_for(options: TracingOptions) -> tuple[TracerProvider, SpanProcessor | None]:
+    """A tracer provider from the options, and its one span processor when that hands spans
+    to loadonce's OTLP exporter, which writes them itself (``DirectOtlpSpanExporter``); what
+    the options leave unset, the SDK reads from its OTEL_* variables (sampler, resource
     attributes, exporter endpoint, headers, timeouts)."""
     attributes: dict[str, Any] = {}
     if options.service_name is not None:
@@ -126,9 +126,11 @@ def provider_for(options: TracingOptions) -> tuple[TracerProvider, bool]:
         if options.endpoint is not None:
             endpoint = options.endpoint.rstrip("/") + "/v1/traces"
         otlp = DirectOtlpSpanExporter(endpoint=endpoint)
-        provider.add_span_processor(BatchSpanProcessor(otlp))
-        return provider, otlp.encodes_directly
-    return provider, False
+        otlp.new_span_id = provider.id_generator.generate_span_id
+        processor = BatchSpanProcessor(otlp)
+        provider.add_span_processor(processor)
+        return provider, processor if otlp.encodes_directly else None
+    return provider, None
 
 
 def _names_the_service(resource_attributes: str) -> bool:
@@ -178,7 +180,12 @@ class Tracing:
     the app."""
 
     def __init__(
-        self, provider: Any, *, owned: bool, ratio: float | None = None, nests: bool = False
+        self,
+        provider: Any,
+        *,
+        owned: bool,
+        ratio: float | None = None,
+        nests_into: SpanProcessor | None = None,
     ) -> None:
         self.provider = provider
         # Requests sampled out without a caller's decision cost one random draw: at 10%
@@ -189,7 +196,7 @@ class Tracing:
         self.tracer: trace.Tracer = provider.get_tracer("loadonce", __version__)
         # The spans below a request's (docs in spans.py: written whole, when they end),
         # carried inside the request's own when loadonce's exporter is the only way out.
-        self.writer = writer_for(self.tracer, nests=nests)
+        self.writer = writer_for(self.tracer, nests_into=nests_into)
         # The request's span written whole too, when the tracer is the SDK's and the
         # sampling parent-based with every root sampled (loadonce's own sampler, its ratio
         # drawn before; or the SDK's default): the decision is then the caller's flag, which
@@ -296,9 +303,14 @@ class Tracing:
         )
         back = [Link(batch.context)]
         attributes = {MODEL: model}  # read only, by every span: one serves all
+        offset = self._epoch_offset_ns
         for traced, submitted in carried:
             traced.below.child(  # type: ignore[attr-defined]  # a RequestSpan, from current()
-                "queue wait", self._ns(submitted), start_ns, links=back, attributes=attributes
+                "queue wait",
+                int(submitted * 1e9) + offset,
+                start_ns,
+                links=back,
+                attributes=attributes,
             )
         return batch
 
@@ -311,7 +323,7 @@ class Tracing:
         if timing is not None:
             begins = self._ns(timing.began + timing.input_s)
             ends = begins + int(timing.infer_s * 1e9)
-            self.writer.child("predict", batch.context, begins, ends, failed=failure)
+            batch.child("predict", begins, ends, failed=failure)
         batch.end(errors=errors, failed=failure)
 
     def lifecycle(self, model: str, action: str) -> AbstractContextManager[object]:
@@ -354,7 +366,10 @@ class RequestSpan:
 
     def finish(self, status: int | None = None) -> None:
         if status is not None:
-            self.describe({STATUS_CODE: status})
+            if self._own is not None:
+                self._own[STATUS_CODE] = status
+            else:
+                self.span.set_attribute(STATUS_CODE, status)
             if status >= 500:
                 self.span.set_status(StatusCode.ERROR)
         self.span.end()
@@ -367,7 +382,10 @@ class RequestSpan:
     def named(self, method: str, route: str) -> None:
         """The route's template is known: the span's name, low in cardinality."""
         self.span.update_name(f"{method} {route}")
-        self.describe({ROUTE: route})
+        if self._own is not None:
+            self._own[ROUTE] = route
+        else:
+            self.span.set_attribute(ROUTE, route)
 
     def failed(self, error: BaseException, status: int) -> None:
         self.span.record_exception(error)

@@ -6,8 +6,9 @@ what a sampled request cost the worker (the export thread shares the worker's in
 with the event loop). The spans' layout is fixed and small (ids, a name, two timestamps, a few
 key-values, links), so loadonce writes their bytes directly: 3.3 µs a span against 15.8
 (docs/benchmarks.md, "What tracing costs"). The layout is ``opentelemetry-proto``'s (the
-messages' field numbers and types, named where each is written). A request's span may carry
-the spans below it (``spans.Child``): each is written as the span it stands for.
+messages' field numbers and types, named where each is written). A request's or a batch's span
+may carry the spans below it (``spans.Child``): each is written as the span it stands for,
+with a span id made here (``new_span_id``: the provider's id generator).
 
 The bytes are the SDK encoder's, byte for byte (tests compare them for every kind of span,
 value and grouping): the same fields, in field-number order, each written when protobuf writes
@@ -22,11 +23,12 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope as SdkScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
@@ -152,10 +154,16 @@ _pairs: dict[tuple[str, str | int], bytes] = {}
 _LONGEST_REMEMBERED = 128
 
 
-def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
+# The span ids of carried spans where no provider gave its generator: the SDK's default.
+_RANDOM_SPAN_ID = RandomIdGenerator().generate_span_id
+
+
+def encode_spans(
+    spans: Sequence[ReadableSpan], new_span_id: Callable[[], int] = _RANDOM_SPAN_ID
+) -> bytes:
     """The serialized export request for ``spans``: grouped by resource, then by
     instrumentation scope, each group where its first span put it, as the SDK's encoder groups
-    them."""
+    them. ``new_span_id``: the ids of the spans they carry (``spans.Child``)."""
     # The spans' bytes of each (resource, scope) pair of objects seen; equal pairs share one.
     by_identity: dict[tuple[int, int], list[bytes]] = {}
     by_value: dict[Resource, dict[SdkScope | None, list[bytes]]] = {}
@@ -172,7 +180,7 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
                 found = by_value.setdefault(resource, {}).setdefault(scope, [])
                 by_identity[key] = found
             group, last_resource, last_scope = found, resource, scope
-        group.append(_span(span))
+        group.append(_span(span, new_span_id))
     request = []
     for resource, scopes in by_value.items():
         parts = [_delimited(_GROUP_RESOURCE, _resource(resource))]
@@ -212,7 +220,7 @@ def _scope(scope: SdkScope | None) -> bytes:
     return b"".join(parts)
 
 
-def _span(span: ReadableSpan) -> bytes:
+def _span(span: ReadableSpan, new_span_id: Callable[[], int]) -> bytes:
     """One span, as the ScopeSpans' ``spans`` field: tag, length, its fields; then the spans
     it carries, if any. (Each of the span's properties is read once: most build something, a
     copy or a check, when read.)"""
@@ -249,25 +257,26 @@ def _span(span: ReadableSpan) -> bytes:
     if children:
         below = (_TRACE_ID, trace_id, _SPAN_ID)
         above = (state, _PARENT_SPAN_ID, span_id)
-        spans += b"".join([_child(child, below, above) for child in children])
+        spans += b"".join([_child(child, new_span_id(), below, above) for child in children])
     return spans
 
 
-def _child(child: Child, below: tuple[bytes, ...], above: tuple[bytes, ...]) -> bytes:
-    """A span a request's span carries (``spans.Child``), as the span it stands for: in the
-    request's trace (``below``: the trace id's field, the span id's tag), under it with its
-    trace state (``above``), of kind INTERNAL, its parent local."""
-    parts = [*below, child.span_id.to_bytes(8, "big"), *above]
+def _child(child: Child, span_id: int, below: tuple[bytes, ...], above: tuple[bytes, ...]) -> bytes:
+    """A span another carries (``spans.Child``), as the span it stands for: in its carrier's
+    trace (``below``: the trace id's field, the span id's tag), under it with its trace state
+    (``above``), of kind INTERNAL, its parent local."""
+    name, start_ns, end_ns, attributes, links, events, status = child
+    parts = [*below, span_id.to_bytes(8, "big"), *above]
     _add_fields(
         parts,
-        child.name,
+        name,
         _INTERNAL,
-        child.start_ns,
-        child.end_ns,
-        child.attributes,
-        child.events,
-        child.links,
-        child.status,
+        start_ns,
+        end_ns,
+        attributes,
+        events,
+        links,
+        status,
         _NONE_DROPPED,
     )
     parts.append(_SPAN_FLAGS[False])

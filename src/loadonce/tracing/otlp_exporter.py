@@ -12,12 +12,13 @@ exporter's own ``export`` runs, unchanged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
 from loadonce.tracing.otlp_encoding import encode_spans
 
@@ -29,10 +30,13 @@ _PARTS = ("_shutdown", "_metrics", "_max_request_size", "_client")
 
 
 class DirectOtlpSpanExporter(OTLPSpanExporter):
-    """``OTLPSpanExporter`` whose spans are encoded by ``otlp_encoding``."""
+    """``OTLPSpanExporter`` whose spans are encoded by ``otlp_encoding``. ``new_span_id``:
+    the ids of the spans the exported ones carry (``spans.Child``): the provider's id
+    generator's, where the provider sets it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.new_span_id: Callable[[], int] = RandomIdGenerator().generate_span_id
         self.encodes_directly = all(hasattr(self, part) for part in _PARTS) and callable(
             getattr(self._client, "export", None)
         )
@@ -45,7 +49,7 @@ class DirectOtlpSpanExporter(OTLPSpanExporter):
             return SpanExportResult.FAILURE
         with self._metrics.export_operation(len(spans)) as result:
             try:
-                data = encode_spans(spans)
+                data = encode_spans(spans, self.new_span_id)
             except Exception as error:  # as the SDK's: a batch that cannot be encoded is dropped
                 logger.error("Failed to encode span batch: %s", error)
                 result.error = error

@@ -17,12 +17,12 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Mapping, Sequence
-from types import TracebackType
-from typing import Any, NamedTuple, Protocol
+from types import MappingProxyType, TracebackType
+from typing import Any, Protocol
 
 from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
-from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, SpanProcessor
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -42,6 +42,11 @@ class OpenSpan(Protocol):
 
     @property
     def context(self) -> SpanContext: ...
+
+    # A finished span below it (a call's ``predict``), its status ERROR if ``failed``.
+    def child(
+        self, name: str, start_ns: int, end_ns: int, *, failed: str | None = None
+    ) -> None: ...
 
     # ``end_ns``: when it ended (now if None); ``errors`` become exception events, and
     # ``failed`` (a description) sets the span's status to ERROR.
@@ -81,47 +86,45 @@ class SpanWriter(Protocol):
     ) -> None: ...
 
 
-def writer_for(tracer: trace.Tracer, *, nests: bool = False) -> SpanWriter:
+def writer_for(tracer: trace.Tracer, *, nests_into: SpanProcessor | None = None) -> SpanWriter:
     """Finished spans for the SDK's tracer, the tracer's live spans for any other.
-    ``nests``: a request's spans below it travel inside its own (see ``Child``)."""
+    ``nests_into``: the one span processor of a provider loadonce built, whose exporter is
+    loadonce's own: a request's spans below it travel inside its own (see ``Child``)."""
     if isinstance(tracer, SdkTracer):
-        return FinishedSpanWriter(tracer, nests=nests)
+        return FinishedSpanWriter(tracer, nests_into=nests_into)
     return LiveSpanWriter(tracer)
 
 
-class Child(NamedTuple):
-    """A span below a request's (decode, queue wait, encode), carried inside the request's
-    finished span (``FinishedSpan.children``) instead of handed to the processors on its own.
-
-    Only where loadonce owns the whole way to the collector (the provider it builds from its
-    options, whose one processor hands spans to ``otlp_exporter.DirectOtlpSpanExporter``):
-    the exporter writes each child as the span it stands for, in the request's trace, under
-    it, with its trace state, of kind INTERNAL. The event loop then builds one span object
-    per sampled request instead of four, and hands the processors one instead of four
-    (docs/benchmarks.md, "What tracing costs"). Anywhere else (a provider of the user's,
-    other processors) every span is handed to the processors on its own."""
-
-    name: str
-    span_id: int
-    start_ns: int
-    end_ns: int
-    attributes: Mapping[str, Any] | None
-    links: Sequence[Link]
-    events: Sequence[Event]
-    status: Status
+# A span below a request's (decode, queue wait, encode) or a batch's (predict), carried inside
+# that span instead of handed to the processors on its own: its name, start and end (epoch
+# ns), attributes, links, events and status. A plain tuple: the event loop makes one per
+# phase of a sampled request, and a NamedTuple's construction costs five times a tuple's.
+#
+# Only where loadonce owns the whole way to the collector (the provider it builds from its
+# options, whose one processor hands spans to ``otlp_exporter.DirectOtlpSpanExporter``): the
+# exporter writes each child as the span it stands for, in its carrier's trace, under it, with
+# its trace state, of kind INTERNAL, with a span id of its own made there (nothing refers to a
+# child's id, so the event loop does not make one). The event loop then builds one span object
+# per sampled request instead of four, and hands the processor one instead of four
+# (docs/benchmarks.md, "What tracing costs"). Anywhere else (a provider of the user's, other
+# processors) every span is handed to the processors on its own.
+Child = tuple[str, int, int, Mapping[str, Any] | None, Sequence[Link], Sequence[Event], Status]
 
 
 class FinishedSpanWriter:
-    """Spans handed finished to the SDK tracer's span processors; ``nests``: a request's
-    children are carried in its span (``Child``)."""
+    """Spans handed finished to the SDK tracer's span processors. ``nests_into``: the
+    provider's one processor (loadonce's), handed spans directly, each carrying the spans
+    below it (``Child``)."""
 
-    def __init__(self, tracer: SdkTracer, *, nests: bool = False) -> None:
-        self.processor = tracer.span_processor
+    def __init__(self, tracer: SdkTracer, *, nests_into: SpanProcessor | None = None) -> None:
+        # Where loadonce built the provider, its one processor is called directly, not
+        # through the provider's list of them (one call less per span on the event loop).
+        self.processor: SpanProcessor = nests_into or tracer.span_processor
+        self.nests = nests_into is not None
         self.resource = tracer.resource
         self.new_span_id = tracer.id_generator.generate_span_id
         self.new_trace_id = tracer.id_generator.generate_trace_id
         self.scope = InstrumentationScope("loadonce", __version__)
-        self.nests = nests
         # What code besides loadonce's (a user's handler, through the current span) may add
         # to a request's span: the tracer's limits, as on the SDK's own spans (the provider's,
         # else OpenTelemetry's OTEL_SPAN_*_LIMIT and OTEL_ATTRIBUTE_*_LIMIT variables).
@@ -153,15 +156,21 @@ class FinishedSpanWriter:
         failed: str | None = None,
     ) -> None:
         self.write(
-            name,
-            self._below(parent),
-            parent,
-            start_ns,
-            end_ns,
-            attributes=attributes,
-            events=_error_events(errors, end_ns),
-            links=links,
-            status=_status(failed),
+            FinishedSpan(
+                name,
+                self._below(parent),
+                parent,
+                self.resource,
+                attributes,
+                _error_events(errors, end_ns),
+                links,
+                SpanKind.INTERNAL,
+                None,
+                _status(failed),
+                start_ns,
+                end_ns,
+                self.scope,
+            )
         )
 
     def _below(self, parent: SpanContext) -> SpanContext:
@@ -176,48 +185,13 @@ class FinishedSpanWriter:
 
     def started(self, span: RecordedSpan) -> None:
         """Tell the tracer's span processors a request's span started, as the SDK does for its
-        own (a processor may add attributes to it then). Typed for the SDK's own span class,
-        processors use the API's methods and ``name``, ``context``, ``attributes``, which it
-        has."""
-        self.processor.on_start(span, parent_context=None)  # type: ignore[arg-type]
+        own (a processor may add attributes to it then); not loadonce's own processor (a
+        ``BatchSpanProcessor``, whose ``on_start`` does nothing)."""
+        if not self.nests:
+            self.processor.on_start(span, parent_context=None)  # type: ignore[arg-type]
 
-    def write(
-        self,
-        name: str,
-        context: SpanContext,
-        parent: SpanContext | None,
-        start_ns: int,
-        end_ns: int,
-        *,
-        attributes: Mapping[str, Any] | None,
-        events: Sequence[Event],
-        links: Sequence[Link],
-        status: Status,
-        kind: SpanKind = SpanKind.INTERNAL,
-        dropped: tuple[int, int, int] = (0, 0, 0),
-        children: Sequence[Child] = (),
-    ) -> None:
-        """Hand a finished span to the tracer's span processors. ``dropped``: how many
-        attributes, events and links were left out (over the limits); ``children``: the
-        spans it carries (``Child``)."""
-        span = FinishedSpan(
-            name=name,
-            context=context,
-            parent=parent,
-            resource=self.resource,
-            attributes=attributes,
-            events=events,
-            links=links,
-            kind=kind,
-            status=status,
-            start_time=start_ns,
-            end_time=end_ns,
-            instrumentation_scope=self.scope,
-        )
-        if dropped != (0, 0, 0):
-            span.dropped_attributes, span.dropped_events, span.dropped_links = dropped
-        if children:
-            span.children = children
+    def write(self, span: ReadableSpan) -> None:
+        """Hand a finished span to the span processors."""
         self.processor.on_end(span)
 
 
@@ -235,7 +209,19 @@ class FinishedSpan(ReadableSpan):
 
 
 class _Finishing:
-    __slots__ = ("attributes", "context", "links", "name", "parent", "start_ns", "writer")
+    """A span opened now and written when it ends (a model call's ``batch``); the spans
+    below it (its ``predict``) are carried in it when the writer nests them."""
+
+    __slots__ = (
+        "attributes",
+        "children",
+        "context",
+        "links",
+        "name",
+        "parent",
+        "start_ns",
+        "writer",
+    )
 
     def __init__(
         self,
@@ -254,6 +240,13 @@ class _Finishing:
         self.start_ns = start_ns
         self.links = links
         self.attributes = attributes
+        self.children: list[Child] = []
+
+    def child(self, name: str, start_ns: int, end_ns: int, *, failed: str | None = None) -> None:
+        if self.writer.nests:
+            self.children.append((name, start_ns, end_ns, None, (), (), _status(failed)))
+        else:
+            self.writer.child(name, self.context, start_ns, end_ns, failed=failed)
 
     def end(
         self,
@@ -262,27 +255,35 @@ class _Finishing:
         failed: str | None = None,
     ) -> None:
         ended = time.time_ns() if end_ns is None else end_ns
-        self.writer.write(
+        span = FinishedSpan(
             self.name,
             self.context,
             self.parent,
+            self.writer.resource,
+            self.attributes,
+            _error_events(errors, ended),
+            self.links,
+            SpanKind.INTERNAL,
+            None,
+            _status(failed),
             self.start_ns,
             ended,
-            attributes=self.attributes,
-            events=_error_events(errors, ended),
-            links=self.links,
-            status=_status(failed),
+            self.writer.scope,
         )
+        if self.children:
+            span.children = self.children
+        self.writer.write(span)
 
 
-class RecordedSpan(trace.Span):
+class RecordedSpan(trace.Span, ReadableSpan):
     """A request's span, opened by loadonce (the sampling decided before, the ids made here)
-    and handed finished to the SDK tracer's span processors, as the spans below it are: a
-    live SDK span takes 21 µs to start and end (docs/benchmarks.md). It is the current span
-    while the request runs, so a handler's ``trace.get_current_span()`` gets it: what such
-    code sets goes through OpenTelemetry's attribute checks and limits, as on the SDK's own
-    span; loadonce's own attributes are written directly. For use on one thread (the event
-    loop's), as a request's span is."""
+    and handed, itself, to the SDK tracer's span processors when it ends, as the SDK hands
+    its own spans: a live SDK span takes 21 µs to start and end (docs/benchmarks.md). It is
+    the current span while the request runs, so a handler's ``trace.get_current_span()``
+    gets it: what such code sets goes through OpenTelemetry's attribute checks and limits,
+    as on the SDK's own span; loadonce's own attributes are written directly. Once ended, it
+    is read as a ``ReadableSpan`` is (its fields are the ones ``ReadableSpan`` reads) and
+    changes no more. For use on one thread (the event loop's), as a request's span is."""
 
     def __init__(
         self,
@@ -293,23 +294,34 @@ class RecordedSpan(trace.Span):
         kind: SpanKind,
     ) -> None:
         self.writer = writer
-        self.name = name
-        self.context = context
-        self.parent = parent
-        self.kind = kind
-        self.start_ns = time.time_ns()
+        # ReadableSpan's fields (its properties read them).
+        self._name = name
+        self._context = context
+        self._parent = parent
+        self._kind = kind
+        self._start_time: int | None = time.time_ns()
+        self._end_time: int | None = None
+        self._resource = writer.resource
+        self._instrumentation_scope = writer.scope
+        # loadonce's own attributes (RequestSpan writes them here); what other code sets is
+        # kept apart, bounded (``_added``), and merged in when the span ends.
         self.own_attributes: dict[str, Any] = {}
-        self._added: BoundedAttributes | None = None
-        # Made on the first one (most requests' spans have none), bounded as the SDK's span
-        # bounds them: over the limit, the oldest is dropped and counted.
-        self._events: BoundedList[Event] | None = None
-        self._links: BoundedList[Link] | None = None
-        self._status = _UNSET
-        self._ended = False
-        self._children: list[Child] = []
+        self._attributes: Mapping[str, Any] = self.own_attributes
+        self.children: list[Child] = []
+
+    # What most requests' spans keep as they start: set on the instance when one changes.
+    # Events and links are made bounded on the first one, as the SDK's span bounds them: over
+    # the limit, the oldest is dropped and counted.
+    _instrumentation_info = None
+    _status = _UNSET
+    _added: BoundedAttributes | None = None
+    _dropped_attributes = 0
+    _events: Sequence[Event] = ()
+    _links: Sequence[Link] = ()
+    _ended = False
 
     def get_span_context(self) -> SpanContext:
-        return self.context
+        return self._context  # type: ignore[return-value]  # always set (ReadableSpan's type)
 
     def child(
         self,
@@ -328,7 +340,7 @@ class RecordedSpan(trace.Span):
         if not writer.nests or self._ended:
             writer.child(
                 name,
-                self.context,
+                self.get_span_context(),
                 start_ns,
                 end_ns,
                 links=links,
@@ -337,15 +349,14 @@ class RecordedSpan(trace.Span):
                 failed=failed,
             )
             return
-        self._children.append(
-            Child(
+        self.children.append(
+            (
                 name,
-                writer.new_span_id(),
                 start_ns,
                 end_ns,
                 attributes,
                 links,
-                _error_events(errors, end_ns),
+                _error_events(errors, end_ns) if errors else (),
                 _status(failed),
             )
         )
@@ -353,7 +364,13 @@ class RecordedSpan(trace.Span):
     @property
     def attributes(self) -> Mapping[str, Any]:
         """Its attributes so far (as the SDK's span shows them to a processor)."""
-        return {**self.own_attributes, **(self._added or {})}
+        if self._added is None or self._ended:
+            return MappingProxyType(self._attributes)
+        return MappingProxyType({**self.own_attributes, **self._added})
+
+    @property
+    def dropped_attributes(self) -> int:
+        return self._dropped_attributes
 
     def is_recording(self) -> bool:
         return not self._ended
@@ -386,7 +403,7 @@ class RecordedSpan(trace.Span):
         self._add_event(Event(name, cleaned, timestamp or time.time_ns()))
 
     def _add_event(self, event: Event) -> None:
-        if self._events is None:
+        if not isinstance(self._events, BoundedList):
             self._events = BoundedList(self.writer.limits.max_events)
         self._events.append(event)
 
@@ -397,13 +414,13 @@ class RecordedSpan(trace.Span):
         cleaned = BoundedAttributes(
             limits.max_link_attributes, attributes, max_value_len=limits.max_attribute_length
         )
-        if self._links is None:
+        if not isinstance(self._links, BoundedList):
             self._links = BoundedList(limits.max_links)
         self._links.append(Link(context, cleaned))
 
     def update_name(self, name: str) -> None:
         if not self._ended:
-            self.name = name
+            self._name = name
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
         # The SDK's rules: OK is final, UNSET changes nothing.
@@ -438,29 +455,11 @@ class RecordedSpan(trace.Span):
         if self._ended:
             return
         self._ended = True
-        attributes = self.own_attributes
-        dropped_attributes = 0
+        self._end_time = time.time_ns() if end_time is None else end_time
         if self._added is not None:
-            attributes = {**attributes, **self._added}
-            dropped_attributes = self._added.dropped
-        self.writer.write(
-            self.name,
-            self.context,
-            self.parent,
-            self.start_ns,
-            time.time_ns() if end_time is None else end_time,
-            attributes=attributes,
-            events=self._events or (),
-            links=self._links or (),
-            status=self._status,
-            kind=self.kind,
-            dropped=(
-                dropped_attributes,
-                self._events.dropped if self._events is not None else 0,
-                self._links.dropped if self._links is not None else 0,
-            ),
-            children=self._children,
-        )
+            self._attributes = {**self.own_attributes, **self._added}
+            self._dropped_attributes = self._added.dropped
+        self.writer.write(self)
 
 
 def _error_events(errors: Sequence[BaseException], timestamp: int) -> Sequence[Event]:
@@ -511,7 +510,7 @@ class LiveSpanWriter:
             attributes=attributes,
             start_time=start_ns,
         )
-        return _Live(span)
+        return _Live(self, span)
 
     def child(
         self,
@@ -530,11 +529,15 @@ class LiveSpanWriter:
 
 
 class _Live:
-    __slots__ = ("context", "span")
+    __slots__ = ("context", "span", "writer")
 
-    def __init__(self, span: trace.Span) -> None:
+    def __init__(self, writer: LiveSpanWriter, span: trace.Span) -> None:
+        self.writer = writer
         self.span = span
         self.context = span.get_span_context()
+
+    def child(self, name: str, start_ns: int, end_ns: int, *, failed: str | None = None) -> None:
+        self.writer.child(name, self.context, start_ns, end_ns, failed=failed)
 
     def end(
         self,
