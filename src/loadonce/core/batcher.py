@@ -47,7 +47,7 @@ from loadonce.core.executors import Executor
 from loadonce.core.observer import CallReport, ModelObserver
 from loadonce.core.sparse import dense_if_sparse
 from loadonce.core.tracebacks import release_tracebacks
-from loadonce.core.tracing import CallTracer
+from loadonce.core.tracing import TRACED_REQUEST, CallTracer
 from loadonce.runtimes._base import Predictor
 
 logger = logging.getLogger("loadonce")
@@ -245,7 +245,7 @@ class Batcher:
             caller_counts_success=caller_counts_success,
         )
         if self.tracer is not None:
-            request.trace = self.tracer.current()
+            request.trace = TRACED_REQUEST.get()
         request.future.add_done_callback(lambda _: self._forget(request))
         self._queue.append(request)
         self._queued_examples += count

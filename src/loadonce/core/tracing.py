@@ -10,17 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Protocol
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from loadonce.core.batcher import CallTiming
 
 
-class CallTracer(Protocol):
-    # The span of the request that is being queued now (read from the caller's context), or
-    # None when there is none or it is not sampled: the batcher carries it, opaque, to the call.
-    def current(self) -> object | None: ...
+# The sampled request of the running task (tracing's span of it, opaque here), None when it
+# is not sampled: set by tracing while the request runs, read by the batcher as it queues the
+# request (a context variable read directly: once per request, not a call of the tracer's),
+# and carried to the call that runs it.
+TRACED_REQUEST: ContextVar[Any] = ContextVar("loadonce_traced_request", default=None)
 
+
+class CallTracer(Protocol):
     # A call starts (``started``: time.perf_counter()) with the sampled requests ``carried``:
     # each its span and when it was queued (perf_counter). ``examples``: the call's batch size.
     # Returns what ``call_ended`` is given back.

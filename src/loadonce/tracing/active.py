@@ -10,6 +10,8 @@ from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
 from typing import Protocol
 
+from loadonce.core.tracing import TRACED_REQUEST
+
 
 class TracedRequest(Protocol):
     def phase(self, name: str) -> AbstractContextManager[object]: ...
@@ -19,7 +21,7 @@ class TracedRequest(Protocol):
     def named(self, method: str, route: str) -> None: ...
 
 
-ACTIVE: ContextVar[TracedRequest | None] = ContextVar("loadonce_traced_request", default=None)
+ACTIVE: ContextVar[TracedRequest | None] = TRACED_REQUEST
 _NOTHING: AbstractContextManager[object] = nullcontext()
 
 

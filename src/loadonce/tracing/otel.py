@@ -271,18 +271,12 @@ class Tracing:
             trace_id, flags, state = remote.trace_id, remote.trace_flags, remote.trace_state
         else:
             return None
-        context = SpanContext(
-            trace_id, writer.new_span_id(), is_remote=False, trace_flags=flags, trace_state=state
-        )
+        context = SpanContext(trace_id, writer.new_span_id(), False, flags, state)
         span = RecordedSpan(writer, name, context, remote, kind)
         writer.started(span)
         return RequestSpan(self, span)
 
     # The core's CallTracer.
-
-    def current(self) -> object | None:
-        traced = ACTIVE.get()
-        return traced if isinstance(traced, RequestSpan) else None
 
     def call_started(
         self,
@@ -305,7 +299,7 @@ class Tracing:
         attributes = {MODEL: model}  # read only, by every span: one serves all
         offset = self._epoch_offset_ns
         for traced, submitted in carried:
-            traced.below.child(  # type: ignore[attr-defined]  # a RequestSpan, from current()
+            traced.below.child(  # type: ignore[attr-defined]  # a RequestSpan (TRACED_REQUEST)
                 "queue wait",
                 int(submitted * 1e9) + offset,
                 start_ns,

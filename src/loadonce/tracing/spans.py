@@ -176,11 +176,7 @@ class FinishedSpanWriter:
     def _below(self, parent: SpanContext) -> SpanContext:
         """A new span's ids under ``parent``, in its trace, with its sampling decision."""
         return SpanContext(
-            parent.trace_id,
-            self.new_span_id(),
-            is_remote=False,
-            trace_flags=parent.trace_flags,
-            trace_state=parent.trace_state,
+            parent.trace_id, self.new_span_id(), False, parent.trace_flags, parent.trace_state
         )
 
     def started(self, span: RecordedSpan) -> None:
