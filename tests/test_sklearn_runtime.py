@@ -19,7 +19,7 @@ from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 
 import loadonce
-from tests.servers import serving, start_cli
+from tests.servers import ThreadedServer, serving, start_cli
 
 
 @pytest.fixture(scope="module")
@@ -359,24 +359,158 @@ def test_a_truncated_joblib_file_says_so(tmp_path: Path) -> None:
         pass
 
 
-def test_a_column_transformer_fitted_on_an_array_of_text_and_numbers_takes_both(
-    tmp_path: Path,
-) -> None:
-    """It was declared float64: its own rows were refused as "must be numbers"."""
-    from sklearn.compose import ColumnTransformer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OneHotEncoder
+ROWS_OF_TEXT_AND_NUMBERS = np.array(
+    [["red", 1.0], ["blue", 2.0], ["green", 3.0], ["red", 4.0]] * 5, dtype=object
+)
 
-    rows = np.array([["red", 1.0], ["blue", 2.0], ["red", 3.0], ["green", 4.0]], dtype=object)
-    columns = ColumnTransformer([("color", OneHotEncoder(), [0])], remainder="passthrough")
-    model = make_pipeline(columns, LogisticRegression()).fit(rows, [1, 0, 1, 0])
-    joblib.dump(model, tmp_path / "mixed.joblib")
-    spec = loadonce.ModelSpec(name="m", artifact=tmp_path / "mixed.joblib", trust=True)
-    with TestClient(loadonce.create_app([spec])) as client:
-        answer = client.post("/models/m/predict", json={"inputs": rows[:2].tolist()})
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["outputs"] == model.predict(rows[:2]).tolist()
+
+def _models_of_text_and_numbers() -> dict[str, Any]:
+    """Pipelines fitted on an object array of [text, number] rows, whose encoder of the text
+    column is nested in each of the ways scikit-learn lets one nest it."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline, make_union
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+
+    def imputed(encoder: Any) -> Any:
+        return make_pipeline(SimpleImputer(strategy="most_frequent"), encoder)
+
+    color, number = [0], [1]
+    layouts = {
+        "direct": ColumnTransformer([("c", OneHotEncoder(), color)], remainder="passthrough"),
+        "imputed": ColumnTransformer(
+            [("c", imputed(OneHotEncoder()), color), ("n", "passthrough", number)]
+        ),
+        "nested": make_pipeline(
+            ColumnTransformer(
+                [
+                    ("c", make_pipeline(imputed(OrdinalEncoder())), color),
+                    ("n", SimpleImputer(), number),
+                ]
+            )
+        ),
+        "union": make_union(
+            ColumnTransformer([("c", imputed(OneHotEncoder()), color)]),
+            ColumnTransformer([("n", StandardScaler(), number)]),
+        ),
+        "inner": ColumnTransformer(
+            [
+                (
+                    "all",
+                    ColumnTransformer(
+                        [("c", imputed(OneHotEncoder()), color)], remainder="passthrough"
+                    ),
+                    [0, 1],
+                )
+            ]
+        ),
+    }
+    labels = [0, 1, 1, 0] * 5
+    return {
+        name: make_pipeline(layout, LogisticRegression()).fit(ROWS_OF_TEXT_AND_NUMBERS, labels)
+        for name, layout in layouts.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def text_and_numbers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Any]]:
+    directory = tmp_path_factory.mktemp("mixed")
+    found = {}
+    for name, model in _models_of_text_and_numbers().items():
+        skops.io.dump(model, directory / f"{name}.skops")
+        found[name] = (directory / f"{name}.skops", model)
+    return found
+
+
+def _text_and_numbers_specs(models: dict[str, tuple[Path, Any]]) -> list[loadonce.ModelSpec]:
+    trusted = {"trusted_types": ["numpy.dtype"]}
+    return [
+        loadonce.ModelSpec(name=name, artifact=path, options=trusted)
+        for name, (path, _) in models.items()
+    ]
+
+
+def test_rows_of_text_and_numbers_reach_the_encoder_however_it_is_nested(
+    text_and_numbers: dict[str, tuple[Path, Any]],
+) -> None:
+    """Behind an imputer, its text column was declared a number: every row was a 400 ("must
+    be numbers"); the Open Inference Protocol described no input, and a BYTES row reached the
+    model as bytes (its 500, "unknown categories [b'blue']"). Each layout now takes a row of
+    text and numbers on both protocols, as the model does in process."""
+    rows = [["blue", 2.0], ["red", 4], ["green", 1.5]]
+    text_rows = [[color, str(value)] for color, value in rows]
+    with TestClient(loadonce.create_app(_text_and_numbers_specs(text_and_numbers))) as client:
+        for name, (_, model) in text_and_numbers.items():
+            expected = model.predict(np.array(rows, dtype=object)).tolist()
+            answer = client.post(f"/models/{name}/predict", json={"inputs": rows})
+            assert answer.status_code == 200, (name, answer.text)
+            assert answer.json()["outputs"] == expected
+            [described] = client.get(f"/models/{name}").json()["inputs"]
+            assert described == {"name": "input", "dtype": "object", "shape": [None, 2]}
+            [metadata] = client.get(f"/v2/models/{name}").json()["inputs"]
+            assert metadata == {"name": "input", "datatype": "BYTES", "shape": [-1, 2]}
+            tensor = {"name": "input", "datatype": "BYTES", "shape": [3, 2], "data": text_rows}
+            infer = client.post(f"/v2/models/{name}/infer", json={"inputs": [tensor]})
+            assert infer.status_code == 200, (name, infer.text)
+            assert infer.json()["outputs"][0]["data"] == expected
+
+
+@pytest.mark.parametrize(
+    ("row", "words"),
+    [
+        (["purple", 2.0], ["column 0", "unknown value 'purple'", "blue, green, red"]),
+        (["red", "many"], ["column 1", "number", "'many'"]),
+        ([3, 2.0], ["column 0", "text"]),
+        (["red", True], ["column 1", "number"]),
+        (["red"], ["2", "text, number"]),
+    ],
+)
+def test_a_row_of_text_and_numbers_the_model_cannot_take_is_a_400_naming_the_column(
+    text_and_numbers: dict[str, tuple[Path, Any]], row: list[Any], words: list[str]
+) -> None:
+    """An unseen category was the model's 500 ("Found unknown categories"), on every route."""
+    with TestClient(loadonce.create_app(_text_and_numbers_specs(text_and_numbers))) as client:
+        for name in text_and_numbers:
+            refused = client.post(f"/models/{name}/predict", json={"inputs": [row]})
+            assert refused.status_code == 400, (name, refused.text)
+            for word in words:
+                assert word in refused.json()["error"]
+            if len(row) == 2 and all(isinstance(value, str | float) for value in row):
+                tensor = {"name": "input", "datatype": "BYTES", "shape": [1, 2]}
+                data = [str(value) for value in row]
+                refused = client.post(
+                    f"/v2/models/{name}/infer", json={"inputs": [{**tensor, "data": data}]}
+                )
+                assert refused.status_code == 400, (name, refused.text)
+                assert words[0] in refused.json()["error"]
+                assert words[2] in refused.json()["error"]
+
+
+def test_tritonclient_sends_rows_of_text_and_numbers_as_bytes(
+    text_and_numbers: dict[str, tuple[Path, Any]],
+) -> None:
+    import tritonclient.http as triton
+
+    rows = np.array([["blue", "2.0"], ["red", "4"]], dtype=object)
+    _, model = text_and_numbers["imputed"]
+    expected = model.predict(np.array([["blue", 2.0], ["red", 4.0]], dtype=object)).tolist()
+    specs = _text_and_numbers_specs({"imputed": text_and_numbers["imputed"]})
+    with ThreadedServer(loadonce.create_app(specs)) as server:
+        connection = triton.InferenceServerClient(server.url.removeprefix("http://"))
+        try:
+            for binary in (True, False):
+                tensor = triton.InferInput("input", [2, 2], "BYTES")
+                tensor.set_data_from_numpy(rows, binary_data=binary)
+                result = connection.infer("imputed", [tensor])
+                assert result.as_numpy("label").tolist() == expected
+            # Text that is not UTF-8 is the client's mistake.
+            tensor = triton.InferInput("input", [1, 2], "BYTES")
+            tensor.set_data_from_numpy(np.array([[b"\xffred", b"2"]], dtype=object))
+            with pytest.raises(triton.InferenceServerException, match="not UTF-8"):
+                connection.infer("imputed", [tensor])
+        finally:
+            connection.close()
 
 
 def test_a_classifier_of_several_outputs_answers_each_row_its_probabilities(

@@ -142,7 +142,10 @@ def as_typed_batch(
                 f"{where}each example must be {signature.describe()}; got shape [{shape}]"
             )
     try:
-        batch = _convert(examples, signature.dtype, missing_as_nan)
+        if signature.columns is not None:
+            batch = _rows_of_kinds(examples, signature.columns, missing_as_nan)
+        else:
+            batch = _convert(examples, signature.dtype, missing_as_nan)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInputError(
             f"{where}each example must be {signature.describe()}, all of the same shape: {exc}"
@@ -190,3 +193,66 @@ def _convert(examples: list[Any], dtype: str | None, missing_as_nan: bool) -> np
         return convert_numbers(raw, np.dtype(dtype), examples)
     except LossyConversionError as exc:
         raise TypeError(str(exc)) from None
+
+
+def _rows_of_kinds(
+    examples: list[Any], columns: tuple[str | None, ...], missing_as_nan: bool
+) -> npt.NDArray[Any]:
+    """Rows whose columns differ in kind, as one object array: each value of its column's
+    kind, a number column's as a Python number. A number column takes a number or its text:
+    the Open Inference Protocol carries a row of text and numbers as BYTES only (and NumPy
+    made a JSON row of them all text, "2.0", which reached the model so)."""
+    import numpy as np
+
+    width = len(columns)
+    batch = np.empty((len(examples), width), dtype=object)
+    for row, example in enumerate(examples):
+        if not isinstance(example, list | np.ndarray) or len(example) != width:
+            raise ValueError(f"example {row} is not a row of {width} values")
+        for column, (value, dtype) in enumerate(zip(example, columns, strict=True)):
+            try:
+                batch[row, column] = _value_of_kind(value, dtype, missing_as_nan)
+            except (ValueError, TypeError, OverflowError) as exc:
+                raise ValueError(f"column {column}: {exc}") from None
+    return batch
+
+
+def _value_of_kind(value: Any, dtype: str | None, missing_as_nan: bool) -> Any:
+    import numpy as np
+
+    if isinstance(value, list | dict):
+        raise TypeError(f"got a {'list' if isinstance(value, list) else 'object'}, not a value")
+    if value is None:
+        if missing_as_nan:
+            return np.nan  # a missing value, as pandas and scikit-learn mark one
+        raise TypeError("got null, which is not a value")
+    if dtype is None:
+        return value
+    if dtype == "string":
+        if not isinstance(value, str):
+            raise TypeError(f"expected text, got {type(value).__name__} {str(value)[:40]}")
+        return value
+    kind = np.dtype(dtype).kind
+    if kind == "b":
+        if not isinstance(value, bool | np.bool_):
+            raise TypeError(f"expected true or false, got {str(value)[:40]!r}")
+        return bool(value)
+    if isinstance(value, bool | np.bool_):
+        raise TypeError("expected a number; true and false are not")
+    if isinstance(value, str):
+        value = _number_in_text(value, integer=kind in "iu")
+    if not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    if kind in "iu":
+        if not float(value).is_integer():
+            raise ValueError(f"expected an integer, got {value}")
+        return int(value)
+    return float(value)
+
+
+def _number_in_text(text: str, *, integer: bool) -> int | float:
+    try:
+        return int(text) if integer else float(text)
+    except ValueError:
+        words = "an integer" if integer else "a number"
+        raise ValueError(f"expected {words}, got the text {text[:40]!r}") from None

@@ -26,17 +26,30 @@ class InputSignature:
     ``None`` in a dimension accepts any size). ``dtype`` is the NumPy dtype the predictor gets
     (``"float64"``, ``"float32"``, ``"int64"``, ``"bool"``), ``"string"``, or ``None`` when the
     predictor accepts any JSON value as it is.
+
+    ``columns``: for an example that is a row whose columns differ in kind (text and numbers,
+    what a scikit-learn ColumnTransformer fitted on an object array takes), each column's
+    dtype (``"string"``, a number dtype, or None for any value); ``dtype`` is then
+    ``"object"``, the NumPy array the predictor gets.
     """
 
     shape: tuple[int | None, ...]
     dtype: str | None = None
+    columns: tuple[str | None, ...] | None = None
 
     def describe(self) -> str:
+        if self.columns is not None:
+            kinds = ", ".join(_column_words(dtype) for dtype in self.columns)
+            return f"an array of shape [{len(self.columns)}] whose columns are: {kinds}"
         words = dtype_words(self.dtype)
         if not self.shape:
             return f"a single value ({words})"
         dims = ", ".join("*" if d is None else str(d) for d in self.shape)
         return f"an array of shape [{dims}] of {words}"
+
+
+def _column_words(dtype: str | None) -> str:
+    return {"string": "text", None: "any value"}.get(dtype) or dtype_words(dtype)[:-1]
 
 
 @dataclass(frozen=True, kw_only=True)

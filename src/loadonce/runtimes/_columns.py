@@ -6,11 +6,11 @@ columns by name refuses an array. Each column becomes a named input (shape ``[ba
 requests name their columns as they name a multi-input model's inputs, on both protocols.
 
 A column's dtype is, in order: the operator's (``options.columns``); what the fitted model
-says of it, where a ColumnTransformer sends it to an encoder that learnt its categories
-(their dtype: text categories make a string column) or to a text vectorizer (a string
-column); else float64, what scikit-learn's numeric transformers and estimators turn their
-input into anyway. A column that fits none of these (text the model drops, text a custom
-transformer reads) must be declared.
+says of it, where it reaches an encoder that learnt its categories (their dtype: text
+categories make a string column) or a text vectorizer (a string column), however nested
+(sklearn_encoders.py); else float64, what scikit-learn's numeric transformers and
+estimators turn their input into anyway. A column that fits none of these (text the model
+drops, text a custom transformer reads) must be declared.
 """
 
 from __future__ import annotations
@@ -20,17 +20,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from loadonce.core.errors import InvalidInputError
 from loadonce.core.imports import import_optional
 from loadonce.runtimes._base import TensorInfo
+from loadonce.runtimes.sklearn_encoders import (
+    check_known,
+    column_kinds,
+    dtype_of_categories,
+    fitted_column_names,
+)
 
 if TYPE_CHECKING:
     import numpy.typing as npt
 
 # What an operator may declare a column as: the dtypes both protocols carry.
 COLUMN_DTYPES = ("float64", "float32", "int64", "int32", "bool", "string")
-# How many of a column's known values a refusal lists.
-_LISTED_VALUES = 10
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,14 +51,7 @@ class Columns:
     def check_known(self, batch: Mapping[str, npt.NDArray[Any]]) -> None:
         """An unseen category is the client's mistake (400), not the model's failure (500)."""
         for name, known in self.known_values.items():
-            for value in batch[name].tolist():
-                if value not in known:
-                    listing = ", ".join(map(str, sorted(known, key=str)[:_LISTED_VALUES]))
-                    more = ", ..." if len(known) > _LISTED_VALUES else ""
-                    raise InvalidInputError(
-                        f"column '{name}': unknown value {str(value)[:100]!r}; the model knows "
-                        f"{listing}{more}"
-                    )
+            check_known(f"column '{name}'", batch[name].tolist(), known)
 
     def frame(self, batch: Mapping[str, npt.NDArray[Any]]) -> Any:
         """The batch as a DataFrame of exactly the fitted columns, in the fitted order."""
@@ -80,19 +76,6 @@ def features_in(estimator: Any) -> int | None:
     return None
 
 
-def fitted_column_names(estimator: Any) -> list[str] | None:
-    """The columns an estimator was fitted on, when it was fitted on a DataFrame whose
-    column names are all strings (scikit-learn records no names otherwise)."""
-    import numpy as np
-
-    names = getattr(estimator, "feature_names_in_", None)
-    if not isinstance(names, np.ndarray) or names.ndim != 1 or not len(names):
-        return None
-    if not all(isinstance(name, str) for name in names.tolist()):
-        return None
-    return [str(name) for name in names.tolist()]
-
-
 def named_columns(estimator: Any, declared: Any) -> Columns | None:
     """The columns of an estimator fitted on a DataFrame, None for any other estimator (and
     then pandas is not imported). ``declared``: the operator's ``options.columns``."""
@@ -114,13 +97,13 @@ def _columns_of(estimator: Any, names: list[str], declared: Mapping[str, Any]) -
     without it, the one line names the extra to install."""
     pandas = import_optional("pandas", extra="pandas")
     _check_declared(declared, names)
-    derived, known = _from_column_transformers(estimator)
+    derived, known = _from_encoders(estimator, names)
     categorical, kinds = _booster_categories(estimator, names)
     for name, categories in categorical.items():
         if categories is None:  # XGBoost keeps them (and refuses an unseen one)
             derived[name] = kinds.get(name, "string")
         else:
-            derived[name] = _dtype_of_categories(_as_array(categories))
+            derived[name] = dtype_of_categories(_as_array(categories))
             known[name] = frozenset(categories)
     inputs = [
         TensorInfo(
@@ -209,39 +192,18 @@ def _check_declared(declared: Mapping[str, Any], names: list[str]) -> None:
             )
 
 
-def _from_column_transformers(
-    estimator: Any,
+def _from_encoders(
+    estimator: Any, names: list[str]
 ) -> tuple[dict[str, str], dict[str, frozenset[Any]]]:
-    """Dtypes and known values of the columns the model's ColumnTransformer (the estimator,
-    a pipeline's first step, or a HistGradientBoosting model's own) sends to an encoder or a
-    text vectorizer."""
+    """Dtypes and known values of the columns the model sends to an encoder or a text
+    vectorizer, however it nests them (sklearn_encoders.py)."""
     dtypes: dict[str, str] = {}
     known: dict[str, frozenset[Any]] = {}
-    transformer = first_step(estimator)
-    if not hasattr(transformer, "transformers_"):
-        # HistGradientBoosting's native categories (categorical_features="from_dtype"): its
-        # own ColumnTransformer encodes the category columns (a pandas Categorical of text
-        # at fit; text in a request).
-        transformer = getattr(transformer, "_preprocessor", None)
-    fitted = getattr(transformer, "transformers_", None)
-    all_names = fitted_column_names(transformer)
-    if not isinstance(fitted, list) or all_names is None:
-        return dtypes, known
-    for entry in fitted:
-        if not isinstance(entry, tuple) or len(entry) != 3:
-            continue
-        _, step, selection = entry
-        columns = _selected(selection, all_names)
-        if columns is None:
-            continue
-        encoder = _encoder_in(step, len(columns))
-        if encoder is not None:
-            for name, categories in zip(columns, encoder.categories_, strict=True):
-                dtypes[name] = _dtype_of_categories(categories)
-                if getattr(encoder, "handle_unknown", None) == "error":
-                    known[name] = frozenset(categories.tolist())
-        elif _is_text_vectorizer(step):
-            dtypes.update(dict.fromkeys(columns, "string"))
+    for position, kind in column_kinds(estimator, len(names)).items():
+        if kind.dtype is not None:
+            dtypes[names[position]] = kind.dtype
+        if kind.known is not None:
+            known[names[position]] = kind.known
     return dtypes, known
 
 
@@ -252,58 +214,3 @@ def first_step(estimator: Any) -> Any:
         estimator = steps[0][1]
         steps = getattr(estimator, "steps", None)
     return estimator
-
-
-def _selected(selection: Any, all_names: list[str]) -> list[str] | None:
-    """The column names a ColumnTransformer's fitted entry selects, or None if unsure."""
-    import numpy as np
-
-    if isinstance(selection, str):
-        return [selection] if selection in all_names else None
-    if isinstance(selection, slice):
-        return all_names[selection]
-    items = selection.tolist() if isinstance(selection, np.ndarray) else selection
-    if not isinstance(items, list):
-        return None
-    if all(isinstance(item, str) for item in items):
-        return [item for item in items if item in all_names] if items else []
-    if all(type(item) is bool for item in items) and len(items) == len(all_names):
-        return [name for name, chosen in zip(all_names, items, strict=True) if chosen]
-    if all(isinstance(item, int) and -len(all_names) <= item < len(all_names) for item in items):
-        return [all_names[item] for item in items]
-    return None
-
-
-def _encoder_in(step: Any, width: int) -> Any:
-    """The encoder that learnt one list of categories per selected column: the step itself,
-    or the first such step of a pipeline (an imputer before it keeps the columns' types)."""
-    import numpy as np
-
-    for candidate in [step, *[s for _, s in getattr(step, "steps", None) or []]]:
-        categories = getattr(candidate, "categories_", None)
-        if (
-            isinstance(categories, list)
-            and len(categories) == width
-            and all(isinstance(c, np.ndarray) and c.ndim == 1 for c in categories)
-        ):
-            return candidate
-    return None
-
-
-def _dtype_of_categories(categories: npt.NDArray[Any]) -> str:
-    kind = categories.dtype.kind
-    if kind in "OSU":
-        return "string"
-    if kind in "iu":
-        return "int64"
-    if kind == "b":
-        return "bool"
-    return "float64"
-
-
-def _is_text_vectorizer(step: Any) -> bool:
-    """CountVectorizer, TfidfVectorizer (or a pipeline starting with one): one text column."""
-    for candidate in [step, *[s for _, s in getattr(step, "steps", None) or []][:1]]:
-        if hasattr(candidate, "vocabulary_") and hasattr(candidate, "build_analyzer"):
-            return True
-    return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from loadonce.runtimes._base import (
 )
 from loadonce.runtimes._columns import Columns, features_in, first_step, named_columns
 from loadonce.runtimes._tensors import stack_named_inputs
+from loadonce.runtimes.sklearn_encoders import ColumnKind, check_known, column_kinds
 from loadonce.runtimes.sklearn_forests import forest_in, runs_one_job, tree_by_tree_methods
 
 logger = logging.getLogger("loadonce")
@@ -59,6 +61,7 @@ class EstimatorPredictor(Predictor):
         method: str,
         signature: InputSignature | None,
         columns: Columns | None = None,
+        known_in_rows: Mapping[int, frozenset[Any]] | None = None,
         tree_by_tree: bool = True,
     ) -> None:
         # A forest's predictions, tree by tree without joblib's per-tree wrapper and whatever
@@ -77,6 +80,8 @@ class EstimatorPredictor(Predictor):
         self.batches_exactly = True
         self.signature = None if columns is not None else signature
         self._columns = columns
+        # The values an encoder refusing unknown ones knows, by position in a row.
+        self._known_in_rows = dict(known_in_rows or {})
         if columns is not None:
             self.inputs = list(columns.inputs)
         self._allows_nan = _allows_nan(estimator)
@@ -105,8 +110,13 @@ class EstimatorPredictor(Predictor):
         if self._columns is not None:
             return self._prepare_columns(examples, self._columns)
         batch = super().prepare(examples)
+        if isinstance(batch, np.ndarray) and batch.ndim == 2:
+            for position, known in self._known_in_rows.items():
+                check_known(f"column {position}", batch[:, position].tolist(), known)
+        if self.signature is not None and self.signature.columns is not None:
+            self._refuse_missing_in_rows(batch, self.signature.columns)
         if not isinstance(batch, np.ndarray) or batch.dtype.kind not in "fiu":
-            return batch  # text, or columns of several kinds: the model's own checks answer
+            return batch  # text: the model's own checks answer
         if self.signature is not None and not self._allows_nan and not np.isfinite(batch).all():
             raise InvalidInputError(
                 f"{type(self.estimator).__name__} does not accept NaN or infinity; "
@@ -123,6 +133,21 @@ class EstimatorPredictor(Predictor):
                 f"{type(self.estimator).__name__} computes"
             )
         return batch
+
+    def _refuse_missing_in_rows(self, batch: Any, dtypes: tuple[str | None, ...]) -> None:
+        """In rows of several kinds, NaN or infinity in a column whose missing values the
+        model does not take care of (null, and a number's text "nan", reached it: its 500)."""
+        if self._allows_nan:
+            return
+        for position, dtype in enumerate(dtypes):
+            if dtype is None or str(position) in self._nan_columns:
+                continue
+            for value in batch[:, position].tolist():
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise InvalidInputError(
+                        f"column {position}: {type(self.estimator).__name__} does not accept "
+                        "a missing value (null), NaN or infinity here"
+                    )
 
     def _prepare_columns(self, examples: list[Any], columns: Columns) -> dict[str, Any]:
         import numpy as np
@@ -197,61 +222,27 @@ def _one_per_output(result: list[Any], rows: int) -> bool:
     )
 
 
-def _signature_of(estimator: Any) -> InputSignature | None:
+def _signature_of(estimator: Any, kinds: Mapping[int, ColumnKind]) -> InputSignature | None:
     """What one example is, from what the estimator recorded when it was fitted: a row of
-    ``n_features_in_`` numbers; a row of text where its first step encodes categories that
-    were all text (a OneHotEncoder fitted on an array of strings), or of anything where they
-    were mixed; one text where it begins with a text vectorizer (which records no count).
-    None: unknown, and the model's own checks answer."""
-    first = first_step(estimator)
+    ``n_features_in_`` numbers; a row of text where every column reaches an encoder of text
+    categories (a OneHotEncoder fitted on an array of strings, also behind an imputer or in a
+    ColumnTransformer); a row of columns of their own kinds where only some do (``kinds``,
+    by position: sklearn_encoders.py); one text where it begins with a text vectorizer
+    (which records no count). None: unknown, and the model's own checks answer."""
     n_features = features_in(estimator)
     if n_features is None:
-        if hasattr(first, "build_analyzer"):  # CountVectorizer, TfidfVectorizer, Hashing...
+        if hasattr(first_step(estimator), "build_analyzer"):  # CountVectorizer, Tfidf...
             return InputSignature(shape=(), dtype="string")
         return None
-    if _takes_objects(first):
-        # An imputer fitted on text, or a ColumnTransformer fitted on an array that encodes
-        # some columns: its categories (past the imputer) say whether all were text.
-        first = _first_encoder(estimator) or first
-        if getattr(first, "categories_", None) is None:
-            return InputSignature(shape=(n_features,), dtype=None)
-    categories = getattr(first, "categories_", None)
-    if isinstance(categories, list) and categories and len(categories) == n_features:
-        kinds = {getattr(values, "dtype", None) and values.dtype.kind for values in categories}
-        if kinds <= {"O", "U"} and all(
-            isinstance(value, str) for values in categories for value in values
-        ):
-            return InputSignature(shape=(n_features,), dtype="string")
-        if kinds - {"i", "u", "f", "b"}:
-            return InputSignature(shape=(n_features,), dtype=None)  # each column its own
+    # A column no encoder reads is a number: what scikit-learn's other steps convert to.
+    dtypes = tuple(
+        kinds[position].dtype if position in kinds else "float64" for position in range(n_features)
+    )
+    if all(dtype == "string" for dtype in dtypes):
+        return InputSignature(shape=(n_features,), dtype="string")
+    if any(dtype in ("string", None) for dtype in dtypes):
+        return InputSignature(shape=(n_features,), dtype="object", columns=dtypes)
     return InputSignature(shape=(n_features,), dtype="float64")
-
-
-def _takes_objects(step: Any) -> bool:
-    """A first step fitted on an array of objects (text among its values): a SimpleImputer
-    that recorded an object dtype, or a ColumnTransformer fitted on an array (no column
-    names) that sends columns to an encoder of non-numeric categories or a text vectorizer."""
-    fitted = getattr(step, "_fit_dtype", None)
-    if getattr(fitted, "kind", None) == "O":
-        return True
-    for entry in getattr(step, "transformers_", None) or []:
-        inner = first_step(entry[1]) if isinstance(entry, tuple) and len(entry) == 3 else None
-        if hasattr(inner, "build_analyzer"):
-            return True
-        for values in getattr(inner, "categories_", None) or []:
-            if getattr(values, "dtype", None) is not None and values.dtype.kind in "OUS":
-                return True
-    return False
-
-
-def _first_encoder(estimator: Any) -> Any:
-    """The first step of a pipeline's leading imputers that learnt categories, if any."""
-    for _, step in getattr(estimator, "steps", None) or []:
-        if hasattr(step, "categories_"):
-            return step
-        if not hasattr(step, "statistics_"):  # not an imputer: what follows sees its output
-            return None
-    return None
 
 
 _FLOAT32_MAX = 3.4028234663852886e38
@@ -516,8 +507,10 @@ class SklearnRuntime(Runtime):
                     type(estimator).__name__,
                 )
                 estimator = _load_pickle(path, spec, mapped=False)
-        signature = _signature_of(estimator)
         columns = named_columns(estimator, spec.options.get("columns", {}))
+        n_features = features_in(estimator)
+        kinds = column_kinds(estimator, n_features) if columns is None and n_features else {}
+        signature = _signature_of(estimator, kinds)
         method = str(spec.options.get("method", "predict"))
         tree_by_tree = spec.options.get("tree_by_tree", True)
         if not isinstance(tree_by_tree, bool):
@@ -527,6 +520,7 @@ class SklearnRuntime(Runtime):
             method=method,
             signature=signature,
             columns=columns,
+            known_in_rows={p: k.known for p, k in kinds.items() if k.known is not None},
             tree_by_tree=tree_by_tree,
         )
         forest = forest_in(estimator)

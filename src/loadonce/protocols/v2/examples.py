@@ -38,7 +38,9 @@ def examples_from_tensors(
     # Before a row is built: a tensor of shape [N, 0] carries no data, so its N comes from
     # nothing the body's bytes back (N empty rows were built, 1 GB for N = 6 million).
     model.refuse_if_too_many(batch)
-    text = {t.name for t in declared if t.dtype == "string"}
+    # Text, and rows of text and numbers (an "object" input, which only BYTES carries), reach
+    # the model as str: bytes were never a category it learnt (its 500, "unknown categories").
+    text = {t.name for t in declared if t.dtype in ("string", "object")}
     signature = model.signature
     if not declared and signature is not None and signature.dtype == "string":
         text = set(arrays)

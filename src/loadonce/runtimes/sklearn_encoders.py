@@ -1,0 +1,209 @@
+"""What each input column of a fitted scikit-learn model must be, from the encoder it reaches.
+
+scikit-learn records no column dtypes, but an encoder records the categories it learnt, one
+list per column it was given (``OneHotEncoder``, ``OrdinalEncoder``, ``TargetEncoder``), and
+a text vectorizer reads one column of text. One walk finds them however the model nests them,
+for both kinds of model: a DataFrame's named columns (``_columns.py``) and an array's rows
+(``sklearn.py``). A column is followed from the model's input through
+
+- a ``Pipeline``'s leading steps that keep one column per column (imputers, a
+  ``FunctionTransformer``, ``"passthrough"``), to the step after them;
+- a ``ColumnTransformer``: each transformer gets the columns it selects (by position, name,
+  mask or slice), its remainder too;
+- a ``FeatureUnion``: each transformer gets every column;
+- a ``HistGradientBoosting`` model's own preprocessor (its native categories).
+
+Both kinds had their own, shallower search: an encoder behind an imputer inside a
+ColumnTransformer of an array model was missed, and its rows of text were refused as "must
+be numbers".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from loadonce.core.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+# How many of a column's known values a refusal lists.
+_LISTED_VALUES = 10
+
+
+@dataclass(frozen=True, kw_only=True)
+class ColumnKind:
+    """What the model learnt of one input column.
+
+    ``dtype``: its values' dtype (``"string"``, ``"int64"``, ``"float64"``, ``"bool"``), or None
+    for a column an imputer fitted on objects keeps but no encoder reads (any value).
+    ``known``: the only values the model takes there (an encoder with
+    ``handle_unknown="error"``); None where any value is taken."""
+
+    dtype: str | None
+    known: frozenset[Any] | None = None
+
+
+def column_kinds(estimator: Any, width: int) -> dict[int, ColumnKind]:
+    """The columns, by position in the model's input of ``width`` columns, whose kind the
+    model's encoders (or text vectorizers) say; a column absent is one they do not read."""
+    found: dict[int, ColumnKind] = {}
+    _follow(estimator, list(range(width)), found)
+    return found
+
+
+def check_known(column: str, values: Iterable[Any], known: frozenset[Any]) -> None:
+    """An unseen category is the client's mistake (400), not the model's failure (500)."""
+    for value in values:
+        # NaN is a missing value, not a category: where it reaches the model, its column's
+        # missing values were found taken care of (an imputer before the encoder).
+        if value in known or value != value:
+            continue
+        listing = ", ".join(map(str, sorted(known, key=str)[:_LISTED_VALUES]))
+        more = ", ..." if len(known) > _LISTED_VALUES else ""
+        raise InvalidInputError(
+            f"{column}: unknown value {str(value)[:100]!r}; the model knows {listing}{more}"
+        )
+
+
+def fitted_column_names(estimator: Any) -> list[str] | None:
+    """The columns an estimator was fitted on, when it was fitted on a DataFrame whose
+    column names are all strings (scikit-learn records no names otherwise)."""
+    import numpy as np
+
+    names = getattr(estimator, "feature_names_in_", None)
+    if not isinstance(names, np.ndarray) or names.ndim != 1 or not len(names):
+        return None
+    if not all(isinstance(name, str) for name in names.tolist()):
+        return None
+    return [str(name) for name in names.tolist()]
+
+
+def dtype_of_categories(categories: npt.NDArray[Any]) -> str:
+    kind = categories.dtype.kind
+    if kind in "OSU":
+        return "string"
+    if kind in "iu":
+        return "int64"
+    if kind == "b":
+        return "bool"
+    return "float64"
+
+
+def _follow(step: Any, positions: list[int], found: dict[int, ColumnKind]) -> None:
+    """Record what ``step``, given the model's input columns at ``positions`` in order, says
+    of them."""
+    if step is None or isinstance(step, str):  # "passthrough", "drop"
+        return
+    steps = getattr(step, "steps", None)
+    if isinstance(steps, list) and steps and isinstance(steps[0], tuple):
+        for _, inner in steps:
+            _follow(inner, positions, found)
+            if not _keeps_columns(inner):
+                return  # what follows reads this step's output, not the input's columns
+        return
+    transformers = getattr(step, "transformers_", None)
+    if isinstance(transformers, list):  # a ColumnTransformer
+        names = fitted_column_names(step)
+        for entry in transformers:
+            if isinstance(entry, tuple) and len(entry) == 3:
+                chosen = _selected(entry[2], len(positions), names)
+                if chosen is not None:
+                    _follow(entry[1], [positions[index] for index in chosen], found)
+        return
+    union = getattr(step, "transformer_list", None)
+    if isinstance(union, list):  # a FeatureUnion
+        for entry in union:
+            if isinstance(entry, tuple) and len(entry) == 2:
+                _follow(entry[1], positions, found)
+        return
+    preprocessor = getattr(step, "_preprocessor", None)
+    if hasattr(preprocessor, "transformers_"):
+        # HistGradientBoosting's native categories (categorical_features="from_dtype"): its
+        # own ColumnTransformer encodes the category columns.
+        _follow(preprocessor, positions, found)
+        return
+    categories = getattr(step, "categories_", None)
+    if isinstance(categories, list) and _one_list_per_column(categories, len(positions)):
+        refuses_unknown = getattr(step, "handle_unknown", None) == "error"
+        for position, values in zip(positions, categories, strict=True):
+            known = frozenset(values.tolist()) if refuses_unknown else None
+            _record(found, position, ColumnKind(dtype=dtype_of_categories(values), known=known))
+        return
+    if _is_text_vectorizer(step) and len(positions) == 1:
+        _record(found, positions[0], ColumnKind(dtype="string"))
+        return
+    if getattr(getattr(step, "_fit_dtype", None), "kind", None) == "O":
+        # An imputer fitted on objects (text): any value, unless an encoder after it says.
+        for position in positions:
+            found.setdefault(position, ColumnKind(dtype=None))
+
+
+def _record(found: dict[int, ColumnKind], position: int, kind: ColumnKind) -> None:
+    """A column read by several encoders (a FeatureUnion's, or selected twice) keeps the
+    first one's dtype and takes only the values every refusing encoder knows."""
+    earlier = found.get(position)
+    if earlier is None or earlier.dtype is None:
+        found[position] = kind
+        return
+    if kind.known is not None:
+        known = kind.known if earlier.known is None else earlier.known & kind.known
+        found[position] = ColumnKind(dtype=earlier.dtype, known=known)
+
+
+def _keeps_columns(step: Any) -> bool:
+    """Whether a pipeline step's output has the input's columns, in order, for the next step
+    to read: an imputer without indicator columns, a FunctionTransformer (most often a
+    cleaning of values in place), "passthrough"."""
+    if step is None or step == "passthrough":
+        return True
+    module = type(step).__module__
+    if module.startswith("sklearn.impute"):
+        return hasattr(step, "add_indicator") and not step.add_indicator
+    return type(step).__name__ == "FunctionTransformer" and module.startswith("sklearn.")
+
+
+def _one_list_per_column(categories: list[Any], width: int) -> bool:
+    import numpy as np
+
+    return len(categories) == width and all(
+        isinstance(c, np.ndarray) and c.ndim == 1 for c in categories
+    )
+
+
+def _is_text_vectorizer(step: Any) -> bool:
+    """CountVectorizer, TfidfVectorizer, HashingVectorizer: one column of text."""
+    return hasattr(step, "build_analyzer") and hasattr(step, "transform")
+
+
+def _selected(selection: Any, width: int, names: list[str] | None) -> list[int] | None:
+    """The positions (in its input of ``width`` columns, named ``names`` if fitted on a
+    DataFrame) a ColumnTransformer's fitted entry selects, or None if unsure."""
+    import numpy as np
+
+    if isinstance(selection, np.ndarray):
+        selection = selection.tolist()
+    if isinstance(selection, str):
+        return [names.index(selection)] if names and selection in names else None
+    if isinstance(selection, int | np.integer) and not isinstance(selection, bool):
+        return [int(selection) % width] if -width <= selection < width else None
+    if isinstance(selection, slice):
+        if all(isinstance(end, int | None) for end in (selection.start, selection.stop)):
+            return list(range(width))[selection]
+        return None  # a slice of names: rare, and inclusive of its end
+    if not isinstance(selection, list | tuple):
+        return None
+    items = list(selection)
+    if all(isinstance(item, str) for item in items):
+        if names is None or not all(item in names for item in items):
+            return None
+        return [names.index(item) for item in items]
+    if all(isinstance(item, bool | np.bool_) for item in items):
+        return (
+            [index for index, chosen in enumerate(items) if chosen] if len(items) == width else None
+        )
+    if all(isinstance(item, int | np.integer) and -width <= item < width for item in items):
+        return [int(item) % width for item in items]
+    return None
