@@ -157,7 +157,7 @@ def test_the_model_describes_its_columns(client: TestClient) -> None:
 
 
 def test_the_operators_declaration_wins(artifacts: dict[str, Path], pipeline: Pipeline) -> None:
-    declared = {"columns": {"age": "int64"}}
+    declared = {"columns": {"age": "int64", "income": "float64"}}
     spec = loadonce.ModelSpec(name="declared", artifact=artifacts["skops"], options=declared)
     with TestClient(loadonce.create_app([spec])) as client:
         inputs = client.get("/models/declared").json()["inputs"]
@@ -174,6 +174,13 @@ def test_the_operators_declaration_wins(artifacts: dict[str, Path], pipeline: Pi
         assert response.status_code == 400
         assert "'age'" in response.json()["error"]
         assert "integers" in response.json()["error"]
+        # Declared numbers take no booleans (an assumed column does: below).
+        response = client.post(
+            "/models/declared/predict", json={"inputs": [{**ROWS[0], "income": True}]}
+        )
+        assert response.status_code == 400
+        assert "'income'" in response.json()["error"]
+        assert "numbers" in response.json()["error"]
 
 
 @pytest.mark.parametrize(
@@ -187,7 +194,7 @@ def test_the_operators_declaration_wins(artifacts: dict[str, Path], pipeline: Pi
         ({"inputs": {**COLUMNS, "age": ["a", "b", "c"]}}, ["'age'", "numbers"]),
         ({"inputs": [{**ROWS[0], "city": 7}]}, ["'city'", "strings"]),
         ({"inputs": [{**ROWS[0], "income": None}]}, ["'income'", "null"]),
-        ({"inputs": [{**ROWS[0], "income": True}]}, ["'income'", "numbers"]),
+        ({"inputs": [{**ROWS[0], "income": [True, 1.0]}]}, ["'income'", "shape"]),
         ({"inputs": [{**ROWS[0], "income": [1.0, 2.0]}]}, ["'income'", "shape"]),
         ({"inputs": [{**ROWS[0], "city": "Paris"}]}, ["'city'", "unknown value 'Paris'", "Oslo"]),
         ({"inputs": {**COLUMNS, "age": [31, 58]}}, ["differ in length", "'age' 2", "'city' 3"]),
@@ -512,3 +519,58 @@ def test_null_reaches_a_model_that_takes_missing_values(tmp_path: Path) -> None:
             {"x": [3.0], "color": pd.Categorical([None], categories=categories)}
         )
         assert answer.json()["outputs"] == booster.predict(missing_color).tolist()
+
+
+def test_a_column_fitted_as_bool_takes_booleans(tmp_path: Path) -> None:
+    """scikit-learn records no column dtypes, so a bool column was declared float64: JSON's
+    true was a 400 "must be numbers", a /v2 BOOL tensor "is BOOL, but the model takes FP64",
+    though the model predicts from the training DataFrame. A column whose dtype nothing
+    declared or recorded now takes numbers or booleans."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    rng = np.random.default_rng(0)
+    people = pd.DataFrame({"age": rng.integers(18, 80, 60), "member": rng.random(60) > 0.5})
+    target = (people["member"] & (people["age"] > 40)).astype(int)
+    models = {
+        "scaled": Pipeline([("scale", StandardScaler()), ("model", LogisticRegression())]),
+        "boosted": HistGradientBoostingRegressor(max_iter=10),
+    }
+    specs = []
+    for name, model in models.items():
+        skops.io.dump(model.fit(people, target), tmp_path / f"{name}.skops")
+        path = tmp_path / f"{name}.skops"
+        trusted = {"trusted_types": skops.io.get_untrusted_types(file=path)}
+        specs.append(loadonce.ModelSpec(name=name, artifact=path, options=trusted))
+    some = people[:4]
+    records = [
+        {"age": int(a), "member": bool(m)} for a, m in zip(some.age, some.member, strict=True)
+    ]
+    with TestClient(loadonce.create_app(specs)) as client:
+        for name, model in models.items():
+            expected = model.predict(some).tolist()
+            answer = client.post(f"/models/{name}/predict", json={"inputs": records})
+            assert answer.status_code == 200, answer.text
+            np.testing.assert_allclose(answer.json()["outputs"], expected)
+            tensors = [
+                {"name": "age", "datatype": "FP64", "shape": [4], "data": some.age.tolist()},
+                {"name": "member", "datatype": "BOOL", "shape": [4], "data": some.member.tolist()},
+            ]
+            infer = client.post(f"/v2/models/{name}/infer", json={"inputs": tensors})
+            assert infer.status_code == 200, infer.text
+            np.testing.assert_allclose(infer.json()["outputs"][0]["data"], expected)
+            # Its numbers too, as before.
+            numbers = [{**record, "member": int(record["member"])} for record in records]
+            answer = client.post(f"/models/{name}/predict", json={"inputs": numbers})
+            np.testing.assert_allclose(answer.json()["outputs"], expected)
+            text = client.post(
+                f"/models/{name}/predict", json={"inputs": [{"age": 30, "member": "yes"}]}
+            )
+            assert text.status_code == 400
+            for words in ("'member'", "booleans", "options", 'member = "string"'):
+                assert words in text.json()["error"]
+            wrong = client.post(
+                f"/v2/models/{name}/infer",
+                json={"inputs": [tensors[0], {**tensors[1], "datatype": "INT8", "data": [1] * 4}]},
+            )
+            assert wrong.status_code == 400
+            assert "FP64 or BOOL" in wrong.json()["error"]

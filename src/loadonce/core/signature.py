@@ -57,8 +57,11 @@ class TensorInfo:
     """One named input or output as the model format describes it, for /models/{name}.
 
     ``shape`` includes the batch dimension first; ``None`` marks a variable dimension.
+    ``also_takes``: dtypes an input takes besides ``dtype`` (a DataFrame column whose dtype
+    the model did not record takes booleans as well as numbers).
     """
 
     name: str
     dtype: str | None
     shape: tuple[int | None, ...] | None
+    also_takes: tuple[str, ...] = ()

@@ -9,7 +9,9 @@ A column's dtype is, in order: the operator's (``options.columns``); what the fi
 says of it, where it reaches an encoder that learnt its categories (their dtype: text
 categories make a string column) or a text vectorizer (a string column), however nested
 (sklearn_encoders.py); else float64, what scikit-learn's numeric transformers and
-estimators turn their input into anyway. A column that fits none of these (text the model
+estimators turn their input into anyway; such an assumed column takes booleans too (as one
+fitted as bool: nothing in the fitted model tells them apart), a DataFrame column of bool
+where a request's values all are. A column that fits none of these (text the model
 drops, text a custom transformer reads) must be declared.
 """
 
@@ -20,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from loadonce.core.errors import InvalidInputError
 from loadonce.core.imports import import_optional
 from loadonce.runtimes._base import TensorInfo
 from loadonce.runtimes.sklearn_encoders import (
@@ -47,6 +50,32 @@ class Columns:
     # Columns a booster was fitted on as pandas categories (LightGBM, XGBoost), and their
     # categories in the fitted order where the model kept them (None: the model re-codes).
     categorical: Mapping[str, Sequence[Any] | None] = dataclasses.field(default_factory=dict)
+    # Columns whose dtype nothing declared or recorded (float64, assumed): they take
+    # booleans too, since a column fitted as bool looks the same in the fitted model.
+    assumed: frozenset[str] = frozenset()
+
+    def request_inputs(self, examples: list[Any]) -> list[TensorInfo]:
+        """The columns as this request's values type them: an assumed column whose values
+        are all booleans is bool, as it was at fit (scikit-learn reads True as 1.0 either
+        way); text there is refused with how to declare the column."""
+        import numpy as np
+
+        typed = []
+        for tensor in self.inputs:
+            if tensor.name in self.assumed:
+                values = [e.get(tensor.name) for e in examples if isinstance(e, Mapping)]
+                if values and all(isinstance(v, bool | np.bool_) for v in values):
+                    tensor = dataclasses.replace(tensor, dtype="bool")
+                elif text := next((v for v in values if isinstance(v, str)), None):
+                    raise InvalidInputError(
+                        f"column '{tensor.name}' takes numbers (float64) or booleans; got the "
+                        f"text {text[:40]!r}. scikit-learn records no column types and no "
+                        "encoder of the model reads this column, so loadonce took it for "
+                        "numbers; if the model reads text there, declare it in the model's "
+                        f'options: columns = {{ {tensor.name} = "string" }}'
+                    )
+            typed.append(tensor)
+        return typed
 
     def check_known(self, batch: Mapping[str, npt.NDArray[Any]]) -> None:
         """An unseen category is the client's mistake (400), not the model's failure (500)."""
@@ -105,15 +134,25 @@ def _columns_of(estimator: Any, names: list[str], declared: Mapping[str, Any]) -
         else:
             derived[name] = dtype_of_categories(_as_array(categories))
             known[name] = frozenset(categories)
+    assumed = frozenset(name for name in names if name not in declared and name not in derived)
     inputs = [
         TensorInfo(
-            name=name, dtype=str(declared.get(name, derived.get(name, "float64"))), shape=(None,)
+            name=name,
+            dtype=str(declared.get(name, derived.get(name, "float64"))),
+            shape=(None,),
+            also_takes=("bool",) if name in assumed else (),
         )
         for name in names
     ]
     # Known values stay checked under a declared dtype: a value the encoder has not seen
     # fails the model whatever its type.
-    return Columns(inputs=inputs, known_values=known, pandas=pandas, categorical=categorical)
+    return Columns(
+        inputs=inputs,
+        known_values=known,
+        pandas=pandas,
+        categorical=categorical,
+        assumed=assumed,
+    )
 
 
 def _booster_categories(
