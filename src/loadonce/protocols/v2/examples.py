@@ -84,10 +84,13 @@ def check_declared_inputs(
     for tensor in declared:
         expected = datatype_of_declared(tensor.dtype)
         got = datatypes[tensor.name]
-        also = [datatype_of_declared(dtype) for dtype in tensor.also_takes]
-        if expected is not None and got != expected and got not in also:
-            taken = " or ".join([expected, *(d for d in also if d is not None)])
-            raise InvalidInputError(f"input '{tensor.name}' is {got}, but the model takes {taken}")
+        if expected is not None and got != expected:
+            also = [datatype_of_declared(dtype) for dtype in tensor.also_takes]
+            if got not in also:
+                taken = " or ".join([expected, *(d for d in also if d is not None)])
+                raise InvalidInputError(
+                    f"input '{tensor.name}' is {got}, but the model takes {taken}"
+                )
         _check_shape(tensor, shapes[tensor.name])
 
 
