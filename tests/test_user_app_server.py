@@ -66,6 +66,20 @@ def test_two_workers_serve_the_apps_routes_and_loadonces(project: Path) -> None:
     assert log.count("model 'doubler' version 1 loaded in worker pid") == 2
 
 
+def test_a_containers_model_name_does_not_stop_an_app_a_typed_one_does(project: Path) -> None:
+    """LOADONCE_MODEL_NAME (set in a container for a single artifact) made an app target an
+    error blamed on --name: an app declares its models' own names, the variable is left
+    out; typed, --name is the operator's mistake, one line."""
+    env = cli_env(project, {"LOADONCE_MODEL_NAME": "churn"})
+    with serving(["my_service:app"], project, env=env) as server:
+        predicted = httpx.post(f"{server.url}/models/doubler/predict", json={"inputs": [1]})
+        assert predicted.json()["outputs"] == [2.0]
+    typed = run_cli(project, "serve", "my_service:app", "--name", "churn", cwd=project)
+    assert typed.returncode == 2, typed.stderr
+    assert "--name" in typed.stderr
+    assert "Traceback" not in typed.stderr
+
+
 def test_a_config_file_names_an_app_factory_beside_it(
     project: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

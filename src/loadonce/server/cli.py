@@ -20,7 +20,6 @@ from loadonce.core.errors import ConfigError, LoadonceError, describe_exception
 from loadonce.core.imports import import_optional
 from loadonce.core.integrity import file_sha256
 from loadonce.core.spec import SHA256_PATTERN
-from loadonce.server.config_file import is_config_file
 from loadonce.server.on_ray import ray_config_document, serve_on_ray
 from loadonce.server.plan import make_plan
 from loadonce.server.resolve import resolve_serve_config
@@ -234,12 +233,8 @@ def serve(
             trust=trust,
             overrides=overrides,
             factory=factory,
-            model_fields=_model_fields(
-                _unless_set_for_another(target, "name", name),
-                _unless_set_for_another(target, "input_shape", input_shape),
-                _unless_set_for_another(target, "input_dtype", input_dtype),
-                no_batching,
-            ),
+            model_fields=_model_fields(name, input_shape, input_dtype, no_batching),
+            environment_fields=_model_fields_from_environment(),
             tracing=tracing,
         )
     except ConfigError as exc:
@@ -317,15 +312,10 @@ def _target_unless_demo(target: str | None, demo: bool) -> str | None:
     return None if demo and _from_environment("target") else target
 
 
-def _unless_set_for_another(target: str | None, parameter: str, value: str | None) -> str | None:
-    """A single model's field, unless it came from the environment and TARGET is not a
-    single artifact or loader (a config file, an app, the demo): a container's
-    LOADONCE_MODEL_NAME (set for a single artifact) made each of those an error blamed on
-    --name. (An app is told from a loader only once imported: there, resolve_serve_config
-    leaves out what came from the environment.)"""
-    if _from_environment(parameter) and (target is None or is_config_file(target)):
-        return None
-    return value
+def _model_fields_from_environment() -> set[str]:
+    """Which of ``_model_fields``' fields were read from LOADONCE_* variables, not typed."""
+    fields = {"name": "name", "input_shape": "input_shape", "input_dtype": "options"}
+    return {field for parameter, field in fields.items() if _from_environment(parameter)}
 
 
 def _model_fields(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,15 @@ def resolve_serve_config(
     factory: bool = False,
     tracing: bool | None = None,
     model_fields: Mapping[str, Any] | None = None,
+    environment_fields: Collection[str] = (),
 ) -> ServeConfig:
     """``overrides`` are the CLI options (each already falling back to its LOADONCE_* variable).
     ``model_fields``: fields of the one model a single artifact or loader serves (the command
-    line's --name, --input-shape and --input-dtype); a config file declares its models' own.
+    line's --name, --input-shape and --input-dtype); a config file or an app declares its
+    models' own. ``environment_fields``: those of ``model_fields`` read from LOADONCE_*
+    variables, left out for a config file, an app or the demo (a container's
+    LOADONCE_MODEL_NAME, set for a single artifact, made each of those an error blamed on
+    --name); typed on the command line, they are an error there.
     ``tracing``: --tracing/--no-tracing (None: neither)."""
     if demo and target:
         raise ConfigError("give either a TARGET or --demo, not both")
@@ -43,7 +48,8 @@ def resolve_serve_config(
     app: str | None = None
     code_directory: Path | None = None
     single = target is not None and not demo and not is_config_file(target)
-    if model_fields and not single:
+    typed = [field for field in model_fields or {} if field not in environment_fields]
+    if typed and not single:
         raise ConfigError(_FIELDS_FOR_ONE)
     if demo:
         specs = [demo_spec()]
@@ -65,8 +71,8 @@ def resolve_serve_config(
     else:
         code_directory = Path.cwd().resolve()
         importable_from(code_directory)
-        if _names_app(target, factory):
-            if model_fields:
+        if _names_app(target, factory):  # told from a loader only once imported
+            if typed:
                 raise ConfigError(_FIELDS_FOR_ONE)
             app = target
             specs = _specs_of_app(app, factory)
