@@ -177,3 +177,126 @@ def test_a_file_of_another_kind_named_ubj_is_not_an_xgboost_model(tmp_path: Path
     refused = pytest.raises(loadonce.ModelLoadError, match="not an XGBoost model file")
     with refused, TestClient(loadonce.create_app([spec])):
         pass
+
+
+# Labels with noise, so that early stopping stops well before the last round.
+NOISY = (ROWS[:, 0] + np.random.default_rng(1).normal(size=len(ROWS)) > 0).astype(int)
+
+
+@pytest.mark.parametrize(
+    ("estimator", "answer"),
+    [
+        (xgboost.XGBClassifier, lambda model, rows: model.predict_proba(rows)[:, 1]),
+        (xgboost.XGBRegressor, lambda model, rows: model.predict(rows)),
+    ],
+)
+def test_an_xgboost_model_trained_with_early_stopping_answers_as_its_estimator(
+    tmp_path: Path, estimator: Any, answer: Callable[[Any, Any], Any]
+) -> None:
+    """The file keeps every round and records best_iteration; XGBoost's scikit-learn
+    estimators predict with the rounds up to it, and loadonce answered with all of them."""
+    trained = estimator(
+        n_estimators=60, learning_rate=0.5, early_stopping_rounds=2, n_jobs=1, max_depth=3
+    )
+    trained.fit(ROWS[:120], NOISY[:120], eval_set=[(ROWS[120:], NOISY[120:])], verbose=False)
+    path = tmp_path / "stopped.json"
+    trained.save_model(str(path))
+    loaded = estimator()
+    loaded.load_model(str(path))
+    assert loaded.best_iteration + 1 < loaded.get_booster().num_boosted_rounds()
+    served = served_by(loadonce.ModelSpec(name="stopped", artifact=path), ROWS[:20].tolist())
+    np.testing.assert_allclose(served, answer(loaded, ROWS[:20]), rtol=1e-6)
+    every_round = loaded.get_booster().inplace_predict(ROWS[:20])
+    assert not np.allclose(served, every_round, rtol=1e-6)
+
+
+def test_a_linear_xgboost_model_answers_as_its_estimator(tmp_path: Path) -> None:
+    """A gblinear booster has no inplace_predict: it loaded, and every request failed."""
+    trained = xgboost.XGBClassifier(booster="gblinear", n_estimators=8, n_jobs=1)
+    trained.fit(ROWS, BINARY)
+    path = tmp_path / "linear.ubj"
+    trained.save_model(str(path))
+    loaded = xgboost.XGBClassifier()
+    loaded.load_model(str(path))
+    rows = ROWS[:5].tolist()
+    rows[0][2] = None  # a missing value, as for the tree boosters
+    served = served_by(loadonce.ModelSpec(name="linear", artifact=path), rows)
+    expected = loaded.predict_proba(np.array(rows, dtype=float))[:, 1]
+    np.testing.assert_allclose(served, expected, rtol=1e-6)
+
+
+def test_a_lightgbm_model_trained_with_early_stopping_answers_as_its_booster(
+    tmp_path: Path,
+) -> None:
+    """The trained booster keeps every round and predicts with those up to its best
+    iteration; LightGBM saves only those: the file answers as the booster does."""
+    booster = lightgbm.train(
+        {"objective": "binary", "verbose": -1, "num_threads": 1, "learning_rate": 0.5},
+        lightgbm.Dataset(ROWS[:120], label=NOISY[:120]),
+        60,
+        valid_sets=[lightgbm.Dataset(ROWS[120:], label=NOISY[120:])],
+        callbacks=[lightgbm.early_stopping(2, verbose=False)],
+        keep_training_booster=True,
+    )
+    assert 0 < booster.best_iteration < booster.current_iteration()
+    path = tmp_path / "stopped.txt"
+    booster.save_model(str(path))
+    served = served_by(loadonce.ModelSpec(name="stopped", artifact=path), ROWS[:20].tolist())
+    np.testing.assert_allclose(served, booster.predict(ROWS[:20]), rtol=1e-9)
+
+
+def _xgboost_quantiles(path: Path) -> None:
+    _xgboost(path, "reg:quantileerror", ROWS[:, 0], quantile_alpha=[0.1, 0.5, 0.9])
+
+
+def _xgboost_classes(path: Path) -> None:
+    _xgboost(path, "multi:softprob", THREE_CLASSES, num_class=3)
+
+
+def _xgboost_targets(path: Path) -> None:
+    booster = xgboost.train(
+        {"tree_method": "hist", "multi_strategy": "multi_output_tree", "nthread": 1},
+        xgboost.DMatrix(ROWS, label=ROWS[:, :2]),
+        3,
+    )
+    booster.save_model(str(path))
+
+
+def _lightgbm_classes(path: Path) -> None:
+    params = {"objective": "multiclass", "num_class": 3, "verbose": -1, "num_threads": 1}
+    lightgbm.train(params, lightgbm.Dataset(ROWS, label=THREE_CLASSES), 3).save_model(str(path))
+
+
+@pytest.mark.parametrize(
+    ("save", "file_name", "width", "datatype"),
+    [
+        (_xgboost_classes, "m.json", 3, "FP32"),
+        (_xgboost_quantiles, "m.json", 3, "FP32"),
+        (_xgboost_targets, "m.ubj", 2, "FP32"),
+        (_lightgbm_classes, "m.txt", 3, "FP64"),
+    ],
+)
+def test_a_booster_of_several_outputs_per_example_says_so_in_its_metadata(
+    tmp_path: Path, save: Callable[[Path], None], file_name: str, width: int, datatype: str
+) -> None:
+    """Classes, quantiles and targets: the metadata said one number per example ([-1],
+    dims []) while each answer was a row of them."""
+    path = tmp_path / file_name
+    save(path)
+    with TestClient(loadonce.create_app([loadonce.ModelSpec(name="m", artifact=path)])) as client:
+        [output] = client.get("/v2/models/m").json()["outputs"]
+        assert (output["shape"], output["datatype"]) == ([-1, width], datatype)
+        [configured] = client.get("/v2/models/m/config").json()["output"]
+        assert configured["dims"] == [width]
+        assert client.get("/models/m").json()["outputs"][0]["shape"] == [None, width]
+        tensor = {"name": "input", "shape": [2, 5], "datatype": "FP64"}
+        answer = client.post(
+            "/v2/models/m/infer", json={"inputs": [{**tensor, "data": ROWS[:2].ravel().tolist()}]}
+        ).json()
+        assert answer["outputs"][0]["shape"] == [2, width]
+    binary = tmp_path / "binary.json"
+    _xgboost(binary, "binary:logistic", BINARY)
+    spec = loadonce.ModelSpec(name="one", artifact=binary)
+    with TestClient(loadonce.create_app([spec])) as client:
+        [output] = client.get("/v2/models/one").json()["outputs"]
+        assert output["shape"] == [-1]

@@ -186,3 +186,24 @@ def test_a_scikit_learn_style_classifier_saved_with_joblib_takes_its_features(
         assert client.get("/models/churn").json()["input_shape"] == [ROWS.shape[1]]
         answer = client.post("/models/churn/predict", json={"inputs": ROWS[:6].tolist()})
         assert answer.json()["outputs"] == model.predict(ROWS[:6]).tolist(), answer.text
+
+
+@pytest.mark.parametrize("use_best_model", [True, False])
+def test_a_model_trained_with_an_eval_set_answers_as_catboosts_own_predict(
+    tmp_path: Path, use_best_model: bool
+) -> None:
+    """CatBoost cuts the trees past the best iteration itself (use_best_model), or keeps them
+    all and predicts with all: the file's trees are what CatBoost answers with, unlike
+    XGBoost's, whose estimators stop at the best iteration the file records."""
+    noisy = (ROWS[:, 0] + np.random.default_rng(1).normal(size=len(ROWS)) > 0).astype(int)
+    model = catboost.CatBoostClassifier(
+        **{**TINY, "iterations": 60}, learning_rate=0.5, use_best_model=use_best_model
+    )
+    model.fit(ROWS[:120], noisy[:120], eval_set=(ROWS[120:], noisy[120:]))
+    assert model.get_best_iteration() + 1 < 60
+    path = tmp_path / "stopped.cbm"
+    model.save_model(str(path))
+    loaded = catboost.CatBoostClassifier()
+    loaded.load_model(str(path))
+    served = served_by(loadonce.ModelSpec(name="stopped", artifact=path), ROWS[:20].tolist())
+    np.testing.assert_allclose(served, loaded.predict_proba(ROWS[:20])[:, 1], rtol=1e-9)

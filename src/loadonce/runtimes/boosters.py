@@ -8,11 +8,17 @@ bytes are the library's (``{"learner"`` for XGBoost, ``tree`` then ``version=`` 
 
 Every booster answers on the scale of what it predicts: a probability for a binary classifier
 (of its second class), a row of class probabilities for a multiclass one, a value for a
-regressor (``exp`` of the raw score for a Poisson or Tweedie objective).
+regressor (``exp`` of the raw score for a Poisson or Tweedie objective). An XGBoost model
+trained with early stopping answers with the rounds up to its best iteration, as XGBoost's
+scikit-learn estimators do; a LightGBM or CatBoost file holds only the trees its library
+predicts with. What one example's output is (a number, or a row of classes, quantiles or
+targets) is read from one row of zeros predicted at load, the same way for every booster.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import mmap
 import re
 from collections.abc import Sequence
@@ -30,6 +36,8 @@ from loadonce.runtimes._base import (
     model_file,
     thread_count,
 )
+
+logger = logging.getLogger("loadonce")
 
 _HEAD_BYTES = 64
 
@@ -68,10 +76,26 @@ class BoosterPredictor(Predictor):
         # The boosters send NaN down each split's learnt missing-value branch.
         self.missing_as_nan = True
         self._predict = predict
+        self._features = features
 
     def predict(self, batch: Any) -> Sequence[Any]:
         result: Sequence[Any] = self._predict(batch)
         return result
+
+    def describe_output(self) -> None:
+        """Set ``outputs`` from one row of zeros predicted: its dtype, and one example's
+        shape (a number, or a row of classes, quantiles or targets, which no single field of
+        the three libraries' configs says for every objective). Raises what the library
+        raises for a model that loads but cannot predict (a damaged file)."""
+        import numpy as np
+
+        if self._features <= 0:  # no features recorded: nothing to predict a row of
+            self.outputs = [TensorInfo(name="output", dtype=None, shape=None)]
+            return
+        answered = np.asarray(self._predict(np.zeros((1, self._features))))
+        self.outputs = [
+            TensorInfo(name="output", dtype=answered.dtype.name, shape=(None, *answered.shape[1:]))
+        ]
 
 
 def _threads(spec: ModelSpec) -> int | None:
@@ -112,9 +136,49 @@ class XGBoostRuntime(Runtime):
         threads = _threads(spec)
         if threads is not None:
             booster.set_param({"nthread": threads})
-        predictor = BoosterPredictor(booster, booster.num_features(), booster.inplace_predict)
-        predictor.outputs = [TensorInfo(name="output", dtype="float32", shape=None)]
+        linear = json.loads(booster.save_config())["learner"]["gradient_booster"]["name"] == (
+            "gblinear"
+        )
+        if linear:
+            # A linear booster has no inplace_predict (XGBoost's scikit-learn estimators call
+            # predict on a DMatrix for it too); always all its rounds.
+
+            def predict(batch: Any) -> Any:
+                return booster.predict(xgboost.DMatrix(batch, nthread=threads or 0))
+
+        else:
+            rounds = _xgboost_rounds(booster, spec.name)
+
+            def predict(batch: Any) -> Any:
+                return booster.inplace_predict(batch, iteration_range=rounds)
+
+        predictor = BoosterPredictor(booster, booster.num_features(), predict)
+        try:
+            predictor.describe_output()
+        except xgboost.core.XGBoostError as exc:
+            raise ValueError(f"the XGBoost model cannot predict ({_xgboost_reason(exc)})") from None
         return predictor
+
+
+def _xgboost_rounds(booster: Any, model: str) -> tuple[int, int]:
+    """The boosting rounds that answer, as XGBoost's scikit-learn estimators choose them
+    (``XGBModel._get_iteration_range``): up to the best iteration early stopping recorded in
+    the file, else all ((0, 0)). The file keeps every round, so scoring with all of them
+    answered what the saving estimator's predict did not."""
+    best = booster.attr("best_iteration")
+    if best is None:
+        return (0, 0)
+    # At most the rounds the file holds (a model sliced after training may keep the attribute).
+    end = min(int(best) + 1, booster.num_boosted_rounds())
+    logger.info(
+        "model '%s': trained with early stopping; answers with its first %s of %s boosting "
+        "rounds (best_iteration %s), as XGBoost's scikit-learn predict does",
+        model,
+        end,
+        booster.num_boosted_rounds(),
+        best,
+    )
+    return (0, end)
 
 
 class LightGBMRuntime(Runtime):
@@ -149,7 +213,7 @@ class LightGBMRuntime(Runtime):
             return booster.predict(batch, num_threads=threads)
 
         predictor = BoosterPredictor(booster, booster.num_feature(), predict)
-        predictor.outputs = [TensorInfo(name="output", dtype="float64", shape=None)]
+        predictor.describe_output()
         return predictor
 
 
@@ -300,17 +364,10 @@ class CatBoostRuntime(Runtime):
             predict,
             refuses_nan=_nan_forbidden(model, catboost.CatBoostError),
         )
-        # What one example's output is (a number, or a row: a class's probabilities, a
-        # multi-target's values), from one row of zeros: metadata said one number for all.
-        import numpy as np
-
         try:
-            answered = np.shape(predict(np.zeros((1, len(model.feature_names_)))))
+            predictor.describe_output()
         except catboost.CatBoostError as exc:  # a damaged file that loaded
             raise _not_catboost(exc) from None
-        predictor.outputs = [
-            TensorInfo(name="output", dtype="float64", shape=(None, *answered[1:]))
-        ]
         return predictor
 
 
