@@ -318,6 +318,65 @@ def test_a_program_exported_with_a_fixed_batch_answers_any_number_of_examples(
             answer = client.post("/models/fixed/predict", json={"inputs": rows[:count].tolist()})
             assert answer.status_code == 200, answer.text
             np.testing.assert_allclose(answer.json()["outputs"], expected[:count], rtol=1e-5)
+        # Its metadata says so: the output's batch was listed as the exported 4 ([4, 2]).
+        [output] = client.get("/v2/models/fixed").json()["outputs"]
+        assert output["shape"] == [-1, 2]
+        tensor = {"name": "input", "datatype": "FP32", "shape": [6, 3]}
+        v2 = client.post(
+            "/v2/models/fixed/infer", json={"inputs": [{**tensor, "data": rows.ravel().tolist()}]}
+        ).json()
+        assert v2["outputs"][0]["shape"] == [6, 2]
+
+
+class OneOfTuple(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        return (x + 1,)
+
+
+def test_a_program_returning_a_tuple_of_one_lists_it(tmp_path: Path) -> None:
+    """Its metadata listed no outputs while each answer held output0."""
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(OneOfTuple(), (torch.ones(2, 3),), dynamic_shapes=({0: batch},))
+    path = tmp_path / "one.pt2"
+    torch.export.save(program, path)
+    with TestClient(loadonce.create_app([loadonce.ModelSpec(name="one", artifact=path)])) as client:
+        metadata = client.get("/v2/models/one").json()["outputs"]
+        assert metadata == [{"name": "output0", "datatype": "FP32", "shape": [-1, 3]}]
+        tensor = {"name": "input", "datatype": "FP32", "shape": [1, 3], "data": [0, 1, 2]}
+        answer = client.post("/v2/models/one/infer", json={"inputs": [tensor]}).json()
+        assert [(o["name"], o["shape"]) for o in answer["outputs"]] == [("output0", [1, 3])]
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "state dict"])
+def test_a_module_of_several_inputs_fails_its_load_unless_exported(
+    tmp_path: Path, kind: str
+) -> None:
+    """loadonce calls a TorchScript or state-dict module with one tensor: one whose forward
+    needs two loaded, then every request failed (a 500, or a 400 about a "rectangular array"
+    for named inputs)."""
+    if kind == "torchscript":
+        spec = loadonce.ModelSpec(name="two", artifact=_script(TwoInputs(), tmp_path / "two.pt"))
+    else:
+        path = tmp_path / "two.safetensors"
+        save_file(TwoInputs().state_dict(), str(path))
+        factory = {"factory": "tests.test_runtime_torch:TwoInputs"}
+        spec = loadonce.ModelSpec(name="two", artifact=path, options=factory)
+    with pytest.raises(loadonce.ModelLoadError) as failed, TestClient(loadonce.create_app([spec])):
+        pass
+    message = str(failed.value)
+    assert "its forward takes 2 inputs (x, y)" in message
+    assert "torch.export" in message
+    assert ".pt2" in message
+
+
+def test_named_inputs_sent_to_a_model_of_one_input_are_said_so(torchscript: Path) -> None:
+    spec = loadonce.ModelSpec(name="mlp", artifact=torchscript)
+    with TestClient(loadonce.create_app([spec])) as client:
+        answer = client.post("/models/mlp/predict", json={"inputs": [{"x": [1.0, 2.0]}]})
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert "this model takes one input tensor" in error
+    assert "rectangular" not in error
 
 
 def test_a_torchscript_file_from_the_command_line_takes_its_input_shape(tmp_path: Path) -> None:

@@ -74,6 +74,13 @@ class TorchPredictor(Predictor):
             stacked = stack_named_inputs(examples, self.inputs)
             arrays = [stacked[t.name] for t in self.inputs]
         else:
+            if any(isinstance(example, Mapping) for example in examples):
+                # Said here: read as numbers, an object was "not a rectangular array".
+                raise InvalidInputError(
+                    "this model takes one input tensor: each example is an array of numbers, "
+                    "not an object of named inputs (a model of several named inputs is served "
+                    "from a torch.export program, .pt2)"
+                )
             shape = self.signature.shape if self.signature else _shape_of(examples)
             signature = InputSignature(shape=shape, dtype=self.input_dtype)
             arrays = [as_typed_batch(examples, signature)]
@@ -223,8 +230,10 @@ class TorchRuntime(Runtime):
         elif suffix in SAFETENSORS_SUFFIXES:
             module, shared = _load_state_dict_module(torch, spec, device)
             module.eval()
+            _refuse_several_inputs(_required_inputs(module.forward))
         else:
             module = _load_torchscript(torch, spec, device).eval()
+            _refuse_several_inputs(_script_required_inputs(module))
         predictor = TorchPredictor(
             module,
             device=device,
@@ -243,18 +252,55 @@ class TorchRuntime(Runtime):
         return predictor
 
 
+def _required_inputs(forward: Any) -> list[str]:
+    """The arguments a module's Python ``forward`` cannot be called without."""
+    import inspect
+
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [
+        name
+        for name, parameter in inspect.signature(forward).parameters.items()
+        if parameter.kind in positional and parameter.default is inspect.Parameter.empty
+    ]
+
+
+def _script_required_inputs(module: Any) -> list[str]:
+    """The arguments a TorchScript module's ``forward`` cannot be called without (its schema
+    names ``self`` first)."""
+    schema = getattr(getattr(module, "forward", None), "schema", None)
+    if schema is None:
+        return []
+    return [a.name for a in schema.arguments[1:] if not a.has_default_value()]
+
+
+def _refuse_several_inputs(required: list[str]) -> None:
+    """loadonce calls a TorchScript or state-dict module with one tensor, the batch: a
+    ``forward`` that needs more loaded, and every request failed (a 500)."""
+    if len(required) > 1:
+        raise ValueError(
+            f"its forward takes {len(required)} inputs "
+            f"({', '.join(required)}); a TorchScript or state-dict module is called with one "
+            "tensor: export it with torch.export and save it as .pt2 to serve named inputs"
+        )
+
+
 def _exported_outputs(program: Any) -> list[TensorInfo]:
     """An exported program's outputs as ``_split`` names them (one tensor: ``output``; a
-    tuple's: ``output0``...; a dict's: its keys), with the dtypes and shapes its graph
-    records; none where it returns anything else."""
+    tuple's or list's, even of one: ``output0``...; a dict's: its keys), with the dtypes and
+    shapes its graph records; none where it returns anything else (nested structures).
+
+    The first dimension is the batch's whatever the graph records: ``_split`` hands each
+    example its row, and a program exported with a fixed batch is run at that size and its
+    padding dropped, so an answer has as many rows as the request's examples."""
     spec = program.call_spec.out_spec
     [node] = [n for n in program.graph.nodes if n.op == "output"]
     values: list[Any] = [getattr(arg, "meta", {}).get("val") for arg in node.args[0]]
     if spec is None or not values or any(not hasattr(v, "shape") for v in values):
         return []
-    if spec.type in (tuple, list) and len(values) > 1:
+    flat = spec.num_children == len(values) and all(child.is_leaf() for child in spec.children())
+    if spec.type in (tuple, list) and flat:
         names = [f"output{i}" for i in range(len(values))]
-    elif spec.type is dict and len(spec.context) == len(values):
+    elif spec.type is dict and flat:
         names = [str(key) for key in spec.context]
     elif len(values) == 1 and spec.type not in (tuple, list, dict):
         names = ["output"]
@@ -264,10 +310,16 @@ def _exported_outputs(program: Any) -> list[TensorInfo]:
         TensorInfo(
             name=name,
             dtype=_served_dtype(str(value.dtype).removeprefix("torch.")),
-            shape=tuple(d if isinstance(d, int) else None for d in value.shape),
+            shape=_batch_first(value.shape),
         )
         for name, value in zip(names, values, strict=True)
     ]
+
+
+def _batch_first(shape: Any) -> tuple[int | None, ...]:
+    """A recorded shape with the batch's dimension (the first) and symbolic ones variable."""
+    dims = tuple(d if isinstance(d, int) else None for d in shape)
+    return (None, *dims[1:]) if dims else dims
 
 
 def _exported_inputs(program: Any) -> tuple[list[TensorInfo], list[Any]]:
