@@ -297,21 +297,21 @@ def test_typed_contents_keep_every_value(
 
 
 @pytest.mark.parametrize(
-    ("datatype", "field", "values"),
+    ("datatype", "field", "values", "bounds"),
     [
-        ("INT8", "int_contents", [1, 128]),
-        ("INT16", "int_contents", [-(2**15) - 1]),
-        ("UINT8", "uint_contents", [256, 0]),
-        ("UINT16", "uint_contents", [2**32 - 1]),
+        ("INT8", "int_contents", [1, 128], "-128 to 127"),
+        ("INT16", "int_contents", [-(2**15) - 1], "-32768 to 32767"),
+        ("UINT8", "uint_contents", [256, 0], "0 to 255"),
+        ("UINT16", "uint_contents", [2**32 - 1], "0 to 65535"),
     ],
 )
 def test_typed_contents_outside_their_datatype_are_refused(
-    grpc_url: str, datatype: str, field: str, values: list[Any]
+    grpc_url: str, datatype: str, field: str, values: list[Any], bounds: str
 ) -> None:
     with pytest.raises(grpc.RpcError) as raised:
         _typed(grpc_url, datatype, field, values)
     assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert f"outside the range of {datatype}" in raised.value.details()
+    assert f"outside the range of {datatype} ({bounds})" in raised.value.details()
 
 
 def test_a_call_without_inputs_is_the_callers_mistake(grpc_url: str) -> None:

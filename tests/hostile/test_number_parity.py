@@ -105,3 +105,75 @@ def test_integers_past_int64_and_ragged_rows_are_said_as_such() -> None:
             assert uneven.status_code == 400
             assert "not a rectangular array" in uneven.json()["error"]
             assert "inhomogeneous" not in uneven.text
+
+
+class _ArrayEcho(_Echo):
+    """Each row answered as the array the model got: its dtype is the output's."""
+
+    def predict(self, batch: Any) -> list[Any]:
+        return list(batch)
+
+
+INTEGER_TYPES = {
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+}
+
+
+@pytest.fixture(scope="module")
+def echoes() -> Iterator[TestClient]:
+    specs = [
+        loadonce.ModelSpec(name=dtype, loader=lambda dtype=dtype: _ArrayEcho(dtype))
+        for dtype in INTEGER_TYPES
+    ]
+    with TestClient(loadonce.create_app(specs)) as client:
+        yield client
+
+
+def _bounds(dtype: str) -> tuple[int, int]:
+    import numpy as np
+
+    return int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)
+
+
+@pytest.mark.parametrize(("dtype", "datatype"), INTEGER_TYPES.items())
+def test_every_integer_type_takes_its_whole_range_on_both_protocols(
+    echoes: TestClient, dtype: str, datatype: str
+) -> None:
+    """uint64 values from 2**63 (NumPy reads them among other integers as floats) were refused
+    on the JSON route as "numbers with a fraction or exponent", and taken on /v2."""
+    low, high = _bounds(dtype)
+    rows = [[low, high], [high // 2 + 1, 1]]
+    taken = echoes.post(f"/models/{dtype}/predict", json={"inputs": rows})
+    assert taken.status_code == 200, taken.text
+    assert taken.json()["outputs"] == rows
+    tensor = {"name": "input", "shape": [2, 2], "datatype": datatype}
+    flat = [value for row in rows for value in row]
+    v2 = echoes.post(f"/v2/models/{dtype}/infer", json={"inputs": [{**tensor, "data": flat}]})
+    assert v2.status_code == 200, v2.text
+    assert v2.json()["outputs"][0]["data"] == flat
+
+
+@pytest.mark.parametrize(("dtype", "datatype"), INTEGER_TYPES.items())
+def test_a_value_outside_an_integer_type_is_a_400_that_says_its_range(
+    echoes: TestClient, dtype: str, datatype: str
+) -> None:
+    low, high = _bounds(dtype)
+    tensor = {"name": "input", "shape": [2, 2], "datatype": datatype}
+    for outside in (low - 1, high + 1):
+        bad = [[outside, 1], [1, 1]]
+        refused = echoes.post(f"/models/{dtype}/predict", json={"inputs": bad})
+        assert refused.status_code == 400, outside
+        assert f"outside the range of {dtype} ({low} to {high})" in refused.text
+        data = [value for row in bad for value in row]
+        refused = echoes.post(
+            f"/v2/models/{dtype}/infer", json={"inputs": [{**tensor, "data": data}]}
+        )
+        assert refused.status_code == 400, outside
+        assert f"outside the range of {datatype} ({low} to {high})" in refused.text

@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from loadonce.core.errors import InvalidInputError
+from loadonce.core.number_conversion import range_words
 from loadonce.http.json_pieces import PIECE_ELEMENTS
 from loadonce.protocols.v2.datatypes import BYTES
 from loadonce.protocols.v2.outputs import OutputTensor
@@ -134,9 +135,7 @@ def _from_contents(tensor: RequestInput, contents: Any) -> npt.NDArray[Any]:
         info = np.iinfo(dtype)  # type: ignore[type-var]  # an integer dtype here
         # Python ints: NumPy compares int32 against uint64's bounds exactly, not as floats.
         if int(wide.min()) < info.min or int(wide.max()) > info.max:
-            raise InvalidInputError(
-                f"input '{tensor.name}': a value is outside the range of {tensor.datatype}"
-            )
+            raise InvalidInputError(f"input '{tensor.name}': {range_words(tensor.datatype, dtype)}")
     return wide.astype(dtype, copy=False).reshape(tensor.shape)
 
 

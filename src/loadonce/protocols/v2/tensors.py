@@ -16,7 +16,12 @@ import numpy as np
 import numpy.typing as npt
 
 from loadonce.core.errors import InvalidInputError, RequestTooLargeError
-from loadonce.core.number_conversion import LossyConversionError, convert_numbers
+from loadonce.core.number_conversion import (
+    LossyConversionError,
+    OutOfRangeError,
+    convert_numbers,
+    range_words,
+)
 from loadonce.protocols.v2.body import HEADER_LENGTH, SplitBody
 from loadonce.protocols.v2.datatypes import fixed_dtype
 from loadonce.protocols.v2.schemas import RequestInput
@@ -301,8 +306,6 @@ def _convert(
     tensor: RequestInput, raw: npt.NDArray[Any], dtype: np.dtype[np.generic]
 ) -> npt.NDArray[Any]:
     where = f"input '{tensor.name}': {tensor.datatype} data"
-    if dtype.kind in "iu" and raw.dtype.kind in "fO" and raw.size:
-        return _integers_beyond_int64(tensor, dtype, where)
     try:
         return convert_numbers(raw, dtype, tensor.data)
     except LossyConversionError as exc:
@@ -313,29 +316,6 @@ def _convert(
 
 def _phrase(exc: LossyConversionError, datatype: str) -> str:
     # The converter names NumPy's dtype; a client of this protocol knows its datatype.
-    text = str(exc)
-    if "outside the range of" in text:
-        return f": a value is outside the range of {datatype}"
-    return text
-
-
-def _integers_beyond_int64(
-    tensor: RequestInput, dtype: np.dtype[np.generic], where: str
-) -> npt.NDArray[Any]:
-    """NumPy reads integers past int64's range as floats (mixed with others) or objects; if
-    the JSON holds integers only, convert them exactly, else say what is wrong."""
-    pending = [tensor.data]
-    while pending:
-        value = pending.pop()
-        if isinstance(value, list):
-            pending.extend(value)
-        elif isinstance(value, float):
-            raise InvalidInputError(f"{where} must be integers; got numbers with a fraction")
-        elif not isinstance(value, int) or isinstance(value, bool):
-            raise InvalidInputError(f"{where} must be numbers")
-    try:
-        return np.asarray(tensor.data, dtype=dtype)
-    except OverflowError:
-        raise InvalidInputError(
-            f"{where}: a value is outside the range of {tensor.datatype}"
-        ) from None
+    if isinstance(exc, OutOfRangeError):
+        return f": {range_words(datatype, exc.dtype)}"
+    return str(exc)
