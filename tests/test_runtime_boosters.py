@@ -210,6 +210,25 @@ def test_an_xgboost_model_trained_with_early_stopping_answers_as_its_estimator(
     assert not np.allclose(served, every_round, rtol=1e-6)
 
 
+def test_an_xgboost_booster_trained_with_early_stopping_answers_as_booster_predict(
+    tmp_path: Path,
+) -> None:
+    """xgb.train's Booster records best_iteration too, but its own predict uses every round:
+    a file it saved answers as it does, not as an estimator's would."""
+    train = xgboost.DMatrix(ROWS[:120], label=NOISY[:120])
+    evaluated = xgboost.DMatrix(ROWS[120:], label=NOISY[120:])
+    params = {"objective": "binary:logistic", "eta": 0.5, "max_depth": 3, "nthread": 1}
+    booster = xgboost.train(
+        params, train, 60, evals=[(evaluated, "eval")], early_stopping_rounds=2, verbose_eval=False
+    )
+    assert booster.best_iteration + 1 < booster.num_boosted_rounds()
+    path = tmp_path / "stopped.json"
+    booster.save_model(str(path))
+    loaded = xgboost.Booster(model_file=str(path))
+    served = served_by(loadonce.ModelSpec(name="stopped", artifact=path), ROWS[:20].tolist())
+    np.testing.assert_allclose(served, loaded.predict(xgboost.DMatrix(ROWS[:20])), rtol=1e-6)
+
+
 def test_a_linear_xgboost_model_answers_as_its_estimator(tmp_path: Path) -> None:
     """A gblinear booster has no inplace_predict: it loaded, and every request failed."""
     trained = xgboost.XGBClassifier(booster="gblinear", n_estimators=8, n_jobs=1)

@@ -8,11 +8,12 @@ bytes are the library's (``{"learner"`` for XGBoost, ``tree`` then ``version=`` 
 
 Every booster answers on the scale of what it predicts: a probability for a binary classifier
 (of its second class), a row of class probabilities for a multiclass one, a value for a
-regressor (``exp`` of the raw score for a Poisson or Tweedie objective). An XGBoost model
-trained with early stopping answers with the rounds up to its best iteration, as XGBoost's
-scikit-learn estimators do; a LightGBM or CatBoost file holds only the trees its library
-predicts with. What one example's output is (a number, or a row of classes, quantiles or
-targets) is read from one row of zeros predicted at load, the same way for every booster.
+regressor (``exp`` of the raw score for a Poisson or Tweedie objective). An XGBoost
+scikit-learn estimator's file, trained with early stopping, answers with the rounds up to its
+best iteration, as the estimator does (a Booster's, with all, as ``Booster.predict``); a
+LightGBM or CatBoost file holds only the trees its library predicts with. What one example's
+output is (a number, or a row of classes, quantiles or targets) is read from one row of zeros
+predicted at load, the same way for every booster.
 """
 
 from __future__ import annotations
@@ -161,12 +162,14 @@ class XGBoostRuntime(Runtime):
 
 
 def _xgboost_rounds(booster: Any, model: str) -> tuple[int, int]:
-    """The boosting rounds that answer, as XGBoost's scikit-learn estimators choose them
-    (``XGBModel._get_iteration_range``): up to the best iteration early stopping recorded in
-    the file, else all ((0, 0)). The file keeps every round, so scoring with all of them
-    answered what the saving estimator's predict did not."""
+    """The boosting rounds that answer, as the API that saved the file predicts: a file an
+    XGBoost scikit-learn estimator saved (it records the attribute ``scikit_learn``) with
+    the rounds up to the best iteration early stopping recorded, as the estimator does
+    (``XGBModel._get_iteration_range``); any other (``xgb.train``'s Booster, whose own
+    ``predict`` uses every round) with all ((0, 0)). The file keeps every round, so scoring
+    an estimator's with all of them answered what its predict did not."""
     best = booster.attr("best_iteration")
-    if best is None:
+    if best is None or booster.attr("scikit_learn") is None:
         return (0, 0)
     # At most the rounds the file holds (a model sliced after training may keep the attribute).
     end = min(int(best) + 1, booster.num_boosted_rounds())
