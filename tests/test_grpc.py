@@ -586,6 +586,21 @@ def test_a_load_config_out_of_its_fields_range_is_refused(
     assert client.get_model_config("simple").config.name == "simple"
 
 
+def test_a_load_without_config_loads_the_declared_batching(
+    client: triton.InferenceServerClient,
+) -> None:
+    # 'simple' declares max_batch_size 8. A load's config lasted for good: every later load
+    # without one, and one after an unload, kept max_batch_size 2.
+    client.load_model("simple", config='{"max_batch_size": 2}')
+    assert client.get_model_config("simple").config.max_batch_size == 2
+    client.load_model("simple")
+    assert client.get_model_config("simple").config.max_batch_size == 8
+    client.load_model("simple", config='{"max_batch_size": 2}')
+    client.unload_model("simple")
+    client.load_model("simple")
+    assert client.get_model_config("simple").config.max_batch_size == 8
+
+
 def test_api_keys_and_size_limit() -> None:
     port = free_port()
     keys = loadonce.AccessKeys(inference=(KEY,), admin=(ADMIN_KEY,))

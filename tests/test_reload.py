@@ -409,6 +409,35 @@ def test_a_config_load_cut_short_switches_the_batching_back_too(tmp_path: Path) 
         assert set(sizes.values()) == {declared}, (declared, sizes)
 
 
+def test_a_load_without_config_goes_back_to_the_declared_batching_in_every_worker(
+    tmp_path: Path,
+) -> None:
+    """A repository load's config (max_batch_size) lasted for good: every later plain load
+    kept it, and a worker started after it took it as its declaration. A load without
+    config loads the declared batching, here through a worker started after the change."""
+    artifact = tmp_path / "one.txt"
+    artifact.write_text("1")
+    with serving(
+        [str(_write_config(tmp_path, artifact))], tmp_path, env=cli_env(tmp_path)
+    ) as server:
+        declared = httpx.get(f"{server.url}/v2/models/constant/config").json()["max_batch_size"]
+        body = {"parameters": {"config": json.dumps({"max_batch_size": declared + 7})}}
+        changed = httpx.post(f"{server.url}/v2/repository/models/constant/load", json=body)
+        assert changed.status_code == 200, changed.text
+        unused, first, other = _client_of_the_first_worker(server.url)
+        unused.close()
+        subprocess.run(["kill", "-9", str(other)], check=True)
+        sizes = _batch_sizes_by_worker(server.url, other)
+        assert set(sizes.values()) == {declared + 7}, sizes  # the replacement serves the change
+        [replacement] = set(sizes) - {first}
+        client = _client_reaching(server.url, replacement)
+        plain = client.post("/v2/repository/models/constant/load")
+        client.close()
+        assert plain.status_code == 200, plain.text
+        sizes = _batch_sizes_by_worker(server.url, other)
+        assert set(sizes.values()) == {declared}, (declared, sizes)
+
+
 def test_an_unload_cut_short_leaves_every_worker_serving(tmp_path: Path) -> None:
     """The first worker unloaded the model, the other died before its turn: the first stayed
     unloaded and the replacement loaded it, for good (answers depended on the worker)."""

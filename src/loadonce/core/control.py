@@ -12,7 +12,7 @@ same way.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -35,24 +35,40 @@ if TYPE_CHECKING:
     from loadonce.core.registry import Registry
 
 Action = Literal["load", "unload"]
+# A batching a request can set: a table, none ("off"), the runtime's default ("default").
+SetBatching = Batching | Literal["off", "default"]
 
 
 @dataclass(frozen=True)
 class ControlRequest:
     """``load`` loads a model, or reloads it if it is loaded; ``artifact``, ``version``,
     ``sha256`` and ``batching`` (``"off"``: none; ``"default"``: the runtime's, as a spec
-    that declares none, which only the supervisor's switch back sends) load a changed spec
-    instead of the current one. ``unload`` unloads it."""
+    that declares none; ``"declared"``: as the operator declared it, whatever an earlier
+    request set) load a changed spec instead of the current one. ``unload`` unloads it.
+
+    ``"declared"`` is the server's to read, not a worker's: a worker that the supervisor
+    started after a change starts from the changed spec. The control that applies the request
+    turns it into one of the others first (``as_declared``): the supervisor from the config it
+    started with, a single process from its models' first specs."""
 
     action: Action
     model: str
     artifact: str | None = None
     version: str | None = None
     sha256: str | None = None
-    batching: Batching | Literal["off", "default"] | None = None
+    batching: SetBatching | Literal["declared"] | None = None
+
+    def as_declared(self, declared: ModelSpec) -> ControlRequest:
+        """The request with a ``"declared"`` batching set to what ``declared`` (the model's
+        spec as the operator declared it) says."""
+        if self.batching != "declared":
+            return self
+        return replace(self, batching=declared_batching(declared))
 
     @property
     def changes(self) -> dict[str, Any]:
+        if self.batching == "declared":
+            raise ValueError("a 'declared' batching is read through as_declared first")
         changed: dict[str, Any] = {}
         if self.artifact is not None:
             changed["artifact"] = Path(self.artifact)
@@ -65,6 +81,16 @@ class ControlRequest:
                 self.batching if isinstance(self.batching, str) else "", self.batching
             )
         return changed
+
+
+def declared_batching(spec: ModelSpec) -> SetBatching:
+    """The batching ``spec`` declares, as a request sets it: off, a table of its own, or
+    (unset) the runtime's default."""
+    if spec.batching is False:
+        return "off"
+    if isinstance(spec.batching, Batching):
+        return spec.batching
+    return "default"
 
 
 # The state of a worker a control request did not reach (an earlier worker's load failed):
@@ -185,6 +211,7 @@ class LocalControl:
 
     async def apply(self, request: ControlRequest) -> list[WorkerOutcome]:
         model = self.registry.get(request.model)  # 404 before anything happens
+        request = request.as_declared(model.declared_spec)
         if request.changes:
             changed_spec(model.spec, request, self.registry.artifact_roots)  # 400 or 403 likewise
         return [await apply_locally(self.registry, request)]

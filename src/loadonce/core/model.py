@@ -71,6 +71,11 @@ class Model:
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
+        # The spec this process started with, which loads with changes (a new artifact, a
+        # repository load's batching) do not touch: what a load "as declared" goes back to.
+        # A worker the supervisor started after a change starts from the changed spec: there
+        # the supervisor reads the declaration (core/control.py, ControlRequest).
+        self.declared_spec = spec
         self._state = ModelState.PENDING
         self.worker_pid = os.getpid()
         self.load_count = 0

@@ -98,7 +98,11 @@ class SupervisedControl:
 
     async def apply(self, request: ControlRequest) -> list[WorkerOutcome]:
         model = self._registry.get(request.model)  # 404 before anything is sent
-        changed_spec(model.spec, request, self._registry.artifact_roots)  # a 400 or 403 too
+        # A 400 or 403 too. A "declared" batching is the supervisor's to read (this worker may
+        # have started from a changed spec), and any declared batching is valid: as this
+        # worker's for the check.
+        checked = request.as_declared(model.declared_spec)
+        changed_spec(model.spec, checked, self._registry.artifact_roots)
         loop = asyncio.get_running_loop()
         operation = f"{os.getpid()}-{next(self._ids)}"
         future: asyncio.Future[list[WorkerOutcome]] = loop.create_future()

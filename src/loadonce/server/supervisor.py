@@ -21,7 +21,7 @@ from collections import deque
 from multiprocessing import forkserver, resource_tracker
 from multiprocessing.connection import wait
 from types import FrameType
-from typing import Any, Literal
+from typing import Any
 
 from loadonce.core.artifacts import ArtifactRoots
 from loadonce.core.control import (
@@ -33,9 +33,9 @@ from loadonce.core.control import (
     ControlRequest,
     WorkerOutcome,
     changed_spec,
+    declared_batching,
 )
 from loadonce.core.errors import LoadonceError
-from loadonce.core.spec import Batching
 from loadonce.http.metrics_directory import MULTIPROCESS_DIR
 from loadonce.server.log_format import log_config
 from loadonce.server.plan import make_plan, usable_cpus
@@ -113,6 +113,9 @@ class Supervisor:
         self, config: ServeConfig, *, memory_limit: int | None = None, force: bool = False
     ) -> None:
         self.config = _with_the_operators_roots(config)
+        # The models as the operator declared them: a load "as declared" goes back to these,
+        # whatever the remembered config (self.config) took from requests since.
+        self._declared = {spec.name: spec for spec in config.models}
         self._memory_limit = memory_limit
         self._force = force
         self._context = worker_context(config)
@@ -325,6 +328,7 @@ class Supervisor:
                 self._read_controls(worker, operation=None)
         while self._controls and not self._stopping:
             origin, (_, operation, request) = self._controls.popleft()
+            request = request.as_declared(self._declared[request.model])
             outcomes = self._run_control(workers, operation, request)
             with contextlib.suppress(OSError):  # the worker that asked may have died since
                 origin.gate.send((RESULT, operation, outcomes))
@@ -436,20 +440,15 @@ class Supervisor:
         if name in self.config.unloaded:
             return ControlRequest(action="unload", model=name)
         spec = next(spec for spec in self.config.models if spec.name == name)
-        # As declared: off, a table of its own, or (unset) the runtime's default: a failed
-        # request that changed the batching (a repository load's config) left it changed.
-        batching: Batching | Literal["off", "default"] = "default"
-        if spec.batching is False:
-            batching = "off"
-        elif isinstance(spec.batching, Batching):
-            batching = spec.batching
+        # Its batching as the remembered spec says: a failed request that changed the
+        # batching (a repository load's config) left it changed.
         return ControlRequest(
             action="load",
             model=name,
             artifact=None if spec.artifact is None else str(spec.artifact),
             version=spec.version,
             sha256=spec.sha256 if spec.artifact is not None else None,
-            batching=batching,
+            batching=declared_batching(spec),
         )
 
     def _await_applied(self, worker: _Worker, operation: str) -> WorkerOutcome:

@@ -24,7 +24,9 @@ from loadonce.protocols.v2.model_config import model_config
 
 _CHANGEABLE = "max_batch_size, dynamic_batching.max_queue_delay_microseconds"
 
-BatchingChange = Batching | Literal["off"] | None
+# What a load sets the batching to: a table, none ("off"), the one declared at startup
+# ("declared": a load without config), or None: as it is.
+BatchingChange = Batching | Literal["off", "declared"] | None
 
 
 def batching_from_config(model: Model, text: Any) -> BatchingChange:

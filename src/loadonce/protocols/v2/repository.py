@@ -5,8 +5,8 @@ it again if it is loaded (a reload: the loaded instances serve until the new one
 warm), or loads it back after an unload. Both go through the app's model control, so with
 several workers every worker follows (``loadonce.core.control``). Triton's ``config``
 parameter may change the batching, and must agree with the model's configuration otherwise
-(``config_load.py``); its ``file:`` parameters, which would load other files than those
-declared, are refused.
+(``config_load.py``); a load without it loads the batching declared at startup again. Its
+``file:`` parameters, which would load other files than those declared, are refused.
 """
 
 from __future__ import annotations
@@ -108,7 +108,9 @@ async def _apply(
 
 def load_batching(model: Model, parameters: Mapping[str, Any]) -> BatchingChange:
     """What a load request's parameters ask of ``model`` (REST's or gRPC's): the batching of
-    its ``config`` (None: as it is); ``file:`` parameters are refused (400)."""
+    its ``config`` (None: as it is), or without one the batching declared at startup (Triton
+    loads "the one in the model directory": an earlier load's config lasts until the next
+    load); ``file:`` parameters are refused (400)."""
     files = [key for key in parameters if key.startswith("file:")]
     if files:
         raise LoadRefusedError(
@@ -116,7 +118,9 @@ def load_batching(model: Model, parameters: Mapping[str, Any]) -> BatchingChange
             f"loading with {', '.join(files)} is not supported: loadonce loads a model "
             "from the files declared at startup",
         )
-    return batching_from_config(model, parameters["config"]) if "config" in parameters else None
+    if "config" not in parameters:
+        return "declared"
+    return batching_from_config(model, parameters["config"])
 
 
 async def apply_control(
