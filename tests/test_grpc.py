@@ -136,6 +136,15 @@ def test_health_and_metadata(client: triton.InferenceServerClient) -> None:
     assert {m["name"]: m["state"] for m in index["models"]}["simple"] == "READY"
 
 
+def test_a_model_or_version_not_served_is_not_ready(
+    client: triton.InferenceServerClient,
+) -> None:
+    # As Triton answers: OK, ready false. NOT_FOUND made is_model_ready() raise.
+    assert client.is_model_ready("no-such-model") is False
+    assert client.is_model_ready("simple", "2") is False
+    assert client.is_model_ready("simple", "1") is True
+
+
 def test_infer_raw_answers_raw(client: triton.InferenceServerClient) -> None:
     result = client.infer("simple", _pair(raw=True), request_id="r1")
     response = result.get_response()
@@ -544,7 +553,7 @@ def test_a_long_name_echoed_in_an_error_keeps_its_code(
 ) -> None:
     # The message quoting a 20,000-character name passed the client's trailer limit: the call
     # failed RESOURCE_EXHAUSTED instead of NOT_FOUND / INVALID_ARGUMENT.
-    code, message = _code(lambda: client.is_model_ready("m" * 20_000))
+    code, message = _code(lambda: client.get_model_metadata("m" * 20_000))
     assert code is grpc.StatusCode.NOT_FOUND
     assert len(message) <= 500
     long_input = triton.InferInput("I" * 20_000, [1, 16], "INT32")
@@ -731,7 +740,7 @@ def test_each_call_writes_an_access_line(
 
     with caplog.at_level(logging.INFO, logger="loadonce.access"):
         client.infer("simple", _pair(), headers={"x-request-id": "grpc-line-1"})
-        _code(lambda: client.is_model_ready("no-such-model"))
+        _code(lambda: client.get_model_metadata("no-such-model"))
         # A call's line is written once its answer has left: the client may see it first.
         wait_until(lambda: len(lines()) >= 2, 5, "both calls' access lines")
     written = lines()
@@ -739,6 +748,6 @@ def test_each_call_writes_an_access_line(
         "/inference.GRPCInferenceService/ModelInfer 200" in line and "grpc-line-1" in line
         for line in written
     ), written
-    assert any("/inference.GRPCInferenceService/ModelReady 404" in line for line in written), (
+    assert any("/inference.GRPCInferenceService/ModelMetadata 404" in line for line in written), (
         written
     )

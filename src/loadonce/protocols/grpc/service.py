@@ -238,8 +238,15 @@ class InferenceService:
         return _reply("ServerReady", ready=self.state.registry.is_ready)
 
     async def model_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        model = find_model(self.state.registry, request.name, request.version or None)
-        return _reply("ModelReady", ready=model.is_ready)
+        # A model or version not served is not ready, as Triton answers it (OK, ready false:
+        # tritonclient's is_model_ready() returns False, where NOT_FOUND made it raise); REST
+        # says so with its 404, a status other than 200 as the protocol's "false".
+        registry = self.state.registry
+        if request.name not in registry:
+            return _reply("ModelReady", ready=False)
+        model = registry.get(request.name)
+        served = request.version in ("", model.version)
+        return _reply("ModelReady", ready=served and model.is_ready)
 
     async def server_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         extensions = ["parameters"]
