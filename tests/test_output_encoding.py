@@ -107,6 +107,34 @@ def test_an_answer_that_cannot_be_written_counts_as_a_failure() -> None:
         assert 'outcome="success"' not in metrics
 
 
+def test_bytes_that_are_not_text_asked_for_in_json_are_the_clients_400() -> None:
+    """The model answered bytes binary carries; JSON was the client's choice. It was a 500,
+    counted as the model's failure."""
+    spec = loadonce.ModelSpec(name="m", loader=_answering(lambda: b"\xff"))
+    with TestClient(loadonce.create_app([spec])) as client:
+        tensor = {"name": "x", "datatype": "INT64", "shape": [1], "data": [1]}
+        as_json = {"inputs": [tensor], "outputs": [{"name": "output"}]}
+        refused = client.post("/v2/models/m/infer", json=as_json)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"] == (
+            "output 'output' holds bytes that are not UTF-8 text, which JSON cannot carry: "
+            "request it in binary (parameters.binary_data = true)"
+        )
+        binary = {
+            "inputs": [tensor],
+            "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
+        }
+        answered = client.post("/v2/models/m/infer", json=binary)
+        assert answered.status_code == 200
+        assert answered.content.endswith(b"\x01\x00\x00\x00\xff")
+        # The JSON route writes such bytes as {"base64": ...}.
+        assert client.post("/models/m/predict", json={"inputs": [1]}).json()["outputs"] == [
+            {"base64": "/w=="}
+        ]
+        stats = client.get("/v2/models/m/stats").json()["model_stats"][0]["inference_stats"]
+        assert (stats["success"]["count"], stats["fail"]["count"]) == (2, 0)
+
+
 def test_zero_dimensional_arrays_holding_nan_are_written() -> None:
     """``tolist()`` of a 0-d array is its value, not a list: a list of them holding NaN was
     the server's 500 on the JSON route."""

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from loadonce.core.errors import LoadonceError
+from loadonce.core.errors import InvalidInputError
 from loadonce.core.jsonable import to_jsonable
 from loadonce.core.utf8 import utf8
 from loadonce.protocols.v2.datatypes import BYTES, datatype_of, datatype_of_declared, fixed_dtype
@@ -19,8 +19,13 @@ from loadonce.runtimes import TensorInfo
 DEFAULT_OUTPUT = "output"
 
 
-class OutputNotTextError(LoadonceError):
-    """A BYTES output holds bytes that JSON cannot carry as text (HTTP 500)."""
+class OutputNotTextError(InvalidInputError):
+    """A BYTES output the request asked for in JSON holds bytes that JSON cannot carry as
+    text (HTTP 400): the model answered, in bytes binary carries; JSON was the client's
+    choice. A client's mistake, so no failure in the model's statistics (it was a 500)."""
+
+    def client_message(self) -> str:
+        return str(self)  # about the answer asked for, not the inputs
 
 
 @dataclass(frozen=True)
