@@ -445,3 +445,21 @@ def test_a_prompt_of_no_token_or_of_megabytes_is_refused_at_once(
             assert (await _text(model, prompt="good", max_new_tokens=2))[1].completion_tokens
 
     _run(scenario())
+
+
+def test_a_protocols_default_limit_applies_within_the_context(
+    directories: dict[str, Path],
+) -> None:
+    """``default_new_tokens`` (OpenAI's 16 for completions) limits a request that names no
+    limit as that limit would, and never refuses a prompt the context has less room for."""
+
+    async def scenario() -> None:
+        async with _loaded(directories["gpt2"]) as model:
+            text, finished = await _text(model, prompt="good movie", default_new_tokens=3)
+            assert finished.completion_tokens <= 3
+            assert text == (await _text(model, prompt="good movie", max_new_tokens=3))[0]
+            near_the_end = " ".join(["good"] * (CONTEXT - 2))
+            _, finished = await _text(model, prompt=near_the_end, default_new_tokens=16)
+            assert 1 <= finished.completion_tokens <= 2
+
+    _run(scenario())

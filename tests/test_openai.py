@@ -20,12 +20,14 @@ import pytest
 import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from transformers import BertConfig, BertModel, BertTokenizer
+from transformers import BertConfig, BertModel, BertTokenizer, GPT2Config, GPT2LMHeadModel
 
 import loadonce
 from loadonce.core.errors import NewTokensLimitError
 from loadonce.core.generation import GenerationRequest, IteratorEngine
 from tests.servers import ThreadedServer, wait_until
+from tests.test_generation_engine import SMALL
+from tests.test_transformers_tasks import CONTEXT, _word_tokenizer
 
 KEY = "openai-test-key-0123456789"
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "movie", "it", "was"]
@@ -374,6 +376,9 @@ def test_off_values_and_unknown_fields_are_accepted(local: TestClient) -> None:
     assert local.post("/v1/chat/completions", json=chat).status_code == 200
 
 
+_CHAT = {"model": "chat", "messages": [{"role": "user", "content": "good"}]}
+
+
 def _body(route: str) -> dict[str, Any]:
     if route == "completions":
         return {"model": "echo", "prompt": "good movie"}
@@ -402,11 +407,14 @@ def _body(route: str) -> dict[str, Any]:
         ({"model": "echo", "prompt": "a", "stream": "yes"}, "stream", "valid boolean"),
         # Over the model's cap: named as the other fields are (param was null).
         ({"model": "echo", "prompt": "a", "max_tokens": 100_000}, "max_tokens", "from 1 to 64"),
+        # Named as its field (param was "body").
         (
             {"model": "echo", "prompt": "a", "stream_options": {"include_usage": True}},
-            "body",
+            "stream_options",
             "only allowed when stream is true",
         ),
+        # Fields that change nothing in the answer, of OpenAI's type still (user: 5 was taken).
+        ({"model": "echo", "prompt": "a", "user": 5}, "user", "valid string"),
         (
             {
                 "model": "echo",
@@ -515,6 +523,93 @@ def test_embeddings_take_text_only(local: TestClient, given: Any) -> None:
     response = local.post("/v1/embeddings", json={"model": "features", "input": given})
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "input"
+
+
+@pytest.mark.parametrize(
+    ("given", "param"), [("", "input"), (["good", ""], "input.1"), ([""], "input.0")]
+)
+def test_embeddings_of_an_empty_string_are_refused(
+    local: TestClient, given: Any, param: str
+) -> None:
+    # OpenAI: input "cannot be an empty string"; "" was answered a vector.
+    response = local.post("/v1/embeddings", json={"model": "features", "input": given})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["param"], "cannot be an empty string" in error["message"]) == (param, True)
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "param"),
+    [
+        # A model that does not generate: param was null.
+        ("completions", {"model": "adder", "prompt": "good"}, "model"),
+        (
+            "chat/completions",
+            {"model": "features", "messages": [{"role": "user", "content": "a"}]},
+            "model",
+        ),
+        # A model that takes a prompt only, sent messages: the messages are at fault.
+        (
+            "chat/completions",
+            {"model": "echo", "messages": [{"role": "user", "content": "a"}]},
+            "messages",
+        ),
+        ("chat/completions", {**_CHAT, "store": "yes"}, "store"),
+        ("embeddings", {"model": "features", "input": "good", "user": ["u"]}, "user"),
+    ],
+)
+def test_a_refusal_names_the_field_at_fault(
+    local: TestClient, route: str, body: dict[str, Any], param: str
+) -> None:
+    response = local.post(f"/v1/{route}", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+@pytest.fixture(scope="module")
+def writer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """A tiny GPT-2 (random weights) whose tokenizer has no chat template."""
+    directory = tmp_path_factory.mktemp("writer")
+    torch.manual_seed(0)
+    config = GPT2Config(**SMALL, n_embd=16, n_layer=1, n_head=2, n_positions=CONTEXT)
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    _word_tokenizer().save_pretrained(directory)
+    app = loadonce.create_app([loadonce.ModelSpec(name="writer", artifact=directory)])
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "param"),
+    [
+        # The model's own refusals of the text or a setting: param was null.
+        ("completions", {"prompt": ""}, "prompt"),
+        ("completions", {"prompt": "good", "repetition_penalty": 200}, "repetition_penalty"),
+        ("chat/completions", {"messages": [{"role": "user", "content": "a"}]}, "messages"),
+    ],
+)
+def test_a_models_own_refusal_names_the_field(
+    writer: TestClient, route: str, body: dict[str, Any], param: str
+) -> None:
+    response = writer.post(f"/v1/{route}", json={"model": "writer", "max_tokens": 2, **body})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_a_completion_without_max_tokens_stops_at_openais_default_of_16(
+    client: openai.OpenAI,
+) -> None:
+    """OpenAI's completions: max_tokens "Defaults to 16"; the model's own limit (64) applied.
+    Chat has no such default."""
+    words = " ".join(["good"] * 30)
+    whole = client.completions.create(model="echo", prompt=words)
+    assert whole.usage is not None
+    assert (whole.usage.completion_tokens, whole.choices[0].finish_reason) == (16, "length")
+    chat = client.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": words}]
+    )
+    assert chat.usage is not None
+    assert (chat.usage.completion_tokens, chat.choices[0].finish_reason) == (31, "stop")
 
 
 def test_base64_vectors_are_little_endian_float32(local: TestClient) -> None:

@@ -144,7 +144,22 @@ class NewTokensLimitError(InvalidInputError):
     the field, ``max_tokens``)."""
 
 
-class ContextLengthError(InvalidInputError):
+class InvalidFieldError(InvalidInputError):
+    """One setting of the request is outside what the model takes (HTTP 400); ``field``: its
+    name, which OpenAI's routes give as ``param``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class TextInputError(InvalidInputError):
+    """The text a request gives a text model (its prompt, chat messages, texts to embed)
+    cannot be taken as it is (HTTP 400; OpenAI's routes name its field: ``prompt``,
+    ``messages`` or ``input``)."""
+
+
+class ContextLengthError(TextInputError):
     """The prompt (with the new tokens asked for) does not fit the model's context (HTTP 400;
     OpenAI's routes add its code, ``context_length_exceeded``, which clients look for)."""
 

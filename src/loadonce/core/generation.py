@@ -15,7 +15,12 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from loadonce.core.errors import InvalidInputError, NewTokensLimitError, as_exception
+from loadonce.core.errors import (
+    InvalidInputError,
+    NewTokensLimitError,
+    TextInputError,
+    as_exception,
+)
 
 __all__ = [
     "Delta",
@@ -41,6 +46,10 @@ class GenerationRequest:
     prompt: str | None = None
     messages: tuple[Mapping[str, Any], ...] | None = None
     max_new_tokens: int | None = None
+    # Without max_new_tokens: at most this many (a protocol's own default, OpenAI's 16 for
+    # completions), never more than the model's default nor than its context has room for.
+    # None: the model's default.
+    default_new_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
@@ -122,7 +131,7 @@ class IteratorEngine(GenerationEngine):
     def check(self, request: GenerationRequest) -> None:
         check_new_tokens(request, self._cap)
         if request.prompt is None:
-            raise InvalidInputError("this model takes a prompt, not chat messages")
+            raise TextInputError("this model takes a prompt, not chat messages")
 
     def advance(
         self, joining: Mapping[int, GenerationRequest], leaving: Collection[int]
@@ -138,7 +147,7 @@ class IteratorEngine(GenerationEngine):
             except BaseException as exc:  # this request's failure only, not its neighbours'
                 outcomes[sequence] = as_exception(exc)
                 continue
-            limit = request.max_new_tokens or self._default
+            limit = request.max_new_tokens or unasked_limit(request, self._default)
             self._running[sequence] = _Running(chunks=chunks, limit=limit)
         for sequence, running in list(self._running.items()):
             try:
@@ -197,6 +206,14 @@ def check_request(request: GenerationRequest) -> None:
             raise InvalidInputError(
                 f"each stop string must be 1 to {LONGEST_STOP_STRING} characters long"
             )
+
+
+def unasked_limit(request: GenerationRequest, model_default: int) -> int:
+    """The new tokens a request that names no ``max_new_tokens`` may generate: the model's
+    default, or less where the request's protocol has a default of its own."""
+    if request.default_new_tokens is None:
+        return model_default
+    return min(model_default, request.default_new_tokens)
 
 
 def check_new_tokens(request: GenerationRequest, cap: int) -> None:

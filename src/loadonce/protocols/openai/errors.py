@@ -9,10 +9,12 @@ from starlette.responses import Response
 
 from loadonce.core.errors import (
     ContextLengthError,
+    InvalidFieldError,
     InvalidInputError,
     InvalidRequestError,
     ModelNotFoundError,
     NewTokensLimitError,
+    TextInputError,
 )
 from loadonce.http.errors import openai_error, status_and_message
 from loadonce.http.routes import LoadonceRoute
@@ -58,6 +60,10 @@ def openai_error_for(exc: Exception, request: Request, request_id: str) -> Respo
     elif isinstance(exc, ContextLengthError):
         # OpenAI's words: what LangChain and others look for to shorten and retry.
         param, code = _text_field(request), "context_length_exceeded"
+    elif isinstance(exc, InvalidFieldError):
+        param = exc.field
+    elif isinstance(exc, TextInputError):  # the text itself (no token, no chat template)
+        param = _text_field(request)
     return openai_error(status, message, request_id, param=param, code=code)
 
 

@@ -87,14 +87,20 @@ class _Chat(_Completion):
         return {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}
 
 
+# OpenAI's default max_tokens for completions ("Defaults to 16"); chat has none (the
+# model's own default then applies).
+COMPLETION_TOKENS_DEFAULT = 16
+
+
 async def answer_completion(request: Request) -> Response:
     body = await parse_request_body(
         request, lambda raw: parse(raw, CompletionRequest, "completions")
     )
     prompt = the_prompt(body.prompt)
-    return await _answer(
-        request, body, GenerationRequest(prompt=prompt, **_sampling(body)), _Completion()
+    asked = GenerationRequest(
+        prompt=prompt, default_new_tokens=COMPLETION_TOKENS_DEFAULT, **_sampling(body)
     )
+    return await _answer(request, body, asked, _Completion())
 
 
 async def answer_chat(request: Request) -> Response:
@@ -129,6 +135,12 @@ async def _answer(
     form: _Completion,
 ) -> Response:
     model = counted_as(request, registry_of(request).get(body.model))
+    if model.is_serving and not model.generates:
+        raise UnsupportedError(
+            "model",
+            f"is '{model.name}', which does not generate text (/v1/completions and "
+            "/v1/chat/completions serve text-generation models)",
+        )
     timeout = requested_timeout(request)
     events = model.generate(asked, timeout=timeout, arrived=arrival_of(request))
     request_id = request_id_of(request)

@@ -7,6 +7,8 @@ the value that means "off": a client that asked for them would otherwise read an
 silently ignored them. Fields that change nothing in the answer (``user``, ``store``,
 ``metadata``...) and names OpenAI does not define are ignored, as OpenAI-compatible servers
 do: the ``openai`` client sends only what its caller passed, and newer clients may add more.
+Those of a plain type are still checked as OpenAI checks them (``user`` a string, ``store`` a
+boolean), as every field here is.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
-    model_validator,
 )
 
 from loadonce.core.errors import InvalidRequestError
@@ -110,6 +112,8 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str = Field(min_length=1, max_length=256, description="The served model's name.")
+    # Changes nothing in the answer; OpenAI's type still (an end user's id).
+    user: str | None = None
 
 
 _B = TypeVar("_B", bound=_Body)
@@ -147,11 +151,16 @@ class _Sampling(_Body):
             raise ValueError(f"a stop sequence may be at most {MAX_STOP_CHARACTERS} characters")
         return stop
 
-    @model_validator(mode="after")
-    def _options_of_a_stream(self) -> _Sampling:
-        if self.stream_options is not None and not self.stream:
+    # A field's validator, so that the refusal names the field (param), not the body; stream
+    # is declared first, so it is read by then.
+    @field_validator("stream_options")
+    @classmethod
+    def _options_of_a_stream(
+        cls, options: StreamOptions | None, info: ValidationInfo
+    ) -> StreamOptions | None:
+        if options is not None and not info.data.get("stream"):
             raise ValueError("stream_options is only allowed when stream is true")
-        return self
+        return options
 
     @property
     def stops(self) -> tuple[str, ...]:
@@ -184,6 +193,8 @@ class ChatRequest(_Sampling):
         "list of text parts}",
     )
     max_completion_tokens: int | None = Field(None, ge=1, description="max_tokens' new name.")
+    # Changes nothing in the answer (loadonce stores nothing); OpenAI's type still.
+    store: bool | None = None
 
 
 class EmbeddingRequest(_Body):
@@ -245,9 +256,14 @@ def the_prompt(prompt: Any) -> str:
 
 
 def the_texts(given: Any) -> list[str]:
-    """The texts of an embeddings request."""
+    """The texts of an embeddings request: none empty, as OpenAI says ("cannot be an empty
+    string")."""
     texts = [given] if isinstance(given, str) else given
     if isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts):
+        empty = texts.index("") if "" in texts else None
+        if empty is not None:
+            where = "input" if isinstance(given, str) else f"input.{empty}"
+            raise InvalidRequestError([(where, "cannot be an empty string")])
         return texts
     if _token_ids(texts):
         raise UnsupportedError("input", "holds token ids, which are not supported: send text")

@@ -18,13 +18,14 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadonce.core.errors import ContextLengthError, InvalidInputError
+from loadonce.core.errors import ContextLengthError, InvalidInputError, TextInputError
 from loadonce.core.generation import (
     FinishReason,
     GenerationEngine,
     GenerationRequest,
     Step,
     check_new_tokens,
+    unasked_limit,
 )
 from loadonce.runtimes.transformers.sampling import RowSampler, check_sampling, sampling_of
 from loadonce.runtimes.transformers.text_length import (
@@ -84,12 +85,12 @@ class _TokenEngine(GenerationEngine):
         check_new_tokens(request, self._cap)
         check_sampling(request)
         if request.messages is not None and getattr(self.tokenizer, "chat_template", None) is None:
-            raise InvalidInputError(
+            raise TextInputError(
                 "this model has no chat template (its tokenizer_config.json has no "
                 "chat_template): send a prompt instead of chat messages"
             )
         if request.messages is None and request.prompt is None:
-            raise InvalidInputError("send a prompt or chat messages")
+            raise TextInputError("send a prompt or chat messages")
         if request.messages is not None:
             self._check_chat_size(request.messages)
 
@@ -131,7 +132,7 @@ class _TokenEngine(GenerationEngine):
                     # The template itself is broken (the operator's file): no message could
                     # pass, and it is no fault of the request's (a 500, logged).
                     raise
-                raise InvalidInputError(
+                raise TextInputError(
                     f"the model's chat template refused the messages: {exc}"[:400]
                 ) from None
             # The template writes the special tokens it wants (a BOS) itself.
@@ -143,7 +144,7 @@ class _TokenEngine(GenerationEngine):
             ids = self.tokenizer(prompt)["input_ids"]
         if not ids:
             # The model fails on a sequence of no token at all (a reshape of nothing).
-            raise InvalidInputError("the prompt holds no token: send some text")
+            raise TextInputError("the prompt holds no token: send some text")
         return list(ids)
 
     def _limit(self, request: GenerationRequest, prompt: int, room: int | None) -> int:
@@ -156,7 +157,7 @@ class _TokenEngine(GenerationEngine):
             )
         asked = request.max_new_tokens
         if asked is None:
-            wanted = self._default
+            wanted = unasked_limit(request, self._default)
             return wanted if room is None else min(wanted, room)
         if room is not None and asked > room:
             raise ContextLengthError(
@@ -269,7 +270,7 @@ class CausalEngine(_TokenEngine):
         ids = super()._prompt_ids(request)
         if not ids:
             if not isinstance(self._bos, int):
-                raise InvalidInputError("the prompt holds no token: send some text")
+                raise TextInputError("the prompt holds no token: send some text")
             ids = [self._bos]  # an empty prompt starts from the start of a text
         return ids
 

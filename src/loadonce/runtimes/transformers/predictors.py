@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from loadonce.core.errors import ContextLengthError, InvalidInputError
+from loadonce.core.errors import ContextLengthError, InvalidInputError, TextInputError
 from loadonce.core.generation import GenerationEngine
 from loadonce.runtimes._base import InputSignature, Predictor, TensorInfo
 from loadonce.runtimes.transformers.audio import CLIP, clip_samples, shortest_clip
@@ -136,7 +136,7 @@ class TextPredictor(Predictor):
         """Each text with its token count, checked: strings, within the model's context."""
         bad = [i for i, e in enumerate(examples) if not isinstance(e, str)]
         if bad:
-            raise InvalidInputError(
+            raise TextInputError(
                 f"this model takes text: each example must be a string (example {bad[0]} is not)"
             )
         examples = [self._within_reach(index, text) for index, text in enumerate(examples)]
@@ -146,7 +146,7 @@ class TextPredictor(Predictor):
         # or one of spaces, with a tokenizer that adds no special token.
         empty = [i for i, prompt in enumerate(prompts) if prompt.tokens == 0]
         if empty:
-            raise InvalidInputError(f"example {empty[0]} holds no token: send some text")
+            raise TextInputError(f"example {empty[0]} holds no token: send some text")
         if self.task.name == "fill-mask":
             mask = self.tokenizer.mask_token_id
             for index, ids in enumerate(counted):

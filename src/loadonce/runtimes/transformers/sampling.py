@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from loadonce.core.errors import InvalidInputError
+from loadonce.core.errors import InvalidFieldError
 from loadonce.core.generation import GenerationRequest
 
 
@@ -74,7 +74,7 @@ def check_sampling(request: GenerationRequest) -> None:
     ]
     for name, value, fits, expected in checks:
         if value is not None and not fits:
-            raise InvalidInputError(f"{name} must be {expected}; got {value!r}")
+            raise InvalidFieldError(name, f"{name} must be {expected}; got {value!r}")
 
 
 def _between(value: float | None, low: float, high: float, *, low_open: bool = False) -> bool:
