@@ -242,6 +242,8 @@ def test_raw_and_typed_mismatches(grpc_url: str) -> None:
         with pytest.raises(grpc.RpcError) as raised:
             infer(request)
         assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        # Named as gRPC's field (it was REST's binary_data_size).
+        assert "its raw_input_contents is 2 bytes" in raised.value.details()
         assert "takes 4" in raised.value.details()
         request.inputs[0].shape[:] = [-1, 1]
         with pytest.raises(grpc.RpcError) as raised:
@@ -546,6 +548,41 @@ def test_a_message_that_is_not_one_is_invalid_argument(
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "not a valid" in (error.details() or "")
     assert "class" not in (error.details() or "")
+
+
+def test_tensors_in_shared_memory_are_refused_by_name(
+    client: triton.InferenceServerClient,
+) -> None:
+    # An input's region was refused as "has no data"; an output's was ignored, the data in
+    # the answer and the client's region never written.
+    tensor = triton.InferInput("INPUT0", [1, 1], "FP32")
+    tensor.set_shared_memory("input_region", 4)
+    code, message = _code(lambda: client.infer("picky", [tensor]))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "input 'INPUT0' has parameters.shared_memory_region" in message
+    assert "shared memory is not supported by this server" in message
+    output = triton.InferRequestedOutput("OUTPUT0")
+    output.set_shared_memory("output_region", 4)
+    code, message = _code(lambda: client.infer("picky", _picky(1), outputs=[output]))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "output 'OUTPUT0' has parameters.shared_memory_region" in message
+
+
+def test_unload_dependents_must_be_a_boolean(grpc_url: str) -> None:
+    request_class = message_class("inference.RepositoryModelUnloadRequest")
+    response_class = message_class("inference.RepositoryModelUnloadResponse")
+    request = request_class(model_name="echo")
+    request.parameters["unload_dependents"].string_param = "yes"
+    with grpc.insecure_channel(grpc_url) as channel:
+        unload = channel.unary_unary(
+            "/inference.GRPCInferenceService/RepositoryModelUnload",
+            request_serializer=request_class.SerializeToString,
+            response_deserializer=response_class.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as raised:
+            unload(request)
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "parameters.unload_dependents: must be true or false" in (raised.value.details() or "")
 
 
 def test_a_long_name_echoed_in_an_error_keeps_its_code(

@@ -99,6 +99,12 @@ INFER = "/v2/models/double/infer"
         ("/v2/repository/index", {"ready": "yes", "x": 1}, "body.ready"),
         ("/v2/repository/models/unwarmed/load", {"parameters": "x", "x": 1}, "body.parameters"),
         ("/v2/repository/models/unwarmed/unload", {"parameters": 1, "x": 1}, "body.parameters"),
+        # The extension's one unload parameter is a boolean ("yes" was taken).
+        (
+            "/v2/repository/models/unwarmed/unload",
+            {"parameters": {"unload_dependents": "yes"}, "x": 1},
+            "body.parameters.unload_dependents",
+        ),
     ],
 )
 def test_known_members_of_the_wrong_type_are_still_refused(
@@ -108,6 +114,29 @@ def test_known_members_of_the_wrong_type_are_still_refused(
     message = _error(http.post(path, json=body), 400)
     assert field in message
     assert "extra" not in message.lower()
+
+
+_IN_SHARED_MEMORY = {"shared_memory_region": "r", "shared_memory_byte_size": 16}
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        (_infer_body(tensor={"data": None, "parameters": _IN_SHARED_MEMORY}), "input 'input'"),
+        (
+            _infer_body(outputs=[{"name": "output", "parameters": _IN_SHARED_MEMORY}]),
+            "output 'output'",
+        ),
+    ],
+)
+def test_tensors_in_shared_memory_are_refused_by_name(
+    http: TestClient, body: dict[str, Any], named: str
+) -> None:
+    """An input's region was refused as "has no data"; an output's was ignored (the client's
+    buffer never written, the data in the answer)."""
+    message = _error(http.post(INFER, json=body), 400)
+    assert message.startswith(f"{named} has parameters.shared_memory_region")
+    assert "shared memory is not supported by this server" in message
 
 
 # --- GET /v2/ ----------------------------------------------------------------------------------

@@ -58,3 +58,13 @@ InferTensorContents = _inference("InferTensorContents")
 ModelInferRequest = _inference("ModelInferRequest")
 ModelInferResponse = _inference("ModelInferResponse")
 HealthCheckResponse = message_class("grpc.health.v1.HealthCheckResponse")
+
+
+def plain_parameters(parameters: Any) -> dict[str, Any]:
+    """A map of InferParameter (or ModelRepositoryParameter) as plain values."""
+    values: dict[str, Any] = {}
+    for key, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        if choice is not None:
+            values[key] = getattr(parameter, choice)
+    return values

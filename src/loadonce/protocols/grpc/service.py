@@ -51,6 +51,7 @@ from loadonce.protocols.grpc.messages import (
     HealthCheckResponse,
     fill_from_json,
     method_types,
+    plain_parameters,
 )
 from loadonce.protocols.grpc.tensors import (
     decode_grpc_inputs,
@@ -63,7 +64,12 @@ from loadonce.protocols.v2.errors import find_model, model_to_load
 from loadonce.protocols.v2.examples import check_before_decoding
 from loadonce.protocols.v2.infer import Prediction, predict
 from loadonce.protocols.v2.model_config import model_config
-from loadonce.protocols.v2.repository import apply_control, index_entry, load_batching
+from loadonce.protocols.v2.repository import (
+    apply_control,
+    check_unload_parameters,
+    index_entry,
+    load_batching,
+)
 from loadonce.protocols.v2.schemas import RequestOutput
 from loadonce.protocols.v2.statistics import EXTENSION as STATISTICS
 from loadonce.protocols.v2.statistics import read_statistics
@@ -291,7 +297,7 @@ class InferenceService:
             else:
                 arrays, datatypes = await off_the_loop(decode)
         requested = [
-            RequestOutput(name=output.name, parameters=_parameters(output.parameters))
+            RequestOutput(name=output.name, parameters=plain_parameters(output.parameters))
             for output in request.outputs
         ]
         remaining = context.time_remaining()
@@ -320,7 +326,7 @@ class InferenceService:
             model,
             arrays,
             datatypes,
-            _parameters(request.parameters),
+            plain_parameters(request.parameters),
             requested or None,
             respond,
             timeout_s=remaining,
@@ -351,12 +357,13 @@ class InferenceService:
     async def repository_load(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         model = model_to_load(self.state.registry, request.model_name)
         self._control_on()
-        batching = load_batching(model, _parameters(request.parameters))
+        batching = load_batching(model, plain_parameters(request.parameters))
         await self._apply(model.name, "load", batching)
         return _reply("RepositoryModelLoad")
 
     async def repository_unload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         model = find_model(self.state.registry, request.model_name)
+        check_unload_parameters(plain_parameters(request.parameters), under="parameters")
         self._control_on()
         await self._apply(model.name, "unload", None)
         return _reply("RepositoryModelUnload")
@@ -434,13 +441,3 @@ def _bounded(message: str) -> str:
     if len(message) <= _MOST_MESSAGE_CHARACTERS:
         return message
     return message[: _MOST_MESSAGE_CHARACTERS - 1] + "\u2026"
-
-
-def _parameters(parameters: Any) -> dict[str, Any]:
-    """A map of InferParameter (or ModelRepositoryParameter) as plain values."""
-    values: dict[str, Any] = {}
-    for key, parameter in parameters.items():
-        choice = parameter.WhichOneof("parameter_choice")
-        if choice is not None:
-            values[key] = getattr(parameter, choice)
-    return values

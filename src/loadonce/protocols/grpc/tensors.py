@@ -14,6 +14,7 @@ import numpy.typing as npt
 from loadonce.core.errors import InvalidInputError
 from loadonce.core.number_conversion import range_words
 from loadonce.http.json_pieces import PIECE_ELEMENTS
+from loadonce.protocols.grpc.messages import plain_parameters
 from loadonce.protocols.v2.datatypes import BYTES
 from loadonce.protocols.v2.outputs import OutputTensor
 from loadonce.protocols.v2.schemas import RequestInput
@@ -99,7 +100,11 @@ def _described(tensor: Any) -> RequestInput:
     if any(dim < 0 for dim in shape):
         raise InvalidInputError(f"input '{tensor.name}': shape {shape} has a negative dimension")
     described = RequestInput.model_construct(
-        name=tensor.name, shape=shape, datatype=tensor.datatype, parameters=None, data=None
+        name=tensor.name,
+        shape=shape,
+        datatype=tensor.datatype,
+        parameters=plain_parameters(tensor.parameters),
+        data=None,
     )
     check_shape(described)
     return described

@@ -18,6 +18,7 @@ from loadonce.core.errors import InvalidInputError
 from loadonce.core.model import Model
 from loadonce.protocols.v2.datatypes import BYTES, datatype_of_declared
 from loadonce.protocols.v2.schemas import RequestInput
+from loadonce.protocols.v2.shared_memory import refuse_shared_memory
 from loadonce.protocols.v2.tensors import check_shape, dtype_of
 from loadonce.runtimes import TensorInfo
 
@@ -58,6 +59,7 @@ def check_before_decoding(model: Model, inputs: Sequence[RequestInput]) -> None:
     """Each input's shape (one NumPy can hold), and the inputs against the model's declared
     ones, from the request's description of them, before any data is read."""
     for tensor in inputs:
+        refuse_shared_memory("input", tensor.name, tensor.parameters)
         check_shape(tensor)
         dtype_of(tensor)  # refuses an unknown datatype, as such
     shapes = {tensor.name: tuple(tensor.shape) for tensor in inputs}

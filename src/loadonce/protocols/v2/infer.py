@@ -23,6 +23,7 @@ from loadonce.protocols.v2.datatypes import BYTES
 from loadonce.protocols.v2.examples import check_before_decoding, examples_from_tensors
 from loadonce.protocols.v2.outputs import OutputTensor, output_tensors
 from loadonce.protocols.v2.schemas import InferenceRequest, RequestOutput
+from loadonce.protocols.v2.shared_memory import refuse_shared_memory
 from loadonce.protocols.v2.tensors import BINARY_SIZE, declared_elements, decode_inputs
 from loadonce.runtimes import SELECTED_OUTPUTS
 from loadonce.tracing import phase
@@ -223,6 +224,7 @@ def _check_requested(requested: Sequence[RequestOutput], declared: list[str]) ->
         raise InvalidInputError("an output is requested twice")
     for output in requested:
         parameters = output.parameters or {}
+        refuse_shared_memory("output", output.name, parameters)
         if "classification" in parameters:
             raise InvalidInputError(
                 f"output '{output.name}': the classification extension is not supported; "

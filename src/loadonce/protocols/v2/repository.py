@@ -82,10 +82,10 @@ def add_repository_routes(router: APIRouter, *, model_control: bool) -> None:
     )
     async def repository_unload(model_name: str, request: Request) -> Response:
         model = find_model(registry_of(request), model_name)
-        _parse(RepositoryRequest, await _body(request))
+        body = _parse(RepositoryRequest, await _body(request))
+        check_unload_parameters(body.parameters or {}, under="body.parameters")
         if not model_control:
             return _control_off()
-        # unload_dependents is accepted and has nothing to act on: no model depends on another.
         return await _apply(request, model.name, "unload")
 
 
@@ -121,6 +121,14 @@ def load_batching(model: Model, parameters: Mapping[str, Any]) -> BatchingChange
     if "config" not in parameters:
         return "declared"
     return batching_from_config(model, parameters["config"])
+
+
+def check_unload_parameters(parameters: Mapping[str, Any], *, under: str) -> None:
+    """An unload request's parameters (REST's or gRPC's; ``under``: where they are, for the
+    message): ``unload_dependents``, the one the extension defines, is a boolean. Accepted,
+    it has nothing to act on: no model depends on another."""
+    if "unload_dependents" in parameters and not isinstance(parameters["unload_dependents"], bool):
+        raise InvalidRequestError([(f"{under}.unload_dependents", "must be true or false")])
 
 
 async def apply_control(

@@ -27,6 +27,8 @@ from loadonce.protocols.v2.datatypes import fixed_dtype
 from loadonce.protocols.v2.schemas import RequestInput
 
 BINARY_SIZE = "binary_data_size"
+# gRPC's field of an input's bytes.
+RAW_CONTENTS = "raw_input_contents"
 _LENGTH_PREFIX = 4  # BYTES elements in binary: a 4-byte little-endian length, then the bytes
 _LENGTH = struct.Struct("<I")
 # NumPy's own limit on an array's dimensions.
@@ -67,7 +69,7 @@ def decode_inputs(
                 f"input '{tensor.name}': {BINARY_SIZE} is {size} bytes, but only "
                 f"{len(binary) - offset} bytes of binary data are left in the body"
             )
-        arrays[tensor.name] = _from_binary(tensor, binary[offset : offset + size])
+        arrays[tensor.name] = _from_binary(tensor, binary[offset : offset + size], BINARY_SIZE)
         check_element_sizes(tensor.name, arrays[tensor.name], max_element_bytes)
         offset += size
     if offset != len(binary):
@@ -82,9 +84,9 @@ def decode_binary_input(
     tensor: RequestInput, chunk: memoryview, *, max_element_bytes: int | None = None
 ) -> npt.NDArray[Any]:
     """One input from its binary form alone (gRPC's ``raw_input_contents``): every check
-    the binary section of a REST body gets."""
+    the binary section of a REST body gets, its size said as gRPC's field."""
     check_shape(tensor)
-    array = _from_binary(tensor, chunk)
+    array = _from_binary(tensor, chunk, RAW_CONTENTS)
     check_element_sizes(tensor.name, array, max_element_bytes)
     return array
 
@@ -140,7 +142,9 @@ def _describe(tensor: RequestInput) -> str:
     return f"shape {tensor.shape} of {tensor.datatype}"
 
 
-def _from_binary(tensor: RequestInput, chunk: memoryview) -> npt.NDArray[Any]:
+def _from_binary(tensor: RequestInput, chunk: memoryview, carrier: str) -> npt.NDArray[Any]:
+    """``carrier``: the field that carried the bytes, as the client knows it (REST's
+    binary_data_size, gRPC's raw_input_contents)."""
     dtype = dtype_of(tensor)
     count = element_count(tensor)
     if dtype is None:
@@ -148,7 +152,7 @@ def _from_binary(tensor: RequestInput, chunk: memoryview) -> npt.NDArray[Any]:
     expected = count * dtype.itemsize
     if len(chunk) != expected:
         raise InvalidInputError(
-            f"input '{tensor.name}': {BINARY_SIZE} is {len(chunk)} bytes, but "
+            f"input '{tensor.name}': its {carrier} is {len(chunk)} bytes, but "
             f"{_describe(tensor)} takes {expected}"
         )
     if dtype.kind == "b":
