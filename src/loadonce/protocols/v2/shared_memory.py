@@ -32,7 +32,9 @@ class SharedMemoryError(InvalidInputError):
 def refuse_shared_memory(kind: str, name: str, parameters: Mapping[str, Any] | None) -> None:
     """A 400 for an input or a requested output (``kind``) whose parameters name a
     shared-memory region."""
-    named = [key for key in _SHARED_MEMORY_PARAMETERS if key in (parameters or {})]
+    if not parameters:  # most tensors: every request's path
+        return
+    named = [key for key in _SHARED_MEMORY_PARAMETERS if key in parameters]
     if named:
         raise SharedMemoryError(
             f"{kind} '{name}' has parameters.{named[0]}: shared memory is not supported by "
