@@ -129,20 +129,23 @@ def test_cli_serves_a_model_directory_from_two_workers(model_dir: Path, tmp_path
 
 
 def test_open_inference_protocol_with_text_and_allowed_parameters(model_dir: Path) -> None:
-    """BYTES in; label and score out; top_k from the request only because the operator
-    allowed it (options.request_parameters)."""
+    """BYTES in; top_k from the request only because the operator allowed it
+    (options.request_parameters). A request may then make the answer a list of labels: every
+    answer, with top_k or not, is one JSON document per text (the metadata's ``output``),
+    never label and score tensors for some requests and documents for others."""
     spec = _spec(model_dir, request_parameters=["top_k"])
     reference = pipeline("text-classification", model=str(model_dir), local_files_only=True)
     with ThreadedServer(loadonce.create_app([spec])) as running:
         client = triton.InferenceServerClient(running.url.removeprefix("http://"))
         texts = triton.InferInput("text", [len(TEXTS)], "BYTES")
         texts.set_data_from_numpy(np.array(TEXTS, dtype=object))
+        [output] = client.get_model_metadata("sentiment")["outputs"]
+        assert output == {"name": "output", "datatype": "BYTES", "shape": [-1]}
         result = client.infer("sentiment", [texts])
         expected = reference(TEXTS)
-        assert [label.decode() for label in result.as_numpy("label")] == [
-            e["label"] for e in expected
-        ]
-        np.testing.assert_allclose(result.as_numpy("score"), [e["score"] for e in expected])
+        answered = [json.loads(d) for d in result.as_numpy("output")]
+        assert [a["label"] for a in answered] == [e["label"] for e in expected]
+        np.testing.assert_allclose([a["score"] for a in answered], [e["score"] for e in expected])
         ranked = client.infer("sentiment", [texts], parameters={"top_k": 2, "other": 1})
         documents = [json.loads(d) for d in ranked.as_numpy("output")]
         # One padded pass for the four texts: equal to the pipeline's up to float rounding.

@@ -47,6 +47,7 @@ from transformers import (
 )
 
 import loadonce
+from tests.output_metadata import Request, assert_answers_as_described, binary_request
 from tests.servers import ThreadedServer
 
 WORDS = [
@@ -710,3 +711,115 @@ def test_truncation_cuts_long_texts_when_the_tokenizer_sets_no_length(
         assert long == kept
         [cut] = _predict(local, "cut", ["good " * 400_000])  # cut before it is tokenized
         assert cut == _predict(local, "cut", [" ".join(["good"] * (CONTEXT - 2))])[0]
+
+
+def _texts(*texts: str, **parameters: Any) -> dict[str, Any]:
+    tensor = {"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": list(texts)}
+    return {"inputs": [tensor], **({"parameters": parameters} if parameters else {})}
+
+
+def _images(*pngs: bytes) -> Request:
+    """Images as BYTES in binary (JSON carries text only)."""
+    data = b"".join(len(png).to_bytes(4, "little") + png for png in pngs)
+    tensor = {"name": "image", "datatype": "BYTES", "shape": [len(pngs)]}
+    parameters = {"binary_data_size": len(data)}
+    return binary_request({"inputs": [{**tensor, "parameters": parameters}]}, data)
+
+
+def _clips(*clips: list[float]) -> dict[str, Any]:
+    shape = [len(clips), len(clips[0])]
+    data = [sample for clip in clips for sample in clip]
+    return {"inputs": [{"name": "audio", "datatype": "FP32", "shape": shape, "data": data}]}
+
+
+def _questions(count: int) -> dict[str, Any]:
+    return {
+        "inputs": [
+            {"name": "question", "datatype": "BYTES", "shape": [count], "data": ["what"] * count},
+            {
+                "name": "context",
+                "datatype": "BYTES",
+                "shape": [count],
+                "data": ["good movie"] * count,
+            },
+        ]
+    }
+
+
+DOCUMENTS = [("output", "BYTES", [-1])]
+# What each task's metadata says before any request: (name, datatype, shape) per output.
+TASK_OUTPUTS = {
+    "classify": [("label", "BYTES", [-1]), ("score", "FP64", [-1])],
+    "ranker": DOCUMENTS,  # top_k a request may set: a list of labels, or one
+    "tokens": DOCUMENTS,
+    "masks": DOCUMENTS,
+    "features": DOCUMENTS,
+    "writer": [("generated_text", "BYTES", [-1])],
+    "rewriter": [("generated_text", "BYTES", [-1])],
+    "answers": [
+        ("answer", "BYTES", [-1]),
+        ("score", "FP32", [-1]),
+        ("start", "INT64", [-1]),
+        ("end", "INT64", [-1]),
+    ],
+    "looker": DOCUMENTS,
+    "pictures": DOCUMENTS,
+    "listener": DOCUMENTS,
+    "transcriber": [("text", "BYTES", [-1])],
+}
+
+
+def test_each_tasks_output_metadata_before_any_request_is_what_its_answers_hold(
+    directories: dict[str, Path],
+) -> None:
+    """Declared at load, per task: never learnt from a first answer, which was then false for
+    the next (feature extraction's FP64 [-1, 1, 4, 16] from a text of 4 tokens; a text
+    without entities made token classification's FP64 [-1, 0]). Texts of different lengths,
+    one and several per request: a list per text (entities, filled masks, token vectors,
+    ranked labels) is one JSON document per text; an object of single values one tensor
+    per value."""
+    options: dict[str, dict[str, Any]] = {
+        "writer": {"max_new_tokens": 3},
+        "rewriter": {"max_new_tokens": 3},
+        "ranker": {"request_parameters": ["top_k"]},
+    }
+    artifacts = {**directories, "ranker": directories["classify"]}
+    specs = [
+        loadonce.ModelSpec(name=name, artifact=artifacts[name], options=options.get(name, {}))
+        for name in TASK_OUTPUTS
+    ]
+    texts: list[Request] = [
+        _texts("good"),
+        _texts("bad movie", "great", "awful awful movie it was bad"),
+    ]
+    images = [_images(_png(0)), _images(_png(1), _png(2, size=(40, 20)))]
+    clips: list[Request] = [_clips(_clip(0, 1600)), _clips(_clip(1, 800), _clip(2, 800))]
+    requests: dict[str, list[Request]] = {
+        "masks": [_texts("good [MASK]"), _texts("[MASK] movie it was [MASK]", "great [MASK]")],
+        "answers": [_questions(1), _questions(2)],
+        "looker": images,
+        "pictures": images,
+        "listener": clips,
+        "transcriber": clips,
+        "ranker": [*texts, _texts("good", "bad movie", top_k=2)],
+    }
+    with TestClient(loadonce.create_app(specs)) as http:
+        for name, expected in TASK_OUTPUTS.items():
+            described = assert_answers_as_described(http, name, requests.get(name, texts))
+            assert [(o["name"], o["datatype"], o["shape"]) for o in described] == expected
+        # A batch without any entity: a list of no objects per text, still one document each.
+        entities = http.post("/v2/models/tokens/infer", json=_texts("good", "good")).json()
+        assert [json.loads(d) for d in entities["outputs"][0]["data"]] == [[], []]
+        answer = http.post("/v2/models/features/infer", json=_texts("good movie")).json()
+        [vectors] = answer["outputs"]
+        assert np.shape(json.loads(vectors["data"][0])) == (1, 4, 16)  # [CLS] good movie [SEP]
+
+
+def test_a_zero_shot_answer_is_its_one_output(client: TestClient) -> None:
+    """Its object of labels and scores, of a length each example decides, is its one
+    declared output (one JSON document per example under /v2), also when picked by name."""
+    [output] = client.get("/v2/models/chooser").json()["outputs"]
+    assert output == {"name": "output", "datatype": "BYTES", "shape": [-1]}
+    example = {"text": "good movie", "candidate_labels": ["good", "bad"]}
+    [whole] = _predict(client, "chooser", [example])
+    assert _predict(client, "chooser", [example], outputs=["output"]) == [{"output": whole}]

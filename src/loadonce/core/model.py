@@ -209,8 +209,8 @@ class Model:
     def sample_answer(self) -> Sequence[Any] | None:
         """What the loaded model answered its warm-up input, one output per example, or
         without a warm-up its first request's first example (one that picked no outputs);
-        None before either. A model that declares no outputs (a loader's plain function, a
-        regressor) is known by it to answer outputs of that form."""
+        None before either. A model that declares no outputs (a loader's plain function) is
+        known by it to answer outputs of that form."""
         return None if self._executor is None else self._sample_answer
 
     @property

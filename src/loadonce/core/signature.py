@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The name of a model's one output where the model names none: its tensor under /v2.
+DEFAULT_OUTPUT = "output"
+
 _KIND_WORDS = {"f": "numbers", "i": "integers", "u": "non-negative integers", "b": "booleans"}
 
 

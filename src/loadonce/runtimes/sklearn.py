@@ -18,13 +18,13 @@ from loadonce.runtimes._base import (
     InputSignature,
     Predictor,
     Runtime,
-    TensorInfo,
     model_file,
 )
 from loadonce.runtimes._columns import Columns, features_in, first_step, named_columns
 from loadonce.runtimes._tensors import stack_named_inputs
 from loadonce.runtimes.sklearn_encoders import ColumnKind, check_known, column_kinds
 from loadonce.runtimes.sklearn_forests import forest_in, runs_one_job, tree_by_tree_methods
+from loadonce.runtimes.sklearn_outputs import NAMED_OUTPUTS, declared_outputs
 
 logger = logging.getLogger("loadonce")
 
@@ -34,16 +34,6 @@ SKOPS_SUFFIXES = (".skops",)
 
 class UntrustedArtifactError(Exception):
     """The artifact would run code or build types nobody declared as trusted."""
-
-
-# A classifier's methods, each a named output of one loaded copy; a request picks them
-# (``outputs`` on the JSON route, requested outputs under /v2).
-NAMED_OUTPUTS = (
-    ("label", "predict"),
-    ("probabilities", "predict_proba"),
-    ("decision_function", "decision_function"),
-    ("transform", "transform"),
-)
 
 
 class EstimatorPredictor(Predictor):
@@ -97,8 +87,9 @@ class EstimatorPredictor(Predictor):
             for name, attribute in NAMED_OUTPUTS
             if callable(found := faster.get(attribute) or getattr(estimator, attribute, None))
         }
-        self.outputs = _outputs_of(estimator, method, list(self._named))
-        if self.outputs:
+        self.outputs = declared_outputs(estimator, method, list(self._named))
+        if self.outputs and self.outputs[0].name in self._named:
+            # A classifier's methods: a request picks the ones computed for it.
             self.request_parameters = frozenset({SELECTED_OUTPUTS})
         # A classifier of several outputs (a forest fitted on several target columns):
         # predict_proba answers a list of one array per output, each of every row.
@@ -257,36 +248,6 @@ def _computes_in_float32(estimator: Any) -> bool:
         kind.__name__ in _FLOAT32_BASES and kind.__module__.startswith("sklearn.")
         for kind in type(estimator).__mro__
     )
-
-
-def _outputs_of(estimator: Any, method: str, named: list[str]) -> list[TensorInfo]:
-    """A classifier's outputs, from its fitted classes: the configured method's first (the
-    one a request that picks none gets), then its other named methods."""
-    import numpy as np
-
-    classes = getattr(estimator, "classes_", None)
-    if not isinstance(classes, np.ndarray) or classes.ndim != 1:
-        return []
-    kinds = {
-        "label": TensorInfo(
-            name="label",
-            dtype="string" if classes.dtype.kind in "OSU" else classes.dtype.name,
-            shape=(None,),
-        ),
-        "probabilities": TensorInfo(
-            name="probabilities", dtype="float64", shape=(None, len(classes))
-        ),
-        "decision_function": TensorInfo(
-            name="decision_function",
-            dtype="float64",
-            shape=(None,) if len(classes) == 2 else (None, len(classes)),
-        ),
-        "transform": TensorInfo(name="transform", dtype="float64", shape=(None, None)),
-    }
-    first = {attribute: name for name, attribute in NAMED_OUTPUTS}.get(method)
-    if first is None:
-        return []  # another method: its output is the model's only one
-    return [kinds[first]] + [kinds[name] for name in named if name != first]
 
 
 def _allows_nan(estimator: Any) -> bool:

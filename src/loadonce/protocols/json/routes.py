@@ -324,9 +324,11 @@ def _picked(output: Any, picked: list[str], model: Model) -> dict[str, Any]:
     """One example's output as ``{name: value}`` for the names picked: a model that computes
     outputs on request answered them so already; another's object is narrowed, and its single
     value is its first declared output."""
-    if isinstance(output, Mapping):
-        return {name: output[name] for name in picked}
     first = model.outputs[0].name
+    if isinstance(output, Mapping) and (len(model.outputs) > 1 or first in output):
+        return {name: output[name] for name in picked}
+    # Else the model's one declared output is the object itself (a zero-shot classifier's
+    # {"sequence", "labels", "scores"}: its "output" document under /v2).
     if picked != [first]:
         # A model that answers one value per example computed its default output only.
         raise InvalidInputError(

@@ -17,10 +17,15 @@ def described_inputs(model: Model) -> list[MetadataTensor]:
 
 
 def described_outputs(model: Model) -> list[MetadataTensor]:
-    """The outputs the model declares; for one that declares none (a loader's function),
-    those it answered its warm-up with (or, without one, its first request), encoded as
-    inference encodes them: one output (``output``), or one per key of an object, each shaped
-    as that answer's with a variable batch dimension. None before either: nothing is known."""
+    """The outputs the model declares: every runtime's, at load, from what the library
+    records (a classifier's classes, a regressor's targets, a Transformers task), true from
+    startup and for every answer (``outputs.py`` sends them so).
+
+    Only a model nobody can describe without calling it (a loader's plain function, a
+    method loadonce does not know) declares none: it is described by what it answered its
+    warm-up with (or, without one, its first request), encoded as inference encodes them:
+    one output (``output``), or one per key of an object, each shaped as that answer's with
+    a variable batch dimension. None before either: nothing is known."""
     if model.outputs:
         return _declared(model.outputs)
     answer = model.sample_answer

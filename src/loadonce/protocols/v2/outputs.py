@@ -12,11 +12,10 @@ import numpy.typing as npt
 
 from loadonce.core.errors import InvalidInputError
 from loadonce.core.jsonable import to_jsonable
+from loadonce.core.signature import DEFAULT_OUTPUT
 from loadonce.core.utf8 import utf8
 from loadonce.protocols.v2.datatypes import BYTES, datatype_of, datatype_of_declared, fixed_dtype
 from loadonce.runtimes import TensorInfo
-
-DEFAULT_OUTPUT = "output"
 
 
 class OutputNotTextError(InvalidInputError):
@@ -96,6 +95,10 @@ def _field(output: Any, key: Any) -> Any:
 
 
 def _stack(name: str, values: list[Any], declared: TensorInfo | None) -> OutputTensor:
+    if declared is not None and _one_text_per_example(declared):
+        # As declared whatever the values: texts, or JSON documents (token classification's
+        # entities, of which a batch may hold none at all: they stacked as FP64 [n, 0]).
+        return _documents(name, values)
     try:
         array = np.asarray(values)
     except ValueError:
@@ -113,6 +116,16 @@ def _stack(name: str, values: list[Any], declared: TensorInfo | None) -> OutputT
                 return OutputTensor(name, BYTES, _as_bytes(array))
         elif _all_text(array):
             return OutputTensor(name, BYTES, _as_bytes(array))
+    return _documents(name, values)
+
+
+def _one_text_per_example(declared: TensorInfo) -> bool:
+    """Whether the model declares the output as one BYTES element per example."""
+    shape = declared.shape
+    return datatype_of_declared(declared.dtype) == BYTES and shape is not None and len(shape) == 1
+
+
+def _documents(name: str, values: list[Any]) -> OutputTensor:
     documents = np.empty(len(values), dtype=object)
     documents[:] = [_document(value) for value in values]
     return OutputTensor(name, BYTES, documents)

@@ -20,6 +20,7 @@ from loadonce.runtimes.transformers.directory import (
     weights_are_pickled,
 )
 from loadonce.runtimes.transformers.images import DEFAULT_MAX_PIXELS
+from loadonce.runtimes.transformers.outputs import task_outputs
 from loadonce.runtimes.transformers.parameters import DEFAULT_MAX_NEW_TOKENS, generation_rules
 from loadonce.runtimes.transformers.predictors import (
     AudioPredictor,
@@ -90,6 +91,15 @@ class TransformersRuntime(Runtime):
             needs_tokenizer=task.needs_tokenizer,
             needs_preprocessor=not task.reads_text,
         )
+        predictor = self._load_task(spec, directory, task, transformers)
+        # Every task's, declared in one place: the protocol's metadata from startup.
+        call_arguments = dict(spec.options.get("call", {}))
+        predictor.outputs = task_outputs(task, {*call_arguments, *predictor.request_parameters})
+        return predictor
+
+    def _load_task(
+        self, spec: ModelSpec, directory: Path, task: ServedTask, transformers: Any
+    ) -> Predictor:
         torch = import_optional("torch", extra="torch")
         device = str(spec.options.get("device", "cpu"))
         # The torch runtime's check: a device that is not there stops the load in one line.

@@ -315,12 +315,7 @@ class QuestionAnsweringPredictor(Predictor):
         TensorInfo(name="question", dtype="string", shape=(None,)),
         TensorInfo(name="context", dtype="string", shape=(None,)),
     )
-    outputs = (
-        TensorInfo(name="answer", dtype="string", shape=(None,)),
-        TensorInfo(name="score", dtype="float32", shape=(None,)),
-        TensorInfo(name="start", dtype="int64", shape=(None,)),
-        TensorInfo(name="end", dtype="int64", shape=(None,)),
-    )
+    # Its outputs (answer, score, start, end): transformers/outputs.py, as every task's.
 
     def __init__(self, model: Any, tokenizer: Any, torch: Any) -> None:
         if not getattr(tokenizer, "is_fast", False):
