@@ -11,6 +11,7 @@ from typing import Any
 import joblib
 import numpy as np
 import pytest
+from catboost import CatBoostRegressor
 from fastapi.testclient import TestClient
 from sklearn.cluster import KMeans
 from sklearn.ensemble import ExtraTreesRegressor, IsolationForest, RandomForestClassifier
@@ -20,6 +21,7 @@ from sklearn.multioutput import MultiOutputClassifier
 from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from xgboost import XGBRegressor
 
 import loadonce
 from tests.output_metadata import assert_answers_as_described
@@ -49,6 +51,15 @@ def _estimators() -> dict[str, tuple[Any, dict[str, Any]]]:
             MLPRegressor(hidden_layer_sizes=(3,), max_iter=20, random_state=0).fit(ROWS, TARGETS),
             {},
         ),
+        # Regressors of other libraries: CatBoost's has (empty) classes_ and tags that say
+        # one target; XGBoost's predicts float32, sent as the FP64 its metadata says.
+        "catboost_targets": (
+            CatBoostRegressor(
+                iterations=2, loss_function="MultiRMSE", verbose=0, allow_writing_files=False
+            ).fit(ROWS, TARGETS),
+            {},
+        ),
+        "xgboost_targets": (XGBRegressor(n_estimators=2).fit(ROWS, TARGETS), {}),
         "two_labels": (RandomForestClassifier(n_estimators=3, random_state=0).fit(ROWS, text), {}),
         "label_columns": (MultiOutputClassifier(LogisticRegression()).fit(ROWS, CLASSES), {}),
         "classifier": (LogisticRegression().fit(ROWS, CLASSES[:, 1]), {}),
@@ -68,6 +79,8 @@ DESCRIBED = {
     "one_column": [("output", "FP64", [-1, 1])],
     "two_targets": [("output", "FP64", [-1, 2])],
     "network": [("output", "FP64", [-1, 2])],
+    "catboost_targets": [("output", "FP64", [-1, 2])],
+    "xgboost_targets": [("output", "FP64", [-1, 2])],
     "two_labels": [("output", "BYTES", [-1, 2])],
     "label_columns": [("output", "INT64", [-1, 2])],
     "classifier": [

@@ -36,7 +36,9 @@ def declared_outputs(estimator: Any, method: str, named: list[str]) -> list[Tens
     then, for a classifier, its other named methods (``named``); empty when not known."""
     import numpy as np
 
-    classes = getattr(estimator, "classes_", None)
+    kind = _estimator_type(estimator)
+    # CatBoost's regressor has classes_ too (empty): a regressor is never described by them.
+    classes = None if kind == "regressor" else getattr(estimator, "classes_", None)
     if isinstance(classes, np.ndarray) and classes.ndim == 1:
         return _classifier_outputs(classes, method, named)
     if isinstance(classes, list):
@@ -45,7 +47,6 @@ def declared_outputs(estimator: Any, method: str, named: list[str]) -> list[Tens
         if method != "predict" or not classes:
             return []
         return [_output(_labels_dtype(classes), (None, len(classes)))]
-    kind = _estimator_type(estimator)
     if method == "predict" and kind == "regressor":
         shape = target_shape(estimator)
         return [] if shape is None else [_output("float64", (None, *shape))]
@@ -133,7 +134,7 @@ def target_shape(regressor: Any) -> tuple[int, ...] | None:
             found = target_shape(inner)
             # A 2-D target of one column stays a column through TransformedTargetRegressor.
             return (1,) if found == () and training_dim == 2 else found
-    targets = _xgboost_targets(final)
+    targets = _booster_targets(final)
     if targets is not None:
         return () if targets == 1 else (targets,)
     if _single_output_only(final):
@@ -151,19 +152,25 @@ def target_shape(regressor: Any) -> tuple[int, ...] | None:
     return None
 
 
-def _xgboost_targets(estimator: Any) -> int | None:
-    """How many targets an XGBoost scikit-learn regressor was fitted on (its booster's
-    configuration says; it predicts single numbers for one)."""
+def _booster_targets(estimator: Any) -> int | None:
+    """How many targets an XGBoost or CatBoost scikit-learn regressor was fitted on (what
+    their tags do not say: CatBoost's say one target even for MultiRMSE); it predicts single
+    numbers for one. XGBoost's booster configuration counts them; CatBoost keeps a bias per
+    target (a number for one, a list for several)."""
     import json
 
-    booster = getattr(estimator, "get_booster", None)
-    if not callable(booster):
-        return None
     try:
-        learner = json.loads(booster().save_config())["learner"]["learner_model_param"]
-        return int(learner["num_target"])
+        booster = getattr(estimator, "get_booster", None)
+        if callable(booster):
+            learner = json.loads(booster().save_config())["learner"]["learner_model_param"]
+            return int(learner["num_target"])
+        scale_and_bias = getattr(estimator, "get_scale_and_bias", None)
+        if callable(scale_and_bias):
+            bias = scale_and_bias()[1]
+            return len(bias) if isinstance(bias, list) else 1
     except Exception:  # not fitted, or a version that words its configuration otherwise
         return None
+    return None
 
 
 def _single_output_only(estimator: Any) -> bool:
