@@ -463,6 +463,10 @@ def test_rows_of_text_and_numbers_reach_the_encoder_however_it_is_nested(
         (["red", "many"], ["column 1", "number", "'many'"]),
         ([3, 2.0], ["column 0", "text"]),
         (["red", True], ["column 1", "number"]),
+        # float() reads these as 10 and 12: no JSON number is written so.
+        (["red", "1_0"], ["column 1", "number", "'1_0'"]),
+        (["red", "\u0661\u0662"], ["column 1", "number", "'\u0661\u0662'"]),
+        (["red", " 2"], ["column 1", "number", "' 2'"]),
         (["red"], ["2", "text, number"]),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -250,9 +251,26 @@ def _value_of_kind(value: Any, dtype: str | None, missing_as_nan: bool) -> Any:
     return float(value)
 
 
+# A number's text as JSON writes one (an optional sign, ASCII digits, a fraction, an
+# exponent), or the words of NaN and the infinities as JSON's common extension and Python
+# write them (NaN, Infinity, nan, inf). float() and int() take more: "1_0" (10), "١٢" (12,
+# in Arabic-Indic digits), spaces around the digits, none of which a client means as a number.
+_NUMBER_TEXT = re.compile(
+    r"[+-]?(?:(?P<integer>0|[1-9][0-9]*)(?P<more>\.[0-9]+)?(?P<exponent>[eE][+-]?[0-9]+)?"
+    r"|(?i:nan|inf|infinity))"
+)
+
+
 def _number_in_text(text: str, *, integer: bool) -> int | float:
+    """The number a text says, as the JSON number it writes would be read: an integer
+    exactly, anything else a float (its checks are then the number's own)."""
+    found = _NUMBER_TEXT.fullmatch(text)
     try:
-        return int(text) if integer else float(text)
-    except ValueError:
+        if found is None:
+            raise ValueError
+        if found["integer"] is not None and found["more"] is None and found["exponent"] is None:
+            return int(text)
+        return float(text)
+    except ValueError:  # not a number's text, or more digits than int() reads
         words = "an integer" if integer else "a number"
         raise ValueError(f"expected {words}, got the text {text[:40]!r}") from None
