@@ -491,6 +491,50 @@ def test_a_row_of_text_and_numbers_the_model_cannot_take_is_a_400_naming_the_col
                 assert words[2] in refused.json()["error"]
 
 
+def test_missing_values_reach_a_booster_behind_a_passthrough_remainder(tmp_path: Path) -> None:
+    """scikit-learn keeps remainder="passthrough" as an identity FunctionTransformer, whose
+    tags say it takes no NaN: null and "nan" in the number column of a histogram booster's
+    rows were a 400 "does not accept a missing value", though the model predicts from NaN
+    (and infinity). They now reach it, on both protocols."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OrdinalEncoder
+
+    def encoded() -> ColumnTransformer:
+        return ColumnTransformer([("c", OrdinalEncoder(), [0])], remainder="passthrough")
+
+    rows = np.array([["a", 1.0], ["b", 2.0], ["a", np.nan], ["b", 4.0]] * 5, dtype=object)
+    labels = [0, 1, 1, 0] * 5
+    booster = HistGradientBoostingClassifier(max_iter=5, min_samples_leaf=1)
+    model = make_pipeline(encoded(), booster).fit(rows, labels)
+    joblib.dump(model, tmp_path / "boosted.joblib")
+    # The same columns into a model that takes no missing value: still refused.
+    finite = np.array([["a", 1.0], ["b", 2.0], ["a", 3.0], ["b", 4.0]] * 5, dtype=object)
+    linear = make_pipeline(encoded(), LogisticRegression()).fit(finite, labels)
+    joblib.dump(linear, tmp_path / "linear.joblib")
+    specs = [
+        loadonce.ModelSpec(name=name, artifact=tmp_path / f"{name}.joblib", trust=True)
+        for name in ("boosted", "linear")
+    ]
+    sent = [["a", None], ["b", "nan"], ["a", math.inf], ["b", 2.0]]
+    values = [["a", np.nan], ["b", np.nan], ["a", np.inf], ["b", 2.0]]
+    expected = model.predict(np.array(values, dtype=object)).tolist()
+    with TestClient(loadonce.create_app(specs)) as client:
+        answer = client.post("/models/boosted/predict", content=json.dumps({"inputs": sent}))
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"] == expected
+        text = [["a", "NaN"], ["b", "nan"], ["a", "Infinity"], ["b", "2.0"]]
+        tensor = {"name": "input", "datatype": "BYTES", "shape": [4, 2], "data": text}
+        infer = client.post("/v2/models/boosted/infer", json={"inputs": [tensor]})
+        assert infer.status_code == 200, infer.text
+        assert infer.json()["outputs"][0]["data"] == expected
+        refused = client.post("/models/linear/predict", json={"inputs": [["a", None]]})
+        assert refused.status_code == 400
+        assert "column 1" in refused.json()["error"]
+
+
 def test_tritonclient_sends_rows_of_text_and_numbers_as_bytes(
     text_and_numbers: dict[str, tuple[Path, Any]],
 ) -> None:

@@ -22,7 +22,12 @@ from loadonce.runtimes._base import (
 )
 from loadonce.runtimes._columns import Columns, features_in, first_step, named_columns
 from loadonce.runtimes._tensors import stack_named_inputs
-from loadonce.runtimes.sklearn_encoders import ColumnKind, check_known, column_kinds
+from loadonce.runtimes.sklearn_encoders import (
+    ColumnKind,
+    check_known,
+    column_kinds,
+    is_passthrough,
+)
 from loadonce.runtimes.sklearn_forests import forest_in, runs_one_job, tree_by_tree_methods
 from loadonce.runtimes.sklearn_outputs import NAMED_OUTPUTS, declared_outputs
 
@@ -288,7 +293,7 @@ def _steps_of(estimator: Any) -> list[Any]:
 
 def _handles_missing(steps: list[Any]) -> bool:
     for index, step in enumerate(steps):
-        if step is None or step == "passthrough":
+        if is_passthrough(step):
             continue
         if type(step).__module__.startswith("sklearn.impute"):
             return True  # SimpleImputer, KNNImputer, IterativeImputer, MissingIndicator

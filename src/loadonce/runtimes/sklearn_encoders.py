@@ -153,16 +153,32 @@ def _record(found: dict[int, ColumnKind], position: int, kind: ColumnKind) -> No
         found[position] = ColumnKind(dtype=earlier.dtype, known=known)
 
 
+def is_passthrough(step: Any) -> bool:
+    """Whether a step hands its input on unchanged: "passthrough" (or None) as written, and
+    as recent scikit-learn keeps a ColumnTransformer's ``remainder="passthrough"`` once
+    fitted, an identity FunctionTransformer (no ``func``), whose tags (``allow_nan`` False)
+    say nothing of what it passes on."""
+    if step is None or (isinstance(step, str) and step == "passthrough"):
+        return True
+    return _is_function_transformer(step) and getattr(step, "func", None) is None
+
+
+def _is_function_transformer(step: Any) -> bool:
+    return type(step).__name__ == "FunctionTransformer" and type(step).__module__.startswith(
+        "sklearn."
+    )
+
+
 def _keeps_columns(step: Any) -> bool:
     """Whether a pipeline step's output has the input's columns, in order, for the next step
     to read: an imputer without indicator columns, a FunctionTransformer (most often a
     cleaning of values in place), "passthrough"."""
-    if step is None or step == "passthrough":
+    if is_passthrough(step):
         return True
     module = type(step).__module__
     if module.startswith("sklearn.impute"):
         return hasattr(step, "add_indicator") and not step.add_indicator
-    return type(step).__name__ == "FunctionTransformer" and module.startswith("sklearn.")
+    return _is_function_transformer(step)
 
 
 def _one_list_per_column(categories: list[Any], width: int) -> bool:
