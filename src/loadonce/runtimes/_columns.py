@@ -11,8 +11,9 @@ categories make a string column) or a text vectorizer (a string column), however
 (sklearn_encoders.py); else float64, what scikit-learn's numeric transformers and
 estimators turn their input into anyway; such an assumed column takes booleans too (as one
 fitted as bool: nothing in the fitted model tells them apart), a DataFrame column of bool
-where a request's values all are. A column that fits none of these (text the model
-drops, text a custom transformer reads) must be declared.
+where a request's values all are, their numbers where some are null (missing). A column
+that fits none of these (text the model drops, text a custom transformer reads) must be
+declared.
 """
 
 from __future__ import annotations
@@ -54,19 +55,26 @@ class Columns:
     # booleans too, since a column fitted as bool looks the same in the fitted model.
     assumed: frozenset[str] = frozenset()
 
-    def request_inputs(self, examples: list[Any]) -> list[TensorInfo]:
-        """The columns as this request's values type them: an assumed column whose values
-        are all booleans is bool, as it was at fit (scikit-learn reads True as 1.0 either
-        way); text there is refused with how to declare the column."""
+    def request_inputs(self, examples: list[Any]) -> tuple[list[TensorInfo], list[Any]]:
+        """The columns as this request's values type them, and the examples as the model
+        takes them. An assumed column whose values are all booleans is bool, as it was at
+        fit (scikit-learn reads True as 1.0 either way); one of booleans and nulls (missing
+        values) stays float64, each boolean its number: NumPy has no missing boolean, and
+        the model reads these numbers (null as NaN where it takes missing values, refused
+        where it does not, as among numbers). Text there is refused with how to declare the
+        column."""
         import numpy as np
 
         typed = []
+        as_numbers = []
         for tensor in self.inputs:
             if tensor.name in self.assumed:
                 values = [e.get(tensor.name) for e in examples if isinstance(e, Mapping)]
                 if values and all(isinstance(v, bool | np.bool_) for v in values):
                     tensor = dataclasses.replace(tensor, dtype="bool")
-                elif text := next((v for v in values if isinstance(v, str)), None):
+                elif values and all(v is None or isinstance(v, bool | np.bool_) for v in values):
+                    as_numbers.append(tensor.name)
+                elif (text := next((v for v in values if isinstance(v, str)), None)) is not None:
                     raise InvalidInputError(
                         f"column '{tensor.name}' takes numbers (float64) or booleans; got the "
                         f"text {text[:40]!r}. scikit-learn records no column types and no "
@@ -75,7 +83,9 @@ class Columns:
                         f'options: columns = {{ {tensor.name} = "string" }}'
                     )
             typed.append(tensor)
-        return typed
+        if as_numbers:
+            examples = [_booleans_as_numbers(e, as_numbers) for e in examples]
+        return typed, examples
 
     def check_known(self, batch: Mapping[str, npt.NDArray[Any]]) -> None:
         """An unseen category is the client's mistake (400), not the model's failure (500)."""
@@ -90,6 +100,19 @@ class Columns:
             # As at fit: a category column, its codes the fitted ones (LightGBM reads codes).
             columns[name] = self.pandas.Categorical(columns[name], categories=categories)
         return self.pandas.DataFrame(columns, columns=names)
+
+
+def _booleans_as_numbers(example: Any, names: list[str]) -> Any:
+    """A request's example (left as it is: the request's own) with the booleans of the
+    columns ``names`` as 1.0 and 0.0."""
+    if not isinstance(example, Mapping):
+        return example  # refused as not an object when stacked
+    changed = dict(example)
+    for name in names:
+        value = changed.get(name)
+        if value is not None:
+            changed[name] = float(value)
+    return changed
 
 
 def features_in(estimator: Any) -> int | None:

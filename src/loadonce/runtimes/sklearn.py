@@ -152,7 +152,7 @@ class EstimatorPredictor(Predictor):
             # One column: the Open Inference Protocol's rows are its values, not objects.
             name = self.inputs[0].name
             examples = [e if isinstance(e, Mapping) else {name: e} for e in examples]
-        typed = columns.request_inputs(examples)
+        typed, examples = columns.request_inputs(examples)
         batch = stack_named_inputs(examples, typed, missing_as_nan=self.missing_as_nan)
         if not self._allows_nan:
             for tensor in self.inputs:
