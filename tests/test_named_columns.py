@@ -590,6 +590,48 @@ def test_a_column_fitted_as_bool_takes_booleans(tmp_path: Path) -> None:
                 assert "'member'" in answer.json()["error"]
 
 
+def test_a_column_of_numbers_fitted_as_objects_takes_numbers(tmp_path: Path) -> None:
+    """A DataFrame column of object dtype holding numbers (zip codes) gives its encoder an
+    object array of ints: the column was declared text, and its numbers refused ("expected
+    strings", "is INT64, but the model takes BYTES"). It now takes integers, on both
+    protocols, which reach the encoder as the Python ints it learnt (NumPy's fail its
+    comparison: the model's 500)."""
+    people = pd.DataFrame(
+        {
+            "zip": pd.Series([1010, 2020, 3030, 1010, 2020, 3030], dtype=object),
+            "city": ["Oslo", "Rome", "Oslo", "Rome", "Lima", "Lima"],
+            "income": [30.0, 52.0, 12.0, 41.0, 70.0, 12.0],
+        }
+    )
+    encoded = ColumnTransformer(
+        [("codes", OneHotEncoder(), ["zip", "city"])], remainder="passthrough"
+    )
+    model = Pipeline([("columns", encoded), ("model", LogisticRegression())])
+    model.fit(people, ["no", "yes", "yes", "no", "yes", "no"])
+    joblib.dump(model, tmp_path / "zips.joblib")
+    spec = loadonce.ModelSpec(name="zips", artifact=tmp_path / "zips.joblib", trust=True)
+    rows = [
+        {"zip": 3030, "city": "Oslo", "income": 20.0},
+        {"zip": 1010, "city": "Lima", "income": 60.0},
+    ]
+    expected = model.predict(pd.DataFrame(rows).astype({"zip": object})).tolist()
+    with TestClient(loadonce.create_app([spec])) as client:
+        [zip_code, *_] = client.get("/v2/models/zips").json()["inputs"]
+        assert zip_code == {"name": "zip", "datatype": "INT64", "shape": [-1]}
+        assert _predict(client, {"inputs": rows}, model="zips") == expected
+        tensors = [
+            {"name": "zip", "datatype": "INT64", "shape": [2], "data": [3030, 1010]},
+            {"name": "city", "datatype": "BYTES", "shape": [2], "data": ["Oslo", "Lima"]},
+            {"name": "income", "datatype": "FP64", "shape": [2], "data": [20.0, 60.0]},
+        ]
+        infer = client.post("/v2/models/zips/infer", json={"inputs": tensors})
+        assert infer.status_code == 200, infer.text
+        assert infer.json()["outputs"][0]["data"] == expected
+        unseen = client.post("/models/zips/predict", json={"inputs": [{**rows[0], "zip": 9}]})
+        assert unseen.status_code == 400
+        assert "column 'zip': unknown value '9'" in unseen.json()["error"]
+
+
 def test_missing_values_reach_a_booster_through_a_passthrough_remainder(tmp_path: Path) -> None:
     """scikit-learn keeps remainder="passthrough" as an identity FunctionTransformer, whose
     tags say it takes no NaN: null in a column it passes to a histogram booster was a 400

@@ -491,6 +491,47 @@ def test_a_row_of_text_and_numbers_the_model_cannot_take_is_a_400_naming_the_col
                 assert words[2] in refused.json()["error"]
 
 
+@pytest.mark.parametrize("handle_unknown", ["error", "ignore"])
+def test_an_integer_column_of_an_object_array_takes_its_numbers(
+    tmp_path: Path, handle_unknown: str
+) -> None:
+    """An encoder fitted on an object array whose first column holds Python ints (a zip code
+    beside a colour) learnt an object array of ints. It was taken for text: the model's own
+    numbers were a 400 "expected strings", and their text an unknown category (a 400 "unknown
+    value '1'; the model knows 1, 2, 3", or with handle_unknown="ignore" a silently other
+    answer). The column now takes numbers (and their text, as /v2 BYTES carries them), which
+    reach the encoder as the Python ints it learnt."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    rows = np.array([[1, "a"], [2, "b"], [3, "a"], [1, "b"], [2, "a"], [3, "b"]], dtype=object)
+    model = make_pipeline(OneHotEncoder(handle_unknown=handle_unknown), LogisticRegression())
+    model.fit(rows, [0, 1, 1, 1, 0, 0])
+    joblib.dump(model, tmp_path / "zips.joblib")
+    spec = loadonce.ModelSpec(name="zips", artifact=tmp_path / "zips.joblib", trust=True)
+    sent = [[1, "a"], [3, "b"], [2, "b"]]
+    expected = model.predict(np.array(sent, dtype=object)).tolist()
+    with TestClient(loadonce.create_app([spec])) as client:
+        answer = client.post("/models/zips/predict", json={"inputs": sent})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"] == expected
+        as_text = [[str(zip_code), letter] for zip_code, letter in sent]
+        answer = client.post("/models/zips/predict", json={"inputs": as_text})
+        assert answer.json()["outputs"] == expected
+        tensor = {"name": "input", "datatype": "BYTES", "shape": [3, 2], "data": as_text}
+        infer = client.post("/v2/models/zips/infer", json={"inputs": [tensor]})
+        assert infer.status_code == 200, infer.text
+        assert infer.json()["outputs"][0]["data"] == expected
+        unseen = client.post("/models/zips/predict", json={"inputs": [[9, "a"]]})
+        if handle_unknown == "error":
+            assert unseen.status_code == 400
+            assert "column 0: unknown value '9'" in unseen.json()["error"]
+        else:
+            unknown = model.predict(np.array([[9, "a"]], dtype=object)).tolist()
+            assert unseen.json()["outputs"] == unknown
+
+
 def test_missing_values_reach_a_booster_behind_a_passthrough_remainder(tmp_path: Path) -> None:
     """scikit-learn keeps remainder="passthrough" as an identity FunctionTransformer, whose
     tags say it takes no NaN: null and "nan" in the number column of a histogram booster's

@@ -54,6 +54,9 @@ class Columns:
     # Columns whose dtype nothing declared or recorded (float64, assumed): they take
     # booleans too, since a column fitted as bool looks the same in the fitted model.
     assumed: frozenset[str] = frozenset()
+    # Columns an encoder fitted on Python objects reads (a DataFrame column of object
+    # dtype): they reach it as objects, as at fit; NumPy's numbers were its 500.
+    objects: frozenset[str] = frozenset()
 
     def request_inputs(self, examples: list[Any]) -> tuple[list[TensorInfo], list[Any]]:
         """The columns as this request's values type them, and the examples as the model
@@ -99,6 +102,8 @@ class Columns:
         for name, categories in self.categorical.items():
             # As at fit: a category column, its codes the fitted ones (LightGBM reads codes).
             columns[name] = self.pandas.Categorical(columns[name], categories=categories)
+        for name in self.objects:
+            columns[name] = columns[name].astype(object, copy=False)  # Python numbers
         return self.pandas.DataFrame(columns, columns=names)
 
 
@@ -149,13 +154,13 @@ def _columns_of(estimator: Any, names: list[str], declared: Mapping[str, Any]) -
     without it, the one line names the extra to install."""
     pandas = import_optional("pandas", extra="pandas")
     _check_declared(declared, names)
-    derived, known = _from_encoders(estimator, names)
+    derived, known, objects = _from_encoders(estimator, names)
     categorical, kinds = _booster_categories(estimator, names)
     for name, categories in categorical.items():
         if categories is None:  # XGBoost keeps them (and refuses an unseen one)
             derived[name] = kinds.get(name, "string")
         else:
-            derived[name] = dtype_of_categories(_as_array(categories))
+            derived[name] = dtype_of_categories(_as_array(categories)) or "string"
             known[name] = frozenset(categories)
     assumed = frozenset(name for name in names if name not in declared and name not in derived)
     inputs = [
@@ -175,6 +180,7 @@ def _columns_of(estimator: Any, names: list[str], declared: Mapping[str, Any]) -
         pandas=pandas,
         categorical=categorical,
         assumed=assumed,
+        objects=objects,
     )
 
 
@@ -256,17 +262,20 @@ def _check_declared(declared: Mapping[str, Any], names: list[str]) -> None:
 
 def _from_encoders(
     estimator: Any, names: list[str]
-) -> tuple[dict[str, str], dict[str, frozenset[Any]]]:
+) -> tuple[dict[str, str], dict[str, frozenset[Any]], frozenset[str]]:
     """Dtypes and known values of the columns the model sends to an encoder or a text
-    vectorizer, however it nests them (sklearn_encoders.py)."""
+    vectorizer, however it nests them (sklearn_encoders.py), and those it takes as objects."""
     dtypes: dict[str, str] = {}
     known: dict[str, frozenset[Any]] = {}
+    objects: set[str] = set()
     for position, kind in column_kinds(estimator, len(names)).items():
         if kind.dtype is not None:
             dtypes[names[position]] = kind.dtype
         if kind.known is not None:
             known[names[position]] = kind.known
-    return dtypes, known
+        if kind.objects:
+            objects.add(names[position])
+    return dtypes, known, frozenset(objects)
 
 
 def first_step(estimator: Any) -> Any:

@@ -237,7 +237,10 @@ def _signature_of(estimator: Any, kinds: Mapping[int, ColumnKind]) -> InputSigna
     )
     if all(dtype == "string" for dtype in dtypes):
         return InputSignature(shape=(n_features,), dtype="string")
-    if any(dtype in ("string", None) for dtype in dtypes):
+    # An encoder fitted on an object array of numbers takes them as Python numbers only
+    # (NumPy's are its 500): such a row is one of several kinds too.
+    objects = any(kind.objects for kind in kinds.values())
+    if objects or any(dtype in ("string", None) for dtype in dtypes):
         return InputSignature(shape=(n_features,), dtype="object", columns=dtypes)
     return InputSignature(shape=(n_features,), dtype="float64")
 

@@ -40,10 +40,15 @@ class ColumnKind:
     ``dtype``: its values' dtype (``"string"``, ``"int64"``, ``"float64"``, ``"bool"``), or None
     for a column an imputer fitted on objects keeps but no encoder reads (any value).
     ``known``: the only values the model takes there (an encoder with
-    ``handle_unknown="error"``); None where any value is taken."""
+    ``handle_unknown="error"``); None where any value is taken.
+    ``objects``: the encoder learnt its categories from Python objects (an object array): it
+    compares a value with them as objects, and NumPy's numbers fail there (scikit-learn's
+    ``isnan`` of object categories: the model's 500), so the column's values reach it as
+    Python objects, as at fit."""
 
     dtype: str | None
     known: frozenset[Any] | None = None
+    objects: bool = False
 
 
 def column_kinds(estimator: Any, width: int) -> dict[int, ColumnKind]:
@@ -81,15 +86,47 @@ def fitted_column_names(estimator: Any) -> list[str] | None:
     return [str(name) for name in names.tolist()]
 
 
-def dtype_of_categories(categories: npt.NDArray[Any]) -> str:
+def dtype_of_categories(categories: npt.NDArray[Any]) -> str | None:
+    """The dtype of the values an encoder learnt: ``"string"``, ``"int64"``, ``"float64"``,
+    ``"bool"``; None for an object array whose values are of several kinds (any value is
+    taken as it is)."""
     kind = categories.dtype.kind
-    if kind in "OSU":
+    if kind in "SU":
         return "string"
+    if kind == "O":
+        return _dtype_of_objects(categories.tolist())
     if kind in "iu":
         return "int64"
     if kind == "b":
         return "bool"
     return "float64"
+
+
+def _dtype_of_objects(values: list[Any]) -> str | None:
+    """An object array's dtype says nothing of its values: an integer column of an array of
+    text and numbers (a zip code beside a colour) holds Python ints, and was taken for text
+    (its numbers refused, its text an unknown category). Its missing values (None, NaN), a
+    category of their own, say nothing of the others."""
+    import numpy as np
+
+    present = [
+        value
+        for value in values
+        if value is not None and not (isinstance(value, float | np.floating) and value != value)
+    ]
+    if not present:
+        return None
+    if all(isinstance(value, str) for value in present):
+        return "string"
+    if all(isinstance(value, bool | np.bool_) for value in present):
+        return "bool"
+    if any(isinstance(value, bool | np.bool_) for value in present):
+        return None  # booleans among numbers or text
+    if all(isinstance(value, int | np.integer) for value in present):
+        return "int64"
+    if all(isinstance(value, int | float | np.integer | np.floating) for value in present):
+        return "float64"
+    return None  # of several kinds
 
 
 def _follow(step: Any, positions: list[int], found: dict[int, ColumnKind]) -> None:
@@ -130,7 +167,10 @@ def _follow(step: Any, positions: list[int], found: dict[int, ColumnKind]) -> No
         refuses_unknown = getattr(step, "handle_unknown", None) == "error"
         for position, values in zip(positions, categories, strict=True):
             known = frozenset(values.tolist()) if refuses_unknown else None
-            _record(found, position, ColumnKind(dtype=dtype_of_categories(values), known=known))
+            kind = ColumnKind(
+                dtype=dtype_of_categories(values), known=known, objects=values.dtype.kind == "O"
+            )
+            _record(found, position, kind)
         return
     if _is_text_vectorizer(step) and len(positions) == 1:
         _record(found, positions[0], ColumnKind(dtype="string"))
@@ -148,9 +188,11 @@ def _record(found: dict[int, ColumnKind], position: int, kind: ColumnKind) -> No
     if earlier is None or earlier.dtype is None:
         found[position] = kind
         return
+    known = earlier.known
     if kind.known is not None:
         known = kind.known if earlier.known is None else earlier.known & kind.known
-        found[position] = ColumnKind(dtype=earlier.dtype, known=known)
+    objects = earlier.objects or kind.objects
+    found[position] = ColumnKind(dtype=earlier.dtype, known=known, objects=objects)
 
 
 def is_passthrough(step: Any) -> bool:
