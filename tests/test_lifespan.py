@@ -12,6 +12,7 @@ import pytest
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 from starlette.requests import Request
+from starlette.routing import Mount
 
 import loadonce
 
@@ -318,3 +319,108 @@ def test_an_app_mounted_inside_serves_from_the_enclosing_apps_models() -> None:
     typo.mount("/sub", mounted(loadonce.ModelDependency("doubel")))
     with pytest.raises(loadonce.LoadonceError, match=r"did you mean .double."), TestClient(typo):
         pass
+
+
+def _keys() -> loadonce.AccessKeys:
+    return loadonce.AccessKeys(inference=("i" * 24,), admin=("a" * 24,))
+
+
+def _with_its_own_lifespan(loader: CountingLoader) -> FastAPI:
+    """An app that declares a model and API keys of its own, as a sub-app would."""
+    sub = FastAPI(
+        lifespan=loadonce.lifespan([loadonce.ModelSpec(name="own", loader=loader)], access=_keys())
+    )
+    sub.include_router(loadonce.admin_router())
+    loadonce.install_middleware(sub)
+    return sub
+
+
+def _mounted_at_sub(sub: Any) -> FastAPI:
+    app = FastAPI(lifespan=loadonce.lifespan([loadonce.ModelSpec(name="m", loader=lambda: sum)]))
+    app.mount("/sub", sub)
+    loadonce.install_middleware(app)
+    return app
+
+
+def _mounted_in_a_mount_of_routes(sub: Any) -> FastAPI:
+    app = FastAPI(lifespan=loadonce.lifespan([loadonce.ModelSpec(name="m", loader=lambda: sum)]))
+    app.router.routes.append(Mount("/api", routes=[Mount("/sub", app=sub)]))
+    return app
+
+
+def _mounted_on_a_host(sub: Any) -> FastAPI:
+    app = FastAPI(lifespan=loadonce.lifespan([loadonce.ModelSpec(name="m", loader=lambda: sum)]))
+    app.host("ml.example.com", sub)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("outer", "where"),
+    [
+        (_mounted_at_sub, "/sub"),
+        (_mounted_in_a_mount_of_routes, "/api/sub"),
+        (_mounted_on_a_host, "host ml.example.com"),
+    ],
+)
+def test_a_mounted_app_with_a_loadonce_lifespan_of_its_own_stops_startup(
+    outer: Any, where: str
+) -> None:
+    """Starlette never runs a mounted app's lifespan: its models were not served (404) and
+    its API keys not applied (its admin route reloaded the outer app's models for anyone),
+    without a word. Startup now stops before any model loads, saying what to do."""
+    loader = CountingLoader()
+    expected = (
+        rf"the app mounted at {where} has a loadonce.lifespan of its own \(models 'own'; "
+        r"access\), which never runs: .* Declare those models and settings in the outer app's "
+        r"loadonce.lifespan"
+    )
+    with (
+        pytest.raises(loadonce.LoadonceError, match=expected),
+        TestClient(outer(_with_its_own_lifespan(loader))),
+    ):
+        pass
+    assert loader.calls == 0
+
+
+def test_create_app_mounted_in_a_loadonce_app_stops_startup_naming_its_settings() -> None:
+    inner = loadonce.create_app(
+        [loadonce.ModelSpec(name="m", loader=lambda: sum)],
+        access=_keys(),
+        limits=loadonce.Limits(max_body_bytes=100),
+    )
+    expected = r"the app mounted at /sub has .*\(models 'm'; access; limits\).*prefix=\"/sub\""
+    with pytest.raises(loadonce.LoadonceError, match=expected), TestClient(_mounted_at_sub(inner)):
+        pass
+
+
+def test_create_app_mounted_in_a_plain_app_says_its_lifespan_never_runs_and_how_to_run_it() -> None:
+    """Nothing of loadonce runs at a plain app's startup: each request to the mounted
+    create_app was a 500 saying to pass the lifespan the user had passed."""
+
+    def inner() -> FastAPI:
+        return loadonce.create_app(
+            [loadonce.ModelSpec(name="m", loader=lambda: lambda b: [2 * x for x in b])],
+            access=_keys(),
+        )
+
+    mounted = inner()
+    plain = FastAPI()
+    plain.mount("/ml", mounted)
+    with TestClient(plain, raise_server_exceptions=False) as client:
+        answer = client.post("/ml/models/m/predict", json={"inputs": [1]})
+    assert answer.status_code == 500
+    said = answer.json()["error"]
+    assert "this app is mounted inside another" in said
+    assert "lifespan=mounted_app.router.lifespan_context" in said
+    # Doing what it says serves the mounted app, its API keys applied.
+    mounted = inner()
+    outer = FastAPI(lifespan=mounted.router.lifespan_context)
+    outer.mount("/ml", mounted)
+    loadonce.install_middleware(outer)
+    with TestClient(outer) as client:
+        assert client.post("/ml/models/m/predict", json={"inputs": [1]}).status_code == 401
+        keyed = client.post(
+            "/ml/models/m/predict", json={"inputs": [1]}, headers={"X-API-Key": "i" * 24}
+        )
+        assert keyed.json()["outputs"] == [2]
+        assert client.post("/ml/admin/models/m/reload", json={}).status_code == 401

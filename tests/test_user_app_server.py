@@ -164,6 +164,10 @@ def broken_factory() -> FastAPI:
 
 
 starlette_app = Starlette()
+
+# A sub-app's own lifespan never runs: its models and settings were dropped without a word.
+mounts_its_own = FastAPI(lifespan=loadonce.lifespan(models))
+mounts_its_own.mount("/sub", FastAPI(lifespan=loadonce.lifespan(models)))
 """
 
 
@@ -176,6 +180,7 @@ starlette_app = Starlette()
         (["mixups:the_app", "--factory"], 2, "is an app, not a factory"),
         (["mixups:starlette_app"], 2, "is a Starlette, not a FastAPI app"),
         (["no_such_module:app"], 2, "no module named 'no_such_module'"),
+        (["mixups:mounts_its_own"], 2, "mounted at /sub has a loadonce.lifespan of its own"),
     ],
 )
 def test_an_app_or_factory_mixup_is_said_in_one_line(

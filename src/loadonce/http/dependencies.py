@@ -8,11 +8,11 @@ from typing import Any
 
 from fastapi.dependencies.models import Dependant
 from starlette.requests import HTTPConnection
-from starlette.routing import Mount
 
 from loadonce.core.model import Model
 from loadonce.core.registry import Registry
 from loadonce.http.endpoints import walk_routes
+from loadonce.http.mounted_apps import mounted_apps
 from loadonce.http.state import LoadonceState
 
 
@@ -74,19 +74,9 @@ def undeclared_model_dependencies(app: object, registry: Registry) -> list[str]:
     return problems
 
 
-def mounted_apps(app: object) -> Iterator[object]:
-    """The apps mounted inside ``app`` (``app.mount``), at any depth. Starlette runs no
-    lifespan of theirs: they serve from the state of the app they are mounted in."""
-    for route in getattr(app, "routes", []):
-        inner = getattr(route, "app", None)
-        if isinstance(route, Mount) and hasattr(inner, "routes") and hasattr(inner, "state"):
-            yield inner
-            yield from mounted_apps(inner)
-
-
 def routes_with_mounted(app: object) -> Iterator[Any]:
     """Every route of ``app`` and of the apps mounted inside it."""
-    for owner in (app, *mounted_apps(app)):
+    for owner in (app, *(mounted.app for mounted in mounted_apps(app))):
         yield from walk_routes(list(getattr(owner, "routes", [])))
 
 

@@ -24,8 +24,9 @@ from loadonce.core.registry import Registry
 from loadonce.core.spec import ModelSpec
 from loadonce.http.access_keys import AccessKeys
 from loadonce.http.allowed_hosts import check_allowed_hosts
-from loadonce.http.dependencies import mounted_apps, undeclared_model_dependencies
+from loadonce.http.dependencies import undeclared_model_dependencies
 from loadonce.http.middleware import middleware_installed
+from loadonce.http.mounted_apps import mounted_apps
 from loadonce.http.state import LoadonceState
 from loadonce.http.visible_logs import make_visible
 from loadonce.tracing import TracingOptions, check_tracing, start_tracing
@@ -78,6 +79,27 @@ class LoadonceLifespan:
             return [model.spec for model in models.models]
         return list(models)
 
+    def declared(self) -> list[str]:
+        """What this lifespan was given that an app's startup acts on: its models, then the
+        names of its other settings given."""
+        settings = self.settings
+        names = ", ".join(repr(spec.name) for spec in self.specs)
+        return [
+            *([f"models {names}"] if names else []),
+            *(
+                name
+                for name, given in (
+                    ("wrap", settings.wrap is not None),
+                    ("on_loaded", settings.on_loaded is not None),
+                    ("access", settings.access is not None and settings.access.enabled),
+                    ("limits", settings.limits is not None),
+                    ("allowed_hosts", bool(settings.allowed_hosts)),
+                    ("tracing", settings.tracing is not None),
+                )
+                if given
+            ),
+        ]
+
     def serve_with(self, **changes: Any) -> None:
         """Replace some of the settings before the app starts (``loadonce serve`` gives each
         worker its registry, control, gates and the server's options this way)."""
@@ -124,13 +146,16 @@ class LoadonceLifespan:
         settings = self.settings
         make_visible()
         state = self.state(app)
+        registry = state.registry
+        ignored = mounted_lifespans_ignored(app, running=self)
+        if ignored is not None:
+            raise registry.refuse_to_serve(ignored)
         state.put_on(app)
         for mounted in mounted_apps(app):
             # A mounted app's own lifespan never runs: its routes (a ModelDependency) serve
             # from this app's state, unless it holds one of its own.
-            if LoadonceState.on(mounted) is None:
-                state.put_on(mounted)
-        registry = state.registry
+            if LoadonceState.on(mounted.app) is None:
+                state.put_on(mounted.app)
         undeclared = undeclared_model_dependencies(app, registry)
         if undeclared:
             raise registry.refuse_to_serve("; ".join(undeclared))
@@ -166,6 +191,32 @@ class LoadonceLifespan:
             finally:
                 if state.tracing is not None and not isinstance(settings.models, LoadonceState):
                     state.tracing.shutdown()
+
+
+def mounted_lifespans_ignored(app: object, running: LoadonceLifespan | None = None) -> str | None:
+    """Why ``app`` cannot serve as declared when an app mounted inside it has a loadonce
+    lifespan of its own (not ``running``, the one starting ``app``), or None. Starlette never
+    runs a mounted app's lifespan: its models were not served and its API keys, limits and
+    allowed hosts not applied (its admin route open), without a word."""
+    problems: list[str] = []
+    prefix = "/sub"
+    for mounted in mounted_apps(app):
+        found = lifespan_of(mounted.app)
+        declared = [] if found is None or found is running else found.declared()
+        if declared:
+            prefix = mounted.where if not problems and mounted.where.startswith("/") else prefix
+            problems.append(
+                f"the app mounted at {mounted.where} has a loadonce.lifespan of its own "
+                f"({'; '.join(declared)}), which never runs"
+            )
+    if not problems:
+        return None
+    return (
+        f"{'; '.join(problems)}: Starlette runs the lifespan of the outer app only. Declare "
+        "those models and settings in the outer app's loadonce.lifespan(...), and include "
+        "loadonce's routers in it (app.include_router(loadonce.models_router(), "
+        f'prefix="{prefix}")) instead of mounting an app that has a lifespan of its own'
+    )
 
 
 def _settings_without_their_middleware(app: Any, settings: LifespanSettings) -> list[str]:

@@ -82,10 +82,7 @@ class LoadonceState:
         """The state of the request's app; an error that says what to do if there is none."""
         state = LoadonceState.in_scope(connection.scope)
         if state is None:
-            raise LoadonceError(
-                "no loadonce state on app.state: pass lifespan=loadonce.lifespan(...) to "
-                "FastAPI, and in tests use TestClient as a context manager so the lifespan runs"
-            )
+            raise LoadonceError(_why_no_state(connection.scope))
         return state
 
     @staticmethod
@@ -111,3 +108,24 @@ class LoadonceState:
 
     def put_on(self, app: object) -> None:
         setattr(app.state, STATE_KEY, self)  # type: ignore[attr-defined]
+
+
+def _why_no_state(scope: Scope) -> str:
+    """What to do when the app serving ``scope`` has no state. Starlette's outermost router
+    names itself in the scope (``scope["router"]``), and a mounted app's keeps it: an app
+    mounted in another never runs its own lifespan, however it was given one (``create_app``
+    gives it one), and telling its user to pass one said to do what they had done."""
+    app = scope.get("app")
+    outermost = scope.get("router")
+    if outermost is not None and outermost is not getattr(app, "router", outermost):
+        return (
+            "no loadonce state: this app is mounted inside another (app.mount), and Starlette "
+            "runs the lifespan of the outer app only, never a mounted app's: give the outer app "
+            "the lifespan, FastAPI(lifespan=loadonce.lifespan(...)) or the mounted app's own "
+            "(lifespan=mounted_app.router.lifespan_context), and loadonce.install_middleware("
+            "app) on it; in tests, use TestClient as a context manager so the lifespan runs"
+        )
+    return (
+        "no loadonce state on app.state: pass lifespan=loadonce.lifespan(...) to FastAPI, and "
+        "in tests use TestClient as a context manager so the lifespan runs"
+    )

@@ -28,7 +28,13 @@ from loadonce.core.spec import ModelSpec
 from loadonce.http.admin import admin_router
 from loadonce.http.endpoints import route_paths
 from loadonce.http.health import health_router
-from loadonce.http.lifespan import LoadedHook, LoadGate, LoadonceLifespan, lifespan_of
+from loadonce.http.lifespan import (
+    LoadedHook,
+    LoadGate,
+    LoadonceLifespan,
+    lifespan_of,
+    mounted_lifespans_ignored,
+)
 from loadonce.http.metrics_route import metrics_router
 from loadonce.http.middleware import install_middleware, middleware_installed
 from loadonce.server.settings import ServerOptions
@@ -60,6 +66,9 @@ def load_app(reference: str, *, factory: bool) -> FastAPI:
             f"{reference} does not load its models with loadonce: build it with "
             "FastAPI(lifespan=loadonce.lifespan(models, ...))"
         )
+    ignored = mounted_lifespans_ignored(found, running=lifespan_of(found))
+    if ignored is not None:
+        raise ConfigError(f"{reference}: {ignored}")
     return found
 
 
