@@ -220,3 +220,39 @@ def test_under_plain_uvicorn_the_app_logs_each_models_load(project: Path) -> Non
     text = log_path.read_text()
     assert "[loadonce] model 'doubler' version 1 loaded in worker pid" in text, text
     assert "each worker process loads its own copy" in text
+
+
+_SINGLE_PAGE_APP = """
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+import loadonce
+from my_service import models
+
+app = FastAPI(lifespan=loadonce.lifespan(models))
+
+
+@app.get("/livez")
+async def own_livez() -> dict[str, str]:
+    return {"mine": "alive"}
+
+
+app.mount("/", StaticFiles(directory="site", html=True), name="site")
+"""
+
+
+def test_the_servers_routes_go_ahead_of_a_catch_all_mount(project: Path) -> None:
+    """A single-page app's files mounted at "/" took every path: behind it, loadonce serve's
+    /readyz and /metrics were 404s and a reload a 405 (Kubernetes' probes and `loadonce
+    reload` failed without a word). A path the app serves itself stays the app's."""
+    (project / "site").mkdir()
+    (project / "site" / "index.html").write_text("<html>the app</html>")
+    (project / "spa.py").write_text(_SINGLE_PAGE_APP)
+    with serving(["spa:app"], project) as server:
+        assert httpx.get(f"{server.url}/readyz").json()["models"] == {"doubler": "ready"}
+        assert "loadonce_model_state" in httpx.get(f"{server.url}/metrics").text
+        reloaded = httpx.post(f"{server.url}/admin/models/doubler/reload", timeout=60)
+        assert reloaded.json()["ok"] is True
+        assert httpx.get(f"{server.url}/livez").json() == {"mine": "alive"}
+        assert httpx.get(f"{server.url}/").text == "<html>the app</html>"
+    assert "the app's own route /livez is served there, not loadonce's" in server.log()

@@ -127,13 +127,3 @@ def walk_routes(routes: list[BaseRoute]) -> Iterator[Any]:
     FastAPI's OpenAPI does); older FastAPI copied the router's routes into the app's."""
     iterate = getattr(fastapi.routing, "iter_route_contexts", None)
     yield from routes if iterate is None else iterate(routes)
-
-
-def _paths_and_endpoints(routes: list[BaseRoute]) -> Iterator[tuple[str | None, object]]:
-    for route in walk_routes(routes):
-        yield getattr(route, "path", None), getattr(route, "endpoint", None)
-
-
-def route_paths(routes: Iterable[BaseRoute]) -> list[str]:
-    """Every route's full path, inside included routers too."""
-    return [path for path, _ in _paths_and_endpoints(list(routes)) if path is not None]

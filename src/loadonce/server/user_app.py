@@ -12,12 +12,13 @@ its routes, dependencies and own lifespan run as they would under uvicorn.
 
 from __future__ import annotations
 
+import logging
 import pickle
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from starlette.applications import Starlette
 
 from loadonce.core.control import ModelControl
@@ -26,7 +27,7 @@ from loadonce.core.imports import import_object
 from loadonce.core.registry import Registry
 from loadonce.core.spec import ModelSpec
 from loadonce.http.admin import admin_router
-from loadonce.http.endpoints import route_paths
+from loadonce.http.endpoints import walk_routes
 from loadonce.http.health import health_router
 from loadonce.http.lifespan import (
     LoadedHook,
@@ -39,6 +40,8 @@ from loadonce.http.metrics_route import metrics_router
 from loadonce.http.middleware import install_middleware, middleware_installed
 from loadonce.server.settings import ServerOptions
 from loadonce.tracing import TracingOptions
+
+logger = logging.getLogger("loadonce")
 
 
 def load_app(reference: str, *, factory: bool) -> FastAPI:
@@ -125,16 +128,44 @@ def serve_user_app(
     if tracing is not None and tracing.active:
         found.serve_with(tracing=tracing)
     found.serve_with(metrics=metrics)
-    paths = set(route_paths(app.routes))
-    if "/readyz" not in paths:
-        app.include_router(health_router())
-    if "/metrics" not in paths and metrics:
-        app.include_router(metrics_router())
-    if "/admin/models/{name}/reload" not in paths:
-        app.include_router(admin_router())
+    routers = [health_router(), admin_router()]
+    if metrics:
+        routers.append(metrics_router())
+    _add_servers_routes(app, routers)
     if not middleware_installed(app):
         install_middleware(app)
     return app
+
+
+def _add_servers_routes(app: FastAPI, routers: list[APIRouter]) -> None:
+    """The server's routes (probes, metrics, reload), ahead of the app's own: Starlette takes
+    the first route that matches, and behind a catch-all of the app's (a single-page app's
+    ``StaticFiles`` mounted at "/") /readyz and /metrics were 404s and a reload a 405, so
+    Kubernetes' probes and ``loadonce reload`` failed without a word. A path the app serves
+    itself stays the app's, said in the log."""
+    own = {getattr(route, "path", None): route for route in walk_routes(list(app.routes))}
+    for router in routers:
+        for route in list(router.routes):
+            path = getattr(route, "path", None)
+            if path not in own:
+                continue
+            router.routes.remove(route)
+            if not _same_endpoint(own[path], route):  # not loadonce's router, included
+                logger.info("the app's own route %s is served there, not loadonce's", path)
+    before = list(app.router.routes)
+    for router in routers:
+        app.include_router(router)
+    added = app.router.routes[len(before) :]
+    app.router.routes[:] = [*added, *before]
+
+
+def _same_endpoint(one: object, other: object) -> bool:
+    """Whether two routes run the same function (each router call makes its own)."""
+    first, second = getattr(one, "endpoint", None), getattr(other, "endpoint", None)
+    return (getattr(first, "__module__", None), getattr(first, "__qualname__", None)) == (
+        getattr(second, "__module__", None),
+        getattr(second, "__qualname__", None),
+    )
 
 
 def _configure(

@@ -181,6 +181,8 @@ def run_worker(
         max_artifact_bytes=config.server.max_artifact_bytes or None,
     )
     control = None if make_control is None else make_control(registry)
+    # Now, not when uvicorn does (the same config): building a user's app logs what it keeps.
+    logging.config.dictConfig(log_config(options.log_level, options.log_format))
     if config.app is None:
         app = create_app(
             registry,
