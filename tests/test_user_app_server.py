@@ -14,7 +14,17 @@ import httpx2 as httpx
 import psutil
 import pytest
 
-from tests.servers import REPO_ROOT, cli_env, free_port, run_cli, serving, wait_until
+from tests.servers import (
+    REPO_ROOT,
+    cli_env,
+    free_port,
+    run_cli,
+    serving,
+    start_cli,
+    stop,
+    wait_ready,
+    wait_until,
+)
 
 APP_SOURCE = REPO_ROOT / "tests" / "apps" / "my_service.py"
 
@@ -121,6 +131,28 @@ def test_the_apps_own_failing_startup_is_said_as_such_with_two_workers(project: 
         "ERROR:    [loadonce] startup failed: the app's startup failed: RuntimeError: "
         "database unreachable"
     ]
+
+
+def test_accepting_connections_is_said_once_the_apps_own_startup_ran(project: Path) -> None:
+    """It was logged when the models had loaded, before the app's own lifespan ran (which
+    could take long, or fail, and nothing was accepted meanwhile)."""
+    with serving(["my_service:app"], project) as server:
+        assert httpx.get(f"{server.url}/hello/1").json()["greeting"] == "hello"
+    log = server.log()
+    accepting = log.index("all models loaded; accepting connections on ")
+    assert log.index("my_service: own startup done") < accepting, log
+
+
+def test_an_apps_lifespan_that_raises_at_shutdown_is_a_failed_exit(project: Path) -> None:
+    """It exited 0, as if all had been closed."""
+    env = cli_env(project, {"MY_SERVICE_POOL_CLOSE_FAILS": "1"})
+    server = start_cli(["my_service:app"], project, env=env)
+    try:
+        wait_ready(server)
+    finally:
+        status = stop(server)
+    assert status == 1, server.log()
+    assert server.log().count("ERROR:    Application shutdown failed.") == 1
 
 
 def test_the_plan_reads_the_models_from_the_apps_lifespan_and_predicts_the_pss(

@@ -5,6 +5,7 @@ with `loadonce serve my_service:app` from there (no PYTHONPATH), and under plain
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -30,7 +31,10 @@ async def own_lifespan(app: FastAPI) -> AsyncIterator[None]:
     if os.environ.get("MY_SERVICE_DATABASE_DOWN"):
         raise RuntimeError("database unreachable")
     app.state.greeting = "hello"  # the models are loaded already
+    print("my_service: own startup done", file=sys.stderr, flush=True)
     yield
+    if os.environ.get("MY_SERVICE_POOL_CLOSE_FAILS"):
+        raise RuntimeError("pool close failed")
 
 
 models = [loadonce.ModelSpec(name="doubler", loader=load_doubler, input_shape=())]

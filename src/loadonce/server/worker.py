@@ -45,6 +45,9 @@ from loadonce.server.worker_process import GO, STARTUP_FAILED, STOP, exit_leavin
 
 logger = logging.getLogger("loadonce")
 
+# The status of a server that served, then whose app's lifespan raised at shutdown.
+SHUTDOWN_FAILED = 1
+
 
 class _OneLineStartupFailure:
     """Starlette reports a failed lifespan to uvicorn with a full traceback. When the cause is
@@ -78,11 +81,23 @@ class _DrainingServer(uvicorn.Server):
         self.stop_delay_s = stop_delay_s
         # The worker's other listeners (gRPC), stopped when uvicorn stops listening.
         self.also_stop: list[Callable[[], None]] = []
+        # Called once the app started (its own lifespan included) and the socket listens.
+        self.on_started: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)  # the lifespan, then listening
+        if self.on_started is not None and not self.should_exit:
+            self.on_started()
+
+    @property
+    def shutdown_failed(self) -> bool:
+        """The app's lifespan raised at shutdown (uvicorn logged it)."""
+        return self.started and self.lifespan.should_exit
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -162,9 +177,12 @@ def run_worker(
     on_loaded: Callable[[Registry], Awaitable[None]] | None = None,
     make_control: Callable[[Registry], ModelControl] | None = None,
     replace_when_hung: bool = False,
+    on_started: Callable[[], None] | None = None,
 ) -> tuple[bool, str | None]:
-    """Serve until shutdown. Returns (started, failure line); the line is None after a clean run
-    and names the model, source and cause when a model failed to load. ``replace_when_hung``:
+    """Serve until shutdown. Returns (started, failure line); the line is None after a clean run,
+    names the model, source and cause when a model failed to load, and says so when the app's
+    lifespan raised at its shutdown. ``on_started``: called once the app started, its own
+    lifespan included, and the socket listens. ``replace_when_hung``:
     a worker under the supervisor stops (draining what it accepted) when a model's call
     hangs, and the supervisor starts a fresh one in its place."""
     # A model's library that crashes in native code (a damaged CatBoost file: SIGSEGV) ends
@@ -228,6 +246,7 @@ def run_worker(
         limit_concurrency=options.max_connections,
     )
     server = _DrainingServer(uvicorn_config, registry, options.stop_delay_s)
+    server.on_started = on_started
     if stop_grpc is not None:
         server.also_stop.append(stop_grpc)
     if replace_when_hung:
@@ -246,7 +265,7 @@ def run_worker(
     with contextlib.suppress(SystemExit):
         server.run(sockets=sockets)
     if server.started:
-        return True, None
+        return True, "the app's shutdown failed" if server.shutdown_failed else None
     if registry.failure is not None:
         return False, str(registry.failure)
     return False, f"worker pid {os.getpid()} failed to start (see the log above)"
@@ -301,7 +320,9 @@ def serve_single_worker(config: ServeConfig) -> int:
         logger.error("startup failed: %s", exc)
         return STARTUP_FAILED
 
-    async def announce(registry: Registry) -> None:
+    def announce() -> None:
+        # Once the app's own lifespan ran too: it was said before, and that lifespan could
+        # still take long, or fail.
         warn_if_open_to_the_network(sock, config.server.access())
         logger.info("all models loaded; accepting connections on %s", describe_address(sock))
 
@@ -311,12 +332,13 @@ def serve_single_worker(config: ServeConfig) -> int:
     previous = {sig: signal.signal(sig, _drained) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with sock:
-            started, failure = run_worker(config, sockets=[sock], on_loaded=announce)
+            started, failure = run_worker(config, sockets=[sock], on_started=announce)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if started:
-        return 0
+        # uvicorn logged a failed shutdown (the app's lifespan raised); the status says it.
+        return 0 if failure is None else SHUTDOWN_FAILED
     logger.error("startup failed: %s", failure)
     return STARTUP_FAILED
 
