@@ -7,10 +7,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated
 
 import httpx2 as httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 import loadonce
 from loadonce.core.limits import Limits
@@ -318,3 +320,86 @@ def test_loadonces_routes_keep_their_family_under_any_prefix(prefix: str, mounte
         predict = f"{prefix}/models/m/predict"
         assert client.post(predict, json={"inputs": [1]}).status_code == 401
         assert client.post(predict, json={"inputs": [1]}, headers=as_inference).status_code == 200
+
+
+FRONT_END = "https://front.example.com"
+PREFLIGHT = {
+    "origin": FRONT_END,
+    "access-control-request-method": "POST",
+    "access-control-request-headers": "x-api-key,content-type",
+}
+
+
+def _app_with_an_options_route(*, cors: bool) -> tuple[FastAPI, list[str]]:
+    """A user's app with keys, its CORS middleware (added before install_middleware, so that
+    loadonce's checks are in front of it, as under ``loadonce serve``) and an OPTIONS route
+    that runs a model; the list records each run of that route."""
+    keys = AccessKeys(inference=(INFERENCE_KEY,), admin=(ADMIN_KEY,))
+    app = FastAPI(lifespan=loadonce.lifespan(_specs(), access=keys))
+    app.include_router(loadonce.models_router())
+    app.include_router(loadonce.admin_router())
+    app.include_router(loadonce.metrics_router())
+    ran: list[str] = []
+
+    @app.options("/doubled")
+    async def doubled(
+        model: Annotated[loadonce.Model, Depends(loadonce.ModelDependency("m"))],
+    ) -> dict[str, bool]:
+        await model.predict([2.0])
+        ran.append("doubled")
+        return {"ran": True}
+
+    if cors:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=[FRONT_END], allow_methods=["*"], allow_headers=["*"]
+        )
+    loadonce.install_middleware(app)
+    return app, ran
+
+
+def test_cors_preflights_pass_the_key_check_to_the_apps_cors_middleware() -> None:
+    """Browsers send a CORS preflight without credentials: refused for want of a key (401,
+    without Access-Control-Allow-Origin), it kept every route from a browser front end."""
+    from fastapi.testclient import TestClient
+
+    app, ran = _app_with_an_options_route(cors=True)
+    with TestClient(app) as client:
+        for path in ("/models/m/predict", "/doubled"):
+            preflight = client.options(path, headers=PREFLIGHT)
+            assert preflight.status_code == 200, (path, preflight.text)
+            assert preflight.headers["access-control-allow-origin"] == FRONT_END
+        assert ran == []  # answered by the CORS middleware: no route ran
+        predict = "/models/m/predict"
+        with_origin = {"origin": FRONT_END}
+        assert client.post(predict, json={"inputs": [1.0]}, headers=with_origin).status_code == 401
+        answered = client.post(
+            predict, json={"inputs": [1.0]}, headers={**with_origin, "x-api-key": INFERENCE_KEY}
+        )
+        assert answered.status_code == 200
+        assert answered.headers["access-control-allow-origin"] == FRONT_END
+        # The browser guard's rules still apply: a control route refuses another origin's
+        # preflight (its request would be refused too).
+        refused = client.options("/admin/models/m/reload", headers=PREFLIGHT)
+        assert refused.status_code == 403
+        assert "another origin" in refused.json()["error"]
+
+
+def test_a_preflight_no_middleware_answers_runs_no_route_without_a_key() -> None:
+    """Passing the key check in front is for the app's CORS middleware only: an OPTIONS route
+    (one running a model) reached by a preflight still needs a key."""
+    from fastapi.testclient import TestClient
+
+    app, ran = _app_with_an_options_route(cors=False)
+    with TestClient(app) as client:
+        for headers in ({}, {"x-api-key": "not-a-key-0123456789"}):
+            refused = client.options("/doubled", headers={**PREFLIGHT, **headers})
+            assert refused.status_code == 401, refused.text
+            assert "API key" in refused.json()["error"]
+        assert client.options("/doubled").status_code == 401  # not a preflight: as before
+        assert ran == []
+        allowed = client.options("/doubled", headers={**PREFLIGHT, "x-api-key": INFERENCE_KEY})
+        assert allowed.status_code == 200
+        assert allowed.json() == {"ran": True}
+        assert ran == ["doubled"]
+        metrics = client.get("/metrics").text
+        assert 'loadonce_requests_total{model="",route="",status="401"} 3.0' in metrics

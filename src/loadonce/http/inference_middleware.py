@@ -9,6 +9,10 @@ too. This middleware, the innermost of loadonce's, recognises the app's inferenc
 function directly, with the routes' own error answers and metrics; a full model's refusal is
 the first thing that function does, before the body is read. Anything else goes on to FastAPI.
 An app without this middleware runs the same function through FastAPI's routing.
+
+Being the last layer before the routes, it also checks the API key of a CORS preflight that
+no middleware of the app answered (``access.py``): one passes the check in front so that the
+app's CORS middleware can answer it, but no route may run for it without a key.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ import time
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from loadonce.http.access import access_refusal, is_cors_preflight
 from loadonce.http.endpoints import MountedEndpoint, mounted_endpoints
 from loadonce.http.errors import answer_exception
 from loadonce.http.request_info import REQUEST_ID_HEADER, request_id_of, route_path
-from loadonce.http.routes import count_answer
+from loadonce.http.routes import count_answer, count_request
 from loadonce.http.state import LoadonceState
 from loadonce.tracing.active import ACTIVE
 
@@ -44,7 +49,24 @@ class InferenceMiddleware:
                 if match is not None and not (mounted.earlier and mounted.taken_before(path)):
                     await self._answer(mounted, match.groupdict(), scope, receive, send)
                     return
+        elif is_cors_preflight(scope) and await self._refused_preflight(scope, receive, send):
+            return
         await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refused_preflight(scope: Scope, receive: Receive, send: Send) -> bool:
+        """Refuse (401) a CORS preflight without a valid key that no middleware answered:
+        the routes would run for it. Whether it was refused."""
+        started = time.perf_counter()
+        state = LoadonceState.in_scope(scope)
+        if state is None or state.access is None:
+            return False
+        refused = access_refusal(scope, state.access)
+        if refused is None:
+            return False
+        await refused(scope, receive, send)
+        count_request(state, {}, "", refused.status_code, time.perf_counter() - started)
+        return True
 
     async def _answer(
         self,

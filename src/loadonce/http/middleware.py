@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loadonce.core.errors import LoadonceError
-from loadonce.http.access import access_refusal
+from loadonce.http.access import access_refusal, is_cors_preflight
 from loadonce.http.body_limit import counting, declared_too_large
 from loadonce.http.browser_guard import refusal as browser_refusal
 from loadonce.http.errors import answer_loadonce_error, raw_error_response
@@ -32,14 +32,15 @@ from loadonce.http.state import LoadonceState
 def refusal_before_routes(scope: Scope, state: LoadonceState | None) -> Response | None:
     """The answer refusing an HTTP request before any route runs, or None, in this order: the
     browser guard (DNS rebinding, cross-site requests to control routes: 403), API keys
-    (``access``, before the body is read: 401/403), a declared body over
-    ``limits.max_body_bytes`` (413)."""
+    (``access``, before the body is read: 401/403; a CORS preflight's are checked at the
+    routes instead, ``InferenceMiddleware``, so that the app's CORS middleware can answer
+    it), a declared body over ``limits.max_body_bytes`` (413)."""
     why = browser_refusal(scope, () if state is None else state.allowed_hosts)
     if why is not None:
         return raw_error_response(403, why, scope)
     if state is None:
         return None
-    if state.access is not None:
+    if state.access is not None and not is_cors_preflight(scope):
         refused = access_refusal(scope, state.access)
         if refused is not None:
             return refused
