@@ -53,10 +53,11 @@ class ThreadedServer:
     `loadonce serve`, so the port is known before startup and can be probed during it.
     """
 
-    def __init__(self, app: ASGIApp, *, root_path: str = "") -> None:
-        """``root_path``: as uvicorn's ``--root-path`` behind a proxy that strips the prefix."""
+    def __init__(self, app: ASGIApp, *, root_path: str = "", host: str = "127.0.0.1") -> None:
+        """``root_path``: as uvicorn's ``--root-path`` behind a proxy that strips the prefix.
+        ``host``: the address bound (``url`` reaches it through 127.0.0.1 whatever it is)."""
         self._socket = socket.socket()
-        self._socket.bind(("127.0.0.1", 0))
+        self._socket.bind((host, 0))
         self.port: int = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, log_level="warning", lifespan="on", root_path=root_path)

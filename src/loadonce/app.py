@@ -63,9 +63,10 @@ def create_app(
     ``control``: how load, unload and reload reach every worker (default: this process).
     ``gc_freeze``: once started, leave the loaded models out of garbage collection (see
     ``lifespan``). ``drain_timeout_s``: see ``lifespan``.
-    ``allowed_hosts``: Host names a server bound to a loopback address answers to besides
-    loopback names (``*.example.com``, or ``*`` for any): a proxy on the same machine that
-    passes on its own Host. ``tracing``: OpenTelemetry tracing (see ``lifespan``)."""
+    ``allowed_hosts``: Host names a request arriving on a loopback address (the server bound
+    to it, or to 0.0.0.0 and reached through it) may carry besides loopback names
+    (``*.example.com``, or ``*`` for any): a proxy on the same machine that passes on its
+    own Host. ``tracing``: OpenTelemetry tracing (see ``lifespan``)."""
     app = FastAPI(
         title=title,
         version=__version__,

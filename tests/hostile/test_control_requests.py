@@ -268,6 +268,27 @@ def test_allowed_hosts_let_a_local_proxy_pass_its_own_host() -> None:
             assert httpx.get(f"{server.url}/models", headers={"Host": host}).status_code == 403
 
 
+def test_a_server_bound_to_every_address_guards_what_arrives_through_loopback() -> None:
+    """Bound to 0.0.0.0, the server is reached through 127.0.0.1 by a browser on the same
+    machine too (DNS rebinding): the guard holds there, and its refusal says what it is and
+    how a local proxy passes (it said "this server listens on a loopback address", false)."""
+    spec = loadonce.ModelSpec(name="m", loader=lambda: lambda b: list(b), input_shape=())
+    with ThreadedServer(loadonce.create_app([spec]), host="0.0.0.0") as server:
+        refused = httpx.get(f"{server.url}/models", headers={"Host": "api.example.com"})
+        assert refused.status_code == 403
+        error = refused.json()["error"]
+        assert "through the loopback address 127.0.0.1" in error
+        assert "DNS rebinding" in error
+        assert "'api.example.com'" in error
+        assert "allowed_hosts" in error
+        assert "listens on a loopback address" not in error
+        assert httpx.get(f"{server.url}/models", headers={"Host": "localhost"}).status_code == 200
+    app = loadonce.create_app([spec], allowed_hosts=["api.example.com"])
+    with ThreadedServer(app, host="0.0.0.0") as server:
+        proxied = httpx.get(f"{server.url}/models", headers={"Host": "api.example.com"})
+        assert proxied.status_code == 200
+
+
 @pytest.mark.parametrize(
     "pattern", ["", " ", "http://api.example.com", "api.example.com:8080", "api.example.com/v1"]
 )

@@ -25,8 +25,14 @@ def test_a_path_cannot_forge_a_log_line_and_an_open_network_server_warns(tmp_pat
     with serving(["tests.loaders:echo", "--host", "0.0.0.0"], tmp_path) as server:
         assert httpx.get(server.url + FORGED).status_code == 404
         assert httpx.post(server.url + FORGED + "/predict", content=b"{").status_code in (404, 405)
+        # Reached through 127.0.0.1 (a proxy on this machine): told how to pass its Host.
+        proxied = httpx.get(server.url + "/models", headers={"Host": "api.example.com"})
+        assert proxied.status_code == 403
+        assert "allowed_hosts" in proxied.json()["error"]
     log = server.log()
     assert "SECURITY: listening on http://0.0.0.0" in log
+    assert "arriving through a loopback address" in log
+    assert "LOADONCE_ALLOWED_HOSTS" in log
     lines = log.splitlines()
     assert not [
         line for line in lines if line.lstrip().startswith(("ERROR: forged", "WARNING: also"))

@@ -11,8 +11,14 @@ Two attacks reach a server on the developer's own machine through their browser:
   ``Sec-Fetch-Site``), so control routes refuse a request that a browser marks as coming from
   another origin. Clients that are not browsers send neither header and are not affected.
 - **DNS rebinding.** A page on ``evil.example`` whose name is made to resolve to 127.0.0.1
-  is "same-origin" to the browser, but its requests carry ``Host: evil.example``. While the
-  server listens on a loopback address, only loopback names are accepted as ``Host``.
+  is "same-origin" to the browser, but its requests carry ``Host: evil.example``. A request
+  that arrives on a loopback address (the connection's own address, ``scope["server"]``)
+  must name a loopback host or one of ``allowed_hosts``. The connection's address, not the
+  one the server is bound to: a server bound to 0.0.0.0 is reached through 127.0.0.1 by a
+  browser on the same machine too (a page rebinding its name to 127.0.0.1, or fetching
+  ``http://0.0.0.0:port``), and ASGI does not say the bound address anyway (plain uvicorn).
+  A proxy or sidecar on the same machine that passes on its own ``Host`` is listed in
+  ``allowed_hosts``, as the refusal says.
 """
 
 from __future__ import annotations
@@ -44,8 +50,8 @@ def _hostname(host_header: str) -> str:
 def refusal(scope: Scope, allowed_hosts: tuple[str, ...] = ()) -> str | None:
     """Why a request is refused (403), or None. On the hot path: one pass over the headers,
     and the route's family only for a request a browser marked as coming from elsewhere.
-    ``allowed_hosts``: names a loopback server answers to besides loopback names (a proxy on
-    the same machine that passes on its own Host)."""
+    ``allowed_hosts``: names a request arriving on a loopback address may carry besides
+    loopback names (a proxy on the same machine that passes on its own Host)."""
     host = origin = site = None
     for name, value in scope["headers"]:
         if name == _HOST:
@@ -54,13 +60,16 @@ def refusal(scope: Scope, allowed_hosts: tuple[str, ...] = ()) -> str | None:
             origin = value
         elif name == _FETCH_SITE:
             site = value
-    if host and _serves_loopback_only(scope) and not _is_loopback_header(host):
+    local = _loopback_arrival(scope)
+    if host and local is not None and not _is_loopback_header(host):
         name = _hostname(host.decode("latin-1"))
         if not host_allowed(name, allowed_hosts):
             return (
-                "this server listens on a loopback address and answers only to loopback "
-                f"names (localhost, 127.0.0.1, [::1]) and its allowed_hosts, not to Host "
-                f"'{name}'"
+                f"this request reached the server through the loopback address {local}, "
+                "where it answers only to loopback names (localhost, 127.0.0.1, [::1]) and "
+                f"its allowed_hosts, a guard against DNS rebinding: not to Host '{name}' (a "
+                "proxy on this machine that passes on its own Host needs that name in "
+                "allowed_hosts)"
             )
     trusted = origin is not None and _trusted_origin(origin, host, allowed_hosts)
     foreign_site = site is not None and site.lower() not in _OWN_SITES and not trusted
@@ -97,9 +106,12 @@ def _trusted_origin(origin: bytes, host: bytes | None, allowed_hosts: tuple[str,
     return name is not None and host_allowed(name, listed)
 
 
-def _serves_loopback_only(scope: Scope) -> bool:
+def _loopback_arrival(scope: Scope) -> str | None:
+    """The loopback address the request's connection arrived on, or None."""
     server = scope.get("server")
-    return server is not None and _is_loopback_address(server[0])
+    if server is None or not _is_loopback_address(server[0]):
+        return None
+    return str(server[0])
 
 
 @functools.lru_cache(maxsize=64)

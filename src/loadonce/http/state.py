@@ -36,8 +36,9 @@ class LoadonceState:
     ``registry``: the models. ``control``: how load, unload and reload reach every worker
     (default: this process). ``metrics``: the Prometheus metrics the models report to (None:
     none kept). ``limits``: request size limits. ``access``: API keys per route family (None:
-    every route open). ``allowed_hosts``: names a server bound to loopback answers to besides
-    loopback names. ``tracing``: the worker's OpenTelemetry tracing (None: off).
+    every route open). ``allowed_hosts``: names a request arriving on a loopback address may
+    carry as its Host besides loopback names (http/browser_guard.py). ``tracing``: the
+    worker's OpenTelemetry tracing (None: off).
     """
 
     registry: Registry

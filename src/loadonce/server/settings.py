@@ -104,8 +104,9 @@ class ServerOptions(ConfigModel):
     artifact_roots: list[Path] | None = None
     # The largest file a control request may name; 0: no limit.
     max_artifact_bytes: Annotated[int, Field(ge=0)] = DEFAULT_MAX_ARTIFACT_BYTES
-    # Host names a server bound to loopback answers to besides loopback names (a proxy on the
-    # same machine that passes on its own Host): "api.example.com", "*.example.com", "*".
+    # Host names a request arriving on a loopback address may carry besides loopback names
+    # (a proxy on the same machine that passes on its own Host): "api.example.com",
+    # "*.example.com", "*" (http/browser_guard.py).
     allowed_hosts: list[str] = Field(default_factory=list)
     # Slow and hostile clients (server/http_protocol.py): a request head must arrive within
     # header_timeout_s, a body may pause at most body_timeout_s, a head holds at most

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Sequence
 
 from loadonce.core.errors import LoadonceError
 from loadonce.http.access_keys import AccessKeys
@@ -54,11 +55,26 @@ def describe_address(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def warn_if_open_to_the_network(sock: socket.socket, access: AccessKeys) -> None:
-    """A loud warning when the server listens beyond this machine without any API key: then
-    anyone who can reach the port can reload, load and unload models."""
+def warn_if_open_to_the_network(
+    sock: socket.socket, access: AccessKeys, allowed_hosts: Sequence[str]
+) -> None:
+    """When the server listens beyond this machine: a loud warning without any API key (then
+    anyone who can reach the port can reload, load and unload models); and, without
+    ``allowed_hosts``, a line saying that requests arriving through a loopback address still
+    need a loopback Host (http/browser_guard.py): the operator of a proxy or sidecar on the
+    same machine learns it before its first 403."""
     host = str(sock.getsockname()[0])
-    if access.enabled or is_loopback_host(host):
+    if is_loopback_host(host):
+        return
+    if not allowed_hosts:
+        logger.info(
+            "listening on %s: a request arriving through a loopback address (a proxy or "
+            "sidecar on this machine connecting to 127.0.0.1) is answered only if its Host is "
+            "a loopback name or in allowed_hosts (LOADONCE_ALLOWED_HOSTS), a guard against "
+            "DNS rebinding; requests to this machine's other addresses are not concerned",
+            describe_address(sock),
+        )
+    if access.enabled:
         return
     logger.warning(
         "SECURITY: listening on %s without API keys: anyone who can reach this port can load, "

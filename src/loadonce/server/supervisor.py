@@ -145,7 +145,7 @@ class Supervisor:
             if options.grpc_port is not None:
                 check_grpc_port(options.host, options.grpc_port)
             address = describe_address(self._socket)
-            warn_if_open_to_the_network(self._socket, options.access())
+            warn_if_open_to_the_network(self._socket, options.access(), options.allowed_hosts)
             # SIGHUP (a closed terminal or ssh session) stops as SIGTERM does: it killed the
             # supervisor at once, leaving its temporary directories behind. Installed before
             # the plan: a stop while it loads ended the supervisor by the signal's default

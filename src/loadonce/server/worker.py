@@ -323,7 +323,7 @@ def serve_single_worker(config: ServeConfig) -> int:
     def announce() -> None:
         # Once the app's own lifespan ran too: it was said before, and that lifespan could
         # still take long, or fail.
-        warn_if_open_to_the_network(sock, config.server.access())
+        warn_if_open_to_the_network(sock, config.server.access(), config.server.allowed_hosts)
         logger.info("all models loaded; accepting connections on %s", describe_address(sock))
 
     # uvicorn re-raises a stop signal once it has drained, to reach the handler that was in
