@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx2 as httpx
@@ -153,6 +154,45 @@ def test_an_apps_lifespan_that_raises_at_shutdown_is_a_failed_exit(project: Path
         status = stop(server)
     assert status == 1, server.log()
     assert server.log().count("ERROR:    Application shutdown failed.") == 1
+
+
+def test_a_lifespan_blocking_past_the_heartbeat_timeout_is_waited_for(project: Path) -> None:
+    """A synchronous migration in the app's own lifespan blocks each worker's loop, heartbeats
+    included: the supervisor killed every worker after heartbeat_timeout_s, then each
+    replacement, and the server never served. Heartbeats count once a worker started."""
+    env = cli_env(
+        project,
+        {
+            "MY_SERVICE_MIGRATION_S": "4",
+            "LOADONCE_HEARTBEAT_TIMEOUT_S": "2",
+            "LOADONCE_MEMORY_PLAN": "false",  # the plan would run the migration once more
+        },
+    )
+    with serving(["my_service:app", "--workers", "2"], project, env=env) as server:
+        assert len(_pids_answering(server.url)) == 2
+        time.sleep(2.5)  # past the heartbeat timeout, serving: still the same two workers
+        assert len(_pids_answering(server.url)) == 2
+        log = server.log()
+    assert "all 2 workers loaded and started; accepting connections" in log
+    assert "sent no heartbeat" not in log
+    assert "starting a replacement" not in log
+
+
+def test_a_lifespan_that_never_finishes_stops_startup_with_one_line(project: Path) -> None:
+    env = {
+        "MY_SERVICE_MIGRATION_S": "120",
+        "LOADONCE_STARTUP_TIMEOUT_S": "1",
+        "LOADONCE_MEMORY_PLAN": "false",
+    }
+    started = time.monotonic()
+    [line] = _startup_failure(project, "2", env)
+    assert time.monotonic() - started < 60  # not the migration's 120 s, nor the stop's grace
+    assert re.fullmatch(
+        r"ERROR:    \[loadonce\] startup failed: worker pid \d+ loaded its models but did not "
+        r"start serving within startup_timeout_s \(1 s\): the app's own lifespan startup did "
+        r"not finish",
+        line,
+    ), line
 
 
 def test_the_plan_reads_the_models_from_the_apps_lifespan_and_predicts_the_pss(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -30,6 +31,8 @@ def load_doubler() -> Doubler:
 async def own_lifespan(app: FastAPI) -> AsyncIterator[None]:
     if os.environ.get("MY_SERVICE_DATABASE_DOWN"):
         raise RuntimeError("database unreachable")
+    # A synchronous database migration: it blocks the event loop for that long.
+    time.sleep(float(os.environ.get("MY_SERVICE_MIGRATION_S", "0")))
     app.state.greeting = "hello"  # the models are loaded already
     print("my_service: own startup done", file=sys.stderr, flush=True)
     yield

@@ -38,6 +38,7 @@ from loadonce.server.worker_process import (
     HEARTBEAT,
     HEARTBEAT_INTERVAL_S,
     RESULT,
+    STARTED,
 )
 
 # How often a worker waiting for a control request's outcome looks whether it is draining.
@@ -71,6 +72,10 @@ class SupervisedControl:
         threading.Thread(target=self._read_forever, name="loadonce-control", daemon=True).start()
         self._heartbeat = loop.create_task(self._beat_forever(), name="loadonce-heartbeat")
         self._watch = loop.create_task(self._abandon_when_stopping(), name="loadonce-stop-watch")
+
+    def announce_started(self) -> None:
+        """Tell the supervisor this worker serves: from now on it judges its heartbeats."""
+        self._send((STARTED, os.getpid(), None))
 
     async def _abandon_when_stopping(self) -> None:
         """Once the worker stops, the load it applies for the supervisor is abandoned: the

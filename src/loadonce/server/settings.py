@@ -85,6 +85,10 @@ class ServerOptions(ConfigModel):
     # With several workers: a worker whose event loop sends no heartbeat for this long
     # (stopped, deadlocked) is killed and replaced (server/worker_process.py).
     heartbeat_timeout_s: Annotated[float, Field(ge=2, allow_inf_nan=False)] = 30.0
+    # With several workers: how long a worker may take, once every worker loaded its models,
+    # to start serving (an app's own lifespan: a database migration); its heartbeats are
+    # judged only after. Past it, the server stops: a hung startup ends, with one line.
+    startup_timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 600.0
     # Once started, leave the loaded models out of garbage collection (loadonce.core.collector).
     gc_freeze: bool = True
     # Each worker's allocator gives blocks of this size or more back to the system when they
@@ -335,6 +339,7 @@ _ENVIRONMENT_ONLY = {
     "max_artifact_bytes": "LOADONCE_MAX_ARTIFACT_BYTES",
     "stop_delay_s": "LOADONCE_STOP_DELAY_S",
     "heartbeat_timeout_s": "LOADONCE_HEARTBEAT_TIMEOUT_S",
+    "startup_timeout_s": "LOADONCE_STARTUP_TIMEOUT_S",
     "header_timeout_s": "LOADONCE_HEADER_TIMEOUT_S",
     "body_timeout_s": "LOADONCE_BODY_TIMEOUT_S",
     "max_header_bytes": "LOADONCE_MAX_HEADER_BYTES",

@@ -54,6 +54,7 @@ from loadonce.server.worker_process import (
     CONTROL,
     GO,
     RESULT,
+    STARTED,
     STARTUP_FAILED,
     STOP,
     become_subreaper,
@@ -175,7 +176,14 @@ class Supervisor:
                 return 0
             for worker in workers:
                 self._release(worker)
-            logger.info("all %d workers loaded; accepting connections on %s", len(workers), address)
+            self._wait_until_started(workers)
+            if self._stopping:
+                return 0
+            logger.info(
+                "all %d workers loaded and started; accepting connections on %s",
+                len(workers),
+                address,
+            )
             self._supervise(workers)
             return 0
         except (_StartupFailedError, BindError) as failure:
@@ -268,8 +276,35 @@ class Supervisor:
 
     def _release(self, worker: _Worker) -> None:
         worker.gate.send(GO)
-        worker.serving = True
-        worker.heard()  # its heartbeats start now
+        worker.release()
+
+    def _wait_until_started(self, workers: list[_Worker]) -> None:
+        """Return when every released worker said it serves (its app's lifespan done: its
+        heartbeats are judged from then on); raise when one exits first, or takes longer
+        than ``startup_timeout_s``: a worker that cannot start is not restarted in a loop."""
+        limit = self.config.server.startup_timeout_s
+        while not self._stopping and not all(w.started for w in workers):
+            starting = [w for w in workers if not w.started]
+            wait([w.gate for w in starting], _POLL_SECONDS)
+            for worker in starting:
+                self._read_controls(worker, operation=None)
+                if worker.started:
+                    continue
+                if not worker.is_alive():
+                    raise _StartupFailedError(
+                        f"worker pid {worker.pid} {worker.describe_exit()} before it started "
+                        "serving (see the log above)"
+                    )
+                if worker.starting_for() > limit:
+                    # Killed, not stopped: they serve nothing yet, and a lifespan blocked in
+                    # a synchronous call would not see SIGTERM before the stop's grace ends.
+                    for hung in starting:
+                        hung.signal(signal.SIGKILL)
+                    raise _StartupFailedError(
+                        f"worker pid {worker.pid} loaded its models but did not start serving "
+                        f"within startup_timeout_s ({limit:g} s): the app's own lifespan "
+                        "startup did not finish"
+                    )
 
     def _supervise(self, workers: list[_Worker]) -> None:
         """Replace a worker that dies or goes silent while serving; a replacement that cannot
@@ -281,7 +316,7 @@ class Supervisor:
             wait([w.gate for w in workers], _POLL_SECONDS)
             self._serve_controls(workers)
             for worker in workers:
-                if worker.serving and worker.is_alive() and worker.silent_for() > timeout:
+                if worker.started and worker.is_alive() and worker.silent_for() > timeout:
                     # Read first: while a control round waited on one worker (a reload of
                     # 33 s), the others' heartbeats stayed in their pipes, and a healthy
                     # worker looked silent for the whole round.
@@ -320,6 +355,7 @@ class Supervisor:
                 self._wait_until_loaded([replacement])
                 if not self._stopping:
                     self._release(replacement)
+                    self._wait_until_started([replacement])
 
     def _serve_controls(self, workers: list[_Worker]) -> None:
         """Run the control requests workers sent, one at a time, and answer each origin."""
@@ -343,6 +379,8 @@ class Supervisor:
                 worker.heard()  # any message says the worker's loop runs
                 if message[0] == CONTROL:
                     self._controls.append((worker, message))
+                elif message[0] == STARTED:
+                    worker.started = True
                 elif message[0] == APPLIED and message[1] == operation:
                     found = message[2]
         except (EOFError, OSError):

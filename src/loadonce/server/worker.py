@@ -81,8 +81,9 @@ class _DrainingServer(uvicorn.Server):
         self.stop_delay_s = stop_delay_s
         # The worker's other listeners (gRPC), stopped when uvicorn stops listening.
         self.also_stop: list[Callable[[], None]] = []
-        # Called once the app started (its own lifespan included) and the socket listens.
-        self.on_started: Callable[[], None] | None = None
+        # Called once it listens, the app's lifespan done: the single worker's announcement,
+        # a supervised worker's STARTED.
+        self.on_started: list[Callable[[], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
@@ -91,8 +92,9 @@ class _DrainingServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)  # the lifespan, then listening
-        if self.on_started is not None and not self.should_exit:
-            self.on_started()
+        if self.started and not self.should_exit:
+            for started in self.on_started:
+                started()
 
     @property
     def shutdown_failed(self) -> bool:
@@ -246,9 +248,10 @@ def run_worker(
         limit_concurrency=options.max_connections,
     )
     server = _DrainingServer(uvicorn_config, registry, options.stop_delay_s)
-    server.on_started = on_started
     if stop_grpc is not None:
         server.also_stop.append(stop_grpc)
+    if on_started is not None:
+        server.on_started.append(on_started)
     if replace_when_hung:
 
         def stop_to_be_replaced(model: Model) -> None:
@@ -377,6 +380,7 @@ def worker_process_main(config: ServeConfig, sock: socket.socket, gate: Connecti
         on_loaded=wait_for_go,
         make_control=make_control,
         replace_when_hung=True,
+        on_started=lambda: controls[0].announce_started(),
     )
     if not started:
         with contextlib.suppress(OSError):  # a supervisor that is gone needs no report

@@ -9,7 +9,10 @@ asks the kernel whether it lives, reaping it when it is its own child.
 
 Heartbeats: a serving worker's event loop sends one every ``HEARTBEAT_INTERVAL_S``; a worker
 silent for longer than ``heartbeat_timeout_s`` (stopped with SIGSTOP, or its loop blocked)
-is killed and replaced.
+is killed and replaced. They are judged only once the worker said it ``STARTED`` serving:
+until then its loop may be blocked by the app's own lifespan (a synchronous migration), and
+a worker killed for it, then its replacement, and so on, made a restart loop that never
+served. Startup is bounded by ``startup_timeout_s`` instead.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ GO = "go"
 STOP = "stop"
 
 HEARTBEAT = "alive"
+# A worker's word once it serves (its lifespan done, listening): heartbeats count from then.
+STARTED = "started"
 HEARTBEAT_INTERVAL_S = 1.0
 
 # Model control on a worker's pipe (tuples, server/control_channel.py): worker -> supervisor
@@ -86,7 +91,10 @@ class WorkerProcess:
     process: BaseProcess
     gate: Connection
     loaded: bool = False
+    # Told to serve (GO sent); ``started`` once it said it serves.
     serving: bool = False
+    started: bool = False
+    released_at: float = 0.0
     last_heard: float = field(default_factory=time.monotonic)
     _exit: str | None = None
     # Its exit status, once it ended and the status could be read (None: unknown).
@@ -101,6 +109,14 @@ class WorkerProcess:
 
     def silent_for(self) -> float:
         return time.monotonic() - self.last_heard
+
+    def release(self) -> None:
+        """GO was sent: it starts serving now (its app's lifespan, then listening)."""
+        self.serving = True
+        self.released_at = time.monotonic()
+
+    def starting_for(self) -> float:
+        return time.monotonic() - self.released_at
 
     def is_alive(self) -> bool:
         if self._exit is not None:
