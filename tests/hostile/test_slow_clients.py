@@ -216,6 +216,28 @@ def test_open_connections_are_capped_per_worker(server: CliServer) -> None:
     _wait_until_served(server)
 
 
+@pytest.mark.parametrize("limit", [1, 3])
+def test_max_connections_are_served_the_next_one_refused(tmp_path: Path, limit: int) -> None:
+    """uvicorn's check counted the connection asking among the open ones: max_connections - 1
+    were served, and max_connections = 1 refused every request."""
+    env = cli_env(tmp_path, {"LOADONCE_MAX_CONNECTIONS": str(limit)})
+    with serving(["tests.loaders:echo"], tmp_path, env=env) as server:
+        idle = [_connect(server) for _ in range(limit - 1)]
+        try:
+            time.sleep(0.2)  # let the server accept them all
+            with httpx.Client() as client:  # the last one served, kept open
+                assert client.get(f"{server.url}/models").status_code == 200
+                one_more = _connect(server)
+                try:
+                    time.sleep(0.2)
+                    assert client.get(f"{server.url}/models").status_code == 503
+                finally:
+                    one_more.close()
+        finally:
+            for sock in idle:
+                sock.close()
+
+
 def _wait_until_served(server: CliServer) -> None:
     """The server closes refused connections a moment after answering: then it serves."""
     wait_until(lambda: httpx.get(f"{server.url}/models").status_code == 200, 5, "connections freed")

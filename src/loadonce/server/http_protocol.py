@@ -298,26 +298,21 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # to start the request's task is part of it.
         self.scope[ARRIVED_SCOPE_KEY] = self._received_at  # type: ignore[literal-required]
         limit = self.limit_concurrency
-        busy = limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
-        if busy and self._is_a_probe():
-            # A health probe is answered past max_connections: a few slow clients holding
-            # every slot made /livez a 503, and an orchestrator kills a live worker for it.
-            self.limit_concurrency = None
-            try:
-                super().on_headers_complete()
-            finally:
-                self.limit_concurrency = limit
-        elif busy:
-            # Past max_connections: uvicorn's own check is skipped for this request, which is
-            # answered by loadonce's refusal instead of uvicorn's plain-text one.
-            app, self.app = self.app, _past_max_connections
-            self.limit_concurrency = None
-            try:
-                super().on_headers_complete()
-            finally:
-                self.app, self.limit_concurrency = app, limit
-        else:
+        # max_connections open connections are served, this one among them (uvicorn's own
+        # check counted it with the others: max_connections - 1 were, and a limit of 1
+        # refused every request); as many requests running, this one not yet among them.
+        busy = limit is not None and (len(self.connections) > limit or len(self.tasks) >= limit)
+        app = self.app
+        if busy and not self._is_a_probe():
+            # Past max_connections: loadonce's refusal, not uvicorn's plain-text one. (A
+            # health probe is answered past it: a few slow clients holding every slot made
+            # /livez a 503, and an orchestrator kills a live worker for it.)
+            self.app = _past_max_connections
+        self.limit_concurrency = None  # uvicorn's own check is the one above
+        try:
             super().on_headers_complete()
+        finally:
+            self.app, self.limit_concurrency = app, limit
         if self.cycle is not None:
             self.cycle.transport = self._gathered  # type: ignore[assignment]
 
