@@ -8,9 +8,10 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import pytest
@@ -134,6 +135,30 @@ def test_an_oversized_head_is_refused(server: CliServer, head: bytes) -> None:
     sock.close()
     sender.join(timeout=10)
     _refusal_logged(server, answer, 431)
+
+
+@pytest.mark.parametrize(
+    ("path", "error_of"),
+    [
+        ("/v1/completions", lambda body: body["error"]["message"]),  # OpenAI's clients read it
+        ("/v2/models/echo/infer", lambda body: body["error"]),
+        ("/models/echo/predict", lambda body: body["error"]),
+    ],
+)
+def test_a_head_refused_by_the_protocol_is_answered_in_its_paths_error_body(
+    server: CliServer, path: str, error_of: Callable[[Any], str]
+) -> None:
+    """The refusals the HTTP protocol writes itself (400, 408, 431, 501) were loadonce's own
+    body on every path: the openai client cannot read a string `error`."""
+    sock = _connect(server)
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\x00b\r\n\r\n".encode())
+    answer = _answer(sock)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 400")
+    body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert error_of(body) == "the request is not valid HTTP/1.1"
+    if path.startswith("/v1"):
+        assert body["error"]["type"] == "invalid_request_error"
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,6 @@ the answers of one step of the event loop leave together (``_GatheredWrites``).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Sized
 from http import HTTPStatus
@@ -170,8 +169,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             request_id = chosen if isinstance(chosen, str) else request_id_from(self.headers)
             self.scope[REQUEST_ID_SCOPE_KEY] = request_id  # type: ignore[literal-required]
             self.scope[REFUSED_SCOPE_KEY] = status.value  # type: ignore[literal-required]
-        # A message may quote the client: json.dumps escapes it.
-        body = json.dumps({"error": message, "request_id": request_id}).encode()
+        # What was read of its path (none if the head broke before it), without its query
+        # (which may hold a token): the answer's body is its protocol's (OpenAI's under /v1),
+        # as every refusal made before a route runs; its line writes that path too.
+        path = getattr(self, "url", b"").split(b"?", 1)[0].decode("latin-1")
+        body = _refusal_body(status.value, message, path, self.root_path, request_id)
         self.transport.write(
             f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nx-request-id: {request_id}\r\n"
@@ -181,9 +183,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # Refused in its head, no route ran for it: its line is written here. (A body refused
         # once its head was read, a bad chunk, is its route's request: the route writes it.)
         if self._in_head and access_logger.isEnabledFor(logging.INFO):
-            # What was read of it, without its query (which may hold a token): as every
-            # other line writes a path.
-            path = getattr(self, "url", b"").split(b"?", 1)[0].decode("latin-1")
             write_request_line("-", path or "-", status.value, 0.0, request_id)
         # Closing now, with the client's bytes unread, would reset the connection and the
         # client might never see the answer: stop reading, end our side, close shortly.
@@ -377,6 +376,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 _PAST_MAX_CONNECTIONS = (
     "the server is at its limit of open connections and requests (max_connections): retry shortly"
 )
+
+
+def _refusal_body(status: int, message: str, path: str, root_path: str, request_id: str) -> bytes:
+    """The body of a refusal the protocol writes itself, as ``raw_error_response`` writes a
+    refusal's for the path's protocol (a message may quote the client: JSON escapes it)."""
+    scope = {"path": path, "root_path": root_path, "headers": [], REQUEST_ID_SCOPE_KEY: request_id}
+    return bytes(raw_error_response(status, message, scope).body)
 
 
 async def _past_max_connections(scope: Scope, receive: Receive, send: Send) -> None:
