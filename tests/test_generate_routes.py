@@ -481,3 +481,46 @@ def test_one_generators_failure_ends_its_own_sequence_not_its_batchs() -> None:
     broken, whole = asyncio.run(scenario())
     assert isinstance(broken, loadonce.ModelRaisedError)
     assert whole == "fine a b c d "
+
+
+class Hangs(Echo):
+    """Yields one piece, then hangs (its step never returns) until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.let_go = threading.Event()
+
+    def generate(self, request: GenerationRequest) -> Iterator[str]:
+        yield "first "
+        self.let_go.wait(timeout=30)
+        yield "last"
+
+
+def test_a_generation_step_past_hang_timeout_makes_the_model_unhealthy_until_it_returns() -> None:
+    """A step that never returned took the model out of service (each later request 504)
+    while /readyz said ready, no hung call counted, nothing logged: hang detection watched
+    predict calls only."""
+    hangs = Hangs()
+    spec = loadonce.ModelSpec(name="hangs", loader=lambda: hangs, hang_timeout_s=0.5)
+    app = loadonce.create_app([spec])
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            stream = threading.Thread(
+                target=client.post,
+                args=("/models/hangs/generate",),
+                kwargs={"json": {"prompt": "x"}},
+                daemon=True,
+            )
+            stream.start()
+
+            def hung() -> bool:
+                answer = client.get("/readyz")
+                return answer.status_code == 503 and answer.json()["hung_calls"] == {"hangs": 1}
+
+            wait_until(hung, 10, "the hung generation step said on /readyz")
+            metrics = client.get("/metrics").text
+            assert 'loadonce_model_hung_calls{model="hangs"} 1.0' in metrics
+            hangs.let_go.set()
+            stream.join(timeout=10)
+            wait_until(lambda: client.get("/readyz").status_code == 200, 10, "healthy again")
+    finally:
+        hangs.let_go.set()

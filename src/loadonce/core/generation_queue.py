@@ -18,6 +18,7 @@ import functools
 import itertools
 import logging
 from collections.abc import AsyncGenerator, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from loadonce.core.batcher import wrong_loop
@@ -43,6 +44,8 @@ from loadonce.core.generation import (
 from loadonce.core.observer import GenerationReport, ModelObserver
 
 logger = logging.getLogger("loadonce")
+# One step's outcome per sequence it advanced: its new text, or what it failed with.
+_Outcomes = dict[int, Step | Exception]
 
 __all__ = ["GenerationQueue"]
 
@@ -85,8 +88,14 @@ class GenerationQueue:
         max_queue: int,
         static: bool = False,
         observer: ModelObserver | None = None,
+        hang_timeout_s: float | None = None,
+        on_hung_changed: Callable[[int], None] | None = None,
     ) -> None:
         self._model = model
+        # A step of the engine's running past it: the model is unhealthy until it returns
+        # (told through ``on_hung_changed``, as the batcher tells of a hung predict call).
+        self._hang_timeout_s = hang_timeout_s
+        self._on_hung_changed = on_hung_changed
         self._engine = engine
         self._executor = executor
         self._max_sequences = max_sequences
@@ -242,7 +251,7 @@ class GenerationQueue:
                 functools.partial(_advance, self._engine, requests, leaving)
             )
             try:
-                outcomes = await asyncio.wrap_future(call)
+                outcomes = await self._watched(call)
             except asyncio.CancelledError:
                 raise
             except BaseException as caught:  # the engine's code: any exception is its failure
@@ -258,6 +267,34 @@ class GenerationQueue:
                 sequence = self._active.get(sequence_id)
                 if sequence is not None:
                     self._take(sequence, outcome, now)
+
+    async def _watched(
+        self, call: Future[dict[int, Step | Exception]]
+    ) -> dict[int, Step | Exception]:
+        """The step's outcomes; a step still running ``hang_timeout_s`` after it started is
+        said hung until it returns: every stream of the model waits on it (one step at a
+        time), and the probes, the metrics and the supervisor must know it, as of a hung
+        predict call."""
+        running = asyncio.wrap_future(call)
+        if self._hang_timeout_s is None:
+            return await running
+        try:
+            return await asyncio.wait_for(asyncio.shield(running), self._hang_timeout_s)
+        except TimeoutError:
+            pass
+        logger.error(
+            "model '%s': a generation step has run for more than hang_timeout_s (%g s); the "
+            "model is unhealthy until it returns",
+            self._model,
+            self._hang_timeout_s,
+        )
+        if self._on_hung_changed is not None:
+            self._on_hung_changed(1)
+        try:
+            return await running
+        finally:
+            if self._on_hung_changed is not None:
+                self._on_hung_changed(0)
 
     def _take_leaving(self) -> list[int]:
         now = asyncio.get_running_loop().time()
@@ -382,7 +419,7 @@ def _advance(
     joining: dict[int, GenerationRequest],
     leaving: list[int],
     _instance: object,
-) -> dict[int, Step | Exception]:
+) -> _Outcomes:
     return engine.advance(joining, leaving)
 
 

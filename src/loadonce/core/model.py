@@ -105,8 +105,10 @@ class Model:
         self._lifecycle = asyncio.Lock()
         # Told of every change of state, queue and batch (the app's metrics), if set.
         self._observer: ModelObserver | None = None
-        # Predict calls running past hang_timeout_s now; the model is unhealthy while any is.
-        self._hung_calls = 0
+        # Predict calls and generation steps running past hang_timeout_s now, as the batcher
+        # and the generation queue count them; the model is unhealthy while any is.
+        self._hung_predicting = 0
+        self._hung_generating = 0
         # Called when a call is found hung (loadonce serve: replace this worker).
         self._on_hung: Callable[[Model], None] | None = None
         # Spans of its loads and calls, when tracing is on (None: nothing is asked).
@@ -132,8 +134,8 @@ class Model:
 
     @property
     def hung_calls(self) -> int:
-        """Predict calls running past ``hang_timeout_s`` now."""
-        return self._hung_calls
+        """Predict calls and generation steps running past ``hang_timeout_s`` now."""
+        return self._hung_predicting + self._hung_generating
 
     @property
     def observer(self) -> ModelObserver | None:
@@ -240,8 +242,16 @@ class Model:
         return self.is_serving and self.hung_calls == 0
 
     def _hung_changed(self, count: int) -> None:
-        grew = count > self._hung_calls
-        self._hung_calls = count
+        """The batcher's count of hung predict calls."""
+        self._hung_count_changed(count, self._hung_generating)
+
+    def _generation_hung_changed(self, count: int) -> None:
+        """The generation queue's count of hung steps."""
+        self._hung_count_changed(self._hung_predicting, count)
+
+    def _hung_count_changed(self, predicting: int, generating: int) -> None:
+        grew = predicting + generating > self.hung_calls
+        self._hung_predicting, self._hung_generating = predicting, generating
         self._notify()
         if grew and self._on_hung is not None:
             self._on_hung(self)
@@ -768,6 +778,8 @@ def _make_generation(model: Model, executor: Executor) -> GenerationQueue | None
         max_queue=model.spec.max_queue,
         static=batching is not None and batching.generation == "static",
         observer=model.observer,
+        hang_timeout_s=model.spec.hang_timeout,
+        on_hung_changed=model._generation_hung_changed,
     )
 
 
