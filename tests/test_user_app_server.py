@@ -156,6 +156,24 @@ def test_an_apps_lifespan_that_raises_at_shutdown_is_a_failed_exit(project: Path
     assert server.log().count("ERROR:    Application shutdown failed.") == 1
 
 
+def test_an_apps_lifespan_that_raises_at_shutdown_fails_the_exit_with_two_workers(
+    project: Path,
+) -> None:
+    """Each worker logged its failed shutdown, and the server still exited 0."""
+    env = cli_env(project, {"MY_SERVICE_POOL_CLOSE_FAILS": "1", "LOADONCE_MEMORY_PLAN": "false"})
+    server = start_cli(["my_service:app", "--workers", "2"], project, env=env)
+    try:
+        wait_ready(server)
+        pids = _pids_answering(server.url)
+    finally:
+        status = stop(server)
+    log = server.log()
+    assert status == 1, log
+    assert log.count("ERROR:    Application shutdown failed.") == 2, log
+    said = re.findall(r"worker pid (\d+): the app's shutdown failed \(see the log above\)", log)
+    assert {int(pid) for pid in said} == pids, log
+
+
 def test_a_lifespan_blocking_past_the_heartbeat_timeout_is_waited_for(project: Path) -> None:
     """A synchronous migration in the app's own lifespan blocks each worker's loop, heartbeats
     included: the supervisor killed every worker after heartbeat_timeout_s, then each
@@ -187,6 +205,22 @@ def test_a_lifespan_that_never_finishes_stops_startup_with_one_line(project: Pat
     started = time.monotonic()
     [line] = _startup_failure(project, "2", env)
     assert time.monotonic() - started < 60  # not the migration's 120 s, nor the stop's grace
+    assert re.fullmatch(
+        r"ERROR:    \[loadonce\] startup failed: worker pid \d+ loaded its models but did not "
+        r"start serving within startup_timeout_s \(1 s\): the app's own lifespan startup did "
+        r"not finish",
+        line,
+    ), line
+
+
+def test_a_lifespan_that_never_finishes_stops_a_single_worker_with_one_line(
+    project: Path,
+) -> None:
+    """With one worker, startup_timeout_s did not apply: the server hung for good."""
+    env = {"MY_SERVICE_MIGRATION_S": "120", "LOADONCE_STARTUP_TIMEOUT_S": "1"}
+    started = time.monotonic()
+    [line] = _startup_failure(project, "1", env)
+    assert time.monotonic() - started < 60  # not the migration's 120 s
     assert re.fullmatch(
         r"ERROR:    \[loadonce\] startup failed: worker pid \d+ loaded its models but did not "
         r"start serving within startup_timeout_s \(1 s\): the app's own lifespan startup did "

@@ -54,10 +54,12 @@ from loadonce.server.worker_process import (
     CONTROL,
     GO,
     RESULT,
+    SHUTDOWN_FAILED,
     STARTED,
     STARTUP_FAILED,
     STOP,
     become_subreaper,
+    did_not_start_in_time,
     reap_orphans,
     worker_main,
 )
@@ -125,8 +127,17 @@ class Supervisor:
         self._socket: socket.socket | None = None
         # Control requests (load, unload, reload) waiting for their turn: (origin, message).
         self._controls: deque[tuple[_Worker, tuple[Any, ...]]] = deque()
+        # Workers whose app's lifespan raised at shutdown: the server's status says it (1),
+        # as a single worker's does.
+        self._failed_shutdowns: list[int] = []
 
     def run(self) -> int:
+        status = self._run()
+        if status == 0 and self._failed_shutdowns:
+            return SHUTDOWN_FAILED
+        return status
+
+    def _run(self) -> int:
         options = self.config.server
         logging.config.dictConfig(log_config(options.log_level, options.log_format, uvicorn=False))
         # Before the fork server starts: its orphaned children (workers) become ours.
@@ -300,11 +311,7 @@ class Supervisor:
                     # a synchronous call would not see SIGTERM before the stop's grace ends.
                     for hung in starting:
                         hung.signal(signal.SIGKILL)
-                    raise _StartupFailedError(
-                        f"worker pid {worker.pid} loaded its models but did not start serving "
-                        f"within startup_timeout_s ({limit:g} s): the app's own lifespan "
-                        "startup did not finish"
-                    )
+                    raise _StartupFailedError(did_not_start_in_time(worker.pid, limit))
 
     def _supervise(self, workers: list[_Worker]) -> None:
         """Replace a worker that dies or goes silent while serving; a replacement that cannot
@@ -337,6 +344,7 @@ class Supervisor:
             for index, worker in enumerate(workers):
                 if worker.is_alive() or self._stopping:
                     continue
+                self._note_failed_shutdown(worker)
                 if worker.exit_code == STARTUP_FAILED:
                     # It loaded but could not start serving (its gRPC port taken since):
                     # every replacement would fail the same way, in a loop of reloads.
@@ -546,6 +554,14 @@ class Supervisor:
                 worker.signal(signal.SIGKILL)
                 worker.join(10)
             worker.gate.close()
+            self._note_failed_shutdown(worker)
+
+    def _note_failed_shutdown(self, worker: _Worker) -> None:
+        """One line for a worker that ended saying its app's shutdown failed (uvicorn
+        logged the app's traceback above it)."""
+        if worker.started and worker.final_exit_code() == SHUTDOWN_FAILED:
+            logger.error("worker pid %d: the app's shutdown failed (see the log above)", worker.pid)
+            self._failed_shutdowns.append(worker.pid)
 
 
 def _forget_metrics_of(pid: int) -> None:

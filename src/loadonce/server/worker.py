@@ -41,12 +41,16 @@ from loadonce.server.sockets import (
 )
 from loadonce.server.stagger import one_worker_at_a_time
 from loadonce.server.user_app import load_app, serve_user_app
-from loadonce.server.worker_process import GO, STARTUP_FAILED, STOP, exit_leaving_threads
+from loadonce.server.worker_process import (
+    GO,
+    SHUTDOWN_FAILED,
+    STARTUP_FAILED,
+    STOP,
+    did_not_start_in_time,
+    exit_leaving_threads,
+)
 
 logger = logging.getLogger("loadonce")
-
-# The status of a server that served, then whose app's lifespan raised at shutdown.
-SHUTDOWN_FAILED = 1
 
 
 class _OneLineStartupFailure:
@@ -323,9 +327,12 @@ def serve_single_worker(config: ServeConfig) -> int:
         logger.error("startup failed: %s", exc)
         return STARTUP_FAILED
 
+    startup_bound = _StartupBound(config.server.startup_timeout_s)
+
     def announce() -> None:
         # Once the app's own lifespan ran too: it was said before, and that lifespan could
         # still take long, or fail.
+        startup_bound.started()
         warn_if_open_to_the_network(sock, config.server.access(), config.server.allowed_hosts)
         logger.info("all models loaded; accepting connections on %s", describe_address(sock))
 
@@ -335,8 +342,11 @@ def serve_single_worker(config: ServeConfig) -> int:
     previous = {sig: signal.signal(sig, _drained) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with sock:
-            started, failure = run_worker(config, sockets=[sock], on_started=announce)
+            started, failure = run_worker(
+                config, sockets=[sock], on_loaded=startup_bound.loaded, on_started=announce
+            )
     finally:
+        startup_bound.started()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if started:
@@ -348,6 +358,28 @@ def serve_single_worker(config: ServeConfig) -> int:
 
 def _drained(signum: int, frame: FrameType | None) -> None:
     """The stop signal arrives here after uvicorn has drained and shut down: nothing left."""
+
+
+class _StartupBound:
+    """``startup_timeout_s`` for the single worker, as the supervisor applies it to each of
+    several: from the models loaded until it serves (the app's own lifespan, gRPC's
+    listener). A lifespan that never finished hung the server for good, never serving. Timed
+    on a thread of its own: that lifespan may block the event loop (a synchronous migration)."""
+
+    def __init__(self, limit_s: float) -> None:
+        self._limit_s = limit_s
+        self._serving = threading.Event()
+
+    async def loaded(self, registry: Registry) -> None:
+        threading.Thread(target=self._watch, name="loadonce-startup-bound", daemon=True).start()
+
+    def started(self) -> None:
+        self._serving.set()
+
+    def _watch(self) -> None:
+        if not self._serving.wait(self._limit_s):
+            logger.error("startup failed: %s", did_not_start_in_time(os.getpid(), self._limit_s))
+            exit_leaving_threads(STARTUP_FAILED)
 
 
 def worker_process_main(config: ServeConfig, sock: socket.socket, gate: Connection) -> None:
@@ -374,15 +406,34 @@ def worker_process_main(config: ServeConfig, sock: socket.socket, gate: Connecti
         # From now on the pipe carries model control (load, unload, reload) both ways.
         controls[0].start(asyncio.get_running_loop())
 
+    serving = threading.Event()
+
+    def started_serving() -> None:
+        serving.set()
+        controls[0].announce_started()
+
+    def after_drain(signum: int, frame: FrameType | None) -> None:
+        # uvicorn raises the stop signal again once it drained and shut down, to reach this
+        # handler: the worker then exits with its own status (a failed shutdown's). Before it
+        # serves, a stop signal ends the worker as it always did (the signal's own action).
+        if not serving.is_set():
+            signal.signal(signum, previous[signal.Signals(signum)])
+            signal.raise_signal(signum)
+
+    previous = {sig: signal.signal(sig, after_drain) for sig in (signal.SIGINT, signal.SIGTERM)}
     started, failure = run_worker(
         config,
         sockets=[sock],
         on_loaded=wait_for_go,
         make_control=make_control,
         replace_when_hung=True,
-        on_started=lambda: controls[0].announce_started(),
+        on_started=started_serving,
     )
     if not started:
         with contextlib.suppress(OSError):  # a supervisor that is gone needs no report
             gate.send(("failed", failure))
         exit_leaving_threads(STARTUP_FAILED)
+    # uvicorn logged the app's traceback; the status tells the supervisor (which says which
+    # worker, and exits 1). Without waiting for threads: a load abandoned at its timeout may
+    # still run in one.
+    exit_leaving_threads(0 if failure is None else SHUTDOWN_FAILED)

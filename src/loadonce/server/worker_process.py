@@ -40,6 +40,18 @@ logger = logging.getLogger("loadonce")
 
 # uvicorn's own exit status for a failed startup; loadonce uses it too, for one meaning.
 STARTUP_FAILED = 3
+# The status of a server (and of a worker) that served, then whose app's lifespan raised at
+# shutdown.
+SHUTDOWN_FAILED = 1
+
+
+def did_not_start_in_time(pid: int, limit_s: float) -> str:
+    """The one line of a worker that loaded its models but was not serving ``limit_s``
+    (``startup_timeout_s``) later: said alike with one worker and with several."""
+    return (
+        f"worker pid {pid} loaded its models but did not start serving within "
+        f"startup_timeout_s ({limit_s:g} s): the app's own lifespan startup did not finish"
+    )
 
 
 def exit_leaving_threads(code: int) -> NoReturn:
@@ -135,6 +147,15 @@ class WorkerProcess:
             self._exit = "exited" if code is None else f"exited with code {code}"
             return False
         return True
+
+    def final_exit_code(self) -> int | None:
+        """Its exit status once it ended, waiting briefly for the fork server to tell it
+        when the kernel showed only its zombie (None: unknown, the fork server gone)."""
+        if self.exit_code is None and self._exit is not None:
+            with contextlib.suppress(Exception):
+                self.process.join(1)
+                self.exit_code = self.process.exitcode
+        return self.exit_code
 
     def describe_exit(self) -> str:
         return self._exit or "is running"
