@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from loadonce import InputSignature, Predictor, TensorInfo
+from loadonce import GenerationRequest, InputSignature, Predictor, TensorInfo
 
 
 class Echo:
@@ -349,3 +349,21 @@ class _Endless(Predictor):
 
 def endless() -> _Endless:
     return _Endless()
+
+
+class SlowWriter(Predictor):
+    """Generates a piece every 0.1 s, up to 600 (a minute): a stream a drain can cut."""
+
+    max_new_tokens = 600
+
+    def predict(self, batch: Any) -> list[Any]:
+        return list(batch)
+
+    def generate(self, request: GenerationRequest) -> Iterator[str]:
+        for index in range(600):
+            yield f"{index} "
+            time.sleep(0.1)
+
+
+def slow_writer() -> SlowWriter:
+    return SlowWriter()

@@ -106,6 +106,29 @@ def test_a_request_the_drain_cuts_off_is_a_503_not_a_traceback(tmp_path: Path) -
     assert "Traceback" not in server.log()
 
 
+def test_a_stream_the_drain_cuts_off_ends_with_an_error_event_not_mid_body(
+    tmp_path: Path,
+) -> None:
+    """uvicorn cancels a stream still running when drain_timeout_s ends: its body was cut
+    mid-stream (httpx: "incomplete chunked read"), logged as the client's 499 with the
+    cancellation's traceback. Its last event now says the server stopped, as a 503."""
+    env = cli_env(tmp_path, {"LOADONCE_STOP_DELAY_S": "0.3", "LOADONCE_DRAIN_TIMEOUT_S": "1"})
+    with serving(["tests.loaders:slow_writer"], tmp_path, env=env) as server:
+        with httpx.stream(
+            "POST", f"{server.url}/models/slow_writer/generate",
+            json={"prompt": "x", "stream": True}, timeout=30,
+        ) as answer:  # fmt: skip
+            lines = answer.iter_lines()
+            assert next(lines).startswith("data: ")  # streaming: now the drain begins
+            server.process.send_signal(signal.SIGTERM)
+            events = [line for line in lines if line.startswith("data: ")]  # read whole
+        assert stop(server) == 0
+    assert "drain timeout ended" in events[-1], events[-1]
+    log = server.log()
+    assert "Traceback" not in log
+    assert " 503 " in next(line for line in log.splitlines() if "/models/slow_writer" in line)
+
+
 def _series(metrics: str, name: str) -> list[str]:
     return [line for line in metrics.splitlines() if line.startswith(name + "{")]
 

@@ -151,6 +151,13 @@ def _failed(where: str, request_id: str, cause: BaseException, what: str) -> tup
     return 500, f"{what}; the server log has the details under request id {request_id}"
 
 
+# What a request still running when the server's drain timeout ended is told: a 503, or, a
+# stream's last event (``streaming.py``).
+DRAIN_ENDED = (
+    "the server stopped before this request finished (its drain timeout ended): send it again"
+)
+
+
 def raw_error_response(
     status: int, message: str, scope: Scope, headers: dict[str, str] | None = None
 ) -> JSONAnswer:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from starlette.types import Message, Receive, Scope, Send
 
-from loadonce.http.errors import raw_error_response
+from loadonce.http.errors import DRAIN_ENDED, raw_error_response
 from loadonce.http.request_info import (
     ARRIVED_SCOPE_KEY,
     ENDED_SCOPE_KEY,
@@ -37,10 +37,6 @@ _HEADER = REQUEST_ID_HEADER.lower().encode("latin-1")
 # The messages that begin an answer: an HTTP response's, a WebSocket's acceptance or denial.
 _ANSWER_HEADS = frozenset(
     {"http.response.start", "websocket.accept", "websocket.http.response.start"}
-)
-
-_DRAIN_ENDED = (
-    "the server stopped before this request finished (its drain timeout ended): send it again"
 )
 
 
@@ -105,7 +101,7 @@ class RequestLog:
         False (the cancellation goes on)."""
         if self.answered or state is None or not state.registry.draining:
             return False
-        leaving = raw_error_response(503, _DRAIN_ENDED, scope, {"Retry-After": "1"})
+        leaving = raw_error_response(503, DRAIN_ENDED, scope, {"Retry-After": "1"})
         await leaving(scope, receive, self.send)
         return True
 

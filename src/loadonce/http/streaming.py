@@ -9,6 +9,7 @@ step.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -16,12 +17,13 @@ from typing import TypeVar
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from loadonce.core.tracebacks import release_tracebacks
 from loadonce.core.utf8 import utf8
-from loadonce.http.errors import status_and_message
+from loadonce.http.errors import DRAIN_ENDED, status_and_message
 from loadonce.http.request_info import ENDED_SCOPE_KEY
+from loadonce.http.state import LoadonceState
 
 __all__ = [
     "EventStreamResponse",
@@ -75,11 +77,29 @@ class EventStreamResponse(StreamingResponse):
         self.when_done: Callable[[int], None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         # Closed however the answer ends: a server of ASGI spec 2.4 stops iterating when a
         # send fails (the client went away) and leaves the iterator to the garbage collector,
         # while the generation it holds would go on.
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, sending)
+        except asyncio.CancelledError:
+            # The server's drain ended with the stream running (uvicorn cancels its task):
+            # the body was cut mid-stream (the client's "incomplete chunked read", logged as
+            # its own 499 with the cancellation's traceback). Its last event says so, as a
+            # request not yet answered is answered 503, and the body ends whole.
+            last_event = self.outcome.last_event
+            if not started or last_event is None or not _drain_ended(scope):
+                raise
+            self.outcome.status = 503
+            body = last_event(503, DRAIN_ENDED)
+            await send({"type": "http.response.body", "body": body, "more_body": False})
         finally:
             await _close(self._content)
             final = self.outcome.final_status
@@ -96,6 +116,8 @@ class StreamOutcome:
 
     status: int = 200
     whole: bool = False
+    # Its last event when it fails after it began (``guarded``'s ``on_error``).
+    last_event: Callable[[int, str], bytes] | None = None
 
     @property
     def final_status(self) -> int:
@@ -115,6 +137,7 @@ async def guarded(
     (``on_error(status, message)``: the message a client may see, the details logged under
     the request id), since the status line has left already; ``outcome`` told how it ended."""
     outcome = outcome if outcome is not None else StreamOutcome()
+    outcome.last_event = on_error
     try:
         async for chunk in chunks:
             yield chunk
@@ -125,6 +148,12 @@ async def guarded(
         yield on_error(status, message)
     else:
         outcome.whole = True
+
+
+def _drain_ended(scope: Scope) -> bool:
+    """Whether the server is draining: a cancellation then is its drain timeout's end."""
+    state = LoadonceState.in_scope(scope)
+    return state is not None and state.registry.draining
 
 
 async def _close(events: AsyncIterator[T]) -> None:
