@@ -145,6 +145,25 @@ def test_each_hostile_body_is_a_4xx_with_a_message(
     assert "the model raised" not in error
 
 
+@pytest.mark.parametrize(
+    "value", [{"a": "x" * 100_000}, 10**4000], ids=["an object", "a 4,000-digit number"]
+)
+def test_a_refusal_quoting_a_clients_value_quotes_an_excerpt(
+    echo_server: ThreadedServer, value: object
+) -> None:
+    """A BYTES element that is not text was quoted whole in the 400 (100 KB of it)."""
+    body = json.dumps({"inputs": [_tensor([1], "BYTES", [value])]})
+    response = httpx.post(
+        f"{echo_server.url}/v2/models/echo/infer",
+        content=body,
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 400, response.text
+    assert "BYTES data must be strings" in response.json()["error"]
+    assert len(response.content) < 1000
+
+
 def test_memory_stays_flat_over_many_hostile_requests(server: ThreadedServer) -> None:
     process = psutil.Process(os.getpid())
     amplifying = [(b, h) for name, b, h in CASES if "binary" in name or "json" in name]

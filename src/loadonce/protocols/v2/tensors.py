@@ -8,6 +8,7 @@ float overflowing to infinity), and its binary size against its shape.
 from __future__ import annotations
 
 import math
+import reprlib
 import struct
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -300,7 +301,7 @@ def _flatten_text(tensor: RequestInput, budget: int) -> list[bytes]:
         if not isinstance(value, str):
             raise InvalidInputError(
                 f"input '{tensor.name}': BYTES data must be strings; got "
-                f"{type(value).__name__} {value!r}"
+                f"{type(value).__name__} {reprlib.repr(value)}"  # an excerpt: it may be huge
             )
         flat.append(value.encode("utf-8"))
     return flat
