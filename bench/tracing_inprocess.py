@@ -35,6 +35,7 @@ import loadonce
 from bench.models import TRUSTED_TYPES, build
 from bench.servers import FILL_WAIT_MS, MAX_BATCH_SIZE
 from bench.tracing import CONNECTIONS, _Receiver
+from loadonce.http.disconnect import CONNECTION_LOSS_SCOPE_KEY, ConnectionLoss
 
 
 def app_for(artifact: Path, variant: str) -> FastAPI:
@@ -54,7 +55,8 @@ def app_for(artifact: Path, variant: str) -> FastAPI:
 
 
 async def one_request(app: FastAPI, state: dict[str, Any], body: bytes) -> int:
-    """One POST /models/m/predict through the app, as uvicorn would hand it over."""
+    """One POST /models/m/predict through the app, as `loadonce serve`'s uvicorn would hand
+    it over."""
     sent: list[dict[str, Any]] = []
     given = False
 
@@ -87,6 +89,8 @@ async def one_request(app: FastAPI, state: dict[str, Any], body: bytes) -> int:
             (b"content-length", str(len(body)).encode()),
         ],
         "state": dict(state),
+        # As `loadonce serve`'s HTTP protocol stamps it (the route learns a client left).
+        CONNECTION_LOSS_SCOPE_KEY: ConnectionLoss(),
     }
     await app(scope, receive, send)
     status: int = sent[0]["status"]

@@ -6,6 +6,7 @@ sleeping in the hope that it started.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import os
@@ -53,14 +54,24 @@ class ThreadedServer:
     `loadonce serve`, so the port is known before startup and can be probed during it.
     """
 
-    def __init__(self, app: ASGIApp, *, root_path: str = "", host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        root_path: str = "",
+        host: str = "127.0.0.1",
+        http: type[asyncio.Protocol] | str = "auto",
+    ) -> None:
         """``root_path``: as uvicorn's ``--root-path`` behind a proxy that strips the prefix.
-        ``host``: the address bound (``url`` reaches it through 127.0.0.1 whatever it is)."""
+        ``host``: the address bound (``url`` reaches it through 127.0.0.1 whatever it is).
+        ``http``: uvicorn's HTTP protocol (``loadonce serve``'s: ``guarded_protocol``)."""
         self._socket = socket.socket()
         self._socket.bind((host, 0))
         self.port: int = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", root_path=root_path)
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="on", root_path=root_path, http=http
+        )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self._socket]}, daemon=True

@@ -16,6 +16,7 @@ import httpx2 as httpx
 import pytest
 
 import loadonce
+from loadonce.server.http_protocol import guarded_protocol
 from tests.servers import ThreadedServer, cli_env, start_cli, stop, wait_ready, wait_until
 
 
@@ -55,9 +56,11 @@ def gate() -> Iterator[threading.Event]:
 def serve() -> Iterator[Any]:
     servers: list[ThreadedServer] = []
 
-    def start(model: RecordingModel, **spec: Any) -> ThreadedServer:
+    def start(
+        model: RecordingModel, http: type[asyncio.Protocol] | str = "auto", **spec: Any
+    ) -> ThreadedServer:
         app = loadonce.create_app([loadonce.ModelSpec(name="m", loader=lambda: model, **spec)])
-        server = ThreadedServer(app)
+        server = ThreadedServer(app, http=http)
         server.start()
         servers.append(server)
         return server
@@ -171,11 +174,21 @@ def test_a_bad_timeout_header_is_422(serve: Any) -> None:
     assert "X-Request-Timeout" in response.json()["error"]
 
 
+# uvicorn's own protocol (the route watches ``receive`` for the disconnect) and `loadonce
+# serve`'s (its protocol tells the waiting route when the connection is lost).
+@pytest.mark.parametrize("http", ["auto", "loadonce serve"])
 def test_a_disconnected_clients_request_never_reaches_the_model(
-    serve: Any, gate: threading.Event
+    serve: Any, gate: threading.Event, http: str
 ) -> None:
     model = RecordingModel(gate=gate)
-    server = serve(model)
+    protocol = (
+        guarded_protocol(
+            header_timeout_s=10, body_timeout_s=30, max_header_bytes=65536, max_header_fields=100
+        )
+        if http == "loadonce serve"
+        else http
+    )
+    server = serve(model, http=protocol)
     busy = _occupy(server, model)
     with pytest.raises(httpx.ReadTimeout):
         # The client gives up (and closes its connection) while its request is queued.

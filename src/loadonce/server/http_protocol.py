@@ -39,6 +39,7 @@ from starlette.types import Receive, Scope, Send
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from loadonce.http.disconnect import CONNECTION_LOSS_SCOPE_KEY, ConnectionLoss
 from loadonce.http.errors import raw_error_response
 from loadonce.http.request_info import (
     ARRIVED_SCOPE_KEY,
@@ -194,6 +195,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._gathered = _GatheredWrites(transport, self.loop, self.tasks)
+        self._loss = ConnectionLoss()
         self._arm(self.header_timeout_s, HTTPStatus.REQUEST_TIMEOUT)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -202,6 +204,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._write_timer.cancel()
             self._write_timer = None
         super().connection_lost(exc)
+        self._loss.happened()  # the requests waiting for a model's answer stop at once
 
     # An answer its client does not read: the transport's buffer fills and it asks us to
     # pause; uvicorn then waits for it to drain, for ever. A client that reads nothing for
@@ -296,6 +299,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # Its deadline counts from here (ARRIVED_SCOPE_KEY), so the wait for the busy loop
         # to start the request's task is part of it.
         self.scope[ARRIVED_SCOPE_KEY] = self._received_at  # type: ignore[literal-required]
+        # Where a route waiting for a model learns its client left (http/disconnect.py).
+        self.scope[CONNECTION_LOSS_SCOPE_KEY] = self._loss  # type: ignore[literal-required]
         limit = self.limit_concurrency
         # max_connections open connections are served, this one among them (uvicorn's own
         # check counted it with the others: max_connections - 1 were, and a limit of 1
