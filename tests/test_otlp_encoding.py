@@ -178,47 +178,70 @@ def test_the_children_a_request_span_carries_are_written_as_their_own_spans() ->
     # encode travel inside its span: written out, they are the spans they stand for, as the
     # SDK's encoder writes those.
     state = TraceState([("vendor", "value")])
-    request_context = context(0xFEED, 0x10, trace_state=state)
     batch = Link(context(0xFEED, 0x77))
     failed = Status(StatusCode.ERROR, "ValueError: bad body")
+    model = {"loadonce.model": "m"}
+    back = (batch,)
+    unset = Status()
     children: list[Child] = [
-        ("decode", 100, 200, None, (), (), Status()),
-        ("queue wait", 200, 300, {"loadonce.model": "m"}, (batch,), (), Status()),
+        ("decode", 100, 200, None, (), (), unset),
+        ("queue wait", 200, 300, model, back, (), unset),
         ("encode", 300, 400, None, (), [Event("exception", {"a": "b"}, 350)], failed),
     ]
-    # A child's span id is made by the exporter, with the provider's id generator.
-    child_ids = [0x11, 0x12, 0x13]
-    request = FinishedSpan(
-        name="POST /models/{name}/predict",
-        context=request_context,
-        parent=context(0xFEED, 0x9, remote=True),
-        resource=RESOURCE,
-        attributes={"http.route": "/models/{name}/predict"},
-        kind=SpanKind.SERVER,
-        start_time=50,
-        end_time=450,
-        instrumentation_scope=SCOPE,
-    )
-    request.children = children
-    stood_for = [
-        span(
-            name,
-            context=context(0xFEED, span_id, trace_state=state),
-            parent=request_context,
-            start_time=start_ns,
-            end_time=end_ns,
-            attributes=attributes,
-            links=links,
-            events=events,
-            status=status,
-        )
-        for (name, start_ns, end_ns, attributes, links, events, status), span_id in zip(
-            children, child_ids, strict=True
-        )
+    # Another request of the same call: its children share some of those objects (as the
+    # requests of one call share the wait's attributes and link back), not others.
+    other_children: list[Child] = [
+        ("decode", 110, 210, None, (), (), unset),
+        ("queue wait", 210, 300, model, back, (), unset),
+        (
+            "queue wait",
+            210,
+            300,
+            {"loadonce.model": "n"},
+            (Link(context(0xFEED, 0x78)),),
+            (),
+            unset,
+        ),
+        ("encode", 310, 410, None, (), (), Status(StatusCode.ERROR, "other")),
     ]
+    # A child's span id is made by the exporter, with the provider's id generator.
+    child_ids = [0x11, 0x12, 0x13, 0x21, 0x22, 0x23, 0x24]
+    carriers = []
+    stood_for = []
+    ids = iter(child_ids)
+    for span_id, carried in ((0x10, children), (0x20, other_children)):
+        carrier_context = context(0xFEED, span_id, trace_state=state)
+        carrier = FinishedSpan(
+            name="POST /models/{name}/predict",
+            context=carrier_context,
+            parent=context(0xFEED, 0x9, remote=True),
+            resource=RESOURCE,
+            attributes={"http.route": "/models/{name}/predict"},
+            kind=SpanKind.SERVER,
+            start_time=50,
+            end_time=450,
+            instrumentation_scope=SCOPE,
+        )
+        carrier.children = carried
+        carriers.append(carrier)
+        stood_for.append(carrier)
+        stood_for += [
+            span(
+                name,
+                context=context(0xFEED, next(ids), trace_state=state),
+                parent=carrier_context,
+                start_time=start_ns,
+                end_time=end_ns,
+                attributes=attributes,
+                links=links,
+                events=events,
+                status=status,
+            )
+            for name, start_ns, end_ns, attributes, links, events, status in carried
+        ]
     alone = span("alone")
-    assert encode_spans([request, alone], iter(child_ids).__next__) == (
-        sdk_encode([request, *stood_for, alone]).SerializeToString()
+    assert encode_spans([*carriers, alone], iter(child_ids).__next__) == (
+        sdk_encode([*stood_for, alone]).SerializeToString()
     )
 
 

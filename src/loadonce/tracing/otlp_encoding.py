@@ -171,6 +171,9 @@ def encode_spans(
     last_resource: Resource | None = None
     last_scope: SdkScope | None = None
     group: list[bytes] = []
+    # The fields carried spans share (``_child``), while ``spans`` holds what they were
+    # written from (keys are the objects' ids).
+    tails: dict[tuple[int, int, int, int], bytes] = {}
     for span in spans:
         resource, scope = span.resource, span.instrumentation_scope
         if resource is not last_resource or scope is not last_scope or not group:
@@ -180,7 +183,7 @@ def encode_spans(
                 found = by_value.setdefault(resource, {}).setdefault(scope, [])
                 by_identity[key] = found
             group, last_resource, last_scope = found, resource, scope
-        group.append(_span(span, new_span_id))
+        group.append(_span(span, new_span_id, tails))
     request = []
     for resource, scopes in by_value.items():
         parts = [_delimited(_GROUP_RESOURCE, _resource(resource))]
@@ -220,7 +223,11 @@ def _scope(scope: SdkScope | None) -> bytes:
     return b"".join(parts)
 
 
-def _span(span: ReadableSpan, new_span_id: Callable[[], int]) -> bytes:
+def _span(
+    span: ReadableSpan,
+    new_span_id: Callable[[], int],
+    tails: dict[tuple[int, int, int, int], bytes],
+) -> bytes:
     """One span, as the ScopeSpans' ``spans`` field: tag, length, its fields; then the spans
     it carries, if any. (Each of the span's properties is read once: most build something, a
     copy or a check, when read.)"""
@@ -257,29 +264,40 @@ def _span(span: ReadableSpan, new_span_id: Callable[[], int]) -> bytes:
     if children:
         below = (_TRACE_ID, trace_id, _SPAN_ID)
         above = (state, _PARENT_SPAN_ID, span_id)
-        spans += b"".join([_child(child, new_span_id(), below, above) for child in children])
+        spans += b"".join([_child(child, new_span_id(), below, above, tails) for child in children])
     return spans
 
 
-def _child(child: Child, span_id: int, below: tuple[bytes, ...], above: tuple[bytes, ...]) -> bytes:
+def _child(
+    child: Child,
+    span_id: int,
+    below: tuple[bytes, ...],
+    above: tuple[bytes, ...],
+    tails: dict[tuple[int, int, int, int], bytes],
+) -> bytes:
     """A span another carries (``spans.Child``), as the span it stands for: in its carrier's
     trace (``below``: the trace id's field, the span id's tag), under it with its trace state
-    (``above``), of kind INTERNAL, its parent local."""
+    (``above``), of kind INTERNAL, its parent local. Its fields after its times (attributes,
+    events, links, status, flags) are written once for each set of those objects (``tails``,
+    by identity, for one export): a request's phases share theirs, and so do the waits of the
+    requests one call carried (one attribute map and one link back to the call)."""
     name, start_ns, end_ns, attributes, links, events, status = child
+    key = (id(attributes), id(events), id(links), id(status))
+    tail = tails.get(key)
+    if tail is None:
+        written: list[bytes] = []
+        _add_fields(written, "", b"", None, None, attributes, events, links, status, _NONE_DROPPED)
+        written.append(_SPAN_FLAGS[False])
+        tail = tails[key] = b"".join(written)
     parts = [*below, span_id.to_bytes(8, "big"), *above]
-    _add_fields(
-        parts,
-        name,
-        _INTERNAL,
-        start_ns,
-        end_ns,
-        attributes,
-        events,
-        links,
-        status,
-        _NONE_DROPPED,
-    )
-    parts.append(_SPAN_FLAGS[False])
+    if name:
+        parts.append(_names.get(name) or _name(name))
+    parts.append(_INTERNAL)
+    if start_ns:
+        parts += (_START, _TIMES.pack(start_ns))
+    if end_ns:
+        parts += (_END, _TIMES.pack(end_ns))
+    parts.append(tail)
     encoded = b"".join(parts)
     return _SPAN + _size(len(encoded)) + encoded
 
