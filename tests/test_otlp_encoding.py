@@ -206,8 +206,8 @@ def test_the_children_a_request_span_carries_are_written_as_their_own_spans() ->
     ]
     # A child's span id is made by the exporter, with the provider's id generator.
     child_ids = [0x11, 0x12, 0x13, 0x21, 0x22, 0x23, 0x24]
-    carriers = []
-    stood_for = []
+    carriers: list[ReadableSpan] = []
+    stood_for: list[ReadableSpan] = []
     ids = iter(child_ids)
     for span_id, carried in ((0x10, children), (0x20, other_children)):
         carrier_context = context(0xFEED, span_id, trace_state=state)

@@ -383,7 +383,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         watched = _Call(started=loop.time())
         if self.tracer is not None:
-            watched.trace = self._trace_call(batch)
+            watched.trace = self._trace_call(batch, examples)
         self._running.add(watched)
         if self._watchdog is None and self.hang_timeout_s is not None:
             self._watchdog = loop.call_later(self.hang_timeout_s, self._watch)
@@ -407,16 +407,17 @@ class Batcher:
             return
         running.add_done_callback(returned)
 
-    def _trace_call(self, batch: list[_Request]) -> object | None:
+    def _trace_call(self, batch: list[_Request], examples: list[list[Any]]) -> object | None:
         """The call's span, linked to every sampled request it carries; none when it carries
-        no sampled request (at a low sampling ratio, most calls)."""
+        no sampled request (at a low sampling ratio, most calls). ``examples``: each
+        request's."""
         assert self.tracer is not None
         carried = [(r.trace, r.submitted) for r in batch if r.trace is not None]
         if not carried:
             return None
-        examples = sum(len(r.examples) for r in batch)
+        size = sum(map(len, examples))
         started = time.perf_counter()
-        return self.tracer.call_started(self.model, carried, examples, len(batch), started)
+        return self.tracer.call_started(self.model, carried, size, len(batch), started)
 
     def _watch(self) -> None:
         """On the loop, at most every ``hang_timeout_s`` while calls run (one timer per model,

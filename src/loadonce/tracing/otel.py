@@ -273,7 +273,8 @@ class Tracing:
             return None
         context = SpanContext(trace_id, writer.new_span_id(), False, flags, state)
         span = RecordedSpan(writer, name, context, remote, kind)
-        writer.started(span)
+        if not writer.nests:
+            writer.started(span)
         return RequestSpan(self, span)
 
     # The core's CallTracer.
@@ -329,7 +330,16 @@ class RequestSpan:
     where the spans below it go (its decode, encode and wait in the queue): into its own span
     when loadonce writes it (``RecordedSpan.child``, carried or written), else to the writer."""
 
-    __slots__ = ("_active_token", "_context_token", "_own", "below", "context", "span", "tracing")
+    __slots__ = (
+        "_active_token",
+        "_carrier",
+        "_context_token",
+        "_own",
+        "below",
+        "context",
+        "span",
+        "tracing",
+    )
 
     def __init__(self, tracing: Tracing, span: Span) -> None:
         self.tracing = tracing
@@ -340,10 +350,14 @@ class RequestSpan:
         # loadonce's own attributes, written directly on a span loadonce writes (they need
         # none of the checks a user's get); None: set through the API.
         self._own: dict[str, Any] | None = None
+        # Its span, when that carries the spans below it (its phases are added directly).
+        self._carrier: RecordedSpan | None = None
         self.below: ChildWriter
         if isinstance(span, RecordedSpan):
             self._own = span.own_attributes
             self.below = span
+            if span.writer.nests:
+                self._carrier = span
         else:
             self.below = _WrittenApart(tracing.writer, self.context)
 
@@ -371,7 +385,7 @@ class RequestSpan:
         otel_context.detach(self._context_token)  # type: ignore[arg-type]
 
     def phase(self, name: str) -> AbstractContextManager[object]:
-        return Phase(self.below, name)
+        return Phase(self.below, name, self._carrier)
 
     def named(self, method: str, route: str) -> None:
         """The route's template is known: the span's name, low in cardinality."""

@@ -314,7 +314,7 @@ class RecordedSpan(trace.Span, ReadableSpan):
     _dropped_attributes = 0
     _events: Sequence[Event] = ()
     _links: Sequence[Link] = ()
-    _ended = False
+    ended = False  # once True, nothing changes it
 
     def get_span_context(self) -> SpanContext:
         return self._context  # type: ignore[return-value]  # always set (ReadableSpan's type)
@@ -333,7 +333,7 @@ class RecordedSpan(trace.Span, ReadableSpan):
         """A finished span below this one: carried in it when the writer nests them (and
         this span is still open), else written on its own."""
         writer = self.writer
-        if not writer.nests or self._ended:
+        if not writer.nests or self.ended:
             writer.child(
                 name,
                 self.get_span_context(),
@@ -360,7 +360,7 @@ class RecordedSpan(trace.Span, ReadableSpan):
     @property
     def attributes(self) -> Mapping[str, Any]:
         """Its attributes so far (as the SDK's span shows them to a processor)."""
-        if self._added is None or self._ended:
+        if self._added is None or self.ended:
             return MappingProxyType(self._attributes)
         return MappingProxyType({**self.own_attributes, **self._added})
 
@@ -369,14 +369,14 @@ class RecordedSpan(trace.Span, ReadableSpan):
         return self._dropped_attributes
 
     def is_recording(self) -> bool:
-        return not self._ended
+        return not self.ended
 
     def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
         for key, value in attributes.items():
             self.set_attribute(key, value)
 
     def set_attribute(self, key: str, value: types.AnyValue) -> None:
-        if self._ended:
+        if self.ended:
             return
         if self._added is None:
             limits = self.writer.limits
@@ -390,7 +390,7 @@ class RecordedSpan(trace.Span, ReadableSpan):
     def add_event(
         self, name: str, attributes: types.Attributes = None, timestamp: int | None = None
     ) -> None:
-        if self._ended:
+        if self.ended:
             return
         limits = self.writer.limits
         cleaned = BoundedAttributes(
@@ -404,7 +404,7 @@ class RecordedSpan(trace.Span, ReadableSpan):
         self._events.append(event)
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
-        if self._ended or not context.is_valid:
+        if self.ended or not context.is_valid:
             return
         limits = self.writer.limits
         cleaned = BoundedAttributes(
@@ -415,12 +415,12 @@ class RecordedSpan(trace.Span, ReadableSpan):
         self._links.append(Link(context, cleaned))
 
     def update_name(self, name: str) -> None:
-        if not self._ended:
+        if not self.ended:
             self._name = name
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
         # The SDK's rules: OK is final, UNSET changes nothing.
-        if self._ended or self._status.status_code is StatusCode.OK:
+        if self.ended or self._status.status_code is StatusCode.OK:
             return
         if isinstance(status, StatusCode):
             status = Status(status, description)
@@ -434,7 +434,7 @@ class RecordedSpan(trace.Span, ReadableSpan):
         timestamp: int | None = None,
         escaped: bool = False,
     ) -> None:
-        if self._ended:
+        if self.ended:
             return
         event = _exception_event(exception, timestamp or time.time_ns(), escaped)
         if attributes:
@@ -448,9 +448,9 @@ class RecordedSpan(trace.Span, ReadableSpan):
         self._add_event(event)
 
     def end(self, end_time: int | None = None) -> None:
-        if self._ended:
+        if self.ended:
             return
-        self._ended = True
+        self.ended = True
         self._end_time = time.time_ns() if end_time is None else end_time
         if self._added is not None:
             self._attributes = {**self.own_attributes, **self._added}
@@ -567,13 +567,15 @@ class ChildWriter(Protocol):
 
 class Phase:
     """A span around a block (``with``), below a request's, written when the block ends; an
-    exception leaving it is recorded on it."""
+    exception leaving it is recorded on it. ``carrier``: the request's span when it carries
+    the spans below it (``Child``): a phase that ended well is added to them directly."""
 
-    __slots__ = ("name", "owner", "started")
+    __slots__ = ("carrier", "name", "owner", "started")
 
-    def __init__(self, owner: ChildWriter, name: str) -> None:
+    def __init__(self, owner: ChildWriter, name: str, carrier: RecordedSpan | None = None) -> None:
         self.owner = owner
         self.name = name
+        self.carrier = carrier
         self.started = 0
 
     def __enter__(self) -> None:
@@ -587,7 +589,11 @@ class Phase:
     ) -> None:
         ended = time.time_ns()
         if error is None:
-            self.owner.child(self.name, self.started, ended)
+            carrier = self.carrier
+            if carrier is not None and not carrier.ended:
+                carrier.children.append((self.name, self.started, ended, None, (), (), _UNSET))
+            else:
+                self.owner.child(self.name, self.started, ended)
         else:
             failed = f"{type(error).__name__}: {error}"
             self.owner.child(self.name, self.started, ended, errors=[error], failed=failed)
