@@ -20,7 +20,7 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -38,7 +38,7 @@ import loadonce
 from loadonce.tracing import start_tracing
 from loadonce.tracing.otlp_encoding import encode_spans
 from loadonce.tracing.otlp_exporter import DirectOtlpSpanExporter
-from loadonce.tracing.spans import Child, FinishedSpan, FinishedSpanWriter
+from loadonce.tracing.spans import Child, FinishedSpan, FinishedSpanWriter, RecordedSpan
 from tests.test_tracing import Doubler
 from tests.test_tracing_otlp import Receiver
 from tests.test_tracing_otlp import receiver as receiver  # the fixture
@@ -394,6 +394,30 @@ def test_served_requests_spans_are_encoded_as_the_sdk_encodes_them() -> None:
     assert any(s.name == "batch" and len(s.links) == 2 for s in spans)
     assert any(e.name == "exception" for s in spans for e in s.events)
     assert encode_spans(spans) == sdk_encode(spans).SerializeToString()
+
+
+def test_a_request_span_code_added_to_past_its_limits_is_encoded_as_the_sdk_encodes_it() -> None:
+    # What a handler adds to the request's span (through the current span) is bounded by the
+    # tracer's limits, its drops counted: encoded as the SDK's encoder reads them.
+    provider = TracerProvider(
+        resource=RESOURCE,
+        span_limits=SpanLimits(max_events=2, max_links=2, max_span_attributes=2),
+    )
+    writer = FinishedSpanWriter(provider.get_tracer("tests"))  # type: ignore[arg-type]
+    request = RecordedSpan(writer, "POST /x", context(0xAB, 0x2), None, SpanKind.SERVER)
+    request.own_attributes["http.route"] = "/x"
+    for n in range(3):
+        request.set_attribute(f"user.{n}", n)
+        request.add_event(f"event {n}", {"n": n})
+        request.add_link(context(0xAB, 0x10 + n), {"n": n})
+    request.set_status(StatusCode.ERROR, "bad")
+    request.end()
+    quiet = RecordedSpan(
+        writer, "GET /y", context(0xAB, 0x3), context(0xAC, 0x4, remote=True), SpanKind.SERVER
+    )
+    quiet.end()
+    assert (request.dropped_events, request.dropped_links, request.dropped_attributes) == (1, 1, 1)
+    assert encode_spans([request, quiet]) == sdk_encode([request, quiet]).SerializeToString()
 
 
 def test_the_exporter_sends_the_request_the_sdk_would_send(receiver: Receiver) -> None:

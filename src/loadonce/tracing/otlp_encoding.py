@@ -33,7 +33,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope as SdkSc
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-from loadonce.tracing.spans import Child
+from loadonce.tracing.spans import Child, FinishedSpan, RecordedSpan
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +123,18 @@ _BYTES = _tag(7, _LEN)
 _VALUES = _tag(1, _LEN)
 
 # OTLP's span kinds are the API's, counted from 1 (0 is "unspecified").
-_KINDS = {kind: _KIND + _size(kind.value + 1) for kind in SpanKind}
-_INTERNAL = _KINDS[SpanKind.INTERNAL]
+_KINDS = [(kind, _KIND + _size(kind.value + 1)) for kind in SpanKind]
+_INTERNAL = _KIND + _size(SpanKind.INTERNAL.value + 1)
+
+
+def _kind(kind: SpanKind) -> bytes:
+    """The kind's field, found by identity (an enum member hashes in Python)."""
+    for member, encoded in _KINDS:
+        if kind is member:
+            return encoded
+    raise ValueError(f"not a SpanKind: {kind!r}")
+
+
 _NONE_DROPPED = (0, 0, 0)
 # Every span and link says whether its parent (its target) is remote: SpanFlags'
 # CONTEXT_HAS_IS_REMOTE (0x100), with CONTEXT_IS_REMOTE (0x200) when it is.
@@ -245,18 +255,50 @@ def _span(
         parts.append(state)
     if parent is not None:
         parts += (_PARENT_SPAN_ID, parent.span_id.to_bytes(8, "big"))
-    _add_fields(
-        parts,
-        span.name,
-        _KINDS[span.kind],
-        span.start_time,
-        span.end_time,
-        span.attributes,
-        span.events,
-        span.links,
-        span.status,
-        (span.dropped_attributes, span.dropped_events, span.dropped_links),
-    )
+    if type(span) is FinishedSpan:
+        # loadonce's own, whose fields are plain (ReadableSpan's properties copy or check
+        # them when read: 1 µs a span).
+        _add_fields(
+            parts,
+            span._name,
+            _kind(span._kind),
+            span._start_time,
+            span._end_time,
+            span._attributes,
+            span._events,
+            span._links,
+            span._status,
+            _NONE_DROPPED,
+        )
+    elif type(span) is RecordedSpan:
+        # A request's span, loadonce's too: its events and links are bounded lists once it
+        # has any (the SDK's, which count what they dropped).
+        events, links = span._events, span._links
+        _add_fields(
+            parts,
+            span._name,
+            _kind(span._kind),
+            span._start_time,
+            span._end_time,
+            span._attributes,
+            events,
+            links,
+            span._status,
+            (span._dropped_attributes, getattr(events, "dropped", 0), getattr(links, "dropped", 0)),
+        )
+    else:
+        _add_fields(
+            parts,
+            span.name,
+            _kind(span.kind),
+            span.start_time,
+            span.end_time,
+            span.attributes,
+            span.events,
+            span.links,
+            span.status,
+            (span.dropped_attributes, span.dropped_events, span.dropped_links),
+        )
     parts.append(_SPAN_FLAGS[parent is not None and parent.is_remote])
     encoded = b"".join(parts)
     spans = _SPAN + _size(len(encoded)) + encoded
