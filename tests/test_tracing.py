@@ -18,6 +18,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import StatusCode
 
 import loadonce
@@ -120,6 +121,37 @@ def test_a_requests_spans_form_one_trace(exporter: InMemorySpanExporter, api_onl
     assert queued.end_time is not None
     assert predicted.start_time is not None
     assert queued.end_time <= predicted.start_time
+
+
+class CountingIds(IdGenerator):
+    """Ids an operator's generator makes (as AWS X-Ray's does, with a time in them)."""
+
+    def __init__(self) -> None:
+        self.made = 0
+
+    def generate_span_id(self) -> int:
+        self.made += 1
+        return 0x5000 + self.made
+
+    def generate_trace_id(self) -> int:
+        self.made += 1
+        return 0x7000_0000 + self.made
+
+
+def test_the_providers_id_generator_makes_every_id(exporter: InMemorySpanExporter) -> None:
+    provider = TracerProvider(id_generator=CountingIds())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    specs = [loadonce.ModelSpec(name="m", loader=lambda: Doubler())]
+    with TestClient(loadonce.create_app(specs, tracing=provider)) as client:
+        exporter.clear()
+        assert client.post("/models/m/predict", json={"inputs": [1]}).status_code == 200
+    spans = exporter.get_finished_spans()
+    assert len(spans) == 6  # the request, decode, queue wait, batch, predict, encode
+    (trace_id,) = {s.context.trace_id for s in spans}
+    assert 0x7000_0000 < trace_id < 0x7000_1000
+    span_ids = {s.context.span_id for s in spans}
+    assert len(span_ids) == 6
+    assert all(0x5000 < span_id < 0x6000 for span_id in span_ids)
 
 
 def test_a_traceparent_continues_the_callers_trace(exporter: InMemorySpanExporter) -> None:

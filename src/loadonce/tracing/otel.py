@@ -37,6 +37,7 @@ from loadonce.tracing.spans import (
     Phase,
     RecordedSpan,
     SpanWriter,
+    id_makers,
     writer_for,
 )
 
@@ -126,7 +127,7 @@ def provider_for(options: TracingOptions) -> tuple[TracerProvider, SpanProcessor
         if options.endpoint is not None:
             endpoint = options.endpoint.rstrip("/") + "/v1/traces"
         otlp = DirectOtlpSpanExporter(endpoint=endpoint)
-        otlp.new_span_id = provider.id_generator.generate_span_id
+        otlp.new_span_id = id_makers(provider.id_generator)[0]
         processor = BatchSpanProcessor(otlp)
         provider.add_span_processor(processor)
         return provider, processor if otlp.encodes_directly else None

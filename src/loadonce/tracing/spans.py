@@ -14,9 +14,11 @@ started and ended through the API.
 
 from __future__ import annotations
 
+import functools
+import random
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, Protocol
 
@@ -24,6 +26,7 @@ from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, SpanProcessor
 from opentelemetry.sdk.trace import Tracer as SdkTracer
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
@@ -122,8 +125,7 @@ class FinishedSpanWriter:
         self.processor: SpanProcessor = nests_into or tracer.span_processor
         self.nests = nests_into is not None
         self.resource = tracer.resource
-        self.new_span_id = tracer.id_generator.generate_span_id
-        self.new_trace_id = tracer.id_generator.generate_trace_id
+        self.new_span_id, self.new_trace_id = id_makers(tracer.id_generator)
         self.scope = InstrumentationScope("loadonce", __version__)
         # What code besides loadonce's (a user's handler, through the current span) may add
         # to a request's span: the tracer's limits, as on the SDK's own spans (the provider's,
@@ -189,6 +191,15 @@ class FinishedSpanWriter:
     def write(self, span: ReadableSpan) -> None:
         """Hand a finished span to the span processors."""
         self.processor.on_end(span)
+
+
+def id_makers(generator: IdGenerator) -> tuple[Callable[[], int], Callable[[], int]]:
+    """The generator's span and trace ids' makers. The SDK's default draws random bits until
+    they are not zero (an invalid id): called in C here (no Python frame per id on the event
+    loop), drawn once (2**-64 and 2**-128 of a zero are not worth a loop)."""
+    if type(generator) is RandomIdGenerator:
+        return functools.partial(random.getrandbits, 64), functools.partial(random.getrandbits, 128)
+    return generator.generate_span_id, generator.generate_trace_id
 
 
 class FinishedSpan(ReadableSpan):
@@ -455,7 +466,7 @@ class RecordedSpan(trace.Span, ReadableSpan):
         if self._added is not None:
             self._attributes = {**self.own_attributes, **self._added}
             self._dropped_attributes = self._added.dropped
-        self.writer.write(self)
+        self.writer.processor.on_end(self)
 
 
 def _error_events(errors: Sequence[BaseException], timestamp: int) -> Sequence[Event]:
