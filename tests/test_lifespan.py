@@ -11,6 +11,9 @@ from typing import Annotated, Any
 import pytest
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.routing import Mount
 
@@ -313,8 +316,11 @@ def test_an_app_mounted_inside_serves_from_the_enclosing_apps_models() -> None:
     spec = loadonce.ModelSpec(name="double", loader=lambda: lambda b: [2 * x for x in b])
     app = FastAPI(lifespan=loadonce.lifespan([spec]))
     app.mount("/sub", mounted(loadonce.ModelDependency("double")))
+    # Behind a middleware object of its own too: it got no state (a 500 on every request).
+    app.mount("/wrapped", GZipMiddleware(mounted(loadonce.ModelDependency("double"))))
     with TestClient(app) as client:
         assert client.post("/sub/x").json() == [2.0]
+        assert client.post("/wrapped/x").json() == [2.0]
     typo = FastAPI(lifespan=loadonce.lifespan([spec]))
     typo.mount("/sub", mounted(loadonce.ModelDependency("doubel")))
     with pytest.raises(loadonce.LoadonceError, match=r"did you mean .double."), TestClient(typo):
@@ -348,6 +354,19 @@ def _mounted_in_a_mount_of_routes(sub: Any) -> FastAPI:
     return app
 
 
+def _mounted_behind_cors(sub: Any) -> FastAPI:
+    app = FastAPI(lifespan=loadonce.lifespan([loadonce.ModelSpec(name="m", loader=lambda: sum)]))
+    app.mount("/sub", CORSMiddleware(sub, allow_origins=["https://front.example.com"]))
+    return app
+
+
+def _mounted_with_middleware(sub: Any) -> FastAPI:
+    app = FastAPI(lifespan=loadonce.lifespan([loadonce.ModelSpec(name="m", loader=lambda: sum)]))
+    wrapping = [Middleware(GZipMiddleware), Middleware(CORSMiddleware, allow_origins=["*"])]
+    app.router.routes.append(Mount("/sub", app=sub, middleware=wrapping))
+    return app
+
+
 def _mounted_on_a_host(sub: Any) -> FastAPI:
     app = FastAPI(lifespan=loadonce.lifespan([loadonce.ModelSpec(name="m", loader=lambda: sum)]))
     app.host("ml.example.com", sub)
@@ -360,6 +379,8 @@ def _mounted_on_a_host(sub: Any) -> FastAPI:
         (_mounted_at_sub, "/sub"),
         (_mounted_in_a_mount_of_routes, "/api/sub"),
         (_mounted_on_a_host, "host ml.example.com"),
+        (_mounted_behind_cors, "/sub"),
+        (_mounted_with_middleware, "/sub"),
     ],
 )
 def test_a_mounted_app_with_a_loadonce_lifespan_of_its_own_stops_startup(
@@ -367,7 +388,9 @@ def test_a_mounted_app_with_a_loadonce_lifespan_of_its_own_stops_startup(
 ) -> None:
     """Starlette never runs a mounted app's lifespan: its models were not served (404) and
     its API keys not applied (its admin route reloaded the outer app's models for anyone),
-    without a word. Startup now stops before any model loads, saying what to do."""
+    without a word. Startup now stops before any model loads, saying what to do; also for
+    an app mounted behind middleware of its own (a CORSMiddleware around it), which was not
+    seen."""
     loader = CountingLoader()
     expected = (
         rf"the app mounted at {where} has a loadonce.lifespan of its own \(models 'own'; "

@@ -273,15 +273,23 @@ def test_keys_from_the_environment_guard_the_cli_server_and_never_reach_the_log(
 
 
 @pytest.mark.parametrize(
-    ("prefix", "mounted"), [("/ops", False), ("/ops/inner", False), ("/ops", True)]
+    ("prefix", "how"),
+    [
+        ("/ops", "included"),
+        ("/ops/inner", "included"),
+        ("/ops", "mounted"),
+        ("/ops", "mounted behind a middleware"),
+    ],
 )
-def test_loadonces_routes_keep_their_family_under_any_prefix(prefix: str, mounted: bool) -> None:
+def test_loadonces_routes_keep_their_family_under_any_prefix(prefix: str, how: str) -> None:
     """A user's app that includes loadonce's routers under a prefix: control routes need an
     admin key and refuse cross-site browsers, health probes stay open. Told from the literal
     paths, prefixed control routes were inference routes: an inference key (or none, with
-    only admin keys set) reloaded and unloaded models; prefixed probes wanted a key."""
+    only admin keys set) reloaded and unloaded models; prefixed probes wanted a key. So were
+    those of a sub-app mounted behind a middleware object (``GZipMiddleware(sub_app)``)."""
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
+    from starlette.middleware.gzip import GZipMiddleware
 
     admin, inference = "a" * 24, "i" * 24
     keys = AccessKeys(admin=(admin,), inference=(inference,))
@@ -293,11 +301,11 @@ def test_loadonces_routes_keep_their_family_under_any_prefix(prefix: str, mounte
         loadonce.v2_router(),
         loadonce.health_router(),
     ]
-    if mounted:  # a sub-app of loadonce's routers, under the app's middleware
+    if how != "included":  # a sub-app of loadonce's routers, under the app's middleware
         inner = FastAPI()
         for router in routers:
             inner.include_router(router)
-        app.mount(prefix, inner)
+        app.mount(prefix, GZipMiddleware(inner) if how.endswith("middleware") else inner)
     else:
         for router in routers:
             app.include_router(router, prefix=prefix)

@@ -25,6 +25,7 @@ from starlette.types import Scope
 
 from loadonce.http.access_keys import RouteFamily, family_of
 from loadonce.http.endpoints import walk_routes
+from loadonce.http.mounted_apps import unwrapped
 from loadonce.http.request_info import route_path
 
 # A control route's template, at the end of wherever it is included.
@@ -105,7 +106,9 @@ def _loadonce_paths(routes: list[BaseRoute], prefix: str) -> Iterator[str]:
         # Newer FastAPI walks an included router's routes as contexts around them.
         route = getattr(walked, "original_route", walked)
         if isinstance(route, Mount):
-            inner = getattr(route.app, "routes", None) or route.routes
+            # Through the middleware a mounted app may be wrapped in: its admin routes were
+            # taken for inference routes (any inference key reloaded models).
+            inner = getattr(unwrapped(route.app), "routes", None) or route.routes
             mounted_at = getattr(walked, "path", None) or route.path  # with a router's prefix
             yield from _loadonce_paths(list(inner), prefix + mounted_at)
             continue
