@@ -7,7 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx2 as httpx
 import pytest
@@ -331,6 +331,7 @@ def test_loadonces_routes_keep_their_family_under_any_prefix(prefix: str, how: s
 
 
 FRONT_END = "https://front.example.com"
+EVIL_ORIGIN = "https://evil.example.com"
 PREFLIGHT = {
     "origin": FRONT_END,
     "access-control-request-method": "POST",
@@ -390,6 +391,72 @@ def test_cors_preflights_pass_the_key_check_to_the_apps_cors_middleware() -> Non
         refused = client.options("/admin/models/m/reload", headers=PREFLIGHT)
         assert refused.status_code == 403
         assert "another origin" in refused.json()["error"]
+        assert "access-control-allow-origin" not in refused.headers  # a refused preflight
+
+
+def test_refusals_in_front_of_the_apps_cors_middleware_are_readable_by_the_origins_it_allows() -> (
+    None
+):
+    """loadonce's checks answer before the app's CORS middleware sees the answer: a 401, a
+    403, a 413 (or a 500 of the app's own route) carried no Access-Control-Allow-Origin, so a
+    browser front end the app allows saw a failed request, never "an API key is required".
+    They now carry what the app's CORS middleware gives that origin: nothing for an origin
+    it does not allow, nothing for a client that sends no Origin."""
+    from fastapi.testclient import TestClient
+
+    keys = AccessKeys(inference=(INFERENCE_KEY,), admin=(ADMIN_KEY,))
+    limits = loadonce.Limits(max_body_bytes=1000)
+    app = FastAPI(lifespan=loadonce.lifespan(_specs(), access=keys, limits=limits))
+    app.include_router(loadonce.models_router())
+    app.include_router(loadonce.admin_router())
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("the app's own failure")
+
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=[FRONT_END],
+        allow_credentials=True,
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=["X-Request-ID"],
+    )
+    loadonce.install_middleware(app)
+    as_inference = {"x-api-key": INFERENCE_KEY}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        predict = "/models/m/predict"
+        answers = {
+            401: client.post(predict, json={"inputs": [1.0]}, headers={"origin": FRONT_END}),
+            403: client.post(
+                "/admin/models/m/reload", json={}, headers={**as_inference, "origin": FRONT_END}
+            ),
+            413: client.post(
+                predict, content=b"[" * 2000, headers={**as_inference, "origin": FRONT_END}
+            ),
+            500: client.get("/boom", headers={**as_inference, "origin": FRONT_END}),
+        }
+        for status, answer in answers.items():
+            assert answer.status_code == status, answer.text
+            assert answer.headers["access-control-allow-origin"] == FRONT_END, status
+            assert answer.headers["access-control-allow-credentials"] == "true", status
+            assert answer.headers["access-control-expose-headers"] == "X-Request-ID", status
+            assert "Origin" in answer.headers["vary"], status
+            assert answer.headers["x-request-id"], status
+        foreign = client.post(predict, json={"inputs": [1.0]}, headers={"origin": EVIL_ORIGIN})
+        assert foreign.status_code == 401
+        assert "access-control-allow-origin" not in foreign.headers
+        # What the app's CORS middleware gives that origin on the app's own answers, no more.
+        served = client.get("/models", headers={**as_inference, "origin": EVIL_ORIGIN})
+        assert served.status_code == 200
+
+        def cors(answer: Any) -> dict[str, str]:
+            return {k: v for k, v in answer.headers.items() if k.startswith("access-control-")}
+
+        assert cors(foreign) == cors(served)
+        plain = client.post(predict, json={"inputs": [1.0]})
+        assert plain.status_code == 401
+        assert not {name for name in plain.headers if name.startswith("access-control-")}
 
 
 def test_a_preflight_no_middleware_answers_runs_no_route_without_a_key() -> None:

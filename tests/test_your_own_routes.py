@@ -114,3 +114,121 @@ def test_keys_and_limits_without_their_middleware_refuse_to_start() -> None:
     refused = pytest.raises(loadonce.LoadonceError, match=r"install_middleware\(app\)")
     with refused, TestClient(app):
         pass
+
+
+def _failing_app(*, handler: bool = False) -> tuple[FastAPI, list[str]]:
+    """A user's app whose own route raises; ``handler``: with its own handler for
+    ``Exception``. The list records each call of that handler."""
+    app = _app()
+    handled: list[str] = []
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("cannot open /srv/secret/config.yaml")
+
+    if handler:
+
+        @app.exception_handler(Exception)
+        async def own(request: Request, exc: Exception) -> JSONResponse:
+            handled.append(type(exc).__name__)
+            return JSONResponse({"mine": "something went wrong"}, status_code=500)
+
+    return app, handled
+
+
+def test_a_failing_route_of_your_own_answers_500_with_its_request_id() -> None:
+    """Starlette's ServerErrorMiddleware, outside loadonce's, answered a plain "Internal
+    Server Error" without X-Request-ID: nothing tied the client's 500 to the server's
+    traceback. Now the 500 is loadonce's (its body in the path's protocol, the request id,
+    no message of the exception's, no path), the exception is still raised to the server
+    (which logs its traceback, the request id among its notes), and the access line says
+    500 under that id."""
+    import logging
+
+    import httpx2 as httpx
+
+    from tests.servers import ThreadedServer
+
+    app, _ = _failing_app()
+    access = logging.getLogger("loadonce.access")
+    lines: list[str] = []
+    failures: list[BaseException] = []
+
+    class _Kept(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.name == "loadonce.access":
+                lines.append(record.getMessage())
+            elif record.exc_info and record.exc_info[1] is not None:
+                failures.append(record.exc_info[1])
+
+    kept = _Kept()
+    server = ThreadedServer(app)  # configures uvicorn's loggers: the handler goes on after
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    access.addHandler(kept)
+    uvicorn_errors.addHandler(kept)
+    level = access.level
+    access.setLevel(logging.INFO)
+    try:
+        with server:
+            answer = httpx.get(f"{server.url}/boom", headers={"X-Request-ID": "boom-1"})
+            plain = httpx.get(f"{server.url}/boom")
+    finally:
+        access.setLevel(level)
+        access.removeHandler(kept)
+        uvicorn_errors.removeHandler(kept)
+    assert answer.status_code == 500
+    assert answer.headers["x-request-id"] == "boom-1"
+    assert answer.json() == {
+        "error": "the server failed (RuntimeError); the server log has the details under "
+        "request id boom-1",
+        "request_id": "boom-1",
+    }
+    assert plain.status_code == 500
+    assert plain.json()["request_id"] == plain.headers["x-request-id"]
+    assert "secret" not in answer.text
+    assert "Traceback" not in answer.text
+    assert any(line.startswith("GET /boom 500 ") and "request_id=boom-1" in line for line in lines)
+    assert [getattr(failure, "__notes__", None) for failure in failures][:1] == [
+        ["loadonce request id: boom-1"]
+    ], failures
+
+
+def test_a_test_client_still_raises_what_your_route_raised_with_its_request_id() -> None:
+    import pytest
+
+    app, _ = _failing_app()
+    with TestClient(app) as client, pytest.raises(RuntimeError) as raised:
+        client.get("/boom", headers={"X-Request-ID": "t-1"})
+    assert raised.value.__notes__ == ["loadonce request id: t-1"]
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.get("/boom", headers={"X-Request-ID": "t-2"})
+    assert (answer.status_code, answer.headers["x-request-id"]) == (500, "t-2")
+
+
+def test_your_own_handler_for_exceptions_answers_once_with_the_request_id() -> None:
+    """The app's handler for ``Exception`` answers, as Starlette has it answer, once (it runs
+    in front of Starlette's, which would have called it a second time), its answer carrying
+    the request id; the failure is logged under that id."""
+    import logging
+
+    app, handled = _failing_app(handler=True)
+    errors: list[logging.LogRecord] = []
+
+    class _Kept(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            errors.append(record)
+
+    kept = _Kept(level=logging.ERROR)
+    logging.getLogger("loadonce").addHandler(kept)
+    try:
+        with TestClient(app) as client:
+            answer = client.get("/boom", headers={"X-Request-ID": "h-1"})
+    finally:
+        logging.getLogger("loadonce").removeHandler(kept)
+    assert answer.status_code == 500
+    assert answer.json() == {"mine": "something went wrong"}
+    assert answer.headers["x-request-id"] == "h-1"
+    assert handled == ["RuntimeError"]
+    [logged] = [record for record in errors if "h-1" in record.getMessage()]
+    assert "RuntimeError: cannot open" in logged.getMessage()
+    assert logged.exc_info is not None

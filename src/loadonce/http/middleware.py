@@ -15,11 +15,13 @@ import asyncio
 
 from fastapi import FastAPI
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loadonce.core.errors import LoadonceError
 from loadonce.http.access import access_refusal, is_cors_preflight
+from loadonce.http.app_cors import cors_behind, with_cors
 from loadonce.http.body_limit import counting, declared_too_large
 from loadonce.http.browser_guard import refusal as browser_refusal
 from loadonce.http.errors import answer_loadonce_error, raw_error_response
@@ -27,6 +29,7 @@ from loadonce.http.inference_middleware import InferenceMiddleware
 from loadonce.http.request_log import RequestLog
 from loadonce.http.routes import count_request
 from loadonce.http.state import LoadonceState
+from loadonce.http.unhandled import answer_unhandled
 
 
 def refusal_before_routes(scope: Scope, state: LoadonceState | None) -> Response | None:
@@ -51,11 +54,17 @@ def refusal_before_routes(scope: Scope, state: LoadonceState | None) -> Response
 class LoadonceMiddleware:
     """In front of every HTTP request and WebSocket handshake: its id and log line
     (``request_log.py``; every answer carries X-Request-ID, refusals too),
-    ``refusal_before_routes``, and a body sent without a length counted against the limit as
-    it arrives."""
+    ``refusal_before_routes``, a body sent without a length counted against the limit as
+    it arrives, and the answer to an exception nothing inside the app answered
+    (``unhandled.py``). What it answers itself carries the CORS headers the app's own CORS
+    middleware behind it gives (``app_cors.py``)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # The app's CORS middleware, found at the first answer written here (the app's
+        # middleware stack is built by then): refusals are rare, and most apps have none.
+        self._cors: CORSMiddleware | None = None
+        self._cors_looked_for = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -67,7 +76,7 @@ class LoadonceMiddleware:
         try:
             refused = refusal_before_routes(scope, state)
             if refused is not None:
-                await _answer_refusal(refused, scope, receive, log.send)
+                await _answer_refusal(refused, scope, receive, self._answering(scope, log.send))
                 # In the metrics as the routes' answers are, under no route or model: a
                 # storm of 401s or 413s is seen on a dashboard, not only in the log.
                 count_request(state, {}, "", refused.status_code, log.seconds())
@@ -78,10 +87,27 @@ class LoadonceMiddleware:
                 receive = counting(receive, limit)
             await self.app(scope, receive, log.send)
         except asyncio.CancelledError:
-            if not await log.answer_drain_end(scope, receive, state):
+            if not await log.answer_drain_end(
+                scope, receive, state, self._answering(scope, log.send)
+            ):
+                raise
+        except Exception as exc:
+            # An exception of the app's own code that nothing inside answered: Starlette's
+            # ServerErrorMiddleware, outside this one, answered it without the request id.
+            if kind != "http" or log.answered:
+                raise
+            answering = self._answering(scope, log.send)
+            if await answer_unhandled(exc, scope, receive, answering, log.request_id):
                 raise
         finally:
             log.end(scope)
+
+    def _answering(self, scope: Scope, send: Send) -> Send:
+        """``send`` for an answer written here, in front of the app's middlewares: with the
+        headers the app's own CORS middleware adds for the request's origin."""
+        if not self._cors_looked_for:
+            self._cors, self._cors_looked_for = cors_behind(self.app), True
+        return send if self._cors is None else with_cors(self._cors, scope, send)
 
 
 async def _answer_refusal(refused: Response, scope: Scope, receive: Receive, send: Send) -> None:

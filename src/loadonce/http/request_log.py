@@ -93,16 +93,17 @@ class RequestLog:
         await self._send(message)
 
     async def answer_drain_end(
-        self, scope: Scope, receive: Receive, state: LoadonceState | None
+        self, scope: Scope, receive: Receive, state: LoadonceState | None, send: Send
     ) -> bool:
         """After the request's task was cancelled: when the server's drain ended with this
         request unanswered (uvicorn cancels it, and would log the cancellation's traceback
-        and answer 500), answer 503, the server leaving said as such, and say True; else
-        False (the cancellation goes on)."""
+        and answer 500), answer 503 through ``send`` (this log's own, or one wrapping it),
+        the server leaving said as such, and say True; else False (the cancellation goes
+        on)."""
         if self.answered or state is None or not state.registry.draining:
             return False
         leaving = raw_error_response(503, DRAIN_ENDED, scope, {"Retry-After": "1"})
-        await leaving(scope, receive, self.send)
+        await leaving(scope, receive, send)
         return True
 
     def seconds(self) -> float:

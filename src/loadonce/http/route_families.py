@@ -25,8 +25,8 @@ from starlette.types import Scope
 
 from loadonce.http.access_keys import RouteFamily, family_of
 from loadonce.http.endpoints import walk_routes
-from loadonce.http.mounted_apps import unwrapped
 from loadonce.http.request_info import route_path
+from loadonce.http.wrapping import unwrapped
 
 # A control route's template, at the end of wherever it is included.
 _CONTROL = re.compile(r"/(admin/.*|v2/repository/models/\{[^}/]+\}/(load|unload))$")
