@@ -124,11 +124,19 @@ def test_a_loader_that_raises_stops_startup_with_one_line(project: Path, workers
     ]
 
 
-def test_the_apps_own_failing_startup_is_said_as_such_with_two_workers(project: Path) -> None:
+@pytest.mark.parametrize(
+    ("workers", "plan"), [("1", "true"), ("2", "true"), ("2", "false")], ids=str
+)
+def test_the_apps_own_failing_startup_is_said_as_such(
+    project: Path, workers: str, plan: str
+) -> None:
     """The memory plan starts the app as a worker would: a failure of the user's own
     lifespan there was blamed on the models ("a model's library crashed (a damaged or
-    truncated artifact?)"), under a multiprocessing traceback."""
-    assert _startup_failure(project, "2", {"MY_SERVICE_DATABASE_DOWN": "1"}) == [
+    truncated artifact?)"), under a multiprocessing traceback. One worker (and several
+    without the plan) logged the lifespan's whole traceback, then "failed to start (see the
+    log above)": now the same one line (the traceback at debug level)."""
+    env = {"MY_SERVICE_DATABASE_DOWN": "1", "LOADONCE_MEMORY_PLAN": plan}
+    assert _startup_failure(project, workers, env) == [
         "ERROR:    [loadonce] startup failed: the app's startup failed: RuntimeError: "
         "database unreachable"
     ]

@@ -52,6 +52,7 @@ from loadonce.server.worker_process import (
     APPLIED,
     APPLY,
     CONTROL,
+    FAILED,
     GO,
     RESULT,
     SHUTDOWN_FAILED,
@@ -302,9 +303,13 @@ class Supervisor:
                 if worker.started:
                     continue
                 if not worker.is_alive():
+                    # Its app's own lifespan failed after GO: the worker said why, in one
+                    # line (its pipe is read once more: the word may have come with the end).
+                    self._read_controls(worker, operation=None)
                     raise _StartupFailedError(
-                        f"worker pid {worker.pid} {worker.describe_exit()} before it started "
-                        "serving (see the log above)"
+                        worker.failure
+                        or f"worker pid {worker.pid} {worker.describe_exit()} before it "
+                        "started serving (see the log above)"
                     )
                 if worker.starting_for() > limit:
                     # Killed, not stopped: they serve nothing yet, and a lifespan blocked in
@@ -389,6 +394,8 @@ class Supervisor:
                     self._controls.append((worker, message))
                 elif message[0] == STARTED:
                     worker.started = True
+                elif message[0] == FAILED:
+                    worker.failure = message[1]
                 elif message[0] == APPLIED and message[1] == operation:
                     found = message[2]
         except (EOFError, OSError):

@@ -10,6 +10,7 @@ import logging.config
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from loadonce.app import create_app
 from loadonce.core.control import ModelControl
+from loadonce.core.errors import describe_exception
 from loadonce.core.model import Model
 from loadonce.core.registry import Registry
 from loadonce.http.lifespan import lifespan_of
@@ -42,6 +44,7 @@ from loadonce.server.sockets import (
 from loadonce.server.stagger import one_worker_at_a_time
 from loadonce.server.user_app import load_app, serve_user_app
 from loadonce.server.worker_process import (
+    FAILED,
     GO,
     SHUTDOWN_FAILED,
     STARTUP_FAILED,
@@ -56,11 +59,17 @@ logger = logging.getLogger("loadonce")
 class _OneLineStartupFailure:
     """Starlette reports a failed lifespan to uvicorn with a full traceback. When the cause is
     a model that failed to load, the traceback says nothing the one-line message does not, so
-    it is replaced by nothing and the worker logs (or reports) that line instead."""
+    it is replaced by nothing and the worker logs (or reports) that line instead. When the
+    app's own lifespan raised (its database unreachable), the line is "the app's startup
+    failed: <the exception>", as the memory plan's child says it with several workers, and
+    the traceback is logged at debug level (``--log-level debug``): one worker logged it in
+    full, before a line saying "see the log above"."""
 
     def __init__(self, app: ASGIApp, registry: Registry) -> None:
         self.app = app
         self.registry = registry
+        # The app's own startup failure, in one line (None: none, or a model's).
+        self.app_failure: str | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
@@ -68,8 +77,14 @@ class _OneLineStartupFailure:
             return
 
         async def send_quietly(message: Message) -> None:
-            if message["type"] == "lifespan.startup.failed" and self.registry.failure is not None:
-                message = {**message, "message": ""}
+            if message["type"] == "lifespan.startup.failed":
+                # Starlette sends it while handling the lifespan's exception.
+                cause = sys.exc_info()[1]
+                if self.registry.failure is None and cause is not None:
+                    self.app_failure = f"the app's startup failed: {describe_exception(cause)}"
+                    logger.debug("the app's startup failed", exc_info=cause)
+                if self.registry.failure is not None or self.app_failure is not None:
+                    message = {**message, "message": ""}
             await send(message)
 
         await self.app(scope, receive, send_quietly)
@@ -231,8 +246,9 @@ def run_worker(
             tracing=config.tracing,
         )
     stop_grpc = None if options.grpc_port is None else _serve_grpc_too(app, options)
+    quiet = _OneLineStartupFailure(app, registry)
     uvicorn_config = uvicorn.Config(
-        _OneLineStartupFailure(app, registry),
+        quiet,
         host=options.host,
         port=options.port,
         log_config=log_config(options.log_level, options.log_format),
@@ -275,6 +291,8 @@ def run_worker(
         return True, "the app's shutdown failed" if server.shutdown_failed else None
     if registry.failure is not None:
         return False, str(registry.failure)
+    if quiet.app_failure is not None:
+        return False, quiet.app_failure
     return False, f"worker pid {os.getpid()} failed to start (see the log above)"
 
 
@@ -431,7 +449,7 @@ def worker_process_main(config: ServeConfig, sock: socket.socket, gate: Connecti
     )
     if not started:
         with contextlib.suppress(OSError):  # a supervisor that is gone needs no report
-            gate.send(("failed", failure))
+            gate.send((FAILED, failure))
         exit_leaving_threads(STARTUP_FAILED)
     # uvicorn logged the app's traceback; the status tells the supervisor (which says which
     # worker, and exits 1). Without waiting for threads: a load abandoned at its timeout may

@@ -72,6 +72,8 @@ STOP = "stop"
 HEARTBEAT = "alive"
 # A worker's word once it serves (its lifespan done, listening): heartbeats count from then.
 STARTED = "started"
+# A worker's word when it cannot serve, with its one line: ("failed", why).
+FAILED = "failed"
 HEARTBEAT_INTERVAL_S = 1.0
 
 # Model control on a worker's pipe (tuples, server/control_channel.py): worker -> supervisor
@@ -111,6 +113,8 @@ class WorkerProcess:
     _exit: str | None = None
     # Its exit status, once it ended and the status could be read (None: unknown).
     exit_code: int | None = None
+    # Why it could not serve, as it said it (FAILED), once it did.
+    failure: str | None = None
 
     @property
     def pid(self) -> int:
