@@ -232,3 +232,31 @@ def test_your_own_handler_for_exceptions_answers_once_with_the_request_id() -> N
     [logged] = [record for record in errors if "h-1" in record.getMessage()]
     assert "RuntimeError: cannot open" in logged.getMessage()
     assert logged.exc_info is not None
+
+
+def test_installing_the_middleware_twice_installs_it_once() -> None:
+    """A second install_middleware (on create_app's app, which has it) stacked loadonce's
+    middlewares twice: every request logged twice, its checks run twice."""
+    import logging
+
+    app = loadonce.create_app([loadonce.ModelSpec(name="pairs", loader=_Pairs)])
+    loadonce.install_middleware(app)
+    assert len(app.user_middleware) == 2
+    lines: list[str] = []
+
+    class _Kept(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    access = logging.getLogger("loadonce.access")
+    kept, level = _Kept(), access.level
+    access.addHandler(kept)
+    access.setLevel(logging.INFO)
+    try:
+        with TestClient(app) as client:
+            answer = client.post("/models/pairs/predict", json={"inputs": [[1, 2]]})
+    finally:
+        access.setLevel(level)
+        access.removeHandler(kept)
+    assert answer.json()["outputs"] == [3.0]
+    assert [line.split(" ")[:3] for line in lines] == [["POST", "/models/pairs/predict", "200"]]

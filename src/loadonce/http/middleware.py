@@ -128,8 +128,12 @@ def install_middleware(app: FastAPI) -> None:
     size limit (``limits.max_body_bytes``); innermost, the inference routes answered before
     FastAPI's routing; and the handler that answers loadonce's errors raised in your own
     routes (a full queue: 503 with Retry-After, a deadline: 504, inputs that do not fit: 400)
-    as loadonce's routes do. Call it once, after ``FastAPI(lifespan=loadonce.lifespan(...))``;
-    the settings come from that lifespan's arguments."""
+    as loadonce's routes do. Call it after ``FastAPI(lifespan=loadonce.lifespan(...))``;
+    the settings come from that lifespan's arguments. A second call (on ``create_app``'s app,
+    or an app factory's twice) changes nothing: the stack was installed twice, and each
+    request logged twice and checked twice."""
+    if middleware_installed(app):
+        return
     # Starlette wraps in reverse order of addition: the innermost first. The inference
     # middleware goes last of the app's whole list, innermost, just before the routing it
     # stands for: a middleware of the user's added before this call ran inside it, and was
