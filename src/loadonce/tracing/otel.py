@@ -13,7 +13,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +51,8 @@ BATCH_REQUESTS = "loadonce.batch.requests"
 STATUS_CODE = "http.response.status_code"
 ROUTE = "http.route"
 _PROPAGATOR = TraceContextTextMapPropagator()
+# The headers (lowercase, as servers hand them over) that carry a caller's trace.
+_TRACE_HEADERS = frozenset((b"traceparent", b"tracestate"))
 
 
 class _QuietWhileReading(logging.Filter):
@@ -230,26 +232,46 @@ class Tracing:
     def start_request(
         self,
         name: str,
-        headers: Iterable[tuple[bytes, bytes]],
+        headers: Sequence[tuple[bytes, bytes]],
         kind: SpanKind = SpanKind.SERVER,
     ) -> RequestSpan | None:
         """The request's span, a child of the caller's ``traceparent`` if it sent one; None
-        when the request is sampled out (nothing more is built for it)."""
-        carrier: dict[str, str] | None = None
-        for key, value in headers:
-            if key in (b"traceparent", b"tracestate"):
-                carrier = carrier or {}
-                carrier[key.decode("latin-1")] = value.decode("latin-1")
-        parent = None
-        if carrier:
-            with _QUIET.reading():
-                parent = _PROPAGATOR.extract(carrier)
-        remote = trace.get_current_span(parent).get_span_context() if parent else None
-        if remote is not None and not remote.is_valid:
-            # A malformed traceparent is no caller's decision: it does not force sampling.
-            parent = remote = None
-        if remote is None and self._ratio is not None and self._draw() >= self._ratio:
+        when the request is sampled out (nothing more is built for it). A request without
+        trace headers costs a scan of its header names and, sampled out, one random draw."""
+        for key, _ in headers:
+            if key in _TRACE_HEADERS:
+                return self._continued(name, headers, kind)
+        if self._ratio is not None and self._draw() >= self._ratio:
             return None
+        return self._started(name, None, None, kind)
+
+    def _continued(
+        self, name: str, headers: Sequence[tuple[bytes, bytes]], kind: SpanKind
+    ) -> RequestSpan | None:
+        """A request whose caller sent trace headers: a child of its span, sampled as it
+        decided (the last of each header counts, as before)."""
+        carrier = {
+            key.decode("latin-1"): value.decode("latin-1")
+            for key, value in headers
+            if key in _TRACE_HEADERS
+        }
+        with _QUIET.reading():
+            parent = _PROPAGATOR.extract(carrier)
+        remote = trace.get_current_span(parent).get_span_context()
+        if remote.is_valid:
+            return self._started(name, parent, remote, kind)
+        # A malformed traceparent is no caller's decision: it does not force sampling.
+        if self._ratio is not None and self._draw() >= self._ratio:
+            return None
+        return self._started(name, None, None, kind)
+
+    def _started(
+        self,
+        name: str,
+        parent: otel_context.Context | None,
+        remote: SpanContext | None,
+        kind: SpanKind,
+    ) -> RequestSpan | None:
         if self._recorded is not None:
             return self._recorded_request(self._recorded, name, remote, kind)
         span = self.tracer.start_span(name, context=parent, kind=kind)
@@ -437,7 +459,7 @@ class _WrittenApart:
 
 @contextmanager
 def request_span(
-    tracing: Tracing, name: str, headers: Iterable[tuple[bytes, bytes]], **attributes: Any
+    tracing: Tracing, name: str, headers: Sequence[tuple[bytes, bytes]], **attributes: Any
 ) -> Iterator[RequestSpan | None]:
     """A request's span around a block (gRPC's calls), current inside it."""
     traced = tracing.start_request(name, headers)
