@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import anyio.to_thread
 
 from loadonce.core.batcher import Batcher, common_shape, run_batch
+from loadonce.core.collector import refreeze_if_frozen
 from loadonce.core.errors import (
     DeadlineExceededError,
     InvalidInputError,
@@ -98,6 +99,9 @@ class Model:
         self._batcher: Batcher | None = None
         # The generation queue, for a model that generates text token by token.
         self._generation: GenerationQueue | None = None
+        # The generation queues of versions a reload replaced, while their streams run on
+        # (each with the task that closes its version after its last stream).
+        self._retiring: dict[asyncio.Task[None], GenerationQueue] = {}
         # False once unloaded on request (the model repository API): the server's readiness
         # then leaves it out, as Triton's does, until it is loaded again.
         self._wanted = True
@@ -329,9 +333,34 @@ class Model:
         self._batcher = _make_batcher(self, executor)
         self._generation = _make_generation(self, executor)
         self._state = ModelState.READY
-        if old_generation is not None:
-            await old_generation.close()
-        await _retire(old_batcher, old_executor, self.name)
+        if old_generation is None:
+            await _retire(old_batcher, old_executor, self.name)
+            return
+        # A stream lasts as long as its client reads (minutes, for a long generation): the
+        # reload is done once the new version serves, and the old one is closed after its
+        # last stream without holding up the reload's answer (with several workers, the next
+        # worker's reload) or the model's next load or unload (which ends them, ``unload``).
+        retiring = asyncio.get_running_loop().create_task(
+            _retire_generating(old_generation, old_batcher, old_executor, self.name),
+            name=f"loadonce-retire-{self.name}",
+        )
+        self._retiring[retiring] = old_generation
+        retiring.add_done_callback(self._retired)
+
+    def _retired(self, retiring: asyncio.Task[None]) -> None:
+        self._retiring.pop(retiring, None)
+        failure = None if retiring.cancelled() else retiring.exception()
+        if failure is not None:  # a fault of loadonce's: said once, never left unretrieved
+            logger.error(
+                "model '%s': retiring a replaced version failed", self.name, exc_info=failure
+            )
+        if self._executor is None:
+            return  # unloaded: whoever unloaded it collects after it
+        # The replaced version is let go only now, after the reload's own collection: what it
+        # left in reference cycles is freed here, not kept frozen (core/collector.py).
+        frozen = refreeze_if_frozen()
+        if frozen is not None and self._observer is not None:
+            self._observer.collector_frozen(frozen)
 
     async def _build_and_measure(self, spec: ModelSpec) -> Executor:
         """Load and warm up every instance of ``spec``; on success it becomes the model's
@@ -433,9 +462,11 @@ class Model:
             if self.state is not ModelState.FAILED:
                 self._state = ModelState.UNLOADED
             self._notify()
-            if generation is not None:
-                await generation.close(timeout)
+            # The versions reloads replaced end their streams within the same ``timeout``.
+            closing = [*self._retiring.values(), *([generation] if generation else [])]
+            await asyncio.gather(*(queue.close(timeout) for queue in closing))
             await _retire(batcher, executor, self.name, timeout)
+            await asyncio.gather(*self._retiring, return_exceptions=True)  # logged: _retired
 
     @property
     def generates(self) -> bool:
@@ -713,6 +744,15 @@ async def _retire(
     if executor is not None:
         executor.shutdown()
         await _close_all(executor.instances, name)
+
+
+async def _retire_generating(
+    generation: GenerationQueue, batcher: Batcher | None, executor: Executor | None, name: str
+) -> None:
+    """Close a replaced version that generates after its last stream (an unload cuts them
+    short: ``GenerationQueue.close`` again, with its timeout), then its queue and instances."""
+    await generation.close()
+    await _retire(batcher, executor, name)
 
 
 @dataclass(frozen=True)
