@@ -69,7 +69,14 @@ def test_a_generating_models_queue_is_shown_and_a_free_place_is_not_queued() -> 
         refused = httpx.post(
             f"{server.url}/v1/completions", json={"model": "slow", "prompt": "x"}, timeout=10
         )
+        # OpenAI's error body, which the client reads, with the retry hint; counted.
         assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+        error = refused.json()["error"]
+        assert error["type"] == "server_error"
+        assert "2 requests are queued (max_queue 2)" in error["message"]
+        counted = 'loadonce_requests_total{model="slow",route="/v1/completions",status="503"} 1.0'
+        assert counted in httpx.get(f"{server.url}/metrics").text
         for thread in [first, *burst]:
             thread.join(60)
         assert statuses == [200, 200, 200, 200]

@@ -75,11 +75,19 @@ class QueueFullError(LoadonceError):
     status = 503
 
     def __init__(
-        self, name: str, queued: int, limit: int, *, expected_wait: float | None = None
+        self,
+        name: str,
+        queued: int,
+        limit: int,
+        *,
+        expected_wait: float | None = None,
+        counted: str = "examples",
     ) -> None:
+        """``counted``: what ``max_queue`` counts (a generating model's queue holds requests
+        waiting to join its batch, not examples)."""
         self.name = name
         why = (
-            f"{queued} examples are queued (max_queue {limit})"
+            f"{queued} {counted} are queued (max_queue {limit})"
             if expected_wait is None
             else f"at the current pace the answer would come after {expected_wait:.2f} s, "
             "past this request's deadline"

@@ -147,7 +147,9 @@ class GenerationQueue:
             raise ModelNotReadyError(self._model, "unloading")
         room = 0 if self._static and self._active else self._max_sequences - len(self._active)
         if len(self._waiting) - max(room, 0) >= self._max_queue:
-            raise QueueFullError(self._model, len(self._waiting), self._max_queue)
+            raise QueueFullError(
+                self._model, len(self._waiting), self._max_queue, counted="requests"
+            )
 
     def _waiting_changed(self) -> None:
         """The queue's depth, for /metrics and the model's description (as the batcher's)."""
