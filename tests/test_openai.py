@@ -393,6 +393,9 @@ def _body(route: str) -> dict[str, Any]:
         ({"model": "echo"}, "prompt", "Field required"),
         ({"model": "echo", "prompt": ["good", "bad"]}, "prompt", "several prompts"),
         ({"model": "echo", "prompt": [1, 2]}, "prompt", "token ids"),
+        # One token id (out of any vocabulary or not) was read as a list of one prompt, then
+        # "must be a string": the client was not told why.
+        ({"model": "echo", "prompt": [99999999]}, "prompt", "token ids"),
         ({"model": "echo", "prompt": None}, "prompt", "must be a string"),
         ({"model": "echo", "prompt": "a", "stop": "x" * 129}, "stop", "at most 128 characters"),
         ({"model": "echo", "prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),

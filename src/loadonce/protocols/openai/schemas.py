@@ -244,14 +244,15 @@ def _param(location: tuple[int | str, ...]) -> str:
 def the_prompt(prompt: Any) -> str:
     """The one prompt of a completions request (a list of several would ask for several
     choices, which loadonce answers one request at a time)."""
+    # Token ids first: a list of one id is not a list of one prompt.
+    if _token_ids(prompt):
+        raise UnsupportedError("prompt", "holds token ids, which are not supported: send text")
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
     if isinstance(prompt, str):
         return prompt
     if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
         raise UnsupportedError("prompt", "holds several prompts: send one per request")
-    if _token_ids(prompt):
-        raise UnsupportedError("prompt", "holds token ids, which are not supported: send text")
     raise InvalidRequestError([("prompt", "must be a string")])
 
 
