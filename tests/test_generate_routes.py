@@ -252,6 +252,53 @@ def test_a_deadline_mid_stream_ends_it_with_the_text_so_far(client: TestClient) 
     assert whole["text"].startswith("0 ")
 
 
+def test_a_deadline_keeps_the_text_held_back_for_a_stop_string_that_never_came(
+    client: TestClient, registry: loadonce.Registry
+) -> None:
+    """Text that could begin a stop string is held back until the next tokens tell; a
+    deadline reached meanwhile dropped it, though it was generated and no stop followed:
+    "0 1 " was answered "0 "."""
+    generation = registry.get("paced").generation
+    assert generation is not None
+    for stream in (False, True):
+        # The step running at the last one's deadline ends first.
+        wait_until(lambda: generation.generating == 0, 10, "the model to be free")
+        body = {"prompt": "0 1.5 4", "stream": stream, "parameters": {"stop": ["1 2"]}}
+        headers = {"X-Request-Timeout": "2.2"}  # "1 " comes at 1.5 s, "2 " at 3 s
+        if stream:
+            events = _stream(client, "/models/paced/generate", body, headers=headers)
+            text = "".join(event.get("text", "") for event in events)
+            reason = events[-1]["finish_reason"]
+        else:
+            answer = client.post("/models/paced/generate", json=body, headers=headers).json()
+            text, reason = answer["text"], answer["finish_reason"]
+        assert (text, reason) == ("0 1 ", "deadline")
+
+
+def test_a_generation_done_before_its_deadline_is_whole_for_a_reader_behind() -> None:
+    """A stream read slowly (a client behind, a slow network) met its deadline with text
+    generated in time still unsent: the stream said "deadline" and dropped it, though the
+    generation had ended, whole, well before."""
+
+    async def scenario() -> list[Any]:
+        model = loadonce.Model(loadonce.ModelSpec(name="echo", loader=Echo))
+        await model.load()
+        try:
+            events: list[Any] = []
+            asked = GenerationRequest(prompt="a b c d")
+            async with contextlib.aclosing(model.generate(asked, timeout=0.5)) as stream:
+                async for event in stream:
+                    events.append(event)
+                    await asyncio.sleep(0.3)  # the reader falls behind: 4 pieces take 1.2 s
+            return events
+        finally:
+            await model.unload()
+
+    events = asyncio.run(scenario())
+    assert "".join(e.text for e in events if isinstance(e, loadonce.Delta)) == "a b c d "
+    assert events[-1].reason == "stop"
+
+
 def test_a_deadline_before_the_first_token_is_504(client: TestClient) -> None:
     for stream in (False, True):
         response = client.post(

@@ -182,16 +182,23 @@ class GenerationQueue:
             while True:
                 remaining = None if deadline is None else deadline - loop.time()
                 try:
-                    if remaining is not None and remaining <= 0:
+                    # What was generated before the deadline is sent, however late it is read.
+                    if sequence.events.empty() and remaining is not None and remaining <= 0:
                         raise TimeoutError
                     async with asyncio.timeout(remaining):
                         event = await sequence.events.get()
                 except TimeoutError:
+                    if not sequence.events.empty():
+                        continue  # an event came as the deadline did
                     if not sequence.started:
                         raise DeadlineExceededError(self._model, deadline_s) from None
                     # The driver lets it go (and reports it) at the next step.
                     sequence.abandoned = True
                     self._wake.set()
+                    # The text held back for a stop string that did not come is the answer's.
+                    held = sequence.text[sequence.emitted :]
+                    if held:
+                        yield Delta(held)
                     yield self._finish(sequence, "deadline", report=False)
                     return
                 if isinstance(event, BaseException):
