@@ -15,6 +15,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, json_format
 from google.protobuf.message_factory import GetMessageClass
 
 from loadonce.protocols.grpc import _descriptors
+from loadonce.protocols.v2.request_counts import MAX_PARAMETERS, check_count
 
 SERVICE = "inference.GRPCInferenceService"
 HEALTH_SERVICE = "grpc.health.v1.Health"
@@ -60,8 +61,11 @@ ModelInferResponse = _inference("ModelInferResponse")
 HealthCheckResponse = message_class("grpc.health.v1.HealthCheckResponse")
 
 
-def plain_parameters(parameters: Any) -> dict[str, Any]:
-    """A map of InferParameter (or ModelRepositoryParameter) as plain values."""
+def plain_parameters(parameters: Any, field: str = "parameters") -> dict[str, Any]:
+    """A map of InferParameter (or ModelRepositoryParameter) as plain values; refused
+    (``InvalidRequestError``, naming ``field``) past ``MAX_PARAMETERS`` entries, before any
+    is read."""
+    check_count(field, len(parameters), MAX_PARAMETERS)
     values: dict[str, Any] = {}
     for key, parameter in parameters.items():
         choice = parameter.WhichOneof("parameter_choice")

@@ -297,7 +297,12 @@ class InferenceService:
             else:
                 arrays, datatypes = await off_the_loop(decode)
         requested = [
-            RequestOutput(name=output.name, parameters=plain_parameters(output.parameters))
+            RequestOutput(
+                name=output.name,
+                parameters=plain_parameters(
+                    output.parameters, f"outputs['{output.name}'].parameters"
+                ),
+            )
             for output in request.outputs
         ]
         remaining = context.time_remaining()

@@ -17,8 +17,10 @@ from loadonce.http.json_pieces import PIECE_ELEMENTS
 from loadonce.protocols.grpc.messages import plain_parameters
 from loadonce.protocols.v2.datatypes import BYTES
 from loadonce.protocols.v2.outputs import OutputTensor
+from loadonce.protocols.v2.request_counts import MAX_TENSORS, check_count
 from loadonce.protocols.v2.schemas import RequestInput
 from loadonce.protocols.v2.tensors import (
+    check_dimension_count,
     check_element_sizes,
     check_shape,
     decode_binary_input,
@@ -91,11 +93,15 @@ def decode_grpc_inputs(
 
 
 def inputs_described(request: Any) -> list[RequestInput]:
-    """The request's inputs as described (names, datatypes, shapes), without their data."""
+    """The request's inputs as described (names, datatypes, shapes), without their data;
+    first, in constant time, that the request names no more tensors than any request may."""
+    check_count("inputs", len(request.inputs), MAX_TENSORS)
+    check_count("outputs", len(request.outputs), MAX_TENSORS)
     return [_described(tensor) for tensor in request.inputs]
 
 
 def _described(tensor: Any) -> RequestInput:
+    check_dimension_count(tensor.name, len(tensor.shape))
     shape = list(tensor.shape)
     if any(dim < 0 for dim in shape):
         raise InvalidInputError(f"input '{tensor.name}': shape {shape} has a negative dimension")
@@ -103,7 +109,7 @@ def _described(tensor: Any) -> RequestInput:
         name=tensor.name,
         shape=shape,
         datatype=tensor.datatype,
-        parameters=plain_parameters(tensor.parameters),
+        parameters=plain_parameters(tensor.parameters, f"inputs['{tensor.name}'].parameters"),
         data=None,
     )
     check_shape(described)

@@ -11,8 +11,11 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from loadonce.protocols.v2.request_counts import MAX_PARAMETERS, MAX_TENSORS
+
 Dimension = Annotated[StrictInt, Field(ge=0)]
-Parameters = dict[str, Any]
+# Counts bounded as gRPC's are (request_counts.py): each item costs work before any check.
+Parameters = Annotated[dict[str, Any], Field(max_length=MAX_PARAMETERS)]
 
 
 class _RequestObject(BaseModel):
@@ -61,8 +64,8 @@ class InferenceRequest(_RequestObject):
 
     id: StrictStr | None = None
     parameters: Parameters | None = None
-    inputs: Annotated[list[RequestInput], Field(min_length=1)]
-    outputs: list[RequestOutput] | None = None
+    inputs: Annotated[list[RequestInput], Field(min_length=1, max_length=MAX_TENSORS)]
+    outputs: Annotated[list[RequestOutput], Field(max_length=MAX_TENSORS)] | None = None
 
 
 class OutputTensor(BaseModel):
