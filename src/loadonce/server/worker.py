@@ -314,6 +314,9 @@ def _serve_grpc_too(app: Any, options: ServerOptions) -> Callable[[], None]:
             grace_s=options.drain_timeout_s,
             # The bound HTTP has on open connections, for calls in flight.
             max_concurrent_rpcs=options.max_connections,
+            # And on open connections, and the time to start one, as HTTP has.
+            max_connections=options.max_connections,
+            handshake_timeout_s=options.header_timeout_s,
             inner=found.settings.wrap,
             started=running.append,
         )

@@ -21,6 +21,11 @@ logger = logging.getLogger("loadonce")
 # gRPC's own default cap on a received message (4 MiB) when no body limit is set is far below
 # what tensors need; without a limit, gRPC's largest (2 GiB - 1).
 _UNLIMITED = 2**31 - 1
+# A connection with no call in flight for this long is closed (GOAWAY: a client's channel
+# reconnects on its next call). Without it, and without a bound on connections, a client
+# that opened connections and sent nothing held every one for good: 20,000 of them used up
+# the worker's file descriptors, and its HTTP port stopped answering, health probes included.
+IDLE_CONNECTION_S = 60.0
 
 
 class GrpcBindError(LoadonceError):
@@ -31,7 +36,10 @@ class GrpcServer:
     """``host``/``port``: where to listen (port 0: any free one; ``port`` says which once
     started). ``reuse_port``: every worker of a server binds the same port
     (``SO_REUSEPORT``), and the kernel spreads connections over them. Messages are limited
-    to the state's ``limits.max_body_bytes`` (RESOURCE_EXHAUSTED beyond)."""
+    to the state's ``limits.max_body_bytes`` (RESOURCE_EXHAUSTED beyond). ``max_connections``:
+    open connections past it are closed at once (as HTTP's ``max_connections``); one must
+    send its HTTP/2 preface within ``handshake_timeout_s`` (as HTTP's ``header_timeout_s``),
+    and one with no call in flight is closed after ``IDLE_CONNECTION_S``."""
 
     def __init__(
         self,
@@ -42,6 +50,8 @@ class GrpcServer:
         reuse_port: bool = False,
         model_control: bool = True,
         max_concurrent_rpcs: int | None = 1000,
+        max_connections: int | None = 1000,
+        handshake_timeout_s: float = 10.0,
     ) -> None:
         self.state = state
         self.host = host
@@ -49,12 +59,17 @@ class GrpcServer:
         self.reuse_port = reuse_port
         self.model_control = model_control
         self.max_concurrent_rpcs = max_concurrent_rpcs
+        self.max_connections = max_connections
+        self.handshake_timeout_s = handshake_timeout_s
         self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         limit = self.state.limits.max_body_bytes or _UNLIMITED
+        connections = []
+        if self.max_connections is not None:
+            connections.append(("grpc.max_allowed_incoming_connections", self.max_connections))
         server = grpc.aio.server(
             # Backpressure before the models' queues: a call the loop has yet to hand to a
             # model is not counted by max_queue, and under overload such calls piled up
@@ -65,6 +80,9 @@ class GrpcServer:
                 ("grpc.so_reuseport", 1 if self.reuse_port else 0),
                 ("grpc.max_receive_message_length", min(limit, _UNLIMITED)),
                 ("grpc.max_send_message_length", _UNLIMITED),
+                ("grpc.server_handshake_timeout_ms", _milliseconds(self.handshake_timeout_s)),
+                ("grpc.max_connection_idle_ms", _milliseconds(IDLE_CONNECTION_S)),
+                *connections,
             ],
         )
         service = InferenceService(self.state, model_control=self.model_control)
@@ -103,6 +121,10 @@ class GrpcServer:
             self._stopping = asyncio.ensure_future(server.stop(grace_s))
 
 
+def _milliseconds(seconds: float) -> int:
+    return max(1, min(round(seconds * 1000), _UNLIMITED))
+
+
 def grpc_lifespan(
     *,
     host: str = "127.0.0.1",
@@ -111,6 +133,8 @@ def grpc_lifespan(
     model_control: bool = True,
     grace_s: float | None = 30.0,
     max_concurrent_rpcs: int | None = 1000,
+    max_connections: int | None = 1000,
+    handshake_timeout_s: float = 10.0,
     inner: UserLifespan | None = None,
     started: Callable[[GrpcServer], None] | None = None,
 ) -> UserLifespan:
@@ -118,7 +142,8 @@ def grpc_lifespan(
     serves gRPC while the app runs, from after every model loaded (and ``inner``, the app's
     own lifespan, started) until shutdown, which stops accepting calls and gives those in
     flight ``grace_s`` before the models unload; past ``max_concurrent_rpcs`` calls in flight,
-    RESOURCE_EXHAUSTED. ``started``: called with the server once it
+    RESOURCE_EXHAUSTED; ``max_connections`` and ``handshake_timeout_s``: as ``GrpcServer``'s.
+    ``started``: called with the server once it
     listens, for whoever stops it sooner (``GrpcServer.stop_soon``)."""
 
     @asynccontextmanager
@@ -135,6 +160,8 @@ def grpc_lifespan(
                 reuse_port=reuse_port,
                 model_control=model_control,
                 max_concurrent_rpcs=max_concurrent_rpcs,
+                max_connections=max_connections,
+                handshake_timeout_s=handshake_timeout_s,
             )
             await server.start()
             if started is not None:
