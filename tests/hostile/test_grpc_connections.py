@@ -1,20 +1,28 @@
-"""Connections to the gRPC port that never become calls: bounded in number and in time, as
-HTTP's are (``max_connections``, ``header_timeout_s``). A client that opened connections and
-sent nothing held each one for good: 20,000 of them used up the worker's file descriptors,
-and its HTTP port stopped answering, health probes included."""
+"""Connections to the gRPC port that never become calls, and calls whose message never
+arrives: bounded in number and in time, as HTTP's are (``max_connections``,
+``header_timeout_s``, ``body_timeout_s``). A client that opened connections and sent nothing
+held each one for good: 20,000 of them used up the worker's file descriptors, and its HTTP
+port stopped answering, health probes included. And calls that sent a few bytes of their
+message held every slot of ``max_concurrent_rpcs`` for good: one connection refused every
+other client's call."""
 
 from __future__ import annotations
 
+import logging
 import selectors
 import socket
+import struct
 import time
 from pathlib import Path
 
 import httpx2 as httpx
 import numpy as np
+import pytest
 import tritonclient.grpc as triton
 
-from tests.servers import free_port, start_cli, stop, wait_until
+import loadonce
+from loadonce.protocols.grpc import grpc_lifespan
+from tests.servers import ThreadedServer, free_port, start_cli, stop, wait_until
 
 MAX_CONNECTIONS = 8
 OPENED = 40
@@ -86,3 +94,86 @@ def test_connections_that_send_nothing_are_bounded_and_closed(tmp_path: Path) ->
             connection.close()
         stop(server)
     assert "File descriptor limit" not in server.log()
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    """An HTTP/2 frame (RFC 9113, 4.1)."""
+    return (
+        struct.pack(">I", len(payload))[1:]
+        + bytes([kind, flags])
+        + struct.pack(">I", stream)
+        + payload
+    )
+
+
+def _header(name: bytes, value: bytes) -> bytes:
+    """An HPACK literal field, not indexed, not Huffman-coded (RFC 7541, 6.2.2)."""
+    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+
+def _stalled_calls(port: int, count: int) -> socket.socket:
+    """One connection with ``count`` ModelInfer calls, each of which sent the first 6 bytes
+    of a 100-byte message, and nothing more."""
+    connection = socket.create_connection(("127.0.0.1", port))
+    connection.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, b""))
+    fields = b"".join(
+        _header(name, value)
+        for name, value in (
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", b"/inference.GRPCInferenceService/ModelInfer"),
+            (b":authority", b"localhost"),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+        )
+    )
+    for index in range(count):
+        stream = 1 + 2 * index
+        headers = _frame(1, 0x4, stream, fields)  # END_HEADERS
+        # A message of 100 bytes announced (its 5-byte prefix), one of them sent.
+        data = _frame(0, 0, stream, b"\x00\x00\x00\x00\x64\x0a")
+        connection.sendall(headers + data)
+    return connection
+
+
+def test_calls_whose_message_stops_arriving_give_their_slots_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port = free_port()
+    spec = loadonce.ModelSpec(name="simple", loader="tests.v2_models:Simple")
+    lifespan = grpc_lifespan(port=port, max_concurrent_rpcs=20, message_timeout_s=2)
+    url = f"127.0.0.1:{port}"
+    tensors = []
+    for name in ("INPUT0", "INPUT1"):
+        tensor = triton.InferInput(name, [1, 16], "INT32")
+        tensor.set_data_from_numpy(np.ones((1, 16), dtype=np.int32))
+        tensors.append(tensor)
+
+    def answered() -> bool:
+        with triton.InferenceServerClient(url) as client:
+            try:
+                client.infer("simple", tensors, client_timeout=5)
+            except triton.InferenceServerException:
+                return False
+            return True
+
+    def late() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "loadonce.access" and "/ModelInfer 408" in r.getMessage()
+        ]
+
+    with (
+        caplog.at_level(logging.INFO, logger="loadonce.access"),
+        ThreadedServer(loadonce.create_app([spec], wrap=lifespan)),
+    ):
+        stalled = _stalled_calls(port, 25)
+        try:
+            wait_until(lambda: not answered(), 5, "the stalled calls to take every slot")
+            # Once their message is two seconds late, they give their slots back (they held
+            # them for good), each answered DEADLINE_EXCEEDED, as HTTP's 408.
+            wait_until(answered, 10, "a call to be answered again")
+            wait_until(lambda: len(late()) == 20, 10, "every stalled call's 408")
+        finally:
+            stalled.close()

@@ -317,6 +317,7 @@ def _serve_grpc_too(app: Any, options: ServerOptions) -> Callable[[], None]:
             # And on open connections, and the time to start one, as HTTP has.
             max_connections=options.max_connections,
             handshake_timeout_s=options.header_timeout_s,
+            message_timeout_s=options.body_timeout_s,
             inner=found.settings.wrap,
             started=running.append,
         )

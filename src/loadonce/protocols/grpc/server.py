@@ -39,7 +39,8 @@ class GrpcServer:
     to the state's ``limits.max_body_bytes`` (RESOURCE_EXHAUSTED beyond). ``max_connections``:
     open connections past it are closed at once (as HTTP's ``max_connections``); one must
     send its HTTP/2 preface within ``handshake_timeout_s`` (as HTTP's ``header_timeout_s``),
-    and one with no call in flight is closed after ``IDLE_CONNECTION_S``."""
+    and one with no call in flight is closed after ``IDLE_CONNECTION_S``; a call's request
+    message must arrive within ``message_timeout_s`` (DEADLINE_EXCEEDED beyond)."""
 
     def __init__(
         self,
@@ -52,6 +53,7 @@ class GrpcServer:
         max_concurrent_rpcs: int | None = 1000,
         max_connections: int | None = 1000,
         handshake_timeout_s: float = 10.0,
+        message_timeout_s: float | None = 30.0,
     ) -> None:
         self.state = state
         self.host = host
@@ -61,6 +63,7 @@ class GrpcServer:
         self.max_concurrent_rpcs = max_concurrent_rpcs
         self.max_connections = max_connections
         self.handshake_timeout_s = handshake_timeout_s
+        self.message_timeout_s = message_timeout_s
         self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Future[None] | None = None
@@ -85,7 +88,11 @@ class GrpcServer:
                 *connections,
             ],
         )
-        service = InferenceService(self.state, model_control=self.model_control)
+        service = InferenceService(
+            self.state,
+            model_control=self.model_control,
+            message_timeout_s=self.message_timeout_s,
+        )
         server.add_generic_rpc_handlers(service.handlers())
         address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         try:
@@ -135,6 +142,7 @@ def grpc_lifespan(
     max_concurrent_rpcs: int | None = 1000,
     max_connections: int | None = 1000,
     handshake_timeout_s: float = 10.0,
+    message_timeout_s: float | None = 30.0,
     inner: UserLifespan | None = None,
     started: Callable[[GrpcServer], None] | None = None,
 ) -> UserLifespan:
@@ -142,7 +150,8 @@ def grpc_lifespan(
     serves gRPC while the app runs, from after every model loaded (and ``inner``, the app's
     own lifespan, started) until shutdown, which stops accepting calls and gives those in
     flight ``grace_s`` before the models unload; past ``max_concurrent_rpcs`` calls in flight,
-    RESOURCE_EXHAUSTED; ``max_connections`` and ``handshake_timeout_s``: as ``GrpcServer``'s.
+    RESOURCE_EXHAUSTED; ``max_connections``, ``handshake_timeout_s`` and
+    ``message_timeout_s``: as ``GrpcServer``'s.
     ``started``: called with the server once it
     listens, for whoever stops it sooner (``GrpcServer.stop_soon``)."""
 
@@ -162,6 +171,7 @@ def grpc_lifespan(
                 max_concurrent_rpcs=max_concurrent_rpcs,
                 max_connections=max_connections,
                 handshake_timeout_s=handshake_timeout_s,
+                message_timeout_s=message_timeout_s,
             )
             await server.start()
             if started is not None:

@@ -15,7 +15,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio.to_thread
@@ -108,6 +108,7 @@ _SERVING = 1
 _NOT_SERVING = 2
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Call = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 def grpc_code(status: int) -> grpc.StatusCode:
@@ -121,11 +122,19 @@ def grpc_code(status: int) -> grpc.StatusCode:
 class InferenceService:
     """The RPCs, each ``async (request, context) -> response``; ``handlers()`` registers them
     with a ``grpc.aio`` server. ``model_control``: whether load and unload act (as
-    ``v2_router``'s)."""
+    ``v2_router``'s). ``message_timeout_s``: how long a call's request message may take to
+    arrive once the call began (None: as long as it takes)."""
 
-    def __init__(self, state: LoadonceState, *, model_control: bool = True) -> None:
+    def __init__(
+        self,
+        state: LoadonceState,
+        *,
+        model_control: bool = True,
+        message_timeout_s: float | None = 30.0,
+    ) -> None:
         self.state = state
         self.model_control = model_control
+        self.message_timeout_s = message_timeout_s
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         rpcs: dict[str, Handler] = {
@@ -167,13 +176,14 @@ class InferenceService:
         service: str = SERVICE,
         request_class: Any = None,
         family: RouteFamily | None = None,
-    ) -> Handler:
+    ) -> Call:
         family = family or _FAMILIES.get(method, RouteFamily.INFERENCE)
         route = f"/{service}/{method}"
         state = self.state
         request_class = request_class or _TYPES[method][0]
+        message_timeout_s = self.message_timeout_s
 
-        async def call(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        async def call(messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             request: Any = None
             metadata = [
@@ -206,6 +216,8 @@ class InferenceService:
                         )
                         traced.enter()
                 try:
+                    # After the key: a refused caller's message is never waited for.
+                    raw = await _one_message(messages, message_timeout_s)
                     request = _parsed(request_class, raw)
                     response = await rpc(request, context)
                 except asyncio.CancelledError:
@@ -417,13 +429,36 @@ def _reply(method: str, **fields: Any) -> Any:
     return _TYPES[method][1](**fields)
 
 
-def _unary(response_class: Any, handler: Handler) -> grpc.RpcMethodHandler:
+def _unary(response_class: Any, handler: Call) -> grpc.RpcMethodHandler:
     # The request arrives as bytes and is parsed by the handler (``_parsed``): parsed by
     # grpcio, a message that is not one was answered UNKNOWN, with a Python class's name,
-    # before the API key was even checked.
-    return grpc.unary_unary_rpc_method_handler(
+    # before the API key was even checked. And it is read by the handler (a unary call is a
+    # client stream of one message on the wire): grpcio reads a unary call's message before
+    # the handler starts, with no limit on the time it takes, and 1,100 calls that each sent
+    # a few bytes of their message held every slot of max_concurrent_rpcs for good, one
+    # connection refusing every other client's call (RESOURCE_EXHAUSTED).
+    return grpc.stream_unary_rpc_method_handler(
         handler, response_serializer=response_class.SerializeToString
     )
+
+
+class MessageTimeoutError(LoadonceError):
+    """A call's request message did not arrive in time (DEADLINE_EXCEEDED, as HTTP's 408)."""
+
+    status = 408
+
+
+async def _one_message(messages: AsyncIterator[bytes], timeout_s: float | None) -> bytes:
+    """A unary call's one request message, once it arrived within ``timeout_s``."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await anext(messages)
+    except TimeoutError:
+        raise MessageTimeoutError(
+            f"the request message did not arrive within {timeout_s:g} s of the call"
+        ) from None
+    except StopAsyncIteration:
+        raise InvalidRequestError([("message", "the call sent no request message")]) from None
 
 
 def _parsed(request_class: Any, raw: bytes) -> Any:
