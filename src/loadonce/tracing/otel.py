@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
@@ -32,6 +32,7 @@ from loadonce.tracing.logs import install_log_fields, remove_log_fields
 from loadonce.tracing.options import TRACES_EXPORTER, TracingOptions
 from loadonce.tracing.spans import (
     ChildWriter,
+    FinishedSpan,
     FinishedSpanWriter,
     OpenSpan,
     Phase,
@@ -130,10 +131,23 @@ def provider_for(options: TracingOptions) -> tuple[TracerProvider, SpanProcessor
             endpoint = options.endpoint.rstrip("/") + "/v1/traces"
         otlp = DirectOtlpSpanExporter(endpoint=endpoint)
         otlp.new_span_id = id_makers(provider.id_generator)[0]
-        processor = BatchSpanProcessor(otlp)
+        processor = _LoadonceSpanProcessor(otlp)
         provider.add_span_processor(processor)
         return provider, processor if otlp.encodes_directly else None
     return provider, None
+
+
+class _LoadonceSpanProcessor(BatchSpanProcessor):
+    """The SDK's batch span processor, queuing loadonce's own spans without reading them: they
+    are handed over only when sampled, and the SDK's check of that (three properties of the
+    span and its ids) ran, on the event loop, for each."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        kind = type(span)
+        if kind is RecordedSpan or kind is FinishedSpan:
+            self._batch_processor.emit(span)
+        else:
+            super().on_end(span)
 
 
 def _names_the_service(resource_attributes: str) -> bool:
@@ -376,7 +390,8 @@ class RequestSpan:
         # Its span, when that carries the spans below it (its phases are added directly).
         self._carrier: RecordedSpan | None = None
         self.below: ChildWriter
-        if isinstance(span, RecordedSpan):
+        # Its exact type (RecordedSpan is an ABC's subclass: isinstance asks its metaclass).
+        if type(span) is RecordedSpan:
             self._own = span.own_attributes
             self.below = span
             if span.writer.nests:
