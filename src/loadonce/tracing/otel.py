@@ -303,12 +303,14 @@ class Tracing:
         """The SDK's parent-based decision (the caller's flag, else sampled: the ratio was
         drawn before), and the span loadonce writes itself."""
         if remote is None:
-            trace_id, flags, state = writer.new_trace_id(), _SAMPLED, None
+            new_trace_id = writer.new_trace_id  # an attribute, then a call: both specialized
+            trace_id, flags, state = new_trace_id(), _SAMPLED, None
         elif remote.trace_flags.sampled:
             trace_id, flags, state = remote.trace_id, remote.trace_flags, remote.trace_state
         else:
             return None
-        context = SpanContext(trace_id, writer.new_span_id(), False, flags, state)
+        new_span_id = writer.new_span_id
+        context = SpanContext(trace_id, new_span_id(), False, flags, state)
         span = RecordedSpan(writer, name, context, remote, kind)
         if not writer.nests:
             writer.started(span)

@@ -38,6 +38,9 @@ from loadonce._version import __version__
 ERRORS_RECORDED = 8
 # A span's status when nothing failed (a status is never changed once made: one serves all).
 _UNSET = Status()
+# An enum member read once (each read through the enum's class is a lookup CPython 3.11 does
+# not specialize).
+_INTERNAL = SpanKind.INTERNAL
 
 
 class OpenSpan(Protocol):
@@ -166,7 +169,7 @@ class FinishedSpanWriter:
                 attributes,
                 _error_events(errors, end_ns),
                 links,
-                SpanKind.INTERNAL,
+                _INTERNAL,
                 None,
                 _status(failed),
                 start_ns,
@@ -270,7 +273,7 @@ class _Finishing:
             self.attributes,
             _error_events(errors, ended),
             self.links,
-            SpanKind.INTERNAL,
+            _INTERNAL,
             None,
             _status(failed),
             self.start_ns,
@@ -315,17 +318,20 @@ class RecordedSpan(trace.Span, ReadableSpan):
         self.own_attributes: dict[str, Any] = {}
         self._attributes: Mapping[str, Any] = self.own_attributes
         self.children: list[Child] = []
-
-    # What most requests' spans keep as they start: set on the instance when one changes.
-    # Events and links are made bounded on the first one, as the SDK's span bounds them: over
-    # the limit, the oldest is dropped and counted.
-    _instrumentation_info = None
-    _status = _UNSET
-    _added: BoundedAttributes | None = None
-    _dropped_attributes = 0
-    _events: Sequence[Event] = ()
-    _links: Sequence[Link] = ()
-    ended = False  # once True, nothing changes it
+        # Every field is the instance's own from the start, none a class attribute read
+        # through it: CPython 3.11 specializes reading an instance's own attribute, not a
+        # class attribute read through an instance, which goes through the type's cache;
+        # code that runs once every ten requests (a sampled request's) finds that cache
+        # cold, and each miss walks the class's bases (measured: docs/benchmarks.md).
+        self._instrumentation_info = None
+        self._status = _UNSET
+        self._added: BoundedAttributes | None = None
+        self._dropped_attributes = 0
+        # Bounded on the first event or link, as the SDK's span bounds them: over the limit,
+        # the oldest is dropped and counted.
+        self._events: Sequence[Event] = ()
+        self._links: Sequence[Link] = ()
+        self.ended = False  # once True, nothing changes it
 
     def get_span_context(self) -> SpanContext:
         return self._context  # type: ignore[return-value]  # always set (ReadableSpan's type)
