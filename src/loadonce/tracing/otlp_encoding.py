@@ -255,50 +255,22 @@ def _span(
         parts.append(state)
     if parent is not None:
         parts += (_PARENT_SPAN_ID, parent.span_id.to_bytes(8, "big"))
-    if type(span) is FinishedSpan:
-        # loadonce's own, whose fields are plain (ReadableSpan's properties copy or check
-        # them when read: 1 µs a span).
-        _add_fields(
-            parts,
-            span._name,
-            _kind(span._kind),
-            span._start_time,
-            span._end_time,
-            span._attributes,
-            span._events,
-            span._links,
-            span._status,
-            _NONE_DROPPED,
-        )
-    elif type(span) is RecordedSpan:
-        # A request's span, loadonce's too: its events and links are bounded lists once it
-        # has any (the SDK's, which count what they dropped).
+    if type(span) is FinishedSpan or type(span) is RecordedSpan:
+        # loadonce's own, read through their fields (ReadableSpan's properties copy or check
+        # them when read: 1 µs a span). A request's events and links are the SDK's bounded
+        # lists once it has any, which count what they dropped.
         events, links = span._events, span._links
-        _add_fields(
-            parts,
-            span._name,
-            _kind(span._kind),
-            span._start_time,
-            span._end_time,
-            span._attributes,
-            events,
-            links,
-            span._status,
-            (span._dropped_attributes, getattr(events, "dropped", 0), getattr(links, "dropped", 0)),
+        _add_head(parts, span._name, _kind(span._kind), span._start_time, span._end_time)
+        dropped = (
+            getattr(span, "_dropped_attributes", 0),
+            getattr(events, "dropped", 0),
+            getattr(links, "dropped", 0),
         )
+        _add_rest(parts, span._attributes, events, links, span._status, dropped)
     else:
-        _add_fields(
-            parts,
-            span.name,
-            _kind(span.kind),
-            span.start_time,
-            span.end_time,
-            span.attributes,
-            span.events,
-            span.links,
-            span.status,
-            (span.dropped_attributes, span.dropped_events, span.dropped_links),
-        )
+        _add_head(parts, span.name, _kind(span.kind), span.start_time, span.end_time)
+        dropped = (span.dropped_attributes, span.dropped_events, span.dropped_links)
+        _add_rest(parts, span.attributes, span.events, span.links, span.status, dropped)
     parts.append(_SPAN_FLAGS[parent is not None and parent.is_remote])
     encoded = b"".join(parts)
     spans = _SPAN + _size(len(encoded)) + encoded
@@ -328,36 +300,20 @@ def _child(
     tail = tails.get(key)
     if tail is None:
         written: list[bytes] = []
-        _add_fields(written, "", b"", None, None, attributes, events, links, status, _NONE_DROPPED)
+        _add_rest(written, attributes, events, links, status, _NONE_DROPPED)
         written.append(_SPAN_FLAGS[False])
         tail = tails[key] = b"".join(written)
     parts = [*below, span_id.to_bytes(8, "big"), *above]
-    if name:
-        parts.append(_names.get(name) or _name(name))
-    parts.append(_INTERNAL)
-    if start_ns:
-        parts += (_START, _TIMES.pack(start_ns))
-    if end_ns:
-        parts += (_END, _TIMES.pack(end_ns))
+    _add_head(parts, name, _INTERNAL, start_ns, end_ns)
     parts.append(tail)
     encoded = b"".join(parts)
     return _SPAN + _size(len(encoded)) + encoded
 
 
-def _add_fields(
-    parts: list[bytes],
-    name: str,
-    kind: bytes,
-    start: int | None,
-    end: int | None,
-    attributes: Mapping[str, Any] | None,
-    events: Sequence[Event],
-    links: Sequence[Link],
-    status: Status | None,
-    dropped: tuple[int, int, int],
+def _add_head(
+    parts: list[bytes], name: str, kind: bytes, start: int | None, end: int | None
 ) -> None:
-    """A span's fields from its name to its status (5 to 15), in their order; ``kind``
-    encoded; ``dropped``: the attributes, events and links left out."""
+    """A span's name, kind (encoded) and times (fields 5 to 8), in their order."""
     if name:
         parts.append(_names.get(name) or _name(name))
     parts.append(kind)
@@ -365,6 +321,18 @@ def _add_fields(
         parts += (_START, _TIMES.pack(start))
     if end:
         parts += (_END, _TIMES.pack(end))
+
+
+def _add_rest(
+    parts: list[bytes],
+    attributes: Mapping[str, Any] | None,
+    events: Sequence[Event],
+    links: Sequence[Link],
+    status: Status | None,
+    dropped: tuple[int, int, int],
+) -> None:
+    """A span's attributes, events, links, how many of each were left out (``dropped``), and
+    its status (fields 9 to 15), in their order."""
     if attributes:
         _add_key_values(parts, _ATTRIBUTE, attributes)
     dropped_attributes, dropped_events, dropped_links = dropped
