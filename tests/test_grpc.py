@@ -5,6 +5,7 @@ the lifespan (``grpc_lifespan``); and one ``loadonce serve --grpc-port`` with tw
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import queue
 import signal
@@ -645,6 +646,29 @@ def test_a_load_without_config_loads_the_declared_batching(
     client.unload_model("simple")
     client.load_model("simple")
     assert client.get_model_config("simple").config.max_batch_size == 8
+
+
+def test_each_config_load_starts_from_the_declared_configuration(
+    client: triton.InferenceServerClient,
+) -> None:
+    # 'simple' declares max_batch_size 8 and no delay. A load's config that set one member
+    # kept the others as an earlier load set them, and the declared dims were refused once a
+    # load had turned batching off.
+    def batching() -> tuple[int, int]:
+        config = client.get_model_config("simple").config
+        return config.max_batch_size, config.dynamic_batching.max_queue_delay_microseconds
+
+    delay = '"dynamic_batching": {"max_queue_delay_microseconds": 5000}'
+    client.load_model("simple", config='{"max_batch_size": 4, ' + delay + "}")
+    assert batching() == (4, 5000)
+    client.load_model("simple", config='{"max_batch_size": 2}')
+    assert batching() == (2, 0)
+    client.load_model("simple", config="{" + delay + "}")
+    assert batching() == (8, 5000)
+    client.load_model("simple", config='{"max_batch_size": 0}')
+    inputs = [{"name": n, "data_type": "TYPE_INT32", "dims": [16]} for n in ("INPUT0", "INPUT1")]
+    client.load_model("simple", config=json.dumps({"max_batch_size": 8, "input": inputs}))
+    assert batching() == (8, 0)
 
 
 def test_api_keys_and_size_limit() -> None:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 
@@ -370,12 +371,17 @@ def _batch_sizes_by_worker(url: str, dead: int) -> dict[int, int]:
         if len(ready) == 2 and dead not in ready:
             break
         time.sleep(0.2)
-    sizes: dict[int, int] = {}
+    return {pid: config["max_batch_size"] for pid, config in _configs_by_worker(url).items()}
+
+
+def _configs_by_worker(url: str) -> dict[int, dict[str, Any]]:
+    """Each worker's configuration of the model (GET /v2/models/constant/config)."""
+    configs: dict[int, dict[str, Any]] = {}
     for _ in range(40):  # new connections: either worker
-        pid = httpx.post(f"{url}/models/constant/predict", json=PREDICT).json()["outputs"][0]
-        size = httpx.get(f"{url}/v2/models/constant/config").json()["max_batch_size"]
-        sizes.setdefault(pid["pid"], size)
-    return sizes
+        with httpx.Client(base_url=url) as client:
+            pid = client.get("/readyz").json()["worker_pid"]
+            configs.setdefault(pid, client.get("/v2/models/constant/config").json())
+    return configs
 
 
 def test_a_config_load_cut_short_switches_the_batching_back_too(tmp_path: Path) -> None:
@@ -436,6 +442,42 @@ def test_a_load_without_config_goes_back_to_the_declared_batching_in_every_worke
         assert plain.status_code == 200, plain.text
         sizes = _batch_sizes_by_worker(server.url, other)
         assert set(sizes.values()) == {declared}, (declared, sizes)
+
+
+def test_a_config_load_starts_from_the_declaration_in_every_worker(tmp_path: Path) -> None:
+    """Each repository load is the declared configuration plus its own config: a load that set
+    max_batch_size alone kept the delay an earlier load set. A worker started after the
+    first load started from the changed spec as its declaration, so a load it received kept
+    the delay in every worker."""
+    artifact = tmp_path / "one.txt"
+    artifact.write_text("1")
+    with serving(
+        [str(_write_config(tmp_path, artifact))], tmp_path, env=cli_env(tmp_path)
+    ) as server:
+        declared = httpx.get(f"{server.url}/v2/models/constant/config").json()
+        delay = {"max_queue_delay_microseconds": 5000}
+        first = {"max_batch_size": declared["max_batch_size"] + 7, "dynamic_batching": delay}
+        body = {"parameters": {"config": json.dumps(first)}}
+        changed = httpx.post(f"{server.url}/v2/repository/models/constant/load", json=body)
+        assert changed.status_code == 200, changed.text
+        unused, _, other = _client_of_the_first_worker(server.url)
+        unused.close()
+        subprocess.run(["kill", "-9", str(other)], check=True)
+        _batch_sizes_by_worker(server.url, other)  # once the replacement serves
+        replacement = next(p for p in _configs_by_worker(server.url) if p != other)
+        client = _client_reaching(server.url, replacement)
+        second = {"max_batch_size": declared["max_batch_size"] + 3}
+        body = {"parameters": {"config": json.dumps(second)}}
+        again = client.post("/v2/repository/models/constant/load", json=body)
+        client.close()
+        assert again.status_code == 200, again.text
+        configs = _configs_by_worker(server.url)
+        assert len(configs) == 2
+        # The model declares no batching: the delay is the batching table's default, 0.
+        assert {
+            (c["max_batch_size"], c["dynamic_batching"]["max_queue_delay_microseconds"])
+            for c in configs.values()
+        } == {(second["max_batch_size"], 0)}, configs
 
 
 def test_an_unload_cut_short_leaves_every_worker_serving(tmp_path: Path) -> None:

@@ -74,8 +74,8 @@ class Model:
         self.spec = spec
         # The spec this process started with, which loads with changes (a new artifact, a
         # repository load's batching) do not touch: what a load "as declared" goes back to.
-        # A worker the supervisor started after a change starts from the changed spec: there
-        # the supervisor reads the declaration (core/control.py, ControlRequest).
+        # A worker the supervisor started after a change is handed the declaration apart
+        # (``Registry(declared=...)``), so every worker reads the same one.
         self.declared_spec = spec
         self._state = ModelState.PENDING
         self.worker_pid = os.getpid()
@@ -119,6 +119,9 @@ class Model:
         self._tracer: CallTracer | None = None
         # The batching the loaded model got (spec.batching_for its predictor); None: none.
         self._batching: Batching | None = None
+        # Whether its predictor answers a batch as it answers each example alone (known once
+        # it loaded): what a spec without batching gets depends on it.
+        self._batches_exactly: bool | None = None
 
     @property
     def name(self) -> str:
@@ -155,6 +158,11 @@ class Model:
     def batching(self) -> Batching | None:
         """The loaded model's batching: as its spec declares, or its runtime's default."""
         return self._batching
+
+    @property
+    def batches_exactly(self) -> bool | None:
+        """Whether the loaded predictor batches exactly (None: it never loaded here)."""
+        return self._batches_exactly
 
     @property
     def tracer(self) -> CallTracer | None:
@@ -775,7 +783,8 @@ def _artifacts_of(*specs: ModelSpec) -> tuple[str, ...]:
 def _make_batcher(model: Model, executor: Executor) -> Batcher:
     spec, policy = model.spec, model.concurrency
     assert policy is not None
-    model._batching = batching = spec.batching_for(executor.instances[0].batches_exactly)
+    model._batches_exactly = exact = executor.instances[0].batches_exactly
+    model._batching = batching = spec.batching_for(exact)
     fill_wait_s: float | None
     if batching is None:
         # One call per request, as many at once as the policy allows.

@@ -29,15 +29,20 @@ class Registry:
         unloaded: Iterable[str] = (),
         artifact_roots: Iterable[Path] | None = None,
         max_artifact_bytes: int | None = DEFAULT_MAX_ARTIFACT_BYTES,
+        declared: Iterable[ModelSpec] = (),
     ) -> None:
         """``unloaded``: models to leave unloaded, as an operator left them (a worker that
         replaces one that died follows the others). ``artifact_roots``: the directories
         under which a control request may name a new artifact (default: those of the
         declared artifacts; ``core/artifacts.py``); ``max_artifact_bytes``: the largest file such a
-        request may name (None: no limit)."""
+        request may name (None: no limit). ``declared``: the models as the operator declared
+        them, where ``specs`` hold what control requests changed since (a worker started
+        after a reload): what a load "as declared" goes back to, in every worker alike."""
         specs = check_model_specs(specs)
         self.artifact_roots = ArtifactRoots.of(specs, artifact_roots, max_bytes=max_artifact_bytes)
         self._models = {spec.name: Model(spec) for spec in specs}
+        for spec in declared:
+            self.get(spec.name).declared_spec = spec
         for name in unloaded:
             self.get(name).leave_unloaded()
         self._failure: LoadonceError | None = None

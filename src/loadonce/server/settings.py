@@ -263,6 +263,10 @@ class ServeConfig(BaseModel):
     tracing: TracingOptions = Field(default_factory=TracingOptions)
     # Models an operator unloaded while the server ran: a replacement worker leaves them so.
     unloaded: list[str] = Field(default_factory=list)
+    # The models as the operator declared them, once control requests changed ``models`` (the
+    # supervisor's remembered config): a replacement worker's load "as declared", and a
+    # repository load's config, start from these, as the other workers' do.
+    declared: list[ModelSpec] | None = None
     # A user's own app ("pkg.module:app") serving ``models`` (read from its loadonce lifespan),
     # instead of the app create_app builds; ``app_factory``: the reference is a function
     # returning the app.

@@ -535,7 +535,10 @@ class Supervisor:
                 changed_spec(spec, request, roots) if spec.name == request.model else spec
                 for spec in models
             ]
-        self.config = config.model_copy(update={"models": models, "unloaded": unloaded})
+        declared = list(self._declared.values())
+        self.config = config.model_copy(
+            update={"models": models, "unloaded": unloaded, "declared": declared}
+        )
 
     def _stop_all(self, workers: list[_Worker]) -> None:
         # The listening socket is one, shared with the workers: while this process holds it

@@ -218,6 +218,7 @@ def run_worker(
         unloaded=config.unloaded,
         artifact_roots=config.server.artifact_roots,
         max_artifact_bytes=config.server.max_artifact_bytes or None,
+        declared=config.declared or (),
     )
     control = None if make_control is None else make_control(registry)
     # Now, not when uvicorn does (the same config): building a user's app logs what it keeps.

@@ -408,7 +408,7 @@ class InferenceService:
         if not self.model_control:
             raise ControlRefusedError("model control is off in this server")
 
-    async def _apply(self, name: str, action: Action, batching: BatchingChange) -> None:
+    async def _apply(self, name: str, action: Action, batching: BatchingChange | None) -> None:
         failed = await apply_control(self.state, name, action, batching)
         if failed:
             raise ControlRefusedError(failed)

@@ -4,8 +4,10 @@
 loadonce loads a model as the operator declared it; a request cannot make it load something
 else. What a configuration may change is the batching, which the queue applies to the same
 model: ``max_batch_size`` (0: no batching) and ``dynamic_batching.max_queue_delay_microseconds``
-(``max_wait_ms``). Every other member must say what the model's configuration says already
-(``GET .../config``), and is then accepted as it changes nothing; one that differs is a 400
+(``max_wait_ms``). As in Triton, each load starts from the model's own configuration (as
+declared) and the members this load's config sets: what an earlier load's config set does not
+last into the next. Every other member must say what the configuration so loaded says (``GET
+.../config`` shows it), and is then accepted as it changes nothing; one that differs is a 400
 naming it. Numbers may be written as strings, as protobuf's JSON writes 64-bit integers.
 """
 
@@ -20,24 +22,27 @@ from loadonce.core.errors import describe_validation
 from loadonce.core.model import Model
 from loadonce.core.spec import Batching
 from loadonce.protocols.v2.errors import LoadRefusedError
-from loadonce.protocols.v2.model_config import model_config
+from loadonce.protocols.v2.model_config import config_with
 
 _CHANGEABLE = "max_batch_size, dynamic_batching.max_queue_delay_microseconds"
 
-# What a load sets the batching to: a table, none ("off"), the one declared at startup
-# ("declared": a load without config), or None: as it is.
-BatchingChange = Batching | Literal["off", "declared"] | None
+# What a load sets the batching to: a table, none ("off"), or the one declared at startup
+# ("declared": a load without config, or one whose config says what the declaration does).
+BatchingChange = Batching | Literal["off", "declared"]
 
 
 def batching_from_config(model: Model, text: Any) -> BatchingChange:
-    """The batching the load's ``config`` asks for (None: as it is); raises a 400 saying
-    why the load failed, in Triton's words ("failed to load"), which its clients look for."""
+    """The batching the load's ``config`` asks for: the declared batching with the members
+    the config sets; raises a 400 saying why the load failed, in Triton's words ("failed to
+    load"), which its clients look for."""
     config = _parsed(model.name, text)
-    current = model_config(model)
-    batching = model.batching
-    max_batch_size = current["max_batch_size"]
-    max_wait_ms = 0.0 if batching is None else batching.max_wait_ms
-    differs: list[str] = []
+    # The declaration, not what an earlier load's config left (model.batching). Every worker
+    # holds the operator's declaration, one started after a change too (Registry(declared)).
+    declared = model.declared_spec.batching_for(model.batches_exactly is True)
+    max_batch_size = 0 if declared is None else declared.max_batch_size
+    max_wait_ms = 0.0 if declared is None else declared.max_wait_ms
+    # The other members, by (key, member of its table or ""), with what the config gives.
+    others: dict[tuple[str, str], Any] = {}
     for key, value in config.items():
         if key == "max_batch_size":
             max_batch_size = _count(model.name, key, value, _INT32_MOST)
@@ -46,10 +51,19 @@ def batching_from_config(model: Model, text: Any) -> BatchingChange:
                 if member == "max_queue_delay_microseconds":
                     delay = _count(model.name, f"{key}.{member}", given, _UINT64_MOST)
                     max_wait_ms = delay / 1000
-                elif given != current.get(key, {}).get(member):
-                    differs.append(f"{key}.{member}")
-        elif current.get(key) != value:
-            differs.append(key)
+                else:
+                    others[key, member] = given
+        else:
+            others[key, ""] = value
+    wanted = _batching(model.name, declared, max_batch_size, max_wait_ms)
+    # Compared with the configuration this load gives: the dims leave the batch dimension
+    # out with a max_batch_size, whatever an earlier load set.
+    loaded = config_with(model, wanted)
+    differs = [
+        f"{key}.{member}" if member else key
+        for (key, member), value in others.items()
+        if _member(loaded, key, member) != value
+    ]
     if differs:
         raise LoadRefusedError(
             model.name,
@@ -57,16 +71,33 @@ def batching_from_config(model: Model, text: Any) -> BatchingChange:
             f"loadonce loads the model as declared, and a load's config may change only "
             f"{_CHANGEABLE} (GET /v2/models/{model.name}/config shows the rest)",
         )
+    if wanted == declared:
+        return "declared"
+    return "off" if wanted is None else wanted
+
+
+def _batching(
+    name: str, declared: Batching | None, max_batch_size: int, max_wait_ms: float
+) -> Batching | None:
+    """The declared batching with the size and delay a load's config gives (size 0: none)."""
     if max_batch_size == 0:
-        return "off" if batching is not None else None
-    options = {} if batching is None else batching.model_dump()
+        return None
+    options = {} if declared is None else declared.model_dump()
     try:
-        wanted = Batching.model_validate(
+        return Batching.model_validate(
             {**options, "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms}
         )
     except ValidationError as exc:
-        raise LoadRefusedError(model.name, f"{describe_validation(exc)}") from None
-    return None if wanted == batching else wanted
+        raise LoadRefusedError(name, f"{describe_validation(exc)}") from None
+
+
+def _member(config: dict[str, Any], key: str, member: str) -> Any:
+    """``key`` of ``config``, or ``member`` of its table ("": the key's value; None: not
+    there)."""
+    value = config.get(key)
+    if member:
+        return value.get(member) if isinstance(value, dict) else None
+    return value
 
 
 def _parsed(name: str, text: Any) -> dict[str, Any]:

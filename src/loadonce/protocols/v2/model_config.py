@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from loadonce.core.model import Model
+from loadonce.core.spec import Batching
 from loadonce.protocols.v2.datatypes import BYTES
 from loadonce.protocols.v2.described import described_inputs, described_outputs
 from loadonce.protocols.v2.schemas import MetadataTensor
@@ -23,7 +24,12 @@ from loadonce.protocols.v2.schemas import MetadataTensor
 
 def model_config(model: Model) -> dict[str, Any]:
     """The configuration of a loaded model."""
-    batching = model.batching
+    return config_with(model, model.batching)
+
+
+def config_with(model: Model, batching: Batching | None) -> dict[str, Any]:
+    """The configuration ``model`` has loaded with ``batching`` (what a repository load's
+    config is compared with, before the load)."""
     max_batch_size = 0 if batching is None else batching.max_batch_size
     config: dict[str, Any] = {
         "name": model.name,
@@ -33,7 +39,11 @@ def model_config(model: Model) -> dict[str, Any]:
         "input": [_tensor(t, max_batch_size) for t in described_inputs(model)],
         "output": [_tensor(t, max_batch_size) for t in described_outputs(model)],
         "instance_group": [
-            {"name": f"{model.name}_0", "kind": "KIND_CPU", "count": _concurrent_calls(model)}
+            {
+                "name": f"{model.name}_0",
+                "kind": "KIND_CPU",
+                "count": _concurrent_calls(model, batching),
+            }
         ],
     }
     if batching is not None:
@@ -53,8 +63,11 @@ def _tensor(tensor: MetadataTensor, max_batch_size: int) -> dict[str, Any]:
     return {"name": tensor.name, "data_type": triton_type(tensor.datatype), "dims": dims}
 
 
-def _concurrent_calls(model: Model) -> int:
-    batcher = model.batcher
-    if batcher is not None:
-        return batcher.concurrent_batches
-    return 1 if model.concurrency is None else model.concurrency.size
+def _concurrent_calls(model: Model, batching: Batching | None) -> int:
+    """As the batcher counts them (``core/model.py`` ``_make_batcher``)."""
+    policy = model.concurrency
+    size = 1 if policy is None else policy.size
+    if model.batcher is None or batching is None:
+        return size
+    pooled = policy is not None and policy.kind == "pool"
+    return batching.concurrent_batches or (size if pooled else 1)

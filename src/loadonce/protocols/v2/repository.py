@@ -5,7 +5,8 @@ it again if it is loaded (a reload: the loaded instances serve until the new one
 warm), or loads it back after an unload. Both go through the app's model control, so with
 several workers every worker follows (``loadonce.core.control``). Triton's ``config``
 parameter may change the batching, and must agree with the model's configuration otherwise
-(``config_load.py``); a load without it loads the batching declared at startup again. Its
+(``config_load.py``); each load starts from the batching declared at startup, a load
+without it loads that one again. Its
 ``file:`` parameters, which would load other files than those declared, are refused.
 """
 
@@ -97,7 +98,7 @@ async def _body(request: Request) -> bytes:
 
 
 async def _apply(
-    request: Request, name: str, action: Action, batching: BatchingChange = None
+    request: Request, name: str, action: Action, batching: BatchingChange | None = None
 ) -> Response:
     """Through the app's model control, so every worker follows; 400 naming any failure."""
     failed = await apply_control(LoadonceState.of(request), name, action, batching)
@@ -107,10 +108,10 @@ async def _apply(
 
 
 def load_batching(model: Model, parameters: Mapping[str, Any]) -> BatchingChange:
-    """What a load request's parameters ask of ``model`` (REST's or gRPC's): the batching of
-    its ``config`` (None: as it is), or without one the batching declared at startup (Triton
-    loads "the one in the model directory": an earlier load's config lasts until the next
-    load); ``file:`` parameters are refused (400)."""
+    """What a load request's parameters ask of ``model`` (REST's or gRPC's): the batching
+    declared at startup (Triton loads "the one in the model directory"), with the members its
+    ``config`` sets, if any: an earlier load's config does not last into this one;
+    ``file:`` parameters are refused (400)."""
     files = [key for key in parameters if key.startswith("file:")]
     if files:
         raise LoadRefusedError(
@@ -132,7 +133,7 @@ def check_unload_parameters(parameters: Mapping[str, Any], *, under: str) -> Non
 
 
 async def apply_control(
-    state: LoadonceState, name: str, action: Action, batching: BatchingChange = None
+    state: LoadonceState, name: str, action: Action, batching: BatchingChange | None = None
 ) -> str | None:
     """A load or unload through the app's model control, so every worker follows; what
     failed, if anything."""
