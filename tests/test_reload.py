@@ -223,6 +223,56 @@ def test_a_reload_failing_in_one_worker_leaves_every_worker_on_the_old_version(
         server.process.wait(timeout=20)  # the drain is 30 s: it was not held
 
 
+def test_a_failed_reload_is_said_truthfully_by_every_worker(tmp_path: Path) -> None:
+    """A reload failing in the first worker (the second not tried), then one failing in the
+    second (the first switched back): the failure showed only in the worker that tried it
+    (/models, the repository index: the other said "no error"), the answer's line did not say
+    what the workers not tried serve, and the log said "see the workers' log lines", which
+    the worker not tried never wrote. Every worker now says each worker's part, without
+    server paths to clients; the log says it in one line."""
+    first, bad = tmp_path / "one.txt", tmp_path / "bad.txt"
+    second = tmp_path / "two-fails-second.txt"
+    first.write_text("1")
+    bad.write_text("not a number")
+    second.write_text("2")
+    config = _write_config(tmp_path, first, loader="tests.loaders:constant_failing_in_second_load")
+    with serving([str(config)], tmp_path, env=cli_env(tmp_path)) as server:
+        [model] = httpx.get(f"{server.url}/models").json()["models"]
+        one, two = sorted(w["pid"] for w in model["workers"])
+        for artifact, tried, then in ((bad, one, two), (second, two, one)):
+            body = {"artifact": str(artifact), "version": "2"}
+            answer = httpx.post(f"{server.url}/admin/models/constant/reload", json=body)
+            assert answer.status_code == 400, answer.text
+            error = answer.json()["error"]
+            # Both workers, what each serves, the one that failed with its reason (and path:
+            # this is an admin's answer).
+            assert f"worker pid {one}, serving version 1: " in error, error
+            assert f"worker pid {two}, serving version 1: " in error, error
+            assert f"worker pid {tried}, serving version 1: model 'constant' failed" in error
+            assert str(artifact) in error
+            said = {}
+            for _ in range(40):
+                with httpx.Client(base_url=server.url) as client:
+                    page = client.get("/models/constant").json()
+                    index = client.post("/v2/repository/index").json()
+                said[page["worker_pid"]] = (page["error"], index[0]["reason"])
+            assert set(said) == {one, two}
+            for shown, reason in said.values():
+                assert shown == reason
+                assert shown.startswith("the last load of model 'constant' (version 2) failed")
+                assert f"worker pid {tried}, serving version 1: model 'constant' failed" in shown
+                assert f"worker pid {then}, serving version 1: " in shown
+                assert str(tmp_path) not in shown
+                assert "<path>" in shown
+        log = server.log()
+        assert "see the workers' log lines" not in log
+        lines = [line for line in log.splitlines() if "workers FAILED" in line]
+        assert len(lines) == 2, log
+        assert all(f"worker pid {one}" in line and f"worker pid {two}" in line for line in lines)
+        assert "not tried, an earlier worker failed" in lines[0]
+        assert f"worker pid {two}: model 'constant' failed to load" in log
+
+
 def test_a_reload_longer_than_the_commands_timeout_says_it_may_still_run(tmp_path: Path) -> None:
     """The server was reached and the reload goes on: the command said "cannot reach" and
     exited 2 (the server cannot be reached) while the reload completed."""

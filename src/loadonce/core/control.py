@@ -25,6 +25,7 @@ from loadonce.core.errors import (
     LoadonceError,
     ModelLoadError,
     describe_validation,
+    without_native_trace,
 )
 from loadonce.core.spec import Batching, ModelSpec
 from loadonce.runtimes import resolve_runtime
@@ -131,9 +132,38 @@ class WorkerOutcome:
     error: str | None = None
 
 
-def describe_failures(outcomes: list[WorkerOutcome]) -> str:
-    """The failed workers' errors as one line; empty when every worker succeeded."""
-    return "; ".join(f"worker pid {o.pid}: {o.error}" for o in outcomes if not o.ok)
+def describe_failures(outcomes: list[WorkerOutcome], *, traces: bool = True) -> str:
+    """The failed workers' errors as one line, each with what its worker serves after the
+    call (the one that failed, the ones switched back and those not tried alike); empty when
+    every worker succeeded. ``traces``: keep a native stack trace an error ends with (off:
+    it would run over the next worker's part)."""
+    parts = []
+    for o in outcomes:
+        if not o.ok:
+            error = str(o.error) if traces else without_native_trace(str(o.error))
+            said = f"not tried, {error}" if o.state == NOT_TRIED else error
+            parts.append(f"worker pid {o.pid}, {_standing(o)}: {said}")
+    return "; ".join(parts)
+
+
+def _standing(outcome: WorkerOutcome) -> str:
+    if outcome.version and outcome.state in ("ready", "reloading", NOT_TRIED):
+        return f"serving version {outcome.version}"
+    return f"model {outcome.state or 'state unknown'}"
+
+
+def describe_failed_round(request: ControlRequest, outcomes: list[WorkerOutcome]) -> str:
+    """What every worker of the server says of a load that failed in some of them (as its
+    model's error, ``Model.note_failed_change``): each worker's part, not only its own."""
+    version = "" if request.version is None else f" (version {request.version})"
+    what = f"the last {request.action} of model '{request.model}'{version}"
+    return f"{what} failed: {describe_failures(outcomes, traces=False)}"
+
+
+def failed_for_good(outcomes: list[WorkerOutcome]) -> bool:
+    """Whether a request failed for what it asked (not cut short by the server itself)."""
+    failed = [o for o in outcomes if not o.ok]
+    return bool(failed) and not any(o.error in _INTERRUPTIONS for o in failed)
 
 
 def changed_spec(spec: ModelSpec, request: ControlRequest, roots: ArtifactRoots) -> ModelSpec:

@@ -260,13 +260,19 @@ _NATIVE_TRACE = re.compile(r"\s*Stack trace:.*", re.DOTALL)
 _ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{6,}\b")
 
 
+def without_native_trace(message: str) -> str:
+    """``message`` without the native stack trace a library's error may end with (XGBoost's
+    "Stack trace: [bt] ..."), which runs to the end of the message."""
+    return _NATIVE_TRACE.sub("", message)
+
+
 def without_paths(message: str, known: Iterable[str | Path] = ()) -> str:
     """A message for a client without the admin scope: every server file path replaced by
     ``<path>`` (the server log and admin answers keep them), a native stack trace left out
     and memory addresses replaced by ``<address>``. ``known``: paths the message may
     quote whole, spaces and all (an artifact's), replaced first: the pattern stops at a
     space, and "/srv/Secret Project/m.skops" left "Secret Project/m.skops" to be read."""
-    message = _NATIVE_TRACE.sub("", message)
+    message = without_native_trace(message)
     for path in sorted(_with_spaced_parents(known), key=len, reverse=True):
         message = message.replace(path, "<path>")
     return _ADDRESS.sub("<address>", _ABSOLUTE_PATH.sub("<path>", message))

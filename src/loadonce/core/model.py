@@ -9,7 +9,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from enum import StrEnum
@@ -236,6 +236,14 @@ class Model:
             else self._executor.instances[0].request_parameters
         )
 
+    def note_failed_change(self, message: str, artifacts: Iterable[str]) -> None:
+        """Say ``message`` as this model's error until its next load: a load that failed in
+        another worker of the server (or here, told with the others' part), so that every
+        worker's answers say it, not only the one tried. ``artifacts``: the paths it may
+        quote, kept out of ``public_error`` whole."""
+        self.error = message
+        self._error_paths = (*artifacts, *_artifacts_of(self.spec))
+
     @property
     def public_error(self) -> str | None:
         """``error`` as answers any client may read show it: without server file paths."""
@@ -332,7 +340,7 @@ class Model:
             self._state = ModelState.READY
             self.error = f"{failure}; version {self.version} loaded before goes on serving"
             self._error_paths = _artifacts_of(spec, self.spec)
-            logger.error("%s", self.error)
+            logger.error("worker pid %d: %s", os.getpid(), self.error)
             raise
         self.error = None
         old_batcher, old_executor = self._batcher, self._executor

@@ -7,7 +7,8 @@ extra copy, and the others serve meanwhile), gathers each worker's outcome, and 
 worker that asked. A reload that fails in one worker is not tried in the next ones, so the
 workers never drift apart on a broken artifact. The supervisor also keeps the result as the
 config that replacement workers start from: a worker started after a reload loads the new
-version, and one started after an unload leaves the model unloaded.
+version, and one started after an unload leaves the model unloaded. A load that failed is
+told to every worker, each worker's part in it, so that any worker's answers say it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from loadonce.server.worker_process import (
     APPLIED,
     APPLY,
     CONTROL,
+    FAILED_LOAD,
     HEARTBEAT,
     HEARTBEAT_INTERVAL_S,
     RESULT,
@@ -164,6 +166,11 @@ class SupervisedControl:
                     return  # the supervisor is gone
             elif kind == RESULT:
                 loop.call_soon_threadsafe(self._resolve, operation, payload)
+            elif kind == FAILED_LOAD:
+                loop.call_soon_threadsafe(self._note_failure, *payload)
+
+    def _note_failure(self, name: str, message: str, artifacts: list[str]) -> None:
+        self._registry.get(name).note_failed_change(message, artifacts)
 
     def _resolve(self, operation: str, outcomes: list[WorkerOutcome]) -> None:
         future = self._pending.get(operation)

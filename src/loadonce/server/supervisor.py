@@ -34,6 +34,9 @@ from loadonce.core.control import (
     WorkerOutcome,
     changed_spec,
     declared_batching,
+    describe_failed_round,
+    describe_failures,
+    failed_for_good,
 )
 from loadonce.core.errors import LoadonceError
 from loadonce.http.metrics_directory import MULTIPROCESS_DIR
@@ -53,6 +56,7 @@ from loadonce.server.worker_process import (
     APPLY,
     CONTROL,
     FAILED,
+    FAILED_LOAD,
     GO,
     RESULT,
     SHUTDOWN_FAILED,
@@ -438,14 +442,39 @@ class Supervisor:
             # Each outcome says what its worker serves after the call: a switched-back
             # worker's said the new version (and `loadonce reload` printed it as loaded).
             outcomes = [restored.get(o.pid, o) for o in outcomes]
-        logger.info(
-            "%s of model '%s' in %d workers: %s",
-            "unload" if request.action == "unload" else "load",
-            request.model,
-            len(outcomes),
-            "done" if all(o.ok for o in outcomes) else "FAILED (see the workers' log lines)",
-        )
+        if all(o.ok for o in outcomes):
+            logger.info(
+                "%s of model '%s' in %d workers: done", request.action, request.model, len(outcomes)
+            )
+        else:
+            # Every worker's part, and what it serves now: the workers not tried log nothing.
+            logger.error(
+                "%s of model '%s' in %d workers FAILED: %s",
+                request.action,
+                request.model,
+                len(outcomes),
+                describe_failures(outcomes),
+            )
+        if failed_for_good(outcomes):
+            self._tell_the_failure(targets, operation, request, outcomes)
         return outcomes
+
+    def _tell_the_failure(
+        self,
+        workers: list[_Worker],
+        operation: str,
+        request: ControlRequest,
+        outcomes: list[WorkerOutcome],
+    ) -> None:
+        """Each worker says the failed load as its model's error, each worker's part in it:
+        only the worker that tried said it, and /models, the repository index and a
+        model's page answered "no error" or the error by the worker a connection reached."""
+        message = describe_failed_round(request, outcomes)
+        artifacts = [] if request.artifact is None else [request.artifact]
+        for worker in workers:
+            if worker.serving and worker.is_alive():
+                with contextlib.suppress(OSError):  # it died since: its replacement loads anew
+                    worker.gate.send((FAILED_LOAD, operation, (request.model, message, artifacts)))
 
     def _restore(self, switched: list[_Worker], failed: ControlRequest) -> dict[int, WorkerOutcome]:
         """Bring the workers a failed load round had already switched back to what the others

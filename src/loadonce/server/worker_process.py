@@ -80,6 +80,9 @@ HEARTBEAT_INTERVAL_S = 1.0
 # ("control", op, request) and ("applied", op, outcome); supervisor -> worker ("apply", op,
 # request) and ("result", op, outcomes).
 CONTROL, APPLY, APPLIED, RESULT = "control", "apply", "applied", "result"
+# supervisor -> every serving worker ("load failed", op, (model, message, artifacts)): a load that
+# failed in some worker, for each to say as its model's error (Model.note_failed_change).
+FAILED_LOAD = "load failed"
 _PR_SET_CHILD_SUBREAPER = 36
 
 
