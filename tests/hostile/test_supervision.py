@@ -3,6 +3,7 @@ or silent, and no worker outlives the supervisor."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -184,6 +185,66 @@ def test_a_stop_while_models_load_ends_the_server_at_once(tmp_path: Path, worker
     left = list(temporary.iterdir())
     shutil.rmtree(temporary)
     assert not left, "temporary directories left behind"
+
+
+_SLOW_TO_IMPORT = """
+import pathlib, time
+pathlib.Path(__file__).with_name("importing").write_text("")
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_before_the_servers_handlers_is_a_clean_stop(
+    tmp_path: Path, workers: str, stop: signal.Signals
+) -> None:
+    """A stop signal while the command starts (its imports, the config, the user's app
+    imported): SIGTERM ended it with status 143 and no word, SIGINT with a KeyboardInterrupt
+    traceback. A supervisor sends SIGTERM whenever it likes: now one line, status 0."""
+    (tmp_path / "slow_app.py").write_text(_SLOW_TO_IMPORT)
+    server = start_cli(["slow_app:app", "--workers", workers], tmp_path)
+    wait_until(lambda: (tmp_path / "importing").exists(), 30, "the app's import")
+    server.process.send_signal(stop)
+    try:
+        status = server.process.wait(10)
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+    log = server.log()
+    assert status == 0, log
+    assert log.strip() == f"loadonce: stopped by {stop.name} while starting; nothing was served"
+
+
+def test_a_stop_sent_to_every_process_while_workers_load_is_a_clean_stop(tmp_path: Path) -> None:
+    """systemd sends SIGTERM to every process of the service (a terminal's Ctrl-C reaches the
+    whole process group): the workers left as the supervisor asked them to, and the
+    supervisor took that for a failed startup (status 3, "worker ... exited before it
+    finished loading")."""
+    temporary = Path(tempfile.mkdtemp(prefix="lo-"))
+    # No plan: its load would be the one that hangs.
+    env = cli_env(tmp_path, {"TMPDIR": str(temporary), "LOADONCE_MEMORY_PLAN": "false"})
+    server = start_cli(["tests.loaders:hangs_at_load", "--workers", "2"], tmp_path, env=env)
+    wait_until(lambda: "loading in" in server.log(), 60, "the workers' loads")
+    supervisor = psutil.Process(server.process.pid)
+    for process in [supervisor, *supervisor.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(signal.SIGTERM)
+    try:
+        status = server.process.wait(15)
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+    log = server.log()
+    shutil.rmtree(temporary)
+    assert status == 0, log
+    assert "startup failed" not in log
+    assert "Traceback" not in log
+    said = [line for line in log.splitlines() if "nothing was served" in line]
+    assert len(said) == 1, log
+    assert "stopped by SIGTERM while the workers loaded their models" in said[0]
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

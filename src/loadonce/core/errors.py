@@ -7,9 +7,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from pydantic import ValidationError
+if TYPE_CHECKING:
+    # Not at run time: ``loadonce`` resolves these errors when imported, before ``loadonce
+    # serve`` takes its stop signals (server/early_stop.py); pydantic took half that time.
+    from pydantic import ValidationError
 
 
 class LoadonceError(Exception):

@@ -20,6 +20,7 @@ from loadonce.core.errors import ConfigError, LoadonceError, describe_exception
 from loadonce.core.imports import import_optional
 from loadonce.core.integrity import file_sha256
 from loadonce.core.spec import SHA256_PATTERN
+from loadonce.server.early_stop import restore_defaults
 from loadonce.server.on_ray import ray_config_document, serve_on_ray
 from loadonce.server.plan import make_plan
 from loadonce.server.resolve import resolve_serve_config
@@ -69,8 +70,13 @@ _SERVER_OPTION_OF = {"drain_timeout": "drain_timeout_s"}
 
 @click.group()
 @click.version_option(__version__, prog_name="loadonce")
-def main() -> None:
+@click.pass_context
+def main(context: click.Context) -> None:
     """loadonce: serve machine-learning models, each loaded once per worker at startup."""
+    if context.invoked_subcommand != "serve":
+        # An early stop is serve's (server/early_stop.py); the other commands stop on Ctrl-C
+        # as any command does.
+        restore_defaults()
 
 
 @main.command()

@@ -128,6 +128,7 @@ class Supervisor:
         self._force = force
         self._context = worker_context(config)
         self._stopping = False
+        self._stop_signal = ""  # the first stop signal's name
         self._planning = False
         self._socket: socket.socket | None = None
         # Control requests (load, unload, reload) waiting for their turn: (origin, message).
@@ -189,12 +190,12 @@ class Supervisor:
             workers.extend(self._spawn() for _ in range(options.workers))
             self._wait_until_loaded(workers)
             if self._stopping:
-                return 0
+                return self._stopped_before_serving("while the workers loaded their models")
             for worker in workers:
                 self._release(worker)
             self._wait_until_started(workers)
             if self._stopping:
-                return 0
+                return self._stopped_before_serving("while the workers started")
             logger.info(
                 "all %d workers loaded and started; accepting connections on %s",
                 len(workers),
@@ -251,9 +252,16 @@ class Supervisor:
 
     def _ask_to_stop(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True
+        self._stop_signal = self._stop_signal or signal.Signals(signum).name
         if self._planning:  # out of the wait for the planning process, which is stopped
             self._planning = False
             raise _StopWhilePlanning
+
+    def _stopped_before_serving(self, when: str) -> int:
+        """The one line of a stop before the server served, and its status (0, as a stop's
+        later on: the supervisor's, systemd's or Kubernetes' SIGTERM is no failure)."""
+        logger.info("stopped by %s %s; nothing was served", self._stop_signal, when)
+        return 0
 
     def _spawn(self) -> _Worker:
         assert self._socket is not None
@@ -273,7 +281,13 @@ class Supervisor:
             waiting = [w for w in workers if not w.loaded]
             wait([w.gate for w in waiting], _POLL_SECONDS)
             for worker in waiting:
-                self._read_report(worker)
+                try:
+                    self._read_report(worker)
+                except _StartupFailedError:
+                    # Stopping: the workers got the signal too (systemd's to the whole
+                    # service, a terminal's Ctrl-C) and left; the startup did not fail.
+                    if not self._stopping:
+                        raise
 
     def _read_report(self, worker: _Worker) -> None:
         try:
@@ -306,7 +320,7 @@ class Supervisor:
                 self._read_controls(worker, operation=None)
                 if worker.started:
                     continue
-                if not worker.is_alive():
+                if not worker.is_alive() and not self._stopping:
                     # Its app's own lifespan failed after GO: the worker said why, in one
                     # line (its pipe is read once more: the word may have come with the end).
                     self._read_controls(worker, operation=None)

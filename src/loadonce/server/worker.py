@@ -30,6 +30,7 @@ from loadonce.core.registry import Registry
 from loadonce.http.lifespan import lifespan_of
 from loadonce.server.allocator import map_large_blocks
 from loadonce.server.control_channel import SupervisedControl
+from loadonce.server.early_stop import STOP_SIGNALS, hand_over, stop_early_on_signals
 from loadonce.server.http_protocol import guarded_protocol
 from loadonce.server.log_format import log_config
 from loadonce.server.progress import load_progress
@@ -125,6 +126,8 @@ class _DrainingServer(uvicorn.Server):
         """uvicorn's (SIGINT, SIGTERM), and SIGHUP, taken as SIGTERM: a closed terminal or
         ssh session killed the server at once (status 129), cutting off requests in flight
         and leaving its temporary directories behind."""
+        if threading.current_thread() is threading.main_thread():
+            hand_over()  # uvicorn's from here (server/early_stop.py)
         with super().capture_signals():
             if threading.current_thread() is not threading.main_thread():
                 yield
@@ -359,10 +362,14 @@ def serve_single_worker(config: ServeConfig) -> int:
         warn_if_open_to_the_network(sock, config.server.access(), config.server.allowed_hosts)
         logger.info("all models loaded; accepting connections on %s", describe_address(sock))
 
-    # uvicorn re-raises a stop signal once it has drained, to reach the handler that was in
-    # place before it; this one makes that a clean exit (status 0) instead of a
-    # KeyboardInterrupt traceback or death by SIGTERM.
-    previous = {sig: signal.signal(sig, _drained) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # Until uvicorn takes the signals (its serve(), before the lifespan loads the models), a
+    # stop signal is an early stop (server/early_stop.py: building the app took a SIGTERM
+    # without a word, and served on). uvicorn re-raises a stop signal once it has drained, to
+    # reach the handler that was in place before it: by then the early handlers do nothing
+    # (hand_over), a clean exit (status 0) instead of a KeyboardInterrupt traceback or death
+    # by SIGTERM.
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    stop_early_on_signals()
     try:
         with sock:
             started, failure = run_worker(
@@ -371,16 +378,12 @@ def serve_single_worker(config: ServeConfig) -> int:
     finally:
         startup_bound.started()
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
     if started:
         # uvicorn logged a failed shutdown (the app's lifespan raised); the status says it.
         return 0 if failure is None else SHUTDOWN_FAILED
     logger.error("startup failed: %s", failure)
     return STARTUP_FAILED
-
-
-def _drained(signum: int, frame: FrameType | None) -> None:
-    """The stop signal arrives here after uvicorn has drained and shut down: nothing left."""
 
 
 class _StartupBound:

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, NoReturn
 
 import psutil
 
+from loadonce.server.early_stop import StoppedEarly, stop_early_on_signals
+
 if TYPE_CHECKING:
     import socket
 
@@ -197,7 +199,18 @@ def reap_orphans(keep: set[int]) -> None:
 def worker_main(config: ServeConfig, sock: socket.socket, gate: Connection) -> None:
     """What a worker process runs (``worker.worker_process_main``), named here: the supervisor
     hands the function to multiprocessing, and this module imports none of the worker's stack
-    (the app, uvicorn, the models' libraries), which the supervisor never needs."""
-    from loadonce.server.worker import worker_process_main
+    (the app, uvicorn, the models' libraries), which the supervisor never needs.
 
-    worker_process_main(config, sock, gate)
+    A stop signal before the worker's own handlers (importing that stack, building the app:
+    a terminal's Ctrl-C, or systemd's SIGTERM to every process of the service) ends it by the
+    signal, as before, without the KeyboardInterrupt traceback SIGINT printed: the supervisor
+    says why (``server/early_stop.py``)."""
+    stop_early_on_signals()
+    try:
+        from loadonce.server.worker import worker_process_main
+
+        worker_process_main(config, sock, gate)
+    except StoppedEarly as stop:
+        signal.signal(stop.signum, signal.SIG_DFL)
+        logging.shutdown()
+        signal.raise_signal(stop.signum)
