@@ -26,7 +26,12 @@ ConcurrencyKind = Literal["shared", "serialized", "pool"]
 # I/O-bound or GIL-releasing predictors, few enough not to starve the app's own threadpool.
 DEFAULT_SHARED_THREADS = 16
 
-_CONCURRENCY_PATTERN = re.compile(r"^(shared|serialized|pool)(?::(\d+))?$")
+_CONCURRENCY_PATTERN = re.compile(r"^(shared|serialized|pool)(?::(\d{1,18}))?$")
+# The most calls of one model at once in one worker (threads, or a pool's instances, or
+# batches running): each is a thread, and a pool's each a copy of the model.
+MOST_CALLS_AT_ONCE = 1024
+# The largest size a dimension of input_shape may declare (int32's: no example is larger).
+MOST_DIMENSION = 2**31 - 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,8 +65,11 @@ class Concurrency:
             size = int(size_text)
         else:
             size = DEFAULT_SHARED_THREADS if size_text is None else int(size_text)
-        if size < 1:
-            raise ValueError(f"concurrency size must be at least 1, got {size}")
+        if not 1 <= size <= MOST_CALLS_AT_ONCE:
+            # pool:100000000 began loading a hundred million copies of the model.
+            raise ValueError(
+                f"concurrency size must be from 1 to {MOST_CALLS_AT_ONCE}, got {size_text}"
+            )
         return cls(kind="shared" if kind == "shared" else "pool", size=size)
 
     def __str__(self) -> str:
@@ -84,10 +92,11 @@ ConcurrencyField = Annotated[
 def _variable_dims(value: object) -> object:
     if isinstance(value, list | tuple):
         for dim in value:
-            if isinstance(dim, int) and (dim < -1 or dim == 0):
+            if isinstance(dim, int) and (dim < -1 or dim == 0 or dim > MOST_DIMENSION):
                 # 0: no example could ever have that shape (every request a 400).
                 raise ValueError(
-                    f"input_shape dimensions must be sizes of at least 1, or -1 for any; got {dim}"
+                    f"input_shape dimensions must be sizes of at least 1 (at most "
+                    f"{MOST_DIMENSION}), or -1 for any; got {dim}"
                 )
         return tuple(None if dim == -1 else dim for dim in value)
     return value
@@ -113,7 +122,7 @@ class Batching(ConfigModel):
     fill_wait_ms: Annotated[float, Field(ge=0, le=10_000)] | Literal["auto"] = 0.0
     # Batches running at once: by default the pool's size for pool:N, else 1 (a batched call
     # already parallelises inside the library, and batches grow while one runs).
-    concurrent_batches: Annotated[int, Field(ge=1)] | None = None
+    concurrent_batches: Annotated[int, Field(ge=1, le=MOST_CALLS_AT_ONCE)] | None = None
     # Generating models (token by token): up to max_batch_size sequences share each step.
     # "continuous": a request joins the batch between any two steps, and leaves it when it
     # ends; "static": requests join only an empty batch, which runs until its last sequence

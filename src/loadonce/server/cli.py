@@ -20,13 +20,16 @@ from loadonce.core.errors import ConfigError, LoadonceError, describe_exception
 from loadonce.core.imports import import_optional
 from loadonce.core.integrity import file_sha256
 from loadonce.core.spec import SHA256_PATTERN
+from loadonce.server.demo import CACHE_VARIABLE
 from loadonce.server.early_stop import restore_defaults
 from loadonce.server.on_ray import ray_config_document, serve_on_ray
 from loadonce.server.plan import make_plan
 from loadonce.server.resolve import resolve_serve_config
-from loadonce.server.settings import LogLevel, ServeConfig
+from loadonce.server.settings import LogLevel, ServeConfig, check_environment
+from loadonce.server.stagger import LOCK_VARIABLE
 from loadonce.server.supervisor import Supervisor
 from loadonce.server.worker_process import STARTUP_FAILED, exit_leaving_threads
+from loadonce.server.worker_start import USER_CODE_VARIABLE
 
 if TYPE_CHECKING:
     import urllib.error
@@ -233,6 +236,7 @@ def serve(
     }
     target = _target_unless_demo(target, demo)
     try:
+        check_environment(_command_variables(), internal=(USER_CODE_VARIABLE, LOCK_VARIABLE))
         config = resolve_serve_config(
             target,
             demo=demo,
@@ -280,6 +284,18 @@ def serve(
             exit_leaving_threads(code)
         sys.exit(code)
     sys.exit(Supervisor(config, memory_limit=config.server.memory_limit, force=force).run())
+
+
+def _command_variables() -> set[str]:
+    """The LOADONCE_* variables the ``loadonce`` commands read besides the server options':
+    their options' (LOADONCE_URL is reload's: a shell may set it for both), the reload's
+    admin key, the demo's cache."""
+    found = {"LOADONCE_ADMIN_KEY", CACHE_VARIABLE}
+    for command in main.commands.values():
+        for parameter in command.params:
+            envvar = getattr(parameter, "envvar", None)
+            found.update([envvar] if isinstance(envvar, str) else envvar or ())
+    return found
 
 
 def _threads_left_running() -> bool:
@@ -400,6 +416,7 @@ def plan(
     """
     target = _target_unless_demo(target, demo)
     try:
+        check_environment(_command_variables(), internal=(USER_CODE_VARIABLE, LOCK_VARIABLE))
         config = resolve_serve_config(
             target,
             demo=demo,

@@ -91,8 +91,15 @@ def read_config_file(path: Path) -> ConfigFile:
     base = path.parent.resolve()
     roots = server.get("artifact_roots")
     if isinstance(roots, list):
-        # Relative to the config file, like the artifacts.
-        server = {**server, "artifact_roots": [str(base / root) for root in roots]}
+        # Relative to the config file, like the artifacts ("" stays "", refused as such: it
+        # named the file's directory).
+        server = {
+            **server,
+            "artifact_roots": [
+                str(base / root) if isinstance(root, str) and root.strip() else root
+                for root in roots
+            ],
+        }
     models = [_model_spec(table, index, base, path) for index, table in enumerate(tables)]
     for spec in models:
         try:
@@ -131,8 +138,9 @@ def _tracing_table(table: object, path: Path) -> dict[str, Any]:
 
 def _model_spec(table: dict[str, Any], index: int, base: Path, path: Path) -> ModelSpec:
     values = dict(table)
-    if isinstance(values.get("artifact"), str):
-        values["artifact"] = (base / values["artifact"]).resolve()
+    artifact = values.get("artifact")
+    if isinstance(artifact, str) and artifact.strip():  # "" named the file's directory
+        values["artifact"] = (base / artifact).resolve()
     try:
         return ModelSpec.model_validate(values)
     except ValidationError as exc:

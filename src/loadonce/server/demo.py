@@ -15,9 +15,12 @@ from loadonce.core.spec import ModelSpec
 DEMO_EXAMPLE = [5.1, 3.5, 1.4, 0.2]  # the first iris sample: a setosa
 
 
+CACHE_VARIABLE = "LOADONCE_CACHE_DIR"
+
+
 def cache_dir() -> Path:
     """$LOADONCE_CACHE_DIR, else $XDG_CACHE_HOME/loadonce, else ~/.cache/loadonce."""
-    explicit = os.environ.get("LOADONCE_CACHE_DIR")
+    explicit = os.environ.get(CACHE_VARIABLE)
     if explicit:
         return Path(explicit)
     xdg = os.environ.get("XDG_CACHE_HOME")

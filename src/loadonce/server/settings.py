@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,7 +24,7 @@ from loadonce.core.artifacts import DEFAULT_MAX_ARTIFACT_BYTES
 from loadonce.core.config_model import ConfigModel
 from loadonce.core.errors import ConfigError, describe_validation
 from loadonce.core.limits import MIB, Limits
-from loadonce.core.spec import ModelSpec
+from loadonce.core.spec import MOST_SECONDS, ModelSpec
 from loadonce.http.access_keys import AccessKeys
 from loadonce.http.allowed_hosts import check_allowed_hosts
 from loadonce.server.allocator import MOST_THRESHOLD_BYTES
@@ -56,7 +57,11 @@ def _not_every_interface_by_accident(host: object) -> object:
 
 
 class ServerOptions(ConfigModel):
-    """The ``[server]`` table of a config file; each also a CLI option and a LOADONCE_* variable."""
+    """The ``[server]`` table of a config file; each also a CLI option and a LOADONCE_* variable.
+
+    Every duration is finite and at most MOST_SECONDS (about 116 days), as a model's are:
+    ``startup_timeout_s = 1e300`` passed, then a thread's wait on it raised OverflowError.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -74,21 +79,21 @@ class ServerOptions(ConfigModel):
     # "json": one JSON object per log line (request lines carry request_id, status...).
     log_format: Literal["plain", "json"] = "plain"
     # On SIGTERM: how long accepted requests (queued and running) may take to finish.
-    drain_timeout_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 30
+    drain_timeout_s: Annotated[float, Field(ge=0, le=MOST_SECONDS)] = 30
     # Allow pickle/joblib artifacts (they run code when loaded) for every model served.
     trust: bool = False
     # Plan the workers against this much memory instead of what the machine has available.
-    memory_limit: MemorySize | None = None
+    memory_limit: Annotated[MemorySize, Field(gt=0)] | None = None
     # On SIGTERM: how long a worker goes on serving, /readyz at 503, before its listener
     # closes, so that a readiness probe sees it leave (0: close at once).
-    stop_delay_s: Annotated[float, Field(ge=0, le=300, allow_inf_nan=False)] = 2.0
+    stop_delay_s: Annotated[float, Field(ge=0, le=300)] = 2.0
     # With several workers: a worker whose event loop sends no heartbeat for this long
     # (stopped, deadlocked) is killed and replaced (server/worker_process.py).
-    heartbeat_timeout_s: Annotated[float, Field(ge=2, allow_inf_nan=False)] = 30.0
+    heartbeat_timeout_s: Annotated[float, Field(ge=2, le=MOST_SECONDS)] = 30.0
     # With several workers: how long a worker may take, once every worker loaded its models,
     # to start serving (an app's own lifespan: a database migration); its heartbeats are
     # judged only after. Past it, the server stops: a hung startup ends, with one line.
-    startup_timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 600.0
+    startup_timeout_s: Annotated[float, Field(gt=0, le=MOST_SECONDS)] = 600.0
     # Once started, leave the loaded models out of garbage collection (loadonce.core.collector).
     gc_freeze: bool = True
     # Each worker's allocator gives blocks of this size or more back to the system when they
@@ -116,8 +121,8 @@ class ServerOptions(ConfigModel):
     # header_timeout_s, a body may pause at most body_timeout_s, a head holds at most
     # max_header_bytes in max_header_fields fields; past max_connections open connections,
     # a worker answers 503.
-    header_timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10.0
-    body_timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 30.0
+    header_timeout_s: Annotated[float, Field(gt=0, le=MOST_SECONDS)] = 10.0
+    body_timeout_s: Annotated[float, Field(gt=0, le=MOST_SECONDS)] = 30.0
     max_header_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
     max_header_fields: Annotated[int, Field(ge=8)] = 100
     max_connections: Annotated[int, Field(ge=1)] = 1000
@@ -213,8 +218,8 @@ class RayOptions(ConfigModel):
     # failed. Ray's default, 20, would retry a broken model for minutes; a failed load is
     # usually the file, not the node.
     max_constructor_retry_count: Annotated[int, Field(ge=1)] = 3
-    health_check_period_s: Annotated[float, Field(gt=0)] = 10.0
-    health_check_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    health_check_period_s: Annotated[float, Field(gt=0, le=MOST_SECONDS)] = 10.0
+    health_check_timeout_s: Annotated[float, Field(gt=0, le=MOST_SECONDS)] = 30.0
 
     @model_validator(mode="after")
     def _one_way_to_scale(self) -> RayOptions:
@@ -359,6 +364,27 @@ _LISTS = {
     "artifact_roots": os.pathsep,
     "allowed_hosts": ",",
 }
+
+
+_PREFIX = "LOADONCE_"
+
+
+def check_environment(known: Iterable[str], internal: Iterable[str] = ()) -> None:
+    """Every LOADONCE_* variable set is one loadonce reads (``known``, and those of the
+    options read here), and holds a value: one that is not was ignored without a word
+    (LOADONCE_API_KEY for LOADONCE_API_KEYS served with no key at all; LOADONCE_WORKERS=""
+    with one worker). ``internal``: set by loadonce for its own processes, maybe empty."""
+    internal = set(internal)
+    read = {*known, *_ENVIRONMENT_ONLY.values(), *_TRACING_ENVIRONMENT.values(), *internal}
+    for variable, value in sorted(os.environ.items()):
+        if not variable.startswith(_PREFIX):
+            continue
+        if variable not in read:
+            close = difflib.get_close_matches(variable, sorted(read), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{variable} is not a loadonce variable{hint}; unset it")
+        if not value.strip() and variable not in internal:
+            raise ConfigError(f"{variable} is set but holds no value; unset it, or give one")
 
 
 def environment_options() -> dict[str, Any]:
