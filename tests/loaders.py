@@ -24,16 +24,16 @@ def echo() -> Echo:
 
 
 def counting_echo() -> Echo:
-    """Appends this process's pid to $LOADONCE_TEST_LOAD_LOG, one line per call."""
-    with Path(os.environ["LOADONCE_TEST_LOAD_LOG"]).open("a") as log:
+    """Appends this process's pid to $LOADER_TEST_LOAD_LOG, one line per call."""
+    with Path(os.environ["LOADER_TEST_LOAD_LOG"]).open("a") as log:
         log.write(f"{os.getpid()}\n")
     return Echo()
 
 
 def fails_in_second_worker() -> Echo:
     """The first process to call it gets a model; any other raises. The first one also
-    records its pid in $LOADONCE_TEST_LOAD_LOG, so the test can check it was stopped."""
-    marker = os.environ["LOADONCE_TEST_MARKER"]
+    records its pid in $LOADER_TEST_LOAD_LOG, so the test can check it was stopped."""
+    marker = os.environ["LOADER_TEST_MARKER"]
     try:
         os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
@@ -50,14 +50,14 @@ def build_mlp() -> Any:
 
 
 class SlowEcho:
-    """Takes $LOADONCE_TEST_DELAY seconds per call and logs each call's examples."""
+    """Takes $LOADER_TEST_DELAY seconds per call and logs each call's examples."""
 
     def predict(self, batch: list[Any]) -> list[Any]:
-        log = os.environ.get("LOADONCE_TEST_CALL_LOG")
+        log = os.environ.get("LOADER_TEST_CALL_LOG")
         if log:
             with Path(log).open("a") as stream:
                 stream.write(f"{batch!r}\n")
-        time.sleep(float(os.environ.get("LOADONCE_TEST_DELAY", "0.2")))
+        time.sleep(float(os.environ.get("LOADER_TEST_DELAY", "0.2")))
         return list(batch)
 
 
@@ -170,10 +170,10 @@ def build_tiny_linear() -> Any:
 def slow_recorded_load() -> Echo:
     """Takes 1.5 s to load (long enough to overlap when workers load at once); appends
     'pid start end' (monotonic seconds, comparable across processes on one machine) to
-    $LOADONCE_TEST_LOAD_LOG."""
+    $LOADER_TEST_LOAD_LOG."""
     started = time.monotonic()
     time.sleep(1.5)
-    with Path(os.environ["LOADONCE_TEST_LOAD_LOG"]).open("a") as log:
+    with Path(os.environ["LOADER_TEST_LOAD_LOG"]).open("a") as log:
         log.write(f"{os.getpid()} {started} {time.monotonic()}\n")
     return Echo()
 

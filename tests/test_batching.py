@@ -224,7 +224,7 @@ def test_sigterm_drains_every_accepted_request(tmp_path: Path) -> None:
     calls = tmp_path / "calls.txt"
     config = tmp_path / "loadonce.toml"
     config.write_text('[[models]]\nname = "slow"\nloader = "tests.loaders:slow_echo"\n')
-    env = cli_env(tmp_path, {"LOADONCE_TEST_CALL_LOG": str(calls), "LOADONCE_TEST_DELAY": "0.2"})
+    env = cli_env(tmp_path, {"LOADER_TEST_CALL_LOG": str(calls), "LOADER_TEST_DELAY": "0.2"})
     server = start_cli([str(config)], tmp_path, env=env)
     wait_ready(server)
     results: list[httpx.Response] = []

@@ -61,7 +61,7 @@ def test_one_failing_worker_brings_the_whole_server_down(tmp_path: Path) -> None
     load_log = tmp_path / "loads.txt"
     env = cli_env(
         tmp_path,
-        {"LOADONCE_TEST_MARKER": str(tmp_path / "marker"), "LOADONCE_TEST_LOAD_LOG": str(load_log)},
+        {"LOADER_TEST_MARKER": str(tmp_path / "marker"), "LOADER_TEST_LOAD_LOG": str(load_log)},
     )
     log = _run_to_exit([str(config), "--workers", "2"], tmp_path, env=env)
     assert "model 'flaky' failed to load from tests.loaders:fails_in_second_worker" in log
@@ -78,7 +78,7 @@ def test_a_taken_port_fails_before_any_model_loads(tmp_path: Path, workers: str)
     config = tmp_path / "loadonce.toml"
     config.write_text('[[models]]\nname = "echo"\nloader = "tests.loaders:counting_echo"\n')
     load_log = tmp_path / "loads.txt"
-    env = cli_env(tmp_path, {"LOADONCE_TEST_LOAD_LOG": str(load_log)})
+    env = cli_env(tmp_path, {"LOADER_TEST_LOAD_LOG": str(load_log)})
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -100,7 +100,7 @@ def test_a_taken_grpc_port_fails_before_any_model_loads(tmp_path: Path, workers:
     config = tmp_path / "loadonce.toml"
     config.write_text('[[models]]\nname = "echo"\nloader = "tests.loaders:counting_echo"\n')
     load_log = tmp_path / "loads.txt"
-    env = cli_env(tmp_path, {"LOADONCE_TEST_LOAD_LOG": str(load_log)})
+    env = cli_env(tmp_path, {"LOADER_TEST_LOAD_LOG": str(load_log)})
     with socket.socket() as taken:
         taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as another loadonce
         taken.bind(("127.0.0.1", 0))

@@ -739,7 +739,7 @@ def test_grpc_stops_accepting_when_http_does(tmp_path: Path) -> None:
     server = start_cli(
         [str(config), "--grpc-port", str(port)],
         tmp_path,
-        env={**cli_env(tmp_path), "LOADONCE_TEST_DELAY": "4"},
+        env={**cli_env(tmp_path), "LOADER_TEST_DELAY": "4"},
     )
     url = f"127.0.0.1:{port}"
     answers: queue.Queue[int] = queue.Queue()

@@ -28,7 +28,7 @@ loader = "tests.loaders:counting_echo"
 concurrency = "shared"
 """
     )
-    env = cli_env(tmp_path, {"LOADONCE_TEST_LOAD_LOG": str(load_log)})
+    env = cli_env(tmp_path, {"LOADER_TEST_LOAD_LOG": str(load_log)})
     with serving([str(config)], tmp_path, env=env) as server:
         loader_pids = [int(line) for line in load_log.read_text().split()]
         assert len(loader_pids) == 2, "one load per worker"
@@ -88,7 +88,7 @@ def test_a_worker_that_dies_is_replaced_and_sigterm_stops_all(tmp_path: Path) ->
         "[server]\nmemory_plan = false  # no extra load in a planning process\n\n"
         '[[models]]\nname = "echo"\nloader = "tests.loaders:counting_echo"\n'
     )
-    env = cli_env(tmp_path, {"LOADONCE_TEST_LOAD_LOG": str(load_log)})
+    env = cli_env(tmp_path, {"LOADER_TEST_LOAD_LOG": str(load_log)})
     server = start_cli([str(config), "--workers", "2"], tmp_path, env=env)
     try:
         wait_ready(server)

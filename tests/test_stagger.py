@@ -28,7 +28,7 @@ loader = "tests.loaders:slow_recorded_load"
 """
     )
     log = tmp_path / "loads.txt"
-    env = cli_env(tmp_path, {"LOADONCE_TEST_LOAD_LOG": str(log)})
+    env = cli_env(tmp_path, {"LOADER_TEST_LOAD_LOG": str(log)})
     with serving([str(config)], tmp_path, env=env) as server:
         pass
     if stagger and not plan:

@@ -33,7 +33,7 @@ def test_readiness_says_draining_before_the_listener_closes(tmp_path: Path) -> N
 
 
 def _in_flight(url: str) -> tuple[threading.Thread, list[httpx.Response]]:
-    """A prediction sent from a thread (the model takes $LOADONCE_TEST_DELAY seconds); its
+    """A prediction sent from a thread (the model takes $LOADER_TEST_DELAY seconds); its
     answer lands in the list."""
     answers: list[httpx.Response] = []
     thread = threading.Thread(
@@ -50,7 +50,7 @@ def test_once_workers_stop_accepting_new_connections_are_refused(tmp_path: Path)
     closed theirs, the kernel still accepted connections, which hung until the drain ended."""
     env = cli_env(
         tmp_path,
-        {"LOADONCE_STOP_DELAY_S": "0.5", "LOADONCE_TEST_DELAY": "4", "LOADONCE_WORKERS": "2"},
+        {"LOADONCE_STOP_DELAY_S": "0.5", "LOADER_TEST_DELAY": "4", "LOADONCE_WORKERS": "2"},
     )
     with serving(["tests.loaders:slow_echo"], tmp_path, env=env) as server:
         in_flight, answers = _in_flight(server.url)
@@ -72,7 +72,7 @@ def test_a_hangup_stops_the_server_as_sigterm_does(tmp_path: Path, workers: str)
     request in flight got no answer, and its temporary directories stayed behind."""
     env = cli_env(
         tmp_path,
-        {"LOADONCE_STOP_DELAY_S": "0", "LOADONCE_TEST_DELAY": "1", "LOADONCE_WORKERS": workers},
+        {"LOADONCE_STOP_DELAY_S": "0", "LOADER_TEST_DELAY": "1", "LOADONCE_WORKERS": workers},
     )
     with serving(["tests.loaders:slow_echo"], tmp_path, env=env) as server:
         in_flight, answers = _in_flight(server.url)
@@ -91,7 +91,7 @@ def test_a_request_the_drain_cuts_off_is_a_503_not_a_traceback(tmp_path: Path) -
         {
             "LOADONCE_STOP_DELAY_S": "0.3",
             "LOADONCE_DRAIN_TIMEOUT_S": "1",
-            "LOADONCE_TEST_DELAY": "6",
+            "LOADER_TEST_DELAY": "6",
         },
     )
     with serving(["tests.loaders:slow_echo"], tmp_path, env=env) as server:
