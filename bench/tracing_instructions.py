@@ -124,7 +124,7 @@ def measure(variant: str, requests: int, folder: Path) -> int:
 
 def _control(option: str, value: str | None, pid: int) -> None:
     arguments = ["callgrind_control", option] + ([value] if value else []) + [str(pid)]
-    subprocess.run(arguments, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(arguments, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
