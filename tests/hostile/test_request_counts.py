@@ -5,6 +5,7 @@ waited as long), and 30 million shape dimensions in 28 MiB took 570 MB."""
 
 from __future__ import annotations
 
+import json
 import tracemalloc
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -175,3 +176,35 @@ def test_rest_counts_past_their_bounds_are_refused_by_name(
     error = answered.json()["error"]
     assert field in error, error
     assert f"at most {bound}" in error, error
+
+
+TENSOR = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}
+
+
+@pytest.mark.parametrize(
+    ("field", "body"),
+    [
+        ("inputs", {"inputs": [TENSOR] * 50_000}),
+        ("outputs", {"inputs": [TENSOR], "outputs": [{"name": "y"}] * 100_000}),
+    ],
+    ids=["inputs", "outputs"],
+)
+def test_a_large_rest_body_is_counted_before_it_is_parsed(
+    servers: tuple[str, str], field: str, body: dict[str, Any]
+) -> None:
+    # Over 1 MiB: its tensors are counted in its bytes (the JSON route's scan), before pydantic
+    # builds an object for each (a million held the GIL 5 s only to be refused): the refusal
+    # says how many it counted.
+    raw = json.dumps(body).encode()
+    assert len(raw) > 1 << 20
+    answered = httpx.post(
+        f"{servers[0]}/v2/models/echo/infer",
+        content=raw,
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    assert answered.status_code == 400, answered.text[:300]
+    error = answered.json()["error"]
+    count = len(body[field])
+    assert field in error, error
+    assert f"{count} entries; at most 1024" in error, error

@@ -29,6 +29,7 @@ from loadonce.protocols.v2.generate import GENERATE_ENDPOINTS
 from loadonce.protocols.v2.infer import infer, parse_request
 from loadonce.protocols.v2.model_config import model_config
 from loadonce.protocols.v2.repository import add_repository_routes
+from loadonce.protocols.v2.request_counts import check_counts_before_parsing
 from loadonce.protocols.v2.schemas import (
     InferenceRequest,
     InferenceResponse,
@@ -80,6 +81,7 @@ async def model_infer(request: Request) -> Response:
 
     def read(raw: bytes) -> tuple[SplitBody, InferenceRequest]:
         body = split_body(raw, headers)
+        check_counts_before_parsing(body.json)
         return body, parse_request(body.json)
 
     body, parsed = await parse_request_body(request, read)
