@@ -238,6 +238,19 @@ class RequestTooLargeError(LoadonceError):
     status = 413
 
 
+class BodiesInFlightError(LoadonceError):
+    """The worker holds as many bytes of request bodies as it may, its
+    ``max_body_bytes_in_flight`` (HTTP 503 with Retry-After; gRPC UNAVAILABLE)."""
+
+    status = 503
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"this server holds {limit} bytes of request bodies in flight, its "
+            "max_body_bytes_in_flight; retry shortly"
+        )
+
+
 class ForbiddenError(LoadonceError):
     """The request asks for something only the operator may allow: an artifact outside the
     configured roots, or a format that runs code for a model not trusted (HTTP 403)."""

@@ -1,16 +1,21 @@
-"""The body size limit (``Limits.max_body_bytes``), enforced before a route reads the body:
-413 at once when Content-Length is over the limit; a body sent without a length (chunked) is
-counted as it arrives and refused once it passes the limit."""
+"""The body size limits, enforced before a route reads the body: 413 at once when
+Content-Length is over ``Limits.max_body_bytes``; a body sent without a length (chunked) is
+counted as it arrives and refused once it passes that limit; and every body's bytes are
+counted, as they arrive, in the worker's ``BodyBudget`` (``Limits.max_body_bytes_in_flight``),
+given back when the request ends."""
 
 from __future__ import annotations
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope
 
+from loadonce.core.body_budget import BodyBudget, HeldBody
 from loadonce.core.limits import body_too_large
 from loadonce.http.errors import raw_error_response
 
 _CONTENT_LENGTH = b"content-length"
+# Where a request's scope keeps its ``HeldBody`` (a decompressed body is counted in it too).
+HELD_BODY_SCOPE_KEY = "loadonce.held_body"
 
 
 def declared_too_large(scope: Scope, limit: int) -> Response | None:
@@ -23,19 +28,40 @@ def declared_too_large(scope: Scope, limit: int) -> Response | None:
     return None
 
 
-def counting(receive: Receive, limit: int) -> Receive:
-    """``receive``, raising the 413's error once the body received passes ``limit``."""
-    received = 0
+class CountedBody:
+    """``receive``, counting the body: the 413's error once it passes ``limit`` (None: no
+    limit), ``BodiesInFlightError`` when the worker's budget is spent. ``release()`` gives
+    the budget back when the request ends."""
 
-    async def counting_receive() -> Message:
-        nonlocal received
-        message = await receive()
+    __slots__ = ("held", "limit", "receive")
+
+    def __init__(
+        self, receive: Receive, limit: int | None, budget: BodyBudget, scope: Scope
+    ) -> None:
+        self.receive = receive
+        self.limit = limit
+        self.held = scope[HELD_BODY_SCOPE_KEY] = HeldBody(budget)
+
+    async def __call__(self) -> Message:
+        message = await self.receive()
         if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > limit:
-                # Raised inside the route that reads the body: loadonce's routes answer it
-                # as a 413.
-                raise body_too_large(limit)
+            size = len(message.get("body", b""))
+            if size:
+                held = self.held
+                limit = self.limit
+                if limit is not None and held.held + size > limit:
+                    # Raised inside the route that reads the body: loadonce's routes answer
+                    # it as a 413 (and BodiesInFlightError as a 503).
+                    raise body_too_large(limit)
+                held.take(size)
         return message
 
-    return counting_receive
+    def release(self) -> None:
+        self.held.release()
+
+
+def held_body(scope: Scope) -> HeldBody | None:
+    """The request's count of its body's bytes (None: loadonce's middleware did not count
+    it: a WebSocket, an app without ``install_middleware``)."""
+    held: HeldBody | None = scope.get(HELD_BODY_SCOPE_KEY)
+    return held

@@ -20,6 +20,7 @@ from typing import TypeVar
 import anyio.to_thread
 from starlette.requests import Request
 
+from loadonce.http.body_limit import held_body
 from loadonce.http.content_encoding import decoded_body, is_encoded
 from loadonce.http.state import LoadonceState
 from loadonce.tracing import phase
@@ -40,26 +41,11 @@ def _gate() -> asyncio.Semaphore:
     return gate
 
 
-async def parse_body(
-    parse: Callable[[bytes], _T],
-    raw: bytes,
-    *,
-    compressed: bool = False,
-    headers: list[tuple[bytes, bytes]] | None = None,
-    limit: int | None = None,
-) -> _T:
-    """``parse(raw)``: here for a small body, in a thread (one at a time) for a large one or
-    a ``compressed`` one (a few bytes may inflate to the body limit). With the request's
-    ``headers``, a body they say is compressed is decoded first (at most ``limit`` bytes).
+async def parse_body(parse: Callable[[bytes], _T], raw: bytes) -> _T:
+    """``parse(raw)``: here for a small body, in a thread (one at a time) for a large one.
     Traced as "decode"."""
-    if headers is not None and is_encoded(headers):
-        compressed, given = True, parse
-
-        def parse(encoded: bytes) -> _T:
-            return given(decoded_body(encoded, headers, limit))
-
     with phase("decode"):
-        if len(raw) < LARGE_BODY_BYTES and not compressed:
+        if len(raw) < LARGE_BODY_BYTES:
             return parse(raw)
         return await off_the_loop(lambda: parse(raw))
 
@@ -74,8 +60,17 @@ async def off_the_loop(work: Callable[[], _T]) -> _T:
 
 async def parse_request_body(request: Request, parse: Callable[[bytes], _T]) -> _T:
     """``parse_body`` of the request's body, inflated first when its Content-Encoding says so
-    (within the server's max_body_bytes): what every route that takes a body calls."""
+    (within the server's max_body_bytes; in a thread: a few bytes may inflate to the limit),
+    what it inflated to counted in the worker's body budget (``body_limit.py``): what every
+    route that takes a body calls."""
+    raw = await request.body()
+    headers = request.scope["headers"]
+    if not is_encoded(headers):
+        return await parse_body(parse, raw)
     limit = LoadonceState.of(request).limits.max_body_bytes
-    return await parse_body(
-        parse, await request.body(), headers=request.scope["headers"], limit=limit
-    )
+    with phase("decode"):
+        decoded = await off_the_loop(lambda: decoded_body(raw, headers, limit))
+        held = held_body(request.scope)
+        if held is not None:
+            held.take(len(decoded))
+        return await off_the_loop(lambda: parse(decoded))

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from loadonce.core.errors import LoadonceError
 from loadonce.http.access import access_refusal, is_cors_preflight
 from loadonce.http.app_cors import cors_behind, with_cors
-from loadonce.http.body_limit import counting, declared_too_large
+from loadonce.http.body_limit import CountedBody, declared_too_large
 from loadonce.http.browser_guard import refusal as browser_refusal
 from loadonce.http.errors import answer_loadonce_error, raw_error_response
 from loadonce.http.inference_middleware import InferenceMiddleware
@@ -54,10 +54,11 @@ def refusal_before_routes(scope: Scope, state: LoadonceState | None) -> Response
 class LoadonceMiddleware:
     """In front of every HTTP request and WebSocket handshake: its id and log line
     (``request_log.py``; every answer carries X-Request-ID, refusals too),
-    ``refusal_before_routes``, a body sent without a length counted against the limit as
-    it arrives, and the answer to an exception nothing inside the app answered
-    (``unhandled.py``). What it answers itself carries the CORS headers the app's own CORS
-    middleware behind it gives (``app_cors.py``)."""
+    ``refusal_before_routes``, the body counted as it arrives (``body_limit.py``: against
+    ``max_body_bytes`` when sent without a length, and in the worker's budget of body bytes
+    in flight, given back when the request ends), and the answer to an exception nothing
+    inside the app answered (``unhandled.py``). What it answers itself carries the CORS
+    headers the app's own CORS middleware behind it gives (``app_cors.py``)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -82,10 +83,16 @@ class LoadonceMiddleware:
                 count_request(state, {}, "", refused.status_code, log.seconds())
                 return
             log.trace(scope, state)
-            limit = None if state is None else state.limits.max_body_bytes
-            if limit is not None and kind == "http":
-                receive = counting(receive, limit)
-            await self.app(scope, receive, log.send)
+            if state is not None and kind == "http":
+                counted = CountedBody(
+                    receive, state.limits.max_body_bytes, state.body_budget, scope
+                )
+                try:
+                    await self.app(scope, counted, log.send)
+                finally:
+                    counted.release()
+            else:
+                await self.app(scope, receive, log.send)
         except asyncio.CancelledError:
             if not await log.answer_drain_end(
                 scope, receive, state, self._answering(scope, log.send)

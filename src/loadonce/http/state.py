@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
+from loadonce.core.body_budget import BodyBudget
 from loadonce.core.control import LocalControl, ModelControl
 from loadonce.core.errors import LoadonceError
 from loadonce.core.limits import Limits
@@ -38,7 +39,8 @@ class LoadonceState:
     none kept). ``limits``: request size limits. ``access``: API keys per route family (None:
     every route open). ``allowed_hosts``: names a request arriving on a loopback address may
     carry as its Host besides loopback names (http/browser_guard.py). ``tracing``: the
-    worker's OpenTelemetry tracing (None: off).
+    worker's OpenTelemetry tracing (None: off). ``body_budget``: the bytes of request bodies
+    held now, within ``limits.max_body_bytes_in_flight`` (HTTP's and gRPC's together).
     """
 
     registry: Registry
@@ -48,6 +50,10 @@ class LoadonceState:
     access: AccessKeys | None = None
     allowed_hosts: tuple[str, ...] = ()
     tracing: Tracing | None = None
+    body_budget: BodyBudget = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "body_budget", BodyBudget(self.limits.max_body_bytes_in_flight))
 
     @classmethod
     def build(

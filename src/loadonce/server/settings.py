@@ -108,6 +108,8 @@ class ServerOptions(ConfigModel):
     # Request size limits in bytes; 0 turns one off.
     max_body_bytes: Annotated[int, Field(ge=0)] = 64 * MIB
     max_element_bytes: Annotated[int, Field(ge=0)] = 16 * MIB
+    # The bytes of request bodies a worker holds at once (core/body_budget.py).
+    max_body_bytes_in_flight: Annotated[int, Field(ge=0)] = 1024 * MIB
     # Where a control request (reload, repository load) may name a new artifact; by default
     # the directories of the configured artifacts (loadonce.core.artifacts).
     artifact_roots: list[Path] | None = None
@@ -189,6 +191,7 @@ class ServerOptions(ConfigModel):
         return Limits(
             max_body_bytes=self.max_body_bytes or None,
             max_element_bytes=self.max_element_bytes or None,
+            max_body_bytes_in_flight=self.max_body_bytes_in_flight or None,
         )
 
 
@@ -339,6 +342,7 @@ _ENVIRONMENT_ONLY = {
     "protect_metrics": "LOADONCE_PROTECT_METRICS",
     "max_body_bytes": "LOADONCE_MAX_BODY_BYTES",
     "max_element_bytes": "LOADONCE_MAX_ELEMENT_BYTES",
+    "max_body_bytes_in_flight": "LOADONCE_MAX_BODY_BYTES_IN_FLIGHT",
     "stagger_loading": "LOADONCE_STAGGER_LOADING",
     "memory_plan": "LOADONCE_MEMORY_PLAN",
     "gc_freeze": "LOADONCE_GC_FREEZE",

@@ -190,7 +190,9 @@ def _configure(
         changes["control"] = control
     if chosen & {"api_keys", "admin_api_keys", "protect_metrics"}:
         changes["access"] = options.access()
-    if chosen & {"max_body_bytes", "max_element_bytes"} or own.limits is None:
+    if chosen & {"max_body_bytes", "max_element_bytes", "max_body_bytes_in_flight"} or (
+        own.limits is None
+    ):
         changes["limits"] = options.limits()
     if "allowed_hosts" in chosen:
         changes["allowed_hosts"] = tuple(options.allowed_hosts)

@@ -23,6 +23,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from loadonce._version import __version__
+from loadonce.core.body_budget import HeldBody
 from loadonce.core.control import Action
 from loadonce.core.errors import (
     DeadlineExceededError,
@@ -194,6 +195,7 @@ class InferenceService:
             trailer = ((REQUEST_ID_KEY, request_id),)
             status = 200
             traced = None
+            held = HeldBody(state.body_budget)
             try:
                 if state.access is not None:
                     refused = refusal(
@@ -218,6 +220,9 @@ class InferenceService:
                 try:
                     # After the key: a refused caller's message is never waited for.
                     raw = await _one_message(messages, message_timeout_s)
+                    # Held in the worker's budget of body bytes until the call ends, as an
+                    # HTTP body is (core/body_budget.py): gRPC's own limit is per message.
+                    held.take(len(raw))
                     request = _parsed(request_class, raw)
                     response = await rpc(request, context)
                 except asyncio.CancelledError:
@@ -237,6 +242,7 @@ class InferenceService:
                 context.set_trailing_metadata(trailer)
                 return response
             finally:
+                held.release()
                 name = getattr(request, "model_name", None) or getattr(request, "name", None)
                 seconds = time.perf_counter() - started
                 count_request(state, {"model_name": name}, route, status, seconds)
