@@ -11,10 +11,12 @@ import socket
 import time
 from collections.abc import Iterator
 
+import grpc
 import httpx2 as httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 import loadonce
 from loadonce.protocols.grpc import grpc_lifespan
@@ -199,3 +201,51 @@ def test_the_budget_is_a_setting_of_loadonce_serve(
     assert resolve_server_options({"max_body_bytes_in_flight": 8}, {}).limits() == (
         options.limits()
     )
+
+
+@pytest.fixture(scope="module")
+def mib_budget() -> Iterator[tuple[ThreadedServer, str]]:
+    port = free_port()
+    app = loadonce.create_app(
+        [
+            loadonce.ModelSpec(name="echo", loader="tests.loaders:echo"),
+            loadonce.ModelSpec(
+                name="simple", loader="tests.v2_models:Simple", max_request_examples=10_000
+            ),
+        ],
+        limits=loadonce.Limits(max_body_bytes_in_flight=1024 * KIB),
+        wrap=grpc_lifespan(port=port),
+    )
+    with ThreadedServer(app) as running:
+        yield running, f"127.0.0.1:{port}"
+
+
+def test_a_grpc_message_counts_what_its_parse_makes_of_it(
+    mib_budget: tuple[ThreadedServer, str],
+) -> None:
+    """Protobuf makes a packed INT32 of one byte four bytes (eight, as its arena grows): a
+    message of 196 KiB of typed contents holds 1.6 MB once parsed, and is counted so."""
+    http, url = mib_budget
+    rows = 6250  # x 16 = 100,000 ones per input
+    request = service_pb2.ModelInferRequest(model_name="simple")
+    for name in ("INPUT0", "INPUT1"):
+        tensor = request.inputs.add(name=name, datatype="INT32", shape=[rows, 16])
+        tensor.contents.int_contents.extend([1] * rows * 16)
+    assert 190 * KIB < request.ByteSize() < 200 * KIB
+
+    def infer() -> service_pb2.ModelInferResponse:
+        with grpc.insecure_channel(url) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            answer: service_pb2.ModelInferResponse = stub.ModelInfer(request, timeout=10)
+            return answer
+
+    holder = _Holder(http, 600 * KIB, chunked=False)
+    try:
+        wait_until(lambda: _post(http, 500 * KIB).status_code == 503, 5, "the held body to count")
+        # 600 KiB held and 196 KiB of message fit the budget; its parse does not.
+        with pytest.raises(grpc.RpcError) as raised:
+            infer()
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        assert holder.finish() == b"HTTP/1.1 200 OK"
+    assert infer().model_name == "simple"

@@ -58,6 +58,7 @@ from loadonce.protocols.grpc.tensors import (
     decode_grpc_inputs,
     encode_grpc_outputs,
     inputs_described,
+    parsed_infer_bytes,
 )
 from loadonce.protocols.v2.config_load import BatchingChange
 from loadonce.protocols.v2.described import described_inputs, described_outputs
@@ -96,6 +97,9 @@ _CODES = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 # The HTTP status an RPC's own abort stands for, in the access line and the metrics.
+# A ModelInfer message past this many bytes has what its parse made counted too (below it,
+# what a parse adds is a few megabytes at most).
+_PARSED_COUNTED_FROM = 64 * 1024
 _STATUS_OF = {code: status for status, code in _CODES.items() if status not in (429, 408)}
 # Which REST family each RPC is in, for API keys (``http/access_keys.py``).
 _FAMILIES = {
@@ -224,6 +228,10 @@ class InferenceService:
                     # HTTP body is (core/body_budget.py): gRPC's own limit is per message.
                     held.take(len(raw))
                     request = _parsed(request_class, raw)
+                    if len(raw) > _PARSED_COUNTED_FROM and method == "ModelInfer":
+                        # What its parse made of it, before any of it is decoded (one parse
+                        # at a time: the event loop's).
+                        held.take(parsed_infer_bytes(request))
                     response = await rpc(request, context)
                 except asyncio.CancelledError:
                     status = 499

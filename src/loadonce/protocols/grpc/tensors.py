@@ -59,6 +59,37 @@ _FIELD_DTYPE = {
 }
 
 
+# What a parsed ModelInferRequest holds besides its bytes, on the high side of what was
+# measured (protobuf's upb, one message of 4-8 MB parsed, the process's RSS): a packed
+# number of one byte becomes 14.3 bytes an int64 (its 8, twice over: upb's arena grows by
+# doubling), a BYTES element 28.6, a tensor message about 80.
+_PARSED_TENSOR_BYTES = 256
+_PARSED_ELEMENT_BYTES = 32
+_CONTENTS_ITEM_BYTES = {field: 2 * dtype.itemsize for field, dtype in _FIELD_DTYPE.items()} | {
+    "bytes_contents": _PARSED_ELEMENT_BYTES
+}
+
+
+def parsed_infer_bytes(request: Any) -> int:
+    """About how many bytes the parsed ``request`` (a ModelInferRequest) holds: its message
+    may be several times its bytes (a packed int64 of 1-byte varints is 8x), counted in the
+    worker's body budget (``core/body_budget.py``) before its tensors are decoded. Every
+    count read is kept by protobuf (no element is walked); past MAX_TENSORS tensors only
+    theirs (the call is refused for them)."""
+    inputs, outputs = request.inputs, request.outputs
+    total = (len(inputs) + len(outputs)) * _PARSED_TENSOR_BYTES
+    total += len(request.raw_input_contents) * _PARSED_ELEMENT_BYTES
+    if len(inputs) > MAX_TENSORS:
+        return total
+    for tensor in inputs:
+        total += len(tensor.shape) * _CONTENTS_ITEM_BYTES["int64_contents"]
+        if tensor.HasField("contents"):
+            contents = tensor.contents
+            for field, size in _CONTENTS_ITEM_BYTES.items():
+                total += len(getattr(contents, field)) * size
+    return total
+
+
 def decode_grpc_inputs(
     request: Any, *, max_element_bytes: int | None
 ) -> tuple[dict[str, npt.NDArray[Any]], dict[str, str]]:
