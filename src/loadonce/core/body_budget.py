@@ -13,31 +13,26 @@ Used on the worker's event loop only (HTTP's middleware and routes, gRPC's handl
 
 from __future__ import annotations
 
+import sys
+
 from loadonce.core.errors import BodiesInFlightError
 
 
 class BodyBudget:
-    """The worker's count of body bytes held, within ``limit`` (None: counted, no limit)."""
+    """The worker's count of body bytes held (``held``), within ``most`` (``limit``; None:
+    counted, no limit). Read and written directly by ``http/body_limit.py``'s counting
+    ``receive``, a call each request's body makes: a method call per chunk cost more than
+    the count."""
 
-    __slots__ = ("held", "limit")
+    __slots__ = ("held", "limit", "most")
 
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
+        self.most = sys.maxsize if limit is None else limit
         self.held = 0
 
-    def take(self, size: int, already: int) -> None:
-        """Count ``size`` more bytes of a request that holds ``already`` (counted before);
-        ``BodiesInFlightError`` if they would pass the limit while other requests hold
-        bytes (a request alone is never refused here: its body is bounded by
-        ``max_body_bytes``)."""
-        held = self.held + size
-        limit = self.limit
-        if limit is not None and held > limit and self.held > already:
-            raise BodiesInFlightError(limit)
-        self.held = held
-
-    def give_back(self, size: int) -> None:
-        self.held -= size
+    def refusal(self) -> BodiesInFlightError:
+        return BodiesInFlightError(self.most)
 
 
 class HeldBody:
@@ -51,9 +46,16 @@ class HeldBody:
         self.held = 0
 
     def take(self, size: int) -> None:
-        self.budget.take(size, self.held)
+        """Count ``size`` more bytes; ``BodiesInFlightError`` if they would pass the limit
+        while other requests hold bytes (a request alone is never refused here: its body is
+        bounded by ``max_body_bytes``)."""
+        budget = self.budget
+        total = budget.held + size
+        if total > budget.most and budget.held > self.held:
+            raise budget.refusal()
+        budget.held = total
         self.held += size
 
     def release(self) -> None:
-        self.budget.give_back(self.held)
+        self.budget.held -= self.held
         self.held = 0

@@ -6,6 +6,8 @@ given back when the request ends."""
 
 from __future__ import annotations
 
+import sys
+
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope
 
@@ -28,36 +30,40 @@ def declared_too_large(scope: Scope, limit: int) -> Response | None:
     return None
 
 
-class CountedBody:
+class CountedBody(HeldBody):
     """``receive``, counting the body: the 413's error once it passes ``limit`` (None: no
-    limit), ``BodiesInFlightError`` when the worker's budget is spent. ``release()`` gives
-    the budget back when the request ends."""
+    limit), ``BodiesInFlightError`` when the worker's budget is spent (``HeldBody.take``,
+    written out here: every request's body passes through it). ``release()`` gives the
+    budget back when the request ends."""
 
-    __slots__ = ("held", "limit", "receive")
+    __slots__ = ("limit", "receive")
 
     def __init__(
         self, receive: Receive, limit: int | None, budget: BodyBudget, scope: Scope
     ) -> None:
+        self.budget = budget
+        self.held = 0
         self.receive = receive
-        self.limit = limit
-        self.held = scope[HELD_BODY_SCOPE_KEY] = HeldBody(budget)
+        self.limit = sys.maxsize if limit is None else limit
+        scope[HELD_BODY_SCOPE_KEY] = self
 
     async def __call__(self) -> Message:
         message = await self.receive()
-        if message["type"] == "http.request":
-            size = len(message.get("body", b""))
-            if size:
-                held = self.held
-                limit = self.limit
-                if limit is not None and held.held + size > limit:
-                    # Raised inside the route that reads the body: loadonce's routes answer
-                    # it as a 413 (and BodiesInFlightError as a 503).
-                    raise body_too_large(limit)
-                held.take(size)
+        body = message.get("body")  # only "http.request" has one
+        if body:
+            size = len(body)
+            held = self.held + size
+            if held > self.limit:
+                # Raised inside the route that reads the body: loadonce's routes answer it
+                # as a 413 (and BodiesInFlightError as a 503).
+                raise body_too_large(self.limit)
+            budget = self.budget
+            total = budget.held + size
+            if total > budget.most and budget.held > self.held:
+                raise budget.refusal()
+            budget.held = total
+            self.held = held
         return message
-
-    def release(self) -> None:
-        self.held.release()
 
 
 def held_body(scope: Scope) -> HeldBody | None:
