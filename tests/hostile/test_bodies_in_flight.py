@@ -128,6 +128,20 @@ def test_past_the_budget_a_body_is_refused_until_the_held_ones_end(
         assert refused.headers["Retry-After"] == "1"
         assert "max_body_bytes_in_flight" in refused.json()["error"]
         assert "X-Request-ID" in refused.headers
+        # Every route that reads a body: the Open Inference Protocol's too.
+        rows = 20 * KIB // 70
+        v2 = httpx.post(
+            f"{http.url}/v2/models/simple/infer",
+            json={
+                "inputs": [
+                    {"name": n, "datatype": "INT32", "shape": [rows, 16], "data": [1] * rows * 16}
+                    for n in ("INPUT0", "INPUT1")
+                ]
+            },
+            timeout=10,
+        )
+        assert v2.status_code == 503, v2.text
+        assert "max_body_bytes_in_flight" in v2.json()["error"]
         # What fits beside the held body is served.
         assert _post(http, 4 * KIB).status_code == 200
         # A gzip body is counted as it inflates: 20 KiB of JSON in a few hundred bytes.
