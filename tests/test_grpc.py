@@ -569,6 +569,62 @@ def test_tensors_in_shared_memory_are_refused_by_name(
     assert "output 'OUTPUT0' has parameters.shared_memory_region" in message
 
 
+@pytest.mark.parametrize("raw", [True, False])
+@pytest.mark.parametrize(
+    ("count", "expected"),
+    [
+        (1, [b"14:15"]),
+        (3, [b"14:15", b"13:14", b"12:13"]),
+        (99, [f"{v}:{v + 1}".encode() for v in range(14, -2, -1)]),
+    ],
+)
+def test_the_classification_extension(
+    client: triton.InferenceServerClient, raw: bool, count: int, expected: list[bytes]
+) -> None:
+    """tritonclient's class_count: simple's OUTPUT0 (INPUT0 + INPUT1: -1 to 14) as its top
+    classes, "<value>:<index>", in raw or typed contents as the request is; INVALID_ARGUMENT
+    before."""
+    assert "classification" in client.get_server_metadata(as_json=True)["extensions"]
+    outputs = [triton.InferRequestedOutput("OUTPUT0", class_count=count)]
+    response = client.infer("simple", _pair(raw=raw), outputs=outputs).get_response()
+    [output] = response.outputs
+    assert (output.datatype, list(output.shape)) == ("BYTES", [1, len(expected)])
+    if raw:
+        data = response.raw_output_contents[0]
+        assert data == b"".join(len(c).to_bytes(4, "little") + c for c in expected)
+    else:
+        assert list(output.contents.bytes_contents) == expected
+
+
+@pytest.mark.parametrize(
+    ("model", "parameter", "words"),
+    [
+        ("simple_string", {"int64_param": 1}, "output 'OUTPUT0' is BYTES"),
+        ("simple", {"double_param": 2.0}, "parameters.classification must be the number"),
+        ("simple", {"int64_param": -2}, "parameters.classification must be the number"),
+        ("simple", {"string_param": "2"}, "parameters.classification must be the number"),
+    ],
+)
+def test_a_classification_the_output_cannot_give_is_invalid_argument(
+    grpc_url: str, model: str, parameter: dict[str, Any], words: str
+) -> None:
+    request = message_class("inference.ModelInferRequest")(model_name=model)
+    for name in ("INPUT0", "INPUT1"):
+        if model == "simple_string":
+            tensor = request.inputs.add(name=name, datatype="BYTES", shape=[1, 16])
+            tensor.contents.bytes_contents.extend(str(n).encode() for n in range(16))
+        else:
+            tensor = request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+            tensor.contents.int_contents.extend(range(16))
+    request.outputs.add(name="OUTPUT0").parameters["classification"].MergeFrom(
+        message_class("inference.InferParameter")(**parameter)
+    )
+    with pytest.raises(grpc.RpcError) as raised:
+        _model_infer(grpc_url, request)
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert words in (raised.value.details() or "")
+
+
 def test_unload_dependents_must_be_a_boolean(grpc_url: str) -> None:
     request_class = message_class("inference.RepositoryModelUnloadRequest")
     response_class = message_class("inference.RepositoryModelUnloadResponse")

@@ -455,6 +455,7 @@ def test_v2_server_metadata(http: httpx.Client) -> None:
     assert (body["name"], body["version"]) == ("loadonce", loadonce.__version__)
     assert body["extensions"] == [
         "binary_tensor_data",
+        "classification",
         "parameters",
         "generate",
         "model_repository",

@@ -147,8 +147,26 @@ def test_missing_and_unknown_inputs_and_outputs(http: httpx.Client) -> None:
     body = _tensors_request(_x_input(data=[1, 2, 3]))
     body["outputs"] = [{"name": "nope"}]
     assert "unknown output 'nope'" in _error(http.post("/v2/models/tensors/infer", json=body), 400)
-    body["outputs"] = [{"name": "x_sum", "parameters": {"classification": 2}}]
-    assert "classification" in _error(http.post("/v2/models/tensors/infer", json=body), 400)
+
+
+@pytest.mark.parametrize(
+    ("output", "count", "words"),
+    [
+        ("x_sum", "2", "parameters.classification must be the number of classes"),
+        ("x_sum", -1, "parameters.classification must be the number of classes"),
+        ("x_sum", 1.5, "parameters.classification must be the number of classes"),
+        ("x_sum", True, "parameters.classification must be the number of classes"),
+        ("b_not", 1, "output 'b_not' is BOOL: the classification extension ranks numbers"),
+    ],
+)
+def test_a_classification_the_output_cannot_give(
+    http: httpx.Client, output: str, count: Any, words: str
+) -> None:
+    body = _tensors_request(_x_input(data=[1, 2, 3]))
+    body["outputs"] = [{"name": output, "parameters": {"classification": count}}]
+    message = _error(http.post("/v2/models/tensors/infer", json=body), 400)
+    assert message.startswith(f"output '{output}'"), message
+    assert words in message
 
 
 def test_inputs_must_agree_on_the_batch_dimension(http: httpx.Client) -> None:

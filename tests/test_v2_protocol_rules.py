@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -340,3 +341,63 @@ def test_an_output_of_text_and_numbers_is_one_json_document_per_example() -> Non
         [output] = answer.json()["outputs"]
         assert output["datatype"] == "BYTES"
         assert [json.loads(document) for document in output["data"]] == [["setosa", 0.5, True]] * 2
+
+
+# --- the classification extension --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def echo() -> Iterator[TestClient]:
+    spec = loadonce.ModelSpec(name="echo", loader=lambda: lambda batch: list(batch))
+    with TestClient(loadonce.create_app([spec])) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "count", "expected"),
+    [
+        # Equal values by index; a float as C's %f, as Triton writes it.
+        ("FP32", [[0.5, 0.25, 0.5]], 2, [["0.500000:0", "0.500000:2"]]),
+        ("FP32", [[1e-7, 0.0]], 1, [["0.000000:0"]]),
+        # NaN ranks below every number (NumPy sorts it above: it was the top class).
+        ("FP64", [[float("nan"), -1.0]], 2, [["-1.000000:1", "nan:0"]]),
+        # An unsigned integer is ranked as it is, never negated into a wrapped value.
+        ("UINT64", [[2**64 - 1, 0, 7]], 2, [["18446744073709551615:0", "7:2"]]),
+        ("INT8", [[-128, 127], [3, 3]], 5, [["127:1", "-128:0"], ["3:0", "3:1"]]),
+        ("BF16", [[0.5, 2.5]], 1, [["2.500000:1"]]),
+        # An example of several dimensions: its values indexed row-major.
+        ("FP16", [[[1, 9], [4, 2]]], 3, [["9.000000:1", "4.000000:2", "2.000000:3"]]),
+        ("FP32", [[]], 2, [[]]),
+    ],
+)
+def test_classification_ranks_each_examples_values(
+    echo: TestClient, datatype: str, data: list[Any], count: int, expected: list[list[str]]
+) -> None:
+    shape = list(np.shape(data))
+    body = {
+        "inputs": [{"name": "x", "shape": shape, "datatype": datatype, "data": data}],
+        "outputs": [{"name": "output", "parameters": {"classification": count}}],
+    }
+    answer = echo.post(
+        "/v2/models/echo/infer",
+        content=json.dumps(body),
+        headers={"content-type": "application/json"},
+    )
+    assert answer.status_code == 200, answer.text
+    [output] = answer.json()["outputs"]
+    assert (output["datatype"], output["shape"]) == ("BYTES", list(np.shape(expected)))
+    assert output["data"] == [c for row in expected for c in row]
+
+
+@pytest.mark.parametrize("count", [0, None])
+def test_classification_of_none_is_the_output_itself(echo: TestClient, count: Any) -> None:
+    """0 asks for no class, as in Triton (tritonclient sends nothing then)."""
+    parameters = {} if count is None else {"classification": count}
+    body = {
+        "inputs": [{"name": "x", "shape": [1, 2], "datatype": "INT32", "data": [4, 5]}],
+        "outputs": [{"name": "output", "parameters": parameters}],
+    }
+    answer = echo.post("/v2/models/echo/infer", json=body)
+    assert answer.status_code == 200, answer.text
+    [output] = answer.json()["outputs"]
+    assert (output["datatype"], output["data"]) == ("INT32", [4, 5])

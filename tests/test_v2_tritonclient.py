@@ -202,6 +202,50 @@ def test_a_classifier_answers_the_outputs_the_client_requests(
     assert [row["label"] for row in by_json] == list(result.as_numpy("label"))
 
 
+# Each output of the four-input model, its values for X, H, N (two examples), and the
+# classes tritonclient's class_count asks for, as Triton writes them: "<value>:<index>",
+# highest first, a float as C's %f, equal values by index, at most the example's values.
+_CLASSIFIED = [
+    ("x_sum", 1, [[b"6.500000:0"], [b"-0.750000:0"]]),
+    ("h_twice", 2, [[b"1.000000:0", b"-3.000000:1"], [b"2048.000000:0", b"0.000000:1"]]),
+    ("h_twice", 9, [[b"1.000000:0", b"-3.000000:1"], [b"2048.000000:0", b"0.000000:1"]]),
+    ("n_next", 1, [[b"2:0"], [b"1099511627777:0"]]),
+    ("n_next", 2, [[b"2:0", b"-6:1"], [b"1099511627777:0", b"1:1"]]),
+]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+@pytest.mark.parametrize(("output", "count", "expected"), _CLASSIFIED)
+def test_the_classification_extension_answers_each_examples_top_classes(
+    client: triton.InferenceServerClient,
+    output: str,
+    count: int,
+    expected: list[list[bytes]],
+    binary: bool,
+) -> None:
+    """tritonclient's class_count (parameters.classification) was refused with a 400."""
+    requested = [triton.InferRequestedOutput(output, binary_data=binary, class_count=count)]
+    result = client.infer("tensors", _tensor_inputs(binary=True), outputs=requested)
+    [described] = result.get_response()["outputs"]
+    assert (described["datatype"], described["shape"]) == ("BYTES", [2, len(expected[0])])
+    classes = result.as_numpy(output)
+    # tritonclient gives bytes from binary data and str from JSON data.
+    assert [[c if binary else c.encode() for c in row] for row in classes] == expected
+
+
+def test_a_classifiers_probabilities_as_classes(client: triton.InferenceServerClient) -> None:
+    features = triton.InferInput("input", list(IRIS_LIKE.shape), "FP64")
+    features.set_data_from_numpy(IRIS_LIKE)
+    plain = client.infer(
+        "iris", [features], outputs=[triton.InferRequestedOutput("probabilities")]
+    ).as_numpy("probabilities")
+    requested = [triton.InferRequestedOutput("probabilities", class_count=1)]
+    classes = client.infer("iris", [features], outputs=requested).as_numpy("probabilities")
+    assert [row[0] for row in classes] == [
+        f"{row.max():f}:{row.argmax()}".encode() for row in plain
+    ]
+
+
 def test_request_parameters_reach_the_model_and_never_share_a_call(
     server: ThreadedServer,
 ) -> None:

@@ -60,6 +60,7 @@ from loadonce.protocols.grpc.tensors import (
     inputs_described,
     parsed_infer_bytes,
 )
+from loadonce.protocols.v2.classification import EXTENSION as CLASSIFICATION
 from loadonce.protocols.v2.config_load import BatchingChange
 from loadonce.protocols.v2.described import described_inputs, described_outputs
 from loadonce.protocols.v2.errors import find_model, model_to_load
@@ -281,7 +282,7 @@ class InferenceService:
         return _reply("ModelReady", ready=served and model.is_ready)
 
     async def server_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        extensions = ["parameters"]
+        extensions = [CLASSIFICATION, "parameters"]
         if self.model_control:
             extensions.append("model_repository")
         if self.state.metrics is not None:

@@ -19,6 +19,7 @@ from loadonce.core.model import Answer, Model
 from loadonce.http.json_pieces import ON_THE_LOOP_ELEMENTS, json_in_pieces
 from loadonce.http.large_bodies import off_the_loop
 from loadonce.protocols.v2.body import HEADER_LENGTH, SplitBody
+from loadonce.protocols.v2.classification import check_declared, class_counts, classified
 from loadonce.protocols.v2.datatypes import BYTES
 from loadonce.protocols.v2.examples import check_before_decoding, examples_from_tensors
 from loadonce.protocols.v2.outputs import OutputTensor, output_tensors
@@ -152,11 +153,15 @@ async def predict(
 
     # Checked before the model computes anything: a client's mistake is no call of the model.
     wanted = {r.name: _wants_binary(r, options.binary_by_default) for r in requested or ()}
+    classes = class_counts(requested or ())
+    check_declared(classes, model.outputs)
 
     async def encode(answer: Answer) -> _R:
         tensors = output_tensors(model.outputs, answer.outputs)
         if requested:
             tensors = _select(tensors, requested)
+            if classes:
+                tensors = [_classes(t, classes) for t in tensors]
             binary = wanted
         else:
             binary = {t.name: options.binary_by_default for t in tensors}
@@ -225,11 +230,6 @@ def _check_requested(requested: Sequence[RequestOutput], declared: list[str]) ->
     for output in requested:
         parameters = output.parameters or {}
         refuse_shared_memory("output", output.name, parameters)
-        if "classification" in parameters:
-            raise InvalidInputError(
-                f"output '{output.name}': the classification extension is not supported; "
-                "request the output itself"
-            )
         if declared and output.name not in declared:
             raise InvalidInputError(
                 f"unknown output '{output.name}'; the model's outputs are {', '.join(declared)}"
@@ -244,6 +244,11 @@ def _select(tensors: list[OutputTensor], requested: Sequence[RequestOutput]) -> 
             f"unknown output '{unknown[0]}'; the model's outputs are {', '.join(by_name)}"
         )
     return [by_name[r.name] for r in requested]
+
+
+def _classes(tensor: OutputTensor, counts: Mapping[str, int]) -> OutputTensor:
+    count = counts.get(tensor.name)
+    return tensor if count is None else classified(tensor, count)
 
 
 def _wants_binary(output: RequestOutput, default: bool) -> bool:

@@ -22,6 +22,7 @@ from loadonce.http.request_info import arrival_of, requested_timeout, timeout_he
 from loadonce.http.routes import V2Route
 from loadonce.http.state import LoadonceState
 from loadonce.protocols.v2.body import HEADER_LENGTH, SplitBody, split_body
+from loadonce.protocols.v2.classification import EXTENSION as CLASSIFICATION
 from loadonce.protocols.v2.described import described_inputs, described_outputs
 from loadonce.protocols.v2.errors import find_model
 from loadonce.protocols.v2.generate import EXTENSION as GENERATE
@@ -123,7 +124,7 @@ def v2_router(*, model_control: bool = True) -> APIRouter:
     (``lifespan(limits=...)``).
     """
     router = APIRouter(route_class=V2Route, tags=["open inference protocol"])
-    extensions = ["binary_tensor_data", "parameters", GENERATE]
+    extensions = ["binary_tensor_data", CLASSIFICATION, "parameters", GENERATE]
     if model_control:
         extensions.append("model_repository")
 
