@@ -231,6 +231,23 @@ def test_a_header_length_past_the_end_of_the_body(http: httpx.Client) -> None:
         assert HEADER_LENGTH in _error(response, 400)
 
 
+@pytest.mark.parametrize("true_one_first", [True, False])
+def test_a_header_length_given_twice_with_different_values(
+    http: httpx.Client, true_one_first: bool
+) -> None:
+    """Each order: the last value was taken silently (a proxy may read the first), so one
+    order answered 200, the other a JSON parse error. The same value twice is still one."""
+    content, headers = _binary_x(12, bytes(12))
+    length = headers[HEADER_LENGTH]
+    values = [length, "3"] if true_one_first else ["3", length]
+    repeated = [(HEADER_LENGTH, value) for value in values]
+    message = _error(http.post("/v2/models/tensors/infer", content=content, headers=repeated), 400)
+    assert message.startswith(f"invalid inputs: {HEADER_LENGTH} is given twice"), message
+    same = [(HEADER_LENGTH, length), (HEADER_LENGTH, length)]
+    answer = http.post("/v2/models/tensors/infer", content=content, headers=same)
+    assert answer.status_code == 200, answer.text
+
+
 def test_binary_data_without_the_header(http: httpx.Client) -> None:
     content, _ = _binary_x(12, bytes(12))
     message = _error(http.post("/v2/models/tensors/infer", content=content[:-12]), 400)

@@ -32,6 +32,13 @@ def split_body(
     header_length: bytes | None = None
     for key, value in headers:
         if key == _HEADER_LENGTH_KEY:
+            if header_length is not None and value != header_length:
+                # Which one says where the JSON ends? The last one was taken silently, where a
+                # proxy may have read the first.
+                raise InvalidInputError(
+                    f"{HEADER_LENGTH} is given twice, {header_length.decode('latin-1')!r} and "
+                    f"{value.decode('latin-1')!r}: send it once"
+                )
             header_length = value
     if header_length is None:
         return SplitBody(json=body, binary=memoryview(b""), has_binary_header=False)
