@@ -56,6 +56,8 @@ def class_counts(requested: Sequence[RequestOutput]) -> dict[str, int]:
 def check_declared(counts: Mapping[str, int], declared: Sequence[TensorInfo]) -> None:
     """Before the model runs: no classification of an output it declares as text or
     booleans."""
+    if not counts:  # most requests: nothing to check
+        return
     for tensor in declared:
         if tensor.name in counts:
             _check_datatype(tensor.name, datatype_of_declared(tensor.dtype))
