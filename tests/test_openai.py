@@ -695,3 +695,86 @@ def test_a_stream_that_fails_midway_is_counted_as_failed(
     assert ("slow", "200") in counted
     lines = [r.getMessage() for r in caplog.records if "/v1/completions" in r.getMessage()]
     assert any("POST /v1/completions 500" in line for line in lines), lines
+
+
+# Library mode: a user's app including loadonce's routers where it likes.
+
+
+def _users_app(mounted_at: str, prefix: str) -> FastAPI:
+    """README's library mode: the routers under ``prefix``, in the user's app itself or in an
+    app of theirs mounted at ``mounted_at``; API keys and a body limit, both answered before
+    any route runs."""
+    app = FastAPI(
+        lifespan=loadonce.lifespan(
+            [loadonce.ModelSpec(name="echo", loader=Echo)],
+            access=loadonce.AccessKeys(inference=(KEY,)),
+            limits=loadonce.Limits(max_body_bytes=1000),
+        )
+    )
+    routes = FastAPI() if mounted_at else app
+    for router in (loadonce.openai_router(), loadonce.v2_router(), loadonce.models_router()):
+        routes.include_router(router, prefix=prefix)
+    if mounted_at:
+        app.mount(mounted_at, routes)
+    loadonce.install_middleware(app)
+    return app
+
+
+def _error_body_kind(body: dict[str, Any]) -> str:
+    if isinstance(body.get("error"), dict):
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+        return "openai"
+    return "v2" if set(body) == {"error"} else "json"
+
+
+@pytest.fixture(scope="module", params=[("", ""), ("", "/llm"), ("", "/api/v1"), ("/sub", "/llm")])
+def placed(request: pytest.FixtureRequest) -> Iterator[tuple[TestClient, str]]:
+    """A user's app, and where its routers are (``_users_app``)."""
+    mounted_at, prefix = request.param
+    with TestClient(_users_app(mounted_at, prefix)) as http:
+        yield http, mounted_at + prefix
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kind"),
+    [
+        ("POST", "/v1/completions", "openai"),
+        ("POST", "/v1/chat/completions", "openai"),
+        ("GET", "/v1/models", "openai"),
+        ("POST", "/v1/nowhere", "openai"),
+        ("POST", "/v2/models/echo/infer", "v2"),
+        ("POST", "/models/echo/predict", "json"),
+    ],
+)
+@pytest.mark.parametrize("refusal", ["no key", "body over the limit"])
+def test_errors_before_any_route_are_in_the_protocols_body_wherever_it_is_mounted(
+    placed: tuple[TestClient, str], method: str, path: str, kind: str, refusal: str
+) -> None:
+    """Told from the literal /v1 and /v2: under a prefix (``/llm/v1/completions``) a 401 or a
+    413 came in loadonce's JSON body, which OpenAI's clients cannot read."""
+    headers = {"Authorization": f"Bearer {KEY}"} if refusal != "no key" else {}
+    content = b"x" * 2000 if refusal != "no key" else b"{}"
+    http, base = placed
+    answer = http.request(method, base + path, content=content, headers=headers)
+    assert answer.status_code == (401 if refusal == "no key" else 413), answer.text
+    assert _error_body_kind(answer.json()) == kind, answer.text
+
+
+def test_the_client_reads_the_refusals_of_routes_under_a_prefix() -> None:
+    """The ``openai`` client against ``/llm/v1``: its own exception classes, with OpenAI's
+    code, for refusals made before a route ran and by the routes."""
+    with ThreadedServer(_users_app("", "/llm")) as running:
+        url = f"{running.url}/llm/v1"
+        stranger = openai.OpenAI(base_url=url, api_key="not-the-key-0123456789", max_retries=0)
+        with stranger, pytest.raises(openai.AuthenticationError) as refused:
+            stranger.models.list()
+        assert refused.value.code == "invalid_api_key"
+        with openai.OpenAI(base_url=url, api_key=KEY, max_retries=0) as client:
+            with pytest.raises(openai.APIStatusError) as too_large:
+                client.completions.create(model="echo", prompt="good " * 400)
+            assert too_large.value.status_code == 413
+            assert "max_body_bytes" in too_large.value.message
+            with pytest.raises(openai.NotFoundError) as missing:
+                client.completions.create(model="nope", prompt="good")
+            assert missing.value.code == "model_not_found"
+            assert client.completions.create(model="echo", prompt="good").choices[0].text

@@ -11,8 +11,8 @@ from starlette.requests import HTTPConnection
 
 from loadonce.core.model import Model
 from loadonce.core.registry import Registry
-from loadonce.http.endpoints import walk_routes
 from loadonce.http.mounted_apps import mounted_apps
+from loadonce.http.route_walk import walk_routes
 from loadonce.http.state import LoadonceState
 
 

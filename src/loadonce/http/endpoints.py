@@ -11,16 +11,16 @@ ways run one function, ``InferenceEndpoint.handle``.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import fastapi.routing
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, compile_path
 
+from loadonce.http.route_walk import walk_routes
 from loadonce.http.routes import LoadonceRoute
 
 _MARK = "__loadonce_inference__"
@@ -118,12 +118,3 @@ def _may_overlap(prefix: str, template: str) -> bool:
     literal start a prefix of the other's): a route that cannot is not looked at per request."""
     literal = template.split("{", 1)[0]
     return literal.startswith(prefix) or prefix.startswith(literal)
-
-
-def walk_routes(routes: list[BaseRoute]) -> Iterator[Any]:
-    """Every route, inside included routers too, as FastAPI sees it (``path``, ``endpoint``,
-    ``methods``, ``dependant``). Newer FastAPI keeps an included router as one route of the
-    app's, and ``iter_route_contexts`` walks into it with the prefix it was included under (as
-    FastAPI's OpenAPI does); older FastAPI copied the router's routes into the app's."""
-    iterate = getattr(fastapi.routing, "iter_route_contexts", None)
-    yield from routes if iterate is None else iterate(routes)

@@ -27,6 +27,7 @@ from loadonce.core.errors import (
 from loadonce.core.log_safe import log_safe
 from loadonce.core.tracebacks import release_tracebacks
 from loadonce.http.json_answer import JSONAnswer
+from loadonce.http.protocol_roots import OPENAI_ROOT, V2_ROOT, protocol_root
 from loadonce.http.request_info import (
     REQUEST_ID_HEADER,
     REQUEST_ID_SCOPE_KEY,
@@ -96,9 +97,6 @@ def v2_error(status: int, message: str, request_id: str | None = None) -> JSONAn
 
 # OpenAI's error types by status; its clients pick their exception class by the status.
 _OPENAI_TYPES = {401: "invalid_request_error", 403: "permission_error"}
-# Routes of the OpenAI-compatible protocol (protocols/openai): their answers, errors included,
-# are OpenAI's, even when middleware answers before any route runs.
-OPENAI_PREFIX = "/v1"
 
 
 def openai_error(
@@ -162,14 +160,15 @@ def raw_error_response(
     status: int, message: str, scope: Scope, headers: dict[str, str] | None = None
 ) -> JSONAnswer:
     """An error answered before any route ran (middleware), in the body of the protocol the
-    path belongs to: ``{"error"}`` under /v2, OpenAI's ``{"error": {"message", ...}}`` under
-    /v1, ``{"error", "request_id"}`` elsewhere."""
+    path belongs to (``protocol_roots``): ``{"error"}`` under the Open Inference Protocol's
+    /v2, OpenAI's ``{"error": {"message", ...}}`` under its /v1, wherever the app included
+    their routers, ``{"error", "request_id"}`` elsewhere."""
     chosen = scope.get(REQUEST_ID_SCOPE_KEY)
     request_id = chosen if isinstance(chosen, str) else request_id_from(scope["headers"])
-    path = route_path(scope)
-    if path.startswith("/v2"):
+    root = protocol_root(scope)  # wherever the app included the protocol's router
+    if root == V2_ROOT:
         response = v2_error(status, message, request_id)
-    elif path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/"):
+    elif root == OPENAI_ROOT:
         response = openai_error(status, message, request_id)
     else:
         response = error_response(status, message, request_id)

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.routing import BaseRoute, Mount, compile_path
+from starlette.routing import compile_path
 from starlette.types import Scope
 
 from loadonce.http.access_keys import RouteFamily, family_of
-from loadonce.http.endpoints import walk_routes
 from loadonce.http.request_info import route_path
-from loadonce.http.wrapping import unwrapped
+from loadonce.http.route_walk import loadonce_routes
 
 # A control route's template, at the end of wherever it is included.
 _CONTROL = re.compile(r"/(admin/.*|v2/repository/models/\{[^}/]+\}/(load|unload))$")
@@ -85,7 +83,7 @@ def _walk(app: Any) -> _Moved:
     health: list[re.Pattern[str]] = []
     statistics: list[re.Pattern[str]] = []
     metrics: list[re.Pattern[str]] = []
-    for path in _loadonce_paths(getattr(app, "routes", []), ""):
+    for path, _ in loadonce_routes(getattr(app, "routes", [])):
         if family_of(path) is not RouteFamily.INFERENCE:
             continue  # at its usual path: told without looking
         if _CONTROL.search(path):
@@ -97,23 +95,3 @@ def _walk(app: Any) -> _Moved:
         elif path.endswith(_METRICS):
             metrics.append(compile_path(path)[0])
     return _Moved(tuple(control), tuple(health), tuple(statistics), tuple(metrics))
-
-
-def _loadonce_paths(routes: list[BaseRoute], prefix: str) -> Iterator[str]:
-    """The full path of each route whose endpoint is loadonce's, inside included routers and
-    mounted apps."""
-    for walked in walk_routes(routes):
-        # Newer FastAPI walks an included router's routes as contexts around them.
-        route = getattr(walked, "original_route", walked)
-        if isinstance(route, Mount):
-            # Through the middleware a mounted app may be wrapped in: its admin routes were
-            # taken for inference routes (any inference key reloaded models).
-            inner = getattr(unwrapped(route.app), "routes", None) or route.routes
-            mounted_at = getattr(walked, "path", None) or route.path  # with a router's prefix
-            yield from _loadonce_paths(list(inner), prefix + mounted_at)
-            continue
-        route = walked
-        path, endpoint = getattr(route, "path", None), getattr(route, "endpoint", None)
-        module = getattr(endpoint, "__module__", "") or ""
-        if isinstance(path, str) and module.startswith("loadonce."):
-            yield prefix + path

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi.routing import APIRoute
 from starlette.requests import Request
@@ -18,6 +18,7 @@ from loadonce.http.errors import (
     json_error_for,
     v2_error_for,
 )
+from loadonce.http.protocol_roots import V2_ROOT
 from loadonce.http.request_info import REQUEST_ID_HEADER, request_id_of
 from loadonce.http.state import LoadonceState
 from loadonce.http.streaming import EventStreamResponse
@@ -61,6 +62,9 @@ class PlainRoute(APIRoute):
     routes in the same app answer as the user's app says."""
 
     error_for = staticmethod(json_error_for)
+    # The path the protocol's routes begin with (``http/protocol_roots.py``): the errors
+    # answered before any route under it runs are in its body. None: loadonce's JSON routes.
+    protocol_root: ClassVar[str | None] = None
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.methods and scope["method"] == "HEAD" and "GET" in self.methods:
@@ -119,3 +123,4 @@ class V2Route(LoadonceRoute):
     request that is not valid."""
 
     error_for = staticmethod(v2_error_for)
+    protocol_root = V2_ROOT

@@ -27,7 +27,6 @@ from loadonce.core.imports import import_object
 from loadonce.core.registry import Registry
 from loadonce.core.spec import ModelSpec
 from loadonce.http.admin import admin_router
-from loadonce.http.endpoints import walk_routes
 from loadonce.http.health import health_router
 from loadonce.http.lifespan import (
     LoadedHook,
@@ -38,6 +37,7 @@ from loadonce.http.lifespan import (
 )
 from loadonce.http.metrics_route import metrics_router
 from loadonce.http.middleware import install_middleware, middleware_installed
+from loadonce.http.route_walk import walk_routes
 from loadonce.server.settings import ServerOptions
 from loadonce.tracing import TracingOptions
 

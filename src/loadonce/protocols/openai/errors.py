@@ -17,6 +17,7 @@ from loadonce.core.errors import (
     TextInputError,
 )
 from loadonce.http.errors import openai_error, status_and_message
+from loadonce.http.protocol_roots import OPENAI_ROOT
 from loadonce.http.routes import LoadonceRoute
 from loadonce.http.streaming import server_sent_event
 
@@ -84,3 +85,4 @@ class OpenAIRoute(LoadonceRoute):
     """A route of the OpenAI-compatible protocol: OpenAI's error body."""
 
     error_for = staticmethod(openai_error_for)
+    protocol_root = OPENAI_ROOT
