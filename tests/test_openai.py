@@ -147,6 +147,17 @@ def test_the_client_lists_the_models_that_generate_or_embed(client: openai.OpenA
         client.models.retrieve("adder")
 
 
+@pytest.mark.parametrize("model_id", ["org/echo", "a/b/c", "echo/", "nope", "adder"])
+def test_retrieving_an_id_no_model_has_is_model_not_found(
+    client: openai.OpenAI, model_id: str
+) -> None:
+    """An id with a slash (the client sends it as one segment, ``org%2Fecho``) was a 404 of
+    no route: no code, and in a user's app the app's own body, not OpenAI's."""
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve(model_id)
+    assert (missing.value.code, missing.value.param) == ("model_not_found", "model")
+
+
 def test_a_completion_whole_and_streamed(client: openai.OpenAI) -> None:
     whole = client.completions.create(model="echo", prompt="good movie it was", max_tokens=3)
     [choice] = whole.choices
@@ -778,3 +789,14 @@ def test_the_client_reads_the_refusals_of_routes_under_a_prefix() -> None:
                 client.completions.create(model="nope", prompt="good")
             assert missing.value.code == "model_not_found"
             assert client.completions.create(model="echo", prompt="good").choices[0].text
+
+
+def test_an_id_with_a_slash_is_model_not_found_wherever_the_router_is(
+    placed: tuple[TestClient, str],
+) -> None:
+    http, base = placed
+    headers = {"Authorization": f"Bearer {KEY}"}
+    answer = http.get(f"{base}/v1/models/org%2Fecho", headers=headers)
+    assert answer.status_code == 404
+    assert answer.json()["error"]["code"] == "model_not_found"
+    assert http.get(f"{base}/v1/models/echo", headers=headers).json()["id"] == "echo"

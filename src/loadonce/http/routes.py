@@ -112,7 +112,8 @@ class LoadonceRoute(PlainRoute):
             else:
                 response.headers.setdefault(REQUEST_ID_HEADER, request_id)
             state = LoadonceState.in_scope(request.scope)
-            count_answer(state, request.path_params, self.path, response, started)
+            # The template as documented (``{name}``, not ``{name:path}``).
+            count_answer(state, request.path_params, self.path_format, response, started)
             return response
 
         return handle

@@ -79,7 +79,10 @@ def openai_router() -> APIRouter:
         return OpenAIModels(data=[_listed(m) for m in served])
 
     @router.get(
-        "/v1/models/{model_name}",
+        # Any id, slashes too ("org/model", as the client sends it: one segment, encoded):
+        # an id no model has is OpenAI's model_not_found, wherever the router is included,
+        # not a 404 of no route (the app's own body, in a user's app).
+        "/v1/models/{model_name:path}",
         response_model=OpenAIModel,
         responses={404: _ERRORS[404], 503: _ERRORS[503]},
         summary="One model that generates or embeds text",
