@@ -8,6 +8,7 @@ import base64
 import gzip
 import json
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from transformers import BertConfig, BertModel, BertTokenizer, GPT2Config, GPT2L
 import loadonce
 from loadonce.core.errors import NewTokensLimitError
 from loadonce.core.generation import GenerationRequest, IteratorEngine
+from loadonce.server.http_protocol import guarded_protocol
 from tests.servers import ThreadedServer, wait_until
 from tests.test_generation_engine import SMALL
 from tests.test_transformers_tasks import CONTEXT, _word_tokenizer
@@ -769,6 +771,36 @@ def test_errors_before_any_route_are_in_the_protocols_body_wherever_it_is_mounte
     answer = http.request(method, base + path, content=content, headers=headers)
     assert answer.status_code == (401 if refusal == "no key" else 413), answer.text
     assert _error_body_kind(answer.json()) == kind, answer.text
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("/llm/v1/completions", "openai"),
+        ("/llm/v2/models/echo/infer", "v2"),
+        ("/llm/models/echo/predict", "json"),
+    ],
+)
+def test_a_head_loadonce_serves_protocol_refuses_is_in_the_protocols_body_under_a_prefix(
+    path: str, kind: str
+) -> None:
+    """The refusals ``loadonce serve``'s HTTP protocol writes itself (a head that is not valid
+    HTTP/1.1, one too large, too slow; past max_connections) chose their body from the
+    literal path too."""
+    protocol = guarded_protocol(
+        header_timeout_s=10, body_timeout_s=30, max_header_bytes=65536, max_header_fields=100
+    )
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\x00b\r\n\r\n".encode()
+    with (
+        ThreadedServer(_users_app("", "/llm"), http=protocol) as running,
+        socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock,
+    ):
+        sock.sendall(head)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert _error_body_kind(json.loads(answer.split(b"\r\n\r\n", 1)[1])) == kind
 
 
 def test_the_client_reads_the_refusals_of_routes_under_a_prefix() -> None:

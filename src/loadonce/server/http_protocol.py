@@ -30,6 +30,7 @@ the answers of one step of the event loop leave together (``_GatheredWrites``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sized
 from http import HTTPStatus
@@ -49,6 +50,7 @@ from loadonce.http.request_info import (
     request_id_from,
 )
 from loadonce.http.request_line import access_logger, write_request_line
+from loadonce.http.wrapping import unwrapped
 
 logger = logging.getLogger("loadonce")
 
@@ -174,7 +176,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # (which may hold a token): the answer's body is its protocol's (OpenAI's under /v1),
         # as every refusal made before a route runs; its line writes that path too.
         path = getattr(self, "url", b"").split(b"?", 1)[0].decode("latin-1")
-        body = _refusal_body(status.value, message, path, self.root_path, request_id)
+        body = _refusal_body(status.value, message, path, self.root_path, request_id, self.app)
         self.transport.write(
             f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nx-request-id: {request_id}\r\n"
@@ -311,7 +313,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             # Past max_connections: loadonce's refusal, not uvicorn's plain-text one. (A
             # health probe is answered past it: a few slow clients holding every slot made
             # /livez a 503, and an orchestrator kills a live worker for it.)
-            self.app = _past_max_connections
+            self.app = functools.partial(_past_max_connections, app)
         self.limit_concurrency = None  # uvicorn's own check is the one above
         try:
             super().on_headers_complete()
@@ -383,21 +385,35 @@ _PAST_MAX_CONNECTIONS = (
 )
 
 
-def _refusal_body(status: int, message: str, path: str, root_path: str, request_id: str) -> bytes:
+def _refusal_body(
+    status: int, message: str, path: str, root_path: str, request_id: str, app: object
+) -> bytes:
     """The body of a refusal the protocol writes itself, as ``raw_error_response`` writes a
     refusal's for the path's protocol (a message may quote the client: JSON escapes it)."""
-    scope = {"path": path, "root_path": root_path, "headers": [], REQUEST_ID_SCOPE_KEY: request_id}
+    scope = {
+        "path": path,
+        "root_path": root_path,
+        "headers": [],
+        REQUEST_ID_SCOPE_KEY: request_id,
+        "app": _served(app),
+    }
     return bytes(raw_error_response(status, message, scope).body)
 
 
-async def _past_max_connections(scope: Scope, receive: Receive, send: Send) -> None:
+def _served(app: object) -> object:
+    """The app inside uvicorn's wrappers: its routes say where each protocol is (an app that
+    included ``openai_router()`` under ``/llm``), as they do for its own middleware."""
+    return unwrapped(app)
+
+
+async def _past_max_connections(app: object, scope: Scope, receive: Receive, send: Send) -> None:
     """The answer to a request past max_connections: 503 with Retry-After, in the error body
     of the path's protocol, under its request id, logged."""
     request_id = request_id_from(scope["headers"])
     scope[REQUEST_ID_SCOPE_KEY] = request_id
     headers = {"Retry-After": "1", "Connection": "close"}
     # Its X-Request-ID header is the error's own (``raw_error_response``, from the scope).
-    answer = raw_error_response(503, _PAST_MAX_CONNECTIONS, scope, headers)
+    answer = raw_error_response(503, _PAST_MAX_CONNECTIONS, {**scope, "app": _served(app)}, headers)
     await answer(scope, receive, send)
     if access_logger.isEnabledFor(logging.INFO):
         write_request_line(scope["method"], scope["path"], 503, 0.0, request_id)
