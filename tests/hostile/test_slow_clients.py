@@ -462,3 +462,58 @@ def test_a_client_that_reads_nothing_of_its_answer_is_dropped(server: CliServer)
     declared = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
     assert len(answer) < declared, "the whole answer waited for a client that never read"
     _wait_until_served(server)
+
+
+@pytest.mark.parametrize(
+    ("path", "length", "status"),
+    [
+        ("/models/echo/predict", 10**12, 413),  # past max_body_bytes, from its length alone
+        ("/models/nope/predict", 15, 404),  # an unknown model, answered before its body
+        ("/v2/models/nope/infer", 15, 404),
+        ("/v1/completions", 10**12, 413),
+    ],
+    ids=["too-large", "unknown-model", "v2-unknown-model", "openai-too-large"],
+)
+def test_an_answer_before_the_body_closes_the_connection(
+    server: CliServer, path: str, length: int, status: int
+) -> None:
+    """A client that sent ``Expect: 100-continue`` waits for the 100 before its body; answered
+    with a final status instead, it sends no body. The connection stayed open, the server
+    waiting for that body: the client's next request on it was read as the body's bytes, and
+    went unanswered until the body timeout. Now the answer says ``connection: close`` and the
+    connection ends; a request read whole keeps its connection."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Expect: 100-continue\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+    with _connect(server) as sock:
+        sock.settimeout(3)
+        sock.sendall(head)
+        answer = _answer(sock)  # the server ends the connection: no timeout
+    assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer
+    assert b"\r\nconnection: close\r\n" in answer.lower(), answer
+    # Two requests read whole on one connection: both answered on it.
+    with _connect(server) as sock:
+        sock.settimeout(3)
+        sock.sendall(_request("/models/echo/predict", b'{"inputs": [1]}'))
+        sock.sendall(_request("/models/echo/predict", b'{"inputs": [2]}', close=True))
+        both = _answer(sock)
+    assert both.count(b"HTTP/1.1 200") == 2, both
+
+
+def test_a_body_sent_after_its_answer_is_dropped_and_the_answer_read_whole(
+    server: CliServer,
+) -> None:
+    """Refused from its length, a body the client sends anyway is read and dropped while it
+    comes (a close with its bytes unread would reset the connection, the answer lost)."""
+    with _connect(server) as sock:
+        sock.settimeout(3)
+        sock.sendall(
+            b"POST /models/echo/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000000000000\r\n\r\n"
+        )
+        for _ in range(20):
+            sock.sendall(b"x" * 100_000)
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    assert answer.endswith(b"}"), answer

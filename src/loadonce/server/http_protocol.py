@@ -12,6 +12,8 @@ protocol adds, per connection:
   (Apache's mod_reqtimeout rule; a byte every few seconds held a connection for good, and a
   thousand of them every connection a worker takes);
 - ``max_header_bytes`` and ``max_header_fields``: past either, 431 and close.
+- an answer given before the request's body was read whole closes the connection (a
+  lingering close, ``_LINGER_QUIET_S``): its body might never come.
 
 Every request it refuses itself (a head refused or late, a request that is not valid HTTP,
 one past ``max_connections``) is answered as loadonce's routes answer: a JSON error with a
@@ -32,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Sized
+from collections.abc import Callable, Sized
 from http import HTTPStatus
 from typing import Any
 
@@ -71,10 +73,12 @@ class _GatheredWrites:
         transport: asyncio.Transport,
         loop: asyncio.AbstractEventLoop,
         in_flight: Sized,
+        close: Callable[[], None],
     ) -> None:
         self._transport = transport
         self._loop = loop
         self._in_flight = in_flight
+        self._close = close
         self._held: list[bytes] = []
 
     def write(self, data: bytes) -> None:
@@ -92,7 +96,7 @@ class _GatheredWrites:
 
     def close(self) -> None:
         self.send()
-        self._transport.close()
+        self._close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
@@ -100,6 +104,14 @@ class _GatheredWrites:
 
 _HEAD_TOO_LARGE = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
 
+
+# An answer sent before its request's body was read whole closes the connection (announced
+# in its head): the client may never send that body (it waited for "100 Continue", which
+# never came), and the next request on the connection would be read as the body's bytes:
+# swallowed, its client waiting until the body timeout. What the client still sends is
+# read and dropped until it pauses this long (or for body_timeout_s in all), so that it
+# reads the answer rather than a reset: a lingering close, as nginx's.
+_LINGER_QUIET_S = 1.0
 
 _PROBES = (b"/livez", b"/readyz", b"/v2/health/live", b"/v2/health/ready")
 # A chunk's size line and the line end after its data, with room for a short extension.
@@ -139,6 +151,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._trailer_fields = 0
         self._timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
+        # Whether the request being read keeps the connection once its body is read whole:
+        # until then its cycle says "close" (_LINGER_QUIET_S), and only its body's end
+        # gives it back what the client asked for.
+        self._keep_alive_after_body = False
+        self._lingering = False  # answered and closing: what arrives is dropped
+        self._linger_ends = 0.0
 
     def _arm(self, seconds: float, status: HTTPStatus | None) -> None:
         self._disarm()
@@ -196,7 +214,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._gathered = _GatheredWrites(transport, self.loop, self.tasks)
+        self._gathered = _GatheredWrites(transport, self.loop, self.tasks, self._close_after_answer)
         self._loss = ConnectionLoss()
         self._arm(self.header_timeout_s, HTTPStatus.REQUEST_TIMEOUT)
 
@@ -237,6 +255,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._received_at = self.loop.time()
+        if self._lingering:  # the answer went: its body's bytes are dropped unparsed
+            self._arm(min(_LINGER_QUIET_S, self._linger_ends - self._received_at), None)
+            return
         # A read that begins inside a body and ends there is that body's bytes alone (a
         # read holding a head, or a pipelined request's end, is not counted as framing).
         payload_before = self._payload_bytes if self._in_body else None
@@ -319,8 +340,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             super().on_headers_complete()
         finally:
             self.app, self.limit_concurrency = app, limit
-        if self.cycle is not None:
-            self.cycle.transport = self._gathered  # type: ignore[assignment]
+        cycle = self.cycle
+        if cycle is not None:
+            cycle.transport = self._gathered  # type: ignore[assignment]
+            # An answer that starts before the body ends says "connection: close" (the
+            # body's end, usually in this same read, gives the cycle its keep-alive back).
+            self._keep_alive_after_body, cycle.keep_alive = cycle.keep_alive, False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_head:
@@ -377,7 +402,33 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._in_head, self._in_body, self._head_bytes = True, False, 0
         if self._timer is not None:
             self._disarm()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            cycle.keep_alive = self._keep_alive_after_body
         super().on_message_complete()
+
+    def shutdown(self) -> None:
+        self._keep_alive_after_body = False  # a request still being read closes too
+        super().shutdown()
+
+    def _close_after_answer(self) -> None:
+        """The cycle closing the connection after its answer: at once when the request was
+        read whole; else a lingering close (_LINGER_QUIET_S)."""
+        if not self._in_body or self.transport.is_closing():
+            self.transport.close()
+            return
+        self._lingering = True
+        self._linger_ends = self.loop.time() + self.body_timeout_s
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._arm(_LINGER_QUIET_S, None)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._lingering and self.timeout_keep_alive_task is not None:
+            # uvicorn's keep-alive timer would cut the linger short: ours ends it.
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
 
 
 _PAST_MAX_CONNECTIONS = (
