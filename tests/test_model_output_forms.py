@@ -50,3 +50,45 @@ def test_a_data_frame_is_answered_row_by_row() -> None:
             {"label": "x1", "score": 0.1},
             {"label": "x2", "score": 0.2},
         ]
+
+
+_HUGE = 10**5000  # past Python's 4,300 digits for an integer written as text
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda batch: [_HUGE for _ in batch],
+        lambda batch: [{"score": -_HUGE} for _ in batch],
+        lambda batch: [{_HUGE: 1} for _ in batch],
+        lambda batch: [[1.5, [_HUGE]] for _ in batch],
+        lambda batch: [[7] * 40_000 + [_HUGE] for _ in batch],  # a large answer, in pieces
+    ],
+    ids=["value", "negative-in-a-mapping", "key", "nested", "large-answer"],
+)
+@pytest.mark.parametrize("route", ["json", "v2", "v2-binary"])
+def test_an_integer_too_long_to_write_is_the_models_500_on_every_route(
+    make: Callable[[list[Any]], Any], route: str
+) -> None:
+    """Python writes no integer of more than 4,300 digits as text: the answer's encoding
+    failed, and it was said as the server's failure ("the server failed (ValueError)")."""
+    spec = loadonce.ModelSpec(name="m", loader=_returning(make))
+    path, body = {
+        "json": ("/models/m/predict", {"inputs": [1.0, 2.0]}),
+        "v2": (
+            "/v2/models/m/infer",
+            {"inputs": [{"name": "x", "datatype": "FP64", "shape": [2], "data": [1.0, 2.0]}]},
+        ),
+        "v2-binary": (
+            "/v2/models/m/infer",
+            {
+                "inputs": [{"name": "x", "datatype": "FP64", "shape": [2], "data": [1.0, 2.0]}],
+                "parameters": {"binary_data_output": True},
+            },
+        ),
+    }[route]
+    with TestClient(loadonce.create_app([spec])) as client:
+        answer = client.post(path, json=body)
+        assert answer.status_code == 500
+        assert answer.json()["error"].startswith("the model raised TypeError"), answer.text
+        assert client.get("/readyz").status_code == 200

@@ -5,6 +5,7 @@ a client reads (``client_message``): one mapping, in the classes, serves both pr
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -135,6 +136,23 @@ def as_exception(error: BaseException) -> Exception:
     wrapped = RuntimeError(f"the model's code raised {describe_exception(error)}")
     wrapped.__cause__ = error
     return wrapped
+
+
+def output_error(error: BaseException) -> BaseException:
+    """An error encoding the model's answer, as whose it is: an integer too long for Python
+    to write as text (past ``sys.set_int_max_str_digits``, 4,300 digits), in a JSON value, a
+    BYTES element or a key, is the model's output that no answer can carry (its readers,
+    Python's json among them, refuse such a number too), not the server's failure. Found
+    from the error, after the fact: checking every integer of every answer cost them all."""
+    if isinstance(error, ValueError) and "integer string conversion" in str(error):
+        limit = sys.get_int_max_str_digits()
+        return ModelRaisedError(
+            TypeError(
+                f"the model's output holds an integer of more than {limit} digits, "
+                "which no answer can carry as text"
+            )
+        )
+    return error
 
 
 class InvalidInputError(LoadonceError, ValueError):

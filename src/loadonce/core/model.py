@@ -27,6 +27,7 @@ from loadonce.core.errors import (
     RequestTooLargeError,
     as_exception,
     describe_exception,
+    output_error,
     without_paths,
 )
 from loadonce.core.executors import Executor, instances_needed, make_executor
@@ -666,6 +667,9 @@ class Model:
             answered = future.done() and not future.cancelled() and future.exception() is None
             if answered and not isinstance(failure, InvalidInputError):
                 batcher.count_answer(False, time.perf_counter() - submitted)
+            said = output_error(failure) if answered else failure
+            if said is not failure:
+                raise said from None
             raise
         batcher.count_answer(True, time.perf_counter() - submitted)
         if self._sample_answer is None and not passed and self._executor is executor:
