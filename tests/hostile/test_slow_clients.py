@@ -517,3 +517,32 @@ def test_a_body_sent_after_its_answer_is_dropped_and_the_answer_read_whole(
         answer = _answer(sock)
     assert answer.startswith(b"HTTP/1.1 413"), answer
     assert answer.endswith(b"}"), answer
+
+
+@pytest.mark.parametrize(
+    ("follower", "status"),
+    [
+        (b"NOT HTTP\x00\r\n\r\n", 400),
+        (b"GET /models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+        (b"GET /models HTTP/1.1\r\n" + b"X-Field: 1\r\n" * 150 + b"\r\n", 431),
+        (b"GET /models HTTP/1.1\r\nHost: 127.0.0.1\r\n", 408),  # a head that never ends
+    ],
+    ids=["not-http", "head-too-large", "too-many-fields", "head-never-ends"],
+)
+def test_a_refused_request_behind_one_being_answered_waits_for_its_answer(
+    server: CliServer, follower: bytes, status: int
+) -> None:
+    """The refusal of a pipelined request was written as soon as it was read, before the
+    answer of the request ahead of it, and ended the connection under that answer: the
+    client read the refusal as its first request's answer, and the server logged a
+    traceback (a write after the connection's end). Answers keep their requests' order."""
+    with _connect(server) as sock:
+        sock.settimeout(5)
+        sock.sendall(_request("/models/echo/predict", b'{"inputs": [1]}') + follower)
+        received = _answer(sock)
+    answers = received.split(b"HTTP/1.1 ")[1:]
+    assert [answer[:3] for answer in answers] == [b"200", str(status).encode()], received
+    assert b'"outputs":[{"echo":1,' in answers[0]
+    _wait_until_served(server)
+    assert "Exception in ASGI application" not in server.log()
+    assert "Traceback" not in server.log()

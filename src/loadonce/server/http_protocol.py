@@ -147,6 +147,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._payload_bytes = 0
         self._framing_bytes = 0
         self._heads = 0  # of the requests on this connection: a read spanning two is not counted
+        self._heads_before_read = 0  # _heads when the read being parsed began
+        # A head whose first bytes were parsed and not its end: one that began in the read
+        # that ended the request before it is timed too (_head_bytes counts from the next).
+        self._head_begun = False
         self._chunks = 0
         self._trailer_fields = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -156,6 +160,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # gives it back what the client asked for.
         self._keep_alive_after_body = False
         self._lingering = False  # answered and closing: what arrives is dropped
+        self._refused_after_answers: tuple[HTTPStatus, str] | None = None
         self._linger_ends = 0.0
 
     def _arm(self, seconds: float, status: HTTPStatus | None) -> None:
@@ -177,6 +182,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.transport.close()  # the route sees its client gone
 
     def _refuse(self, status: HTTPStatus, message: str) -> None:
+        if self._in_head and self.cycle is not None and not self.cycle.response_complete:
+            # A request pipelined behind one still being answered: its refusal waits for the
+            # answers before it (on_response_complete). Written at once, it came before them
+            # and ended the connection under them: the earlier request's answer was lost, and
+            # its write after our end raised a traceback into the log.
+            self._refused_after_answers = (status, message)
+            self.transport.pause_reading()
+            return
         self._gathered.send()  # an answer held for an earlier request goes first
         # Refused in its head: a new id, not one the client sent (the head was not read
         # whole). Refused in its body (a bad chunk), its route is running: its id, and its
@@ -261,7 +274,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # A read that begins inside a body and ends there is that body's bytes alone (a
         # read holding a head, or a pipelined request's end, is not counted as framing).
         payload_before = self._payload_bytes if self._in_body else None
-        heads_before = self._heads
+        heads_before = self._heads_before_read = self._heads
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
@@ -272,7 +285,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 self._refusal = (_HEAD_TOO_LARGE, "the request head is too large")
                 self._disarm()
                 self._refuse(*self._refusal)
-            elif self._head_bytes and self._timer is None:
+            elif (self._head_bytes or self._head_begun) and self._timer is None:
                 self._arm(self.header_timeout_s, HTTPStatus.REQUEST_TIMEOUT)
         elif self._in_body:
             # Each piece restarts the pause's limit, within what the body as a whole is given.
@@ -296,7 +309,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._refusal = (HTTPStatus.BAD_REQUEST, "the request is not valid HTTP/1.1")
         self._refuse(*self._refusal)
 
+    def on_message_begin(self) -> None:
+        self._head_begun = True
+        super().on_message_begin()
+
     def on_headers_complete(self) -> None:
+        self._head_begun = False
         # Each refusal is the parser's error: send_400_response answers it.
         if len(self.headers) > self.max_header_fields:
             self._refusal = (_HEAD_TOO_LARGE, "too many header fields")
@@ -384,10 +402,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _head_over_the_limit(self) -> bool:
         """A head that came in one read was parsed whole before data_received could refuse
         it: its size from what was parsed, counted only when the bytes read in the head's
-        state (which may hold some of the body too) pass the limit: not on the usual
-        request's path."""
-        if self._head_bytes <= self.max_header_bytes:
-            return False
+        state (which may hold some of the body too) pass the limit, or when a request before
+        it ended in the same read (pipelined: _head_bytes was not counting it): not on the
+        usual request's path."""
+        if self._head_bytes <= self.max_header_bytes and self._heads == self._heads_before_read:
+            return False  # the read's first head, and the bytes read in the head's state fit
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         return size > self.max_header_bytes
 
@@ -425,6 +444,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        refused = self._refused_after_answers
+        if refused is not None and self.cycle is not None and self.cycle.response_complete:
+            self._refused_after_answers = None
+            self._refuse(*refused)
+            return
         if self._lingering and self.timeout_keep_alive_task is not None:
             # uvicorn's keep-alive timer would cut the linger short: ours ends it.
             self.timeout_keep_alive_task.cancel()
