@@ -53,6 +53,22 @@ def test_missing_artifact_is_named(tmp_path: Path) -> None:
     assert "no such file" in log
 
 
+@pytest.mark.parametrize("loop", ["itself", "two links"])
+def test_an_artifact_that_is_a_link_loop_is_named_in_one_line(tmp_path: Path, loop: str) -> None:
+    """Path.resolve raised on the loop while the config file was read: a traceback."""
+    artifact = tmp_path / "m.skops"
+    if loop == "itself":
+        artifact.symlink_to(artifact)
+    else:
+        artifact.symlink_to(tmp_path / "other.skops")
+        (tmp_path / "other.skops").symlink_to(artifact)
+    config = tmp_path / "loadonce.toml"
+    config.write_text('[[models]]\nname = "m"\nartifact = "m.skops"\n')
+    log = _run_to_exit([str(config)], tmp_path)
+    assert f"model 'm' failed to load from {artifact}" in log
+    assert "symbolic link to no file" in log
+
+
 def test_one_failing_worker_brings_the_whole_server_down(tmp_path: Path) -> None:
     config = tmp_path / "loadonce.toml"
     config.write_text(

@@ -170,6 +170,43 @@ def test_a_failed_reload_shows_paths_to_admins_only(setup: Setup, where: str) ->
         assert "prod models" not in answer
 
 
+@pytest.mark.parametrize("loop", ["itself", "two links", "through its directory"])
+def test_an_artifact_that_became_a_link_loop_fails_its_reload_and_nothing_else(
+    tmp_path: Path, loop: str
+) -> None:
+    """The configured artifact turned into a symbolic link loop after startup: the reload
+    fails with a reason and the loaded version serves. Path.resolve raised on the loop when
+    the failed load's reason was shown without paths: /models and the repository index
+    answered 500 "the server failed (RuntimeError)" until the next good load."""
+    models = tmp_path / "models"
+    models.mkdir()
+    artifact = models / "m.skops"
+    skops.io.dump(_estimator(), artifact)
+    spec = loadonce.ModelSpec(name="m", artifact=artifact)
+    with ThreadedServer(loadonce.create_app(loadonce.Registry([spec]))) as server:
+        artifact.unlink()
+        if loop == "itself":
+            artifact.symlink_to(artifact)
+        elif loop == "two links":
+            artifact.symlink_to(models / "other.skops")
+            (models / "other.skops").symlink_to(artifact)
+        else:
+            (models / "sub").symlink_to(models / "sub")
+            artifact.symlink_to(models / "sub" / "m.skops")
+        failed = httpx.post(f"{server.url}/admin/models/m/reload", json={}, timeout=30)
+        assert failed.status_code == 400, failed.text
+        assert "symbolic link" in failed.json()["error"]
+        one = httpx.get(f"{server.url}/models/m")
+        assert one.status_code == 200, one.text
+        assert "symbolic link" in one.json()["error"]
+        assert str(models) not in one.text
+        assert httpx.get(f"{server.url}/models").status_code == 200
+        assert httpx.post(f"{server.url}/v2/repository/index").status_code == 200
+        assert httpx.get(f"{server.url}/readyz").status_code == 200
+        predicted = httpx.post(f"{server.url}/models/m/predict", json={"inputs": [[0, 0]]})
+        assert predicted.status_code == 200
+
+
 def test_a_native_stack_trace_reaches_admins_only(tmp_path: Path) -> None:
     """XGBoost's errors carry its C++ stack trace, with the memory addresses of its
     libraries (which address randomisation hides): the load's reason says why in one short

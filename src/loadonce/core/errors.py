@@ -4,6 +4,7 @@ a client reads (``client_message``): one mapping, in the classes, serves both pr
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Iterable
@@ -317,7 +318,10 @@ def _with_spaced_parents(paths: Iterable[str | Path]) -> set[str]:
     space (a message may quote the directory alone)."""
     found: set[str] = set()
     for given in paths:
-        for path in {Path(given), Path(given).resolve()}:
+        # realpath, not Path.resolve: a symbolic link loop (an artifact that became one
+        # after its load failed) made resolve raise, and every answer showing the error
+        # (/models, the repository index) a 500, until the next load.
+        for path in {Path(given), Path(os.path.realpath(given))}:
             found.add(str(path))
             found.update(str(parent) for parent in path.parents if " " in parent.name)
     return {path for path in found if len(path) > 1}

@@ -185,6 +185,8 @@ def model_file(path: Path | None) -> Path:
     """``path``, a regular file a runtime can read, or the error that says what it is
     instead: a directory or a FIFO was "no such file", though the path was there."""
     if path is None or not path.exists():
+        if path is not None and path.is_symlink():
+            raise FileNotFoundError(f"{path} is a symbolic link to no file (a loop, or gone)")
         raise FileNotFoundError(f"no such file: {path}")
     if not path.is_file():
         kind = "a directory" if path.is_dir() else "not a regular file"

@@ -543,7 +543,7 @@ def reload(
         sys.exit(USAGE_ERROR)
     body: dict[str, str] = {}
     if artifact is not None:
-        body["artifact"] = str(artifact.resolve())
+        body["artifact"] = os.path.realpath(artifact)  # resolve() raises on a link loop
     if version is not None:
         body["version"] = version
     if sha256 is not None:

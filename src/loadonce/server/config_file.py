@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -140,7 +141,9 @@ def _model_spec(table: dict[str, Any], index: int, base: Path, path: Path) -> Mo
     values = dict(table)
     artifact = values.get("artifact")
     if isinstance(artifact, str) and artifact.strip():  # "" named the file's directory
-        values["artifact"] = (base / artifact).resolve()
+        # realpath, not Path.resolve, which raises on a symbolic link loop: the model's load
+        # says what is wrong with the file, in one line.
+        values["artifact"] = Path(os.path.realpath(base / artifact))
     try:
         return ModelSpec.model_validate(values)
     except ValidationError as exc:
