@@ -441,12 +441,18 @@ def worker_process_main(config: ServeConfig, sock: socket.socket, gate: Connecti
     def after_drain(signum: int, frame: FrameType | None) -> None:
         # uvicorn raises the stop signal again once it drained and shut down, to reach this
         # handler: the worker then exits with its own status (a failed shutdown's). Before it
-        # serves, a stop signal ends the worker as it always did (the signal's own action).
+        # serves, a stop signal ends the worker by the signal's own action, at once, as the
+        # supervisor expects (worker_process.worker_main). Handed to the handler in place
+        # before (the early stop's, which raises StoppedEarly), a signal arriving while the
+        # event loop wound down raised inside whatever callback it ran: a traceback in the
+        # log, 1 start in 12 when another worker's startup failed.
         if not serving.is_set():
-            signal.signal(signum, previous[signal.Signals(signum)])
+            logging.shutdown()
+            signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
 
-    previous = {sig: signal.signal(sig, after_drain) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, after_drain)
     started, failure = run_worker(
         config,
         sockets=[sock],
