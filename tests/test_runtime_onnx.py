@@ -377,3 +377,74 @@ def test_outputs_a_trace_declared_with_one_row_are_per_example(
         answer = client.post("/models/m/predict", json={"inputs": [[1.0], [2.0]]})
         assert answer.status_code == 200, answer.text
         assert answer.json()["outputs"] == [[1.0, 2.0, 3.0], [2.0, 4.0, 6.0]]
+
+
+def _scalar_input_graphs() -> dict[str, onnx.GraphProto]:
+    """Graphs with an input declared without any dimension: a scalar alone (squared), and a
+    scalar beside a batch ([batch, 3] scaled by it, and its rows' overall sum)."""
+    scalar = helper.make_tensor_value_info("t", TensorProto.FLOAT, [])
+    alone = helper.make_graph(
+        [helper.make_node("Mul", ["t", "t"], ["y"])],
+        "scalar_alone",
+        [scalar],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+    )
+    beside = helper.make_graph(
+        [
+            helper.make_node("Mul", ["x", "t"], ["y"]),
+            helper.make_node("ReduceSum", ["y"], ["total"], keepdims=0),
+        ],
+        "scalar_beside_a_batch",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3]), scalar],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("total", TensorProto.FLOAT, []),
+        ],
+    )
+    return {"alone": alone, "beside": beside}
+
+
+@pytest.mark.parametrize("batching", [False, True])
+@pytest.mark.parametrize("graph", ["alone", "beside"])
+def test_a_scalar_input_makes_each_example_its_own_call(
+    tmp_path: Path, graph: str, batching: bool
+) -> None:
+    """An input the graph declares as a scalar (shape []) has no batch dimension: each
+    example's value is fed alone, and each example gets its own call's answers, on the JSON
+    route and /v2 (whose metadata says [-1]: one value per example). The examples were
+    stacked and fed anyway: each got every example's answers (or a 500)."""
+    path = _save(_scalar_input_graphs()[graph], tmp_path / f"{graph}.onnx")
+    session = ort.InferenceSession(path)
+    scalars = [3.0, -0.5]
+    rows = np.array([[1, 2, 3], [4, 5, 6]], np.float32)
+    examples: list[Any] = []
+    expected: list[Any] = []
+    for index, value in enumerate(scalars):
+        feed = {"t": np.array(value, np.float32)}
+        if graph == "beside":
+            feed["x"] = rows[index : index + 1]
+            y, total = session.run(["y", "total"], feed)
+            examples.append({"x": rows[index].tolist(), "t": value})
+            expected.append({"y": y[0].tolist(), "total": float(total)})
+        else:
+            examples.append(value)
+            expected.append(float(session.run(["y"], feed)[0]))
+    spec = loadonce.ModelSpec(name="m", artifact=path, batching=batching)
+    with TestClient(loadonce.create_app([spec])) as client:
+        described = client.get("/v2/models/m").json()
+        assert {t["name"]: t["shape"] for t in described["inputs"]}["t"] == [-1]
+        answer = client.post("/models/m/predict", json={"inputs": examples})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"] == expected
+        tensors = [{"name": "t", "datatype": "FP32", "shape": [2], "data": scalars}]
+        if graph == "beside":
+            data = rows.ravel().tolist()
+            tensors.append({"name": "x", "datatype": "FP32", "shape": [2, 3], "data": data})
+        infer = client.post("/v2/models/m/infer", json={"inputs": tensors})
+        assert infer.status_code == 200, infer.text
+        outputs = {o["name"]: o["data"] for o in infer.json()["outputs"]}
+        if graph == "beside":
+            assert outputs["y"] == [v for e in expected for v in e["y"]]
+            assert outputs["total"] == [e["total"] for e in expected]
+        else:
+            assert outputs["y"] == expected

@@ -463,3 +463,88 @@ def test_a_torchscript_file_named_pt2_is_said_so(tmp_path: Path, torchscript: Pa
     refused = pytest.raises(loadonce.ModelLoadError, match=r"a TorchScript file, not a torch\.")
     with refused, TestClient(loadonce.create_app([spec])):
         pass
+
+
+class _ScaledBy(torch.nn.Module):
+    """rows * a scalar, and the scaled rows' overall sum (a scalar)."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scaled = x * t
+        return scaled, scaled.sum()
+
+
+class _Squared(torch.nn.Module):
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return t * t
+
+
+class _RowsAndTheirSum(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x * 2, x.sum()
+
+
+def _program_with_scalars(kind: str, path: Path) -> tuple[Path, list[Any], list[Any]]:
+    """A program exported with a scalar input or output, the examples sent, and what the
+    module answers for each (a scalar input's examples each called on their own)."""
+    batch = torch.export.Dim("batch")
+    rows = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    module: torch.nn.Module
+    calls: list[tuple[torch.Tensor, ...]]
+    if kind == "scalar input beside a batch":
+        module = _ScaledBy()
+        program = torch.export.export(
+            module, (torch.ones(2, 3), torch.tensor(2.0)), dynamic_shapes=({0: batch}, None)
+        )
+        examples: list[Any] = [{"x": row, "t": t} for row, t in zip(rows, [3.0, -0.5], strict=True)]
+        calls = [(torch.tensor([e["x"]]), torch.tensor(e["t"])) for e in examples]
+    elif kind == "scalar input alone":
+        module = _Squared()
+        program = torch.export.export(module, (torch.tensor(2.0),))
+        examples = [3.0, -0.5]
+        calls = [(torch.tensor(value),) for value in examples]
+    else:  # a scalar output beside a batch of rows: the whole request's
+        module = _RowsAndTheirSum()
+        program = torch.export.export(module, (torch.ones(2, 3),), dynamic_shapes=({0: batch},))
+        examples = rows
+        calls = [(torch.tensor(rows),)]
+    torch.export.save(program, str(path))
+    expected: list[Any] = []
+    with torch.inference_mode():
+        for call in calls:
+            result = module(*call)
+            if kind == "scalar input alone":
+                expected.append(result.item())
+            elif kind == "scalar input beside a batch":
+                expected.append({"output0": result[0][0].tolist(), "output1": result[1].item()})
+            else:
+                expected += [
+                    {"output0": row, "output1": result[1].item()} for row in result[0].tolist()
+                ]
+    return path, examples, expected
+
+
+@pytest.mark.parametrize("batching", [None, True, False])
+@pytest.mark.parametrize(
+    "kind", ["scalar input beside a batch", "scalar input alone", "scalar output"]
+)
+def test_scalars_of_an_exported_program_have_no_batch_dimension(
+    tmp_path: Path, kind: str, batching: bool | None
+) -> None:
+    """A scalar input (a threshold, a temperature) holds one value per example and the
+    program runs each example on its own; a scalar output (a sum over the batch) goes whole
+    to every example of its call, and such a program is not batched by default. Both were
+    fed or cut as batches: a 500 for any request of two examples (or each example got every
+    example's answer)."""
+    path, examples, expected = _program_with_scalars(kind, tmp_path / "scalars.pt2")
+    spec = loadonce.ModelSpec(name="m", artifact=path, batching=batching)
+    with TestClient(loadonce.create_app([spec])) as client:
+        described = client.get("/v2/models/m").json()
+        for tensor in described["inputs"] + described["outputs"]:
+            assert tensor["shape"][0] == -1, described  # one value per example, batch first
+        if batching is None:
+            batched = client.get("/models/m").json()["queue"]["max_batch_size"] > 1
+            assert batched == (kind != "scalar output")
+        answer = client.post("/models/m/predict", json={"inputs": examples})
+        assert answer.status_code == 200, answer.text
+        # Values float32 holds exactly: the answers are the module's, bit for bit.
+        assert answer.json()["outputs"] == expected

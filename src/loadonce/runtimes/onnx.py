@@ -49,7 +49,19 @@ def _tensor_info(node: Any) -> TensorInfo:
 class OnnxPredictor(Predictor):
     def __init__(self, session: Any, *, output_names: Sequence[str] | None) -> None:
         self.session = session
-        self.inputs = [_tensor_info(node) for node in session.get_inputs()]
+        inputs = [_tensor_info(node) for node in session.get_inputs()]
+        # Inputs the graph declares without any dimension (a scalar: a threshold, a
+        # temperature) have no batch dimension to stack examples along: each example holds
+        # its own value, and the graph runs one example per call. Fed a stack of them, ONNX
+        # Runtime ran the graph on it anyway, and each example got every example's answer.
+        self.scalar_inputs = frozenset(t.name for t in inputs if t.shape == ())
+        # Described and read as any input: one value per example, the batch first.
+        self.inputs = [
+            TensorInfo(name=t.name, dtype=t.dtype, shape=(None,))
+            if t.name in self.scalar_inputs
+            else t
+            for t in inputs
+        ]
         all_outputs = [_tensor_info(node) for node in session.get_outputs()]
         if output_names:
             known = {t.name for t in all_outputs}
@@ -62,11 +74,14 @@ class OnnxPredictor(Predictor):
             self.outputs = [t for t in all_outputs if t.name in output_names]
         else:
             self.outputs = all_outputs
-        self.fixed_batch = _fixed_batch(self.inputs)
+        self.fixed_batch = _fixed_batch([t for t in inputs if t.name not in self.scalar_inputs])
         # Outputs the graph declares without a batch dimension (a scalar, or a first
         # dimension of a fixed size that is not the inputs' batch: a constant such as a class
-        # list): every example gets the whole value, described as one example's value.
-        self.whole = frozenset(t.name for t in self.outputs if not self._batched(t))
+        # list): every example gets the whole value, described as one example's value. A
+        # graph whose inputs are all scalars has no batch dimension anywhere: each call's
+        # outputs are its one example's, whole.
+        batchless = len(self.scalar_inputs) == len(inputs)
+        self.whole = frozenset(t.name for t in self.outputs if batchless or not self._batched(t))
         self.outputs = [
             TensorInfo(name=t.name, dtype=t.dtype, shape=(None, *(t.shape or ())))
             if t.name in self.whole
@@ -83,8 +98,12 @@ class OnnxPredictor(Predictor):
         # do (its matrix kernels may round the last bits differently with the batch's size).
         # An output without a batch dimension may be computed across the rows (a sum over
         # the batch): one request's answer would then depend on the others batched with it.
-        self.batches_exactly = not self.whole and all(
-            t.shape is not None and len(t.shape) > 0 and t.shape[0] is None for t in self.inputs
+        # A graph of scalar inputs runs each example alone: batched, each gets its own answer.
+        self.batches_exactly = bool(self.scalar_inputs) or (
+            not self.whole
+            and all(
+                t.shape is not None and len(t.shape) > 0 and t.shape[0] is None for t in self.inputs
+            )
         )
 
     def _batched(self, tensor: TensorInfo) -> bool:
@@ -104,7 +123,7 @@ class OnnxPredictor(Predictor):
     def predict(self, batch: Any) -> Sequence[Any]:
         names = [t.name for t in self.outputs]
         count = len(next(iter(batch.values())))
-        size = self.fixed_batch
+        size = 1 if self.scalar_inputs else self.fixed_batch
         if size is None:
             results = self.session.run(names, batch)
             whole = self.whole
@@ -121,13 +140,18 @@ class OnnxPredictor(Predictor):
         """A graph exported for exactly ``size`` examples (``torch.onnx.export`` without
         ``dynamic_axes`` makes one) refuses any other count: run it ``size`` at a time, the
         last call filled up with copies of its last example (a valid input, where zeros may
-        not be), whose outputs are dropped."""
+        not be), whose outputs are dropped. A graph of scalar inputs runs one example at a
+        time (``size`` 1), each scalar input given as its example's value alone."""
         import numpy as np
 
         parts: list[list[Any]] = [[] for _ in names]
         for start in range(0, count, size):
-            chunk = {name: values[start : start + size] for name, values in batch.items()}
-            taken = len(next(iter(chunk.values())))
+            scalars = self.scalar_inputs
+            chunk = {
+                name: values[start, ...] if name in scalars else values[start : start + size]
+                for name, values in batch.items()
+            }
+            taken = min(size, count - start)
             if taken < size:
                 chunk = {
                     name: np.concatenate([values, np.repeat(values[-1:], size - taken, axis=0)])
@@ -135,7 +159,8 @@ class OnnxPredictor(Predictor):
                 }
             results = self.session.run(names, chunk)
             for name, part, result in zip(names, parts, results, strict=True):
-                if name in self.whole:  # the call's one value, for each of its examples
+                # The call's one value (undeclared, a scalar too), for each of its examples.
+                if name in self.whole or np.ndim(result) == 0:
                     part.append([result] * taken)
                 else:
                     part.append(result[:taken])

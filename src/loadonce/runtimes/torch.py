@@ -21,7 +21,7 @@ from loadonce.runtimes._base import (
     model_file,
     thread_count,
 )
-from loadonce.runtimes._tensors import batch_rows, split_batch_outputs, stack_named_inputs
+from loadonce.runtimes._tensors import split_batch_outputs, stack_named_inputs
 
 logger = logging.getLogger("loadonce")
 
@@ -37,6 +37,9 @@ class TorchPredictor(Predictor):
     input name; the module gets one tensor per input, in order). ``fixed_batch``: the batch
     size a program was exported with, when it is not dynamic: every call is run in batches of
     exactly that size (the last one padded, its padding's outputs dropped).
+    ``scalar_inputs``: the positions of inputs the program records as scalars (no
+    dimension, so no batch dimension): every call is then one example's, each scalar given
+    alone, and an output without a batch dimension is that example's.
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class TorchPredictor(Predictor):
         named_inputs: Sequence[TensorInfo] = (),
         fixed_batch: int | None = None,
         casts: Sequence[Any] = (),
+        scalar_inputs: frozenset[int] = frozenset(),
     ) -> None:
         self.module = module
         # The torch dtype of each input the program records, which the values read (in the
@@ -57,6 +61,7 @@ class TorchPredictor(Predictor):
         self.device = device
         self.input_dtype = input_dtype
         self.fixed_batch = fixed_batch
+        self.scalar_inputs = scalar_inputs
         # Only a recorded (.pt2) or declared (input_shape) shape is checked up front, with a
         # 400 that names it; TorchScript and nn.Module do not record theirs.
         self.signature = (
@@ -96,15 +101,23 @@ class TorchPredictor(Predictor):
     def predict(self, batch: Any) -> Sequence[Any]:
         torch = import_optional("torch", extra="torch")
         count = len(batch[0])
-        size = self.fixed_batch or count
+        scalars = self.scalar_inputs
+        size = 1 if scalars else self.fixed_batch or count
+        # Only scalar inputs: no output has a batch dimension either.
+        batchless = len(scalars) == len(batch)
         outputs: list[Any] = []
         with torch.inference_mode():
             for start in range(0, count, size):
-                chunk = [tensor[start : start + size] for tensor in batch]
-                taken = len(chunk[0])
+                chunk = [
+                    tensor[start] if index in scalars else tensor[start : start + size]
+                    for index, tensor in enumerate(batch)
+                ]
+                taken = min(size, count - start)
                 if taken < size:  # padded with zeros to the exported batch size
                     chunk = [_padded(torch, tensor, size) for tensor in chunk]
                 result = self.module(*[tensor.to(self.device) for tensor in chunk])
+                if batchless:
+                    result = _one_example(result)
                 outputs += _split(result, size)[:taken]
         return outputs
 
@@ -130,6 +143,16 @@ def _as_numpy(value: Any) -> Any:
     return value.numpy()
 
 
+def _one_example(result: Any) -> Any:
+    """The outputs of a call on one example of scalar inputs only (which have no batch
+    dimension), each with a batch dimension of that one example."""
+    if isinstance(result, Mapping):
+        return {key: _one_example(value) for key, value in result.items()}
+    if isinstance(result, tuple | list):
+        return type(result)(_one_example(value) for value in result)
+    return result.unsqueeze(0)
+
+
 def _padded(torch: Any, tensor: Any, size: int) -> Any:
     padding = torch.zeros((size - len(tensor), *tensor.shape[1:]), dtype=tensor.dtype)
     return torch.cat([tensor, padding])
@@ -152,15 +175,22 @@ def _split(result: Any, count: int) -> list[Any]:
     one tensor of JSON text)."""
     torch = import_optional("torch", extra="torch")
     if isinstance(result, torch.Tensor):
-        return split_batch_outputs([("output", _as_numpy(result))], count)
-    if isinstance(result, Mapping):
+        named = [("output", _as_numpy(result))]
+    elif isinstance(result, Mapping):
         named = [(str(key), _as_numpy(value)) for key, value in result.items()]
     elif isinstance(result, tuple | list):
         named = [(f"output{i}", _as_numpy(value)) for i, value in enumerate(result)]
     else:
         raise TypeError(f"the module returned {type(result).__name__}; expected tensors")
-    names = [name for name, _ in named]
-    return [dict(zip(names, row, strict=True)) for row in batch_rows(named, count)]
+    # A scalar (a sum over the batch) has no row per example: each gets it whole, as ONNX
+    # graphs' (every request was a 500).
+    whole = [name for name, value in named if value.ndim == 0]
+    examples = split_batch_outputs(named, count, whole=whole)
+    if len(named) == 1 and not isinstance(result, torch.Tensor):
+        # A tuple or dict of one: still an object per example (its one output's rows).
+        [(name, _)] = named
+        return [{name: example} for example in examples]
+    return examples
 
 
 def torch_device(torch: Any, name: str) -> Any:
@@ -209,14 +239,24 @@ class TorchRuntime(Runtime):
         suffix = spec.artifact.suffix.lower()
         shared = False  # only a safetensors state dict is mapped
         named_inputs: list[TensorInfo] = []
+        scalar_inputs: frozenset[int] = frozenset()
         outputs: list[TensorInfo] = []
         fixed_batch: int | None = None
+        across_rows = False  # an output computed over the batch (a program's scalar)
         input_shape, input_dtype = spec.input_shape, spec.options.get("input_dtype")
         casts: list[Any] = []
         if suffix in EXPORTED_SUFFIXES:
             program = _load_exported(torch, spec)
             # An exported program records its inputs' shapes and dtypes: they check requests.
             recorded, casts = _exported_inputs(program)
+            scalar_inputs = frozenset(i for i, t in enumerate(recorded) if t.shape == ())
+            # Described and read as any input: one value per example, the batch first.
+            recorded = [
+                TensorInfo(name=t.name, dtype=t.dtype, shape=(None,))
+                if index in scalar_inputs
+                else t
+                for index, t in enumerate(recorded)
+            ]
             if len(recorded) == 1:
                 shape = recorded[0].shape
                 input_shape = input_shape or (None if shape is None else tuple(shape[1:]))
@@ -224,7 +264,9 @@ class TorchRuntime(Runtime):
             else:
                 named_inputs = recorded
             fixed_batch = _fixed_batch(recorded, spec.name)
-            outputs = _exported_outputs(program)
+            outputs = _exported_outputs(program, batchless=len(scalar_inputs) == len(recorded) > 0)
+            # One example per call with scalar inputs: its scalars are its own.
+            across_rows = not scalar_inputs and _returns_a_scalar(program)
             # Exported programs fix train/eval mode at export time; .eval() is not supported.
             module = program.module().to(device)
         elif suffix in SAFETENSORS_SUFFIXES:
@@ -242,13 +284,17 @@ class TorchRuntime(Runtime):
             named_inputs=named_inputs,
             fixed_batch=fixed_batch,
             casts=casts,
+            scalar_inputs=scalar_inputs,
         )
         predictor.shares_weights = shared
         predictor.outputs = outputs
         # An exported program with a dynamic batch dimension was traced in the mode it serves
         # in (eval, for inference), where rows are computed independently; a TorchScript or
-        # state-dict module is the user's code, batched only when they ask for it.
-        predictor.batches_exactly = suffix in EXPORTED_SUFFIXES and fixed_batch is None
+        # state-dict module is the user's code, batched only when they ask for it. Not one
+        # that returns a scalar: it is computed over the whole batch, other requests' too.
+        predictor.batches_exactly = (
+            suffix in EXPORTED_SUFFIXES and fixed_batch is None and not across_rows
+        )
         return predictor
 
 
@@ -284,17 +330,18 @@ def _refuse_several_inputs(required: list[str]) -> None:
         )
 
 
-def _exported_outputs(program: Any) -> list[TensorInfo]:
+def _exported_outputs(program: Any, *, batchless: bool = False) -> list[TensorInfo]:
     """An exported program's outputs as ``_split`` names them (one tensor: ``output``; a
     tuple's or list's, even of one: ``output0``...; a dict's: its keys), with the dtypes and
     shapes its graph records; none where it returns anything else (nested structures).
 
     The first dimension is the batch's whatever the graph records: ``_split`` hands each
     example its row, and a program exported with a fixed batch is run at that size and its
-    padding dropped, so an answer has as many rows as the request's examples."""
+    padding dropped, so an answer has as many rows as the request's examples. A scalar has
+    no batch dimension: one example's is itself; so is every output of a ``batchless``
+    program (whose inputs are all scalars, run one example at a time)."""
     spec = program.call_spec.out_spec
-    [node] = [n for n in program.graph.nodes if n.op == "output"]
-    values: list[Any] = [getattr(arg, "meta", {}).get("val") for arg in node.args[0]]
+    values = _output_values(program)
     if spec is None or not values or any(not hasattr(v, "shape") for v in values):
         return []
     flat = spec.num_children == len(values) and all(child.is_leaf() for child in spec.children())
@@ -310,16 +357,35 @@ def _exported_outputs(program: Any) -> list[TensorInfo]:
         TensorInfo(
             name=name,
             dtype=_served_dtype(str(value.dtype).removeprefix("torch.")),
-            shape=_batch_first(value.shape),
+            shape=_one_example_shape(value.shape) if batchless else _batch_first(value.shape),
         )
         for name, value in zip(names, values, strict=True)
     ]
 
 
+def _output_values(program: Any) -> list[Any]:
+    """What an exported program's graph records of each output (a fake tensor: its shape
+    and dtype), None where it records nothing."""
+    [node] = [n for n in program.graph.nodes if n.op == "output"]
+    return [getattr(arg, "meta", {}).get("val") for arg in node.args[0]]
+
+
+def _returns_a_scalar(program: Any) -> bool:
+    """Whether an output is a scalar: computed over the whole batch (a sum), so batched
+    requests would see each other's rows in it."""
+    return any(getattr(value, "ndim", None) == 0 for value in _output_values(program))
+
+
 def _batch_first(shape: Any) -> tuple[int | None, ...]:
-    """A recorded shape with the batch's dimension (the first) and symbolic ones variable."""
+    """A recorded shape with the batch's dimension (the first) and symbolic ones variable;
+    a scalar's, one value per example."""
     dims = tuple(d if isinstance(d, int) else None for d in shape)
-    return (None, *dims[1:]) if dims else dims
+    return (None, *dims[1:]) if dims else (None,)
+
+
+def _one_example_shape(shape: Any) -> tuple[int | None, ...]:
+    """A recorded shape that is one example's, behind the batch's dimension."""
+    return (None, *(d if isinstance(d, int) else None for d in shape))
 
 
 def _exported_inputs(program: Any) -> tuple[list[TensorInfo], list[Any]]:
