@@ -650,3 +650,53 @@ def test_a_model_whose_methods_need_writable_arrays_loads_its_own_copy(tmp_path:
         assert answer.status_code == 200, answer.text
         expected = svc.predict_proba(features[:1])[0]
         np.testing.assert_allclose(answer.json()["outputs"][0]["probabilities"], expected)
+
+
+def _fitted_transformers() -> dict[str, tuple[Any, list[Any]]]:
+    """Transformers users serve as the model (no predict), each with the examples sent."""
+    from sklearn.decomposition import PCA
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    rows = np.random.default_rng(0).normal(size=(20, 3))
+    cities = np.array([["Oslo", "a"], ["Bergen", "b"], ["Oslo", "b"]], dtype=object)
+    return {
+        "scaler": (StandardScaler().fit(rows), rows[:3].tolist()),
+        "pca": (PCA(2).fit(rows), rows[:3].tolist()),
+        "scaler then pca": (make_pipeline(StandardScaler(), PCA(2)).fit(rows), rows[:3].tolist()),
+        "one-hot": (OneHotEncoder().fit(cities), cities.tolist()),
+        "tf-idf": (TfidfVectorizer().fit(["a fine day", "a day"]), ["fine day", "a"]),
+    }
+
+
+@pytest.mark.parametrize("batching", [False, True])
+@pytest.mark.parametrize("kind", list(_fitted_transformers()))
+def test_a_transformer_without_predict_serves_its_transform(
+    tmp_path: Path, kind: str, batching: bool
+) -> None:
+    """A fitted scaler, PCA, encoder or vectorizer saved as the model answers its
+    ``transform`` with no option (its load failed: "has no method 'predict'"); a sparse
+    result arrives as its dense rows."""
+    estimator, examples = _fitted_transformers()[kind]
+    path = tmp_path / "transformer.joblib"
+    joblib.dump(estimator, path)
+    spec = loadonce.ModelSpec(name="t", artifact=path, trust=True, batching=batching)
+    expected = estimator.transform(examples if kind == "tf-idf" else np.array(examples))
+    expected = expected.toarray() if hasattr(expected, "toarray") else expected
+    np.testing.assert_allclose(_served(spec, examples), expected)
+
+
+def test_a_method_the_estimator_lacks_fails_the_load_naming_those_it_has(tmp_path: Path) -> None:
+    from sklearn.cluster import KMeans
+
+    path = tmp_path / "clusters.joblib"
+    joblib.dump(KMeans(2, n_init=1, random_state=0).fit(np.eye(4)), path)
+    spec = loadonce.ModelSpec(
+        name="k", artifact=path, trust=True, options={"method": "predict_proba"}
+    )
+    with pytest.raises(loadonce.ModelLoadError) as refused:
+        TestClient(loadonce.create_app([spec])).__enter__()
+    assert "KMeans has no method 'predict_proba'" in str(refused.value)
+    assert "options.method" in str(refused.value)
+    assert "among predict, transform" in str(refused.value)

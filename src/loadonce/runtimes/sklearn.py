@@ -65,7 +65,13 @@ class EstimatorPredictor(Predictor):
         faster = tree_by_tree_methods(estimator, whatever_its_jobs=True) if tree_by_tree else {}
         bound = faster.get(method) or getattr(estimator, method, None)
         if not callable(bound):
-            raise TypeError(f"{type(estimator).__name__} has no method {method!r}")
+            offered = ", ".join(
+                m for m in _SERVABLE_METHODS if callable(getattr(estimator, m, None))
+            )
+            raise TypeError(
+                f"{type(estimator).__name__} has no method {method!r}; options.method names "
+                f"the one served, among {offered or 'none of ' + ', '.join(_SERVABLE_METHODS)}"
+            )
         self.estimator = estimator
         self._method = bound
         # Whether a forest's trees are summed here rather than through scikit-learn's methods.
@@ -210,6 +216,29 @@ class EstimatorPredictor(Predictor):
             for name in names
         }
         return [{name: results[name][row] for name in names} for row in range(rows)]
+
+
+# The methods of a fitted estimator that answer one result per row, which options.method may
+# name (the error for one it lacks lists those it has).
+_SERVABLE_METHODS = (
+    "predict",
+    "predict_proba",
+    "predict_log_proba",
+    "decision_function",
+    "score_samples",
+    "transform",
+)
+
+
+def default_method(estimator: Any) -> str:
+    """``predict``; ``transform`` for a fitted transformer that has no ``predict`` (a scaler,
+    PCA, an encoder, a text vectorizer, or a pipeline of them): what such a model is used
+    for. (It failed its load, "has no method 'predict'", unless options.method said so.)"""
+    if not callable(getattr(estimator, "predict", None)) and callable(
+        getattr(estimator, "transform", None)
+    ):
+        return "transform"
+    return "predict"
 
 
 def _one_per_output(result: list[Any], rows: int) -> bool:
@@ -481,7 +510,8 @@ class SklearnRuntime(Runtime):
         n_features = features_in(estimator)
         kinds = column_kinds(estimator, n_features) if columns is None and n_features else {}
         signature = _signature_of(estimator, kinds)
-        method = str(spec.options.get("method", "predict"))
+        method = spec.options.get("method")
+        method = default_method(estimator) if method is None else str(method)
         tree_by_tree = spec.options.get("tree_by_tree", True)
         if not isinstance(tree_by_tree, bool):
             raise ValueError("options.tree_by_tree must be true or false")
