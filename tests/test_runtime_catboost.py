@@ -120,15 +120,69 @@ def _load_failure(spec: loadonce.ModelSpec) -> str:
     return str(failure.value)
 
 
-def test_a_model_with_categorical_features_is_refused_at_load(tmp_path: Path) -> None:
+def _rows_with_text(kind: str) -> tuple[list[list[Any]], dict[str, Any]]:
+    """ROWS with a column of text first: a shop (a category) or a review (a text feature),
+    and how CatBoost is told which column it is."""
+    if kind == "categorical":
+        rows = [[f"shop{int(row[3] > 0)}", *row[:3]] for row in ROWS.tolist()]
+        return rows, {"cat_features": [0]}
+    words = ("good fine", "bad awful", "good great", "awful poor")
+    rows = [[words[int(row[3] > 0) * 2 + int(row[4] > 0)], *row[:3]] for row in ROWS.tolist()]
+    return rows, {"text_features": [0]}
+
+
+@pytest.mark.parametrize("saved_as", ["cbm", "joblib"])
+@pytest.mark.parametrize("kind", ["categorical", "text"])
+def test_a_model_with_categorical_or_text_features_takes_rows_of_text_and_numbers(
+    tmp_path: Path, kind: str, saved_as: str
+) -> None:
+    """CatBoost reads its categorical and text features as text: a row is text there and
+    numbers elsewhere, on the JSON route and /v2 (BYTES). The .cbm file was refused at load;
+    the scikit-learn class saved with joblib loaded, and refused every request ("must be
+    numbers")."""
+    import joblib
+
+    rows, features = _rows_with_text(kind)
+    model = catboost.CatBoostClassifier(**TINY).fit(rows, BINARY, **features)
+    path = tmp_path / f"shops.{saved_as}"
+    if saved_as == "cbm":
+        model.save_model(str(path))
+        expected: list[Any] = model.predict_proba(rows[:6])[:, 1].tolist()
+    else:
+        joblib.dump(model, path)
+        expected = model.predict(rows[:6]).tolist()
+    spec = loadonce.ModelSpec(name="shops", artifact=path, trust=saved_as == "joblib")
+    with TestClient(loadonce.create_app([spec])) as client:
+        described = client.get("/v2/models/shops").json()["inputs"]
+        assert described == [{"name": "input", "datatype": "BYTES", "shape": [-1, 4]}]
+        answer = client.post("/models/shops/predict", json={"inputs": rows[:6]})
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(answer.json()["outputs"], expected, rtol=1e-9)
+        # /v2: one BYTES tensor of rows, the numbers written out (repr: no digit lost).
+        data = [value if i == 0 else repr(value) for row in rows[:6] for i, value in enumerate(row)]
+        tensor = {"name": "input", "datatype": "BYTES", "shape": [6, 4], "data": data}
+        infer = client.post("/v2/models/shops/infer", json={"inputs": [tensor]})
+        assert infer.status_code == 200, infer.text
+        np.testing.assert_allclose(infer.json()["outputs"][0]["data"], expected, rtol=1e-9)
+        # A number or a null (which CatBoost fails on) where it reads text, text where it
+        # reads numbers: 400s naming the column.
+        for wrong in ([1.5, *rows[0][1:]], [None, *rows[0][1:]], [rows[0][0], "x", *rows[0][2:]]):
+            refused = client.post("/models/shops/predict", json={"inputs": [wrong]})
+            assert refused.status_code == 400, refused.text
+            assert "column" in refused.json()["error"]
+
+
+def test_a_model_with_embedding_features_is_refused_at_load(tmp_path: Path) -> None:
     path = tmp_path / "shops.cbm"
-    rows = [[f"shop{int(row[3] > 0)}", *row[:3]] for row in ROWS.tolist()]
-    model = catboost.CatBoostClassifier(**TINY).fit(rows, BINARY, cat_features=[0])
+    import pandas as pd
+
+    frame = pd.DataFrame({"vector": [np.array(row[:2]) for row in ROWS], "x": ROWS[:, 2]})
+    model = catboost.CatBoostClassifier(**TINY).fit(frame, BINARY, embedding_features=[0])
     model.save_model(str(path))
     assert _load_failure(loadonce.ModelSpec(name="shops", artifact=path)) == (
-        f"model 'shops' failed to load from {path}: ValueError: the model has categorical "
-        "features (columns 0); the catboost runtime serves models of numeric features only, "
-        "for now"
+        f"model 'shops' failed to load from {path}: ValueError: the model has embedding "
+        "features (columns 0); the catboost runtime serves numeric, categorical and text "
+        "features only"
     )
 
 

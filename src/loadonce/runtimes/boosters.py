@@ -37,6 +37,7 @@ from loadonce.runtimes._base import (
     model_file,
     thread_count,
 )
+from loadonce.runtimes.sklearn_encoders import refuse_missing
 
 logger = logging.getLogger("loadonce")
 
@@ -301,17 +302,47 @@ _CATBOOST_REGRESSOR_SCALES = {
 
 class CatBoostPredictor(BoosterPredictor):
     """A CatBoost model; NaN is a missing value unless it was trained with
-    ``nan_mode="Forbidden"``: then the model never saw one, and CatBoost would answer anyway."""
+    ``nan_mode="Forbidden"``: then the model never saw one, and CatBoost would answer anyway.
 
-    def __init__(self, model: Any, features: int, predict: Any, *, refuses_nan: bool) -> None:
+    ``text_columns``: the positions of its categorical and text features, which CatBoost
+    reads as text: an example is then a row of text and numbers."""
+
+    def __init__(
+        self,
+        model: Any,
+        features: int,
+        predict: Any,
+        *,
+        refuses_nan: bool,
+        text_columns: frozenset[int] = frozenset(),
+    ) -> None:
         super().__init__(model, features, predict)
         self._refuses_nan = refuses_nan
+        if text_columns and features > 0:
+            columns = tuple(
+                "string" if index in text_columns else "float64" for index in range(features)
+            )
+            self.signature = InputSignature(shape=(features,), dtype="object", columns=columns)
+        self._text_columns = text_columns
 
-    def prepare(self, examples: list[Any]) -> Any:
+    def describe_output(self) -> None:
+        if not self._text_columns:
+            super().describe_output()
+            return
         import numpy as np
 
+        # A row of zeros, and empty text where CatBoost reads text (it refuses a number there).
+        row = ["" if index in self._text_columns else 0.0 for index in range(self._features)]
+        answered = np.asarray(self._predict(np.array([row], dtype=object)))
+        self.outputs = [
+            TensorInfo(name="output", dtype=answered.dtype.name, shape=(None, *answered.shape[1:]))
+        ]
+
+    def prepare(self, examples: list[Any]) -> Any:
         batch = super().prepare(examples)
-        if self._refuses_nan and isinstance(batch, np.ndarray) and np.isnan(batch).any():
+        if self._text_columns:
+            refuse_missing(batch, self._text_columns, "CatBoost")
+        if self._refuses_nan and _has_nan(batch):
             raise InvalidInputError(
                 "this model was trained with nan_mode 'Forbidden' and does not accept NaN "
                 "(a missing value); send numbers"
@@ -339,7 +370,7 @@ class CatBoostRuntime(Runtime):
         model = catboost.CatBoost()
         try:
             model.load_model(str(path), format="cbm")
-            _refuse_non_numeric_features(model)
+            text_columns = _text_columns(model)
             # The loss's name, as CatBoost's own classifier reads it: get_all_params() fails
             # on a model made by sum_models, which keeps no training options.
             loss = str(model._object._get_loss_function_name()).split(":")[0]
@@ -366,6 +397,7 @@ class CatBoostRuntime(Runtime):
             len(model.feature_names_),
             predict,
             refuses_nan=_nan_forbidden(model, catboost.CatBoostError),
+            text_columns=text_columns,
         )
         try:
             predictor.describe_output()
@@ -374,25 +406,38 @@ class CatBoostRuntime(Runtime):
         return predictor
 
 
+def _has_nan(batch: Any) -> bool:
+    """NaN in a batch of numbers, or among the numbers of a batch of rows of text and numbers."""
+    import numpy as np
+
+    if not isinstance(batch, np.ndarray):
+        return False
+    if batch.dtype.kind == "f":
+        return bool(np.isnan(batch).any())
+    return any(isinstance(v, float) and v != v for v in batch.ravel().tolist())
+
+
 def _not_catboost(error: Exception) -> ValueError:
     # CatBoost starts its messages with the C++ source line that raised them.
     reason = re.sub(r"^\S+:\d+: ", "", str(error))
     return ValueError(f"not a CatBoost model file ({reason})")
 
 
-def _refuse_non_numeric_features(model: Any) -> None:
-    """Refuse at load what requests could not carry: inputs here are one array of numbers."""
-    for kind, indices in (
-        ("categorical", model.get_cat_feature_indices()),
-        ("text", model.get_text_feature_indices()),
-        ("embedding", model.get_embedding_feature_indices()),
-    ):
-        if indices:
-            columns = ", ".join(map(str, indices))
-            raise ValueError(
-                f"the model has {kind} features (columns {columns}); the catboost runtime "
-                "serves models of numeric features only, for now"
-            )
+def _text_columns(model: Any) -> frozenset[int]:
+    """The positions of the model's categorical and text features, which CatBoost reads as
+    text; refused at load: embedding features (a vector per column), which a row of values
+    cannot carry."""
+    embedding = model.get_embedding_feature_indices()
+    if embedding:
+        columns = ", ".join(map(str, embedding))
+        raise ValueError(
+            f"the model has embedding features (columns {columns}); the catboost runtime "
+            "serves numeric, categorical and text features only"
+        )
+    return frozenset(
+        int(index)
+        for index in (*model.get_cat_feature_indices(), *model.get_text_feature_indices())
+    )
 
 
 def _nan_forbidden(model: Any, catboost_error: type[Exception]) -> bool:

@@ -27,6 +27,7 @@ from loadonce.runtimes.sklearn_encoders import (
     check_known,
     column_kinds,
     is_passthrough,
+    refuse_missing,
 )
 from loadonce.runtimes.sklearn_forests import forest_in, runs_one_job, tree_by_tree_methods
 from loadonce.runtimes.sklearn_outputs import NAMED_OUTPUTS, declared_outputs
@@ -57,6 +58,7 @@ class EstimatorPredictor(Predictor):
         signature: InputSignature | None,
         columns: Columns | None = None,
         known_in_rows: Mapping[int, frozenset[Any]] | None = None,
+        no_missing_in_rows: frozenset[int] = frozenset(),
         tree_by_tree: bool = True,
     ) -> None:
         # A forest's predictions, tree by tree without joblib's per-tree wrapper and whatever
@@ -83,6 +85,8 @@ class EstimatorPredictor(Predictor):
         self._columns = columns
         # The values an encoder refusing unknown ones knows, by position in a row.
         self._known_in_rows = dict(known_in_rows or {})
+        # The columns, by position in a row, where the model fails on a missing value.
+        self._no_missing_in_rows = no_missing_in_rows
         if columns is not None:
             self.inputs = list(columns.inputs)
         self._allows_nan = _allows_nan(estimator)
@@ -113,6 +117,7 @@ class EstimatorPredictor(Predictor):
             return self._prepare_columns(examples, self._columns)
         batch = super().prepare(examples)
         if isinstance(batch, np.ndarray) and batch.ndim == 2:
+            refuse_missing(batch, self._no_missing_in_rows, type(self.estimator).__name__)
             for position, known in self._known_in_rows.items():
                 check_known(f"column {position}", batch[:, position].tolist(), known)
         if self.signature is not None and self.signature.columns is not None:
@@ -521,6 +526,7 @@ class SklearnRuntime(Runtime):
             signature=signature,
             columns=columns,
             known_in_rows={p: k.known for p, k in kinds.items() if k.known is not None},
+            no_missing_in_rows=frozenset(p for p, k in kinds.items() if not k.missing),
             tree_by_tree=tree_by_tree,
         )
         forest = forest_in(estimator)

@@ -11,7 +11,8 @@ for both kinds of model: a DataFrame's named columns (``_columns.py``) and an ar
 - a ``ColumnTransformer``: each transformer gets the columns it selects (by position, name,
   mask or slice), its remainder too;
 - a ``FeatureUnion``: each transformer gets every column;
-- a ``HistGradientBoosting`` model's own preprocessor (its native categories).
+- a ``HistGradientBoosting`` model's own preprocessor (its native categories);
+- a CatBoost estimator's own categorical and text features (text, as CatBoost reads them).
 
 Both kinds had their own, shallower search: an encoder behind an imputer inside a
 ColumnTransformer of an array model was missed, and its rows of text were refused as "must
@@ -44,11 +45,14 @@ class ColumnKind:
     ``objects``: the encoder learnt its categories from Python objects (an object array): it
     compares a value with them as objects, and NumPy's numbers fail there (scikit-learn's
     ``isnan`` of object categories: the model's 500), so the column's values reach it as
-    Python objects, as at fit."""
+    Python objects, as at fit.
+    ``missing``: whether a missing value (null, NaN) may reach the model there at all (not in
+    CatBoost's categorical and text features, which fail on NaN: the model's 500)."""
 
     dtype: str | None
     known: frozenset[Any] | None = None
     objects: bool = False
+    missing: bool = True
 
 
 def column_kinds(estimator: Any, width: int) -> dict[int, ColumnKind]:
@@ -57,6 +61,17 @@ def column_kinds(estimator: Any, width: int) -> dict[int, ColumnKind]:
     found: dict[int, ColumnKind] = {}
     _follow(estimator, list(range(width)), found)
     return found
+
+
+def refuse_missing(batch: npt.NDArray[Any], positions: Iterable[int], model: str) -> None:
+    """A missing value (null, NaN) in a column of rows where the model takes none: the
+    client's mistake (400), said before the model fails on it (its 500)."""
+    for position in positions:
+        if any(v is None or (isinstance(v, float) and v != v) for v in batch[:, position]):
+            raise InvalidInputError(
+                f"column {position}: {model} takes text here, not a missing value (null or "
+                "NaN); send the text the model was trained with for missing ones"
+            )
 
 
 def check_known(column: str, values: Iterable[Any], known: frozenset[Any]) -> None:
@@ -162,6 +177,13 @@ def _follow(step: Any, positions: list[int], found: dict[int, ColumnKind]) -> No
         # own ColumnTransformer encodes the category columns.
         _follow(preprocessor, positions, found)
         return
+    catboost_text = _catboost_text_columns(step, len(positions))
+    if catboost_text is not None:
+        # CatBoost's own categorical and text features: it reads their values as text (a
+        # category given as a number is hashed as its digits), and refuses a float there.
+        for index in catboost_text:
+            _record(found, positions[index], ColumnKind(dtype="string", missing=False))
+        return
     categories = getattr(step, "categories_", None)
     if isinstance(categories, list) and _one_list_per_column(categories, len(positions)):
         refuses_unknown = getattr(step, "handle_unknown", None) == "error"
@@ -181,6 +203,19 @@ def _follow(step: Any, positions: list[int], found: dict[int, ColumnKind]) -> No
             found.setdefault(position, ColumnKind(dtype=None))
 
 
+def _catboost_text_columns(step: Any, width: int) -> list[int] | None:
+    """The positions of a fitted CatBoost estimator's categorical and text features (its
+    scikit-learn classes keep them in the model); None for any other step. Read as numbers,
+    such a model's rows were refused ("must be numbers"), every request."""
+    if not type(step).__module__.startswith("catboost"):
+        return None
+    try:
+        indices = [*step.get_cat_feature_indices(), *step.get_text_feature_indices()]
+    except Exception:  # not fitted, or not a model (a Pool)
+        return None
+    return sorted({int(index) for index in indices if 0 <= int(index) < width})
+
+
 def _record(found: dict[int, ColumnKind], position: int, kind: ColumnKind) -> None:
     """A column read by several encoders (a FeatureUnion's, or selected twice) keeps the
     first one's dtype and takes only the values every refusing encoder knows."""
@@ -192,7 +227,8 @@ def _record(found: dict[int, ColumnKind], position: int, kind: ColumnKind) -> No
     if kind.known is not None:
         known = kind.known if earlier.known is None else earlier.known & kind.known
     objects = earlier.objects or kind.objects
-    found[position] = ColumnKind(dtype=earlier.dtype, known=known, objects=objects)
+    missing = earlier.missing and kind.missing
+    found[position] = ColumnKind(dtype=earlier.dtype, known=known, objects=objects, missing=missing)
 
 
 def is_passthrough(step: Any) -> bool:
