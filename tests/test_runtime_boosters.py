@@ -319,3 +319,107 @@ def test_a_booster_of_several_outputs_per_example_says_so_in_its_metadata(
     with TestClient(loadonce.create_app([spec])) as client:
         [output] = client.get("/v2/models/one").json()["outputs"]
         assert output["shape"] == [-1]
+
+
+def _shops() -> tuple[Any, Any]:
+    """A DataFrame with a pandas category column between two of numbers, and labels that
+    depend on the category."""
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(
+        {
+            "size": rng.normal(size=120),
+            "city": pd.Categorical(rng.choice(["Oslo", "Bergen", "Tromso"], 120)),
+            "rent": rng.normal(size=120),
+        }
+    )
+    labels = ((frame["size"] > 0) ^ (frame["city"] == "Oslo")).astype(int)
+    return frame, labels
+
+
+def _categorical_booster(kind: str, path: Path) -> Callable[[Any], Any]:
+    """A booster trained on _shops() saved to its own file the way ``kind`` says; returns
+    the library's own predict on a DataFrame."""
+    frame, labels = _shops()
+    if kind == "xgboost Booster":
+        params = {"objective": "binary:logistic", "max_depth": 3, "nthread": 1}
+        data = xgboost.DMatrix(frame, labels, enable_categorical=True)
+        booster = xgboost.train(params, data, 5)
+        booster.save_model(str(path))
+        return lambda rows: booster.predict(xgboost.DMatrix(rows, enable_categorical=True))
+    if kind == "XGBClassifier":
+        model = xgboost.XGBClassifier(n_estimators=5, max_depth=3, enable_categorical=True)
+        model.fit(frame, labels)
+        model.save_model(str(path))
+        return lambda rows: model.predict_proba(rows)[:, 1]
+    params = {"objective": "binary", "num_leaves": 4, "min_data_in_leaf": 5, "verbose": -1}
+    trained = lightgbm.train(params, lightgbm.Dataset(frame, labels), 5)
+    trained.save_model(str(path))
+    return trained.predict
+
+
+@pytest.mark.parametrize("batching", [False, True])
+@pytest.mark.parametrize(
+    ("kind", "suffix"),
+    [
+        ("xgboost Booster", ".json"),
+        ("xgboost Booster", ".ubj"),
+        ("XGBClassifier", ".json"),
+        ("lightgbm Booster", ".txt"),
+    ],
+)
+def test_a_booster_file_trained_on_category_columns_takes_them_by_name(
+    tmp_path: Path, kind: str, suffix: str, batching: bool
+) -> None:
+    """A booster file trained on a DataFrame with a pandas category column takes its
+    columns by name, the category by its value, as the library's own predict on the
+    DataFrame (the file records the columns and the categories); the metadata lists them.
+    It took one array of numbers: the category's code, which no client knows ("Oslo" was
+    refused as not a number, a code it never had answered as a missing value)."""
+    predict = _categorical_booster(kind, tmp_path / f"shops{suffix}")
+    frame, _ = _shops()
+    some = frame[:6]
+    records = [
+        {"size": float(s), "city": str(c), "rent": float(r)}
+        for s, c, r in zip(some["size"], some["city"], some["rent"], strict=True)
+    ]
+    expected = predict(some)
+    spec = loadonce.ModelSpec(name="shops", artifact=tmp_path / f"shops{suffix}", batching=batching)
+    with TestClient(loadonce.create_app([spec])) as client:
+        described = client.get("/v2/models/shops").json()["inputs"]
+        assert [(t["name"], t["datatype"], t["shape"]) for t in described] == [
+            ("size", "FP64", [-1]),
+            ("city", "BYTES", [-1]),
+            ("rent", "FP64", [-1]),
+        ]
+        answer = client.post("/models/shops/predict", json={"inputs": records})
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(answer.json()["outputs"], expected, rtol=1e-6)
+        tensors = [
+            {"name": "size", "datatype": "FP64", "shape": [6], "data": some["size"].tolist()},
+            {
+                "name": "city",
+                "datatype": "BYTES",
+                "shape": [6],
+                "data": [str(c) for c in some["city"]],
+            },
+            {"name": "rent", "datatype": "FP64", "shape": [6], "data": some["rent"].tolist()},
+        ]
+        infer = client.post("/v2/models/shops/infer", json={"inputs": tensors})
+        assert infer.status_code == 200, infer.text
+        np.testing.assert_allclose(infer.json()["outputs"][0]["data"], expected, rtol=1e-6)
+        # A row of numbers (codes), or a number for the category: 400s that say what it takes.
+        for wrong, words in (
+            ([[0.5, 1, 0.1]], "several inputs (size, city, rent)"),
+            ([{**records[0], "city": 1}], "city"),
+        ):
+            refused = client.post("/models/shops/predict", json={"inputs": wrong})
+            assert refused.status_code == 400, refused.text
+            assert words in refused.json()["error"]
+        if kind == "lightgbm Booster":  # it keeps its categories: an unseen one is named
+            unseen = client.post(
+                "/models/shops/predict", json={"inputs": [{**records[0], "city": "Paris"}]}
+            )
+            assert unseen.status_code == 400
+            assert "unknown value 'Paris'" in unseen.json()["error"]

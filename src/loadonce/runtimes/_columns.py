@@ -146,10 +146,10 @@ def named_columns(estimator: Any, declared: Any) -> Columns | None:
                 "named columns (it has no feature_names_in_)"
             )
         return None
-    return _columns_of(estimator, names, declared)
+    return columns_of(estimator, names, declared)
 
 
-def _columns_of(estimator: Any, names: list[str], declared: Mapping[str, Any]) -> Columns:
+def columns_of(estimator: Any, names: list[str], declared: Mapping[str, Any]) -> Columns:
     """The columns' dtypes (the operator's declaration wins) and known values. Needs pandas:
     without it, the one line names the extra to install."""
     pandas = import_optional("pandas", extra="pandas")

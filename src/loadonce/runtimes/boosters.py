@@ -37,6 +37,9 @@ from loadonce.runtimes._base import (
     model_file,
     thread_count,
 )
+from loadonce.runtimes._columns import Columns
+from loadonce.runtimes._tensors import stack_named_inputs
+from loadonce.runtimes.booster_columns import lightgbm_columns, xgboost_columns
 from loadonce.runtimes.sklearn_encoders import refuse_missing
 
 logger = logging.getLogger("loadonce")
@@ -100,6 +103,27 @@ class BoosterPredictor(Predictor):
         ]
 
 
+class ColumnsBoosterPredictor(BoosterPredictor):
+    """A booster whose examples are objects keyed by column name, handed to it as a
+    DataFrame of the training columns (the category columns as pandas categories)."""
+
+    def __init__(self, booster: Any, features: int, predict: Any, columns: Columns) -> None:
+        super().__init__(booster, features, predict)
+        self.signature = None
+        self.inputs = list(columns.inputs)
+        self._columns = columns
+
+    def prepare(self, examples: list[Any]) -> Any:
+        typed, examples = self._columns.request_inputs(examples)
+        batch = stack_named_inputs(examples, typed, missing_as_nan=True)
+        self._columns.check_known(batch)
+        return batch
+
+    def predict(self, batch: Any) -> Sequence[Any]:
+        result: Sequence[Any] = self._predict(self._columns.frame(batch))
+        return result
+
+
 def _threads(spec: ModelSpec) -> int | None:
     return thread_count(spec, "threads")
 
@@ -154,7 +178,12 @@ class XGBoostRuntime(Runtime):
             def predict(batch: Any) -> Any:
                 return booster.inplace_predict(batch, iteration_range=rounds)
 
-        predictor = BoosterPredictor(booster, booster.num_features(), predict)
+        columns = None if linear else xgboost_columns(booster)
+        predictor = (
+            BoosterPredictor(booster, booster.num_features(), predict)
+            if columns is None
+            else ColumnsBoosterPredictor(booster, booster.num_features(), predict, columns)
+        )
         try:
             predictor.describe_output()
         except xgboost.core.XGBoostError as exc:
@@ -216,7 +245,12 @@ class LightGBMRuntime(Runtime):
                 return booster.predict(batch)
             return booster.predict(batch, num_threads=threads)
 
-        predictor = BoosterPredictor(booster, booster.num_feature(), predict)
+        columns = lightgbm_columns(booster)
+        predictor = (
+            BoosterPredictor(booster, booster.num_feature(), predict)
+            if columns is None
+            else ColumnsBoosterPredictor(booster, booster.num_feature(), predict, columns)
+        )
         predictor.describe_output()
         return predictor
 
