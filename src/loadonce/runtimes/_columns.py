@@ -98,10 +98,18 @@ class Columns:
     def frame(self, batch: Mapping[str, npt.NDArray[Any]]) -> Any:
         """The batch as a DataFrame of exactly the fitted columns, in the fitted order."""
         names = [t.name for t in self.inputs]
+        dtypes = {t.name: t.dtype for t in self.inputs}
         columns: dict[str, Any] = {name: batch[name] for name in names}
         for name, categories in self.categorical.items():
             # As at fit: a category column, its codes the fitted ones (LightGBM reads codes).
-            columns[name] = self.pandas.Categorical(columns[name], categories=categories)
+            column = self.pandas.Categorical(columns[name], categories=categories)
+            if categories is None and not len(column.categories):
+                # Only missing values: XGBoost fails on a column of no categories at all
+                # (NumPy's "cannot call vectorize on size 0 inputs", the model's 500). One of
+                # the column's type stands in; every value still reads as missing.
+                stand_in = "" if dtypes[name] == "string" else 0
+                column = self.pandas.Categorical(columns[name], categories=[stand_in])
+            columns[name] = column
         for name in self.objects:
             columns[name] = columns[name].astype(object, copy=False)  # Python numbers
         return self.pandas.DataFrame(columns, columns=names)
