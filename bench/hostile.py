@@ -2,7 +2,9 @@
 
 - ``/livez`` latency while 4 clients send valid 60 MB JSON bodies to the predict route, and
   while they send /v2 bodies that declare huge BYTES shapes;
-- the worker's RSS over 1,000 hostile /v2 requests.
+- the worker's RSS over 1,000 hostile /v2 requests;
+- the worker's RSS while 30 clients each hold 60 MiB of a 64 MiB body (they send it, then
+  stall), and how many of them the worker refused (``max_body_bytes_in_flight``).
 
     python -m bench.hostile [--src PATH]
 
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -119,6 +122,50 @@ def _within_limits(env: dict[str, str], cache: str, body: bytes, seconds: float)
         server.wait(60)
 
 
+HELD_CLIENTS = 30
+HELD_MIB = 60
+
+
+def _bodies_held(port: int, worker: psutil.Process) -> dict[str, object]:
+    """HELD_CLIENTS clients send HELD_MIB MiB of a 64 MiB body each, then stall: the worker's
+    RSS once they all sent, and how many were answered (a 503) before their body ended."""
+    before = worker.memory_info().rss
+    chunk = b"1," * (1 << 19)  # 1 MiB
+    held: list[socket.socket] = []
+
+    def client() -> None:
+        connection = socket.create_connection(("127.0.0.1", port))
+        connection.sendall(
+            b"POST /models/iris/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n[" % (64 << 20)
+        )
+        try:
+            for _ in range(HELD_MIB):
+                connection.sendall(chunk)
+        except OSError:
+            pass  # refused and closed while sending
+        held.append(connection)
+
+    clients = [threading.Thread(target=client) for _ in range(HELD_CLIENTS)]
+    for started in clients:
+        started.start()
+    for finished in clients:
+        finished.join()
+    time.sleep(2)
+    peak = worker.memory_info().rss
+    refused = 0
+    for connection in held:
+        connection.setblocking(False)
+        with contextlib.suppress(OSError):
+            refused += connection.recv(64).startswith(b"HTTP/1.1 503")
+        connection.close()
+    return {
+        "rss_mib": [round(before / 2**20), round(peak / 2**20)],
+        "refused": refused,
+        "clients": HELD_CLIENTS,
+    }
+
+
 def _wait_ready(url: str) -> None:
     deadline = time.monotonic() + 60
     while True:
@@ -167,6 +214,7 @@ def main() -> None:
                         rss.append(worker.memory_info().rss)
             results["hostile_rss_mib"] = [round(r / 2**20) for r in rss]
             results["hostile_statuses"] = statuses
+            results["bodies_held"] = _bodies_held(port, worker)
             results["large_json"] = _summary(
                 _under(
                     url, lambda c: c.post(f"{url}/models/iris/predict", content=body), args.seconds
