@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import types
 from collections.abc import AsyncIterator
@@ -9,7 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, WebSocket
 from fastapi.testclient import TestClient
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -268,6 +269,92 @@ def test_a_model_dependency_the_app_overrides_is_left_alone() -> None:
     app.dependency_overrides[TYPO] = lambda: types.SimpleNamespace(name="fake")
     with TestClient(app) as client:
         assert client.get("/classify").json() == {"model": "fake"}
+
+
+def _typo_route(where: str) -> FastAPI:
+    """An app serving ``iris`` with a route that depends on ``irsi``, placed as ``where``
+    says: the message must name the route as a client reaches it."""
+    app = FastAPI(
+        lifespan=loadonce.lifespan(
+            [loadonce.ModelSpec(name="iris", loader=lambda: lambda batch: batch)]
+        )
+    )
+    inner = FastAPI()
+    router = APIRouter()
+
+    async def classify(model: Annotated[loadonce.Model, Depends(TYPO)]) -> str:
+        return model.name
+
+    async def stream(websocket: WebSocket, model: Annotated[loadonce.Model, Depends(TYPO)]) -> None:
+        await websocket.close()
+
+    if where == "websocket":
+        router.add_api_websocket_route("/ws", stream)
+        app.include_router(router, prefix="/live")
+    elif where == "nested mounts":
+        inner.add_api_route("/classify", classify)
+        middle = FastAPI()
+        middle.mount("/inner", GZipMiddleware(inner))
+        app.mount("/outer", middle)
+    elif where == "mounted router":
+        router.add_api_route("/classify", classify)
+        app.mount("/api", router)
+    else:  # a host
+        inner.add_api_route("/classify", classify)
+        app.host("api.example.com", inner)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("where", "named"),
+    [
+        # A WebSocket route has no methods: it was named " /live/ws", with a blank.
+        ("websocket", "WebSocket /live/ws"),
+        # A mounted app's route was named by its own path ("GET /classify").
+        ("nested mounts", "GET /outer/inner/classify"),
+        # The routes of a router mounted with app.mount were not looked at: a 500 later.
+        ("mounted router", "GET /api/classify"),
+        ("host", "GET /classify on host api.example.com"),
+    ],
+)
+def test_a_typo_stops_startup_naming_the_route_as_a_client_reaches_it(
+    where: str, named: str
+) -> None:
+    expected = rf"^{re.escape(named)} depends on ModelDependency\('irsi'\), but no model"
+    with pytest.raises(loadonce.LoadonceError, match=expected), TestClient(_typo_route(where)):
+        pass
+
+
+async def _the_model_wrapped(model: Annotated[loadonce.Model, Depends(TYPO)]) -> loadonce.Model:
+    return model
+
+
+@pytest.mark.parametrize("overridden_in", ["the mounted app", "a dependency around it"])
+def test_a_model_dependency_an_override_replaces_is_left_alone(overridden_in: str) -> None:
+    """FastAPI never calls a dependency that only an overridden one uses, and solves a mounted
+    app's routes with that app's own overrides: a test replacing either was refused at
+    startup for a model it never asks for."""
+    app = FastAPI(
+        lifespan=loadonce.lifespan(
+            [loadonce.ModelSpec(name="iris", loader=lambda: lambda batch: batch)]
+        )
+    )
+    owner = FastAPI() if overridden_in == "the mounted app" else app
+
+    @owner.get("/classify")
+    async def classify(model: Annotated[Any, Depends(_the_model_wrapped)]) -> str:
+        return str(model.name)
+
+    fake = types.SimpleNamespace(name="fake")
+    if owner is app:
+        app.dependency_overrides[_the_model_wrapped] = lambda: fake
+        path = "/classify"
+    else:
+        owner.dependency_overrides[TYPO] = lambda: fake
+        app.mount("/sub", owner)
+        path = "/sub/classify"
+    with TestClient(app) as client:
+        assert client.get(path).json() == "fake"
 
 
 def test_one_lifespan_given_to_two_apps_gives_each_its_own_state() -> None:
