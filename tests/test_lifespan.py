@@ -181,6 +181,38 @@ def test_a_warmup_that_fails_stops_startup() -> None:
         TestClient(app).__enter__()
 
 
+async def _async_loader() -> Any:
+    return lambda batch: batch
+
+
+def _generator_loader() -> Any:
+    yield lambda batch: batch
+
+
+async def _async_generator_loader() -> Any:
+    yield lambda batch: batch
+
+
+@pytest.mark.parametrize(
+    ("loader", "what"),
+    [
+        (_async_loader, "an async function"),
+        (_generator_loader, "a generator function"),
+        (_async_generator_loader, "an async generator"),
+    ],
+)
+def test_a_loader_that_is_not_a_plain_function_stops_startup_saying_so(
+    loader: Any, what: str
+) -> None:
+    """``async def load()`` (natural beside an async lifespan) was refused as "the loader
+    returned coroutine, which has no predict method", and Python warned that the coroutine
+    was never awaited."""
+    app = FastAPI(lifespan=loadonce.lifespan([loadonce.ModelSpec(name="m", loader=loader)]))
+    expected = rf"model 'm' failed to load .*the loader is {what}: .*make it a plain def"
+    with pytest.raises(loadonce.ModelLoadError, match=expected), TestClient(app):
+        pass
+
+
 def test_a_failing_load_unloads_the_models_loaded_before_it() -> None:
     closed: list[str] = []
 

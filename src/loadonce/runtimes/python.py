@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -84,9 +85,30 @@ class PythonRuntime(Runtime):
         if not callable(loader):
             raise TypeError(f"loader {spec.loader!r} is not callable")
         model = loader(spec.artifact) if spec.artifact is not None else loader()
+        _refuse_unfinished(model)
         if isinstance(model, Predictor):
             return _with_declared_shape(model, spec)
         return CallablePredictor(model, signature=_signature_of(model, spec))
+
+
+def _refuse_unfinished(model: Any) -> None:
+    """A loader that is an ``async def`` or a generator returned no model but the work still
+    to do: it was refused as "coroutine, which has no predict method", and Python warned at
+    exit that the coroutine was never awaited. Say what to change; close it unrun."""
+    if inspect.iscoroutine(model) or inspect.isasyncgen(model):
+        what = "an async function" if inspect.iscoroutine(model) else "an async generator"
+        fix = "run its async steps inside it with asyncio.run(...)"
+    elif inspect.isgenerator(model):
+        what, fix = "a generator function", "return the model instead of yielding it"
+    else:
+        return
+    close = getattr(model, "close", None) if not inspect.isasyncgen(model) else None
+    if close is not None:
+        close()
+    raise TypeError(
+        f"the loader is {what}: loadonce calls it in a worker thread and needs the model "
+        f"itself back; make it a plain def that returns the model ({fix})"
+    )
 
 
 def _with_declared_shape(predictor: Predictor, spec: ModelSpec) -> Predictor:
