@@ -249,6 +249,60 @@ def test_an_app_without_loadonces_lifespan_is_a_usage_error(project: Path) -> No
     finished = run_cli(project, "serve", "plain:app", cwd=project)
     assert finished.returncode == 2
     assert "does not load its models with loadonce" in finished.stderr
+    # A lifespan of the user's own goes in wrap=: the line says so.
+    assert "wrap=" in finished.stderr
+
+
+# The user's own lifespan enters loadonce's, to do work before the models load: it runs under
+# uvicorn, and loadonce serve said the app "does not load its models with loadonce".
+_COMPOSED = """
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+import loadonce
+from my_service import DOUBLER, models
+
+models_lifespan = loadonce.lifespan(models)
+
+
+@asynccontextmanager
+async def entered(app):
+    app.state.greeting = "before the models"
+    async with models_lifespan(app):
+        yield
+
+
+@asynccontextmanager
+async def stacked(app):
+    async with AsyncExitStack() as stack:
+        app.state.greeting = "before the models"
+        await stack.enter_async_context(models_lifespan(app))
+        yield
+
+
+app = FastAPI(lifespan={lifespan})
+
+
+@app.get("/hello/{{x}}")
+async def hello(x: float, model: loadonce.Model = Depends(DOUBLER)):
+    [doubled] = await model.predict(x)
+    return {{"greeting": app.state.greeting, "doubled": doubled}}
+"""
+
+
+@pytest.mark.parametrize("lifespan", ["entered", "stacked"])
+def test_an_apps_lifespan_that_enters_loadonces_itself_is_served(
+    project: Path, lifespan: str
+) -> None:
+    (project / "composed.py").write_text(_COMPOSED.format(lifespan=lifespan))
+    with serving(["composed:app", "--workers", "2"], project) as server:
+        answer = httpx.get(f"{server.url}/hello/3").json()
+        assert (answer["doubled"], answer["greeting"]) == (6.0, "before the models")
+        assert httpx.get(f"{server.url}/readyz").json()["models"] == {"doubler": "ready"}
+        # The server's control reaches the models of every worker.
+        reloaded = httpx.post(f"{server.url}/admin/models/doubler/reload", timeout=60).json()
+        assert len({worker["pid"] for worker in reloaded["workers"]}) == 2
 
 
 _MIXUPS = """

@@ -320,4 +320,20 @@ def _find_lifespan(candidate: object, depth: int) -> LoadonceLifespan | None:
             continue
         if callable(content) and (found := _find_lifespan(content, depth + 1)) is not None:
             return found
+    return _entered_by_name(candidate)
+
+
+def _entered_by_name(function: object) -> LoadonceLifespan | None:
+    """A module-level ``loadonce.lifespan(...)`` that a lifespan of the user's enters by its
+    name (``async with models_lifespan(app): ...``, to do work before the models load): it is
+    in the function's globals, not its closure. ``loadonce serve`` said such an app did not
+    load its models with loadonce."""
+    code = getattr(function, "__code__", None)
+    names = getattr(function, "__globals__", None)
+    if code is None or not isinstance(names, dict):
+        return None
+    for name in code.co_names:
+        found = names.get(name)
+        if isinstance(found, LoadonceLifespan):
+            return found
     return None

@@ -67,7 +67,8 @@ def load_app(reference: str, *, factory: bool) -> FastAPI:
     if lifespan_of(found) is None:
         raise ConfigError(
             f"{reference} does not load its models with loadonce: build it with "
-            "FastAPI(lifespan=loadonce.lifespan(models, ...))"
+            "FastAPI(lifespan=loadonce.lifespan(models, ...)), your own lifespan given as its "
+            "wrap=your_lifespan (or entering a module-level loadonce.lifespan(...) by name)"
         )
     ignored = mounted_lifespans_ignored(found, running=lifespan_of(found))
     if ignored is not None:
