@@ -188,6 +188,13 @@ class LoadonceLifespan:
         finally:
             try:
                 await registry.unload_all(timeout=settings.drain_timeout_s)
+                if settings.gc_freeze:
+                    # The unloaded models were frozen with everything else: what they hold in
+                    # reference cycles (most models hold some) was never freed, and each app
+                    # started and stopped in one process (a test suite's TestClient, an app
+                    # factory) kept its models' memory for good. Thawed, collected, and what
+                    # is still alive (another app's models) frozen again.
+                    registry.refreeze_collector()
             finally:
                 if state.tracing is not None and not isinstance(settings.models, LoadonceState):
                     state.tracing.shutdown()
