@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 import threading
 import types
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Annotated, Any
 
 import pytest
@@ -132,6 +132,42 @@ def test_user_lifespan_state_still_reaches_requests(user_lifespan: Any) -> None:
 
     with TestClient(app) as client:
         assert client.get("/greet").json() == "hello"
+
+
+@contextmanager
+def _synchronous_context_manager(app: FastAPI) -> Iterator[None]:
+    yield
+
+
+def _synchronous_generator(app: FastAPI) -> Iterator[None]:
+    yield
+
+
+async def _returns_instead_of_yielding(app: FastAPI) -> None:
+    return None
+
+
+@pytest.mark.parametrize(
+    ("wrap", "said"),
+    [
+        (_synchronous_context_manager, "is synchronous"),
+        (_synchronous_generator, "is synchronous"),
+        (_returns_instead_of_yielding, "is an async function that does not yield"),
+        ("my_service:lifespan", "is not callable"),
+    ],
+)
+@pytest.mark.parametrize("entry", ["lifespan", "create_app"])
+def test_a_user_lifespan_async_with_cannot_enter_is_refused_before_any_model_loads(
+    wrap: Any, said: str, entry: str
+) -> None:
+    """It failed at startup, after every model had loaded (minutes for a large one), with
+    Python's "does not support the asynchronous context manager protocol"."""
+    loader = CountingLoader()
+    specs = [loadonce.ModelSpec(name="m", loader=loader)]
+    build = loadonce.lifespan if entry == "lifespan" else loadonce.create_app
+    with pytest.raises(loadonce.ConfigError, match=rf"^wrap=\S+ {said}.*@asynccontextmanager"):
+        build(specs, wrap=wrap)
+    assert loader.calls == 0
 
 
 def test_warmup_runs_once_before_the_model_counts_as_ready() -> None:

@@ -282,14 +282,10 @@ def lifespan(
         models = tuple(check_model_specs(models))  # a mistake is reported now, not at startup
     if isinstance(tracing, TracingOptions):
         check_tracing(tracing)  # tracing asked for without the otel extra: refused now
-    if inspect.isasyncgenfunction(wrap):
-        # ``async def lifespan(app): ... yield``, undecorated: a form FastAPI takes too. It
-        # failed at startup, after every model had loaded, as no async context manager.
-        wrap = asynccontextmanager(wrap)
     return LoadonceLifespan(
         LifespanSettings(
             models=models,
-            wrap=wrap,
+            wrap=_user_lifespan(wrap),
             on_loaded=on_loaded,
             load_gate=load_gate,
             gc_freeze=gc_freeze,
@@ -302,6 +298,33 @@ def lifespan(
             tracing=tracing,
         )
     )
+
+
+def _user_lifespan(wrap: Any) -> UserLifespan | None:
+    """``wrap`` as an async context manager function, or a ConfigError now: a lifespan of a
+    form ``async with`` cannot enter failed at startup, after every model had loaded (minutes,
+    for a large one), with Python's "does not support the asynchronous context manager
+    protocol"."""
+    if wrap is None:
+        return None
+    name = getattr(wrap, "__qualname__", None) or repr(wrap)
+    shape = "an async context manager: @asynccontextmanager async def lifespan(app): ... yield ..."
+    if not callable(wrap):
+        raise ConfigError(f"wrap={name} is not callable: give your lifespan, {shape}")
+    if inspect.isasyncgenfunction(wrap):
+        # ``async def lifespan(app): ... yield``, undecorated: a form FastAPI takes too.
+        return asynccontextmanager(wrap)
+    if inspect.isgeneratorfunction(inspect.unwrap(wrap)):
+        raise ConfigError(
+            f"wrap={name} is synchronous (a def with yield, or @contextmanager): loadonce "
+            f"enters your lifespan on the event loop, so it must be {shape}"
+        )
+    if inspect.iscoroutinefunction(wrap):
+        raise ConfigError(
+            f"wrap={name} is an async function that does not yield: a lifespan yields once, "
+            f"between its startup and its shutdown; make it {shape}"
+        )
+    return wrap  # type: ignore[no-any-return]
 
 
 def lifespan_of(app: object) -> LoadonceLifespan | None:
