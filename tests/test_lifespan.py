@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import types
@@ -454,6 +455,46 @@ def test_one_lifespan_given_to_two_apps_gives_each_its_own_state() -> None:
         TestClient(FastAPI(lifespan=given)),
     ):
         pass
+
+
+def _enter_with_a_second_test_client(app: FastAPI) -> None:
+    with TestClient(app):
+        pass
+
+
+def _enter_its_lifespan_on_a_new_loop(app: FastAPI) -> None:
+    # As a test does before httpx.ASGITransport, which runs no lifespan.
+    async def enter() -> None:
+        async with app.router.lifespan_context(app):
+            pass
+
+    asyncio.run(enter())
+
+
+@pytest.mark.parametrize(
+    "second_start", [_enter_with_a_second_test_client, _enter_its_lifespan_on_a_new_loop]
+)
+def test_an_app_started_again_while_it_serves_is_refused_and_the_first_keeps_serving(
+    second_start: Any,
+) -> None:
+    """The second start rebound the models to its own event loop: the first client's
+    requests then failed (a 500), and the second's stop failed with asyncio's "attached to a
+    different loop"."""
+    app = FastAPI(
+        lifespan=loadonce.lifespan([loadonce.ModelSpec(name="d", loader=lambda: _double)])
+    )
+    app.include_router(loadonce.models_router())
+    with TestClient(app) as first:
+        with pytest.raises(loadonce.ConfigError, match="this app is serving already"):
+            second_start(app)
+        answer = first.post("/models/d/predict", json={"inputs": [1.0]})
+        assert answer.json()["outputs"] == [2.0]
+    with TestClient(app) as again:  # stopped, it starts again
+        assert again.post("/models/d/predict", json={"inputs": [2.0]}).json()["outputs"] == [4.0]
+
+
+def _double(batch: list[float]) -> list[float]:
+    return [2 * x for x in batch]
 
 
 def test_an_app_mounted_inside_serves_from_the_enclosing_apps_models() -> None:

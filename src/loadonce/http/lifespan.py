@@ -68,6 +68,8 @@ class LoadonceLifespan:
         # twice, as tests do) gave both one registry, and the second's startup took the
         # first's models to another event loop.
         self._states: weakref.WeakKeyDictionary[Any, LoadonceState] = weakref.WeakKeyDictionary()
+        # The apps whose startup ran and whose shutdown has not finished.
+        self._serving: weakref.WeakSet[Any] = weakref.WeakSet()
 
     @property
     def specs(self) -> list[ModelSpec]:
@@ -143,6 +145,26 @@ class LoadonceLifespan:
 
     @asynccontextmanager
     async def _run(self, app: Starlette) -> AsyncIterator[Mapping[str, Any] | None]:
+        if app in self._serving:
+            # Its models, loaded once, serve the event loop they were started on: a second
+            # TestClient(app) entered while the first was open loaded nothing, and its stop
+            # failed with asyncio's "attached to a different loop" (the first client's
+            # models then unloaded under it).
+            raise ConfigError(
+                "this app is serving already (its lifespan is running, on another event "
+                "loop: a second TestClient(app) entered while the first is open, or a second "
+                "server given the same app): its models serve one event loop; use the client "
+                "already open, or build a second app (an app factory) for another"
+            )
+        self._serving.add(app)
+        try:
+            async with self._serve(app) as user_state:
+                yield user_state
+        finally:
+            self._serving.discard(app)
+
+    @asynccontextmanager
+    async def _serve(self, app: Starlette) -> AsyncIterator[Mapping[str, Any] | None]:
         settings = self.settings
         make_visible()
         state = self.state(app)
