@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
+import httpx2 as httpx
 import pytest
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
@@ -64,3 +66,35 @@ def test_without_the_lifespan_the_dependency_explains_what_is_missing() -> None:
     client = TestClient(app, raise_server_exceptions=True)
     with pytest.raises(loadonce.LoadonceError, match=r"lifespan=loadonce\.lifespan"):
         client.get("/m")
+
+
+def _through_a_client_not_entered(app: FastAPI) -> httpx.Response:
+    return TestClient(app, raise_server_exceptions=False).post("/label")
+
+
+def _through_asgi_transport(app: FastAPI) -> httpx.Response:
+    async def ask() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post("/label")
+
+    return asyncio.run(ask())
+
+
+@pytest.mark.parametrize("ask", [_through_a_client_not_entered, _through_asgi_transport])
+def test_an_app_whose_lifespan_never_ran_says_so_not_to_pass_the_lifespan_it_has(
+    ask: Any,
+) -> None:
+    """The app has loadonce.lifespan(...): the answer told its user to pass one. What is
+    missing is the server (or test client) running it."""
+    app = build_app()
+    loadonce.install_middleware(app)
+    loaded_before = len(loads)
+    answer = ask(app)
+    assert answer.status_code == 500
+    said = answer.json()["error"]
+    assert "loadonce.lifespan(...) has not run" in said
+    assert "pass lifespan=" not in said
+    assert "with TestClient(app) as client" in said
+    assert "async with app.router.lifespan_context(app)" in said
+    assert len(loads) == loaded_before, "nothing is loaded in a request"

@@ -132,6 +132,17 @@ def _why_no_state(scope: Scope) -> str:
             "(lifespan=mounted_app.router.lifespan_context), and loadonce.install_middleware("
             "app) on it; in tests, use TestClient as a context manager so the lifespan runs"
         )
+    from loadonce.http.lifespan import lifespan_of  # only on this error's path
+
+    if lifespan_of(app) is not None:
+        # The app has the lifespan: telling its user to pass one said to do what they had done.
+        return (
+            "no loadonce state on app.state: the app's loadonce.lifespan(...) has not run, so "
+            "no model is loaded. The server must run the app's lifespan (not uvicorn "
+            "--lifespan off); in tests, enter the client as a context manager (with "
+            "TestClient(app) as client: ...), and around httpx.ASGITransport, which runs no "
+            "lifespan, enter it yourself (async with app.router.lifespan_context(app): ...)"
+        )
     return (
         "no loadonce state on app.state: pass lifespan=loadonce.lifespan(...) to FastAPI, and "
         "in tests use TestClient as a context manager so the lifespan runs"
