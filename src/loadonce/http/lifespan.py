@@ -55,6 +55,10 @@ class LifespanSettings:
     allowed_hosts: tuple[str, ...] = field(default=())
     # TracingOptions, a user's own OpenTelemetry TracerProvider, or None (off).
     tracing: Any = None
+    # Thaw and collect once the models unloaded at the app's stop (with gc_freeze): an app
+    # stopped in a process that goes on frees its models. ``loadonce serve``'s worker exits
+    # right after, and collecting would write to every page it shares with the fork server.
+    collect_at_stop: bool = True
 
 
 class LoadonceLifespan:
@@ -210,7 +214,7 @@ class LoadonceLifespan:
         finally:
             try:
                 await registry.unload_all(timeout=settings.drain_timeout_s)
-                if settings.gc_freeze:
+                if settings.gc_freeze and settings.collect_at_stop:
                     # The unloaded models were frozen with everything else: what they hold in
                     # reference cycles (most models hold some) was never freed, and each app
                     # started and stopped in one process (a test suite's TestClient, an app

@@ -249,6 +249,10 @@ def run_worker(
             control=control,
             tracing=config.tracing,
         )
+    served = lifespan_of(app)
+    if served is not None:
+        # The process exits once the app stopped: nothing to free for what comes after.
+        served.serve_with(collect_at_stop=False)
     stop_grpc = None if options.grpc_port is None else _serve_grpc_too(app, options)
     quiet = _OneLineStartupFailure(app, registry)
     uvicorn_config = uvicorn.Config(
