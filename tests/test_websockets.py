@@ -6,12 +6,13 @@ it: any page could open one to a loopback server and run its models."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from typing import Annotated
 
 import pytest
 from fastapi import Depends, FastAPI, WebSocket
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 import loadonce
@@ -126,3 +127,81 @@ def test_a_page_of_an_allowed_host_opens_a_websocket_through_a_proxy(
             websocket.send("4")
             assert websocket.recv(timeout=10) == "[8.0]"
     assert _refused_with(behind_a_proxy, Origin="https://evil.example") == 403
+
+
+def _slow(batch: list[float]) -> list[float]:
+    time.sleep(0.5)
+    return batch
+
+
+def _broken(batch: list[float]) -> list[float]:
+    raise ZeroDivisionError("a secret of the model's")
+
+
+def _failing_app() -> FastAPI:
+    specs = [
+        loadonce.ModelSpec(name="pair", loader=lambda: lambda b: b, input_shape=(2,)),
+        loadonce.ModelSpec(name="slow", loader=lambda: _slow, timeout_s=0.05),
+        loadonce.ModelSpec(name="broken", loader=lambda: _broken),
+    ]
+    app = FastAPI(lifespan=loadonce.lifespan(specs))
+
+    @app.websocket("/ask/{name}")
+    async def ask(
+        websocket: WebSocket,
+        name: str,
+        registry: Annotated[loadonce.Registry, Depends(loadonce.get_registry)],
+    ) -> None:
+        model = registry.get(name)  # before accepting: an unknown name is an HTTP 404
+        await websocket.accept()
+        text = await websocket.receive_text()
+        if text == "raise":
+            raise RuntimeError("a secret of the route's")
+        await websocket.send_text(str(await model.predict([float(text)])))
+
+    loadonce.install_middleware(app)
+    return app
+
+
+@pytest.fixture(scope="module")
+def failing() -> Iterator[ThreadedServer]:
+    with ThreadedServer(_failing_app()) as running:
+        yield running
+
+
+@pytest.mark.parametrize(
+    ("model", "sent", "code", "reason"),
+    [
+        ("pair", "1", 1008, "invalid inputs"),  # inputs that do not fit: HTTP's 400
+        ("slow", "1", 1013, "deadline"),  # HTTP's 504: try again later
+        ("broken", "1", 1011, "the model raised ZeroDivisionError"),
+        ("pair", "raise", 1011, "the server failed (RuntimeError)"),  # the route's own
+    ],
+)
+def test_an_error_after_the_websocket_opened_closes_it_with_a_code_and_the_reason(
+    failing: ThreadedServer, model: str, sent: str, code: int, reason: str
+) -> None:
+    """loadonce's answer to its errors was an HTTP response, which an open WebSocket cannot
+    carry: uvicorn refused it and, as for any exception of the route, dropped the connection
+    without a close frame (1006)."""
+    url = f"ws://127.0.0.1:{failing.port}/ask/{model}"
+    with connect(url, additional_headers={"X-Request-ID": "ws-failed"}) as websocket:
+        websocket.send(sent)
+        with pytest.raises(ConnectionClosed) as closed:
+            websocket.recv(timeout=10)
+    received = closed.value.rcvd
+    assert received is not None, "closed without a close frame"
+    assert received.code == code
+    assert reason in received.reason
+    assert "ws-failed" in received.reason
+    assert "secret" not in received.reason
+
+
+def test_an_error_before_the_websocket_opened_is_an_http_answer(failing: ThreadedServer) -> None:
+    assert _refused_with_url(f"ws://127.0.0.1:{failing.port}/ask/nope") == 404
+
+
+def _refused_with_url(url: str) -> int:
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, open_timeout=10).close()
+    return refused.value.response.status_code

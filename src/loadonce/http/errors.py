@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocketClose
+from starlette.websockets import WebSocket, WebSocketClose, WebSocketState
 
 from loadonce.core.errors import (
     ClientDisconnectedError,
@@ -34,6 +34,7 @@ from loadonce.http.request_info import (
     request_id_from,
     route_path,
 )
+from loadonce.http.websocket_errors import can_deny_with_http, close_code, close_reason
 from loadonce.tracing import record_failure
 
 logger = logging.getLogger("loadonce")
@@ -224,20 +225,36 @@ async def answer_exception(
     return response
 
 
-async def answer_loadonce_error(request: Request, exc: Exception) -> Response:
+async def answer_loadonce_error(request: Request, exc: Exception) -> Response | None:
     """The app's exception handler for loadonce's errors raised in a user's own route (a
     ``model.predict`` whose queue is full, whose deadline passed, whose inputs do not fit):
     answered as loadonce's routes answer them, in the error body of the path's protocol,
     with the request id (and Retry-After on a 503). They were plain-text 500s, each logged
-    with a traceback."""
+    with a traceback. In a WebSocket route (``request`` is then the WebSocket) once the
+    connection is open, or where the server takes no HTTP answer to a handshake: the
+    connection closed with the code that says it (``websocket_errors.py``), and None."""
     chosen = request.scope.get(REQUEST_ID_SCOPE_KEY)
     request_id = chosen if isinstance(chosen, str) else request_id_from(request.scope["headers"])
+    if isinstance(request, WebSocket) and (
+        request.application_state is not WebSocketState.CONNECTING
+        or not can_deny_with_http(request.scope)
+    ):
+        await _close_websocket(request, exc, request_id)
+        return None
 
     def by_path(error: Exception, failed: Request, failed_id: str) -> Response:
         status, message = status_and_message(error, failed, failed_id)
         return raw_error_response(status, message, failed.scope)
 
     return await answer_exception(exc, request, request_id, by_path)
+
+
+async def _close_websocket(websocket: WebSocket, exc: Exception, request_id: str) -> None:
+    if websocket.application_state is WebSocketState.DISCONNECTED:
+        return  # closed already: nothing more may be sent
+    status, message = describe_error(exc, websocket.url.path, request_id)
+    reason = close_reason(f"{message} (request id {request_id})")
+    await websocket.close(close_code(status), reason)
 
 
 async def _app_handles(request: Request, exc: HTTPException) -> Response:

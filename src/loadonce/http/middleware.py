@@ -18,6 +18,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocketDisconnect
 
 from loadonce.core.errors import LoadonceError
 from loadonce.http.access import access_refusal, is_cors_preflight
@@ -30,6 +31,7 @@ from loadonce.http.request_log import RequestLog
 from loadonce.http.routes import count_request
 from loadonce.http.state import LoadonceState
 from loadonce.http.unhandled import answer_unhandled
+from loadonce.http.websocket_errors import can_deny_with_http, close_failed
 
 
 def refusal_before_routes(scope: Scope, state: LoadonceState | None) -> Response | None:
@@ -101,6 +103,14 @@ class LoadonceMiddleware:
         except Exception as exc:
             # An exception of the app's own code that nothing inside answered: Starlette's
             # ServerErrorMiddleware, outside this one, answered it without the request id.
+            if (
+                kind == "websocket"
+                and log.answered
+                and not log.closed
+                and not isinstance(exc, WebSocketDisconnect)  # the client left
+            ):
+                # Open: the client is told by a close frame, not a dropped connection.
+                await close_failed(log.send, exc, log.request_id)
             if kind != "http" or log.answered:
                 raise
             answering = self._answering(scope, log.send)
@@ -120,9 +130,7 @@ class LoadonceMiddleware:
 async def _answer_refusal(refused: Response, scope: Scope, receive: Receive, send: Send) -> None:
     """The refusal as an HTTP answer, a WebSocket handshake's too where the server can send
     one (ASGI's denial response); else the handshake is closed (the server answers 403)."""
-    if scope["type"] == "websocket" and "websocket.http.response" not in scope.get(
-        "extensions", {}
-    ):
+    if scope["type"] == "websocket" and not can_deny_with_http(scope):
         await send({"type": "websocket.close", "code": 1008})
         return
     await refused(scope, receive, send)
@@ -150,7 +158,8 @@ def install_middleware(app: FastAPI) -> None:
     # loadonce's errors from the user's own routes (``await model.predict(...)``) answered
     # as loadonce's routes answer them; a handler of the user's own, added after, wins.
     if LoadonceError not in app.exception_handlers:
-        app.add_exception_handler(LoadonceError, answer_loadonce_error)
+        # It closes a WebSocket too (returning no answer), which Starlette's types keep apart.
+        app.add_exception_handler(LoadonceError, answer_loadonce_error)  # type: ignore[arg-type]
 
 
 def middleware_installed(app: object) -> bool:

@@ -44,7 +44,7 @@ class RequestLog:
     """A request's id, its answer's status, its log line and (traced) its span. ``send`` is
     the request's ``send`` with X-Request-ID added to the answer's head."""
 
-    __slots__ = ("_send", "answered", "request_id", "started", "status", "traced")
+    __slots__ = ("_send", "answered", "closed", "request_id", "started", "status", "traced")
 
     def __init__(self, scope: Scope, state: LoadonceState | None, send: Send) -> None:
         # Chosen already when the server's HTTP protocol answered the request itself.
@@ -57,6 +57,7 @@ class RequestLog:
         self.started = time.perf_counter()
         self.status = 500  # if the app fails before it answers, uvicorn answers 500
         self.answered = False
+        self.closed = False  # a WebSocket the app closed
         self._send = send
         self.traced: RequestSpan | None = None
 
@@ -88,8 +89,10 @@ class RequestLog:
             if not any(name.lower() == _HEADER for name, _ in headers):
                 headers.append((_HEADER, self.request_id.encode("latin-1")))
                 message = {**message, "headers": headers}
-        elif kind == "websocket.close" and not self.answered:
-            self.status, self.answered = 403, True  # the server refuses the handshake
+        elif kind == "websocket.close":
+            if not self.answered:
+                self.status, self.answered = 403, True  # the server refuses the handshake
+            self.closed = True
         await self._send(message)
 
     async def answer_drain_end(
