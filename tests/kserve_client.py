@@ -6,7 +6,8 @@ tritonclient's gRPC modules register the same protobuf messages, so they cannot 
 
 Calls what a KServe user calls with its REST client (``InferenceRESTClient``) or its gRPC
 client (``InferenceGRPCClient``): readiness, model readiness, and inference of Triton's
-"simple" and of the iris classifier with an InferRequest (over REST it sends the model's
+"simple", of the iris classifier and of a model counting NaN values (which KServe's REST client
+sends as null) with an InferRequest (over REST it sends the model's
 name in the body; over gRPC, typed contents), and prints the answers as one JSON object.
 """
 
@@ -46,6 +47,12 @@ def _iris() -> InferRequest:
     return InferRequest(model_name="iris", infer_inputs=[_input("input", flowers, "FP64")])
 
 
+def _missing() -> InferRequest:
+    # NaN in JSON data: KServe's REST client writes it as null (orjson).
+    values = np.array([[1.0, np.nan, 3.0], [np.nan, np.nan, 0.5]], dtype=np.float32)
+    return InferRequest(model_name="missing", infer_inputs=[_input("values", values, "FP32")])
+
+
 def _outputs(answer: InferResponse) -> dict[str, Any]:
     return {output.name: _plain(output.as_numpy().tolist()) for output in answer.outputs}
 
@@ -67,6 +74,7 @@ async def rest(url: str) -> dict[str, Any]:
     answer = await client.infer(url, _simple(), model_name="simple")
     found["simple"] = {"id": answer.id, "outputs": _outputs(answer)}
     found["iris"] = _outputs(await client.infer(url, _iris(), model_name="iris"))
+    found["missing"] = _outputs(await client.infer(url, _missing(), model_name="missing"))
     await client.close()
     return found
 
@@ -80,6 +88,7 @@ async def grpc(address: str) -> dict[str, Any]:
         answer = await client.infer(_simple())
         found["simple"] = {"id": answer.id, "outputs": _outputs(answer)}
         found["iris"] = _outputs(await client.infer(_iris()))
+        found["missing"] = _outputs(await client.infer(_missing()))
     return found
 
 

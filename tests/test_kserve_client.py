@@ -27,8 +27,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
     [simple, *_] = triton_example_specs()
     artifact = build_iris_skops(tmp_path_factory.mktemp("iris") / "iris.skops")
     iris = loadonce.ModelSpec(name="iris", artifact=artifact)
+    missing = loadonce.ModelSpec(name="missing", loader="tests.v2_models:MissingCount")
     port = free_port()
-    app = loadonce.create_app([simple, iris], wrap=grpc_lifespan(port=port))
+    app = loadonce.create_app([simple, iris, missing], wrap=grpc_lifespan(port=port))
     with ThreadedServer(app) as running:
         yield running.url, f"127.0.0.1:{port}"
 
@@ -54,6 +55,7 @@ def _check_inference(found: dict[str, Any]) -> None:
     assert found["simple"]["outputs"]["OUTPUT0"] == (rows + 1).tolist()
     assert found["simple"]["outputs"]["OUTPUT1"] == (rows - 1).tolist()
     assert found["iris"]["label"] == ["setosa", "virginica"]
+    assert found["missing"]["missing"] == [1, 2]
 
 
 def test_kserve_rest_client_checks_health_and_infers(server: tuple[str, str]) -> None:

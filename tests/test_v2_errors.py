@@ -118,6 +118,38 @@ def test_a_wrong_tensor_is_a_400_that_names_it(
         assert word in message
 
 
+@pytest.mark.parametrize("input_index", [0, 1], ids=["FP32", "FP16"])
+def test_null_among_floats_is_nan(http: httpx.Client, input_index: int) -> None:
+    """KServe's clients write NaN as null (orjson), and KServe's own server reads it back as
+    NaN: so does loadonce, for the datatypes that hold NaN (as its JSON route reads null)."""
+    body = _tensors_request(_x_input(data=[[1, 2, 3]]))
+    body["inputs"][input_index]["data"] = [None, 2, 3][: 3 - input_index]
+    response = http.post("/v2/models/tensors/infer", json=body)
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
+    answered = outputs["x_sum"][0] if input_index == 0 else outputs["h_twice"][0]
+    assert np.isnan(answered)
+
+
+@pytest.mark.parametrize(
+    ("position", "data", "words"),
+    [
+        (2, [None, 2], ["input 'n'", "must be numbers"]),  # INT64: no NaN
+        (3, [None], ["input 'b'"]),  # BOOL
+        (0, [[None, "a", 3]], ["input 'x'", "must be numbers (or null for a missing value)"]),
+        (0, [[None, True, 3]], ["input 'x'", "must be numbers"]),
+    ],
+)
+def test_null_where_no_nan_is_held_is_a_400(
+    http: httpx.Client, position: int, data: list[Any], words: list[str]
+) -> None:
+    body = _tensors_request(_x_input(data=[[1, 2, 3]]))
+    body["inputs"][position]["data"] = data
+    message = _error(http.post("/v2/models/tensors/infer", json=body), 400)
+    for word in words:
+        assert word in message
+
+
 @pytest.mark.parametrize(
     ("n_data", "words"),
     [

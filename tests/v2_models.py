@@ -101,6 +101,17 @@ class Simple(Predictor):
         ]
 
 
+class MissingCount(Predictor):
+    """How many of each example's three FP32 values are missing (NaN)."""
+
+    inputs = (TensorInfo(name="values", dtype="float32", shape=(None, 3)),)
+    outputs = (TensorInfo(name="missing", dtype="int64", shape=(None,)),)
+
+    def predict(self, batch: Any) -> list[dict[str, Any]]:
+        # One input: the batch is its array, the examples stacked.
+        return [{"missing": int(count)} for count in np.isnan(np.asarray(batch)).sum(axis=1)]
+
+
 class SimpleString(Predictor):
     """Triton's "simple_string": "simple" on numbers written as text, BYTES in and out."""
 

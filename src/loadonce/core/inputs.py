@@ -7,7 +7,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from loadonce.core.errors import InvalidInputError
-from loadonce.core.number_conversion import LossyConversionError, convert_numbers, numbers_only
+from loadonce.core.number_conversion import (
+    LossyConversionError,
+    convert_numbers,
+    nulls_as_nan,
+    numbers_only,
+)
 from loadonce.core.signature import InputSignature, TensorInfo
 
 if TYPE_CHECKING:
@@ -45,21 +50,6 @@ def split_examples(
         f"inputs must be one example ({signature.describe()}) or a list of such examples; "
         + ("got a single value" if depth == 0 else f"got lists nested {depth} deep")
     )
-
-
-def _nulls_as_nan(raw: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    """A rectangular object array of numbers and nulls as float64, null as NaN; anything
-    else (text, booleans) is refused as it would be without nulls."""
-    import numpy as np
-
-    values = raw.reshape(-1)
-    for value in values:
-        if value is not None and (type(value) is bool or not isinstance(value, int | float)):
-            raise ValueError("must be numbers (or null for a missing value)")
-    converted = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
-    if np.isinf(converted).any():
-        raise ValueError("a value is outside the range of float64")
-    return converted.reshape(raw.shape)
 
 
 def _takes_columns(named: Sequence[TensorInfo]) -> bool:
@@ -185,7 +175,7 @@ def _convert(examples: list[Any], dtype: str | None, missing_as_nan: bool) -> np
     if raw.dtype == object and not (dtype is not None and numbers_only(raw)):
         if any(value is None for value in raw.reshape(-1)):
             if missing_as_nan and dtype is not None and np.dtype(dtype).kind == "f":
-                return _nulls_as_nan(raw).astype(dtype, copy=False)
+                return nulls_as_nan(raw).astype(dtype, copy=False)
             raise ValueError("got null, which is not a value")  # else misread as ragged
         raise ValueError("the examples are not a rectangular array")
     if dtype is None:

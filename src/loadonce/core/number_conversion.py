@@ -10,7 +10,9 @@ and ``false`` are not numbers. An infinity in the data is a value, as NaN is: JS
 extension writes them ``Infinity`` and ``NaN`` (Python's ``json``, tritonclient's JSON tensors,
 loadonce's own answers), and binary data (REST's binary extension, gRPC) carries them as any
 other value. (A literal past FP64's range, ``1e400``, is read as an infinity too, as every JSON
-parser reads it: the parsed data cannot tell them apart.)
+parser reads it: the parsed data cannot tell them apart.) A ``null`` among numbers is a missing
+value, NaN, where the dtype has one (``nulls_as_nan``): the JSON route's missing values, and
+how KServe's clients (orjson) write NaN.
 """
 
 from __future__ import annotations
@@ -144,3 +146,18 @@ def _past_int64(raw: npt.NDArray[Any], target: np.dtype[Any]) -> npt.NDArray[Any
         return raw.astype(np.float64)
     except OverflowError:  # Python's "int too large to convert to float"
         raise OutOfRangeError(target) from None
+
+
+def nulls_as_nan(raw: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """A rectangular object array of numbers and nulls as float64, null as NaN; anything
+    else (text, booleans) is refused as it would be without nulls (ValueError)."""
+    import numpy as np
+
+    values = raw.reshape(-1)
+    for value in values:
+        if value is not None and (type(value) is bool or not isinstance(value, int | float)):
+            raise LossyConversionError("must be numbers (or null for a missing value)")
+    converted = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    if np.isinf(converted).any():
+        raise LossyConversionError("a value is outside the range of float64")
+    return converted.reshape(raw.shape)

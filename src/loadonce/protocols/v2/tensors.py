@@ -21,6 +21,7 @@ from loadonce.core.number_conversion import (
     LossyConversionError,
     OutOfRangeError,
     convert_numbers,
+    nulls_as_nan,
     range_words,
 )
 from loadonce.protocols.v2.body import HEADER_LENGTH, SplitBody
@@ -318,11 +319,20 @@ def _convert(
 ) -> npt.NDArray[Any]:
     where = f"input '{tensor.name}': {tensor.datatype} data"
     try:
+        if raw.dtype.kind == "O" and _has_nan(dtype) and any(v is None for v in raw.flat):
+            # null among numbers: NaN, as KServe's clients write it (orjson) and its server
+            # reads it, and as the JSON route reads a missing value.
+            raw = nulls_as_nan(raw)
         return convert_numbers(raw, dtype, tensor.data)
     except LossyConversionError as exc:
         phrase = _phrase(exc, tensor.datatype)
         joined = f"{where}{phrase}" if phrase.startswith(":") else f"{where} {phrase}"
         raise InvalidInputError(joined) from None
+
+
+def _has_nan(dtype: np.dtype[np.generic]) -> bool:
+    """Whether the dtype holds NaN: FP16, FP32, FP64, BF16 (ml_dtypes' bfloat16)."""
+    return dtype.kind == "f" or dtype.name == "bfloat16"
 
 
 def _phrase(exc: LossyConversionError, datatype: str) -> str:
