@@ -18,7 +18,7 @@ from typing import Any
 from starlette.types import Scope
 
 from loadonce.http.request_info import route_path
-from loadonce.http.route_walk import loadonce_routes
+from loadonce.http.route_walk import loadonce_routes, once_per_app
 
 __all__ = ["OPENAI_ROOT", "V2_ROOT", "protocol_root"]
 
@@ -44,14 +44,7 @@ def protocol_root(scope: Scope) -> str | None:
 def _roots_in(app: Any) -> tuple[tuple[str, str], ...]:
     if app is None:
         return _USUAL
-    try:
-        return _found[app]
-    except KeyError:
-        pass
-    except TypeError:  # an app that cannot be weakly referenced: walked each time
-        return _walk(app)
-    roots = _found[app] = _walk(app)
-    return roots
+    return once_per_app(_found, app, _walk)
 
 
 def _walk(app: Any) -> tuple[tuple[str, str], ...]:

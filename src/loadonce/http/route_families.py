@@ -24,7 +24,7 @@ from starlette.types import Scope
 
 from loadonce.http.access_keys import RouteFamily, family_of
 from loadonce.http.request_info import route_path
-from loadonce.http.route_walk import loadonce_routes
+from loadonce.http.route_walk import loadonce_routes, once_per_app
 
 # A control route's template, at the end of wherever it is included.
 _CONTROL = re.compile(r"/(admin/.*|v2/repository/models/\{[^}/]+\}/(load|unload))$")
@@ -68,14 +68,7 @@ def family_in(scope: Scope) -> RouteFamily:
 def _moved_in(app: Any) -> _Moved:
     if app is None:
         return _NOTHING_MOVED
-    try:
-        return _found[app]
-    except KeyError:
-        pass
-    except TypeError:  # an app that cannot be weakly referenced: walked each time
-        return _walk(app)
-    moved = _found[app] = _walk(app)
-    return moved
+    return once_per_app(_found, app, _walk)
 
 
 def _walk(app: Any) -> _Moved:

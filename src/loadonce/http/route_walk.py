@@ -3,15 +3,18 @@ each was included under) and, for loadonce's own routes, inside mounted apps too
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import fastapi.routing
 from starlette.routing import BaseRoute, Mount
 
 from loadonce.http.wrapping import unwrapped
 
-__all__ = ["loadonce_routes", "walk_routes"]
+__all__ = ["loadonce_routes", "once_per_app", "walk_routes"]
+
+_Found = TypeVar("_Found")
 
 
 def walk_routes(routes: list[BaseRoute]) -> Iterator[Any]:
@@ -40,3 +43,18 @@ def loadonce_routes(routes: list[BaseRoute], prefix: str = "") -> Iterator[tuple
         module = getattr(endpoint, "__module__", "") or ""
         if isinstance(path, str) and module.startswith("loadonce."):
             yield prefix + path, route
+
+
+def once_per_app(
+    found: weakref.WeakKeyDictionary[Any, _Found], app: Any, walk: Callable[[Any], _Found]
+) -> _Found:
+    """``walk(app)``, kept in ``found`` for as long as the app lives (its routes are walked
+    once); an app that cannot be weakly referenced is walked each time."""
+    try:
+        return found[app]
+    except KeyError:
+        pass
+    except TypeError:
+        return walk(app)
+    result = found[app] = walk(app)
+    return result
