@@ -6,8 +6,10 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
+import pytest
 from fastapi.testclient import TestClient
 
 import loadonce
@@ -126,3 +128,55 @@ def test_queue_wait_and_compute_time_are_told_apart_per_model() -> None:
     assert _samples(text, "loadonce_queue_duration_seconds_count")['{model="slow"}'] == 4
     # Queued one behind another: 0 + 50 + 100 + 150 ms at least, less what overlapped.
     assert _samples(text, "loadonce_queue_duration_seconds_sum")['{model="slow"}'] >= 0.1
+
+
+def _raises_or_dawdles(batch: list[float]) -> list[float]:
+    """Raises on -1; takes x ms for x >= 100."""
+    for x in batch:
+        if x == -1:
+            raise ValueError("the model refuses -1")
+        if x >= 100:
+            time.sleep(x / 1000)
+    return batch
+
+
+@pytest.mark.parametrize(
+    ("failing", "status"),
+    [
+        pytest.param({"inputs": [-1, 5]}, 500, id="the-model-raised"),
+        # The call ran to its end, but its answer came after the deadline: nobody got it.
+        pytest.param({"inputs": [300, 5], "headers": {"X-Request-Timeout": "0.1"}}, 504,
+                     id="answered-past-the-deadline"),
+    ],
+)  # fmt: skip
+def test_statistics_count_only_successful_inferences_and_executions_as_triton(
+    failing: dict[str, Any], status: int
+) -> None:
+    """Triton's inference_count is the examples of successful requests and execution_count
+    (and batch_stats) the executions that answered: a call whose every request failed counted
+    in both, so an operator read a failing model as one doing work."""
+    spec = loadonce.ModelSpec(name="m", loader=lambda: _raises_or_dawdles, input_shape=())
+    with TestClient(loadonce.create_app([spec])) as client:
+        headers = failing.get("headers", {})
+        answer = client.post(
+            "/models/m/predict", json={"inputs": failing["inputs"]}, headers=headers
+        )
+        assert answer.status_code == status
+        # After it: one call at a time, so its call has returned before theirs start.
+        for inputs in ([1, 2, 3], [4]):
+            assert client.post("/models/m/predict", json={"inputs": inputs}).status_code == 200
+        [stats] = client.get("/v2/models/m/stats").json()["model_stats"]
+        text = client.get("/metrics").text
+    inference = stats["inference_stats"]
+    assert (inference["success"]["count"], inference["fail"]["count"]) == (2, 1)
+    assert stats["inference_count"] == 3 + 1
+    assert stats["execution_count"] == 2
+    assert {b["batch_size"]: b["compute_infer"]["count"] for b in stats["batch_stats"]} == {
+        3: 1,
+        1: 1,
+    }
+    assert inference["compute_infer"]["count"] == 2
+    # /metrics shows the same figures; its histogram of call sizes keeps every call.
+    assert sum(_samples(text, "loadonce_calls_total").values()) == stats["execution_count"]
+    assert _samples(text, "loadonce_computed_examples_total")['{model="m"}'] == 4
+    assert _samples(text, "loadonce_batch_size_examples_count")['{model="m"}'] == 3

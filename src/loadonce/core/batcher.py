@@ -488,6 +488,7 @@ class Batcher:
         finally:
             now = asyncio.get_running_loop().time()
             answered = 0  # the requests given the call's answer (not a 504, 499 or error)
+            answered_examples = 0
             for index, request in enumerate(batch):
                 if request.future.done():  # the caller gave up (deadline, disconnect)
                     if outcomes and (error := outcomes[index].error) is not None:
@@ -505,13 +506,20 @@ class Batcher:
                 else:
                     request.future.set_result(outcomes[index].outputs or [])
                     answered += 1
+                    answered_examples += len(request.examples)
             # After the answers: the requests' tasks were woken first, so each answer leaves
             # before the call's metrics and trace are written (at one connection, the
             # metrics of a call were 40-60 µs of a request's 400-600 on the loop). Before the
             # model is noted idle: what waits for that (close(), then tracing's shutdown)
             # runs after the call is accounted for.
             asyncio.get_running_loop().call_soon(
-                self._account, batch, outcomes, timing, watched.trace, failure, answered
+                self._account,
+                batch,
+                outcomes,
+                timing,
+                watched.trace,
+                failure,
+                (answered, answered_examples),
             )
             self._note_if_idle()
             self._wakeup.set()
@@ -523,10 +531,11 @@ class Batcher:
         timing: CallTiming | None,
         trace: object | None,
         failure: Exception | None,
-        answered: int,
+        answered: tuple[int, int],
     ) -> None:
         """A returned call's metrics and its span; ``answered``: how many of its requests
-        were given its answer (each of those is charged the call's phases)."""
+        were given its answer (each of those is charged the call's phases), and their
+        examples."""
         if timing is not None and self.observer is not None:
             self._report(batch, outcomes, timing, answered)
         if trace is not None and self.tracer is not None:
@@ -556,7 +565,11 @@ class Batcher:
             self._filling = True  # the dispatcher gathers them (the caller wakes it)
 
     def _report(
-        self, batch: list[_Request], outcomes: list[_Outcome], timing: CallTiming, answered: int
+        self,
+        batch: list[_Request],
+        outcomes: list[_Outcome],
+        timing: CallTiming,
+        answered: tuple[int, int],
     ) -> None:
         given = sum(len(r.examples) for r, o in zip(batch, outcomes, strict=True) if o.prepared)
         if not given or self.observer is None:
@@ -565,7 +578,8 @@ class Batcher:
             examples=given,
             # Not those whose caller had gone (a 499) or whose deadline passed (a 504): the
             # statistics extension charges compute to answered requests only, as Triton.
-            answered=answered,
+            answered=answered[0],
+            answered_examples=answered[1],
             queued_s=tuple(request.waited for request in batch),
             input_s=timing.input_s,
             infer_s=timing.infer_s,

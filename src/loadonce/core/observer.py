@@ -24,8 +24,10 @@ class CallReport:
     # fitting, are not counted).
     examples: int
     # Requests of the call the model answered (the others failed: their inputs, or the model
-    # raised on them).
+    # raised on them, or their caller had gone or their deadline passed before the answer),
+    # and their examples.
     answered: int
+    answered_examples: int
     # Seconds each request of the call waited in the queue, from its arrival there to the
     # call's start.
     queued_s: tuple[float, ...]

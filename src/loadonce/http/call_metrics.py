@@ -26,8 +26,8 @@ PHASES = ("input", "infer", "output")
 _OUTCOMES = "loadonce_model_request_duration_seconds"
 _QUEUE = "loadonce_queue_duration_seconds"
 _COMPUTED = "loadonce_computed_requests_total"
+_COMPUTED_EXAMPLES = "loadonce_computed_examples_total"
 _COMPUTE = "loadonce_request_compute_seconds_total"
-_CALLS = "loadonce_batch_size_examples"
 _BATCH_CALLS = "loadonce_calls_total"
 _BATCH_COMPUTE = "loadonce_call_compute_seconds_total"
 _LAST = "loadonce_model_last_call_timestamp_seconds"
@@ -51,10 +51,15 @@ class BatchStatistics:
 
 @dataclass
 class ModelStatistics:
-    """One model's requests and calls since the worker(s) started (reloads included)."""
+    """One model's requests and calls since the worker(s) started (reloads included).
 
-    examples: int = 0  # examples given to the model's calls
-    calls: int = 0
+    As Triton's statistics: only what succeeded counts as inferences and executions; a call
+    none of whose requests was answered (the model raised, every deadline passed) is in
+    ``fail`` alone (and in /metrics' ``loadonce_batch_size_examples``, which counts every
+    call)."""
+
+    examples: int = 0  # examples of the requests the model's calls answered
+    calls: int = 0  # calls that answered at least one of their requests
     last_call: float = 0.0  # seconds since the epoch; 0: none yet
     success: Duration = field(default_factory=Duration)
     fail: Duration = field(default_factory=Duration)
@@ -72,6 +77,7 @@ class _CallSeries:
     queue: Any
     duration: Any
     computed: Any
+    computed_examples: Any
     compute: tuple[Any, ...]  # per phase
     calls: Any
     call_compute: tuple[Any, ...]  # per phase
@@ -114,6 +120,12 @@ class CallMetrics:
             ["model"],
             registry=registry,
         )
+        self.computed_examples = Counter(
+            "loadonce_computed_examples",
+            "Examples of the requests the model's calls answered (the statistics' inference_count)",
+            ["model"],
+            registry=registry,
+        )
         self.compute = Counter(
             "loadonce_request_compute_seconds",
             "Per request answered, the seconds of its call's phase (input: preparing and "
@@ -123,13 +135,15 @@ class CallMetrics:
         )
         self.batch_calls = Counter(
             "loadonce_calls",
-            "Calls of the model, by the examples they were given",
+            "Calls of the model that answered at least one of their requests (the "
+            "statistics' executions), by the examples they were given",
             ["model", "batch_size"],
             registry=registry,
         )
         self.batch_compute = Counter(
             "loadonce_call_compute_seconds",
-            "Seconds of each phase of the model's calls, by the examples they were given",
+            "Seconds of each phase of the model's calls that answered at least one of their "
+            "requests, by the examples they were given",
             ["model", "batch_size", "phase"],
             registry=registry,
         )
@@ -162,6 +176,7 @@ class CallMetrics:
                 queue=self._child(self.queue, model),
                 duration=self._child(self.call_duration, model),
                 computed=self._child(self.computed, model),
+                computed_examples=self._child(self.computed_examples, model),
                 compute=tuple(self._child(self.compute, model, phase) for phase in PHASES),
                 calls=self._child(self.batch_calls, model, size),
                 call_compute=tuple(
@@ -179,14 +194,18 @@ class CallMetrics:
             series.queue.observe(waited)
         phases = (report.input_s, report.infer_s, report.output_s)
         series.duration.observe(sum(phases))
-        if report.answered:
-            series.computed.inc(report.answered)
-            for counter, seconds in zip(series.compute, phases, strict=True):
-                counter.inc(seconds * report.answered)
+        series.last_call.set(report.finished_at)
+        if not report.answered:
+            # No request had its answer: not an execution for Triton's statistics (its
+            # backends report a batch's statistics only when not every response failed).
+            return
+        series.computed.inc(report.answered)
+        series.computed_examples.inc(report.answered_examples)
+        for counter, seconds in zip(series.compute, phases, strict=True):
+            counter.inc(seconds * report.answered)
         series.calls.inc()
         for counter, seconds in zip(series.call_compute, phases, strict=True):
             counter.inc(seconds)
-        series.last_call.set(report.finished_at)
 
     def request_finished(self, model: str, ok: bool, seconds: float) -> None:
         self._child(self.outcomes, model, "success" if ok else "fail").observe(seconds)
@@ -215,14 +234,13 @@ def _take(stats: ModelStatistics, name: str, labels: dict[str, str], value: floa
         _add(stats.queue, name, value)
     elif name == _COMPUTED:
         stats.computed += int(value)
+    elif name == _COMPUTED_EXAMPLES:
+        stats.examples += int(value)
     elif name == _COMPUTE:
         stats.compute_seconds[labels["phase"]] += value
-    elif name == f"{_CALLS}_count":
-        stats.calls += int(value)
-    elif name == f"{_CALLS}_sum":
-        stats.examples += int(value)
     elif name == _BATCH_CALLS:
         _batch(stats, labels).calls += int(value)
+        stats.calls += int(value)
     elif name == _BATCH_COMPUTE:
         _batch(stats, labels).seconds[labels["phase"]] += value
     elif name == _LAST:

@@ -115,6 +115,8 @@ def _model_statistic(model: Model, stats: ModelStatistics) -> ModelStatistic:
     )
     batches = []
     for size, batch in sorted(stats.batches.items()):
+        if not batch.calls:
+            continue  # only calls of that size that failed: no execution, as in Triton
         size_input, size_infer, size_output = (
             _duration(batch.calls, batch.seconds[phase]) for phase in PHASES
         )
