@@ -152,9 +152,10 @@ def _raises_or_dawdles(batch: list[float]) -> list[float]:
 def test_statistics_count_only_successful_inferences_and_executions_as_triton(
     failing: dict[str, Any], status: int
 ) -> None:
-    """Triton's inference_count is the examples of successful requests and execution_count
-    (and batch_stats) the executions that answered: a call whose every request failed counted
-    in both, so an operator read a failing model as one doing work."""
+    """Triton's inference_count is the examples of successful requests, execution_count (and
+    batch_stats) the executions that answered, and queue the successful requests' waits: a
+    call whose every request failed counted in all three, so an operator read a failing
+    model as one doing work."""
     spec = loadonce.ModelSpec(name="m", loader=lambda: _raises_or_dawdles, input_shape=())
     with TestClient(loadonce.create_app([spec])) as client:
         headers = failing.get("headers", {})
@@ -175,7 +176,8 @@ def test_statistics_count_only_successful_inferences_and_executions_as_triton(
         3: 1,
         1: 1,
     }
-    assert inference["compute_infer"]["count"] == 2
+    # Each successful request's queue wait and phases; the failed one is in fail alone.
+    assert inference["queue"]["count"] == inference["compute_infer"]["count"] == 2
     # /metrics shows the same figures; its histogram of call sizes keeps every call.
     assert sum(_samples(text, "loadonce_calls_total").values()) == stats["execution_count"]
     assert _samples(text, "loadonce_computed_examples_total")['{model="m"}'] == 4

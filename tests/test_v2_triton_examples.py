@@ -256,7 +256,7 @@ def test_statistics_count_every_request_and_time_it(tmp_path: Path) -> None:
         inference = after["inference_stats"]
         assert inference["success"]["count"] == 5
         assert inference["fail"]["count"] == 1
-        assert inference["queue"]["count"] == 6
+        assert inference["queue"]["count"] == 5  # the successful requests', as Triton
         for name in ("success", "fail", "queue", "compute_input", "compute_infer"):
             assert inference[name]["ns"] > 0, name
         assert inference["compute_infer"]["count"] == 5

@@ -44,7 +44,7 @@ from loadonce.core.errors import (
     describe_exception,
 )
 from loadonce.core.executors import Executor
-from loadonce.core.observer import CallReport, ModelObserver
+from loadonce.core.observer import Answered, CallReport, ModelObserver
 from loadonce.core.sparse import dense_if_sparse
 from loadonce.core.tracebacks import release_tracebacks
 from loadonce.core.tracing import TRACED_REQUEST, CallTracer
@@ -487,8 +487,8 @@ class Batcher:
             self._dispatch_ready()
         finally:
             now = asyncio.get_running_loop().time()
-            answered = 0  # the requests given the call's answer (not a 504, 499 or error)
-            answered_examples = 0
+            # The requests given the call's answer (not a 504, 499 or error).
+            answered = Answered()
             for index, request in enumerate(batch):
                 if request.future.done():  # the caller gave up (deadline, disconnect)
                     if outcomes and (error := outcomes[index].error) is not None:
@@ -505,8 +505,9 @@ class Batcher:
                     request.future.set_exception(error)
                 else:
                     request.future.set_result(outcomes[index].outputs or [])
-                    answered += 1
-                    answered_examples += len(request.examples)
+                    answered.requests += 1
+                    answered.examples += len(request.examples)
+                    answered.queued_s += request.waited
             # After the answers: the requests' tasks were woken first, so each answer leaves
             # before the call's metrics and trace are written (at one connection, the
             # metrics of a call were 40-60 µs of a request's 400-600 on the loop). Before the
@@ -519,7 +520,7 @@ class Batcher:
                 timing,
                 watched.trace,
                 failure,
-                (answered, answered_examples),
+                answered,
             )
             self._note_if_idle()
             self._wakeup.set()
@@ -531,11 +532,10 @@ class Batcher:
         timing: CallTiming | None,
         trace: object | None,
         failure: Exception | None,
-        answered: tuple[int, int],
+        answered: Answered,
     ) -> None:
-        """A returned call's metrics and its span; ``answered``: how many of its requests
-        were given its answer (each of those is charged the call's phases), and their
-        examples."""
+        """A returned call's metrics and its span; ``answered``: its requests that were
+        given its answer (each of those is charged the call's phases)."""
         if timing is not None and self.observer is not None:
             self._report(batch, outcomes, timing, answered)
         if trace is not None and self.tracer is not None:
@@ -569,7 +569,7 @@ class Batcher:
         batch: list[_Request],
         outcomes: list[_Outcome],
         timing: CallTiming,
-        answered: tuple[int, int],
+        answered: Answered,
     ) -> None:
         given = sum(len(r.examples) for r, o in zip(batch, outcomes, strict=True) if o.prepared)
         if not given or self.observer is None:
@@ -578,8 +578,9 @@ class Batcher:
             examples=given,
             # Not those whose caller had gone (a 499) or whose deadline passed (a 504): the
             # statistics extension charges compute to answered requests only, as Triton.
-            answered=answered[0],
-            answered_examples=answered[1],
+            answered=answered.requests,
+            answered_examples=answered.examples,
+            answered_queued_s=answered.queued_s,
             queued_s=tuple(request.waited for request in batch),
             input_s=timing.input_s,
             infer_s=timing.infer_s,

@@ -16,6 +16,15 @@ if TYPE_CHECKING:
     from loadonce.core.model import Model
 
 
+@dataclass
+class Answered:
+    """The requests of a call that were given its answer, as the batcher counts them."""
+
+    requests: int = 0
+    examples: int = 0
+    queued_s: float = 0.0
+
+
 @dataclass(frozen=True, kw_only=True)
 class CallReport:
     """One call of the model that returned, as the batcher measured it."""
@@ -25,9 +34,10 @@ class CallReport:
     examples: int
     # Requests of the call the model answered (the others failed: their inputs, or the model
     # raised on them, or their caller had gone or their deadline passed before the answer),
-    # and their examples.
+    # their examples, and the seconds they waited in the queue in all.
     answered: int
     answered_examples: int
+    answered_queued_s: float
     # Seconds each request of the call waited in the queue, from its arrival there to the
     # call's start.
     queued_s: tuple[float, ...]

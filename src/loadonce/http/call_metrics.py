@@ -24,9 +24,9 @@ PHASES = ("input", "infer", "output")
 
 # The series' names, as their samples are named when read back.
 _OUTCOMES = "loadonce_model_request_duration_seconds"
-_QUEUE = "loadonce_queue_duration_seconds"
 _COMPUTED = "loadonce_computed_requests_total"
 _COMPUTED_EXAMPLES = "loadonce_computed_examples_total"
+_COMPUTED_QUEUE = "loadonce_computed_requests_queue_seconds_total"
 _COMPUTE = "loadonce_request_compute_seconds_total"
 _BATCH_CALLS = "loadonce_calls_total"
 _BATCH_COMPUTE = "loadonce_call_compute_seconds_total"
@@ -63,7 +63,7 @@ class ModelStatistics:
     last_call: float = 0.0  # seconds since the epoch; 0: none yet
     success: Duration = field(default_factory=Duration)
     fail: Duration = field(default_factory=Duration)
-    queue: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)  # of the requests answered
     # Per request answered, the seconds of each phase of the call that answered it.
     computed: int = 0
     compute_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
@@ -78,6 +78,7 @@ class _CallSeries:
     duration: Any
     computed: Any
     computed_examples: Any
+    computed_queue: Any
     compute: tuple[Any, ...]  # per phase
     calls: Any
     call_compute: tuple[Any, ...]  # per phase
@@ -123,6 +124,13 @@ class CallMetrics:
         self.computed_examples = Counter(
             "loadonce_computed_examples",
             "Examples of the requests the model's calls answered (the statistics' inference_count)",
+            ["model"],
+            registry=registry,
+        )
+        self.computed_queue = Counter(
+            "loadonce_computed_requests_queue_seconds",
+            "Seconds the requests the model's calls answered waited in its queue (the "
+            "statistics' queue, which counts successful requests only, as Triton's)",
             ["model"],
             registry=registry,
         )
@@ -177,6 +185,7 @@ class CallMetrics:
                 duration=self._child(self.call_duration, model),
                 computed=self._child(self.computed, model),
                 computed_examples=self._child(self.computed_examples, model),
+                computed_queue=self._child(self.computed_queue, model),
                 compute=tuple(self._child(self.compute, model, phase) for phase in PHASES),
                 calls=self._child(self.batch_calls, model, size),
                 call_compute=tuple(
@@ -201,6 +210,7 @@ class CallMetrics:
             return
         series.computed.inc(report.answered)
         series.computed_examples.inc(report.answered_examples)
+        series.computed_queue.inc(report.answered_queued_s)
         for counter, seconds in zip(series.compute, phases, strict=True):
             counter.inc(seconds * report.answered)
         series.calls.inc()
@@ -230,10 +240,11 @@ def _take(stats: ModelStatistics, name: str, labels: dict[str, str], value: floa
     if name in (f"{_OUTCOMES}_count", f"{_OUTCOMES}_sum"):
         duration = stats.success if labels["outcome"] == "success" else stats.fail
         _add(duration, name, value)
-    elif name in (f"{_QUEUE}_count", f"{_QUEUE}_sum"):
-        _add(stats.queue, name, value)
     elif name == _COMPUTED:
         stats.computed += int(value)
+        stats.queue.count += int(value)
+    elif name == _COMPUTED_QUEUE:
+        stats.queue.seconds += value
     elif name == _COMPUTED_EXAMPLES:
         stats.examples += int(value)
     elif name == _COMPUTE:
