@@ -182,3 +182,25 @@ def test_statistics_count_only_successful_inferences_and_executions_as_triton(
     assert sum(_samples(text, "loadonce_calls_total").values()) == stats["execution_count"]
     assert _samples(text, "loadonce_computed_examples_total")['{model="m"}'] == 4
     assert _samples(text, "loadonce_batch_size_examples_count")['{model="m"}'] == 3
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "route", "model"),
+    [
+        ("GET", "/models/m/predict", "/models/{name}/predict", "m"),
+        ("GET", "/admin/models/m/reload", "/admin/models/{name}/reload", "m"),
+        ("DELETE", "/readyz", "/readyz", ""),
+        ("PATCH", "/v1/chat/completions", "/v1/chat/completions", ""),
+    ],
+)
+def test_a_wrong_method_is_counted_as_its_routes_other_answers(
+    method: str, path: str, route: str, model: str
+) -> None:
+    """A 405 loadonce's route answered was in the log only: a client calling a route with
+    the wrong method never showed on a dashboard."""
+    spec = loadonce.ModelSpec(name="m", loader=lambda: lambda batch: batch, input_shape=())
+    with TestClient(loadonce.create_app([spec])) as client:
+        assert client.request(method, path).status_code == 405
+        text = client.get("/metrics").text
+    requests = _samples(text, "loadonce_requests_total")
+    assert requests[f'{{model="{model}",route="{route}",status="405"}}'] == 1

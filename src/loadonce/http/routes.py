@@ -65,6 +65,8 @@ class PlainRoute(APIRoute):
     # The path the protocol's routes begin with (``http/protocol_roots.py``): the errors
     # answered before any route under it runs are in its body. None: loadonce's JSON routes.
     protocol_root: ClassVar[str | None] = None
+    # Whether its answers are in the metrics (``count_answer``); /metrics itself is not.
+    counted: ClassVar[bool] = False
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.methods and scope["method"] == "HEAD" and "GET" in self.methods:
@@ -73,12 +75,17 @@ class PlainRoute(APIRoute):
             await super().handle({**scope, "method": "GET"}, receive, _headers_only(send))
             return
         if self.methods and scope["method"] not in self.methods:
+            started = time.perf_counter()
             request = Request(scope, receive)
             methods = {*self.methods, "HEAD"} if "GET" in self.methods else self.methods
             allowed = ", ".join(sorted(methods))
             error = MethodNotAllowedError(scope["method"], allowed)
             response = type(self).error_for(error, request, request_id_of(request))
             response.headers["Allow"] = allowed
+            if self.counted:  # a storm of them is seen on a dashboard, as the route's 400s
+                state = LoadonceState.in_scope(scope)
+                params = scope.get("path_params", {})
+                count_request(state, params, self.path_format, 405, time.perf_counter() - started)
             await response(scope, receive, send)
             return
         await super().handle(scope, receive, send)
@@ -97,6 +104,8 @@ class LoadonceRoute(PlainRoute):
     """A route that answers its own errors, so mounting loadonce's routers in a user's app
     changes nothing about how the user's other routes answer theirs. ``error_for``: the
     protocol's error body (the JSON routes' here)."""
+
+    counted = True
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
