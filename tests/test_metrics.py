@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -204,3 +205,49 @@ def test_a_wrong_method_is_counted_as_its_routes_other_answers(
         text = client.get("/metrics").text
     requests = _samples(text, "loadonce_requests_total")
     assert requests[f'{{model="{model}",route="{route}",status="405"}}'] == 1
+
+
+class _Writer(loadonce.Predictor):
+    """Generates three pieces; raises for the prompt "raise", starts late for "late"."""
+
+    max_new_tokens = 10
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return list(batch)
+
+    def generate(self, request: loadonce.GenerationRequest) -> Iterator[str]:
+        if request.prompt == "raise":
+            raise ValueError("the model refuses this prompt")
+        if request.prompt == "late":
+            time.sleep(0.3)
+        for index in range(3):
+            yield f"{index} "
+
+
+@pytest.mark.parametrize(
+    ("failing", "status"),
+    [
+        pytest.param({"json": {"prompt": "raise"}}, 500, id="the-model-raised"),
+        pytest.param(
+            {"json": {"prompt": "late"}, "headers": {"X-Request-Timeout": "0.1"}},
+            504,
+            id="past-the-deadline",
+        ),
+    ],
+)
+def test_a_generating_models_requests_are_in_its_statistics(
+    failing: dict[str, Any], status: int
+) -> None:
+    """A generating model's /v2/models/{m}/stats stayed at zero however many generations it
+    ran: its requests never reached the statistics' success and fail."""
+    spec = loadonce.ModelSpec(name="g", loader=_Writer)
+    with TestClient(loadonce.create_app([spec])) as client:
+        assert client.post("/models/g/generate", **failing).status_code == status
+        for _ in range(2):
+            answer = client.post("/v2/models/g/generate", json={"text_input": "hi"})
+            assert answer.status_code == 200, answer.text
+        [stats] = client.get("/v2/models/g/stats").json()["model_stats"]
+    inference = stats["inference_stats"]
+    assert (inference["success"]["count"], inference["fail"]["count"]) == (2, 1)
+    assert inference["success"]["ns"] > 0
+    assert stats["last_inference"] > 0

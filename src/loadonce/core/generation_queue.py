@@ -178,6 +178,10 @@ class GenerationQueue:
         self._idle.clear()
         self._start_driver()
         self._wake.set()
+        # Counted as the batcher's requests are (the statistics' success and fail): a
+        # generation that ended with its text, or failed (raised, its deadline passed, its
+        # client left).
+        ended_well = False
         try:
             while True:
                 remaining = None if deadline is None else deadline - loop.time()
@@ -203,10 +207,16 @@ class GenerationQueue:
                     return
                 if isinstance(event, BaseException):
                     raise event
+                if isinstance(event, Finished):
+                    # Before it is handed over: a caller may stop reading at its last event.
+                    ended_well = event.reason != "deadline"
                 yield event
                 if isinstance(event, Finished):
                     return
         finally:
+            if self._observer is not None:
+                seconds = loop.time() - sequence.arrived
+                self._observer.request_finished(self._model, ended_well, seconds)
             if not sequence.done:
                 sequence.abandoned = True
                 if sequence.id not in self._active:  # still queued: out of the count now

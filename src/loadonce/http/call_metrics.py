@@ -10,6 +10,7 @@ time the latest of them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -216,6 +217,11 @@ class CallMetrics:
         series.calls.inc()
         for counter, seconds in zip(series.call_compute, phases, strict=True):
             counter.inc(seconds)
+
+    def generation_ended(self, model: str) -> None:
+        """A generation that ran ended now: the model's last inference, as a call's return
+        is (a generating model makes no calls the batcher reports)."""
+        self._child(self.last_call, model).set(time.time())
 
     def request_finished(self, model: str, ok: bool, seconds: float) -> None:
         self._child(self.outcomes, model, "success" if ok else "fail").observe(seconds)

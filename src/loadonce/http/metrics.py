@@ -136,6 +136,7 @@ class Metrics:
 
     def generation_finished(self, model: str, report: GenerationReport) -> None:
         self.generation.observe(model, report)
+        self.calls.generation_ended(model)
 
     def request_done(self, model: str, route: str, status: int, seconds: float) -> None:
         # prometheus-client's labels() costs more than the increment itself (it was 7% of the
