@@ -633,6 +633,79 @@ def test_zero_shot_classification_batches_texts_that_share_their_labels(
         assert "candidate_labels" in response.json()["error"]
 
 
+# "This example is good." is [UNK] [UNK] is good [UNK] to the test vocabulary: 5 tokens, and a
+# pair adds one [SEP] to the text's [CLS] and [SEP].
+_HYPOTHESIS_TOKENS = 5 + 1
+_FITS_WITH_HYPOTHESIS = " ".join(["good"] * (CONTEXT - 2 - _HYPOTHESIS_TOKENS))
+
+
+@pytest.mark.parametrize(
+    ("example", "message"),
+    [
+        # The pipeline refuses an empty text from inside (a ValueError: a 500).
+        ({"text": "", "candidate_labels": ["good"]}, 'example 0: "text" is empty'),
+        # Texts that fit alone, not beside the hypothesis: past the model's positions (a 500).
+        (
+            {"text": _FITS_WITH_HYPOTHESIS + " good", "candidate_labels": ["bad", "good"]},
+            "its text and the hypothesis of the label 'bad' are 33 tokens long",
+        ),
+        (
+            {"text": "good", "candidate_labels": ["bad", " ".join(["good"] * CONTEXT)]},
+            "this model takes at most 32",
+        ),
+        # A label no hypothesis of the context could hold, refused before it is tokenized.
+        ({"text": "good", "candidate_labels": ["good " * 10_000]}, "50000 characters long"),
+    ],
+)
+def test_a_zero_shot_pair_the_model_cannot_take_is_a_400(
+    client: TestClient, directories: dict[str, Path], example: dict[str, Any], message: str
+) -> None:
+    response = client.post("/models/chooser/predict", json={"inputs": [example]})
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]
+    # The longest text that fits with its hypothesis answers as the pipeline does alone.
+    fits = {"text": _FITS_WITH_HYPOTHESIS, "candidate_labels": ["bad", "good"]}
+    [answer] = _predict(client, "chooser", [fits])
+    reference = _reference("zero-shot-classification", directories["chooser"])
+    assert _rounded(answer) == _rounded(reference(fits["text"], candidate_labels=["bad", "good"]))
+
+
+def test_zero_shot_truncation_cuts_the_text_beside_the_hypothesis(
+    directories: dict[str, Path],
+) -> None:
+    spec = loadonce.ModelSpec(
+        name="chooser",
+        artifact=directories["chooser"],
+        options={
+            "task": "zero-shot-classification",
+            "call": {"truncation": True},
+            "request_parameters": ["hypothesis_template"],
+        },
+    )
+    with TestClient(loadonce.create_app([spec])) as local:
+        labels = ["bad", "good"]
+        [cut] = _predict(local, "chooser", [{"text": "good " * 40, "candidate_labels": labels}])
+        [kept] = _predict(
+            local, "chooser", [{"text": _FITS_WITH_HYPOTHESIS, "candidate_labels": labels}]
+        )
+        assert cut["scores"] == pytest.approx(kept["scores"])
+        # A hypothesis that leaves no room for the text cannot be cut: a 400 still.
+        too_long = {"text": "good", "candidate_labels": [" ".join(["good"] * CONTEXT)]}
+        response = local.post("/models/chooser/predict", json={"inputs": [too_long]})
+        assert response.status_code == 400, response.text
+        # A template the pipeline cannot put a label in (it raised inside: a 500).
+        for template in ("no label here", "{0} {1}"):
+            response = local.post(
+                "/models/chooser/predict",
+                json={
+                    "inputs": [{"text": "good", "candidate_labels": labels}],
+                    "parameters": {"hypothesis_template": template},
+                },
+            )
+            assert response.status_code == 400, response.text
+            assert "hypothesis_template" in response.json()["error"]
+
+
 def _clip(seed: int, samples: int) -> list[float]:
     clip: list[float] = (
         np.random.default_rng(seed).standard_normal(samples).astype(np.float32).tolist()

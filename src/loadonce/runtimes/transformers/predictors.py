@@ -15,6 +15,7 @@ from loadonce.core.generation import GenerationEngine
 from loadonce.runtimes._base import InputSignature, Predictor, TensorInfo
 from loadonce.runtimes.transformers.audio import CLIP, clip_samples, shortest_clip
 from loadonce.runtimes.transformers.generation import CausalEngine, Seq2SeqEngine
+from loadonce.runtimes.transformers.hypotheses import check_pairs, hypothesis_lengths, template_of
 from loadonce.runtimes.transformers.images import decode_image, image_bytes
 from loadonce.runtimes.transformers.parameters import (
     Rule,
@@ -112,10 +113,11 @@ class TextPredictor(Predictor):
         self.context = context_length(model_config, tokenizer)
         self._truncation = truncation
         self._most_characters = most_characters(self.context, longest_token_characters(tokenizer))
-        unset = getattr(tokenizer, "model_max_length", _UNSET_LENGTH) >= _UNSET_LENGTH
-        if truncation and self.context is not None and unset:
+        cut_at = getattr(tokenizer, "model_max_length", _UNSET_LENGTH)
+        if truncation and self.context is not None and cut_at > self.context:
             # Truncation cuts at the tokenizer's model_max_length: left unset (a tokenizer
-            # built without it), it cut nothing, and a long text failed inside the model.
+            # built without it) or past the model's positions, it cut too little, and a long
+            # text failed inside the model.
             tokenizer.model_max_length = self.context
         self._new_tokens_cap = new_tokens_cap
         self._default_new_tokens = default_new_tokens
@@ -457,6 +459,15 @@ class ZeroShotPredictor(TextPredictor):
         super().__init__(tokenizer=pipeline.tokenizer, model_config=pipeline.model.config, **checks)
         self.pipeline = pipeline
         self.call_options = dict(call_options)
+        try:
+            self._template = template_of(self.call_options)
+        except InvalidInputError as exc:
+            raise ValueError(f"options.call: {exc}") from None
+
+    def check_parameters(self, parameters: Mapping[str, Any]) -> None:
+        super().check_parameters(parameters)
+        if "hypothesis_template" in parameters:
+            template_of(parameters)  # one the pipeline would fail on (a 500) is a 400
 
     def prepare(self, examples: list[Any]) -> list[Any]:
         texts, labelled = [], []
@@ -478,9 +489,27 @@ class ZeroShotPredictor(TextPredictor):
                     '{"text": "...", "candidate_labels": ["...", ...]} (different, non-empty '
                     'labels; optional "multi_label": true or false)'
                 )
+            if not example["text"]:
+                # The pipeline refuses an empty text (a ValueError from inside it: a 500).
+                raise TextInputError(f'example {index}: "text" is empty: send some text')
             texts.append(example["text"])
             labelled.append((tuple(labels), multi))
         prompts = self.prompts(texts)
+        if self.context is not None:
+            lengths = hypothesis_lengths(
+                self.tokenizer,
+                self._template,
+                (label for labels, _ in labelled for label in labels),
+                self._most_characters,
+            )
+            check_pairs(
+                self.tokenizer,
+                [prompt.tokens for prompt in prompts],
+                [labels for labels, _ in labelled],
+                lengths,
+                context=self.context,
+                truncation=self._truncation,
+            )
         return [(p, labels, multi) for p, (labels, multi) in zip(prompts, labelled, strict=True)]
 
     def predict(self, batch: Any) -> Sequence[Any]:
