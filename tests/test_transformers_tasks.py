@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -768,14 +769,21 @@ def test_a_request_of_many_texts_runs_in_bounded_passes(client: TestClient) -> N
     assert [shape[0] for shape in passes.shapes] == [64, 6, 64, 6]
 
 
+@pytest.mark.parametrize("tokenizer_length", [None, 512])
 def test_truncation_cuts_long_texts_when_the_tokenizer_sets_no_length(
-    directories: dict[str, Path],
+    directories: dict[str, Path], tmp_path: Path, tokenizer_length: int | None
 ) -> None:
     # The tokenizer built here sets no model_max_length: truncation cut nothing, and a long
-    # text failed inside the model (a 500) instead of being cut to the model's context.
-    spec = loadonce.ModelSpec(
-        name="cut", artifact=directories["classify"], options={"call": {"truncation": True}}
-    )
+    # text failed inside the model (a 500) instead of being cut to the model's context. One
+    # that sets a length past the model's 32 positions cut too little: a 500 as well.
+    artifact = directories["classify"]
+    if tokenizer_length is not None:
+        artifact = tmp_path / "classify"
+        shutil.copytree(directories["classify"], artifact)
+        config = json.loads((artifact / "tokenizer_config.json").read_text())
+        config["model_max_length"] = tokenizer_length
+        (artifact / "tokenizer_config.json").write_text(json.dumps(config))
+    spec = loadonce.ModelSpec(name="cut", artifact=artifact, options={"call": {"truncation": True}})
     with TestClient(loadonce.create_app([spec])) as local:
         words = ["good", "bad", "movie"] * 20
         [long] = _predict(local, "cut", [" ".join(words)])
