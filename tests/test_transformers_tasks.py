@@ -445,6 +445,51 @@ def test_generation_parameters_are_taken_checked_and_capped(
     assert "this model takes: none" in fixed.json()["error"]
 
 
+ALLOWED_PIPELINE_PARAMETERS = {
+    "classify": ["function_to_apply"],
+    "tokens": ["aggregation_strategy"],
+    "masks": ["targets"],
+}
+
+
+@pytest.fixture(scope="module")
+def open_client(directories: dict[str, Path]) -> Iterator[TestClient]:
+    """Models whose operator lets clients set pipeline arguments."""
+    specs = [
+        loadonce.ModelSpec(
+            name=name, artifact=directories[name], options={"request_parameters": allowed}
+        )
+        for name, allowed in ALLOWED_PIPELINE_PARAMETERS.items()
+    ]
+    with TestClient(loadonce.create_app(specs)) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize(
+    ("name", "parameter", "bad", "good"),
+    [
+        ("classify", "function_to_apply", "bogus", "softmax"),
+        ("classify", "function_to_apply", 5, "SIGMOID"),
+        ("tokens", "aggregation_strategy", "bogus", "first"),
+        ("tokens", "aggregation_strategy", 5, "simple"),
+        ("masks", "targets", "", "good"),
+        ("masks", "targets", 5, "movie"),
+    ],
+)
+def test_a_pipeline_argument_the_pipeline_cannot_take_is_a_400(
+    open_client: TestClient, name: str, parameter: str, bad: Any, good: Any
+) -> None:
+    """An argument the operator lets clients set, with a value the pipeline fails on (a
+    KeyError, TypeError or ValueError from inside it: a 500), is a 400 naming it."""
+    text = "good [MASK]" if name == "masks" else "good movie"
+    response = open_client.post(
+        f"/models/{name}/predict", json={"inputs": [text], "parameters": {parameter: bad}}
+    )
+    assert response.status_code == 400, response.text
+    assert f"parameter '{parameter}' must be" in response.json()["error"]
+    assert _predict(open_client, name, [text], parameters={parameter: good})
+
+
 def test_texts_beyond_the_models_context_are_a_400(client: TestClient) -> None:
     long_text = " ".join(["good"] * (CONTEXT + 5))
     for name in ("classify", "tokens", "writer", "rewriter"):

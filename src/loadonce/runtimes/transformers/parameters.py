@@ -65,14 +65,33 @@ def generation_rules(cap: int) -> dict[str, Rule]:
     }
 
 
+def _one_of(*names: str) -> Callable[[Any], bool]:
+    # The pipelines read these names case-insensitively (an enum looked up by name.upper()).
+    return lambda value: isinstance(value, str) and value.lower() in names
+
+
 def pipeline_rules(vocabulary: int) -> dict[str, Rule]:
-    """Rules for pipeline arguments an operator may allow on a task that does not generate."""
+    """Rules for pipeline arguments an operator may allow on a task that does not generate.
+    A value the pipeline cannot take failed inside it (a KeyError or TypeError: a 500)."""
     return {
         "top_k": Rule(
             lambda value: value is None or _integer(1, vocabulary)(value),
             f"an integer from 1 to {vocabulary}, or null",
         ),
         "truncation": Rule(_boolean, "true or false"),
+        # Text classification's function over the scores.
+        "function_to_apply": Rule(
+            _one_of("sigmoid", "softmax", "none"), "one of 'sigmoid', 'softmax', 'none'"
+        ),
+        # Token classification's grouping of tokens into words and entities.
+        "aggregation_strategy": Rule(
+            _one_of("none", "simple", "first", "average", "max"),
+            "one of 'none', 'simple', 'first', 'average', 'max'",
+        ),
+        # Fill-mask's candidate words (one, here: a list is not a single value).
+        "targets": Rule(
+            lambda value: isinstance(value, str) and bool(value.strip()), "a non-empty word"
+        ),
     }
 
 
