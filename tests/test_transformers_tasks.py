@@ -750,6 +750,14 @@ def test_zero_shot_truncation_cuts_the_text_beside_the_hypothesis(
             )
             assert response.status_code == 400, response.text
             assert "hypothesis_template" in response.json()["error"]
+    # The operator's own template, wrong: said at load, not as every request's 500.
+    wrong = spec.model_copy(
+        update={
+            "options": {"task": "zero-shot-classification", "call": {"hypothesis_template": "x"}}
+        }
+    )
+    with pytest.raises(loadonce.ModelLoadError, match="hypothesis_template must be"):
+        TestClient(loadonce.create_app([wrong])).__enter__()
 
 
 def _clip(seed: int, samples: int) -> list[float]:
