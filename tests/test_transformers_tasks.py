@@ -445,6 +445,28 @@ def test_generation_parameters_are_taken_checked_and_capped(
     assert "this model takes: none" in fixed.json()["error"]
 
 
+@pytest.mark.parametrize("name", ["writer", "rewriter"])
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        # Whole numbers: generate's processors take floats only (a ValueError: a 500).
+        {"do_sample": True, "temperature": 2},
+        {"do_sample": True, "repetition_penalty": 2},
+        {"do_sample": True, "top_p": 1, "temperature": 3},
+        # Extremes the rules take, taken as the generate routes take them (NaN probabilities
+        # in the seq2seq model's generate: a 500).
+        {"do_sample": True, "temperature": 1e-300},
+        {"do_sample": True, "repetition_penalty": 1e-300},
+        {"do_sample": True, "repetition_penalty": 1e-45},
+    ],
+)
+def test_every_generation_parameter_the_rules_take_generates(
+    client: TestClient, name: str, parameters: dict[str, Any]
+) -> None:
+    answers = _predict(client, name, ["good movie", "bad"], parameters=parameters)
+    assert [set(answer) for answer in answers] == [{"generated_text"}] * 2
+
+
 ALLOWED_PIPELINE_PARAMETERS = {
     "classify": ["function_to_apply"],
     "tokens": ["aggregation_strategy"],

@@ -294,7 +294,9 @@ class Seq2SeqPredictor(TextPredictor):
 
     def predict_with(self, batch: Any, parameters: Mapping[str, Any]) -> Sequence[Any]:
         prompts: list[Prompt] = list(batch)
-        generation = {**parameters, "max_new_tokens": self.new_tokens(parameters, prompts)}
+        generation = as_the_engine_samples(
+            {**parameters, "max_new_tokens": self.new_tokens(parameters, prompts)}
+        )
         texts: list[str] = []
         for positions in in_passes(len(prompts)):
             encoded = self.tokenizer(

@@ -92,9 +92,14 @@ def as_the_engine_samples(options: Mapping[str, Any]) -> dict[str, Any]:
     """A pipeline's generation options, taken as the engine takes the same values: a
     temperature too low to sample with is the greedy choice, a repetition penalty past
     what float32 can compute is the most it can, and any score still overflowing is kept
-    finite by transformers' own processor. Passed as they were, both made ``generate``
-    raise on NaN probabilities: the model's 500 for values the rules accept."""
+    finite by transformers' own processor; a whole number is a float. Passed as they were,
+    each made ``generate`` raise: the model's 500 for values the rules accept."""
     taken = dict(options)
+    for name in ("temperature", "top_p", "repetition_penalty"):
+        value = taken.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            # generate's processors take a float only: a temperature of 2 was a ValueError.
+            taken[name] = float(value)
     temperature = taken.get("temperature")
     if isinstance(temperature, int | float) and temperature < _GREEDY_BELOW:
         del taken["temperature"]
