@@ -125,6 +125,53 @@ def test_only_artifacts_under_the_roots_may_be_named(setup: Setup, where: str) -
     assert httpx.get(f"{setup.server.url}/models/m").json()["state"] == "ready"
 
 
+HOSTILE_VERSIONS = {
+    "newline (a forged log line)": "2\nINFO: model 'm' version 9 loaded",
+    "carriage return": "2\r3",
+    "NUL": "2\x00",
+    "escape sequence": "\x1b[31m2",
+    "right-to-left override": "\u202e2",
+    "zero-width space": "2\u200b",
+    "line separator": "2\u20283",
+    "slash (unaddressable in /versions/{v})": "a/b",
+    "dot segment": "..",
+    "space": "2 beta",
+    "query mark": "2?x=1",
+    "non-ASCII": "版本2",
+    "65 characters": "9" * 65,
+    "very long": "9" * 100_000,
+}
+
+
+@pytest.mark.parametrize("version", HOSTILE_VERSIONS.values(), ids=HOSTILE_VERSIONS.keys())
+def test_a_version_that_would_break_urls_metrics_or_logs_is_refused(
+    setup: Setup, version: str
+) -> None:
+    refused = setup.reload("m", {"version": version})
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert "version" in error, error
+    assert len(error) < 500, "the answer echoes at most a short part of the version"
+    served = httpx.get(f"{setup.server.url}/models/m").json()
+    assert (served["state"], served["version"]) == ("ready", "1")
+    # A config file's declaration is checked as a request's change is.
+    with pytest.raises(ValueError, match="is no version"):
+        loadonce.ModelSpec(name="m", loader=_estimator, version=version)
+
+
+@pytest.mark.parametrize("version", ["2", "2.0.1", "2024-06-01", "v3_rc1+build:7"])
+def test_plain_versions_are_served_and_named_in_urls(setup: Setup, version: str) -> None:
+    reloaded = setup.reload("m", {"version": version})
+    assert reloaded.status_code == 200, reloaded.text
+    infer = httpx.post(
+        f"{setup.server.url}/v2/models/m/versions/{version}/infer",
+        json={"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP64", "data": [0, 0]}]},
+    )
+    assert infer.status_code == 200, infer.text
+    assert infer.json()["model_version"] == version
+    assert setup.reload("m", {"version": "1"}).status_code == 200
+
+
 @pytest.mark.parametrize("artifact", ["/dev/zero", "/dev/null", "/dev/stdin"])
 def test_a_device_is_refused_at_once(setup: Setup, artifact: str) -> None:
     started = time.monotonic()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -139,6 +140,20 @@ DEFAULT_BATCHING = Batching(max_batch_size=64, fill_wait_ms="auto")
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
+# A version is named in URL paths (/v2/models/{m}/versions/{v}, which tritonclient does not
+# escape), in metrics labels and in log lines: a slash, a dot segment, a control or invisible
+# character, or a space would make it unaddressable or forge what those say.
+_VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+:\-]{0,63}")
+
+
+def _plain_version(value: str) -> str:
+    if not _VERSION_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"{value[:80]!r} is no version: 1 to 64 ASCII letters, digits, '.', '_', '-', '+' "
+            "or ':', beginning with a letter or digit (it is named in URL paths, metrics and "
+            "logs)"
+        )
+    return value
 
 
 # The longest a model's timeouts may be (about 116 days): longer is no timeout at all.
@@ -159,7 +174,7 @@ class ModelSpec(ConfigModel):
     loader: Callable[..., Any] | str | None = None
     artifact: Path | None = None
     runtime: str | None = None
-    version: Annotated[str, Field(min_length=1, max_length=64)] = "1"
+    version: Annotated[str, AfterValidator(_plain_version)] = "1"
     concurrency: ConcurrencyField | None = None
     warmup: Any = None
     # -1 (TOML has no null) or None marks a dimension of any size.
