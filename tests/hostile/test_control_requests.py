@@ -172,6 +172,13 @@ def test_plain_versions_are_served_and_named_in_urls(setup: Setup, version: str)
     assert setup.reload("m", {"version": "1"}).status_code == 200
 
 
+@pytest.mark.parametrize("artifact", ["", " ", "\t\n"])
+def test_an_empty_artifact_is_named_as_such(setup: Setup, artifact: str) -> None:
+    refused = setup.reload("m", {"artifact": artifact})
+    assert refused.status_code == 400, refused.text
+    assert "artifact is empty" in refused.json()["error"]
+
+
 @pytest.mark.parametrize("artifact", ["/dev/zero", "/dev/null", "/dev/stdin"])
 def test_a_device_is_refused_at_once(setup: Setup, artifact: str) -> None:
     started = time.monotonic()

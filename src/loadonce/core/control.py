@@ -172,6 +172,12 @@ def changed_spec(spec: ModelSpec, request: ControlRequest, roots: ArtifactRoots)
     absolute path (the server may not run where the caller does) under ``roots``, a regular
     file or a directory, in a format the model's configured trust allows. A request's sha256
     only goes with a new artifact: the operator's pin of the configured one stands."""
+    if request.artifact is not None and not request.artifact.strip():
+        # Read as a path it would be '.', which the request never said.
+        raise InvalidInputError(
+            "artifact is empty: give the new artifact's absolute path, or leave artifact out "
+            "to read the configured one again"
+        )
     changes = request.changes
     if not changes:
         return spec
