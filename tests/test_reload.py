@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
+import pytest
 
 from tests.servers import REPO_ROOT, cli_env, serving
 
@@ -27,13 +28,14 @@ def _write_config(
     *,
     sha256: str | None = None,
     loader: str = "tests.loaders:constant_from_file",
+    workers: int = 2,
 ) -> Path:
     config = tmp_path / "loadonce.toml"
     pin = f'sha256 = "{sha256}"\n' if sha256 else ""
     config.write_text(
         f"""
 [server]
-workers = 2
+workers = {workers}
 
 [[models]]
 name = "constant"
@@ -605,3 +607,42 @@ def test_a_worker_stopped_while_it_reloads_does_not_wait_for_the_load(tmp_path: 
         (tmp_path / "loads-are-slow").unlink()
         assert took < 8, f"the worker took {took:.1f} s to stop (the load: 20 s)"
         assert answers[0].status_code == 503, answers[0].text
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_stopping_server_refuses_control_requests_and_abandons_the_load_it_applies(
+    tmp_path: Path, workers: int
+) -> None:
+    """With one worker, a reload sent during the drain was applied, and one in flight held
+    the stop for its whole load (up to load_timeout_s); with several, both were 503 at once.
+    Now alike: 503 (try again), the loaded version serving what was accepted."""
+    artifact = tmp_path / "one.txt"
+    artifact.write_text("1")
+    loader = "tests.loaders:constant_slowly_from_file"
+    config = _write_config(tmp_path, artifact, loader=loader, workers=workers)
+    env = cli_env(tmp_path, {"LOADONCE_STOP_DELAY_S": "3"})
+    reload_url = "/admin/models/constant/reload"
+    with serving([str(config)], tmp_path, env=env) as server:
+        (tmp_path / "loads-are-slow").write_text("20")
+        answers: list[httpx.Response] = []
+        in_flight = threading.Thread(
+            target=lambda: answers.append(httpx.post(server.url + reload_url, timeout=60))
+        )
+        in_flight.start()
+        [model] = httpx.get(f"{server.url}/models").json()["models"]
+        first = min(w["pid"] for w in model["workers"])  # the one a reload reaches first
+        _when_reloading(server.url, first)
+        stopped = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        while httpx.get(f"{server.url}/readyz").status_code != 503:
+            time.sleep(0.02)
+        refused = httpx.post(server.url + reload_url, json={"version": "2"}, timeout=10)
+        in_flight.join(timeout=10)
+        states = {httpx.get(f"{server.url}/readyz").json()["models"]["constant"] for _ in range(6)}
+        server.process.wait(timeout=30)
+        took = time.monotonic() - stopped
+    assert refused.status_code == 503, refused.text
+    assert "the server is stopping; try again" in refused.json()["error"]
+    assert [a.status_code for a in answers] == [503], [a.text for a in answers]
+    assert states == {"ready"}, "the abandoned reload left the loaded version serving"
+    assert took < 12, f"the server took {took:.1f} s to stop (the load: 20 s)"

@@ -11,6 +11,7 @@ same way.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -104,6 +105,10 @@ WORKER_EXITED = "the worker exited while applying it"
 WORKER_GONE = "the worker exited before the request reached it"
 # A worker a load had switched, switched back when another worker failed: what it serves.
 SWITCHED_BACK = "switched back to what the other workers serve"
+
+
+# How often a control waiting for a load looks whether the server is stopping.
+DRAINING_POLL_S = 0.2
 
 
 class ControlInterruptedError(LoadonceError):
@@ -250,4 +255,16 @@ class LocalControl:
         request = request.as_declared(model.declared_spec)
         if request.changes:
             changed_spec(model.spec, request, self.registry.artifact_roots)  # 400 or 403 likewise
-        return [await apply_locally(self.registry, request)]
+        # As with several workers (server/control_channel.py): a stopping server starts no
+        # load, and abandons the one it applies, which its shutdown would wait for (up to
+        # load_timeout_s) before it could unload, whatever drain_timeout_s said.
+        stopping = ControlInterruptedError(f"{SERVER_STOPPING}; try again")
+        if self.registry.draining:
+            raise stopping
+        applying = asyncio.ensure_future(apply_locally(self.registry, request))
+        while not applying.done():
+            await asyncio.wait({applying}, timeout=DRAINING_POLL_S)
+            if self.registry.draining and not applying.done():
+                applying.cancel()
+                raise stopping
+        return [applying.result()]

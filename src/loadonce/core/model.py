@@ -337,6 +337,10 @@ class Model:
         self._notify()
         try:
             executor = await self._build_and_measure(spec)
+        except asyncio.CancelledError:
+            # Abandoned (the server stops): the loaded version serves what was accepted.
+            self._state = ModelState.READY
+            raise
         except ModelLoadError as failure:
             self._state = ModelState.READY
             self.error = f"{failure}; version {self.version} loaded before goes on serving"

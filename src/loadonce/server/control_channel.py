@@ -24,6 +24,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from loadonce.core.control import (
+    DRAINING_POLL_S,
     SERVER_STOPPING,
     ControlInterruptedError,
     ControlRequest,
@@ -42,9 +43,6 @@ from loadonce.server.worker_process import (
     RESULT,
     STARTED,
 )
-
-# How often a worker waiting for a control request's outcome looks whether it is draining.
-_DRAINING_POLL_S = 0.2
 
 if TYPE_CHECKING:
     from loadonce.core.registry import Registry  # the worker's; the supervisor holds none
@@ -84,7 +82,7 @@ class SupervisedControl:
         stop waited for it (up to load_timeout_s, 600 s) before the worker could unload,
         whatever drain_timeout_s said, and the supervisor then killed the worker."""
         while not self._registry.draining:
-            await asyncio.sleep(_DRAINING_POLL_S)
+            await asyncio.sleep(DRAINING_POLL_S)
         applying = self._applying
         if applying is not None and not applying.done():
             logger.warning(
@@ -121,7 +119,7 @@ class SupervisedControl:
             # A supervisor that is stopping answers no more requests: once this worker drains
             # too, it stops waiting (it waited out the whole drain, holding the shutdown).
             while not future.done():
-                await asyncio.wait({future}, timeout=_DRAINING_POLL_S)
+                await asyncio.wait({future}, timeout=DRAINING_POLL_S)
                 if self._registry.draining and not future.done():
                     raise ControlInterruptedError(f"{SERVER_STOPPING}; try again")
             outcomes = future.result()
