@@ -15,6 +15,7 @@ import httpx2 as httpx
 import joblib
 import pytest
 import skops.io
+from fastapi.testclient import TestClient
 from sklearn.linear_model import LogisticRegression
 
 import loadonce
@@ -170,6 +171,23 @@ def test_plain_versions_are_served_and_named_in_urls(setup: Setup, version: str)
     assert infer.status_code == 200, infer.text
     assert infer.json()["model_version"] == version
     assert setup.reload("m", {"version": "1"}).status_code == 200
+
+
+@pytest.mark.parametrize("directory", ["Secret Project", "Secret Project/prod models"])
+def test_a_pin_on_a_directory_is_refused_before_any_load(setup: Setup, directory: str) -> None:
+    refused = setup.reload("m", {"artifact": str(setup.models / directory), "sha256": "a" * 64})
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert "sha256 pins one file's bytes" in error, error
+    assert "workers" not in refused.json(), "no worker tried to load it"
+
+
+def test_a_declared_pin_on_a_directory_fails_its_load_saying_so(tmp_path: Path) -> None:
+    (tmp_path / "value.txt").write_text("1")
+    loader = "tests.loaders:constant_from_file"
+    spec = loadonce.ModelSpec(name="c", loader=loader, artifact=tmp_path, sha256="a" * 64)
+    with pytest.raises(loadonce.ModelLoadError, match="sha256 pins one file's bytes"):
+        TestClient(loadonce.create_app([spec])).__enter__()
 
 
 @pytest.mark.parametrize("artifact", ["", " ", "\t\n"])

@@ -196,6 +196,12 @@ def changed_spec(spec: ModelSpec, request: ControlRequest, roots: ArtifactRoots)
         raise InvalidInputError(f"model '{spec.name}' is loaded by a loader, not an artifact")
     if artifact is not None:
         changes["artifact"] = roots.check(artifact)
+    if "sha256" in changes and changes["artifact"].is_dir():
+        # Refused here, before every worker tries it and fails reading a directory as a file.
+        raise InvalidInputError(
+            f"sha256 pins one file's bytes, and artifact '{artifact}' is a directory: "
+            "pin a single-file artifact, or leave sha256 out"
+        )
     if artifact is not None and "sha256" not in changes and spec.sha256 is not None:
         raise InvalidInputError(
             f"model '{spec.name}' is pinned by sha256: give the new artifact's sha256 as well"

@@ -22,6 +22,8 @@ class IntegrityError(Exception):
 
 
 def verify_sha256(path: Path, expected: str) -> None:
+    if path.is_dir():  # a declared one: a request's is refused before (core/control.py)
+        raise IntegrityError("sha256 pins one file's bytes, and the artifact is a directory")
     actual = file_sha256(path)
     if actual != expected.lower():
         raise IntegrityError(
