@@ -609,6 +609,19 @@ def test_a_worker_stopped_while_it_reloads_does_not_wait_for_the_load(tmp_path: 
         assert answers[0].status_code == 503, answers[0].text
 
 
+def _model_states_settled(url: str, within: float) -> set[str]:
+    """The states /readyz gives the model over six reads (answered by any worker), once they
+    agree on "ready" or ``within`` seconds passed: a worker puts back the state of a load it
+    abandoned when the cancellation reaches it, which takes a moment under load (it said
+    "reloading" until the process exited, before)."""
+    deadline = time.monotonic() + within
+    while True:
+        states = {httpx.get(f"{url}/readyz").json()["models"]["constant"] for _ in range(6)}
+        if states == {"ready"} or time.monotonic() > deadline:
+            return states
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_stopping_server_refuses_control_requests_and_abandons_the_load_it_applies(
     tmp_path: Path, workers: int
@@ -620,7 +633,7 @@ def test_a_stopping_server_refuses_control_requests_and_abandons_the_load_it_app
     artifact.write_text("1")
     loader = "tests.loaders:constant_slowly_from_file"
     config = _write_config(tmp_path, artifact, loader=loader, workers=workers)
-    env = cli_env(tmp_path, {"LOADONCE_STOP_DELAY_S": "3"})
+    env = cli_env(tmp_path, {"LOADONCE_STOP_DELAY_S": "5"})
     reload_url = "/admin/models/constant/reload"
     with serving([str(config)], tmp_path, env=env) as server:
         (tmp_path / "loads-are-slow").write_text("20")
@@ -638,7 +651,7 @@ def test_a_stopping_server_refuses_control_requests_and_abandons_the_load_it_app
             time.sleep(0.02)
         refused = httpx.post(server.url + reload_url, json={"version": "2"}, timeout=10)
         in_flight.join(timeout=10)
-        states = {httpx.get(f"{server.url}/readyz").json()["models"]["constant"] for _ in range(6)}
+        states = _model_states_settled(server.url, within=2.5)
         server.process.wait(timeout=30)
         took = time.monotonic() - stopped
     assert refused.status_code == 503, refused.text

@@ -11,7 +11,6 @@ same way.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -264,6 +263,10 @@ class LocalControl:
         # As with several workers (server/control_channel.py): a stopping server starts no
         # load, and abandons the one it applies, which its shutdown would wait for (up to
         # load_timeout_s) before it could unload, whatever drain_timeout_s said.
+        # Here, not at the module's top: the command line imports this module, and its
+        # supervisor runs without asyncio (tests/test_exported_members.py).
+        import asyncio
+
         stopping = ControlInterruptedError(f"{SERVER_STOPPING}; try again")
         if self.registry.draining:
             raise stopping
