@@ -19,15 +19,14 @@ from loadonce.core.errors import BodiesInFlightError
 
 
 class BodyBudget:
-    """The worker's count of body bytes held (``held``), within ``most`` (``limit``; None:
-    counted, no limit). Read and written directly by ``http/body_limit.py``'s counting
+    """The worker's count of body bytes held (``held``), within ``most`` (the limit; None
+    given: counted, no limit). Read and written directly by ``http/body_limit.py``'s counting
     ``receive``, a call each request's body makes: a method call per chunk cost more than
     the count."""
 
-    __slots__ = ("held", "limit", "most")
+    __slots__ = ("held", "most")
 
     def __init__(self, limit: int | None) -> None:
-        self.limit = limit
         self.most = sys.maxsize if limit is None else limit
         self.held = 0
 
