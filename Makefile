@@ -11,7 +11,7 @@ PORT ?= 8000
 # the tests marked `alone` (they measure the memory of the servers they start) by themselves.
 PYTEST_WORKERS ?= 2
 
-.PHONY: proto serve test test-hostile lint typecheck pytest bench bench-protocols bench-grpc bench-memory bench-transformers bench-generate bench-tracing bench-tracing-instructions bench-request-log lock clean
+.PHONY: proto serve test test-hostile lint typecheck pytest bench bench-protocols bench-grpc bench-memory bench-transformers bench-generate bench-tracing bench-tracing-together bench-tracing-instructions bench-request-log lock clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) || { echo "error: '$(PYTHON) -m venv' failed; on Debian/Ubuntu install python3-venv" >&2; exit 1; }
@@ -82,6 +82,12 @@ bench-generate: $(VENV)/.test-installed
 bench-tracing: $(VENV)/.test-installed
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python -m bench.tracing $(BENCH_ARGS)
+
+# The same with the servers running at once on one core, judged on requests per CPU-second:
+# for a machine whose speed drifts too much for runs taken in turn.
+bench-tracing-together: $(VENV)/.test-installed
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(BIN)/python -m bench.tracing_together $(BENCH_ARGS)
 
 # Tracing's cost on the event loop in instructions (callgrind): figures that do not drift with
 # the machine's load, for when wrk's cannot be trusted.

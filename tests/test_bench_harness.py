@@ -275,3 +275,47 @@ def test_a_quick_run_against_loadonce_and_the_raw_floor_measures_each_variant() 
     assert "| bound: raw ASGI app (read, json.loads, constant) |" in done.stdout
     assert "- loadonce, batching / raw floor (c64 req/s): " in done.stdout
     assert "[2/4] iris · loadonce, batching c64" in done.stderr
+
+
+def test_tracing_measured_together_is_judged_on_requests_per_cpu_second() -> None:
+    """Servers sharing one core get shares of it: the 10% server answering as many requests a
+    second as "off" on a larger share of the core still costs more a request, and the verdict
+    says so; the two "off" servers against each other show the method's own noise."""
+    from bench.tracing_together import ratios, render
+
+    def run(req_per_s: float, cpu_s: float) -> dict[str, float]:
+        return {
+            "req_per_s": req_per_s,
+            "req_per_cpu_s": req_per_s * 10 / cpu_s,
+            "cpu_share": cpu_s / 10,
+            "p99_ms": 50.0,
+            "errors": 0,
+        }
+
+    rounds = [
+        {
+            "off #1": run(1000, 2.0),
+            "off #2": run(1000, 2.02),
+            "10% #1": run(1000, 2.2),
+            "10% #2": run(1000, 2.2),
+            "100% #1": run(800, 2.4),
+        }
+        for _ in range(3)
+    ]
+    assert ratios(rounds, "10%", "req_per_s") == [1.0, 1.0, 1.0]
+    [per_cpu] = set(ratios(rounds, "10%", "req_per_cpu_s"))
+    assert per_cpu == pytest.approx((1 / 2.2) / ((1 / 2.0 + 1 / 2.02) / 2))
+    results = {
+        "date": "2026-12-04",
+        "cpu": "a test CPU",
+        "seconds": 10,
+        "warmup": 5,
+        "instances": 2,
+        "versions": {"loadonce": "0.1"},
+        "rounds": rounds,
+        "exports": 7,
+    }
+    table = render(results)
+    assert "- 10% sampling: 8.6% fewer requests per CPU-second than off" in table
+    assert "(target at most 5%: missed)" in table
+    assert "against each other per round: 0.990 / 0.990 / 0.990" in table
