@@ -582,6 +582,110 @@ def test_a_refusal_names_the_field_at_fault(
     assert response.json()["error"]["param"] == param
 
 
+def _message(**fields: Any) -> dict[str, Any]:
+    return {**_CHAT, "messages": [{"role": "user", "content": "good", **fields}]}
+
+
+_TOOL_CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "param", "code"),
+    [
+        # The field's own checks: OpenAI's code for each kind of fault (code was null).
+        ("completions", {"model": "echo"}, "prompt", "missing_required_parameter"),
+        ("completions", {**_body("completions"), "max_tokens": 0}, "max_tokens",
+         "integer_below_min_value"),
+        ("completions", {**_body("completions"), "max_tokens": 100_000}, "max_tokens",
+         "integer_above_max_value"),
+        ("completions", {**_body("completions"), "temperature": 3}, "temperature",
+         "decimal_above_max_value"),
+        ("completions", {**_body("completions"), "top_p": -1}, "top_p",
+         "decimal_below_min_value"),
+        ("completions", {**_body("completions"), "temperature": "0.5"}, "temperature",
+         "invalid_type"),
+        ("completions", {**_body("completions"), "stop": list("abcde")}, "stop",
+         "array_above_max_length"),
+        ("completions", {**_body("completions"), "stop": ""}, "stop", "empty_string"),
+        ("completions", {"model": "echo", "prompt": []}, "prompt", "empty_array"),
+        ("completions", {"model": "echo", "prompt": {"a": 1}}, "prompt", "invalid_type"),
+        ("completions", {**_body("completions"), "n": 2}, "n", "unsupported_value"),
+        ("chat/completions", {**_CHAT, "messages": []}, "messages", "empty_array"),
+        ("chat/completions", {**_CHAT, "messages": ["good"]}, "messages.0", "invalid_type"),
+        ("embeddings", {"model": "features", "input": []}, "input", "empty_array"),
+        ("embeddings", {"model": "features", "input": ""}, "input", "empty_string"),
+        ("embeddings", {"model": "features", "input": 5}, "input", "invalid_type"),
+        ("embeddings", {"model": "", "input": "good"}, "model", "empty_string"),
+        ("embeddings", {"model": "features", "input": "a", "encoding_format": "hex"},
+         "encoding_format", "invalid_value"),
+        # More texts than the model takes in one request: the list is at fault, a 400 (was
+        # a 413 without param, the client's APIStatusError, as for a body too large).
+        ("embeddings", {"model": "features", "input": ["good"] * 1025}, "input",
+         "array_above_max_length"),
+        # What a message holds that loadonce would have dropped or taken as it is: a tool's
+        # turn and an assistant's calls (answered as if the calls never were), an empty
+        # list of parts (answered as an empty message), a name that is not a string.
+        ("chat/completions", _message(role="tool", tool_call_id="c1"), "messages.0.role",
+         "unsupported_value"),
+        ("chat/completions", _message(role="function", name="f"), "messages.0.role",
+         "unsupported_value"),
+        ("chat/completions", _message(role="assistant", content=None, tool_calls=[_TOOL_CALL]),
+         "messages.0.tool_calls", "unsupported_value"),
+        ("chat/completions", _message(role="assistant", tool_calls=[_TOOL_CALL]),
+         "messages.0.tool_calls", "unsupported_value"),
+        ("chat/completions", _message(role="assistant", function_call={"name": "f"}),
+         "messages.0.function_call", "unsupported_value"),
+        ("chat/completions", _message(content=[]), "messages.0.content", "empty_array"),
+        ("chat/completions", _message(name=5), "messages.0.name", "invalid_type"),
+        # Fields that change nothing in the answer, of OpenAI's types and limits still.
+        ("chat/completions", {**_CHAT, "parallel_tool_calls": "yes"}, "parallel_tool_calls",
+         "invalid_type"),
+        ("chat/completions", {**_CHAT, "metadata": "tag"}, "metadata", "invalid_type"),
+        ("chat/completions", {**_CHAT, "metadata": {str(i): "v" for i in range(17)}},
+         "metadata", "invalid_value"),
+        ("chat/completions", {**_CHAT, "metadata": {"k": "v" * 513}}, "metadata.k",
+         "string_above_max_length"),
+    ],
+)  # fmt: skip
+def test_a_refusal_says_openais_code_for_its_fault(
+    local: TestClient, route: str, body: dict[str, Any], param: str, code: str
+) -> None:
+    response = local.post(f"/v1/{route}", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", param, code)
+
+
+def test_what_a_message_may_hold_and_change_nothing_is_taken(local: TestClient) -> None:
+    """The "off" values of the checks above, and a name (not passed on to the template)."""
+    fields: dict[str, Any] = {"parallel_tool_calls": False, "metadata": {"k": "v"}}
+    messages = [
+        {"role": "user", "content": "bad", "name": "ann"},
+        {"role": "assistant", "content": "good", "tool_calls": [], "function_call": None},
+        {"role": "user", "content": [{"type": "text", "text": "good"}], "name": None},
+    ]
+    response = local.post("/v1/chat/completions", json={**_CHAT, "messages": messages, **fields})
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "user: good "
+
+
+def test_the_client_reads_each_refusals_param_and_code(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as limit:
+        client.completions.create(model="echo", prompt="good", max_tokens=0)
+    assert (limit.value.param, limit.value.code) == ("max_tokens", "integer_below_min_value")
+    tool_turn: Any = [
+        {"role": "user", "content": "good"},
+        {"role": "assistant", "content": None, "tool_calls": [_TOOL_CALL]},
+        {"role": "tool", "tool_call_id": "c1", "content": "bad"},
+    ]
+    with pytest.raises(openai.BadRequestError) as calls:
+        client.chat.completions.create(model="chat", messages=tool_turn)
+    assert (calls.value.param, calls.value.code) == ("messages.1.tool_calls", "unsupported_value")
+    with pytest.raises(openai.BadRequestError) as many:
+        client.embeddings.create(model="features", input=["good"] * 1025)
+    assert (many.value.param, many.value.code) == ("input", "array_above_max_length")
+
+
 @pytest.fixture(scope="module")
 def writer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """A tiny GPT-2 (random weights) whose tokenizer has no chat template."""

@@ -17,14 +17,14 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from loadonce.core.errors import LoadonceError, ModelNotReadyError
+from loadonce.core.errors import LoadonceError, ModelNotReadyError, RequestTooLargeError
 from loadonce.core.model import Answer
 from loadonce.http.dependencies import registry_of
 from loadonce.http.disconnect import unless_disconnected
 from loadonce.http.json_answer import JSONAnswer
 from loadonce.http.large_bodies import parse_request_body
 from loadonce.http.request_info import arrival_of, requested_timeout
-from loadonce.protocols.openai.errors import UnsupportedError
+from loadonce.protocols.openai.errors import FieldError, UnsupportedError
 from loadonce.protocols.openai.generation import counted_as
 from loadonce.protocols.openai.schemas import EmbeddingRequest, parse, the_texts
 
@@ -43,6 +43,12 @@ async def answer_embeddings(request: Request) -> Response:
             f"is '{model.name}', which does not embed text (/v1/embeddings serves "
             "feature-extraction models)",
         )
+    try:
+        model.refuse_if_too_many(len(texts))
+    except RequestTooLargeError as exc:
+        # Too many texts is a field's fault (OpenAI's 400, with a code its clients know),
+        # not a body too large to read: split the list, not the bytes.
+        raise FieldError("input", str(exc), "array_above_max_length") from None
     timeout = requested_timeout(request)
 
     async def encode(answer: Answer) -> Response:

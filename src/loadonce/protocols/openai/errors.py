@@ -1,8 +1,16 @@
 """How the OpenAI-compatible routes answer errors: OpenAI's body, ``{"error": {"message",
 "type", "param", "code"}}``, with the status loadonce's one mapping gives (``http/errors.py``),
-except that a request that is not valid is a 400, as OpenAI answers it (not 422)."""
+except that a request that is not valid is a 400, as OpenAI answers it (not 422).
+
+``code`` is OpenAI's word for why a field was refused (``invalid_type``, ``empty_array``,
+``integer_above_max_value``, ``unsupported_value``...), as OpenAI's own answers carry it: a
+client can branch on it without parsing the message. A body that is not JSON at all has none,
+as OpenAI's has none.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,6 +31,7 @@ from loadonce.http.streaming import server_sent_event
 
 __all__ = [
     "TOKENS_FIELD_SCOPE_KEY",
+    "FieldError",
     "OpenAIRoute",
     "UnsupportedError",
     "error_event",
@@ -33,9 +42,24 @@ __all__ = [
 TOKENS_FIELD_SCOPE_KEY = "loadonce.openai_tokens_field"
 
 
+class FieldError(InvalidRequestError):
+    """A field of the request that is not valid (400): ``param`` its path as OpenAI names it
+    (``messages.0.content``), ``code`` OpenAI's word for what is wrong with it; ``others``:
+    more fields at fault, said in the message too."""
+
+    def __init__(
+        self, param: str, message: str, code: str, others: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        self.code = code
+        super().__init__([(param, message), *others])
+
+
 class UnsupportedError(InvalidInputError):
     """A request field this server does not honour (400, naming the field in ``param``):
-    answering as if it were honoured would mislead the client."""
+    answering as if it were honoured would mislead the client. Its code is OpenAI's for a
+    value it does not take (the field's "off" value is taken)."""
+
+    code = "unsupported_value"
 
     def __init__(self, param: str, why: str) -> None:
         self.param = param
@@ -51,20 +75,22 @@ def openai_error_for(exc: Exception, request: Request, request_id: str) -> Respo
     if isinstance(exc, InvalidRequestError):
         status = 400
         param = exc.fields[0][0] if exc.fields else None
+        code = exc.code if isinstance(exc, FieldError) else None
     elif isinstance(exc, UnsupportedError):
-        param = exc.param
+        param, code = exc.param, exc.code
     elif isinstance(exc, ModelNotFoundError):
         param, code = "model", "model_not_found"
     elif isinstance(exc, NewTokensLimitError):
         # The field the client sent: max_tokens, or its new name on /v1/chat/completions.
         param = request.scope.get(TOKENS_FIELD_SCOPE_KEY, "max_tokens")
+        code = "integer_above_max_value"  # its least is checked first (ge=1)
     elif isinstance(exc, ContextLengthError):
         # OpenAI's words: what LangChain and others look for to shorten and retry.
         param, code = _text_field(request), "context_length_exceeded"
     elif isinstance(exc, InvalidFieldError):
-        param = exc.field
+        param, code = exc.field, "invalid_value"
     elif isinstance(exc, TextInputError):  # the text itself (no token, no chat template)
-        param = _text_field(request)
+        param, code = _text_field(request), "invalid_value"
     return openai_error(status, message, request_id, param=param, code=code)
 
 

@@ -7,8 +7,10 @@ the value that means "off": a client that asked for them would otherwise read an
 silently ignored them. Fields that change nothing in the answer (``user``, ``store``,
 ``metadata``...) and names OpenAI does not define are ignored, as OpenAI-compatible servers
 do: the ``openai`` client sends only what its caller passed, and newer clients may add more.
-Those of a plain type are still checked as OpenAI checks them (``user`` a string, ``store`` a
-boolean), as every field here is.
+Those loadonce knows are still checked as OpenAI checks them (``user`` a string, ``store`` a
+boolean, ``metadata`` up to 16 string pairs), as every field here is.
+
+A refusal says OpenAI's ``code`` for the fault (``FieldError``), read from pydantic's error.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from pydantic import (
     WithJsonSchema,
     field_validator,
 )
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from loadonce.core.errors import InvalidRequestError
 from loadonce.core.generation import LONGEST_STOP_STRING
-from loadonce.protocols.openai.errors import UnsupportedError
+from loadonce.protocols.openai.errors import FieldError, UnsupportedError
 
 __all__ = [
     "ChatRequest",
@@ -128,27 +131,35 @@ class StreamOptions(BaseModel):
 
 class _Sampling(_Body):
     max_tokens: int | None = Field(None, ge=1, description="At most the model's max_new_tokens.")
-    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    # A float field's bounds are floats: OpenAI's code for a value past them says "decimal"
+    # (``_code``), whatever the JSON number the client wrote.
+    temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)
     # 0 keeps only the most likely token (greedy), as OpenAI's range, 0 to 1, allows.
-    top_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    top_p: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
     stop: str | list[str] | None = Field(None, description="Up to 4 strings; not in the answer.")
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     stream: bool | None = False  # null: false, as OpenAI's reference says
     stream_options: StreamOptions | None = None
     # Not OpenAI's, but common in OpenAI-compatible servers (the client's extra_body).
     top_k: int | None = Field(None, ge=1)
-    repetition_penalty: float | None = Field(None, gt=0, allow_inf_nan=False)
+    repetition_penalty: float | None = Field(None, gt=0.0, allow_inf_nan=False)
 
     @field_validator("stop")
     @classmethod
     def _at_most_four(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        # Each error's type is OpenAI's code for it (``_code``).
         if isinstance(stop, list) and len(stop) > MAX_STOPS:
-            raise ValueError(f"at most {MAX_STOPS} stop sequences")
+            raise PydanticCustomError(
+                "array_above_max_length", f"at most {MAX_STOPS} stop sequences"
+            )
         stops = [stop] if isinstance(stop, str) else stop or []
         if "" in stops:
-            raise ValueError("a stop sequence cannot be empty")
+            raise PydanticCustomError("empty_string", "a stop sequence cannot be empty")
         if any(len(one) > MAX_STOP_CHARACTERS for one in stops):
-            raise ValueError(f"a stop sequence may be at most {MAX_STOP_CHARACTERS} characters")
+            raise PydanticCustomError(
+                "string_above_max_length",
+                f"a stop sequence may be at most {MAX_STOP_CHARACTERS} characters",
+            )
         return stop
 
     # A field's validator, so that the refusal names the field (param), not the body; stream
@@ -159,7 +170,9 @@ class _Sampling(_Body):
         cls, options: StreamOptions | None, info: ValidationInfo
     ) -> StreamOptions | None:
         if options is not None and not info.data.get("stream"):
-            raise ValueError("stream_options is only allowed when stream is true")
+            raise PydanticCustomError(
+                "invalid_value", "stream_options is only allowed when stream is true"
+            )
         return options
 
     @property
@@ -193,8 +206,13 @@ class ChatRequest(_Sampling):
         "list of text parts}",
     )
     max_completion_tokens: int | None = Field(None, ge=1, description="max_tokens' new name.")
-    # Changes nothing in the answer (loadonce stores nothing); OpenAI's type still.
+    # Change nothing in the answer (loadonce stores nothing, and calls no tool: "tools" is
+    # refused); OpenAI's types and limits still.
     store: bool | None = None
+    parallel_tool_calls: bool | None = None
+    metadata: (
+        dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None
+    ) = Field(None, max_length=16)
 
 
 class EmbeddingRequest(_Body):
@@ -205,8 +223,9 @@ class EmbeddingRequest(_Body):
 
 
 def parse(raw: bytes, body: type[_B], kind: str) -> _B:
-    """The request body as ``body``: 400 (``InvalidRequestError``) naming the first field that
-    is not valid, or the field loadonce does not honour (``UnsupportedError``)."""
+    """The request body as ``body``: 400 naming the first field that is not valid, with
+    OpenAI's code for why (``FieldError``; a body that is not JSON: ``InvalidRequestError``),
+    or the field loadonce does not honour (``UnsupportedError``)."""
     try:
         found = pydantic_core.from_json(raw)
     except ValueError as exc:
@@ -219,10 +238,47 @@ def parse(raw: bytes, body: type[_B], kind: str) -> _B:
     try:
         return body.model_validate(found)
     except ValidationError as exc:
-        # Each field's path as OpenAI's `param` names it (never the value: it may be secret).
-        raise InvalidRequestError(
-            [(_param(e["loc"]) or "body", e["msg"]) for e in exc.errors()]
+        # The first field at fault, its path as OpenAI's `param` names it (never the value:
+        # it may be secret), and every error in the message.
+        first, *others = exc.errors()
+        raise FieldError(
+            _param(first["loc"]) or "body",
+            first["msg"],
+            _code(first),
+            [(_param(e["loc"]) or "body", e["msg"]) for e in others],
         ) from None
+
+
+# OpenAI's codes that the validators here raise as the error's type (PydanticCustomError).
+_OPENAI_CODES = frozenset(
+    {"array_above_max_length", "empty_string", "invalid_value", "string_above_max_length"}
+)
+
+
+def _code(error: ErrorDetails) -> str:
+    """OpenAI's code for a field pydantic refused (the words of OpenAI's own answers)."""
+    kind, given = error["type"], error.get("input")
+    bounds = list(error.get("ctx", {}).values())
+    number = "decimal" if any(isinstance(bound, float) for bound in bounds) else "integer"
+    if kind in _OPENAI_CODES:
+        return kind
+    if kind == "missing":
+        return "missing_required_parameter"
+    if kind in ("greater_than", "greater_than_equal"):
+        return f"{number}_below_min_value"
+    if kind in ("less_than", "less_than_equal"):
+        return f"{number}_above_max_value"
+    if kind == "too_short":
+        return "empty_array" if given == [] else "array_below_min_length"
+    if kind == "too_long":  # a list's items, or an object's keys (metadata)
+        return "array_above_max_length" if isinstance(given, list) else "invalid_value"
+    if kind == "string_too_short":
+        return "empty_string" if given == "" else "string_below_min_length"
+    if kind == "string_too_long":
+        return "string_above_max_length"
+    if kind.endswith(("_type", "_parsing")) or kind == "int_from_float":
+        return "invalid_type"
+    return "invalid_value"  # a value of the right type the field does not take
 
 
 # The names pydantic puts in a path for the member of a union it tried ("stop.str" for
@@ -253,7 +309,9 @@ def the_prompt(prompt: Any) -> str:
         return prompt
     if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
         raise UnsupportedError("prompt", "holds several prompts: send one per request")
-    raise InvalidRequestError([("prompt", "must be a string")])
+    if prompt == []:
+        raise FieldError("prompt", "cannot be an empty list", "empty_array")
+    raise FieldError("prompt", "must be a string", "invalid_type")
 
 
 def the_texts(given: Any) -> list[str]:
@@ -264,11 +322,13 @@ def the_texts(given: Any) -> list[str]:
         empty = texts.index("") if "" in texts else None
         if empty is not None:
             where = "input" if isinstance(given, str) else f"input.{empty}"
-            raise InvalidRequestError([(where, "cannot be an empty string")])
+            raise FieldError(where, "cannot be an empty string", "empty_string")
         return texts
     if _token_ids(texts):
         raise UnsupportedError("input", "holds token ids, which are not supported: send text")
-    raise InvalidRequestError([("input", "must be a string or a non-empty list of strings")])
+    if given == []:
+        raise FieldError("input", "cannot be an empty list", "empty_array")
+    raise FieldError("input", "must be a string or a non-empty list of strings", "invalid_type")
 
 
 def _token_ids(given: Any) -> bool:
@@ -280,29 +340,52 @@ def _token_ids(given: Any) -> bool:
 
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# A tool's (or a function's) answer: the turn after a call loadonce never makes.
+_TOOL_ROLES = frozenset({"tool", "function"})
+# The calls an assistant's message made: dropped, the model would read a conversation the
+# client never had.
+_CALLS = ("tool_calls", "function_call")
 
 
 def chat_messages(messages: list[Any]) -> tuple[dict[str, str], ...]:
     """The messages as the model's chat template takes them: ``{"role", "content"}``, the
     content one string (text parts joined), OpenAI's "developer" role as "system" (the
-    templates of open models know "system")."""
+    templates of open models know "system"). Tool calls and tools' answers are refused, as
+    ``tools`` is; a ``name`` is not passed on (the templates of open models know none), but
+    is checked as OpenAI checks it."""
     taken = []
     for index, message in enumerate(messages):
+        where = f"messages.{index}"
         if not isinstance(message, dict):
-            raise InvalidRequestError([(f"messages.{index}", "must be an object")])
+            raise FieldError(where, "must be an object", "invalid_type")
         role = message.get("role")
-        if not isinstance(role, str) or role not in _ROLES:  # a list is not even hashable
-            raise InvalidRequestError(
-                [(f"messages.{index}.role", "must be system, developer, user or assistant")]
+        if isinstance(role, str) and role in _TOOL_ROLES:
+            raise UnsupportedError(
+                f"{where}.role",
+                f"is '{role}', a tool's answer, which is not supported: loadonce does not call "
+                "tools",
             )
-        taken.append({"role": _ROLES[role], "content": _text(message.get("content"), index)})
+        if not isinstance(role, str) or role not in _ROLES:  # a list is not even hashable
+            raise FieldError(
+                f"{where}.role", "must be system, developer, user or assistant", "invalid_value"
+            )
+        for calls in _CALLS:
+            if message.get(calls) not in (None, []):
+                raise UnsupportedError(
+                    f"{where}.{calls}", "is not supported: loadonce does not call tools"
+                )
+        if not isinstance(message.get("name", ""), str | None):
+            raise FieldError(f"{where}.name", "must be a string", "invalid_type")
+        taken.append({"role": _ROLES[role], "content": _text(message.get("content"), where)})
     return tuple(taken)
 
 
-def _text(content: Any, index: int) -> str:
-    where = f"messages.{index}.content"
+def _text(content: Any, message: str) -> str:
+    where = f"{message}.content"
     if isinstance(content, str):
         return content
+    if content == []:  # OpenAI's parts are at least one
+        raise FieldError(where, "cannot be an empty list of parts", "empty_array")
     if isinstance(content, list):
         pieces = []
         for part in content:
@@ -311,7 +394,7 @@ def _text(content: Any, index: int) -> str:
                 raise UnsupportedError(where, f"holds a part of type '{kind}': text parts only")
             text = part.get("text")
             if not isinstance(text, str):
-                raise InvalidRequestError([(where, "a text part's 'text' must be a string")])
+                raise FieldError(where, "a text part's 'text' must be a string", "invalid_type")
             pieces.append(text)
         return "".join(pieces)
-    raise InvalidRequestError([(where, "must be a string or a list of text parts")])
+    raise FieldError(where, "must be a string or a list of text parts", "invalid_type")
