@@ -34,6 +34,7 @@ from loadonce.protocols.grpc.messages import HEALTH_SERVICE, SERVICE, message_cl
 from loadonce.protocols.grpc.service import InferenceService, grpc_code
 from loadonce.runtimes import Predictor, TensorInfo
 from tests.servers import ThreadedServer, cli_env, free_port, start_cli, stop, wait_until
+from tests.triton_unsupported import UNSUPPORTED_CALLS, UnsupportedCall
 from tests.v2_models import triton_example_specs
 
 INPUT0 = np.arange(16, dtype=np.int32).reshape(1, 16)
@@ -567,6 +568,59 @@ def test_tensors_in_shared_memory_are_refused_by_name(
     code, message = _code(lambda: client.infer("picky", _picky(1), outputs=[output]))
     assert code is grpc.StatusCode.INVALID_ARGUMENT
     assert "output 'OUTPUT0' has parameters.shared_memory_region" in message
+
+
+@pytest.mark.parametrize(
+    ("call", "refusal"),
+    [pytest.param(call, refusal, id=name) for name, call, refusal in UNSUPPORTED_CALLS],
+)
+def test_an_extension_not_offered_is_refused_as_triton_refuses_one(
+    client: triton.InferenceServerClient, call: UnsupportedCall, refusal: str
+) -> None:
+    """UNIMPLEMENTED, Triton's code for a feature it does not support, saying what is not
+    offered: it was grpcio's "Method not found!", which named nothing."""
+    code, message = _code(lambda: call(client, "simple"))
+    assert code is grpc.StatusCode.UNIMPLEMENTED
+    assert message.startswith(refusal)
+
+
+_NO_STREAMING = "streaming inference (ModelStreamInfer) is not supported by this server"
+
+
+@pytest.mark.parametrize("empty_final", [False, True])
+def test_a_stream_is_refused_through_its_callback(
+    client: triton.InferenceServerClient, empty_final: bool
+) -> None:
+    """start_stream / async_stream_infer: the refusal reaches the stream's callback, as any
+    error of the stream does, and the stream stops cleanly."""
+    done: queue.Queue[Any] = queue.Queue()
+    client.start_stream(lambda result, error: done.put((result, error)))
+    client.async_stream_infer("simple", _pair(), enable_empty_final_response=empty_final)
+    result, error = done.get(timeout=10)
+    client.stop_stream()
+    assert result is None
+    assert error.status() == "StatusCode.UNIMPLEMENTED"
+    assert error.message().startswith(_NO_STREAMING)
+    # The client goes on working, a new stream included.
+    np.testing.assert_array_equal(
+        client.infer("simple", _pair()).as_numpy("OUTPUT0"), INPUT0 + INPUT1
+    )
+
+
+def test_an_aio_stream_is_refused(grpc_url: str) -> None:
+    async def requests() -> Any:
+        yield {"model_name": "simple", "inputs": _pair()}
+
+    async def run() -> None:
+        async with triton_aio.InferenceServerClient(grpc_url) as aio:
+            async for _ in aio.stream_infer(requests(), stream_timeout=10):
+                pass
+
+    # tritonclient's aio stream raises gRPC's own error, not InferenceServerException.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        asyncio.run(run())
+    assert refused.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    assert (refused.value.details() or "").startswith(_NO_STREAMING)
 
 
 @pytest.mark.parametrize("raw", [True, False])

@@ -16,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 import loadonce
 from tests.servers import ThreadedServer
+from tests.triton_unsupported import UNSUPPORTED_CALLS, UnsupportedCall
 from tests.v2_models import IRIS_LIKE, v2_specs
 
 
@@ -431,3 +432,18 @@ def _bf16_as_json(server: ThreadedServer) -> None:
             assert (output["datatype"], output["data"]) == ("BF16", answered)
         else:
             assert "outside the range of BF16" in answer.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("call", "refusal"),
+    [pytest.param(call, refusal, id=name) for name, call, refusal in UNSUPPORTED_CALLS],
+)
+def test_an_extension_not_offered_is_refused_as_triton_refuses_one(
+    client: triton.InferenceServerClient, call: UnsupportedCall, refusal: str
+) -> None:
+    """501, Triton's status for a feature it does not support, saying what is not offered:
+    it was 404 "no such endpoint", which reads as a wrong URL or server."""
+    with pytest.raises(InferenceServerException) as refused:
+        call(client, "tensors")
+    assert refused.value.status() == "501"
+    assert refused.value.message().startswith(refusal)

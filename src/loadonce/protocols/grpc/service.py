@@ -12,6 +12,7 @@ request's line in the metrics (route: the RPC's path).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -77,6 +78,7 @@ from loadonce.protocols.v2.schemas import RequestOutput
 from loadonce.protocols.v2.statistics import EXTENSION as STATISTICS
 from loadonce.protocols.v2.statistics import read_statistics
 from loadonce.protocols.v2.tensors import declared_elements
+from loadonce.protocols.v2.unsupported import UNSUPPORTED, NotSupportedError
 from loadonce.tracing import phase
 
 REQUEST_ID_KEY = "x-request-id"
@@ -159,6 +161,19 @@ class InferenceService:
         inference = {
             name: _unary(_TYPES[name][1], self._call(name, rpc)) for name, rpc in rpcs.items()
         }
+        # The service's other RPCs, which tritonclient calls: UNIMPLEMENTED with what is not
+        # offered (grpcio's own answer, "Method not found!", named nothing). Their messages
+        # are not read: nothing in them matters.
+        for feature in UNSUPPORTED:
+            for name in feature.rpcs:
+                refuse = self._call(name, _refusal(feature.message), reads_message=False)
+                inference[name] = (
+                    grpc.stream_stream_rpc_method_handler(
+                        _after_first_message(refuse, self.message_timeout_s)
+                    )
+                    if name == _STREAM
+                    else grpc.stream_unary_rpc_method_handler(refuse)
+                )
         check_types = method_types(HEALTH_SERVICE)["Check"]
         # Open as the HTTP probes are, and logged and counted as they are.
         check = self._call(
@@ -182,11 +197,14 @@ class InferenceService:
         service: str = SERVICE,
         request_class: Any = None,
         family: RouteFamily | None = None,
+        reads_message: bool = True,
     ) -> Call:
+        """``reads_message``: whether the RPC is given its request message (else None)."""
         family = family or _FAMILIES.get(method, RouteFamily.INFERENCE)
         route = f"/{service}/{method}"
         state = self.state
-        request_class = request_class or _TYPES[method][0]
+        if reads_message:
+            request_class = request_class or _TYPES[method][0]
         message_timeout_s = self.message_timeout_s
 
         async def call(messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
@@ -224,15 +242,17 @@ class InferenceService:
                         traced.enter()
                 try:
                     # After the key: a refused caller's message is never waited for.
-                    raw = await _one_message(messages, message_timeout_s)
-                    # Held in the worker's budget of body bytes until the call ends, as an
-                    # HTTP body is (core/body_budget.py): gRPC's own limit is per message.
-                    held.take(len(raw))
-                    request = _parsed(request_class, raw)
-                    if len(raw) > _PARSED_COUNTED_FROM and method == "ModelInfer":
-                        # What its parse made of it, before any of it is decoded (one parse
-                        # at a time: the event loop's).
-                        held.take(parsed_infer_bytes(request))
+                    if reads_message:
+                        raw = await _one_message(messages, message_timeout_s)
+                        # Held in the worker's budget of body bytes until the call ends, as
+                        # an HTTP body is (core/body_budget.py): gRPC's own limit is per
+                        # message.
+                        held.take(len(raw))
+                        request = _parsed(request_class, raw)
+                        if len(raw) > _PARSED_COUNTED_FROM and method == "ModelInfer":
+                            # What its parse made of it, before any of it is decoded (one
+                            # parse at a time: the event loop's).
+                            held.take(parsed_infer_bytes(request))
                     response = await rpc(request, context)
                 except asyncio.CancelledError:
                     status = 499
@@ -437,6 +457,32 @@ class ControlRefusedError(LoadonceError):
 
 
 _TYPES = method_types(SERVICE)
+# The service's streaming RPC (bidirectional), which loadonce does not offer.
+_STREAM = "ModelStreamInfer"
+
+
+def _after_first_message(call: Call, timeout_s: float | None) -> Call:
+    """``call`` once the stream's first message arrived (or ended, or ``timeout_s`` passed).
+    A stream refused at its start raced its client's first write: tritonclient's aio stream
+    then reported grpcio's INTERNAL "Internal error from Core" instead of the refusal, and
+    its threaded stream raised "no longer in valid state" where its callback has errors."""
+
+    async def after(messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+        with contextlib.suppress(StopAsyncIteration, TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await anext(messages)
+        return await call(messages, context)
+
+    return after
+
+
+def _refusal(message: str) -> Handler:
+    """An RPC that refuses every call with ``message`` (UNIMPLEMENTED)."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        raise NotSupportedError(message)
+
+    return refuse
 
 
 def _reply(method: str, **fields: Any) -> Any:

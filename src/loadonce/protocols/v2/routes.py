@@ -43,6 +43,7 @@ from loadonce.protocols.v2.schemas import (
 )
 from loadonce.protocols.v2.statistics import EXTENSION as STATISTICS
 from loadonce.protocols.v2.statistics import add_statistics_routes
+from loadonce.protocols.v2.unsupported import add_unsupported_routes
 
 SERVER_NAME = "loadonce"
 _MODEL = "/v2/models/{model_name}"
@@ -223,6 +224,7 @@ def v2_router(*, model_control: bool = True) -> APIRouter:
         )
 
     add_repository_routes(router, model_control=model_control)
+    add_unsupported_routes(router)
 
     @router.api_route(
         _CATCH_ALL,
