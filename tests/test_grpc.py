@@ -584,43 +584,86 @@ def test_an_extension_not_offered_is_refused_as_triton_refuses_one(
     assert message.startswith(refusal)
 
 
-_NO_STREAMING = "streaming inference (ModelStreamInfer) is not supported by this server"
+# A request sent in a stream between two good ones: (its arguments to async_stream_infer, the
+# start of its error, or None for an answer).
+_STREAMED: list[tuple[str, dict[str, Any], str | None]] = [
+    ("answered", {"model_name": "simple", "inputs": _pair()}, None),
+    ("missing_input", {"model_name": "simple", "inputs": _pair()[:1]}, "invalid inputs: missing"),
+    ("unknown_model", {"model_name": "nope", "inputs": _pair()}, "Request for unknown model"),
+    (
+        "other_version",
+        {"model_name": "simple", "inputs": _pair(), "model_version": "2"},
+        "model 'simple' has no version '2'",
+    ),
+    ("sequence", {"model_name": "simple", "inputs": _pair(), "sequence_id": 7}, "invalid inputs"),
+    (
+        "deadline",
+        {"model_name": "picky", "inputs": _picky(200), "timeout": 50_000},
+        # Either its deadline passes, or, the model still busy with an earlier test's slow
+        # call, it is refused at once: it would be answered past its deadline.
+        "model 'picky'",
+    ),
+    ("model_raises", {"model_name": "picky", "inputs": _picky(-1)}, "the model raised"),
+]
 
 
 @pytest.mark.parametrize("empty_final", [False, True])
-def test_a_stream_is_refused_through_its_callback(
-    client: triton.InferenceServerClient, empty_final: bool
+@pytest.mark.parametrize(
+    ("arguments", "error"), [pytest.param(a, e, id=name) for name, a, e in _STREAMED]
+)
+def test_a_stream_answers_each_request_in_order_its_errors_included(
+    client: triton.InferenceServerClient,
+    arguments: dict[str, Any],
+    error: str | None,
+    empty_final: bool,
 ) -> None:
-    """start_stream / async_stream_infer: the refusal reaches the stream's callback, as any
-    error of the stream does, and the stream stops cleanly."""
+    """start_stream / async_stream_infer / stop_stream: each request answered as ModelInfer
+    answers it, a failed one by its error in the stream, which goes on (as Triton's). It was
+    "Method not found!", and the stream unusable."""
     done: queue.Queue[Any] = queue.Queue()
     client.start_stream(lambda result, error: done.put((result, error)))
-    client.async_stream_infer("simple", _pair(), enable_empty_final_response=empty_final)
-    result, error = done.get(timeout=10)
+    for request_id, sent in (
+        ("before", _STREAMED[0][1]),
+        ("it", arguments),
+        ("after", _STREAMED[0][1]),
+    ):
+        client.async_stream_infer(
+            **sent, request_id=request_id, enable_empty_final_response=empty_final
+        )
+    answers = [done.get(timeout=10) for _ in range(3)]
     client.stop_stream()
-    assert result is None
-    assert error.status() == "StatusCode.UNIMPLEMENTED"
-    assert error.message().startswith(_NO_STREAMING)
-    # The client goes on working, a new stream included.
-    np.testing.assert_array_equal(
-        client.infer("simple", _pair()).as_numpy("OUTPUT0"), INPUT0 + INPUT1
-    )
+    for index, (result, failure) in enumerate(answers):
+        if index == 1 and error is not None:
+            assert result is None
+            assert failure.message().startswith(error), failure.message()
+            assert "deadline" in failure.message() or "timeout" not in arguments
+            continue
+        assert failure is None, failure
+        response = result.get_response()
+        assert response.id == ("before", "it", "after")[index]
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), INPUT0 + INPUT1)
+        # Every answer is its request's last (a non-decoupled model's, in Triton's terms).
+        if empty_final:
+            assert response.parameters["triton_final_response"].bool_param is True
+        else:
+            assert "triton_final_response" not in response.parameters
 
 
-def test_an_aio_stream_is_refused(grpc_url: str) -> None:
+def test_an_aio_stream_answers_in_order(grpc_url: str) -> None:
     async def requests() -> Any:
-        yield {"model_name": "simple", "inputs": _pair()}
+        for index, model in enumerate(("simple", "nope", "simple")):
+            yield {"model_name": model, "inputs": _pair(), "request_id": str(index)}
 
-    async def run() -> None:
+    async def run() -> list[Any]:
         async with triton_aio.InferenceServerClient(grpc_url) as aio:
-            async for _ in aio.stream_infer(requests(), stream_timeout=10):
-                pass
+            return [answer async for answer in aio.stream_infer(requests(), stream_timeout=10)]
 
-    # tritonclient's aio stream raises gRPC's own error, not InferenceServerException.
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        asyncio.run(run())
-    assert refused.value.code() is grpc.StatusCode.UNIMPLEMENTED
-    assert (refused.value.details() or "").startswith(_NO_STREAMING)
+    [(first, none), (no_result, refused), (last, _)] = asyncio.run(run())
+    assert none is None
+    assert no_result is None
+    assert (first.get_response().id, last.get_response().id) == ("0", "2")
+    np.testing.assert_array_equal(last.as_numpy("OUTPUT0"), INPUT0 + INPUT1)
+    assert refused.message().startswith("Request for unknown model: 'nope'")
 
 
 @pytest.mark.parametrize("raw", [True, False])

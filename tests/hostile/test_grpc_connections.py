@@ -9,11 +9,13 @@ other client's call."""
 from __future__ import annotations
 
 import logging
+import queue
 import selectors
 import socket
 import struct
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import numpy as np
@@ -177,3 +179,26 @@ def test_calls_whose_message_stops_arriving_give_their_slots_back(
             wait_until(lambda: len(late()) == 20, 10, "every stalled call's 408")
         finally:
             stalled.close()
+
+
+def test_streams_that_send_no_request_give_their_slots_back() -> None:
+    """A stream (ModelStreamInfer) whose first request does not arrive within
+    message_timeout_s ends DEADLINE_EXCEEDED, as a unary call's late message does: opened
+    and left silent, streams would hold every slot of max_concurrent_rpcs for good."""
+    port = free_port()
+    spec = loadonce.ModelSpec(name="simple", loader="tests.v2_models:Simple")
+    lifespan = grpc_lifespan(port=port, max_concurrent_rpcs=3, message_timeout_s=1)
+    url = f"127.0.0.1:{port}"
+    with ThreadedServer(loadonce.create_app([spec], wrap=lifespan)):
+        errors: queue.Queue[Any] = queue.Queue()
+        silent = [triton.InferenceServerClient(url) for _ in range(3)]
+        for client in silent:
+            client.start_stream(lambda result, error: errors.put(error))
+        ended = [errors.get(timeout=10) for _ in silent]
+        assert all(e.status() == "StatusCode.DEADLINE_EXCEEDED" for e in ended)
+        assert "the stream sent no request within 1 s" in ended[0].message()
+        with triton.InferenceServerClient(url) as client:
+            assert client.is_server_live()
+        for client in silent:
+            client.stop_stream()
+            client.close()

@@ -12,7 +12,6 @@ request's line in the metrics (route: the RPC's path).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -55,6 +54,7 @@ from loadonce.protocols.grpc.messages import (
     method_types,
     plain_parameters,
 )
+from loadonce.protocols.grpc.stream import MessageTimeoutError, StreamCall, answer_stream
 from loadonce.protocols.grpc.tensors import (
     decode_grpc_inputs,
     encode_grpc_outputs,
@@ -161,19 +161,17 @@ class InferenceService:
         inference = {
             name: _unary(_TYPES[name][1], self._call(name, rpc)) for name, rpc in rpcs.items()
         }
+        stream = self._call(_STREAM, self.model_stream_infer, reads_message=False)
+        inference[_STREAM] = grpc.stream_stream_rpc_method_handler(
+            stream, response_serializer=_TYPES[_STREAM][1].SerializeToString
+        )
         # The service's other RPCs, which tritonclient calls: UNIMPLEMENTED with what is not
         # offered (grpcio's own answer, "Method not found!", named nothing). Their messages
         # are not read: nothing in them matters.
         for feature in UNSUPPORTED:
             for name in feature.rpcs:
                 refuse = self._call(name, _refusal(feature.message), reads_message=False)
-                inference[name] = (
-                    grpc.stream_stream_rpc_method_handler(
-                        _after_first_message(refuse, self.message_timeout_s)
-                    )
-                    if name == _STREAM
-                    else grpc.stream_unary_rpc_method_handler(refuse)
-                )
+                inference[name] = grpc.stream_unary_rpc_method_handler(refuse)
         check_types = method_types(HEALTH_SERVICE)["Check"]
         # Open as the HTTP probes are, and logged and counted as they are.
         check = self._call(
@@ -199,7 +197,8 @@ class InferenceService:
         family: RouteFamily | None = None,
         reads_message: bool = True,
     ) -> Call:
-        """``reads_message``: whether the RPC is given its request message (else None)."""
+        """``reads_message``: whether the RPC is given its request message (else a
+        ``StreamCall``: the raw messages, which it reads itself)."""
         family = family or _FAMILIES.get(method, RouteFamily.INFERENCE)
         route = f"/{service}/{method}"
         state = self.state
@@ -242,7 +241,9 @@ class InferenceService:
                         traced.enter()
                 try:
                     # After the key: a refused caller's message is never waited for.
-                    if reads_message:
+                    if not reads_message:
+                        request = StreamCall(messages, request_id)
+                    else:
                         raw = await _one_message(messages, message_timeout_s)
                         # Held in the worker's budget of body bytes until the call ends, as
                         # an HTTP body is (core/body_budget.py): gRPC's own limit is per
@@ -385,6 +386,16 @@ class InferenceService:
             arrived=arrived,
         )
 
+    async def model_stream_infer(self, call: StreamCall, context: grpc.aio.ServicerContext) -> None:
+        await answer_stream(
+            call,
+            context,
+            self.model_infer,
+            route=f"/{SERVICE}/{_STREAM}",
+            budget=self.state.body_budget,
+            first_message_timeout_s=self.message_timeout_s,
+        )
+
     async def model_config(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         model = self._serving_model(request.name, request.version)
         response = _reply("ModelConfig")
@@ -457,23 +468,8 @@ class ControlRefusedError(LoadonceError):
 
 
 _TYPES = method_types(SERVICE)
-# The service's streaming RPC (bidirectional), which loadonce does not offer.
+# The service's streaming RPC (bidirectional: protocols/grpc/stream.py).
 _STREAM = "ModelStreamInfer"
-
-
-def _after_first_message(call: Call, timeout_s: float | None) -> Call:
-    """``call`` once the stream's first message arrived (or ended, or ``timeout_s`` passed).
-    A stream refused at its start raced its client's first write: tritonclient's aio stream
-    then reported grpcio's INTERNAL "Internal error from Core" instead of the refusal, and
-    its threaded stream raised "no longer in valid state" where its callback has errors."""
-
-    async def after(messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
-        with contextlib.suppress(StopAsyncIteration, TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                await anext(messages)
-        return await call(messages, context)
-
-    return after
 
 
 def _refusal(message: str) -> Handler:
@@ -501,12 +497,6 @@ def _unary(response_class: Any, handler: Call) -> grpc.RpcMethodHandler:
     return grpc.stream_unary_rpc_method_handler(
         handler, response_serializer=response_class.SerializeToString
     )
-
-
-class MessageTimeoutError(LoadonceError):
-    """A call's request message did not arrive in time (DEADLINE_EXCEEDED, as HTTP's 408)."""
-
-    status = 408
 
 
 async def _one_message(messages: AsyncIterator[bytes], timeout_s: float | None) -> bytes:

@@ -1,10 +1,10 @@
 """Triton's extensions that loadonce does not offer, refused by name on REST and gRPC alike.
 
-tritonclient has a method for each (trace and log settings, system and CUDA shared memory,
-gRPC's streaming inference). Unrouted, REST answered them 404 "no such endpoint" (which reads
-as a wrong URL or server) and gRPC "Method not found!" (grpcio's words, naming nothing). Each
-is now answered as Triton answers a feature it was built without: its UNSUPPORTED error, HTTP
-501 and gRPC UNIMPLEMENTED, with a message that says what is not offered and what to do.
+tritonclient has a method for each (trace and log settings, system and CUDA shared memory).
+Unrouted, REST answered them 404 "no such endpoint" (which reads as a wrong URL or server)
+and gRPC "Method not found!" (grpcio's words, naming nothing). Each is now answered as
+Triton answers a feature it was built without: its UNSUPPORTED error, HTTP 501 and gRPC
+UNIMPLEMENTED, with a message that says what is not offered and what to do.
 """
 
 from __future__ import annotations
@@ -67,11 +67,6 @@ UNSUPPORTED = (
     ),
     _shared_memory("system", "systemsharedmemory", "SystemSharedMemory"),
     _shared_memory("CUDA", "cudasharedmemory", "CudaSharedMemory"),
-    Unsupported(
-        message=f"streaming inference (ModelStreamInfer) is {_NOT_HERE}: send each request "
-        "with ModelInfer (tritonclient's infer or async_infer)",
-        rpcs=("ModelStreamInfer",),
-    ),
 )
 
 
