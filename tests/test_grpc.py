@@ -649,6 +649,23 @@ def test_a_stream_answers_each_request_in_order_its_errors_included(
             assert "triton_final_response" not in response.parameters
 
 
+def test_a_stream_waiting_for_a_request_ends_when_the_server_stops() -> None:
+    """An open stream is a call in flight: waiting for its next request, it held the server's
+    stop for the whole grace period (30 s), the models' unload after it."""
+    port = free_port()
+    done: queue.Queue[Any] = queue.Queue()
+    client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    with _serve(port):
+        client.start_stream(lambda result, error: done.put((result, error)))
+        client.async_stream_infer("simple", _pair())
+        _, error = done.get(timeout=10)
+        assert error is None
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 10
+    client.stop_stream()
+    client.close()
+
+
 def test_an_aio_stream_answers_in_order(grpc_url: str) -> None:
     async def requests() -> Any:
         for index, model in enumerate(("simple", "nope", "simple")):

@@ -67,6 +67,7 @@ class GrpcServer:
         self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Future[None] | None = None
+        self._service: InferenceService | None = None
 
     async def start(self) -> None:
         limit = self.state.limits.max_body_bytes or _UNLIMITED
@@ -94,6 +95,7 @@ class GrpcServer:
             message_timeout_s=self.message_timeout_s,
         )
         server.add_generic_rpc_handlers(service.handlers())
+        self._service = service
         address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         try:
             bound = server.add_insecure_port(address)
@@ -126,6 +128,8 @@ class GrpcServer:
         server, self._server = self._server, None
         if server is not None:
             self._stopping = asyncio.ensure_future(server.stop(grace_s))
+            if self._service is not None:
+                self._service.stopping.set()  # streams waiting for a request end now
 
 
 def _milliseconds(seconds: float) -> int:

@@ -143,6 +143,8 @@ class InferenceService:
         self.state = state
         self.model_control = model_control
         self.message_timeout_s = message_timeout_s
+        # Set when the server stops: a stream waiting for its next request ends.
+        self.stopping = asyncio.Event()
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         rpcs: dict[str, Handler] = {
@@ -394,6 +396,7 @@ class InferenceService:
             route=f"/{SERVICE}/{_STREAM}",
             budget=self.state.body_budget,
             first_message_timeout_s=self.message_timeout_s,
+            stopping=self.stopping,
         )
 
     async def model_config(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -58,20 +58,23 @@ async def answer_stream(
     route: str,
     budget: BodyBudget,
     first_message_timeout_s: float | None,
+    stopping: asyncio.Event,
 ) -> None:
     """Answer each request of the stream with ``infer`` (``ModelInfer``'s work), in order.
 
     The first request must arrive within ``first_message_timeout_s`` (as a unary call's
     message must): a stream that sends nothing would hold its place among the calls in flight
-    for good. Later ones may take their time, as a client's stream is meant to stay open."""
+    for good. Later ones may take their time, as a client's stream is meant to stay open,
+    until ``stopping`` is set: the server stops, and a stream waiting for its next request
+    ends then (it held the server's stop for its whole grace period)."""
     messages = call.messages
     first = True
     while True:
         try:
             async with asyncio.timeout(first_message_timeout_s if first else None):
-                raw = await anext(messages)
+                raw = await _next_unless(messages, stopping)
         except StopAsyncIteration:
-            return  # the client closed its side: every request was answered
+            return  # the client closed its side, or the server stops: all was answered
         except TimeoutError:
             raise MessageTimeoutError(
                 f"the stream sent no request within {first_message_timeout_s:g} s of the call"
@@ -84,6 +87,23 @@ async def answer_stream(
         finally:
             held.release()
         await context.write(answer)
+
+
+async def _next_unless(messages: AsyncIterator[bytes], stopping: asyncio.Event) -> bytes:
+    """The stream's next message; StopAsyncIteration once ``stopping`` is set first."""
+    if stopping.is_set():
+        raise StopAsyncIteration
+    reading = asyncio.ensure_future(anext(messages))
+    stopped = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait((reading, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not reading.done():
+            reading.cancel()
+    if not reading.done() or reading.cancelled():
+        raise StopAsyncIteration
+    return reading.result()
 
 
 async def _answer(
