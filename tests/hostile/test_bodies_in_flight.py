@@ -7,9 +7,11 @@ body of 64 KiB inflated to 64 MiB). Past the budget a request is a 503 with Retr
 from __future__ import annotations
 
 import gzip
+import queue
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import httpx2 as httpx
@@ -111,6 +113,23 @@ def _grpc_infer(url: str, elements: int) -> None:
         client.infer("simple", tensors, client_timeout=10)
 
 
+def _grpc_stream(url: str, sizes: list[int]) -> list[tuple[Any, Any]]:
+    """Requests of ``sizes`` elements in one stream: each one's (result, error)."""
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    with triton.InferenceServerClient(url) as client:
+        client.start_stream(lambda result, error: answers.put((result, error)))
+        for elements in sizes:
+            tensors = []
+            for name in ("INPUT0", "INPUT1"):
+                tensor = triton.InferInput(name, [elements // 16, 16], "INT32")
+                tensor.set_data_from_numpy(np.ones((elements // 16, 16), dtype=np.int32))
+                tensors.append(tensor)
+            client.async_stream_infer("simple", tensors)
+        received = [answers.get(timeout=10) for _ in sizes]
+        client.stop_stream()
+    return received
+
+
 def _refused_while_held(server: ThreadedServer) -> bool:
     return _post(server, 20 * KIB).status_code == 503
 
@@ -153,6 +172,12 @@ def test_past_the_budget_a_body_is_refused_until_the_held_ones_end(
         assert raised.value.status() == "StatusCode.UNAVAILABLE"
         assert "max_body_bytes_in_flight" in str(raised.value.message())
         _grpc_infer(grpc_url, 256)  # 2 KiB fits
+        # A stream's requests count one at a time: the one that does not fit is answered
+        # with its error in the stream, which goes on (it ended the stream).
+        [(_, too_many), (served, fine)] = _grpc_stream(grpc_url, [4096, 256])
+        assert "max_body_bytes_in_flight" in too_many.message()
+        assert fine is None
+        assert served.as_numpy("OUTPUT0").shape == (16, 16)
     finally:
         status = holder.finish()
     assert status == b"HTTP/1.1 200 OK"

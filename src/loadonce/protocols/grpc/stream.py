@@ -82,8 +82,7 @@ async def answer_stream(
         first = False
         held = HeldBody(budget)
         try:
-            held.take(len(raw))  # as a unary call's message is, until it is answered
-            answer = await _answer(raw, context, infer, route, call.request_id)
+            answer = await _answer(raw, held, context, infer, route, call.request_id)
         finally:
             held.release()
         await context.write(answer)
@@ -108,13 +107,16 @@ async def _next_unless(messages: AsyncIterator[bytes], stopping: asyncio.Event) 
 
 async def _answer(
     raw: bytes,
+    held: HeldBody,
     context: grpc.aio.ServicerContext,
     infer: Infer,
     route: str,
     request_id: str,
 ) -> Any:
-    """One request's response, or its error, as the stream's message."""
+    """One request's response, or its error, as the stream's message (a request over the
+    budget of bytes in flight too: the stream goes on)."""
     try:
+        held.take(len(raw))  # as a unary call's message is, until it is answered
         request = _request(raw)
         final = _final_wanted(request)
         response = await infer(request, context)
