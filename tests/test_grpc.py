@@ -770,6 +770,105 @@ def test_a_long_name_echoed_in_an_error_keeps_its_code(
     assert code is grpc.StatusCode.INVALID_ARGUMENT
 
 
+# What a hostile client puts in a name: a line break and a forged line, a terminal's escape, a
+# bidirectional override that shows the text reversed.
+_FORGED = "x\nERROR forged line\x1b[31m\u202e"
+
+
+def _infer_bytes(model: str = "picky", **tensor: str) -> bytes:
+    request = message_class("inference.ModelInferRequest")(model_name=model)
+    output = tensor.pop("output", None)
+    fields = {"name": "INPUT0", "datatype": "FP32", **tensor}
+    request.inputs.add(shape=[1, 1], **fields).contents.fp32_contents.append(1.0)
+    if output is not None:
+        request.outputs.add(name=output)
+    return bytes(request.SerializeToString())
+
+
+def _named(method: str, **fields: str) -> tuple[str, bytes]:
+    request = _TYPES_OF[method](**fields)
+    return f"/{SERVICE}/{method}", bytes(request.SerializeToString())
+
+
+_TYPES_OF = {
+    "ModelMetadata": message_class("inference.ModelMetadataRequest"),
+    "ModelStatistics": message_class("inference.ModelStatisticsRequest"),
+    "RepositoryModelLoad": message_class("inference.RepositoryModelLoadRequest"),
+    "RepositoryModelUnload": message_class("inference.RepositoryModelUnloadRequest"),
+}
+_HEALTH_REQUEST = message_class("grpc.health.v1.HealthCheckRequest")
+
+
+@pytest.mark.parametrize(
+    ("call", "code"),
+    [
+        (lambda text: _named("ModelMetadata", name=text), grpc.StatusCode.NOT_FOUND),
+        (
+            lambda text: _named("ModelMetadata", name="echo", version=text),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        (lambda text: _named("ModelStatistics", name=text), grpc.StatusCode.NOT_FOUND),
+        (lambda text: _named("RepositoryModelLoad", model_name=text), grpc.StatusCode.NOT_FOUND),
+        (lambda text: _named("RepositoryModelUnload", model_name=text), grpc.StatusCode.NOT_FOUND),
+        (
+            lambda text: (f"/{SERVICE}/ModelInfer", _infer_bytes(model=text)),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        (
+            lambda text: (
+                f"/{HEALTH_SERVICE}/Check",
+                _HEALTH_REQUEST(service=text).SerializeToString(),
+            ),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        (
+            lambda text: (f"/{SERVICE}/ModelInfer", _infer_bytes(name=text)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            lambda text: (f"/{SERVICE}/ModelInfer", _infer_bytes(datatype=text)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            lambda text: (f"/{SERVICE}/ModelInfer", _infer_bytes(output=text)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+    ],
+    ids=[
+        "model name",
+        "model version",
+        "statistics name",
+        "load name",
+        "unload name",
+        "infer model name",
+        "health service",
+        "input name",
+        "input datatype",
+        "output name",
+    ],
+)
+def test_client_text_in_an_error_is_escaped_and_cut(
+    grpc_url: str, call: Any, code: grpc.StatusCode
+) -> None:
+    # A newline in a model's name reached the client raw in NOT_FOUND's message (as every
+    # name the client sent, quoted in any error): a forged line in whatever logs it.
+    method, payload = call(_FORGED)
+    error = _raw_call(grpc_url, method, payload)
+    assert error.code() is code
+    details = error.details() or ""
+    assert "\\x0aERROR forged line\\x1b[31m\\u202e" in details, details
+    assert details.isprintable(), details
+    # A long one is cut where it is quoted, the rest of the message kept (the models served).
+    method, payload = call("n" * 5_000 + "\n")
+    error = _raw_call(grpc_url, method, payload)
+    assert error.code() is code
+    details = error.details() or ""
+    assert details.isprintable(), details
+    assert len(details) <= 500, details
+    if "not served here" in details:
+        assert details.endswith("'complex'"), details
+
+
 def test_a_timeout_too_small_for_seconds_is_past_not_zero(grpc_url: str) -> None:
     # 5e-324 microseconds read 0.0 seconds: "a timeout must be positive", INVALID_ARGUMENT.
     request = message_class("inference.ModelInferRequest")(model_name="echo")

@@ -82,6 +82,20 @@ def test_unknown_model_and_unknown_version_are_404(http: httpx.Client) -> None:
     assert http.get("/v2/models/shout/versions/3/ready").json() == {"name": "shout", "ready": True}
 
 
+@pytest.mark.parametrize(
+    "path",
+    ["/v2/models/{}", "/v2/models/{}/ready", "/v2/models/shout/versions/{}"],
+)
+def test_a_name_quoted_in_a_404_is_escaped_and_cut(http: httpx.Client, path: str) -> None:
+    # A newline (percent-encoded in the path) in a model's name reached the client raw in
+    # the 404's message, and a long name filled it.
+    message = _error(http.get(path.format("x%0aERROR%20forged%E2%80%AE")), 404)
+    assert "'x\\x0aERROR forged\\u202e'" in message, message
+    message = _error(http.get(path.format("n" * 1000)), 404)
+    assert len(message) < 400, message
+    assert message.isprintable(), message
+
+
 def test_unknown_endpoints_and_methods_answer_in_the_protocols_shape(http: httpx.Client) -> None:
     assert "no such endpoint" in _error(http.get("/v2/models/iris/shared_memory"), 404)
     wrong_method = http.get("/v2/models/iris/infer")

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from loadonce.core.log_safe import quoted
+
 if TYPE_CHECKING:
     # Not at run time: ``loadonce`` resolves these errors when imported, before ``loadonce
     # serve`` takes its stop signals (server/early_stop.py); pydantic took half that time.
@@ -60,7 +62,7 @@ class ModelNotFoundError(LoadonceError):
     def __init__(self, name: str, known: list[str]) -> None:
         self.name = name
         listing = ", ".join(repr(k) for k in known) or "none"
-        super().__init__(f"model '{name}' is not served here; models served: {listing}")
+        super().__init__(f"model {quoted(name)} is not served here; models served: {listing}")
 
 
 class ModelNotReadyError(LoadonceError):

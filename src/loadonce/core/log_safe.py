@@ -28,3 +28,17 @@ def _escape(match: re.Match[str]) -> str:
 def log_safe(text: str) -> str:
     """``text`` with every line-breaking or control character written as an escape."""
     return _UNSAFE.sub(_escape, text)
+
+
+# A name a client sent, quoted in an answer, is cut past this: an error quoting a
+# 20,000-character name was mostly that name, and gRPC cut it before the useful part.
+MOST_QUOTED_CHARACTERS = 100
+
+
+def quoted(text: str) -> str:
+    """``text``, a name the client sent, as an answer quotes it: in single quotes, made
+    ``log_safe`` (a newline in a model's name reached the client's log as a line break)
+    and cut past ``MOST_QUOTED_CHARACTERS``."""
+    if len(text) > MOST_QUOTED_CHARACTERS:
+        text = text[:MOST_QUOTED_CHARACTERS] + "\u2026"
+    return f"'{log_safe(text)}'"

@@ -31,6 +31,7 @@ from loadonce.core.errors import (
     LoadonceError,
     ModelNotReadyError,
 )
+from loadonce.core.log_safe import log_safe, quoted
 from loadonce.core.model import Model
 from loadonce.core.tracebacks import release_tracebacks
 from loadonce.http.access_keys import (
@@ -441,7 +442,7 @@ class InferenceService:
             # As gRPC's health protocol says: NOT_FOUND for a service it does not know
             # (SERVICE_UNKNOWN is Watch's answer, never Check's).
             await context.abort(
-                grpc.StatusCode.NOT_FOUND, _bounded(f"unknown service {request.service!r}")
+                grpc.StatusCode.NOT_FOUND, f"unknown service {quoted(request.service)}"
             )
         registry = self.state.registry
         serving = registry.is_ready and not registry.draining
@@ -532,6 +533,10 @@ _MOST_MESSAGE_CHARACTERS = 500
 
 
 def _bounded(message: str) -> str:
+    """``message`` as a status may carry it: made ``log_safe`` first, since a message quotes
+    what the client sent (an input's name, a datatype) and a status's message is one line a
+    client logs as it is (a newline in a name reached it raw: a forged line), then cut."""
+    message = log_safe(message)
     if len(message) <= _MOST_MESSAGE_CHARACTERS:
         return message
     return message[: _MOST_MESSAGE_CHARACTERS - 1] + "\u2026"

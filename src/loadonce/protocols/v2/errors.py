@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from loadonce.core.errors import LoadonceError, ModelNotFoundError
+from loadonce.core.log_safe import quoted
 from loadonce.core.model import Model
 from loadonce.core.registry import Registry
 
@@ -17,7 +18,7 @@ class VersionNotFoundError(ModelNotFoundError):
     def __init__(self, name: str, version: str, served: str) -> None:
         self.name = name
         LoadonceError.__init__(
-            self, f"model '{name}' has no version '{version}'; it serves version '{served}'"
+            self, f"model '{name}' has no version {quoted(version)}; it serves version '{served}'"
         )
 
 
@@ -28,7 +29,7 @@ class UnknownModelError(ModelNotFoundError):
         self.name = name
         listing = ", ".join(repr(k) for k in known) or "none"
         LoadonceError.__init__(
-            self, f"{_UNKNOWN_MODEL}: '{name}' is not served here; models served: {listing}"
+            self, f"{_UNKNOWN_MODEL}: {quoted(name)} is not served here; models served: {listing}"
         )
 
 
@@ -41,7 +42,7 @@ class UnknownLoadError(ModelNotFoundError):
         listing = ", ".join(repr(k) for k in known) or "none"
         LoadonceError.__init__(
             self,
-            f"failed to load '{name}': no model of that name is declared here (loadonce "
+            f"failed to load {quoted(name)}: no model of that name is declared here (loadonce "
             f"loads only the models declared at startup); models declared: {listing}",
         )
 
