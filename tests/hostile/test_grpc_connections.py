@@ -8,6 +8,7 @@ other client's call."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import selectors
@@ -202,3 +203,47 @@ def test_streams_that_send_no_request_give_their_slots_back() -> None:
         for client in silent:
             client.stop_stream()
             client.close()
+
+
+def _ready_on_a_new_connection(url: str) -> str:
+    """ServerReady on a connection of its own: "ready", else the error's code."""
+    with triton.InferenceServerClient(
+        url, channel_args=[("grpc.use_local_subchannel_pool", 1)]
+    ) as client:
+        try:
+            return "ready" if client.is_server_ready(client_timeout=5) else "not ready"
+        except triton.InferenceServerException as error:
+            return str(error.status())
+
+
+def test_a_rapid_reset_burst_does_not_refuse_other_clients() -> None:
+    # HTTP/2's "rapid reset" (CVE-2023-44487): one connection opens calls and resets each at
+    # once. 20,000 of them queued in gRPC's core faster than the worker took them, and every
+    # other client's call was CANCELLED for seconds after.
+    port = free_port()
+    spec = loadonce.ModelSpec(name="simple", loader="tests.v2_models:Simple")
+    url = f"127.0.0.1:{port}"
+    with ThreadedServer(loadonce.create_app([spec], wrap=grpc_lifespan(port=port))):
+        attacker = socket.create_connection(("127.0.0.1", port))
+        attacker.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, b""))
+        fields = b"".join(
+            _header(name, value)
+            for name, value in (
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b":path", b"/inference.GRPCInferenceService/ServerLive"),
+                (b":authority", b"localhost"),
+                (b"content-type", b"application/grpc"),
+                (b"te", b"trailers"),
+            )
+        )
+        cancel = struct.pack(">I", 8)  # RST_STREAM's CANCEL
+        burst = b"".join(
+            _frame(1, 0x4, stream, fields) + _frame(3, 0, stream, cancel)
+            for stream in range(1, 40_000, 2)
+        )
+        with contextlib.suppress(OSError):  # the server may end it before it has all of it
+            attacker.sendall(burst)
+        answers = [_ready_on_a_new_connection(url) for _ in range(5)]
+        attacker.close()
+    assert answers == ["ready"] * 5

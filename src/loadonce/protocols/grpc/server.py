@@ -26,6 +26,8 @@ _UNLIMITED = 2**31 - 1
 # that opened connections and sent nothing held every one for good: 20,000 of them used up
 # the worker's file descriptors, and its HTTP port stopped answering, health probes included.
 IDLE_CONNECTION_S = 60.0
+# The fewest calls one connection may have open at once (see ``start``).
+STREAMS_PER_CONNECTION = 1000
 
 
 class GrpcBindError(LoadonceError):
@@ -71,6 +73,13 @@ class GrpcServer:
 
     async def start(self) -> None:
         limit = self.state.limits.max_body_bytes or _UNLIMITED
+        # HTTP/2's MAX_CONCURRENT_STREAMS, which gRPC left unbounded: a connection that opened
+        # 20,000 calls and reset each at once (HTTP/2's "rapid reset") queued them all in
+        # gRPC's core faster than the loop could take them, and every other client's call was
+        # CANCELLED for seconds. With a bound, gRPC counts a reset call until it is done and
+        # refuses the rest of such a burst (ENHANCE_YOUR_CALM). Never below the bound on
+        # calls in flight, which stays the one a client meets (RESOURCE_EXHAUSTED).
+        streams = max(self.max_concurrent_rpcs or 0, STREAMS_PER_CONNECTION)
         connections = []
         if self.max_connections is not None:
             connections.append(("grpc.max_allowed_incoming_connections", self.max_connections))
@@ -86,6 +95,7 @@ class GrpcServer:
                 ("grpc.max_send_message_length", _UNLIMITED),
                 ("grpc.server_handshake_timeout_ms", _milliseconds(self.handshake_timeout_s)),
                 ("grpc.max_connection_idle_ms", _milliseconds(IDLE_CONNECTION_S)),
+                ("grpc.max_concurrent_streams", streams),
                 *connections,
             ],
         )
