@@ -518,6 +518,85 @@ def test_health_service(grpc_url: str, caplog: pytest.LogCaptureFixture) -> None
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
+def _watch(channel: grpc.Channel, service: str) -> Any:
+    """A health Watch of ``service``: an iterator of its statuses."""
+    request_class = message_class("grpc.health.v1.HealthCheckRequest")
+    response_class = message_class("grpc.health.v1.HealthCheckResponse")
+    watch = channel.unary_stream(
+        f"/{HEALTH_SERVICE}/Watch",
+        request_serializer=request_class.SerializeToString,
+        response_deserializer=response_class.FromString,
+    )
+    return watch(request_class(service=service), timeout=60)
+
+
+def _next_status(stream: Any) -> int:
+    """The next status a Watch sends, within 10 s."""
+    answers: queue.Queue[Any] = queue.Queue()
+
+    def read() -> None:
+        try:
+            answers.put(next(stream, None))
+        except grpc.RpcError as error:  # the stream's end, not OK
+            answers.put(error)
+
+    threading.Thread(target=read, daemon=True).start()
+    answer = answers.get(timeout=10)
+    if isinstance(answer, grpc.RpcError):
+        raise answer
+    return -1 if answer is None else int(answer.status)
+
+
+@pytest.mark.parametrize(
+    ("service", "first"),
+    [("", 1), (SERVICE, 1), ("something.Else", 3), ("x\nforged", 3)],  # SERVING, SERVICE_UNKNOWN
+)
+def test_health_watch_follows_the_server_and_ends_with_it(service: str, first: int) -> None:
+    # Watch (what gRPC clients' own health checking calls) was UNIMPLEMENTED: a client that
+    # asked for it treated the server as healthy whatever its state.
+    port = free_port()
+    server = _serve(port)
+    server.start()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stream = _watch(channel, service)
+        assert _next_status(stream) == first
+        # The stop ends every stream at once (NOT_SERVING last for a known service), not
+        # after the stop's 30 s of grace; an unknown service's stayed open until then.
+        stopped = time.monotonic()
+        server.stop()
+        assert time.monotonic() - stopped < 10
+        rest = []
+        while (status := _next_status(stream)) != -1:
+            rest.append(status)
+        assert stream.code() is grpc.StatusCode.OK
+    assert rest == ([2] if first == 1 else [])
+
+
+class _SlowToLoad(_Echo):
+    """Takes a second to load."""
+
+    def __init__(self) -> None:
+        time.sleep(1)
+
+
+def test_health_watch_sends_each_change() -> None:
+    # A model unloaded, then loaded again: NOT_SERVING while it loads, then SERVING, as
+    # Check answers (an unload on request alone leaves the server serving, as Triton's).
+    port = free_port()
+    spec = loadonce.ModelSpec(name="slow", loader=_SlowToLoad)
+    app = loadonce.create_app([spec], wrap=grpc_lifespan(port=port))
+    with ThreadedServer(app), grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stream = _watch(channel, "")
+        assert _next_status(stream) == 1
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        client.unload_model("slow")
+        threading.Thread(target=lambda: client.load_model("slow"), daemon=True).start()
+        assert _next_status(stream) == 2
+        assert _next_status(stream) == 1
+        stream.cancel()
+        client.close()
+
+
 def _raw_call(url: str, method: str, payload: bytes) -> grpc.RpcError:
     """The error a call of ``method`` with ``payload`` as its request's bytes gets."""
     with grpc.insecure_channel(url) as channel:

@@ -136,10 +136,12 @@ class GrpcServer:
 
     def _begin_stop(self, grace_s: float | None) -> None:
         server, self._server = self._server, None
+        if self._service is not None:
+            # Streams waiting for a request, and health Watch streams, end now: they would
+            # hold the grace period to its end.
+            self._service.stop_streams()
         if server is not None:
             self._stopping = asyncio.ensure_future(server.stop(grace_s))
-            if self._service is not None:
-                self._service.stopping.set()  # streams waiting for a request end now
 
 
 def _milliseconds(seconds: float) -> int:

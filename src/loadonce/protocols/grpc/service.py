@@ -12,6 +12,7 @@ request's line in the metrics (route: the RPC's path).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -115,6 +116,10 @@ _FAMILIES = {
 }
 _SERVING = 1
 _NOT_SERVING = 2
+_SERVICE_UNKNOWN = 3
+# How often a health Watch stream looks at the worker's readiness (nothing signals a change):
+# a change reaches its client within this time.
+WATCH_EVERY_S = 0.25
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 Call = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], Awaitable[Any]]
@@ -144,8 +149,15 @@ class InferenceService:
         self.state = state
         self.model_control = model_control
         self.message_timeout_s = message_timeout_s
-        # Set when the server stops: a stream waiting for its next request ends.
+        # Set when the server begins to stop: a stream waiting for its next request ends,
+        # and every health Watch stream ends (its last status NOT_SERVING), instead of holding
+        # the stop's grace period to its end.
         self.stopping = asyncio.Event()
+
+    def stop_streams(self) -> None:
+        """End every stream that waits: ModelStreamInfer's and health Watch's (the server is
+        stopping)."""
+        self.stopping.set()
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         rpcs: dict[str, Handler] = {
@@ -184,7 +196,7 @@ class InferenceService:
             request_class=check_types[0],
             family=RouteFamily.OPEN,
         )
-        health = {"Check": _unary(check_types[1], check)}
+        health = {"Check": _unary(check_types[1], check), "Watch": self._watch_handler()}
         return [
             grpc.method_handlers_generic_handler(SERVICE, inference),
             grpc.method_handlers_generic_handler(HEALTH_SERVICE, health),
@@ -444,9 +456,74 @@ class InferenceService:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"unknown service {quoted(request.service)}"
             )
+        return HealthCheckResponse(status=self._health_status())
+
+    def _health_status(self) -> int:
         registry = self.state.registry
-        serving = registry.is_ready and not registry.draining
-        return HealthCheckResponse(status=_SERVING if serving else _NOT_SERVING)
+        serving = registry.is_ready and not registry.draining and not self.stopping.is_set()
+        return _SERVING if serving else _NOT_SERVING
+
+    def _watch_handler(self) -> grpc.RpcMethodHandler:
+        """gRPC's health ``Watch`` (what gRPC clients' own health checking calls): the status
+        ``Check`` would answer, then each change of it, as it happens (looked at every
+        ``WATCH_EVERY_S``); a service it does not know is SERVICE_UNKNOWN, the stream kept
+        open, as the protocol says. Every stream ends when the server begins to stop, its
+        last status NOT_SERVING. Open as ``Check`` is; one access line when it ends."""
+        route = f"/{HEALTH_SERVICE}/Watch"
+        request_class = method_types(HEALTH_SERVICE)["Watch"][0]
+        state = self.state
+
+        async def watch(
+            messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            metadata = [
+                (key.encode("latin-1"), value if isinstance(value, bytes) else value.encode())
+                for key, value in context.invocation_metadata() or ()
+            ]
+            request_id = request_id_from(metadata)
+            trailer = ((REQUEST_ID_KEY, request_id),)
+            status = 200
+            try:
+                try:
+                    raw = await _one_message(messages, self.message_timeout_s)
+                    request = _parsed(request_class, raw)
+                except LoadonceError as exc:
+                    status = exc.status
+                    await context.abort(grpc_code(status), _bounded(exc.client_message()), trailer)
+                async for serving in self._statuses(request.service):
+                    yield HealthCheckResponse(status=serving)
+                context.set_trailing_metadata(trailer)
+            except asyncio.CancelledError:
+                status = 499  # the client left, or the server's stop ran out of time
+                raise
+            finally:
+                seconds = time.perf_counter() - started
+                count_request(state, {"model_name": None}, route, status, seconds)
+                if access_logger.isEnabledFor(logging.INFO):
+                    write_request_line("POST", route, status, seconds * 1000, request_id)
+
+        return grpc.stream_stream_rpc_method_handler(
+            watch, response_serializer=HealthCheckResponse.SerializeToString
+        )
+
+    async def _statuses(self, service: str) -> AsyncIterator[int]:
+        """The statuses a Watch of ``service`` sends, until the server begins to stop."""
+        if service not in ("", SERVICE):
+            yield _SERVICE_UNKNOWN
+            await self.stopping.wait()
+            return
+        last = None
+        while True:
+            current = self._health_status()
+            if current != last:
+                yield current
+                last = current
+            if self.stopping.is_set():
+                return  # NOT_SERVING was just sent, or before
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WATCH_EVERY_S):
+                    await self.stopping.wait()
 
     def _serving_model(self, name: str, version: str) -> Model:
         model = find_model(self.state.registry, name, version or None)
