@@ -30,6 +30,7 @@ from starlette.types import Scope
 
 from loadonce.http.access_keys import RouteFamily
 from loadonce.http.allowed_hosts import host_allowed
+from loadonce.http.host_header import host_refusal
 from loadonce.http.loopback import is_loopback_host
 from loadonce.http.route_families import family_in
 
@@ -47,19 +48,38 @@ def _hostname(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
-def refusal(scope: Scope, allowed_hosts: tuple[str, ...] = ()) -> str | None:
-    """Why a request is refused (403), or None. On the hot path: one pass over the headers,
-    and the route's family only for a request a browser marked as coming from elsewhere.
-    ``allowed_hosts``: names a request arriving on a loopback address may carry besides
-    loopback names (a proxy on the same machine that passes on its own Host)."""
+def refusal(scope: Scope, allowed_hosts: tuple[str, ...] = ()) -> tuple[int, str] | None:
+    """The status refusing a request and why, or None: 400 for a missing, repeated or
+    malformed Host (``host_header.py``), else 403 for what the guard keeps out. On the hot
+    path: one pass over the headers, and the route's family only for a request a browser
+    marked as coming from elsewhere. ``allowed_hosts``: names a request arriving on a
+    loopback address may carry besides loopback names (a proxy on the same machine that
+    passes on its own Host)."""
     host = origin = site = None
+    repeated = False
     for name, value in scope["headers"]:
         if name == _HOST:
+            repeated = host is not None
             host = value
         elif name == _ORIGIN:
             origin = value
         elif name == _FETCH_SITE:
             site = value
+    why = host_refusal(host, repeated, scope.get("http_version", "1.1"))
+    if why is not None:
+        return 400, why
+    why = _guard_refusal(scope, allowed_hosts, host, origin, site)
+    return None if why is None else (403, why)
+
+
+def _guard_refusal(
+    scope: Scope,
+    allowed_hosts: tuple[str, ...],
+    host: bytes | None,
+    origin: bytes | None,
+    site: bytes | None,
+) -> str | None:
+    """Why the browser guard refuses the request (403), or None."""
     local = _loopback_arrival(scope)
     if host and local is not None and not _is_loopback_header(host):
         name = _hostname(host.decode("latin-1"))

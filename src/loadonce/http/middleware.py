@@ -35,14 +35,15 @@ from loadonce.http.websocket_errors import can_deny_with_http, close_failed
 
 
 def refusal_before_routes(scope: Scope, state: LoadonceState | None) -> Response | None:
-    """The answer refusing an HTTP request before any route runs, or None, in this order: the
-    browser guard (DNS rebinding, cross-site requests to control routes: 403), API keys
+    """The answer refusing an HTTP request before any route runs, or None, in this order: a
+    missing, repeated or malformed Host (400, RFC 9112), the browser guard (DNS rebinding,
+    cross-site requests to control routes: 403), API keys
     (``access``, before the body is read: 401/403; a CORS preflight's are checked at the
     routes instead, ``InferenceMiddleware``, so that the app's CORS middleware can answer
     it), a declared body over ``limits.max_body_bytes`` (413)."""
-    why = browser_refusal(scope, () if state is None else state.allowed_hosts)
-    if why is not None:
-        return raw_error_response(403, why, scope)
+    guarded = browser_refusal(scope, () if state is None else state.allowed_hosts)
+    if guarded is not None:
+        return raw_error_response(*guarded, scope)
     if state is None:
         return None
     if state.access is not None and not is_cors_preflight(scope):
