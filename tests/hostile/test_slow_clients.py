@@ -115,8 +115,17 @@ def test_a_body_that_trickles_is_abandoned(server: CliServer) -> None:
         + b"\r\n",
         # Read whole before the size was counted: it got through.
         b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+        # Its target most of it: 414 (it was a 431 naming the head).
+        b"GET /livez?" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /livez?" + b"a" * (8 << 20) + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     ],
-    ids=["8 MiB header line", "20,000 header fields", "a 100 KB head in one piece"],
+    ids=[
+        "8 MiB header line",
+        "20,000 header fields",
+        "a 100 KB head in one piece",
+        "a 70 KB target",
+        "an 8 MiB target",
+    ],
 )
 def test_an_oversized_head_is_refused(server: CliServer, head: bytes) -> None:
     sock = _connect(server)
@@ -129,12 +138,17 @@ def test_an_oversized_head_is_refused(server: CliServer, head: bytes) -> None:
     sender = threading.Thread(target=send, daemon=True)
     sender.start()
     answer = _answer(sock)
-    assert answer.startswith(b"HTTP/1.1 431")
+    status, error = (
+        (414, "the request target (URL) is too long")
+        if head.startswith(b"GET /livez?")
+        else (431, "the request head is too large")
+    )
+    assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer[:100]
     # Said as it is: a head of two fields read in one piece was "too many header fields".
-    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == "the request head is too large"
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == error
     sock.close()
     sender.join(timeout=10)
-    _refusal_logged(server, answer, 431)
+    _refusal_logged(server, answer, status)
 
 
 @pytest.mark.parametrize(
@@ -156,33 +170,83 @@ def test_a_head_refused_by_the_protocol_is_answered_in_its_paths_error_body(
     sock.close()
     assert answer.startswith(b"HTTP/1.1 400")
     body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
-    assert error_of(body) == "the request is not valid HTTP/1.1"
+    assert error_of(body).startswith("the request is not valid HTTP/1.1: a header value holds")
     if path.startswith("/v1"):
         assert body["error"]["type"] == "invalid_request_error"
 
 
-@pytest.mark.parametrize(
-    "head",
-    [
-        b"FOO /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
-        b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\x00b\r\n\r\n",
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-        b"POST /models/echo/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -1\r\n\r\n",
-    ],
-    ids=["unknown method", "NUL in a header", "HTTP/2 preface", "negative Content-Length"],
-)
+_HOST = b"Host: 127.0.0.1\r\n"
+_POST = b"POST /models/echo/predict HTTP/1.1\r\n" + _HOST + b"Content-Type: application/json\r\n"
+_POST_1_0 = _POST.replace(b"HTTP/1.1", b"HTTP/1.0")
+_CHUNKED = b"Transfer-Encoding: chunked\r\n\r\n"
+_CHUNKS = b'f\r\n{"inputs": [1]}\r\n0\r\n\r\n'
+
+
+def _get(line: bytes, fields: bytes = b"") -> bytes:
+    return line + b"\r\n" + _HOST + fields + b"\r\n"
+
+
+# Heads RFC 9112 / 9110 refuse: the status they give, and words of the answer that name what
+# was wrong (each was "the request is not valid HTTP/1.1", an unknown method, a smuggling
+# attempt and a folded line alike; some were served).
+_NOT_HTTP = {
+    "unknown method": (_get(b"FOO /livez HTTP/1.1"), 501, "method FOO is not implemented"),
+    "lowercase method": (_get(b"get /livez HTTP/1.1"), 501, "method get is not implemented"),
+    "method not a token": (_get(b"G(T /livez HTTP/1.1"), 400, "method is not one"),
+    "TLS to the plain port": (b"\x16\x03\x01\x00\xa5\x01\x00", 400, "not TLS"),
+    "NUL in a header": (_get(b"GET /livez HTTP/1.1", b"X-A: a\x00b\r\n"), 400, "a header value"),
+    "CR in a header": (_get(b"GET /livez HTTP/1.1", b"X-A: a\rb\r\n"), 400, "expected LF"),
+    "folded line": (_get(b"GET /livez HTTP/1.1", b"X-A: a\r\n b\r\n"), 400, "whitespace"),
+    "space before colon": (_get(b"GET /livez HTTP/1.1", b"X-A : a\r\n"), 400, "header token"),
+    "bad header name": (_get(b"GET /livez HTTP/1.1", b"X(A): a\r\n"), 400, "header token"),
+    "HTTP/2 preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505, "HTTP/2 is not supported"),
+    "HTTP/2.0 line": (_get(b"GET /livez HTTP/2.0"), 505, "HTTP/2.0 is not supported"),
+    "HTTP/1.2": (_get(b"GET /livez HTTP/1.2"), 505, "version is not supported"),
+    "HTTP/0.9": (b"GET /livez\r\n\r\n", 505, "HTTP/0.9 is not supported"),
+    "negative length": (_POST + b"Content-Length: -1\r\n\r\n", 400, "Content-Length"),
+    "length list": (_POST + b"Content-Length: 15, 15\r\n\r\n", 400, "Content-Length"),
+    "two lengths": (
+        _POST + b"Content-Length: 15\r\nContent-Length: 16\r\n\r\n",
+        400,
+        "duplicate Content-Length",
+    ),
+    "huge length": (_POST + b"Content-Length: 1" + b"0" * 30 + b"\r\n\r\n", 400, "overflow"),
+    "length and chunked": (
+        _POST + b"Content-Length: 15\r\n" + _CHUNKED + _CHUNKS,
+        400,
+        "can't be present with",
+    ),
+    "chunked not last": (
+        _POST + b"Transfer-Encoding: chunked, gzip\r\n\r\n" + _CHUNKS,
+        400,
+        "Transfer-Encoding",
+    ),
+    "chunked in HTTP/1.0": (_POST_1_0 + _CHUNKED + _CHUNKS, 400, "in an HTTP/1.0 request"),
+    "bad chunk size": (_POST + _CHUNKED + b"zz\r\n" + _CHUNKS, 400, "chunk size"),
+    "bad chunk extension": (_POST + _CHUNKED + b"f;\x01" + _CHUNKS[1:], 400, "chunk extension"),
+    "CONNECT": (_get(b"CONNECT 127.0.0.1:443 HTTP/1.1"), 501, "not a proxy"),
+    "CONNECT to a path": (_get(b"CONNECT /livez HTTP/1.1"), 501, "not a proxy"),
+    "* but for OPTIONS": (_get(b"GET * HTTP/1.1"), 400, "* is for OPTIONS only"),
+    "authority-form GET": (_get(b"GET 127.0.0.1:80 HTTP/1.1"), 400, "not a valid path"),
+    "user in the target": (_get(b"GET http://u@127.0.0.1/ HTTP/1.1"), 400, "user information"),
+}
+
+
+@pytest.mark.parametrize(("head", "status", "error"), _NOT_HTTP.values(), ids=_NOT_HTTP.keys())
 def test_a_request_that_is_not_http_is_answered_in_json_and_logged(
-    server: CliServer, head: bytes
+    server: CliServer, head: bytes, status: int, error: str
 ) -> None:
-    """uvicorn answered these in plain text, with no request id, and logged no line."""
+    """uvicorn answered these in plain text, with no request id, and logged no line; then
+    each was "the request is not valid HTTP/1.1" whatever was wrong, a 400 where the RFCs
+    give a status of their own (an unknown method, CONNECT: 501; another version: 505), and
+    HTTP/1.0 with Transfer-Encoding, CONNECT to a path, ``GET *`` and HTTP/2.0 were served."""
     with _connect(server) as sock:
         sock.sendall(head)
         answer = _answer(sock)
-    assert answer.startswith(b"HTTP/1.1 400"), answer
-    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == (
-        "the request is not valid HTTP/1.1"
-    )
-    _refusal_logged(server, answer, 400)
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer
+    assert b"\r\nconnection: close\r\n" in answer, answer
+    assert error in json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"], answer
+    _refusal_logged(server, answer, status)
 
 
 def _refusal_logged(server: CliServer, answer: bytes, status: int) -> None:
@@ -546,3 +610,132 @@ def test_a_refused_request_behind_one_being_answered_waits_for_its_answer(
     _wait_until_served(server)
     assert "Exception in ASGI application" not in server.log()
     assert "Traceback" not in server.log()
+
+
+def _exchange(server: CliServer, data: bytes, *, then: bytes = b"") -> list[bytes]:
+    """The answers (head and body each) to ``data``, sent in one write, then to ``then``,
+    sent a moment later, on one connection, until it closes or is quiet for a second."""
+    received = b""
+    with _connect(server) as sock:
+        for piece, quiet in ((data, 0.3 if then else 1.0), (then, 1.0)):
+            if not piece:
+                continue
+            sock.sendall(piece)
+            sock.settimeout(quiet)
+            with contextlib.suppress(TimeoutError):
+                while chunk := sock.recv(65536):
+                    received += chunk
+    answers = []
+    while received:
+        head, _, rest = received.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        answers.append(head + b"\r\n\r\n" + rest[:length])
+        received = rest[length:]
+    return answers
+
+
+_LIVEZ = _get(b"GET /livez HTTP/1.1")
+_BAD_HOSTS = {
+    "no Host in HTTP/1.1": (b"GET /livez HTTP/1.1\r\n\r\n", "no Host header"),
+    "two Hosts": (_get(b"GET /livez HTTP/1.1", _HOST), "more than one Host"),
+    # The guard read the last, the app the first: a loopback name in one let the other by.
+    "a foreign Host first": (
+        b"GET /livez HTTP/1.1\r\nHost: evil.example\r\n" + _HOST + b"\r\n",
+        "more than one Host",
+    ),
+    "two Hosts in HTTP/1.0": (_get(b"GET /livez HTTP/1.0", _HOST), "more than one Host"),
+    "a list": (b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1, evil\r\n\r\n", "not a host[:port]"),
+    "a space": (b"GET /livez HTTP/1.1\r\nHost: a b\r\n\r\n", "not a host[:port]"),
+    "user information": (b"GET /livez HTTP/1.1\r\nHost: u@127.0.0.1\r\n\r\n", "not a host"),
+    "a path": (b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1/x\r\n\r\n", "not a host[:port]"),
+    "a port not a number": (b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1:x\r\n\r\n", "not a host"),
+    "absolute target, no Host": (b"GET http://127.0.0.1/livez HTTP/1.1\r\n\r\n", "no Host"),
+}
+
+
+@pytest.mark.parametrize(("head", "error"), _BAD_HOSTS.values(), ids=_BAD_HOSTS.keys())
+def test_a_missing_repeated_or_malformed_host_is_a_400(
+    server: CliServer, head: bytes, error: str
+) -> None:
+    """RFC 9112 3.2: a 400 for an HTTP/1.1 request without Host, for any with more than one,
+    and for one whose Host is not a host and port. They were served, or a 403 naming a
+    foreign host. The connection serves its next request."""
+    refused, *rest = _exchange(server, head + (b"" if b"HTTP/1.0" in head else _LIVEZ))
+    assert refused.startswith(b"HTTP/1.1 400 "), refused
+    assert error in json.loads(refused.split(b"\r\n\r\n", 1)[1])["error"]
+    if b"HTTP/1.0" not in head:
+        assert [answer[:12] for answer in rest] == [b"HTTP/1.1 200"], rest
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /livez HTTP/1.1\r\nHost: \r\n\r\n",  # empty: a target URI with no authority
+        b"GET /livez HTTP/1.0\r\n\r\n",
+        b"GET /livez HTTP/1.1\r\nHost: [::1]:8000\r\n\r\n",
+        b"GET /livez HTTP/1.1\r\nHost: localhost:\r\n\r\n",  # an empty port is valid
+        # Absolute-form: its authority is the Host (RFC 9112 3.2.2), the field's ignored.
+        b"GET http://127.0.0.1:8000/livez HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+    ],
+)
+def test_a_valid_host_is_served(server: CliServer, head: bytes) -> None:
+    answers = _exchange(server, head)
+    assert [answer[:12] for answer in answers] == [b"HTTP/1.1 200"], answers
+
+
+def test_an_absolute_target_names_the_host_the_guard_checks(server: CliServer) -> None:
+    """The target's authority stands for the Host (RFC 9112 3.2.2): a foreign one is refused
+    by the DNS-rebinding guard as a foreign Host field is (it was served)."""
+    head = b"GET http://evil.example/livez HTTP/1.1\r\n" + _HOST + b"\r\n"
+    (answer,) = _exchange(server, head)
+    assert answer.startswith(b"HTTP/1.1 403 "), answer
+    assert b"not to Host 'evil.example'" in answer
+
+
+_UPGRADE = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\n"
+
+
+def test_a_request_asking_for_h2c_is_served_as_http_1_1_with_its_body(server: CliServer) -> None:
+    """``curl --http2 -d ... http://`` asks to upgrade to h2c. The parser stopped after the
+    head and skipped the body: the route read none (422), and the request pipelined behind
+    it was never answered."""
+    post = _POST + _UPGRADE + b'Content-Length: 15\r\n\r\n{"inputs": [7]}'
+    answers = _exchange(server, post + _LIVEZ)
+    assert [answer[:12] for answer in answers] == [b"HTTP/1.1 200"] * 2, answers
+    assert b'"outputs":[{"echo":7,' in answers[0], answers[0]
+    # The body in pieces, after the head.
+    head, body = post.split(b"\r\n\r\n")
+    answers = _exchange(server, head + b"\r\n\r\n" + body[:5], then=body[5:] + _LIVEZ)
+    assert [answer[:12] for answer in answers] == [b"HTTP/1.1 200"] * 2, answers
+    assert b'"outputs":[{"echo":7,' in answers[0], answers[0]
+
+
+def test_the_body_of_an_upgrade_request_is_never_read_as_a_request(server: CliServer) -> None:
+    """Request smuggling: a body sent after its head (with an Upgrade the server does not
+    take) was parsed as a request of its own, one a proxy in front never saw as one."""
+    hidden = _get(b"GET /models/echo HTTP/1.1")
+    head = _POST + _UPGRADE + b"Content-Length: %d\r\n\r\n" % len(hidden)
+    answers = _exchange(server, head, then=hidden)
+    assert len(answers) == 1, answers  # the body's answer: not JSON, a 4xx
+    assert answers[0].startswith(b"HTTP/1.1 4"), answers
+    assert b'"name":"echo"' not in answers[0]
+    # A chunked body with an Upgrade is refused, never read as requests.
+    chunk = b"%x\r\n" % len(hidden) + hidden
+    answers = _exchange(server, _POST + _UPGRADE + _CHUNKED, then=chunk)
+    assert [answer[:13] for answer in answers] == [b"HTTP/1.1 400 "], answers
+    assert b"Content-Length" in answers[0]
+
+
+def test_options_asterisk_is_answered_by_the_server(server: CliServer) -> None:
+    """``OPTIONS *`` (RFC 9110 9.3.7) asks about the server itself: it was a 404."""
+    answers = _exchange(server, _get(b"OPTIONS * HTTP/1.1") + _LIVEZ)
+    assert [answer[:12] for answer in answers] == [b"HTTP/1.1 200"] * 2, answers
+    assert b"\r\ncontent-length: 0\r\n" in answers[0]
+    assert b"\r\nx-request-id: " in answers[0]
+
+
+def test_expect_100_continue_is_ignored_in_http_1_0(server: CliServer) -> None:
+    """RFC 9110 10.1.1: an HTTP/1.0 client cannot read an interim answer; it was sent one."""
+    head = _POST_1_0 + b"Content-Length: 15\r\nExpect: 100-continue\r\n\r\n"
+    answers = _exchange(server, head, then=b'{"inputs": [3]}')
+    assert [answer[:12] for answer in answers] == [b"HTTP/1.1 200"], answers

@@ -36,9 +36,10 @@ import functools
 import logging
 from collections.abc import Callable, Sized
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NoReturn
 
-from starlette.types import Receive, Scope, Send
+import httptools
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -53,6 +54,16 @@ from loadonce.http.request_info import (
 )
 from loadonce.http.request_line import access_logger, write_request_line
 from loadonce.http.wrapping import unwrapped
+from loadonce.server.head_refusals import (
+    ASTERISK_NOT_OPTIONS,
+    CONNECT_REFUSAL,
+    TRANSFER_CODING_IN_HTTP_1_0,
+    UPGRADE_WITH_CHUNKED_BODY,
+    Refusal,
+    absolute_form_authority,
+    parser_refusal,
+    version_refusal,
+)
 
 logger = logging.getLogger("loadonce")
 
@@ -160,6 +171,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # gives it back what the client asked for.
         self._keep_alive_after_body = False
         self._lingering = False  # answered and closing: what arrives is dropped
+        # Where a read goes instead of the parser: dropped while lingering, the body of a
+        # request whose Upgrade was not taken (_read_upgrade_body).
+        self._aside: Callable[[bytes], None] | None = None
+        # The Content-Length body still to read of a request whose Upgrade was not taken.
+        self._upgrade_body_left = 0
         self._refused_after_answers: tuple[HTTPStatus, str] | None = None
         self._linger_ends = 0.0
 
@@ -268,8 +284,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._received_at = self.loop.time()
-        if self._lingering:  # the answer went: its body's bytes are dropped unparsed
-            self._arm(min(_LINGER_QUIET_S, self._linger_ends - self._received_at), None)
+        aside = self._aside
+        if aside is not None:  # lingering, or an ignored Upgrade's body
+            aside(data)
             return
         # A read that begins inside a body and ends there is that body's bytes alone (a
         # read holding a head, or a pipelined request's end, is not counted as framing).
@@ -277,12 +294,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         heads_before = self._heads_before_read = self._heads
         if self._in_head:
             self._head_bytes += len(data)
-        super().data_received(data)
+        self._feed(data)
         if self._refusal is not None or self.transport.is_closing():
             return
         if self._in_head:
             if self._head_bytes > self.max_header_bytes:
-                self._refusal = (_HEAD_TOO_LARGE, "the request head is too large")
+                self._refusal = self._too_large_refusal()
                 self._disarm()
                 self._refuse(*self._refusal)
             elif (self._head_bytes or self._head_begun) and self._timer is None:
@@ -301,11 +318,35 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             left = self._body_started + whole - self._received_at
             self._arm(min(self.body_timeout_s, left), None)
 
+    def _linger_read(self, data: bytes) -> None:
+        """The answer went: its body's bytes are dropped unparsed."""
+        self._arm(min(_LINGER_QUIET_S, self._linger_ends - self._received_at), None)
+
+    def _feed(self, data: bytes) -> None:
+        """uvicorn's ``data_received``, with the parser's reason for refusing a head kept for
+        the answer, and an Upgrade it does not take (not a WebSocket's) read on as HTTP/1.1."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._upgrade_ignored(data[upgrade.args[0] :])
+        except httptools.HttpParserError as error:
+            self.logger.warning("Invalid HTTP request received.")
+            if self._refusal is None:
+                # The request line is quoted (its method) only when this read began with it.
+                began_here = self._heads == self._heads_before_read and self._head_bytes == len(
+                    data
+                )
+                self._refusal = parser_refusal(error, data[:64] if began_here else None)
+            self.send_400_response("")
+
     def send_400_response(self, msg: str) -> None:
         self._gathered.send()  # an answer held for an earlier request goes first
         self._disarm()
         if self._refusal is None:
-            # uvicorn's "Invalid HTTP request received." (a bad head, chunk size, method...).
             self._refusal = (HTTPStatus.BAD_REQUEST, "the request is not valid HTTP/1.1")
         self._refuse(*self._refusal)
 
@@ -320,17 +361,21 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._refusal = (_HEAD_TOO_LARGE, "too many header fields")
             raise _RefusedHeadError
         if self._head_over_the_limit():  # it said "too many header fields" too
-            self._refusal = (_HEAD_TOO_LARGE, "the request head is too large")
+            self._refusal = self._too_large_refusal()
             raise _RefusedHeadError
+        # Anything but HTTP/1.1 for a path (a rare head: the one check the usual one costs).
+        parser = self.parser
+        version = parser.get_http_version()
+        answer = None
+        if version != "1.1" or self.url[:1] != b"/" or parser.should_upgrade():
+            answer = self._unusual_head(version)
         coding = self._unknown_transfer_coding()
         if coding is not None:
             # The parser reads a body "chunked" when that coding comes last, and took
             # "gzip, chunked" as plain chunks, its gzip ignored (RFC 9112: 501).
-            self._refusal = (
-                HTTPStatus.NOT_IMPLEMENTED,
-                f"transfer coding {coding} is not supported",
+            self._refuse_head(
+                (HTTPStatus.NOT_IMPLEMENTED, f"transfer coding {coding} is not supported")
             )
-            raise _RefusedHeadError
         self._in_head, self._in_body = False, True
         self._body_started, self._body_bytes = self._received_at, 0
         self._payload_bytes = self._chunks = self._trailer_fields = self._framing_bytes = 0
@@ -353,6 +398,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             # health probe is answered past it: a few slow clients holding every slot made
             # /livez a 503, and an orchestrator kills a live worker for it.)
             self.app = functools.partial(_past_max_connections, app)
+        elif answer is not None:
+            self.app = answer
         self.limit_concurrency = None  # uvicorn's own check is the one above
         try:
             super().on_headers_complete()
@@ -364,6 +411,86 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             # An answer that starts before the body ends says "connection: close" (the
             # body's end, usually in this same read, gives the cycle its keep-alive back).
             self._keep_alive_after_body, cycle.keep_alive = cycle.keep_alive, False
+
+    def _refuse_head(self, refusal: Refusal) -> NoReturn:
+        """Refuse the head being read (from a parser callback: send_400_response answers)."""
+        self._refusal = refusal
+        raise _RefusedHeadError
+
+    def _unusual_head(self, version: str) -> ASGIApp | None:
+        """A head that is not an HTTP/1.1 request for a path, or that asks for an Upgrade:
+        refused as RFC 9112 and 9110 say, or the app answering it (``OPTIONS *``)."""
+        if version != "1.1":
+            if version != "1.0":
+                self._refuse_head(version_refusal(version))
+            if any(name == b"transfer-encoding" for name, _ in self.headers):
+                self._refuse_head(TRANSFER_CODING_IN_HTTP_1_0)  # RFC 9112 6.1
+            # RFC 9110 10.1.1: an HTTP/1.0 client cannot read a 100 (Continue).
+            self.expect_100_continue = False
+        method = self.parser.get_method()
+        if method == b"CONNECT":  # the parser would stop after it, as after an Upgrade
+            self._refuse_head(CONNECT_REFUSAL)
+        target = self.url
+        if target == b"*":
+            if method != b"OPTIONS":
+                self._refuse_head(ASTERISK_NOT_OPTIONS)
+            return _server_options
+        if target[:1] != b"/":
+            authority = absolute_form_authority(target)
+            if isinstance(authority, tuple):
+                self._refuse_head(authority)
+            # RFC 9112 3.2.2: the target's authority is the request's Host (the browser
+            # guard and the app read it there); without a Host field it is still a 400.
+            self.headers[:] = [
+                (name, authority if name == b"host" else value) for name, value in self.headers
+            ]
+        if self.parser.should_upgrade() and not self._should_upgrade():
+            self._upgrade_body_left = self._upgrade_body_length()
+        return None
+
+    def _upgrade_body_length(self) -> int:
+        """The body of a request whose Upgrade is not taken: the parser skips it (it stops
+        after the head, as if the rest were the new protocol's), so it is read here, by its
+        Content-Length."""
+        length = 0
+        for name, value in self.headers:
+            if name == b"transfer-encoding":
+                self._refuse_head(UPGRADE_WITH_CHUNKED_BODY)
+            if name == b"content-length":
+                length = int(value)  # the parser read it: digits, one field
+        return length
+
+    def _upgrade_ignored(self, rest: bytes) -> None:
+        """After the head of a request asking for a protocol this server does not switch to
+        (h2c: ``curl --http2``), the parser stopped, having skipped its body: the body was
+        lost (the route read nothing), and a body sent later was parsed as a request of its
+        own (one a proxy in front never saw: request smuggling). The request goes on as
+        HTTP/1.1: its body read here (``_read_upgrade_body``), what follows parsed as the
+        next request."""
+        if self._get_upgrade() == b"websocket":
+            self._unsupported_upgrade_warning()  # uvicorn's: no WebSocket library
+        if self._refusal is not None or self.transport.is_closing():
+            return
+        if self._upgrade_body_left:
+            self._aside = self._read_upgrade_body
+        if rest:
+            (self._aside or self.data_received)(rest)
+
+    def _read_upgrade_body(self, data: bytes) -> None:
+        left = self._upgrade_body_left
+        piece = data[:left]
+        self._upgrade_body_left = left - len(piece)
+        self._body_bytes += len(piece)
+        self.on_body(piece)
+        if self._upgrade_body_left:
+            whole = self.body_timeout_s + self._body_bytes / self.min_body_rate
+            left_s = self._body_started + whole - self._received_at
+            self._arm(min(self.body_timeout_s, left_s), None)
+            return
+        self._aside = None
+        self.on_message_complete()
+        if len(data) > left:
+            self.data_received(data[left:])
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_head:
@@ -399,6 +526,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         path = self.url.split(b"?", 1)[0]
         return path.endswith(_PROBES)
 
+    def _too_large_refusal(self) -> Refusal:
+        """431, or 414 when the request target is most of it."""
+        if len(getattr(self, "url", b"")) * 2 > self.max_header_bytes:
+            return HTTPStatus.REQUEST_URI_TOO_LONG, "the request target (URL) is too long"
+        return _HEAD_TOO_LARGE, "the request head is too large"
+
     def _head_over_the_limit(self) -> bool:
         """A head that came in one read was parsed whole before data_received could refuse
         it: its size from what was parsed, counted only when the bytes read in the head's
@@ -418,6 +551,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         return None
 
     def on_message_complete(self) -> None:
+        if self._upgrade_body_left:  # the parser skipped the body: _read_upgrade_body reads it
+            return
         self._in_head, self._in_body, self._head_bytes = True, False, 0
         if self._timer is not None:
             self._disarm()
@@ -437,6 +572,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         self._lingering = True
+        self._aside = self._linger_read
         self._linger_ends = self.loop.time() + self.body_timeout_s
         if self.transport.can_write_eof():
             self.transport.write_eof()
@@ -492,6 +628,17 @@ async def _past_max_connections(app: object, scope: Scope, receive: Receive, sen
     await answer(scope, receive, send)
     if access_logger.isEnabledFor(logging.INFO):
         write_request_line(scope["method"], scope["path"], 503, 0.0, request_id)
+
+
+async def _server_options(scope: Scope, receive: Receive, send: Send) -> None:
+    """The answer to ``OPTIONS *`` (RFC 9110 9.3.7: the server itself, a ping): 200, no body,
+    under its request id, logged. Each route answers OPTIONS for itself."""
+    request_id = request_id_from(scope["headers"])
+    headers = [(b"content-length", b"0"), (b"x-request-id", request_id.encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+    if access_logger.isEnabledFor(logging.INFO):
+        write_request_line("OPTIONS", "*", 200, 0.0, request_id)
 
 
 def guarded_protocol(
