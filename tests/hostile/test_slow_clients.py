@@ -222,6 +222,11 @@ _NOT_HTTP = {
         "Transfer-Encoding",
     ),
     "chunked in HTTP/1.0": (_POST_1_0 + _CHUNKED + _CHUNKS, 400, "in an HTTP/1.0 request"),
+    "chunked in kept-alive HTTP/1.0": (
+        _POST_1_0 + b"Connection: keep-alive\r\n" + _CHUNKED + _CHUNKS,
+        400,
+        "in an HTTP/1.0 request",
+    ),
     "bad chunk size": (_POST + _CHUNKED + b"zz\r\n" + _CHUNKS, 400, "chunk size"),
     "bad chunk extension": (_POST + _CHUNKED + b"f;\x01" + _CHUNKS[1:], 400, "chunk extension"),
     "CONNECT": (_get(b"CONNECT 127.0.0.1:443 HTTP/1.1"), 501, "not a proxy"),

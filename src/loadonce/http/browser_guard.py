@@ -30,7 +30,7 @@ from starlette.types import Scope
 
 from loadonce.http.access_keys import RouteFamily
 from loadonce.http.allowed_hosts import host_allowed
-from loadonce.http.host_header import host_refusal
+from loadonce.http.host_header import host_refusal, valid_host
 from loadonce.http.loopback import is_loopback_host
 from loadonce.http.route_families import family_in
 
@@ -65,9 +65,10 @@ def refusal(scope: Scope, allowed_hosts: tuple[str, ...] = ()) -> tuple[int, str
             origin = value
         elif name == _FETCH_SITE:
             site = value
-    why = host_refusal(host, repeated, scope.get("http_version", "1.1"))
-    if why is not None:
-        return 400, why
+    if repeated or host is None or not valid_host(host):
+        why = host_refusal(host, repeated, scope.get("http_version", "1.1"))
+        if why is not None:
+            return 400, why
     why = _guard_refusal(scope, allowed_hosts, host, origin, site)
     return None if why is None else (403, why)
 

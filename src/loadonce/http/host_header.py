@@ -19,20 +19,21 @@ _HOST_VALUE = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(:[
 
 def host_refusal(host: bytes | None, repeated: bool, http_version: str) -> str | None:
     """Why the request's Host makes it a 400, or None. ``host``: its (last) value, None when
-    it had none; ``repeated``: whether it had more than one."""
+    it had none; ``repeated``: whether it had more than one. (The usual request, one valid
+    Host, need not call it: ``valid_host`` says so.)"""
     if repeated:
         return "the request has more than one Host header"
     if host is None:
         if http_version == "1.1":
             return "the request has no Host header, which HTTP/1.1 requires"
         return None
-    if not _valid_host(host):
+    if not valid_host(host):
         shown = host.decode("latin-1")[:100]
         return f"the request's Host header {shown!r} is not a host[:port]"
     return None
 
 
 @functools.lru_cache(maxsize=256)
-def _valid_host(host: bytes) -> bool:
-    # Cached: every request carries one of a few Host values.
+def valid_host(host: bytes) -> bool:
+    """Whether a Host value is host[:port]. Cached: every request carries one of a few."""
     return _HOST_VALUE.fullmatch(host) is not None

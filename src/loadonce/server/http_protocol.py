@@ -363,19 +363,17 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._head_over_the_limit():  # it said "too many header fields" too
             self._refusal = self._too_large_refusal()
             raise _RefusedHeadError
-        # Anything but HTTP/1.1 for a path (a rare head: the one check the usual one costs).
+        # Anything but a kept-alive HTTP/1.1 request for a path: a rare head, checked in
+        # _unusual_head. (Not its version first: the parser formats it as a string, ten
+        # times what these cost. A request not kept alive is HTTP/1.1 with "close", or
+        # another version without "keep-alive".)
         parser = self.parser
-        version = parser.get_http_version()
         answer = None
-        if version != "1.1" or self.url[:1] != b"/" or parser.should_upgrade():
-            answer = self._unusual_head(version)
-        coding = self._unknown_transfer_coding()
+        if not parser.should_keep_alive() or self.url[:1] != b"/" or parser.should_upgrade():
+            answer = self._unusual_head(parser.get_http_version())
+        coding = self._transfer_coding_refusal()
         if coding is not None:
-            # The parser reads a body "chunked" when that coding comes last, and took
-            # "gzip, chunked" as plain chunks, its gzip ignored (RFC 9112: 501).
-            self._refuse_head(
-                (HTTPStatus.NOT_IMPLEMENTED, f"transfer coding {coding} is not supported")
-            )
+            self._refuse_head(coding)
         self._in_head, self._in_body = False, True
         self._body_started, self._body_bytes = self._received_at, 0
         self._payload_bytes = self._chunks = self._trailer_fields = self._framing_bytes = 0
@@ -418,13 +416,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         raise _RefusedHeadError
 
     def _unusual_head(self, version: str) -> ASGIApp | None:
-        """A head that is not an HTTP/1.1 request for a path, or that asks for an Upgrade:
-        refused as RFC 9112 and 9110 say, or the app answering it (``OPTIONS *``)."""
+        """A head that is not a kept-alive HTTP/1.1 request for a path, or that asks for an
+        Upgrade: refused as RFC 9112 and 9110 say, or the app answering it (``OPTIONS *``).
+        (An HTTP/1.0 request that asks for keep-alive is not seen here: its Expect is not
+        ignored; its Transfer-Encoding is refused all the same, _transfer_coding_refusal.)"""
         if version != "1.1":
             if version != "1.0":
                 self._refuse_head(version_refusal(version))
-            if any(name == b"transfer-encoding" for name, _ in self.headers):
-                self._refuse_head(TRANSFER_CODING_IN_HTTP_1_0)  # RFC 9112 6.1
             # RFC 9110 10.1.1: an HTTP/1.0 client cannot read a 100 (Continue).
             self.expect_100_continue = False
         method = self.parser.get_method()
@@ -543,11 +541,18 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         return size > self.max_header_bytes
 
-    def _unknown_transfer_coding(self) -> str | None:
-        """A Transfer-Encoding other than plain chunked, as the client wrote it."""
+    def _transfer_coding_refusal(self) -> Refusal | None:
+        """The refusal of a Transfer-Encoding other than plain chunked (the parser reads a
+        body "chunked" when that coding comes last, and took "gzip, chunked" as plain
+        chunks, its gzip ignored: RFC 9112 says 501), or of one in an HTTP/1.0 request,
+        whose framing RFC 9112 (6.1) says is faulty."""
         for name, value in self.headers:
-            if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
-                return repr(value.decode("latin-1")[:64])
+            if name == b"transfer-encoding":
+                if self.parser.get_http_version() == "1.0":
+                    return TRANSFER_CODING_IN_HTTP_1_0
+                if value.strip().lower() != b"chunked":
+                    coding = repr(value.decode("latin-1")[:64])
+                    return HTTPStatus.NOT_IMPLEMENTED, f"transfer coding {coding} is not supported"
         return None
 
     def on_message_complete(self) -> None:
