@@ -414,6 +414,10 @@ def test_refusals_in_front_of_the_apps_cors_middleware_are_readable_by_the_origi
     async def boom() -> None:
         raise RuntimeError("the app's own failure")
 
+    @app.get("/hello")
+    async def hello() -> str:
+        return "hello"
+
     app.add_middleware(
         CORSMiddleware,
         allow_origins=[FRONT_END],
@@ -443,11 +447,13 @@ def test_refusals_in_front_of_the_apps_cors_middleware_are_readable_by_the_origi
             assert answer.headers["access-control-expose-headers"] == "X-Request-ID", status
             assert "Origin" in answer.headers["vary"], status
             assert answer.headers["x-request-id"], status
+        # An origin the app does not allow: refused by the browser guard, as loadonce's
+        # inference routes refuse another origin's page that the app's CORS does not allow.
         foreign = client.post(predict, json={"inputs": [1.0]}, headers={"origin": EVIL_ORIGIN})
-        assert foreign.status_code == 401
+        assert foreign.status_code == 403
         assert "access-control-allow-origin" not in foreign.headers
         # What the app's CORS middleware gives that origin on the app's own answers, no more.
-        served = client.get("/models", headers={**as_inference, "origin": EVIL_ORIGIN})
+        served = client.get("/hello", headers={**as_inference, "origin": EVIL_ORIGIN})
         assert served.status_code == 200
 
         def cors(answer: Any) -> dict[str, str]:

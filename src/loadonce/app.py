@@ -16,6 +16,7 @@ from loadonce.core.registry import Registry
 from loadonce.core.spec import ModelSpec
 from loadonce.http.access_keys import AccessKeys
 from loadonce.http.admin import admin_router
+from loadonce.http.cors_origins import allow_origins
 from loadonce.http.docs import docs_router
 from loadonce.http.errors import answer_not_found, answer_wrong_method
 from loadonce.http.health import health_router
@@ -55,6 +56,7 @@ def create_app(
     drain_timeout_s: float | None = 30.0,
     allowed_hosts: Iterable[str] = (),
     tracing: TracingOptions | object | None = None,
+    cors_allow_origins: Iterable[str] = (),
 ) -> FastAPI:
     """The app ``loadonce serve`` runs: health probes, /models and predict routes, the Open
     Inference Protocol under /v2, OpenAI's API under /v1 (models that generate or embed text),
@@ -66,7 +68,11 @@ def create_app(
     ``allowed_hosts``: Host names a request arriving on a loopback address (the server bound
     to it, or to 0.0.0.0 and reached through it) may carry besides loopback names
     (``*.example.com``, or ``*`` for any): a proxy on the same machine that passes on its
-    own Host. ``tracing``: OpenTelemetry tracing (see ``lifespan``)."""
+    own Host. ``tracing``: OpenTelemetry tracing (see ``lifespan``). ``cors_allow_origins``:
+    the origins of web pages that may call the routes from a browser (``https://app.example
+    .com``, ``http://localhost:3000``, ``*`` for any): the answers carry CORS headers for
+    them and preflights are answered; a page of any other origin is refused by the
+    inference routes, as by the control routes (``http/browser_guard.py``)."""
     app = FastAPI(
         title=title,
         version=__version__,
@@ -103,5 +109,6 @@ def create_app(
     # other loadonce answer, not {"detail"}.
     app.router.default = answer_not_found
     app.add_exception_handler(405, answer_wrong_method)
+    allow_origins(app, cors_allow_origins)  # checked before the models load
     install_middleware(app)
     return app

@@ -9,11 +9,19 @@ not "an API key is required"). Such an answer now goes through the app's own COR
 ``send``, which adds exactly what it adds to the app's answers for that origin: an origin the
 app does not allow gets nothing more. A preflight refused there (by the browser guard) is
 left without: answered by the CORS middleware, it would read as allowed.
+
+The same CORS middlewares say which web pages may call loadonce's inference routes from
+another origin (``browser_guard.py``): an origin the app's CORS middleware allows, wherever it
+sits in the app's stack, is one its owner meant to call the server. ``loadonce serve`` adds one
+for the operator's ``cors_allow_origins`` (``cors_origins.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import weakref
+from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
@@ -21,6 +29,8 @@ from starlette.types import Scope, Send
 
 from loadonce.http.access import is_cors_preflight
 from loadonce.http.wrapping import layers
+
+_in_stacks: weakref.WeakKeyDictionary[Any, tuple[CORSMiddleware, ...]] = weakref.WeakKeyDictionary()
 
 
 def cors_behind(app: object) -> CORSMiddleware | None:
@@ -39,3 +49,20 @@ def with_cors(cors: CORSMiddleware, scope: Scope, send: Send) -> Send:
     if "origin" not in headers:
         return send
     return functools.partial(cors.send, send=send, request_headers=headers)
+
+
+def app_allows_origin(scope: Scope, origin: bytes) -> bool:
+    """Whether a CORS middleware in the stack of the app serving ``scope`` allows ``origin``
+    (in front of loadonce's middleware or behind it). Asked only of a request a browser marked
+    as coming from another origin; the stack is looked through once per app."""
+    app = scope.get("app")
+    try:
+        found = _in_stacks[app]
+    except (KeyError, TypeError):
+        stack = getattr(app, "middleware_stack", None)
+        found = tuple(layer for layer in layers(stack) if isinstance(layer, CORSMiddleware))
+        if stack is not None:  # built at the app's first request: then it stays
+            with contextlib.suppress(TypeError):  # an app that cannot be weakly referenced
+                _in_stacks[app] = found
+    text = origin.decode("latin-1")
+    return any(cors.is_allowed_origin(text) for cors in found)

@@ -7,9 +7,15 @@ Two attacks reach a server on the developer's own machine through their browser:
   site or origin is refused on every route.
 - **Cross-site requests.** Any page may POST to ``http://127.0.0.1:8000`` (with a
   ``text/plain`` body, no CORS preflight happens): without API keys it could unload or
-  reload every model. Browsers say where a request comes from (``Origin``, and
-  ``Sec-Fetch-Site``), so control routes refuse a request that a browser marks as coming from
-  another origin. Clients that are not browsers send neither header and are not affected.
+  reload every model, and make the server compute for it (a page cannot read the answer,
+  but the server spends its time on it all the same). Browsers say where a request comes
+  from (``Origin``, and ``Sec-Fetch-Site``), so control routes refuse a request that a
+  browser marks as coming from another origin, and loadonce's own inference routes do too
+  unless a CORS middleware of the app allows its origin (``app_cors.py``: the app's own, or
+  the one the operator's ``cors_allow_origins`` adds): an origin allowed to read the answers
+  is one meant to call the server. A route of the user's own app is the user's to guard
+  (``own_routes.py``): an OAuth provider's ``form_post`` callback is a cross-site POST by
+  design. Clients that are not browsers send neither header and are not affected.
 - **DNS rebinding.** A page on ``evil.example`` whose name is made to resolve to 127.0.0.1
   is "same-origin" to the browser, but its requests carry ``Host: evil.example``. A request
   that arrives on a loopback address (the connection's own address, ``scope["server"]``)
@@ -30,8 +36,10 @@ from starlette.types import Scope
 
 from loadonce.http.access_keys import RouteFamily
 from loadonce.http.allowed_hosts import host_allowed
+from loadonce.http.app_cors import app_allows_origin
 from loadonce.http.host_header import host_refusal, valid_host
 from loadonce.http.loopback import is_loopback_host
+from loadonce.http.own_routes import serves_loadonce_route
 from loadonce.http.route_families import family_in
 
 _HOST = b"host"
@@ -39,6 +47,14 @@ _ORIGIN = b"origin"
 _FETCH_SITE = b"sec-fetch-site"
 # "none": typed in the address bar or a bookmark; "same-origin": a page this server served.
 _OWN_SITES = (b"same-origin", b"none")
+# Routes whose answers cost the server's work (and say what it serves): its inference routes.
+_GUARDED_FAMILIES = (RouteFamily.INFERENCE, RouteFamily.STATISTICS)
+_INFERENCE_REFUSAL = (
+    "this route refuses requests a browser sends from a page of another {what}: such a page "
+    "could make the server compute for it. To let a web page of another origin call it, the "
+    "operator lists that origin in cors_allow_origins (LOADONCE_CORS_ALLOW_ORIGINS), or in "
+    "the allow_origins of their app's own CORSMiddleware"
+)
 
 
 def _hostname(host_header: str) -> str:
@@ -51,10 +67,10 @@ def _hostname(host_header: str) -> str:
 def refusal(scope: Scope, allowed_hosts: tuple[str, ...] = ()) -> tuple[int, str] | None:
     """The status refusing a request and why, or None: 400 for a missing, repeated or
     malformed Host (``host_header.py``), else 403 for what the guard keeps out. On the hot
-    path: one pass over the headers, and the route's family only for a request a browser
-    marked as coming from elsewhere. ``allowed_hosts``: names a request arriving on a
-    loopback address may carry besides loopback names (a proxy on the same machine that
-    passes on its own Host)."""
+    path: one pass over the headers, and the route's family, whose route it is and what the
+    app's CORS middleware allows only for a request a browser marked as coming from
+    elsewhere. ``allowed_hosts``: names a request arriving on a loopback address may carry
+    besides loopback names (a proxy on the same machine that passes on its own Host)."""
     host = origin = site = None
     repeated = False
     for name, value in scope["headers"]:
@@ -101,11 +117,18 @@ def _guard_refusal(
         # A page may read what a WebSocket of another site's server sends it (no CORS):
         # any route, not only control routes.
         return "WebSocket handshakes from a page of another site or origin are refused"
-    if family_in(scope) is not RouteFamily.ADMIN:
-        return None
-    if foreign_site:
-        return "control routes refuse requests a browser sends from another site"
-    return "control routes refuse requests a browser sends from another origin"
+    family = family_in(scope)
+    if family is RouteFamily.ADMIN:
+        if foreign_site:
+            return "control routes refuse requests a browser sends from another site"
+        return "control routes refuse requests a browser sends from another origin"
+    if (
+        family in _GUARDED_FAMILIES
+        and serves_loadonce_route(scope)
+        and not (origin is not None and app_allows_origin(scope, origin))
+    ):
+        return _INFERENCE_REFUSAL.format(what="site" if foreign_site else "origin")
+    return None
 
 
 def _trusted_origin(origin: bytes, host: bytes | None, allowed_hosts: tuple[str, ...]) -> bool:

@@ -147,6 +147,7 @@ def _app_from_config(config: ServeConfig) -> FastAPI:
         # As a worker of loadonce serve has them (allowed_hosts was left out: a proxy's Host
         # served without Ray was refused 403 on Ray).
         allowed_hosts=options.allowed_hosts,
+        cors_allow_origins=options.cors_allow_origins,
         drain_timeout_s=options.drain_timeout_s,
         tracing=config.tracing,
         model_control=False,

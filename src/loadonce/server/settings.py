@@ -27,6 +27,7 @@ from loadonce.core.limits import MIB, Limits
 from loadonce.core.spec import MOST_SECONDS, ModelSpec
 from loadonce.http.access_keys import AccessKeys
 from loadonce.http.allowed_hosts import check_allowed_hosts
+from loadonce.http.cors_origins import check_cors_origins
 from loadonce.server.allocator import MOST_THRESHOLD_BYTES
 from loadonce.tracing import TracingOptions, check_tracing
 
@@ -119,6 +120,9 @@ class ServerOptions(ConfigModel):
     # (a proxy on the same machine that passes on its own Host): "api.example.com",
     # "*.example.com", "*" (http/browser_guard.py).
     allowed_hosts: list[str] = Field(default_factory=list)
+    # The origins of web pages that may call the server from a browser: CORS headers on the
+    # answers, preflights answered, and inference routes let them in (http/cors_origins.py).
+    cors_allow_origins: list[str] = Field(default_factory=list)
     # Slow and hostile clients (server/http_protocol.py): a request head must arrive within
     # header_timeout_s, a body may pause at most body_timeout_s, a head holds at most
     # max_header_bytes in max_header_fields fields; past max_connections open connections,
@@ -129,7 +133,9 @@ class ServerOptions(ConfigModel):
     max_header_fields: Annotated[int, Field(ge=8)] = 100
     max_connections: Annotated[int, Field(ge=1)] = 1000
 
-    @field_validator("api_keys", "admin_api_keys", "allowed_hosts", mode="before")
+    @field_validator(
+        "api_keys", "admin_api_keys", "allowed_hosts", "cors_allow_origins", mode="before"
+    )
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         """A config file may give these as one comma-separated string, as the environment
@@ -161,6 +167,14 @@ class ServerOptions(ConfigModel):
         except ConfigError as exc:  # the field's name is said once, by the caller
             raise ValueError(str(exc).removeprefix("allowed_hosts: ")) from None
         return hosts
+
+    @field_validator("cors_allow_origins")
+    @classmethod
+    def _each_origin_is_one(cls, origins: list[str]) -> list[str]:
+        try:
+            return list(check_cors_origins(origins))
+        except ConfigError as exc:  # the field's name is said once, by the caller
+            raise ValueError(str(exc).removeprefix("cors_allow_origins: ")) from None
 
     @field_validator("artifact_roots")
     @classmethod
@@ -349,6 +363,7 @@ _ENVIRONMENT_ONLY = {
     "malloc_mmap_threshold": "LOADONCE_MALLOC_MMAP_THRESHOLD",
     "artifact_roots": "LOADONCE_ARTIFACT_ROOTS",
     "allowed_hosts": "LOADONCE_ALLOWED_HOSTS",
+    "cors_allow_origins": "LOADONCE_CORS_ALLOW_ORIGINS",
     "max_artifact_bytes": "LOADONCE_MAX_ARTIFACT_BYTES",
     "stop_delay_s": "LOADONCE_STOP_DELAY_S",
     "heartbeat_timeout_s": "LOADONCE_HEARTBEAT_TIMEOUT_S",
@@ -367,6 +382,7 @@ _LISTS = {
     "admin_api_keys": ",",
     "artifact_roots": os.pathsep,
     "allowed_hosts": ",",
+    "cors_allow_origins": ",",
 }
 
 

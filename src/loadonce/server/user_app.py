@@ -27,6 +27,7 @@ from loadonce.core.imports import import_object
 from loadonce.core.registry import Registry
 from loadonce.core.spec import ModelSpec
 from loadonce.http.admin import admin_router
+from loadonce.http.cors_origins import allow_origins
 from loadonce.http.health import health_router
 from loadonce.http.lifespan import (
     LoadedHook,
@@ -133,6 +134,7 @@ def serve_user_app(
     if metrics:
         routers.append(metrics_router())
     _add_servers_routes(app, routers)
+    allow_origins(app, options.cors_allow_origins)
     if not middleware_installed(app):
         install_middleware(app)
     return app

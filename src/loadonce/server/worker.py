@@ -235,6 +235,7 @@ def run_worker(
             gc_freeze=options.gc_freeze,
             drain_timeout_s=options.drain_timeout_s,
             allowed_hosts=options.allowed_hosts,
+            cors_allow_origins=options.cors_allow_origins,
             control=control,
             load_gate=lambda: _gated_with_progress(registry),
             tracing=config.tracing,
