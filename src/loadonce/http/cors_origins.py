@@ -58,20 +58,28 @@ def _is_origin(text: str) -> bool:
     )
 
 
-def allow_origins(app: FastAPI, origins: Iterable[str]) -> None:
-    """A CORS middleware for the operator's ``cors_allow_origins`` (each checked), behind
-    loadonce's middleware where ``install_middleware`` already ran on ``app`` (its refusals
-    then carry its headers, as the app's answers do), else where loadonce's will be behind.
-    An app with a CORS middleware of its own lists its origins there: two would each add
-    their headers, which browsers refuse."""
-    listed = check_cors_origins(origins)
-    if not listed:
-        return
-    if any(getattr(entry, "cls", None) is CORSMiddleware for entry in app.user_middleware):
+def check_no_cors_of_its_own(app: object) -> None:
+    """A ``ConfigError`` if ``app`` has a CORS middleware of its own, where the operator's
+    ``cors_allow_origins`` would add a second: each would add its headers, which browsers
+    refuse."""
+    entries = getattr(app, "user_middleware", ())
+    if any(getattr(entry, "cls", None) is CORSMiddleware for entry in entries):
         raise ConfigError(
             "cors_allow_origins: this app has a CORSMiddleware of its own: list the origins in "
             "its allow_origins (loadonce's routes follow it), not in cors_allow_origins"
         )
+
+
+def allow_origins(app: FastAPI, origins: Iterable[str]) -> None:
+    """A CORS middleware for the operator's ``cors_allow_origins`` (each checked), behind
+    loadonce's middleware where ``install_middleware`` already ran on ``app`` (its refusals
+    then carry its headers, as the app's answers do), else where loadonce's will be behind.
+    An app with a CORS middleware of its own lists its origins there
+    (``check_no_cors_of_its_own``)."""
+    listed = check_cors_origins(origins)
+    if not listed:
+        return
+    check_no_cors_of_its_own(app)
     cors = Middleware(
         CORSMiddleware,
         allow_origins=listed,

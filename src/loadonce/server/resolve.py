@@ -46,6 +46,7 @@ def resolve_serve_config(
     ray = RayOptions()
     tracing_table: dict[str, Any] = {}
     app: str | None = None
+    loaded_app: object = None
     code_directory: Path | None = None
     single = target is not None and not demo and not is_config_file(target)
     typed = [field for field in model_fields or {} if field not in environment_fields]
@@ -67,7 +68,7 @@ def resolve_serve_config(
         tracing_table = config_file.tracing
         if config_file.app is not None:
             app, factory = config_file.app, config_file.factory
-            specs = _specs_of_app(app, factory)
+            specs, loaded_app = _specs_of_app(app, factory)
     else:
         code_directory = Path.cwd().resolve()
         importable_from(code_directory)
@@ -75,10 +76,15 @@ def resolve_serve_config(
             if typed:
                 raise ConfigError(_FIELDS_FOR_ONE)
             app = target
-            specs = _specs_of_app(app, factory)
+            specs, loaded_app = _specs_of_app(app, factory)
         else:
             specs = [spec_for_target(target, model_fields or {})]
     server = resolve_server_options(file_options, {**overrides, "trust": trust or None})
+    if loaded_app is not None and server.cors_allow_origins:
+        from loadonce.http.cors_origins import check_no_cors_of_its_own
+
+        # Said here, in one line: in each worker it was a traceback.
+        check_no_cors_of_its_own(loaded_app)
     if server.trust:
         # The operator vouching for every artifact this command serves.
         specs = [spec.model_copy(update={"trust": True}) for spec in specs]
@@ -105,10 +111,12 @@ def _names_app(target: str, factory: bool) -> bool:
     return factory or is_app(target)
 
 
-def _specs_of_app(reference: str, factory: bool) -> list[ModelSpec]:
+def _specs_of_app(reference: str, factory: bool) -> tuple[list[ModelSpec], object]:
+    """The models the app declares, and the app."""
     from loadonce.server.user_app import load_app, specs_of
 
-    return specs_of(load_app(reference, factory=factory), reference)
+    app = load_app(reference, factory=factory)
+    return specs_of(app, reference), app
 
 
 _FIELDS_FOR_ONE = (
