@@ -19,7 +19,9 @@ import httpx2 as httpx
 import pytest
 from fastapi import FastAPI, Form
 from fastapi.testclient import TestClient
+from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Mount
 
 import loadonce
 from loadonce.server.settings import resolve_server_options
@@ -213,7 +215,9 @@ def test_loadonce_serve_takes_cors_allow_origins_from_the_environment(
 _APP_WITH_ITS_OWN_CORS = """
 import loadonce
 from fastapi import FastAPI
+from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Mount
 
 spec = loadonce.ModelSpec(name="m", loader="tests.loaders:echo")
 app = FastAPI(lifespan=loadonce.lifespan([spec]))
@@ -292,6 +296,42 @@ def test_in_your_own_app_your_routes_stay_yours_and_your_cors_middleware_decides
         answered = client.post("/models/m/predict", json=_PREDICT, headers=front)
         assert answered.status_code == (403 if cors == "none" else 200), answered.text
         assert model.calls == (0 if cors == "none" else 1)
+
+
+def _sub_app() -> FastAPI:
+    sub = FastAPI()
+    sub.include_router(loadonce.models_router())
+    return sub
+
+
+def _mounted_behind_cors(model: _Counted) -> FastAPI:
+    app = FastAPI(lifespan=loadonce.lifespan([_spec(model)]))
+    app.mount("/sub", CORSMiddleware(_sub_app(), allow_origins=[FRONT_END]))
+    loadonce.install_middleware(app)
+    return app
+
+
+def _mounted_with_cors_middleware(model: _Counted) -> FastAPI:
+    app = FastAPI(lifespan=loadonce.lifespan([_spec(model)]))
+    cors = Middleware(CORSMiddleware, allow_origins=[FRONT_END])
+    app.router.routes.append(Mount("/sub", app=_sub_app(), middleware=[cors]))
+    loadonce.install_middleware(app)
+    return app
+
+
+@pytest.mark.parametrize("outer", [_mounted_behind_cors, _mounted_with_cors_middleware])
+def test_a_cors_middleware_around_a_mounted_app_allows_origins_for_its_routes(
+    outer: Any,
+) -> None:
+    model = _Counted()
+    with TestClient(outer(model)) as client:
+        front = {"Origin": FRONT_END, "Sec-Fetch-Site": "same-site"}
+        answered = client.post("/sub/models/m/predict", json=_PREDICT, headers=front)
+        assert answered.status_code == 200, answered.text
+        assert answered.headers["access-control-allow-origin"] == FRONT_END
+        refused = client.post("/sub/models/m/predict", json=_PREDICT, headers={"Origin": EVIL})
+        assert refused.status_code == 403
+        assert model.calls == 1
 
 
 @pytest.mark.parametrize(

@@ -51,10 +51,11 @@ def with_cors(cors: CORSMiddleware, scope: Scope, send: Send) -> Send:
     return functools.partial(cors.send, send=send, request_headers=headers)
 
 
-def app_allows_origin(scope: Scope, origin: bytes) -> bool:
-    """Whether a CORS middleware in the stack of the app serving ``scope`` allows ``origin``
-    (in front of loadonce's middleware or behind it). Asked only of a request a browser marked
-    as coming from another origin; the stack is looked through once per app."""
+def app_allows_origin(scope: Scope, origin: bytes, around: tuple[CORSMiddleware, ...] = ()) -> bool:
+    """Whether a CORS middleware in the stack of the app serving ``scope`` (in front of
+    loadonce's middleware or behind it), or one of ``around`` (those wrapping the mounted app
+    the request goes to), allows ``origin``. Asked only of a request a browser marked as
+    coming from another origin; the stack is looked through once per app."""
     app = scope.get("app")
     try:
         found = _in_stacks[app]
@@ -65,4 +66,4 @@ def app_allows_origin(scope: Scope, origin: bytes) -> bool:
             with contextlib.suppress(TypeError):  # an app that cannot be weakly referenced
                 _in_stacks[app] = found
     text = origin.decode("latin-1")
-    return any(cors.is_allowed_origin(text) for cors in found)
+    return any(cors.is_allowed_origin(text) for cors in (*found, *around))

@@ -39,7 +39,7 @@ from loadonce.http.allowed_hosts import host_allowed
 from loadonce.http.app_cors import app_allows_origin
 from loadonce.http.host_header import host_refusal, valid_host
 from loadonce.http.loopback import is_loopback_host
-from loadonce.http.own_routes import serves_loadonce_route
+from loadonce.http.own_routes import loadonce_route
 from loadonce.http.route_families import family_in
 
 _HOST = b"host"
@@ -122,13 +122,12 @@ def _guard_refusal(
         if foreign_site:
             return "control routes refuse requests a browser sends from another site"
         return "control routes refuse requests a browser sends from another origin"
-    if (
-        family in _GUARDED_FAMILIES
-        and serves_loadonce_route(scope)
-        and not (origin is not None and app_allows_origin(scope, origin))
-    ):
-        return _INFERENCE_REFUSAL.format(what="site" if foreign_site else "origin")
-    return None
+    if family not in _GUARDED_FAMILIES:
+        return None
+    route = loadonce_route(scope)
+    if route is None or (origin is not None and app_allows_origin(scope, origin, route.cors)):
+        return None
+    return _INFERENCE_REFUSAL.format(what="site" if foreign_site else "origin")
 
 
 def _trusted_origin(origin: bytes, host: bytes | None, allowed_hosts: tuple[str, ...]) -> bool:
