@@ -12,14 +12,16 @@ through.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from fastapi import FastAPI
-from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
-
 from loadonce.core.errors import ConfigError
-from loadonce.http.middleware import LoadonceMiddleware
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+# Starlette and loadonce's middleware are imported where a middleware is added: the
+# supervisor checks the setting (server/settings.py) without importing any web framework.
 
 # What a page allowed here reads of an answer besides the headers every page reads: the
 # request id, when to retry, and where a binary /v2 answer's JSON ends.
@@ -62,6 +64,8 @@ def check_no_cors_of_its_own(app: object) -> None:
     """A ``ConfigError`` if ``app`` has a CORS middleware of its own, where the operator's
     ``cors_allow_origins`` would add a second: each would add its headers, which browsers
     refuse."""
+    from starlette.middleware.cors import CORSMiddleware
+
     entries = getattr(app, "user_middleware", ())
     if any(getattr(entry, "cls", None) is CORSMiddleware for entry in entries):
         raise ConfigError(
@@ -80,6 +84,11 @@ def allow_origins(app: FastAPI, origins: Iterable[str]) -> None:
     if not listed:
         return
     check_no_cors_of_its_own(app)
+    from starlette.middleware import Middleware
+    from starlette.middleware.cors import CORSMiddleware
+
+    from loadonce.http.middleware import LoadonceMiddleware
+
     cors = Middleware(
         CORSMiddleware,
         allow_origins=listed,
