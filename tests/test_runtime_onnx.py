@@ -448,3 +448,69 @@ def test_a_scalar_input_makes_each_example_its_own_call(
             assert outputs["total"] == [e["total"] for e in expected]
         else:
             assert outputs["y"] == expected
+
+
+def _graph_with_an_output_of_its_own_kind(kind: str) -> onnx.ModelProto:
+    """y = x beside a second output ``extra`` of a kind with no per-example form (a sequence
+    of tensors: its length is the graph's, not the batch's; bfloat16: no NumPy type) or with
+    one (an optional tensor the graph always gives: that tensor)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    if kind == "sequence":
+        node = helper.make_node("SplitToSequence", ["x"], ["extra"], axis=1, keepdims=0)
+        extra = helper.make_tensor_sequence_value_info("extra", TensorProto.FLOAT, None)
+    elif kind == "bfloat16":
+        node = helper.make_node("Cast", ["x"], ["extra"], to=TensorProto.BFLOAT16)
+        extra = helper.make_tensor_value_info("extra", TensorProto.BFLOAT16, ["batch", 4])
+    else:
+        node = helper.make_node("Optional", ["x"], ["extra"])
+        tensor = helper.make_tensor_type_proto(TensorProto.FLOAT, ["batch", 4])
+        extra = helper.make_value_info("extra", helper.make_optional_type_proto(tensor))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    graph = helper.make_graph(
+        [node, helper.make_node("Identity", ["x"], ["y"])], kind, [x], [extra, y]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model
+
+
+@pytest.mark.parametrize("kind", ["sequence", "bfloat16"])
+def test_an_output_with_no_per_example_form_fails_the_load_naming_it(
+    tmp_path: Path, kind: str
+) -> None:
+    """A sequence-of-tensors output (its length the graph's, not the batch's) and a bfloat16
+    one (ONNX Runtime has no NumPy type for it) loaded, were left out of /v2 metadata, and
+    failed every request with a 500. The load fails naming the output and its type, and
+    how to leave it out; left out, the model serves its other outputs."""
+    path = tmp_path / f"{kind}.onnx"
+    onnx.save(_graph_with_an_output_of_its_own_kind(kind), path)
+    with (
+        pytest.raises(
+            loadonce.ModelLoadError,
+            match=r"extra \((seq\(tensor\(float\)\)|tensor\(bfloat16\))\).*"
+            r"options.outputs = \['y'\]",
+        ),
+        TestClient(loadonce.create_app([loadonce.ModelSpec(name="m", artifact=path)])),
+    ):
+        pass
+    spec = loadonce.ModelSpec(name="m", artifact=path, options={"outputs": ["y"]})
+    with TestClient(loadonce.create_app([spec])) as client:
+        answer = client.post("/models/m/predict", json={"inputs": [ROWS[0]]})
+        assert answer.json()["outputs"] == [pytest.approx(ROWS[0])]
+
+
+def test_an_optional_tensor_output_is_described_as_the_tensor_it_answers(tmp_path: Path) -> None:
+    """An optional(tensor(float)) output was answered by /v2 infer (FP32) but left out of
+    /v2 metadata (no dtype): metadata now lists what infer answers."""
+    path = tmp_path / "optional.onnx"
+    onnx.save(_graph_with_an_output_of_its_own_kind("optional"), path)
+    with TestClient(loadonce.create_app([loadonce.ModelSpec(name="m", artifact=path)])) as client:
+        described = client.get("/v2/models/m").json()["outputs"]
+        assert described == [
+            {"name": "extra", "datatype": "FP32", "shape": [-1, 4]},
+            {"name": "y", "datatype": "FP32", "shape": [-1, 4]},
+        ]
+        tensor = {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": ROWS[0]}
+        infer = client.post("/v2/models/m/infer", json={"inputs": [tensor]})
+        answered = [(o["name"], o["datatype"], o["shape"]) for o in infer.json()["outputs"]]
+        assert answered == [(t["name"], t["datatype"], [1, 4]) for t in described]

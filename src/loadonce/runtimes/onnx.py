@@ -37,11 +37,18 @@ def _tensor_info(node: Any) -> TensorInfo:
     shape = (
         None if node.shape is None else tuple(d if isinstance(d, int) else None for d in node.shape)
     )
-    dtype = _ONNX_TYPES.get(node.type)
-    if dtype is None and str(node.type).startswith(("seq(", "map(")):
+    kind = str(node.type)
+    if kind.startswith("optional(tensor(") and kind.endswith(")"):
+        # An optional tensor that the graph produced is that tensor: ONNX Runtime answers
+        # it as one (None only where the graph gave no value, said per call).
+        kind = kind[len("optional(") : -1]
+    dtype = _ONNX_TYPES.get(kind)
+    if dtype is None and kind.startswith("seq(map("):
         # A sequence of maps (skl2onnx's ZipMap: a {label: probability} per example): each
         # example's value travels as a JSON document (BYTES under /v2). ONNX Runtime gives
-        # a sequence no shape ([]): it holds one item per example.
+        # a sequence no shape ([]): it holds one item per example. A sequence of tensors
+        # has no such rule (its length is the graph's own, not the batch's): it stays
+        # without a dtype, and is refused at load.
         dtype, shape = "object", None
     return TensorInfo(name=node.name, dtype=dtype, shape=shape)
 
@@ -49,7 +56,18 @@ def _tensor_info(node: Any) -> TensorInfo:
 class OnnxPredictor(Predictor):
     def __init__(self, session: Any, *, output_names: Sequence[str] | None) -> None:
         self.session = session
-        inputs = [_tensor_info(node) for node in session.get_inputs()]
+        input_nodes = session.get_inputs()
+        inputs = [_tensor_info(node) for node in input_nodes]
+        unfed = ", ".join(
+            f"{t.name} ({node.type})"
+            for node, t in zip(input_nodes, inputs, strict=True)
+            if t.dtype in (None, "object")
+        )
+        if unfed:
+            raise ValueError(
+                f"inputs of a type loadonce cannot feed: {unfed} (it feeds tensors of numbers, "
+                "booleans and strings)"
+            )
         # Inputs the graph declares without any dimension (a scalar: a threshold, a
         # temperature) have no batch dimension to stack examples along: each example holds
         # its own value, and the graph runs one example per call. Fed a stack of them, ONNX
@@ -62,7 +80,8 @@ class OnnxPredictor(Predictor):
             else t
             for t in inputs
         ]
-        all_outputs = [_tensor_info(node) for node in session.get_outputs()]
+        output_nodes = session.get_outputs()
+        all_outputs = [_tensor_info(node) for node in output_nodes]
         if output_names:
             known = {t.name for t in all_outputs}
             unknown = [n for n in output_names if n not in known]
@@ -74,6 +93,21 @@ class OnnxPredictor(Predictor):
             self.outputs = [t for t in all_outputs if t.name in output_names]
         else:
             self.outputs = all_outputs
+        # An output with no per-example form (a sequence of tensors, a map, a type NumPy
+        # lacks) was left out of /v2 metadata yet answered by /v2 infer, or failed every
+        # request with a 500: the load says so, and how to leave it out.
+        chosen = {t.name for t in self.outputs}
+        unanswered = ", ".join(
+            f"{t.name} ({node.type})"
+            for node, t in zip(output_nodes, all_outputs, strict=True)
+            if t.name in chosen and t.dtype is None
+        )
+        if unanswered:
+            servable = [t.name for t in all_outputs if t.dtype is not None]
+            raise ValueError(
+                f"outputs loadonce cannot answer one per example: {unanswered}; leave them out "
+                f"with options.outputs = {servable!r}"
+            )
         self.fixed_batch = _fixed_batch([t for t in inputs if t.name not in self.scalar_inputs])
         # Outputs the graph declares without a batch dimension (a scalar, or a first
         # dimension of a fixed size that is not the inputs' batch: a constant such as a class
@@ -88,9 +122,6 @@ class OnnxPredictor(Predictor):
             else t
             for t in self.outputs
         ]
-        unsupported = [t.name for t in self.inputs if t.dtype in (None, "object")]
-        if unsupported:
-            raise ValueError(f"inputs of a type loadonce cannot feed: {', '.join(unsupported)}")
         # One input: an example is that input's value. Several: an object keyed by name.
         self.signature = example_signature(self.inputs[0]) if len(self.inputs) == 1 else None
         # Batched only where every input's first dimension is variable (a batch dimension);
