@@ -548,3 +548,90 @@ def test_scalars_of_an_exported_program_have_no_batch_dimension(
         assert answer.status_code == 200, answer.text
         # Values float32 holds exactly: the answers are the module's, bit for bit.
         assert answer.json()["outputs"] == expected
+
+
+class _Embedding(torch.nn.Module):
+    """Token ids (int64) in, the sum of their vectors out: a module that takes no floats."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vectors = torch.nn.Embedding(10, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        summed: torch.Tensor = self.vectors(ids).sum(1)
+        return summed
+
+
+@pytest.mark.parametrize(
+    ("kind", "dtype"),
+    [("torchscript", "int64"), ("torchscript", None), ("safetensors", None)],
+    ids=["torchscript-int64", "torchscript-float32", "safetensors-float32"],
+)
+def test_a_module_without_a_declared_shape_describes_the_input_it_takes(
+    tmp_path: Path, kind: str, dtype: str | None, trained: torch.nn.Module
+) -> None:
+    """A TorchScript or state-dict module records no input, and without input_shape /v2
+    metadata listed none, though infer took a tensor named "input" of options.input_dtype
+    (float32 unless set): a client reading metadata could not know what to send. It lists
+    that input (any shape: [-1]), and infer with it answers what the module answers."""
+    options: dict[str, Any] = {} if dtype is None else {"input_dtype": dtype}
+    rows: Any = [[1, 2], [3, 9]] if dtype == "int64" else ROWS
+    module: torch.nn.Module = _Embedding().eval() if dtype == "int64" else trained
+    if kind == "torchscript":
+        path = _script(module, tmp_path / "module.pt")
+    else:
+        path = tmp_path / "module.safetensors"
+        save_file(module.state_dict(), str(path))
+        options["factory"] = "tests.loaders:build_mlp"
+    with torch.inference_mode():
+        expected = module(torch.tensor(rows)).tolist()
+    datatype = "INT64" if dtype == "int64" else "FP32"
+    spec = loadonce.ModelSpec(name="m", artifact=path, options=options)
+    with TestClient(loadonce.create_app([spec])) as client:
+        described = client.get("/v2/models/m").json()["inputs"]
+        assert described == [{"name": "input", "datatype": datatype, "shape": [-1]}]
+        tensor = {"name": "input", "datatype": datatype, "shape": [2, len(rows[0])]}
+        body = {"inputs": [{**tensor, "data": [v for row in rows for v in row]}]}
+        infer = client.post("/v2/models/m/infer", json=body)
+        assert infer.status_code == 200, infer.text
+        [output] = infer.json()["outputs"]
+        assert output["data"] == pytest.approx([v for row in expected for v in row])
+        answer = client.post("/models/m/predict", json={"inputs": rows})
+        assert answer.json()["outputs"] == [pytest.approx(row) for row in expected]
+        other = {**body["inputs"][0], "datatype": "FP64" if dtype == "int64" else "INT64"}
+        refused = client.post("/v2/models/m/infer", json={"inputs": [other]})
+        assert refused.status_code == 400, refused.text
+        assert f"the model takes {datatype}" in refused.json()["error"]
+
+
+class _NestedOutputs(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> Any:
+        return {"double": x * 2, "pair": (x + 1, x.sum(1))}
+
+
+class _NoneOutput(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> Any:
+        return x * 2, None
+
+
+@pytest.mark.parametrize(
+    ("module", "said"),
+    [(_NestedOutputs(), "returns nested outputs"), (_NoneOutput(), "returns None as output 1")],
+    ids=["nested", "none"],
+)
+def test_a_program_whose_outputs_are_not_flat_tensors_fails_its_load(
+    tmp_path: Path, module: torch.nn.Module, said: str
+) -> None:
+    """A program returning a dict that holds a tuple, or None beside a tensor, loaded and
+    failed every request with a 500 (an AttributeError cutting it into rows): the load
+    fails, in one line that says why."""
+    path = tmp_path / "program.pt2"
+    dims = {"x": {0: torch.export.Dim("batch")}}
+    torch.export.save(torch.export.export(module, (torch.zeros(2, 3),), dynamic_shapes=dims), path)
+    spec = loadonce.ModelSpec(name="m", artifact=path)
+    with pytest.raises(loadonce.ModelLoadError) as failed:
+        TestClient(loadonce.create_app([spec])).__enter__()
+    message = str(failed.value)
+    assert said in message
+    assert str(path) in message
+    assert "\n" not in message

@@ -69,15 +69,25 @@ class TorchPredictor(Predictor):
             if input_shape is None or named_inputs
             else InputSignature(shape=input_shape, dtype=input_dtype)
         )
-        self.inputs = list(named_inputs)
+        self._named_inputs = list(named_inputs)
+        # A module that records no input (TorchScript, a state dict) without a declared
+        # input_shape still takes one tensor of ``input_dtype``, of any shape, the batch
+        # first: described so (/v2 metadata listed no input, though infer took "input" of
+        # that dtype, and a client reading metadata could not know it), not checked
+        # beyond its name and dtype.
+        self.inputs = self._named_inputs or (
+            [TensorInfo(name="input", dtype=input_dtype, shape=None)]
+            if self.signature is None
+            else []
+        )
 
     def prepare(self, examples: list[Any]) -> Any:
         import numpy as np
 
         torch = import_optional("torch", extra="torch")
-        if self.inputs:
-            stacked = stack_named_inputs(examples, self.inputs)
-            arrays = [stacked[t.name] for t in self.inputs]
+        if self._named_inputs:
+            stacked = stack_named_inputs(examples, self._named_inputs)
+            arrays = [stacked[t.name] for t in self._named_inputs]
         else:
             if any(isinstance(example, Mapping) for example in examples):
                 # Said here: read as numbers, an object was "not a rectangular array".
@@ -342,9 +352,20 @@ def _exported_outputs(program: Any, *, batchless: bool = False) -> list[TensorIn
     program (whose inputs are all scalars, run one example at a time)."""
     spec = program.call_spec.out_spec
     values = _output_values(program)
-    if spec is None or not values or any(not hasattr(v, "shape") for v in values):
+    if spec is None or not values:
+        return []
+    _refuse_outputs_not_tensors(program)
+    if any(not hasattr(v, "shape") for v in values):
         return []
     flat = spec.num_children == len(values) and all(child.is_leaf() for child in spec.children())
+    if not flat and not (len(values) == 1 and spec.is_leaf()):
+        # Each answer is cut into one tensor per name: a dict holding a tuple loaded, and
+        # every request failed with a 500.
+        raise ValueError(
+            "its forward returns nested outputs (a tuple, list or dict inside another); "
+            "loadonce answers a tensor, or a flat tuple, list or dict of tensors: return one "
+            "of those and export it again"
+        )
     if spec.type in (tuple, list) and flat:
         names = [f"output{i}" for i in range(len(values))]
     elif spec.type is dict and flat:
@@ -361,6 +382,21 @@ def _exported_outputs(program: Any, *, batchless: bool = False) -> list[TensorIn
         )
         for name, value in zip(names, values, strict=True)
     ]
+
+
+def _refuse_outputs_not_tensors(program: Any) -> None:
+    """An output that is no tensor (None, a Python number, a size): nothing to cut into one
+    row per example (each request was a 500)."""
+    [node] = [n for n in program.graph.nodes if n.op == "output"]
+    for position, arg in enumerate(node.args[0]):
+        value = getattr(arg, "meta", {}).get("val") if arg is not None else None
+        if arg is None or (value is not None and not hasattr(value, "shape")):
+            kind = "None" if arg is None else type(value).__name__
+            raise ValueError(
+                f"its forward returns {kind} as output {position}, not a tensor; loadonce "
+                "answers tensors only: return tensors (or leave that output out) and export "
+                "it again"
+            )
 
 
 def _output_values(program: Any) -> list[Any]:
