@@ -62,6 +62,18 @@ def _estimators() -> dict[str, tuple[Any, dict[str, Any]]]:
         "xgboost_targets": (XGBRegressor(n_estimators=2).fit(ROWS, TARGETS), {}),
         "two_labels": (RandomForestClassifier(n_estimators=3, random_state=0).fit(ROWS, text), {}),
         "label_columns": (MultiOutputClassifier(LogisticRegression()).fit(ROWS, CLASSES), {}),
+        # Probabilities per label column: of 2 and 4 classes (a JSON document per row), and
+        # of 2 and 2 (a [columns, classes] tensor). No output was listed before an answer.
+        "column_probabilities": (
+            MultiOutputClassifier(LogisticRegression()).fit(ROWS, CLASSES),
+            {"method": "predict_proba"},
+        ),
+        "equal_column_probabilities": (
+            RandomForestClassifier(n_estimators=3, random_state=0).fit(
+                ROWS, np.c_[CLASSES[:, 0], 1 - CLASSES[:, 0]]
+            ),
+            {"method": "predict_proba"},
+        ),
         "classifier": (LogisticRegression().fit(ROWS, CLASSES[:, 1]), {}),
         "log_probabilities": (
             LogisticRegression().fit(ROWS, CLASSES[:, 1]),
@@ -83,6 +95,8 @@ DESCRIBED = {
     "xgboost_targets": [("output", "FP64", [-1, 2])],
     "two_labels": [("output", "BYTES", [-1, 2])],
     "label_columns": [("output", "INT64", [-1, 2])],
+    "column_probabilities": [("output", "BYTES", [-1])],
+    "equal_column_probabilities": [("output", "FP64", [-1, 2, 2])],
     "classifier": [
         ("label", "INT64", [-1]),
         ("probabilities", "FP64", [-1, 4]),

@@ -42,11 +42,20 @@ def declared_outputs(estimator: Any, method: str, named: list[str]) -> list[Tens
     if isinstance(classes, np.ndarray) and classes.ndim == 1:
         return _classifier_outputs(classes, method, named)
     if isinstance(classes, list):
-        # Several target columns: a row's labels, one per column (its probabilities, one
-        # array per column of its own number of classes, are JSON documents: not declared).
-        if method != "predict" or not classes:
+        # Several target columns: a row's labels, one per column.
+        if not classes:
             return []
-        return [_output(_labels_dtype(classes), (None, len(classes)))]
+        if method == "predict":
+            return [_output(_labels_dtype(classes), (None, len(classes)))]
+        if method in ("predict_proba", "predict_log_proba"):
+            # A row's probabilities, one array per column: a [columns, classes] tensor where
+            # every column has as many classes, else one JSON document per row. Declared
+            # from the classes (metadata listed no output until a first answer).
+            counts = {len(c) for c in classes}
+            if len(counts) == 1:
+                return [_output("float64", (None, len(classes), counts.pop()))]
+            return [_output("object", (None,))]
+        return []
     if method == "predict" and kind == "regressor":
         shape = target_shape(estimator)
         return [] if shape is None else [_output("float64", (None, *shape))]
