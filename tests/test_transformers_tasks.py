@@ -407,13 +407,17 @@ def test_generation_parameters_are_taken_checked_and_capped(
     # a repetition penalty of 1e-300 the most float32 can say.
     cold = _predict(client, "writer", ["good"], parameters={"temperature": 1e-300})
     assert cold == reference(["good"], max_new_tokens=12, do_sample=False)[0]
+    # A temperature of 0 is greedy, as on the generate routes (it was a 400 here alone),
+    # sampling asked for or not.
+    for zero in ({"temperature": 0}, {"temperature": 0.0, "do_sample": True}):
+        assert _predict(client, "writer", ["good"], parameters=zero) == cold, zero
     extreme = {"do_sample": True, "temperature": 1e-300, "repetition_penalty": 1e-300}
     assert _predict(client, "writer", ["good"], parameters=extreme)[0]["generated_text"]
     penalized = {"do_sample": True, "repetition_penalty": 1e-45}
     assert _predict(client, "writer", ["good"], parameters=penalized)[0]["generated_text"]
     refused = {
         "max_new_tokens": 13,  # the operator's cap is 12
-        "temperature": 0,
+        "temperature": -0.5,
         "top_p": 1.5,
         "do_sample": "yes",
         "repetition_penalty": float("inf"),

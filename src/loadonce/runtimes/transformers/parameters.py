@@ -57,7 +57,10 @@ def generation_rules(cap: int) -> dict[str, Rule]:
     return {
         "max_new_tokens": Rule(_integer(1, cap), f"an integer from 1 to {cap}"),
         "min_new_tokens": Rule(_integer(0, cap), f"an integer from 0 to {cap}"),
-        "temperature": Rule(_number(0.0, 100.0), "a number above 0, at most 100"),
+        # 0 is the greedy choice, as the generate routes take it (and OpenAI's range allows).
+        "temperature": Rule(
+            _number(0.0, 100.0, low_included=True), "a number from 0 (greedy) to 100"
+        ),
         "top_p": Rule(_number(0.0, 1.0, low_included=True), "a number from 0 to 1"),
         "top_k": Rule(_integer(0), "an integer, 0 or more"),
         "do_sample": Rule(_boolean, "true or false"),
