@@ -14,6 +14,7 @@ from loadonce.core.control import (
     describe_failures,
 )
 from loadonce.core.errors import InvalidRequestError
+from loadonce.http.duplicate_keys import refuse_duplicate_keys
 from loadonce.http.json_answer import JSONAnswer
 from loadonce.http.large_bodies import parse_request_body
 from loadonce.http.routes import LoadonceRoute
@@ -82,6 +83,8 @@ def admin_router() -> APIRouter:
             body = ReloadRequest.model_validate_json(raw) if raw.strip() else ReloadRequest()
         except ValidationError as exc:
             raise InvalidRequestError.from_validation(exc) from None
+        # Off the hot path: always checked (an artifact or pin given twice, read either way).
+        refuse_duplicate_keys(raw, quoted_names=None)
         outcomes = await LoadonceState.of(request).control.apply(
             ControlRequest(
                 action="load",

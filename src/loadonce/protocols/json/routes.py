@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -22,6 +22,7 @@ from loadonce.core.signature import InputSignature
 from loadonce.core.utf8 import utf8
 from loadonce.http.dependencies import get_registry, registry_of
 from loadonce.http.disconnect import unless_disconnected
+from loadonce.http.duplicate_keys import quoted, refuse_duplicate_keys
 from loadonce.http.endpoints import InferenceEndpoint, add_inference_route
 from loadonce.http.json_answer import JSONAnswer, json_text
 from loadonce.http.json_pieces import ON_THE_LOOP_ELEMENTS, json_in_pieces, weight
@@ -234,11 +235,15 @@ async def answer_predict(request: Request) -> Response:
         found = top_level_elements(raw) if len(raw) >= LARGE_BODY_BYTES else None
         if found is None:
             parsed = _parse_body(raw)
+            refuse_duplicate_keys(raw, quoted_names=_read_keys(model, raw), members=_KEYED_MEMBERS)
             return split_examples(parsed.inputs, signature, named), parsed
         counted = examples_in_body(found, signature)
         if counted is not None:
             model.refuse_if_too_many(counted)
         parsed = _parse_in_pieces(raw, found)
+        # The rest of the body only: "inputs" is an array here, and appears once.
+        rest = raw[: found.start] + raw[found.end :]
+        refuse_duplicate_keys(rest, quoted_names=_read_keys(model, rest), members=_KEYED_MEMBERS)
         return split_examples(parsed.inputs, signature, named), parsed
 
     examples, body = await parse_request_body(request, read)
@@ -271,6 +276,25 @@ async def answer_predict(request: Request) -> Response:
             examples, encode, timeout=timeout, parameters=parameters, arrived=arrival_of(request)
         ),
     )
+
+
+# The members of a predict body whose own keys loadonce reads: the request parameters, and
+# named inputs when "inputs" is an object.
+_KEYED_MEMBERS = ("parameters", "inputs")
+
+
+def _read_keys(model: Model, raw: bytes) -> Iterator[bytes]:
+    """Every key of a predict body that loadonce reads, quoted (``http/duplicate_keys.py``):
+    its own fields, the model's request parameters where the body has parameters, and its
+    named inputs."""
+    yield from _FIELDS
+    if _PARAMETERS in raw:
+        yield from quoted(model.request_parameters)
+    yield from quoted(tensor.name for tensor in model.inputs)
+
+
+_FIELDS = quoted(PredictRequest.model_fields)
+_PARAMETERS = b'"parameters"'
 
 
 def _large_answer(name: str, version: str, outputs: list[Any]) -> bytes:
