@@ -214,6 +214,12 @@ def test_an_invalid_config_file_is_one_line_naming_the_problem(
         (["x.toml", "--name", "a"], "--input-dtype and --no-batching describe the one"),
         (["tests.loaders:echo", "--name", "a b"], "name"),
         (["tests.loaders:echo", "--host", " "], "host: must not be empty"),
+        # An option given twice: click kept the last, unsaid (a config file's key twice is
+        # refused too).
+        (["--demo", "--workers", "2", "--workers", "3"], "option '--workers' is given more"),
+        (["--demo", "--port=8001", "--port", "8002"], "option '--port' is given more"),
+        (["--demo", "--tracing", "--no-tracing"], "'--tracing' and '--no-tracing' are both"),
+        (["--demo", "--trust", "--trust"], "option '--trust' is given more"),
     ],
 )
 def test_bad_command_lines_are_usage_errors(tmp_path: Path, args: list[str], expected: str) -> None:

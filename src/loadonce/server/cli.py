@@ -23,6 +23,7 @@ from loadonce.core.spec import SHA256_PATTERN
 from loadonce.server.demo import CACHE_VARIABLE
 from loadonce.server.early_stop import restore_defaults
 from loadonce.server.on_ray import ray_config_document, serve_on_ray
+from loadonce.server.once_each import OnceEachGroup
 from loadonce.server.plan import make_plan
 from loadonce.server.resolve import resolve_serve_config
 from loadonce.server.settings import LogLevel, ServeConfig, check_environment
@@ -71,7 +72,7 @@ def _named_by_variables(message: str) -> str:
 _SERVER_OPTION_OF = {"drain_timeout": "drain_timeout_s"}
 
 
-@click.group()
+@click.group(cls=OnceEachGroup)
 @click.version_option(__version__, prog_name="loadonce")
 @click.pass_context
 def main(context: click.Context) -> None:
