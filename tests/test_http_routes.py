@@ -316,6 +316,21 @@ def test_openapi_documents_every_route_with_its_models(client: TestClient) -> No
     assert client.get("/docs").status_code == 200
 
 
+def test_openapi_says_no_route_answers_fastapis_own_422(every_route: TestClient) -> None:
+    """FastAPI documents a 422 of its ``{"detail"}`` for a route with parameters; loadonce's
+    routes answer every refusal in their protocol's body (a 422 ``{"error", "fields"}`` of
+    their own, a 400 ``{"error"}`` under /v2...): a client generated from the document read
+    the wrong body."""
+    schema = every_route.get("/openapi.json").json()
+    assert "HTTPValidationError" not in json.dumps(schema)
+    paths = schema["paths"]
+    reload = paths["/admin/models/{name}/reload"]["post"]["responses"]["422"]
+    assert reload["content"]["application/json"]["schema"]["$ref"].endswith("ErrorBody")
+    load = paths["/v2/repository/models/{model_name}/load"]["post"]["responses"]
+    assert "422" not in load
+    assert load["4XX"]["content"]["application/json"]["schema"]["required"] == ["error"]
+
+
 def test_after_shutdown_readyz_is_503_with_each_models_state() -> None:
     app = loadonce.create_app([loadonce.ModelSpec(name="m", loader=lambda: lambda b: b)])
     client = TestClient(app)

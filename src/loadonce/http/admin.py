@@ -70,6 +70,7 @@ def admin_router() -> APIRouter:
         responses={
             400: {"model": ErrorBody, "description": "The new version failed to load somewhere"},
             404: {"model": ErrorBody, "description": "No model of that name"},
+            422: {"model": ErrorBody, "description": "The body is not of the expected form"},
         },
         summary="Reload a model in every worker; the loaded version serves until then",
     )

@@ -20,6 +20,7 @@ from loadonce.http.errors import (
 )
 from loadonce.http.protocol_roots import V2_ROOT
 from loadonce.http.request_info import REQUEST_ID_HEADER, request_id_of
+from loadonce.http.schemas import ErrorBody
 from loadonce.http.state import LoadonceState
 from loadonce.http.streaming import EventStreamResponse
 
@@ -62,11 +63,25 @@ class PlainRoute(APIRoute):
     routes in the same app answer as the user's app says."""
 
     error_for = staticmethod(json_error_for)
+    # A refusal of the protocol's, as its routes' OpenAPI document says (``__init__``).
+    refusal: ClassVar[dict[str, Any]] = {
+        "model": ErrorBody,
+        "description": "Refused (the status says why: 401/403 keys, 404 no such model...)",
+    }
     # The path the protocol's routes begin with (``http/protocol_roots.py``): the errors
     # answered before any route under it runs are in its body. None: loadonce's JSON routes.
     protocol_root: ClassVar[str | None] = None
     # Whether its answers are in the metrics (``count_answer``); /metrics itself is not.
     counted: ClassVar[bool] = False
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **options: Any) -> None:
+        # Where a route has parameters and declares no 422 of its own, FastAPI's document
+        # says it answers 422 with FastAPI's {"detail"}, which no loadonce route does (its
+        # errors are its protocol's): declared, its refusals in their own body instead.
+        responses = dict(options.pop("responses", None) or {})
+        if "{" in path and not any(str(key) in _REFUSALS_DECLARED for key in responses):
+            responses["4XX"] = type(self).refusal
+        super().__init__(path, endpoint, responses=responses, **options)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.methods and scope["method"] == "HEAD" and "GET" in self.methods:
@@ -89,6 +104,11 @@ class PlainRoute(APIRoute):
             await response(scope, receive, send)
             return
         await super().handle(scope, receive, send)
+
+
+# A route that declares one of these answers is left as it says (FastAPI adds its own 422
+# only where none of them is declared).
+_REFUSALS_DECLARED = ("422", "4XX", "default")
 
 
 def _headers_only(send: Send) -> Send:
@@ -134,3 +154,15 @@ class V2Route(LoadonceRoute):
 
     error_for = staticmethod(v2_error_for)
     protocol_root = V2_ROOT
+    refusal: ClassVar[dict[str, Any]] = {
+        "description": "Refused (the status says why: 400 not valid, 404 no such model...)",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"error": {"type": "string"}},
+                    "required": ["error"],
+                }
+            }
+        },
+    }

@@ -11,6 +11,7 @@ as OpenAI's has none.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -112,3 +113,25 @@ class OpenAIRoute(LoadonceRoute):
 
     error_for = staticmethod(openai_error_for)
     protocol_root = OPENAI_ROOT
+    refusal: ClassVar[dict[str, Any]] = {
+        "description": "Refused (the status says why: 400 not valid, 404 no such model...)",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "properties": {
+                                "message": {"type": "string"},
+                                "type": {"type": "string"},
+                                "param": {"type": ["string", "null"]},
+                                "code": {"type": ["string", "null"]},
+                            },
+                        }
+                    },
+                    "required": ["error"],
+                }
+            }
+        },
+    }
