@@ -384,7 +384,10 @@ def test_not_ready_is_503_and_readiness_follows(tmp_path: Path) -> None:
         assert http.post("/v2/repository/models/tensors/unload").status_code == 200
         message = _error(http.get("/v2/models/tensors/ready"), 503)
         assert "not ready" in message
-        _error(http.get("/v2/models/tensors"), 503)
+        # Declared, not serving now: one answer on each of its routes (README: Triton's 404
+        # for an unloaded model's metadata is not followed).
+        for path in ("/v2/models/tensors", "/v2/models/tensors/config"):
+            assert "state: unloaded" in _error(http.get(path), 503)
         valid = _tensors_request(_x_input(data=[1, 2, 3]))
         refused = http.post("/v2/models/tensors/infer", json=valid)
         assert "not ready" in _error(refused, 503)
