@@ -85,7 +85,7 @@ def admin_router() -> APIRouter:
         except ValidationError as exc:
             raise InvalidRequestError.from_validation(exc) from None
         # Off the hot path: always checked (an artifact or pin given twice, read either way).
-        refuse_duplicate_keys(raw, quoted_names=None)
+        refuse_duplicate_keys(raw, held=None)
         outcomes = await LoadonceState.of(request).control.apply(
             ControlRequest(
                 action="load",

@@ -14,7 +14,7 @@ from loadonce.core.errors import InvalidRequestError
 from loadonce.core.generation import Delta, Finished
 from loadonce.http.dependencies import registry_of
 from loadonce.http.disconnect import unless_disconnected
-from loadonce.http.duplicate_keys import quoted, refuse_duplicate_keys
+from loadonce.http.duplicate_keys import refuse_duplicate_keys
 from loadonce.http.endpoints import InferenceEndpoint
 from loadonce.http.json_answer import JSONAnswer
 from loadonce.http.large_bodies import parse_request_body
@@ -87,12 +87,9 @@ def _parse(raw: bytes) -> GenerateRequest:
         parsed = GenerateRequest.model_validate_json(raw)
     except ValidationError as exc:
         raise InvalidRequestError.from_validation(exc) from None
-    refuse_duplicate_keys(raw, quoted_names=_READ_KEYS, members=("parameters",))
+    held = [parsed.model_fields_set, parsed.parameters or ()]
+    refuse_duplicate_keys(raw, held=held, members=("parameters",))
     return parsed
-
-
-# Every key of a generate body that loadonce reads (``http/duplicate_keys.py``).
-_READ_KEYS = quoted((*GenerateRequest.model_fields, *SAMPLING_PARAMETERS))
 
 
 def _usage(finished: Finished) -> dict[str, int]:

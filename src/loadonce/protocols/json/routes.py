@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Mapping
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -22,7 +22,7 @@ from loadonce.core.signature import InputSignature
 from loadonce.core.utf8 import utf8
 from loadonce.http.dependencies import get_registry, registry_of
 from loadonce.http.disconnect import unless_disconnected
-from loadonce.http.duplicate_keys import quoted, refuse_duplicate_keys
+from loadonce.http.duplicate_keys import refuse_duplicate_keys
 from loadonce.http.endpoints import InferenceEndpoint, add_inference_route
 from loadonce.http.json_answer import JSONAnswer, json_text
 from loadonce.http.json_pieces import ON_THE_LOOP_ELEMENTS, json_in_pieces, weight
@@ -154,7 +154,8 @@ def _parse_in_pieces(raw: bytes, found: JsonArray) -> PredictRequest:
             inputs.extend(pydantic_core.from_json(b"[" + piece + b"]"))
         except ValueError as exc:
             raise InvalidRequestError([("body.inputs", f"Invalid JSON: {exc}")]) from None
-    return PredictRequest(inputs=inputs, outputs=rest.outputs, parameters=rest.parameters)
+    # The rest's copy: the fields it was given stay the ones given (``_held_keys``).
+    return rest.model_copy(update={"inputs": inputs})
 
 
 # A piece of a large body parsed at once: about 5 ms of the GIL on this machine.
@@ -235,7 +236,7 @@ async def answer_predict(request: Request) -> Response:
         found = top_level_elements(raw) if len(raw) >= LARGE_BODY_BYTES else None
         if found is None:
             parsed = _parse_body(raw)
-            refuse_duplicate_keys(raw, quoted_names=_read_keys(model, raw), members=_KEYED_MEMBERS)
+            refuse_duplicate_keys(raw, held=_held_keys(parsed), members=_KEYED_MEMBERS)
             return split_examples(parsed.inputs, signature, named), parsed
         counted = examples_in_body(found, signature)
         if counted is not None:
@@ -243,7 +244,7 @@ async def answer_predict(request: Request) -> Response:
         parsed = _parse_in_pieces(raw, found)
         # The rest of the body only: "inputs" is an array here, and appears once.
         rest = raw[: found.start] + raw[found.end :]
-        refuse_duplicate_keys(rest, quoted_names=_read_keys(model, rest), members=_KEYED_MEMBERS)
+        refuse_duplicate_keys(rest, held=_held_keys(parsed), members=_KEYED_MEMBERS)
         return split_examples(parsed.inputs, signature, named), parsed
 
     examples, body = await parse_request_body(request, read)
@@ -283,18 +284,16 @@ async def answer_predict(request: Request) -> Response:
 _KEYED_MEMBERS = ("parameters", "inputs")
 
 
-def _read_keys(model: Model, raw: bytes) -> Iterator[bytes]:
-    """Every key of a predict body that loadonce reads, quoted (``http/duplicate_keys.py``):
-    its own fields, the model's request parameters where the body has parameters, and its
-    named inputs."""
-    yield from _FIELDS
-    if _PARAMETERS in raw:
-        yield from quoted(model.request_parameters)
-    yield from quoted(tensor.name for tensor in model.inputs)
-
-
-_FIELDS = quoted(PredictRequest.model_fields)
-_PARAMETERS = b'"parameters"'
+def _held_keys(parsed: PredictRequest) -> list[Collection[str]]:
+    """The keys the parse kept in each object of the body whose keys loadonce reads
+    (``http/duplicate_keys.py``): its own fields given, and its parameters' and named
+    inputs' where it has them."""
+    held: list[Collection[str]] = [parsed.model_fields_set]
+    if parsed.parameters:
+        held.append(parsed.parameters)
+    if isinstance(parsed.inputs, dict):
+        held.append(parsed.inputs)
+    return held
 
 
 def _large_answer(name: str, version: str, outputs: list[Any]) -> bytes:
