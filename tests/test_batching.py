@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
+import numpy as np
 import pytest
 
 import loadonce
@@ -253,3 +254,93 @@ def test_sigterm_drains_every_accepted_request(tmp_path: Path) -> None:
     assert sorted(r.json()["outputs"][0] for r in results) == list(range(8))
     assert all(r.status_code == 200 for r in results)
     assert "finishing accepted requests" in server.log()
+
+
+class _WritesIntoItsInputs(loadonce.Predictor):
+    """Sums each example, then zeroes it in place (as a model normalizing its input in place
+    does), and raises if any example held a negative number. The first call waits for
+    ``gate``, so that the requests sent meanwhile share the next call."""
+
+    def __init__(self, gate: threading.Event, as_arrays: bool) -> None:
+        self.gate = gate
+        self.as_arrays = as_arrays
+        self.batch_sizes: list[int] = []
+        self.started = threading.Event()
+
+    def prepare(self, examples: list[Any]) -> Any:
+        return [np.asarray(e, dtype=float) for e in examples] if self.as_arrays else examples
+
+    def predict(self, batch: Any) -> list[float]:
+        if not self.started.is_set():
+            self.started.set()
+            assert self.gate.wait(30)
+        self.batch_sizes.append(len(batch))
+        sums = [float(np.sum(np.asarray(_values(e), dtype=float))) for e in batch]
+        for example in batch:
+            _zero(example)
+        if min(sums) < 0:
+            raise ValueError("a negative number")
+        return sums
+
+
+def _values(example: Any) -> Any:
+    return list(example.values()) if isinstance(example, dict) else example
+
+
+def _zero(example: Any) -> None:
+    if isinstance(example, np.ndarray):
+        example[...] = 0
+    elif isinstance(example, list):
+        example[:] = [0] * len(example)
+    elif isinstance(example, dict):
+        example.update(dict.fromkeys(example, 0))
+
+
+@pytest.mark.parametrize(
+    ("examples", "as_arrays"),
+    [
+        ([[1, 2], [3, 4], [-1, -1], [5, 6]], False),
+        ([{"a": 1, "b": 2}, {"a": 3, "b": 4}, {"a": -1, "b": -1}, {"a": 5, "b": 6}], False),
+        ([[1, 2], [3, 4], [-1, -1], [5, 6]], True),
+    ],
+    ids=["lists", "dicts", "arrays"],
+)
+def test_a_model_that_writes_into_its_inputs_and_fails_leaves_its_neighbours_answers(
+    serve: Any, gate: threading.Event, examples: list[Any], as_arrays: bool
+) -> None:
+    """A batch that fails is predicted again one request at a time: the model had zeroed the
+    examples it was given, the retries were given the zeros, and every request of the batch,
+    the culprit's too, was answered 200 with 0."""
+    model = _WritesIntoItsInputs(gate, as_arrays)
+    server = serve(model, batching={"max_batch_size": 8})
+    first = threading.Thread(
+        target=httpx.post,
+        args=(f"{server.url}/models/m/predict",),
+        kwargs={"json": {"inputs": [[0, 0]]}, "timeout": 30},
+    )
+    first.start()
+    assert model.started.wait(10)
+
+    async def send_while_busy() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            sent = [
+                asyncio.ensure_future(client.post("/models/m/predict", json={"inputs": [e]}))
+                for e in examples
+            ]
+            await asyncio.to_thread(
+                wait_until, lambda: _queued(server) == len(examples), 10, "the queue"
+            )
+            gate.set()
+            return await asyncio.gather(*sent)
+
+    answers = asyncio.run(send_while_busy())
+    first.join()
+    assert len(examples) in model.batch_sizes, "the requests shared a call"
+    for example, answer in zip(examples, answers, strict=True):
+        total = sum(_values(example))
+        if total < 0:
+            assert answer.status_code == 500
+            assert answer.json()["error"].startswith("the model raised ValueError")
+        else:
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["outputs"] == [float(total)]

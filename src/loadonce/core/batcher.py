@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from loadonce.core.batch_copy import detached
 from loadonce.core.errors import (
     DeadlineExceededError,
     InvalidInputError,
@@ -668,7 +669,9 @@ def run_batch(
             outcomes[index].prepared = False
     if len(prepared) > 1:
         try:
-            combined = predictor.combine([batch for _, batch in prepared])
+            # Detached: a model that writes into its inputs and fails must not change what
+            # the one-by-one retries below are given.
+            combined = detached(predictor.combine([batch for _, batch in prepared]))
             count = sum(len(requests[i]) for i, _ in prepared)
             timing.input_s += lap()
             predicted = _predict(predictor, combined, parameters)
