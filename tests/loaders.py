@@ -234,6 +234,25 @@ def hangs_on_minus_one() -> HangsOnMinusOne:
     return HangsOnMinusOne()
 
 
+class EndsItsProcess:
+    """Doubles numbers; a batch holding -1 ends the process with os._exit(7), one holding -2
+    crashes it in C (a null pointer read: SIGSEGV), a moment into the call."""
+
+    def predict(self, batch: list[float]) -> list[float]:
+        if -1 in batch or -2 in batch:
+            time.sleep(0.2)  # the other requests sent with it are in flight now
+            if -1 in batch:
+                os._exit(7)
+            import ctypes
+
+            ctypes.string_at(0)
+        return [2 * x for x in batch]
+
+
+def ends_its_process() -> EndsItsProcess:
+    return EndsItsProcess()
+
+
 def echo_with_a_child_process() -> Echo:
     """An echo whose load leaves a short-lived child process running (as some libraries'
     helpers do): orphaned if its worker dies."""

@@ -9,6 +9,7 @@ import shutil
 import signal
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -269,3 +270,78 @@ def _ready(server: CliServer) -> bool:
         return httpx.get(f"{server.url}/readyz").status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@pytest.mark.parametrize(
+    ("poison", "said"),
+    [(-1, "exited with code 7 while serving"), (-2, "was killed by SIGSEGV while serving")],
+    ids=["os._exit", "SIGSEGV"],
+)
+def test_a_model_that_ends_its_worker_mid_batch_is_contained_and_said(
+    tmp_path: Path, poison: int, said: str
+) -> None:
+    """The requests in flight on the worker end at once (a closed connection or a 5xx, never
+    a hang), the other worker serves on, a replacement starts, and the log says how the
+    worker ended: it said "exited" (no status) or "exited with code -11" of a crash."""
+    config = tmp_path / "loadonce.toml"
+    config.write_text(
+        """
+[server]
+workers = 2
+
+[[models]]
+name = "m"
+loader = "tests.loaders:ends_its_process"
+input_shape = []
+concurrency = "shared:2"
+batching = { max_batch_size = 8 }
+timeout_s = 30
+"""
+    )
+    with serving([str(config)], tmp_path, env=cli_env(tmp_path)) as server:
+        supervisor = psutil.Process(server.process.pid)
+        before = _workers(supervisor)
+
+        def predict(value: int) -> int | str:
+            try:
+                answer = httpx.post(
+                    f"{server.url}/models/m/predict",
+                    json={"inputs": [value]},
+                    headers={"Connection": "close"},
+                    timeout=20,
+                )
+            except httpx.TransportError as exc:
+                return type(exc).__name__
+            if answer.status_code == 200:
+                assert answer.json()["outputs"] == [2 * value]
+            else:
+                assert answer.status_code >= 500, answer.text
+                assert "Traceback" not in answer.text
+            return answer.status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            started = time.monotonic()
+            outcomes = list(pool.map(predict, [poison, 1, 2, 3, 4, 5, 6, 7]))
+        assert time.monotonic() - started < 15, "a request in flight on the dead worker hung"
+        assert outcomes[0] != 200
+        wait_until(lambda: said in server.log(), 30, "the worker's end in the log")
+        wait_until(
+            lambda: len(_workers(supervisor)) == 2 and _workers(supervisor) != before,
+            60,
+            "a replacement worker",
+        )
+        wait_until(
+            lambda: all(
+                httpx.get(f"{server.url}/readyz", headers={"Connection": "close"}).status_code
+                == 200
+                for _ in range(6)
+            ),
+            30,
+            "every worker ready",
+        )
+        assert predict(4) == 200
+        [line] = [line for line in server.log().splitlines() if said in line]
+        assert "starting a replacement" in line
+        if poison == -2:
+            assert "crashed" in line
+            assert "Segmentation fault" in server.log()  # the fault handler's stack

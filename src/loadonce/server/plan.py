@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
@@ -32,6 +31,7 @@ import psutil
 
 from loadonce.core.errors import LoadonceError
 from loadonce.server.settings import ServeConfig
+from loadonce.server.worker_process import how_it_ended
 from loadonce.server.worker_start import worker_context
 
 _CGROUP_V2 = Path("/sys/fs/cgroup/memory.max")
@@ -214,16 +214,10 @@ def make_plan(config: ServeConfig, workers: int, *, limit: int | None = None) ->
 def _died_while_loading(code: int | None) -> str:
     """A planning child that ended without a word: a model's library crashed in native code
     (a damaged artifact, most often), which no Python exception reports."""
-    if code is not None and code < 0:
-        try:
-            how = f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            how = f"was killed by signal {-code}"
-    else:
-        how = f"exited with code {code}"
     return (
-        f"the planning process {how} while loading the models: a model's library crashed "
-        "(a damaged or truncated artifact?); serve each model alone to find which"
+        f"the planning process {how_it_ended(code)} while loading the models: a model's "
+        "library crashed (a damaged or truncated artifact?); serve each model alone to find "
+        "which"
     )
 
 

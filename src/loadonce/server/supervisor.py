@@ -64,6 +64,7 @@ from loadonce.server.worker_process import (
     STARTUP_FAILED,
     STOP,
     become_subreaper,
+    crashed,
     did_not_start_in_time,
     reap_orphans,
     worker_main,
@@ -375,9 +376,7 @@ class Supervisor:
                         f"worker pid {worker.pid} loaded but could not start serving (see "
                         "the log above)"
                     )
-                logger.warning(
-                    "worker pid %d %s; starting a replacement", worker.pid, worker.describe_exit()
-                )
+                logger.log(*_died_while_serving(worker))
                 worker.gate.close()
                 # Its per-worker gauges (state, memory) leave /metrics with it.
                 _forget_metrics_of(worker.pid)
@@ -623,3 +622,19 @@ def _forget_metrics_of(pid: int) -> None:
     from prometheus_client.multiprocess import mark_process_dead
 
     mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def _died_while_serving(worker: _Worker) -> tuple[int, str]:
+    """The level and line of a serving worker's unasked end: what the requests it held in
+    flight got (no answer: their connections closed), and for a crash, where its report is."""
+    line = (
+        f"worker pid {worker.pid} {worker.describe_exit()} while serving (the requests in "
+        "flight on it got no answer)"
+    )
+    if crashed(worker.exit_code):
+        # A model's native code, most often: Python's fault handler wrote the worker's
+        # frames to its stderr, just above.
+        return logging.ERROR, f"{line}: it crashed (its stack is above); starting a replacement"
+    if worker.exit_code == -signal.SIGKILL:
+        return logging.ERROR, f"{line} (the out-of-memory killer?); starting a replacement"
+    return logging.WARNING, f"{line}; starting a replacement"

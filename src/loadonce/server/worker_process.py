@@ -67,6 +67,30 @@ def exit_leaving_threads(code: int) -> NoReturn:
     os._exit(code)
 
 
+def how_it_ended(code: int | None) -> str:
+    """A process's end from its exit status (multiprocessing's: minus the signal's number
+    for a death by signal): "exited with code 7", "was killed by SIGSEGV", or "exited"
+    when the status is unknown."""
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+# The signals a process gets from its own fault (a crash in native code, or the interpreter's
+# abort), rather than from someone else.
+_CRASHES = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT})
+
+
+def crashed(code: int | None) -> bool:
+    """Whether an exit status says the process crashed (its own fault signal)."""
+    return code is not None and code < 0 and -code in _CRASHES
+
+
 # The supervisor's word to a loaded worker: serve, or leave.
 GO = "go"
 STOP = "stop"
@@ -147,13 +171,15 @@ class WorkerProcess:
             waited, status = os.waitpid(self.pid, os.WNOHANG)
             if waited:
                 self.exit_code = os.waitstatus_to_exitcode(status)
-                self._exit = f"exited with code {self.exit_code}"
+                self._exit = how_it_ended(self.exit_code)
                 return False
         state = _state_of(self.pid)
         if state is None or state in ("Z", "X"):
-            code = self.process.exitcode if state is None else None
-            self.exit_code = code
-            self._exit = "exited" if code is None else f"exited with code {code}"
+            self.exit_code = self.process.exitcode if state is None else None
+            self._exit = "exited"
+            # A zombie's status is its fork server's to read: it tells it in a moment (the
+            # log said only "exited" of a worker that had crashed, or exited with code 7).
+            self._exit = how_it_ended(self.final_exit_code())
             return False
         return True
 
