@@ -92,3 +92,37 @@ def test_an_integer_too_long_to_write_is_the_models_500_on_every_route(
         assert answer.status_code == 500
         assert answer.json()["error"].startswith("the model raised TypeError"), answer.text
         assert client.get("/readyz").status_code == 200
+
+
+class _DeclaresInt8(loadonce.Predictor):
+    """Declares one INT8 output; answers 1,000 for each example."""
+
+    outputs = (loadonce.TensorInfo(name="y", dtype="int8", shape=(None,)),)
+
+    def predict(self, batch: Any) -> list[int]:
+        return [1_000 for _ in batch]
+
+
+@pytest.mark.parametrize(
+    "load",
+    [
+        _returning(lambda batch: [{"a": 1, "b": 2}] + [{"a": 1}] * (len(batch) - 1)),
+        _returning(lambda batch: [{"a": 1}] + [3] * (len(batch) - 1)),
+        _DeclaresInt8,
+    ],
+    ids=["a-key-missing", "a-mapping-then-a-number", "past-its-declared-datatype"],
+)
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_outputs_no_tensor_can_carry_are_the_models_500_on_v2(
+    load: Callable[[], Any], binary: bool
+) -> None:
+    """Outputs that differ between examples, or values past the datatype the model declares,
+    were said as the server's failure ("the server failed (RuntimeError)")."""
+    spec = loadonce.ModelSpec(name="m", loader=load)
+    tensor = {"name": "x", "datatype": "FP64", "shape": [2], "data": [1.0, 2.0]}
+    body = {"inputs": [tensor], "parameters": {"binary_data_output": binary}}
+    with TestClient(loadonce.create_app([spec])) as client:
+        answer = client.post("/v2/models/m/infer", json=body)
+        assert answer.status_code == 500
+        assert answer.json()["error"].startswith("the model raised RuntimeError"), answer.text
+        assert client.get("/readyz").status_code == 200

@@ -130,6 +130,13 @@ class ModelRaisedError(LoadonceError):
         super().__init__(f"the model raised {describe_exception(model_error)}")
 
 
+def unfit_output(message: str) -> ModelRaisedError:
+    """The model's answer, which the protocol's answer cannot be made of (outputs that differ
+    between examples, values its declared datatype cannot hold): the model's fault, a 500
+    saying "the model raised RuntimeError", never the server's ("the server failed")."""
+    return ModelRaisedError(RuntimeError(message))
+
+
 def as_exception(error: BaseException) -> Exception:
     """What a model's code raised, as an Exception: SystemExit, KeyboardInterrupt or
     GeneratorExit raised in a model's thread are its failure, never the server's exit (one

@@ -17,7 +17,12 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from loadonce.core.errors import LoadonceError, ModelNotReadyError, RequestTooLargeError
+from loadonce.core.errors import (
+    LoadonceError,
+    ModelNotReadyError,
+    RequestTooLargeError,
+    unfit_output,
+)
 from loadonce.core.model import Answer
 from loadonce.http.dependencies import registry_of
 from loadonce.http.disconnect import unless_disconnected
@@ -82,10 +87,13 @@ async def answer_embeddings(request: Request) -> Response:
 def pooled(output: Any) -> tuple[np.ndarray[Any, np.dtype[np.float32]], int]:
     """One text's vector, and the tokens it was made of (0 when the model answered one vector
     already): the mean of its token vectors (``[[v_token1, v_token2, ...]]``)."""
-    values = np.asarray(output, dtype=np.float32)
+    try:
+        values = np.asarray(output, dtype=np.float32)
+    except (TypeError, ValueError) as exc:  # text, ragged lists: the model's answer
+        raise unfit_output(f"the model answered no vector of numbers ({exc})") from None
     if values.ndim == 1:
         return values, 0
     if values.ndim == 0 or values.shape[-1] == 0 or values.size == 0:
-        raise ValueError(f"the model answered no vector (shape {values.shape})")
+        raise unfit_output(f"the model answered no vector (shape {values.shape})")
     rows = values.reshape(-1, values.shape[-1])
     return rows.mean(axis=0), rows.shape[0]

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from loadonce.core.errors import InvalidInputError
+from loadonce.core.errors import InvalidInputError, unfit_output
 from loadonce.core.jsonable import to_jsonable
 from loadonce.core.signature import DEFAULT_OUTPUT
 from loadonce.core.utf8 import utf8
@@ -90,7 +90,7 @@ def output_tensors(declared: Sequence[TensorInfo], outputs: list[Any]) -> list[O
 
 def _field(output: Any, key: Any) -> Any:
     if not isinstance(output, Mapping) or key not in output:
-        raise RuntimeError(f"the model's outputs differ between examples: one lacks '{key}'")
+        raise unfit_output(f"the model's outputs differ between examples: one lacks '{key}'")
     return output[key]
 
 
@@ -149,7 +149,7 @@ def _as_declared(
     else:
         kept = converted == array
     if not kept.all():
-        raise RuntimeError(
+        raise unfit_output(
             f"the model's output '{name}' holds values its declared datatype, {datatype}, "
             "cannot hold"
         )
