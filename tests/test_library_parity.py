@@ -373,7 +373,7 @@ def test_user_code_raising_http_exception_answers_its_status(http: httpx.Client)
 
 
 def test_what_the_model_raises_is_said_to_be_the_models(http: httpx.Client) -> None:
-    said = "the model raised KeyError; the server log has the details under request id "
+    said = "the model raised KeyError (model 'm'); the server log has the details under request id "
     for answer, keys in (
         (http.post(PREDICT, json={"inputs": [13]}), JSON_ERROR),
         (http.post(INFER, json=infer_body(13)), V2_ERROR),

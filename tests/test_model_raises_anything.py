@@ -4,6 +4,7 @@ the server, the model and its other requests go on."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -40,14 +41,26 @@ def _raising(error: BaseException) -> Callable[[], Callable[[list[Any]], list[An
         SystemExit(0),
         KeyboardInterrupt(),
         GeneratorExit(),
+        asyncio.CancelledError(),
         _OwnBase("own"),
         _UnreadableMessageError(),
     ],
-    ids=["SystemExit", "KeyboardInterrupt", "GeneratorExit", "BaseException", "unreadable"],
+    ids=[
+        "SystemExit",
+        "KeyboardInterrupt",
+        "GeneratorExit",
+        "CancelledError",
+        "BaseException",
+        "unreadable",
+    ],
 )
-def test_whatever_the_model_raises_is_that_requests_500(error: BaseException) -> None:
+@pytest.mark.parametrize("batching", [False, True], ids=["unbatched", "batched"])
+def test_whatever_the_model_raises_is_that_requests_500(
+    error: BaseException, batching: bool
+) -> None:
+    """The answer names the model (with several served, "the model raised" said not which)."""
     specs = [
-        loadonce.ModelSpec(name="m", loader=_raising(error), timeout_s=10),
+        loadonce.ModelSpec(name="m", loader=_raising(error), timeout_s=10, batching=batching),
         loadonce.ModelSpec(name="other", loader=_raising(ValueError())),
     ]
     with TestClient(loadonce.create_app(specs)) as client:
@@ -60,8 +73,11 @@ def test_whatever_the_model_raises_is_that_requests_500(error: BaseException) ->
         ]:
             failed = client.post(route, json=body)
             assert failed.status_code == 500
-            assert failed.json()["error"].startswith(f"the model raised {type(error).__name__}")
-            assert failed.headers["x-request-id"] in failed.json()["error"]
+            message = failed.json()["error"]
+            assert message.startswith(f"the model raised {type(error).__name__} (model 'm');")
+            assert failed.headers["x-request-id"] in message
+            assert "Traceback" not in message
+            assert "/" not in message
         # In a batch with it, the other requests are answered; the server is still ready.
         assert client.post("/models/m/predict", json={"inputs": [3]}).json()["outputs"] == [6]
         assert client.post("/models/other/predict", json={"inputs": [1]}).status_code == 200
@@ -113,6 +129,7 @@ def test_whatever_a_generating_model_raises_is_that_requests_500(error: BaseExce
         failed = client.post("/v1/completions", json={"model": "gen", "prompt": "boom"})
         assert failed.status_code == 500
         assert failed.json()["error"]["type"] == "server_error"
+        assert "(model 'gen')" in failed.json()["error"]["message"]
         for name in ("gen", "other"):
             answered = client.post("/v1/completions", json={"model": name, "prompt": "hi"})
             assert answered.status_code == 200, answered.text

@@ -125,9 +125,18 @@ class ModelRaisedError(LoadonceError):
     happened, in the model's thread, so that "the model raised" is said of the model only
     (HTTP 500, details in the server log)."""
 
-    def __init__(self, model_error: BaseException) -> None:
+    def __init__(self, model_error: BaseException, *, model: str | None = None) -> None:
         self.model_error = model_error
+        # The model's name, once known (the code that raises it may not know it): the
+        # client's message names it.
+        self.model = model
         super().__init__(f"the model raised {describe_exception(model_error)}")
+
+    def of_model(self, name: str) -> ModelRaisedError:
+        """This error, naming the model ``name`` unless it names one already."""
+        if self.model is None:
+            self.model = name
+        return self
 
 
 def unfit_output(message: str) -> ModelRaisedError:

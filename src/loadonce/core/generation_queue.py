@@ -253,7 +253,7 @@ class GenerationQueue:
         except Exception as exc:
             # A fault of the queue itself: no stream may wait forever for a driver gone.
             logger.error("model '%s' generation queue failed", self._model, exc_info=exc)
-            self._fail_all(ModelRaisedError(exc))
+            self._fail_all(ModelRaisedError(exc, model=self._model))
             raise
 
     async def _steps(self) -> None:
@@ -278,7 +278,7 @@ class GenerationQueue:
                 logger.error(
                     "model '%s' raised while generating: %s", self._model, exc, exc_info=exc
                 )
-                self._fail_all(ModelRaisedError(exc), waiting=False)
+                self._fail_all(ModelRaisedError(exc, model=self._model), waiting=False)
                 await asyncio.wrap_future(self._executor.submit(_reset(self._engine)))
                 continue
             now = asyncio.get_running_loop().time()
@@ -351,7 +351,11 @@ class GenerationQueue:
         if isinstance(outcome, Exception):
             del self._active[sequence.id]
             sequence.done = True
-            error = outcome if isinstance(outcome, LoadonceError) else ModelRaisedError(outcome)
+            error = (
+                outcome
+                if isinstance(outcome, LoadonceError)
+                else ModelRaisedError(outcome, model=self._model)
+            )
             sequence.events.put_nowait(error)
             return
         if outcome.prompt_tokens is not None:

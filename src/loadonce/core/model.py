@@ -24,6 +24,7 @@ from loadonce.core.errors import (
     InvalidInputError,
     ModelLoadError,
     ModelNotReadyError,
+    ModelRaisedError,
     RequestTooLargeError,
     as_exception,
     describe_exception,
@@ -672,6 +673,8 @@ class Model:
             if answered and not isinstance(failure, InvalidInputError):
                 batcher.count_answer(False, time.perf_counter() - submitted)
             said = output_error(failure) if answered else failure
+            if isinstance(said, ModelRaisedError):
+                said.of_model(self.name)
             if said is not failure:
                 raise said from None
             raise

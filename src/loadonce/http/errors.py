@@ -127,7 +127,8 @@ def describe_error(exc: Exception, where: str, request_id: str) -> tuple[int, st
     (a path, a gRPC method); the status is HTTP's, which gRPC maps to its codes."""
     if isinstance(exc, ModelRaisedError):
         cause = exc.model_error
-        return _failed(where, request_id, cause, f"the model raised {type(cause).__name__}")
+        named = "" if exc.model is None else f" (model '{exc.model}')"
+        return _failed(where, request_id, cause, f"the model raised {type(cause).__name__}{named}")
     if isinstance(exc, LoadonceError):
         if exc.status == 500:
             logger.error("request %s %s failed: %s", request_id, log_safe(where), exc)
