@@ -134,3 +134,46 @@ def test_whatever_a_generating_model_raises_is_that_requests_500(error: BaseExce
             answered = client.post("/v1/completions", json={"model": name, "prompt": "hi"})
             assert answered.status_code == 200, answered.text
         assert client.get("/readyz").status_code == 200
+
+
+class _FailsToClose(loadonce.Predictor):
+    """Echoes; its close records its name in ``closed``, then raises ``error`` (if any)."""
+
+    def __init__(self, name: str, closed: list[str], error: BaseException | None) -> None:
+        self.name, self.closed, self.error = name, closed, error
+
+    def predict(self, batch: Any) -> list[Any]:
+        return list(batch)
+
+    def close(self) -> None:
+        self.closed.append(self.name)
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [SystemExit(3), KeyboardInterrupt(), GeneratorExit(), asyncio.CancelledError(), _OwnBase()],
+    ids=["SystemExit", "KeyboardInterrupt", "GeneratorExit", "CancelledError", "BaseException"],
+)
+def test_whatever_a_models_close_raises_is_logged_and_the_rest_goes_on(
+    error: BaseException, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Raised on the event loop, it ended the reload that retired the instance (the client
+    got no answer, the test client its exception) and, at shutdown, the unload of the
+    models after it."""
+    closed: list[str] = []
+    specs = [
+        loadonce.ModelSpec(name="a", loader=lambda: _FailsToClose("a", closed, error)),
+        loadonce.ModelSpec(name="b", loader=lambda: _FailsToClose("b", closed, None)),
+    ]
+    with TestClient(loadonce.create_app(specs)) as client:
+        reloaded = client.post("/admin/models/a/reload", json={})
+        assert reloaded.status_code == 200, reloaded.text
+        assert closed == ["a"]
+        assert client.post("/models/a/predict", json={"inputs": [1]}).json()["outputs"] == [1]
+        assert client.get("/readyz").status_code == 200
+    assert sorted(closed) == ["a", "a", "b"], "every model unloaded at shutdown"
+    said = [r.getMessage() for r in caplog.records if "failed to close" in r.getMessage()]
+    assert len(said) == 2
+    assert all(type(error).__name__ in line for line in said)

@@ -853,8 +853,19 @@ def _make_generation(model: Model, executor: Executor) -> GenerationQueue | None
 
 async def _close_all(instances: Sequence[Predictor], name: str) -> None:
     for instance in reversed(instances):
-        try:
-            await anyio.to_thread.run_sync(instance.close)
-        except Exception as exc:
+        failure = await anyio.to_thread.run_sync(_close, instance)
+        if failure is not None:
             # Shutdown goes on: one model failing to close must not keep the others loaded.
-            logger.warning("model '%s' failed to close: %s", name, describe_exception(exc))
+            logger.warning("model '%s' failed to close: %s", name, describe_exception(failure))
+
+
+def _close(instance: Predictor) -> BaseException | None:
+    """In a thread: the predictor's close, and what its code raised, whatever it is: a
+    SystemExit or KeyboardInterrupt raised on the event loop ended the reload that retired
+    the instance (its request unanswered) and, at shutdown, the unload of every model after
+    it."""
+    try:
+        instance.close()
+    except BaseException as exc:  # the model's code: any exception is its failure
+        return exc
+    return None
