@@ -328,6 +328,17 @@ def leaves_a_thread_running() -> Echo:
     return Echo()
 
 
+class _NeverCloses(Echo):
+    """An echo whose close never returns (a client library's connection that never drains)."""
+
+    def close(self) -> None:
+        time.sleep(3600)
+
+
+def never_closes() -> Echo:
+    return _NeverCloses()
+
+
 class _SlowConstant(Constant):
     """Takes 3 s a call once a file "calls-are-slow" is in ``directory``."""
 

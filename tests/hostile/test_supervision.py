@@ -249,16 +249,15 @@ def test_a_stop_sent_to_every_process_while_workers_load_is_a_clean_stop(tmp_pat
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_a_thread_a_loader_leaves_running_neither_blocks_nor_outlives_the_server(
-    tmp_path: Path, workers: str
+@pytest.mark.parametrize("loader", ["leaves_a_thread_running", "never_closes"])
+def test_a_thread_a_model_leaves_running_neither_blocks_nor_outlives_the_server(
+    tmp_path: Path, workers: str, loader: str
 ) -> None:
-    """A client library's thread that is not a daemon: with two workers the memory plan's
-    process waited for it at its exit, and the server never started; with one, the server
-    never exited after its SIGTERM."""
+    """A client library's thread that is not a daemon, or a predictor's close that never
+    returns: with two workers the memory plan's process waited for it at its exit, and the
+    server never started; with one, the server never exited after its SIGTERM."""
     env = cli_env(tmp_path, {"LOADONCE_DRAIN_TIMEOUT_S": "2"})
-    server = start_cli(
-        ["tests.loaders:leaves_a_thread_running", "--workers", workers], tmp_path, env=env
-    )
+    server = start_cli([f"tests.loaders:{loader}", "--workers", workers], tmp_path, env=env)
     try:
         wait_until(lambda: _ready(server), 60, "the server ready")
     finally:

@@ -705,14 +705,18 @@ class Model:
 
 
 _SERVING = (ModelState.READY, ModelState.RELOADING)
+# The longest a predictor's close is waited for (at shutdown, at a reload's end): within the
+# supervisor's grace after a worker's drain (UNLOAD_GRACE_SECONDS).
+CLOSE_TIMEOUT_S = 5.0
 # A deadline past this (a year) is no deadline: the event loop's timers cannot hold 1e300 s.
 _LONGEST_DEADLINE_S = 365 * 24 * 3600.0
 _T = TypeVar("_T")
 
 
 async def _off_loop(function: Callable[..., _T], *args: Any) -> _T:
-    """Run a step of a load in a daemon thread of its own: a timeout or a cancellation stops
-    waiting for it at once, and a step that never returns does not keep the process alive
+    """Run a step of a load (or a close) in a daemon thread of its own: a timeout or a
+    cancellation stops waiting for it at once, and a step that never returns does not keep
+    the process alive
     (anyio's worker threads are joined at exit: after a reload whose load hung, SIGTERM never
     ended a one-worker server). Whatever the step raises, SystemExit included, is the load's
     failure, never the server's exit."""
@@ -853,19 +857,19 @@ def _make_generation(model: Model, executor: Executor) -> GenerationQueue | None
 
 async def _close_all(instances: Sequence[Predictor], name: str) -> None:
     for instance in reversed(instances):
-        failure = await anyio.to_thread.run_sync(_close, instance)
-        if failure is not None:
+        try:
+            # In a daemon thread of its own, bounded: a close that never returned kept a
+            # one-worker server from ever exiting after SIGTERM, and the memory plan's
+            # process (so the server's start) waiting for good. Whatever it raises,
+            # SystemExit included, is its failure (raised on the loop, one ended the reload
+            # that retired the instance, and at shutdown the unload of every model after it).
+            await asyncio.wait_for(_off_loop(instance.close), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            logger.warning(
+                "model '%s' did not close within %g s; left closing in its thread",
+                name,
+                CLOSE_TIMEOUT_S,
+            )
+        except Exception as exc:
             # Shutdown goes on: one model failing to close must not keep the others loaded.
-            logger.warning("model '%s' failed to close: %s", name, describe_exception(failure))
-
-
-def _close(instance: Predictor) -> BaseException | None:
-    """In a thread: the predictor's close, and what its code raised, whatever it is: a
-    SystemExit or KeyboardInterrupt raised on the event loop ended the reload that retired
-    the instance (its request unanswered) and, at shutdown, the unload of every model after
-    it."""
-    try:
-        instance.close()
-    except BaseException as exc:  # the model's code: any exception is its failure
-        return exc
-    return None
+            logger.warning("model '%s' failed to close: %s", name, describe_exception(exc))
