@@ -126,3 +126,28 @@ def test_outputs_no_tensor_can_carry_are_the_models_500_on_v2(
         assert answer.status_code == 500
         assert answer.json()["error"].startswith("the model raised RuntimeError"), answer.text
         assert client.get("/readyz").status_code == 200
+
+
+def _endless(batch: list[Any]) -> Any:
+    while True:
+        yield 1.0
+
+
+@pytest.mark.parametrize(
+    "make",
+    [_endless, lambda batch: (2 * x for x in batch)],
+    ids=["endless", "one-per-example"],
+)
+def test_a_generator_is_read_no_further_than_one_past_the_examples(
+    make: Callable[[list[Any]], Any],
+) -> None:
+    """An endless generator held the model's thread (and took memory) for good."""
+    spec = loadonce.ModelSpec(name="m", loader=_returning(make), timeout_s=5)
+    with TestClient(loadonce.create_app([spec])) as client:
+        answer = client.post("/models/m/predict", json={"inputs": [1.0, 2.0]})
+        if make is _endless:
+            assert answer.status_code == 500
+            assert answer.json()["error"].startswith("the model raised RuntimeError")
+        else:
+            assert answer.json()["outputs"] == [2.0, 4.0]
+        assert client.get("/readyz").status_code == 200

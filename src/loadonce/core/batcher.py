@@ -27,9 +27,10 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -801,11 +802,15 @@ def _one_output_per_example(outputs: Sequence[Any], count: int) -> list[Any]:
         outputs = outputs.to_dict("records")  # type: ignore[attr-defined]
     outputs = dense_if_sparse(outputs)
     try:
-        listed = list(outputs)
+        # An iterator (a generator) is read one past the count at most: an endless one held
+        # its thread, and took memory, for good.
+        listed = list(islice(outputs, count + 1) if isinstance(outputs, Iterator) else outputs)
     except TypeError:
         raise RuntimeError(
             f"the model returned {type(outputs).__name__}, not one output per example"
         ) from None
     if len(listed) != count:
-        raise RuntimeError(f"the model returned {len(listed)} outputs for {count} examples")
+        cut = isinstance(outputs, Iterator) and len(listed) > count  # read no further
+        many = f"more than {count}" if cut else len(listed)
+        raise RuntimeError(f"the model returned {many} outputs for {count} examples")
     return listed
