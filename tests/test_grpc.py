@@ -590,10 +590,14 @@ def test_health_watch_sends_each_change() -> None:
         assert _next_status(stream) == 1
         client = triton.InferenceServerClient(f"127.0.0.1:{port}")
         client.unload_model("slow")
-        threading.Thread(target=lambda: client.load_model("slow"), daemon=True).start()
+        loading = threading.Thread(target=lambda: client.load_model("slow"), daemon=True)
+        loading.start()
         assert _next_status(stream) == 2
         assert _next_status(stream) == 1
         stream.cancel()
+        # The load's answer may reach the client after the status changed: closed before it
+        # arrives, the client's thread fails with CANCELLED.
+        loading.join(timeout=30)
         client.close()
 
 
