@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import importlib.metadata
 import json
 import shutil
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -229,6 +231,27 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def on_the_forest(measure: Callable[[Path, list[float], str], dict[str, Any]]) -> dict[str, Any]:
+    """``measure(artifact, row, endpoint)`` on the random forest, built in a temporary folder,
+    with this script's OTLP receiver listening at ``endpoint``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    endpoint = f"http://127.0.0.1:{receiver.server_address[1]}/v1/traces"
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            artifact, row = build(Path(folder), ("forest",))["forest"]
+            return measure(artifact, list(row), endpoint)
+    finally:
+        receiver.shutdown()
+
+
+def versions() -> dict[str, str]:
+    """The versions a run's figures depend on."""
+    names = ["loadonce", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"]
+    return {name: importlib.metadata.version(name) for name in names}
+
+
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10, help="each measured wrk run")
@@ -248,15 +271,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_arguments(argv)
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
         sys.exit("bench needs wrk and taskset: apt-get install wrk util-linux")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    endpoint = f"http://127.0.0.1:{receiver.server_address[1]}/v1/traces"
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    with tempfile.TemporaryDirectory() as folder:
-        artifact, row = build(Path(folder), ("forest",))["forest"]
-        measured = _measure_all(artifact, list(row), endpoint, args)
-    receiver.shutdown()
-    versions = ["loadonce", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"]
+    measured = on_the_forest(functools.partial(_measure_all, args=args))
     results: dict[str, Any] = {
         "date": datetime.date.today().isoformat(),
         "cpu": cpu_name(),
@@ -264,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "warmup": args.warmup,
         "rounds": args.rounds,
         "instances": args.instances,
-        "versions": {name: importlib.metadata.version(name) for name in versions},
+        "versions": versions(),
         **measured,
         "loss_at_10_percent": 1 - statistics.median(ratios(measured["runs"], "10%")),
     }

@@ -28,16 +28,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import importlib.metadata
+import functools
 import json
 import shutil
 import statistics
 import sys
-import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +42,6 @@ import psutil
 
 from bench import wrk
 from bench.compare import cpu_name
-from bench.models import build
 from bench.servers import LOAD_CORE, RESULTS, ROOT, SERVER_CORE, Running, free_port, launch, serving
 from bench.tracing import (
     CONNECTIONS,
@@ -54,7 +50,9 @@ from bench.tracing import (
     _cpu_seconds,
     _Receiver,
     copies,
+    on_the_forest,
     tracing_env,
+    versions,
 )
 
 # The variants run together: the pair the target compares, and 100% as a check that the method
@@ -213,22 +211,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_arguments(argv)
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
         sys.exit("bench needs wrk and taskset: apt-get install wrk util-linux")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    endpoint = f"http://127.0.0.1:{receiver.server_address[1]}/v1/traces"
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    with tempfile.TemporaryDirectory() as folder:
-        artifact, row = build(Path(folder), ("forest",))["forest"]
-        measured = _measure(artifact, list(row), endpoint, args)
-    receiver.shutdown()
-    versions = ["loadonce", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"]
+    measured = on_the_forest(functools.partial(_measure, args=args))
     results: dict[str, Any] = {
         "date": datetime.date.today().isoformat(),
         "cpu": cpu_name(),
         "seconds": args.seconds,
         "warmup": args.warmup,
         "instances": args.instances,
-        "versions": {name: importlib.metadata.version(name) for name in versions},
+        "versions": versions(),
         **measured,
         "loss_at_10_percent": 1
         - statistics.median(ratios(measured["rounds"], "10%", "req_per_cpu_s")),
