@@ -224,10 +224,7 @@ class InferenceService:
         async def call(messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             request: Any = None
-            metadata = [
-                (key.encode("latin-1"), value if isinstance(value, bytes) else value.encode())
-                for key, value in context.invocation_metadata() or ()
-            ]
+            metadata = _raw_metadata(context)
             request_id = request_id_from(metadata)
             trailer = ((REQUEST_ID_KEY, request_id),)
             status = 200
@@ -477,10 +474,7 @@ class InferenceService:
             messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Any]:
             started = time.perf_counter()
-            metadata = [
-                (key.encode("latin-1"), value if isinstance(value, bytes) else value.encode())
-                for key, value in context.invocation_metadata() or ()
-            ]
+            metadata = _raw_metadata(context)
             request_id = request_id_from(metadata)
             trailer = ((REQUEST_ID_KEY, request_id),)
             status = 200
@@ -551,6 +545,15 @@ class ControlRefusedError(LoadonceError):
 _TYPES = method_types(SERVICE)
 # The service's streaming RPC (bidirectional: protocols/grpc/stream.py).
 _STREAM = "ModelStreamInfer"
+
+
+def _raw_metadata(context: grpc.aio.ServicerContext) -> list[tuple[bytes, bytes]]:
+    """The call's metadata as an HTTP request's headers are kept (bytes names and values: a
+    ``-bin`` value is bytes already), for what reads both alike (the request id, the keys)."""
+    return [
+        (key.encode("latin-1"), value if isinstance(value, bytes) else value.encode())
+        for key, value in context.invocation_metadata() or ()
+    ]
 
 
 def _refusal(message: str) -> Handler:
