@@ -601,6 +601,38 @@ def test_health_watch_sends_each_change() -> None:
         client.close()
 
 
+def test_health_watch_streams_at_once_are_bounded_and_check_still_answers() -> None:
+    # A Watch needs no key and lasts as long as its client likes; each holds one of the
+    # server's max_concurrent_rpcs, which unbounded Watches could all take from inference.
+    port = free_port()
+    spec = loadonce.ModelSpec(name="simple", loader="tests.v2_models:Simple")
+    lifespan = grpc_lifespan(port=port, max_concurrent_rpcs=16)  # an eighth: 2 Watches
+    with ThreadedServer(loadonce.create_app([spec], wrap=lifespan)):
+        channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for _ in range(4)]
+        try:
+            first, second = (_watch(channel, "") for channel in channels[:2])
+            assert _next_status(first) == _next_status(second) == 1
+            with pytest.raises(grpc.RpcError) as refused:
+                _next_status(_watch(channels[2], ""))
+            assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "at most 2 health Watch streams" in (refused.value.details() or "")
+            with triton.InferenceServerClient(f"127.0.0.1:{port}") as client:
+                assert client.is_server_ready()
+            first.cancel()  # a Watch that ends gives its place back
+
+            def watched_again() -> bool:
+                try:
+                    return _next_status(_watch(channels[3], "")) == 1
+                except grpc.RpcError:
+                    return False
+
+            wait_until(watched_again, timeout=10, what="a Watch's place given back")
+            second.cancel()
+        finally:
+            for channel in channels:
+                channel.close()
+
+
 def _raw_call(url: str, method: str, payload: bytes) -> grpc.RpcError:
     """The error a call of ``method`` with ``payload`` as its request's bytes gets."""
     with grpc.insecure_channel(url) as channel:

@@ -103,6 +103,8 @@ class GrpcServer:
             self.state,
             model_control=self.model_control,
             message_timeout_s=self.message_timeout_s,
+            # An eighth of the calls in flight: the rest stay for the calls that infer.
+            max_watches=max(1, (self.max_concurrent_rpcs or 1024) // 8),
         )
         server.add_generic_rpc_handlers(service.handlers())
         self._service = service

@@ -145,10 +145,16 @@ class InferenceService:
         *,
         model_control: bool = True,
         message_timeout_s: float | None = 30.0,
+        max_watches: int = 128,
     ) -> None:
         self.state = state
         self.model_control = model_control
         self.message_timeout_s = message_timeout_s
+        # Health Watch streams open at once, at most: they need no key and last as long as
+        # the client likes, and each holds one of the server's max_concurrent_rpcs, so
+        # unbounded they could take every slot from the calls that infer.
+        self.max_watches = max_watches
+        self._watching = 0
         # Set when the server begins to stop: a stream waiting for its next request ends,
         # and every health Watch stream ends (its last status NOT_SERVING), instead of holding
         # the stop's grace period to its end.
@@ -479,15 +485,28 @@ class InferenceService:
             trailer = ((REQUEST_ID_KEY, request_id),)
             status = 200
             try:
+                if self._watching >= self.max_watches:
+                    status = 429
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"at most {self.max_watches} health Watch streams are served at once; "
+                        "use Check, or close a Watch",
+                        trailer,
+                    )
+                self._watching += 1
                 try:
-                    raw = await _one_message(messages, self.message_timeout_s)
-                    request = _parsed(request_class, raw)
-                except LoadonceError as exc:
-                    status = exc.status
-                    await context.abort(grpc_code(status), _bounded(exc.client_message()), trailer)
-                async for serving in self._statuses(request.service):
-                    yield HealthCheckResponse(status=serving)
-                context.set_trailing_metadata(trailer)
+                    try:
+                        raw = await _one_message(messages, self.message_timeout_s)
+                        request = _parsed(request_class, raw)
+                    except LoadonceError as exc:
+                        status = exc.status
+                        message = _bounded(exc.client_message())
+                        await context.abort(grpc_code(status), message, trailer)
+                    async for serving in self._statuses(request.service):
+                        yield HealthCheckResponse(status=serving)
+                    context.set_trailing_metadata(trailer)
+                finally:
+                    self._watching -= 1
             except asyncio.CancelledError:
                 status = 499  # the client left, or the server's stop ran out of time
                 raise
