@@ -169,6 +169,78 @@ def test_a_traceparent_continues_the_callers_trace(exporter: InMemorySpanExporte
     }
 
 
+_PARENT = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+_OTHER_PARENT = f"00-{'1' * 32}-{CALLER_SPAN}-01"
+# What W3C Trace Context's test suite (w3c/trace-context test/test.py) sends, and whether the
+# caller's trace is continued and with which tracestate ("" : none). Header names as sent.
+_TRACE_CONTEXT_CASES = [
+    ("one traceparent", [("traceparent", _PARENT)], True, ""),
+    ("its name in capitals", [("TraceParent", _PARENT)], True, ""),
+    (
+        "two traceparent headers",
+        [("traceparent", _OTHER_PARENT), ("traceparent", _PARENT)],
+        False,
+        "",
+    ),
+    ("a future version", [("traceparent", "cc" + _PARENT[2:] + "-later")], True, ""),
+    ("version ff", [("traceparent", "ff" + _PARENT[2:])], False, ""),
+    ("version 00 with more", [("traceparent", _PARENT + "-more")], False, ""),
+    ("an all-zero trace id", [("traceparent", f"00-{'0' * 32}-{CALLER_SPAN}-01")], False, ""),
+    ("an all-zero parent id", [("traceparent", f"00-{CALLER_TRACE}-{'0' * 16}-01")], False, ""),
+    ("capital hex digits", [("traceparent", _PARENT.upper())], False, ""),
+    ("an overlong one", [("traceparent", _PARENT + "-" + "a" * 8000)], False, ""),
+    (
+        "tracestate in several headers",
+        [
+            ("traceparent", _PARENT),
+            ("tracestate", "foo=1,bar=2"),
+            ("tracestate", "rojo=1"),
+            ("tracestate", "baz=3"),
+        ],
+        True,
+        "foo=1,bar=2,rojo=1,baz=3",
+    ),
+    (
+        "a key in two tracestate headers",
+        [("traceparent", _PARENT), ("tracestate", "foo=1"), ("tracestate", "foo=2")],
+        True,
+        "",
+    ),
+    (
+        "an empty tracestate after one",
+        [("traceparent", _PARENT), ("tracestate", "foo=1"), ("tracestate", "")],
+        True,
+        "foo=1",
+    ),
+    ("tracestate without traceparent", [("tracestate", "foo=1")], False, ""),
+]
+
+
+@pytest.mark.parametrize(
+    ("headers", "continued", "state"),
+    [case[1:] for case in _TRACE_CONTEXT_CASES],
+    ids=[case[0] for case in _TRACE_CONTEXT_CASES],
+)
+def test_trace_headers_are_read_as_w3c_trace_context_says(
+    exporter: InMemorySpanExporter, headers: list[tuple[str, str]], continued: bool, state: str
+) -> None:
+    """Two traceparent headers continued the last one, and of several tracestate headers
+    only the last was kept; the spec's test suite expects a new trace, and one list."""
+    with TestClient(traced_app(exporter, Doubler())) as client:
+        exporter.clear()
+        answered = client.post("/models/m/predict", json={"inputs": [1]}, headers=headers)
+        assert answered.status_code == 200
+    (request,) = by_name(exporter.get_finished_spans())["POST /models/{name}/predict"]
+    trace_id = format(request.context.trace_id, "032x")
+    if continued:
+        assert trace_id == CALLER_TRACE
+        assert request.parent is not None
+    else:
+        assert trace_id not in (CALLER_TRACE, "1" * 32, "0" * 32)
+        assert request.parent is None
+    assert request.context.trace_state.to_header() == state
+
+
 def test_a_refused_clients_traceparent_is_never_read(exporter: InMemorySpanExporter) -> None:
     """A request refused before the routes (no key) builds no span: a flood of 401s marked
     sampled was traced and exported, every one."""

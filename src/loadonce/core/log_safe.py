@@ -30,6 +30,21 @@ def log_safe(text: str) -> str:
     return _UNSAFE.sub(_escape, text)
 
 
+# Client-supplied text in a log line (a request's path, an exception's message that quotes
+# the request) is cut past this: a 30 KB path wrote a 30 KB access line (60 KB in JSON, which
+# has it twice), and a model's exception quoting a 1 MB input wrote 1 MB of traceback, per
+# request.
+MOST_LOGGED_CHARACTERS = 2000
+
+
+def log_safe_cut(text: str, most: int = MOST_LOGGED_CHARACTERS) -> str:
+    """``text`` made ``log_safe`` and cut past ``most`` characters (the cut says how many
+    more there were), so one request's log stays bounded whatever it sent."""
+    if len(text) <= most:
+        return _UNSAFE.sub(_escape, text)
+    return f"{_UNSAFE.sub(_escape, text[:most])}... ({len(text) - most:,} more characters)"
+
+
 # A name a client sent, quoted in an answer, is cut past this: an error quoting a
 # 20,000-character name was mostly that name, and gRPC cut it before the useful part.
 MOST_QUOTED_CHARACTERS = 100

@@ -24,7 +24,7 @@ from loadonce.core.errors import (
     ModelRaisedError,
     describe_exception,
 )
-from loadonce.core.log_safe import log_safe
+from loadonce.core.log_safe import log_safe, log_safe_cut
 from loadonce.core.tracebacks import release_tracebacks
 from loadonce.http.json_answer import JSONAnswer
 from loadonce.http.protocol_roots import OPENAI_ROOT, V2_ROOT, protocol_root
@@ -131,7 +131,7 @@ def describe_error(exc: Exception, where: str, request_id: str) -> tuple[int, st
         return _failed(where, request_id, cause, f"the model raised {type(cause).__name__}{named}")
     if isinstance(exc, LoadonceError):
         if exc.status == 500:
-            logger.error("request %s %s failed: %s", request_id, log_safe(where), exc)
+            logger.error("request %s %s failed: %s", request_id, log_safe_cut(where), exc)
         return exc.status, exc.client_message()
     if isinstance(exc, ClientDisconnect):
         return ClientDisconnectedError.status, "the client disconnected"
@@ -143,7 +143,7 @@ def _failed(where: str, request_id: str, cause: BaseException, what: str) -> tup
     logger.error(
         "request %s %s: %s: %s",
         request_id,
-        log_safe(where),
+        log_safe_cut(where),
         what,
         describe_exception(cause),
         exc_info=cause,

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
-from loadonce.core.log_safe import log_safe
+from loadonce.core.log_safe import log_safe_cut
 
 ACCESS_LOGGER_NAME = "loadonce.access"
 access_logger = logging.getLogger(ACCESS_LOGGER_NAME)
@@ -28,7 +28,7 @@ MESSAGE_FORMAT = "%s %s %d %.1f ms request_id=%s"
 class RequestLine(NamedTuple):
     created: float  # time.time(), as a record's
     method: str
-    path: str  # log-safe already
+    path: str  # log-safe (and cut, past MOST_LOGGED_CHARACTERS) already
     status: int
     milliseconds: float
     request_id: str
@@ -80,7 +80,7 @@ class RequestLineHandler(Protocol):
 
     # ``line``: a RequestLine's fields, in its order, as a plain tuple (the serving thread's
     # part kept small: the tuple is all it builds), the path as the client sent it: the
-    # handler makes it log-safe when it formats the line.
+    # handler makes it log-safe (and cuts it) when it formats the line.
     def emit_request_line(self, line: tuple[object, ...]) -> None: ...
 
 
@@ -88,7 +88,7 @@ def write_request_line(
     method: str, path: str, status: int, milliseconds: float, request_id: str
 ) -> None:
     """Log the line at INFO on ``loadonce.access`` (the caller checked it is enabled).
-    ``path``: as the client sent it; made log-safe before it is written."""
+    ``path``: as the client sent it; made log-safe (and cut) before it is written."""
     handler = _direct_handler()
     if handler is not None:
         ids = _trace_ids()
@@ -98,7 +98,7 @@ def write_request_line(
                 (time.time(), method, path, status, milliseconds, request_id, trace_id, span_id)
             )
             return
-    line = RequestLine(0.0, method, log_safe(path), status, milliseconds, request_id)
+    line = RequestLine(0.0, method, log_safe_cut(path), status, milliseconds, request_id)
     access_logger.handle(line.record())
 
 

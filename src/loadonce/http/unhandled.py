@@ -29,7 +29,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from loadonce.core.errors import describe_exception
-from loadonce.core.log_safe import log_safe
+from loadonce.core.log_safe import log_safe_cut
 from loadonce.http.errors import raw_error_response
 
 logger = logging.getLogger("loadonce")
@@ -64,7 +64,7 @@ async def answer_unhandled(
     logger.error(
         "request %s %s: the app raised %s (answered by the app's own handler)",
         request_id,
-        log_safe(scope.get("path", "")),
+        log_safe_cut(scope.get("path", "")),
         describe_exception(exc),
         exc_info=exc,
     )

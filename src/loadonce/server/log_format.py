@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import click
 
-from loadonce.core.log_safe import log_safe
+from loadonce.core.log_safe import log_safe, log_safe_cut
 from loadonce.http.request_line import ACCESS_LOGGER_NAME, RequestLine
 
 # Fields a record may carry (``extra=``) that a JSON line keeps: the request log's, and the
@@ -78,15 +78,7 @@ class PlainFormatter(logging.Formatter):
         return self._style.format(record)
 
     def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
-        """The traceback with each exception's message (and notes) one line: a model's
-        exception often quotes the request (``ValueError(f"cannot handle {value}")``), and
-        its text went into the log raw, newlines and all, after a one-line summary."""
-        value = ei[1]
-        if value is None:
-            return super().formatException(ei)
-        described = traceback.TracebackException(type(value), value, ei[2], compact=True)
-        _escape_messages(described)
-        return "".join(described.format()).rstrip("\n")
+        return _one_line_messages(ei) or super().formatException(ei)
 
     def takes_request_lines(self) -> bool:
         """Whether a request line's text needs nothing but the line (the server's formats)."""
@@ -126,9 +118,23 @@ class PlainFormatter(logging.Formatter):
         return f"{prefix}:{' ' * (8 - len(name))}"
 
 
+def _one_line_messages(ei: Any) -> str | None:
+    """The traceback with each exception's message (and notes) one line, and cut: a model's
+    exception often quotes the request (``ValueError(f"cannot handle {value}")``), and its
+    text went into the log raw, newlines and all (and whole: a 1 MB input, a 1 MB
+    traceback), after a one-line summary. None: no exception to describe."""
+    value = ei[1]
+    if value is None:
+        return None
+    described = traceback.TracebackException(type(value), value, ei[2], compact=True)
+    _escape_messages(described)
+    return "".join(described.format()).rstrip("\n")
+
+
 def _escape_messages(described: traceback.TracebackException) -> None:
     """Every message and note in a traceback's chain (causes, contexts, groups) made
-    log-safe. ``_str`` is where TracebackException keeps the message it prints (3.11-3.13)."""
+    log-safe and cut (``log_safe_cut``). ``_str`` is where TracebackException keeps the
+    message it prints (3.11-3.13)."""
     pending, seen = [described], set()
     while pending:
         current = pending.pop()
@@ -137,10 +143,10 @@ def _escape_messages(described: traceback.TracebackException) -> None:
         seen.add(id(current))
         message = getattr(current, "_str", None)
         if isinstance(message, str):
-            current._str = log_safe(message)  # type: ignore[attr-defined]
+            current._str = log_safe_cut(message)  # type: ignore[attr-defined]
         notes = getattr(current, "__notes__", None)
         if isinstance(notes, list):
-            current.__notes__ = [log_safe(str(note)) for note in notes]
+            current.__notes__ = [log_safe_cut(str(note)) for note in notes]
         linked = [current.__cause__, current.__context__, *(current.exceptions or ())]
         pending.extend(item for item in linked if item is not None)
 
@@ -162,6 +168,11 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        """As plain lines write it: each message one line and cut (JSON escaped the line
+        breaks, but kept a message quoting a 1 MB input whole)."""
+        return _one_line_messages(ei) or super().formatException(ei)
 
     def takes_request_lines(self) -> bool:
         return True

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from typing import Any, Protocol, TextIO
 
-from loadonce.core.log_safe import log_safe
+from loadonce.core.log_safe import log_safe_cut
 from loadonce.http.request_line import ACCESS_LOGGER_NAME, RequestLine
 
 
@@ -119,8 +119,9 @@ class _SharedStream:
         # Formatted here, together: the serving thread only appended them.
         while self.held:
             number, created, method, path, *rest = self.held.popleft()
-            # The path as the client sent it: made log-safe here, off the serving thread.
-            line = RequestLine(created, method, log_safe(path), *rest)
+            # The path as the client sent it: made log-safe (and cut) here, off the serving
+            # thread.
+            line = RequestLine(created, method, log_safe_cut(path), *rest)
             try:
                 self.stream.write(self.formatters[number].format_request_line(line) + "\n")
             except Exception:

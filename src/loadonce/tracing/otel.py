@@ -53,7 +53,8 @@ STATUS_CODE = "http.response.status_code"
 ROUTE = "http.route"
 _PROPAGATOR = TraceContextTextMapPropagator()
 # The headers (lowercase, as servers hand them over) that carry a caller's trace.
-_TRACE_HEADERS = frozenset((b"traceparent", b"tracestate"))
+_TRACEPARENT, _TRACESTATE = b"traceparent", b"tracestate"
+_TRACE_HEADERS = frozenset((_TRACEPARENT, _TRACESTATE))
 
 
 class _QuietWhileReading(logging.Filter):
@@ -263,17 +264,25 @@ class Tracing:
         self, name: str, headers: Sequence[tuple[bytes, bytes]], kind: SpanKind
     ) -> RequestSpan | None:
         """A request whose caller sent trace headers: a child of its span, sampled as it
-        decided (the last of each header counts, as before)."""
-        carrier = {
-            key.decode("latin-1"): value.decode("latin-1")
-            for key, value in headers
-            if key in _TRACE_HEADERS
-        }
-        with _QUIET.reading():
-            parent = _PROPAGATOR.extract(carrier)
-        remote = trace.get_current_span(parent).get_span_context()
-        if remote.is_valid:
-            return self._started(name, parent, remote, kind)
+        decided. As W3C Trace Context (and its test suite) asks: two ``traceparent`` headers
+        are no parent at all (the last one was continued), and several ``tracestate``
+        headers are one list, in their order (only the last one was kept)."""
+        parents: list[str] = []
+        states: list[str] = []
+        for key, value in headers:
+            if key == _TRACEPARENT:
+                parents.append(value.decode("latin-1"))
+            elif key == _TRACESTATE:
+                states.append(value.decode("latin-1"))
+        if len(parents) == 1:
+            carrier = {"traceparent": parents}
+            if states:
+                carrier["tracestate"] = states
+            with _QUIET.reading():
+                parent = _PROPAGATOR.extract(carrier)
+            remote = trace.get_current_span(parent).get_span_context()
+            if remote.is_valid:
+                return self._started(name, parent, remote, kind)
         # A malformed traceparent is no caller's decision: it does not force sampling.
         if self._ratio is not None and self._draw() >= self._ratio:
             return None
