@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from loadonce.http.request_line import RequestLine
+from loadonce.http.request_line import RequestLine, write_request_line
 from loadonce.server.log_format import JsonFormatter, PlainFormatter, log_config
 from tests.servers import run_python
 
@@ -126,6 +126,24 @@ def test_a_path_the_client_sent_is_made_log_safe_whichever_way_its_line_takes(
     (line,) = [json.loads(line) for line in _access_lines(tmp_path, "json", "none", forged=True)]
     assert line["path"] == escaped
     assert line["status"] == 404
+
+
+_LONG_PATHS = {
+    "plain characters": "/" + "p" * 30_000,
+    "line breaks": "/" + "\n" * 30_000,
+    "invisible characters": "/" + "\u202e" * 30_000,
+}
+
+
+@pytest.mark.parametrize("path", _LONG_PATHS.values(), ids=_LONG_PATHS.keys())
+def test_a_long_path_is_cut_in_its_record_too(path: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A handler of the user's (here caplog's) gets the record, whose path was escaped
+    whole: a 30,000-character path made a line of up to 300,000."""
+    caplog.set_level(logging.INFO, "loadonce.access")
+    write_request_line("GET", path, 404, 1.0, "id-long")
+    (record,) = caplog.records
+    assert len(record.getMessage()) < 2_200
+    assert record.path.endswith("... (cut: 30,001 characters in all)")  # type: ignore[attr-defined]
 
 
 _A_LIBRARYS_WARNING = """

@@ -13,7 +13,7 @@ import httpx2 as httpx
 import pytest
 
 from loadonce.server.log_format import JsonFormatter, PlainFormatter
-from tests.servers import REPO_ROOT, cli_env, serving
+from tests.servers import REPO_ROOT, cli_env, serving, wait_until
 
 # Line breaks, then a right-to-left override and a zero-width space (the path would read
 # otherwise than it is).
@@ -54,6 +54,40 @@ def test_a_models_exception_cannot_forge_a_log_line(tmp_path: Path) -> None:
     assert any("cannot handle x\\x0aERROR:" in line for line in lines), lines
 
 
+# One request each, of what a client may send within the server's limits (its head, its body):
+# a path of 30,000 characters, most of them line breaks (each written as a 4-character escape),
+# and an input of 1 MB the model's exception quotes (its traceback's message).
+_LARGE_REQUESTS = {
+    "a long path": ("GET", "/" + "%0a" * 5_000 + "p" * 15_000, None),
+    "an exception quoting a large input": (
+        "POST",
+        "/models/reflect/predict",
+        {"inputs": ["\n" + "A" * 1_000_000]},
+    ),
+}
+# Each request's log, whatever it sent: its access line, and its error with the traceback.
+_MOST_LOG_BYTES_PER_REQUEST = 16_000
+
+
+@pytest.mark.parametrize("log_format", ["plain", "json"])
+def test_one_request_writes_a_bounded_amount_of_log(tmp_path: Path, log_format: str) -> None:
+    """A 30 KB path wrote a 40 KB access line (80 KB in JSON, which has it twice), and a
+    model's exception quoting a 1 MB input a 1 MB traceback: per request, from any client."""
+    with serving(["tests.loaders:reflect", "--log-format", log_format], tmp_path) as server:
+        for what, (method, path, body) in _LARGE_REQUESTS.items():
+            before = len(server.log().encode())
+            request_id = f"large-{what.replace(' ', '-')}"
+            headers = {"X-Request-ID": request_id}
+            answer = httpx.request(method, server.url + path, json=body, headers=headers)
+            assert answer.status_code in (404, 500), what
+            wait_until(lambda rid=request_id: rid in server.log(), 10, "its access line")
+            written = server.log().encode()[before:]
+            assert len(written) < _MOST_LOG_BYTES_PER_REQUEST, (what, len(written))
+            assert b"characters in all)" in written, what  # the cut says so
+    lines = server.log().splitlines()
+    assert not [line for line in lines if line.lstrip().startswith("AAAA")]
+
+
 def test_every_message_in_a_traceback_is_one_line() -> None:
     try:
         try:
@@ -70,6 +104,35 @@ def test_every_message_in_a_traceback_is_one_line() -> None:
     assert not [line for line in starts if line.startswith(("WARNING: forged", "ERROR: ", "INFO:"))]
     for escaped in ("inner\\x0aWARNING", "outer\\x0dERROR", "note\\x0aINFO", "group\\x0aERROR"):
         assert escaped in written, written
+
+
+_LARGE_TEXTS = {
+    "a long message": "A" * 1_000_000,
+    "line breaks": "\n" * 200_000,
+    "invisible characters": "\u202e" * 200_000,
+}
+
+
+@pytest.mark.parametrize("formatter", [PlainFormatter("%(message)s"), JsonFormatter()])
+@pytest.mark.parametrize("text", _LARGE_TEXTS.values(), ids=_LARGE_TEXTS.keys())
+def test_a_tracebacks_messages_are_cut_in_every_log_format(
+    formatter: logging.Formatter, text: str
+) -> None:
+    """A model's exception quoting the request, its cause's and its note: each message cut
+    (escapes included), whatever the request held."""
+    try:
+        try:
+            raise RuntimeError(text)
+        except RuntimeError as cause:
+            failure = ValueError(text)
+            failure.add_note(text)
+            raise failure from cause
+    except ValueError:
+        record = logging.LogRecord("loadonce", logging.ERROR, __file__, 1, "failed", (), None)
+        record.exc_info = sys.exc_info()
+    written = formatter.format(record)
+    assert len(written) < 12_000, len(written)
+    assert written.count("characters in all)") == 3, written[-3000:]
 
 
 @pytest.mark.parametrize("formatter", [PlainFormatter("%(message)s"), JsonFormatter()])

@@ -31,18 +31,26 @@ def log_safe(text: str) -> str:
 
 
 # Client-supplied text in a log line (a request's path, an exception's message that quotes
-# the request) is cut past this: a 30 KB path wrote a 30 KB access line (60 KB in JSON, which
-# has it twice), and a model's exception quoting a 1 MB input wrote 1 MB of traceback, per
-# request.
+# the request) is cut past this many characters, escapes included: a 30 KB path wrote a 40 KB
+# access line (80 KB in JSON, which has it twice), and a model's exception quoting a 1 MB
+# input wrote 1 MB of traceback, per request.
 MOST_LOGGED_CHARACTERS = 2000
+# The longest escape ``log_safe`` writes (``\U000e0001``), less one.
+_ESCAPE_TAIL = 9
 
 
 def log_safe_cut(text: str, most: int = MOST_LOGGED_CHARACTERS) -> str:
-    """``text`` made ``log_safe`` and cut past ``most`` characters (the cut says how many
-    more there were), so one request's log stays bounded whatever it sent."""
-    if len(text) <= most:
-        return _UNSAFE.sub(_escape, text)
-    return f"{_UNSAFE.sub(_escape, text[:most])}... ({len(text) - most:,} more characters)"
+    """``text`` made ``log_safe`` and cut after ``most`` characters of that, never inside an
+    escape (the cut says how long ``text`` was), so one request's log stays bounded whatever
+    it sent. Only the part kept is escaped: no work in proportion to what is cut."""
+    safe = _UNSAFE.sub(_escape, text[:most])
+    if len(safe) <= most and len(text) <= most:
+        return safe
+    kept = safe[:most]
+    backslash = kept.rfind("\\", max(0, most - _ESCAPE_TAIL))
+    if backslash != -1:  # maybe an escape the cut would split: cut before it
+        kept = kept[:backslash]
+    return f"{kept}... (cut: {len(text):,} characters in all)"
 
 
 # A name a client sent, quoted in an answer, is cut past this: an error quoting a
