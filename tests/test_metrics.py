@@ -9,12 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx2 as httpx
 import pytest
 from fastapi.testclient import TestClient
+from tritonclient.grpc import service_pb2
 
 import loadonce
-from tests.servers import cli_env, serving
+from tests.servers import cli_env, free_port, serving
 
 
 def _samples(text: str, name: str) -> dict[str, float]:
@@ -251,3 +253,69 @@ def test_a_generating_models_requests_are_in_its_statistics(
     assert (inference["success"]["count"], inference["fail"]["count"]) == (2, 1)
     assert inference["success"]["ns"] > 0
     assert stats["last_inference"] > 0
+
+
+def _hostile_requests(url: str, grpc_target: str, value: str) -> None:
+    """One request of each kind carrying ``value`` where a client chooses: a model's name or
+    version in the path, an unknown path, OpenAI's ``model`` and ``user`` fields, the request
+    id, trace and user agent headers, a foreign Host; over gRPC, a model's name and a
+    method that does not exist."""
+    headers = {
+        "X-Request-ID": f"id-{value}",
+        "User-Agent": f"agent-{value}",
+        "traceparent": f"00-{value.encode().hex().zfill(32)}-{'1' * 16}-01",
+    }
+    with httpx.Client(base_url=url, headers=headers) as client:
+        client.post(f"/models/{value}/predict", json={"inputs": [1]})
+        client.post(f"/v2/models/{value}/versions/{value}/infer", json={"inputs": []})
+        client.get(f"/v2/models/echo/versions/{value}")
+        client.get(f"/v2/models/{value}/stats")
+        client.get(f"/{value}")
+        client.get("/v2/models/echo")
+        client.post("/v1/embeddings", json={"model": value, "input": "x", "user": value})
+        client.post("/v1/completions", json={"model": value, "prompt": "x", "user": value})
+        client.get("/models", headers={"Host": f"{value}.example"})
+    with grpc.insecure_channel(grpc_target) as channel:
+        calls = [
+            ("ModelMetadata", service_pb2.ModelMetadataRequest(name=value, version=value)),
+            ("ModelInfer", service_pb2.ModelInferRequest(model_name=value)),
+            (f"Method{value}", service_pb2.ModelMetadataRequest(name="echo")),
+        ]
+        for method, message in calls:
+            call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
+            with pytest.raises(grpc.RpcError):
+                call(message.SerializeToString(), timeout=10)
+
+
+def _series(url: str) -> set[str]:
+    """Every series /metrics shows, by name and labels."""
+    text = httpx.get(f"{url}/metrics").text
+    return {line.rsplit(" ", 1)[0] for line in text.splitlines() if not line.startswith("#")}
+
+
+def test_no_value_a_client_chooses_becomes_a_series(tmp_path: Path) -> None:
+    """Each new label value is a series the server holds for its life: every label comes from
+    what the operator declared (models, routes, statuses), whatever clients send, over HTTP
+    and gRPC, with several workers writing the multiprocess files."""
+    grpc_port = free_port()
+    config = tmp_path / "loadonce.toml"
+    config.write_text(
+        f"""
+[server]
+workers = 2
+grpc_port = {grpc_port}
+
+[[models]]
+name = "echo"
+loader = "tests.loaders:echo"
+concurrency = "shared"
+"""
+    )
+    with serving([str(config)], tmp_path, env=cli_env(tmp_path)) as server:
+        grpc_target = f"127.0.0.1:{grpc_port}"
+        _hostile_requests(server.url, grpc_target, "a0")  # never a declared name or version
+        before = _series(server.url)
+        for value in range(1, 12):
+            _hostile_requests(server.url, grpc_target, f"a{value}")
+        for _ in range(3):  # whichever worker answers
+            assert _series(server.url) == before
