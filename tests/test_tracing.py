@@ -241,6 +241,20 @@ def test_trace_headers_are_read_as_w3c_trace_context_says(
     assert request.context.trace_state.to_header() == state
 
 
+@pytest.mark.parametrize("traceparent", [None, _PARENT], ids=["sampled here", "caller's decision"])
+def test_a_long_path_is_cut_in_the_requests_span(
+    exporter: InMemorySpanExporter, traceparent: str | None
+) -> None:
+    """A client's 30 KB path was a 30 KB attribute: 2,048 spans in the export queue, 60 MB."""
+    headers = {"traceparent": traceparent} if traceparent else {}
+    with TestClient(traced_app(exporter, Doubler())) as client:
+        exporter.clear()
+        assert client.get("/" + "p" * 30_000, headers=headers).status_code == 404
+    (request,) = exporter.get_finished_spans()
+    assert request.attributes is not None
+    assert request.attributes["url.path"] == "/" + "p" * 1_999
+
+
 def test_a_refused_clients_traceparent_is_never_read(exporter: InMemorySpanExporter) -> None:
     """A request refused before the routes (no key) builds no span: a flood of 401s marked
     sampled was traced and exported, every one."""
