@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2 as httpx
+import pytest
+from fastapi.testclient import TestClient
 
+import loadonce
 from tests.servers import cli_env, serving, wait_until
 
 
@@ -55,3 +60,43 @@ def test_every_requests_line_is_written_while_serving_and_at_exit(tmp_path: Path
     assert [line.rsplit("request_id=burst-", 1)[1] for line in written] == [
         str(index) for index in range(300)
     ]
+
+
+# X-Request-ID headers a client may send, and the id answered (None: a new one of the server's).
+_SENT_IDS = [
+    ("plain", [("X-Request-ID", "client-id_1.2:3")], "client-id_1.2:3"),
+    ("the longest", [("X-Request-ID", "a" * 128)], "a" * 128),
+    ("too long", [("X-Request-ID", "a" * 129)], None),
+    ("a space", [("X-Request-ID", "a b")], None),
+    ("markup", [("X-Request-ID", "<script>")], None),
+    ("empty", [("X-Request-ID", "")], None),
+    ("two", [("X-Request-ID", "first"), ("X-Request-ID", "second")], None),
+    ("two, one bad", [("X-Request-ID", "good"), ("X-Request-ID", "bad id")], None),
+]
+
+
+@pytest.fixture(scope="module")
+def echo_client() -> Iterator[TestClient]:
+    spec = loadonce.ModelSpec(name="echo", loader="tests.loaders:echo")
+    with TestClient(loadonce.create_app([spec])) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("headers", "echoed"), [case[1:] for case in _SENT_IDS], ids=[case[0] for case in _SENT_IDS]
+)
+@pytest.mark.parametrize("path", ["/models", "/no/such/page"])
+def test_a_clients_id_is_answered_only_if_it_is_one_short_plain_id(
+    echo_client: TestClient, headers: list[tuple[str, str]], echoed: str | None, path: str
+) -> None:
+    """Of two ids, the first was answered (and logged): a client's won over one a proxy
+    appended after it. Neither is the request's one id: it gets a new one."""
+    answer = echo_client.get(path, headers=headers)
+    answered = answer.headers.get_list("x-request-id")
+    assert len(answered) == 1
+    if echoed is not None:
+        assert answered == [echoed]
+    else:
+        assert re.fullmatch("[0-9a-f]{32}", answered[0]), answered
+    if answer.status_code == 404:
+        assert answer.json()["request_id"] == answered[0]

@@ -56,14 +56,20 @@ def request_id_of(request: Request) -> str:
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
-    """The client's X-Request-ID if it is short and plain, else a new one."""
+    """The client's X-Request-ID if it sent one, short and plain, else a new one."""
     # Read from the raw ASGI headers: Starlette's Headers would be built for this one lookup.
+    given: bytes | None = None
     for key, value in headers:
         if key == _REQUEST_ID_KEY:
-            given: str = value.decode("latin-1")
-            if _CLIENT_ID.match(given):
-                return given
-            break
+            if given is not None:
+                # Two: no one id of the request's (the first was taken, so a client's id
+                # won over the one a proxy appended after it), as two traceparents are none.
+                return new_request_id()
+            given = value
+    if given is not None:
+        text = given.decode("latin-1")
+        if _CLIENT_ID.match(text):
+            return text
     return new_request_id()
 
 
