@@ -193,10 +193,24 @@ def test_a_wrong_method_elsewhere_keeps_the_request_id(
 @pytest.mark.parametrize("method", ["GET", "POST", "TRACE"])
 def test_unknown_paths(http: TestClient, method: str) -> None:
     outside = http.request(method, "/no/such/thing", headers={"X-Request-ID": "lost-1"})
-    assert _error(outside, 404, JSON_KEYS) == f"no such endpoint: {method} /no/such/thing"
+    assert _error(outside, 404, JSON_KEYS) == f"no such endpoint: {method} '/no/such/thing'"
     assert outside.json()["request_id"] == "lost-1"
     inside = http.request(method, "/v2/no/such/thing")
-    assert _error(inside, 404) == f"no such endpoint: {method} /v2/no/such/thing"
+    assert _error(inside, 404) == f"no such endpoint: {method} '/v2/no/such/thing'"
+
+
+@pytest.mark.parametrize("root", ["", "/v2", "/v1", "/models/m", "/admin"])
+def test_an_unknown_paths_answer_quotes_it_cut_and_escaped(http: TestClient, root: str) -> None:
+    """The path is the client's: a 30 KB one was answered whole (and a control character in
+    it raw, on /v2), 30 KB of answer per request."""
+    path = f"{root}/x%0Ay" + "z" * 30_000
+    answer = http.get(path)
+    assert answer.status_code == 404
+    assert len(answer.content) < 500, len(answer.content)
+    error = answer.json()["error"]
+    message = error["message"] if isinstance(error, dict) else error  # OpenAI's, on /v1
+    assert f"'{root}/x\\x0ay" in message, message
+    assert "\n" not in message
 
 
 def test_an_unknown_model_is_said_in_tritons_words(http: TestClient) -> None:

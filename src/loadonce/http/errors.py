@@ -24,7 +24,7 @@ from loadonce.core.errors import (
     ModelRaisedError,
     describe_exception,
 )
-from loadonce.core.log_safe import log_safe, log_safe_cut
+from loadonce.core.log_safe import log_safe_cut, quoted
 from loadonce.core.tracebacks import release_tracebacks
 from loadonce.http.json_answer import JSONAnswer
 from loadonce.http.protocol_roots import OPENAI_ROOT, V2_ROOT, protocol_root
@@ -70,7 +70,8 @@ async def answer_not_found(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         await WebSocketClose()(scope, receive, send)
         return
-    message = f"no such endpoint: {scope['method']} {log_safe(route_path(scope))}"
+    # Quoted (so cut): the path is the client's, and a 30 KB one made a 30 KB answer.
+    message = f"no such endpoint: {scope['method']} {quoted(route_path(scope))}"
     await raw_error_response(404, message, scope)(scope, receive, send)
 
 

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from loadonce._version import __version__
 from loadonce.core.errors import ModelNotReadyError
+from loadonce.core.log_safe import quoted
 from loadonce.core.model import Model
 from loadonce.http.dependencies import registry_of
 from loadonce.http.disconnect import unless_disconnected
@@ -242,7 +243,7 @@ def v2_router(*, model_control: bool = True) -> APIRouter:
             )
             response.headers["Allow"] = ", ".join(sorted(allowed))
             return response
-        return v2_error(404, f"no such endpoint: {request.method} {request.url.path}")
+        return v2_error(404, f"no such endpoint: {request.method} {quoted(request.url.path)}")
 
     return router
 
