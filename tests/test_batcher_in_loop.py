@@ -18,6 +18,7 @@ import pytest
 from loadonce.core.batcher import Batcher
 from loadonce.core.errors import (
     DeadlineExceededError,
+    DeadlineTooShortError,
     InvalidInputError,
     ModelNotReadyError,
     ModelRaisedError,
@@ -434,8 +435,17 @@ async def test_a_request_that_would_miss_its_deadline_is_refused_at_admission() 
         h.send(0)  # the model is busy now: an idle one would admit anything
         await settle()
         loop = asyncio.get_running_loop()
-        with pytest.raises(QueueFullError, match="past this request's deadline"):
-            h.send(1, 2, deadline=loop.time() + 0.01)
+        pace = h.batcher.seconds_per_call
+        # Time for one call, not for the one running and its own: overloaded, and worth a
+        # retry once the model is free.
+        with pytest.raises(QueueFullError, match="past this request's deadline") as full:
+            h.send(1, 2, deadline=loop.time() + pace * 1.5)
+        assert full.value.retry_after_s == 1
+        # Less time than one call takes: no retry can be answered in time (a 504, not 503).
+        with pytest.raises(DeadlineTooShortError, match="longer deadline") as short:
+            h.send(1, 2, deadline=loop.time() + pace / 4)
+        assert short.value.status == 504
+        assert short.value.retry_after_s is None
         assert h.batcher.queued_examples == 0
         # With time enough, the same request is admitted.
         admitted = h.send(1, 2, deadline=loop.time() + 60)

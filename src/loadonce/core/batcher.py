@@ -38,6 +38,7 @@ import numpy as np
 from loadonce.core.batch_copy import detached
 from loadonce.core.errors import (
     DeadlineExceededError,
+    DeadlineTooShortError,
     InvalidInputError,
     LoadonceError,
     ModelNotReadyError,
@@ -188,9 +189,21 @@ class Batcher:
         if self._queued_examples >= self.max_queue:
             raise self._full()
 
-    def _full(self, *, expected_wait: float | None = None) -> QueueFullError:
+    def _full(self, *, expected_wait: float | None = None, left: float = 0.0) -> QueueFullError:
+        """``left``: the seconds left of the refused request's deadline (``expected_wait``:
+        when it would have been answered): it fits once the queue is that much shorter."""
+        pace = self._seconds_per_call
+        retry: float | None
+        if expected_wait is not None:
+            retry = expected_wait - left
+        else:  # a full queue has room once one call returns
+            retry = None if pace is None else pace / self.concurrent_batches
         return QueueFullError(
-            self.model, self._queued_examples, self.max_queue, expected_wait=expected_wait
+            self.model,
+            self._queued_examples,
+            self.max_queue,
+            expected_wait=expected_wait,
+            retry_after_s=retry,
         )
 
     def expected_wait(self, count: int) -> float | None:
@@ -233,10 +246,16 @@ class Batcher:
         idle = not self._queue and self._in_flight < self.concurrent_batches
         if deadline is not None and not idle:
             wait = self.expected_wait(count)
-            if wait is not None and loop.time() + wait > deadline:
+            left = deadline - loop.time()
+            if wait is not None and wait > left:
                 # It would wait past its deadline and fail with a 504 after using a place in
-                # the queue (and maybe the model's time): refuse it now, cheaply, with a 503.
-                raise self._full(expected_wait=wait)
+                # the queue (and maybe the model's time): refuse it now, cheaply. A 503 (retry
+                # once the queue is shorter), unless even one call takes longer than its whole
+                # deadline: then no retry can help, and it is told so (504).
+                pace = self._seconds_per_call
+                if pace is not None and pace > left:
+                    raise DeadlineTooShortError(self.model, left, pace)
+                raise self._full(expected_wait=wait, left=left)
         request = _Request(
             examples=examples,
             future=loop.create_future(),

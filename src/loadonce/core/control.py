@@ -115,6 +115,7 @@ class ControlInterruptedError(LoadonceError):
     (HTTP 503): the request may have reached some workers; nothing is wrong with it."""
 
     status = 503
+    retry_after_s = 1  # a worker that died is replaced, a stopping server restarted
 
 
 _INTERRUPTIONS = (SERVER_STOPPING, WORKER_EXITED, WORKER_GONE)

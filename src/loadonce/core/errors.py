@@ -4,6 +4,7 @@ a client reads (``client_message``): one mapping, in the classes, serves both pr
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -28,6 +29,11 @@ class LoadonceError(Exception):
     """
 
     status: ClassVar[int] = 500
+    # Whole seconds after which the same request may be answered (HTTP's Retry-After, gRPC's
+    # retry pushback): set only where waiting alone can help (an overloaded model or worker,
+    # one still loading, a server draining). None: sending it again cannot help until the
+    # request or the server's state changes (a bad request, a model an operator unloaded).
+    retry_after_s: int | None = None
 
     def client_message(self) -> str:
         """What the client is told."""
@@ -65,14 +71,30 @@ class ModelNotFoundError(LoadonceError):
         super().__init__(f"model {quoted(name)} is not served here; models served: {listing}")
 
 
+# The states (``ModelState``'s values, and a closing queue's "unloading") a model leaves on its
+# own: a request refused in one of them may be answered soon. "unloading": the model is being
+# taken out of service, by a shutdown or a reload (another worker, or the reloaded version,
+# answers) or by an operator's unload (the retry then meets "unloaded", told not to retry).
+_PASSING_STATES = frozenset({"pending", "loading", "reloading", "unloading"})
+
+
+def passes_on_its_own(state: str) -> bool:
+    """Whether a model in ``state`` (not ready) may be ready soon without an operator."""
+    return state in _PASSING_STATES
+
+
 class ModelNotReadyError(LoadonceError):
-    """The model exists but is not ready to predict: loading, failed or unloaded (HTTP 503)."""
+    """The model exists but is not ready to predict: loading, failed or unloaded (HTTP 503;
+    Retry-After only in a state it leaves on its own: a failed or unloaded model stays so
+    until an operator acts)."""
 
     status = 503
 
     def __init__(self, name: str, state: str) -> None:
         self.name = name
         self.state = state
+        if passes_on_its_own(state):
+            self.retry_after_s = 1
         super().__init__(f"model '{name}' is not ready (state: {state})")
 
 
@@ -89,10 +111,13 @@ class QueueFullError(LoadonceError):
         *,
         expected_wait: float | None = None,
         counted: str = "examples",
+        retry_after_s: float | None = None,
     ) -> None:
         """``counted``: what ``max_queue`` counts (a generating model's queue holds requests
-        waiting to join its batch, not examples)."""
+        waiting to join its batch, not examples). ``retry_after_s``: when the queue, at the
+        model's measured pace, will have room for it (unknown: a second)."""
         self.name = name
+        self.retry_after_s = whole_seconds(retry_after_s)
         why = (
             f"{queued} {counted} are queued (max_queue {limit})"
             if expected_wait is None
@@ -100,6 +125,13 @@ class QueueFullError(LoadonceError):
             "past this request's deadline"
         )
         super().__init__(f"model '{name}' is overloaded: {why}; retry shortly")
+
+
+def whole_seconds(seconds: float | None) -> int:
+    """A wait as Retry-After says it: whole seconds, rounded up, at least one (unknown: one)."""
+    if seconds is None or not seconds < 86_400:
+        return 1 if seconds is None else 86_400
+    return max(1, math.ceil(seconds))
 
 
 class DeadlineExceededError(LoadonceError):
@@ -111,6 +143,22 @@ class DeadlineExceededError(LoadonceError):
         self.name = name
         limit = "" if timeout is None else f" of {timeout:g} s"
         super().__init__(f"model '{name}' did not answer within the deadline{limit}")
+
+
+class DeadlineTooShortError(DeadlineExceededError):
+    """The request's deadline is shorter than one call of the model takes at its measured
+    pace, and the model is busy (HTTP 504, gRPC DEADLINE_EXCEEDED, as when the deadline
+    passes): refused at once, since sending it again with the same deadline cannot help,
+    where a full queue's 503 would have told the client to retry."""
+
+    def __init__(self, name: str, left: float, seconds_per_call: float) -> None:
+        self.name = name
+        LoadonceError.__init__(
+            self,
+            f"model '{name}' cannot answer within the {left:.3g} s left of the deadline: one "
+            f"call of it takes {seconds_per_call:.3g} s at its current pace; send the request "
+            "with a longer deadline",
+        )
 
 
 class ClientDisconnectedError(LoadonceError):
@@ -280,6 +328,7 @@ class BodiesInFlightError(LoadonceError):
     ``max_body_bytes_in_flight`` (HTTP 503 with Retry-After; gRPC UNAVAILABLE)."""
 
     status = 503
+    retry_after_s = 1  # bodies in flight are answered and let go within moments
 
     def __init__(self, limit: int) -> None:
         super().__init__(

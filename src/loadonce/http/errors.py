@@ -19,6 +19,7 @@ from starlette.websockets import WebSocket, WebSocketClose, WebSocketState
 
 from loadonce.core.errors import (
     ClientDisconnectedError,
+    DeadlineTooShortError,
     InvalidRequestError,
     LoadonceError,
     ModelRaisedError,
@@ -76,12 +77,44 @@ async def answer_not_found(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def error_headers(status: int, request_id: str | None) -> dict[str, str]:
-    """The headers of every error answer: the request id, and Retry-After on a 503 (the
-    model is loading, unloaded or its queue is full: worth retrying shortly)."""
-    headers = {} if request_id is None else {REQUEST_ID_HEADER: request_id}
-    if status == 503:
-        headers["Retry-After"] = "1"
-    return headers
+    """The headers of every error answer: the request id. Retry-After is the error's own
+    (``retry_headers``), never implied by the status: a 503 for a model an operator unloaded
+    said "retry in a second" to a client that then retried for good."""
+    return {} if request_id is None else {REQUEST_ID_HEADER: request_id}
+
+
+# OpenAI's clients retry a 5xx twice unless the answer says not to (this header, theirs).
+SHOULD_RETRY_HEADER = "x-should-retry"
+
+
+# ``retry_advice``'s answer where sending the request again surely cannot help.
+NEVER_RETRY = -1
+
+
+def retry_advice(exc: BaseException, status: int) -> int | None:
+    """Whether sending the request again can help, one answer for both protocols: the whole
+    seconds to wait where the error says waiting helps (``LoadonceError.retry_after_s``);
+    ``NEVER_RETRY`` where it surely cannot (a 503 without them: a model failed or unloaded,
+    which only an operator brings back; a deadline shorter than any call of the model);
+    None for the rest, which says nothing (a 504 may be answered in time once the load
+    drops)."""
+    seconds = getattr(exc, "retry_after_s", None)
+    if isinstance(seconds, int):
+        return seconds
+    if status == 503 or isinstance(exc, DeadlineTooShortError):
+        return NEVER_RETRY
+    return None
+
+
+def retry_headers(exc: BaseException, status: int) -> dict[str, str]:
+    """``retry_advice`` as HTTP says it: Retry-After, or ``x-should-retry: false``, which
+    OpenAI's clients obey (they retry every 5xx otherwise)."""
+    advice = retry_advice(exc, status)
+    if advice is None:
+        return {}
+    if advice == NEVER_RETRY:
+        return {SHOULD_RETRY_HEADER: "false"}
+    return {"Retry-After": str(advice)}
 
 
 def error_response(status: int, message: str, request_id: str, **extra: Any) -> JSONAnswer:
@@ -221,6 +254,7 @@ async def answer_exception(
         response = await _app_handles(request, exc)
     else:
         response = error_for(exc, request, request_id)
+        response.headers.update(retry_headers(exc, response.status_code))
     response.headers.setdefault(REQUEST_ID_HEADER, request_id)
     record_failure(exc, response.status_code)  # on the request's span, if it is traced
     release_tracebacks(exc)  # logged and recorded: its memory goes back now, not at a GC
@@ -231,8 +265,8 @@ async def answer_loadonce_error(request: Request, exc: Exception) -> Response | 
     """The app's exception handler for loadonce's errors raised in a user's own route (a
     ``model.predict`` whose queue is full, whose deadline passed, whose inputs do not fit):
     answered as loadonce's routes answer them, in the error body of the path's protocol,
-    with the request id (and Retry-After on a 503). They were plain-text 500s, each logged
-    with a traceback. In a WebSocket route (``request`` is then the WebSocket) once the
+    with the request id (and Retry-After where waiting helps). They were plain-text 500s,
+    each logged with a traceback. In a WebSocket route (``request`` is then the WebSocket) once the
     connection is open, or where the server takes no HTTP answer to a handshake: the
     connection closed with the code that says it (``websocket_errors.py``), and None."""
     chosen = request.scope.get(REQUEST_ID_SCOPE_KEY)

@@ -41,7 +41,7 @@ from loadonce.http.access_keys import (
     presented_key,
     refusal,
 )
-from loadonce.http.errors import describe_error
+from loadonce.http.errors import NEVER_RETRY, describe_error, retry_advice
 from loadonce.http.json_pieces import ON_THE_LOOP_ELEMENTS
 from loadonce.http.large_bodies import off_the_loop
 from loadonce.http.request_info import request_id_from
@@ -131,6 +131,21 @@ def grpc_code(status: int) -> grpc.StatusCode:
     if code is not None:
         return code
     return grpc.StatusCode.INVALID_ARGUMENT if 400 <= status < 500 else grpc.StatusCode.INTERNAL
+
+
+# gRPC's own word on retrying (gRFC A6), which its clients' retry policies obey: the
+# milliseconds to wait before the next attempt, or a negative number: do not retry. Their
+# policies retry UNAVAILABLE, which a model unloaded by an operator is too.
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
+def retry_pushback(exc: Exception, status: int) -> tuple[tuple[str, str], ...]:
+    """``retry_advice`` as gRPC says it, in the trailer: the milliseconds to wait, or -1
+    (never); nothing where the answer says nothing."""
+    advice = retry_advice(exc, status)
+    if advice is None:
+        return ()
+    return ((RETRY_PUSHBACK_KEY, "-1" if advice == NEVER_RETRY else str(advice * 1000)),)
 
 
 class InferenceService:
@@ -286,7 +301,8 @@ class InferenceService:
                     if traced is not None:
                         traced.failed(exc, status)
                     release_tracebacks(exc)  # logged and recorded (core/tracebacks.py)
-                    await context.abort(grpc_code(status), _bounded(message), trailer)
+                    advice = retry_pushback(exc, status)
+                    await context.abort(grpc_code(status), _bounded(message), trailer + advice)
                 context.set_trailing_metadata(trailer)
                 return response
             finally:

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from loadonce._version import __version__
-from loadonce.core.errors import ModelNotReadyError
+from loadonce.core.errors import ModelNotReadyError, passes_on_its_own
 from loadonce.core.log_safe import quoted
 from loadonce.core.model import Model
 from loadonce.http.dependencies import registry_of
@@ -187,9 +187,13 @@ def v2_router(*, model_control: bool = True) -> APIRouter:
             return JSONAnswer({"ready": True})
         if registry.draining:
             return v2_error(503, "the server is stopping: it finishes what it accepted")
-        waiting = [f"{m.name} ({m.state})" for m in registry.models if m.wanted and not m.is_ready]
+        unready = [m for m in registry.models if m.wanted and not m.is_ready]
+        waiting = [f"{m.name} ({m.state})" for m in unready]
         why = f"models not ready: {', '.join(waiting)}" if waiting else "no model is loaded"
-        return v2_error(503, f"not ready; {why}")
+        answer = v2_error(503, f"not ready; {why}")
+        if unready and all(passes_on_its_own(m.state.value) for m in unready):
+            answer.headers["Retry-After"] = "1"  # still loading: ready soon (not if failed)
+        return answer
 
     # Before the metadata routes: /v2/models/{model_name} would take "stats" for a name.
     add_statistics_routes(router)
