@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import queue
+import re
 import signal
 import threading
 import time
@@ -32,6 +33,7 @@ from loadonce.http.state import LoadonceState
 from loadonce.protocols.grpc import grpc_lifespan
 from loadonce.protocols.grpc.messages import HEALTH_SERVICE, SERVICE, message_class
 from loadonce.protocols.grpc.service import InferenceService, grpc_code
+from loadonce.protocols.grpc.stream import STREAM_WINDOW
 from loadonce.runtimes import Predictor, TensorInfo
 from tests.servers import ThreadedServer, cli_env, free_port, start_cli, stop, wait_until
 from tests.triton_unsupported import UNSUPPORTED_CALLS, UnsupportedCall
@@ -1196,3 +1198,72 @@ def test_each_call_writes_an_access_line(
     assert any("/inference.GRPCInferenceService/ModelMetadata 404" in line for line in written), (
         written
     )
+
+
+class _Gated:
+    """Echoes each example; every call waits for ``gate`` first, and its size is recorded."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self.batches: list[int] = []
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        self.batches.append(len(batch))
+        self.started.set()
+        self.gate.wait(30)
+        return list(batch)
+
+
+def _bytes_input(value: str) -> list[Any]:
+    tensor = triton.InferInput("x", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([value.encode()], dtype=np.object_))
+    return [tensor]
+
+
+def _queued(url: str, model: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    found = re.search(rf'loadonce_queue_examples\{{model="{model}"\}} (\S+)', text)
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.mark.parametrize(("max_batch_size", "sent"), [(8, 6), (1, STREAM_WINDOW * 3)])
+def test_a_streams_requests_run_at_once_answered_in_order_within_a_window(
+    max_batch_size: int, sent: int
+) -> None:
+    """As Triton's stream handler, which issues each request as it is read: the requests of
+    one stream wait in the model's queue together (and share its calls), where they were
+    answered one at a time, never batched, one slow request holding all behind it. The
+    answers still come in the requests' order; at most STREAM_WINDOW are read ahead."""
+    model = _Gated()
+    port = free_port()
+    spec = loadonce.ModelSpec(
+        name="gated",
+        loader=lambda: model,
+        batching=loadonce.Batching(max_batch_size=max_batch_size),
+    )
+    app = loadonce.create_app([spec], wrap=grpc_lifespan(port=port))
+    done: queue.Queue[Any] = queue.Queue()
+    with ThreadedServer(app) as server, triton.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        client.start_stream(lambda result, error: done.put((result, error)))
+        try:
+            for index in range(sent):
+                client.async_stream_infer("gated", _bytes_input(str(index)), request_id=str(index))
+            assert model.started.wait(10)
+            waiting = min(sent - 1, STREAM_WINDOW - 1)  # the window's first is running
+            wait_until(lambda: _queued(server.url, "gated") >= waiting, 10, "requests queued")
+            time.sleep(0.2)
+            # Read ahead, but no further than the window.
+            assert _queued(server.url, "gated") == waiting
+        finally:
+            model.gate.set()
+        answers = [done.get(timeout=30) for _ in range(sent)]
+        client.stop_stream()
+    assert [error for _, error in answers] == [None] * sent
+    assert [result.get_response().id for result, _ in answers] == [str(i) for i in range(sent)]
+    outputs = [result.get_response().outputs[0].name for result, _ in answers]
+    assert [
+        result.as_numpy(name)[0] for (result, _), name in zip(answers, outputs, strict=True)
+    ] == [str(i).encode() for i in range(sent)]
+    if max_batch_size > 1:
+        assert model.batches == [1, sent - 1], "the stream's requests shared a call"
