@@ -155,6 +155,7 @@ def _failing_app() -> FastAPI:
         loadonce.ModelSpec(name="pair", loader=lambda: lambda b: b, input_shape=(2,)),
         loadonce.ModelSpec(name="slow", loader=lambda: _slow, timeout_s=0.05),
         loadonce.ModelSpec(name="broken", loader=lambda: _broken),
+        loadonce.ModelSpec(name="gone", loader=lambda: lambda b: b),
     ]
     app = FastAPI(lifespan=loadonce.lifespan(specs))
 
@@ -169,6 +170,9 @@ def _failing_app() -> FastAPI:
         text = await websocket.receive_text()
         if text == "raise":
             raise RuntimeError("a secret of the route's")
+        if text == "unload":  # as an operator does: it stays unloaded until loaded again
+            await model.unload(on_request=True)
+            text = "1"
         await websocket.send_text(str(await model.predict([float(text)])))
 
     loadonce.install_middleware(app)
@@ -187,6 +191,8 @@ def failing() -> Iterator[ThreadedServer]:
         ("pair", "1", 1008, "invalid inputs"),  # inputs that do not fit: HTTP's 400
         ("slow", "1", 1013, "deadline"),  # HTTP's 504: try again later
         ("broken", "1", 1011, "the model raised ZeroDivisionError"),
+        # HTTP's 503, but one no retry helps: never "try again later".
+        ("gone", "unload", 1011, "state: unloaded"),
         ("pair", "raise", 1011, "the server failed (RuntimeError)"),  # the route's own
     ],
 )

@@ -290,7 +290,8 @@ async def _close_websocket(websocket: WebSocket, exc: Exception, request_id: str
         return  # closed already: nothing more may be sent
     status, message = describe_error(exc, websocket.url.path, request_id)
     reason = close_reason(f"{message} (request id {request_id})")
-    await websocket.close(close_code(status), reason)
+    retry_helps = retry_advice(exc, status) != NEVER_RETRY
+    await websocket.close(close_code(status, retry_helps=retry_helps), reason)
 
 
 async def _app_handles(request: Request, exc: HTTPException) -> Response:

@@ -5,7 +5,8 @@ HTTP answer then (loadonce's answer to its own errors, a 503 for a full queue) w
 uvicorn ("Expected ASGI message 'websocket.send' or 'websocket.close'"), and the client's
 connection dropped without a close frame (1006), as it did for any other exception of the
 route. The connection is now closed with a code and the reason (RFC 6455): 1013 "try again
-later" where HTTP would say 503, 504 or 429; 1011 for a server error; 1008 for a request the
+later" where HTTP would say 503, 504 or 429 (unless it would say not to retry: 1011); 1011
+for a server error; 1008 for a request the
 server refuses. Before the handshake is answered, the HTTP answer is the denial response
 where the server can send one (ASGI's ``websocket.http.response``), else the handshake is
 closed (the server answers 403).
@@ -24,9 +25,11 @@ POLICY_VIOLATION = 1008
 _MOST_REASON_BYTES = 123
 
 
-def close_code(status: int) -> int:
-    """The close code that says what the HTTP ``status`` would."""
-    if status in (429, 503, 504):
+def close_code(status: int, *, retry_helps: bool = True) -> int:
+    """The close code that says what the HTTP ``status`` would. ``retry_helps``: False where
+    the answer tells the client not to retry (a model an operator unloaded): 1011, never
+    "try again later"."""
+    if status in (429, 503, 504) and retry_helps:
         return TRY_AGAIN_LATER
     return INTERNAL_ERROR if status >= 500 else POLICY_VIOLATION
 
