@@ -1267,3 +1267,35 @@ def test_a_streams_requests_run_at_once_answered_in_order_within_a_window(
     ] == [str(i).encode() for i in range(sent)]
     if max_batch_size > 1:
         assert model.batches == [1, sent - 1], "the stream's requests shared a call"
+
+
+@pytest.mark.parametrize("how", ["unary", "stream"])
+@pytest.mark.parametrize("compression", [None, "gzip", "deflate"])
+def test_a_message_over_max_body_bytes_is_resource_exhausted_compressed_or_not(
+    compression: str | None, how: str
+) -> None:
+    """gRPC's core refuses it (before loadonce reads it): compressed, as it inflates past the
+    limit (zeros: a few hundred bytes on the wire), as when it arrives whole."""
+    port = free_port()
+    zeros = triton.InferInput("INPUT0", [1, 8192], "FP32")
+    zeros.set_data_from_numpy(np.zeros((1, 8192), np.float32))
+    with (
+        _serve(port, limits=loadonce.Limits(max_body_bytes=4096)),
+        triton.InferenceServerClient(f"127.0.0.1:{port}") as client,
+    ):
+        if how == "unary":
+            code, message = _code(
+                lambda: client.infer("picky", [zeros], compression_algorithm=compression)
+            )
+        else:
+            done: queue.Queue[Any] = queue.Queue()
+            client.start_stream(
+                lambda result, error: done.put(error), compression_algorithm=compression
+            )
+            client.async_stream_infer("picky", [zeros])
+            error = done.get(timeout=10)
+            client.stop_stream()
+            code = getattr(grpc.StatusCode, error.status().removeprefix("StatusCode."))
+            message = error.message()
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED, message
+    assert "larger than max" in message
