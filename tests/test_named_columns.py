@@ -23,6 +23,7 @@ import skops.io
 import tritonclient.http as triton
 from fastapi.testclient import TestClient
 from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
@@ -676,3 +677,64 @@ def test_missing_values_reach_a_booster_through_a_passthrough_remainder(tmp_path
         refused = client.post("/models/linear/predict", json={"inputs": rows})
         assert refused.status_code == 400
         assert "'income'" in refused.json()["error"]
+
+
+def _none_learnt(imputer: Any) -> Pipeline:
+    """A text column with None at fit, one-hot encoded behind ``imputer`` (or none)."""
+    text = (
+        OneHotEncoder()
+        if imputer is None
+        else Pipeline([("fill", imputer), ("oh", OneHotEncoder())])
+    )
+    encode = ColumnTransformer([("n", "passthrough", ["size"]), ("t", text, ["shade"])])
+    return Pipeline([("encode", encode), ("classify", LogisticRegression())])
+
+
+@pytest.mark.parametrize(
+    "imputer",
+    [
+        None,  # None is a category of its own
+        SimpleImputer(strategy="most_frequent"),  # missing_values=NaN passes None on
+        SimpleImputer(missing_values=None, strategy="constant", fill_value="unknown"),
+    ],
+    ids=["category", "passed-on", "imputed"],
+)
+def test_a_null_reaches_a_column_that_learnt_none_as_none(tmp_path: Path, imputer: Any) -> None:
+    """A DataFrame built from records (or JSON) holds None for a missing text, and the model
+    learnt that None (an encoder's category, or what an imputer told missing_values=None
+    replaces). A request's null reached it as NaN: refused ("expected strings"), imputed
+    where the model had never imputed it (another answer), or a 500 on the imputer that
+    takes None only ("Input contains NaN"). It now reaches it as None: the model's answer."""
+    frame = pd.DataFrame(
+        {"size": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "shade": ["p", "q", None, "p", None, "q"]}
+    )
+    model = _none_learnt(imputer).fit(frame, [0, 1, 1, 0, 1, 0])
+    joblib.dump(model, tmp_path / "shades.joblib")
+    array_model = Pipeline([("oh", OneHotEncoder()), ("classify", LogisticRegression())])
+    array_model.fit(np.array([["p"], ["q"], [None], ["p"]], dtype=object), [0, 1, 1, 0])
+    joblib.dump(array_model, tmp_path / "rows.joblib")
+    specs = [
+        loadonce.ModelSpec(name=name, artifact=tmp_path / f"{name}.joblib", trust=True)
+        for name in ("shades", "rows")
+    ]
+    records = [{"size": 1.5, "shade": None}, {"size": 2.5, "shade": "q"}]
+    with TestClient(loadonce.create_app(specs)) as client:
+        body = {"inputs": records, "outputs": ["probabilities"]}
+        answer = client.post("/models/shades/predict", json=body)
+        assert answer.status_code == 200, answer.text
+        expected = model.predict_proba(pd.DataFrame(records)).tolist()
+        assert [o["probabilities"] for o in answer.json()["outputs"]] == expected
+        # An array model fitted on None alike.
+        body = {"inputs": [[None], ["q"]], "outputs": ["probabilities"]}
+        answer = client.post("/models/rows/predict", json=body)
+        assert answer.status_code == 200, answer.text
+        rows = np.array([[None], ["q"]], dtype=object)
+        expected = array_model.predict_proba(rows).tolist()
+        assert [o["probabilities"] for o in answer.json()["outputs"]] == expected
+        # A null where the model takes no missing value is still the client's mistake.
+        refused = client.post(
+            "/models/shades/predict", json={"inputs": [{"size": None, "shade": "p"}]}
+        )
+        assert refused.status_code == 400
+        assert "column 'size'" in refused.json()["error"]
+        assert "null" in refused.json()["error"]

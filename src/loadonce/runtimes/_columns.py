@@ -57,6 +57,9 @@ class Columns:
     # Columns an encoder fitted on Python objects reads (a DataFrame column of object
     # dtype): they reach it as objects, as at fit; NumPy's numbers were its 500.
     objects: frozenset[str] = frozenset()
+    # Columns where the model learnt None itself as a value (sklearn_encoders.ColumnKind): a
+    # null reaches it as None there, not as NaN.
+    learnt_none: frozenset[str] = frozenset()
 
     def request_inputs(self, examples: list[Any]) -> tuple[list[TensorInfo], list[Any]]:
         """The columns as this request's values type them, and the examples as the model
@@ -162,7 +165,7 @@ def columns_of(estimator: Any, names: list[str], declared: Mapping[str, Any]) ->
     without it, the one line names the extra to install."""
     pandas = import_optional("pandas", extra="pandas")
     _check_declared(declared, names)
-    derived, known, objects = _from_encoders(estimator, names)
+    derived, known, objects, learnt_none = _from_encoders(estimator, names)
     categorical, kinds = _booster_categories(estimator, names)
     for name, categories in categorical.items():
         if categories is None:  # XGBoost keeps them (and refuses an unseen one)
@@ -189,6 +192,7 @@ def columns_of(estimator: Any, names: list[str], declared: Mapping[str, Any]) ->
         categorical=categorical,
         assumed=assumed,
         objects=objects,
+        learnt_none=learnt_none,
     )
 
 
@@ -270,12 +274,14 @@ def _check_declared(declared: Mapping[str, Any], names: list[str]) -> None:
 
 def _from_encoders(
     estimator: Any, names: list[str]
-) -> tuple[dict[str, str], dict[str, frozenset[Any]], frozenset[str]]:
+) -> tuple[dict[str, str], dict[str, frozenset[Any]], frozenset[str], frozenset[str]]:
     """Dtypes and known values of the columns the model sends to an encoder or a text
-    vectorizer, however it nests them (sklearn_encoders.py), and those it takes as objects."""
+    vectorizer, however it nests them (sklearn_encoders.py), those it takes as objects, and
+    those where it learnt None as a value."""
     dtypes: dict[str, str] = {}
     known: dict[str, frozenset[Any]] = {}
     objects: set[str] = set()
+    learnt_none: set[str] = set()
     for position, kind in column_kinds(estimator, len(names)).items():
         if kind.dtype is not None:
             dtypes[names[position]] = kind.dtype
@@ -283,7 +289,9 @@ def _from_encoders(
             known[names[position]] = kind.known
         if kind.objects:
             objects.add(names[position])
-    return dtypes, known, frozenset(objects)
+        if kind.learnt_none:
+            learnt_none.add(names[position])
+    return dtypes, known, frozenset(objects), frozenset(learnt_none)
 
 
 def first_step(estimator: Any) -> Any:

@@ -10,6 +10,7 @@ from typing import Any
 
 from loadonce.core.errors import InvalidInputError
 from loadonce.core.imports import import_optional
+from loadonce.core.inputs import as_typed_batch
 from loadonce.core.integrity import file_sha256
 from loadonce.core.sparse import dense_if_sparse
 from loadonce.core.spec import ModelSpec
@@ -27,6 +28,7 @@ from loadonce.runtimes.sklearn_encoders import (
     check_known,
     column_kinds,
     is_passthrough,
+    nulls_as_none,
     refuse_missing,
 )
 from loadonce.runtimes.sklearn_forests import forest_in, runs_one_job, tree_by_tree_methods
@@ -59,6 +61,7 @@ class EstimatorPredictor(Predictor):
         columns: Columns | None = None,
         known_in_rows: Mapping[int, frozenset[Any]] | None = None,
         no_missing_in_rows: frozenset[int] = frozenset(),
+        none_in_rows: frozenset[int] = frozenset(),
         tree_by_tree: bool = True,
     ) -> None:
         # A forest's predictions, tree by tree without joblib's per-tree wrapper and whatever
@@ -87,6 +90,8 @@ class EstimatorPredictor(Predictor):
         self._known_in_rows = dict(known_in_rows or {})
         # The columns, by position in a row, where the model fails on a missing value.
         self._no_missing_in_rows = no_missing_in_rows
+        # The columns, by position in a row, where the model learnt None as a value.
+        self._none_in_rows = none_in_rows
         if columns is not None:
             self.inputs = list(columns.inputs)
         self._allows_nan = _allows_nan(estimator)
@@ -94,6 +99,13 @@ class EstimatorPredictor(Predictor):
         # ColumnTransformer), when not all do.
         self._nan_columns = frozenset() if self._allows_nan else nan_columns(estimator)
         self.missing_as_nan = self._allows_nan or bool(self._nan_columns)
+        # Nulls are read as missing values (NaN) where the model takes NaN, or learnt None
+        # somewhere (those become None again; a null anywhere else is still refused).
+        self._reads_nulls = (
+            self.missing_as_nan
+            or bool(none_in_rows)
+            or (columns is not None and bool(columns.learnt_none))
+        )
         self._float32 = _computes_in_float32(estimator)
         # scikit-learn hides a method an estimator cannot offer (available_if): SVC without
         # probability=True has no predict_proba here.
@@ -115,8 +127,25 @@ class EstimatorPredictor(Predictor):
 
         if self._columns is not None:
             return self._prepare_columns(examples, self._columns)
-        batch = super().prepare(examples)
+        batch = (
+            as_typed_batch(examples, self.signature, missing_as_nan=self._reads_nulls)
+            if self.signature is not None and self.signature.dtype is not None
+            else examples
+        )
         if isinstance(batch, np.ndarray) and batch.ndim == 2:
+            for position in self._none_in_rows:
+                batch[:, position] = nulls_as_none(batch[:, position])
+            if self._reads_nulls and not self.missing_as_nan and batch.dtype == object:
+                # Nulls were read only for the columns that learnt None: in any other text
+                # column, refused as before (a number's column: _refuse_missing_in_rows).
+                kinds = self.signature.columns if self.signature is not None else None
+                text = [
+                    position
+                    for position in range(batch.shape[1])
+                    if position not in self._none_in_rows
+                    and (kinds is None or kinds[position] == "string")
+                ]
+                refuse_missing(batch, text, type(self.estimator).__name__)
             refuse_missing(batch, self._no_missing_in_rows, type(self.estimator).__name__)
             for position, known in self._known_in_rows.items():
                 check_known(f"column {position}", batch[:, position].tolist(), known)
@@ -149,6 +178,8 @@ class EstimatorPredictor(Predictor):
         for position, dtype in enumerate(dtypes):
             if dtype is None or str(position) in self._nan_columns:
                 continue
+            if position in self._none_in_rows:
+                continue
             for value in batch[:, position].tolist():
                 if isinstance(value, float) and not math.isfinite(value):
                     raise InvalidInputError(
@@ -164,20 +195,22 @@ class EstimatorPredictor(Predictor):
             name = self.inputs[0].name
             examples = [e if isinstance(e, Mapping) else {name: e} for e in examples]
         typed, examples = columns.request_inputs(examples)
-        batch = stack_named_inputs(examples, typed, missing_as_nan=self.missing_as_nan)
+        batch = stack_named_inputs(examples, typed, missing_as_nan=self._reads_nulls)
+        for name in columns.learnt_none:
+            batch[name] = nulls_as_none(batch[name])
         if not self._allows_nan:
             for tensor in self.inputs:
-                if tensor.name in self._nan_columns:
+                if tensor.name in self._nan_columns or tensor.name in columns.learnt_none:
                     continue
                 values = batch[tensor.name]
                 if values.dtype.kind == "f" and not np.isfinite(values).all():
                     raise InvalidInputError(
                         f"column '{tensor.name}': {type(self.estimator).__name__} does not "
-                        "accept NaN or infinity; send finite numbers"
+                        "accept a missing value (null), NaN or infinity; send finite numbers"
                     )
                 # A null reaches a text column as NaN only when some column takes it (else it
                 # was refused as not text): only then is each value looked at.
-                nulls_made_nan = bool(self._nan_columns) and values.dtype.kind == "O"
+                nulls_made_nan = self._reads_nulls and values.dtype.kind == "O"
                 if nulls_made_nan and any(v is None or v != v for v in values):
                     raise InvalidInputError(
                         f"column '{tensor.name}': {type(self.estimator).__name__} does not "
@@ -527,6 +560,7 @@ class SklearnRuntime(Runtime):
             columns=columns,
             known_in_rows={p: k.known for p, k in kinds.items() if k.known is not None},
             no_missing_in_rows=frozenset(p for p, k in kinds.items() if not k.missing),
+            none_in_rows=frozenset(p for p, k in kinds.items() if k.learnt_none),
             tree_by_tree=tree_by_tree,
         )
         forest = forest_in(estimator)

@@ -21,6 +21,7 @@ be numbers".
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 # How many of a column's known values a refusal lists.
 _LISTED_VALUES = 10
+# A step without ``missing_values`` (not an imputer).
+_UNSET = object()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,12 +50,18 @@ class ColumnKind:
     ``isnan`` of object categories: the model's 500), so the column's values reach it as
     Python objects, as at fit.
     ``missing``: whether a missing value (null, NaN) may reach the model there at all (not in
-    CatBoost's categorical and text features, which fail on NaN: the model's 500)."""
+    CatBoost's categorical and text features, which fail on NaN: the model's 500).
+    ``learnt_none``: the model learnt None itself there, not NaN: an encoder holds None among
+    its categories (a DataFrame's text column with None in it at fit, which SimpleImputer's
+    default ``missing_values=np.nan`` passes on), or an imputer replaces None
+    (``missing_values=None``). A null reaches it as None, the value it learnt: as NaN it
+    was imputed, or an unknown category, and the answer was not the model's own for None."""
 
     dtype: str | None
     known: frozenset[Any] | None = None
     objects: bool = False
     missing: bool = True
+    learnt_none: bool = False
 
 
 def column_kinds(estimator: Any, width: int) -> dict[int, ColumnKind]:
@@ -60,7 +69,14 @@ def column_kinds(estimator: Any, width: int) -> dict[int, ColumnKind]:
     model's encoders (or text vectorizers) say; a column absent is one they do not read."""
     found: dict[int, ColumnKind] = {}
     _follow(estimator, list(range(width)), found)
-    return found
+    # Where the model learnt None, it takes None (an imputer's None is replaced before the
+    # encoder that knows only what it became: None was refused as an unknown value).
+    return {
+        position: dataclasses.replace(kind, known=kind.known | {None})
+        if kind.learnt_none and kind.known is not None
+        else kind
+        for position, kind in found.items()
+    }
 
 
 def refuse_missing(batch: npt.NDArray[Any], positions: Iterable[int], model: str) -> None:
@@ -72,6 +88,20 @@ def refuse_missing(batch: npt.NDArray[Any], positions: Iterable[int], model: str
                 f"column {position}: {model} takes text here, not a missing value (null or "
                 "NaN); send the text the model was trained with for missing ones"
             )
+
+
+def nulls_as_none(values: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """A column of objects with its missing values (a null read as NaN) as None, where the
+    model learnt None itself (``ColumnKind.learnt_none``); any other column as it is."""
+    import numpy as np
+
+    if values.dtype != object:
+        return values
+    changed = values.copy()
+    for index, value in enumerate(changed):
+        if isinstance(value, float | np.floating) and value != value:
+            changed[index] = None
+    return changed
 
 
 def check_known(column: str, values: Iterable[Any], known: frozenset[Any]) -> None:
@@ -189,8 +219,12 @@ def _follow(step: Any, positions: list[int], found: dict[int, ColumnKind]) -> No
         refuses_unknown = getattr(step, "handle_unknown", None) == "error"
         for position, values in zip(positions, categories, strict=True):
             known = frozenset(values.tolist()) if refuses_unknown else None
+            objects = values.dtype.kind == "O"
             kind = ColumnKind(
-                dtype=dtype_of_categories(values), known=known, objects=values.dtype.kind == "O"
+                dtype=dtype_of_categories(values),
+                known=known,
+                objects=objects,
+                learnt_none=objects and any(value is None for value in values.tolist()),
             )
             _record(found, position, kind)
         return
@@ -199,8 +233,9 @@ def _follow(step: Any, positions: list[int], found: dict[int, ColumnKind]) -> No
         return
     if getattr(getattr(step, "_fit_dtype", None), "kind", None) == "O":
         # An imputer fitted on objects (text): any value, unless an encoder after it says.
+        replaces_none = getattr(step, "missing_values", _UNSET) is None
         for position in positions:
-            found.setdefault(position, ColumnKind(dtype=None))
+            _record(found, position, ColumnKind(dtype=None, learnt_none=replaces_none))
 
 
 def _catboost_text_columns(step: Any, width: int) -> list[int] | None:
@@ -221,14 +256,23 @@ def _record(found: dict[int, ColumnKind], position: int, kind: ColumnKind) -> No
     first one's dtype and takes only the values every refusing encoder knows."""
     earlier = found.get(position)
     if earlier is None or earlier.dtype is None:
-        found[position] = kind
+        # An imputer's column (dtype None) takes the dtype of the encoder after it; None,
+        # learnt by either, still reaches the imputer first.
+        learnt_none = kind.learnt_none or (earlier is not None and earlier.learnt_none)
+        found[position] = dataclasses.replace(kind, learnt_none=learnt_none)
         return
     known = earlier.known
     if kind.known is not None:
         known = kind.known if earlier.known is None else earlier.known & kind.known
     objects = earlier.objects or kind.objects
     missing = earlier.missing and kind.missing
-    found[position] = ColumnKind(dtype=earlier.dtype, known=known, objects=objects, missing=missing)
+    found[position] = ColumnKind(
+        dtype=earlier.dtype,
+        known=known,
+        objects=objects,
+        missing=missing,
+        learnt_none=earlier.learnt_none or kind.learnt_none,
+    )
 
 
 def is_passthrough(step: Any) -> bool:
