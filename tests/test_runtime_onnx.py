@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -514,3 +515,87 @@ def test_an_optional_tensor_output_is_described_as_the_tensor_it_answers(tmp_pat
         infer = client.post("/v2/models/m/infer", json={"inputs": [tensor]})
         answered = [(o["name"], o["datatype"], o["shape"]) for o in infer.json()["outputs"]]
         assert answered == [(t["name"], t["datatype"], [1, 4]) for t in described]
+
+
+def _graph_with_an_optional_input() -> onnx.ModelProto:
+    """y = x + offset where the optional input offset is given, else y = x."""
+    row: list[str | int | None] = ["batch", 3]
+    tensor = helper.make_tensor_type_proto(TensorProto.FLOAT, row)
+    offset = helper.make_value_info("offset", helper.make_optional_type_proto(tensor))
+    given = helper.make_graph(
+        [
+            helper.make_node("OptionalGetElement", ["offset"], ["value"]),
+            helper.make_node("Add", ["x", "value"], ["sum"]),
+        ],
+        "given",
+        [],
+        [helper.make_tensor_value_info("sum", TensorProto.FLOAT, row)],
+    )
+    absent = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["same"])],
+        "absent",
+        [],
+        [helper.make_tensor_value_info("same", TensorProto.FLOAT, row)],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("OptionalHasElement", ["offset"], ["has"]),
+            helper.make_node("If", ["has"], ["y"], then_branch=given, else_branch=absent),
+        ],
+        "optional_input",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, row), offset],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, row)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.mark.parametrize("route", ["json", "v2"])
+def test_an_optional_input_may_be_left_out(tmp_path: Path, route: str) -> None:
+    """An optional(tensor) input was served as required: every request that left it out
+    (as the graph allows, and ONNX Runtime runs) was refused as missing it. Left out of a
+    request, the graph now runs without it; given, it is used; given by some examples of a
+    request only, it is a 400 naming it. Requests batched together that differ in it are run
+    each on its own (merged, the first request's inputs decided for all)."""
+    path = tmp_path / "optional_input.onnx"
+    onnx.save(_graph_with_an_optional_input(), path)
+    session = ort.InferenceSession(str(path))
+    x = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.float32)
+    offset = np.full((2, 3), 10, dtype=np.float32)
+    batching = loadonce.Batching(max_batch_size=8, max_wait_ms=200)
+    spec = loadonce.ModelSpec(name="opt", artifact=path, batching=batching)
+
+    def ask(client: TestClient, **inputs: np.ndarray) -> httpx.Response:
+        if route == "json":
+            rows = [{k: v[i].tolist() for k, v in inputs.items()} for i in range(len(x))]
+            return client.post("/models/opt/predict", json={"inputs": rows})
+        tensors = [
+            {"name": k, "datatype": "FP32", "shape": list(v.shape), "data": v.ravel().tolist()}
+            for k, v in inputs.items()
+        ]
+        return client.post("/v2/models/opt/infer", json={"inputs": tensors})
+
+    def answer(response: httpx.Response) -> Any:
+        assert response.status_code == 200, response.text
+        body = response.json()
+        if route == "json":
+            return body["outputs"]
+        [output] = body["outputs"]
+        return np.reshape(output["data"], output["shape"]).tolist()
+
+    with TestClient(loadonce.create_app([spec])) as client:
+        without = session.run(None, {"x": x})[0].tolist()
+        with_offset = session.run(None, {"x": x, "offset": offset})[0].tolist()
+        assert answer(ask(client, x=x)) == without
+        assert answer(ask(client, x=x, offset=offset)) == with_offset
+        if route == "json":
+            rows = [{"x": x[0].tolist(), "offset": offset[0].tolist()}, {"x": x[1].tolist()}]
+            refused = client.post("/models/opt/predict", json={"inputs": rows})
+            assert refused.status_code == 400
+            assert "offset" in refused.json()["error"]
+        # Concurrent requests, one with the optional input and one without, batched.
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(ask, client, x=x), pool.submit(ask, client, x=x, offset=offset)]
+            assert [answer(f.result()) for f in futures] == [without, with_offset]

@@ -62,9 +62,12 @@ class TensorInfo:
     ``shape`` includes the batch dimension first; ``None`` marks a variable dimension.
     ``also_takes``: dtypes an input takes besides ``dtype`` (a DataFrame column whose dtype
     the model did not record takes booleans as well as numbers).
+    ``optional``: an input the model runs without (an ONNX graph's ``optional(tensor)``
+    input): a request may leave it out, for all of its examples.
     """
 
     name: str
     dtype: str | None
     shape: tuple[int | None, ...] | None
     also_takes: tuple[str, ...] = ()
+    optional: bool = False

@@ -22,15 +22,22 @@ def example_signature(tensor: TensorInfo) -> InputSignature:
 def stack_named_inputs(
     examples: list[Any], tensors: Sequence[TensorInfo], *, missing_as_nan: bool = False
 ) -> dict[str, npt.NDArray[Any]]:
-    """Examples of a multi-input model are objects keyed by input name; stack each input."""
+    """Examples of a multi-input model are objects keyed by input name; stack each input.
+    An optional input (``TensorInfo.optional``) left out of every example is left out of the
+    batch (the model runs without it); given for some examples only, it is refused."""
     names = [t.name for t in tensors]
+    left_out = {
+        t.name
+        for t in tensors
+        if t.optional and not any(isinstance(e, Mapping) and t.name in e for e in examples)
+    }
     for index, example in enumerate(examples):
         if not isinstance(example, Mapping):
             raise InvalidInputError(
                 f"this model has several inputs ({', '.join(names)}): each example must be an "
                 f"object with one value per input; example {index} is not"
             )
-        missing = [n for n in names if n not in example]
+        missing = [n for n in names if n not in example and n not in left_out]
         extra = [k for k in example if k not in names]
         if missing or extra:
             raise InvalidInputError(
@@ -39,6 +46,7 @@ def stack_named_inputs(
                 + ("; " if missing and extra else "")
                 + (f"unknown input(s) {', '.join(map(str, extra))}" if extra else "")
                 + f"; the model's inputs are {', '.join(names)}"
+                + _optional_note(tensors, missing)
             )
     return {
         t.name: as_typed_batch(
@@ -48,7 +56,17 @@ def stack_named_inputs(
             missing_as_nan=missing_as_nan,
         )
         for t in tensors
+        if t.name not in left_out
     }
+
+
+def _optional_note(tensors: Sequence[TensorInfo], missing: list[str]) -> str:
+    optional = [t.name for t in tensors if t.optional and t.name in missing]
+    if not optional:
+        return ""
+    return (
+        f" ({', '.join(optional)} optional: give it for every example of the request, or for none)"
+    )
 
 
 def batch_rows(named: Sequence[tuple[str, Any]], count: int) -> list[tuple[Any, ...]]:

@@ -32,15 +32,18 @@ _ONNX_TYPES = {
 }
 
 
-def _tensor_info(node: Any) -> TensorInfo:
+def _tensor_info(node: Any, *, is_input: bool = False) -> TensorInfo:
     # A symbolic dimension ("batch") or an unknown one (None) is variable.
     shape = (
         None if node.shape is None else tuple(d if isinstance(d, int) else None for d in node.shape)
     )
     kind = str(node.type)
-    if kind.startswith("optional(tensor(") and kind.endswith(")"):
+    optional = kind.startswith("optional(tensor(") and kind.endswith(")")
+    if optional:
         # An optional tensor that the graph produced is that tensor: ONNX Runtime answers
-        # it as one (None only where the graph gave no value, said per call).
+        # it as one (None only where the graph gave no value, said per call). An optional
+        # input is that tensor too, which a request may leave out: the graph runs without
+        # it (it was required: a request that left it out was refused as missing it).
         kind = kind[len("optional(") : -1]
     dtype = _ONNX_TYPES.get(kind)
     if dtype is None and kind.startswith("seq(map("):
@@ -50,14 +53,14 @@ def _tensor_info(node: Any) -> TensorInfo:
         # has no such rule (its length is the graph's own, not the batch's): it stays
         # without a dtype, and is refused at load.
         dtype, shape = "object", None
-    return TensorInfo(name=node.name, dtype=dtype, shape=shape)
+    return TensorInfo(name=node.name, dtype=dtype, shape=shape, optional=optional and is_input)
 
 
 class OnnxPredictor(Predictor):
     def __init__(self, session: Any, *, output_names: Sequence[str] | None) -> None:
         self.session = session
         input_nodes = session.get_inputs()
-        inputs = [_tensor_info(node) for node in input_nodes]
+        inputs = [_tensor_info(node, is_input=True) for node in input_nodes]
         unfed = ", ".join(
             f"{t.name} ({node.type})"
             for node, t in zip(input_nodes, inputs, strict=True)
@@ -75,7 +78,7 @@ class OnnxPredictor(Predictor):
         self.scalar_inputs = frozenset(t.name for t in inputs if t.shape == ())
         # Described and read as any input: one value per example, the batch first.
         self.inputs = [
-            TensorInfo(name=t.name, dtype=t.dtype, shape=(None,))
+            TensorInfo(name=t.name, dtype=t.dtype, shape=(None,), optional=t.optional)
             if t.name in self.scalar_inputs
             else t
             for t in inputs
@@ -150,6 +153,13 @@ class OnnxPredictor(Predictor):
         if self.signature is not None:
             return {self.inputs[0].name: super().prepare(examples)}
         return stack_named_inputs(examples, self.inputs)
+
+    def combine(self, batches: list[Any]) -> Any:
+        # Requests that left out different optional inputs are not one batch: each is run
+        # on its own (the default merge took the first request's inputs for all of them).
+        if len({frozenset(batch) for batch in batches}) > 1:
+            raise ValueError("the requests give different optional inputs")
+        return super().combine(batches)
 
     def predict(self, batch: Any) -> Sequence[Any]:
         names = [t.name for t in self.outputs]

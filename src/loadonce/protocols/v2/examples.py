@@ -49,7 +49,9 @@ def examples_from_tensors(
         name: _text_rows(name, array) if name in text else list(array)
         for name, array in arrays.items()
     }
-    if len(columns) == 1:
+    if len(columns) == 1 and len(declared) <= 1:
+        # One input, the model's only one (a model of several, an optional one left out,
+        # takes objects keyed by input name).
         [rows] = columns.values()
         return rows
     return [{name: rows[i] for name, rows in columns.items()} for i in range(batch)]
@@ -77,13 +79,15 @@ def check_declared_inputs(
     if not declared:
         return
     names = [t.name for t in declared]
-    missing = [n for n in names if n not in shapes]
+    missing = [t.name for t in declared if t.name not in shapes and not t.optional]
     unknown = [n for n in shapes if n not in names]
     if missing or unknown:
         problems = [f"missing input '{n}'" for n in missing]
         problems += [f"unknown input '{n}'" for n in unknown]
         raise InvalidInputError(f"{'; '.join(problems)}; the model's inputs are {', '.join(names)}")
     for tensor in declared:
+        if tensor.name not in shapes:
+            continue  # an optional input, left out
         expected = datatype_of_declared(tensor.dtype)
         got = datatypes[tensor.name]
         if expected is not None and got != expected:
