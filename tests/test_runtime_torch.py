@@ -369,6 +369,50 @@ def test_a_module_of_several_inputs_fails_its_load_unless_exported(
     assert ".pt2" in message
 
 
+class DictInput(torch.nn.Module):
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return features["x"] * 2
+
+
+class TupleInput(torch.nn.Module):
+    def forward(self, pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return pair[0] + pair[1]
+
+
+class ListInput(torch.nn.Module):
+    def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        return parts[0]
+
+
+class CountInput(torch.nn.Module):
+    def forward(self, count: int) -> torch.Tensor:
+        return torch.ones(count)
+
+
+@pytest.mark.parametrize(
+    ("module", "described"),
+    [
+        (DictInput(), "features as Dict[str, Tensor]"),
+        (TupleInput(), "pair as Tuple[Tensor, Tensor]"),
+        (ListInput(), "parts as List[Tensor]"),
+        (CountInput(), "count as int"),
+    ],
+    ids=["dict", "tuple", "list", "int"],
+)
+def test_a_torchscript_input_that_is_not_a_tensor_fails_its_load(
+    tmp_path: Path, module: torch.nn.Module, described: str
+) -> None:
+    """loadonce calls a TorchScript module with one tensor: one whose forward takes a dict,
+    tuple or list of tensors (or a number) loaded, and every request was a 500 ("Expected a
+    value of type 'Dict[str, Tensor]'"). Its schema says so: the load fails, naming it."""
+    spec = loadonce.ModelSpec(name="other", artifact=_script(module, tmp_path / "other.pt"))
+    with pytest.raises(loadonce.ModelLoadError) as failed, TestClient(loadonce.create_app([spec])):
+        pass
+    message = str(failed.value)
+    assert f"its forward takes {described}, not a tensor" in message
+    assert ".pt2" in message
+
+
 def test_named_inputs_sent_to_a_model_of_one_input_are_said_so(torchscript: Path) -> None:
     spec = loadonce.ModelSpec(name="mlp", artifact=torchscript)
     with TestClient(loadonce.create_app([spec])) as client:

@@ -286,6 +286,7 @@ class TorchRuntime(Runtime):
         else:
             module = _load_torchscript(torch, spec, device).eval()
             _refuse_several_inputs(_script_required_inputs(module))
+            _refuse_an_input_not_a_tensor(module)
         predictor = TorchPredictor(
             module,
             device=device,
@@ -327,6 +328,25 @@ def _script_required_inputs(module: Any) -> list[str]:
     if schema is None:
         return []
     return [a.name for a in schema.arguments[1:] if not a.has_default_value()]
+
+
+def _refuse_an_input_not_a_tensor(module: Any) -> None:
+    """A TorchScript ``forward`` whose input is a dict, tuple or list of tensors (or a
+    number, a string) loaded, and every request failed inside it (a 500: "Expected a value
+    of type 'Dict[str, Tensor]'"): loadonce calls it with one tensor, the batch. Its schema
+    records the type, so the load says so."""
+    schema = getattr(getattr(module, "forward", None), "schema", None)
+    arguments = [] if schema is None else schema.arguments[1:]
+    if not arguments:
+        return
+    first = arguments[0]
+    kind = str(first.type)
+    if kind not in ("Tensor", "Optional[Tensor]"):
+        raise ValueError(
+            f"its forward takes {first.name} as {kind}, not a tensor; a TorchScript module is "
+            "called with one tensor, the batch: export it with torch.export and save it as "
+            ".pt2, whose dict, tuple and list inputs are served as named inputs"
+        )
 
 
 def _refuse_several_inputs(required: list[str]) -> None:
