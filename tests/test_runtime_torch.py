@@ -389,23 +389,33 @@ class CountInput(torch.nn.Module):
         return torch.ones(count)
 
 
+@pytest.mark.parametrize("kind", ["torchscript", "state dict"])
 @pytest.mark.parametrize(
-    ("module", "described"),
+    ("module", "script", "annotated"),
     [
-        (DictInput(), "features as Dict[str, Tensor]"),
-        (TupleInput(), "pair as Tuple[Tensor, Tensor]"),
-        (ListInput(), "parts as List[Tensor]"),
-        (CountInput(), "count as int"),
+        (DictInput, "features as Dict[str, Tensor]", "features as dict[str, Tensor]"),
+        (TupleInput, "pair as Tuple[Tensor, Tensor]", "pair as tuple[Tensor, Tensor]"),
+        (ListInput, "parts as List[Tensor]", "parts as list[Tensor]"),
+        (CountInput, "count as int", "count as int"),
     ],
     ids=["dict", "tuple", "list", "int"],
 )
-def test_a_torchscript_input_that_is_not_a_tensor_fails_its_load(
-    tmp_path: Path, module: torch.nn.Module, described: str
+def test_an_input_that_is_not_a_tensor_fails_its_load(
+    tmp_path: Path, kind: str, module: type[torch.nn.Module], script: str, annotated: str
 ) -> None:
-    """loadonce calls a TorchScript module with one tensor: one whose forward takes a dict,
-    tuple or list of tensors (or a number) loaded, and every request was a 500 ("Expected a
-    value of type 'Dict[str, Tensor]'"). Its schema says so: the load fails, naming it."""
-    spec = loadonce.ModelSpec(name="other", artifact=_script(module, tmp_path / "other.pt"))
+    """loadonce calls a TorchScript or state-dict module with one tensor: one whose forward
+    takes a dict, tuple or list of tensors (or a number) loaded, and every request was a 500
+    ("Expected a value of type 'Dict[str, Tensor]'"). Its schema, or its forward's
+    annotation, says so: the load fails, naming it."""
+    if kind == "torchscript":
+        spec = loadonce.ModelSpec(name="other", artifact=_script(module(), tmp_path / "o.pt"))
+        described = script
+    else:
+        path = tmp_path / "other.safetensors"
+        save_file({}, str(path))  # the modules hold no weights
+        factory = {"factory": f"tests.test_runtime_torch:{module.__name__}"}
+        spec = loadonce.ModelSpec(name="other", artifact=path, options=factory)
+        described = annotated
     with pytest.raises(loadonce.ModelLoadError) as failed, TestClient(loadonce.create_app([spec])):
         pass
     message = str(failed.value)

@@ -283,6 +283,7 @@ class TorchRuntime(Runtime):
             module, shared = _load_state_dict_module(torch, spec, device)
             module.eval()
             _refuse_several_inputs(_required_inputs(module.forward))
+            _refuse_an_annotated_input_not_a_tensor(torch, module.forward)
         else:
             module = _load_torchscript(torch, spec, device).eval()
             _refuse_several_inputs(_script_required_inputs(module))
@@ -347,6 +348,45 @@ def _refuse_an_input_not_a_tensor(module: Any) -> None:
             "called with one tensor, the batch: export it with torch.export and save it as "
             ".pt2, whose dict, tuple and list inputs are served as named inputs"
         )
+
+
+def _refuse_an_annotated_input_not_a_tensor(torch: Any, forward: Any) -> None:
+    """As ``_refuse_an_input_not_a_tensor``, for a factory's module, whose ``forward`` says
+    its input's type where it is annotated (a dict, tuple or list of tensors: every request
+    was a 500)."""
+    import inspect
+    import typing
+    from types import UnionType
+
+    parameters = list(inspect.signature(forward).parameters.values())
+    if not parameters:
+        return
+    try:
+        hints = typing.get_type_hints(forward)
+    except Exception:  # an annotation that does not resolve: nothing is known
+        return
+    first = parameters[0]
+    hint = hints.get(first.name)
+    if hint is None:
+        return
+    # A tensor (a subclass too), an optional one, or anything: called with the batch.
+    kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, UnionType) else ()
+    if (
+        hint is typing.Any
+        or _is_tensor(torch, hint)
+        or (kinds and all(kind is type(None) or _is_tensor(torch, kind) for kind in kinds))
+    ):
+        return
+    name = str(hint) if typing.get_origin(hint) else getattr(hint, "__name__", str(hint))
+    raise ValueError(
+        f"its forward takes {first.name} as {name.replace('torch.', '')}, not a tensor; a "
+        "state-dict module is called with one tensor, the batch: export it with torch.export "
+        "and save it as .pt2, whose dict, tuple and list inputs are served as named inputs"
+    )
+
+
+def _is_tensor(torch: Any, hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, torch.Tensor)
 
 
 def _refuse_several_inputs(required: list[str]) -> None:
