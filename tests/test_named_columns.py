@@ -22,11 +22,17 @@ import pytest
 import skops.io
 import tritonclient.http as triton
 from fastapi.testclient import TestClient
+from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import (
+    OneHotEncoder,
+    OrdinalEncoder,
+    StandardScaler,
+    TargetEncoder,
+)
 
 import loadonce
 from tests.servers import ThreadedServer, serving
@@ -738,3 +744,72 @@ def test_a_null_reaches_a_column_that_learnt_none_as_none(tmp_path: Path, impute
         assert refused.status_code == 400
         assert "column 'size'" in refused.json()["error"]
         assert "null" in refused.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("encoder", "fitted_with_nan"),
+    [
+        (TargetEncoder(), False),
+        (OneHotEncoder(handle_unknown="ignore"), False),
+        (OneHotEncoder(), True),
+        (OrdinalEncoder(encoded_missing_value=-1), True),
+        (OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1), False),
+    ],
+    ids=["target", "one-hot-ignoring", "one-hot-of-nan", "ordinal-of-nan", "ordinal-unknown"],
+)
+def test_a_null_reaches_an_encoder_that_turns_it_into_numbers(
+    tmp_path: Path, encoder: Any, fitted_with_nan: bool
+) -> None:
+    """An encoder that gives a missing value numbers of its own (a TargetEncoder's mean, a
+    one-hot row of zeros or of its NaN category, an ordinal code) takes care of it: the
+    model answers a DataFrame with NaN there, though a linear model follows. A request's null
+    in such a text column was a 400 ("expected strings"), in a named column or a row."""
+    shades: list[Any] = ["p", "q", "p", "q"] * 5
+    if fitted_with_nan:
+        shades[2] = np.nan
+    frame = pd.DataFrame({"size": np.arange(20.0), "shade": shades})
+    target = [0, 1, 0, 1, 1, 0, 1, 0, 0, 1] * 2  # ten of each: TargetEncoder's five folds
+    encode = ColumnTransformer([("n", "passthrough", ["size"]), ("t", encoder, ["shade"])])
+    model = Pipeline([("encode", encode), ("classify", LogisticRegression())]).fit(frame, target)
+    joblib.dump(model, tmp_path / "shades.joblib")
+    rows_model = Pipeline([("encode", clone(encoder)), ("classify", LogisticRegression())])
+    rows_model.fit(frame[["shade"]].to_numpy(), target)
+    joblib.dump(rows_model, tmp_path / "rows.joblib")
+    specs = [
+        loadonce.ModelSpec(name=name, artifact=tmp_path / f"{name}.joblib", trust=True)
+        for name in ("shades", "rows")
+    ]
+    records = [{"size": 1.5, "shade": None}, {"size": 2.5, "shade": "q"}]
+    missing = pd.DataFrame({"size": [1.5, 2.5], "shade": [np.nan, "q"]})
+    with TestClient(loadonce.create_app(specs)) as client:
+        body = {"inputs": records, "outputs": ["probabilities"]}
+        answer = client.post("/models/shades/predict", json=body)
+        assert answer.status_code == 200, answer.text
+        expected = model.predict_proba(missing).tolist()
+        assert [o["probabilities"] for o in answer.json()["outputs"]] == expected
+        body = {"inputs": [[None], ["q"]], "outputs": ["probabilities"]}
+        answer = client.post("/models/rows/predict", json=body)
+        assert answer.status_code == 200, answer.text
+        expected = rows_model.predict_proba(missing[["shade"]].to_numpy()).tolist()
+        assert [o["probabilities"] for o in answer.json()["outputs"]] == expected
+        # The number column still takes no missing value: nothing takes care of it.
+        refused = client.post(
+            "/models/shades/predict", json={"inputs": [{"size": None, "shade": "p"}]}
+        )
+        assert refused.status_code == 400
+        assert "column 'size'" in refused.json()["error"]
+
+
+def test_an_encoder_that_refuses_unknown_values_leaves_a_null_refused(tmp_path: Path) -> None:
+    """A OneHotEncoder that never saw a missing value and refuses unknown ones fails on NaN:
+    a null there stays the client's 400, not the model's 500."""
+    frame = pd.DataFrame({"size": np.arange(4.0), "shade": ["p", "q", "q", "p"]})
+    encode = ColumnTransformer([("n", "passthrough", ["size"]), ("t", OneHotEncoder(), ["shade"])])
+    model = Pipeline([("encode", encode), ("classify", LogisticRegression())])
+    joblib.dump(model.fit(frame, [0, 1, 1, 0]), tmp_path / "coded.joblib")
+    spec = loadonce.ModelSpec(name="coded", artifact=tmp_path / "coded.joblib", trust=True)
+    with TestClient(loadonce.create_app([spec])) as client:
+        body = {"inputs": [{"size": 1.0, "shade": None}]}
+        refused = client.post("/models/coded/predict", json=body)
+        assert refused.status_code == 400
+        assert "'shade'" in refused.json()["error"]

@@ -27,6 +27,7 @@ from loadonce.runtimes.sklearn_encoders import (
     ColumnKind,
     check_known,
     column_kinds,
+    encodes_missing,
     is_passthrough,
     nulls_as_none,
     refuse_missing,
@@ -367,6 +368,8 @@ def _handles_missing(steps: list[Any]) -> bool:
             continue
         if type(step).__module__.startswith("sklearn.impute"):
             return True  # SimpleImputer, KNNImputer, IterativeImputer, MissingIndicator
+        if encodes_missing(step):
+            return True  # an encoder that turns it into numbers itself
         transformers = getattr(step, "transformers_", None)
         if isinstance(transformers, list):
             rest = steps[index + 1 :]

@@ -275,6 +275,46 @@ def _record(found: dict[int, ColumnKind], position: int, kind: ColumnKind) -> No
     )
 
 
+def encodes_missing(step: Any) -> bool:
+    """Whether a fitted encoder turns a missing value (NaN) of every column it reads into
+    numbers itself, so nothing after it sees one: a TargetEncoder (an unknown category's
+    target mean), a OneHotEncoder whose categories hold NaN or that ignores unknown ones (a
+    row of zeros), an OrdinalEncoder that gives NaN (as a learnt category, or as an unknown
+    one) a number. Its null was refused as not text, though the model answers it."""
+    import numpy as np
+
+    kind = type(step)
+    if not kind.__module__.startswith("sklearn.preprocessing"):
+        return False
+    if kind.__name__ == "TargetEncoder":
+        return True
+    categories = getattr(step, "categories_", None)
+    if not isinstance(categories, list) or not categories:
+        return False
+    learnt = all(_holds_nan(values) for values in categories)
+    if kind.__name__ == "OneHotEncoder":
+        return learnt or getattr(step, "handle_unknown", "error") != "error"
+    if kind.__name__ == "OrdinalEncoder":
+        if learnt:
+            return _is_number(getattr(step, "encoded_missing_value", np.nan))
+        unseen = not any(_holds_nan(values) for values in categories)
+        return (
+            unseen
+            and getattr(step, "handle_unknown", "error") == "use_encoded_value"
+            and _is_number(getattr(step, "unknown_value", None))
+        )
+    return False
+
+
+def _holds_nan(values: Any) -> bool:
+    return any(isinstance(v, float) and v != v for v in getattr(values, "tolist", list)())
+
+
+def _is_number(value: Any) -> bool:
+    """A number that is not NaN (an encoder's stand-in for a missing or unknown value)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+
+
 def is_passthrough(step: Any) -> bool:
     """Whether a step hands its input on unchanged: "passthrough" (or None) as written, and
     as recent scikit-learn keeps a ColumnTransformer's ``remainder="passthrough"`` once
