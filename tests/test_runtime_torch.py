@@ -302,6 +302,87 @@ def test_a_two_input_exported_program_takes_named_inputs_on_both_protocols(tmp_p
         assert "missing input(s) y" in missing.json()["error"]
 
 
+class DictOfTensors(torch.nn.Module):
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return features["a"] * 2 + features["b"].float().sum(-1, keepdim=True)
+
+
+class TupleOfTensors(torch.nn.Module):
+    def forward(self, pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return pair[0] - pair[1]
+
+
+class KeywordTensor(torch.nn.Module):
+    def forward(self, x: torch.Tensor, *, mask: torch.Tensor) -> torch.Tensor:
+        return x * mask.float()
+
+
+def _nested_program(kind: str) -> tuple[Any, tuple[Any, ...], dict[str, Any], dict[str, Any]]:
+    """A program exported with nested or keyword inputs; the module, the example call's
+    arguments and keyword arguments, and the named inputs of two examples."""
+    batch = torch.export.Dim("batch")
+    a, b = torch.randn(2, 3), torch.tensor([[1, 2], [3, 4]])
+    if kind == "dict":
+        args: tuple[Any, ...] = ({"a": a, "b": b},)
+        program = torch.export.export(
+            DictOfTensors(), args, dynamic_shapes=({"a": {0: batch}, "b": {0: batch}},)
+        )
+        return program, args, {}, {"features_a": a, "features_b": b}
+    if kind == "tuple":
+        args = ((a, a * 3),)
+        program = torch.export.export(
+            TupleOfTensors(), args, dynamic_shapes=(({0: batch}, {0: batch}),)
+        )
+        return program, args, {}, {"pair_0": a, "pair_1": a * 3}
+    mask = torch.tensor([[True, False, True], [False, True, True]])
+    program = torch.export.export(
+        KeywordTensor(),
+        (a,),
+        kwargs={"mask": mask},
+        dynamic_shapes={"x": {0: batch}, "mask": {0: batch}},
+    )
+    return program, (a,), {"mask": mask}, {"x": a, "mask": mask}
+
+
+@pytest.mark.parametrize("kind", ["dict", "tuple", "keyword"])
+def test_a_program_exported_with_nested_or_keyword_inputs_answers(
+    tmp_path: Path, kind: str
+) -> None:
+    """A program exported with a dict or tuple of tensors, or a keyword argument, lists one
+    named input per tensor (features_a, pair_0, mask), and loaded; but it was called with
+    one positional tensor per input, and every request failed inside it (a 500: "Trying to
+    flatten user inputs with exported input tree spec"). It is now called as it was
+    exported, and answers as the program does, on both protocols and batched."""
+    program, args, kwargs, named = _nested_program(kind)
+    path = tmp_path / f"{kind}.pt2"
+    torch.export.save(program, path)
+    with torch.inference_mode():
+        expected = program.module()(*args, **kwargs).numpy()
+    batching = loadonce.Batching(max_batch_size=8, max_wait_ms=50)
+    spec = loadonce.ModelSpec(name="nested", artifact=path, batching=batching)
+    with TestClient(loadonce.create_app([spec])) as client:
+        inputs = client.get("/models/nested").json()["inputs"]
+        assert [i["name"] for i in inputs] == list(named)
+        examples = [{name: value[i].tolist() for name, value in named.items()} for i in range(2)]
+        answer = client.post("/models/nested/predict", json={"inputs": examples})
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(answer.json()["outputs"], expected, rtol=1e-6)
+        datatypes = {torch.float32: "FP32", torch.int64: "INT64", torch.bool: "BOOL"}
+        tensors = [
+            {
+                "name": name,
+                "shape": list(value.shape),
+                "datatype": datatypes[value.dtype],
+                "data": value.ravel().tolist(),
+            }
+            for name, value in named.items()
+        ]
+        infer = client.post("/v2/models/nested/infer", json={"inputs": tensors})
+        assert infer.status_code == 200, infer.text
+        [output] = infer.json()["outputs"]
+        np.testing.assert_allclose(np.reshape(output["data"], output["shape"]), expected, rtol=1e-6)
+
+
 def test_a_program_exported_with_a_fixed_batch_answers_any_number_of_examples(
     tmp_path: Path,
 ) -> None:

@@ -53,8 +53,14 @@ class TorchPredictor(Predictor):
         fixed_batch: int | None = None,
         casts: Sequence[Any] = (),
         scalar_inputs: frozenset[int] = frozenset(),
+        nested_inputs: Any = None,
     ) -> None:
         self.module = module
+        # A program's inputs as it was called when exported (torch's pytree TreeSpec), where
+        # that was not one positional tensor per input: a dict or tuple of tensors, keyword
+        # arguments. Called with one tensor per input, such a program failed every request
+        # (a 500: "Trying to flatten user inputs with exported input tree spec").
+        self.nested_inputs = nested_inputs
         # The torch dtype of each input the program records, which the values read (in the
         # served NumPy dtype) are cast to: a bfloat16 input is read as float32.
         self.casts = list(casts)
@@ -125,11 +131,19 @@ class TorchPredictor(Predictor):
                 taken = min(size, count - start)
                 if taken < size:  # padded with zeros to the exported batch size
                     chunk = [_padded(torch, tensor, size) for tensor in chunk]
-                result = self.module(*[tensor.to(self.device) for tensor in chunk])
+                result = self._call([tensor.to(self.device) for tensor in chunk])
                 if batchless:
                     result = _one_example(result)
                 outputs += _split(result, size)[:taken]
         return outputs
+
+    def _call(self, tensors: list[Any]) -> Any:
+        if self.nested_inputs is None:
+            return self.module(*tensors)
+        from torch.utils._pytree import tree_unflatten
+
+        args, kwargs = tree_unflatten(tensors, self.nested_inputs)
+        return self.module(*args, **kwargs)
 
 
 # Floating-point dtypes NumPy has: any other (bfloat16, the float8 types) is served as
@@ -255,6 +269,7 @@ class TorchRuntime(Runtime):
         across_rows = False  # an output computed over the batch (a program's scalar)
         input_shape, input_dtype = spec.input_shape, spec.options.get("input_dtype")
         casts: list[Any] = []
+        nested_inputs: Any = None
         if suffix in EXPORTED_SUFFIXES:
             program = _load_exported(torch, spec)
             # An exported program records its inputs' shapes and dtypes: they check requests.
@@ -277,6 +292,7 @@ class TorchRuntime(Runtime):
             outputs = _exported_outputs(program, batchless=len(scalar_inputs) == len(recorded) > 0)
             # One example per call with scalar inputs: its scalars are its own.
             across_rows = not scalar_inputs and _returns_a_scalar(program)
+            nested_inputs = _nested_inputs(program, len(recorded))
             # Exported programs fix train/eval mode at export time; .eval() is not supported.
             module = program.module().to(device)
         elif suffix in SAFETENSORS_SUFFIXES:
@@ -297,6 +313,7 @@ class TorchRuntime(Runtime):
             fixed_batch=fixed_batch,
             casts=casts,
             scalar_inputs=scalar_inputs,
+            nested_inputs=nested_inputs,
         )
         predictor.shares_weights = shared
         predictor.outputs = outputs
@@ -470,6 +487,21 @@ def _returns_a_scalar(program: Any) -> bool:
     """Whether an output is a scalar: computed over the whole batch (a sum), so batched
     requests would see each other's rows in it."""
     return any(getattr(value, "ndim", None) == 0 for value in _output_values(program))
+
+
+def _nested_inputs(program: Any, count: int) -> Any:
+    """How the program was called when exported (its pytree spec of ``(args, kwargs)``),
+    where that was not ``count`` positional tensors and its leaves are the ``count`` inputs
+    served (a dict, tuple or list of tensors, keyword arguments); None for a plain call."""
+    from torch.utils._pytree import tree_flatten
+
+    spec = getattr(getattr(program, "call_spec", None), "in_spec", None)
+    if spec is None:
+        return None
+    plain = tree_flatten((tuple(range(count)), {}))[1]
+    if spec == plain or spec.num_leaves != count:
+        return None
+    return spec
 
 
 def _batch_first(shape: Any) -> tuple[int | None, ...]:
