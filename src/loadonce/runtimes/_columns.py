@@ -166,10 +166,12 @@ def columns_of(estimator: Any, names: list[str], declared: Mapping[str, Any]) ->
     pandas = import_optional("pandas", extra="pandas")
     _check_declared(declared, names)
     derived, known, objects, learnt_none = _from_encoders(estimator, names)
-    categorical, kinds = _booster_categories(estimator, names)
+    categorical, kinds, texts = _booster_categories(estimator, names)
     for name, categories in categorical.items():
-        if categories is None:  # XGBoost keeps them (and refuses an unseen one)
+        if categories is None:  # XGBoost keeps them (and refuses an unseen text)
             derived[name] = kinds.get(name, "string")
+            if name in texts:
+                known[name] = texts[name]
         else:
             derived[name] = dtype_of_categories(_as_array(categories)) or "string"
             known[name] = frozenset(categories)
@@ -198,12 +200,13 @@ def columns_of(estimator: Any, names: list[str], declared: Mapping[str, Any]) ->
 
 def _booster_categories(
     estimator: Any, names: list[str]
-) -> tuple[dict[str, Sequence[Any] | None], dict[str, str]]:
+) -> tuple[dict[str, Sequence[Any] | None], dict[str, str], dict[str, frozenset[str]]]:
     """The columns a LightGBM or XGBoost estimator was fitted on as pandas categories: it
     takes them as categories again, never as numbers or text (every request was its 500).
     LightGBM keeps each one's categories (``pandas_categorical``, in column order) and reads
     a category's code; XGBoost marks them ``c`` and re-codes the values itself (their type,
-    text or numbers, read from its model: the second mapping)."""
+    text or numbers, read from its model: the second mapping), failing on a text it never
+    saw (its 500, "Found a category not in the training set"): its texts, the third."""
     booster: Any = getattr(estimator, "booster_", None)
     kept = getattr(booster, "pandas_categorical", None)
     if kept and hasattr(booster, "dump_model"):
@@ -212,8 +215,8 @@ def _booster_categories(
         columns = [name for name in names if infos.get(name, {}).get("values")]
         if len(columns) == len(kept):
             pairs = zip(columns, kept, strict=True)
-            return {name: list(categories) for name, categories in pairs}, {}
-        return {}, {}
+            return {name: list(categories) for name, categories in pairs}, {}, {}
+        return {}, {}, {}
     get_booster = getattr(estimator, "get_booster", None)
     if callable(get_booster):
         xgboost_booster = get_booster()
@@ -221,34 +224,53 @@ def _booster_categories(
         if len(types) == len(names):
             found = [index for index, kind in enumerate(types) if kind == "c"]
             # Its JSON dump holds every tree: read only where there are categories to type.
-            kinds = _xgboost_category_kinds(xgboost_booster) if found else {}
+            kinds, texts = _xgboost_categories(xgboost_booster) if found else ({}, {})
             return (
                 {names[index]: None for index in found},
                 {names[index]: kinds[index] for index in found if index in kinds},
+                {names[index]: texts[index] for index in found if index in texts},
             )
-    return {}, {}
+    return {}, {}, {}
 
 
-def _xgboost_category_kinds(booster: Any) -> dict[int, str]:
+def _xgboost_categories(booster: Any) -> tuple[dict[int, str], dict[int, frozenset[str]]]:
     """Each categorical feature's type, text or numbers, by index, as XGBoost's model (JSON)
-    records its categories; {} when the model does not say (an older XGBoost)."""
+    records its categories, and a text feature's categories; nothing when the model does not
+    say (an older XGBoost). (An unseen number is not refused: it reads as no category.)"""
     import json
 
     try:
         model = json.loads(booster.save_raw("json"))["learner"]["gradient_booster"]
         encoded = (model.get("model") or model["gbtree"]["model"])["cats"]["enc"]
     except (KeyError, TypeError, ValueError):
-        return {}
+        return {}, {}
     kinds: dict[int, str] = {}
+    texts: dict[int, frozenset[str]] = {}
     for index, entry in enumerate(encoded):
         values = entry.get("values") if isinstance(entry, dict) else None
         if not values:
             continue
         if "offsets" in entry:  # text: UTF-8 bytes, cut at the offsets
             kinds[index] = "string"
+            found = _texts_at(values, entry["offsets"])
+            if found is not None:
+                texts[index] = found
         else:
             kinds[index] = "int64" if all(isinstance(v, int) for v in values) else "float64"
-    return kinds
+    return kinds, texts
+
+
+def _texts_at(values: Any, offsets: Any) -> frozenset[str] | None:
+    """The texts of XGBoost's encoding: the bytes ``values`` cut at ``offsets`` (each text's
+    start, then the end); None where they do not read so."""
+    try:
+        data = bytes(values)
+        ends = [*offsets[1:], len(data)] if offsets and offsets[-1] != len(data) else offsets[1:]
+        return frozenset(
+            data[start:end].decode() for start, end in zip(offsets, ends, strict=False)
+        )
+    except (TypeError, ValueError):
+        return None
 
 
 def _as_array(values: Sequence[Any]) -> npt.NDArray[Any]:
