@@ -266,6 +266,55 @@ def test_raw_and_typed_mismatches(grpc_url: str) -> None:
         assert ("x-request-id", "mine-2") in call.trailing_metadata()
 
 
+def _with_an_empty_parameter(place: str) -> Any:
+    request = message_class("inference.ModelInferRequest")(model_name="echo")
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=[1])
+    tensor.contents.fp32_contents.append(1.0)
+    if place == "request":
+        request.parameters["x"].SetInParent()
+    elif place == "input":
+        tensor.parameters["x"].SetInParent()
+    else:
+        request.outputs.add(name="output").parameters["x"].SetInParent()
+    return request
+
+
+@pytest.mark.parametrize(
+    ("place", "field"),
+    [
+        ("request", "parameters['x']"),
+        ("input", "inputs['x'].parameters['x']"),
+        ("output", "outputs['output'].parameters['x']"),
+    ],
+)
+def test_a_parameter_with_no_value_is_refused(grpc_url: str, place: str, field: str) -> None:
+    """An InferParameter none of whose oneof is set (REST's null, refused there) was dropped
+    unsaid: a client's flag or timeout silently did nothing."""
+    with pytest.raises(grpc.RpcError) as raised:
+        _model_infer(grpc_url, _with_an_empty_parameter(place))
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    details = raised.value.details()
+    assert f"{field}: holds no value: set one of bool_param, int64_param" in details
+
+
+def test_a_repository_parameter_with_no_value_is_refused(grpc_url: str) -> None:
+    """(A load, not an unload: were it taken, the model would only load again.)"""
+    request_class = message_class("inference.RepositoryModelLoadRequest")
+    response_class = message_class("inference.RepositoryModelLoadResponse")
+    request = request_class(model_name="echo")
+    request.parameters["config"].SetInParent()
+    with grpc.insecure_channel(grpc_url) as channel:
+        load = channel.unary_unary(
+            "/inference.GRPCInferenceService/RepositoryModelLoad",
+            request_serializer=request_class.SerializeToString,
+            response_deserializer=response_class.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as raised:
+            load(request)
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "parameters['config']: holds no value: set one of" in raised.value.details()
+
+
 # Each typed field with the extremes of its datatype, and values of several magnitudes
 # together (NumPy read a uint64 field holding 1 and 2**64 - 1 as floats: 2**64 - 1 came back 0).
 _EXTREMES = [

@@ -117,6 +117,48 @@ def test_known_members_of_the_wrong_type_are_still_refused(
     assert "extra" not in message.lower()
 
 
+# --- a parameter's value is a string, a number or a boolean ------------------------------------
+
+_NOT_SCALARS = [({"nested": 1}, "an object"), ([1], "an array"), (None, "null")]
+# Every parameters map a client sends, with one entry of the value given.
+_PARAMETER_PLACES = [
+    (INFER, lambda v: _infer_body(parameters={"x": v}), "body.parameters.x"),
+    (INFER, lambda v: _infer_body(tensor={"parameters": {"x": v}}), "body.inputs.0.parameters.x"),
+    (
+        INFER,
+        lambda v: _infer_body(outputs=[{"name": "output", "parameters": {"x": v}}]),
+        "body.outputs.0.parameters.x",
+    ),
+    ("/v2/repository/models/unwarmed/load", lambda v: {"parameters": {"x": v}}, "parameters.x"),
+    ("/v2/repository/models/unwarmed/unload", lambda v: {"parameters": {"x": v}}, "parameters.x"),
+]
+
+
+@pytest.mark.parametrize(("value", "kind"), _NOT_SCALARS)
+@pytest.mark.parametrize(("path", "body", "field"), _PARAMETER_PLACES)
+def test_a_parameter_that_is_not_a_string_number_or_boolean_is_refused(
+    http: TestClient, path: str, body: Any, field: str, value: Any, kind: str
+) -> None:
+    """As the protocol's parameters are typed (gRPC's InferParameter holds nothing else),
+    and as Triton and KServe refuse them: they were taken, and reached the model or were
+    dropped unsaid."""
+    message = _error(http.post(path, json=body(value)), 400)
+    assert field in message
+    assert f"a parameter must be a string, a number or a boolean; got {kind}" in message
+
+
+@pytest.mark.parametrize("value", ["text", 7, -(2**63), 2**64 - 1, 1.5, True, False])
+def test_a_parameter_of_each_of_the_protocols_types_is_taken(http: TestClient, value: Any) -> None:
+    body = _infer_body(
+        parameters={"x": value},
+        tensor={"parameters": {"x": value}},
+        outputs=[{"name": "output", "parameters": {"x": value}}],
+    )
+    answer = http.post(INFER, json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["data"] == [2.0, 4.0]
+
+
 _IN_SHARED_MEMORY = {"shared_memory_region": "r", "shared_memory_byte_size": 16}
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format
 from google.protobuf.message_factory import GetMessageClass
 
+from loadonce.core.errors import InvalidRequestError
 from loadonce.protocols.grpc import _descriptors
 from loadonce.protocols.v2.request_counts import MAX_PARAMETERS, check_count
 
@@ -64,11 +65,16 @@ HealthCheckResponse = message_class("grpc.health.v1.HealthCheckResponse")
 def plain_parameters(parameters: Any, field: str = "parameters") -> dict[str, Any]:
     """A map of InferParameter (or ModelRepositoryParameter) as plain values; refused
     (``InvalidRequestError``, naming ``field``) past ``MAX_PARAMETERS`` entries, before any
-    is read."""
+    is read, and where one holds no value (none of its oneof set: REST's null, refused
+    there too; it was dropped unsaid, so a client's timeout or flag silently did nothing)."""
     check_count(field, len(parameters), MAX_PARAMETERS)
     values: dict[str, Any] = {}
     for key, parameter in parameters.items():
         choice = parameter.WhichOneof("parameter_choice")
-        if choice is not None:
-            values[key] = getattr(parameter, choice)
+        if choice is None:
+            kinds = ", ".join(f.name for f in parameter.DESCRIPTOR.oneofs[0].fields)
+            raise InvalidRequestError(
+                [(f"{field}['{key}']", f"holds no value: set one of {kinds}")]
+            )
+        values[key] = getattr(parameter, choice)
     return values

@@ -9,13 +9,45 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+)
+from pydantic_core import PydanticCustomError
 
 from loadonce.protocols.v2.request_counts import MAX_PARAMETERS, MAX_TENSORS
 
 Dimension = Annotated[StrictInt, Field(ge=0)]
+
+_JSON_KINDS = {dict: "an object", list: "an array", type(None): "null"}
+
+
+def _scalar(value: Any) -> Any:
+    """A parameter's value is a string, a number or a boolean, as the protocol defines it
+    (gRPC's InferParameter can carry nothing else; Triton and KServe refuse the rest). An
+    object, an array or null was taken, and reached the model or was dropped unsaid."""
+    if isinstance(value, str | int | float):  # bool is an int
+        return value
+    raise PydanticCustomError(
+        "parameter_type",
+        "a parameter must be a string, a number or a boolean; got {kind}",
+        {"kind": _JSON_KINDS.get(type(value), type(value).__name__)},
+    )
+
+
+ParameterValue = Annotated[
+    Any,
+    AfterValidator(_scalar),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}),
+]
 # Counts bounded as gRPC's are (request_counts.py): each item costs work before any check.
-Parameters = Annotated[dict[str, Any], Field(max_length=MAX_PARAMETERS)]
+Parameters = Annotated[dict[str, ParameterValue], Field(max_length=MAX_PARAMETERS)]
 
 
 class _RequestObject(BaseModel):
