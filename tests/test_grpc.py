@@ -761,7 +761,11 @@ _STREAMED: list[tuple[str, dict[str, Any], str | None]] = [
         {"model_name": "simple", "inputs": _pair(), "model_version": "2"},
         "model 'simple' has no version '2'",
     ),
-    ("sequence", {"model_name": "simple", "inputs": _pair(), "sequence_id": 7}, "invalid inputs"),
+    (
+        "sequence",
+        {"model_name": "simple", "inputs": _pair(), "sequence_id": 7},
+        "sequence batching",
+    ),
     (
         "deadline",
         {"model_name": "picky", "inputs": _picky(200), "timeout": 50_000},

@@ -215,6 +215,29 @@ def test_a_classification_the_output_cannot_give(
     assert words in message
 
 
+@pytest.mark.parametrize(
+    ("members", "said"),
+    [
+        ({"outputs": [{"name": "nope"}]}, "unknown output 'nope'"),
+        ({"outputs": [{"name": "x_sum"}, {"name": "x_sum"}]}, "an output is requested twice"),
+        (
+            {"outputs": [{"name": "x_sum", "parameters": {"binary_data": "yes"}}]},
+            "output 'x_sum': parameters.binary_data must be true or false",
+        ),
+        ({"parameters": {"binary_data_output": 1}}, "parameters.binary_data_output must be"),
+        ({"parameters": {"timeout": "soon"}}, "parameters.timeout must be a finite number"),
+        ({"parameters": {"sequence_id": 7}}, "sequence batching (parameters.sequence_id)"),
+    ],
+)
+def test_a_wrong_parameter_or_requested_output_is_said_as_it_is(
+    http: httpx.Client, members: dict[str, Any], said: str
+) -> None:
+    """Not "invalid inputs: ...": the inputs are valid, and the client looked at them."""
+    body = {**_tensors_request(_x_input(data=[1, 2, 3])), **members}
+    message = _error(http.post("/v2/models/tensors/infer", json=body), 400)
+    assert message.startswith(said), message
+
+
 def test_inputs_must_agree_on_the_batch_dimension(http: httpx.Client) -> None:
     body = _tensors_request(_x_input(shape=[2, 3], data=[1, 2, 3, 4, 5, 6]))
     message = _error(http.post("/v2/models/tensors/infer", json=body), 400)

@@ -1,8 +1,9 @@
-"""The Open Inference Protocol's own errors: a model or a version it does not serve."""
+"""The Open Inference Protocol's own errors: a model or a version it does not serve, and a
+request's parameters or requested outputs it does not take."""
 
 from __future__ import annotations
 
-from loadonce.core.errors import LoadonceError, ModelNotFoundError
+from loadonce.core.errors import InvalidInputError, LoadonceError, ModelNotFoundError
 from loadonce.core.log_safe import quoted
 from loadonce.core.model import Model
 from loadonce.core.registry import Registry
@@ -10,6 +11,15 @@ from loadonce.core.registry import Registry
 # Triton's words for it, which clients written against Triton look for (its own examples
 # check that the message starts with them).
 _UNKNOWN_MODEL = "Request for unknown model"
+
+
+class RequestOptionError(InvalidInputError):
+    """A request's parameters or requested outputs are not what the protocol takes (HTTP 400,
+    gRPC INVALID_ARGUMENT), said as they are: they were answered "invalid inputs: output 'o'
+    ...", which sent a client looking at its input tensors."""
+
+    def client_message(self) -> str:
+        return str(self)
 
 
 class VersionNotFoundError(ModelNotFoundError):

@@ -14,13 +14,14 @@ import anyio.to_thread
 import numpy.typing as npt
 from pydantic import ValidationError
 
-from loadonce.core.errors import InvalidInputError, InvalidRequestError
+from loadonce.core.errors import InvalidRequestError
 from loadonce.core.model import Answer, Model
 from loadonce.http.json_pieces import ON_THE_LOOP_ELEMENTS, json_in_pieces
 from loadonce.http.large_bodies import off_the_loop
 from loadonce.protocols.v2.body import HEADER_LENGTH, SplitBody
 from loadonce.protocols.v2.classification import check_declared, class_counts, classified
 from loadonce.protocols.v2.datatypes import BYTES
+from loadonce.protocols.v2.errors import RequestOptionError
 from loadonce.protocols.v2.examples import check_before_decoding, examples_from_tensors
 from loadonce.protocols.v2.outputs import OutputTensor, output_tensors
 from loadonce.protocols.v2.schemas import InferenceRequest, RequestOutput
@@ -63,14 +64,14 @@ def _options(parameters: Mapping[str, Any] | None) -> _Options:
     parameters = parameters or {}
     binary = parameters.get(BINARY_OUTPUT, False)
     if not isinstance(binary, bool):
-        raise InvalidInputError(f"parameters.{BINARY_OUTPUT} must be true or false")
+        raise RequestOptionError(f"parameters.{BINARY_OUTPUT} must be true or false")
     sequence = parameters.get("sequence_id", 0)
     if (
         sequence not in (0, "")
         or parameters.get("sequence_start")
         or parameters.get("sequence_end")
     ):
-        raise InvalidInputError(
+        raise RequestOptionError(
             "sequence batching (parameters.sequence_id) is not supported: each request is "
             "answered on its own"
         )
@@ -80,7 +81,7 @@ def _options(parameters: Mapping[str, Any] | None) -> _Options:
         or not isinstance(timeout_us, int | float)
         or not 0 <= timeout_us < math.inf
     ):
-        raise InvalidInputError(
+        raise RequestOptionError(
             "parameters.timeout must be a finite number of microseconds (0: the model's own "
             "timeout)"
         )
@@ -226,12 +227,12 @@ async def infer(
 def _check_requested(requested: Sequence[RequestOutput], declared: list[str]) -> None:
     names = [r.name for r in requested]
     if len(set(names)) != len(names):
-        raise InvalidInputError("an output is requested twice")
+        raise RequestOptionError("an output is requested twice")
     for output in requested:
         parameters = output.parameters or {}
         refuse_shared_memory("output", output.name, parameters)
         if declared and output.name not in declared:
-            raise InvalidInputError(
+            raise RequestOptionError(
                 f"unknown output '{output.name}'; the model's outputs are {', '.join(declared)}"
             )
 
@@ -240,7 +241,7 @@ def _select(tensors: list[OutputTensor], requested: Sequence[RequestOutput]) -> 
     by_name = {t.name: t for t in tensors}
     unknown = [r.name for r in requested if r.name not in by_name]
     if unknown:
-        raise InvalidInputError(
+        raise RequestOptionError(
             f"unknown output '{unknown[0]}'; the model's outputs are {', '.join(by_name)}"
         )
     return [by_name[r.name] for r in requested]
@@ -254,7 +255,7 @@ def _classes(tensor: OutputTensor, counts: Mapping[str, int]) -> OutputTensor:
 def _wants_binary(output: RequestOutput, default: bool) -> bool:
     value = (output.parameters or {}).get("binary_data", default)
     if not isinstance(value, bool):
-        raise InvalidInputError(
+        raise RequestOptionError(
             f"output '{output.name}': parameters.binary_data must be true or false"
         )
     return value
