@@ -457,3 +457,22 @@ def test_classification_of_none_is_the_output_itself(echo: TestClient, count: An
     assert answer.status_code == 200, answer.text
     [output] = answer.json()["outputs"]
     assert (output["datatype"], output["data"]) == ("INT32", [4, 5])
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        (None, "got null"),
+        (True, "got true"),
+        (7, "got a number 7"),
+        (1.5, "got a number 1.5"),
+        ({"a": 1}, "got an object {'a': 1}"),
+    ],
+)
+def test_bytes_data_that_is_not_text_is_said_in_jsons_words(
+    echo: TestClient, value: Any, said: str
+) -> None:
+    """A JSON client was told "got NoneType None", "got dict": Python's names."""
+    body = {"inputs": [{"name": "x", "shape": [2], "datatype": "BYTES", "data": ["a", value]}]}
+    message = _error(echo.post("/v2/models/echo/infer", json=body), 400)
+    assert message.endswith(f"input 'x': BYTES data must be strings; {said}"), message

@@ -25,7 +25,20 @@ from loadonce.protocols.v2.request_counts import MAX_PARAMETERS, MAX_TENSORS
 
 Dimension = Annotated[StrictInt, Field(ge=0)]
 
-_JSON_KINDS = {dict: "an object", list: "an array", type(None): "null"}
+_JSON_KINDS = {
+    dict: "an object",
+    list: "an array",
+    type(None): "null",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    str: "a string",
+}
+
+
+def json_kind(value: Any) -> str:
+    """What a parsed JSON value is, in JSON's words (not Python's: "NoneType", "dict")."""
+    return _JSON_KINDS.get(type(value), type(value).__name__)
 
 
 def _scalar(value: Any) -> Any:
@@ -37,7 +50,7 @@ def _scalar(value: Any) -> Any:
     raise PydanticCustomError(
         "parameter_type",
         "a parameter must be a string, a number or a boolean; got {kind}",
-        {"kind": _JSON_KINDS.get(type(value), type(value).__name__)},
+        {"kind": json_kind(value)},
     )
 
 

@@ -7,6 +7,7 @@ float overflowing to infinity), and its binary size against its shape.
 
 from __future__ import annotations
 
+import json
 import math
 import reprlib
 import struct
@@ -26,7 +27,7 @@ from loadonce.core.number_conversion import (
 )
 from loadonce.protocols.v2.body import HEADER_LENGTH, SplitBody
 from loadonce.protocols.v2.datatypes import fixed_dtype
-from loadonce.protocols.v2.schemas import RequestInput
+from loadonce.protocols.v2.schemas import RequestInput, json_kind
 
 BINARY_SIZE = "binary_data_size"
 # gRPC's field of an input's bytes.
@@ -307,11 +308,17 @@ def _flatten_text(tensor: RequestInput, budget: int) -> list[bytes]:
     for value in _leaves(tensor, budget, into_rows=True):
         if not isinstance(value, str):
             raise InvalidInputError(
-                f"input '{tensor.name}': BYTES data must be strings; got "
-                f"{type(value).__name__} {reprlib.repr(value)}"  # an excerpt: it may be huge
+                f"input '{tensor.name}': BYTES data must be strings; got {_excerpt(value)}"
             )
         flat.append(value.encode("utf-8"))
     return flat
+
+
+def _excerpt(value: Any) -> str:
+    """A JSON value as its client wrote it (null, true, a number 1): never Python's words."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return f"{json_kind(value)} {reprlib.repr(value)}"  # an excerpt: it may be huge
 
 
 def _convert(
