@@ -21,12 +21,14 @@ from typing import Any
 import httpx2 as httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton
 import tritonclient.http.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
 import loadonce
-from tests.servers import ThreadedServer
+from loadonce.protocols.grpc import grpc_lifespan
+from tests.servers import ThreadedServer, free_port
 from tests.v2_models import triton_example_specs
 
 UNKNOWN = "Request for unknown model"
@@ -284,11 +286,23 @@ def test_statistics_count_every_request_and_time_it(tmp_path: Path) -> None:
 
 def test_without_metrics_there_are_no_statistics() -> None:
     spec = loadonce.ModelSpec(name="halve", loader=lambda: _halve)
+    port = free_port()
+    app = loadonce.create_app([spec], metrics=False, wrap=grpc_lifespan(port=port))
     with (
-        ThreadedServer(loadonce.create_app([spec], metrics=False)) as running,
+        ThreadedServer(app) as running,
         httpx.Client(base_url=running.url) as http,
+        triton_grpc.InferenceServerClient(f"127.0.0.1:{port}") as rpc,
     ):
+        assert "statistics" not in rpc.get_server_metadata().extensions
+        with pytest.raises(InferenceServerException) as raised:
+            rpc.get_inference_statistics("halve")
+        assert raised.value.status() == "StatusCode.UNIMPLEMENTED"
+        assert "the statistics extension is not offered" in raised.value.message()
         assert "statistics" not in http.get("/v2").json()["extensions"]
-        answer = http.get("/v2/models/stats")
-        assert answer.status_code == 400
-        assert "metrics" in answer.json()["error"]
+        # As every extension not offered: 501 (it was a 400, "invalid inputs: ...").
+        for path in ("/v2/models/stats", "/v2/models/halve/stats"):
+            answer = http.get(path)
+            assert answer.status_code == 501
+            message = answer.json()["error"]
+            assert message.startswith("the statistics extension is not offered"), message
+            assert "metrics" in message

@@ -14,12 +14,12 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 from starlette.requests import Request
 
-from loadonce.core.errors import InvalidInputError
 from loadonce.core.model import Model
 from loadonce.http.call_metrics import PHASES, Duration, ModelStatistics
 from loadonce.http.state import LoadonceState
 from loadonce.protocols.v2.errors import find_model
 from loadonce.protocols.v2.schemas import V2Error
+from loadonce.protocols.v2.unsupported import NotSupportedError
 
 EXTENSION = "statistics"
 _ERROR = {"model": V2Error}
@@ -83,7 +83,7 @@ def add_statistics_routes(router: APIRouter) -> None:
             statistics,
             methods=["GET"],
             response_model=StatisticsResponse,
-            responses={400: _ERROR, 404: _ERROR},
+            responses={404: _ERROR, 501: _ERROR},
             summary=summary,
         )
 
@@ -97,9 +97,11 @@ async def read_statistics(
     models = list(registry.models) if name is None else [find_model(registry, name, version)]
     metrics = state.metrics
     if metrics is None:
-        raise InvalidInputError(
-            "this app keeps no statistics: they are read from its metrics, which are off "
-            "(lifespan(metrics=False))"
+        # As every extension not offered (unsupported.py): it is not listed then, and the
+        # request was not wrong ("invalid inputs: ...", 400, said it was).
+        raise NotSupportedError(
+            "the statistics extension is not offered: this app keeps no statistics, they are "
+            "read from its metrics, which are off (lifespan(metrics=False))"
         )
     # Off the loop: with several workers it reads every worker's files.
     found = await anyio.to_thread.run_sync(metrics.statistics)
