@@ -159,6 +159,52 @@ def test_a_parameter_of_each_of_the_protocols_types_is_taken(http: TestClient, v
     assert answer.json()["outputs"][0]["data"] == [2.0, 4.0]
 
 
+_LOAD = "/v2/repository/models/unwarmed/load"
+_UNLOAD = "/v2/repository/models/unwarmed/unload"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "named"),
+    [
+        # A file: parameter a filter reading the first "parameters" refuses, loaded here as
+        # a plain load of what was declared.
+        (_LOAD, b'{"parameters": {"file:1/model.onnx": "AAAA"}, "parameters": {}}', "parameters"),
+        (
+            _LOAD,
+            b'{"parameters": {"config": "{\\"max_batch_size\\": 8}", "config": "{}"}}',
+            "config",
+        ),
+        (_LOAD, b'{"parameters": {}, "paramet\\u0065rs": {"config": "{}"}}', "parameters"),
+        (_UNLOAD, b'{"parameters": {"unload_dependents": true, "unload_dependents": 1}}', "unload"),
+        ("/v2/repository/index", b'{"ready": true, "ready": false}', "ready"),
+        # Inside the config parameter's own JSON, at any depth.
+        (
+            _LOAD,
+            b'{"parameters": {"config": "{\\"max_batch_size\\": 8, \\"max_batch_size\\": 0}"}}',
+            "max_batch_size",
+        ),
+        (
+            _LOAD,
+            b'{"parameters": {"config": "{\\"dynamic_batching\\": '
+            b'{\\"max_queue_delay_microseconds\\": 1, \\"max_queue_delay_microseconds\\": 2}}"}}',
+            "max_queue_delay_microseconds",
+        ),
+    ],
+)
+def test_a_key_given_twice_in_a_repository_body_is_refused_naming_it(
+    http: TestClient, path: str, body: bytes, named: str
+) -> None:
+    """Readers differ on which of two keys counts (RapidJSON and many filters read the first,
+    this server the last): a control request must not mean two things. The model is not
+    touched."""
+    loads = http.app.state.loadonce.registry.get("unwarmed")  # type: ignore[attr-defined]
+    before = loads.load_count
+    message = _error(http.post(path, content=body), 400)
+    assert "more than once" in message, message
+    assert named in message, message
+    assert loads.load_count == before
+
+
 _IN_SHARED_MEMORY = {"shared_memory_region": "r", "shared_memory_byte_size": 16}
 
 

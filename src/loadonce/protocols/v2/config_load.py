@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from loadonce.core.errors import describe_validation
+from loadonce.core.log_safe import quoted
 from loadonce.core.model import Model
 from loadonce.core.spec import Batching
 from loadonce.protocols.v2.errors import LoadRefusedError
@@ -100,13 +101,37 @@ def _member(config: dict[str, Any], key: str, member: str) -> Any:
     return value
 
 
+class _RepeatedKeyError(Exception):
+    """A key given twice in one object of a config."""
+
+
+def _refuse_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    built = dict(pairs)
+    if len(built) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKeyError(key)
+            seen.add(key)
+    return built
+
+
 def _parsed(name: str, text: Any) -> dict[str, Any]:
     if not isinstance(text, str):
         raise LoadRefusedError(
             name, "parameters.config must be the configuration as a JSON object in a string"
         )
     try:
-        config = json.loads(text)
+        # A key given twice is refused, as in the request's own body: readers differ on
+        # which one counts ({"max_batch_size": 8, "max_batch_size": 0} loaded without
+        # batching here, where a filter that reads the first saw 8).
+        config = json.loads(text, object_pairs_hook=_refuse_repeats)
+    except _RepeatedKeyError as exc:
+        raise LoadRefusedError(
+            name,
+            f"parameters.config gives {quoted(exc.args[0])} more than once: give each key once "
+            "(readers differ on which one counts)",
+        ) from None
     except json.JSONDecodeError as exc:
         raise LoadRefusedError(
             name, f"parameters.config is not JSON ({exc.msg} at character {exc.pos})"

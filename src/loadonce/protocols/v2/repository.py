@@ -24,6 +24,7 @@ from loadonce.core.control import Action, ControlRequest, describe_failures
 from loadonce.core.errors import InvalidRequestError
 from loadonce.core.model import Model, ModelState
 from loadonce.http.dependencies import registry_of
+from loadonce.http.duplicate_keys import refuse_duplicate_keys
 from loadonce.http.errors import v2_error
 from loadonce.http.json_answer import JSONAnswer
 from loadonce.http.large_bodies import parse_request_body
@@ -158,13 +159,19 @@ _Body = TypeVar("_Body", RepositoryIndexRequest, RepositoryRequest)
 
 
 def _parse(schema: type[_Body], raw: bytes) -> _Body:
-    """An empty body is allowed (tritonclient sends one for the index)."""
+    """An empty body is allowed (tritonclient sends one for the index). A key given twice,
+    in the body or its parameters, is refused as on the admin route: read either way, a
+    ``file:`` parameter followed by ``"parameters": {}`` passed a filter reading the first
+    and loaded here as if none was sent."""
     if not raw.strip():
         return schema()
     try:
-        return schema.model_validate_json(raw)
+        parsed = schema.model_validate_json(raw)
     except ValidationError as exc:
         raise InvalidRequestError.from_validation(exc) from None
+    # Off the hot path: always checked.
+    refuse_duplicate_keys(raw, held=None, members=("parameters",))
+    return parsed
 
 
 def _control_off() -> Response:
