@@ -1130,6 +1130,12 @@ def test_api_keys_and_size_limit() -> None:
             np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), INPUT0 + INPUT1)
             code, _ = _code(lambda: user.unload_model("simple", headers={"x-api-key": KEY}))
             assert code is grpc.StatusCode.PERMISSION_DENIED
+            # Two different keys are refused whichever comes first (the first was taken).
+            for first, second in ((KEY, ADMIN_KEY), (ADMIN_KEY, KEY)):
+                both = {"authorization": f"Bearer {first}", "x-api-key": second}
+                code, message = _code(lambda: user.unload_model("simple", headers=both))  # noqa: B023
+                assert code is grpc.StatusCode.UNAUTHENTICATED, message
+                assert "more than one API key" in message
             big = triton.InferInput("INPUT0", [1, 1024], "FP32")
             big.set_data_from_numpy(np.zeros((1, 1024), np.float32))
             code, _ = _code(lambda: user.infer("picky", [big], headers=bearer))

@@ -105,6 +105,57 @@ def test_each_route_family_against_each_key(
                 assert "may not use admin routes" in body["error"]
 
 
+_BEARER = "Authorization"
+_CONFLICTS = {
+    "bearer inference key, X-API-Key admin key": [
+        (_BEARER, f"Bearer {INFERENCE_KEY}"),
+        ("X-API-Key", ADMIN_KEY),
+    ],
+    "X-API-Key admin key, bearer inference key": [
+        ("X-API-Key", ADMIN_KEY),
+        (_BEARER, f"Bearer {INFERENCE_KEY}"),
+    ],
+    "two Authorization headers": [
+        (_BEARER, "Bearer not-a-key-0123456789"),
+        (_BEARER, f"Bearer {ADMIN_KEY}"),
+    ],
+    "two X-API-Key headers": [("X-API-Key", INFERENCE_KEY), ("X-API-Key", ADMIN_KEY)],
+}
+
+
+@pytest.mark.parametrize("headers", _CONFLICTS.values(), ids=_CONFLICTS.keys())
+@pytest.mark.parametrize("family", ["inference", "admin"])
+def test_two_different_keys_in_one_request_are_refused_whatever_their_order(
+    server: ThreadedServer, headers: list[tuple[str, str]], family: str
+) -> None:
+    """The first key was taken: the same two headers were refused one way round and let in
+    the other, and a proxy that reads the last (or adds its own) judged another key."""
+    [(method, path), *_] = ROUTES[family]
+    content = json.dumps({"inputs": [1.0]} if path == "/models/m/predict" else V2_INFER)
+    response = httpx.request(method, server.url + path, content=content, headers=headers)
+    assert response.status_code == 401, response.text
+    assert "more than one API key" in response.json()["error"]
+    assert INFERENCE_KEY not in response.text
+    assert ADMIN_KEY not in response.text
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(_BEARER, f"Bearer {ADMIN_KEY}"), ("X-API-Key", ADMIN_KEY)],
+        [(_BEARER, "Basic dXNlcjpwYXNz"), ("X-API-Key", ADMIN_KEY)],
+        [(_BEARER, "Bearer"), ("X-API-Key", ADMIN_KEY)],
+    ],
+    ids=["the same key twice", "a proxy's Basic credentials", "an empty bearer token"],
+)
+def test_one_key_beside_the_same_key_or_other_credentials_is_taken(
+    server: ThreadedServer, headers: list[tuple[str, str]]
+) -> None:
+    [(method, path)] = ROUTES["admin"]
+    response = httpx.request(method, server.url + path, headers=headers)
+    assert response.status_code == 200, response.text
+
+
 def test_admin_keys_alone_leave_inference_open_and_shut_admin_routes() -> None:
     access = AccessKeys(admin=(ADMIN_KEY,))
     with ThreadedServer(loadonce.create_app(_specs(), access=access)) as running:

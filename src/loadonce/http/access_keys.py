@@ -17,7 +17,7 @@ from __future__ import annotations
 import hmac
 import re
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum, StrEnum
 
 from loadonce.core.errors import ConfigError
 
@@ -97,16 +97,36 @@ def matches(candidate: bytes, keys: tuple[str, ...]) -> bool:
     return found
 
 
-def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
-    """``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
+class TwoKeys(Enum):
+    """A request that presented more than one key, and they differ (``presented_key``)."""
+
+    SENT = "two keys"
+
+
+TWO_KEYS = TwoKeys.SENT
+
+
+def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes | TwoKeys | None:
+    """``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; ``TWO_KEYS`` when the request
+    presents two keys that differ (both headers, or one twice): the first was taken, so
+    ``Authorization: Bearer <inference key>`` with ``X-API-Key: <admin key>`` was refused
+    and the same two headers the other way round let in, and a proxy that reads the last
+    header (or adds its own) judged another key than the one served."""
+    found: bytes | None = None
     for name, value in headers:
         if name == _AUTHORIZATION:
             scheme, _, token = value.partition(b" ")
-            if scheme.lower() == b"bearer" and token.strip():
-                return token.strip()
-        elif name == _API_KEY and value.strip():
-            return value.strip()
-    return None
+            key = token.strip() if scheme.lower() == b"bearer" else b""
+        elif name == _API_KEY:
+            key = value.strip()
+        else:
+            continue
+        if not key:
+            continue  # another scheme (Basic, for a proxy in front), or none: not a key
+        if found is not None and not hmac.compare_digest(found, key):
+            return TWO_KEYS
+        found = key
+    return found
 
 
 # How a client sends its key, said when it sent none: as HTTP headers, or as gRPC metadata,
@@ -118,7 +138,11 @@ SEND_KEY_AS_METADATA = (
 
 
 def refusal(
-    keys: AccessKeys, family: RouteFamily, key: bytes | None, *, how: str = SEND_KEY_AS_HEADER
+    keys: AccessKeys,
+    family: RouteFamily,
+    key: bytes | TwoKeys | None,
+    *,
+    how: str = SEND_KEY_AS_HEADER,
 ) -> tuple[int, str] | None:
     """Why a request of ``family`` presenting ``key`` is refused (401 or 403, and the message),
     None if it may go on: for every transport (HTTP here, gRPC's metadata too; ``how`` says
@@ -131,6 +155,8 @@ def refusal(
         return None  # open as inference is, unless the metrics are protected
     if key is None:
         return 401, f"an API key is required: {how}"
+    if key is TWO_KEYS:
+        return 401, f"the request presents more than one API key: send one ({how})"
     is_admin = matches(key, keys.admin)
     is_inference = matches(key, keys.inference)
     if not (is_admin or is_inference):
