@@ -316,6 +316,24 @@ def constant_failing_in_second_load(path: Path) -> Constant:
     return constant_from_file(path)
 
 
+def constant_changed_while_loading(path: Path) -> Constant:
+    """``constant_from_file`` for an artifact "VALUE HOW": having read it, the load changes
+    the file as another process could meanwhile (``cp`` over it, a rename over it, ``rm``,
+    a truncation), HOW being "rewritten", "replaced", "deleted" or "truncated"."""
+    path = Path(path)
+    value, _, how = path.read_text().partition(" ")
+    if how == "rewritten":
+        path.write_text("99")
+    elif how == "replaced":
+        path.with_suffix(".new").write_text("99")
+        os.replace(path.with_suffix(".new"), path)
+    elif how == "deleted":
+        path.unlink()
+    elif how == "truncated":
+        os.truncate(path, 0)
+    return Constant(float(value))
+
+
 def leaves_a_thread_running() -> Echo:
     """Starts a thread that is not a daemon and never ends, as some client libraries do."""
     import threading

@@ -68,7 +68,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     (models / "evil.pkl").write_bytes(pickle.dumps(_RunsCodeWhenUnpickled(marker)))
     joblib.dump(_estimator(), models / "trusted.joblib")
     joblib.dump(_estimator(), models / "trusted2.joblib")
-    (models / "value.txt").write_text("1")
+    value = models / "value.txt"
+    value.write_text("1")
     (models / "hang.txt").write_text("hang")
     specs = [
         loadonce.ModelSpec(name="m", artifact=models / "m.skops"),
@@ -78,6 +79,15 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             loader="tests.loaders:constant_or_hang",
             artifact=models / "value.txt",
             load_timeout_s=1,
+        ),
+        loadonce.ModelSpec(
+            name="changing", loader="tests.loaders:constant_changed_while_loading", artifact=value
+        ),
+        loadonce.ModelSpec(
+            name="changing_pinned",
+            loader="tests.loaders:constant_changed_while_loading",
+            artifact=value,
+            sha256=_sha256(value),
         ),
     ]
     # /dev is allowed too, to show that an allowed place still only gives files.
@@ -320,6 +330,30 @@ def test_a_load_that_hangs_times_out_and_frees_the_model(setup: Setup) -> None:
     # The lock is free: the next reload goes ahead at once.
     again = setup.reload("slow", {"artifact": str(setup.models / "value.txt"), "version": "2"})
     assert again.status_code == 200, again.text
+
+
+@pytest.mark.parametrize("pinned", [False, True], ids=["unpinned", "pinned"])
+@pytest.mark.parametrize("how", ["rewritten", "replaced", "deleted", "truncated"])
+def test_an_artifact_changed_while_it_loads_fails_the_reload(
+    setup: Setup, how: str, pinned: bool
+) -> None:
+    """A file written, replaced, deleted or truncated while a reload read it (a ``cp`` over
+    it, a deploy renaming the next version in): the load read some of one and some of the
+    other, or bytes other than those the pin was checked against; it fails, saying so, and
+    the loaded version serves on."""
+    name = "changing_pinned" if pinned else "changing"
+    artifact = setup.models / f"{name}-{how}.txt"
+    artifact.write_text(f"2 {how}")
+    body = {"artifact": str(artifact), "version": "2"}
+    if pinned:
+        body["sha256"] = _sha256(artifact)
+    refused = setup.reload(name, body)
+    assert refused.status_code == 400, refused.text
+    assert "changed on disk while it loaded" in refused.json()["error"]
+    model = httpx.get(f"{setup.server.url}/models/{name}").json()
+    assert (model["version"], model["state"]) == ("1", "ready")
+    answer = httpx.post(f"{setup.server.url}/models/{name}/predict", json={"inputs": [0]})
+    assert answer.json()["outputs"][0]["value"] == 1.0
 
 
 CROSS_SITE = [

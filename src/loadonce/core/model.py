@@ -35,7 +35,7 @@ from loadonce.core.executors import Executor, instances_needed, make_executor
 from loadonce.core.generation import Delta, Finished, GenerationRequest
 from loadonce.core.generation_queue import GenerationQueue
 from loadonce.core.inputs import split_examples
-from loadonce.core.integrity import verify_sha256
+from loadonce.core.integrity import check_unchanged, file_state, verify_sha256
 from loadonce.core.memory import (
     MemorySample,
     artifact_bytes,
@@ -462,12 +462,16 @@ class Model:
     async def _build_executor(
         self, spec: ModelSpec, instances: list[Predictor]
     ) -> tuple[Executor, str, Concurrency]:
+        # Before the pin is checked: the bytes the load reads must be those it was checked
+        # against, and one file's, not parts of two.
+        before = await _off_loop(file_state, spec.artifact)
         if spec.sha256 is not None and spec.artifact is not None:
             await _off_loop(verify_sha256, spec.artifact, spec.sha256)
         runtime = resolve_runtime(spec)
         policy = spec.concurrency or Concurrency.parse(runtime.default_concurrency)
         for _ in range(instances_needed(policy)):
             instances.append(await _off_loop(runtime.load, spec))
+        await _off_loop(check_unchanged, spec.artifact, before)
         return make_executor(policy, instances, name=self.name), runtime.name, policy
 
     async def unload(self, *, on_request: bool = False, timeout: float | None = None) -> None:
