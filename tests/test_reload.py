@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -223,6 +224,56 @@ def test_a_reload_failing_in_one_worker_leaves_every_worker_on_the_old_version(
         assert stopping.returncode == 1, stopping.stderr
         assert "reload failed (503): the server is stopping" in stopping.stderr
         server.process.wait(timeout=20)  # the drain is 30 s: it was not held
+
+
+def test_an_artifact_replaced_between_two_workers_loads_fails_the_reload(tmp_path: Path) -> None:
+    """A rolling reload reads the file once per worker: one replaced after the first worker
+    loaded it (a deploy copying the next version in) was loaded by the next worker as it
+    then was, and both served their own bytes as version 2. Every worker must load what the
+    first one did; else the round fails and the first goes back to version 1."""
+    first, second = tmp_path / "one.txt", tmp_path / "two.txt"
+    first.write_text("1")
+    second.write_text("2")
+    config = tmp_path / "loadonce.toml"
+    config.write_text(
+        f"""
+[server]
+workers = 2
+
+[[models]]
+name = "constant"
+loader = "tests.loaders:constant_slowly_from_file"
+artifact = "{first}"
+concurrency = "shared"
+warmup = [0]
+"""
+    )
+    with serving([str(config)], tmp_path, env=cli_env(tmp_path)) as server:
+        # Each warm-up now takes 3 s: the first worker has read the file, and is warming up,
+        # when the file is replaced.
+        (tmp_path / "calls-are-slow").touch()
+        results: list[subprocess.CompletedProcess[str]] = []
+        reloading = threading.Thread(
+            target=lambda: results.append(
+                _reload_cli(tmp_path, server.url, "--artifact", str(second), "--version", "2")
+            )
+        )
+        reloading.start()
+        deadline = time.monotonic() + 30
+        while "version 2 loading" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1)
+        replacement = tmp_path / "two.new"
+        replacement.write_text("3")
+        os.replace(replacement, second)
+        reloading.join(60)
+        (tmp_path / "calls-are-slow").unlink()
+        [result] = results
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "changed on disk since worker pid" in result.stdout + result.stderr
+        seen = _values_by_worker(server.url)
+        assert len(seen) == 2, "both workers answered"
+        assert all(values == {1.0} for values in seen.values()), seen
 
 
 def test_a_failed_reload_is_said_truthfully_by_every_worker(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from loadonce.core.errors import (
     describe_validation,
     without_native_trace,
 )
+from loadonce.core.integrity import FileState
 from loadonce.core.spec import Batching, ModelSpec
 from loadonce.runtimes import resolve_runtime
 
@@ -58,6 +59,11 @@ class ControlRequest:
     version: str | None = None
     sha256: str | None = None
     batching: SetBatching | Literal["declared"] | None = None
+    # Set by the supervisor once the round's first worker loaded: the state of the artifact's
+    # file it read, and which worker that was. The next workers must read the file in that
+    # state (else a file replaced between two workers' loads was served as one version with
+    # different bytes in each).
+    matching: tuple[FileState, str] | None = None
 
     def as_declared(self, declared: ModelSpec) -> ControlRequest:
         """The request with a ``"declared"`` batching set to what ``declared`` (the model's
@@ -135,6 +141,9 @@ class WorkerOutcome:
     version: str
     state: str
     error: str | None = None
+    # The state of the artifact's file this worker's load read (None: no file artifact, or
+    # not loaded here): what the next workers of the round must read (``matching``).
+    artifact_state: FileState | None = None
 
 
 def describe_failures(outcomes: list[WorkerOutcome], *, traces: bool = True) -> str:
@@ -230,7 +239,10 @@ async def apply_locally(registry: Registry, request: ControlRequest) -> WorkerOu
         if request.action == "unload":
             await model.unload(on_request=True)
         else:
-            await model.load(changed_spec(model.spec, request, registry.artifact_roots))
+            await model.load(
+                changed_spec(model.spec, request, registry.artifact_roots),
+                matching=request.matching,
+            )
     except (ModelLoadError, InvalidInputError, ForbiddenError) as failure:
         error = str(failure)
     # Even after a failure: a failed load's partial objects are garbage too.
@@ -241,6 +253,7 @@ async def apply_locally(registry: Registry, request: ControlRequest) -> WorkerOu
         version=model.version,
         state=model.state.value,
         error=error,
+        artifact_state=model.artifact_state if error is None else None,
     )
 
 

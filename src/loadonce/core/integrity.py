@@ -41,9 +41,17 @@ FileState = tuple[int, int, int, int, int]
 
 
 class ArtifactChangedError(Exception):
-    """The artifact's file changed on disk while its load read it."""
+    """The artifact's file changed on disk while its load read it (or, ``since``, after the
+    load that this one must match)."""
 
-    def __init__(self) -> None:
+    def __init__(self, since: str = "") -> None:
+        if since:
+            super().__init__(
+                f"the artifact changed on disk since {since} loaded it (written, replaced, "
+                "truncated or deleted), so the workers would serve different bytes as one "
+                "version; load it again once it is complete"
+            )
+            return
         super().__init__(
             "the artifact changed on disk while it loaded (written, replaced, truncated or "
             "deleted meanwhile), so what loaded may be neither version, nor the bytes a sha256 "

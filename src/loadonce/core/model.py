@@ -35,7 +35,13 @@ from loadonce.core.executors import Executor, instances_needed, make_executor
 from loadonce.core.generation import Delta, Finished, GenerationRequest
 from loadonce.core.generation_queue import GenerationQueue
 from loadonce.core.inputs import split_examples
-from loadonce.core.integrity import check_unchanged, file_state, verify_sha256
+from loadonce.core.integrity import (
+    ArtifactChangedError,
+    FileState,
+    check_unchanged,
+    file_state,
+    verify_sha256,
+)
 from loadonce.core.memory import (
     MemorySample,
     artifact_bytes,
@@ -124,6 +130,9 @@ class Model:
         # Whether its predictor answers a batch as it answers each example alone (known once
         # it loaded): what a spec without batching gets depends on it.
         self._batches_exactly: bool | None = None
+        # The state of the artifact's file the loaded version was read from (None: no file
+        # artifact): the supervisor hands it to the next workers of a reload.
+        self.artifact_state: FileState | None = None
 
     @property
     def name(self) -> str:
@@ -278,7 +287,9 @@ class Model:
         if grew and self._on_hung is not None:
             self._on_hung(self)
 
-    async def load(self, spec: ModelSpec | None = None) -> None:
+    async def load(
+        self, spec: ModelSpec | None = None, *, matching: tuple[FileState, str] | None = None
+    ) -> None:
         """Load (all pool instances of) the model in a thread, warm it up, then mark it ready.
 
         If it is loaded already, this is a reload: the new instances load and warm up while
@@ -286,6 +297,9 @@ class Model:
         given before they close. A failed reload leaves the current instances serving (and
         its message in ``error``). ``spec``: load this one instead (a new artifact or
         version of the same model); it becomes the model's spec only if it loads.
+        ``matching``: the state of the artifact's file that another worker loaded, and that
+        worker (``"worker pid 12"``): the load fails if the file is no longer in it, so that
+        every worker of a reload serves the same bytes.
         """
         async with self._lifecycle:
             # Unloaded on request: a load that fails leaves it so (its error said), as the
@@ -304,13 +318,13 @@ class Model:
                 with traced:
                     if action == "load":
                         try:
-                            await self._load_first(candidate)
+                            await self._load_first(candidate, matching)
                         except ModelLoadError:
                             if unloaded:
                                 self._wanted, self._state = False, ModelState.UNLOADED
                             raise
                     else:
-                        await self._reload(candidate)
+                        await self._reload(candidate, matching)
             finally:
                 self._notify()
 
@@ -318,12 +332,14 @@ class Model:
         if self._observer is not None:
             self._observer.model_changed(self)
 
-    async def _load_first(self, spec: ModelSpec) -> None:
+    async def _load_first(
+        self, spec: ModelSpec, matching: tuple[FileState, str] | None = None
+    ) -> None:
         self._state = ModelState.LOADING
         self._notify()
         self.error = None
         try:
-            executor = await self._build_and_measure(spec)
+            executor = await self._build_and_measure(spec, matching)
         except ModelLoadError as failure:
             self._state = ModelState.FAILED
             self.error, self._error_paths = str(failure), _artifacts_of(spec)
@@ -333,11 +349,13 @@ class Model:
         self._generation = _make_generation(self, executor)
         self._state = ModelState.READY
 
-    async def _reload(self, spec: ModelSpec) -> None:
+    async def _reload(
+        self, spec: ModelSpec, matching: tuple[FileState, str] | None = None
+    ) -> None:
         self._state = ModelState.RELOADING
         self._notify()
         try:
-            executor = await self._build_and_measure(spec)
+            executor = await self._build_and_measure(spec, matching)
         except asyncio.CancelledError:
             # Abandoned (the server stops): the loaded version serves what was accepted.
             self._state = ModelState.READY
@@ -384,7 +402,9 @@ class Model:
         if frozen is not None and self._observer is not None:
             self._observer.collector_frozen(frozen)
 
-    async def _build_and_measure(self, spec: ModelSpec) -> Executor:
+    async def _build_and_measure(
+        self, spec: ModelSpec, matching: tuple[FileState, str] | None = None
+    ) -> Executor:
         """Load and warm up every instance of ``spec``; on success it becomes the model's
         spec, and the time and memory it took are recorded and logged."""
         self.worker_pid = os.getpid()
@@ -404,7 +424,9 @@ class Model:
                     spec.source,
                     await _off_loop(_size_of, spec),
                 )
-                executor, runtime_name, policy = await self._build_executor(spec, instances)
+                executor, runtime_name, policy, state = await self._build_executor(
+                    spec, instances, matching
+                )
                 maps = all(instance.shares_weights for instance in executor.instances)
                 # Before the warm-up, which then runs as fast as requests will.
                 prefaulted = (
@@ -427,6 +449,7 @@ class Model:
             raise ModelLoadError(self.name, spec.source, exc) from exc
         # Only now: a failed reload leaves what the serving instances answered.
         self.spec, self.runtime_name, self.concurrency = spec, runtime_name, policy
+        self.artifact_state = state
         self._answered_shape, self._sample_answer = answered_shape, answer
         resident, mapped_size = (
             await anyio.to_thread.run_sync(mapped_file_bytes, spec.artifact) if maps else (0, 0)
@@ -460,11 +483,16 @@ class Model:
         return executor
 
     async def _build_executor(
-        self, spec: ModelSpec, instances: list[Predictor]
-    ) -> tuple[Executor, str, Concurrency]:
+        self,
+        spec: ModelSpec,
+        instances: list[Predictor],
+        matching: tuple[FileState, str] | None,
+    ) -> tuple[Executor, str, Concurrency, FileState | None]:
         # Before the pin is checked: the bytes the load reads must be those it was checked
         # against, and one file's, not parts of two.
         before = await _off_loop(file_state, spec.artifact)
+        if matching is not None and before != matching[0]:
+            raise ArtifactChangedError(since=matching[1])
         if spec.sha256 is not None and spec.artifact is not None:
             await _off_loop(verify_sha256, spec.artifact, spec.sha256)
         runtime = resolve_runtime(spec)
@@ -472,7 +500,7 @@ class Model:
         for _ in range(instances_needed(policy)):
             instances.append(await _off_loop(runtime.load, spec))
         await _off_loop(check_unchanged, spec.artifact, before)
-        return make_executor(policy, instances, name=self.name), runtime.name, policy
+        return make_executor(policy, instances, name=self.name), runtime.name, policy, before
 
     async def unload(self, *, on_request: bool = False, timeout: float | None = None) -> None:
         """Let queued and running requests finish, then release the model's instances (their

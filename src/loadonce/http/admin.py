@@ -52,7 +52,10 @@ def outcome_response(model: str, outcomes: list[WorkerOutcome]) -> JSONAnswer:
     body = ReloadResponse(
         model=model,
         ok=ok,
-        workers=[WorkerResult(**o.__dict__) for o in outcomes],
+        workers=[
+            WorkerResult(pid=o.pid, ok=o.ok, version=o.version, state=o.state, error=o.error)
+            for o in outcomes
+        ],
     )
     if not ok:
         failed = describe_failures(outcomes)

@@ -18,6 +18,7 @@ import socket
 import tempfile
 import time
 from collections import deque
+from dataclasses import replace
 from multiprocessing import forkserver, resource_tracker
 from multiprocessing.connection import wait
 from types import FrameType
@@ -435,7 +436,13 @@ class Supervisor:
             except OSError:
                 outcomes.append(_not_attempted(worker, WORKER_GONE))
                 continue
-            outcomes.append(self._await_applied(worker, operation))
+            outcome = self._await_applied(worker, operation)
+            outcomes.append(outcome)
+            if request.action == "load" and outcome.ok and request.matching is None:
+                state = outcome.artifact_state
+                if state is not None:
+                    # The next workers load the bytes this one did, or fail the round.
+                    request = replace(request, matching=(state, f"worker pid {outcome.pid}"))
         if outcomes and all(o.ok for o in outcomes):
             try:
                 self._remember(request)
