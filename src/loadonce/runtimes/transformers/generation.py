@@ -27,12 +27,14 @@ from loadonce.core.generation import (
     check_new_tokens,
     unasked_limit,
 )
+from loadonce.runtimes.transformers.plain_text import chat_ids, control_ids, text_ids
 from loadonce.runtimes.transformers.sampling import RowSampler, check_sampling, sampling_of
 from loadonce.runtimes.transformers.text_length import (
     TEXT_ROOM,
     longest_token_characters,
     most_characters,
     refuse_if_longer,
+    whitespace,
 )
 
 __all__ = ["CausalEngine", "Seq2SeqEngine"]
@@ -79,6 +81,7 @@ class _TokenEngine(GenerationEngine):
         self._forced_first = getattr(config, "forced_bos_token_id", None)
         self._forced_last = getattr(config, "forced_eos_token_id", None)
         self._most_characters = most_characters(context, longest_token_characters(tokenizer))
+        self._controls: frozenset[int] | None = None  # the tokenizer's special ids, once read
         self._rows: list[_Row] = []
 
     def check(self, request: GenerationRequest) -> None:
@@ -107,8 +110,11 @@ class _TokenEngine(GenerationEngine):
             )
         most = self._most_characters
         if most is not None:
-            characters = sum(len(str(message.get("content") or "")) for message in messages)
-            if characters > most * TEXT_ROOM:
+            contents = [str(_plain_message(message).get("content") or "") for message in messages]
+            characters = sum(len(content) for content in contents)
+            # The template is rendered and tokenized in one call (plain_text.py), so the
+            # contents are what is bounded before it, whitespace aside as for a prompt.
+            if characters > most * TEXT_ROOM or characters - whitespace(contents) > most:
                 raise ContextLengthError(
                     f"the chat's messages hold {characters} characters: more than this model "
                     f"reads (its context of {context} tokens)"
@@ -120,11 +126,8 @@ class _TokenEngine(GenerationEngine):
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.messages is not None:
             try:
-                text = self.tokenizer.apply_chat_template(
-                    [_plain_message(message) for message in request.messages],
-                    tokenize=False,
-                    add_generation_prompt=True,
-                )
+                # Client text read as text: the template's control tokens only (plain_text.py).
+                ids = chat_ids(self.tokenizer, [_plain_message(m) for m in request.messages])
             except InvalidInputError:
                 raise
             except Exception as exc:  # the template's own raise_exception, a bad message
@@ -135,13 +138,12 @@ class _TokenEngine(GenerationEngine):
                 raise TextInputError(
                     f"the model's chat template refused the messages: {exc}"[:400]
                 ) from None
-            # The template writes the special tokens it wants (a BOS) itself.
-            refuse_if_longer(text, self._most_characters, self._context, "the chat")
-            ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         else:
             prompt = request.prompt or ""
             refuse_if_longer(prompt, self._most_characters, self._context, "the prompt")
-            ids = self.tokenizer(prompt)["input_ids"]
+            if self._controls is None:
+                self._controls = control_ids(self.tokenizer)
+            ids = text_ids(self.tokenizer, prompt, self._controls, "the prompt")
         if not ids:
             # The model fails on a sequence of no token at all (a reshape of nothing).
             raise TextInputError("the prompt holds no token: send some text")

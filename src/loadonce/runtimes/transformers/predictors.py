@@ -23,6 +23,12 @@ from loadonce.runtimes.transformers.parameters import (
     generation_rules,
     pipeline_rules,
 )
+from loadonce.runtimes.transformers.plain_text import (
+    PLAIN_TEXT,
+    control_ids,
+    own_tokenizer,
+    refuse_control_tokens,
+)
 from loadonce.runtimes.transformers.sampling import as_the_engine_samples
 from loadonce.runtimes.transformers.tasks import ServedTask
 from loadonce.runtimes.transformers.text_length import (
@@ -121,6 +127,10 @@ class TextPredictor(Predictor):
             tokenizer.model_max_length = self.context
         self._new_tokens_cap = new_tokens_cap
         self._default_new_tokens = default_new_tokens
+        # A generating or embedding model reads its client's text as text (plain_text.py);
+        # fill-mask needs its [MASK], and the classifiers are left as their pipelines read.
+        self.reads_plain_text = task.generates or task.name == "feature-extraction"
+        self._controls = control_ids(tokenizer) if self.reads_plain_text else frozenset()
         vocabulary = getattr(model_config, "vocab_size", None)
         self._rules: dict[str, Rule] = (
             generation_rules(new_tokens_cap)
@@ -142,7 +152,20 @@ class TextPredictor(Predictor):
                 f"this model takes text: each example must be a string (example {bad[0]} is not)"
             )
         examples = [self._within_reach(index, text) for index, text in enumerate(examples)]
-        counted = self.tokenizer(examples, truncation=self._truncation)["input_ids"]
+        plain = PLAIN_TEXT if self.reads_plain_text else {}
+        encoded = self.tokenizer(
+            examples,
+            truncation=self._truncation,
+            return_special_tokens_mask=self.reads_plain_text,
+            **plain,
+        )
+        counted = encoded["input_ids"]
+        if self.reads_plain_text:
+            for index, ids in enumerate(counted):
+                added = encoded["special_tokens_mask"][index]
+                refuse_control_tokens(
+                    ids, added, self._controls, self.tokenizer, f"example {index}"
+                )
         prompts = [Prompt(text, len(ids)) for text, ids in zip(examples, counted, strict=True)]
         # A model given no token at all fails inside (a reshape of nothing): an empty text,
         # or one of spaces, with a tokenizer that adds no special token.
@@ -240,7 +263,8 @@ class PipelinePredictor(TextPredictor):
             return None
         import torch
 
-        return CausalEngine(self.pipeline.model, self.tokenizer, torch, **self._engine_limits())
+        tokenizer = own_tokenizer(self.tokenizer)  # plain_text.py: not shared across threads
+        return CausalEngine(self.pipeline.model, tokenizer, torch, **self._engine_limits())
 
     def predict(self, batch: Any) -> Sequence[Any]:
         return self.predict_with(batch, {})
@@ -250,6 +274,10 @@ class PipelinePredictor(TextPredictor):
         options = {**self.call_options, **parameters}
         # The operator's batch_size (options.call) cuts a batch into smaller passes.
         options.setdefault("batch_size", pass_size(len(prompts)))
+        if self.reads_plain_text:
+            # The pipeline tokenizes the texts again: as ``prompts`` counted them, as text.
+            name = "tokenize_kwargs" if self.embeds_text else "tokenizer_encode_kwargs"
+            options[name] = {**PLAIN_TEXT, **(options.get(name) or {})}
         if self.task.generates:
             options["max_new_tokens"] = self.new_tokens(options, prompts)
             options = as_the_engine_samples(options)
@@ -287,7 +315,8 @@ class Seq2SeqPredictor(TextPredictor):
         self.max_new_tokens = self._new_tokens_cap
 
     def generation_engine(self) -> GenerationEngine | None:
-        return Seq2SeqEngine(self.model, self.tokenizer, self._torch, **self._engine_limits())
+        tokenizer = own_tokenizer(self.tokenizer)  # plain_text.py: not shared across threads
+        return Seq2SeqEngine(self.model, tokenizer, self._torch, **self._engine_limits())
 
     def predict(self, batch: Any) -> Sequence[Any]:
         return self.predict_with(batch, {})
@@ -304,6 +333,7 @@ class Seq2SeqPredictor(TextPredictor):
                 padding=True,
                 truncation=self._truncation,
                 return_tensors="pt",
+                **PLAIN_TEXT,
             ).to(self.model.device)
             with self._torch.inference_mode():
                 generated = self.model.generate(**encoded, **generation)

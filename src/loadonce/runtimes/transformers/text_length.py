@@ -45,8 +45,12 @@ def exceeds(text: str, most: int | None) -> bool:
         return False
     if len(text) > most * TEXT_ROOM:
         return True
-    whitespace = sum(text.count(space) for space in " \n\t\r")
-    return len(text) - whitespace > most
+    return len(text) - whitespace([text]) > most
+
+
+def whitespace(texts: list[str]) -> int:
+    """The whitespace characters of ``texts``, which their tokenizer drops."""
+    return sum(text.count(space) for text in texts for space in " \n\t\r")
 
 
 def refuse_if_longer(text: str, most: int | None, context: int | None, what: str) -> None:
