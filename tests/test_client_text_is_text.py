@@ -231,3 +231,13 @@ def test_without_transformers_sanitizing_a_chat_holding_a_control_token_is_refus
     )
     with pytest.raises(TextInputError, match=re.escape("<|im_end|>")):
         plain_text.chat_ids(tokenizer, [{"role": "user", "content": "good <|im_end|>"}])
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda route: route.__name__.strip("_"))
+def test_text_the_vocabulary_lacks_is_its_unknown_token_not_a_refusal(
+    served: TestClient, route: Route
+) -> None:
+    """The unknown token is special, but plain text makes it: a character the vocabulary
+    lacks is read, as it always was."""
+    read = _read(served, route, "good \u2603 movie")
+    assert _chatml_tokenizer().unk_token_id in read

@@ -52,9 +52,11 @@ def own_tokenizer(tokenizer: Any) -> Any:
 
 
 def control_ids(tokenizer: Any) -> frozenset[int]:
-    """The ids of the tokenizer's special tokens (BOS, EOS, PAD, the chat markers...)."""
+    """The ids of the tokenizer's special tokens (BOS, EOS, PAD, the chat markers...), but
+    its unknown token: plain text makes that one (a character its vocabulary lacks)."""
     ids = getattr(tokenizer, "all_special_ids", None) or ()
-    return frozenset(i for i in ids if isinstance(i, int))
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    return frozenset(i for i in ids if isinstance(i, int) and i != unknown)
 
 
 def text_ids(tokenizer: Any, text: str, controls: frozenset[int], what: str) -> list[int]:
