@@ -17,6 +17,8 @@ from fastapi.testclient import TestClient
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
     AutoTokenizer,
+    BartConfig,
+    BartForConditionalGeneration,
     BertConfig,
     BertModel,
     GPT2Config,
@@ -78,7 +80,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
             num_attention_heads=2, intermediate_size=32, max_position_embeddings=CONTEXT,
         )
     ).save_pretrained(root / "features")  # fmt: skip
-    for name in ("writer", "features"):
+    BartForConditionalGeneration(
+        BartConfig(
+            **vocabulary, d_model=16, encoder_layers=1, decoder_layers=1,
+            encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+            decoder_ffn_dim=32, max_position_embeddings=CONTEXT, pad_token_id=0,
+            decoder_start_token_id=6,
+        )
+    ).save_pretrained(root / "rewriter")  # fmt: skip
+    for name in ("writer", "features", "rewriter"):
         tokenizer.save_pretrained(root / name)
     # A vocabulary whose words include "</s>": that spelling is the token even as text.
     GPT2LMHeadModel(
@@ -87,7 +97,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     words = _word_tokenizer()
     words.chat_template = CHAT_TEMPLATE
     words.save_pretrained(root / "words")
-    specs = [loadonce.ModelSpec(name=n, artifact=root / n) for n in ("writer", "features", "words")]
+    names = ("writer", "features", "rewriter", "words")
+    specs = [loadonce.ModelSpec(name=n, artifact=root / n) for n in names]
     with TestClient(loadonce.create_app(specs), raise_server_exceptions=False) as client:
         yield client
 
@@ -106,7 +117,12 @@ class _FirstPass:
         self._hook.remove()
 
     def _seen(self, module: Any, args: Any, kwargs: Any, output: Any) -> None:
-        if self.ids is None and type(module).__name__ in ("GPT2LMHeadModel", "BertModel"):
+        # The prompt's pass: a causal LM's, an embedding model's, an encoder-decoder's encoder.
+        if self.ids is None and type(module).__name__ in (
+            "GPT2LMHeadModel",
+            "BertModel",
+            "BartEncoder",
+        ):
             self.ids = kwargs["input_ids"][0].tolist()
 
 
@@ -155,9 +171,18 @@ def _embeddings_list(text: str, model: str = "features") -> tuple[str, dict[str,
     return "/v1/embeddings", {"model": "features", "input": [text, text]}
 
 
+def _seq2seq_generate(text: str, model: str = "rewriter") -> tuple[str, dict[str, Any]]:
+    return _generate(text, model)
+
+
+def _seq2seq_infer(text: str, model: str = "rewriter") -> tuple[str, dict[str, Any]]:
+    # A text-to-text model's batch route: loadonce's own predictor tokenizes it.
+    return _v2_infer(text, model)
+
+
 ROUTES: list[Route] = [
     _chat, _chat_parts, _completion, _completion_list, _generate, _v2_generate, _v2_infer,
-    _embeddings, _embeddings_list,
+    _seq2seq_generate, _seq2seq_infer, _embeddings, _embeddings_list,
 ]  # fmt: skip
 
 
