@@ -52,11 +52,24 @@ def own_tokenizer(tokenizer: Any) -> Any:
 
 
 def control_ids(tokenizer: Any) -> frozenset[int]:
-    """The ids of the tokenizer's special tokens (BOS, EOS, PAD, the chat markers...), but
-    its unknown token: plain text makes that one (a character its vocabulary lacks)."""
-    ids = getattr(tokenizer, "all_special_ids", None) or ()
-    unknown = getattr(tokenizer, "unk_token_id", None)
-    return frozenset(i for i in ids if isinstance(i, int) and i != unknown)
+    """The ids of the tokenizer's control tokens: its special tokens (BOS, EOS, PAD, the chat
+    markers...) and, as transformers' sanitizing counts them, the added tokens its chat
+    template writes (DeepSeek's User marker is not "special"); never its unknown token,
+    which plain text makes (a character its vocabulary lacks)."""
+    controls = {i for i in getattr(tokenizer, "all_special_ids", None) or () if isinstance(i, int)}
+    template = getattr(tokenizer, "chat_template", None)
+    templates = list(template.values()) if isinstance(template, dict) else [template]
+    texts = [text for text in templates if isinstance(text, str)]
+    listed = getattr(tokenizer, "chat_control_tokens", None)
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    for token_id, token in added.items():
+        content = str(getattr(token, "content", token))
+        if not content or content.isspace():  # Gemma's "\n": templates write it as text
+            continue
+        if content in listed if listed is not None else any(content in t for t in texts):
+            controls.add(token_id)
+    controls.discard(getattr(tokenizer, "unk_token_id", None))
+    return frozenset(controls)
 
 
 def text_ids(tokenizer: Any, text: str, controls: frozenset[int], what: str) -> list[int]:
@@ -77,13 +90,16 @@ def refuse_control_tokens(
 ) -> None:
     """A 400 for a control token made of a client's text (``added``: 1 where the tokenizer
     added the token itself, around the text): its vocabulary reads that spelling as the
-    token even as plain text, so it cannot be sent as text to this model."""
+    token even as plain text, or it is an added token that ``split_special_tokens`` still
+    matches (one the chat template writes but not "special"), so it cannot be sent as text
+    to this model."""
     for position, token in enumerate(ids):
         if token in controls and not (added is not None and added[position]):
             spelled = str(tokenizer.convert_ids_to_tokens(token))[:40]
             raise TextInputError(
-                f"{what} holds {spelled!r}, which this model's tokenizer reads as its control "
-                "token even as plain text: leave it out"
+                f"{what} holds {spelled!r}, a control token of this model that its tokenizer "
+                "makes even from plain text: leave it out"
+                + ("" if what.startswith("example") else " (or send chat messages)")
             )
 
 
