@@ -349,9 +349,7 @@ class Model:
         self._generation = _make_generation(self, executor)
         self._state = ModelState.READY
 
-    async def _reload(
-        self, spec: ModelSpec, matching: tuple[FileState, str] | None = None
-    ) -> None:
+    async def _reload(self, spec: ModelSpec, matching: tuple[FileState, str] | None = None) -> None:
         self._state = ModelState.RELOADING
         self._notify()
         try:
