@@ -114,3 +114,68 @@ def test_a_stream_whose_client_stops_reading_still_ends_at_its_deadline(tmp_path
             waited = time.monotonic() - started
         assert behind.status_code == 200, behind.text
         assert waited < 10, f"the request behind it waited {waited:.1f} s"
+
+
+# Each generate route, its body, and whether it streams: admission is the queue's, whichever
+# route feeds it.
+_ROUTES = [
+    ("/v1/completions", {"model": "slow", "prompt": "x", "max_tokens": 3}),
+    ("/v1/completions", {"model": "slow", "prompt": "x", "max_tokens": 3, "stream": True}),
+    ("/v2/models/slow/generate", {"text_input": "x", "max_tokens": 3}),
+    ("/v2/models/slow/generate_stream", {"text_input": "x", "max_tokens": 3}),
+    ("/models/slow/generate", {"prompt": "x", "stream": False}),
+    ("/models/slow/generate", {"prompt": "x", "stream": True}),
+]
+
+
+def test_a_generation_that_cannot_start_before_its_deadline_is_refused_at_once() -> None:
+    """A generation request with a deadline was queued whatever the queue held, and failed
+    with a 504 when its deadline passed, after holding a place for all that time. At the
+    queue's measured pace it is refused at once now, as the batcher refuses: 503 with the
+    Retry-After after which it would fit, or 504 (never retry) when even one step takes
+    longer than its deadline; a deadline that fits is served."""
+    spec = loadonce.ModelSpec(name="slow", loader=SlowWords, max_queue=8)
+    with ThreadedServer(loadonce.create_app([spec])) as server:
+        statuses: list[int] = []
+        _complete(server.url, statuses)  # measures the pace: 0.15 s a step, 2.1 s a sequence
+        busy = threading.Thread(target=_complete, args=(server.url, statuses))
+        busy.start()
+        wait_until(
+            lambda: httpx.get(f"{server.url}/models/slow").json()["queue"]["generating"] == 1,
+            10,
+            "a generation holding the model's one place",
+        )
+        try:
+            for path, body in _ROUTES:
+                for timeout, status in (("1", 503), ("0.05", 504)):
+                    started = time.monotonic()
+                    refused = httpx.post(
+                        f"{server.url}{path}",
+                        json=body,
+                        headers={"X-Request-Timeout": timeout},
+                        timeout=10,
+                    )
+                    took = time.monotonic() - started
+                    where = f"{path} {body} within {timeout} s"
+                    assert refused.status_code == status, (where, refused.text)
+                    assert took < 0.5, f"{where}: refused after {took:.2f} s, not at once"
+                    if status == 503:
+                        # It fits once the queue is 1.2 s shorter (2.25 s of wait, 1 s left).
+                        assert refused.headers["retry-after"] == "2", where
+                        assert "past this request's deadline" in refused.text, where
+                    else:
+                        assert refused.headers["x-should-retry"] == "false", where
+                        assert "one step of its generation" in refused.text, where
+            # A deadline the queue can meet is served, after the generation ahead of it.
+            served = httpx.post(
+                f"{server.url}/v1/completions",
+                json={"model": "slow", "prompt": "a b", "max_tokens": 3},
+                headers={"X-Request-Timeout": "20"},
+                timeout=30,
+            )
+            assert served.status_code == 200, served.text
+            assert served.json()["choices"][0]["text"] == "a b "
+        finally:
+            busy.join(60)
+        assert statuses == [200, 200]
+        assert httpx.get(f"{server.url}/models/slow").json()["queue"]["queued_examples"] == 0

@@ -151,12 +151,16 @@ class DeadlineTooShortError(DeadlineExceededError):
     passes): refused at once, since sending it again with the same deadline cannot help,
     where a full queue's 503 would have told the client to retry."""
 
-    def __init__(self, name: str, left: float, seconds_per_call: float) -> None:
+    def __init__(
+        self, name: str, left: float, seconds_per_call: float, *, call: str = "call of it"
+    ) -> None:
+        """``call``: what takes ``seconds_per_call`` (a generating model: a step of its
+        generation, which its first token needs at the least)."""
         self.name = name
         LoadonceError.__init__(
             self,
             f"model '{name}' cannot answer within the {left:.3g} s left of the deadline: one "
-            f"call of it takes {seconds_per_call:.3g} s at its current pace; send the request "
+            f"{call} takes {seconds_per_call:.3g} s at its current pace; send the request "
             "with a longer deadline",
         )
 

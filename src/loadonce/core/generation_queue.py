@@ -7,6 +7,11 @@ sequence nobody waits for. One driver task per model calls ``engine.advance`` in
 threads (under its concurrency policy, like a predict call) and hands each sequence's text to
 its stream as the step returns, so a stream's first text leaves as soon as its token exists.
 Stop strings are found here, over the text, whatever the engine.
+
+A request with a deadline is admitted only if, at the queue's measured pace (the time of a
+step, and how long a sequence holds its place in the batch), its first token can come before
+that deadline: refused at once otherwise, as the batcher refuses (``_refuse_if_late``), rather
+than holding a place in the queue only to fail late.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import math
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -24,6 +30,7 @@ from dataclasses import dataclass, field
 from loadonce.core.batcher import wrong_loop
 from loadonce.core.errors import (
     DeadlineExceededError,
+    DeadlineTooShortError,
     LoadonceError,
     ModelNotReadyError,
     ModelRaisedError,
@@ -65,6 +72,8 @@ class _Sequence:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     started: bool = False
+    # When it joined the batch (the loop's time): how long it held its place, when it leaves.
+    joined_at: float | None = None
     first_token_at: float | None = None
     last_token_at: float | None = None
     # The client stopped waiting (went away, or its deadline passed).
@@ -113,6 +122,12 @@ class GenerationQueue:
         self._idle.set()
         self._driver: asyncio.Task[None] | None = None
         self._closed = False
+        # Measured while generating, smoothed over recent ones (None until measured): the
+        # seconds one step takes, and the seconds a sequence holds its place in the batch
+        # (from joining it to leaving it). Together they say when a request queued now would
+        # have its first token (``expected_wait``).
+        self._seconds_per_step: float | None = None
+        self._seconds_per_sequence: float | None = None
         # The app's loop, where it was made (while its model loaded): streams run there.
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -139,17 +154,82 @@ class GenerationQueue:
     def max_sequences(self) -> int:
         return self._max_sequences
 
+    @property
+    def seconds_per_step(self) -> float | None:
+        return self._seconds_per_step
+
+    def _free_places(self) -> int:
+        """Places in the batch the next step can fill (none in a static batch running)."""
+        if self._static and self._active:
+            return 0
+        return max(self._max_sequences - len(self._active), 0)
+
+    def _place_frees_in(self) -> float | None:
+        """Seconds, on average, until the batch has room for one more waiting sequence."""
+        held = self._seconds_per_sequence
+        if held is None:
+            return None
+        # A static batch takes the next ones only when its last sequence has ended.
+        return held if self._static else held / self._max_sequences
+
     def refuse_if_full(self) -> None:
         """QueueFullError past ``max_queue`` waiting beyond the batch's free places: those
         who join at the next step are not queued (counted as queued, a burst onto a batch
         with room was refused, 200, 200, 503 with one place free and max_queue 2 empty)."""
         if self._closed:
             raise ModelNotReadyError(self._model, "unloading")
-        room = 0 if self._static and self._active else self._max_sequences - len(self._active)
-        if len(self._waiting) - max(room, 0) >= self._max_queue:
+        if len(self._waiting) - self._free_places() >= self._max_queue:
             raise QueueFullError(
-                self._model, len(self._waiting), self._max_queue, counted="requests"
+                self._model,
+                len(self._waiting),
+                self._max_queue,
+                counted="requests",
+                retry_after_s=self._place_frees_in(),
             )
+
+    def expected_wait(self) -> float | None:
+        """Seconds until a request queued now would have its first token, at the measured
+        pace (None until measured): the places that must free before its turn, then the step
+        it joins in."""
+        step = self._seconds_per_step
+        if step is None:
+            return None
+        places = len(self._waiting) + 1 - self._free_places()
+        if places <= 0:
+            return step  # it joins at the next step
+        held = self._seconds_per_sequence
+        if held is None:
+            return None
+        if self._static:  # whole batches run, one after the other
+            return math.ceil(places / self._max_sequences) * held + step
+        return places * held / self._max_sequences + step
+
+    def _refuse_if_late(self, left: float) -> None:
+        """Refuse, before it takes a place, a request whose first token could not come in the
+        ``left`` seconds of its deadline at the measured pace: it would fail with a 504 after
+        holding a place others could have used. A 503 with Retry-After (when the queue will
+        be short enough), unless even one step takes longer than it has left: then waiting
+        cannot help, and it is told so (``DeadlineTooShortError``, a 504)."""
+        if not self._active and not self._waiting:
+            # An idle model always admits: the pace is only measured while generating, and a
+            # stale one (one slow step) could refuse forever.
+            return
+        wait = self.expected_wait()
+        if wait is None or wait <= left:
+            return
+        step = self._seconds_per_step
+        if step is not None and step > left:
+            raise DeadlineTooShortError(
+                self._model, left, step, call="step of its generation (its first token)"
+            )
+        raise QueueFullError(
+            self._model,
+            len(self._waiting),
+            self._max_queue,
+            expected_wait=wait,
+            counted="requests",
+            retry_after_s=wait - left,
+        )
 
     def _waiting_changed(self) -> None:
         """The queue's depth, for /metrics and the model's description (as the batcher's)."""
@@ -172,6 +252,8 @@ class GenerationQueue:
         self.refuse_if_full()
         check_request(request)
         self._engine.check(request)
+        if deadline is not None:
+            self._refuse_if_late(deadline - loop.time())
         sequence = _Sequence(next(self._ids), request, arrived=loop.time(), deadline=deadline)
         self._waiting.append(sequence)
         self._waiting_changed()
@@ -266,6 +348,10 @@ class GenerationQueue:
                 await self._wake.wait()
                 continue
             requests = {sequence.id: sequence.request for sequence in joining}
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            for joined in joining:
+                joined.joined_at = began
             call = self._executor.submit(
                 functools.partial(_advance, self._engine, requests, leaving)
             )
@@ -281,7 +367,8 @@ class GenerationQueue:
                 self._fail_all(ModelRaisedError(exc, model=self._model), waiting=False)
                 await asyncio.wrap_future(self._executor.submit(_reset(self._engine)))
                 continue
-            now = asyncio.get_running_loop().time()
+            now = loop.time()
+            self._seconds_per_step = _smoothed(self._seconds_per_step, now - began)
             for sequence_id, outcome in outcomes.items():
                 sequence = self._active.get(sequence_id)
                 if sequence is not None:
@@ -322,7 +409,7 @@ class GenerationQueue:
                 sequence.abandoned = True  # its stream says "deadline" when next read
         leaving = [s.id for s in self._active.values() if s.abandoned]
         for sequence_id in leaving:
-            self._report(self._active.pop(sequence_id))
+            self._report(self._leave(sequence_id, now))
         leaving += self._leaving
         self._leaving.clear()
         while self._waiting and self._waiting[0].abandoned:
@@ -349,7 +436,7 @@ class GenerationQueue:
 
     def _take(self, sequence: _Sequence, outcome: Step | Exception, now: float) -> None:
         if isinstance(outcome, Exception):
-            del self._active[sequence.id]
+            self._leave(sequence.id, now)
             sequence.done = True
             error = (
                 outcome
@@ -391,8 +478,16 @@ class GenerationQueue:
         if sequence.abandoned and finish is None:
             return  # let go at the next step
         if finish is not None:
-            del self._active[sequence.id]
+            self._leave(sequence.id, now)
             sequence.events.put_nowait(self._finish(sequence, finish, report=True))
+
+    def _leave(self, sequence_id: int, now: float) -> _Sequence:
+        """Out of the batch: its place is free, and how long it held it is measured."""
+        sequence = self._active.pop(sequence_id)
+        if sequence.joined_at is not None:
+            held = now - sequence.joined_at
+            self._seconds_per_sequence = _smoothed(self._seconds_per_sequence, held)
+        return sequence
 
     def _finish(self, sequence: _Sequence, reason: FinishReason, *, report: bool) -> Finished:
         sequence.done = True
@@ -448,6 +543,12 @@ def _advance(
 
 def _reset(engine: GenerationEngine) -> Callable[[object], None]:
     return lambda _instance: engine.reset()
+
+
+def _smoothed(previous: float | None, seconds: float) -> float:
+    """An exponential average, as the batcher's pace: recent ones count most, one odd one
+    does not swing it."""
+    return seconds if previous is None else 0.8 * previous + 0.2 * seconds
 
 
 def _first_stop(text: str, stops: tuple[str, ...], emitted: int) -> int | None:
