@@ -135,3 +135,97 @@ def test_a_replaced_version_held_in_cycles_is_freed_after_its_last_stream() -> N
             reload.join(timeout=20)
         old = HeldInACycle.made[0]
         wait_until(lambda: old() is None, 10, "the replaced version freed")
+
+
+def test_the_queue_figures_count_every_version_a_reload_left_running() -> None:
+    """Each generation queue set the model's queue gauge to its own depth: while a reload's
+    old version still held requests, /metrics and GET /models showed whichever queue changed
+    last (and the old queue's last 0 hid the new one's), never what the worker held."""
+    Held.go.clear()
+    spec = loadonce.ModelSpec(name="held", loader=Held)
+    with ThreadedServer(loadonce.create_app([spec])) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+        pieces: list[list[str]] = [[], []]
+        answers: list[str] = []
+
+        def stream(into: list[str]) -> None:
+            chunks = client.completions.create(model="held", prompt="x", stream=True)
+            into.extend(c.choices[0].text for c in chunks if c.choices)
+
+        def whole() -> None:
+            answer = client.completions.create(model="held", prompt="x")
+            answers.append(answer.choices[0].text or "")
+
+        def queue() -> tuple[int, int]:
+            shown = httpx.get(f"{server.url}/models/held").json()["queue"]
+            return shown["queued_examples"], shown["generating"]
+
+        def gauge() -> str:
+            metrics = httpx.get(f"{server.url}/metrics").text
+            return next(line for line in metrics.splitlines() if "queue_examples{" in line)
+
+        readers = [
+            threading.Thread(target=stream, args=(pieces[0],)),
+            threading.Thread(target=whole),
+            threading.Thread(target=stream, args=(pieces[1],)),
+            threading.Thread(target=whole),
+        ]
+        try:
+            # The old version: one generating (its one place), one waiting behind it.
+            readers[0].start()
+            wait_until(lambda: pieces[0] == ["first "], 10, "the first stream generating")
+            readers[1].start()
+            wait_until(lambda: queue() == (1, 1), 10, "one request waiting")
+            reload = httpx.post(f"{server.url}/v2/repository/models/held/load", timeout=10)
+            assert reload.status_code == 200, reload.text
+            # The new version: the same again.
+            readers[2].start()
+            wait_until(lambda: pieces[1] == ["first "], 10, "the new version generating")
+            readers[3].start()
+            wait_until(lambda: queue() == (2, 2), 10, "both versions' requests counted")
+            assert gauge() == 'loadonce_queue_examples{model="held"} 2.0'
+        finally:
+            Held.go.set()
+            for reader in readers:
+                if reader.is_alive() or reader.ident is not None:
+                    reader.join(timeout=20)
+        assert answers == ["first last"] * 2
+        wait_until(lambda: queue() == (0, 0), 10, "the old version retired")
+        assert gauge() == 'loadonce_queue_examples{model="held"} 0.0'
+
+
+def test_a_hung_step_of_a_replaced_version_still_counts_as_hung() -> None:
+    """Each generation queue told the model its own count of hung steps, overwriting the
+    other's: a step hung in the old version and one in the new counted as one, and the
+    first to return said the model healthy while the other still hung."""
+
+    async def scenario() -> list[int]:
+        Held.go.clear()
+        spec = loadonce.ModelSpec(name="held", loader=Held, hang_timeout_s=0.2)
+        model = loadonce.Model(spec)
+        await model.load()
+        counted: list[int] = []
+        streams = []
+        try:
+            for _ in range(2):  # one generation in each version, its step hung
+                stream = model.generate(GenerationRequest(prompt="x"))
+                streams.append(stream)
+                assert await anext(stream) == loadonce.Delta("first ")
+                await asyncio.wait_for(_hung(model, len(streams)), 5)
+                counted.append(model.hung_calls)
+                if len(streams) == 1:
+                    await asyncio.wait_for(model.load(), 5)  # the reload
+        finally:
+            Held.go.set()
+            for stream in streams:
+                await stream.aclose()
+            await model.unload(timeout=5)
+        counted.append(model.hung_calls)
+        return counted
+
+    assert asyncio.run(scenario()) == [1, 2, 0]
+
+
+async def _hung(model: loadonce.Model, count: int) -> None:
+    while model.hung_calls < count:
+        await asyncio.sleep(0.02)

@@ -141,6 +141,9 @@ class Batcher:
     hang_timeout_s: float | None = None
     # Told the number of hung calls whenever it changes (the model's health).
     on_hung_changed: Callable[[int], None] | None = None
+    # Told the number of examples queued whenever it changes, instead of the observer (the
+    # model sums its queues': a reload's old batcher drains while the new one serves).
+    on_queue_changed: Callable[[int], None] | None = None
     # For a model that declares no input shape: the shape of its warm-up's examples, which it
     # is known to answer. A request of another shape that the model fails on is then the
     # request's fault (400, naming both shapes), not the model's (500).
@@ -298,7 +301,9 @@ class Batcher:
             self.observer.request_finished(self.model, ok, seconds)
 
     def _queue_changed(self) -> None:
-        if self.observer is not None:
+        if self.on_queue_changed is not None:
+            self.on_queue_changed(self._queued_examples)
+        elif self.observer is not None:
             self.observer.queue_changed(self.model, self._queued_examples)
 
     def _note_if_idle(self) -> None:

@@ -99,12 +99,15 @@ class GenerationQueue:
         observer: ModelObserver | None = None,
         hang_timeout_s: float | None = None,
         on_hung_changed: Callable[[int], None] | None = None,
+        on_queue_changed: Callable[[int], None] | None = None,
     ) -> None:
         self._model = model
         # A step of the engine's running past it: the model is unhealthy until it returns
         # (told through ``on_hung_changed``, as the batcher tells of a hung predict call).
         self._hang_timeout_s = hang_timeout_s
         self._on_hung_changed = on_hung_changed
+        # Told its depth, instead of the observer (the model sums its queues' depths).
+        self._on_queue_changed = on_queue_changed
         self._engine = engine
         self._executor = executor
         self._max_sequences = max_sequences
@@ -233,7 +236,9 @@ class GenerationQueue:
 
     def _waiting_changed(self) -> None:
         """The queue's depth, for /metrics and the model's description (as the batcher's)."""
-        if self._observer is not None:
+        if self._on_queue_changed is not None:
+            self._on_queue_changed(len(self._waiting))
+        elif self._observer is not None:
             self._observer.queue_changed(self._model, len(self._waiting))
 
     async def stream(

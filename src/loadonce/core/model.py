@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -117,10 +118,14 @@ class Model:
         self._lifecycle = asyncio.Lock()
         # Told of every change of state, queue and batch (the app's metrics), if set.
         self._observer: ModelObserver | None = None
-        # Predict calls and generation steps running past hang_timeout_s now, as the batcher
-        # and the generation queue count them; the model is unhealthy while any is.
-        self._hung_predicting = 0
-        self._hung_generating = 0
+        # Per queue (the batcher and the generation queue of each version still running: a
+        # reload's old ones drain while the new ones serve), what it last counted: the predict
+        # calls and generation steps running past hang_timeout_s (the model is unhealthy while
+        # any is), and what waits in it. The model's figures are their sums; each queue told
+        # only its own count, and the last to change overwrote the others' (a retiring queue's
+        # last 0 hid the new version's queue, or its depth stood for the new one's).
+        self._hung: dict[object, int] = {}
+        self._queued: dict[object, int] = {}
         # Called when a call is found hung (loadonce serve: replace this worker).
         self._on_hung: Callable[[Model], None] | None = None
         # Spans of its loads and calls, when tracing is on (None: nothing is asked).
@@ -153,7 +158,19 @@ class Model:
     @property
     def hung_calls(self) -> int:
         """Predict calls and generation steps running past ``hang_timeout_s`` now."""
-        return self._hung_predicting + self._hung_generating
+        return sum(self._hung.values())
+
+    @property
+    def queued(self) -> int:
+        """What waits in the model's queues now, every version's (examples waiting for the
+        batcher, requests waiting to join a generating batch)."""
+        return sum(self._queued.values())
+
+    @property
+    def generating(self) -> int:
+        """Sequences generating now, in every version's generation queue."""
+        queues = [*self._retiring.values(), *([self._generation] if self._generation else [])]
+        return sum(queue.generating for queue in queues)
 
     @property
     def observer(self) -> ModelObserver | None:
@@ -272,20 +289,19 @@ class Model:
         and no call of it is hung."""
         return self.is_serving and self.hung_calls == 0
 
-    def _hung_changed(self, count: int) -> None:
-        """The batcher's count of hung predict calls."""
-        self._hung_count_changed(count, self._hung_generating)
-
-    def _generation_hung_changed(self, count: int) -> None:
-        """The generation queue's count of hung steps."""
-        self._hung_count_changed(self._hung_predicting, count)
-
-    def _hung_count_changed(self, predicting: int, generating: int) -> None:
-        grew = predicting + generating > self.hung_calls
-        self._hung_predicting, self._hung_generating = predicting, generating
+    def _hung_changed(self, queue: object, count: int) -> None:
+        """A queue's count of hung predict calls or generation steps."""
+        grew = count > self._hung.get(queue, 0)
+        _count(self._hung, queue, count)
         self._notify()
         if grew and self._on_hung is not None:
             self._on_hung(self)
+
+    def _queue_changed(self, queue: object, count: int) -> None:
+        """A queue's depth: the model's, all its queues', goes to /metrics."""
+        _count(self._queued, queue, count)
+        if self._observer is not None:
+            self._observer.queue_changed(self.name, self.queued)
 
     async def load(
         self, spec: ModelSpec | None = None, *, matching: tuple[FileState, str] | None = None
@@ -847,6 +863,7 @@ def _make_batcher(model: Model, executor: Executor) -> Batcher:
         max_wait_s = batching.max_wait_ms / 1000
         fill_wait_s = None if batching.fill_wait_ms == "auto" else batching.fill_wait_ms / 1000
         concurrent = batching.concurrent_batches or (policy.size if policy.kind == "pool" else 1)
+    queue = object()  # this batcher, in the model's counts (it reports before it exists)
     batcher = Batcher(
         model=model.name,
         version=spec.version,
@@ -858,7 +875,8 @@ def _make_batcher(model: Model, executor: Executor) -> Batcher:
         max_queue=spec.max_queue,
         concurrent_batches=concurrent,
         hang_timeout_s=spec.hang_timeout,
-        on_hung_changed=model._hung_changed,
+        on_hung_changed=functools.partial(model._hung_changed, queue),
+        on_queue_changed=functools.partial(model._queue_changed, queue),
         answered_shape=model._answered_shape,
         tracer=model.tracer,
     )
@@ -871,6 +889,7 @@ def _make_generation(model: Model, executor: Executor) -> GenerationQueue | None
     if engine is None:
         return None
     batching = model.batching
+    queue = object()  # this queue, in the model's counts
     return GenerationQueue(
         model=model.name,
         engine=engine,
@@ -881,8 +900,17 @@ def _make_generation(model: Model, executor: Executor) -> GenerationQueue | None
         static=batching is not None and batching.generation == "static",
         observer=model.observer,
         hang_timeout_s=model.spec.hang_timeout,
-        on_hung_changed=model._generation_hung_changed,
+        on_hung_changed=functools.partial(model._hung_changed, queue),
+        on_queue_changed=functools.partial(model._queue_changed, queue),
     )
+
+
+def _count(counts: dict[object, int], queue: object, count: int) -> None:
+    """``queue``'s count; a queue at 0 is forgotten (a retired one leaves nothing behind)."""
+    if count:
+        counts[queue] = count
+    else:
+        counts.pop(queue, None)
 
 
 async def _close_all(instances: Sequence[Predictor], name: str) -> None:

@@ -78,8 +78,9 @@ class QueueInfo(BaseModel):
     max_batch_size: int = Field(description="Examples per predict call (1 without batching).")
     timeout_s: float | None = Field(description="The model's deadline per request, if any.")
     seconds_per_call: float | None = Field(
-        description="Recent time of one predict call, smoothed; used to refuse at admission a "
-        "request that could not meet its deadline."
+        description="Recent time of one predict call (a generating model: of one generation "
+        "step), smoothed; used to refuse at admission a request that could not meet its "
+        "deadline."
     )
     generating: int | None = Field(
         None,

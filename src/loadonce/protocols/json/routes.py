@@ -165,13 +165,14 @@ _PIECE_BYTES = 128 * 1024
 def _queue_info(model: Model) -> QueueInfo | None:
     generation = model.generation
     if generation is not None:  # a generating model's requests wait in its own queue
+        # Every version's: a reload's old queue still holds what it accepted.
         return QueueInfo(
-            queued_examples=generation.waiting,
+            queued_examples=model.queued,
             max_queue=generation.max_queue,
             max_batch_size=generation.max_sequences,
             timeout_s=model.spec.timeout_s,
-            seconds_per_call=None,
-            generating=generation.generating,
+            seconds_per_call=generation.seconds_per_step,
+            generating=model.generating,
         )
     batcher = model.batcher
     if batcher is None:
