@@ -179,3 +179,51 @@ def test_a_generation_that_cannot_start_before_its_deadline_is_refused_at_once()
             busy.join(60)
         assert statuses == [200, 200]
         assert httpx.get(f"{server.url}/models/slow").json()["queue"]["queued_examples"] == 0
+
+
+def test_clients_that_go_away_while_queued_free_their_places_at_once() -> None:
+    """A streaming request of the generate routes (/models/{name}/generate,
+    /v2/.../generate_stream) whose client went away while it waited kept its place in the
+    queue until its turn came (a full queue refused others meanwhile), and its first token
+    was made for nobody. Every route, streaming or not, frees it at once now."""
+    import json
+    import socket
+
+    spec = loadonce.ModelSpec(name="slow", loader=SlowWords, max_queue=len(_ROUTES))
+    with ThreadedServer(loadonce.create_app([spec])) as server:
+        statuses: list[int] = []
+        busy = threading.Thread(target=_complete, args=(server.url, statuses))
+        busy.start()
+
+        def queued() -> int:
+            found: int = httpx.get(f"{server.url}/models/slow").json()["queue"]["queued_examples"]
+            return found
+
+        wait_until(
+            lambda: httpx.get(f"{server.url}/models/slow").json()["queue"]["generating"] == 1,
+            10,
+            "a generation holding the model's one place",
+        )
+        sockets = []
+        try:
+            for path, body in _ROUTES:
+                data = json.dumps(body).encode()
+                sock = socket.create_connection(("127.0.0.1", server.port))
+                sockets.append(sock)
+                sock.sendall(
+                    b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n" % (path.encode(), len(data)) + data
+                )
+            wait_until(lambda: queued() == len(_ROUTES), 10, "every route's request queued")
+        finally:
+            for sock in sockets:
+                sock.close()
+        started = time.monotonic()
+        wait_until(lambda: queued() == 0, 1.5, "the places of the clients gone freed")
+        took = time.monotonic() - started
+        assert busy.is_alive(), f"freed only when the generation ahead ended ({took:.1f} s)"
+        metrics = httpx.get(f"{server.url}/metrics").text
+        for route in ("/models/{name}/generate", "/v2/models/{model_name}/generate_stream"):
+            assert f'route="{route}",status="499"' in metrics, route
+        busy.join(60)
+        assert statuses == [200]

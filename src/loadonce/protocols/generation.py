@@ -24,6 +24,7 @@ from loadonce.core.generation import (
     Finished,
     GenerationRequest,
 )
+from loadonce.http.disconnect import unless_disconnected
 from loadonce.http.request_info import request_id_of
 from loadonce.http.streaming import EventStreamResponse, StreamOutcome, first_then_rest, guarded
 
@@ -139,8 +140,11 @@ async def event_stream(
 ) -> EventStreamResponse:
     """The generation as Server-Sent Events, once its first event exists (what it raises
     before then raises here, for the route's error answer). ``encode``: an event's SSE bytes,
-    None for none; ``on_error(status, message)``: the last event of a stream that failed."""
-    every = await first_then_rest(events)
+    None for none; ``on_error(status, message)``: the last event of a stream that failed.
+    A client that goes away while its request waits for its first event takes it out of the
+    queue at once (a 499), as a whole answer's: else its place stayed taken until its turn
+    came and its first token was made for nobody."""
+    every = await unless_disconnected(request, first_then_rest(events))
 
     async def encoded() -> AsyncIterator[bytes]:
         async with contextlib.aclosing(every):  # type: ignore[type-var]
