@@ -215,6 +215,9 @@ def test_clients_that_go_away_while_queued_free_their_places_at_once() -> None:
                     b"Content-Length: %d\r\n\r\n" % (path.encode(), len(data)) + data
                 )
             wait_until(lambda: queued() == len(_ROUTES), 10, "every route's request queued")
+            # Streaming and whole requests count alike in max_queue: full now.
+            full = httpx.post(f"{server.url}{_ROUTES[1][0]}", json=_ROUTES[1][1], timeout=10)
+            assert full.status_code == 503, full.text
         finally:
             for sock in sockets:
                 sock.close()
