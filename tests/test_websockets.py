@@ -5,10 +5,12 @@ it: any page could open one to a loopback server and run its models."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 import pytest
@@ -19,7 +21,7 @@ from websockets.sync.client import ClientConnection, connect
 import loadonce
 from loadonce import Model
 from loadonce.http.access_keys import AccessKeys
-from tests.servers import ThreadedServer, wait_until
+from tests.servers import CliServer, ThreadedServer, cli_env, serving, wait_until
 
 KEY = "inference-key-0123456789"
 
@@ -223,3 +225,116 @@ def _refused_with_url(url: str) -> int:
     with pytest.raises(InvalidStatus) as refused:
         connect(url, open_timeout=10).close()
     return refused.value.response.status_code
+
+
+# A user's app served by `loadonce serve`: a route that sends without end, one that echoes.
+_HOSTILE_APP = """
+from fastapi import FastAPI, WebSocket
+import loadonce
+
+specs = [loadonce.ModelSpec(name="echo", loader="tests.loaders:echo")]
+app = FastAPI(lifespan=loadonce.lifespan(specs))
+
+
+@app.websocket("/flood")
+async def flood(websocket: WebSocket) -> None:
+    await websocket.accept()
+    while True:
+        await websocket.send_bytes(b"x" * 65536)
+
+
+@app.websocket("/echo")
+async def echo(websocket: WebSocket) -> None:
+    await websocket.accept()
+    while True:
+        await websocket.send_text(await websocket.receive_text())
+
+
+loadonce.install_middleware(app)
+"""
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliServer]:
+    tmp_path = tmp_path_factory.mktemp("hostile-websockets")
+    (tmp_path / "ws_app.py").write_text(_HOSTILE_APP)
+    env = cli_env(tmp_path, {"LOADONCE_BODY_TIMEOUT_S": "1", "LOADONCE_MAX_CONNECTIONS": "4"})
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    with serving(["ws_app:app"], tmp_path, env=env) as server:
+        yield server
+
+
+def _opened(server: CliServer, path: str) -> socket.socket:
+    """A raw WebSocket handshake to ``path`` with a receive window of 4 KiB, its answer read."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before the window is set
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+_PING = bytes([0x89, 0x80 | 125]) + b"\0\0\0\0" + b"p" * 125  # masked, 125 bytes of payload
+
+
+def _send_pings(sock: socket.socket) -> None:
+    """Pings without end, reading nothing: until the server stops reading them."""
+    sock.settimeout(3)
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        while True:
+            sock.sendall(_PING * 1000)
+
+
+@pytest.mark.parametrize(
+    ("path", "behave"),
+    [("/flood", lambda sock: None), ("/echo", _send_pings)],
+    ids=["route-sends", "client-pings"],
+)
+def test_a_websocket_client_that_reads_nothing_is_dropped(
+    served: CliServer, path: str, behave: Callable[[socket.socket], None]
+) -> None:
+    """uvicorn waited for good on a client that read nothing: the route's send never
+    returned, the connection and its buffer stayed as long as the client did, and every
+    ping it sent was answered into a buffer that grew without end (6 MiB a second). Reads
+    stop while the client reads nothing, and it is dropped after body_timeout_s."""
+    with _opened(served, path) as sock:
+        behave(sock)
+        time.sleep(4)  # reading nothing, well past body_timeout_s (1 s)
+        received = 0
+        sock.settimeout(10)
+        with contextlib.suppress(ConnectionResetError):
+            while piece := sock.recv(1 << 20):
+                received += len(piece)
+    # Dropped: the connection ended; a route sending without end is never done otherwise.
+    wait_until(lambda: "read nothing for 1 s" in served.log(), 10, "the drop's log line")
+    assert received < 50 << 20
+
+
+def test_a_websocket_handshake_past_max_connections_is_refused(served: CliServer) -> None:
+    """uvicorn takes a WebSocket handshake before its max_connections check: past the limit
+    every handshake was accepted, each holding a connection for good."""
+    held = [_opened(served, "/echo") for _ in range(4)]  # max_connections
+    try:
+        with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+            sock.sendall(
+                f"GET /echo HTTP/1.1\r\nHost: 127.0.0.1:{served.port}\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            answer = b""
+            while piece := sock.recv(65536):
+                answer += piece
+        assert answer.startswith(b"HTTP/1.1 503"), answer
+        assert b"retry-after: 1" in answer.lower()
+        assert b"max_connections" in answer
+    finally:
+        for sock in held:
+            sock.close()

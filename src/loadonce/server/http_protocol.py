@@ -224,9 +224,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # as every refusal made before a route runs; its line writes that path too.
         path = getattr(self, "url", b"").split(b"?", 1)[0].decode("latin-1")
         body = _refusal_body(status.value, message, path, self.root_path, request_id, self.app)
+        retry = "retry-after: 1\r\n" if status is HTTPStatus.SERVICE_UNAVAILABLE else ""
         self.transport.write(
             f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nx-request-id: {request_id}\r\n"
+            f"content-length: {len(body)}\r\nx-request-id: {request_id}\r\n{retry}"
             "connection: close\r\n\r\n".encode()
             + body
         )
@@ -409,6 +410,17 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             # An answer that starts before the body ends says "connection: close" (the
             # body's end, usually in this same read, gives the cycle its keep-alive back).
             self._keep_alive_after_body, cycle.keep_alive = cycle.keep_alive, False
+
+    def handle_websocket_upgrade(self) -> None:
+        # uvicorn takes a WebSocket handshake before its own max_connections check (and
+        # ours, in on_headers_complete): past the limit every handshake was accepted, each
+        # a connection held for good. Refused as a request past it is.
+        limit = self.limit_concurrency
+        if limit is not None and (len(self.connections) > limit or len(self.tasks) >= limit):
+            self._in_head, self._in_body = True, False  # no route runs: a new id, its line here
+            self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, _PAST_MAX_CONNECTIONS)
+            return
+        super().handle_websocket_upgrade()
 
     def _refuse_head(self, refusal: Refusal) -> NoReturn:
         """Refuse the head being read (from a parser callback: send_400_response answers)."""

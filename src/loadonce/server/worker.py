@@ -44,6 +44,7 @@ from loadonce.server.sockets import (
 )
 from loadonce.server.stagger import one_worker_at_a_time
 from loadonce.server.user_app import load_app, serve_user_app
+from loadonce.server.websocket_protocol import guarded_websocket_protocol
 from loadonce.server.worker_process import (
     FAILED,
     GO,
@@ -274,6 +275,7 @@ def run_worker(
             max_header_bytes=options.max_header_bytes,
             max_header_fields=options.max_header_fields,
         ),
+        ws=guarded_websocket_protocol(body_timeout_s=options.body_timeout_s),
         limit_concurrency=options.max_connections,
     )
     server = _DrainingServer(uvicorn_config, registry, options.stop_delay_s)
