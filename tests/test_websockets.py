@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 from typing import Annotated
@@ -338,3 +339,52 @@ def test_a_websocket_handshake_past_max_connections_is_refused(served: CliServer
     finally:
         for sock in held:
             sock.close()
+
+
+def _frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
+    """One masked client frame (a mask of zeros: the payload as it is)."""
+    first = (0x80 if fin else 0) | opcode
+    size = len(payload)
+    if size < 126:
+        length = bytes([0x80 | size])
+    elif size < 1 << 16:
+        length = bytes([0x80 | 126]) + struct.pack("!H", size)
+    else:
+        length = bytes([0x80 | 127]) + struct.pack("!Q", size)
+    return bytes([first]) + length + b"\0\0\0\0" + payload
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        ([_frame(0x1, b"\xff\xfe")], 1007),
+        ([_frame(0x1, b"ok\xc3", fin=False), _frame(0x0, b"(")], 1007),  # split in a character
+        ([_frame(0x3, b"x")], 1002),  # a reserved opcode
+        ([bytes([0x81, 3]) + b"abc"], 1002),  # unmasked
+        ([_frame(0x8, struct.pack("!H", 1000))], 1000),  # the client closes: echoed
+        ([_frame(0x2, b"x" * (17 << 20))], 1009),  # past the 16 MiB a message may hold
+        ([_frame(0x1 if i == 0 else 0x0, b"x" * (1 << 20), fin=False) for i in range(17)], 1009),
+    ],
+    ids=["bad-utf8", "bad-utf8-in-fragments", "bad-opcode", "unmasked", "close", "too-large",
+         "too-large-in-fragments"],
+)  # fmt: skip
+def test_a_websocket_client_breaking_the_protocol_gets_its_close_code_and_no_traceback(
+    served: CliServer, frames: list[bytes], code: int
+) -> None:
+    """Each was closed with its code, but logged as the server's error with a traceback: the
+    route's receive raised the disconnect on through loadonce's middleware (the server
+    logged "Exception in ASGI application"), and text that is not UTF-8 was logged by uvicorn
+    with its decoding's traceback: one per message a client sends."""
+    logged = len(served.log())
+    with _opened(served, "/echo") as sock:
+        with contextlib.suppress(ConnectionError):
+            for frame in frames:
+                sock.sendall(frame)
+        received = b""
+        with contextlib.suppress(ConnectionError):
+            while len(received) < 4 and (piece := sock.recv(65536)):
+                received += piece
+    assert received[0] == 0x88, received  # a close frame
+    assert struct.unpack("!H", received[2:4])[0] == code
+    time.sleep(0.5)  # the route's end, logged
+    assert "Traceback" not in served.log()[logged:]

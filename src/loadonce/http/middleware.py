@@ -101,15 +101,16 @@ class LoadonceMiddleware:
                 scope, receive, state, self._answering(scope, log.send)
             ):
                 raise
+        except WebSocketDisconnect:
+            # The client left (or broke the protocol: the server closed it with its code),
+            # and the route's receive said so: nothing is left to answer. Raised on, the
+            # server logged it as the app's failure, a traceback per client that left.
+            if kind != "websocket":
+                raise
         except Exception as exc:
             # An exception of the app's own code that nothing inside answered: Starlette's
             # ServerErrorMiddleware, outside this one, answered it without the request id.
-            if (
-                kind == "websocket"
-                and log.answered
-                and not log.closed
-                and not isinstance(exc, WebSocketDisconnect)  # the client left
-            ):
+            if kind == "websocket" and log.answered and not log.closed:
                 # Open: the client is told by a close frame, not a dropped connection.
                 await close_failed(log.send, exc, log.request_id)
             if kind != "http" or log.answered:

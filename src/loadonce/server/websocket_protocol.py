@@ -14,7 +14,9 @@ Here, per connection:
   past its high-water mark is dropped (aborted, its buffer freed; the route's ``send`` raises
   the client's disconnect), as an HTTP answer's client is;
 - while the buffer is past that mark, nothing more is read from the client (its pings, its
-  messages): what the server writes in reply stays bounded by what the client reads.
+  messages): what the server writes in reply stays bounded by what the client reads;
+- a text message that is not UTF-8 closes the connection with 1007 and one log line (uvicorn
+  logged an error with a traceback for each).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import Any
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 logger = logging.getLogger("loadonce")
+
+_INVALID_DATA = 1007  # RFC 6455 7.4.1: data inconsistent with its message's type
 
 
 class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -63,6 +67,25 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._reads_held:
             self._hold_reads()
         return message
+
+    def send_receive_event_to_app(self) -> None:
+        # uvicorn's, but a text message that is not UTF-8 is the client's fault: closed with
+        # 1007 and one line, where uvicorn logged an error with a traceback for each.
+        if self.curr_msg_data_type != "text" or self.close_sent:
+            super().send_receive_event_to_app()
+            return
+        frames, self.frames = self.frames, []
+        try:
+            text = (frames[0] if len(frames) == 1 else b"".join(frames)).decode()
+        except UnicodeDecodeError:
+            logger.info("a WebSocket client sent text that is not UTF-8: closing it (1007)")
+            self.conn.send_close(_INVALID_DATA, "a text message that is not valid UTF-8")
+            self.handle_parser_exception()
+            return
+        self.queue.put_nowait({"type": "websocket.receive", "text": text})
+        if not self.read_paused:  # until the route takes it (uvicorn's)
+            self.read_paused = True
+            self.transport.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_write_timer()
