@@ -6,6 +6,7 @@ it: any page could open one to a loopback server and run its models."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -22,6 +23,7 @@ from websockets.sync.client import ClientConnection, connect
 import loadonce
 from loadonce import Model
 from loadonce.http.access_keys import AccessKeys
+from loadonce.http.websocket_errors import unreadable_message
 from tests.servers import CliServer, ThreadedServer, cli_env, serving, wait_until
 
 KEY = "inference-key-0123456789"
@@ -251,6 +253,20 @@ async def echo(websocket: WebSocket) -> None:
         await websocket.send_text(await websocket.receive_text())
 
 
+@app.websocket("/echo-bytes")
+async def echo_bytes(websocket: WebSocket) -> None:
+    await websocket.accept()
+    while True:
+        await websocket.send_bytes(await websocket.receive_bytes())
+
+
+@app.websocket("/echo-json")
+async def echo_json(websocket: WebSocket) -> None:
+    await websocket.accept()
+    while True:
+        await websocket.send_json(await websocket.receive_json())
+
+
 loadonce.install_middleware(app)
 """
 
@@ -322,26 +338,34 @@ def test_a_websocket_client_that_reads_nothing_is_dropped(
     assert received < 50 << 20
 
 
+def _handshake_answer(server: CliServer) -> bytes:
+    """The whole answer to a handshake the server refuses (or its head, if it accepts)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(
+            f"GET /echo HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        answer = b""
+        while not answer.startswith(b"HTTP/1.1 101") and (piece := sock.recv(65536)):
+            answer += piece
+    return answer
+
+
 def test_a_websocket_handshake_past_max_connections_is_refused(served: CliServer) -> None:
     """uvicorn takes a WebSocket handshake before its max_connections check: past the limit
     every handshake was accepted, each holding a connection for good."""
     held = [_opened(served, "/echo") for _ in range(4)]  # max_connections
     try:
-        with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
-            sock.sendall(
-                f"GET /echo HTTP/1.1\r\nHost: 127.0.0.1:{served.port}\r\nUpgrade: websocket\r\n"
-                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-            )
-            answer = b""
-            while piece := sock.recv(65536):
-                answer += piece
+        answer = _handshake_answer(served)
         assert answer.startswith(b"HTTP/1.1 503"), answer
         assert b"retry-after: 1" in answer.lower()
         assert b"max_connections" in answer
     finally:
         for sock in held:
             sock.close()
+    # Their routes end as the server reads their ends: then a handshake is taken again.
+    wait_until(lambda: _handshake_answer(served).startswith(b"HTTP/1.1 101"), 10, "the slots back")
 
 
 def _frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
@@ -357,29 +381,41 @@ def _frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
     return bytes([first]) + length + b"\0\0\0\0" + payload
 
 
+# Text whose fragments split a character; a message of 17 fragments of 1 MiB.
+_SPLIT_IN_A_CHARACTER = [_frame(0x1, b"ok\xc3", fin=False), _frame(0x0, b"(")]
+_FRAGMENTS_OVER_16_MIB = [
+    _frame(0x0 if index else 0x1, b"x" * (1 << 20), fin=False) for index in range(17)
+]
+
+
 @pytest.mark.parametrize(
-    ("frames", "code"),
+    ("path", "frames", "code"),
     [
-        ([_frame(0x1, b"\xff\xfe")], 1007),
-        ([_frame(0x1, b"ok\xc3", fin=False), _frame(0x0, b"(")], 1007),  # split in a character
-        ([_frame(0x3, b"x")], 1002),  # a reserved opcode
-        ([bytes([0x81, 3]) + b"abc"], 1002),  # unmasked
-        ([_frame(0x8, struct.pack("!H", 1000))], 1000),  # the client closes: echoed
-        ([_frame(0x2, b"x" * (17 << 20))], 1009),  # past the 16 MiB a message may hold
-        ([_frame(0x1 if i == 0 else 0x0, b"x" * (1 << 20), fin=False) for i in range(17)], 1009),
+        ("/echo", [_frame(0x2, b"binary")], 1003),  # the route reads text
+        ("/echo-bytes", [_frame(0x1, b"text")], 1003),  # the route reads bytes
+        ("/echo-json", [_frame(0x1, b"{not json")], 1007),
+        ("/echo", [_frame(0x1, b"\xff\xfe")], 1007),
+        ("/echo", _SPLIT_IN_A_CHARACTER, 1007),
+        ("/echo", [_frame(0x3, b"x")], 1002),  # a reserved opcode
+        ("/echo", [bytes([0x81, 3]) + b"abc"], 1002),  # unmasked
+        ("/echo", [_frame(0x8, struct.pack("!H", 1000))], 1000),  # the client closes: echoed
+        ("/echo", [_frame(0x2, b"x" * (17 << 20))], 1009),  # past the 16 MiB a message may hold
+        ("/echo", _FRAGMENTS_OVER_16_MIB, 1009),
     ],
-    ids=["bad-utf8", "bad-utf8-in-fragments", "bad-opcode", "unmasked", "close", "too-large",
-         "too-large-in-fragments"],
+    ids=["binary-to-text", "text-to-bytes", "not-json", "bad-utf8", "bad-utf8-in-fragments",
+         "bad-opcode", "unmasked", "close", "too-large", "too-large-in-fragments"],
 )  # fmt: skip
 def test_a_websocket_client_breaking_the_protocol_gets_its_close_code_and_no_traceback(
-    served: CliServer, frames: list[bytes], code: int
+    served: CliServer, path: str, frames: list[bytes], code: int
 ) -> None:
     """Each was closed with its code, but logged as the server's error with a traceback: the
     route's receive raised the disconnect on through loadonce's middleware (the server
     logged "Exception in ASGI application"), and text that is not UTF-8 was logged by uvicorn
-    with its decoding's traceback: one per message a client sends."""
+    with its decoding's traceback: one per message a client sends. A message the route's
+    ``receive_text``, ``receive_bytes`` or ``receive_json`` cannot read (the other type, not
+    JSON) was the server's failure (1011), with a traceback too."""
     logged = len(served.log())
-    with _opened(served, "/echo") as sock:
+    with _opened(served, path) as sock:
         with contextlib.suppress(ConnectionError):
             for frame in frames:
                 sock.sendall(frame)
@@ -391,3 +427,13 @@ def test_a_websocket_client_breaking_the_protocol_gets_its_close_code_and_no_tra
     assert struct.unpack("!H", received[2:4])[0] == code
     time.sleep(0.5)  # the route's end, logged
     assert "Traceback" not in served.log()[logged:]
+
+
+def test_an_exception_of_the_routes_own_code_is_still_its_failure() -> None:
+    """Only what Starlette's readers raise for the client's message is the client's: the
+    same exception raised by the route's own code stays the server's failure (1011)."""
+    message: dict[str, str] = {"bytes": ""}
+    for fails in (lambda: message["text"], lambda: json.loads("{"), lambda: b"\xff".decode()):
+        with pytest.raises((ValueError, KeyError)) as raised:
+            fails()
+        assert unreadable_message(raised.value) is None

@@ -31,7 +31,12 @@ from loadonce.http.request_log import RequestLog
 from loadonce.http.routes import count_request
 from loadonce.http.state import LoadonceState
 from loadonce.http.unhandled import answer_unhandled
-from loadonce.http.websocket_errors import can_deny_with_http, close_failed
+from loadonce.http.websocket_errors import (
+    can_deny_with_http,
+    close_failed,
+    close_unreadable,
+    unreadable_message,
+)
 
 
 def refusal_before_routes(scope: Scope, state: LoadonceState | None) -> Response | None:
@@ -111,6 +116,10 @@ class LoadonceMiddleware:
             # An exception of the app's own code that nothing inside answered: Starlette's
             # ServerErrorMiddleware, outside this one, answered it without the request id.
             if kind == "websocket" and log.answered and not log.closed:
+                unreadable = unreadable_message(exc)
+                if unreadable is not None:  # the client's message, not the server's failure
+                    await close_unreadable(log.send, *unreadable, log.request_id)
+                    return
                 # Open: the client is told by a close frame, not a dropped connection.
                 await close_failed(log.send, exc, log.request_id)
             if kind != "http" or log.answered:
