@@ -108,9 +108,9 @@ class LoadonceMiddleware:
                 raise
         except WebSocketDisconnect:
             # The client left (or broke the protocol: the server closed it with its code),
-            # and the route's receive said so: nothing is left to answer. Raised on, the
-            # server logged it as the app's failure, a traceback per client that left.
-            if kind != "websocket":
+            # and the open connection's receive said so: nothing is left to answer. Raised
+            # on, the server logged it as the app's failure, a traceback per client that left.
+            if kind != "websocket" or not log.answered:
                 raise
         except Exception as exc:
             # An exception of the app's own code that nothing inside answered: Starlette's
