@@ -13,12 +13,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton
 from fastapi.testclient import TestClient
 from onnx import TensorProto, helper, numpy_helper
 
 import loadonce
-from tests.servers import ThreadedServer, serving
+from loadonce.protocols.grpc import grpc_lifespan
+from tests.servers import ThreadedServer, free_port, serving
 
 
 def _save(graph: onnx.GraphProto, path: Path) -> Path:
@@ -599,3 +601,24 @@ def test_an_optional_input_may_be_left_out(tmp_path: Path, route: str) -> None:
         with ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(ask, client, x=x), pool.submit(ask, client, x=x, offset=offset)]
             assert [answer(f.result()) for f in futures] == [without, with_offset]
+
+
+def test_an_optional_input_is_marked_optional_in_the_configuration(tmp_path: Path) -> None:
+    """Triton's configuration marks an input a request may leave out (``optional``); it was
+    described as every other input, so a client that sizes its requests by the
+    configuration always sent it. Over REST and gRPC (tritonclient's get_model_config)."""
+    path = tmp_path / "optional_input.onnx"
+    onnx.save(_graph_with_an_optional_input(), path)
+    spec = loadonce.ModelSpec(name="opt", artifact=path)
+    port = free_port()
+    app = loadonce.create_app([spec], wrap=grpc_lifespan(port=port))
+    with ThreadedServer(app) as server:
+        rest = httpx.get(f"{server.url}/v2/models/opt/config").json()
+        marked = {i["name"]: i.get("optional", False) for i in rest["input"]}
+        assert marked == {"x": False, "offset": True}
+        client = triton_grpc.InferenceServerClient(f"127.0.0.1:{port}")
+        try:
+            config = client.get_model_config("opt").config
+        finally:
+            client.close()
+        assert {i.name: i.optional for i in config.input} == {"x": False, "offset": True}

@@ -31,12 +31,13 @@ def config_with(model: Model, batching: Batching | None) -> dict[str, Any]:
     """The configuration ``model`` has loaded with ``batching`` (what a repository load's
     config is compared with, before the load)."""
     max_batch_size = 0 if batching is None else batching.max_batch_size
+    optional = {t.name for t in model.inputs if t.optional}
     config: dict[str, Any] = {
         "name": model.name,
         "platform": model.runtime_name or "",
         "backend": model.runtime_name or "",
         "max_batch_size": max_batch_size,
-        "input": [_tensor(t, max_batch_size) for t in described_inputs(model)],
+        "input": [_input(t, max_batch_size, optional) for t in described_inputs(model)],
         "output": [_tensor(t, max_batch_size) for t in described_outputs(model)],
         "instance_group": [
             {
@@ -61,6 +62,16 @@ def triton_type(datatype: str) -> str:
 def _tensor(tensor: MetadataTensor, max_batch_size: int) -> dict[str, Any]:
     dims = tensor.shape[1:] if max_batch_size > 0 else tensor.shape
     return {"name": tensor.name, "data_type": triton_type(tensor.datatype), "dims": dims}
+
+
+def _input(tensor: MetadataTensor, max_batch_size: int, optional: set[str]) -> dict[str, Any]:
+    """An input as Triton's ``ModelInput``: ``optional`` where a request may leave it out
+    (an ONNX graph's optional input), as Triton marks it; a client that sizes its requests
+    by the configuration sent it always."""
+    described = _tensor(tensor, max_batch_size)
+    if tensor.name in optional:
+        described["optional"] = True
+    return described
 
 
 def _concurrent_calls(model: Model, batching: Batching | None) -> int:
