@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 # supervisor checks the setting (server/settings.py) without importing any web framework.
 
 # What a page allowed here reads of an answer besides the headers every page reads: the
-# request id, when to retry, and where a binary /v2 answer's JSON ends.
-_EXPOSED = ("X-Request-ID", "Retry-After", "Inference-Header-Content-Length")
+# request id, when to retry or that retrying cannot help (``http/errors.py`` ``retry_headers``),
+# and where a binary /v2 answer's JSON ends.
+_EXPOSED = ("X-Request-ID", "Retry-After", "x-should-retry", "Inference-Header-Content-Length")
 
 
 def check_cors_origins(origins: Iterable[str]) -> tuple[str, ...]:
