@@ -32,8 +32,8 @@ class SlowWords(loadonce.Predictor):
 PROMPT = " ".join(["word"] * 14)  # 2 s of generating
 
 
-def _complete(url: str, statuses: list[int]) -> None:
-    body = {"model": "slow", "prompt": PROMPT, "max_tokens": 30}
+def _complete(url: str, statuses: list[int], prompt: str = PROMPT) -> None:
+    body = {"model": "slow", "prompt": prompt, "max_tokens": 64}
     statuses.append(httpx.post(f"{url}/v1/completions", json=body, timeout=60).status_code)
 
 
@@ -138,7 +138,10 @@ def test_a_generation_that_cannot_start_before_its_deadline_is_refused_at_once()
     with ThreadedServer(loadonce.create_app([spec])) as server:
         statuses: list[int] = []
         _complete(server.url, statuses)  # measures the pace: 0.15 s a step, 2.1 s a sequence
-        busy = threading.Thread(target=_complete, args=(server.url, statuses))
+        # 9 s of generating ahead of the requests below (the estimate still reads 2.1 s, the
+        # pace measured): they all meet a busy model, however slowly this machine runs them.
+        long_prompt = " ".join(["word"] * 60)
+        busy = threading.Thread(target=_complete, args=(server.url, statuses, long_prompt))
         busy.start()
         wait_until(
             lambda: httpx.get(f"{server.url}/models/slow").json()["queue"]["generating"] == 1,
@@ -158,7 +161,8 @@ def test_a_generation_that_cannot_start_before_its_deadline_is_refused_at_once()
                     took = time.monotonic() - started
                     where = f"{path} {body} within {timeout} s"
                     assert refused.status_code == status, (where, refused.text)
-                    assert took < 0.5, f"{where}: refused after {took:.2f} s, not at once"
+                    # At once: not after its deadline (the message says which refusal).
+                    assert took < 2, f"{where}: refused after {took:.2f} s, not at once"
                     if status == 503:
                         # It fits once the queue is 1.2 s shorter (2.25 s of wait, 1 s left).
                         assert refused.headers["retry-after"] == "2", where
@@ -192,7 +196,10 @@ def test_clients_that_go_away_while_queued_free_their_places_at_once() -> None:
     spec = loadonce.ModelSpec(name="slow", loader=SlowWords, max_queue=len(_ROUTES))
     with ThreadedServer(loadonce.create_app([spec])) as server:
         statuses: list[int] = []
-        busy = threading.Thread(target=_complete, args=(server.url, statuses))
+        # 9.6 s of generating (its 64 tokens): the places must be freed well before it ends,
+        # however slowly this machine queues the requests.
+        long_prompt = " ".join(["word"] * 64)
+        busy = threading.Thread(target=_complete, args=(server.url, statuses, long_prompt))
         busy.start()
 
         def queued() -> int:
@@ -222,7 +229,7 @@ def test_clients_that_go_away_while_queued_free_their_places_at_once() -> None:
             for sock in sockets:
                 sock.close()
         started = time.monotonic()
-        wait_until(lambda: queued() == 0, 1.5, "the places of the clients gone freed")
+        wait_until(lambda: queued() == 0, 3, "the places of the clients gone freed")
         took = time.monotonic() - started
         assert busy.is_alive(), f"freed only when the generation ahead ended ({took:.1f} s)"
         metrics = httpx.get(f"{server.url}/metrics").text
