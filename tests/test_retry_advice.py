@@ -48,6 +48,7 @@ class Words(loadonce.Predictor):
 
 
 GATE = threading.Event()
+HOLDING = threading.Event()  # set once a call holds the model, waiting for GATE
 
 
 class Paced(loadonce.Predictor):
@@ -55,6 +56,7 @@ class Paced(loadonce.Predictor):
 
     def predict(self, batch: list[Any]) -> list[Any]:
         if any(str(example) == "hold" for example in batch):
+            HOLDING.set()
             GATE.wait(30)
         else:
             time.sleep(PACE_S)
@@ -185,11 +187,14 @@ def busy(served: Served) -> Iterator[None]:
     whole module: refused requests never run, so the pace stays what it was measured."""
     assert httpx.post(f"{served.url}/models/paced/predict", json={"inputs": ["p"]}).is_success
     GATE.clear()
+    HOLDING.clear()
     with ThreadPoolExecutor(1) as pool:
         holding = pool.submit(
             httpx.post, f"{served.url}/models/paced/predict", json={"inputs": ["hold"]}, timeout=60
         )
-        time.sleep(0.5)  # the held call is running
+        # The held call is running (a fixed sleep was too short on a slow machine: the
+        # requests below then met an idle model, which admits every one).
+        assert HOLDING.wait(30), "the held call never started"
         try:
             yield
         finally:
@@ -264,8 +269,9 @@ def test_a_deadline_one_call_fits_but_the_queue_does_not_is_overload_worth_a_ret
     served: Served, how: str
 ) -> None:
     # Longer than one call, shorter than the call running and its own: once the model is
-    # free, the same request is answered in time.
-    status, headers = DEADLINES[how](served, PACE_S * 1.5)
+    # free, the same request is answered in time. (Between the two, with room on each side
+    # for a pace measured slower than PACE_S on a busy machine.)
+    status, headers = DEADLINES[how](served, PACE_S * 1.75)
     assert status == OVERLOADED.get(how, "503")
     if how.startswith("rest"):
         assert headers["retry-after"] == "1"
