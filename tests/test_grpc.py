@@ -1325,7 +1325,10 @@ def test_a_streams_requests_run_at_once_answered_in_order_within_a_window(
         result.as_numpy(name)[0] for (result, _), name in zip(answers, outputs, strict=True)
     ] == [str(i).encode() for i in range(sent)]
     if max_batch_size > 1:
-        assert model.batches == [1, sent - 1], "the stream's requests shared a call"
+        # Shared calls (one at a time, each was its own); how the first few split between the
+        # first two calls depends on when the loop ran the first one.
+        assert sum(model.batches) == sent, model.batches
+        assert max(model.batches) > 1, f"the stream's requests shared no call: {model.batches}"
 
 
 @pytest.mark.parametrize("how", ["unary", "stream"])
