@@ -1238,7 +1238,7 @@ def test_calls_past_the_bound_in_flight_are_refused_at_once() -> None:
 
 
 def test_each_call_writes_an_access_line(
-    client: triton.InferenceServerClient, caplog: pytest.LogCaptureFixture
+    client: triton.InferenceServerClient, grpc_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Each HTTP request had its line; a gRPC call had none.
     def lines() -> list[str]:
@@ -1247,8 +1247,10 @@ def test_each_call_writes_an_access_line(
     with caplog.at_level(logging.INFO, logger="loadonce.access"):
         client.infer("simple", _pair(), headers={"x-request-id": "grpc-line-1"})
         _code(lambda: client.get_model_metadata("no-such-model"))
+        with pytest.raises(grpc.RpcError):  # a request that is not valid (a value-less entry)
+            _model_infer(grpc_url, _with_an_empty_parameter("request"))
         # A call's line is written once its answer has left: the client may see it first.
-        wait_until(lambda: len(lines()) >= 2, 5, "both calls' access lines")
+        wait_until(lambda: len(lines()) >= 3, 5, "the calls' access lines")
     written = lines()
     assert any(
         "/inference.GRPCInferenceService/ModelInfer 200" in line and "grpc-line-1" in line
@@ -1257,6 +1259,11 @@ def test_each_call_writes_an_access_line(
     assert any("/inference.GRPCInferenceService/ModelMetadata 404" in line for line in written), (
         written
     )
+    # A request that is not valid: 400, as REST's /v2 records it (it was 422, the JSON
+    # routes' status, so the two protocols' lines and metrics disagreed for one request).
+    infer_lines = [line for line in written if "GRPCInferenceService/ModelInfer " in line]
+    assert any("/inference.GRPCInferenceService/ModelInfer 400" in line for line in infer_lines)
+    assert not any(" 422 " in line for line in infer_lines), infer_lines
 
 
 class _Gated:

@@ -227,9 +227,14 @@ def v2_error_for(exc: Exception, request: Request, request_id: str) -> Response:
     that is not valid, as the protocol says."""
     exc = _as_loadonce_error(exc)
     status, message = status_and_message(exc, request, request_id)
-    if isinstance(exc, InvalidRequestError):
-        status = 400
-    return v2_error(status, message, request_id)
+    return v2_error(v2_status(exc, status), message, request_id)
+
+
+def v2_status(exc: Exception, status: int) -> int:
+    """The Open Inference Protocol's status for ``exc`` (``status`` as ``describe_error``
+    gave it): 400 for a request that is not valid, where the JSON routes answer 422; gRPC
+    records its calls by it, so a malformed call counts as the same request over REST."""
+    return 400 if isinstance(exc, InvalidRequestError) else status
 
 
 def _as_loadonce_error(exc: Exception) -> Exception:

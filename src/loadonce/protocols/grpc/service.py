@@ -41,7 +41,7 @@ from loadonce.http.access_keys import (
     presented_key,
     refusal,
 )
-from loadonce.http.errors import NEVER_RETRY, describe_error, retry_advice
+from loadonce.http.errors import NEVER_RETRY, describe_error, retry_advice, v2_status
 from loadonce.http.json_pieces import ON_THE_LOOP_ELEMENTS
 from loadonce.http.large_bodies import off_the_loop
 from loadonce.http.request_info import request_id_from
@@ -298,6 +298,7 @@ class InferenceService:
                     raise
                 except Exception as exc:
                     status, message = describe_error(exc, route, request_id)
+                    status = v2_status(exc, status)  # REST's /v2 status: 400, not 422
                     if traced is not None:
                         traced.failed(exc, status)
                     release_tracebacks(exc)  # logged and recorded (core/tracebacks.py)
