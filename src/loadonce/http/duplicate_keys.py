@@ -26,7 +26,7 @@ from typing import Any
 
 from loadonce.core.errors import InvalidRequestError
 
-__all__ = ["refuse_duplicate_keys"]
+__all__ = ["refuse_duplicate_keys", "repeated_key"]
 
 _REPEATED = "given more than once: send each key once (readers differ on which one counts)"
 
@@ -37,15 +37,21 @@ class _Pairs(dict[str, Any]):
     repeated: str | None = None
 
 
+def repeated_key(pairs: Sequence[tuple[str, Any]]) -> str | None:
+    """The first key given twice among a JSON object's ``pairs`` (what ``json``'s
+    ``object_pairs_hook`` is given); None if none is."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            return key
+        seen.add(key)
+    return None
+
+
 def _pairs(pairs: list[tuple[str, Any]]) -> _Pairs:
     built = _Pairs(pairs)
-    if len(built) != len(pairs):  # rare: found only then
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                built.repeated = key
-                break
-            seen.add(key)
+    if len(built) != len(pairs):  # rare: looked for only then
+        built.repeated = repeated_key(pairs)
     return built
 
 

@@ -22,6 +22,7 @@ from loadonce.core.errors import describe_validation
 from loadonce.core.log_safe import quoted
 from loadonce.core.model import Model
 from loadonce.core.spec import Batching
+from loadonce.http.duplicate_keys import repeated_key
 from loadonce.protocols.v2.errors import LoadRefusedError
 from loadonce.protocols.v2.model_config import config_with
 
@@ -108,11 +109,7 @@ class _RepeatedKeyError(Exception):
 def _refuse_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     built = dict(pairs)
     if len(built) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _RepeatedKeyError(key)
-            seen.add(key)
+        raise _RepeatedKeyError(repeated_key(pairs))
     return built
 
 
